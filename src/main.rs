@@ -1,1 +1,5 @@
-fn main() {}
+//! The `agentline` binary: everything lives in the library.
+
+fn main() -> std::process::ExitCode {
+    agentline::cli::main()
+}

@@ -1,0 +1,490 @@
+//! `/v1/agents`: what answers a call. `kind` selects the pipeline; the other
+//! fields are the settings that pipeline uses.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::AppState;
+use super::error::{ApiError, ErrorResponses, FieldError};
+use super::extract::{ApiJson, ApiQuery, List, Pagination};
+use crate::ids;
+use crate::store::agents::AgentRecord;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_agents, create_agent))
+        .routes(routes!(get_agent, update_agent, delete_agent))
+}
+
+/// The pipeline an agent runs on its calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentKind {
+    /// Diagnostic: sends the caller's audio back.
+    Echo,
+    /// Diagnostic: plays a WAV file or a tone, then hangs up.
+    Prompt,
+}
+
+impl AgentKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            AgentKind::Echo => "echo",
+            AgentKind::Prompt => "prompt",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SttProvider {
+    Embedded,
+    Openai,
+    Deepgram,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LlmProvider {
+    Scripted,
+    Openai,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TtsProvider {
+    Embedded,
+    Openai,
+    Elevenlabs,
+    Cartesia,
+}
+
+/// Which engine a pipeline stage uses and how to reach it. Secrets are never
+/// stored here: `api_key_env` names the environment variable that holds one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderChoice<P> {
+    pub provider: P,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub voice: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_env: Option<String>,
+}
+
+/// An HTTP tool the LLM may call; the daemon POSTs the arguments to `url`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Tool {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub url: String,
+    /// JSON Schema of the arguments.
+    #[schema(value_type = Object)]
+    #[serde(default = "empty_object")]
+    pub parameters: serde_json::Value,
+    #[serde(default = "default_tool_timeout")]
+    pub timeout_ms: u32,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::json!({"type": "object", "properties": {}})
+}
+
+fn default_tool_timeout() -> u32 {
+    5000
+}
+
+/// What the `prompt` agent plays: a WAV file (8 kHz or more, mono) or a tone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PromptSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wav_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tone_hz: Option<u32>,
+    /// How long the tone plays; ignored for a WAV file.
+    #[serde(default = "default_tone_ms")]
+    pub duration_ms: u32,
+}
+
+fn default_tone_ms() -> u32 {
+    2000
+}
+
+/// The settings document stored with an agent.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+struct Settings {
+    greeting: Option<String>,
+    instructions: Option<String>,
+    script: Option<serde_json::Value>,
+    stt: Option<ProviderChoice<SttProvider>>,
+    llm: Option<ProviderChoice<LlmProvider>>,
+    tts: Option<ProviderChoice<TtsProvider>>,
+    #[serde(default)]
+    tools: Vec<Tool>,
+    max_duration_seconds: u32,
+    silence_timeout_seconds: u32,
+    prompt: Option<PromptSettings>,
+}
+
+const DEFAULT_MAX_DURATION: u32 = 3600;
+const DEFAULT_SILENCE_TIMEOUT: u32 = 30;
+
+/// An agent.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Agent {
+    #[schema(example = "agt_01jdw8q1m7k3x9b5n4c2v6t8r0")]
+    pub id: String,
+    pub name: String,
+    pub kind: AgentKind,
+    /// Spoken first on inbound calls.
+    pub greeting: Option<String>,
+    /// Instructions (system prompt) for an LLM brain.
+    pub instructions: Option<String>,
+    /// Scripted dialogue for the embedded brain.
+    #[schema(value_type = Option<Object>)]
+    pub script: Option<serde_json::Value>,
+    #[schema(value_type = Option<ProviderChoice<SttProvider>>)]
+    pub stt: Option<ProviderChoice<SttProvider>>,
+    #[schema(value_type = Option<ProviderChoice<LlmProvider>>)]
+    pub llm: Option<ProviderChoice<LlmProvider>>,
+    #[schema(value_type = Option<ProviderChoice<TtsProvider>>)]
+    pub tts: Option<ProviderChoice<TtsProvider>>,
+    pub tools: Vec<Tool>,
+    pub max_duration_seconds: u32,
+    pub silence_timeout_seconds: u32,
+    pub prompt: Option<PromptSettings>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The body of `POST /v1/agents`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentCreate {
+    pub name: String,
+    pub kind: AgentKind,
+    pub greeting: Option<String>,
+    pub instructions: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub script: Option<serde_json::Value>,
+    #[schema(value_type = Option<ProviderChoice<SttProvider>>)]
+    pub stt: Option<ProviderChoice<SttProvider>>,
+    #[schema(value_type = Option<ProviderChoice<LlmProvider>>)]
+    pub llm: Option<ProviderChoice<LlmProvider>>,
+    #[schema(value_type = Option<ProviderChoice<TtsProvider>>)]
+    pub tts: Option<ProviderChoice<TtsProvider>>,
+    #[serde(default)]
+    pub tools: Vec<Tool>,
+    /// Calls are ended after this long (default 3600).
+    #[schema(minimum = 1, maximum = 86400)]
+    pub max_duration_seconds: Option<u32>,
+    /// Calls are ended after this much silence from the caller (default 30).
+    #[schema(minimum = 1, maximum = 3600)]
+    pub silence_timeout_seconds: Option<u32>,
+    pub prompt: Option<PromptSettings>,
+}
+
+/// The body of `PATCH /v1/agents/{id}`: fields left out keep their value.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentUpdate {
+    pub name: Option<String>,
+    pub kind: Option<AgentKind>,
+    pub greeting: Option<String>,
+    pub instructions: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub script: Option<serde_json::Value>,
+    #[schema(value_type = Option<ProviderChoice<SttProvider>>)]
+    pub stt: Option<ProviderChoice<SttProvider>>,
+    #[schema(value_type = Option<ProviderChoice<LlmProvider>>)]
+    pub llm: Option<ProviderChoice<LlmProvider>>,
+    #[schema(value_type = Option<ProviderChoice<TtsProvider>>)]
+    pub tts: Option<ProviderChoice<TtsProvider>>,
+    pub tools: Option<Vec<Tool>>,
+    #[schema(minimum = 1, maximum = 86400)]
+    pub max_duration_seconds: Option<u32>,
+    #[schema(minimum = 1, maximum = 3600)]
+    pub silence_timeout_seconds: Option<u32>,
+    pub prompt: Option<PromptSettings>,
+}
+
+fn to_agent(r: AgentRecord) -> Result<Agent, ApiError> {
+    let kind: AgentKind = serde_json::from_value(serde_json::Value::String(r.kind.clone()))
+        .map_err(|e| ApiError::internal(format!("agent {} has kind {:?}: {e}", r.id, r.kind)))?;
+    let s: Settings = serde_json::from_str(&r.settings)
+        .map_err(|e| ApiError::internal(format!("agent {} settings: {e}", r.id)))?;
+    Ok(Agent {
+        id: r.id,
+        name: r.name,
+        kind,
+        greeting: s.greeting,
+        instructions: s.instructions,
+        script: s.script,
+        stt: s.stt,
+        llm: s.llm,
+        tts: s.tts,
+        tools: s.tools,
+        max_duration_seconds: s.max_duration_seconds,
+        silence_timeout_seconds: s.silence_timeout_seconds,
+        prompt: s.prompt,
+        created_at: r.created_at,
+        updated_at: r.updated_at,
+    })
+}
+
+fn validate(name: &str, kind: AgentKind, s: &Settings) -> Result<(), ApiError> {
+    let mut d = Vec::new();
+    let mut bad = |field: &str, message: &str| {
+        d.push(FieldError {
+            field: field.into(),
+            message: message.into(),
+        })
+    };
+    if name.trim().is_empty() || name.chars().count() > 100 {
+        bad("name", "must be 1 to 100 characters");
+    }
+    if s.greeting
+        .as_ref()
+        .is_some_and(|g| g.chars().count() > 2000)
+    {
+        bad("greeting", "must be at most 2000 characters");
+    }
+    if s.instructions
+        .as_ref()
+        .is_some_and(|g| g.chars().count() > 100_000)
+    {
+        bad("instructions", "must be at most 100000 characters");
+    }
+    if s.script.as_ref().is_some_and(|v| !v.is_object()) {
+        bad("script", "must be an object");
+    }
+    if !(1..=86_400).contains(&s.max_duration_seconds) {
+        bad("max_duration_seconds", "must be between 1 and 86400");
+    }
+    if !(1..=3600).contains(&s.silence_timeout_seconds) {
+        bad("silence_timeout_seconds", "must be between 1 and 3600");
+    }
+    let mut names = std::collections::HashSet::new();
+    for (i, t) in s.tools.iter().enumerate() {
+        let ok_name = !t.name.is_empty()
+            && t.name.len() <= 64
+            && t.name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !ok_name {
+            bad(
+                &format!("tools[{i}].name"),
+                "must be 1 to 64 letters, digits, '_' or '-'",
+            );
+        } else if !names.insert(t.name.as_str()) {
+            bad(&format!("tools[{i}].name"), "is used by another tool");
+        }
+        if !super::is_http_url(&t.url) {
+            bad(&format!("tools[{i}].url"), "must be an http or https URL");
+        }
+        if !t.parameters.is_object() {
+            bad(
+                &format!("tools[{i}].parameters"),
+                "must be a JSON Schema object",
+            );
+        }
+        if !(100..=60_000).contains(&t.timeout_ms) {
+            bad(
+                &format!("tools[{i}].timeout_ms"),
+                "must be between 100 and 60000",
+            );
+        }
+    }
+    for (field, url) in [
+        (
+            "stt.base_url",
+            s.stt.as_ref().and_then(|p| p.base_url.as_deref()),
+        ),
+        (
+            "llm.base_url",
+            s.llm.as_ref().and_then(|p| p.base_url.as_deref()),
+        ),
+        (
+            "tts.base_url",
+            s.tts.as_ref().and_then(|p| p.base_url.as_deref()),
+        ),
+    ] {
+        if url.is_some_and(|u| {
+            !super::is_http_url(u) && !u.starts_with("ws://") && !u.starts_with("wss://")
+        }) {
+            bad(field, "must be an http(s) or ws(s) URL");
+        }
+    }
+    match (kind, &s.prompt) {
+        (AgentKind::Prompt, None) => bad("prompt", "a prompt agent needs wav_path or tone_hz"),
+        (AgentKind::Prompt, Some(p)) => match (&p.wav_path, p.tone_hz) {
+            (Some(_), Some(_)) | (None, None) => {
+                bad("prompt", "give exactly one of wav_path and tone_hz")
+            }
+            (Some(path), None) if std::fs::File::open(path).is_err() => {
+                bad("prompt.wav_path", "cannot be read by the daemon")
+            }
+            (None, Some(hz)) if !(50..=4000).contains(&hz) => {
+                bad("prompt.tone_hz", "must be between 50 and 4000")
+            }
+            _ if !(100..=600_000).contains(&p.duration_ms) => {
+                bad("prompt.duration_ms", "must be between 100 and 600000")
+            }
+            _ => {}
+        },
+        _ => {}
+    }
+    if d.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::validation(d))
+    }
+}
+
+fn settings_json(s: &Settings) -> Result<String, ApiError> {
+    serde_json::to_string(s).map_err(ApiError::internal)
+}
+
+/// Create an agent.
+#[utoipa::path(post, path = "/v1/agents", tag = "agents", request_body = AgentCreate,
+    responses((status = 201, description = "Created", body = Agent), ErrorResponses))]
+async fn create_agent(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<AgentCreate>,
+) -> Result<(StatusCode, Json<Agent>), ApiError> {
+    let settings = Settings {
+        greeting: body.greeting,
+        instructions: body.instructions,
+        script: body.script,
+        stt: body.stt,
+        llm: body.llm,
+        tts: body.tts,
+        tools: body.tools,
+        max_duration_seconds: body.max_duration_seconds.unwrap_or(DEFAULT_MAX_DURATION),
+        silence_timeout_seconds: body
+            .silence_timeout_seconds
+            .unwrap_or(DEFAULT_SILENCE_TIMEOUT),
+        prompt: body.prompt,
+    };
+    validate(&body.name, body.kind, &settings)?;
+    let id = ids::new(ids::AGENT);
+    let record = state
+        .store
+        .insert_agent(
+            &id,
+            body.name.trim(),
+            body.kind.as_str(),
+            &settings_json(&settings)?,
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(to_agent(record)?)))
+}
+
+/// List agents, newest first.
+#[utoipa::path(get, path = "/v1/agents", tag = "agents", params(Pagination),
+    responses((status = 200, description = "A page of agents", body = List<Agent>), ErrorResponses))]
+async fn list_agents(
+    State(state): State<AppState>,
+    ApiQuery(page): ApiQuery<Pagination>,
+) -> Result<Json<List<Agent>>, ApiError> {
+    let w = page.window()?;
+    let records = state.store.list_agents(w).await?;
+    let mut items = Vec::with_capacity(records.items.len());
+    for r in records.items {
+        items.push(to_agent(r)?);
+    }
+    Ok(Json(List {
+        items,
+        total: records.total,
+        limit: w.limit,
+        offset: w.offset,
+    }))
+}
+
+async fn fetch(state: &AppState, id: &str) -> Result<AgentRecord, ApiError> {
+    if !ids::has_prefix(id, ids::AGENT) {
+        return Err(ApiError::not_found("agent"));
+    }
+    state.store.get_agent(id).await.map_err(|e| match e {
+        crate::store::StoreError::NotFound => ApiError::not_found("agent"),
+        e => e.into(),
+    })
+}
+
+/// Get an agent.
+#[utoipa::path(get, path = "/v1/agents/{id}", tag = "agents", params(("id" = String, Path)),
+    responses((status = 200, description = "The agent", body = Agent), ErrorResponses))]
+async fn get_agent(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Agent>, ApiError> {
+    Ok(Json(to_agent(fetch(&state, &id).await?)?))
+}
+
+/// Update an agent: fields left out keep their value.
+#[utoipa::path(patch, path = "/v1/agents/{id}", tag = "agents", params(("id" = String, Path)),
+    request_body = AgentUpdate,
+    responses((status = 200, description = "The updated agent", body = Agent), ErrorResponses))]
+async fn update_agent(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<AgentUpdate>,
+) -> Result<Json<Agent>, ApiError> {
+    let record = fetch(&state, &id).await?;
+    let current = to_agent(record)?;
+    let name = body.name.unwrap_or(current.name);
+    let kind = body.kind.unwrap_or(current.kind);
+    let settings = Settings {
+        greeting: body.greeting.or(current.greeting),
+        instructions: body.instructions.or(current.instructions),
+        script: body.script.or(current.script),
+        stt: body.stt.or(current.stt),
+        llm: body.llm.or(current.llm),
+        tts: body.tts.or(current.tts),
+        tools: body.tools.unwrap_or(current.tools),
+        max_duration_seconds: body
+            .max_duration_seconds
+            .unwrap_or(current.max_duration_seconds),
+        silence_timeout_seconds: body
+            .silence_timeout_seconds
+            .unwrap_or(current.silence_timeout_seconds),
+        prompt: body.prompt.or(current.prompt),
+    };
+    validate(&name, kind, &settings)?;
+    let record = state
+        .store
+        .update_agent(&id, name.trim(), kind.as_str(), &settings_json(&settings)?)
+        .await?;
+    Ok(Json(to_agent(record)?))
+}
+
+/// Delete an agent. Refused with 409 while a phone number is bound to it.
+#[utoipa::path(delete, path = "/v1/agents/{id}", tag = "agents", params(("id" = String, Path)),
+    responses((status = 204, description = "Deleted"), ErrorResponses))]
+async fn delete_agent(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    fetch(&state, &id).await?;
+    match state.store.delete_agent(&id).await {
+        Ok(()) => Ok(StatusCode::NO_CONTENT),
+        Err(crate::store::StoreError::InUse(_)) => Err(ApiError::conflict(
+            "the agent is bound to phone numbers; rebind or delete them first",
+        )),
+        Err(e) => Err(e.into()),
+    }
+}

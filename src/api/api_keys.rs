@@ -1,0 +1,177 @@
+//! `/v1/api-keys`: create (the secret is shown once), list (prefix only) and
+//! revoke. The first key comes from `agentline keys create`.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::AppState;
+use super::error::{ApiError, ErrorResponses, FieldError};
+use super::extract::{ApiJson, ApiQuery, List, Pagination};
+use crate::secrets::{self, KeyMode};
+use crate::store::StoreError;
+use crate::store::keys::{ApiKeyRecord, NewApiKey};
+use crate::{ids, store::Store};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_keys, create_key))
+        .routes(routes!(revoke_key))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Live,
+    Test,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ApiKey {
+    #[schema(example = "key_01jdw8q1m7k3x9b5n4c2v6t8r0")]
+    pub id: String,
+    pub name: String,
+    /// The visible start of the key, enough to recognize it.
+    #[schema(example = "al_live_AbCd1234")]
+    pub prefix: String,
+    pub mode: Mode,
+    /// Requests per minute; `null` means the daemon's default.
+    pub rate_limit_per_minute: Option<i64>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A new key and its secret, shown this once.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ApiKeyCreated {
+    #[serde(flatten)]
+    pub key: ApiKey,
+    pub secret: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyCreate {
+    pub name: String,
+    /// Default `live`.
+    pub mode: Option<Mode>,
+    #[schema(minimum = 1, maximum = 1000000)]
+    pub rate_limit_per_minute: Option<i64>,
+}
+
+pub(crate) fn to_api(r: ApiKeyRecord) -> ApiKey {
+    ApiKey {
+        mode: if r.mode == "test" {
+            Mode::Test
+        } else {
+            Mode::Live
+        },
+        id: r.id,
+        name: r.name,
+        prefix: r.prefix,
+        rate_limit_per_minute: r.rate_limit_per_minute,
+        revoked_at: r.revoked_at,
+        created_at: r.created_at,
+    }
+}
+
+/// Makes a key and stores only its hash. Shared by the API and the CLI.
+pub async fn create(
+    store: &Store,
+    name: &str,
+    mode: KeyMode,
+    rate_limit_per_minute: Option<i64>,
+) -> Result<(ApiKeyRecord, String), StoreError> {
+    let key = secrets::new_api_key(mode);
+    let record = store
+        .insert_api_key(NewApiKey {
+            id: &ids::new(ids::API_KEY),
+            name,
+            prefix: &key.prefix,
+            secret_hash: &key.hash,
+            mode: mode.as_str(),
+            rate_limit_per_minute,
+        })
+        .await?;
+    Ok((record, key.secret))
+}
+
+/// Create an API key; the answer carries the secret once.
+#[utoipa::path(post, path = "/v1/api-keys", tag = "api-keys", request_body = ApiKeyCreate,
+    responses((status = 201, description = "Created", body = ApiKeyCreated), ErrorResponses))]
+async fn create_key(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<ApiKeyCreate>,
+) -> Result<(StatusCode, Json<ApiKeyCreated>), ApiError> {
+    let mut details = Vec::new();
+    if body.name.trim().is_empty() || body.name.chars().count() > 100 {
+        details.push(FieldError {
+            field: "name".into(),
+            message: "must be 1 to 100 characters".into(),
+        });
+    }
+    if body
+        .rate_limit_per_minute
+        .is_some_and(|n| !(1..=1_000_000).contains(&n))
+    {
+        details.push(FieldError {
+            field: "rate_limit_per_minute".into(),
+            message: "must be between 1 and 1000000".into(),
+        });
+    }
+    if !details.is_empty() {
+        return Err(ApiError::validation(details));
+    }
+    let mode = match body.mode {
+        Some(Mode::Test) => KeyMode::Test,
+        _ => KeyMode::Live,
+    };
+    let (record, secret) = create(
+        &state.store,
+        body.name.trim(),
+        mode,
+        body.rate_limit_per_minute,
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(ApiKeyCreated {
+            key: to_api(record),
+            secret,
+        }),
+    ))
+}
+
+/// List API keys (prefixes only), newest first.
+#[utoipa::path(get, path = "/v1/api-keys", tag = "api-keys", params(Pagination),
+    responses((status = 200, description = "A page of keys", body = List<ApiKey>), ErrorResponses))]
+async fn list_keys(
+    State(state): State<AppState>,
+    ApiQuery(page): ApiQuery<Pagination>,
+) -> Result<Json<List<ApiKey>>, ApiError> {
+    let w = page.window()?;
+    let page = state.store.list_api_keys(w).await?;
+    Ok(Json(List::new(page, w, to_api)))
+}
+
+/// Revoke an API key; it stops working at once.
+#[utoipa::path(delete, path = "/v1/api-keys/{id}", tag = "api-keys", params(("id" = String, Path)),
+    responses((status = 200, description = "The revoked key", body = ApiKey), ErrorResponses))]
+async fn revoke_key(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<ApiKey>, ApiError> {
+    if !ids::has_prefix(&id, ids::API_KEY) {
+        return Err(ApiError::not_found("API key"));
+    }
+    match state.store.revoke_api_key(&id).await {
+        Ok(r) => Ok(Json(to_api(r))),
+        Err(StoreError::NotFound) => Err(ApiError::not_found("API key")),
+        Err(e) => Err(e.into()),
+    }
+}

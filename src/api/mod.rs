@@ -1,0 +1,201 @@
+//! The admin HTTP API under `/v1`, plus `/health`, `/ready`, `/metrics`,
+//! `/openapi.json` and `/docs`.
+//!
+//! Owns: routing, authentication and rate limits, request validation, the
+//! error envelope and the OpenAPI document (generated from the handlers by
+//! utoipa, never written by hand). Conventions: prefixed opaque ids,
+//! RFC 3339 UTC times, `limit`/`offset` pages answering
+//! `{"items", "total", "limit", "offset"}`.
+//!
+//! Must not: hold SQL (that is the store's) or make call decisions (that is
+//! the call layer's); internal errors are logged, never echoed.
+
+mod agents;
+mod api_keys;
+pub mod auth;
+mod calls;
+pub mod error;
+mod extract;
+mod numbers;
+mod observe;
+mod system;
+mod trunks;
+mod webhook_endpoints;
+
+pub use api_keys::create as create_api_key;
+pub use system::Readiness;
+
+use std::ops::Deref;
+use std::sync::{Arc, RwLock};
+
+use axum::Router;
+use axum::middleware;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::{Deserialize, Deserializer};
+use utoipa::OpenApi;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::config::{Config, Profiles};
+use crate::store::Store;
+use crate::trunk::TrunkStates;
+
+/// Shared state of every handler; cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub store: Store,
+    /// Replaced whole on SIGHUP; readers take a snapshot.
+    profiles: RwLock<Arc<Profiles>>,
+    pub trunks: Arc<TrunkStates>,
+    pub rate_limits: auth::RateLimits,
+    pub readiness: Arc<Readiness>,
+    /// `None` when another recorder owns the process (tests that embed).
+    metrics: Option<PrometheusHandle>,
+    /// The OpenAPI document, rendered once.
+    openapi_json: String,
+}
+
+impl Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl Inner {
+    /// A snapshot of the trunk profiles.
+    pub fn profiles(&self) -> Arc<Profiles> {
+        self.profiles
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn replace_profiles(&self, profiles: Profiles) {
+        *self.profiles.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(profiles);
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "agentline admin API",
+        description = "Agents, phone numbers, trunks, calls, webhook endpoints and API keys. \
+            Authenticate with `Authorization: Bearer <key>` or `X-API-Key: <key>`."
+    ),
+    modifiers(&Security),
+    components(schemas(error::ErrorBody, error::ErrorObject, error::FieldError)),
+    tags(
+        (name = "agents", description = "What answers a call"),
+        (name = "phone-numbers", description = "Numbers agentline answers"),
+        (name = "trunks", description = "SIP trunks, from the profile files (read-only)"),
+        (name = "calls", description = "Call records"),
+        (name = "webhook-endpoints", description = "Where call events are delivered"),
+        (name = "api-keys", description = "Keys to this API"),
+        (name = "system", description = "Health, readiness, metrics and this document"),
+    )
+)]
+struct ApiDoc;
+
+struct Security;
+
+impl utoipa::Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))),
+        );
+        openapi.security = Some(vec![
+            utoipa::openapi::security::SecurityRequirement::new("bearer", Vec::<String>::new()),
+            utoipa::openapi::security::SecurityRequirement::new("api_key", Vec::<String>::new()),
+        ]);
+    }
+}
+
+/// Builds the routers and the OpenAPI document from the same handlers.
+fn routers(metrics_open: bool) -> (OpenApiRouter<AppState>, OpenApiRouter<AppState>) {
+    let mut protected = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(agents::router())
+        .merge(numbers::router())
+        .merge(trunks::router())
+        .merge(calls::router())
+        .merge(webhook_endpoints::router())
+        .merge(api_keys::router());
+    let mut open = system::open_router();
+    if metrics_open {
+        open = open.merge(system::metrics_router());
+    } else {
+        protected = protected.merge(system::metrics_router());
+    }
+    (protected, open)
+}
+
+/// The OpenAPI document as JSON (also served at `/openapi.json`).
+pub fn openapi_json(metrics_open: bool) -> String {
+    let (protected, open) = routers(metrics_open);
+    let mut doc = protected.into_openapi();
+    doc.merge(open.into_openapi());
+    doc.to_pretty_json().unwrap_or_default()
+}
+
+impl AppState {
+    pub fn new(
+        config: &Config,
+        store: Store,
+        profiles: Profiles,
+        trunks: Arc<TrunkStates>,
+        readiness: Arc<Readiness>,
+        metrics: Option<PrometheusHandle>,
+    ) -> Self {
+        AppState(Arc::new(Inner {
+            store,
+            profiles: RwLock::new(Arc::new(profiles)),
+            trunks,
+            rate_limits: auth::RateLimits::new(config.api.rate_limit_per_minute),
+            readiness,
+            metrics,
+            openapi_json: openapi_json(config.api.metrics_open),
+        }))
+    }
+}
+
+/// Builds the whole HTTP application.
+pub fn app(state: AppState, metrics_open: bool) -> Router {
+    let (protected, open) = routers(metrics_open);
+    let protected = Router::from(protected).layer(middleware::from_fn_with_state(
+        state.clone(),
+        auth::require_key,
+    ));
+    protected
+        .merge(Router::from(open))
+        .fallback(system::not_found)
+        .method_not_allowed_fallback(system::method_not_allowed)
+        .layer(middleware::from_fn(observe::observe))
+        .with_state(state)
+}
+
+pub(crate) fn is_http_url(s: &str) -> bool {
+    let rest = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"));
+    rest.is_some_and(|r| {
+        let host = r.split(['/', '?', '#']).next().unwrap_or("");
+        !host.is_empty() && !host.contains(char::is_whitespace) && !r.contains(char::is_whitespace)
+    })
+}
+
+/// Tells a field left out (`None`) from a field set to `null` (`Some(None)`).
+pub(crate) fn double_option<'de, T, D>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    T: Deserialize<'de>,
+    D: Deserializer<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}

@@ -1,0 +1,259 @@
+//! `/v1/phone-numbers`: the numbers agentline answers, each bound to an agent
+//! and a trunk. Numbers are E.164, normalized, and unique.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::AppState;
+use super::error::{ApiError, ErrorResponses, FieldError};
+use super::extract::{ApiJson, ApiQuery, List, Pagination};
+use crate::store::StoreError;
+use crate::store::numbers::{NumberFields, NumberRecord};
+use crate::{e164, ids};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_numbers, create_number))
+        .routes(routes!(get_number, update_number, delete_number))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PhoneNumber {
+    #[schema(example = "num_01jdw8q1m7k3x9b5n4c2v6t8r0")]
+    pub id: String,
+    /// E.164.
+    #[schema(example = "+14155552671")]
+    pub number: String,
+    pub name: Option<String>,
+    pub agent_id: Option<String>,
+    pub trunk_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PhoneNumberCreate {
+    /// E.164, with or without formatting; stored normalized.
+    #[schema(example = "+1 415 555 2671")]
+    pub number: String,
+    pub name: Option<String>,
+    pub agent_id: Option<String>,
+    pub trunk_id: Option<String>,
+}
+
+/// Fields left out keep their value; `null` clears `name`, `agent_id` or
+/// `trunk_id`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PhoneNumberUpdate {
+    pub number: Option<String>,
+    #[serde(default, deserialize_with = "super::double_option")]
+    #[schema(value_type = Option<String>)]
+    pub name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "super::double_option")]
+    #[schema(value_type = Option<String>)]
+    pub agent_id: Option<Option<String>>,
+    #[serde(default, deserialize_with = "super::double_option")]
+    #[schema(value_type = Option<String>)]
+    pub trunk_id: Option<Option<String>>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct NumberQuery {
+    /// Only numbers bound to this agent.
+    pub agent_id: Option<String>,
+    /// How many items to return, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
+    pub limit: Option<i64>,
+    /// How many items to skip (default 0).
+    #[param(minimum = 0)]
+    pub offset: Option<i64>,
+}
+
+fn to_api(r: NumberRecord) -> PhoneNumber {
+    PhoneNumber {
+        id: r.id,
+        number: r.number,
+        name: r.name,
+        agent_id: r.agent_id,
+        trunk_id: r.trunk,
+        created_at: r.created_at,
+        updated_at: r.updated_at,
+    }
+}
+
+/// Checks every field and answers all problems at once.
+async fn validate(
+    state: &AppState,
+    number: &str,
+    name: Option<&str>,
+    agent_id: Option<&str>,
+    trunk_id: Option<&str>,
+) -> Result<String, ApiError> {
+    let mut details = Vec::new();
+    let normalized = e164::normalize(number).unwrap_or_else(|message| {
+        details.push(FieldError {
+            field: "number".into(),
+            message,
+        });
+        String::new()
+    });
+    if name.is_some_and(|n| n.chars().count() > 100) {
+        details.push(FieldError {
+            field: "name".into(),
+            message: "must be at most 100 characters".into(),
+        });
+    }
+    if let Some(agent) = agent_id {
+        let exists = ids::has_prefix(agent, ids::AGENT)
+            && match state.store.get_agent(agent).await {
+                Ok(_) => true,
+                Err(StoreError::NotFound) => false,
+                Err(e) => return Err(e.into()),
+            };
+        if !exists {
+            details.push(FieldError {
+                field: "agent_id".into(),
+                message: "no such agent".into(),
+            });
+        }
+    }
+    if let Some(trunk) = trunk_id
+        && state.profiles().get_by_id(trunk).is_none()
+    {
+        details.push(FieldError {
+            field: "trunk_id".into(),
+            message: "no such trunk".into(),
+        });
+    }
+    if details.is_empty() {
+        Ok(normalized)
+    } else {
+        Err(ApiError::validation(details))
+    }
+}
+
+fn conflict(e: StoreError) -> ApiError {
+    match e {
+        StoreError::Conflict(_) => ApiError::conflict("this number is already provisioned"),
+        StoreError::InUse(_) => ApiError::field("agent_id", "no such agent"),
+        e => e.into(),
+    }
+}
+
+/// Provision a phone number.
+#[utoipa::path(post, path = "/v1/phone-numbers", tag = "phone-numbers", request_body = PhoneNumberCreate,
+    responses((status = 201, description = "Created", body = PhoneNumber), ErrorResponses))]
+async fn create_number(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<PhoneNumberCreate>,
+) -> Result<(StatusCode, Json<PhoneNumber>), ApiError> {
+    let number = validate(
+        &state,
+        &body.number,
+        body.name.as_deref(),
+        body.agent_id.as_deref(),
+        body.trunk_id.as_deref(),
+    )
+    .await?;
+    let fields = NumberFields {
+        number: &number,
+        name: body.name.as_deref(),
+        agent_id: body.agent_id.as_deref(),
+        trunk: body.trunk_id.as_deref(),
+    };
+    let record = state
+        .store
+        .insert_number(&ids::new(ids::NUMBER), fields)
+        .await
+        .map_err(conflict)?;
+    Ok((StatusCode::CREATED, Json(to_api(record))))
+}
+
+/// List phone numbers, newest first.
+#[utoipa::path(get, path = "/v1/phone-numbers", tag = "phone-numbers", params(NumberQuery),
+    responses((status = 200, description = "A page of numbers", body = List<PhoneNumber>), ErrorResponses))]
+async fn list_numbers(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<NumberQuery>,
+) -> Result<Json<List<PhoneNumber>>, ApiError> {
+    let w = Pagination::new(q.limit, q.offset).window()?;
+    let page = state.store.list_numbers(q.agent_id.as_deref(), w).await?;
+    Ok(Json(List::new(page, w, to_api)))
+}
+
+async fn fetch(state: &AppState, id: &str) -> Result<NumberRecord, ApiError> {
+    if !ids::has_prefix(id, ids::NUMBER) {
+        return Err(ApiError::not_found("phone number"));
+    }
+    state.store.get_number(id).await.map_err(|e| match e {
+        StoreError::NotFound => ApiError::not_found("phone number"),
+        e => e.into(),
+    })
+}
+
+/// Get a phone number.
+#[utoipa::path(get, path = "/v1/phone-numbers/{id}", tag = "phone-numbers", params(("id" = String, Path)),
+    responses((status = 200, description = "The number", body = PhoneNumber), ErrorResponses))]
+async fn get_number(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<PhoneNumber>, ApiError> {
+    Ok(Json(to_api(fetch(&state, &id).await?)))
+}
+
+/// Update a phone number.
+#[utoipa::path(patch, path = "/v1/phone-numbers/{id}", tag = "phone-numbers", params(("id" = String, Path)),
+    request_body = PhoneNumberUpdate,
+    responses((status = 200, description = "The updated number", body = PhoneNumber), ErrorResponses))]
+async fn update_number(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<PhoneNumberUpdate>,
+) -> Result<Json<PhoneNumber>, ApiError> {
+    let current = fetch(&state, &id).await?;
+    let number = body.number.unwrap_or(current.number);
+    let name = body.name.unwrap_or(current.name);
+    let agent_id = body.agent_id.unwrap_or(current.agent_id);
+    let trunk_id = body.trunk_id.unwrap_or(current.trunk);
+    let number = validate(
+        &state,
+        &number,
+        name.as_deref(),
+        agent_id.as_deref(),
+        trunk_id.as_deref(),
+    )
+    .await?;
+    let fields = NumberFields {
+        number: &number,
+        name: name.as_deref(),
+        agent_id: agent_id.as_deref(),
+        trunk: trunk_id.as_deref(),
+    };
+    let record = state
+        .store
+        .update_number(&id, fields)
+        .await
+        .map_err(conflict)?;
+    Ok(Json(to_api(record)))
+}
+
+/// Release a phone number.
+#[utoipa::path(delete, path = "/v1/phone-numbers/{id}", tag = "phone-numbers", params(("id" = String, Path)),
+    responses((status = 204, description = "Deleted"), ErrorResponses))]
+async fn delete_number(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    fetch(&state, &id).await?;
+    state.store.delete_number(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

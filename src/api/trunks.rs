@@ -1,0 +1,135 @@
+//! `/v1/trunks`: read-only. The profile files are the source of truth; the
+//! API adds the live fields (registration state, last error, active calls).
+
+use axum::Json;
+use axum::extract::{Path, State};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::AppState;
+use super::error::{ApiError, ErrorResponses};
+use super::extract::{ApiQuery, List, Pagination};
+use crate::config::{Codec, Profile};
+use crate::trunk::{Registration, TrunkLive};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_trunks))
+        .routes(routes!(get_trunk))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Trunk {
+    /// `trk_` and the profile name.
+    #[schema(example = "trk_carrier-a")]
+    pub id: String,
+    pub name: String,
+    pub registration: TrunkRegistration,
+    /// Source networks allowed to send calls.
+    pub inbound_allow: Vec<String>,
+    pub outbound_proxy: Option<String>,
+    pub caller_id: Option<String>,
+    pub max_calls: u32,
+    pub cps: u32,
+    pub codecs: Vec<String>,
+    pub active_calls: u32,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TrunkRegistration {
+    /// `not_configured`, `pending`, `registered` or `failing`.
+    pub state: String,
+    pub registrar: Option<String>,
+    pub username: Option<String>,
+    pub expires_at: Option<DateTime<Utc>>,
+    /// SIP status of the last failed attempt, if anything answered.
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+}
+
+fn to_api(p: &Profile, live: TrunkLive) -> Trunk {
+    let reg = p.registration.as_ref();
+    let (state, expires_at, last_status, last_error, next_attempt_at) = match live.registration {
+        Registration::NotConfigured if reg.is_some() => ("pending", None, None, None, None),
+        Registration::NotConfigured => ("not_configured", None, None, None, None),
+        Registration::Pending => ("pending", None, None, None, None),
+        Registration::Registered { expires_at } => {
+            ("registered", Some(expires_at), None, None, None)
+        }
+        Registration::Failing {
+            status,
+            reason,
+            next_attempt_at,
+        } => ("failing", None, status, Some(reason), Some(next_attempt_at)),
+    };
+    Trunk {
+        id: p.id(),
+        name: p.name.clone(),
+        registration: TrunkRegistration {
+            state: state.into(),
+            registrar: reg.map(|r| r.registrar.clone()),
+            username: reg.map(|r| r.username.clone()),
+            expires_at,
+            last_status,
+            last_error,
+            next_attempt_at,
+        },
+        inbound_allow: p.inbound.allow.iter().map(ToString::to_string).collect(),
+        outbound_proxy: p.outbound.as_ref().map(|o| o.proxy.clone()),
+        caller_id: p.outbound.as_ref().and_then(|o| o.caller_id.clone()),
+        max_calls: p.limits.max_calls,
+        cps: p.limits.cps,
+        codecs: p
+            .media
+            .codecs
+            .iter()
+            .map(|c| match c {
+                Codec::Pcmu => "PCMU".to_string(),
+                Codec::Pcma => "PCMA".to_string(),
+            })
+            .collect(),
+        active_calls: live.active_calls,
+    }
+}
+
+/// List trunks, by name.
+#[utoipa::path(get, path = "/v1/trunks", tag = "trunks", params(Pagination),
+    responses((status = 200, description = "A page of trunks", body = List<Trunk>), ErrorResponses))]
+async fn list_trunks(
+    State(state): State<AppState>,
+    ApiQuery(page): ApiQuery<Pagination>,
+) -> Result<Json<List<Trunk>>, ApiError> {
+    let w = page.window()?;
+    let profiles = state.profiles();
+    let items = profiles
+        .by_name
+        .values()
+        .skip(usize::try_from(w.offset).unwrap_or(usize::MAX))
+        .take(usize::try_from(w.limit).unwrap_or(0))
+        .map(|p| to_api(p, state.trunks.get(&p.name)))
+        .collect();
+    Ok(Json(List {
+        items,
+        total: i64::try_from(profiles.by_name.len()).unwrap_or(i64::MAX),
+        limit: w.limit,
+        offset: w.offset,
+    }))
+}
+
+/// Get a trunk.
+#[utoipa::path(get, path = "/v1/trunks/{id}", tag = "trunks", params(("id" = String, Path)),
+    responses((status = 200, description = "The trunk", body = Trunk), ErrorResponses))]
+async fn get_trunk(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Trunk>, ApiError> {
+    let profiles = state.profiles();
+    let p = profiles
+        .get_by_id(&id)
+        .ok_or_else(|| ApiError::not_found("trunk"))?;
+    Ok(Json(to_api(p, state.trunks.get(&p.name))))
+}

@@ -1,0 +1,228 @@
+//! Builds the services in dependency order and owns the process lifecycle:
+//! validate config and profiles before binding anything, open and migrate the
+//! store, bind the API, tell systemd we are ready, then wait for signals.
+//!
+//! Signals: SIGTERM drains (readiness 503, no new calls, active calls finish
+//! up to `shutdown.drain_seconds`), a second SIGTERM or a SIGINT stops at
+//! once; SIGHUP reloads the SIP profiles and applies the difference.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::api::{self, AppState, Readiness};
+use crate::config::{Config, ConfigError, Profiles};
+use crate::store::{Store, StoreError};
+use crate::trunk::{Registration, TrunkStates};
+
+/// Why the daemon could not start, with the exit code it maps to.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+impl StartError {
+    /// `sysexits.h` codes: 64 bad config (systemd must not restart-loop on
+    /// it), 69 a service we need is unavailable, 71 the OS refused a socket.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StartError::Config(_) => 64,
+            StartError::Store(_) => 69,
+            StartError::Bind { .. } => 71,
+        }
+    }
+}
+
+/// What the daemon is told from outside while it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Run,
+    /// Stop taking work; let active calls finish.
+    Drain,
+    /// Hang up everything and exit now.
+    Stop,
+}
+
+/// A validated, connected daemon that has not bound its ports yet.
+pub struct App {
+    config: Config,
+    profiles_dir: PathBuf,
+    state: AppState,
+}
+
+impl App {
+    /// Loads the profiles, opens and migrates the store. Nothing is bound.
+    pub async fn build(
+        config: Config,
+        metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    ) -> Result<Self, StartError> {
+        let profiles = Profiles::load_dir(&config.profiles.dir)?;
+        let store = Store::connect(&config.store.url).await?;
+        store.migrate().await?;
+        let trunks = Arc::new(TrunkStates::default());
+        seed_trunk_states(&trunks, &profiles);
+        metrics::gauge!(crate::metrics::TRUNKS_CONFIGURED).set(profiles.by_name.len() as f64);
+        let state = AppState::new(
+            &config,
+            store,
+            profiles,
+            trunks,
+            Arc::new(Readiness::default()),
+            metrics,
+        );
+        Ok(Self {
+            profiles_dir: config.profiles.dir.clone(),
+            config,
+            state,
+        })
+    }
+
+    /// Binds the API and serves until `control` says stop (or drain, once
+    /// the drain is complete).
+    pub async fn run(self, mut control: watch::Receiver<Control>) -> Result<(), StartError> {
+        let addr = self.config.api.listen;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
+        let local = listener.local_addr().unwrap_or(addr);
+        let router = api::app(self.state.clone(), self.config.api.metrics_open);
+        let (stop_http, http_stopped) = watch::channel(false);
+        let server = tokio::spawn(async move {
+            let mut http_stopped = http_stopped;
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = http_stopped.wait_for(|s| *s).await;
+                })
+                .await
+        });
+        self.state.readiness.set_ready();
+        tracing::info!(api = %local, store = self.state.store.backend(), "agentline ready");
+        notify(&[sd_notify::NotifyState::Ready]);
+
+        let _ = control.wait_for(|c| *c != Control::Run).await;
+        self.state.readiness.set_draining();
+        notify(&[sd_notify::NotifyState::Stopping]);
+        let drain = Duration::from_secs(self.config.shutdown.drain_seconds);
+        tracing::info!(
+            drain_seconds = drain.as_secs(),
+            "draining: no new work is accepted"
+        );
+        // Calls arrive with the SIP layer; until then nothing holds the drain.
+        let _ = stop_http.send(true);
+        match tokio::time::timeout(Duration::from_secs(10), server).await {
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "API server ended with an error"),
+            Err(_) => tracing::warn!("API server did not stop within 10 s"),
+            _ => {}
+        }
+        self.state.store.close().await;
+        tracing::info!("agentline stopped");
+        Ok(())
+    }
+
+    /// What SIGHUP runs: re-read the profiles and apply the difference.
+    pub fn reloader(&self) -> impl Fn() + Send + 'static {
+        let state = self.state.clone();
+        let dir = self.profiles_dir.clone();
+        move || reload_profiles(&state, &dir)
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+}
+
+/// Re-reads the profile directory and applies the difference; on error the
+/// running profiles stay as they were.
+fn reload_profiles(state: &AppState, dir: &std::path::Path) {
+    match Profiles::load_dir(dir) {
+        Ok(profiles) => {
+            let old = state.profiles();
+            let added: Vec<_> = profiles
+                .by_name
+                .keys()
+                .filter(|n| !old.by_name.contains_key(*n))
+                .cloned()
+                .collect();
+            let removed: Vec<_> = old
+                .by_name
+                .keys()
+                .filter(|n| !profiles.by_name.contains_key(*n))
+                .cloned()
+                .collect();
+            let changed: Vec<_> = profiles
+                .by_name
+                .iter()
+                .filter(|(n, p)| old.by_name.get(*n).is_some_and(|o| o != *p))
+                .map(|(n, _)| n.clone())
+                .collect();
+            tracing::info!(?added, ?removed, ?changed, "SIP profiles reloaded");
+            state
+                .trunks
+                .retain(|name| profiles.by_name.contains_key(name));
+            seed_trunk_states(&state.trunks, &profiles);
+            metrics::gauge!(crate::metrics::TRUNKS_CONFIGURED).set(profiles.by_name.len() as f64);
+            state.replace_profiles(profiles);
+        }
+        Err(e) => tracing::error!(error = %e, "SIP profiles not reloaded; keeping the running set"),
+    }
+}
+
+fn seed_trunk_states(trunks: &TrunkStates, profiles: &Profiles) {
+    for p in profiles.by_name.values() {
+        let live = trunks.get(&p.name);
+        match (&p.registration, &live.registration) {
+            (Some(_), Registration::NotConfigured) => {
+                trunks.set_registration(&p.name, Registration::Pending)
+            }
+            (None, _) => trunks.set_registration(&p.name, Registration::NotConfigured),
+            _ => {}
+        }
+    }
+}
+
+fn notify(states: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(false, states) {
+        tracing::debug!(error = %e, "sd_notify failed");
+    }
+}
+
+/// Turns process signals into [`Control`] changes: the first SIGTERM drains,
+/// a second SIGTERM or any SIGINT stops; SIGHUP calls `on_hup`.
+pub async fn watch_signals(
+    control: watch::Sender<Control>,
+    on_hup: impl Fn() + Send + 'static,
+) -> std::io::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    Ok(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => {
+                    let next = if *control.borrow() == Control::Run { Control::Drain } else { Control::Stop };
+                    tracing::info!(?next, "SIGTERM");
+                    let _ = control.send(next);
+                }
+                _ = int.recv() => {
+                    tracing::info!("SIGINT: stopping now");
+                    let _ = control.send(Control::Stop);
+                }
+                _ = hup.recv() => on_hup(),
+            }
+        }
+    })
+}

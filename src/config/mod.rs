@@ -1,0 +1,386 @@
+//! Daemon configuration (`agentline.toml`) and SIP profiles (`sip-profiles/*.toml`).
+//!
+//! Owns: parsing, defaults, environment overrides and validation, done once
+//! before anything is bound. Every error names the file and the key so an
+//! operator can fix it without reading code; the binary turns a
+//! [`ConfigError`] into exit code 64 (`EX_USAGE`).
+//!
+//! Must not: touch the network, the store or any other module's state. Other
+//! modules receive already-validated values.
+
+mod profile;
+
+pub use profile::{Codec, Inbound, Limits, Media, Outbound, Profile, Profiles, Registration};
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// The prefix of environment variables that override config keys. Nested keys
+/// are separated by a double underscore: `AGENTLINE_API__LISTEN` overrides
+/// `[api] listen`, `AGENTLINE_SIP__RTP_PORTS` overrides `[sip] rtp_ports`.
+pub const ENV_PREFIX: &str = "AGENTLINE_";
+
+/// A configuration problem, naming where it is so it can be fixed.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {key}: {message}")]
+pub struct ConfigError {
+    /// The file (or `environment`) the bad value came from.
+    pub file: String,
+    /// The dotted key, for example `api.listen`.
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(
+        file: impl Into<String>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            file: file.into(),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The whole daemon configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub api: ApiConfig,
+    pub sip: SipConfig,
+    pub store: StoreConfig,
+    pub profiles: ProfilesConfig,
+    pub log: LogConfig,
+    pub shutdown: ShutdownConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Address of the admin HTTP API.
+    pub listen: SocketAddr,
+    /// Serve `/metrics` without an API key (Prometheus scrapers rarely carry one).
+    pub metrics_open: bool,
+    /// Requests per minute for a key that has no limit of its own.
+    pub rate_limit_per_minute: u32,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            metrics_open: true,
+            rate_limit_per_minute: 100,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SipConfig {
+    /// UDP and TCP signalling address.
+    pub listen: SocketAddr,
+    /// Host or address announced in Contact and SDP when behind NAT; empty
+    /// means the address of the listening socket.
+    pub public_address: String,
+    /// RTP port range, inclusive, as `"LOW-HIGH"`.
+    pub rtp_ports: PortRange,
+    /// What to do with an INVITE from a source no trunk allows: answer 403,
+    /// or drop it silently so scanners learn nothing.
+    pub unknown_source: UnknownSource,
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 5060)),
+            public_address: String::new(),
+            rtp_ports: PortRange {
+                low: 20000,
+                high: 30000,
+            },
+            unknown_source: UnknownSource::Reject,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownSource {
+    Reject,
+    Drop,
+}
+
+/// An inclusive UDP port range written `"20000-30000"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    pub low: u16,
+    pub high: u16,
+}
+
+impl std::str::FromStr for PortRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (low, high) = s
+            .split_once('-')
+            .ok_or_else(|| format!("expected \"LOW-HIGH\", found {s:?}"))?;
+        let low: u16 = low
+            .trim()
+            .parse()
+            .map_err(|_| format!("bad low port in {s:?}"))?;
+        let high: u16 = high
+            .trim()
+            .parse()
+            .map_err(|_| format!("bad high port in {s:?}"))?;
+        // RTP wants an even port and RTCP the odd one above it (RFC 3550
+        // section 11), so a usable range holds at least one such pair.
+        if low == 0 || high <= low {
+            return Err(format!("range {s:?} must be LOW-HIGH with 0 < LOW < HIGH"));
+        }
+        Ok(Self { low, high })
+    }
+}
+
+impl Serialize for PortRange {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}-{}", self.low, self.high))
+    }
+}
+
+impl<'de> Deserialize<'de> for PortRange {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `sqlite://PATH` (the embedded default) or `postgres://...`.
+    pub url: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://agentline.db".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProfilesConfig {
+    /// Directory holding one TOML file per SIP trunk.
+    pub dir: PathBuf,
+}
+
+impl Default for ProfilesConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("sip-profiles"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `agentline::sip=debug,info`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// How long SIGTERM lets active calls finish before hanging them up.
+    pub drain_seconds: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self { drain_seconds: 300 }
+    }
+}
+
+impl Config {
+    /// Loads the file at `path` (defaults when it does not exist and
+    /// `required` is false), applies `AGENTLINE_*` overrides, then validates.
+    pub fn load(path: &Path, required: bool) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if path.exists() {
+            if let Err(e) = std::fs::File::open(path) {
+                return Err(ConfigError::new(&file, "-", format!("cannot read: {e}")));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        } else if required {
+            return Err(ConfigError::new(&file, "-", "file not found"));
+        }
+        figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
+        let config: Config = figment.extract().map_err(|e| figment_error(&file, e))?;
+        config.validate(&file)?;
+        Ok(config)
+    }
+
+    fn validate(&self, file: &str) -> Result<(), ConfigError> {
+        let url = &self.store.url;
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            return Err(ConfigError::new(
+                file,
+                "store.url",
+                format!("expected sqlite://PATH or postgres://..., found {url:?}"),
+            ));
+        }
+        if !self.sip.public_address.is_empty()
+            && self.sip.public_address.parse::<std::net::IpAddr>().is_err()
+            && !is_hostname(&self.sip.public_address)
+        {
+            return Err(ConfigError::new(
+                file,
+                "sip.public_address",
+                format!(
+                    "{:?} is neither an IP address nor a host name",
+                    self.sip.public_address
+                ),
+            ));
+        }
+        if self.api.rate_limit_per_minute == 0 {
+            return Err(ConfigError::new(
+                file,
+                "api.rate_limit_per_minute",
+                "must be at least 1",
+            ));
+        }
+        if self
+            .log
+            .level
+            .parse::<tracing_subscriber::EnvFilter>()
+            .is_err()
+        {
+            return Err(ConfigError::new(
+                file,
+                "log.level",
+                format!("{:?} is not a tracing filter", self.log.level),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// True for an RFC 1123 host name (letters, digits, hyphens, dots).
+pub(crate) fn is_hostname(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
+/// Turns a figment error into one that names the file and the dotted key.
+fn figment_error(file: &str, err: figment::Error) -> ConfigError {
+    let err = err.into_iter().next();
+    let Some(err) = err else {
+        return ConfigError::new(file, "-", "invalid configuration");
+    };
+    let source = match &err.metadata {
+        Some(meta) if meta.name.contains("environment") => {
+            let key = err.path.join("__").to_uppercase();
+            format!("environment variable {ENV_PREFIX}{key}")
+        }
+        _ => file.to_string(),
+    };
+    let mut path = err.path.clone();
+    if let figment::error::Kind::UnknownField(field, _) = &err.kind {
+        path.push(field.clone());
+    }
+    let key = if path.is_empty() {
+        "-".to_string()
+    } else {
+        path.join(".")
+    };
+    ConfigError::new(source, key, err.kind.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn load_str(toml: &str) -> Result<Config, ConfigError> {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(toml.as_bytes()).unwrap();
+        Config::load(f.path(), true)
+    }
+
+    #[test]
+    fn defaults_apply_when_the_file_is_missing() {
+        let c = Config::load(Path::new("/nonexistent/agentline.toml"), false).unwrap();
+        assert_eq!(c.api.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(
+            c.sip.rtp_ports,
+            PortRange {
+                low: 20000,
+                high: 30000
+            }
+        );
+        assert_eq!(c.store.url, "sqlite://agentline.db");
+    }
+
+    #[test]
+    fn an_unknown_key_is_named() {
+        let e = load_str("[api]\nlisten = \"127.0.0.1:1\"\nlsiten = 3\n").unwrap_err();
+        assert_eq!(e.key, "api.lsiten", "{e}");
+    }
+
+    #[test]
+    fn a_bad_address_is_named() {
+        let e = load_str("[sip]\nlisten = \"nowhere\"\n").unwrap_err();
+        assert_eq!(e.key, "sip.listen", "{e}");
+    }
+
+    #[test]
+    fn a_bad_port_range_is_named() {
+        let e = load_str("[sip]\nrtp_ports = \"30000-20000\"\n").unwrap_err();
+        assert_eq!(e.key, "sip.rtp_ports", "{e}");
+    }
+
+    #[test]
+    fn a_bad_store_url_is_named() {
+        let e = load_str("[store]\nurl = \"mysql://x\"\n").unwrap_err();
+        assert_eq!(e.key, "store.url", "{e}");
+    }
+}

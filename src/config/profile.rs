@@ -1,0 +1,379 @@
+//! SIP profiles: one TOML file per trunk in the profiles directory.
+//!
+//! The files are the source of truth for trunks; the API only reads them.
+//! Secrets are never in the files: `password_env` names the environment
+//! variable that holds the password, and it is read here, once, so a missing
+//! secret is a start-up error rather than a failing registration at 3 a.m.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use super::{ConfigError, is_hostname};
+
+/// One trunk as configured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    pub name: String,
+    #[serde(default)]
+    pub registration: Option<Registration>,
+    #[serde(default)]
+    pub inbound: Inbound,
+    #[serde(default)]
+    pub outbound: Option<Outbound>,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub media: Media,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registration {
+    /// `host[:port]` of the registrar.
+    pub registrar: String,
+    pub username: String,
+    /// Digest user when it differs from `username`.
+    #[serde(default)]
+    pub auth_username: Option<String>,
+    /// Name of the environment variable that holds the password.
+    pub password_env: String,
+    /// The password read from `password_env` at load time; never serialized.
+    #[serde(skip)]
+    pub password: String,
+    /// Domain of the AOR; defaults to the registrar's host.
+    #[serde(default)]
+    pub domain: Option<String>,
+    #[serde(default = "default_expires")]
+    pub expires: u32,
+}
+
+fn default_expires() -> u32 {
+    3600
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Inbound {
+    /// Source networks allowed to send calls to this trunk.
+    #[serde(default)]
+    pub allow: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Outbound {
+    /// `host[:port]` that outbound INVITEs are sent to.
+    pub proxy: String,
+    /// E.164 number presented when a call does not say otherwise.
+    #[serde(default)]
+    pub caller_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    #[serde(default = "default_max_calls")]
+    pub max_calls: u32,
+    #[serde(default = "default_cps")]
+    pub cps: u32,
+}
+
+fn default_max_calls() -> u32 {
+    100
+}
+
+fn default_cps() -> u32 {
+    10
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_calls: default_max_calls(),
+            cps: default_cps(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Media {
+    #[serde(default = "default_codecs")]
+    pub codecs: Vec<Codec>,
+}
+
+fn default_codecs() -> Vec<Codec> {
+    vec![Codec::Pcmu, Codec::Pcma]
+}
+
+impl Default for Media {
+    fn default() -> Self {
+        Self {
+            codecs: default_codecs(),
+        }
+    }
+}
+
+/// Audio codecs agentline speaks on a trunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Codec {
+    #[serde(rename = "PCMU")]
+    Pcmu,
+    #[serde(rename = "PCMA")]
+    Pcma,
+}
+
+impl Profile {
+    /// The API id of the trunk: stable across restarts because it derives from
+    /// the profile name, which is unique.
+    pub fn id(&self) -> String {
+        format!("trk_{}", self.name)
+    }
+
+    fn validate(&mut self, file: &str) -> Result<(), ConfigError> {
+        let valid_name = !self.name.is_empty()
+            && self.name.len() <= 64
+            && self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !valid_name {
+            return Err(ConfigError::new(
+                file,
+                "name",
+                "must be 1 to 64 letters, digits, '-' or '_'",
+            ));
+        }
+        if let Some(reg) = &mut self.registration {
+            check_host_port(file, "registration.registrar", &reg.registrar)?;
+            if reg.username.is_empty() {
+                return Err(ConfigError::new(
+                    file,
+                    "registration.username",
+                    "must not be empty",
+                ));
+            }
+            if !(60..=86_400).contains(&reg.expires) {
+                return Err(ConfigError::new(
+                    file,
+                    "registration.expires",
+                    "must be between 60 and 86400 seconds",
+                ));
+            }
+            reg.password = std::env::var(&reg.password_env).map_err(|_| {
+                ConfigError::new(
+                    file,
+                    "registration.password_env",
+                    format!("environment variable {} is not set", reg.password_env),
+                )
+            })?;
+        }
+        if let Some(out) = &self.outbound {
+            check_host_port(file, "outbound.proxy", &out.proxy)?;
+            if let Some(cid) = &out.caller_id
+                && crate::e164::normalize(cid).is_err()
+            {
+                return Err(ConfigError::new(
+                    file,
+                    "outbound.caller_id",
+                    format!("{cid:?} is not an E.164 number"),
+                ));
+            }
+        }
+        if self.limits.max_calls == 0 {
+            return Err(ConfigError::new(
+                file,
+                "limits.max_calls",
+                "must be at least 1",
+            ));
+        }
+        if self.limits.cps == 0 {
+            return Err(ConfigError::new(file, "limits.cps", "must be at least 1"));
+        }
+        if self.media.codecs.is_empty() {
+            return Err(ConfigError::new(
+                file,
+                "media.codecs",
+                "must name at least one codec",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn check_host_port(file: &str, key: &str, value: &str) -> Result<(), ConfigError> {
+    let (host, port) = match value.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') || h.starts_with('[') => (h, Some(p)),
+        _ => (value, None),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p != 0));
+    let host_ok = host.parse::<std::net::IpAddr>().is_ok() || is_hostname(host);
+    if port_ok && host_ok {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            file,
+            key,
+            format!("expected host[:port], found {value:?}"),
+        ))
+    }
+}
+
+/// Every profile, keyed by name.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Profiles {
+    pub by_name: BTreeMap<String, Profile>,
+}
+
+impl Profiles {
+    /// Reads every `*.toml` in `dir`. A missing directory means no trunks; any
+    /// unreadable or invalid file refuses the whole set, so a typo never
+    /// silently drops a trunk.
+    pub fn load_dir(dir: &Path) -> Result<Self, ConfigError> {
+        let mut by_name = BTreeMap::new();
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) => {
+                return Err(ConfigError::new(
+                    dir.display().to_string(),
+                    "profiles.dir",
+                    format!("cannot read directory: {e}"),
+                ));
+            }
+        };
+        let mut paths: Vec<_> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        paths.sort();
+        for path in paths {
+            let file = path.display().to_string();
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| ConfigError::new(&file, "-", format!("cannot read: {e}")))?;
+            let profile = Profile::parse(&file, &text)?;
+            if by_name.contains_key(&profile.name) {
+                return Err(ConfigError::new(
+                    &file,
+                    "name",
+                    format!("trunk {:?} is defined twice", profile.name),
+                ));
+            }
+            by_name.insert(profile.name.clone(), profile);
+        }
+        Ok(Self { by_name })
+    }
+
+    pub fn get_by_id(&self, id: &str) -> Option<&Profile> {
+        self.by_name.get(id.strip_prefix("trk_")?)
+    }
+}
+
+impl Profile {
+    /// Parses and validates one profile file's text.
+    pub fn parse(file: &str, text: &str) -> Result<Self, ConfigError> {
+        let mut profile: Profile = toml::from_str(text).map_err(|e| {
+            let key = toml_key(text, &e);
+            ConfigError::new(file, key, e.message().to_string())
+        })?;
+        profile.validate(file)?;
+        Ok(profile)
+    }
+}
+
+/// Best-effort dotted key of a TOML error: the table header above the error
+/// and the key on its line.
+fn toml_key(text: &str, err: &toml::de::Error) -> String {
+    let Some(span) = err.span() else {
+        return "-".into();
+    };
+    let before = &text[..span.start.min(text.len())];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let key = line
+        .split('=')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .trim_matches('"');
+    let table = before
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('[') && l.ends_with(']'))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim());
+    match (table, key.is_empty() || key.starts_with('[')) {
+        (_, true) => table.unwrap_or("-").to_string(),
+        (Some(t), false) => format!("{t}.{key}"),
+        (None, false) => key.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "carrier-a"
+[inbound]
+allow = ["203.0.113.0/24"]
+[outbound]
+proxy = "sip.carrier-a.example:5060"
+caller_id = "+15551230000"
+[limits]
+max_calls = 100
+cps = 10
+[media]
+codecs = ["PCMU", "PCMA"]
+"#;
+
+    #[test]
+    fn a_good_profile_parses() {
+        let p = Profile::parse("a.toml", GOOD).unwrap();
+        assert_eq!(p.id(), "trk_carrier-a");
+        assert_eq!(p.inbound.allow.len(), 1);
+        assert_eq!(p.media.codecs, vec![Codec::Pcmu, Codec::Pcma]);
+    }
+
+    #[test]
+    fn a_wrong_type_names_the_key() {
+        let text = GOOD.replace("max_calls = 100", "max_calls = \"lots\"");
+        let e = Profile::parse("a.toml", &text).unwrap_err();
+        assert_eq!(e.key, "limits.max_calls", "{e}");
+    }
+
+    #[test]
+    fn an_unknown_codec_names_the_key() {
+        let text = GOOD.replace("\"PCMA\"]", "\"G729\"]");
+        let e = Profile::parse("a.toml", &text).unwrap_err();
+        assert_eq!(e.key, "media.codecs", "{e}");
+    }
+
+    #[test]
+    fn a_bad_network_names_the_key() {
+        let text = GOOD.replace("203.0.113.0/24", "203.0.113.0/99");
+        let e = Profile::parse("a.toml", &text).unwrap_err();
+        assert_eq!(e.key, "inbound.allow", "{e}");
+    }
+
+    #[test]
+    fn a_missing_password_variable_is_refused() {
+        let text = format!(
+            "{GOOD}\n[registration]\nregistrar = \"reg.example:5060\"\nusername = \"1001\"\npassword_env = \"AGENTLINE_TEST_SURELY_UNSET\"\n"
+        );
+        let e = Profile::parse("a.toml", &text).unwrap_err();
+        assert_eq!(e.key, "registration.password_env", "{e}");
+    }
+
+    #[test]
+    fn a_bad_proxy_is_refused() {
+        let text = GOOD.replace("sip.carrier-a.example:5060", "sip carrier:99999");
+        let e = Profile::parse("a.toml", &text).unwrap_err();
+        assert_eq!(e.key, "outbound.proxy", "{e}");
+    }
+}

@@ -1,0 +1,200 @@
+//! The store: every SQL statement agentline runs, for SQLite (the embedded
+//! default) and PostgreSQL (several nodes), one repo file per aggregate.
+//!
+//! Both backends run the same statements: `$N` placeholders work on both, and
+//! the schemas in `migrations/{sqlite,postgres}` have the same tables and
+//! columns. [`on_pool!`] runs one statement text on whichever pool is open, so
+//! a query is written once and type-checked against both drivers. We do not
+//! use sqlx's `Any` driver because it cannot decode timestamps, and we do not
+//! use the `query!` macros because they need a database at compile time.
+//!
+//! Must not: know HTTP, SIP or JSON schemas. Callers get typed records and a
+//! [`StoreError`] that says what they can do about it (not found, conflict,
+//! in use); driver errors stay inside [`StoreError::Database`].
+
+pub mod agents;
+pub mod calls;
+pub mod keys;
+pub mod numbers;
+pub mod webhooks;
+
+use std::borrow::Cow;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::{SqlSafeStr, error::ErrorKind};
+
+/// Runs `$body` with `$pool` bound to the open pool, whichever backend it is.
+/// The body is compiled once per backend, so both must accept it.
+macro_rules! on_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match &$store.pool {
+            $crate::store::Pool::Sqlite($pool) => $body,
+            $crate::store::Pool::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use on_pool;
+
+/// The open connection pool.
+#[derive(Clone, Debug)]
+pub enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Handle to the store; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pub(crate) pool: Pool,
+}
+
+/// What a caller can do about a failed store operation.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    /// A unique constraint refused the write (for example a number that is
+    /// already provisioned).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// A row is still referenced (for example an agent bound to a number).
+    #[error("in use: {0}")]
+    InUse(String),
+    #[error("database: {0}")]
+    Database(#[source] sqlx::Error),
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::RowNotFound => StoreError::NotFound,
+            sqlx::Error::Database(db) => match db.kind() {
+                ErrorKind::UniqueViolation => StoreError::Conflict(db.message().to_string()),
+                ErrorKind::ForeignKeyViolation => StoreError::InUse(db.message().to_string()),
+                _ => StoreError::Database(e),
+            },
+            _ => StoreError::Database(e),
+        }
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// One page of a listing and the total number of matching rows.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub total: i64,
+}
+
+/// Where a listing starts and how long it is.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    pub limit: i64,
+    pub offset: i64,
+}
+
+fn migrations(sources: &'static [(i64, &'static str, &'static str)]) -> Migrator {
+    let migrations = sources
+        .iter()
+        .map(|(version, description, sql)| {
+            Migration::new(
+                *version,
+                Cow::Borrowed(*description),
+                MigrationType::Simple,
+                (*sql).into_sql_str(),
+                false,
+            )
+        })
+        .collect::<Vec<_>>();
+    Migrator {
+        migrations: Cow::Owned(migrations),
+        ..Migrator::DEFAULT
+    }
+}
+
+/// The SQLite migrations, embedded in the binary.
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "init",
+    include_str!("../../migrations/sqlite/0001_init.sql"),
+)];
+
+/// The PostgreSQL migrations, embedded in the binary.
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "init",
+    include_str!("../../migrations/postgres/0001_init.sql"),
+)];
+
+impl Store {
+    /// Opens the store at `url` (`sqlite://PATH` or `postgres://...`). The
+    /// SQLite file is created when missing.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let pool = if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                // WAL lets the API read while a call task writes; the busy
+                // timeout absorbs short write contention instead of failing.
+                .journal_mode(SqliteJournalMode::Wal)
+                .busy_timeout(Duration::from_secs(5))
+                .foreign_keys(true);
+            let pool = SqlitePoolOptions::new()
+                .max_connections(8)
+                .connect_with(options)
+                .await?;
+            Pool::Sqlite(pool)
+        } else {
+            let options = PgConnectOptions::from_str(url)?;
+            let pool = PgPoolOptions::new()
+                .max_connections(16)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(options)
+                .await?;
+            Pool::Postgres(pool)
+        };
+        Ok(Self { pool })
+    }
+
+    /// Applies every migration not yet applied. Idempotent; concurrent
+    /// daemons on PostgreSQL serialize on sqlx's advisory lock.
+    pub async fn migrate(&self) -> Result<()> {
+        match &self.pool {
+            Pool::Sqlite(p) => migrations(SQLITE_MIGRATIONS).run(p).await?,
+            Pool::Postgres(p) => migrations(POSTGRES_MIGRATIONS).run(p).await?,
+        }
+        Ok(())
+    }
+
+    /// Cheap liveness probe for `/ready`.
+    pub async fn ping(&self) -> Result<()> {
+        on_pool!(self, p => sqlx::query("SELECT 1").execute(p).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    pub fn backend(&self) -> &'static str {
+        match self.pool {
+            Pool::Sqlite(_) => "sqlite",
+            Pool::Postgres(_) => "postgres",
+        }
+    }
+
+    pub async fn close(&self) {
+        on_pool!(self, p => p.close().await)
+    }
+}
+
+/// The current time, truncated to microseconds so that what is written reads
+/// back equal on both backends (PostgreSQL keeps microseconds).
+pub fn now() -> chrono::DateTime<chrono::Utc> {
+    let now = chrono::Utc::now();
+    chrono::DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
+}

@@ -1,0 +1,90 @@
+//! Phone numbers: E.164 (normalized by the caller), unique, bound to an
+//! agent and a trunk.
+
+use chrono::{DateTime, Utc};
+
+use super::{Page, Result, Store, StoreError, Window, on_pool};
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct NumberRecord {
+    pub id: String,
+    pub number: String,
+    pub name: Option<String>,
+    pub agent_id: Option<String>,
+    pub trunk: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The writable fields of a number.
+pub struct NumberFields<'a> {
+    pub number: &'a str,
+    pub name: Option<&'a str>,
+    pub agent_id: Option<&'a str>,
+    pub trunk: Option<&'a str>,
+}
+
+impl Store {
+    pub async fn insert_number(&self, id: &str, f: NumberFields<'_>) -> Result<NumberRecord> {
+        let now = super::now();
+        on_pool!(self, p => sqlx::query(
+            "INSERT INTO phone_numbers (id, number, name, agent_id, trunk, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $6)")
+            .bind(id).bind(f.number).bind(f.name).bind(f.agent_id).bind(f.trunk).bind(now)
+            .execute(p).await.map(|r| r.rows_affected()))?;
+        self.get_number(id).await
+    }
+
+    pub async fn get_number(&self, id: &str) -> Result<NumberRecord> {
+        on_pool!(self, p => sqlx::query_as::<_, NumberRecord>(
+            "SELECT id, number, name, agent_id, trunk, created_at, updated_at FROM phone_numbers WHERE id = $1")
+            .bind(id).fetch_optional(p).await)?
+        .ok_or(StoreError::NotFound)
+    }
+
+    /// The provisioned number `number` (E.164), as inbound routing needs.
+    pub async fn find_number(&self, number: &str) -> Result<NumberRecord> {
+        on_pool!(self, p => sqlx::query_as::<_, NumberRecord>(
+            "SELECT id, number, name, agent_id, trunk, created_at, updated_at FROM phone_numbers WHERE number = $1")
+            .bind(number).fetch_optional(p).await)?
+        .ok_or(StoreError::NotFound)
+    }
+
+    pub async fn list_numbers(
+        &self,
+        agent_id: Option<&str>,
+        w: Window,
+    ) -> Result<Page<NumberRecord>> {
+        let items = on_pool!(self, p => sqlx::query_as::<_, NumberRecord>(
+            "SELECT id, number, name, agent_id, trunk, created_at, updated_at FROM phone_numbers
+             WHERE ($1 IS NULL OR agent_id = $1)
+             ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3")
+            .bind(agent_id).bind(w.limit).bind(w.offset).fetch_all(p).await)?;
+        let total: i64 = on_pool!(self, p => sqlx::query_scalar(
+            "SELECT COUNT(*) FROM phone_numbers WHERE ($1 IS NULL OR agent_id = $1)")
+            .bind(agent_id).fetch_one(p).await)?;
+        Ok(Page { items, total })
+    }
+
+    pub async fn update_number(&self, id: &str, f: NumberFields<'_>) -> Result<NumberRecord> {
+        let now = super::now();
+        let done = on_pool!(self, p => sqlx::query(
+            "UPDATE phone_numbers SET number = $2, name = $3, agent_id = $4, trunk = $5, updated_at = $6
+             WHERE id = $1")
+            .bind(id).bind(f.number).bind(f.name).bind(f.agent_id).bind(f.trunk).bind(now)
+            .execute(p).await.map(|r| r.rows_affected()))?;
+        if done == 0 {
+            return Err(StoreError::NotFound);
+        }
+        self.get_number(id).await
+    }
+
+    pub async fn delete_number(&self, id: &str) -> Result<()> {
+        let done = on_pool!(self, p => sqlx::query("DELETE FROM phone_numbers WHERE id = $1")
+            .bind(id).execute(p).await.map(|r| r.rows_affected()))?;
+        if done == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,84 @@
+//! Webhook endpoints: where call events are delivered and the secret that
+//! signs them.
+
+use chrono::{DateTime, Utc};
+
+use super::{Page, Result, Store, StoreError, Window, on_pool};
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct EndpointRecord {
+    pub id: String,
+    pub url: String,
+    pub description: Option<String>,
+    /// JSON array of subscribed event types.
+    pub events: String,
+    pub enabled: bool,
+    pub secret: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The writable fields of an endpoint.
+pub struct EndpointFields<'a> {
+    pub url: &'a str,
+    pub description: Option<&'a str>,
+    pub events: &'a str,
+    pub enabled: bool,
+}
+
+impl Store {
+    pub async fn insert_endpoint(
+        &self,
+        id: &str,
+        secret: &str,
+        f: EndpointFields<'_>,
+    ) -> Result<EndpointRecord> {
+        let now = super::now();
+        on_pool!(self, p => sqlx::query(
+            "INSERT INTO webhook_endpoints (id, url, description, events, enabled, secret, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7)")
+            .bind(id).bind(f.url).bind(f.description).bind(f.events).bind(f.enabled).bind(secret).bind(now)
+            .execute(p).await.map(|r| r.rows_affected()))?;
+        self.get_endpoint(id).await
+    }
+
+    pub async fn get_endpoint(&self, id: &str) -> Result<EndpointRecord> {
+        on_pool!(self, p => sqlx::query_as::<_, EndpointRecord>(
+            "SELECT id, url, description, events, enabled, secret, created_at, updated_at
+             FROM webhook_endpoints WHERE id = $1")
+            .bind(id).fetch_optional(p).await)?
+        .ok_or(StoreError::NotFound)
+    }
+
+    pub async fn list_endpoints(&self, w: Window) -> Result<Page<EndpointRecord>> {
+        let items = on_pool!(self, p => sqlx::query_as::<_, EndpointRecord>(
+            "SELECT id, url, description, events, enabled, secret, created_at, updated_at
+             FROM webhook_endpoints ORDER BY created_at DESC, id DESC LIMIT $1 OFFSET $2")
+            .bind(w.limit).bind(w.offset).fetch_all(p).await)?;
+        let total: i64 = on_pool!(self, p => sqlx::query_scalar("SELECT COUNT(*) FROM webhook_endpoints")
+            .fetch_one(p).await)?;
+        Ok(Page { items, total })
+    }
+
+    pub async fn update_endpoint(&self, id: &str, f: EndpointFields<'_>) -> Result<EndpointRecord> {
+        let now = super::now();
+        let done = on_pool!(self, p => sqlx::query(
+            "UPDATE webhook_endpoints SET url = $2, description = $3, events = $4, enabled = $5, updated_at = $6
+             WHERE id = $1")
+            .bind(id).bind(f.url).bind(f.description).bind(f.events).bind(f.enabled).bind(now)
+            .execute(p).await.map(|r| r.rows_affected()))?;
+        if done == 0 {
+            return Err(StoreError::NotFound);
+        }
+        self.get_endpoint(id).await
+    }
+
+    pub async fn delete_endpoint(&self, id: &str) -> Result<()> {
+        let done = on_pool!(self, p => sqlx::query("DELETE FROM webhook_endpoints WHERE id = $1")
+            .bind(id).execute(p).await.map(|r| r.rows_affected()))?;
+        if done == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+}

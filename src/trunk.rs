@@ -1,0 +1,64 @@
+//! Live state of each trunk: registration status and active calls.
+//!
+//! Written by the SIP registration tasks and the call tasks, read by the API
+//! (`GET /v1/trunks`) and metrics. The profiles themselves live in
+//! [`crate::config::Profiles`]; this holds only what changes at run time.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+
+/// Where a trunk's registration stands.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Registration {
+    /// The profile has no `[registration]` table.
+    #[default]
+    NotConfigured,
+    /// Configured; the first attempt has not finished.
+    Pending,
+    Registered {
+        expires_at: DateTime<Utc>,
+    },
+    Failing {
+        /// The SIP status of the last answer, `None` when nothing answered.
+        status: Option<u16>,
+        reason: String,
+        next_attempt_at: DateTime<Utc>,
+    },
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TrunkLive {
+    pub registration: Registration,
+    pub active_calls: u32,
+}
+
+/// Live state of every trunk, by profile name.
+#[derive(Debug, Default)]
+pub struct TrunkStates {
+    // std Mutex: every access is a short copy in or out, never across `.await`.
+    inner: Mutex<HashMap<String, TrunkLive>>,
+}
+
+impl TrunkStates {
+    pub fn get(&self, name: &str) -> TrunkLive {
+        self.lock().get(name).cloned().unwrap_or_default()
+    }
+
+    pub fn set_registration(&self, name: &str, registration: Registration) {
+        self.lock()
+            .entry(name.to_string())
+            .or_default()
+            .registration = registration;
+    }
+
+    /// Forgets trunks whose profile is gone.
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        self.lock().retain(|name, _| keep(name));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, TrunkLive>> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
