@@ -323,14 +323,10 @@ fn figment_error(file: &str, err: figment::Error) -> ConfigError {
         }
         _ => file.to_string(),
     };
-    let mut path = err.path.clone();
-    if let figment::error::Kind::UnknownField(field, _) = &err.kind {
-        path.push(field.clone());
-    }
-    let key = if path.is_empty() {
+    let key = if err.path.is_empty() {
         "-".to_string()
     } else {
-        path.join(".")
+        err.path.join(".")
     };
     ConfigError::new(source, key, err.kind.to_string())
 }

@@ -324,7 +324,7 @@ name = "carrier-a"
 allow = ["203.0.113.0/24"]
 [outbound]
 proxy = "sip.carrier-a.example:5060"
-caller_id = "+15551230000"
+caller_id = "+14155550100"
 [limits]
 max_calls = 100
 cps = 10
