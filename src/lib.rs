@@ -2,3 +2,5 @@
 //!
 //! The module map follows `DESIGN.md`; `main.rs` only parses the command line
 //! and hands over to [`app`].
+
+pub mod media;
