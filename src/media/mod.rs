@@ -14,6 +14,7 @@ pub mod dtmf;
 pub mod g711;
 pub mod jitter;
 pub mod pacer;
+pub mod sdp;
 
 use std::time::Duration;
 

@@ -1,0 +1,1 @@
+//! RTP session driver (placeholder until written).
