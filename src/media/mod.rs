@@ -15,6 +15,7 @@ pub mod g711;
 pub mod jitter;
 pub mod pacer;
 pub mod sdp;
+pub mod session;
 
 use std::time::Duration;
 
