@@ -9,6 +9,15 @@
 //! call. It reports what arrived (audio, digits, timeouts) and does what it
 //! is told. The protocol cores (`g711`, `jitter`, `dtmf`, `pacer`, `sdp`) do
 //! no IO; only `session` and the pacing clock touch tokio.
+//!
+//! For the call task, a call's media goes:
+//! 1. [`bind_rtp`] takes a port from the [`PortAllocator`] and binds it.
+//! 2. [`LocalSdp`] answers the offer (or makes ours and reads the answer)
+//!    and yields [`NegotiatedMedia`]; an [`SdpError`] means 488.
+//! 3. [`RtpSession::start`] runs the session: [`MediaEvents`] brings 20 ms
+//!    [`AudioFrame`]s, [`Digit`]s and the timeout; [`MediaHandle`] plays PCM,
+//!    clears it on barge-in, sends digits and applies re-INVITEs.
+//! 4. Dropping every [`MediaHandle`] ends the session and frees the port.
 
 pub mod dtmf;
 pub mod g711;
@@ -18,6 +27,14 @@ pub mod sdp;
 pub mod session;
 
 use std::time::Duration;
+
+pub use dtmf::Digit;
+pub use g711::Codec;
+pub use sdp::{Direction, LocalSdp, NegotiatedMedia, SdpError};
+pub use session::{
+    AudioFrame, LatchPolicy, MediaError, MediaEvent, MediaEvents, MediaHandle, MediaStats,
+    PortAllocator, PortPermit, RtpSession, SessionClosed, SessionConfig, bind_rtp,
+};
 
 /// RTP clock rate of every codec we negotiate (G.711 and telephone-event).
 pub const CLOCK_RATE: u32 = 8000;
