@@ -2,13 +2,14 @@
 //!
 //! Owns: G.711 codecs ([`g711`]), the adaptive jitter buffer ([`jitter`]),
 //! RFC 4733 telephone events ([`dtmf`]), outgoing packetization and pacing
-//! ([`pacer`]), SDP offer/answer for audio ([`sdp`]) and the tokio driver that
-//! ties them to a UDP socket ([`session`]).
+//! ([`pacer`]), SDP offer/answer for audio ([`sdp`]), RTP port allocation
+//! ([`ports`]) and the tokio driver that ties them to a UDP socket
+//! ([`session`]).
 //!
 //! Must not: import `call`, `store` or `api`, or decide anything about a
 //! call. It reports what arrived (audio, digits, timeouts) and does what it
 //! is told. The protocol cores (`g711`, `jitter`, `dtmf`, `pacer`, `sdp`) do
-//! no IO; only `session` and the pacing clock touch tokio.
+//! no IO; only `session`, `ports` and the pacing clock touch tokio.
 //!
 //! For the call task, a call's media goes:
 //! 1. [`bind_rtp`] takes a port from the [`PortAllocator`] and binds it.
@@ -23,6 +24,7 @@ pub mod dtmf;
 pub mod g711;
 pub mod jitter;
 pub mod pacer;
+pub mod ports;
 pub mod sdp;
 pub mod session;
 
@@ -30,10 +32,11 @@ use std::time::Duration;
 
 pub use dtmf::Digit;
 pub use g711::Codec;
+pub use ports::{MediaError, PortAllocator, PortPermit, bind_rtp};
 pub use sdp::{Direction, LocalSdp, NegotiatedMedia, SdpError};
 pub use session::{
-    AudioFrame, LatchPolicy, MediaError, MediaEvent, MediaEvents, MediaHandle, MediaStats,
-    PortAllocator, PortPermit, RtpSession, SessionClosed, SessionConfig, bind_rtp,
+    AudioFrame, LatchPolicy, MediaEvent, MediaEvents, MediaHandle, MediaStats, RtpSession,
+    SessionClosed, SessionConfig,
 };
 
 /// RTP clock rate of every codec we negotiate (G.711 and telephone-event).

@@ -1,11 +1,12 @@
 //! The RTP session of one call: a UDP socket and the task that drives the
 //! media cores with it.
 //!
-//! Owns: RTP port allocation (even ports, RFC 3550 §11, freed when the
-//! [`PortPermit`] drops), symmetric RTP latching (RFC 4961), the receive
-//! path (parse with `rtp-rs`, DTMF to the decoder, audio through the jitter
-//! buffer, G.711 decode, 20 ms frames out), the paced send path, the RTP
-//! inactivity timeout, and the RTP metrics.
+//! Owns: the socket bound by [`super::ports`] (and its [`PortPermit`],
+//! released when the session ends), symmetric RTP latching (RFC 4961), the
+//! receive path (parse with `rtp-rs`, DTMF to the decoder, audio through the
+//! jitter buffer, G.711 decode, 20 ms frames out), the paced send path, the
+//! RTP inactivity timeout, and the RTP metrics (names below; they move to
+//! `src/metrics.rs` once that file exists).
 //!
 //! Must not: decide anything about the call. It reports [`MediaEvent`]s
 //! (audio, digits, latching, playout drained, timeout) and does what the
@@ -37,9 +38,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
-use std::ops::RangeInclusive;
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use metrics::Counter;
@@ -53,6 +52,7 @@ use super::dtmf::{Digit, DtmfDecoder};
 use super::g711::Codec;
 use super::jitter::{JitterBuffer, JitterConfig, Playout, RtpPacket};
 use super::pacer::{Pacer, PacingClock, Packetizer, SendFormat};
+use super::ports::PortPermit;
 use super::sdp::{Direction, NegotiatedMedia};
 use super::{CLOCK_RATE, FRAME_SAMPLES};
 
@@ -81,104 +81,10 @@ const CONTROL_CHANNEL_EVENTS: usize = 64;
 /// Commands buffered from handles.
 const COMMAND_CHANNEL: usize = 64;
 
-/// Why an RTP session could not be set up.
-#[derive(Debug, thiserror::Error)]
-pub enum MediaError {
-    #[error("the RTP port range {0:?} holds no even port")]
-    EmptyPortRange(RangeInclusive<u16>),
-    #[error("every RTP port is in use")]
-    NoFreePort,
-    #[error("cannot bind an RTP socket: {0}")]
-    Bind(#[source] io::Error),
-}
-
 /// The session task has ended; the call should treat media as gone.
 #[derive(Debug, thiserror::Error, Clone, Copy, PartialEq, Eq)]
 #[error("the RTP session has ended")]
 pub struct SessionClosed;
-
-/// Hands out even RTP ports from a configured range (RFC 3550 §11: RTP on
-/// an even port, RTCP on the next odd one). Ports are reused in FIFO order
-/// so a freed port rests as long as possible before the next call gets it,
-/// and late packets of an old call rarely reach a new one.
-#[derive(Debug, Clone)]
-pub struct PortAllocator {
-    /// Free ports. A `std` mutex: held for a push or pop, never across an
-    /// `.await`.
-    free: Arc<Mutex<VecDeque<u16>>>,
-}
-
-impl PortAllocator {
-    pub fn new(range: RangeInclusive<u16>) -> Result<Self, MediaError> {
-        let free: VecDeque<u16> = range.clone().filter(|p| p % 2 == 0 && *p != 0).collect();
-        if free.is_empty() {
-            return Err(MediaError::EmptyPortRange(range));
-        }
-        Ok(PortAllocator {
-            free: Arc::new(Mutex::new(free)),
-        })
-    }
-
-    /// Takes a free port, or `None` if all are in use.
-    pub fn allocate(&self) -> Option<PortPermit> {
-        let port = lock(&self.free).pop_front()?;
-        Some(PortPermit {
-            port,
-            free: Arc::clone(&self.free),
-        })
-    }
-
-    /// How many ports are free.
-    pub fn available(&self) -> usize {
-        lock(&self.free).len()
-    }
-}
-
-/// The queue stays consistent even if a holder panicked: push and pop do
-/// not leave it half-changed.
-fn lock(free: &Mutex<VecDeque<u16>>) -> std::sync::MutexGuard<'_, VecDeque<u16>> {
-    free.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// One allocated RTP port; dropping it returns the port to the allocator.
-#[derive(Debug)]
-pub struct PortPermit {
-    port: u16,
-    free: Arc<Mutex<VecDeque<u16>>>,
-}
-
-impl PortPermit {
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-}
-
-impl Drop for PortPermit {
-    fn drop(&mut self) {
-        lock(&self.free).push_back(self.port);
-    }
-}
-
-/// Binds a UDP socket on `ip` at a port from `allocator`, skipping ports
-/// that another program holds.
-pub async fn bind_rtp(
-    allocator: &PortAllocator,
-    ip: IpAddr,
-) -> Result<(UdpSocket, PortPermit), MediaError> {
-    let attempts = allocator.available();
-    let mut last_error = None;
-    for _ in 0..attempts {
-        let Some(permit) = allocator.allocate() else {
-            break;
-        };
-        match UdpSocket::bind(SocketAddr::new(ip, permit.port())).await {
-            Ok(socket) => return Ok((socket, permit)),
-            Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
-            Err(e) => last_error = Some(e),
-        }
-    }
-    Err(last_error.map_or(MediaError::NoFreePort, MediaError::Bind))
-}
 
 /// Which sources may latch the session. See the module documentation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -702,6 +608,7 @@ mod tests {
     use crate::media::dtmf::TelephoneEvent;
     use rtp_rs::{RtpPacketBuilder, Seq};
     use std::f64::consts::PI;
+    use std::sync::Arc;
 
     fn media(remote: SocketAddr) -> NegotiatedMedia {
         NegotiatedMedia {
@@ -799,47 +706,6 @@ mod tests {
             Codec::Pcmu.encode_into(&tone(1000.0, i * 160, 160), &mut payload);
             let packet = rtp(0, 1000 + i as u16, 5000 + 160 * i as u32, i == 0, &payload);
             peer.send_to(&packet, to).await.unwrap();
-        }
-    }
-
-    #[test]
-    fn ports_are_even_and_come_back_when_dropped() {
-        let ports = PortAllocator::new(10_001..=10_006).unwrap();
-        assert_eq!(ports.available(), 3);
-        let a = ports.allocate().unwrap();
-        let b = ports.allocate().unwrap();
-        let c = ports.allocate().unwrap();
-        assert_eq!((a.port(), b.port(), c.port()), (10_002, 10_004, 10_006));
-        assert!(ports.allocate().is_none());
-        drop(b);
-        assert_eq!(ports.allocate().map(|p| p.port()), Some(10_004));
-        assert!(matches!(
-            PortAllocator::new(7..=7),
-            Err(MediaError::EmptyPortRange(_))
-        ));
-    }
-
-    #[tokio::test]
-    async fn bind_skips_ports_in_use_and_releases_on_drop() {
-        // Find two adjacent free even ports by asking the OS, then occupy one.
-        let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let base = probe.local_addr().unwrap().port() & !1;
-        drop(probe);
-        let busy = std::net::UdpSocket::bind(("127.0.0.1", base));
-        let ports = PortAllocator::new(base..=base + 2).unwrap();
-        let ip: IpAddr = "127.0.0.1".parse().unwrap();
-        match bind_rtp(&ports, ip).await {
-            Ok((socket, permit)) => {
-                assert_eq!(socket.local_addr().unwrap().port(), permit.port());
-                if busy.is_ok() {
-                    assert_eq!(permit.port(), base + 2, "the busy port is skipped");
-                }
-                assert_eq!(ports.available(), 1);
-                drop(permit);
-                assert_eq!(ports.available(), 2);
-            }
-            // Both ports taken by someone else meanwhile: still a typed error.
-            Err(e) => assert!(matches!(e, MediaError::NoFreePort), "{e}"),
         }
     }
 
