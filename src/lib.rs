@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod e164;
 pub mod ids;
+pub mod media;
 pub mod metrics;
 pub mod secrets;
 pub mod store;
