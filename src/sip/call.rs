@@ -134,7 +134,7 @@ impl Call {
     /// 200 OK with our SDP answer to a re-INVITE; waits for its ACK.
     pub async fn answer_reinvite(
         &mut self,
-        reinvite: ReInvite,
+        reinvite: Box<ReInvite>,
         sdp: Bytes,
     ) -> Result<(), SipError> {
         let session = self.session.as_mut().ok_or(SipError::Terminated)?;
