@@ -210,7 +210,8 @@ fn sdp_of(request: &IncomingRequest) -> Option<Bytes> {
 }
 
 /// Answers INFO inside the dialog with 200 and forwards its body
-/// (RFC 6086 §4.2.2). ezk's INVITE usage ignores INFO.
+/// (RFC 6086 §4.2.2), and answers OPTIONS inside the dialog with 200
+/// (RFC 3261 §11.2). ezk's INVITE usage ignores both.
 struct InfoUsage {
     info_tx: mpsc::Sender<(Option<String>, Bytes)>,
 }
@@ -222,7 +223,8 @@ impl Usage for InfoUsage {
     }
 
     async fn receive(&self, endpoint: &Endpoint, request: MayTake<'_, IncomingRequest>) {
-        if request.line.method != Method::INFO {
+        let method = request.line.method.clone();
+        if method != Method::INFO && method != Method::OPTIONS {
             return;
         }
         let mut info = request.take();
@@ -233,12 +235,13 @@ impl Usage for InfoUsage {
         let response = endpoint.create_response(&info, StatusCode::OK, None);
         let tsx = endpoint.create_server_tsx(&mut info);
         if let Err(e) = tsx.respond(response).await {
-            tracing::warn!(error = %e, "cannot answer INFO");
+            tracing::warn!(error = %e, %method, "cannot answer in-dialog request");
         }
-        if self
-            .info_tx
-            .try_send((content_type, info.body.clone()))
-            .is_err()
+        if method == Method::INFO
+            && self
+                .info_tx
+                .try_send((content_type, info.body.clone()))
+                .is_err()
         {
             tracing::debug!("INFO not delivered, call not listening");
         }

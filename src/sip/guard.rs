@@ -67,8 +67,10 @@ impl Layer for GuardLayer {
         }
 
         // RFC 3261 §11.2: OPTIONS is answered as an INVITE would be, without
-        // ringing. Carriers send it as keepalive, in and out of dialogs.
-        if method == Method::OPTIONS {
+        // ringing. Carriers send it as keepalive. Inside a dialog the dialog
+        // layer must see it (it tracks the peer's CSeq, and would hold back
+        // later requests forever), so the call's usage answers those.
+        if method == Method::OPTIONS && !in_dialog {
             let mut headers = Headers::new();
             headers.insert_named(endpoint.allowed());
             headers.insert_named(&Accept("application/sdp".into()));
