@@ -14,7 +14,7 @@ async fn inbound_call_answered_and_hung_up_by_caller() {
         "uac-invite-expect-200-bye.xml",
         free_udp_port(),
         Some(stack.local_addr()),
-        &["-s", "+4930100"],
+        &["-s", "+4930100", "-d", "500"],
         LIMIT,
     )
     .await;
@@ -30,7 +30,7 @@ async fn inbound_call_answered_over_tcp() {
         "uac-invite-expect-200-bye.xml",
         free_udp_port(),
         Some(stack.local_addr()),
-        &["-s", "+4930101", "-t", "t1"],
+        &["-s", "+4930101", "-t", "t1", "-d", "500"],
         LIMIT,
     )
     .await;

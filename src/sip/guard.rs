@@ -6,7 +6,7 @@ use super::metrics::{SIP_REQUESTS_REJECTED_TOTAL, SIP_REQUESTS_TOTAL};
 use super::transport::{Admission, InboundHandler, RequestSource, Transport};
 use ezk_sip_core::{Endpoint, IncomingRequest, Layer, MayTake};
 use ezk_sip_types::header::typed::{Accept, ContentType, Require, Unsupported};
-use ezk_sip_types::{Headers, Method, StatusCode};
+use ezk_sip_types::{Headers, Method, Name, StatusCode};
 use std::sync::Arc;
 
 /// Option tags we accept in Require (RFC 3261 §8.2.2.3). ezk's INVITE
@@ -94,6 +94,42 @@ fn check(request: &IncomingRequest) -> Option<(StatusCode, &'static str, Headers
         return Some((
             StatusCode::BAD_REQUEST,
             "CSeq method does not match request method",
+            Headers::new(),
+        ));
+    }
+
+    // §25.1: Request-Line = Method SP Request-URI SP SIP-Version CRLF, with
+    // nothing after the version (RFC 4475 §3.1.2.8 `trws`).
+    let raw = &request.tp_info.buffer;
+    let line_end = raw
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .unwrap_or(raw.len());
+    if !raw[..line_end].ends_with(b" SIP/2.0") {
+        reject_metric("bad_request");
+        return Some((StatusCode::BAD_REQUEST, "Bad Request-Line", Headers::new()));
+    }
+
+    // §20.14: one Content-Length (RFC 4475 §3.3.9 `mcl01`).
+    if request.headers.get_raw(&Name::CONTENT_LENGTH).count() > 1 {
+        reject_metric("bad_request");
+        return Some((
+            StatusCode::BAD_REQUEST,
+            "Multiple Content-Length values",
+            Headers::new(),
+        ));
+    }
+
+    // §20.14: a Content-Length that is not a number (RFC 4475 §3.1.2.3
+    // `ncl`); ezk would take the datagram's length instead.
+    if let Some(Err(_)) = request
+        .headers
+        .try_get_named::<ezk_sip_types::header::typed::ContentLength>()
+    {
+        reject_metric("bad_request");
+        return Some((
+            StatusCode::BAD_REQUEST,
+            "Bad Content-Length",
             Headers::new(),
         ));
     }

@@ -103,13 +103,15 @@ pub async fn run_sipp(
     }
 }
 
-/// Inbound handler driven by the dialled user:
-/// - `404*` rejected 404, `blocked*` rejected 403, `drop*` sources dropped
-///   (any request whose From user starts with `drop` is not admitted: the
-///   ACL is keyed on the source in real life, here the test has one source)
+/// Inbound handler driven by the dialled user (Request-URI):
+/// - `blocked*` rejected 403 (the decision the call layer makes for a
+///   source no trunk allows when it answers rather than drops)
 /// - `ring*` rings and waits for CANCEL
-/// - anything else rings, answers and serves the call until BYE, answering
-///   re-INVITEs with the same SDP.
+/// - `+*` rings, answers and serves the call until BYE, answering
+///   re-INVITEs with the same SDP
+/// - anything else is an unknown number: 404.
+///
+/// With `drop_all`, no request is admitted (silence).
 pub struct ScriptedHandler {
     pub events: mpsc::UnboundedSender<String>,
     pub drop_all: bool,
@@ -129,12 +131,12 @@ impl InboundHandler for ScriptedHandler {
         tokio::spawn(async move {
             let user = invite.info().request_user.clone().unwrap_or_default();
             let _ = events.send(format!("invite {user}"));
-            if user.starts_with("404") {
-                invite.reject(Rejection::new(404)).await.expect("reject");
-                return;
-            }
             if user.starts_with("blocked") {
                 invite.reject(Rejection::new(403)).await.expect("reject");
+                return;
+            }
+            if !user.starts_with('+') && !user.starts_with("ring") {
+                invite.reject(Rejection::new(404)).await.expect("reject");
                 return;
             }
             invite.ring(None).await.expect("ring");
