@@ -129,3 +129,31 @@ async fn dropped_source_gets_silence() {
     let got = tokio::time::timeout(Duration::from_millis(800), socket.recv_from(&mut buf)).await;
     assert!(got.is_err(), "a dropped source got an answer");
 }
+
+/// A 200 that is never ACKed fails the call (RFC 3261 §13.3.1.4) and the
+/// handler is told.
+#[tokio::test]
+async fn missing_ack_fails_the_call() {
+    let (stack, mut events) = start_stack().await;
+    let sipp = tokio::spawn(run_sipp(
+        "uac-invite-no-ack-expect-200-retransmitted.xml",
+        free_udp_port(),
+        Some(stack.local_addr()),
+        &["-s", "+4930103"],
+        LIMIT,
+    ));
+    let seen = events_until(
+        &mut events,
+        "accept failed: no ACK received for the 200 OK",
+        Duration::from_secs(15),
+    )
+    .await;
+    assert_eq!(
+        seen,
+        [
+            "invite +4930103",
+            "accept failed: no ACK received for the 200 OK"
+        ]
+    );
+    sipp.abort();
+}

@@ -46,6 +46,11 @@
 //! After a 2xx to an INVITE, ezk gives up waiting for the ACK after about
 //! 8.5 s of retransmissions rather than timer H (32 s); the caller is told
 //! through [`AcceptError::NoAck`].
+//! ezk matches server transactions on the Via branch alone (RFC 3261
+//! §17.2.3 also compares sent-by), and its dialog layer holds back an
+//! in-dialog request whose CSeq skips a number until the missing one
+//! arrives; that is why in-dialog OPTIONS go through the dialog (see
+//! [`guard`]) rather than being answered before it.
 
 pub mod backoff;
 mod call;
