@@ -38,7 +38,7 @@ impl Layer for GuardLayer {
 
     async fn receive(&self, endpoint: &Endpoint, request: MayTake<'_, IncomingRequest>) {
         let method = request.line.method.clone();
-        metrics::counter!(SIP_REQUESTS_TOTAL, "method" => method.to_string()).increment(1);
+        metrics::counter!(SIP_REQUESTS_TOTAL, "method" => method_label(&method)).increment(1);
 
         let in_dialog = request.base_headers.to.tag.is_some();
         if !in_dialog {
@@ -59,7 +59,9 @@ impl Layer for GuardLayer {
             return;
         }
 
-        if let Some((code, reason, headers)) = check(&request) {
+        // Inside a dialog the dialog layer must see every request to keep
+        // the peer's CSeq in step, so only new requests are vetted here.
+        if let Some((code, reason, headers)) = (!in_dialog).then(|| check(&request)).flatten() {
             let call_id = request.base_headers.call_id.0.to_string();
             tracing::info!(%call_id, %method, code = code.into_u16(), reason, "rejecting request");
             respond(endpoint, request.take(), code, Some(reason), headers).await;
@@ -77,6 +79,30 @@ impl Layer for GuardLayer {
             respond(endpoint, request.take(), StatusCode::OK, None, headers).await;
         }
     }
+}
+
+/// A bounded label: methods we know by name, everything else `other` (a
+/// peer must not be able to create metric series at will).
+fn method_label(method: &Method) -> &'static str {
+    const KNOWN: &[(Method, &str)] = &[
+        (Method::INVITE, "INVITE"),
+        (Method::ACK, "ACK"),
+        (Method::BYE, "BYE"),
+        (Method::CANCEL, "CANCEL"),
+        (Method::OPTIONS, "OPTIONS"),
+        (Method::REGISTER, "REGISTER"),
+        (Method::INFO, "INFO"),
+        (Method::UPDATE, "UPDATE"),
+        (Method::PRACK, "PRACK"),
+        (Method::NOTIFY, "NOTIFY"),
+        (Method::SUBSCRIBE, "SUBSCRIBE"),
+        (Method::REFER, "REFER"),
+        (Method::MESSAGE, "MESSAGE"),
+    ];
+    KNOWN
+        .iter()
+        .find(|(known, _)| known == method)
+        .map_or("other", |(_, label)| label)
 }
 
 fn reject_metric(reason: &'static str) {
