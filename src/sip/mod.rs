@@ -110,3 +110,73 @@ impl Credentials {
 /// (a wrong password would otherwise loop on servers that send a new nonce
 /// with every challenge).
 pub(crate) const MAX_AUTH_ROUNDS: u32 = 3;
+
+#[cfg(test)]
+mod tests {
+    use super::Credentials;
+    use ezk_sip_auth::{ClientAuthenticator, RequestParts, ResponseParts};
+    use ezk_sip_types::header::typed::AuthResponse;
+    use ezk_sip_types::msg::{RequestLine, StatusLine};
+    use ezk_sip_types::uri::SipUri;
+    use ezk_sip_types::{Headers, Method, Name, StatusCode};
+    use sha2::{Digest, Sha256};
+
+    fn sha256_hex(data: &[u8]) -> String {
+        hex::encode(Sha256::digest(data))
+    }
+
+    /// RFC 8760 §2 / RFC 7616 §3.4.1: a 407 with algorithm=SHA-256 and
+    /// qop=auth is answered in Proxy-Authorization with the right digest.
+    #[test]
+    fn answers_sha256_proxy_challenge_with_qop_auth() {
+        let credentials = Credentials {
+            username: "bob".to_owned(),
+            password: "pw".to_owned(),
+            realm: None,
+        };
+        let mut auth = credentials.authenticator();
+        let uri: SipUri = "sip:+4930555@proxy.test".parse().expect("uri");
+        let line = RequestLine {
+            method: Method::INVITE,
+            uri,
+        };
+        let sent = Headers::new();
+        let mut challenge = Headers::new();
+        challenge.insert(
+            Name::PROXY_AUTHENTICATE,
+            r#"Digest realm="proxy.test", nonce="n0nce", qop="auth", algorithm=SHA-256"#,
+        );
+        let status = StatusLine {
+            code: StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+            reason: None,
+        };
+        auth.handle_rejection(
+            RequestParts {
+                line: &line,
+                headers: &sent,
+                body: &[],
+            },
+            ResponseParts {
+                line: &status,
+                headers: &challenge,
+                body: &[],
+            },
+        )
+        .expect("challenge understood");
+
+        let mut retry = Headers::new();
+        auth.authorize_request(&mut retry);
+        let AuthResponse::Digest(digest) = retry
+            .get::<AuthResponse>(Name::PROXY_AUTHORIZATION)
+            .expect("Proxy-Authorization")
+        else {
+            panic!("not a digest response");
+        };
+        let qop = digest.qop_response.expect("qop=auth answered");
+        let ha1 = sha256_hex(b"bob:proxy.test:pw");
+        let ha2 = sha256_hex(format!("INVITE:{}", digest.uri).as_bytes());
+        let expected =
+            sha256_hex(format!("{ha1}:n0nce:{:08x}:{}:auth:{ha2}", qop.nc, qop.cnonce).as_bytes());
+        assert_eq!(digest.response.as_str(), expected);
+    }
+}
