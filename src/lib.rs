@@ -11,5 +11,6 @@ pub mod ids;
 pub mod media;
 pub mod metrics;
 pub mod secrets;
+pub mod sip;
 pub mod store;
 pub mod trunk;

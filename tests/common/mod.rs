@@ -13,6 +13,10 @@ use std::time::{Duration, Instant};
 
 use sqlx::Connection;
 
+mod sip;
+#[allow(unused_imports)] // only the SIP test binaries use these
+pub use sip::*;
+
 /// The store a daemon runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
