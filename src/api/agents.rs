@@ -175,6 +175,7 @@ pub struct Agent {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AgentCreate {
+    #[schema(min_length = 1, max_length = 100)]
     pub name: String,
     pub kind: AgentKind,
     pub greeting: Option<String>,
