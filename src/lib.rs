@@ -2,8 +2,10 @@
 //!
 //! The module map follows `DESIGN.md`; `main.rs` only hands over to [`cli`].
 
+pub mod agent;
 pub mod api;
 pub mod app;
+pub mod call;
 pub mod cli;
 pub mod config;
 pub mod e164;
