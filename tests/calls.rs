@@ -496,3 +496,35 @@ async fn sigterm_drains_then_a_second_signal_hangs_up() {
         .unwrap();
     assert_eq!(page.items[0].end_reason.as_deref(), Some("shutdown"));
 }
+
+#[tokio::test]
+async fn malformed_sip_during_a_call_leaves_it_unaffected() {
+    let d = TestDaemon::builder()
+        .profile("carrier", &trunk("127.0.0.1/32", 10, ""))
+        .start()
+        .await;
+    provision(&d, echo(4)).await;
+    let caller = tokio::spawn(run_sipp(
+        "uac-invite-expect-bye-from-daemon.xml",
+        free_udp_port(),
+        sip_target(&d),
+        &["-s", NUMBER],
+        LIMIT,
+    ));
+    wait_call(&d, |c| c["status"] == "in-progress").await;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/rfc4475");
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let target = sip_target(&d).unwrap();
+    let mut sent = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        socket.send_to(&bytes, target).await.unwrap();
+        sent += 1;
+    }
+    assert!(sent >= 40, "torture messages missing");
+    let run = caller.await.unwrap();
+    assert!(run.success, "{}\n{}", run.output, d.log());
+    let call = wait_call(&d, ended).await;
+    assert_eq!(call["end_reason"], "max_duration", "{call}");
+    assert_eq!(call["status"], "completed");
+}
