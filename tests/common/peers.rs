@@ -36,10 +36,13 @@ impl Kamailio {
         }
         std::fs::write(db.join("subscriber"), subscribers).unwrap();
         let port = free_udp_port();
-        let mpath = ["/usr/lib/x86_64-linux-gnu/kamailio/modules/", "/usr/lib/kamailio/modules/"]
-            .into_iter()
-            .find(|p| Path::new(p).join("tm.so").exists())
-            .expect("kamailio modules are installed by scripts/test");
+        let mpath = [
+            "/usr/lib/x86_64-linux-gnu/kamailio/modules/",
+            "/usr/lib/kamailio/modules/",
+        ]
+        .into_iter()
+        .find(|p| Path::new(p).join("tm.so").exists())
+        .expect("kamailio modules are installed by scripts/test");
         let cfg = include_str!("../peers/kamailio.cfg")
             .replace("@PORT@", &port.to_string())
             .replace("@DBDIR@", &db.display().to_string())
@@ -68,7 +71,8 @@ impl Kamailio {
     /// Waits until Kamailio answers an OPTIONS.
     fn wait_answering(&self) {
         let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
         let me = sock.local_addr().unwrap();
         let deadline = Instant::now() + Duration::from_secs(15);
         let mut buf = [0u8; 4096];
@@ -136,7 +140,11 @@ pub fn write_tone_wav(path: &Path, rate: u32, hz: f64, silence_ms: u32, tone_ms:
 /// Reads the samples and rate of a 16-bit PCM WAV (first channel).
 pub fn read_wav(path: &Path) -> (u32, Vec<i16>) {
     let bytes = std::fs::read(path).unwrap();
-    assert!(bytes.len() > 44 && &bytes[..4] == b"RIFF", "not a WAV: {}", path.display());
+    assert!(
+        bytes.len() > 44 && &bytes[..4] == b"RIFF",
+        "not a WAV: {}",
+        path.display()
+    );
     let mut pos = 12;
     let (mut rate, mut channels) = (8000u32, 1usize);
     while pos + 8 <= bytes.len() {
