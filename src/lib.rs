@@ -7,6 +7,9 @@
 //! - [`config`]: the daemon config and the SIP profiles, validated once.
 //! - [`sip`]: signalling only; [`media`]: RTP, codecs, jitter buffer, DTMF,
 //!   SDP. Neither imports `store` or `api`.
+//! - [`call`]: decisions about calls and the one task per call
+//!   (inbound routing, outbound dialing, `EndReason`, the event bus, trunk
+//!   registrations); [`agent`]: what runs on a call (settings for now).
 //! - [`store`]: every SQL statement, for SQLite and PostgreSQL.
 //! - [`api`]: the admin HTTP API, its auth, rate limits and OpenAPI document.
 //! - Small shared pieces: [`trunk`] (live trunk state), [`e164`] (number
