@@ -90,18 +90,28 @@ async fn route(shared: &Shared, info: &InviteInfo) -> Result<Route, EndReason> {
     if shared.is_draining() {
         return Err(EndReason::Draining);
     }
-    let dialled = info
-        .request_user
-        .as_deref()
-        .or(info.to_user.as_deref())
-        .ok_or(EndReason::UnknownNumber)?;
-    let number = normalize(dialled).ok_or(EndReason::UnknownNumber)?;
+    // The Request-URI names the number on a direct trunk; behind a
+    // registrar it names our registered contact and the number is in To
+    // (RFC 3261 §8.2.2.1 lets a UAS route on either).
     let store = shared.transitions.store();
-    let record = match store.find_number(&number).await {
-        Ok(record) => record,
-        Err(StoreError::NotFound) => return Err(EndReason::UnknownNumber),
-        Err(e) => return Err(EndReason::Error(format!("store: {e}"))),
-    };
+    let mut found = None;
+    for dialled in [info.request_user.as_deref(), info.to_user.as_deref()]
+        .into_iter()
+        .flatten()
+    {
+        let Some(number) = normalize(dialled) else {
+            continue;
+        };
+        match store.find_number(&number).await {
+            Ok(record) => {
+                found = Some((number, record));
+                break;
+            }
+            Err(StoreError::NotFound) => continue,
+            Err(e) => return Err(EndReason::Error(format!("store: {e}"))),
+        }
+    }
+    let (number, record) = found.ok_or(EndReason::UnknownNumber)?;
     let agent_id = record.agent_id.ok_or(EndReason::UnknownNumber)?;
     let agent = store
         .get_agent(&agent_id)
