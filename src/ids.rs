@@ -10,6 +10,10 @@ pub const WEBHOOK_ENDPOINT: &str = "whk";
 pub const API_KEY: &str = "key";
 pub const EVENT: &str = "evt";
 pub const REQUEST: &str = "req";
+pub const CAMPAIGN: &str = "cmp";
+pub const CONTACT: &str = "cnt";
+pub const ATTEMPT: &str = "att";
+pub const DNC: &str = "dnc";
 
 /// A new id with the given prefix.
 pub fn new(prefix: &str) -> String {
