@@ -74,6 +74,11 @@ impl CsvStream {
         // Each pass consumes input, fills a buffer or ends a record, so the
         // passes are bounded by the input length plus buffer growths.
         while !self.done {
+            // An empty slice means end of input to the parser: stop at the
+            // end of a chunk unless this is the end.
+            if input.is_empty() && !eof {
+                return;
+            }
             if self.outlen == 0 && self.endlen == 0 {
                 self.start_line = self.rdr.line();
             }
@@ -86,11 +91,7 @@ impl CsvStream {
             self.outlen += nout;
             self.endlen += nend;
             match res {
-                ReadRecordResult::InputEmpty => {
-                    if input.is_empty() && !eof {
-                        return;
-                    }
-                }
+                ReadRecordResult::InputEmpty => {}
                 ReadRecordResult::OutputFull => {
                     if self.out.len() >= MAX_RECORD_BYTES {
                         // Skip the rest of this record: report it once.
