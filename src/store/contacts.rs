@@ -227,8 +227,15 @@ impl Store {
             Pool::Postgres(_) => SELECT_LOCKED,
         };
         let stamp = super::now();
+        let sqlite = matches!(self.pool, Pool::Sqlite(_));
         let report = on_pool!(self, p => {
             let mut tx = p.begin().await?;
+            if sqlite {
+                // Take SQLite's write lock first (waiting out the busy
+                // timeout) rather than fail upgrading a read lock later.
+                sqlx::query("UPDATE campaigns SET updated_at = updated_at WHERE id = $1")
+                    .bind(campaign_id).execute(&mut *tx).await?;
+            }
             let due: Vec<DueContact> = sqlx::query_as(select)
                 .bind(campaign_id).bind(now).bind(scan).fetch_all(&mut *tx).await?;
             let mut report = ClaimReport::default();
@@ -299,6 +306,10 @@ impl Store {
         let stamp = super::now();
         on_pool!(self, p => {
             let mut tx = p.begin().await?;
+            // A write first: takes SQLite's write lock up front and locks the
+            // attempt row on PostgreSQL, so two reports of one end serialize.
+            sqlx::query("UPDATE campaign_attempts SET updated_at = updated_at WHERE call_id = $1")
+                .bind(call_id).execute(&mut *tx).await?;
             let row: Option<(String, String, String, Option<String>, String, i64, i64)> = sqlx::query_as(
                 "SELECT a.campaign_id, a.contact_id, c.number, a.trunk, m.retry_policy, m.max_attempts,
                         c.attempts
