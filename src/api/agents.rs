@@ -404,16 +404,7 @@ async fn list_agents(
 ) -> Result<Json<List<Agent>>, ApiError> {
     let w = page.window()?;
     let records = state.store.list_agents(w).await?;
-    let mut items = Vec::with_capacity(records.items.len());
-    for r in records.items {
-        items.push(to_agent(r)?);
-    }
-    Ok(Json(List {
-        items,
-        total: records.total,
-        limit: w.limit,
-        offset: w.offset,
-    }))
+    List::try_new(records, w, to_agent).map(Json)
 }
 
 async fn fetch(state: &AppState, id: &str) -> Result<AgentRecord, ApiError> {

@@ -164,16 +164,7 @@ async fn list_calls(
         created_before: q.created_before,
     };
     let page = state.store.list_calls(&filter, w).await?;
-    let mut items = Vec::with_capacity(page.items.len());
-    for r in page.items {
-        items.push(to_api(r)?);
-    }
-    Ok(Json(List {
-        items,
-        total: page.total,
-        limit: w.limit,
-        offset: w.offset,
-    }))
+    List::try_new(page, w, to_api).map(Json)
 }
 
 /// Get a call.

@@ -243,7 +243,14 @@ impl Config {
         } else if required {
             return Err(ConfigError::new(&file, "-", "file not found"));
         }
-        figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
+        // Every key lives in a table, so an override always has a `__`;
+        // other AGENTLINE_* variables (AGENTLINE_CONFIG, test settings) are
+        // not config keys.
+        figment = figment.merge(
+            Env::prefixed(ENV_PREFIX)
+                .filter(|key| key.as_str().contains("__"))
+                .split("__"),
+        );
         let config: Config = figment.extract().map_err(|e| figment_error(&file, e))?;
         config.validate(&file)?;
         Ok(config)
