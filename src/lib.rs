@@ -9,6 +9,8 @@
 //!   SDP. Neither imports `store` or `api`.
 //! - [`store`]: every SQL statement, for SQLite and PostgreSQL.
 //! - [`api`]: the admin HTTP API, its auth, rate limits and OpenAPI document.
+//! - [`campaign`]: outbound campaigns: calling windows, retry policy, pacing,
+//!   CSV import and the dialer that claims contacts with row leases.
 //! - Small shared pieces: [`trunk`] (live trunk state), [`e164`] (number
 //!   normalization), [`ids`] (prefixed ids), [`secrets`] (API keys and
 //!   webhook secrets), [`metrics`] (every metric name).

@@ -447,17 +447,7 @@ async fn list_campaigns(
         .store
         .list_campaigns(q.status.map(Status::as_str), w)
         .await?;
-    let items = page
-        .items
-        .into_iter()
-        .map(to_api)
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Json(List {
-        items,
-        total: page.total,
-        limit: w.limit,
-        offset: w.offset,
-    }))
+    List::try_new(page, w, to_api).map(Json)
 }
 
 async fn fetch(state: &AppState, id: &str) -> Result<CampaignRecord, ApiError> {
