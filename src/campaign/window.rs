@@ -151,7 +151,7 @@ pub fn zone_for_number(e164: &str) -> Option<Tz> {
         }
         phonenumber::country::Id::AU => {
             // Geographic numbers are nine digits starting with the area digit.
-            if national < 100_000_000 || national > 999_999_999 {
+            if !(100_000_000..=999_999_999).contains(&national) {
                 return None;
             }
             match national / 100_000_000 {

@@ -108,6 +108,18 @@ pub struct AttemptEnd {
     pub same_outcome: i64,
 }
 
+/// An attempt without its outcome, as [`Store::finish_attempt`] reads it.
+#[derive(sqlx::FromRow)]
+struct AttemptRow {
+    campaign_id: String,
+    contact_id: String,
+    number: String,
+    trunk: Option<String>,
+    retry_policy: String,
+    max_attempts: i64,
+    attempts: i64,
+}
+
 /// The contact's fate after an attempt.
 #[derive(Debug, Clone)]
 pub struct AfterAttempt {
@@ -310,7 +322,7 @@ impl Store {
             // attempt row on PostgreSQL, so two reports of one end serialize.
             sqlx::query("UPDATE campaign_attempts SET updated_at = updated_at WHERE call_id = $1")
                 .bind(call_id).execute(&mut *tx).await?;
-            let row: Option<(String, String, String, Option<String>, String, i64, i64)> = sqlx::query_as(
+            let row: Option<AttemptRow> = sqlx::query_as(
                 "SELECT a.campaign_id, a.contact_id, c.number, a.trunk, m.retry_policy, m.max_attempts,
                         c.attempts
                  FROM campaign_attempts a
@@ -318,20 +330,20 @@ impl Store {
                  JOIN campaigns m ON m.id = a.campaign_id
                  WHERE a.call_id = $1 AND a.outcome IS NULL")
                 .bind(call_id).fetch_optional(&mut *tx).await?;
-            let Some((campaign_id, contact_id, number, trunk, retry_policy, max_attempts, attempts)) = row else {
+            let Some(row) = row else {
                 return Ok(None);
             };
             let earlier: i64 = sqlx::query_scalar(
                 "SELECT COUNT(*) FROM campaign_attempts WHERE contact_id = $1 AND outcome = $2")
-                .bind(&contact_id).bind(outcome).fetch_one(&mut *tx).await?;
+                .bind(&row.contact_id).bind(outcome).fetch_one(&mut *tx).await?;
             let end = AttemptEnd {
-                campaign_id,
-                contact_id,
-                number,
-                trunk,
-                retry_policy,
-                max_attempts,
-                attempts,
+                campaign_id: row.campaign_id,
+                contact_id: row.contact_id,
+                number: row.number,
+                trunk: row.trunk,
+                retry_policy: row.retry_policy,
+                max_attempts: row.max_attempts,
+                attempts: row.attempts,
                 same_outcome: earlier + 1,
             };
             let after = decide(&end)?;
