@@ -8,7 +8,10 @@
 //! ([`Dialer::fate`]): never placed -> the claim is undone and the contact is
 //! due again under the same attempt number; ended -> its outcome is recorded;
 //! still up (another node, or a call that survived) -> adopted and counted
-//! against the caps. So no attempt is placed twice and none is lost.
+//! against the caps, its lease taken over (compare-and-set on the owner
+//! seen) so that one node adopts it and renews its lease from then on. So no
+//! attempt is placed twice and none is lost; undoing a claim and recording
+//! an end are idempotent, so two nodes recovering at once do no harm.
 //!
 //! Pause takes effect at the next claim, which checks the campaign is still
 //! running inside its transaction; calls in flight finish normally.
@@ -355,6 +358,17 @@ impl<D: Dialer> Driver<D> {
                     duration_ms,
                 }) => self.call_ended(&f.call_id, outcome, duration_ms).await?,
                 Ok(CallFate::InProgress) => {
+                    // Adopt by taking the lease over (compare-and-set on the
+                    // owner seen): one node adopts, and renews it as its own.
+                    let until = Utc::now() + self.cfg.lease;
+                    let owner = f.lease_owner.as_deref();
+                    if !self
+                        .store
+                        .take_over_lease(&f.contact_id, owner, &self.cfg.owner, until)
+                        .await?
+                    {
+                        continue;
+                    }
                     let trunk = f.trunk.clone().unwrap_or_default();
                     self.pacer().start(Instant::now(), &f.campaign_id, &trunk);
                     self.flights()
@@ -519,6 +533,18 @@ mod tests {
         }
     }
 
+    /// Waits until the campaign completes, for at most 30 s: generous,
+    /// so that a loaded machine does not fail the test, yet bounded.
+    async fn wait_completed(store: &Store, campaign: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if store.get_campaign(campaign).await.unwrap().status == "completed" {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn caps_hold_and_attempts_follow_the_policy() {
         let (_dir, store, campaign) = setup(40).await;
@@ -530,12 +556,7 @@ mod tests {
         let (stop, stop_rx) = watch::channel(false);
         let runner = tokio::spawn(Arc::clone(&d).run(stop_rx));
         let ender = tokio::spawn(end_calls(Arc::clone(&d), rx, 1000));
-        for _ in 0..500 {
-            if store.get_campaign(&campaign).await.unwrap().status == "completed" {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_completed(&store, &campaign).await;
         let _ = stop.send(true);
         runner.await.unwrap();
         ender.abort();
@@ -584,6 +605,10 @@ mod tests {
                 .unwrap();
             calls.push((call, r.claimed.unwrap()));
         }
+        // Claims follow the import order (ids are monotonic), which the fake
+        // relies on: only the second contact (odd) would be busy at first.
+        let numbers: Vec<&str> = calls.iter().map(|c| c.1.contact.number.as_str()).collect();
+        assert_eq!(numbers, ["+14155551000", "+14155551001", "+14155551002"]);
         let (d, rx) = driver(&store);
         {
             let mut fates = d.dialer.fates.lock().unwrap();
@@ -598,6 +623,11 @@ mod tests {
         }
         d.recover().await.unwrap();
         assert_eq!(d.active(), 1, "the live call is adopted");
+        assert_eq!(
+            store.renew_leases(&d.cfg.owner, Utc::now()).await.unwrap(),
+            1,
+            "with its lease, renewed by its new owner"
+        );
         let (stop, stop_rx) = watch::channel(false);
         let runner = tokio::spawn(Arc::clone(&d).run(stop_rx));
         let ender = tokio::spawn(end_calls(Arc::clone(&d), rx, 100));
@@ -606,12 +636,7 @@ mod tests {
         d.call_ended(&calls[1].0, Outcome::Answered, Some(5))
             .await
             .unwrap();
-        for _ in 0..300 {
-            if store.get_campaign(&campaign).await.unwrap().status == "completed" {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_completed(&store, &campaign).await;
         let _ = stop.send(true);
         runner.await.unwrap();
         ender.abort();
@@ -626,7 +651,7 @@ mod tests {
             .iter()
             .filter(|a| a.0 == calls[2].1.contact.id)
             .collect();
-        assert_eq!(third.len(), 1);
+        assert_eq!(third.len(), 1, "{attempts:?}");
         assert_eq!(third[0].1, 1);
         assert!(attempts.iter().all(|a| a.3.is_some()), "{attempts:?}");
         let placed = d.dialer.placed.lock().unwrap().clone();

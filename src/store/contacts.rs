@@ -407,6 +407,26 @@ impl Store {
         Ok(())
     }
 
+    /// Moves the lease of an in-flight contact from `seen_owner` (as
+    /// [`Store::in_flight_attempts`] read it) to `owner` until `until`;
+    /// false when another node took it over first, so one node recovers it.
+    pub async fn take_over_lease(
+        &self,
+        contact_id: &str,
+        seen_owner: Option<&str>,
+        owner: &str,
+        until: DateTime<Utc>,
+    ) -> Result<bool> {
+        let stamp = super::now();
+        let taken = on_pool!(self, p => sqlx::query(
+            "UPDATE campaign_contacts SET lease_owner = $3, lease_until = $4, updated_at = $5
+             WHERE id = $1 AND state = 'dialing'
+               AND (lease_owner = $2 OR (lease_owner IS NULL AND $2 IS NULL))")
+            .bind(contact_id).bind(seen_owner).bind(owner).bind(until).bind(stamp)
+            .execute(p).await.map(|r| r.rows_affected()))?;
+        Ok(taken == 1)
+    }
+
     /// Extends the leases `owner` holds.
     pub async fn renew_leases(&self, owner: &str, until: DateTime<Utc>) -> Result<u64> {
         Ok(on_pool!(self, p => sqlx::query(
