@@ -3,6 +3,7 @@
 
 mod common;
 
+use agentline::store::contacts::{AfterAttempt, Disposition};
 use common::{Backend, TestDaemon};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -382,4 +383,114 @@ async fn contacts_csv_json_dedupe_dnc_and_stats(backend: Backend) {
     );
 }
 
-both_backends!(crud_and_transitions, contacts_csv_json_dedupe_dnc_and_stats);
+/// `agentline campaign watch` on a finished campaign prints its final
+/// progress once and exits; an unknown campaign is a usage error.
+async fn watch_prints_the_progress_of_a_finished_campaign(backend: Backend) {
+    let d = daemon(backend).await;
+    let c = campaign(&d).await;
+    let id = c["id"].as_str().unwrap().to_string();
+    let (s, r) = json_of(
+        d.post(&format!("/v1/campaigns/{id}/contacts"))
+            .header("content-type", "text/csv")
+            .body("number\n+12125550101\n+12125550102\n+12125550103\n+12125550104\n")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (s, r["inserted"].as_i64()),
+        (StatusCode::OK, Some(4)),
+        "{r}"
+    );
+    let started = d
+        .post(&format!("/v1/campaigns/{id}/start"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(started.status(), StatusCode::OK);
+
+    // The calls, as the dialer would record them: two answered, one busy
+    // and one unanswered, neither retried.
+    let store = d.store().await;
+    for (i, outcome) in ["answered", "answered", "busy", "no_answer"]
+        .into_iter()
+        .enumerate()
+    {
+        let call = format!("call_watch{i}");
+        let now = chrono::Utc::now();
+        let r = store
+            .claim_contact(
+                &id,
+                now,
+                10,
+                "test",
+                now + chrono::Duration::minutes(5),
+                &call,
+                "trk_carrier-a",
+                |_| Disposition::Dial,
+            )
+            .await
+            .unwrap();
+        assert!(r.claimed.is_some());
+        let state = if outcome == "answered" {
+            "completed"
+        } else {
+            "exhausted"
+        };
+        let ended = store
+            .finish_attempt(&call, outcome, Some(30_000), now, |_| {
+                Ok(AfterAttempt {
+                    state,
+                    next_attempt_at: None,
+                    add_dnc: false,
+                })
+            })
+            .await
+            .unwrap();
+        assert!(ended.is_some());
+    }
+    assert!(store.complete_campaign_if_done(&id).await.unwrap());
+
+    let out = d
+        .command()
+        .args(["campaign", "watch", &id, "--timeout", "30"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            format!("campaign {id}  completed"),
+            format!("[{}] 100%  4/4 contacts done", "#".repeat(30)),
+            "contacts  completed 2  exhausted 2".to_string(),
+            "attempts  4 finished, 0 in flight  (answered 2  busy 1  no_answer 1)".to_string(),
+            "answer rate 50.0%  avg call 30.0 s  ETA 0s".to_string(),
+        ],
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains('\x1b'),
+        "no ANSI codes when not on a terminal"
+    );
+
+    let out = d
+        .command()
+        .args(["campaign", "watch", "cmp_nope", "--timeout", "5"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no campaign cmp_nope"));
+}
+
+both_backends!(
+    crud_and_transitions,
+    contacts_csv_json_dedupe_dnc_and_stats,
+    watch_prints_the_progress_of_a_finished_campaign
+);

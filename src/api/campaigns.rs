@@ -795,6 +795,19 @@ async fn campaign_stats(
     Ok(Json(stats(campaign, counts, Utc::now())))
 }
 
+/// The campaign's progress read straight from the store, as
+/// `GET /v1/campaigns/{id}/stats` answers it (the CLI's `campaign watch`).
+pub async fn read_stats(
+    store: &crate::store::Store,
+    id: &str,
+) -> Result<CampaignStats, StoreError> {
+    let record = store.get_campaign(id).await?;
+    let campaign =
+        to_api(record).map_err(|_| StoreError::Corrupt(format!("campaign {id} is corrupt")))?;
+    let counts = store.campaign_counts(id).await?;
+    Ok(stats(campaign, counts, Utc::now()))
+}
+
 pub(crate) fn stats(
     campaign: Campaign,
     counts: crate::store::campaigns::CampaignCounts,

@@ -25,6 +25,7 @@ mod trunks;
 mod webhook_endpoints;
 
 pub use api_keys::create as create_api_key;
+pub use campaigns::{CampaignStats, read_stats as read_campaign_stats};
 pub use system::Readiness;
 
 use std::ops::Deref;
