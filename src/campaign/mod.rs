@@ -31,6 +31,8 @@ use window::CallingWindow;
 /// Where a campaign stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
+// Named apart from the API's health `Status`: one schema name, one type.
+#[schema(as = CampaignStatus)]
 pub enum Status {
     Draft,
     Running,
