@@ -14,6 +14,8 @@ mod agents;
 mod api_keys;
 pub mod auth;
 mod calls;
+mod campaigns;
+mod dnc;
 pub mod error;
 mod extract;
 mod numbers;
@@ -23,6 +25,7 @@ mod trunks;
 mod webhook_endpoints;
 
 pub use api_keys::create as create_api_key;
+pub use campaigns::{CampaignStats, read_stats as read_campaign_stats};
 pub use system::Readiness;
 
 use std::ops::Deref;
@@ -92,6 +95,8 @@ impl Inner {
         (name = "phone-numbers", description = "Numbers agentline answers"),
         (name = "trunks", description = "SIP trunks, from the profile files (read-only)"),
         (name = "calls", description = "Call records"),
+        (name = "campaigns", description = "Outbound campaigns, their contacts and progress"),
+        (name = "do-not-call", description = "Numbers never called by a campaign"),
         (name = "webhook-endpoints", description = "Where call events are delivered"),
         (name = "api-keys", description = "Keys to this API"),
         (name = "system", description = "Health, readiness, metrics and this document"),
@@ -126,6 +131,8 @@ fn routers(metrics_open: bool) -> (OpenApiRouter<AppState>, OpenApiRouter<AppSta
         .merge(numbers::router())
         .merge(trunks::router())
         .merge(calls::router())
+        .merge(campaigns::router())
+        .merge(dnc::router())
         .merge(webhook_endpoints::router())
         .merge(api_keys::router());
     let mut open = system::open_router();
