@@ -341,6 +341,22 @@ impl<D: Dialer> Driver<D> {
         Ok(())
     }
 
+    /// Asks the call layer about every call this node has in flight and
+    /// records those that ended: the catch-up when end reports were missed.
+    pub async fn reconcile(&self) -> Result<(), StoreError> {
+        let ids: Vec<String> = self.flights().keys().cloned().collect();
+        for id in ids {
+            if let Ok(CallFate::Ended {
+                outcome,
+                duration_ms,
+            }) = self.dialer.fate(&id).await
+            {
+                self.call_ended(&id, outcome, duration_ms).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Reconciles attempts left in flight by a crash (see the module doc).
     pub async fn recover(&self) -> Result<(), StoreError> {
         let before: Option<DateTime<Utc>> = (!self.cfg.recover_all).then(Utc::now);
