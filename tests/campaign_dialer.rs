@@ -90,13 +90,13 @@ fn attempts_finished(stats: &Value) -> i64 {
         .unwrap_or(0)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn campaign_dials_under_caps_per_policy_across_a_crash() {
+/// SIPp as the callee on a free port, for at most 180 s.
+fn callee() -> (tokio::process::Child, u16) {
     common::require_sipp();
-    let sipp_port = common::free_udp_port();
-    let mut sipp = tokio::process::Command::new("sipp")
+    let port = common::free_udp_port();
+    let sipp = tokio::process::Command::new("sipp")
         .args(["-sf", &common::scenario("uas-invite-mixed-outcomes.xml")])
-        .args(["-i", "127.0.0.1", "-p", &sipp_port.to_string()])
+        .args(["-i", "127.0.0.1", "-p", &port.to_string()])
         .args(["-nostdin", "-timeout", "180s"])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
@@ -104,17 +104,28 @@ async fn campaign_dials_under_caps_per_policy_across_a_crash() {
         .kill_on_drop(true)
         .spawn()
         .expect("spawn sipp");
+    (sipp, port)
+}
 
+/// A daemon with one trunk to SIPp, a 1 s ring timeout and fast polling.
+async fn daemon(sipp_port: u16) -> TestDaemon {
     let trunk = format!(
         "name = \"callee\"\n[inbound]\nallow = [\"127.0.0.1/32\"]\n\
          [outbound]\nproxy = \"127.0.0.1:{sipp_port}\"\n[limits]\nmax_calls = 30\ncps = 200\n"
     );
-    let mut d = TestDaemon::builder()
+    TestDaemon::builder()
         .profile("callee", &trunk)
         .config("[calls]\nring_timeout_seconds = 1\n[campaigns]\nmax_concurrent_calls = 50\npoll_ms = 100")
         .start()
-        .await;
+        .await
+}
 
+/// The retry policy of the test campaigns: one retry per outcome, 1 s apart.
+const FAST_POLICY: &str = r#"{"busy":{"retries":1,"delay_seconds":1},"no_answer":{"retries":1,"delay_seconds":1},"failed":{"retries":1,"delay_seconds":1}}"#;
+
+/// A draft campaign (agent, caller number, window open now) with `cap`
+/// calls at once; its retries are [`FAST_POLICY`]. Returns its id.
+async fn campaign(d: &TestDaemon, cap: i64) -> String {
     let agent = json_of(
         d.post("/v1/agents")
             .json(&json!({"name": "caller", "kind": "echo", "max_duration_seconds": 1})),
@@ -132,19 +143,17 @@ async fn campaign_dials_under_caps_per_policy_across_a_crash() {
         "caller_number": CALLER,
         "trunk_ids": ["trk_callee"],
         "schedule": {"start_time": "06:00", "end_time": "18:00", "timezone": zone_at(12)},
-        "max_concurrent_calls": CAP,
+        "max_concurrent_calls": cap,
         "calls_per_second": 50,
         "retry_policy": {"busy": rule, "no_answer": rule, "failed": rule},
         "max_attempts": 4,
     })))
     .await;
     let id = campaign["id"].as_str().expect("id").to_owned();
-
     // The API asks at least 60 s between attempts; compress that to 1 s in
     // the store so that the retries happen within the test.
     let store = d.store().await;
     let record = store.get_campaign(&id).await.expect("campaign");
-    let fast = r#"{"busy":{"retries":1,"delay_seconds":1},"no_answer":{"retries":1,"delay_seconds":1},"failed":{"retries":1,"delay_seconds":1}}"#;
     store
         .update_campaign(
             &id,
@@ -156,13 +165,22 @@ async fn campaign_dials_under_caps_per_policy_across_a_crash() {
                 schedule: &record.schedule,
                 max_concurrent_calls: record.max_concurrent_calls,
                 calls_per_second: record.calls_per_second,
-                retry_policy: fast,
+                retry_policy: FAST_POLICY,
                 max_attempts: record.max_attempts,
             },
         )
         .await
         .expect("compress retry delays");
-    let policy: RetryPolicy = serde_json::from_str(fast).expect("policy");
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn campaign_dials_under_caps_per_policy_across_a_crash() {
+    let (mut sipp, sipp_port) = callee();
+    let mut d = daemon(sipp_port).await;
+    let id = campaign(&d, CAP).await;
+    let store = d.store().await;
+    let policy: RetryPolicy = serde_json::from_str(FAST_POLICY).expect("policy");
 
     let day = zone_at(12);
     let night = zone_at(0);
@@ -284,5 +302,57 @@ async fn campaign_dials_under_caps_per_policy_across_a_crash() {
         interrupted <= CAP,
         "only calls up at the crash fail: {interrupted}"
     );
+    let _ = sipp.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_and_drain_stop_new_dials_and_let_calls_finish() {
+    let (mut sipp, sipp_port) = callee();
+    let mut d = daemon(sipp_port).await;
+    let id = campaign(&d, 4).await;
+    let store = d.store().await;
+    let day = zone_at(12);
+    // Every number answers (last digit 0-3); each call lasts 1 s.
+    let contacts: Vec<Value> = (0..40)
+        .map(|i| json!({"number": format!("+1415557{:03}{}", i, i % 4), "timezone": day}))
+        .collect();
+    json_of(
+        d.post(&format!("/v1/campaigns/{id}/contacts"))
+            .json(&json!({"contacts": contacts})),
+    )
+    .await;
+    json_of(d.post(&format!("/v1/campaigns/{id}/start"))).await;
+    watch(&d, &id, Duration::from_secs(20), |s| {
+        s["calls_active"].as_i64() >= Some(2)
+    })
+    .await;
+
+    json_of(d.post(&format!("/v1/campaigns/{id}/pause"))).await;
+    let at_pause = store.campaign_attempts(&id).await.expect("attempts").len();
+    // The calls up finish (answered, 1 s); nothing new is dialled.
+    let stats = watch(&d, &id, Duration::from_secs(20), |s| s["calls_active"] == 0).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let attempts = store.campaign_attempts(&id).await.expect("attempts");
+    assert_eq!(attempts.len(), at_pause, "no dial after the pause");
+    assert!(
+        attempts.iter().all(|a| a.3.as_deref() == Some("answered")),
+        "calls up at the pause finished normally: {attempts:?} {stats}"
+    );
+
+    // SIGTERM drains: no new dial, the calls up finish, the daemon exits.
+    json_of(d.post(&format!("/v1/campaigns/{id}/resume"))).await;
+    watch(&d, &id, Duration::from_secs(20), |s| {
+        s["calls_active"].as_i64() >= Some(2)
+    })
+    .await;
+    d.signal("TERM");
+    let status = d.wait_exit(Duration::from_secs(20)).await;
+    assert!(status.success(), "{status:?}");
+    let attempts = store.campaign_attempts(&id).await.expect("attempts");
+    assert!(
+        attempts.iter().all(|a| a.3.as_deref() == Some("answered")),
+        "the drain let every call finish and dialled none it had to refuse: {attempts:?}"
+    );
+    assert!(attempts.len() < 40, "the drain stopped the dialling");
     let _ = sipp.kill().await;
 }
