@@ -2,6 +2,7 @@
 //!
 //! The module map follows `DESIGN.md`; `main.rs` only hands over to [`cli`].
 
+pub mod agent;
 pub mod api;
 pub mod app;
 pub mod cli;

@@ -1,0 +1,149 @@
+//! The agent pipeline on a call: listen, think, speak.
+//!
+//! - [`turn`]: turn-taking core (VAD, endpointing, barge-in), sans-IO.
+//! - [`chunker`]: cuts streaming LLM text at sentence and clause boundaries
+//!   so TTS starts before the reply is complete.
+//! - [`brain`]: the [`brain::Brain`] trait and its two kinds, scripted
+//!   dialogue and LLM (OpenAI-compatible) with HTTP tools and built-in
+//!   actions.
+//! - [`providers`]: the STT and TTS seams.
+//!
+//! How a call drives it (the call layer owns the IO): every inbound frame
+//! goes to [`turn::TurnTaker::push`] and to the STT stream; on `EndOfTurn`
+//! the final transcript becomes a [`brain::Input::Text`] (DTMF digits a
+//! [`brain::Input::Dtmf`]) for [`brain::Brain::respond`]; its
+//! [`brain::BrainEvent::Delta`]s go through a [`chunker::Chunker`] to TTS,
+//! each spoken chunk is recorded in a [`turn::PlaybackLedger`]; its
+//! [`brain::Action`]s run after the text has played. On `BargeIn` the
+//! driver stops playback, drops queued audio and the reply future, and
+//! calls [`brain::Conversation::record_interrupted`] with
+//! [`turn::PlaybackLedger::heard`].
+//!
+//! Must not: import `call`, `store` or `api` (the API converts its agent
+//! settings into a [`BrainConfig`]).
+
+pub mod brain;
+pub mod chunker;
+pub mod providers;
+pub mod turn;
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use brain::scripted::{ScriptedBrain, ScriptedDialogue};
+use brain::tools::HttpTool;
+use brain::{Brain, BrainError, LlmBrain, Secret};
+
+/// Which engine answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LlmKind {
+    Scripted,
+    OpenAi,
+}
+
+/// How to reach the LLM.
+#[derive(Debug, Clone)]
+pub struct LlmConfig {
+    pub kind: LlmKind,
+    pub base_url: Option<String>,
+    pub model: Option<String>,
+    /// The environment variable holding the API key.
+    pub api_key_env: Option<String>,
+}
+
+/// An HTTP tool as configured; the secret is read from `secret_env`.
+#[derive(Debug, Clone)]
+pub struct ToolConfig {
+    pub name: String,
+    pub description: String,
+    pub url: String,
+    pub parameters: serde_json::Value,
+    pub timeout_ms: u32,
+    pub secret_env: Option<String>,
+}
+
+/// Everything a brain is built from, as the agent's settings say.
+#[derive(Debug, Clone, Default)]
+pub struct BrainConfig {
+    pub greeting: Option<String>,
+    pub instructions: Option<String>,
+    pub script: Option<serde_json::Value>,
+    pub llm: Option<LlmConfig>,
+    pub tools: Vec<ToolConfig>,
+}
+
+/// The HTTP client for LLMs and tools, shared by every brain: no
+/// redirects (a tool's answer comes from the URL configured), short
+/// connect timeout.
+pub fn http() -> Result<reqwest::Client, BrainError> {
+    static CLIENT: OnceLock<Result<reqwest::Client, String>> = OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .connect_timeout(Duration::from_secs(5))
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .clone()
+        .map_err(BrainError::Config)
+}
+
+/// Builds the brain an agent's settings describe: the OpenAI-compatible LLM
+/// when `llm.provider` says so, else the scripted dialogue.
+pub fn build_brain(config: &BrainConfig) -> Result<Arc<dyn Brain>, BrainError> {
+    let kind = config.llm.as_ref().map(|l| l.kind);
+    match (kind, &config.script) {
+        (Some(LlmKind::OpenAi), _) => {
+            let Some(llm) = &config.llm else {
+                return Err(BrainError::Config("no llm settings".into()));
+            };
+            let key = llm
+                .api_key_env
+                .as_deref()
+                .map(Secret::from_env)
+                .transpose()?;
+            let http = http()?;
+            let client = brain::openai::OpenAiLlm::new(
+                http.clone(),
+                llm.base_url.as_deref(),
+                llm.model.as_deref(),
+                key,
+            );
+            let mut tools = Vec::with_capacity(config.tools.len());
+            for t in &config.tools {
+                tools.push(HttpTool {
+                    name: t.name.clone(),
+                    description: t.description.clone(),
+                    url: t.url.clone(),
+                    parameters: t.parameters.clone(),
+                    timeout: Duration::from_millis(u64::from(t.timeout_ms)),
+                    secret: t.secret_env.as_deref().map(Secret::from_env).transpose()?,
+                });
+            }
+            Ok(Arc::new(LlmBrain::new(
+                Arc::new(client),
+                config.instructions.clone(),
+                config.greeting.clone(),
+                tools,
+                http,
+            )))
+        }
+        (_, Some(script)) => {
+            let dialogue = ScriptedDialogue::parse(script, "script").map_err(|errors| {
+                let first = errors
+                    .first()
+                    .map(|e| format!("{}: {}", e.path, e.message))
+                    .unwrap_or_default();
+                BrainError::Config(first)
+            })?;
+            Ok(Arc::new(ScriptedBrain::new(
+                dialogue,
+                config.greeting.clone(),
+            )))
+        }
+        (_, None) => Err(BrainError::Config(
+            "the agent has neither a script nor an llm with provider openai".into(),
+        )),
+    }
+}
