@@ -10,6 +10,8 @@ pub const WEBHOOK_ENDPOINT: &str = "whk";
 pub const API_KEY: &str = "key";
 pub const EVENT: &str = "evt";
 pub const REQUEST: &str = "req";
+pub const CHAT_SESSION: &str = "chat";
+pub const CHAT_MESSAGE: &str = "msg";
 
 /// A new id with the given prefix.
 pub fn new(prefix: &str) -> String {

@@ -13,6 +13,8 @@ use utoipa_axum::routes;
 use super::AppState;
 use super::error::{ApiError, ErrorResponses, FieldError};
 use super::extract::{ApiJson, ApiQuery, List, Pagination};
+use crate::agent::brain::scripted::ScriptedDialogue;
+use crate::agent::{BrainConfig, LlmConfig, LlmKind, ToolConfig};
 use crate::ids;
 use crate::store::agents::AgentRecord;
 
@@ -97,6 +99,10 @@ pub struct Tool {
     pub parameters: serde_json::Value,
     #[serde(default = "default_tool_timeout")]
     pub timeout_ms: u32,
+    /// The environment variable holding the `whsec_...` secret that signs
+    /// the requests (Standard Webhooks v1); unsigned when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_env: Option<String>,
 }
 
 fn empty_object() -> serde_json::Value {
@@ -270,8 +276,42 @@ fn validate(name: &str, kind: AgentKind, s: &Settings) -> Result<(), ApiError> {
     {
         bad("instructions", "must be at most 100000 characters");
     }
-    if s.script.as_ref().is_some_and(|v| !v.is_object()) {
-        bad("script", "must be an object");
+    match &s.script {
+        Some(v) if !v.is_object() => bad("script", "must be an object"),
+        Some(v) => {
+            if let Err(errors) = ScriptedDialogue::parse(v, "script") {
+                for e in errors {
+                    bad(&e.path, &e.message);
+                }
+            }
+        }
+        None => {}
+    }
+    let env_names = [
+        (
+            "llm.api_key_env".to_string(),
+            s.llm.as_ref().and_then(|p| p.api_key_env.as_deref()),
+        ),
+        (
+            "stt.api_key_env".to_string(),
+            s.stt.as_ref().and_then(|p| p.api_key_env.as_deref()),
+        ),
+        (
+            "tts.api_key_env".to_string(),
+            s.tts.as_ref().and_then(|p| p.api_key_env.as_deref()),
+        ),
+    ]
+    .into_iter()
+    .chain(
+        s.tools
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (format!("tools[{i}].secret_env"), t.secret_env.as_deref())),
+    );
+    for (field, name) in env_names {
+        if name.is_some_and(|n| !is_env_name(n)) {
+            bad(&field, "must be an environment variable name (A-Z, 0-9, _)");
+        }
     }
     if !(1..=86_400).contains(&s.max_duration_seconds) {
         bad("max_duration_seconds", "must be between 1 and 86400");
@@ -356,6 +396,46 @@ fn validate(name: &str, kind: AgentKind, s: &Settings) -> Result<(), ApiError> {
     }
 }
 
+fn is_env_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 128
+        && !n.starts_with(|c: char| c.is_ascii_digit())
+        && n.chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// What the agent's brain is built from.
+pub(super) fn brain_config(r: &AgentRecord) -> Result<BrainConfig, ApiError> {
+    let s: Settings = serde_json::from_str(&r.settings)
+        .map_err(|e| ApiError::internal(format!("agent {} settings: {e}", r.id)))?;
+    Ok(BrainConfig {
+        greeting: s.greeting,
+        instructions: s.instructions,
+        script: s.script,
+        llm: s.llm.map(|l| LlmConfig {
+            kind: match l.provider {
+                LlmProvider::Scripted => LlmKind::Scripted,
+                LlmProvider::Openai => LlmKind::OpenAi,
+            },
+            base_url: l.base_url,
+            model: l.model,
+            api_key_env: l.api_key_env,
+        }),
+        tools: s
+            .tools
+            .into_iter()
+            .map(|t| ToolConfig {
+                name: t.name,
+                description: t.description,
+                url: t.url,
+                parameters: t.parameters,
+                timeout_ms: t.timeout_ms,
+                secret_env: t.secret_env,
+            })
+            .collect(),
+    })
+}
+
 fn settings_json(s: &Settings) -> Result<String, ApiError> {
     serde_json::to_string(s).map_err(ApiError::internal)
 }
@@ -416,7 +496,7 @@ async fn list_agents(
     }))
 }
 
-async fn fetch(state: &AppState, id: &str) -> Result<AgentRecord, ApiError> {
+pub(super) async fn fetch(state: &AppState, id: &str) -> Result<AgentRecord, ApiError> {
     if !ids::has_prefix(id, ids::AGENT) {
         return Err(ApiError::not_found("agent"));
     }

@@ -14,6 +14,7 @@ mod agents;
 mod api_keys;
 pub mod auth;
 mod calls;
+mod chat;
 pub mod error;
 mod extract;
 mod numbers;
@@ -89,6 +90,7 @@ impl Inner {
     components(schemas(error::ErrorBody, error::ErrorObject, error::FieldError)),
     tags(
         (name = "agents", description = "What answers a call"),
+        (name = "chat", description = "Text chat with an agent: same brain and tools as on a call"),
         (name = "phone-numbers", description = "Numbers agentline answers"),
         (name = "trunks", description = "SIP trunks, from the profile files (read-only)"),
         (name = "calls", description = "Call records"),
@@ -126,6 +128,7 @@ fn routers(metrics_open: bool) -> (OpenApiRouter<AppState>, OpenApiRouter<AppSta
         .merge(numbers::router())
         .merge(trunks::router())
         .merge(calls::router())
+        .merge(chat::router())
         .merge(webhook_endpoints::router())
         .merge(api_keys::router());
     let mut open = system::open_router();

@@ -14,6 +14,7 @@
 
 pub mod agents;
 pub mod calls;
+pub mod chat;
 pub mod keys;
 pub mod numbers;
 pub mod webhooks;
@@ -122,18 +123,32 @@ fn migrations(sources: &'static [(i64, &'static str, &'static str)]) -> Migrator
 }
 
 /// The SQLite migrations, embedded in the binary.
-const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../../migrations/sqlite/0001_init.sql"),
-)];
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../../migrations/sqlite/0001_init.sql"),
+    ),
+    (
+        4,
+        "chat",
+        include_str!("../../migrations/sqlite/0004_chat.sql"),
+    ),
+];
 
 /// The PostgreSQL migrations, embedded in the binary.
-const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../../migrations/postgres/0001_init.sql"),
-)];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        4,
+        "chat",
+        include_str!("../../migrations/postgres/0004_chat.sql"),
+    ),
+];
 
 impl Store {
     /// Opens the store at `url` (`sqlite://PATH` or `postgres://...`). The
