@@ -460,34 +460,35 @@ async fn an_openai_agent_calls_a_signed_tool_and_answers_with_its_result() {
     assert_eq!(s, StatusCode::OK, "{r}");
     assert_eq!(r["content"], "It is sunny and 21 degrees in Oslo.");
 
-    let seen = seen.lock().unwrap();
-    // The tool got the LLM's arguments, signed.
-    assert_eq!(seen.tool_requests.len(), 1);
-    let (headers, body) = &seen.tool_requests[0];
-    let args: Value = serde_json::from_slice(body).unwrap();
-    assert_eq!(args, json!({"city": "Oslo"}));
-    assert!(verify(headers, body), "bad signature: {headers:?}");
+    {
+        let seen = seen.lock().unwrap();
+        // The tool got the LLM's arguments, signed.
+        assert_eq!(seen.tool_requests.len(), 1);
+        let (headers, body) = &seen.tool_requests[0];
+        let args: Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(args, json!({"city": "Oslo"}));
+        assert!(verify(headers, body), "bad signature: {headers:?}");
 
-    // The LLM was asked twice, with the key, the system prompt, the tools,
-    // and the second time the tool's result.
-    assert_eq!(seen.llm_requests.len(), 2);
-    let (auth, first) = &seen.llm_requests[0];
-    assert_eq!(auth.as_deref(), Some(format!("Bearer {LLM_KEY}").as_str()));
-    assert_eq!(first["stream"], true);
-    assert_eq!(first["model"], "stand-in");
-    assert_eq!(first["messages"][0]["role"], "system");
-    let names: Vec<&str> = first["tools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["function"]["name"].as_str().unwrap())
-        .collect();
-    assert!(names.contains(&"get_weather") && names.contains(&"end_call"));
-    let (_, second) = &seen.llm_requests[1];
-    let msgs = second["messages"].as_array().unwrap();
-    assert_eq!(msgs[msgs.len() - 2]["tool_calls"][0]["id"], "call_w1");
-    assert_eq!(msgs[msgs.len() - 1]["tool_call_id"], "call_w1");
-    drop(seen);
+        // The LLM was asked twice, with the key, the system prompt, the tools,
+        // and the second time the tool's result.
+        assert_eq!(seen.llm_requests.len(), 2);
+        let (auth, first) = &seen.llm_requests[0];
+        assert_eq!(auth.as_deref(), Some(format!("Bearer {LLM_KEY}").as_str()));
+        assert_eq!(first["stream"], true);
+        assert_eq!(first["model"], "stand-in");
+        assert_eq!(first["messages"][0]["role"], "system");
+        let names: Vec<&str> = first["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["function"]["name"].as_str().unwrap())
+            .collect();
+        assert!(names.contains(&"get_weather") && names.contains(&"end_call"));
+        let (_, second) = &seen.llm_requests[1];
+        let msgs = second["messages"].as_array().unwrap();
+        assert_eq!(msgs[msgs.len() - 2]["tool_calls"][0]["id"], "call_w1");
+        assert_eq!(msgs[msgs.len() - 1]["tool_call_id"], "call_w1");
+    }
 
     // The tool exchange is in the stored history.
     let h: Value = d
