@@ -281,6 +281,7 @@ enum TurnOut {
         (status = 200, description = "The reply; with `stream`, `text/event-stream` of \
             `data: {\"id\", \"delta\"}` events ending with `data: [DONE]`",
             content((ChatReply = "application/json"), (String = "text/event-stream"))),
+        (status = 502, description = "The agent's LLM failed", body = super::error::ErrorBody),
         ErrorResponses))]
 async fn post_message(
     State(state): State<AppState>,
