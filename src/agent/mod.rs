@@ -25,6 +25,7 @@
 pub mod brain;
 pub mod chunker;
 pub mod providers;
+pub mod session;
 pub mod turn;
 
 use std::sync::{Arc, OnceLock};
