@@ -626,7 +626,7 @@ async fn calls_are_listed_with_filters(backend: Backend) {
     ];
     for (id, direction, from, to, status, agent) in rows {
         store
-            .insert_call(NewCall {
+            .call_created(NewCall {
                 id,
                 direction,
                 from_number: from,

@@ -179,4 +179,18 @@ impl<T> List<T> {
             offset: w.offset,
         }
     }
+
+    /// Like [`List::new`] for a conversion that can fail.
+    pub fn try_new<R>(
+        page: crate::store::Page<R>,
+        w: Window,
+        map: impl FnMut(R) -> Result<T, ApiError>,
+    ) -> Result<Self, ApiError> {
+        Ok(Self {
+            items: page.items.into_iter().map(map).collect::<Result<_, _>>()?,
+            total: page.total,
+            limit: w.limit,
+            offset: w.offset,
+        })
+    }
 }

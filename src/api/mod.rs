@@ -27,7 +27,7 @@ pub use api_keys::create as create_api_key;
 pub use system::Readiness;
 
 use std::ops::Deref;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use axum::Router;
 use axum::middleware;
@@ -37,7 +37,8 @@ use utoipa::OpenApi;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::config::{Config, Profiles};
+use crate::call::Calls;
+use crate::config::{Config, Profiles, SharedProfiles};
 use crate::store::Store;
 use crate::trunk::TrunkStates;
 
@@ -48,7 +49,9 @@ pub struct AppState(Arc<Inner>);
 pub struct Inner {
     pub store: Store,
     /// Replaced whole on SIGHUP; readers take a snapshot.
-    profiles: RwLock<Arc<Profiles>>,
+    profiles: Arc<SharedProfiles>,
+    /// Places and hangs up calls.
+    pub calls: Calls,
     pub trunks: Arc<TrunkStates>,
     pub rate_limits: auth::RateLimits,
     pub readiness: Arc<Readiness>,
@@ -68,14 +71,11 @@ impl Deref for AppState {
 impl Inner {
     /// A snapshot of the trunk profiles.
     pub fn profiles(&self) -> Arc<Profiles> {
-        self.profiles
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.profiles.get()
     }
 
     pub fn replace_profiles(&self, profiles: Profiles) {
-        *self.profiles.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(profiles);
+        self.profiles.replace(profiles);
     }
 }
 
@@ -152,14 +152,16 @@ impl AppState {
     pub fn new(
         config: &Config,
         store: Store,
-        profiles: Profiles,
+        profiles: Arc<SharedProfiles>,
+        calls: Calls,
         trunks: Arc<TrunkStates>,
         readiness: Arc<Readiness>,
         metrics: Option<PrometheusHandle>,
     ) -> Self {
         AppState(Arc::new(Inner {
             store,
-            profiles: RwLock::new(Arc::new(profiles)),
+            profiles,
+            calls,
             trunks,
             rate_limits: auth::RateLimits::new(config.api.rate_limit_per_minute),
             readiness,

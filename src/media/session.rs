@@ -5,8 +5,7 @@
 //! released when the session ends), symmetric RTP latching (RFC 4961), the
 //! receive path (parse with `rtp-rs`, DTMF to the decoder, audio through the
 //! jitter buffer, G.711 decode, 20 ms frames out), the paced send path, the
-//! RTP inactivity timeout, and the RTP metrics (names below; they move to
-//! `src/metrics.rs` once that file exists).
+//! RTP inactivity timeout, and the RTP metrics (names in `crate::metrics`).
 //!
 //! Must not: decide anything about the call. It reports [`MediaEvent`]s
 //! (audio, digits, latching, playout drained, timeout) and does what the
@@ -55,20 +54,10 @@ use super::pacer::{Pacer, PacingClock, Packetizer, SendFormat};
 use super::ports::PortPermit;
 use super::sdp::{Direction, NegotiatedMedia};
 use super::{CLOCK_RATE, FRAME_SAMPLES};
-
-/// RTP packets, label `direction` = `in` | `out`.
-pub const RTP_PACKETS_TOTAL: &str = "agentline_rtp_packets_total";
-/// RTP bytes (UDP payload), label `direction` = `in` | `out`.
-pub const RTP_BYTES_TOTAL: &str = "agentline_rtp_bytes_total";
-/// Inbound packets lost (RFC 3550 A.3).
-pub const RTP_PACKETS_LOST_TOTAL: &str = "agentline_rtp_packets_lost_total";
-/// Inbound datagrams dropped, label `reason` = `malformed` |
-/// `unexpected_source` | `unknown_payload_type` | `consumer_slow`.
-pub const RTP_PACKETS_DROPPED_TOTAL: &str = "agentline_rtp_packets_dropped_total";
-/// RFC 3550 A.8 interarrival jitter, one sample per session when it ends.
-pub const RTP_JITTER_SECONDS: &str = "agentline_rtp_jitter_seconds";
-/// Sessions that reported an RTP inactivity timeout.
-pub const RTP_TIMEOUTS_TOTAL: &str = "agentline_rtp_timeouts_total";
+use crate::metrics::{
+    RTP_BYTES_TOTAL, RTP_JITTER_SECONDS, RTP_PACKETS_DROPPED_TOTAL, RTP_PACKETS_LOST_TOTAL,
+    RTP_PACKETS_TOTAL, RTP_TIMEOUTS_TOTAL,
+};
 
 /// Largest datagram we read; RTP over UDP for G.711 is ~172 bytes.
 const MAX_DATAGRAM: usize = 2048;

@@ -2,8 +2,8 @@
 //! keepalive, and the RFC 3261 §8.2 checks a UAS makes before it acts on a
 //! request.
 
-use super::metrics::{SIP_REQUESTS_REJECTED_TOTAL, SIP_REQUESTS_TOTAL};
 use super::transport::{Admission, InboundHandler, RequestSource, Transport};
+use crate::metrics::{SIP_REQUESTS_REJECTED_TOTAL, SIP_REQUESTS_TOTAL};
 use ezk_sip_core::{Endpoint, IncomingRequest, Layer, MayTake};
 use ezk_sip_types::header::typed::{Accept, ContentType, Require, Unsupported};
 use ezk_sip_types::{Headers, Method, Name, StatusCode};

@@ -56,7 +56,6 @@ pub mod backoff;
 mod call;
 mod guard;
 mod inbound;
-pub mod metrics;
 mod outbound;
 mod registration;
 mod transport;

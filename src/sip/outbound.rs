@@ -6,9 +6,9 @@
 use super::call::Call;
 use super::guard::is_sdp;
 use super::inbound::attach_sdp;
-use super::metrics::SIP_OUTBOUND_RESULTS_TOTAL;
 use super::transport::{SipError, SipStack, Transport};
 use super::{Credentials, MAX_AUTH_ROUNDS};
+use crate::metrics::SIP_OUTBOUND_RESULTS_TOTAL;
 use bytes::Bytes;
 use ezk_sip_auth::{ClientAuthenticator, DigestAuthenticator, RequestParts, ResponseParts};
 use ezk_sip_core::transaction::TsxResponse;

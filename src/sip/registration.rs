@@ -4,9 +4,9 @@
 //! and Expires: 0 when the [`Registration`] is stopped or dropped.
 
 use super::backoff::{RetryPolicy, refresh_after};
-use super::metrics::{SIP_REGISTRATION_FAILURES_TOTAL, SIP_REGISTRATION_STATE};
 use super::transport::{SipError, SipStack, Transport};
 use super::{Credentials, MAX_AUTH_ROUNDS};
+use crate::metrics::{SIP_REGISTRATION_FAILURES_TOTAL, SIP_REGISTRATION_STATE};
 use ezk_sip_auth::{ClientAuthenticator, DigestAuthenticator, RequestParts, ResponseParts};
 use ezk_sip_core::transport::TargetTransportInfo;
 use ezk_sip_core::{Endpoint, Request};

@@ -13,8 +13,12 @@ use std::time::{Duration, Instant};
 
 use sqlx::Connection;
 
+mod peers;
 mod sip;
-#[allow(unused_imports)] // only the SIP test binaries use these
+// Only the SIP and call test binaries use these.
+#[allow(unused_imports)]
+pub use peers::*;
+#[allow(unused_imports)]
 pub use sip::*;
 
 /// The store a daemon runs on.
