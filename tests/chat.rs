@@ -217,6 +217,31 @@ async fn a_bad_script_is_refused_naming_the_field(backend: Backend) {
         "script.states.a.intents[0].patterns[0]"
     );
 
+    // Turn-taking settings are validated and kept.
+    let (s, b) = json_of(
+        d.patch(&format!("/v1/agents/{agent}"))
+            .json(&json!({"turn": {"end_silence_ms": 50}}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+    assert_eq!(b["error"]["details"][0]["field"], "turn.end_silence_ms");
+    let (s, b) = json_of(
+        d.patch(&format!("/v1/agents/{agent}"))
+            .json(&json!({"turn": {"end_silence_ms": 800, "backchannels_interrupt": true}}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(
+        b["turn"],
+        json!({"end_silence_ms": 800, "backchannels_interrupt": true})
+    );
+
     // An agent with no brain cannot chat.
     let r = d
         .post(&format!("/v1/agents/{agent}/chat-sessions"))

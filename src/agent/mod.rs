@@ -182,6 +182,9 @@ pub struct CallSettings {
     pub max_duration_seconds: u32,
     #[serde(default)]
     pub prompt: Option<PromptSettings>,
+    /// Turn-taking of the speech pipeline.
+    #[serde(default)]
+    pub turn: Option<TurnSettings>,
 }
 
 fn default_max_duration() -> u32 {
@@ -192,5 +195,88 @@ impl CallSettings {
     /// Reads the stored settings document.
     pub fn from_json(settings: &str) -> Result<Self, serde_json::Error> {
         serde_json::from_str(settings)
+    }
+}
+
+/// Turn-taking settings of an agent (see [`turn`]); each left out keeps
+/// its default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TurnSettings {
+    /// Silence that ends the caller's turn (default 500).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 100, maximum = 5000)]
+    pub end_silence_ms: Option<u32>,
+    /// A turn is cut after this long (default 30000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1000, maximum = 120000)]
+    pub max_turn_ms: Option<u32>,
+    /// Caller speech during playback that interrupts the agent (default 400).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 60, maximum = 3000)]
+    pub barge_in_min_ms: Option<u32>,
+    /// Whether short speech ("mm-hm") interrupts too (default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backchannels_interrupt: Option<bool>,
+}
+
+impl TurnSettings {
+    /// The fields out of range, as (field, message).
+    pub fn problems(&self) -> Vec<(&'static str, &'static str)> {
+        let mut out = Vec::new();
+        let check = |v: Option<u32>, range: std::ops::RangeInclusive<u32>| {
+            v.is_some_and(|v| !range.contains(&v))
+        };
+        if check(self.end_silence_ms, 100..=5000) {
+            out.push(("end_silence_ms", "must be between 100 and 5000"));
+        }
+        if check(self.max_turn_ms, 1000..=120_000) {
+            out.push(("max_turn_ms", "must be between 1000 and 120000"));
+        }
+        if check(self.barge_in_min_ms, 60..=3000) {
+            out.push(("barge_in_min_ms", "must be between 60 and 3000"));
+        }
+        out
+    }
+
+    /// The turn-taking core's configuration.
+    pub fn config(&self) -> turn::TurnConfig {
+        let d = turn::TurnConfig::default();
+        let ms = |v: Option<u32>, default: Duration| {
+            v.map_or(default, |v| Duration::from_millis(u64::from(v)))
+        };
+        turn::TurnConfig {
+            end_silence: ms(self.end_silence_ms, d.end_silence),
+            max_turn: ms(self.max_turn_ms, d.max_turn),
+            barge_in_min: ms(self.barge_in_min_ms, d.barge_in_min),
+            backchannels_interrupt: self
+                .backchannels_interrupt
+                .unwrap_or(d.backchannels_interrupt),
+            ..d
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn turn_settings_override_the_defaults_and_name_bad_fields() {
+        let t: TurnSettings =
+            serde_json::from_value(serde_json::json!({"end_silence_ms": 700})).unwrap();
+        let c = t.config();
+        assert_eq!(c.end_silence, Duration::from_millis(700));
+        assert_eq!(c.barge_in_min, turn::TurnConfig::default().barge_in_min);
+        let bad = TurnSettings {
+            barge_in_min_ms: Some(5),
+            ..TurnSettings::default()
+        };
+        assert_eq!(bad.problems()[0].0, "barge_in_min_ms");
+        let s = CallSettings::from_json(r#"{"turn": {"max_turn_ms": 5000}}"#).unwrap();
+        assert_eq!(
+            s.turn.unwrap_or_default().config().max_turn,
+            Duration::from_secs(5)
+        );
     }
 }

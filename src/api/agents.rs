@@ -13,9 +13,9 @@ use utoipa_axum::routes;
 use super::AppState;
 use super::error::{ApiError, ErrorResponses, FieldError};
 use super::extract::{ApiJson, ApiQuery, List, Pagination};
-use crate::agent::PromptSettings;
 use crate::agent::brain::scripted::ScriptedDialogue;
 use crate::agent::{BrainConfig, LlmConfig, LlmKind, ToolConfig};
+use crate::agent::{PromptSettings, TurnSettings};
 use crate::ids;
 use crate::store::agents::AgentRecord;
 
@@ -128,6 +128,8 @@ struct Settings {
     max_duration_seconds: u32,
     silence_timeout_seconds: u32,
     prompt: Option<PromptSettings>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    turn: Option<TurnSettings>,
 }
 
 const DEFAULT_MAX_DURATION: u32 = 3600;
@@ -157,6 +159,8 @@ pub struct Agent {
     pub max_duration_seconds: u32,
     pub silence_timeout_seconds: u32,
     pub prompt: Option<PromptSettings>,
+    /// Turn-taking: end-of-turn silence, barge-in, backchannels.
+    pub turn: Option<TurnSettings>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -187,6 +191,8 @@ pub struct AgentCreate {
     #[schema(minimum = 1, maximum = 3600)]
     pub silence_timeout_seconds: Option<u32>,
     pub prompt: Option<PromptSettings>,
+    /// Turn-taking: end-of-turn silence, barge-in, backchannels.
+    pub turn: Option<TurnSettings>,
 }
 
 /// The body of `PATCH /v1/agents/{id}`: fields left out keep their value.
@@ -211,6 +217,8 @@ pub struct AgentUpdate {
     #[schema(minimum = 1, maximum = 3600)]
     pub silence_timeout_seconds: Option<u32>,
     pub prompt: Option<PromptSettings>,
+    /// Turn-taking: end-of-turn silence, barge-in, backchannels.
+    pub turn: Option<TurnSettings>,
 }
 
 fn to_agent(r: AgentRecord) -> Result<Agent, ApiError> {
@@ -232,6 +240,7 @@ fn to_agent(r: AgentRecord) -> Result<Agent, ApiError> {
         max_duration_seconds: s.max_duration_seconds,
         silence_timeout_seconds: s.silence_timeout_seconds,
         prompt: s.prompt,
+        turn: s.turn,
         created_at: r.created_at,
         updated_at: r.updated_at,
     })
@@ -354,6 +363,11 @@ fn validate(name: &str, kind: AgentKind, s: &Settings) -> Result<(), ApiError> {
             bad(field, "must be an http(s) or ws(s) URL");
         }
     }
+    if let Some(t) = &s.turn {
+        for (field, message) in t.problems() {
+            bad(&format!("turn.{field}"), message);
+        }
+    }
     match (kind, &s.prompt) {
         (AgentKind::Prompt, None) => bad("prompt", "a prompt agent needs wav_path or tone_hz"),
         (AgentKind::Prompt, Some(p)) => match (&p.wav_path, p.tone_hz) {
@@ -444,6 +458,7 @@ async fn create_agent(
             .silence_timeout_seconds
             .unwrap_or(DEFAULT_SILENCE_TIMEOUT),
         prompt: body.prompt,
+        turn: body.turn,
     };
     validate(&body.name, body.kind, &settings)?;
     let id = ids::new(ids::AGENT);
@@ -519,6 +534,7 @@ async fn update_agent(
             .silence_timeout_seconds
             .unwrap_or(current.silence_timeout_seconds),
         prompt: body.prompt.or(current.prompt),
+        turn: body.turn.or(current.turn),
     };
     validate(&name, kind, &settings)?;
     let record = state
