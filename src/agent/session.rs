@@ -505,6 +505,61 @@ mod tests {
         assert!(!out.iter().any(|(_, o)| *o == SessionOutput::ClearAudio));
     }
 
+    /// An LLM that says one sentence, then thinks forever; it notes when
+    /// its request is dropped.
+    struct Endless(Arc<std::sync::atomic::AtomicBool>);
+
+    struct Dropped(Arc<std::sync::atomic::AtomicBool>);
+
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl crate::agent::brain::Llm for Endless {
+        async fn chat(
+            &self,
+            _request: crate::agent::brain::ChatRequest<'_>,
+            on_delta: &(dyn for<'s> Fn(&'s str) + Send + Sync),
+        ) -> Result<crate::agent::brain::LlmReply, crate::agent::brain::LlmError> {
+            let _guard = Dropped(self.0.clone());
+            on_delta("Sure, let me tell you a long story. ");
+            std::future::pending().await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn barge_in_cancels_the_llm_in_flight() {
+        let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let brain = crate::agent::brain::LlmBrain::new(
+            Arc::new(Endless(dropped.clone())),
+            None,
+            None,
+            Vec::new(),
+            reqwest::Client::new(),
+        );
+        let s = AgentSession {
+            brain: Arc::new(brain),
+            ..session(&["hi"])
+        };
+        // "hi" ends at 1.1 s; the reply plays from then; the caller talks
+        // over it from 1.6 s.
+        let (out, conv) = drive(s, &[(true, 600), (false, 1000), (true, 800), (false, 1000)]).await;
+        assert!(
+            dropped.load(std::sync::atomic::Ordering::SeqCst),
+            "LLM not cancelled"
+        );
+        assert!(out.iter().any(|(_, o)| *o == SessionOutput::ClearAudio));
+        assert_eq!(conv.messages.len(), 2, "{:?}", conv.messages);
+        assert_eq!(conv.messages[0].content, "hi");
+        let cut = &conv.messages[1];
+        assert!(cut.interrupted);
+        assert!(!cut.content.is_empty() && cut.content.len() < 36, "{cut:?}");
+        assert!("Sure, let me tell you a long story.".starts_with(&cut.content));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn barge_in_stops_playback_at_once_and_cuts_the_greeting() {
         // The caller talks over the greeting from 500 ms on.
