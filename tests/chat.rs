@@ -535,6 +535,22 @@ async fn an_openai_agent_calls_a_signed_tool_and_answers_with_its_result() {
         vec!["assistant", "user", "assistant", "tool", "assistant"]
     );
     assert_eq!(h["messages"][2]["tool_calls"][0]["name"], "get_weather");
+    let metrics = d
+        .get("/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"agentline_agent_tool_calls_total{outcome="ok"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"agentline_agent_llm_requests_total{outcome="ok"} 2"#),
+        "{metrics}"
+    );
     assert!(!d.log().contains(LLM_KEY), "the LLM key was logged");
     assert!(!d.log().contains(TOOL_SECRET), "the tool secret was logged");
 }

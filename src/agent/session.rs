@@ -281,6 +281,7 @@ impl AgentSession {
         let had_audio = !queue.is_empty();
         queue.clear();
         if had_audio {
+            metrics::counter!(crate::metrics::AGENT_BARGE_INS_TOTAL).increment(1);
             let _ = out.send(SessionOutput::ClearAudio).await;
         }
         let heard = ledger.heard(heard_ms);

@@ -186,6 +186,22 @@ impl Llm for OpenAiLlm {
         request: ChatRequest<'_>,
         on_delta: &(dyn for<'s> Fn(&'s str) + Send + Sync),
     ) -> Result<LlmReply, LlmError> {
+        let result = self.stream(request, on_delta).await;
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        metrics::counter!(crate::metrics::AGENT_LLM_REQUESTS_TOTAL, "outcome" => outcome)
+            .increment(1);
+        result
+    }
+}
+
+impl OpenAiLlm {
+    async fn stream(
+        &self,
+        request: ChatRequest<'_>,
+        on_delta: &(dyn for<'s> Fn(&'s str) + Send + Sync),
+    ) -> Result<LlmReply, LlmError> {
+        let started = std::time::Instant::now();
+        let mut first = true;
         let mut builder = self
             .http
             .post(&self.url)
@@ -227,6 +243,11 @@ impl Llm for OpenAiLlm {
                 .map_err(|_| LlmError::Stalled(stall.as_secs()))?;
             let Some(chunk) = next else { break };
             let chunk = chunk.map_err(|e| LlmError::Unreachable(e.without_url().to_string()))?;
+            if first {
+                first = false;
+                metrics::histogram!(crate::metrics::AGENT_LLM_FIRST_CHUNK_SECONDS)
+                    .record(started.elapsed().as_secs_f64());
+            }
             total += chunk.len();
             if total > MAX_STREAM_BYTES {
                 return Err(LlmError::Protocol("the stream is too long".into()));

@@ -90,9 +90,16 @@ fn error_result(message: &str) -> String {
 
 /// Calls `tool` with `arguments`; the result is what the LLM reads.
 pub async fn invoke(http: &reqwest::Client, tool: &HttpTool, arguments: &str) -> String {
+    let count = |outcome: &'static str| {
+        metrics::counter!(crate::metrics::AGENT_TOOL_CALLS_TOTAL, "outcome" => outcome)
+            .increment(1);
+    };
     let body = match check_arguments(&tool.parameters, arguments) {
         Ok(b) => b,
-        Err(e) => return error_result(&e),
+        Err(e) => {
+            count("bad_arguments");
+            return error_result(&e);
+        }
     };
     let id = crate::ids::new("tool");
     let timestamp = chrono::Utc::now().timestamp();
@@ -121,19 +128,23 @@ pub async fn invoke(http: &reqwest::Client, tool: &HttpTool, arguments: &str) ->
     .await;
     match result {
         Ok((status, bytes)) if status.is_success() => {
+            count("ok");
             tracing::debug!(tool = %tool.name, %status, elapsed_ms = started.elapsed().as_millis() as u64, "tool answered");
             let end = bytes.len().min(MAX_RESULT_BYTES);
             String::from_utf8_lossy(&bytes[..end]).into_owned()
         }
         Ok((status, _)) => {
+            count("refused");
             tracing::info!(tool = %tool.name, %status, "tool refused");
             error_result(&format!("the tool answered HTTP {}", status.as_u16()))
         }
         Err(e) if e.is_timeout() => {
+            count("timeout");
             tracing::info!(tool = %tool.name, "tool timed out");
             error_result("the tool did not answer in time")
         }
         Err(e) => {
+            count("unreachable");
             tracing::info!(tool = %tool.name, error = %e.without_url(), "tool unreachable");
             error_result("the tool could not be reached")
         }
