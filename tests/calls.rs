@@ -259,7 +259,7 @@ async fn inbound_over_trunk_cps_gets_503() {
         .filter(|l| {
             l.starts_with("agentline_calls_ended_total{") && l.contains("reason=\"trunk_cps\"")
         })
-        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum();
     let page: Value = d
         .get("/v1/calls")
