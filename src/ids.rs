@@ -24,6 +24,8 @@ pub const CAMPAIGN: &str = "cmp";
 pub const CONTACT: &str = "cnt";
 pub const ATTEMPT: &str = "att";
 pub const DNC: &str = "dnc";
+pub const CHAT_SESSION: &str = "chat";
+pub const CHAT_MESSAGE: &str = "msg";
 
 /// A new id with the given prefix.
 pub fn new(prefix: &str) -> String {

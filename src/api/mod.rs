@@ -15,6 +15,7 @@ mod api_keys;
 pub mod auth;
 mod calls;
 mod campaigns;
+mod chat;
 mod dnc;
 pub mod error;
 mod extract;
@@ -92,6 +93,7 @@ impl Inner {
     components(schemas(error::ErrorBody, error::ErrorObject, error::FieldError)),
     tags(
         (name = "agents", description = "What answers a call"),
+        (name = "chat", description = "Text chat with an agent: same brain and tools as on a call"),
         (name = "phone-numbers", description = "Numbers agentline answers"),
         (name = "trunks", description = "SIP trunks, from the profile files (read-only)"),
         (name = "calls", description = "Call records"),
@@ -133,6 +135,7 @@ fn routers(metrics_open: bool) -> (OpenApiRouter<AppState>, OpenApiRouter<AppSta
         .merge(calls::router())
         .merge(campaigns::router())
         .merge(dnc::router())
+        .merge(chat::router())
         .merge(webhook_endpoints::router())
         .merge(api_keys::router());
     let mut open = system::open_router();

@@ -15,6 +15,7 @@
 pub mod agents;
 pub mod calls;
 pub mod campaigns;
+pub mod chat;
 pub mod contacts;
 pub mod dnc;
 pub mod keys;
@@ -132,6 +133,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0001_init.sql"),
     ),
     (
+        4,
+        "chat",
+        include_str!("../../migrations/sqlite/0004_chat.sql"),
+    ),
+    (
         5,
         "campaigns",
         include_str!("../../migrations/sqlite/0005_campaigns.sql"),
@@ -144,6 +150,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         1,
         "init",
         include_str!("../../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        4,
+        "chat",
+        include_str!("../../migrations/postgres/0004_chat.sql"),
     ),
     (
         5,
