@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use tokio::sync::{broadcast, watch};
 
-use super::{CallEvent, CallEventKind, Calls, EndReason, OutboundRequest};
+use super::{CallEvent, CallEventKind, Calls, EndReason, OutboundRequest, PlaceError};
 use crate::campaign::dialer::{CallFate, DialError, Dialer, Driver, PlaceCall};
 use crate::campaign::policy::Outcome;
 use crate::store::StoreError;
@@ -82,11 +82,14 @@ impl Dialer for CallDialer {
             headers: Vec::new(),
             metadata: metadata(&req),
         };
-        let record = self
-            .calls
-            .place(request)
-            .await
-            .map_err(|e| DialError(e.to_string()))?;
+        let record = self.calls.place(request).await.map_err(|e| match e {
+            // Refused before a row was written or a packet sent.
+            PlaceError::TrunkFull
+            | PlaceError::TrunkRate
+            | PlaceError::Draining
+            | PlaceError::NotRunning => DialError::NotPlaced(e.to_string()),
+            e => DialError::Failed(e.to_string()),
+        })?;
         Ok(record.id)
     }
 
@@ -96,7 +99,7 @@ impl Dialer for CallDialer {
         let row = match store.get_call(call_id).await {
             Ok(row) => row,
             Err(StoreError::NotFound) => return Ok(CallFate::NeverPlaced),
-            Err(e) => return Err(DialError(e.to_string())),
+            Err(e) => return Err(DialError::Failed(e.to_string())),
         };
         if row.ended_at.is_some() {
             return Ok(CallFate::Ended {
@@ -118,7 +121,7 @@ impl Dialer for CallDialer {
         let row = store
             .get_call(call_id)
             .await
-            .map_err(|e| DialError(e.to_string()))?;
+            .map_err(|e| DialError::Failed(e.to_string()))?;
         Ok(CallFate::Ended {
             outcome: outcome_of(&row.status),
             duration_ms: row.duration_ms,

@@ -54,8 +54,14 @@ pub struct PlaceCall {
 
 /// Why a call could not be placed.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct DialError(pub String);
+pub enum DialError {
+    /// Refused before anything was sent or stored (a local cap, a drain):
+    /// the attempt is given back and the contact is due again.
+    #[error("not placed: {0}")]
+    NotPlaced(String),
+    #[error("{0}")]
+    Failed(String),
+}
 
 /// What became of a call, as the call layer knows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -283,22 +289,43 @@ impl<D: Dialer> Driver<D> {
                     variables: serde_json::from_str(&claimed.contact.variables)
                         .unwrap_or(serde_json::Value::Object(Default::default())),
                 };
+                let attempt_id = claimed.attempt_id.clone();
                 let me = Arc::clone(self);
                 self.placing
                     .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 tokio::spawn(async move {
                     let placed = me.dialer.place(req).await;
                     me.placing.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-                    if let Err(e) = placed {
-                        tracing::warn!(call = %call_id, error = %e, "campaign call not placed");
-                        if let Err(e) = me.call_ended(&call_id, Outcome::Failed, None).await {
-                            tracing::error!(call = %call_id, error = %e, "cannot record a failed dial");
+                    match placed {
+                        Ok(_) => {}
+                        Err(DialError::NotPlaced(why)) => {
+                            tracing::info!(call = %call_id, %why, "campaign call refused locally; attempt given back");
+                            if let Err(e) = me.not_placed(&call_id, &attempt_id).await {
+                                tracing::error!(call = %call_id, error = %e, "cannot give the attempt back");
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(call = %call_id, error = %e, "campaign call not placed");
+                            if let Err(e) = me.call_ended(&call_id, Outcome::Failed, None).await {
+                                tracing::error!(call = %call_id, error = %e, "cannot record a failed dial");
+                            }
                         }
                     }
                 });
             }
         }
         Ok(Pacer::soonest(waits))
+    }
+
+    /// Undoes the claim of a call the call layer refused before sending
+    /// anything: the contact is due again with the same attempt number.
+    async fn not_placed(&self, call_id: &str, attempt_id: &str) -> Result<(), StoreError> {
+        self.store.unclaim_attempt(attempt_id).await?;
+        if let Some((campaign, trunk)) = self.flights().remove(call_id) {
+            self.pacer().finish(&campaign, &trunk);
+        }
+        self.ended.notify_one();
+        Ok(())
     }
 
     /// The outcome callback: the call layer invokes it once when a campaign
@@ -434,11 +461,16 @@ mod tests {
         max_live: AtomicUsize,
         ends: mpsc::UnboundedSender<String>,
         fates: Mutex<HashMap<String, CallFate>>,
+        /// Numbers whose first placement the "call layer" refuses locally.
+        refuse_once: Mutex<HashSet<String>>,
     }
 
     #[async_trait::async_trait]
     impl Dialer for FakeDialer {
         async fn place(&self, req: PlaceCall) -> Result<String, DialError> {
+            if self.refuse_once.lock().unwrap().remove(&req.to) {
+                return Err(DialError::NotPlaced("trunk at its cps".into()));
+            }
             let live = self.live.fetch_add(1, Ordering::SeqCst) + 1;
             self.max_live.fetch_max(live, Ordering::SeqCst);
             let id = req.call_id.clone();
@@ -519,6 +551,7 @@ mod tests {
             max_live: AtomicUsize::new(0),
             ends: tx,
             fates: Mutex::new(HashMap::new()),
+            refuse_once: Mutex::new(HashSet::new()),
         });
         let cfg = DriverConfig {
             poll: Duration::from_millis(10),
@@ -575,6 +608,36 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_local_refusal_gives_the_attempt_back() {
+        let (_dir, store, campaign) = setup(6).await;
+        let (d, rx) = driver(&store);
+        d.dialer
+            .refuse_once
+            .lock()
+            .unwrap()
+            .extend(["+14155551000".to_string(), "+14155551002".to_string()]);
+        let (stop, stop_rx) = watch::channel(false);
+        let runner = tokio::spawn(Arc::clone(&d).run(stop_rx));
+        let ender = tokio::spawn(end_calls(Arc::clone(&d), rx, 100));
+        wait_completed(&store, &campaign).await;
+        let _ = stop.send(true);
+        runner.await.unwrap();
+        ender.abort();
+        let placed = d.dialer.placed.lock().unwrap().clone();
+        // Six first attempts and three busy retries; the refusals cost none.
+        assert_eq!(placed.len(), 6 + 3, "{placed:?}");
+        for number in ["+14155551000", "+14155551002"] {
+            let attempts: Vec<i64> = placed
+                .iter()
+                .filter(|p| p.to == number)
+                .map(|p| p.attempt)
+                .collect();
+            assert_eq!(attempts, vec![1], "{number} dialled once, as attempt 1");
+        }
+        assert!(d.dialer.refuse_once.lock().unwrap().is_empty());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
