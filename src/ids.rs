@@ -9,6 +9,8 @@ pub const CALL: &str = "call";
 pub const WEBHOOK_ENDPOINT: &str = "whk";
 pub const API_KEY: &str = "key";
 pub const EVENT: &str = "evt";
+pub const DELIVERY: &str = "dlv";
+pub const ATTEMPT: &str = "att";
 pub const REQUEST: &str = "req";
 
 /// A new id with the given prefix.

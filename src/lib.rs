@@ -12,3 +12,4 @@ pub mod metrics;
 pub mod secrets;
 pub mod store;
 pub mod trunk;
+pub mod webhook;

@@ -13,7 +13,7 @@
 mod agents;
 mod api_keys;
 pub mod auth;
-mod calls;
+pub(crate) mod calls;
 pub mod error;
 mod extract;
 mod numbers;

@@ -28,6 +28,8 @@ pub struct CallRecord {
     pub duration_ms: Option<i64>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// How many events the call has emitted: the sequence of the last one.
+    pub event_seq: i64,
 }
 
 /// Filters of a call listing; `None` matches everything.
@@ -72,7 +74,7 @@ impl Store {
         on_pool!(self, p => sqlx::query_as::<_, CallRecord>(
             "SELECT id, direction, from_number, to_number, trunk, agent_id, status, sip_call_id,
                 sip_code, sip_reason, end_reason, dtmf, metadata, ringing_at, answered_at, ended_at, duration_ms,
-                created_at, updated_at FROM calls WHERE id = $1")
+                created_at, updated_at, event_seq FROM calls WHERE id = $1")
             .bind(id).fetch_optional(p).await)?
         .ok_or(StoreError::NotFound)
     }
@@ -82,7 +84,7 @@ impl Store {
         let items = on_pool!(self, p => sqlx::query_as::<_, CallRecord>(
             "SELECT id, direction, from_number, to_number, trunk, agent_id, status, sip_call_id,
                 sip_code, sip_reason, end_reason, dtmf, metadata, ringing_at, answered_at, ended_at, duration_ms,
-                created_at, updated_at FROM calls
+                created_at, updated_at, event_seq FROM calls
              WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR direction = $2)
                AND ($3 IS NULL OR from_number = $3 OR to_number = $3) AND ($4 IS NULL OR agent_id = $4)
                AND ($5 IS NULL OR created_at >= $5) AND ($6 IS NULL OR created_at < $6)

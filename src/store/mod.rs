@@ -14,6 +14,8 @@
 
 pub mod agents;
 pub mod calls;
+pub mod deliveries;
+pub mod events;
 pub mod keys;
 pub mod numbers;
 pub mod webhooks;
@@ -122,18 +124,32 @@ fn migrations(sources: &'static [(i64, &'static str, &'static str)]) -> Migrator
 }
 
 /// The SQLite migrations, embedded in the binary.
-const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../../migrations/sqlite/0001_init.sql"),
-)];
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../../migrations/sqlite/0001_init.sql"),
+    ),
+    (
+        2,
+        "webhooks",
+        include_str!("../../migrations/sqlite/0002_webhooks.sql"),
+    ),
+];
 
 /// The PostgreSQL migrations, embedded in the binary.
-const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../../migrations/postgres/0001_init.sql"),
-)];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        2,
+        "webhooks",
+        include_str!("../../migrations/postgres/0002_webhooks.sql"),
+    ),
+];
 
 impl Store {
     /// Opens the store at `url` (`sqlite://PATH` or `postgres://...`). The
