@@ -27,7 +27,7 @@ CREATE TABLE phone_numbers (
     id TEXT PRIMARY KEY,
     number TEXT NOT NULL UNIQUE,
     name TEXT,
-    agent_id TEXT REFERENCES agents (id) ON DELETE RESTRICT,
+    agent_id TEXT REFERENCES agents (id),
     trunk TEXT,
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL

@@ -57,12 +57,12 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
-/// serde names a missing or unknown field in its message, not in the path;
-/// move it to the path so `details[].field` is the field itself.
+/// One field problem, with `field` the dotted path of the field itself.
 fn field_error(path: &str, message: &str) -> FieldError {
-    let named = ["missing field `", "unknown field `"]
-        .iter()
-        .find_map(|p| message.strip_prefix(p))
+    // serde names a missing field in its message only; the path stops at
+    // the parent. (An unknown field is already the last path segment.)
+    let named = message
+        .strip_prefix("missing field `")
         .and_then(|rest| rest.split('`').next());
     let field = match (named, path) {
         (Some(name), "." | "") => name.to_string(),

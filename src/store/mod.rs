@@ -51,7 +51,7 @@ pub enum Pool {
 /// Handle to the store; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
-    pub(crate) pool: Pool,
+    pub pool: Pool,
 }
 
 /// What a caller can do about a failed store operation.

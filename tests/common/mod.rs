@@ -1,0 +1,386 @@
+//! Black-box test harness: starts the real `agentline` binary with a config
+//! written to a temporary directory, on a free port, on SQLite or on a fresh
+//! PostgreSQL database, and talks to it over HTTP.
+//!
+//! `TestDaemon::builder().postgres().profile("a", TOML).start().await`.
+
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use sqlx::Connection;
+
+/// The store a daemon runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Admin URL of the PostgreSQL server the tests create databases on.
+pub fn pg_admin_url() -> String {
+    std::env::var("AGENTLINE_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; the daemon binds it
+/// right after, so a collision is unlikely and shows as a clear bind error).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A free UDP port on 127.0.0.1.
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("free udp port")
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_agentline")
+}
+
+pub struct Builder {
+    backend: Backend,
+    profiles: Vec<(String, String)>,
+    env: Vec<(String, String)>,
+    extra_config: String,
+}
+
+impl Builder {
+    pub fn backend(mut self, backend: Backend) -> Self {
+        self.backend = backend;
+        self
+    }
+
+    pub fn postgres(self) -> Self {
+        self.backend(Backend::Postgres)
+    }
+
+    /// Adds `sip-profiles/NAME.toml` with `toml` as its text.
+    pub fn profile(mut self, name: &str, toml: &str) -> Self {
+        self.profiles.push((name.into(), toml.into()));
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// TOML appended to the generated config (new tables only).
+    pub fn config(mut self, toml: &str) -> Self {
+        self.extra_config.push_str(toml);
+        self.extra_config.push('\n');
+        self
+    }
+
+    /// Writes the files without starting anything.
+    pub async fn prepare(self) -> TestDaemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let profiles_dir = dir.path().join("sip-profiles");
+        std::fs::create_dir_all(&profiles_dir).expect("profiles dir");
+        for (name, text) in &self.profiles {
+            std::fs::write(profiles_dir.join(format!("{name}.toml")), text).expect("profile");
+        }
+        let (store_url, pg_db) = match self.backend {
+            Backend::Sqlite => (
+                format!("sqlite://{}", dir.path().join("agentline.db").display()),
+                None,
+            ),
+            Backend::Postgres => {
+                let name = format!(
+                    "agentline_t_{}",
+                    ulid::Ulid::new().to_string().to_lowercase()
+                );
+                let mut admin = sqlx::PgConnection::connect(&pg_admin_url())
+                    .await
+                    .expect("PostgreSQL reachable (see scripts/test)");
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&mut admin)
+                    .await
+                    .expect("create database");
+                let base = pg_admin_url();
+                let url = match base.rfind('/') {
+                    Some(i) => format!("{}/{name}", &base[..i]),
+                    None => panic!("bad admin url"),
+                };
+                (url, Some(name))
+            }
+        };
+        let api = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let sip_port = free_udp_port();
+        let config = format!(
+            "[api]\nlisten = \"{api}\"\n[sip]\nlisten = \"127.0.0.1:{sip_port}\"\n[store]\nurl = \"{store_url}\"\n\
+             [profiles]\ndir = \"{}\"\n[shutdown]\ndrain_seconds = 10\n{}",
+            profiles_dir.display(),
+            self.extra_config
+        );
+        let config_path = dir.path().join("agentline.toml");
+        std::fs::write(&config_path, config).expect("config");
+        TestDaemon {
+            dir,
+            config_path,
+            api,
+            sip_port,
+            store_url,
+            pg_db,
+            env: self.env,
+            child: None,
+            http: reqwest::Client::new(),
+            key: String::new(),
+        }
+    }
+
+    /// Starts the daemon, waits until `/ready` answers 200, and makes a key.
+    pub async fn start(self) -> TestDaemon {
+        let mut d = self.prepare().await;
+        d.key = d.create_key_cli("harness", Some(100_000));
+        d.spawn();
+        d.wait_ready().await;
+        d
+    }
+}
+
+pub struct TestDaemon {
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub api: SocketAddr,
+    pub sip_port: u16,
+    pub store_url: String,
+    pg_db: Option<String>,
+    env: Vec<(String, String)>,
+    child: Option<Child>,
+    pub http: reqwest::Client,
+    /// A key with a high rate limit, made through the CLI before start.
+    pub key: String,
+}
+
+impl TestDaemon {
+    pub fn builder() -> Builder {
+        Builder {
+            backend: Backend::Sqlite,
+            profiles: Vec::new(),
+            env: Vec::new(),
+            extra_config: String::new(),
+        }
+    }
+
+    /// A `Command` for the binary with this daemon's config and environment.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(bin());
+        cmd.arg("--config").arg(&self.config_path);
+        cmd.current_dir(self.dir.path());
+        cmd.env_remove("RUST_LOG");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// Runs `agentline keys create` and returns the printed key.
+    pub fn create_key_cli(&self, name: &str, rate_limit: Option<u32>) -> String {
+        let mut cmd = self.command();
+        cmd.args(["keys", "create", "--name", name]);
+        if let Some(n) = rate_limit {
+            cmd.args(["--rate-limit", &n.to_string()]);
+        }
+        let out = cmd.output().expect("run keys create");
+        assert!(
+            out.status.success(),
+            "keys create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .expect("utf8")
+            .trim()
+            .to_string()
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("daemon.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Spawns `agentline run`, logging to `daemon.log`.
+    pub fn spawn(&mut self) {
+        let log = std::fs::File::create(self.log_path()).expect("log file");
+        let err = log.try_clone().expect("log file");
+        let child = self
+            .command()
+            .arg("run")
+            .env("RUST_LOG", "info,agentline=debug")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .expect("spawn agentline");
+        self.child = Some(child);
+    }
+
+    pub async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("daemon exited early with {status}:\n{}", self.log());
+            }
+            if let Ok(r) = self.http.get(self.url("/ready")).send().await
+                && r.status() == 200
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon not ready:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits for the process to exit, at most `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut().expect("running");
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not exit within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// kill -9, as a crash would.
+    pub async fn kill9(&mut self) {
+        self.signal("KILL");
+        self.wait_exit(Duration::from_secs(10)).await;
+    }
+
+    /// Restarts after a stop or crash, on the same store and port.
+    pub async fn restart(&mut self) {
+        self.spawn();
+        self.wait_ready().await;
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.api)
+    }
+
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http.get(self.url(path)).bearer_auth(&self.key)
+    }
+
+    pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http.post(self.url(path)).bearer_auth(&self.key)
+    }
+
+    pub fn patch(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http.patch(self.url(path)).bearer_auth(&self.key)
+    }
+
+    pub fn delete(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http.delete(self.url(path)).bearer_auth(&self.key)
+    }
+
+    /// A direct connection to the daemon's store, for tests that read what
+    /// was written (for example that a key is stored hashed).
+    pub async fn store(&self) -> agentline::store::Store {
+        agentline::store::Store::connect(&self.store_url)
+            .await
+            .expect("connect to the test store")
+    }
+
+    pub fn profiles_dir(&self) -> PathBuf {
+        self.dir.path().join("sip-profiles")
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some(db) = self.pg_db.take() {
+            // Drop the throwaway database from a fresh thread: Drop cannot
+            // await and may run inside a runtime.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                if let Ok(rt) = rt {
+                    rt.block_on(async {
+                        if let Ok(mut admin) = sqlx::PgConnection::connect(&pg_admin_url()).await {
+                            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                                "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
+                            )))
+                            .execute(&mut admin)
+                            .await;
+                        }
+                    });
+                }
+            })
+            .join();
+        }
+    }
+}
+
+/// Runs an async test body once per backend: `both_backends!(name);` expects
+/// `async fn name(backend: Backend)` in scope.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}
