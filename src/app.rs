@@ -19,6 +19,7 @@ use crate::api::{self, AppState, Readiness};
 use crate::config::{Config, ConfigError, Profiles};
 use crate::store::{Store, StoreError};
 use crate::trunk::{Registration, TrunkStates};
+use crate::webhook::{self, Outbox, worker::Worker};
 
 /// Why the daemon could not start, with the exit code it maps to.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +28,8 @@ pub enum StartError {
     Config(#[from] ConfigError),
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    #[error("webhook client: {0}")]
+    Webhooks(#[from] reqwest::Error),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -36,11 +39,13 @@ pub enum StartError {
 
 impl StartError {
     /// `sysexits.h` codes: 64 bad config (systemd must not restart-loop on
-    /// it), 69 a service we need is unavailable, 71 the OS refused a socket.
+    /// it), 69 a service we need is unavailable, 70 an internal failure
+    /// (the HTTP client cannot be built), 71 the OS refused a socket.
     pub fn exit_code(&self) -> u8 {
         match self {
             StartError::Config(_) => 64,
             StartError::Store(_) => 69,
+            StartError::Webhooks(_) => 70,
             StartError::Bind { .. } => 71,
         }
     }
@@ -61,6 +66,9 @@ pub struct App {
     config: Config,
     profiles_dir: PathBuf,
     state: AppState,
+    /// Delivers the outbox; started by [`App::run`], stopped by closing the
+    /// outbox.
+    worker: Worker,
 }
 
 impl App {
@@ -72,12 +80,16 @@ impl App {
         let profiles = Profiles::load_dir(&config.profiles.dir)?;
         let store = Store::connect(&config.store.url).await?;
         store.migrate().await?;
+        webhook::install_crypto_provider();
+        let outbox = Outbox::new(store.clone());
+        let worker = Worker::new(store.clone(), &outbox, &config.webhooks)?;
         let trunks = Arc::new(TrunkStates::default());
         seed_trunk_states(&trunks, &profiles);
         metrics::gauge!(crate::metrics::TRUNKS_CONFIGURED).set(profiles.by_name.len() as f64);
         let state = AppState::new(
             &config,
             store,
+            outbox,
             profiles,
             trunks,
             Arc::new(Readiness::default()),
@@ -87,6 +99,7 @@ impl App {
             profiles_dir: config.profiles.dir.clone(),
             config,
             state,
+            worker,
         })
     }
 
@@ -108,6 +121,7 @@ impl App {
                 })
                 .await
         });
+        let worker = tokio::spawn(self.worker.run());
         self.state.readiness.set_ready();
         tracing::info!(api = %local, store = self.state.store.backend(), "agentline ready");
         notify(&[sd_notify::NotifyState::Ready]);
@@ -121,11 +135,18 @@ impl App {
             "draining: no new work is accepted"
         );
         // Calls arrive with the SIP layer; until then nothing holds the drain.
+        // Closing the outbox ends the event streams (so the API can stop)
+        // and the worker, which lets requests in flight finish.
+        self.state.outbox.close();
         let _ = stop_http.send(true);
         match tokio::time::timeout(Duration::from_secs(10), server).await {
             Ok(Ok(Err(e))) => tracing::warn!(error = %e, "API server ended with an error"),
             Err(_) => tracing::warn!("API server did not stop within 10 s"),
             _ => {}
+        }
+        let worker_deadline = Duration::from_secs(self.config.webhooks.timeout_seconds + 5);
+        if tokio::time::timeout(worker_deadline, worker).await.is_err() {
+            tracing::warn!("webhook worker did not stop in time");
         }
         self.state.store.close().await;
         tracing::info!("agentline stopped");

@@ -29,11 +29,20 @@ async fn refuses_to_start(d: &TestDaemon) -> String {
 
 #[tokio::test]
 async fn a_bad_config_file_exits_64_naming_the_key() {
-    let d = TestDaemon::builder().config("[log]\nformat = \"yaml\"").prepare().await;
+    let d = TestDaemon::builder()
+        .config("[log]\nformat = \"yaml\"")
+        .prepare()
+        .await;
     let err = refuses_to_start(&d).await;
-    assert!(err.contains("agentline.toml") && err.contains("log.format"), "{err}");
+    assert!(
+        err.contains("agentline.toml") && err.contains("log.format"),
+        "{err}"
+    );
 
-    let d = TestDaemon::builder().config("[webhook]\nurl = 1").prepare().await;
+    let d = TestDaemon::builder()
+        .config("[webhook]\nurl = 1")
+        .prepare()
+        .await;
     let err = refuses_to_start(&d).await;
     assert!(err.contains("webhook"), "{err}");
 
@@ -48,16 +57,33 @@ async fn a_bad_config_file_exits_64_naming_the_key() {
 #[tokio::test]
 async fn a_bad_profile_exits_64_naming_the_file_and_key() {
     let bad = "name = \"c\"\n[limits]\nmax_calls = \"many\"\n";
-    let d = TestDaemon::builder().profile("a", TRUNK_A).profile("carrier-c", bad).prepare().await;
+    let d = TestDaemon::builder()
+        .profile("a", TRUNK_A)
+        .profile("carrier-c", bad)
+        .prepare()
+        .await;
     let err = refuses_to_start(&d).await;
-    assert!(err.contains("carrier-c.toml") && err.contains("limits.max_calls"), "{err}");
+    assert!(
+        err.contains("carrier-c.toml") && err.contains("limits.max_calls"),
+        "{err}"
+    );
 
     let missing_secret = "name = \"d\"\n[registration]\nregistrar = \"127.0.0.1:5070\"\nusername = \"1001\"\npassword_env = \"AGENTLINE_TEST_NO_SUCH_SECRET\"\n";
-    let d = TestDaemon::builder().profile("d", missing_secret).prepare().await;
+    let d = TestDaemon::builder()
+        .profile("d", missing_secret)
+        .prepare()
+        .await;
     let err = refuses_to_start(&d).await;
-    assert!(err.contains("d.toml") && err.contains("registration.password_env"), "{err}");
+    assert!(
+        err.contains("d.toml") && err.contains("registration.password_env"),
+        "{err}"
+    );
 
-    let dup = TestDaemon::builder().profile("a", TRUNK_A).profile("a2", TRUNK_A).prepare().await;
+    let dup = TestDaemon::builder()
+        .profile("a", TRUNK_A)
+        .profile("a2", TRUNK_A)
+        .prepare()
+        .await;
     let err = refuses_to_start(&dup).await;
     assert!(err.contains("defined twice"), "{err}");
 }
@@ -68,18 +94,33 @@ async fn check_config_prints_what_would_run_with_env_overrides() {
         .profile("a", TRUNK_A)
         .profile("b", TRUNK_B)
         .env("AGENTLINE_SIP__RTP_PORTS", "40000-40100")
-        .env("AGENTLINE_STORE__URL", "postgres://u:hunter2@db.example/agentline")
+        .env(
+            "AGENTLINE_STORE__URL",
+            "postgres://u:hunter2@db.example/agentline",
+        )
         .prepare()
         .await;
     let out = d.command().arg("check-config").output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("40000-40100"), "env override applied: {text}");
-    assert!(text.contains("(2 trunks)") && text.contains("outbound via 127.0.0.1:5099"), "{text}");
+    assert!(
+        text.contains("(2 trunks)") && text.contains("outbound via 127.0.0.1:5099"),
+        "{text}"
+    );
     assert!(!text.contains("hunter2"), "passwords are redacted: {text}");
 
     // A bad value from the environment names the variable.
-    let out = d.command().env("AGENTLINE_API__LISTEN", "nowhere").arg("check-config").output().unwrap();
+    let out = d
+        .command()
+        .env("AGENTLINE_API__LISTEN", "nowhere")
+        .arg("check-config")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("AGENTLINE_API__LISTEN"), "{err}");
@@ -90,7 +131,11 @@ async fn sighup_reloads_profiles_and_keeps_them_on_error() {
     let d = TestDaemon::builder().profile("a", TRUNK_A).start().await;
     let total = |d: &TestDaemon| {
         let req = d.get("/v1/trunks");
-        async move { req.send().await.unwrap().json::<Value>().await.unwrap()["total"].as_i64().unwrap() }
+        async move {
+            req.send().await.unwrap().json::<Value>().await.unwrap()["total"]
+                .as_i64()
+                .unwrap()
+        }
     };
     assert_eq!(total(&d).await, 1);
     std::fs::write(d.profiles_dir().join("b.toml"), TRUNK_B).unwrap();
@@ -133,7 +178,9 @@ async fn systemd_is_notified_ready_and_stopping_and_sigterm_exits() {
     let sock_dir = tempfile::tempdir().unwrap();
     let socket_path = sock_dir.path().join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).unwrap();
-    socket.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     let mut d = TestDaemon::builder()
         .env("NOTIFY_SOCKET", &socket_path.display().to_string())
         .prepare()
@@ -151,17 +198,29 @@ async fn systemd_is_notified_ready_and_stopping_and_sigterm_exits() {
     let msg = String::from_utf8_lossy(&buf[..n]).to_string();
     assert!(msg.contains("STOPPING=1"), "{msg}");
     let status = d.wait_exit(Duration::from_secs(15)).await;
-    assert!(status.success(), "SIGTERM exits cleanly: {status}\n{}", d.log());
+    assert!(
+        status.success(),
+        "SIGTERM exits cleanly: {status}\n{}",
+        d.log()
+    );
 }
 
 #[tokio::test]
 async fn the_unit_file_passes_systemd_analyze() {
-    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/agentline.service")).unwrap();
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/agentline.service"
+    ))
+    .unwrap();
     assert!(unit.contains("Type=notify") && unit.contains("NoNewPrivileges=yes"));
     assert!(unit.contains("RestartPreventExitStatus=64"));
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("agentline.service");
-    std::fs::write(&path, unit.replace("/usr/local/bin/agentline", common::bin())).unwrap();
+    std::fs::write(
+        &path,
+        unit.replace("/usr/local/bin/agentline", common::bin()),
+    )
+    .unwrap();
     let out = Command::new("systemd-analyze")
         .arg("verify")
         .arg(&path)
@@ -169,7 +228,10 @@ async fn the_unit_file_passes_systemd_analyze() {
         .expect("systemd-analyze is installed by scripts/test");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
-    let complaints: Vec<_> = err.lines().filter(|l| l.contains("agentline.service")).collect();
+    let complaints: Vec<_> = err
+        .lines()
+        .filter(|l| l.contains("agentline.service"))
+        .collect();
     assert!(complaints.is_empty(), "{complaints:?}");
 }
 
@@ -180,7 +242,15 @@ async fn metrics_count_requests_by_route_and_status() {
         d.get("/v1/agents").send().await.unwrap();
     }
     d.http.get(d.url("/v1/agents")).send().await.unwrap();
-    let text = d.http.get(d.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let text = d
+        .http
+        .get(d.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let line = |status: &str| {
         text.lines()
             .find(|l| {
@@ -192,7 +262,10 @@ async fn metrics_count_requests_by_route_and_status() {
     };
     assert_eq!(line("200").as_deref(), Some("3"), "{text}");
     assert_eq!(line("401").as_deref(), Some("1"), "{text}");
-    assert!(text.contains("agentline_http_request_duration_seconds_bucket"), "{text}");
+    assert!(
+        text.contains("agentline_http_request_duration_seconds_bucket"),
+        "{text}"
+    );
     assert!(text.contains("agentline_trunks_configured"), "{text}");
     // /docs and /openapi.json are open.
     let docs = d.http.get(d.url("/docs")).send().await.unwrap();

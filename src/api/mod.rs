@@ -14,7 +14,9 @@ mod agents;
 mod api_keys;
 pub mod auth;
 pub(crate) mod calls;
+mod deliveries;
 pub mod error;
+mod events;
 mod extract;
 mod numbers;
 mod observe;
@@ -36,9 +38,12 @@ use utoipa::OpenApi;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::config::{Config, Profiles};
+use crate::config::{Config, Profiles, WebhooksConfig};
 use crate::store::Store;
 use crate::trunk::TrunkStates;
+use crate::webhook::Outbox;
+use crate::webhook::event::{CallEventData, TestEventData, TrunkEventData, WebhookEvent};
+use crate::webhook::guard::Guard;
 
 /// Shared state of every handler; cheap to clone.
 #[derive(Clone)]
@@ -46,6 +51,11 @@ pub struct AppState(Arc<Inner>);
 
 pub struct Inner {
     pub store: Store,
+    /// Emits events and wakes the webhook worker and the event streams.
+    pub outbox: Outbox,
+    /// Refuses endpoint URLs that point inside.
+    pub guard: Guard,
+    pub webhooks: WebhooksConfig,
     /// Replaced whole on SIGHUP; readers take a snapshot.
     profiles: RwLock<Arc<Profiles>>,
     pub trunks: Arc<TrunkStates>,
@@ -86,13 +96,23 @@ impl Inner {
             Authenticate with `Authorization: Bearer <key>` or `X-API-Key: <key>`."
     ),
     modifiers(&Security),
-    components(schemas(error::ErrorBody, error::ErrorObject, error::FieldError)),
+    components(schemas(
+        error::ErrorBody,
+        error::ErrorObject,
+        error::FieldError,
+        WebhookEvent<CallEventData>,
+        WebhookEvent<TrunkEventData>,
+        WebhookEvent<TestEventData>,
+    )),
     tags(
         (name = "agents", description = "What answers a call"),
         (name = "phone-numbers", description = "Numbers agentline answers"),
         (name = "trunks", description = "SIP trunks, from the profile files (read-only)"),
         (name = "calls", description = "Call records"),
-        (name = "webhook-endpoints", description = "Where call events are delivered"),
+        (name = "webhook-endpoints", description = "Where call events are delivered, and their delivery log"),
+        (name = "events", description = "Call and trunk events: the live stream (SSE), replay. \
+            Webhook requests carry the same JSON envelope, signed with Standard Webhooks v1 \
+            (`webhook-id`, `webhook-timestamp`, `webhook-signature`)"),
         (name = "api-keys", description = "Keys to this API"),
         (name = "system", description = "Health, readiness, metrics and this document"),
     )
@@ -127,6 +147,7 @@ fn routers(metrics_open: bool) -> (OpenApiRouter<AppState>, OpenApiRouter<AppSta
         .merge(trunks::router())
         .merge(calls::router())
         .merge(webhook_endpoints::router())
+        .merge(events::router())
         .merge(api_keys::router());
     let mut open = system::open_router();
     if metrics_open {
@@ -149,6 +170,7 @@ impl AppState {
     pub fn new(
         config: &Config,
         store: Store,
+        outbox: Outbox,
         profiles: Profiles,
         trunks: Arc<TrunkStates>,
         readiness: Arc<Readiness>,
@@ -156,6 +178,9 @@ impl AppState {
     ) -> Self {
         AppState(Arc::new(Inner {
             store,
+            outbox,
+            guard: Guard::new(&config.webhooks),
+            webhooks: config.webhooks.clone(),
             profiles: RwLock::new(Arc::new(profiles)),
             trunks,
             rate_limits: auth::RateLimits::new(config.api.rate_limit_per_minute),

@@ -19,6 +19,9 @@ use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
 use crate::config::WebhooksConfig;
 
+/// How long one name lookup may take.
+const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Why a URL was refused.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum GuardError {
@@ -51,7 +54,8 @@ impl Guard {
     }
 
     /// Checks a URL at create/update time: an IP literal directly, a name
-    /// by resolving it (every address must be allowed).
+    /// by resolving it (every address must be allowed; a name that does not
+    /// resolve passes, and is checked again at delivery).
     pub async fn check_url(&self, url: &str) -> Result<(), GuardError> {
         let parsed = reqwest::Url::parse(url).map_err(|_| GuardError::BadUrl)?;
         if !matches!(parsed.scheme(), "http" | "https") {
@@ -62,14 +66,12 @@ impl Guard {
             Some(url::Host::Ipv4(ip)) => self.check_ip(IpAddr::V4(ip)),
             Some(url::Host::Ipv6(ip)) => self.check_ip(IpAddr::V6(ip)),
             Some(url::Host::Domain(host)) => {
-                let addrs = self.resolve_checked(host, port).await?;
-                if addrs.is_empty() {
-                    return Err(GuardError::Unresolvable {
-                        host: host.to_string(),
-                        reason: "no address".into(),
-                    });
+                // A name that does not resolve (yet) is accepted: the
+                // delivery-time check refuses it if it ever points inside.
+                match self.resolve_checked(host, port).await {
+                    Err(GuardError::Unresolvable { .. }) => Ok(()),
+                    other => other.map(|_| ()),
                 }
-                Ok(())
             }
             None => Err(GuardError::BadUrl),
         }
@@ -96,13 +98,19 @@ impl Guard {
 
     /// Resolves `host` and refuses it if any address is not allowed.
     async fn resolve_checked(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, GuardError> {
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
-            .await
-            .map_err(|e| GuardError::Unresolvable {
-                host: host.to_string(),
-                reason: e.to_string(),
-            })?
-            .collect();
+        let unresolvable = |reason: String| GuardError::Unresolvable {
+            host: host.to_string(),
+            reason,
+        };
+        let addrs: Vec<SocketAddr> =
+            tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((host, port)))
+                .await
+                .map_err(|_| unresolvable("timed out".into()))?
+                .map_err(|e| unresolvable(e.to_string()))?
+                .collect();
+        if addrs.is_empty() {
+            return Err(unresolvable("no address".into()));
+        }
         if let Some(bad) = addrs.iter().find(|a| !self.allows(a.ip())) {
             return Err(GuardError::Private(bad.ip()));
         }
