@@ -7,6 +7,8 @@
 //! events written by other nodes. On PostgreSQL a sequence number can become
 //! visible after a higher one (transactions commit out of order), so the
 //! stream waits up to [`GAP_GRACE`] for a missing number before passing it.
+//!
+//! Must not: write events (the outbox does) or hold SQL.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;

@@ -190,6 +190,10 @@ impl Store {
                     .bind(r.latency_ms).bind(r.outcome).bind(&r.reason).bind(&r.error).bind(r.started_at)
                     .bind(now)
                     .execute(&mut *tx).await?;
+                let last_error = match r.next {
+                    NextState::Succeeded => None,
+                    _ => Some(r.error.as_deref().unwrap_or(&r.reason)),
+                };
                 let (status, next_at) = match r.next {
                     NextState::Succeeded => ("succeeded", now),
                     NextState::Retry(at) => ("pending", at),
@@ -202,7 +206,7 @@ impl Store {
                      WHERE id = $1 AND lease_token = $2")
                     .bind(&r.delivery_id).bind(&r.lease_token).bind(status).bind(r.attempt)
                     .bind(r.retry_step).bind(next_at).bind(r.retry_until).bind(r.status_code)
-                    .bind(r.error.as_deref().unwrap_or(&r.reason)).bind(now)
+                    .bind(last_error).bind(now)
                     .execute(&mut *tx).await?;
                 if r.disable_endpoint {
                     sqlx::query("UPDATE webhook_endpoints SET enabled = $2, updated_at = $3 WHERE id = $1")

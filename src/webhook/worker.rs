@@ -102,11 +102,14 @@ impl Worker {
         // The lease outlives the request timeout by a margin for recording.
         let lease = chrono::Duration::seconds(self.config.timeout_seconds as i64 + 30);
         let mut next_stats = Instant::now();
+        let low_water = (self.config.concurrency.min(self.config.batch_size) / 4).max(1);
         while !*self.closing.borrow() {
             while tasks.try_join_next().is_some() {}
             let room = slots.available_permits().min(self.config.batch_size);
             let mut full = false;
-            if room > 0 {
+            // While requests are in flight, wait until a good share of the
+            // slots is free: one claim per few deliveries, not per delivery.
+            if room >= low_water || (room > 0 && tasks.is_empty()) {
                 match self
                     .store
                     .claim_deliveries(crate::store::now() + lease, room as i64)
