@@ -180,12 +180,14 @@ async fn main() {
 
     // The daemon.
     let api_port = free_port();
+    let profiles = dir.path().join("sip-profiles");
+    std::fs::create_dir_all(&profiles).expect("profiles dir");
     let config = format!(
         "[api]\nlisten = \"127.0.0.1:{api_port}\"\n[sip]\nlisten = \"127.0.0.1:{}\"\n\
          [store]\nurl = \"{store_url}\"\n[profiles]\ndir = \"{}\"\n[log]\nlevel = \"warn\"\n\
          [webhooks]\nallowed_networks = [\"127.0.0.0/8\"]\n",
         free_port(),
-        dir.path().display()
+        profiles.display()
     );
     let config_path = dir.path().join("agentline.toml");
     std::fs::write(&config_path, config).expect("config");
@@ -224,12 +226,17 @@ async fn main() {
         http: reqwest::Client::new(),
     };
     let ready_by = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < ready_by {
+    loop {
         if let Ok(r) = d.http.get(format!("{}/ready", d.api)).send().await
             && r.status() == 200
         {
             break;
         }
+        assert!(
+            Instant::now() < ready_by,
+            "daemon not ready: {}",
+            std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 

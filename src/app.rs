@@ -2,9 +2,14 @@
 //! validate config and profiles before binding anything, open and migrate the
 //! store, bind the API, tell systemd we are ready, then wait for signals.
 //!
-//! Signals: SIGTERM drains (readiness 503, no new calls, active calls finish
-//! up to `shutdown.drain_seconds`), a second SIGTERM or a SIGINT stops at
-//! once; SIGHUP reloads the SIP profiles and applies the difference.
+//! Order at start: config and profiles, store, call layer (RTP ports), SIP
+//! transports and trunk registrations, API, then READY=1.
+//!
+//! Signals: SIGTERM drains (readiness 503, INVITEs get 503 with
+//! Retry-After, active calls finish up to `shutdown.drain_seconds`, then the
+//! trunks unregister), a second SIGTERM or a SIGINT hangs up every call with
+//! BYE at once; SIGHUP reloads the SIP profiles and applies the difference
+//! (registrations of changed trunks only; calls are not touched).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -16,7 +21,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::api::{self, AppState, Readiness};
-use crate::config::{Config, ConfigError, Profiles};
+use crate::call::{Calls, EndReason};
+use crate::config::{Config, ConfigError, Profiles, SharedProfiles};
 use crate::store::{Store, StoreError};
 use crate::trunk::{Registration, TrunkStates};
 use crate::webhook::{self, Outbox, worker::Worker};
@@ -35,6 +41,10 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("media: {0}")]
+    Media(#[from] crate::media::MediaError),
+    #[error("SIP: {0}")]
+    Sip(#[from] crate::sip::SipError),
 }
 
 impl StartError {
@@ -46,7 +56,8 @@ impl StartError {
             StartError::Config(_) => 64,
             StartError::Store(_) => 69,
             StartError::Webhooks(_) => 70,
-            StartError::Bind { .. } => 71,
+            StartError::Bind { .. } | StartError::Sip(_) => 71,
+            StartError::Media(_) => 64,
         }
     }
 }
@@ -66,9 +77,11 @@ pub struct App {
     config: Config,
     profiles_dir: PathBuf,
     state: AppState,
-    /// Delivers the outbox; started by [`App::run`], stopped by closing the
-    /// outbox.
-    worker: Worker,
+    /// Delivers the outbox; taken and started by [`App::run`], stopped by
+    /// closing the outbox.
+    worker: Option<Worker>,
+    /// The call layer; the drain waits on it.
+    calls: Calls,
 }
 
 impl App {
@@ -86,11 +99,18 @@ impl App {
         let trunks = Arc::new(TrunkStates::default());
         seed_trunk_states(&trunks, &profiles);
         metrics::gauge!(crate::metrics::TRUNKS_CONFIGURED).set(profiles.by_name.len() as f64);
+        let profiles = Arc::new(SharedProfiles::new(profiles));
+        let calls = Calls::new(
+            &config,
+            outbox.clone(),
+            Arc::clone(&profiles),
+            Arc::clone(&trunks),
+        )?;
         let state = AppState::new(
             &config,
-            store,
             outbox,
             profiles,
+            calls.clone(),
             trunks,
             Arc::new(Readiness::default()),
             metrics,
@@ -99,13 +119,16 @@ impl App {
             profiles_dir: config.profiles.dir.clone(),
             config,
             state,
-            worker,
+            worker: Some(worker),
+            calls,
         })
     }
 
     /// Binds the API and serves until `control` says stop (or drain, once
     /// the drain is complete).
-    pub async fn run(self, mut control: watch::Receiver<Control>) -> Result<(), StartError> {
+    pub async fn run(mut self, mut control: watch::Receiver<Control>) -> Result<(), StartError> {
+        let public = public_ip(&self.config.sip.public_address).await?;
+        let stack = self.calls.start_sip(self.config.sip.listen, public).await?;
         let addr = self.config.api.listen;
         let listener = TcpListener::bind(addr)
             .await
@@ -121,22 +144,26 @@ impl App {
                 })
                 .await
         });
-        let worker = tokio::spawn(self.worker.run());
+        let worker = self.worker.take().map(|w| tokio::spawn(w.run()));
         self.state.readiness.set_ready();
-        tracing::info!(api = %local, store = self.state.store.backend(), "agentline ready");
+        tracing::info!(api = %local, sip = %stack.local_addr(), store = self.state.store.backend(), "agentline ready");
         notify(&[sd_notify::NotifyState::Ready]);
 
         let _ = control.wait_for(|c| *c != Control::Run).await;
         self.state.readiness.set_draining();
+        self.calls.drain();
         notify(&[sd_notify::NotifyState::Stopping]);
         let drain = Duration::from_secs(self.config.shutdown.drain_seconds);
         tracing::info!(
             drain_seconds = drain.as_secs(),
-            "draining: no new work is accepted"
+            active_calls = self.calls.active(),
+            "draining: no new calls are accepted"
         );
-        // Calls arrive with the SIP layer; until then nothing holds the drain.
-        // Closing the outbox ends the event streams (so the API can stop)
-        // and the worker, which lets requests in flight finish.
+        self.drain_calls(&mut control, drain).await;
+        self.calls.stop_registrations().await;
+        // The calls have written their last events. Closing the outbox ends
+        // the event streams (so the API can stop) and the worker, which lets
+        // requests in flight finish; what is left is delivered after restart.
         self.state.outbox.close();
         let _ = stop_http.send(true);
         match tokio::time::timeout(Duration::from_secs(10), server).await {
@@ -145,7 +172,9 @@ impl App {
             _ => {}
         }
         let worker_deadline = Duration::from_secs(self.config.webhooks.timeout_seconds + 5);
-        if tokio::time::timeout(worker_deadline, worker).await.is_err() {
+        if let Some(worker) = worker
+            && tokio::time::timeout(worker_deadline, worker).await.is_err()
+        {
             tracing::warn!("webhook worker did not stop in time");
         }
         self.state.store.close().await;
@@ -153,11 +182,57 @@ impl App {
         Ok(())
     }
 
+    /// Lets active calls finish until `drain` passes or a second signal
+    /// says stop, then hangs up what is left with BYE.
+    async fn drain_calls(&self, control: &mut watch::Receiver<Control>, drain: Duration) {
+        let deadline = tokio::time::Instant::now() + drain;
+        let mut progress = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            if *control.borrow() == Control::Stop {
+                tracing::info!(
+                    active_calls = self.calls.active(),
+                    "stop: hanging up every call"
+                );
+                break;
+            }
+            tokio::select! {
+                () = self.calls.emptied() => {
+                    tracing::info!("drain complete: no call left");
+                    return;
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    tracing::info!(active_calls = self.calls.active(), "drain deadline: hanging up");
+                    break;
+                }
+                _ = control.changed() => {}
+                _ = progress.tick() => {
+                    tracing::info!(active_calls = self.calls.active(), "draining");
+                }
+            }
+        }
+        self.calls.hangup_all(&EndReason::Shutdown);
+        if tokio::time::timeout(HANGUP_GRACE, self.calls.emptied())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                active_calls = self.calls.active(),
+                "calls did not end in time"
+            );
+        }
+    }
+
     /// What SIGHUP runs: re-read the profiles and apply the difference.
     pub fn reloader(&self) -> impl Fn() + Send + 'static {
         let state = self.state.clone();
+        let calls = self.calls.clone();
         let dir = self.profiles_dir.clone();
-        move || reload_profiles(&state, &dir)
+        move || {
+            if reload_profiles(&state, &dir) {
+                let calls = calls.clone();
+                tokio::spawn(async move { calls.apply_profiles().await });
+            }
+        }
     }
 
     pub fn state(&self) -> &AppState {
@@ -165,9 +240,33 @@ impl App {
     }
 }
 
+/// How long calls get to send BYE and record their end after the hangup.
+const HANGUP_GRACE: Duration = Duration::from_secs(15);
+
+/// The IP for Contact and SDP: `sip.public_address` (an IP or a host name,
+/// resolved once at start), or `None` for the listen address.
+async fn public_ip(configured: &str) -> Result<Option<std::net::IpAddr>, StartError> {
+    if configured.is_empty() {
+        return Ok(None);
+    }
+    if let Ok(ip) = configured.parse() {
+        return Ok(Some(ip));
+    }
+    let bad = |message: String| {
+        StartError::Config(ConfigError::new("config", "sip.public_address", message))
+    };
+    let mut addrs = tokio::net::lookup_host((configured, 0))
+        .await
+        .map_err(|e| bad(format!("cannot resolve {configured:?}: {e}")))?;
+    addrs
+        .next()
+        .map(|a| Some(a.ip()))
+        .ok_or_else(|| bad(format!("{configured:?} resolves to no address")))
+}
+
 /// Re-reads the profile directory and applies the difference; on error the
-/// running profiles stay as they were.
-fn reload_profiles(state: &AppState, dir: &std::path::Path) {
+/// running profiles stay as they were. True when the set was replaced.
+fn reload_profiles(state: &AppState, dir: &std::path::Path) -> bool {
     match Profiles::load_dir(dir) {
         Ok(profiles) => {
             let old = state.profiles();
@@ -196,8 +295,12 @@ fn reload_profiles(state: &AppState, dir: &std::path::Path) {
             seed_trunk_states(&state.trunks, &profiles);
             metrics::gauge!(crate::metrics::TRUNKS_CONFIGURED).set(profiles.by_name.len() as f64);
             state.replace_profiles(profiles);
+            true
         }
-        Err(e) => tracing::error!(error = %e, "SIP profiles not reloaded; keeping the running set"),
+        Err(e) => {
+            tracing::error!(error = %e, "SIP profiles not reloaded; keeping the running set");
+            false
+        }
     }
 }
 

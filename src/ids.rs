@@ -23,7 +23,9 @@ pub fn new(prefix: &str) -> String {
 pub fn has_prefix(id: &str, prefix: &str) -> bool {
     id.strip_prefix(prefix)
         .and_then(|rest| rest.strip_prefix('_'))
-        .is_some_and(|body| !body.is_empty() && body.len() <= 64)
+        .is_some_and(|body| {
+            !body.is_empty() && body.len() <= 64 && body.bytes().all(|b| b.is_ascii_alphanumeric())
+        })
 }
 
 #[cfg(test)]

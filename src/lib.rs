@@ -1,15 +1,33 @@
 //! agentline: a daemon that puts voice agents on the phone network.
 //!
 //! The module map follows `DESIGN.md`; `main.rs` only hands over to [`cli`].
+//!
+//! - [`cli`] parses the command line; [`app`] builds the services in order
+//!   and owns drain versus stop.
+//! - [`config`]: the daemon config and the SIP profiles, validated once.
+//! - [`sip`]: signalling only; [`media`]: RTP, codecs, jitter buffer, DTMF,
+//!   SDP. Neither imports `store` or `api`.
+//! - [`call`]: decisions about calls and the one task per call
+//!   (inbound routing, outbound dialing, `EndReason`, the event bus, trunk
+//!   registrations); [`agent`]: what runs on a call (settings for now).
+//! - [`store`]: every SQL statement, for SQLite and PostgreSQL.
+//! - [`api`]: the admin HTTP API, its auth, rate limits and OpenAPI document.
+//! - Small shared pieces: [`trunk`] (live trunk state), [`e164`] (number
+//!   normalization), [`ids`] (prefixed ids), [`secrets`] (API keys and
+//!   webhook secrets), [`metrics`] (every metric name).
 
+pub mod agent;
 pub mod api;
 pub mod app;
+pub mod call;
 pub mod cli;
 pub mod config;
 pub mod e164;
 pub mod ids;
+pub mod media;
 pub mod metrics;
 pub mod secrets;
+pub mod sip;
 pub mod store;
 pub mod trunk;
 pub mod webhook;

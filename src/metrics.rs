@@ -13,6 +13,54 @@ pub const WEBHOOK_ATTEMPT_DURATION: &str = "agentline_webhook_attempt_duration_s
 pub const WEBHOOK_OUTBOX_DEPTH: &str = "agentline_webhook_outbox_depth";
 pub const WEBHOOK_OUTBOX_OLDEST_AGE: &str = "agentline_webhook_outbox_oldest_age_seconds";
 
+// SIP signalling (`crate::sip`).
+
+/// Counter: requests received outside any transaction, label `method`.
+pub const SIP_REQUESTS_TOTAL: &str = "agentline_sip_requests_total";
+
+/// Counter: requests answered with an error by the guard layer or dropped,
+/// label `reason` (`not_admitted`, `bad_request`, `unsupported_media_type`,
+/// `bad_extension`).
+pub const SIP_REQUESTS_REJECTED_TOTAL: &str = "agentline_sip_requests_rejected_total";
+
+/// Gauge: 1 when the trunk is registered, 0 otherwise, label `trunk`.
+pub const SIP_REGISTRATION_STATE: &str = "agentline_sip_registration_state";
+
+/// Counter: failed REGISTER attempts, labels `trunk` and `status`.
+pub const SIP_REGISTRATION_FAILURES_TOTAL: &str = "agentline_sip_registration_failures_total";
+
+/// Counter: final outcomes of outbound INVITEs, label `status` (the SIP code,
+/// `canceled` or `timeout`).
+pub const SIP_OUTBOUND_RESULTS_TOTAL: &str = "agentline_sip_outbound_results_total";
+
+// RTP media (`crate::media::session`).
+
+/// RTP packets, label `direction` = `in` | `out`.
+pub const RTP_PACKETS_TOTAL: &str = "agentline_rtp_packets_total";
+/// RTP bytes (UDP payload), label `direction` = `in` | `out`.
+pub const RTP_BYTES_TOTAL: &str = "agentline_rtp_bytes_total";
+/// Inbound packets lost (RFC 3550 A.3).
+pub const RTP_PACKETS_LOST_TOTAL: &str = "agentline_rtp_packets_lost_total";
+/// Inbound datagrams dropped, label `reason` = `malformed` |
+/// `unexpected_source` | `unknown_payload_type` | `consumer_slow`.
+pub const RTP_PACKETS_DROPPED_TOTAL: &str = "agentline_rtp_packets_dropped_total";
+/// RFC 3550 A.8 interarrival jitter, one sample per session when it ends.
+pub const RTP_JITTER_SECONDS: &str = "agentline_rtp_jitter_seconds";
+/// Sessions that reported an RTP inactivity timeout.
+pub const RTP_TIMEOUTS_TOTAL: &str = "agentline_rtp_timeouts_total";
+
+// Calls (`crate::call`).
+
+/// Gauge: calls set up or up right now, label `direction`.
+pub const CALLS_ACTIVE: &str = "agentline_calls_active";
+/// Counter: calls started (ringing or dialled), label `direction`.
+pub const CALLS_STARTED_TOTAL: &str = "agentline_calls_started_total";
+/// Counter: calls ended or refused, labels `direction` and `reason` (the
+/// `EndReason` label).
+pub const CALLS_ENDED_TOTAL: &str = "agentline_calls_ended_total";
+/// Histogram: seconds from INVITE to 200 OK, label `direction`.
+pub const CALL_SETUP_SECONDS: &str = "agentline_call_setup_seconds";
+
 /// Installs the process-wide recorder. Called once by the daemon; a second
 /// call (tests that build two apps in one process) is refused by `metrics`.
 pub fn install() -> Result<PrometheusHandle, String> {
@@ -22,6 +70,11 @@ pub fn install() -> Result<PrometheusHandle, String> {
             &[
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
             ],
+        )
+        .map_err(|e| e.to_string())?
+        .set_buckets_for_metric(
+            Matcher::Full(CALL_SETUP_SECONDS.into()),
+            &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0],
         )
         .map_err(|e| e.to_string())?
         .set_buckets_for_metric(
@@ -73,6 +126,29 @@ fn describe() {
     metrics::describe_gauge!(
         BUILD_INFO,
         "Always 1; the version label says which build runs."
+    );
+    metrics::describe_gauge!(CALLS_ACTIVE, "Calls ringing or up, by direction.");
+    metrics::describe_counter!(CALLS_STARTED_TOTAL, "Calls started, by direction.");
+    metrics::describe_counter!(
+        CALLS_ENDED_TOTAL,
+        "Calls ended or refused, by direction and end reason."
+    );
+    metrics::describe_histogram!(
+        CALL_SETUP_SECONDS,
+        metrics::Unit::Seconds,
+        "Time from INVITE to 200 OK, by direction."
+    );
+    metrics::describe_gauge!(
+        SIP_REGISTRATION_STATE,
+        "1 when the trunk is registered, 0 otherwise."
+    );
+    metrics::describe_counter!(RTP_PACKETS_TOTAL, "RTP packets by direction.");
+    metrics::describe_counter!(RTP_BYTES_TOTAL, "RTP bytes by direction.");
+    metrics::describe_counter!(RTP_PACKETS_LOST_TOTAL, "Inbound RTP packets lost.");
+    metrics::describe_histogram!(
+        RTP_JITTER_SECONDS,
+        metrics::Unit::Seconds,
+        "RFC 3550 interarrival jitter per session."
     );
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }

@@ -53,6 +53,13 @@ impl TrunkStates {
             .registration = registration;
     }
 
+    pub fn set_active_calls(&self, name: &str, active: usize) {
+        self.lock()
+            .entry(name.to_string())
+            .or_default()
+            .active_calls = u32::try_from(active).unwrap_or(u32::MAX);
+    }
+
     /// Forgets trunks whose profile is gone.
     pub fn retain(&self, keep: impl Fn(&str) -> bool) {
         self.lock().retain(|name, _| keep(name));

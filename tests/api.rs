@@ -222,6 +222,21 @@ async fn agents_crud_and_validation(backend: Backend) {
         assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {b}");
         assert_eq!(error_fields(&b, s), vec![field.to_string()], "{body}");
     }
+    // NUL characters are refused alike on both stores.
+    let (s, b) = json_of(
+        d.post("/v1/agents")
+            .json(&json!({"name": "a\u{0}b", "kind": "echo"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+    assert_eq!(error_fields(&b, s), vec!["name"]);
+    let r = d.get("/v1/agents/agt_%00").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let r = d.get("/v1/calls?agent_id=%00").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     // Malformed JSON is 400.
     let r = d
         .post("/v1/agents")
@@ -611,17 +626,20 @@ async fn calls_are_listed_with_filters(backend: Backend) {
     ];
     for (id, direction, from, to, status, agent) in rows {
         store
-            .insert_call(NewCall {
-                id,
-                direction,
-                from_number: from,
-                to_number: to,
-                trunk: Some("trk_carrier-a"),
-                agent_id: Some(agent),
-                status,
-                sip_call_id: Some("abc@host"),
-                metadata: "{\"crm\":7}",
-            })
+            .call_created(
+                NewCall {
+                    id,
+                    direction,
+                    from_number: from,
+                    to_number: to,
+                    trunk: Some("trk_carrier-a"),
+                    agent_id: Some(agent),
+                    status,
+                    sip_call_id: Some("abc@host"),
+                    metadata: "{\"crm\":7}",
+                },
+                None,
+            )
             .await
             .unwrap();
     }

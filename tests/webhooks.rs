@@ -304,9 +304,8 @@ async fn private_addresses_are_refused(backend: Backend) {
 }
 
 async fn call_events_carry_the_call_and_its_sequence(backend: Backend) {
-    use agentline::store::calls::NewCall;
-    use agentline::store::events::CallUpdate;
-    use agentline::webhook::{Outbox, event::CallEventType};
+    use agentline::store::calls::{EndFields, NewCall};
+    use agentline::webhook::Outbox;
 
     let d = daemon(backend, &fast_webhooks_config(&[1], 0)).await;
     let rx = Receiver::start(json!({}));
@@ -321,61 +320,34 @@ async fn call_events_carry_the_call_and_its_sequence(backend: Backend) {
     // the daemon's worker finds the rows by polling.
     let outbox = Outbox::new(d.store().await);
     let call_id = agentline::ids::new(agentline::ids::CALL);
-    let now = agentline::store::now();
     outbox
-        .call_created(
-            NewCall {
-                id: &call_id,
-                direction: "inbound",
-                from_number: "+14155550111",
-                to_number: "+14155550100",
-                trunk: Some("carrier-a"),
-                agent_id: None,
-                status: "ringing",
-                sip_call_id: Some("abc@127.0.0.1"),
-                metadata: "{}",
-            },
-            CallEventType::Ringing,
-        )
+        .call_created(NewCall {
+            id: &call_id,
+            direction: "inbound",
+            from_number: "+14155550111",
+            to_number: "+14155550100",
+            trunk: Some("carrier-a"),
+            agent_id: None,
+            status: "ringing",
+            sip_call_id: Some("abc@127.0.0.1"),
+            metadata: "{}",
+        })
         .await
         .unwrap();
-    let answered = CallUpdate {
-        status: Some("in-progress"),
-        answered_at: Some(now),
-        ..CallUpdate::default()
-    };
-    outbox
-        .call_changed(&call_id, &answered, CallEventType::Answered, None)
-        .await
-        .unwrap();
-    let digit = CallUpdate {
-        dtmf: Some("5"),
-        ..CallUpdate::default()
-    };
-    outbox
-        .call_changed(&call_id, &digit, CallEventType::Dtmf, Some("5"))
-        .await
-        .unwrap();
-    let ended = CallUpdate {
-        status: Some("completed"),
-        end_reason: Some("caller_hangup"),
-        sip_code: Some(200),
-        ended_at: Some(now),
+    outbox.call_answered(&call_id).await.unwrap();
+    outbox.call_dtmf(&call_id, '5').await.unwrap();
+    let ended = || EndFields {
+        status: "completed",
+        sip_code: None,
+        sip_reason: None,
+        end_reason: "caller_hangup",
         duration_ms: Some(4200),
-        ..CallUpdate::default()
     };
-    let (call, _) = outbox
-        .call_changed(&call_id, &ended, CallEventType::Ended, None)
-        .await
-        .unwrap();
+    let call = outbox.call_ended(&call_id, ended()).await.unwrap();
     assert_eq!(call.event_seq, 4);
-    // An update of a call that does not exist writes no event.
-    assert!(
-        outbox
-            .call_changed("call_missing", &ended, CallEventType::Ended, None)
-            .await
-            .is_err()
-    );
+    // A transition that does not apply writes no event.
+    assert!(outbox.call_ended(&call_id, ended()).await.is_err());
+    assert!(outbox.call_answered("call_missing").await.is_err());
     let recs = rx
         .wait_until(Duration::from_secs(10), |r| r.len() >= 4)
         .await;
@@ -563,7 +535,46 @@ async fn sse_resumes_after_last_event_id(backend: Backend) {
     assert_eq!(s, StatusCode::BAD_REQUEST);
 }
 
+async fn the_openapi_document_describes_events(backend: Backend) {
+    let d = TestDaemon::builder().backend(backend).start().await;
+    let doc: Value = d
+        .http
+        .get(d.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for path in [
+        "/v1/events",
+        "/v1/events/{id}/replay",
+        "/v1/events/{id}/deliveries",
+        "/v1/webhook-endpoints/{id}/deliveries",
+        "/v1/webhook-endpoints/{id}/replay",
+        "/v1/webhook-endpoints/{id}/rotate-secret",
+        "/v1/webhook-endpoints/{id}/test",
+        "/v1/webhook-endpoints/{id}/enable",
+        "/v1/webhook-endpoints/{id}/disable",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} undocumented");
+    }
+    for schema in [
+        "WebhookEvent_CallEventData",
+        "WebhookEvent_TrunkEventData",
+        "WebhookEvent_TestEventData",
+        "Delivery",
+        "Attempt",
+    ] {
+        assert!(
+            doc["components"]["schemas"][schema].is_object(),
+            "{schema} undocumented"
+        );
+    }
+}
+
 both_backends!(
+    the_openapi_document_describes_events,
     a_test_event_arrives_signed,
     failed_attempts_follow_the_schedule,
     retry_after_is_honoured,

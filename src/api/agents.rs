@@ -13,6 +13,7 @@ use utoipa_axum::routes;
 use super::AppState;
 use super::error::{ApiError, ErrorResponses, FieldError};
 use super::extract::{ApiJson, ApiQuery, List, Pagination};
+use crate::agent::PromptSettings;
 use crate::ids;
 use crate::store::agents::AgentRecord;
 
@@ -107,23 +108,6 @@ fn default_tool_timeout() -> u32 {
     5000
 }
 
-/// What the `prompt` agent plays: a WAV file (8 kHz or more, mono) or a tone.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PromptSettings {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub wav_path: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tone_hz: Option<u32>,
-    /// How long the tone plays; ignored for a WAV file.
-    #[serde(default = "default_tone_ms")]
-    pub duration_ms: u32,
-}
-
-fn default_tone_ms() -> u32 {
-    2000
-}
-
 /// The settings document stored with an agent.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 struct Settings {
@@ -175,6 +159,7 @@ pub struct Agent {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AgentCreate {
+    #[schema(min_length = 1, max_length = 100)]
     pub name: String,
     pub kind: AgentKind,
     pub greeting: Option<String>,
@@ -403,16 +388,7 @@ async fn list_agents(
 ) -> Result<Json<List<Agent>>, ApiError> {
     let w = page.window()?;
     let records = state.store.list_agents(w).await?;
-    let mut items = Vec::with_capacity(records.items.len());
-    for r in records.items {
-        items.push(to_agent(r)?);
-    }
-    Ok(Json(List {
-        items,
-        total: records.total,
-        limit: w.limit,
-        offset: w.offset,
-    }))
+    List::try_new(records, w, to_agent).map(Json)
 }
 
 async fn fetch(state: &AppState, id: &str) -> Result<AgentRecord, ApiError> {

@@ -57,6 +57,7 @@ pub struct ApiKeyCreated {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeyCreate {
+    #[schema(min_length = 1, max_length = 100)]
     pub name: String,
     /// Default `live`.
     pub mode: Option<Mode>,

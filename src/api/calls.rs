@@ -1,8 +1,12 @@
-//! `/v1/calls`: the call records, filtered and paged. Placing and hanging up
-//! calls arrives with the SIP call layer.
+//! `/v1/calls`: the call records, filtered and paged; placing an outbound
+//! call and hanging up any call, both handed to the call layer.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -11,15 +15,17 @@ use utoipa_axum::routes;
 
 use super::AppState;
 use super::error::{ApiError, ErrorResponses, FieldError};
-use super::extract::{ApiQuery, List, Pagination};
+use super::extract::{ApiJson, ApiQuery, List, Pagination};
+use crate::call::{HangupError, OutboundRequest, PlaceError};
 use crate::store::StoreError;
 use crate::store::calls::{CallFilter, CallRecord};
 use crate::{e164, ids};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(list_calls))
+        .routes(routes!(list_calls, create_call))
         .routes(routes!(get_call))
+        .routes(routes!(hangup_call))
 }
 
 /// Call statuses, named as Twilio and jambonz users know them.
@@ -164,16 +170,7 @@ async fn list_calls(
         created_before: q.created_before,
     };
     let page = state.store.list_calls(&filter, w).await?;
-    let mut items = Vec::with_capacity(page.items.len());
-    for r in page.items {
-        items.push(to_api(r)?);
-    }
-    Ok(Json(List {
-        items,
-        total: page.total,
-        limit: w.limit,
-        offset: w.offset,
-    }))
+    List::try_new(page, w, to_api).map(Json)
 }
 
 /// Get a call.
@@ -191,4 +188,193 @@ async fn get_call(
         e => e.into(),
     })?;
     Ok(Json(to_api(record)?))
+}
+
+/// The body of `POST /v1/calls`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CallCreate {
+    /// A provisioned number (E.164): the caller ID.
+    pub from: String,
+    /// E.164 number to call.
+    pub to: String,
+    /// The agent on the call; default: the one bound to `from`.
+    pub agent_id: Option<String>,
+    /// `trk_` id of the trunk; default: the one bound to `from`.
+    pub trunk_id: Option<String>,
+    /// Seconds to ring before giving up (`no-answer`); default from config.
+    #[schema(minimum = 1, maximum = 600)]
+    pub ring_timeout_seconds: Option<u32>,
+    /// Seconds the answered call may last; default: the agent's.
+    #[schema(minimum = 1, maximum = 86400)]
+    pub max_duration_seconds: Option<u32>,
+    /// Extra SIP headers on the INVITE, e.g. `{"X-Campaign": "c42"}`.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Free JSON object stored with the call.
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// Headers the SIP layer owns; a request may not set them.
+const RESERVED_HEADERS: &[&str] = &[
+    "via",
+    "from",
+    "to",
+    "call-id",
+    "cseq",
+    "contact",
+    "max-forwards",
+    "content-type",
+    "content-length",
+    "route",
+    "record-route",
+    "authorization",
+    "proxy-authorization",
+    "expires",
+    "allow",
+    "supported",
+    "require",
+];
+
+fn check_header(name: &str, value: &str) -> Option<String> {
+    let token = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.!%*+`'~".contains(c));
+    if !token {
+        return Some("must be a SIP header name (letters, digits, '-')".into());
+    }
+    if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+        return Some("is set by agentline and cannot be given".into());
+    }
+    if value.len() > 1024 || value.chars().any(|c| c.is_control()) {
+        return Some("value must be at most 1024 characters without control characters".into());
+    }
+    None
+}
+
+/// Place an outbound call through a trunk. Answers at once with the
+/// `queued` call; its progress shows in `GET /v1/calls/{id}`.
+#[utoipa::path(post, path = "/v1/calls", tag = "calls", request_body = CallCreate,
+    responses((status = 201, description = "The call, queued", body = Call), ErrorResponses))]
+async fn create_call(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<CallCreate>,
+) -> Result<(StatusCode, Json<Call>), ApiError> {
+    let mut details = Vec::new();
+    let mut bad = |field: &str, message: String| {
+        details.push(FieldError {
+            field: field.into(),
+            message,
+        })
+    };
+    let from = e164::normalize(&body.from).map_err(|m| bad("from", m)).ok();
+    let to = e164::normalize(&body.to).map_err(|m| bad("to", m)).ok();
+    if body
+        .agent_id
+        .as_deref()
+        .is_some_and(|a| !ids::has_prefix(a, ids::AGENT))
+    {
+        bad("agent_id", "must be an agent id (agt_...)".into());
+    }
+    let trunk = match body.trunk_id.as_deref() {
+        Some(t) => match t.strip_prefix("trk_") {
+            Some(name) if !name.is_empty() => Some(name.to_owned()),
+            _ => {
+                bad("trunk_id", "must be a trunk id (trk_...)".into());
+                None
+            }
+        },
+        None => None,
+    };
+    if body
+        .ring_timeout_seconds
+        .is_some_and(|s| !(1..=600).contains(&s))
+    {
+        bad("ring_timeout_seconds", "must be between 1 and 600".into());
+    }
+    if body
+        .max_duration_seconds
+        .is_some_and(|s| !(1..=86_400).contains(&s))
+    {
+        bad("max_duration_seconds", "must be between 1 and 86400".into());
+    }
+    for (name, value) in &body.headers {
+        if let Some(message) = check_header(name, value) {
+            bad(&format!("headers.{name}"), message);
+        }
+    }
+    let metadata = body
+        .metadata
+        .unwrap_or_else(|| serde_json::Value::Object(Default::default()));
+    if !metadata.is_object() {
+        bad("metadata", "must be an object".into());
+    }
+    let (Some(from), Some(to)) = (from, to) else {
+        return Err(ApiError::validation(details));
+    };
+    if !details.is_empty() {
+        return Err(ApiError::validation(details));
+    }
+    let request = OutboundRequest {
+        from,
+        to,
+        agent_id: body.agent_id,
+        trunk,
+        ring_timeout: body
+            .ring_timeout_seconds
+            .map(|s| Duration::from_secs(u64::from(s))),
+        max_duration: body
+            .max_duration_seconds
+            .map(|s| Duration::from_secs(u64::from(s))),
+        headers: body.headers.into_iter().collect(),
+        metadata: metadata.to_string(),
+    };
+    let record = state.calls.place(request).await.map_err(|e| match e {
+        PlaceError::UnknownFrom => ApiError::field("from", e.to_string()),
+        PlaceError::NoAgent | PlaceError::UnknownAgent => {
+            ApiError::field("agent_id", e.to_string())
+        }
+        PlaceError::NoTrunk | PlaceError::UnknownTrunk | PlaceError::TrunkNotOutbound => {
+            ApiError::field("trunk_id", e.to_string())
+        }
+        PlaceError::TrunkFull => {
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "trunk_full", e.to_string())
+        }
+        PlaceError::Draining | PlaceError::NotRunning => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            e.to_string(),
+        ),
+        PlaceError::AgentSettings(_) => ApiError::internal(e),
+        PlaceError::Store(e) => e.into(),
+    })?;
+    Ok((StatusCode::CREATED, Json(to_api(record)?)))
+}
+
+/// Hang up a call in any state: CANCEL or a final response before the
+/// answer, BYE after. Answers with the call as it stands; the end shows
+/// in it shortly after.
+#[utoipa::path(post, path = "/v1/calls/{id}/hangup", tag = "calls", params(("id" = String, Path)),
+    responses((status = 202, description = "Hangup under way", body = Call), ErrorResponses))]
+async fn hangup_call(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Call>), ApiError> {
+    if !ids::has_prefix(&id, ids::CALL) {
+        return Err(ApiError::not_found("call"));
+    }
+    let record = state.store.get_call(&id).await.map_err(|e| match e {
+        StoreError::NotFound => ApiError::not_found("call"),
+        e => e.into(),
+    })?;
+    if record.ended_at.is_some() {
+        return Err(ApiError::conflict("the call has already ended"));
+    }
+    state.calls.hangup(&id).map_err(|e| match e {
+        HangupError::NotRunning => ApiError::conflict("the call is not running on this node"),
+    })?;
+    Ok((StatusCode::ACCEPTED, Json(to_api(record)?)))
 }

@@ -22,19 +22,50 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
         let bytes = Bytes::from_request(req, state)
             .await
             .map_err(|e| ApiError::bad_request(format!("cannot read the body: {e}")))?;
-        let mut de = serde_json::Deserializer::from_slice(&bytes);
-        let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
-            let path = err.path().to_string();
-            let inner = err.into_inner();
-            if inner.classify() == serde_json::error::Category::Data {
-                ApiError::validation(vec![field_error(&path, &inner.to_string())])
-            } else {
-                ApiError::bad_request(format!("malformed JSON: {inner}"))
-            }
-        })?;
-        de.end()
+        let value: serde_json::Value = serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))?;
-        Ok(ApiJson(value))
+        // PostgreSQL text cannot hold NUL; refuse it here, for both stores
+        // alike, rather than fail deep in a query.
+        if let Some(field) = nul_path(&value, String::new()) {
+            return Err(ApiError::validation(vec![FieldError {
+                field,
+                message: "must not contain NUL characters".into(),
+            }]));
+        }
+        serde_path_to_error::deserialize(value)
+            .map(ApiJson)
+            .map_err(|err| {
+                let path = err.path().to_string();
+                ApiError::validation(vec![field_error(&path, &err.into_inner().to_string())])
+            })
+    }
+}
+
+/// The path of the first string (or key) holding a NUL character.
+fn nul_path(value: &serde_json::Value, path: String) -> Option<String> {
+    let here = || {
+        if path.is_empty() {
+            "body".to_string()
+        } else {
+            path.clone()
+        }
+    };
+    match value {
+        serde_json::Value::String(s) if s.contains('\0') => Some(here()),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| nul_path(v, format!("{path}[{i}]"))),
+        serde_json::Value::Object(map) => map.iter().find_map(|(k, v)| {
+            if k.contains('\0') {
+                Some(here())
+            } else if path.is_empty() {
+                nul_path(v, k.clone())
+            } else {
+                nul_path(v, format!("{path}.{k}"))
+            }
+        }),
+        _ => None,
     }
 }
 
@@ -46,6 +77,13 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let query = parts.uri.query().unwrap_or_default();
+        if form_urlencoded::parse(query.as_bytes())
+            .any(|(k, v)| k.contains('\0') || v.contains('\0'))
+        {
+            return Err(ApiError::bad_request(
+                "query parameters must not contain NUL characters",
+            ));
+        }
         let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
         serde_path_to_error::deserialize(de)
             .map(ApiQuery)
@@ -140,5 +178,19 @@ impl<T> List<T> {
             limit: w.limit,
             offset: w.offset,
         }
+    }
+
+    /// Like [`List::new`] for a conversion that can fail.
+    pub fn try_new<R>(
+        page: crate::store::Page<R>,
+        w: Window,
+        map: impl FnMut(R) -> Result<T, ApiError>,
+    ) -> Result<Self, ApiError> {
+        Ok(Self {
+            items: page.items.into_iter().map(map).collect::<Result<_, _>>()?,
+            total: page.total,
+            limit: w.limit,
+            offset: w.offset,
+        })
     }
 }

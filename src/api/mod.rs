@@ -28,7 +28,7 @@ pub use api_keys::create as create_api_key;
 pub use system::Readiness;
 
 use std::ops::Deref;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use axum::Router;
 use axum::middleware;
@@ -38,7 +38,8 @@ use utoipa::OpenApi;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::config::{Config, Profiles, WebhooksConfig};
+use crate::call::Calls;
+use crate::config::{Config, Profiles, SharedProfiles, WebhooksConfig};
 use crate::store::Store;
 use crate::trunk::TrunkStates;
 use crate::webhook::Outbox;
@@ -57,7 +58,9 @@ pub struct Inner {
     pub guard: Guard,
     pub webhooks: WebhooksConfig,
     /// Replaced whole on SIGHUP; readers take a snapshot.
-    profiles: RwLock<Arc<Profiles>>,
+    profiles: Arc<SharedProfiles>,
+    /// Places and hangs up calls.
+    pub calls: Calls,
     pub trunks: Arc<TrunkStates>,
     pub rate_limits: auth::RateLimits,
     pub readiness: Arc<Readiness>,
@@ -77,14 +80,11 @@ impl Deref for AppState {
 impl Inner {
     /// A snapshot of the trunk profiles.
     pub fn profiles(&self) -> Arc<Profiles> {
-        self.profiles
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.profiles.get()
     }
 
     pub fn replace_profiles(&self, profiles: Profiles) {
-        *self.profiles.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(profiles);
+        self.profiles.replace(profiles);
     }
 }
 
@@ -169,19 +169,20 @@ pub fn openapi_json(metrics_open: bool) -> String {
 impl AppState {
     pub fn new(
         config: &Config,
-        store: Store,
         outbox: Outbox,
-        profiles: Profiles,
+        profiles: Arc<SharedProfiles>,
+        calls: Calls,
         trunks: Arc<TrunkStates>,
         readiness: Arc<Readiness>,
         metrics: Option<PrometheusHandle>,
     ) -> Self {
         AppState(Arc::new(Inner {
-            store,
+            store: outbox.store().clone(),
             outbox,
             guard: Guard::new(&config.webhooks),
             webhooks: config.webhooks.clone(),
-            profiles: RwLock::new(Arc::new(profiles)),
+            profiles,
+            calls,
             trunks,
             rate_limits: auth::RateLimits::new(config.api.rate_limit_per_minute),
             readiness,

@@ -201,16 +201,7 @@ async fn list_endpoints(
 ) -> Result<Json<List<WebhookEndpoint>>, ApiError> {
     let w = page.window()?;
     let page = state.store.list_endpoints(w).await?;
-    let mut items = Vec::with_capacity(page.items.len());
-    for r in page.items {
-        items.push(to_api(r)?);
-    }
-    Ok(Json(List {
-        items,
-        total: page.total,
-        limit: w.limit,
-        offset: w.offset,
-    }))
+    List::try_new(page, w, to_api).map(Json)
 }
 
 async fn fetch(state: &AppState, id: &str) -> Result<EndpointRecord, ApiError> {

@@ -14,6 +14,7 @@ pub use profile::{Codec, Inbound, Limits, Media, Outbound, Profile, Profiles, Re
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -59,7 +60,49 @@ pub struct Config {
     pub profiles: ProfilesConfig,
     pub log: LogConfig,
     pub shutdown: ShutdownConfig,
+    pub calls: CallsConfig,
     pub webhooks: WebhooksConfig,
+}
+
+/// The running trunk profiles, replaced whole on SIGHUP; readers take a
+/// snapshot and never hold the lock.
+#[derive(Debug, Default)]
+pub struct SharedProfiles(RwLock<Arc<Profiles>>);
+
+impl SharedProfiles {
+    pub fn new(profiles: Profiles) -> Self {
+        Self(RwLock::new(Arc::new(profiles)))
+    }
+
+    pub fn get(&self) -> Arc<Profiles> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn replace(&self, profiles: Profiles) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(profiles);
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CallsConfig {
+    /// How long an inbound call rings (180) before it is answered.
+    pub answer_delay_ms: u64,
+    /// Ring timeout of outbound calls that do not give their own.
+    pub ring_timeout_seconds: u32,
+    /// A call with no RTP for this long while it should flow is ended
+    /// (end reason `media_timeout`).
+    pub rtp_timeout_seconds: u32,
+}
+
+impl Default for CallsConfig {
+    fn default() -> Self {
+        Self {
+            answer_delay_ms: 0,
+            ring_timeout_seconds: 60,
+            rtp_timeout_seconds: 30,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -342,7 +385,14 @@ impl Config {
         } else if required {
             return Err(ConfigError::new(&file, "-", "file not found"));
         }
-        figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
+        // Every key lives in a table, so an override always has a `__`;
+        // other AGENTLINE_* variables (AGENTLINE_CONFIG, test settings) are
+        // not config keys.
+        figment = figment.merge(
+            Env::prefixed(ENV_PREFIX)
+                .filter(|key| key.as_str().contains("__"))
+                .split("__"),
+        );
         let config: Config = figment.extract().map_err(|e| figment_error(&file, e))?;
         config.validate(&file)?;
         Ok(config)
@@ -371,6 +421,13 @@ impl Config {
                     "{:?} is neither an IP address nor a host name",
                     self.sip.public_address
                 ),
+            ));
+        }
+        if self.calls.ring_timeout_seconds == 0 || self.calls.rtp_timeout_seconds == 0 {
+            return Err(ConfigError::new(
+                file,
+                "calls",
+                "ring_timeout_seconds and rtp_timeout_seconds must be at least 1",
             ));
         }
         if self.api.rate_limit_per_minute == 0 {

@@ -1,8 +1,18 @@
 //! Calls: one row per call, written by the call task at each state change
 //! and read by the API.
+//!
+//! Every write to a call row is one of the state transitions below
+//! ([`Store::call_created`], [`Store::call_dialing`], [`Store::call_ringing`],
+//! [`Store::call_answered`], [`Store::call_dtmf`], [`Store::call_ended`]),
+//! each a single transaction that returns the row as committed. That is the
+//! seam for the webhook outbox: a transition given an [`Emit`] renders its
+//! `call.*` event from the row as updated (with the call's next event
+//! sequence in `event_seq`) and writes it, with its deliveries, in the same
+//! transaction ([`super::events`]). Nothing else writes to `calls`.
 
 use chrono::{DateTime, Utc};
 
+use super::events::{Emit, write_event};
 use super::{Page, Result, Store, StoreError, Window, on_pool};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -57,24 +67,148 @@ pub struct NewCall<'a> {
     pub metadata: &'a str,
 }
 
+/// How a call ended, as [`Store::call_ended`] records it.
+#[derive(Debug, Clone)]
+pub struct EndFields<'a> {
+    /// `completed`, `busy`, `no-answer`, `failed` or `canceled`.
+    pub status: &'a str,
+    /// The final SIP status of the INVITE (200 once answered), if any.
+    pub sip_code: Option<u16>,
+    pub sip_reason: Option<&'a str>,
+    /// The `EndReason` label, e.g. `caller_hangup`.
+    pub end_reason: &'a str,
+    /// Time from answer to end; `None` for a call never answered.
+    pub duration_ms: Option<i64>,
+}
+
+const SELECT_CALL: &str = "SELECT id, direction, from_number, to_number, trunk, agent_id, status, sip_call_id,
+    sip_code, sip_reason, end_reason, dtmf, metadata, ringing_at, answered_at, ended_at, duration_ms,
+    created_at, updated_at, event_seq FROM calls WHERE id = $1";
+
+/// Runs one UPDATE of a call row, reads the row back and writes the event
+/// `$emit` renders from it, in one transaction; [`StoreError::NotFound`]
+/// when no row matched (the call is unknown or already past that state).
+macro_rules! transition {
+    ($store:expr, $emit:expr, $sql:literal, $id:expr $(, $bind:expr)* $(,)?) => {
+        on_pool!($store, p => {
+            let mut tx = p.begin().await?;
+            let done = sqlx::query($sql).bind($id)$(.bind($bind))*
+                .execute(&mut *tx).await?.rows_affected();
+            if done == 0 {
+                return Err(StoreError::NotFound);
+            }
+            let record = sqlx::query_as::<_, CallRecord>(SELECT_CALL)
+                .bind($id).fetch_one(&mut *tx).await?;
+            if let Some(build) = $emit {
+                let event = build(&record)?;
+                write_event!(tx, &event);
+            }
+            tx.commit().await?;
+            record
+        })
+    };
+}
+
 impl Store {
-    pub async fn insert_call(&self, c: NewCall<'_>) -> Result<CallRecord> {
+    /// A new call: `queued` (outbound, before the INVITE) or `ringing`
+    /// (inbound, with `ringing_at` set); its first event has sequence 1.
+    pub async fn call_created(&self, c: NewCall<'_>, emit: Emit<'_>) -> Result<CallRecord> {
         let now = super::now();
-        on_pool!(self, p => sqlx::query(
-            "INSERT INTO calls (id, direction, from_number, to_number, trunk, agent_id, status, sip_call_id,
-                                metadata, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)")
-            .bind(c.id).bind(c.direction).bind(c.from_number).bind(c.to_number).bind(c.trunk)
-            .bind(c.agent_id).bind(c.status).bind(c.sip_call_id).bind(c.metadata).bind(now)
-            .execute(p).await.map(|r| r.rows_affected()))?;
-        self.get_call(c.id).await
+        let ringing_at = (c.status == "ringing").then_some(now);
+        Ok(on_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            sqlx::query(
+                "INSERT INTO calls (id, direction, from_number, to_number, trunk, agent_id, status, sip_call_id,
+                                    metadata, ringing_at, created_at, updated_at, event_seq)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, 1)")
+                .bind(c.id).bind(c.direction).bind(c.from_number).bind(c.to_number).bind(c.trunk)
+                .bind(c.agent_id).bind(c.status).bind(c.sip_call_id).bind(c.metadata).bind(ringing_at)
+                .bind(now).execute(&mut *tx).await?;
+            let record = sqlx::query_as::<_, CallRecord>(SELECT_CALL)
+                .bind(c.id).fetch_one(&mut *tx).await?;
+            if let Some(build) = emit {
+                let event = build(&record)?;
+                write_event!(tx, &event);
+            }
+            tx.commit().await?;
+            record
+        }))
+    }
+
+    /// The outbound INVITE left with this SIP Call-ID (status unchanged).
+    pub async fn call_dialing(&self, id: &str, sip_call_id: &str) -> Result<CallRecord> {
+        let now = super::now();
+        Ok(transition!(
+            self,
+            None::<&crate::store::events::EmitFn>,
+            "UPDATE calls SET sip_call_id = $2, updated_at = $3 WHERE id = $1 AND ended_at IS NULL",
+            id,
+            sip_call_id,
+            now
+        ))
+    }
+
+    /// `queued` to `ringing` (the first 18x of an outbound call).
+    pub async fn call_ringing(&self, id: &str, emit: Emit<'_>) -> Result<CallRecord> {
+        let now = super::now();
+        Ok(transition!(
+            self,
+            emit,
+            "UPDATE calls SET status = 'ringing', ringing_at = $2, updated_at = $2, event_seq = event_seq + 1
+             WHERE id = $1 AND status = 'queued'",
+            id,
+            now
+        ))
+    }
+
+    /// Answered (200 OK and ACK): `in-progress`, SIP code 200.
+    pub async fn call_answered(&self, id: &str, emit: Emit<'_>) -> Result<CallRecord> {
+        let now = super::now();
+        Ok(transition!(self, emit,
+            "UPDATE calls SET status = 'in-progress', answered_at = $2, sip_code = 200, sip_reason = 'OK',
+                ringing_at = COALESCE(ringing_at, $2), updated_at = $2, event_seq = event_seq + 1
+             WHERE id = $1 AND status IN ('queued', 'ringing')",
+            id, now))
+    }
+
+    /// A DTMF digit received on an answered call, appended to `dtmf`.
+    pub async fn call_dtmf(&self, id: &str, digit: char, emit: Emit<'_>) -> Result<CallRecord> {
+        let now = super::now();
+        Ok(transition!(
+            self,
+            emit,
+            "UPDATE calls SET dtmf = dtmf || $2, updated_at = $3, event_seq = event_seq + 1 WHERE id = $1 AND status = 'in-progress'",
+            id,
+            digit.to_string(),
+            now
+        ))
+    }
+
+    /// The call ended; a row already ended is left alone (`NotFound`).
+    pub async fn call_ended(
+        &self,
+        id: &str,
+        e: EndFields<'_>,
+        emit: Emit<'_>,
+    ) -> Result<CallRecord> {
+        let now = super::now();
+        Ok(transition!(self, emit,
+            "UPDATE calls SET status = $2, sip_code = COALESCE($3, sip_code), sip_reason = COALESCE($4, sip_reason),
+                end_reason = $5, duration_ms = $6, ended_at = $7, updated_at = $7, event_seq = event_seq + 1
+             WHERE id = $1 AND ended_at IS NULL",
+            id, e.status, e.sip_code.map(i64::from), e.sip_reason, e.end_reason, e.duration_ms, now))
+    }
+
+    /// Calls the store still shows as not ended: after a crash, nothing
+    /// owns them any more. Returns their ids.
+    pub async fn unfinished_calls(&self) -> Result<Vec<String>> {
+        Ok(on_pool!(self, p => sqlx::query_scalar(
+            "SELECT id FROM calls WHERE ended_at IS NULL ORDER BY created_at")
+            .fetch_all(p).await)?)
     }
 
     pub async fn get_call(&self, id: &str) -> Result<CallRecord> {
-        on_pool!(self, p => sqlx::query_as::<_, CallRecord>(
-            "SELECT id, direction, from_number, to_number, trunk, agent_id, status, sip_call_id,
-                sip_code, sip_reason, end_reason, dtmf, metadata, ringing_at, answered_at, ended_at, duration_ms,
-                created_at, updated_at, event_seq FROM calls WHERE id = $1")
+        on_pool!(self, p => sqlx::query_as::<_, CallRecord>(SELECT_CALL)
             .bind(id).fetch_optional(p).await)?
         .ok_or(StoreError::NotFound)
     }

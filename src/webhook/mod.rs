@@ -2,10 +2,12 @@
 //! of the live event stream.
 //!
 //! Owns: [`Outbox`], the one way anything in the process emits an event.
-//! Call state changes go through [`Outbox::call_created`] and
-//! [`Outbox::call_changed`], which write the call row and the event (and its
-//! deliveries) in one store transaction ([`crate::store::events`]) and then
-//! wake the delivery worker and the event streams. A crash after the commit
+//! Call state changes go through [`Outbox::call_created`],
+//! [`Outbox::call_ringing`], [`Outbox::call_answered`], [`Outbox::call_dtmf`]
+//! and [`Outbox::call_ended`] (the call layer's `Transitions` calls them),
+//! which write the call row and the event (and its deliveries) in one store
+//! transaction ([`crate::store::events`]) and then wake the delivery worker
+//! and the event streams. A crash after the commit
 //! loses nothing: the worker finds the rows on the next start. The
 //! [`worker`] claims due deliveries with a lease, signs ([`sign`]), checks the
 //! address ([`guard`]), POSTs, classifies the result and schedules the next
@@ -24,8 +26,8 @@ use std::sync::Arc;
 
 use tokio::sync::{Notify, watch};
 
-use crate::store::calls::{CallRecord, NewCall};
-use crate::store::events::{CallUpdate, EventRecord};
+use crate::store::calls::{CallRecord, EndFields, NewCall};
+use crate::store::events::EventRecord;
 use crate::store::{Store, StoreError};
 use event::{CallEventType, TrunkEventData, TrunkEventType};
 
@@ -58,36 +60,58 @@ impl Outbox {
         }
     }
 
-    /// A new call and its first event, in one transaction.
-    pub async fn call_created(
-        &self,
-        call: NewCall<'_>,
-        event_type: CallEventType,
-    ) -> Result<(CallRecord, EventRecord), StoreError> {
-        let done = self
-            .store
-            .insert_call_and_emit(call, |c| event::call_event(event_type, c, None))
-            .await?;
-        self.emitted();
-        Ok(done)
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
-    /// A call state change and its event, in one transaction. `digit` is
-    /// the digit of a `call.dtmf` event (also appended to the call's digits
-    /// through `update.dtmf`).
-    pub async fn call_changed(
-        &self,
-        call_id: &str,
-        update: &CallUpdate<'_>,
-        event_type: CallEventType,
-        digit: Option<&str>,
-    ) -> Result<(CallRecord, EventRecord), StoreError> {
-        let done = self
-            .store
-            .update_call_and_emit(call_id, update, |c| event::call_event(event_type, c, digit))
-            .await?;
+    /// A new call and its first event (`call.ringing` for an inbound call
+    /// that rings, `call.initiated` for an outbound one), in one transaction.
+    pub async fn call_created(&self, call: NewCall<'_>) -> Result<CallRecord, StoreError> {
+        let emit = |c: &CallRecord| {
+            let kind = if c.status == "ringing" {
+                CallEventType::Ringing
+            } else {
+                CallEventType::Initiated
+            };
+            event::call_event(kind, c, None)
+        };
+        let record = self.store.call_created(call, Some(&emit)).await?;
         self.emitted();
-        Ok(done)
+        Ok(record)
+    }
+
+    /// `call.ringing` (the first 18x of an outbound call).
+    pub async fn call_ringing(&self, id: &str) -> Result<CallRecord, StoreError> {
+        let emit = |c: &CallRecord| event::call_event(CallEventType::Ringing, c, None);
+        let record = self.store.call_ringing(id, Some(&emit)).await?;
+        self.emitted();
+        Ok(record)
+    }
+
+    /// `call.answered`.
+    pub async fn call_answered(&self, id: &str) -> Result<CallRecord, StoreError> {
+        let emit = |c: &CallRecord| event::call_event(CallEventType::Answered, c, None);
+        let record = self.store.call_answered(id, Some(&emit)).await?;
+        self.emitted();
+        Ok(record)
+    }
+
+    /// `call.dtmf`: a digit received (delivered to endpoints that opt in).
+    pub async fn call_dtmf(&self, id: &str, digit: char) -> Result<CallRecord, StoreError> {
+        let text = digit.to_string();
+        let emit = move |c: &CallRecord| event::call_event(CallEventType::Dtmf, c, Some(&text));
+        let record = self.store.call_dtmf(id, digit, Some(&emit)).await?;
+        self.emitted();
+        Ok(record)
+    }
+
+    /// `call.ended`, carrying the final status, end reason, SIP code and
+    /// duration in the call object.
+    pub async fn call_ended(&self, id: &str, end: EndFields<'_>) -> Result<CallRecord, StoreError> {
+        let emit = |c: &CallRecord| event::call_event(CallEventType::Ended, c, None);
+        let record = self.store.call_ended(id, end, Some(&emit)).await?;
+        self.emitted();
+        Ok(record)
     }
 
     /// A trunk registration event.

@@ -13,6 +13,14 @@ use std::time::{Duration, Instant};
 
 use sqlx::Connection;
 
+mod peers;
+mod sip;
+// Only the SIP and call test binaries use these.
+#[allow(unused_imports)]
+pub use peers::*;
+#[allow(unused_imports)]
+pub use sip::*;
+
 /// The store a daemon runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

@@ -1,0 +1,164 @@
+//! Why a call ended, or why it was never set up. One value per call decides
+//! the SIP answer (a final response before answer, a BYE after), the status
+//! stored and sent in webhooks, and the metric label.
+
+use std::time::Duration;
+
+use crate::sip::Rejection;
+
+/// Seconds a refused caller is asked to wait before trying again
+/// (Retry-After, RFC 3261 §20.33).
+const RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// The one reason a call ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndReason {
+    /// The caller hung up (BYE on an inbound call).
+    CallerHangup,
+    /// The called party hung up (BYE on an outbound call).
+    CalleeHangup,
+    /// The agent finished (the `prompt` agent after its sound).
+    AgentHangup,
+    /// `POST /v1/calls/{id}/hangup`.
+    ApiHangup,
+    /// The agent's `max_duration_seconds` passed.
+    MaxDuration,
+    /// No RTP within the inactivity timeout.
+    MediaTimeout,
+    /// The daemon stopped (drain deadline or a second signal).
+    Shutdown,
+    /// The caller sent CANCEL before the answer (RFC 3261 §9.2).
+    Canceled,
+    /// The callee answered busy (486, 600).
+    Busy { code: u16, reason: String },
+    /// Nobody answered within the ring timeout (or 408/480).
+    NoAnswer { code: Option<u16> },
+    /// The callee refused with another final response.
+    Declined { code: u16, reason: String },
+    /// Our 200 OK was never acknowledged (RFC 3261 §13.3.1.4).
+    NoAck,
+    /// Inbound: the To number is not provisioned or bound to no agent.
+    UnknownNumber,
+    /// Inbound: no trunk's `[inbound] allow` covers the source.
+    SourceNotAllowed,
+    /// The trunk is at its `max_calls`.
+    TrunkFull,
+    /// The daemon is draining and takes no new calls.
+    Draining,
+    /// The offer has no codec we speak (488, RFC 3264 §6).
+    NotAcceptable,
+    /// Something on our side failed (store, RTP port, SIP transport).
+    Error(String),
+}
+
+impl EndReason {
+    /// The metric label and the stored `end_reason`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            EndReason::CallerHangup => "caller_hangup",
+            EndReason::CalleeHangup => "callee_hangup",
+            EndReason::AgentHangup => "agent_hangup",
+            EndReason::ApiHangup => "api_hangup",
+            EndReason::MaxDuration => "max_duration",
+            EndReason::MediaTimeout => "media_timeout",
+            EndReason::Shutdown => "shutdown",
+            EndReason::Canceled => "canceled",
+            EndReason::Busy { .. } => "busy",
+            EndReason::NoAnswer { .. } => "no_answer",
+            EndReason::Declined { .. } => "declined",
+            EndReason::NoAck => "no_ack",
+            EndReason::UnknownNumber => "unknown_number",
+            EndReason::SourceNotAllowed => "source_not_allowed",
+            EndReason::TrunkFull => "trunk_full",
+            EndReason::Draining => "draining",
+            EndReason::NotAcceptable => "not_acceptable",
+            EndReason::Error(_) => "error",
+        }
+    }
+
+    /// The stored call status, given whether the call was answered.
+    pub fn status(&self, answered: bool) -> &'static str {
+        if answered {
+            return "completed";
+        }
+        match self {
+            EndReason::Canceled | EndReason::ApiHangup | EndReason::Shutdown => "canceled",
+            EndReason::Busy { .. } | EndReason::TrunkFull => "busy",
+            EndReason::NoAnswer { .. } => "no-answer",
+            _ => "failed",
+        }
+    }
+
+    /// The final response to an inbound INVITE that this reason refuses
+    /// before the answer (RFC 3261 §21.4, §21.5).
+    pub fn rejection(&self) -> Rejection {
+        let (code, retry_after) = match self {
+            EndReason::UnknownNumber => (404, None),
+            EndReason::SourceNotAllowed => (403, None),
+            EndReason::TrunkFull => (486, Some(RETRY_AFTER)),
+            EndReason::Draining | EndReason::Shutdown => (503, Some(RETRY_AFTER)),
+            EndReason::NotAcceptable => (488, None),
+            EndReason::ApiHangup | EndReason::AgentHangup => (480, None),
+            EndReason::Busy { code, .. } | EndReason::Declined { code, .. } => (*code, None),
+            _ => (500, None),
+        };
+        Rejection {
+            code,
+            reason: None,
+            retry_after,
+        }
+    }
+
+    /// The SIP status and reason to store for an unanswered call, if any.
+    pub fn sip_status(&self) -> Option<(u16, String)> {
+        match self {
+            EndReason::Busy { code, reason } | EndReason::Declined { code, reason } => {
+                Some((*code, reason.clone()))
+            }
+            EndReason::NoAnswer { code: Some(code) } => Some((*code, String::new())),
+            EndReason::Canceled => Some((487, "Request Terminated".to_owned())),
+            _ => None,
+        }
+    }
+
+    /// Classifies an outbound INVITE's final error response.
+    pub fn from_failure(code: u16, reason: String) -> Self {
+        match code {
+            486 | 600 => EndReason::Busy { code, reason },
+            408 | 480 => EndReason::NoAnswer { code: Some(code) },
+            _ => EndReason::Declined { code, reason },
+        }
+    }
+
+    /// Whether the far end already ended the dialog (no BYE to send).
+    pub fn far_end_hung_up(&self) -> bool {
+        matches!(self, EndReason::CallerHangup | EndReason::CalleeHangup)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EndReason;
+
+    #[test]
+    fn one_reason_decides_status_label_and_answer() {
+        let busy = EndReason::from_failure(486, "Busy Here".into());
+        assert_eq!((busy.label(), busy.status(false)), ("busy", "busy"));
+        assert_eq!(
+            EndReason::from_failure(480, String::new()).status(false),
+            "no-answer"
+        );
+        assert_eq!(
+            EndReason::from_failure(403, String::new()).status(false),
+            "failed"
+        );
+        assert_eq!(EndReason::MaxDuration.status(true), "completed");
+        assert_eq!(EndReason::Canceled.status(false), "canceled");
+        assert_eq!(EndReason::UnknownNumber.rejection().code, 404);
+        assert_eq!(EndReason::SourceNotAllowed.rejection().code, 403);
+        let full = EndReason::TrunkFull.rejection();
+        assert_eq!(full.code, 486);
+        assert!(full.retry_after.is_some());
+        assert_eq!(EndReason::Draining.rejection().code, 503);
+    }
+}

@@ -1,0 +1,154 @@
+//! Call state transitions: each one writes the call row through the webhook
+//! outbox (one transaction holding the row change and its `call.*` event)
+//! and then publishes the committed row on the in-process bus.
+//!
+//! Must not: decide anything. The call tasks call these at each change; a
+//! store failure is logged and the call goes on (audio matters more than
+//! the record).
+
+use std::sync::Arc;
+
+use tokio::sync::broadcast;
+
+use super::EndReason;
+use crate::store::Store;
+use crate::store::calls::{CallRecord, EndFields, NewCall};
+use crate::webhook::Outbox;
+
+/// Events buffered per subscriber before a slow one starts missing some.
+const BUS_CAPACITY: usize = 1024;
+
+/// What changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallEventKind {
+    /// Inbound: the INVITE was routed and rings. Outbound: queued.
+    Created,
+    /// Outbound: the first 18x.
+    Ringing,
+    Answered,
+    Dtmf(char),
+    Ended,
+}
+
+impl CallEventKind {
+    /// The webhook event type, e.g. `call.answered`.
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            CallEventKind::Created => "call.created",
+            CallEventKind::Ringing => "call.ringing",
+            CallEventKind::Answered => "call.answered",
+            CallEventKind::Dtmf(_) => "call.dtmf",
+            CallEventKind::Ended => "call.ended",
+        }
+    }
+}
+
+/// One state change and the call row as committed with it.
+#[derive(Debug, Clone)]
+pub struct CallEvent {
+    pub kind: CallEventKind,
+    pub call: Arc<CallRecord>,
+}
+
+/// The store writes and the bus, together.
+#[derive(Clone)]
+pub struct Transitions {
+    outbox: Outbox,
+    bus: broadcast::Sender<CallEvent>,
+}
+
+impl Transitions {
+    pub fn new(outbox: Outbox) -> Self {
+        let (bus, _) = broadcast::channel(BUS_CAPACITY);
+        Self { outbox, bus }
+    }
+
+    /// A receiver of every call event from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<CallEvent> {
+        self.bus.subscribe()
+    }
+
+    pub fn store(&self) -> &Store {
+        self.outbox.store()
+    }
+
+    /// The outbox the transitions write through (trunk events use it too).
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    fn publish(&self, kind: CallEventKind, result: crate::store::Result<CallRecord>) {
+        match result {
+            Ok(call) => {
+                // No subscriber is fine: nothing listens yet.
+                let _ = self.bus.send(CallEvent {
+                    kind,
+                    call: Arc::new(call),
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, event = kind.event_type(), "call record not written")
+            }
+        }
+    }
+
+    /// Records a new call; the error is returned because without a row
+    /// there is no call to run.
+    pub async fn created(&self, call: NewCall<'_>) -> crate::store::Result<Arc<CallRecord>> {
+        let record = Arc::new(self.outbox.call_created(call).await?);
+        let _ = self.bus.send(CallEvent {
+            kind: CallEventKind::Created,
+            call: Arc::clone(&record),
+        });
+        Ok(record)
+    }
+
+    pub async fn dialing(&self, id: &str, sip_call_id: &str) {
+        if let Err(e) = self.outbox.store().call_dialing(id, sip_call_id).await {
+            tracing::warn!(error = %e, "SIP Call-ID not recorded");
+        }
+    }
+
+    pub async fn ringing(&self, id: &str) {
+        let result = self.outbox.call_ringing(id).await;
+        self.publish(CallEventKind::Ringing, result);
+    }
+
+    pub async fn answered(&self, id: &str) {
+        let result = self.outbox.call_answered(id).await;
+        self.publish(CallEventKind::Answered, result);
+    }
+
+    pub async fn dtmf(&self, id: &str, digit: char) {
+        let result = self.outbox.call_dtmf(id, digit).await;
+        self.publish(CallEventKind::Dtmf(digit), result);
+    }
+
+    /// The call ended with `reason`; `answered_for` is how long it was up.
+    pub async fn ended(
+        &self,
+        id: &str,
+        reason: &EndReason,
+        answered_for: Option<std::time::Duration>,
+    ) {
+        let sip = reason.sip_status();
+        let result = self
+            .outbox
+            .call_ended(
+                id,
+                EndFields {
+                    status: reason.status(answered_for.is_some()),
+                    sip_code: sip.as_ref().map(|(code, _)| *code),
+                    sip_reason: sip
+                        .as_ref()
+                        .map(|(_, r)| r.as_str())
+                        .filter(|r| !r.is_empty()),
+                    end_reason: reason.label(),
+                    duration_ms: answered_for
+                        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+                },
+            )
+            .await;
+        self.publish(CallEventKind::Ended, result);
+    }
+}

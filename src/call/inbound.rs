@@ -1,0 +1,261 @@
+//! Inbound call lifecycle, in the order the steps happen:
+//! [`route`] (trunk by source, drain, number, agent, offer), take a trunk
+//! slot, bind RTP and answer the offer, record `ringing`, 180, wait the
+//! configured answer delay (CANCEL, hangup or shutdown may come), 200 and
+//! ACK, record `answered`, run the call task, record the end.
+//!
+//! Must not: speak SIP beyond the `sip::IncomingInvite` steps; every
+//! refusal is an [`EndReason`] whose `rejection()` is the response.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::agents::AgentRun;
+use super::registry::{CallHandle, Command};
+use super::task::{self, Established};
+use super::{EndReason, Shared, count_ended, count_started};
+use crate::agent::CallSettings;
+use crate::config::Profile;
+use crate::media::{Direction, LocalSdp, RtpSession, bind_rtp};
+use crate::metrics::CALL_SETUP_SECONDS;
+use crate::sip::{AcceptError, IncomingInvite, InviteInfo};
+use crate::store::StoreError;
+use crate::store::calls::NewCall;
+use crate::{e164, ids};
+
+/// What [`route`] found for an INVITE.
+struct Route {
+    trunk: Profile,
+    number: String,
+    caller: String,
+    agent_id: String,
+    agent_kind: String,
+    settings: CallSettings,
+    offer: Bytes,
+}
+
+/// The trunk whose `[inbound] allow` covers `ip`, first by name.
+pub(super) fn trunk_for_source(shared: &Shared, ip: IpAddr) -> Option<Profile> {
+    shared
+        .profiles
+        .get()
+        .by_name
+        .values()
+        .find(|p| p.inbound.allow.iter().any(|net| net.contains(&ip)))
+        .cloned()
+}
+
+/// Handles one INVITE from arrival to the end of the call.
+pub(super) async fn handle(shared: Arc<Shared>, invite: IncomingInvite) {
+    let id = ids::new(ids::CALL);
+    let info = invite.info().clone();
+    let span = tracing::info_span!(
+        "call",
+        call_id = %id,
+        sip_call_id = %info.call_id,
+        direction = "inbound",
+        trunk = tracing::field::Empty,
+        number = tracing::field::Empty,
+    );
+    async move {
+        let route = match route(&shared, &info).await {
+            Ok(route) => route,
+            Err(reason) => return refuse(invite, reason).await,
+        };
+        let span = tracing::Span::current();
+        span.record("trunk", route.trunk.name.as_str());
+        span.record("number", route.number.as_str());
+        run(shared, id, invite, route).await;
+    }
+    .instrument(span)
+    .await
+}
+
+async fn refuse(invite: IncomingInvite, reason: EndReason) {
+    tracing::info!(reason = reason.label(), "inbound INVITE refused");
+    count_ended("inbound", &reason);
+    if let Err(e) = invite.reject(reason.rejection()).await {
+        tracing::info!(error = %e, "refusal not sent");
+    }
+}
+
+/// Decides whether and to what the INVITE is routed.
+async fn route(shared: &Shared, info: &InviteInfo) -> Result<Route, EndReason> {
+    let trunk = trunk_for_source(shared, info.source.ip()).ok_or(EndReason::SourceNotAllowed)?;
+    if shared.is_draining() {
+        return Err(EndReason::Draining);
+    }
+    // The Request-URI names the number on a direct trunk; behind a
+    // registrar it names our registered contact and the number is in To
+    // (RFC 3261 §8.2.2.1 lets a UAS route on either).
+    let store = shared.transitions.store();
+    let mut found = None;
+    for dialled in [info.request_user.as_deref(), info.to_user.as_deref()]
+        .into_iter()
+        .flatten()
+    {
+        let Some(number) = normalize(dialled) else {
+            continue;
+        };
+        match store.find_number(&number).await {
+            Ok(record) => {
+                found = Some((number, record));
+                break;
+            }
+            Err(StoreError::NotFound) => continue,
+            Err(e) => return Err(EndReason::Error(format!("store: {e}"))),
+        }
+    }
+    let (number, record) = found.ok_or(EndReason::UnknownNumber)?;
+    let agent_id = record.agent_id.ok_or(EndReason::UnknownNumber)?;
+    let agent = store
+        .get_agent(&agent_id)
+        .await
+        .map_err(|e| EndReason::Error(format!("agent {agent_id}: {e}")))?;
+    let settings = CallSettings::from_json(&agent.settings)
+        .map_err(|e| EndReason::Error(format!("agent {agent_id} settings: {e}")))?;
+    // Late offer (no SDP in the INVITE) is not supported: the caller is
+    // told so with 488 (RFC 3261 §13.3.1.3 allows refusing a session).
+    let offer = info.sdp_offer.clone().ok_or(EndReason::NotAcceptable)?;
+    let caller = info
+        .from_user
+        .as_deref()
+        .map(|u| normalize(u).unwrap_or_else(|| u.to_owned()))
+        .unwrap_or_else(|| "anonymous".to_owned());
+    Ok(Route {
+        trunk,
+        number,
+        caller,
+        agent_id,
+        agent_kind: agent.kind,
+        settings,
+        offer,
+    })
+}
+
+/// A dialled user part as E.164: as given, or with the `+` carriers often
+/// leave out.
+fn normalize(user: &str) -> Option<String> {
+    e164::normalize(user)
+        .ok()
+        .or_else(|| e164::normalize(&format!("+{user}")).ok())
+}
+
+async fn run(shared: Arc<Shared>, id: String, mut invite: IncomingInvite, route: Route) {
+    let started = Instant::now();
+    let (handle, mut commands) = CallHandle::new();
+    let Some(_slot) = shared.registry.try_insert(
+        &id,
+        &route.trunk.name,
+        "inbound",
+        route.trunk.limits.max_calls,
+        handle,
+    ) else {
+        return refuse(invite, EndReason::TrunkFull).await;
+    };
+    let agent = match AgentRun::new(&route.agent_kind, route.settings.prompt.as_ref()).await {
+        Ok(agent) => agent,
+        Err(e) => return refuse(invite, EndReason::Error(e)).await,
+    };
+    let (socket, permit) = match bind_rtp(&shared.ports, shared.media_ip()).await {
+        Ok(bound) => bound,
+        Err(e) => return refuse(invite, EndReason::Error(format!("RTP: {e}"))).await,
+    };
+    let port = permit.port();
+    let mut sdp = LocalSdp::new(shared.media_ip(), port, super::codecs(&route.trunk));
+    let (answer, negotiated) = match sdp.answer(&route.offer, Direction::SendRecv) {
+        Ok(answered) => answered,
+        Err(e) => {
+            tracing::info!(error = %e, "offer not acceptable");
+            return refuse(invite, EndReason::NotAcceptable).await;
+        }
+    };
+    let rtp = match RtpSession::start(socket, Some(permit), negotiated, shared.media.clone()) {
+        Ok(rtp) => rtp,
+        Err(e) => return refuse(invite, EndReason::Error(format!("RTP: {e}"))).await,
+    };
+
+    let recorded = shared
+        .transitions
+        .created(NewCall {
+            id: &id,
+            direction: "inbound",
+            from_number: &route.caller,
+            to_number: &route.number,
+            trunk: Some(&route.trunk.id()),
+            agent_id: Some(&route.agent_id),
+            status: "ringing",
+            sip_call_id: Some(invite.call_id()),
+            metadata: "{}",
+        })
+        .await;
+    if let Err(e) = recorded {
+        tracing::warn!(error = %e, "call not recorded");
+        return refuse(invite, EndReason::Error("call not recorded".into())).await;
+    }
+    count_started("inbound");
+
+    // Ring, then answer after the configured delay unless something ends
+    // the call first.
+    let before_answer = async {
+        if let Err(e) = invite.ring(None).await {
+            return Some(match e {
+                AcceptError::Cancelled => EndReason::Canceled,
+                e => EndReason::Error(e.to_string()),
+            });
+        }
+        tokio::select! {
+            () = invite.cancelled() => Some(EndReason::Canceled),
+            Some(Command::Hangup(reason)) = commands.recv() => Some(reason),
+            () = tokio::time::sleep(shared.answer_delay) => None,
+        }
+    }
+    .await;
+    if let Some(reason) = before_answer {
+        if reason != EndReason::Canceled
+            && let Err(e) = invite.reject(reason.rejection()).await
+        {
+            tracing::info!(error = %e, "refusal not sent");
+        }
+        return finish(&shared, &id, reason, None).await;
+    }
+
+    let sip = match invite.accept(Bytes::from(answer)).await {
+        Ok(call) => call,
+        Err(AcceptError::Cancelled) => {
+            return finish(&shared, &id, EndReason::Canceled, None).await;
+        }
+        Err(AcceptError::NoAck) => return finish(&shared, &id, EndReason::NoAck, None).await,
+        Err(e) => return finish(&shared, &id, EndReason::Error(e.to_string()), None).await,
+    };
+    let answered_at = Instant::now();
+    metrics::histogram!(CALL_SETUP_SECONDS, "direction" => "inbound")
+        .record(answered_at.duration_since(started).as_secs_f64());
+    shared.transitions.answered(&id).await;
+    let reason = task::run(
+        &shared,
+        Established {
+            id: id.clone(),
+            inbound: true,
+            sip,
+            rtp,
+            sdp,
+            agent,
+            max_duration: Duration::from_secs(u64::from(route.settings.max_duration_seconds)),
+            commands,
+        },
+    )
+    .await;
+    finish(&shared, &id, reason, Some(answered_at.elapsed())).await;
+}
+
+async fn finish(shared: &Shared, id: &str, reason: EndReason, answered_for: Option<Duration>) {
+    tracing::info!(reason = reason.label(), "call ended");
+    count_ended("inbound", &reason);
+    shared.transitions.ended(id, &reason, answered_for).await;
+}

@@ -1,0 +1,245 @@
+//! Calls: the decisions about a call and the one task that owns each.
+//!
+//! Owns: inbound routing (trunk by source, number, agent, accept or refuse:
+//! [`inbound`]), placing outbound calls ([`outbound`]), the established
+//! call task ([`task`]), the one [`EndReason`] per call ([`end_reason`]),
+//! the live-call index with its handles and trunk slots ([`registry`]),
+//! every call state transition with its store write and bus event
+//! ([`events`]), the diagnostic agents ([`agents`]) and the trunk
+//! registrations ([`registrations`]).
+//!
+//! Must not: parse or build SIP or RTP (that is `sip` and `media`), or know
+//! HTTP (the API calls [`Calls`]). Nothing but [`events::Transitions`]
+//! writes call rows.
+
+pub mod agents;
+pub mod end_reason;
+pub mod events;
+mod inbound;
+pub mod outbound;
+pub mod registrations;
+pub mod registry;
+mod task;
+
+pub use end_reason::EndReason;
+pub use events::{CallEvent, CallEventKind};
+pub use outbound::{OutboundRequest, PlaceError};
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+
+use crate::config::{self, Config, Profile, SharedProfiles, UnknownSource};
+use crate::media::{self, MediaError, PortAllocator, SessionConfig};
+use crate::metrics::{CALLS_ENDED_TOTAL, CALLS_STARTED_TOTAL};
+use crate::sip::{
+    Admission, InboundHandler, IncomingInvite, RequestSource, SipConfig, SipError, SipStack,
+};
+use crate::trunk::TrunkStates;
+use crate::webhook::Outbox;
+use events::Transitions;
+use registrations::Registrations;
+use registry::Registry;
+
+/// The call layer. Cheap to clone.
+#[derive(Clone)]
+pub struct Calls {
+    shared: Arc<Shared>,
+}
+
+/// What every call task shares.
+pub(crate) struct Shared {
+    /// Store writes plus the event bus.
+    transitions: Transitions,
+    /// The trunk profiles, replaced on SIGHUP.
+    profiles: Arc<SharedProfiles>,
+    trunks: Arc<TrunkStates>,
+    /// Live calls and trunk slots; the drain waits on it.
+    registry: Registry,
+    /// Set once by [`Calls::start_sip`].
+    stack: OnceLock<SipStack>,
+    ports: PortAllocator,
+    unknown_source: UnknownSource,
+    /// Ringing time before an inbound call is answered.
+    answer_delay: Duration,
+    /// Default ring timeout of outbound calls.
+    ring_timeout: Duration,
+    media: SessionConfig,
+    /// Set by the drain: new calls are refused.
+    draining: AtomicBool,
+    registrations: Registrations,
+}
+
+impl Shared {
+    fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// The address our RTP sockets bind to and SDP announces.
+    fn media_ip(&self) -> IpAddr {
+        self.stack
+            .get()
+            .map_or(IpAddr::from([127, 0, 0, 1]), SipStack::public_ip)
+    }
+}
+
+/// The codecs a trunk allows, in its order of preference.
+fn codecs(trunk: &Profile) -> Vec<media::Codec> {
+    trunk
+        .media
+        .codecs
+        .iter()
+        .map(|c| match c {
+            config::Codec::Pcmu => media::Codec::Pcmu,
+            config::Codec::Pcma => media::Codec::Pcma,
+        })
+        .collect()
+}
+
+fn count_started(direction: &'static str) {
+    metrics::counter!(CALLS_STARTED_TOTAL, "direction" => direction).increment(1);
+}
+
+fn count_ended(direction: &'static str, reason: &EndReason) {
+    metrics::counter!(CALLS_ENDED_TOTAL, "direction" => direction, "reason" => reason.label())
+        .increment(1);
+}
+
+/// Why hanging up a call through the API did nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum HangupError {
+    #[error("the call is not running on this node")]
+    NotRunning,
+}
+
+impl Calls {
+    pub fn new(
+        config: &Config,
+        outbox: Outbox,
+        profiles: Arc<SharedProfiles>,
+        trunks: Arc<TrunkStates>,
+    ) -> Result<Self, MediaError> {
+        let ports = PortAllocator::new(config.sip.rtp_ports.low..=config.sip.rtp_ports.high)?;
+        let media = SessionConfig {
+            inactivity_timeout: Duration::from_secs(u64::from(config.calls.rtp_timeout_seconds)),
+            ..SessionConfig::default()
+        };
+        Ok(Self {
+            shared: Arc::new(Shared {
+                transitions: Transitions::new(outbox),
+                profiles,
+                registry: Registry::new(Arc::clone(&trunks)),
+                trunks,
+                stack: OnceLock::new(),
+                ports,
+                unknown_source: config.sip.unknown_source,
+                answer_delay: Duration::from_millis(config.calls.answer_delay_ms),
+                ring_timeout: Duration::from_secs(u64::from(config.calls.ring_timeout_seconds)),
+                media,
+                draining: AtomicBool::new(false),
+                registrations: Registrations::default(),
+            }),
+        })
+    }
+
+    /// Binds the SIP transports, starts answering INVITEs and registers
+    /// the trunks. `public` is the address for Contact and SDP.
+    pub async fn start_sip(
+        &self,
+        listen: SocketAddr,
+        public: Option<IpAddr>,
+    ) -> Result<SipStack, SipError> {
+        let mut config = SipConfig::new(listen);
+        config.public_address = public.map(|ip| SocketAddr::new(ip, 0));
+        let stack = SipStack::start(config, Arc::new(Handler(Arc::clone(&self.shared)))).await?;
+        if self.shared.stack.set(stack.clone()).is_err() {
+            return Err(SipError::Invalid {
+                what: "SIP stack",
+                value: "already started".into(),
+            });
+        }
+        self.apply_profiles().await;
+        Ok(stack)
+    }
+
+    /// Brings the registrations in line with the current profiles.
+    pub async fn apply_profiles(&self) {
+        if let Some(stack) = self.shared.stack.get() {
+            let profiles = self.shared.profiles.get();
+            self.shared
+                .registrations
+                .apply(
+                    stack,
+                    &profiles,
+                    &self.shared.trunks,
+                    self.shared.transitions.outbox(),
+                )
+                .await;
+        }
+    }
+
+    /// Unregisters every trunk.
+    pub async fn stop_registrations(&self) {
+        self.shared.registrations.stop_all().await;
+    }
+
+    /// Every call event from now on (the webhook worker's feed).
+    pub fn subscribe(&self) -> broadcast::Receiver<CallEvent> {
+        self.shared.transitions.subscribe()
+    }
+
+    /// Calls ringing or up.
+    pub fn active(&self) -> usize {
+        self.shared.registry.len()
+    }
+
+    /// Stops taking calls: INVITEs get 503 with Retry-After, placing fails.
+    pub fn drain(&self) {
+        self.shared.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Resolves when no call is left.
+    pub async fn emptied(&self) {
+        self.shared.registry.emptied().await;
+    }
+
+    /// Ends every call with `reason` (BYE, CANCEL or a final response).
+    pub fn hangup_all(&self, reason: &EndReason) {
+        self.shared.registry.hangup_all(reason);
+    }
+
+    /// Ends one call, whatever its state.
+    pub fn hangup(&self, id: &str) -> Result<(), HangupError> {
+        let handle = self
+            .shared
+            .registry
+            .get(id)
+            .ok_or(HangupError::NotRunning)?;
+        if handle.hangup(EndReason::ApiHangup) {
+            Ok(())
+        } else {
+            Err(HangupError::NotRunning)
+        }
+    }
+}
+
+/// The `sip` layer's questions, answered by the call layer.
+struct Handler(Arc<Shared>);
+
+impl InboundHandler for Handler {
+    fn admit(&self, source: &RequestSource) -> Admission {
+        if self.0.unknown_source == UnknownSource::Drop
+            && inbound::trunk_for_source(&self.0, source.addr.ip()).is_none()
+        {
+            return Admission::Drop;
+        }
+        Admission::Admit
+    }
+
+    fn on_invite(&self, invite: IncomingInvite) {
+        tokio::spawn(inbound::handle(Arc::clone(&self.0), invite));
+    }
+}

@@ -1,0 +1,205 @@
+//! Who is on a call right now: the index of live calls by id, their
+//! [`CallHandle`]s, and the per-trunk slots that enforce `max_calls`.
+//!
+//! A [`Slot`] is the call's place in the index; dropping it removes the call,
+//! lowers the trunk's active count and the gauge, and wakes the drain.
+//! Must not: hold a lock across `.await` (every access is a short insert,
+//! remove or copy).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{Notify, mpsc};
+
+use super::EndReason;
+use crate::metrics::CALLS_ACTIVE;
+use crate::trunk::TrunkStates;
+
+/// What others may ask of a call; the call task decides what it means in
+/// its current state.
+#[derive(Debug)]
+pub enum Command {
+    Hangup(EndReason),
+}
+
+/// A handle to a running call task. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct CallHandle {
+    commands: mpsc::Sender<Command>,
+}
+
+impl CallHandle {
+    /// A handle and the receiving end the call task reads.
+    pub fn new() -> (Self, mpsc::Receiver<Command>) {
+        let (commands, rx) = mpsc::channel(4);
+        (Self { commands }, rx)
+    }
+
+    /// Asks the call to end with `reason`; false when the task is gone.
+    pub fn hangup(&self, reason: EndReason) -> bool {
+        self.commands.try_send(Command::Hangup(reason)).is_ok()
+    }
+}
+
+struct Entry {
+    trunk: String,
+    direction: &'static str,
+    handle: CallHandle,
+}
+
+/// The live calls. Cheap to clone.
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    // std Mutex: inserts, removals and copies only, never across `.await`.
+    calls: Mutex<HashMap<String, Entry>>,
+    /// Fired whenever a call leaves, for the drain.
+    left: Notify,
+    trunks: Arc<TrunkStates>,
+}
+
+impl Registry {
+    pub fn new(trunks: Arc<TrunkStates>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                calls: Mutex::new(HashMap::new()),
+                left: Notify::new(),
+                trunks,
+            }),
+        }
+    }
+
+    /// Takes a slot on `trunk` for call `id`, or `None` when the trunk
+    /// already carries `max_calls`.
+    pub fn try_insert(
+        &self,
+        id: &str,
+        trunk: &str,
+        direction: &'static str,
+        max_calls: u32,
+        handle: CallHandle,
+    ) -> Option<Slot> {
+        let on_trunk = {
+            let mut calls = self.inner.lock();
+            let on_trunk = calls.values().filter(|e| e.trunk == trunk).count();
+            if on_trunk >= usize::try_from(max_calls).unwrap_or(usize::MAX) {
+                return None;
+            }
+            calls.insert(
+                id.to_owned(),
+                Entry {
+                    trunk: trunk.to_owned(),
+                    direction,
+                    handle,
+                },
+            );
+            on_trunk + 1
+        };
+        self.inner.trunks.set_active_calls(trunk, on_trunk);
+        metrics::gauge!(CALLS_ACTIVE, "direction" => direction).increment(1.0);
+        Some(Slot {
+            registry: self.clone(),
+            id: id.to_owned(),
+        })
+    }
+
+    pub fn get(&self, id: &str) -> Option<CallHandle> {
+        self.inner.lock().get(id).map(|e| e.handle.clone())
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Asks every call to end with `reason`.
+    pub fn hangup_all(&self, reason: &EndReason) {
+        let handles: Vec<CallHandle> = self
+            .inner
+            .lock()
+            .values()
+            .map(|e| e.handle.clone())
+            .collect();
+        for handle in handles {
+            handle.hangup(reason.clone());
+        }
+    }
+
+    /// Resolves when no call is left.
+    pub async fn emptied(&self) {
+        loop {
+            let left = self.inner.left.notified();
+            if self.is_empty() {
+                return;
+            }
+            left.await;
+        }
+    }
+
+    fn remove(&self, id: &str) {
+        let removed = {
+            let mut calls = self.inner.lock();
+            calls.remove(id).map(|e| {
+                let on_trunk = calls.values().filter(|o| o.trunk == e.trunk).count();
+                (e, on_trunk)
+            })
+        };
+        if let Some((entry, on_trunk)) = removed {
+            self.inner.trunks.set_active_calls(&entry.trunk, on_trunk);
+            metrics::gauge!(CALLS_ACTIVE, "direction" => entry.direction).decrement(1.0);
+        }
+        self.inner.left.notify_waiters();
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.calls.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A call's place in the [`Registry`]; dropping it frees the trunk slot.
+pub struct Slot {
+    registry: Registry,
+    id: String,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.registry.remove(&self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_calls_is_a_permit_freed_on_drop() {
+        let trunks = Arc::new(TrunkStates::default());
+        let registry = Registry::new(trunks.clone());
+        let (h, _rx) = CallHandle::new();
+        let a = registry.try_insert("a", "t", "inbound", 1, h.clone());
+        assert!(a.is_some());
+        assert!(
+            registry
+                .try_insert("b", "t", "inbound", 1, h.clone())
+                .is_none()
+        );
+        assert!(
+            registry
+                .try_insert("c", "u", "inbound", 1, h.clone())
+                .is_some()
+        );
+        assert_eq!(trunks.get("t").active_calls, 1);
+        drop(a);
+        assert_eq!(trunks.get("t").active_calls, 0);
+        assert!(registry.try_insert("b", "t", "inbound", 1, h).is_some());
+    }
+}

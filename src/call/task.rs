@@ -1,0 +1,164 @@
+//! The established call: one task owns the SIP dialog, the RTP session and
+//! the agent, and waits on everything at once (BYE, re-INVITE, media
+//! events, commands, the duration limit) until one [`EndReason`] ends it.
+//! Then it sends BYE unless the far end already did, and stops the media.
+//!
+//! Must not: write the call row itself beyond the DTMF transition; the
+//! inbound and outbound lifecycles record the end with the reason returned.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until, timeout};
+
+use super::agents::AgentRun;
+use super::registry::Command;
+use super::{EndReason, Shared};
+use crate::media::{Direction, LocalSdp, MediaEvent, RtpSession};
+use crate::sip::{Call, CallEvent, ReInvite};
+
+/// How long we wait for the answer to our BYE before giving up on it.
+const BYE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the media task gets to publish its last counters.
+const MEDIA_STOP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Everything an answered call runs on.
+pub(super) struct Established {
+    pub id: String,
+    pub inbound: bool,
+    pub sip: Call,
+    pub rtp: RtpSession,
+    pub sdp: LocalSdp,
+    pub agent: AgentRun,
+    pub max_duration: Duration,
+    pub commands: mpsc::Receiver<Command>,
+}
+
+/// Runs the call until it ends; returns why.
+pub(super) async fn run(shared: &Arc<Shared>, call: Established) -> EndReason {
+    let Established {
+        id,
+        inbound,
+        mut sip,
+        rtp,
+        mut sdp,
+        mut agent,
+        max_duration,
+        mut commands,
+    } = call;
+    let RtpSession {
+        handle: media,
+        mut events,
+        task: media_task,
+    } = rtp;
+    let deadline = Instant::now() + max_duration;
+    let far_hangup = if inbound {
+        EndReason::CallerHangup
+    } else {
+        EndReason::CalleeHangup
+    };
+
+    let mut reason = match agent.start(&media).await {
+        Ok(()) => None,
+        Err(_) => Some(EndReason::Error("media session closed".into())),
+    };
+    while reason.is_none() {
+        reason = tokio::select! {
+            event = sip.next_event() => match event {
+                Ok(CallEvent::Bye) => Some(far_hangup.clone()),
+                Ok(CallEvent::ReInvite(re)) => {
+                    reinvite(&mut sip, &mut sdp, &media, re).await;
+                    None
+                }
+                // INFO (e.g. application/dtmf-relay) is answered 200 by the
+                // SIP layer; digits come as RFC 4733 events.
+                Ok(CallEvent::Info { .. }) => None,
+                // RFC 4028 session expiry: the dialog is gone.
+                Ok(CallEvent::Terminated) => Some(far_hangup.clone()),
+                Err(e) => Some(EndReason::Error(format!("SIP: {e}"))),
+            },
+            event = events.recv() => match event {
+                Some(MediaEvent::Audio(frame)) => agent
+                    .on_audio(frame, &media)
+                    .await
+                    .err()
+                    .map(|_| EndReason::Error("media session closed".into())),
+                Some(MediaEvent::Digit(digit)) => {
+                    tracing::info!(digit = %digit.as_char(), "DTMF received");
+                    shared.transitions.dtmf(&id, digit.as_char()).await;
+                    None
+                }
+                Some(MediaEvent::PlayoutDrained) => agent.on_playout_drained(),
+                Some(MediaEvent::Timeout) => Some(EndReason::MediaTimeout),
+                Some(MediaEvent::Latched(addr)) => {
+                    tracing::debug!(%addr, "RTP latched");
+                    None
+                }
+                None => Some(EndReason::Error("media session ended".into())),
+            },
+            // A closed channel disables this branch (every handle gone).
+            Some(Command::Hangup(reason)) = commands.recv() => Some(reason),
+            () = sleep_until(deadline) => Some(EndReason::MaxDuration),
+        };
+    }
+    let reason = reason.unwrap_or(EndReason::Error("no reason".into()));
+    tracing::info!(reason = reason.label(), "call ending");
+
+    if !reason.far_end_hung_up() && sip.is_active() {
+        // RFC 3261 §15.1.1: BYE ends the dialog from our side.
+        match timeout(BYE_TIMEOUT, sip.hangup()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::info!(error = %e, "BYE not answered cleanly"),
+            Err(_) => tracing::info!("BYE not answered in time"),
+        }
+    }
+    drop(media);
+    drop(events);
+    match timeout(MEDIA_STOP_TIMEOUT, media_task).await {
+        Ok(Ok(stats)) => tracing::info!(
+            packets_in = stats.packets_in,
+            packets_out = stats.packets_out,
+            lost = stats.lost,
+            jitter_ms = stats.jitter.as_secs_f64() * 1000.0,
+            "media stopped"
+        ),
+        _ => tracing::debug!("media task did not report"),
+    }
+    reason
+}
+
+/// RFC 3261 §14.2 / RFC 3264 §8: answer a re-INVITE. Hold (`sendonly`,
+/// `inactive`) is answered `recvonly` / `inactive` and the call stays up;
+/// an offer we cannot take gets 488 and the old session stays. A re-INVITE
+/// without an offer gets our offer in the 200 (§14.2).
+async fn reinvite(
+    sip: &mut Call,
+    sdp: &mut LocalSdp,
+    media: &crate::media::MediaHandle,
+    re: Box<ReInvite>,
+) {
+    let answer = match re.sdp_offer.as_deref() {
+        Some(offer) => match sdp.answer(offer, Direction::SendRecv) {
+            Ok((answer, negotiated)) => {
+                tracing::info!(direction = ?negotiated.direction, "re-INVITE answered");
+                if media.update(negotiated).await.is_err() {
+                    tracing::warn!("media session gone while applying a re-INVITE");
+                }
+                answer
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "re-INVITE offer refused (488)");
+                if let Err(e) = sip.reject_reinvite(re, 488).await {
+                    tracing::info!(error = %e, "cannot refuse the re-INVITE");
+                }
+                return;
+            }
+        },
+        None => sdp.offer(Direction::SendRecv),
+    };
+    if let Err(e) = sip.answer_reinvite(re, Bytes::from(answer)).await {
+        tracing::info!(error = %e, "re-INVITE answer failed");
+    }
+}

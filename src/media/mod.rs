@@ -1,0 +1,47 @@
+//! Media: RTP in and out for one call.
+//!
+//! Owns: G.711 codecs ([`g711`]), the adaptive jitter buffer ([`jitter`]),
+//! RFC 4733 telephone events ([`dtmf`]), outgoing packetization and pacing
+//! ([`pacer`]), SDP offer/answer for audio ([`sdp`]), RTP port allocation
+//! ([`ports`]) and the tokio driver that ties them to a UDP socket
+//! ([`session`]).
+//!
+//! Must not: import `call`, `store` or `api`, or decide anything about a
+//! call. It reports what arrived (audio, digits, timeouts) and does what it
+//! is told. The protocol cores (`g711`, `jitter`, `dtmf`, `pacer`, `sdp`) do
+//! no IO; only `session`, `ports` and the pacing clock touch tokio.
+//!
+//! For the call task, a call's media goes:
+//! 1. [`bind_rtp`] takes a port from the [`PortAllocator`] and binds it.
+//! 2. [`LocalSdp`] answers the offer (or makes ours and reads the answer)
+//!    and yields [`NegotiatedMedia`]; an [`SdpError`] means 488.
+//! 3. [`RtpSession::start`] runs the session: [`MediaEvents`] brings 20 ms
+//!    [`AudioFrame`]s, [`Digit`]s and the timeout; [`MediaHandle`] plays PCM,
+//!    clears it on barge-in, sends digits and applies re-INVITEs.
+//! 4. Dropping every [`MediaHandle`] ends the session and frees the port.
+
+pub mod dtmf;
+pub mod g711;
+pub mod jitter;
+pub mod pacer;
+pub mod ports;
+pub mod sdp;
+pub mod session;
+
+use std::time::Duration;
+
+pub use dtmf::Digit;
+pub use g711::Codec;
+pub use ports::{MediaError, PortAllocator, PortPermit, bind_rtp};
+pub use sdp::{Direction, LocalSdp, NegotiatedMedia, SdpError};
+pub use session::{
+    AudioFrame, LatchPolicy, MediaEvent, MediaEvents, MediaHandle, MediaStats, RtpSession,
+    SessionClosed, SessionConfig,
+};
+
+/// RTP clock rate of every codec we negotiate (G.711 and telephone-event).
+pub const CLOCK_RATE: u32 = 8000;
+/// Samples in one 20 ms frame at 8 kHz.
+pub const FRAME_SAMPLES: usize = 160;
+/// Duration of one frame, the packetization time we send and ask for.
+pub const FRAME_DURATION: Duration = Duration::from_millis(20);

@@ -1,0 +1,521 @@
+//! Outgoing RTP: what goes into each 20 ms slot, and the clock that ticks
+//! the slots.
+//!
+//! Owns: the sender's RTP header state (RFC 3550 §5.1: random initial
+//! sequence number, timestamp and SSRC; sequence +1 per packet; timestamp
+//! +160 per 20 ms slot whether or not a packet is sent; marker bit on the
+//! first packet of a talkspurt, RFC 3551 §4.1), the queue of PCM waiting to
+//! be played, outgoing RFC 4733 events, and [`PacingClock`].
+//!
+//! Must not: touch sockets or decide when to start or stop playing. The core
+//! ([`Pacer`]) is a plain function of "one more slot has passed"; only
+//! [`PacingClock`] awaits tokio time.
+//!
+//! The clock: [`tokio::time::Interval`] schedules by absolute deadlines, so
+//! time spent handling a slot does not accumulate as drift. Missed ticks are
+//! sent in a burst ([`MissedTickBehavior::Burst`]) while we are less than
+//! [`MAX_CATCH_UP`] behind: the far end's jitter buffer absorbs a short
+//! burst and our stream stays at exactly 50 packets a second. Further behind
+//! (a stalled runtime) a burst would only overflow the far end, so the clock
+//! starts afresh and reports the slots it skipped; the pacer advances its
+//! timestamp over them, so RTP time keeps matching wall time.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use rtp_rs::{RtpPacketBuilder, Seq};
+use tokio::time::{Instant, Interval, MissedTickBehavior};
+
+use super::dtmf::{self, Digit, EventPacket};
+use super::g711::Codec;
+use super::{FRAME_DURATION, FRAME_SAMPLES};
+
+/// How far behind the pacing clock may fall before it skips instead of
+/// bursting.
+pub const MAX_CATCH_UP: Duration = Duration::from_millis(100);
+/// Timestamp units per slot.
+const SLOT_TIMESTAMP: u32 = FRAME_SAMPLES as u32;
+
+/// The RTP header fields of an outgoing stream.
+#[derive(Debug, Clone)]
+pub struct Packetizer {
+    ssrc: u32,
+    /// Sequence number of the next packet.
+    sequence: u16,
+    /// Timestamp of the current slot.
+    timestamp: u32,
+    /// Whether the previous slot carried audio (no marker needed).
+    in_talkspurt: bool,
+}
+
+impl Default for Packetizer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Packetizer {
+    /// Random SSRC, initial sequence number and timestamp (RFC 3550 §5.1).
+    pub fn new() -> Self {
+        Self::with_state(rand::random(), rand::random(), rand::random())
+    }
+
+    /// Fixed initial state, for tests and for resuming a stream.
+    pub fn with_state(ssrc: u32, sequence: u16, timestamp: u32) -> Self {
+        Packetizer {
+            ssrc,
+            sequence,
+            timestamp,
+            in_talkspurt: false,
+        }
+    }
+
+    pub fn ssrc(&self) -> u32 {
+        self.ssrc
+    }
+
+    /// Builds the packet for the current slot; does not advance the slot.
+    /// `None` only if the builder refuses the fields, which ours never are
+    /// (7-bit payload type, no extension).
+    fn build(
+        &mut self,
+        payload_type: u8,
+        marker: bool,
+        timestamp: u32,
+        payload: &[u8],
+    ) -> Option<Vec<u8>> {
+        let packet = RtpPacketBuilder::new()
+            .payload_type(payload_type & 0x7F)
+            .marked(marker)
+            .sequence(Seq::from(self.sequence))
+            .ssrc(self.ssrc)
+            .timestamp(timestamp)
+            .payload(payload)
+            .build()
+            .ok()?;
+        self.sequence = self.sequence.wrapping_add(1);
+        Some(packet)
+    }
+
+    /// One slot of audio: the packet, marked if it starts a talkspurt.
+    pub fn audio(&mut self, payload_type: u8, payload: &[u8]) -> Option<Vec<u8>> {
+        let marker = !self.in_talkspurt;
+        let packet = self.build(payload_type, marker, self.timestamp, payload);
+        self.in_talkspurt = true;
+        self.advance(1);
+        packet
+    }
+
+    /// One slot of an RFC 4733 event that started at `event_timestamp`.
+    fn event(
+        &mut self,
+        payload_type: u8,
+        event_timestamp: u32,
+        packet: EventPacket,
+    ) -> Option<Vec<u8>> {
+        let bytes = self.build(
+            payload_type,
+            packet.marker,
+            event_timestamp,
+            &packet.payload,
+        );
+        // Audio after an event starts a new talkspurt.
+        self.in_talkspurt = false;
+        self.advance(1);
+        bytes
+    }
+
+    /// `slots` slots pass with nothing sent: the timestamp still advances
+    /// and the next audio starts a talkspurt.
+    pub fn silence(&mut self, slots: u32) {
+        if slots > 0 {
+            self.in_talkspurt = false;
+            self.advance(slots);
+        }
+    }
+
+    fn advance(&mut self, slots: u32) {
+        self.timestamp = self
+            .timestamp
+            .wrapping_add(slots.wrapping_mul(SLOT_TIMESTAMP));
+    }
+
+    /// Timestamp of the current slot.
+    pub fn timestamp(&self) -> u32 {
+        self.timestamp
+    }
+}
+
+/// An RFC 4733 event being sent, one packet per slot.
+#[derive(Debug)]
+struct ActiveEvent {
+    timestamp: u32,
+    packets: VecDeque<EventPacket>,
+}
+
+/// What the far end negotiated for our outgoing stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendFormat {
+    pub codec: Codec,
+    pub payload_type: u8,
+    /// Payload type of telephone-event, if the far end accepts it.
+    pub event_payload_type: Option<u8>,
+}
+
+/// Decides what each 20 ms slot sends: queued PCM (encoded), a DTMF event
+/// packet, or nothing. See the module documentation.
+#[derive(Debug)]
+pub struct Pacer {
+    packetizer: Packetizer,
+    format: SendFormat,
+    /// PCM waiting to be played, 8 kHz mono.
+    queued: VecDeque<i16>,
+    max_queued: usize,
+    digits: VecDeque<Digit>,
+    event: Option<ActiveEvent>,
+    /// Reused buffers for one frame.
+    frame: Vec<i16>,
+    encoded: Vec<u8>,
+}
+
+impl Pacer {
+    /// `max_queued_samples` bounds the PCM queue; audio beyond it is refused.
+    pub fn new(packetizer: Packetizer, format: SendFormat, max_queued_samples: usize) -> Self {
+        Pacer {
+            packetizer,
+            format,
+            queued: VecDeque::new(),
+            max_queued: max_queued_samples,
+            digits: VecDeque::new(),
+            event: None,
+            frame: Vec::with_capacity(FRAME_SAMPLES),
+            encoded: Vec::with_capacity(FRAME_SAMPLES),
+        }
+    }
+
+    /// Queues PCM for playout; returns how many samples were accepted.
+    pub fn queue_audio(&mut self, samples: &[i16]) -> usize {
+        let room = self.max_queued.saturating_sub(self.queued.len());
+        let accepted = samples.len().min(room);
+        self.queued.extend(&samples[..accepted]);
+        accepted
+    }
+
+    /// Queues a digit to send as an RFC 4733 event. Returns false if the far
+    /// end did not negotiate telephone-event.
+    pub fn queue_digit(&mut self, digit: Digit) -> bool {
+        if self.format.event_payload_type.is_none() {
+            return false;
+        }
+        self.digits.push_back(digit);
+        true
+    }
+
+    /// Drops queued audio (barge-in). An event being sent is finished.
+    pub fn clear_audio(&mut self) {
+        self.queued.clear();
+    }
+
+    /// Samples still waiting to be sent.
+    pub fn queued_samples(&self) -> usize {
+        self.queued.len()
+    }
+
+    /// Whether anything (audio or digits) is waiting.
+    pub fn is_idle(&self) -> bool {
+        self.queued.is_empty() && self.digits.is_empty() && self.event.is_none()
+    }
+
+    /// Switches codec or payload types (after a re-INVITE).
+    pub fn set_format(&mut self, format: SendFormat) {
+        self.format = format;
+    }
+
+    pub fn ssrc(&self) -> u32 {
+        self.packetizer.ssrc()
+    }
+
+    /// Slots that passed without a chance to send (a stalled clock).
+    pub fn skip_slots(&mut self, slots: u32) {
+        self.packetizer.silence(slots);
+    }
+
+    /// Consumes one slot: the packet to send in it, if any. A partial frame
+    /// at the end of the queue is padded with silence.
+    pub fn next_packet(&mut self) -> Option<Vec<u8>> {
+        if self.event.is_none()
+            && let (Some(digit), Some(_)) = (self.digits.front(), self.format.event_payload_type)
+        {
+            let packets = dtmf::encode_digit(*digit, dtmf::DEFAULT_DURATION, dtmf::DEFAULT_VOLUME);
+            self.digits.pop_front();
+            self.event = Some(ActiveEvent {
+                timestamp: self.packetizer.timestamp(),
+                packets: packets.into(),
+            });
+        }
+        if let Some(event) = self.event.as_mut() {
+            let timestamp = event.timestamp;
+            let next = event.packets.pop_front();
+            if event.packets.is_empty() {
+                self.event = None;
+            }
+            if let (Some(packet), Some(pt)) = (next, self.format.event_payload_type) {
+                return self.packetizer.event(pt, timestamp, packet);
+            }
+        }
+        if self.queued.is_empty() {
+            self.packetizer.silence(1);
+            return None;
+        }
+        let take = self.queued.len().min(FRAME_SAMPLES);
+        self.frame.clear();
+        self.frame.extend(self.queued.drain(..take));
+        self.frame.resize(FRAME_SAMPLES, 0);
+        self.encoded.clear();
+        self.format
+            .codec
+            .encode_into(&self.frame, &mut self.encoded);
+        self.packetizer
+            .audio(self.format.payload_type, &self.encoded)
+    }
+}
+
+/// One tick of [`PacingClock`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tick {
+    /// The deadline this tick was scheduled for.
+    pub deadline: Instant,
+    /// Slots skipped before this one because the clock fell too far behind.
+    pub skipped: u32,
+}
+
+/// A 20 ms clock on absolute deadlines. See the module documentation.
+#[derive(Debug)]
+pub struct PacingClock {
+    interval: Interval,
+}
+
+impl PacingClock {
+    /// A clock whose first tick is now.
+    pub fn new() -> Self {
+        let mut interval = tokio::time::interval(FRAME_DURATION);
+        interval.set_missed_tick_behavior(MissedTickBehavior::Burst);
+        PacingClock { interval }
+    }
+
+    /// Waits for the next slot.
+    pub async fn tick(&mut self) -> Tick {
+        let deadline = self.interval.tick().await;
+        let late = Instant::now().saturating_duration_since(deadline);
+        if late <= MAX_CATCH_UP {
+            return Tick {
+                deadline,
+                skipped: 0,
+            };
+        }
+        let period = FRAME_DURATION.as_nanos();
+        let skipped = u32::try_from(late.as_nanos() / period).unwrap_or(u32::MAX);
+        // Next deadline one period from now: the backlog is dropped.
+        self.interval.reset();
+        Tick { deadline, skipped }
+    }
+}
+
+impl Default for PacingClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::dtmf::TelephoneEvent;
+    use rtp_rs::RtpReader;
+
+    const FORMAT: SendFormat = SendFormat {
+        codec: Codec::Pcmu,
+        payload_type: 0,
+        event_payload_type: Some(101),
+    };
+
+    struct Header {
+        marker: bool,
+        payload_type: u8,
+        sequence: u16,
+        timestamp: u32,
+        ssrc: u32,
+        payload: Vec<u8>,
+    }
+
+    fn read(bytes: &[u8]) -> Header {
+        let r = RtpReader::new(bytes).unwrap();
+        Header {
+            marker: r.mark(),
+            payload_type: r.payload_type(),
+            sequence: r.sequence_number().into(),
+            timestamp: r.timestamp(),
+            ssrc: r.ssrc(),
+            payload: r.payload().to_vec(),
+        }
+    }
+
+    fn pacer() -> Pacer {
+        Pacer::new(
+            Packetizer::with_state(0xCAFE, 65534, u32::MAX - 159),
+            FORMAT,
+            8000,
+        )
+    }
+
+    #[test]
+    fn headers_advance_and_wrap() {
+        let mut p = pacer();
+        p.queue_audio(&[1000; 480]);
+        let packets: Vec<Header> = (0..3).map(|_| read(&p.next_packet().unwrap())).collect();
+        let seqs: Vec<u16> = packets.iter().map(|h| h.sequence).collect();
+        let stamps: Vec<u32> = packets.iter().map(|h| h.timestamp).collect();
+        assert_eq!(seqs, vec![65534, 65535, 0]);
+        assert_eq!(stamps, vec![u32::MAX - 159, 0, 160]);
+        assert!(
+            packets
+                .iter()
+                .all(|h| h.ssrc == 0xCAFE && h.payload_type == 0)
+        );
+        assert_eq!(packets.iter().map(|h| h.payload.len()).sum::<usize>(), 480);
+        let mut expected = Vec::new();
+        Codec::Pcmu.encode_into(&[1000], &mut expected);
+        assert_eq!(packets[0].payload[0], expected[0]);
+    }
+
+    #[test]
+    fn marker_starts_each_talkspurt_and_time_runs_through_silence() {
+        let mut p = pacer();
+        p.queue_audio(&[5; 320]);
+        let a = read(&p.next_packet().unwrap());
+        let b = read(&p.next_packet().unwrap());
+        // Three silent slots.
+        for _ in 0..3 {
+            assert!(p.next_packet().is_none());
+        }
+        p.queue_audio(&[5; 100]);
+        let c = read(&p.next_packet().unwrap());
+        assert_eq!((a.marker, b.marker, c.marker), (true, false, true));
+        assert_eq!(
+            c.sequence,
+            b.sequence.wrapping_add(1),
+            "no sequence gap for silence"
+        );
+        assert_eq!(c.timestamp.wrapping_sub(b.timestamp), 4 * 160);
+        // The partial frame was padded to 20 ms with silence.
+        assert_eq!(c.payload.len(), 160);
+        assert_eq!(c.payload[159], Codec::Pcmu.silence());
+    }
+
+    #[test]
+    fn random_initial_state_differs_between_streams() {
+        let a = Packetizer::new();
+        let b = Packetizer::new();
+        assert_ne!((a.ssrc(), a.timestamp()), (b.ssrc(), b.timestamp()));
+    }
+
+    #[test]
+    fn clear_drops_queued_audio() {
+        let mut p = pacer();
+        assert_eq!(p.queue_audio(&[1; 10_000]), 8000, "queue is bounded");
+        p.clear_audio();
+        assert_eq!(p.queued_samples(), 0);
+        assert!(p.next_packet().is_none());
+    }
+
+    #[test]
+    fn a_digit_is_sent_as_an_event_then_audio_resumes_marked() {
+        let mut p = pacer();
+        p.queue_audio(&[7; 160 * 2]);
+        assert!(p.queue_digit(Digit::from_char('9').unwrap()));
+        let mut headers = Vec::new();
+        while let Some(bytes) = p.next_packet() {
+            headers.push(read(&bytes));
+        }
+        // The event goes first: 4 updates + 3 end packets, then 2 audio frames.
+        assert_eq!(headers.len(), 7 + 2);
+        let event_ts = headers[0].timestamp;
+        for (i, h) in headers[..7].iter().enumerate() {
+            assert_eq!(h.payload_type, 101);
+            assert_eq!(h.timestamp, event_ts, "one timestamp per event");
+            assert_eq!(h.marker, i == 0);
+            let ev = TelephoneEvent::parse(&h.payload).unwrap();
+            assert_eq!((ev.event, ev.end), (9, i >= 4));
+        }
+        assert!(headers[7].marker && headers[7].payload_type == 0);
+        assert_eq!(headers[7].timestamp, event_ts.wrapping_add(7 * 160));
+        let seqs: Vec<u16> = headers.iter().map(|h| h.sequence).collect();
+        assert!(seqs.windows(2).all(|w| w[1] == w[0].wrapping_add(1)));
+    }
+
+    #[test]
+    fn digits_need_a_negotiated_event_payload_type() {
+        let mut p = Pacer::new(
+            Packetizer::new(),
+            SendFormat {
+                event_payload_type: None,
+                ..FORMAT
+            },
+            100,
+        );
+        assert!(!p.queue_digit(Digit::from_char('1').unwrap()));
+        assert!(p.is_idle());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn clock_keeps_absolute_deadlines() {
+        let mut clock = PacingClock::new();
+        let start = Instant::now();
+        for _ in 0..100 {
+            let tick = clock.tick().await;
+            assert_eq!(tick.skipped, 0);
+            // Work done inside a slot must not push later slots back.
+            tokio::time::advance(Duration::from_millis(7)).await;
+        }
+        // Tick 100 is at 99 periods; work after it ran 7 ms.
+        assert_eq!(
+            Instant::now() - start,
+            FRAME_DURATION * 99 + Duration::from_millis(7)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_short_stall_is_caught_up_in_a_burst() {
+        let mut clock = PacingClock::new();
+        let start = clock.tick().await.deadline;
+        tokio::time::advance(Duration::from_millis(70)).await;
+        let before = Instant::now();
+        let deadlines: Vec<Instant> = {
+            let mut v = Vec::new();
+            for _ in 0..3 {
+                let tick = clock.tick().await;
+                assert_eq!(tick.skipped, 0);
+                v.push(tick.deadline);
+            }
+            v
+        };
+        assert_eq!(Instant::now(), before, "the missed slots fire at once");
+        assert_eq!(deadlines[2] - start, FRAME_DURATION * 3);
+        let next = clock.tick().await;
+        assert_eq!(next.deadline - start, FRAME_DURATION * 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_stall_skips_and_restarts_the_schedule() {
+        let mut clock = PacingClock::new();
+        clock.tick().await;
+        tokio::time::advance(Duration::from_millis(510)).await;
+        let tick = clock.tick().await;
+        // Due at 20 ms, now at 510 ms: 24 whole slots behind.
+        assert_eq!(tick.skipped, 24);
+        let resumed = Instant::now();
+        let next = clock.tick().await;
+        assert_eq!(next.skipped, 0);
+        assert_eq!(next.deadline - resumed, FRAME_DURATION);
+    }
+}

@@ -1,0 +1,962 @@
+//! The RTP session of one call: a UDP socket and the task that drives the
+//! media cores with it.
+//!
+//! Owns: the socket bound by [`super::ports`] (and its [`PortPermit`],
+//! released when the session ends), symmetric RTP latching (RFC 4961), the
+//! receive path (parse with `rtp-rs`, DTMF to the decoder, audio through the
+//! jitter buffer, G.711 decode, 20 ms frames out), the paced send path, the
+//! RTP inactivity timeout, and the RTP metrics (names in `crate::metrics`).
+//!
+//! Must not: decide anything about the call. It reports [`MediaEvent`]s
+//! (audio, digits, latching, playout drained, timeout) and does what the
+//! [`MediaHandle`] asks (play, clear, send a digit, renegotiate). RTCP is not
+//! implemented: the odd port above ours stays free for it, nothing listens.
+//!
+//! Latching rules (symmetric RTP, RFC 4961 §3, and the usual NAT practice):
+//! - Until latched we send to the address from SDP.
+//! - The first valid RTP packet whose source passes the [`LatchPolicy`]
+//!   latches the session: from then on we send to that exact address and
+//!   accept packets only from it. With [`LatchPolicy::SignalledHost`] (the
+//!   default) the source IP must be the SDP connection address; any port is
+//!   fine, as NATs rewrite ports. [`LatchPolicy::AnySource`] accepts any IP
+//!   (callers behind NATs that signal private addresses).
+//! - Re-latch: when the latched source has sent nothing for
+//!   [`SessionConfig::relatch_after`], the next valid packet that passes the
+//!   policy latches again (a NAT rebinding). A renegotiation that changes the
+//!   remote address unlatches.
+//!
+//! The inactivity timeout runs only while the stream is `sendrecv`: a hold
+//! in either direction pauses it, since a held party often sends nothing
+//! even when it signals `sendonly`. It is reported once as
+//! [`MediaEvent::Timeout`] (again only after RTP resumed and stopped anew);
+//! ending the call is the caller's decision.
+//!
+//! Audio frames come out only while audio arrives: silence suppression, a
+//! hold or a dead peer produce no frames, only lost packets inside a stream
+//! are concealed (with silence, flagged [`AudioFrame::concealed`]).
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use metrics::Counter;
+use rtp_rs::RtpReader;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::dtmf::{Digit, DtmfDecoder};
+use super::g711::Codec;
+use super::jitter::{JitterBuffer, JitterConfig, Playout, RtpPacket};
+use super::pacer::{Pacer, PacingClock, Packetizer, SendFormat};
+use super::ports::PortPermit;
+use super::sdp::{Direction, NegotiatedMedia};
+use super::{CLOCK_RATE, FRAME_SAMPLES};
+use crate::metrics::{
+    RTP_BYTES_TOTAL, RTP_JITTER_SECONDS, RTP_PACKETS_DROPPED_TOTAL, RTP_PACKETS_LOST_TOTAL,
+    RTP_PACKETS_TOTAL, RTP_TIMEOUTS_TOTAL,
+};
+
+/// Largest datagram we read; RTP over UDP for G.711 is ~172 bytes.
+const MAX_DATAGRAM: usize = 2048;
+/// Ticks (of 20 ms) between two publications of [`MediaStats`].
+const STATS_EVERY_TICKS: u32 = 50;
+/// Audio frames buffered towards a consumer before frames are dropped.
+const AUDIO_CHANNEL_FRAMES: usize = 250;
+/// Control events (digits, timeout, ...) buffered towards a consumer.
+const CONTROL_CHANNEL_EVENTS: usize = 64;
+/// Commands buffered from handles.
+const COMMAND_CHANNEL: usize = 64;
+
+/// The session task has ended; the call should treat media as gone.
+#[derive(Debug, thiserror::Error, Clone, Copy, PartialEq, Eq)]
+#[error("the RTP session has ended")]
+pub struct SessionClosed;
+
+/// Which sources may latch the session. See the module documentation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LatchPolicy {
+    /// Only packets from the IP address signalled in SDP.
+    #[default]
+    SignalledHost,
+    /// Packets from any address.
+    AnySource,
+}
+
+/// Settings of one RTP session.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionConfig {
+    /// No RTP for this long while the far end should be sending ends in
+    /// [`MediaEvent::Timeout`].
+    pub inactivity_timeout: Duration,
+    pub latch: LatchPolicy,
+    /// Silence from the latched source after which another may latch.
+    pub relatch_after: Duration,
+    pub jitter: JitterConfig,
+    /// Most audio queued for playing; more is refused (dropped with a
+    /// warning).
+    pub max_queued_audio: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            inactivity_timeout: Duration::from_secs(30),
+            latch: LatchPolicy::SignalledHost,
+            relatch_after: Duration::from_secs(2),
+            jitter: JitterConfig::default(),
+            max_queued_audio: Duration::from_secs(120),
+        }
+    }
+}
+
+/// 20 ms of decoded audio: 160 samples, 8 kHz, mono.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AudioFrame {
+    pub samples: Vec<i16>,
+    /// Part of the frame stands in for lost packets (silence).
+    pub concealed: bool,
+}
+
+/// What the session reports to the call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MediaEvent {
+    Audio(AudioFrame),
+    /// A DTMF key press (RFC 4733), once per press.
+    Digit(Digit),
+    /// We now send to and accept from this address.
+    Latched(SocketAddr),
+    /// Everything queued with [`MediaHandle::play`] has been sent.
+    PlayoutDrained,
+    /// No RTP arrived within the inactivity timeout.
+    Timeout,
+}
+
+/// Counters of one session, published about once a second.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct MediaStats {
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    pub lost: u64,
+    pub late: u64,
+    pub duplicates: u64,
+    pub concealed: u64,
+    /// RFC 3550 A.8 interarrival jitter.
+    pub jitter: Duration,
+    pub latched: Option<SocketAddr>,
+}
+
+#[derive(Debug)]
+enum Command {
+    Play(Vec<i16>),
+    Clear,
+    Digit(Digit),
+    Update(NegotiatedMedia),
+}
+
+/// Control of a running session. Cloning is cheap; the session ends when
+/// every handle is dropped.
+#[derive(Debug, Clone)]
+pub struct MediaHandle {
+    commands: mpsc::Sender<Command>,
+    local: SocketAddr,
+    stats: watch::Receiver<MediaStats>,
+}
+
+impl MediaHandle {
+    /// The address our RTP socket is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Queues 8 kHz mono PCM to be played, after what is already queued.
+    pub async fn play(&self, samples: Vec<i16>) -> Result<(), SessionClosed> {
+        self.send(Command::Play(samples)).await
+    }
+
+    /// Drops everything queued for playing (barge-in).
+    pub async fn clear(&self) -> Result<(), SessionClosed> {
+        self.send(Command::Clear).await
+    }
+
+    /// Sends a digit as an RFC 4733 event, if the far end negotiated one.
+    pub async fn send_digit(&self, digit: Digit) -> Result<(), SessionClosed> {
+        self.send(Command::Digit(digit)).await
+    }
+
+    /// Applies a new negotiation (re-INVITE, hold, resume).
+    pub async fn update(&self, media: NegotiatedMedia) -> Result<(), SessionClosed> {
+        self.send(Command::Update(media)).await
+    }
+
+    /// The latest published counters.
+    pub fn stats(&self) -> MediaStats {
+        *self.stats.borrow()
+    }
+
+    async fn send(&self, command: Command) -> Result<(), SessionClosed> {
+        self.commands.send(command).await.map_err(|_| SessionClosed)
+    }
+}
+
+/// The receiving end of a session's events.
+#[derive(Debug)]
+pub struct MediaEvents {
+    control: mpsc::Receiver<MediaEvent>,
+    audio: mpsc::Receiver<MediaEvent>,
+}
+
+impl MediaEvents {
+    /// The next event; control events (digits, timeout) come before queued
+    /// audio. `None` once the session has ended.
+    pub async fn recv(&mut self) -> Option<MediaEvent> {
+        tokio::select! {
+            biased;
+            Some(event) = self.control.recv() => Some(event),
+            Some(event) = self.audio.recv() => Some(event),
+            else => None,
+        }
+    }
+}
+
+/// A started session: its handle, its events, and its task.
+#[derive(Debug)]
+pub struct RtpSession {
+    pub handle: MediaHandle,
+    pub events: MediaEvents,
+    /// Ends when every [`MediaHandle`] is dropped; holds the port permit.
+    pub task: JoinHandle<MediaStats>,
+}
+
+impl RtpSession {
+    /// Starts driving `socket` for the negotiated `media`. `permit` (if the
+    /// port came from a [`PortAllocator`]) is released when the task ends.
+    pub fn start(
+        socket: UdpSocket,
+        permit: Option<PortPermit>,
+        media: NegotiatedMedia,
+        config: SessionConfig,
+    ) -> io::Result<RtpSession> {
+        let local = socket.local_addr()?;
+        let (command_tx, command_rx) = mpsc::channel(COMMAND_CHANNEL);
+        let (control_tx, control_rx) = mpsc::channel(CONTROL_CHANNEL_EVENTS);
+        let (audio_tx, audio_rx) = mpsc::channel(AUDIO_CHANNEL_FRAMES);
+        let (stats_tx, stats_rx) = watch::channel(MediaStats::default());
+        let max_queued =
+            usize::try_from(config.max_queued_audio.as_millis() * u128::from(CLOCK_RATE) / 1000)
+                .unwrap_or(usize::MAX);
+        let pacer = Pacer::new(Packetizer::new(), send_format(&media), max_queued);
+        let driver = Driver {
+            socket,
+            _permit: permit,
+            jitter: JitterBuffer::new(config.jitter.clone()),
+            dtmf: DtmfDecoder::new(),
+            pacer,
+            media,
+            config,
+            latched: None,
+            last_from_latched: Instant::now(),
+            last_activity: Instant::now(),
+            timeout_reported: false,
+            was_playing: false,
+            pending: VecDeque::with_capacity(FRAME_SAMPLES * 4),
+            pending_concealed: false,
+            control: control_tx,
+            audio: audio_tx,
+            stats_tx,
+            stats: MediaStats::default(),
+            counters: Counters::new(),
+        };
+        let task = tokio::spawn(driver.run(command_rx));
+        Ok(RtpSession {
+            handle: MediaHandle {
+                commands: command_tx,
+                local,
+                stats: stats_rx,
+            },
+            events: MediaEvents {
+                control: control_rx,
+                audio: audio_rx,
+            },
+            task,
+        })
+    }
+}
+
+fn send_format(media: &NegotiatedMedia) -> SendFormat {
+    SendFormat {
+        codec: media.codec,
+        payload_type: media.payload_type,
+        event_payload_type: media.event_payload_type,
+    }
+}
+
+/// Metric handles, looked up once per session.
+struct Counters {
+    packets_in: Counter,
+    packets_out: Counter,
+    bytes_in: Counter,
+    bytes_out: Counter,
+    lost: Counter,
+    malformed: Counter,
+    unexpected_source: Counter,
+    unknown_payload_type: Counter,
+    consumer_slow: Counter,
+}
+
+impl Counters {
+    fn new() -> Self {
+        let dropped =
+            |reason: &'static str| metrics::counter!(RTP_PACKETS_DROPPED_TOTAL, "reason" => reason);
+        Counters {
+            packets_in: metrics::counter!(RTP_PACKETS_TOTAL, "direction" => "in"),
+            packets_out: metrics::counter!(RTP_PACKETS_TOTAL, "direction" => "out"),
+            bytes_in: metrics::counter!(RTP_BYTES_TOTAL, "direction" => "in"),
+            bytes_out: metrics::counter!(RTP_BYTES_TOTAL, "direction" => "out"),
+            lost: metrics::counter!(RTP_PACKETS_LOST_TOTAL),
+            malformed: dropped("malformed"),
+            unexpected_source: dropped("unexpected_source"),
+            unknown_payload_type: dropped("unknown_payload_type"),
+            consumer_slow: dropped("consumer_slow"),
+        }
+    }
+}
+
+/// The session task's state. Every field lives only inside the task.
+struct Driver {
+    socket: UdpSocket,
+    /// Returns the port to the allocator when the task ends.
+    _permit: Option<PortPermit>,
+    jitter: JitterBuffer,
+    dtmf: DtmfDecoder,
+    pacer: Pacer,
+    media: NegotiatedMedia,
+    config: SessionConfig,
+    /// Symmetric RTP peer, once latched.
+    latched: Option<SocketAddr>,
+    last_from_latched: Instant,
+    /// Last accepted RTP, or the last (re)negotiation.
+    last_activity: Instant,
+    timeout_reported: bool,
+    /// The pacer had something to send on the previous tick.
+    was_playing: bool,
+    /// Decoded samples not yet handed out as a frame.
+    pending: VecDeque<i16>,
+    pending_concealed: bool,
+    control: mpsc::Sender<MediaEvent>,
+    audio: mpsc::Sender<MediaEvent>,
+    stats_tx: watch::Sender<MediaStats>,
+    stats: MediaStats,
+    counters: Counters,
+}
+
+impl Driver {
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>) -> MediaStats {
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        let mut clock = PacingClock::new();
+        let mut ticks: u32 = 0;
+        loop {
+            tokio::select! {
+                biased;
+                command = commands.recv() => match command {
+                    Some(command) => self.on_command(command),
+                    None => break,
+                },
+                tick = clock.tick() => {
+                    self.pacer.skip_slots(tick.skipped);
+                    self.send_slot().await;
+                    self.play_out();
+                    self.check_inactivity();
+                    ticks = ticks.wrapping_add(1);
+                    if ticks.is_multiple_of(STATS_EVERY_TICKS) {
+                        self.publish_stats();
+                    }
+                }
+                received = self.socket.recv_from(&mut buf) => match received {
+                    Ok((len, from)) => self.on_datagram(&buf[..len], from),
+                    // ICMP port unreachable surfaces here on some systems.
+                    Err(e) => tracing::debug!(error = %e, "RTP receive error"),
+                },
+            }
+        }
+        self.publish_stats();
+        metrics::histogram!(RTP_JITTER_SECONDS).record(self.stats.jitter.as_secs_f64());
+        self.stats
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Play(samples) => {
+                let accepted = self.pacer.queue_audio(&samples);
+                if accepted < samples.len() {
+                    tracing::warn!(
+                        dropped = samples.len() - accepted,
+                        "playout queue full, audio dropped"
+                    );
+                }
+            }
+            Command::Clear => self.pacer.clear_audio(),
+            Command::Digit(digit) => {
+                if !self.pacer.queue_digit(digit) {
+                    tracing::warn!(%digit, "far end has no telephone-event, digit not sent");
+                }
+            }
+            Command::Update(media) => {
+                if media.remote != self.media.remote {
+                    self.latched = None;
+                }
+                self.pacer.set_format(send_format(&media));
+                self.media = media;
+                self.last_activity = Instant::now();
+                self.timeout_reported = false;
+            }
+        }
+    }
+
+    /// Where our packets go: the latched source, else the SDP address.
+    fn destination(&self) -> Option<SocketAddr> {
+        self.latched.or(self.media.remote)
+    }
+
+    async fn send_slot(&mut self) {
+        let destination = self.destination().filter(|_| self.media.direction.sends());
+        let Some(destination) = destination else {
+            // On hold: time passes, the queue waits.
+            self.pacer.skip_slots(1);
+            return;
+        };
+        let Some(packet) = self.pacer.next_packet() else {
+            if self.was_playing {
+                self.was_playing = false;
+                self.emit_control(MediaEvent::PlayoutDrained);
+            }
+            return;
+        };
+        self.was_playing = true;
+        match self.socket.send_to(&packet, destination).await {
+            Ok(sent) => {
+                self.counters.packets_out.increment(1);
+                self.counters.bytes_out.increment(sent as u64);
+                self.stats.packets_out += 1;
+                self.stats.bytes_out += sent as u64;
+            }
+            Err(e) => tracing::debug!(error = %e, %destination, "RTP send error"),
+        }
+    }
+
+    fn on_datagram(&mut self, bytes: &[u8], from: SocketAddr) {
+        let Ok(rtp) = RtpReader::new(bytes) else {
+            self.counters.malformed.increment(1);
+            return;
+        };
+        let now = Instant::now();
+        if !self.accept_source(from, now) {
+            self.counters.unexpected_source.increment(1);
+            return;
+        }
+        self.counters.packets_in.increment(1);
+        self.counters.bytes_in.increment(bytes.len() as u64);
+        self.stats.packets_in += 1;
+        self.stats.bytes_in += bytes.len() as u64;
+        self.last_activity = now;
+        self.timeout_reported = false;
+
+        let payload_type = rtp.payload_type();
+        let ssrc = rtp.ssrc();
+        let sequence: u16 = rtp.sequence_number().into();
+        let arrival = now.into_std();
+        if Some(payload_type) == self.media.event_payload_type {
+            if let Some(digit) = self
+                .dtmf
+                .push(ssrc, rtp.timestamp(), rtp.payload(), arrival)
+            {
+                self.emit_control(MediaEvent::Digit(digit));
+            }
+            self.jitter.push_non_audio(ssrc, sequence, arrival);
+        } else if self.codec_for(payload_type).is_some() {
+            let packet = RtpPacket {
+                ssrc,
+                sequence,
+                timestamp: rtp.timestamp(),
+                payload_type,
+                payload: rtp.payload().to_vec(),
+            };
+            self.jitter.push(packet, arrival);
+        } else {
+            // Comfort noise and the like: keep the sequence space whole.
+            self.counters.unknown_payload_type.increment(1);
+            self.jitter.push_non_audio(ssrc, sequence, arrival);
+        }
+    }
+
+    /// The codec for an inbound payload type: the negotiated one, or a
+    /// static G.711 type (peers sometimes switch between offered codecs).
+    fn codec_for(&self, payload_type: u8) -> Option<Codec> {
+        if payload_type == self.media.payload_type {
+            Some(self.media.codec)
+        } else {
+            Codec::from_static_payload_type(payload_type)
+        }
+    }
+
+    /// Applies the latching rules of the module documentation.
+    fn accept_source(&mut self, from: SocketAddr, now: Instant) -> bool {
+        if self.latched == Some(from) {
+            self.last_from_latched = now;
+            return true;
+        }
+        let allowed = match self.config.latch {
+            LatchPolicy::AnySource => true,
+            LatchPolicy::SignalledHost => self.media.remote.is_some_and(|r| r.ip() == from.ip()),
+        };
+        let may_latch = self.latched.is_none()
+            || now.saturating_duration_since(self.last_from_latched) >= self.config.relatch_after;
+        if !(allowed && may_latch) {
+            return false;
+        }
+        tracing::debug!(%from, previous = ?self.latched, "RTP latched");
+        self.latched = Some(from);
+        self.stats.latched = Some(from);
+        self.last_from_latched = now;
+        self.emit_control(MediaEvent::Latched(from));
+        true
+    }
+
+    /// Moves due audio from the jitter buffer out as 20 ms frames.
+    fn play_out(&mut self) {
+        let now = Instant::now().into_std();
+        while self.pending.len() < FRAME_SAMPLES {
+            match self.jitter.pop(now) {
+                Playout::Frame(frame) => {
+                    if let Some(codec) = self.codec_for(frame.payload_type) {
+                        let mut decoded = Vec::with_capacity(frame.payload.len());
+                        codec.decode_into(&frame.payload, &mut decoded);
+                        self.pending.extend(decoded);
+                    }
+                }
+                Playout::Missing { samples } => {
+                    let samples = usize::try_from(samples).unwrap_or(FRAME_SAMPLES);
+                    self.pending.extend(std::iter::repeat_n(0, samples));
+                    self.pending_concealed = true;
+                }
+                Playout::NonAudio => {}
+                Playout::Idle => break,
+            }
+        }
+        if self.pending.len() < FRAME_SAMPLES {
+            return;
+        }
+        let frame = AudioFrame {
+            samples: self.pending.drain(..FRAME_SAMPLES).collect(),
+            concealed: std::mem::take(&mut self.pending_concealed),
+        };
+        if self.audio.try_send(MediaEvent::Audio(frame)).is_err() {
+            self.counters.consumer_slow.increment(1);
+        }
+    }
+
+    fn check_inactivity(&mut self) {
+        if self.timeout_reported || self.media.direction != Direction::SendRecv {
+            return;
+        }
+        if self.last_activity.elapsed() >= self.config.inactivity_timeout {
+            self.timeout_reported = true;
+            metrics::counter!(RTP_TIMEOUTS_TOTAL).increment(1);
+            tracing::info!(timeout = ?self.config.inactivity_timeout, "RTP inactivity timeout");
+            self.emit_control(MediaEvent::Timeout);
+        }
+    }
+
+    fn emit_control(&mut self, event: MediaEvent) {
+        if self.control.try_send(event).is_err() {
+            tracing::warn!("media event dropped: consumer is not reading");
+        }
+    }
+
+    fn publish_stats(&mut self) {
+        let jitter = self.jitter.stats();
+        if jitter.lost > self.stats.lost {
+            self.counters.lost.increment(jitter.lost - self.stats.lost);
+        }
+        self.stats.lost = jitter.lost;
+        self.stats.late = jitter.late;
+        self.stats.duplicates = jitter.duplicates;
+        self.stats.concealed = jitter.concealed;
+        self.stats.jitter = jitter.jitter;
+        self.stats_tx.send_replace(self.stats);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::dtmf::TelephoneEvent;
+    use rtp_rs::{RtpPacketBuilder, Seq};
+    use std::f64::consts::PI;
+    use std::sync::Arc;
+
+    fn media(remote: SocketAddr) -> NegotiatedMedia {
+        NegotiatedMedia {
+            codec: Codec::Pcmu,
+            payload_type: 0,
+            event_payload_type: Some(101),
+            remote: Some(remote),
+            direction: Direction::SendRecv,
+        }
+    }
+
+    fn tone(freq: f64, start: usize, len: usize) -> Vec<i16> {
+        (start..start + len)
+            .map(|n| (8000.0 * (2.0 * PI * freq * n as f64 / 8000.0).sin()) as i16)
+            .collect()
+    }
+
+    /// Mean share of power at `freq` over the 20 ms chunks that are not
+    /// silent, so a concealed or skipped frame cannot spoil the phase.
+    fn tone_share(samples: &[i16], freq: f64) -> f64 {
+        let shares: Vec<f64> = samples
+            .chunks_exact(160)
+            .filter(|chunk| chunk.iter().any(|&x| x.abs() > 100))
+            .map(|chunk| power_share(chunk, freq))
+            .collect();
+        assert!(shares.len() >= 10, "only {} audible frames", shares.len());
+        shares.iter().sum::<f64>() / shares.len() as f64
+    }
+
+    /// Share of the signal's power at `freq` (Goertzel).
+    fn power_share(samples: &[i16], freq: f64) -> f64 {
+        let coeff = 2.0 * (2.0 * PI * freq / 8000.0).cos();
+        let (mut s1, mut s2) = (0.0f64, 0.0f64);
+        let mut total = 0.0;
+        for &x in samples {
+            let x = f64::from(x);
+            total += x * x;
+            let s0 = x + coeff * s1 - s2;
+            s2 = s1;
+            s1 = s0;
+        }
+        let power = s1 * s1 + s2 * s2 - coeff * s1 * s2;
+        // A pure tone at `freq` gives power (A*N/2)^2 and energy N*A^2/2,
+        // so this ratio is 1 for it and near 0 for other frequencies.
+        2.0 * power / (samples.len() as f64 * total.max(1.0))
+    }
+
+    fn rtp(pt: u8, seq: u16, ts: u32, marker: bool, payload: &[u8]) -> Vec<u8> {
+        RtpPacketBuilder::new()
+            .payload_type(pt)
+            .sequence(Seq::from(seq))
+            .timestamp(ts)
+            .ssrc(0x0E05_384E)
+            .marked(marker)
+            .payload(payload)
+            .build()
+            .unwrap()
+    }
+
+    fn short_config() -> SessionConfig {
+        SessionConfig {
+            inactivity_timeout: Duration::from_millis(300),
+            ..SessionConfig::default()
+        }
+    }
+
+    async fn start(remote: SocketAddr, config: SessionConfig) -> RtpSession {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        RtpSession::start(socket, None, media(remote), config).unwrap()
+    }
+
+    /// Collects events until `done` says stop or `limit` passes.
+    async fn collect(
+        events: &mut MediaEvents,
+        limit: Duration,
+        mut done: impl FnMut(&[MediaEvent]) -> bool,
+    ) -> Vec<MediaEvent> {
+        let mut out = Vec::new();
+        let deadline = Instant::now() + limit;
+        while !done(&out) {
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Ok(Some(event)) => out.push(event),
+                _ => break,
+            }
+        }
+        out
+    }
+
+    /// Sends `frames` 20 ms packets of a 1 kHz PCMU tone.
+    async fn send_tone(peer: &UdpSocket, to: SocketAddr, frames: usize) {
+        let mut clock = tokio::time::interval(Duration::from_millis(20));
+        for i in 0..frames {
+            clock.tick().await;
+            let mut payload = Vec::new();
+            Codec::Pcmu.encode_into(&tone(1000.0, i * 160, 160), &mut payload);
+            let packet = rtp(0, 1000 + i as u16, 5000 + 160 * i as u32, i == 0, &payload);
+            peer.send_to(&packet, to).await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_tone_in_comes_out_as_frames_of_that_tone() {
+        let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut session = start(peer.local_addr().unwrap(), short_config()).await;
+        let to = session.handle.local_addr();
+        let sender = tokio::spawn(async move { send_tone(&peer, to, 40).await });
+        let events = collect(&mut session.events, Duration::from_secs(3), |e| {
+            e.iter()
+                .filter(|e| matches!(e, MediaEvent::Audio(_)))
+                .count()
+                >= 30
+        })
+        .await;
+        sender.await.unwrap();
+        let frames: Vec<&AudioFrame> = events
+            .iter()
+            .filter_map(|e| match e {
+                MediaEvent::Audio(f) => Some(f),
+                _ => None,
+            })
+            .collect();
+        assert!(frames.len() >= 30, "{} frames", frames.len());
+        assert!(
+            frames
+                .iter()
+                .all(|f| f.samples.len() == 160 && !f.concealed)
+        );
+        let samples: Vec<i16> = frames
+            .iter()
+            .flat_map(|f| f.samples.iter().copied())
+            .collect();
+        let at_1k = tone_share(&samples, 1000.0);
+        let at_500 = tone_share(&samples, 500.0);
+        assert!(at_1k > 0.9, "1 kHz share {at_1k}");
+        assert!(at_500 < 0.01, "500 Hz share {at_500}");
+        assert!(events.iter().any(|e| matches!(e, MediaEvent::Latched(_))));
+        let stats = session.handle.stats();
+        drop(session.handle);
+        let final_stats = session.task.await.unwrap();
+        assert!(final_stats.packets_in >= 30, "{final_stats:?}");
+        assert_eq!(final_stats.lost, 0);
+        assert!(final_stats.packets_in >= stats.packets_in);
+    }
+
+    #[tokio::test]
+    async fn rfc4733_events_become_one_digit_per_press() {
+        let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut session = start(peer.local_addr().unwrap(), short_config()).await;
+        let to = session.handle.local_addr();
+        // SIPp's dtmf_2833_1 then _2 trains: updates, then the end three times
+        // with the same sequence number.
+        let mut seq = 7984u16;
+        for (event, ts) in [(1u8, 13_280u32), (2, 23_200)] {
+            for i in 0..4u16 {
+                let payload = TelephoneEvent {
+                    event,
+                    end: false,
+                    volume: 10,
+                    duration: i * 320,
+                }
+                .to_bytes();
+                peer.send_to(&rtp(101, seq, ts, i == 0, &payload), to)
+                    .await
+                    .unwrap();
+                seq += 1;
+            }
+            let end = TelephoneEvent {
+                event,
+                end: true,
+                volume: 10,
+                duration: 1280,
+            }
+            .to_bytes();
+            for _ in 0..3 {
+                peer.send_to(&rtp(101, seq, ts, false, &end), to)
+                    .await
+                    .unwrap();
+            }
+            seq += 1;
+        }
+        let events = collect(&mut session.events, Duration::from_secs(2), |e| {
+            e.iter()
+                .filter(|e| matches!(e, MediaEvent::Digit(_)))
+                .count()
+                >= 2
+        })
+        .await;
+        // Let any stray duplicate show up before judging.
+        let more = collect(&mut session.events, Duration::from_millis(200), |_| false).await;
+        let digits: String = events
+            .iter()
+            .chain(&more)
+            .filter_map(|e| match e {
+                MediaEvent::Digit(d) => Some(d.as_char()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(digits, "12");
+        // Events are not audio: no frames, and their sequence numbers are not loss.
+        assert!(
+            !events
+                .iter()
+                .chain(&more)
+                .any(|e| matches!(e, MediaEvent::Audio(_)))
+        );
+        drop(session.handle);
+        assert_eq!(session.task.await.unwrap().lost, 0);
+    }
+
+    #[tokio::test]
+    async fn echo_goes_back_to_the_latched_source_paced_and_numbered() {
+        let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        // SDP names a different port on the same host: symmetric RTP must win.
+        let mut session = start("127.0.0.1:9".parse().unwrap(), short_config()).await;
+        let to = session.handle.local_addr();
+        let peer = Arc::new(peer);
+        let sender = {
+            let peer = Arc::clone(&peer);
+            tokio::spawn(async move { send_tone(&peer, to, 40).await })
+        };
+        let handle = session.handle.clone();
+        let echo = tokio::spawn(async move {
+            let mut played = 0;
+            while let Ok(Some(event)) =
+                tokio::time::timeout(Duration::from_millis(400), session.events.recv()).await
+            {
+                if let MediaEvent::Audio(frame) = event {
+                    handle.play(frame.samples).await.unwrap();
+                    played += 1;
+                }
+            }
+            played
+        });
+        let mut received = Vec::new();
+        let mut buf = [0u8; 2048];
+        while let Ok(Ok((len, from))) =
+            tokio::time::timeout(Duration::from_millis(500), peer.recv_from(&mut buf)).await
+        {
+            assert_eq!(from, to);
+            received.push((Instant::now(), buf[..len].to_vec()));
+        }
+        sender.await.unwrap();
+        let played = echo.await.unwrap();
+        assert!(played >= 30, "echoed {played} frames");
+        assert_eq!(received.len(), played, "every echoed frame came back");
+        let headers: Vec<_> = received
+            .iter()
+            .map(|(_, b)| {
+                let r = RtpReader::new(b).unwrap();
+                let seq: u16 = r.sequence_number().into();
+                (
+                    r.mark(),
+                    r.payload_type(),
+                    seq,
+                    r.timestamp(),
+                    r.ssrc(),
+                    r.payload().to_vec(),
+                )
+            })
+            .collect();
+        assert!(headers[0].0, "first packet of the talkspurt is marked");
+        for pair in headers.windows(2) {
+            let (a, b) = (&pair[0], &pair[1]);
+            assert_eq!(b.2, a.2.wrapping_add(1), "sequence");
+            assert_eq!(b.3.wrapping_sub(a.3) % 160, 0, "timestamp steps by frames");
+            assert_eq!(b.4, a.4, "one SSRC");
+            assert_eq!(b.1, 0);
+        }
+        // Paced: 20 ms apart on average, not a burst.
+        let span = received[received.len() - 1].0 - received[0].0;
+        let expected = Duration::from_millis(20) * (received.len() as u32 - 1);
+        assert!(
+            span + Duration::from_millis(60) >= expected,
+            "span {span:?} for {}",
+            received.len()
+        );
+        let mut pcm = Vec::new();
+        for h in &headers {
+            Codec::Pcmu.decode_into(&h.5, &mut pcm);
+        }
+        assert!(tone_share(&pcm, 1000.0) > 0.9);
+    }
+
+    #[tokio::test]
+    async fn other_hosts_cannot_latch_and_silence_times_out() {
+        let stranger = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        // The signalled host is 127.0.0.2 (all of 127/8 is loopback on Linux).
+        let signalled = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+        let mut session = start(signalled.local_addr().unwrap(), short_config()).await;
+        let to = session.handle.local_addr();
+        send_tone(&stranger, to, 10).await;
+        let events = collect(&mut session.events, Duration::from_secs(2), |e| {
+            e.contains(&MediaEvent::Timeout)
+        })
+        .await;
+        assert!(events.contains(&MediaEvent::Timeout));
+        assert!(
+            !events
+                .iter()
+                .any(|e| matches!(e, MediaEvent::Audio(_) | MediaEvent::Latched(_)))
+        );
+        assert_eq!(session.handle.stats().packets_in, 0);
+        // The signalled host latches, from whatever port.
+        send_tone(&signalled, to, 10).await;
+        let events = collect(&mut session.events, Duration::from_secs(2), |e| {
+            e.iter().any(|e| matches!(e, MediaEvent::Audio(_)))
+        })
+        .await;
+        assert!(events.contains(&MediaEvent::Latched(signalled.local_addr().unwrap())));
+    }
+
+    #[tokio::test]
+    async fn clear_stops_playout_and_reports_drained() {
+        let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut session = start(peer.local_addr().unwrap(), short_config()).await;
+        session.handle.play(tone(440.0, 0, 8000 * 5)).await.unwrap();
+        let mut buf = [0u8; 2048];
+        for _ in 0..3 {
+            peer.recv_from(&mut buf).await.unwrap();
+        }
+        session.handle.clear().await.unwrap();
+        let events = collect(&mut session.events, Duration::from_secs(1), |e| {
+            e.contains(&MediaEvent::PlayoutDrained)
+        })
+        .await;
+        assert!(events.contains(&MediaEvent::PlayoutDrained));
+        // Drain what was in flight, then nothing more arrives.
+        while tokio::time::timeout(Duration::from_millis(60), peer.recv_from(&mut buf))
+            .await
+            .is_ok()
+        {}
+        let quiet =
+            tokio::time::timeout(Duration::from_millis(200), peer.recv_from(&mut buf)).await;
+        assert!(quiet.is_err(), "packets kept coming after clear");
+        assert!(session.handle.stats().packets_out < 50);
+    }
+
+    #[tokio::test]
+    async fn hold_stops_sending_and_pauses_the_timeout() {
+        let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut session = start(peer.local_addr().unwrap(), short_config()).await;
+        let mut held = media(peer.local_addr().unwrap());
+        held.direction = Direction::Inactive;
+        session.handle.update(held).await.unwrap();
+        session.handle.play(tone(440.0, 0, 1600)).await.unwrap();
+        let mut buf = [0u8; 2048];
+        let nothing =
+            tokio::time::timeout(Duration::from_millis(500), peer.recv_from(&mut buf)).await;
+        assert!(nothing.is_err(), "nothing is sent on hold");
+        let events = collect(&mut session.events, Duration::from_millis(100), |_| false).await;
+        assert!(!events.contains(&MediaEvent::Timeout), "no timeout on hold");
+        // Resume: the queued audio goes out.
+        session
+            .handle
+            .update(media(peer.local_addr().unwrap()))
+            .await
+            .unwrap();
+        let resumed =
+            tokio::time::timeout(Duration::from_millis(500), peer.recv_from(&mut buf)).await;
+        assert!(resumed.is_ok());
+    }
+}

@@ -1,0 +1,249 @@
+//! An established dialog (RFC 3261 §12), either direction: BYE both ways,
+//! re-INVITE (§14) whose answer the caller computes, INFO (RFC 6086)
+//! answered 200 and reported. Dropping a live [`Call`] sends BYE.
+
+use super::guard::is_sdp;
+use super::inbound::attach_sdp;
+use super::transport::SipError;
+use bytes::Bytes;
+use ezk_sip_core::{Endpoint, IncomingRequest, MayTake};
+use ezk_sip_types::header::typed::ContentType;
+use ezk_sip_types::{Method, StatusCode};
+use ezk_sip_ua::dialog::{Usage, UsageGuard};
+use ezk_sip_ua::invite::session::{InviteSession, InviteSessionEvent, ReInviteReceived};
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+/// What happened inside an established call.
+#[derive(Debug)]
+pub enum CallEvent {
+    /// The peer hung up; 200 to its BYE is already sent.
+    Bye,
+    /// The peer sent a re-INVITE (hold, resume, codec change). Answer it
+    /// with [`Call::answer_reinvite`] or [`Call::reject_reinvite`]; the call
+    /// goes on either way.
+    ReInvite(Box<ReInvite>),
+    /// An INFO request (already answered 200), e.g. `application/dtmf-relay`.
+    Info {
+        content_type: Option<String>,
+        body: Bytes,
+    },
+    /// The dialog ended without a BYE from the peer (session timer expiry).
+    Terminated,
+}
+
+/// A re-INVITE waiting for our answer.
+pub struct ReInvite {
+    /// The new offer, if the re-INVITE carried one.
+    pub sdp_offer: Option<Bytes>,
+    received: ReInviteReceived,
+}
+
+impl std::fmt::Debug for ReInvite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReInvite")
+            .field("sdp_offer", &self.sdp_offer)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An established call. One task owns it.
+pub struct Call {
+    /// The INVITE session; `None` once the dialog ended (BYE either way).
+    session: Option<InviteSession>,
+    call_id: String,
+    /// INFO requests, answered by [`InfoUsage`] and forwarded here.
+    info_rx: mpsc::Receiver<(Option<String>, Bytes)>,
+    /// Keeps [`InfoUsage`] registered in the dialog for the call's life.
+    _info_usage: Option<UsageGuard>,
+}
+
+impl std::fmt::Debug for Call {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Call")
+            .field("call_id", &self.call_id)
+            .field("active", &self.session.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Call {
+    pub(crate) fn new(session: InviteSession, call_id: String) -> Self {
+        let (info_tx, info_rx) = mpsc::channel(16);
+        let info_usage = session.dialog.register_usage(InfoUsage { info_tx });
+        Self {
+            session: Some(session),
+            call_id,
+            info_rx,
+            _info_usage: Some(info_usage),
+        }
+    }
+
+    pub fn call_id(&self) -> &str {
+        &self.call_id
+    }
+
+    /// Whether the dialog is still up.
+    pub fn is_active(&self) -> bool {
+        self.session.is_some()
+    }
+
+    /// Wait for the next in-dialog event. Cancel-safe; after `Bye` or
+    /// `Terminated` it returns `Err(SipError::Terminated)`.
+    pub async fn next_event(&mut self) -> Result<CallEvent, SipError> {
+        let span = tracing::info_span!("sip_call", call_id = %self.call_id);
+        async {
+            loop {
+                let session = self.session.as_mut().ok_or(SipError::Terminated)?;
+                let event = tokio::select! {
+                    event = session.run() => event?,
+                    Some((content_type, body)) = self.info_rx.recv() => {
+                        return Ok(CallEvent::Info { content_type, body });
+                    }
+                };
+                match event {
+                    InviteSessionEvent::Bye(bye) => {
+                        let result = session.handle_bye(bye).await;
+                        self.session = None;
+                        tracing::info!("peer hung up (BYE)");
+                        result?;
+                        return Ok(CallEvent::Bye);
+                    }
+                    InviteSessionEvent::ReInviteReceived(received) => {
+                        let sdp_offer = sdp_of(&received.invite);
+                        tracing::info!(with_offer = sdp_offer.is_some(), "re-INVITE received");
+                        return Ok(CallEvent::ReInvite(Box::new(ReInvite {
+                            sdp_offer,
+                            received,
+                        })));
+                    }
+                    InviteSessionEvent::Terminated => {
+                        self.session = None;
+                        return Ok(CallEvent::Terminated);
+                    }
+                    // We never take the refresher role (RFC 4028 refresher=uac
+                    // on inbound, no timer on outbound); NOTIFY is answered.
+                    InviteSessionEvent::RefreshNeeded | InviteSessionEvent::Notify(_) => {}
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// 200 OK with our SDP answer to a re-INVITE; waits for its ACK.
+    pub async fn answer_reinvite(
+        &mut self,
+        reinvite: Box<ReInvite>,
+        sdp: Bytes,
+    ) -> Result<(), SipError> {
+        let session = self.session.as_mut().ok_or(SipError::Terminated)?;
+        let mut response =
+            session
+                .dialog
+                .create_response(&reinvite.received.invite, StatusCode::OK, None)?;
+        attach_sdp(&mut response.msg.headers, &mut response.msg.body, sdp);
+        session
+            .handle_reinvite_success(reinvite.received, response)
+            .instrument(tracing::info_span!("sip_reinvite", call_id = %self.call_id))
+            .await?;
+        Ok(())
+    }
+
+    /// Refuse a re-INVITE (488 when the offer is unacceptable, RFC 3261
+    /// §14.2); the call keeps its previous session description.
+    pub async fn reject_reinvite(
+        &mut self,
+        reinvite: Box<ReInvite>,
+        code: u16,
+    ) -> Result<(), SipError> {
+        let session = self.session.as_mut().ok_or(SipError::Terminated)?;
+        let response = session.dialog.create_response(
+            &reinvite.received.invite,
+            StatusCode::from(code.clamp(400, 699)),
+            None,
+        )?;
+        tokio::spawn(async move {
+            if let Err(e) = reinvite
+                .received
+                .transaction
+                .respond_failure(response)
+                .await
+            {
+                tracing::debug!(error = %e, "re-INVITE rejection not acknowledged");
+            }
+        });
+        Ok(())
+    }
+
+    /// Send BYE and wait for its final response.
+    pub async fn hangup(mut self) -> Result<(), SipError> {
+        let mut session = self.session.take().ok_or(SipError::Terminated)?;
+        let span = tracing::info_span!("sip_hangup", call_id = %self.call_id);
+        let response = session.terminate().instrument(span).await?;
+        tracing::info!(call_id = %self.call_id, code = response.line.code.into_u16(), "BYE answered");
+        Ok(())
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        if let Some(mut session) = self.session.take() {
+            let call_id = self.call_id.clone();
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    tracing::info!(%call_id, "call dropped while up, sending BYE");
+                    if let Err(e) = session.terminate().await {
+                        tracing::warn!(%call_id, error = %e, "BYE failed");
+                    }
+                });
+            }
+        }
+    }
+}
+
+fn sdp_of(request: &IncomingRequest) -> Option<Bytes> {
+    match request.headers.try_get_named::<ContentType>() {
+        Some(Ok(ct)) if is_sdp(&ct) && !request.body.is_empty() => Some(request.body.clone()),
+        _ => None,
+    }
+}
+
+/// Answers INFO inside the dialog with 200 and forwards its body
+/// (RFC 6086 §4.2.2), and answers OPTIONS inside the dialog with 200
+/// (RFC 3261 §11.2). ezk's INVITE usage ignores both.
+struct InfoUsage {
+    info_tx: mpsc::Sender<(Option<String>, Bytes)>,
+}
+
+#[async_trait::async_trait]
+impl Usage for InfoUsage {
+    fn name(&self) -> &'static str {
+        "agentline-info"
+    }
+
+    async fn receive(&self, endpoint: &Endpoint, request: MayTake<'_, IncomingRequest>) {
+        let method = request.line.method.clone();
+        if method != Method::INFO && method != Method::OPTIONS {
+            return;
+        }
+        let mut info = request.take();
+        let content_type = match info.headers.try_get_named::<ContentType>() {
+            Some(Ok(ct)) => Some(ct.0.to_string()),
+            _ => None,
+        };
+        let response = endpoint.create_response(&info, StatusCode::OK, None);
+        let tsx = endpoint.create_server_tsx(&mut info);
+        if let Err(e) = tsx.respond(response).await {
+            tracing::warn!(error = %e, %method, "cannot answer in-dialog request");
+        }
+        if method == Method::INFO
+            && self
+                .info_tx
+                .try_send((content_type, info.body.clone()))
+                .is_err()
+        {
+            tracing::debug!("INFO not delivered, call not listening");
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! The first layer every request passes: admission (silent drop), OPTIONS
+//! keepalive, and the RFC 3261 §8.2 checks a UAS makes before it acts on a
+//! request.
+
+use super::transport::{Admission, InboundHandler, RequestSource, Transport};
+use crate::metrics::{SIP_REQUESTS_REJECTED_TOTAL, SIP_REQUESTS_TOTAL};
+use ezk_sip_core::{Endpoint, IncomingRequest, Layer, MayTake};
+use ezk_sip_types::header::typed::{Accept, ContentType, Require, Unsupported};
+use ezk_sip_types::{Headers, Method, Name, StatusCode};
+use std::sync::Arc;
+
+/// Option tags we accept in Require (RFC 3261 §8.2.2.3). ezk's INVITE
+/// acceptor implements session timers (RFC 4028).
+const SUPPORTED_EXTENSIONS: &[&str] = &["timer"];
+
+pub(crate) struct GuardLayer {
+    /// The caller's admission policy (trunk ACLs, flood guard).
+    handler: Arc<dyn InboundHandler>,
+}
+
+impl GuardLayer {
+    pub(crate) fn new(handler: Arc<dyn InboundHandler>) -> Self {
+        Self { handler }
+    }
+}
+
+#[async_trait::async_trait]
+impl Layer for GuardLayer {
+    fn name(&self) -> &'static str {
+        "agentline-guard"
+    }
+
+    fn init(&mut self, endpoint: &mut ezk_sip_core::EndpointBuilder) {
+        endpoint.add_allow(Method::OPTIONS);
+        endpoint.add_allow(Method::INFO);
+        endpoint.add_accept(Accept("application/sdp".into()));
+    }
+
+    async fn receive(&self, endpoint: &Endpoint, request: MayTake<'_, IncomingRequest>) {
+        let method = request.line.method.clone();
+        metrics::counter!(SIP_REQUESTS_TOTAL, "method" => method_label(&method)).increment(1);
+
+        let in_dialog = request.base_headers.to.tag.is_some();
+        if !in_dialog {
+            let source = RequestSource {
+                addr: request.tp_info.source,
+                transport: Transport::of(&request.tp_info.transport),
+                method: method.to_string(),
+            };
+            if self.handler.admit(&source) == Admission::Drop {
+                reject_metric("not_admitted");
+                tracing::debug!(source = %source.addr, %method, "request from a source not admitted, dropped");
+                drop(request.take());
+                return;
+            }
+        }
+
+        if method == Method::ACK {
+            return;
+        }
+
+        // Inside a dialog the dialog layer must see every request to keep
+        // the peer's CSeq in step, so only new requests are vetted here.
+        if let Some((code, reason, headers)) = (!in_dialog).then(|| check(&request)).flatten() {
+            let call_id = request.base_headers.call_id.0.to_string();
+            tracing::info!(%call_id, %method, code = code.into_u16(), reason, "rejecting request");
+            respond(endpoint, request.take(), code, Some(reason), headers).await;
+            return;
+        }
+
+        // RFC 3261 §11.2: OPTIONS is answered as an INVITE would be, without
+        // ringing. Carriers send it as keepalive. Inside a dialog the dialog
+        // layer must see it (it tracks the peer's CSeq, and would hold back
+        // later requests forever), so the call's usage answers those.
+        if method == Method::OPTIONS && !in_dialog {
+            let mut headers = Headers::new();
+            headers.insert_named(endpoint.allowed());
+            headers.insert_named(&Accept("application/sdp".into()));
+            respond(endpoint, request.take(), StatusCode::OK, None, headers).await;
+        }
+    }
+}
+
+/// A bounded label: methods we know by name, everything else `other` (a
+/// peer must not be able to create metric series at will).
+fn method_label(method: &Method) -> &'static str {
+    const KNOWN: &[(Method, &str)] = &[
+        (Method::INVITE, "INVITE"),
+        (Method::ACK, "ACK"),
+        (Method::BYE, "BYE"),
+        (Method::CANCEL, "CANCEL"),
+        (Method::OPTIONS, "OPTIONS"),
+        (Method::REGISTER, "REGISTER"),
+        (Method::INFO, "INFO"),
+        (Method::UPDATE, "UPDATE"),
+        (Method::PRACK, "PRACK"),
+        (Method::NOTIFY, "NOTIFY"),
+        (Method::SUBSCRIBE, "SUBSCRIBE"),
+        (Method::REFER, "REFER"),
+        (Method::MESSAGE, "MESSAGE"),
+    ];
+    KNOWN
+        .iter()
+        .find(|(known, _)| known == method)
+        .map_or("other", |(_, label)| label)
+}
+
+fn reject_metric(reason: &'static str) {
+    metrics::counter!(SIP_REQUESTS_REJECTED_TOTAL, "reason" => reason).increment(1);
+}
+
+/// The checks of RFC 3261 §8.2 that ezk's parser leaves to us. Returns the
+/// error response to send, if any.
+fn check(request: &IncomingRequest) -> Option<(StatusCode, &'static str, Headers)> {
+    let method = &request.line.method;
+
+    // §8.1.1.5: the CSeq method must match the request method.
+    if &request.base_headers.cseq.method != method {
+        reject_metric("bad_request");
+        return Some((
+            StatusCode::BAD_REQUEST,
+            "CSeq method does not match request method",
+            Headers::new(),
+        ));
+    }
+
+    // §25.1: Request-Line = Method SP Request-URI SP SIP-Version CRLF, with
+    // nothing after the version (RFC 4475 §3.1.2.8 `trws`).
+    let raw = &request.tp_info.buffer;
+    let line_end = raw
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .unwrap_or(raw.len());
+    if !raw[..line_end].ends_with(b" SIP/2.0") {
+        reject_metric("bad_request");
+        return Some((StatusCode::BAD_REQUEST, "Bad Request-Line", Headers::new()));
+    }
+
+    // §20.14: one Content-Length (RFC 4475 §3.3.9 `mcl01`).
+    if request.headers.get_raw(&Name::CONTENT_LENGTH).count() > 1 {
+        reject_metric("bad_request");
+        return Some((
+            StatusCode::BAD_REQUEST,
+            "Multiple Content-Length values",
+            Headers::new(),
+        ));
+    }
+
+    // §20.14: a Content-Length that is not a number (RFC 4475 §3.1.2.3
+    // `ncl`); ezk would take the datagram's length instead.
+    if let Some(Err(_)) = request
+        .headers
+        .try_get_named::<ezk_sip_types::header::typed::ContentLength>()
+    {
+        reject_metric("bad_request");
+        return Some((
+            StatusCode::BAD_REQUEST,
+            "Bad Content-Length",
+            Headers::new(),
+        ));
+    }
+
+    // A header we depend on that is present but does not parse.
+    if let Some(Err(_)) = request
+        .headers
+        .try_get_named::<ezk_sip_types::header::typed::MaxForwards>()
+    {
+        reject_metric("bad_request");
+        return Some((StatusCode::BAD_REQUEST, "Bad Max-Forwards", Headers::new()));
+    }
+
+    // §8.2.2.3: unknown option tags in Require get 420 with Unsupported.
+    if *method != Method::CANCEL {
+        match request.headers.try_get_named::<Vec<Require>>() {
+            Some(Ok(required)) => {
+                let unsupported: Vec<Unsupported> = required
+                    .into_iter()
+                    .filter(|tag| !SUPPORTED_EXTENSIONS.contains(&tag.0.as_str()))
+                    .map(|tag| Unsupported(tag.0))
+                    .collect();
+                if !unsupported.is_empty() {
+                    reject_metric("bad_extension");
+                    let mut headers = Headers::new();
+                    headers.insert_named(&unsupported);
+                    return Some((StatusCode::BAD_EXTENSION, "Bad Extension", headers));
+                }
+            }
+            Some(Err(_)) => {
+                reject_metric("bad_request");
+                return Some((StatusCode::BAD_REQUEST, "Bad Require", Headers::new()));
+            }
+            None => {}
+        }
+    }
+
+    if *method == Method::INVITE {
+        // §8.2.3: we only understand SDP bodies.
+        if !request.body.is_empty() {
+            match request.headers.try_get_named::<ContentType>() {
+                Some(Ok(ct)) if is_sdp(&ct) => {}
+                Some(Err(_)) => {
+                    reject_metric("bad_request");
+                    return Some((StatusCode::BAD_REQUEST, "Bad Content-Type", Headers::new()));
+                }
+                _ => {
+                    reject_metric("unsupported_media_type");
+                    let mut headers = Headers::new();
+                    headers.insert_named(&Accept("application/sdp".into()));
+                    return Some((
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        "Unsupported Media Type",
+                        headers,
+                    ));
+                }
+            }
+        }
+        // §8.1.1.8 / §12.1.2: an INVITE creating a dialog needs a Contact
+        // and a From tag.
+        if request.base_headers.to.tag.is_none() {
+            if request.base_headers.from.tag.is_none() {
+                reject_metric("bad_request");
+                return Some((StatusCode::BAD_REQUEST, "Missing From tag", Headers::new()));
+            }
+            if !matches!(
+                request
+                    .headers
+                    .try_get_named::<ezk_sip_types::header::typed::Contact>(),
+                Some(Ok(_))
+            ) {
+                reject_metric("bad_request");
+                return Some((
+                    StatusCode::BAD_REQUEST,
+                    "Missing or bad Contact",
+                    Headers::new(),
+                ));
+            }
+        }
+    }
+    None
+}
+
+/// `application/sdp`, compared without parameters and case.
+pub(crate) fn is_sdp(content_type: &ContentType) -> bool {
+    content_type
+        .0
+        .split(';')
+        .next()
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/sdp"))
+}
+
+/// Answer a request outside any dialog with a final response, in its own
+/// server transaction (the INVITE one waits for the ACK in the background).
+pub(crate) async fn respond(
+    endpoint: &Endpoint,
+    mut request: IncomingRequest,
+    code: StatusCode,
+    reason: Option<&'static str>,
+    mut extra: Headers,
+) {
+    if request.line.method == Method::ACK {
+        return;
+    }
+    let mut response = endpoint.create_response(&request, code, reason.map(Into::into));
+    extra.drain_into(&mut response.msg.headers);
+    if request.line.method == Method::INVITE {
+        let tsx = endpoint.create_server_inv_tsx(&mut request);
+        tokio::spawn(async move {
+            if let Err(e) = tsx.respond_failure(response).await {
+                tracing::debug!(error = %e, "no ACK for error response");
+            }
+        });
+    } else {
+        let tsx = endpoint.create_server_tsx(&mut request);
+        if let Err(e) = tsx.respond(response).await {
+            tracing::warn!(error = %e, "failed to send response");
+        }
+    }
+}

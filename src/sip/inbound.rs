@@ -1,0 +1,405 @@
+//! Inbound INVITE lifecycle, RFC 3261 §13.3: 100 Trying at once, then the
+//! handler rejects, or rings and accepts; a CANCEL before the final answer
+//! gets 487 (§9.2). Also the last layer: answers requests nobody took.
+
+use super::call::Call;
+use super::guard::{is_sdp, respond};
+use super::transport::{InboundHandler, LocalIdentity, Transport};
+use bytes::Bytes;
+use ezk_sip_core::{Endpoint, IncomingRequest, Layer, MayTake};
+use ezk_sip_types::header::typed::{ContentType, FromTo, RetryAfter};
+use ezk_sip_types::print::AppendCtx;
+use ezk_sip_types::uri::{SipUri, SipUriUserPart};
+use ezk_sip_types::{Headers, Method, Name, StatusCode};
+use ezk_sip_ua::dialog::Dialog;
+use ezk_sip_ua::invite::acceptor::{self, InviteAcceptor};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::Instrument;
+
+/// What arrived with an INVITE: everything the caller needs to route it.
+#[derive(Debug, Clone)]
+pub struct InviteInfo {
+    pub call_id: String,
+    /// The From URI as sent, e.g. `sip:+4930123@carrier.example`.
+    pub from_uri: String,
+    /// User part of the From URI (the caller's number), if any.
+    pub from_user: Option<String>,
+    /// Display name of the From header, if any.
+    pub from_display: Option<String>,
+    /// The To URI as sent.
+    pub to_uri: String,
+    /// User part of the To URI (the dialled number), if any.
+    pub to_user: Option<String>,
+    /// The Request-URI.
+    pub request_uri: String,
+    /// User part of the Request-URI, if any.
+    pub request_user: Option<String>,
+    /// Source of the packet or connection (after rport, RFC 3581).
+    pub source: SocketAddr,
+    pub transport: Transport,
+    /// The SDP offer, if the INVITE carried one (else the offer goes in our
+    /// 200 and the answer comes in the ACK).
+    pub sdp_offer: Option<Bytes>,
+    /// All headers in arrival order, names as received.
+    pub headers: Vec<(String, String)>,
+}
+
+impl InviteInfo {
+    /// The value of the first header named `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A final error answer to an INVITE.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    /// 4xx, 5xx or 6xx.
+    pub code: u16,
+    /// Reason phrase; `None` uses the standard one.
+    pub reason: Option<String>,
+    /// Retry-After (RFC 3261 §20.33), e.g. with 503 or 486.
+    pub retry_after: Option<Duration>,
+}
+
+impl Rejection {
+    pub fn new(code: u16) -> Self {
+        Self {
+            code,
+            reason: None,
+            retry_after: None,
+        }
+    }
+}
+
+/// Why accepting an INVITE did not produce a call.
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    /// The caller cancelled (487 already sent) or hung up first.
+    #[error("the INVITE was cancelled before it was answered")]
+    Cancelled,
+    /// No ACK came for our 200 (RFC 3261 §13.3.1.4): the call failed.
+    #[error("no ACK received for the 200 OK")]
+    NoAck,
+    /// Sending failed.
+    #[error("SIP error while answering: {0}")]
+    Sip(String),
+}
+
+/// An inbound INVITE waiting for the handler's decision.
+///
+/// Dropping it without a final answer sends 500 (RFC 3261 §8.2.6).
+pub struct IncomingInvite {
+    info: InviteInfo,
+    /// The acceptor owns the server transaction and the early dialog;
+    /// `None` once a final answer was given.
+    acceptor: Option<InviteAcceptor>,
+    /// Our To tag (RFC 3261 §8.2.6.2), put on every non-100 response.
+    local_tag: String,
+}
+
+impl std::fmt::Debug for IncomingInvite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IncomingInvite")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IncomingInvite {
+    pub fn info(&self) -> &InviteInfo {
+        &self.info
+    }
+
+    pub fn call_id(&self) -> &str {
+        &self.info.call_id
+    }
+
+    /// Resolves when the caller sends CANCEL (487 is already sent) or BYE
+    /// before our answer. Cancel-safe.
+    pub async fn cancelled(&mut self) {
+        match self.acceptor.as_mut() {
+            Some(acceptor) => acceptor.cancelled().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Send 180 Ringing, or 183 Session Progress with early media SDP.
+    pub async fn ring(&mut self, early_sdp: Option<Bytes>) -> Result<(), AcceptError> {
+        let acceptor = self.acceptor.as_mut().ok_or(AcceptError::Cancelled)?;
+        let code = if early_sdp.is_some() {
+            StatusCode::SESSION_PROGRESS
+        } else {
+            StatusCode::RINGING
+        };
+        let mut response = acceptor
+            .create_response(code, None)
+            .await
+            .map_err(map_acceptor_error)?;
+        set_to_tag(&mut response.msg.headers, &self.local_tag);
+        if let Some(sdp) = early_sdp {
+            attach_sdp(&mut response.msg.headers, &mut response.msg.body, sdp);
+        }
+        acceptor
+            .respond_provisional(response)
+            .await
+            .map_err(map_acceptor_error)
+    }
+
+    /// Answer with an error. The ACK is awaited in the background.
+    pub async fn reject(mut self, rejection: Rejection) -> Result<(), AcceptError> {
+        let acceptor = self.acceptor.take().ok_or(AcceptError::Cancelled)?;
+        send_rejection(acceptor, &self.local_tag, &rejection).await
+    }
+
+    /// 200 OK with our SDP answer; waits for the ACK and returns the
+    /// established call.
+    pub async fn accept(mut self, sdp_answer: Bytes) -> Result<Call, AcceptError> {
+        let acceptor = self.acceptor.take().ok_or(AcceptError::Cancelled)?;
+        let call_id = self.info.call_id.clone();
+        let span = tracing::info_span!("sip_accept", %call_id);
+        async move {
+            let mut response = acceptor
+                .create_response(StatusCode::OK, None)
+                .await
+                .map_err(map_acceptor_error)?;
+            attach_sdp(
+                &mut response.msg.headers,
+                &mut response.msg.body,
+                sdp_answer,
+            );
+            match acceptor.respond_success(response).await {
+                Ok((session, _ack)) => {
+                    tracing::info!("call established (inbound)");
+                    Ok(Call::new(session, call_id))
+                }
+                Err(acceptor::Error::RequestTerminated) => Err(AcceptError::Cancelled),
+                Err(acceptor::Error::Core(ezk_sip_core::Error::RequestTimedOut)) => {
+                    tracing::warn!("no ACK for 200 OK, call failed");
+                    Err(AcceptError::NoAck)
+                }
+                Err(e) => Err(AcceptError::Sip(e.to_string())),
+            }
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+impl Drop for IncomingInvite {
+    fn drop(&mut self) {
+        if let Some(acceptor) = self.acceptor.take() {
+            let local_tag = self.local_tag.clone();
+            tracing::warn!(call_id = %self.info.call_id, "INVITE dropped unanswered, sending 500");
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    let _ = send_rejection(acceptor, &local_tag, &Rejection::new(500)).await;
+                });
+            }
+        }
+    }
+}
+
+async fn send_rejection(
+    acceptor: InviteAcceptor,
+    local_tag: &str,
+    rejection: &Rejection,
+) -> Result<(), AcceptError> {
+    let code = StatusCode::from(rejection.code.clamp(400, 699));
+    let mut response = acceptor
+        .create_response(code, rejection.reason.clone().map(Into::into))
+        .await
+        .map_err(map_acceptor_error)?;
+    set_to_tag(&mut response.msg.headers, local_tag);
+    if let Some(retry_after) = rejection.retry_after {
+        let secs = u32::try_from(retry_after.as_secs()).unwrap_or(u32::MAX);
+        response.msg.headers.insert_named(&RetryAfter::new(secs));
+    }
+    // The failure response waits for the ACK (RFC 3261 §17.2.1, timer H);
+    // the caller need not wait for that.
+    tokio::spawn(async move {
+        if let Err(e) = acceptor.respond_failure(response).await {
+            tracing::debug!(error = %e, "error response to INVITE not acknowledged");
+        }
+    });
+    Ok(())
+}
+
+fn map_acceptor_error(e: acceptor::Error) -> AcceptError {
+    match e {
+        acceptor::Error::RequestTerminated => AcceptError::Cancelled,
+        acceptor::Error::Core(e) => AcceptError::Sip(e.to_string()),
+    }
+}
+
+fn set_to_tag(headers: &mut Headers, tag: &str) {
+    let result = headers.edit(Name::TO, |to: &mut FromTo| {
+        if to.tag.is_none() {
+            to.tag = Some(tag.to_owned().into());
+        }
+    });
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "cannot set To tag");
+    }
+}
+
+pub(crate) fn attach_sdp(headers: &mut Headers, body: &mut Bytes, sdp: Bytes) {
+    headers.insert_named(&ContentType("application/sdp".into()));
+    *body = sdp;
+}
+
+pub(crate) fn user_of(uri: &SipUri) -> Option<String> {
+    match &uri.user_part {
+        SipUriUserPart::Empty => None,
+        SipUriUserPart::User(user) => Some(user.to_string()),
+        SipUriUserPart::UserPw(user_pw) => Some(user_pw.user.to_string()),
+    }
+}
+
+/// The last layer: new INVITEs go to the handler; what is left gets the
+/// answer RFC 3261 asks for.
+pub(crate) struct InboundLayer {
+    /// Receives every admitted new INVITE.
+    handler: Arc<dyn InboundHandler>,
+    /// Our Contact for the dialogs we accept.
+    local: Arc<LocalIdentity>,
+}
+
+impl InboundLayer {
+    pub(crate) fn new(handler: Arc<dyn InboundHandler>, local: Arc<LocalIdentity>) -> Self {
+        Self { handler, local }
+    }
+}
+
+#[async_trait::async_trait]
+impl Layer for InboundLayer {
+    fn name(&self) -> &'static str {
+        "agentline-inbound"
+    }
+
+    async fn receive(&self, endpoint: &Endpoint, request: MayTake<'_, IncomingRequest>) {
+        let method = request.line.method.clone();
+        let in_dialog = request.base_headers.to.tag.is_some();
+        match method {
+            Method::ACK => {}
+            Method::INVITE if !in_dialog => {
+                let call_id = request.base_headers.call_id.0.to_string();
+                let span = tracing::info_span!("sip_inbound", %call_id);
+                self.new_invite(endpoint, request.take())
+                    .instrument(span)
+                    .await;
+            }
+            // §12.2.2: a request for a dialog we do not have, or a CANCEL
+            // (§9.2) or BYE matching nothing.
+            _ if in_dialog || method == Method::CANCEL || method == Method::BYE => {
+                respond(
+                    endpoint,
+                    request.take(),
+                    StatusCode::CALL_OR_TRANSACTION_DOES_NOT_EXIST,
+                    None,
+                    Headers::new(),
+                )
+                .await;
+            }
+            // §8.2.1: a method we do not offer outside a dialog.
+            _ => {
+                let mut headers = Headers::new();
+                headers.insert_named(endpoint.allowed());
+                respond(
+                    endpoint,
+                    request.take(),
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    None,
+                    headers,
+                )
+                .await;
+            }
+        }
+    }
+}
+
+impl InboundLayer {
+    async fn new_invite(&self, endpoint: &Endpoint, invite: IncomingRequest) {
+        let transport = Transport::of(&invite.tp_info.transport);
+        let info = invite_info(&invite, transport);
+        let contact = self.local.contact(None, transport);
+        let dialog = match Dialog::new_server(endpoint.clone(), &invite, contact) {
+            Ok(dialog) => dialog,
+            Err(e) => {
+                tracing::info!(error = %e, "INVITE cannot create a dialog");
+                respond(
+                    endpoint,
+                    invite,
+                    StatusCode::BAD_REQUEST,
+                    Some("Bad dialog headers"),
+                    Headers::new(),
+                )
+                .await;
+                return;
+            }
+        };
+        let local_tag = dialog
+            .local_fromto
+            .tag
+            .as_ref()
+            .map(|t| t.to_string())
+            .unwrap_or_default();
+        let mut acceptor = InviteAcceptor::new(dialog, invite);
+
+        // RFC 3261 §8.2.6.1 / §17.2.1: 100 Trying at once, so the caller
+        // stops retransmitting while we decide.
+        match acceptor.create_response(StatusCode::TRYING, None).await {
+            Ok(trying) => {
+                if let Err(e) = acceptor.respond_provisional(trying).await {
+                    tracing::warn!(error = %e, "cannot send 100 Trying");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot build 100 Trying"),
+        }
+
+        tracing::info!(
+            from = %info.from_uri,
+            to = %info.to_uri,
+            source = %info.source,
+            transport = %info.transport,
+            "inbound INVITE"
+        );
+        self.handler.on_invite(IncomingInvite {
+            info,
+            acceptor: Some(acceptor),
+            local_tag,
+        });
+    }
+}
+
+fn invite_info(invite: &IncomingRequest, transport: Transport) -> InviteInfo {
+    let from = &invite.base_headers.from.uri;
+    let to = &invite.base_headers.to.uri;
+    let sdp_offer = match invite.headers.try_get_named::<ContentType>() {
+        Some(Ok(ct)) if is_sdp(&ct) && !invite.body.is_empty() => Some(invite.body.clone()),
+        _ => None,
+    };
+    InviteInfo {
+        call_id: invite.base_headers.call_id.0.to_string(),
+        from_uri: from.uri.default_print_ctx().to_string(),
+        from_user: user_of(&from.uri),
+        from_display: from.name.as_ref().map(|n| n.to_string()),
+        to_uri: to.uri.default_print_ctx().to_string(),
+        to_user: user_of(&to.uri),
+        request_uri: invite.line.uri.default_print_ctx().to_string(),
+        request_user: user_of(&invite.line.uri),
+        source: invite.tp_info.source,
+        transport,
+        sdp_offer,
+        headers: invite
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_print_str().to_owned(), value.to_string()))
+            .collect(),
+    }
+}

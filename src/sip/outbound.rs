@@ -1,0 +1,519 @@
+//! Outbound INVITE lifecycle, RFC 3261 §13.2: send, answer 401 and 407
+//! challenges (§22.2, §22.3), report provisional responses, ACK the 2xx,
+//! and CANCEL at any time (§9.1): only after a provisional response, with
+//! the INVITE's own branch; with none, retransmissions stop at timer B.
+
+use super::call::Call;
+use super::guard::is_sdp;
+use super::inbound::attach_sdp;
+use super::transport::{SipError, SipStack, Transport};
+use super::{Credentials, MAX_AUTH_ROUNDS};
+use crate::metrics::SIP_OUTBOUND_RESULTS_TOTAL;
+use bytes::Bytes;
+use ezk_sip_auth::{ClientAuthenticator, DigestAuthenticator, RequestParts, ResponseParts};
+use ezk_sip_core::transaction::TsxResponse;
+use ezk_sip_core::transaction::consts::{T1, T2};
+use ezk_sip_core::transport::{OutgoingParts, OutgoingRequest};
+use ezk_sip_core::{Endpoint, Request};
+use ezk_sip_types::header::typed::{CSeq, CallID, ContentType, MaxForwards, Via};
+use ezk_sip_types::msg::RequestLine;
+use ezk_sip_types::uri::{NameAddr, SipUri};
+use ezk_sip_types::{Headers, Method, Name, StatusCode};
+use ezk_sip_ua::invite::create_ack;
+use ezk_sip_ua::invite::initiator::{Early, EarlyResponse, InviteInitiator, Response};
+use ezk_sip_ua::invite::session::InviteSession;
+use std::future::poll_fn;
+use std::task::Poll;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, sleep_until};
+use tracing::Instrument;
+
+/// An INVITE to place.
+#[derive(Debug, Clone)]
+pub struct OutboundInvite {
+    /// Request-URI, e.g. `sip:+4930123@trunk.example:5060`. The INVITE is
+    /// sent to its host (RFC 3263), normally the trunk's proxy.
+    pub request_uri: String,
+    /// User part of From (our caller ID).
+    pub from_user: String,
+    pub from_display: Option<String>,
+    /// Host of the From URI; `None` uses our public address.
+    pub from_domain: Option<String>,
+    /// Answer 401/407 with these.
+    pub credentials: Option<Credentials>,
+    /// Our SDP offer, from `media::sdp`.
+    pub sdp_offer: Option<Bytes>,
+    /// Extra headers, e.g. `P-Asserted-Identity`, `X-Campaign`.
+    pub extra_headers: Vec<(String, String)>,
+}
+
+/// Progress of an outbound INVITE, in order; the last one is final.
+#[derive(Debug)]
+pub enum OutboundEvent {
+    /// 18x (not 100), with early-media SDP if any.
+    Progress {
+        code: u16,
+        reason: String,
+        sdp: Option<Bytes>,
+    },
+    /// 200 OK, ACK sent. The SDP answer (or the early one) is here.
+    Answered { call: Box<Call>, sdp: Option<Bytes> },
+    /// Final error response, with its own reason phrase.
+    Failed { code: u16, reason: String },
+    /// Our CANCEL took effect (487, or timer B with no provisional).
+    Canceled,
+    /// No final response in time (timer B / C).
+    TimedOut,
+    /// A transport or protocol error.
+    Error(String),
+}
+
+/// A placed INVITE. Read [`OutboundCall::next`] until a final event;
+/// [`OutboundCall::cancel`] (or dropping it) cancels.
+#[derive(Debug)]
+pub struct OutboundCall {
+    call_id: String,
+    events: mpsc::Receiver<OutboundEvent>,
+    /// Fired or dropped: cancel the INVITE.
+    cancel: Option<oneshot::Sender<()>>,
+}
+
+impl OutboundCall {
+    pub fn call_id(&self) -> &str {
+        &self.call_id
+    }
+
+    /// The next event; `None` after the final one.
+    pub async fn next(&mut self) -> Option<OutboundEvent> {
+        self.events.recv().await
+    }
+
+    /// Ask for the INVITE to be cancelled. A final event follows:
+    /// `Canceled`, or `Answered` if the 200 crossed our CANCEL (the call is
+    /// then hung up by us with BYE and reported `Canceled`).
+    pub fn cancel(&mut self) {
+        if let Some(cancel) = self.cancel.take() {
+            let _ = cancel.send(());
+        }
+    }
+}
+
+impl SipStack {
+    /// Send an INVITE. Fails at once if the URIs do not parse or the first
+    /// INVITE cannot be sent; everything later comes as [`OutboundEvent`]s.
+    pub async fn dial(&self, invite: OutboundInvite) -> Result<OutboundCall, SipError> {
+        let target: SipUri = invite.request_uri.parse().map_err(|_| SipError::Invalid {
+            what: "request URI",
+            value: invite.request_uri.clone(),
+        })?;
+        let from_host = invite
+            .from_domain
+            .clone()
+            .unwrap_or_else(|| self.local.public.to_string());
+        let from_text = format!("sip:{}@{}", invite.from_user, from_host);
+        let from_uri: SipUri = from_text.parse().map_err(|_| SipError::Invalid {
+            what: "From URI",
+            value: from_text.clone(),
+        })?;
+        let from = match &invite.from_display {
+            Some(name) => NameAddr::new(name.clone(), from_uri),
+            None => NameAddr::uri(from_uri),
+        };
+        let transport = match target.uri_params.get_val("transport") {
+            Some(t) if t.eq_ignore_ascii_case("tcp") => Transport::Tcp,
+            _ => Transport::Udp,
+        };
+        let contact = self.local.contact(Some(&invite.from_user), transport);
+
+        let mut initiator = InviteInitiator::new(self.endpoint.clone(), from, contact, target);
+        // No PRACK, no session timer: we do not refresh (see call.rs).
+        initiator.support_100rel = false;
+        initiator.support_timer = false;
+
+        let mut driver = Driver {
+            endpoint: self.endpoint.clone(),
+            initiator,
+            invite,
+            authenticator: None,
+            call_id: String::new(),
+        };
+        driver.authenticator = driver
+            .invite
+            .credentials
+            .as_ref()
+            .map(Credentials::authenticator);
+        let request = driver.prepare();
+        driver.call_id = request
+            .headers
+            .get_named::<CallID>()
+            .map(|c| c.0.to_string())
+            .unwrap_or_default();
+        driver.initiator.send_invite(request).await?;
+
+        let call_id = driver.call_id.clone();
+        let (events_tx, events_rx) = mpsc::channel(8);
+        let (cancel_tx, cancel_rx) = oneshot::channel();
+        let span = tracing::info_span!("sip_outbound", %call_id);
+        tokio::spawn(driver.run(cancel_rx, events_tx).instrument(span));
+        Ok(OutboundCall {
+            call_id,
+            events: events_rx,
+            cancel: Some(cancel_tx),
+        })
+    }
+}
+
+/// Our CANCEL on the wire (§9.1), retransmitted like a non-INVITE request
+/// over UDP (§17.1.2.2) until the INVITE gets its final response.
+struct PendingCancel {
+    request: OutgoingRequest,
+    interval: std::time::Duration,
+    next: Instant,
+    /// Timer B after the CANCEL: give up on a final response.
+    deadline: Instant,
+}
+
+struct Driver {
+    endpoint: Endpoint,
+    initiator: InviteInitiator,
+    invite: OutboundInvite,
+    authenticator: Option<DigestAuthenticator>,
+    call_id: String,
+}
+
+impl Driver {
+    /// The next INVITE of this dialog attempt (same Call-ID and From tag,
+    /// CSeq + 1, §22.2), with body, extra headers and credentials.
+    fn prepare(&mut self) -> Request {
+        let mut request = self.initiator.create_invite();
+        for (name, value) in &self.invite.extra_headers {
+            request
+                .headers
+                .insert(Name::from(name.clone()), value.clone());
+        }
+        if let Some(sdp) = &self.invite.sdp_offer {
+            attach_sdp(&mut request.headers, &mut request.body, sdp.clone());
+        }
+        if let Some(auth) = &mut self.authenticator {
+            auth.authorize_request(&mut request.headers);
+        }
+        request
+    }
+
+    async fn run(
+        mut self,
+        mut cancel_rx: oneshot::Receiver<()>,
+        events: mpsc::Sender<OutboundEvent>,
+    ) {
+        let outcome = self.drive(&mut cancel_rx, &events).await;
+        let label = match &outcome {
+            OutboundEvent::Answered { .. } => "200".to_owned(),
+            OutboundEvent::Failed { code, .. } => code.to_string(),
+            OutboundEvent::Canceled => "canceled".to_owned(),
+            OutboundEvent::TimedOut => "timeout".to_owned(),
+            OutboundEvent::Error(_) | OutboundEvent::Progress { .. } => "error".to_owned(),
+        };
+        tracing::info!(result = %label, "outbound INVITE finished");
+        metrics::counter!(SIP_OUTBOUND_RESULTS_TOTAL, "status" => label).increment(1);
+        let answered = matches!(outcome, OutboundEvent::Answered { .. });
+        // If nobody listens any more, the Call inside is dropped: BYE.
+        let _ = events.send(outcome).await;
+        if answered {
+            self.absorb_retransmissions().await;
+        }
+    }
+
+    async fn drive(
+        &mut self,
+        cancel_rx: &mut oneshot::Receiver<()>,
+        events: &mpsc::Sender<OutboundEvent>,
+    ) -> OutboundEvent {
+        let mut earlies: Vec<Early> = Vec::new();
+        let mut provisional_seen = false;
+        let mut cancel_requested = false;
+        let mut pending_cancel: Option<PendingCancel> = None;
+        let mut auth_rounds = 0u32;
+
+        loop {
+            let cancel_timer = pending_cancel
+                .as_ref()
+                .map_or_else(|| Instant::now() + T2 * 1000, |c| c.next.min(c.deadline));
+            let response = tokio::select! {
+                response = self.initiator.receive() => response,
+                _ = &mut *cancel_rx, if !cancel_requested => {
+                    cancel_requested = true;
+                    tracing::info!(provisional_seen, "cancel requested");
+                    if provisional_seen {
+                        pending_cancel = self.send_cancel().await;
+                    }
+                    continue;
+                }
+                _ = sleep_until(cancel_timer), if pending_cancel.is_some() => {
+                    if let Some(cancel) = &mut pending_cancel {
+                        if Instant::now() >= cancel.deadline {
+                            return OutboundEvent::Canceled;
+                        }
+                        if let Err(e) = self.endpoint.send_outgoing_request(&mut cancel.request).await {
+                            tracing::warn!(error = %e, "CANCEL retransmission failed");
+                        }
+                        cancel.interval = (cancel.interval * 2).min(T2);
+                        cancel.next = Instant::now() + cancel.interval;
+                    }
+                    continue;
+                }
+            };
+
+            let response = match response {
+                Ok(response) => response,
+                Err(ezk_sip_core::Error::RequestTimedOut) if cancel_requested => {
+                    return OutboundEvent::Canceled;
+                }
+                Err(ezk_sip_core::Error::RequestTimedOut) => return OutboundEvent::TimedOut,
+                Err(e) => return OutboundEvent::Error(e.to_string()),
+            };
+
+            match response {
+                Response::Provisional(response) => {
+                    provisional_seen = true;
+                    if response.line.code != StatusCode::TRYING {
+                        send_event(events, progress(&response)).await;
+                    }
+                }
+                Response::Early(early, response, _) => {
+                    provisional_seen = true;
+                    earlies.push(early);
+                    send_event(events, progress(&response)).await;
+                }
+                Response::EarlyEvent => {
+                    let polled = poll_fn(|cx| {
+                        for (i, early) in earlies.iter_mut().enumerate() {
+                            if let Poll::Ready(result) = early.poll_receive(cx) {
+                                return Poll::Ready(Some((i, result)));
+                            }
+                        }
+                        Poll::Ready(None)
+                    })
+                    .await;
+                    match polled {
+                        Some((_, Ok(EarlyResponse::Provisional(response, _)))) => {
+                            send_event(events, progress(&response)).await;
+                        }
+                        Some((i, Ok(EarlyResponse::Success(session, response)))) => {
+                            earlies.remove(i);
+                            return self.answered(session, response, cancel_requested).await;
+                        }
+                        Some((_, Ok(EarlyResponse::Terminated))) | None => {}
+                        Some((_, Err(e))) => return OutboundEvent::Error(e.to_string()),
+                    }
+                }
+                Response::Session(session, response) => {
+                    return self.answered(session, response, cancel_requested).await;
+                }
+                Response::Failure(response) => {
+                    let code = response.line.code;
+                    let challenged = code == StatusCode::UNAUTHORIZED
+                        || code == StatusCode::PROXY_AUTHENTICATION_REQUIRED;
+                    if challenged && !cancel_requested && auth_rounds < MAX_AUTH_ROUNDS {
+                        auth_rounds += 1;
+                        match self.answer_challenge(&response).await {
+                            Ok(()) => {
+                                earlies.clear();
+                                provisional_seen = false;
+                                continue;
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot answer challenge");
+                            }
+                        }
+                    }
+                    if cancel_requested && code == StatusCode::REQUEST_TERMINATED {
+                        return OutboundEvent::Canceled;
+                    }
+                    return OutboundEvent::Failed {
+                        code: code.into_u16(),
+                        reason: reason_of(&response),
+                    };
+                }
+                Response::Finished => {
+                    return if cancel_requested {
+                        OutboundEvent::Canceled
+                    } else {
+                        OutboundEvent::TimedOut
+                    };
+                }
+            }
+
+            if cancel_requested && provisional_seen && pending_cancel.is_none() {
+                pending_cancel = self.send_cancel().await;
+            }
+        }
+    }
+
+    /// RFC 3261 §22.2/§22.3: re-send the INVITE with credentials for the
+    /// 401 (WWW-Authenticate) or 407 (Proxy-Authenticate) challenge.
+    async fn answer_challenge(&mut self, response: &TsxResponse) -> Result<(), SipError> {
+        let auth = self
+            .authenticator
+            .as_mut()
+            .ok_or_else(|| SipError::Invalid {
+                what: "credentials",
+                value: "challenged but none configured".to_owned(),
+            })?;
+        let tsx = self.initiator.transaction().ok_or(SipError::Terminated)?;
+        let sent = &tsx.request().msg;
+        auth.handle_rejection(
+            RequestParts {
+                line: &sent.line,
+                headers: &sent.headers,
+                body: &sent.body,
+            },
+            ResponseParts {
+                line: &response.line,
+                headers: &response.headers,
+                body: &response.body,
+            },
+        )
+        .map_err(|e| SipError::Transaction(e.to_string()))?;
+        let request = self.prepare();
+        self.initiator.send_invite(request).await?;
+        tracing::info!(
+            code = response.line.code.into_u16(),
+            "answered auth challenge"
+        );
+        Ok(())
+    }
+
+    /// Build and send the CANCEL for the current INVITE (§9.1): same
+    /// Request-URI, Call-ID, From, To, CSeq number and top Via as the
+    /// INVITE; its response is not needed (the 487 to the INVITE is).
+    async fn send_cancel(&mut self) -> Option<PendingCancel> {
+        let tsx = self.initiator.transaction()?;
+        let mut request = match build_cancel(tsx.request()) {
+            Ok(request) => request,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot build CANCEL");
+                return None;
+            }
+        };
+        if let Err(e) = self.endpoint.send_outgoing_request(&mut request).await {
+            tracing::warn!(error = %e, "cannot send CANCEL");
+        }
+        tracing::info!("CANCEL sent");
+        let reliable = request.parts.transport.connection_remote().is_some();
+        let now = Instant::now();
+        Some(PendingCancel {
+            request,
+            interval: T1,
+            next: if reliable { now + T1 * 64 } else { now + T1 },
+            deadline: now + T1 * 64,
+        })
+    }
+
+    /// ACK the 2xx (§13.2.2.4). If we were cancelling, hang up at once.
+    async fn answered(
+        &mut self,
+        mut session: InviteSession,
+        response: TsxResponse,
+        cancel_requested: bool,
+    ) -> OutboundEvent {
+        let mut ack = match create_ack(&session.dialog, response.base_headers.cseq.cseq).await {
+            Ok(ack) => ack,
+            Err(e) => return OutboundEvent::Error(e.to_string()),
+        };
+        if let Err(e) = self.endpoint.send_outgoing_request(&mut ack).await {
+            return OutboundEvent::Error(e.to_string());
+        }
+        self.initiator.set_acknowledge(&session, ack);
+        if cancel_requested {
+            tracing::info!("200 OK crossed our CANCEL, sending BYE");
+            if let Err(e) = session.terminate().await {
+                tracing::warn!(error = %e, "BYE after crossed CANCEL failed");
+            }
+            return OutboundEvent::Canceled;
+        }
+        let sdp = match response.headers.try_get_named::<ContentType>() {
+            Some(Ok(ct)) if is_sdp(&ct) && !response.body.is_empty() => Some(response.body.clone()),
+            _ => None,
+        };
+        OutboundEvent::Answered {
+            call: Box::new(Call::new(session, self.call_id.clone())),
+            sdp,
+        }
+    }
+
+    /// After the 2xx, keep the INVITE transaction alive until timer B so
+    /// retransmitted 200s get our ACK again (§13.2.2.4); a second forked
+    /// 200 is hung up.
+    async fn absorb_retransmissions(mut self) {
+        while let Ok(response) = self.initiator.receive().await {
+            match response {
+                Response::Session(mut session, _) => {
+                    let _ = session.terminate().await;
+                }
+                Response::Failure(_) | Response::Finished => break,
+                Response::Provisional(_) | Response::Early(..) | Response::EarlyEvent => {}
+            }
+        }
+    }
+}
+
+async fn send_event(events: &mpsc::Sender<OutboundEvent>, event: OutboundEvent) {
+    if events.send(event).await.is_err() {
+        tracing::debug!("outbound call handle dropped");
+    }
+}
+
+fn reason_of(response: &TsxResponse) -> String {
+    response
+        .line
+        .reason
+        .as_ref()
+        .map_or_else(String::new, |r| r.to_string())
+}
+
+fn progress(response: &TsxResponse) -> OutboundEvent {
+    let sdp = match response.headers.try_get_named::<ContentType>() {
+        Some(Ok(ct)) if is_sdp(&ct) && !response.body.is_empty() => Some(response.body.clone()),
+        _ => None,
+    };
+    OutboundEvent::Progress {
+        code: response.line.code.into_u16(),
+        reason: reason_of(response),
+        sdp,
+    }
+}
+
+fn build_cancel(invite: &OutgoingRequest) -> Result<OutgoingRequest, SipError> {
+    let headers_in = &invite.msg.headers;
+    let mut headers = Headers::with_capacity(7);
+    let vias: Vec<Via> = headers_in.get_named()?;
+    let top = vias.first().ok_or(SipError::Invalid {
+        what: "INVITE",
+        value: "no Via".to_owned(),
+    })?;
+    headers.insert_named(top);
+    headers.insert_named(&MaxForwards(70));
+    headers_in.clone_into(&mut headers, Name::FROM)?;
+    headers_in.clone_into(&mut headers, Name::TO)?;
+    headers_in.clone_into(&mut headers, Name::CALL_ID)?;
+    let cseq: CSeq = headers_in.get_named()?;
+    headers.insert_named(&CSeq::new(cseq.cseq, Method::CANCEL));
+    if headers_in.contains(&Name::ROUTE) {
+        headers_in.clone_into(&mut headers, Name::ROUTE)?;
+    }
+    Ok(OutgoingRequest {
+        msg: Request {
+            line: RequestLine {
+                method: Method::CANCEL,
+                uri: invite.msg.line.uri.clone(),
+            },
+            headers,
+            body: Bytes::new(),
+        },
+        parts: OutgoingParts {
+            transport: invite.parts.transport.clone(),
+            destination: invite.parts.destination,
+            buffer: Bytes::new(),
+        },
+    })
+}

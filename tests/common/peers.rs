@@ -1,0 +1,203 @@
+//! Real peers the call tests run against: Kamailio as a registrar and proxy,
+//! and audio helpers (a tone as 8 kHz WAV, and a Goertzel detector to find it
+//! in what a softphone recorded).
+
+use std::net::UdpSocket;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::free_udp_port;
+
+/// A running Kamailio with digest-authenticated users; killed when dropped.
+pub struct Kamailio {
+    pub port: u16,
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Kamailio {
+    /// Starts Kamailio on 127.0.0.1 and a free port, with `users` as
+    /// (username, password) in its user table.
+    pub fn start(users: &[(&str, &str)]) -> Kamailio {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("db");
+        std::fs::create_dir_all(&db).unwrap();
+        std::fs::write(
+            db.join("version"),
+            "table_name(string) table_version(int)\nsubscriber:7\nlocation:9\n",
+        )
+        .unwrap();
+        let mut subscribers = String::from(
+            "id(int,auto) username(string) domain(string) password(string) ha1(string,null) ha1b(string,null)\n",
+        );
+        for (i, (user, pass)) in users.iter().enumerate() {
+            subscribers.push_str(&format!("{}:{user}:127.0.0.1:{pass}:::\n", i + 1));
+        }
+        std::fs::write(db.join("subscriber"), subscribers).unwrap();
+        let port = free_udp_port();
+        let mpath = [
+            "/usr/lib/x86_64-linux-gnu/kamailio/modules/",
+            "/usr/lib/kamailio/modules/",
+        ]
+        .into_iter()
+        .find(|p| Path::new(p).join("tm.so").exists())
+        .expect("kamailio modules are installed by scripts/test");
+        let cfg = include_str!("../peers/kamailio.cfg")
+            .replace("@PORT@", &port.to_string())
+            .replace("@DBDIR@", &db.display().to_string())
+            .replace("@MPATH@", mpath);
+        let cfg_path = dir.path().join("kamailio.cfg");
+        std::fs::write(&cfg_path, cfg).unwrap();
+        let log = std::fs::File::create(dir.path().join("kamailio.log")).unwrap();
+        // -m 512: the default shared memory runs out under load (PEERS.md).
+        let child = Command::new("kamailio")
+            .arg("-f")
+            .arg(&cfg_path)
+            .args(["-DD", "-E", "-m", "512", "-M", "16", "-Y"])
+            .arg(dir.path())
+            .arg("-P")
+            .arg(dir.path().join("kamailio.pid"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("kamailio is installed by scripts/test");
+        let k = Kamailio { port, child, dir };
+        k.wait_answering();
+        k
+    }
+
+    /// Waits until Kamailio answers an OPTIONS.
+    fn wait_answering(&self) {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let me = sock.local_addr().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            let msg = format!(
+                "OPTIONS sip:127.0.0.1:{p} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{n}\r\n\
+                 Max-Forwards: 70\r\nFrom: <sip:probe@{me}>;tag=1\r\nTo: <sip:127.0.0.1:{p}>\r\n\
+                 Call-ID: probe-{n}@test\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+                p = self.port,
+                n = Instant::now().elapsed().as_nanos()
+            );
+            let _ = sock.send_to(msg.as_bytes(), ("127.0.0.1", self.port));
+            if let Ok(n) = sock.recv(&mut buf)
+                && buf[..n].starts_with(b"SIP/2.0 200")
+            {
+                return;
+            }
+        }
+        panic!("kamailio did not answer:\n{}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("kamailio.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Kamailio {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes a mono 16-bit WAV at `rate` Hz: `silence_ms` of silence, then a
+/// sine of `hz` for `tone_ms`, then silence again.
+pub fn write_tone_wav(path: &Path, rate: u32, hz: f64, silence_ms: u32, tone_ms: u32) {
+    let n_sil = (rate * silence_ms / 1000) as usize;
+    let n_tone = (rate * tone_ms / 1000) as usize;
+    let mut samples = vec![0i16; n_sil];
+    for i in 0..n_tone {
+        let t = i as f64 / f64::from(rate);
+        samples.push((8000.0 * (2.0 * std::f64::consts::PI * hz * t).sin()) as i16);
+    }
+    samples.extend(std::iter::repeat_n(0i16, n_sil));
+    let data_len = (samples.len() * 2) as u32;
+    let mut out = Vec::with_capacity(44 + data_len as usize);
+    out.extend_from_slice(b"RIFF");
+    out.extend_from_slice(&(36 + data_len).to_le_bytes());
+    out.extend_from_slice(b"WAVEfmt ");
+    out.extend_from_slice(&16u32.to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&rate.to_le_bytes());
+    out.extend_from_slice(&(rate * 2).to_le_bytes());
+    out.extend_from_slice(&2u16.to_le_bytes());
+    out.extend_from_slice(&16u16.to_le_bytes());
+    out.extend_from_slice(b"data");
+    out.extend_from_slice(&data_len.to_le_bytes());
+    for s in samples {
+        out.extend_from_slice(&s.to_le_bytes());
+    }
+    std::fs::write(path, out).unwrap();
+}
+
+/// Reads the samples and rate of a 16-bit PCM WAV (first channel).
+pub fn read_wav(path: &Path) -> (u32, Vec<i16>) {
+    let bytes = std::fs::read(path).unwrap();
+    assert!(
+        bytes.len() > 44 && &bytes[..4] == b"RIFF",
+        "not a WAV: {}",
+        path.display()
+    );
+    let mut pos = 12;
+    let (mut rate, mut channels) = (8000u32, 1usize);
+    while pos + 8 <= bytes.len() {
+        let id = &bytes[pos..pos + 4];
+        let len = u32::from_le_bytes(bytes[pos + 4..pos + 8].try_into().unwrap()) as usize;
+        let body = &bytes[pos + 8..(pos + 8 + len).min(bytes.len())];
+        if id == b"fmt " {
+            channels = u16::from_le_bytes([body[2], body[3]]) as usize;
+            rate = u32::from_le_bytes(body[4..8].try_into().unwrap());
+        } else if id == b"data" {
+            let samples = body
+                .chunks_exact(2 * channels)
+                .map(|c| i16::from_le_bytes([c[0], c[1]]))
+                .collect();
+            return (rate, samples);
+        }
+        pos += 8 + len + (len & 1);
+    }
+    panic!("no data chunk in {}", path.display());
+}
+
+/// Relative power of `hz` in `samples` (Goertzel), normalized by the
+/// window's total energy: near 0.5 for a pure tone at `hz`, near 0 without.
+pub fn tone_power(samples: &[i16], rate: u32, hz: f64) -> f64 {
+    let n = samples.len();
+    if n == 0 {
+        return 0.0;
+    }
+    let w = 2.0 * std::f64::consts::PI * hz / f64::from(rate);
+    let coeff = 2.0 * w.cos();
+    let (mut s1, mut s2) = (0.0f64, 0.0f64);
+    let mut energy = 0.0f64;
+    for &x in samples {
+        let x = f64::from(x);
+        energy += x * x;
+        let s0 = x + coeff * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+    }
+    let power = s1 * s1 + s2 * s2 - coeff * s1 * s2;
+    if energy == 0.0 {
+        0.0
+    } else {
+        power / (energy * n as f64)
+    }
+}
+
+/// The best `tone_power` of `hz` over 100 ms windows of the recording.
+pub fn strongest_window(samples: &[i16], rate: u32, hz: f64) -> f64 {
+    let win = (rate / 10) as usize;
+    samples
+        .chunks(win)
+        .filter(|c| c.len() == win)
+        .map(|c| tone_power(c, rate, hz))
+        .fold(0.0, f64::max)
+}

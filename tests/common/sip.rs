@@ -1,0 +1,210 @@
+//! SIP test helpers: running SIPp with a timeout, and a
+//! scripted inbound handler that reports what happened on a channel.
+
+use agentline::sip::{
+    Admission, CallEvent, InboundHandler, IncomingInvite, Rejection, RequestSource, SipConfig,
+    SipStack,
+};
+use bytes::Bytes;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+pub const SDP: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n";
+
+pub fn scenario(name: &str) -> String {
+    let path: PathBuf = [env!("CARGO_MANIFEST_DIR"), "tests", "sipp", name]
+        .iter()
+        .collect();
+    assert!(path.exists(), "missing scenario {}", path.display());
+    path.display().to_string()
+}
+
+/// Fails the test loudly when SIPp is missing (never a silent skip).
+pub fn require_sipp() {
+    let found = std::process::Command::new("sipp")
+        .arg("-v")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    assert!(
+        found,
+        "sipp is not installed: apt-get install -y --no-install-recommends sip-tester"
+    );
+}
+
+/// The outcome of one SIPp run.
+pub struct SippRun {
+    pub success: bool,
+    pub output: String,
+}
+
+/// Runs SIPp for one call with `scenario` on 127.0.0.1:`local_port`,
+/// `remote` as target if given, killed after `limit`.
+pub async fn run_sipp(
+    scenario_name: &str,
+    local_port: u16,
+    remote: Option<SocketAddr>,
+    extra: &[&str],
+    limit: Duration,
+) -> SippRun {
+    require_sipp();
+    let mut command = tokio::process::Command::new("sipp");
+    if let Some(remote) = remote {
+        command.arg(remote.to_string());
+    }
+    command
+        .args(["-sf", &scenario(scenario_name)])
+        .args(["-i", "127.0.0.1", "-p", &local_port.to_string()])
+        .args(["-m", "1", "-nostdin", "-timeout"])
+        .arg(format!("{}s", limit.as_secs().max(1)))
+        .arg("-timeout_error")
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let child = command.spawn().expect("spawn sipp");
+    match tokio::time::timeout(limit + Duration::from_secs(5), child.wait_with_output()).await {
+        Ok(Ok(out)) => SippRun {
+            success: out.status.success(),
+            output: format!(
+                "exit {:?}\n{}\n{}",
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .rev()
+                    .take(40)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        },
+        Ok(Err(e)) => panic!("sipp failed to run: {e}"),
+        Err(_) => SippRun {
+            success: false,
+            output: "sipp did not exit in time (killed)".to_owned(),
+        },
+    }
+}
+
+/// Inbound handler driven by the dialled user (Request-URI):
+/// - `blocked*` rejected 403 (the decision the call layer makes for a
+///   source no trunk allows when it answers rather than drops)
+/// - `ring*` rings and waits for CANCEL
+/// - `+*` rings, answers and serves the call until BYE, answering
+///   re-INVITEs with the same SDP
+/// - anything else is an unknown number: 404.
+///
+/// With `drop_all`, no request is admitted (silence).
+pub struct ScriptedHandler {
+    pub events: mpsc::UnboundedSender<String>,
+    pub drop_all: bool,
+}
+
+impl InboundHandler for ScriptedHandler {
+    fn admit(&self, _source: &RequestSource) -> Admission {
+        if self.drop_all {
+            Admission::Drop
+        } else {
+            Admission::Admit
+        }
+    }
+
+    fn on_invite(&self, mut invite: IncomingInvite) {
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let user = invite.info().request_user.clone().unwrap_or_default();
+            let _ = events.send(format!("invite {user}"));
+            if user.starts_with("blocked") {
+                invite.reject(Rejection::new(403)).await.expect("reject");
+                return;
+            }
+            if !user.starts_with('+') && !user.starts_with("ring") {
+                invite.reject(Rejection::new(404)).await.expect("reject");
+                return;
+            }
+            invite.ring(None).await.expect("ring");
+            if user.starts_with("ring") {
+                invite.cancelled().await;
+                let _ = events.send("cancelled".to_owned());
+                return;
+            }
+            let mut call = match invite.accept(Bytes::from_static(SDP.as_bytes())).await {
+                Ok(call) => call,
+                Err(e) => {
+                    let _ = events.send(format!("accept failed: {e}"));
+                    return;
+                }
+            };
+            let _ = events.send("answered".to_owned());
+            loop {
+                match call.next_event().await {
+                    Ok(CallEvent::Bye) => {
+                        let _ = events.send("bye".to_owned());
+                        return;
+                    }
+                    Ok(CallEvent::ReInvite(re)) => {
+                        let _ = events.send(format!("reinvite offer={}", re.sdp_offer.is_some()));
+                        call.answer_reinvite(re, Bytes::from_static(SDP.as_bytes()))
+                            .await
+                            .expect("answer re-INVITE");
+                        let _ = events.send("reinvite answered".to_owned());
+                    }
+                    Ok(CallEvent::Info { .. }) => {
+                        let _ = events.send("info".to_owned());
+                    }
+                    Ok(CallEvent::Terminated) | Err(_) => {
+                        let _ = events.send("terminated".to_owned());
+                        return;
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// A stack on 127.0.0.1:0 with a [`ScriptedHandler`].
+pub async fn start_stack() -> (SipStack, mpsc::UnboundedReceiver<String>) {
+    start_stack_with(false).await
+}
+
+pub async fn start_stack_with(drop_all: bool) -> (SipStack, mpsc::UnboundedReceiver<String>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let config = SipConfig::new("127.0.0.1:0".parse().expect("addr"));
+    let stack = SipStack::start(
+        config,
+        Arc::new(ScriptedHandler {
+            events: tx,
+            drop_all,
+        }),
+    )
+    .await
+    .expect("start stack");
+    (stack, rx)
+}
+
+/// Collect events until `last` is seen or the time is up.
+pub async fn events_until(
+    rx: &mut mpsc::UnboundedReceiver<String>,
+    last: &str,
+    limit: Duration,
+) -> Vec<String> {
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    while let Ok(Some(event)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+        let done = event == last;
+        seen.push(event);
+        if done {
+            break;
+        }
+    }
+    seen
+}
