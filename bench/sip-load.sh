@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# SIP and RTP load against a real daemon with SIPp, on loopback only.
+# Prints markdown tables for BENCHMARKS.md:
+#   1. call rate: the highest calls per second with no failed call
+#      (INVITE, 200, ACK, BYE; echo agent), and the daemon's CPU per 1,000 calls;
+#   2. concurrent calls with G.711 RTP both ways (SIPp streams in, the echo
+#      agent streams back): the daemon's CPU% (of one core) and RSS, and the
+#      loss the daemon saw on the way in.
+# Every load is bounded by a call count and a time limit.
+# Usage: bench/sip-load.sh [RATES] [CONCURRENCY] [HOLD_SECONDS]
+#   defaults: "250 500 1000 1500 2000" "100 500 1000" 20
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RATES=${1:-"250 500 1000 1500 2000"}
+LEVELS=${2:-"100 500 1000"}
+HOLD=${3:-20}
+NUMBER=+14155552671
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+calc() { awk "BEGIN {print ($*)}"; }
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+rss_mb() { awk '/VmRSS/ {printf "%.0f", $2/1024}' "/proc/$1/status"; }
+metric() { # sum of a metric's samples whose line matches $2
+  curl -s "http://$API/metrics" | awk -v m="$1" -v f="${2:-}" '$1 ~ "^"m && index($0, f) {s += $NF} END {printf "%.0f", s}'
+}
+
+cargo build --release --quiet
+BIN=$PWD/target/release/agentline
+WORK=$(mktemp -d)
+trap 'kill $DAEMON 2>/dev/null || true; rm -rf "$WORK"' EXIT
+API=127.0.0.1:$(free_port)
+SIP_PORT=$(free_port)
+mkdir -p "$WORK/profiles"
+cat > "$WORK/agentline.toml" <<TOML
+[api]
+listen = "$API"
+rate_limit_per_minute = 100000
+[sip]
+listen = "127.0.0.1:$SIP_PORT"
+rtp_ports = "30000-39999"
+[store]
+url = "sqlite://$WORK/agentline.db"
+[profiles]
+dir = "$WORK/profiles"
+[log]
+level = "warn"
+[shutdown]
+drain_seconds = 5
+TOML
+cat > "$WORK/profiles/bench.toml" <<TOML
+name = "bench"
+[inbound]
+allow = ["127.0.0.1/32"]
+[limits]
+max_calls = 20000
+cps = 10000
+TOML
+cd "$WORK"
+KEY=$("$BIN" --config agentline.toml keys create --name bench --rate-limit 100000 2>/dev/null)
+"$BIN" --config agentline.toml run 2> daemon.log &
+DAEMON=$!
+for _ in $(seq 1 100); do curl -sf "http://$API/ready" >/dev/null && break; sleep 0.1; done
+AGENT=$(curl -s "http://$API/v1/agents" -H "Authorization: Bearer $KEY" -H 'content-type: application/json' \
+  -d '{"name":"echo","kind":"echo","max_duration_seconds":3600}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+curl -s "http://$API/v1/phone-numbers" -H "Authorization: Bearer $KEY" -H 'content-type: application/json' \
+  -d "{\"number\":\"$NUMBER\",\"agent_id\":\"$AGENT\",\"trunk_id\":\"trk_bench\"}" >/dev/null
+HZ=$(getconf CLK_TCK)
+
+echo "### Call rate (INVITE, 200, ACK, BYE; echo agent; no media)"
+echo
+echo "| offered CPS | calls | failed | achieved CPS | daemon CPU-s per 1,000 calls |"
+echo "|---:|---:|---:|---:|---:|"
+best=0
+for rate in $RATES; do
+  calls=$((rate * 5))
+  before=$(ticks $DAEMON)
+  start=$(date +%s.%N)
+  set +e
+  timeout 120 sipp 127.0.0.1:$SIP_PORT -sf "$OLDPWD/bench/sipp-cps.xml" -s "$NUMBER" \
+    -i 127.0.0.1 -p "$(free_port)" -r "$rate" -m "$calls" -l 20000 -buff_size 4194304 \
+    -timeout 100s -nostdin -trace_stat -stf cps.csv -fd 1 >/dev/null 2>&1
+  set -e
+  end=$(date +%s.%N)
+  after=$(ticks $DAEMON)
+  failed=$(awk -F';' 'NR==1 {for (i=1;i<=NF;i++) if ($i=="FailedCall(C)") c=i} END {print $c+0}' cps.csv)
+  rm -f cps.csv
+  cpu=$(calc "($after - $before) / $HZ / $calls * 1000")
+  achieved=$(calc "$calls / ($end - $start)")
+  printf "| %d | %d | %d | %.0f | %.2f |\n" "$rate" "$calls" "$failed" "$achieved" "$cpu"
+  [ "$failed" -eq 0 ] && best=$rate
+  sleep 2
+done
+echo
+echo "Highest offered rate with no failed call: **$best CPS**."
+echo
+
+echo "### Concurrent calls with G.711 RTP both ways (echo agent, ${HOLD} s per call)"
+echo
+echo "| calls | daemon CPU % (of one core) | daemon RSS MB | RTP packets in | lost (daemon) | loss % |"
+echo "|---:|---:|---:|---:|---:|---:|"
+sox -n -r 8000 -c 1 -t ul tone.ul synth 2 sine 440 vol 0.5
+sed "s#@RTP_FILE@#$WORK/tone.ul#" "$OLDPWD/bench/sipp-media.xml" > media.xml
+for n in $LEVELS; do
+  in_before=$(metric agentline_rtp_packets_total 'direction="in"')
+  lost_before=$(metric agentline_rtp_packets_lost_total)
+  set +e
+  timeout $((HOLD + 120)) sipp 127.0.0.1:$SIP_PORT -sf media.xml -s "$NUMBER" -i 127.0.0.1 \
+    -p "$(free_port)" -mp "$(free_port)" -r 200 -l "$n" -m "$n" -d $((HOLD * 1000)) \
+    -buff_size 4194304 -timeout $((HOLD + 100))s -nostdin >/dev/null 2>&1 &
+  SIPP=$!
+  set -e
+  # Measure in the middle of the hold, once every call is up.
+  sleep $(( n / 200 + 3 ))
+  before=$(ticks $DAEMON); t0=$(date +%s.%N)
+  sleep $(( HOLD / 2 ))
+  after=$(ticks $DAEMON); t1=$(date +%s.%N)
+  rss=$(rss_mb $DAEMON)
+  wait $SIPP || true
+  cpu=$(calc "($after - $before) / $HZ / ($t1 - $t0) * 100")
+  in_after=$(metric agentline_rtp_packets_total 'direction="in"')
+  lost_after=$(metric agentline_rtp_packets_lost_total)
+  pkts=$((in_after - in_before)); lost=$((lost_after - lost_before))
+  pct=$(calc "($pkts + $lost) > 0 ? $lost * 100 / ($pkts + $lost) : 0")
+  printf "| %d | %.0f | %s | %d | %d | %.3f |\n" "$n" "$cpu" "$rss" "$pkts" "$lost" "$pct"
+  sleep 3
+done
