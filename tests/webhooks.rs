@@ -303,6 +303,39 @@ async fn private_addresses_are_refused(backend: Backend) {
     }
 }
 
+/// An endpoint saved while its address was allowed is refused at delivery
+/// once it is not (as after a DNS change): nothing reaches it.
+async fn delivery_checks_the_address_again(backend: Backend) {
+    let mut d = daemon(backend, &fast_webhooks_config(&[1], 60)).await;
+    let rx = Receiver::start(json!({}));
+    let (ep, secret) = endpoint(&d, &rx.url(), None).await;
+    rx.set(json!({"secrets": [secret]}));
+    d.signal("TERM");
+    d.wait_exit(Duration::from_secs(20)).await;
+    let config = std::fs::read_to_string(&d.config_path).unwrap();
+    let config = config.replace("allowed_networks = [\"127.0.0.0/8\"]\n", "");
+    std::fs::write(&d.config_path, config).unwrap();
+    d.restart().await;
+    let id = test_event(&d, &ep).await;
+    let items = wait_deliveries(
+        &d,
+        &format!("/v1/events/{id}/deliveries"),
+        Duration::from_secs(10),
+        |i| {
+            i.first()
+                .is_some_and(|x| !x["attempts"].as_array().unwrap().is_empty())
+        },
+    )
+    .await;
+    let attempt = &items[0]["attempts"][0];
+    assert!(attempt["status_code"].is_null(), "{attempt}");
+    assert!(
+        attempt["reason"].as_str().unwrap().starts_with("blocked"),
+        "{attempt}"
+    );
+    assert!(rx.records().is_empty(), "a refused address was reached");
+}
+
 async fn call_events_carry_the_call_and_its_sequence(backend: Backend) {
     use agentline::store::calls::{EndFields, NewCall};
     use agentline::webhook::Outbox;
@@ -582,6 +615,7 @@ both_backends!(
     dead_letters_stay_visible_and_replay,
     rotation_signs_with_both_secrets,
     private_addresses_are_refused,
+    delivery_checks_the_address_again,
     call_events_carry_the_call_and_its_sequence,
     a_crash_loses_no_event,
     sse_resumes_after_last_event_id,
