@@ -1,9 +1,12 @@
-//! The command line: `run`, `check-config`, `migrate` and `keys`. Each
-//! subcommand loads and validates the config first; a bad config exits 64
-//! before anything is opened or bound.
+//! The command line: `run`, `check-config`, `migrate`, `keys` and
+//! `campaign watch`. Each subcommand loads and validates the config first; a
+//! bad config exits 64 before anything is opened or bound.
+
+mod campaign_watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use tokio::sync::watch;
@@ -44,6 +47,23 @@ enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Follow outbound campaigns.
+    #[command(subcommand)]
+    Campaign(CampaignCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum CampaignCommand {
+    /// Show a campaign's live progress (contacts by state, attempts, answer
+    /// rate, ETA), read from the store every second, until it is completed
+    /// or canceled, or Ctrl-C.
+    Watch {
+        /// Campaign id (`cmp_...`).
+        id: String,
+        /// Stop watching after this many seconds anyway.
+        #[arg(long, default_value_t = 86_400)]
+        timeout: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -101,6 +121,7 @@ pub fn main() -> ExitCode {
                 Ok(())
             }
             Command::Keys(cmd) => keys(&config, cmd).await,
+            Command::Campaign(cmd) => campaign(&config, cmd).await,
         }
     });
     match result {
@@ -256,6 +277,28 @@ async fn keys(config: &Config, cmd: KeysCommand) -> Result<(), StartError> {
                 e => e.into(),
             })?;
             println!("revoked {} ({})", k.id, k.prefix);
+        }
+    }
+    Ok(())
+}
+
+async fn campaign(config: &Config, cmd: CampaignCommand) -> Result<(), StartError> {
+    let store = open_store(config).await?;
+    match cmd {
+        CampaignCommand::Watch { id, timeout } => {
+            let ended = campaign_watch::watch(&store, &id, Duration::from_secs(timeout))
+                .await
+                .map_err(|e| match e {
+                    crate::store::StoreError::NotFound => StartError::Config(
+                        crate::config::ConfigError::new("-", "id", format!("no campaign {id}")),
+                    ),
+                    e => e.into(),
+                })?;
+            match ended {
+                campaign_watch::Ended::Finished => {}
+                campaign_watch::Ended::Interrupted => eprintln!("stopped watching"),
+                campaign_watch::Ended::TimedOut => eprintln!("stopped watching after {timeout} s"),
+            }
         }
     }
     Ok(())

@@ -12,6 +12,8 @@
 //!   registrations); [`agent`]: what runs on a call (settings for now).
 //! - [`store`]: every SQL statement, for SQLite and PostgreSQL.
 //! - [`api`]: the admin HTTP API, its auth, rate limits and OpenAPI document.
+//! - [`campaign`]: outbound campaigns: calling windows, retry policy, pacing,
+//!   CSV import and the dialer that claims contacts with row leases.
 //! - Small shared pieces: [`trunk`] (live trunk state), [`e164`] (number
 //!   normalization), [`ids`] (prefixed ids), [`secrets`] (API keys and
 //!   webhook secrets), [`metrics`] (every metric name).
@@ -20,6 +22,7 @@ pub mod agent;
 pub mod api;
 pub mod app;
 pub mod call;
+pub mod campaign;
 pub mod cli;
 pub mod config;
 pub mod e164;

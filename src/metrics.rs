@@ -61,6 +61,18 @@ pub const CALLS_ENDED_TOTAL: &str = "agentline_calls_ended_total";
 /// Histogram: seconds from INVITE to 200 OK, label `direction`.
 pub const CALL_SETUP_SECONDS: &str = "agentline_call_setup_seconds";
 
+// The agent (`crate::agent`).
+
+/// Counter: LLM completions, label `outcome` = `ok` | `error`.
+pub const AGENT_LLM_REQUESTS_TOTAL: &str = "agentline_agent_llm_requests_total";
+/// Histogram: seconds from an LLM request to its first streamed chunk.
+pub const AGENT_LLM_FIRST_CHUNK_SECONDS: &str = "agentline_agent_llm_first_chunk_seconds";
+/// Counter: HTTP tool calls, label `outcome` = `ok` | `refused` | `timeout`
+/// | `unreachable` | `bad_arguments`.
+pub const AGENT_TOOL_CALLS_TOTAL: &str = "agentline_agent_tool_calls_total";
+/// Counter: replies cut short by the caller talking over them.
+pub const AGENT_BARGE_INS_TOTAL: &str = "agentline_agent_barge_ins_total";
+
 /// Installs the process-wide recorder. Called once by the daemon; a second
 /// call (tests that build two apps in one process) is refused by `metrics`.
 pub fn install() -> Result<PrometheusHandle, String> {
@@ -75,6 +87,13 @@ pub fn install() -> Result<PrometheusHandle, String> {
         .set_buckets_for_metric(
             Matcher::Full(CALL_SETUP_SECONDS.into()),
             &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0],
+        )
+        .map_err(|e| e.to_string())?
+        .set_buckets_for_metric(
+            Matcher::Full(AGENT_LLM_FIRST_CHUNK_SECONDS.into()),
+            &[
+                0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0,
+            ],
         )
         .map_err(|e| e.to_string())?
         .set_buckets_for_metric(
@@ -149,6 +168,17 @@ fn describe() {
         RTP_JITTER_SECONDS,
         metrics::Unit::Seconds,
         "RFC 3550 interarrival jitter per session."
+    );
+    metrics::describe_counter!(AGENT_LLM_REQUESTS_TOTAL, "LLM completions by outcome.");
+    metrics::describe_histogram!(
+        AGENT_LLM_FIRST_CHUNK_SECONDS,
+        metrics::Unit::Seconds,
+        "Time from an LLM request to its first streamed chunk."
+    );
+    metrics::describe_counter!(AGENT_TOOL_CALLS_TOTAL, "HTTP tool calls by outcome.");
+    metrics::describe_counter!(
+        AGENT_BARGE_INS_TOTAL,
+        "Agent replies cut short by the caller."
     );
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }

@@ -227,6 +227,57 @@ async fn inbound_over_max_calls_gets_486() {
 }
 
 #[tokio::test]
+async fn inbound_over_trunk_cps_gets_503() {
+    let d = TestDaemon::builder()
+        .profile("carrier", &trunk("127.0.0.1/32", 100, "cps = 2\n"))
+        .start()
+        .await;
+    provision(&d, echo(60)).await;
+    // Ten INVITEs within a quarter of a second: a burst of two fits.
+    let run = call_in(
+        &d,
+        "uac-invite-expect-200-bye.xml",
+        &["-m", "10", "-r", "40", "-d", "100"],
+    )
+    .await;
+    assert!(
+        !run.success,
+        "calls over the rate must fail: {}",
+        run.output
+    );
+    let text = d
+        .http
+        .get(d.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let refused: u64 = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("agentline_calls_ended_total{") && l.contains("reason=\"trunk_cps\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    let page: Value = d
+        .get("/v1/calls")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let answered = page["total"].as_u64().unwrap();
+    assert!(
+        (2..=3).contains(&answered),
+        "burst of 2 (+1 refilled): {page}"
+    );
+    assert_eq!(refused + answered, 10, "{text}");
+}
+
+#[tokio::test]
 async fn inbound_hold_reinvite_answered_without_hanging_up() {
     let d = TestDaemon::builder()
         .profile("carrier", &trunk("127.0.0.1/32", 10, ""))

@@ -1,13 +1,160 @@
-//! The agent on a call. For now the settings a call needs to run one: the
-//! pipeline `kind`, the call length limit and the `prompt` agent's sound.
-//! The speech pipeline (VAD, STT, LLM, TTS) lands here later.
+//! The agent pipeline on a call: listen, think, speak.
 //!
-//! Owns: the shape of the settings the call layer reads from an agent's
-//! stored JSON document (the API owns the full document and its validation).
-//! Must not: import `call`, `store` or `api`.
+//! - [`turn`]: turn-taking core (VAD, endpointing, barge-in), sans-IO.
+//! - [`chunker`]: cuts streaming LLM text at sentence and clause boundaries
+//!   so TTS starts before the reply is complete.
+//! - [`brain`]: the [`brain::Brain`] trait and its two kinds, scripted
+//!   dialogue and LLM (OpenAI-compatible) with HTTP tools and built-in
+//!   actions.
+//! - [`providers`]: the STT and TTS seams.
+//!
+//! How a call drives it (the call layer owns the IO): every inbound frame
+//! goes to [`turn::TurnTaker::push`] and to the STT stream; on `EndOfTurn`
+//! the final transcript becomes a [`brain::Input::Text`] (DTMF digits a
+//! [`brain::Input::Dtmf`]) for [`brain::Brain::respond`]; its
+//! [`brain::BrainEvent::Delta`]s go through a [`chunker::Chunker`] to TTS,
+//! each spoken chunk is recorded in a [`turn::PlaybackLedger`]; its
+//! [`brain::Action`]s run after the text has played. On `BargeIn` the
+//! driver stops playback, drops queued audio and the reply future, and
+//! calls [`brain::Conversation::record_interrupted`] with
+//! [`turn::PlaybackLedger::heard`].
+//!
+//! Also owns the shape of the settings the call layer reads from an agent's
+//! stored JSON document ([`CallSettings`], [`PromptSettings`]); the API owns
+//! the full document and its validation.
+//!
+//! Must not: import `call`, `store` or `api` (the API converts its agent
+//! settings into a [`BrainConfig`]).
+
+pub mod brain;
+pub mod chunker;
+pub mod providers;
+pub mod session;
+pub mod turn;
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+
+use brain::scripted::{ScriptedBrain, ScriptedDialogue};
+use brain::tools::HttpTool;
+use brain::{Brain, BrainError, LlmBrain, Secret};
+
+/// Which engine answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LlmKind {
+    Scripted,
+    OpenAi,
+}
+
+/// How to reach the LLM.
+#[derive(Debug, Clone)]
+pub struct LlmConfig {
+    pub kind: LlmKind,
+    pub base_url: Option<String>,
+    pub model: Option<String>,
+    /// The environment variable holding the API key.
+    pub api_key_env: Option<String>,
+}
+
+/// An HTTP tool as configured; the secret is read from `secret_env`.
+#[derive(Debug, Clone)]
+pub struct ToolConfig {
+    pub name: String,
+    pub description: String,
+    pub url: String,
+    pub parameters: serde_json::Value,
+    pub timeout_ms: u32,
+    pub secret_env: Option<String>,
+}
+
+/// Everything a brain is built from, as the agent's settings say.
+#[derive(Debug, Clone, Default)]
+pub struct BrainConfig {
+    pub greeting: Option<String>,
+    pub instructions: Option<String>,
+    pub script: Option<serde_json::Value>,
+    pub llm: Option<LlmConfig>,
+    pub tools: Vec<ToolConfig>,
+}
+
+/// The HTTP client for LLMs and tools, shared by every brain: no
+/// redirects (a tool's answer comes from the URL configured), short
+/// connect timeout.
+pub fn http() -> Result<reqwest::Client, BrainError> {
+    static CLIENT: OnceLock<Result<reqwest::Client, String>> = OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .connect_timeout(Duration::from_secs(5))
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .clone()
+        .map_err(BrainError::Config)
+}
+
+/// Builds the brain an agent's settings describe: the OpenAI-compatible LLM
+/// when `llm.provider` says so, else the scripted dialogue.
+pub fn build_brain(config: &BrainConfig) -> Result<Arc<dyn Brain>, BrainError> {
+    let kind = config.llm.as_ref().map(|l| l.kind);
+    match (kind, &config.script) {
+        (Some(LlmKind::OpenAi), _) => {
+            let Some(llm) = &config.llm else {
+                return Err(BrainError::Config("no llm settings".into()));
+            };
+            let key = llm
+                .api_key_env
+                .as_deref()
+                .map(Secret::from_env)
+                .transpose()?;
+            let http = http()?;
+            let client = brain::openai::OpenAiLlm::new(
+                http.clone(),
+                llm.base_url.as_deref(),
+                llm.model.as_deref(),
+                key,
+            );
+            let mut tools = Vec::with_capacity(config.tools.len());
+            for t in &config.tools {
+                tools.push(HttpTool {
+                    name: t.name.clone(),
+                    description: t.description.clone(),
+                    url: t.url.clone(),
+                    parameters: t.parameters.clone(),
+                    timeout: Duration::from_millis(u64::from(t.timeout_ms)),
+                    secret: t.secret_env.as_deref().map(Secret::from_env).transpose()?,
+                });
+            }
+            Ok(Arc::new(LlmBrain::new(
+                Arc::new(client),
+                config.instructions.clone(),
+                config.greeting.clone(),
+                tools,
+                http,
+            )))
+        }
+        (_, Some(script)) => {
+            let dialogue = ScriptedDialogue::parse(script, "script").map_err(|errors| {
+                let first = errors
+                    .first()
+                    .map(|e| format!("{}: {}", e.path, e.message))
+                    .unwrap_or_default();
+                BrainError::Config(first)
+            })?;
+            Ok(Arc::new(ScriptedBrain::new(
+                dialogue,
+                config.greeting.clone(),
+            )))
+        }
+        (_, None) => Err(BrainError::Config(
+            "the agent has neither a script nor an llm with provider openai".into(),
+        )),
+    }
+}
 
 /// What the `prompt` agent plays: a WAV file (8 kHz or more, mono) or a tone.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -35,6 +182,9 @@ pub struct CallSettings {
     pub max_duration_seconds: u32,
     #[serde(default)]
     pub prompt: Option<PromptSettings>,
+    /// Turn-taking of the speech pipeline.
+    #[serde(default)]
+    pub turn: Option<TurnSettings>,
 }
 
 fn default_max_duration() -> u32 {
@@ -45,5 +195,88 @@ impl CallSettings {
     /// Reads the stored settings document.
     pub fn from_json(settings: &str) -> Result<Self, serde_json::Error> {
         serde_json::from_str(settings)
+    }
+}
+
+/// Turn-taking settings of an agent (see [`turn`]); each left out keeps
+/// its default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TurnSettings {
+    /// Silence that ends the caller's turn (default 500).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 100, maximum = 5000)]
+    pub end_silence_ms: Option<u32>,
+    /// A turn is cut after this long (default 30000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1000, maximum = 120000)]
+    pub max_turn_ms: Option<u32>,
+    /// Caller speech during playback that interrupts the agent (default 400).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 60, maximum = 3000)]
+    pub barge_in_min_ms: Option<u32>,
+    /// Whether short speech ("mm-hm") interrupts too (default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backchannels_interrupt: Option<bool>,
+}
+
+impl TurnSettings {
+    /// The fields out of range, as (field, message).
+    pub fn problems(&self) -> Vec<(&'static str, &'static str)> {
+        let mut out = Vec::new();
+        let check = |v: Option<u32>, range: std::ops::RangeInclusive<u32>| {
+            v.is_some_and(|v| !range.contains(&v))
+        };
+        if check(self.end_silence_ms, 100..=5000) {
+            out.push(("end_silence_ms", "must be between 100 and 5000"));
+        }
+        if check(self.max_turn_ms, 1000..=120_000) {
+            out.push(("max_turn_ms", "must be between 1000 and 120000"));
+        }
+        if check(self.barge_in_min_ms, 60..=3000) {
+            out.push(("barge_in_min_ms", "must be between 60 and 3000"));
+        }
+        out
+    }
+
+    /// The turn-taking core's configuration.
+    pub fn config(&self) -> turn::TurnConfig {
+        let d = turn::TurnConfig::default();
+        let ms = |v: Option<u32>, default: Duration| {
+            v.map_or(default, |v| Duration::from_millis(u64::from(v)))
+        };
+        turn::TurnConfig {
+            end_silence: ms(self.end_silence_ms, d.end_silence),
+            max_turn: ms(self.max_turn_ms, d.max_turn),
+            barge_in_min: ms(self.barge_in_min_ms, d.barge_in_min),
+            backchannels_interrupt: self
+                .backchannels_interrupt
+                .unwrap_or(d.backchannels_interrupt),
+            ..d
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn turn_settings_override_the_defaults_and_name_bad_fields() {
+        let t: TurnSettings =
+            serde_json::from_value(serde_json::json!({"end_silence_ms": 700})).unwrap();
+        let c = t.config();
+        assert_eq!(c.end_silence, Duration::from_millis(700));
+        assert_eq!(c.barge_in_min, turn::TurnConfig::default().barge_in_min);
+        let bad = TurnSettings {
+            barge_in_min_ms: Some(5),
+            ..TurnSettings::default()
+        };
+        assert_eq!(bad.problems()[0].0, "barge_in_min_ms");
+        let s = CallSettings::from_json(r#"{"turn": {"max_turn_ms": 5000}}"#).unwrap();
+        assert_eq!(
+            s.turn.unwrap_or_default().config().max_turn,
+            Duration::from_secs(5)
+        );
     }
 }

@@ -13,7 +13,9 @@ use utoipa_axum::routes;
 use super::AppState;
 use super::error::{ApiError, ErrorResponses, FieldError};
 use super::extract::{ApiJson, ApiQuery, List, Pagination};
-use crate::agent::PromptSettings;
+use crate::agent::brain::scripted::ScriptedDialogue;
+use crate::agent::{BrainConfig, LlmConfig, LlmKind, ToolConfig};
+use crate::agent::{PromptSettings, TurnSettings};
 use crate::ids;
 use crate::store::agents::AgentRecord;
 
@@ -98,6 +100,10 @@ pub struct Tool {
     pub parameters: serde_json::Value,
     #[serde(default = "default_tool_timeout")]
     pub timeout_ms: u32,
+    /// The environment variable holding the `whsec_...` secret that signs
+    /// the requests (Standard Webhooks v1); unsigned when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_env: Option<String>,
 }
 
 fn empty_object() -> serde_json::Value {
@@ -122,6 +128,8 @@ struct Settings {
     max_duration_seconds: u32,
     silence_timeout_seconds: u32,
     prompt: Option<PromptSettings>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    turn: Option<TurnSettings>,
 }
 
 const DEFAULT_MAX_DURATION: u32 = 3600;
@@ -151,6 +159,8 @@ pub struct Agent {
     pub max_duration_seconds: u32,
     pub silence_timeout_seconds: u32,
     pub prompt: Option<PromptSettings>,
+    /// Turn-taking: end-of-turn silence, barge-in, backchannels.
+    pub turn: Option<TurnSettings>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -181,6 +191,8 @@ pub struct AgentCreate {
     #[schema(minimum = 1, maximum = 3600)]
     pub silence_timeout_seconds: Option<u32>,
     pub prompt: Option<PromptSettings>,
+    /// Turn-taking: end-of-turn silence, barge-in, backchannels.
+    pub turn: Option<TurnSettings>,
 }
 
 /// The body of `PATCH /v1/agents/{id}`: fields left out keep their value.
@@ -205,6 +217,8 @@ pub struct AgentUpdate {
     #[schema(minimum = 1, maximum = 3600)]
     pub silence_timeout_seconds: Option<u32>,
     pub prompt: Option<PromptSettings>,
+    /// Turn-taking: end-of-turn silence, barge-in, backchannels.
+    pub turn: Option<TurnSettings>,
 }
 
 fn to_agent(r: AgentRecord) -> Result<Agent, ApiError> {
@@ -226,6 +240,7 @@ fn to_agent(r: AgentRecord) -> Result<Agent, ApiError> {
         max_duration_seconds: s.max_duration_seconds,
         silence_timeout_seconds: s.silence_timeout_seconds,
         prompt: s.prompt,
+        turn: s.turn,
         created_at: r.created_at,
         updated_at: r.updated_at,
     })
@@ -254,8 +269,42 @@ fn validate(name: &str, kind: AgentKind, s: &Settings) -> Result<(), ApiError> {
     {
         bad("instructions", "must be at most 100000 characters");
     }
-    if s.script.as_ref().is_some_and(|v| !v.is_object()) {
-        bad("script", "must be an object");
+    match &s.script {
+        Some(v) if !v.is_object() => bad("script", "must be an object"),
+        Some(v) => {
+            if let Err(errors) = ScriptedDialogue::parse(v, "script") {
+                for e in errors {
+                    bad(&e.path, &e.message);
+                }
+            }
+        }
+        None => {}
+    }
+    let env_names = [
+        (
+            "llm.api_key_env".to_string(),
+            s.llm.as_ref().and_then(|p| p.api_key_env.as_deref()),
+        ),
+        (
+            "stt.api_key_env".to_string(),
+            s.stt.as_ref().and_then(|p| p.api_key_env.as_deref()),
+        ),
+        (
+            "tts.api_key_env".to_string(),
+            s.tts.as_ref().and_then(|p| p.api_key_env.as_deref()),
+        ),
+    ]
+    .into_iter()
+    .chain(
+        s.tools
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (format!("tools[{i}].secret_env"), t.secret_env.as_deref())),
+    );
+    for (field, name) in env_names {
+        if name.is_some_and(|n| !is_env_name(n)) {
+            bad(&field, "must be an environment variable name (A-Z, 0-9, _)");
+        }
     }
     if !(1..=86_400).contains(&s.max_duration_seconds) {
         bad("max_duration_seconds", "must be between 1 and 86400");
@@ -314,6 +363,11 @@ fn validate(name: &str, kind: AgentKind, s: &Settings) -> Result<(), ApiError> {
             bad(field, "must be an http(s) or ws(s) URL");
         }
     }
+    if let Some(t) = &s.turn {
+        for (field, message) in t.problems() {
+            bad(&format!("turn.{field}"), message);
+        }
+    }
     match (kind, &s.prompt) {
         (AgentKind::Prompt, None) => bad("prompt", "a prompt agent needs wav_path or tone_hz"),
         (AgentKind::Prompt, Some(p)) => match (&p.wav_path, p.tone_hz) {
@@ -340,6 +394,46 @@ fn validate(name: &str, kind: AgentKind, s: &Settings) -> Result<(), ApiError> {
     }
 }
 
+fn is_env_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 128
+        && !n.starts_with(|c: char| c.is_ascii_digit())
+        && n.chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// What the agent's brain is built from.
+pub(super) fn brain_config(r: &AgentRecord) -> Result<BrainConfig, ApiError> {
+    let s: Settings = serde_json::from_str(&r.settings)
+        .map_err(|e| ApiError::internal(format!("agent {} settings: {e}", r.id)))?;
+    Ok(BrainConfig {
+        greeting: s.greeting,
+        instructions: s.instructions,
+        script: s.script,
+        llm: s.llm.map(|l| LlmConfig {
+            kind: match l.provider {
+                LlmProvider::Scripted => LlmKind::Scripted,
+                LlmProvider::Openai => LlmKind::OpenAi,
+            },
+            base_url: l.base_url,
+            model: l.model,
+            api_key_env: l.api_key_env,
+        }),
+        tools: s
+            .tools
+            .into_iter()
+            .map(|t| ToolConfig {
+                name: t.name,
+                description: t.description,
+                url: t.url,
+                parameters: t.parameters,
+                timeout_ms: t.timeout_ms,
+                secret_env: t.secret_env,
+            })
+            .collect(),
+    })
+}
+
 fn settings_json(s: &Settings) -> Result<String, ApiError> {
     serde_json::to_string(s).map_err(ApiError::internal)
 }
@@ -364,6 +458,7 @@ async fn create_agent(
             .silence_timeout_seconds
             .unwrap_or(DEFAULT_SILENCE_TIMEOUT),
         prompt: body.prompt,
+        turn: body.turn,
     };
     validate(&body.name, body.kind, &settings)?;
     let id = ids::new(ids::AGENT);
@@ -391,7 +486,7 @@ async fn list_agents(
     List::try_new(records, w, to_agent).map(Json)
 }
 
-async fn fetch(state: &AppState, id: &str) -> Result<AgentRecord, ApiError> {
+pub(super) async fn fetch(state: &AppState, id: &str) -> Result<AgentRecord, ApiError> {
     if !ids::has_prefix(id, ids::AGENT) {
         return Err(ApiError::not_found("agent"));
     }
@@ -439,6 +534,7 @@ async fn update_agent(
             .silence_timeout_seconds
             .unwrap_or(current.silence_timeout_seconds),
         prompt: body.prompt.or(current.prompt),
+        turn: body.turn.or(current.turn),
     };
     validate(&name, kind, &settings)?;
     let record = state

@@ -343,6 +343,9 @@ async fn create_call(
         PlaceError::TrunkFull => {
             ApiError::new(StatusCode::TOO_MANY_REQUESTS, "trunk_full", e.to_string())
         }
+        PlaceError::TrunkRate => {
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "trunk_cps", e.to_string())
+        }
         PlaceError::Draining | PlaceError::NotRunning => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",

@@ -14,7 +14,10 @@ mod agents;
 mod api_keys;
 pub mod auth;
 pub(crate) mod calls;
+mod campaigns;
+mod chat;
 mod deliveries;
+mod dnc;
 pub mod error;
 mod events;
 mod extract;
@@ -25,6 +28,7 @@ mod trunks;
 mod webhook_endpoints;
 
 pub use api_keys::create as create_api_key;
+pub use campaigns::{CampaignStats, read_stats as read_campaign_stats};
 pub use system::Readiness;
 
 use std::ops::Deref;
@@ -106,9 +110,12 @@ impl Inner {
     )),
     tags(
         (name = "agents", description = "What answers a call"),
+        (name = "chat", description = "Text chat with an agent: same brain and tools as on a call"),
         (name = "phone-numbers", description = "Numbers agentline answers"),
         (name = "trunks", description = "SIP trunks, from the profile files (read-only)"),
         (name = "calls", description = "Call records"),
+        (name = "campaigns", description = "Outbound campaigns, their contacts and progress"),
+        (name = "do-not-call", description = "Numbers never called by a campaign"),
         (name = "webhook-endpoints", description = "Where call events are delivered, and their delivery log"),
         (name = "events", description = "Call and trunk events: the live stream (SSE), replay. \
             Webhook requests carry the same JSON envelope, signed with Standard Webhooks v1 \
@@ -146,6 +153,9 @@ fn routers(metrics_open: bool) -> (OpenApiRouter<AppState>, OpenApiRouter<AppSta
         .merge(numbers::router())
         .merge(trunks::router())
         .merge(calls::router())
+        .merge(campaigns::router())
+        .merge(dnc::router())
+        .merge(chat::router())
         .merge(webhook_endpoints::router())
         .merge(events::router())
         .merge(api_keys::router());

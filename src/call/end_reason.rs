@@ -43,6 +43,8 @@ pub enum EndReason {
     SourceNotAllowed,
     /// The trunk is at its `max_calls`.
     TrunkFull,
+    /// The trunk's `cps` (new calls per second) is used up.
+    TrunkRate,
     /// The daemon is draining and takes no new calls.
     Draining,
     /// The offer has no codec we speak (488, RFC 3264 §6).
@@ -70,6 +72,7 @@ impl EndReason {
             EndReason::UnknownNumber => "unknown_number",
             EndReason::SourceNotAllowed => "source_not_allowed",
             EndReason::TrunkFull => "trunk_full",
+            EndReason::TrunkRate => "trunk_cps",
             EndReason::Draining => "draining",
             EndReason::NotAcceptable => "not_acceptable",
             EndReason::Error(_) => "error",
@@ -96,6 +99,9 @@ impl EndReason {
             EndReason::UnknownNumber => (404, None),
             EndReason::SourceNotAllowed => (403, None),
             EndReason::TrunkFull => (486, Some(RETRY_AFTER)),
+            // RFC 3261 §21.5.4: overloaded for now; the rate frees up
+            // within a second.
+            EndReason::TrunkRate => (503, Some(Duration::from_secs(1))),
             EndReason::Draining | EndReason::Shutdown => (503, Some(RETRY_AFTER)),
             EndReason::NotAcceptable => (488, None),
             EndReason::ApiHangup | EndReason::AgentHangup => (480, None),

@@ -148,6 +148,12 @@ fn normalize(user: &str) -> Option<String> {
 
 async fn run(shared: Arc<Shared>, id: String, mut invite: IncomingInvite, route: Route) {
     let started = Instant::now();
+    if !shared
+        .registry
+        .admit_rate(&route.trunk.name, route.trunk.limits.cps)
+    {
+        return refuse(invite, EndReason::TrunkRate).await;
+    }
     let (handle, mut commands) = CallHandle::new();
     let Some(_slot) = shared.registry.try_insert(
         &id,

@@ -65,6 +65,8 @@ pub enum PlaceError {
     TrunkNotOutbound,
     #[error("the trunk is at its max_calls")]
     TrunkFull,
+    #[error("the trunk is at its cps (new calls per second)")]
+    TrunkRate,
     #[error("the daemon is draining and places no new calls")]
     Draining,
     #[error("the SIP stack is not running")]
@@ -120,6 +122,9 @@ impl Calls {
         }
         if shared.stack.get().is_none() {
             return Err(PlaceError::NotRunning);
+        }
+        if !shared.registry.admit_rate(&trunk.name, trunk.limits.cps) {
+            return Err(PlaceError::TrunkRate);
         }
         let id = ids::new(ids::CALL);
         let (handle, commands) = CallHandle::new();

@@ -1,13 +1,18 @@
 //! Who is on a call right now: the index of live calls by id, their
 //! [`CallHandle`]s, and the per-trunk slots that enforce `max_calls`.
 //!
+//! Each trunk's `cps` is a GCRA limiter (governor) checked by
+//! [`Registry::admit_rate`] before a slot is taken.
 //! A [`Slot`] is the call's place in the index; dropping it removes the call,
 //! lowers the trunk's active count and the gauge, and wakes the drain.
 //! Must not: hold a lock across `.await` (every access is a short insert,
 //! remove or copy).
 
 use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use tokio::sync::{Notify, mpsc};
 
@@ -59,6 +64,10 @@ struct Inner {
     /// Fired whenever a call leaves, for the drain.
     left: Notify,
     trunks: Arc<TrunkStates>,
+    // std Mutex: a lookup or insert, never across `.await`. Keyed by trunk,
+    // with the rate the limiter was made for, so a SIGHUP that changes
+    // `cps` takes effect on the next call.
+    rates: Mutex<HashMap<String, (NonZeroU32, Arc<DefaultDirectRateLimiter>)>>,
 }
 
 impl Registry {
@@ -68,8 +77,27 @@ impl Registry {
                 calls: Mutex::new(HashMap::new()),
                 left: Notify::new(),
                 trunks,
+                rates: Mutex::new(HashMap::new()),
             }),
         }
+    }
+
+    /// Whether one more call may start on `trunk` now without exceeding its
+    /// `cps` new calls per second (a burst of at most `cps`).
+    pub fn admit_rate(&self, trunk: &str, cps: u32) -> bool {
+        let cps = NonZeroU32::new(cps).unwrap_or(NonZeroU32::MIN);
+        let limiter = {
+            let mut rates = self.inner.rates.lock().unwrap_or_else(|e| e.into_inner());
+            match rates.get(trunk) {
+                Some((rate, limiter)) if *rate == cps => limiter.clone(),
+                _ => {
+                    let limiter = Arc::new(RateLimiter::direct(Quota::per_second(cps)));
+                    rates.insert(trunk.to_owned(), (cps, limiter.clone()));
+                    limiter
+                }
+            }
+        };
+        limiter.check().is_ok()
     }
 
     /// Takes a slot on `trunk` for call `id`, or `None` when the trunk

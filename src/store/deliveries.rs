@@ -186,7 +186,7 @@ impl Store {
                     "INSERT INTO webhook_attempts (id, delivery_id, attempt, status_code, latency_ms, outcome,
                          reason, error, started_at, created_at, updated_at)
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)")
-                    .bind(ids::new(ids::ATTEMPT)).bind(&r.delivery_id).bind(r.attempt).bind(r.status_code)
+                    .bind(ids::new(ids::WEBHOOK_ATTEMPT)).bind(&r.delivery_id).bind(r.attempt).bind(r.status_code)
                     .bind(r.latency_ms).bind(r.outcome).bind(&r.reason).bind(&r.error).bind(r.started_at)
                     .bind(now)
                     .execute(&mut *tx).await?;

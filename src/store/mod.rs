@@ -14,7 +14,11 @@
 
 pub mod agents;
 pub mod calls;
+pub mod campaigns;
+pub mod chat;
+pub mod contacts;
 pub mod deliveries;
+pub mod dnc;
 pub mod events;
 pub mod keys;
 pub mod numbers;
@@ -135,6 +139,16 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "webhooks",
         include_str!("../../migrations/sqlite/0002_webhooks.sql"),
     ),
+    (
+        4,
+        "chat",
+        include_str!("../../migrations/sqlite/0004_chat.sql"),
+    ),
+    (
+        5,
+        "campaigns",
+        include_str!("../../migrations/sqlite/0005_campaigns.sql"),
+    ),
 ];
 
 /// The PostgreSQL migrations, embedded in the binary.
@@ -148,6 +162,16 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "webhooks",
         include_str!("../../migrations/postgres/0002_webhooks.sql"),
+    ),
+    (
+        4,
+        "chat",
+        include_str!("../../migrations/postgres/0004_chat.sql"),
+    ),
+    (
+        5,
+        "campaigns",
+        include_str!("../../migrations/postgres/0005_campaigns.sql"),
     ),
 ];
 

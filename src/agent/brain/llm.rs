@@ -1,0 +1,352 @@
+//! The LLM seam and the brain built on it.
+//!
+//! [`Llm`] is one streaming chat completion: the history and the tools go
+//! in, text deltas come out as they arrive, and the call ends with the whole
+//! text and the tool calls. [`LlmBrain`] runs the tool loop on top: it calls
+//! the LLM, runs the tools it asked for (HTTP tools through
+//! [`super::tools::invoke`], built-in actions by emitting [`Action`]s),
+//! feeds the results back and calls again, at most `max_rounds` times.
+//!
+//! Built-in tools offered to every LLM: `end_call` (optional `summary`),
+//! `transfer_call` (`to`), `send_dtmf` (`digits`). Their actions are emitted
+//! after the reply's text, so a hang-up follows the goodbye.
+
+use std::sync::Arc;
+
+use serde_json::json;
+
+use super::tools::{self, HttpTool};
+use super::{
+    Action, Brain, BrainError, BrainEvent, Conversation, Input, Message, Reply, Role, Sink,
+    ToolCall,
+};
+
+/// A tool as the LLM sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolSpec {
+    pub name: String,
+    pub description: String,
+    pub parameters: serde_json::Value,
+}
+
+/// One chat completion request.
+#[derive(Debug, Clone, Copy)]
+pub struct ChatRequest<'a> {
+    /// The system prompt (the agent's instructions).
+    pub system: Option<&'a str>,
+    pub messages: &'a [Message],
+    pub tools: &'a [ToolSpec],
+}
+
+/// A completed chat completion.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LlmReply {
+    pub text: String,
+    pub tool_calls: Vec<ToolCall>,
+}
+
+/// Why an LLM call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LlmError {
+    #[error("cannot reach the LLM: {0}")]
+    Unreachable(String),
+    #[error("the LLM answered HTTP {status}: {message}")]
+    Status { status: u16, message: String },
+    #[error("the LLM sent nothing for {0} s")]
+    Stalled(u64),
+    #[error("the LLM's stream is malformed: {0}")]
+    Protocol(String),
+}
+
+/// A streaming chat-completion engine.
+#[async_trait::async_trait]
+pub trait Llm: Send + Sync {
+    /// Runs one completion, calling `on_delta` with each piece of text as it
+    /// arrives. Dropping the future cancels the request.
+    async fn chat(
+        &self,
+        request: ChatRequest<'_>,
+        on_delta: &(dyn for<'s> Fn(&'s str) + Send + Sync),
+    ) -> Result<LlmReply, LlmError>;
+}
+
+/// How many LLM calls one reply may take (tool rounds plus the answer).
+pub const DEFAULT_MAX_ROUNDS: usize = 5;
+
+/// A brain that asks an LLM.
+pub struct LlmBrain {
+    llm: Arc<dyn Llm>,
+    instructions: Option<String>,
+    greeting: Option<String>,
+    tools: Vec<HttpTool>,
+    specs: Vec<ToolSpec>,
+    http: reqwest::Client,
+    max_rounds: usize,
+}
+
+const END_CALL: &str = "end_call";
+const TRANSFER_CALL: &str = "transfer_call";
+const SEND_DTMF: &str = "send_dtmf";
+
+fn builtin_specs() -> Vec<ToolSpec> {
+    vec![
+        ToolSpec {
+            name: END_CALL.into(),
+            description: "End the call after your reply. Say goodbye in the reply.".into(),
+            parameters: json!({"type": "object", "properties": {
+                "summary": {"type": "string", "description": "A short summary of the call"}}}),
+        },
+        ToolSpec {
+            name: TRANSFER_CALL.into(),
+            description: "Transfer the caller to a phone number after your reply.".into(),
+            parameters: json!({"type": "object", "required": ["to"], "properties": {
+                "to": {"type": "string", "description": "E.164 number, e.g. +14155550100"}}}),
+        },
+        ToolSpec {
+            name: SEND_DTMF.into(),
+            description: "Send DTMF digits (0-9, *, #) on the call.".into(),
+            parameters: json!({"type": "object", "required": ["digits"], "properties": {
+                "digits": {"type": "string"}}}),
+        },
+    ]
+}
+
+impl LlmBrain {
+    pub fn new(
+        llm: Arc<dyn Llm>,
+        instructions: Option<String>,
+        greeting: Option<String>,
+        tools: Vec<HttpTool>,
+        http: reqwest::Client,
+    ) -> Self {
+        let mut specs = builtin_specs();
+        specs.extend(tools.iter().map(HttpTool::spec));
+        Self {
+            llm,
+            instructions,
+            greeting,
+            tools,
+            specs,
+            http,
+            max_rounds: DEFAULT_MAX_ROUNDS,
+        }
+    }
+
+    /// Whether `name` is a tool this brain offers (built-in or HTTP).
+    pub fn offers(&self, name: &str) -> bool {
+        self.specs.iter().any(|s| s.name == name)
+    }
+
+    /// Runs one tool call: the text fed back and the action, if built in.
+    async fn run_tool(&self, call: &ToolCall) -> (String, Option<Action>) {
+        let args: serde_json::Value = serde_json::from_str(&call.arguments).unwrap_or(json!({}));
+        let arg = |k: &str| args.get(k).and_then(|v| v.as_str()).map(str::to_string);
+        match call.name.as_str() {
+            END_CALL => {
+                let summary = arg("summary").filter(|s| !s.trim().is_empty());
+                (
+                    "ok: the call ends after your reply".into(),
+                    Some(match summary {
+                        Some(text) => Action::Summary { text },
+                        None => Action::Hangup,
+                    }),
+                )
+            }
+            TRANSFER_CALL => match arg("to").and_then(|t| crate::e164::normalize(&t).ok()) {
+                Some(to) => (
+                    "ok: the caller is transferred after your reply".into(),
+                    Some(Action::Transfer { to }),
+                ),
+                None => (r#"{"error": "to must be an E.164 number"}"#.into(), None),
+            },
+            SEND_DTMF => match arg("digits").filter(|d| {
+                !d.is_empty()
+                    && d.chars()
+                        .all(|c| c.is_ascii_digit() || "*#ABCD".contains(c))
+            }) {
+                Some(digits) => ("ok".into(), Some(Action::SendDtmf { digits })),
+                None => (r#"{"error": "digits must be 0-9, *, #"}"#.into(), None),
+            },
+            name => match self.tools.iter().find(|t| t.name == name) {
+                Some(tool) => (tools::invoke(&self.http, tool, &call.arguments).await, None),
+                None => (
+                    json!({"error": format!("no tool named {name}")}).to_string(),
+                    None,
+                ),
+            },
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Brain for LlmBrain {
+    async fn greet(&self, conv: &mut Conversation, out: &Sink) -> Result<Reply, BrainError> {
+        let reply = Reply {
+            text: self.greeting.clone().unwrap_or_default(),
+            actions: Vec::new(),
+        };
+        if !reply.text.is_empty() {
+            conv.messages.push(Message::assistant(reply.text.clone()));
+        }
+        super::emit(out, &reply);
+        Ok(reply)
+    }
+
+    async fn respond(
+        &self,
+        conv: &mut Conversation,
+        input: Input,
+        out: &Sink,
+    ) -> Result<Reply, BrainError> {
+        conv.messages.push(Message::user(input.as_history()));
+        let mut text = String::new();
+        let mut actions = Vec::new();
+        let on_delta = |d: &str| {
+            let _ = out.send(BrainEvent::Delta(d.to_string()));
+        };
+        for round in 0..self.max_rounds {
+            // The last round offers no tools, so it must answer in words.
+            let tools: &[ToolSpec] = if round + 1 == self.max_rounds {
+                &[]
+            } else {
+                &self.specs
+            };
+            let request = ChatRequest {
+                system: self.instructions.as_deref(),
+                messages: &conv.messages,
+                tools,
+            };
+            let reply = self.llm.chat(request, &on_delta).await?;
+            text.push_str(&reply.text);
+            if reply.tool_calls.is_empty() {
+                conv.messages.push(Message::assistant(reply.text));
+                break;
+            }
+            let mut m = Message::assistant(reply.text);
+            m.tool_calls = reply.tool_calls.clone();
+            conv.messages.push(m);
+            for call in &reply.tool_calls {
+                let (result, action) = self.run_tool(call).await;
+                if let Some(Action::Summary { text }) = &action {
+                    actions.push(Action::Summary { text: text.clone() });
+                    actions.push(Action::Hangup);
+                } else if let Some(a) = action {
+                    actions.push(a);
+                }
+                let mut m = Message::new(Role::Tool, result);
+                m.tool_call_id = Some(call.id.clone());
+                conv.messages.push(m);
+            }
+        }
+        for a in &actions {
+            let _ = out.send(BrainEvent::Action(a.clone()));
+        }
+        Ok(Reply { text, actions })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// An LLM that plays back canned replies and records what it was sent.
+    struct Canned {
+        replies: Mutex<Vec<LlmReply>>,
+        seen: Mutex<Vec<usize>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Llm for Canned {
+        async fn chat(
+            &self,
+            request: ChatRequest<'_>,
+            on_delta: &(dyn for<'s> Fn(&'s str) + Send + Sync),
+        ) -> Result<LlmReply, LlmError> {
+            self.seen.lock().unwrap().push(request.tools.len());
+            let mut replies = self.replies.lock().unwrap();
+            let reply = if replies.is_empty() {
+                LlmReply {
+                    text: "done".into(),
+                    tool_calls: Vec::new(),
+                }
+            } else {
+                replies.remove(0)
+            };
+            on_delta(&reply.text);
+            Ok(reply)
+        }
+    }
+
+    fn call(name: &str, args: &str) -> LlmReply {
+        LlmReply {
+            text: String::new(),
+            tool_calls: vec![ToolCall {
+                id: "c1".into(),
+                name: name.into(),
+                arguments: args.into(),
+            }],
+        }
+    }
+
+    #[tokio::test]
+    async fn builtin_tools_become_actions_after_the_text() {
+        let llm = Arc::new(Canned {
+            replies: Mutex::new(vec![
+                call(END_CALL, r#"{"summary": "booked"}"#),
+                LlmReply {
+                    text: "Goodbye!".into(),
+                    tool_calls: Vec::new(),
+                },
+            ]),
+            seen: Mutex::new(Vec::new()),
+        });
+        let brain = LlmBrain::new(llm, None, None, Vec::new(), reqwest::Client::new());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut conv = Conversation::default();
+        let reply = brain
+            .respond(&mut conv, Input::Text("bye".into()), &tx)
+            .await
+            .unwrap();
+        assert_eq!(reply.text, "Goodbye!");
+        assert_eq!(
+            reply.actions,
+            vec![
+                Action::Summary {
+                    text: "booked".into()
+                },
+                Action::Hangup
+            ]
+        );
+        let mut events = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            events.push(e);
+        }
+        assert_eq!(events.last(), Some(&BrainEvent::Action(Action::Hangup)));
+        // user, assistant (tool call), tool result, assistant.
+        assert_eq!(conv.messages.len(), 4);
+        assert_eq!(conv.messages[2].tool_call_id.as_deref(), Some("c1"));
+    }
+
+    #[tokio::test]
+    async fn the_tool_loop_is_bounded() {
+        let llm = Arc::new(Canned {
+            replies: Mutex::new(
+                (0..20)
+                    .map(|_| call(SEND_DTMF, r#"{"digits": "1"}"#))
+                    .collect(),
+            ),
+            seen: Mutex::new(Vec::new()),
+        });
+        let brain = LlmBrain::new(llm.clone(), None, None, Vec::new(), reqwest::Client::new());
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut conv = Conversation::default();
+        brain
+            .respond(&mut conv, Input::Text("go".into()), &tx)
+            .await
+            .unwrap();
+        let seen = llm.seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), DEFAULT_MAX_ROUNDS);
+        assert_eq!(seen.last(), Some(&0), "the last round offers no tools");
+    }
+}

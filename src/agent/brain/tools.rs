@@ -1,0 +1,199 @@
+//! HTTP tools: when the LLM calls one, the daemon POSTs the arguments (JSON)
+//! to the tool's URL, signed the way webhooks are (Standard Webhooks v1:
+//! `webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<base64
+//! HMAC-SHA256 of "id.timestamp.body">` keyed with the decoded `whsec_`
+//! secret), waits at most the tool's timeout, and feeds the answer back to
+//! the LLM as the tool's result.
+//!
+//! A tool that fails (timeout, refused, non-2xx, arguments that are not a
+//! JSON object or lack a `required` field) does not fail the reply: the LLM
+//! gets `{"error": "..."}` and can say so. Secrets are never logged.
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use super::{Secret, ToolSpec};
+
+/// The longest tool answer fed back to the LLM.
+const MAX_RESULT_BYTES: usize = 16 * 1024;
+
+/// An HTTP tool of an agent.
+#[derive(Debug, Clone)]
+pub struct HttpTool {
+    pub name: String,
+    pub description: String,
+    pub url: String,
+    /// JSON Schema of the arguments.
+    pub parameters: serde_json::Value,
+    pub timeout: Duration,
+    /// `whsec_...`: signs the request; `None` sends it unsigned.
+    pub secret: Option<Secret>,
+}
+
+impl HttpTool {
+    pub fn spec(&self) -> ToolSpec {
+        ToolSpec {
+            name: self.name.clone(),
+            description: self.description.clone(),
+            parameters: self.parameters.clone(),
+        }
+    }
+}
+
+/// The secret is not a `whsec_` base64 key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the signing secret must be whsec_ followed by base64")]
+pub struct BadSecret;
+
+/// The `webhook-signature` value for one secret.
+pub fn sign(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> Result<String, BadSecret> {
+    let key = secret.strip_prefix("whsec_").ok_or(BadSecret)?;
+    let key = STANDARD.decode(key).map_err(|_| BadSecret)?;
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key).map_err(|_| BadSecret)?;
+    mac.update(id.as_bytes());
+    mac.update(b".");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    Ok(format!(
+        "v1,{}",
+        STANDARD.encode(mac.finalize().into_bytes())
+    ))
+}
+
+/// Checks `arguments` against the parts of the schema that matter most: an
+/// object with the `required` properties present.
+fn check_arguments(schema: &serde_json::Value, arguments: &str) -> Result<String, String> {
+    let value: serde_json::Value = if arguments.trim().is_empty() {
+        serde_json::json!({})
+    } else {
+        serde_json::from_str(arguments).map_err(|e| format!("arguments are not JSON: {e}"))?
+    };
+    let object = value.as_object().ok_or("arguments must be a JSON object")?;
+    if let Some(required) = schema.get("required").and_then(|r| r.as_array()) {
+        for name in required.iter().filter_map(|r| r.as_str()) {
+            if !object.contains_key(name) {
+                return Err(format!("missing required argument {name:?}"));
+            }
+        }
+    }
+    serde_json::to_string(&value).map_err(|e| e.to_string())
+}
+
+fn error_result(message: &str) -> String {
+    serde_json::json!({ "error": message }).to_string()
+}
+
+/// Calls `tool` with `arguments`; the result is what the LLM reads.
+pub async fn invoke(http: &reqwest::Client, tool: &HttpTool, arguments: &str) -> String {
+    let count = |outcome: &'static str| {
+        metrics::counter!(crate::metrics::AGENT_TOOL_CALLS_TOTAL, "outcome" => outcome)
+            .increment(1);
+    };
+    let body = match check_arguments(&tool.parameters, arguments) {
+        Ok(b) => b,
+        Err(e) => {
+            count("bad_arguments");
+            return error_result(&e);
+        }
+    };
+    let id = crate::ids::new("tool");
+    let timestamp = chrono::Utc::now().timestamp();
+    let mut request = http
+        .post(&tool.url)
+        .timeout(tool.timeout)
+        .header("content-type", "application/json")
+        .header("webhook-id", &id)
+        .header("webhook-timestamp", timestamp.to_string());
+    if let Some(secret) = &tool.secret {
+        match sign(secret.expose(), &id, timestamp, body.as_bytes()) {
+            Ok(sig) => request = request.header("webhook-signature", sig),
+            Err(e) => {
+                tracing::warn!(tool = %tool.name, error = %e, "tool not called");
+                return error_result("the tool is misconfigured");
+            }
+        }
+    }
+    let started = std::time::Instant::now();
+    let result = async {
+        let response = request.body(body).send().await?;
+        let status = response.status();
+        let bytes = response.bytes().await?;
+        Ok::<_, reqwest::Error>((status, bytes))
+    }
+    .await;
+    match result {
+        Ok((status, bytes)) if status.is_success() => {
+            count("ok");
+            tracing::debug!(tool = %tool.name, %status, elapsed_ms = started.elapsed().as_millis() as u64, "tool answered");
+            let end = bytes.len().min(MAX_RESULT_BYTES);
+            String::from_utf8_lossy(&bytes[..end]).into_owned()
+        }
+        Ok((status, _)) => {
+            count("refused");
+            tracing::info!(tool = %tool.name, %status, "tool refused");
+            error_result(&format!("the tool answered HTTP {}", status.as_u16()))
+        }
+        Err(e) if e.is_timeout() => {
+            count("timeout");
+            tracing::info!(tool = %tool.name, "tool timed out");
+            error_result("the tool did not answer in time")
+        }
+        Err(e) => {
+            count("unreachable");
+            tracing::info!(tool = %tool.name, error = %e.without_url(), "tool unreachable");
+            error_result("the tool could not be reached")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example of the Standard Webhooks specification.
+    #[test]
+    fn signature_matches_the_specification_example() {
+        let sig = sign(
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            1614265330,
+            br#"{"test": 2432232314}"#,
+        )
+        .unwrap();
+        assert_eq!(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+        assert_eq!(sign("nope", "a", 1, b""), Err(BadSecret));
+    }
+
+    #[test]
+    fn arguments_are_checked_against_required() {
+        let schema = serde_json::json!({"type": "object", "required": ["city"]});
+        assert!(check_arguments(&schema, r#"{"city": "Oslo"}"#).is_ok());
+        assert!(check_arguments(&schema, r#"{}"#).is_err());
+        assert!(check_arguments(&schema, "[1]").is_err());
+        assert!(check_arguments(&schema, "{not json").is_err());
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_tool_gives_an_error_result() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let tool = HttpTool {
+            name: "t".into(),
+            description: String::new(),
+            url: format!("http://127.0.0.1:{port}/"),
+            parameters: serde_json::json!({"type": "object"}),
+            timeout: Duration::from_millis(500),
+            secret: None,
+        };
+        let out = invoke(&reqwest::Client::new(), &tool, "{}").await;
+        assert!(out.contains("error"), "{out}");
+    }
+}

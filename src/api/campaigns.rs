@@ -1,0 +1,850 @@
+//! `/v1/campaigns`: outbound campaigns, their contacts (JSON or a streamed
+//! CSV upload) and their progress. Status changes go through actions
+//! (`start`, `pause`, `resume`, `cancel`); one that the current status does
+//! not allow is 409.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{FromRequest, Path, Request, State};
+use axum::http::{StatusCode, header};
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::AppState;
+use super::error::{ApiError, ErrorResponses, FieldError};
+use super::extract::{ApiJson, ApiQuery, List, Pagination};
+use crate::campaign::csv::{ContactColumns, CsvStream, Record, RowError};
+use crate::campaign::policy::{Outcome, RetryPolicy, RetryRule};
+use crate::campaign::{Action, CONTACT_STATES, Schedule, Status};
+use crate::store::StoreError;
+use crate::store::campaigns::{CampaignFields, CampaignRecord};
+use crate::store::contacts::{ContactRecord, NewContact};
+use crate::{e164, ids};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_campaigns, create_campaign))
+        .routes(routes!(get_campaign, update_campaign, delete_campaign))
+        .routes(routes!(start_campaign))
+        .routes(routes!(pause_campaign))
+        .routes(routes!(resume_campaign))
+        .routes(routes!(cancel_campaign))
+        .routes(routes!(list_contacts, add_contacts))
+        .routes(routes!(campaign_stats))
+}
+
+/// Contacts per upload at most.
+pub const MAX_CSV_ROWS: u64 = 1_000_000;
+/// Contacts per JSON request at most.
+const MAX_JSON_CONTACTS: usize = 1000;
+/// Row errors listed in a report at most (all are counted).
+const MAX_LISTED_ERRORS: usize = 1000;
+/// Contacts written per transaction during an upload.
+const IMPORT_BATCH: usize = 5000;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Campaign {
+    #[schema(example = "cmp_01jdw8q1m7k3x9b5n4c2v6t8r0")]
+    pub id: String,
+    pub name: String,
+    pub agent_id: String,
+    /// E.164 caller id.
+    pub caller_number: String,
+    /// Trunks tried in order.
+    pub trunk_ids: Vec<String>,
+    pub status: Status,
+    pub schedule: Schedule,
+    pub max_concurrent_calls: i64,
+    pub calls_per_second: f64,
+    pub retry_policy: RetryPolicy,
+    pub max_attempts: i64,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CampaignCreate {
+    pub name: String,
+    pub agent_id: String,
+    #[schema(example = "+14155550100")]
+    pub caller_number: String,
+    pub trunk_ids: Vec<String>,
+    /// Default: every day, 09:00 to 20:00 in each contact's zone.
+    pub schedule: Option<Schedule>,
+    /// 1 to 1000 (default 10).
+    pub max_concurrent_calls: Option<i64>,
+    /// New calls per second, 0.01 to 100 (default 1).
+    pub calls_per_second: Option<f64>,
+    pub retry_policy: Option<RetryPolicy>,
+    /// Attempts per contact, 1 to 20 (default 3).
+    pub max_attempts: Option<i64>,
+}
+
+/// Fields left out keep their value. Only a `draft` or `paused` campaign
+/// can change.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CampaignUpdate {
+    pub name: Option<String>,
+    pub agent_id: Option<String>,
+    pub caller_number: Option<String>,
+    pub trunk_ids: Option<Vec<String>>,
+    pub schedule: Option<Schedule>,
+    pub max_concurrent_calls: Option<i64>,
+    pub calls_per_second: Option<f64>,
+    pub retry_policy: Option<RetryPolicy>,
+    pub max_attempts: Option<i64>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct CampaignQuery {
+    /// Only campaigns in this status.
+    pub status: Option<Status>,
+    #[param(minimum = 1, maximum = 100)]
+    pub limit: Option<i64>,
+    #[param(minimum = 0)]
+    pub offset: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Contact {
+    #[schema(example = "cnt_01jdw8q1m7k3x9b5n4c2v6t8r0")]
+    pub id: String,
+    pub campaign_id: String,
+    pub number: String,
+    /// The zone the contact is called in, when known (else the campaign's).
+    pub timezone: Option<String>,
+    #[schema(value_type = Object)]
+    pub variables: serde_json::Value,
+    /// `pending`, `dialing`, `completed`, `exhausted`, `opted_out`, `dnc`,
+    /// `expired` or `canceled`.
+    pub state: String,
+    pub attempts: i64,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub last_outcome: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ContactInput {
+    #[schema(example = "+1 415 555 2671")]
+    pub number: String,
+    /// IANA zone; derived from the number when left out.
+    pub timezone: Option<String>,
+    /// Strings, numbers or booleans passed to the agent.
+    #[schema(value_type = Option<Object>)]
+    pub variables: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ContactsAdd {
+    /// 1 to 1000 contacts; larger lists go as a CSV upload.
+    pub contacts: Vec<ContactInput>,
+}
+
+/// One rejected row.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ImportError {
+    /// Line in the CSV file (1 is the header), or the position in
+    /// `contacts` (from 0) for JSON.
+    pub line: u64,
+    pub field: String,
+    pub message: String,
+}
+
+/// What an import did. Good rows are kept even when others are rejected.
+#[derive(Debug, Default, Serialize, ToSchema)]
+pub struct ImportReport {
+    /// Rows read (the header excluded).
+    pub received: u64,
+    /// New contacts.
+    pub inserted: u64,
+    /// Valid rows whose number the campaign already had.
+    pub duplicates: u64,
+    /// Rows rejected; the first 1000 are listed in `errors`.
+    pub rejected: u64,
+    /// Contacts set aside because their number is on the do-not-call list.
+    pub blocked: u64,
+    pub errors: Vec<ImportError>,
+}
+
+impl ImportReport {
+    pub(crate) fn reject(&mut self, e: RowError) {
+        self.rejected += 1;
+        if self.errors.len() < MAX_LISTED_ERRORS {
+            self.errors.push(ImportError {
+                line: e.line,
+                field: e.field,
+                message: e.message,
+            });
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ContactQuery {
+    /// Only contacts in this state.
+    pub state: Option<String>,
+    #[param(minimum = 1, maximum = 100)]
+    pub limit: Option<i64>,
+    #[param(minimum = 0)]
+    pub offset: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CampaignStats {
+    pub campaign_id: String,
+    pub status: Status,
+    pub contacts_total: i64,
+    /// Contacts per state (every state listed).
+    pub contacts: BTreeMap<String, i64>,
+    /// Finished attempts per outcome (every outcome listed).
+    pub attempts: BTreeMap<String, i64>,
+    pub calls_active: i64,
+    /// Answered attempts over finished attempts.
+    pub answer_rate: Option<f64>,
+    /// Mean duration of answered calls.
+    pub average_duration_seconds: Option<f64>,
+    /// A rough estimate from the pace so far: pending contacts over attempts
+    /// finished per second since the start (retry delays make it longer).
+    pub estimated_seconds_remaining: Option<f64>,
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> ApiError {
+    ApiError::internal(format!("stored campaign {what} is corrupt: {e}"))
+}
+
+fn to_api(r: CampaignRecord) -> Result<Campaign, ApiError> {
+    Ok(Campaign {
+        trunk_ids: serde_json::from_str(&r.trunks).map_err(|e| corrupt("trunks", e))?,
+        status: Status::parse(&r.status).ok_or_else(|| corrupt("status", &r.status))?,
+        schedule: serde_json::from_str(&r.schedule).map_err(|e| corrupt("schedule", e))?,
+        retry_policy: serde_json::from_str(&r.retry_policy)
+            .map_err(|e| corrupt("retry policy", e))?,
+        id: r.id,
+        name: r.name,
+        agent_id: r.agent_id,
+        caller_number: r.caller_number,
+        max_concurrent_calls: r.max_concurrent_calls,
+        calls_per_second: r.calls_per_second,
+        max_attempts: r.max_attempts,
+        started_at: r.started_at,
+        finished_at: r.finished_at,
+        created_at: r.created_at,
+        updated_at: r.updated_at,
+    })
+}
+
+fn contact_to_api(r: ContactRecord) -> Contact {
+    Contact {
+        variables: serde_json::from_str(&r.variables)
+            .unwrap_or(serde_json::Value::Object(Default::default())),
+        id: r.id,
+        campaign_id: r.campaign_id,
+        number: r.number,
+        timezone: r.timezone,
+        state: r.state,
+        attempts: r.attempts,
+        next_attempt_at: r.next_attempt_at,
+        last_outcome: r.last_outcome,
+        created_at: r.created_at,
+        updated_at: r.updated_at,
+    }
+}
+
+/// A campaign's fields once validated, as stored.
+struct Valid {
+    name: String,
+    agent_id: String,
+    caller_number: String,
+    trunks: String,
+    schedule: String,
+    max_concurrent_calls: i64,
+    calls_per_second: f64,
+    retry_policy: String,
+    max_attempts: i64,
+}
+
+impl Valid {
+    fn fields(&self) -> CampaignFields<'_> {
+        CampaignFields {
+            name: &self.name,
+            agent_id: &self.agent_id,
+            caller_number: &self.caller_number,
+            trunks: &self.trunks,
+            schedule: &self.schedule,
+            max_concurrent_calls: self.max_concurrent_calls,
+            calls_per_second: self.calls_per_second,
+            retry_policy: &self.retry_policy,
+            max_attempts: self.max_attempts,
+        }
+    }
+}
+
+/// Checks every field and answers all problems at once.
+#[allow(clippy::too_many_arguments)] // one per field of the campaign
+async fn validate(
+    state: &AppState,
+    name: String,
+    agent_id: String,
+    caller_number: &str,
+    trunk_ids: Vec<String>,
+    schedule: Schedule,
+    max_concurrent_calls: i64,
+    calls_per_second: f64,
+    retry_policy: RetryPolicy,
+    max_attempts: i64,
+) -> Result<Valid, ApiError> {
+    let mut details = Vec::new();
+    let mut problem = |field: &str, message: &str| {
+        details.push(FieldError {
+            field: field.into(),
+            message: message.into(),
+        })
+    };
+    let len = name.trim().chars().count();
+    if len == 0 || len > 100 {
+        problem("name", "must be 1 to 100 characters");
+    }
+    let caller_number = e164::normalize(caller_number).unwrap_or_else(|m| {
+        problem("caller_number", &m);
+        String::new()
+    });
+    if trunk_ids.is_empty() || trunk_ids.len() > 10 {
+        problem("trunk_ids", "must name 1 to 10 trunks");
+    }
+    let profiles = state.profiles();
+    for (i, t) in trunk_ids.iter().enumerate() {
+        if profiles.get_by_id(t).is_none() {
+            problem(&format!("trunk_ids[{i}]"), "no such trunk");
+        }
+    }
+    if !(1..=1000).contains(&max_concurrent_calls) {
+        problem("max_concurrent_calls", "must be between 1 and 1000");
+    }
+    if !(0.01..=100.0).contains(&calls_per_second) {
+        problem("calls_per_second", "must be between 0.01 and 100");
+    }
+    if !(1..=20).contains(&max_attempts) {
+        problem("max_attempts", "must be between 1 and 20");
+    }
+    for (field, rule) in [
+        ("busy", retry_policy.busy),
+        ("no_answer", retry_policy.no_answer),
+        ("failed", retry_policy.failed),
+    ] {
+        let RetryRule {
+            retries,
+            delay_seconds,
+        } = rule;
+        if retries > 20 {
+            problem(
+                &format!("retry_policy.{field}.retries"),
+                "must be at most 20",
+            );
+        }
+        if !(60..=2_592_000).contains(&delay_seconds) {
+            problem(
+                &format!("retry_policy.{field}.delay_seconds"),
+                "must be between 60 and 2592000",
+            );
+        }
+    }
+    if let Err(problems) = schedule.compile() {
+        for (field, message) in problems {
+            problem(&field, &message);
+        }
+    }
+    let agent_known = ids::has_prefix(&agent_id, ids::AGENT)
+        && match state.store.get_agent(&agent_id).await {
+            Ok(_) => true,
+            Err(StoreError::NotFound) => false,
+            Err(e) => return Err(e.into()),
+        };
+    if !agent_known {
+        details.push(FieldError {
+            field: "agent_id".into(),
+            message: "no such agent".into(),
+        });
+    }
+    if !details.is_empty() {
+        return Err(ApiError::validation(details));
+    }
+    let json = |v: serde_json::Result<String>| v.map_err(ApiError::internal);
+    Ok(Valid {
+        name: name.trim().to_string(),
+        agent_id,
+        caller_number,
+        trunks: json(serde_json::to_string(&trunk_ids))?,
+        schedule: json(serde_json::to_string(&schedule))?,
+        max_concurrent_calls,
+        calls_per_second,
+        retry_policy: json(serde_json::to_string(&retry_policy))?,
+        max_attempts,
+    })
+}
+
+fn store_conflict(e: StoreError) -> ApiError {
+    match e {
+        StoreError::Conflict(m) => ApiError::conflict(m),
+        StoreError::NotFound => ApiError::not_found("campaign"),
+        StoreError::InUse(_) => ApiError::field("agent_id", "no such agent"),
+        e => e.into(),
+    }
+}
+
+/// Create a campaign (in `draft`).
+#[utoipa::path(post, path = "/v1/campaigns", tag = "campaigns", request_body = CampaignCreate,
+    responses((status = 201, description = "Created", body = Campaign), ErrorResponses))]
+async fn create_campaign(
+    State(state): State<AppState>,
+    ApiJson(b): ApiJson<CampaignCreate>,
+) -> Result<(StatusCode, Json<Campaign>), ApiError> {
+    let v = validate(
+        &state,
+        b.name,
+        b.agent_id,
+        &b.caller_number,
+        b.trunk_ids,
+        b.schedule.unwrap_or_default(),
+        b.max_concurrent_calls.unwrap_or(10),
+        b.calls_per_second.unwrap_or(1.0),
+        b.retry_policy.unwrap_or_default(),
+        b.max_attempts.unwrap_or(3),
+    )
+    .await?;
+    let record = state
+        .store
+        .insert_campaign(&ids::new(ids::CAMPAIGN), v.fields())
+        .await
+        .map_err(store_conflict)?;
+    Ok((StatusCode::CREATED, Json(to_api(record)?)))
+}
+
+/// List campaigns, newest first.
+#[utoipa::path(get, path = "/v1/campaigns", tag = "campaigns", params(CampaignQuery),
+    responses((status = 200, description = "A page of campaigns", body = List<Campaign>), ErrorResponses))]
+async fn list_campaigns(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<CampaignQuery>,
+) -> Result<Json<List<Campaign>>, ApiError> {
+    let w = Pagination::new(q.limit, q.offset).window()?;
+    let page = state
+        .store
+        .list_campaigns(q.status.map(Status::as_str), w)
+        .await?;
+    List::try_new(page, w, to_api).map(Json)
+}
+
+async fn fetch(state: &AppState, id: &str) -> Result<CampaignRecord, ApiError> {
+    if !ids::has_prefix(id, ids::CAMPAIGN) {
+        return Err(ApiError::not_found("campaign"));
+    }
+    state.store.get_campaign(id).await.map_err(|e| match e {
+        StoreError::NotFound => ApiError::not_found("campaign"),
+        e => e.into(),
+    })
+}
+
+/// Get a campaign.
+#[utoipa::path(get, path = "/v1/campaigns/{id}", tag = "campaigns", params(("id" = String, Path)),
+    responses((status = 200, description = "The campaign", body = Campaign), ErrorResponses))]
+async fn get_campaign(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Campaign>, ApiError> {
+    Ok(Json(to_api(fetch(&state, &id).await?)?))
+}
+
+/// Update a `draft` or `paused` campaign (409 otherwise).
+#[utoipa::path(patch, path = "/v1/campaigns/{id}", tag = "campaigns", params(("id" = String, Path)),
+    request_body = CampaignUpdate,
+    responses((status = 200, description = "The updated campaign", body = Campaign), ErrorResponses))]
+async fn update_campaign(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(b): ApiJson<CampaignUpdate>,
+) -> Result<Json<Campaign>, ApiError> {
+    let current = to_api(fetch(&state, &id).await?)?;
+    if !matches!(current.status, Status::Draft | Status::Paused) {
+        return Err(ApiError::conflict(format!(
+            "a {} campaign cannot be changed",
+            current.status.as_str()
+        )));
+    }
+    let v = validate(
+        &state,
+        b.name.unwrap_or(current.name),
+        b.agent_id.unwrap_or(current.agent_id),
+        &b.caller_number.unwrap_or(current.caller_number),
+        b.trunk_ids.unwrap_or(current.trunk_ids),
+        b.schedule.unwrap_or(current.schedule),
+        b.max_concurrent_calls
+            .unwrap_or(current.max_concurrent_calls),
+        b.calls_per_second.unwrap_or(current.calls_per_second),
+        b.retry_policy.unwrap_or(current.retry_policy),
+        b.max_attempts.unwrap_or(current.max_attempts),
+    )
+    .await?;
+    let record = state
+        .store
+        .update_campaign(&id, v.fields())
+        .await
+        .map_err(store_conflict)?;
+    Ok(Json(to_api(record)?))
+}
+
+/// Delete a campaign that is not running, with its contacts.
+#[utoipa::path(delete, path = "/v1/campaigns/{id}", tag = "campaigns", params(("id" = String, Path)),
+    responses((status = 204, description = "Deleted"), ErrorResponses))]
+async fn delete_campaign(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    fetch(&state, &id).await?;
+    state
+        .store
+        .delete_campaign(&id)
+        .await
+        .map_err(store_conflict)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn act(state: &AppState, id: &str, action: Action) -> Result<Json<Campaign>, ApiError> {
+    fetch(state, id).await?;
+    let from: Vec<&str> = action.from().iter().map(|s| s.as_str()).collect();
+    let record = state
+        .store
+        .transition_campaign(id, &from, action.to().as_str())
+        .await
+        .map_err(store_conflict)?;
+    tracing::info!(campaign = %id, event = action.event(), "campaign status changed");
+    Ok(Json(to_api(record)?))
+}
+
+/// Start a `draft` campaign.
+#[utoipa::path(post, path = "/v1/campaigns/{id}/start", tag = "campaigns", params(("id" = String, Path)),
+    responses((status = 200, description = "The campaign, running", body = Campaign), ErrorResponses))]
+async fn start_campaign(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Campaign>, ApiError> {
+    act(&state, &id, Action::Start).await
+}
+
+/// Pause a running campaign: no new calls; calls in progress finish.
+#[utoipa::path(post, path = "/v1/campaigns/{id}/pause", tag = "campaigns", params(("id" = String, Path)),
+    responses((status = 200, description = "The campaign, paused", body = Campaign), ErrorResponses))]
+async fn pause_campaign(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Campaign>, ApiError> {
+    act(&state, &id, Action::Pause).await
+}
+
+/// Resume a paused campaign.
+#[utoipa::path(post, path = "/v1/campaigns/{id}/resume", tag = "campaigns", params(("id" = String, Path)),
+    responses((status = 200, description = "The campaign, running", body = Campaign), ErrorResponses))]
+async fn resume_campaign(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Campaign>, ApiError> {
+    act(&state, &id, Action::Resume).await
+}
+
+/// Cancel a campaign for good; waiting contacts are canceled.
+#[utoipa::path(post, path = "/v1/campaigns/{id}/cancel", tag = "campaigns", params(("id" = String, Path)),
+    responses((status = 200, description = "The campaign, canceled", body = Campaign), ErrorResponses))]
+async fn cancel_campaign(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Campaign>, ApiError> {
+    act(&state, &id, Action::Cancel).await
+}
+
+/// Add contacts: a JSON list, or a CSV file (`Content-Type: text/csv`,
+/// streamed, up to a million rows) with a `number` column, an optional
+/// `timezone` column and one column per variable. Numbers are normalized to
+/// E.164 and deduplicated within the campaign; bad rows are reported by line
+/// and the good ones kept.
+#[utoipa::path(post, path = "/v1/campaigns/{id}/contacts", tag = "campaigns", params(("id" = String, Path)),
+    request_body(content(
+        (ContactsAdd = "application/json"),
+        (String = "text/csv", example = "number,first_name\n+14155552671,Ada\n"))),
+    responses((status = 200, description = "What was imported", body = ImportReport), ErrorResponses))]
+async fn add_contacts(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    req: Request,
+) -> Result<Json<ImportReport>, ApiError> {
+    let campaign = to_api(fetch(&state, &id).await?)?;
+    if matches!(campaign.status, Status::Completed | Status::Canceled) {
+        return Err(ApiError::conflict(format!(
+            "a {} campaign takes no contacts",
+            campaign.status.as_str()
+        )));
+    }
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let mut report = if content_type.starts_with("text/csv") {
+        import_csv(&state, &id, req.into_body()).await?
+    } else if content_type.starts_with("application/json") {
+        let ApiJson(body) = ApiJson::<ContactsAdd>::from_request(req, &state).await?;
+        import_json(&state, &id, body).await?
+    } else {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send application/json or text/csv",
+        ));
+    };
+    report.blocked = state.store.block_dnc_contacts(Some(&id)).await?;
+    Ok(Json(report))
+}
+
+async fn import_json(
+    state: &AppState,
+    campaign: &str,
+    body: ContactsAdd,
+) -> Result<ImportReport, ApiError> {
+    if body.contacts.is_empty() || body.contacts.len() > MAX_JSON_CONTACTS {
+        return Err(ApiError::field(
+            "contacts",
+            format!("must hold 1 to {MAX_JSON_CONTACTS} contacts"),
+        ));
+    }
+    let mut report = ImportReport::default();
+    let mut batch = Vec::new();
+    for (i, c) in body.contacts.into_iter().enumerate() {
+        report.received += 1;
+        let line = i as u64;
+        let variables =
+            serde_json::to_string(&c.variables.unwrap_or_default()).map_err(ApiError::internal)?;
+        match crate::campaign::csv::contact(line, &c.number, c.timezone.as_deref(), variables) {
+            Ok(c) => batch.push(c),
+            Err(mut e) => {
+                e.field = format!("contacts[{i}].{}", e.field);
+                report.reject(e);
+            }
+        }
+    }
+    flush(state, campaign, &mut batch, &mut report).await?;
+    Ok(report)
+}
+
+async fn flush(
+    state: &AppState,
+    campaign: &str,
+    batch: &mut Vec<NewContact>,
+    report: &mut ImportReport,
+) -> Result<(), ApiError> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let inserted = state.store.insert_contacts(campaign, batch).await?;
+    report.inserted += inserted;
+    report.duplicates += batch.len() as u64 - inserted;
+    batch.clear();
+    Ok(())
+}
+
+async fn import_csv(
+    state: &AppState,
+    campaign: &str,
+    body: Body,
+) -> Result<ImportReport, ApiError> {
+    let mut stream = body.into_data_stream();
+    let mut parser = CsvStream::new();
+    let mut report = ImportReport::default();
+    let mut columns: Option<ContactColumns> = None;
+    let mut header_error: Option<String> = None;
+    let mut batch: Vec<NewContact> = Vec::with_capacity(IMPORT_BATCH);
+    let mut truncated = None;
+    let mut ended = false;
+    // Bounded by the body: each turn consumes one chunk until the stream
+    // ends or the row cap is reached.
+    while !ended && truncated.is_none() && header_error.is_none() {
+        let chunk = stream.next().await;
+        let mut sink = |line: u64, record: Record<'_>| {
+            if header_error.is_some() || truncated.is_some() {
+                return;
+            }
+            let Some(cols) = &columns else {
+                match record
+                    .map_err(str::to_string)
+                    .and_then(|h| ContactColumns::from_header(&h))
+                {
+                    Ok(c) => columns = Some(c),
+                    Err(e) => header_error = Some(e),
+                }
+                return;
+            };
+            if report.received >= MAX_CSV_ROWS {
+                truncated = Some(line);
+                return;
+            }
+            report.received += 1;
+            let row = match record {
+                Ok(fields) if fields.iter().all(|f| f.trim().is_empty()) => {
+                    report.received -= 1;
+                    return;
+                }
+                Ok(fields) => cols.contact(line, &fields),
+                Err(message) => Err(RowError {
+                    line,
+                    field: "row".into(),
+                    message: message.into(),
+                }),
+            };
+            match row {
+                Ok(c) => batch.push(c),
+                Err(e) => report.reject(e),
+            }
+        };
+        match chunk {
+            Some(Ok(bytes)) => parser.feed(&bytes, &mut sink),
+            Some(Err(e)) => {
+                return Err(ApiError::bad_request(format!("cannot read the body: {e}")));
+            }
+            None => {
+                parser.finish(&mut sink);
+                ended = true;
+            }
+        }
+        if batch.len() >= IMPORT_BATCH {
+            flush(state, campaign, &mut batch, &mut report).await?;
+        }
+    }
+    if let Some(message) = header_error {
+        return Err(ApiError::field("body", message));
+    }
+    if columns.is_none() {
+        return Err(ApiError::field(
+            "body",
+            "the file is empty; it needs a header row",
+        ));
+    }
+    flush(state, campaign, &mut batch, &mut report).await?;
+    if let Some(line) = truncated {
+        report.reject(RowError {
+            line,
+            field: "body".into(),
+            message: format!(
+                "at most {MAX_CSV_ROWS} rows per upload; this row and the rest were not read"
+            ),
+        });
+    }
+    Ok(report)
+}
+
+/// List a campaign's contacts in the order they were added.
+#[utoipa::path(get, path = "/v1/campaigns/{id}/contacts", tag = "campaigns",
+    params(("id" = String, Path), ContactQuery),
+    responses((status = 200, description = "A page of contacts", body = List<Contact>), ErrorResponses))]
+async fn list_contacts(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<ContactQuery>,
+) -> Result<Json<List<Contact>>, ApiError> {
+    let w = Pagination::new(q.limit, q.offset).window()?;
+    if let Some(s) = &q.state
+        && !CONTACT_STATES.contains(&s.as_str())
+    {
+        return Err(
+            ApiError::bad_request("invalid query parameters").with_details(vec![FieldError {
+                field: "state".into(),
+                message: format!("must be one of {}", CONTACT_STATES.join(", ")),
+            }]),
+        );
+    }
+    fetch(&state, &id).await?;
+    let page = state
+        .store
+        .list_contacts(&id, q.state.as_deref(), w)
+        .await?;
+    Ok(Json(List::new(page, w, contact_to_api)))
+}
+
+/// Progress of a campaign.
+#[utoipa::path(get, path = "/v1/campaigns/{id}/stats", tag = "campaigns", params(("id" = String, Path)),
+    responses((status = 200, description = "The campaign's progress", body = CampaignStats), ErrorResponses))]
+async fn campaign_stats(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<CampaignStats>, ApiError> {
+    let campaign = to_api(fetch(&state, &id).await?)?;
+    let counts = state.store.campaign_counts(&id).await?;
+    Ok(Json(stats(campaign, counts, Utc::now())))
+}
+
+/// The campaign's progress read straight from the store, as
+/// `GET /v1/campaigns/{id}/stats` answers it (the CLI's `campaign watch`).
+pub async fn read_stats(
+    store: &crate::store::Store,
+    id: &str,
+) -> Result<CampaignStats, StoreError> {
+    let record = store.get_campaign(id).await?;
+    let campaign =
+        to_api(record).map_err(|_| StoreError::Corrupt(format!("campaign {id} is corrupt")))?;
+    let counts = store.campaign_counts(id).await?;
+    Ok(stats(campaign, counts, Utc::now()))
+}
+
+pub(crate) fn stats(
+    campaign: Campaign,
+    counts: crate::store::campaigns::CampaignCounts,
+    now: DateTime<Utc>,
+) -> CampaignStats {
+    let mut contacts: BTreeMap<String, i64> =
+        CONTACT_STATES.iter().map(|s| (s.to_string(), 0)).collect();
+    for (s, n) in counts.contacts {
+        contacts.insert(s, n);
+    }
+    let mut attempts: BTreeMap<String, i64> = Outcome::ALL
+        .iter()
+        .map(|o| (o.as_str().to_string(), 0))
+        .collect();
+    for (o, n) in counts.outcomes {
+        attempts.insert(o, n);
+    }
+    let finished: i64 = attempts.values().sum();
+    let answered = attempts.get("answered").copied().unwrap_or(0);
+    let estimated_seconds_remaining = match (campaign.status, campaign.started_at) {
+        (Status::Running, Some(start)) if finished > 0 => {
+            let elapsed = (now - start).num_milliseconds() as f64 / 1000.0;
+            let rate = finished as f64 / elapsed.max(1.0);
+            Some(((counts.pending + counts.in_flight) as f64 / rate).round())
+        }
+        (Status::Completed | Status::Canceled, _) => Some(0.0),
+        _ => None,
+    };
+    CampaignStats {
+        campaign_id: campaign.id,
+        status: campaign.status,
+        contacts_total: contacts.values().sum(),
+        contacts,
+        attempts,
+        calls_active: counts.in_flight,
+        answer_rate: (finished > 0).then(|| answered as f64 / finished as f64),
+        average_duration_seconds: counts.answered_avg_ms.map(|ms| ms / 1000.0),
+        estimated_seconds_remaining,
+    }
+}

@@ -1,0 +1,664 @@
+//! The dialer driver: claims due contacts with leases through the store,
+//! paces them with [`Pacer`] and places each call through the [`Dialer`]
+//! seam; the call layer reports every end through [`Driver::call_ended`].
+//!
+//! Exactly once per attempt: the attempt row, with the call id chosen here,
+//! is committed before [`Dialer::place`] runs. After a crash, [`Driver::recover`]
+//! asks the call layer what became of each call still in flight
+//! ([`Dialer::fate`]): never placed -> the claim is undone and the contact is
+//! due again under the same attempt number; ended -> its outcome is recorded;
+//! still up (another node, or a call that survived) -> adopted and counted
+//! against the caps, its lease taken over (compare-and-set on the owner
+//! seen) so that one node adopts it and renews its lease from then on. So no
+//! attempt is placed twice and none is lost; undoing a claim and recording
+//! an end are idempotent, so two nodes recovering at once do no harm.
+//!
+//! Pause takes effect at the next claim, which checks the campaign is still
+//! running inside its transaction; calls in flight finish normally.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+
+use super::pacing::{Caps, Pacer, Wait};
+use super::policy::{Final, Next, Outcome, RetryPolicy};
+use super::window::Verdict;
+use super::{Schedule, contact_zone};
+use crate::ids;
+use crate::store::contacts::{AfterAttempt, Disposition};
+use crate::store::{Store, StoreError};
+
+/// A call the dialer asks the call layer to place.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlaceCall {
+    /// The id the call must carry (its `calls` row and every event): chosen
+    /// before placing, so a crash can be reconciled.
+    pub call_id: String,
+    pub campaign_id: String,
+    pub contact_id: String,
+    /// 1 for the first attempt.
+    pub attempt: i64,
+    pub to: String,
+    pub from: String,
+    /// Trunk id (`trk_...`).
+    pub trunk: String,
+    pub agent_id: String,
+    /// The contact's variables for the agent, a JSON object.
+    pub variables: serde_json::Value,
+}
+
+/// Why a call could not be placed.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct DialError(pub String);
+
+/// What became of a call, as the call layer knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallFate {
+    /// No call with this id exists: nothing was sent.
+    NeverPlaced,
+    /// The call is still up; its end will be reported.
+    InProgress,
+    Ended {
+        outcome: Outcome,
+        duration_ms: Option<i64>,
+    },
+}
+
+/// The seam the call layer implements.
+#[async_trait::async_trait]
+pub trait Dialer: Send + Sync + 'static {
+    /// Starts the call and returns its id (`req.call_id`). The call layer
+    /// must write its call row before sending anything, so that
+    /// [`Dialer::fate`] can tell a placed call from one never placed.
+    async fn place(&self, req: PlaceCall) -> Result<String, DialError>;
+
+    /// What became of a call placed earlier (used after a restart).
+    async fn fate(&self, call_id: &str) -> Result<CallFate, DialError>;
+}
+
+/// How the driver runs.
+#[derive(Debug, Clone)]
+pub struct DriverConfig {
+    /// Names this node in leases.
+    pub owner: String,
+    /// Calls in flight across every campaign.
+    pub global_max_calls: u32,
+    /// How long a claim is held without renewal.
+    pub lease: Duration,
+    /// Longest sleep between looks at the store.
+    pub poll: Duration,
+    /// Due contacts looked at per claim.
+    pub scan: i64,
+    /// Whether every in-flight attempt is this node's to recover at start
+    /// (one node on SQLite) or only those whose lease expired (PostgreSQL).
+    pub recover_all: bool,
+}
+
+impl Default for DriverConfig {
+    fn default() -> Self {
+        Self {
+            owner: ids::new("node"),
+            global_max_calls: 100,
+            lease: Duration::from_secs(120),
+            poll: Duration::from_secs(1),
+            scan: 50,
+            recover_all: true,
+        }
+    }
+}
+
+/// The dialer driver; share it as `Arc<Driver<D>>`.
+pub struct Driver<D> {
+    store: Store,
+    dialer: Arc<D>,
+    cfg: DriverConfig,
+    // std Mutex: held only for short synchronous updates, never across `.await`.
+    pacer: Mutex<Pacer>,
+    /// Calls this node placed and has not seen end: call id -> (campaign, trunk).
+    in_flight: Mutex<HashMap<String, (String, String)>>,
+    /// Woken when a call ends, so a freed slot is used at once.
+    ended: Notify,
+}
+
+impl<D: Dialer> Driver<D> {
+    /// A driver over `store` with the trunk caps by trunk id.
+    pub fn new(store: Store, dialer: Arc<D>, cfg: DriverConfig, trunks: &[(String, Caps)]) -> Self {
+        let mut pacer = Pacer::new(cfg.global_max_calls);
+        for (id, caps) in trunks {
+            pacer.set_trunk(id, *caps);
+        }
+        Self {
+            store,
+            dialer,
+            cfg,
+            pacer: Mutex::new(pacer),
+            in_flight: Mutex::new(HashMap::new()),
+            ended: Notify::new(),
+        }
+    }
+
+    fn pacer(&self) -> std::sync::MutexGuard<'_, Pacer> {
+        self.pacer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn flights(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, String)>> {
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Calls this node has in flight.
+    pub fn active(&self) -> usize {
+        self.flights().len()
+    }
+
+    /// Recovers, then claims and places until `shutdown` turns true.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        if let Err(e) = self.recover().await {
+            tracing::error!(error = %e, "campaign recovery failed; retrying on the next pass");
+        }
+        let mut last_renew = Instant::now();
+        while !*shutdown.borrow() {
+            let sleep = match self.tick().await {
+                Ok(Some(Wait::Until(t))) => t
+                    .saturating_duration_since(Instant::now())
+                    .min(self.cfg.poll),
+                Ok(_) => self.cfg.poll,
+                Err(e) => {
+                    tracing::warn!(error = %e, "dialer pass failed");
+                    self.cfg.poll
+                }
+            };
+            if last_renew.elapsed() >= self.cfg.lease / 3 {
+                last_renew = Instant::now();
+                let until = Utc::now() + self.cfg.lease;
+                if let Err(e) = self.store.renew_leases(&self.cfg.owner, until).await {
+                    tracing::warn!(error = %e, "lease renewal failed");
+                }
+                if !self.cfg.recover_all
+                    && let Err(e) = self.recover().await
+                {
+                    tracing::warn!(error = %e, "recovery of expired leases failed");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(sleep) => {}
+                _ = self.ended.notified() => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    /// One pass over the running campaigns: places every call the caps
+    /// allow now; what the soonest campaign waits for.
+    pub async fn tick(self: &Arc<Self>) -> Result<Option<Wait>, StoreError> {
+        let campaigns = self.store.running_campaigns().await?;
+        let mut waits = Vec::new();
+        for c in campaigns {
+            let trunks: Vec<String> = serde_json::from_str(&c.trunks)
+                .map_err(|e| StoreError::Corrupt(format!("campaign {} trunks: {e}", c.id)))?;
+            let schedule: Schedule = serde_json::from_str(&c.schedule)
+                .map_err(|e| StoreError::Corrupt(format!("campaign {} schedule: {e}", c.id)))?;
+            let Ok((window, default_zone)) = schedule.compile() else {
+                return Err(StoreError::Corrupt(format!("campaign {} schedule", c.id)));
+            };
+            self.pacer().set_campaign(
+                &c.id,
+                Caps {
+                    max_calls: u32::try_from(c.max_concurrent_calls).unwrap_or(0),
+                    cps: c.calls_per_second,
+                },
+            );
+            // Bounded: each pass places at most the global cap.
+            for _ in 0..self.cfg.global_max_calls {
+                let trunk = match self.pacer().ready(Instant::now(), &c.id, &trunks) {
+                    Ok(t) => t,
+                    Err(w) => {
+                        waits.push(w);
+                        break;
+                    }
+                };
+                let now = Utc::now();
+                let call_id = ids::new(ids::CALL);
+                let report = self
+                    .store
+                    .claim_contact(
+                        &c.id,
+                        now,
+                        self.cfg.scan,
+                        &self.cfg.owner,
+                        now + self.cfg.lease,
+                        &call_id,
+                        &trunk,
+                        |due| {
+                            let zone: Tz = contact_zone(due.timezone.as_deref(), default_zone);
+                            match window.verdict(zone, now) {
+                                Verdict::Open => Disposition::Dial,
+                                Verdict::OpensAt(t) => Disposition::Postpone(t),
+                                Verdict::Closed => Disposition::Expire,
+                            }
+                        },
+                    )
+                    .await?;
+                if report.blocked > 0 {
+                    tracing::info!(campaign = %c.id, blocked = report.blocked, "contacts on the do-not-call list skipped");
+                }
+                let Some(claimed) = report.claimed else {
+                    if report.postponed == 0 && report.blocked == 0 && report.expired == 0 {
+                        if self.store.complete_campaign_if_done(&c.id).await? {
+                            tracing::info!(campaign = %c.id, event = "campaign.completed", "campaign completed");
+                        }
+                        break;
+                    }
+                    continue;
+                };
+                self.pacer().start(Instant::now(), &c.id, &trunk);
+                self.flights()
+                    .insert(call_id.clone(), (c.id.clone(), trunk.clone()));
+                let req = PlaceCall {
+                    call_id: call_id.clone(),
+                    campaign_id: c.id.clone(),
+                    contact_id: claimed.contact.id.clone(),
+                    attempt: claimed.attempt,
+                    to: claimed.contact.number.clone(),
+                    from: c.caller_number.clone(),
+                    trunk,
+                    agent_id: c.agent_id.clone(),
+                    variables: serde_json::from_str(&claimed.contact.variables)
+                        .unwrap_or(serde_json::Value::Object(Default::default())),
+                };
+                let me = Arc::clone(self);
+                tokio::spawn(async move {
+                    if let Err(e) = me.dialer.place(req).await {
+                        tracing::warn!(call = %call_id, error = %e, "campaign call not placed");
+                        if let Err(e) = me.call_ended(&call_id, Outcome::Failed, None).await {
+                            tracing::error!(call = %call_id, error = %e, "cannot record a failed dial");
+                        }
+                    }
+                });
+            }
+        }
+        Ok(Pacer::soonest(waits))
+    }
+
+    /// The outcome callback: the call layer invokes it once when a campaign
+    /// call ends (repeats are ignored). Records the attempt, schedules a
+    /// retry or closes the contact, adds an opt-out to the do-not-call list,
+    /// and frees the call's slot.
+    pub async fn call_ended(
+        &self,
+        call_id: &str,
+        outcome: Outcome,
+        duration_ms: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let ended_at = crate::store::now();
+        let recorded = self
+            .store
+            .finish_attempt(call_id, outcome.as_str(), duration_ms, ended_at, |end| {
+                let policy: RetryPolicy = serde_json::from_str(&end.retry_policy)
+                    .map_err(|e| StoreError::Corrupt(format!("retry policy: {e}")))?;
+                let next = policy.next(
+                    outcome,
+                    u32::try_from(end.same_outcome).unwrap_or(u32::MAX),
+                    u32::try_from(end.attempts).unwrap_or(u32::MAX),
+                    u32::try_from(end.max_attempts).unwrap_or(0),
+                    ended_at,
+                );
+                Ok(match next {
+                    Next::Retry(at) => AfterAttempt {
+                        state: "pending",
+                        next_attempt_at: Some(at),
+                        add_dnc: false,
+                    },
+                    Next::Done(f) => AfterAttempt {
+                        state: match f {
+                            Final::Completed => "completed",
+                            Final::Exhausted => "exhausted",
+                            Final::OptedOut => "opted_out",
+                        },
+                        next_attempt_at: None,
+                        add_dnc: f == Final::OptedOut,
+                    },
+                })
+            })
+            .await?;
+        if let Some((campaign, trunk)) = self.flights().remove(call_id) {
+            self.pacer().finish(&campaign, &trunk);
+        }
+        if let Some((end, _)) = recorded
+            && self
+                .store
+                .complete_campaign_if_done(&end.campaign_id)
+                .await?
+        {
+            tracing::info!(campaign = %end.campaign_id, event = "campaign.completed", "campaign completed");
+        }
+        self.ended.notify_one();
+        Ok(())
+    }
+
+    /// Reconciles attempts left in flight by a crash (see the module doc).
+    pub async fn recover(&self) -> Result<(), StoreError> {
+        let before: Option<DateTime<Utc>> = (!self.cfg.recover_all).then(Utc::now);
+        for f in self.store.in_flight_attempts(before).await? {
+            if self.flights().contains_key(&f.call_id) {
+                continue;
+            }
+            match self.dialer.fate(&f.call_id).await {
+                Ok(CallFate::NeverPlaced) => {
+                    tracing::info!(call = %f.call_id, contact = %f.contact_id, "attempt never placed; due again");
+                    self.store.unclaim_attempt(&f.attempt_id).await?;
+                }
+                Ok(CallFate::Ended {
+                    outcome,
+                    duration_ms,
+                }) => self.call_ended(&f.call_id, outcome, duration_ms).await?,
+                Ok(CallFate::InProgress) => {
+                    // Adopt by taking the lease over (compare-and-set on the
+                    // owner seen): one node adopts, and renews it as its own.
+                    let until = Utc::now() + self.cfg.lease;
+                    let owner = f.lease_owner.as_deref();
+                    if !self
+                        .store
+                        .take_over_lease(&f.contact_id, owner, &self.cfg.owner, until)
+                        .await?
+                    {
+                        continue;
+                    }
+                    let trunk = f.trunk.clone().unwrap_or_default();
+                    self.pacer().start(Instant::now(), &f.campaign_id, &trunk);
+                    self.flights()
+                        .insert(f.call_id.clone(), (f.campaign_id.clone(), trunk));
+                }
+                Err(e) => {
+                    tracing::warn!(call = %f.call_id, error = %e, "call fate unknown; will ask again")
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::store::campaigns::CampaignFields;
+    use crate::store::contacts::NewContact;
+
+    /// Records placements, tracks concurrency, and hands each call to the
+    /// test, which ends it.
+    struct FakeDialer {
+        placed: Mutex<Vec<PlaceCall>>,
+        live: AtomicUsize,
+        max_live: AtomicUsize,
+        ends: mpsc::UnboundedSender<String>,
+        fates: Mutex<HashMap<String, CallFate>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Dialer for FakeDialer {
+        async fn place(&self, req: PlaceCall) -> Result<String, DialError> {
+            let live = self.live.fetch_add(1, Ordering::SeqCst) + 1;
+            self.max_live.fetch_max(live, Ordering::SeqCst);
+            let id = req.call_id.clone();
+            self.placed.lock().unwrap().push(req);
+            let _ = self.ends.send(id.clone());
+            Ok(id)
+        }
+        async fn fate(&self, call_id: &str) -> Result<CallFate, DialError> {
+            Ok(self
+                .fates
+                .lock()
+                .unwrap()
+                .get(call_id)
+                .copied()
+                .unwrap_or(CallFate::NeverPlaced))
+        }
+    }
+
+    async fn setup(contacts: usize) -> (tempfile::TempDir, Store, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&format!("sqlite://{}", dir.path().join("t.db").display()))
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        store
+            .insert_agent("agt_1", "a", "echo", "{}")
+            .await
+            .unwrap();
+        let policy = RetryPolicy {
+            busy: super::super::policy::RetryRule {
+                retries: 1,
+                delay_seconds: 0,
+            },
+            ..RetryPolicy::default()
+        };
+        let schedule = Schedule {
+            start_time: "00:00".into(),
+            end_time: "23:59".into(),
+            ..Schedule::default()
+        };
+        let c = store
+            .insert_campaign(
+                "cmp_1",
+                CampaignFields {
+                    name: "t",
+                    agent_id: "agt_1",
+                    caller_number: "+14155550100",
+                    trunks: r#"["trk_a"]"#,
+                    schedule: &serde_json::to_string(&schedule).unwrap(),
+                    max_concurrent_calls: 4,
+                    calls_per_second: 100.0,
+                    retry_policy: &serde_json::to_string(&policy).unwrap(),
+                    max_attempts: 3,
+                },
+            )
+            .await
+            .unwrap();
+        let list: Vec<NewContact> = (0..contacts)
+            .map(|i| NewContact {
+                number: format!("+1415555{:04}", 1000 + i),
+                timezone: None,
+                variables: "{}".into(),
+            })
+            .collect();
+        store.insert_contacts(&c.id, &list).await.unwrap();
+        store
+            .transition_campaign(&c.id, &["draft"], "running")
+            .await
+            .unwrap();
+        (dir, store, c.id)
+    }
+
+    fn driver(store: &Store) -> (Arc<Driver<FakeDialer>>, mpsc::UnboundedReceiver<String>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let fake = Arc::new(FakeDialer {
+            placed: Mutex::new(Vec::new()),
+            live: AtomicUsize::new(0),
+            max_live: AtomicUsize::new(0),
+            ends: tx,
+            fates: Mutex::new(HashMap::new()),
+        });
+        let cfg = DriverConfig {
+            poll: Duration::from_millis(10),
+            global_max_calls: 10,
+            ..DriverConfig::default()
+        };
+        let trunks = [(
+            "trk_a".to_string(),
+            Caps {
+                max_calls: 3,
+                cps: 0.0,
+            },
+        )];
+        (Arc::new(Driver::new(store.clone(), fake, cfg, &trunks)), rx)
+    }
+
+    /// Ends each placed call: odd-numbered contacts are busy on their first
+    /// attempt, everyone answers after that.
+    async fn end_calls(
+        d: Arc<Driver<FakeDialer>>,
+        mut rx: mpsc::UnboundedReceiver<String>,
+        limit: usize,
+    ) {
+        for _ in 0..limit {
+            let Some(call) = rx.recv().await else { return };
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            let req = d
+                .dialer
+                .placed
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|p| p.call_id == call)
+                .cloned()
+                .unwrap();
+            let last: u32 = req.to[req.to.len() - 1..].parse().unwrap();
+            let outcome = if last % 2 == 1 && req.attempt == 1 {
+                Outcome::Busy
+            } else {
+                Outcome::Answered
+            };
+            d.dialer.live.fetch_sub(1, Ordering::SeqCst);
+            d.call_ended(&call, outcome, Some(1000)).await.unwrap();
+        }
+    }
+
+    /// Waits until the campaign completes, for at most 30 s: generous,
+    /// so that a loaded machine does not fail the test, yet bounded.
+    async fn wait_completed(store: &Store, campaign: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if store.get_campaign(campaign).await.unwrap().status == "completed" {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn caps_hold_and_attempts_follow_the_policy() {
+        let (_dir, store, campaign) = setup(40).await;
+        store
+            .add_dnc(&["+14155551003".to_string()], None, "api")
+            .await
+            .unwrap();
+        let (d, rx) = driver(&store);
+        let (stop, stop_rx) = watch::channel(false);
+        let runner = tokio::spawn(Arc::clone(&d).run(stop_rx));
+        let ender = tokio::spawn(end_calls(Arc::clone(&d), rx, 1000));
+        wait_completed(&store, &campaign).await;
+        let _ = stop.send(true);
+        runner.await.unwrap();
+        ender.abort();
+        assert_eq!(
+            store.get_campaign(&campaign).await.unwrap().status,
+            "completed"
+        );
+        let placed = d.dialer.placed.lock().unwrap().clone();
+        // 39 dialable contacts, 19 of them odd and not on the list: busy once.
+        assert_eq!(placed.len(), 39 + 19);
+        assert!(
+            placed.iter().all(|p| p.to != "+14155551003"),
+            "DNC never dialled"
+        );
+        assert!(d.dialer.max_live.load(Ordering::SeqCst) <= 3, "trunk cap");
+        let unique: HashSet<(String, i64)> = placed
+            .iter()
+            .map(|p| (p.contact_id.clone(), p.attempt))
+            .collect();
+        assert_eq!(unique.len(), placed.len(), "no attempt placed twice");
+        let counts = store.campaign_counts(&campaign).await.unwrap();
+        assert!(counts.contacts.contains(&("completed".to_string(), 39)));
+        assert!(counts.contacts.contains(&("dnc".to_string(), 1)));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restart_neither_repeats_nor_skips_an_attempt() {
+        let (_dir, store, campaign) = setup(3).await;
+        // Before the "crash": three claims. The first call was placed and
+        // ended busy, the second is still up, the third was never placed.
+        let mut calls = Vec::new();
+        for i in 0..3 {
+            let call = format!("call_{i}");
+            let r = store
+                .claim_contact(
+                    &campaign,
+                    Utc::now(),
+                    10,
+                    "old",
+                    Utc::now(),
+                    &call,
+                    "trk_a",
+                    |_| Disposition::Dial,
+                )
+                .await
+                .unwrap();
+            calls.push((call, r.claimed.unwrap()));
+        }
+        // Claims follow the import order (ids are monotonic), which the fake
+        // relies on: only the second contact (odd) would be busy at first.
+        let numbers: Vec<&str> = calls.iter().map(|c| c.1.contact.number.as_str()).collect();
+        assert_eq!(numbers, ["+14155551000", "+14155551001", "+14155551002"]);
+        let (d, rx) = driver(&store);
+        {
+            let mut fates = d.dialer.fates.lock().unwrap();
+            fates.insert(
+                calls[0].0.clone(),
+                CallFate::Ended {
+                    outcome: Outcome::Busy,
+                    duration_ms: None,
+                },
+            );
+            fates.insert(calls[1].0.clone(), CallFate::InProgress);
+        }
+        d.recover().await.unwrap();
+        assert_eq!(d.active(), 1, "the live call is adopted");
+        assert_eq!(
+            store.renew_leases(&d.cfg.owner, Utc::now()).await.unwrap(),
+            1,
+            "with its lease, renewed by its new owner"
+        );
+        let (stop, stop_rx) = watch::channel(false);
+        let runner = tokio::spawn(Arc::clone(&d).run(stop_rx));
+        let ender = tokio::spawn(end_calls(Arc::clone(&d), rx, 100));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The adopted call ends now.
+        d.call_ended(&calls[1].0, Outcome::Answered, Some(5))
+            .await
+            .unwrap();
+        wait_completed(&store, &campaign).await;
+        let _ = stop.send(true);
+        runner.await.unwrap();
+        ender.abort();
+        let attempts = store.campaign_attempts(&campaign).await.unwrap();
+        let per_contact = |id: &str| attempts.iter().filter(|a| a.0 == id).count();
+        // Contact 0: busy (before) + retry after the restart.
+        assert_eq!(per_contact(&calls[0].1.contact.id), 2);
+        // Contact 1: the one call, never redialled.
+        assert_eq!(per_contact(&calls[1].1.contact.id), 1);
+        // Contact 2: its unplaced attempt 1 was placed exactly once, as attempt 1.
+        let third: Vec<_> = attempts
+            .iter()
+            .filter(|a| a.0 == calls[2].1.contact.id)
+            .collect();
+        assert_eq!(third.len(), 1, "{attempts:?}");
+        assert_eq!(third[0].1, 1);
+        assert!(attempts.iter().all(|a| a.3.is_some()), "{attempts:?}");
+        let placed = d.dialer.placed.lock().unwrap().clone();
+        assert_eq!(
+            placed.len(),
+            2,
+            "only the retry and the unplaced attempt: {placed:?}"
+        );
+    }
+}

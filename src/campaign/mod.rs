@@ -1,0 +1,317 @@
+//! Outbound campaigns: contacts called by an agent within each contact's
+//! calling window, paced under every cap, retried per outcome, never to a
+//! number on the do-not-call list.
+//!
+//! - [`window`]: calling windows in the contact's own zone (sans-IO).
+//! - [`policy`]: retry policy per outcome (sans-IO).
+//! - [`pacing`]: how many calls may start now under all caps (sans-IO).
+//! - [`dialer`]: the driver: claims due contacts with leases via the store,
+//!   places calls through the [`dialer::Dialer`] seam the call layer
+//!   implements, and takes outcomes back in [`dialer::Driver::call_ended`].
+//! - [`csv`]: streamed CSV parsing with per-row errors and line numbers.
+//!
+//! This module holds the campaign's own vocabulary (statuses, actions,
+//! schedule document); the API maps it to HTTP and the store to SQL.
+//!
+//! Must not: speak SIP or HTTP, or hold SQL.
+
+pub mod csv;
+pub mod dialer;
+pub mod pacing;
+pub mod policy;
+pub mod window;
+
+use chrono::{NaiveDate, NaiveTime, Weekday};
+use chrono_tz::Tz;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use window::CallingWindow;
+
+/// Where a campaign stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+// Named apart from the API's health `Status`: one schema name, one type.
+#[schema(as = CampaignStatus)]
+pub enum Status {
+    Draft,
+    Running,
+    Paused,
+    Completed,
+    Canceled,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Draft => "draft",
+            Status::Running => "running",
+            Status::Paused => "paused",
+            Status::Completed => "completed",
+            Status::Canceled => "canceled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Status::Draft,
+            Status::Running,
+            Status::Paused,
+            Status::Completed,
+            Status::Canceled,
+        ]
+        .into_iter()
+        .find(|x| x.as_str() == s)
+    }
+}
+
+/// What an operator can do to a campaign.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Start,
+    Pause,
+    Resume,
+    Cancel,
+}
+
+impl Action {
+    /// The statuses the action applies to.
+    pub fn from(self) -> &'static [Status] {
+        match self {
+            Action::Start => &[Status::Draft],
+            Action::Pause => &[Status::Running],
+            Action::Resume => &[Status::Paused],
+            Action::Cancel => &[Status::Draft, Status::Running, Status::Paused],
+        }
+    }
+
+    pub fn to(self) -> Status {
+        match self {
+            Action::Start | Action::Resume => Status::Running,
+            Action::Pause => Status::Paused,
+            Action::Cancel => Status::Canceled,
+        }
+    }
+
+    /// The event the transition emits.
+    pub fn event(self) -> &'static str {
+        match self {
+            Action::Start => "campaign.started",
+            Action::Pause => "campaign.paused",
+            Action::Resume => "campaign.resumed",
+            Action::Cancel => "campaign.canceled",
+        }
+    }
+}
+
+/// The contact states, as stored and listed.
+pub const CONTACT_STATES: [&str; 8] = [
+    "pending",
+    "dialing",
+    "completed",
+    "exhausted",
+    "opted_out",
+    "dnc",
+    "expired",
+    "canceled",
+];
+
+/// A day of the week in a schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Day {
+    Mon,
+    Tue,
+    Wed,
+    Thu,
+    Fri,
+    Sat,
+    Sun,
+}
+
+impl Day {
+    fn weekday(self) -> Weekday {
+        match self {
+            Day::Mon => Weekday::Mon,
+            Day::Tue => Weekday::Tue,
+            Day::Wed => Weekday::Wed,
+            Day::Thu => Weekday::Thu,
+            Day::Fri => Weekday::Fri,
+            Day::Sat => Weekday::Sat,
+            Day::Sun => Weekday::Sun,
+        }
+    }
+}
+
+/// When a campaign may call, in each contact's local time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Schedule {
+    /// First local date calls are allowed.
+    #[schema(value_type = Option<String>, format = Date, example = "2026-07-01")]
+    pub start_date: Option<NaiveDate>,
+    /// Last local date calls are allowed (inclusive).
+    #[schema(value_type = Option<String>, format = Date, example = "2026-07-31")]
+    pub end_date: Option<NaiveDate>,
+    /// Allowed weekdays (default every day).
+    #[serde(default = "all_days")]
+    pub weekdays: Vec<Day>,
+    /// Local time the window opens, `HH:MM` (default `09:00`).
+    #[serde(default = "nine")]
+    #[schema(example = "09:00")]
+    pub start_time: String,
+    /// Local time the window closes, `HH:MM`, exclusive (default `20:00`).
+    #[serde(default = "twenty")]
+    #[schema(example = "20:00")]
+    pub end_time: String,
+    /// IANA zone for contacts whose zone is neither given nor derivable from
+    /// the number (default `UTC`).
+    #[serde(default = "utc")]
+    #[schema(example = "America/New_York")]
+    pub timezone: String,
+}
+
+fn all_days() -> Vec<Day> {
+    vec![
+        Day::Mon,
+        Day::Tue,
+        Day::Wed,
+        Day::Thu,
+        Day::Fri,
+        Day::Sat,
+        Day::Sun,
+    ]
+}
+fn nine() -> String {
+    "09:00".into()
+}
+fn twenty() -> String {
+    "20:00".into()
+}
+fn utc() -> String {
+    "UTC".into()
+}
+
+impl Default for Schedule {
+    fn default() -> Self {
+        Self {
+            start_date: None,
+            end_date: None,
+            weekdays: all_days(),
+            start_time: nine(),
+            end_time: twenty(),
+            timezone: utc(),
+        }
+    }
+}
+
+/// A problem with one field of a campaign document: (dotted field, message).
+pub type Problem = (String, String);
+
+impl Schedule {
+    /// The window and default zone, or every problem found.
+    pub fn compile(&self) -> Result<(CallingWindow, Tz), Vec<Problem>> {
+        let mut problems = Vec::new();
+        let mut time = |field: &str, s: &str| {
+            NaiveTime::parse_from_str(s, "%H:%M")
+                .map_err(|_| problems.push((format!("schedule.{field}"), "must be HH:MM".into())))
+                .ok()
+        };
+        let start = time("start_time", &self.start_time);
+        let end = time("end_time", &self.end_time);
+        if let (Some(s), Some(e)) = (start, end)
+            && e <= s
+        {
+            problems.push((
+                "schedule.end_time".into(),
+                "must be after start_time".into(),
+            ));
+        }
+        if self.weekdays.is_empty() {
+            problems.push((
+                "schedule.weekdays".into(),
+                "must name at least one day".into(),
+            ));
+        }
+        if let (Some(a), Some(b)) = (self.start_date, self.end_date)
+            && b < a
+        {
+            problems.push((
+                "schedule.end_date".into(),
+                "must not be before start_date".into(),
+            ));
+        }
+        let zone = self.timezone.parse::<Tz>().map_err(|_| {
+            problems.push((
+                "schedule.timezone".into(),
+                "must be an IANA time zone such as Europe/Paris".into(),
+            ))
+        });
+        match (start, end, zone) {
+            (Some(start), Some(end), Ok(zone)) if problems.is_empty() => {
+                let mut weekdays = [false; 7];
+                for d in &self.weekdays {
+                    weekdays[d.weekday().num_days_from_monday() as usize] = true;
+                }
+                Ok((
+                    CallingWindow {
+                        weekdays,
+                        start,
+                        end,
+                        start_date: self.start_date,
+                        end_date: self.end_date,
+                    },
+                    zone,
+                ))
+            }
+            _ => Err(problems),
+        }
+    }
+}
+
+/// The zone a contact is called in: its own, else its number's, else the
+/// campaign's.
+pub fn contact_zone(explicit: Option<&str>, default: Tz) -> Tz {
+    explicit.and_then(|z| z.parse().ok()).unwrap_or(default)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_defaults_and_problems() {
+        let s: Schedule = serde_json::from_str("{}").unwrap();
+        let (w, tz) = s.compile().unwrap();
+        assert_eq!(w, CallingWindow::default_hours());
+        assert_eq!(tz, chrono_tz::UTC);
+        let bad = Schedule {
+            start_time: "21:00".into(),
+            timezone: "Mars/Olympus".into(),
+            weekdays: vec![],
+            ..Schedule::default()
+        };
+        let fields: Vec<String> = bad
+            .compile()
+            .unwrap_err()
+            .into_iter()
+            .map(|p| p.0)
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "schedule.end_time",
+                "schedule.weekdays",
+                "schedule.timezone"
+            ]
+        );
+    }
+
+    #[test]
+    fn actions_follow_the_status_machine() {
+        assert_eq!(Action::Start.from(), &[Status::Draft]);
+        assert_eq!(Action::Resume.to(), Status::Running);
+        assert!(!Action::Cancel.from().contains(&Status::Completed));
+        assert_eq!(Status::parse("paused"), Some(Status::Paused));
+    }
+}

@@ -1,0 +1,231 @@
+//! Campaigns: the definition (JSON documents for trunks, schedule and retry
+//! policy, opaque here) and the status machine's writes, each guarded by the
+//! status it expects so two writers cannot both win.
+
+use chrono::{DateTime, Utc};
+
+use super::{Page, Result, Store, StoreError, Window, on_pool};
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct CampaignRecord {
+    pub id: String,
+    pub name: String,
+    pub agent_id: String,
+    pub caller_number: String,
+    /// JSON array of trunk ids.
+    pub trunks: String,
+    pub status: String,
+    /// JSON schedule document.
+    pub schedule: String,
+    pub max_concurrent_calls: i64,
+    pub calls_per_second: f64,
+    /// JSON retry policy document.
+    pub retry_policy: String,
+    pub max_attempts: i64,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The writable fields of a campaign.
+pub struct CampaignFields<'a> {
+    pub name: &'a str,
+    pub agent_id: &'a str,
+    pub caller_number: &'a str,
+    pub trunks: &'a str,
+    pub schedule: &'a str,
+    pub max_concurrent_calls: i64,
+    pub calls_per_second: f64,
+    pub retry_policy: &'a str,
+    pub max_attempts: i64,
+}
+
+const COLUMNS: &str =
+    "id, name, agent_id, caller_number, trunks, status, schedule, max_concurrent_calls,
+    calls_per_second, retry_policy, max_attempts, started_at, finished_at, created_at, updated_at";
+
+/// Counts behind `GET /v1/campaigns/{id}/stats`.
+#[derive(Debug, Clone, Default)]
+pub struct CampaignCounts {
+    /// Contacts per state.
+    pub contacts: Vec<(String, i64)>,
+    /// Finished attempts per outcome.
+    pub outcomes: Vec<(String, i64)>,
+    /// Attempts in flight.
+    pub in_flight: i64,
+    /// Mean duration of answered attempts, in milliseconds.
+    pub answered_avg_ms: Option<f64>,
+    /// Sum of the attempts each pending contact may still need at least (one each).
+    pub pending: i64,
+}
+
+impl Store {
+    pub async fn insert_campaign(&self, id: &str, f: CampaignFields<'_>) -> Result<CampaignRecord> {
+        let now = super::now();
+        on_pool!(self, p => sqlx::query(
+            "INSERT INTO campaigns (id, name, agent_id, caller_number, trunks, status, schedule,
+                 max_concurrent_calls, calls_per_second, retry_policy, max_attempts, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, 'draft', $6, $7, $8, $9, $10, $11, $11)")
+            .bind(id).bind(f.name).bind(f.agent_id).bind(f.caller_number).bind(f.trunks)
+            .bind(f.schedule).bind(f.max_concurrent_calls).bind(f.calls_per_second)
+            .bind(f.retry_policy).bind(f.max_attempts).bind(now)
+            .execute(p).await.map(|r| r.rows_affected()))?;
+        self.get_campaign(id).await
+    }
+
+    pub async fn get_campaign(&self, id: &str) -> Result<CampaignRecord> {
+        let sql = format!("SELECT {COLUMNS} FROM campaigns WHERE id = $1");
+        on_pool!(self, p => sqlx::query_as::<_, CampaignRecord>(sqlx::AssertSqlSafe(sql))
+            .bind(id).fetch_optional(p).await)?
+        .ok_or(StoreError::NotFound)
+    }
+
+    pub async fn list_campaigns(
+        &self,
+        status: Option<&str>,
+        w: Window,
+    ) -> Result<Page<CampaignRecord>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM campaigns WHERE ($1 IS NULL OR status = $1)
+             ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3"
+        );
+        let items = on_pool!(self, p => sqlx::query_as::<_, CampaignRecord>(sqlx::AssertSqlSafe(sql))
+            .bind(status).bind(w.limit).bind(w.offset).fetch_all(p).await)?;
+        let total: i64 = on_pool!(self, p => sqlx::query_scalar(
+            "SELECT COUNT(*) FROM campaigns WHERE ($1 IS NULL OR status = $1)")
+            .bind(status).fetch_one(p).await)?;
+        Ok(Page { items, total })
+    }
+
+    /// Campaigns the dialer works on.
+    pub async fn running_campaigns(&self) -> Result<Vec<CampaignRecord>> {
+        let sql = format!("SELECT {COLUMNS} FROM campaigns WHERE status = 'running' ORDER BY id");
+        Ok(
+            on_pool!(self, p => sqlx::query_as::<_, CampaignRecord>(sqlx::AssertSqlSafe(sql))
+            .fetch_all(p).await)?,
+        )
+    }
+
+    /// Updates a campaign that is `draft` or `paused`; `Conflict` otherwise.
+    pub async fn update_campaign(&self, id: &str, f: CampaignFields<'_>) -> Result<CampaignRecord> {
+        let now = super::now();
+        let done = on_pool!(self, p => sqlx::query(
+            "UPDATE campaigns SET name = $2, agent_id = $3, caller_number = $4, trunks = $5,
+                 schedule = $6, max_concurrent_calls = $7, calls_per_second = $8, retry_policy = $9,
+                 max_attempts = $10, updated_at = $11
+             WHERE id = $1 AND status IN ('draft', 'paused')")
+            .bind(id).bind(f.name).bind(f.agent_id).bind(f.caller_number).bind(f.trunks)
+            .bind(f.schedule).bind(f.max_concurrent_calls).bind(f.calls_per_second)
+            .bind(f.retry_policy).bind(f.max_attempts).bind(now)
+            .execute(p).await.map(|r| r.rows_affected()))?;
+        if done == 0 {
+            let current = self.get_campaign(id).await?;
+            return Err(StoreError::Conflict(format!(
+                "a {} campaign cannot be changed",
+                current.status
+            )));
+        }
+        self.get_campaign(id).await
+    }
+
+    /// Deletes a campaign that is not running, with its contacts and attempts.
+    pub async fn delete_campaign(&self, id: &str) -> Result<()> {
+        let done = on_pool!(self, p => sqlx::query(
+            "DELETE FROM campaigns WHERE id = $1 AND status <> 'running'")
+            .bind(id).execute(p).await.map(|r| r.rows_affected()))?;
+        if done == 0 {
+            self.get_campaign(id).await?;
+            return Err(StoreError::Conflict(
+                "a running campaign cannot be deleted".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Moves a campaign from one of `from` (at most three) to `to`; `Conflict` when it is in
+    /// another status. `running` stamps `started_at` the first time;
+    /// `completed` and `canceled` stamp `finished_at`, and `canceled` cancels
+    /// the contacts still waiting.
+    pub async fn transition_campaign(
+        &self,
+        id: &str,
+        from: &[&str],
+        to: &str,
+    ) -> Result<CampaignRecord> {
+        let now = super::now();
+        let pick = |i: usize| from.get(i).or(from.first()).copied().unwrap_or("");
+        let finished = matches!(to, "completed" | "canceled").then_some(now);
+        let done = on_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            let done = sqlx::query(
+                "UPDATE campaigns SET status = $2, updated_at = $3,
+                     started_at = CASE WHEN $2 = 'running' AND started_at IS NULL THEN $3 ELSE started_at END,
+                     finished_at = COALESCE($6, finished_at)
+                 WHERE id = $1 AND status IN ($4, $5, $7)")
+                .bind(id).bind(to).bind(now).bind(pick(0)).bind(pick(1)).bind(finished).bind(pick(2))
+                .execute(&mut *tx).await?.rows_affected();
+            if done == 1 && to == "canceled" {
+                sqlx::query(
+                    "UPDATE campaign_contacts SET state = 'canceled', updated_at = $2
+                     WHERE campaign_id = $1 AND state = 'pending'")
+                    .bind(id).bind(now).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok::<u64, sqlx::Error>(done)
+        })?;
+        if done == 0 {
+            let current = self.get_campaign(id).await?;
+            return Err(StoreError::Conflict(format!(
+                "the campaign is {}; it cannot become {to}",
+                current.status
+            )));
+        }
+        self.get_campaign(id).await
+    }
+
+    /// Marks a running campaign completed when no contact waits or dials;
+    /// whether it did.
+    pub async fn complete_campaign_if_done(&self, id: &str) -> Result<bool> {
+        let now = super::now();
+        let done = on_pool!(self, p => sqlx::query(
+            "UPDATE campaigns SET status = 'completed', finished_at = $2, updated_at = $2
+             WHERE id = $1 AND status = 'running' AND NOT EXISTS (
+                 SELECT 1 FROM campaign_contacts
+                 WHERE campaign_id = $1 AND state IN ('pending', 'dialing'))")
+            .bind(id).bind(now).execute(p).await.map(|r| r.rows_affected()))?;
+        Ok(done == 1)
+    }
+
+    pub async fn campaign_counts(&self, id: &str) -> Result<CampaignCounts> {
+        let contacts: Vec<(String, i64)> = on_pool!(self, p => sqlx::query_as(
+            "SELECT state, COUNT(*) FROM campaign_contacts WHERE campaign_id = $1
+             GROUP BY state ORDER BY state")
+            .bind(id).fetch_all(p).await)?;
+        let rows: Vec<(Option<String>, i64)> = on_pool!(self, p => sqlx::query_as(
+            "SELECT outcome, COUNT(*) FROM campaign_attempts WHERE campaign_id = $1
+             GROUP BY outcome ORDER BY outcome")
+            .bind(id).fetch_all(p).await)?;
+        let answered_avg_ms: Option<f64> = on_pool!(self, p => sqlx::query_scalar(
+            "SELECT CAST(AVG(duration_ms) AS DOUBLE PRECISION) FROM campaign_attempts
+             WHERE campaign_id = $1 AND outcome = 'answered'")
+            .bind(id).fetch_one(p).await)?;
+        let mut counts = CampaignCounts {
+            answered_avg_ms,
+            ..CampaignCounts::default()
+        };
+        for (outcome, n) in rows {
+            match outcome {
+                Some(o) => counts.outcomes.push((o, n)),
+                None => counts.in_flight = n,
+            }
+        }
+        counts.pending = contacts
+            .iter()
+            .filter(|(s, _)| s == "pending")
+            .map(|(_, n)| *n)
+            .sum();
+        counts.contacts = contacts;
+        Ok(counts)
+    }
+}
