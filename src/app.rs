@@ -3,7 +3,10 @@
 //! store, bind the API, tell systemd we are ready, then wait for signals.
 //!
 //! Order at start: config and profiles, store, call layer (RTP ports), SIP
-//! transports and trunk registrations, API, then READY=1.
+//! transports and trunk registrations, API, campaign dialer (with its
+//! outcome feed), then READY=1. A drain stops the campaign dialer first, so
+//! no campaign call starts once draining; its outcome feed runs until the
+//! calls are over.
 //!
 //! Signals: SIGTERM drains (readiness 503, INVITEs get 503 with
 //! Retry-After, active calls finish up to `shutdown.drain_seconds`, then the
@@ -21,7 +24,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::api::{self, AppState, Readiness};
+use crate::call::campaign_dialer::{CallDialer, report_outcomes};
 use crate::call::{Calls, EndReason};
+use crate::campaign::dialer::{Driver, DriverConfig};
+use crate::campaign::pacing::Caps;
 use crate::config::{Config, ConfigError, Profiles, SharedProfiles};
 use crate::store::{Store, StoreError};
 use crate::trunk::{Registration, TrunkStates};
@@ -144,6 +150,7 @@ impl App {
                 })
                 .await
         });
+        let mut campaigns = self.start_campaigns();
         let worker = self.worker.take().map(|w| tokio::spawn(w.run()));
         self.state.readiness.set_ready();
         tracing::info!(api = %local, sip = %stack.local_addr(), store = self.state.store.backend(), "agentline ready");
@@ -151,6 +158,8 @@ impl App {
 
         let _ = control.wait_for(|c| *c != Control::Run).await;
         self.state.readiness.set_draining();
+        // No new dials from here; campaign calls up finish like any other.
+        campaigns.stop_dialing().await;
         self.calls.drain();
         notify(&[sd_notify::NotifyState::Stopping]);
         let drain = Duration::from_secs(self.config.shutdown.drain_seconds);
@@ -160,6 +169,7 @@ impl App {
             "draining: no new calls are accepted"
         );
         self.drain_calls(&mut control, drain).await;
+        campaigns.stop().await;
         self.calls.stop_registrations().await;
         // The calls have written their last events. Closing the outbox ends
         // the event streams (so the API can stop) and the worker, which lets
@@ -180,6 +190,54 @@ impl App {
         self.state.store.close().await;
         tracing::info!("agentline stopped");
         Ok(())
+    }
+
+    /// Starts the campaign dialer under the trunk caps of the profiles and
+    /// the global cap of `[campaigns]`, with the outcome feed subscribed
+    /// before the first dial.
+    fn start_campaigns(&self) -> CampaignTasks {
+        let c = &self.config.campaigns;
+        let trunks: Vec<(String, Caps)> = self
+            .state
+            .profiles()
+            .by_name
+            .values()
+            .map(|p| {
+                (
+                    p.id(),
+                    Caps {
+                        max_calls: p.limits.max_calls,
+                        cps: f64::from(p.limits.cps),
+                    },
+                )
+            })
+            .collect();
+        let store = self.state.store.clone();
+        let cfg = DriverConfig {
+            global_max_calls: c.max_concurrent_calls,
+            lease: Duration::from_secs(u64::from(c.lease_seconds)),
+            poll: Duration::from_millis(c.poll_ms),
+            // One node on SQLite owns every attempt; on PostgreSQL only
+            // those whose lease expired are another node's leftovers.
+            recover_all: store.backend() == "sqlite",
+            ..DriverConfig::default()
+        };
+        let dialer = Arc::new(CallDialer::new(self.calls.clone()));
+        let driver = Arc::new(Driver::new(store, dialer, cfg, &trunks));
+        let (stop_outcomes, outcomes_stopped) = watch::channel(false);
+        let outcomes = tokio::spawn(report_outcomes(
+            self.calls.subscribe(),
+            Arc::clone(&driver),
+            outcomes_stopped,
+        ));
+        let (stop_dialing, dialing_stopped) = watch::channel(false);
+        let dialing = tokio::spawn(Arc::clone(&driver).run(dialing_stopped));
+        CampaignTasks {
+            stop_dialing,
+            dialing: Some(dialing),
+            stop_outcomes,
+            outcomes: Some(outcomes),
+        }
     }
 
     /// Lets active calls finish until `drain` passes or a second signal
@@ -239,6 +297,45 @@ impl App {
         &self.state
     }
 }
+
+/// The campaign dialer's two tasks and their stop switches.
+struct CampaignTasks {
+    /// Stops claiming and placing; calls in flight go on.
+    stop_dialing: watch::Sender<bool>,
+    /// The driver's loop; `None` once stopped.
+    dialing: Option<tokio::task::JoinHandle<()>>,
+    /// Stops the outcome feed once the calls are over.
+    stop_outcomes: watch::Sender<bool>,
+    /// The outcome feed; `None` once stopped.
+    outcomes: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl CampaignTasks {
+    /// Stops new dials and waits (bounded) for the pass in progress.
+    async fn stop_dialing(&mut self) {
+        let _ = self.stop_dialing.send(true);
+        if let Some(task) = self.dialing.take()
+            && tokio::time::timeout(TASK_GRACE, task).await.is_err()
+        {
+            tracing::warn!("campaign dialer did not stop in time");
+        }
+    }
+
+    /// Stops dialing, then the outcome feed once it has reported the ends
+    /// already published.
+    async fn stop(&mut self) {
+        self.stop_dialing().await;
+        let _ = self.stop_outcomes.send(true);
+        if let Some(task) = self.outcomes.take()
+            && tokio::time::timeout(TASK_GRACE, task).await.is_err()
+        {
+            tracing::warn!("campaign outcome feed did not stop in time");
+        }
+    }
+}
+
+/// How long a campaign task gets to finish its pass when told to stop.
+const TASK_GRACE: Duration = Duration::from_secs(10);
 
 /// How long calls get to send BYE and record their end after the hangup.
 const HANGUP_GRACE: Duration = Duration::from_secs(15);

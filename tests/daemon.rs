@@ -46,6 +46,13 @@ async fn a_bad_config_file_exits_64_naming_the_key() {
     let err = refuses_to_start(&d).await;
     assert!(err.contains("webhook"), "{err}");
 
+    let d = TestDaemon::builder()
+        .config("[campaigns]\nmax_concurrent_calls = 0")
+        .prepare()
+        .await;
+    let err = refuses_to_start(&d).await;
+    assert!(err.contains("campaigns.max_concurrent_calls"), "{err}");
+
     // An explicit config path that does not exist is an error too.
     let out = Command::new(common::bin())
         .args(["--config", "/nonexistent/agentline.toml", "check-config"])

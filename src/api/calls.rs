@@ -319,6 +319,7 @@ async fn create_call(
         return Err(ApiError::validation(details));
     }
     let request = OutboundRequest {
+        call_id: None,
         from,
         to,
         agent_id: body.agent_id,

@@ -16,7 +16,7 @@ use crate::store::calls::{CallRecord, EndFields, NewCall};
 use crate::webhook::Outbox;
 
 /// Events buffered per subscriber before a slow one starts missing some.
-const BUS_CAPACITY: usize = 1024;
+pub(crate) const BUS_CAPACITY: usize = 1024;
 
 /// What changed.
 #[derive(Debug, Clone, PartialEq, Eq)]

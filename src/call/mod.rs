@@ -2,7 +2,7 @@
 //!
 //! Owns: inbound routing (trunk by source, number, agent, accept or refuse:
 //! [`inbound`]), placing outbound calls ([`outbound`]), the established
-//! call task ([`task`]), the one [`EndReason`] per call ([`end_reason`]),
+//! call task ([`task`]), the campaign dialer's seam ([`campaign_dialer`]), the one [`EndReason`] per call ([`end_reason`]),
 //! the live-call index with its handles and trunk slots ([`registry`]),
 //! every call state transition with its store write and bus event
 //! ([`events`]), the diagnostic agents ([`agents`]) and the trunk
@@ -13,6 +13,7 @@
 //! writes call rows.
 
 pub mod agents;
+pub mod campaign_dialer;
 pub mod end_reason;
 pub mod events;
 mod inbound;

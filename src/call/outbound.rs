@@ -32,6 +32,9 @@ use crate::store::calls::{CallRecord, NewCall};
 /// A call to place, as the API received it (numbers already E.164).
 #[derive(Debug, Clone)]
 pub struct OutboundRequest {
+    /// The id the call must carry; `None`: a new one. A campaign chooses
+    /// it before placing, so that a crash can be reconciled.
+    pub call_id: Option<String>,
     /// A provisioned number: our caller ID.
     pub from: String,
     pub to: String,
@@ -126,7 +129,7 @@ impl Calls {
         if !shared.registry.admit_rate(&trunk.name, trunk.limits.cps) {
             return Err(PlaceError::TrunkRate);
         }
-        let id = ids::new(ids::CALL);
+        let id = req.call_id.clone().unwrap_or_else(|| ids::new(ids::CALL));
         let (handle, commands) = CallHandle::new();
         let slot = shared
             .registry

@@ -124,6 +124,10 @@ pub struct Driver<D> {
     in_flight: Mutex<HashMap<String, (String, String)>>,
     /// Woken when a call ends, so a freed slot is used at once.
     ended: Notify,
+    /// Place requests handed to the call layer and not yet answered:
+    /// [`Driver::run`] waits for them before it returns, so that a stop
+    /// followed by a drain of the call layer refuses none of them.
+    placing: std::sync::atomic::AtomicUsize,
 }
 
 impl<D: Dialer> Driver<D> {
@@ -140,6 +144,7 @@ impl<D: Dialer> Driver<D> {
             pacer: Mutex::new(pacer),
             in_flight: Mutex::new(HashMap::new()),
             ended: Notify::new(),
+            placing: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -190,6 +195,13 @@ impl<D: Dialer> Driver<D> {
                 _ = self.ended.notified() => {}
                 _ = shutdown.changed() => {}
             }
+        }
+        // Bounded: 5 s for the calls being placed to reach the call layer.
+        for _ in 0..100 {
+            if self.placing.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -272,8 +284,12 @@ impl<D: Dialer> Driver<D> {
                         .unwrap_or(serde_json::Value::Object(Default::default())),
                 };
                 let me = Arc::clone(self);
+                self.placing
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 tokio::spawn(async move {
-                    if let Err(e) = me.dialer.place(req).await {
+                    let placed = me.dialer.place(req).await;
+                    me.placing.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                    if let Err(e) = placed {
                         tracing::warn!(call = %call_id, error = %e, "campaign call not placed");
                         if let Err(e) = me.call_ended(&call_id, Outcome::Failed, None).await {
                             tracing::error!(call = %call_id, error = %e, "cannot record a failed dial");
@@ -338,6 +354,22 @@ impl<D: Dialer> Driver<D> {
             tracing::info!(campaign = %end.campaign_id, event = "campaign.completed", "campaign completed");
         }
         self.ended.notify_one();
+        Ok(())
+    }
+
+    /// Asks the call layer about every call this node has in flight and
+    /// records those that ended: the catch-up when end reports were missed.
+    pub async fn reconcile(&self) -> Result<(), StoreError> {
+        let ids: Vec<String> = self.flights().keys().cloned().collect();
+        for id in ids {
+            if let Ok(CallFate::Ended {
+                outcome,
+                duration_ms,
+            }) = self.dialer.fate(&id).await
+            {
+                self.call_ended(&id, outcome, duration_ms).await?;
+            }
+        }
         Ok(())
     }
 

@@ -61,6 +61,7 @@ pub struct Config {
     pub log: LogConfig,
     pub shutdown: ShutdownConfig,
     pub calls: CallsConfig,
+    pub campaigns: CampaignsConfig,
     pub webhooks: WebhooksConfig,
 }
 
@@ -101,6 +102,30 @@ impl Default for CallsConfig {
             answer_delay_ms: 0,
             ring_timeout_seconds: 60,
             rtp_timeout_seconds: 30,
+        }
+    }
+}
+
+/// The campaign dialer on this node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CampaignsConfig {
+    /// Campaign calls in flight on this node across every campaign, on top
+    /// of each campaign's and each trunk's own caps.
+    pub max_concurrent_calls: u32,
+    /// How long a claimed contact stays this node's without renewal; after
+    /// a crash another node (PostgreSQL) recovers it once this passes.
+    pub lease_seconds: u32,
+    /// Longest pause between two looks at the store for due contacts.
+    pub poll_ms: u64,
+}
+
+impl Default for CampaignsConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrent_calls: 100,
+            lease_seconds: 120,
+            poll_ms: 1000,
         }
     }
 }
@@ -428,6 +453,28 @@ impl Config {
                 file,
                 "calls",
                 "ring_timeout_seconds and rtp_timeout_seconds must be at least 1",
+            ));
+        }
+        let c = &self.campaigns;
+        if c.max_concurrent_calls == 0 {
+            return Err(ConfigError::new(
+                file,
+                "campaigns.max_concurrent_calls",
+                "must be at least 1",
+            ));
+        }
+        if c.lease_seconds < 10 {
+            return Err(ConfigError::new(
+                file,
+                "campaigns.lease_seconds",
+                "must be at least 10",
+            ));
+        }
+        if !(10..=60_000).contains(&c.poll_ms) {
+            return Err(ConfigError::new(
+                file,
+                "campaigns.poll_ms",
+                "must be between 10 and 60000",
             ));
         }
         if self.api.rate_limit_per_minute == 0 {
