@@ -31,6 +31,7 @@ use crate::campaign::pacing::Caps;
 use crate::config::{Config, ConfigError, Profiles, SharedProfiles};
 use crate::store::{Store, StoreError};
 use crate::trunk::{Registration, TrunkStates};
+use crate::webhook::{self, Outbox, worker::Worker};
 
 /// Why the daemon could not start, with the exit code it maps to.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +40,8 @@ pub enum StartError {
     Config(#[from] ConfigError),
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    #[error("webhook client: {0}")]
+    Webhooks(#[from] reqwest::Error),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -52,11 +55,13 @@ pub enum StartError {
 
 impl StartError {
     /// `sysexits.h` codes: 64 bad config (systemd must not restart-loop on
-    /// it), 69 a service we need is unavailable, 71 the OS refused a socket.
+    /// it), 69 a service we need is unavailable, 70 an internal failure
+    /// (the HTTP client cannot be built), 71 the OS refused a socket.
     pub fn exit_code(&self) -> u8 {
         match self {
             StartError::Config(_) => 64,
             StartError::Store(_) => 69,
+            StartError::Webhooks(_) => 70,
             StartError::Bind { .. } | StartError::Sip(_) => 71,
             StartError::Media(_) => 64,
         }
@@ -78,6 +83,9 @@ pub struct App {
     config: Config,
     profiles_dir: PathBuf,
     state: AppState,
+    /// Delivers the outbox; taken and started by [`App::run`], stopped by
+    /// closing the outbox.
+    worker: Option<Worker>,
     /// The call layer; the drain waits on it.
     calls: Calls,
 }
@@ -91,19 +99,22 @@ impl App {
         let profiles = Profiles::load_dir(&config.profiles.dir)?;
         let store = Store::connect(&config.store.url).await?;
         store.migrate().await?;
+        webhook::install_crypto_provider();
+        let outbox = Outbox::new(store.clone());
+        let worker = Worker::new(store.clone(), &outbox, &config.webhooks)?;
         let trunks = Arc::new(TrunkStates::default());
         seed_trunk_states(&trunks, &profiles);
         metrics::gauge!(crate::metrics::TRUNKS_CONFIGURED).set(profiles.by_name.len() as f64);
         let profiles = Arc::new(SharedProfiles::new(profiles));
         let calls = Calls::new(
             &config,
-            store.clone(),
+            outbox.clone(),
             Arc::clone(&profiles),
             Arc::clone(&trunks),
         )?;
         let state = AppState::new(
             &config,
-            store,
+            outbox,
             profiles,
             calls.clone(),
             trunks,
@@ -114,13 +125,14 @@ impl App {
             profiles_dir: config.profiles.dir.clone(),
             config,
             state,
+            worker: Some(worker),
             calls,
         })
     }
 
     /// Binds the API and serves until `control` says stop (or drain, once
     /// the drain is complete).
-    pub async fn run(self, mut control: watch::Receiver<Control>) -> Result<(), StartError> {
+    pub async fn run(mut self, mut control: watch::Receiver<Control>) -> Result<(), StartError> {
         let public = public_ip(&self.config.sip.public_address).await?;
         let stack = self.calls.start_sip(self.config.sip.listen, public).await?;
         let addr = self.config.api.listen;
@@ -139,6 +151,7 @@ impl App {
                 .await
         });
         let mut campaigns = self.start_campaigns();
+        let worker = self.worker.take().map(|w| tokio::spawn(w.run()));
         self.state.readiness.set_ready();
         tracing::info!(api = %local, sip = %stack.local_addr(), store = self.state.store.backend(), "agentline ready");
         notify(&[sd_notify::NotifyState::Ready]);
@@ -158,11 +171,21 @@ impl App {
         self.drain_calls(&mut control, drain).await;
         campaigns.stop().await;
         self.calls.stop_registrations().await;
+        // The calls have written their last events. Closing the outbox ends
+        // the event streams (so the API can stop) and the worker, which lets
+        // requests in flight finish; what is left is delivered after restart.
+        self.state.outbox.close();
         let _ = stop_http.send(true);
         match tokio::time::timeout(Duration::from_secs(10), server).await {
             Ok(Ok(Err(e))) => tracing::warn!(error = %e, "API server ended with an error"),
             Err(_) => tracing::warn!("API server did not stop within 10 s"),
             _ => {}
+        }
+        let worker_deadline = Duration::from_secs(self.config.webhooks.timeout_seconds + 5);
+        if let Some(worker) = worker
+            && tokio::time::timeout(worker_deadline, worker).await.is_err()
+        {
+            tracing::warn!("webhook worker did not stop in time");
         }
         self.state.store.close().await;
         tracing::info!("agentline stopped");

@@ -33,3 +33,4 @@ pub mod secrets;
 pub mod sip;
 pub mod store;
 pub mod trunk;
+pub mod webhook;

@@ -626,17 +626,20 @@ async fn calls_are_listed_with_filters(backend: Backend) {
     ];
     for (id, direction, from, to, status, agent) in rows {
         store
-            .call_created(NewCall {
-                id,
-                direction,
-                from_number: from,
-                to_number: to,
-                trunk: Some("trk_carrier-a"),
-                agent_id: Some(agent),
-                status,
-                sip_call_id: Some("abc@host"),
-                metadata: "{\"crm\":7}",
-            })
+            .call_created(
+                NewCall {
+                    id,
+                    direction,
+                    from_number: from,
+                    to_number: to,
+                    trunk: Some("trk_carrier-a"),
+                    agent_id: Some(agent),
+                    status,
+                    sip_call_id: Some("abc@host"),
+                    metadata: "{\"crm\":7}",
+                },
+                None,
+            )
             .await
             .unwrap();
     }

@@ -13,11 +13,13 @@
 mod agents;
 mod api_keys;
 pub mod auth;
-mod calls;
+pub(crate) mod calls;
 mod campaigns;
 mod chat;
+mod deliveries;
 mod dnc;
 pub mod error;
+mod events;
 mod extract;
 mod numbers;
 mod observe;
@@ -41,9 +43,12 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::call::Calls;
-use crate::config::{Config, Profiles, SharedProfiles};
+use crate::config::{Config, Profiles, SharedProfiles, WebhooksConfig};
 use crate::store::Store;
 use crate::trunk::TrunkStates;
+use crate::webhook::Outbox;
+use crate::webhook::event::{CallEventData, TestEventData, TrunkEventData, WebhookEvent};
+use crate::webhook::guard::Guard;
 
 /// Shared state of every handler; cheap to clone.
 #[derive(Clone)]
@@ -51,6 +56,11 @@ pub struct AppState(Arc<Inner>);
 
 pub struct Inner {
     pub store: Store,
+    /// Emits events and wakes the webhook worker and the event streams.
+    pub outbox: Outbox,
+    /// Refuses endpoint URLs that point inside.
+    pub guard: Guard,
+    pub webhooks: WebhooksConfig,
     /// Replaced whole on SIGHUP; readers take a snapshot.
     profiles: Arc<SharedProfiles>,
     /// Places and hangs up calls.
@@ -90,7 +100,14 @@ impl Inner {
             Authenticate with `Authorization: Bearer <key>` or `X-API-Key: <key>`."
     ),
     modifiers(&Security),
-    components(schemas(error::ErrorBody, error::ErrorObject, error::FieldError)),
+    components(schemas(
+        error::ErrorBody,
+        error::ErrorObject,
+        error::FieldError,
+        WebhookEvent<CallEventData>,
+        WebhookEvent<TrunkEventData>,
+        WebhookEvent<TestEventData>,
+    )),
     tags(
         (name = "agents", description = "What answers a call"),
         (name = "chat", description = "Text chat with an agent: same brain and tools as on a call"),
@@ -99,7 +116,10 @@ impl Inner {
         (name = "calls", description = "Call records"),
         (name = "campaigns", description = "Outbound campaigns, their contacts and progress"),
         (name = "do-not-call", description = "Numbers never called by a campaign"),
-        (name = "webhook-endpoints", description = "Where call events are delivered"),
+        (name = "webhook-endpoints", description = "Where call events are delivered, and their delivery log"),
+        (name = "events", description = "Call and trunk events: the live stream (SSE), replay. \
+            Webhook requests carry the same JSON envelope, signed with Standard Webhooks v1 \
+            (`webhook-id`, `webhook-timestamp`, `webhook-signature`)"),
         (name = "api-keys", description = "Keys to this API"),
         (name = "system", description = "Health, readiness, metrics and this document"),
     )
@@ -137,6 +157,7 @@ fn routers(metrics_open: bool) -> (OpenApiRouter<AppState>, OpenApiRouter<AppSta
         .merge(dnc::router())
         .merge(chat::router())
         .merge(webhook_endpoints::router())
+        .merge(events::router())
         .merge(api_keys::router());
     let mut open = system::open_router();
     if metrics_open {
@@ -158,7 +179,7 @@ pub fn openapi_json(metrics_open: bool) -> String {
 impl AppState {
     pub fn new(
         config: &Config,
-        store: Store,
+        outbox: Outbox,
         profiles: Arc<SharedProfiles>,
         calls: Calls,
         trunks: Arc<TrunkStates>,
@@ -166,7 +187,10 @@ impl AppState {
         metrics: Option<PrometheusHandle>,
     ) -> Self {
         AppState(Arc::new(Inner {
-            store,
+            store: outbox.store().clone(),
+            outbox,
+            guard: Guard::new(&config.webhooks),
+            webhooks: config.webhooks.clone(),
             profiles,
             calls,
             trunks,

@@ -1,5 +1,7 @@
 //! `/v1/webhook-endpoints`: where call lifecycle events are delivered. The
-//! signing secret is shown once, when the endpoint is created.
+//! signing secret is shown once, when the endpoint is created or rotated.
+//! Also the endpoint's delivery log, test events, replay of failed
+//! deliveries, enable/disable and secret rotation.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -11,16 +13,26 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
+use super::deliveries::{self, Delivery, DeliveryQuery};
 use super::error::{ApiError, ErrorResponses, FieldError};
+use super::events::Replayed;
 use super::extract::{ApiJson, ApiQuery, List, Pagination};
 use crate::store::StoreError;
+use crate::store::deliveries::DeliveryScope;
 use crate::store::webhooks::{EndpointFields, EndpointRecord};
+use crate::webhook::event::{TestEventData, WebhookEvent};
 use crate::{ids, secrets};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_endpoints, create_endpoint))
         .routes(routes!(get_endpoint, update_endpoint, delete_endpoint))
+        .routes(routes!(list_endpoint_deliveries))
+        .routes(routes!(send_test_event))
+        .routes(routes!(enable_endpoint))
+        .routes(routes!(disable_endpoint))
+        .routes(routes!(rotate_secret))
+        .routes(routes!(replay_failed))
 }
 
 /// Event types an endpoint can subscribe to.
@@ -137,7 +149,19 @@ fn validate(url: &str, description: Option<&str>, events: &[String]) -> Result<S
     serde_json::to_string(&events).map_err(ApiError::internal)
 }
 
+/// Refuses a URL whose host is (or resolves to) an address deliveries may
+/// not reach.
+async fn check_address(state: &AppState, url: &str) -> Result<(), ApiError> {
+    state
+        .guard
+        .check_url(url)
+        .await
+        .map_err(|e| ApiError::field("url", format!("not allowed: {e}")))
+}
+
 /// Create a webhook endpoint; the answer carries its signing secret once.
+/// URLs that resolve to loopback, private or link-local addresses are
+/// refused unless the daemon's config allows them.
 #[utoipa::path(post, path = "/v1/webhook-endpoints", tag = "webhook-endpoints",
     request_body = WebhookEndpointCreate,
     responses((status = 201, description = "Created", body = WebhookEndpointCreated), ErrorResponses))]
@@ -147,6 +171,7 @@ async fn create_endpoint(
 ) -> Result<(StatusCode, Json<WebhookEndpointCreated>), ApiError> {
     let events = body.events.unwrap_or_else(default_events);
     let events = validate(&body.url, body.description.as_deref(), &events)?;
+    check_address(&state, &body.url).await?;
     let secret = secrets::new_webhook_secret();
     let fields = EndpointFields {
         url: &body.url,
@@ -213,6 +238,7 @@ async fn update_endpoint(
     let description = body.description.or(current.description);
     let events = body.events.unwrap_or(current.events);
     let events = validate(&url, description.as_deref(), &events)?;
+    check_address(&state, &url).await?;
     let fields = EndpointFields {
         url: &url,
         description: description.as_deref(),
@@ -232,4 +258,132 @@ async fn delete_endpoint(
     fetch(&state, &id).await?;
     state.store.delete_endpoint(&id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// List an endpoint's deliveries, newest first, with their attempts.
+#[utoipa::path(get, path = "/v1/webhook-endpoints/{id}/deliveries", tag = "webhook-endpoints",
+    params(("id" = String, Path), DeliveryQuery),
+    responses((status = 200, description = "A page of deliveries", body = List<Delivery>), ErrorResponses))]
+async fn list_endpoint_deliveries(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<DeliveryQuery>,
+) -> Result<Json<List<Delivery>>, ApiError> {
+    fetch(&state, &id).await?;
+    deliveries::list(&state, DeliveryScope::Endpoint(&id), &q)
+        .await
+        .map(Json)
+}
+
+/// Send a `webhook.test` event to this endpoint only (even when it does not
+/// subscribe to it); it is delivered, retried and logged like any event.
+#[utoipa::path(post, path = "/v1/webhook-endpoints/{id}/test", tag = "webhook-endpoints",
+    params(("id" = String, Path)),
+    responses((status = 202, description = "The queued event", body = WebhookEvent<TestEventData>), ErrorResponses))]
+async fn send_test_event(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    fetch(&state, &id).await?;
+    let event = state.outbox.test_event(&id).await?;
+    let body = serde_json::from_str(&event.payload).map_err(ApiError::internal)?;
+    Ok((StatusCode::ACCEPTED, Json(body)))
+}
+
+/// Enable an endpoint: its pending deliveries resume.
+#[utoipa::path(post, path = "/v1/webhook-endpoints/{id}/enable", tag = "webhook-endpoints",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "The endpoint", body = WebhookEndpoint), ErrorResponses))]
+async fn enable_endpoint(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<WebhookEndpoint>, ApiError> {
+    fetch(&state, &id).await?;
+    let record = state.store.set_endpoint_enabled(&id, true).await?;
+    state.outbox.deliveries_due();
+    to_api(record).map(Json)
+}
+
+/// Disable an endpoint: nothing is sent to it and new events do not queue
+/// for it; deliveries already queued wait until it is enabled.
+#[utoipa::path(post, path = "/v1/webhook-endpoints/{id}/disable", tag = "webhook-endpoints",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "The endpoint", body = WebhookEndpoint), ErrorResponses))]
+async fn disable_endpoint(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<WebhookEndpoint>, ApiError> {
+    fetch(&state, &id).await?;
+    to_api(state.store.set_endpoint_enabled(&id, false).await?).map(Json)
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateSecret {
+    /// How long the current secret stays valid and keeps signing beside the
+    /// new one; the daemon's `webhooks.secret_overlap_seconds` when left
+    /// out, at most 7 days.
+    #[schema(maximum = 604800)]
+    pub overlap_seconds: Option<u64>,
+}
+
+/// The answer to a rotation: the new secret, shown once.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SecretRotated {
+    /// The new Standard Webhooks secret (`whsec_...`).
+    pub secret: String,
+    /// Until then requests carry two signatures, one per secret.
+    pub previous_secret_expires_at: DateTime<Utc>,
+}
+
+/// Rotate the signing secret. The old secret stays valid for the overlap:
+/// requests are signed with both (space-separated signatures).
+#[utoipa::path(post, path = "/v1/webhook-endpoints/{id}/rotate-secret", tag = "webhook-endpoints",
+    params(("id" = String, Path)), request_body = RotateSecret,
+    responses((status = 200, description = "The new secret", body = SecretRotated), ErrorResponses))]
+async fn rotate_secret(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<RotateSecret>,
+) -> Result<Json<SecretRotated>, ApiError> {
+    let overlap = body
+        .overlap_seconds
+        .unwrap_or(state.webhooks.secret_overlap_seconds);
+    if overlap > 604_800 {
+        return Err(ApiError::field("overlap_seconds", "must be at most 604800"));
+    }
+    fetch(&state, &id).await?;
+    let secret = secrets::new_webhook_secret();
+    let until = crate::store::now() + chrono::Duration::seconds(overlap as i64);
+    state
+        .store
+        .rotate_endpoint_secret(&id, &secret, until)
+        .await?;
+    Ok(Json(SecretRotated {
+        secret,
+        previous_secret_expires_at: until,
+    }))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayFailed {
+    /// RFC 3339; failed deliveries created at or after this time.
+    pub since: DateTime<Utc>,
+}
+
+/// Replay every failed (dead-lettered) delivery of this endpoint created
+/// since a time, each with a fresh retry schedule.
+#[utoipa::path(post, path = "/v1/webhook-endpoints/{id}/replay", tag = "webhook-endpoints",
+    params(("id" = String, Path)), request_body = ReplayFailed,
+    responses((status = 202, description = "Deliveries queued", body = Replayed), ErrorResponses))]
+async fn replay_failed(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<ReplayFailed>,
+) -> Result<(StatusCode, Json<Replayed>), ApiError> {
+    fetch(&state, &id).await?;
+    let deliveries = state.store.replay_failed(&id, body.since).await?;
+    state.outbox.deliveries_due();
+    Ok((StatusCode::ACCEPTED, Json(Replayed { deliveries })))
 }

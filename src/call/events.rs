@@ -1,5 +1,5 @@
-//! Call state transitions: each one writes the call row through its store
-//! function (one transaction; the webhook outbox joins that transaction)
+//! Call state transitions: each one writes the call row through the webhook
+//! outbox (one transaction holding the row change and its `call.*` event)
 //! and then publishes the committed row on the in-process bus.
 //!
 //! Must not: decide anything. The call tasks call these at each change; a
@@ -13,6 +13,7 @@ use tokio::sync::broadcast;
 use super::EndReason;
 use crate::store::Store;
 use crate::store::calls::{CallRecord, EndFields, NewCall};
+use crate::webhook::Outbox;
 
 /// Events buffered per subscriber before a slow one starts missing some.
 pub(crate) const BUS_CAPACITY: usize = 1024;
@@ -52,14 +53,14 @@ pub struct CallEvent {
 /// The store writes and the bus, together.
 #[derive(Clone)]
 pub struct Transitions {
-    store: Store,
+    outbox: Outbox,
     bus: broadcast::Sender<CallEvent>,
 }
 
 impl Transitions {
-    pub fn new(store: Store) -> Self {
+    pub fn new(outbox: Outbox) -> Self {
         let (bus, _) = broadcast::channel(BUS_CAPACITY);
-        Self { store, bus }
+        Self { outbox, bus }
     }
 
     /// A receiver of every call event from now on.
@@ -68,7 +69,12 @@ impl Transitions {
     }
 
     pub fn store(&self) -> &Store {
-        &self.store
+        self.outbox.store()
+    }
+
+    /// The outbox the transitions write through (trunk events use it too).
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
     }
 
     fn publish(&self, kind: CallEventKind, result: crate::store::Result<CallRecord>) {
@@ -89,7 +95,7 @@ impl Transitions {
     /// Records a new call; the error is returned because without a row
     /// there is no call to run.
     pub async fn created(&self, call: NewCall<'_>) -> crate::store::Result<Arc<CallRecord>> {
-        let record = Arc::new(self.store.call_created(call).await?);
+        let record = Arc::new(self.outbox.call_created(call).await?);
         let _ = self.bus.send(CallEvent {
             kind: CallEventKind::Created,
             call: Arc::clone(&record),
@@ -98,23 +104,23 @@ impl Transitions {
     }
 
     pub async fn dialing(&self, id: &str, sip_call_id: &str) {
-        if let Err(e) = self.store.call_dialing(id, sip_call_id).await {
+        if let Err(e) = self.outbox.store().call_dialing(id, sip_call_id).await {
             tracing::warn!(error = %e, "SIP Call-ID not recorded");
         }
     }
 
     pub async fn ringing(&self, id: &str) {
-        let result = self.store.call_ringing(id).await;
+        let result = self.outbox.call_ringing(id).await;
         self.publish(CallEventKind::Ringing, result);
     }
 
     pub async fn answered(&self, id: &str) {
-        let result = self.store.call_answered(id).await;
+        let result = self.outbox.call_answered(id).await;
         self.publish(CallEventKind::Answered, result);
     }
 
     pub async fn dtmf(&self, id: &str, digit: char) {
-        let result = self.store.call_dtmf(id, digit).await;
+        let result = self.outbox.call_dtmf(id, digit).await;
         self.publish(CallEventKind::Dtmf(digit), result);
     }
 
@@ -127,7 +133,7 @@ impl Transitions {
     ) {
         let sip = reason.sip_status();
         let result = self
-            .store
+            .outbox
             .call_ended(
                 id,
                 EndFields {

@@ -39,8 +39,8 @@ use crate::metrics::{CALLS_ENDED_TOTAL, CALLS_STARTED_TOTAL};
 use crate::sip::{
     Admission, InboundHandler, IncomingInvite, RequestSource, SipConfig, SipError, SipStack,
 };
-use crate::store::Store;
 use crate::trunk::TrunkStates;
+use crate::webhook::Outbox;
 use events::Transitions;
 use registrations::Registrations;
 use registry::Registry;
@@ -119,7 +119,7 @@ pub enum HangupError {
 impl Calls {
     pub fn new(
         config: &Config,
-        store: Store,
+        outbox: Outbox,
         profiles: Arc<SharedProfiles>,
         trunks: Arc<TrunkStates>,
     ) -> Result<Self, MediaError> {
@@ -130,7 +130,7 @@ impl Calls {
         };
         Ok(Self {
             shared: Arc::new(Shared {
-                transitions: Transitions::new(store),
+                transitions: Transitions::new(outbox),
                 profiles,
                 registry: Registry::new(Arc::clone(&trunks)),
                 trunks,
@@ -172,7 +172,12 @@ impl Calls {
             let profiles = self.shared.profiles.get();
             self.shared
                 .registrations
-                .apply(stack, &profiles, &self.shared.trunks)
+                .apply(
+                    stack,
+                    &profiles,
+                    &self.shared.trunks,
+                    self.shared.transitions.outbox(),
+                )
                 .await;
         }
     }

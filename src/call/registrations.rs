@@ -17,6 +17,8 @@ use crate::config::{self, Profiles};
 use crate::sip::backoff::RetryPolicy;
 use crate::sip::{Registration, RegistrationState, SipStack, TrunkRegistration};
 use crate::trunk::{self, TrunkStates};
+use crate::webhook::Outbox;
+use crate::webhook::event::{TrunkEventData, TrunkEventType};
 
 struct Running {
     /// The table it was started from, to tell a changed profile.
@@ -36,7 +38,13 @@ pub struct Registrations {
 
 impl Registrations {
     /// Makes the running set match `profiles`.
-    pub async fn apply(&self, stack: &SipStack, profiles: &Profiles, trunks: &Arc<TrunkStates>) {
+    pub async fn apply(
+        &self,
+        stack: &SipStack,
+        profiles: &Profiles,
+        trunks: &Arc<TrunkStates>,
+        outbox: &Outbox,
+    ) {
         let mut running = self.running.lock().await;
         let stale: Vec<String> = running
             .iter()
@@ -79,6 +87,7 @@ impl Registrations {
                         registration.state(),
                         Arc::clone(trunks),
                         profile.name.clone(),
+                        outbox.clone(),
                     ));
                     running.insert(
                         profile.name.clone(),
@@ -118,11 +127,17 @@ async fn stop(running: Running) {
     running.registration.unregister().await;
 }
 
+/// Copies the registration's state into [`TrunkStates`] and emits
+/// `trunk.registered` / `trunk.registration_failed` when it becomes
+/// registered or starts failing (a refresh or a further failure emits
+/// nothing).
 async fn mirror(
     mut state: tokio::sync::watch::Receiver<RegistrationState>,
     trunks: Arc<TrunkStates>,
     name: String,
+    outbox: Outbox,
 ) {
+    let mut last = None;
     loop {
         let live = match &*state.borrow_and_update() {
             RegistrationState::Registering => trunk::Registration::Pending,
@@ -141,7 +156,42 @@ async fn mirror(
             },
             RegistrationState::Unregistered => trunk::Registration::Pending,
         };
+        let kind = std::mem::discriminant(&live);
+        let event = match &live {
+            trunk::Registration::Registered { expires_at } => Some((
+                TrunkEventType::Registered,
+                TrunkEventData {
+                    trunk_id: name.clone(),
+                    sip_code: Some(200),
+                    reason: None,
+                    expires_at: Some(*expires_at),
+                    next_attempt_at: None,
+                },
+            )),
+            trunk::Registration::Failing {
+                status,
+                reason,
+                next_attempt_at,
+            } => Some((
+                TrunkEventType::RegistrationFailed,
+                TrunkEventData {
+                    trunk_id: name.clone(),
+                    sip_code: *status,
+                    reason: Some(reason.clone()),
+                    expires_at: None,
+                    next_attempt_at: Some(*next_attempt_at),
+                },
+            )),
+            _ => None,
+        };
         trunks.set_registration(&name, live);
+        if last != Some(kind)
+            && let Some((event_type, data)) = event
+            && let Err(e) = outbox.trunk_changed(event_type, data).await
+        {
+            tracing::warn!(trunk = %name, error = %e, "trunk event not written");
+        }
+        last = Some(kind);
         if state.changed().await.is_err() {
             return;
         }

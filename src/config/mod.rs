@@ -62,6 +62,7 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     pub calls: CallsConfig,
     pub campaigns: CampaignsConfig,
+    pub webhooks: WebhooksConfig,
 }
 
 /// The running trunk profiles, replaced whole on SIGHUP; readers take a
@@ -297,6 +298,104 @@ impl Default for ShutdownConfig {
     }
 }
 
+/// Webhook delivery: timeouts, the retry schedule, concurrency and which
+/// addresses endpoints may point at.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// How long one attempt may take, connect to last byte.
+    pub timeout_seconds: u64,
+    /// Delay before each retry, in order. After the last entry the delivery
+    /// is retried at that interval until `retry_for_seconds` have passed
+    /// since its first attempt, then dead-lettered.
+    pub retry_schedule_seconds: Vec<u64>,
+    pub retry_for_seconds: u64,
+    /// Each delay is moved at random by up to this fraction either way, so
+    /// many failed deliveries do not come back at the same instant.
+    pub jitter: f64,
+    /// The longest `Retry-After` (on 429 and 503) that is honoured.
+    pub max_retry_after_seconds: u64,
+    /// Requests in flight at once, over all endpoints.
+    pub concurrency: usize,
+    /// Deliveries claimed per database round trip.
+    pub batch_size: usize,
+    /// How often the outbox is checked when nothing wakes the worker (work
+    /// made by another node, retries coming due).
+    pub poll_interval_ms: u64,
+    /// Deliver to loopback, private, link-local and other non-public
+    /// addresses. Off by default so endpoint URLs cannot reach the inside.
+    pub allow_private: bool,
+    /// Non-public networks that are allowed all the same, for example
+    /// `["127.0.0.0/8"]` in tests.
+    pub allowed_networks: Vec<ipnet::IpNet>,
+    /// How long a rotated-out secret stays valid and keeps signing.
+    pub secret_overlap_seconds: u64,
+    /// Comment lines sent on an idle event stream.
+    pub sse_heartbeat_seconds: u64,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        Self {
+            timeout_seconds: 10,
+            retry_schedule_seconds: vec![5, 30, 120, 600, 1800, 3600],
+            retry_for_seconds: 86_400,
+            jitter: 0.2,
+            max_retry_after_seconds: 3600,
+            concurrency: 64,
+            batch_size: 100,
+            poll_interval_ms: 1000,
+            allow_private: false,
+            allowed_networks: Vec::new(),
+            secret_overlap_seconds: 86_400,
+            sse_heartbeat_seconds: 15,
+        }
+    }
+}
+
+impl WebhooksConfig {
+    fn validate(&self, file: &str) -> Result<(), ConfigError> {
+        let err = |key: &str, message: &str| {
+            Err(ConfigError::new(file, format!("webhooks.{key}"), message))
+        };
+        if !(1..=300).contains(&self.timeout_seconds) {
+            return err("timeout_seconds", "must be between 1 and 300");
+        }
+        if self.retry_schedule_seconds.is_empty() {
+            return err("retry_schedule_seconds", "must list at least one delay");
+        }
+        if self
+            .retry_schedule_seconds
+            .iter()
+            .any(|s| !(1..=86_400).contains(s))
+        {
+            return err(
+                "retry_schedule_seconds",
+                "every delay must be between 1 and 86400 seconds",
+            );
+        }
+        if self.retry_for_seconds > 30 * 86_400 {
+            return err("retry_for_seconds", "must be at most 30 days");
+        }
+        if !(0.0..=1.0).contains(&self.jitter) {
+            return err("jitter", "must be between 0 and 1");
+        }
+        if !(1..=4096).contains(&self.concurrency) {
+            return err("concurrency", "must be between 1 and 4096");
+        }
+        if !(1..=1000).contains(&self.batch_size) {
+            return err("batch_size", "must be between 1 and 1000");
+        }
+        if !(10..=60_000).contains(&self.poll_interval_ms) {
+            return err("poll_interval_ms", "must be between 10 and 60000");
+        }
+        if self.sse_heartbeat_seconds == 0 || self.sse_heartbeat_seconds > 3600 {
+            return err("sse_heartbeat_seconds", "must be between 1 and 3600");
+        }
+        Ok(())
+    }
+}
+
 impl Config {
     /// Loads the file at `path` (defaults when it does not exist and
     /// `required` is false), applies `AGENTLINE_*` overrides, then validates.
@@ -385,6 +484,7 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        self.webhooks.validate(file)?;
         if self
             .log
             .level
@@ -476,6 +576,18 @@ mod tests {
     fn a_bad_port_range_is_named() {
         let e = load_str("[sip]\nrtp_ports = \"30000-20000\"\n").unwrap_err();
         assert_eq!(e.key, "sip.rtp_ports", "{e}");
+    }
+
+    #[test]
+    fn bad_webhook_settings_are_named() {
+        let e = load_str("[webhooks]\nretry_schedule_seconds = []\n").unwrap_err();
+        assert_eq!(e.key, "webhooks.retry_schedule_seconds", "{e}");
+        let e = load_str("[webhooks]\njitter = 2.0\n").unwrap_err();
+        assert_eq!(e.key, "webhooks.jitter", "{e}");
+        let e = load_str("[webhooks]\nallowed_networks = [\"nope\"]\n").unwrap_err();
+        assert_eq!(e.key, "webhooks.allowed_networks.0", "{e}");
+        let c = load_str("[webhooks]\nallowed_networks = [\"127.0.0.0/8\"]\n").unwrap();
+        assert_eq!(c.webhooks.allowed_networks.len(), 1);
     }
 
     #[test]

@@ -5,11 +5,14 @@
 //! ([`Store::call_created`], [`Store::call_dialing`], [`Store::call_ringing`],
 //! [`Store::call_answered`], [`Store::call_dtmf`], [`Store::call_ended`]),
 //! each a single transaction that returns the row as committed. That is the
-//! seam for the webhook outbox: a transition inserts its `call.*` event in
-//! the same transaction. Nothing else writes to `calls`.
+//! seam for the webhook outbox: a transition given an [`Emit`] renders its
+//! `call.*` event from the row as updated (with the call's next event
+//! sequence in `event_seq`) and writes it, with its deliveries, in the same
+//! transaction ([`super::events`]). Nothing else writes to `calls`.
 
 use chrono::{DateTime, Utc};
 
+use super::events::{Emit, write_event};
 use super::{Page, Result, Store, StoreError, Window, on_pool};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -35,6 +38,8 @@ pub struct CallRecord {
     pub duration_ms: Option<i64>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// How many events the call has emitted: the sequence of the last one.
+    pub event_seq: i64,
 }
 
 /// Filters of a call listing; `None` matches everything.
@@ -78,13 +83,13 @@ pub struct EndFields<'a> {
 
 const SELECT_CALL: &str = "SELECT id, direction, from_number, to_number, trunk, agent_id, status, sip_call_id,
     sip_code, sip_reason, end_reason, dtmf, metadata, ringing_at, answered_at, ended_at, duration_ms,
-    created_at, updated_at FROM calls WHERE id = $1";
+    created_at, updated_at, event_seq FROM calls WHERE id = $1";
 
-/// Runs one UPDATE of a call row and reads the row back, in one
-/// transaction; [`StoreError::NotFound`] when no row matched (the call is
-/// unknown or already past that state).
+/// Runs one UPDATE of a call row, reads the row back and writes the event
+/// `$emit` renders from it, in one transaction; [`StoreError::NotFound`]
+/// when no row matched (the call is unknown or already past that state).
 macro_rules! transition {
-    ($store:expr, $sql:literal, $id:expr $(, $bind:expr)* $(,)?) => {
+    ($store:expr, $emit:expr, $sql:literal, $id:expr $(, $bind:expr)* $(,)?) => {
         on_pool!($store, p => {
             let mut tx = p.begin().await?;
             let done = sqlx::query($sql).bind($id)$(.bind($bind))*
@@ -94,6 +99,10 @@ macro_rules! transition {
             }
             let record = sqlx::query_as::<_, CallRecord>(SELECT_CALL)
                 .bind($id).fetch_one(&mut *tx).await?;
+            if let Some(build) = $emit {
+                let event = build(&record)?;
+                write_event!(tx, &event);
+            }
             tx.commit().await?;
             record
         })
@@ -102,21 +111,25 @@ macro_rules! transition {
 
 impl Store {
     /// A new call: `queued` (outbound, before the INVITE) or `ringing`
-    /// (inbound, with `ringing_at` set).
-    pub async fn call_created(&self, c: NewCall<'_>) -> Result<CallRecord> {
+    /// (inbound, with `ringing_at` set); its first event has sequence 1.
+    pub async fn call_created(&self, c: NewCall<'_>, emit: Emit<'_>) -> Result<CallRecord> {
         let now = super::now();
         let ringing_at = (c.status == "ringing").then_some(now);
         Ok(on_pool!(self, p => {
             let mut tx = p.begin().await?;
             sqlx::query(
                 "INSERT INTO calls (id, direction, from_number, to_number, trunk, agent_id, status, sip_call_id,
-                                    metadata, ringing_at, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)")
+                                    metadata, ringing_at, created_at, updated_at, event_seq)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, 1)")
                 .bind(c.id).bind(c.direction).bind(c.from_number).bind(c.to_number).bind(c.trunk)
                 .bind(c.agent_id).bind(c.status).bind(c.sip_call_id).bind(c.metadata).bind(ringing_at)
                 .bind(now).execute(&mut *tx).await?;
             let record = sqlx::query_as::<_, CallRecord>(SELECT_CALL)
                 .bind(c.id).fetch_one(&mut *tx).await?;
+            if let Some(build) = emit {
+                let event = build(&record)?;
+                write_event!(tx, &event);
+            }
             tx.commit().await?;
             record
         }))
@@ -127,6 +140,7 @@ impl Store {
         let now = super::now();
         Ok(transition!(
             self,
+            None::<&crate::store::events::EmitFn>,
             "UPDATE calls SET sip_call_id = $2, updated_at = $3 WHERE id = $1 AND ended_at IS NULL",
             id,
             sip_call_id,
@@ -135,11 +149,12 @@ impl Store {
     }
 
     /// `queued` to `ringing` (the first 18x of an outbound call).
-    pub async fn call_ringing(&self, id: &str) -> Result<CallRecord> {
+    pub async fn call_ringing(&self, id: &str, emit: Emit<'_>) -> Result<CallRecord> {
         let now = super::now();
         Ok(transition!(
             self,
-            "UPDATE calls SET status = 'ringing', ringing_at = $2, updated_at = $2
+            emit,
+            "UPDATE calls SET status = 'ringing', ringing_at = $2, updated_at = $2, event_seq = event_seq + 1
              WHERE id = $1 AND status = 'queued'",
             id,
             now
@@ -147,21 +162,22 @@ impl Store {
     }
 
     /// Answered (200 OK and ACK): `in-progress`, SIP code 200.
-    pub async fn call_answered(&self, id: &str) -> Result<CallRecord> {
+    pub async fn call_answered(&self, id: &str, emit: Emit<'_>) -> Result<CallRecord> {
         let now = super::now();
-        Ok(transition!(self,
+        Ok(transition!(self, emit,
             "UPDATE calls SET status = 'in-progress', answered_at = $2, sip_code = 200, sip_reason = 'OK',
-                ringing_at = COALESCE(ringing_at, $2), updated_at = $2
+                ringing_at = COALESCE(ringing_at, $2), updated_at = $2, event_seq = event_seq + 1
              WHERE id = $1 AND status IN ('queued', 'ringing')",
             id, now))
     }
 
     /// A DTMF digit received on an answered call, appended to `dtmf`.
-    pub async fn call_dtmf(&self, id: &str, digit: char) -> Result<CallRecord> {
+    pub async fn call_dtmf(&self, id: &str, digit: char, emit: Emit<'_>) -> Result<CallRecord> {
         let now = super::now();
         Ok(transition!(
             self,
-            "UPDATE calls SET dtmf = dtmf || $2, updated_at = $3 WHERE id = $1 AND status = 'in-progress'",
+            emit,
+            "UPDATE calls SET dtmf = dtmf || $2, updated_at = $3, event_seq = event_seq + 1 WHERE id = $1 AND status = 'in-progress'",
             id,
             digit.to_string(),
             now
@@ -169,11 +185,16 @@ impl Store {
     }
 
     /// The call ended; a row already ended is left alone (`NotFound`).
-    pub async fn call_ended(&self, id: &str, e: EndFields<'_>) -> Result<CallRecord> {
+    pub async fn call_ended(
+        &self,
+        id: &str,
+        e: EndFields<'_>,
+        emit: Emit<'_>,
+    ) -> Result<CallRecord> {
         let now = super::now();
-        Ok(transition!(self,
+        Ok(transition!(self, emit,
             "UPDATE calls SET status = $2, sip_code = COALESCE($3, sip_code), sip_reason = COALESCE($4, sip_reason),
-                end_reason = $5, duration_ms = $6, ended_at = $7, updated_at = $7
+                end_reason = $5, duration_ms = $6, ended_at = $7, updated_at = $7, event_seq = event_seq + 1
              WHERE id = $1 AND ended_at IS NULL",
             id, e.status, e.sip_code.map(i64::from), e.sip_reason, e.end_reason, e.duration_ms, now))
     }
@@ -197,7 +218,7 @@ impl Store {
         let items = on_pool!(self, p => sqlx::query_as::<_, CallRecord>(
             "SELECT id, direction, from_number, to_number, trunk, agent_id, status, sip_call_id,
                 sip_code, sip_reason, end_reason, dtmf, metadata, ringing_at, answered_at, ended_at, duration_ms,
-                created_at, updated_at FROM calls
+                created_at, updated_at, event_seq FROM calls
              WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR direction = $2)
                AND ($3 IS NULL OR from_number = $3 OR to_number = $3) AND ($4 IS NULL OR agent_id = $4)
                AND ($5 IS NULL OR created_at >= $5) AND ($6 IS NULL OR created_at < $6)

@@ -17,7 +17,9 @@ pub mod calls;
 pub mod campaigns;
 pub mod chat;
 pub mod contacts;
+pub mod deliveries;
 pub mod dnc;
+pub mod events;
 pub mod keys;
 pub mod numbers;
 pub mod webhooks;
@@ -133,6 +135,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0001_init.sql"),
     ),
     (
+        2,
+        "webhooks",
+        include_str!("../../migrations/sqlite/0002_webhooks.sql"),
+    ),
+    (
         4,
         "chat",
         include_str!("../../migrations/sqlite/0004_chat.sql"),
@@ -150,6 +157,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         1,
         "init",
         include_str!("../../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        2,
+        "webhooks",
+        include_str!("../../migrations/postgres/0002_webhooks.sql"),
     ),
     (
         4,

@@ -14,6 +14,10 @@ pub struct EndpointRecord {
     pub events: String,
     pub enabled: bool,
     pub secret: String,
+    /// The secret before the last rotation, still valid (and signing) until
+    /// `previous_secret_expires_at`.
+    pub previous_secret: Option<String>,
+    pub previous_secret_expires_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -44,7 +48,8 @@ impl Store {
 
     pub async fn get_endpoint(&self, id: &str) -> Result<EndpointRecord> {
         on_pool!(self, p => sqlx::query_as::<_, EndpointRecord>(
-            "SELECT id, url, description, events, enabled, secret, created_at, updated_at
+            "SELECT id, url, description, events, enabled, secret, previous_secret, previous_secret_expires_at,
+                created_at, updated_at
              FROM webhook_endpoints WHERE id = $1")
             .bind(id).fetch_optional(p).await)?
         .ok_or(StoreError::NotFound)
@@ -52,7 +57,8 @@ impl Store {
 
     pub async fn list_endpoints(&self, w: Window) -> Result<Page<EndpointRecord>> {
         let items = on_pool!(self, p => sqlx::query_as::<_, EndpointRecord>(
-            "SELECT id, url, description, events, enabled, secret, created_at, updated_at
+            "SELECT id, url, description, events, enabled, secret, previous_secret, previous_secret_expires_at,
+                created_at, updated_at
              FROM webhook_endpoints ORDER BY created_at DESC, id DESC LIMIT $1 OFFSET $2")
             .bind(w.limit).bind(w.offset).fetch_all(p).await)?;
         let total: i64 = on_pool!(self, p => sqlx::query_scalar("SELECT COUNT(*) FROM webhook_endpoints")
@@ -80,5 +86,38 @@ impl Store {
             return Err(StoreError::NotFound);
         }
         Ok(())
+    }
+
+    pub async fn set_endpoint_enabled(&self, id: &str, enabled: bool) -> Result<EndpointRecord> {
+        let now = super::now();
+        let done = on_pool!(self, p => sqlx::query(
+            "UPDATE webhook_endpoints SET enabled = $2, updated_at = $3 WHERE id = $1")
+            .bind(id).bind(enabled).bind(now)
+            .execute(p).await.map(|r| r.rows_affected()))?;
+        if done == 0 {
+            return Err(StoreError::NotFound);
+        }
+        self.get_endpoint(id).await
+    }
+
+    /// Makes `secret` the signing secret; the current one stays valid until
+    /// `previous_expires_at`.
+    pub async fn rotate_endpoint_secret(
+        &self,
+        id: &str,
+        secret: &str,
+        previous_expires_at: DateTime<Utc>,
+    ) -> Result<EndpointRecord> {
+        let now = super::now();
+        let done = on_pool!(self, p => sqlx::query(
+            "UPDATE webhook_endpoints SET previous_secret = secret, previous_secret_expires_at = $3,
+                 secret = $2, updated_at = $4
+             WHERE id = $1")
+            .bind(id).bind(secret).bind(previous_expires_at).bind(now)
+            .execute(p).await.map(|r| r.rows_affected()))?;
+        if done == 0 {
+            return Err(StoreError::NotFound);
+        }
+        self.get_endpoint(id).await
     }
 }

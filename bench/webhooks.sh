@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Webhook delivery benchmark: sustained signed deliveries/s from the outbox to
+# a loopback receiver, and enqueue-to-first-attempt latency, on SQLite and
+# PostgreSQL. Not a test: it prints a markdown table for BENCHMARKS.md.
+#
+#   bench/webhooks.sh [EVENTS] [RATE] [SECONDS]
+#
+# EVENTS (default 20000) are queued and drained for throughput; RATE events/s
+# (default 200) for SECONDS (default 10) are sent through the API for latency.
+# PostgreSQL is taken from AGENTLINE_BENCH_PG (default
+# postgres://postgres@127.0.0.1:5432/postgres); a throwaway database is made
+# and dropped. Only 127.0.0.1 is used; every loop is bounded.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+EVENTS=${1:-20000}
+RATE=${2:-200}
+SECONDS_=${3:-10}
+PG=${AGENTLINE_BENCH_PG:-postgres://postgres@127.0.0.1:5432/postgres}
+TARGET=${CARGO_TARGET_DIR:-target}
+cargo build --release --quiet --bin agentline --example webhook_bench
+echo "| store | delivered | deliveries/s | enqueue/s (fill) | latency samples | enqueue→first attempt p50 ms | p99 ms | bad signatures |"
+echo "|---|---|---|---|---|---|---|---|"
+for backend in sqlite postgres; do
+  "$TARGET/release/examples/webhook_bench" --backend "$backend" --events "$EVENTS" \
+    --rate "$RATE" --seconds "$SECONDS_" --binary "$TARGET/release/agentline" --pg-admin "$PG"
+done

@@ -1,0 +1,322 @@
+//! Deliveries and their attempts: one delivery per event and endpoint, one
+//! attempt row per HTTP request made for it.
+//!
+//! Claiming is a lease: a worker sets `lease_until` and a random
+//! `lease_token` on due rows in one statement (`FOR UPDATE SKIP LOCKED` on
+//! PostgreSQL so concurrent daemons never take the same row; an atomic
+//! `UPDATE ... RETURNING` on SQLite, where writers are serialized), and only
+//! the holder of the token can record the result. A worker that dies leaves
+//! the lease to expire, and the row is claimed again.
+//!
+//! Must not: decide retries or sign (that is `webhook`); it stores what it is
+//! told.
+
+use chrono::{DateTime, Utc};
+
+use super::{Page, Pool, Result, Store, StoreError, Window, on_pool};
+use crate::ids;
+
+/// A claimed delivery with everything needed to make the request.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Claimed {
+    pub delivery_id: String,
+    pub lease_token: String,
+    pub attempts: i64,
+    pub retry_step: i64,
+    pub retry_until: Option<DateTime<Utc>>,
+    pub event_id: String,
+    pub event_created_at: DateTime<Utc>,
+    pub payload: String,
+    pub endpoint_id: String,
+    pub url: String,
+    pub secret: String,
+    pub previous_secret: Option<String>,
+    pub previous_secret_expires_at: Option<DateTime<Utc>>,
+}
+
+/// Where a delivery goes after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextState {
+    Succeeded,
+    /// Try again at this time.
+    Retry(DateTime<Utc>),
+    /// No more attempts (dead-lettered); the row stays visible.
+    Failed,
+}
+
+/// The result of one attempt, as the worker records it.
+#[derive(Debug, Clone)]
+pub struct AttemptResult {
+    pub delivery_id: String,
+    pub lease_token: String,
+    pub endpoint_id: String,
+    /// 1 for the first attempt ever made for this delivery.
+    pub attempt: i64,
+    pub status_code: Option<i64>,
+    pub latency_ms: i64,
+    /// `success`, `retry` or `fail`.
+    pub outcome: &'static str,
+    pub reason: String,
+    pub error: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub next: NextState,
+    /// The schedule step after this attempt.
+    pub retry_step: i64,
+    pub retry_until: DateTime<Utc>,
+    /// The endpoint answered 410 Gone: stop sending to it.
+    pub disable_endpoint: bool,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DeliveryRecord {
+    pub id: String,
+    pub event_id: String,
+    pub event_type: String,
+    pub endpoint_id: String,
+    pub status: String,
+    pub attempts: i64,
+    pub next_attempt_at: DateTime<Utc>,
+    pub last_status_code: Option<i64>,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AttemptRecord {
+    pub id: String,
+    pub delivery_id: String,
+    pub attempt: i64,
+    pub status_code: Option<i64>,
+    pub latency_ms: i64,
+    pub outcome: String,
+    pub reason: String,
+    pub error: Option<String>,
+    pub started_at: DateTime<Utc>,
+}
+
+/// Which deliveries a listing shows.
+#[derive(Debug, Clone, Copy)]
+pub enum DeliveryScope<'a> {
+    Endpoint(&'a str),
+    Event(&'a str),
+}
+
+/// How many deliveries wait and since when.
+#[derive(Debug, Clone, Copy)]
+pub struct OutboxStats {
+    pub pending: i64,
+    pub oldest: Option<DateTime<Utc>>,
+}
+
+const CLAIM_SQLITE: &str = "UPDATE webhook_deliveries SET lease_until = $1, lease_token = $2, updated_at = $3
+     WHERE id IN (SELECT d.id FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id
+                  WHERE d.status = 'pending' AND d.next_attempt_at <= $3
+                    AND (d.lease_until IS NULL OR d.lease_until < $3) AND e.enabled
+                  ORDER BY d.next_attempt_at LIMIT $4)";
+
+const CLAIM_POSTGRES: &str = "UPDATE webhook_deliveries SET lease_until = $1, lease_token = $2, updated_at = $3
+     WHERE id IN (SELECT d.id FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id
+                  WHERE d.status = 'pending' AND d.next_attempt_at <= $3
+                    AND (d.lease_until IS NULL OR d.lease_until < $3) AND e.enabled
+                  ORDER BY d.next_attempt_at LIMIT $4
+                  FOR UPDATE OF d SKIP LOCKED)";
+
+const CLAIMED_ROWS: &str =
+    "SELECT d.id AS delivery_id, d.lease_token, d.attempts, d.retry_step, d.retry_until,
+        ev.id AS event_id, ev.created_at AS event_created_at, ev.payload,
+        e.id AS endpoint_id, e.url, e.secret, e.previous_secret, e.previous_secret_expires_at
+     FROM webhook_deliveries d
+     JOIN events ev ON ev.id = d.event_id
+     JOIN webhook_endpoints e ON e.id = d.endpoint_id
+     WHERE d.lease_token = $1";
+
+const DELIVERY_COLUMNS: &str = "d.id, d.event_id, ev.type AS event_type, d.endpoint_id, d.status,
+        d.attempts, d.next_attempt_at, d.last_status_code, d.last_error, d.created_at, d.updated_at";
+
+impl Store {
+    /// Leases up to `limit` due deliveries of enabled endpoints until
+    /// `lease_until` and returns them with their payload and endpoint.
+    pub async fn claim_deliveries(
+        &self,
+        lease_until: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<Claimed>> {
+        let now = super::now();
+        let token = ids::new("lease");
+        let claimed = match &self.pool {
+            Pool::Sqlite(p) => sqlx::query(CLAIM_SQLITE)
+                .bind(lease_until)
+                .bind(&token)
+                .bind(now)
+                .bind(limit)
+                .execute(p)
+                .await?
+                .rows_affected(),
+            Pool::Postgres(p) => sqlx::query(CLAIM_POSTGRES)
+                .bind(lease_until)
+                .bind(&token)
+                .bind(now)
+                .bind(limit)
+                .execute(p)
+                .await?
+                .rows_affected(),
+        };
+        if claimed == 0 {
+            return Ok(Vec::new());
+        }
+        Ok(
+            on_pool!(self, p => sqlx::query_as::<_, Claimed>(CLAIMED_ROWS)
+            .bind(&token).fetch_all(p).await)?,
+        )
+    }
+
+    /// Records a batch of attempts in one transaction. A result whose lease
+    /// was taken over (expired and claimed by another worker) still leaves
+    /// its attempt row but does not move the delivery.
+    pub async fn record_attempts(&self, results: &[AttemptResult]) -> Result<()> {
+        if results.is_empty() {
+            return Ok(());
+        }
+        let now = super::now();
+        on_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            for r in results {
+                sqlx::query(
+                    "INSERT INTO webhook_attempts (id, delivery_id, attempt, status_code, latency_ms, outcome,
+                         reason, error, started_at, created_at, updated_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)")
+                    .bind(ids::new(ids::WEBHOOK_ATTEMPT)).bind(&r.delivery_id).bind(r.attempt).bind(r.status_code)
+                    .bind(r.latency_ms).bind(r.outcome).bind(&r.reason).bind(&r.error).bind(r.started_at)
+                    .bind(now)
+                    .execute(&mut *tx).await?;
+                let last_error = match r.next {
+                    NextState::Succeeded => None,
+                    _ => Some(r.error.as_deref().unwrap_or(&r.reason)),
+                };
+                let (status, next_at) = match r.next {
+                    NextState::Succeeded => ("succeeded", now),
+                    NextState::Retry(at) => ("pending", at),
+                    NextState::Failed => ("failed", now),
+                };
+                sqlx::query(
+                    "UPDATE webhook_deliveries SET status = $3, attempts = $4, retry_step = $5,
+                         next_attempt_at = $6, retry_until = $7, last_status_code = $8, last_error = $9,
+                         lease_until = NULL, lease_token = NULL, updated_at = $10
+                     WHERE id = $1 AND lease_token = $2")
+                    .bind(&r.delivery_id).bind(&r.lease_token).bind(status).bind(r.attempt)
+                    .bind(r.retry_step).bind(next_at).bind(r.retry_until).bind(r.status_code)
+                    .bind(last_error).bind(now)
+                    .execute(&mut *tx).await?;
+                if r.disable_endpoint {
+                    sqlx::query("UPDATE webhook_endpoints SET enabled = $2, updated_at = $3 WHERE id = $1")
+                        .bind(&r.endpoint_id).bind(false).bind(now)
+                        .execute(&mut *tx).await?;
+                }
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// Deliveries of one endpoint or one event, newest first, optionally of
+    /// one status.
+    pub async fn list_deliveries(
+        &self,
+        scope: DeliveryScope<'_>,
+        status: Option<&str>,
+        w: Window,
+    ) -> Result<Page<DeliveryRecord>> {
+        let (column, id) = match scope {
+            DeliveryScope::Endpoint(id) => ("d.endpoint_id", id),
+            DeliveryScope::Event(id) => ("d.event_id", id),
+        };
+        let items = on_pool!(self, p => sqlx::query_as::<_, DeliveryRecord>(sqlx::AssertSqlSafe(format!(
+            "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries d JOIN events ev ON ev.id = d.event_id
+             WHERE {column} = $1 AND ($2 IS NULL OR d.status = $2)
+             ORDER BY d.created_at DESC, d.id DESC LIMIT $3 OFFSET $4")))
+            .bind(id).bind(status).bind(w.limit).bind(w.offset).fetch_all(p).await)?;
+        let total: i64 = on_pool!(self, p => sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT COUNT(*) FROM webhook_deliveries d WHERE {column} = $1 AND ($2 IS NULL OR d.status = $2)")))
+            .bind(id).bind(status).fetch_one(p).await)?;
+        Ok(Page { items, total })
+    }
+
+    /// The attempts of the given deliveries, oldest first.
+    pub async fn attempts_of(&self, delivery_ids: &[String]) -> Result<Vec<AttemptRecord>> {
+        if delivery_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let placeholders = (1..=delivery_ids.len())
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "SELECT id, delivery_id, attempt, status_code, latency_ms, outcome, reason, error, started_at
+             FROM webhook_attempts WHERE delivery_id IN ({placeholders}) ORDER BY delivery_id, attempt"
+        );
+        Ok(on_pool!(self, p => {
+            let mut q = sqlx::query_as::<_, AttemptRecord>(sqlx::AssertSqlSafe(sql.as_str()));
+            for id in delivery_ids {
+                q = q.bind(id);
+            }
+            q.fetch_all(p).await
+        })?)
+    }
+
+    /// Sends event `event_id` again: every delivery it has goes back to
+    /// pending with a fresh retry schedule, and enabled endpoints subscribed
+    /// to its type that never had it get one. Returns how many deliveries
+    /// are now pending for it.
+    pub async fn replay_event(&self, event_id: &str) -> Result<u64> {
+        let now = super::now();
+        on_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            let event_type: Option<String> = sqlx::query_scalar("SELECT type FROM events WHERE id = $1")
+                .bind(event_id).fetch_optional(&mut *tx).await?;
+            let event_type = event_type.ok_or(StoreError::NotFound)?;
+            let mut count = sqlx::query(
+                "UPDATE webhook_deliveries SET status = 'pending', retry_step = 0, retry_until = NULL,
+                     next_attempt_at = $2, updated_at = $2
+                 WHERE event_id = $1")
+                .bind(event_id).bind(now).execute(&mut *tx).await?.rows_affected();
+            let missing: Vec<String> = sqlx::query_scalar(
+                "SELECT id FROM webhook_endpoints e WHERE enabled AND events LIKE $2
+                   AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = $1 AND d.endpoint_id = e.id)")
+                .bind(event_id).bind(format!("%\"{event_type}\"%")).fetch_all(&mut *tx).await?;
+            for endpoint in &missing {
+                sqlx::query(
+                    "INSERT INTO webhook_deliveries (id, event_id, endpoint_id, status, next_attempt_at,
+                         created_at, updated_at)
+                     VALUES ($1, $2, $3, 'pending', $4, $4, $4)")
+                    .bind(ids::new(ids::DELIVERY)).bind(event_id).bind(endpoint).bind(now)
+                    .execute(&mut *tx).await?;
+                count += 1;
+            }
+            tx.commit().await?;
+            Ok(count)
+        })
+    }
+
+    /// Puts every failed (dead-lettered) delivery of an endpoint created at
+    /// or after `since` back to pending with a fresh retry schedule.
+    pub async fn replay_failed(&self, endpoint_id: &str, since: DateTime<Utc>) -> Result<u64> {
+        let now = super::now();
+        Ok(on_pool!(self, p => sqlx::query(
+            "UPDATE webhook_deliveries SET status = 'pending', retry_step = 0, retry_until = NULL,
+                 next_attempt_at = $3, updated_at = $3
+             WHERE endpoint_id = $1 AND status = 'failed' AND created_at >= $2")
+            .bind(endpoint_id).bind(since).bind(now).execute(p).await?.rows_affected()))
+    }
+
+    /// Pending deliveries to enabled endpoints and the creation time of the
+    /// oldest.
+    pub async fn outbox_stats(&self) -> Result<OutboxStats> {
+        let (pending, oldest): (i64, Option<DateTime<Utc>>) = on_pool!(self, p => sqlx::query_as(
+            "SELECT COUNT(*), MIN(d.created_at) FROM webhook_deliveries d
+             JOIN webhook_endpoints e ON e.id = d.endpoint_id
+             WHERE d.status = 'pending' AND e.enabled")
+            .fetch_one(p).await)?;
+        Ok(OutboxStats { pending, oldest })
+    }
+}

@@ -1,0 +1,154 @@
+//! Events: the outbox. An event row is written in the same transaction as
+//! the state change that caused it, together with one delivery row per
+//! enabled endpoint subscribed to its type, so a crash between the change and
+//! the delivery loses nothing.
+//!
+//! The seam for the call layer is the call transitions of
+//! [`super::calls`] (`call_created`, `call_ringing`, `call_answered`,
+//! `call_dtmf`, `call_ended`): each takes an [`Emit`], a closure that renders
+//! the event from the call row as it stands inside the transaction (with its
+//! per-call sequence already taken), and commits the change and the event
+//! together or neither. Events that change no call (trunk registration, test
+//! events) use [`Store::emit`]. The caller renders the payload; this module
+//! stores it as opaque text and never parses it.
+//!
+//! Must not: render JSON, sign or send anything (that is `webhook`).
+
+use chrono::{DateTime, Utc};
+
+use super::calls::CallRecord;
+use super::{Result, Store, StoreError, on_pool};
+
+/// Who gets a delivery of a new event.
+#[derive(Debug, Clone)]
+pub enum Fanout {
+    /// Every enabled endpoint subscribed to the event's type.
+    Subscribed,
+    /// Only this endpoint, whatever it subscribes to (test events).
+    Endpoint(String),
+}
+
+/// An event ready to be written. `payload` is the exact body that will be
+/// signed and delivered.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub id: String,
+    pub event_type: String,
+    pub api_version: String,
+    pub call_id: Option<String>,
+    pub call_seq: Option<i64>,
+    pub payload: String,
+    pub created_at: DateTime<Utc>,
+    pub fanout: Fanout,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct EventRecord {
+    /// Global order of the live stream.
+    pub seq: i64,
+    pub id: String,
+    #[sqlx(rename = "type")]
+    pub event_type: String,
+    pub api_version: String,
+    pub call_id: Option<String>,
+    pub call_seq: Option<i64>,
+    pub payload: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Renders the event of a call transition from the call row as the
+/// transaction left it (`event_seq` is the event's per-call sequence).
+pub type EmitFn = dyn Fn(&CallRecord) -> Result<NewEvent> + Send + Sync;
+
+/// The event a call transition writes, if any.
+pub type Emit<'a> = Option<&'a EmitFn>;
+
+pub(crate) const EVENT_COLUMNS: &str =
+    "seq, id, type, api_version, call_id, call_seq, payload, created_at, updated_at";
+
+/// Writes the event and its deliveries inside the open transaction `$tx`.
+macro_rules! write_event {
+    ($tx:ident, $ev:expr) => {{
+        let ev: &$crate::store::events::NewEvent = $ev;
+        sqlx::query(
+            "INSERT INTO events (id, type, api_version, call_id, call_seq, payload, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+        )
+        .bind(&ev.id)
+        .bind(&ev.event_type)
+        .bind(&ev.api_version)
+        .bind(&ev.call_id)
+        .bind(ev.call_seq)
+        .bind(&ev.payload)
+        .bind(ev.created_at)
+        .execute(&mut *$tx)
+        .await?;
+        let endpoints: Vec<String> = match &ev.fanout {
+            $crate::store::events::Fanout::Subscribed => {
+                sqlx::query_scalar(
+                    "SELECT id FROM webhook_endpoints WHERE enabled AND events LIKE $1 ORDER BY id",
+                )
+                .bind(format!("%\"{}\"%", ev.event_type))
+                .fetch_all(&mut *$tx)
+                .await?
+            }
+            $crate::store::events::Fanout::Endpoint(id) => vec![id.clone()],
+        };
+        for endpoint in &endpoints {
+            sqlx::query(
+                "INSERT INTO webhook_deliveries (id, event_id, endpoint_id, status, next_attempt_at,
+                     created_at, updated_at)
+                 VALUES ($1, $2, $3, 'pending', $4, $4, $4)",
+            )
+            .bind($crate::ids::new($crate::ids::DELIVERY))
+            .bind(&ev.id)
+            .bind(endpoint)
+            .bind(ev.created_at)
+            .execute(&mut *$tx)
+            .await?;
+        }
+        sqlx::query_as::<_, $crate::store::events::EventRecord>(sqlx::AssertSqlSafe(format!(
+            "SELECT {} FROM events WHERE id = $1",
+            $crate::store::events::EVENT_COLUMNS
+        )))
+        .bind(&ev.id)
+        .fetch_one(&mut *$tx)
+        .await?
+    }};
+}
+pub(crate) use write_event;
+
+impl Store {
+    /// Writes an event that changes no call, with its deliveries.
+    pub async fn emit(&self, ev: &NewEvent) -> Result<EventRecord> {
+        on_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            let event = write_event!(tx, ev);
+            tx.commit().await?;
+            Ok(event)
+        })
+    }
+
+    pub async fn get_event(&self, id: &str) -> Result<EventRecord> {
+        on_pool!(self, p => sqlx::query_as::<_, EventRecord>(sqlx::AssertSqlSafe(format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE id = $1")))
+            .bind(id).fetch_optional(p).await)?
+        .ok_or(StoreError::NotFound)
+    }
+
+    /// Up to `limit` events after `seq` in stream order.
+    pub async fn events_after(&self, seq: i64, limit: i64) -> Result<Vec<EventRecord>> {
+        Ok(
+            on_pool!(self, p => sqlx::query_as::<_, EventRecord>(sqlx::AssertSqlSafe(format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE seq > $1 ORDER BY seq LIMIT $2")))
+            .bind(seq).bind(limit).fetch_all(p).await)?,
+        )
+    }
+
+    /// The stream position of the newest event (0 when there is none).
+    pub async fn last_event_seq(&self) -> Result<i64> {
+        let seq: Option<i64> = on_pool!(self, p => sqlx::query_scalar("SELECT MAX(seq) FROM events").fetch_one(p).await)?;
+        Ok(seq.unwrap_or(0))
+    }
+}

@@ -1,0 +1,163 @@
+//! Webhooks: the outbox seam, signed delivery with retries, and the wake-ups
+//! of the live event stream.
+//!
+//! Owns: [`Outbox`], the one way anything in the process emits an event.
+//! Call state changes go through [`Outbox::call_created`],
+//! [`Outbox::call_ringing`], [`Outbox::call_answered`], [`Outbox::call_dtmf`]
+//! and [`Outbox::call_ended`] (the call layer's `Transitions` calls them),
+//! which write the call row and the event (and its deliveries) in one store
+//! transaction ([`crate::store::events`]) and then wake the delivery worker
+//! and the event streams. A crash after the commit
+//! loses nothing: the worker finds the rows on the next start. The
+//! [`worker`] claims due deliveries with a lease, signs ([`sign`]), checks the
+//! address ([`guard`]), POSTs, classifies the result and schedules the next
+//! attempt ([`policy`]).
+//!
+//! Must not: decide anything about calls (that is the call layer's), or hold
+//! SQL (that is the store's).
+
+pub mod event;
+pub mod guard;
+pub mod policy;
+pub mod sign;
+pub mod worker;
+
+use std::sync::Arc;
+
+use tokio::sync::{Notify, watch};
+
+use crate::store::calls::{CallRecord, EndFields, NewCall};
+use crate::store::events::EventRecord;
+use crate::store::{Store, StoreError};
+use event::{CallEventType, TrunkEventData, TrunkEventType};
+
+/// Installs ring as the process's TLS crypto provider (https endpoints).
+/// Idempotent: a provider installed earlier stays.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Emits events: writes them with the change that caused them and wakes
+/// whoever waits for them. Cheap to clone.
+#[derive(Clone)]
+pub struct Outbox {
+    store: Store,
+    /// Wakes the delivery worker when new deliveries are due.
+    wake: Arc<Notify>,
+    /// Counts events emitted by this process; event streams wait on it.
+    emitted: Arc<watch::Sender<u64>>,
+    /// Set once when the daemon stops; ends the worker and every stream.
+    closing: Arc<watch::Sender<bool>>,
+}
+
+impl Outbox {
+    pub fn new(store: Store) -> Self {
+        Self {
+            store,
+            wake: Arc::new(Notify::new()),
+            emitted: Arc::new(watch::Sender::new(0)),
+            closing: Arc::new(watch::Sender::new(false)),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// A new call and its first event (`call.ringing` for an inbound call
+    /// that rings, `call.initiated` for an outbound one), in one transaction.
+    pub async fn call_created(&self, call: NewCall<'_>) -> Result<CallRecord, StoreError> {
+        let emit = |c: &CallRecord| {
+            let kind = if c.status == "ringing" {
+                CallEventType::Ringing
+            } else {
+                CallEventType::Initiated
+            };
+            event::call_event(kind, c, None)
+        };
+        let record = self.store.call_created(call, Some(&emit)).await?;
+        self.emitted();
+        Ok(record)
+    }
+
+    /// `call.ringing` (the first 18x of an outbound call).
+    pub async fn call_ringing(&self, id: &str) -> Result<CallRecord, StoreError> {
+        let emit = |c: &CallRecord| event::call_event(CallEventType::Ringing, c, None);
+        let record = self.store.call_ringing(id, Some(&emit)).await?;
+        self.emitted();
+        Ok(record)
+    }
+
+    /// `call.answered`.
+    pub async fn call_answered(&self, id: &str) -> Result<CallRecord, StoreError> {
+        let emit = |c: &CallRecord| event::call_event(CallEventType::Answered, c, None);
+        let record = self.store.call_answered(id, Some(&emit)).await?;
+        self.emitted();
+        Ok(record)
+    }
+
+    /// `call.dtmf`: a digit received (delivered to endpoints that opt in).
+    pub async fn call_dtmf(&self, id: &str, digit: char) -> Result<CallRecord, StoreError> {
+        let text = digit.to_string();
+        let emit = move |c: &CallRecord| event::call_event(CallEventType::Dtmf, c, Some(&text));
+        let record = self.store.call_dtmf(id, digit, Some(&emit)).await?;
+        self.emitted();
+        Ok(record)
+    }
+
+    /// `call.ended`, carrying the final status, end reason, SIP code and
+    /// duration in the call object.
+    pub async fn call_ended(&self, id: &str, end: EndFields<'_>) -> Result<CallRecord, StoreError> {
+        let emit = |c: &CallRecord| event::call_event(CallEventType::Ended, c, None);
+        let record = self.store.call_ended(id, end, Some(&emit)).await?;
+        self.emitted();
+        Ok(record)
+    }
+
+    /// A trunk registration event.
+    pub async fn trunk_changed(
+        &self,
+        event_type: TrunkEventType,
+        data: TrunkEventData,
+    ) -> Result<EventRecord, StoreError> {
+        let record = self
+            .store
+            .emit(&event::trunk_event(event_type, data)?)
+            .await?;
+        self.emitted();
+        Ok(record)
+    }
+
+    /// A `webhook.test` event delivered to one endpoint only.
+    pub async fn test_event(&self, endpoint_id: &str) -> Result<EventRecord, StoreError> {
+        let record = self.store.emit(&event::test_event(endpoint_id)?).await?;
+        self.emitted();
+        Ok(record)
+    }
+
+    /// Deliveries became due outside an emit (replay, endpoint enabled).
+    pub fn deliveries_due(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Stops the worker and ends every event stream.
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+        self.wake.notify_one();
+    }
+
+    /// Changes each time this process emits an event.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.emitted.subscribe()
+    }
+
+    /// Becomes true when the daemon stops.
+    pub fn closing(&self) -> watch::Receiver<bool> {
+        self.closing.subscribe()
+    }
+
+    fn emitted(&self) {
+        self.wake.notify_one();
+        self.emitted.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}

@@ -1,0 +1,335 @@
+//! The delivery worker: claims due deliveries with a lease, POSTs each
+//! signed payload, and records every attempt and the next step.
+//!
+//! Three parts run at once. The claim loop leases at most as many rows as
+//! there are free request slots (a semaphore permit moves into each request
+//! task and frees the slot when dropped). Request tasks send, classify and
+//! hand the result to the recorder, which writes results in batches, one
+//! transaction each, so the database sees a few commits per second rather
+//! than one per request. On stop the loop claims nothing more, in-flight
+//! requests finish (they are bounded by the request timeout) and the
+//! recorder flushes; a row whose result was never recorded keeps its lease
+//! until it expires and is then delivered again (at least once, never lost).
+//!
+//! Must not: build payloads (they are stored, signed as they are) or touch
+//! the call layer.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+
+use super::Outbox;
+use super::guard::{Guard, GuardError};
+use super::policy::{self, Backoff, Next, Outcome, Response};
+use super::sign;
+use crate::config::WebhooksConfig;
+use crate::metrics as m;
+use crate::store::Store;
+use crate::store::deliveries::{AttemptResult, Claimed, NextState};
+
+/// Results written per transaction at most.
+const RECORD_BATCH: usize = 500;
+/// How much of a response body is read (and dropped) so the connection can
+/// be reused; the rest is discarded with the connection.
+const MAX_BODY: usize = 64 * 1024;
+/// How often the outbox depth and age are measured.
+const STATS_EVERY: Duration = Duration::from_secs(5);
+
+/// Everything a request task needs; shared read-only.
+struct Ctx {
+    client: reqwest::Client,
+    guard: Guard,
+    backoff: Backoff,
+    /// Woken when a request slot frees, so the loop claims again.
+    wake: Arc<Notify>,
+}
+
+/// The worker, built from the config; [`Worker::run`] drives it.
+pub struct Worker {
+    store: Store,
+    ctx: Arc<Ctx>,
+    config: WebhooksConfig,
+    wake: Arc<Notify>,
+    closing: watch::Receiver<bool>,
+}
+
+/// The HTTP client of deliveries: names resolve only through the guard,
+/// redirects are not followed (a 3xx is a failed attempt), one timeout
+/// covers connect to last byte.
+pub fn http_client(c: &WebhooksConfig, guard: &Guard) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .dns_resolver(Arc::new(guard.clone()))
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(c.timeout_seconds))
+        .pool_max_idle_per_host(c.concurrency)
+        .user_agent(concat!("agentline/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+impl Worker {
+    pub fn new(
+        store: Store,
+        outbox: &Outbox,
+        config: &WebhooksConfig,
+    ) -> Result<Self, reqwest::Error> {
+        let guard = Guard::new(config);
+        let client = http_client(config, &guard)?;
+        Ok(Self {
+            store,
+            ctx: Arc::new(Ctx {
+                client,
+                guard,
+                backoff: Backoff::new(config),
+                wake: outbox.wake.clone(),
+            }),
+            config: config.clone(),
+            wake: outbox.wake.clone(),
+            closing: outbox.closing(),
+        })
+    }
+
+    /// Delivers until the outbox is closed, then lets in-flight requests
+    /// finish and records them.
+    pub async fn run(mut self) {
+        let slots = Arc::new(Semaphore::new(self.config.concurrency));
+        let (results, rx) = mpsc::channel(self.config.concurrency.max(RECORD_BATCH));
+        let recorder = tokio::spawn(record_loop(self.store.clone(), rx));
+        let mut tasks = JoinSet::new();
+        let poll = Duration::from_millis(self.config.poll_interval_ms);
+        // The lease outlives the request timeout by a margin for recording.
+        let lease = chrono::Duration::seconds(self.config.timeout_seconds as i64 + 30);
+        let mut next_stats = Instant::now();
+        let low_water = (self.config.concurrency.min(self.config.batch_size) / 4).max(1);
+        while !*self.closing.borrow() {
+            while tasks.try_join_next().is_some() {}
+            let room = slots.available_permits().min(self.config.batch_size);
+            let mut full = false;
+            // While requests are in flight, wait until a good share of the
+            // slots is free: one claim per few deliveries, not per delivery.
+            if room >= low_water || (room > 0 && tasks.is_empty()) {
+                match self
+                    .store
+                    .claim_deliveries(crate::store::now() + lease, room as i64)
+                    .await
+                {
+                    Ok(claimed) => {
+                        full = claimed.len() == room;
+                        for c in claimed {
+                            let Ok(permit) = slots.clone().acquire_owned().await else {
+                                break;
+                            };
+                            tasks.spawn(deliver(self.ctx.clone(), c, permit, results.clone()));
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot claim webhook deliveries"),
+                }
+            }
+            if next_stats <= Instant::now() {
+                next_stats = Instant::now() + STATS_EVERY;
+                self.record_stats().await;
+            }
+            if full {
+                continue;
+            }
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(poll) => {}
+                _ = self.closing.changed() => {}
+            }
+        }
+        let deadline = Duration::from_secs(self.config.timeout_seconds + 1);
+        if tokio::time::timeout(deadline, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await
+        .is_err()
+        {
+            tracing::warn!("webhook requests still in flight at stop; their leases will expire");
+        }
+        drop(results);
+        let _ = recorder.await;
+        tracing::info!("webhook worker stopped");
+    }
+
+    async fn record_stats(&self) {
+        match self.store.outbox_stats().await {
+            Ok(s) => {
+                metrics::gauge!(m::WEBHOOK_OUTBOX_DEPTH).set(s.pending as f64);
+                let age = s.oldest.map_or(0.0, |t| {
+                    (Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0
+                });
+                metrics::gauge!(m::WEBHOOK_OUTBOX_OLDEST_AGE).set(age);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot measure the webhook outbox"),
+        }
+    }
+}
+
+/// Makes one attempt and hands its result to the recorder.
+async fn deliver(
+    ctx: Arc<Ctx>,
+    c: Claimed,
+    permit: OwnedSemaphorePermit,
+    results: mpsc::Sender<AttemptResult>,
+) {
+    let started_at = crate::store::now();
+    let clock = Instant::now();
+    let response = send(&ctx, &c, started_at.timestamp()).await;
+    let latency = clock.elapsed();
+    drop(permit);
+    ctx.wake.notify_one();
+    let outcome = policy::classify(&response);
+    let now = crate::store::now();
+    let retry_until = c
+        .retry_until
+        .unwrap_or_else(|| ctx.backoff.retry_until(started_at));
+    let step = c.retry_step.max(0) as usize;
+    let next = match &outcome {
+        Outcome::Success => NextState::Succeeded,
+        Outcome::Retry { after, .. } => match ctx.backoff.next(step, now, retry_until, *after) {
+            Next::RetryAt(at) => NextState::Retry(at),
+            Next::DeadLetter => NextState::Failed,
+        },
+        Outcome::DontRetry { .. } => NextState::Failed,
+    };
+    metrics::counter!(m::WEBHOOK_ATTEMPTS, "outcome" => outcome.label()).increment(1);
+    metrics::histogram!(m::WEBHOOK_ATTEMPT_DURATION).record(latency.as_secs_f64());
+    let delivery_outcome = match next {
+        NextState::Succeeded => Some("delivered"),
+        NextState::Failed => Some("dead_lettered"),
+        NextState::Retry(_) => None,
+    };
+    if let Some(o) = delivery_outcome {
+        metrics::counter!(m::WEBHOOK_DELIVERIES, "outcome" => o).increment(1);
+    }
+    let (status_code, error) = match &response {
+        Response::Status { code, .. } => (Some(i64::from(*code)), None),
+        Response::Timeout => (None, Some("timeout".to_string())),
+        Response::Blocked(e) | Response::Transport(e) => (None, Some(e.clone())),
+    };
+    let result = AttemptResult {
+        delivery_id: c.delivery_id,
+        lease_token: c.lease_token,
+        endpoint_id: c.endpoint_id,
+        attempt: c.attempts + 1,
+        status_code,
+        latency_ms: latency.as_millis() as i64,
+        outcome: outcome.label(),
+        reason: outcome.reason(),
+        error,
+        started_at,
+        next,
+        retry_step: c.retry_step + 1,
+        retry_until,
+        disable_endpoint: matches!(
+            outcome,
+            Outcome::DontRetry {
+                disable_endpoint: true,
+                ..
+            }
+        ),
+    };
+    if result.disable_endpoint {
+        tracing::warn!(endpoint = %result.endpoint_id, "endpoint answered 410 Gone; disabling it");
+    }
+    // The recorder only stops after every sender is dropped.
+    let _ = results.send(result).await;
+}
+
+/// The request itself: signed headers over the stored payload.
+async fn send(ctx: &Ctx, c: &Claimed, timestamp: i64) -> Response {
+    let url = match reqwest::Url::parse(&c.url) {
+        Ok(u) => u,
+        Err(e) => return Response::Transport(format!("bad url: {e}")),
+    };
+    if let Err(e) = ctx.guard.check_literal(&url) {
+        return Response::Blocked(e.to_string());
+    }
+    let now = Utc::now();
+    let mut secrets = vec![c.secret.as_str()];
+    if let (Some(prev), Some(until)) = (&c.previous_secret, c.previous_secret_expires_at)
+        && until > now
+    {
+        secrets.push(prev.as_str());
+    }
+    let signature =
+        match sign::signature_header(&secrets, &c.event_id, timestamp, c.payload.as_bytes()) {
+            Ok(s) => s,
+            Err(e) => return Response::Transport(e.to_string()),
+        };
+    let request = ctx
+        .client
+        .post(url)
+        .header("content-type", "application/json")
+        .header("webhook-id", &c.event_id)
+        .header("webhook-timestamp", timestamp.to_string())
+        .header("webhook-signature", signature)
+        .body(c.payload.clone());
+    let mut resp = match request.send().await {
+        Ok(r) => r,
+        Err(e) => return transport_error(&e),
+    };
+    let code = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| policy::parse_retry_after(v, now));
+    let mut read = 0usize;
+    while read < MAX_BODY {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => read += chunk.len(),
+            Ok(None) => break,
+            Err(e) if e.is_timeout() => return Response::Timeout,
+            Err(_) => break,
+        }
+    }
+    Response::Status { code, retry_after }
+}
+
+fn transport_error(e: &reqwest::Error) -> Response {
+    if e.is_timeout() {
+        return Response::Timeout;
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let mut depth = 0;
+    let mut chain = Vec::new();
+    while let Some(s) = source
+        && depth < 16
+    {
+        if let Some(g) = s.downcast_ref::<GuardError>() {
+            return Response::Blocked(g.to_string());
+        }
+        chain.push(s.to_string());
+        source = s.source();
+        depth += 1;
+    }
+    Response::Transport(chain.join(": "))
+}
+
+/// Writes results in batches until every sender is gone.
+async fn record_loop(store: Store, mut rx: mpsc::Receiver<AttemptResult>) {
+    let mut batch = Vec::with_capacity(RECORD_BATCH);
+    while rx.recv_many(&mut batch, RECORD_BATCH).await > 0 {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match store.record_attempts(&batch).await {
+                Ok(()) => break,
+                Err(e) if tries < 3 => {
+                    tracing::warn!(error = %e, tries, "cannot record webhook attempts; retrying");
+                    tokio::time::sleep(Duration::from_millis(200 * tries)).await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, n = batch.len(),
+                        "webhook attempts not recorded; their deliveries run again when the leases expire");
+                    break;
+                }
+            }
+        }
+        batch.clear();
+    }
+}
