@@ -112,4 +112,80 @@ async fn a_real_call_is_reported_in_order(backend: Backend) {
     assert_eq!(call["end_reason"], "caller_hangup");
 }
 
+/// A receiver that hangs never delays call handling: three calls run to
+/// completion, promptly, while every delivery to it is stuck.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_receiver_never_delays_calls() {
+    let d = TestDaemon::builder()
+        .profile(
+            "carrier",
+            "name = \"carrier\"\n[inbound]\nallow = [\"127.0.0.1/32\"]\n",
+        )
+        .config(&fast_webhooks_config(&[1], 0))
+        .start()
+        .await;
+    let rx = Receiver::start(json!({"hang_seconds": 60}));
+    let r = d
+        .post("/v1/webhook-endpoints")
+        .json(&json!({"url": rx.url()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let agent: Value = d
+        .post("/v1/agents")
+        .json(&json!({"name": "echo", "kind": "echo", "max_duration_seconds": 60}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let r = d
+        .post("/v1/phone-numbers")
+        .json(&json!({"number": NUMBER, "agent_id": agent["id"], "trunk_id": "trk_carrier"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let started = std::time::Instant::now();
+    for _ in 0..3 {
+        let run = run_sipp(
+            "uac-invite-expect-200-bye.xml",
+            free_udp_port(),
+            Some(([127, 0, 0, 1], d.sip_port).into()),
+            &["-s", NUMBER, "-d", "300"],
+            Duration::from_secs(20),
+        )
+        .await;
+        assert!(run.success, "{}\n{}", run.output, d.log());
+    }
+    // The last call's end is written just after SIPp's BYE is answered.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let page: Value = d
+            .get("/v1/calls?status=completed")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if page["total"] == 3 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{page}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_secs(15),
+        "calls took {elapsed:?} with a stuck receiver"
+    );
+    assert!(
+        rx.records().is_empty(),
+        "the receiver was still stuck, so nothing was delivered yet"
+    );
+}
+
 both_backends!(a_real_call_is_reported_in_order);

@@ -51,6 +51,19 @@ pub fn free_udp_port() -> u16 {
         .expect("free udp port")
 }
 
+/// A port free on 127.0.0.1 for both UDP and TCP, as the daemon's SIP
+/// listener binds both.
+pub fn free_sip_port() -> u16 {
+    for _ in 0..100 {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind udp");
+        let port = udp.local_addr().expect("udp addr").port();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no port free for both UDP and TCP");
+}
+
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_agentline")
 }
@@ -124,7 +137,7 @@ impl Builder {
             }
         };
         let api = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let sip_port = free_udp_port();
+        let sip_port = free_sip_port();
         let config = format!(
             "[api]\nlisten = \"{api}\"\n[sip]\nlisten = \"127.0.0.1:{sip_port}\"\n[store]\nurl = \"{store_url}\"\n\
              [profiles]\ndir = \"{}\"\n[shutdown]\ndrain_seconds = 10\n{}",
