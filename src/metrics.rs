@@ -73,8 +73,12 @@ pub const AGENT_TOOL_CALLS_TOTAL: &str = "agentline_agent_tool_calls_total";
 /// Counter: replies cut short by the caller talking over them.
 pub const AGENT_BARGE_INS_TOTAL: &str = "agentline_agent_barge_ins_total";
 
-/// Installs the process-wide recorder. Called once by the daemon; a second
-/// call (tests that build two apps in one process) is refused by `metrics`.
+/// Installs the process-wide recorder and starts its upkeep. Called once by
+/// the daemon, inside the runtime; a second call is refused by `metrics`.
+///
+/// `install_recorder` runs no upkeep of its own: histogram samples pile up
+/// until something drains them, which without a scrape is a leak of a few
+/// kilobytes per call. A task drains them every few seconds.
 pub fn install() -> Result<PrometheusHandle, String> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
@@ -106,6 +110,15 @@ pub fn install() -> Result<PrometheusHandle, String> {
         .install_recorder()
         .map_err(|e| e.to_string())?;
     describe();
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
     Ok(handle)
 }
 
