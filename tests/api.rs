@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Backend, TestDaemon};
+use common::{Backend, TestDaemon, error_fields, json_of};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -25,29 +25,6 @@ async fn daemon(backend: Backend) -> TestDaemon {
         .profile("carrier-a", TRUNK)
         .start()
         .await
-}
-
-async fn json_of(r: reqwest::Response) -> (StatusCode, Value) {
-    let status = r.status();
-    let body = r.json::<Value>().await.unwrap_or(Value::Null);
-    (status, body)
-}
-
-/// Asserts the error envelope and returns `details[].field`.
-fn error_fields(body: &Value, status: StatusCode) -> Vec<String> {
-    let e = &body["error"];
-    assert_eq!(e["status"], status.as_u16(), "{body}");
-    assert!(e["code"].as_str().is_some_and(|c| !c.is_empty()), "{body}");
-    assert!(
-        e["message"].as_str().is_some_and(|c| !c.is_empty()),
-        "{body}"
-    );
-    e["details"]
-        .as_array()
-        .expect("details array")
-        .iter()
-        .map(|d| d["field"].as_str().unwrap_or_default().to_string())
-        .collect()
 }
 
 async fn create_agent(d: &TestDaemon, name: &str) -> Value {

@@ -4,7 +4,7 @@
 mod common;
 
 use agentline::store::contacts::{AfterAttempt, Disposition};
-use common::{Backend, TestDaemon};
+use common::{Backend, TestDaemon, json_of};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -26,12 +26,6 @@ async fn daemon(backend: Backend) -> TestDaemon {
         .profile("carrier-a", TRUNK)
         .start()
         .await
-}
-
-async fn json_of(r: reqwest::Response) -> (StatusCode, Value) {
-    let status = r.status();
-    let body = r.json::<Value>().await.unwrap_or(Value::Null);
-    (status, body)
 }
 
 async fn campaign(d: &TestDaemon) -> Value {

@@ -13,7 +13,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode as AxStatus};
 use axum::routing::post;
 use base64::Engine;
-use common::{Backend, TestDaemon};
+use common::{Backend, TestDaemon, json_of};
 use futures_util::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -39,11 +39,6 @@ fn pizza_script() -> Value {
             ]}
         }
     })
-}
-
-async fn json_of(r: reqwest::Response) -> (StatusCode, Value) {
-    let status = r.status();
-    (status, r.json::<Value>().await.unwrap_or(Value::Null))
 }
 
 async fn create_agent(d: &TestDaemon, body: Value) -> String {

@@ -64,6 +64,33 @@ pub fn free_sip_port() -> u16 {
     panic!("no port free for both UDP and TCP");
 }
 
+/// The status and JSON body of an answer (`null` when the body is not JSON).
+pub async fn json_of(r: reqwest::Response) -> (reqwest::StatusCode, serde_json::Value) {
+    let status = r.status();
+    let body = r
+        .json::<serde_json::Value>()
+        .await
+        .unwrap_or(serde_json::Value::Null);
+    (status, body)
+}
+
+/// Asserts the API's error envelope and returns `details[].field`.
+pub fn error_fields(body: &serde_json::Value, status: reqwest::StatusCode) -> Vec<String> {
+    let e = &body["error"];
+    assert_eq!(e["status"], status.as_u16(), "{body}");
+    assert!(e["code"].as_str().is_some_and(|c| !c.is_empty()), "{body}");
+    assert!(
+        e["message"].as_str().is_some_and(|c| !c.is_empty()),
+        "{body}"
+    );
+    e["details"]
+        .as_array()
+        .expect("details array")
+        .iter()
+        .map(|d| d["field"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_agentline")
 }
