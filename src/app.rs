@@ -133,7 +133,12 @@ impl App {
     /// Binds the API and serves until `control` says stop (or drain, once
     /// the drain is complete).
     pub async fn run(mut self, mut control: watch::Receiver<Control>) -> Result<(), StartError> {
-        let public = public_ip(&self.config.sip.public_address).await?;
+        let public = match public_ip(&self.config.sip.public_address).await? {
+            None if self.config.sip.listen.ip().is_unspecified() => {
+                Some(primary_ip(self.config.sip.listen.is_ipv6()))
+            }
+            configured => configured,
+        };
         let stack = self.calls.start_sip(self.config.sip.listen, public).await?;
         let addr = self.config.api.listen;
         let listener = TcpListener::bind(addr)
@@ -359,6 +364,48 @@ async fn public_ip(configured: &str) -> Result<Option<std::net::IpAddr>, StartEr
         .next()
         .map(|a| Some(a.ip()))
         .ok_or_else(|| bad(format!("{configured:?} resolves to no address")))
+}
+
+/// The address to announce when listening on every interface and no
+/// `sip.public_address` is set: the source address the kernel picks for the
+/// default route. A connected UDP socket only selects a route; nothing is
+/// sent. Without a route (an isolated host) it falls back to loopback.
+fn primary_ip(v6: bool) -> std::net::IpAddr {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, UdpSocket};
+    // Documentation prefixes (RFC 5737, RFC 3849): routed by the default
+    // route, never answered.
+    let (any, probe): (IpAddr, IpAddr) = if v6 {
+        (
+            Ipv6Addr::UNSPECIFIED.into(),
+            Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1).into(),
+        )
+    } else {
+        (
+            Ipv4Addr::UNSPECIFIED.into(),
+            Ipv4Addr::new(192, 0, 2, 1).into(),
+        )
+    };
+    let picked = UdpSocket::bind((any, 0))
+        .and_then(|s| s.connect((probe, 9)).map(|()| s))
+        .and_then(|s| s.local_addr())
+        .map(|a| a.ip())
+        .ok()
+        .filter(|ip| !ip.is_unspecified());
+    match picked {
+        Some(ip) => {
+            tracing::info!(%ip, "sip.public_address not set: announcing the default route's address");
+            ip
+        }
+        None => {
+            let lo: IpAddr = if v6 {
+                Ipv6Addr::LOCALHOST.into()
+            } else {
+                Ipv4Addr::LOCALHOST.into()
+            };
+            tracing::warn!(%lo, "sip.public_address not set and no default route: announcing loopback");
+            lo
+        }
+    }
 }
 
 /// Re-reads the profile directory and applies the difference; on error the

@@ -279,3 +279,21 @@ async fn metrics_count_requests_by_route_and_status() {
     assert_eq!(docs.status(), 200);
     assert!(docs.text().await.unwrap().contains("/openapi.json"));
 }
+
+/// The embedded default listens for SIP on every interface with no
+/// `public_address`: the daemon picks an address to announce and starts.
+#[tokio::test]
+async fn listening_on_every_interface_needs_no_public_address() {
+    let port = common::free_sip_port();
+    let d = TestDaemon::builder()
+        .env("AGENTLINE_SIP__LISTEN", &format!("0.0.0.0:{port}"))
+        .start()
+        .await;
+    let r = d.http.get(d.url("/ready")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        d.log().contains(&format!("bound=0.0.0.0:{port}")),
+        "{}",
+        d.log()
+    );
+}
