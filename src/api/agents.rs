@@ -487,13 +487,7 @@ async fn list_agents(
 }
 
 pub(super) async fn fetch(state: &AppState, id: &str) -> Result<AgentRecord, ApiError> {
-    if !ids::has_prefix(id, ids::AGENT) {
-        return Err(ApiError::not_found("agent"));
-    }
-    state.store.get_agent(id).await.map_err(|e| match e {
-        crate::store::StoreError::NotFound => ApiError::not_found("agent"),
-        e => e.into(),
-    })
+    super::find(id, ids::AGENT, "agent", state.store.get_agent(id)).await
 }
 
 /// Get an agent.

@@ -17,7 +17,6 @@ use super::AppState;
 use super::error::{ApiError, ErrorResponses, FieldError};
 use super::extract::{ApiJson, ApiQuery, List, Pagination};
 use crate::call::{HangupError, OutboundRequest, PlaceError};
-use crate::store::StoreError;
 use crate::store::calls::{CallFilter, CallRecord};
 use crate::{e164, ids};
 
@@ -180,13 +179,7 @@ async fn get_call(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Call>, ApiError> {
-    if !ids::has_prefix(&id, ids::CALL) {
-        return Err(ApiError::not_found("call"));
-    }
-    let record = state.store.get_call(&id).await.map_err(|e| match e {
-        StoreError::NotFound => ApiError::not_found("call"),
-        e => e.into(),
-    })?;
+    let record = super::find(&id, ids::CALL, "call", state.store.get_call(&id)).await?;
     Ok(Json(to_api(record)?))
 }
 
@@ -367,13 +360,7 @@ async fn hangup_call(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<Call>), ApiError> {
-    if !ids::has_prefix(&id, ids::CALL) {
-        return Err(ApiError::not_found("call"));
-    }
-    let record = state.store.get_call(&id).await.map_err(|e| match e {
-        StoreError::NotFound => ApiError::not_found("call"),
-        e => e.into(),
-    })?;
+    let record = super::find(&id, ids::CALL, "call", state.store.get_call(&id)).await?;
     if record.ended_at.is_some() {
         return Err(ApiError::conflict("the call has already ended"));
     }

@@ -451,13 +451,7 @@ async fn list_campaigns(
 }
 
 async fn fetch(state: &AppState, id: &str) -> Result<CampaignRecord, ApiError> {
-    if !ids::has_prefix(id, ids::CAMPAIGN) {
-        return Err(ApiError::not_found("campaign"));
-    }
-    state.store.get_campaign(id).await.map_err(|e| match e {
-        StoreError::NotFound => ApiError::not_found("campaign"),
-        e => e.into(),
-    })
+    super::find(id, ids::CAMPAIGN, "campaign", state.store.get_campaign(id)).await
 }
 
 /// Get a campaign.

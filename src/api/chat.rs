@@ -205,13 +205,13 @@ async fn brain_for(
 }
 
 async fn session(state: &AppState, id: &str) -> Result<ChatSessionRecord, ApiError> {
-    if !ids::has_prefix(id, ids::CHAT_SESSION) {
-        return Err(ApiError::not_found("chat session"));
-    }
-    state.store.get_chat_session(id).await.map_err(|e| match e {
-        StoreError::NotFound => ApiError::not_found("chat session"),
-        e => e.into(),
-    })
+    super::find(
+        id,
+        ids::CHAT_SESSION,
+        "chat session",
+        state.store.get_chat_session(id),
+    )
+    .await
 }
 
 async fn render_session(state: &AppState, r: ChatSessionRecord) -> Result<ChatSession, ApiError> {

@@ -18,7 +18,6 @@ use super::campaigns::{ImportReport, MAX_CSV_ROWS};
 use super::error::{ApiError, ErrorResponses, FieldError};
 use super::extract::{ApiJson, ApiQuery, List, Pagination};
 use crate::campaign::csv::{CsvStream, Record, RowError};
-use crate::store::StoreError;
 use crate::store::dnc::DncRecord;
 use crate::{e164, ids};
 
@@ -131,13 +130,7 @@ async fn list_dnc(
 }
 
 async fn fetch(state: &AppState, id: &str) -> Result<DncRecord, ApiError> {
-    if !ids::has_prefix(id, ids::DNC) {
-        return Err(ApiError::not_found("do-not-call entry"));
-    }
-    state.store.get_dnc(id).await.map_err(|e| match e {
-        StoreError::NotFound => ApiError::not_found("do-not-call entry"),
-        e => e.into(),
-    })
+    super::find(id, ids::DNC, "do-not-call entry", state.store.get_dnc(id)).await
 }
 
 /// Get a do-not-call entry.

@@ -170,13 +170,7 @@ impl Tail {
 }
 
 async fn fetch(state: &AppState, id: &str) -> Result<EventRecord, ApiError> {
-    if !ids::has_prefix(id, ids::EVENT) {
-        return Err(ApiError::not_found("event"));
-    }
-    state.store.get_event(id).await.map_err(|e| match e {
-        StoreError::NotFound => ApiError::not_found("event"),
-        e => e.into(),
-    })
+    super::find(id, ids::EVENT, "event", state.store.get_event(id)).await
 }
 
 /// Get an event: its envelope exactly as delivered.

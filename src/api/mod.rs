@@ -217,6 +217,24 @@ pub fn app(state: AppState, metrics_open: bool) -> Router {
         .with_state(state)
 }
 
+/// Runs the store lookup `get` for `id`, answering 404 naming `what` when
+/// the id is not of the `prefix` kind (the lookup is then never run) or
+/// nothing is stored under it.
+pub(crate) async fn find<T>(
+    id: &str,
+    prefix: &str,
+    what: &str,
+    get: impl std::future::Future<Output = Result<T, crate::store::StoreError>>,
+) -> Result<T, error::ApiError> {
+    if !crate::ids::has_prefix(id, prefix) {
+        return Err(error::ApiError::not_found(what));
+    }
+    get.await.map_err(|e| match e {
+        crate::store::StoreError::NotFound => error::ApiError::not_found(what),
+        e => e.into(),
+    })
+}
+
 pub(crate) fn is_http_url(s: &str) -> bool {
     let rest = s
         .strip_prefix("https://")

@@ -191,13 +191,7 @@ async fn list_numbers(
 }
 
 async fn fetch(state: &AppState, id: &str) -> Result<NumberRecord, ApiError> {
-    if !ids::has_prefix(id, ids::NUMBER) {
-        return Err(ApiError::not_found("phone number"));
-    }
-    state.store.get_number(id).await.map_err(|e| match e {
-        StoreError::NotFound => ApiError::not_found("phone number"),
-        e => e.into(),
-    })
+    super::find(id, ids::NUMBER, "phone number", state.store.get_number(id)).await
 }
 
 /// Get a phone number.

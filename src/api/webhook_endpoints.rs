@@ -17,7 +17,6 @@ use super::deliveries::{self, Delivery, DeliveryQuery};
 use super::error::{ApiError, ErrorResponses, FieldError};
 use super::events::Replayed;
 use super::extract::{ApiJson, ApiQuery, List, Pagination};
-use crate::store::StoreError;
 use crate::store::deliveries::DeliveryScope;
 use crate::store::webhooks::{EndpointFields, EndpointRecord};
 use crate::webhook::event::{TestEventData, WebhookEvent};
@@ -205,13 +204,13 @@ async fn list_endpoints(
 }
 
 async fn fetch(state: &AppState, id: &str) -> Result<EndpointRecord, ApiError> {
-    if !ids::has_prefix(id, ids::WEBHOOK_ENDPOINT) {
-        return Err(ApiError::not_found("webhook endpoint"));
-    }
-    state.store.get_endpoint(id).await.map_err(|e| match e {
-        StoreError::NotFound => ApiError::not_found("webhook endpoint"),
-        e => e.into(),
-    })
+    super::find(
+        id,
+        ids::WEBHOOK_ENDPOINT,
+        "webhook endpoint",
+        state.store.get_endpoint(id),
+    )
+    .await
 }
 
 /// Get a webhook endpoint.
