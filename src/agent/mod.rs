@@ -6,7 +6,8 @@
 //! - [`brain`]: the [`brain::Brain`] trait and its two kinds, scripted
 //!   dialogue and LLM (OpenAI-compatible) with HTTP tools and built-in
 //!   actions.
-//! - [`providers`]: the STT and TTS seams.
+//! - [`providers`]: the STT and TTS seams; [`speech`]: which engine a call
+//!   gets.
 //!
 //! How a call drives it (the call layer owns the IO): every inbound frame
 //! goes to [`turn::TurnTaker::push`] and to the STT stream; on `EndOfTurn`
@@ -30,6 +31,7 @@ pub mod brain;
 pub mod chunker;
 pub mod providers;
 pub mod session;
+pub mod speech;
 pub mod turn;
 
 use std::sync::{Arc, OnceLock};
