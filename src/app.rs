@@ -228,7 +228,7 @@ impl App {
             ..DriverConfig::default()
         };
         let dialer = Arc::new(CallDialer::new(self.calls.clone()));
-        let driver = Arc::new(Driver::new(store, dialer, cfg, &trunks));
+        let driver = Arc::new(Driver::new(self.state.outbox.clone(), dialer, cfg, &trunks));
         let (stop_outcomes, outcomes_stopped) = watch::channel(false);
         let outcomes = tokio::spawn(report_outcomes(
             self.calls.subscribe(),

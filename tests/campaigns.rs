@@ -444,7 +444,13 @@ async fn watch_prints_the_progress_of_a_finished_campaign(backend: Backend) {
             .unwrap();
         assert!(ended.is_some());
     }
-    assert!(store.complete_campaign_if_done(&id).await.unwrap());
+    assert!(
+        store
+            .complete_campaign_if_done(&id, None)
+            .await
+            .unwrap()
+            .is_some()
+    );
 
     let out = d
         .command()

@@ -25,6 +25,7 @@ use crate::campaign::{Action, CONTACT_STATES, Schedule, Status};
 use crate::store::StoreError;
 use crate::store::campaigns::{CampaignFields, CampaignRecord};
 use crate::store::contacts::{ContactRecord, NewContact};
+use crate::webhook::event::CampaignEventType;
 use crate::{e164, ids};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -228,7 +229,7 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> ApiError {
     ApiError::internal(format!("stored campaign {what} is corrupt: {e}"))
 }
 
-fn to_api(r: CampaignRecord) -> Result<Campaign, ApiError> {
+pub(crate) fn to_api(r: CampaignRecord) -> Result<Campaign, ApiError> {
     Ok(Campaign {
         trunk_ids: serde_json::from_str(&r.trunks).map_err(|e| corrupt("trunks", e))?,
         status: Status::parse(&r.status).ok_or_else(|| corrupt("status", &r.status))?,
@@ -521,12 +522,18 @@ async fn delete_campaign(
 async fn act(state: &AppState, id: &str, action: Action) -> Result<Json<Campaign>, ApiError> {
     fetch(state, id).await?;
     let from: Vec<&str> = action.from().iter().map(|s| s.as_str()).collect();
+    let event = match action {
+        Action::Start => CampaignEventType::Started,
+        Action::Pause => CampaignEventType::Paused,
+        Action::Resume => CampaignEventType::Resumed,
+        Action::Cancel => CampaignEventType::Canceled,
+    };
     let record = state
-        .store
-        .transition_campaign(id, &from, action.to().as_str())
+        .outbox
+        .campaign_transition(id, &from, action.to().as_str(), event)
         .await
         .map_err(store_conflict)?;
-    tracing::info!(campaign = %id, event = action.event(), "campaign status changed");
+    tracing::info!(campaign = %id, event = event.as_str(), "campaign status changed");
     Ok(Json(to_api(record)?))
 }
 

@@ -32,6 +32,7 @@ use super::{Schedule, contact_zone};
 use crate::ids;
 use crate::store::contacts::{AfterAttempt, Disposition};
 use crate::store::{Store, StoreError};
+use crate::webhook::Outbox;
 
 /// A call the dialer asks the call layer to place.
 #[derive(Debug, Clone, PartialEq)]
@@ -122,6 +123,8 @@ impl Default for DriverConfig {
 /// The dialer driver; share it as `Arc<Driver<D>>`.
 pub struct Driver<D> {
     store: Store,
+    /// Writes `campaign.completed` with the status change.
+    outbox: Outbox,
     dialer: Arc<D>,
     cfg: DriverConfig,
     // std Mutex: held only for short synchronous updates, never across `.await`.
@@ -137,14 +140,20 @@ pub struct Driver<D> {
 }
 
 impl<D: Dialer> Driver<D> {
-    /// A driver over `store` with the trunk caps by trunk id.
-    pub fn new(store: Store, dialer: Arc<D>, cfg: DriverConfig, trunks: &[(String, Caps)]) -> Self {
+    /// A driver over the outbox's store with the trunk caps by trunk id.
+    pub fn new(
+        outbox: Outbox,
+        dialer: Arc<D>,
+        cfg: DriverConfig,
+        trunks: &[(String, Caps)],
+    ) -> Self {
         let mut pacer = Pacer::new(cfg.global_max_calls);
         for (id, caps) in trunks {
             pacer.set_trunk(id, *caps);
         }
         Self {
-            store,
+            store: outbox.store().clone(),
+            outbox,
             dialer,
             cfg,
             pacer: Mutex::new(pacer),
@@ -267,7 +276,12 @@ impl<D: Dialer> Driver<D> {
                 }
                 let Some(claimed) = report.claimed else {
                     if report.postponed == 0 && report.blocked == 0 && report.expired == 0 {
-                        if self.store.complete_campaign_if_done(&c.id).await? {
+                        if self
+                            .outbox
+                            .campaign_completed_if_done(&c.id)
+                            .await?
+                            .is_some()
+                        {
                             tracing::info!(campaign = %c.id, event = "campaign.completed", "campaign completed");
                         }
                         break;
@@ -374,9 +388,10 @@ impl<D: Dialer> Driver<D> {
         }
         if let Some((end, _)) = recorded
             && self
-                .store
-                .complete_campaign_if_done(&end.campaign_id)
+                .outbox
+                .campaign_completed_if_done(&end.campaign_id)
                 .await?
+                .is_some()
         {
             tracing::info!(campaign = %end.campaign_id, event = "campaign.completed", "campaign completed");
         }
@@ -537,7 +552,7 @@ mod tests {
             .collect();
         store.insert_contacts(&c.id, &list).await.unwrap();
         store
-            .transition_campaign(&c.id, &["draft"], "running")
+            .transition_campaign(&c.id, &["draft"], "running", None)
             .await
             .unwrap();
         (dir, store, c.id)
@@ -565,7 +580,8 @@ mod tests {
                 cps: 0.0,
             },
         )];
-        (Arc::new(Driver::new(store.clone(), fake, cfg, &trunks)), rx)
+        let outbox = Outbox::new(store.clone());
+        (Arc::new(Driver::new(outbox, fake, cfg, &trunks)), rx)
     }
 
     /// Ends each placed call: odd-numbered contacts are busy on their first
