@@ -74,7 +74,11 @@ async fn crud_and_transitions(backend: Backend) {
             .json(
                 &json!({"name": "", "agent_id": "agt_nope", "caller_number": "555",
                 "trunk_ids": ["trk_nope"], "max_concurrent_calls": 0,
-                "schedule": {"start_time": "25:00", "timezone": "Nowhere"}}),
+                "schedule": {"start_time": "25:00", "timezone": "Nowhere"},
+                // Under the default `[campaigns] min_retry_delay_seconds` (60).
+                "retry_policy": {"busy": {"retries": 1, "delay_seconds": 59},
+                    "no_answer": {"retries": 1, "delay_seconds": 60},
+                    "failed": {"retries": 1, "delay_seconds": 60}}}),
             )
             .send()
             .await
@@ -96,9 +100,11 @@ async fn crud_and_transitions(backend: Backend) {
         "schedule.start_time",
         "schedule.timezone",
         "agent_id",
+        "retry_policy.busy.delay_seconds",
     ] {
         assert!(fields.contains(&f), "{f} in {fields:?}");
     }
+    assert!(!fields.contains(&"retry_policy.no_answer.delay_seconds"));
 
     let (s, b) = json_of(
         d.patch(&format!("/v1/campaigns/{id}"))

@@ -22,6 +22,7 @@ use super::extract::{ApiJson, ApiQuery, List, Pagination};
 use crate::campaign::csv::{ContactColumns, CsvStream, Record, RowError};
 use crate::campaign::policy::{Outcome, RetryPolicy, RetryRule};
 use crate::campaign::{Action, CONTACT_STATES, Schedule, Status};
+use crate::config::MAX_RETRY_DELAY_SECONDS;
 use crate::store::StoreError;
 use crate::store::campaigns::{CampaignFields, CampaignRecord};
 use crate::store::contacts::{ContactRecord, NewContact};
@@ -358,10 +359,11 @@ async fn validate(
                 "must be at most 20",
             );
         }
-        if !(60..=2_592_000).contains(&delay_seconds) {
+        let min = state.min_retry_delay_seconds;
+        if !(min..=MAX_RETRY_DELAY_SECONDS).contains(&delay_seconds) {
             problem(
                 &format!("retry_policy.{field}.delay_seconds"),
-                "must be between 60 and 2592000",
+                &format!("must be between {min} and {MAX_RETRY_DELAY_SECONDS}"),
             );
         }
     }

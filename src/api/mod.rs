@@ -63,6 +63,9 @@ pub struct Inner {
     /// Refuses endpoint URLs that point inside.
     pub guard: Guard,
     pub webhooks: WebhooksConfig,
+    /// `[campaigns] min_retry_delay_seconds`: the shortest retry delay a
+    /// campaign's policy may ask.
+    pub min_retry_delay_seconds: u32,
     /// Replaced whole on SIGHUP; readers take a snapshot.
     profiles: Arc<SharedProfiles>,
     /// Places and hangs up calls.
@@ -194,6 +197,7 @@ impl AppState {
             outbox,
             guard: Guard::new(&config.webhooks),
             webhooks: config.webhooks.clone(),
+            min_retry_delay_seconds: config.campaigns.min_retry_delay_seconds,
             profiles,
             calls,
             trunks,
