@@ -30,6 +30,7 @@ use super::policy::{Final, Next, Outcome, RetryPolicy};
 use super::window::Verdict;
 use super::{Schedule, contact_zone};
 use crate::ids;
+use crate::media::amd::AmdMode;
 use crate::store::contacts::{AfterAttempt, Disposition};
 use crate::store::{Store, StoreError};
 use crate::webhook::Outbox;
@@ -51,6 +52,10 @@ pub struct PlaceCall {
     pub agent_id: String,
     /// The contact's variables for the agent, a JSON object.
     pub variables: serde_json::Value,
+    /// The key that opts the callee out, if the campaign has one.
+    pub opt_out_digit: Option<char>,
+    /// Answering-machine detection on the call.
+    pub amd: AmdMode,
 }
 
 /// Why a call could not be placed.
@@ -302,6 +307,8 @@ impl<D: Dialer> Driver<D> {
                     agent_id: c.agent_id.clone(),
                     variables: serde_json::from_str(&claimed.contact.variables)
                         .unwrap_or(serde_json::Value::Object(Default::default())),
+                    opt_out_digit: c.opt_out_digit.as_deref().and_then(|d| d.chars().next()),
+                    amd: AmdMode::parse(&c.amd).unwrap_or_default(),
                 };
                 let attempt_id = claimed.attempt_id.clone();
                 let me = Arc::clone(self);
@@ -539,6 +546,8 @@ mod tests {
                     calls_per_second: 100.0,
                     retry_policy: &serde_json::to_string(&policy).unwrap(),
                     max_attempts: 3,
+                    opt_out_digit: None,
+                    amd: "off",
                 },
             )
             .await

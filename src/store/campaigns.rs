@@ -28,6 +28,10 @@ pub struct CampaignRecord {
     /// JSON retry policy document.
     pub retry_policy: String,
     pub max_attempts: i64,
+    /// The DTMF key that opts a callee out, if any.
+    pub opt_out_digit: Option<String>,
+    /// Answering-machine detection: `off`, `hangup` or `message_after_beep`.
+    pub amd: String,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
@@ -52,11 +56,14 @@ pub struct CampaignFields<'a> {
     pub calls_per_second: f64,
     pub retry_policy: &'a str,
     pub max_attempts: i64,
+    pub opt_out_digit: Option<&'a str>,
+    pub amd: &'a str,
 }
 
 const COLUMNS: &str =
     "id, name, agent_id, caller_number, trunks, status, schedule, max_concurrent_calls,
-    calls_per_second, retry_policy, max_attempts, started_at, finished_at, created_at, updated_at";
+    calls_per_second, retry_policy, max_attempts, opt_out_digit, amd, started_at, finished_at,
+    created_at, updated_at";
 
 /// Counts behind `GET /v1/campaigns/{id}/stats`.
 #[derive(Debug, Clone, Default)]
@@ -78,11 +85,12 @@ impl Store {
         let now = super::now();
         on_pool!(self, p => sqlx::query(
             "INSERT INTO campaigns (id, name, agent_id, caller_number, trunks, status, schedule,
-                 max_concurrent_calls, calls_per_second, retry_policy, max_attempts, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, 'draft', $6, $7, $8, $9, $10, $11, $11)")
+                 max_concurrent_calls, calls_per_second, retry_policy, max_attempts, opt_out_digit, amd,
+                 created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, 'draft', $6, $7, $8, $9, $10, $12, $13, $11, $11)")
             .bind(id).bind(f.name).bind(f.agent_id).bind(f.caller_number).bind(f.trunks)
             .bind(f.schedule).bind(f.max_concurrent_calls).bind(f.calls_per_second)
-            .bind(f.retry_policy).bind(f.max_attempts).bind(now)
+            .bind(f.retry_policy).bind(f.max_attempts).bind(now).bind(f.opt_out_digit).bind(f.amd)
             .execute(p).await.map(|r| r.rows_affected()))?;
         self.get_campaign(id).await
     }
@@ -126,11 +134,11 @@ impl Store {
         let done = on_pool!(self, p => sqlx::query(
             "UPDATE campaigns SET name = $2, agent_id = $3, caller_number = $4, trunks = $5,
                  schedule = $6, max_concurrent_calls = $7, calls_per_second = $8, retry_policy = $9,
-                 max_attempts = $10, updated_at = $11
+                 max_attempts = $10, updated_at = $11, opt_out_digit = $12, amd = $13
              WHERE id = $1 AND status IN ('draft', 'paused')")
             .bind(id).bind(f.name).bind(f.agent_id).bind(f.caller_number).bind(f.trunks)
             .bind(f.schedule).bind(f.max_concurrent_calls).bind(f.calls_per_second)
-            .bind(f.retry_policy).bind(f.max_attempts).bind(now)
+            .bind(f.retry_policy).bind(f.max_attempts).bind(now).bind(f.opt_out_digit).bind(f.amd)
             .execute(p).await.map(|r| r.rows_affected()))?;
         if done == 0 {
             let current = self.get_campaign(id).await?;

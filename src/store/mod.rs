@@ -149,6 +149,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "campaigns",
         include_str!("../../migrations/sqlite/0005_campaigns.sql"),
     ),
+    (
+        7,
+        "screening",
+        include_str!("../../migrations/sqlite/0007_screening.sql"),
+    ),
 ];
 
 /// The PostgreSQL migrations, embedded in the binary.
@@ -172,6 +177,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         5,
         "campaigns",
         include_str!("../../migrations/postgres/0005_campaigns.sql"),
+    ),
+    (
+        7,
+        "screening",
+        include_str!("../../migrations/postgres/0007_screening.sql"),
     ),
 ];
 
