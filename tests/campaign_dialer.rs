@@ -15,14 +15,14 @@ use chrono::{Timelike, Utc};
 use common::TestDaemon;
 use serde_json::{Value, json};
 
-/// Contacts dialled (the 500 takes minutes here; this keeps the
-/// test near 30 s).
-const DIALLED: usize = 150;
+/// Contacts dialled: the acceptance count (about 30 s on the
+/// shared 2-core machine with 20 calls at once).
+const DIALLED: usize = 500;
 /// Contacts on the do-not-call list, and contacts whose window is closed.
 const DNC: usize = 5;
 const NIGHT: usize = 5;
 /// The campaign's concurrency cap (the trunk and the global caps are above).
-const CAP: i64 = 8;
+const CAP: i64 = 20;
 const CALLER: &str = "+14155550100";
 
 /// What the callee does, by the number's last digit (see the scenario).
@@ -89,14 +89,14 @@ fn attempts_finished(stats: &Value) -> i64 {
         .unwrap_or(0)
 }
 
-/// SIPp as the callee on a free port, for at most 180 s.
+/// SIPp as the callee on a free port, for at most 480 s.
 fn callee() -> (tokio::process::Child, u16) {
     common::require_sipp();
     let port = common::free_udp_port();
     let sipp = tokio::process::Command::new("sipp")
         .args(["-sf", &common::scenario("uas-invite-mixed-outcomes.xml")])
         .args(["-i", "127.0.0.1", "-p", &port.to_string()])
-        .args(["-nostdin", "-timeout", "180s"])
+        .args(["-nostdin", "-timeout", "480s"])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -182,7 +182,7 @@ async fn campaign_dials_under_caps_per_policy_across_a_crash() {
 
     json_of(d.post(&format!("/v1/campaigns/{id}/start"))).await;
     // Run until a third of the first attempts have ended, then crash.
-    watch(&d, &id, Duration::from_secs(60), |s| {
+    watch(&d, &id, Duration::from_secs(120), |s| {
         attempts_finished(s) >= (DIALLED / 3) as i64
     })
     .await;
@@ -194,14 +194,14 @@ async fn campaign_dials_under_caps_per_policy_across_a_crash() {
             == DIALLED as i64
             && s["calls_active"] == 0
     };
-    let stats = watch(&d, &id, Duration::from_secs(90), settled).await;
+    let stats = watch(&d, &id, Duration::from_secs(300), settled).await;
     assert_eq!(stats["contacts"]["dnc"], DNC as i64, "{stats}");
     assert_eq!(stats["contacts"]["pending"], NIGHT as i64, "{stats}");
     assert_eq!(stats["status"], "running", "night contacts still to call");
 
     // Every contact, with its number and state.
     let mut by_id: HashMap<String, (String, String, i64)> = HashMap::new();
-    for page in 0..3 {
+    for page in 0..(DIALLED + DNC + NIGHT).div_ceil(100) {
         let list = json_of(d.get(&format!(
             "/v1/campaigns/{id}/contacts?limit=100&offset={}",
             page * 100
