@@ -106,15 +106,23 @@ fn callee() -> (tokio::process::Child, u16) {
     (sipp, port)
 }
 
-/// A daemon with one trunk to SIPp, a 1 s ring timeout, fast polling and
-/// retries allowed 1 s apart.
-async fn daemon(sipp_port: u16) -> TestDaemon {
-    let trunk = format!(
+/// The trunk to SIPp, with its `max_calls`.
+fn trunk(sipp_port: u16, max_calls: u32) -> String {
+    format!(
         "name = \"callee\"\n[inbound]\nallow = [\"127.0.0.1/32\"]\n\
-         [outbound]\nproxy = \"127.0.0.1:{sipp_port}\"\n[limits]\nmax_calls = 30\ncps = 200\n"
-    );
+         [outbound]\nproxy = \"127.0.0.1:{sipp_port}\"\n[limits]\nmax_calls = {max_calls}\ncps = 200\n"
+    )
+}
+
+/// A daemon with one trunk to SIPp (30 calls at once), a 1 s ring timeout,
+/// fast polling and retries allowed 1 s apart.
+async fn daemon(sipp_port: u16) -> TestDaemon {
+    daemon_with(sipp_port, 30).await
+}
+
+async fn daemon_with(sipp_port: u16, max_calls: u32) -> TestDaemon {
     TestDaemon::builder()
-        .profile("callee", &trunk)
+        .profile("callee", &trunk(sipp_port, max_calls))
         .config("[calls]\nring_timeout_seconds = 1\n[campaigns]\nmax_concurrent_calls = 50\npoll_ms = 100\nmin_retry_delay_seconds = 1")
         .start()
         .await
@@ -332,5 +340,55 @@ async fn pause_and_drain_stop_new_dials_and_let_calls_finish() {
         "the drain let every call finish and dialled none it had to refuse: {attempts:?}"
     );
     assert!(attempts.len() < 40, "the drain stopped the dialling");
+    let _ = sipp.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_a_new_trunk_cap_to_a_running_campaign() {
+    let (mut sipp, sipp_port) = callee();
+    let d = daemon_with(sipp_port, 2).await;
+    let id = campaign(&d, 10).await;
+    let day = zone_at(12);
+    // Every number answers (last digit 0-3); each call lasts 1 s.
+    let contacts: Vec<Value> = (0..60)
+        .map(|i| json!({"number": format!("+1415558{:03}{}", i, i % 4), "timezone": day}))
+        .collect();
+    json_of(
+        d.post(&format!("/v1/campaigns/{id}/contacts"))
+            .json(&json!({"contacts": contacts})),
+    )
+    .await;
+    json_of(d.post(&format!("/v1/campaigns/{id}/start"))).await;
+    let active = || async {
+        let stats = json_of(d.get(&format!("/v1/campaigns/{id}/stats"))).await;
+        stats["calls_active"].as_i64().expect("calls_active")
+    };
+    // Under the trunk's 2 for 3 s of calls (bounded: 60 samples).
+    let mut seen = 0;
+    for _ in 0..60 {
+        let n = active().await;
+        assert!(n <= 2, "{n} calls over the trunk's max_calls of 2");
+        seen = seen.max(n);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen, 2, "the trunk cap was the limit");
+
+    std::fs::write(d.profiles_dir().join("callee.toml"), trunk(sipp_port, 6)).expect("profile");
+    d.signal("HUP");
+    // Bounded: 20 s of samples.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = 0;
+    while seen <= 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the new cap never applied:\n{}",
+            d.log()
+        );
+        let n = active().await;
+        assert!(n <= 6, "{n} calls over the new max_calls of 6");
+        seen = seen.max(n);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    json_of(d.post(&format!("/v1/campaigns/{id}/cancel"))).await;
     let _ = sipp.kill().await;
 }

@@ -125,6 +125,10 @@ impl Default for DriverConfig {
     }
 }
 
+/// The trunks' caps as configured now, by trunk id: read at every pass, so
+/// that a profile reload (SIGHUP) applies to the next dial.
+pub type TrunkCaps = Box<dyn Fn() -> Vec<(String, Caps)> + Send + Sync>;
+
 /// The dialer driver; share it as `Arc<Driver<D>>`.
 pub struct Driver<D> {
     store: Store,
@@ -134,6 +138,8 @@ pub struct Driver<D> {
     cfg: DriverConfig,
     // std Mutex: held only for short synchronous updates, never across `.await`.
     pacer: Mutex<Pacer>,
+    /// Where the trunk caps come from.
+    trunk_caps: TrunkCaps,
     /// Calls this node placed and has not seen end: call id -> (campaign, trunk).
     in_flight: Mutex<HashMap<String, (String, String)>>,
     /// Woken when a call ends, so a freed slot is used at once.
@@ -145,18 +151,11 @@ pub struct Driver<D> {
 }
 
 impl<D: Dialer> Driver<D> {
-    /// A driver over the outbox's store with the trunk caps by trunk id.
-    pub fn new(
-        outbox: Outbox,
-        dialer: Arc<D>,
-        cfg: DriverConfig,
-        trunks: &[(String, Caps)],
-    ) -> Self {
-        let mut pacer = Pacer::new(cfg.global_max_calls);
-        for (id, caps) in trunks {
-            pacer.set_trunk(id, *caps);
-        }
+    /// A driver over the outbox's store under the caps `trunk_caps` gives.
+    pub fn new(outbox: Outbox, dialer: Arc<D>, cfg: DriverConfig, trunk_caps: TrunkCaps) -> Self {
+        let pacer = Pacer::new(cfg.global_max_calls);
         Self {
+            trunk_caps,
             store: outbox.store().clone(),
             outbox,
             dialer,
@@ -229,6 +228,13 @@ impl<D: Dialer> Driver<D> {
     /// allow now; what the soonest campaign waits for.
     pub async fn tick(self: &Arc<Self>) -> Result<Option<Wait>, StoreError> {
         let campaigns = self.store.running_campaigns().await?;
+        {
+            let caps = (self.trunk_caps)();
+            let mut pacer = self.pacer();
+            for (id, caps) in &caps {
+                pacer.set_trunk(id, *caps);
+            }
+        }
         let mut waits = Vec::new();
         for c in campaigns {
             let trunks: Vec<String> = serde_json::from_str(&c.trunks)
@@ -582,15 +588,17 @@ mod tests {
             global_max_calls: 10,
             ..DriverConfig::default()
         };
-        let trunks = [(
-            "trk_a".to_string(),
-            Caps {
-                max_calls: 3,
-                cps: 0.0,
-            },
-        )];
+        let trunks: TrunkCaps = Box::new(|| {
+            vec![(
+                "trk_a".to_string(),
+                Caps {
+                    max_calls: 3,
+                    cps: 0.0,
+                },
+            )]
+        });
         let outbox = Outbox::new(store.clone());
-        (Arc::new(Driver::new(outbox, fake, cfg, &trunks)), rx)
+        (Arc::new(Driver::new(outbox, fake, cfg, trunks)), rx)
     }
 
     /// Ends each placed call: odd-numbered contacts are busy on their first
