@@ -19,6 +19,7 @@ use super::EndReason;
 use super::events::Transitions;
 use crate::media::amd::{AmdEvent, AmdMode, AnsweredBy, Detector};
 use crate::media::{MediaEvent, MediaEvents};
+use crate::metrics::CALL_AMD_VERDICTS_TOTAL;
 
 /// What the call task does next.
 #[derive(Debug)]
@@ -96,6 +97,8 @@ impl Screen {
         match event {
             AmdEvent::Verdict(v) => {
                 tracing::info!(answered_by = v.as_str(), "answering-machine detection");
+                metrics::counter!(CALL_AMD_VERDICTS_TOTAL, "answered_by" => v.as_str())
+                    .increment(1);
                 let transitions = self.transitions.clone();
                 let id = self.call_id.clone();
                 tokio::spawn(async move { transitions.answered_by(&id, v.as_str()).await });
