@@ -52,9 +52,9 @@ async fn campaign(d: &TestDaemon, agent: &Value, schedule: Value, number: &str) 
 fn of(recs: &[Record], id: &str) -> Vec<(String, String)> {
     let mut mine: Vec<&Record> = recs.iter().filter(|r| r.body["data"]["id"] == id).collect();
     // Deliveries may overtake one another; the events' own times order them.
-    mine.sort_by(|a, b| {
-        let t = |r: &Record| r.body["created_at"].as_str().unwrap_or_default().to_owned();
-        t(a).cmp(&t(b))
+    mine.sort_by_key(|r| {
+        chrono::DateTime::parse_from_rfc3339(r.body["created_at"].as_str().unwrap_or_default())
+            .expect("created_at is RFC 3339")
     });
     mine.iter()
         .map(|r| {
