@@ -118,6 +118,26 @@ async fn crud_and_transitions(backend: Backend) {
         (s, b["name"].as_str()),
         (StatusCode::OK, Some("renewals 2"))
     );
+    assert_eq!(b["opt_out_digit"], Value::Null, "no opt-out key unless set");
+    assert_eq!(b["amd"], "off");
+    let patch = |body: Value| d.patch(&format!("/v1/campaigns/{id}")).json(&body).send();
+    let (s, b) = json_of(
+        patch(json!({"opt_out_digit": "#", "amd": "message_after_beep"}))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(
+        (b["opt_out_digit"].as_str(), b["amd"].as_str()),
+        (Some("#"), Some("message_after_beep"))
+    );
+    let (s, b) = json_of(patch(json!({"opt_out_digit": null})).await.unwrap()).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["opt_out_digit"], Value::Null, "null clears the key");
+    assert_eq!(b["amd"], "message_after_beep", "left out, kept");
+    let (s, b) = json_of(patch(json!({"amd": "sometimes"})).await.unwrap()).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
 
     let act = |a: &str| d.post(&format!("/v1/campaigns/{id}/{a}")).send();
     assert_eq!(act("pause").await.unwrap().status(), StatusCode::CONFLICT);
