@@ -253,7 +253,11 @@ impl<D: Dialer> Driver<D> {
             );
             // Bounded: each pass places at most the global cap.
             for _ in 0..self.cfg.global_max_calls {
-                let trunk = match self.pacer().ready(Instant::now(), &c.id, &trunks) {
+                // The start is counted from the instant the pacer allowed
+                // it, not after the claim: the claim's store round trip
+                // would otherwise stretch every spacing and lower the rate.
+                let allowed_at = Instant::now();
+                let trunk = match self.pacer().ready(allowed_at, &c.id, &trunks) {
                     Ok(t) => t,
                     Err(w) => {
                         waits.push(w);
@@ -299,7 +303,7 @@ impl<D: Dialer> Driver<D> {
                     }
                     continue;
                 };
-                self.pacer().start(Instant::now(), &c.id, &trunk);
+                self.pacer().start(allowed_at, &c.id, &trunk);
                 self.flights()
                     .insert(call_id.clone(), (c.id.clone(), trunk.clone()));
                 let req = PlaceCall {
