@@ -11,9 +11,12 @@
 //! The verdict is recorded on the call row as soon as it is known (a
 //! spawned write, so that reading events stays cancel-safe inside the call
 //! task's `select!`); a machine hung up on is recorded by the call's end
-//! itself, so `call.ended` always carries it.
+//! itself, so that `call.ended` surely carries it. (A call that ends within
+//! the same instant as a human verdict could send `call.ended` before the
+//! verdict's write; the row still gets it.)
 
 use tokio::time::{Instant, sleep_until};
+use tracing::Instrument;
 
 use super::EndReason;
 use super::events::Transitions;
@@ -70,8 +73,8 @@ impl Screen {
             self.agent_started = true;
             return Screened::StartAgent;
         }
-        // Bounded: each turn takes one event or passes the deadline, after
-        // which the detector has no deadline left.
+        // Bounded: each turn takes one event or passes a deadline, and there
+        // are two at most (the verdict's, then the greeting's).
         loop {
             let Some((detector, _)) = self.amd.as_mut() else {
                 return Screened::Media(events.recv().await);
@@ -99,17 +102,20 @@ impl Screen {
                 tracing::info!(answered_by = v.as_str(), "answering-machine detection");
                 metrics::counter!(CALL_AMD_VERDICTS_TOTAL, "answered_by" => v.as_str())
                     .increment(1);
+                if (v, mode) == (AnsweredBy::Machine, AmdMode::Hangup) {
+                    // The end records it (`EndReason::answered_by`).
+                    self.amd = None;
+                    return Some(Screened::End(EndReason::MachineDetected));
+                }
                 let transitions = self.transitions.clone();
                 let id = self.call_id.clone();
-                tokio::spawn(async move { transitions.answered_by(&id, v.as_str()).await });
-                match (v, mode) {
-                    (AnsweredBy::Machine, AmdMode::Hangup) => {
-                        self.amd = None;
-                        Some(Screened::End(EndReason::MachineDetected))
-                    }
+                tokio::spawn(
+                    async move { transitions.answered_by(&id, v.as_str()).await }.in_current_span(),
+                );
+                match v {
                     // The detector goes on until the greeting is over.
-                    (AnsweredBy::Machine, _) => None,
-                    _ => Some(self.start_agent()),
+                    AnsweredBy::Machine => None,
+                    AnsweredBy::Human | AnsweredBy::Unknown => Some(self.start_agent()),
                 }
             }
             AmdEvent::GreetingOver => {
