@@ -4,7 +4,8 @@
 //!   with its source, the call ends, and the next campaign skips it;
 //! - answering-machine detection: SIPp streams speech made by flite and sox
 //!   (a long voicemail greeting and a beep, or a short "hello?"), and the
-//!   call says who answered and acts on it (`hangup`, `message_after_beep`).
+//!   call says who answered and acts on it (`hangup`, `message_after_beep`);
+//!   a campaign counts a machine hung up on as no answer and retries it.
 
 mod common;
 
@@ -28,13 +29,18 @@ async fn ok(r: reqwest::RequestBuilder) -> Value {
 /// SIPp as a callee for one call on a free port, with `scenario`, running
 /// in `dir` (where `answer.ul` is read from), for at most 60 s.
 fn callee(name: &str, dir: &Path) -> (tokio::process::Child, u16) {
+    callee_for(name, dir, 1)
+}
+
+/// The same for `calls` calls, one after the other.
+fn callee_for(name: &str, dir: &Path, calls: u32) -> (tokio::process::Child, u16) {
     require_sipp();
     let port = free_udp_port();
     let child = tokio::process::Command::new("sipp")
         .args(["-sf", &scenario(name)])
         .args(["-i", "127.0.0.1", "-p", &port.to_string()])
         .args(["-mi", "127.0.0.1", "-mp", &free_udp_port().to_string()])
-        .args(["-m", "1", "-nostdin", "-timeout", "60s"])
+        .args(["-m", &calls.to_string(), "-nostdin", "-timeout", "60s"])
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -46,7 +52,8 @@ fn callee(name: &str, dir: &Path) -> (tokio::process::Child, u16) {
 }
 
 /// A daemon with one trunk to the callee at `port`, an agent of `kind`
-/// (settings `agent`) and the caller number bound to both.
+/// (settings `agent`) and the caller number bound to both; campaigns may
+/// retry after 1 s.
 async fn daemon(port: u16, agent: Value) -> (TestDaemon, String) {
     let trunk = format!(
         "name = \"callee\"\n[inbound]\nallow = [\"127.0.0.1/32\"]\n\
@@ -54,7 +61,7 @@ async fn daemon(port: u16, agent: Value) -> (TestDaemon, String) {
     );
     let d = TestDaemon::builder()
         .profile("callee", &trunk)
-        .config("[campaigns]\npoll_ms = 100")
+        .config("[campaigns]\npoll_ms = 100\nmin_retry_delay_seconds = 1")
         .start()
         .await;
     let agent = ok(d.post("/v1/agents").json(&agent)).await;
@@ -361,4 +368,43 @@ async fn a_message_after_the_beep_starts_when_the_greeting_ends() {
         .expect("call.ended written");
     let payload: Value = serde_json::from_str(&ended.payload).expect("json");
     assert_eq!(payload["data"]["answered_by"], "machine", "{payload}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaign_hangs_up_on_machines_and_retries_them_as_no_answer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    answer_audio(dir.path(), 0.5, GREETING, true, 3.0);
+    let (mut sipp, port) = callee_for("uas-answer-play-audio-expect-bye.xml", dir.path(), 2);
+    let (d, agent) = daemon(
+        port,
+        json!({"name": "echo", "kind": "echo", "max_duration_seconds": 30}),
+    )
+    .await;
+    let rule = json!({"retries": 1, "delay_seconds": 1});
+    let (id, _) = campaign(
+        &d,
+        &agent,
+        "+14155550177",
+        json!({"amd": "hangup",
+            "retry_policy": {"busy": rule, "no_answer": rule, "failed": rule}}),
+    )
+    .await;
+    let stats = wait(&d, &format!("/v1/campaigns/{id}/stats"), |s| {
+        s["status"] == "completed"
+    })
+    .await;
+    assert_eq!(stats["attempts"]["no_answer"], 2, "{stats}\n{}", d.log());
+    assert_eq!(stats["contacts"]["exhausted"], 1, "{stats}");
+    let calls = ok(d.get("/v1/calls")).await;
+    let items = calls["items"].as_array().expect("items");
+    assert_eq!(items.len(), 2, "{calls}");
+    for call in items {
+        assert_eq!(call["answered_by"], "machine", "{call}");
+        assert_eq!(call["end_reason"], "machine_detected", "{call}");
+    }
+    let status = tokio::time::timeout(Duration::from_secs(15), sipp.wait())
+        .await
+        .expect("sipp ends")
+        .expect("sipp ran");
+    assert!(status.success(), "sipp: {status}");
 }
