@@ -14,7 +14,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use chrono::{Timelike, Utc};
-use common::{TestDaemon, free_udp_port, json_of, require_sipp, scenario};
+use common::{Backend, TestDaemon, free_udp_port, json_of, require_sipp, scenario};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -55,11 +55,16 @@ fn callee_for(name: &str, dir: &Path, calls: u32) -> (tokio::process::Child, u16
 /// (settings `agent`) and the caller number bound to both; campaigns may
 /// retry after 1 s.
 async fn daemon(port: u16, agent: Value) -> (TestDaemon, String) {
+    daemon_on(Backend::Sqlite, port, agent).await
+}
+
+async fn daemon_on(backend: Backend, port: u16, agent: Value) -> (TestDaemon, String) {
     let trunk = format!(
         "name = \"callee\"\n[inbound]\nallow = [\"127.0.0.1/32\"]\n\
          [outbound]\nproxy = \"127.0.0.1:{port}\"\n"
     );
     let d = TestDaemon::builder()
+        .backend(backend)
         .profile("callee", &trunk)
         .config("[campaigns]\npoll_ms = 100\nmin_retry_delay_seconds = 1")
         .start()
@@ -130,11 +135,11 @@ async fn ended_call(d: &TestDaemon) -> Value {
     page["items"][0].clone()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_opt_out_key_lists_the_number_and_the_next_campaign_skips_it() {
+async fn an_opt_out_key_lists_the_number_and_the_next_campaign_skips_it(backend: Backend) {
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut sipp, port) = callee("uas-answer-press-9-expect-bye.xml", dir.path());
-    let (d, agent) = daemon(
+    let (d, agent) = daemon_on(
+        backend,
         port,
         json!({"name": "echo", "kind": "echo", "max_duration_seconds": 30}),
     )
@@ -408,3 +413,5 @@ async fn a_campaign_hangs_up_on_machines_and_retries_them_as_no_answer() {
         .expect("sipp ran");
     assert!(status.success(), "sipp: {status}");
 }
+
+both_backends!(an_opt_out_key_lists_the_number_and_the_next_campaign_skips_it);
