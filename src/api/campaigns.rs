@@ -1,7 +1,8 @@
 //! `/v1/campaigns`: outbound campaigns, their contacts (JSON or a streamed
 //! CSV upload) and their progress. Status changes go through actions
 //! (`start`, `pause`, `resume`, `cancel`); one that the current status does
-//! not allow is 409.
+//! not allow is 409, and each one done writes its `campaign.*` event with
+//! the change.
 
 use std::collections::BTreeMap;
 
