@@ -17,10 +17,12 @@ use tracing::Instrument;
 
 use super::agents::AgentRun;
 use super::registry::{CallHandle, Command};
+use super::screen::Screen;
 use super::task::{self, Established};
 use super::{EndReason, Shared, count_ended, count_started};
 use crate::agent::CallSettings;
 use crate::config::Profile;
+use crate::media::amd::AmdMode;
 use crate::media::{Direction, LocalSdp, RtpSession, bind_rtp};
 use crate::metrics::CALL_SETUP_SECONDS;
 use crate::sip::{AcceptError, IncomingInvite, InviteInfo};
@@ -275,6 +277,7 @@ async fn run(shared: Arc<Shared>, id: String, mut invite: IncomingInvite, route:
             agent,
             max_duration: Duration::from_secs(u64::from(route.settings.max_duration_seconds)),
             commands,
+            screen: Screen::new(&id, shared.transitions.clone(), AmdMode::Off, None),
         },
     )
     .await;

@@ -151,6 +151,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "campaigns",
         include_str!("../../migrations/sqlite/0005_campaigns.sql"),
     ),
+    (
+        7,
+        "screening",
+        include_str!("../../migrations/sqlite/0007_screening.sql"),
+    ),
 ];
 
 /// The PostgreSQL migrations, embedded in the binary.
@@ -174,6 +179,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         5,
         "campaigns",
         include_str!("../../migrations/postgres/0005_campaigns.sql"),
+    ),
+    (
+        7,
+        "screening",
+        include_str!("../../migrations/postgres/0007_screening.sql"),
     ),
 ];
 
