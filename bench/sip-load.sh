@@ -26,7 +26,7 @@ metric() { # sum of a metric's samples whose line matches $2
 }
 
 cargo build --release --quiet
-BIN=$PWD/target/release/agentline
+BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/agentline
 WORK=$(mktemp -d)
 trap 'kill $DAEMON 2>/dev/null || true; rm -rf "$WORK"' EXIT
 API=127.0.0.1:$(free_port)
@@ -93,6 +93,12 @@ for rate in $RATES; do
 done
 echo
 echo "Highest offered rate with no failed call: **$best CPS**."
+echo
+# Finished SIP transactions linger 32 s (RFC 3261 Timer J, RFC 6026
+# Timer L) and the daemon hands freed heap back every 30 s: wait out both.
+busy=$(rss_mb $DAEMON)
+sleep 65
+echo "Daemon RSS: $busy MB right after the rate runs, $(rss_mb $DAEMON) MB after 65 s idle."
 echo
 
 echo "### Concurrent calls with G.711 RTP both ways (echo agent, ${HOLD} s per call)"
