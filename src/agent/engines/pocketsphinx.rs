@@ -67,6 +67,10 @@ const QUEUE_FRAMES: usize = 500;
 const PREROLL_FRAMES: usize = 15;
 /// Audio still sent after the last voiced frame (700 ms).
 const HANGOVER_FRAMES: usize = 35;
+/// Frames quieter than this are never sent: digital silence (a softphone
+/// playing a padded file, a muted line) drags the live cepstral mean far
+/// from speech, and the next turns were misheard.
+const SILENT_DBFS: f32 = -70.0;
 
 /// Where to find the worker's interpreter and how many to keep warm.
 #[derive(Debug, Clone)]
@@ -482,6 +486,10 @@ impl Gate {
     /// The frames to send for this one (none, it, or the pre-roll and it).
     fn push(&mut self, frame: &[i16]) -> Vec<Vec<i16>> {
         let voice = self.vad.is_voice(frame);
+        if EnergyVad::level_dbfs(frame) < SILENT_DBFS {
+            self.open = self.open.map(|n| n + 1).filter(|&n| n <= HANGOVER_FRAMES);
+            return Vec::new();
+        }
         match (self.open, voice) {
             (_, true) => {
                 self.open = Some(0);
