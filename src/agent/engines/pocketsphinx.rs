@@ -11,14 +11,15 @@
 //! the decoder ends one call's recognition, never the daemon; nothing is
 //! compiled or downloaded at build time (the PyPI wheel carries the en-US
 //! model); and the decoder's CPU runs outside the tokio workers. The cost: a
-//! Python process and a loaded model per active call (about 60 MB of
-//! memory), a pipe hop per frame, and a model load of about half a second,
+//! Python process and a loaded model per active call (about 110 MB
+//! resident), a pipe hop per frame, and a model load of about half a second,
 //! which the pool hides by keeping `warm_workers` loaded spares.
 //!
 //! The audio path, in Rust before the pipe: the 8 kHz frames are gated by
 //! the same energy VAD that takes turns (long silences are not sent: the
 //! decoder does worse on them and they cost CPU; 300 ms before speech and
-//! 700 ms after it are kept), then upsampled to the 16 kHz the model wants.
+//! 700 ms after it are kept, digital silence never), then upsampled to the
+//! 16 kHz the model wants.
 //! A push never waits on the worker: frames go through a bounded queue to a
 //! writer task, and a worker more than ten seconds behind is an error.
 //!
@@ -171,6 +172,8 @@ impl Pool {
             }
             pool.starting.fetch_add(1, Ordering::SeqCst);
             let p = pool.clone();
+            // Its own span: a spare serves whichever call comes next, not
+            // the one that was opening when it was started.
             handle.spawn(
                 async move {
                     match start_worker(&p.config.python).await {
@@ -179,7 +182,7 @@ impl Pool {
                     }
                     p.starting.fetch_sub(1, Ordering::SeqCst);
                 }
-                .in_current_span(),
+                .instrument(tracing::info_span!("recognizer_spare")),
             );
         }
     }
@@ -210,12 +213,14 @@ async fn start_worker(python: &str) -> Result<Worker, ProviderError> {
             "the recognizer's pipes could not be opened".into(),
         ));
     };
-    // Forwards the worker's stderr to tracing; ends with the process.
+    // Forwards the worker's stderr to tracing; ends with the process. The
+    // pid ties its lines to the call the worker serves (logged at open).
+    let pid = child.id().unwrap_or_default();
     tokio::spawn(
         async move {
             let mut lines = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                tracing::warn!(target: "agentline::agent::engines::pocketsphinx", "recognizer: {line}");
+                tracing::warn!(pid, "recognizer: {line}");
             }
         }
         .in_current_span(),
@@ -261,6 +266,7 @@ impl Stt for PocketSphinx {
             Some(w) => w,
             None => start_worker(&self.pool.config.python).await?,
         };
+        tracing::debug!(pid = worker.child.id(), "recognizer opened");
         Pool::refill(&self.pool);
         PocketSphinxStream::start(worker).map(|s| Box::new(s) as Box<dyn SttStream>)
     }
