@@ -298,3 +298,34 @@ fn make_executable(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
+
+/// Waits (bounded: 30 s) until `speech` has `n` loaded spares.
+async fn until_warm(speech: &Speech, n: usize) {
+    for _ in 0..300 {
+        if speech.warm_recognizers() == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{} warm recognizers, not {n}", speech.warm_recognizers());
+}
+
+#[tokio::test]
+async fn a_call_takes_a_warm_recognizer_and_the_pool_refills() {
+    let speech = Speech::new(SpeechConfig {
+        warm_workers: 1,
+        ..SpeechConfig::default()
+    });
+    assert_eq!(speech.warm_recognizers(), 0, "nothing before warm_up");
+    speech.warm_up();
+    until_warm(&speech, 1).await;
+    let stt = speech.stt(None).unwrap();
+    let mut stream = stt.open().await.unwrap();
+    assert_eq!(speech.warm_recognizers(), 0, "the call took the spare");
+    until_warm(&speech, 1).await;
+    // The spare it took works.
+    let audio = say(&speech, "rms", "Cancel my order.").await;
+    turn(stream.as_mut(), &audio).await;
+    stream.end_of_turn().await.unwrap();
+    assert!(final_text(stream.as_mut()).await.contains("order"));
+}
