@@ -596,6 +596,12 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_loads_and_documents_the_speech_defaults() {
+        let c = load_str(include_str!("../../agentline.example.toml")).unwrap();
+        assert_eq!(c.speech, crate::agent::speech::SpeechConfig::default());
+    }
+
+    #[test]
     fn bad_speech_settings_are_named() {
         let c = load_str("[speech]\nvoice = \"kal\"\nwarm_workers = 2\n").unwrap();
         assert_eq!(c.speech.voice, "kal");

@@ -538,11 +538,14 @@ mod tests {
     #[test]
     fn the_gate_keeps_speech_with_its_margins_and_drops_long_silence() {
         let mut g = Gate::new();
-        let silence = vec![0i16; FRAME_SAMPLES];
-        let sent: usize = (0..50).map(|_| g.push(&silence).len()).sum();
-        assert_eq!(sent, 0, "silence alone is not sent");
+        // Line noise around -60 dBFS.
+        let quiet: Vec<i16> = (0..FRAME_SAMPLES)
+            .map(|i| if i % 2 == 0 { 30 } else { -30 })
+            .collect();
+        let sent: usize = (0..50).map(|_| g.push(&quiet).len()).sum();
+        assert_eq!(sent, 0, "quiet alone is not sent");
         assert_eq!(g.push(&voiced()).len(), PREROLL_FRAMES + 1);
-        let after: usize = (0..100).map(|_| g.push(&silence).len()).sum();
+        let after: usize = (0..100).map(|_| g.push(&quiet).len()).sum();
         assert_eq!(after, HANGOVER_FRAMES);
         g.end_of_turn();
         assert_eq!(
@@ -550,5 +553,8 @@ mod tests {
             1,
             "a new turn has no stale pre-roll"
         );
+        let zeros = vec![0i16; FRAME_SAMPLES];
+        assert!(g.push(&zeros).is_empty(), "digital silence is never sent");
+        assert_eq!(g.push(&quiet).len(), 1, "the gate stayed open through it");
     }
 }
