@@ -220,6 +220,20 @@ async fn missing_engines_give_errors_that_say_what_to_install() {
         "{msg}"
     );
 
+    // Not flite at all.
+    let not_flite = self::speech(SpeechConfig {
+        flite: "/bin/echo".into(),
+        ..SpeechConfig::default()
+    });
+    let e = not_flite
+        .tts(None)
+        .unwrap()
+        .speak("hi")
+        .await
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("is it flite?"), "{e}");
+
     // Not a Python at all: it exits before the recognizer starts.
     let speech = speech_with_python("/bin/false");
     let e = speech.stt(None).unwrap().open().await.err().unwrap();

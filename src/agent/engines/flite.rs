@@ -39,8 +39,9 @@ const MAX_TEXT_CHARS: usize = 4000;
 /// playback, so this bounds what a barge-in throws away.
 const QUEUE_FRAMES: usize = 100;
 
-/// The voices flite knows, asked once per binary.
-pub type VoiceList = Arc<OnceCell<Result<Vec<String>, String>>>;
+/// The voices flite knows, asked once per binary (a failure is asked again
+/// next time, so installing flite needs no restart).
+pub type VoiceList = Arc<OnceCell<Vec<String>>>;
 
 /// flite with one voice.
 #[derive(Debug, Clone)]
@@ -62,18 +63,19 @@ impl Flite {
 
     async fn check_voice(&self) -> Result<(), ProviderError> {
         let binary = self.binary.clone();
-        let list = self
+        let voices = self
             .voices
-            .get_or_init(|| async move { list_voices(&binary).await })
-            .await;
-        match list {
-            Err(e) => Err(ProviderError::Config(e.clone())),
-            Ok(voices) if voices.iter().any(|v| v == &self.voice) => Ok(()),
-            Ok(voices) => Err(ProviderError::Config(format!(
+            .get_or_try_init(|| async move { list_voices(&binary).await })
+            .await
+            .map_err(ProviderError::Config)?;
+        if voices.iter().any(|v| v == &self.voice) {
+            Ok(())
+        } else {
+            Err(ProviderError::Config(format!(
                 "flite has no voice {:?}; it has {}",
                 self.voice,
                 voices.join(", ")
-            ))),
+            )))
         }
     }
 }
@@ -133,12 +135,14 @@ impl Tts for Flite {
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| ProviderError::Config(missing(&self.binary, &e)))?;
-        let (Some(mut stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take())
-        else {
+        let (Some(mut stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
             return Err(ProviderError::Config(
                 "flite's pipes could not be opened".into(),
             ));
         };
+        // Read alongside stdout, so a chatty flite never blocks on a full
+        // stderr pipe; the start is kept for an error message.
+        let errors = tokio::spawn(read_head(stderr, 2048));
         tokio::spawn(
             async move {
                 let result = tokio::select! {
@@ -148,11 +152,11 @@ impl Tts for Flite {
                 if tx.is_closed() {
                     // Nobody listens any more: stop synthesising now.
                     let _ = child.kill().await;
+                    errors.abort();
                     return;
                 }
-                let mut err = String::new();
-                let _ = stderr.read_to_string(&mut err).await;
                 let status = child.wait().await;
+                let err = errors.await.unwrap_or_default();
                 let failed = match (&result, status) {
                     (Err(e), _) => Some(e.clone()),
                     (Ok(_), Ok(s)) if !s.success() => Some(format!("flite exited with {s}")),
@@ -171,6 +175,20 @@ impl Tts for Flite {
         );
         Ok(rx)
     }
+}
+
+/// Reads `pipe` to its end, keeping its first `keep` bytes as text.
+async fn read_head(mut pipe: impl AsyncReadExt + Unpin, keep: usize) -> String {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while let Ok(n) = pipe.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        let room = keep.saturating_sub(head.len());
+        head.extend_from_slice(&buf[..n.min(room)]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
 }
 
 type Frames = mpsc::Sender<Result<Vec<i16>, ProviderError>>;

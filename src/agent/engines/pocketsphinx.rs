@@ -23,6 +23,15 @@
 //! A push never waits on the worker: frames go through a bounded queue to a
 //! writer task, and a worker more than ten seconds behind is an error.
 //!
+//! How well it hears (`bench/stt-accuracy.sh`: 15 short task sentences per
+//! flite voice through G.711, paced as a call): 51 word errors in 348,
+//! 2% for the voice rms, 6% awb, 18% kal, 32% slt; the final text comes
+//! about 0.3 s after the end of the turn. Tried and not kept: dither,
+//! other language weights (4, 5, 9, 12), wider beams, decoding each
+//! utterance whole with batch CMN (a little better, 13% against 15%, but
+//! the whole decode then waits for the end of the turn), a narrower
+//! filterbank (the model's `feat.params` overrides it).
+//!
 //! Must not: block the caller's task, panic on a dead worker (that is a
 //! [`ProviderError`]), or keep a worker once its stream is dropped (the
 //! process is killed on drop).
