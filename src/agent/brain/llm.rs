@@ -8,8 +8,9 @@
 //! feeds the results back and calls again, at most `max_rounds` times.
 //!
 //! Built-in tools offered to every LLM: `end_call` (optional `summary`),
-//! `transfer_call` (`to`), `send_dtmf` (`digits`). Their actions are emitted
-//! after the reply's text, so a hang-up follows the goodbye.
+//! `transfer_call` (`to`), `send_dtmf` (`digits`), `opt_out` (the callee
+//! asks not to be called again). Their actions are emitted after the
+//! reply's text, so a hang-up follows the goodbye.
 
 use std::sync::Arc;
 
@@ -87,6 +88,7 @@ pub struct LlmBrain {
 const END_CALL: &str = "end_call";
 const TRANSFER_CALL: &str = "transfer_call";
 const SEND_DTMF: &str = "send_dtmf";
+const OPT_OUT: &str = "opt_out";
 
 fn builtin_specs() -> Vec<ToolSpec> {
     vec![
@@ -107,6 +109,14 @@ fn builtin_specs() -> Vec<ToolSpec> {
             description: "Send DTMF digits (0-9, *, #) on the call.".into(),
             parameters: json!({"type": "object", "required": ["digits"], "properties": {
                 "digits": {"type": "string"}}}),
+        },
+        ToolSpec {
+            name: OPT_OUT.into(),
+            description: "The person asked not to be called again: confirm politely \
+                in your reply that they will not be called; the call then ends and \
+                the number is added to the do-not-call list."
+                .into(),
+            parameters: json!({"type": "object", "properties": {}}),
         },
     ]
 }
@@ -167,6 +177,10 @@ impl LlmBrain {
                 Some(digits) => ("ok".into(), Some(Action::SendDtmf { digits })),
                 None => (r#"{"error": "digits must be 0-9, *, #"}"#.into(), None),
             },
+            OPT_OUT => (
+                "ok: the call ends after your reply and the number is not called again".into(),
+                Some(Action::OptOut),
+            ),
             name => match self.tools.iter().find(|t| t.name == name) {
                 Some(tool) => (tools::invoke(&self.http, tool, &call.arguments).await, None),
                 None => (
@@ -326,6 +340,29 @@ mod tests {
         // user, assistant (tool call), tool result, assistant.
         assert_eq!(conv.messages.len(), 4);
         assert_eq!(conv.messages[2].tool_call_id.as_deref(), Some("c1"));
+    }
+
+    #[tokio::test]
+    async fn opt_out_is_an_action_after_the_goodbye() {
+        let llm = Arc::new(Canned {
+            replies: Mutex::new(vec![
+                call(OPT_OUT, "{}"),
+                LlmReply {
+                    text: "Understood, we won't call you again.".into(),
+                    tool_calls: Vec::new(),
+                },
+            ]),
+            seen: Mutex::new(Vec::new()),
+        });
+        let brain = LlmBrain::new(llm, None, None, Vec::new(), reqwest::Client::new());
+        assert!(brain.offers(OPT_OUT));
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut conv = Conversation::default();
+        let reply = brain
+            .respond(&mut conv, Input::Text("stop calling me".into()), &tx)
+            .await
+            .unwrap();
+        assert_eq!(reply.actions, vec![Action::OptOut]);
     }
 
     #[tokio::test]

@@ -149,6 +149,10 @@ pub enum Action {
     SendDtmf { digits: String },
     /// The end-of-call summary, stored with the call.
     Summary { text: String },
+    /// The callee asked not to be called again: once the goodbye has played
+    /// the call ends as `opted_out`, and a campaign puts the number on the
+    /// do-not-call list.
+    OptOut,
 }
 
 /// One piece of a reply, in order.

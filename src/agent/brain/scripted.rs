@@ -272,7 +272,7 @@ impl ScriptedDialogue {
                         Action::Transfer { to } => to.trim().is_empty(),
                         Action::SendDtmf { digits } => digits.trim().is_empty(),
                         Action::Summary { text } => text.trim().is_empty(),
-                        Action::Hangup => false,
+                        Action::Hangup | Action::OptOut => false,
                     };
                     if empty {
                         bad(format!("{at}.actions[{a}]"), "needs a value");
@@ -455,6 +455,7 @@ impl ScriptedBrain {
                     text: render(text, &s.slots),
                 },
                 Action::Hangup => Action::Hangup,
+                Action::OptOut => Action::OptOut,
             })
             .collect();
         Some(Reply {
@@ -553,7 +554,10 @@ mod tests {
                     {"name": "table", "patterns": ["table for (?P<people>\\d+)"],
                      "reply": "A table for {people}."},
                     {"name": "human", "dtmf": "0", "reply": "Transferring you.",
-                     "actions": [{"type": "transfer", "to": "+14155550100"}]}
+                     "actions": [{"type": "transfer", "to": "+14155550100"}]},
+                    {"name": "stop", "keywords": ["stop calling"],
+                     "reply": "Sorry to bother you, we won't call again. Goodbye.",
+                     "actions": [{"type": "opt_out"}]}
                 ], "fallback": "We sell pizza."},
                 "more": {"intents": [
                     {"name": "done", "keywords": ["no", "that's all"], "reply": "Bye!",
@@ -599,6 +603,15 @@ mod tests {
             ]
         );
         assert_eq!(conv.messages.len(), 5);
+    }
+
+    #[tokio::test]
+    async fn an_opt_out_phrase_says_goodbye_then_opts_out() {
+        let b = brain();
+        let mut conv = Conversation::default();
+        let r = say(&b, &mut conv, Input::Text("please stop calling me".into())).await;
+        assert!(r.text.contains("won't call again"), "{}", r.text);
+        assert_eq!(r.actions, vec![Action::OptOut]);
     }
 
     #[tokio::test]
