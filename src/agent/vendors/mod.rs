@@ -68,11 +68,22 @@ pub fn scrub(message: &str, key: Option<&Secret>) -> String {
 }
 
 /// Parses a vendor's base URL (`default` when the agent gives none) for a
-/// WebSocket: `wss://`, or `ws://` to a loopback host (a local stand-in).
+/// WebSocket: `wss://`, or `ws://` to a loopback host (a local stand-in);
+/// `https://` and `http://` are taken as their WebSocket forms.
 pub fn ws_base(base_url: Option<&str>, default: &str) -> Result<Url, ProviderError> {
     let raw = base_url.unwrap_or(default);
-    let url = Url::parse(raw)
+    let mut url = Url::parse(raw)
         .map_err(|e| ProviderError::Config(format!("base_url {raw:?} is not a URL: {e}")))?;
+    let ws = match url.scheme() {
+        "https" => Some("wss"),
+        "http" => Some("ws"),
+        _ => None,
+    };
+    if let Some(ws) = ws {
+        url.set_scheme(ws).map_err(|()| {
+            ProviderError::Config(format!("base_url {raw:?} cannot be a WebSocket URL"))
+        })?;
+    }
     let loopback = match url.host() {
         Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
         Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
@@ -180,7 +191,14 @@ mod tests {
         assert!(ws_base(None, "wss://api.example.com").is_ok());
         let e = ws_base(Some("ws://10.0.0.1"), "wss://a").unwrap_err();
         assert!(e.to_string().contains("loopback"), "{e}");
-        assert!(ws_base(Some("https://a"), "wss://a").is_err());
+        assert_eq!(
+            ws_base(Some("https://api.example.com"), "wss://a")
+                .unwrap()
+                .scheme(),
+            "wss"
+        );
+        assert!(ws_base(Some("http://10.0.0.1"), "wss://a").is_err());
+        assert!(ws_base(Some("ftp://a"), "wss://a").is_err());
         assert!(ws_base(Some("not a url"), "wss://a").is_err());
     }
 
