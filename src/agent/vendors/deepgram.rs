@@ -18,6 +18,9 @@
 //! joined; each interim result is a partial (the joined pieces plus the
 //! interim words); the answer to our `Finalize` (`from_finalize: true`) gives
 //! the turn's one final transcript, so every `end_of_turn` gets exactly one.
+//! Deepgram does not promise that answer when little audio is buffered, so
+//! after [`FINALIZE_GRACE`] without it the pieces already final are the
+//! turn's transcript (a late answer then counts towards the next turn).
 //!
 //! One task per stream owns the socket, so `push` never waits on the
 //! network: frames queue (bounded, [`QUEUE_FRAMES`]) and a stream that
@@ -46,6 +49,9 @@ pub const ENDPOINTING_MS: u32 = 300;
 /// Silence on the socket after which a `KeepAlive` goes (Deepgram asks for
 /// one every 3 to 5 s).
 pub const KEEPALIVE: Duration = Duration::from_secs(4);
+/// How long the answer to `Finalize` is waited for before the turn's final
+/// pieces stand as its transcript (under the session's 2 s default).
+pub const FINALIZE_GRACE: Duration = Duration::from_secs(1);
 /// Frames queued for the socket (5 s of audio).
 pub const QUEUE_FRAMES: usize = 250;
 /// Transcripts not yet read; partials are dropped when it is nearly full.
@@ -107,6 +113,7 @@ impl Stt for Deepgram {
             key: self.key.clone(),
             pieces: String::new(),
             audio_since_finalize: false,
+            finalizing: None,
         };
         tokio::spawn(driver.run(cmd_rx).in_current_span());
         Ok(Box::new(DeepgramStream {
@@ -166,6 +173,8 @@ struct Driver {
     /// Whether audio went up since the last `Finalize` (else the server
     /// would have nothing to answer it with).
     audio_since_finalize: bool,
+    /// Until when the answer to the last `Finalize` is waited for.
+    finalizing: Option<tokio::time::Instant>,
 }
 
 impl Driver {
@@ -190,6 +199,7 @@ impl Driver {
                         }
                         Some(Cmd::Finalize) => {
                             self.audio_since_finalize = false;
+                            self.finalizing = Some(tokio::time::Instant::now() + FINALIZE_GRACE);
                             self.ws.send(Message::text(r#"{"type":"Finalize"}"#)).await
                         }
                         None => {
@@ -202,6 +212,10 @@ impl Driver {
                         return;
                     }
                     idle.as_mut().reset(tokio::time::Instant::now() + KEEPALIVE);
+                }
+                () = sleep_until(self.finalizing), if self.finalizing.is_some() => {
+                    tracing::debug!("Deepgram did not answer Finalize; the final pieces stand");
+                    self.emit_final();
                 }
                 () = &mut idle => {
                     if let Err(e) = self.ws.send(Message::text(r#"{"type":"KeepAlive"}"#)).await {
@@ -255,7 +269,7 @@ impl Driver {
                 let flag = |k: &str| v.get(k).and_then(Value::as_bool).unwrap_or(false);
                 if flag("is_final") {
                     join(&mut self.pieces, words);
-                    if flag("from_finalize") {
+                    if flag("from_finalize") && self.finalizing.is_some() {
                         self.emit_final();
                     }
                 } else if !words.is_empty() && self.out.capacity() > 1 {
@@ -281,6 +295,7 @@ impl Driver {
     }
 
     fn emit_final(&mut self) {
+        self.finalizing = None;
         let text = std::mem::take(&mut self.pieces);
         if self
             .out
@@ -318,6 +333,14 @@ impl Driver {
             while let Some(Ok(_)) = self.ws.next().await {}
         })
         .await;
+    }
+}
+
+/// Sleeps until `at` (forever when `None`; the select guards that arm).
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
