@@ -160,8 +160,13 @@ async fn openai_stt_posts_each_turn_as_a_wav_and_yields_its_text() {
     let stt = Speech::default().stt(Some(&stt_choice)).unwrap();
     let mut stream = stt.open().await.unwrap();
 
-    let audio = tone(440.0, 8000, 50 * FRAME_SAMPLES, 0);
-    for frame in audio.chunks(FRAME_SAMPLES) {
+    // One second of silence (the agent was talking), then the caller.
+    let silence = vec![0i16; 50 * FRAME_SAMPLES];
+    let voice = tone(440.0, 8000, 50 * FRAME_SAMPLES, 0);
+    for frame in silence
+        .chunks(FRAME_SAMPLES)
+        .chain(voice.chunks(FRAME_SAMPLES))
+    {
         stream.push(frame).await.unwrap();
     }
     stream.end_of_turn().await.unwrap();
@@ -178,7 +183,10 @@ async fn openai_stt_posts_each_turn_as_a_wav_and_yields_its_text() {
         }
     );
 
-    // A turn with no audio is answered at once, with no request.
+    // A turn with no voice is answered at once, with no request.
+    for _ in 0..20 {
+        stream.push(&[0; FRAME_SAMPLES]).await.unwrap();
+    }
     stream.end_of_turn().await.unwrap();
     let t = stream.next().await.unwrap().unwrap();
     assert!(t.is_final && t.text.is_empty(), "{t:?}");
@@ -203,7 +211,10 @@ async fn openai_stt_posts_each_turn_as_a_wav_and_yields_its_text() {
     );
     assert_eq!(u16::from_le_bytes([wav[34], wav[35]]), 16, "16-bit");
     assert_eq!(&wav[36..40], b"data");
-    assert_eq!(&wav[44..], &le_bytes(&audio)[..], "the turn's samples");
+    // The upload starts 300 ms before the voice.
+    let mut sent = vec![0i16; 15 * FRAME_SAMPLES];
+    sent.extend_from_slice(&voice);
+    assert_eq!(&wav[44..], &le_bytes(&sent)[..], "the turn's samples");
     assert_eq!(field(&parts, "model").1, b"whisper-large-v3");
     assert_eq!(field(&parts, "language").1, b"en");
     assert_eq!(field(&parts, "response_format").1, b"json");
@@ -334,7 +345,10 @@ async fn openai_refusals_name_the_status_and_hide_the_key() {
         )))
         .unwrap();
     let mut stream = stt.open().await.unwrap();
-    stream.push(&[100; FRAME_SAMPLES]).await.unwrap();
+    stream
+        .push(&tone(440.0, 8000, FRAME_SAMPLES, 0))
+        .await
+        .unwrap();
     stream.end_of_turn().await.unwrap();
     let e = tokio::time::timeout(WAIT, stream.next())
         .await

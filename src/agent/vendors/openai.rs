@@ -7,12 +7,17 @@
 //! The key, if any, goes as `Authorization: Bearer`.
 //!
 //! STT ([`OpenAiStt`]): the API transcribes a whole file, so the stream
-//! buffers the turn's frames (at most [`MAX_TURN`], oldest dropped) and on
-//! `end_of_turn` posts them as a 16-bit mono 8 kHz WAV (multipart/form-data
+//! buffers the turn's frames and on `end_of_turn` posts them as a 16-bit mono 8 kHz WAV (multipart/form-data
 //! fields `file`, `model`, `response_format=json`, `language`; RIFF per the
 //! Microsoft Multimedia Programming Interface, 1991) and yields the answer's
 //! `text` as the turn's one final transcript. Requests run in the
 //! background, so `next` is what waits, under the caller's deadline.
+//! The buffer starts [`PRE_ROLL`] before the first frame the energy VAD
+//! ([`crate::agent::turn::EnergyVad`]) calls voice and holds at most
+//! [`MAX_TURN`]: frames go up every 20 ms whether anyone speaks, and the
+//! silence while the agent talked would only slow the upload (and Whisper
+//! models are known to invent words in silence). A turn with no voice at
+//! all is answered with an empty final and no request.
 //!
 //! TTS ([`OpenAiTts`]): posts `{model, voice, input, response_format:
 //! "pcm"}`; the body streams raw 24 kHz 16-bit little-endian mono PCM, which
@@ -34,7 +39,7 @@ use super::{error_message, scrub};
 use crate::agent::brain::Secret;
 use crate::agent::engines::flite::Framer;
 use crate::agent::providers::{Audio, ProviderError, Stt, SttStream, Transcript, Tts};
-use crate::agent::turn::FRAME_SAMPLES;
+use crate::agent::turn::{EnergyVad, FRAME_SAMPLES, Vad, VadConfig};
 
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
 pub const DEFAULT_STT_MODEL: &str = "whisper-1";
@@ -42,6 +47,8 @@ pub const DEFAULT_TTS_MODEL: &str = "tts-1";
 pub const DEFAULT_VOICE: &str = "alloy";
 /// The rate of `response_format: "pcm"`.
 pub const PCM_RATE: u32 = 24_000;
+/// Audio kept from before the first voiced frame, for soft onsets.
+pub const PRE_ROLL: Duration = Duration::from_millis(300);
 /// The longest stretch of audio one transcription carries.
 pub const MAX_TURN: Duration = Duration::from_secs(60);
 /// Longest wait for a transcription, or for the next piece of speech.
@@ -156,6 +163,8 @@ impl Stt for OpenAiStt {
         Ok(Box::new(OpenAiSttStream {
             stt: self.clone(),
             turn: VecDeque::new(),
+            vad: EnergyVad::new(VadConfig::default()),
+            voiced: false,
             requests: JoinSet::new(),
         }))
     }
@@ -163,8 +172,11 @@ impl Stt for OpenAiStt {
 
 struct OpenAiSttStream {
     stt: OpenAiStt,
-    /// The turn's audio so far, at most MAX_TURN.
+    /// The turn's audio so far: PRE_ROLL until voice, then at most MAX_TURN.
     turn: VecDeque<i16>,
+    vad: EnergyVad,
+    /// The turn has had a voiced frame.
+    voiced: bool,
     /// Transcriptions in flight; dropping the stream aborts them.
     requests: JoinSet<Result<Transcript, ProviderError>>,
 }
@@ -172,7 +184,9 @@ struct OpenAiSttStream {
 #[async_trait::async_trait]
 impl SttStream for OpenAiSttStream {
     async fn push(&mut self, frame: &[i16]) -> Result<(), ProviderError> {
-        let max = (MAX_TURN.as_millis() as usize / 20) * FRAME_SAMPLES;
+        self.voiced |= self.vad.is_voice(frame);
+        let keep = if self.voiced { MAX_TURN } else { PRE_ROLL };
+        let max = (keep.as_millis() as usize / 20) * FRAME_SAMPLES;
         self.turn.extend(frame);
         let over = self.turn.len().saturating_sub(max);
         self.turn.drain(..over);
@@ -181,7 +195,7 @@ impl SttStream for OpenAiSttStream {
 
     async fn end_of_turn(&mut self) -> Result<(), ProviderError> {
         let samples: Vec<i16> = self.turn.drain(..).collect();
-        if samples.is_empty() {
+        if !std::mem::take(&mut self.voiced) {
             self.requests.spawn(async {
                 Ok(Transcript {
                     text: String::new(),
