@@ -831,3 +831,33 @@ async fn cartesia_errors_and_unsupported_vendors_are_clear() {
     assert!(matches!(e, ProviderError::Config(_)), "{e:?}");
     assert!(e.to_string().contains("not supported"), "{e}");
 }
+
+#[tokio::test]
+async fn wss_speaks_tls_and_a_failed_handshake_is_an_error() {
+    keys();
+    // A TCP server that reads the first record and hangs up: the client must
+    // open with a TLS handshake record (RFC 8446 section 5.1: type 22).
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        let mut first = [0u8; 1];
+        tcp.read_exact(&mut first).await.unwrap();
+        first[0]
+    });
+    let stt = Speech::default()
+        .stt(Some(&choice(
+            SttKind::Deepgram,
+            &format!("wss://localhost:{port}"),
+            "VENDORS_TEST_DEEPGRAM_KEY",
+        )))
+        .unwrap();
+    let e = stt.open().await.err().expect("no TLS server there");
+    assert!(matches!(e, ProviderError::Unreachable(_)), "{e:?}");
+    assert!(!e.to_string().contains(DEEPGRAM_KEY), "the key leaked: {e}");
+    assert_eq!(
+        tokio::time::timeout(WAIT, server).await.unwrap().unwrap(),
+        0x16
+    );
+}
