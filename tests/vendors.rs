@@ -714,15 +714,28 @@ async fn cartesia_turns_chunks_into_frames_and_cancels_on_drop() {
         let done = json!({"type": "done", "done": true, "status_code": 206, "context_id": ctx});
         ws.send(Message::text(done.to_string())).await.unwrap();
 
-        // Second connection: one chunk, then wait for the cancel.
-        let (ws, _) = accept(&listener, None).await;
-        let mut ws = ws.unwrap();
+        // The next piece of text on the same socket: chunks every 10 ms
+        // (at most 500) until the client cancels.
         let req2 = request(&mut ws).await;
-        ws.send(chunk(&req2["context_id"], &sent[..3200]))
-            .await
-            .unwrap();
-        let cancel = request(&mut ws).await;
-        cancel_tx.send(cancel).unwrap();
+        let mut cancel = None;
+        for _ in 0..500 {
+            ws.send(chunk(&req2["context_id"], &sent[..320]))
+                .await
+                .unwrap();
+            tokio::select! {
+                m = ws.next() => {
+                    if let Some(Ok(Message::Text(t))) = m {
+                        cancel = Some(serde_json::from_str::<Value>(&t).unwrap());
+                        break;
+                    }
+                }
+                () = tokio::time::sleep(Duration::from_millis(10)) => {}
+            }
+        }
+        cancel_tx.send(cancel.expect("no cancel")).unwrap();
+        // No second socket was opened.
+        let again = tokio::time::timeout(Duration::from_millis(300), listener.accept()).await;
+        assert!(again.is_err(), "a second connection for the second piece");
         (seen, req, req2)
     });
 
@@ -805,6 +818,12 @@ async fn cartesia_errors_and_unsupported_vendors_are_clear() {
             "message": "Voice not found.", "error_code": "voice_not_found",
             "status_code": 400, "context_id": req["context_id"]});
         ws.send(Message::text(err.to_string())).await.unwrap();
+        // The error ends only its context: the next one is answered.
+        let req = request(&mut ws).await;
+        ws.send(chunk(&req["context_id"], &[0; 320])).await.unwrap();
+        let done = json!({"type": "done", "done": true, "status_code": 206,
+            "context_id": req["context_id"]});
+        ws.send(Message::text(done.to_string())).await.unwrap();
         // Keep the socket until the client hangs up.
         while let Some(Ok(_)) = ws.next().await {}
     });
@@ -821,6 +840,8 @@ async fn cartesia_errors_and_unsupported_vendors_are_clear() {
     assert!(matches!(e, ProviderError::Refused(_)), "{e:?}");
     assert!(e.to_string().contains("Voice not found"), "{e}");
     assert!(!e.to_string().contains(CARTESIA_KEY), "the key leaked: {e}");
+    let frames = collect(tts.speak("Hello again.").await.unwrap()).await;
+    assert_eq!(frames.len(), 1);
 
     c.voice = None;
     let e = speech.tts(Some(&c)).err().unwrap();

@@ -10,17 +10,22 @@
 //! sentences). Answers come down for that context: `{"type": "chunk",
 //! "data": base64 PCM}` pieces, then `{"type": "done"}`; or `{"type":
 //! "error", "message" or "error"}`. Dropping the [`Audio`] receiver (a
-//! barge-in) sends `{"context_id", "cancel": true}` and closes the socket.
+//! barge-in) sends `{"context_id", "cancel": true}` at the next chunk.
 //!
-//! One socket per piece of text: simple and isolated (a failed context
-//! cannot disturb the next); the cost is a handshake per sentence, which a
-//! shared multiplexed socket could save later.
+//! One socket per [`Cartesia`] (one per call), as Cartesia advises: the
+//! first piece of text opens it and the next ones skip the TLS and
+//! WebSocket handshakes. A task owns it and routes answers by `context_id`
+//! (a fresh ULID per piece); an error ends only its own context, a broken
+//! socket ends every context in progress and the next piece opens a new
+//! one. Dropping the [`Cartesia`] closes the socket.
 //!
 //! Asking for 8 kHz means no resampling: chunks are cut into 20 ms frames
 //! as they arrive (a chunk may end mid-sample: the odd byte waits).
 //!
 //! Must not: log or return the key, or the URL that carries it.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -56,6 +61,9 @@ pub struct Cartesia {
     voice: String,
     language: String,
     key: Secret,
+    /// The socket shared by this instance's generations (one instance per
+    /// call): opened at the first, again after it ends.
+    conn: Arc<tokio::sync::Mutex<Option<mpsc::Sender<Start>>>>,
 }
 
 impl Cartesia {
@@ -82,6 +90,7 @@ impl Cartesia {
             voice: voice.to_string(),
             language: language.unwrap_or("en").to_string(),
             key,
+            conn: Arc::default(),
         })
     }
 
@@ -98,6 +107,26 @@ impl Cartesia {
     }
 }
 
+impl Cartesia {
+    /// The shared socket's task, opened now if there is none or it ended.
+    async fn connection(&self) -> Result<mpsc::Sender<Start>, ProviderError> {
+        let mut conn = self.conn.lock().await;
+        if let Some(tx) = conn.as_ref().filter(|tx| !tx.is_closed()) {
+            return Ok(tx.clone());
+        }
+        let ws = connect(&self.url, &[], Some(&self.key), "Cartesia").await?;
+        let (tx, rx) = mpsc::channel(8);
+        let task = Connection {
+            ws,
+            key: self.key.clone(),
+            contexts: HashMap::new(),
+        };
+        tokio::spawn(task.run(rx).in_current_span());
+        *conn = Some(tx.clone());
+        Ok(tx)
+    }
+}
+
 #[async_trait::async_trait]
 impl Tts for Cartesia {
     async fn speak(&self, text: &str) -> Result<Audio, ProviderError> {
@@ -111,102 +140,212 @@ impl Tts for Cartesia {
         if text.is_empty() {
             return Ok(rx);
         }
-        let mut ws = connect(&self.url, &[], Some(&self.key), "Cartesia").await?;
         let context_id = ulid::Ulid::new().to_string();
-        let request = self.request(text, &context_id).to_string();
-        ws.send(Message::text(request)).await.map_err(|e| {
-            ProviderError::Unreachable(scrub(&format!("Cartesia: {e}"), Some(&self.key)))
-        })?;
-        let key = self.key.clone();
-        tokio::spawn(
-            async move {
-                let result = tokio::select! {
-                    r = receive(&mut ws, &tx) => r,
-                    () = tx.closed() => {
-                        // Nobody listens any more: stop the generation.
-                        let cancel = json!({"context_id": context_id, "cancel": true});
-                        let _ = ws.send(Message::text(cancel.to_string())).await;
-                        Ok(())
-                    }
-                };
-                let _ = ws.close(None).await;
-                if let Err(e) = result {
-                    let e = ProviderError::Refused(scrub(&e, Some(&key)));
-                    tracing::warn!(error = %e, "Cartesia generation failed");
-                    let _ = tx.send(Err(e)).await;
-                }
-            }
-            .in_current_span(),
-        );
+        let start = Start {
+            request: self.request(text, &context_id).to_string(),
+            context_id,
+            frames: tx,
+        };
+        if let Err(mpsc::error::SendError(start)) = self.connection().await?.send(start).await {
+            // The socket ended since its last use: open a new one, once.
+            self.connection().await?.send(start).await.map_err(|_| {
+                ProviderError::Unreachable("the Cartesia connection closed at once".into())
+            })?;
+        }
         Ok(rx)
     }
 }
 
 type Frames = mpsc::Sender<Result<Vec<i16>, ProviderError>>;
 
-/// Reads one context's answers until `done`, sending 20 ms frames.
-async fn receive(ws: &mut Ws, tx: &Frames) -> Result<(), String> {
-    let mut framer = Framer::new(8000)?;
-    let mut odd: Option<u8> = None;
-    // Bounded: each message comes within STALL, and the server ends the
-    // context with `done` or an error.
-    loop {
-        let msg = tokio::time::timeout(STALL, ws.next())
-            .await
-            .map_err(|_| format!("Cartesia sent nothing for {} s", STALL.as_secs()))?;
-        let text = match msg {
-            Some(Ok(Message::Text(t))) => t,
-            Some(Ok(Message::Close(_))) | None => {
-                return Err("Cartesia closed the connection before done".into());
+/// A generation to start on the shared socket.
+struct Start {
+    context_id: String,
+    /// The JSON request.
+    request: String,
+    frames: Frames,
+}
+
+/// A generation in progress.
+struct Context {
+    framer: Framer,
+    /// A chunk may end mid-sample: its last byte waits here.
+    odd: Option<u8>,
+    frames: Frames,
+}
+
+/// The task that owns one socket and routes its answers by `context_id`.
+struct Connection {
+    ws: Ws,
+    key: Secret,
+    contexts: HashMap<String, Context>,
+}
+
+impl Connection {
+    async fn run(mut self, mut starts: mpsc::Receiver<Start>) {
+        // Bounded: ends when the Cartesia instance is dropped, the socket
+        // fails, or a generation in progress stalls for STALL.
+        loop {
+            let stall = (!self.contexts.is_empty()).then(|| tokio::time::Instant::now() + STALL);
+            tokio::select! {
+                start = starts.recv() => {
+                    let Some(start) = start else {
+                        let _ = self.ws.close(None).await;
+                        return;
+                    };
+                    let framer = match Framer::new(8000) {
+                        Ok(f) => f,
+                        Err(e) => {
+                            let _ = start.frames.send(Err(ProviderError::Config(e))).await;
+                            continue;
+                        }
+                    };
+                    self.contexts.insert(
+                        start.context_id,
+                        Context { framer, odd: None, frames: start.frames },
+                    );
+                    if let Err(e) = self.ws.send(Message::text(start.request)).await {
+                        self.fail_all(&format!("Cartesia: {e}")).await;
+                        return;
+                    }
+                }
+                () = sleep_until(stall), if stall.is_some() => {
+                    self.fail_all(&format!("Cartesia sent nothing for {} s", STALL.as_secs())).await;
+                    return;
+                }
+                msg = self.ws.next() => {
+                    let text = match msg {
+                        Some(Ok(Message::Text(t))) => t,
+                        Some(Ok(Message::Close(_))) | None => {
+                            self.fail_all("Cartesia closed the connection").await;
+                            return;
+                        }
+                        Some(Ok(_)) => continue,
+                        Some(Err(e)) => {
+                            self.fail_all(&format!("Cartesia: {e}")).await;
+                            return;
+                        }
+                    };
+                    match serde_json::from_str::<Value>(&text) {
+                        Ok(v) => self.message(&v).await,
+                        Err(e) => {
+                            self.fail_all(&format!("Cartesia sent a message that is not JSON: {e}")).await;
+                            return;
+                        }
+                    }
+                }
             }
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => return Err(format!("Cartesia: {e}")),
+        }
+    }
+
+    /// Routes one answer to its generation.
+    async fn message(&mut self, v: &Value) {
+        let Some(id) = v.get("context_id").and_then(Value::as_str) else {
+            return;
         };
-        let v: Value = serde_json::from_str(&text)
-            .map_err(|e| format!("Cartesia sent a message that is not JSON: {e}"))?;
-        match v.get("type").and_then(Value::as_str) {
-            Some("chunk") => {
-                let data = v.get("data").and_then(Value::as_str).unwrap_or_default();
-                let mut bytes = base64::engine::general_purpose::STANDARD
-                    .decode(data)
-                    .map_err(|e| format!("Cartesia sent a chunk that is not base64: {e}"))?;
-                if let Some(b) = odd.take() {
-                    bytes.insert(0, b);
-                }
-                if bytes.len() % 2 == 1 {
-                    odd = bytes.pop();
-                }
-                let samples: Vec<i16> = bytes
-                    .chunks_exact(2)
-                    .map(|b| i16::from_le_bytes([b[0], b[1]]))
-                    .collect();
-                for frame in framer.push(&samples)? {
-                    if tx.send(Ok(frame)).await.is_err() {
-                        return Ok(());
-                    }
-                }
-            }
-            Some("done") => {
-                for frame in framer.finish()? {
-                    if tx.send(Ok(frame)).await.is_err() {
-                        break;
-                    }
-                }
-                return Ok(());
-            }
+        let Some(ctx) = self.contexts.get_mut(id) else {
+            return;
+        };
+        let outcome = match v.get("type").and_then(Value::as_str) {
+            Some("chunk") => chunk(ctx, v).await,
+            Some("done") => done(ctx).await.map(|()| Outcome::Finished),
             Some("error") => {
                 let message = ["message", "error", "title"]
                     .iter()
                     .find_map(|k| v.get(*k).and_then(Value::as_str))
                     .unwrap_or("an error with no message");
-                let status = v.get("status_code").and_then(Value::as_u64);
-                return Err(match status {
+                Err(match v.get("status_code").and_then(Value::as_u64) {
                     Some(s) => format!("Cartesia refused ({s}): {message}"),
                     None => format!("Cartesia refused: {message}"),
-                });
+                })
             }
-            _ => {}
+            _ => Ok(Outcome::Going),
+        };
+        match outcome {
+            Ok(Outcome::Going) => {}
+            Ok(Outcome::Finished) => {
+                self.contexts.remove(id);
+            }
+            Ok(Outcome::Unheard) => {
+                // Nobody listens any more (a barge-in): stop the generation.
+                self.contexts.remove(id);
+                let cancel = json!({"context_id": id, "cancel": true});
+                if let Err(e) = self.ws.send(Message::text(cancel.to_string())).await {
+                    tracing::debug!(error = %e, "Cartesia cancel not sent");
+                }
+            }
+            Err(e) => {
+                if let Some(ctx) = self.contexts.remove(id) {
+                    let e = ProviderError::Refused(scrub(&e, Some(&self.key)));
+                    tracing::warn!(error = %e, "Cartesia generation failed");
+                    let _ = ctx.frames.send(Err(e)).await;
+                }
+            }
         }
+    }
+
+    /// Ends every generation in progress with `why`.
+    async fn fail_all(&mut self, why: &str) {
+        let why = scrub(why, Some(&self.key));
+        if !self.contexts.is_empty() {
+            tracing::warn!(error = %why, "Cartesia connection failed");
+        }
+        for (_, ctx) in self.contexts.drain() {
+            let _ = ctx
+                .frames
+                .send(Err(ProviderError::Unreachable(why.clone())))
+                .await;
+        }
+    }
+}
+
+/// What became of a generation after an answer.
+enum Outcome {
+    Going,
+    Finished,
+    /// Its listener is gone.
+    Unheard,
+}
+
+/// Sends a chunk's audio as 20 ms frames.
+async fn chunk(ctx: &mut Context, v: &Value) -> Result<Outcome, String> {
+    let data = v.get("data").and_then(Value::as_str).unwrap_or_default();
+    let mut bytes = base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .map_err(|e| format!("Cartesia sent a chunk that is not base64: {e}"))?;
+    if let Some(b) = ctx.odd.take() {
+        bytes.insert(0, b);
+    }
+    if bytes.len() % 2 == 1 {
+        ctx.odd = bytes.pop();
+    }
+    let samples: Vec<i16> = bytes
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    for frame in ctx.framer.push(&samples)? {
+        if ctx.frames.send(Ok(frame)).await.is_err() {
+            return Ok(Outcome::Unheard);
+        }
+    }
+    Ok(Outcome::Going)
+}
+
+/// Sends the rest of a finished generation, the last frame padded.
+async fn done(ctx: &mut Context) -> Result<(), String> {
+    for frame in ctx.framer.finish()? {
+        if ctx.frames.send(Ok(frame)).await.is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Sleeps until `at` (forever when `None`; the select guards that arm).
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
