@@ -12,8 +12,9 @@
 //! "error", "message" or "error"}`. Dropping the [`Audio`] receiver (a
 //! barge-in) sends `{"context_id", "cancel": true}` at the next chunk.
 //!
-//! One socket per [`Cartesia`] (one per call), as Cartesia advises: the
-//! first piece of text opens it and the next ones skip the TLS and
+//! One socket per [`Cartesia`] (`Speech::tts` builds a new one each time,
+//! so a call that asks once has its own), as Cartesia advises: the first
+//! piece of text opens it and the next ones skip the TLS and
 //! WebSocket handshakes. A task owns it and routes answers by `context_id`
 //! (a fresh ULID per piece); an error ends only its own context, a broken
 //! socket ends every context in progress and the next piece opens a new
@@ -61,8 +62,8 @@ pub struct Cartesia {
     voice: String,
     language: String,
     key: Secret,
-    /// The socket shared by this instance's generations (one instance per
-    /// call): opened at the first, again after it ends.
+    /// The socket shared by this instance's generations: opened at the
+    /// first, again after it ends.
     conn: Arc<tokio::sync::Mutex<Option<mpsc::Sender<Start>>>>,
 }
 
