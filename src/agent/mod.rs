@@ -8,6 +8,7 @@
 //!   actions.
 //! - [`providers`]: the STT and TTS seams; [`speech`]: which engine a call
 //!   gets; [`engines`]: the embedded ones (PocketSphinx, flite);
+//!   [`vendors`]: the cloud ones (OpenAI-compatible, Deepgram, Cartesia);
 //!   [`resample`]: sample-rate conversion for the engines and vendors.
 //!
 //! How a call drives it (the call layer owns the IO): every inbound frame
@@ -36,6 +37,7 @@ pub mod resample;
 pub mod session;
 pub mod speech;
 pub mod turn;
+pub mod vendors;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;

@@ -4,8 +4,11 @@
 //! shared by every call; [`Speech::stt`] and [`Speech::tts`] turn an agent's
 //! [`SpeechChoice`] (its `stt` / `tts` settings) into a provider. The
 //! embedded engines ([`super::engines`]) are the default: they need no
-//! account. [`Speech`] owns the recogniser's pool of warm workers, so every
-//! call shares it; [`Speech::warm_up`] fills it at start.
+//! account; the cloud vendors ([`super::vendors`]: OpenAI-compatible,
+//! Deepgram, Cartesia) take their key from the environment variable the
+//! agent names in `api_key_env`. [`Speech`] owns the recogniser's pool of
+//! warm workers, so every call shares it; [`Speech::warm_up`] fills it at
+//! start.
 //!
 //! Must not: hold per-call state (a provider opens one stream per call or
 //! per utterance), or log an API key.
@@ -17,6 +20,19 @@ use serde::{Deserialize, Serialize};
 use super::engines::flite::{Flite, VoiceList};
 use super::engines::pocketsphinx::{PocketSphinx, PocketSphinxConfig};
 use super::providers::{ProviderError, Stt, Tts};
+use super::vendors::{
+    self, cartesia::Cartesia, deepgram::Deepgram, openai::OpenAiStt, openai::OpenAiTts,
+};
+
+/// The shared HTTP client (see [`crate::agent::http`]).
+fn http() -> Result<reqwest::Client, ProviderError> {
+    crate::agent::http().map_err(|e| ProviderError::Config(e.to_string()))
+}
+
+/// A vendor needs its settings (never reached: the kind comes from them).
+fn no_settings() -> ProviderError {
+    ProviderError::Config("the provider's settings are missing".into())
+}
 
 /// The `[speech]` config table: where the embedded engines live.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -176,9 +192,28 @@ impl Speech {
                 }
                 Ok(Arc::new(self.recognizer.clone()))
             }
-            _ => Err(ProviderError::Config(format!(
-                "speech-to-text provider {kind:?} is not available in this build"
-            ))),
+            SttKind::Openai => {
+                let c = choice.ok_or_else(no_settings)?;
+                let key = vendors::api_key(c.api_key_env.as_deref(), "OPENAI_API_KEY", false)?;
+                Ok(Arc::new(OpenAiStt::new(
+                    http()?,
+                    c.base_url.as_deref(),
+                    c.model.as_deref(),
+                    c.language.as_deref(),
+                    key,
+                )?))
+            }
+            SttKind::Deepgram => {
+                let c = choice.ok_or_else(no_settings)?;
+                let key = vendors::api_key(c.api_key_env.as_deref(), "DEEPGRAM_API_KEY", true)?
+                    .ok_or_else(no_settings)?;
+                Ok(Arc::new(Deepgram::new(
+                    c.base_url.as_deref(),
+                    c.model.as_deref(),
+                    c.language.as_deref(),
+                    key,
+                )?))
+            }
         }
     }
 
@@ -204,9 +239,34 @@ impl Speech {
                     self.voices.clone(),
                 )))
             }
-            _ => Err(ProviderError::Config(format!(
-                "text-to-speech provider {kind:?} is not available in this build"
-            ))),
+            TtsKind::Openai => {
+                let c = choice.ok_or_else(no_settings)?;
+                let key = vendors::api_key(c.api_key_env.as_deref(), "OPENAI_API_KEY", false)?;
+                Ok(Arc::new(OpenAiTts::new(
+                    http()?,
+                    c.base_url.as_deref(),
+                    c.model.as_deref(),
+                    c.voice.as_deref(),
+                    key,
+                )?))
+            }
+            TtsKind::Cartesia => {
+                let c = choice.ok_or_else(no_settings)?;
+                let key = vendors::api_key(c.api_key_env.as_deref(), "CARTESIA_API_KEY", true)?
+                    .ok_or_else(no_settings)?;
+                Ok(Arc::new(Cartesia::new(
+                    c.base_url.as_deref(),
+                    c.model.as_deref(),
+                    c.voice.as_deref(),
+                    c.language.as_deref(),
+                    key,
+                )?))
+            }
+            TtsKind::Elevenlabs => Err(ProviderError::Config(
+                "text-to-speech provider elevenlabs is not supported; the streaming \
+                 vendor supported is cartesia (or use openai or embedded)"
+                    .into(),
+            )),
         }
     }
 }
