@@ -23,6 +23,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::agent::speech::{Speech, SpeechConfig};
 use crate::api::{self, AppState, Readiness};
 use crate::call::campaign_dialer::{CallDialer, report_outcomes};
 use crate::call::{Calls, EndReason};
@@ -111,6 +112,7 @@ impl App {
             outbox.clone(),
             Arc::clone(&profiles),
             Arc::clone(&trunks),
+            Speech::new(SpeechConfig::default()),
         )?;
         let state = AppState::new(
             &config,

@@ -12,6 +12,18 @@
 //! holds ([`SessionOutput::ClearAudio`]) and cuts the agent's last message
 //! to what the caller heard. Actions run after the reply has played.
 //!
+//! Opening ([`Greeting`]): the agent greets at once, or (outbound calls)
+//! waits for the callee's first words to end, or for a timeout when none
+//! come, and then greets.
+//!
+//! Time: the session's clock starts at [`SessionConfig::epoch`] (the
+//! answer, on a call) or when [`AgentSession::run`] is called; frame times, transcript
+//! offsets and latencies are all on that clock. Each reply keeps when the
+//! caller stopped speaking (or pressed a key), when STT gave its final
+//! text, when the brain's first token and TTS's first frame came, and
+//! when the first frame went to the call layer: the per-turn latency
+//! ([`TurnLatency`], exported as `agentline_agent_turn_latency_seconds`).
+//!
 //! Every loop here ends: the session ends when its input channel closes,
 //! a reply task when its brain and TTS streams end.
 
@@ -21,16 +33,24 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio::time::{Instant, sleep_until};
 
 use super::brain::{Action, Brain, BrainEvent, Conversation, Input, Message, Role};
 use super::chunker::Chunker;
 use super::providers::{Stt, SttStream, Tts};
 use super::turn::{FRAME, Playback, PlaybackLedger, TurnConfig, TurnEvent, TurnTaker};
+use crate::metrics::{AGENT_PIPELINE_OVERHEAD_SECONDS, AGENT_TURN_LATENCY_SECONDS};
+
+/// Frames handed out at once when a reply starts playing: the call layer's
+/// RTP pacer then holds one frame ahead of our 20 ms tick and does not run
+/// dry when the two clocks drift by a few milliseconds.
+const LEAD_FRAMES: usize = 2;
 
 /// What the call layer feeds the session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionInput {
-    /// A 20 ms frame of the caller's audio (8 kHz) starting at `at`.
+    /// A 20 ms frame of the caller's audio (8 kHz); `at` is when it reached
+    /// the call layer, on the session's clock.
     Frame { at: Duration, pcm: Vec<i16> },
     /// DTMF digits the caller pressed.
     Dtmf(String),
@@ -46,7 +66,48 @@ pub enum SessionOutput {
     /// Run this after the audio before it has played.
     Action(Action),
     /// A transcript line (the caller's turn, or the agent's reply as heard).
-    Said { role: Role, text: String },
+    Said(Said),
+}
+
+/// One line of the transcript.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Said {
+    pub role: Role,
+    /// The caller's words (`[DTMF 1]` for keys), or what the agent said.
+    pub text: String,
+    /// Offsets on the session's clock (from the answer).
+    pub start: Duration,
+    pub end: Duration,
+    /// The caller talked over the agent: `heard` is the part of `text`
+    /// that was played.
+    pub interrupted: bool,
+    pub heard: Option<String>,
+    /// An agent reply's latency, when it answered speech or a key.
+    pub latency: Option<TurnLatency>,
+}
+
+/// How long a reply took, from the end of the caller's speech (or the key
+/// press) to each step. `None`: the step did not happen (no STT for a key,
+/// a reply cut before it spoke).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TurnLatency {
+    pub stt_final: Option<Duration>,
+    pub llm_first_token: Option<Duration>,
+    pub tts_first_audio: Option<Duration>,
+    /// The first frame handed to the call layer (RTP goes out on the
+    /// pacer's next 20 ms slot; the call layer measures that).
+    pub first_frame_out: Option<Duration>,
+}
+
+/// How the agent opens the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Greeting {
+    /// Greet as soon as the session starts (inbound calls).
+    #[default]
+    Now,
+    /// Wait for the callee's first words to end, or this long when none
+    /// start, then greet (outbound calls).
+    AfterCallee(Duration),
 }
 
 /// Settings of a session.
@@ -56,10 +117,16 @@ pub struct SessionConfig {
     /// How long to wait for STT's final text after the end of a turn
     /// (default 2 s when zero).
     pub stt_final_timeout: Duration,
+    pub greeting: Greeting,
+    /// The session's clock starts here (the call layer's answer, which
+    /// also times the frames it feeds); `None`: when `run` is called.
+    pub epoch: Option<Instant>,
 }
 
 /// What a reply task reports.
 enum ReplyMsg {
+    /// The brain's first text.
+    FirstToken,
     Frame(Vec<i16>),
     Spoken(String, Duration),
     /// The brain is done; this is the conversation with the turn recorded.
@@ -67,6 +134,43 @@ enum ReplyMsg {
     Failed(String),
     /// The last frame has been queued.
     Done,
+}
+
+/// When the steps of one reply happened, on the session's clock.
+#[derive(Debug, Clone, Copy, Default)]
+struct Marks {
+    /// The end of the caller's speech, or the key press, being answered.
+    since: Option<Duration>,
+    stt_final: Option<Duration>,
+    first_token: Option<Duration>,
+    first_audio: Option<Duration>,
+    first_out: Option<Duration>,
+    last_out: Option<Duration>,
+}
+
+impl Marks {
+    fn latency(&self) -> Option<TurnLatency> {
+        let since = self.since?;
+        let after = |t: Option<Duration>| t.map(|t| t.saturating_sub(since));
+        let latency = TurnLatency {
+            stt_final: after(self.stt_final),
+            llm_first_token: after(self.first_token),
+            tts_first_audio: after(self.first_audio),
+            first_frame_out: after(self.first_out),
+        };
+        for (stage, value) in [
+            ("stt_final", latency.stt_final),
+            ("llm_first_token", latency.llm_first_token),
+            ("tts_first_audio", latency.tts_first_audio),
+            ("first_frame_out", latency.first_frame_out),
+        ] {
+            if let Some(v) = value {
+                metrics::histogram!(AGENT_TURN_LATENCY_SECONDS, "stage" => stage)
+                    .record(v.as_secs_f64());
+            }
+        }
+        Some(latency)
+    }
 }
 
 /// A reply in flight.
@@ -80,6 +184,7 @@ struct Reply {
     actions: Vec<Action>,
     text: String,
     done: bool,
+    marks: Marks,
 }
 
 /// The agent on a call.
@@ -90,6 +195,21 @@ pub struct AgentSession {
     pub config: SessionConfig,
 }
 
+/// The mutable state of a running session.
+struct Playout {
+    queue: VecDeque<Vec<i16>>,
+    ledger: PlaybackLedger,
+    /// How much of the current reply has been handed out.
+    played: Duration,
+}
+
+impl Playout {
+    fn reset(&mut self) {
+        self.ledger.clear();
+        self.played = Duration::ZERO;
+    }
+}
+
 impl AgentSession {
     /// Runs until `input` closes; answers the conversation (the call's
     /// transcript and the brain's final state).
@@ -98,6 +218,8 @@ impl AgentSession {
         mut input: mpsc::Receiver<SessionInput>,
         out: mpsc::Sender<SessionOutput>,
     ) -> Conversation {
+        let epoch = self.config.epoch.unwrap_or_else(Instant::now);
+        let now = || epoch.elapsed();
         let mut stt = match self.stt.open().await {
             Ok(s) => Some(s),
             Err(e) => {
@@ -107,22 +229,40 @@ impl AgentSession {
         };
         let mut turn = TurnTaker::new(self.config.turn.clone());
         let mut conv = Conversation::default();
-        let mut queue: VecDeque<Vec<i16>> = VecDeque::new();
-        let mut ledger = PlaybackLedger::default();
-        let mut played = Duration::ZERO;
-        let mut reply = Some(self.start(&conv, None));
+        let mut p = Playout {
+            queue: VecDeque::new(),
+            ledger: PlaybackLedger::default(),
+            played: Duration::ZERO,
+        };
+        // Set while the agent waits to greet.
+        let mut greet_at = match self.config.greeting {
+            Greeting::Now => None,
+            Greeting::AfterCallee(wait) => Some(epoch + wait),
+        };
+        let mut reply = greet_at
+            .is_none()
+            .then(|| self.start(&conv, None, Marks::default()));
+        let mut speech_start: Option<Duration> = None;
         let mut tick = tokio::time::interval(FRAME);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
+        'session: loop {
             // A finished reply's channel is closed: stop polling it.
             let replying = reply.as_ref().is_some_and(|r| !r.done);
+            // The greeting waits while the callee is speaking.
+            let greet_wait = greet_at.filter(|_| !turn.caller_speaking());
             tokio::select! {
                 msg = async { reply.as_mut()?.rx.recv().await }, if replying => {
                     let Some(r) = reply.as_mut() else { continue };
                     match msg {
-                        Some(ReplyMsg::Frame(f)) => queue.push_back(f),
+                        Some(ReplyMsg::FirstToken) => {
+                            r.marks.first_token.get_or_insert(now());
+                        }
+                        Some(ReplyMsg::Frame(f)) => {
+                            r.marks.first_audio.get_or_insert(now());
+                            p.queue.push_back(f);
+                        }
                         Some(ReplyMsg::Spoken(text, d)) => {
-                            ledger.push(&text, d);
+                            p.ledger.push(&text, d);
                             if !r.text.is_empty() {
                                 r.text.push(' ');
                             }
@@ -139,81 +279,130 @@ impl AgentSession {
                         Some(ReplyMsg::Done) | None => r.done = true,
                     }
                 }
-                _ = tick.tick(), if !queue.is_empty() => {
-                    if let Some(frame) = queue.pop_front() {
-                        played += FRAME;
+                _ = tick.tick(), if !p.queue.is_empty() => {
+                    let n = if p.played.is_zero() { LEAD_FRAMES } else { 1 };
+                    for _ in 0..n {
+                        let Some(frame) = p.queue.pop_front() else { break };
+                        if let Some(r) = reply.as_mut() {
+                            let t = now();
+                            r.marks.first_out.get_or_insert(t);
+                            r.marks.last_out = Some(t);
+                        }
+                        p.played += FRAME;
                         if out.send(SessionOutput::Audio(frame)).await.is_err() {
-                            break;
+                            break 'session;
                         }
                     }
                 }
+                () = sleep_until(greet_wait.unwrap_or(epoch)), if greet_wait.is_some() => {
+                    greet_at = None;
+                    reply = Some(self.start(&conv, None, Marks::default()));
+                }
                 next = input.recv() => {
                     let Some(next) = next else { break };
-                    let playing = !queue.is_empty();
-                    let event = match next {
+                    let playing = !p.queue.is_empty();
+                    match next {
                         SessionInput::Dtmf(d) => {
-                            self.interrupt(&mut reply, &mut conv, &mut queue, &ledger, played, &out).await;
-                            reply = Some(self.start(&conv, Some(Input::Dtmf(d))));
-                            ledger.clear();
-                            played = Duration::ZERO;
-                            continue;
+                            greet_at = None;
+                            let at = now();
+                            let pressed = Input::Dtmf(d);
+                            let _ = out.send(SessionOutput::Said(Said {
+                                role: Role::User,
+                                text: pressed.as_history(),
+                                start: at,
+                                end: at,
+                                interrupted: false,
+                                heard: None,
+                                latency: None,
+                            })).await;
+                            self.interrupt(&mut reply, &mut conv, &mut p, None, &out, at).await;
+                            let marks = Marks { since: Some(at), ..Marks::default() };
+                            reply = Some(self.start(&conv, Some(pressed), marks));
+                            p.reset();
                         }
                         SessionInput::Frame { at, pcm } => {
-                            if let Some(s) = stt.as_mut()
-                                && let Err(e) = s.push(&pcm).await
-                            {
-                                tracing::warn!(error = %e, "STT failed");
-                                stt = None;
+                            if let Some(s) = stt.as_mut() {
+                                if let Err(e) = s.push(&pcm).await {
+                                    tracing::warn!(error = %e, "STT failed");
+                                    stt = None;
+                                } else {
+                                    metrics::histogram!(AGENT_PIPELINE_OVERHEAD_SECONDS, "path" => "rtp_in_to_stt")
+                                        .record(now().saturating_sub(at).as_secs_f64());
+                                }
                             }
                             let playback = if playing {
-                                Playback::Playing { played }
+                                Playback::Playing { played: p.played }
                             } else {
                                 Playback::Idle
                             };
-                            turn.push(at, &pcm, playback)
-                        }
-                    };
-                    match event {
-                        Some(TurnEvent::BargeIn { heard_ms, .. }) => {
-                            self.interrupt_heard(&mut reply, &mut conv, &mut queue, &ledger, heard_ms, &out).await;
-                            ledger.clear();
-                            played = Duration::ZERO;
-                        }
-                        Some(TurnEvent::EndOfTurn { .. }) => {
-                            let text = match stt.as_mut() {
-                                Some(s) => self.final_text(s.as_mut()).await,
-                                None => None,
-                            };
-                            if let Some(text) = text {
-                                let _ = out.send(SessionOutput::Said { role: Role::User, text: text.clone() }).await;
-                                self.interrupt(&mut reply, &mut conv, &mut queue, &ledger, played, &out).await;
-                                reply = Some(self.start(&conv, Some(Input::Text(text))));
-                                ledger.clear();
-                                played = Duration::ZERO;
+                            match turn.push(at, &pcm, playback) {
+                                Some(TurnEvent::SpeechStarted { at }) => speech_start = Some(at),
+                                Some(TurnEvent::Backchannel { .. }) => speech_start = None,
+                                Some(TurnEvent::BargeIn { heard_ms, .. }) => {
+                                    self.interrupt(&mut reply, &mut conv, &mut p, Some(heard_ms), &out, now()).await;
+                                    p.reset();
+                                }
+                                Some(TurnEvent::EndOfTurn { at: end, .. }) => {
+                                    let start = speech_start.take().unwrap_or(end);
+                                    let text = match stt.as_mut() {
+                                        Some(s) => self.final_text(s.as_mut()).await,
+                                        None => None,
+                                    };
+                                    let stt_final = now();
+                                    let greeting = greet_at.take().is_some();
+                                    if let Some(text) = text {
+                                        let _ = out.send(SessionOutput::Said(Said {
+                                            role: Role::User,
+                                            text: text.clone(),
+                                            start,
+                                            end,
+                                            interrupted: false,
+                                            heard: None,
+                                            latency: None,
+                                        })).await;
+                                        self.interrupt(&mut reply, &mut conv, &mut p, None, &out, stt_final).await;
+                                        let marks = Marks {
+                                            since: Some(end),
+                                            stt_final: Some(stt_final),
+                                            ..Marks::default()
+                                        };
+                                        // The callee's "Hello?" is answered with the greeting.
+                                        let input = (!greeting).then_some(Input::Text(text));
+                                        reply = Some(self.start(&conv, input, marks));
+                                        p.reset();
+                                    } else if greeting {
+                                        reply = Some(self.start(&conv, None, Marks::default()));
+                                    }
+                                }
+                                None => {}
                             }
                         }
-                        _ => {}
                     }
                 }
             }
             // A reply that is complete and fully played: record it, then act.
-            if queue.is_empty() && reply.as_ref().is_some_and(|r| r.done) {
+            if p.queue.is_empty() && reply.as_ref().is_some_and(|r| r.done) {
                 if let Some(r) = reply.take() {
                     conv = r.recorded.clone().unwrap_or(r.before.clone());
                     if !r.text.is_empty() {
+                        let end = r.marks.last_out.map_or_else(now, |t| t + FRAME);
                         let _ = out
-                            .send(SessionOutput::Said {
+                            .send(SessionOutput::Said(Said {
                                 role: Role::Assistant,
                                 text: r.text.clone(),
-                            })
+                                start: r.marks.first_out.unwrap_or(end),
+                                end,
+                                interrupted: false,
+                                heard: None,
+                                latency: r.marks.latency(),
+                            }))
                             .await;
                     }
                     for a in r.actions {
                         let _ = out.send(SessionOutput::Action(a)).await;
                     }
                 }
-                ledger.clear();
-                played = Duration::ZERO;
+                p.reset();
             }
         }
         if let Some(r) = reply.take() {
@@ -252,39 +441,27 @@ impl AgentSession {
         }
     }
 
-    /// Stops the reply in flight (if any) at `played` of its audio.
+    /// Stops the reply in flight (if any) after `heard_ms` of its audio
+    /// (default: all it handed out), at `at` on the session's clock.
     async fn interrupt(
         &self,
         reply: &mut Option<Reply>,
         conv: &mut Conversation,
-        queue: &mut VecDeque<Vec<i16>>,
-        ledger: &PlaybackLedger,
-        played: Duration,
+        p: &mut Playout,
+        heard_ms: Option<u64>,
         out: &mpsc::Sender<SessionOutput>,
-    ) {
-        let heard_ms = played.as_millis() as u64;
-        self.interrupt_heard(reply, conv, queue, ledger, heard_ms, out)
-            .await;
-    }
-
-    async fn interrupt_heard(
-        &self,
-        reply: &mut Option<Reply>,
-        conv: &mut Conversation,
-        queue: &mut VecDeque<Vec<i16>>,
-        ledger: &PlaybackLedger,
-        heard_ms: u64,
-        out: &mpsc::Sender<SessionOutput>,
+        at: Duration,
     ) {
         let Some(r) = reply.take() else { return };
         r.task.abort();
-        let had_audio = !queue.is_empty();
-        queue.clear();
+        let heard_ms = heard_ms.unwrap_or(p.played.as_millis() as u64);
+        let had_audio = !p.queue.is_empty();
+        p.queue.clear();
         if had_audio {
             metrics::counter!(crate::metrics::AGENT_BARGE_INS_TOTAL).increment(1);
             let _ = out.send(SessionOutput::ClearAudio).await;
         }
-        let heard = ledger.heard(heard_ms);
+        let heard = p.ledger.heard(heard_ms);
         *conv = match r.recorded {
             Some(c) => c,
             None => {
@@ -296,18 +473,23 @@ impl AgentSession {
             }
         };
         conv.record_interrupted(&heard);
-        if !heard.is_empty() {
+        if let Some(start) = r.marks.first_out {
             let _ = out
-                .send(SessionOutput::Said {
+                .send(SessionOutput::Said(Said {
                     role: Role::Assistant,
-                    text: heard,
-                })
+                    text: r.text,
+                    start,
+                    end: at,
+                    interrupted: true,
+                    heard: Some(heard),
+                    latency: r.marks.latency(),
+                }))
                 .await;
         }
     }
 
     /// Starts a reply: the greeting when `input` is `None`.
-    fn start(&self, conv: &Conversation, input: Option<Input>) -> Reply {
+    fn start(&self, conv: &Conversation, input: Option<Input>, marks: Marks) -> Reply {
         let (tx, rx) = mpsc::unbounded_channel();
         let brain = self.brain.clone();
         let tts = self.tts.clone();
@@ -337,9 +519,14 @@ impl AgentSession {
                 let tx = tx.clone();
                 async move {
                     let mut chunker = Chunker::default();
+                    let mut first = true;
                     // Ends when the brain drops its sender.
                     while let Some(event) = ev_rx.recv().await {
                         if let BrainEvent::Delta(d) = event {
+                            if first {
+                                first = false;
+                                let _ = tx.send(ReplyMsg::FirstToken);
+                            }
                             for piece in chunker.push(&d) {
                                 speak(tts.as_ref(), &piece, &tx).await;
                             }
@@ -362,6 +549,7 @@ impl AgentSession {
             actions: Vec::new(),
             text: String::new(),
             done: false,
+            marks,
         }
     }
 }
@@ -478,19 +666,32 @@ mod tests {
             &[(false, 2000), (true, 1000), (false, 3000)],
         )
         .await;
-        let said: Vec<&SessionOutput> = out
+        let said: Vec<&Said> = out
             .iter()
-            .map(|(_, o)| o)
-            .filter(|o| matches!(o, SessionOutput::Said { .. }))
+            .filter_map(|(_, o)| match o {
+                SessionOutput::Said(s) => Some(s),
+                _ => None,
+            })
             .collect();
         assert_eq!(said.len(), 3, "{said:?}");
-        assert_eq!(
-            said[1],
-            &SessionOutput::Said {
-                role: Role::User,
-                text: "a large pizza please".into()
-            }
+        assert_eq!(said[1].role, Role::User);
+        assert_eq!(said[1].text, "a large pizza please");
+        // The greeting played from the start, 33 chars at 40 ms.
+        assert_eq!(said[0].start, Duration::ZERO);
+        assert!(
+            said[0].end >= Duration::from_millis(1300)
+                && said[0].end <= Duration::from_millis(1400),
+            "{:?}",
+            said[0]
         );
+        // The caller spoke from 2 s to 3 s; the reply answers it.
+        assert_eq!(said[1].start, Duration::from_secs(2));
+        assert_eq!(said[1].end, Duration::from_secs(3));
+        assert!(said[2].start > said[1].end);
+        let latency = said[2].latency.expect("the reply's latency");
+        assert!(latency.stt_final.is_some() && latency.first_frame_out.is_some());
+        assert!(latency.first_frame_out >= latency.tts_first_audio);
+        assert!(!said[2].interrupted);
         // The hang-up comes after the reply's last frame.
         let last_audio = out
             .iter()
@@ -592,5 +793,72 @@ mod tests {
         );
         assert_eq!(conv.messages[1].content, "a small pizza");
         assert_eq!(conv.messages[2].content, "One small pizza. Bye!");
+        // The transcript keeps what was meant and what was heard.
+        let cut = out
+            .iter()
+            .find_map(|(_, o)| match o {
+                SessionOutput::Said(s) if s.interrupted => Some(s),
+                _ => None,
+            })
+            .expect("an interrupted line");
+        assert_eq!(cut.text, "Pizza Palace, what can I get you?");
+        assert_eq!(
+            cut.heard.as_deref(),
+            Some(conv.messages[0].content.as_str())
+        );
+        assert_eq!(cut.end, at);
+    }
+
+    fn first_audio(outputs: &[(Duration, SessionOutput)]) -> Duration {
+        outputs
+            .iter()
+            .find(|(_, o)| matches!(o, SessionOutput::Audio(_)))
+            .map(|(t, _)| *t)
+            .expect("some audio")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn outbound_greeting_waits_for_the_callee_or_the_timeout() {
+        let waiting = |lines: &[&str]| AgentSession {
+            config: SessionConfig {
+                greeting: Greeting::AfterCallee(Duration::from_secs(2)),
+                ..SessionConfig::default()
+            },
+            ..session(lines)
+        };
+        // Nobody speaks: the greeting starts at the timeout.
+        let (out, conv) = drive(waiting(&[]), &[(false, 4000)]).await;
+        let at = first_audio(&out);
+        assert!(
+            at >= Duration::from_secs(2) && at <= Duration::from_millis(2040),
+            "{at:?}"
+        );
+        assert_eq!(
+            conv.messages[0].content,
+            "Pizza Palace, what can I get you?"
+        );
+        // "Hello?" from 500 ms to 1.1 s: the greeting follows its end of
+        // turn (500 ms of silence later, seen on the frame that starts at
+        // 1.58 s), before the timeout.
+        let (out, conv) = drive(
+            waiting(&["hello"]),
+            &[(false, 500), (true, 600), (false, 3000)],
+        )
+        .await;
+        let at = first_audio(&out);
+        assert!(
+            at >= Duration::from_millis(1580) && at < Duration::from_secs(2),
+            "{at:?}"
+        );
+        assert_eq!(conv.messages.len(), 1, "{:?}", conv.messages);
+        let said: Vec<&Said> = out
+            .iter()
+            .filter_map(|(_, o)| match o {
+                SessionOutput::Said(s) => Some(s),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(said[0].text, "hello");
+        assert_eq!(said[1].role, Role::Assistant);
     }
 }

@@ -24,6 +24,7 @@ mod extract;
 mod numbers;
 mod observe;
 mod system;
+mod transcripts;
 mod trunks;
 mod webhook_endpoints;
 
@@ -153,6 +154,7 @@ fn routers(metrics_open: bool) -> (OpenApiRouter<AppState>, OpenApiRouter<AppSta
         .merge(numbers::router())
         .merge(trunks::router())
         .merge(calls::router())
+        .merge(transcripts::router())
         .merge(campaigns::router())
         .merge(dnc::router())
         .merge(chat::router())

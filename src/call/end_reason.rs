@@ -19,6 +19,9 @@ pub enum EndReason {
     CalleeHangup,
     /// The agent finished (the `prompt` agent after its sound).
     AgentHangup,
+    /// The agent handed the call over with SIP REFER (RFC 3515) and the
+    /// far end accepted.
+    Transferred,
     /// `POST /v1/calls/{id}/hangup`.
     ApiHangup,
     /// The agent's `max_duration_seconds` passed.
@@ -60,6 +63,7 @@ impl EndReason {
             EndReason::CallerHangup => "caller_hangup",
             EndReason::CalleeHangup => "callee_hangup",
             EndReason::AgentHangup => "agent_hangup",
+            EndReason::Transferred => "transferred",
             EndReason::ApiHangup => "api_hangup",
             EndReason::MaxDuration => "max_duration",
             EndReason::MediaTimeout => "media_timeout",
