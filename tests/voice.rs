@@ -281,3 +281,249 @@ async fn voice_agents_need_a_brain_and_other_calls_have_no_turns() {
     assert_eq!(t["turns"], json!([]), "{t}");
     assert!(t["summary"].is_null(), "{t}");
 }
+
+/// A SIPp caller that streams `audio` (raw µ-law, 8 kHz) from the answer
+/// on, for `call_ms`, then hangs up; written to `dir`, returns its path.
+fn streaming_caller(dir: &std::path::Path, audio: &std::path::Path, call_ms: u32) -> String {
+    let head =
+        std::fs::read_to_string(common::scenario("uac-invite-dtmf-expect-200-bye.xml")).unwrap();
+    // Keep the INVITE/200/ACK of the DTMF caller; stream instead of keys.
+    let cut = head.find("  <nop>").unwrap();
+    let bye = head
+        .find("  <send retrans=\"500\">\n    <![CDATA[\n      BYE")
+        .unwrap();
+    let xml = format!(
+        "{}  <nop>\n    <action>\n      <exec rtp_stream=\"{},1,0\"/>\n    </action>\n  </nop>\n  \
+         <pause milliseconds=\"{call_ms}\"/>\n{}",
+        &head[..cut],
+        audio.display(),
+        &head[bye..]
+    );
+    let path = dir.join("uac-invite-stream-expect-200-bye.xml");
+    std::fs::write(&path, xml).unwrap();
+    path.display().to_string()
+}
+
+/// Speech from flite in `voice`, 8 kHz µ-law, after `lead_s` of silence
+/// and followed by `tail_s`.
+fn flite_ulaw(
+    dir: &std::path::Path,
+    voice: &str,
+    text: &str,
+    lead_s: f32,
+    tail_s: f32,
+) -> std::path::PathBuf {
+    let wav = dir.join(format!("{voice}.wav"));
+    let ok = std::process::Command::new("flite")
+        .args(["-voice", voice, "-t", text, "-o"])
+        .arg(&wav)
+        .status()
+        .expect("flite is installed by scripts/test")
+        .success();
+    assert!(ok, "flite failed");
+    let ul = dir.join(format!("{voice}.ul"));
+    let ok = std::process::Command::new("sox")
+        .arg(&wav)
+        .args(["-r", "8000", "-c", "1", "-t", "ul"])
+        .arg(&ul)
+        .args(["pad", &lead_s.to_string(), &tail_s.to_string()])
+        .status()
+        .expect("sox is installed by scripts/test")
+        .success();
+    assert!(ok, "sox failed");
+    ul
+}
+
+/// G.711 µ-law to linear (ITU-T G.711 §3.2, the table's closed form).
+fn ulaw(b: u8) -> i16 {
+    let b = !b;
+    let exponent = (b >> 4) & 0x07;
+    let mantissa = i32::from(b & 0x0f);
+    let magnitude = (((mantissa << 3) + 0x84) << exponent) - 0x84;
+    (if b & 0x80 != 0 { -magnitude } else { magnitude }) as i16
+}
+
+/// One RTP packet seen on the wire: when (s), towards the caller or not,
+/// and its level in dBFS.
+struct Seen {
+    at: f64,
+    to_caller: bool,
+    dbfs: f64,
+}
+
+/// The audio RTP packets of a capture, to and from the caller's media port.
+fn rtp_of(capture: &std::path::Path, caller_port: u16) -> Vec<Seen> {
+    let out = std::process::Command::new("tshark")
+        .arg("-r")
+        .arg(capture)
+        .args(["-d", &format!("udp.port=={caller_port},rtp")])
+        .args(["-Y", "rtp.p_type == 0"])
+        .args([
+            "-T",
+            "fields",
+            "-e",
+            "frame.time_relative",
+            "-e",
+            "udp.dstport",
+            "-e",
+            "rtp.payload",
+        ])
+        .output()
+        .expect("tshark is installed by scripts/test");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let mut f = line.split('\t');
+            let at: f64 = f.next()?.parse().ok()?;
+            let dst: u16 = f.next()?.parse().ok()?;
+            let hex = f.next()?.replace(':', "");
+            let bytes: Vec<u8> = (0..hex.len() / 2)
+                .filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
+                .collect();
+            let energy: f64 = bytes
+                .iter()
+                .map(|b| f64::from(ulaw(*b)).powi(2))
+                .sum::<f64>()
+                / bytes.len().max(1) as f64;
+            let dbfs = 20.0 * (energy.sqrt() / 32768.0).max(1e-6).log10();
+            Some(Seen {
+                at,
+                to_caller: dst == caller_port,
+                dbfs,
+            })
+        })
+        .collect()
+}
+
+/// Captures UDP on the loopback to and from `port` until dropped.
+struct Capture {
+    child: std::process::Child,
+    path: std::path::PathBuf,
+}
+
+impl Capture {
+    fn start(dir: &std::path::Path, port: u16) -> Capture {
+        let path = dir.join("call.pcapng");
+        let mut child = std::process::Command::new("tshark")
+            .args(["-q", "-i", "lo", "-f", &format!("udp port {port}"), "-w"])
+            .arg(&path)
+            .args(["-a", "duration:60"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("tshark is installed by scripts/test");
+        // tshark says "Capturing on 'Loopback: lo'" once it listens.
+        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            line.clear();
+            if std::io::BufRead::read_line(&mut stderr, &mut line).unwrap_or(0) == 0
+                || line.contains("Capturing on")
+            {
+                break;
+            }
+        }
+        assert!(
+            line.contains("Capturing on"),
+            "tshark did not start: {line}"
+        );
+        Capture { child, path }
+    }
+
+    /// Stops the capture cleanly (SIGINT) and returns the file.
+    fn stop(mut self) -> std::path::PathBuf {
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        self.path.clone()
+    }
+}
+
+/// (d) Barge-in: the caller starts talking while the agent speaks; on the
+/// wire, the agent's audio stops within 150 ms of the caller's speech
+/// onset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn barge_in_stops_the_agent_on_the_wire() {
+    let d = TestDaemon::builder()
+        .profile("carrier", &trunk())
+        .start()
+        .await;
+    provision(
+        &d,
+        json!({
+            "name": "library",
+            "kind": "voice",
+            "max_duration_seconds": 60,
+            "turn": {"barge_in_min_ms": 80},
+            "script": {
+                "start": "main",
+                "greeting": "Thank you for calling the city library. Our opening hours are nine to five \
+                             on weekdays and ten to four on Saturdays. Please listen carefully, because \
+                             our menu options have changed.",
+                "states": {"main": {"intents": [
+                    {"name": "hours", "keywords": ["hours"], "reply": "We open at nine."}
+                ]}}
+            }
+        }),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    // The caller listens for two seconds, then talks over the greeting.
+    let speech = flite_ulaw(dir.path(), "kal", "Excuse me, I have a question.", 2.0, 3.0);
+    let scenario = streaming_caller(dir.path(), &speech, 6000);
+    let media_port = free_udp_port();
+    let capture = Capture::start(dir.path(), media_port);
+    let run = run_sipp(
+        &scenario,
+        free_udp_port(),
+        Some(([127, 0, 0, 1], d.sip_port).into()),
+        &[
+            "-s",
+            NUMBER,
+            "-mi",
+            "127.0.0.1",
+            "-mp",
+            &media_port.to_string(),
+        ],
+        LIMIT,
+    )
+    .await;
+    let pcap = capture.stop();
+    assert!(run.success, "{}\n{}", run.output, d.log());
+    let seen = rtp_of(&pcap, media_port);
+    let onset = seen
+        .iter()
+        .find(|p| !p.to_caller && p.dbfs > -40.0)
+        .map(|p| p.at)
+        .unwrap_or_else(|| panic!("no caller speech captured ({} packets)", seen.len()));
+    let agent: Vec<f64> = seen.iter().filter(|p| p.to_caller).map(|p| p.at).collect();
+    assert!(
+        agent.iter().any(|t| (onset - 0.1..onset).contains(t)),
+        "the agent was not speaking at the caller's onset {onset}: {agent:?}"
+    );
+    // The agent's last packet before a pause of 300 ms or more.
+    let stop = agent
+        .iter()
+        .zip(agent.iter().skip(1).chain(std::iter::once(&f64::MAX)))
+        .find(|(t, next)| **t >= onset && **next - **t >= 0.3)
+        .map(|(t, _)| *t)
+        .unwrap();
+    let stopped_after_ms = (stop - onset) * 1000.0;
+    println!("agent audio stopped {stopped_after_ms:.0} ms after the caller's onset");
+    assert!(
+        stopped_after_ms <= 150.0,
+        "the agent went on for {stopped_after_ms:.0} ms\n{}",
+        d.log()
+    );
+    let call = ended_call(&d).await;
+    let t = transcript(&d, call["id"].as_str().unwrap()).await;
+    let greeting = &t["turns"][0];
+    assert_eq!(greeting["interrupted"], true, "{t}");
+    let (text, heard) = (
+        greeting["text"].as_str().unwrap(),
+        greeting["heard"].as_str().unwrap(),
+    );
+    assert!(text.starts_with(heard) && heard.len() < text.len(), "{t}");
+}

@@ -403,9 +403,13 @@ fn summary_of(turns: &[NewTurn]) -> Option<String> {
         .rev()
         .find(|t| t.speaker == "agent")
         .map(|t| t.heard.clone().unwrap_or_else(|| t.text.clone()));
+    let count = match turns.len() {
+        1 => "1 turn".to_owned(),
+        n => format!("{n} turns"),
+    };
     let text = match last {
-        Some(line) => format!("{} turns; the agent last said: {line}", turns.len()),
-        None => format!("{} turns; the agent said nothing", turns.len()),
+        Some(line) => format!("{count}; the agent last said: {line}"),
+        None => format!("{count}; the agent said nothing"),
     };
     Some(text.chars().take(SUMMARY_CHARS).collect())
 }
