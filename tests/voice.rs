@@ -527,3 +527,54 @@ async fn barge_in_stops_the_agent_on_the_wire() {
     );
     assert!(text.starts_with(heard) && heard.len() < text.len(), "{t}");
 }
+
+/// The script's transfer action: the caller presses 0, hears "Transferring
+/// you", gets a REFER to the number (RFC 3515) and, once it accepts, the
+/// agent's BYE; the call ends `transferred`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfer_sends_refer_then_bye() {
+    let d = TestDaemon::builder()
+        .profile("carrier", &trunk())
+        .start()
+        .await;
+    provision(
+        &d,
+        json!({
+            "name": "switchboard",
+            "kind": "voice",
+            "max_duration_seconds": 60,
+            "script": {
+                "start": "main",
+                "greeting": "Hello.",
+                "states": {"main": {"intents": [
+                    {"name": "operator", "dtmf": "0", "reply": "Transferring you.",
+                     "actions": [{"type": "transfer", "to": "+14155550100"}]}
+                ]}}
+            }
+        }),
+    )
+    .await;
+    let run = run_sipp(
+        "uac-invite-dtmf-0-expect-refer-bye.xml",
+        free_udp_port(),
+        Some(([127, 0, 0, 1], d.sip_port).into()),
+        &[
+            "-s",
+            NUMBER,
+            "-mi",
+            "127.0.0.1",
+            "-mp",
+            &free_udp_port().to_string(),
+        ],
+        LIMIT,
+    )
+    .await;
+    assert!(run.success, "{}\n{}", run.output, d.log());
+    let call = ended_call(&d).await;
+    assert_eq!(call["end_reason"], "transferred", "{call}");
+    assert_eq!(call["status"], "completed", "{call}");
+    let t = transcript(&d, call["id"].as_str().unwrap()).await;
+    let last = t["turns"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["text"], "Transferring you.", "{t}");
+    assert_eq!(last["interrupted"], false, "{t}");
+}
