@@ -578,3 +578,186 @@ async fn transfer_sends_refer_then_bye() {
     assert_eq!(last["text"], "Transferring you.", "{t}");
     assert_eq!(last["interrupted"], false, "{t}");
 }
+
+/// Decodes `wav` (16 kHz mono) with PocketSphinx 5 against the JSGF
+/// grammar `jsgf` (exact sentences make a pass/fail answer; PEERS.md).
+const DECODE: &str = "import sys, wave\n\
+from pocketsphinx import Decoder\n\
+d = Decoder(samprate=16000, jsgf=sys.argv[2], lm=None)\n\
+w = wave.open(sys.argv[1])\n\
+d.start_utt(); d.process_raw(w.readframes(w.getnframes()), full_utt=True); d.end_utt()\n\
+print(d.hyp().hypstr if d.hyp() else '')\n";
+
+/// (c) End to end on the embedded engines: baresip plays a sentence
+/// synthesized in flite's kal voice to an agent that speaks with slt and
+/// records the reply; the reply, decoded with PocketSphinx, books the day
+/// the caller asked for, and the stored transcript holds the caller's
+/// sentence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baresip_books_an_appointment_by_voice() {
+    let d = TestDaemon::builder()
+        .profile("carrier", &trunk())
+        .start()
+        .await;
+    provision(
+        &d,
+        json!({
+            "name": "clinic",
+            "kind": "voice",
+            "max_duration_seconds": 60,
+            "tts": {"provider": "embedded", "voice": "slt"},
+            "script": {
+                "start": "main",
+                "greeting": "Hello, this is the clinic.",
+                "slots": {"day": {"pattern": "\\b(monday|tuesday|wednesday|thursday|friday)\\b",
+                                  "prompt": "Which day would you like?"}},
+                "states": {"main": {"intents": [
+                    {"name": "book", "keywords": ["appointment", "book"], "require": ["day"],
+                     "reply": "Your appointment is booked for {day}. Goodbye.",
+                     "actions": [{"type": "hangup"}]}
+                ]}}
+            }
+        }),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let kal = dir.path().join("kal.wav");
+    let spoken = std::process::Command::new("flite")
+        .args([
+            "-voice",
+            "kal",
+            "-t",
+            "I would like to book an appointment for Tuesday.",
+            "-o",
+        ])
+        .arg(&kal)
+        .status()
+        .expect("flite is installed by scripts/test");
+    assert!(spoken.success());
+    // After the greeting, the sentence; then time for the reply.
+    let caller = dir.path().join("caller.wav");
+    let padded = std::process::Command::new("sox")
+        .arg(&kal)
+        .args(["-r", "8000", "-c", "1", "-b", "16", "-e", "signed"])
+        .arg(&caller)
+        .args(["pad", "3", "12"])
+        .status()
+        .expect("sox is installed by scripts/test");
+    assert!(padded.success());
+
+    let rec = dir.path().join("rec");
+    std::fs::create_dir_all(&rec).unwrap();
+    let sip_port = free_udp_port();
+    let rtp_low = 31000 + (sip_port % 1000) * 10;
+    std::fs::write(
+        dir.path().join("config"),
+        format!(
+            "poll_method\tepoll\nsip_listen\t127.0.0.1:{sip_port}\nnet_interface\t127.0.0.1\n\
+             audio_source\taufile,{caller}\naudio_player\taufile,{play}\naudio_alert\taufile,{play}\n\
+             rtp_ports\t{rtp_low}-{rtp_high}\nmodule_path\t/usr/lib/baresip/modules\n\
+             module\tg711.so\nmodule\taufile.so\nmodule\tsndfile.so\n\
+             module_app\taccount.so\nmodule_app\tmenu.so\nsnd_path\t{rec}\n",
+            caller = caller.display(),
+            play = dir.path().join("played.wav").display(),
+            rtp_high = rtp_low + 9,
+            rec = rec.display(),
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("accounts"),
+        "<sip:caller@127.0.0.1>;regint=0;audio_codecs=PCMU\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("contacts"), "").unwrap();
+    let out = tokio::process::Command::new("baresip")
+        .arg("-f")
+        .arg(dir.path())
+        .args([
+            "-e",
+            &format!("/dial sip:{NUMBER}@127.0.0.1:{}", d.sip_port),
+        ])
+        .args(["-t", "25"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(45), out)
+        .await
+        .expect("baresip quits by itself (-t)")
+        .expect("baresip is installed by scripts/test");
+    let log =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+
+    let call = ended_call(&d).await;
+    assert_eq!(
+        call["end_reason"],
+        "agent_hangup",
+        "{call}\n{log}\n{}",
+        d.log()
+    );
+    let t = transcript(&d, call["id"].as_str().unwrap()).await;
+    let turns = t["turns"].as_array().unwrap();
+    let said = turns
+        .iter()
+        .find(|t| t["speaker"] == "caller")
+        .unwrap_or_else(|| panic!("no caller turn: {t}\n{}", d.log()));
+    let words = said["text"].as_str().unwrap().to_lowercase();
+    assert!(
+        words.contains("appointment") && words.contains("tuesday"),
+        "{t}"
+    );
+    let reply = turns
+        .iter()
+        .rfind(|t| t["speaker"] == "agent")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        reply["text"], "Your appointment is booked for tuesday. Goodbye.",
+        "{t}"
+    );
+
+    // What baresip heard during the reply, decoded.
+    let heard = std::fs::read_dir(&rec)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.to_string_lossy().ends_with("-dec.wav"))
+        .unwrap_or_else(|| panic!("baresip recorded nothing:\n{log}\n{}", d.log()));
+    let from = (reply["start_ms"].as_i64().unwrap() - 300).max(0) as f64 / 1000.0;
+    let length = (reply["end_ms"].as_i64().unwrap() + 500) as f64 / 1000.0 - from;
+    let cut = dir.path().join("reply16k.wav");
+    let trimmed = std::process::Command::new("sox")
+        .arg(&heard)
+        .args(["-r", "16000", "-b", "16", "-e", "signed", "-c", "1"])
+        .arg(&cut)
+        .args(["trim", &format!("{from:.3}"), &format!("{length:.3}")])
+        .args([
+            "silence", "1", "0.05", "1%", "reverse", "silence", "1", "0.05", "1%", "reverse",
+        ])
+        .status()
+        .unwrap();
+    assert!(trimmed.success());
+    let grammar = dir.path().join("reply.jsgf");
+    std::fs::write(
+        &grammar,
+        "#JSGF V1.0;\ngrammar reply;\n\
+         public <reply> = your appointment is booked for <day> goodbye | which day would you like \
+         | sorry i did not understand that;\n\
+         <day> = monday | tuesday | wednesday | thursday | friday;\n",
+    )
+    .unwrap();
+    let decoded = std::process::Command::new("python3")
+        .args(["-c", DECODE])
+        .arg(&cut)
+        .arg(&grammar)
+        .output()
+        .expect("python3 with pocketsphinx (scripts/test)");
+    let text = String::from_utf8_lossy(&decoded.stdout).trim().to_string();
+    assert_eq!(
+        text,
+        "your appointment is booked for tuesday goodbye",
+        "{}\n{t}",
+        String::from_utf8_lossy(&decoded.stderr)
+    );
+}
