@@ -761,3 +761,67 @@ async fn baresip_books_an_appointment_by_voice() {
         String::from_utf8_lossy(&decoded.stderr)
     );
 }
+
+/// Outbound, the agent waits for the callee's first words; a callee that
+/// says nothing hears the greeting after `outbound_wait_ms`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_agent_greets_after_the_silent_callee_wait() {
+    let callee_port = free_udp_port();
+    let d = TestDaemon::builder()
+        .profile(
+            "carrier",
+            &format!(
+                "name = \"carrier\"\n[inbound]\nallow = [\"127.0.0.1/32\"]\n\
+                 [outbound]\nproxy = \"127.0.0.1:{callee_port}\"\n"
+            ),
+        )
+        .start()
+        .await;
+    provision(
+        &d,
+        json!({
+            "name": "reminder",
+            "kind": "voice",
+            "max_duration_seconds": 4,
+            "opening": {"outbound_wait_ms": 1200},
+            "script": {
+                "start": "main",
+                "greeting": "Hello, this is the clinic calling.",
+                "states": {"main": {"intents": [
+                    {"name": "yes", "keywords": ["yes"], "reply": "Thank you."}
+                ]}}
+            }
+        }),
+    )
+    .await;
+    let callee = tokio::spawn(run_sipp(
+        "uas-invite-expect-answer-then-bye.xml",
+        callee_port,
+        None,
+        &[],
+        LIMIT,
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, placed) = json_of(
+        d.post("/v1/calls")
+            .json(&json!({"from": NUMBER, "to": "+442079460958"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 201, "{placed}");
+    let run = callee.await.unwrap();
+    assert!(run.success, "{}\n{}", run.output, d.log());
+    let call = ended_call(&d).await;
+    assert_eq!(call["id"], placed["id"]);
+    assert_eq!(call["end_reason"], "max_duration", "{call}");
+    let t = transcript(&d, call["id"].as_str().unwrap()).await;
+    let greeting = &t["turns"][0];
+    assert_eq!(
+        greeting["text"], "Hello, this is the clinic calling.",
+        "{t}"
+    );
+    let start = greeting["start_ms"].as_i64().unwrap();
+    assert!((1200..1700).contains(&start), "{t}");
+}

@@ -78,8 +78,8 @@ pub struct Said {
     /// Offsets on the session's clock (from the answer).
     pub start: Duration,
     pub end: Duration,
-    /// The caller talked over the agent: `heard` is the part of `text`
-    /// that was played.
+    /// The agent was cut short (the caller talked over it, pressed a key,
+    /// or the call ended): `heard` is the part of `text` that was played.
     pub interrupted: bool,
     pub heard: Option<String>,
     /// An agent reply's latency, when it answered speech or a key.
@@ -405,10 +405,11 @@ impl AgentSession {
                 p.reset();
             }
         }
-        if let Some(r) = reply.take() {
-            r.task.abort();
-            conv = r.recorded.unwrap_or(r.before);
-        }
+        // The call ended mid-reply: the transcript keeps what was played,
+        // cut short like a barge-in (nothing is left to clear).
+        p.queue.clear();
+        self.interrupt(&mut reply, &mut conv, &mut p, None, &out, now())
+            .await;
         conv
     }
 
@@ -807,6 +808,21 @@ mod tests {
             Some(conv.messages[0].content.as_str())
         );
         assert_eq!(cut.end, at);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_end_of_the_call_cuts_the_reply_in_the_transcript() {
+        // The call ends 600 ms into the 1.32 s greeting.
+        let (out, conv) = drive(session(&[]), &[(false, 600)]).await;
+        let (_, last) = out.last().expect("outputs");
+        let SessionOutput::Said(cut) = last else {
+            panic!("{last:?}")
+        };
+        assert!(cut.interrupted);
+        let heard = cut.heard.as_deref().unwrap();
+        assert!(!heard.is_empty() && cut.text.starts_with(heard) && heard.len() < cut.text.len());
+        assert!(!out.iter().any(|(_, o)| *o == SessionOutput::ClearAudio));
+        assert_eq!(conv.messages[0].content, heard);
     }
 
     fn first_audio(outputs: &[(Duration, SessionOutput)]) -> Duration {

@@ -51,7 +51,8 @@ pub struct Turn {
     /// Milliseconds from the answer.
     pub start_ms: i64,
     pub end_ms: i64,
-    /// The caller talked over this agent turn.
+    /// This agent turn was cut short: the caller talked over it, pressed a
+    /// key, or the call ended.
     pub interrupted: bool,
     /// Of an interrupted agent turn: the part of `text` that was played.
     pub heard: Option<String>,

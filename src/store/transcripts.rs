@@ -20,7 +20,8 @@ pub struct TurnRecord {
     /// Milliseconds from the answer.
     pub start_ms: i64,
     pub end_ms: i64,
-    /// An agent turn the caller talked over; `heard` is what was played.
+    /// An agent turn cut short (barge-in, a key, the end of the call);
+    /// `heard` is what was played.
     pub interrupted: bool,
     pub heard: Option<String>,
     /// An agent turn's latency from the end of the caller's speech (or key
