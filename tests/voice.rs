@@ -825,3 +825,66 @@ async fn outbound_agent_greets_after_the_silent_callee_wait() {
     let start = greeting["start_ms"].as_i64().unwrap();
     assert!((1200..1700).contains(&start), "{t}");
 }
+
+/// The script's `send_dtmf` action: after the caller presses 5, the agent
+/// sends the digits 4 and 2 as RFC 4733 events, seen on the wire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_dtmf_action_goes_out_as_rfc4733_events() {
+    let d = TestDaemon::builder()
+        .profile("carrier", &trunk())
+        .start()
+        .await;
+    provision(
+        &d,
+        json!({
+            "name": "dialer",
+            "kind": "voice",
+            "max_duration_seconds": 60,
+            "script": {
+                "start": "main",
+                "greeting": "Hi.",
+                "states": {"main": {"intents": [
+                    {"name": "relay", "dtmf": "5", "reply": "Sending.",
+                     "actions": [{"type": "send_dtmf", "digits": "42"}]}
+                ]}}
+            }
+        }),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let media_port = free_udp_port();
+    let capture = Capture::start(dir.path(), media_port);
+    let run = run_sipp(
+        "uac-invite-dtmf-expect-200-bye.xml",
+        free_udp_port(),
+        Some(([127, 0, 0, 1], d.sip_port).into()),
+        &[
+            "-s",
+            NUMBER,
+            "-mi",
+            "127.0.0.1",
+            "-mp",
+            &media_port.to_string(),
+        ],
+        LIMIT,
+    )
+    .await;
+    let pcap = capture.stop();
+    assert!(run.success, "{}\n{}", run.output, d.log());
+    let out = std::process::Command::new("tshark")
+        .arg("-r")
+        .arg(&pcap)
+        .args(["-d", &format!("udp.port=={media_port},rtp")])
+        .args([
+            "-Y",
+            &format!("rtpevent && rtp.marker == 1 && udp.dstport == {media_port}"),
+        ])
+        .args(["-T", "fields", "-e", "rtpevent.event_id"])
+        .output()
+        .unwrap();
+    let sent: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(sent, vec!["4", "2"], "{}", d.log());
+}

@@ -21,8 +21,10 @@
 //! [`turn::PlaybackLedger::heard`].
 //!
 //! Also owns the shape of the settings the call layer reads from an agent's
-//! stored JSON document ([`CallSettings`], [`PromptSettings`]); the API owns
-//! the full document and its validation.
+//! stored JSON document ([`CallSettings`], [`PromptSettings`],
+//! [`TurnSettings`], [`OpeningSettings`], and the brain's part with
+//! [`BrainConfig::from_settings`], read the same way for a chat session and
+//! a call); the API owns the full document and its validation.
 //!
 //! Must not: import `call`, `store` or `api` (the API converts its agent
 //! settings into a [`BrainConfig`]).
