@@ -201,12 +201,35 @@ struct Playout {
     ledger: PlaybackLedger,
     /// How much of the current reply has been handed out.
     played: Duration,
+    /// When the current run of frames would have started had it always
+    /// been on time: frames are handed out by this clock, not by counting
+    /// ticks, so a late tick is caught up and never drifts.
+    base: Option<Instant>,
 }
 
 impl Playout {
     fn reset(&mut self) {
         self.ledger.clear();
         self.played = Duration::ZERO;
+        self.base = None;
+    }
+
+    /// How many frames to hand out now: those due by the clock, keeping
+    /// [`LEAD_FRAMES`] ahead. After a gap (TTS slower than real time, the
+    /// call layer's queue ran dry) a new run starts with the lead again
+    /// rather than a burst.
+    fn due(&mut self, now: Instant) -> usize {
+        let handed = (self.played.as_millis() / FRAME.as_millis()) as usize;
+        let restart = now.checked_sub(self.played).unwrap_or(now);
+        let base = *self.base.get_or_insert(restart);
+        let elapsed =
+            (now.saturating_duration_since(base).as_millis() / FRAME.as_millis()) as usize;
+        let due = (elapsed + LEAD_FRAMES).saturating_sub(handed);
+        if due > LEAD_FRAMES + 1 || self.played.is_zero() {
+            self.base = Some(restart);
+            return LEAD_FRAMES;
+        }
+        due
     }
 }
 
@@ -233,6 +256,7 @@ impl AgentSession {
             queue: VecDeque::new(),
             ledger: PlaybackLedger::default(),
             played: Duration::ZERO,
+            base: None,
         };
         // Set while the agent waits to greet.
         let mut greet_at = match self.config.greeting {
@@ -244,7 +268,7 @@ impl AgentSession {
             .then(|| self.start(&conv, None, Marks::default()));
         let mut speech_start: Option<Duration> = None;
         let mut tick = tokio::time::interval(FRAME);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         'session: loop {
             // A finished reply's channel is closed: stop polling it.
             let replying = reply.as_ref().is_some_and(|r| !r.done);
@@ -280,8 +304,7 @@ impl AgentSession {
                     }
                 }
                 _ = tick.tick(), if !p.queue.is_empty() => {
-                    let n = if p.played.is_zero() { LEAD_FRAMES } else { 1 };
-                    for _ in 0..n {
+                    for _ in 0..p.due(Instant::now()) {
                         let Some(frame) = p.queue.pop_front() else { break };
                         if let Some(r) = reply.as_mut() {
                             let t = now();
@@ -808,6 +831,30 @@ mod tests {
             Some(conv.messages[0].content.as_str())
         );
         assert_eq!(cut.end, at);
+    }
+
+    #[test]
+    fn frames_go_out_by_the_clock_with_a_lead_and_no_burst_after_a_gap() {
+        let mut p = Playout {
+            queue: VecDeque::new(),
+            ledger: PlaybackLedger::default(),
+            played: Duration::ZERO,
+            base: None,
+        };
+        let t0 = Instant::now();
+        let mut hand = |p: &mut Playout, at: Duration| {
+            let n = p.due(t0 + at);
+            p.played += FRAME * n as u32;
+            n
+        };
+        assert_eq!(hand(&mut p, Duration::ZERO), LEAD_FRAMES);
+        assert_eq!(hand(&mut p, FRAME), 1);
+        // A tick 20 ms late catches up.
+        assert_eq!(hand(&mut p, FRAME * 3), 2);
+        assert_eq!(hand(&mut p, FRAME * 4), 1);
+        // A second without audio: a new run starts with the lead only.
+        assert_eq!(hand(&mut p, FRAME * 54), LEAD_FRAMES);
+        assert_eq!(hand(&mut p, FRAME * 55), 1);
     }
 
     #[tokio::test(start_paused = true)]
