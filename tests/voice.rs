@@ -456,7 +456,7 @@ async fn barge_in_stops_the_agent_on_the_wire() {
             "name": "library",
             "kind": "voice",
             "max_duration_seconds": 60,
-            "turn": {"barge_in_min_ms": 80},
+            "turn": {"barge_in_min_ms": 60},
             "script": {
                 "start": "main",
                 "greeting": "Thank you for calling the city library. Our opening hours are nine to five \
