@@ -7,7 +7,8 @@
 //!   dialogue and LLM (OpenAI-compatible) with HTTP tools and built-in
 //!   actions.
 //! - [`providers`]: the STT and TTS seams; [`speech`]: which engine a call
-//!   gets.
+//!   gets; [`engines`]: the embedded ones (PocketSphinx, flite);
+//!   [`resample`]: sample-rate conversion for the engines and vendors.
 //!
 //! How a call drives it (the call layer owns the IO): every inbound frame
 //! goes to [`turn::TurnTaker::push`] and to the STT stream; on `EndOfTurn`
@@ -31,7 +32,9 @@
 
 pub mod brain;
 pub mod chunker;
+pub mod engines;
 pub mod providers;
+pub mod resample;
 pub mod session;
 pub mod speech;
 pub mod turn;

@@ -3,7 +3,9 @@
 //! [`Speech`] is built once at start from the `[speech]` config table and
 //! shared by every call; [`Speech::stt`] and [`Speech::tts`] turn an agent's
 //! [`SpeechChoice`] (its `stt` / `tts` settings) into a provider. The
-//! embedded engines are the default: they need no account.
+//! embedded engines ([`super::engines`]) are the default: they need no
+//! account. [`Speech`] owns the recogniser's pool of warm workers, so every
+//! call shares it; [`Speech::warm_up`] fills it at start.
 //!
 //! Must not: hold per-call state (a provider opens one stream per call or
 //! per utterance), or log an API key.
@@ -12,6 +14,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::engines::flite::{Flite, VoiceList};
+use super::engines::pocketsphinx::{PocketSphinx, PocketSphinxConfig};
 use super::providers::{ProviderError, Stt, Tts};
 
 /// The `[speech]` config table: where the embedded engines live.
@@ -24,6 +28,9 @@ pub struct SpeechConfig {
     pub flite: String,
     /// The flite voice when an agent names none.
     pub voice: String,
+    /// Recognizers kept loaded ahead of calls, so a call's STT opens
+    /// without waiting for the model (0 to 16).
+    pub warm_workers: usize,
 }
 
 impl Default for SpeechConfig {
@@ -32,8 +39,41 @@ impl Default for SpeechConfig {
             python: "python3".into(),
             flite: "flite".into(),
             voice: "slt".into(),
+            warm_workers: 1,
         }
     }
+}
+
+impl SpeechConfig {
+    /// The first bad value, as (key, message).
+    pub fn problem(&self) -> Option<(&'static str, String)> {
+        if self.python.trim().is_empty() {
+            return Some(("python", "must name a Python 3 interpreter".into()));
+        }
+        if self.flite.trim().is_empty() {
+            return Some(("flite", "must name the flite binary".into()));
+        }
+        if !is_voice_name(&self.voice) {
+            return Some((
+                "voice",
+                format!(
+                    "{:?} is not a flite voice name (letters, digits and _ only, \
+                     such as slt or kal)",
+                    self.voice
+                ),
+            ));
+        }
+        if self.warm_workers > 16 {
+            return Some(("warm_workers", "must be between 0 and 16".into()));
+        }
+        None
+    }
+}
+
+/// A built-in flite voice is a plain name; anything else flite would load
+/// as a file or URL.
+fn is_voice_name(v: &str) -> bool {
+    !v.is_empty() && v.len() <= 64 && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// An STT engine an agent can name.
@@ -74,15 +114,43 @@ pub struct SpeechChoice<K> {
     pub api_key_env: Option<String>,
 }
 
-/// The engines a call can get.
-#[derive(Debug, Clone, Default)]
+/// The engines a call can get; clones share the recognizer pool.
+#[derive(Debug, Clone)]
 pub struct Speech {
     config: SpeechConfig,
+    recognizer: PocketSphinx,
+    /// `flite -lv`, asked once.
+    voices: VoiceList,
+}
+
+impl Default for Speech {
+    fn default() -> Self {
+        Speech::new(SpeechConfig::default())
+    }
 }
 
 impl Speech {
     pub fn new(config: SpeechConfig) -> Self {
-        Speech { config }
+        let recognizer = PocketSphinx::new(PocketSphinxConfig {
+            python: config.python.clone(),
+            warm_workers: config.warm_workers,
+        });
+        Speech {
+            config,
+            recognizer,
+            voices: VoiceList::default(),
+        }
+    }
+
+    /// Starts loading the recognizer's warm spares in the background (call
+    /// from within the runtime, once at start).
+    pub fn warm_up(&self) {
+        self.recognizer.warm_up();
+    }
+
+    /// Recognizers loaded and waiting for a call.
+    pub fn warm_recognizers(&self) -> usize {
+        self.recognizer.warm()
     }
 
     pub fn config(&self) -> &SpeechConfig {
@@ -95,9 +163,23 @@ impl Speech {
         choice: Option<&SpeechChoice<SttKind>>,
     ) -> Result<Arc<dyn Stt>, ProviderError> {
         let kind = choice.map(|c| c.provider).unwrap_or_default();
-        Err(ProviderError::Config(format!(
-            "speech-to-text provider {kind:?} is not available in this build"
-        )))
+        match kind {
+            SttKind::Embedded => {
+                let language = choice.and_then(|c| c.language.as_deref());
+                if let Some(l) = language
+                    && !l.eq_ignore_ascii_case("en")
+                    && !l.eq_ignore_ascii_case("en-us")
+                {
+                    return Err(ProviderError::Config(format!(
+                        "the embedded recognizer knows only English (en-US), not {l:?}"
+                    )));
+                }
+                Ok(Arc::new(self.recognizer.clone()))
+            }
+            _ => Err(ProviderError::Config(format!(
+                "speech-to-text provider {kind:?} is not available in this build"
+            ))),
+        }
     }
 
     /// The synthesizer for an agent (the embedded one when it names none).
@@ -106,8 +188,25 @@ impl Speech {
         choice: Option<&SpeechChoice<TtsKind>>,
     ) -> Result<Arc<dyn Tts>, ProviderError> {
         let kind = choice.map(|c| c.provider).unwrap_or_default();
-        Err(ProviderError::Config(format!(
-            "text-to-speech provider {kind:?} is not available in this build"
-        )))
+        match kind {
+            TtsKind::Embedded => {
+                let voice = choice
+                    .and_then(|c| c.voice.as_deref())
+                    .unwrap_or(&self.config.voice);
+                if !is_voice_name(voice) {
+                    return Err(ProviderError::Config(format!(
+                        "{voice:?} is not a flite voice name (such as slt or kal)"
+                    )));
+                }
+                Ok(Arc::new(Flite::new(
+                    &self.config.flite,
+                    voice,
+                    self.voices.clone(),
+                )))
+            }
+            _ => Err(ProviderError::Config(format!(
+                "text-to-speech provider {kind:?} is not available in this build"
+            ))),
+        }
     }
 }

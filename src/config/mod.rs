@@ -63,6 +63,8 @@ pub struct Config {
     pub calls: CallsConfig,
     pub campaigns: CampaignsConfig,
     pub webhooks: WebhooksConfig,
+    /// The embedded speech engines (PocketSphinx, flite).
+    pub speech: crate::agent::speech::SpeechConfig,
 }
 
 /// The running trunk profiles, replaced whole on SIGHUP; readers take a
@@ -485,6 +487,9 @@ impl Config {
             ));
         }
         self.webhooks.validate(file)?;
+        if let Some((key, message)) = self.speech.problem() {
+            return Err(ConfigError::new(file, format!("speech.{key}"), message));
+        }
         if self
             .log
             .level
@@ -588,6 +593,21 @@ mod tests {
         assert_eq!(e.key, "webhooks.allowed_networks.0", "{e}");
         let c = load_str("[webhooks]\nallowed_networks = [\"127.0.0.0/8\"]\n").unwrap();
         assert_eq!(c.webhooks.allowed_networks.len(), 1);
+    }
+
+    #[test]
+    fn bad_speech_settings_are_named() {
+        let c = load_str("[speech]\nvoice = \"kal\"\nwarm_workers = 2\n").unwrap();
+        assert_eq!(c.speech.voice, "kal");
+        assert_eq!(c.speech.warm_workers, 2);
+        let e = load_str("[speech]\nvoice = \"/tmp/evil.flitevox\"\n").unwrap_err();
+        assert_eq!(e.key, "speech.voice", "{e}");
+        let e = load_str("[speech]\nwarm_workers = 99\n").unwrap_err();
+        assert_eq!(e.key, "speech.warm_workers", "{e}");
+        let e = load_str("[speech]\npython = \"\"\n").unwrap_err();
+        assert_eq!(e.key, "speech.python", "{e}");
+        let e = load_str("[speech]\nvoise = \"kal\"\n").unwrap_err();
+        assert_eq!(e.key, "speech.voise", "{e}");
     }
 
     #[test]

@@ -1,0 +1,398 @@
+//! The embedded synthesiser: Debian's `flite`, one child process per piece
+//! of text.
+//!
+//! Owns: [`Flite`] (a [`Tts`]). `speak` runs `flite -voice V -o /dev/stdout
+//! -t TEXT` with the text as one argument (no shell, so nothing in the text
+//! is interpreted), reads the RIFF/WAVE stream from the pipe as it arrives,
+//! resamples it to 8 kHz (kal is 8 kHz; awb, rms, slt and kal16 are 16 kHz)
+//! and sends 20 ms frames on the [`Audio`] channel. Dropping the receiver
+//! kills the process at once, even mid-synthesis (a barge-in).
+//!
+//! Why a process per piece: flite is a program, not a server; it starts in
+//! a few milliseconds and synthesises a sentence about fifty times faster
+//! than real time, so a chunk of LLM text costs little more than its
+//! synthesis. The WAV header is parsed here rather than with `hound`, which
+//! wants a blocking reader of the whole file: the audio is streamed from an
+//! async pipe and only the `fmt ` and `data` chunks matter (16-bit mono PCM,
+//! RIFF per the Microsoft Multimedia Programming Interface, 1991).
+//!
+//! Must not: pass text through a shell, leave a flite process running after
+//! its stream is dropped, or load a voice from a path or URL (flite would
+//! take any `-voice` value as one: only the names `flite -lv` lists are
+//! accepted).
+
+use std::process::Stdio;
+use std::sync::Arc;
+
+use tokio::io::AsyncReadExt;
+use tokio::process::Command;
+use tokio::sync::{OnceCell, mpsc};
+use tracing::Instrument;
+
+use crate::agent::providers::{Audio, ProviderError, Tts};
+use crate::agent::resample::Resampler;
+use crate::agent::turn::FRAME_SAMPLES;
+
+/// Longest text for one process; the chunker sends sentences.
+const MAX_TEXT_CHARS: usize = 4000;
+/// Frames buffered ahead of the reader (2 s): flite is far faster than
+/// playback, so this bounds what a barge-in throws away.
+const QUEUE_FRAMES: usize = 100;
+
+/// The voices flite knows, asked once per binary.
+pub type VoiceList = Arc<OnceCell<Result<Vec<String>, String>>>;
+
+/// flite with one voice.
+#[derive(Debug, Clone)]
+pub struct Flite {
+    binary: String,
+    voice: String,
+    voices: VoiceList,
+}
+
+impl Flite {
+    /// `voices` caches `flite -lv`; share it between instances of one binary.
+    pub fn new(binary: &str, voice: &str, voices: VoiceList) -> Self {
+        Flite {
+            binary: binary.into(),
+            voice: voice.into(),
+            voices,
+        }
+    }
+
+    async fn check_voice(&self) -> Result<(), ProviderError> {
+        let binary = self.binary.clone();
+        let list = self
+            .voices
+            .get_or_init(|| async move { list_voices(&binary).await })
+            .await;
+        match list {
+            Err(e) => Err(ProviderError::Config(e.clone())),
+            Ok(voices) if voices.iter().any(|v| v == &self.voice) => Ok(()),
+            Ok(voices) => Err(ProviderError::Config(format!(
+                "flite has no voice {:?}; it has {}",
+                self.voice,
+                voices.join(", ")
+            ))),
+        }
+    }
+}
+
+fn missing(binary: &str, e: &std::io::Error) -> String {
+    format!(
+        "cannot run flite ({binary:?}: {e}); install Debian's flite (apt-get install flite) \
+         or set [speech] flite"
+    )
+}
+
+/// `flite -lv` prints `Voices available: kal awb ...`.
+async fn list_voices(binary: &str) -> Result<Vec<String>, String> {
+    let out = Command::new(binary)
+        .arg("-lv")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| missing(binary, &e))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let voices: Vec<String> = text
+        .split_once(':')
+        .map(|(_, list)| list.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default();
+    if voices.is_empty() {
+        return Err(format!("{binary:?} -lv listed no voices: is it flite?"));
+    }
+    Ok(voices)
+}
+
+#[async_trait::async_trait]
+impl Tts for Flite {
+    async fn speak(&self, text: &str) -> Result<Audio, ProviderError> {
+        // Control characters (a NUL would not even fit in an argument) say
+        // nothing to a synthesiser.
+        let text: String = text
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        let text = text.trim();
+        if text.chars().count() > MAX_TEXT_CHARS {
+            return Err(ProviderError::Refused(format!(
+                "a piece of text for flite may hold at most {MAX_TEXT_CHARS} characters"
+            )));
+        }
+        let (tx, rx) = mpsc::channel(QUEUE_FRAMES);
+        if text.is_empty() {
+            return Ok(rx);
+        }
+        self.check_voice().await?;
+        let mut child = Command::new(&self.binary)
+            .args(["-voice", &self.voice, "-o", "/dev/stdout", "-t", text])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| ProviderError::Config(missing(&self.binary, &e)))?;
+        let (Some(mut stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take())
+        else {
+            return Err(ProviderError::Config(
+                "flite's pipes could not be opened".into(),
+            ));
+        };
+        tokio::spawn(
+            async move {
+                let result = tokio::select! {
+                    r = stream_wav(&mut stdout, &tx) => r,
+                    () = tx.closed() => Ok(()),
+                };
+                if tx.is_closed() {
+                    // Nobody listens any more: stop synthesising now.
+                    let _ = child.kill().await;
+                    return;
+                }
+                let mut err = String::new();
+                let _ = stderr.read_to_string(&mut err).await;
+                let status = child.wait().await;
+                let failed = match (&result, status) {
+                    (Err(e), _) => Some(e.clone()),
+                    (Ok(_), Ok(s)) if !s.success() => Some(format!("flite exited with {s}")),
+                    (Ok(_), Err(e)) => Some(format!("flite could not be waited for: {e}")),
+                    _ => None,
+                };
+                if let Some(mut e) = failed {
+                    let err = err.trim();
+                    if !err.is_empty() {
+                        e = format!("{e}: {err}");
+                    }
+                    let _ = tx.send(Err(ProviderError::Refused(e))).await;
+                }
+            }
+            .in_current_span(),
+        );
+        Ok(rx)
+    }
+}
+
+type Frames = mpsc::Sender<Result<Vec<i16>, ProviderError>>;
+
+/// Reads a WAV stream and sends it as 20 ms frames at 8 kHz; `Ok` at its end.
+async fn stream_wav(pipe: &mut (impl AsyncReadExt + Unpin), tx: &Frames) -> Result<(), String> {
+    let mut buf = Vec::with_capacity(16 * 1024);
+    let mut chunk = vec![0u8; 8192];
+    let header = loop {
+        if let Some(h) = parse_header(&buf)? {
+            break h;
+        }
+        let n = pipe
+            .read(&mut chunk)
+            .await
+            .map_err(|e| format!("cannot read from flite: {e}"))?;
+        if n == 0 {
+            return Err("flite wrote no audio".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let mut framer = Framer::new(header.rate)?;
+    let mut left = header.data_len;
+    buf.drain(..header.data_start);
+    loop {
+        // Whole samples only; an odd byte waits for its partner.
+        let usable = (buf.len().min(left)) & !1;
+        let samples: Vec<i16> = buf[..usable]
+            .chunks_exact(2)
+            .map(|b| i16::from_le_bytes([b[0], b[1]]))
+            .collect();
+        buf.drain(..usable);
+        left -= usable;
+        for frame in framer.push(&samples)? {
+            if tx.send(Ok(frame)).await.is_err() {
+                return Ok(());
+            }
+        }
+        if left == 0 {
+            break;
+        }
+        let n = pipe
+            .read(&mut chunk)
+            .await
+            .map_err(|e| format!("cannot read from flite: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    for frame in framer.finish()? {
+        if tx.send(Ok(frame)).await.is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Cuts audio at any rate into 20 ms frames at 8 kHz.
+pub struct Framer {
+    down: Resampler,
+    narrow: Vec<i16>,
+}
+
+impl Framer {
+    pub fn new(rate: u32) -> Result<Self, String> {
+        Ok(Framer {
+            down: Resampler::new(rate, 8000).map_err(|e| e.to_string())?,
+            narrow: Vec::with_capacity(4 * FRAME_SAMPLES),
+        })
+    }
+
+    /// The whole frames that `samples` completes.
+    pub fn push(&mut self, samples: &[i16]) -> Result<Vec<Vec<i16>>, String> {
+        self.down
+            .push(samples, &mut self.narrow)
+            .map_err(|e| e.to_string())?;
+        Ok(self.cut())
+    }
+
+    /// The rest, the last frame padded with silence.
+    pub fn finish(&mut self) -> Result<Vec<Vec<i16>>, String> {
+        self.down
+            .flush(&mut self.narrow)
+            .map_err(|e| e.to_string())?;
+        let rest = self.narrow.len() % FRAME_SAMPLES;
+        if rest != 0 {
+            self.narrow
+                .resize(self.narrow.len() + FRAME_SAMPLES - rest, 0);
+        }
+        Ok(self.cut())
+    }
+
+    fn cut(&mut self) -> Vec<Vec<i16>> {
+        let whole = self.narrow.len() / FRAME_SAMPLES * FRAME_SAMPLES;
+        let frames = self.narrow[..whole]
+            .chunks_exact(FRAME_SAMPLES)
+            .map(<[i16]>::to_vec)
+            .collect();
+        self.narrow.drain(..whole);
+        frames
+    }
+}
+
+/// What the WAV header says.
+#[derive(Debug, PartialEq, Eq)]
+struct WavHeader {
+    rate: u32,
+    /// Offset of the first sample.
+    data_start: usize,
+    /// Bytes of samples.
+    data_len: usize,
+}
+
+/// Parses a RIFF/WAVE header of 16-bit mono PCM; `None` until `buf` holds
+/// all of it.
+fn parse_header(buf: &[u8]) -> Result<Option<WavHeader>, String> {
+    if buf.len() < 12 {
+        return Ok(None);
+    }
+    if &buf[0..4] != b"RIFF" || &buf[8..12] != b"WAVE" {
+        return Err("flite's output is not a RIFF/WAVE stream".into());
+    }
+    let mut at = 12;
+    let mut rate = None;
+    loop {
+        let Some(head) = buf.get(at..at + 8) else {
+            return Ok(None);
+        };
+        let id = &head[0..4];
+        let len = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize;
+        let body = at + 8;
+        if id == b"data" {
+            let Some(rate) = rate else {
+                return Err("flite's WAV has data before its format".into());
+            };
+            return Ok(Some(WavHeader {
+                rate,
+                data_start: body,
+                data_len: len,
+            }));
+        }
+        // Chunks are padded to an even length.
+        let next = body + len + (len & 1);
+        if id == b"fmt " {
+            let Some(fmt) = buf.get(body..body + 16) else {
+                return Ok(None);
+            };
+            let format = u16::from_le_bytes([fmt[0], fmt[1]]);
+            let channels = u16::from_le_bytes([fmt[2], fmt[3]]);
+            let r = u32::from_le_bytes([fmt[4], fmt[5], fmt[6], fmt[7]]);
+            let bits = u16::from_le_bytes([fmt[14], fmt[15]]);
+            if format != 1 || channels != 1 || bits != 16 || r == 0 {
+                return Err(format!(
+                    "flite's WAV is not 16-bit mono PCM (format {format}, {channels} channels, \
+                     {bits} bits, {r} Hz)"
+                ));
+            }
+            rate = Some(r);
+        }
+        at = next;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wav(rate: u32, samples: &[i16]) -> Vec<u8> {
+        let data: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
+        let mut out = Vec::new();
+        out.extend_from_slice(b"RIFF");
+        out.extend_from_slice(&(36 + data.len() as u32 + 10).to_le_bytes());
+        out.extend_from_slice(b"WAVE");
+        // An odd-length chunk flite does not write, to check the padding.
+        out.extend_from_slice(b"LIST");
+        out.extend_from_slice(&1u32.to_le_bytes());
+        out.extend_from_slice(&[0, 0]);
+        out.extend_from_slice(b"fmt ");
+        out.extend_from_slice(&16u32.to_le_bytes());
+        out.extend_from_slice(&1u16.to_le_bytes());
+        out.extend_from_slice(&1u16.to_le_bytes());
+        out.extend_from_slice(&rate.to_le_bytes());
+        out.extend_from_slice(&(rate * 2).to_le_bytes());
+        out.extend_from_slice(&2u16.to_le_bytes());
+        out.extend_from_slice(&16u16.to_le_bytes());
+        out.extend_from_slice(b"data");
+        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        out.extend_from_slice(&data);
+        out
+    }
+
+    #[test]
+    fn the_header_is_read_once_complete() {
+        let w = wav(16000, &[1, 2, 3]);
+        for cut in 0..54 {
+            assert_eq!(parse_header(&w[..cut]).unwrap(), None, "cut at {cut}");
+        }
+        let h = parse_header(&w).unwrap().unwrap();
+        assert_eq!(
+            h,
+            WavHeader {
+                rate: 16000,
+                data_start: 54,
+                data_len: 6
+            }
+        );
+        assert!(parse_header(b"RIFX\0\0\0\0WAVE").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_wav_stream_becomes_whole_frames_at_8_khz() {
+        let samples: Vec<i16> = (0..16000).map(|i| ((i % 40) * 100) as i16).collect();
+        let bytes = wav(16000, &samples);
+        let (tx, mut rx) = mpsc::channel(1000);
+        stream_wav(&mut &bytes[..], &tx).await.unwrap();
+        drop(tx);
+        let mut n = 0;
+        while let Some(f) = rx.recv().await {
+            assert_eq!(f.unwrap().len(), FRAME_SAMPLES);
+            n += 1;
+        }
+        assert_eq!(n, 50, "one second is 50 frames");
+    }
+}
