@@ -37,7 +37,7 @@ use tokio::time::{Instant, sleep_until};
 
 use super::brain::{Action, Brain, BrainEvent, Conversation, Input, Message, Role};
 use super::chunker::Chunker;
-use super::providers::{Stt, SttStream, Tts};
+use super::providers::{ProviderError, Stt, SttStream, Tts};
 use super::turn::{FRAME, Playback, PlaybackLedger, TurnConfig, TurnEvent, TurnTaker};
 use crate::metrics::{AGENT_PIPELINE_OVERHEAD_SECONDS, AGENT_TURN_LATENCY_SECONDS};
 
@@ -233,6 +233,96 @@ impl Playout {
     }
 }
 
+/// Frames kept while the recognizer opens (5 s); older ones are dropped.
+const EARLY_FRAMES: usize = 250;
+
+type Opening = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Box<dyn SttStream>, ProviderError>> + Send>,
+>;
+
+/// The call's recognition stream: opening (frames are kept and sent once
+/// it is open), open, or gone (the agent answers DTMF only).
+struct Recognizer {
+    opening: Option<Opening>,
+    stream: Option<Box<dyn SttStream>>,
+    early: VecDeque<Vec<i16>>,
+}
+
+impl Recognizer {
+    fn opening(stt: Arc<dyn Stt>) -> Self {
+        Recognizer {
+            opening: Some(Box::pin(async move { stt.open().await })),
+            stream: None,
+            early: VecDeque::new(),
+        }
+    }
+
+    fn is_opening(&self) -> bool {
+        self.opening.is_some()
+    }
+
+    /// Resolves when the stream has opened (or failed to).
+    async fn opened(&mut self) -> Result<Box<dyn SttStream>, ProviderError> {
+        match self.opening.as_mut() {
+            Some(f) => f.await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Takes the opened stream and sends it the frames kept meanwhile.
+    async fn ready(&mut self, opened: Result<Box<dyn SttStream>, ProviderError>) {
+        self.opening = None;
+        match opened {
+            Ok(stream) => {
+                self.stream = Some(stream);
+                let early = std::mem::take(&mut self.early);
+                for frame in early {
+                    if !self.push(&frame).await {
+                        break;
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "STT unavailable; the agent answers DTMF only");
+                self.early.clear();
+            }
+        }
+    }
+
+    /// Sends a frame (or keeps it while opening); whether it was sent.
+    async fn push(&mut self, frame: &[i16]) -> bool {
+        if let Some(s) = self.stream.as_mut() {
+            if let Err(e) = s.push(frame).await {
+                tracing::warn!(error = %e, "STT failed");
+                self.stream = None;
+                return false;
+            }
+            return true;
+        }
+        if self.opening.is_some() {
+            if self.early.len() == EARLY_FRAMES {
+                self.early.pop_front();
+            }
+            self.early.push_back(frame.to_vec());
+        }
+        false
+    }
+
+    /// The open stream, waiting up to `limit` for one still opening.
+    async fn stream(&mut self, limit: Duration) -> Option<&mut dyn SttStream> {
+        if self.opening.is_some() {
+            match tokio::time::timeout(limit, self.opened()).await {
+                Ok(opened) => self.ready(opened).await,
+                Err(_) => tracing::debug!("STT still opening at the end of a turn"),
+            }
+        }
+        match self.stream.as_mut() {
+            Some(s) => Some(s.as_mut()),
+            None => None,
+        }
+    }
+}
+
 impl AgentSession {
     /// Runs until `input` closes; answers the conversation (the call's
     /// transcript and the brain's final state).
@@ -243,13 +333,9 @@ impl AgentSession {
     ) -> Conversation {
         let epoch = self.config.epoch.unwrap_or_else(Instant::now);
         let now = || epoch.elapsed();
-        let mut stt = match self.stt.open().await {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!(error = %e, "STT unavailable; the agent answers DTMF only");
-                None
-            }
-        };
+        // The recognizer opens while the greeting plays (a cold one loads
+        // its model for about half a second).
+        let mut stt = Recognizer::opening(self.stt.clone());
         let mut turn = TurnTaker::new(self.config.turn.clone());
         let mut conv = Conversation::default();
         let mut p = Playout {
@@ -303,6 +389,7 @@ impl AgentSession {
                         Some(ReplyMsg::Done) | None => r.done = true,
                     }
                 }
+                opened = stt.opened(), if stt.is_opening() => stt.ready(opened).await,
                 _ = tick.tick(), if !p.queue.is_empty() => {
                     for _ in 0..p.due(Instant::now()) {
                         let Some(frame) = p.queue.pop_front() else { break };
@@ -329,6 +416,8 @@ impl AgentSession {
                             greet_at = None;
                             let at = now();
                             let pressed = Input::Dtmf(d);
+                            // The transcript stays in order: the cut reply first.
+                            self.interrupt(&mut reply, &mut conv, &mut p, None, &out, at).await;
                             let _ = out.send(SessionOutput::Said(Said {
                                 role: Role::User,
                                 text: pressed.as_history(),
@@ -338,20 +427,14 @@ impl AgentSession {
                                 heard: None,
                                 latency: None,
                             })).await;
-                            self.interrupt(&mut reply, &mut conv, &mut p, None, &out, at).await;
                             let marks = Marks { since: Some(at), ..Marks::default() };
                             reply = Some(self.start(&conv, Some(pressed), marks));
                             p.reset();
                         }
                         SessionInput::Frame { at, pcm } => {
-                            if let Some(s) = stt.as_mut() {
-                                if let Err(e) = s.push(&pcm).await {
-                                    tracing::warn!(error = %e, "STT failed");
-                                    stt = None;
-                                } else {
-                                    metrics::histogram!(AGENT_PIPELINE_OVERHEAD_SECONDS, "path" => "rtp_in_to_stt")
-                                        .record(now().saturating_sub(at).as_secs_f64());
-                                }
+                            if stt.push(&pcm).await {
+                                metrics::histogram!(AGENT_PIPELINE_OVERHEAD_SECONDS, "path" => "rtp_in_to_stt")
+                                    .record(now().saturating_sub(at).as_secs_f64());
                             }
                             let playback = if playing {
                                 Playback::Playing { played: p.played }
@@ -367,13 +450,14 @@ impl AgentSession {
                                 }
                                 Some(TurnEvent::EndOfTurn { at: end, .. }) => {
                                     let start = speech_start.take().unwrap_or(end);
-                                    let text = match stt.as_mut() {
-                                        Some(s) => self.final_text(s.as_mut()).await,
+                                    let text = match stt.stream(self.final_limit()).await {
+                                        Some(s) => self.final_text(s).await,
                                         None => None,
                                     };
                                     let stt_final = now();
                                     let greeting = greet_at.take().is_some();
                                     if let Some(text) = text {
+                                        self.interrupt(&mut reply, &mut conv, &mut p, None, &out, stt_final).await;
                                         let _ = out.send(SessionOutput::Said(Said {
                                             role: Role::User,
                                             text: text.clone(),
@@ -383,7 +467,6 @@ impl AgentSession {
                                             heard: None,
                                             latency: None,
                                         })).await;
-                                        self.interrupt(&mut reply, &mut conv, &mut p, None, &out, stt_final).await;
                                         let marks = Marks {
                                             since: Some(end),
                                             stt_final: Some(stt_final),
@@ -436,18 +519,22 @@ impl AgentSession {
         conv
     }
 
+    /// How long STT may take to give the final text of a turn.
+    fn final_limit(&self) -> Duration {
+        if self.config.stt_final_timeout.is_zero() {
+            Duration::from_secs(2)
+        } else {
+            self.config.stt_final_timeout
+        }
+    }
+
     /// Waits (bounded) for STT's final text of the turn that just ended.
     async fn final_text(&self, stt: &mut dyn SttStream) -> Option<String> {
         if let Err(e) = stt.end_of_turn().await {
             tracing::warn!(error = %e, "STT failed");
             return None;
         }
-        let limit = if self.config.stt_final_timeout.is_zero() {
-            Duration::from_secs(2)
-        } else {
-            self.config.stt_final_timeout
-        };
-        let deadline = tokio::time::Instant::now() + limit;
+        let deadline = tokio::time::Instant::now() + self.final_limit();
         // Bounded by the deadline: partial transcripts are skipped.
         loop {
             match tokio::time::timeout_at(deadline, stt.next()).await {
@@ -842,7 +929,7 @@ mod tests {
             base: None,
         };
         let t0 = Instant::now();
-        let mut hand = |p: &mut Playout, at: Duration| {
+        let hand = |p: &mut Playout, at: Duration| {
             let n = p.due(t0 + at);
             p.played += FRAME * n as u32;
             n
