@@ -444,7 +444,8 @@ impl AgentSession {
                             match turn.push(at, &pcm, playback) {
                                 Some(TurnEvent::SpeechStarted { at }) => speech_start = Some(at),
                                 Some(TurnEvent::Backchannel { .. }) => speech_start = None,
-                                Some(TurnEvent::BargeIn { heard_ms, .. }) => {
+                                Some(TurnEvent::BargeIn { heard_ms, start, .. }) => {
+                                    speech_start.get_or_insert(start);
                                     self.interrupt(&mut reply, &mut conv, &mut p, Some(heard_ms), &out, now()).await;
                                     p.reset();
                                 }
