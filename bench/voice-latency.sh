@@ -24,7 +24,7 @@ calc() { awk "BEGIN {print ($*)}"; }
 ticks() { awk '{print $14 + $15 + $16 + $17}' "/proc/$1/stat"; }
 
 cargo build --release --quiet
-BIN=$PWD/target/release/agentline
+BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/agentline
 WORK=$(mktemp -d)
 trap 'kill $DAEMON 2>/dev/null || true; rm -rf "$WORK"' EXIT
 API=127.0.0.1:$(free_port)

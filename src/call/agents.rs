@@ -68,7 +68,7 @@ pub enum AgentRequest {
 pub struct Voice {
     /// Taken when the call is answered.
     session: Option<AgentSession>,
-    /// The clock of the session's offsets: the answer.
+    /// The clock of the session's offsets: the answer (set by `start`).
     epoch: Instant,
     input: Option<mpsc::Sender<SessionInput>>,
     output: Option<mpsc::Receiver<SessionOutput>>,
@@ -135,7 +135,6 @@ impl AgentRun {
                 let tts = speech
                     .tts(settings.tts.as_ref())
                     .map_err(|e| format!("voice agent text-to-speech: {e}"))?;
-                let epoch = Instant::now();
                 let config = SessionConfig {
                     turn: settings.turn.clone().unwrap_or_default().config(),
                     greeting: settings
@@ -143,7 +142,6 @@ impl AgentRun {
                         .clone()
                         .unwrap_or_default()
                         .greeting(inbound),
-                    epoch: Some(epoch),
                     ..SessionConfig::default()
                 };
                 Ok(AgentRun::Voice(Box::new(Voice {
@@ -153,7 +151,7 @@ impl AgentRun {
                         tts,
                         config,
                     }),
-                    epoch,
+                    epoch: Instant::now(),
                     input: None,
                     output: None,
                     task: None,
@@ -310,9 +308,12 @@ impl AgentRun {
 
 impl Voice {
     fn start(&mut self) {
-        let Some(session) = self.session.take() else {
+        let Some(mut session) = self.session.take() else {
             return;
         };
+        // Transcript offsets and frame times count from the answer.
+        self.epoch = Instant::now();
+        session.config.epoch = Some(self.epoch);
         let (in_tx, in_rx) = mpsc::channel(SESSION_INPUT_FRAMES);
         let (out_tx, out_rx) = mpsc::channel(SESSION_OUTPUT);
         let span = tracing::info_span!("agent_session");
