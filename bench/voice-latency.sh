@@ -10,12 +10,12 @@
 #      p50 and p99 from the Prometheus histograms (bucket upper bounds);
 #   3. CPU per concurrent conversation (daemon plus its engine processes).
 # Every load is bounded: CALLS calls of SECONDS each, one SIPp run.
-# Usage: bench/voice-latency.sh [CALLS] [SECONDS]   defaults: 5 75
+# Usage: bench/voice-latency.sh [CALLS] [SECONDS]   defaults: 6 95 (54 turns or more)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-CALLS=${1:-5}
-HOLD=${2:-75}
+CALLS=${1:-6}
+HOLD=${2:-95}
 NUMBER=+14155552671
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -26,7 +26,7 @@ ticks() { awk '{print $14 + $15 + $16 + $17}' "/proc/$1/stat"; }
 cargo build --release --quiet
 BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/agentline
 WORK=$(mktemp -d)
-trap 'kill $DAEMON 2>/dev/null || true; rm -rf "$WORK"' EXIT
+trap 'kill $DAEMON 2>/dev/null || true; [ -n "${KEEP:-}" ] && echo "kept $WORK" || rm -rf "$WORK"' EXIT
 API=127.0.0.1:$(free_port)
 SIP_PORT=$(free_port)
 mkdir -p "$WORK/profiles"

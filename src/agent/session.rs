@@ -308,19 +308,71 @@ impl Recognizer {
         false
     }
 
-    /// The open stream, waiting up to `limit` for one still opening.
-    async fn stream(&mut self, limit: Duration) -> Option<&mut dyn SttStream> {
+    /// The caller's turn ended: asks the stream (waiting up to `limit` for
+    /// one still opening) to finalise it; whether a final text will come.
+    async fn end_of_turn(&mut self, limit: Duration) -> bool {
         if self.opening.is_some() {
             match tokio::time::timeout(limit, self.opened()).await {
                 Ok(opened) => self.ready(opened).await,
                 Err(_) => tracing::debug!("STT still opening at the end of a turn"),
             }
         }
-        match self.stream.as_mut() {
-            Some(s) => Some(s.as_mut()),
-            None => None,
+        let Some(s) = self.stream.as_mut() else {
+            return false;
+        };
+        if let Err(e) = s.end_of_turn().await {
+            tracing::warn!(error = %e, "STT failed");
+            self.stream = None;
+            return false;
+        }
+        true
+    }
+
+    /// The stream has opened, or the final text of the turn asked for
+    /// (by `deadline`) is there.
+    async fn next_event(&mut self, deadline: Option<Instant>) -> SttEvent {
+        if self.opening.is_some() {
+            return SttEvent::Opened(self.opened().await);
+        }
+        SttEvent::Final(self.final_text(deadline).await)
+    }
+
+    /// The final text of the turn asked for, skipping partials; `None`
+    /// when it is empty, fails, or is not there by `deadline`. Cancel-safe
+    /// (a stream's `next` is; only partials are consumed).
+    async fn final_text(&mut self, deadline: Option<Instant>) -> Option<String> {
+        let deadline = deadline?;
+        let stream = self.stream.as_mut()?;
+        // Bounded by the deadline.
+        loop {
+            match tokio::time::timeout_at(deadline, stream.next()).await {
+                Ok(Some(Ok(t))) if t.is_final => {
+                    let text = t.text.trim().to_string();
+                    return (!text.is_empty()).then_some(text);
+                }
+                Ok(Some(Ok(_))) => continue,
+                Ok(Some(Err(e))) => {
+                    tracing::warn!(error = %e, "STT failed");
+                    return None;
+                }
+                Ok(None) | Err(_) => return None,
+            }
         }
     }
+}
+
+/// What the recognizer has for the session.
+enum SttEvent {
+    Opened(Result<Box<dyn SttStream>, ProviderError>),
+    Final(Option<String>),
+}
+
+/// A caller's turn waiting for its final text.
+#[derive(Debug, Clone, Copy)]
+struct Awaiting {
+    start: Duration,
+    end: Duration,
+    deadline: Instant,
 }
 
 impl AgentSession {
@@ -353,6 +405,8 @@ impl AgentSession {
             .is_none()
             .then(|| self.start(&conv, None, Marks::default()));
         let mut speech_start: Option<Duration> = None;
+        // The caller's turn whose final text STT owes us.
+        let mut awaiting: Option<Awaiting> = None;
         let mut tick = tokio::time::interval(FRAME);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         'session: loop {
@@ -389,7 +443,41 @@ impl AgentSession {
                         Some(ReplyMsg::Done) | None => r.done = true,
                     }
                 }
-                opened = stt.opened(), if stt.is_opening() => stt.ready(opened).await,
+                event = stt.next_event(awaiting.map(|a| a.deadline)), if stt.is_opening() || awaiting.is_some() => {
+                    let text = match event {
+                        SttEvent::Opened(opened) => {
+                            stt.ready(opened).await;
+                            continue;
+                        }
+                        SttEvent::Final(text) => text,
+                    };
+                    let Some(Awaiting { start, end, .. }) = awaiting.take() else { continue };
+                    let stt_final = now();
+                    let greeting = greet_at.take().is_some();
+                    if let Some(text) = text {
+                        self.interrupt(&mut reply, &mut conv, &mut p, None, &out, stt_final).await;
+                        let _ = out.send(SessionOutput::Said(Said {
+                            role: Role::User,
+                            text: text.clone(),
+                            start,
+                            end,
+                            interrupted: false,
+                            heard: None,
+                            latency: None,
+                        })).await;
+                        let marks = Marks {
+                            since: Some(end),
+                            stt_final: Some(stt_final),
+                            ..Marks::default()
+                        };
+                        // The callee's "Hello?" is answered with the greeting.
+                        let input = (!greeting).then_some(Input::Text(text));
+                        reply = Some(self.start(&conv, input, marks));
+                        p.reset();
+                    } else if greeting {
+                        reply = Some(self.start(&conv, None, Marks::default()));
+                    }
+                }
                 _ = tick.tick(), if !p.queue.is_empty() => {
                     for _ in 0..p.due(Instant::now()) {
                         let Some(frame) = p.queue.pop_front() else { break };
@@ -451,33 +539,15 @@ impl AgentSession {
                                 }
                                 Some(TurnEvent::EndOfTurn { at: end, .. }) => {
                                     let start = speech_start.take().unwrap_or(end);
-                                    let text = match stt.stream(self.final_limit()).await {
-                                        Some(s) => self.final_text(s).await,
-                                        None => None,
-                                    };
-                                    let stt_final = now();
-                                    let greeting = greet_at.take().is_some();
-                                    if let Some(text) = text {
-                                        self.interrupt(&mut reply, &mut conv, &mut p, None, &out, stt_final).await;
-                                        let _ = out.send(SessionOutput::Said(Said {
-                                            role: Role::User,
-                                            text: text.clone(),
+                                    if stt.end_of_turn(self.final_limit()).await {
+                                        // The final text is awaited in the loop: playback
+                                        // and barge-in go on meanwhile.
+                                        awaiting = Some(Awaiting {
                                             start,
                                             end,
-                                            interrupted: false,
-                                            heard: None,
-                                            latency: None,
-                                        })).await;
-                                        let marks = Marks {
-                                            since: Some(end),
-                                            stt_final: Some(stt_final),
-                                            ..Marks::default()
-                                        };
-                                        // The callee's "Hello?" is answered with the greeting.
-                                        let input = (!greeting).then_some(Input::Text(text));
-                                        reply = Some(self.start(&conv, input, marks));
-                                        p.reset();
-                                    } else if greeting {
+                                            deadline: Instant::now() + self.final_limit(),
+                                        });
+                                    } else if greet_at.take().is_some() {
                                         reply = Some(self.start(&conv, None, Marks::default()));
                                     }
                                 }
@@ -526,30 +596,6 @@ impl AgentSession {
             Duration::from_secs(2)
         } else {
             self.config.stt_final_timeout
-        }
-    }
-
-    /// Waits (bounded) for STT's final text of the turn that just ended.
-    async fn final_text(&self, stt: &mut dyn SttStream) -> Option<String> {
-        if let Err(e) = stt.end_of_turn().await {
-            tracing::warn!(error = %e, "STT failed");
-            return None;
-        }
-        let deadline = tokio::time::Instant::now() + self.final_limit();
-        // Bounded by the deadline: partial transcripts are skipped.
-        loop {
-            match tokio::time::timeout_at(deadline, stt.next()).await {
-                Ok(Some(Ok(t))) if t.is_final => {
-                    let text = t.text.trim().to_string();
-                    return (!text.is_empty()).then_some(text);
-                }
-                Ok(Some(Ok(_))) => continue,
-                Ok(Some(Err(e))) => {
-                    tracing::warn!(error = %e, "STT failed");
-                    return None;
-                }
-                Ok(None) | Err(_) => return None,
-            }
         }
     }
 
