@@ -12,10 +12,11 @@
 //! holds ([`SessionOutput::ClearAudio`]) and cuts the agent's last message
 //! to what the caller heard. Actions run after the reply has played.
 //!
-//! Nothing in the loop waits on a provider: the recognizer opens while the
+//! The loop does not wait on the providers: the recognizer opens while the
 //! greeting plays (frames are kept until it is ready), and after an end of
 //! turn the final text is awaited as one more event, so playback, barge-in
-//! and the caller's next frames go on meanwhile.
+//! and the caller's next frames go on meanwhile (only an end of turn
+//! that comes before the recognizer has opened waits for it, bounded).
 //!
 //! Opening ([`Greeting`]): the agent greets at once, or (outbound calls)
 //! waits for the callee's first words to end, or for a timeout when none
