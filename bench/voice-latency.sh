@@ -96,6 +96,7 @@ def q(values, p):
     return values[min(len(values) - 1, int(p * len(values)))] if values else None
 stages = ["stt_final_ms", "llm_first_token_ms", "tts_first_audio_ms", "first_rtp_ms"]
 rows = {s: [] for s in stages}
+share = []
 turns = 0
 for call in json.load(open("calls.json"))["items"]:
     for t in get(f"/v1/calls/{call['id']}/transcript")["turns"]:
@@ -105,6 +106,8 @@ for call in json.load(open("calls.json"))["items"]:
             for s in stages:
                 if lat.get(s) is not None:
                     rows[s].append(lat[s])
+            if lat.get("first_rtp_ms") is not None and lat.get("tts_first_audio_ms") is not None:
+                share.append(lat["first_rtp_ms"] - lat["tts_first_audio_ms"])
 print(f"{turns} answered turns.\n")
 print("| from the end of the caller's speech to | p50 ms | p99 ms | turns |")
 print("|---|---:|---:|---:|")
@@ -128,6 +131,9 @@ for path, b in sorted(buckets.items()):
     def upper(p):
         return next((le for le, n in b if n >= p * total), float("inf"))
     print(f"| {path} | {upper(0.5) * 1000:g} | {upper(0.99) * 1000:g} | {total:.0f} |")
+print()
+print(f"TTS first audio to first RTP packet, per turn from the transcripts: "
+      f"p50 {q(share, 0.5)} ms, p99 {q(share, 0.99)} ms ({len(share)} turns).")
 PY
 echo
 cpu=$(calc "($after - $before) / $HZ / ($t1 - $t0) * 100 / $CALLS")

@@ -77,9 +77,9 @@ pub const AGENT_BARGE_INS_TOTAL: &str = "agentline_agent_barge_ins_total";
 /// `llm_first_token` | `tts_first_audio` | `first_frame_out` | `first_rtp`.
 pub const AGENT_TURN_LATENCY_SECONDS: &str = "agentline_agent_turn_latency_seconds";
 /// Histogram: the daemon's own share of a turn, label `path` =
-/// `rtp_in_to_stt` (a caller frame from the call task to the STT push) |
-/// `tts_to_rtp_out` (a reply's first frame from the session to its first
-/// RTP packet).
+/// `rtp_in_to_stt` (a caller frame from the call task, after the jitter
+/// buffer, to the STT push) | `tts_to_rtp_out` (a reply's first TTS frame
+/// to its first RTP packet).
 pub const AGENT_PIPELINE_OVERHEAD_SECONDS: &str = "agentline_agent_pipeline_overhead_seconds";
 
 /// Installs the process-wide recorder and starts its upkeep. Called once by

@@ -52,6 +52,11 @@ use crate::metrics::{AGENT_PIPELINE_OVERHEAD_SECONDS, AGENT_TURN_LATENCY_SECONDS
 /// dry when the two clocks drift by a few milliseconds.
 const LEAD_FRAMES: usize = 2;
 
+/// How long STT may take to finalise a turn by default. Generous: the wait
+/// holds nothing up, and a loaded machine's recognizer can lag by seconds
+/// (a turn given up on gets no reply at all).
+pub const DEFAULT_STT_FINAL_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// What the call layer feeds the session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionInput {
@@ -121,7 +126,7 @@ pub enum Greeting {
 pub struct SessionConfig {
     pub turn: TurnConfig,
     /// How long to wait for STT's final text after the end of a turn
-    /// (default 2 s when zero).
+    /// ([`DEFAULT_STT_FINAL_TIMEOUT`] when zero).
     pub stt_final_timeout: Duration,
     pub greeting: Greeting,
     /// The session's clock starts here (the call layer's answer, which
@@ -599,7 +604,7 @@ impl AgentSession {
     /// How long STT may take to give the final text of a turn.
     fn final_limit(&self) -> Duration {
         if self.config.stt_final_timeout.is_zero() {
-            Duration::from_secs(2)
+            DEFAULT_STT_FINAL_TIMEOUT
         } else {
             self.config.stt_final_timeout
         }

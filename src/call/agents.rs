@@ -239,6 +239,8 @@ impl AgentRun {
             }
             SessionOutput::ClearAudio => {
                 tracing::debug!("barge-in: agent audio cleared");
+                // What was handed out may never be sent: no measurement.
+                v.play_requested = None;
                 media.clear().await?;
             }
             SessionOutput::Said(said) => v.record(said),
@@ -253,8 +255,6 @@ impl AgentRun {
             && let Some(requested) = v.play_requested.take()
         {
             v.last_rtp_delay = requested.elapsed();
-            metrics::histogram!(AGENT_PIPELINE_OVERHEAD_SECONDS, "path" => "tts_to_rtp_out")
-                .record(v.last_rtp_delay.as_secs_f64());
         }
     }
 
@@ -343,6 +343,11 @@ impl Voice {
         if let Some(d) = first_rtp {
             metrics::histogram!(AGENT_TURN_LATENCY_SECONDS, "stage" => "first_rtp")
                 .record(d.as_secs_f64());
+            // The daemon's share: TTS's first frame to the wire.
+            if let Some(tts) = latency.tts_first_audio {
+                metrics::histogram!(AGENT_PIPELINE_OVERHEAD_SECONDS, "path" => "tts_to_rtp_out")
+                    .record(d.saturating_sub(tts).as_secs_f64());
+            }
         }
         self.turns.push(NewTurn {
             speaker: match said.role {
