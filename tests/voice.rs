@@ -184,10 +184,18 @@ async fn transcript_shape_summary_and_404s(backend: Backend) {
             assert!(turn["heard"].is_null(), "{turn}");
         }
     }
-    // The greeting plays first, from the answer on, and lasts.
+    // The greeting plays first, before any key, and has no latency (it
+    // answers nothing).
     assert_eq!(turns[0]["speaker"], "agent");
-    assert!(turns[0]["start_ms"].as_i64().unwrap() < 500, "{t}");
-    assert!(turns[0]["end_ms"].as_i64().unwrap() > 1000, "{t}");
+    assert_eq!(turns[1]["speaker"], "caller");
+    assert!(
+        turns[0]["start_ms"].as_i64() < turns[1]["start_ms"].as_i64(),
+        "{t}"
+    );
+    assert!(
+        turns[0]["end_ms"].as_i64() > turns[0]["start_ms"].as_i64(),
+        "{t}"
+    );
     assert!(turns[0]["latency"].is_null(), "{t}");
     // A reply to a key has no STT step but every other one.
     let reply = turns
@@ -459,9 +467,11 @@ async fn barge_in_stops_the_agent_on_the_wire() {
             "turn": {"barge_in_min_ms": 60},
             "script": {
                 "start": "main",
-                "greeting": "Thank you for calling the city library. Our opening hours are nine to five \
-                             on weekdays and ten to four on Saturdays. Please listen carefully, because \
-                             our menu options have changed.",
+                // One piece for TTS (no sentence or clause breaks): the
+                // agent speaks without a pause for the caller to fall into.
+                "greeting": "Thank you for calling the city library where our opening hours are nine \
+                             to five on weekdays and ten to four on Saturdays so please listen carefully \
+                             because our menu options have changed",
                 "states": {"main": {"intents": [
                     {"name": "hours", "keywords": ["hours"], "reply": "We open at nine."}
                 ]}}

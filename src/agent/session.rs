@@ -51,6 +51,8 @@ use crate::metrics::{AGENT_PIPELINE_OVERHEAD_SECONDS, AGENT_TURN_LATENCY_SECONDS
 /// RTP pacer then holds one frame ahead of our 20 ms tick and does not run
 /// dry when the two clocks drift by a few milliseconds.
 const LEAD_FRAMES: usize = 2;
+/// Pieces of a reply whose synthesis may run ahead of the one playing.
+const TTS_AHEAD: usize = 2;
 
 /// How long STT may take to finalise a turn by default. Generous: the wait
 /// holds nothing up, and a loaded machine's recognizer can lag by seconds
@@ -684,7 +686,12 @@ impl AgentSession {
                     }
                 }
             };
-            let speak = {
+            // Each piece's synthesis starts as soon as the piece is cut, up
+            // to `TTS_AHEAD` pieces before the one playing, so the next
+            // sentence is ready when the current one ends (a piece's TTS
+            // process starting late would leave a gap on the wire).
+            let (piece_tx, mut piece_rx) = mpsc::channel(TTS_AHEAD);
+            let cut = {
                 let tx = tx.clone();
                 async move {
                     let mut chunker = Chunker::default();
@@ -697,16 +704,29 @@ impl AgentSession {
                                 let _ = tx.send(ReplyMsg::FirstToken);
                             }
                             for piece in chunker.push(&d) {
-                                speak(tts.as_ref(), &piece, &tx).await;
+                                let audio = tts.speak(&piece).await;
+                                if piece_tx.send((piece, audio)).await.is_err() {
+                                    return;
+                                }
                             }
                         }
                     }
                     if let Some(piece) = chunker.finish() {
-                        speak(tts.as_ref(), &piece, &tx).await;
+                        let audio = tts.speak(&piece).await;
+                        let _ = piece_tx.send((piece, audio)).await;
                     }
                 }
             };
-            tokio::join!(think, speak);
+            let speak = {
+                let tx = tx.clone();
+                async move {
+                    // Ends when the cutter is done and every piece is played.
+                    while let Some((piece, audio)) = piece_rx.recv().await {
+                        forward(&piece, audio, &tx).await;
+                    }
+                }
+            };
+            tokio::join!(think, cut, speak);
             let _ = tx.send(ReplyMsg::Done);
         });
         Reply {
@@ -723,9 +743,13 @@ impl AgentSession {
     }
 }
 
-/// Speaks one piece: its frames, then its text with its length.
-async fn speak(tts: &dyn Tts, piece: &str, tx: &mpsc::UnboundedSender<ReplyMsg>) {
-    match tts.speak(piece).await {
+/// Forwards one piece's audio: its frames, then its text with its length.
+async fn forward(
+    piece: &str,
+    audio: Result<super::providers::Audio, ProviderError>,
+    tx: &mpsc::UnboundedSender<ReplyMsg>,
+) {
+    match audio {
         Ok(mut audio) => {
             let mut length = Duration::ZERO;
             // Ends when the TTS stream ends.
