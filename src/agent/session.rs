@@ -436,6 +436,11 @@ impl AgentSession {
                         }
                         Some(ReplyMsg::Frame(f)) => {
                             r.marks.first_audio.get_or_insert(now());
+                            if p.queue.is_empty() && p.played.is_zero() {
+                                // A new run of audio goes out now, not on the
+                                // next 20 ms boundary of an idle clock.
+                                tick.reset_immediately();
+                            }
                             p.queue.push_back(f);
                         }
                         Some(ReplyMsg::Spoken(text, d)) => {
