@@ -12,7 +12,8 @@
 //! Retry-After, active calls finish up to `shutdown.drain_seconds`, then the
 //! trunks unregister), a second SIGTERM or a SIGINT hangs up every call with
 //! BYE at once; SIGHUP reloads the SIP profiles and applies the difference
-//! (registrations of changed trunks only; calls are not touched).
+//! (registrations of changed trunks only; calls are not touched; the
+//! campaign dialer reads the trunk caps anew at each pass).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -27,7 +28,7 @@ use crate::agent::speech::Speech;
 use crate::api::{self, AppState, Readiness};
 use crate::call::campaign_dialer::{CallDialer, report_outcomes};
 use crate::call::{Calls, EndReason};
-use crate::campaign::dialer::{Driver, DriverConfig};
+use crate::campaign::dialer::{Driver, DriverConfig, TrunkCaps};
 use crate::campaign::pacing::Caps;
 use crate::config::{Config, ConfigError, Profiles, SharedProfiles};
 use crate::store::{Store, StoreError};
@@ -207,21 +208,24 @@ impl App {
     /// before the first dial.
     fn start_campaigns(&self) -> CampaignTasks {
         let c = &self.config.campaigns;
-        let trunks: Vec<(String, Caps)> = self
-            .state
-            .profiles()
-            .by_name
-            .values()
-            .map(|p| {
-                (
-                    p.id(),
-                    Caps {
-                        max_calls: p.limits.max_calls,
-                        cps: f64::from(p.limits.cps),
-                    },
-                )
-            })
-            .collect();
+        // Read from the live profiles at each pass: SIGHUP changes them.
+        let state = self.state.clone();
+        let trunks: TrunkCaps = Box::new(move || {
+            state
+                .profiles()
+                .by_name
+                .values()
+                .map(|p| {
+                    (
+                        p.id(),
+                        Caps {
+                            max_calls: p.limits.max_calls,
+                            cps: f64::from(p.limits.cps),
+                        },
+                    )
+                })
+                .collect()
+        });
         let store = self.state.store.clone();
         let cfg = DriverConfig {
             global_max_calls: c.max_concurrent_calls,
@@ -233,7 +237,7 @@ impl App {
             ..DriverConfig::default()
         };
         let dialer = Arc::new(CallDialer::new(self.calls.clone()));
-        let driver = Arc::new(Driver::new(store, dialer, cfg, &trunks));
+        let driver = Arc::new(Driver::new(self.state.outbox.clone(), dialer, cfg, trunks));
         let (stop_outcomes, outcomes_stopped) = watch::channel(false);
         let outcomes = tokio::spawn(report_outcomes(
             self.calls.subscribe(),

@@ -163,6 +163,7 @@ async fn run(config: Config) -> Result<(), StartError> {
             None
         }
     };
+    crate::memory::start_trimming();
     let app = App::build(config, metrics).await?;
     let (control, control_rx) = watch::channel(Control::Run);
     let signals = app::watch_signals(control, app.reloader())

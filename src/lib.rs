@@ -16,7 +16,8 @@
 //!   CSV import and the dialer that claims contacts with row leases.
 //! - Small shared pieces: [`trunk`] (live trunk state), [`e164`] (number
 //!   normalization), [`ids`] (prefixed ids), [`secrets`] (API keys and
-//!   webhook secrets), [`metrics`] (every metric name).
+//!   webhook secrets), [`metrics`] (every metric name), [`memory`] (hands
+//!   freed heap back to the system).
 
 pub mod agent;
 pub mod api;
@@ -28,6 +29,7 @@ pub mod config;
 pub mod e164;
 pub mod ids;
 pub mod media;
+pub mod memory;
 pub mod metrics;
 pub mod secrets;
 pub mod sip;

@@ -60,6 +60,9 @@ pub const CALLS_STARTED_TOTAL: &str = "agentline_calls_started_total";
 pub const CALLS_ENDED_TOTAL: &str = "agentline_calls_ended_total";
 /// Histogram: seconds from INVITE to 200 OK, label `direction`.
 pub const CALL_SETUP_SECONDS: &str = "agentline_call_setup_seconds";
+/// Counter: answering-machine detection verdicts, label `answered_by` =
+/// `human` | `machine` | `unknown`.
+pub const CALL_AMD_VERDICTS_TOTAL: &str = "agentline_call_amd_verdicts_total";
 
 // The agent (`crate::agent`).
 
@@ -192,6 +195,10 @@ fn describe() {
         CALL_SETUP_SECONDS,
         metrics::Unit::Seconds,
         "Time from INVITE to 200 OK, by direction."
+    );
+    metrics::describe_counter!(
+        CALL_AMD_VERDICTS_TOTAL,
+        "Answering-machine detection verdicts, by what answered."
     );
     metrics::describe_gauge!(
         SIP_REGISTRATION_STATE,

@@ -74,7 +74,11 @@ async fn crud_and_transitions(backend: Backend) {
             .json(
                 &json!({"name": "", "agent_id": "agt_nope", "caller_number": "555",
                 "trunk_ids": ["trk_nope"], "max_concurrent_calls": 0,
-                "schedule": {"start_time": "25:00", "timezone": "Nowhere"}}),
+                "schedule": {"start_time": "25:00", "timezone": "Nowhere"},
+                // Under the default `[campaigns] min_retry_delay_seconds` (60).
+                "retry_policy": {"busy": {"retries": 1, "delay_seconds": 59},
+                    "no_answer": {"retries": 1, "delay_seconds": 60},
+                    "failed": {"retries": 1, "delay_seconds": 60}}}),
             )
             .send()
             .await
@@ -96,9 +100,11 @@ async fn crud_and_transitions(backend: Backend) {
         "schedule.start_time",
         "schedule.timezone",
         "agent_id",
+        "retry_policy.busy.delay_seconds",
     ] {
         assert!(fields.contains(&f), "{f} in {fields:?}");
     }
+    assert!(!fields.contains(&"retry_policy.no_answer.delay_seconds"));
 
     let (s, b) = json_of(
         d.patch(&format!("/v1/campaigns/{id}"))
@@ -112,6 +118,26 @@ async fn crud_and_transitions(backend: Backend) {
         (s, b["name"].as_str()),
         (StatusCode::OK, Some("renewals 2"))
     );
+    assert_eq!(b["opt_out_digit"], Value::Null, "no opt-out key unless set");
+    assert_eq!(b["amd"], "off");
+    let patch = |body: Value| d.patch(&format!("/v1/campaigns/{id}")).json(&body).send();
+    let (s, b) = json_of(
+        patch(json!({"opt_out_digit": "#", "amd": "message_after_beep"}))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(
+        (b["opt_out_digit"].as_str(), b["amd"].as_str()),
+        (Some("#"), Some("message_after_beep"))
+    );
+    let (s, b) = json_of(patch(json!({"opt_out_digit": null})).await.unwrap()).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["opt_out_digit"], Value::Null, "null clears the key");
+    assert_eq!(b["amd"], "message_after_beep", "left out, kept");
+    let (s, b) = json_of(patch(json!({"amd": "sometimes"})).await.unwrap()).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
 
     let act = |a: &str| d.post(&format!("/v1/campaigns/{id}/{a}")).send();
     assert_eq!(act("pause").await.unwrap().status(), StatusCode::CONFLICT);
@@ -444,7 +470,13 @@ async fn watch_prints_the_progress_of_a_finished_campaign(backend: Backend) {
             .unwrap();
         assert!(ended.is_some());
     }
-    assert!(store.complete_campaign_if_done(&id).await.unwrap());
+    assert!(
+        store
+            .complete_campaign_if_done(&id, None)
+            .await
+            .unwrap()
+            .is_some()
+    );
 
     let out = d
         .command()

@@ -13,6 +13,7 @@ fn trunk(registrar: String, expires: u64) -> TrunkRegistration {
         trunk: "test".to_owned(),
         registrar,
         username: "alice".to_owned(),
+        auth_username: None,
         password: "secret".to_owned(),
         domain: Some("sipp.test".to_owned()),
         realm: None,
@@ -87,6 +88,35 @@ async fn register_challenged_401_then_accepted_and_refreshed() {
 
     registration.unregister().await;
     assert_eq!(*state.borrow(), RegistrationState::Unregistered);
+    let run = sipp.await.expect("sipp task");
+    assert!(run.success, "{}", run.output);
+}
+
+#[tokio::test]
+async fn register_answers_the_challenge_as_the_auth_username() {
+    let (stack, _events) = start_stack().await;
+    let port = free_udp_port();
+    let sipp = tokio::spawn(run_sipp(
+        "uas-register-expect-auth-username.xml",
+        port,
+        None,
+        &[],
+        Duration::from_secs(15),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let registration = stack
+        .register(TrunkRegistration {
+            auth_username: Some("alice-auth".to_owned()),
+            ..trunk(format!("127.0.0.1:{port}"), 60)
+        })
+        .expect("register");
+    let mut state = registration.state();
+    wait_for(&mut state, Duration::from_secs(5), |s| {
+        matches!(s, RegistrationState::Registered { .. })
+    })
+    .await;
+    registration.unregister().await;
     let run = sipp.await.expect("sipp task");
     assert!(run.success, "{}", run.output);
 }

@@ -375,6 +375,7 @@ async fn call_events_carry_the_call_and_its_sequence(backend: Backend) {
         sip_reason: None,
         end_reason: "caller_hangup",
         duration_ms: Some(4200),
+        answered_by: None,
     };
     let call = outbox.call_ended(&call_id, ended()).await.unwrap();
     assert_eq!(call.event_seq, 4);

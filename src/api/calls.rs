@@ -17,6 +17,7 @@ use super::AppState;
 use super::error::{ApiError, ErrorResponses, FieldError};
 use super::extract::{ApiJson, ApiQuery, List, Pagination};
 use crate::call::{HangupError, OutboundRequest, PlaceError};
+use crate::media::amd::AmdMode;
 use crate::store::calls::{CallFilter, CallRecord};
 use crate::{e164, ids};
 
@@ -39,6 +40,15 @@ pub enum CallStatus {
     NoAnswer,
     Failed,
     Canceled,
+}
+
+/// What answered an outbound call, by answering-machine detection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AnsweredBy {
+    Human,
+    Machine,
+    Unknown,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -66,6 +76,9 @@ pub struct Call {
     pub end_reason: Option<String>,
     /// RFC 4733 digits received, in order.
     pub dtmf: String,
+    /// `human`, `machine` or `unknown`: the verdict of answering-machine
+    /// detection; `null` when it did not run.
+    pub answered_by: Option<AnsweredBy>,
     #[schema(value_type = Object)]
     pub metadata: serde_json::Value,
     pub created_at: DateTime<Utc>,
@@ -118,6 +131,11 @@ fn parse_enum<T: serde::de::DeserializeOwned>(
 pub fn to_api(r: CallRecord) -> Result<Call, ApiError> {
     let direction = parse_enum(&r.id, "direction", &r.direction)?;
     let status = parse_enum(&r.id, "status", &r.status)?;
+    let answered_by = r
+        .answered_by
+        .as_deref()
+        .map(|a| parse_enum(&r.id, "answered_by", a))
+        .transpose()?;
     let metadata = serde_json::from_str(&r.metadata)
         .map_err(|e| ApiError::internal(format!("call {} metadata: {e}", r.id)))?;
     Ok(Call {
@@ -134,6 +152,7 @@ pub fn to_api(r: CallRecord) -> Result<Call, ApiError> {
         sip_reason: r.sip_reason,
         end_reason: r.end_reason,
         dtmf: r.dtmf,
+        answered_by,
         created_at: r.created_at,
         ringing_at: r.ringing_at,
         answered_at: r.answered_at,
@@ -212,6 +231,11 @@ pub struct CallCreate {
     /// Free JSON object stored with the call.
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Value>,
+    /// Answering-machine detection (default `off`): `hangup` ends the call
+    /// on a machine (end reason `machine_detected`); `message_after_beep`
+    /// starts the agent after the greeting's beep. Either way the agent
+    /// waits for the verdict, 3.5 s at most.
+    pub amd: Option<AmdMode>,
 }
 
 /// Headers the SIP layer owns; a request may not set them.
@@ -330,6 +354,8 @@ async fn create_call(
             .map(|s| Duration::from_secs(u64::from(s))),
         headers: body.headers.into_iter().collect(),
         metadata: metadata.to_string(),
+        amd: body.amd.unwrap_or_default(),
+        opt_out_digit: None,
     };
     let record = state.calls.place(request).await.map_err(|e| match e {
         PlaceError::UnknownFrom => ApiError::field("from", e.to_string()),

@@ -1,7 +1,8 @@
 //! `/v1/campaigns`: outbound campaigns, their contacts (JSON or a streamed
 //! CSV upload) and their progress. Status changes go through actions
 //! (`start`, `pause`, `resume`, `cancel`); one that the current status does
-//! not allow is 409.
+//! not allow is 409, and each one done writes its `campaign.*` event with
+//! the change.
 
 use std::collections::BTreeMap;
 
@@ -22,9 +23,12 @@ use super::extract::{ApiJson, ApiQuery, List, Pagination};
 use crate::campaign::csv::{ContactColumns, CsvStream, Record, RowError};
 use crate::campaign::policy::{Outcome, RetryPolicy, RetryRule};
 use crate::campaign::{Action, CONTACT_STATES, Schedule, Status};
+use crate::config::MAX_RETRY_DELAY_SECONDS;
+use crate::media::amd::AmdMode;
 use crate::store::StoreError;
 use crate::store::campaigns::{CampaignFields, CampaignRecord};
 use crate::store::contacts::{ContactRecord, NewContact};
+use crate::webhook::event::CampaignEventType;
 use crate::{e164, ids};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -64,6 +68,12 @@ pub struct Campaign {
     pub calls_per_second: f64,
     pub retry_policy: RetryPolicy,
     pub max_attempts: i64,
+    /// The DTMF key (`0`-`9`, `*`, `#`) that opts the callee out: the
+    /// number goes on the do-not-call list and the call ends. `null`: none.
+    #[schema(example = "9")]
+    pub opt_out_digit: Option<String>,
+    /// Answering-machine detection on the campaign's calls.
+    pub amd: AmdMode,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
@@ -87,10 +97,15 @@ pub struct CampaignCreate {
     pub retry_policy: Option<RetryPolicy>,
     /// Attempts per contact, 1 to 20 (default 3).
     pub max_attempts: Option<i64>,
+    /// The DTMF key (`0`-`9`, `*`, `#`) that opts the callee out (default
+    /// none: say the key in the agent's greeting when you set one).
+    pub opt_out_digit: Option<String>,
+    /// Answering-machine detection (default `off`).
+    pub amd: Option<AmdMode>,
 }
 
-/// Fields left out keep their value. Only a `draft` or `paused` campaign
-/// can change.
+/// Fields left out keep their value (`null` clears `opt_out_digit`). Only
+/// a `draft` or `paused` campaign can change.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CampaignUpdate {
@@ -103,6 +118,11 @@ pub struct CampaignUpdate {
     pub calls_per_second: Option<f64>,
     pub retry_policy: Option<RetryPolicy>,
     pub max_attempts: Option<i64>,
+    /// `null` removes the opt-out key.
+    #[serde(default, deserialize_with = "super::double_option")]
+    #[schema(value_type = Option<String>)]
+    pub opt_out_digit: Option<Option<String>>,
+    pub amd: Option<AmdMode>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -228,13 +248,15 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> ApiError {
     ApiError::internal(format!("stored campaign {what} is corrupt: {e}"))
 }
 
-fn to_api(r: CampaignRecord) -> Result<Campaign, ApiError> {
+pub(crate) fn to_api(r: CampaignRecord) -> Result<Campaign, ApiError> {
     Ok(Campaign {
         trunk_ids: serde_json::from_str(&r.trunks).map_err(|e| corrupt("trunks", e))?,
         status: Status::parse(&r.status).ok_or_else(|| corrupt("status", &r.status))?,
         schedule: serde_json::from_str(&r.schedule).map_err(|e| corrupt("schedule", e))?,
         retry_policy: serde_json::from_str(&r.retry_policy)
             .map_err(|e| corrupt("retry policy", e))?,
+        amd: AmdMode::parse(&r.amd).ok_or_else(|| corrupt("amd", &r.amd))?,
+        opt_out_digit: r.opt_out_digit,
         id: r.id,
         name: r.name,
         agent_id: r.agent_id,
@@ -277,6 +299,8 @@ struct Valid {
     calls_per_second: f64,
     retry_policy: String,
     max_attempts: i64,
+    opt_out_digit: Option<String>,
+    amd: AmdMode,
 }
 
 impl Valid {
@@ -291,6 +315,8 @@ impl Valid {
             calls_per_second: self.calls_per_second,
             retry_policy: &self.retry_policy,
             max_attempts: self.max_attempts,
+            opt_out_digit: self.opt_out_digit.as_deref(),
+            amd: self.amd.as_str(),
         }
     }
 }
@@ -308,6 +334,8 @@ async fn validate(
     calls_per_second: f64,
     retry_policy: RetryPolicy,
     max_attempts: i64,
+    opt_out_digit: Option<String>,
+    amd: AmdMode,
 ) -> Result<Valid, ApiError> {
     let mut details = Vec::new();
     let mut problem = |field: &str, message: &str| {
@@ -342,6 +370,14 @@ async fn validate(
     if !(1..=20).contains(&max_attempts) {
         problem("max_attempts", "must be between 1 and 20");
     }
+    if opt_out_digit.as_deref().is_some_and(|d| {
+        d.len() != 1
+            || !d
+                .chars()
+                .all(|c| c.is_ascii_digit() || c == '*' || c == '#')
+    }) {
+        problem("opt_out_digit", "must be one DTMF key: 0-9, * or #");
+    }
     for (field, rule) in [
         ("busy", retry_policy.busy),
         ("no_answer", retry_policy.no_answer),
@@ -357,10 +393,11 @@ async fn validate(
                 "must be at most 20",
             );
         }
-        if !(60..=2_592_000).contains(&delay_seconds) {
+        let min = state.min_retry_delay_seconds;
+        if !(min..=MAX_RETRY_DELAY_SECONDS).contains(&delay_seconds) {
             problem(
                 &format!("retry_policy.{field}.delay_seconds"),
-                "must be between 60 and 2592000",
+                &format!("must be between {min} and {MAX_RETRY_DELAY_SECONDS}"),
             );
         }
     }
@@ -395,6 +432,8 @@ async fn validate(
         calls_per_second,
         retry_policy: json(serde_json::to_string(&retry_policy))?,
         max_attempts,
+        opt_out_digit,
+        amd,
     })
 }
 
@@ -425,6 +464,8 @@ async fn create_campaign(
         b.calls_per_second.unwrap_or(1.0),
         b.retry_policy.unwrap_or_default(),
         b.max_attempts.unwrap_or(3),
+        b.opt_out_digit,
+        b.amd.unwrap_or_default(),
     )
     .await?;
     let record = state
@@ -492,6 +533,8 @@ async fn update_campaign(
         b.calls_per_second.unwrap_or(current.calls_per_second),
         b.retry_policy.unwrap_or(current.retry_policy),
         b.max_attempts.unwrap_or(current.max_attempts),
+        b.opt_out_digit.unwrap_or(current.opt_out_digit),
+        b.amd.unwrap_or(current.amd),
     )
     .await?;
     let record = state
@@ -521,12 +564,18 @@ async fn delete_campaign(
 async fn act(state: &AppState, id: &str, action: Action) -> Result<Json<Campaign>, ApiError> {
     fetch(state, id).await?;
     let from: Vec<&str> = action.from().iter().map(|s| s.as_str()).collect();
+    let event = match action {
+        Action::Start => CampaignEventType::Started,
+        Action::Pause => CampaignEventType::Paused,
+        Action::Resume => CampaignEventType::Resumed,
+        Action::Cancel => CampaignEventType::Canceled,
+    };
     let record = state
-        .store
-        .transition_campaign(id, &from, action.to().as_str())
+        .outbox
+        .campaign_transition(id, &from, action.to().as_str(), event)
         .await
         .map_err(store_conflict)?;
-    tracing::info!(campaign = %id, event = action.event(), "campaign status changed");
+    tracing::info!(campaign = %id, event = event.as_str(), "campaign status changed");
     Ok(Json(to_api(record)?))
 }
 

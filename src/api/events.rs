@@ -59,7 +59,8 @@ pub struct Replayed {
 ///
 /// Each message has `id` (the event id), `event` (its type) and `data` (the
 /// JSON envelope, as webhooks carry it: `WebhookEvent_CallEventData`,
-/// `WebhookEvent_TrunkEventData` or `WebhookEvent_TestEventData`). Send
+/// `WebhookEvent_TrunkEventData`, `WebhookEvent_CampaignEventData` or
+/// `WebhookEvent_TestEventData`). Send
 /// `Last-Event-ID` to resume after an event; without it the stream starts
 /// with the next event. Idle streams get comment heartbeats.
 #[utoipa::path(get, path = "/v1/events", tag = "events",
@@ -176,7 +177,7 @@ async fn fetch(state: &AppState, id: &str) -> Result<EventRecord, ApiError> {
 /// Get an event: its envelope exactly as delivered.
 #[utoipa::path(get, path = "/v1/events/{id}", tag = "events", params(("id" = String, Path)),
     responses((status = 200, description = "The event envelope: `WebhookEvent_CallEventData`, \
-        `WebhookEvent_TrunkEventData` or `WebhookEvent_TestEventData`", body = Object), ErrorResponses))]
+        `WebhookEvent_TrunkEventData`, `WebhookEvent_CampaignEventData` or `WebhookEvent_TestEventData`", body = Object), ErrorResponses))]
 async fn get_event(
     State(state): State<AppState>,
     Path(id): Path<String>,

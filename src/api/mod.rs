@@ -14,7 +14,7 @@ mod agents;
 mod api_keys;
 pub mod auth;
 pub(crate) mod calls;
-mod campaigns;
+pub(crate) mod campaigns;
 mod chat;
 mod deliveries;
 mod dnc;
@@ -48,7 +48,9 @@ use crate::config::{Config, Profiles, SharedProfiles, WebhooksConfig};
 use crate::store::Store;
 use crate::trunk::TrunkStates;
 use crate::webhook::Outbox;
-use crate::webhook::event::{CallEventData, TestEventData, TrunkEventData, WebhookEvent};
+use crate::webhook::event::{
+    CallEventData, CampaignEventData, TestEventData, TrunkEventData, WebhookEvent,
+};
 use crate::webhook::guard::Guard;
 
 /// Shared state of every handler; cheap to clone.
@@ -62,6 +64,9 @@ pub struct Inner {
     /// Refuses endpoint URLs that point inside.
     pub guard: Guard,
     pub webhooks: WebhooksConfig,
+    /// `[campaigns] min_retry_delay_seconds`: the shortest retry delay a
+    /// campaign's policy may ask.
+    pub min_retry_delay_seconds: u32,
     /// Replaced whole on SIGHUP; readers take a snapshot.
     profiles: Arc<SharedProfiles>,
     /// Places and hangs up calls.
@@ -108,6 +113,7 @@ impl Inner {
         WebhookEvent<CallEventData>,
         WebhookEvent<TrunkEventData>,
         WebhookEvent<TestEventData>,
+        WebhookEvent<CampaignEventData>,
     )),
     tags(
         (name = "agents", description = "What answers a call"),
@@ -118,7 +124,7 @@ impl Inner {
         (name = "campaigns", description = "Outbound campaigns, their contacts and progress"),
         (name = "do-not-call", description = "Numbers never called by a campaign"),
         (name = "webhook-endpoints", description = "Where call events are delivered, and their delivery log"),
-        (name = "events", description = "Call and trunk events: the live stream (SSE), replay. \
+        (name = "events", description = "Call, trunk and campaign events: the live stream (SSE), replay. \
             Webhook requests carry the same JSON envelope, signed with Standard Webhooks v1 \
             (`webhook-id`, `webhook-timestamp`, `webhook-signature`)"),
         (name = "api-keys", description = "Keys to this API"),
@@ -193,6 +199,7 @@ impl AppState {
             outbox,
             guard: Guard::new(&config.webhooks),
             webhooks: config.webhooks.clone(),
+            min_retry_delay_seconds: config.campaigns.min_retry_delay_seconds,
             profiles,
             calls,
             trunks,

@@ -43,6 +43,11 @@ pub const EVENT_TYPES: &[&str] = &[
     "call.dtmf",
     "trunk.registered",
     "trunk.registration_failed",
+    "campaign.started",
+    "campaign.paused",
+    "campaign.resumed",
+    "campaign.completed",
+    "campaign.canceled",
 ];
 
 /// Subscribed when an endpoint names no events: everything but the

@@ -33,8 +33,18 @@ impl CallDialer {
     }
 }
 
-/// The campaign outcome of a call's final status.
-pub fn outcome_of(status: &str) -> Outcome {
+/// The campaign outcome of a call's final status and end reason. A
+/// machine hung up on counts as no answer: the person was not reached, so
+/// the no-answer retries apply.
+pub fn outcome_of(status: &str, end_reason: Option<&str>) -> Outcome {
+    match (status, end_reason) {
+        (_, Some("opted_out")) => Outcome::OptedOut,
+        (_, Some("machine_detected")) => Outcome::NoAnswer,
+        (status, _) => outcome_of_status(status),
+    }
+}
+
+fn outcome_of_status(status: &str) -> Outcome {
     match status {
         "completed" => Outcome::Answered,
         "busy" => Outcome::Busy,
@@ -81,6 +91,8 @@ impl Dialer for CallDialer {
             max_duration: None,
             headers: Vec::new(),
             metadata: metadata(&req),
+            amd: req.amd,
+            opt_out_digit: req.opt_out_digit,
         };
         let record = self.calls.place(request).await.map_err(|e| match e {
             // Refused before a row was written or a packet sent.
@@ -103,7 +115,7 @@ impl Dialer for CallDialer {
         };
         if row.ended_at.is_some() {
             return Ok(CallFate::Ended {
-                outcome: outcome_of(&row.status),
+                outcome: outcome_of(&row.status, row.end_reason.as_deref()),
                 duration_ms: row.duration_ms,
             });
         }
@@ -123,7 +135,7 @@ impl Dialer for CallDialer {
             .await
             .map_err(|e| DialError::Failed(e.to_string()))?;
         Ok(CallFate::Ended {
-            outcome: outcome_of(&row.status),
+            outcome: outcome_of(&row.status, row.end_reason.as_deref()),
             duration_ms: row.duration_ms,
         })
     }
@@ -172,7 +184,7 @@ async fn report(
 ) -> bool {
     match event {
         Ok(e) if e.kind == CallEventKind::Ended && campaign_of(&e.call.metadata).is_some() => {
-            let outcome = outcome_of(&e.call.status);
+            let outcome = outcome_of(&e.call.status, e.call.end_reason.as_deref());
             if let Err(err) = driver
                 .call_ended(&e.call.id, outcome, e.call.duration_ms)
                 .await
@@ -201,14 +213,24 @@ async fn reconcile(driver: &Driver<CallDialer>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::media::amd::AmdMode;
 
     #[test]
     fn statuses_map_to_outcomes() {
-        assert_eq!(outcome_of("completed"), Outcome::Answered);
-        assert_eq!(outcome_of("busy"), Outcome::Busy);
-        assert_eq!(outcome_of("no-answer"), Outcome::NoAnswer);
-        assert_eq!(outcome_of("failed"), Outcome::Failed);
-        assert_eq!(outcome_of("canceled"), Outcome::Failed);
+        let plain = |s| outcome_of(s, Some("callee_hangup"));
+        assert_eq!(plain("completed"), Outcome::Answered);
+        assert_eq!(plain("busy"), Outcome::Busy);
+        assert_eq!(plain("no-answer"), Outcome::NoAnswer);
+        assert_eq!(plain("failed"), Outcome::Failed);
+        assert_eq!(plain("canceled"), Outcome::Failed);
+        assert_eq!(
+            outcome_of("completed", Some("opted_out")),
+            Outcome::OptedOut
+        );
+        assert_eq!(
+            outcome_of("completed", Some("machine_detected")),
+            Outcome::NoAnswer
+        );
     }
 
     #[test]
@@ -223,6 +245,8 @@ mod tests {
             trunk: "trk_a".into(),
             agent_id: "agt_1".into(),
             variables: serde_json::json!({"name": "Ada"}),
+            opt_out_digit: Some('9'),
+            amd: AmdMode::Off,
         };
         let m = metadata(&req);
         assert_eq!(campaign_of(&m).as_deref(), Some("cmp_1"));

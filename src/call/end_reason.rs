@@ -24,6 +24,12 @@ pub enum EndReason {
     Transferred,
     /// `POST /v1/calls/{id}/hangup`.
     ApiHangup,
+    /// The callee pressed the campaign's opt-out key: the number goes on
+    /// the do-not-call list.
+    OptedOut,
+    /// Answering-machine detection heard a machine and the call's `amd`
+    /// mode is `hangup`.
+    MachineDetected,
     /// The agent's `max_duration_seconds` passed.
     MaxDuration,
     /// No RTP within the inactivity timeout.
@@ -65,6 +71,8 @@ impl EndReason {
             EndReason::AgentHangup => "agent_hangup",
             EndReason::Transferred => "transferred",
             EndReason::ApiHangup => "api_hangup",
+            EndReason::OptedOut => "opted_out",
+            EndReason::MachineDetected => "machine_detected",
             EndReason::MaxDuration => "max_duration",
             EndReason::MediaTimeout => "media_timeout",
             EndReason::Shutdown => "shutdown",
@@ -137,6 +145,14 @@ impl EndReason {
             486 | 600 => EndReason::Busy { code, reason },
             408 | 480 => EndReason::NoAnswer { code: Some(code) },
             _ => EndReason::Declined { code, reason },
+        }
+    }
+
+    /// What answered, when the reason itself tells.
+    pub fn answered_by(&self) -> Option<&'static str> {
+        match self {
+            EndReason::MachineDetected => Some("machine"),
+            _ => None,
         }
     }
 

@@ -123,6 +123,13 @@ impl Transitions {
         self.publish(CallEventKind::Answered, result);
     }
 
+    /// Answering-machine detection decided (`human`, `machine`, `unknown`).
+    pub async fn answered_by(&self, id: &str, answered_by: &str) {
+        if let Err(e) = self.outbox.store().call_answered_by(id, answered_by).await {
+            tracing::warn!(error = %e, "answering-machine verdict not recorded");
+        }
+    }
+
     pub async fn dtmf(&self, id: &str, digit: char) {
         let result = self.outbox.call_dtmf(id, digit).await;
         self.publish(CallEventKind::Dtmf(digit), result);
@@ -163,6 +170,7 @@ impl Transitions {
                     end_reason: reason.label(),
                     duration_ms: answered_for
                         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+                    answered_by: reason.answered_by(),
                 },
             )
             .await;

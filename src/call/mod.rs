@@ -2,7 +2,9 @@
 //!
 //! Owns: inbound routing (trunk by source, number, agent, accept or refuse:
 //! [`inbound`]), placing outbound calls ([`outbound`]), the established
-//! call task ([`task`]), the campaign dialer's seam ([`campaign_dialer`]), the one [`EndReason`] per call ([`end_reason`]),
+//! call task ([`task`]) and its screening (answering-machine detection and
+//! the opt-out key: [`screen`]), the campaign dialer's seam
+//! ([`campaign_dialer`]), the one [`EndReason`] per call ([`end_reason`]),
 //! the live-call index with its handles and trunk slots ([`registry`]),
 //! every call state transition with its store write and bus event
 //! ([`events`]), the diagnostic agents ([`agents`]) and the trunk
@@ -20,6 +22,7 @@ mod inbound;
 pub mod outbound;
 pub mod registrations;
 pub mod registry;
+mod screen;
 mod task;
 
 pub use end_reason::EndReason;

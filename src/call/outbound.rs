@@ -18,11 +18,13 @@ use tracing::Instrument;
 
 use super::agents::AgentRun;
 use super::registry::{CallHandle, Command, Slot};
+use super::screen::Screen;
 use super::task::{self, Established};
 use super::{Calls, EndReason, Shared, count_ended, count_started};
 use crate::agent::CallSettings;
 use crate::config::Profile;
 use crate::ids;
+use crate::media::amd::AmdMode;
 use crate::media::{Direction, LocalSdp, RtpSession, bind_rtp};
 use crate::metrics::CALL_SETUP_SECONDS;
 use crate::sip::{Credentials, OutboundEvent, OutboundInvite};
@@ -49,6 +51,10 @@ pub struct OutboundRequest {
     pub headers: Vec<(String, String)>,
     /// JSON object text, stored with the call.
     pub metadata: String,
+    /// Answering-machine detection at the answer.
+    pub amd: AmdMode,
+    /// A key that opts the callee out (campaign calls).
+    pub opt_out_digit: Option<char>,
 }
 
 /// Why a call was not placed; each says what the caller can fix.
@@ -326,6 +332,12 @@ impl Dial {
                             agent,
                             max_duration: self.max_duration,
                             commands,
+                            screen: Screen::new(
+                                &self.id,
+                                shared.transitions.clone(),
+                                self.req.amd,
+                                self.req.opt_out_digit,
+                            ),
                         },
                     )
                     .await;

@@ -74,6 +74,7 @@ impl Registrations {
                 trunk: profile.name.clone(),
                 registrar: reg.registrar.clone(),
                 username: reg.username.clone(),
+                auth_username: reg.auth_username.clone(),
                 password: reg.password.clone(),
                 domain: reg.domain.clone(),
                 realm: None,

@@ -1,6 +1,7 @@
 //! The established call: one task owns the SIP dialog, the RTP session and
 //! the agent, and waits on everything at once (BYE, re-INVITE, media
-//! events, commands, the duration limit) until one [`EndReason`] ends it.
+//! events read through the call's [`Screen`], commands, the duration limit)
+//! until one [`EndReason`] ends it. The screen says when the agent starts.
 //! Then it sends BYE unless the far end already did, and stops the media.
 //!
 //! The agent's requests come through here too: hang up, or transfer with
@@ -20,6 +21,7 @@ use tokio::time::{Instant, sleep_until, timeout};
 
 use super::agents::{AgentRequest, AgentRun};
 use super::registry::Command;
+use super::screen::{Screen, Screened};
 use super::{EndReason, Shared};
 use crate::media::{Direction, LocalSdp, MediaEvent, RtpSession};
 use crate::sip::{Call, CallEvent, ReInvite};
@@ -41,6 +43,9 @@ pub(super) struct Established {
     pub agent: AgentRun,
     pub max_duration: Duration,
     pub commands: mpsc::Receiver<Command>,
+    /// Says when the agent starts (after answering-machine detection) and
+    /// ends the call on an opt-out key.
+    pub screen: Screen,
 }
 
 /// Runs the call until it ends; returns why.
@@ -54,6 +59,7 @@ pub(super) async fn run(shared: &Arc<Shared>, call: Established) -> EndReason {
         mut agent,
         max_duration,
         mut commands,
+        mut screen,
     } = call;
     let RtpSession {
         handle: media,
@@ -67,10 +73,7 @@ pub(super) async fn run(shared: &Arc<Shared>, call: Established) -> EndReason {
         EndReason::CalleeHangup
     };
 
-    let mut reason = match agent.start(&media).await {
-        Ok(()) => None,
-        Err(_) => Some(EndReason::Error("media session closed".into())),
-    };
+    let mut reason = None;
     while reason.is_none() {
         reason = tokio::select! {
             event = sip.next_event() => match event {
@@ -86,32 +89,45 @@ pub(super) async fn run(shared: &Arc<Shared>, call: Established) -> EndReason {
                 Ok(CallEvent::Terminated) => Some(far_hangup.clone()),
                 Err(e) => Some(EndReason::Error(format!("SIP: {e}"))),
             },
-            event = events.recv() => match event {
-                Some(MediaEvent::Audio(frame)) => agent
-                    .on_audio(frame, &media)
+            screened = screen.next(&mut events) => match screened {
+                Screened::StartAgent => agent
+                    .start(&media)
                     .await
                     .err()
                     .map(|_| EndReason::Error("media session closed".into())),
-                Some(MediaEvent::Digit(digit)) => {
-                    tracing::info!(digit = %digit.as_char(), "DTMF received");
-                    agent.on_digit(digit);
-                    shared.transitions.dtmf(&id, digit.as_char()).await;
-                    None
-                }
-                Some(MediaEvent::PlayoutDrained) => match agent.on_playout_drained() {
-                    Some(request) => fulfil(&mut sip, request).await,
-                    None => None,
+                Screened::End(reason) => Some(reason),
+                Screened::Media(event) => match event {
+                    Some(MediaEvent::Audio(frame)) => agent
+                        .on_audio(frame, &media)
+                        .await
+                        .err()
+                        .map(|_| EndReason::Error("media session closed".into())),
+                    Some(MediaEvent::Digit(digit)) => {
+                        tracing::info!(digit = %digit.as_char(), "DTMF received");
+                        shared.transitions.dtmf(&id, digit.as_char()).await;
+                        // A campaign's opt-out key ends the call; any other
+                        // key is the agent's.
+                        let opted_out = screen.on_digit(digit.as_char());
+                        if opted_out.is_none() {
+                            agent.on_digit(digit);
+                        }
+                        opted_out
+                    }
+                    Some(MediaEvent::PlayoutDrained) => match agent.on_playout_drained() {
+                        Some(request) => fulfil(&mut sip, request).await,
+                        None => None,
+                    },
+                    Some(MediaEvent::PlayoutStarted) => {
+                        agent.on_playout_started();
+                        None
+                    }
+                    Some(MediaEvent::Timeout) => Some(EndReason::MediaTimeout),
+                    Some(MediaEvent::Latched(addr)) => {
+                        tracing::debug!(%addr, "RTP latched");
+                        None
+                    }
+                    None => Some(EndReason::Error("media session ended".into())),
                 },
-                Some(MediaEvent::PlayoutStarted) => {
-                    agent.on_playout_started();
-                    None
-                }
-                Some(MediaEvent::Timeout) => Some(EndReason::MediaTimeout),
-                Some(MediaEvent::Latched(addr)) => {
-                    tracing::debug!(%addr, "RTP latched");
-                    None
-                }
-                None => Some(EndReason::Error("media session ended".into())),
             },
             output = agent.next_output() => match output {
                 Some(output) => match agent.on_output(output, &media).await {

@@ -30,8 +30,10 @@ use super::policy::{Final, Next, Outcome, RetryPolicy};
 use super::window::Verdict;
 use super::{Schedule, contact_zone};
 use crate::ids;
+use crate::media::amd::AmdMode;
 use crate::store::contacts::{AfterAttempt, Disposition};
 use crate::store::{Store, StoreError};
+use crate::webhook::Outbox;
 
 /// A call the dialer asks the call layer to place.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,6 +52,10 @@ pub struct PlaceCall {
     pub agent_id: String,
     /// The contact's variables for the agent, a JSON object.
     pub variables: serde_json::Value,
+    /// The key that opts the callee out, if the campaign has one.
+    pub opt_out_digit: Option<char>,
+    /// Answering-machine detection on the call.
+    pub amd: AmdMode,
 }
 
 /// Why a call could not be placed.
@@ -119,13 +125,21 @@ impl Default for DriverConfig {
     }
 }
 
+/// The trunks' caps as configured now, by trunk id: read at every pass, so
+/// that a profile reload (SIGHUP) applies to the next dial.
+pub type TrunkCaps = Box<dyn Fn() -> Vec<(String, Caps)> + Send + Sync>;
+
 /// The dialer driver; share it as `Arc<Driver<D>>`.
 pub struct Driver<D> {
     store: Store,
+    /// Writes `campaign.completed` with the status change.
+    outbox: Outbox,
     dialer: Arc<D>,
     cfg: DriverConfig,
     // std Mutex: held only for short synchronous updates, never across `.await`.
     pacer: Mutex<Pacer>,
+    /// Where the trunk caps come from.
+    trunk_caps: TrunkCaps,
     /// Calls this node placed and has not seen end: call id -> (campaign, trunk).
     in_flight: Mutex<HashMap<String, (String, String)>>,
     /// Woken when a call ends, so a freed slot is used at once.
@@ -137,14 +151,13 @@ pub struct Driver<D> {
 }
 
 impl<D: Dialer> Driver<D> {
-    /// A driver over `store` with the trunk caps by trunk id.
-    pub fn new(store: Store, dialer: Arc<D>, cfg: DriverConfig, trunks: &[(String, Caps)]) -> Self {
-        let mut pacer = Pacer::new(cfg.global_max_calls);
-        for (id, caps) in trunks {
-            pacer.set_trunk(id, *caps);
-        }
+    /// A driver over the outbox's store under the caps `trunk_caps` gives.
+    pub fn new(outbox: Outbox, dialer: Arc<D>, cfg: DriverConfig, trunk_caps: TrunkCaps) -> Self {
+        let pacer = Pacer::new(cfg.global_max_calls);
         Self {
-            store,
+            trunk_caps,
+            store: outbox.store().clone(),
+            outbox,
             dialer,
             cfg,
             pacer: Mutex::new(pacer),
@@ -215,6 +228,13 @@ impl<D: Dialer> Driver<D> {
     /// allow now; what the soonest campaign waits for.
     pub async fn tick(self: &Arc<Self>) -> Result<Option<Wait>, StoreError> {
         let campaigns = self.store.running_campaigns().await?;
+        {
+            let caps = (self.trunk_caps)();
+            let mut pacer = self.pacer();
+            for (id, caps) in &caps {
+                pacer.set_trunk(id, *caps);
+            }
+        }
         let mut waits = Vec::new();
         for c in campaigns {
             let trunks: Vec<String> = serde_json::from_str(&c.trunks)
@@ -233,7 +253,11 @@ impl<D: Dialer> Driver<D> {
             );
             // Bounded: each pass places at most the global cap.
             for _ in 0..self.cfg.global_max_calls {
-                let trunk = match self.pacer().ready(Instant::now(), &c.id, &trunks) {
+                // The start is counted from the instant the pacer allowed
+                // it, not after the claim: the claim's store round trip
+                // would otherwise stretch every spacing and lower the rate.
+                let allowed_at = Instant::now();
+                let trunk = match self.pacer().ready(allowed_at, &c.id, &trunks) {
                     Ok(t) => t,
                     Err(w) => {
                         waits.push(w);
@@ -267,14 +291,19 @@ impl<D: Dialer> Driver<D> {
                 }
                 let Some(claimed) = report.claimed else {
                     if report.postponed == 0 && report.blocked == 0 && report.expired == 0 {
-                        if self.store.complete_campaign_if_done(&c.id).await? {
+                        if self
+                            .outbox
+                            .campaign_completed_if_done(&c.id)
+                            .await?
+                            .is_some()
+                        {
                             tracing::info!(campaign = %c.id, event = "campaign.completed", "campaign completed");
                         }
                         break;
                     }
                     continue;
                 };
-                self.pacer().start(Instant::now(), &c.id, &trunk);
+                self.pacer().start(allowed_at, &c.id, &trunk);
                 self.flights()
                     .insert(call_id.clone(), (c.id.clone(), trunk.clone()));
                 let req = PlaceCall {
@@ -288,6 +317,8 @@ impl<D: Dialer> Driver<D> {
                     agent_id: c.agent_id.clone(),
                     variables: serde_json::from_str(&claimed.contact.variables)
                         .unwrap_or(serde_json::Value::Object(Default::default())),
+                    opt_out_digit: c.opt_out_digit.as_deref().and_then(|d| d.chars().next()),
+                    amd: AmdMode::parse(&c.amd).unwrap_or_default(),
                 };
                 let attempt_id = claimed.attempt_id.clone();
                 let me = Arc::clone(self);
@@ -374,9 +405,10 @@ impl<D: Dialer> Driver<D> {
         }
         if let Some((end, _)) = recorded
             && self
-                .store
-                .complete_campaign_if_done(&end.campaign_id)
+                .outbox
+                .campaign_completed_if_done(&end.campaign_id)
                 .await?
+                .is_some()
         {
             tracing::info!(campaign = %end.campaign_id, event = "campaign.completed", "campaign completed");
         }
@@ -524,6 +556,8 @@ mod tests {
                     calls_per_second: 100.0,
                     retry_policy: &serde_json::to_string(&policy).unwrap(),
                     max_attempts: 3,
+                    opt_out_digit: None,
+                    amd: "off",
                 },
             )
             .await
@@ -537,7 +571,7 @@ mod tests {
             .collect();
         store.insert_contacts(&c.id, &list).await.unwrap();
         store
-            .transition_campaign(&c.id, &["draft"], "running")
+            .transition_campaign(&c.id, &["draft"], "running", None)
             .await
             .unwrap();
         (dir, store, c.id)
@@ -558,14 +592,17 @@ mod tests {
             global_max_calls: 10,
             ..DriverConfig::default()
         };
-        let trunks = [(
-            "trk_a".to_string(),
-            Caps {
-                max_calls: 3,
-                cps: 0.0,
-            },
-        )];
-        (Arc::new(Driver::new(store.clone(), fake, cfg, &trunks)), rx)
+        let trunks: TrunkCaps = Box::new(|| {
+            vec![(
+                "trk_a".to_string(),
+                Caps {
+                    max_calls: 3,
+                    cps: 0.0,
+                },
+            )]
+        });
+        let outbox = Outbox::new(store.clone());
+        (Arc::new(Driver::new(outbox, fake, cfg, trunks)), rx)
     }
 
     /// Ends each placed call: odd-numbered contacts are busy on their first

@@ -92,16 +92,6 @@ impl Action {
             Action::Cancel => Status::Canceled,
         }
     }
-
-    /// The event the transition emits.
-    pub fn event(self) -> &'static str {
-        match self {
-            Action::Start => "campaign.started",
-            Action::Pause => "campaign.paused",
-            Action::Resume => "campaign.resumed",
-            Action::Cancel => "campaign.canceled",
-        }
-    }
 }
 
 /// The contact states, as stored and listed.

@@ -56,8 +56,9 @@ pub struct RetryRule {
     /// How many times a contact is tried again after this outcome (0 to 20).
     #[schema(minimum = 0, maximum = 20)]
     pub retries: u32,
-    /// Seconds to wait before each retry (60 to 30 days).
-    #[schema(minimum = 60, maximum = 2592000)]
+    /// Seconds to wait before each retry: from `[campaigns]
+    /// min_retry_delay_seconds` (60 by default) to 30 days.
+    #[schema(minimum = 0, maximum = 2592000)]
     pub delay_seconds: u32,
 }
 

@@ -108,6 +108,9 @@ impl Default for CallsConfig {
     }
 }
 
+/// The longest retry delay a campaign may ask (30 days).
+pub const MAX_RETRY_DELAY_SECONDS: u32 = 2_592_000;
+
 /// The campaign dialer on this node.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -120,6 +123,10 @@ pub struct CampaignsConfig {
     pub lease_seconds: u32,
     /// Longest pause between two looks at the store for due contacts.
     pub poll_ms: u64,
+    /// The shortest retry delay a campaign's retry policy may ask. 60 s
+    /// keeps a busy callee from being redialled at once; a test lab sets it
+    /// lower to see retries happen.
+    pub min_retry_delay_seconds: u32,
 }
 
 impl Default for CampaignsConfig {
@@ -128,6 +135,7 @@ impl Default for CampaignsConfig {
             max_concurrent_calls: 100,
             lease_seconds: 120,
             poll_ms: 1000,
+            min_retry_delay_seconds: 60,
         }
     }
 }
@@ -477,6 +485,13 @@ impl Config {
                 file,
                 "campaigns.poll_ms",
                 "must be between 10 and 60000",
+            ));
+        }
+        if c.min_retry_delay_seconds > MAX_RETRY_DELAY_SECONDS {
+            return Err(ConfigError::new(
+                file,
+                "campaigns.min_retry_delay_seconds",
+                "must be at most 2592000 (30 days, the longest retry delay)",
             ));
         }
         if self.api.rate_limit_per_minute == 0 {

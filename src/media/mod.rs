@@ -1,14 +1,15 @@
 //! Media: RTP in and out for one call.
 //!
 //! Owns: G.711 codecs ([`g711`]), the adaptive jitter buffer ([`jitter`]),
-//! RFC 4733 telephone events ([`dtmf`]), outgoing packetization and pacing
+//! RFC 4733 telephone events ([`dtmf`]), answering-machine detection
+//! ([`amd`]), outgoing packetization and pacing
 //! ([`pacer`]), SDP offer/answer for audio ([`sdp`]), RTP port allocation
 //! ([`ports`]) and the tokio driver that ties them to a UDP socket
 //! ([`session`]).
 //!
 //! Must not: import `call`, `store` or `api`, or decide anything about a
 //! call. It reports what arrived (audio, digits, timeouts) and does what it
-//! is told. The protocol cores (`g711`, `jitter`, `dtmf`, `pacer`, `sdp`) do
+//! is told. The protocol cores (`g711`, `jitter`, `dtmf`, `amd`, `pacer`, `sdp`) do
 //! no IO; only `session`, `ports` and the pacing clock touch tokio.
 //!
 //! For the call task, a call's media goes:
@@ -20,6 +21,7 @@
 //!    clears it on barge-in, sends digits and applies re-INVITEs.
 //! 4. Dropping every [`MediaHandle`] ends the session and frees the port.
 
+pub mod amd;
 pub mod dtmf;
 pub mod g711;
 pub mod jitter;

@@ -29,7 +29,11 @@ pub struct TrunkRegistration {
     /// Registrar as `host[:port]`, optionally `sip:` prefixed and with
     /// `;transport=tcp`.
     pub registrar: String,
+    /// User of the address of record and the Contact.
     pub username: String,
+    /// Digest user when the registrar's credentials differ from the
+    /// address of record (RFC 3261 §22.4 keeps the two apart).
+    pub auth_username: Option<String>,
     pub password: String,
     /// Domain of the address of record; `None` uses the registrar host.
     pub domain: Option<String>,
@@ -165,7 +169,10 @@ impl Worker {
             value: aor_text.clone(),
         })?;
         let credentials = Credentials {
-            username: trunk.username.clone(),
+            username: trunk
+                .auth_username
+                .clone()
+                .unwrap_or_else(|| trunk.username.clone()),
             password: trunk.password.clone(),
             realm: trunk.realm.clone(),
         };

@@ -3,7 +3,8 @@
 //!
 //! Every write to a call row is one of the state transitions below
 //! ([`Store::call_created`], [`Store::call_dialing`], [`Store::call_ringing`],
-//! [`Store::call_answered`], [`Store::call_dtmf`], [`Store::call_ended`]),
+//! [`Store::call_answered`], [`Store::call_answered_by`], [`Store::call_dtmf`],
+//! [`Store::call_ended`]),
 //! each a single transaction that returns the row as committed. That is the
 //! seam for the webhook outbox: a transition given an [`Emit`] renders its
 //! `call.*` event from the row as updated (with the call's next event
@@ -40,6 +41,9 @@ pub struct CallRecord {
     pub updated_at: DateTime<Utc>,
     /// How many events the call has emitted: the sequence of the last one.
     pub event_seq: i64,
+    /// `human`, `machine` or `unknown` once answering-machine detection
+    /// decided; `None` when it did not run.
+    pub answered_by: Option<String>,
     /// A short summary of the conversation (agent calls), set at the end.
     pub summary: Option<String>,
 }
@@ -81,11 +85,14 @@ pub struct EndFields<'a> {
     pub end_reason: &'a str,
     /// Time from answer to end; `None` for a call never answered.
     pub duration_ms: Option<i64>,
+    /// What answered, when the end itself says it (a machine hung up on);
+    /// `None` keeps what detection recorded.
+    pub answered_by: Option<&'a str>,
 }
 
 const SELECT_CALL: &str = "SELECT id, direction, from_number, to_number, trunk, agent_id, status, sip_call_id,
     sip_code, sip_reason, end_reason, dtmf, metadata, ringing_at, answered_at, ended_at, duration_ms,
-    created_at, updated_at, event_seq, summary FROM calls WHERE id = $1";
+    created_at, updated_at, event_seq, answered_by, summary FROM calls WHERE id = $1";
 
 /// Runs one UPDATE of a call row, reads the row back and writes the event
 /// `$emit` renders from it, in one transaction; [`StoreError::NotFound`]
@@ -196,9 +203,25 @@ impl Store {
         let now = super::now();
         Ok(transition!(self, emit,
             "UPDATE calls SET status = $2, sip_code = COALESCE($3, sip_code), sip_reason = COALESCE($4, sip_reason),
-                end_reason = $5, duration_ms = $6, ended_at = $7, updated_at = $7, event_seq = event_seq + 1
+                end_reason = $5, duration_ms = $6, ended_at = $7, updated_at = $7, event_seq = event_seq + 1,
+                answered_by = COALESCE($8, answered_by)
              WHERE id = $1 AND ended_at IS NULL",
-            id, e.status, e.sip_code.map(i64::from), e.sip_reason, e.end_reason, e.duration_ms, now))
+            id, e.status, e.sip_code.map(i64::from), e.sip_reason, e.end_reason, e.duration_ms, now,
+            e.answered_by))
+    }
+
+    /// Answering-machine detection's verdict on a call still up (no event:
+    /// the call's next event carries it).
+    pub async fn call_answered_by(&self, id: &str, answered_by: &str) -> Result<CallRecord> {
+        let now = super::now();
+        Ok(transition!(
+            self,
+            None::<&crate::store::events::EmitFn>,
+            "UPDATE calls SET answered_by = $2, updated_at = $3 WHERE id = $1 AND ended_at IS NULL",
+            id,
+            answered_by,
+            now
+        ))
     }
 
     /// Calls the store still shows as not ended: after a crash, nothing
@@ -220,7 +243,7 @@ impl Store {
         let items = on_pool!(self, p => sqlx::query_as::<_, CallRecord>(
             "SELECT id, direction, from_number, to_number, trunk, agent_id, status, sip_call_id,
                 sip_code, sip_reason, end_reason, dtmf, metadata, ringing_at, answered_at, ended_at, duration_ms,
-                created_at, updated_at, event_seq, summary FROM calls
+                created_at, updated_at, event_seq, answered_by, summary FROM calls
              WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR direction = $2)
                AND ($3 IS NULL OR from_number = $3 OR to_number = $3) AND ($4 IS NULL OR agent_id = $4)
                AND ($5 IS NULL OR created_at >= $5) AND ($6 IS NULL OR created_at < $6)

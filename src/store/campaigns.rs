@@ -1,9 +1,15 @@
 //! Campaigns: the definition (JSON documents for trunks, schedule and retry
 //! policy, opaque here) and the status machine's writes, each guarded by the
 //! status it expects so two writers cannot both win.
+//!
+//! Every status change writes its `campaign.*` event through the outbox in
+//! the same transaction ([`CampaignEmit`], rendered by the caller from the
+//! row as the transaction left it), so a receiver hears of every change
+//! that happened and of none that did not.
 
 use chrono::{DateTime, Utc};
 
+use super::events::{NewEvent, write_event};
 use super::{Page, Result, Store, StoreError, Window, on_pool};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -22,11 +28,22 @@ pub struct CampaignRecord {
     /// JSON retry policy document.
     pub retry_policy: String,
     pub max_attempts: i64,
+    /// The DTMF key that opts a callee out, if any.
+    pub opt_out_digit: Option<String>,
+    /// Answering-machine detection: `off`, `hangup` or `message_after_beep`.
+    pub amd: String,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
+
+/// Renders the event of a campaign status change from the campaign row as
+/// the transaction left it.
+pub type CampaignEmitFn = dyn Fn(&CampaignRecord) -> Result<NewEvent> + Send + Sync;
+
+/// The event a campaign status change writes, if any.
+pub type CampaignEmit<'a> = Option<&'a CampaignEmitFn>;
 
 /// The writable fields of a campaign.
 pub struct CampaignFields<'a> {
@@ -39,11 +56,14 @@ pub struct CampaignFields<'a> {
     pub calls_per_second: f64,
     pub retry_policy: &'a str,
     pub max_attempts: i64,
+    pub opt_out_digit: Option<&'a str>,
+    pub amd: &'a str,
 }
 
 const COLUMNS: &str =
     "id, name, agent_id, caller_number, trunks, status, schedule, max_concurrent_calls,
-    calls_per_second, retry_policy, max_attempts, started_at, finished_at, created_at, updated_at";
+    calls_per_second, retry_policy, max_attempts, opt_out_digit, amd, started_at, finished_at,
+    created_at, updated_at";
 
 /// Counts behind `GET /v1/campaigns/{id}/stats`.
 #[derive(Debug, Clone, Default)]
@@ -65,11 +85,12 @@ impl Store {
         let now = super::now();
         on_pool!(self, p => sqlx::query(
             "INSERT INTO campaigns (id, name, agent_id, caller_number, trunks, status, schedule,
-                 max_concurrent_calls, calls_per_second, retry_policy, max_attempts, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, 'draft', $6, $7, $8, $9, $10, $11, $11)")
+                 max_concurrent_calls, calls_per_second, retry_policy, max_attempts, opt_out_digit, amd,
+                 created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, 'draft', $6, $7, $8, $9, $10, $12, $13, $11, $11)")
             .bind(id).bind(f.name).bind(f.agent_id).bind(f.caller_number).bind(f.trunks)
             .bind(f.schedule).bind(f.max_concurrent_calls).bind(f.calls_per_second)
-            .bind(f.retry_policy).bind(f.max_attempts).bind(now)
+            .bind(f.retry_policy).bind(f.max_attempts).bind(now).bind(f.opt_out_digit).bind(f.amd)
             .execute(p).await.map(|r| r.rows_affected()))?;
         self.get_campaign(id).await
     }
@@ -113,11 +134,11 @@ impl Store {
         let done = on_pool!(self, p => sqlx::query(
             "UPDATE campaigns SET name = $2, agent_id = $3, caller_number = $4, trunks = $5,
                  schedule = $6, max_concurrent_calls = $7, calls_per_second = $8, retry_policy = $9,
-                 max_attempts = $10, updated_at = $11
+                 max_attempts = $10, updated_at = $11, opt_out_digit = $12, amd = $13
              WHERE id = $1 AND status IN ('draft', 'paused')")
             .bind(id).bind(f.name).bind(f.agent_id).bind(f.caller_number).bind(f.trunks)
             .bind(f.schedule).bind(f.max_concurrent_calls).bind(f.calls_per_second)
-            .bind(f.retry_policy).bind(f.max_attempts).bind(now)
+            .bind(f.retry_policy).bind(f.max_attempts).bind(now).bind(f.opt_out_digit).bind(f.amd)
             .execute(p).await.map(|r| r.rows_affected()))?;
         if done == 0 {
             let current = self.get_campaign(id).await?;
@@ -146,17 +167,19 @@ impl Store {
     /// Moves a campaign from one of `from` (at most three) to `to`; `Conflict` when it is in
     /// another status. `running` stamps `started_at` the first time;
     /// `completed` and `canceled` stamp `finished_at`, and `canceled` cancels
-    /// the contacts still waiting.
+    /// the contacts still waiting. `emit`'s event is written with the change.
     pub async fn transition_campaign(
         &self,
         id: &str,
         from: &[&str],
         to: &str,
+        emit: CampaignEmit<'_>,
     ) -> Result<CampaignRecord> {
         let now = super::now();
         let pick = |i: usize| from.get(i).or(from.first()).copied().unwrap_or("");
         let finished = matches!(to, "completed" | "canceled").then_some(now);
-        let done = on_pool!(self, p => {
+        let select = format!("SELECT {COLUMNS} FROM campaigns WHERE id = $1");
+        let changed = on_pool!(self, p => {
             let mut tx = p.begin().await?;
             let done = sqlx::query(
                 "UPDATE campaigns SET status = $2, updated_at = $3,
@@ -165,36 +188,64 @@ impl Store {
                  WHERE id = $1 AND status IN ($4, $5, $7)")
                 .bind(id).bind(to).bind(now).bind(pick(0)).bind(pick(1)).bind(finished).bind(pick(2))
                 .execute(&mut *tx).await?.rows_affected();
-            if done == 1 && to == "canceled" {
-                sqlx::query(
-                    "UPDATE campaign_contacts SET state = 'canceled', updated_at = $2
-                     WHERE campaign_id = $1 AND state = 'pending'")
-                    .bind(id).bind(now).execute(&mut *tx).await?;
+            if done == 0 {
+                Ok::<_, StoreError>(None)
+            } else {
+                if to == "canceled" {
+                    sqlx::query(
+                        "UPDATE campaign_contacts SET state = 'canceled', updated_at = $2
+                         WHERE campaign_id = $1 AND state = 'pending'")
+                        .bind(id).bind(now).execute(&mut *tx).await?;
+                }
+                let record = sqlx::query_as::<_, CampaignRecord>(sqlx::AssertSqlSafe(select))
+                    .bind(id).fetch_one(&mut *tx).await?;
+                if let Some(emit) = emit {
+                    write_event!(tx, &emit(&record)?);
+                }
+                tx.commit().await?;
+                Ok(Some(record))
             }
-            tx.commit().await?;
-            Ok::<u64, sqlx::Error>(done)
         })?;
-        if done == 0 {
-            let current = self.get_campaign(id).await?;
-            return Err(StoreError::Conflict(format!(
-                "the campaign is {}; it cannot become {to}",
-                current.status
-            )));
+        match changed {
+            Some(record) => Ok(record),
+            None => {
+                let current = self.get_campaign(id).await?;
+                Err(StoreError::Conflict(format!(
+                    "the campaign is {}; it cannot become {to}",
+                    current.status
+                )))
+            }
         }
-        self.get_campaign(id).await
     }
 
-    /// Marks a running campaign completed when no contact waits or dials;
-    /// whether it did.
-    pub async fn complete_campaign_if_done(&self, id: &str) -> Result<bool> {
+    /// Marks a running campaign completed when no contact waits or dials,
+    /// writing `emit`'s event with it; the campaign when it did.
+    pub async fn complete_campaign_if_done(
+        &self,
+        id: &str,
+        emit: CampaignEmit<'_>,
+    ) -> Result<Option<CampaignRecord>> {
         let now = super::now();
-        let done = on_pool!(self, p => sqlx::query(
-            "UPDATE campaigns SET status = 'completed', finished_at = $2, updated_at = $2
-             WHERE id = $1 AND status = 'running' AND NOT EXISTS (
-                 SELECT 1 FROM campaign_contacts
-                 WHERE campaign_id = $1 AND state IN ('pending', 'dialing'))")
-            .bind(id).bind(now).execute(p).await.map(|r| r.rows_affected()))?;
-        Ok(done == 1)
+        let select = format!("SELECT {COLUMNS} FROM campaigns WHERE id = $1");
+        on_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            let done = sqlx::query(
+                "UPDATE campaigns SET status = 'completed', finished_at = $2, updated_at = $2
+                 WHERE id = $1 AND status = 'running' AND NOT EXISTS (
+                     SELECT 1 FROM campaign_contacts
+                     WHERE campaign_id = $1 AND state IN ('pending', 'dialing'))")
+                .bind(id).bind(now).execute(&mut *tx).await?.rows_affected();
+            if done == 0 {
+                return Ok(None);
+            }
+            let record = sqlx::query_as::<_, CampaignRecord>(sqlx::AssertSqlSafe(select))
+                .bind(id).fetch_one(&mut *tx).await?;
+            if let Some(emit) = emit {
+                write_event!(tx, &emit(&record)?);
+            }
+            tx.commit().await?;
+            Ok::<_, StoreError>(Some(record))
+        })
     }
 
     pub async fn campaign_counts(&self, id: &str) -> Result<CampaignCounts> {

@@ -362,9 +362,10 @@ impl Store {
             if after.add_dnc {
                 sqlx::query(
                     "INSERT INTO do_not_call (id, number, reason, source, created_at, updated_at)
-                     VALUES ($1, $2, 'opted out during a campaign call', 'opt_out', $3, $3)
+                     VALUES ($1, $2, $4, 'opt_out', $3, $3)
                      ON CONFLICT (number) DO NOTHING")
                     .bind(ids::new(ids::DNC)).bind(&end.number).bind(stamp)
+                    .bind(format!("opted out during call {call_id} of campaign {}", end.campaign_id))
                     .execute(&mut *tx).await?;
             }
             tx.commit().await?;

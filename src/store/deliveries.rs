@@ -281,9 +281,9 @@ impl Store {
                  WHERE event_id = $1")
                 .bind(event_id).bind(now).execute(&mut *tx).await?.rows_affected();
             let missing: Vec<String> = sqlx::query_scalar(
-                "SELECT id FROM webhook_endpoints e WHERE enabled AND events LIKE $2
+                "SELECT id FROM webhook_endpoints e WHERE enabled AND events LIKE '%' || $2 || '%'
                    AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = $1 AND d.endpoint_id = e.id)")
-                .bind(event_id).bind(format!("%\"{event_type}\"%")).fetch_all(&mut *tx).await?;
+                .bind(event_id).bind(format!("\"{event_type}\"")).fetch_all(&mut *tx).await?;
             for endpoint in &missing {
                 sqlx::query(
                     "INSERT INTO webhook_deliveries (id, event_id, endpoint_id, status, next_attempt_at,

@@ -31,7 +31,9 @@ use std::time::Duration;
 
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::{SqlSafeStr, error::ErrorKind};
 
 /// Runs `$body` with `$pool` bound to the open pool, whichever backend it is.
@@ -155,6 +157,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "transcripts",
         include_str!("../../migrations/sqlite/0006_transcripts.sql"),
     ),
+    (
+        7,
+        "screening",
+        include_str!("../../migrations/sqlite/0007_screening.sql"),
+    ),
 ];
 
 /// The PostgreSQL migrations, embedded in the binary.
@@ -184,6 +191,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         "transcripts",
         include_str!("../../migrations/postgres/0006_transcripts.sql"),
     ),
+    (
+        7,
+        "screening",
+        include_str!("../../migrations/postgres/0007_screening.sql"),
+    ),
 ];
 
 impl Store {
@@ -193,13 +205,23 @@ impl Store {
         let pool = if url.starts_with("sqlite:") {
             let options = SqliteConnectOptions::from_str(url)?
                 .create_if_missing(true)
-                // WAL lets the API read while a call task writes; the busy
-                // timeout absorbs short write contention instead of failing.
+                // WAL with synchronous=NORMAL: a commit survives a crash of
+                // the daemon (kill -9 included) without an fsync per
+                // transaction; only a power loss can take back the last
+                // commits, and then the state and its outbox events go
+                // together (SQLite, "WAL mode", §5). Four fsyncs per call
+                // cost more than the rest of the call's SQL.
                 .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                // For other processes on the same file (the CLI).
                 .busy_timeout(Duration::from_secs(5))
                 .foreign_keys(true);
+            // One connection: SQLite has one writer anyway, and with eight
+            // the writers met in its busy handler, which sleeps and retries
+            // (eight sleeps per call under load). Queued in the pool, they
+            // wait without sleeping; reads are microseconds.
             let pool = SqlitePoolOptions::new()
-                .max_connections(8)
+                .max_connections(1)
                 .connect_with(options)
                 .await?;
             Pool::Sqlite(pool)

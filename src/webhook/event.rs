@@ -6,7 +6,8 @@
 //! "api_version": "...", "data": {...}}`. For call events `data` is the call
 //! object exactly as `GET /v1/calls/{id}` answers it plus `sequence`, the
 //! event's position among that call's events, so receivers can order what
-//! arrives out of order.
+//! arrives out of order. For campaign events `data` is the campaign exactly
+//! as `GET /v1/campaigns/{id}` answers it, after the change.
 //!
 //! Must not: write to the store or send anything; it only renders.
 
@@ -15,9 +16,11 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::api::calls::{Call, to_api};
+use crate::api::campaigns::Campaign;
 use crate::ids;
 use crate::store::StoreError;
 use crate::store::calls::CallRecord;
+use crate::store::campaigns::CampaignRecord;
 use crate::store::events::{Fanout, NewEvent};
 
 /// The version of the envelope and data shapes; changes only with a breaking
@@ -63,6 +66,28 @@ impl TrunkEventType {
     }
 }
 
+/// What happened to a campaign: its status changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CampaignEventType {
+    Started,
+    Paused,
+    Resumed,
+    Completed,
+    Canceled,
+}
+
+impl CampaignEventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CampaignEventType::Started => "campaign.started",
+            CampaignEventType::Paused => "campaign.paused",
+            CampaignEventType::Resumed => "campaign.resumed",
+            CampaignEventType::Completed => "campaign.completed",
+            CampaignEventType::Canceled => "campaign.canceled",
+        }
+    }
+}
+
 /// The type of events sent by `POST /v1/webhook-endpoints/{id}/test`, to
 /// that endpoint only.
 pub const TEST_EVENT_TYPE: &str = "webhook.test";
@@ -75,8 +100,9 @@ pub struct WebhookEvent<D> {
     #[schema(example = "evt_01jdw8q1m7k3x9b5n4c2v6t8r0")]
     pub id: String,
     /// `call.initiated`, `call.ringing`, `call.answered`, `call.ended`,
-    /// `call.dtmf`, `trunk.registered`, `trunk.registration_failed` or
-    /// `webhook.test`.
+    /// `call.dtmf`, `trunk.registered`, `trunk.registration_failed`,
+    /// `campaign.started`, `campaign.paused`, `campaign.resumed`,
+    /// `campaign.completed`, `campaign.canceled` or `webhook.test`.
     #[serde(rename = "type")]
     pub event_type: String,
     pub created_at: DateTime<Utc>,
@@ -91,6 +117,8 @@ pub type CallEvent = WebhookEvent<CallEventData>;
 pub type TrunkEvent = WebhookEvent<TrunkEventData>;
 /// A test event: event `data` of `webhook.test`.
 pub type TestEvent = WebhookEvent<TestEventData>;
+/// A campaign event: event `data` of `campaign.*`.
+pub type CampaignEvent = WebhookEvent<CampaignEventData>;
 
 /// The call as `GET /v1/calls/{id}` returns it, plus its event sequence.
 /// `call.ended` carries the final `status`, `end_reason`, `sip_code` and
@@ -118,6 +146,15 @@ pub struct TrunkEventData {
     pub expires_at: Option<DateTime<Utc>>,
     /// When registering is tried again (`trunk.registration_failed`).
     pub next_attempt_at: Option<DateTime<Utc>>,
+}
+
+/// The campaign as `GET /v1/campaigns/{id}` returns it, after the change:
+/// `status` is the new status; `started_at` and `finished_at` are set by
+/// the change that sets them.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CampaignEventData {
+    #[serde(flatten)]
+    pub campaign: Campaign,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -182,6 +219,21 @@ pub fn trunk_event(
     data: TrunkEventData,
 ) -> Result<NewEvent, StoreError> {
     render(event_type.as_str(), data, None, Fanout::Subscribed)
+}
+
+/// Renders a campaign event from the campaign row as the transaction left it.
+pub fn campaign_event(
+    event_type: CampaignEventType,
+    campaign: &CampaignRecord,
+) -> Result<NewEvent, StoreError> {
+    let api = crate::api::campaigns::to_api(campaign.clone())
+        .map_err(|_| StoreError::Corrupt(format!("campaign {} cannot be rendered", campaign.id)))?;
+    render(
+        event_type.as_str(),
+        CampaignEventData { campaign: api },
+        None,
+        Fanout::Subscribed,
+    )
 }
 
 pub fn test_event(endpoint_id: &str) -> Result<NewEvent, StoreError> {

@@ -5,6 +5,8 @@
 //! Call state changes go through [`Outbox::call_created`],
 //! [`Outbox::call_ringing`], [`Outbox::call_answered`], [`Outbox::call_dtmf`]
 //! and [`Outbox::call_ended`] (the call layer's `Transitions` calls them),
+//! campaign status changes through [`Outbox::campaign_transition`] and
+//! [`Outbox::campaign_completed_if_done`],
 //! which write the call row and the event (and its deliveries) in one store
 //! transaction ([`crate::store::events`]) and then wake the delivery worker
 //! and the event streams. A crash after the commit
@@ -27,9 +29,10 @@ use std::sync::Arc;
 use tokio::sync::{Notify, watch};
 
 use crate::store::calls::{CallRecord, EndFields, NewCall};
+use crate::store::campaigns::CampaignRecord;
 use crate::store::events::EventRecord;
 use crate::store::{Store, StoreError};
-use event::{CallEventType, TrunkEventData, TrunkEventType};
+use event::{CallEventType, CampaignEventType, TrunkEventData, TrunkEventType};
 
 /// Installs ring as the process's TLS crypto provider (https endpoints).
 /// Idempotent: a provider installed earlier stays.
@@ -125,6 +128,41 @@ impl Outbox {
             .emit(&event::trunk_event(event_type, data)?)
             .await?;
         self.emitted();
+        Ok(record)
+    }
+
+    /// A campaign moves from one of `from` to `to` (an operator's action),
+    /// with its event of type `kind` in the same transaction.
+    pub async fn campaign_transition(
+        &self,
+        id: &str,
+        from: &[&str],
+        to: &str,
+        kind: CampaignEventType,
+    ) -> Result<CampaignRecord, StoreError> {
+        let emit = move |c: &CampaignRecord| event::campaign_event(kind, c);
+        let record = self
+            .store
+            .transition_campaign(id, from, to, Some(&emit))
+            .await?;
+        self.emitted();
+        Ok(record)
+    }
+
+    /// A running campaign with nothing left to dial becomes `completed`,
+    /// with `campaign.completed`; the campaign when it did.
+    pub async fn campaign_completed_if_done(
+        &self,
+        id: &str,
+    ) -> Result<Option<CampaignRecord>, StoreError> {
+        let emit = |c: &CampaignRecord| event::campaign_event(CampaignEventType::Completed, c);
+        let record = self
+            .store
+            .complete_campaign_if_done(id, Some(&emit))
+            .await?;
+        if record.is_some() {
+            self.emitted();
+        }
         Ok(record)
     }
 
