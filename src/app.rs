@@ -24,6 +24,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::agent::speech::Speech;
 use crate::api::{self, AppState, Readiness};
 use crate::call::campaign_dialer::{CallDialer, report_outcomes};
 use crate::call::{Calls, EndReason};
@@ -107,11 +108,15 @@ impl App {
         seed_trunk_states(&trunks, &profiles);
         metrics::gauge!(crate::metrics::TRUNKS_CONFIGURED).set(profiles.by_name.len() as f64);
         let profiles = Arc::new(SharedProfiles::new(profiles));
+        let speech = Speech::new(config.speech.clone());
+        // Recognizers load while the daemon starts, not on the first call.
+        speech.warm_up();
         let calls = Calls::new(
             &config,
             outbox.clone(),
             Arc::clone(&profiles),
             Arc::clone(&trunks),
+            speech,
         )?;
         let state = AppState::new(
             &config,

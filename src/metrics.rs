@@ -75,6 +75,15 @@ pub const AGENT_LLM_FIRST_CHUNK_SECONDS: &str = "agentline_agent_llm_first_chunk
 pub const AGENT_TOOL_CALLS_TOTAL: &str = "agentline_agent_tool_calls_total";
 /// Counter: replies cut short by the caller talking over them.
 pub const AGENT_BARGE_INS_TOTAL: &str = "agentline_agent_barge_ins_total";
+/// Histogram: seconds from the end of the caller's speech (or a key press)
+/// to each step of the reply, label `stage` = `stt_final` |
+/// `llm_first_token` | `tts_first_audio` | `first_frame_out` | `first_rtp`.
+pub const AGENT_TURN_LATENCY_SECONDS: &str = "agentline_agent_turn_latency_seconds";
+/// Histogram: the daemon's own share of a turn, label `path` =
+/// `rtp_in_to_stt` (a caller frame from the call task, after the jitter
+/// buffer, to the STT push) | `tts_to_rtp_out` (a reply's first TTS frame
+/// to its first RTP packet).
+pub const AGENT_PIPELINE_OVERHEAD_SECONDS: &str = "agentline_agent_pipeline_overhead_seconds";
 
 /// Installs the process-wide recorder and starts its upkeep. Called once by
 /// the daemon, inside the runtime; a second call is refused by `metrics`.
@@ -100,6 +109,20 @@ pub fn install() -> Result<PrometheusHandle, String> {
             Matcher::Full(AGENT_LLM_FIRST_CHUNK_SECONDS.into()),
             &[
                 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0,
+            ],
+        )
+        .map_err(|e| e.to_string())?
+        .set_buckets_for_metric(
+            Matcher::Full(AGENT_TURN_LATENCY_SECONDS.into()),
+            &[
+                0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0,
+            ],
+        )
+        .map_err(|e| e.to_string())?
+        .set_buckets_for_metric(
+            Matcher::Full(AGENT_PIPELINE_OVERHEAD_SECONDS.into()),
+            &[
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1,
             ],
         )
         .map_err(|e| e.to_string())?
@@ -199,6 +222,16 @@ fn describe() {
     metrics::describe_counter!(
         AGENT_BARGE_INS_TOTAL,
         "Agent replies cut short by the caller."
+    );
+    metrics::describe_histogram!(
+        AGENT_TURN_LATENCY_SECONDS,
+        metrics::Unit::Seconds,
+        "From the end of the caller's speech to each step of the reply, by stage."
+    );
+    metrics::describe_histogram!(
+        AGENT_PIPELINE_OVERHEAD_SECONDS,
+        metrics::Unit::Seconds,
+        "The daemon's own share of a turn: RTP in to STT, TTS out to RTP."
     );
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }

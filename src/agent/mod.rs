@@ -23,8 +23,10 @@
 //! [`turn::PlaybackLedger::heard`].
 //!
 //! Also owns the shape of the settings the call layer reads from an agent's
-//! stored JSON document ([`CallSettings`], [`PromptSettings`]); the API owns
-//! the full document and its validation.
+//! stored JSON document ([`CallSettings`], [`PromptSettings`],
+//! [`TurnSettings`], [`OpeningSettings`], and the brain's part with
+//! [`BrainConfig::from_settings`], read the same way for a chat session and
+//! a call); the API owns the full document and its validation.
 //!
 //! Must not: import `call`, `store` or `api` (the API converts its agent
 //! settings into a [`BrainConfig`]).
@@ -85,6 +87,86 @@ pub struct BrainConfig {
     pub script: Option<serde_json::Value>,
     pub llm: Option<LlmConfig>,
     pub tools: Vec<ToolConfig>,
+}
+
+/// The brain's part of an agent's stored settings document (the API writes
+/// it; these are its field names).
+#[derive(Debug, Deserialize)]
+struct StoredBrain {
+    #[serde(default)]
+    greeting: Option<String>,
+    #[serde(default)]
+    instructions: Option<String>,
+    #[serde(default)]
+    script: Option<serde_json::Value>,
+    #[serde(default)]
+    llm: Option<StoredLlm>,
+    #[serde(default)]
+    tools: Vec<StoredTool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum StoredLlmProvider {
+    Scripted,
+    Openai,
+}
+
+#[derive(Debug, Deserialize)]
+struct StoredLlm {
+    provider: StoredLlmProvider,
+    #[serde(default)]
+    base_url: Option<String>,
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    api_key_env: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct StoredTool {
+    name: String,
+    #[serde(default)]
+    description: String,
+    url: String,
+    parameters: serde_json::Value,
+    timeout_ms: u32,
+    #[serde(default)]
+    secret_env: Option<String>,
+}
+
+impl BrainConfig {
+    /// The brain an agent's stored settings document describes (the same
+    /// document for a chat session and a call).
+    pub fn from_settings(settings: &str) -> Result<Self, serde_json::Error> {
+        let s: StoredBrain = serde_json::from_str(settings)?;
+        Ok(BrainConfig {
+            greeting: s.greeting,
+            instructions: s.instructions,
+            script: s.script,
+            llm: s.llm.map(|l| LlmConfig {
+                kind: match l.provider {
+                    StoredLlmProvider::Scripted => LlmKind::Scripted,
+                    StoredLlmProvider::Openai => LlmKind::OpenAi,
+                },
+                base_url: l.base_url,
+                model: l.model,
+                api_key_env: l.api_key_env,
+            }),
+            tools: s
+                .tools
+                .into_iter()
+                .map(|t| ToolConfig {
+                    name: t.name,
+                    description: t.description,
+                    url: t.url,
+                    parameters: t.parameters,
+                    timeout_ms: t.timeout_ms,
+                    secret_env: t.secret_env,
+                })
+                .collect(),
+        })
+    }
 }
 
 /// The HTTP client for LLMs and tools, shared by every brain: no
@@ -192,6 +274,15 @@ pub struct CallSettings {
     /// Turn-taking of the speech pipeline.
     #[serde(default)]
     pub turn: Option<TurnSettings>,
+    /// Who speaks first (the `voice` agent).
+    #[serde(default)]
+    pub opening: Option<OpeningSettings>,
+    /// The recognizer of the `voice` agent (embedded when left out).
+    #[serde(default)]
+    pub stt: Option<speech::SpeechChoice<speech::SttKind>>,
+    /// The synthesizer of the `voice` agent (embedded when left out).
+    #[serde(default)]
+    pub tts: Option<speech::SpeechChoice<speech::TtsKind>>,
 }
 
 fn default_max_duration() -> u32 {
@@ -202,6 +293,44 @@ impl CallSettings {
     /// Reads the stored settings document.
     pub fn from_json(settings: &str) -> Result<Self, serde_json::Error> {
         serde_json::from_str(settings)
+    }
+}
+
+/// Who speaks first on a call. Each left out keeps its default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OpeningSettings {
+    /// Inbound calls: the agent greets as soon as the call is answered
+    /// (default true). When false it waits like on an outbound call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbound_speaks_first: Option<bool>,
+    /// Outbound calls: how long the agent waits for the callee's first words
+    /// before greeting (default 2000). The callee's "Hello?" ends the wait
+    /// as soon as it ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 10000)]
+    pub outbound_wait_ms: Option<u32>,
+}
+
+/// Default of [`OpeningSettings::outbound_wait_ms`].
+pub const DEFAULT_OUTBOUND_WAIT_MS: u32 = 2000;
+
+impl OpeningSettings {
+    /// The fields out of range, as (field, message).
+    pub fn problems(&self) -> Vec<(&'static str, &'static str)> {
+        match self.outbound_wait_ms {
+            Some(ms) if ms > 10_000 => vec![("outbound_wait_ms", "must be between 0 and 10000")],
+            _ => Vec::new(),
+        }
+    }
+
+    /// How the session opens a call in this direction.
+    pub fn greeting(&self, inbound: bool) -> session::Greeting {
+        if inbound && self.inbound_speaks_first.unwrap_or(true) {
+            return session::Greeting::Now;
+        }
+        let ms = self.outbound_wait_ms.unwrap_or(DEFAULT_OUTBOUND_WAIT_MS);
+        session::Greeting::AfterCallee(Duration::from_millis(u64::from(ms)))
     }
 }
 

@@ -103,8 +103,14 @@ pub enum TurnEvent {
         speech: Duration,
         reason: EndReason,
     },
-    /// Stop playback now; the caller heard `heard_ms` of the reply.
-    BargeIn { at: Duration, heard_ms: u64 },
+    /// Stop playback now; the caller heard `heard_ms` of the reply. `start`
+    /// is the utterance's first voiced frame (a barge-in on the frame that
+    /// confirms speech comes without a `SpeechStarted`).
+    BargeIn {
+        at: Duration,
+        start: Duration,
+        heard_ms: u64,
+    },
     /// Short speech during playback that did not interrupt.
     Backchannel { at: Duration, speech: Duration },
 }
@@ -298,18 +304,18 @@ impl TurnTaker {
     }
 
     /// Emits `SpeechStarted` or `BargeIn` when the utterance crosses the
-    /// thresholds on this frame.
+    /// thresholds on this frame. When both are crossed on one frame the
+    /// barge-in wins (it implies the start and carries it): playback stops
+    /// a frame sooner.
     fn confirm(&mut self, at: Duration, playback: Playback) -> Option<TurnEvent> {
-        let u = self.current.as_mut()?;
-        if !u.confirmed && u.voiced >= self.config.min_speech {
-            u.confirmed = true;
-            return Some(TurnEvent::SpeechStarted { at: u.start });
-        }
         let needed = if self.config.backchannels_interrupt {
             self.config.min_speech
         } else {
             self.config.barge_in_min
         };
+        let u = self.current.as_mut()?;
+        let started = !u.confirmed && u.voiced >= self.config.min_speech;
+        u.confirmed |= started;
         if let Playback::Playing { played } = playback
             && u.confirmed
             && !u.barged_in
@@ -318,10 +324,11 @@ impl TurnTaker {
             u.barged_in = true;
             return Some(TurnEvent::BargeIn {
                 at: at + FRAME,
+                start: u.start,
                 heard_ms: played.as_millis() as u64,
             });
         }
-        None
+        started.then_some(TurnEvent::SpeechStarted { at: u.start })
     }
 
     fn finish(&mut self, at: Duration, reason: EndReason) -> Option<TurnEvent> {
@@ -562,6 +569,7 @@ mod tests {
             events[1],
             TurnEvent::BargeIn {
                 at: MS(1400),
+                start: MS(1000),
                 heard_ms: 1380
             }
         );
@@ -600,10 +608,12 @@ mod tests {
             ..TurnConfig::default()
         });
         let events = run(&mut core, &[(false, 500, true), (true, 240, true)]);
+        // The third voiced frame (540 ms) confirms speech and interrupts.
         assert!(
-            events
-                .iter()
-                .any(|e| matches!(e, TurnEvent::BargeIn { at, .. } if *at == MS(580))),
+            matches!(
+                events[0],
+                TurnEvent::BargeIn { at, start, .. } if at == MS(560) && start == MS(500)
+            ),
             "{events:?}"
         );
     }

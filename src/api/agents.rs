@@ -13,9 +13,9 @@ use utoipa_axum::routes;
 use super::AppState;
 use super::error::{ApiError, ErrorResponses, FieldError};
 use super::extract::{ApiJson, ApiQuery, List, Pagination};
+use crate::agent::BrainConfig;
 use crate::agent::brain::scripted::ScriptedDialogue;
-use crate::agent::{BrainConfig, LlmConfig, LlmKind, ToolConfig};
-use crate::agent::{PromptSettings, TurnSettings};
+use crate::agent::{OpeningSettings, PromptSettings, TurnSettings};
 use crate::ids;
 use crate::store::agents::AgentRecord;
 
@@ -33,6 +33,9 @@ pub enum AgentKind {
     Echo,
     /// Diagnostic: plays a WAV file or a tone, then hangs up.
     Prompt,
+    /// The speech pipeline: STT, then the brain (a `script` or an `llm`),
+    /// then TTS, with barge-in, DTMF and actions.
+    Voice,
 }
 
 impl AgentKind {
@@ -40,6 +43,7 @@ impl AgentKind {
         match self {
             AgentKind::Echo => "echo",
             AgentKind::Prompt => "prompt",
+            AgentKind::Voice => "voice",
         }
     }
 }
@@ -130,6 +134,8 @@ struct Settings {
     prompt: Option<PromptSettings>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     turn: Option<TurnSettings>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    opening: Option<OpeningSettings>,
 }
 
 const DEFAULT_MAX_DURATION: u32 = 3600;
@@ -161,6 +167,8 @@ pub struct Agent {
     pub prompt: Option<PromptSettings>,
     /// Turn-taking: end-of-turn silence, barge-in, backchannels.
     pub turn: Option<TurnSettings>,
+    /// Who speaks first on a call (`voice` agents).
+    pub opening: Option<OpeningSettings>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -193,6 +201,8 @@ pub struct AgentCreate {
     pub prompt: Option<PromptSettings>,
     /// Turn-taking: end-of-turn silence, barge-in, backchannels.
     pub turn: Option<TurnSettings>,
+    /// Who speaks first on a call (`voice` agents).
+    pub opening: Option<OpeningSettings>,
 }
 
 /// The body of `PATCH /v1/agents/{id}`: fields left out keep their value.
@@ -219,6 +229,8 @@ pub struct AgentUpdate {
     pub prompt: Option<PromptSettings>,
     /// Turn-taking: end-of-turn silence, barge-in, backchannels.
     pub turn: Option<TurnSettings>,
+    /// Who speaks first on a call (`voice` agents).
+    pub opening: Option<OpeningSettings>,
 }
 
 fn to_agent(r: AgentRecord) -> Result<Agent, ApiError> {
@@ -241,6 +253,7 @@ fn to_agent(r: AgentRecord) -> Result<Agent, ApiError> {
         silence_timeout_seconds: s.silence_timeout_seconds,
         prompt: s.prompt,
         turn: s.turn,
+        opening: s.opening,
         created_at: r.created_at,
         updated_at: r.updated_at,
     })
@@ -368,6 +381,21 @@ fn validate(name: &str, kind: AgentKind, s: &Settings) -> Result<(), ApiError> {
             bad(&format!("turn.{field}"), message);
         }
     }
+    if let Some(o) = &s.opening {
+        for (field, message) in o.problems() {
+            bad(&format!("opening.{field}"), message);
+        }
+    }
+    let has_llm = s
+        .llm
+        .as_ref()
+        .is_some_and(|l| l.provider == LlmProvider::Openai);
+    if kind == AgentKind::Voice && s.script.is_none() && !has_llm {
+        bad(
+            "script",
+            "a voice agent needs a script or an llm with provider openai",
+        );
+    }
     match (kind, &s.prompt) {
         (AgentKind::Prompt, None) => bad("prompt", "a prompt agent needs wav_path or tone_hz"),
         (AgentKind::Prompt, Some(p)) => match (&p.wav_path, p.tone_hz) {
@@ -404,34 +432,8 @@ fn is_env_name(n: &str) -> bool {
 
 /// What the agent's brain is built from.
 pub(super) fn brain_config(r: &AgentRecord) -> Result<BrainConfig, ApiError> {
-    let s: Settings = serde_json::from_str(&r.settings)
-        .map_err(|e| ApiError::internal(format!("agent {} settings: {e}", r.id)))?;
-    Ok(BrainConfig {
-        greeting: s.greeting,
-        instructions: s.instructions,
-        script: s.script,
-        llm: s.llm.map(|l| LlmConfig {
-            kind: match l.provider {
-                LlmProvider::Scripted => LlmKind::Scripted,
-                LlmProvider::Openai => LlmKind::OpenAi,
-            },
-            base_url: l.base_url,
-            model: l.model,
-            api_key_env: l.api_key_env,
-        }),
-        tools: s
-            .tools
-            .into_iter()
-            .map(|t| ToolConfig {
-                name: t.name,
-                description: t.description,
-                url: t.url,
-                parameters: t.parameters,
-                timeout_ms: t.timeout_ms,
-                secret_env: t.secret_env,
-            })
-            .collect(),
-    })
+    BrainConfig::from_settings(&r.settings)
+        .map_err(|e| ApiError::internal(format!("agent {} settings: {e}", r.id)))
 }
 
 fn settings_json(s: &Settings) -> Result<String, ApiError> {
@@ -459,6 +461,7 @@ async fn create_agent(
             .unwrap_or(DEFAULT_SILENCE_TIMEOUT),
         prompt: body.prompt,
         turn: body.turn,
+        opening: body.opening,
     };
     validate(&body.name, body.kind, &settings)?;
     let id = ids::new(ids::AGENT);
@@ -529,6 +532,7 @@ async fn update_agent(
             .unwrap_or(current.silence_timeout_seconds),
         prompt: body.prompt.or(current.prompt),
         turn: body.turn.or(current.turn),
+        opening: body.opening.or(current.opening),
     };
     validate(&name, kind, &settings)?;
     let record = state

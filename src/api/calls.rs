@@ -86,6 +86,10 @@ pub struct Call {
     pub answered_at: Option<DateTime<Utc>>,
     pub ended_at: Option<DateTime<Utc>>,
     pub duration_ms: Option<i64>,
+    /// Calls with a `voice` agent, once ended: a short summary of the
+    /// conversation (the brain's, or the number of turns and the agent's
+    /// last line). The transcript is at `/v1/calls/{id}/transcript`.
+    pub summary: Option<String>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -154,6 +158,7 @@ pub fn to_api(r: CallRecord) -> Result<Call, ApiError> {
         answered_at: r.answered_at,
         ended_at: r.ended_at,
         duration_ms: r.duration_ms,
+        summary: r.summary,
     })
 }
 

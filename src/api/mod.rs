@@ -24,6 +24,7 @@ mod extract;
 mod numbers;
 mod observe;
 mod system;
+mod transcripts;
 mod trunks;
 mod webhook_endpoints;
 
@@ -159,6 +160,7 @@ fn routers(metrics_open: bool) -> (OpenApiRouter<AppState>, OpenApiRouter<AppSta
         .merge(numbers::router())
         .merge(trunks::router())
         .merge(calls::router())
+        .merge(transcripts::router())
         .merge(campaigns::router())
         .merge(dnc::router())
         .merge(chat::router())

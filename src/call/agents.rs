@@ -1,20 +1,49 @@
-//! The diagnostic agents that prove a call before the speech pipeline
-//! exists: `echo` sends the caller's audio back, `prompt` plays a WAV file
-//! or a tone and then hangs up.
+//! The agents a call runs: the diagnostic `echo` (sends the caller's audio
+//! back) and `prompt` (plays a WAV file or a tone, then hangs up), and
+//! `voice`, the speech pipeline: an [`AgentSession`] in its own task, fed
+//! the caller's frames and RFC 4733 digits, answering with frames to play,
+//! barge-in clears, transcript lines and actions.
 //!
-//! Must not: touch SIP; an agent sees audio frames and the playout state
-//! and answers with audio to play or a reason to end the call.
+//! For `voice` this module also keeps the transcript (with each reply's
+//! latency to the first RTP packet, measured with
+//! [`MediaEvent::PlayoutStarted`](crate::media::MediaEvent)) and the
+//! summary, and holds an action that must wait for the audio before it
+//! (hang up after the goodbye, transfer after "transferring you") until
+//! the media session has sent everything.
+//!
+//! Must not: touch SIP; an agent sees audio frames, digits and the playout
+//! state and answers with audio to play or a request for the call task
+//! ([`AgentRequest`]).
 
 use std::f64::consts::PI;
 use std::path::Path;
+use std::time::Duration;
 
-use crate::agent::PromptSettings;
-use crate::media::{AudioFrame, CLOCK_RATE, MediaHandle, SessionClosed};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::agent::brain::{Action, Conversation, Role};
+use crate::agent::session::{AgentSession, Said, SessionConfig, SessionInput, SessionOutput};
+use crate::agent::speech::Speech;
+use crate::agent::{BrainConfig, CallSettings, PromptSettings, build_brain};
+use crate::media::{AudioFrame, CLOCK_RATE, Digit, MediaHandle, SessionClosed};
+use crate::metrics::{AGENT_PIPELINE_OVERHEAD_SECONDS, AGENT_TURN_LATENCY_SECONDS};
+use crate::store::transcripts::NewTurn;
 
 use super::EndReason;
 
 /// Peak of the generated tone: -10 dBFS, loud but far from clipping.
 const TONE_AMPLITUDE: f64 = 10_362.0;
+/// Caller frames buffered towards the session (2 s); more are dropped.
+const SESSION_INPUT_FRAMES: usize = 100;
+/// Session outputs buffered towards the call task.
+const SESSION_OUTPUT: usize = 64;
+/// How long the session gets to hand back its conversation at the end.
+const SESSION_STOP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest summary kept.
+const SUMMARY_CHARS: usize = 500;
 
 /// An agent running on one call.
 #[derive(Debug)]
@@ -24,29 +53,130 @@ pub enum AgentRun {
         /// 8 kHz mono PCM, taken when playing starts.
         audio: Option<Vec<i16>>,
     },
+    Voice(Box<Voice>),
+}
+
+/// What the agent asks of the call task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentRequest {
+    End(EndReason),
+    /// Blind transfer to this number or SIP URI (SIP REFER).
+    Transfer(String),
+}
+
+/// The `voice` agent: ready to start, then running.
+pub struct Voice {
+    /// Taken when the call is answered.
+    session: Option<AgentSession>,
+    /// The clock of the session's offsets: the answer (set by `start`).
+    epoch: Instant,
+    input: Option<mpsc::Sender<SessionInput>>,
+    output: Option<mpsc::Receiver<SessionOutput>>,
+    task: Option<JoinHandle<Conversation>>,
+    turns: Vec<NewTurn>,
+    summary: Option<String>,
+    /// The media session holds audio of ours not yet sent.
+    playing: bool,
+    /// When the frame that (re)started playout was handed to the media.
+    play_requested: Option<Instant>,
+    /// From handing a reply's first frame to its first RTP packet.
+    last_rtp_delay: Duration,
+    /// Waits for the audio queued before it to be sent.
+    after_playout: Option<AgentRequest>,
+}
+
+impl std::fmt::Debug for Voice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Voice")
+            .field("turns", &self.turns.len())
+            .field("playing", &self.playing)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a `voice` agent leaves when the call ends.
+#[derive(Debug, Clone, Default)]
+pub struct Transcript {
+    pub turns: Vec<NewTurn>,
+    pub summary: Option<String>,
 }
 
 impl AgentRun {
-    /// The agent for `kind` (`echo` or `prompt`); a `prompt` whose sound
-    /// cannot be read is an error the call ends with.
-    pub async fn new(kind: &str, prompt: Option<&PromptSettings>) -> Result<Self, String> {
+    /// The agent for `kind` (`echo`, `prompt` or `voice`); `settings_json`
+    /// is the agent's stored settings document. An agent that cannot run
+    /// (a `prompt` whose sound cannot be read, a `voice` agent whose brain
+    /// or speech engines cannot be built) is an error the call is refused
+    /// or ended with.
+    pub async fn new(
+        kind: &str,
+        settings: &CallSettings,
+        settings_json: &str,
+        speech: &Speech,
+        inbound: bool,
+    ) -> Result<Self, String> {
         match kind {
             "echo" => Ok(AgentRun::Echo),
             "prompt" => {
-                let settings = prompt.ok_or("prompt agent without prompt settings")?;
-                let audio = prompt_audio(settings).await?;
+                let prompt = settings
+                    .prompt
+                    .as_ref()
+                    .ok_or("prompt agent without prompt settings")?;
+                let audio = prompt_audio(prompt).await?;
                 Ok(AgentRun::Prompt { audio: Some(audio) })
             }
-            other => Err(format!("agent kind {other:?} cannot run on a call yet")),
+            "voice" => {
+                let brain_config = BrainConfig::from_settings(settings_json)
+                    .map_err(|e| format!("voice agent settings: {e}"))?;
+                let brain =
+                    build_brain(&brain_config).map_err(|e| format!("voice agent brain: {e}"))?;
+                let stt = speech
+                    .stt(settings.stt.as_ref())
+                    .map_err(|e| format!("voice agent speech-to-text: {e}"))?;
+                let tts = speech
+                    .tts(settings.tts.as_ref())
+                    .map_err(|e| format!("voice agent text-to-speech: {e}"))?;
+                let config = SessionConfig {
+                    turn: settings.turn.clone().unwrap_or_default().config(),
+                    greeting: settings
+                        .opening
+                        .clone()
+                        .unwrap_or_default()
+                        .greeting(inbound),
+                    ..SessionConfig::default()
+                };
+                Ok(AgentRun::Voice(Box::new(Voice {
+                    session: Some(AgentSession {
+                        brain,
+                        stt,
+                        tts,
+                        config,
+                    }),
+                    epoch: Instant::now(),
+                    input: None,
+                    output: None,
+                    task: None,
+                    turns: Vec::new(),
+                    summary: None,
+                    playing: false,
+                    play_requested: None,
+                    last_rtp_delay: Duration::ZERO,
+                    after_playout: None,
+                })))
+            }
+            other => Err(format!("agent kind {other:?} cannot run on a call")),
         }
     }
 
-    /// The call is answered: start talking.
+    /// The call is answered: start talking (or listening).
     pub async fn start(&mut self, media: &MediaHandle) -> Result<(), SessionClosed> {
-        if let AgentRun::Prompt { audio } = self
-            && let Some(samples) = audio.take()
-        {
-            media.play(samples).await?;
+        match self {
+            AgentRun::Prompt { audio } => {
+                if let Some(samples) = audio.take() {
+                    media.play(samples).await?;
+                }
+            }
+            AgentRun::Voice(v) => v.start(),
+            AgentRun::Echo => {}
         }
         Ok(())
     }
@@ -60,16 +190,234 @@ impl AgentRun {
         match self {
             AgentRun::Echo => media.play(frame.samples).await,
             AgentRun::Prompt { .. } => Ok(()),
+            AgentRun::Voice(v) => {
+                let at = v.epoch.elapsed();
+                v.feed(SessionInput::Frame {
+                    at,
+                    pcm: frame.samples,
+                });
+                Ok(())
+            }
         }
     }
 
-    /// Everything queued has been played; the prompt agent is done.
-    pub fn on_playout_drained(&mut self) -> Option<EndReason> {
+    /// A digit from the caller (RFC 4733).
+    pub fn on_digit(&mut self, digit: Digit) {
+        if let AgentRun::Voice(v) = self {
+            v.feed(SessionInput::Dtmf(digit.as_char().to_string()));
+        }
+    }
+
+    /// The next thing the `voice` agent's session asks for; never resolves
+    /// for the other agents. `None`: the session has ended.
+    pub async fn next_output(&mut self) -> Option<SessionOutput> {
         match self {
-            AgentRun::Prompt { audio: None } => Some(EndReason::AgentHangup),
+            AgentRun::Voice(v) => match v.output.as_mut() {
+                Some(rx) => rx.recv().await,
+                None => std::future::pending().await,
+            },
+            _ => std::future::pending().await,
+        }
+    }
+
+    /// Carries out one output of the session.
+    pub async fn on_output(
+        &mut self,
+        output: SessionOutput,
+        media: &MediaHandle,
+    ) -> Result<Option<AgentRequest>, SessionClosed> {
+        let AgentRun::Voice(v) = self else {
+            return Ok(None);
+        };
+        match output {
+            SessionOutput::Audio(frame) => {
+                if !v.playing {
+                    v.playing = true;
+                    v.play_requested = Some(Instant::now());
+                }
+                media.play(frame).await?;
+            }
+            SessionOutput::ClearAudio => {
+                tracing::debug!("barge-in: agent audio cleared");
+                // What was handed out may never be sent: no measurement.
+                v.play_requested = None;
+                media.clear().await?;
+            }
+            SessionOutput::Said(said) => v.record(said),
+            SessionOutput::Action(action) => return v.act(action, media).await,
+        }
+        Ok(None)
+    }
+
+    /// The media session sent its first packet after an idle spell.
+    pub fn on_playout_started(&mut self) {
+        if let AgentRun::Voice(v) = self
+            && let Some(requested) = v.play_requested.take()
+        {
+            v.last_rtp_delay = requested.elapsed();
+        }
+    }
+
+    /// Everything queued has been played: the prompt agent is done; the
+    /// voice agent carries out what waited for its audio.
+    pub fn on_playout_drained(&mut self) -> Option<AgentRequest> {
+        match self {
+            AgentRun::Prompt { audio: None } => Some(AgentRequest::End(EndReason::AgentHangup)),
+            AgentRun::Voice(v) => {
+                v.playing = false;
+                v.after_playout.take()
+            }
             _ => None,
         }
     }
+
+    /// Stops the agent; a `voice` agent answers its transcript.
+    pub async fn finish(self) -> Option<Transcript> {
+        let AgentRun::Voice(mut v) = self else {
+            return None;
+        };
+        v.input = None;
+        if let Some(task) = v.task.take() {
+            // The session ends when its input closes; what it still says is
+            // recorded until then.
+            let mut output = v.output.take();
+            let drain = async {
+                if let Some(rx) = output.as_mut() {
+                    while let Some(o) = rx.recv().await {
+                        if let SessionOutput::Said(said) = o {
+                            v.record(said);
+                        }
+                    }
+                }
+            };
+            if tokio::time::timeout(SESSION_STOP_TIMEOUT, drain)
+                .await
+                .is_err()
+            {
+                tracing::debug!("agent session did not stop in time");
+            }
+            task.abort();
+        }
+        let summary = v.summary.take().or_else(|| summary_of(&v.turns));
+        Some(Transcript {
+            turns: std::mem::take(&mut v.turns),
+            summary,
+        })
+    }
+}
+
+impl Voice {
+    fn start(&mut self) {
+        let Some(mut session) = self.session.take() else {
+            return;
+        };
+        // Transcript offsets and frame times count from the answer.
+        self.epoch = Instant::now();
+        session.config.epoch = Some(self.epoch);
+        let (in_tx, in_rx) = mpsc::channel(SESSION_INPUT_FRAMES);
+        let (out_tx, out_rx) = mpsc::channel(SESSION_OUTPUT);
+        let span = tracing::info_span!("agent_session");
+        self.task = Some(tokio::spawn(session.run(in_rx, out_tx).instrument(span)));
+        self.input = Some(in_tx);
+        self.output = Some(out_rx);
+    }
+
+    /// Hands input to the session without ever waiting: a session that
+    /// falls 2 s behind loses frames rather than stall the call task.
+    fn feed(&mut self, input: SessionInput) {
+        let Some(tx) = &self.input else { return };
+        match tx.try_send(input) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!("agent session behind, caller input dropped");
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => self.input = None,
+        }
+    }
+
+    fn record(&mut self, said: Said) {
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        let latency = said.latency.unwrap_or_default();
+        // The first RTP packet left one pacer slot after the first frame.
+        let first_rtp = latency.first_frame_out.map(|d| d + self.last_rtp_delay);
+        if let Some(d) = first_rtp {
+            metrics::histogram!(AGENT_TURN_LATENCY_SECONDS, "stage" => "first_rtp")
+                .record(d.as_secs_f64());
+            // The daemon's share: TTS's first frame to the wire.
+            if let Some(tts) = latency.tts_first_audio {
+                metrics::histogram!(AGENT_PIPELINE_OVERHEAD_SECONDS, "path" => "tts_to_rtp_out")
+                    .record(d.saturating_sub(tts).as_secs_f64());
+            }
+        }
+        self.turns.push(NewTurn {
+            speaker: match said.role {
+                Role::User => "caller",
+                _ => "agent",
+            },
+            text: said.text,
+            start_ms: ms(said.start),
+            end_ms: ms(said.end),
+            interrupted: said.interrupted,
+            heard: said.heard,
+            stt_final_ms: latency.stt_final.map(ms),
+            llm_first_token_ms: latency.llm_first_token.map(ms),
+            tts_first_audio_ms: latency.tts_first_audio.map(ms),
+            first_rtp_ms: first_rtp.map(ms),
+        });
+    }
+
+    async fn act(
+        &mut self,
+        action: Action,
+        media: &MediaHandle,
+    ) -> Result<Option<AgentRequest>, SessionClosed> {
+        tracing::info!(?action, "agent action");
+        let request = match action {
+            Action::Hangup => AgentRequest::End(EndReason::AgentHangup),
+            Action::Transfer { to } => AgentRequest::Transfer(to),
+            Action::SendDtmf { digits } => {
+                for key in digits.chars() {
+                    match Digit::from_char(key) {
+                        Some(digit) => media.send_digit(digit).await?,
+                        None => tracing::info!(%key, "not a DTMF key, not sent"),
+                    }
+                }
+                return Ok(None);
+            }
+            Action::Summary { text } => {
+                self.summary = Some(text.chars().take(SUMMARY_CHARS).collect());
+                return Ok(None);
+            }
+        };
+        if self.playing {
+            // The goodbye is still in the media session's queue.
+            self.after_playout = Some(request);
+            return Ok(None);
+        }
+        Ok(Some(request))
+    }
+}
+
+/// The summary when the brain gave none: how many turns, and the agent's
+/// last line.
+fn summary_of(turns: &[NewTurn]) -> Option<String> {
+    if turns.is_empty() {
+        return None;
+    }
+    let last = turns
+        .iter()
+        .rev()
+        .find(|t| t.speaker == "agent")
+        .map(|t| t.heard.clone().unwrap_or_else(|| t.text.clone()));
+    let count = match turns.len() {
+        1 => "1 turn".to_owned(),
+        n => format!("{n} turns"),
+    };
+    let text = match last {
+        Some(line) => format!("{count}; the agent last said: {line}"),
+        None => format!("{count}; the agent said nothing"),
+    };
+    Some(text.chars().take(SUMMARY_CHARS).collect())
 }
 
 async fn prompt_audio(settings: &PromptSettings) -> Result<Vec<i16>, String> {

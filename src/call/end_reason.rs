@@ -19,6 +19,9 @@ pub enum EndReason {
     CalleeHangup,
     /// The agent finished (the `prompt` agent after its sound).
     AgentHangup,
+    /// The agent handed the call over with SIP REFER (RFC 3515) and the
+    /// far end accepted.
+    Transferred,
     /// `POST /v1/calls/{id}/hangup`.
     ApiHangup,
     /// The callee pressed the campaign's opt-out key: the number goes on
@@ -66,6 +69,7 @@ impl EndReason {
             EndReason::CallerHangup => "caller_hangup",
             EndReason::CalleeHangup => "callee_hangup",
             EndReason::AgentHangup => "agent_hangup",
+            EndReason::Transferred => "transferred",
             EndReason::ApiHangup => "api_hangup",
             EndReason::OptedOut => "opted_out",
             EndReason::MachineDetected => "machine_detected",

@@ -2,6 +2,9 @@
 //! outbox (one transaction holding the row change and its `call.*` event)
 //! and then publishes the committed row on the in-process bus.
 //!
+//! The transcript of an agent's conversation is written here too, just
+//! before the end (no event of its own: `call.ended` carries the summary).
+//!
 //! Must not: decide anything. The call tasks call these at each change; a
 //! store failure is logged and the call goes on (audio matters more than
 //! the record).
@@ -13,6 +16,7 @@ use tokio::sync::broadcast;
 use super::EndReason;
 use crate::store::Store;
 use crate::store::calls::{CallRecord, EndFields, NewCall};
+use crate::store::transcripts::NewTurn;
 use crate::webhook::Outbox;
 
 /// Events buffered per subscriber before a slow one starts missing some.
@@ -129,6 +133,19 @@ impl Transitions {
     pub async fn dtmf(&self, id: &str, digit: char) {
         let result = self.outbox.call_dtmf(id, digit).await;
         self.publish(CallEventKind::Dtmf(digit), result);
+    }
+
+    /// The agent's conversation: its turns and summary, stored before the
+    /// end is recorded so that `call.ended` carries the summary.
+    pub async fn transcript(&self, id: &str, turns: &[NewTurn], summary: Option<&str>) {
+        if let Err(e) = self
+            .outbox
+            .store()
+            .save_transcript(id, turns, summary)
+            .await
+        {
+            tracing::warn!(error = %e, turns = turns.len(), "transcript not stored");
+        }
     }
 
     /// The call ended with `reason`; `answered_for` is how long it was up.

@@ -38,6 +38,8 @@ struct Route {
     agent_id: String,
     agent_kind: String,
     settings: CallSettings,
+    /// The agent's whole settings document (the brain reads it).
+    settings_json: String,
     offer: Bytes,
 }
 
@@ -148,6 +150,7 @@ async fn route(shared: &Shared, info: &InviteInfo) -> Result<Route, EndReason> {
         agent_id,
         agent_kind: agent.kind,
         settings,
+        settings_json: agent.settings,
         offer,
     })
 }
@@ -187,9 +190,20 @@ async fn run(shared: Arc<Shared>, id: String, mut invite: IncomingInvite, route:
     ) else {
         return refuse(invite, EndReason::TrunkFull).await;
     };
-    let agent = match AgentRun::new(&route.agent_kind, route.settings.prompt.as_ref()).await {
+    let agent = match AgentRun::new(
+        &route.agent_kind,
+        &route.settings,
+        &route.settings_json,
+        &shared.speech,
+        true,
+    )
+    .await
+    {
         Ok(agent) => agent,
-        Err(e) => return refuse(invite, EndReason::Error(e)).await,
+        Err(e) => {
+            tracing::warn!(error = %e, agent_id = %route.agent_id, "the agent cannot run");
+            return refuse(invite, EndReason::Error(e)).await;
+        }
     };
     let (socket, permit) = match bind_rtp(&shared.ports, shared.media_ip()).await {
         Ok(bound) => bound,

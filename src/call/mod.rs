@@ -36,6 +36,7 @@ use std::time::Duration;
 
 use tokio::sync::broadcast;
 
+use crate::agent::speech::Speech;
 use crate::config::{self, Config, Profile, SharedProfiles, UnknownSource};
 use crate::media::{self, MediaError, PortAllocator, SessionConfig};
 use crate::metrics::{CALLS_ENDED_TOTAL, CALLS_STARTED_TOTAL};
@@ -75,6 +76,8 @@ pub(crate) struct Shared {
     /// Set by the drain: new calls are refused.
     draining: AtomicBool,
     registrations: Registrations,
+    /// The STT and TTS engines the `voice` agents get.
+    speech: Speech,
 }
 
 impl Shared {
@@ -125,6 +128,7 @@ impl Calls {
         outbox: Outbox,
         profiles: Arc<SharedProfiles>,
         trunks: Arc<TrunkStates>,
+        speech: Speech,
     ) -> Result<Self, MediaError> {
         let ports = PortAllocator::new(config.sip.rtp_ports.low..=config.sip.rtp_ports.high)?;
         let media = SessionConfig {
@@ -145,6 +149,7 @@ impl Calls {
                 media,
                 draining: AtomicBool::new(false),
                 registrations: Registrations::default(),
+                speech,
             }),
         })
     }

@@ -172,6 +172,7 @@ impl Calls {
             trunk,
             agent_kind: agent.kind,
             settings,
+            settings_json: agent.settings,
             max_duration,
             req,
             commands,
@@ -189,6 +190,8 @@ struct Dial {
     trunk: Profile,
     agent_kind: String,
     settings: CallSettings,
+    /// The agent's whole settings document (the brain reads it).
+    settings_json: String,
     max_duration: Duration,
     req: OutboundRequest,
     commands: mpsc::Receiver<Command>,
@@ -212,9 +215,20 @@ impl Dial {
         let Some(stack) = shared.stack.get() else {
             return (EndReason::Error("SIP stack not running".into()), None);
         };
-        let agent = match AgentRun::new(&self.agent_kind, self.settings.prompt.as_ref()).await {
+        let agent = match AgentRun::new(
+            &self.agent_kind,
+            &self.settings,
+            &self.settings_json,
+            &shared.speech,
+            false,
+        )
+        .await
+        {
             Ok(agent) => agent,
-            Err(e) => return (EndReason::Error(e), None),
+            Err(e) => {
+                tracing::warn!(error = %e, "the agent cannot run");
+                return (EndReason::Error(e), None);
+            }
         };
         let (socket, permit) = match bind_rtp(&shared.ports, shared.media_ip()).await {
             Ok(bound) => bound,

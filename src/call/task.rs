@@ -4,8 +4,13 @@
 //! until one [`EndReason`] ends it. The screen says when the agent starts.
 //! Then it sends BYE unless the far end already did, and stops the media.
 //!
-//! Must not: write the call row itself beyond the DTMF transition; the
-//! inbound and outbound lifecycles record the end with the reason returned.
+//! The agent's requests come through here too: hang up, or transfer with
+//! SIP REFER (RFC 3515); a `voice` agent's transcript is stored when the
+//! call ends.
+//!
+//! Must not: write the call row itself beyond the DTMF transition and the
+//! transcript; the inbound and outbound lifecycles record the end with the
+//! reason returned.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +19,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until, timeout};
 
-use super::agents::AgentRun;
+use super::agents::{AgentRequest, AgentRun};
 use super::registry::Command;
 use super::screen::{Screen, Screened};
 use super::{EndReason, Shared};
@@ -23,6 +28,8 @@ use crate::sip::{Call, CallEvent, ReInvite};
 
 /// How long we wait for the answer to our BYE before giving up on it.
 const BYE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a REFER may take to be answered before the call goes on.
+const REFER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the media task gets to publish its last counters.
 const MEDIA_STOP_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -98,9 +105,22 @@ pub(super) async fn run(shared: &Arc<Shared>, call: Established) -> EndReason {
                     Some(MediaEvent::Digit(digit)) => {
                         tracing::info!(digit = %digit.as_char(), "DTMF received");
                         shared.transitions.dtmf(&id, digit.as_char()).await;
-                        screen.on_digit(digit.as_char())
+                        // A campaign's opt-out key ends the call; any other
+                        // key is the agent's.
+                        let opted_out = screen.on_digit(digit.as_char());
+                        if opted_out.is_none() {
+                            agent.on_digit(digit);
+                        }
+                        opted_out
                     }
-                    Some(MediaEvent::PlayoutDrained) => agent.on_playout_drained(),
+                    Some(MediaEvent::PlayoutDrained) => match agent.on_playout_drained() {
+                        Some(request) => fulfil(&mut sip, request).await,
+                        None => None,
+                    },
+                    Some(MediaEvent::PlayoutStarted) => {
+                        agent.on_playout_started();
+                        None
+                    }
                     Some(MediaEvent::Timeout) => Some(EndReason::MediaTimeout),
                     Some(MediaEvent::Latched(addr)) => {
                         tracing::debug!(%addr, "RTP latched");
@@ -108,6 +128,14 @@ pub(super) async fn run(shared: &Arc<Shared>, call: Established) -> EndReason {
                     }
                     None => Some(EndReason::Error("media session ended".into())),
                 },
+            },
+            output = agent.next_output() => match output {
+                Some(output) => match agent.on_output(output, &media).await {
+                    Ok(Some(request)) => fulfil(&mut sip, request).await,
+                    Ok(None) => None,
+                    Err(_) => Some(EndReason::Error("media session closed".into())),
+                },
+                None => Some(EndReason::Error("agent session ended".into())),
             },
             // A closed channel disables this branch (every handle gone).
             Some(Command::Hangup(reason)) = commands.recv() => Some(reason),
@@ -125,6 +153,12 @@ pub(super) async fn run(shared: &Arc<Shared>, call: Established) -> EndReason {
             Err(_) => tracing::info!("BYE not answered in time"),
         }
     }
+    if let Some(transcript) = agent.finish().await {
+        shared
+            .transitions
+            .transcript(&id, &transcript.turns, transcript.summary.as_deref())
+            .await;
+    }
     drop(media);
     drop(events);
     match timeout(MEDIA_STOP_TIMEOUT, media_task).await {
@@ -138,6 +172,30 @@ pub(super) async fn run(shared: &Arc<Shared>, call: Established) -> EndReason {
         _ => tracing::debug!("media task did not report"),
     }
     reason
+}
+
+/// Carries out what the agent asked: an end reason, or a blind transfer
+/// (RFC 3515 REFER; RFC 5589 §6: once the peer accepts, we hang up). A
+/// refused or unanswered REFER leaves the call up.
+async fn fulfil(sip: &mut Call, request: AgentRequest) -> Option<EndReason> {
+    match request {
+        AgentRequest::End(reason) => Some(reason),
+        AgentRequest::Transfer(to) => match timeout(REFER_TIMEOUT, sip.refer(&to)).await {
+            Ok(Ok(code)) if (200..300).contains(&code) => Some(EndReason::Transferred),
+            Ok(Ok(code)) => {
+                tracing::info!(code, %to, "transfer refused; the call goes on");
+                None
+            }
+            Ok(Err(e)) => {
+                tracing::info!(error = %e, %to, "transfer failed; the call goes on");
+                None
+            }
+            Err(_) => {
+                tracing::info!(%to, "REFER not answered in time; the call goes on");
+                None
+            }
+        },
+    }
 }
 
 /// RFC 3261 §14.2 / RFC 3264 §8: answer a re-INVITE. Hold (`sendonly`,

@@ -130,6 +130,9 @@ pub enum MediaEvent {
     Latched(SocketAddr),
     /// Everything queued with [`MediaHandle::play`] has been sent.
     PlayoutDrained,
+    /// The first packet after an idle spell has been sent (the agent layer
+    /// measures its own latency to the wire with it).
+    PlayoutStarted,
     /// No RTP arrived within the inactivity timeout.
     Timeout,
 }
@@ -436,6 +439,7 @@ impl Driver {
             }
             return;
         };
+        let started = !self.was_playing;
         self.was_playing = true;
         match self.socket.send_to(&packet, destination).await {
             Ok(sent) => {
@@ -443,6 +447,9 @@ impl Driver {
                 self.counters.bytes_out.increment(sent as u64);
                 self.stats.packets_out += 1;
                 self.stats.bytes_out += sent as u64;
+                if started {
+                    self.emit_control(MediaEvent::PlayoutStarted);
+                }
             }
             Err(e) => tracing::debug!(error = %e, %destination, "RTP send error"),
         }
@@ -924,6 +931,14 @@ mod tests {
         })
         .await;
         assert!(events.contains(&MediaEvent::PlayoutDrained));
+        assert_eq!(
+            events
+                .iter()
+                .filter(|e| **e == MediaEvent::PlayoutStarted)
+                .count(),
+            1,
+            "{events:?}"
+        );
         // Drain what was in flight, then nothing more arrives.
         while tokio::time::timeout(Duration::from_millis(60), peer.recv_from(&mut buf))
             .await

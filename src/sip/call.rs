@@ -1,6 +1,8 @@
 //! An established dialog (RFC 3261 §12), either direction: BYE both ways,
 //! re-INVITE (§14) whose answer the caller computes, INFO (RFC 6086)
-//! answered 200 and reported. Dropping a live [`Call`] sends BYE.
+//! answered 200 and reported, REFER sent for a blind transfer (RFC 3515;
+//! ezk-sip-ua keeps its REFER support private to its own call type, so it
+//! is built here on the dialog). Dropping a live [`Call`] sends BYE.
 
 use super::guard::is_sdp;
 use super::inbound::attach_sdp;
@@ -8,7 +10,8 @@ use super::transport::SipError;
 use bytes::Bytes;
 use ezk_sip_core::{Endpoint, IncomingRequest, MayTake};
 use ezk_sip_types::header::typed::ContentType;
-use ezk_sip_types::{Method, StatusCode};
+use ezk_sip_types::print::{AppendCtx, PrintCtx};
+use ezk_sip_types::{Method, Name, StatusCode};
 use ezk_sip_ua::dialog::{Usage, UsageGuard};
 use ezk_sip_ua::invite::session::{InviteSession, InviteSessionEvent, ReInviteReceived};
 use tokio::sync::mpsc;
@@ -174,6 +177,60 @@ impl Call {
             }
         });
         Ok(())
+    }
+
+    /// Blind transfer (RFC 3515 §2.4, RFC 5589 §6): asks the peer to call
+    /// `target` (a `sip:` URI, or a user part such as an E.164 number, sent
+    /// to the peer's own host) and returns the final status of the REFER.
+    /// 2xx means the peer took it; the NOTIFYs that follow (§2.4.4) are
+    /// answered by the INVITE session. The caller then ends the dialog.
+    pub async fn refer(&mut self, target: &str) -> Result<u16, SipError> {
+        // Whatever goes into the header must not break out of it.
+        let safe = !target.is_empty()
+            && target.len() <= 256
+            && target
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+-_.@:;=*#%".contains(c));
+        if !safe {
+            return Err(SipError::Invalid {
+                what: "transfer target",
+                value: target.to_owned(),
+            });
+        }
+        let session = self.session.as_mut().ok_or(SipError::Terminated)?;
+        let uri = if target.starts_with("sip:") || target.starts_with("sips:") {
+            target.to_owned()
+        } else {
+            let host = session
+                .dialog
+                .peer_contact
+                .uri
+                .uri
+                .host_port
+                .print_ctx(PrintCtx::default())
+                .to_string();
+            format!("sip:{target}@{host}")
+        };
+        let mut request = session.dialog.create_request(Method::REFER, None);
+        request.headers.insert(Name::REFER_TO, format!("<{uri}>"));
+        // RFC 3515 §2.4.1 / RFC 3261 §8.1.1.8: REFER creates a dialog usage
+        // (the implicit subscription), so it carries our Contact.
+        request.headers.insert_named(&session.dialog.local_contact);
+        let span = tracing::info_span!("sip_refer", call_id = %self.call_id, %uri);
+        async {
+            let mut target_tp_info = session.dialog.target_tp_info.lock().await;
+            let mut transaction = session
+                .endpoint
+                .send_request(request, &mut target_tp_info)
+                .await?;
+            drop(target_tp_info);
+            let response = transaction.receive_final().await?;
+            let code = response.line.code.into_u16();
+            tracing::info!(code, "REFER answered");
+            Ok(code)
+        }
+        .instrument(span)
+        .await
     }
 
     /// Send BYE and wait for its final response.

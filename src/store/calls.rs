@@ -44,6 +44,8 @@ pub struct CallRecord {
     /// `human`, `machine` or `unknown` once answering-machine detection
     /// decided; `None` when it did not run.
     pub answered_by: Option<String>,
+    /// A short summary of the conversation (agent calls), set at the end.
+    pub summary: Option<String>,
 }
 
 /// Filters of a call listing; `None` matches everything.
@@ -90,7 +92,7 @@ pub struct EndFields<'a> {
 
 const SELECT_CALL: &str = "SELECT id, direction, from_number, to_number, trunk, agent_id, status, sip_call_id,
     sip_code, sip_reason, end_reason, dtmf, metadata, ringing_at, answered_at, ended_at, duration_ms,
-    created_at, updated_at, event_seq, answered_by FROM calls WHERE id = $1";
+    created_at, updated_at, event_seq, answered_by, summary FROM calls WHERE id = $1";
 
 /// Runs one UPDATE of a call row, reads the row back and writes the event
 /// `$emit` renders from it, in one transaction; [`StoreError::NotFound`]
@@ -241,7 +243,7 @@ impl Store {
         let items = on_pool!(self, p => sqlx::query_as::<_, CallRecord>(
             "SELECT id, direction, from_number, to_number, trunk, agent_id, status, sip_call_id,
                 sip_code, sip_reason, end_reason, dtmf, metadata, ringing_at, answered_at, ended_at, duration_ms,
-                created_at, updated_at, event_seq, answered_by FROM calls
+                created_at, updated_at, event_seq, answered_by, summary FROM calls
              WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR direction = $2)
                AND ($3 IS NULL OR from_number = $3 OR to_number = $3) AND ($4 IS NULL OR agent_id = $4)
                AND ($5 IS NULL OR created_at >= $5) AND ($6 IS NULL OR created_at < $6)

@@ -22,6 +22,7 @@ pub mod dnc;
 pub mod events;
 pub mod keys;
 pub mod numbers;
+pub mod transcripts;
 pub mod webhooks;
 
 use std::borrow::Cow;
@@ -152,6 +153,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0005_campaigns.sql"),
     ),
     (
+        6,
+        "transcripts",
+        include_str!("../../migrations/sqlite/0006_transcripts.sql"),
+    ),
+    (
         7,
         "screening",
         include_str!("../../migrations/sqlite/0007_screening.sql"),
@@ -179,6 +185,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         5,
         "campaigns",
         include_str!("../../migrations/postgres/0005_campaigns.sql"),
+    ),
+    (
+        6,
+        "transcripts",
+        include_str!("../../migrations/postgres/0006_transcripts.sql"),
     ),
     (
         7,

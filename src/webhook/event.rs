@@ -122,7 +122,8 @@ pub type CampaignEvent = WebhookEvent<CampaignEventData>;
 
 /// The call as `GET /v1/calls/{id}` returns it, plus its event sequence.
 /// `call.ended` carries the final `status`, `end_reason`, `sip_code` and
-/// `duration_ms` in the call itself.
+/// `duration_ms` in the call itself, and for a `voice` agent the
+/// conversation's `summary` (stored with the transcript just before).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CallEventData {
     #[serde(flatten)]

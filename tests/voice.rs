@@ -1,0 +1,899 @@
+//! The `voice` agent on real calls: the real daemon with its embedded
+//! speech engines, SIPp or baresip as the caller, and the transcript read
+//! back through the API.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Backend, TestDaemon, error_fields, free_udp_port, json_of, run_sipp};
+use serde_json::{Value, json};
+
+const LIMIT: Duration = Duration::from_secs(30);
+const NUMBER: &str = "+14155552671";
+
+fn trunk() -> String {
+    "name = \"carrier\"\n[inbound]\nallow = [\"127.0.0.1/32\"]\n[limits]\nmax_calls = 10\n".into()
+}
+
+/// An agent and the number bound to it; returns the agent id.
+async fn provision(d: &TestDaemon, agent: Value) -> String {
+    let (status, agent) = json_of(d.post("/v1/agents").json(&agent).send().await.unwrap()).await;
+    assert_eq!(status, 201, "{agent}");
+    let id = agent["id"].as_str().unwrap().to_owned();
+    let r = d
+        .post("/v1/phone-numbers")
+        .json(&json!({"number": NUMBER, "agent_id": id, "trunk_id": "trk_carrier"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    id
+}
+
+/// A phone menu: 1 for sales, 2 for support.
+fn menu_agent() -> Value {
+    json!({
+        "name": "menu",
+        "kind": "voice",
+        "max_duration_seconds": 60,
+        "script": {
+            "start": "menu",
+            "greeting": "Press one for sales or two for support.",
+            "states": {"menu": {"intents": [
+                {"name": "sales", "dtmf": "1", "reply": "Sales here, how can we help?"},
+                {"name": "support", "dtmf": "2", "reply": "Support here, what is the problem?",
+                 "actions": [{"type": "summary", "text": "The caller asked for support"}]}
+            ]}}
+        }
+    })
+}
+
+/// The newest call once it has ended, within 20 s.
+async fn ended_call(d: &TestDaemon) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, page) = json_of(d.get("/v1/calls?limit=1").send().await.unwrap()).await;
+        if let Some(call) = page["items"].get(0)
+            && !call["ended_at"].is_null()
+        {
+            return call.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no ended call: {page}\n{}",
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn transcript(d: &TestDaemon, id: &str) -> Value {
+    let (status, t) = json_of(
+        d.get(&format!("/v1/calls/{id}/transcript"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{t}");
+    t
+}
+
+/// (a) The caller presses 2 (RFC 4733): the scripted menu takes the
+/// support branch, and the stored transcript holds the key and the reply.
+async fn dtmf_picks_the_menu_branch(backend: Backend) {
+    let d = TestDaemon::builder()
+        .backend(backend)
+        .profile("carrier", &trunk())
+        .start()
+        .await;
+    provision(&d, menu_agent()).await;
+    let run = run_sipp(
+        "uac-invite-dtmf-2-expect-200-bye.xml",
+        free_udp_port(),
+        Some(([127, 0, 0, 1], d.sip_port).into()),
+        &[
+            "-s",
+            NUMBER,
+            "-mi",
+            "127.0.0.1",
+            "-mp",
+            &free_udp_port().to_string(),
+        ],
+        LIMIT,
+    )
+    .await;
+    assert!(run.success, "{}\n{}", run.output, d.log());
+    let call = ended_call(&d).await;
+    assert_eq!(call["end_reason"], "caller_hangup", "{call}");
+    let id = call["id"].as_str().unwrap();
+    let t = transcript(&d, id).await;
+    let turns = t["turns"].as_array().unwrap();
+    let agent_lines: Vec<&str> = turns
+        .iter()
+        .filter(|t| t["speaker"] == "agent")
+        .map(|t| t["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        agent_lines.first(),
+        Some(&"Press one for sales or two for support."),
+        "{t}\n{}",
+        d.log()
+    );
+    assert!(
+        agent_lines.iter().any(|l| l.starts_with("Support here")),
+        "{t}\n{}",
+        d.log()
+    );
+    assert!(!agent_lines.iter().any(|l| l.contains("Sales")), "{t}");
+    assert!(
+        turns
+            .iter()
+            .any(|t| t["speaker"] == "caller" && t["text"] == "[DTMF 2]"),
+        "{t}"
+    );
+    assert_eq!(call["dtmf"].as_str().unwrap().chars().last(), Some('2'));
+}
+
+/// (b) The transcript's shape: ordered turns with offsets from the answer,
+/// the reply's latency, and the brain's summary on the call, in the
+/// transcript and in `call.ended`; 404 for unknown or foreign ids.
+async fn transcript_shape_summary_and_404s(backend: Backend) {
+    let d = TestDaemon::builder()
+        .backend(backend)
+        .profile("carrier", &trunk())
+        .start()
+        .await;
+    provision(&d, menu_agent()).await;
+    let run = run_sipp(
+        "uac-invite-dtmf-2-expect-200-bye.xml",
+        free_udp_port(),
+        Some(([127, 0, 0, 1], d.sip_port).into()),
+        &[
+            "-s",
+            NUMBER,
+            "-mi",
+            "127.0.0.1",
+            "-mp",
+            &free_udp_port().to_string(),
+        ],
+        LIMIT,
+    )
+    .await;
+    assert!(run.success, "{}\n{}", run.output, d.log());
+    let call = ended_call(&d).await;
+    let id = call["id"].as_str().unwrap();
+    let t = transcript(&d, id).await;
+    assert_eq!(t["call_id"], id);
+    assert_eq!(t["summary"], "The caller asked for support", "{t}");
+    assert_eq!(call["summary"], t["summary"], "{call}");
+    let turns = t["turns"].as_array().unwrap();
+    let duration = call["duration_ms"].as_i64().unwrap();
+    let mut last_start = 0;
+    for turn in turns {
+        let (start, end) = (
+            turn["start_ms"].as_i64().unwrap(),
+            turn["end_ms"].as_i64().unwrap(),
+        );
+        assert!(start >= last_start && start <= end, "{t}");
+        assert!(end <= duration + 100, "{t} vs {duration} ms");
+        last_start = start;
+        assert!(turn["interrupted"].is_boolean(), "{turn}");
+        if !turn["interrupted"].as_bool().unwrap() {
+            assert!(turn["heard"].is_null(), "{turn}");
+        }
+    }
+    // The greeting plays first, before any key, and has no latency (it
+    // answers nothing).
+    assert_eq!(turns[0]["speaker"], "agent");
+    assert_eq!(turns[1]["speaker"], "caller");
+    assert!(
+        turns[0]["start_ms"].as_i64() < turns[1]["start_ms"].as_i64(),
+        "{t}"
+    );
+    assert!(
+        turns[0]["end_ms"].as_i64() > turns[0]["start_ms"].as_i64(),
+        "{t}"
+    );
+    assert!(turns[0]["latency"].is_null(), "{t}");
+    // A reply to a key has no STT step but every other one.
+    let reply = turns
+        .iter()
+        .rfind(|t| t["speaker"] == "agent" && !t["interrupted"].as_bool().unwrap())
+        .unwrap();
+    let latency = &reply["latency"];
+    assert!(latency["stt_final_ms"].is_null(), "{reply}");
+    for step in ["llm_first_token_ms", "tts_first_audio_ms", "first_rtp_ms"] {
+        assert!(latency[step].as_i64().is_some(), "{step}: {reply}");
+    }
+    assert!(
+        latency["first_rtp_ms"].as_i64() >= latency["tts_first_audio_ms"].as_i64(),
+        "{reply}"
+    );
+    // call.ended carries the summary.
+    let events = d.store().await.events_after(0, 100).await.unwrap();
+    let ended: Value = events
+        .iter()
+        .find(|e| e.event_type == "call.ended")
+        .map(|e| serde_json::from_str(&e.payload).unwrap())
+        .expect("call.ended written");
+    assert_eq!(ended["data"]["summary"], "The caller asked for support");
+
+    for missing in [
+        "/v1/calls/call_01jdw8q1m7k3x9b5n4c2v6t8r0/transcript",
+        "/v1/calls/agt_01jdw8q1m7k3x9b5n4c2v6t8r0/transcript",
+    ] {
+        let (status, body) = json_of(d.get(missing).send().await.unwrap()).await;
+        assert_eq!(status, 404, "{missing}: {body}");
+        assert_eq!(body["error"]["code"], "not_found", "{body}");
+    }
+}
+
+both_backends!(
+    dtmf_picks_the_menu_branch,
+    transcript_shape_summary_and_404s
+);
+
+/// A call to a number whose agent has no transcript (echo) answers an empty
+/// one; a voice agent without a script or an LLM is refused by the API.
+#[tokio::test]
+async fn voice_agents_need_a_brain_and_other_calls_have_no_turns() {
+    let d = TestDaemon::builder()
+        .profile("carrier", &trunk())
+        .start()
+        .await;
+    let (status, body) = json_of(
+        d.post("/v1/agents")
+            .json(&json!({"name": "mute", "kind": "voice"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(error_fields(&body, status), vec!["script".to_string()]);
+    let (status, body) = json_of(
+        d.post("/v1/agents")
+            .json(
+                &json!({"name": "slow", "kind": "voice", "script": menu_agent()["script"],
+                          "opening": {"outbound_wait_ms": 20000}}),
+            )
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(
+        error_fields(&body, status),
+        vec!["opening.outbound_wait_ms".to_string()]
+    );
+
+    provision(
+        &d,
+        json!({"name": "echo", "kind": "echo", "max_duration_seconds": 60}),
+    )
+    .await;
+    let run = run_sipp(
+        "uac-invite-expect-200-bye.xml",
+        free_udp_port(),
+        Some(([127, 0, 0, 1], d.sip_port).into()),
+        &["-s", NUMBER, "-d", "500"],
+        LIMIT,
+    )
+    .await;
+    assert!(run.success, "{}\n{}", run.output, d.log());
+    let call = ended_call(&d).await;
+    let t = transcript(&d, call["id"].as_str().unwrap()).await;
+    assert_eq!(t["turns"], json!([]), "{t}");
+    assert!(t["summary"].is_null(), "{t}");
+}
+
+/// A SIPp caller that streams `audio` (raw µ-law, 8 kHz) from the answer
+/// on, for `call_ms`, then hangs up; written to `dir`, returns its path.
+fn streaming_caller(dir: &std::path::Path, audio: &std::path::Path, call_ms: u32) -> String {
+    let head =
+        std::fs::read_to_string(common::scenario("uac-invite-dtmf-expect-200-bye.xml")).unwrap();
+    // Keep the INVITE/200/ACK of the DTMF caller; stream instead of keys.
+    let cut = head.find("  <nop>").unwrap();
+    let bye = head
+        .find("  <send retrans=\"500\">\n    <![CDATA[\n      BYE")
+        .unwrap();
+    let xml = format!(
+        "{}  <nop>\n    <action>\n      <exec rtp_stream=\"{},1,0\"/>\n    </action>\n  </nop>\n  \
+         <pause milliseconds=\"{call_ms}\"/>\n{}",
+        &head[..cut],
+        audio.display(),
+        &head[bye..]
+    );
+    let path = dir.join("uac-invite-stream-expect-200-bye.xml");
+    std::fs::write(&path, xml).unwrap();
+    path.display().to_string()
+}
+
+/// Speech from flite in `voice`, 8 kHz µ-law, after `lead_s` of silence
+/// and followed by `tail_s`.
+fn flite_ulaw(
+    dir: &std::path::Path,
+    voice: &str,
+    text: &str,
+    lead_s: f32,
+    tail_s: f32,
+) -> std::path::PathBuf {
+    let wav = dir.join(format!("{voice}.wav"));
+    let ok = std::process::Command::new("flite")
+        .args(["-voice", voice, "-t", text, "-o"])
+        .arg(&wav)
+        .status()
+        .expect("flite is installed by scripts/test")
+        .success();
+    assert!(ok, "flite failed");
+    let ul = dir.join(format!("{voice}.ul"));
+    let ok = std::process::Command::new("sox")
+        .arg(&wav)
+        .args(["-r", "8000", "-c", "1", "-t", "ul"])
+        .arg(&ul)
+        .args(["pad", &lead_s.to_string(), &tail_s.to_string()])
+        .status()
+        .expect("sox is installed by scripts/test")
+        .success();
+    assert!(ok, "sox failed");
+    ul
+}
+
+/// G.711 µ-law to linear (ITU-T G.711 §3.2, the table's closed form).
+fn ulaw(b: u8) -> i16 {
+    let b = !b;
+    let exponent = (b >> 4) & 0x07;
+    let mantissa = i32::from(b & 0x0f);
+    let magnitude = (((mantissa << 3) + 0x84) << exponent) - 0x84;
+    (if b & 0x80 != 0 { -magnitude } else { magnitude }) as i16
+}
+
+/// One RTP packet seen on the wire: when (s), towards the caller or not,
+/// and its level in dBFS.
+struct Seen {
+    at: f64,
+    to_caller: bool,
+    dbfs: f64,
+}
+
+/// The audio RTP packets of a capture, to and from the caller's media port.
+fn rtp_of(capture: &std::path::Path, caller_port: u16) -> Vec<Seen> {
+    let out = std::process::Command::new("tshark")
+        .arg("-r")
+        .arg(capture)
+        .args(["-d", &format!("udp.port=={caller_port},rtp")])
+        .args(["-Y", "rtp.p_type == 0"])
+        .args([
+            "-T",
+            "fields",
+            "-e",
+            "frame.time_relative",
+            "-e",
+            "udp.dstport",
+            "-e",
+            "rtp.payload",
+        ])
+        .output()
+        .expect("tshark is installed by scripts/test");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let mut f = line.split('\t');
+            let at: f64 = f.next()?.parse().ok()?;
+            let dst: u16 = f.next()?.parse().ok()?;
+            let hex = f.next()?.replace(':', "");
+            let bytes: Vec<u8> = (0..hex.len() / 2)
+                .filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
+                .collect();
+            let energy: f64 = bytes
+                .iter()
+                .map(|b| f64::from(ulaw(*b)).powi(2))
+                .sum::<f64>()
+                / bytes.len().max(1) as f64;
+            let dbfs = 20.0 * (energy.sqrt() / 32768.0).max(1e-6).log10();
+            Some(Seen {
+                at,
+                to_caller: dst == caller_port,
+                dbfs,
+            })
+        })
+        .collect()
+}
+
+/// Captures UDP on the loopback to and from `port` until dropped.
+struct Capture {
+    child: std::process::Child,
+    path: std::path::PathBuf,
+}
+
+impl Capture {
+    fn start(dir: &std::path::Path, port: u16) -> Capture {
+        let path = dir.join("call.pcapng");
+        let mut child = std::process::Command::new("tshark")
+            .args(["-q", "-i", "lo", "-f", &format!("udp port {port}"), "-w"])
+            .arg(&path)
+            .args(["-a", "duration:60"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("tshark is installed by scripts/test");
+        // tshark says "Capturing on 'Loopback: lo'" once it listens.
+        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            line.clear();
+            if std::io::BufRead::read_line(&mut stderr, &mut line).unwrap_or(0) == 0
+                || line.contains("Capturing on")
+            {
+                break;
+            }
+        }
+        assert!(
+            line.contains("Capturing on"),
+            "tshark did not start: {line}"
+        );
+        Capture { child, path }
+    }
+
+    /// Stops the capture cleanly (SIGINT) and returns the file.
+    fn stop(mut self) -> std::path::PathBuf {
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        self.path.clone()
+    }
+}
+
+/// (d) Barge-in: the caller starts talking while the agent speaks; on the
+/// wire, the agent's audio stops within 150 ms of the caller's speech
+/// onset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn barge_in_stops_the_agent_on_the_wire() {
+    let d = TestDaemon::builder()
+        .profile("carrier", &trunk())
+        .start()
+        .await;
+    provision(
+        &d,
+        json!({
+            "name": "library",
+            "kind": "voice",
+            "max_duration_seconds": 60,
+            "turn": {"barge_in_min_ms": 60},
+            "script": {
+                "start": "main",
+                // One piece for TTS (no sentence or clause breaks): the
+                // agent speaks without a pause for the caller to fall into.
+                "greeting": "Thank you for calling the city library where our opening hours are nine \
+                             to five on weekdays and ten to four on Saturdays so please listen carefully \
+                             because our menu options have changed",
+                "states": {"main": {"intents": [
+                    {"name": "hours", "keywords": ["hours"], "reply": "We open at nine."}
+                ]}}
+            }
+        }),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    // The caller listens for two seconds, then talks over the greeting.
+    let speech = flite_ulaw(dir.path(), "kal", "Excuse me, I have a question.", 2.0, 3.0);
+    let scenario = streaming_caller(dir.path(), &speech, 6000);
+    let media_port = free_udp_port();
+    let capture = Capture::start(dir.path(), media_port);
+    let run = run_sipp(
+        &scenario,
+        free_udp_port(),
+        Some(([127, 0, 0, 1], d.sip_port).into()),
+        &[
+            "-s",
+            NUMBER,
+            "-mi",
+            "127.0.0.1",
+            "-mp",
+            &media_port.to_string(),
+        ],
+        LIMIT,
+    )
+    .await;
+    let pcap = capture.stop();
+    assert!(run.success, "{}\n{}", run.output, d.log());
+    let seen = rtp_of(&pcap, media_port);
+    let onset = seen
+        .iter()
+        .find(|p| !p.to_caller && p.dbfs > -40.0)
+        .map(|p| p.at)
+        .unwrap_or_else(|| panic!("no caller speech captured ({} packets)", seen.len()));
+    let agent: Vec<f64> = seen.iter().filter(|p| p.to_caller).map(|p| p.at).collect();
+    assert!(
+        agent.iter().any(|t| (onset - 0.1..onset).contains(t)),
+        "the agent was not speaking at the caller's onset {onset}: {agent:?}"
+    );
+    // The agent's last packet before a pause of 300 ms or more.
+    let stop = agent
+        .iter()
+        .zip(agent.iter().skip(1).chain(std::iter::once(&f64::MAX)))
+        .find(|(t, next)| **t >= onset && **next - **t >= 0.3)
+        .map(|(t, _)| *t)
+        .unwrap();
+    let stopped_after_ms = (stop - onset) * 1000.0;
+    println!("agent audio stopped {stopped_after_ms:.0} ms after the caller's onset");
+    assert!(
+        stopped_after_ms <= 150.0,
+        "the agent went on for {stopped_after_ms:.0} ms\n{}",
+        d.log()
+    );
+    let call = ended_call(&d).await;
+    let t = transcript(&d, call["id"].as_str().unwrap()).await;
+    let greeting = &t["turns"][0];
+    assert_eq!(greeting["interrupted"], true, "{t}");
+    let (text, heard) = (
+        greeting["text"].as_str().unwrap(),
+        greeting["heard"].as_str().unwrap(),
+    );
+    assert!(text.starts_with(heard) && heard.len() < text.len(), "{t}");
+}
+
+/// The script's transfer action: the caller presses 0, hears "Transferring
+/// you", gets a REFER to the number (RFC 3515) and, once it accepts, the
+/// agent's BYE; the call ends `transferred`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfer_sends_refer_then_bye() {
+    let d = TestDaemon::builder()
+        .profile("carrier", &trunk())
+        .start()
+        .await;
+    provision(
+        &d,
+        json!({
+            "name": "switchboard",
+            "kind": "voice",
+            "max_duration_seconds": 60,
+            "script": {
+                "start": "main",
+                "greeting": "Hello.",
+                "states": {"main": {"intents": [
+                    {"name": "operator", "dtmf": "0", "reply": "Transferring you.",
+                     "actions": [{"type": "transfer", "to": "+14155550100"}]}
+                ]}}
+            }
+        }),
+    )
+    .await;
+    let run = run_sipp(
+        "uac-invite-dtmf-0-expect-refer-bye.xml",
+        free_udp_port(),
+        Some(([127, 0, 0, 1], d.sip_port).into()),
+        &[
+            "-s",
+            NUMBER,
+            "-mi",
+            "127.0.0.1",
+            "-mp",
+            &free_udp_port().to_string(),
+        ],
+        LIMIT,
+    )
+    .await;
+    assert!(run.success, "{}\n{}", run.output, d.log());
+    let call = ended_call(&d).await;
+    assert_eq!(call["end_reason"], "transferred", "{call}");
+    assert_eq!(call["status"], "completed", "{call}");
+    let t = transcript(&d, call["id"].as_str().unwrap()).await;
+    let last = t["turns"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["text"], "Transferring you.", "{t}");
+    assert_eq!(last["interrupted"], false, "{t}");
+}
+
+/// Decodes `wav` (16 kHz mono) with PocketSphinx 5 against the JSGF
+/// grammar `jsgf` (exact sentences make a pass/fail answer; PEERS.md).
+const DECODE: &str = "import sys, wave\n\
+from pocketsphinx import Decoder\n\
+d = Decoder(samprate=16000, jsgf=sys.argv[2], lm=None)\n\
+w = wave.open(sys.argv[1])\n\
+d.start_utt(); d.process_raw(w.readframes(w.getnframes()), full_utt=True); d.end_utt()\n\
+print(d.hyp().hypstr if d.hyp() else '')\n";
+
+/// (c) End to end on the embedded engines: baresip plays a sentence
+/// synthesized in flite's kal voice to an agent that speaks with slt and
+/// records the reply; the reply, decoded with PocketSphinx, books the day
+/// the caller asked for, and the stored transcript holds the caller's
+/// sentence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baresip_books_an_appointment_by_voice() {
+    let d = TestDaemon::builder()
+        .profile("carrier", &trunk())
+        .start()
+        .await;
+    provision(
+        &d,
+        json!({
+            "name": "clinic",
+            "kind": "voice",
+            "max_duration_seconds": 60,
+            "tts": {"provider": "embedded", "voice": "slt"},
+            "script": {
+                "start": "main",
+                "greeting": "Hello, this is the clinic.",
+                "slots": {"day": {"pattern": "\\b(monday|tuesday|wednesday|thursday|friday)\\b",
+                                  "prompt": "Which day would you like?"}},
+                "states": {"main": {"intents": [
+                    {"name": "book", "keywords": ["appointment", "book"], "require": ["day"],
+                     "reply": "Your appointment is booked for {day}. Goodbye.",
+                     "actions": [{"type": "hangup"}]}
+                ]}}
+            }
+        }),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let kal = dir.path().join("kal.wav");
+    let spoken = std::process::Command::new("flite")
+        .args([
+            "-voice",
+            "kal",
+            "-t",
+            "I would like to book an appointment for Tuesday.",
+            "-o",
+        ])
+        .arg(&kal)
+        .status()
+        .expect("flite is installed by scripts/test");
+    assert!(spoken.success());
+    // After the greeting, the sentence; then time for the reply.
+    let caller = dir.path().join("caller.wav");
+    let padded = std::process::Command::new("sox")
+        .arg(&kal)
+        .args(["-r", "8000", "-c", "1", "-b", "16", "-e", "signed"])
+        .arg(&caller)
+        .args(["pad", "3", "12"])
+        .status()
+        .expect("sox is installed by scripts/test");
+    assert!(padded.success());
+
+    let rec = dir.path().join("rec");
+    std::fs::create_dir_all(&rec).unwrap();
+    let sip_port = free_udp_port();
+    let rtp_low = 31000 + (sip_port % 1000) * 10;
+    std::fs::write(
+        dir.path().join("config"),
+        format!(
+            "poll_method\tepoll\nsip_listen\t127.0.0.1:{sip_port}\nnet_interface\t127.0.0.1\n\
+             audio_source\taufile,{caller}\naudio_player\taufile,{play}\naudio_alert\taufile,{play}\n\
+             rtp_ports\t{rtp_low}-{rtp_high}\nmodule_path\t/usr/lib/baresip/modules\n\
+             module\tg711.so\nmodule\taufile.so\nmodule\tsndfile.so\n\
+             module_app\taccount.so\nmodule_app\tmenu.so\nsnd_path\t{rec}\n",
+            caller = caller.display(),
+            play = dir.path().join("played.wav").display(),
+            rtp_high = rtp_low + 9,
+            rec = rec.display(),
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("accounts"),
+        "<sip:caller@127.0.0.1>;regint=0;audio_codecs=PCMU\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("contacts"), "").unwrap();
+    let out = tokio::process::Command::new("baresip")
+        .arg("-f")
+        .arg(dir.path())
+        .args([
+            "-e",
+            &format!("/dial sip:{NUMBER}@127.0.0.1:{}", d.sip_port),
+        ])
+        .args(["-t", "25"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(45), out)
+        .await
+        .expect("baresip quits by itself (-t)")
+        .expect("baresip is installed by scripts/test");
+    let log =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+
+    let call = ended_call(&d).await;
+    assert_eq!(
+        call["end_reason"],
+        "agent_hangup",
+        "{call}\n{log}\n{}",
+        d.log()
+    );
+    let t = transcript(&d, call["id"].as_str().unwrap()).await;
+    let turns = t["turns"].as_array().unwrap();
+    let said = turns
+        .iter()
+        .find(|t| t["speaker"] == "caller")
+        .unwrap_or_else(|| panic!("no caller turn: {t}\n{}", d.log()));
+    let words = said["text"].as_str().unwrap().to_lowercase();
+    assert!(
+        words.contains("appointment") && words.contains("tuesday"),
+        "{t}"
+    );
+    let reply = turns
+        .iter()
+        .rfind(|t| t["speaker"] == "agent")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        reply["text"], "Your appointment is booked for tuesday. Goodbye.",
+        "{t}"
+    );
+
+    // What baresip heard, decoded. The daemon sends no RTP while the agent
+    // is silent, so the recording holds the greeting and the reply back to
+    // back.
+    let heard = std::fs::read_dir(&rec)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.to_string_lossy().ends_with("-dec.wav"))
+        .unwrap_or_else(|| panic!("baresip recorded nothing:\n{log}\n{}", d.log()));
+    let cut = dir.path().join("heard16k.wav");
+    let trimmed = std::process::Command::new("sox")
+        .arg(&heard)
+        .args(["-r", "16000", "-b", "16", "-e", "signed", "-c", "1"])
+        .arg(&cut)
+        .args([
+            "silence", "1", "0.05", "1%", "reverse", "silence", "1", "0.05", "1%", "reverse",
+        ])
+        .status()
+        .unwrap();
+    assert!(trimmed.success());
+    let grammar = dir.path().join("call.jsgf");
+    std::fs::write(
+        &grammar,
+        "#JSGF V1.0;\ngrammar call;\npublic <call> = hello this is the clinic [<reply>];\n\
+         <reply> = your appointment is booked for <day> goodbye | which day would you like \
+         | sorry i did not understand that;\n\
+         <day> = monday | tuesday | wednesday | thursday | friday;\n",
+    )
+    .unwrap();
+    let decoded = std::process::Command::new("python3")
+        .args(["-c", DECODE])
+        .arg(&cut)
+        .arg(&grammar)
+        .output()
+        .expect("python3 with pocketsphinx (scripts/test)");
+    let text = String::from_utf8_lossy(&decoded.stdout).trim().to_string();
+    assert_eq!(
+        text,
+        "hello this is the clinic your appointment is booked for tuesday goodbye",
+        "{}\n{t}",
+        String::from_utf8_lossy(&decoded.stderr)
+    );
+}
+
+/// Outbound, the agent waits for the callee's first words; a callee that
+/// says nothing hears the greeting after `outbound_wait_ms`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_agent_greets_after_the_silent_callee_wait() {
+    let callee_port = free_udp_port();
+    let d = TestDaemon::builder()
+        .profile(
+            "carrier",
+            &format!(
+                "name = \"carrier\"\n[inbound]\nallow = [\"127.0.0.1/32\"]\n\
+                 [outbound]\nproxy = \"127.0.0.1:{callee_port}\"\n"
+            ),
+        )
+        .start()
+        .await;
+    provision(
+        &d,
+        json!({
+            "name": "reminder",
+            "kind": "voice",
+            "max_duration_seconds": 4,
+            "opening": {"outbound_wait_ms": 1200},
+            "script": {
+                "start": "main",
+                "greeting": "Hello, this is the clinic calling.",
+                "states": {"main": {"intents": [
+                    {"name": "yes", "keywords": ["yes"], "reply": "Thank you."}
+                ]}}
+            }
+        }),
+    )
+    .await;
+    let callee = tokio::spawn(run_sipp(
+        "uas-invite-expect-answer-then-bye.xml",
+        callee_port,
+        None,
+        &[],
+        LIMIT,
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, placed) = json_of(
+        d.post("/v1/calls")
+            .json(&json!({"from": NUMBER, "to": "+442079460958"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 201, "{placed}");
+    let run = callee.await.unwrap();
+    assert!(run.success, "{}\n{}", run.output, d.log());
+    let call = ended_call(&d).await;
+    assert_eq!(call["id"], placed["id"]);
+    assert_eq!(call["end_reason"], "max_duration", "{call}");
+    let t = transcript(&d, call["id"].as_str().unwrap()).await;
+    let greeting = &t["turns"][0];
+    assert_eq!(
+        greeting["text"], "Hello, this is the clinic calling.",
+        "{t}"
+    );
+    let start = greeting["start_ms"].as_i64().unwrap();
+    assert!((1200..1700).contains(&start), "{t}");
+}
+
+/// The script's `send_dtmf` action: after the caller presses 5, the agent
+/// sends the digits 4 and 2 as RFC 4733 events, seen on the wire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_dtmf_action_goes_out_as_rfc4733_events() {
+    let d = TestDaemon::builder()
+        .profile("carrier", &trunk())
+        .start()
+        .await;
+    provision(
+        &d,
+        json!({
+            "name": "dialer",
+            "kind": "voice",
+            "max_duration_seconds": 60,
+            "script": {
+                "start": "main",
+                "greeting": "Hi.",
+                "states": {"main": {"intents": [
+                    {"name": "relay", "dtmf": "5", "reply": "Sending.",
+                     "actions": [{"type": "send_dtmf", "digits": "42"}]}
+                ]}}
+            }
+        }),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let media_port = free_udp_port();
+    let capture = Capture::start(dir.path(), media_port);
+    let run = run_sipp(
+        "uac-invite-dtmf-expect-200-bye.xml",
+        free_udp_port(),
+        Some(([127, 0, 0, 1], d.sip_port).into()),
+        &[
+            "-s",
+            NUMBER,
+            "-mi",
+            "127.0.0.1",
+            "-mp",
+            &media_port.to_string(),
+        ],
+        LIMIT,
+    )
+    .await;
+    let pcap = capture.stop();
+    assert!(run.success, "{}\n{}", run.output, d.log());
+    let out = std::process::Command::new("tshark")
+        .arg("-r")
+        .arg(&pcap)
+        .args(["-d", &format!("udp.port=={media_port},rtp")])
+        .args([
+            "-Y",
+            &format!("rtpevent && rtp.marker == 1 && udp.dstport == {media_port}"),
+        ])
+        .args(["-T", "fields", "-e", "rtpevent.event_id"])
+        .output()
+        .unwrap();
+    let sent: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(sent, vec!["4", "2"], "{}", d.log());
+}
