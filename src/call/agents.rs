@@ -374,6 +374,9 @@ impl Voice {
         tracing::info!(?action, "agent action");
         let request = match action {
             Action::Hangup => AgentRequest::End(EndReason::AgentHangup),
+            // A campaign's dialer puts the number on the do-not-call list
+            // for this reason, as for the opt-out key.
+            Action::OptOut => AgentRequest::End(EndReason::OptedOut),
             Action::Transfer { to } => AgentRequest::Transfer(to),
             Action::SendDtmf { digits } => {
                 for key in digits.chars() {
