@@ -313,6 +313,20 @@ async fn inbound_rfc4733_digits_are_stored_on_the_call() {
 }
 
 #[tokio::test]
+async fn inbound_sip_info_keys_are_stored_on_the_call() {
+    let d = TestDaemon::builder()
+        .profile("carrier", &trunk("127.0.0.1/32", 10, ""))
+        .start()
+        .await;
+    provision(&d, echo(60)).await;
+    let run = call_in(&d, "uac-invite-info-dtmf-expect-200-bye.xml", &[]).await;
+    assert!(run.success, "{}\n{}", run.output, d.log());
+    let call = wait_call(&d, ended).await;
+    assert_eq!(call["dtmf"], "4#", "{call}");
+    assert_eq!(call["end_reason"], "caller_hangup");
+}
+
+#[tokio::test]
 async fn inbound_hangup_via_api() {
     let d = TestDaemon::builder()
         .profile("carrier", &trunk("127.0.0.1/32", 10, ""))

@@ -23,7 +23,7 @@ use super::agents::{AgentRequest, AgentRun};
 use super::registry::Command;
 use super::screen::{Screen, Screened};
 use super::{EndReason, Shared};
-use crate::media::{Direction, LocalSdp, MediaEvent, RtpSession};
+use crate::media::{Digit, Direction, LocalSdp, MediaEvent, RtpSession};
 use crate::sip::{Call, CallEvent, ReInvite};
 
 /// How long we wait for the answer to our BYE before giving up on it.
@@ -82,9 +82,16 @@ pub(super) async fn run(shared: &Arc<Shared>, call: Established) -> EndReason {
                     reinvite(&mut sip, &mut sdp, &media, re).await;
                     None
                 }
-                // INFO (e.g. application/dtmf-relay) is answered 200 by the
-                // SIP layer; digits come as RFC 4733 events.
-                Ok(CallEvent::Info { .. }) => None,
+                // INFO is answered 200 by the SIP layer; a key in it
+                // (application/dtmf-relay) counts as one sent by RFC 4733.
+                Ok(CallEvent::Info { content_type, body }) => {
+                    match content_type.as_deref().and_then(|ct| Digit::from_sip_info(ct, &body)) {
+                        Some(digit) => {
+                            on_digit(shared, &id, &screen, &mut agent, digit, "SIP INFO").await
+                        }
+                        None => None,
+                    }
+                }
                 // RFC 4028 session expiry: the dialog is gone.
                 Ok(CallEvent::Terminated) => Some(far_hangup.clone()),
                 Err(e) => Some(EndReason::Error(format!("SIP: {e}"))),
@@ -103,15 +110,7 @@ pub(super) async fn run(shared: &Arc<Shared>, call: Established) -> EndReason {
                         .err()
                         .map(|_| EndReason::Error("media session closed".into())),
                     Some(MediaEvent::Digit(digit)) => {
-                        tracing::info!(digit = %digit.as_char(), "DTMF received");
-                        shared.transitions.dtmf(&id, digit.as_char()).await;
-                        // A campaign's opt-out key ends the call; any other
-                        // key is the agent's.
-                        let opted_out = screen.on_digit(digit.as_char());
-                        if opted_out.is_none() {
-                            agent.on_digit(digit);
-                        }
-                        opted_out
+                        on_digit(shared, &id, &screen, &mut agent, digit, "RFC 4733").await
                     }
                     Some(MediaEvent::PlayoutDrained) => match agent.on_playout_drained() {
                         Some(request) => fulfil(&mut sip, request).await,
@@ -172,6 +171,25 @@ pub(super) async fn run(shared: &Arc<Shared>, call: Established) -> EndReason {
         _ => tracing::debug!("media task did not report"),
     }
     reason
+}
+
+/// A key the caller pressed: stored on the call; a campaign's opt-out key
+/// ends the call, any other key is the agent's.
+async fn on_digit(
+    shared: &Shared,
+    id: &str,
+    screen: &Screen,
+    agent: &mut AgentRun,
+    digit: Digit,
+    via: &'static str,
+) -> Option<EndReason> {
+    tracing::info!(digit = %digit.as_char(), via, "DTMF received");
+    shared.transitions.dtmf(id, digit.as_char()).await;
+    let opted_out = screen.on_digit(digit.as_char());
+    if opted_out.is_none() {
+        agent.on_digit(digit);
+    }
+    opted_out
 }
 
 /// Carries out what the agent asked: an end reason, or a blind transfer

@@ -3,8 +3,9 @@
 //! encoder that turns a digit into the packets to send.
 //!
 //! Owns: the 4-byte event payload (RFC 4733 §2.3), recognising one event
-//! among its updates and retransmissions (§2.5.1), and the packet schedule of
-//! an outgoing event (§2.5.1.2 to §2.5.1.4).
+//! among its updates and retransmissions (§2.5.1), the packet schedule of
+//! an outgoing event (§2.5.1.2 to §2.5.1.4), and the bodies of SIP INFO
+//! keys some carriers send instead ([`Digit::from_sip_info`]).
 //!
 //! Must not: read sockets or clocks (arrival times are passed in), assign
 //! RTP sequence numbers or timestamps (the pacer does), or decode in-band
@@ -56,6 +57,37 @@ impl Digit {
             _ => return None,
         };
         Some(Digit(code))
+    }
+
+    /// A key sent in a SIP INFO body (RFC 6086 carries it; the formats are
+    /// de facto): `application/dtmf-relay` is `Signal=5` and `Duration=160`
+    /// lines, `Signal` being the key or its RFC 4733 event code (10 for `*`);
+    /// `application/dtmf` is the key alone. Anything else is no key.
+    pub fn from_sip_info(content_type: &str, body: &[u8]) -> Option<Digit> {
+        let body = std::str::from_utf8(body).ok()?;
+        let media_type = content_type.split(';').next()?.trim();
+        let signal = if media_type.eq_ignore_ascii_case("application/dtmf-relay") {
+            body.lines().find_map(|line| {
+                let (key, value) = line.split_once('=')?;
+                key.trim()
+                    .eq_ignore_ascii_case("signal")
+                    .then(|| value.trim())
+            })?
+        } else if media_type.eq_ignore_ascii_case("application/dtmf") {
+            body.trim()
+        } else {
+            return None;
+        };
+        match signal.parse::<u8>() {
+            Ok(code @ 0..=15) => Some(Digit(code)),
+            Ok(_) => None,
+            Err(_) => {
+                let mut chars = signal.chars();
+                let key = chars.next()?;
+                chars.next().is_none().then_some(())?;
+                Digit::from_char(key)
+            }
+        }
     }
 
     /// The RFC 4733 event code.
@@ -219,6 +251,21 @@ pub fn encode_digit(digit: Digit, duration: Duration, volume: u8) -> Vec<EventPa
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sip_info_bodies_give_their_key() {
+        let relay = "application/dtmf-relay";
+        let key =
+            |ct: &str, body: &str| Digit::from_sip_info(ct, body.as_bytes()).map(Digit::as_char);
+        assert_eq!(key(relay, "Signal=5\r\nDuration=160\r\n"), Some('5'));
+        assert_eq!(key(relay, "Signal= #\r\nDuration=100"), Some('#'));
+        assert_eq!(key(relay, "Signal=10\r\n"), Some('*'));
+        assert_eq!(key("Application/DTMF; charset=x", "9"), Some('9'));
+        assert_eq!(key(relay, "Duration=160"), None);
+        assert_eq!(key(relay, "Signal=16"), None);
+        assert_eq!(key(relay, "Signal=55"), None);
+        assert_eq!(key("text/plain", "5"), None);
+    }
 
     const SSRC: u32 = 0x0E05_384E;
 
