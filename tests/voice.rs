@@ -1,6 +1,7 @@
 //! The `voice` agent on real calls: the real daemon with its embedded
 //! speech engines, SIPp or baresip as the caller, and the transcript read
-//! back through the API.
+//! back through the API. The LLM brain talks to a local stand-in that
+//! speaks OpenAI's streaming chat completion format (tests/common/llm.rs).
 
 mod common;
 
