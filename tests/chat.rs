@@ -8,12 +8,13 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode as AxStatus};
 use axum::routing::post;
-use base64::Engine;
-use common::{Backend, TestDaemon, json_of};
+use common::{
+    Backend, TestDaemon, chunk, finish, json_of, serve, sse_body, tool_call_chunks, verify,
+};
 use futures_util::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -309,24 +310,6 @@ struct Seen {
 
 type Shared = Arc<Mutex<Seen>>;
 
-/// A streaming body that sends `chunks` with the given delays before each.
-fn sse_body(chunks: Vec<(Duration, String)>) -> Body {
-    let stream = futures_util::stream::unfold(chunks.into_iter(), |mut it| async move {
-        let (delay, text) = it.next()?;
-        tokio::time::sleep(delay).await;
-        Some((Ok::<_, std::convert::Infallible>(Bytes::from(text)), it))
-    });
-    Body::from_stream(stream)
-}
-
-fn chunk(delta: Value) -> String {
-    format!(
-        "data: {}\n\n",
-        json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1,
-               "model": "stand-in", "choices": [{"index": 0, "delta": delta, "finish_reason": null}]})
-    )
-}
-
 /// The stand-in for an OpenAI-compatible server: without a tool result in
 /// the history it asks for `get_weather`; with one, it answers with it.
 /// A user message containing "slow" gets a reply in two parts 1.5 s apart.
@@ -358,34 +341,13 @@ async fn llm_handler(
             chunk(json!({"content": "Done thinking."})),
         ));
     } else {
-        chunks.push((
-            zero,
-            chunk(
-                json!({"tool_calls": [{"index": 0, "id": "call_w1", "type": "function",
-                "function": {"name": "get_weather", "arguments": ""}}]}),
-            ),
-        ));
-        chunks.push((
-            zero,
-            chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"city\": "}}]})),
-        ));
-        chunks.push((
-            zero,
-            chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": "\"Oslo\"}"}}]})),
-        ));
+        let call = tool_call_chunks("call_w1", "get_weather", r#"{"city": "Oslo"}"#);
+        chunks.extend(call.into_iter().map(|c| (zero, c)));
     }
-    chunks.push((
-        zero,
-        format!(
-            "data: {}\n\n",
-            json!({"id": "chatcmpl-1", "object": "chat.completion.chunk",
-                   "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
-        ),
-    ));
-    chunks.push((zero, "data: [DONE]\n\n".into()));
+    chunks.extend(finish().into_iter().map(|c| (zero, c)));
     axum::response::Response::builder()
         .header("content-type", "text/event-stream")
-        .body(sse_body(chunks))
+        .body(sse_body(chunks, Arc::default()))
         .unwrap()
 }
 
@@ -399,32 +361,6 @@ async fn tool_handler(
         AxStatus::OK,
         axum::Json(json!({"forecast": "sunny and 21 degrees"})),
     )
-}
-
-/// Serves `router` on a free port of 127.0.0.1; returns its base URL.
-async fn serve(router: axum::Router) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router).await });
-    format!("http://{addr}")
-}
-
-fn verify(headers: &HeaderMap, body: &[u8]) -> bool {
-    use hmac::{Hmac, Mac};
-    let id = headers["webhook-id"].to_str().unwrap();
-    let ts = headers["webhook-timestamp"].to_str().unwrap();
-    let sig = headers["webhook-signature"].to_str().unwrap();
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(TOOL_SECRET.strip_prefix("whsec_").unwrap())
-        .unwrap();
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
-    mac.update(format!("{id}.{ts}.").as_bytes());
-    mac.update(body);
-    let expected = format!(
-        "v1,{}",
-        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
-    );
-    sig.split(' ').any(|s| s == expected)
 }
 
 async fn llm_daemon() -> (TestDaemon, Shared, String) {
@@ -487,7 +423,10 @@ async fn an_openai_agent_calls_a_signed_tool_and_answers_with_its_result() {
         let (headers, body) = &seen.tool_requests[0];
         let args: Value = serde_json::from_slice(body).unwrap();
         assert_eq!(args, json!({"city": "Oslo"}));
-        assert!(verify(headers, body), "bad signature: {headers:?}");
+        assert!(
+            verify(TOOL_SECRET, headers, body),
+            "bad signature: {headers:?}"
+        );
 
         // The LLM was asked twice, with the key, the system prompt, the tools,
         // and the second time the tool's result.

@@ -1,12 +1,21 @@
 //! The `voice` agent on real calls: the real daemon with its embedded
 //! speech engines, SIPp or baresip as the caller, and the transcript read
-//! back through the API.
+//! back through the API. The LLM brain talks to a local stand-in that
+//! speaks OpenAI's streaming chat completion format (tests/common/llm.rs).
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
-use common::{Backend, TestDaemon, error_fields, free_udp_port, json_of, run_sipp};
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::routing::post;
+use common::{
+    Backend, TestDaemon, chunk, error_fields, finish, free_udp_port, json_of, run_sipp, serve,
+    sse_body, tool_call_chunks, verify,
+};
 use serde_json::{Value, json};
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -351,8 +360,9 @@ fn ulaw(b: u8) -> i16 {
     (if b & 0x80 != 0 { -magnitude } else { magnitude }) as i16
 }
 
-/// One RTP packet seen on the wire: when (s), towards the caller or not,
-/// and its level in dBFS.
+/// One RTP packet seen on the wire: when (s since the Unix epoch, to
+/// compare with the stand-ins' clocks), towards the caller or not, and its
+/// level in dBFS.
 struct Seen {
     at: f64,
     to_caller: bool,
@@ -370,7 +380,7 @@ fn rtp_of(capture: &std::path::Path, caller_port: u16) -> Vec<Seen> {
             "-T",
             "fields",
             "-e",
-            "frame.time_relative",
+            "frame.time_epoch",
             "-e",
             "udp.dstport",
             "-e",
@@ -896,4 +906,272 @@ async fn send_dtmf_action_goes_out_as_rfc4733_events() {
         .map(str::to_owned)
         .collect();
     assert_eq!(sent, vec!["4", "2"], "{}", d.log());
+}
+
+const TOOL_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// How the stand-in LLM answers the caller's key.
+#[derive(Clone, Copy, PartialEq)]
+enum Llm {
+    /// Asks for `get_weather` {"city": "Oslo"}, then says its result.
+    Tool,
+    /// Streams a first sentence, waits 3 s, then the second and `[DONE]`.
+    Slow,
+}
+
+/// What the stand-in LLM and the tool server saw, and when.
+struct StandIn {
+    mode: Llm,
+    llm_requests: Vec<(SystemTime, Value)>,
+    tool_requests: Vec<(SystemTime, HeaderMap, Bytes)>,
+    /// When each chunk of the last streamed reply left the stand-in.
+    sent_at: Arc<Mutex<Vec<SystemTime>>>,
+}
+
+type Shared = Arc<Mutex<StandIn>>;
+
+/// The stand-in for an OpenAI-compatible server, in the real streaming
+/// format.
+async fn llm_handler(
+    State(seen): State<Shared>,
+    body: axum::Json<Value>,
+) -> axum::response::Response {
+    let body = body.0;
+    let mut seen = seen.lock().unwrap();
+    seen.llm_requests.push((SystemTime::now(), body.clone()));
+    let last = body["messages"]
+        .as_array()
+        .and_then(|m| m.last().cloned())
+        .unwrap_or(Value::Null);
+    let zero = Duration::ZERO;
+    let mut chunks = vec![(zero, chunk(json!({"role": "assistant", "content": ""})))];
+    match seen.mode {
+        Llm::Tool if last["role"] == "tool" => {
+            let result: Value = serde_json::from_str(last["content"].as_str().unwrap()).unwrap();
+            let text = format!("It is {} in Oslo.", result["forecast"].as_str().unwrap());
+            for word in text.split_inclusive(' ') {
+                chunks.push((zero, chunk(json!({"content": word}))));
+            }
+        }
+        Llm::Tool => {
+            let call = tool_call_chunks("call_w1", "get_weather", r#"{"city": "Oslo"}"#);
+            chunks.extend(call.into_iter().map(|c| (zero, c)));
+        }
+        Llm::Slow => {
+            chunks.push((
+                zero,
+                chunk(json!({"content": "Let me look that up for you. "})),
+            ));
+            chunks.push((
+                Duration::from_secs(3),
+                chunk(json!({"content": "Your parcel arrives on Friday."})),
+            ));
+        }
+    }
+    chunks.extend(finish().into_iter().map(|c| (zero, c)));
+    seen.sent_at = Arc::default();
+    axum::response::Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(sse_body(chunks, seen.sent_at.clone()))
+        .unwrap()
+}
+
+async fn tool_handler(
+    State(seen): State<Shared>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> axum::Json<Value> {
+    seen.lock()
+        .unwrap()
+        .tool_requests
+        .push((SystemTime::now(), headers, body));
+    axum::Json(json!({"forecast": "sunny and 21 degrees"}))
+}
+
+fn epoch(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// A daemon with a `voice` agent on the embedded TTS whose brain is the
+/// stand-in LLM (answering as `mode`) with the signed `get_weather` tool;
+/// the caller presses 1 once after the greeting while tshark captures the
+/// media. Returns the daemon, what the stand-ins saw, the RTP on the wire
+/// and the ended call.
+async fn llm_call(mode: Llm) -> (TestDaemon, Shared, Vec<Seen>, Value) {
+    let seen: Shared = Arc::new(Mutex::new(StandIn {
+        mode,
+        llm_requests: Vec::new(),
+        tool_requests: Vec::new(),
+        sent_at: Arc::default(),
+    }));
+    let llm = serve(
+        axum::Router::new()
+            .route("/v1/chat/completions", post(llm_handler))
+            .with_state(seen.clone()),
+    )
+    .await;
+    let tools = serve(
+        axum::Router::new()
+            .route("/weather", post(tool_handler))
+            .with_state(seen.clone()),
+    )
+    .await;
+    let d = TestDaemon::builder()
+        .profile("carrier", &trunk())
+        .env("WEATHER_TOOL_SECRET", TOOL_SECRET)
+        .start()
+        .await;
+    provision(
+        &d,
+        json!({
+            "name": "weather",
+            "kind": "voice",
+            "max_duration_seconds": 60,
+            "greeting": "Weather desk.",
+            "instructions": "Answer with the weather.",
+            "tts": {"provider": "embedded", "voice": "slt"},
+            "llm": {"provider": "openai", "base_url": format!("{llm}/v1"), "model": "stand-in"},
+            "tools": [{
+                "name": "get_weather",
+                "description": "The forecast for a city",
+                "url": format!("{tools}/weather"),
+                "parameters": {"type": "object", "required": ["city"],
+                               "properties": {"city": {"type": "string"}}},
+                "timeout_ms": 2000,
+                "secret_env": "WEATHER_TOOL_SECRET"
+            }]
+        }),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let media_port = free_udp_port();
+    let capture = Capture::start(dir.path(), media_port);
+    let run = run_sipp(
+        "uac-invite-dtmf-1-listen-expect-200-bye.xml",
+        free_udp_port(),
+        Some(([127, 0, 0, 1], d.sip_port).into()),
+        &[
+            "-s",
+            NUMBER,
+            "-mi",
+            "127.0.0.1",
+            "-mp",
+            &media_port.to_string(),
+        ],
+        LIMIT,
+    )
+    .await;
+    let pcap = capture.stop();
+    assert!(run.success, "{}\n{}", run.output, d.log());
+    let rtp = rtp_of(&pcap, media_port);
+    let call = ended_call(&d).await;
+    (d, seen, rtp, call)
+}
+
+/// The agent's first packet at speech level after `after` (epoch s).
+fn first_speech_after(rtp: &[Seen], after: f64) -> Option<f64> {
+    rtp.iter()
+        .find(|p| p.to_caller && p.at > after && p.dbfs > -40.0)
+        .map(|p| p.at)
+}
+
+/// (e) Tools on a call: the caller's key makes the LLM ask for
+/// `get_weather`; the tool server gets exactly its arguments, signed; the
+/// LLM's second request carries the result; the agent says it (stored
+/// transcript) and its audio goes out after the tool answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn llm_tool_call_on_a_call_speaks_the_result() {
+    let (d, seen, rtp, call) = llm_call(Llm::Tool).await;
+    let t = transcript(&d, call["id"].as_str().unwrap()).await;
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.tool_requests.len(), 1, "{}", d.log());
+    let (tool_at, headers, body) = &seen.tool_requests[0];
+    let args: Value = serde_json::from_slice(body).unwrap();
+    assert_eq!(args, json!({"city": "Oslo"}));
+    assert!(
+        verify(TOOL_SECRET, headers, body),
+        "bad signature: {headers:?}"
+    );
+
+    assert_eq!(seen.llm_requests.len(), 2, "{}", d.log());
+    let first = &seen.llm_requests[0].1;
+    let asked = first["messages"].as_array().unwrap().last().unwrap();
+    assert_eq!(asked["role"], "user", "{first}");
+    assert_eq!(asked["content"], "[DTMF 1]", "{first}");
+    let second = &seen.llm_requests[1].1;
+    let msgs = second["messages"].as_array().unwrap();
+    assert_eq!(msgs[msgs.len() - 2]["tool_calls"][0]["id"], "call_w1");
+    let result = &msgs[msgs.len() - 1];
+    assert_eq!(result["role"], "tool", "{second}");
+    assert_eq!(result["tool_call_id"], "call_w1", "{second}");
+    assert!(
+        result["content"]
+            .as_str()
+            .unwrap()
+            .contains("sunny and 21 degrees"),
+        "{second}"
+    );
+
+    let turns = t["turns"].as_array().unwrap();
+    assert!(
+        turns
+            .iter()
+            .any(|t| t["speaker"] == "caller" && t["text"] == "[DTMF 1]"),
+        "{t}"
+    );
+    let reply = turns.iter().rfind(|t| t["speaker"] == "agent").unwrap();
+    assert_eq!(reply["text"], "It is sunny and 21 degrees in Oslo.", "{t}");
+
+    let spoke = first_speech_after(&rtp, epoch(*tool_at));
+    assert!(
+        spoke.is_some(),
+        "no agent speech after the tool answered ({} packets)\n{}",
+        rtp.len(),
+        d.log()
+    );
+}
+
+/// (f) Streaming on a call: the stand-in streams its first sentence, then
+/// waits 3 s before the rest; the agent's first speech of that reply is on
+/// the wire before the stand-in sent its last chunk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_llm_reply_is_spoken_before_it_is_complete() {
+    let (d, seen, rtp, call) = llm_call(Llm::Slow).await;
+    let t = transcript(&d, call["id"].as_str().unwrap()).await;
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.llm_requests.len(), 1, "{}", d.log());
+    let asked_at = epoch(seen.llm_requests[0].0);
+    let sent_at = seen.sent_at.lock().unwrap().clone();
+    let done_at = epoch(*sent_at.last().expect("the stand-in streamed"));
+    assert!(done_at - asked_at >= 3.0, "{sent_at:?}");
+    let spoke = first_speech_after(&rtp, asked_at).unwrap_or_else(|| {
+        panic!(
+            "no agent speech after the LLM was asked ({} packets)\n{}",
+            rtp.len(),
+            d.log()
+        )
+    });
+    println!(
+        "first speech {:.0} ms after the LLM was asked, {:.0} ms before its reply was complete",
+        (spoke - asked_at) * 1000.0,
+        (done_at - spoke) * 1000.0
+    );
+    assert!(
+        spoke < done_at,
+        "the agent spoke {:.0} ms after the reply was complete",
+        (spoke - done_at) * 1000.0
+    );
+    let reply = t["turns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rfind(|t| t["speaker"] == "agent")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        reply["text"], "Let me look that up for you. Your parcel arrives on Friday.",
+        "{t}"
+    );
 }

@@ -13,8 +13,12 @@ use std::time::{Duration, Instant};
 
 use sqlx::Connection;
 
+mod llm;
 mod peers;
 mod sip;
+// Only the chat and voice test binaries use the LLM stand-in pieces.
+#[allow(unused_imports)]
+pub use llm::*;
 // Only the SIP and call test binaries use these.
 #[allow(unused_imports)]
 pub use peers::*;
