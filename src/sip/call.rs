@@ -98,11 +98,15 @@ impl Call {
         async {
             loop {
                 let session = self.session.as_mut().ok_or(SipError::Terminated)?;
+                // INFO first: an INFO already answered came before a BYE
+                // that is ready at the same time (a key pressed just before
+                // hanging up must not be lost).
                 let event = tokio::select! {
-                    event = session.run() => event?,
+                    biased;
                     Some((content_type, body)) = self.info_rx.recv() => {
                         return Ok(CallEvent::Info { content_type, body });
                     }
+                    event = session.run() => event?,
                 };
                 match event {
                     InviteSessionEvent::Bye(bye) => {
@@ -289,11 +293,8 @@ impl Usage for InfoUsage {
             Some(Ok(ct)) => Some(ct.0.to_string()),
             _ => None,
         };
-        let response = endpoint.create_response(&info, StatusCode::OK, None);
-        let tsx = endpoint.create_server_tsx(&mut info);
-        if let Err(e) = tsx.respond(response).await {
-            tracing::warn!(error = %e, %method, "cannot answer in-dialog request");
-        }
+        // Handed to the call before the 200 goes out, so that whatever the
+        // peer sends after our answer (a BYE) is seen after it.
         if method == Method::INFO
             && self
                 .info_tx
@@ -301,6 +302,11 @@ impl Usage for InfoUsage {
                 .is_err()
         {
             tracing::debug!("INFO not delivered, call not listening");
+        }
+        let response = endpoint.create_response(&info, StatusCode::OK, None);
+        let tsx = endpoint.create_server_tsx(&mut info);
+        if let Err(e) = tsx.respond(response).await {
+            tracing::warn!(error = %e, %method, "cannot answer in-dialog request");
         }
     }
 }
