@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{Kamailio, TestDaemon, free_udp_port, run_sipp};
@@ -157,55 +156,9 @@ async fn baresip_hears_its_own_tone_from_the_echo_agent() {
     let dir = tempfile::tempdir().unwrap();
     let tone = dir.path().join("tone.wav");
     common::write_tone_wav(&tone, 8000, 700.0, 600, 2500);
-    let rec = dir.path().join("rec");
-    std::fs::create_dir_all(&rec).unwrap();
-    let sip_port = free_udp_port();
-    let rtp_low = 31000 + (sip_port % 1000) * 10;
-    std::fs::write(
-        dir.path().join("config"),
-        format!(
-            "poll_method\tepoll\nsip_listen\t127.0.0.1:{sip_port}\nnet_interface\t127.0.0.1\n\
-             audio_source\taufile,{tone}\naudio_player\taufile,{play}\naudio_alert\taufile,{play}\n\
-             rtp_ports\t{rtp_low}-{rtp_high}\nmodule_path\t/usr/lib/baresip/modules\n\
-             module\tg711.so\nmodule\taufile.so\nmodule\tsndfile.so\n\
-             module_app\taccount.so\nmodule_app\tmenu.so\nsnd_path\t{rec}\n",
-            tone = tone.display(),
-            play = dir.path().join("played.wav").display(),
-            rtp_high = rtp_low + 9,
-            rec = rec.display(),
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("accounts"),
-        "<sip:caller@127.0.0.1>;regint=0;audio_codecs=PCMU\n",
-    )
-    .unwrap();
-    std::fs::write(dir.path().join("contacts"), "").unwrap();
-    let out = tokio::process::Command::new("baresip")
-        .arg("-f")
-        .arg(dir.path())
-        .args([
-            "-e",
-            &format!("/dial sip:{NUMBER}@127.0.0.1:{}", d.sip_port),
-        ])
-        .args(["-t", "10"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(30), out)
-        .await
-        .expect("baresip quits by itself (-t)")
-        .expect("baresip is installed by scripts/test");
-    let log =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    let heard = std::fs::read_dir(&rec)
-        .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.to_string_lossy().ends_with("-dec.wav"))
-        .unwrap_or_else(|| panic!("baresip recorded nothing:\n{log}\n{}", d.log()));
+    let common::BaresipCall { log, heard } =
+        common::baresip_call(dir.path(), &tone, NUMBER, d.sip_port, 10).await;
+    let heard = heard.unwrap_or_else(|| panic!("baresip recorded nothing:\n{log}\n{}", d.log()));
     let (rate, samples) = common::read_wav(&heard);
     let at_700 = common::strongest_window(&samples, rate, 700.0);
     let at_1100 = common::strongest_window(&samples, rate, 1100.0);

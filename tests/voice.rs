@@ -665,50 +665,8 @@ async fn baresip_books_an_appointment_by_voice() {
         .expect("sox is installed by scripts/test");
     assert!(padded.success());
 
-    let rec = dir.path().join("rec");
-    std::fs::create_dir_all(&rec).unwrap();
-    let sip_port = free_udp_port();
-    let rtp_low = 31000 + (sip_port % 1000) * 10;
-    std::fs::write(
-        dir.path().join("config"),
-        format!(
-            "poll_method\tepoll\nsip_listen\t127.0.0.1:{sip_port}\nnet_interface\t127.0.0.1\n\
-             audio_source\taufile,{caller}\naudio_player\taufile,{play}\naudio_alert\taufile,{play}\n\
-             rtp_ports\t{rtp_low}-{rtp_high}\nmodule_path\t/usr/lib/baresip/modules\n\
-             module\tg711.so\nmodule\taufile.so\nmodule\tsndfile.so\n\
-             module_app\taccount.so\nmodule_app\tmenu.so\nsnd_path\t{rec}\n",
-            caller = caller.display(),
-            play = dir.path().join("played.wav").display(),
-            rtp_high = rtp_low + 9,
-            rec = rec.display(),
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("accounts"),
-        "<sip:caller@127.0.0.1>;regint=0;audio_codecs=PCMU\n",
-    )
-    .unwrap();
-    std::fs::write(dir.path().join("contacts"), "").unwrap();
-    let out = tokio::process::Command::new("baresip")
-        .arg("-f")
-        .arg(dir.path())
-        .args([
-            "-e",
-            &format!("/dial sip:{NUMBER}@127.0.0.1:{}", d.sip_port),
-        ])
-        .args(["-t", "25"])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(45), out)
-        .await
-        .expect("baresip quits by itself (-t)")
-        .expect("baresip is installed by scripts/test");
-    let log =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let common::BaresipCall { log, heard } =
+        common::baresip_call(dir.path(), &caller, NUMBER, d.sip_port, 25).await;
 
     let call = ended_call(&d).await;
     assert_eq!(
@@ -741,11 +699,7 @@ async fn baresip_books_an_appointment_by_voice() {
     // What baresip heard, decoded. The daemon sends no RTP while the agent
     // is silent, so the recording holds the greeting and the reply back to
     // back.
-    let heard = std::fs::read_dir(&rec)
-        .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.to_string_lossy().ends_with("-dec.wav"))
-        .unwrap_or_else(|| panic!("baresip recorded nothing:\n{log}\n{}", d.log()));
+    let heard = heard.unwrap_or_else(|| panic!("baresip recorded nothing:\n{log}\n{}", d.log()));
     let cut = dir.path().join("heard16k.wav");
     let trimmed = std::process::Command::new("sox")
         .arg(&heard)

@@ -1,9 +1,9 @@
 //! Real peers the call tests run against: Kamailio as a registrar and proxy,
-//! and audio helpers (a tone as 8 kHz WAV, and a Goertzel detector to find it
+//! baresip as a softphone, and audio helpers (a tone as 8 kHz WAV, and a Goertzel detector to find it
 //! in what a softphone recorded).
 
 use std::net::UdpSocket;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -104,6 +104,71 @@ impl Drop for Kamailio {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// What a baresip call left: its output, and the recording of what it heard
+/// (`None` when it recorded nothing).
+pub struct BaresipCall {
+    pub log: String,
+    pub heard: Option<PathBuf>,
+}
+
+/// baresip, configured in `dir`, calls `number` at the daemon's SIP port on
+/// loopback, plays `source` (a WAV file) into the call, records what it
+/// hears, and quits after `seconds`.
+pub async fn baresip_call(
+    dir: &Path,
+    source: &Path,
+    number: &str,
+    sip_port: u16,
+    seconds: u32,
+) -> BaresipCall {
+    let rec = dir.join("rec");
+    std::fs::create_dir_all(&rec).unwrap();
+    let own_port = free_udp_port();
+    let rtp_low = 31000 + (own_port % 1000) * 10;
+    std::fs::write(
+        dir.join("config"),
+        format!(
+            "poll_method\tepoll\nsip_listen\t127.0.0.1:{own_port}\nnet_interface\t127.0.0.1\n\
+             audio_source\taufile,{source}\naudio_player\taufile,{play}\naudio_alert\taufile,{play}\n\
+             rtp_ports\t{rtp_low}-{rtp_high}\nmodule_path\t/usr/lib/baresip/modules\n\
+             module\tg711.so\nmodule\taufile.so\nmodule\tsndfile.so\n\
+             module_app\taccount.so\nmodule_app\tmenu.so\nsnd_path\t{rec}\n",
+            source = source.display(),
+            play = dir.join("played.wav").display(),
+            rtp_high = rtp_low + 9,
+            rec = rec.display(),
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("accounts"),
+        "<sip:caller@127.0.0.1>;regint=0;audio_codecs=PCMU\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("contacts"), "").unwrap();
+    let out = tokio::process::Command::new("baresip")
+        .arg("-f")
+        .arg(dir)
+        .args(["-e", &format!("/dial sip:{number}@127.0.0.1:{sip_port}")])
+        .args(["-t", &seconds.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(u64::from(seconds) + 20), out)
+        .await
+        .expect("baresip quits by itself (-t)")
+        .expect("baresip is installed by scripts/test");
+    let log =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let heard = std::fs::read_dir(&rec)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.to_string_lossy().ends_with("-dec.wav"));
+    BaresipCall { log, heard }
 }
 
 /// Writes a mono 16-bit WAV at `rate` Hz: `silence_ms` of silence, then a
