@@ -8,8 +8,8 @@
 //!   actions.
 //! - [`providers`]: the STT and TTS seams; [`speech`]: which engine a call
 //!   gets; [`engines`]: the embedded ones (PocketSphinx, flite);
-//!   [`vendors`]: the cloud ones (OpenAI-compatible, Deepgram, Cartesia);
-//!   [`resample`]: sample-rate conversion for the engines and vendors.
+//!   [`vendors`]: the cloud ones (OpenAI-compatible, Deepgram, Cartesia).
+//!   Sample-rate conversion is `media`'s ([`crate::media::resample`]).
 //!
 //! How a call drives it (the call layer owns the IO): every inbound frame
 //! goes to [`turn::TurnTaker::push`] and to the STT stream; on `EndOfTurn`
@@ -35,7 +35,6 @@ pub mod brain;
 pub mod chunker;
 pub mod engines;
 pub mod providers;
-pub mod resample;
 pub mod session;
 pub mod speech;
 pub mod turn;

@@ -498,7 +498,7 @@ pub fn read_wav(bytes: &[u8]) -> Result<Vec<i16>, String> {
     if mono.is_empty() || rate == CLOCK_RATE {
         return Ok(mono);
     }
-    crate::agent::resample::resample(&mono, rate, CLOCK_RATE).map_err(|e| e.to_string())
+    crate::media::resample::resample(&mono, rate, CLOCK_RATE).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

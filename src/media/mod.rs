@@ -2,14 +2,15 @@
 //!
 //! Owns: G.711 codecs ([`g711`]), the adaptive jitter buffer ([`jitter`]),
 //! RFC 4733 telephone events ([`dtmf`]), answering-machine detection
-//! ([`amd`]), outgoing packetization and pacing
-//! ([`pacer`]), SDP offer/answer for audio ([`sdp`]), RTP port allocation
+//! ([`amd`]), outgoing packetization and pacing ([`pacer`]), sample-rate
+//! conversion for the speech engines and vendors ([`resample`]), SDP
+//! offer/answer for audio ([`sdp`]), RTP port allocation
 //! ([`ports`]) and the tokio driver that ties them to a UDP socket
 //! ([`session`]).
 //!
 //! Must not: import `call`, `store` or `api`, or decide anything about a
 //! call. It reports what arrived (audio, digits, timeouts) and does what it
-//! is told. The protocol cores (`g711`, `jitter`, `dtmf`, `amd`, `pacer`, `sdp`) do
+//! is told. The protocol cores (`g711`, `jitter`, `dtmf`, `amd`, `pacer`, `resample`, `sdp`) do
 //! no IO; only `session`, `ports` and the pacing clock touch tokio.
 //!
 //! For the call task, a call's media goes:
@@ -27,6 +28,7 @@ pub mod g711;
 pub mod jitter;
 pub mod pacer;
 pub mod ports;
+pub mod resample;
 pub mod sdp;
 pub mod session;
 

@@ -30,8 +30,8 @@ use tokio::sync::{OnceCell, mpsc};
 use tracing::Instrument;
 
 use crate::agent::providers::{Audio, ProviderError, Tts};
-use crate::agent::resample::Resampler;
 use crate::agent::turn::FRAME_SAMPLES;
+use crate::media::resample::Resampler;
 
 /// Longest text for one process; the chunker sends sentences.
 const MAX_TEXT_CHARS: usize = 4000;

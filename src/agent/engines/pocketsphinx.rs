@@ -50,8 +50,8 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::agent::providers::{ProviderError, Stt, SttStream, Transcript};
-use crate::agent::resample::Resampler;
 use crate::agent::turn::{EnergyVad, FRAME_SAMPLES, Vad, VadConfig};
+use crate::media::resample::Resampler;
 
 /// The worker's source, run with `python -c`.
 const WORKER: &str = include_str!("pocketsphinx_worker.py");
