@@ -447,7 +447,7 @@ pub fn tone(hz: f64, duration_ms: u32) -> Vec<i16> {
 }
 
 /// Reads a 16-bit PCM WAV (RIFF) file, mixes it to mono and resamples it
-/// to 8 kHz (rubato, through [`crate::agent::resample`]).
+/// to 8 kHz (rubato, through [`crate::media::resample`]).
 pub fn read_wav(bytes: &[u8]) -> Result<Vec<i16>, String> {
     if bytes.len() < 12 || &bytes[0..4] != b"RIFF" || &bytes[8..12] != b"WAVE" {
         return Err("not a RIFF/WAVE file".into());
