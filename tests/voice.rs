@@ -518,12 +518,17 @@ async fn barge_in_stops_the_agent_on_the_wire() {
         .find(|p| !p.to_caller && p.dbfs > -40.0)
         .map(|p| p.at)
         .unwrap_or_else(|| panic!("no caller speech captured ({} packets)", seen.len()));
-    let agent: Vec<f64> = seen.iter().filter(|p| p.to_caller).map(|p| p.at).collect();
+    // The agent's audible packets: the daemon fills its pauses with silence.
+    let agent: Vec<f64> = seen
+        .iter()
+        .filter(|p| p.to_caller && p.dbfs > -100.0)
+        .map(|p| p.at)
+        .collect();
     assert!(
         agent.iter().any(|t| (onset - 0.1..onset).contains(t)),
         "the agent was not speaking at the caller's onset {onset}: {agent:?}"
     );
-    // The agent's last packet before a pause of 300 ms or more.
+    // The agent's last audible packet before a pause of 300 ms or more.
     let stop = agent
         .iter()
         .zip(agent.iter().skip(1).chain(std::iter::once(&f64::MAX)))
@@ -696,9 +701,8 @@ async fn baresip_books_an_appointment_by_voice() {
         "{t}"
     );
 
-    // What baresip heard, decoded. The daemon sends no RTP while the agent
-    // is silent, so the recording holds the greeting and the reply back to
-    // back.
+    // What baresip heard, decoded: the greeting, the silence the daemon
+    // sent while the caller spoke, and the reply.
     let heard = heard.unwrap_or_else(|| panic!("baresip recorded nothing:\n{log}\n{}", d.log()));
     let cut = dir.path().join("heard16k.wav");
     let trimmed = std::process::Command::new("sox")

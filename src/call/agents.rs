@@ -79,8 +79,9 @@ pub struct Voice {
     playing: bool,
     /// When the frame that (re)started playout was handed to the media.
     play_requested: Option<Instant>,
-    /// From handing a reply's first frame to its first RTP packet.
-    last_rtp_delay: Duration,
+    /// When the current reply's first RTP packet left, until the reply is
+    /// recorded.
+    first_rtp_at: Option<Instant>,
     /// Waits for the audio queued before it to be sent.
     after_playout: Option<AgentRequest>,
 }
@@ -159,7 +160,7 @@ impl AgentRun {
                     summary: None,
                     playing: false,
                     play_requested: None,
-                    last_rtp_delay: Duration::ZERO,
+                    first_rtp_at: None,
                     after_playout: None,
                 })))
             }
@@ -249,12 +250,15 @@ impl AgentRun {
         Ok(None)
     }
 
-    /// The media session sent its first packet after an idle spell.
-    pub fn on_playout_started(&mut self) {
+    /// The media session sent its first packet after an idle spell, at
+    /// `sent`.
+    pub fn on_playout_started(&mut self, sent: Instant) {
+        // Only a reply's first run counts: a reply whose TTS fell behind
+        // between sentences starts playing again.
         if let AgentRun::Voice(v) = self
-            && let Some(requested) = v.play_requested.take()
+            && v.play_requested.take().is_some()
         {
-            v.last_rtp_delay = requested.elapsed();
+            v.first_rtp_at.get_or_insert(sent);
         }
     }
 
@@ -338,8 +342,18 @@ impl Voice {
     fn record(&mut self, said: Said) {
         let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
         let latency = said.latency.unwrap_or_default();
-        // The first RTP packet left one pacer slot after the first frame.
-        let first_rtp = latency.first_frame_out.map(|d| d + self.last_rtp_delay);
+        // The reply's first frame left the session at `said.start` (from the
+        // epoch), `first_frame_out` after what it answers; its RTP packet
+        // left at `first_rtp_at`. Unknown when the reply joined audio still
+        // playing (no idle spell, so no PlayoutStarted of its own).
+        let sent = match said.role {
+            Role::User => None,
+            _ => self.first_rtp_at.take(),
+        };
+        let first_rtp = latency.first_frame_out.zip(sent).and_then(|(out, sent)| {
+            let sent = sent.saturating_duration_since(self.epoch);
+            Some(out + sent.checked_sub(said.start)?)
+        });
         if let Some(d) = first_rtp {
             metrics::histogram!(AGENT_TURN_LATENCY_SECONDS, "stage" => "first_rtp")
                 .record(d.as_secs_f64());

@@ -133,6 +133,7 @@ impl Calls {
         let ports = PortAllocator::new(config.sip.rtp_ports.low..=config.sip.rtp_ports.high)?;
         let media = SessionConfig {
             inactivity_timeout: Duration::from_secs(u64::from(config.calls.rtp_timeout_seconds)),
+            send_silence: config.calls.send_silence,
             ..SessionConfig::default()
         };
         Ok(Self {

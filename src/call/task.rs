@@ -116,8 +116,8 @@ pub(super) async fn run(shared: &Arc<Shared>, call: Established) -> EndReason {
                         Some(request) => fulfil(&mut sip, request).await,
                         None => None,
                     },
-                    Some(MediaEvent::PlayoutStarted) => {
-                        agent.on_playout_started();
+                    Some(MediaEvent::PlayoutStarted(sent)) => {
+                        agent.on_playout_started(sent);
                         None
                     }
                     Some(MediaEvent::Timeout) => Some(EndReason::MediaTimeout),

@@ -96,6 +96,10 @@ pub struct CallsConfig {
     /// A call with no RTP for this long while it should flow is ended
     /// (end reason `media_timeout`).
     pub rtp_timeout_seconds: u32,
+    /// While the agent says nothing, send a frame of silence every 20 ms
+    /// (as FreeSWITCH and Asterisk do) so that carriers' RTP timeouts and
+    /// NAT bindings keep seeing traffic. Off: no RTP while silent.
+    pub send_silence: bool,
 }
 
 impl Default for CallsConfig {
@@ -104,6 +108,7 @@ impl Default for CallsConfig {
             answer_delay_ms: 0,
             ring_timeout_seconds: 60,
             rtp_timeout_seconds: 30,
+            send_silence: true,
         }
     }
 }

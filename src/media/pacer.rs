@@ -5,11 +5,31 @@
 //! sequence number, timestamp and SSRC; sequence +1 per packet; timestamp
 //! +160 per 20 ms slot whether or not a packet is sent; marker bit on the
 //! first packet of a talkspurt, RFC 3551 §4.1), the queue of PCM waiting to
-//! be played, outgoing RFC 4733 events, and [`PacingClock`].
+//! be played, outgoing RFC 4733 events, silence fill, and [`PacingClock`].
 //!
 //! Must not: touch sockets or decide when to start or stop playing. The core
 //! ([`Pacer`]) is a plain function of "one more slot has passed"; only
 //! [`PacingClock`] awaits tokio time.
+//!
+//! Silence fill: with it on (the default, as FreeSWITCH and Asterisk do),
+//! a slot with nothing queued carries a frame of G.711 silence, so the
+//! stream never pauses while the call is up: carriers' and SBCs' RTP
+//! timeouts and NAT bindings see traffic even while the agent listens.
+//! Off, nothing is sent in such a slot (silence suppression) and the next
+//! audio starts a talkspurt with the marker bit.
+//!
+//! Starting at once: the first frame of new audio should not wait up to
+//! 20 ms for the next slot. [`Pacer::next_packet_early`] sends it the
+//! moment it is queued, when the slot before sent no audio; the clock's
+//! cadence does not move, and the RTP timestamps stay true:
+//! - without silence fill the slot now running sent nothing, so the frame
+//!   takes that slot, late within it (its timestamp; a talkspurt that had
+//!   paused for just that slot goes on unmarked);
+//! - with silence fill that slot already carried silence, so the frame
+//!   takes the next slot's timestamp, sent up to 20 ms before its time.
+//!   The stream then runs one slot ahead until its next silence, which
+//!   skips one slot's packet to fall back in step (a 40 ms gap heard
+//!   by nobody: it is silence).
 //!
 //! The clock: [`tokio::time::Interval`] schedules by absolute deadlines, so
 //! time spent handling a slot does not accumulate as drift. Missed ticks are
@@ -46,6 +66,10 @@ pub struct Packetizer {
     timestamp: u32,
     /// Whether the previous slot carried audio (no marker needed).
     in_talkspurt: bool,
+    /// Empty slots since the last audio packet of a talkspurt: a slot
+    /// taken back ([`Packetizer::reclaim`]) that closes the gap continues
+    /// the talkspurt.
+    gap: u32,
 }
 
 impl Default for Packetizer {
@@ -67,6 +91,8 @@ impl Packetizer {
             sequence,
             timestamp,
             in_talkspurt: false,
+            // No talkspurt yet to continue.
+            gap: u32::MAX,
         }
     }
 
@@ -102,6 +128,7 @@ impl Packetizer {
         let marker = !self.in_talkspurt;
         let packet = self.build(payload_type, marker, self.timestamp, payload);
         self.in_talkspurt = true;
+        self.gap = 0;
         self.advance(1);
         packet
     }
@@ -121,6 +148,7 @@ impl Packetizer {
         );
         // Audio after an event starts a new talkspurt.
         self.in_talkspurt = false;
+        self.gap = u32::MAX;
         self.advance(1);
         bytes
     }
@@ -130,7 +158,18 @@ impl Packetizer {
     pub fn silence(&mut self, slots: u32) {
         if slots > 0 {
             self.in_talkspurt = false;
+            self.gap = self.gap.saturating_add(slots);
             self.advance(slots);
+        }
+    }
+
+    /// Takes back the last empty slot (see [`Pacer::next_packet_early`]).
+    /// If it was the only one after audio, the talkspurt goes on.
+    fn reclaim(&mut self) {
+        self.timestamp = self.timestamp.wrapping_sub(SLOT_TIMESTAMP);
+        self.gap = self.gap.saturating_sub(1);
+        if self.gap == 0 {
+            self.in_talkspurt = true;
         }
     }
 
@@ -162,12 +201,41 @@ pub struct SendFormat {
     pub event_payload_type: Option<u8>,
 }
 
+/// What one slot sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Slot {
+    /// Queued audio or a DTMF event packet.
+    Play(Vec<u8>),
+    /// A frame of silence fill.
+    Fill(Vec<u8>),
+    /// Nothing: silence fill is off.
+    Idle,
+    /// Nothing: this slot's packet went out early. Whatever was playing
+    /// may still be playing.
+    Ahead,
+}
+
+/// What the last slot did, for [`Pacer::next_packet_early`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Last {
+    Played,
+    Filled,
+    /// Nothing sent, the timestamp moved on a slot.
+    Empty,
+    /// Nothing sent: an early packet had already taken the slot.
+    Repaid,
+}
+
 /// Decides what each 20 ms slot sends: queued PCM (encoded), a DTMF event
-/// packet, or nothing. See the module documentation.
+/// packet, silence fill or nothing. See the module documentation.
 #[derive(Debug)]
 pub struct Pacer {
     packetizer: Packetizer,
     format: SendFormat,
+    fill_silence: bool,
+    last: Last,
+    /// Slots whose packet went out early, to be skipped in silence.
+    ahead: u32,
     /// PCM waiting to be played, 8 kHz mono.
     queued: VecDeque<i16>,
     max_queued: usize,
@@ -180,10 +248,14 @@ pub struct Pacer {
 
 impl Pacer {
     /// `max_queued_samples` bounds the PCM queue; audio beyond it is refused.
+    /// Silence fill starts on; see [`Pacer::set_silence_fill`].
     pub fn new(packetizer: Packetizer, format: SendFormat, max_queued_samples: usize) -> Self {
         Pacer {
             packetizer,
             format,
+            fill_silence: true,
+            last: Last::Empty,
+            ahead: 0,
             queued: VecDeque::new(),
             max_queued: max_queued_samples,
             digits: VecDeque::new(),
@@ -226,6 +298,12 @@ impl Pacer {
         self.queued.is_empty() && self.digits.is_empty() && self.event.is_none()
     }
 
+    /// Whether an empty slot carries a frame of silence (see the module
+    /// documentation).
+    pub fn set_silence_fill(&mut self, on: bool) {
+        self.fill_silence = on;
+    }
+
     /// Switches codec or payload types (after a re-INVITE).
     pub fn set_format(&mut self, format: SendFormat) {
         self.format = format;
@@ -235,14 +313,67 @@ impl Pacer {
         self.packetizer.ssrc()
     }
 
-    /// Slots that passed without a chance to send (a stalled clock).
+    /// Slots that passed without a chance to send (on hold, or a stalled
+    /// clock).
     pub fn skip_slots(&mut self, slots: u32) {
-        self.packetizer.silence(slots);
+        if slots > 0 {
+            self.packetizer.silence(slots);
+            self.last = Last::Empty;
+        }
     }
 
-    /// Consumes one slot: the packet to send in it, if any. A partial frame
-    /// at the end of the queue is padded with silence.
-    pub fn next_packet(&mut self) -> Option<Vec<u8>> {
+    /// Consumes one slot: what to send in it. A partial frame at the end of
+    /// the queue is padded with silence.
+    pub fn next_packet(&mut self) -> Slot {
+        if let Some(packet) = self.next_queued() {
+            self.last = Last::Played;
+            return Slot::Play(packet);
+        }
+        if self.ahead > 0 {
+            // This slot's packet already went out: back in step.
+            self.ahead -= 1;
+            self.last = Last::Repaid;
+            return Slot::Ahead;
+        }
+        if !self.fill_silence {
+            self.packetizer.silence(1);
+            self.last = Last::Empty;
+            return Slot::Idle;
+        }
+        self.frame.clear();
+        self.frame.resize(FRAME_SAMPLES, 0);
+        self.last = Last::Filled;
+        match self.encode_frame() {
+            Some(packet) => Slot::Fill(packet),
+            None => Slot::Idle,
+        }
+    }
+
+    /// The first frame of new audio, sent now rather than at the next slot
+    /// (see the module documentation). `None` when the last slot played:
+    /// the new audio then waits its turn.
+    pub fn next_packet_early(&mut self) -> Option<Vec<u8>> {
+        match self.last {
+            Last::Played => return None,
+            Last::Empty => self.packetizer.reclaim(),
+            Last::Filled | Last::Repaid => self.ahead += 1,
+        }
+        let packet = self.next_queued();
+        match packet {
+            Some(_) => self.last = Last::Played,
+            None => {
+                // Nothing was queued after all: undo.
+                match self.last {
+                    Last::Empty => self.packetizer.silence(1),
+                    _ => self.ahead -= 1,
+                }
+            }
+        }
+        packet
+    }
+
+    /// The slot's DTMF event packet or audio frame, if any is waiting.
+    fn next_queued(&mut self) -> Option<Vec<u8>> {
         if self.event.is_none()
             && let (Some(digit), Some(_)) = (self.digits.front(), self.format.event_payload_type)
         {
@@ -264,13 +395,17 @@ impl Pacer {
             }
         }
         if self.queued.is_empty() {
-            self.packetizer.silence(1);
             return None;
         }
         let take = self.queued.len().min(FRAME_SAMPLES);
         self.frame.clear();
         self.frame.extend(self.queued.drain(..take));
         self.frame.resize(FRAME_SAMPLES, 0);
+        self.encode_frame()
+    }
+
+    /// `self.frame`, encoded and packetized as the slot's audio.
+    fn encode_frame(&mut self) -> Option<Vec<u8>> {
         self.encoded.clear();
         self.format
             .codec
@@ -360,19 +495,32 @@ mod tests {
         }
     }
 
+    /// A pacer with silence suppression: empty slots send nothing.
     fn pacer() -> Pacer {
-        Pacer::new(
+        let mut p = Pacer::new(
             Packetizer::with_state(0xCAFE, 65534, u32::MAX - 159),
             FORMAT,
             8000,
-        )
+        );
+        p.set_silence_fill(false);
+        p
+    }
+
+    /// The packet a slot plays (audio or event), if any.
+    fn played(slot: Slot) -> Option<Vec<u8>> {
+        match slot {
+            Slot::Play(packet) => Some(packet),
+            Slot::Fill(_) | Slot::Idle | Slot::Ahead => None,
+        }
     }
 
     #[test]
     fn headers_advance_and_wrap() {
         let mut p = pacer();
         p.queue_audio(&[1000; 480]);
-        let packets: Vec<Header> = (0..3).map(|_| read(&p.next_packet().unwrap())).collect();
+        let packets: Vec<Header> = (0..3)
+            .map(|_| read(&played(p.next_packet()).unwrap()))
+            .collect();
         let seqs: Vec<u16> = packets.iter().map(|h| h.sequence).collect();
         let stamps: Vec<u32> = packets.iter().map(|h| h.timestamp).collect();
         assert_eq!(seqs, vec![65534, 65535, 0]);
@@ -392,14 +540,14 @@ mod tests {
     fn marker_starts_each_talkspurt_and_time_runs_through_silence() {
         let mut p = pacer();
         p.queue_audio(&[5; 320]);
-        let a = read(&p.next_packet().unwrap());
-        let b = read(&p.next_packet().unwrap());
+        let a = read(&played(p.next_packet()).unwrap());
+        let b = read(&played(p.next_packet()).unwrap());
         // Three silent slots.
         for _ in 0..3 {
-            assert!(p.next_packet().is_none());
+            assert_eq!(p.next_packet(), Slot::Idle);
         }
         p.queue_audio(&[5; 100]);
-        let c = read(&p.next_packet().unwrap());
+        let c = read(&played(p.next_packet()).unwrap());
         assert_eq!((a.marker, b.marker, c.marker), (true, false, true));
         assert_eq!(
             c.sequence,
@@ -425,7 +573,7 @@ mod tests {
         assert_eq!(p.queue_audio(&[1; 10_000]), 8000, "queue is bounded");
         p.clear_audio();
         assert_eq!(p.queued_samples(), 0);
-        assert!(p.next_packet().is_none());
+        assert_eq!(p.next_packet(), Slot::Idle);
     }
 
     #[test]
@@ -434,7 +582,7 @@ mod tests {
         p.queue_audio(&[7; 160 * 2]);
         assert!(p.queue_digit(Digit::from_char('9').unwrap()));
         let mut headers = Vec::new();
-        while let Some(bytes) = p.next_packet() {
+        while let Some(bytes) = played(p.next_packet()) {
             headers.push(read(&bytes));
         }
         // The event goes first: 4 updates + 3 end packets, then 2 audio frames.
@@ -465,6 +613,151 @@ mod tests {
         );
         assert!(!p.queue_digit(Digit::from_char('1').unwrap()));
         assert!(p.is_idle());
+    }
+
+    #[test]
+    fn silence_fill_keeps_the_stream_going_unmarked() {
+        let mut p = pacer();
+        p.set_silence_fill(true);
+        let mut headers = Vec::new();
+        for i in 0..6 {
+            if i == 2 {
+                p.queue_audio(&[900; 160]);
+            }
+            match p.next_packet() {
+                Slot::Fill(packet) => {
+                    let h = read(&packet);
+                    assert!(h.payload.iter().all(|b| *b == Codec::Pcmu.silence()));
+                    headers.push(h);
+                }
+                Slot::Play(packet) => {
+                    assert_eq!(i, 2);
+                    headers.push(read(&packet));
+                }
+                Slot::Idle | Slot::Ahead => panic!("slot {i} sent nothing"),
+            }
+        }
+        // One stream: only its very first packet is marked.
+        let markers: Vec<bool> = headers.iter().map(|h| h.marker).collect();
+        assert_eq!(markers, vec![true, false, false, false, false, false]);
+        assert!(headers.windows(2).all(|w| {
+            w[1].sequence == w[0].sequence.wrapping_add(1)
+                && w[1].timestamp == w[0].timestamp.wrapping_add(160)
+        }));
+    }
+
+    #[test]
+    fn an_early_frame_takes_the_empty_slot_it_lands_in() {
+        let mut p = pacer();
+        p.queue_audio(&[5; 160]);
+        let a = read(&played(p.next_packet()).unwrap());
+        assert_eq!(p.next_packet(), Slot::Idle);
+        assert_eq!(p.next_packet(), Slot::Idle);
+        // Audio during the second empty slot: it goes now, in that slot.
+        p.queue_audio(&[5; 320]);
+        let b = read(&p.next_packet_early().unwrap());
+        assert_eq!(p.next_packet_early(), None, "one early frame per slot");
+        let c = read(&played(p.next_packet()).unwrap());
+        assert!(b.marker && !c.marker, "a new talkspurt");
+        assert_eq!(b.timestamp.wrapping_sub(a.timestamp), 2 * 160);
+        assert_eq!(c.timestamp.wrapping_sub(b.timestamp), 160);
+        assert_eq!(b.sequence, a.sequence.wrapping_add(1));
+    }
+
+    #[test]
+    fn a_one_slot_pause_closed_early_stays_one_talkspurt() {
+        let mut p = pacer();
+        p.queue_audio(&[5; 160]);
+        let a = read(&played(p.next_packet()).unwrap());
+        // The next frame arrives just after its slot came up empty.
+        assert_eq!(p.next_packet(), Slot::Idle);
+        p.queue_audio(&[5; 160]);
+        let b = read(&p.next_packet_early().unwrap());
+        assert!(!b.marker);
+        assert_eq!(b.timestamp.wrapping_sub(a.timestamp), 160);
+    }
+
+    #[test]
+    fn an_early_frame_over_silence_fill_is_paid_back_in_the_next_silence() {
+        let mut p = pacer();
+        p.set_silence_fill(true);
+        let Slot::Fill(fill) = p.next_packet() else {
+            panic!("expected silence fill");
+        };
+        let fill = read(&fill);
+        p.queue_audio(&[5; 320]);
+        let early = read(&p.next_packet_early().unwrap());
+        // No overlap with the silence already sent: the next slot's time.
+        assert_eq!(early.timestamp, fill.timestamp.wrapping_add(160));
+        assert!(!early.marker, "the stream never paused");
+        let next = read(&played(p.next_packet()).unwrap());
+        assert_eq!(next.timestamp, early.timestamp.wrapping_add(160));
+        // The first silence slot sends nothing, the one after fills again.
+        assert_eq!(p.next_packet(), Slot::Ahead);
+        let Slot::Fill(after) = p.next_packet() else {
+            panic!("expected silence fill");
+        };
+        let after = read(&after);
+        assert_eq!(after.timestamp, next.timestamp.wrapping_add(160));
+        assert_eq!(after.sequence, next.sequence.wrapping_add(1));
+    }
+
+    #[test]
+    fn nothing_goes_early_right_after_a_played_slot() {
+        let mut p = pacer();
+        p.queue_audio(&[5; 160]);
+        assert!(played(p.next_packet()).is_some());
+        p.queue_audio(&[5; 160]);
+        assert_eq!(p.next_packet_early(), None);
+        assert!(played(p.next_packet()).is_some());
+    }
+
+    /// The session's loop in small, on paused time: frames arrive at odd
+    /// moments, each run's first frame leaves the moment it arrives, and
+    /// over many runs every packet's timestamp stays within one slot of
+    /// when it left, with silence fill and without.
+    #[tokio::test(start_paused = true)]
+    async fn early_frames_leave_at_once_and_rtp_time_tracks_wall_time() {
+        for fill in [true, false] {
+            let mut p = pacer();
+            p.set_silence_fill(fill);
+            let mut clock = PacingClock::new();
+            // Every packet: timestamp and when it left.
+            let mut sent: Vec<(u32, Instant)> = Vec::new();
+            let mut note = |bytes: &[u8]| sent.push((read(bytes).timestamp, Instant::now()));
+            for run in 0..40u64 {
+                let quiet_until = Instant::now() + Duration::from_millis(100 + run * 7);
+                while Instant::now() < quiet_until {
+                    clock.tick().await;
+                    match p.next_packet() {
+                        Slot::Fill(packet) => note(&packet),
+                        Slot::Play(_) => panic!("nothing was queued"),
+                        Slot::Idle | Slot::Ahead => {}
+                    }
+                }
+                // Audio arrives 3 to 17 ms into a slot.
+                tokio::time::advance(Duration::from_millis(3 + run % 15)).await;
+                p.queue_audio(&[100; 160 * 5]);
+                note(&p.next_packet_early().expect("sent at once"));
+                for _ in 0..4 {
+                    clock.tick().await;
+                    note(&played(p.next_packet()).unwrap());
+                }
+            }
+            let (ts0, at0) = sent[0];
+            for (ts, at) in &sent {
+                let rtp_ms = f64::from(ts.wrapping_sub(ts0)) / 8.0;
+                let wall_ms = (*at - at0).as_secs_f64() * 1000.0;
+                assert!(
+                    (rtp_ms - wall_ms).abs() <= 20.001,
+                    "fill {fill}: RTP time {rtp_ms} ms, wall time {wall_ms} ms"
+                );
+            }
+            assert!(
+                sent.windows(2).all(|w| w[1].0.wrapping_sub(w[0].0) >= 160),
+                "fill {fill}: timestamps overlap"
+            );
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -50,7 +50,7 @@ use tokio::time::Instant;
 use super::dtmf::{Digit, DtmfDecoder};
 use super::g711::Codec;
 use super::jitter::{JitterBuffer, JitterConfig, Playout, RtpPacket};
-use super::pacer::{Pacer, PacingClock, Packetizer, SendFormat};
+use super::pacer::{Pacer, PacingClock, Packetizer, SendFormat, Slot};
 use super::ports::PortPermit;
 use super::sdp::{Direction, NegotiatedMedia};
 use super::{CLOCK_RATE, FRAME_SAMPLES};
@@ -98,6 +98,9 @@ pub struct SessionConfig {
     /// Most audio queued for playing; more is refused (dropped with a
     /// warning).
     pub max_queued_audio: Duration,
+    /// Send a frame of silence in every slot with nothing to play (see
+    /// [`super::pacer`]).
+    pub send_silence: bool,
 }
 
 impl Default for SessionConfig {
@@ -108,6 +111,7 @@ impl Default for SessionConfig {
             relatch_after: Duration::from_secs(2),
             jitter: JitterConfig::default(),
             max_queued_audio: Duration::from_secs(120),
+            send_silence: true,
         }
     }
 }
@@ -130,9 +134,9 @@ pub enum MediaEvent {
     Latched(SocketAddr),
     /// Everything queued with [`MediaHandle::play`] has been sent.
     PlayoutDrained,
-    /// The first packet after an idle spell has been sent (the agent layer
-    /// measures its own latency to the wire with it).
-    PlayoutStarted,
+    /// The first packet after an idle spell left at this instant (the agent
+    /// layer measures its own latency to the wire with it).
+    PlayoutStarted(Instant),
     /// No RTP arrived within the inactivity timeout.
     Timeout,
 }
@@ -252,7 +256,8 @@ impl RtpSession {
         let max_queued =
             usize::try_from(config.max_queued_audio.as_millis() * u128::from(CLOCK_RATE) / 1000)
                 .unwrap_or(usize::MAX);
-        let pacer = Pacer::new(Packetizer::new(), send_format(&media), max_queued);
+        let mut pacer = Pacer::new(Packetizer::new(), send_format(&media), max_queued);
+        pacer.set_silence_fill(config.send_silence);
         let driver = Driver {
             socket,
             _permit: permit,
@@ -366,7 +371,7 @@ impl Driver {
             tokio::select! {
                 biased;
                 command = commands.recv() => match command {
-                    Some(command) => self.on_command(command),
+                    Some(command) => self.on_command(command).await,
                     None => break,
                 },
                 tick = clock.tick() => {
@@ -391,7 +396,7 @@ impl Driver {
         self.stats
     }
 
-    fn on_command(&mut self, command: Command) {
+    async fn on_command(&mut self, command: Command) {
         match command {
             Command::Play(samples) => {
                 let accepted = self.pacer.queue_audio(&samples);
@@ -400,6 +405,14 @@ impl Driver {
                         dropped = samples.len() - accepted,
                         "playout queue full, audio dropped"
                     );
+                }
+                // New audio after a quiet slot goes out now, not at the next
+                // slot up to 20 ms away.
+                if accepted > 0
+                    && let Some(destination) = self.sending_to()
+                    && let Some(packet) = self.pacer.next_packet_early()
+                {
+                    self.send(Slot::Play(packet), destination).await;
                 }
             }
             Command::Clear => self.pacer.clear_audio(),
@@ -425,22 +438,40 @@ impl Driver {
         self.latched.or(self.media.remote)
     }
 
+    /// Where our packets go, if we send at all (not on hold).
+    fn sending_to(&self) -> Option<SocketAddr> {
+        self.destination().filter(|_| self.media.direction.sends())
+    }
+
     async fn send_slot(&mut self) {
-        let destination = self.destination().filter(|_| self.media.direction.sends());
-        let Some(destination) = destination else {
+        let Some(destination) = self.sending_to() else {
             // On hold: time passes, the queue waits.
             self.pacer.skip_slots(1);
             return;
         };
-        let Some(packet) = self.pacer.next_packet() else {
-            if self.was_playing {
-                self.was_playing = false;
-                self.emit_control(MediaEvent::PlayoutDrained);
-            }
-            return;
+        let slot = self.pacer.next_packet();
+        self.send(slot, destination).await;
+    }
+
+    /// Sends what the pacer put in a slot, and reports playout starting
+    /// and draining.
+    async fn send(&mut self, slot: Slot, destination: SocketAddr) {
+        let playing = matches!(slot, Slot::Play(_));
+        let packet = match slot {
+            Slot::Play(packet) | Slot::Fill(packet) => packet,
+            Slot::Idle => Vec::new(),
+            // Audio sent early may be followed by more just as early (an
+            // echo): no drained-started pair for every frame.
+            Slot::Ahead => return,
         };
-        let started = !self.was_playing;
-        self.was_playing = true;
+        if self.was_playing && !playing {
+            self.emit_control(MediaEvent::PlayoutDrained);
+        }
+        let started = playing && !self.was_playing;
+        self.was_playing = playing;
+        if packet.is_empty() {
+            return;
+        }
         match self.socket.send_to(&packet, destination).await {
             Ok(sent) => {
                 self.counters.packets_out.increment(1);
@@ -448,7 +479,7 @@ impl Driver {
                 self.stats.packets_out += 1;
                 self.stats.bytes_out += sent as u64;
                 if started {
-                    self.emit_control(MediaEvent::PlayoutStarted);
+                    self.emit_control(MediaEvent::PlayoutStarted(Instant::now()));
                 }
             }
             Err(e) => tracing::debug!(error = %e, %destination, "RTP send error"),
@@ -664,9 +695,12 @@ mod tests {
             .unwrap()
     }
 
+    /// A quick timeout, and silence suppression so that every packet out
+    /// is one the test asked for.
     fn short_config() -> SessionConfig {
         SessionConfig {
             inactivity_timeout: Duration::from_millis(300),
+            send_silence: false,
             ..SessionConfig::default()
         }
     }
@@ -869,7 +903,13 @@ mod tests {
         for pair in headers.windows(2) {
             let (a, b) = (&pair[0], &pair[1]);
             assert_eq!(b.2, a.2.wrapping_add(1), "sequence");
-            assert_eq!(b.3.wrapping_sub(a.3) % 160, 0, "timestamp steps by frames");
+            // A frame on within a talkspurt; a new one may start early, at
+            // any sampling instant after the last frame.
+            let step = b.3.wrapping_sub(a.3);
+            assert!(
+                step == 160 || (b.0 && (160..i32::MAX as u32).contains(&step)),
+                "timestamp step {step}"
+            );
             assert_eq!(b.4, a.4, "one SSRC");
             assert_eq!(b.1, 0);
         }
@@ -934,7 +974,7 @@ mod tests {
         assert_eq!(
             events
                 .iter()
-                .filter(|e| **e == MediaEvent::PlayoutStarted)
+                .filter(|e| matches!(e, MediaEvent::PlayoutStarted(_)))
                 .count(),
             1,
             "{events:?}"
@@ -973,5 +1013,58 @@ mod tests {
         let resumed =
             tokio::time::timeout(Duration::from_millis(500), peer.recv_from(&mut buf)).await;
         assert!(resumed.is_ok());
+    }
+
+    #[tokio::test]
+    async fn silence_fill_flows_until_hold_and_audio_joins_the_stream() {
+        let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let config = SessionConfig {
+            send_silence: true,
+            ..short_config()
+        };
+        let session = start(peer.local_addr().unwrap(), config).await;
+        let mut buf = [0u8; 2048];
+        let mut packets = Vec::new();
+        let mut next = async |packets: &mut Vec<(u16, u32, bool, Vec<u8>)>| {
+            let (len, _) = peer.recv_from(&mut buf).await.unwrap();
+            let r = RtpReader::new(&buf[..len]).unwrap();
+            packets.push((
+                r.sequence_number().into(),
+                r.timestamp(),
+                r.mark(),
+                r.payload().to_vec(),
+            ));
+        };
+        for _ in 0..10 {
+            next(&mut packets).await;
+        }
+        session.handle.play(tone(1000.0, 0, 800)).await.unwrap();
+        for _ in 0..15 {
+            next(&mut packets).await;
+        }
+        let silent =
+            |p: &(u16, u32, bool, Vec<u8>)| p.3.iter().all(|b| *b == Codec::Pcmu.silence());
+        assert!(packets[..10].iter().all(silent), "silence before the audio");
+        let audible: Vec<usize> = (0..packets.len())
+            .filter(|i| !silent(&packets[*i]))
+            .collect();
+        assert_eq!(audible.len(), 5, "the five frames of tone");
+        assert!(audible.windows(2).all(|w| w[1] == w[0] + 1), "{audible:?}");
+        assert!(silent(packets.last().unwrap()), "silence again after it");
+        // One stream: contiguous numbers and time, marked only at its start.
+        assert!(packets.windows(2).all(|w| {
+            w[1].0 == w[0].0.wrapping_add(1) && w[1].1 == w[0].1.wrapping_add(160) && !w[1].2
+        }));
+        // On hold nothing is sent, silence included.
+        let mut held = media(peer.local_addr().unwrap());
+        held.direction = Direction::Inactive;
+        session.handle.update(held).await.unwrap();
+        while tokio::time::timeout(Duration::from_millis(60), peer.recv_from(&mut buf))
+            .await
+            .is_ok()
+        {}
+        let quiet =
+            tokio::time::timeout(Duration::from_millis(200), peer.recv_from(&mut buf)).await;
+        assert!(quiet.is_err(), "silence was sent on hold");
     }
 }
