@@ -1,6 +1,6 @@
 //! The outbox store on both backends: concurrent claimers never take the
-//! same delivery, an expired lease is claimed again, and only the lease
-//! holder moves a delivery.
+//! same delivery, an expired lease is claimed again, only the lease holder
+//! moves a delivery, and only deliveries written wake the worker.
 
 mod common;
 
@@ -116,7 +116,61 @@ async fn expired_leases_are_claimed_again(backend: Backend) {
     assert_eq!(store.outbox_stats().await.unwrap().pending, 0);
 }
 
+/// The count the outbox wakes its worker by: an event nobody subscribes
+/// to writes no delivery and leaves it alone; one that fans out to the
+/// subscribed endpoint counts its delivery.
+async fn only_events_with_deliveries_count(backend: Backend) {
+    use agentline::webhook::event::{TrunkEventData, TrunkEventType, trunk_event};
+    let (_d, store, _ep) = fresh_store(backend).await;
+    let data = TrunkEventData {
+        trunk_id: "carrier".into(),
+        sip_code: Some(200),
+        reason: None,
+        expires_at: None,
+        next_attempt_at: None,
+    };
+    let before = store.deliveries_written();
+    store
+        .emit(&trunk_event(TrunkEventType::Registered, data).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.deliveries_written(),
+        before,
+        "nobody wants trunk events"
+    );
+    assert_eq!(store.outbox_stats().await.unwrap().pending, 0);
+    let ep = agentline::ids::new(agentline::ids::WEBHOOK_ENDPOINT);
+    store
+        .insert_endpoint(
+            &ep,
+            &agentline::secrets::new_webhook_secret(),
+            EndpointFields {
+                url: "http://127.0.0.1:9/",
+                description: None,
+                events: "[\"trunk.registered\"]",
+                enabled: true,
+            },
+        )
+        .await
+        .unwrap();
+    let data = TrunkEventData {
+        trunk_id: "carrier".into(),
+        sip_code: Some(200),
+        reason: None,
+        expires_at: None,
+        next_attempt_at: None,
+    };
+    store
+        .emit(&trunk_event(TrunkEventType::Registered, data).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(store.deliveries_written(), before + 1);
+    assert_eq!(store.outbox_stats().await.unwrap().pending, 1);
+}
+
 both_backends!(
     concurrent_claims_are_disjoint,
-    expired_leases_are_claimed_again
+    expired_leases_are_claimed_again,
+    only_events_with_deliveries_count
 );

@@ -200,7 +200,7 @@ impl Store {
                 let record = sqlx::query_as::<_, CampaignRecord>(sqlx::AssertSqlSafe(select))
                     .bind(id).fetch_one(&mut *tx).await?;
                 if let Some(emit) = emit {
-                    write_event!(tx, &emit(&record)?);
+                    write_event!(self, tx, &emit(&record)?);
                 }
                 tx.commit().await?;
                 Ok(Some(record))
@@ -241,7 +241,7 @@ impl Store {
             let record = sqlx::query_as::<_, CampaignRecord>(sqlx::AssertSqlSafe(select))
                 .bind(id).fetch_one(&mut *tx).await?;
             if let Some(emit) = emit {
-                write_event!(tx, &emit(&record)?);
+                write_event!(self, tx, &emit(&record)?);
             }
             tx.commit().await?;
             Ok::<_, StoreError>(Some(record))

@@ -64,17 +64,27 @@ pub type EmitFn = dyn Fn(&CallRecord) -> Result<NewEvent> + Send + Sync;
 /// The event a call transition writes, if any.
 pub type Emit<'a> = Option<&'a EmitFn>;
 
-pub(crate) const EVENT_COLUMNS: &str =
-    "seq, id, type, api_version, call_id, call_seq, payload, created_at, updated_at";
+/// The columns of an [`EventRecord`], as a literal for `concat!`.
+macro_rules! event_columns {
+    () => {
+        "seq, id, type, api_version, call_id, call_seq, payload, created_at, updated_at"
+    };
+}
+pub(crate) use event_columns;
 
-/// Writes the event and its deliveries inside the open transaction `$tx`.
+pub(crate) const EVENT_COLUMNS: &str = event_columns!();
+
+/// Writes the event and its deliveries inside the open transaction `$tx`
+/// of `$store`.
 macro_rules! write_event {
-    ($tx:ident, $ev:expr) => {{
+    ($store:expr, $tx:ident, $ev:expr) => {{
         let ev: &$crate::store::events::NewEvent = $ev;
-        sqlx::query(
+        // Read back with RETURNING: one round trip fewer per event.
+        let record = sqlx::query_as::<_, $crate::store::events::EventRecord>(concat!(
             "INSERT INTO events (id, type, api_version, call_id, call_seq, payload, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
-        )
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING ",
+            $crate::store::events::event_columns!()
+        ))
         .bind(&ev.id)
         .bind(&ev.event_type)
         .bind(&ev.api_version)
@@ -82,7 +92,7 @@ macro_rules! write_event {
         .bind(ev.call_seq)
         .bind(&ev.payload)
         .bind(ev.created_at)
-        .execute(&mut *$tx)
+        .fetch_one(&mut *$tx)
         .await?;
         let endpoints: Vec<String> = match &ev.fanout {
             $crate::store::events::Fanout::Subscribed => {
@@ -101,6 +111,7 @@ macro_rules! write_event {
             }
             $crate::store::events::Fanout::Endpoint(id) => vec![id.clone()],
         };
+        $store.note_deliveries(endpoints.len());
         for endpoint in &endpoints {
             sqlx::query(
                 "INSERT INTO webhook_deliveries (id, event_id, endpoint_id, status, next_attempt_at,
@@ -114,13 +125,7 @@ macro_rules! write_event {
             .execute(&mut *$tx)
             .await?;
         }
-        sqlx::query_as::<_, $crate::store::events::EventRecord>(sqlx::AssertSqlSafe(format!(
-            "SELECT {} FROM events WHERE id = $1",
-            $crate::store::events::EVENT_COLUMNS
-        )))
-        .bind(&ev.id)
-        .fetch_one(&mut *$tx)
-        .await?
+        record
     }};
 }
 pub(crate) use write_event;
@@ -130,7 +135,7 @@ impl Store {
     pub async fn emit(&self, ev: &NewEvent) -> Result<EventRecord> {
         on_pool!(self, p => {
             let mut tx = p.begin().await?;
-            let event = write_event!(tx, ev);
+            let event = write_event!(self, tx, ev);
             tx.commit().await?;
             Ok(event)
         })

@@ -27,6 +27,8 @@ pub mod webhooks;
 
 use std::borrow::Cow;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sqlx::migrate::{Migration, MigrationType, Migrator};
@@ -59,6 +61,10 @@ pub enum Pool {
 #[derive(Clone, Debug)]
 pub struct Store {
     pub pool: Pool,
+    /// Webhook deliveries this process has written (counted before their
+    /// transaction commits): the outbox wakes its worker only when an
+    /// event of its own added some (see [`Store::deliveries_written`]).
+    deliveries_written: Arc<AtomicU64>,
 }
 
 /// What a caller can do about a failed store operation.
@@ -234,7 +240,26 @@ impl Store {
                 .await?;
             Pool::Postgres(pool)
         };
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            deliveries_written: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// How many webhook deliveries this process has written so far. Read
+    /// before a write and again after its commit: a change means deliveries
+    /// may be due now (another task's change as well, which only costs a
+    /// look).
+    pub fn deliveries_written(&self) -> u64 {
+        self.deliveries_written.load(Ordering::Acquire)
+    }
+
+    /// Counts deliveries written by an open transaction.
+    pub(crate) fn note_deliveries(&self, n: usize) {
+        if n > 0 {
+            self.deliveries_written
+                .fetch_add(n as u64, Ordering::AcqRel);
+        }
     }
 
     /// Applies every migration not yet applied. Idempotent; concurrent

@@ -78,24 +78,27 @@ impl Outbox {
             };
             event::call_event(kind, c, None)
         };
+        let mark = self.store.deliveries_written();
         let record = self.store.call_created(call, Some(&emit)).await?;
-        self.emitted();
+        self.emitted(mark);
         Ok(record)
     }
 
     /// `call.ringing` (the first 18x of an outbound call).
     pub async fn call_ringing(&self, id: &str) -> Result<CallRecord, StoreError> {
         let emit = |c: &CallRecord| event::call_event(CallEventType::Ringing, c, None);
+        let mark = self.store.deliveries_written();
         let record = self.store.call_ringing(id, Some(&emit)).await?;
-        self.emitted();
+        self.emitted(mark);
         Ok(record)
     }
 
     /// `call.answered`.
     pub async fn call_answered(&self, id: &str) -> Result<CallRecord, StoreError> {
         let emit = |c: &CallRecord| event::call_event(CallEventType::Answered, c, None);
+        let mark = self.store.deliveries_written();
         let record = self.store.call_answered(id, Some(&emit)).await?;
-        self.emitted();
+        self.emitted(mark);
         Ok(record)
     }
 
@@ -103,8 +106,9 @@ impl Outbox {
     pub async fn call_dtmf(&self, id: &str, digit: char) -> Result<CallRecord, StoreError> {
         let text = digit.to_string();
         let emit = move |c: &CallRecord| event::call_event(CallEventType::Dtmf, c, Some(&text));
+        let mark = self.store.deliveries_written();
         let record = self.store.call_dtmf(id, digit, Some(&emit)).await?;
-        self.emitted();
+        self.emitted(mark);
         Ok(record)
     }
 
@@ -112,8 +116,9 @@ impl Outbox {
     /// duration in the call object.
     pub async fn call_ended(&self, id: &str, end: EndFields<'_>) -> Result<CallRecord, StoreError> {
         let emit = |c: &CallRecord| event::call_event(CallEventType::Ended, c, None);
+        let mark = self.store.deliveries_written();
         let record = self.store.call_ended(id, end, Some(&emit)).await?;
-        self.emitted();
+        self.emitted(mark);
         Ok(record)
     }
 
@@ -123,11 +128,12 @@ impl Outbox {
         event_type: TrunkEventType,
         data: TrunkEventData,
     ) -> Result<EventRecord, StoreError> {
+        let mark = self.store.deliveries_written();
         let record = self
             .store
             .emit(&event::trunk_event(event_type, data)?)
             .await?;
-        self.emitted();
+        self.emitted(mark);
         Ok(record)
     }
 
@@ -141,11 +147,12 @@ impl Outbox {
         kind: CampaignEventType,
     ) -> Result<CampaignRecord, StoreError> {
         let emit = move |c: &CampaignRecord| event::campaign_event(kind, c);
+        let mark = self.store.deliveries_written();
         let record = self
             .store
             .transition_campaign(id, from, to, Some(&emit))
             .await?;
-        self.emitted();
+        self.emitted(mark);
         Ok(record)
     }
 
@@ -156,20 +163,22 @@ impl Outbox {
         id: &str,
     ) -> Result<Option<CampaignRecord>, StoreError> {
         let emit = |c: &CampaignRecord| event::campaign_event(CampaignEventType::Completed, c);
+        let mark = self.store.deliveries_written();
         let record = self
             .store
             .complete_campaign_if_done(id, Some(&emit))
             .await?;
         if record.is_some() {
-            self.emitted();
+            self.emitted(mark);
         }
         Ok(record)
     }
 
     /// A `webhook.test` event delivered to one endpoint only.
     pub async fn test_event(&self, endpoint_id: &str) -> Result<EventRecord, StoreError> {
+        let mark = self.store.deliveries_written();
         let record = self.store.emit(&event::test_event(endpoint_id)?).await?;
-        self.emitted();
+        self.emitted(mark);
         Ok(record)
     }
 
@@ -194,8 +203,13 @@ impl Outbox {
         self.closing.subscribe()
     }
 
-    fn emitted(&self) {
-        self.wake.notify_one();
+    /// An event was written; `mark` is [`Store::deliveries_written`] from
+    /// before. The worker is woken only if deliveries were written since:
+    /// most events (no endpoint wants them) cost no claim query.
+    fn emitted(&self, mark: u64) {
+        if self.store.deliveries_written() != mark {
+            self.wake.notify_one();
+        }
         self.emitted.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
