@@ -194,6 +194,19 @@ async fn agents_crud_and_validation(backend: Backend) {
             json!({"name": "x", "kind": "prompt", "prompt": {"tone_hz": 99999}}),
             "prompt.tone_hz",
         ),
+        // Speech choices a call could not use.
+        (
+            json!({"name": "x", "kind": "echo", "tts": {"provider": "elevenlabs"}}),
+            "tts.provider",
+        ),
+        (
+            json!({"name": "x", "kind": "echo", "tts": {"provider": "cartesia"}}),
+            "tts.voice",
+        ),
+        (
+            json!({"name": "x", "kind": "echo", "tts": {"provider": "embedded", "voice": "../slt"}}),
+            "tts.voice",
+        ),
     ] {
         let (s, b) = json_of(d.post("/v1/agents").json(&body).send().await.unwrap()).await;
         assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {b}");

@@ -252,6 +252,30 @@ both_backends!(
     a_bad_script_is_refused_naming_the_field
 );
 
+/// An agent whose LLM cannot be reached answers 502 `llm_failed` (the
+/// documented upstream failure), and the session goes on: the next message
+/// fails the same way, not with a server error.
+#[tokio::test]
+async fn an_unreachable_llm_is_a_502_not_a_server_error() {
+    let d = TestDaemon::builder().start().await;
+    let closed = common::free_port();
+    let agent = create_agent(
+        &d,
+        json!({"name": "down", "kind": "voice",
+               "llm": {"provider": "openai", "base_url": format!("http://127.0.0.1:{closed}/v1"),
+                       "model": "m"}}),
+    )
+    .await;
+    let session = start_session(&d, &agent).await;
+    let id = session["id"].as_str().unwrap();
+    for _ in 0..2 {
+        let (s, b) = say(&d, id, json!({"content": "hello"})).await;
+        assert_eq!(s, StatusCode::BAD_GATEWAY, "{b}");
+        assert_eq!(b["error"]["code"], "llm_failed", "{b}");
+    }
+    assert!(!d.log().contains("internal error"), "{}", d.log());
+}
+
 #[tokio::test]
 async fn streaming_answers_in_sse_ending_with_done() {
     let d = TestDaemon::builder().start().await;

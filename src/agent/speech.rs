@@ -88,7 +88,7 @@ impl SpeechConfig {
 
 /// A built-in flite voice is a plain name; anything else flite would load
 /// as a file or URL.
-fn is_voice_name(v: &str) -> bool {
+pub(crate) fn is_voice_name(v: &str) -> bool {
     !v.is_empty() && v.len() <= 64 && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 

@@ -376,6 +376,30 @@ fn validate(name: &str, kind: AgentKind, s: &Settings) -> Result<(), ApiError> {
             bad(field, "must be an http(s) or ws(s) URL");
         }
     }
+    // What the synthesizer factory would refuse at call time is refused
+    // here, where the operator can see it.
+    if let Some(t) = &s.tts {
+        let voice = t.voice.as_deref().map(str::trim).filter(|v| !v.is_empty());
+        match t.provider {
+            TtsProvider::Elevenlabs => bad(
+                "tts.provider",
+                "elevenlabs is not supported; the streaming vendor is cartesia \
+                 (or use openai or embedded)",
+            ),
+            TtsProvider::Cartesia if voice.is_none() => {
+                bad("tts.voice", "must name a Cartesia voice id")
+            }
+            TtsProvider::Embedded
+                if voice.is_some_and(|v| !crate::agent::speech::is_voice_name(v)) =>
+            {
+                bad(
+                    "tts.voice",
+                    "must be a flite voice name (such as slt or kal)",
+                )
+            }
+            _ => {}
+        }
+    }
     if let Some(t) = &s.turn {
         for (field, message) in t.problems() {
             bad(&format!("turn.{field}"), message);
