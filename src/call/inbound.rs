@@ -114,21 +114,19 @@ async fn route(shared: &Shared, info: &InviteInfo) -> Result<Route, EndReason> {
             continue;
         }
         tried.push(number.clone());
-        match store.find_number(&number).await {
-            Ok(record) => {
-                found = Some((number, record));
+        match store.find_number_with_agent(&number).await {
+            Ok(route) => {
+                found = Some((number, route));
                 break;
             }
             Err(StoreError::NotFound) => continue,
             Err(e) => return Err(EndReason::Error(format!("store: {e}"))),
         }
     }
-    let (number, record) = found.ok_or(EndReason::UnknownNumber)?;
+    let (number, (record, agent)) = found.ok_or(EndReason::UnknownNumber)?;
     let agent_id = record.agent_id.ok_or(EndReason::UnknownNumber)?;
-    let agent = store
-        .get_agent(&agent_id)
-        .await
-        .map_err(|e| EndReason::Error(format!("agent {agent_id}: {e}")))?;
+    let agent = agent
+        .ok_or_else(|| EndReason::Error(format!("agent {agent_id}: {}", StoreError::NotFound)))?;
     let settings = CallSettings::from_json(&agent.settings)
         .map_err(|e| EndReason::Error(format!("agent {agent_id} settings: {e}")))?;
     // Late offer (no SDP in the INVITE) is not supported: the caller is

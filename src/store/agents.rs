@@ -16,6 +16,9 @@ pub struct AgentRecord {
     pub updated_at: DateTime<Utc>,
 }
 
+pub(super) const SELECT_AGENT: &str =
+    "SELECT id, name, kind, settings, created_at, updated_at FROM agents WHERE id = $1";
+
 impl Store {
     pub async fn insert_agent(
         &self,
@@ -33,8 +36,7 @@ impl Store {
     }
 
     pub async fn get_agent(&self, id: &str) -> Result<AgentRecord> {
-        on_pool!(self, p => sqlx::query_as::<_, AgentRecord>(
-            "SELECT id, name, kind, settings, created_at, updated_at FROM agents WHERE id = $1")
+        on_pool!(self, p => sqlx::query_as::<_, AgentRecord>(SELECT_AGENT)
             .bind(id).fetch_optional(p).await)?
         .ok_or(StoreError::NotFound)
     }

@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
+use super::agents::{AgentRecord, SELECT_AGENT};
 use super::{Page, Result, Store, StoreError, Window, on_pool};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -24,6 +25,9 @@ pub struct NumberFields<'a> {
     pub trunk: Option<&'a str>,
 }
 
+const FIND_NUMBER: &str = "SELECT id, number, name, agent_id, trunk, created_at, updated_at
+    FROM phone_numbers WHERE number = $1";
+
 impl Store {
     pub async fn insert_number(&self, id: &str, f: NumberFields<'_>) -> Result<NumberRecord> {
         let now = super::now();
@@ -44,10 +48,31 @@ impl Store {
 
     /// The provisioned number `number` (E.164), as inbound routing needs.
     pub async fn find_number(&self, number: &str) -> Result<NumberRecord> {
-        on_pool!(self, p => sqlx::query_as::<_, NumberRecord>(
-            "SELECT id, number, name, agent_id, trunk, created_at, updated_at FROM phone_numbers WHERE number = $1")
+        on_pool!(self, p => sqlx::query_as::<_, NumberRecord>(FIND_NUMBER)
             .bind(number).fetch_optional(p).await)?
         .ok_or(StoreError::NotFound)
+    }
+
+    /// The number and the agent it is bound to (`None` when it has none, or
+    /// the agent is gone), for routing an inbound call: one connection for
+    /// both reads, as SQLite's single connection is handed from task to
+    /// task for each use.
+    pub async fn find_number_with_agent(
+        &self,
+        number: &str,
+    ) -> Result<(NumberRecord, Option<AgentRecord>)> {
+        on_pool!(self, p => {
+            let mut c = p.acquire().await?;
+            let record = sqlx::query_as::<_, NumberRecord>(FIND_NUMBER)
+                .bind(number).fetch_optional(&mut *c).await?
+                .ok_or(StoreError::NotFound)?;
+            let agent = match &record.agent_id {
+                Some(id) => sqlx::query_as::<_, AgentRecord>(SELECT_AGENT)
+                    .bind(id).fetch_optional(&mut *c).await?,
+                None => None,
+            };
+            Ok((record, agent))
+        })
     }
 
     pub async fn list_numbers(
