@@ -98,7 +98,8 @@ pub struct CallsConfig {
     pub rtp_timeout_seconds: u32,
     /// While the agent says nothing, send a frame of silence every 20 ms
     /// (as FreeSWITCH and Asterisk do) so that carriers' RTP timeouts and
-    /// NAT bindings keep seeing traffic. Off: no RTP while silent.
+    /// NAT bindings keep seeing traffic; it starts once the far end's RTP
+    /// has arrived. Off: no RTP while silent.
     pub send_silence: bool,
 }
 

@@ -11,10 +11,11 @@
 //! ([`Pacer`]) is a plain function of "one more slot has passed"; only
 //! [`PacingClock`] awaits tokio time.
 //!
-//! Silence fill: with it on (the default, as FreeSWITCH and Asterisk do),
-//! a slot with nothing queued carries a frame of G.711 silence, so the
-//! stream never pauses while the call is up: carriers' and SBCs' RTP
-//! timeouts and NAT bindings see traffic even while the agent listens.
+//! Silence fill: with it on (as FreeSWITCH and Asterisk do; the session
+//! turns it on once the far end's RTP arrives), a slot with nothing queued
+//! carries a frame of G.711 silence, so the stream never pauses while the
+//! call is up: carriers' and SBCs' RTP timeouts and NAT bindings see
+//! traffic even while the agent listens.
 //! Off, nothing is sent in such a slot (silence suppression) and the next
 //! audio starts a talkspurt with the marker bit.
 //!

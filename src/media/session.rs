@@ -98,8 +98,8 @@ pub struct SessionConfig {
     /// Most audio queued for playing; more is refused (dropped with a
     /// warning).
     pub max_queued_audio: Duration,
-    /// Send a frame of silence in every slot with nothing to play (see
-    /// [`super::pacer`]).
+    /// Once the far end's RTP has arrived, send a frame of silence in
+    /// every slot with nothing to play (see [`super::pacer`]).
     pub send_silence: bool,
 }
 
@@ -257,7 +257,8 @@ impl RtpSession {
             usize::try_from(config.max_queued_audio.as_millis() * u128::from(CLOCK_RATE) / 1000)
                 .unwrap_or(usize::MAX);
         let mut pacer = Pacer::new(Packetizer::new(), send_format(&media), max_queued);
-        pacer.set_silence_fill(config.send_silence);
+        // Silence fill starts once the far end is heard (see `accept_source`).
+        pacer.set_silence_fill(false);
         let driver = Driver {
             socket,
             _permit: permit,
@@ -557,6 +558,11 @@ impl Driver {
             return false;
         }
         tracing::debug!(%from, previous = ?self.latched, "RTP latched");
+        // Fill our pauses with silence from now on: the far end's media is
+        // live. A peer that sends no RTP at all (a signalling-only load
+        // test, a dead media path) gets none of ours but the agent's audio,
+        // so a call that waits costs no packets.
+        self.pacer.set_silence_fill(self.config.send_silence);
         self.latched = Some(from);
         self.stats.latched = Some(from);
         self.last_from_latched = now;
@@ -1024,6 +1030,14 @@ mod tests {
         };
         let session = start(peer.local_addr().unwrap(), config).await;
         let mut buf = [0u8; 2048];
+        // Nothing until the far end is heard.
+        let early =
+            tokio::time::timeout(Duration::from_millis(200), peer.recv_from(&mut buf)).await;
+        assert!(early.is_err(), "silence before the far end sent RTP");
+        let to = session.handle.local_addr();
+        peer.send_to(&rtp(0, 1, 160, true, &[0xFF; 160]), to)
+            .await
+            .unwrap();
         let mut packets = Vec::new();
         let mut next = async |packets: &mut Vec<(u16, u32, bool, Vec<u8>)>| {
             let (len, _) = peer.recv_from(&mut buf).await.unwrap();
