@@ -16,6 +16,12 @@ async fn fresh_store(backend: Backend) -> (TestDaemon, Store, String) {
     let d = TestDaemon::builder().backend(backend).prepare().await;
     let store = Store::connect(&d.store_url).await.unwrap();
     store.migrate().await.unwrap();
+    let ep = add_endpoint(&store, "[\"call.ended\"]").await;
+    (d, store, ep)
+}
+
+/// An enabled endpoint subscribed to `events` (a JSON array); its id.
+async fn add_endpoint(store: &Store, events: &str) -> String {
     let ep = agentline::ids::new(agentline::ids::WEBHOOK_ENDPOINT);
     store
         .insert_endpoint(
@@ -24,13 +30,13 @@ async fn fresh_store(backend: Backend) -> (TestDaemon, Store, String) {
             EndpointFields {
                 url: "http://127.0.0.1:9/",
                 description: None,
-                events: "[\"call.ended\"]",
+                events,
                 enabled: true,
             },
         )
         .await
         .unwrap();
-    (d, store, ep)
+    ep
 }
 
 async fn concurrent_claims_are_disjoint(backend: Backend) {
@@ -121,50 +127,27 @@ async fn expired_leases_are_claimed_again(backend: Backend) {
 /// subscribed endpoint counts its delivery.
 async fn only_events_with_deliveries_count(backend: Backend) {
     use agentline::webhook::event::{TrunkEventData, TrunkEventType, trunk_event};
-    let (_d, store, _ep) = fresh_store(backend).await;
-    let data = TrunkEventData {
-        trunk_id: "carrier".into(),
-        sip_code: Some(200),
-        reason: None,
-        expires_at: None,
-        next_attempt_at: None,
+    let registered = || {
+        let data = TrunkEventData {
+            trunk_id: "carrier".into(),
+            sip_code: Some(200),
+            reason: None,
+            expires_at: None,
+            next_attempt_at: None,
+        };
+        trunk_event(TrunkEventType::Registered, data).unwrap()
     };
+    let (_d, store, _ep) = fresh_store(backend).await;
     let before = store.deliveries_written();
-    store
-        .emit(&trunk_event(TrunkEventType::Registered, data).unwrap())
-        .await
-        .unwrap();
+    store.emit(&registered()).await.unwrap();
     assert_eq!(
         store.deliveries_written(),
         before,
         "nobody wants trunk events"
     );
     assert_eq!(store.outbox_stats().await.unwrap().pending, 0);
-    let ep = agentline::ids::new(agentline::ids::WEBHOOK_ENDPOINT);
-    store
-        .insert_endpoint(
-            &ep,
-            &agentline::secrets::new_webhook_secret(),
-            EndpointFields {
-                url: "http://127.0.0.1:9/",
-                description: None,
-                events: "[\"trunk.registered\"]",
-                enabled: true,
-            },
-        )
-        .await
-        .unwrap();
-    let data = TrunkEventData {
-        trunk_id: "carrier".into(),
-        sip_code: Some(200),
-        reason: None,
-        expires_at: None,
-        next_attempt_at: None,
-    };
-    store
-        .emit(&trunk_event(TrunkEventType::Registered, data).unwrap())
-        .await
-        .unwrap();
+    add_endpoint(&store, "[\"trunk.registered\"]").await;
+    store.emit(&registered()).await.unwrap();
     assert_eq!(store.deliveries_written(), before + 1);
     assert_eq!(store.outbox_stats().await.unwrap().pending, 1);
 }
