@@ -98,21 +98,7 @@ async fn dtmf_picks_the_menu_branch(backend: Backend) {
         .start()
         .await;
     provision(&d, menu_agent()).await;
-    let run = run_sipp(
-        "uac-invite-dtmf-2-expect-200-bye.xml",
-        free_udp_port(),
-        Some(([127, 0, 0, 1], d.sip_port).into()),
-        &[
-            "-s",
-            NUMBER,
-            "-mi",
-            "127.0.0.1",
-            "-mp",
-            &free_udp_port().to_string(),
-        ],
-        LIMIT,
-    )
-    .await;
+    let run = call_number(&d, "uac-invite-dtmf-2-expect-200-bye.xml", free_udp_port()).await;
     assert!(run.success, "{}\n{}", run.output, d.log());
     let call = ended_call(&d).await;
     assert_eq!(call["end_reason"], "caller_hangup", "{call}");
@@ -155,21 +141,7 @@ async fn transcript_shape_summary_and_404s(backend: Backend) {
         .start()
         .await;
     provision(&d, menu_agent()).await;
-    let run = run_sipp(
-        "uac-invite-dtmf-2-expect-200-bye.xml",
-        free_udp_port(),
-        Some(([127, 0, 0, 1], d.sip_port).into()),
-        &[
-            "-s",
-            NUMBER,
-            "-mi",
-            "127.0.0.1",
-            "-mp",
-            &free_udp_port().to_string(),
-        ],
-        LIMIT,
-    )
-    .await;
+    let run = call_number(&d, "uac-invite-dtmf-2-expect-200-bye.xml", free_udp_port()).await;
     assert!(run.success, "{}\n{}", run.output, d.log());
     let call = ended_call(&d).await;
     let id = call["id"].as_str().unwrap();
@@ -413,6 +385,35 @@ fn rtp_of(capture: &std::path::Path, caller_port: u16) -> Vec<Seen> {
         .collect()
 }
 
+/// SIPp calls the agent's number with `scenario`, its media on
+/// `media_port`.
+async fn call_number(d: &TestDaemon, scenario: &str, media_port: u16) -> common::SippRun {
+    let media_port = media_port.to_string();
+    run_sipp(
+        scenario,
+        free_udp_port(),
+        Some(([127, 0, 0, 1], d.sip_port).into()),
+        &["-s", NUMBER, "-mi", "127.0.0.1", "-mp", &media_port],
+        LIMIT,
+    )
+    .await
+}
+
+/// [`call_number`] with the call's RTP captured by tshark into `dir`: the
+/// capture file and the caller's media port.
+async fn captured_call(
+    d: &TestDaemon,
+    dir: &std::path::Path,
+    scenario: &str,
+) -> (std::path::PathBuf, u16) {
+    let media_port = free_udp_port();
+    let capture = Capture::start(dir, media_port);
+    let run = call_number(d, scenario, media_port).await;
+    let pcap = capture.stop();
+    assert!(run.success, "{}\n{}", run.output, d.log());
+    (pcap, media_port)
+}
+
 /// Captures UDP on the loopback to and from `port` until dropped.
 struct Capture {
     child: std::process::Child,
@@ -493,25 +494,7 @@ async fn barge_in_stops_the_agent_on_the_wire() {
     // The caller listens for two seconds, then talks over the greeting.
     let speech = flite_ulaw(dir.path(), "kal", "Excuse me, I have a question.", 2.0, 3.0);
     let scenario = streaming_caller(dir.path(), &speech, 6000);
-    let media_port = free_udp_port();
-    let capture = Capture::start(dir.path(), media_port);
-    let run = run_sipp(
-        &scenario,
-        free_udp_port(),
-        Some(([127, 0, 0, 1], d.sip_port).into()),
-        &[
-            "-s",
-            NUMBER,
-            "-mi",
-            "127.0.0.1",
-            "-mp",
-            &media_port.to_string(),
-        ],
-        LIMIT,
-    )
-    .await;
-    let pcap = capture.stop();
-    assert!(run.success, "{}\n{}", run.output, d.log());
+    let (pcap, media_port) = captured_call(&d, dir.path(), &scenario).await;
     let seen = rtp_of(&pcap, media_port);
     let onset = seen
         .iter()
@@ -579,19 +562,10 @@ async fn transfer_sends_refer_then_bye() {
         }),
     )
     .await;
-    let run = run_sipp(
+    let run = call_number(
+        &d,
         "uac-invite-dtmf-0-expect-refer-bye.xml",
         free_udp_port(),
-        Some(([127, 0, 0, 1], d.sip_port).into()),
-        &[
-            "-s",
-            NUMBER,
-            "-mi",
-            "127.0.0.1",
-            "-mp",
-            &free_udp_port().to_string(),
-        ],
-        LIMIT,
     )
     .await;
     assert!(run.success, "{}\n{}", run.output, d.log());
@@ -829,25 +803,8 @@ async fn send_dtmf_action_goes_out_as_rfc4733_events() {
     )
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let media_port = free_udp_port();
-    let capture = Capture::start(dir.path(), media_port);
-    let run = run_sipp(
-        "uac-invite-dtmf-expect-200-bye.xml",
-        free_udp_port(),
-        Some(([127, 0, 0, 1], d.sip_port).into()),
-        &[
-            "-s",
-            NUMBER,
-            "-mi",
-            "127.0.0.1",
-            "-mp",
-            &media_port.to_string(),
-        ],
-        LIMIT,
-    )
-    .await;
-    let pcap = capture.stop();
-    assert!(run.success, "{}\n{}", run.output, d.log());
+    let (pcap, media_port) =
+        captured_call(&d, dir.path(), "uac-invite-dtmf-expect-200-bye.xml").await;
     let out = std::process::Command::new("tshark")
         .arg("-r")
         .arg(&pcap)
@@ -1004,25 +961,12 @@ async fn llm_call(mode: Llm) -> (TestDaemon, Shared, Vec<Seen>, Value) {
     )
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let media_port = free_udp_port();
-    let capture = Capture::start(dir.path(), media_port);
-    let run = run_sipp(
+    let (pcap, media_port) = captured_call(
+        &d,
+        dir.path(),
         "uac-invite-dtmf-1-listen-expect-200-bye.xml",
-        free_udp_port(),
-        Some(([127, 0, 0, 1], d.sip_port).into()),
-        &[
-            "-s",
-            NUMBER,
-            "-mi",
-            "127.0.0.1",
-            "-mp",
-            &media_port.to_string(),
-        ],
-        LIMIT,
     )
     .await;
-    let pcap = capture.stop();
-    assert!(run.success, "{}\n{}", run.output, d.log());
     let rtp = rtp_of(&pcap, media_port);
     let call = ended_call(&d).await;
     (d, seen, rtp, call)
