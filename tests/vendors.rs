@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 
-use agentline::agent::providers::{Audio, ProviderError, Transcript};
+use agentline::agent::providers::{Audio, ProviderError, SttStream, Transcript};
 use agentline::agent::speech::{Speech, SpeechChoice, SttKind, TtsKind};
 use agentline::agent::turn::FRAME_SAMPLES;
 
@@ -138,6 +138,14 @@ fn field<'a>(parts: &'a [(String, Vec<u8>)], name: &str) -> &'a (String, Vec<u8>
 /// What an HTTP stand-in saw: headers and body.
 type Seen = Arc<Mutex<Vec<(HeaderMap, Bytes)>>>;
 
+/// The stream's next transcript, within [`WAIT`].
+async fn next_transcript(stream: &mut Box<dyn SttStream>) -> Transcript {
+    tokio::time::timeout(WAIT, stream.next())
+        .await
+        .expect("a transcript in time")
+        .expect("the stream is open")
+        .expect("a transcript, not an error")
+}
 #[tokio::test]
 async fn openai_stt_posts_each_turn_as_a_wav_and_yields_its_text() {
     keys();
@@ -170,11 +178,7 @@ async fn openai_stt_posts_each_turn_as_a_wav_and_yields_its_text() {
         stream.push(frame).await.unwrap();
     }
     stream.end_of_turn().await.unwrap();
-    let t = tokio::time::timeout(WAIT, stream.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let t = next_transcript(&mut stream).await;
     assert_eq!(
         t,
         Transcript {
@@ -509,11 +513,7 @@ async fn deepgram_streams_audio_and_turns_results_into_one_final_per_turn() {
     let mut got = Vec::new();
     // Bounded: the stand-in sends three results for this turn.
     for _ in 0..3 {
-        let t = tokio::time::timeout(WAIT, stream.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let t = next_transcript(&mut stream).await;
         let done = t.is_final;
         got.push(t);
         if done {
@@ -539,11 +539,7 @@ async fn deepgram_streams_audio_and_turns_results_into_one_final_per_turn() {
     // A second turn whose Finalize goes unanswered: its final pieces stand.
     stream.push(&[0; FRAME_SAMPLES]).await.unwrap();
     stream.end_of_turn().await.unwrap();
-    let t = tokio::time::timeout(WAIT, stream.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let t = next_transcript(&mut stream).await;
     assert_eq!(
         t,
         Transcript {
@@ -554,11 +550,7 @@ async fn deepgram_streams_audio_and_turns_results_into_one_final_per_turn() {
     // A third turn that said nothing gives an empty final.
     stream.push(&[0; FRAME_SAMPLES]).await.unwrap();
     stream.end_of_turn().await.unwrap();
-    let t = tokio::time::timeout(WAIT, stream.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let t = next_transcript(&mut stream).await;
     assert_eq!(
         t,
         Transcript {
