@@ -17,53 +17,18 @@ LEVELS=${2:-"100 500 1000"}
 HOLD=${3:-20}
 NUMBER=+14155552671
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-calc() { awk "BEGIN {print ($*)}"; }
+. bench/daemon.sh
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss_mb() { awk '/VmRSS/ {printf "%.0f", $2/1024}' "/proc/$1/status"; }
 metric() { # sum of a metric's samples whose line matches $2
   curl -s "http://$API/metrics" | awk -v m="$1" -v f="${2:-}" '$1 ~ "^"m && index($0, f) {s += $NF} END {printf "%.0f", s}'
 }
 
-cargo build --release --quiet
-BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/agentline
-WORK=$(mktemp -d)
-trap 'kill $DAEMON 2>/dev/null || true; rm -rf "$WORK"' EXIT
-API=127.0.0.1:$(free_port)
-SIP_PORT=$(free_port)
-mkdir -p "$WORK/profiles"
-cat > "$WORK/agentline.toml" <<TOML
-[api]
-listen = "$API"
-rate_limit_per_minute = 100000
-[sip]
-listen = "127.0.0.1:$SIP_PORT"
-rtp_ports = "30000-39999"
-[store]
-url = "sqlite://$WORK/agentline.db"
-[profiles]
-dir = "$WORK/profiles"
-[log]
-level = "warn"
-[shutdown]
-drain_seconds = 5
-TOML
-cat > "$WORK/profiles/bench.toml" <<TOML
-name = "bench"
-[inbound]
-allow = ["127.0.0.1/32"]
-[limits]
-max_calls = 20000
-cps = 10000
-TOML
-cd "$WORK"
-KEY=$("$BIN" --config agentline.toml keys create --name bench --rate-limit 100000 2>/dev/null)
-"$BIN" --config agentline.toml run 2> daemon.log &
-DAEMON=$!
-for _ in $(seq 1 100); do curl -sf "http://$API/ready" >/dev/null && break; sleep 0.1; done
-AGENT=$(curl -s "http://$API/v1/agents" -H "Authorization: Bearer $KEY" -H 'content-type: application/json' \
+start_daemon "max_calls = 20000
+cps = 10000"
+AGENT=$(api /v1/agents -H 'content-type: application/json' \
   -d '{"name":"echo","kind":"echo","max_duration_seconds":3600}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
-curl -s "http://$API/v1/phone-numbers" -H "Authorization: Bearer $KEY" -H 'content-type: application/json' \
+api /v1/phone-numbers -H 'content-type: application/json' \
   -d "{\"number\":\"$NUMBER\",\"agent_id\":\"$AGENT\",\"trunk_id\":\"trk_bench\"}" >/dev/null
 HZ=$(getconf CLK_TCK)
 

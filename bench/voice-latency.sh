@@ -18,47 +18,11 @@ CALLS=${1:-6}
 HOLD=${2:-95}
 NUMBER=+14155552671
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-calc() { awk "BEGIN {print ($*)}"; }
+. bench/daemon.sh
 # CPU ticks of the daemon and of its children it has reaped (the engines).
 ticks() { awk '{print $14 + $15 + $16 + $17}' "/proc/$1/stat"; }
 
-cargo build --release --quiet
-BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/agentline
-WORK=$(mktemp -d)
-trap 'kill $DAEMON 2>/dev/null || true; [ -n "${KEEP:-}" ] && echo "kept $WORK" || rm -rf "$WORK"' EXIT
-API=127.0.0.1:$(free_port)
-SIP_PORT=$(free_port)
-mkdir -p "$WORK/profiles"
-cat > "$WORK/agentline.toml" <<TOML
-[api]
-listen = "$API"
-rate_limit_per_minute = 100000
-[sip]
-listen = "127.0.0.1:$SIP_PORT"
-rtp_ports = "30000-39999"
-[store]
-url = "sqlite://$WORK/agentline.db"
-[profiles]
-dir = "$WORK/profiles"
-[log]
-level = "warn"
-[shutdown]
-drain_seconds = 5
-TOML
-cat > "$WORK/profiles/bench.toml" <<TOML
-name = "bench"
-[inbound]
-allow = ["127.0.0.1/32"]
-[limits]
-max_calls = 1000
-TOML
-cd "$WORK"
-KEY=$("$BIN" --config agentline.toml keys create --name bench --rate-limit 100000 2>/dev/null)
-"$BIN" --config agentline.toml run 2> daemon.log &
-DAEMON=$!
-for _ in $(seq 1 100); do curl -sf "http://$API/ready" >/dev/null && break; sleep 0.1; done
-api() { curl -s "http://$API$1" -H "Authorization: Bearer $KEY" "${@:2}"; }
+start_daemon "max_calls = 1000"
 AGENT=$(api /v1/agents -H 'content-type: application/json' -d '{
   "name": "clinic", "kind": "voice", "max_duration_seconds": 3600,
   "script": {"start": "main", "greeting": "Hello, this is the clinic.",
