@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
+use super::commit::{FromSqlite, time};
 use super::{Page, Result, Store, StoreError, Window, on_pool};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -18,6 +19,20 @@ pub struct AgentRecord {
 
 pub(super) const SELECT_AGENT: &str =
     "SELECT id, name, kind, settings, created_at, updated_at FROM agents WHERE id = $1";
+
+impl FromSqlite for AgentRecord {
+    /// The columns of [`SELECT_AGENT`], in order.
+    fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            id: row.get(0)?,
+            name: row.get(1)?,
+            kind: row.get(2)?,
+            settings: row.get(3)?,
+            created_at: time(row, 4)?,
+            updated_at: time(row, 5)?,
+        })
+    }
+}
 
 impl Store {
     pub async fn insert_agent(

@@ -5,7 +5,8 @@
 //! ([`Store::call_created`], [`Store::call_dialing`], [`Store::call_ringing`],
 //! [`Store::call_answered`], [`Store::call_answered_by`], [`Store::call_dtmf`],
 //! [`Store::call_ended`]),
-//! each a single transaction that returns the row as committed. That is the
+//! each one atomic unit (on SQLite a job of the group commit,
+//! [`super::commit`]) that returns the row as committed. That is the
 //! seam for the webhook outbox: a transition given an [`Emit`] renders its
 //! `call.*` event from the row as updated (with the call's next event
 //! sequence in `event_seq`) and writes it, with its deliveries, in the same
@@ -13,8 +14,9 @@
 
 use chrono::{DateTime, Utc};
 
+use super::commit::{FromSqlite, Value, bind_values, time, time_opt};
 use super::events::{Emit, write_event};
-use super::{Page, Result, Store, StoreError, Window, on_pool};
+use super::{Page, Pool, Result, Store, StoreError, Window, on_pool};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct CallRecord {
@@ -101,134 +103,182 @@ macro_rules! call_columns {
 
 const SELECT_CALL: &str = concat!("SELECT ", call_columns!(), " FROM calls WHERE id = $1");
 
-/// Runs one UPDATE of a call row, reading the row back with RETURNING
-/// (SQLite 3.35 and PostgreSQL both have it), and writes the event `$emit`
-/// renders from it, in one transaction; [`StoreError::NotFound`] when no
-/// row matched (the call is unknown or already past that state). Every
-/// statement is a round trip to the connection, which SQLite's single
-/// connection serves one at a time: fewer statements, more calls a second.
-macro_rules! transition {
-    ($store:expr, $emit:expr, $sql:literal, $id:expr $(, $bind:expr)* $(,)?) => {
-        on_pool!($store, p => {
-            let mut tx = p.begin().await?;
-            let record = sqlx::query_as::<_, CallRecord>(concat!($sql, " RETURNING ", call_columns!()))
-                .bind($id)$(.bind($bind))*
-                .fetch_optional(&mut *tx).await?;
-            let Some(record) = record else {
-                return Err(StoreError::NotFound);
-            };
-            if let Some(build) = $emit {
-                let event = build(&record)?;
-                write_event!($store, tx, &event);
-            }
-            tx.commit().await?;
-            record
+/// The statements of the transitions, each reading the row back with
+/// RETURNING (SQLite 3.35 and PostgreSQL both have it).
+const CREATE: &str = concat!(
+    "INSERT INTO calls (id, direction, from_number, to_number, trunk, agent_id, status, sip_call_id,
+                        metadata, ringing_at, created_at, updated_at, event_seq)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, 1) RETURNING ",
+    call_columns!()
+);
+const DIALING: &str = concat!(
+    "UPDATE calls SET sip_call_id = $2, updated_at = $3 WHERE id = $1 AND ended_at IS NULL RETURNING ",
+    call_columns!()
+);
+const RINGING: &str = concat!(
+    "UPDATE calls SET status = 'ringing', ringing_at = $2, updated_at = $2, event_seq = event_seq + 1
+     WHERE id = $1 AND status = 'queued' RETURNING ",
+    call_columns!()
+);
+const ANSWERED: &str = concat!(
+    "UPDATE calls SET status = 'in-progress', answered_at = $2, sip_code = 200, sip_reason = 'OK',
+        ringing_at = COALESCE(ringing_at, $2), updated_at = $2, event_seq = event_seq + 1
+     WHERE id = $1 AND status IN ('queued', 'ringing') RETURNING ",
+    call_columns!()
+);
+const DTMF: &str = concat!(
+    "UPDATE calls SET dtmf = dtmf || $2, updated_at = $3, event_seq = event_seq + 1
+     WHERE id = $1 AND status = 'in-progress' RETURNING ",
+    call_columns!()
+);
+const ENDED: &str = concat!(
+    "UPDATE calls SET status = $2, sip_code = COALESCE($3, sip_code), sip_reason = COALESCE($4, sip_reason),
+        end_reason = $5, duration_ms = $6, ended_at = $7, updated_at = $7, event_seq = event_seq + 1,
+        answered_by = COALESCE($8, answered_by)
+     WHERE id = $1 AND ended_at IS NULL RETURNING ",
+    call_columns!()
+);
+const ANSWERED_BY: &str = concat!(
+    "UPDATE calls SET answered_by = $2, updated_at = $3 WHERE id = $1 AND ended_at IS NULL RETURNING ",
+    call_columns!()
+);
+
+impl FromSqlite for CallRecord {
+    /// The columns of [`call_columns!`], in order.
+    fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            id: row.get(0)?,
+            direction: row.get(1)?,
+            from_number: row.get(2)?,
+            to_number: row.get(3)?,
+            trunk: row.get(4)?,
+            agent_id: row.get(5)?,
+            status: row.get(6)?,
+            sip_call_id: row.get(7)?,
+            sip_code: row.get(8)?,
+            sip_reason: row.get(9)?,
+            end_reason: row.get(10)?,
+            dtmf: row.get(11)?,
+            metadata: row.get(12)?,
+            ringing_at: time_opt(row, 13)?,
+            answered_at: time_opt(row, 14)?,
+            ended_at: time_opt(row, 15)?,
+            duration_ms: row.get(16)?,
+            created_at: time(row, 17)?,
+            updated_at: time(row, 18)?,
+            event_seq: row.get(19)?,
+            answered_by: row.get(20)?,
+            summary: row.get(21)?,
         })
-    };
+    }
 }
 
 impl Store {
+    /// Runs one of the statements above with `values`, and writes the
+    /// event `emit` renders from the row it returns, as one atomic unit: on
+    /// SQLite a job of the group commit ([`super::commit`]), on PostgreSQL
+    /// a transaction. [`StoreError::NotFound`] when no row matched (the
+    /// call is unknown or already past that state).
+    async fn transition(
+        &self,
+        sql: &'static str,
+        values: Vec<Value>,
+        emit: Emit,
+    ) -> Result<CallRecord> {
+        match &self.pool {
+            Pool::Sqlite(_) => {
+                self.group_commit()?
+                    .write(Box::new(move |batch| {
+                        let record: CallRecord =
+                            batch.row(sql, &values)?.ok_or(StoreError::NotFound)?;
+                        if let Some(build) = &emit {
+                            batch.write_event(&build(&record)?)?;
+                        }
+                        Ok(record)
+                    }))
+                    .await
+            }
+            Pool::Postgres(p) => {
+                let mut tx = p.begin().await?;
+                let record = bind_values!(sqlx::query_as::<_, CallRecord>(sql), &values)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .ok_or(StoreError::NotFound)?;
+                if let Some(build) = &emit {
+                    let event = build(&record)?;
+                    write_event!(self, tx, &event);
+                }
+                tx.commit().await?;
+                Ok(record)
+            }
+        }
+    }
+
     /// A new call: `queued` (outbound, before the INVITE) or `ringing`
     /// (inbound, with `ringing_at` set); its first event has sequence 1.
-    pub async fn call_created(&self, c: NewCall<'_>, emit: Emit<'_>) -> Result<CallRecord> {
+    pub async fn call_created(&self, c: NewCall<'_>, emit: Emit) -> Result<CallRecord> {
         let now = super::now();
         let ringing_at = (c.status == "ringing").then_some(now);
-        Ok(on_pool!(self, p => {
-            let mut tx = p.begin().await?;
-            let record = sqlx::query_as::<_, CallRecord>(concat!(
-                "INSERT INTO calls (id, direction, from_number, to_number, trunk, agent_id, status, sip_call_id,
-                                    metadata, ringing_at, created_at, updated_at, event_seq)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, 1) RETURNING ", call_columns!()))
-                .bind(c.id).bind(c.direction).bind(c.from_number).bind(c.to_number).bind(c.trunk)
-                .bind(c.agent_id).bind(c.status).bind(c.sip_call_id).bind(c.metadata).bind(ringing_at)
-                .bind(now).fetch_one(&mut *tx).await?;
-            if let Some(build) = emit {
-                let event = build(&record)?;
-                write_event!(self, tx, &event);
-            }
-            tx.commit().await?;
-            record
-        }))
+        let values = vec![
+            c.id.into(),
+            c.direction.into(),
+            c.from_number.into(),
+            c.to_number.into(),
+            c.trunk.into(),
+            c.agent_id.into(),
+            c.status.into(),
+            c.sip_call_id.into(),
+            c.metadata.into(),
+            ringing_at.into(),
+            now.into(),
+        ];
+        self.transition(CREATE, values, emit).await
     }
 
     /// The outbound INVITE left with this SIP Call-ID (status unchanged).
     pub async fn call_dialing(&self, id: &str, sip_call_id: &str) -> Result<CallRecord> {
-        let now = super::now();
-        Ok(transition!(
-            self,
-            None::<&crate::store::events::EmitFn>,
-            "UPDATE calls SET sip_call_id = $2, updated_at = $3 WHERE id = $1 AND ended_at IS NULL",
-            id,
-            sip_call_id,
-            now
-        ))
+        let values = vec![id.into(), sip_call_id.into(), super::now().into()];
+        self.transition(DIALING, values, None).await
     }
 
     /// `queued` to `ringing` (the first 18x of an outbound call).
-    pub async fn call_ringing(&self, id: &str, emit: Emit<'_>) -> Result<CallRecord> {
-        let now = super::now();
-        Ok(transition!(
-            self,
-            emit,
-            "UPDATE calls SET status = 'ringing', ringing_at = $2, updated_at = $2, event_seq = event_seq + 1
-             WHERE id = $1 AND status = 'queued'",
-            id,
-            now
-        ))
+    pub async fn call_ringing(&self, id: &str, emit: Emit) -> Result<CallRecord> {
+        let values = vec![id.into(), super::now().into()];
+        self.transition(RINGING, values, emit).await
     }
 
     /// Answered (200 OK and ACK): `in-progress`, SIP code 200.
-    pub async fn call_answered(&self, id: &str, emit: Emit<'_>) -> Result<CallRecord> {
-        let now = super::now();
-        Ok(transition!(self, emit,
-            "UPDATE calls SET status = 'in-progress', answered_at = $2, sip_code = 200, sip_reason = 'OK',
-                ringing_at = COALESCE(ringing_at, $2), updated_at = $2, event_seq = event_seq + 1
-             WHERE id = $1 AND status IN ('queued', 'ringing')",
-            id, now))
+    pub async fn call_answered(&self, id: &str, emit: Emit) -> Result<CallRecord> {
+        let values = vec![id.into(), super::now().into()];
+        self.transition(ANSWERED, values, emit).await
     }
 
     /// A DTMF digit received on an answered call, appended to `dtmf`.
-    pub async fn call_dtmf(&self, id: &str, digit: char, emit: Emit<'_>) -> Result<CallRecord> {
-        let now = super::now();
-        Ok(transition!(
-            self,
-            emit,
-            "UPDATE calls SET dtmf = dtmf || $2, updated_at = $3, event_seq = event_seq + 1 WHERE id = $1 AND status = 'in-progress'",
-            id,
-            digit.to_string(),
-            now
-        ))
+    pub async fn call_dtmf(&self, id: &str, digit: char, emit: Emit) -> Result<CallRecord> {
+        let values = vec![id.into(), digit.to_string().into(), super::now().into()];
+        self.transition(DTMF, values, emit).await
     }
 
     /// The call ended; a row already ended is left alone (`NotFound`).
-    pub async fn call_ended(
-        &self,
-        id: &str,
-        e: EndFields<'_>,
-        emit: Emit<'_>,
-    ) -> Result<CallRecord> {
-        let now = super::now();
-        Ok(transition!(self, emit,
-            "UPDATE calls SET status = $2, sip_code = COALESCE($3, sip_code), sip_reason = COALESCE($4, sip_reason),
-                end_reason = $5, duration_ms = $6, ended_at = $7, updated_at = $7, event_seq = event_seq + 1,
-                answered_by = COALESCE($8, answered_by)
-             WHERE id = $1 AND ended_at IS NULL",
-            id, e.status, e.sip_code.map(i64::from), e.sip_reason, e.end_reason, e.duration_ms, now,
-            e.answered_by))
+    pub async fn call_ended(&self, id: &str, e: EndFields<'_>, emit: Emit) -> Result<CallRecord> {
+        let values = vec![
+            id.into(),
+            e.status.into(),
+            e.sip_code.map(i64::from).into(),
+            e.sip_reason.into(),
+            e.end_reason.into(),
+            e.duration_ms.into(),
+            super::now().into(),
+            e.answered_by.into(),
+        ];
+        self.transition(ENDED, values, emit).await
     }
 
     /// Answering-machine detection's verdict on a call still up (no event:
     /// the call's next event carries it).
     pub async fn call_answered_by(&self, id: &str, answered_by: &str) -> Result<CallRecord> {
-        let now = super::now();
-        Ok(transition!(
-            self,
-            None::<&crate::store::events::EmitFn>,
-            "UPDATE calls SET answered_by = $2, updated_at = $3 WHERE id = $1 AND ended_at IS NULL",
-            id,
-            answered_by,
-            now
-        ))
+        let values = vec![id.into(), answered_by.into(), super::now().into()];
+        self.transition(ANSWERED_BY, values, None).await
     }
 
     /// Calls the store still shows as not ended: after a crash, nothing

@@ -61,8 +61,9 @@ pub struct EventRecord {
 /// transaction left it (`event_seq` is the event's per-call sequence).
 pub type EmitFn = dyn Fn(&CallRecord) -> Result<NewEvent> + Send + Sync;
 
-/// The event a call transition writes, if any.
-pub type Emit<'a> = Option<&'a EmitFn>;
+/// The event a call transition writes, if any (owned: on SQLite the
+/// transition runs on the group commit's thread).
+pub type Emit = Option<Box<EmitFn>>;
 
 /// The columns of an [`EventRecord`], as a literal for `concat!`.
 macro_rules! event_columns {
@@ -74,6 +75,38 @@ pub(crate) use event_columns;
 
 pub(crate) const EVENT_COLUMNS: &str = event_columns!();
 
+/// The INSERT of an event, as a literal for `concat!`.
+macro_rules! insert_event_sql {
+    () => {
+        "INSERT INTO events (id, type, api_version, call_id, call_seq, payload, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7)"
+    };
+}
+pub(crate) use insert_event_sql;
+
+/// Writes an event (the group commit's writer runs it too).
+pub(crate) const INSERT_EVENT: &str = insert_event_sql!();
+
+/// The enabled endpoints subscribed to an event type; `$1` is
+/// [`subscription_pattern`]. The pattern is an expression, not a bare
+/// parameter: SQLite recompiles a statement whose LIKE pattern is a
+/// parameter each time its value changes (sqlite3_prepare_v2, "the specific
+/// value bound ... might influence the query plan"), which was a fifth of a
+/// call's CPU.
+pub(crate) const SUBSCRIBED_ENDPOINTS: &str =
+    "SELECT id FROM webhook_endpoints WHERE enabled AND events LIKE '%' || $1 || '%' ORDER BY id";
+
+/// What [`SUBSCRIBED_ENDPOINTS`] looks for in an endpoint's event list (a
+/// JSON array of strings).
+pub(crate) fn subscription_pattern(event_type: &str) -> String {
+    format!("\"{event_type}\"")
+}
+
+/// A pending delivery of event `$2` to endpoint `$3`, due at `$4`.
+pub(crate) const INSERT_DELIVERY: &str =
+    "INSERT INTO webhook_deliveries (id, event_id, endpoint_id, status, next_attempt_at, created_at, updated_at)
+     VALUES ($1, $2, $3, 'pending', $4, $4, $4)";
+
 /// Writes the event and its deliveries inside the open transaction `$tx`
 /// of `$store`.
 macro_rules! write_event {
@@ -81,8 +114,8 @@ macro_rules! write_event {
         let ev: &$crate::store::events::NewEvent = $ev;
         // Read back with RETURNING: one round trip fewer per event.
         let record = sqlx::query_as::<_, $crate::store::events::EventRecord>(concat!(
-            "INSERT INTO events (id, type, api_version, call_id, call_seq, payload, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING ",
+            $crate::store::events::insert_event_sql!(),
+            " RETURNING ",
             $crate::store::events::event_columns!()
         ))
         .bind(&ev.id)
@@ -96,34 +129,22 @@ macro_rules! write_event {
         .await?;
         let endpoints: Vec<String> = match &ev.fanout {
             $crate::store::events::Fanout::Subscribed => {
-                // The pattern is an expression, not a bare parameter: SQLite
-                // recompiles a statement whose LIKE pattern is a parameter
-                // each time its value changes (sqlite3_prepare_v2, "the
-                // specific value bound ... might influence the query plan"),
-                // which was a fifth of a call's CPU.
-                sqlx::query_scalar(
-                    "SELECT id FROM webhook_endpoints WHERE enabled AND events LIKE '%' || $1 || '%'
-                     ORDER BY id",
-                )
-                .bind(format!("\"{}\"", ev.event_type))
-                .fetch_all(&mut *$tx)
-                .await?
+                sqlx::query_scalar($crate::store::events::SUBSCRIBED_ENDPOINTS)
+                    .bind($crate::store::events::subscription_pattern(&ev.event_type))
+                    .fetch_all(&mut *$tx)
+                    .await?
             }
             $crate::store::events::Fanout::Endpoint(id) => vec![id.clone()],
         };
         $store.note_deliveries(endpoints.len());
         for endpoint in &endpoints {
-            sqlx::query(
-                "INSERT INTO webhook_deliveries (id, event_id, endpoint_id, status, next_attempt_at,
-                     created_at, updated_at)
-                 VALUES ($1, $2, $3, 'pending', $4, $4, $4)",
-            )
-            .bind($crate::ids::new($crate::ids::DELIVERY))
-            .bind(&ev.id)
-            .bind(endpoint)
-            .bind(ev.created_at)
-            .execute(&mut *$tx)
-            .await?;
+            sqlx::query($crate::store::events::INSERT_DELIVERY)
+                .bind($crate::ids::new($crate::ids::DELIVERY))
+                .bind(&ev.id)
+                .bind(endpoint)
+                .bind(ev.created_at)
+                .execute(&mut *$tx)
+                .await?;
         }
         record
     }};

@@ -16,6 +16,7 @@ pub mod agents;
 pub mod calls;
 pub mod campaigns;
 pub mod chat;
+mod commit;
 pub mod contacts;
 pub mod deliveries;
 pub mod dnc;
@@ -61,6 +62,9 @@ pub enum Pool {
 #[derive(Clone, Debug)]
 pub struct Store {
     pub pool: Pool,
+    /// SQLite only: the thread that commits the call path's writes in
+    /// batches ([`commit`]).
+    commit: Option<commit::GroupCommit>,
     /// Webhook deliveries this process has written (counted before their
     /// transaction commits): the outbox wakes its worker only when an
     /// event of its own added some (see [`Store::deliveries_written`]).
@@ -81,6 +85,13 @@ pub enum StoreError {
     InUse(String),
     #[error("database: {0}")]
     Database(#[source] sqlx::Error),
+    /// An error of the group commit's own SQLite connection ([`commit`]).
+    #[error("database: {0}")]
+    Sqlite(#[source] rusqlite::Error),
+    /// The store cannot take work (it is closed, or a batch's commit
+    /// failed).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
     #[error("migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored data is corrupt: {0}")]
@@ -208,6 +219,8 @@ impl Store {
     /// Opens the store at `url` (`sqlite://PATH` or `postgres://...`). The
     /// SQLite file is created when missing.
     pub async fn connect(url: &str) -> Result<Self> {
+        let deliveries_written = Arc::new(AtomicU64::new(0));
+        let mut commit = None;
         let pool = if url.starts_with("sqlite:") {
             let options = SqliteConnectOptions::from_str(url)?
                 .create_if_missing(true)
@@ -222,14 +235,19 @@ impl Store {
                 // For other processes on the same file (the CLI).
                 .busy_timeout(Duration::from_secs(5))
                 .foreign_keys(true);
-            // One connection: SQLite has one writer anyway, and with eight
-            // the writers met in its busy handler, which sleeps and retries
-            // (eight sleeps per call under load). Queued in the pool, they
+            // One connection in the pool, and one of the group commit's for
+            // the call path ([`commit`]): SQLite has one writer anyway, and
+            // with eight the writers met in its busy handler, which sleeps
+            // and retries (eight sleeps per call under load). Queued, they
             // wait without sleeping; reads are microseconds.
             let pool = SqlitePoolOptions::new()
                 .max_connections(1)
-                .connect_with(options)
+                .connect_with(options.clone())
                 .await?;
+            commit = Some(commit::GroupCommit::start(
+                options.get_filename(),
+                deliveries_written.clone(),
+            )?);
             Pool::Sqlite(pool)
         } else {
             let options = PgConnectOptions::from_str(url)?;
@@ -242,7 +260,8 @@ impl Store {
         };
         Ok(Self {
             pool,
-            deliveries_written: Arc::new(AtomicU64::new(0)),
+            commit,
+            deliveries_written,
         })
     }
 
@@ -286,7 +305,17 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        if let Some(commit) = &self.commit {
+            commit.close().await;
+        }
         on_pool!(self, p => p.close().await)
+    }
+
+    /// The group commit of a SQLite store.
+    fn group_commit(&self) -> Result<&commit::GroupCommit> {
+        self.commit
+            .as_ref()
+            .ok_or_else(|| StoreError::Unavailable("no group commit on this store".into()))
     }
 }
 

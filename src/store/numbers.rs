@@ -4,7 +4,8 @@
 use chrono::{DateTime, Utc};
 
 use super::agents::{AgentRecord, SELECT_AGENT};
-use super::{Page, Result, Store, StoreError, Window, on_pool};
+use super::commit::{FromSqlite, Value, time};
+use super::{Page, Pool, Result, Store, StoreError, Window, on_pool};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct NumberRecord {
@@ -27,6 +28,21 @@ pub struct NumberFields<'a> {
 
 const FIND_NUMBER: &str = "SELECT id, number, name, agent_id, trunk, created_at, updated_at
     FROM phone_numbers WHERE number = $1";
+
+impl FromSqlite for NumberRecord {
+    /// The columns of [`FIND_NUMBER`], in order.
+    fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            id: row.get(0)?,
+            number: row.get(1)?,
+            name: row.get(2)?,
+            agent_id: row.get(3)?,
+            trunk: row.get(4)?,
+            created_at: time(row, 5)?,
+            updated_at: time(row, 6)?,
+        })
+    }
+}
 
 impl Store {
     pub async fn insert_number(&self, id: &str, f: NumberFields<'_>) -> Result<NumberRecord> {
@@ -54,25 +70,49 @@ impl Store {
     }
 
     /// The number and the agent it is bound to (`None` when it has none, or
-    /// the agent is gone), for routing an inbound call: one connection for
-    /// both reads, as SQLite's single connection is handed from task to
-    /// task for each use.
+    /// the agent is gone), for routing an inbound call: on the call path,
+    /// so on SQLite both reads run on the group commit's thread, away from
+    /// the busy runtime ([`super::commit`]); on PostgreSQL on one
+    /// connection.
     pub async fn find_number_with_agent(
         &self,
         number: &str,
     ) -> Result<(NumberRecord, Option<AgentRecord>)> {
-        on_pool!(self, p => {
-            let mut c = p.acquire().await?;
-            let record = sqlx::query_as::<_, NumberRecord>(FIND_NUMBER)
-                .bind(number).fetch_optional(&mut *c).await?
-                .ok_or(StoreError::NotFound)?;
-            let agent = match &record.agent_id {
-                Some(id) => sqlx::query_as::<_, AgentRecord>(SELECT_AGENT)
-                    .bind(id).fetch_optional(&mut *c).await?,
-                None => None,
-            };
-            Ok((record, agent))
-        })
+        match &self.pool {
+            Pool::Sqlite(_) => {
+                let number = Value::from(number);
+                self.group_commit()?
+                    .read(Box::new(move |batch| {
+                        let record: NumberRecord = batch
+                            .row(FIND_NUMBER, std::slice::from_ref(&number))?
+                            .ok_or(StoreError::NotFound)?;
+                        let agent = match &record.agent_id {
+                            Some(id) => batch.row(SELECT_AGENT, &[id.as_str().into()])?,
+                            None => None,
+                        };
+                        Ok((record, agent))
+                    }))
+                    .await
+            }
+            Pool::Postgres(p) => {
+                let mut c = p.acquire().await?;
+                let record = sqlx::query_as::<_, NumberRecord>(FIND_NUMBER)
+                    .bind(number)
+                    .fetch_optional(&mut *c)
+                    .await?
+                    .ok_or(StoreError::NotFound)?;
+                let agent = match &record.agent_id {
+                    Some(id) => {
+                        sqlx::query_as::<_, AgentRecord>(SELECT_AGENT)
+                            .bind(id)
+                            .fetch_optional(&mut *c)
+                            .await?
+                    }
+                    None => None,
+                };
+                Ok((record, agent))
+            }
+        }
     }
 
     pub async fn list_numbers(

@@ -79,7 +79,7 @@ impl Outbox {
             event::call_event(kind, c, None)
         };
         let mark = self.store.deliveries_written();
-        let record = self.store.call_created(call, Some(&emit)).await?;
+        let record = self.store.call_created(call, Some(Box::new(emit))).await?;
         self.emitted(mark);
         Ok(record)
     }
@@ -88,7 +88,7 @@ impl Outbox {
     pub async fn call_ringing(&self, id: &str) -> Result<CallRecord, StoreError> {
         let emit = |c: &CallRecord| event::call_event(CallEventType::Ringing, c, None);
         let mark = self.store.deliveries_written();
-        let record = self.store.call_ringing(id, Some(&emit)).await?;
+        let record = self.store.call_ringing(id, Some(Box::new(emit))).await?;
         self.emitted(mark);
         Ok(record)
     }
@@ -97,7 +97,7 @@ impl Outbox {
     pub async fn call_answered(&self, id: &str) -> Result<CallRecord, StoreError> {
         let emit = |c: &CallRecord| event::call_event(CallEventType::Answered, c, None);
         let mark = self.store.deliveries_written();
-        let record = self.store.call_answered(id, Some(&emit)).await?;
+        let record = self.store.call_answered(id, Some(Box::new(emit))).await?;
         self.emitted(mark);
         Ok(record)
     }
@@ -107,7 +107,10 @@ impl Outbox {
         let text = digit.to_string();
         let emit = move |c: &CallRecord| event::call_event(CallEventType::Dtmf, c, Some(&text));
         let mark = self.store.deliveries_written();
-        let record = self.store.call_dtmf(id, digit, Some(&emit)).await?;
+        let record = self
+            .store
+            .call_dtmf(id, digit, Some(Box::new(emit)))
+            .await?;
         self.emitted(mark);
         Ok(record)
     }
@@ -117,7 +120,7 @@ impl Outbox {
     pub async fn call_ended(&self, id: &str, end: EndFields<'_>) -> Result<CallRecord, StoreError> {
         let emit = |c: &CallRecord| event::call_event(CallEventType::Ended, c, None);
         let mark = self.store.deliveries_written();
-        let record = self.store.call_ended(id, end, Some(&emit)).await?;
+        let record = self.store.call_ended(id, end, Some(Box::new(emit))).await?;
         self.emitted(mark);
         Ok(record)
     }
