@@ -2,7 +2,8 @@
 //! validate config and profiles before binding anything, open and migrate the
 //! store, bind the API, tell systemd we are ready, then wait for signals.
 //!
-//! Order at start: config and profiles, store, call layer (RTP ports), SIP
+//! Order at start: config and profiles, store, call layer (RTP ports), the
+//! calls a crash left unended ended, SIP
 //! transports and trunk registrations, API, campaign dialer (with its
 //! outcome feed), then READY=1. A drain stops the campaign dialer first, so
 //! no campaign call starts once draining; its outcome feed runs until the
@@ -99,8 +100,9 @@ impl App {
         metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     ) -> Result<Self, StartError> {
         let profiles = Profiles::load_dir(&config.profiles.dir)?;
-        let store = Store::connect(&config.store.url).await?;
+        let mut store = Store::connect(&config.store.url).await?;
         store.migrate().await?;
+        store.set_node(&config.store.node);
         webhook::install_crypto_provider();
         let outbox = Outbox::new(store.clone());
         let worker = Worker::new(store.clone(), &outbox, &config.webhooks)?;
@@ -145,6 +147,16 @@ impl App {
             }
             configured => configured,
         };
+        // Before SIP is up, so that every unended call of this node's is
+        // one it left behind.
+        match self.calls.end_lost_calls(&self.config.store.node).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                calls = n,
+                "ended the calls left unended when the daemon last stopped"
+            ),
+            Err(e) => tracing::error!(error = %e, "could not end the calls left by the last run"),
+        }
         let stack = self.calls.start_sip(self.config.sip.listen, public).await?;
         let addr = self.config.api.listen;
         let listener = TcpListener::bind(addr)

@@ -117,7 +117,10 @@ async fn inbound_answered_and_ended_by_caller(backend: Backend) {
     assert_eq!(list["total"], 1);
 }
 
-both_backends!(inbound_answered_and_ended_by_caller);
+both_backends!(
+    inbound_answered_and_ended_by_caller,
+    a_call_lost_in_a_crash_is_ended_at_the_next_start
+);
 
 #[tokio::test]
 async fn inbound_ended_by_the_daemon_at_max_duration() {
@@ -592,4 +595,80 @@ async fn malformed_sip_during_a_call_leaves_it_unaffected() {
     let call = wait_call(&d, ended).await;
     assert_eq!(call["end_reason"], "max_duration", "{call}");
     assert_eq!(call["status"], "completed");
+}
+
+/// A call up when the daemon is killed (-9) is ended when the daemon starts
+/// again, with `call.ended` and end reason `lost`: nothing else would ever
+/// end its record. On PostgreSQL only this node's calls are its to end; an
+/// unended call of no node (another daemon's) is left alone.
+async fn a_call_lost_in_a_crash_is_ended_at_the_next_start(backend: Backend) {
+    let mut d = TestDaemon::builder()
+        .backend(backend)
+        .profile("carrier", &trunk("127.0.0.1/32", 10, ""))
+        .start()
+        .await;
+    provision(&d, echo(60)).await;
+    let store = d.store().await;
+    let foreign = agentline::ids::new(agentline::ids::CALL);
+    store
+        .call_created(
+            agentline::store::calls::NewCall {
+                id: &foreign,
+                direction: "inbound",
+                from_number: "+14155550111",
+                to_number: NUMBER,
+                trunk: None,
+                agent_id: None,
+                status: "ringing",
+                sip_call_id: None,
+                metadata: "{}",
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    let caller = tokio::spawn(run_sipp(
+        "uac-invite-expect-200-bye.xml",
+        free_udp_port(),
+        sip_target(&d),
+        &["-s", NUMBER, "-d", "60000"],
+        LIMIT,
+    ));
+    let call = wait_call(&d, |c| c["status"] == "in-progress").await;
+    let id = call["id"].as_str().unwrap().to_owned();
+    d.kill9().await;
+    caller.abort();
+    d.restart().await;
+
+    let call: Value = d
+        .get(&format!("/v1/calls/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(call["status"], "completed", "{call}");
+    assert_eq!(call["end_reason"], "lost", "{call}");
+    assert!(call["ended_at"].is_string(), "{call}");
+    assert!(
+        call["duration_ms"].is_null(),
+        "unknown, not made up: {call}"
+    );
+    let events = store.events_after(0, 1000).await.unwrap();
+    let ended: Vec<_> = events
+        .iter()
+        .filter(|e| e.call_id.as_deref() == Some(id.as_str()) && e.event_type == "call.ended")
+        .collect();
+    assert_eq!(ended.len(), 1, "one call.ended for the lost call");
+
+    let other = store.get_call(&foreign).await.unwrap();
+    match backend {
+        // One daemon per SQLite file: every unended call was its own.
+        Backend::Sqlite => {
+            assert_eq!(other.end_reason.as_deref(), Some("lost"));
+            assert_eq!(other.status, "failed", "never answered");
+        }
+        Backend::Postgres => assert!(other.ended_at.is_none(), "another node's call"),
+    }
 }

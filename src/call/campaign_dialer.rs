@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use tokio::sync::{broadcast, watch};
 
-use super::{CallEvent, CallEventKind, Calls, EndReason, OutboundRequest, PlaceError};
+use super::{CallEvent, CallEventKind, Calls, OutboundRequest, PlaceError};
 use crate::campaign::dialer::{CallFate, DialError, Dialer, Driver, PlaceCall};
 use crate::campaign::policy::Outcome;
 use crate::store::StoreError;
@@ -128,7 +128,7 @@ impl Dialer for CallDialer {
         tracing::info!(call = %call_id, "campaign call lost in a restart; ending its record");
         shared
             .transitions
-            .ended(call_id, &EndReason::Error("lost in a restart".into()), None)
+            .lost(call_id, row.answered_at.is_some())
             .await;
         let row = store
             .get_call(call_id)

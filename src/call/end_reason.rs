@@ -60,6 +60,9 @@ pub enum EndReason {
     NotAcceptable,
     /// Something on our side failed (store, RTP port, SIP transport).
     Error(String),
+    /// The daemon stopped without ending the call (it crashed or was
+    /// killed); the next start of the same node ended its record.
+    Lost,
 }
 
 impl EndReason {
@@ -88,6 +91,7 @@ impl EndReason {
             EndReason::Draining => "draining",
             EndReason::NotAcceptable => "not_acceptable",
             EndReason::Error(_) => "error",
+            EndReason::Lost => "lost",
         }
     }
 

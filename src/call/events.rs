@@ -148,6 +148,27 @@ impl Transitions {
         }
     }
 
+    /// A call lost in a crash ([`EndReason::Lost`]): its status says
+    /// whether it had been answered; how long it lasted is unknown.
+    pub async fn lost(&self, id: &str, answered: bool) {
+        let reason = EndReason::Lost;
+        let result = self
+            .outbox
+            .call_ended(
+                id,
+                EndFields {
+                    status: reason.status(answered),
+                    sip_code: None,
+                    sip_reason: None,
+                    end_reason: reason.label(),
+                    duration_ms: None,
+                    answered_by: None,
+                },
+            )
+            .await;
+        self.publish(CallEventKind::Ended, result);
+    }
+
     /// The call ended with `reason`; `answered_for` is how long it was up.
     pub async fn ended(
         &self,

@@ -175,6 +175,19 @@ impl Calls {
         Ok(stack)
     }
 
+    /// Ends the records of the calls that this node left unended when it
+    /// last stopped without ending them (a crash, kill -9, power loss):
+    /// nothing runs them any more. Each gets `call.ended` with end reason
+    /// `lost`. Run once at start, before SIP is up. Returns how many.
+    pub async fn end_lost_calls(&self, node: &str) -> Result<usize, crate::store::StoreError> {
+        let lost = self.shared.transitions.store().lost_calls(node).await?;
+        for (id, answered) in &lost {
+            tracing::warn!(call_id = %id, answered, "call lost when the daemon last stopped; ending its record");
+            self.shared.transitions.lost(id, *answered).await;
+        }
+        Ok(lost.len())
+    }
+
     /// Brings the registrations in line with the current profiles.
     pub async fn apply_profiles(&self) {
         if let Some(stack) = self.shared.stack.get() {

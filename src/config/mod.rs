@@ -252,13 +252,38 @@ impl<'de> Deserialize<'de> for PortRange {
 pub struct StoreConfig {
     /// `sqlite://PATH` (the embedded default) or `postgres://...`.
     pub url: String,
+    /// This daemon's name in the store, written on every call it runs: when
+    /// it starts, it ends the calls a daemon of the same name left unended
+    /// (a crash). Defaults to the host name; daemons sharing one
+    /// PostgreSQL store from one host need names of their own.
+    pub node: String,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             url: "sqlite://agentline.db".into(),
+            node: host_name(),
         }
+    }
+}
+
+/// The host's name (gethostname(2)), or `agentline` when it has none.
+fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is writable for its whole length, which is passed;
+    // the name is read up to its NUL (or the end, if truncated).
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let name = if rc == 0 {
+        let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    } else {
+        String::new()
+    };
+    if name.is_empty() {
+        "agentline".into()
+    } else {
+        name
     }
 }
 

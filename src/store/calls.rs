@@ -107,8 +107,8 @@ const SELECT_CALL: &str = concat!("SELECT ", call_columns!(), " FROM calls WHERE
 /// RETURNING (SQLite 3.35 and PostgreSQL both have it).
 const CREATE: &str = concat!(
     "INSERT INTO calls (id, direction, from_number, to_number, trunk, agent_id, status, sip_call_id,
-                        metadata, ringing_at, created_at, updated_at, event_seq)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, 1) RETURNING ",
+                        metadata, ringing_at, created_at, updated_at, event_seq, node)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, 1, $12) RETURNING ",
     call_columns!()
 );
 const DIALING: &str = concat!(
@@ -231,6 +231,7 @@ impl Store {
             c.metadata.into(),
             ringing_at.into(),
             now.into(),
+            self.node.as_deref().into(),
         ];
         self.transition(CREATE, values, emit).await
     }
@@ -281,12 +282,20 @@ impl Store {
         self.transition(ANSWERED_BY, values, None).await
     }
 
-    /// Calls the store still shows as not ended: after a crash, nothing
-    /// owns them any more. Returns their ids.
-    pub async fn unfinished_calls(&self) -> Result<Vec<String>> {
-        Ok(on_pool!(self, p => sqlx::query_scalar(
-            "SELECT id FROM calls WHERE ended_at IS NULL ORDER BY created_at")
-            .fetch_all(p).await)?)
+    /// Calls that a daemon named `node` left unended (it crashed or was
+    /// killed): nothing runs them any more. On SQLite, whose file one
+    /// daemon uses, every unended call is such. Each id comes with whether
+    /// the call had been answered.
+    pub async fn lost_calls(&self, node: &str) -> Result<Vec<(String, bool)>> {
+        let all = matches!(self.pool, Pool::Sqlite(_));
+        let rows: Vec<(String, Option<DateTime<Utc>>)> = on_pool!(self, p => sqlx::query_as(
+            "SELECT id, answered_at FROM calls WHERE ended_at IS NULL AND ($2 OR node = $1)
+             ORDER BY created_at")
+            .bind(node).bind(all).fetch_all(p).await)?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, answered_at)| (id, answered_at.is_some()))
+            .collect())
     }
 
     pub async fn get_call(&self, id: &str) -> Result<CallRecord> {

@@ -65,6 +65,9 @@ pub struct Store {
     /// SQLite only: the thread that commits the call path's writes in
     /// batches ([`commit`]).
     commit: Option<commit::GroupCommit>,
+    /// This daemon's name, written on the calls it runs (`None` for the
+    /// CLI, which runs none); see [`Store::set_node`].
+    node: Option<Arc<str>>,
     /// Webhook deliveries this process has written (counted before their
     /// transaction commits): the outbox wakes its worker only when an
     /// event of its own added some (see [`Store::deliveries_written`]).
@@ -179,6 +182,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "screening",
         include_str!("../../migrations/sqlite/0007_screening.sql"),
     ),
+    (
+        8,
+        "call node",
+        include_str!("../../migrations/sqlite/0008_call_node.sql"),
+    ),
 ];
 
 /// The PostgreSQL migrations, embedded in the binary.
@@ -212,6 +220,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         7,
         "screening",
         include_str!("../../migrations/postgres/0007_screening.sql"),
+    ),
+    (
+        8,
+        "call node",
+        include_str!("../../migrations/postgres/0008_call_node.sql"),
     ),
 ];
 
@@ -261,8 +274,16 @@ impl Store {
         Ok(Self {
             pool,
             commit,
+            node: None,
             deliveries_written,
         })
+    }
+
+    /// Names the daemon that uses this store: the calls it creates carry
+    /// the name, and [`Store::lost_calls`] finds them after a crash. Set
+    /// before the store is cloned.
+    pub fn set_node(&mut self, node: &str) {
+        self.node = Some(node.into());
     }
 
     /// How many webhook deliveries this process has written so far. Read
