@@ -400,7 +400,7 @@ impl Pacer {
         }
         let take = self.queued.len().min(FRAME_SAMPLES);
         self.frame.clear();
-        self.frame.extend(self.queued.drain(..take));
+        super::move_front(&mut self.queued, take, &mut self.frame);
         self.frame.resize(FRAME_SAMPLES, 0);
         self.encode_frame()
     }
