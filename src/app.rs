@@ -3,7 +3,7 @@
 //! store, bind the API, tell systemd we are ready, then wait for signals.
 //!
 //! Order at start: config and profiles, store, call layer (RTP ports), the
-//! calls a crash left unended ended, SIP
+//! records of calls a crash left unended closed, SIP
 //! transports and trunk registrations, API, campaign dialer (with its
 //! outcome feed), then READY=1. A drain stops the campaign dialer first, so
 //! no campaign call starts once draining; its outcome feed runs until the

@@ -49,9 +49,9 @@ use super::{Result, StoreError};
 const MAX_BATCH: usize = 256;
 
 /// The least time between two commits. A commit writes every page its
-/// batch dirtied to the WAL, whether one job dirtied it or fifty: at 900
-/// calls a second, committing each time the queue held anything wrote
-/// 142 KB per call. A job that finds the thread idle waits for nothing.
+/// batch dirtied to the WAL, whether one job dirtied it or fifty, so under
+/// load the batch is let fill for the rest of this interval: fewer commits
+/// for the same calls. A job that finds the thread idle waits for nothing.
 const MIN_COMMIT_INTERVAL: Duration = Duration::from_millis(2);
 
 /// A job's work, run on the commit thread inside the batch's transaction.
@@ -495,8 +495,7 @@ fn run_batch(
     outcome
 }
 
-/// Runs `work` on the commit thread's connection, for tests of this module
-/// and of the records' row mapping.
+/// Runs `work` on a connection of its own, as a job would, for tests.
 #[cfg(test)]
 pub(crate) fn with_connection<T>(
     path: &Path,
