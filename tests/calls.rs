@@ -640,14 +640,8 @@ async fn a_call_lost_in_a_crash_is_ended_at_the_next_start(backend: Backend) {
     caller.abort();
     d.restart().await;
 
-    let call: Value = d
-        .get(&format!("/v1/calls/{id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let call = wait_call(&d, ended).await;
+    assert_eq!(call["id"], id.as_str());
     assert_eq!(call["status"], "completed", "{call}");
     assert_eq!(call["end_reason"], "lost", "{call}");
     assert!(call["ended_at"].is_string(), "{call}");

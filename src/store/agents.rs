@@ -21,15 +21,15 @@ pub(super) const SELECT_AGENT: &str =
     "SELECT id, name, kind, settings, created_at, updated_at FROM agents WHERE id = $1";
 
 impl FromSqlite for AgentRecord {
-    /// The columns of [`SELECT_AGENT`], in order.
+    /// By column name, as sqlx's `FromRow` maps them.
     fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
         Ok(Self {
-            id: row.get(0)?,
-            name: row.get(1)?,
-            kind: row.get(2)?,
-            settings: row.get(3)?,
-            created_at: time(row, 4)?,
-            updated_at: time(row, 5)?,
+            id: row.get("id")?,
+            name: row.get("name")?,
+            kind: row.get("kind")?,
+            settings: row.get("settings")?,
+            created_at: time(row, "created_at")?,
+            updated_at: time(row, "updated_at")?,
         })
     }
 }

@@ -144,31 +144,31 @@ const ANSWERED_BY: &str = concat!(
 );
 
 impl FromSqlite for CallRecord {
-    /// The columns of [`call_columns!`], in order.
+    /// By column name, as sqlx's `FromRow` maps them.
     fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
         Ok(Self {
-            id: row.get(0)?,
-            direction: row.get(1)?,
-            from_number: row.get(2)?,
-            to_number: row.get(3)?,
-            trunk: row.get(4)?,
-            agent_id: row.get(5)?,
-            status: row.get(6)?,
-            sip_call_id: row.get(7)?,
-            sip_code: row.get(8)?,
-            sip_reason: row.get(9)?,
-            end_reason: row.get(10)?,
-            dtmf: row.get(11)?,
-            metadata: row.get(12)?,
-            ringing_at: time_opt(row, 13)?,
-            answered_at: time_opt(row, 14)?,
-            ended_at: time_opt(row, 15)?,
-            duration_ms: row.get(16)?,
-            created_at: time(row, 17)?,
-            updated_at: time(row, 18)?,
-            event_seq: row.get(19)?,
-            answered_by: row.get(20)?,
-            summary: row.get(21)?,
+            id: row.get("id")?,
+            direction: row.get("direction")?,
+            from_number: row.get("from_number")?,
+            to_number: row.get("to_number")?,
+            trunk: row.get("trunk")?,
+            agent_id: row.get("agent_id")?,
+            status: row.get("status")?,
+            sip_call_id: row.get("sip_call_id")?,
+            sip_code: row.get("sip_code")?,
+            sip_reason: row.get("sip_reason")?,
+            end_reason: row.get("end_reason")?,
+            dtmf: row.get("dtmf")?,
+            metadata: row.get("metadata")?,
+            ringing_at: time_opt(row, "ringing_at")?,
+            answered_at: time_opt(row, "answered_at")?,
+            ended_at: time_opt(row, "ended_at")?,
+            duration_ms: row.get("duration_ms")?,
+            created_at: time(row, "created_at")?,
+            updated_at: time(row, "updated_at")?,
+            event_seq: row.get("event_seq")?,
+            answered_by: row.get("answered_by")?,
+            summary: row.get("summary")?,
         })
     }
 }

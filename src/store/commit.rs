@@ -135,28 +135,34 @@ macro_rules! bind_values {
 }
 pub(crate) use bind_values;
 
-/// A record read from a row of the commit thread's connection, its columns
-/// in the order of the store's `SELECT` (or `RETURNING`) list.
+/// A record read from a row of the commit thread's connection, each field
+/// from the column of its name (as sqlx's `FromRow` reads it).
 pub(crate) trait FromSqlite: Sized {
     fn from_row(row: &Row<'_>) -> rusqlite::Result<Self>;
 }
 
 /// A timestamp column, as sqlx-sqlite wrote it (RFC 3339).
-pub(crate) fn time(row: &Row<'_>, i: usize) -> rusqlite::Result<DateTime<Utc>> {
-    let text: String = row.get(i)?;
-    parse_time(&text, i)
+pub(crate) fn time(row: &Row<'_>, column: &str) -> rusqlite::Result<DateTime<Utc>> {
+    let text: String = row.get(column)?;
+    parse_time(&text, column)
 }
 
 /// A nullable timestamp column.
-pub(crate) fn time_opt(row: &Row<'_>, i: usize) -> rusqlite::Result<Option<DateTime<Utc>>> {
-    let text: Option<String> = row.get(i)?;
-    text.map(|t| parse_time(&t, i)).transpose()
+pub(crate) fn time_opt(row: &Row<'_>, column: &str) -> rusqlite::Result<Option<DateTime<Utc>>> {
+    let text: Option<String> = row.get(column)?;
+    text.map(|t| parse_time(&t, column)).transpose()
 }
 
-fn parse_time(text: &str, i: usize) -> rusqlite::Result<DateTime<Utc>> {
+fn parse_time(text: &str, column: &str) -> rusqlite::Result<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(text)
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, Type::Text, Box::new(e)))
+        .map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(
+                0,
+                Type::Text,
+                format!("column {column}: {e}").into(),
+            )
+        })
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -599,6 +605,6 @@ mod tests {
             panic!("not text: {out:?}");
         };
         assert_eq!(text, "2025-11-30T14:40:48.123456+00:00");
-        assert_eq!(parse_time(&text, 0).unwrap(), t);
+        assert_eq!(parse_time(&text, "t").unwrap(), t);
     }
 }

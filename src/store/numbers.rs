@@ -30,16 +30,16 @@ const FIND_NUMBER: &str = "SELECT id, number, name, agent_id, trunk, created_at,
     FROM phone_numbers WHERE number = $1";
 
 impl FromSqlite for NumberRecord {
-    /// The columns of [`FIND_NUMBER`], in order.
+    /// By column name, as sqlx's `FromRow` maps them.
     fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
         Ok(Self {
-            id: row.get(0)?,
-            number: row.get(1)?,
-            name: row.get(2)?,
-            agent_id: row.get(3)?,
-            trunk: row.get(4)?,
-            created_at: time(row, 5)?,
-            updated_at: time(row, 6)?,
+            id: row.get("id")?,
+            number: row.get("number")?,
+            name: row.get("name")?,
+            agent_id: row.get("agent_id")?,
+            trunk: row.get("trunk")?,
+            created_at: time(row, "created_at")?,
+            updated_at: time(row, "updated_at")?,
         })
     }
 }
