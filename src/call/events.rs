@@ -151,22 +151,7 @@ impl Transitions {
     /// A call lost in a crash ([`EndReason::Lost`]): its status says
     /// whether it had been answered; how long it lasted is unknown.
     pub async fn lost(&self, id: &str, answered: bool) {
-        let reason = EndReason::Lost;
-        let result = self
-            .outbox
-            .call_ended(
-                id,
-                EndFields {
-                    status: reason.status(answered),
-                    sip_code: None,
-                    sip_reason: None,
-                    end_reason: reason.label(),
-                    duration_ms: None,
-                    answered_by: None,
-                },
-            )
-            .await;
-        self.publish(CallEventKind::Ended, result);
+        self.record_end(id, &EndReason::Lost, answered, None).await;
     }
 
     /// The call ended with `reason`; `answered_for` is how long it was up.
@@ -176,21 +161,32 @@ impl Transitions {
         reason: &EndReason,
         answered_for: Option<std::time::Duration>,
     ) {
+        let duration_ms = answered_for.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        self.record_end(id, reason, answered_for.is_some(), duration_ms)
+            .await;
+    }
+
+    async fn record_end(
+        &self,
+        id: &str,
+        reason: &EndReason,
+        answered: bool,
+        duration_ms: Option<i64>,
+    ) {
         let sip = reason.sip_status();
         let result = self
             .outbox
             .call_ended(
                 id,
                 EndFields {
-                    status: reason.status(answered_for.is_some()),
+                    status: reason.status(answered),
                     sip_code: sip.as_ref().map(|(code, _)| *code),
                     sip_reason: sip
                         .as_ref()
                         .map(|(_, r)| r.as_str())
                         .filter(|r| !r.is_empty()),
                     end_reason: reason.label(),
-                    duration_ms: answered_for
-                        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+                    duration_ms,
                     answered_by: reason.answered_by(),
                 },
             )

@@ -471,7 +471,9 @@ fn run_batch(
     let mut outcome = Ok(());
     for job in jobs.iter_mut() {
         let writes = job.writes();
-        if writes && let Err(e) = conn.execute_batch("SAVEPOINT job") {
+        // Cached: one statement a job, not worth parsing each time.
+        let savepoint = || conn.prepare_cached("SAVEPOINT job")?.execute([]);
+        if writes && let Err(e) = savepoint() {
             outcome = Err(e);
             break;
         }
