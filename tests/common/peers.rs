@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::free_udp_port;
+use super::{free_port_run, free_udp_port};
 
 /// A running Kamailio with digest-authenticated users; killed when dropped.
 pub struct Kamailio {
@@ -125,45 +125,55 @@ pub async fn baresip_call(
 ) -> BaresipCall {
     let rec = dir.join("rec");
     std::fs::create_dir_all(&rec).unwrap();
-    let own_port = free_udp_port();
-    let rtp_low = 31000 + (own_port % 1000) * 10;
-    std::fs::write(
-        dir.join("config"),
-        format!(
-            "poll_method\tepoll\nsip_listen\t127.0.0.1:{own_port}\nnet_interface\t127.0.0.1\n\
-             audio_source\taufile,{source}\naudio_player\taufile,{play}\naudio_alert\taufile,{play}\n\
-             rtp_ports\t{rtp_low}-{rtp_high}\nmodule_path\t/usr/lib/baresip/modules\n\
-             module\tg711.so\nmodule\taufile.so\nmodule\tsndfile.so\n\
-             module_app\taccount.so\nmodule_app\tmenu.so\nsnd_path\t{rec}\n",
-            source = source.display(),
-            play = dir.join("played.wav").display(),
-            rtp_high = rtp_low + 9,
-            rec = rec.display(),
-        ),
-    )
-    .unwrap();
     std::fs::write(
         dir.join("accounts"),
         "<sip:caller@127.0.0.1>;regint=0;audio_codecs=PCMU\n",
     )
     .unwrap();
     std::fs::write(dir.join("contacts"), "").unwrap();
-    let out = tokio::process::Command::new("baresip")
-        .arg("-f")
-        .arg(dir)
-        .args(["-e", &format!("/dial sip:{number}@127.0.0.1:{sip_port}")])
-        .args(["-t", &seconds.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(u64::from(seconds) + 20), out)
-        .await
-        .expect("baresip quits by itself (-t)")
-        .expect("baresip is installed by scripts/test");
-    let log =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    // baresip binds UDP and TCP on its SIP port, TLS on the next one, and
+    // RTP in its range: all of them come from one probed run of free ports.
+    // A port taken between the probe and baresip's bind shows in its log as
+    // "Address already in use"; then the call is tried again on other ports.
+    let mut log = String::new();
+    for _ in 0..3 {
+        let own_port = free_port_run(12);
+        let rtp_low = own_port + 2;
+        std::fs::write(
+            dir.join("config"),
+            format!(
+                "poll_method\tepoll\nsip_listen\t127.0.0.1:{own_port}\nnet_interface\t127.0.0.1\n\
+                 audio_source\taufile,{source}\naudio_player\taufile,{play}\naudio_alert\taufile,{play}\n\
+                 rtp_ports\t{rtp_low}-{rtp_high}\nmodule_path\t/usr/lib/baresip/modules\n\
+                 module\tg711.so\nmodule\taufile.so\nmodule\tsndfile.so\n\
+                 module_app\taccount.so\nmodule_app\tmenu.so\nsnd_path\t{rec}\n",
+                source = source.display(),
+                play = dir.join("played.wav").display(),
+                rtp_high = rtp_low + 9,
+                rec = rec.display(),
+            ),
+        )
+        .unwrap();
+        let out = tokio::process::Command::new("baresip")
+            .arg("-f")
+            .arg(dir)
+            .args(["-e", &format!("/dial sip:{number}@127.0.0.1:{sip_port}")])
+            .args(["-t", &seconds.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(u64::from(seconds) + 20), out)
+            .await
+            .expect("baresip quits by itself (-t)")
+            .expect("baresip is installed by scripts/test");
+        log = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        if !log.contains("Address already in use") {
+            break;
+        }
+    }
     let heard = std::fs::read_dir(&rec)
         .unwrap()
         .filter_map(|e| e.ok().map(|e| e.path()))
