@@ -28,7 +28,7 @@ use crate::agent::brain::{Action, Conversation, Role};
 use crate::agent::session::{AgentSession, Said, SessionConfig, SessionInput, SessionOutput};
 use crate::agent::speech::Speech;
 use crate::agent::{BrainConfig, CallSettings, PromptSettings, build_brain};
-use crate::media::{AudioFrame, CLOCK_RATE, Digit, MediaHandle, SessionClosed};
+use crate::media::{AudioFrame, AudioRoute, CLOCK_RATE, Digit, MediaHandle, SessionClosed};
 use crate::metrics::{AGENT_PIPELINE_OVERHEAD_SECONDS, AGENT_TURN_LATENCY_SECONDS};
 use crate::store::transcripts::NewTurn;
 
@@ -177,27 +177,24 @@ impl AgentRun {
                 }
             }
             AgentRun::Voice(v) => v.start(),
-            AgentRun::Echo => {}
+            // The media session plays the caller back itself.
+            AgentRun::Echo => media.route_audio(AudioRoute::Loopback).await?,
         }
         Ok(())
     }
 
     /// A 20 ms frame from the caller.
-    pub async fn on_audio(
-        &mut self,
-        frame: AudioFrame,
-        media: &MediaHandle,
-    ) -> Result<(), SessionClosed> {
+    pub fn on_audio(&mut self, frame: AudioFrame) {
         match self {
-            AgentRun::Echo => media.play(frame.samples).await,
-            AgentRun::Prompt { .. } => Ok(()),
+            // Looped back in the media session from the start on; a frame
+            // reported before the loop began is from before the agent.
+            AgentRun::Echo | AgentRun::Prompt { .. } => {}
             AgentRun::Voice(v) => {
                 let at = v.epoch.elapsed();
                 v.feed(SessionInput::Frame {
                     at,
                     pcm: frame.samples,
                 });
-                Ok(())
             }
         }
     }

@@ -104,11 +104,10 @@ pub(super) async fn run(shared: &Arc<Shared>, call: Established) -> EndReason {
                     .map(|_| EndReason::Error("media session closed".into())),
                 Screened::End(reason) => Some(reason),
                 Screened::Media(event) => match event {
-                    Some(MediaEvent::Audio(frame)) => agent
-                        .on_audio(frame, &media)
-                        .await
-                        .err()
-                        .map(|_| EndReason::Error("media session closed".into())),
+                    Some(MediaEvent::Audio(frame)) => {
+                        agent.on_audio(frame);
+                        None
+                    }
                     Some(MediaEvent::Digit(digit)) => {
                         on_digit(shared, &id, &screen, &mut agent, digit, "RFC 4733").await
                     }

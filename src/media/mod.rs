@@ -39,8 +39,8 @@ pub use g711::Codec;
 pub use ports::{MediaError, PortAllocator, PortPermit, bind_rtp};
 pub use sdp::{Direction, LocalSdp, NegotiatedMedia, SdpError};
 pub use session::{
-    AudioFrame, LatchPolicy, MediaEvent, MediaEvents, MediaHandle, MediaStats, RtpSession,
-    SessionClosed, SessionConfig,
+    AudioFrame, AudioRoute, LatchPolicy, MediaEvent, MediaEvents, MediaHandle, MediaStats,
+    RtpSession, SessionClosed, SessionConfig,
 };
 
 /// RTP clock rate of every codec we negotiate (G.711 and telephone-event).

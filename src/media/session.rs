@@ -9,8 +9,10 @@
 //!
 //! Must not: decide anything about the call. It reports [`MediaEvent`]s
 //! (audio, digits, latching, playout drained, timeout) and does what the
-//! [`MediaHandle`] asks (play, clear, send a digit, renegotiate). RTCP is not
-//! implemented: the odd port above ours stays free for it, nothing listens.
+//! [`MediaHandle`] asks (play, clear, send a digit, renegotiate, route the
+//! caller's audio: out as events, or straight back for the echo agent, see
+//! [`AudioRoute`]). RTCP is not implemented: the odd port above ours stays
+//! free for it, nothing listens.
 //!
 //! Latching rules (symmetric RTP, RFC 4961 §3, and the usual NAT practice):
 //! - Until latched we send to the address from SDP.
@@ -157,12 +159,27 @@ pub struct MediaStats {
     pub latched: Option<SocketAddr>,
 }
 
+/// Where the caller's decoded audio goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AudioRoute {
+    /// Out as [`MediaEvent::Audio`], for the call to hand on (the default).
+    #[default]
+    Events,
+    /// Played straight back to the caller, after anything queued: the
+    /// `echo` agent. The frames never leave the session task, as an echo
+    /// application does in a media server's own thread: a hop through the
+    /// call task and back was two task wake-ups and two channel passes per
+    /// frame, most of the daemon's CPU at 1,000 echo calls.
+    Loopback,
+}
+
 #[derive(Debug)]
 enum Command {
     Play(Vec<i16>),
     Clear,
     Digit(Digit),
     Update(NegotiatedMedia),
+    Route(AudioRoute),
 }
 
 /// Control of a running session. Cloning is cheap; the session ends when
@@ -198,6 +215,12 @@ impl MediaHandle {
     /// Applies a new negotiation (re-INVITE, hold, resume).
     pub async fn update(&self, media: NegotiatedMedia) -> Result<(), SessionClosed> {
         self.send(Command::Update(media)).await
+    }
+
+    /// Sends the caller's audio, from the next frame on, where `route`
+    /// says. Frames already reported as events stay reported.
+    pub async fn route_audio(&self, route: AudioRoute) -> Result<(), SessionClosed> {
+        self.send(Command::Route(route)).await
     }
 
     /// The latest published counters.
@@ -274,6 +297,7 @@ impl RtpSession {
             was_playing: false,
             pending: VecDeque::with_capacity(FRAME_SAMPLES * 4),
             pending_concealed: false,
+            route: AudioRoute::Events,
             control: control_tx,
             audio: audio_tx,
             stats_tx,
@@ -400,6 +424,7 @@ struct Driver {
     /// Decoded samples not yet handed out as a frame.
     pending: VecDeque<i16>,
     pending_concealed: bool,
+    route: AudioRoute,
     control: mpsc::Sender<MediaEvent>,
     audio: mpsc::Sender<MediaEvent>,
     stats_tx: watch::Sender<MediaStats>,
@@ -422,7 +447,7 @@ impl Driver {
                 tick = clock.tick() => {
                     self.pacer.skip_slots(tick.skipped);
                     self.send_slot().await;
-                    self.play_out();
+                    self.play_out().await;
                     self.check_inactivity();
                     ticks = ticks.wrapping_add(1);
                     if ticks.is_multiple_of(STATS_EVERY_TICKS) {
@@ -443,23 +468,8 @@ impl Driver {
 
     async fn on_command(&mut self, command: Command) {
         match command {
-            Command::Play(samples) => {
-                let accepted = self.pacer.queue_audio(&samples);
-                if accepted < samples.len() {
-                    tracing::warn!(
-                        dropped = samples.len() - accepted,
-                        "playout queue full, audio dropped"
-                    );
-                }
-                // New audio after a quiet slot goes out now, not at the next
-                // slot up to 20 ms away.
-                if accepted > 0
-                    && let Some(destination) = self.sending_to()
-                    && let Some(packet) = self.pacer.next_packet_early()
-                {
-                    self.send(Slot::Play(packet), destination).await;
-                }
-            }
+            Command::Play(samples) => self.play(&samples).await,
+            Command::Route(route) => self.route = route,
             Command::Clear => self.pacer.clear_audio(),
             Command::Digit(digit) => {
                 if !self.pacer.queue_digit(digit) {
@@ -475,6 +485,25 @@ impl Driver {
                 self.last_activity = Instant::now();
                 self.timeout_reported = false;
             }
+        }
+    }
+
+    /// Queues audio to play after what is queued.
+    async fn play(&mut self, samples: &[i16]) {
+        let accepted = self.pacer.queue_audio(samples);
+        if accepted < samples.len() {
+            tracing::warn!(
+                dropped = samples.len() - accepted,
+                "playout queue full, audio dropped"
+            );
+        }
+        // New audio after a quiet slot goes out now, not at the next slot
+        // up to 20 ms away.
+        if accepted > 0
+            && let Some(destination) = self.sending_to()
+            && let Some(packet) = self.pacer.next_packet_early()
+        {
+            self.send(Slot::Play(packet), destination).await;
         }
     }
 
@@ -614,8 +643,9 @@ impl Driver {
         true
     }
 
-    /// Moves due audio from the jitter buffer out as 20 ms frames.
-    fn play_out(&mut self) {
+    /// Moves due audio from the jitter buffer out as 20 ms frames, to where
+    /// the [`AudioRoute`] says.
+    async fn play_out(&mut self) {
         let now = Instant::now().into_std();
         while self.pending.len() < FRAME_SAMPLES {
             match self.jitter.pop(now) {
@@ -640,12 +670,15 @@ impl Driver {
         }
         let mut samples = Vec::with_capacity(FRAME_SAMPLES);
         super::move_front(&mut self.pending, FRAME_SAMPLES, &mut samples);
-        let frame = AudioFrame {
-            samples,
-            concealed: std::mem::take(&mut self.pending_concealed),
-        };
-        if self.audio.try_send(MediaEvent::Audio(frame)).is_err() {
-            self.counters.consumer_slow.increment(1);
+        let concealed = std::mem::take(&mut self.pending_concealed);
+        match self.route {
+            AudioRoute::Events => {
+                let frame = AudioFrame { samples, concealed };
+                if self.audio.try_send(MediaEvent::Audio(frame)).is_err() {
+                    self.counters.consumer_slow.increment(1);
+                }
+            }
+            AudioRoute::Loopback => self.play(&samples).await,
         }
     }
 
@@ -978,6 +1011,70 @@ mod tests {
             Codec::Pcmu.decode_into(&h.5, &mut pcm);
         }
         assert!(tone_share(&pcm, 1000.0) > 0.9);
+    }
+
+    #[tokio::test]
+    async fn loopback_plays_the_caller_back_inside_the_session() {
+        let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut session = start(peer.local_addr().unwrap(), short_config()).await;
+        session
+            .handle
+            .route_audio(AudioRoute::Loopback)
+            .await
+            .unwrap();
+        let to = session.handle.local_addr();
+        let peer = Arc::new(peer);
+        let sender = {
+            let peer = Arc::clone(&peer);
+            tokio::spawn(async move { send_tone(&peer, to, 40).await })
+        };
+        let mut received = Vec::new();
+        let mut buf = [0u8; 2048];
+        while let Ok(Ok((len, _))) =
+            tokio::time::timeout(Duration::from_millis(500), peer.recv_from(&mut buf)).await
+        {
+            received.push(buf[..len].to_vec());
+        }
+        sender.await.unwrap();
+        assert!(received.len() >= 30, "{} packets back", received.len());
+        let mut pcm = Vec::new();
+        let mut sequences = Vec::new();
+        for packet in &received {
+            let r = RtpReader::new(packet).unwrap();
+            sequences.push(u16::from(r.sequence_number()));
+            Codec::Pcmu.decode_into(r.payload(), &mut pcm);
+        }
+        assert!(
+            sequences.windows(2).all(|w| w[1] == w[0].wrapping_add(1)),
+            "{sequences:?}"
+        );
+        assert!(tone_share(&pcm, 1000.0) > 0.9);
+        // The frames went back, not out to the call.
+        let events = collect(&mut session.events, Duration::from_millis(100), |_| false).await;
+        assert!(!events.iter().any(|e| matches!(e, MediaEvent::Audio(_))));
+        assert!(events.iter().any(|e| matches!(e, MediaEvent::Latched(_))));
+        // Back to events: the caller's audio reaches the call again.
+        session
+            .handle
+            .route_audio(AudioRoute::Events)
+            .await
+            .unwrap();
+        let sender = tokio::spawn(async move {
+            let mut clock = tokio::time::interval(Duration::from_millis(20));
+            for i in 40..60 {
+                clock.tick().await;
+                let mut payload = Vec::new();
+                Codec::Pcmu.encode_into(&tone(1000.0, i * 160, 160), &mut payload);
+                let packet = rtp(0, 1000 + i as u16, 5000 + 160 * i as u32, false, &payload);
+                peer.send_to(&packet, to).await.unwrap();
+            }
+        });
+        let events = collect(&mut session.events, Duration::from_secs(2), |e| {
+            e.iter().any(|e| matches!(e, MediaEvent::Audio(_)))
+        })
+        .await;
+        sender.await.unwrap();
+        assert!(events.iter().any(|e| matches!(e, MediaEvent::Audio(_))));
     }
 
     #[tokio::test]
