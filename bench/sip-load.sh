@@ -5,8 +5,9 @@
 #      (INVITE, 200, ACK, BYE; echo agent; 10 s of calls per rate), SIPp's
 #      mean INVITE to 200, and the daemon's CPU per 1,000 calls;
 #   2. concurrent calls with G.711 RTP both ways (SIPp streams in, the echo
-#      agent streams back): the daemon's CPU% (of one core) and RSS, and the
-#      loss the daemon saw on the way in.
+#      agent streams back): the daemon's CPU% (of one core) and RSS, the
+#      loss the daemon saw on the way in, and the loss on the way out in a
+#      5 s capture of what the daemon sent (dumpcap, bench/rtp-gaps.py).
 # Every load is bounded by a call count and a time limit.
 # Usage: bench/sip-load.sh [RATES] [CONCURRENCY] [HOLD_SECONDS]
 #   defaults: "250 500 1000 1500 2000" "100 500 1000" 20
@@ -74,16 +75,17 @@ echo
 
 echo "### Concurrent calls with G.711 RTP both ways (echo agent, ${HOLD} s per call)"
 echo
-echo "| calls | daemon CPU % (of one core) | daemon RSS MB | RTP packets in | lost (daemon) | loss % |"
-echo "|---:|---:|---:|---:|---:|---:|"
+echo "| calls | daemon CPU % (of one core) | daemon RSS MB | RTP packets in | lost in (daemon) | loss in % | packets out (capture) | lost out (capture) |"
+echo "|---:|---:|---:|---:|---:|---:|---:|---:|"
 sox -n -r 8000 -c 1 -t ul tone.ul synth 2 sine 440 vol 0.5
 sed "s#@RTP_FILE@#$WORK/tone.ul#" "$OLDPWD/bench/sipp-media.xml" > media.xml
 for n in $LEVELS; do
   in_before=$(metric agentline_rtp_packets_total 'direction="in"')
   lost_before=$(metric agentline_rtp_packets_lost_total)
+  MP=$(free_port)
   set +e
   timeout $((HOLD + 120)) sipp 127.0.0.1:$SIP_PORT -sf media.xml -s "$NUMBER" -i 127.0.0.1 \
-    -p "$(free_port)" -mp "$(free_port)" -r 200 -l "$n" -m "$n" -d $((HOLD * 1000)) \
+    -p "$(free_port)" -mp "$MP" -r 200 -l "$n" -m "$n" -d $((HOLD * 1000)) \
     -buff_size 4194304 -timeout $((HOLD + 100))s -nostdin >/dev/null 2>&1 &
   SIPP=$!
   set -e
@@ -93,12 +95,21 @@ for n in $LEVELS; do
   sleep $(( HOLD / 2 ))
   after=$(ticks $DAEMON); t1=$(date +%s.%N)
   rss=$(rss_mb $DAEMON)
+  # What the daemon sent SIPp (its RTP ports, not SIPp's own stream), after
+  # the CPU window so that the capture costs the measurement nothing.
+  out="n/a n/a"
+  if timeout 5 dumpcap -q -P -i lo -w "$WORK/out.pcap" \
+       -f "udp and src portrange 30000-39999 and not src port $MP and not src port $((MP + 2))" \
+       2>/dev/null; [ -s "$WORK/out.pcap" ]; then
+    out=$(python3 "$OLDPWD/bench/rtp-gaps.py" "$WORK/out.pcap" | awk '{print $2, $4}')
+    rm -f "$WORK/out.pcap"
+  fi
   wait $SIPP || true
   cpu=$(calc "($after - $before) / $HZ / ($t1 - $t0) * 100")
   in_after=$(metric agentline_rtp_packets_total 'direction="in"')
   lost_after=$(metric agentline_rtp_packets_lost_total)
   pkts=$((in_after - in_before)); lost=$((lost_after - lost_before))
   pct=$(calc "($pkts + $lost) > 0 ? $lost * 100 / ($pkts + $lost) : 0")
-  printf "| %d | %.0f | %s | %d | %d | %.3f |\n" "$n" "$cpu" "$rss" "$pkts" "$lost" "$pct"
+  printf "| %d | %.0f | %s | %d | %d | %.3f | %s | %s |\n" "$n" "$cpu" "$rss" "$pkts" "$lost" "$pct" $out
   sleep 3
 done
