@@ -316,6 +316,87 @@ async fn inbound_rfc4733_digits_are_stored_on_the_call() {
 }
 
 #[tokio::test]
+async fn inbound_late_offer_gets_our_offer_and_media_runs_on_the_ack_answer() {
+    let d = TestDaemon::builder()
+        .profile("carrier", &trunk("127.0.0.1/32", 10, ""))
+        .start()
+        .await;
+    provision(&d, echo(60)).await;
+    let run = call_in(
+        &d,
+        "uac-invite-late-offer-expect-offer-in-200.xml",
+        &["-mi", "127.0.0.1", "-mp", &free_udp_port().to_string()],
+    )
+    .await;
+    assert!(run.success, "{}\n{}", run.output, d.log());
+    let call = wait_call(&d, ended).await;
+    assert_eq!(call["status"], "completed", "{call}");
+    assert_eq!(call["end_reason"], "caller_hangup", "{call}");
+    // The digits came over RTP to the port our offer named, decoded with
+    // the event payload type the ACK's answer agreed.
+    let dtmf = call["dtmf"].as_str().unwrap();
+    assert!(dtmf.ends_with('5'), "{call}\n{}", d.log());
+}
+
+#[tokio::test]
+async fn inbound_late_offer_without_an_answer_in_the_ack_is_hung_up() {
+    let d = TestDaemon::builder()
+        .profile("carrier", &trunk("127.0.0.1/32", 10, ""))
+        .start()
+        .await;
+    provision(&d, echo(60)).await;
+    let run = call_in(
+        &d,
+        "uac-invite-late-offer-ack-without-answer-expect-bye.xml",
+        &[],
+    )
+    .await;
+    assert!(run.success, "{}\n{}", run.output, d.log());
+    let call = wait_call(&d, ended).await;
+    assert_eq!(call["end_reason"], "not_acceptable", "{call}");
+    assert!(call["answered_at"].is_string(), "{call}");
+}
+
+#[tokio::test]
+async fn reinvite_without_offer_gets_our_offer_and_the_ack_answer_applies() {
+    let d = TestDaemon::builder()
+        .profile("carrier", &trunk("127.0.0.1/32", 10, ""))
+        .start()
+        .await;
+    provision(&d, echo(60)).await;
+    let run = call_in(
+        &d,
+        "uac-invite-reinvite-without-offer-expect-offer-in-200.xml",
+        &["-mi", "127.0.0.1", "-mp", &free_udp_port().to_string()],
+    )
+    .await;
+    assert!(run.success, "{}\n{}", run.output, d.log());
+    let call = wait_call(&d, ended).await;
+    assert_eq!(call["end_reason"], "caller_hangup", "{call}");
+    // The ACK's answer has no telephone-event: the events sent after it
+    // are packets of a type the call no longer has, not digits.
+    assert!(!call["dtmf"].as_str().unwrap_or("").contains('1'), "{call}");
+    let text = d
+        .http
+        .get(d.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let unknown: u64 = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("agentline_rtp_packets_dropped_total{")
+                && l.contains("reason=\"unknown_payload_type\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(unknown > 0, "{text}\n{}", d.log());
+}
+
+#[tokio::test]
 async fn inbound_sip_info_keys_are_stored_on_the_call() {
     let d = TestDaemon::builder()
         .profile("carrier", &trunk("127.0.0.1/32", 10, ""))

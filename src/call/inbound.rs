@@ -1,8 +1,10 @@
 //! Inbound call lifecycle, in the order the steps happen:
 //! [`route`] (trunk by source, drain, number, agent, offer), take a trunk
-//! slot, bind RTP and answer the offer, record `ringing`, 180, wait the
-//! configured answer delay (CANCEL, hangup or shutdown may come), 200 and
-//! ACK, record `answered`, run the call task, record the end.
+//! slot, bind RTP and answer the offer (or, for an INVITE without one, make
+//! ours), record `ringing`, 180, wait the configured answer delay (CANCEL,
+//! hangup or shutdown may come), 200 and ACK (with the answer to our
+//! offer), record `answered`, start the media if it waited for that answer,
+//! run the call task, record the end.
 //!
 //! Must not: speak SIP beyond the `sip::IncomingInvite` steps; every
 //! refusal is an [`EndReason`] whose `rejection()` is the response.
@@ -12,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use tokio::net::UdpSocket;
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -23,12 +26,16 @@ use super::{EndReason, Shared, count_ended, count_started};
 use crate::agent::CallSettings;
 use crate::config::Profile;
 use crate::media::amd::AmdMode;
-use crate::media::{Direction, LocalSdp, RtpSession, bind_rtp};
+use crate::media::{Direction, LocalSdp, PortPermit, RtpSession, bind_rtp};
 use crate::metrics::CALL_SETUP_SECONDS;
 use crate::sip::{AcceptError, IncomingInvite, InviteInfo};
 use crate::store::StoreError;
 use crate::store::calls::NewCall;
 use crate::{e164, ids};
+
+/// How long we wait for the answer to our BYE when the ACK leaves the call
+/// without a session.
+const BYE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What [`route`] found for an INVITE.
 struct Route {
@@ -40,7 +47,8 @@ struct Route {
     settings: CallSettings,
     /// The agent's whole settings document (the brain reads it).
     settings_json: String,
-    offer: Bytes,
+    /// `None`: a late offer (RFC 3261 §13.2.1), ours goes in the 200.
+    offer: Option<Bytes>,
 }
 
 /// The trunk whose `[inbound] allow` covers `ip`, first by name.
@@ -129,9 +137,7 @@ async fn route(shared: &Shared, info: &InviteInfo) -> Result<Route, EndReason> {
         .ok_or_else(|| EndReason::Error(format!("agent {agent_id}: {}", StoreError::NotFound)))?;
     let settings = CallSettings::from_json(&agent.settings)
         .map_err(|e| EndReason::Error(format!("agent {agent_id} settings: {e}")))?;
-    // Late offer (no SDP in the INVITE) is not supported: the caller is
-    // told so with 488 (RFC 3261 §13.3.1.3 allows refusing a session).
-    let offer = info.sdp_offer.clone().ok_or(EndReason::NotAcceptable)?;
+    let offer = info.sdp_offer.clone();
     let caller = info
         .from_user
         .as_deref()
@@ -209,16 +215,30 @@ async fn run(shared: Arc<Shared>, id: String, mut invite: IncomingInvite, route:
     };
     let port = permit.port();
     let mut sdp = LocalSdp::new(shared.media_ip(), port, super::codecs(&route.trunk));
-    let (answer, negotiated) = match sdp.answer(&route.offer, Direction::SendRecv) {
-        Ok(answered) => answered,
-        Err(e) => {
-            tracing::info!(error = %e, "offer not acceptable");
-            return refuse(invite, EndReason::NotAcceptable).await;
+    // RFC 3264 §6: the INVITE's offer is answered in the 200 and media
+    // starts now. An INVITE without one (a late offer, RFC 3261 §13.2.1)
+    // gets our offer in the 200; media starts with the answer in the ACK.
+    let (local_sdp, media) = match &route.offer {
+        Some(offer) => {
+            let (answer, negotiated) = match sdp.answer(offer, Direction::SendRecv) {
+                Ok(answered) => answered,
+                Err(e) => {
+                    tracing::info!(error = %e, "offer not acceptable");
+                    return refuse(invite, EndReason::NotAcceptable).await;
+                }
+            };
+            match RtpSession::start(socket, Some(permit), negotiated, shared.media.clone()) {
+                Ok(rtp) => (answer, Media::Started(rtp)),
+                Err(e) => return refuse(invite, EndReason::Error(format!("RTP: {e}"))).await,
+            }
         }
-    };
-    let rtp = match RtpSession::start(socket, Some(permit), negotiated, shared.media.clone()) {
-        Ok(rtp) => rtp,
-        Err(e) => return refuse(invite, EndReason::Error(format!("RTP: {e}"))).await,
+        None => {
+            tracing::info!("late offer: our offer goes in the 200");
+            (
+                sdp.offer(Direction::SendRecv),
+                Media::Offered(socket, permit),
+            )
+        }
     };
 
     let recorded = shared
@@ -266,8 +286,8 @@ async fn run(shared: Arc<Shared>, id: String, mut invite: IncomingInvite, route:
         return finish(&shared, &id, reason, None).await;
     }
 
-    let sip = match invite.accept(Bytes::from(answer)).await {
-        Ok(call) => call,
+    let (sip, ack_sdp) = match invite.accept(Bytes::from(local_sdp)).await {
+        Ok(accepted) => accepted,
         Err(AcceptError::Cancelled) => {
             return finish(&shared, &id, EndReason::Canceled, None).await;
         }
@@ -278,6 +298,26 @@ async fn run(shared: Arc<Shared>, id: String, mut invite: IncomingInvite, route:
     metrics::histogram!(CALL_SETUP_SECONDS, "direction" => "inbound")
         .record(answered_at.duration_since(started).as_secs_f64());
     shared.transitions.answered(&id).await;
+    let rtp = match media {
+        Media::Started(rtp) => Ok(rtp),
+        Media::Offered(socket, permit) => {
+            media_from_ack(&shared, &sdp, socket, permit, ack_sdp.as_deref())
+        }
+    };
+    let rtp = match rtp {
+        Ok(rtp) => rtp,
+        Err(reason) => {
+            // RFC 3261 §13.2.2.4: the ACK to a 200 with an offer must carry
+            // an answer. Without one we can use, no session can run: the
+            // dialog ends with our BYE.
+            match tokio::time::timeout(BYE_TIMEOUT, sip.hangup()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::info!(error = %e, "BYE not answered cleanly"),
+                Err(_) => tracing::info!("BYE not answered in time"),
+            }
+            return finish(&shared, &id, reason, Some(answered_at.elapsed())).await;
+        }
+    };
     let reason = task::run(
         &shared,
         Established {
@@ -294,6 +334,38 @@ async fn run(shared: Arc<Shared>, id: String, mut invite: IncomingInvite, route:
     )
     .await;
     finish(&shared, &id, reason, Some(answered_at.elapsed())).await;
+}
+
+/// Starts the media our offer in the 200 waited for, with the answer the
+/// ACK carried.
+fn media_from_ack(
+    shared: &Shared,
+    sdp: &LocalSdp,
+    socket: UdpSocket,
+    permit: PortPermit,
+    ack_sdp: Option<&[u8]>,
+) -> Result<RtpSession, EndReason> {
+    let negotiated = match ack_sdp.map(|a| sdp.accept_answer(a)) {
+        Some(Ok(negotiated)) => negotiated,
+        Some(Err(e)) => {
+            tracing::info!(error = %e, "answer in the ACK not acceptable");
+            return Err(EndReason::NotAcceptable);
+        }
+        None => {
+            tracing::info!("no answer in the ACK to our offer");
+            return Err(EndReason::NotAcceptable);
+        }
+    };
+    RtpSession::start(socket, Some(permit), negotiated, shared.media.clone())
+        .map_err(|e| EndReason::Error(format!("RTP: {e}")))
+}
+
+/// The media of a call being answered.
+enum Media {
+    /// Negotiated from the INVITE's offer and running.
+    Started(RtpSession),
+    /// Our offer is in the 200: the port waits for the answer in the ACK.
+    Offered(UdpSocket, PortPermit),
 }
 
 async fn finish(shared: &Shared, id: &str, reason: EndReason, answered_for: Option<Duration>) {

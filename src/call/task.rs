@@ -218,13 +218,15 @@ async fn fulfil(sip: &mut Call, request: AgentRequest) -> Option<EndReason> {
 /// RFC 3261 §14.2 / RFC 3264 §8: answer a re-INVITE. Hold (`sendonly`,
 /// `inactive`) is answered `recvonly` / `inactive` and the call stays up;
 /// an offer we cannot take gets 488 and the old session stays. A re-INVITE
-/// without an offer gets our offer in the 200 (§14.2).
+/// without an offer gets our offer in the 200 (§14.2), and the answer in
+/// its ACK is applied; without one the old session stays.
 async fn reinvite(
     sip: &mut Call,
     sdp: &mut LocalSdp,
     media: &crate::media::MediaHandle,
     re: Box<ReInvite>,
 ) {
+    let offered = re.sdp_offer.is_none();
     let answer = match re.sdp_offer.as_deref() {
         Some(offer) => match sdp.answer(offer, Direction::SendRecv) {
             Ok((answer, negotiated)) => {
@@ -244,7 +246,24 @@ async fn reinvite(
         },
         None => sdp.offer(Direction::SendRecv),
     };
-    if let Err(e) = sip.answer_reinvite(re, Bytes::from(answer)).await {
-        tracing::info!(error = %e, "re-INVITE answer failed");
+    let ack_sdp = match sip.answer_reinvite(re, Bytes::from(answer)).await {
+        Ok(ack_sdp) => ack_sdp,
+        Err(e) => {
+            tracing::info!(error = %e, "re-INVITE answer failed");
+            return;
+        }
+    };
+    if !offered {
+        return;
+    }
+    match ack_sdp.as_deref().map(|a| sdp.accept_answer(a)) {
+        Some(Ok(negotiated)) => {
+            tracing::info!(direction = ?negotiated.direction, "answer to our re-INVITE offer applied");
+            if media.update(negotiated).await.is_err() {
+                tracing::warn!("media session gone while applying a re-INVITE");
+            }
+        }
+        Some(Err(e)) => tracing::info!(error = %e, "answer in the ACK refused; the session stays"),
+        None => tracing::info!("no answer in the ACK; the session stays"),
     }
 }

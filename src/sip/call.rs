@@ -138,23 +138,25 @@ impl Call {
         .await
     }
 
-    /// 200 OK with our SDP answer to a re-INVITE; waits for its ACK.
+    /// 200 OK with our SDP to a re-INVITE (the answer, or our offer when
+    /// the re-INVITE had none); waits for its ACK and returns the SDP the
+    /// ACK carried (the answer to such an offer, RFC 3261 §14.2).
     pub async fn answer_reinvite(
         &mut self,
         reinvite: Box<ReInvite>,
         sdp: Bytes,
-    ) -> Result<(), SipError> {
+    ) -> Result<Option<Bytes>, SipError> {
         let session = self.session.as_mut().ok_or(SipError::Terminated)?;
         let mut response =
             session
                 .dialog
                 .create_response(&reinvite.received.invite, StatusCode::OK, None)?;
         attach_sdp(&mut response.msg.headers, &mut response.msg.body, sdp);
-        session
+        let ack = session
             .handle_reinvite_success(reinvite.received, response)
             .instrument(tracing::info_span!("sip_reinvite", call_id = %self.call_id))
             .await?;
-        Ok(())
+        Ok(sdp_of(&ack))
     }
 
     /// Refuse a re-INVITE (488 when the offer is unacceptable, RFC 3261
@@ -263,7 +265,7 @@ impl Drop for Call {
     }
 }
 
-fn sdp_of(request: &IncomingRequest) -> Option<Bytes> {
+pub(super) fn sdp_of(request: &IncomingRequest) -> Option<Bytes> {
     match request.headers.try_get_named::<ContentType>() {
         Some(Ok(ct)) if is_sdp(&ct) && !request.body.is_empty() => Some(request.body.clone()),
         _ => None,

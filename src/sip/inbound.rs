@@ -2,8 +2,8 @@
 //! handler rejects, or rings and accepts; a CANCEL before the final answer
 //! gets 487 (§9.2). Also the last layer: answers requests nobody took.
 
-use super::call::Call;
-use super::guard::{is_sdp, respond};
+use super::call::{Call, sdp_of};
+use super::guard::respond;
 use super::transport::{InboundHandler, LocalIdentity, Transport};
 use bytes::Bytes;
 use ezk_sip_core::{Endpoint, IncomingRequest, Layer, MayTake};
@@ -157,9 +157,11 @@ impl IncomingInvite {
         send_rejection(acceptor, &self.local_tag, &rejection).await
     }
 
-    /// 200 OK with our SDP answer; waits for the ACK and returns the
-    /// established call.
-    pub async fn accept(mut self, sdp_answer: Bytes) -> Result<Call, AcceptError> {
+    /// 200 OK with our SDP: the answer to the INVITE's offer, or our offer
+    /// when the INVITE had none. Waits for the ACK and returns the
+    /// established call and the SDP the ACK carried (the answer to such an
+    /// offer, RFC 3261 §13.2.1).
+    pub async fn accept(mut self, sdp: Bytes) -> Result<(Call, Option<Bytes>), AcceptError> {
         let acceptor = self.acceptor.take().ok_or(AcceptError::Cancelled)?;
         let call_id = self.info.call_id.clone();
         let span = tracing::info_span!("sip_accept", %call_id);
@@ -168,15 +170,11 @@ impl IncomingInvite {
                 .create_response(StatusCode::OK, None)
                 .await
                 .map_err(map_acceptor_error)?;
-            attach_sdp(
-                &mut response.msg.headers,
-                &mut response.msg.body,
-                sdp_answer,
-            );
+            attach_sdp(&mut response.msg.headers, &mut response.msg.body, sdp);
             match acceptor.respond_success(response).await {
-                Ok((session, _ack)) => {
+                Ok((session, ack)) => {
                     tracing::info!("call established (inbound)");
-                    Ok(Call::new(session, call_id))
+                    Ok((Call::new(session, call_id), sdp_of(&ack)))
                 }
                 Err(acceptor::Error::RequestTerminated) => Err(AcceptError::Cancelled),
                 Err(acceptor::Error::Core(ezk_sip_core::Error::RequestTimedOut)) => {
@@ -380,10 +378,7 @@ impl InboundLayer {
 fn invite_info(invite: &IncomingRequest, transport: Transport) -> InviteInfo {
     let from = &invite.base_headers.from.uri;
     let to = &invite.base_headers.to.uri;
-    let sdp_offer = match invite.headers.try_get_named::<ContentType>() {
-        Some(Ok(ct)) if is_sdp(&ct) && !invite.body.is_empty() => Some(invite.body.clone()),
-        _ => None,
-    };
+    let sdp_offer = sdp_of(invite);
     InviteInfo {
         call_id: invite.base_headers.call_id.0.to_string(),
         from_uri: from.uri.default_print_ctx().to_string(),

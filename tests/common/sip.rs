@@ -141,7 +141,7 @@ impl InboundHandler for ScriptedHandler {
                 return;
             }
             let mut call = match invite.accept(Bytes::from_static(SDP.as_bytes())).await {
-                Ok(call) => call,
+                Ok((call, _)) => call,
                 Err(e) => {
                     let _ = events.send(format!("accept failed: {e}"));
                     return;
