@@ -225,6 +225,15 @@ async fn inbound_over_max_calls_gets_486() {
     assert_eq!(trunk["active_calls"], 1, "{trunk}");
     let run = call_in(&d, "uac-invite-expect-486.xml", &[]).await;
     assert!(run.success, "{}", run.output);
+    // The refused call is on record, as the caller was told (recorded
+    // just after the answer went out).
+    let refused = wait_call(&d, |c| c["status"] == "busy").await;
+    assert_eq!(refused["direction"], "inbound", "{refused}");
+    assert_eq!(refused["to"], NUMBER);
+    assert_eq!(refused["sip_code"], 486, "{refused}");
+    assert_eq!(refused["end_reason"], "trunk_full", "{refused}");
+    assert!(refused["answered_at"].is_null(), "{refused}");
+    assert!(refused["ended_at"].is_string(), "{refused}");
     let first = first.await.unwrap();
     assert!(first.success, "{}", first.output);
 }

@@ -151,7 +151,16 @@ impl Transitions {
     /// A call lost in a crash ([`EndReason::Lost`]): its status says
     /// whether it had been answered; how long it lasted is unknown.
     pub async fn lost(&self, id: &str, answered: bool) {
-        self.record_end(id, &EndReason::Lost, answered, None).await;
+        self.record_end(id, &EndReason::Lost, answered, None, None)
+            .await;
+    }
+
+    /// An inbound call refused with `reason` before it rang: the status
+    /// says `busy` or `failed`, the SIP code is the one we answered.
+    pub async fn refused(&self, id: &str, reason: &EndReason) {
+        let rejection = reason.rejection();
+        let sip = (rejection.code, rejection.reason.unwrap_or_default());
+        self.record_end(id, reason, false, None, Some(sip)).await;
     }
 
     /// The call ended with `reason`; `answered_for` is how long it was up.
@@ -162,7 +171,7 @@ impl Transitions {
         answered_for: Option<std::time::Duration>,
     ) {
         let duration_ms = answered_for.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-        self.record_end(id, reason, answered_for.is_some(), duration_ms)
+        self.record_end(id, reason, answered_for.is_some(), duration_ms, None)
             .await;
     }
 
@@ -172,8 +181,9 @@ impl Transitions {
         reason: &EndReason,
         answered: bool,
         duration_ms: Option<i64>,
+        sip: Option<(u16, String)>,
     ) {
-        let sip = reason.sip_status();
+        let sip = sip.or_else(|| reason.sip_status());
         let result = self
             .outbox
             .call_ended(

@@ -30,7 +30,7 @@ use crate::media::{Direction, LocalSdp, PortPermit, RtpSession, bind_rtp};
 use crate::metrics::CALL_SETUP_SECONDS;
 use crate::sip::{AcceptError, IncomingInvite, InviteInfo};
 use crate::store::StoreError;
-use crate::store::calls::NewCall;
+use crate::store::calls::{CallRecord, NewCall};
 use crate::{e164, ids};
 
 /// How long we wait for the answer to our BYE when the ACK leaves the call
@@ -94,6 +94,52 @@ async fn refuse(invite: IncomingInvite, reason: EndReason) {
     if let Err(e) = invite.reject(reason.rejection()).await {
         tracing::info!(error = %e, "refusal not sent");
     }
+}
+
+/// Refuses an INVITE routed to one of our numbers, then records the call
+/// as created and ended at once (`busy` or `failed`, with the SIP code and
+/// the reason), so that the number's owner sees the call that was missed
+/// and why, and gets its webhooks. The SIP answer goes first: the store
+/// must not delay it. The trunk's CPS guard does not come here: its point
+/// is to shed a flood cheaply, and the metrics count what it refused.
+async fn refuse_routed(
+    shared: &Shared,
+    id: &str,
+    route: &Route,
+    invite: IncomingInvite,
+    reason: EndReason,
+) {
+    let sip_call_id = invite.call_id().to_owned();
+    refuse(invite, reason.clone()).await;
+    match record(shared, id, route, &sip_call_id, "queued").await {
+        Ok(_) => shared.transitions.refused(id, &reason).await,
+        Err(e) => tracing::warn!(error = %e, "refused call not recorded"),
+    }
+}
+
+/// Records the routed call with `status`, and its `call.created` event.
+async fn record(
+    shared: &Shared,
+    id: &str,
+    route: &Route,
+    sip_call_id: &str,
+    status: &str,
+) -> crate::store::Result<Arc<CallRecord>> {
+    let trunk = route.trunk.id();
+    shared
+        .transitions
+        .created(NewCall {
+            id,
+            direction: "inbound",
+            from_number: &route.caller,
+            to_number: &route.number,
+            trunk: Some(&trunk),
+            agent_id: Some(&route.agent_id),
+            status,
+            sip_call_id: Some(sip_call_id),
+            metadata: "{}",
+        })
+        .await
 }
 
 /// Decides whether and to what the INVITE is routed.
@@ -192,7 +238,7 @@ async fn run(shared: Arc<Shared>, id: String, mut invite: IncomingInvite, route:
         route.trunk.limits.max_calls,
         handle,
     ) else {
-        return refuse(invite, EndReason::TrunkFull).await;
+        return refuse_routed(&shared, &id, &route, invite, EndReason::TrunkFull).await;
     };
     let agent = match AgentRun::new(
         &route.agent_kind,
@@ -206,12 +252,15 @@ async fn run(shared: Arc<Shared>, id: String, mut invite: IncomingInvite, route:
         Ok(agent) => agent,
         Err(e) => {
             tracing::warn!(error = %e, agent_id = %route.agent_id, "the agent cannot run");
-            return refuse(invite, EndReason::Error(e)).await;
+            return refuse_routed(&shared, &id, &route, invite, EndReason::Error(e)).await;
         }
     };
     let (socket, permit) = match bind_rtp(&shared.ports, shared.media_ip()).await {
         Ok(bound) => bound,
-        Err(e) => return refuse(invite, EndReason::Error(format!("RTP: {e}"))).await,
+        Err(e) => {
+            let reason = EndReason::Error(format!("RTP: {e}"));
+            return refuse_routed(&shared, &id, &route, invite, reason).await;
+        }
     };
     let port = permit.port();
     let mut sdp = LocalSdp::new(shared.media_ip(), port, super::codecs(&route.trunk));
@@ -224,12 +273,16 @@ async fn run(shared: Arc<Shared>, id: String, mut invite: IncomingInvite, route:
                 Ok(answered) => answered,
                 Err(e) => {
                     tracing::info!(error = %e, "offer not acceptable");
-                    return refuse(invite, EndReason::NotAcceptable).await;
+                    let reason = EndReason::NotAcceptable;
+                    return refuse_routed(&shared, &id, &route, invite, reason).await;
                 }
             };
             match RtpSession::start(socket, Some(permit), negotiated, shared.media.clone()) {
                 Ok(rtp) => (answer, Media::Started(rtp)),
-                Err(e) => return refuse(invite, EndReason::Error(format!("RTP: {e}"))).await,
+                Err(e) => {
+                    let reason = EndReason::Error(format!("RTP: {e}"));
+                    return refuse_routed(&shared, &id, &route, invite, reason).await;
+                }
             }
         }
         None => {
@@ -241,20 +294,7 @@ async fn run(shared: Arc<Shared>, id: String, mut invite: IncomingInvite, route:
         }
     };
 
-    let recorded = shared
-        .transitions
-        .created(NewCall {
-            id: &id,
-            direction: "inbound",
-            from_number: &route.caller,
-            to_number: &route.number,
-            trunk: Some(&route.trunk.id()),
-            agent_id: Some(&route.agent_id),
-            status: "ringing",
-            sip_call_id: Some(invite.call_id()),
-            metadata: "{}",
-        })
-        .await;
+    let recorded = record(&shared, &id, &route, invite.call_id(), "ringing").await;
     if let Err(e) = recorded {
         tracing::warn!(error = %e, "call not recorded");
         return refuse(invite, EndReason::Error("call not recorded".into())).await;
