@@ -169,7 +169,7 @@ pub enum AudioRoute {
     /// `echo` agent. The frames never leave the session task, as an echo
     /// application does in a media server's own thread: a hop through the
     /// call task and back was two task wake-ups and two channel passes per
-    /// frame, a sixth of the daemon's CPU at 1,000 echo calls. Nothing is
+    /// frame, a fifth of the daemon's CPU at 1,000 echo calls. Nothing is
     /// saved up while on hold.
     Loopback,
 }
