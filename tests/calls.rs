@@ -37,6 +37,26 @@ fn echo(max_duration: u32) -> Value {
     json!({"name": "echo", "kind": "echo", "max_duration_seconds": max_duration})
 }
 
+/// A daemon with the carrier trunk (127.0.0.1, 10 calls) and the number on
+/// an echo agent.
+async fn echo_daemon() -> TestDaemon {
+    let d = TestDaemon::builder()
+        .profile("carrier", &trunk("127.0.0.1/32", 10, ""))
+        .start()
+        .await;
+    provision(&d, echo(60)).await;
+    d
+}
+
+/// The sum of the samples of metric `name` whose labels hold `label`.
+async fn metric_sum(d: &TestDaemon, name: &str, label: &str) -> u64 {
+    let text = d.metrics().await;
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
 /// The newest call once `done` holds for it, within 15 s.
 async fn wait_call(d: &TestDaemon, done: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -155,11 +175,7 @@ async fn inbound_cancel_before_answer() {
 
 #[tokio::test]
 async fn inbound_unknown_number_404_and_source_not_allowed_403() {
-    let d = TestDaemon::builder()
-        .profile("carrier", &trunk("127.0.0.1/32", 10, ""))
-        .start()
-        .await;
-    provision(&d, echo(60)).await;
+    let d = echo_daemon().await;
     let run = run_sipp(
         "uac-invite-expect-404.xml",
         free_udp_port(),
@@ -257,22 +273,7 @@ async fn inbound_over_trunk_cps_gets_503() {
         "calls over the rate must fail: {}",
         run.output
     );
-    let text = d
-        .http
-        .get(d.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let refused: u64 = text
-        .lines()
-        .filter(|l| {
-            l.starts_with("agentline_calls_ended_total{") && l.contains("reason=\"trunk_cps\"")
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum();
+    let refused = metric_sum(&d, "agentline_calls_ended_total", "reason=\"trunk_cps\"").await;
     let page: Value = d
         .get("/v1/calls")
         .send()
@@ -286,16 +287,12 @@ async fn inbound_over_trunk_cps_gets_503() {
         (2..=3).contains(&answered),
         "burst of 2 (+1 refilled): {page}"
     );
-    assert_eq!(refused + answered, 10, "{text}");
+    assert_eq!(refused + answered, 10, "{page}");
 }
 
 #[tokio::test]
 async fn inbound_hold_reinvite_answered_without_hanging_up() {
-    let d = TestDaemon::builder()
-        .profile("carrier", &trunk("127.0.0.1/32", 10, ""))
-        .start()
-        .await;
-    provision(&d, echo(60)).await;
+    let d = echo_daemon().await;
     let run = call_in(&d, "uac-invite-hold-expect-200.xml", &[]).await;
     assert!(run.success, "{}\n{}", run.output, d.log());
     let call = wait_call(&d, ended).await;
@@ -305,11 +302,7 @@ async fn inbound_hold_reinvite_answered_without_hanging_up() {
 
 #[tokio::test]
 async fn inbound_rfc4733_digits_are_stored_on_the_call() {
-    let d = TestDaemon::builder()
-        .profile("carrier", &trunk("127.0.0.1/32", 10, ""))
-        .start()
-        .await;
-    provision(&d, echo(60)).await;
+    let d = echo_daemon().await;
     let run = call_in(
         &d,
         "uac-invite-dtmf-expect-200-bye.xml",
@@ -326,11 +319,7 @@ async fn inbound_rfc4733_digits_are_stored_on_the_call() {
 
 #[tokio::test]
 async fn inbound_late_offer_gets_our_offer_and_media_runs_on_the_ack_answer() {
-    let d = TestDaemon::builder()
-        .profile("carrier", &trunk("127.0.0.1/32", 10, ""))
-        .start()
-        .await;
-    provision(&d, echo(60)).await;
+    let d = echo_daemon().await;
     let run = call_in(
         &d,
         "uac-invite-late-offer-expect-offer-in-200.xml",
@@ -349,11 +338,7 @@ async fn inbound_late_offer_gets_our_offer_and_media_runs_on_the_ack_answer() {
 
 #[tokio::test]
 async fn inbound_late_offer_without_an_answer_in_the_ack_is_hung_up() {
-    let d = TestDaemon::builder()
-        .profile("carrier", &trunk("127.0.0.1/32", 10, ""))
-        .start()
-        .await;
-    provision(&d, echo(60)).await;
+    let d = echo_daemon().await;
     let run = call_in(
         &d,
         "uac-invite-late-offer-ack-without-answer-expect-bye.xml",
@@ -368,11 +353,7 @@ async fn inbound_late_offer_without_an_answer_in_the_ack_is_hung_up() {
 
 #[tokio::test]
 async fn reinvite_without_offer_gets_our_offer_and_the_ack_answer_applies() {
-    let d = TestDaemon::builder()
-        .profile("carrier", &trunk("127.0.0.1/32", 10, ""))
-        .start()
-        .await;
-    provision(&d, echo(60)).await;
+    let d = echo_daemon().await;
     let run = call_in(
         &d,
         "uac-invite-reinvite-without-offer-expect-offer-in-200.xml",
@@ -385,33 +366,18 @@ async fn reinvite_without_offer_gets_our_offer_and_the_ack_answer_applies() {
     // The ACK's answer has no telephone-event: the events sent after it
     // are packets of a type the call no longer has, not digits.
     assert!(!call["dtmf"].as_str().unwrap_or("").contains('1'), "{call}");
-    let text = d
-        .http
-        .get(d.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let unknown: u64 = text
-        .lines()
-        .filter(|l| {
-            l.starts_with("agentline_rtp_packets_dropped_total{")
-                && l.contains("reason=\"unknown_payload_type\"")
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum();
-    assert!(unknown > 0, "{text}\n{}", d.log());
+    let unknown = metric_sum(
+        &d,
+        "agentline_rtp_packets_dropped_total",
+        "reason=\"unknown_payload_type\"",
+    )
+    .await;
+    assert!(unknown > 0, "{}", d.log());
 }
 
 #[tokio::test]
 async fn inbound_sip_info_keys_are_stored_on_the_call() {
-    let d = TestDaemon::builder()
-        .profile("carrier", &trunk("127.0.0.1/32", 10, ""))
-        .start()
-        .await;
-    provision(&d, echo(60)).await;
+    let d = echo_daemon().await;
     let run = call_in(&d, "uac-invite-info-dtmf-expect-200-bye.xml", &[]).await;
     assert!(run.success, "{}\n{}", run.output, d.log());
     let call = wait_call(&d, ended).await;
@@ -421,11 +387,7 @@ async fn inbound_sip_info_keys_are_stored_on_the_call() {
 
 #[tokio::test]
 async fn inbound_hangup_via_api() {
-    let d = TestDaemon::builder()
-        .profile("carrier", &trunk("127.0.0.1/32", 10, ""))
-        .start()
-        .await;
-    provision(&d, echo(60)).await;
+    let d = echo_daemon().await;
     let caller = tokio::spawn(run_sipp(
         "uac-invite-expect-bye-from-daemon.xml",
         free_udp_port(),

@@ -249,15 +249,7 @@ async fn metrics_count_requests_by_route_and_status() {
         d.get("/v1/agents").send().await.unwrap();
     }
     d.http.get(d.url("/v1/agents")).send().await.unwrap();
-    let text = d
-        .http
-        .get(d.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = d.metrics().await;
     let line = |status: &str| {
         text.lines()
             .find(|l| {

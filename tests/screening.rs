@@ -317,15 +317,7 @@ async fn a_recorded_greeting_with_a_beep_is_a_machine_and_is_hung_up_on() {
     // for its end (the unit tests pin the 3.5 s).
     let lasted = call["duration_ms"].as_i64().unwrap_or(i64::MAX) as f64 / 1000.0;
     assert!(lasted < beep_ends - 1.0, "{lasted} s of {beep_ends} s");
-    let metrics = d
-        .http
-        .get(d.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = d.metrics().await;
     assert!(
         metrics
             .lines()

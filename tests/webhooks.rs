@@ -104,15 +104,7 @@ async fn a_test_event_arrives_signed(backend: Backend) {
     let (s, event) = json_of(d.get(&format!("/v1/events/{id}"))).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(event, recs[0].body);
-    let metrics = d
-        .http
-        .get(d.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = d.metrics().await;
     for name in [
         "agentline_webhook_attempts_total",
         "agentline_webhook_deliveries_total",
