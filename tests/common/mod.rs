@@ -68,11 +68,12 @@ pub fn free_sip_port() -> u16 {
     panic!("no port free for both UDP and TCP");
 }
 
-/// The first of `n` consecutive ports free on 127.0.0.1 for both UDP and
-/// TCP, below the kernel's ephemeral range (32768 and up on Linux), so that
-/// no outgoing connection of another test can take one of them between this
-/// probe and the peer's bind: for peers such as baresip that bind ports next
-/// to the one they are given.
+/// The first of `n` (at most 60) consecutive ports free on 127.0.0.1 for
+/// both UDP and TCP, between the test daemons' RTP ports (20000 to 30000,
+/// the default) and the kernel's ephemeral range (32768 and up on Linux),
+/// so that neither another test's daemon nor its outgoing connections take
+/// one of them between this probe and the peer's bind: for peers such as
+/// baresip that bind ports next to the one they are given.
 pub fn free_port_run(n: u16) -> u16 {
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -80,7 +81,7 @@ pub fn free_port_run(n: u16) -> u16 {
         .unwrap_or(0)
         ^ std::process::id();
     for i in 0..200u32 {
-        let base = 20000 + ((seed.wrapping_add(i.wrapping_mul(7919)) % 1200) * 10) as u16;
+        let base = 30000 + ((seed.wrapping_add(i.wrapping_mul(7919)) % 270) * 10) as u16;
         let free = (base..base + n).all(|port| {
             std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
                 && TcpListener::bind(("127.0.0.1", port)).is_ok()
@@ -89,7 +90,7 @@ pub fn free_port_run(n: u16) -> u16 {
             return base;
         }
     }
-    panic!("no run of {n} free ports below 32768");
+    panic!("no run of {n} free ports between 30000 and 32768");
 }
 
 /// The status and JSON body of an answer (`null` when the body is not JSON).
