@@ -117,7 +117,7 @@ async fn refuse_routed(
     }
 }
 
-/// Records the routed call with `status`, and its `call.created` event.
+/// Records the routed call with `status`, and its first event.
 async fn record(
     shared: &Shared,
     id: &str,

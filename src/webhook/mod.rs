@@ -68,7 +68,8 @@ impl Outbox {
     }
 
     /// A new call and its first event (`call.ringing` for an inbound call
-    /// that rings, `call.initiated` for an outbound one), in one transaction.
+    /// that rings, `call.initiated` for an outbound one or an inbound one
+    /// refused before it rang), in one transaction.
     pub async fn call_created(&self, call: NewCall<'_>) -> Result<CallRecord, StoreError> {
         let emit = |c: &CallRecord| {
             let kind = if c.status == "ringing" {
