@@ -160,9 +160,14 @@ async fn sighup_reloads_profiles_and_keeps_them_on_error() {
     // A broken file is refused and the running set stays.
     std::fs::write(d.profiles_dir().join("c.toml"), "name = 5").unwrap();
     d.signal("HUP");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(total(&d).await, 2);
+    for _ in 0..200 {
+        if d.log().contains("not reloaded") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(d.log().contains("not reloaded"), "{}", d.log());
+    assert_eq!(total(&d).await, 2);
 
     // Removing a profile removes the trunk.
     std::fs::remove_file(d.profiles_dir().join("c.toml")).unwrap();
