@@ -91,6 +91,23 @@ async fn wait_call(d: &TestDaemon, done: impl Fn(&Value) -> bool) -> Value {
     }
 }
 
+/// Waits until the daemon has taken a SIGTERM: `/ready` answers 503.
+async fn wait_draining(d: &TestDaemon) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ready = d.http.get(d.url("/ready")).send().await.unwrap();
+        if ready.status() == 503 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/ready stayed {}",
+            ready.status()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn ended(call: &Value) -> bool {
     !call["ended_at"].is_null()
 }
@@ -576,9 +593,7 @@ async fn sigterm_drains_then_a_second_signal_hangs_up() {
     ));
     wait_call(&d, |c| c["status"] == "in-progress").await;
     d.signal("TERM");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let ready = d.http.get(d.url("/ready")).send().await.unwrap();
-    assert_eq!(ready.status(), 503);
+    wait_draining(&d).await;
     let refused = call_in(&d, "uac-invite-expect-503.xml", &[]).await;
     assert!(refused.success, "{}", refused.output);
     let run = active.await.unwrap();
@@ -597,7 +612,8 @@ async fn sigterm_drains_then_a_second_signal_hangs_up() {
     ));
     wait_call(&d, |c| c["status"] == "in-progress").await;
     d.signal("TERM");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Signals of one kind coalesce until the daemon has taken the first.
+    wait_draining(&d).await;
     d.signal("TERM");
     let run = held.await.unwrap();
     assert!(run.success, "{}", run.output);
