@@ -35,6 +35,8 @@
 //! - [`registration`]: REGISTER on the core client transaction, with digest
 //!   auth, refresh well before expiry, 423 Min-Expires and backoff with
 //!   jitter that honours Retry-After ([`backoff`]).
+//! - [`ping`]: OPTIONS probes to a trunk's proxy on the same core client
+//!   transaction (ezk-sip-ua has no out-of-dialog request helper).
 //!
 //! # Known limits of the ezk transport
 //!
@@ -57,12 +59,14 @@ mod call;
 mod guard;
 mod inbound;
 mod outbound;
+mod ping;
 mod registration;
 mod transport;
 
 pub use call::{Call, CallEvent, ReInvite};
 pub use inbound::{AcceptError, IncomingInvite, InviteInfo, Rejection};
 pub use outbound::{OutboundCall, OutboundEvent, OutboundInvite};
+pub use ping::Probe;
 pub use registration::{Registration, RegistrationState, TrunkRegistration};
 pub use transport::{
     Admission, InboundHandler, RequestSource, SipConfig, SipError, SipStack, Transport,
