@@ -207,9 +207,13 @@ fn check_config(config: &Config) -> Result<(), StartError> {
                     r.username, r.registrar, r.expires
                 )
             });
-        let out = p.outbound.as_ref().map_or("no outbound".to_string(), |o| {
-            format!("outbound via {}", o.proxy)
-        });
+        let out = p
+            .outbound
+            .as_ref()
+            .map_or("no outbound".to_string(), |o| match o.ping_seconds {
+                Some(s) => format!("outbound via {} (OPTIONS every {s} s)", o.proxy),
+                None => format!("outbound via {}", o.proxy),
+            });
         println!(
             "    {:<16} {reg}; {out}; inbound from {} networks; max {} calls, {} cps",
             p.name,

@@ -26,6 +26,13 @@ pub const SIP_REQUESTS_REJECTED_TOTAL: &str = "agentline_sip_requests_rejected_t
 /// Gauge: 1 when the trunk is registered, 0 otherwise, label `trunk`.
 pub const SIP_REGISTRATION_STATE: &str = "agentline_sip_registration_state";
 
+/// Gauge: 1 when the last OPTIONS probe to the trunk's proxy was answered,
+/// 0 otherwise, label `trunk`; only for trunks with `ping_seconds`.
+pub const TRUNK_UP: &str = "agentline_trunk_up";
+
+/// Histogram: OPTIONS probe round trip to an answer, label `trunk`.
+pub const TRUNK_PING_SECONDS: &str = "agentline_trunk_ping_seconds";
+
 /// Counter: failed REGISTER attempts, labels `trunk` and `status`.
 pub const SIP_REGISTRATION_FAILURES_TOTAL: &str = "agentline_sip_registration_failures_total";
 
@@ -127,6 +134,11 @@ pub fn install() -> Result<PrometheusHandle, String> {
         )
         .map_err(|e| e.to_string())?
         .set_buckets_for_metric(
+            Matcher::Full(TRUNK_PING_SECONDS.into()),
+            &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
+        )
+        .map_err(|e| e.to_string())?
+        .set_buckets_for_metric(
             Matcher::Full(WEBHOOK_ATTEMPT_DURATION.into()),
             &[
                 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -203,6 +215,15 @@ fn describe() {
     metrics::describe_gauge!(
         SIP_REGISTRATION_STATE,
         "1 when the trunk is registered, 0 otherwise."
+    );
+    metrics::describe_gauge!(
+        TRUNK_UP,
+        "1 when the trunk's proxy answered the last OPTIONS probe, 0 otherwise."
+    );
+    metrics::describe_histogram!(
+        TRUNK_PING_SECONDS,
+        metrics::Unit::Seconds,
+        "OPTIONS probe round trip to the trunk's proxy."
     );
     metrics::describe_counter!(RTP_PACKETS_TOTAL, "RTP packets by direction.");
     metrics::describe_counter!(RTP_BYTES_TOTAL, "RTP bytes by direction.");

@@ -1,6 +1,8 @@
-//! Live state of each trunk: registration status and active calls.
+//! Live state of each trunk: registration status, health (OPTIONS probes)
+//! and active calls.
 //!
-//! Written by the SIP registration tasks and the call tasks, read by the API
+//! Written by the SIP registration and probe tasks and the call tasks, read
+//! by the API
 //! (`GET /v1/trunks`) and metrics. The profiles themselves live in
 //! [`crate::config::Profiles`]; this holds only what changes at run time.
 
@@ -28,9 +30,35 @@ pub enum Registration {
     },
 }
 
+/// What the OPTIONS probes to the trunk's proxy found.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Health {
+    /// The profile sets no `[outbound] ping_seconds`.
+    #[default]
+    NotConfigured,
+    /// Probing; no answer or timeout yet.
+    Pending,
+    /// The last probe was answered (any final response below 500 but 408).
+    Up {
+        status: u16,
+        rtt_ms: u64,
+        checked_at: DateTime<Utc>,
+    },
+    /// The last probe got 408, a 5xx or 6xx, or nothing.
+    Down {
+        /// `None` when nothing answered.
+        status: Option<u16>,
+        reason: String,
+        /// When the trunk went down (kept while it stays down).
+        since: DateTime<Utc>,
+        checked_at: DateTime<Utc>,
+    },
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct TrunkLive {
     pub registration: Registration,
+    pub health: Health,
     pub active_calls: u32,
 }
 
@@ -51,6 +79,10 @@ impl TrunkStates {
             .entry(name.to_string())
             .or_default()
             .registration = registration;
+    }
+
+    pub fn set_health(&self, name: &str, health: Health) {
+        self.lock().entry(name.to_string()).or_default().health = health;
     }
 
     pub fn set_active_calls(&self, name: &str, active: usize) {

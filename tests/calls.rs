@@ -576,6 +576,84 @@ async fn trunk_registration_state_is_visible() {
     registrar.abort();
 }
 
+/// The trunk's health from OPTIONS probes: up while SIPp answers them, down
+/// once it has gone, and not probed after SIGHUP takes `ping_seconds` away.
+#[tokio::test]
+async fn trunk_health_follows_the_options_probes() {
+    let port = free_udp_port();
+    let proxy = tokio::spawn(run_sipp(
+        "uas-options-expect-probe-answer-200.xml",
+        port,
+        None,
+        &["-m", "3"],
+        LIMIT,
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let profile = |ping: &str| {
+        format!("name = \"carrier\"\n[outbound]\nproxy = \"127.0.0.1:{port}\"\n{ping}")
+    };
+    let d = TestDaemon::builder()
+        .profile("carrier", &profile("ping_seconds = 1\n"))
+        .start()
+        .await;
+    let health = |want: &'static str| {
+        let d = &d;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                let t: Value = d
+                    .get("/v1/trunks/trk_carrier")
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                if t["health"]["state"] == want {
+                    return t["health"].clone();
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "health not {want}: {t}\n{}",
+                    d.log()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let up = health("up").await;
+    assert_eq!(up["last_status"], 200, "{up}");
+    assert_eq!(up["ping_seconds"], 1, "{up}");
+    assert!(
+        up["rtt_ms"].is_u64() && up["checked_at"].is_string(),
+        "{up}"
+    );
+    assert_eq!(
+        metric_sum(&d, "agentline_trunk_up", "trunk=\"carrier\"").await,
+        1
+    );
+
+    // SIPp answered its three probes and left: the next probe goes unanswered.
+    let run = proxy.await.unwrap();
+    assert!(run.success, "{}", run.output);
+    let down = health("down").await;
+    assert!(down["last_status"].is_null(), "{down}");
+    assert!(
+        down["last_error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{down}"
+    );
+    assert!(down["down_since"].is_string(), "{down}");
+    assert_eq!(
+        metric_sum(&d, "agentline_trunk_up", "trunk=\"carrier\"").await,
+        0
+    );
+
+    std::fs::write(d.profiles_dir().join("carrier.toml"), profile("")).unwrap();
+    d.signal("HUP");
+    let off = health("not_configured").await;
+    assert!(off["ping_seconds"].is_null(), "{off}");
+}
+
 #[tokio::test]
 async fn sigterm_drains_then_a_second_signal_hangs_up() {
     let mut d = TestDaemon::builder()

@@ -1,5 +1,6 @@
 //! `/v1/trunks`: read-only. The profile files are the source of truth; the
-//! API adds the live fields (registration state, last error, active calls).
+//! API adds the live fields (registration state, last error, health from
+//! the OPTIONS probes, active calls).
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -13,7 +14,7 @@ use super::AppState;
 use super::error::{ApiError, ErrorResponses};
 use super::extract::{ApiQuery, List, Pagination};
 use crate::config::{Codec, Profile};
-use crate::trunk::{Registration, TrunkLive};
+use crate::trunk::{Health, Registration, TrunkLive};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -28,6 +29,7 @@ pub struct Trunk {
     pub id: String,
     pub name: String,
     pub registration: TrunkRegistration,
+    pub health: TrunkHealth,
     /// Source networks allowed to send calls.
     pub inbound_allow: Vec<String>,
     pub outbound_proxy: Option<String>,
@@ -49,6 +51,67 @@ pub struct TrunkRegistration {
     pub last_status: Option<u16>,
     pub last_error: Option<String>,
     pub next_attempt_at: Option<DateTime<Utc>>,
+}
+
+/// What the OPTIONS probes to the outbound proxy found
+/// (`[outbound] ping_seconds`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TrunkHealth {
+    /// `not_configured`, `pending`, `up` or `down`. Up: the last probe got a
+    /// final answer below 500 other than 408.
+    pub state: String,
+    /// Seconds between probes.
+    pub ping_seconds: Option<u32>,
+    /// SIP status of the last answer, if anything answered.
+    pub last_status: Option<u16>,
+    /// Round trip of the last probe, when up.
+    pub rtt_ms: Option<u64>,
+    /// Why the trunk is down.
+    pub last_error: Option<String>,
+    /// When it went down.
+    pub down_since: Option<DateTime<Utc>>,
+    pub checked_at: Option<DateTime<Utc>>,
+}
+
+fn health_to_api(p: &Profile, health: Health) -> TrunkHealth {
+    let ping_seconds = p.outbound.as_ref().and_then(|o| o.ping_seconds);
+    let mut h = TrunkHealth {
+        state: "not_configured".into(),
+        ping_seconds,
+        last_status: None,
+        rtt_ms: None,
+        last_error: None,
+        down_since: None,
+        checked_at: None,
+    };
+    match health {
+        Health::NotConfigured if ping_seconds.is_some() => h.state = "pending".into(),
+        Health::NotConfigured => {}
+        Health::Pending => h.state = "pending".into(),
+        Health::Up {
+            status,
+            rtt_ms,
+            checked_at,
+        } => {
+            h.state = "up".into();
+            h.last_status = Some(status);
+            h.rtt_ms = Some(rtt_ms);
+            h.checked_at = Some(checked_at);
+        }
+        Health::Down {
+            status,
+            reason,
+            since,
+            checked_at,
+        } => {
+            h.state = "down".into();
+            h.last_status = status;
+            h.last_error = Some(reason);
+            h.down_since = Some(since);
+            h.checked_at = Some(checked_at);
+        }
+    }
+    h
 }
 
 fn to_api(p: &Profile, live: TrunkLive) -> Trunk {
@@ -78,6 +141,7 @@ fn to_api(p: &Profile, live: TrunkLive) -> Trunk {
             last_error,
             next_attempt_at,
         },
+        health: health_to_api(p, live.health),
         inbound_allow: p.inbound.allow.iter().map(ToString::to_string).collect(),
         outbound_proxy: p.outbound.as_ref().map(|o| o.proxy.clone()),
         caller_id: p.outbound.as_ref().and_then(|o| o.caller_id.clone()),

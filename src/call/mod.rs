@@ -24,6 +24,7 @@ pub mod registrations;
 pub mod registry;
 mod screen;
 mod task;
+pub mod trunk_pings;
 
 pub use end_reason::EndReason;
 pub use events::{CallEvent, CallEventKind};
@@ -48,6 +49,7 @@ use crate::webhook::Outbox;
 use events::Transitions;
 use registrations::Registrations;
 use registry::Registry;
+use trunk_pings::TrunkPings;
 
 /// The call layer. Cheap to clone.
 #[derive(Clone)]
@@ -76,6 +78,7 @@ pub(crate) struct Shared {
     /// Set by the drain: new calls are refused.
     draining: AtomicBool,
     registrations: Registrations,
+    pings: TrunkPings,
     /// The STT and TTS engines the `voice` agents get.
     speech: Speech,
 }
@@ -150,6 +153,7 @@ impl Calls {
                 media,
                 draining: AtomicBool::new(false),
                 registrations: Registrations::default(),
+                pings: TrunkPings::default(),
                 speech,
             }),
         })
@@ -188,10 +192,15 @@ impl Calls {
         Ok(lost.len())
     }
 
-    /// Brings the registrations in line with the current profiles.
+    /// Brings the registrations and the OPTIONS probes in line with the
+    /// current profiles.
     pub async fn apply_profiles(&self) {
         if let Some(stack) = self.shared.stack.get() {
             let profiles = self.shared.profiles.get();
+            self.shared
+                .pings
+                .apply(stack, &profiles, &self.shared.trunks)
+                .await;
             self.shared
                 .registrations
                 .apply(
@@ -204,8 +213,9 @@ impl Calls {
         }
     }
 
-    /// Unregisters every trunk.
+    /// Stops the OPTIONS probes and unregisters every trunk.
     pub async fn stop_registrations(&self) {
+        self.shared.pings.stop_all().await;
         self.shared.registrations.stop_all().await;
     }
 

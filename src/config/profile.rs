@@ -71,6 +71,10 @@ pub struct Outbound {
     /// E.164 number presented when a call does not say otherwise.
     #[serde(default)]
     pub caller_id: Option<String>,
+    /// Send OPTIONS to the proxy this often and show the trunk up or down;
+    /// `None` sends none.
+    #[serde(default)]
+    pub ping_seconds: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -181,6 +185,15 @@ impl Profile {
                     file,
                     "outbound.caller_id",
                     format!("{cid:?} is not an E.164 number"),
+                ));
+            }
+            if let Some(ping) = out.ping_seconds
+                && !(1..=3600).contains(&ping)
+            {
+                return Err(ConfigError::new(
+                    file,
+                    "outbound.ping_seconds",
+                    "must be between 1 and 3600 seconds",
                 ));
             }
         }
@@ -375,5 +388,17 @@ codecs = ["PCMU", "PCMA"]
         let text = GOOD.replace("sip.carrier-a.example:5060", "sip carrier:99999");
         let e = Profile::parse("a.toml", &text).unwrap_err();
         assert_eq!(e.key, "outbound.proxy", "{e}");
+    }
+
+    #[test]
+    fn a_ping_interval_out_of_range_is_refused() {
+        let with =
+            |ping: &str| GOOD.replace("[limits]", &format!("ping_seconds = {ping}\n[limits]"));
+        let p = Profile::parse("a.toml", &with("30")).unwrap();
+        assert_eq!(p.outbound.unwrap().ping_seconds, Some(30));
+        for bad in ["0", "3601"] {
+            let e = Profile::parse("a.toml", &with(bad)).unwrap_err();
+            assert_eq!(e.key, "outbound.ping_seconds", "{e}");
+        }
     }
 }

@@ -1,0 +1,184 @@
+//! Trunk health: one OPTIONS probe task per profile with
+//! `[outbound] ping_seconds`, kept in step with the profile files like the
+//! registrations (SIGHUP starts, stops or restarts only the changed ones).
+//! Each answer or silence goes into [`TrunkStates`] for
+//! `GET /v1/trunks/{id}` and into the `agentline_trunk_up` gauge.
+//!
+//! A trunk is up when its proxy answers with any final response below 500
+//! but 408: a 404 or 405 still proves a live SIP peer (Kamailio's
+//! dispatcher and FreeSWITCH's gateway ping count it so too), while 408,
+//! 5xx, 6xx or no answer mean the calls would not get through. One failed
+//! probe is enough to go down, because on UDP it already stands for
+//! several lost retransmissions (RFC 3261 §17.1.2.2).
+//!
+//! Must not: build SIP (that is `sip::SipStack::probe`) or refuse calls.
+//! Outbound calls still go to a trunk that is down: with one proxy per trunk
+//! there is nowhere else to send them, and the INVITE's own failure is the
+//! answer the caller of the API gets.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+use crate::config::Profiles;
+use crate::metrics::{TRUNK_PING_SECONDS, TRUNK_UP};
+use crate::sip::{Probe, SipStack};
+use crate::trunk::{Health, TrunkStates};
+
+/// Longest wait for an answer; shorter when the interval is.
+const MAX_WAIT: Duration = Duration::from_secs(5);
+
+struct Running {
+    /// `(proxy, interval)` it was started with, to tell a changed profile.
+    target: (String, u32),
+    task: JoinHandle<()>,
+}
+
+/// The running probe tasks by trunk name.
+#[derive(Default)]
+pub struct TrunkPings {
+    running: Mutex<HashMap<String, Running>>,
+}
+
+impl TrunkPings {
+    /// Makes the running set match `profiles`.
+    pub async fn apply(&self, stack: &SipStack, profiles: &Profiles, trunks: &Arc<TrunkStates>) {
+        let mut running = self.running.lock().await;
+        let wanted: HashMap<&str, (String, u32)> = profiles
+            .by_name
+            .values()
+            .filter_map(|p| {
+                let out = p.outbound.as_ref()?;
+                Some((p.name.as_str(), (out.proxy.clone(), out.ping_seconds?)))
+            })
+            .collect();
+        running.retain(|name, r| {
+            let keep = wanted.get(name.as_str()) == Some(&r.target);
+            if !keep {
+                tracing::info!(trunk = %name, "OPTIONS probes removed or changed: stopping");
+                r.task.abort();
+                metrics::gauge!(TRUNK_UP, "trunk" => name.clone()).set(0.0);
+                trunks.set_health(name, Health::NotConfigured);
+            }
+            keep
+        });
+        for (name, (proxy, seconds)) in wanted {
+            if running.contains_key(name) {
+                continue;
+            }
+            tracing::info!(trunk = %name, %proxy, seconds, "probing the trunk with OPTIONS");
+            trunks.set_health(name, Health::Pending);
+            let task = tokio::spawn(
+                probe_loop(
+                    stack.clone(),
+                    Arc::clone(trunks),
+                    name.to_owned(),
+                    proxy.clone(),
+                    Duration::from_secs(u64::from(seconds)),
+                )
+                .instrument(tracing::info_span!("trunk_ping", trunk = %name)),
+            );
+            running.insert(
+                name.to_owned(),
+                Running {
+                    target: (proxy, seconds),
+                    task,
+                },
+            );
+        }
+    }
+
+    /// Stops every probe task (at shutdown).
+    pub async fn stop_all(&self) {
+        for (_, r) in self.running.lock().await.drain() {
+            r.task.abort();
+        }
+    }
+}
+
+/// Whether an answer to OPTIONS shows a trunk that can take calls.
+fn is_up(status: u16) -> bool {
+    status < 500 && status != 408
+}
+
+async fn probe_loop(
+    stack: SipStack,
+    trunks: Arc<TrunkStates>,
+    name: String,
+    proxy: String,
+    every: Duration,
+) {
+    let wait = every.min(MAX_WAIT);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let up_gauge = metrics::gauge!(TRUNK_UP, "trunk" => name.clone());
+    let rtt_histogram = metrics::histogram!(TRUNK_PING_SECONDS, "trunk" => name.clone());
+    let mut down_since = None;
+    let mut was_up = None;
+    loop {
+        tick.tick().await;
+        let probe = match stack.probe(&proxy, wait).await {
+            Ok(probe) => probe,
+            Err(e) => Probe::NoAnswer {
+                reason: e.to_string(),
+            },
+        };
+        let now = Utc::now();
+        let health = match probe {
+            Probe::Answered { status, rtt } if is_up(status) => {
+                rtt_histogram.record(rtt.as_secs_f64());
+                down_since = None;
+                if was_up != Some(true) {
+                    tracing::info!(status, rtt_ms = rtt.as_millis(), "trunk is up");
+                }
+                Health::Up {
+                    status,
+                    rtt_ms: u64::try_from(rtt.as_millis()).unwrap_or(u64::MAX),
+                    checked_at: now,
+                }
+            }
+            other => {
+                let (status, reason) = match other {
+                    Probe::Answered { status, rtt } => {
+                        rtt_histogram.record(rtt.as_secs_f64());
+                        (Some(status), format!("answered {status}"))
+                    }
+                    Probe::NoAnswer { reason } => (None, reason),
+                };
+                if was_up != Some(false) {
+                    tracing::warn!(?status, %reason, "trunk is down");
+                }
+                Health::Down {
+                    status,
+                    reason,
+                    since: *down_since.get_or_insert(now),
+                    checked_at: now,
+                }
+            }
+        };
+        let up = matches!(health, Health::Up { .. });
+        up_gauge.set(if up { 1.0 } else { 0.0 });
+        was_up = Some(up);
+        trunks.set_health(&name, health);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_up;
+
+    #[test]
+    fn any_answer_below_500_but_408_is_up() {
+        for up in [200, 202, 403, 404, 405, 483] {
+            assert!(is_up(up), "{up}");
+        }
+        for down in [408, 500, 503, 504, 603] {
+            assert!(!is_up(down), "{down}");
+        }
+    }
+}
