@@ -577,7 +577,8 @@ async fn trunk_registration_state_is_visible() {
 }
 
 /// The trunk's health from OPTIONS probes: up while SIPp answers them, down
-/// once it has gone, and not probed after SIGHUP takes `ping_seconds` away.
+/// once it has gone (with `trunk.up` then `trunk.down`), and not probed
+/// after SIGHUP takes `ping_seconds` away.
 #[tokio::test]
 async fn trunk_health_follows_the_options_probes() {
     let port = free_udp_port();
@@ -652,6 +653,18 @@ async fn trunk_health_follows_the_options_probes() {
     d.signal("HUP");
     let off = health("not_configured").await;
     assert!(off["ping_seconds"].is_null(), "{off}");
+
+    // One event per change, however many probes stayed down.
+    let events = d.store().await.events_after(0, 1000).await.expect("events");
+    let trunk_events: Vec<(String, Value)> = events
+        .into_iter()
+        .filter(|e| e.event_type.starts_with("trunk."))
+        .map(|e| (e.event_type, serde_json::from_str(&e.payload).unwrap()))
+        .collect();
+    let types: Vec<&str> = trunk_events.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(types, ["trunk.up", "trunk.down"], "{trunk_events:?}");
+    assert_eq!(trunk_events[0].1["data"]["sip_code"], 200);
+    assert_eq!(trunk_events[1].1["data"]["trunk_id"], "carrier");
 }
 
 #[tokio::test]

@@ -43,6 +43,8 @@ pub const EVENT_TYPES: &[&str] = &[
     "call.dtmf",
     "trunk.registered",
     "trunk.registration_failed",
+    "trunk.up",
+    "trunk.down",
     "campaign.started",
     "campaign.paused",
     "campaign.resumed",

@@ -199,7 +199,12 @@ impl Calls {
             let profiles = self.shared.profiles.get();
             self.shared
                 .pings
-                .apply(stack, &profiles, &self.shared.trunks)
+                .apply(
+                    stack,
+                    &profiles,
+                    &self.shared.trunks,
+                    self.shared.transitions.outbox(),
+                )
                 .await;
             self.shared
                 .registrations

@@ -2,7 +2,9 @@
 //! `[outbound] ping_seconds`, kept in step with the profile files like the
 //! registrations (SIGHUP starts, stops or restarts only the changed ones).
 //! Each answer or silence goes into [`TrunkStates`] for
-//! `GET /v1/trunks/{id}` and into the `agentline_trunk_up` gauge.
+//! `GET /v1/trunks/{id}` and into the `agentline_trunk_up` gauge; each
+//! change between up and down (the first result included) emits
+//! `trunk.up` or `trunk.down`.
 //!
 //! A trunk is up when its proxy answers with any final response below 500
 //! but 408: a 404 or 405 still proves a live SIP peer (Kamailio's
@@ -29,6 +31,8 @@ use crate::config::Profiles;
 use crate::metrics::{TRUNK_PING_SECONDS, TRUNK_UP};
 use crate::sip::{Probe, SipStack};
 use crate::trunk::{Health, TrunkStates};
+use crate::webhook::Outbox;
+use crate::webhook::event::{TrunkEventData, TrunkEventType};
 
 /// Longest wait for an answer; shorter when the interval is.
 const MAX_WAIT: Duration = Duration::from_secs(5);
@@ -47,7 +51,13 @@ pub struct TrunkPings {
 
 impl TrunkPings {
     /// Makes the running set match `profiles`.
-    pub async fn apply(&self, stack: &SipStack, profiles: &Profiles, trunks: &Arc<TrunkStates>) {
+    pub async fn apply(
+        &self,
+        stack: &SipStack,
+        profiles: &Profiles,
+        trunks: &Arc<TrunkStates>,
+        outbox: &Outbox,
+    ) {
         let mut running = self.running.lock().await;
         let wanted: HashMap<&str, (String, u32)> = profiles
             .by_name
@@ -77,6 +87,7 @@ impl TrunkPings {
                 probe_loop(
                     stack.clone(),
                     Arc::clone(trunks),
+                    outbox.clone(),
                     name.to_owned(),
                     proxy.clone(),
                     Duration::from_secs(u64::from(seconds)),
@@ -109,6 +120,7 @@ fn is_up(status: u16) -> bool {
 async fn probe_loop(
     stack: SipStack,
     trunks: Arc<TrunkStates>,
+    outbox: Outbox,
     name: String,
     proxy: String,
     every: Duration,
@@ -133,38 +145,60 @@ async fn probe_loop(
             Probe::Answered { status, rtt } if is_up(status) => {
                 rtt_histogram.record(rtt.as_secs_f64());
                 down_since = None;
-                if was_up != Some(true) {
-                    tracing::info!(status, rtt_ms = rtt.as_millis(), "trunk is up");
-                }
                 Health::Up {
                     status,
                     rtt_ms: u64::try_from(rtt.as_millis()).unwrap_or(u64::MAX),
                     checked_at: now,
                 }
             }
-            other => {
-                let (status, reason) = match other {
-                    Probe::Answered { status, rtt } => {
-                        rtt_histogram.record(rtt.as_secs_f64());
-                        (Some(status), format!("answered {status}"))
-                    }
-                    Probe::NoAnswer { reason } => (None, reason),
-                };
-                if was_up != Some(false) {
-                    tracing::warn!(?status, %reason, "trunk is down");
-                }
+            Probe::Answered { status, rtt } => {
+                rtt_histogram.record(rtt.as_secs_f64());
                 Health::Down {
-                    status,
-                    reason,
+                    status: Some(status),
+                    reason: format!("answered {status}"),
                     since: *down_since.get_or_insert(now),
                     checked_at: now,
                 }
             }
+            Probe::NoAnswer { reason } => Health::Down {
+                status: None,
+                reason,
+                since: *down_since.get_or_insert(now),
+                checked_at: now,
+            },
         };
         let up = matches!(health, Health::Up { .. });
         up_gauge.set(if up { 1.0 } else { 0.0 });
+        if was_up != Some(up) {
+            changed(&outbox, &name, &health).await;
+        }
         was_up = Some(up);
         trunks.set_health(&name, health);
+    }
+}
+
+/// Logs a change between up and down and emits its event.
+async fn changed(outbox: &Outbox, name: &str, health: &Health) {
+    let (event_type, sip_code, reason) = match health {
+        Health::Up { status, rtt_ms, .. } => {
+            tracing::info!(status, rtt_ms, "trunk is up");
+            (TrunkEventType::Up, Some(*status), None)
+        }
+        Health::Down { status, reason, .. } => {
+            tracing::warn!(?status, %reason, "trunk is down");
+            (TrunkEventType::Down, *status, Some(reason.clone()))
+        }
+        Health::NotConfigured | Health::Pending => return,
+    };
+    let data = TrunkEventData {
+        trunk_id: name.to_owned(),
+        sip_code,
+        reason,
+        expires_at: None,
+        next_attempt_at: None,
+    };
+    if let Err(e) = outbox.trunk_changed(event_type, data).await {
+        tracing::warn!(error = %e, "trunk event not written");
     }
 }
 

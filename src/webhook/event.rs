@@ -50,11 +50,14 @@ impl CallEventType {
     }
 }
 
-/// What happened to a trunk's registration.
+/// What happened to a trunk: its registration, or its health as the
+/// OPTIONS probes see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TrunkEventType {
     Registered,
     RegistrationFailed,
+    Up,
+    Down,
 }
 
 impl TrunkEventType {
@@ -62,6 +65,8 @@ impl TrunkEventType {
         match self {
             TrunkEventType::Registered => "trunk.registered",
             TrunkEventType::RegistrationFailed => "trunk.registration_failed",
+            TrunkEventType::Up => "trunk.up",
+            TrunkEventType::Down => "trunk.down",
         }
     }
 }
@@ -101,7 +106,7 @@ pub struct WebhookEvent<D> {
     pub id: String,
     /// `call.initiated`, `call.ringing`, `call.answered`, `call.ended`,
     /// `call.dtmf`, `trunk.registered`, `trunk.registration_failed`,
-    /// `campaign.started`, `campaign.paused`, `campaign.resumed`,
+    /// `trunk.up`, `trunk.down`, `campaign.started`, `campaign.paused`, `campaign.resumed`,
     /// `campaign.completed`, `campaign.canceled` or `webhook.test`.
     #[serde(rename = "type")]
     pub event_type: String,
@@ -139,7 +144,8 @@ pub struct CallEventData {
 pub struct TrunkEventData {
     /// The trunk (profile name).
     pub trunk_id: String,
-    /// The registrar's final SIP status, when one answered.
+    /// The registrar's final SIP status, or the proxy's answer to the
+    /// OPTIONS probe (`trunk.up`, `trunk.down`), when one answered.
     pub sip_code: Option<u16>,
     pub reason: Option<String>,
     /// When the registration expires (`trunk.registered`).
