@@ -84,10 +84,12 @@ fn health_to_api(p: &Profile, health: Health) -> TrunkHealth {
         down_since: None,
         checked_at: None,
     };
+    if ping_seconds.is_none() {
+        // A probe task stopped by SIGHUP may still write one last verdict.
+        return h;
+    }
     match health {
-        Health::NotConfigured if ping_seconds.is_some() => h.state = "pending".into(),
-        Health::NotConfigured => {}
-        Health::Pending => h.state = "pending".into(),
+        Health::NotConfigured | Health::Pending => h.state = "pending".into(),
         Health::Up {
             status,
             rtt_ms,

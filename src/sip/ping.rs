@@ -55,11 +55,8 @@ impl SipStack {
                 });
             }
         }
-        let from_text = format!("sip:agentline@{}", self.local.public.ip());
-        let from: SipUri = from_text.parse().map_err(|_| SipError::Invalid {
-            what: "OPTIONS From",
-            value: from_text.clone(),
-        })?;
+        let mut from = SipUri::new(HostPort::from(self.local.public));
+        from.set_user("agentline".to_owned().into());
         let mut request = Request::new(Method::OPTIONS, uri.clone());
         let headers = &mut request.headers;
         headers.insert_named(&MaxForwards(70));
