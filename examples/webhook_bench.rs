@@ -10,6 +10,14 @@
 //!   through the API for `--seconds`, each timed from its `created_at` to its
 //!   arrival at the receiver; p50 and p99 are printed.
 //!
+//! With `--mode calls` it measures instead the call lifecycle webhooks
+//! under call load: SIPp (`bench/sipp-cps.xml`) calls an echo agent at
+//! `--rate` calls per second for `--seconds`, and each `call.*` event is
+//! timed from its `created_at` to its arrival; SIPp's failed calls and mean
+//! INVITE to 200 show whether delivering them slowed the calls
+//! (`--deliver 0` leaves the endpoint disabled: the events are written but
+//! not delivered, the baseline).
+//!
 //! Prints one markdown table row. Every loop is bounded; only 127.0.0.1 is
 //! used.
 
@@ -27,6 +35,10 @@ use serde_json::{Value, json};
 type Seen = Arc<Mutex<HashMap<String, chrono::DateTime<chrono::Utc>>>>;
 
 struct Args {
+    mode: String,
+    /// In calls mode, whether the endpoint is enabled (0: events are still
+    /// written, nothing is delivered; the baseline).
+    deliver: bool,
     backend: String,
     events: usize,
     rate: u32,
@@ -37,6 +49,8 @@ struct Args {
 
 fn args() -> Args {
     let mut a = Args {
+        mode: "outbox".into(),
+        deliver: true,
         backend: "sqlite".into(),
         events: 20_000,
         rate: 200,
@@ -48,6 +62,8 @@ fn args() -> Args {
     for pair in argv.chunks(2) {
         let (k, v) = (pair[0].as_str(), pair.get(1).cloned().unwrap_or_default());
         match k {
+            "--mode" => a.mode = v,
+            "--deliver" => a.deliver = v != "0",
             "--backend" => a.backend = v,
             "--events" => a.events = v.parse().expect("--events N"),
             "--rate" => a.rate = v.parse().expect("--rate N"),
@@ -63,6 +79,8 @@ fn args() -> Args {
 struct Receiver {
     secret: Arc<Mutex<String>>,
     seen: Seen,
+    /// Milliseconds from each event's `created_at` to its first arrival.
+    lag: Arc<Mutex<HashMap<String, f64>>>,
     bad: Arc<Mutex<u64>>,
 }
 
@@ -86,6 +104,15 @@ async fn receive(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Bytes
     if !sig.split(' ').any(|s| s == expected) {
         *r.bad.lock().unwrap() += 1;
         return StatusCode::UNAUTHORIZED;
+    }
+    if let Some(created) = serde_json::from_slice::<Value>(&body).ok().and_then(|v| {
+        v["created_at"]
+            .as_str()?
+            .parse::<chrono::DateTime<chrono::Utc>>()
+            .ok()
+    }) {
+        let ms = (at - created).num_microseconds().unwrap_or(0) as f64 / 1000.0;
+        r.lag.lock().unwrap().entry(id.clone()).or_insert(ms);
     }
     r.seen.lock().unwrap().entry(id).or_insert(at);
     StatusCode::NO_CONTENT
@@ -167,6 +194,7 @@ async fn main() {
     let receiver = Arc::new(Receiver {
         secret: Arc::new(Mutex::new(String::new())),
         seen: Arc::new(Mutex::new(HashMap::new())),
+        lag: Arc::new(Mutex::new(HashMap::new())),
         bad: Arc::new(Mutex::new(0)),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -180,13 +208,20 @@ async fn main() {
 
     // The daemon.
     let api_port = free_port();
+    let sip_port = free_port();
     let profiles = dir.path().join("sip-profiles");
     std::fs::create_dir_all(&profiles).expect("profiles dir");
+    std::fs::write(
+        profiles.join("bench.toml"),
+        "name = \"bench\"\n[inbound]\nallow = [\"127.0.0.1/32\"]\n\
+         [limits]\nmax_calls = 20000\ncps = 10000\n",
+    )
+    .expect("profile");
     let config = format!(
         "[api]\nlisten = \"127.0.0.1:{api_port}\"\n[sip]\nlisten = \"127.0.0.1:{}\"\n\
          [store]\nurl = \"{store_url}\"\n[profiles]\ndir = \"{}\"\n[log]\nlevel = \"warn\"\n\
          [webhooks]\nallowed_networks = [\"127.0.0.0/8\"]\n",
-        free_port(),
+        sip_port,
         profiles.display()
     );
     let config_path = dir.path().join("agentline.toml");
@@ -249,6 +284,12 @@ async fn main() {
         .await;
     let ep_id = ep["id"].as_str().expect("id").to_string();
     *receiver.secret.lock().unwrap() = ep["secret"].as_str().expect("secret").to_string();
+    if a.mode == "calls" {
+        calls_mode(&a, &d, &ep_id, &receiver, sip_port).await;
+        drop(d);
+        drop_database(&a, pg_db).await;
+        return;
+    }
 
     // Throughput: fill the outbox through the store, then open the tap.
     let store = agentline::store::Store::connect(&store_url)
@@ -339,6 +380,10 @@ async fn main() {
     );
     drop(d);
     store.close().await;
+    drop_database(&a, pg_db).await;
+}
+
+async fn drop_database(a: &Args, pg_db: Option<String>) {
     if let Some(name) = pg_db {
         use sqlx::Connection;
         if let Ok(mut admin) = sqlx::PgConnection::connect(&a.pg_admin).await {
@@ -348,5 +393,125 @@ async fn main() {
             .execute(&mut admin)
             .await;
         }
+    }
+}
+
+/// SIPp calls an echo agent at `--rate` CPS for `--seconds` while the
+/// endpoint receives every call event; prints one row.
+async fn calls_mode(a: &Args, d: &Daemon, ep_id: &str, receiver: &Receiver, sip_port: u16) {
+    const NUMBER: &str = "+14155552671";
+    if a.deliver {
+        d.json(
+            reqwest::Method::POST,
+            &format!("/v1/webhook-endpoints/{ep_id}/enable"),
+            None,
+        )
+        .await;
+    }
+    let agent = d
+        .json(
+            reqwest::Method::POST,
+            "/v1/agents",
+            Some(json!({"name": "echo", "kind": "echo", "max_duration_seconds": 60})),
+        )
+        .await;
+    d.json(
+        reqwest::Method::POST,
+        "/v1/phone-numbers",
+        Some(json!({"number": NUMBER, "agent_id": agent["id"], "trunk_id": "trk_bench"})),
+    )
+    .await;
+    let calls = a.rate * a.seconds;
+    let stats = std::env::temp_dir().join(format!("webhook-bench-{}.csv", std::process::id()));
+    let sipp = tokio::process::Command::new("timeout")
+        .arg(format!("{}", a.seconds + 100))
+        .args([
+            "sipp",
+            &format!("127.0.0.1:{sip_port}"),
+            "-sf",
+            "bench/sipp-cps.xml",
+        ])
+        .args([
+            "-s",
+            NUMBER,
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &free_port().to_string(),
+        ])
+        .args([
+            "-r",
+            &a.rate.to_string(),
+            "-m",
+            &calls.to_string(),
+            "-l",
+            "20000",
+        ])
+        .args(["-buff_size", "4194304", "-timeout", "100s", "-nostdin"])
+        .args(["-trace_stat", "-stf"])
+        .arg(&stats)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await
+        .expect("sipp (Debian package sip-tester)");
+    // Every call that reached the daemon has its events; wait until
+    // nothing more arrives for 2 s (at most 60 s).
+    let wait_by = Instant::now() + Duration::from_secs(if a.deliver { 60 } else { 0 });
+    let mut last = (0, Instant::now());
+    while Instant::now() < wait_by {
+        let n = receiver.lag.lock().unwrap().len();
+        if n != last.0 {
+            last = (n, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let text = std::fs::read_to_string(&stats).unwrap_or_default();
+    let _ = std::fs::remove_file(&stats);
+    let column = |name: &str| -> String {
+        let mut lines = text.lines();
+        let head: Vec<&str> = lines.next().unwrap_or_default().split(';').collect();
+        let last = text.lines().last().unwrap_or_default();
+        head.iter()
+            .position(|h| *h == name)
+            .and_then(|i| last.split(';').nth(i))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let ok = column("SuccessfulCall(C)");
+    let failed = column("FailedCall(C)");
+    // HH:MM:SS:microseconds
+    let setup_ms = {
+        let t: Vec<f64> = column("ResponseTime1(C)")
+            .split(':')
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        if t.len() == 4 {
+            ((t[0] * 60.0 + t[1]) * 60.0 + t[2]) * 1000.0 + t[3] / 1000.0
+        } else {
+            f64::NAN
+        }
+    };
+    let mut lag: Vec<f64> = receiver.lag.lock().unwrap().values().copied().collect();
+    lag.sort_by(|x, y| x.total_cmp(y));
+    println!(
+        "| {} | {} | {} | {} | {} | {:.1} | {} | {:.1} | {:.1} | {:.1} | {} |",
+        a.backend,
+        a.rate,
+        calls,
+        ok,
+        failed,
+        setup_ms,
+        lag.len(),
+        percentile(&lag, 0.50),
+        percentile(&lag, 0.99),
+        lag.last().copied().unwrap_or(f64::NAN),
+        *receiver.bad.lock().unwrap(),
+    );
+    if !sipp.success() {
+        eprintln!("sipp exited with {sipp}");
     }
 }
