@@ -108,6 +108,26 @@ async fn wait_draining(d: &TestDaemon) {
     }
 }
 
+/// `GET /v1/trunks/trk_carrier` once `done` holds for it, within 15 s.
+async fn wait_trunk(d: &TestDaemon, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let t: Value = d
+            .get("/v1/trunks/trk_carrier")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if done(&t) {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "{what}: {t}\n{}", d.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn ended(call: &Value) -> bool {
     !call["ended_at"].is_null()
 }
@@ -552,27 +572,11 @@ async fn trunk_registration_state_is_visible() {
         .env("CARRIER_PASSWORD", "secret")
         .start()
         .await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let t: Value = d
-            .get("/v1/trunks/trk_carrier")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if t["registration"]["state"] == "registered" {
-            assert!(t["registration"]["expires_at"].is_string(), "{t}");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not registered: {t}\n{}",
-            d.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let t = wait_trunk(&d, "not registered", |t| {
+        t["registration"]["state"] == "registered"
+    })
+    .await;
+    assert!(t["registration"]["expires_at"].is_string(), "{t}");
     registrar.abort();
 }
 
@@ -600,26 +604,11 @@ async fn trunk_health_follows_the_options_probes() {
     let health = |want: &'static str| {
         let d = &d;
         async move {
-            let deadline = Instant::now() + Duration::from_secs(15);
-            loop {
-                let t: Value = d
-                    .get("/v1/trunks/trk_carrier")
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
-                if t["health"]["state"] == want {
-                    return t["health"].clone();
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "health not {want}: {t}\n{}",
-                    d.log()
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            let t = wait_trunk(d, &format!("health not {want}"), |t| {
+                t["health"]["state"] == want
+            })
+            .await;
+            t["health"].clone()
         }
     };
     let up = health("up").await;
