@@ -72,6 +72,36 @@ pub use transport::{
     Admission, InboundHandler, RequestSource, SipConfig, SipError, SipStack, Transport,
 };
 
+/// A peer given as `host[:port]` (or already a `sip:`/`sips:` URI, with
+/// `;transport=tcp` if wanted) as the URI requests are sent to.
+pub(crate) fn peer_uri(
+    what: &'static str,
+    raw: &str,
+) -> Result<ezk_sip_types::uri::SipUri, SipError> {
+    let trimmed = raw.trim();
+    let text = if trimmed.starts_with("sip:") || trimmed.starts_with("sips:") {
+        trimmed.to_owned()
+    } else {
+        format!("sip:{trimmed}")
+    };
+    text.parse().map_err(|_| SipError::Invalid {
+        what,
+        value: raw.to_owned(),
+    })
+}
+
+/// A random token for tags and Call-IDs (RFC 3261 §19.3: at least 32 bits
+/// of randomness).
+pub(crate) fn random_token() -> String {
+    use rand::Rng;
+    use rand::distr::Alphanumeric;
+    rand::rng()
+        .sample_iter(Alphanumeric)
+        .take(16)
+        .map(char::from)
+        .collect()
+}
+
 /// Username and password for digest authentication (RFC 3261 §22, RFC 8760).
 #[derive(Clone)]
 pub struct Credentials {

@@ -8,13 +8,13 @@
 //! between probes; `call::trunk_pings` does that.
 
 use super::transport::{SipError, SipStack};
+use super::{peer_uri, random_token};
 use ezk_sip_core::Request;
 use ezk_sip_core::transport::TargetTransportInfo;
 use ezk_sip_types::header::typed::{CSeq, CallID, FromTo, MaxForwards};
 use ezk_sip_types::host::HostPort;
 use ezk_sip_types::uri::{NameAddr, SipUri};
 use ezk_sip_types::{Method, Name};
-use rand::Rng;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -33,16 +33,7 @@ impl SipStack {
     /// the final response. Each probe has its own Call-ID and tags, as an
     /// out-of-dialog request (§8.1.1).
     pub async fn probe(&self, target: &str, timeout: Duration) -> Result<Probe, SipError> {
-        let raw = target.trim();
-        let text = if raw.starts_with("sip:") || raw.starts_with("sips:") {
-            raw.to_owned()
-        } else {
-            format!("sip:{raw}")
-        };
-        let uri: SipUri = text.parse().map_err(|_| SipError::Invalid {
-            what: "OPTIONS target",
-            value: target.to_owned(),
-        })?;
+        let uri = peer_uri("OPTIONS target", target)?;
         let mut transport = TargetTransportInfo {
             via_host_port: Some(HostPort::from(self.local.public)),
             transport: None,
@@ -51,7 +42,7 @@ impl SipStack {
             Ok(selected) => transport.transport = Some(selected),
             Err(e) => {
                 return Ok(Probe::NoAnswer {
-                    reason: format!("no route to {raw}: {e}"),
+                    reason: format!("no route to {target}: {e}"),
                 });
             }
         }
@@ -62,10 +53,10 @@ impl SipStack {
         headers.insert_named(&MaxForwards(70));
         headers.insert_type(
             Name::FROM,
-            &FromTo::new(NameAddr::uri(from), Some(token().into())),
+            &FromTo::new(NameAddr::uri(from), Some(random_token().into())),
         );
         headers.insert_type(Name::TO, &FromTo::new(NameAddr::uri(uri), None));
-        headers.insert_named(&CallID::new(token()));
+        headers.insert_named(&CallID::new(random_token()));
         headers.insert_named(&CSeq::new(1, Method::OPTIONS));
         // §11.1: say what body we would understand in the answer.
         headers.insert(Name::ACCEPT, "application/sdp");
@@ -93,13 +84,4 @@ impl SipStack {
             },
         )
     }
-}
-
-fn token() -> String {
-    use rand::distr::Alphanumeric;
-    rand::rng()
-        .sample_iter(Alphanumeric)
-        .take(16)
-        .map(char::from)
-        .collect()
 }

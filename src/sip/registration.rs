@@ -5,7 +5,7 @@
 
 use super::backoff::{RetryPolicy, refresh_after};
 use super::transport::{SipError, SipStack, Transport};
-use super::{Credentials, MAX_AUTH_ROUNDS};
+use super::{Credentials, MAX_AUTH_ROUNDS, peer_uri, random_token};
 use crate::metrics::{SIP_REGISTRATION_FAILURES_TOTAL, SIP_REGISTRATION_STATE};
 use ezk_sip_auth::{ClientAuthenticator, DigestAuthenticator, RequestParts, ResponseParts};
 use ezk_sip_core::transport::TargetTransportInfo;
@@ -145,16 +145,7 @@ struct Worker {
 
 impl Worker {
     fn new(stack: &SipStack, trunk: &TrunkRegistration) -> Result<Self, SipError> {
-        let raw = trunk.registrar.trim();
-        let text = if raw.starts_with("sip:") || raw.starts_with("sips:") {
-            raw.to_owned()
-        } else {
-            format!("sip:{raw}")
-        };
-        let registrar_uri: SipUri = text.parse().map_err(|_| SipError::Invalid {
-            what: "registrar",
-            value: trunk.registrar.clone(),
-        })?;
+        let registrar_uri = peer_uri("registrar", &trunk.registrar)?;
         let transport = match registrar_uri.uri_params.get_val("transport") {
             Some(t) if t.eq_ignore_ascii_case("tcp") => Transport::Tcp,
             _ => Transport::Udp,
@@ -443,13 +434,4 @@ fn granted_expiry(
         .and_then(|v| v.parse::<u64>().ok());
     let secs = from_contact.or_else(|| headers.get_named::<Expires>().ok().map(|e| u64::from(e.0)));
     secs.map_or(requested, Duration::from_secs)
-}
-
-fn random_token() -> String {
-    use rand::distr::Alphanumeric;
-    rand::rng()
-        .sample_iter(Alphanumeric)
-        .take(16)
-        .map(char::from)
-        .collect()
 }
