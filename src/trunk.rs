@@ -2,9 +2,8 @@
 //! and active calls.
 //!
 //! Written by the SIP registration and probe tasks and the call tasks, read
-//! by the API
-//! (`GET /v1/trunks`) and metrics. The profiles themselves live in
-//! [`crate::config::Profiles`]; this holds only what changes at run time.
+//! by the API (`GET /v1/trunks`) and metrics. The profiles themselves live
+//! in [`crate::config::Profiles`]; this holds only what changes at run time.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
