@@ -26,8 +26,9 @@ pub const SIP_REQUESTS_REJECTED_TOTAL: &str = "agentline_sip_requests_rejected_t
 /// Gauge: 1 when the trunk is registered, 0 otherwise, label `trunk`.
 pub const SIP_REGISTRATION_STATE: &str = "agentline_sip_registration_state";
 
-/// Gauge: 1 when the last OPTIONS probe to the trunk's proxy was answered,
-/// 0 otherwise, label `trunk`; only for trunks with `ping_seconds`.
+/// Gauge: 1 when the last OPTIONS probe to the trunk's proxy got a final
+/// answer below 500 other than 408, 0 otherwise, label `trunk`; only for
+/// trunks with `ping_seconds`.
 pub const TRUNK_UP: &str = "agentline_trunk_up";
 
 /// Histogram: OPTIONS probe round trip to an answer, label `trunk`.
@@ -218,7 +219,7 @@ fn describe() {
     );
     metrics::describe_gauge!(
         TRUNK_UP,
-        "1 when the trunk's proxy answered the last OPTIONS probe, 0 otherwise."
+        "1 when the trunk's proxy answered the last OPTIONS probe below 500 (not 408), 0 otherwise."
     );
     metrics::describe_histogram!(
         TRUNK_PING_SECONDS,
