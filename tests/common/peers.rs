@@ -3,13 +3,15 @@
 //! in what a softphone recorded).
 
 use std::net::UdpSocket;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::{free_port_run, free_udp_port};
 
-/// A running Kamailio with digest-authenticated users; killed when dropped.
+/// A running Kamailio with digest-authenticated users; stopped, with all its
+/// worker processes, when dropped.
 pub struct Kamailio {
     pub port: u16,
     child: Child,
@@ -61,6 +63,9 @@ impl Kamailio {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
+            // Its own process group, so that the workers it forks can be
+            // stopped with it.
+            .process_group(0)
             .spawn()
             .expect("kamailio is installed by scripts/test");
         let k = Kamailio { port, child, dir };
@@ -100,8 +105,23 @@ impl Kamailio {
 }
 
 impl Drop for Kamailio {
+    /// SIGTERM to the group: Kamailio's main process then stops its
+    /// workers. A SIGKILL to the main process alone would leave the workers
+    /// running, holding the port. Whatever is left after 5 s gets SIGKILL.
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        let group = format!("-{}", self.child.id());
+        let signal = |name: &str| {
+            let _ = Command::new("kill")
+                .args([name, "--", &group])
+                .stderr(Stdio::null())
+                .status();
+        };
+        signal("-TERM");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        signal("-KILL");
         let _ = self.child.wait();
     }
 }
