@@ -142,6 +142,15 @@ async fn call_in(d: &TestDaemon, scenario: &str, extra: &[&str]) -> common::Sipp
     run_sipp(scenario, free_udp_port(), sip_target(d), &args, LIMIT).await
 }
 
+/// A SIPp call with RTP (`-mi`/`-mp` on a free port) that must succeed;
+/// returns the call once ended.
+async fn call_in_with_media(d: &TestDaemon, scenario: &str) -> Value {
+    let media_port = free_udp_port().to_string();
+    let run = call_in(d, scenario, &["-mi", "127.0.0.1", "-mp", &media_port]).await;
+    assert!(run.success, "{}\n{}", run.output, d.log());
+    wait_call(d, ended).await
+}
+
 async fn inbound_answered_and_ended_by_caller(backend: Backend) {
     let d = TestDaemon::builder()
         .backend(backend)
@@ -340,14 +349,7 @@ async fn inbound_hold_reinvite_answered_without_hanging_up() {
 #[tokio::test]
 async fn inbound_rfc4733_digits_are_stored_on_the_call() {
     let d = echo_daemon().await;
-    let run = call_in(
-        &d,
-        "uac-invite-dtmf-expect-200-bye.xml",
-        &["-mi", "127.0.0.1", "-mp", &free_udp_port().to_string()],
-    )
-    .await;
-    assert!(run.success, "{}\n{}", run.output, d.log());
-    let call = wait_call(&d, ended).await;
+    let call = call_in_with_media(&d, "uac-invite-dtmf-expect-200-bye.xml").await;
     let dtmf = call["dtmf"].as_str().unwrap();
     // The shipped pcaps reuse one SSRC and sequence numbers, so the first
     // digit may be taken for a duplicate; the second must arrive.
@@ -357,14 +359,7 @@ async fn inbound_rfc4733_digits_are_stored_on_the_call() {
 #[tokio::test]
 async fn inbound_late_offer_gets_our_offer_and_media_runs_on_the_ack_answer() {
     let d = echo_daemon().await;
-    let run = call_in(
-        &d,
-        "uac-invite-late-offer-expect-offer-in-200.xml",
-        &["-mi", "127.0.0.1", "-mp", &free_udp_port().to_string()],
-    )
-    .await;
-    assert!(run.success, "{}\n{}", run.output, d.log());
-    let call = wait_call(&d, ended).await;
+    let call = call_in_with_media(&d, "uac-invite-late-offer-expect-offer-in-200.xml").await;
     assert_eq!(call["status"], "completed", "{call}");
     assert_eq!(call["end_reason"], "caller_hangup", "{call}");
     // The digits came over RTP to the port our offer named, decoded with
@@ -391,14 +386,11 @@ async fn inbound_late_offer_without_an_answer_in_the_ack_is_hung_up() {
 #[tokio::test]
 async fn reinvite_without_offer_gets_our_offer_and_the_ack_answer_applies() {
     let d = echo_daemon().await;
-    let run = call_in(
+    let call = call_in_with_media(
         &d,
         "uac-invite-reinvite-without-offer-expect-offer-in-200.xml",
-        &["-mi", "127.0.0.1", "-mp", &free_udp_port().to_string()],
     )
     .await;
-    assert!(run.success, "{}\n{}", run.output, d.log());
-    let call = wait_call(&d, ended).await;
     assert_eq!(call["end_reason"], "caller_hangup", "{call}");
     // The ACK's answer has no telephone-event: the events sent after it
     // are packets of a type the call no longer has, not digits.
