@@ -406,7 +406,16 @@ async fn contacts_csv_json_dedupe_dnc_and_stats(backend: Backend) {
 /// `agentline campaign watch` on a finished campaign prints its final
 /// progress once and exits; an unknown campaign is a usage error.
 async fn watch_prints_the_progress_of_a_finished_campaign(backend: Backend) {
-    let d = daemon(backend).await;
+    // The test records the attempts itself, as the dialer would: the node's
+    // own dialer must not look at the campaign meanwhile, or it postpones
+    // the contacts to the next calling window (a weekend, say) before the
+    // test claims them.
+    let d = TestDaemon::builder()
+        .backend(backend)
+        .profile("carrier-a", TRUNK)
+        .config("[campaigns]\npoll_ms = 60000\n")
+        .start()
+        .await;
     let c = campaign(&d).await;
     let id = c["id"].as_str().unwrap().to_string();
     let (s, r) = json_of(
