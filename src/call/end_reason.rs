@@ -1,6 +1,9 @@
 //! Why a call ended, or why it was never set up. One value per call decides
 //! the SIP answer (a final response before answer, a BYE after), the status
-//! stored and sent in webhooks, and the metric label.
+//! stored and sent in webhooks, and the metric label. A failure on our side
+//! is classified once, where it happens, into a [`FailureCause`]; every
+//! cause is stored and counted as `error`, and logged with its own
+//! [`FailureCause::kind`].
 
 use std::time::Duration;
 
@@ -9,6 +12,79 @@ use crate::sip::Rejection;
 /// Seconds a refused caller is asked to wait before trying again
 /// (Retry-After, RFC 3261 §20.33).
 const RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// What failed on our side: each cause is one kind of fault, with the
+/// error text to log where there is one. The stored `end_reason` and the
+/// metric label of every cause is `error` (wire format kept); the status
+/// is `completed` after the answer and `failed` before, and an inbound
+/// INVITE refused for one gets 500 (RFC 3261 §21.5.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FailureCause {
+    /// A store read or write the call could not go on without (routing
+    /// the number, recording the call).
+    Store(String),
+    /// The number's agent is missing, or its settings do not parse.
+    AgentConfig(String),
+    /// The agent cannot run (a sound that cannot be read, a speech engine
+    /// or brain that cannot be built).
+    AgentUnavailable(String),
+    /// No RTP port or socket, or the media session would not start.
+    Rtp(String),
+    /// A SIP transaction or transport error on the call.
+    Sip(String),
+    /// The SIP stack is not running.
+    SipNotRunning,
+    /// The trunk lost its `[outbound]` table between placing and dialing.
+    TrunkNotOutbound,
+    /// The INVITE transaction ended without any final response.
+    NoFinalResponse,
+    /// The media session closed under the call.
+    MediaClosed,
+    /// The agent session ended before the call did.
+    AgentEnded,
+    /// The call task stopped without a reason: a bug, logged as such.
+    NoReason,
+}
+
+impl FailureCause {
+    /// The log label of the cause (the `cause` field of "call ended").
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FailureCause::Store(_) => "store",
+            FailureCause::AgentConfig(_) => "agent_config",
+            FailureCause::AgentUnavailable(_) => "agent_unavailable",
+            FailureCause::Rtp(_) => "rtp",
+            FailureCause::Sip(_) => "sip",
+            FailureCause::SipNotRunning => "sip_not_running",
+            FailureCause::TrunkNotOutbound => "trunk_not_outbound",
+            FailureCause::NoFinalResponse => "no_final_response",
+            FailureCause::MediaClosed => "media_closed",
+            FailureCause::AgentEnded => "agent_ended",
+            FailureCause::NoReason => "no_reason",
+        }
+    }
+
+    /// The error text behind the cause, if any.
+    pub fn detail(&self) -> Option<&str> {
+        match self {
+            FailureCause::Store(d)
+            | FailureCause::AgentConfig(d)
+            | FailureCause::AgentUnavailable(d)
+            | FailureCause::Rtp(d)
+            | FailureCause::Sip(d) => Some(d),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for FailureCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.detail() {
+            Some(detail) => write!(f, "{}: {detail}", self.kind()),
+            None => f.write_str(self.kind()),
+        }
+    }
+}
 
 /// The one reason a call ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,8 +134,8 @@ pub enum EndReason {
     Draining,
     /// The offer has no codec we speak (488, RFC 3264 §6).
     NotAcceptable,
-    /// Something on our side failed (store, RTP port, SIP transport).
-    Error(String),
+    /// Something on our side failed (store, RTP port, SIP transport...).
+    Failed(FailureCause),
     /// The daemon stopped without ending the call (it crashed or was
     /// killed); the next start of the same node ended its record.
     Lost,
@@ -90,7 +166,7 @@ impl EndReason {
             EndReason::TrunkRate => "trunk_cps",
             EndReason::Draining => "draining",
             EndReason::NotAcceptable => "not_acceptable",
-            EndReason::Error(_) => "error",
+            EndReason::Failed(_) => "error",
             EndReason::Lost => "lost",
         }
     }
@@ -160,6 +236,14 @@ impl EndReason {
         }
     }
 
+    /// What failed on our side, when something did.
+    pub fn failure(&self) -> Option<&FailureCause> {
+        match self {
+            EndReason::Failed(cause) => Some(cause),
+            _ => None,
+        }
+    }
+
     /// Whether the far end already ended the dialog (no BYE to send).
     pub fn far_end_hung_up(&self) -> bool {
         matches!(self, EndReason::CallerHangup | EndReason::CalleeHangup)
@@ -168,7 +252,7 @@ impl EndReason {
 
 #[cfg(test)]
 mod tests {
-    use super::EndReason;
+    use super::{EndReason, FailureCause};
 
     #[test]
     fn one_reason_decides_status_label_and_answer() {
@@ -190,5 +274,27 @@ mod tests {
         assert_eq!(full.code, 486);
         assert!(full.retry_after.is_some());
         assert_eq!(EndReason::Draining.rejection().code, 503);
+    }
+
+    #[test]
+    fn every_failure_cause_is_stored_and_counted_as_error() {
+        for cause in [
+            FailureCause::Store("db locked".into()),
+            FailureCause::Rtp("no port".into()),
+            FailureCause::MediaClosed,
+            FailureCause::AgentEnded,
+        ] {
+            let reason = EndReason::Failed(cause.clone());
+            assert_eq!(reason.label(), "error");
+            assert_eq!(reason.status(false), "failed");
+            assert_eq!(reason.status(true), "completed");
+            assert_eq!(reason.rejection().code, 500);
+            assert_eq!(reason.failure(), Some(&cause));
+        }
+        assert_eq!(
+            FailureCause::Store("db locked".into()).to_string(),
+            "store: db locked"
+        );
+        assert_eq!(FailureCause::MediaClosed.to_string(), "media_closed");
     }
 }

@@ -1,10 +1,16 @@
-//! Inbound call lifecycle, in the order the steps happen:
-//! [`route`] (trunk by source, drain, number, agent, offer), take a trunk
-//! slot, bind RTP and answer the offer (or, for an INVITE without one, make
-//! ours), record `ringing`, 180, wait the configured answer delay (CANCEL,
-//! hangup or shutdown may come), 200 and ACK (with the answer to our
-//! offer), record `answered`, start the media if it waited for that answer,
-//! run the call task, record the end.
+//! Inbound call lifecycle, as the phases of [`super::phase`] in the order
+//! they happen ([`run`]): [`route`] (trunk by source, drain, number, agent,
+//! offer); [`Routed::admit`] (the trunk's cps, then a slot); [`prepare`]
+//! (the agent, an RTP port, and the answer to the offer or, for an INVITE
+//! without one, ours); [`Ringing::start`] (record `ringing`);
+//! [`Ringing::answer`] (180, the configured answer delay that CANCEL,
+//! hangup or shutdown may cut, 200 and ACK, record `answered`, media
+//! started with the ACK's answer if it waited for one); the call task; the
+//! recorded end.
+//!
+//! A refusal before the call is recorded is answered and then recorded as
+//! created and ended at once ([`refuse_routed`]); after, the end is
+//! recorded by [`Finished::record`].
 //!
 //! Must not: speak SIP beyond the `sip::IncomingInvite` steps; every
 //! refusal is an [`EndReason`] whose `rejection()` is the response.
@@ -14,39 +20,28 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::net::UdpSocket;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::agents::AgentRun;
-use super::registry::{CallHandle, Command};
+use super::end_reason::FailureCause;
+use super::phase::{AgentSpec, Answered, Finished, Prepared, Routed, hang_up_unanswerable};
+use super::registry::CallCommand;
 use super::screen::Screen;
-use super::task::{self, Established};
 use super::{EndReason, Shared, count_ended, count_started};
 use crate::agent::CallSettings;
 use crate::config::Profile;
 use crate::media::amd::AmdMode;
-use crate::media::{Direction, LocalSdp, PortPermit, RtpSession, bind_rtp};
-use crate::metrics::CALL_SETUP_SECONDS;
 use crate::sip::{AcceptError, IncomingInvite, InviteInfo};
 use crate::store::StoreError;
 use crate::store::calls::{CallRecord, NewCall};
 use crate::{e164, ids};
-
-/// How long we wait for the answer to our BYE when the ACK leaves the call
-/// without a session.
-const BYE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What [`route`] found for an INVITE.
 struct Route {
     trunk: Profile,
     number: String,
     caller: String,
-    agent_id: String,
-    agent_kind: String,
-    settings: CallSettings,
-    /// The agent's whole settings document (the brain reads it).
-    settings_json: String,
+    agent: AgentSpec,
     /// `None`: a late offer (RFC 3261 §13.2.1), ours goes in the 200.
     offer: Option<Bytes>,
 }
@@ -134,7 +129,7 @@ async fn record(
             from_number: &route.caller,
             to_number: &route.number,
             trunk: Some(&trunk),
-            agent_id: Some(&route.agent_id),
+            agent_id: Some(&route.agent.id),
             status,
             sip_call_id: Some(sip_call_id),
             metadata: "{}",
@@ -174,15 +169,21 @@ async fn route(shared: &Shared, info: &InviteInfo) -> Result<Route, EndReason> {
                 break;
             }
             Err(StoreError::NotFound) => continue,
-            Err(e) => return Err(EndReason::Error(format!("store: {e}"))),
+            Err(e) => return Err(EndReason::Failed(FailureCause::Store(e.to_string()))),
         }
     }
     let (number, (record, agent)) = found.ok_or(EndReason::UnknownNumber)?;
     let agent_id = record.agent_id.ok_or(EndReason::UnknownNumber)?;
-    let agent = agent
-        .ok_or_else(|| EndReason::Error(format!("agent {agent_id}: {}", StoreError::NotFound)))?;
-    let settings = CallSettings::from_json(&agent.settings)
-        .map_err(|e| EndReason::Error(format!("agent {agent_id} settings: {e}")))?;
+    let agent = agent.ok_or_else(|| {
+        EndReason::Failed(FailureCause::AgentConfig(format!(
+            "agent {agent_id} not found"
+        )))
+    })?;
+    let settings = CallSettings::from_json(&agent.settings).map_err(|e| {
+        EndReason::Failed(FailureCause::AgentConfig(format!(
+            "agent {agent_id} settings: {e}"
+        )))
+    })?;
     let offer = info.sdp_offer.clone();
     let caller = info
         .from_user
@@ -197,10 +198,12 @@ async fn route(shared: &Shared, info: &InviteInfo) -> Result<Route, EndReason> {
         trunk,
         number,
         caller,
-        agent_id,
-        agent_kind: agent.kind,
-        settings,
-        settings_json: agent.settings,
+        agent: AgentSpec {
+            id: agent_id,
+            kind: agent.kind,
+            settings,
+            settings_json: agent.settings,
+        },
         offer,
     })
 }
@@ -222,196 +225,135 @@ fn normalize(user: &str) -> Option<String> {
         .or_else(|| e164::normalize(&format!("+{user}")).ok())
 }
 
-async fn run(shared: Arc<Shared>, id: String, mut invite: IncomingInvite, route: Route) {
+/// The inbound phases, in order; each failure edge ends the call where it
+/// happens.
+async fn run(shared: Arc<Shared>, id: String, invite: IncomingInvite, route: Route) {
     let started = Instant::now();
-    if !shared
-        .registry
-        .admit_rate(&route.trunk.name, route.trunk.limits.cps)
-    {
-        return refuse(invite, EndReason::TrunkRate).await;
-    }
-    let (handle, mut commands) = CallHandle::new();
-    let Some(_slot) = shared.registry.try_insert(
-        &id,
-        &route.trunk.name,
-        "inbound",
-        route.trunk.limits.max_calls,
-        handle,
-    ) else {
-        return refuse_routed(&shared, &id, &route, invite, EndReason::TrunkFull).await;
+    let call = match Routed::admit(&shared, &id, &route.trunk, true) {
+        Ok(call) => call,
+        // The CPS guard sheds a flood cheaply: nothing is recorded.
+        Err(reason @ EndReason::TrunkRate) => return refuse(invite, reason).await,
+        Err(reason) => return refuse_routed(&shared, &id, &route, invite, reason).await,
     };
-    let agent = match AgentRun::new(
-        &route.agent_kind,
-        &route.settings,
-        &route.settings_json,
-        &shared.speech,
-        true,
-    )
-    .await
-    {
-        Ok(agent) => agent,
-        Err(e) => {
-            tracing::warn!(error = %e, agent_id = %route.agent_id, "the agent cannot run");
-            return refuse_routed(&shared, &id, &route, invite, EndReason::Error(e)).await;
+    let (prepared, local_sdp) = match prepare(call, &route).await {
+        Ok(prepared) => prepared,
+        // The slot stays held until the refusal is recorded.
+        Err(finished) => {
+            return refuse_routed(&shared, &id, &route, invite, finished.reason.clone()).await;
         }
     };
-    let (socket, permit) = match bind_rtp(&shared.ports, shared.media_ip()).await {
-        Ok(bound) => bound,
-        Err(e) => {
-            let reason = EndReason::Error(format!("RTP: {e}"));
-            return refuse_routed(&shared, &id, &route, invite, reason).await;
-        }
+    let Some(ringing) = Ringing::start(prepared, &route, invite, local_sdp).await else {
+        return;
     };
-    let port = permit.port();
-    let mut sdp = LocalSdp::new(shared.media_ip(), port, super::codecs(&route.trunk));
-    // RFC 3264 §6: the INVITE's offer is answered in the 200 and media
-    // starts now. An INVITE without one (a late offer, RFC 3261 §13.2.1)
-    // gets our offer in the 200; media starts with the answer in the ACK.
-    let (local_sdp, media) = match &route.offer {
-        Some(offer) => {
-            let (answer, negotiated) = match sdp.answer(offer, Direction::SendRecv) {
-                Ok(answered) => answered,
-                Err(e) => {
-                    tracing::info!(error = %e, "offer not acceptable");
-                    let reason = EndReason::NotAcceptable;
-                    return refuse_routed(&shared, &id, &route, invite, reason).await;
-                }
-            };
-            match RtpSession::start(socket, Some(permit), negotiated, shared.media.clone()) {
-                Ok(rtp) => (answer, Media::Started(rtp)),
-                Err(e) => {
-                    let reason = EndReason::Error(format!("RTP: {e}"));
-                    return refuse_routed(&shared, &id, &route, invite, reason).await;
-                }
-            }
+    let finished = match ringing.answer(started).await {
+        Ok(answered) => {
+            let max_duration =
+                Duration::from_secs(u64::from(route.agent.settings.max_duration_seconds));
+            let screen = Screen::new(&id, shared.transitions.clone(), AmdMode::Off, None);
+            answered.run(max_duration, screen).await
         }
+        Err(finished) => finished,
+    };
+    finished.record().await;
+}
+
+/// The agent and the RTP port, and our SDP for the 200: RFC 3264 §6, the
+/// answer to the INVITE's offer (media starts now), or for an INVITE
+/// without one (a late offer, RFC 3261 §13.2.1) our offer, whose answer
+/// comes in the ACK.
+async fn prepare(call: Routed, route: &Route) -> Result<(Prepared, Bytes), Finished> {
+    let mut prepared = call.prepare(&route.agent, &route.trunk).await?;
+    match &route.offer {
+        Some(offer) => prepared.answer(offer),
         None => {
             tracing::info!("late offer: our offer goes in the 200");
-            (
-                sdp.offer(Direction::SendRecv),
-                Media::Offered(socket, permit),
-            )
-        }
-    };
-
-    let recorded = record(&shared, &id, &route, invite.call_id(), "ringing").await;
-    if let Err(e) = recorded {
-        tracing::warn!(error = %e, "call not recorded");
-        return refuse(invite, EndReason::Error("call not recorded".into())).await;
-    }
-    count_started("inbound");
-
-    // Ring, then answer after the configured delay unless something ends
-    // the call first.
-    let before_answer = async {
-        if let Err(e) = invite.ring(None).await {
-            return Some(match e {
-                AcceptError::Cancelled => EndReason::Canceled,
-                e => EndReason::Error(e.to_string()),
-            });
-        }
-        tokio::select! {
-            () = invite.cancelled() => Some(EndReason::Canceled),
-            Some(Command::Hangup(reason)) = commands.recv() => Some(reason),
-            () = tokio::time::sleep(shared.answer_delay) => None,
+            let offer = prepared.offer();
+            Ok((prepared, offer))
         }
     }
-    .await;
-    if let Some(reason) = before_answer {
-        if reason != EndReason::Canceled
-            && let Err(e) = invite.reject(reason.rejection()).await
-        {
-            tracing::info!(error = %e, "refusal not sent");
+}
+
+/// An inbound call recorded `ringing`, until it is answered or ends.
+struct Ringing {
+    prepared: Prepared,
+    invite: IncomingInvite,
+    /// What the 200 carries: our answer, or our offer.
+    local_sdp: Bytes,
+}
+
+impl Ringing {
+    /// Records the call `ringing` (its first row and `call.created`).
+    /// Without a row there is no call to run: the INVITE is refused
+    /// (`None`).
+    async fn start(
+        prepared: Prepared,
+        route: &Route,
+        invite: IncomingInvite,
+        local_sdp: Bytes,
+    ) -> Option<Self> {
+        let call = &prepared.call;
+        let recorded = record(&call.shared, &call.id, route, invite.call_id(), "ringing").await;
+        if let Err(e) = recorded {
+            tracing::warn!(error = %e, "call not recorded");
+            let reason = EndReason::Failed(FailureCause::Store(e.to_string()));
+            refuse(invite, reason).await;
+            return None;
         }
-        return finish(&shared, &id, reason, None).await;
+        count_started("inbound");
+        Some(Self {
+            prepared,
+            invite,
+            local_sdp,
+        })
     }
 
-    let (sip, ack_sdp) = match invite.accept(Bytes::from(local_sdp)).await {
-        Ok(accepted) => accepted,
-        Err(AcceptError::Cancelled) => {
-            return finish(&shared, &id, EndReason::Canceled, None).await;
-        }
-        Err(AcceptError::NoAck) => return finish(&shared, &id, EndReason::NoAck, None).await,
-        Err(e) => return finish(&shared, &id, EndReason::Error(e.to_string()), None).await,
-    };
-    let answered_at = Instant::now();
-    metrics::histogram!(CALL_SETUP_SECONDS, "direction" => "inbound")
-        .record(answered_at.duration_since(started).as_secs_f64());
-    shared.transitions.answered(&id).await;
-    let rtp = match media {
-        Media::Started(rtp) => Ok(rtp),
-        Media::Offered(socket, permit) => {
-            media_from_ack(&shared, &sdp, socket, permit, ack_sdp.as_deref())
-        }
-    };
-    let rtp = match rtp {
-        Ok(rtp) => rtp,
-        Err(reason) => {
-            // RFC 3261 §13.2.2.4: the ACK to a 200 with an offer must carry
-            // an answer. Without one we can use, no session can run: the
-            // dialog ends with our BYE.
-            match tokio::time::timeout(BYE_TIMEOUT, sip.hangup()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::info!(error = %e, "BYE not answered cleanly"),
-                Err(_) => tracing::info!("BYE not answered in time"),
+    /// 180, the configured answer delay (CANCEL, hangup or shutdown may
+    /// end the call first), then 200 and its ACK, recorded `answered`;
+    /// media starts with the ACK's answer if our 200 carried the offer.
+    async fn answer(mut self, setup_started: Instant) -> Result<Answered, Finished> {
+        if let Some(reason) = self.ring().await {
+            if reason != EndReason::Canceled
+                && let Err(e) = self.invite.reject(reason.rejection()).await
+            {
+                tracing::info!(error = %e, "refusal not sent");
             }
-            return finish(&shared, &id, reason, Some(answered_at.elapsed())).await;
+            return Err(self.prepared.call.end(reason));
         }
-    };
-    let reason = task::run(
-        &shared,
-        Established {
-            id: id.clone(),
-            inbound: true,
-            sip,
-            rtp,
-            sdp,
-            agent,
-            max_duration: Duration::from_secs(u64::from(route.settings.max_duration_seconds)),
-            commands,
-            screen: Screen::new(&id, shared.transitions.clone(), AmdMode::Off, None),
-        },
-    )
-    .await;
-    finish(&shared, &id, reason, Some(answered_at.elapsed())).await;
+        let (sip, ack_sdp) = match self.invite.accept(self.local_sdp).await {
+            Ok(accepted) => accepted,
+            Err(e) => return Err(self.prepared.call.end(not_answered(e))),
+        };
+        let answered_at = self.prepared.call.record_answered(setup_started).await;
+        match self.prepared.into_session(ack_sdp.as_deref()) {
+            (call, Ok(session)) => Ok(Answered::new(call, sip, session, answered_at)),
+            // RFC 3261 §13.2.2.4: the ACK to a 200 with an offer must
+            // carry an answer; without one we can use, no session runs.
+            (call, Err(reason)) => Err(hang_up_unanswerable(call, sip, reason, answered_at).await),
+        }
+    }
+
+    /// Rings, then waits the answer delay; the reason if something ended
+    /// the call first.
+    async fn ring(&mut self) -> Option<EndReason> {
+        if let Err(e) = self.invite.ring(None).await {
+            return Some(not_answered(e));
+        }
+        let commands = &mut self.prepared.call.commands;
+        tokio::select! {
+            () = self.invite.cancelled() => Some(EndReason::Canceled),
+            Some(CallCommand::Hangup(reason)) = commands.recv() => Some(reason),
+            () = tokio::time::sleep(self.prepared.call.shared.answer_delay) => None,
+        }
+    }
 }
 
-/// Starts the media our offer in the 200 waited for, with the answer the
-/// ACK carried.
-fn media_from_ack(
-    shared: &Shared,
-    sdp: &LocalSdp,
-    socket: UdpSocket,
-    permit: PortPermit,
-    ack_sdp: Option<&[u8]>,
-) -> Result<RtpSession, EndReason> {
-    let negotiated = match ack_sdp.map(|a| sdp.accept_answer(a)) {
-        Some(Ok(negotiated)) => negotiated,
-        Some(Err(e)) => {
-            tracing::info!(error = %e, "answer in the ACK not acceptable");
-            return Err(EndReason::NotAcceptable);
-        }
-        None => {
-            tracing::info!("no answer in the ACK to our offer");
-            return Err(EndReason::NotAcceptable);
-        }
-    };
-    RtpSession::start(socket, Some(permit), negotiated, shared.media.clone())
-        .map_err(|e| EndReason::Error(format!("RTP: {e}")))
-}
-
-/// The media of a call being answered.
-enum Media {
-    /// Negotiated from the INVITE's offer and running.
-    Started(RtpSession),
-    /// Our offer is in the 200: the port waits for the answer in the ACK.
-    Offered(UdpSocket, PortPermit),
-}
-
-async fn finish(shared: &Shared, id: &str, reason: EndReason, answered_for: Option<Duration>) {
-    tracing::info!(reason = reason.label(), "call ended");
-    count_ended("inbound", &reason);
-    shared.transitions.ended(id, &reason, answered_for).await;
+/// Why an INVITE we were answering ended (RFC 3261 §13.3.1).
+fn not_answered(e: AcceptError) -> EndReason {
+    match e {
+        AcceptError::Cancelled => EndReason::Canceled,
+        AcceptError::NoAck => EndReason::NoAck,
+        AcceptError::Sip(e) => EndReason::Failed(FailureCause::Sip(e)),
+    }
 }
 
 #[cfg(test)]

@@ -20,13 +20,14 @@ pub mod end_reason;
 pub mod events;
 mod inbound;
 pub mod outbound;
+mod phase;
 pub mod registrations;
 pub mod registry;
 mod screen;
 mod task;
 pub mod trunk_pings;
 
-pub use end_reason::EndReason;
+pub use end_reason::{EndReason, FailureCause};
 pub use events::{CallEvent, CallEventKind};
 pub use outbound::{OutboundRequest, PlaceError};
 
@@ -48,7 +49,7 @@ use crate::trunk::TrunkStates;
 use crate::webhook::Outbox;
 use events::Transitions;
 use registrations::Registrations;
-use registry::Registry;
+use registry::LiveCalls;
 use trunk_pings::TrunkPings;
 
 /// The call layer. Cheap to clone.
@@ -65,7 +66,7 @@ pub(crate) struct Shared {
     profiles: Arc<SharedProfiles>,
     trunks: Arc<TrunkStates>,
     /// Live calls and trunk slots; the drain waits on it.
-    registry: Registry,
+    registry: LiveCalls,
     /// Set once by [`Calls::start_sip`].
     stack: OnceLock<SipStack>,
     ports: PortAllocator,
@@ -143,7 +144,7 @@ impl Calls {
             shared: Arc::new(Shared {
                 transitions: Transitions::new(outbox),
                 profiles,
-                registry: Registry::new(Arc::clone(&trunks)),
+                registry: LiveCalls::new(Arc::clone(&trunks)),
                 trunks,
                 stack: OnceLock::new(),
                 ports,

@@ -8,26 +8,22 @@
 //!
 //! Must not: build SIP messages; `sip::SipStack::dial` does.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 use tracing::Instrument;
 
-use super::agents::AgentRun;
-use super::registry::{CallHandle, Command, Slot};
+use super::end_reason::FailureCause;
+use super::phase::{AgentSpec, Answered, Finished, Prepared, Routed};
+use super::registry::CallCommand;
 use super::screen::Screen;
-use super::task::{self, Established};
-use super::{Calls, EndReason, Shared, count_ended, count_started};
+use super::{Calls, EndReason, Shared, count_started};
 use crate::agent::CallSettings;
 use crate::config::Profile;
 use crate::ids;
 use crate::media::amd::AmdMode;
-use crate::media::{Direction, LocalSdp, RtpSession, bind_rtp};
-use crate::metrics::CALL_SETUP_SECONDS;
-use crate::sip::{Credentials, OutboundEvent, OutboundInvite};
+use crate::sip::{Call, Credentials, OutboundCall, OutboundEvent, OutboundInvite, SipStack};
 use crate::store::StoreError;
 use crate::store::calls::{CallRecord, NewCall};
 
@@ -93,54 +89,15 @@ impl Calls {
         if shared.is_draining() {
             return Err(PlaceError::Draining);
         }
-        let store = shared.transitions.store();
-        let number = store.find_number(&req.from).await.map_err(|e| match e {
-            StoreError::NotFound => PlaceError::UnknownFrom,
-            e => PlaceError::Store(e),
-        })?;
-        let agent_id = req
-            .agent_id
-            .clone()
-            .or(number.agent_id)
-            .ok_or(PlaceError::NoAgent)?;
-        let agent = store.get_agent(&agent_id).await.map_err(|e| match e {
-            StoreError::NotFound => PlaceError::UnknownAgent,
-            e => PlaceError::Store(e),
-        })?;
-        let settings = CallSettings::from_json(&agent.settings)
-            .map_err(|e| PlaceError::AgentSettings(e.to_string()))?;
-        let trunk_name = req
-            .trunk
-            .clone()
-            .or_else(|| {
-                number
-                    .trunk
-                    .as_deref()
-                    .map(|t| t.strip_prefix("trk_").unwrap_or(t).to_owned())
-            })
-            .ok_or(PlaceError::NoTrunk)?;
-        let trunk = shared
-            .profiles
-            .get()
-            .by_name
-            .get(&trunk_name)
-            .cloned()
-            .ok_or(PlaceError::UnknownTrunk)?;
-        if trunk.outbound.is_none() {
-            return Err(PlaceError::TrunkNotOutbound);
-        }
+        let (agent, trunk) = resolve(shared, &req).await?;
         if shared.stack.get().is_none() {
             return Err(PlaceError::NotRunning);
         }
-        if !shared.registry.admit_rate(&trunk.name, trunk.limits.cps) {
-            return Err(PlaceError::TrunkRate);
-        }
         let id = req.call_id.clone().unwrap_or_else(|| ids::new(ids::CALL));
-        let (handle, commands) = CallHandle::new();
-        let slot = shared
-            .registry
-            .try_insert(&id, &trunk.name, "outbound", trunk.limits.max_calls, handle)
-            .ok_or(PlaceError::TrunkFull)?;
+        let call = Routed::admit(shared, &id, &trunk, false).map_err(|reason| match reason {
+            EndReason::TrunkRate => PlaceError::TrunkRate,
+            _ => PlaceError::TrunkFull,
+        })?;
         let record = shared
             .transitions
             .created(NewCall {
@@ -149,7 +106,7 @@ impl Calls {
                 from_number: &req.from,
                 to_number: &req.to,
                 trunk: Some(&trunk.id()),
-                agent_id: Some(&agent_id),
+                agent_id: Some(&agent.id),
                 status: "queued",
                 sip_call_id: None,
                 metadata: &req.metadata,
@@ -157,7 +114,7 @@ impl Calls {
             .await?;
         count_started("outbound");
         let max_duration = req.max_duration.unwrap_or(Duration::from_secs(u64::from(
-            settings.max_duration_seconds,
+            agent.settings.max_duration_seconds,
         )));
         let span = tracing::info_span!(
             "call",
@@ -167,79 +124,161 @@ impl Calls {
             number = %req.to,
         );
         let job = Dial {
-            shared: Arc::clone(shared),
-            id,
+            call,
             trunk,
-            agent_kind: agent.kind,
-            settings,
-            settings_json: agent.settings,
+            agent,
             max_duration,
             req,
-            commands,
-            _slot: slot,
         };
         tokio::spawn(job.run().instrument(span));
         Ok(CallRecord::clone(&record))
     }
 }
 
-/// One outbound call's task state.
+/// The agent and the trunk of a call to place: the request's, or those
+/// bound to its From number.
+async fn resolve(
+    shared: &Shared,
+    req: &OutboundRequest,
+) -> Result<(AgentSpec, Profile), PlaceError> {
+    let store = shared.transitions.store();
+    let number = store.find_number(&req.from).await.map_err(|e| match e {
+        StoreError::NotFound => PlaceError::UnknownFrom,
+        e => PlaceError::Store(e),
+    })?;
+    let agent_id = req
+        .agent_id
+        .clone()
+        .or(number.agent_id)
+        .ok_or(PlaceError::NoAgent)?;
+    let agent = store.get_agent(&agent_id).await.map_err(|e| match e {
+        StoreError::NotFound => PlaceError::UnknownAgent,
+        e => PlaceError::Store(e),
+    })?;
+    let settings = CallSettings::from_json(&agent.settings)
+        .map_err(|e| PlaceError::AgentSettings(e.to_string()))?;
+    let trunk_name = req
+        .trunk
+        .clone()
+        .or_else(|| {
+            number
+                .trunk
+                .as_deref()
+                .map(|t| t.strip_prefix("trk_").unwrap_or(t).to_owned())
+        })
+        .ok_or(PlaceError::NoTrunk)?;
+    let trunk = shared
+        .profiles
+        .get()
+        .by_name
+        .get(&trunk_name)
+        .cloned()
+        .ok_or(PlaceError::UnknownTrunk)?;
+    if trunk.outbound.is_none() {
+        return Err(PlaceError::TrunkNotOutbound);
+    }
+    let agent = AgentSpec {
+        id: agent_id,
+        kind: agent.kind,
+        settings,
+        settings_json: agent.settings,
+    };
+    Ok((agent, trunk))
+}
+
+/// One outbound call, placed and recorded `queued`, for its task.
 struct Dial {
-    shared: Arc<Shared>,
-    id: String,
+    call: Routed,
     trunk: Profile,
-    agent_kind: String,
-    settings: CallSettings,
-    /// The agent's whole settings document (the brain reads it).
-    settings_json: String,
+    agent: AgentSpec,
     max_duration: Duration,
     req: OutboundRequest,
-    commands: mpsc::Receiver<Command>,
-    /// Frees the trunk slot when the task ends.
-    _slot: Slot,
 }
 
 impl Dial {
-    async fn run(mut self) {
-        let (reason, answered_for) = self.call().await;
-        tracing::info!(reason = reason.label(), "call ended");
-        count_ended("outbound", &reason);
-        self.shared
-            .transitions
-            .ended(&self.id, &reason, answered_for)
-            .await;
+    async fn run(self) {
+        self.call().await.record().await;
     }
 
-    async fn call(&mut self) -> (EndReason, Option<Duration>) {
-        let shared = Arc::clone(&self.shared);
-        let Some(stack) = shared.stack.get() else {
-            return (EndReason::Error("SIP stack not running".into()), None);
+    /// The outbound phases, in order; each failure edge ends the call
+    /// where it happens.
+    async fn call(self) -> Finished {
+        let Dial {
+            call,
+            trunk,
+            agent,
+            max_duration,
+            req,
+        } = self;
+        let Some(stack) = call.shared.stack.get().cloned() else {
+            return call.end(EndReason::Failed(FailureCause::SipNotRunning));
         };
-        let agent = match AgentRun::new(
-            &self.agent_kind,
-            &self.settings,
-            &self.settings_json,
-            &shared.speech,
-            false,
-        )
-        .await
-        {
-            Ok(agent) => agent,
-            Err(e) => {
-                tracing::warn!(error = %e, "the agent cannot run");
-                return (EndReason::Error(e), None);
+        let prepared = match call.prepare(&agent, &trunk).await {
+            Ok(prepared) => prepared,
+            Err(finished) => return finished,
+        };
+        let dialing = match Dialing::start(prepared, &stack, &trunk, &req).await {
+            Ok(dialing) => dialing,
+            Err(finished) => return finished,
+        };
+        let ring_timeout = req
+            .ring_timeout
+            .unwrap_or(dialing.prepared.call.shared.ring_timeout);
+        let (prepared, sip, answer, started) = match dialing.answered(ring_timeout).await {
+            Ok(answered) => answered,
+            Err(finished) => return finished,
+        };
+        let (call, session) = prepared.into_session(answer.as_deref());
+        let session = match session {
+            Ok(session) => session,
+            Err(reason) => {
+                // Dropping the dialog hangs it up.
+                drop(sip);
+                return call.end(reason);
             }
         };
-        let (socket, permit) = match bind_rtp(&shared.ports, shared.media_ip()).await {
-            Ok(bound) => bound,
-            Err(e) => return (EndReason::Error(format!("RTP: {e}")), None),
+        let answered_at = call.record_answered(started).await;
+        let screen = Screen::new(
+            &call.id,
+            call.shared.transitions.clone(),
+            req.amd,
+            req.opt_out_digit,
+        );
+        Answered::new(call, sip, session, answered_at)
+            .run(max_duration, screen)
+            .await
+    }
+}
+
+/// An INVITE sent through the trunk's proxy, until its final response.
+struct Dialing {
+    prepared: Prepared,
+    invite: OutboundCall,
+    /// When the INVITE went out: the setup time and the ring timeout
+    /// count from here.
+    started: Instant,
+    /// Set when we cancel: what the call ends with once the CANCEL lands.
+    canceling: Option<EndReason>,
+    /// Whether `ringing` is recorded (on the first 18x).
+    ringing: bool,
+}
+
+impl Dialing {
+    /// Sends the INVITE with our offer, credentials for 401/407 from the
+    /// profile's `[registration]`, and records its SIP Call-ID.
+    async fn start(
+        mut prepared: Prepared,
+        stack: &SipStack,
+        trunk: &Profile,
+        req: &OutboundRequest,
+    ) -> Result<Self, Finished> {
+        let offer = prepared.offer();
+        let Some(outbound) = &trunk.outbound else {
+            return Err(prepared
+                .call
+                .end(EndReason::Failed(FailureCause::TrunkNotOutbound)));
         };
-        let mut sdp = LocalSdp::new(shared.media_ip(), permit.port(), super::codecs(&self.trunk));
-        let offer = sdp.offer(Direction::SendRecv);
-        let Some(outbound) = &self.trunk.outbound else {
-            return (EndReason::Error("trunk has no [outbound]".into()), None);
-        };
-        let credentials = self.trunk.registration.as_ref().map(|r| Credentials {
+        let credentials = trunk.registration.as_ref().map(|r| Credentials {
             username: r
                 .auth_username
                 .clone()
@@ -250,125 +289,103 @@ impl Dial {
         let started = Instant::now();
         let dialled = stack
             .dial(OutboundInvite {
-                request_uri: format!("sip:{}@{}", self.req.to, outbound.proxy),
-                from_user: self.req.from.clone(),
+                request_uri: format!("sip:{}@{}", req.to, outbound.proxy),
+                from_user: req.from.clone(),
                 from_display: None,
                 from_domain: None,
                 credentials,
-                sdp_offer: Some(Bytes::from(offer)),
-                extra_headers: self.req.headers.clone(),
+                sdp_offer: Some(offer),
+                extra_headers: req.headers.clone(),
             })
             .await;
-        let mut invite = match dialled {
+        let invite = match dialled {
             Ok(invite) => invite,
-            Err(e) => return (EndReason::Error(format!("SIP: {e}")), None),
+            Err(e) => {
+                let reason = EndReason::Failed(FailureCause::Sip(e.to_string()));
+                return Err(prepared.call.end(reason));
+            }
         };
-        shared.transitions.dialing(&self.id, invite.call_id()).await;
+        let call = &prepared.call;
+        call.shared
+            .transitions
+            .dialing(&call.id, invite.call_id())
+            .await;
+        Ok(Self {
+            prepared,
+            invite,
+            started,
+            canceling: None,
+            ringing: false,
+        })
+    }
 
-        let ring_deadline = started + self.req.ring_timeout.unwrap_or(shared.ring_timeout);
-        // Set when we cancel: what the call ends with once the CANCEL lands.
-        let mut cancel_reason: Option<EndReason> = None;
-        let mut ringing = false;
+    /// Waits for the 200 (recording `ringing` on the first 18x), canceling
+    /// at `ring_timeout` or on a hangup; the answered dialog with its SDP
+    /// answer and the instant the INVITE went out.
+    async fn answered(
+        mut self,
+        ring_timeout: Duration,
+    ) -> Result<(Prepared, Call, Option<Bytes>, Instant), Finished> {
+        let ring_deadline = self.started + ring_timeout;
         loop {
+            let commands = &mut self.prepared.call.commands;
             let event = tokio::select! {
-                event = invite.next() => event,
-                Some(Command::Hangup(reason)) = self.commands.recv(), if cancel_reason.is_none() => {
+                event = self.invite.next() => event,
+                Some(CallCommand::Hangup(reason)) = commands.recv(), if self.canceling.is_none() => {
                     tracing::info!(reason = reason.label(), "canceling the INVITE");
-                    cancel_reason = Some(reason);
-                    invite.cancel();
+                    self.cancel(reason);
                     continue;
                 }
-                () = sleep_until(ring_deadline), if cancel_reason.is_none() => {
+                () = sleep_until(ring_deadline), if self.canceling.is_none() => {
                     tracing::info!("ring timeout, canceling the INVITE");
-                    cancel_reason = Some(EndReason::NoAnswer { code: None });
-                    invite.cancel();
+                    self.cancel(EndReason::NoAnswer { code: None });
                     continue;
                 }
             };
             match event {
                 Some(OutboundEvent::Progress { code, .. }) => {
                     tracing::debug!(code, "provisional response");
-                    if !ringing {
-                        ringing = true;
-                        shared.transitions.ringing(&self.id).await;
+                    if !self.ringing {
+                        self.ringing = true;
+                        let call = &self.prepared.call;
+                        call.shared.transitions.ringing(&call.id).await;
                     }
                 }
-                Some(OutboundEvent::Answered { call, sdp: answer }) => {
-                    let negotiated = match answer.as_deref().map(|a| sdp.accept_answer(a)) {
-                        Some(Ok(negotiated)) => negotiated,
-                        Some(Err(e)) => {
-                            tracing::info!(error = %e, "answer not acceptable; hanging up");
-                            drop(call);
-                            return (EndReason::NotAcceptable, None);
-                        }
-                        None => {
-                            drop(call);
-                            return (EndReason::NotAcceptable, None);
-                        }
-                    };
-                    let rtp = match RtpSession::start(
-                        socket,
-                        Some(permit),
-                        negotiated,
-                        shared.media.clone(),
-                    ) {
-                        Ok(rtp) => rtp,
-                        Err(e) => return (EndReason::Error(format!("RTP: {e}")), None),
-                    };
-                    let answered_at = Instant::now();
-                    metrics::histogram!(CALL_SETUP_SECONDS, "direction" => "outbound")
-                        .record(answered_at.duration_since(started).as_secs_f64());
-                    shared.transitions.answered(&self.id).await;
-                    let (_, placeholder) = mpsc::channel(1);
-                    let commands = std::mem::replace(&mut self.commands, placeholder);
-                    let reason = task::run(
-                        &shared,
-                        Established {
-                            id: self.id.clone(),
-                            inbound: false,
-                            sip: *call,
-                            rtp,
-                            sdp,
-                            agent,
-                            max_duration: self.max_duration,
-                            commands,
-                            screen: Screen::new(
-                                &self.id,
-                                shared.transitions.clone(),
-                                self.req.amd,
-                                self.req.opt_out_digit,
-                            ),
-                        },
-                    )
-                    .await;
-                    return (reason, Some(answered_at.elapsed()));
+                Some(OutboundEvent::Answered { call, sdp }) => {
+                    return Ok((self.prepared, *call, sdp, self.started));
                 }
-                Some(OutboundEvent::Failed { code, reason }) => {
-                    let ended = EndReason::from_failure(code, reason);
-                    // 487 answers our own CANCEL (RFC 3261 §9.1).
-                    return match (code, cancel_reason) {
-                        (487, Some(why)) => (why, None),
-                        _ => (ended, None),
-                    };
+                other => {
+                    let reason = self.not_answered(other);
+                    return Err(self.prepared.call.end(reason));
                 }
-                Some(OutboundEvent::Canceled) => {
-                    return (cancel_reason.unwrap_or(EndReason::Canceled), None);
-                }
-                Some(OutboundEvent::TimedOut) => {
-                    return (
-                        cancel_reason.unwrap_or(EndReason::NoAnswer { code: Some(408) }),
-                        None,
-                    );
-                }
-                Some(OutboundEvent::Error(e)) => {
-                    return (EndReason::Error(format!("SIP: {e}")), None);
-                }
-                None => {
-                    return (
-                        EndReason::Error("INVITE ended without an answer".into()),
-                        None,
-                    );
-                }
+            }
+        }
+    }
+
+    fn cancel(&mut self, reason: EndReason) {
+        self.canceling = Some(reason);
+        self.invite.cancel();
+    }
+
+    /// Why the INVITE ended without an answer: the reason we canceled
+    /// for, or the far end's.
+    fn not_answered(&mut self, event: Option<OutboundEvent>) -> EndReason {
+        let canceling = self.canceling.take();
+        match event {
+            // 487 answers our own CANCEL (RFC 3261 §9.1).
+            Some(OutboundEvent::Failed { code: 487, .. }) if canceling.is_some() => {
+                canceling.unwrap_or(EndReason::Canceled)
+            }
+            Some(OutboundEvent::Failed { code, reason }) => EndReason::from_failure(code, reason),
+            Some(OutboundEvent::Canceled) => canceling.unwrap_or(EndReason::Canceled),
+            Some(OutboundEvent::TimedOut) => {
+                canceling.unwrap_or(EndReason::NoAnswer { code: Some(408) })
+            }
+            Some(OutboundEvent::Error(e)) => EndReason::Failed(FailureCause::Sip(e)),
+            None => EndReason::Failed(FailureCause::NoFinalResponse),
+            // Progress and Answered never end the INVITE here.
+            Some(OutboundEvent::Progress { .. } | OutboundEvent::Answered { .. }) => {
+                EndReason::Failed(FailureCause::NoFinalResponse)
             }
         }
     }

@@ -1,10 +1,12 @@
-//! Who is on a call right now: the index of live calls by id, their
-//! [`CallHandle`]s, and the per-trunk slots that enforce `max_calls`.
+//! Who is on a call right now: the index of live calls by id ([`LiveCalls`]),
+//! their [`CallHandle`]s, and the per-trunk slots that enforce `max_calls`:
+//! the one count of a trunk's calls on this node (the campaign pacer reads
+//! it through [`LiveCalls::on_trunk`]).
 //!
 //! Each trunk's `cps` is a GCRA limiter (governor) checked by
-//! [`Registry::admit_rate`] before a slot is taken.
-//! A [`Slot`] is the call's place in the index; dropping it removes the call,
-//! lowers the trunk's active count and the gauge, and wakes the drain.
+//! [`LiveCalls::admit_rate`] before a slot is taken.
+//! A [`TrunkSlot`] is the call's place in the index; dropping it removes the
+//! call, lowers the trunk's active count and the gauge, and wakes the drain.
 //! Must not: hold a lock across `.await` (every access is a short insert,
 //! remove or copy).
 
@@ -23,26 +25,26 @@ use crate::trunk::TrunkStates;
 /// What others may ask of a call; the call task decides what it means in
 /// its current state.
 #[derive(Debug)]
-pub enum Command {
+pub enum CallCommand {
     Hangup(EndReason),
 }
 
 /// A handle to a running call task. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct CallHandle {
-    commands: mpsc::Sender<Command>,
+    commands: mpsc::Sender<CallCommand>,
 }
 
 impl CallHandle {
     /// A handle and the receiving end the call task reads.
-    pub fn new() -> (Self, mpsc::Receiver<Command>) {
+    pub fn new() -> (Self, mpsc::Receiver<CallCommand>) {
         let (commands, rx) = mpsc::channel(4);
         (Self { commands }, rx)
     }
 
     /// Asks the call to end with `reason`; false when the task is gone.
     pub fn hangup(&self, reason: EndReason) -> bool {
-        self.commands.try_send(Command::Hangup(reason)).is_ok()
+        self.commands.try_send(CallCommand::Hangup(reason)).is_ok()
     }
 }
 
@@ -54,7 +56,7 @@ struct Entry {
 
 /// The live calls. Cheap to clone.
 #[derive(Clone)]
-pub struct Registry {
+pub struct LiveCalls {
     inner: Arc<Inner>,
 }
 
@@ -70,7 +72,7 @@ struct Inner {
     rates: Mutex<HashMap<String, (NonZeroU32, Arc<DefaultDirectRateLimiter>)>>,
 }
 
-impl Registry {
+impl LiveCalls {
     pub fn new(trunks: Arc<TrunkStates>) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -109,7 +111,7 @@ impl Registry {
         direction: &'static str,
         max_calls: u32,
         handle: CallHandle,
-    ) -> Option<Slot> {
+    ) -> Option<TrunkSlot> {
         let on_trunk = {
             let mut calls = self.inner.lock();
             let on_trunk = calls.values().filter(|e| e.trunk == trunk).count();
@@ -128,9 +130,9 @@ impl Registry {
         };
         self.inner.trunks.set_active_calls(trunk, on_trunk);
         metrics::gauge!(CALLS_ACTIVE, "direction" => direction).increment(1.0);
-        Some(Slot {
+        Some(TrunkSlot {
             registry: self.clone(),
-            id: id.to_owned(),
+            id: Box::from(id),
         })
     }
 
@@ -192,13 +194,13 @@ impl Inner {
     }
 }
 
-/// A call's place in the [`Registry`]; dropping it frees the trunk slot.
-pub struct Slot {
-    registry: Registry,
-    id: String,
+/// A call's place in the [`LiveCalls`]; dropping it frees the trunk slot.
+pub struct TrunkSlot {
+    registry: LiveCalls,
+    id: Box<str>,
 }
 
-impl Drop for Slot {
+impl Drop for TrunkSlot {
     fn drop(&mut self) {
         self.registry.remove(&self.id);
     }
@@ -211,7 +213,7 @@ mod tests {
     #[test]
     fn max_calls_is_a_permit_freed_on_drop() {
         let trunks = Arc::new(TrunkStates::default());
-        let registry = Registry::new(trunks.clone());
+        let registry = LiveCalls::new(trunks.clone());
         let (h, _rx) = CallHandle::new();
         let a = registry.try_insert("a", "t", "inbound", 1, h.clone());
         assert!(a.is_some());

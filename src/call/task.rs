@@ -20,7 +20,8 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until, timeout};
 
 use super::agents::{AgentRequest, AgentRun};
-use super::registry::Command;
+use super::end_reason::FailureCause;
+use super::registry::CallCommand;
 use super::screen::{Screen, Screened};
 use super::{EndReason, Shared};
 use crate::media::{Digit, Direction, LocalSdp, MediaEvent, RtpSession};
@@ -42,7 +43,7 @@ pub(super) struct Established {
     pub sdp: LocalSdp,
     pub agent: AgentRun,
     pub max_duration: Duration,
-    pub commands: mpsc::Receiver<Command>,
+    pub commands: mpsc::Receiver<CallCommand>,
     /// Says when the agent starts (after answering-machine detection) and
     /// ends the call on an opt-out key.
     pub screen: Screen,
@@ -94,14 +95,14 @@ pub(super) async fn run(shared: &Arc<Shared>, call: Established) -> EndReason {
                 }
                 // RFC 4028 session expiry: the dialog is gone.
                 Ok(CallEvent::Terminated) => Some(far_hangup.clone()),
-                Err(e) => Some(EndReason::Error(format!("SIP: {e}"))),
+                Err(e) => Some(EndReason::Failed(FailureCause::Sip(e.to_string()))),
             },
             screened = screen.next(&mut events) => match screened {
                 Screened::StartAgent => agent
                     .start(&media)
                     .await
                     .err()
-                    .map(|_| EndReason::Error("media session closed".into())),
+                    .map(|_| EndReason::Failed(FailureCause::MediaClosed)),
                 Screened::End(reason) => Some(reason),
                 Screened::Media(event) => match event {
                     Some(MediaEvent::Audio(frame)) => {
@@ -124,23 +125,23 @@ pub(super) async fn run(shared: &Arc<Shared>, call: Established) -> EndReason {
                         tracing::debug!(%addr, "RTP latched");
                         None
                     }
-                    None => Some(EndReason::Error("media session ended".into())),
+                    None => Some(EndReason::Failed(FailureCause::MediaClosed)),
                 },
             },
             output = agent.next_output() => match output {
                 Some(output) => match agent.on_output(output, &media).await {
                     Ok(Some(request)) => fulfil(&mut sip, request).await,
                     Ok(None) => None,
-                    Err(_) => Some(EndReason::Error("media session closed".into())),
+                    Err(_) => Some(EndReason::Failed(FailureCause::MediaClosed)),
                 },
-                None => Some(EndReason::Error("agent session ended".into())),
+                None => Some(EndReason::Failed(FailureCause::AgentEnded)),
             },
             // A closed channel disables this branch (every handle gone).
-            Some(Command::Hangup(reason)) = commands.recv() => Some(reason),
+            Some(CallCommand::Hangup(reason)) = commands.recv() => Some(reason),
             () = sleep_until(deadline) => Some(EndReason::MaxDuration),
         };
     }
-    let reason = reason.unwrap_or(EndReason::Error("no reason".into()));
+    let reason = reason.unwrap_or(EndReason::Failed(FailureCause::NoReason));
     tracing::info!(reason = reason.label(), "call ending");
 
     if !reason.far_end_hung_up() && sip.is_active() {
