@@ -21,6 +21,7 @@ pub mod events;
 mod inbound;
 pub mod outbound;
 mod phase;
+mod reconcile;
 pub mod registrations;
 pub mod registry;
 mod screen;
@@ -48,6 +49,7 @@ use crate::sip::{
 use crate::trunk::TrunkStates;
 use crate::webhook::Outbox;
 use events::Transitions;
+use reconcile::TrunkContext;
 use registrations::Registrations;
 use registry::LiveCalls;
 use trunk_pings::TrunkPings;
@@ -198,24 +200,13 @@ impl Calls {
     pub async fn apply_profiles(&self) {
         if let Some(stack) = self.shared.stack.get() {
             let profiles = self.shared.profiles.get();
-            self.shared
-                .pings
-                .apply(
-                    stack,
-                    &profiles,
-                    &self.shared.trunks,
-                    self.shared.transitions.outbox(),
-                )
-                .await;
-            self.shared
-                .registrations
-                .apply(
-                    stack,
-                    &profiles,
-                    &self.shared.trunks,
-                    self.shared.transitions.outbox(),
-                )
-                .await;
+            let ctx = TrunkContext {
+                stack,
+                trunks: &self.shared.trunks,
+                outbox: self.shared.transitions.outbox(),
+            };
+            self.shared.pings.apply(&profiles, &ctx).await;
+            self.shared.registrations.apply(&profiles, &ctx).await;
         }
     }
 

@@ -1,131 +1,89 @@
 //! Trunk registrations: one `sip::Registration` per profile with a
-//! `[registration]` table, kept in step with the profile files. On SIGHUP
-//! [`Registrations::apply`] registers added trunks, unregisters removed
-//! ones and restarts changed ones; the others, and every call, are left
-//! alone. Each registration's state is mirrored into [`TrunkStates`] for
+//! `[registration]` table, kept in step with the profile files by a
+//! [`Reconciler`]. On SIGHUP [`Reconciler::apply`] registers added trunks,
+//! unregisters removed ones and restarts changed ones; the others, and
+//! every call, are left alone. Each registration's state is mirrored into [`TrunkStates`] for
 //! `GET /v1/trunks/{id}` (the SIP layer sets the metric gauge).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
-use crate::config::{self, Profiles};
+use super::reconcile::{PerTrunk, Reconciler, TrunkContext};
+use crate::config::{self, Profile};
 use crate::sip::backoff::RetryPolicy;
-use crate::sip::{Registration, RegistrationState, SipStack, TrunkRegistration};
+use crate::sip::{self, RegistrationState, TrunkRegistration};
 use crate::trunk::{self, TrunkStates};
 use crate::webhook::Outbox;
 use crate::webhook::event::{TrunkEventData, TrunkEventType};
 
-struct Running {
-    /// The table it was started from, to tell a changed profile.
-    config: config::Registration,
-    registration: Registration,
+/// The running registrations by trunk name.
+pub type Registrations = Reconciler<Registered>;
+
+/// One trunk's running registration; it unregisters when stopped.
+pub struct Registered {
+    registration: sip::Registration,
     /// Copies state changes into [`TrunkStates`]; ends with the registration.
     mirror: JoinHandle<()>,
 }
 
-/// The running registrations by trunk name.
-#[derive(Default)]
-pub struct Registrations {
-    // tokio Mutex: apply and stop await unregistration while holding it, so
-    // two SIGHUPs in a row apply one after the other.
-    running: Mutex<HashMap<String, Running>>,
-}
+impl PerTrunk for Registered {
+    /// The `[registration]` table it was started from.
+    type Key = config::Registration;
+    const WHAT: &'static str = "registration";
 
-impl Registrations {
-    /// Makes the running set match `profiles`.
-    pub async fn apply(
-        &self,
-        stack: &SipStack,
-        profiles: &Profiles,
-        trunks: &Arc<TrunkStates>,
-        outbox: &Outbox,
-    ) {
-        let mut running = self.running.lock().await;
-        let stale: Vec<String> = running
-            .iter()
-            .filter(|(name, r)| {
-                profiles
-                    .by_name
-                    .get(*name)
-                    .and_then(|p| p.registration.as_ref())
-                    != Some(&r.config)
-            })
-            .map(|(name, _)| name.clone())
-            .collect();
-        for name in stale {
-            if let Some(old) = running.remove(&name) {
-                tracing::info!(trunk = %name, "registration removed or changed: unregistering");
-                stop(old).await;
+    fn wanted(profile: &Profile) -> Option<Self::Key> {
+        profile.registration.clone()
+    }
+
+    fn start(name: &str, reg: &Self::Key, ctx: &TrunkContext<'_>) -> Option<Self> {
+        let description = TrunkRegistration {
+            trunk: name.to_owned(),
+            registrar: reg.registrar.clone(),
+            username: reg.username.clone(),
+            auth_username: reg.auth_username.clone(),
+            password: reg.password.clone(),
+            domain: reg.domain.clone(),
+            realm: None,
+            expires: Duration::from_secs(u64::from(reg.expires)),
+            retry: RetryPolicy::default(),
+        };
+        match ctx.stack.register(description) {
+            Ok(registration) => {
+                tracing::info!(trunk = %name, "registering");
+                let mirror = tokio::spawn(mirror(
+                    registration.state(),
+                    Arc::clone(ctx.trunks),
+                    name.to_owned(),
+                    ctx.outbox.clone(),
+                ));
+                Some(Registered {
+                    registration,
+                    mirror,
+                })
             }
-        }
-        for profile in profiles.by_name.values() {
-            let Some(reg) = &profile.registration else {
-                continue;
-            };
-            if running.contains_key(&profile.name) {
-                continue;
-            }
-            let description = TrunkRegistration {
-                trunk: profile.name.clone(),
-                registrar: reg.registrar.clone(),
-                username: reg.username.clone(),
-                auth_username: reg.auth_username.clone(),
-                password: reg.password.clone(),
-                domain: reg.domain.clone(),
-                realm: None,
-                expires: Duration::from_secs(u64::from(reg.expires)),
-                retry: RetryPolicy::default(),
-            };
-            match stack.register(description) {
-                Ok(registration) => {
-                    tracing::info!(trunk = %profile.name, "registering");
-                    let mirror = tokio::spawn(mirror(
-                        registration.state(),
-                        Arc::clone(trunks),
-                        profile.name.clone(),
-                        outbox.clone(),
-                    ));
-                    running.insert(
-                        profile.name.clone(),
-                        Running {
-                            config: reg.clone(),
-                            registration,
-                            mirror,
-                        },
-                    );
-                }
-                Err(e) => {
-                    tracing::error!(trunk = %profile.name, error = %e, "cannot register");
-                    trunks.set_registration(
-                        &profile.name,
-                        trunk::Registration::Failing {
-                            status: None,
-                            reason: e.to_string(),
-                            next_attempt_at: Utc::now(),
-                        },
-                    );
-                }
+            Err(e) => {
+                tracing::error!(trunk = %name, error = %e, "cannot register");
+                ctx.trunks.set_registration(
+                    name,
+                    trunk::Registration::Failing {
+                        status: None,
+                        reason: e.to_string(),
+                        next_attempt_at: Utc::now(),
+                    },
+                );
+                None
             }
         }
     }
 
-    /// Unregisters every trunk (Expires: 0) and waits for it.
-    pub async fn stop_all(&self) {
-        let all: Vec<Running> = self.running.lock().await.drain().map(|(_, r)| r).collect();
-        for running in all {
-            stop(running).await;
-        }
+    /// Unregisters (Expires: 0) and waits for it.
+    async fn stop(self) {
+        self.mirror.abort();
+        self.registration.unregister().await;
     }
-}
-
-async fn stop(running: Running) {
-    running.mirror.abort();
-    running.registration.unregister().await;
 }
 
 /// Copies the registration's state into [`TrunkStates`] and emits

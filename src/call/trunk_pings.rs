@@ -18,16 +18,15 @@
 //! there is nowhere else to send them, and the INVITE's own failure is the
 //! answer the caller of the API gets.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-use crate::config::Profiles;
+use super::reconcile::{PerTrunk, Reconciler, TrunkContext};
+use crate::config::Profile;
 use crate::metrics::{TRUNK_PING_SECONDS, TRUNK_UP};
 use crate::sip::{Probe, SipStack};
 use crate::trunk::{Health, TrunkStates};
@@ -37,78 +36,49 @@ use crate::webhook::event::{TrunkEventData, TrunkEventType};
 /// Longest wait for an answer; shorter when the interval is.
 const MAX_WAIT: Duration = Duration::from_secs(5);
 
-struct Running {
-    /// `(proxy, interval)` it was started with, to tell a changed profile.
-    target: (String, u32),
+/// The running probe tasks by trunk name.
+pub type TrunkPings = Reconciler<Probing>;
+
+/// One trunk's probe task.
+pub struct Probing {
     task: JoinHandle<()>,
 }
 
-/// The running probe tasks by trunk name.
-#[derive(Default)]
-pub struct TrunkPings {
-    running: Mutex<HashMap<String, Running>>,
-}
+impl PerTrunk for Probing {
+    /// `(proxy, interval in seconds)`.
+    type Key = (String, u32);
+    const WHAT: &'static str = "OPTIONS probes";
 
-impl TrunkPings {
-    /// Makes the running set match `profiles`.
-    pub async fn apply(
-        &self,
-        stack: &SipStack,
-        profiles: &Profiles,
-        trunks: &Arc<TrunkStates>,
-        outbox: &Outbox,
-    ) {
-        let mut running = self.running.lock().await;
-        let wanted: HashMap<&str, (String, u32)> = profiles
-            .by_name
-            .values()
-            .filter_map(|p| {
-                let out = p.outbound.as_ref()?;
-                Some((p.name.as_str(), (out.proxy.clone(), out.ping_seconds?)))
-            })
-            .collect();
-        running.retain(|name, r| {
-            let keep = wanted.get(name.as_str()) == Some(&r.target);
-            if !keep {
-                tracing::info!(trunk = %name, "OPTIONS probes removed or changed: stopping");
-                r.task.abort();
-                metrics::gauge!(TRUNK_UP, "trunk" => name.clone()).set(0.0);
-                trunks.set_health(name, Health::NotConfigured);
-            }
-            keep
-        });
-        for (name, (proxy, seconds)) in wanted {
-            if running.contains_key(name) {
-                continue;
-            }
-            tracing::info!(trunk = %name, %proxy, seconds, "probing the trunk with OPTIONS");
-            trunks.set_health(name, Health::Pending);
-            let task = tokio::spawn(
-                probe_loop(
-                    stack.clone(),
-                    Arc::clone(trunks),
-                    outbox.clone(),
-                    name.to_owned(),
-                    proxy.clone(),
-                    Duration::from_secs(u64::from(seconds)),
-                )
-                .instrument(tracing::info_span!("trunk_ping", trunk = %name)),
-            );
-            running.insert(
-                name.to_owned(),
-                Running {
-                    target: (proxy, seconds),
-                    task,
-                },
-            );
-        }
+    fn wanted(profile: &Profile) -> Option<Self::Key> {
+        let out = profile.outbound.as_ref()?;
+        Some((out.proxy.clone(), out.ping_seconds?))
     }
 
-    /// Stops every probe task (at shutdown).
-    pub async fn stop_all(&self) {
-        for (_, r) in self.running.lock().await.drain() {
-            r.task.abort();
-        }
+    fn start(name: &str, (proxy, seconds): &Self::Key, ctx: &TrunkContext<'_>) -> Option<Self> {
+        tracing::info!(trunk = %name, %proxy, seconds, "probing the trunk with OPTIONS");
+        ctx.trunks.set_health(name, Health::Pending);
+        let task = tokio::spawn(
+            probe_loop(
+                ctx.stack.clone(),
+                Arc::clone(ctx.trunks),
+                ctx.outbox.clone(),
+                name.to_owned(),
+                proxy.clone(),
+                Duration::from_secs(u64::from(*seconds)),
+            )
+            .instrument(tracing::info_span!("trunk_ping", trunk = %name)),
+        );
+        Some(Probing { task })
+    }
+
+    async fn stop(self) {
+        self.task.abort();
+    }
+
+    /// The trunk shows no health any more (until probes start again).
+    fn forget(name: &str, ctx: &TrunkContext<'_>) {
+        metrics::gauge!(TRUNK_UP, "trunk" => name.to_owned()).set(0.0);
+        ctx.trunks.set_health(name, Health::NotConfigured);
     }
 }
 
