@@ -105,6 +105,10 @@ impl Dialer for CallDialer {
         Ok(record.id)
     }
 
+    fn calls_on_trunk(&self, trunk: &str) -> u32 {
+        self.calls.calls_on_trunk(trunk)
+    }
+
     async fn fate(&self, call_id: &str) -> Result<CallFate, DialError> {
         let shared = &self.calls.shared;
         let store = shared.transitions.store();

@@ -226,6 +226,17 @@ impl Calls {
         self.shared.registry.len()
     }
 
+    /// The calls trunk `trunk_id` carries now on this node, inbound and
+    /// outbound: its `max_calls` count (0 for a trunk no profile names).
+    pub fn calls_on_trunk(&self, trunk_id: &str) -> u32 {
+        let profiles = self.shared.profiles.get();
+        let Some(trunk) = profiles.get_by_id(trunk_id) else {
+            return 0;
+        };
+        let calls = self.shared.registry.on_trunk(&trunk.name);
+        u32::try_from(calls).unwrap_or(u32::MAX)
+    }
+
     /// Stops taking calls: INVITEs get 503 with Retry-After, placing fails.
     pub fn drain(&self) {
         self.shared.draining.store(true, Ordering::SeqCst);

@@ -136,6 +136,15 @@ impl LiveCalls {
         })
     }
 
+    /// The calls on `trunk` now: the count its `max_calls` caps.
+    pub fn on_trunk(&self, trunk: &str) -> usize {
+        self.inner
+            .lock()
+            .values()
+            .filter(|e| e.trunk == trunk)
+            .count()
+    }
+
     pub fn get(&self, id: &str) -> Option<CallHandle> {
         self.inner.lock().get(id).map(|e| e.handle.clone())
     }

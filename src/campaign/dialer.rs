@@ -92,6 +92,11 @@ pub trait Dialer: Send + Sync + 'static {
 
     /// What became of a call placed earlier (used after a restart).
     async fn fate(&self, call_id: &str) -> Result<CallFate, DialError>;
+
+    /// How many calls trunk `trunk` (an id) carries now, inbound and
+    /// outbound, as the call layer counts them against its `max_calls`:
+    /// the one count of a trunk's calls, which the pacer reads.
+    fn calls_on_trunk(&self, trunk: &str) -> u32;
 }
 
 /// How the driver runs.
@@ -140,8 +145,8 @@ pub struct Driver<D> {
     pacer: Mutex<Pacer>,
     /// Where the trunk caps come from.
     trunk_caps: TrunkCaps,
-    /// Calls this node placed and has not seen end: call id -> (campaign, trunk).
-    in_flight: Mutex<HashMap<String, (String, String)>>,
+    /// Calls this node placed and has not seen end: call id -> campaign.
+    in_flight: Mutex<HashMap<String, String>>,
     /// Woken when a call ends, so a freed slot is used at once.
     ended: Notify,
     /// Place requests handed to the call layer and not yet answered:
@@ -171,7 +176,7 @@ impl<D: Dialer> Driver<D> {
         self.pacer.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn flights(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, String)>> {
+    fn flights(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
         self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -257,7 +262,8 @@ impl<D: Dialer> Driver<D> {
                 // it, not after the claim: the claim's store round trip
                 // would otherwise stretch every spacing and lower the rate.
                 let allowed_at = Instant::now();
-                let trunk = match self.pacer().ready(allowed_at, &c.id, &trunks) {
+                let on_trunk = |t: &str| self.dialer.calls_on_trunk(t);
+                let trunk = match self.pacer().ready(allowed_at, &c.id, &trunks, on_trunk) {
                     Ok(t) => t,
                     Err(w) => {
                         waits.push(w);
@@ -304,8 +310,8 @@ impl<D: Dialer> Driver<D> {
                     continue;
                 };
                 self.pacer().start(allowed_at, &c.id, &trunk);
-                self.flights()
-                    .insert(call_id.clone(), (c.id.clone(), trunk.clone()));
+                self.flights().insert(call_id.clone(), c.id.clone());
+                let placing_on = trunk.clone();
                 let req = PlaceCall {
                     call_id: call_id.clone(),
                     campaign_id: c.id.clone(),
@@ -326,6 +332,7 @@ impl<D: Dialer> Driver<D> {
                     .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 tokio::spawn(async move {
                     let placed = me.dialer.place(req).await;
+                    me.pacer().placed(&placing_on);
                     me.placing.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                     match placed {
                         Ok(_) => {}
@@ -352,8 +359,8 @@ impl<D: Dialer> Driver<D> {
     /// anything: the contact is due again with the same attempt number.
     async fn not_placed(&self, call_id: &str, attempt_id: &str) -> Result<(), StoreError> {
         self.store.unclaim_attempt(attempt_id).await?;
-        if let Some((campaign, trunk)) = self.flights().remove(call_id) {
-            self.pacer().finish(&campaign, &trunk);
+        if let Some(campaign) = self.flights().remove(call_id) {
+            self.pacer().finish(&campaign);
         }
         self.ended.notify_one();
         Ok(())
@@ -400,8 +407,8 @@ impl<D: Dialer> Driver<D> {
                 })
             })
             .await?;
-        if let Some((campaign, trunk)) = self.flights().remove(call_id) {
-            self.pacer().finish(&campaign, &trunk);
+        if let Some(campaign) = self.flights().remove(call_id) {
+            self.pacer().finish(&campaign);
         }
         if let Some((end, _)) = recorded
             && self
@@ -460,10 +467,9 @@ impl<D: Dialer> Driver<D> {
                     {
                         continue;
                     }
-                    let trunk = f.trunk.clone().unwrap_or_default();
-                    self.pacer().start(Instant::now(), &f.campaign_id, &trunk);
+                    self.pacer().adopt(Instant::now(), &f.campaign_id);
                     self.flights()
-                        .insert(f.call_id.clone(), (f.campaign_id.clone(), trunk));
+                        .insert(f.call_id.clone(), f.campaign_id.clone());
                 }
                 Err(e) => {
                     tracing::warn!(call = %f.call_id, error = %e, "call fate unknown; will ask again")
@@ -518,6 +524,9 @@ mod tests {
                 .get(call_id)
                 .copied()
                 .unwrap_or(CallFate::NeverPlaced))
+        }
+        fn calls_on_trunk(&self, _trunk: &str) -> u32 {
+            u32::try_from(self.live.load(Ordering::SeqCst)).unwrap()
         }
     }
 

@@ -3,10 +3,17 @@
 //! each trunk's `max_calls` and `cps`, a global cap), and if not, whether to
 //! wait for a slot to free or until an instant.
 //!
-//! Sans-IO: plain state and `now` passed in, so it is tested with paused
-//! time. Rates are enforced as strict spacing (one call per `1/cps`), so no
-//! one-second window ever holds more than `cps` starts. Caps count this
-//! node's calls; with several nodes sharing a campaign, each applies them.
+//! Sans-IO: plain state, `now` and the trunks' calls passed in, so it is
+//! tested with paused time. Rates are enforced as strict spacing (one call
+//! per `1/cps`), so no one-second window ever holds more than `cps` starts.
+//! Caps count this node's calls; with several nodes sharing a campaign,
+//! each applies them.
+//!
+//! A trunk's `max_calls` is counted in one place: the call layer's live
+//! calls (every inbound and outbound call holding a slot on the trunk),
+//! read at each [`Pacer::ready`]. The pacer adds only the calls it handed
+//! to the call layer that have not come back yet ([`Pacer::placed`]),
+//! which hold no slot so far.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -24,6 +31,7 @@ pub struct Caps {
 #[derive(Debug, Clone)]
 struct Lane {
     caps: Caps,
+    /// A campaign's calls in flight; a trunk's calls being placed.
     active: u32,
     /// The earliest instant the next call may start.
     next_start: Option<Instant>,
@@ -38,8 +46,9 @@ impl Lane {
         }
     }
 
-    fn check(&self, now: Instant) -> Result<(), Wait> {
-        if self.active >= self.caps.max_calls {
+    /// `elsewhere`: calls counted outside this lane that take a slot too.
+    fn check(&self, now: Instant, elsewhere: u32) -> Result<(), Wait> {
+        if self.active.saturating_add(elsewhere) >= self.caps.max_calls {
             return Err(Wait::Slot);
         }
         match self.next_start {
@@ -117,19 +126,27 @@ impl Pacer {
     }
 
     /// Whether a call of `campaign` may start now on one of `trunks` (tried
-    /// in order): the trunk to use, or what to wait for. Reserves nothing.
-    pub fn ready(&self, now: Instant, campaign: &str, trunks: &[String]) -> Result<String, Wait> {
+    /// in order): the trunk to use, or what to wait for. `on_trunk` is how
+    /// many calls a trunk carries now, as the call layer counts them.
+    /// Reserves nothing.
+    pub fn ready(
+        &self,
+        now: Instant,
+        campaign: &str,
+        trunks: &[String],
+        on_trunk: impl Fn(&str) -> u32,
+    ) -> Result<String, Wait> {
         if self.global_active >= self.global_max {
             return Err(Wait::Slot);
         }
         let lane = self.campaigns.get(campaign).ok_or(Wait::Slot)?;
-        lane.check(now)?;
+        lane.check(now, 0)?;
         let mut wait: Option<Wait> = None;
         for trunk in trunks {
             let Some(t) = self.trunks.get(trunk) else {
                 continue;
             };
-            match t.check(now) {
+            match t.check(now, on_trunk(trunk)) {
                 Ok(()) => return Ok(trunk.clone()),
                 Err(w) => {
                     // The soonest trunk decides how long to wait.
@@ -144,24 +161,36 @@ impl Pacer {
         Err(wait.unwrap_or(Wait::Slot))
     }
 
-    /// Records a call started now (after [`Pacer::ready`] said yes).
+    /// Records a call started now (after [`Pacer::ready`] said yes) and
+    /// handed to the call layer; [`Pacer::placed`] when it comes back.
     pub fn start(&mut self, now: Instant, campaign: &str, trunk: &str) {
-        self.global_active += 1;
-        if let Some(l) = self.campaigns.get_mut(campaign) {
-            l.start(now);
-        }
+        self.adopt(now, campaign);
         if let Some(l) = self.trunks.get_mut(trunk) {
             l.start(now);
         }
     }
 
-    /// Records a call that ended (or was never placed after all).
-    pub fn finish(&mut self, campaign: &str, trunk: &str) {
-        self.global_active = self.global_active.saturating_sub(1);
-        if let Some(l) = self.campaigns.get_mut(campaign) {
+    /// The call layer answered a call handed to it on `trunk`: placed, it
+    /// holds a slot the call layer counts; refused, it holds none.
+    pub fn placed(&mut self, trunk: &str) {
+        if let Some(l) = self.trunks.get_mut(trunk) {
             l.finish();
         }
-        if let Some(l) = self.trunks.get_mut(trunk) {
+    }
+
+    /// Counts a call already up (adopted after a restart) against its
+    /// campaign and the global cap; its trunk slot is the call layer's.
+    pub fn adopt(&mut self, now: Instant, campaign: &str) {
+        self.global_active += 1;
+        if let Some(l) = self.campaigns.get_mut(campaign) {
+            l.start(now);
+        }
+    }
+
+    /// Records a call that ended (or was never placed after all).
+    pub fn finish(&mut self, campaign: &str) {
+        self.global_active = self.global_active.saturating_sub(1);
+        if let Some(l) = self.campaigns.get_mut(campaign) {
             l.finish();
         }
     }
@@ -184,6 +213,11 @@ mod tests {
         names.iter().map(|s| s.to_string()).collect()
     }
 
+    /// The calls the "call layer" counts on `trunk`.
+    fn on(live: &[(Instant, String)], trunk: &str) -> u32 {
+        u32::try_from(live.iter().filter(|(_, t)| t == trunk).count()).unwrap()
+    }
+
     /// Starts as many calls as allowed over `secs` seconds of paused time,
     /// ending each after `hold`; returns the start instants.
     async fn simulate(
@@ -199,9 +233,9 @@ mod tests {
         let step = Duration::from_millis(5);
         for _ in 0..(secs * 200) {
             let now = Instant::now();
-            live.retain(|(end, trunk)| {
+            live.retain(|(end, _)| {
                 if *end <= now {
-                    p.finish(campaign, trunk);
+                    p.finish(campaign);
                     false
                 } else {
                     true
@@ -209,9 +243,10 @@ mod tests {
             });
             // Bounded: one tick cannot start more calls than the global cap.
             for _ in 0..p.global_max {
-                match p.ready(now, campaign, ts) {
+                match p.ready(now, campaign, ts, |t| on(&live, t)) {
                     Ok(trunk) => {
                         p.start(now, campaign, &trunk);
+                        p.placed(&trunk);
                         live.push((now + hold, trunk.clone()));
                         starts.push((now, trunk));
                     }
@@ -290,28 +325,28 @@ mod tests {
         let mut starts_a = Vec::new();
         for _ in 0..4000 {
             let now = Instant::now();
-            live.retain(|(end, trunk)| {
+            live.retain(|(end, _)| {
                 if *end <= now {
-                    p.finish("c", trunk);
+                    p.finish("c");
                     false
                 } else {
                     true
                 }
             });
             for _ in 0..10 {
-                let Ok(trunk) = p.ready(now, "c", &ts) else {
+                let Ok(trunk) = p.ready(now, "c", &ts, |t| on(&live, t)) else {
                     break;
                 };
                 p.start(now, "c", &trunk);
+                p.placed(&trunk);
                 if trunk == "a" {
                     starts_a.push(now);
                 }
                 live.push((now + Duration::from_millis(700), trunk));
             }
-            let on = |n: &str| live.iter().filter(|(_, t)| t == n).count();
             max_seen.0 = max_seen.0.max(live.len());
-            max_seen.1 = max_seen.1.max(on("a"));
-            max_seen.2 = max_seen.2.max(on("b"));
+            max_seen.1 = max_seen.1.max(on(&live, "a"));
+            max_seen.2 = max_seen.2.max(on(&live, "b"));
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert_eq!(max_seen.0, 6, "global cap reached, never passed");
@@ -339,18 +374,18 @@ mod tests {
         );
         let ts = trunks(&["t"]);
         let now = Instant::now();
-        assert_eq!(p.ready(now, "c", &ts), Ok("t".to_string()));
+        assert_eq!(p.ready(now, "c", &ts, |_| 0), Ok("t".to_string()));
         p.start(now, "c", "t");
-        assert_eq!(p.ready(now, "c", &ts), Err(Wait::Slot));
-        p.finish("c", "t");
+        assert_eq!(p.ready(now, "c", &ts, |_| 0), Err(Wait::Slot));
+        p.finish("c");
         assert_eq!(
-            p.ready(now, "c", &ts),
+            p.ready(now, "c", &ts, |_| 0),
             Err(Wait::Until(now + Duration::from_secs(1)))
         );
         // Unknown campaign or trunks: nothing starts.
-        assert_eq!(p.ready(now, "x", &ts), Err(Wait::Slot));
+        assert_eq!(p.ready(now, "x", &ts, |_| 0), Err(Wait::Slot));
         assert_eq!(
-            p.ready(now + Duration::from_secs(2), "c", &trunks(&["nope"])),
+            p.ready(now + Duration::from_secs(2), "c", &trunks(&["nope"]), |_| 0),
             Err(Wait::Slot)
         );
         assert_eq!(
@@ -361,5 +396,35 @@ mod tests {
             ]),
             Some(Wait::Until(now))
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trunk_slot_is_the_call_layers_count_plus_calls_being_placed() {
+        let mut p = Pacer::new(10);
+        p.set_campaign(
+            "c",
+            Caps {
+                max_calls: 10,
+                cps: 0.0,
+            },
+        );
+        p.set_trunk(
+            "t",
+            Caps {
+                max_calls: 2,
+                cps: 0.0,
+            },
+        );
+        let ts = trunks(&["t"]);
+        let now = Instant::now();
+        // Two calls on the trunk that the campaign did not place (inbound).
+        assert_eq!(p.ready(now, "c", &ts, |_| 2), Err(Wait::Slot));
+        assert_eq!(p.ready(now, "c", &ts, |_| 1), Ok("t".to_string()));
+        // One being placed holds no slot yet, but counts.
+        p.start(now, "c", "t");
+        assert_eq!(p.ready(now, "c", &ts, |_| 1), Err(Wait::Slot));
+        // Refused by the call layer: nothing holds the slot any more.
+        p.placed("t");
+        assert_eq!(p.ready(now, "c", &ts, |_| 1), Ok("t".to_string()));
     }
 }
