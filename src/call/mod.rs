@@ -1,14 +1,17 @@
 //! Calls: the decisions about a call and the one task that owns each.
 //!
 //! Owns: inbound routing (trunk by source, number, agent, accept or refuse:
-//! [`inbound`]), placing outbound calls ([`outbound`]), the established
-//! call task ([`task`]) and its screening (answering-machine detection and
-//! the opt-out key: [`screen`]), the campaign dialer's seam
-//! ([`campaign_dialer`]), the one [`EndReason`] per call ([`end_reason`]),
-//! the live-call index with its handles and trunk slots ([`registry`]),
-//! every call state transition with its store write and bus event
-//! ([`events`]), the diagnostic agents ([`agents`]) and the trunk
-//! registrations ([`registrations`]).
+//! [`inbound`]), placing outbound calls ([`outbound`]), the call phases
+//! both share, as types (routed, prepared, answered, finished: [`phase`]),
+//! the established call task ([`task`]) and its screening
+//! (answering-machine detection and the opt-out key: [`screen`]), the
+//! campaign dialer's seam ([`campaign_dialer`]), the one [`EndReason`] per
+//! call ([`end_reason`]), the live-call index with its handles and trunk
+//! slots, the one count of a trunk's `max_calls` ([`registry`]), every
+//! call state transition with its store write and bus event ([`events`]),
+//! the diagnostic agents ([`agents`]), and what runs per trunk profile
+//! ([`reconcile`]): the registrations ([`registrations`]) and the OPTIONS
+//! probes ([`trunk_pings`]).
 //!
 //! Must not: parse or build SIP or RTP (that is `sip` and `media`), or know
 //! HTTP (the API calls [`Calls`]). Nothing but [`events::Transitions`]
