@@ -2,6 +2,9 @@
 //! `campaign watch`. Each subcommand loads and validates the config first; a
 //! bad config exits 64 before anything is opened or bound.
 
+// The command line's output is its interface (see `print_stdout` in Cargo.toml).
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
 mod campaign_watch;
 
 use std::path::PathBuf;

@@ -27,6 +27,7 @@ pub fn start_trimming() {
         loop {
             every.tick().await;
             let started = std::time::Instant::now();
+            #[allow(unsafe_code)] // FFI: glibc's malloc_trim has no safe wrapper
             // SAFETY: malloc_trim has no preconditions; it only releases
             // free memory at the top of and inside glibc's arenas.
             let released = unsafe { libc::malloc_trim(0) };

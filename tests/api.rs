@@ -1,6 +1,10 @@
 //! Black-box tests of the admin API against a running daemon, on SQLite and
 //! on PostgreSQL.
 
+// A test's unwrap, expect or panic is its failure report: the daemon's bans
+// (Cargo.toml `[lints]`) do not apply here.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use common::{Backend, TestDaemon, error_fields, json_of};

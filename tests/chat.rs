@@ -3,6 +3,10 @@
 //! server that speaks the real streaming format, calls a tool (a local
 //! server that checks the Standard Webhooks signature), and streams slowly.
 
+// A test's unwrap, expect or panic is its failure report: the daemon's bans
+// (Cargo.toml `[lints]`) do not apply here.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::sync::{Arc, Mutex};

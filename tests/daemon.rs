@@ -2,6 +2,10 @@
 //! environment overrides, signals (SIGTERM, SIGHUP), systemd notification and
 //! the unit file, metrics.
 
+// A test's unwrap, expect or panic is its failure report: the daemon's bans
+// (Cargo.toml `[lints]`) do not apply here.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::os::unix::net::UnixDatagram;

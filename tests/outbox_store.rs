@@ -2,6 +2,10 @@
 //! same delivery, an expired lease is claimed again, only the lease holder
 //! moves a delivery, and only deliveries written wake the worker.
 
+// A test's unwrap, expect or panic is its failure report: the daemon's bans
+// (Cargo.toml `[lints]`) do not apply here.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::collections::HashSet;

@@ -1,5 +1,9 @@
 //! Inbound calls driven by SIPp against a stack on 127.0.0.1:0.
 
+// A test's unwrap, expect or panic is its failure report: the daemon's bans
+// (Cargo.toml `[lints]`) do not apply here.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use common::{events_until, free_udp_port, run_sipp, start_stack, start_stack_with};

@@ -271,6 +271,7 @@ impl Default for StoreConfig {
 /// The host's name (gethostname(2)), or `agentline` when it has none.
 fn host_name() -> String {
     let mut buf = [0u8; 256];
+    #[allow(unsafe_code)] // FFI: no safe wrapper in std or libc
     // SAFETY: the buffer is writable for its whole length, which is passed;
     // the name is read up to its NUL (or the end, if truncated).
     let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
