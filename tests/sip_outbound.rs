@@ -49,7 +49,7 @@ async fn outbound_answered_then_hung_up_by_us() {
         &[],
         LIMIT,
     ));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    common::wait_for_udp_listener(port).await;
 
     let mut call = stack.dial(invite(port, None)).await.expect("dial");
     let mut seen = collect(&mut call).await;
@@ -68,7 +68,8 @@ async fn outbound_answered_then_hung_up_by_us() {
         panic!("not answered: {seen:?}");
     };
     assert!(sdp.is_some(), "200 carried SDP");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // `Answered` comes once our ACK is sent (§13.2.2.4), so the BYE follows
+    // it on the wire, as SIPp's scenario expects.
     established.hangup().await.expect("BYE");
     let run = sipp.await.expect("sipp task");
     assert!(run.success, "{}", run.output);
@@ -85,7 +86,7 @@ async fn outbound_busy_reports_486_with_reason() {
         &[],
         LIMIT,
     ));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    common::wait_for_udp_listener(port).await;
 
     let mut call = stack.dial(invite(port, None)).await.expect("dial");
     let seen = collect(&mut call).await;
@@ -111,7 +112,7 @@ async fn outbound_407_challenge_answered() {
         &[],
         LIMIT,
     ));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    common::wait_for_udp_listener(port).await;
 
     let credentials = Credentials {
         username: "bob".to_owned(),
@@ -147,10 +148,11 @@ async fn outbound_cancel_before_first_provisional() {
         &[],
         LIMIT,
     ));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    common::wait_for_udp_listener(port).await;
 
+    // `dial` returns once the INVITE is sent; SIPp holds its 180 for 1 s,
+    // so this cancel comes before any provisional.
     let mut call = stack.dial(invite(port, None)).await.expect("dial");
-    tokio::time::sleep(Duration::from_millis(200)).await;
     call.cancel();
     let seen = collect(&mut call).await;
     assert!(

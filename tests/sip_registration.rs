@@ -58,7 +58,7 @@ async fn register_challenged_401_then_accepted_and_refreshed() {
         &[],
         Duration::from_secs(15),
     ));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    common::wait_for_udp_listener(port).await;
 
     let registration = stack
         .register(trunk(format!("127.0.0.1:{port}"), 60))
@@ -107,7 +107,7 @@ async fn register_answers_the_challenge_as_the_auth_username() {
         &[],
         Duration::from_secs(15),
     ));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    common::wait_for_udp_listener(port).await;
 
     let registration = stack
         .register(TrunkRegistration {
@@ -136,7 +136,7 @@ async fn register_honours_423_min_expires() {
         &[],
         Duration::from_secs(15),
     ));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    common::wait_for_udp_listener(port).await;
 
     let registration = stack
         .register(trunk(format!("127.0.0.1:{port}"), 30))

@@ -540,8 +540,20 @@ async fn deepgram_streams_audio_and_turns_results_into_one_final_per_turn() {
         ]
     );
 
-    // Idle past the keep-alive period: the client keeps the stream open.
-    tokio::time::sleep(Duration::from_millis(4500)).await;
+    // Idle past the keep-alive period: the client keeps the stream open
+    // with a KeepAlive (the stand-in reports what came up, in order).
+    let mut ups = Vec::new();
+    loop {
+        let u = tokio::time::timeout(WAIT, up.recv())
+            .await
+            .expect("a KeepAlive while idle")
+            .expect("stand-in running");
+        let keep_alive = matches!(&u, Up::Control(t) if t.contains("KeepAlive"));
+        ups.push(u);
+        if keep_alive {
+            break;
+        }
+    }
     // A second turn whose Finalize goes unanswered: its final pieces stand.
     stream.push(&[0; FRAME_SAMPLES]).await.unwrap();
     stream.end_of_turn().await.unwrap();
@@ -588,7 +600,6 @@ async fn deepgram_streams_audio_and_turns_results_into_one_final_per_turn() {
         );
     }
 
-    let mut ups = Vec::new();
     while let Ok(u) = up.try_recv() {
         ups.push(u);
     }

@@ -46,6 +46,18 @@ async fn endpoint(d: &TestDaemon, url: &str, events: Option<&[&str]>) -> (String
     )
 }
 
+/// Waits until a test event sent now to an endpoint of its own has been
+/// delivered after `retries` failed attempts (1 s apart under the fast
+/// schedules): the worker claims deliveries in the order they fall due, so
+/// by then anything due before that last attempt has gone out.
+async fn worker_caught_up(d: &TestDaemon, retries: u64) {
+    let rx = Receiver::start(json!({"fail_first": retries, "fail_status": 503}));
+    let (ep, _) = endpoint(d, &rx.url(), None).await;
+    test_event(d, &ep).await;
+    rx.wait_until(Duration::from_secs(10), |r| r.len() as u64 > retries)
+        .await;
+}
+
 /// Sends a test event to the endpoint; returns the event id.
 async fn test_event(d: &TestDaemon, endpoint: &str) -> String {
     let (s, b) = json_of(d.post(&format!("/v1/webhook-endpoints/{endpoint}/test"))).await;
@@ -190,7 +202,7 @@ async fn gone_disables_the_endpoint(backend: Backend) {
     // Nothing more goes out until the endpoint is enabled again.
     rx.set(json!({"secrets": [secret]}));
     let later = test_event(&d, &ep).await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    worker_caught_up(&d, 0).await;
     assert_eq!(rx.records().len(), 1);
     let (s, e) = json_of(d.post(&format!("/v1/webhook-endpoints/{ep}/enable"))).await;
     assert_eq!(s, StatusCode::OK);
@@ -212,7 +224,8 @@ async fn dead_letters_stay_visible_and_replay(backend: Backend) {
     assert_eq!(items[0]["attempts"].as_array().unwrap().len(), 3);
     assert_eq!(items[0]["attempts"][2]["outcome"], "retry");
     assert!(items[0]["next_attempt_at"].is_null());
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // A fourth attempt would be due 1 s after the third.
+    worker_caught_up(&d, 1).await;
     assert_eq!(rx.records().len(), 3, "no attempt after the dead letter");
 
     // Replay every failed delivery since a time: same webhook-id, delivered.

@@ -93,6 +93,20 @@ pub fn free_port_run(n: u16) -> u16 {
     panic!("no run of {n} free ports between 30000 and 32768");
 }
 
+/// Polls `check` every 50 ms until it holds; panics with `what` after
+/// `timeout`. The wait for a condition that replaces a fixed sleep.
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The status and JSON body of an answer (`null` when the body is not JSON).
 pub async fn json_of(r: reqwest::Response) -> (reqwest::StatusCode, serde_json::Value) {
     let status = r.status();

@@ -40,6 +40,31 @@ pub fn require_sipp() {
     );
 }
 
+/// Whether a socket is bound to UDP `port` (any address), as the kernel's
+/// socket tables say: reading them takes nothing from the peer, where a
+/// probe bind could take the port before the peer does.
+fn udp_bound(port: u16) -> bool {
+    ["/proc/net/udp", "/proc/net/udp6"].iter().any(|table| {
+        std::fs::read_to_string(table)
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+            .filter_map(|line| line.split_whitespace().nth(1)?.rsplit_once(':'))
+            .any(|(_, p)| u16::from_str_radix(p, 16) == Ok(port))
+    })
+}
+
+/// Waits (at most 10 s) until a peer started on UDP `port`, such as SIPp,
+/// has bound it: from then on a request sent to it waits in its socket.
+pub async fn wait_for_udp_listener(port: u16) {
+    super::wait_until(
+        Duration::from_secs(10),
+        &format!("nothing bound UDP port {port}"),
+        || async move { udp_bound(port) },
+    )
+    .await;
+}
+
 /// The outcome of one SIPp run.
 pub struct SippRun {
     pub success: bool,
