@@ -321,7 +321,38 @@ async fn pause_and_drain_stop_new_dials_and_let_calls_finish() {
     let at_pause = store.campaign_attempts(&id).await.expect("attempts").len();
     // The calls up finish (answered, 1 s); nothing new is dialled.
     let stats = watch(&d, &id, Duration::from_secs(20), |s| s["calls_active"] == 0).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A campaign started now gets its call once the dialer has passed over
+    // the campaigns again: by then a dial for the paused one would show.
+    let agent = json_of(d.get(&format!("/v1/campaigns/{id}"))).await["agent_id"].clone();
+    let barrier = json_of(d.post("/v1/campaigns").json(&json!({
+        "name": "barrier",
+        "agent_id": agent,
+        "caller_number": CALLER,
+        "trunk_ids": ["trk_callee"],
+        "schedule": {"start_time": "06:00", "end_time": "18:00", "timezone": day},
+    })))
+    .await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    json_of(
+        d.post(&format!("/v1/campaigns/{barrier}/contacts"))
+            .json(&json!({"contacts": [{"number": "+14155599990", "timezone": day}]})),
+    )
+    .await;
+    json_of(d.post(&format!("/v1/campaigns/{barrier}/start"))).await;
+    common::wait_until(
+        Duration::from_secs(20),
+        "the campaign started after the pause dialled",
+        || async {
+            !store
+                .campaign_attempts(&barrier)
+                .await
+                .expect("attempts")
+                .is_empty()
+        },
+    )
+    .await;
     let attempts = store.campaign_attempts(&id).await.expect("attempts");
     assert_eq!(attempts.len(), at_pause, "no dial after the pause");
     assert!(
