@@ -481,7 +481,7 @@ async fn outbound(
     )
     .await;
     let callee = tokio::spawn(run_sipp(scenario, port, None, &[], LIMIT));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    common::wait_for_udp_listener(port).await;
     let mut request = json!({"from": NUMBER, "to": "+442079460958"});
     if let (Some(r), Some(b)) = (request.as_object_mut(), body.as_object()) {
         r.extend(b.clone());
@@ -557,7 +557,7 @@ async fn trunk_registration_state_is_visible() {
         &[],
         Duration::from_secs(60),
     ));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    common::wait_for_udp_listener(port).await;
     let d = TestDaemon::builder()
         .profile(
             "carrier",
@@ -589,7 +589,7 @@ async fn trunk_health_follows_the_options_probes() {
         &["-m", "5"],
         LIMIT,
     ));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    common::wait_for_udp_listener(port).await;
     let profile = |ping: &str| {
         format!("name = \"carrier\"\n[outbound]\nproxy = \"127.0.0.1:{port}\"\n{ping}")
     };
