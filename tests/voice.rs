@@ -756,7 +756,7 @@ async fn outbound_agent_greets_after_the_silent_callee_wait() {
         &[],
         LIMIT,
     ));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    common::wait_for_udp_listener(callee_port).await;
     let (status, placed) = json_of(
         d.post("/v1/calls")
             .json(&json!({"from": NUMBER, "to": "+442079460958"}))
