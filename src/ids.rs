@@ -9,7 +9,8 @@
 use std::sync::Mutex;
 
 /// The process-wide monotonic ULID source.
-// std Mutex: held only for one synchronous `generate`, never across `.await`.
+// std Mutex: held only for one synchronous `generate`, never across `.await`
+// (clippy's `await_holding_lock` checks it).
 static GENERATOR: Mutex<ulid::Generator> = Mutex::new(ulid::Generator::new());
 
 /// The prefixes, one per kind of object.

@@ -37,7 +37,8 @@ pub struct AuthedKey {
 pub struct RateLimits {
     default_per_minute: NonZeroU32,
     clock: DefaultClock,
-    // std Mutex: held only to look up or insert, never across an `.await`.
+    // std Mutex: held only to look up or insert, never across an `.await`
+    // (clippy's `await_holding_lock` checks it).
     limiters: Mutex<HashMap<String, (NonZeroU32, Arc<Limiter>)>>,
 }
 
