@@ -25,7 +25,7 @@ use super::registry::CallCommand;
 use super::screen::{Screen, Screened};
 use super::{EndReason, Shared};
 use crate::media::{Digit, Direction, LocalSdp, MediaEvent, RtpSession};
-use crate::sip::{Call, CallEvent, ReInvite};
+use crate::sip::{Call, DialogEvent, ReInvite};
 
 /// How long we wait for the answer to our BYE before giving up on it.
 const BYE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -78,14 +78,14 @@ pub(super) async fn run(shared: &Arc<Shared>, call: Established) -> EndReason {
     while reason.is_none() {
         reason = tokio::select! {
             event = sip.next_event() => match event {
-                Ok(CallEvent::Bye) => Some(far_hangup.clone()),
-                Ok(CallEvent::ReInvite(re)) => {
+                Ok(DialogEvent::Bye) => Some(far_hangup.clone()),
+                Ok(DialogEvent::ReInvite(re)) => {
                     reinvite(&mut sip, &mut sdp, &media, re).await;
                     None
                 }
                 // INFO is answered 200 by the SIP layer; a key in it
                 // (application/dtmf-relay) counts as one sent by RFC 4733.
-                Ok(CallEvent::Info { content_type, body }) => {
+                Ok(DialogEvent::Info { content_type, body }) => {
                     match content_type.as_deref().and_then(|ct| Digit::from_sip_info(ct, &body)) {
                         Some(digit) => {
                             on_digit(shared, &id, &screen, &mut agent, digit, "SIP INFO").await
@@ -94,7 +94,7 @@ pub(super) async fn run(shared: &Arc<Shared>, call: Established) -> EndReason {
                     }
                 }
                 // RFC 4028 session expiry: the dialog is gone.
-                Ok(CallEvent::Terminated) => Some(far_hangup.clone()),
+                Ok(DialogEvent::Terminated) => Some(far_hangup.clone()),
                 Err(e) => Some(EndReason::Failed(FailureCause::Sip(e.to_string()))),
             },
             screened = screen.next(&mut events) => match screened {

@@ -19,7 +19,7 @@ use tracing::Instrument;
 
 /// What happened inside an established call.
 #[derive(Debug)]
-pub enum CallEvent {
+pub enum DialogEvent {
     /// The peer hung up; 200 to its BYE is already sent.
     Bye,
     /// The peer sent a re-INVITE (hold, resume, codec change). Answer it
@@ -93,7 +93,7 @@ impl Call {
 
     /// Wait for the next in-dialog event. Cancel-safe; after `Bye` or
     /// `Terminated` it returns `Err(SipError::Terminated)`.
-    pub async fn next_event(&mut self) -> Result<CallEvent, SipError> {
+    pub async fn next_event(&mut self) -> Result<DialogEvent, SipError> {
         let span = tracing::info_span!("sip_call", call_id = %self.call_id);
         async {
             loop {
@@ -104,7 +104,7 @@ impl Call {
                 let event = tokio::select! {
                     biased;
                     Some((content_type, body)) = self.info_rx.recv() => {
-                        return Ok(CallEvent::Info { content_type, body });
+                        return Ok(DialogEvent::Info { content_type, body });
                     }
                     event = session.run() => event?,
                 };
@@ -114,19 +114,19 @@ impl Call {
                         self.session = None;
                         tracing::info!("peer hung up (BYE)");
                         result?;
-                        return Ok(CallEvent::Bye);
+                        return Ok(DialogEvent::Bye);
                     }
                     InviteSessionEvent::ReInviteReceived(received) => {
                         let sdp_offer = sdp_of(&received.invite);
                         tracing::info!(with_offer = sdp_offer.is_some(), "re-INVITE received");
-                        return Ok(CallEvent::ReInvite(Box::new(ReInvite {
+                        return Ok(DialogEvent::ReInvite(Box::new(ReInvite {
                             sdp_offer,
                             received,
                         })));
                     }
                     InviteSessionEvent::Terminated => {
                         self.session = None;
-                        return Ok(CallEvent::Terminated);
+                        return Ok(DialogEvent::Terminated);
                     }
                     // We never take the refresher role (RFC 4028 refresher=uac
                     // on inbound, no timer on outbound); NOTIFY is answered.

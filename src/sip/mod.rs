@@ -56,6 +56,7 @@
 
 pub mod backoff;
 mod call;
+mod challenge;
 mod guard;
 mod inbound;
 mod outbound;
@@ -63,7 +64,7 @@ mod ping;
 mod registration;
 mod transport;
 
-pub use call::{Call, CallEvent, ReInvite};
+pub use call::{Call, DialogEvent, ReInvite};
 pub use inbound::{AcceptError, IncomingInvite, InviteInfo, Rejection};
 pub use outbound::{OutboundCall, OutboundEvent, OutboundInvite};
 pub use ping::Probe;

@@ -3,14 +3,14 @@
 //! and CANCEL at any time (§9.1): only after a provisional response, with
 //! the INVITE's own branch; with none, retransmissions stop at timer B.
 
+use super::Credentials;
 use super::call::Call;
+use super::challenge::{Challenge, ChallengeResponder};
 use super::guard::is_sdp;
 use super::inbound::attach_sdp;
 use super::transport::{SipError, SipStack, Transport};
-use super::{Credentials, MAX_AUTH_ROUNDS};
 use crate::metrics::SIP_OUTBOUND_RESULTS_TOTAL;
 use bytes::Bytes;
-use ezk_sip_auth::{ClientAuthenticator, DigestAuthenticator, RequestParts, ResponseParts};
 use ezk_sip_core::transaction::TsxResponse;
 use ezk_sip_core::transaction::consts::{T1, T2};
 use ezk_sip_core::transport::{OutgoingParts, OutgoingRequest};
@@ -130,18 +130,13 @@ impl SipStack {
         initiator.support_100rel = false;
         initiator.support_timer = false;
 
-        let mut driver = Driver {
+        let mut driver = InviteClient {
             endpoint: self.endpoint.clone(),
             initiator,
+            challenges: ChallengeResponder::new(invite.credentials.as_ref()),
             invite,
-            authenticator: None,
             call_id: String::new(),
         };
-        driver.authenticator = driver
-            .invite
-            .credentials
-            .as_ref()
-            .map(Credentials::authenticator);
         let request = driver.prepare();
         driver.call_id = request
             .headers
@@ -173,15 +168,16 @@ struct PendingCancel {
     deadline: Instant,
 }
 
-struct Driver {
+struct InviteClient {
     endpoint: Endpoint,
     initiator: InviteInitiator,
     invite: OutboundInvite,
-    authenticator: Option<DigestAuthenticator>,
+    /// Answers 401 and 407 with the invite's credentials.
+    challenges: ChallengeResponder,
     call_id: String,
 }
 
-impl Driver {
+impl InviteClient {
     /// The next INVITE of this dialog attempt (same Call-ID and From tag,
     /// CSeq + 1, §22.2), with body, extra headers and credentials.
     fn prepare(&mut self) -> Request {
@@ -194,9 +190,7 @@ impl Driver {
         if let Some(sdp) = &self.invite.sdp_offer {
             attach_sdp(&mut request.headers, &mut request.body, sdp.clone());
         }
-        if let Some(auth) = &mut self.authenticator {
-            auth.authorize_request(&mut request.headers);
-        }
+        self.challenges.authorize(&mut request.headers);
         request
     }
 
@@ -232,7 +226,6 @@ impl Driver {
         let mut provisional_seen = false;
         let mut cancel_requested = false;
         let mut pending_cancel: Option<PendingCancel> = None;
-        let mut auth_rounds = 0u32;
 
         loop {
             let cancel_timer = pending_cancel
@@ -311,19 +304,15 @@ impl Driver {
                 }
                 Response::Failure(response) => {
                     let code = response.line.code;
-                    let challenged = code == StatusCode::UNAUTHORIZED
-                        || code == StatusCode::PROXY_AUTHENTICATION_REQUIRED;
-                    if challenged && !cancel_requested && auth_rounds < MAX_AUTH_ROUNDS {
-                        auth_rounds += 1;
+                    if !cancel_requested {
                         match self.answer_challenge(&response).await {
-                            Ok(()) => {
+                            Ok(true) => {
                                 earlies.clear();
                                 provisional_seen = false;
                                 continue;
                             }
-                            Err(e) => {
-                                tracing::warn!(error = %e, "cannot answer challenge");
-                            }
+                            Ok(false) => {}
+                            Err(e) => tracing::warn!(error = %e, "cannot answer challenge"),
                         }
                     }
                     if cancel_requested && code == StatusCode::REQUEST_TERMINATED {
@@ -351,36 +340,21 @@ impl Driver {
 
     /// RFC 3261 §22.2/§22.3: re-send the INVITE with credentials for the
     /// 401 (WWW-Authenticate) or 407 (Proxy-Authenticate) challenge.
-    async fn answer_challenge(&mut self, response: &TsxResponse) -> Result<(), SipError> {
-        let auth = self
-            .authenticator
-            .as_mut()
-            .ok_or_else(|| SipError::Invalid {
-                what: "credentials",
-                value: "challenged but none configured".to_owned(),
-            })?;
+    /// `Ok(false)` when the response is no challenge.
+    async fn answer_challenge(&mut self, response: &TsxResponse) -> Result<bool, SipError> {
         let tsx = self.initiator.transaction().ok_or(SipError::Terminated)?;
-        let sent = &tsx.request().msg;
-        auth.handle_rejection(
-            RequestParts {
-                line: &sent.line,
-                headers: &sent.headers,
-                body: &sent.body,
-            },
-            ResponseParts {
-                line: &response.line,
-                headers: &response.headers,
-                body: &response.body,
-            },
-        )
-        .map_err(|e| SipError::Transaction(e.to_string()))?;
+        match self.challenges.learn(&tsx.request().msg, response) {
+            Challenge::None => return Ok(false),
+            Challenge::GiveUp(reason) => return Err(SipError::Transaction(reason)),
+            Challenge::Answer => {}
+        }
         let request = self.prepare();
         self.initiator.send_invite(request).await?;
         tracing::info!(
             code = response.line.code.into_u16(),
             "answered auth challenge"
         );
-        Ok(())
+        Ok(true)
     }
 
     /// Build and send the CANCEL for the current INVITE (§9.1): same

@@ -4,10 +4,10 @@
 //! and Expires: 0 when the [`Registration`] is stopped or dropped.
 
 use super::backoff::{RetryPolicy, refresh_after};
+use super::challenge::{Challenge, ChallengeResponder};
 use super::transport::{SipError, SipStack, Transport};
-use super::{Credentials, MAX_AUTH_ROUNDS, peer_uri, random_token};
+use super::{Credentials, peer_uri, random_token};
 use crate::metrics::{SIP_REGISTRATION_FAILURES_TOTAL, SIP_REGISTRATION_STATE};
-use ezk_sip_auth::{ClientAuthenticator, DigestAuthenticator, RequestParts, ResponseParts};
 use ezk_sip_core::transport::TargetTransportInfo;
 use ezk_sip_core::{Endpoint, Request};
 use ezk_sip_types::header::typed::{
@@ -116,7 +116,7 @@ impl SipStack {
 }
 
 /// Result of one REGISTER (with its auth rounds).
-enum Outcome {
+enum RegisterResult {
     Registered(Duration),
     MinExpires(Duration),
     Failed {
@@ -140,7 +140,8 @@ struct Worker {
     via_host_port: HostPort,
     expires: Duration,
     retry: RetryPolicy,
-    authenticator: DigestAuthenticator,
+    /// Answers the registrar's 401/407 (RFC 3261 §22).
+    challenges: ChallengeResponder,
 }
 
 impl Worker {
@@ -179,7 +180,7 @@ impl Worker {
             via_host_port: HostPort::from(stack.local.public),
             expires: trunk.expires,
             retry: trunk.retry,
-            authenticator: credentials.authenticator(),
+            challenges: ChallengeResponder::new(Some(&credentials)),
         })
     }
 
@@ -197,7 +198,7 @@ impl Worker {
                 _ = &mut stop => break,
             };
             let wait = match outcome {
-                Outcome::Registered(granted) => {
+                RegisterResult::Registered(granted) => {
                     failures = 0;
                     min_expires_rounds = 0;
                     registered = true;
@@ -215,21 +216,21 @@ impl Worker {
                     });
                     refresh
                 }
-                Outcome::MinExpires(min) if min_expires_rounds < 2 => {
+                RegisterResult::MinExpires(min) if min_expires_rounds < 2 => {
                     // RFC 3261 §10.2.8: retry at once with the registrar's minimum.
                     min_expires_rounds += 1;
                     tracing::info!(min_s = min.as_secs(), "423 Interval Too Brief, retrying");
                     self.expires = min;
                     continue;
                 }
-                Outcome::MinExpires(min) => self.fail(
+                RegisterResult::MinExpires(min) => self.fail(
                     &state,
                     &mut failures,
                     Some(423),
                     format!("Min-Expires {} s not accepted", min.as_secs()),
                     None,
                 ),
-                Outcome::Failed {
+                RegisterResult::Failed {
                     status,
                     reason,
                     retry_after,
@@ -244,11 +245,13 @@ impl Worker {
         if registered {
             let timeout = self.retry.request_timeout.min(Duration::from_secs(5));
             match tokio::time::timeout(timeout, self.register(Duration::ZERO)).await {
-                Ok(Outcome::Registered(_)) => tracing::info!("unregistered"),
-                Ok(Outcome::Failed { status, reason, .. }) => {
+                Ok(RegisterResult::Registered(_)) => tracing::info!("unregistered"),
+                Ok(RegisterResult::Failed { status, reason, .. }) => {
                     tracing::warn!(?status, %reason, "unregister failed");
                 }
-                Ok(Outcome::MinExpires(_)) | Err(_) => tracing::warn!("unregister not answered"),
+                Ok(RegisterResult::MinExpires(_)) | Err(_) => {
+                    tracing::warn!("unregister not answered")
+                }
             }
         }
         metrics::gauge!(SIP_REGISTRATION_STATE, "trunk" => self.trunk.clone()).set(0.0);
@@ -300,8 +303,8 @@ impl Worker {
         request
     }
 
-    /// One REGISTER, answering up to [`MAX_AUTH_ROUNDS`] challenges.
-    async fn register(&mut self, expires: Duration) -> Outcome {
+    /// One REGISTER, answering the challenges [`ChallengeResponder`] allows.
+    async fn register(&mut self, expires: Duration) -> RegisterResult {
         let mut target = TargetTransportInfo {
             via_host_port: Some(self.via_host_port.clone()),
             transport: None,
@@ -309,20 +312,21 @@ impl Worker {
         match self.endpoint.select_transport(&self.registrar_uri).await {
             Ok(selected) => target.transport = Some(selected),
             Err(e) => {
-                return Outcome::Failed {
+                return RegisterResult::Failed {
                     status: None,
                     reason: format!("no route to registrar: {e}"),
                     retry_after: None,
                 };
             }
         }
-        for _ in 0..MAX_AUTH_ROUNDS {
+        self.challenges.restart();
+        loop {
             let mut request = self.build_request(expires);
-            self.authenticator.authorize_request(&mut request.headers);
+            self.challenges.authorize(&mut request.headers);
             let mut tsx = match self.endpoint.send_request(request, &mut target).await {
                 Ok(tsx) => tsx,
                 Err(e) => {
-                    return Outcome::Failed {
+                    return RegisterResult::Failed {
                         status: None,
                         reason: format!("cannot send REGISTER: {e}"),
                         retry_after: None,
@@ -333,14 +337,14 @@ impl Worker {
                 match tokio::time::timeout(self.retry.request_timeout, tsx.receive_final()).await {
                     Ok(Ok(response)) => response,
                     Ok(Err(e)) => {
-                        return Outcome::Failed {
+                        return RegisterResult::Failed {
                             status: None,
                             reason: format!("REGISTER failed: {e}"),
                             retry_after: None,
                         };
                     }
                     Err(_) => {
-                        return Outcome::Failed {
+                        return RegisterResult::Failed {
                             status: None,
                             reason: "registrar did not answer".to_owned(),
                             retry_after: None,
@@ -355,7 +359,7 @@ impl Worker {
                 .map_or_else(String::new, |r| r.to_string());
             match code.kind() {
                 CodeKind::Success => {
-                    return Outcome::Registered(granted_expiry(
+                    return RegisterResult::Registered(granted_expiry(
                         &response.headers,
                         &self.contact,
                         expires,
@@ -364,21 +368,10 @@ impl Worker {
                 _ if code == StatusCode::UNAUTHORIZED
                     || code == StatusCode::PROXY_AUTHENTICATION_REQUIRED =>
                 {
-                    let sent = &tsx.request().msg;
-                    let result = self.authenticator.handle_rejection(
-                        RequestParts {
-                            line: &sent.line,
-                            headers: &sent.headers,
-                            body: &sent.body,
-                        },
-                        ResponseParts {
-                            line: &response.line,
-                            headers: &response.headers,
-                            body: &response.body,
-                        },
-                    );
-                    if let Err(e) = result {
-                        return Outcome::Failed {
+                    if let Challenge::GiveUp(e) =
+                        self.challenges.learn(&tsx.request().msg, &response)
+                    {
+                        return RegisterResult::Failed {
                             status: Some(code.into_u16()),
                             reason: format!("{reason}: {e}"),
                             retry_after: None,
@@ -387,8 +380,10 @@ impl Worker {
                 }
                 _ if code.into_u16() == 423 => {
                     return match response.headers.get_named::<MinExpires>() {
-                        Ok(min) => Outcome::MinExpires(Duration::from_secs(u64::from(min.0))),
-                        Err(_) => Outcome::Failed {
+                        Ok(min) => {
+                            RegisterResult::MinExpires(Duration::from_secs(u64::from(min.0)))
+                        }
+                        Err(_) => RegisterResult::Failed {
                             status: Some(423),
                             reason: "423 without Min-Expires".to_owned(),
                             retry_after: None,
@@ -401,18 +396,13 @@ impl Worker {
                         .get_named::<RetryAfter>()
                         .ok()
                         .map(|r| Duration::from_secs(u64::from(r.value)));
-                    return Outcome::Failed {
+                    return RegisterResult::Failed {
                         status: Some(code.into_u16()),
                         reason,
                         retry_after,
                     };
                 }
             }
-        }
-        Outcome::Failed {
-            status: None,
-            reason: "too many authentication challenges".to_owned(),
-            retry_after: None,
         }
     }
 }

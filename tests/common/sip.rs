@@ -2,7 +2,7 @@
 //! scripted inbound handler that reports what happened on a channel.
 
 use agentline::sip::{
-    Admission, CallEvent, InboundHandler, IncomingInvite, Rejection, RequestSource, SipConfig,
+    Admission, DialogEvent, InboundHandler, IncomingInvite, Rejection, RequestSource, SipConfig,
     SipStack,
 };
 use bytes::Bytes;
@@ -175,21 +175,21 @@ impl InboundHandler for ScriptedHandler {
             let _ = events.send("answered".to_owned());
             loop {
                 match call.next_event().await {
-                    Ok(CallEvent::Bye) => {
+                    Ok(DialogEvent::Bye) => {
                         let _ = events.send("bye".to_owned());
                         return;
                     }
-                    Ok(CallEvent::ReInvite(re)) => {
+                    Ok(DialogEvent::ReInvite(re)) => {
                         let _ = events.send(format!("reinvite offer={}", re.sdp_offer.is_some()));
                         call.answer_reinvite(re, Bytes::from_static(SDP.as_bytes()))
                             .await
                             .expect("answer re-INVITE");
                         let _ = events.send("reinvite answered".to_owned());
                     }
-                    Ok(CallEvent::Info { .. }) => {
+                    Ok(DialogEvent::Info { .. }) => {
                         let _ = events.send("info".to_owned());
                     }
-                    Ok(CallEvent::Terminated) | Err(_) => {
+                    Ok(DialogEvent::Terminated) | Err(_) => {
                         let _ = events.send("terminated".to_owned());
                         return;
                     }
