@@ -59,6 +59,20 @@ impl Layer for GuardLayer {
             return;
         }
 
+        // RFC 4475 §3.1.2: a request the grammar rejects is never acted on.
+        if let Err(reason) = super::lint::check(&request.tp_info.buffer) {
+            reject_metric("bad_request");
+            respond(
+                endpoint,
+                request.take(),
+                StatusCode::BAD_REQUEST,
+                Some(reason),
+                Headers::new(),
+            )
+            .await;
+            return;
+        }
+
         // Inside a dialog the dialog layer must see every request to keep
         // the peer's CSeq in step, so only new requests are vetted here.
         if let Some((code, reason, headers)) = (!in_dialog).then(|| check(&request)).flatten() {
@@ -122,18 +136,6 @@ fn check(request: &IncomingRequest) -> Option<(StatusCode, &'static str, Headers
             "CSeq method does not match request method",
             Headers::new(),
         ));
-    }
-
-    // §25.1: Request-Line = Method SP Request-URI SP SIP-Version CRLF, with
-    // nothing after the version (RFC 4475 §3.1.2.8 `trws`).
-    let raw = &request.tp_info.buffer;
-    let line_end = raw
-        .windows(2)
-        .position(|w| w == b"\r\n")
-        .unwrap_or(raw.len());
-    if !raw[..line_end].ends_with(b" SIP/2.0") {
-        reject_metric("bad_request");
-        return Some((StatusCode::BAD_REQUEST, "Bad Request-Line", Headers::new()));
     }
 
     // §20.14: one Content-Length (RFC 4475 §3.3.9 `mcl01`).

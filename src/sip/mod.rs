@@ -59,6 +59,7 @@ mod call;
 mod challenge;
 mod guard;
 mod inbound;
+mod lint;
 mod outbound;
 mod ping;
 mod registration;
