@@ -31,7 +31,7 @@ use super::{EndReason, Shared, count_ended, count_started};
 use crate::agent::CallSettings;
 use crate::config::Profile;
 use crate::media::amd::AmdMode;
-use crate::sip::{AcceptError, IncomingInvite, InviteInfo};
+use crate::sip::{AcceptError, DigestAccount, IncomingInvite, InviteInfo, digest_identity};
 use crate::store::StoreError;
 use crate::store::calls::{CallRecord, NewCall};
 use crate::{e164, ids};
@@ -54,6 +54,46 @@ pub(super) fn trunk_for_source(shared: &Shared, ip: IpAddr) -> Option<Profile> {
         .by_name
         .values()
         .find(|p| p.inbound.allow.iter().any(|net| net.contains(&ip)))
+        .cloned()
+}
+
+/// The accounts of the trunks with `[inbound] auth`, which a source that
+/// no trunk allows by address must prove.
+pub(super) fn digest_accounts(shared: &Shared) -> Vec<DigestAccount> {
+    shared
+        .profiles
+        .get()
+        .by_name
+        .values()
+        .filter_map(|p| {
+            let auth = p.inbound.auth.as_ref()?;
+            Some(DigestAccount {
+                realm: auth.realm.clone().unwrap_or_else(|| p.name.clone()),
+                username: auth.username.clone(),
+                password: auth.password.clone(),
+            })
+        })
+        .collect()
+}
+
+/// The trunk of an INVITE: by source address, else by the digest
+/// credentials the SIP layer verified (a peer that `[inbound] auth` lets
+/// in from any address).
+fn trunk_for(shared: &Shared, info: &InviteInfo) -> Option<Profile> {
+    if let Some(trunk) = trunk_for_source(shared, info.source.ip()) {
+        return Some(trunk);
+    }
+    let (realm, username) = digest_identity(info)?;
+    shared
+        .profiles
+        .get()
+        .by_name
+        .values()
+        .find(|p| {
+            p.inbound.auth.as_ref().is_some_and(|a| {
+                a.username == username && a.realm.as_deref().unwrap_or(&p.name) == realm
+            })
+        })
         .cloned()
 }
 
@@ -139,7 +179,7 @@ async fn record(
 
 /// Decides whether and to what the INVITE is routed.
 async fn route(shared: &Shared, info: &InviteInfo) -> Result<Route, EndReason> {
-    let trunk = trunk_for_source(shared, info.source.ip()).ok_or(EndReason::SourceNotAllowed)?;
+    let trunk = trunk_for(shared, info).ok_or(EndReason::SourceNotAllowed)?;
     if shared.is_draining() {
         return Err(EndReason::Draining);
     }

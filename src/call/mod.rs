@@ -47,7 +47,8 @@ use crate::config::{self, Config, Profile, SharedProfiles, UnknownSource};
 use crate::media::{self, MediaError, PortAllocator, SessionConfig};
 use crate::metrics::{CALLS_ENDED_TOTAL, CALLS_STARTED_TOTAL};
 use crate::sip::{
-    Admission, InboundHandler, IncomingInvite, RequestSource, SipConfig, SipError, SipStack,
+    Admission, DigestAccount, InboundHandler, IncomingInvite, RequestSource, SipConfig, SipError,
+    SipStack,
 };
 use crate::trunk::TrunkStates;
 use crate::webhook::Outbox;
@@ -277,10 +278,18 @@ impl InboundHandler for Handler {
     fn admit(&self, source: &RequestSource) -> Admission {
         if self.0.unknown_source == UnknownSource::Drop
             && inbound::trunk_for_source(&self.0, source.addr.ip()).is_none()
+            && inbound::digest_accounts(&self.0).is_empty()
         {
             return Admission::Drop;
         }
         Admission::Admit
+    }
+
+    fn digest_accounts(&self, source: &RequestSource) -> Vec<DigestAccount> {
+        match inbound::trunk_for_source(&self.0, source.addr.ip()) {
+            Some(_) => Vec::new(),
+            None => inbound::digest_accounts(&self.0),
+        }
     }
 
     fn on_invite(&self, invite: IncomingInvite) {

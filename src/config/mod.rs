@@ -10,7 +10,9 @@
 
 mod profile;
 
-pub use profile::{Codec, Inbound, Limits, Media, Outbound, Profile, Profiles, Registration};
+pub use profile::{
+    Codec, Inbound, InboundAuth, Limits, Media, Outbound, Profile, Profiles, Registration,
+};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

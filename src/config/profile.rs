@@ -61,6 +61,27 @@ pub struct Inbound {
     /// Source networks allowed to send calls to this trunk.
     #[serde(default)]
     pub allow: Vec<IpNet>,
+    /// Digest credentials that a peer outside `allow` (a PBX or softphone
+    /// on an address we cannot know) must prove before its INVITE is
+    /// taken (RFC 3261 §22.4).
+    #[serde(default)]
+    pub auth: Option<InboundAuth>,
+}
+
+/// `[inbound] auth`: what a caller must authenticate with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboundAuth {
+    /// Digest username the peer must send.
+    pub username: String,
+    /// Name of the environment variable that holds the password.
+    pub password_env: String,
+    /// The password read from `password_env` at load time; never serialized.
+    #[serde(skip)]
+    pub password: String,
+    /// Realm of the challenge; defaults to the trunk's name.
+    #[serde(default)]
+    pub realm: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -175,6 +196,33 @@ impl Profile {
                     format!("environment variable {} is not set", reg.password_env),
                 )
             })?;
+        }
+        if let Some(auth) = &mut self.inbound.auth {
+            if auth.username.is_empty() || auth.username.contains(['"', '\\']) {
+                return Err(ConfigError::new(
+                    file,
+                    "inbound.auth.username",
+                    "must be non-empty, without quotes or backslashes",
+                ));
+            }
+            let realm = auth.realm.get_or_insert_with(|| self.name.clone());
+            if realm.is_empty() || realm.contains(['"', '\\']) {
+                return Err(ConfigError::new(
+                    file,
+                    "inbound.auth.realm",
+                    "must be non-empty, without quotes or backslashes",
+                ));
+            }
+            auth.password = std::env::var(&auth.password_env)
+                .ok()
+                .filter(|p| !p.is_empty())
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        file,
+                        "inbound.auth.password_env",
+                        format!("environment variable {} is not set", auth.password_env),
+                    )
+                })?;
         }
         if let Some(out) = &self.outbound {
             check_host_port(file, "outbound.proxy", &out.proxy)?;
@@ -351,6 +399,27 @@ codecs = ["PCMU", "PCMA"]
         assert_eq!(p.id(), "trk_carrier-a");
         assert_eq!(p.inbound.allow.len(), 1);
         assert_eq!(p.media.codecs, vec![Codec::Pcmu, Codec::Pcma]);
+    }
+
+    #[test]
+    fn inbound_auth_reads_its_password_and_defaults_the_realm() {
+        // PATH is set wherever the tests run; no test changes the environment.
+        let text = GOOD.replace(
+            "[outbound]",
+            "auth = { username = \"pbx\", password_env = \"PATH\" }\n[outbound]",
+        );
+        let p = Profile::parse("a.toml", &text).unwrap();
+        let auth = p.inbound.auth.expect("auth");
+        assert_eq!(auth.username, "pbx");
+        assert_eq!(auth.realm.as_deref(), Some("carrier-a"));
+        assert_eq!(auth.password, std::env::var("PATH").unwrap());
+
+        let text = GOOD.replace(
+            "[outbound]",
+            "auth = { username = \"pbx\", password_env = \"AGENTLINE_UNSET_4f1c\" }\n[outbound]",
+        );
+        let e = Profile::parse("a.toml", &text).unwrap_err();
+        assert_eq!(e.key, "inbound.auth.password_env", "{e}");
     }
 
     #[test]

@@ -86,7 +86,7 @@ fn check_request_line(line: &[u8]) -> Result<(), Violation> {
     if method.is_empty() || uri.is_empty() || *version != b"SIP/2.0".as_slice() {
         return Err("Bad Request-Line");
     }
-    if line.iter().any(|&b| b == b'\t') {
+    if line.contains(&b'\t') {
         return Err("Bad Request-Line");
     }
     let sip = uri.len() > 4 && uri[..4].eq_ignore_ascii_case(b"sip:")

@@ -25,6 +25,10 @@
 //!   answered at all (silent drop for sources no trunk allows), answers
 //!   OPTIONS with 200 (carriers use it as keepalive; ezk would send 481), and
 //!   rejects requests ezk parsed but RFC 3261 forbids (400, 415, 420).
+//! - [`auth`]: inbound digest authentication for trunks with `[inbound]
+//!   auth` (401 challenge, keyed stateless nonces, replay and failure
+//!   limits); ezk-sip-auth is client-only.
+//! - [`lint`]: RFC 3261 grammar checks ezk's parser is lenient about.
 //! - [`inbound`]: turns an INVITE into an [`IncomingInvite`] for the handler
 //!   and answers what no layer took (405/481 instead of ezk's blanket 481).
 //! - [`outbound`]: drives `InviteInitiator` itself so that 401 **and** 407
@@ -54,6 +58,7 @@
 //! arrives; that is why in-dialog OPTIONS go through the dialog (see
 //! [`guard`]) rather than being answered before it.
 
+mod auth;
 pub mod backoff;
 mod call;
 mod challenge;
@@ -65,6 +70,7 @@ mod ping;
 mod registration;
 mod transport;
 
+pub use auth::{DigestAccount, digest_identity};
 pub use call::{Call, DialogEvent, ReInvite};
 pub use inbound::{AcceptError, IncomingInvite, InviteInfo, Rejection};
 pub use outbound::{OutboundCall, OutboundEvent, OutboundInvite};

@@ -2,6 +2,7 @@
 //! endpoint with our layers in order, and knows the address we announce in
 //! Contact (and that the media layer puts into SDP).
 
+use super::auth::{AuthLayer, DigestAccount};
 use super::guard::GuardLayer;
 use super::inbound::{InboundLayer, IncomingInvite};
 use ezk_sip_core::Endpoint;
@@ -130,6 +131,13 @@ pub trait InboundHandler: Send + Sync + 'static {
     /// and must reject it, or ring and accept it; dropping it unanswered
     /// sends 500.
     fn on_invite(&self, invite: IncomingInvite);
+
+    /// The digest accounts a request from `source` must prove one of
+    /// before it is processed (see `sip::auth`); none (the default): no
+    /// authentication.
+    fn digest_accounts(&self, _source: &RequestSource) -> Vec<DigestAccount> {
+        Vec::new()
+    }
 }
 
 /// What every part of the layer needs to know about our own addresses.
@@ -183,6 +191,7 @@ impl SipStack {
         let mut builder = Endpoint::builder();
         builder.user_agent(config.user_agent.clone());
         builder.add_layer(GuardLayer::new(handler.clone()));
+        builder.add_layer(AuthLayer::new(handler.clone()));
         builder.add_layer(DialogLayer::default());
         builder.add_layer(InviteLayer::default());
 
