@@ -152,16 +152,20 @@ async fn a_replayed_nonce_is_refused() {
     let uri = format!("sip:{NUMBER}@{target}");
     let invite = |call_id: &str, cseq: u32, auth: &str| {
         format!(
-            "INVITE {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{call_id}{cseq}\r\nFrom: <sip:pbx@{local}>;tag={call_id}\r\nTo: <{uri}>\r\nCall-ID: {call_id}\r\nCSeq: {cseq} INVITE\r\nContact: <sip:pbx@{local}>\r\nMax-Forwards: 70\r\n{auth}Content-Length: 0\r\n\r\n"
+            "INVITE {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{call_id}{cseq}\r\nFrom: <sip:pbx@{local}>;tag={call_id}\r\nTo: <{uri}>\r\nCall-ID: {call_id}\r\nCSeq: {cseq} INVITE\r\nContact: <sip:pbx@{local}>\r\nMax-Forwards: 70\r\nUser-Agent: test-pbx\r\nAllow: INVITE, ACK, CANCEL, BYE, OPTIONS\r\n{auth}Content-Length: 0\r\n\r\n"
         )
     };
 
-    socket
-        .send_to(invite("replay1", 1, "").as_bytes(), target)
-        .await
-        .unwrap();
+    let first = invite("replay1", 1, "");
+    socket.send_to(first.as_bytes(), target).await.unwrap();
     let (code, challenge) = answer(&socket, "replay1").await;
     assert_eq!(code, 401, "{challenge}");
+    assert!(
+        challenge.len() <= first.len(),
+        "the 401 ({} bytes) is larger than the INVITE ({} bytes)",
+        challenge.len(),
+        first.len()
+    );
     let nonce = challenge
         .split("nonce=\"")
         .nth(1)
@@ -193,6 +197,32 @@ async fn a_replayed_nonce_is_refused() {
             &d,
             "agentline_sip_requests_rejected_total",
             "reason=\"auth_failed\""
+        )
+        .await,
+        1
+    );
+}
+
+/// No amplifier: a stranger's request smaller than the 401 it would draw
+/// (a spoofed source's favourite) gets nothing back.
+#[tokio::test]
+async fn a_request_smaller_than_its_challenge_gets_nothing() {
+    let d = auth_daemon().await;
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let local = socket.local_addr().unwrap();
+    let target = std::net::SocketAddr::from(([127, 0, 0, 1], d.sip_port));
+    let tiny = format!(
+        "REGISTER sip:{target} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKtiny\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: tiny\r\nCSeq: 1 REGISTER\r\n\r\n"
+    );
+    socket.send_to(tiny.as_bytes(), target).await.unwrap();
+    let mut buf = [0u8; 2048];
+    let got = tokio::time::timeout(Duration::from_secs(2), socket.recv_from(&mut buf)).await;
+    assert!(got.is_err(), "a {}-byte request drew an answer", tiny.len());
+    assert_eq!(
+        metric_sum(
+            &d,
+            "agentline_sip_requests_rejected_total",
+            "reason=\"auth_undersized\""
         )
         .await,
         1
@@ -244,6 +274,7 @@ async fn svcrack_is_banned_after_a_few_attempts() {
         "reason=\"auth_banned\"",
     )
     .await;
+    println!("svcrack: {failed} failures counted, then {banned} requests dropped by the ban");
     assert!(
         (1..=5).contains(&failed),
         "{failed} failures counted\n{text}\n{}",

@@ -11,7 +11,8 @@
 //!   expires; with qop=auth its nonce count must grow, without qop it is
 //!   single use. Only authenticated requests add state, and it is bounded.
 //! - The 401 is sent without a transaction (§8.2.7, a stateless UAS), so it
-//!   is never resent: one datagram answers one.
+//!   is never resent: one datagram answers one, and never a larger one
+//!   (a request smaller than its challenge gets none).
 //! - A source whose credentials fail [`MAX_FAILURES`] times within
 //!   [`FAILURE_WINDOW`] is silenced for [`BAN_TIME`] ([`Failures`]).
 //!
@@ -24,10 +25,12 @@ use super::transport::{InboundHandler, RequestSource, Transport};
 use crate::metrics::SIP_REQUESTS_REJECTED_TOTAL;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
 use ezk_sip_core::{Endpoint, IncomingRequest, Layer, MayTake};
 use ezk_sip_types::header::typed::{
     Algorithm, AlgorithmValue, AuthResponse, DigestResponse, QopOption, Username,
 };
+use ezk_sip_types::print::AppendCtx;
 use ezk_sip_types::{Headers, Method, Name, StatusCode};
 use hmac::{Hmac, Mac};
 use rand::Rng;
@@ -170,9 +173,26 @@ impl AuthLayer {
             response.msg.headers.insert(
                 Name::WWW_AUTHENTICATE,
                 format!(
-                    r#"Digest realm="{realm}", nonce="{nonce}", algorithm=MD5, qop="auth"{stale}"#
+                    // MD5 is the default algorithm (RFC 2617 §3.2.1):
+                    // saying so would cost bytes.
+                    r#"Digest realm="{realm}", nonce="{nonce}", qop="auth"{stale}"#
                 ),
             );
+        }
+        // Over UDP, never more bytes out than in (no amplifier toward a
+        // spoofed source): Content-Length is optional there (RFC 3261
+        // §20.14), and a request smaller than its challenge gets nothing.
+        if request.tp_info.transport.is_udp() {
+            let text = format!(
+                "{}\r\n{}\r\n",
+                response.msg.line.default_print_ctx(),
+                response.msg.headers
+            );
+            if text.len() > request.tp_info.buffer.len() {
+                reject_metric("auth_undersized");
+                return;
+            }
+            response.parts.buffer = Bytes::from(text);
         }
         if let Err(e) = endpoint.send_outgoing_response(&mut response).await {
             tracing::debug!(error = %e, "cannot send 401");
@@ -285,8 +305,9 @@ fn expected_response(
     }
 }
 
-/// Stateless nonces: `time (8) | random (8) | HMAC-SHA256(time | random |
-/// source IP)` truncated to 16 bytes, base64url. Forging one needs the
+/// Stateless nonces: `time (4, seconds) | random (4) | HMAC-SHA256(time |
+/// random | source IP)` truncated to 10 bytes, base64url (24 characters:
+/// the 401 must stay smaller than the requests it answers). Forging one needs the
 /// key, which lives only in this process (a restart invalidates every
 /// nonce: the peer is challenged again).
 struct Nonces {
@@ -300,11 +321,11 @@ impl Nonces {
         }
     }
 
-    fn mac(&self, head: &[u8], ip: IpAddr) -> [u8; 16] {
+    fn mac(&self, head: &[u8], ip: IpAddr) -> [u8; 10] {
         let mut mac = match Hmac::<Sha256>::new_from_slice(&self.key) {
             Ok(mac) => mac,
             // HMAC takes keys of any length.
-            Err(_) => return [0; 16],
+            Err(_) => return [0; 10],
         };
         mac.update(head);
         match ip {
@@ -312,31 +333,33 @@ impl Nonces {
             IpAddr::V6(v6) => mac.update(&v6.octets()),
         }
         let tag = mac.finalize().into_bytes();
-        let mut out = [0u8; 16];
-        out.copy_from_slice(&tag[..16]);
+        let mut out = [0u8; 10];
+        out.copy_from_slice(&tag[..10]);
         out
     }
 
     fn issue(&self, ip: IpAddr, now: u64) -> String {
-        let mut raw = [0u8; 32];
-        raw[..8].copy_from_slice(&now.to_be_bytes());
-        raw[8..16].copy_from_slice(&rand::rng().random::<u64>().to_be_bytes());
-        let mac = self.mac(&raw[..16], ip);
-        raw[16..].copy_from_slice(&mac);
+        // Seconds fit in 32 bits until 2106.
+        let now = u32::try_from(now).unwrap_or(u32::MAX);
+        let mut raw = [0u8; 18];
+        raw[..4].copy_from_slice(&now.to_be_bytes());
+        raw[4..8].copy_from_slice(&rand::rng().random::<u32>().to_be_bytes());
+        let mac = self.mac(&raw[..8], ip);
+        raw[8..].copy_from_slice(&mac);
         URL_SAFE_NO_PAD.encode(raw)
     }
 
     /// The issue time of a nonce we made for `ip`, or `None`.
     fn check(&self, nonce: &str, ip: IpAddr) -> Option<u64> {
         let raw = URL_SAFE_NO_PAD.decode(nonce).ok()?;
-        let raw: [u8; 32] = raw.try_into().ok()?;
-        let mac = self.mac(&raw[..16], ip);
-        if !bool::from(mac.ct_eq(&raw[16..])) {
+        let raw: [u8; 18] = raw.try_into().ok()?;
+        let mac = self.mac(&raw[..8], ip);
+        if !bool::from(mac.ct_eq(&raw[8..])) {
             return None;
         }
-        let mut time = [0u8; 8];
-        time.copy_from_slice(&raw[..8]);
-        Some(u64::from_be_bytes(time))
+        let mut time = [0u8; 4];
+        time.copy_from_slice(&raw[..4]);
+        Some(u64::from(u32::from_be_bytes(time)))
     }
 }
 
@@ -484,7 +507,7 @@ mod tests {
         assert_eq!(nonces.check(&nonce, "192.0.2.8".parse().unwrap()), None);
         assert_eq!(Nonces::new().check(&nonce, ip), None, "another key");
         let mut forged = URL_SAFE_NO_PAD.decode(&nonce).unwrap();
-        forged[7] ^= 1; // a later issue time
+        forged[3] ^= 1; // a later issue time
         assert_eq!(nonces.check(&URL_SAFE_NO_PAD.encode(forged), ip), None);
         assert_eq!(nonces.check("garbage", ip), None);
     }
