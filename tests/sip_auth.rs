@@ -229,6 +229,23 @@ async fn a_request_smaller_than_its_challenge_gets_nothing() {
     );
 }
 
+/// A trunk with `[inbound] auth` opens the door to calls only: a
+/// stranger's OPTIONS (a scanner's first probe) still gets silence.
+#[tokio::test]
+async fn a_stranger_options_gets_nothing() {
+    let d = auth_daemon().await;
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let local = socket.local_addr().unwrap();
+    let target = std::net::SocketAddr::from(([127, 0, 0, 1], d.sip_port));
+    let options = format!(
+        "OPTIONS sip:{target} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKscan\r\nFrom: <sip:100@{local}>;tag=1\r\nTo: <sip:100@{target}>\r\nCall-ID: scan\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nUser-Agent: friendly-scanner\r\nAccept: application/sdp\r\nContent-Length: 0\r\n\r\n"
+    );
+    socket.send_to(options.as_bytes(), target).await.unwrap();
+    let mut buf = [0u8; 2048];
+    let got = tokio::time::timeout(Duration::from_secs(2), socket.recv_from(&mut buf)).await;
+    assert!(got.is_err(), "a stranger's OPTIONS was answered");
+}
+
 /// sipvicious' password cracker: challenged, refused, and silenced after
 /// a few wrong guesses; the guesses after the ban get no answer at all.
 #[tokio::test]

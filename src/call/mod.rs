@@ -271,6 +271,15 @@ impl Calls {
     }
 }
 
+/// Whether a stranger's request may go on to the digest challenge: only
+/// what a PBX behind `[inbound] auth` sends outside a dialog (a call, its
+/// CANCEL and the ACK of our 401; REGISTER so that a guesser is counted and
+/// banned), and only when some trunk takes such callers.
+fn may_authenticate(shared: &Shared, method: &str) -> bool {
+    matches!(method, "INVITE" | "CANCEL" | "ACK" | "REGISTER")
+        && !inbound::digest_accounts(shared).is_empty()
+}
+
 /// The `sip` layer's questions, answered by the call layer.
 struct Handler(Arc<Shared>);
 
@@ -278,7 +287,7 @@ impl InboundHandler for Handler {
     fn admit(&self, source: &RequestSource) -> Admission {
         if self.0.unknown_source == UnknownSource::Drop
             && inbound::trunk_for_source(&self.0, source.addr.ip()).is_none()
-            && inbound::digest_accounts(&self.0).is_empty()
+            && !may_authenticate(&self.0, &source.method)
         {
             return Admission::Drop;
         }
