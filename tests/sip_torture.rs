@@ -205,7 +205,6 @@ async fn fire_all(socket: &UdpSocket, target: SocketAddr) -> BTreeMap<String, Op
             }
         }
     }
-    println!("RFC 4475 answers (None = dropped): {answers:#?}");
     answers
 }
 
