@@ -50,8 +50,13 @@ pub const RTP_BYTES_TOTAL: &str = "agentline_rtp_bytes_total";
 /// Inbound packets lost (RFC 3550 A.3).
 pub const RTP_PACKETS_LOST_TOTAL: &str = "agentline_rtp_packets_lost_total";
 /// Inbound datagrams dropped, label `reason` = `malformed` |
-/// `unexpected_source` | `unknown_payload_type` | `consumer_slow`.
+/// `unknown_payload_type` | `consumer_slow`.
 pub const RTP_PACKETS_DROPPED_TOTAL: &str = "agentline_rtp_packets_dropped_total";
+/// Inbound RTP refused by source pinning (`crate::media::latch`), never
+/// played or echoed, label `reason` = `source` (not the pinned address and
+/// port, or not allowed to latch) | `ssrc` (the pinned source with a
+/// foreign SSRC and no marker).
+pub const RTP_PACKETS_REJECTED_TOTAL: &str = "agentline_rtp_packets_rejected_total";
 /// RFC 3550 A.8 interarrival jitter, one sample per session when it ends.
 pub const RTP_JITTER_SECONDS: &str = "agentline_rtp_jitter_seconds";
 /// Sessions that reported an RTP inactivity timeout.

@@ -4,13 +4,13 @@
 //! RFC 4733 telephone events ([`dtmf`]), answering-machine detection
 //! ([`amd`]), outgoing packetization and pacing ([`pacer`]), sample-rate
 //! conversion for the speech engines and vendors ([`resample`]), SDP
-//! offer/answer for audio ([`sdp`]), RTP port allocation
-//! ([`ports`]) and the tokio driver that ties them to a UDP socket
+//! offer/answer for audio ([`sdp`]), RTP source pinning ([`latch`]), RTP
+//! port allocation ([`ports`]) and the tokio driver that ties them to a UDP socket
 //! ([`session`]).
 //!
 //! Must not: import `call`, `store` or `api`, or decide anything about a
 //! call. It reports what arrived (audio, digits, timeouts) and does what it
-//! is told. The protocol cores (`g711`, `jitter`, `dtmf`, `amd`, `pacer`, `resample`, `sdp`) do
+//! is told. The protocol cores (`g711`, `jitter`, `dtmf`, `amd`, `pacer`, `resample`, `sdp`, `latch`) do
 //! no IO; only `session`, `ports` and the pacing clock touch tokio.
 //!
 //! For the call task, a call's media goes:
@@ -26,6 +26,7 @@ pub mod amd;
 pub mod dtmf;
 pub mod g711;
 pub mod jitter;
+pub mod latch;
 pub mod pacer;
 pub mod ports;
 pub mod resample;
@@ -36,11 +37,12 @@ use std::time::Duration;
 
 pub use dtmf::Digit;
 pub use g711::Codec;
+pub use latch::LatchPolicy;
 pub use ports::{MediaError, PortAllocator, PortPermit, bind_rtp};
 pub use sdp::{Direction, LocalSdp, NegotiatedMedia, SdpError};
 pub use session::{
-    AudioFrame, AudioRoute, LatchPolicy, MediaEvent, MediaEvents, MediaHandle, MediaStats,
-    RtpSession, SessionClosed, SessionConfig,
+    AudioFrame, AudioRoute, MediaEvent, MediaEvents, MediaHandle, MediaStats, RtpSession,
+    SessionClosed, SessionConfig,
 };
 
 /// RTP clock rate of every codec we negotiate (G.711 and telephone-event).

@@ -14,18 +14,11 @@
 //! [`AudioRoute`]). RTCP is not implemented: the odd port above ours stays
 //! free for it, nothing listens.
 //!
-//! Latching rules (symmetric RTP, RFC 4961 §3, and the usual NAT practice):
-//! - Until latched we send to the address from SDP.
-//! - The first valid RTP packet whose source passes the [`LatchPolicy`]
-//!   latches the session: from then on we send to that exact address and
-//!   accept packets only from it. With [`LatchPolicy::SignalledHost`] (the
-//!   default) the source IP must be the SDP connection address; any port is
-//!   fine, as NATs rewrite ports. [`LatchPolicy::AnySource`] accepts any IP
-//!   (callers behind NATs that signal private addresses).
-//! - Re-latch: when the latched source has sent nothing for
-//!   [`SessionConfig::relatch_after`], the next valid packet that passes the
-//!   policy latches again (a NAT rebinding). A renegotiation that changes the
-//!   remote address unlatches.
+//! Latching (symmetric RTP, RFC 4961 §3): until latched we send to the
+//! address from SDP; the first valid RTP packet whose source passes the
+//! [`LatchPolicy`] pins the session to its address, port and SSRC, and we
+//! send there. [`super::latch`] holds the rules; packets it rejects are
+//! counted and go no further.
 //!
 //! The inactivity timeout runs only while the stream is `sendrecv`: a hold
 //! in either direction pauses it, since a held party often sends nothing
@@ -52,13 +45,14 @@ use tokio::time::Instant;
 use super::dtmf::{Digit, DtmfDecoder};
 use super::g711::Codec;
 use super::jitter::{JitterBuffer, JitterConfig, Playout, RtpPacket};
+use super::latch::{Latch, LatchPolicy, Rejection, Verdict};
 use super::pacer::{Pacer, PacingClock, Packetizer, SendFormat, Slot};
 use super::ports::PortPermit;
 use super::sdp::{Direction, NegotiatedMedia};
 use super::{CLOCK_RATE, FRAME_SAMPLES};
 use crate::metrics::{
     RTP_BYTES_TOTAL, RTP_JITTER_SECONDS, RTP_PACKETS_DROPPED_TOTAL, RTP_PACKETS_LOST_TOTAL,
-    RTP_PACKETS_TOTAL, RTP_TIMEOUTS_TOTAL,
+    RTP_PACKETS_REJECTED_TOTAL, RTP_PACKETS_TOTAL, RTP_TIMEOUTS_TOTAL,
 };
 
 /// Largest datagram we read; RTP over UDP for G.711 is ~172 bytes.
@@ -77,16 +71,6 @@ const COMMAND_CHANNEL: usize = 64;
 #[error("the RTP session has ended")]
 pub struct SessionClosed;
 
-/// Which sources may latch the session. See the module documentation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum LatchPolicy {
-    /// Only packets from the IP address signalled in SDP.
-    #[default]
-    SignalledHost,
-    /// Packets from any address.
-    AnySource,
-}
-
 /// Settings of one RTP session.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SessionConfig {
@@ -94,8 +78,6 @@ pub struct SessionConfig {
     /// [`MediaEvent::Timeout`].
     pub inactivity_timeout: Duration,
     pub latch: LatchPolicy,
-    /// Silence from the latched source after which another may latch.
-    pub relatch_after: Duration,
     pub jitter: JitterConfig,
     /// Most audio queued for playing; more is refused (dropped with a
     /// warning).
@@ -110,7 +92,6 @@ impl Default for SessionConfig {
         SessionConfig {
             inactivity_timeout: Duration::from_secs(30),
             latch: LatchPolicy::SignalledHost,
-            relatch_after: Duration::from_secs(2),
             jitter: JitterConfig::default(),
             max_queued_audio: Duration::from_secs(120),
             send_silence: true,
@@ -289,10 +270,9 @@ impl RtpSession {
             jitter: JitterBuffer::new(config.jitter.clone()),
             dtmf: DtmfDecoder::new(),
             pacer,
+            latch: Latch::new(config.latch, media.remote),
             media,
             config,
-            latched: None,
-            last_from_latched: Instant::now(),
             last_activity: Instant::now(),
             timeout_reported: false,
             was_playing: false,
@@ -337,7 +317,8 @@ struct Counters {
     bytes_out: Batched,
     lost: Counter,
     malformed: Counter,
-    unexpected_source: Counter,
+    rejected_source: Counter,
+    rejected_ssrc: Counter,
     unknown_payload_type: Counter,
     consumer_slow: Counter,
 }
@@ -353,9 +334,17 @@ impl Counters {
             bytes_out: Batched::new(metrics::counter!(RTP_BYTES_TOTAL, "direction" => "out")),
             lost: metrics::counter!(RTP_PACKETS_LOST_TOTAL),
             malformed: dropped("malformed"),
-            unexpected_source: dropped("unexpected_source"),
+            rejected_source: metrics::counter!(RTP_PACKETS_REJECTED_TOTAL, "reason" => Rejection::Source.label()),
+            rejected_ssrc: metrics::counter!(RTP_PACKETS_REJECTED_TOTAL, "reason" => Rejection::Ssrc.label()),
             unknown_payload_type: dropped("unknown_payload_type"),
             consumer_slow: dropped("consumer_slow"),
+        }
+    }
+
+    fn rejected(&self, why: Rejection) -> &Counter {
+        match why {
+            Rejection::Source => &self.rejected_source,
+            Rejection::Ssrc => &self.rejected_ssrc,
         }
     }
 }
@@ -414,9 +403,8 @@ struct Driver {
     pacer: Pacer,
     media: NegotiatedMedia,
     config: SessionConfig,
-    /// Symmetric RTP peer, once latched.
-    latched: Option<SocketAddr>,
-    last_from_latched: Instant,
+    /// Symmetric RTP peer and its SSRC, once latched.
+    latch: Latch,
     /// Last accepted RTP, or the last (re)negotiation.
     last_activity: Instant,
     timeout_reported: bool,
@@ -478,9 +466,7 @@ impl Driver {
                 }
             }
             Command::Update(media) => {
-                if media.remote != self.media.remote {
-                    self.latched = None;
-                }
+                self.latch.resignal(media.remote);
                 self.pacer.set_format(send_format(&media));
                 self.media = media;
                 self.last_activity = Instant::now();
@@ -510,7 +496,7 @@ impl Driver {
 
     /// Where our packets go: the latched source, else the SDP address.
     fn destination(&self) -> Option<SocketAddr> {
-        self.latched.or(self.media.remote)
+        self.latch.source().or(self.media.remote)
     }
 
     /// Where our packets go, if we send at all (not on hold).
@@ -566,11 +552,10 @@ impl Driver {
             self.counters.malformed.increment(1);
             return;
         };
-        let now = Instant::now();
-        if !self.accept_source(from, now) {
-            self.counters.unexpected_source.increment(1);
+        if !self.accept_source(from, &rtp) {
             return;
         }
+        let now = Instant::now();
         self.counters.packets_in.increment(1);
         self.counters.bytes_in.increment(bytes.len() as u64);
         self.stats.packets_in += 1;
@@ -616,32 +601,31 @@ impl Driver {
         }
     }
 
-    /// Applies the latching rules of the module documentation.
-    fn accept_source(&mut self, from: SocketAddr, now: Instant) -> bool {
-        if self.latched == Some(from) {
-            self.last_from_latched = now;
-            return true;
+    /// Applies the pinning rules of [`super::latch`]; counts rejections.
+    fn accept_source(&mut self, from: SocketAddr, rtp: &RtpReader<'_>) -> bool {
+        match self.latch.on_packet(from, rtp.ssrc(), rtp.mark()) {
+            Verdict::Accepted => true,
+            Verdict::NewSsrc(ssrc) => {
+                tracing::debug!(%from, ssrc, "RTP source started a new SSRC");
+                true
+            }
+            Verdict::Rejected(why) => {
+                self.counters.rejected(why).increment(1);
+                false
+            }
+            Verdict::Latched(from) => {
+                tracing::debug!(%from, "RTP latched");
+                // Fill our pauses with silence from now on: the far end's
+                // media is live. A peer that sends no RTP at all (a
+                // signalling-only load test, a dead media path) gets none of
+                // ours but the agent's audio, so a call that waits costs no
+                // packets.
+                self.pacer.set_silence_fill(self.config.send_silence);
+                self.stats.latched = Some(from);
+                self.emit_control(MediaEvent::Latched(from));
+                true
+            }
         }
-        let allowed = match self.config.latch {
-            LatchPolicy::AnySource => true,
-            LatchPolicy::SignalledHost => self.media.remote.is_some_and(|r| r.ip() == from.ip()),
-        };
-        let may_latch = self.latched.is_none()
-            || now.saturating_duration_since(self.last_from_latched) >= self.config.relatch_after;
-        if !(allowed && may_latch) {
-            return false;
-        }
-        tracing::debug!(%from, previous = ?self.latched, "RTP latched");
-        // Fill our pauses with silence from now on: the far end's media is
-        // live. A peer that sends no RTP at all (a signalling-only load
-        // test, a dead media path) gets none of ours but the agent's audio,
-        // so a call that waits costs no packets.
-        self.pacer.set_silence_fill(self.config.send_silence);
-        self.latched = Some(from);
-        self.stats.latched = Some(from);
-        self.last_from_latched = now;
-        self.emit_control(MediaEvent::Latched(from));
-        true
     }
 
     /// Moves due audio from the jitter buffer out as 20 ms frames, to where
