@@ -26,9 +26,12 @@ pub enum MediaError {
 }
 
 /// Hands out even RTP ports from a configured range (RFC 3550 §11: RTP on
-/// an even port, RTCP on the next odd one). Ports are reused in FIFO order
-/// so a freed port rests as long as possible before the next call gets it,
-/// and late packets of an old call rarely reach a new one.
+/// an even port, RTCP on the next odd one), drawn at random so that a
+/// stranger cannot guess the next call's port and race its caller to latch
+/// it (RTP bleed and injection). The draw is from the half of the free
+/// ports that rested longest (freed ports queue at the back), so a freed
+/// port still rests a while before the next call gets it, and late packets
+/// of an old call rarely reach a new one.
 #[derive(Debug, Clone)]
 pub struct PortAllocator {
     /// Free ports. A `std` mutex: held for a push or pop, never across an
@@ -49,7 +52,14 @@ impl PortAllocator {
 
     /// Takes a free port, or `None` if all are in use.
     pub fn allocate(&self) -> Option<PortPermit> {
-        let port = lock(&self.free).pop_front()?;
+        let mut free = lock(&self.free);
+        let oldest_half = free.len().div_ceil(2);
+        if oldest_half == 0 {
+            return None;
+        }
+        // The front moves into the drawn slot: still among the oldest.
+        let port = free.swap_remove_front(rand::random_range(0..oldest_half))?;
+        drop(free);
         Some(PortPermit {
             port,
             free: Arc::clone(&self.free),
@@ -119,14 +129,45 @@ mod tests {
         let a = ports.allocate().unwrap();
         let b = ports.allocate().unwrap();
         let c = ports.allocate().unwrap();
-        assert_eq!((a.port(), b.port(), c.port()), (10_002, 10_004, 10_006));
+        let mut all = [a.port(), b.port(), c.port()];
+        all.sort_unstable();
+        assert_eq!(all, [10_002, 10_004, 10_006]);
         assert!(ports.allocate().is_none());
+        let freed = b.port();
         drop(b);
-        assert_eq!(ports.allocate().map(|p| p.port()), Some(10_004));
+        assert_eq!(ports.allocate().map(|p| p.port()), Some(freed));
         assert!(matches!(
             PortAllocator::new(7..=7),
             Err(MediaError::EmptyPortRange(_))
         ));
+    }
+
+    #[test]
+    fn ports_are_drawn_at_random_and_a_freed_port_rests() {
+        let ports = PortAllocator::new(20_000..=21_999).unwrap();
+        let drawn: Vec<u16> = (0..20)
+            .map(|_| {
+                let permit = ports.allocate().unwrap();
+                let port = permit.port();
+                // Freed at once: it goes to the back of the queue.
+                drop(permit);
+                port
+            })
+            .collect();
+        // In order they would be 20000, 20002, ...: twenty draws from 500
+        // candidates are in order with odds of about 500^-19.
+        let in_order = drawn.windows(2).all(|w| w[1] == w[0] + 2);
+        assert!(!in_order, "{drawn:?}");
+        // A port freed just now is in the younger half: not drawn again
+        // within the next 500 draws.
+        let mut seen = drawn.clone();
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(
+            seen.len(),
+            drawn.len(),
+            "a freed port came back early: {drawn:?}"
+        );
     }
 
     #[tokio::test]
