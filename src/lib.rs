@@ -27,6 +27,8 @@ pub mod campaign;
 pub mod cli;
 pub mod config;
 pub mod e164;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod ids;
 pub mod media;
 pub mod memory;

@@ -96,7 +96,7 @@ fn wire_message(m: &Message) -> Value {
 
 /// Accumulates a streamed completion, chunk by chunk.
 #[derive(Debug, Default)]
-struct Assembler {
+pub(crate) struct Assembler {
     text: String,
     calls: Vec<ToolCall>,
     done: bool,
@@ -104,7 +104,7 @@ struct Assembler {
 
 impl Assembler {
     /// Takes one SSE line; returns the text delta it carried, if any.
-    fn line(&mut self, line: &str) -> Result<Option<String>, LlmError> {
+    pub(crate) fn line(&mut self, line: &str) -> Result<Option<String>, LlmError> {
         let Some(data) = line.strip_prefix("data:") else {
             return Ok(None);
         };
@@ -162,7 +162,7 @@ impl Assembler {
         }
     }
 
-    fn finish(mut self) -> Result<LlmReply, LlmError> {
+    pub(crate) fn finish(mut self) -> Result<LlmReply, LlmError> {
         if !self.done {
             return Err(LlmError::Protocol("the stream ended before [DONE]".into()));
         }
