@@ -77,6 +77,9 @@ pub struct SessionConfig {
     /// No RTP for this long while the far end should be sending ends in
     /// [`MediaEvent::Timeout`].
     pub inactivity_timeout: Duration,
+    /// Who may latch an unpinned session; once pinned, only the pinned
+    /// address, port and SSRC are accepted whatever the policy (see
+    /// [`super::latch`]).
     pub latch: LatchPolicy,
     pub jitter: JitterConfig,
     /// Most audio queued for playing; more is refused (dropped with a
