@@ -11,6 +11,16 @@
 //! daemon's SIP port: the real receive path, ending with the daemon still
 //! answering.
 
+// A test's unwrap, expect or panic is its failure report, and the inputs
+// each target ran go to stderr: the daemon's bans (Cargo.toml `[lints]`)
+// do not apply here.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stderr
+)]
+
 mod common;
 
 use std::net::SocketAddr;
