@@ -29,7 +29,7 @@ use crate::agent::speech::Speech;
 use crate::api::{self, AppState, Readiness};
 use crate::call::campaign_dialer::{CallDialer, report_outcomes};
 use crate::call::{Calls, EndReason};
-use crate::campaign::dialer::{Driver, DriverConfig, TrunkCaps};
+use crate::campaign::dialer::{CampaignRunner, RunnerConfig, TrunkCaps};
 use crate::campaign::pacing::Caps;
 use crate::config::{Config, ConfigError, Profiles, SharedProfiles};
 use crate::store::{Store, StoreError};
@@ -239,17 +239,22 @@ impl App {
                 .collect()
         });
         let store = self.state.store.clone();
-        let cfg = DriverConfig {
+        let cfg = RunnerConfig {
             global_max_calls: c.max_concurrent_calls,
             lease: Duration::from_secs(u64::from(c.lease_seconds)),
             poll: Duration::from_millis(c.poll_ms),
             // One node on SQLite owns every attempt; on PostgreSQL only
             // those whose lease expired are another node's leftovers.
             recover_all: store.backend() == "sqlite",
-            ..DriverConfig::default()
+            ..RunnerConfig::default()
         };
         let dialer = Arc::new(CallDialer::new(self.calls.clone()));
-        let driver = Arc::new(Driver::new(self.state.outbox.clone(), dialer, cfg, trunks));
+        let driver = Arc::new(CampaignRunner::new(
+            self.state.outbox.clone(),
+            dialer,
+            cfg,
+            trunks,
+        ));
         let (stop_outcomes, outcomes_stopped) = watch::channel(false);
         let outcomes = tokio::spawn(report_outcomes(
             self.calls.subscribe(),

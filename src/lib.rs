@@ -33,6 +33,7 @@ pub mod ids;
 pub mod media;
 pub mod memory;
 pub mod metrics;
+pub mod model;
 pub mod secrets;
 pub mod sip;
 pub mod store;

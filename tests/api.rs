@@ -631,14 +631,15 @@ async fn calls_are_listed_with_filters(backend: Backend) {
             .call_created(
                 NewCall {
                     id,
-                    direction,
+                    direction: direction.parse().unwrap(),
                     from_number: from,
                     to_number: to,
                     trunk: Some("trk_carrier-a"),
                     agent_id: Some(agent),
-                    status,
+                    status: status.parse().unwrap(),
                     sip_call_id: Some("abc@host"),
                     metadata: "{\"crm\":7}",
+                    campaign: None,
                 },
                 None,
             )

@@ -643,8 +643,11 @@ async fn trunk_health_follows_the_options_probes() {
     let events = d.store().await.events_after(0, 1000).await.expect("events");
     let trunk_events: Vec<(String, Value)> = events
         .into_iter()
-        .filter(|e| e.event_type.starts_with("trunk."))
-        .map(|e| (e.event_type, serde_json::from_str(&e.payload).unwrap()))
+        .filter(|e| e.event_type.as_str().starts_with("trunk."))
+        .map(|e| {
+            let payload = serde_json::from_str(&e.payload).unwrap();
+            (e.event_type.to_string(), payload)
+        })
         .collect();
     let types: Vec<&str> = trunk_events.iter().map(|(t, _)| t.as_str()).collect();
     // A probe sent before SIPp was listening may have made a first down.
@@ -765,14 +768,15 @@ async fn a_call_lost_in_a_crash_is_ended_at_the_next_start(backend: Backend) {
         .call_created(
             agentline::store::calls::NewCall {
                 id: &foreign,
-                direction: "inbound",
+                direction: agentline::model::Direction::Inbound,
                 from_number: "+14155550111",
                 to_number: NUMBER,
                 trunk: None,
                 agent_id: None,
-                status: "ringing",
+                status: agentline::model::CallStatus::Ringing,
                 sip_call_id: None,
                 metadata: "{}",
+                campaign: None,
             },
             None,
         )
@@ -803,7 +807,9 @@ async fn a_call_lost_in_a_crash_is_ended_at_the_next_start(backend: Backend) {
     let events = store.events_after(0, 1000).await.unwrap();
     let ended: Vec<_> = events
         .iter()
-        .filter(|e| e.call_id.as_deref() == Some(id.as_str()) && e.event_type == "call.ended")
+        .filter(|e| {
+            e.call_id.as_deref() == Some(id.as_str()) && e.event_type.as_str() == "call.ended"
+        })
         .collect();
     assert_eq!(ended.len(), 1, "one call.ended for the lost call");
 
@@ -812,7 +818,7 @@ async fn a_call_lost_in_a_crash_is_ended_at_the_next_start(backend: Backend) {
         // One daemon per SQLite file: every unended call was its own.
         Backend::Sqlite => {
             assert_eq!(other.end_reason.as_deref(), Some("lost"));
-            assert_eq!(other.status, "failed", "never answered");
+            assert_eq!(other.status.as_str(), "failed", "never answered");
         }
         Backend::Postgres => assert!(other.ended_at.is_none(), "another node's call"),
     }

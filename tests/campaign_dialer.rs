@@ -14,7 +14,9 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use agentline::campaign::policy::{Next, Outcome, RetryPolicy};
+use agentline::campaign::policy::Next;
+use agentline::model::AttemptOutcome as Outcome;
+use agentline::model::campaign::RetryPolicy;
 use chrono::{Timelike, Utc};
 use common::TestDaemon;
 use serde_json::{Value, json};
@@ -237,7 +239,7 @@ async fn campaign_dials_under_caps_per_policy_across_a_crash() {
     for (contact, attempt, call_id, outcome) in &attempts {
         let outcome = outcome
             .as_deref()
-            .and_then(Outcome::parse)
+            .and_then(|o| o.parse::<Outcome>().ok())
             .unwrap_or_else(|| panic!("attempt {call_id} has no outcome"));
         // The call layer used the driver's id and dialled the contact.
         let call = store.get_call(call_id).await.expect("call row");

@@ -130,7 +130,8 @@ async fn expired_leases_are_claimed_again(backend: Backend) {
 /// to writes no delivery and leaves it alone; one that fans out to the
 /// subscribed endpoint counts its delivery.
 async fn only_events_with_deliveries_count(backend: Backend) {
-    use agentline::webhook::event::{TrunkEventData, TrunkEventType, trunk_event};
+    use agentline::model::EventType;
+    use agentline::webhook::event::{TrunkEventData, trunk_event};
     let registered = || {
         let data = TrunkEventData {
             trunk_id: "carrier".into(),
@@ -139,7 +140,7 @@ async fn only_events_with_deliveries_count(backend: Backend) {
             expires_at: None,
             next_attempt_at: None,
         };
-        trunk_event(TrunkEventType::Registered, data).unwrap()
+        trunk_event(EventType::TrunkRegistered, data).unwrap()
     };
     let (_d, store, _ep) = fresh_store(backend).await;
     let before = store.deliveries_written();

@@ -363,7 +363,7 @@ async fn a_message_after_the_beep_starts_when_the_greeting_ends() {
     let ended = events
         .iter()
         .find(|e| {
-            e.event_type == "call.ended"
+            e.event_type.as_str() == "call.ended"
                 && e.call_id.as_ref() == call["id"].as_str().map(String::from).as_ref()
         })
         .expect("call.ended written");

@@ -200,7 +200,7 @@ async fn transcript_shape_summary_and_404s(backend: Backend) {
     let events = d.store().await.events_after(0, 100).await.unwrap();
     let ended: Value = events
         .iter()
-        .find(|e| e.event_type == "call.ended")
+        .find(|e| e.event_type.as_str() == "call.ended")
         .map(|e| serde_json::from_str(&e.payload).unwrap())
         .expect("call.ended written");
     assert_eq!(ended["data"]["summary"], "The caller asked for support");

@@ -346,6 +346,7 @@ async fn delivery_checks_the_address_again(backend: Backend) {
 }
 
 async fn call_events_carry_the_call_and_its_sequence(backend: Backend) {
+    use agentline::model::{CallStatus, Direction};
     use agentline::store::calls::{EndFields, NewCall};
     use agentline::webhook::Outbox;
 
@@ -365,21 +366,22 @@ async fn call_events_carry_the_call_and_its_sequence(backend: Backend) {
     outbox
         .call_created(NewCall {
             id: &call_id,
-            direction: "inbound",
+            direction: Direction::Inbound,
             from_number: "+14155550111",
             to_number: "+14155550100",
             trunk: Some("carrier-a"),
             agent_id: None,
-            status: "ringing",
+            status: CallStatus::Ringing,
             sip_call_id: Some("abc@127.0.0.1"),
             metadata: "{}",
+            campaign: None,
         })
         .await
         .unwrap();
     outbox.call_answered(&call_id).await.unwrap();
     outbox.call_dtmf(&call_id, '5').await.unwrap();
     let ended = || EndFields {
-        status: "completed",
+        status: CallStatus::Completed,
         sip_code: None,
         sip_reason: None,
         end_reason: "caller_hangup",

@@ -8,7 +8,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -18,6 +18,7 @@ use super::error::{ApiError, ErrorResponses, FieldError};
 use super::extract::{ApiJson, ApiQuery, List, Pagination};
 use crate::call::{HangupError, OutboundRequest, PlaceError};
 use crate::media::amd::AmdMode;
+use crate::model::{Call, CallStatus, Direction, TrunkId};
 use crate::store::calls::{CallFilter, CallRecord};
 use crate::{e164, ids};
 
@@ -26,70 +27,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_calls, create_call))
         .routes(routes!(get_call))
         .routes(routes!(hangup_call))
-}
-
-/// Call statuses, named as Twilio and jambonz users know them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum CallStatus {
-    Queued,
-    Ringing,
-    InProgress,
-    Completed,
-    Busy,
-    NoAnswer,
-    Failed,
-    Canceled,
-}
-
-/// What answered an outbound call, by answering-machine detection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum AnsweredBy {
-    Human,
-    Machine,
-    Unknown,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    Inbound,
-    Outbound,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Call {
-    #[schema(example = "call_01jdw8q1m7k3x9b5n4c2v6t8r0")]
-    pub id: String,
-    pub direction: Direction,
-    pub from: String,
-    pub to: String,
-    pub trunk_id: Option<String>,
-    pub agent_id: Option<String>,
-    pub status: CallStatus,
-    pub sip_call_id: Option<String>,
-    /// Final SIP status, when there was one.
-    pub sip_code: Option<i64>,
-    pub sip_reason: Option<String>,
-    /// Why the call ended, for example `caller_hangup` or `max_duration`.
-    pub end_reason: Option<String>,
-    /// RFC 4733 digits received, in order.
-    pub dtmf: String,
-    /// `human`, `machine` or `unknown`: the verdict of answering-machine
-    /// detection; `null` when it did not run.
-    pub answered_by: Option<AnsweredBy>,
-    #[schema(value_type = Object)]
-    pub metadata: serde_json::Value,
-    pub created_at: DateTime<Utc>,
-    pub ringing_at: Option<DateTime<Utc>>,
-    pub answered_at: Option<DateTime<Utc>>,
-    pub ended_at: Option<DateTime<Utc>>,
-    pub duration_ms: Option<i64>,
-    /// Calls with a `voice` agent, once ended: a short summary of the
-    /// conversation (the brain's, or the number of turns and the agent's
-    /// last line). The transcript is at `/v1/calls/{id}/transcript`.
-    pub summary: Option<String>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -112,54 +49,9 @@ pub struct CallQuery {
     pub offset: Option<i64>,
 }
 
-fn enum_str<T: Serialize>(v: T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
-}
-
-fn parse_enum<T: serde::de::DeserializeOwned>(
-    id: &str,
-    field: &str,
-    v: &str,
-) -> Result<T, ApiError> {
-    serde_json::from_value(serde_json::Value::String(v.to_string()))
-        .map_err(|e| ApiError::internal(format!("call {id} has {field} {v:?}: {e}")))
-}
-
-pub fn to_api(r: CallRecord) -> Result<Call, ApiError> {
-    let direction = parse_enum(&r.id, "direction", &r.direction)?;
-    let status = parse_enum(&r.id, "status", &r.status)?;
-    let answered_by = r
-        .answered_by
-        .as_deref()
-        .map(|a| parse_enum(&r.id, "answered_by", a))
-        .transpose()?;
-    let metadata = serde_json::from_str(&r.metadata)
-        .map_err(|e| ApiError::internal(format!("call {} metadata: {e}", r.id)))?;
-    Ok(Call {
-        direction,
-        status,
-        metadata,
-        id: r.id,
-        from: r.from_number,
-        to: r.to_number,
-        trunk_id: r.trunk,
-        agent_id: r.agent_id,
-        sip_call_id: r.sip_call_id,
-        sip_code: r.sip_code,
-        sip_reason: r.sip_reason,
-        end_reason: r.end_reason,
-        dtmf: r.dtmf,
-        answered_by,
-        created_at: r.created_at,
-        ringing_at: r.ringing_at,
-        answered_at: r.answered_at,
-        ended_at: r.ended_at,
-        duration_ms: r.duration_ms,
-        summary: r.summary,
-    })
+/// The call as the API answers it; a row that cannot be shown is a 500.
+fn to_api(r: CallRecord) -> Result<Call, ApiError> {
+    Ok(Call::try_from(r)?)
 }
 
 /// List calls, newest first, with filters.
@@ -182,11 +74,9 @@ async fn list_calls(
         Some(Ok(n)) => Some(n),
         None => None,
     };
-    let status = q.status.map(enum_str);
-    let direction = q.direction.map(enum_str);
     let filter = CallFilter {
-        status: status.as_deref(),
-        direction: direction.as_deref(),
+        status: q.status,
+        direction: q.direction,
         number: number.as_deref(),
         agent_id: q.agent_id.as_deref(),
         created_after: q.created_after,
@@ -301,14 +191,12 @@ async fn create_call(
     {
         bad("agent_id", "must be an agent id (agt_...)".into());
     }
-    let trunk = match body.trunk_id.as_deref() {
-        Some(t) => match t.strip_prefix("trk_") {
-            Some(name) if !name.is_empty() => Some(name.to_owned()),
-            _ => {
-                bad("trunk_id", "must be a trunk id (trk_...)".into());
-                None
-            }
-        },
+    let trunk = match body.trunk_id.as_deref().map(str::parse::<TrunkId>) {
+        Some(Ok(id)) => Some(id),
+        Some(Err(e)) => {
+            bad("trunk_id", e.to_string());
+            None
+        }
         None => None,
     };
     if body
@@ -356,6 +244,7 @@ async fn create_call(
         metadata: metadata.to_string(),
         amd: body.amd.unwrap_or_default(),
         opt_out_digit: None,
+        campaign: None,
     };
     let record = state.calls.place(request).await.map_err(|e| match e {
         PlaceError::UnknownFrom => ApiError::field("from", e.to_string()),

@@ -21,14 +21,14 @@ use super::AppState;
 use super::error::{ApiError, ErrorResponses, FieldError};
 use super::extract::{ApiJson, ApiQuery, List, Pagination};
 use crate::campaign::csv::{ContactColumns, CsvStream, Record, RowError};
-use crate::campaign::policy::{Outcome, RetryPolicy, RetryRule};
-use crate::campaign::{Action, CONTACT_STATES, Schedule, Status};
+use crate::campaign::{Action, CONTACT_STATES};
 use crate::config::MAX_RETRY_DELAY_SECONDS;
 use crate::media::amd::AmdMode;
+use crate::model::campaign::{RetryPolicy, RetryRule, Schedule};
+use crate::model::{AttemptOutcome, Campaign, CampaignStatus, EventType};
 use crate::store::StoreError;
 use crate::store::campaigns::{CampaignFields, CampaignRecord};
 use crate::store::contacts::{ContactRecord, NewContact};
-use crate::webhook::event::CampaignEventType;
 use crate::{e164, ids};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -51,34 +51,6 @@ const MAX_JSON_CONTACTS: usize = 1000;
 const MAX_LISTED_ERRORS: usize = 1000;
 /// Contacts written per transaction during an upload.
 const IMPORT_BATCH: usize = 5000;
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Campaign {
-    #[schema(example = "cmp_01jdw8q1m7k3x9b5n4c2v6t8r0")]
-    pub id: String,
-    pub name: String,
-    pub agent_id: String,
-    /// E.164 caller id.
-    pub caller_number: String,
-    /// Trunks tried in order.
-    pub trunk_ids: Vec<String>,
-    pub status: Status,
-    pub schedule: Schedule,
-    pub max_concurrent_calls: i64,
-    pub calls_per_second: f64,
-    pub retry_policy: RetryPolicy,
-    pub max_attempts: i64,
-    /// The DTMF key (`0`-`9`, `*`, `#`) that opts the callee out: the
-    /// number goes on the do-not-call list and the call ends. `null`: none.
-    #[schema(example = "9")]
-    pub opt_out_digit: Option<String>,
-    /// Answering-machine detection on the campaign's calls.
-    pub amd: AmdMode,
-    pub started_at: Option<DateTime<Utc>>,
-    pub finished_at: Option<DateTime<Utc>>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -129,7 +101,7 @@ pub struct CampaignUpdate {
 #[into_params(parameter_in = Query)]
 pub struct CampaignQuery {
     /// Only campaigns in this status.
-    pub status: Option<Status>,
+    pub status: Option<CampaignStatus>,
     #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
     #[param(minimum = 0)]
@@ -228,7 +200,7 @@ pub struct ContactQuery {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CampaignStats {
     pub campaign_id: String,
-    pub status: Status,
+    pub status: CampaignStatus,
     pub contacts_total: i64,
     /// Contacts per state (every state listed).
     pub contacts: BTreeMap<String, i64>,
@@ -244,31 +216,9 @@ pub struct CampaignStats {
     pub estimated_seconds_remaining: Option<f64>,
 }
 
-fn corrupt(what: &str, e: impl std::fmt::Display) -> ApiError {
-    ApiError::internal(format!("stored campaign {what} is corrupt: {e}"))
-}
-
+/// The campaign as the API answers it; a row that cannot be shown is a 500.
 pub(crate) fn to_api(r: CampaignRecord) -> Result<Campaign, ApiError> {
-    Ok(Campaign {
-        trunk_ids: serde_json::from_str(&r.trunks).map_err(|e| corrupt("trunks", e))?,
-        status: Status::parse(&r.status).ok_or_else(|| corrupt("status", &r.status))?,
-        schedule: serde_json::from_str(&r.schedule).map_err(|e| corrupt("schedule", e))?,
-        retry_policy: serde_json::from_str(&r.retry_policy)
-            .map_err(|e| corrupt("retry policy", e))?,
-        amd: AmdMode::parse(&r.amd).ok_or_else(|| corrupt("amd", &r.amd))?,
-        opt_out_digit: r.opt_out_digit,
-        id: r.id,
-        name: r.name,
-        agent_id: r.agent_id,
-        caller_number: r.caller_number,
-        max_concurrent_calls: r.max_concurrent_calls,
-        calls_per_second: r.calls_per_second,
-        max_attempts: r.max_attempts,
-        started_at: r.started_at,
-        finished_at: r.finished_at,
-        created_at: r.created_at,
-        updated_at: r.updated_at,
-    })
+    Ok(Campaign::try_from(r)?)
 }
 
 fn contact_to_api(r: ContactRecord) -> Contact {
@@ -484,10 +434,7 @@ async fn list_campaigns(
     ApiQuery(q): ApiQuery<CampaignQuery>,
 ) -> Result<Json<List<Campaign>>, ApiError> {
     let w = Pagination::new(q.limit, q.offset).window()?;
-    let page = state
-        .store
-        .list_campaigns(q.status.map(Status::as_str), w)
-        .await?;
+    let page = state.store.list_campaigns(q.status, w).await?;
     List::try_new(page, w, to_api).map(Json)
 }
 
@@ -515,7 +462,10 @@ async fn update_campaign(
     ApiJson(b): ApiJson<CampaignUpdate>,
 ) -> Result<Json<Campaign>, ApiError> {
     let current = to_api(fetch(&state, &id).await?)?;
-    if !matches!(current.status, Status::Draft | Status::Paused) {
+    if !matches!(
+        current.status,
+        CampaignStatus::Draft | CampaignStatus::Paused
+    ) {
         return Err(ApiError::conflict(format!(
             "a {} campaign cannot be changed",
             current.status.as_str()
@@ -563,16 +513,15 @@ async fn delete_campaign(
 
 async fn act(state: &AppState, id: &str, action: Action) -> Result<Json<Campaign>, ApiError> {
     fetch(state, id).await?;
-    let from: Vec<&str> = action.from().iter().map(|s| s.as_str()).collect();
     let event = match action {
-        Action::Start => CampaignEventType::Started,
-        Action::Pause => CampaignEventType::Paused,
-        Action::Resume => CampaignEventType::Resumed,
-        Action::Cancel => CampaignEventType::Canceled,
+        Action::Start => EventType::CampaignStarted,
+        Action::Pause => EventType::CampaignPaused,
+        Action::Resume => EventType::CampaignResumed,
+        Action::Cancel => EventType::CampaignCanceled,
     };
     let record = state
         .outbox
-        .campaign_transition(id, &from, action.to().as_str(), event)
+        .campaign_transition(id, action.from(), action.to(), event)
         .await
         .map_err(store_conflict)?;
     tracing::info!(campaign = %id, event = event.as_str(), "campaign status changed");
@@ -635,7 +584,10 @@ async fn add_contacts(
     req: Request,
 ) -> Result<Json<ImportReport>, ApiError> {
     let campaign = to_api(fetch(&state, &id).await?)?;
-    if matches!(campaign.status, Status::Completed | Status::Canceled) {
+    if matches!(
+        campaign.status,
+        CampaignStatus::Completed | CampaignStatus::Canceled
+    ) {
         return Err(ApiError::conflict(format!(
             "a {} campaign takes no contacts",
             campaign.status.as_str()
@@ -845,8 +797,7 @@ pub async fn read_stats(
     id: &str,
 ) -> Result<CampaignStats, StoreError> {
     let record = store.get_campaign(id).await?;
-    let campaign =
-        to_api(record).map_err(|_| StoreError::Corrupt(format!("campaign {id} is corrupt")))?;
+    let campaign = Campaign::try_from(record)?;
     let counts = store.campaign_counts(id).await?;
     Ok(stats(campaign, counts, Utc::now()))
 }
@@ -861,22 +812,25 @@ pub(crate) fn stats(
     for (s, n) in counts.contacts {
         contacts.insert(s, n);
     }
-    let mut attempts: BTreeMap<String, i64> = Outcome::ALL
+    let mut attempts: BTreeMap<String, i64> = AttemptOutcome::ALL
         .iter()
-        .map(|o| (o.as_str().to_string(), 0))
+        .map(|o| (o.to_string(), 0))
         .collect();
     for (o, n) in counts.outcomes {
         attempts.insert(o, n);
     }
     let finished: i64 = attempts.values().sum();
-    let answered = attempts.get("answered").copied().unwrap_or(0);
+    let answered = attempts
+        .get(AttemptOutcome::Answered.as_str())
+        .copied()
+        .unwrap_or(0);
     let estimated_seconds_remaining = match (campaign.status, campaign.started_at) {
-        (Status::Running, Some(start)) if finished > 0 => {
+        (CampaignStatus::Running, Some(start)) if finished > 0 => {
             let elapsed = (now - start).num_milliseconds() as f64 / 1000.0;
             let rate = finished as f64 / elapsed.max(1.0);
             Some(((counts.pending + counts.in_flight) as f64 / rate).round())
         }
-        (Status::Completed | Status::Canceled, _) => Some(0.0),
+        (CampaignStatus::Completed | CampaignStatus::Canceled, _) => Some(0.0),
         _ => None,
     };
     CampaignStats {

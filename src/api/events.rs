@@ -103,7 +103,7 @@ async fn stream_events(
         let event = tail.next().await?;
         let sse = SseEvent::default()
             .id(event.id)
-            .event(event.event_type)
+            .event(event.event_type.as_str())
             .data(event.payload);
         Some((Ok(sse), tail))
     });

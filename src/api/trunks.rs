@@ -4,9 +4,6 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use chrono::{DateTime, Utc};
-use serde::Serialize;
-use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -14,63 +11,13 @@ use super::AppState;
 use super::error::{ApiError, ErrorResponses};
 use super::extract::{ApiQuery, List, Pagination};
 use crate::config::{Codec, Profile};
+use crate::model::trunk::{Trunk, TrunkHealth, TrunkRegistration};
 use crate::trunk::{Health, Registration, TrunkLive};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_trunks))
         .routes(routes!(get_trunk))
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Trunk {
-    /// `trk_` and the profile name.
-    #[schema(example = "trk_carrier-a")]
-    pub id: String,
-    pub name: String,
-    pub registration: TrunkRegistration,
-    pub health: TrunkHealth,
-    /// Source networks allowed to send calls.
-    pub inbound_allow: Vec<String>,
-    pub outbound_proxy: Option<String>,
-    pub caller_id: Option<String>,
-    pub max_calls: u32,
-    pub cps: u32,
-    pub codecs: Vec<String>,
-    pub active_calls: u32,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct TrunkRegistration {
-    /// `not_configured`, `pending`, `registered` or `failing`.
-    pub state: String,
-    pub registrar: Option<String>,
-    pub username: Option<String>,
-    pub expires_at: Option<DateTime<Utc>>,
-    /// SIP status of the last failed attempt, if anything answered.
-    pub last_status: Option<u16>,
-    pub last_error: Option<String>,
-    pub next_attempt_at: Option<DateTime<Utc>>,
-}
-
-/// What the OPTIONS probes to the outbound proxy found
-/// (`[outbound] ping_seconds`).
-#[derive(Debug, Serialize, ToSchema)]
-pub struct TrunkHealth {
-    /// `not_configured`, `pending`, `up` or `down`. Up: the last probe got a
-    /// final answer below 500 other than 408.
-    pub state: String,
-    /// Seconds between probes.
-    pub ping_seconds: Option<u32>,
-    /// SIP status of the last answer, if anything answered.
-    pub last_status: Option<u16>,
-    /// Round trip of the last probe, when up.
-    pub rtt_ms: Option<u64>,
-    /// Why the trunk is down.
-    pub last_error: Option<String>,
-    /// When it went down.
-    pub down_since: Option<DateTime<Utc>>,
-    pub checked_at: Option<DateTime<Utc>>,
 }
 
 fn health_to_api(p: &Profile, health: Health) -> TrunkHealth {

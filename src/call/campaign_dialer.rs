@@ -2,11 +2,11 @@
 //! campaign's call through the same path as `POST /v1/calls` (with the id
 //! the driver chose, the row written before the INVITE) and tells what
 //! became of a call from its row; [`report_outcomes`] feeds every campaign
-//! call's end from the event bus back to [`Driver::call_ended`].
+//! call's end from the event bus back to [`CampaignRunner::call_ended`].
 //!
 //! No outcome is lost: an end missed while the daemon was down is found by
 //! the driver's recovery through [`Dialer::fate`]; one missed because the
-//! bus feed lagged is found by [`Driver::reconcile`]. A call row left
+//! bus feed lagged is found by [`CampaignRunner::reconcile`]. A call row left
 //! unended by a crash belongs to no task any more: `fate` ends it
 //! (`failed`, end reason `error`) so that the policy decides the retry.
 //!
@@ -16,10 +16,11 @@ use std::sync::Arc;
 
 use tokio::sync::{broadcast, watch};
 
-use super::{CallEvent, CallEventKind, Calls, OutboundRequest, PlaceError};
-use crate::campaign::dialer::{CallFate, DialError, Dialer, Driver, PlaceCall};
-use crate::campaign::policy::Outcome;
+use super::{CallUpdate, Calls, Change, EndReason, OutboundRequest, PlaceError};
+use crate::campaign::dialer::{CallFate, CampaignRunner, DialError, Dialer, PlaceCall};
+use crate::model::{AttemptOutcome, CallStatus, TrunkId};
 use crate::store::StoreError;
+use crate::store::calls::{CallRecord, CampaignAttempt};
 
 /// Places campaign calls through [`Calls`].
 #[derive(Clone)]
@@ -33,27 +34,32 @@ impl CallDialer {
     }
 }
 
-/// The campaign outcome of a call's final status and end reason. A
-/// machine hung up on counts as no answer: the person was not reached, so
-/// the no-answer retries apply.
-pub fn outcome_of(status: &str, end_reason: Option<&str>) -> Outcome {
-    match (status, end_reason) {
-        (_, Some("opted_out")) => Outcome::OptedOut,
-        (_, Some("machine_detected")) => Outcome::NoAnswer,
-        (status, _) => outcome_of_status(status),
+/// The campaign outcome of an ended call, from its final status and end
+/// reason. A machine hung up on counts as no answer: the person was not
+/// reached, so the no-answer retries apply.
+pub fn outcome_of(call: &CallRecord) -> AttemptOutcome {
+    let reason = call.end_reason.as_deref();
+    if reason == Some(EndReason::OptedOut.label()) {
+        return AttemptOutcome::OptedOut;
+    }
+    if reason == Some(EndReason::MachineDetected.label()) {
+        return AttemptOutcome::NoAnswer;
+    }
+    match call.status {
+        CallStatus::Completed => AttemptOutcome::Answered,
+        CallStatus::Busy => AttemptOutcome::Busy,
+        CallStatus::NoAnswer => AttemptOutcome::NoAnswer,
+        CallStatus::Queued
+        | CallStatus::Ringing
+        | CallStatus::InProgress
+        | CallStatus::Failed
+        | CallStatus::Canceled => AttemptOutcome::Failed,
     }
 }
 
-fn outcome_of_status(status: &str) -> Outcome {
-    match status {
-        "completed" => Outcome::Answered,
-        "busy" => Outcome::Busy,
-        "no-answer" => Outcome::NoAnswer,
-        _ => Outcome::Failed,
-    }
-}
-
-/// The call metadata that ties a call to its campaign attempt.
+/// The call metadata of a campaign call: the contact's variables for the
+/// agent, and (as callers of the API have always seen them) the attempt's
+/// ids, which the call row also holds in columns of its own.
 fn metadata(req: &PlaceCall) -> String {
     serde_json::json!({
         "campaign_id": req.campaign_id,
@@ -64,35 +70,30 @@ fn metadata(req: &PlaceCall) -> String {
     .to_string()
 }
 
-/// The campaign a call row belongs to, from its metadata.
-fn campaign_of(metadata: &str) -> Option<String> {
-    serde_json::from_str::<serde_json::Value>(metadata)
-        .ok()?
-        .get("campaign_id")?
-        .as_str()
-        .map(str::to_owned)
-}
-
 #[async_trait::async_trait]
 impl Dialer for CallDialer {
     async fn place(&self, req: PlaceCall) -> Result<String, DialError> {
+        let trunk = req
+            .trunk
+            .parse::<TrunkId>()
+            .map_err(|e| DialError::Failed(format!("campaign trunk {:?}: {e}", req.trunk)))?;
         let request = OutboundRequest {
             call_id: Some(req.call_id.clone()),
             from: req.from.clone(),
             to: req.to.clone(),
             agent_id: Some(req.agent_id.clone()),
-            trunk: Some(
-                req.trunk
-                    .strip_prefix("trk_")
-                    .unwrap_or(&req.trunk)
-                    .to_owned(),
-            ),
+            trunk: Some(trunk),
             ring_timeout: None,
             max_duration: None,
             headers: Vec::new(),
             metadata: metadata(&req),
             amd: req.amd,
             opt_out_digit: req.opt_out_digit,
+            campaign: Some(CampaignAttempt {
+                campaign_id: req.campaign_id.clone(),
+                contact_id: req.contact_id.clone(),
+                attempt: req.attempt,
+            }),
         };
         let record = self.calls.place(request).await.map_err(|e| match e {
             // Refused before a row was written or a packet sent.
@@ -119,7 +120,7 @@ impl Dialer for CallDialer {
         };
         if row.ended_at.is_some() {
             return Ok(CallFate::Ended {
-                outcome: outcome_of(&row.status, row.end_reason.as_deref()),
+                outcome: outcome_of(&row),
                 duration_ms: row.duration_ms,
             });
         }
@@ -139,7 +140,7 @@ impl Dialer for CallDialer {
             .await
             .map_err(|e| DialError::Failed(e.to_string()))?;
         Ok(CallFate::Ended {
-            outcome: outcome_of(&row.status, row.end_reason.as_deref()),
+            outcome: outcome_of(&row),
             duration_ms: row.duration_ms,
         })
     }
@@ -149,8 +150,8 @@ impl Dialer for CallDialer {
 /// `shutdown` turns true; then reports the ends already published and
 /// returns. Subscribe before the driver places anything.
 pub async fn report_outcomes(
-    mut events: broadcast::Receiver<CallEvent>,
-    driver: Arc<Driver<CallDialer>>,
+    mut events: broadcast::Receiver<CallUpdate>,
+    driver: Arc<CampaignRunner<CallDialer>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     while !*shutdown.borrow() {
@@ -183,12 +184,12 @@ pub async fn report_outcomes(
 
 /// Reports one bus event; false once the bus is closed.
 async fn report(
-    driver: &Driver<CallDialer>,
-    event: Result<CallEvent, broadcast::error::RecvError>,
+    driver: &CampaignRunner<CallDialer>,
+    event: Result<CallUpdate, broadcast::error::RecvError>,
 ) -> bool {
     match event {
-        Ok(e) if e.kind == CallEventKind::Ended && campaign_of(&e.call.metadata).is_some() => {
-            let outcome = outcome_of(&e.call.status, e.call.end_reason.as_deref());
+        Ok(e) if e.change == Change::Ended && e.call.campaign_id().is_some() => {
+            let outcome = outcome_of(&e.call);
             if let Err(err) = driver
                 .call_ended(&e.call.id, outcome, e.call.duration_ms)
                 .await
@@ -208,7 +209,7 @@ async fn report(
     }
 }
 
-async fn reconcile(driver: &Driver<CallDialer>) {
+async fn reconcile(driver: &CampaignRunner<CallDialer>) {
     if let Err(e) = driver.reconcile().await {
         tracing::error!(error = %e, "campaign calls not reconciled");
     }
@@ -217,44 +218,53 @@ async fn reconcile(driver: &Driver<CallDialer>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::media::amd::AmdMode;
+    use crate::model::Direction;
+    use crate::store::calls::AttemptColumns;
 
-    #[test]
-    fn statuses_map_to_outcomes() {
-        let plain = |s| outcome_of(s, Some("callee_hangup"));
-        assert_eq!(plain("completed"), Outcome::Answered);
-        assert_eq!(plain("busy"), Outcome::Busy);
-        assert_eq!(plain("no-answer"), Outcome::NoAnswer);
-        assert_eq!(plain("failed"), Outcome::Failed);
-        assert_eq!(plain("canceled"), Outcome::Failed);
-        assert_eq!(
-            outcome_of("completed", Some("opted_out")),
-            Outcome::OptedOut
-        );
-        assert_eq!(
-            outcome_of("completed", Some("machine_detected")),
-            Outcome::NoAnswer
-        );
+    fn ended(status: CallStatus, reason: &EndReason) -> CallRecord {
+        let now = chrono::Utc::now();
+        CallRecord {
+            id: "call_1".into(),
+            direction: Direction::Outbound,
+            from_number: "+14155550199".into(),
+            to_number: "+14155550100".into(),
+            trunk: Some("trk_a".into()),
+            agent_id: Some("agt_1".into()),
+            status,
+            sip_call_id: None,
+            sip_code: None,
+            sip_reason: None,
+            end_reason: Some(reason.label().into()),
+            dtmf: String::new(),
+            metadata: "{}".into(),
+            ringing_at: None,
+            answered_at: None,
+            ended_at: Some(now),
+            duration_ms: None,
+            created_at: now,
+            updated_at: now,
+            event_seq: 2,
+            answered_by: None,
+            summary: None,
+            attempt: AttemptColumns::default(),
+        }
     }
 
     #[test]
-    fn the_campaign_is_read_from_the_metadata() {
-        let req = PlaceCall {
-            call_id: "call_1".into(),
-            campaign_id: "cmp_1".into(),
-            contact_id: "cnt_1".into(),
-            attempt: 2,
-            to: "+14155550100".into(),
-            from: "+14155550199".into(),
-            trunk: "trk_a".into(),
-            agent_id: "agt_1".into(),
-            variables: serde_json::json!({"name": "Ada"}),
-            opt_out_digit: Some('9'),
-            amd: AmdMode::Off,
-        };
-        let m = metadata(&req);
-        assert_eq!(campaign_of(&m).as_deref(), Some("cmp_1"));
-        assert_eq!(campaign_of("{}"), None);
-        assert_eq!(campaign_of("not json"), None);
+    fn statuses_map_to_outcomes() {
+        let plain = |s| outcome_of(&ended(s, &EndReason::CalleeHangup));
+        assert_eq!(plain(CallStatus::Completed), AttemptOutcome::Answered);
+        assert_eq!(plain(CallStatus::Busy), AttemptOutcome::Busy);
+        assert_eq!(plain(CallStatus::NoAnswer), AttemptOutcome::NoAnswer);
+        assert_eq!(plain(CallStatus::Failed), AttemptOutcome::Failed);
+        assert_eq!(plain(CallStatus::Canceled), AttemptOutcome::Failed);
+        assert_eq!(
+            outcome_of(&ended(CallStatus::Completed, &EndReason::OptedOut)),
+            AttemptOutcome::OptedOut
+        );
+        assert_eq!(
+            outcome_of(&ended(CallStatus::Completed, &EndReason::MachineDetected)),
+            AttemptOutcome::NoAnswer
+        );
     }
 }

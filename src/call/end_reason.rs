@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use crate::model::{AnsweredBy, CallStatus};
 use crate::sip::Rejection;
 
 /// Seconds a refused caller is asked to wait before trying again
@@ -171,16 +172,18 @@ impl EndReason {
         }
     }
 
-    /// The stored call status, given whether the call was answered.
-    pub fn status(&self, answered: bool) -> &'static str {
+    /// The call's final status, given whether the call was answered.
+    pub fn status(&self, answered: bool) -> CallStatus {
         if answered {
-            return "completed";
+            return CallStatus::Completed;
         }
         match self {
-            EndReason::Canceled | EndReason::ApiHangup | EndReason::Shutdown => "canceled",
-            EndReason::Busy { .. } | EndReason::TrunkFull => "busy",
-            EndReason::NoAnswer { .. } => "no-answer",
-            _ => "failed",
+            EndReason::Canceled | EndReason::ApiHangup | EndReason::Shutdown => {
+                CallStatus::Canceled
+            }
+            EndReason::Busy { .. } | EndReason::TrunkFull => CallStatus::Busy,
+            EndReason::NoAnswer { .. } => CallStatus::NoAnswer,
+            _ => CallStatus::Failed,
         }
     }
 
@@ -229,9 +232,9 @@ impl EndReason {
     }
 
     /// What answered, when the reason itself tells.
-    pub fn answered_by(&self) -> Option<&'static str> {
+    pub fn answered_by(&self) -> Option<AnsweredBy> {
         match self {
-            EndReason::MachineDetected => Some("machine"),
+            EndReason::MachineDetected => Some(AnsweredBy::Machine),
             _ => None,
         }
     }
@@ -253,21 +256,25 @@ impl EndReason {
 #[cfg(test)]
 mod tests {
     use super::{EndReason, FailureCause};
+    use crate::model::CallStatus;
 
     #[test]
     fn one_reason_decides_status_label_and_answer() {
         let busy = EndReason::from_failure(486, "Busy Here".into());
-        assert_eq!((busy.label(), busy.status(false)), ("busy", "busy"));
+        assert_eq!(
+            (busy.label(), busy.status(false)),
+            ("busy", CallStatus::Busy)
+        );
         assert_eq!(
             EndReason::from_failure(480, String::new()).status(false),
-            "no-answer"
+            CallStatus::NoAnswer
         );
         assert_eq!(
             EndReason::from_failure(403, String::new()).status(false),
-            "failed"
+            CallStatus::Failed
         );
-        assert_eq!(EndReason::MaxDuration.status(true), "completed");
-        assert_eq!(EndReason::Canceled.status(false), "canceled");
+        assert_eq!(EndReason::MaxDuration.status(true), CallStatus::Completed);
+        assert_eq!(EndReason::Canceled.status(false), CallStatus::Canceled);
         assert_eq!(EndReason::UnknownNumber.rejection().code, 404);
         assert_eq!(EndReason::SourceNotAllowed.rejection().code, 403);
         let full = EndReason::TrunkFull.rejection();
@@ -286,8 +293,8 @@ mod tests {
         ] {
             let reason = EndReason::Failed(cause.clone());
             assert_eq!(reason.label(), "error");
-            assert_eq!(reason.status(false), "failed");
-            assert_eq!(reason.status(true), "completed");
+            assert_eq!(reason.status(false), CallStatus::Failed);
+            assert_eq!(reason.status(true), CallStatus::Completed);
             assert_eq!(reason.rejection().code, 500);
             assert_eq!(reason.failure(), Some(&cause));
         }

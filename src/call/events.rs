@@ -14,6 +14,7 @@ use std::sync::Arc;
 use tokio::sync::broadcast;
 
 use super::EndReason;
+use crate::model::{AnsweredBy, EventType};
 use crate::store::Store;
 use crate::store::calls::{CallRecord, EndFields, NewCall};
 use crate::store::transcripts::NewTurn;
@@ -24,7 +25,7 @@ pub(crate) const BUS_CAPACITY: usize = 1024;
 
 /// What changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CallEventKind {
+pub enum Change {
     /// Inbound: the INVITE was routed and rings. Outbound: queued.
     Created,
     /// Outbound: the first 18x.
@@ -34,23 +35,26 @@ pub enum CallEventKind {
     Ended,
 }
 
-impl CallEventKind {
-    /// The webhook event type, e.g. `call.answered`.
-    pub fn event_type(&self) -> &'static str {
+impl Change {
+    /// The webhook event the change writes; `Created` writes
+    /// `call.ringing` for a call that rings at once (inbound).
+    pub fn event_type(&self) -> EventType {
         match self {
-            CallEventKind::Created => "call.created",
-            CallEventKind::Ringing => "call.ringing",
-            CallEventKind::Answered => "call.answered",
-            CallEventKind::Dtmf(_) => "call.dtmf",
-            CallEventKind::Ended => "call.ended",
+            Change::Created => EventType::CallInitiated,
+            Change::Ringing => EventType::CallRinging,
+            Change::Answered => EventType::CallAnswered,
+            Change::Dtmf(_) => EventType::CallDtmf,
+            Change::Ended => EventType::CallEnded,
         }
     }
 }
 
-/// One state change and the call row as committed with it.
+/// What the bus carries: one state change of a call and the call row as
+/// committed with it. (Not `sip::CallEvent`, which is what the SIP dialog
+/// reports to the call task.)
 #[derive(Debug, Clone)]
-pub struct CallEvent {
-    pub kind: CallEventKind,
+pub struct CallUpdate {
+    pub change: Change,
     pub call: Arc<CallRecord>,
 }
 
@@ -58,7 +62,7 @@ pub struct CallEvent {
 #[derive(Clone)]
 pub struct Transitions {
     outbox: Outbox,
-    bus: broadcast::Sender<CallEvent>,
+    bus: broadcast::Sender<CallUpdate>,
 }
 
 impl Transitions {
@@ -67,8 +71,8 @@ impl Transitions {
         Self { outbox, bus }
     }
 
-    /// A receiver of every call event from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<CallEvent> {
+    /// A receiver of every call update from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<CallUpdate> {
         self.bus.subscribe()
     }
 
@@ -81,17 +85,17 @@ impl Transitions {
         &self.outbox
     }
 
-    fn publish(&self, kind: CallEventKind, result: crate::store::Result<CallRecord>) {
+    fn publish(&self, change: Change, result: crate::store::Result<CallRecord>) {
         match result {
             Ok(call) => {
                 // No subscriber is fine: nothing listens yet.
-                let _ = self.bus.send(CallEvent {
-                    kind,
+                let _ = self.bus.send(CallUpdate {
+                    change,
                     call: Arc::new(call),
                 });
             }
             Err(e) => {
-                tracing::warn!(error = %e, event = kind.event_type(), "call record not written")
+                tracing::warn!(error = %e, event = %change.event_type(), "call record not written")
             }
         }
     }
@@ -100,8 +104,8 @@ impl Transitions {
     /// there is no call to run.
     pub async fn created(&self, call: NewCall<'_>) -> crate::store::Result<Arc<CallRecord>> {
         let record = Arc::new(self.outbox.call_created(call).await?);
-        let _ = self.bus.send(CallEvent {
-            kind: CallEventKind::Created,
+        let _ = self.bus.send(CallUpdate {
+            change: Change::Created,
             call: Arc::clone(&record),
         });
         Ok(record)
@@ -115,16 +119,16 @@ impl Transitions {
 
     pub async fn ringing(&self, id: &str) {
         let result = self.outbox.call_ringing(id).await;
-        self.publish(CallEventKind::Ringing, result);
+        self.publish(Change::Ringing, result);
     }
 
     pub async fn answered(&self, id: &str) {
         let result = self.outbox.call_answered(id).await;
-        self.publish(CallEventKind::Answered, result);
+        self.publish(Change::Answered, result);
     }
 
-    /// Answering-machine detection decided (`human`, `machine`, `unknown`).
-    pub async fn answered_by(&self, id: &str, answered_by: &str) {
+    /// Answering-machine detection decided.
+    pub async fn answered_by(&self, id: &str, answered_by: AnsweredBy) {
         if let Err(e) = self.outbox.store().call_answered_by(id, answered_by).await {
             tracing::warn!(error = %e, "answering-machine verdict not recorded");
         }
@@ -132,7 +136,7 @@ impl Transitions {
 
     pub async fn dtmf(&self, id: &str, digit: char) {
         let result = self.outbox.call_dtmf(id, digit).await;
-        self.publish(CallEventKind::Dtmf(digit), result);
+        self.publish(Change::Dtmf(digit), result);
     }
 
     /// The agent's conversation: its turns and summary, stored before the
@@ -201,6 +205,6 @@ impl Transitions {
                 },
             )
             .await;
-        self.publish(CallEventKind::Ended, result);
+        self.publish(Change::Ended, result);
     }
 }

@@ -31,6 +31,7 @@ use super::{EndReason, Shared, count_ended, count_started};
 use crate::agent::CallSettings;
 use crate::config::Profile;
 use crate::media::amd::AmdMode;
+use crate::model::{CallStatus, Direction};
 use crate::sip::{AcceptError, DigestAccount, IncomingInvite, InviteInfo, digest_identity};
 use crate::store::StoreError;
 use crate::store::calls::{CallRecord, NewCall};
@@ -146,7 +147,7 @@ async fn refuse_routed(
 ) {
     let sip_call_id = invite.call_id().to_owned();
     refuse(invite, reason.clone()).await;
-    match record(shared, id, route, &sip_call_id, "queued").await {
+    match record(shared, id, route, &sip_call_id, CallStatus::Queued).await {
         Ok(_) => shared.transitions.refused(id, &reason).await,
         Err(e) => tracing::warn!(error = %e, "refused call not recorded"),
     }
@@ -158,14 +159,14 @@ async fn record(
     id: &str,
     route: &Route,
     sip_call_id: &str,
-    status: &str,
+    status: CallStatus,
 ) -> crate::store::Result<Arc<CallRecord>> {
     let trunk = route.trunk.id();
     shared
         .transitions
         .created(NewCall {
             id,
-            direction: "inbound",
+            direction: Direction::Inbound,
             from_number: &route.caller,
             to_number: &route.number,
             trunk: Some(&trunk),
@@ -173,6 +174,7 @@ async fn record(
             status,
             sip_call_id: Some(sip_call_id),
             metadata: "{}",
+            campaign: None,
         })
         .await
 }
@@ -332,7 +334,14 @@ impl Ringing {
         local_sdp: Bytes,
     ) -> Option<Self> {
         let call = &prepared.call;
-        let recorded = record(&call.shared, &call.id, route, invite.call_id(), "ringing").await;
+        let recorded = record(
+            &call.shared,
+            &call.id,
+            route,
+            invite.call_id(),
+            CallStatus::Ringing,
+        )
+        .await;
         if let Err(e) = recorded {
             tracing::warn!(error = %e, "call not recorded");
             let reason = EndReason::Failed(FailureCause::Store(e.to_string()));

@@ -32,7 +32,7 @@ mod task;
 pub mod trunk_pings;
 
 pub use end_reason::{EndReason, FailureCause};
-pub use events::{CallEvent, CallEventKind};
+pub use events::{CallUpdate, Change};
 pub use outbound::{OutboundRequest, PlaceError};
 
 use std::net::{IpAddr, SocketAddr};
@@ -221,7 +221,7 @@ impl Calls {
     }
 
     /// Every call event from now on (the webhook worker's feed).
-    pub fn subscribe(&self) -> broadcast::Receiver<CallEvent> {
+    pub fn subscribe(&self) -> broadcast::Receiver<CallUpdate> {
         self.shared.transitions.subscribe()
     }
 

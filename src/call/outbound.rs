@@ -23,9 +23,10 @@ use crate::agent::CallSettings;
 use crate::config::Profile;
 use crate::ids;
 use crate::media::amd::AmdMode;
+use crate::model::{CallStatus, Direction, TrunkId};
 use crate::sip::{Call, Credentials, OutboundCall, OutboundEvent, OutboundInvite, SipStack};
 use crate::store::StoreError;
-use crate::store::calls::{CallRecord, NewCall};
+use crate::store::calls::{CallRecord, CampaignAttempt, NewCall};
 
 /// A call to place, as the API received it (numbers already E.164).
 #[derive(Debug, Clone)]
@@ -38,8 +39,8 @@ pub struct OutboundRequest {
     pub to: String,
     /// `None`: the agent bound to the From number.
     pub agent_id: Option<String>,
-    /// Profile name; `None`: the trunk bound to the From number.
-    pub trunk: Option<String>,
+    /// `None`: the trunk bound to the From number.
+    pub trunk: Option<TrunkId>,
     pub ring_timeout: Option<Duration>,
     /// `None`: the agent's `max_duration_seconds`.
     pub max_duration: Option<Duration>,
@@ -51,6 +52,8 @@ pub struct OutboundRequest {
     pub amd: AmdMode,
     /// A key that opts the callee out (campaign calls).
     pub opt_out_digit: Option<char>,
+    /// The campaign attempt the call is, for a campaign's call.
+    pub campaign: Option<CampaignAttempt>,
 }
 
 /// Why a call was not placed; each says what the caller can fix.
@@ -102,14 +105,15 @@ impl Calls {
             .transitions
             .created(NewCall {
                 id: &id,
-                direction: "outbound",
+                direction: Direction::Outbound,
                 from_number: &req.from,
                 to_number: &req.to,
                 trunk: Some(&trunk.id()),
                 agent_id: Some(&agent.id),
-                status: "queued",
+                status: CallStatus::Queued,
                 sip_call_id: None,
                 metadata: &req.metadata,
+                campaign: req.campaign.as_ref(),
             })
             .await?;
         count_started("outbound");
@@ -157,21 +161,20 @@ async fn resolve(
     })?;
     let settings = CallSettings::from_json(&agent.settings)
         .map_err(|e| PlaceError::AgentSettings(e.to_string()))?;
-    let trunk_name = req
-        .trunk
-        .clone()
-        .or_else(|| {
-            number
-                .trunk
-                .as_deref()
-                .map(|t| t.strip_prefix("trk_").unwrap_or(t).to_owned())
-        })
-        .ok_or(PlaceError::NoTrunk)?;
+    let trunk_id = match &req.trunk {
+        Some(id) => id.clone(),
+        None => number
+            .trunk
+            .as_deref()
+            .ok_or(PlaceError::NoTrunk)?
+            .parse::<TrunkId>()
+            .map_err(|_| PlaceError::UnknownTrunk)?,
+    };
     let trunk = shared
         .profiles
         .get()
         .by_name
-        .get(&trunk_name)
+        .get(trunk_id.name())
         .cloned()
         .ok_or(PlaceError::UnknownTrunk)?;
     if trunk.outbound.is_none() {

@@ -13,11 +13,12 @@ use tokio::task::JoinHandle;
 
 use super::reconcile::{PerTrunk, Reconciler, TrunkContext};
 use crate::config::{self, Profile};
+use crate::model::EventType;
 use crate::sip::backoff::RetryPolicy;
 use crate::sip::{self, RegistrationState, TrunkRegistration};
 use crate::trunk::{self, TrunkStates};
 use crate::webhook::Outbox;
-use crate::webhook::event::{TrunkEventData, TrunkEventType};
+use crate::webhook::event::TrunkEventData;
 
 /// The running registrations by trunk name.
 pub type Registrations = Reconciler<Registered>;
@@ -118,7 +119,7 @@ async fn mirror(
         let kind = std::mem::discriminant(&live);
         let event = match &live {
             trunk::Registration::Registered { expires_at } => Some((
-                TrunkEventType::Registered,
+                EventType::TrunkRegistered,
                 TrunkEventData {
                     trunk_id: name.clone(),
                     sip_code: Some(200),
@@ -132,7 +133,7 @@ async fn mirror(
                 reason,
                 next_attempt_at,
             } => Some((
-                TrunkEventType::RegistrationFailed,
+                EventType::TrunkRegistrationFailed,
                 TrunkEventData {
                     trunk_id: name.clone(),
                     sip_code: *status,

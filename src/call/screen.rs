@@ -110,7 +110,7 @@ impl Screen {
                 let transitions = self.transitions.clone();
                 let id = self.call_id.clone();
                 tokio::spawn(
-                    async move { transitions.answered_by(&id, v.as_str()).await }.in_current_span(),
+                    async move { transitions.answered_by(&id, v).await }.in_current_span(),
                 );
                 match v {
                     // The detector goes on until the greeting is over.

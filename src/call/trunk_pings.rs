@@ -28,10 +28,11 @@ use tracing::Instrument;
 use super::reconcile::{PerTrunk, Reconciler, TrunkContext};
 use crate::config::Profile;
 use crate::metrics::{TRUNK_PING_SECONDS, TRUNK_UP};
+use crate::model::EventType;
 use crate::sip::{Probe, SipStack};
 use crate::trunk::{Health, TrunkStates};
 use crate::webhook::Outbox;
-use crate::webhook::event::{TrunkEventData, TrunkEventType};
+use crate::webhook::event::TrunkEventData;
 
 /// Longest wait for an answer; shorter when the interval is.
 const MAX_WAIT: Duration = Duration::from_secs(5);
@@ -152,11 +153,11 @@ async fn changed(outbox: &Outbox, name: &str, health: &Health) {
     let (event_type, sip_code, reason) = match health {
         Health::Up { status, rtt_ms, .. } => {
             tracing::info!(status, rtt_ms, "trunk is up");
-            (TrunkEventType::Up, Some(*status), None)
+            (EventType::TrunkUp, Some(*status), None)
         }
         Health::Down { status, reason, .. } => {
             tracing::warn!(?status, %reason, "trunk is down");
-            (TrunkEventType::Down, *status, Some(reason.clone()))
+            (EventType::TrunkDown, *status, Some(reason.clone()))
         }
         Health::NotConfigured | Health::Pending => return,
     };

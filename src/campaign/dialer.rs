@@ -1,9 +1,9 @@
-//! The dialer driver: claims due contacts with leases through the store,
+//! The campaign runner: claims due contacts with leases through the store,
 //! paces them with [`Pacer`] and places each call through the [`Dialer`]
-//! seam; the call layer reports every end through [`Driver::call_ended`].
+//! seam; the call layer reports every end through [`CampaignRunner::call_ended`].
 //!
 //! Exactly once per attempt: the attempt row, with the call id chosen here,
-//! is committed before [`Dialer::place`] runs. After a crash, [`Driver::recover`]
+//! is committed before [`Dialer::place`] runs. After a crash, [`CampaignRunner::recover`]
 //! asks the call layer what became of each call still in flight
 //! ([`Dialer::fate`]): never placed -> the claim is undone and the contact is
 //! due again under the same attempt number; ended -> its outcome is recorded;
@@ -25,12 +25,13 @@ use chrono_tz::Tz;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
+use super::contact_zone;
 use super::pacing::{Caps, Pacer, Wait};
-use super::policy::{Final, Next, Outcome, RetryPolicy};
+use super::policy::{Final, Next};
 use super::window::Verdict;
-use super::{Schedule, contact_zone};
 use crate::ids;
 use crate::media::amd::AmdMode;
+use crate::model::campaign::{AttemptOutcome, RetryPolicy, Schedule};
 use crate::store::contacts::{AfterAttempt, Disposition};
 use crate::store::{Store, StoreError};
 use crate::webhook::Outbox;
@@ -77,7 +78,7 @@ pub enum CallFate {
     /// The call is still up; its end will be reported.
     InProgress,
     Ended {
-        outcome: Outcome,
+        outcome: AttemptOutcome,
         duration_ms: Option<i64>,
     },
 }
@@ -99,9 +100,9 @@ pub trait Dialer: Send + Sync + 'static {
     fn calls_on_trunk(&self, trunk: &str) -> u32;
 }
 
-/// How the driver runs.
+/// How the runner runs.
 #[derive(Debug, Clone)]
-pub struct DriverConfig {
+pub struct RunnerConfig {
     /// Names this node in leases.
     pub owner: String,
     /// Calls in flight across every campaign.
@@ -117,7 +118,7 @@ pub struct DriverConfig {
     pub recover_all: bool,
 }
 
-impl Default for DriverConfig {
+impl Default for RunnerConfig {
     fn default() -> Self {
         Self {
             owner: ids::new("node"),
@@ -134,13 +135,13 @@ impl Default for DriverConfig {
 /// that a profile reload (SIGHUP) applies to the next dial.
 pub type TrunkCaps = Box<dyn Fn() -> Vec<(String, Caps)> + Send + Sync>;
 
-/// The dialer driver; share it as `Arc<Driver<D>>`.
-pub struct Driver<D> {
+/// The campaign runner; share it as `Arc<CampaignRunner<D>>`.
+pub struct CampaignRunner<D> {
     store: Store,
     /// Writes `campaign.completed` with the status change.
     outbox: Outbox,
     dialer: Arc<D>,
-    cfg: DriverConfig,
+    cfg: RunnerConfig,
     // std Mutex: held only for short synchronous updates, never across `.await`.
     pacer: Mutex<Pacer>,
     /// Where the trunk caps come from.
@@ -150,14 +151,14 @@ pub struct Driver<D> {
     /// Woken when a call ends, so a freed slot is used at once.
     ended: Notify,
     /// Place requests handed to the call layer and not yet answered:
-    /// [`Driver::run`] waits for them before it returns, so that a stop
+    /// [`CampaignRunner::run`] waits for them before it returns, so that a stop
     /// followed by a drain of the call layer refuses none of them.
     placing: std::sync::atomic::AtomicUsize,
 }
 
-impl<D: Dialer> Driver<D> {
-    /// A driver over the outbox's store under the caps `trunk_caps` gives.
-    pub fn new(outbox: Outbox, dialer: Arc<D>, cfg: DriverConfig, trunk_caps: TrunkCaps) -> Self {
+impl<D: Dialer> CampaignRunner<D> {
+    /// A runner over the outbox's store under the caps `trunk_caps` gives.
+    pub fn new(outbox: Outbox, dialer: Arc<D>, cfg: RunnerConfig, trunk_caps: TrunkCaps) -> Self {
         let pacer = Pacer::new(cfg.global_max_calls);
         Self {
             trunk_caps,
@@ -344,7 +345,9 @@ impl<D: Dialer> Driver<D> {
                         }
                         Err(e) => {
                             tracing::warn!(call = %call_id, error = %e, "campaign call not placed");
-                            if let Err(e) = me.call_ended(&call_id, Outcome::Failed, None).await {
+                            if let Err(e) =
+                                me.call_ended(&call_id, AttemptOutcome::Failed, None).await
+                            {
                                 tracing::error!(call = %call_id, error = %e, "cannot record a failed dial");
                             }
                         }
@@ -373,7 +376,7 @@ impl<D: Dialer> Driver<D> {
     pub async fn call_ended(
         &self,
         call_id: &str,
-        outcome: Outcome,
+        outcome: AttemptOutcome,
         duration_ms: Option<i64>,
     ) -> Result<(), StoreError> {
         let ended_at = crate::store::now();
@@ -488,6 +491,7 @@ mod tests {
     use tokio::sync::mpsc;
 
     use super::*;
+    use crate::model::CampaignStatus;
     use crate::store::campaigns::CampaignFields;
     use crate::store::contacts::NewContact;
 
@@ -541,7 +545,7 @@ mod tests {
             .await
             .unwrap();
         let policy = RetryPolicy {
-            busy: super::super::policy::RetryRule {
+            busy: crate::model::campaign::RetryRule {
                 retries: 1,
                 delay_seconds: 0,
             },
@@ -580,13 +584,23 @@ mod tests {
             .collect();
         store.insert_contacts(&c.id, &list).await.unwrap();
         store
-            .transition_campaign(&c.id, &["draft"], "running", None)
+            .transition_campaign(
+                &c.id,
+                &[CampaignStatus::Draft],
+                CampaignStatus::Running,
+                None,
+            )
             .await
             .unwrap();
         (dir, store, c.id)
     }
 
-    fn driver(store: &Store) -> (Arc<Driver<FakeDialer>>, mpsc::UnboundedReceiver<String>) {
+    fn driver(
+        store: &Store,
+    ) -> (
+        Arc<CampaignRunner<FakeDialer>>,
+        mpsc::UnboundedReceiver<String>,
+    ) {
         let (tx, rx) = mpsc::unbounded_channel();
         let fake = Arc::new(FakeDialer {
             placed: Mutex::new(Vec::new()),
@@ -596,10 +610,10 @@ mod tests {
             fates: Mutex::new(HashMap::new()),
             refuse_once: Mutex::new(HashSet::new()),
         });
-        let cfg = DriverConfig {
+        let cfg = RunnerConfig {
             poll: Duration::from_millis(10),
             global_max_calls: 10,
-            ..DriverConfig::default()
+            ..RunnerConfig::default()
         };
         let trunks: TrunkCaps = Box::new(|| {
             vec![(
@@ -611,13 +625,13 @@ mod tests {
             )]
         });
         let outbox = Outbox::new(store.clone());
-        (Arc::new(Driver::new(outbox, fake, cfg, trunks)), rx)
+        (Arc::new(CampaignRunner::new(outbox, fake, cfg, trunks)), rx)
     }
 
     /// Ends each placed call: odd-numbered contacts are busy on their first
     /// attempt, everyone answers after that.
     async fn end_calls(
-        d: Arc<Driver<FakeDialer>>,
+        d: Arc<CampaignRunner<FakeDialer>>,
         mut rx: mpsc::UnboundedReceiver<String>,
         limit: usize,
     ) {
@@ -635,9 +649,9 @@ mod tests {
                 .unwrap();
             let last: u32 = req.to[req.to.len() - 1..].parse().unwrap();
             let outcome = if last % 2 == 1 && req.attempt == 1 {
-                Outcome::Busy
+                AttemptOutcome::Busy
             } else {
-                Outcome::Answered
+                AttemptOutcome::Answered
             };
             d.dialer.live.fetch_sub(1, Ordering::SeqCst);
             d.call_ended(&call, outcome, Some(1000)).await.unwrap();
@@ -649,7 +663,7 @@ mod tests {
     async fn wait_completed(store: &Store, campaign: &str) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if store.get_campaign(campaign).await.unwrap().status == "completed" {
+            if store.get_campaign(campaign).await.unwrap().status == CampaignStatus::Completed {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -703,7 +717,7 @@ mod tests {
         ender.abort();
         assert_eq!(
             store.get_campaign(&campaign).await.unwrap().status,
-            "completed"
+            CampaignStatus::Completed
         );
         let placed = d.dialer.placed.lock().unwrap().clone();
         // 39 dialable contacts, 19 of them odd and not on the list: busy once.
@@ -756,7 +770,7 @@ mod tests {
             fates.insert(
                 calls[0].0.clone(),
                 CallFate::Ended {
-                    outcome: Outcome::Busy,
+                    outcome: AttemptOutcome::Busy,
                     duration_ms: None,
                 },
             );
@@ -774,7 +788,7 @@ mod tests {
         let ender = tokio::spawn(end_calls(Arc::clone(&d), rx, 100));
         tokio::time::sleep(Duration::from_millis(100)).await;
         // The adopted call ends now.
-        d.call_ended(&calls[1].0, Outcome::Answered, Some(5))
+        d.call_ended(&calls[1].0, AttemptOutcome::Answered, Some(5))
             .await
             .unwrap();
         wait_completed(&store, &campaign).await;

@@ -5,13 +5,14 @@
 //! - [`window`]: calling windows in the contact's own zone (sans-IO).
 //! - [`policy`]: retry policy per outcome (sans-IO).
 //! - [`pacing`]: how many calls may start now under all caps (sans-IO).
-//! - [`dialer`]: the driver: claims due contacts with leases via the store,
+//! - [`dialer`]: the runner: claims due contacts with leases via the store,
 //!   places calls through the [`dialer::Dialer`] seam the call layer
-//!   implements, and takes outcomes back in [`dialer::Driver::call_ended`].
+//!   implements, and takes outcomes back in [`dialer::CampaignRunner::call_ended`].
 //! - [`csv`]: streamed CSV parsing with per-row errors and line numbers.
 //!
-//! This module holds the campaign's own vocabulary (statuses, actions,
-//! schedule document); the API maps it to HTTP and the store to SQL.
+//! The campaign's documents (status, schedule, retry policy) are
+//! [`crate::model::campaign`]'s; this module gives them their behaviour
+//! (the actions allowed per status, compiling a schedule).
 //!
 //! Must not: speak SIP or HTTP, or hold SQL.
 
@@ -21,49 +22,11 @@ pub mod pacing;
 pub mod policy;
 pub mod window;
 
-use chrono::{NaiveDate, NaiveTime, Weekday};
+use chrono::{NaiveTime, Weekday};
 use chrono_tz::Tz;
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
+use crate::model::campaign::{CampaignStatus, Day, Schedule};
 use window::CallingWindow;
-
-/// Where a campaign stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-// Named apart from the API's health `Status`: one schema name, one type.
-#[schema(as = CampaignStatus)]
-pub enum Status {
-    Draft,
-    Running,
-    Paused,
-    Completed,
-    Canceled,
-}
-
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Draft => "draft",
-            Status::Running => "running",
-            Status::Paused => "paused",
-            Status::Completed => "completed",
-            Status::Canceled => "canceled",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        [
-            Status::Draft,
-            Status::Running,
-            Status::Paused,
-            Status::Completed,
-            Status::Canceled,
-        ]
-        .into_iter()
-        .find(|x| x.as_str() == s)
-    }
-}
 
 /// What an operator can do to a campaign.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,20 +39,24 @@ pub enum Action {
 
 impl Action {
     /// The statuses the action applies to.
-    pub fn from(self) -> &'static [Status] {
+    pub fn from(self) -> &'static [CampaignStatus] {
         match self {
-            Action::Start => &[Status::Draft],
-            Action::Pause => &[Status::Running],
-            Action::Resume => &[Status::Paused],
-            Action::Cancel => &[Status::Draft, Status::Running, Status::Paused],
+            Action::Start => &[CampaignStatus::Draft],
+            Action::Pause => &[CampaignStatus::Running],
+            Action::Resume => &[CampaignStatus::Paused],
+            Action::Cancel => &[
+                CampaignStatus::Draft,
+                CampaignStatus::Running,
+                CampaignStatus::Paused,
+            ],
         }
     }
 
-    pub fn to(self) -> Status {
+    pub fn to(self) -> CampaignStatus {
         match self {
-            Action::Start | Action::Resume => Status::Running,
-            Action::Pause => Status::Paused,
-            Action::Cancel => Status::Canceled,
+            Action::Start | Action::Resume => CampaignStatus::Running,
+            Action::Pause => CampaignStatus::Paused,
+            Action::Cancel => CampaignStatus::Canceled,
         }
     }
 }
@@ -106,19 +73,6 @@ pub const CONTACT_STATES: [&str; 8] = [
     "canceled",
 ];
 
-/// A day of the week in a schedule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Day {
-    Mon,
-    Tue,
-    Wed,
-    Thu,
-    Fri,
-    Sat,
-    Sun,
-}
-
 impl Day {
     fn weekday(self) -> Weekday {
         match self {
@@ -129,68 +83,6 @@ impl Day {
             Day::Fri => Weekday::Fri,
             Day::Sat => Weekday::Sat,
             Day::Sun => Weekday::Sun,
-        }
-    }
-}
-
-/// When a campaign may call, in each contact's local time.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Schedule {
-    /// First local date calls are allowed.
-    #[schema(value_type = Option<String>, format = Date, example = "2026-07-01")]
-    pub start_date: Option<NaiveDate>,
-    /// Last local date calls are allowed (inclusive).
-    #[schema(value_type = Option<String>, format = Date, example = "2026-07-31")]
-    pub end_date: Option<NaiveDate>,
-    /// Allowed weekdays (default every day).
-    #[serde(default = "all_days")]
-    pub weekdays: Vec<Day>,
-    /// Local time the window opens, `HH:MM` (default `09:00`).
-    #[serde(default = "nine")]
-    #[schema(example = "09:00")]
-    pub start_time: String,
-    /// Local time the window closes, `HH:MM`, exclusive (default `20:00`).
-    #[serde(default = "twenty")]
-    #[schema(example = "20:00")]
-    pub end_time: String,
-    /// IANA zone for contacts whose zone is neither given nor derivable from
-    /// the number (default `UTC`).
-    #[serde(default = "utc")]
-    #[schema(example = "America/New_York")]
-    pub timezone: String,
-}
-
-fn all_days() -> Vec<Day> {
-    vec![
-        Day::Mon,
-        Day::Tue,
-        Day::Wed,
-        Day::Thu,
-        Day::Fri,
-        Day::Sat,
-        Day::Sun,
-    ]
-}
-fn nine() -> String {
-    "09:00".into()
-}
-fn twenty() -> String {
-    "20:00".into()
-}
-fn utc() -> String {
-    "UTC".into()
-}
-
-impl Default for Schedule {
-    fn default() -> Self {
-        Self {
-            start_date: None,
-            end_date: None,
-            weekdays: all_days(),
-            start_time: nine(),
-            end_time: twenty(),
-            timezone: utc(),
         }
     }
 }
@@ -299,9 +191,8 @@ mod tests {
 
     #[test]
     fn actions_follow_the_status_machine() {
-        assert_eq!(Action::Start.from(), &[Status::Draft]);
-        assert_eq!(Action::Resume.to(), Status::Running);
-        assert!(!Action::Cancel.from().contains(&Status::Completed));
-        assert_eq!(Status::parse("paused"), Some(Status::Paused));
+        assert_eq!(Action::Start.from(), &[CampaignStatus::Draft]);
+        assert_eq!(Action::Resume.to(), CampaignStatus::Running);
+        assert!(!Action::Cancel.from().contains(&CampaignStatus::Completed));
     }
 }

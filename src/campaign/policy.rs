@@ -8,87 +8,8 @@
 //! calling window.
 
 use chrono::{DateTime, Duration, Utc};
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
-/// How an attempt ended, as the call layer reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    /// The callee answered and the call ran its course.
-    Answered,
-    Busy,
-    NoAnswer,
-    /// The call could not be placed or was refused (network, 4xx/5xx).
-    Failed,
-    /// The callee asked not to be called again (phrase or DTMF digit).
-    OptedOut,
-}
-
-impl Outcome {
-    pub const ALL: [Outcome; 5] = [
-        Outcome::Answered,
-        Outcome::Busy,
-        Outcome::NoAnswer,
-        Outcome::Failed,
-        Outcome::OptedOut,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Answered => "answered",
-            Outcome::Busy => "busy",
-            Outcome::NoAnswer => "no_answer",
-            Outcome::Failed => "failed",
-            Outcome::OptedOut => "opted_out",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|o| o.as_str() == s)
-    }
-}
-
-/// Retries earned by one outcome.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RetryRule {
-    /// How many times a contact is tried again after this outcome (0 to 20).
-    #[schema(minimum = 0, maximum = 20)]
-    pub retries: u32,
-    /// Seconds to wait before each retry: from `[campaigns]
-    /// min_retry_delay_seconds` (60 by default) to 30 days.
-    #[schema(minimum = 0, maximum = 2592000)]
-    pub delay_seconds: u32,
-}
-
-/// What the campaign does after each outcome.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RetryPolicy {
-    pub busy: RetryRule,
-    pub no_answer: RetryRule,
-    pub failed: RetryRule,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            busy: RetryRule {
-                retries: 2,
-                delay_seconds: 600,
-            },
-            no_answer: RetryRule {
-                retries: 2,
-                delay_seconds: 3600,
-            },
-            failed: RetryRule {
-                retries: 1,
-                delay_seconds: 900,
-            },
-        }
-    }
-}
+use crate::model::campaign::{AttemptOutcome, RetryPolicy, RetryRule};
 
 /// What happens to a contact after an attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,12 +32,12 @@ pub enum Final {
 }
 
 impl RetryPolicy {
-    pub fn rule(&self, outcome: Outcome) -> Option<RetryRule> {
+    pub fn rule(&self, outcome: AttemptOutcome) -> Option<RetryRule> {
         match outcome {
-            Outcome::Busy => Some(self.busy),
-            Outcome::NoAnswer => Some(self.no_answer),
-            Outcome::Failed => Some(self.failed),
-            Outcome::Answered | Outcome::OptedOut => None,
+            AttemptOutcome::Busy => Some(self.busy),
+            AttemptOutcome::NoAnswer => Some(self.no_answer),
+            AttemptOutcome::Failed => Some(self.failed),
+            AttemptOutcome::Answered | AttemptOutcome::OptedOut => None,
         }
     }
 
@@ -125,15 +46,15 @@ impl RetryPolicy {
     /// this one included; `attempts` counts all of them.
     pub fn next(
         &self,
-        outcome: Outcome,
+        outcome: AttemptOutcome,
         same_outcome: u32,
         attempts: u32,
         max_attempts: u32,
         ended_at: DateTime<Utc>,
     ) -> Next {
         match outcome {
-            Outcome::Answered => Next::Done(Final::Completed),
-            Outcome::OptedOut => Next::Done(Final::OptedOut),
+            AttemptOutcome::Answered => Next::Done(Final::Completed),
+            AttemptOutcome::OptedOut => Next::Done(Final::OptedOut),
             _ => match self.rule(outcome) {
                 Some(rule) if same_outcome <= rule.retries && attempts < max_attempts => {
                     Next::Retry(ended_at + Duration::seconds(i64::from(rule.delay_seconds)))
@@ -158,11 +79,11 @@ mod tests {
     fn answered_and_opted_out_are_final() {
         let p = RetryPolicy::default();
         assert_eq!(
-            p.next(Outcome::Answered, 1, 1, 5, t0()),
+            p.next(AttemptOutcome::Answered, 1, 1, 5, t0()),
             Next::Done(Final::Completed)
         );
         assert_eq!(
-            p.next(Outcome::OptedOut, 1, 1, 5, t0()),
+            p.next(AttemptOutcome::OptedOut, 1, 1, 5, t0()),
             Next::Done(Final::OptedOut)
         );
     }
@@ -172,25 +93,25 @@ mod tests {
         let p = RetryPolicy::default();
         // busy: 2 retries, 10 minutes apart.
         assert_eq!(
-            p.next(Outcome::Busy, 1, 1, 10, t0()),
+            p.next(AttemptOutcome::Busy, 1, 1, 10, t0()),
             Next::Retry(t0() + Duration::seconds(600))
         );
         assert_eq!(
-            p.next(Outcome::Busy, 2, 2, 10, t0()),
+            p.next(AttemptOutcome::Busy, 2, 2, 10, t0()),
             Next::Retry(t0() + Duration::seconds(600))
         );
         assert_eq!(
-            p.next(Outcome::Busy, 3, 3, 10, t0()),
+            p.next(AttemptOutcome::Busy, 3, 3, 10, t0()),
             Next::Done(Final::Exhausted)
         );
         // no answer after two busies still has its own two retries.
         assert_eq!(
-            p.next(Outcome::NoAnswer, 1, 3, 10, t0()),
+            p.next(AttemptOutcome::NoAnswer, 1, 3, 10, t0()),
             Next::Retry(t0() + Duration::seconds(3600))
         );
         // failed: one retry.
         assert_eq!(
-            p.next(Outcome::Failed, 2, 2, 10, t0()),
+            p.next(AttemptOutcome::Failed, 2, 2, 10, t0()),
             Next::Done(Final::Exhausted)
         );
     }
@@ -199,7 +120,7 @@ mod tests {
     fn max_attempts_caps_everything() {
         let p = RetryPolicy::default();
         assert_eq!(
-            p.next(Outcome::Busy, 1, 3, 3, t0()),
+            p.next(AttemptOutcome::Busy, 1, 3, 3, t0()),
             Next::Done(Final::Exhausted)
         );
         let none = RetryPolicy {
@@ -210,16 +131,8 @@ mod tests {
             ..p
         };
         assert_eq!(
-            none.next(Outcome::Busy, 1, 1, 5, t0()),
+            none.next(AttemptOutcome::Busy, 1, 1, 5, t0()),
             Next::Done(Final::Exhausted)
         );
-    }
-
-    #[test]
-    fn outcome_names_round_trip() {
-        for o in Outcome::ALL {
-            assert_eq!(Outcome::parse(o.as_str()), Some(o));
-        }
-        assert_eq!(Outcome::parse("maybe"), None);
     }
 }

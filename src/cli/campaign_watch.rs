@@ -13,7 +13,7 @@ use std::pin::pin;
 use std::time::Duration;
 
 use crate::api::CampaignStats;
-use crate::campaign::Status;
+use crate::model::CampaignStatus as Status;
 use crate::store::Store;
 
 /// Width of the progress bar, in characters.

@@ -114,22 +114,14 @@ impl AmdMode {
     }
 }
 
-/// What answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What answered. Its labels (`human`, `machine`, `unknown`), as the API
+/// and the store spell them, are given in `crate::model::call`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
 pub enum AnsweredBy {
     Human,
     Machine,
     Unknown,
-}
-
-impl AnsweredBy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AnsweredBy::Human => "human",
-            AnsweredBy::Machine => "machine",
-            AnsweredBy::Unknown => "unknown",
-        }
-    }
 }
 
 /// What the detector reports.

@@ -14,19 +14,28 @@
 
 use chrono::{DateTime, Utc};
 
-use super::commit::{FromSqlite, Value, bind_values, time, time_opt};
-use super::events::{Emit, write_event};
+use super::commit::{FromSqlite, Value, bind_values, label, label_opt, time, time_opt};
+use super::events::{NewEvent, write_event};
 use super::{Page, Pool, Result, Store, StoreError, Window, on_pool};
+use crate::model::{AnsweredBy, Call, CallStatus, Direction};
+
+/// Renders the event of a call transition from the call row as the
+/// transaction left it (`event_seq` is the event's per-call sequence).
+pub type EmitFn = dyn Fn(&CallRecord) -> Result<NewEvent> + Send + Sync;
+
+/// The event a call transition writes, if any (owned: on SQLite the
+/// transition runs on the group commit's thread).
+pub type Emit = Option<Box<EmitFn>>;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct CallRecord {
     pub id: String,
-    pub direction: String,
+    pub direction: Direction,
     pub from_number: String,
     pub to_number: String,
     pub trunk: Option<String>,
     pub agent_id: Option<String>,
-    pub status: String,
+    pub status: CallStatus,
     pub sip_call_id: Option<String>,
     pub sip_code: Option<i64>,
     pub sip_reason: Option<String>,
@@ -43,18 +52,79 @@ pub struct CallRecord {
     pub updated_at: DateTime<Utc>,
     /// How many events the call has emitted: the sequence of the last one.
     pub event_seq: i64,
-    /// `human`, `machine` or `unknown` once answering-machine detection
-    /// decided; `None` when it did not run.
-    pub answered_by: Option<String>,
+    /// Once answering-machine detection decided; `None` when it did not
+    /// run.
+    pub answered_by: Option<AnsweredBy>,
     /// A short summary of the conversation (agent calls), set at the end.
     pub summary: Option<String>,
+    /// The campaign attempt this call is, for a campaign's call.
+    #[sqlx(flatten)]
+    pub attempt: AttemptColumns,
+}
+
+/// The campaign attempt a call is: all three set for a campaign's call
+/// (calls placed before these columns existed got them from their
+/// metadata), none for any other.
+#[derive(Debug, Clone, Default, PartialEq, Eq, sqlx::FromRow)]
+pub struct AttemptColumns {
+    pub campaign_id: Option<String>,
+    pub contact_id: Option<String>,
+    pub attempt: Option<i64>,
+}
+
+/// The campaign attempt a new call is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CampaignAttempt {
+    pub campaign_id: String,
+    pub contact_id: String,
+    /// 1 for the contact's first attempt.
+    pub attempt: i64,
+}
+
+impl CallRecord {
+    /// The campaign the call belongs to, if it is a campaign's attempt.
+    pub fn campaign_id(&self) -> Option<&str> {
+        self.attempt.campaign_id.as_deref()
+    }
+}
+
+/// The call as the API and the webhooks show it.
+impl TryFrom<CallRecord> for Call {
+    type Error = StoreError;
+
+    fn try_from(r: CallRecord) -> Result<Call> {
+        let metadata = serde_json::from_str(&r.metadata)
+            .map_err(|e| StoreError::Corrupt(format!("call {} metadata: {e}", r.id)))?;
+        Ok(Call {
+            metadata,
+            id: r.id,
+            direction: r.direction,
+            from: r.from_number,
+            to: r.to_number,
+            trunk_id: r.trunk,
+            agent_id: r.agent_id,
+            status: r.status,
+            sip_call_id: r.sip_call_id,
+            sip_code: r.sip_code,
+            sip_reason: r.sip_reason,
+            end_reason: r.end_reason,
+            dtmf: r.dtmf,
+            answered_by: r.answered_by,
+            created_at: r.created_at,
+            ringing_at: r.ringing_at,
+            answered_at: r.answered_at,
+            ended_at: r.ended_at,
+            duration_ms: r.duration_ms,
+            summary: r.summary,
+        })
+    }
 }
 
 /// Filters of a call listing; `None` matches everything.
 #[derive(Debug, Clone, Default)]
 pub struct CallFilter<'a> {
-    pub status: Option<&'a str>,
-    pub direction: Option<&'a str>,
+    pub status: Option<CallStatus>,
+    pub direction: Option<Direction>,
     /// Matches the From or the To number.
     pub number: Option<&'a str>,
     pub agent_id: Option<&'a str>,
@@ -65,21 +135,24 @@ pub struct CallFilter<'a> {
 /// What a new call row starts with.
 pub struct NewCall<'a> {
     pub id: &'a str,
-    pub direction: &'a str,
+    pub direction: Direction,
     pub from_number: &'a str,
     pub to_number: &'a str,
     pub trunk: Option<&'a str>,
     pub agent_id: Option<&'a str>,
-    pub status: &'a str,
+    /// `Queued` (outbound, before the INVITE) or `Ringing` (inbound).
+    pub status: CallStatus,
     pub sip_call_id: Option<&'a str>,
     pub metadata: &'a str,
+    /// Set for a campaign's call.
+    pub campaign: Option<&'a CampaignAttempt>,
 }
 
 /// How a call ended, as [`Store::call_ended`] records it.
 #[derive(Debug, Clone)]
 pub struct EndFields<'a> {
-    /// `completed`, `busy`, `no-answer`, `failed` or `canceled`.
-    pub status: &'a str,
+    /// `Completed`, `Busy`, `NoAnswer`, `Failed` or `Canceled`.
+    pub status: CallStatus,
     /// The final SIP status of the INVITE (200 once answered), if any.
     pub sip_code: Option<u16>,
     pub sip_reason: Option<&'a str>,
@@ -89,7 +162,7 @@ pub struct EndFields<'a> {
     pub duration_ms: Option<i64>,
     /// What answered, when the end itself says it (a machine hung up on);
     /// `None` keeps what detection recorded.
-    pub answered_by: Option<&'a str>,
+    pub answered_by: Option<AnsweredBy>,
 }
 
 /// The columns of a [`CallRecord`], as a literal for `concat!`.
@@ -97,7 +170,7 @@ macro_rules! call_columns {
     () => {
         "id, direction, from_number, to_number, trunk, agent_id, status, sip_call_id,
     sip_code, sip_reason, end_reason, dtmf, metadata, ringing_at, answered_at, ended_at, duration_ms,
-    created_at, updated_at, event_seq, answered_by, summary"
+    created_at, updated_at, event_seq, answered_by, summary, campaign_id, contact_id, attempt"
     };
 }
 
@@ -107,8 +180,9 @@ const SELECT_CALL: &str = concat!("SELECT ", call_columns!(), " FROM calls WHERE
 /// RETURNING (SQLite 3.35 and PostgreSQL both have it).
 const CREATE: &str = concat!(
     "INSERT INTO calls (id, direction, from_number, to_number, trunk, agent_id, status, sip_call_id,
-                        metadata, ringing_at, created_at, updated_at, event_seq, node)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, 1, $12) RETURNING ",
+                                           metadata, ringing_at, created_at, updated_at, event_seq, node,
+                        campaign_id, contact_id, attempt)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, 1, $12, $13, $14, $15) RETURNING ",
     call_columns!()
 );
 const DIALING: &str = concat!(
@@ -148,12 +222,12 @@ impl FromSqlite for CallRecord {
     fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
         Ok(Self {
             id: row.get("id")?,
-            direction: row.get("direction")?,
+            direction: label(row, "direction")?,
             from_number: row.get("from_number")?,
             to_number: row.get("to_number")?,
             trunk: row.get("trunk")?,
             agent_id: row.get("agent_id")?,
-            status: row.get("status")?,
+            status: label(row, "status")?,
             sip_call_id: row.get("sip_call_id")?,
             sip_code: row.get("sip_code")?,
             sip_reason: row.get("sip_reason")?,
@@ -167,8 +241,13 @@ impl FromSqlite for CallRecord {
             created_at: time(row, "created_at")?,
             updated_at: time(row, "updated_at")?,
             event_seq: row.get("event_seq")?,
-            answered_by: row.get("answered_by")?,
+            answered_by: label_opt(row, "answered_by")?,
             summary: row.get("summary")?,
+            attempt: AttemptColumns {
+                campaign_id: row.get("campaign_id")?,
+                contact_id: row.get("contact_id")?,
+                attempt: row.get("attempt")?,
+            },
         })
     }
 }
@@ -218,20 +297,23 @@ impl Store {
     /// (inbound, with `ringing_at` set); its first event has sequence 1.
     pub async fn call_created(&self, c: NewCall<'_>, emit: Emit) -> Result<CallRecord> {
         let now = super::now();
-        let ringing_at = (c.status == "ringing").then_some(now);
+        let ringing_at = (c.status == CallStatus::Ringing).then_some(now);
         let values = vec![
             c.id.into(),
-            c.direction.into(),
+            c.direction.as_str().into(),
             c.from_number.into(),
             c.to_number.into(),
             c.trunk.into(),
             c.agent_id.into(),
-            c.status.into(),
+            c.status.as_str().into(),
             c.sip_call_id.into(),
             c.metadata.into(),
             ringing_at.into(),
             now.into(),
             self.node.as_deref().into(),
+            c.campaign.map(|a| a.campaign_id.as_str()).into(),
+            c.campaign.map(|a| a.contact_id.as_str()).into(),
+            c.campaign.map(|a| a.attempt).into(),
         ];
         self.transition(CREATE, values, emit).await
     }
@@ -264,21 +346,21 @@ impl Store {
     pub async fn call_ended(&self, id: &str, e: EndFields<'_>, emit: Emit) -> Result<CallRecord> {
         let values = vec![
             id.into(),
-            e.status.into(),
+            e.status.as_str().into(),
             e.sip_code.map(i64::from).into(),
             e.sip_reason.into(),
             e.end_reason.into(),
             e.duration_ms.into(),
             super::now().into(),
-            e.answered_by.into(),
+            e.answered_by.map(AnsweredBy::as_str).into(),
         ];
         self.transition(ENDED, values, emit).await
     }
 
     /// Answering-machine detection's verdict on a call still up (no event:
     /// the call's next event carries it).
-    pub async fn call_answered_by(&self, id: &str, answered_by: &str) -> Result<CallRecord> {
-        let values = vec![id.into(), answered_by.into(), super::now().into()];
+    pub async fn call_answered_by(&self, id: &str, answered_by: AnsweredBy) -> Result<CallRecord> {
+        let values = vec![id.into(), answered_by.as_str().into(), super::now().into()];
         self.transition(ANSWERED_BY, values, None).await
     }
 
@@ -306,15 +388,15 @@ impl Store {
 
     /// Calls matching `f`, newest first.
     pub async fn list_calls(&self, f: &CallFilter<'_>, w: Window) -> Result<Page<CallRecord>> {
-        let items = on_pool!(self, p => sqlx::query_as::<_, CallRecord>(
-            "SELECT id, direction, from_number, to_number, trunk, agent_id, status, sip_call_id,
-                sip_code, sip_reason, end_reason, dtmf, metadata, ringing_at, answered_at, ended_at, duration_ms,
-                created_at, updated_at, event_seq, answered_by, summary FROM calls
+        let status = f.status.map(CallStatus::as_str);
+        let direction = f.direction.map(Direction::as_str);
+        let items = on_pool!(self, p => sqlx::query_as::<_, CallRecord>(concat!(
+            "SELECT ", call_columns!(), " FROM calls
              WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR direction = $2)
                AND ($3 IS NULL OR from_number = $3 OR to_number = $3) AND ($4 IS NULL OR agent_id = $4)
                AND ($5 IS NULL OR created_at >= $5) AND ($6 IS NULL OR created_at < $6)
-             ORDER BY created_at DESC, id DESC LIMIT $7 OFFSET $8")
-            .bind(f.status).bind(f.direction).bind(f.number).bind(f.agent_id)
+             ORDER BY created_at DESC, id DESC LIMIT $7 OFFSET $8"))
+            .bind(status).bind(direction).bind(f.number).bind(f.agent_id)
             .bind(f.created_after).bind(f.created_before).bind(w.limit).bind(w.offset)
             .fetch_all(p).await)?;
         let total: i64 = on_pool!(self, p => sqlx::query_scalar(
@@ -322,7 +404,7 @@ impl Store {
              WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR direction = $2)
                AND ($3 IS NULL OR from_number = $3 OR to_number = $3) AND ($4 IS NULL OR agent_id = $4)
                AND ($5 IS NULL OR created_at >= $5) AND ($6 IS NULL OR created_at < $6)")
-            .bind(f.status).bind(f.direction).bind(f.number).bind(f.agent_id)
+            .bind(status).bind(direction).bind(f.number).bind(f.agent_id)
             .bind(f.created_after).bind(f.created_before)
             .fetch_one(p).await)?;
         Ok(Page { items, total })

@@ -11,6 +11,8 @@ use chrono::{DateTime, Utc};
 
 use super::events::{NewEvent, write_event};
 use super::{Page, Result, Store, StoreError, Window, on_pool};
+use crate::media::amd::AmdMode;
+use crate::model::{Campaign, CampaignStatus};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct CampaignRecord {
@@ -20,7 +22,7 @@ pub struct CampaignRecord {
     pub caller_number: String,
     /// JSON array of trunk ids.
     pub trunks: String,
-    pub status: String,
+    pub status: CampaignStatus,
     /// JSON schedule document.
     pub schedule: String,
     pub max_concurrent_calls: i64,
@@ -36,6 +38,37 @@ pub struct CampaignRecord {
     pub finished_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// The campaign as the API and the webhooks show it.
+impl TryFrom<CampaignRecord> for Campaign {
+    type Error = StoreError;
+
+    fn try_from(r: CampaignRecord) -> Result<Campaign> {
+        let corrupt = |what: &str, e: &dyn std::fmt::Display| {
+            StoreError::Corrupt(format!("stored campaign {} {what}: {e}", r.id))
+        };
+        Ok(Campaign {
+            trunk_ids: serde_json::from_str(&r.trunks).map_err(|e| corrupt("trunks", &e))?,
+            schedule: serde_json::from_str(&r.schedule).map_err(|e| corrupt("schedule", &e))?,
+            retry_policy: serde_json::from_str(&r.retry_policy)
+                .map_err(|e| corrupt("retry policy", &e))?,
+            amd: AmdMode::parse(&r.amd).ok_or_else(|| corrupt("amd", &r.amd))?,
+            status: r.status,
+            opt_out_digit: r.opt_out_digit,
+            id: r.id,
+            name: r.name,
+            agent_id: r.agent_id,
+            caller_number: r.caller_number,
+            max_concurrent_calls: r.max_concurrent_calls,
+            calls_per_second: r.calls_per_second,
+            max_attempts: r.max_attempts,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        })
+    }
 }
 
 /// Renders the event of a campaign status change from the campaign row as
@@ -104,9 +137,10 @@ impl Store {
 
     pub async fn list_campaigns(
         &self,
-        status: Option<&str>,
+        status: Option<CampaignStatus>,
         w: Window,
     ) -> Result<Page<CampaignRecord>> {
+        let status = status.map(CampaignStatus::as_str);
         let sql = format!(
             "SELECT {COLUMNS} FROM campaigns WHERE ($1 IS NULL OR status = $1)
              ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3"
@@ -171,13 +205,14 @@ impl Store {
     pub async fn transition_campaign(
         &self,
         id: &str,
-        from: &[&str],
-        to: &str,
+        from: &[CampaignStatus],
+        to: CampaignStatus,
         emit: CampaignEmit<'_>,
     ) -> Result<CampaignRecord> {
         let now = super::now();
-        let pick = |i: usize| from.get(i).or(from.first()).copied().unwrap_or("");
-        let finished = matches!(to, "completed" | "canceled").then_some(now);
+        let pick = |i: usize| from.get(i).or(from.first()).map_or("", |s| s.as_str());
+        let finished =
+            matches!(to, CampaignStatus::Completed | CampaignStatus::Canceled).then_some(now);
         let select = format!("SELECT {COLUMNS} FROM campaigns WHERE id = $1");
         let changed = on_pool!(self, p => {
             let mut tx = p.begin().await?;
@@ -186,12 +221,12 @@ impl Store {
                      started_at = CASE WHEN $2 = 'running' AND started_at IS NULL THEN $3 ELSE started_at END,
                      finished_at = COALESCE($6, finished_at)
                  WHERE id = $1 AND status IN ($4, $5, $7)")
-                .bind(id).bind(to).bind(now).bind(pick(0)).bind(pick(1)).bind(finished).bind(pick(2))
+                .bind(id).bind(to.as_str()).bind(now).bind(pick(0)).bind(pick(1)).bind(finished).bind(pick(2))
                 .execute(&mut *tx).await?.rows_affected();
             if done == 0 {
                 Ok::<_, StoreError>(None)
             } else {
-                if to == "canceled" {
+                if to == CampaignStatus::Canceled {
                     sqlx::query(
                         "UPDATE campaign_contacts SET state = 'canceled', updated_at = $2
                          WHERE campaign_id = $1 AND state = 'pending'")

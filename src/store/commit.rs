@@ -43,6 +43,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::events::{Fanout, NewEvent};
 use super::{Result, StoreError};
+use crate::model::EventType;
 
 /// Jobs committed together at most. Bounds how long the first job of a
 /// batch waits for the last.
@@ -147,6 +148,32 @@ pub(crate) fn time(row: &Row<'_>, column: &str) -> rusqlite::Result<DateTime<Utc
     parse_time(&text, column)
 }
 
+/// A column holding one of a type's labels (a status, a direction...).
+pub(crate) fn label<T>(row: &Row<'_>, column: &str) -> rusqlite::Result<T>
+where
+    T: std::str::FromStr<Err = crate::model::UnknownLabel>,
+{
+    let text: String = row.get(column)?;
+    parse_label(&text)
+}
+
+/// A nullable column holding one of a type's labels.
+pub(crate) fn label_opt<T>(row: &Row<'_>, column: &str) -> rusqlite::Result<Option<T>>
+where
+    T: std::str::FromStr<Err = crate::model::UnknownLabel>,
+{
+    let text: Option<String> = row.get(column)?;
+    text.map(|t| parse_label(&t)).transpose()
+}
+
+fn parse_label<T>(text: &str) -> rusqlite::Result<T>
+where
+    T: std::str::FromStr<Err = crate::model::UnknownLabel>,
+{
+    text.parse()
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, Type::Text, Box::new(e)))
+}
+
 /// A nullable timestamp column.
 pub(crate) fn time_opt(row: &Row<'_>, column: &str) -> rusqlite::Result<Option<DateTime<Utc>>> {
     let text: Option<String> = row.get(column)?;
@@ -189,7 +216,7 @@ pub(crate) struct Batch<'c> {
     conn: &'c Connection,
     /// Subscribed endpoints per event type, read once a batch: while the
     /// batch holds the write lock nothing else changes them.
-    subscribers: HashMap<String, Vec<String>>,
+    subscribers: HashMap<EventType, Vec<String>>,
     /// Deliveries written by this batch's jobs.
     deliveries: usize,
 }
@@ -240,7 +267,7 @@ impl Batch<'_> {
             ],
         )?;
         let endpoints = match &ev.fanout {
-            Fanout::Subscribed => self.subscribed(&ev.event_type)?,
+            Fanout::Subscribed => self.subscribed(ev.event_type)?,
             Fanout::Endpoint(id) => vec![id.clone()],
         };
         for endpoint in &endpoints {
@@ -258,8 +285,8 @@ impl Batch<'_> {
         Ok(())
     }
 
-    fn subscribed(&mut self, event_type: &str) -> Result<Vec<String>> {
-        if let Some(ids) = self.subscribers.get(event_type) {
+    fn subscribed(&mut self, event_type: EventType) -> Result<Vec<String>> {
+        if let Some(ids) = self.subscribers.get(&event_type) {
             return Ok(ids.clone());
         }
         let mut ids = Vec::new();
@@ -273,7 +300,7 @@ impl Batch<'_> {
                 ids.push(row.get(0)?);
             }
         }
-        self.subscribers.insert(event_type.to_owned(), ids.clone());
+        self.subscribers.insert(event_type, ids.clone());
         Ok(ids)
     }
 }

@@ -5,7 +5,7 @@
 //!
 //! The seam for the call layer is the call transitions of
 //! [`super::calls`] (`call_created`, `call_ringing`, `call_answered`,
-//! `call_dtmf`, `call_ended`): each takes an [`Emit`], a closure that renders
+//! `call_dtmf`, `call_ended`): each takes an [`super::calls::Emit`], a closure that renders
 //! the event from the call row as it stands inside the transaction (with its
 //! per-call sequence already taken), and commits the change and the event
 //! together or neither. Events that change no call (trunk registration, test
@@ -16,8 +16,8 @@
 
 use chrono::{DateTime, Utc};
 
-use super::calls::CallRecord;
 use super::{Result, Store, StoreError, on_pool};
+use crate::model::EventType;
 
 /// Who gets a delivery of a new event.
 #[derive(Debug, Clone)]
@@ -33,7 +33,7 @@ pub enum Fanout {
 #[derive(Debug, Clone)]
 pub struct NewEvent {
     pub id: String,
-    pub event_type: String,
+    pub event_type: EventType,
     pub api_version: String,
     pub call_id: Option<String>,
     pub call_seq: Option<i64>,
@@ -48,7 +48,7 @@ pub struct EventRecord {
     pub seq: i64,
     pub id: String,
     #[sqlx(rename = "type")]
-    pub event_type: String,
+    pub event_type: EventType,
     pub api_version: String,
     pub call_id: Option<String>,
     pub call_seq: Option<i64>,
@@ -56,14 +56,6 @@ pub struct EventRecord {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
-
-/// Renders the event of a call transition from the call row as the
-/// transaction left it (`event_seq` is the event's per-call sequence).
-pub type EmitFn = dyn Fn(&CallRecord) -> Result<NewEvent> + Send + Sync;
-
-/// The event a call transition writes, if any (owned: on SQLite the
-/// transition runs on the group commit's thread).
-pub type Emit = Option<Box<EmitFn>>;
 
 /// The columns of an [`EventRecord`], as a literal for `concat!`.
 macro_rules! event_columns {
@@ -98,7 +90,7 @@ pub(crate) const SUBSCRIBED_ENDPOINTS: &str =
 
 /// What [`SUBSCRIBED_ENDPOINTS`] looks for in an endpoint's event list (a
 /// JSON array of strings).
-pub(crate) fn subscription_pattern(event_type: &str) -> String {
+pub(crate) fn subscription_pattern(event_type: EventType) -> String {
     format!("\"{event_type}\"")
 }
 
@@ -119,7 +111,7 @@ macro_rules! write_event {
             $crate::store::events::event_columns!()
         ))
         .bind(&ev.id)
-        .bind(&ev.event_type)
+        .bind(ev.event_type.as_str())
         .bind(&ev.api_version)
         .bind(&ev.call_id)
         .bind(ev.call_seq)
@@ -130,7 +122,7 @@ macro_rules! write_event {
         let endpoints: Vec<String> = match &ev.fanout {
             $crate::store::events::Fanout::Subscribed => {
                 sqlx::query_scalar($crate::store::events::SUBSCRIBED_ENDPOINTS)
-                    .bind($crate::store::events::subscription_pattern(&ev.event_type))
+                    .bind($crate::store::events::subscription_pattern(ev.event_type))
                     .fetch_all(&mut *$tx)
                     .await?
             }

@@ -15,9 +15,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::api::calls::{Call, to_api};
-use crate::api::campaigns::Campaign;
 use crate::ids;
+use crate::model::{Call, Campaign, EventType};
 use crate::store::StoreError;
 use crate::store::calls::CallRecord;
 use crate::store::campaigns::CampaignRecord;
@@ -27,76 +26,6 @@ use crate::store::events::{Fanout, NewEvent};
 /// change to the payloads.
 pub const API_VERSION: &str = "2025-06-01";
 
-/// What happened to a call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CallEventType {
-    Initiated,
-    Ringing,
-    Answered,
-    Ended,
-    /// A digit arrived (opt-in per endpoint).
-    Dtmf,
-}
-
-impl CallEventType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CallEventType::Initiated => "call.initiated",
-            CallEventType::Ringing => "call.ringing",
-            CallEventType::Answered => "call.answered",
-            CallEventType::Ended => "call.ended",
-            CallEventType::Dtmf => "call.dtmf",
-        }
-    }
-}
-
-/// What happened to a trunk: its registration, or its health as the
-/// OPTIONS probes see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TrunkEventType {
-    Registered,
-    RegistrationFailed,
-    Up,
-    Down,
-}
-
-impl TrunkEventType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TrunkEventType::Registered => "trunk.registered",
-            TrunkEventType::RegistrationFailed => "trunk.registration_failed",
-            TrunkEventType::Up => "trunk.up",
-            TrunkEventType::Down => "trunk.down",
-        }
-    }
-}
-
-/// What happened to a campaign: its status changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CampaignEventType {
-    Started,
-    Paused,
-    Resumed,
-    Completed,
-    Canceled,
-}
-
-impl CampaignEventType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CampaignEventType::Started => "campaign.started",
-            CampaignEventType::Paused => "campaign.paused",
-            CampaignEventType::Resumed => "campaign.resumed",
-            CampaignEventType::Completed => "campaign.completed",
-            CampaignEventType::Canceled => "campaign.canceled",
-        }
-    }
-}
-
-/// The type of events sent by `POST /v1/webhook-endpoints/{id}/test`, to
-/// that endpoint only.
-pub const TEST_EVENT_TYPE: &str = "webhook.test";
-
 /// Every event, as delivered by webhook and by `GET /v1/events`.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct WebhookEvent<D> {
@@ -104,26 +33,13 @@ pub struct WebhookEvent<D> {
     /// attempt and replay, so receivers can drop duplicates.
     #[schema(example = "evt_01jdw8q1m7k3x9b5n4c2v6t8r0")]
     pub id: String,
-    /// `call.initiated`, `call.ringing`, `call.answered`, `call.ended`,
-    /// `call.dtmf`, `trunk.registered`, `trunk.registration_failed`,
-    /// `trunk.up`, `trunk.down`, `campaign.started`, `campaign.paused`, `campaign.resumed`,
-    /// `campaign.completed`, `campaign.canceled` or `webhook.test`.
     #[serde(rename = "type")]
-    pub event_type: String,
+    pub event_type: EventType,
     pub created_at: DateTime<Utc>,
     #[schema(example = "2025-06-01")]
     pub api_version: String,
     pub data: D,
 }
-
-/// A call event: event `data` of `call.*`.
-pub type CallEvent = WebhookEvent<CallEventData>;
-/// A trunk event: event `data` of `trunk.*`.
-pub type TrunkEvent = WebhookEvent<TrunkEventData>;
-/// A test event: event `data` of `webhook.test`.
-pub type TestEvent = WebhookEvent<TestEventData>;
-/// A campaign event: event `data` of `campaign.*`.
-pub type CampaignEvent = WebhookEvent<CampaignEventData>;
 
 /// The call as `GET /v1/calls/{id}` returns it, plus its event sequence.
 /// `call.ended` carries the final `status`, `end_reason`, `sip_code` and
@@ -170,7 +86,7 @@ pub struct TestEventData {
 }
 
 fn render<D: Serialize>(
-    event_type: &str,
+    event_type: EventType,
     data: D,
     call: Option<(&str, i64)>,
     fanout: Fanout,
@@ -179,7 +95,7 @@ fn render<D: Serialize>(
     let created_at = crate::store::now();
     let envelope = WebhookEvent {
         id: id.clone(),
-        event_type: event_type.to_string(),
+        event_type,
         created_at,
         api_version: API_VERSION.to_string(),
         data,
@@ -188,7 +104,7 @@ fn render<D: Serialize>(
         .map_err(|e| StoreError::Corrupt(format!("event {id}: {e}")))?;
     Ok(NewEvent {
         id,
-        event_type: event_type.to_string(),
+        event_type,
         api_version: API_VERSION.to_string(),
         call_id: call.map(|(c, _)| c.to_string()),
         call_seq: call.map(|(_, s)| s),
@@ -198,45 +114,43 @@ fn render<D: Serialize>(
     })
 }
 
-/// Renders a call event from the call row as the transaction left it.
+/// Renders a call event (`call.*`) from the call row as the transaction
+/// left it.
 pub fn call_event(
-    event_type: CallEventType,
+    event_type: EventType,
     call: &CallRecord,
     digit: Option<&str>,
 ) -> Result<NewEvent, StoreError> {
     let sequence = call.event_seq;
-    let api_call = to_api(call.clone())
-        .map_err(|_| StoreError::Corrupt(format!("call {} cannot be rendered", call.id)))?;
     let data = CallEventData {
-        call: api_call,
+        call: Call::try_from(call.clone())?,
         sequence,
         digit: digit.map(str::to_string),
     };
     render(
-        event_type.as_str(),
+        event_type,
         data,
         Some((&call.id, sequence)),
         Fanout::Subscribed,
     )
 }
 
-pub fn trunk_event(
-    event_type: TrunkEventType,
-    data: TrunkEventData,
-) -> Result<NewEvent, StoreError> {
-    render(event_type.as_str(), data, None, Fanout::Subscribed)
+/// Renders a trunk event (`trunk.*`).
+pub fn trunk_event(event_type: EventType, data: TrunkEventData) -> Result<NewEvent, StoreError> {
+    render(event_type, data, None, Fanout::Subscribed)
 }
 
-/// Renders a campaign event from the campaign row as the transaction left it.
+/// Renders a campaign event (`campaign.*`) from the campaign row as the
+/// transaction left it.
 pub fn campaign_event(
-    event_type: CampaignEventType,
+    event_type: EventType,
     campaign: &CampaignRecord,
 ) -> Result<NewEvent, StoreError> {
-    let api = crate::api::campaigns::to_api(campaign.clone())
-        .map_err(|_| StoreError::Corrupt(format!("campaign {} cannot be rendered", campaign.id)))?;
     render(
-        event_type.as_str(),
-        CampaignEventData { campaign: api },
+        event_type,
+        CampaignEventData {
+            campaign: Campaign::try_from(campaign.clone())?,
+        },
         None,
         Fanout::Subscribed,
     )
@@ -248,7 +162,7 @@ pub fn test_event(endpoint_id: &str) -> Result<NewEvent, StoreError> {
         message: "a test event from agentline".into(),
     };
     render(
-        TEST_EVENT_TYPE,
+        EventType::WebhookTest,
         data,
         None,
         Fanout::Endpoint(endpoint_id.to_string()),

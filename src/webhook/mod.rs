@@ -28,11 +28,12 @@ use std::sync::Arc;
 
 use tokio::sync::{Notify, watch};
 
+use crate::model::{CallStatus, CampaignStatus, EventType};
 use crate::store::calls::{CallRecord, EndFields, NewCall};
 use crate::store::campaigns::CampaignRecord;
 use crate::store::events::EventRecord;
 use crate::store::{Store, StoreError};
-use event::{CallEventType, CampaignEventType, TrunkEventData, TrunkEventType};
+use event::TrunkEventData;
 
 /// Installs ring as the process's TLS crypto provider (https endpoints).
 /// Idempotent: a provider installed earlier stays.
@@ -72,10 +73,10 @@ impl Outbox {
     /// refused before it rang), in one transaction.
     pub async fn call_created(&self, call: NewCall<'_>) -> Result<CallRecord, StoreError> {
         let emit = |c: &CallRecord| {
-            let kind = if c.status == "ringing" {
-                CallEventType::Ringing
+            let kind = if c.status == CallStatus::Ringing {
+                EventType::CallRinging
             } else {
-                CallEventType::Initiated
+                EventType::CallInitiated
             };
             event::call_event(kind, c, None)
         };
@@ -87,7 +88,7 @@ impl Outbox {
 
     /// `call.ringing` (the first 18x of an outbound call).
     pub async fn call_ringing(&self, id: &str) -> Result<CallRecord, StoreError> {
-        let emit = |c: &CallRecord| event::call_event(CallEventType::Ringing, c, None);
+        let emit = |c: &CallRecord| event::call_event(EventType::CallRinging, c, None);
         let mark = self.store.deliveries_written();
         let record = self.store.call_ringing(id, Some(Box::new(emit))).await?;
         self.emitted(mark);
@@ -96,7 +97,7 @@ impl Outbox {
 
     /// `call.answered`.
     pub async fn call_answered(&self, id: &str) -> Result<CallRecord, StoreError> {
-        let emit = |c: &CallRecord| event::call_event(CallEventType::Answered, c, None);
+        let emit = |c: &CallRecord| event::call_event(EventType::CallAnswered, c, None);
         let mark = self.store.deliveries_written();
         let record = self.store.call_answered(id, Some(Box::new(emit))).await?;
         self.emitted(mark);
@@ -106,7 +107,7 @@ impl Outbox {
     /// `call.dtmf`: a digit received (delivered to endpoints that opt in).
     pub async fn call_dtmf(&self, id: &str, digit: char) -> Result<CallRecord, StoreError> {
         let text = digit.to_string();
-        let emit = move |c: &CallRecord| event::call_event(CallEventType::Dtmf, c, Some(&text));
+        let emit = move |c: &CallRecord| event::call_event(EventType::CallDtmf, c, Some(&text));
         let mark = self.store.deliveries_written();
         let record = self
             .store
@@ -119,17 +120,17 @@ impl Outbox {
     /// `call.ended`, carrying the final status, end reason, SIP code and
     /// duration in the call object.
     pub async fn call_ended(&self, id: &str, end: EndFields<'_>) -> Result<CallRecord, StoreError> {
-        let emit = |c: &CallRecord| event::call_event(CallEventType::Ended, c, None);
+        let emit = |c: &CallRecord| event::call_event(EventType::CallEnded, c, None);
         let mark = self.store.deliveries_written();
         let record = self.store.call_ended(id, end, Some(Box::new(emit))).await?;
         self.emitted(mark);
         Ok(record)
     }
 
-    /// A trunk registration event.
+    /// A trunk event (`trunk.*`): its registration or its health changed.
     pub async fn trunk_changed(
         &self,
-        event_type: TrunkEventType,
+        event_type: EventType,
         data: TrunkEventData,
     ) -> Result<EventRecord, StoreError> {
         let mark = self.store.deliveries_written();
@@ -146,9 +147,9 @@ impl Outbox {
     pub async fn campaign_transition(
         &self,
         id: &str,
-        from: &[&str],
-        to: &str,
-        kind: CampaignEventType,
+        from: &[CampaignStatus],
+        to: CampaignStatus,
+        kind: EventType,
     ) -> Result<CampaignRecord, StoreError> {
         let emit = move |c: &CampaignRecord| event::campaign_event(kind, c);
         let mark = self.store.deliveries_written();
@@ -166,7 +167,7 @@ impl Outbox {
         &self,
         id: &str,
     ) -> Result<Option<CampaignRecord>, StoreError> {
-        let emit = |c: &CampaignRecord| event::campaign_event(CampaignEventType::Completed, c);
+        let emit = |c: &CampaignRecord| event::campaign_event(EventType::CampaignCompleted, c);
         let mark = self.store.deliveries_written();
         let record = self
             .store

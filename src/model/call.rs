@@ -1,0 +1,104 @@
+//! A call as the API answers it and the `call.*` webhooks carry it, and
+//! the labels of its status, direction and answering-machine verdict.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::labels;
+
+/// Call statuses, named as Twilio and jambonz users know them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum CallStatus {
+    Queued,
+    Ringing,
+    InProgress,
+    Completed,
+    Busy,
+    NoAnswer,
+    Failed,
+    Canceled,
+}
+
+labels!(CallStatus, "call status" {
+    Queued => "queued",
+    Ringing => "ringing",
+    InProgress => "in-progress",
+    Completed => "completed",
+    Busy => "busy",
+    NoAnswer => "no-answer",
+    Failed => "failed",
+    Canceled => "canceled",
+});
+
+/// What answered an outbound call, by answering-machine detection (the
+/// detector's own verdict type).
+pub use crate::media::amd::AnsweredBy;
+
+labels!(AnsweredBy, "answered_by" {
+    Human => "human",
+    Machine => "machine",
+    Unknown => "unknown",
+});
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+labels!(Direction, "direction" {
+    Inbound => "inbound",
+    Outbound => "outbound",
+});
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Call {
+    #[schema(example = "call_01jdw8q1m7k3x9b5n4c2v6t8r0")]
+    pub id: String,
+    pub direction: Direction,
+    pub from: String,
+    pub to: String,
+    pub trunk_id: Option<String>,
+    pub agent_id: Option<String>,
+    pub status: CallStatus,
+    pub sip_call_id: Option<String>,
+    /// Final SIP status, when there was one.
+    pub sip_code: Option<i64>,
+    pub sip_reason: Option<String>,
+    /// Why the call ended, for example `caller_hangup` or `max_duration`.
+    pub end_reason: Option<String>,
+    /// RFC 4733 digits received, in order.
+    pub dtmf: String,
+    /// `human`, `machine` or `unknown`: the verdict of answering-machine
+    /// detection; `null` when it did not run.
+    pub answered_by: Option<AnsweredBy>,
+    #[schema(value_type = Object)]
+    pub metadata: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+    pub ringing_at: Option<DateTime<Utc>>,
+    pub answered_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub duration_ms: Option<i64>,
+    /// Calls with a `voice` agent, once ended: a short summary of the
+    /// conversation (the brain's, or the number of turns and the agent's
+    /// last line). The transcript is at `/v1/calls/{id}/transcript`.
+    pub summary: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::assert_serde_matches;
+
+    #[test]
+    fn serde_and_sql_spell_the_labels_alike() {
+        assert_serde_matches(CallStatus::ALL, CallStatus::as_str);
+        assert_serde_matches(AnsweredBy::ALL, AnsweredBy::as_str);
+        assert_serde_matches(Direction::ALL, Direction::as_str);
+        assert_eq!("in-progress".parse(), Ok(CallStatus::InProgress));
+        assert!("in_progress".parse::<CallStatus>().is_err());
+    }
+}

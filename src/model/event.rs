@@ -1,0 +1,76 @@
+//! The type of every event agentline emits, as the envelope's `type`, the
+//! `events.type` column and an endpoint's subscription list spell it.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::labels;
+
+/// What happened: to a call, a trunk or a campaign, or a test delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+pub enum EventType {
+    #[serde(rename = "call.initiated")]
+    CallInitiated,
+    #[serde(rename = "call.ringing")]
+    CallRinging,
+    #[serde(rename = "call.answered")]
+    CallAnswered,
+    #[serde(rename = "call.ended")]
+    CallEnded,
+    /// A digit arrived (opt-in per endpoint).
+    #[serde(rename = "call.dtmf")]
+    CallDtmf,
+    #[serde(rename = "trunk.registered")]
+    TrunkRegistered,
+    #[serde(rename = "trunk.registration_failed")]
+    TrunkRegistrationFailed,
+    /// The OPTIONS probes found the trunk up again.
+    #[serde(rename = "trunk.up")]
+    TrunkUp,
+    #[serde(rename = "trunk.down")]
+    TrunkDown,
+    #[serde(rename = "campaign.started")]
+    CampaignStarted,
+    #[serde(rename = "campaign.paused")]
+    CampaignPaused,
+    #[serde(rename = "campaign.resumed")]
+    CampaignResumed,
+    #[serde(rename = "campaign.completed")]
+    CampaignCompleted,
+    #[serde(rename = "campaign.canceled")]
+    CampaignCanceled,
+    /// Sent by `POST /v1/webhook-endpoints/{id}/test`, to that endpoint
+    /// only.
+    #[serde(rename = "webhook.test")]
+    WebhookTest,
+}
+
+labels!(EventType, "event type" {
+    CallInitiated => "call.initiated",
+    CallRinging => "call.ringing",
+    CallAnswered => "call.answered",
+    CallEnded => "call.ended",
+    CallDtmf => "call.dtmf",
+    TrunkRegistered => "trunk.registered",
+    TrunkRegistrationFailed => "trunk.registration_failed",
+    TrunkUp => "trunk.up",
+    TrunkDown => "trunk.down",
+    CampaignStarted => "campaign.started",
+    CampaignPaused => "campaign.paused",
+    CampaignResumed => "campaign.resumed",
+    CampaignCompleted => "campaign.completed",
+    CampaignCanceled => "campaign.canceled",
+    WebhookTest => "webhook.test",
+});
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::assert_serde_matches;
+
+    #[test]
+    fn serde_and_sql_spell_the_labels_alike() {
+        assert_serde_matches(EventType::ALL, EventType::as_str);
+        assert_eq!("call.dtmf".parse(), Ok(EventType::CallDtmf));
+    }
+}
