@@ -109,8 +109,8 @@ async fn receive(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Bytes
         h("webhook-signature"),
     );
     let secret = r.secret.lock().unwrap().clone();
-    let expected = agentline::webhook::sign::sign(&secret, &id, ts.parse().unwrap_or(0), &body)
-        .unwrap_or_default();
+    let expected =
+        agentline::signing::sign(&secret, &id, ts.parse().unwrap_or(0), &body).unwrap_or_default();
     if !sig.split(' ').any(|s| s == expected) {
         *r.bad.lock().unwrap() += 1;
         return StatusCode::UNAUTHORIZED;

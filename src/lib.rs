@@ -35,6 +35,7 @@ pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod secrets;
+pub mod signing;
 pub mod sip;
 pub mod store;
 pub mod trunk;

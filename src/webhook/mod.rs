@@ -11,7 +11,7 @@
 //! transaction ([`crate::store::events`]) and then wake the delivery worker
 //! and the event streams. A crash after the commit
 //! loses nothing: the worker finds the rows on the next start. The
-//! [`worker`] claims due deliveries with a lease, signs ([`sign`]), checks the
+//! [`worker`] claims due deliveries with a lease, signs ([`crate::signing`]), checks the
 //! address ([`guard`]), POSTs, classifies the result and schedules the next
 //! attempt ([`policy`]).
 //!
@@ -21,7 +21,6 @@
 pub mod event;
 pub mod guard;
 pub mod policy;
-pub mod sign;
 pub mod worker;
 
 use std::sync::Arc;

@@ -24,9 +24,9 @@ use tokio::task::JoinSet;
 use super::Outbox;
 use super::guard::{Guard, GuardError};
 use super::policy::{self, Backoff, Next, Outcome, Response};
-use super::sign;
 use crate::config::WebhooksConfig;
 use crate::metrics as m;
+use crate::signing;
 use crate::store::Store;
 use crate::store::deliveries::{AttemptResult, Claimed, NextState};
 
@@ -256,7 +256,7 @@ async fn send(ctx: &Ctx, c: &Claimed, timestamp: i64) -> Response {
         secrets.push(prev.as_str());
     }
     let signature =
-        match sign::signature_header(&secrets, &c.event_id, timestamp, c.payload.as_bytes()) {
+        match signing::signature_header(&secrets, &c.event_id, timestamp, c.payload.as_bytes()) {
             Ok(s) => s,
             Err(e) => return Response::Transport(e.to_string()),
         };

@@ -11,12 +11,8 @@
 
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
-
 use super::{Secret, ToolSpec};
+use crate::signing::sign;
 
 /// The longest tool answer fed back to the LLM.
 const MAX_RESULT_BYTES: usize = 16 * 1024;
@@ -42,27 +38,6 @@ impl HttpTool {
             parameters: self.parameters.clone(),
         }
     }
-}
-
-/// The secret is not a `whsec_` base64 key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the signing secret must be whsec_ followed by base64")]
-pub struct BadSecret;
-
-/// The `webhook-signature` value for one secret.
-pub fn sign(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> Result<String, BadSecret> {
-    let key = secret.strip_prefix("whsec_").ok_or(BadSecret)?;
-    let key = STANDARD.decode(key).map_err(|_| BadSecret)?;
-    let mut mac = Hmac::<Sha256>::new_from_slice(&key).map_err(|_| BadSecret)?;
-    mac.update(id.as_bytes());
-    mac.update(b".");
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    Ok(format!(
-        "v1,{}",
-        STANDARD.encode(mac.finalize().into_bytes())
-    ))
 }
 
 /// Checks `arguments` against the parts of the schema that matter most: an
@@ -154,20 +129,6 @@ pub async fn invoke(http: &reqwest::Client, tool: &HttpTool, arguments: &str) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The example of the Standard Webhooks specification.
-    #[test]
-    fn signature_matches_the_specification_example() {
-        let sig = sign(
-            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
-            "msg_p5jXN8AQM9LWM0D4loKWxJek",
-            1614265330,
-            br#"{"test": 2432232314}"#,
-        )
-        .unwrap();
-        assert_eq!(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
-        assert_eq!(sign("nope", "a", 1, b""), Err(BadSecret));
-    }
 
     #[test]
     fn arguments_are_checked_against_required() {

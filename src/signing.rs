@@ -1,10 +1,13 @@
-//! Standard Webhooks v1 signatures: `webhook-signature` carries
-//! `v1,<base64 HMAC-SHA256 of "id.timestamp.body">`, keyed with the bytes
-//! base64-encoded after the `whsec_` prefix of the endpoint's secret. During
-//! a secret rotation the header carries one signature per valid secret,
-//! separated by spaces; receivers accept any.
+//! Standard Webhooks v1 signatures, the one implementation: the webhook
+//! worker signs its deliveries with it and the agent its HTTP tool calls.
+//! `webhook-signature` carries `v1,<base64 HMAC-SHA256 of
+//! "id.timestamp.body">`, keyed with the bytes base64-encoded after the
+//! `whsec_` prefix of the secret. During a secret rotation the header
+//! carries one signature per valid secret, separated by spaces; receivers
+//! accept any.
 //!
-//! Must not: know endpoints, the store or HTTP; it turns bytes into headers.
+//! Must not: know endpoints, tools, the store or HTTP; it turns bytes into
+//! headers. It imports nothing of the crate, so any layer may use it.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -12,8 +15,8 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 /// A secret that is not `whsec_` followed by base64.
-#[derive(Debug, thiserror::Error)]
-#[error("webhook secret is not whsec_<base64>")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the signing secret is not whsec_ followed by base64")]
 pub struct BadSecret;
 
 /// One signature (`v1,...`) of `body` sent as message `id` at `timestamp`
@@ -74,7 +77,7 @@ mod tests {
 
     #[test]
     fn a_malformed_secret_is_refused() {
-        assert!(sign("nope", "x", 1, b"").is_err());
-        assert!(sign("whsec_!!!", "x", 1, b"").is_err());
+        assert_eq!(sign("nope", "x", 1, b""), Err(BadSecret));
+        assert_eq!(sign("whsec_!!!", "x", 1, b""), Err(BadSecret));
     }
 }
