@@ -33,7 +33,7 @@ use crate::campaign::dialer::{CampaignRunner, RunnerConfig, TrunkCaps};
 use crate::campaign::pacing::Caps;
 use crate::config::{Config, ConfigError, Profiles, SharedProfiles};
 use crate::store::{Store, StoreError};
-use crate::trunk::{Registration, TrunkStates};
+use crate::trunk::{RegistrationStatus, TrunkStates};
 use crate::webhook::{self, Outbox, worker::Worker};
 
 /// Why the daemon could not start, with the exit code it maps to.
@@ -478,10 +478,10 @@ fn seed_trunk_states(trunks: &TrunkStates, profiles: &Profiles) {
     for p in profiles.by_name.values() {
         let live = trunks.get(&p.name);
         match (&p.registration, &live.registration) {
-            (Some(_), Registration::NotConfigured) => {
-                trunks.set_registration(&p.name, Registration::Pending)
+            (Some(_), RegistrationStatus::NotConfigured) => {
+                trunks.set_registration(&p.name, RegistrationStatus::Pending)
             }
-            (None, _) => trunks.set_registration(&p.name, Registration::NotConfigured),
+            (None, _) => trunks.set_registration(&p.name, RegistrationStatus::NotConfigured),
             _ => {}
         }
     }

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 
 /// Where a trunk's registration stands.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub enum Registration {
+pub enum RegistrationStatus {
     /// The profile has no `[registration]` table.
     #[default]
     NotConfigured,
@@ -56,7 +56,7 @@ pub enum Health {
 
 #[derive(Debug, Clone, Default)]
 pub struct TrunkLive {
-    pub registration: Registration,
+    pub registration: RegistrationStatus,
     pub health: Health,
     pub active_calls: u32,
 }
@@ -73,7 +73,7 @@ impl TrunkStates {
         self.lock().get(name).cloned().unwrap_or_default()
     }
 
-    pub fn set_registration(&self, name: &str, registration: Registration) {
+    pub fn set_registration(&self, name: &str, registration: RegistrationStatus) {
         self.lock()
             .entry(name.to_string())
             .or_default()

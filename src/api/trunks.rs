@@ -12,7 +12,7 @@ use super::error::{ApiError, ErrorResponses};
 use super::extract::{ApiQuery, List, Pagination};
 use crate::config::{Codec, Profile};
 use crate::model::trunk::{Trunk, TrunkHealth, TrunkRegistration};
-use crate::trunk::{Health, Registration, TrunkLive};
+use crate::trunk::{Health, RegistrationStatus, TrunkLive};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -66,13 +66,13 @@ fn health_to_api(p: &Profile, health: Health) -> TrunkHealth {
 fn to_api(p: &Profile, live: TrunkLive) -> Trunk {
     let reg = p.registration.as_ref();
     let (state, expires_at, last_status, last_error, next_attempt_at) = match live.registration {
-        Registration::NotConfigured if reg.is_some() => ("pending", None, None, None, None),
-        Registration::NotConfigured => ("not_configured", None, None, None, None),
-        Registration::Pending => ("pending", None, None, None, None),
-        Registration::Registered { expires_at } => {
+        RegistrationStatus::NotConfigured if reg.is_some() => ("pending", None, None, None, None),
+        RegistrationStatus::NotConfigured => ("not_configured", None, None, None, None),
+        RegistrationStatus::Pending => ("pending", None, None, None, None),
+        RegistrationStatus::Registered { expires_at } => {
             ("registered", Some(expires_at), None, None, None)
         }
-        Registration::Failing {
+        RegistrationStatus::Failing {
             status,
             reason,
             next_attempt_at,

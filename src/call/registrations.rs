@@ -32,7 +32,7 @@ pub struct Registered {
 
 impl PerTrunk for Registered {
     /// The `[registration]` table it was started from.
-    type Key = config::Registration;
+    type Key = config::RegistrationConfig;
     const WHAT: &'static str = "registration";
 
     fn wanted(profile: &Profile) -> Option<Self::Key> {
@@ -69,7 +69,7 @@ impl PerTrunk for Registered {
                 tracing::error!(trunk = %name, error = %e, "cannot register");
                 ctx.trunks.set_registration(
                     name,
-                    trunk::Registration::Failing {
+                    trunk::RegistrationStatus::Failing {
                         status: None,
                         reason: e.to_string(),
                         next_attempt_at: Utc::now(),
@@ -100,25 +100,27 @@ async fn mirror(
     let mut last = None;
     loop {
         let live = match &*state.borrow_and_update() {
-            RegistrationState::Registering => trunk::Registration::Pending,
-            RegistrationState::Registered { expires_at, .. } => trunk::Registration::Registered {
-                expires_at: DateTime::<Utc>::from(*expires_at),
-            },
+            RegistrationState::Registering => trunk::RegistrationStatus::Pending,
+            RegistrationState::Registered { expires_at, .. } => {
+                trunk::RegistrationStatus::Registered {
+                    expires_at: DateTime::<Utc>::from(*expires_at),
+                }
+            }
             RegistrationState::Failing {
                 status,
                 reason,
                 next_attempt,
                 ..
-            } => trunk::Registration::Failing {
+            } => trunk::RegistrationStatus::Failing {
                 status: *status,
                 reason: reason.clone(),
                 next_attempt_at: DateTime::<Utc>::from(*next_attempt),
             },
-            RegistrationState::Unregistered => trunk::Registration::Pending,
+            RegistrationState::Unregistered => trunk::RegistrationStatus::Pending,
         };
         let kind = std::mem::discriminant(&live);
         let event = match &live {
-            trunk::Registration::Registered { expires_at } => Some((
+            trunk::RegistrationStatus::Registered { expires_at } => Some((
                 EventType::TrunkRegistered,
                 TrunkEventData {
                     trunk_id: name.clone(),
@@ -128,7 +130,7 @@ async fn mirror(
                     next_attempt_at: None,
                 },
             )),
-            trunk::Registration::Failing {
+            trunk::RegistrationStatus::Failing {
                 status,
                 reason,
                 next_attempt_at,

@@ -11,7 +11,7 @@
 mod profile;
 
 pub use profile::{
-    Codec, Inbound, InboundAuth, Limits, Media, Outbound, Profile, Profiles, Registration,
+    Codec, Inbound, InboundAuth, Limits, Media, Outbound, Profile, Profiles, RegistrationConfig,
 };
 
 use std::net::SocketAddr;

@@ -19,7 +19,7 @@ use super::{ConfigError, is_hostname};
 pub struct Profile {
     pub name: String,
     #[serde(default)]
-    pub registration: Option<Registration>,
+    pub registration: Option<RegistrationConfig>,
     #[serde(default)]
     pub inbound: Inbound,
     #[serde(default)]
@@ -32,7 +32,7 @@ pub struct Profile {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Registration {
+pub struct RegistrationConfig {
     /// `host[:port]` of the registrar.
     pub registrar: String,
     pub username: String,

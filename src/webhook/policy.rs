@@ -31,7 +31,7 @@ pub enum Response {
 
 /// The classification of one attempt.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
+pub enum DeliveryVerdict {
     Success,
     /// Try again; `after` overrides the schedule (`Retry-After`).
     Retry {
@@ -46,53 +46,55 @@ pub enum Outcome {
     },
 }
 
-impl Outcome {
+impl DeliveryVerdict {
     /// The label stored with the attempt and used by metrics.
     pub fn label(&self) -> &'static str {
         match self {
-            Outcome::Success => "success",
-            Outcome::Retry { .. } => "retry",
-            Outcome::DontRetry { .. } => "fail",
+            DeliveryVerdict::Success => "success",
+            DeliveryVerdict::Retry { .. } => "retry",
+            DeliveryVerdict::DontRetry { .. } => "fail",
         }
     }
 
     pub fn reason(&self) -> String {
         match self {
-            Outcome::Success => "2xx".into(),
-            Outcome::Retry { reason, .. } | Outcome::DontRetry { reason, .. } => reason.clone(),
+            DeliveryVerdict::Success => "2xx".into(),
+            DeliveryVerdict::Retry { reason, .. } | DeliveryVerdict::DontRetry { reason, .. } => {
+                reason.clone()
+            }
         }
     }
 }
 
 /// Any 2xx is delivered; 410 Gone disables the endpoint; everything else is
 /// retried, at the time `Retry-After` names on 429 and 503.
-pub fn classify(r: &Response) -> Outcome {
+pub fn classify(r: &Response) -> DeliveryVerdict {
     match r {
-        Response::Status { code, .. } if (200..300).contains(code) => Outcome::Success,
-        Response::Status { code: 410, .. } => Outcome::DontRetry {
+        Response::Status { code, .. } if (200..300).contains(code) => DeliveryVerdict::Success,
+        Response::Status { code: 410, .. } => DeliveryVerdict::DontRetry {
             reason: "http 410 gone: endpoint disabled".into(),
             disable_endpoint: true,
         },
         Response::Status {
             code: code @ (429 | 503),
             retry_after,
-        } => Outcome::Retry {
+        } => DeliveryVerdict::Retry {
             reason: format!("http {code}"),
             after: *retry_after,
         },
-        Response::Status { code, .. } => Outcome::Retry {
+        Response::Status { code, .. } => DeliveryVerdict::Retry {
             reason: format!("http {code}"),
             after: None,
         },
-        Response::Timeout => Outcome::Retry {
+        Response::Timeout => DeliveryVerdict::Retry {
             reason: "timeout".into(),
             after: None,
         },
-        Response::Blocked(why) => Outcome::Retry {
+        Response::Blocked(why) => DeliveryVerdict::Retry {
             reason: format!("blocked: {why}"),
             after: None,
         },
-        Response::Transport(why) => Outcome::Retry {
+        Response::Transport(why) => DeliveryVerdict::Retry {
             reason: format!("transport: {why}"),
             after: None,
         },
@@ -213,11 +215,11 @@ mod tests {
 
     #[test]
     fn classifies_like_the_issue_says() {
-        assert_eq!(classify(&status(200)), Outcome::Success);
-        assert_eq!(classify(&status(204)), Outcome::Success);
+        assert_eq!(classify(&status(200)), DeliveryVerdict::Success);
+        assert_eq!(classify(&status(204)), DeliveryVerdict::Success);
         assert!(matches!(
             classify(&status(410)),
-            Outcome::DontRetry {
+            DeliveryVerdict::DontRetry {
                 disable_endpoint: true,
                 ..
             }
@@ -225,7 +227,7 @@ mod tests {
         for code in [301, 400, 404, 500, 502] {
             assert!(matches!(
                 classify(&status(code)),
-                Outcome::Retry { after: None, .. }
+                DeliveryVerdict::Retry { after: None, .. }
             ));
         }
         let r = Response::Status {
@@ -234,14 +236,14 @@ mod tests {
         };
         assert_eq!(
             classify(&r),
-            Outcome::Retry {
+            DeliveryVerdict::Retry {
                 reason: "http 429".into(),
                 after: Some(Duration::from_secs(7))
             }
         );
         assert!(matches!(
             classify(&Response::Timeout),
-            Outcome::Retry { .. }
+            DeliveryVerdict::Retry { .. }
         ));
     }
 

@@ -23,7 +23,7 @@ use tokio::task::JoinSet;
 
 use super::Outbox;
 use super::guard::{Guard, GuardError};
-use super::policy::{self, Backoff, Next, Outcome, Response};
+use super::policy::{self, Backoff, DeliveryVerdict, Next, Response};
 use crate::config::WebhooksConfig;
 use crate::metrics as m;
 use crate::signing;
@@ -188,12 +188,14 @@ async fn deliver(
         .unwrap_or_else(|| ctx.backoff.retry_until(started_at));
     let step = c.retry_step.max(0) as usize;
     let next = match &outcome {
-        Outcome::Success => NextState::Succeeded,
-        Outcome::Retry { after, .. } => match ctx.backoff.next(step, now, retry_until, *after) {
-            Next::RetryAt(at) => NextState::Retry(at),
-            Next::DeadLetter => NextState::Failed,
-        },
-        Outcome::DontRetry { .. } => NextState::Failed,
+        DeliveryVerdict::Success => NextState::Succeeded,
+        DeliveryVerdict::Retry { after, .. } => {
+            match ctx.backoff.next(step, now, retry_until, *after) {
+                Next::RetryAt(at) => NextState::Retry(at),
+                Next::DeadLetter => NextState::Failed,
+            }
+        }
+        DeliveryVerdict::DontRetry { .. } => NextState::Failed,
     };
     metrics::counter!(m::WEBHOOK_ATTEMPTS, "outcome" => outcome.label()).increment(1);
     metrics::histogram!(m::WEBHOOK_ATTEMPT_DURATION).record(latency.as_secs_f64());
@@ -226,7 +228,7 @@ async fn deliver(
         retry_until,
         disable_endpoint: matches!(
             outcome,
-            Outcome::DontRetry {
+            DeliveryVerdict::DontRetry {
                 disable_endpoint: true,
                 ..
             }
