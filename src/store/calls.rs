@@ -410,3 +410,64 @@ impl Store {
         Ok(Page { items, total })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use sqlx::sqlite::SqliteConnectOptions;
+    use std::str::FromStr;
+
+    use super::super::{SQLITE_MIGRATIONS, migrations};
+    use super::*;
+
+    /// A campaign call written before the attempt had columns of its own
+    /// (its ids only in the metadata) reads as that campaign's attempt once
+    /// the store is opened by this version.
+    #[tokio::test]
+    async fn older_campaign_calls_get_their_attempt_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("old.db").display());
+        let before = SQLITE_MIGRATIONS
+            .iter()
+            .position(|(version, _, _)| *version == 9)
+            .unwrap();
+        let options = SqliteConnectOptions::from_str(&url)
+            .unwrap()
+            .create_if_missing(true);
+        let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+        migrations(&SQLITE_MIGRATIONS[..before])
+            .run(&pool)
+            .await
+            .unwrap();
+        let insert = "INSERT INTO calls (id, direction, from_number, to_number, status, metadata,
+                created_at, updated_at, event_seq)
+             VALUES ($1, 'outbound', '+14155550199', '+14155550100', 'completed', $2, $3, $3, 3)";
+        let metadata = r#"{"campaign_id":"cmp_1","contact_id":"cnt_1","attempt":2,"variables":{}}"#;
+        for (id, metadata) in [("call_old", metadata), ("call_api", "{\"crm\":7}")] {
+            sqlx::query(insert)
+                .bind(id)
+                .bind(metadata)
+                .bind(crate::store::now())
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        pool.close().await;
+
+        let store = Store::connect(&url).await.unwrap();
+        store.migrate().await.unwrap();
+        let old = store.get_call("call_old").await.unwrap();
+        assert_eq!(
+            old.attempt,
+            AttemptColumns {
+                campaign_id: Some("cmp_1".into()),
+                contact_id: Some("cnt_1".into()),
+                attempt: Some(2),
+            }
+        );
+        assert_eq!(old.status, CallStatus::Completed);
+        assert_eq!(old.metadata, metadata, "the metadata is left as it was");
+        let api = store.get_call("call_api").await.unwrap();
+        assert_eq!(api.campaign_id(), None);
+        store.close().await;
+    }
+}

@@ -187,6 +187,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "call node",
         include_str!("../../migrations/sqlite/0008_call_node.sql"),
     ),
+    (
+        9,
+        "call campaign attempt",
+        include_str!("../../migrations/sqlite/0009_call_campaign_attempt.sql"),
+    ),
 ];
 
 /// The PostgreSQL migrations, embedded in the binary.
@@ -225,6 +230,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         8,
         "call node",
         include_str!("../../migrations/postgres/0008_call_node.sql"),
+    ),
+    (
+        9,
+        "call campaign attempt",
+        include_str!("../../migrations/postgres/0009_call_campaign_attempt.sql"),
     ),
 ];
 
