@@ -237,10 +237,7 @@ async fn campaign_dials_under_caps_per_policy_across_a_crash() {
     let attempts = store.campaign_attempts(&id).await.expect("attempts");
     let mut per_contact: HashMap<&str, Vec<(i64, Outcome)>> = HashMap::new();
     for (contact, attempt, call_id, outcome) in &attempts {
-        let outcome = outcome
-            .as_deref()
-            .and_then(|o| o.parse::<Outcome>().ok())
-            .unwrap_or_else(|| panic!("attempt {call_id} has no outcome"));
+        let outcome = outcome.unwrap_or_else(|| panic!("attempt {call_id} has no outcome"));
         // The call layer used the driver's id and dialled the contact.
         let call = store.get_call(call_id).await.expect("call row");
         assert_eq!(call.to_number, by_id[contact].0);
@@ -358,7 +355,7 @@ async fn pause_and_drain_stop_new_dials_and_let_calls_finish() {
     let attempts = store.campaign_attempts(&id).await.expect("attempts");
     assert_eq!(attempts.len(), at_pause, "no dial after the pause");
     assert!(
-        attempts.iter().all(|a| a.3.as_deref() == Some("answered")),
+        attempts.iter().all(|a| a.3 == Some(Outcome::Answered)),
         "calls up at the pause finished normally: {attempts:?} {stats}"
     );
 
@@ -373,7 +370,7 @@ async fn pause_and_drain_stop_new_dials_and_let_calls_finish() {
     assert!(status.success(), "{status:?}");
     let attempts = store.campaign_attempts(&id).await.expect("attempts");
     assert!(
-        attempts.iter().all(|a| a.3.as_deref() == Some("answered")),
+        attempts.iter().all(|a| a.3 == Some(Outcome::Answered)),
         "the drain let every call finish and dialled none it had to refuse: {attempts:?}"
     );
     assert!(attempts.len() < 40, "the drain stopped the dialling");

@@ -472,7 +472,7 @@ async fn watch_prints_the_progress_of_a_finished_campaign(backend: Backend) {
             "exhausted"
         };
         let ended = store
-            .finish_attempt(&call, outcome, Some(30_000), now, |_| {
+            .finish_attempt(&call, outcome.parse().unwrap(), Some(30_000), now, |_| {
                 Ok(AfterAttempt {
                     state,
                     next_attempt_at: None,

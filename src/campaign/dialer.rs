@@ -382,7 +382,7 @@ impl<D: Dialer> CampaignRunner<D> {
         let ended_at = crate::store::now();
         let recorded = self
             .store
-            .finish_attempt(call_id, outcome.as_str(), duration_ms, ended_at, |end| {
+            .finish_attempt(call_id, outcome, duration_ms, ended_at, |end| {
                 let policy: RetryPolicy = serde_json::from_str(&end.retry_policy)
                     .map_err(|e| StoreError::Corrupt(format!("retry policy: {e}")))?;
                 let next = policy.next(

@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 
 use super::{Page, Pool, Result, Store, StoreError, Window, on_pool};
 use crate::ids;
+use crate::model::AttemptOutcome;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ContactRecord {
@@ -310,12 +311,13 @@ impl Store {
     pub async fn finish_attempt(
         &self,
         call_id: &str,
-        outcome: &str,
+        outcome: AttemptOutcome,
         duration_ms: Option<i64>,
         ended_at: DateTime<Utc>,
         decide: impl FnOnce(&AttemptEnd) -> Result<AfterAttempt>,
     ) -> Result<Option<(AttemptEnd, AfterAttempt)>> {
         let stamp = super::now();
+        let outcome = outcome.as_str();
         on_pool!(self, p => {
             let mut tx = p.begin().await?;
             // A write first: takes SQLite's write lock up front and locks the
@@ -440,7 +442,7 @@ impl Store {
     pub async fn campaign_attempts(
         &self,
         campaign_id: &str,
-    ) -> Result<Vec<(String, i64, String, Option<String>)>> {
+    ) -> Result<Vec<(String, i64, String, Option<AttemptOutcome>)>> {
         Ok(on_pool!(self, p => sqlx::query_as(
             "SELECT contact_id, attempt, call_id, outcome FROM campaign_attempts
              WHERE campaign_id = $1 ORDER BY contact_id, attempt")
