@@ -10,13 +10,18 @@
 //! - [`call`]: decisions about calls and the one task per call
 //!   (inbound routing, outbound dialing, `EndReason`, the event bus, trunk
 //!   registrations); [`agent`]: what runs on a call (settings for now).
+//! - [`model`]: the public representation of a call, a campaign and a
+//!   trunk (what the API answers and the webhooks carry) and the typed
+//!   statuses and event types every layer shares; below the store.
 //! - [`store`]: every SQL statement, for SQLite and PostgreSQL.
 //! - [`api`]: the admin HTTP API, its auth, rate limits and OpenAPI document.
+//! - [`webhook`]: the outbox and signed delivery of events.
 //! - [`campaign`]: outbound campaigns: calling windows, retry policy, pacing,
 //!   CSV import and the dialer that claims contacts with row leases.
 //! - Small shared pieces: [`trunk`] (live trunk state), [`e164`] (number
 //!   normalization), [`ids`] (prefixed ids), [`secrets`] (API keys and
-//!   webhook secrets), [`metrics`] (every metric name), [`memory`] (hands
+//!   webhook secrets), [`signing`] (Standard Webhooks signatures, for
+//!   webhooks and agent tools), [`metrics`] (every metric name), [`memory`] (hands
 //!   freed heap back to the system).
 
 pub mod agent;

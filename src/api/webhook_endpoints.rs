@@ -17,6 +17,7 @@ use super::deliveries::{self, Delivery, DeliveryQuery};
 use super::error::{ApiError, ErrorResponses, FieldError};
 use super::events::Replayed;
 use super::extract::{ApiJson, ApiQuery, List, Pagination};
+use crate::model::EventType;
 use crate::store::deliveries::DeliveryScope;
 use crate::store::webhooks::{EndpointFields, EndpointRecord};
 use crate::webhook::event::{TestEventData, WebhookEvent};
@@ -34,30 +35,20 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(replay_failed))
 }
 
-/// Event types an endpoint can subscribe to.
-pub const EVENT_TYPES: &[&str] = &[
-    "call.initiated",
-    "call.ringing",
-    "call.answered",
-    "call.ended",
-    "call.dtmf",
-    "trunk.registered",
-    "trunk.registration_failed",
-    "trunk.up",
-    "trunk.down",
-    "campaign.started",
-    "campaign.paused",
-    "campaign.resumed",
-    "campaign.completed",
-    "campaign.canceled",
-];
+/// Event types an endpoint can subscribe to: all but `webhook.test`, which
+/// goes to the one endpoint tested whatever it subscribes to.
+fn subscribable() -> impl Iterator<Item = EventType> {
+    EventType::ALL
+        .iter()
+        .copied()
+        .filter(|t| *t != EventType::WebhookTest)
+}
 
 /// Subscribed when an endpoint names no events: everything but the
 /// high-volume, opt-in `call.dtmf`.
 fn default_events() -> Vec<String> {
-    EVENT_TYPES
-        .iter()
-        .filter(|t| **t != "call.dtmf")
+    subscribable()
+        .filter(|t| *t != EventType::CallDtmf)
         .map(|t| t.to_string())
         .collect()
 }
@@ -139,10 +130,11 @@ fn validate(url: &str, description: Option<&str>, events: &[String]) -> Result<S
         });
     }
     for (i, e) in events.iter().enumerate() {
-        if !EVENT_TYPES.contains(&e.as_str()) {
+        if !subscribable().any(|t| t.as_str() == e) {
+            let all: Vec<&str> = subscribable().map(EventType::as_str).collect();
             details.push(FieldError {
                 field: format!("events[{i}]"),
-                message: format!("unknown event type; one of {}", EVENT_TYPES.join(", ")),
+                message: format!("unknown event type; one of {}", all.join(", ")),
             });
         }
     }
