@@ -306,7 +306,7 @@ pub fn llm_stream(data: &[u8]) {
 /// A WAV file as a `play` action or a greeting reads it (16-bit PCM RIFF,
 /// mixed to mono, resampled to 8 kHz).
 pub fn wav(data: &[u8]) {
-    if let Ok(samples) = crate::call::agents::read_wav(data) {
+    if let Ok(samples) = crate::media::wav::read_mono_8k(data) {
         // Bounded by the input: at most 8 kHz out of at least 1 Hz in.
         assert!(samples.len() <= data.len().saturating_mul(8000) + 8000);
     }

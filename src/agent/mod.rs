@@ -6,13 +6,15 @@
 //! - [`brain`]: the [`brain::Brain`] trait and its two kinds, scripted
 //!   dialogue and LLM (OpenAI-compatible) with HTTP tools and built-in
 //!   actions.
+//! - [`session`]: the agent on one call, attached to the call's media
+//!   session (a sans-IO core and its driver); [`runner`]: the agents a
+//!   call runs (`echo`, `prompt`, `voice`) as the call task sees them.
 //! - [`providers`]: the STT and TTS seams; [`speech`]: which engine a call
 //!   gets; [`engines`]: the embedded ones (PocketSphinx, flite);
 //!   [`vendors`]: the cloud ones (OpenAI-compatible, Deepgram, Cartesia).
 //!   Sample-rate conversion is `media`'s ([`crate::media::resample`]).
 //!
-//! How a call drives it (the call layer owns the IO): every inbound frame
-//! goes to [`turn::TurnTaker::push`] and to the STT stream; on `EndOfTurn`
+//! How the session drives it: every inbound frame goes to [`turn::TurnTaker::push`] and to the STT stream; on `EndOfTurn`
 //! the final transcript becomes a [`brain::Input::Text`] (DTMF digits a
 //! [`brain::Input::Dtmf`]) for [`brain::Brain::respond`]; its
 //! [`brain::BrainEvent::Delta`]s go through a [`chunker::Chunker`] to TTS,
@@ -35,6 +37,7 @@ pub mod brain;
 pub mod chunker;
 pub mod engines;
 pub mod providers;
+pub mod runner;
 pub mod session;
 pub mod speech;
 pub mod turn;

@@ -37,7 +37,9 @@
 //!   [`PlaybackLedger::heard`]). The utterance then goes on to its own
 //!   end of turn. Shorter speech during playback ("mm-hm", "yeah") ends as a
 //!   [`TurnEvent::Backchannel`] and changes nothing, unless
-//!   `backchannels_interrupt` is set.
+//!   `backchannels_interrupt` is set, or unless it goes on for `min_speech`
+//!   after the playback stopped: the caller who started in the last moments
+//!   of the agent's words is taking a turn.
 
 use std::time::Duration;
 
@@ -87,7 +89,7 @@ pub enum Playback {
 
 /// Why a turn ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EndReason {
+pub enum TurnEnd {
     Silence,
     MaxLength,
 }
@@ -101,7 +103,7 @@ pub enum TurnEvent {
     EndOfTurn {
         at: Duration,
         speech: Duration,
-        reason: EndReason,
+        reason: TurnEnd,
     },
     /// Stop playback now; the caller heard `heard_ms` of the reply. `start`
     /// is the utterance's first voiced frame (a barge-in on the frame that
@@ -218,6 +220,9 @@ struct Utterance {
     confirmed: bool,
     /// Started or grew while the agent was playing.
     during_playback: bool,
+    /// Voice after the agent stopped playing, in an utterance that began
+    /// during playback: with `min_speech` of it the utterance is a turn.
+    voiced_after_playback: Duration,
     barged_in: bool,
 }
 
@@ -266,6 +271,7 @@ impl TurnTaker {
                     voiced: FRAME,
                     confirmed: false,
                     during_playback: playing,
+                    voiced_after_playback: Duration::ZERO,
                     barged_in: false,
                 });
                 return self.confirm(at, playback);
@@ -275,6 +281,9 @@ impl TurnTaker {
         if voice {
             u.last_voice = end;
             u.voiced += FRAME;
+            if u.during_playback && !playing {
+                u.voiced_after_playback += FRAME;
+            }
             u.during_playback |= playing;
             self.current = Some(u);
             if let Some(event) = self.confirm(at, playback) {
@@ -282,7 +291,7 @@ impl TurnTaker {
             }
             let u = self.current?;
             if u.confirmed && end.saturating_sub(u.start) >= self.config.max_turn {
-                return self.finish(end, EndReason::MaxLength);
+                return self.finish(end, TurnEnd::MaxLength);
             }
             return None;
         }
@@ -295,10 +304,10 @@ impl TurnTaker {
             return None;
         }
         if silence >= self.config.end_silence {
-            return self.finish(u.last_voice, EndReason::Silence);
+            return self.finish(u.last_voice, TurnEnd::Silence);
         }
         if end.saturating_sub(u.start) >= self.config.max_turn {
-            return self.finish(end, EndReason::MaxLength);
+            return self.finish(end, TurnEnd::MaxLength);
         }
         None
     }
@@ -331,9 +340,12 @@ impl TurnTaker {
         started.then_some(TurnEvent::SpeechStarted { at: u.start })
     }
 
-    fn finish(&mut self, at: Duration, reason: EndReason) -> Option<TurnEvent> {
+    fn finish(&mut self, at: Duration, reason: TurnEnd) -> Option<TurnEvent> {
         let u = self.current.take()?;
-        if u.during_playback && !u.barged_in && reason == EndReason::Silence {
+        // Speech that goes on after the agent stopped is a turn, however
+        // little of it overlapped the playback.
+        let outlasted = u.voiced_after_playback >= self.config.min_speech;
+        if u.during_playback && !u.barged_in && !outlasted && reason == TurnEnd::Silence {
             return Some(TurnEvent::Backchannel {
                 at,
                 speech: u.voiced,
@@ -480,7 +492,7 @@ mod tests {
                 TurnEvent::EndOfTurn {
                     at: MS(1400),
                     speech: MS(1000),
-                    reason: EndReason::Silence
+                    reason: TurnEnd::Silence
                 }
             ]
         );
@@ -504,7 +516,7 @@ mod tests {
             TurnEvent::EndOfTurn {
                 at: MS(1600),
                 speech: MS(1200),
-                reason: EndReason::Silence
+                reason: TurnEnd::Silence
             }
         );
     }
@@ -535,7 +547,7 @@ mod tests {
             TurnEvent::EndOfTurn {
                 at: MS(2000),
                 speech: MS(2000),
-                reason: EndReason::MaxLength
+                reason: TurnEnd::MaxLength
             }
         );
     }
@@ -576,10 +588,52 @@ mod tests {
         assert!(matches!(
             events[2],
             TurnEvent::EndOfTurn {
-                reason: EndReason::Silence,
+                reason: TurnEnd::Silence,
                 ..
             }
         ));
+    }
+
+    /// Issue 13: the caller starts 200 ms before the greeting ends (less
+    /// than the barge-in threshold) and goes on talking after it: a turn,
+    /// not a backchannel.
+    #[test]
+    fn speech_that_outlasts_the_playback_is_a_turn() {
+        let mut core = TurnTaker::new(TurnConfig::default());
+        let events = run(
+            &mut core,
+            &[
+                (false, 800, true),
+                (true, 200, true),
+                (true, 1000, false),
+                (false, 1000, false),
+            ],
+        );
+        assert_eq!(events[0], TurnEvent::SpeechStarted { at: MS(800) });
+        assert_eq!(
+            events[1],
+            TurnEvent::EndOfTurn {
+                at: MS(2000),
+                speech: MS(1200),
+                reason: TurnEnd::Silence
+            },
+            "{events:?}"
+        );
+        // A "yeah" that ends a frame after the playback is still one.
+        let mut core = TurnTaker::new(TurnConfig::default());
+        let events = run(
+            &mut core,
+            &[
+                (false, 800, true),
+                (true, 180, true),
+                (true, 20, false),
+                (false, 1000, false),
+            ],
+        );
+        assert!(
+            matches!(events[1], TurnEvent::Backchannel { .. }),
+            "{events:?}"
+        );
     }
 
     #[test]
@@ -707,7 +761,7 @@ mod tests {
         assert!(matches!(
             events[1],
             TurnEvent::EndOfTurn {
-                reason: EndReason::Silence,
+                reason: TurnEnd::Silence,
                 ..
             }
         ));

@@ -9,15 +9,15 @@
 //! call ([`end_reason`]), the live-call index with its handles and trunk
 //! slots, the one count of a trunk's `max_calls` ([`registry`]), every
 //! call state transition with its store write and bus event ([`events`]),
-//! the diagnostic agents ([`agents`]), and what runs per trunk profile
+//! and what runs per trunk profile
 //! ([`reconcile`]): the registrations ([`registrations`]) and the OPTIONS
-//! probes ([`trunk_pings`]).
+//! probes ([`trunk_pings`]). The agents a call runs are `agent`'s
+//! ([`crate::agent::runner`]).
 //!
 //! Must not: parse or build SIP or RTP (that is `sip` and `media`), or know
 //! HTTP (the API calls [`Calls`]). Nothing but [`events::Transitions`]
 //! writes call rows.
 
-pub mod agents;
 pub mod campaign_dialer;
 pub mod end_reason;
 pub mod events;

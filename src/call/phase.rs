@@ -30,13 +30,13 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::agents::AgentRun;
 use super::end_reason::FailureCause;
 use super::registry::{CallCommand, CallHandle, TrunkSlot};
 use super::screen::Screen;
 use super::task::{self, Established};
 use super::{EndReason, Shared, count_ended};
 use crate::agent::CallSettings;
+use crate::agent::runner::AgentRun;
 use crate::config::Profile;
 use crate::media::{Direction, LocalSdp, PortPermit, RtpSession, bind_rtp};
 use crate::metrics::CALL_SETUP_SECONDS;

@@ -4,8 +4,12 @@
 //! until one [`EndReason`] ends it. The screen says when the agent starts.
 //! Then it sends BYE unless the far end already did, and stops the media.
 //!
-//! The agent's requests come through here too: hang up, or transfer with
-//! SIP REFER (RFC 3515); a `voice` agent's transcript is stored when the
+//! The call's audio does not pass through here: a `voice` agent is
+//! attached to the media session and runs on its clock, so nothing this
+//! task awaits (a re-INVITE's ACK, a REFER's answer, a store write) holds
+//! up a frame. The agent's requests come through here: hang up, or
+//! transfer with SIP REFER (RFC 3515); the caller's keys go to it from
+//! here (after the opt-out check), and its transcript is stored when the
 //! call ends.
 //!
 //! Must not: write the call row itself beyond the DTMF transition and the
@@ -19,13 +23,16 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until, timeout};
 
-use super::agents::{AgentRequest, AgentRun};
 use super::end_reason::FailureCause;
 use super::registry::CallCommand;
 use super::screen::{Screen, Screened};
 use super::{EndReason, Shared};
+use crate::agent::brain::Role;
+use crate::agent::runner::{AgentRequest, AgentRun, Transcript};
+use crate::agent::session::Said;
 use crate::media::{Digit, Direction, LocalSdp, MediaEvent, RtpSession};
 use crate::sip::{Call, DialogEvent, ReInvite};
+use crate::store::transcripts::NewTurn;
 
 /// How long we wait for the answer to our BYE before giving up on it.
 const BYE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -105,10 +112,6 @@ pub(super) async fn run(shared: &Arc<Shared>, call: Established) -> EndReason {
                     .map(|_| EndReason::Failed(FailureCause::MediaClosed)),
                 Screened::End(reason) => Some(reason),
                 Screened::Media(event) => match event {
-                    Some(MediaEvent::Audio(frame)) => {
-                        agent.on_audio(frame);
-                        None
-                    }
                     Some(MediaEvent::Digit(digit)) => {
                         on_digit(shared, &id, &screen, &mut agent, digit, "RFC 4733").await
                     }
@@ -116,24 +119,20 @@ pub(super) async fn run(shared: &Arc<Shared>, call: Established) -> EndReason {
                         Some(request) => fulfil(&mut sip, request).await,
                         None => None,
                     },
-                    Some(MediaEvent::PlayoutStarted(sent)) => {
-                        agent.on_playout_started(sent);
-                        None
-                    }
                     Some(MediaEvent::Timeout) => Some(EndReason::MediaTimeout),
                     Some(MediaEvent::Latched(addr)) => {
                         tracing::debug!(%addr, "RTP latched");
                         None
                     }
+                    // The caller's audio before the agent starts (a voice
+                    // agent takes it from the media session itself), and
+                    // the prompt's playout start: nothing to do.
+                    Some(MediaEvent::Audio(_) | MediaEvent::PlayoutStarted(_)) => None,
                     None => Some(EndReason::Failed(FailureCause::MediaClosed)),
                 },
             },
-            output = agent.next_output() => match output {
-                Some(output) => match agent.on_output(output, &media).await {
-                    Ok(Some(request)) => fulfil(&mut sip, request).await,
-                    Ok(None) => None,
-                    Err(_) => Some(EndReason::Failed(FailureCause::MediaClosed)),
-                },
+            request = agent.next_request() => match request {
+                Some(request) => fulfil(&mut sip, request).await,
                 None => Some(EndReason::Failed(FailureCause::AgentEnded)),
             },
             // A closed channel disables this branch (every handle gone).
@@ -152,10 +151,11 @@ pub(super) async fn run(shared: &Arc<Shared>, call: Established) -> EndReason {
             Err(_) => tracing::info!("BYE not answered in time"),
         }
     }
-    if let Some(transcript) = agent.finish().await {
+    if let Some(Transcript { said, summary }) = agent.finish().await {
+        let turns: Vec<NewTurn> = said.into_iter().map(turn_of).collect();
         shared
             .transitions
-            .transcript(&id, &transcript.turns, transcript.summary.as_deref())
+            .transcript(&id, &turns, summary.as_deref())
             .await;
     }
     drop(media);
@@ -184,11 +184,11 @@ async fn on_digit(
     via: &'static str,
 ) -> Option<EndReason> {
     tracing::info!(digit = %digit.as_char(), via, "DTMF received");
-    shared.transitions.dtmf(id, digit.as_char()).await;
     let opted_out = screen.on_digit(digit.as_char());
     if opted_out.is_none() {
         agent.on_digit(digit);
     }
+    shared.transitions.dtmf(id, digit.as_char()).await;
     opted_out
 }
 
@@ -197,7 +197,10 @@ async fn on_digit(
 /// refused or unanswered REFER leaves the call up.
 async fn fulfil(sip: &mut Call, request: AgentRequest) -> Option<EndReason> {
     match request {
-        AgentRequest::End(reason) => Some(reason),
+        AgentRequest::Hangup => Some(EndReason::AgentHangup),
+        // A campaign's dialer puts the number on the do-not-call list for
+        // this reason, as for the opt-out key.
+        AgentRequest::OptOut => Some(EndReason::OptedOut),
         AgentRequest::Transfer(to) => match timeout(REFER_TIMEOUT, sip.refer(&to)).await {
             Ok(Ok(code)) if (200..300).contains(&code) => Some(EndReason::Transferred),
             Ok(Ok(code)) => {
@@ -213,6 +216,27 @@ async fn fulfil(sip: &mut Call, request: AgentRequest) -> Option<EndReason> {
                 None
             }
         },
+    }
+}
+
+/// One transcript line as stored: offsets and latencies in milliseconds.
+fn turn_of(said: Said) -> NewTurn {
+    let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    let latency = said.latency.unwrap_or_default();
+    NewTurn {
+        speaker: match said.role {
+            Role::User => "caller",
+            _ => "agent",
+        },
+        text: said.text,
+        start_ms: ms(said.start),
+        end_ms: ms(said.end),
+        interrupted: said.interrupted,
+        heard: said.heard,
+        stt_final_ms: latency.stt_final.map(ms),
+        llm_first_token_ms: latency.llm_first_token.map(ms),
+        tts_first_audio_ms: latency.tts_first_audio.map(ms),
+        first_rtp_ms: latency.first_rtp.map(ms),
     }
 }
 

@@ -5,12 +5,13 @@
 //! ([`amd`]), outgoing packetization and pacing ([`pacer`]), sample-rate
 //! conversion for the speech engines and vendors ([`resample`]), SDP
 //! offer/answer for audio ([`sdp`]), RTP source pinning ([`latch`]), RTP
-//! port allocation ([`ports`]) and the tokio driver that ties them to a UDP socket
-//! ([`session`]).
+//! port allocation ([`ports`]), the task that ties them to a UDP socket
+//! ([`session`]), its control surface ([`handle`]), the [`port`] an agent
+//! attaches to, and 16-bit PCM WAV files ([`wav`]).
 //!
 //! Must not: import `call`, `store` or `api`, or decide anything about a
 //! call. It reports what arrived (audio, digits, timeouts) and does what it
-//! is told. The protocol cores (`g711`, `jitter`, `dtmf`, `amd`, `pacer`, `resample`, `sdp`, `latch`) do
+//! is told. The protocol cores (`g711`, `jitter`, `dtmf`, `amd`, `pacer`, `resample`, `sdp`, `latch`, `wav`) do
 //! no IO; only `session`, `ports` and the pacing clock touch tokio.
 //!
 //! For the call task, a call's media goes:
@@ -20,30 +21,38 @@
 //! 3. [`RtpSession::start`] runs the session: [`MediaEvents`] brings 20 ms
 //!    [`AudioFrame`]s, [`Digit`]s and the timeout; [`MediaHandle`] plays PCM,
 //!    clears it on barge-in, sends digits and applies re-INVITEs.
-//! 4. Dropping every [`MediaHandle`] ends the session and frees the port.
+//! 4. [`MediaHandle::attach`] hands the audio to an [`AudioPort`] instead:
+//!    the voice agent sits on the session's clock, and the call task keeps
+//!    only the control events.
+//! 5. Dropping every [`MediaHandle`] ends the session and frees the port.
 
 pub mod amd;
+mod counters;
 pub mod dtmf;
 pub mod g711;
+pub mod handle;
 pub mod jitter;
 pub mod latch;
 pub mod pacer;
+pub mod port;
 pub mod ports;
 pub mod resample;
 pub mod sdp;
 pub mod session;
+pub mod wav;
 
 use std::time::Duration;
 
 pub use dtmf::Digit;
 pub use g711::Codec;
+pub use handle::{
+    AudioFrame, AudioRoute, MediaEvent, MediaEvents, MediaHandle, MediaStats, SessionClosed,
+};
 pub use latch::LatchPolicy;
+pub use port::{AudioPort, PortCommand, PortEvent, PortPlayout};
 pub use ports::{MediaError, PortAllocator, PortPermit, bind_rtp};
 pub use sdp::{Direction, LocalSdp, NegotiatedMedia, SdpError};
-pub use session::{
-    AudioFrame, AudioRoute, MediaEvent, MediaEvents, MediaHandle, MediaStats, RtpSession,
-    SessionClosed, SessionConfig,
-};
+pub use session::{RtpSession, SessionConfig};
 
 /// RTP clock rate of every codec we negotiate (G.711 and telephone-event).
 pub const CLOCK_RATE: u32 = 8000;

@@ -11,7 +11,8 @@
 //! (audio, digits, latching, playout drained, timeout) and does what the
 //! [`MediaHandle`] asks (play, clear, send a digit, renegotiate, route the
 //! caller's audio: out as events, or straight back for the echo agent, see
-//! [`AudioRoute`]). RTCP is not implemented: the odd port above ours stays
+//! [`AudioRoute`]), or hands the audio to an attached [`super::port`]
+//! and plays what it gives back. RTCP is not implemented: the odd port above ours stays
 //! free for it, nothing listens.
 //!
 //! Latching (symmetric RTP, RFC 4961 §3): until latched we send to the
@@ -35,25 +36,26 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use metrics::Counter;
 use rtp_rs::RtpReader;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::dtmf::{Digit, DtmfDecoder};
+use super::counters::Counters;
+use super::dtmf::DtmfDecoder;
 use super::g711::Codec;
+use super::handle::{
+    AudioFrame, AudioRoute, Command, MediaEvent, MediaEvents, MediaHandle, MediaStats,
+};
 use super::jitter::{JitterBuffer, JitterConfig, Playout, RtpPacket};
-use super::latch::{Latch, LatchPolicy, Rejection, Verdict};
+use super::latch::{Latch, LatchPolicy, Verdict};
 use super::pacer::{Pacer, PacingClock, Packetizer, SendFormat, Slot};
+use super::port::{Attached, PortCommand, PortEvent, PortPlayout};
 use super::ports::PortPermit;
 use super::sdp::{Direction, NegotiatedMedia};
 use super::{CLOCK_RATE, FRAME_SAMPLES};
-use crate::metrics::{
-    RTP_BYTES_TOTAL, RTP_JITTER_SECONDS, RTP_PACKETS_DROPPED_TOTAL, RTP_PACKETS_LOST_TOTAL,
-    RTP_PACKETS_REJECTED_TOTAL, RTP_PACKETS_TOTAL, RTP_TIMEOUTS_TOTAL,
-};
+use crate::metrics::{RTP_JITTER_SECONDS, RTP_TIMEOUTS_TOTAL};
 
 /// Largest datagram we read; RTP over UDP for G.711 is ~172 bytes.
 const MAX_DATAGRAM: usize = 2048;
@@ -65,11 +67,6 @@ const AUDIO_CHANNEL_FRAMES: usize = 250;
 const CONTROL_CHANNEL_EVENTS: usize = 64;
 /// Commands buffered from handles.
 const COMMAND_CHANNEL: usize = 64;
-
-/// The session task has ended; the call should treat media as gone.
-#[derive(Debug, thiserror::Error, Clone, Copy, PartialEq, Eq)]
-#[error("the RTP session has ended")]
-pub struct SessionClosed;
 
 /// Settings of one RTP session.
 #[derive(Debug, Clone, PartialEq)]
@@ -98,142 +95,6 @@ impl Default for SessionConfig {
             jitter: JitterConfig::default(),
             max_queued_audio: Duration::from_secs(120),
             send_silence: true,
-        }
-    }
-}
-
-/// 20 ms of decoded audio: 160 samples, 8 kHz, mono.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AudioFrame {
-    pub samples: Vec<i16>,
-    /// Part of the frame stands in for lost packets (silence).
-    pub concealed: bool,
-}
-
-/// What the session reports to the call.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MediaEvent {
-    Audio(AudioFrame),
-    /// A DTMF key press (RFC 4733), once per press.
-    Digit(Digit),
-    /// We now send to and accept from this address.
-    Latched(SocketAddr),
-    /// Everything queued with [`MediaHandle::play`] has been sent.
-    PlayoutDrained,
-    /// The first packet after an idle spell left at this instant (the agent
-    /// layer measures its own latency to the wire with it).
-    PlayoutStarted(Instant),
-    /// No RTP arrived within the inactivity timeout.
-    Timeout,
-}
-
-/// Counters of one session, published about once a second.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct MediaStats {
-    pub packets_in: u64,
-    pub bytes_in: u64,
-    pub packets_out: u64,
-    pub bytes_out: u64,
-    pub lost: u64,
-    pub late: u64,
-    pub duplicates: u64,
-    pub concealed: u64,
-    /// RFC 3550 A.8 interarrival jitter.
-    pub jitter: Duration,
-    pub latched: Option<SocketAddr>,
-}
-
-/// Where the caller's decoded audio goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum AudioRoute {
-    /// Out as [`MediaEvent::Audio`], for the call to hand on (the default).
-    #[default]
-    Events,
-    /// Played straight back to the caller, after anything queued: the
-    /// `echo` agent. The frames never leave the session task, as an echo
-    /// application does in a media server's own thread: a hop through the
-    /// call task and back was two task wake-ups and two channel passes per
-    /// frame, a fifth of the daemon's CPU at 1,000 echo calls. Nothing is
-    /// saved up while on hold.
-    Loopback,
-}
-
-#[derive(Debug)]
-enum Command {
-    Play(Vec<i16>),
-    Clear,
-    Digit(Digit),
-    Update(NegotiatedMedia),
-    Route(AudioRoute),
-}
-
-/// Control of a running session. Cloning is cheap; the session ends when
-/// every handle is dropped.
-#[derive(Debug, Clone)]
-pub struct MediaHandle {
-    commands: mpsc::Sender<Command>,
-    local: SocketAddr,
-    stats: watch::Receiver<MediaStats>,
-}
-
-impl MediaHandle {
-    /// The address our RTP socket is bound to.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local
-    }
-
-    /// Queues 8 kHz mono PCM to be played, after what is already queued.
-    pub async fn play(&self, samples: Vec<i16>) -> Result<(), SessionClosed> {
-        self.send(Command::Play(samples)).await
-    }
-
-    /// Drops everything queued for playing (barge-in).
-    pub async fn clear(&self) -> Result<(), SessionClosed> {
-        self.send(Command::Clear).await
-    }
-
-    /// Sends a digit as an RFC 4733 event, if the far end negotiated one.
-    pub async fn send_digit(&self, digit: Digit) -> Result<(), SessionClosed> {
-        self.send(Command::Digit(digit)).await
-    }
-
-    /// Applies a new negotiation (re-INVITE, hold, resume).
-    pub async fn update(&self, media: NegotiatedMedia) -> Result<(), SessionClosed> {
-        self.send(Command::Update(media)).await
-    }
-
-    /// Sends the caller's audio, from the next frame on, where `route`
-    /// says. Frames already reported as events stay reported.
-    pub async fn route_audio(&self, route: AudioRoute) -> Result<(), SessionClosed> {
-        self.send(Command::Route(route)).await
-    }
-
-    /// The latest published counters.
-    pub fn stats(&self) -> MediaStats {
-        *self.stats.borrow()
-    }
-
-    async fn send(&self, command: Command) -> Result<(), SessionClosed> {
-        self.commands.send(command).await.map_err(|_| SessionClosed)
-    }
-}
-
-/// The receiving end of a session's events.
-#[derive(Debug)]
-pub struct MediaEvents {
-    control: mpsc::Receiver<MediaEvent>,
-    audio: mpsc::Receiver<MediaEvent>,
-}
-
-impl MediaEvents {
-    /// The next event; control events (digits, timeout) come before queued
-    /// audio. `None` once the session has ended.
-    pub async fn recv(&mut self) -> Option<MediaEvent> {
-        tokio::select! {
-            biased;
-            Some(event) = self.control.recv() => Some(event),
-            Some(event) = self.audio.recv() => Some(event),
-            else => None,
         }
     }
 }
@@ -267,7 +128,7 @@ impl RtpSession {
         let mut pacer = Pacer::new(Packetizer::new(), send_format(&media), max_queued);
         // Silence fill starts once the far end is heard (see `accept_source`).
         pacer.set_silence_fill(false);
-        let driver = Driver {
+        let task = SessionTask {
             socket,
             _permit: permit,
             jitter: JitterBuffer::new(config.jitter.clone()),
@@ -282,13 +143,14 @@ impl RtpSession {
             pending: VecDeque::with_capacity(FRAME_SAMPLES * 4),
             pending_concealed: false,
             route: AudioRoute::Events,
+            port: None,
             control: control_tx,
             audio: audio_tx,
             stats_tx,
             stats: MediaStats::default(),
             counters: Counters::new(),
         };
-        let task = tokio::spawn(driver.run(command_rx));
+        let task = tokio::spawn(task.run(command_rx));
         Ok(RtpSession {
             handle: MediaHandle {
                 commands: command_tx,
@@ -312,92 +174,8 @@ fn send_format(media: &NegotiatedMedia) -> SendFormat {
     }
 }
 
-/// Metric handles, looked up once per session.
-struct Counters {
-    packets_in: Batched,
-    packets_out: Batched,
-    bytes_in: Batched,
-    bytes_out: Batched,
-    lost: Counter,
-    malformed: Counter,
-    rejected_source: Counter,
-    rejected_ssrc: Counter,
-    unknown_payload_type: Counter,
-    consumer_slow: Counter,
-}
-
-impl Counters {
-    fn new() -> Self {
-        let dropped =
-            |reason: &'static str| metrics::counter!(RTP_PACKETS_DROPPED_TOTAL, "reason" => reason);
-        Counters {
-            packets_in: Batched::new(metrics::counter!(RTP_PACKETS_TOTAL, "direction" => "in")),
-            packets_out: Batched::new(metrics::counter!(RTP_PACKETS_TOTAL, "direction" => "out")),
-            bytes_in: Batched::new(metrics::counter!(RTP_BYTES_TOTAL, "direction" => "in")),
-            bytes_out: Batched::new(metrics::counter!(RTP_BYTES_TOTAL, "direction" => "out")),
-            lost: metrics::counter!(RTP_PACKETS_LOST_TOTAL),
-            malformed: dropped("malformed"),
-            rejected_source: metrics::counter!(RTP_PACKETS_REJECTED_TOTAL, "reason" => Rejection::Source.label()),
-            rejected_ssrc: metrics::counter!(RTP_PACKETS_REJECTED_TOTAL, "reason" => Rejection::Ssrc.label()),
-            unknown_payload_type: dropped("unknown_payload_type"),
-            consumer_slow: dropped("consumer_slow"),
-        }
-    }
-
-    fn rejected(&self, why: Rejection) -> &Counter {
-        match why {
-            Rejection::Source => &self.rejected_source,
-            Rejection::Ssrc => &self.rejected_ssrc,
-        }
-    }
-}
-
-/// Additions to a per-packet counter, summed in the session and published
-/// every [`Batched::EVERY`] additions (a second of packets) and when the
-/// session ends: each publish is an atomic add on a cache line both cores
-/// share, and one per packet was 2.6% of the daemon's CPU at 1,000 calls.
-struct Batched {
-    counter: Counter,
-    pending: u64,
-    additions: u32,
-}
-
-impl Batched {
-    const EVERY: u32 = 50;
-
-    fn new(counter: Counter) -> Self {
-        Self {
-            counter,
-            pending: 0,
-            additions: 0,
-        }
-    }
-
-    fn increment(&mut self, n: u64) {
-        self.pending += n;
-        self.additions += 1;
-        if self.additions >= Self::EVERY {
-            self.flush();
-        }
-    }
-
-    fn flush(&mut self) {
-        if self.pending > 0 {
-            self.counter.increment(self.pending);
-        }
-        self.pending = 0;
-        self.additions = 0;
-    }
-}
-
-impl Drop for Batched {
-    fn drop(&mut self) {
-        self.flush();
-    }
-}
-
 /// The session task's state. Every field lives only inside the task.
-struct Driver {
+struct SessionTask {
     socket: UdpSocket,
     /// Returns the port to the allocator when the task ends.
     _permit: Option<PortPermit>,
@@ -417,6 +195,9 @@ struct Driver {
     pending: VecDeque<i16>,
     pending_concealed: bool,
     route: AudioRoute,
+    /// The attached audio consumer and producer: while it is there, the
+    /// caller's audio and the playout events go to it, whatever `route`.
+    port: Option<Attached>,
     control: mpsc::Sender<MediaEvent>,
     audio: mpsc::Sender<MediaEvent>,
     stats_tx: watch::Sender<MediaStats>,
@@ -424,7 +205,7 @@ struct Driver {
     counters: Counters,
 }
 
-impl Driver {
+impl SessionTask {
     async fn run(mut self, mut commands: mpsc::Receiver<Command>) -> MediaStats {
         let mut buf = vec![0u8; MAX_DATAGRAM];
         let mut clock = PacingClock::new();
@@ -435,6 +216,10 @@ impl Driver {
                 command = commands.recv() => match command {
                     Some(command) => self.on_command(command).await,
                     None => break,
+                },
+                command = port_command(&mut self.port) => match command {
+                    Some(command) => self.on_port_command(command).await,
+                    None => self.port = None,
                 },
                 tick = clock.tick() => {
                     self.pacer.skip_slots(tick.skipped);
@@ -462,6 +247,7 @@ impl Driver {
         match command {
             Command::Play(samples) => self.play(&samples).await,
             Command::Route(route) => self.route = route,
+            Command::Attach(port) => self.port = Some(port),
             Command::Clear => self.pacer.clear_audio(),
             Command::Digit(digit) => {
                 if !self.pacer.queue_digit(digit) {
@@ -475,6 +261,58 @@ impl Driver {
                 self.last_activity = Instant::now();
                 self.timeout_reported = false;
             }
+        }
+    }
+
+    async fn on_port_command(&mut self, command: PortCommand) {
+        match command {
+            PortCommand::Play(samples) => {
+                if let Some(port) = self.port.as_mut() {
+                    port.received += samples.len() as u64;
+                }
+                self.play(&samples).await;
+            }
+            PortCommand::Clear => {
+                self.pacer.clear_audio();
+                // The next audio starts a run of its own, reported as such
+                // even when it comes before the next slot.
+                if self.was_playing {
+                    self.was_playing = false;
+                    self.emit_playout(false);
+                }
+            }
+            PortCommand::Digit(digit) => self.on_command(Command::Digit(digit)).await,
+        }
+    }
+
+    /// Where the port's audio stands now.
+    fn port_playout(&self) -> PortPlayout {
+        PortPlayout {
+            received: self.port.as_ref().map_or(0, |p| p.received),
+            queued: self.pacer.queued_samples() as u64,
+        }
+    }
+
+    /// Reports a run of our audio starting or ending: to the port when one
+    /// is attached, else to the call.
+    fn emit_playout(&mut self, started: bool) {
+        let at = Instant::now();
+        let playout = self.port_playout();
+        let Some(port) = self.port.as_ref() else {
+            self.emit_control(if started {
+                MediaEvent::PlayoutStarted(at)
+            } else {
+                MediaEvent::PlayoutDrained
+            });
+            return;
+        };
+        let event = if started {
+            PortEvent::Started { at, playout }
+        } else {
+            PortEvent::Drained { at, playout }
+        };
+        if port.events.try_send(event).is_err() {
+            tracing::warn!("playout event dropped: the attached consumer is not reading");
         }
     }
 
@@ -529,7 +367,7 @@ impl Driver {
             Slot::Ahead => return,
         };
         if self.was_playing && !playing {
-            self.emit_control(MediaEvent::PlayoutDrained);
+            self.emit_playout(false);
         }
         let started = playing && !self.was_playing;
         self.was_playing = playing;
@@ -543,7 +381,7 @@ impl Driver {
                 self.stats.packets_out += 1;
                 self.stats.bytes_out += sent as u64;
                 if started {
-                    self.emit_control(MediaEvent::PlayoutStarted(Instant::now()));
+                    self.emit_playout(true);
                 }
             }
             Err(e) => tracing::debug!(error = %e, %destination, "RTP send error"),
@@ -659,6 +497,17 @@ impl Driver {
         let mut samples = Vec::with_capacity(FRAME_SAMPLES);
         super::move_front(&mut self.pending, FRAME_SAMPLES, &mut samples);
         let concealed = std::mem::take(&mut self.pending_concealed);
+        if let Some(port) = self.port.as_ref() {
+            let event = PortEvent::Audio {
+                frame: AudioFrame { samples, concealed },
+                at: Instant::now(),
+                playout: self.port_playout(),
+            };
+            if port.events.try_send(event).is_err() {
+                self.counters.consumer_slow.increment(1);
+            }
+            return;
+        }
         match self.route {
             AudioRoute::Events => {
                 let frame = AudioFrame { samples, concealed };
@@ -705,6 +554,14 @@ impl Driver {
         self.stats.concealed = jitter.concealed;
         self.stats.jitter = jitter.jitter;
         self.stats_tx.send_replace(self.stats);
+    }
+}
+
+/// The next command of the attached port; pending while none is.
+async fn port_command(port: &mut Option<Attached>) -> Option<PortCommand> {
+    match port {
+        Some(port) => port.commands.recv().await,
+        None => std::future::pending().await,
     }
 }
 

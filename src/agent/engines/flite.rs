@@ -11,10 +11,8 @@
 //! Why a process per piece: flite is a program, not a server; it starts in
 //! a few milliseconds and synthesises a sentence about fifty times faster
 //! than real time, so a chunk of LLM text costs little more than its
-//! synthesis. The WAV header is parsed here rather than with `hound`, which
-//! wants a blocking reader of the whole file: the audio is streamed from an
-//! async pipe and only the `fmt ` and `data` chunks matter (16-bit mono PCM,
-//! RIFF per the Microsoft Multimedia Programming Interface, 1991).
+//! synthesis. The WAV header is read with [`crate::media::wav`] as the
+//! stream arrives (`hound` wants a blocking reader of the whole file).
 //!
 //! Must not: pass text through a shell, leave a flite process running after
 //! its stream is dropped, or load a voice from a path or URL (flite would
@@ -32,6 +30,7 @@ use tracing::Instrument;
 use crate::agent::providers::{Audio, ProviderError, Tts};
 use crate::agent::turn::FRAME_SAMPLES;
 use crate::media::resample::Resampler;
+use crate::media::wav;
 
 /// Longest text for one process; the chunker sends sentences.
 const MAX_TEXT_CHARS: usize = 4000;
@@ -198,7 +197,7 @@ async fn stream_wav(pipe: &mut (impl AsyncReadExt + Unpin), tx: &Frames) -> Resu
     let mut buf = Vec::with_capacity(16 * 1024);
     let mut chunk = vec![0u8; 8192];
     let header = loop {
-        if let Some(h) = parse_header(&buf)? {
+        if let Some(h) = wav::parse_header(&buf).map_err(|e| format!("flite's output: {e}"))? {
             break h;
         }
         let n = pipe
@@ -210,7 +209,14 @@ async fn stream_wav(pipe: &mut (impl AsyncReadExt + Unpin), tx: &Frames) -> Resu
         }
         buf.extend_from_slice(&chunk[..n]);
     };
-    let mut framer = Framer::new(header.rate)?;
+    let f = header.format;
+    if !f.is_pcm16() || f.channels != 1 {
+        return Err(format!(
+            "flite's WAV is not 16-bit mono PCM (format {}, {} channels, {} bits, {} Hz)",
+            f.tag, f.channels, f.bits, f.rate
+        ));
+    }
+    let mut framer = Framer::new(f.rate)?;
     let mut left = header.data_len;
     buf.drain(..header.data_start);
     loop {
@@ -293,116 +299,14 @@ impl Framer {
     }
 }
 
-/// What the WAV header says.
-#[derive(Debug, PartialEq, Eq)]
-struct WavHeader {
-    rate: u32,
-    /// Offset of the first sample.
-    data_start: usize,
-    /// Bytes of samples.
-    data_len: usize,
-}
-
-/// Parses a RIFF/WAVE header of 16-bit mono PCM; `None` until `buf` holds
-/// all of it.
-fn parse_header(buf: &[u8]) -> Result<Option<WavHeader>, String> {
-    if buf.len() < 12 {
-        return Ok(None);
-    }
-    if &buf[0..4] != b"RIFF" || &buf[8..12] != b"WAVE" {
-        return Err("flite's output is not a RIFF/WAVE stream".into());
-    }
-    let mut at = 12;
-    let mut rate = None;
-    loop {
-        let Some(head) = buf.get(at..at + 8) else {
-            return Ok(None);
-        };
-        let id = &head[0..4];
-        let len = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize;
-        let body = at + 8;
-        if id == b"data" {
-            let Some(rate) = rate else {
-                return Err("flite's WAV has data before its format".into());
-            };
-            return Ok(Some(WavHeader {
-                rate,
-                data_start: body,
-                data_len: len,
-            }));
-        }
-        // Chunks are padded to an even length.
-        let next = body + len + (len & 1);
-        if id == b"fmt " {
-            let Some(fmt) = buf.get(body..body + 16) else {
-                return Ok(None);
-            };
-            let format = u16::from_le_bytes([fmt[0], fmt[1]]);
-            let channels = u16::from_le_bytes([fmt[2], fmt[3]]);
-            let r = u32::from_le_bytes([fmt[4], fmt[5], fmt[6], fmt[7]]);
-            let bits = u16::from_le_bytes([fmt[14], fmt[15]]);
-            if format != 1 || channels != 1 || bits != 16 || r == 0 {
-                return Err(format!(
-                    "flite's WAV is not 16-bit mono PCM (format {format}, {channels} channels, \
-                     {bits} bits, {r} Hz)"
-                ));
-            }
-            rate = Some(r);
-        }
-        at = next;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn wav(rate: u32, samples: &[i16]) -> Vec<u8> {
-        let data: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
-        let mut out = Vec::new();
-        out.extend_from_slice(b"RIFF");
-        out.extend_from_slice(&(36 + data.len() as u32 + 10).to_le_bytes());
-        out.extend_from_slice(b"WAVE");
-        // An odd-length chunk flite does not write, to check the padding.
-        out.extend_from_slice(b"LIST");
-        out.extend_from_slice(&1u32.to_le_bytes());
-        out.extend_from_slice(&[0, 0]);
-        out.extend_from_slice(b"fmt ");
-        out.extend_from_slice(&16u32.to_le_bytes());
-        out.extend_from_slice(&1u16.to_le_bytes());
-        out.extend_from_slice(&1u16.to_le_bytes());
-        out.extend_from_slice(&rate.to_le_bytes());
-        out.extend_from_slice(&(rate * 2).to_le_bytes());
-        out.extend_from_slice(&2u16.to_le_bytes());
-        out.extend_from_slice(&16u16.to_le_bytes());
-        out.extend_from_slice(b"data");
-        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
-        out.extend_from_slice(&data);
-        out
-    }
-
-    #[test]
-    fn the_header_is_read_once_complete() {
-        let w = wav(16000, &[1, 2, 3]);
-        for cut in 0..54 {
-            assert_eq!(parse_header(&w[..cut]).unwrap(), None, "cut at {cut}");
-        }
-        let h = parse_header(&w).unwrap().unwrap();
-        assert_eq!(
-            h,
-            WavHeader {
-                rate: 16000,
-                data_start: 54,
-                data_len: 6
-            }
-        );
-        assert!(parse_header(b"RIFX\0\0\0\0WAVE").is_err());
-    }
-
     #[tokio::test]
     async fn a_wav_stream_becomes_whole_frames_at_8_khz() {
         let samples: Vec<i16> = (0..16000).map(|i| ((i % 40) * 100) as i16).collect();
-        let bytes = wav(16000, &samples);
+        let bytes = crate::media::wav::write_pcm16(&samples, 16000, 1);
         let (tx, mut rx) = mpsc::channel(1000);
         stream_wav(&mut &bytes[..], &tx).await.unwrap();
         drop(tx);

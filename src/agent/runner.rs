@@ -1,0 +1,321 @@
+//! The agents a call runs: the diagnostic `echo` (the media session sends
+//! the caller's audio back), `prompt` (plays a WAV file or a tone, then
+//! hangs up), and `voice`, the speech pipeline: an [`AgentSession`] in its
+//! own task, attached to the call's media session by an
+//! [`crate::media::AudioPort`], so the caller's frames and its own never
+//! pass through the call task.
+//!
+//! The call task keeps the control: it starts the agent, hands it the
+//! caller's DTMF, reads its [`AgentRequest`]s (hang up, opt out, transfer)
+//! and, at the end, takes the [`Transcript`] (with the summary) to store.
+//!
+//! Must not: touch SIP, or import `call`, `store` or `api`: the call layer
+//! maps a request to its end reason and stores the transcript.
+
+use std::f64::consts::PI;
+use std::path::Path;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::brain::{Action, Role};
+use super::session::{AgentSession, Said, SessionConfig, SessionEnd};
+use super::speech::Speech;
+use super::{BrainConfig, CallSettings, PromptSettings, build_brain};
+use crate::media::{AudioRoute, CLOCK_RATE, Digit, MediaHandle, SessionClosed};
+
+/// Peak of the generated tone: -10 dBFS, loud but far from clipping.
+const TONE_AMPLITUDE: f64 = 10_362.0;
+/// Caller key presses buffered towards the session; more are dropped.
+const SESSION_DTMF: usize = 32;
+/// The call's actions buffered from the session.
+const SESSION_ACTIONS: usize = 8;
+/// How long the session gets to hand back its transcript at the end.
+const SESSION_STOP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest summary kept.
+const SUMMARY_CHARS: usize = 500;
+
+/// An agent running on one call.
+#[derive(Debug)]
+pub enum AgentRun {
+    Echo,
+    Prompt {
+        /// 8 kHz mono PCM, taken when playing starts.
+        audio: Option<Vec<i16>>,
+    },
+    Voice(Box<Voice>),
+}
+
+/// What the agent asks of the call task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentRequest {
+    /// Hang up: the agent is done.
+    Hangup,
+    /// The callee asked not to be called again; hang up.
+    OptOut,
+    /// Blind transfer to this number or SIP URI (SIP REFER).
+    Transfer(String),
+}
+
+/// The `voice` agent: ready to start, then running.
+pub struct Voice {
+    /// Taken when the call is answered.
+    session: Option<AgentSession>,
+    dtmf: Option<mpsc::Sender<String>>,
+    actions: Option<mpsc::Receiver<Action>>,
+    task: Option<JoinHandle<SessionEnd>>,
+}
+
+impl std::fmt::Debug for Voice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Voice")
+            .field("running", &self.task.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a `voice` agent leaves when the call ends.
+#[derive(Debug, Clone, Default)]
+pub struct Transcript {
+    pub said: Vec<Said>,
+    pub summary: Option<String>,
+}
+
+impl AgentRun {
+    /// The agent for `kind` (`echo`, `prompt` or `voice`); `settings_json`
+    /// is the agent's stored settings document. An agent that cannot run
+    /// (a `prompt` whose sound cannot be read, a `voice` agent whose brain
+    /// or speech engines cannot be built) is an error the call is refused
+    /// or ended with.
+    pub async fn new(
+        kind: &str,
+        settings: &CallSettings,
+        settings_json: &str,
+        speech: &Speech,
+        inbound: bool,
+    ) -> Result<Self, String> {
+        match kind {
+            "echo" => Ok(AgentRun::Echo),
+            "prompt" => {
+                let prompt = settings
+                    .prompt
+                    .as_ref()
+                    .ok_or("prompt agent without prompt settings")?;
+                let audio = prompt_audio(prompt).await?;
+                Ok(AgentRun::Prompt { audio: Some(audio) })
+            }
+            "voice" => {
+                let session = voice_session(settings, settings_json, speech, inbound)?;
+                Ok(AgentRun::Voice(Box::new(Voice {
+                    session: Some(session),
+                    dtmf: None,
+                    actions: None,
+                    task: None,
+                })))
+            }
+            other => Err(format!("agent kind {other:?} cannot run on a call")),
+        }
+    }
+
+    /// The call is answered: start talking (or listening).
+    pub async fn start(&mut self, media: &MediaHandle) -> Result<(), SessionClosed> {
+        match self {
+            AgentRun::Prompt { audio } => {
+                if let Some(samples) = audio.take() {
+                    media.play(samples).await?;
+                }
+            }
+            AgentRun::Voice(v) => v.start(media).await?,
+            // The media session plays the caller back itself.
+            AgentRun::Echo => media.route_audio(AudioRoute::Loopback).await?,
+        }
+        Ok(())
+    }
+
+    /// A digit from the caller (RFC 4733 or SIP INFO), handed on without
+    /// waiting: a session that falls behind loses keys rather than stall
+    /// the call task.
+    pub fn on_digit(&mut self, digit: Digit) {
+        let AgentRun::Voice(v) = self else { return };
+        let Some(tx) = &v.dtmf else { return };
+        match tx.try_send(digit.as_char().to_string()) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!("agent session behind, key press dropped");
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => v.dtmf = None,
+        }
+    }
+
+    /// The next thing the `voice` agent asks of the call; never resolves
+    /// for the other agents. `None`: the session has ended.
+    pub async fn next_request(&mut self) -> Option<AgentRequest> {
+        let AgentRun::Voice(v) = self else {
+            return std::future::pending().await;
+        };
+        let Some(rx) = v.actions.as_mut() else {
+            return std::future::pending().await;
+        };
+        // Ends when the session does; its other actions are its own.
+        loop {
+            match rx.recv().await? {
+                Action::Hangup => return Some(AgentRequest::Hangup),
+                Action::OptOut => return Some(AgentRequest::OptOut),
+                Action::Transfer { to } => return Some(AgentRequest::Transfer(to)),
+                Action::SendDtmf { .. } | Action::Summary { .. } => {}
+            }
+        }
+    }
+
+    /// Everything the media session had queued has been sent: the prompt
+    /// agent is done.
+    pub fn on_playout_drained(&mut self) -> Option<AgentRequest> {
+        matches!(self, AgentRun::Prompt { audio: None }).then_some(AgentRequest::Hangup)
+    }
+
+    /// Stops the agent; a `voice` agent answers its transcript.
+    pub async fn finish(self) -> Option<Transcript> {
+        let AgentRun::Voice(mut v) = self else {
+            return None;
+        };
+        // The session ends when its DTMF channel closes, and hands back
+        // what it said until then.
+        v.dtmf = None;
+        v.actions = None;
+        let end = match v.task.take() {
+            Some(task) => {
+                let abort = task.abort_handle();
+                match tokio::time::timeout(SESSION_STOP_TIMEOUT, task).await {
+                    Ok(Ok(end)) => end,
+                    _ => {
+                        tracing::debug!("agent session did not stop in time");
+                        abort.abort();
+                        SessionEnd::default()
+                    }
+                }
+            }
+            None => SessionEnd::default(),
+        };
+        let summary = end
+            .summary
+            .map(|text| text.chars().take(SUMMARY_CHARS).collect())
+            .or_else(|| summary_of(&end.said));
+        Some(Transcript {
+            said: end.said,
+            summary,
+        })
+    }
+}
+
+impl Voice {
+    /// Attaches the session to the call's media and starts it: transcript
+    /// offsets and frame times count from now, the answer.
+    async fn start(&mut self, media: &MediaHandle) -> Result<(), SessionClosed> {
+        let Some(mut session) = self.session.take() else {
+            return Ok(());
+        };
+        let port = media.attach().await?;
+        session.config.epoch = Some(Instant::now());
+        let (dtmf_tx, dtmf_rx) = mpsc::channel(SESSION_DTMF);
+        let (action_tx, action_rx) = mpsc::channel(SESSION_ACTIONS);
+        let span = tracing::info_span!("agent_session");
+        let run = session.run(port, dtmf_rx, action_tx).instrument(span);
+        self.task = Some(tokio::spawn(run));
+        self.dtmf = Some(dtmf_tx);
+        self.actions = Some(action_rx);
+        Ok(())
+    }
+}
+
+/// The `voice` agent's session, from the agent's settings.
+fn voice_session(
+    settings: &CallSettings,
+    settings_json: &str,
+    speech: &Speech,
+    inbound: bool,
+) -> Result<AgentSession, String> {
+    let brain_config = BrainConfig::from_settings(settings_json)
+        .map_err(|e| format!("voice agent settings: {e}"))?;
+    let brain = build_brain(&brain_config).map_err(|e| format!("voice agent brain: {e}"))?;
+    let stt = speech
+        .stt(settings.stt.as_ref())
+        .map_err(|e| format!("voice agent speech-to-text: {e}"))?;
+    let tts = speech
+        .tts(settings.tts.as_ref())
+        .map_err(|e| format!("voice agent text-to-speech: {e}"))?;
+    let config = SessionConfig {
+        turn: settings.turn.clone().unwrap_or_default().config(),
+        greeting: settings
+            .opening
+            .clone()
+            .unwrap_or_default()
+            .greeting(inbound),
+        ..SessionConfig::default()
+    };
+    Ok(AgentSession {
+        brain,
+        stt,
+        tts,
+        config,
+    })
+}
+
+/// The summary when the brain gave none: how many turns, and the agent's
+/// last line.
+fn summary_of(said: &[Said]) -> Option<String> {
+    if said.is_empty() {
+        return None;
+    }
+    let last = said
+        .iter()
+        .rev()
+        .find(|s| s.role != Role::User)
+        .map(|s| s.heard.clone().unwrap_or_else(|| s.text.clone()));
+    let count = match said.len() {
+        1 => "1 turn".to_owned(),
+        n => format!("{n} turns"),
+    };
+    let text = match last {
+        Some(line) => format!("{count}; the agent last said: {line}"),
+        None => format!("{count}; the agent said nothing"),
+    };
+    Some(text.chars().take(SUMMARY_CHARS).collect())
+}
+
+async fn prompt_audio(settings: &PromptSettings) -> Result<Vec<i16>, String> {
+    if let Some(path) = &settings.wav_path {
+        let bytes = tokio::fs::read(Path::new(path))
+            .await
+            .map_err(|e| format!("cannot read {path}: {e}"))?;
+        return crate::media::wav::read_mono_8k(&bytes).map_err(|e| format!("{path}: {e}"));
+    }
+    let hz = settings.tone_hz.unwrap_or(440);
+    Ok(tone(f64::from(hz), settings.duration_ms))
+}
+
+/// A sine tone at 8 kHz.
+pub fn tone(hz: f64, duration_ms: u32) -> Vec<i16> {
+    let samples = u64::from(duration_ms) * u64::from(CLOCK_RATE) / 1000;
+    (0..samples)
+        .map(|n| {
+            let t = n as f64 / f64::from(CLOCK_RATE);
+            // Bounded by TONE_AMPLITUDE, inside i16.
+            (TONE_AMPLITUDE * (2.0 * PI * hz * t).sin()) as i16
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tone_has_the_asked_length() {
+        let t = tone(1000.0, 500);
+        assert_eq!(t.len(), 4000);
+        assert!(t.iter().any(|s| *s > 10_000));
+    }
+}
