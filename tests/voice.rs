@@ -540,6 +540,106 @@ async fn barge_in_stops_the_agent_on_the_wire() {
     assert!(text.starts_with(heard) && heard.len() < text.len(), "{t}");
 }
 
+/// How long flite speaks `text` in `voice`, in seconds.
+fn spoken_seconds(dir: &std::path::Path, voice: &str, text: &str) -> f32 {
+    let wav = dir.join(format!("{voice}-measure.wav"));
+    let ok = std::process::Command::new("flite")
+        .args(["-voice", voice, "-t", text, "-o"])
+        .arg(&wav)
+        .status()
+        .expect("flite is installed by scripts/test")
+        .success();
+    assert!(ok, "flite failed");
+    let out = std::process::Command::new("sox")
+        .args(["--i", "-D"])
+        .arg(&wav)
+        .output()
+        .expect("sox is installed by scripts/test");
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// Issue 13: the caller starts speaking 200 ms before the greeting ends
+/// (less than the barge-in threshold) and goes on: the agent answers with
+/// the scripted reply, and every reply in the transcript has its four
+/// latency steps. The daemon used to take the caller's words for a
+/// backchannel and sit silent until the RTP timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_who_talks_over_the_end_of_the_greeting_is_answered() {
+    let d = TestDaemon::builder()
+        .profile("carrier", &trunk())
+        .start()
+        .await;
+    // One piece for TTS (no clause break), so its length on the wire is
+    // flite's length for the whole text.
+    let greeting = "Welcome to the city clinic.";
+    provision(
+        &d,
+        json!({
+            "name": "clinic",
+            "kind": "voice",
+            "max_duration_seconds": 60,
+            "tts": {"provider": "embedded", "voice": "kal"},
+            "script": {
+                "start": "main",
+                "greeting": greeting,
+                "fallback": "Sorry, could you say that again?",
+                "slots": {"day": {"pattern": "\\b(monday|tuesday|wednesday|thursday|friday)\\b"}},
+                "states": {"main": {"intents": [
+                    {"name": "book", "keywords": ["appointment", "book"],
+                     "reply": "Your appointment is booked for {day}."}
+                ]}}
+            }
+        }),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    // The greeting's first packet leaves about 100 ms after the answer
+    // (flite's start); the caller starts 200 ms before its last one.
+    let lead = 0.1 + spoken_seconds(dir.path(), "kal", greeting) - 0.2;
+    let speech = flite_ulaw(
+        dir.path(),
+        "kal",
+        "I would like to book an appointment for Tuesday.",
+        lead,
+        1.0,
+    );
+    let scenario = streaming_caller(dir.path(), &speech, 12_000);
+    let run = call_number(&d, &scenario, free_udp_port()).await;
+    assert!(run.success, "{}\n{}", run.output, d.log());
+    let call = ended_call(&d).await;
+    let t = transcript(&d, call["id"].as_str().unwrap()).await;
+    let turns = t["turns"].as_array().unwrap();
+    let (first, caller) = (&turns[0], turns.iter().find(|t| t["speaker"] == "caller"));
+    let caller = caller.unwrap_or_else(|| panic!("no caller turn: {t}\n{}", d.log()));
+    // The caller did start inside the greeting, for less than a barge-in.
+    assert_eq!(first["speaker"], "agent", "{t}");
+    assert_eq!(first["interrupted"], false, "{t}");
+    let overlap = first["end_ms"].as_i64().unwrap() - caller["start_ms"].as_i64().unwrap();
+    assert!((1..400).contains(&overlap), "overlap {overlap} ms: {t}");
+    let words = caller["text"].as_str().unwrap().to_lowercase();
+    assert!(words.contains("appointment"), "{t}");
+    let replies: Vec<&Value> = turns
+        .iter()
+        .filter(|t| t["speaker"] == "agent" && !t["latency"]["stt_final_ms"].is_null())
+        .collect();
+    assert!(
+        replies
+            .iter()
+            .any(|r| r["text"] == "Your appointment is booked for tuesday."),
+        "{t}"
+    );
+    for r in replies {
+        for step in [
+            "stt_final_ms",
+            "llm_first_token_ms",
+            "tts_first_audio_ms",
+            "first_rtp_ms",
+        ] {
+            assert!(r["latency"][step].is_u64(), "{step} missing: {t}");
+        }
+    }
+}
+
 /// The script's transfer action: the caller presses 0, hears "Transferring
 /// you", gets a REFER to the number (RFC 3515) and, once it accepts, the
 /// agent's BYE; the call ends `transferred`.
