@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until, timeout};
 
 use super::end_reason::FailureCause;
@@ -30,7 +31,7 @@ use super::{EndReason, Shared};
 use crate::agent::brain::Role;
 use crate::agent::runner::{AgentRequest, AgentRun, Transcript};
 use crate::agent::session::Said;
-use crate::media::{Digit, Direction, LocalSdp, MediaEvent, RtpSession};
+use crate::media::{Digit, Direction, LocalSdp, MediaEvent, MediaHandle, MediaStats, RtpSession};
 use crate::sip::{Call, DialogEvent, ReInvite};
 use crate::store::transcripts::NewTurn;
 
@@ -111,25 +112,9 @@ pub(super) async fn run(shared: &Arc<Shared>, call: Established) -> EndReason {
                     .err()
                     .map(|_| EndReason::Failed(FailureCause::MediaClosed)),
                 Screened::End(reason) => Some(reason),
-                Screened::Media(event) => match event {
-                    Some(MediaEvent::Digit(digit)) => {
-                        on_digit(shared, &id, &screen, &mut agent, digit, "RFC 4733").await
-                    }
-                    Some(MediaEvent::PlayoutDrained) => match agent.on_playout_drained() {
-                        Some(request) => fulfil(&mut sip, request).await,
-                        None => None,
-                    },
-                    Some(MediaEvent::Timeout) => Some(EndReason::MediaTimeout),
-                    Some(MediaEvent::Latched(addr)) => {
-                        tracing::debug!(%addr, "RTP latched");
-                        None
-                    }
-                    // The caller's audio before the agent starts (a voice
-                    // agent takes it from the media session itself), and
-                    // the prompt's playout start: nothing to do.
-                    Some(MediaEvent::Audio(_) | MediaEvent::PlayoutStarted(_)) => None,
-                    None => Some(EndReason::Failed(FailureCause::MediaClosed)),
-                },
+                Screened::Media(event) => {
+                    on_media(shared, &id, &screen, &mut sip, &mut agent, event).await
+                }
             },
             request = agent.next_request() => match request {
                 Some(request) => fulfil(&mut sip, request).await,
@@ -158,9 +143,16 @@ pub(super) async fn run(shared: &Arc<Shared>, call: Established) -> EndReason {
             .transcript(&id, &turns, summary.as_deref())
             .await;
     }
-    drop(media);
     drop(events);
-    match timeout(MEDIA_STOP_TIMEOUT, media_task).await {
+    stop_media(media, media_task).await;
+    reason
+}
+
+/// Drops the call's last handle on its media session and waits (bounded)
+/// for the session's last counters.
+async fn stop_media(media: MediaHandle, task: JoinHandle<MediaStats>) {
+    drop(media);
+    match timeout(MEDIA_STOP_TIMEOUT, task).await {
         Ok(Ok(stats)) => tracing::info!(
             packets_in = stats.packets_in,
             packets_out = stats.packets_out,
@@ -170,7 +162,36 @@ pub(super) async fn run(shared: &Arc<Shared>, call: Established) -> EndReason {
         ),
         _ => tracing::debug!("media task did not report"),
     }
-    reason
+}
+
+/// A media event for the call (the audio itself goes to the agent).
+async fn on_media(
+    shared: &Shared,
+    id: &str,
+    screen: &Screen,
+    sip: &mut Call,
+    agent: &mut AgentRun,
+    event: Option<MediaEvent>,
+) -> Option<EndReason> {
+    match event {
+        Some(MediaEvent::Digit(digit)) => {
+            on_digit(shared, id, screen, agent, digit, "RFC 4733").await
+        }
+        Some(MediaEvent::PlayoutDrained) => match agent.on_playout_drained() {
+            Some(request) => fulfil(sip, request).await,
+            None => None,
+        },
+        Some(MediaEvent::Timeout) => Some(EndReason::MediaTimeout),
+        Some(MediaEvent::Latched(addr)) => {
+            tracing::debug!(%addr, "RTP latched");
+            None
+        }
+        // The caller's audio before the agent starts (a voice agent takes
+        // it from the media session itself), and the prompt's playout
+        // start: nothing to do.
+        Some(MediaEvent::Audio(_) | MediaEvent::PlayoutStarted(_)) => None,
+        None => Some(EndReason::Failed(FailureCause::MediaClosed)),
+    }
 }
 
 /// A key the caller pressed: stored on the call; a campaign's opt-out key
