@@ -1003,6 +1003,88 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_attached_port_gets_the_audio_and_the_playout_of_what_it_plays() {
+        let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut session = start(peer.local_addr().unwrap(), short_config()).await;
+        let mut port = session.handle.attach().await.unwrap();
+        let to = session.handle.local_addr();
+        let sender = tokio::spawn(async move {
+            send_tone(&peer, to, 20).await;
+            peer
+        });
+        let mut frames = 0;
+        while frames < 5 {
+            match tokio::time::timeout(Duration::from_secs(2), port.events.recv()).await {
+                Ok(Some(PortEvent::Audio { frame, playout, .. })) => {
+                    assert_eq!(frame.samples.len(), FRAME_SAMPLES);
+                    assert_eq!(playout, PortPlayout::default());
+                    frames += 1;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let peer = sender.await.unwrap();
+        // The call's events carry no audio once the port is attached.
+        let events = collect(&mut session.events, Duration::from_millis(100), |_| false).await;
+        assert!(
+            !events.iter().any(|e| matches!(e, MediaEvent::Audio(_))),
+            "{events:?}"
+        );
+        // Ten frames played: a run starts at once, then drains with all of
+        // it sent; a clear mid-run drains at once.
+        for _ in 0..10 {
+            port.commands
+                .send(PortCommand::Play(tone(440.0, 0, FRAME_SAMPLES)))
+                .await
+                .unwrap();
+        }
+        let mut buf = [0u8; 2048];
+        let mut runs = Vec::new();
+        while runs.len() < 2 {
+            match tokio::time::timeout(Duration::from_secs(2), port.events.recv()).await {
+                Ok(Some(PortEvent::Started { playout, .. })) => runs.push(("started", playout)),
+                Ok(Some(PortEvent::Drained { playout, .. })) => runs.push(("drained", playout)),
+                Ok(Some(PortEvent::Audio { .. })) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(runs[0].0, "started");
+        assert!(runs[0].1.received >= 160, "{runs:?}");
+        assert_eq!(
+            runs[1],
+            (
+                "drained",
+                PortPlayout {
+                    received: 1600,
+                    queued: 0
+                }
+            )
+        );
+        for _ in 0..10 {
+            peer.recv_from(&mut buf).await.unwrap();
+        }
+        port.commands
+            .send(PortCommand::Play(tone(440.0, 0, 8000)))
+            .await
+            .unwrap();
+        port.commands.send(PortCommand::Clear).await.unwrap();
+        let drained = loop {
+            match tokio::time::timeout(Duration::from_secs(2), port.events.recv()).await {
+                Ok(Some(PortEvent::Drained { playout, .. })) => break playout,
+                Ok(Some(_)) => {}
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(
+            drained,
+            PortPlayout {
+                received: 9600,
+                queued: 0
+            }
+        );
+    }
+
+    #[tokio::test]
     async fn hold_stops_sending_and_pauses_the_timeout() {
         let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let mut session = start(peer.local_addr().unwrap(), short_config()).await;

@@ -138,7 +138,7 @@ pub struct SessionEnd {
 }
 
 /// The session's IO around its core.
-struct Driver {
+struct SessionIo {
     brain: Arc<dyn Brain>,
     tts: Arc<dyn Tts>,
     epoch: Instant,
@@ -172,7 +172,7 @@ impl AgentSession {
             d if d.is_zero() => DEFAULT_STT_FINAL_TIMEOUT,
             d => d,
         };
-        let mut d = Driver {
+        let mut d = SessionIo {
             brain: self.brain,
             tts: self.tts,
             epoch,
@@ -226,7 +226,7 @@ impl AgentSession {
     }
 }
 
-impl Driver {
+impl SessionIo {
     /// Now on the session's clock.
     fn now(&self) -> Duration {
         self.epoch.elapsed()
