@@ -593,16 +593,34 @@ async fn a_caller_who_talks_over_the_end_of_the_greeting_is_answered() {
     )
     .await;
     let dir = tempfile::tempdir().unwrap();
-    // The greeting's first packet leaves about 100 ms after the answer
-    // (flite's start); the caller starts 200 ms before its last one.
-    let lead = 0.1 + spoken_seconds(dir.path(), "kal", greeting) - 0.2;
-    let speech = flite_ulaw(
-        dir.path(),
-        "kal",
-        "I would like to book an appointment for Tuesday.",
-        lead,
-        1.0,
-    );
+    // The greeting's first packet leaves about 50 ms after the answer
+    // (flite's start); the caller's first word (flite's leading silence
+    // trimmed) comes 200 ms before its last packet.
+    let lead = 0.05 + spoken_seconds(dir.path(), "kal", greeting) - 0.2;
+    let kal = dir.path().join("caller.wav");
+    let ok = std::process::Command::new("flite")
+        .args([
+            "-voice",
+            "kal",
+            "-t",
+            "I would like to book an appointment for Tuesday.",
+            "-o",
+        ])
+        .arg(&kal)
+        .status()
+        .expect("flite is installed by scripts/test")
+        .success();
+    assert!(ok, "flite failed");
+    let speech = dir.path().join("caller.ul");
+    let ok = std::process::Command::new("sox")
+        .arg(&kal)
+        .args(["-r", "8000", "-c", "1", "-t", "ul"])
+        .arg(&speech)
+        .args(["silence", "1", "0.02", "1%", "pad", &lead.to_string(), "1"])
+        .status()
+        .expect("sox is installed by scripts/test")
+        .success();
+    assert!(ok, "sox failed");
     let scenario = streaming_caller(dir.path(), &speech, 12_000);
     let run = call_number(&d, &scenario, free_udp_port()).await;
     assert!(run.success, "{}\n{}", run.output, d.log());
@@ -615,6 +633,7 @@ async fn a_caller_who_talks_over_the_end_of_the_greeting_is_answered() {
     assert_eq!(first["speaker"], "agent", "{t}");
     assert_eq!(first["interrupted"], false, "{t}");
     let overlap = first["end_ms"].as_i64().unwrap() - caller["start_ms"].as_i64().unwrap();
+    println!("the caller started {overlap} ms before the greeting ended");
     assert!((1..400).contains(&overlap), "overlap {overlap} ms: {t}");
     let words = caller["text"].as_str().unwrap().to_lowercase();
     assert!(words.contains("appointment"), "{t}");
