@@ -18,10 +18,20 @@ pub const WEBHOOK_OUTBOX_OLDEST_AGE: &str = "agentline_webhook_outbox_oldest_age
 /// Counter: requests received outside any transaction, label `method`.
 pub const SIP_REQUESTS_TOTAL: &str = "agentline_sip_requests_total";
 
-/// Counter: requests answered with an error by the guard layer or dropped,
-/// label `reason` (`not_admitted`, `bad_request`, `unsupported_media_type`,
-/// `bad_extension`).
+/// Counter: messages the edge dropped before the parser, or requests the
+/// guard layer answered with an error, label `reason`: `not_admitted` (no
+/// trunk allows the source), `banned`, `rate_limited` (a stranger over its
+/// limit, now banned), `throttled` (a trunk source over its limit),
+/// `scanner`, `overload` (transaction or source table full),
+/// `tcp_refused` (a connection closed at accept), `tcp_timeout`,
+/// `too_large`, `bad_request`, `unsupported_media_type`, `bad_extension`.
 pub const SIP_REQUESTS_REJECTED_TOTAL: &str = "agentline_sip_requests_rejected_total";
+
+/// Gauge: sources the SIP edge has banned now.
+pub const SIP_BANNED_SOURCES: &str = "agentline_sip_banned_sources";
+
+/// Gauge: SIP TCP connections open now (accepted at the edge).
+pub const SIP_TCP_CONNECTIONS: &str = "agentline_sip_tcp_connections";
 
 /// Gauge: 1 when the trunk is registered, 0 otherwise, label `trunk`.
 pub const SIP_REGISTRATION_STATE: &str = "agentline_sip_registration_state";
@@ -218,6 +228,15 @@ fn describe() {
         CALL_AMD_VERDICTS_TOTAL,
         "Answering-machine detection verdicts, by what answered."
     );
+    metrics::describe_counter!(
+        SIP_REQUESTS_REJECTED_TOTAL,
+        "SIP messages dropped at the edge or refused by the guard layer, by reason."
+    );
+    metrics::describe_gauge!(
+        SIP_BANNED_SOURCES,
+        "SIP sources banned now by the flood guard."
+    );
+    metrics::describe_gauge!(SIP_TCP_CONNECTIONS, "SIP TCP connections open now.");
     metrics::describe_gauge!(
         SIP_REGISTRATION_STATE,
         "1 when the trunk is registered, 0 otherwise."

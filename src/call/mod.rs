@@ -43,7 +43,7 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 
 use crate::agent::speech::Speech;
-use crate::config::{self, Config, Profile, SharedProfiles, UnknownSource};
+use crate::config::{self, Config, Profile, SharedProfiles};
 use crate::media::{self, MediaError, PortAllocator, SessionConfig};
 use crate::metrics::{CALLS_ENDED_TOTAL, CALLS_STARTED_TOTAL};
 use crate::sip::{
@@ -76,7 +76,8 @@ pub(crate) struct Shared {
     /// Set once by [`Calls::start_sip`].
     stack: OnceLock<SipStack>,
     ports: PortAllocator,
-    unknown_source: UnknownSource,
+    /// The SIP edge's settings (`[sip]` unknown_source, flood, tcp).
+    sip: config::SipConfig,
     /// Ringing time before an inbound call is answered.
     answer_delay: Duration,
     /// Default ring timeout of outbound calls.
@@ -154,7 +155,7 @@ impl Calls {
                 trunks,
                 stack: OnceLock::new(),
                 ports,
-                unknown_source: config.sip.unknown_source,
+                sip: config.sip.clone(),
                 answer_delay: Duration::from_millis(config.calls.answer_delay_ms),
                 ring_timeout: Duration::from_secs(u64::from(config.calls.ring_timeout_seconds)),
                 media,
@@ -175,6 +176,11 @@ impl Calls {
     ) -> Result<SipStack, SipError> {
         let mut config = SipConfig::new(listen);
         config.public_address = public.map(|ip| SocketAddr::new(ip, 0));
+        let edge = &self.shared.sip;
+        config.unknown_source = edge.unknown_source;
+        config.flood = edge.flood.clone();
+        config.tcp_limits = edge.tcp;
+        config.user_agent = Some(edge.server_header.clone()).filter(|ua| !ua.is_empty());
         let stack = SipStack::start(config, Arc::new(Handler(Arc::clone(&self.shared)))).await?;
         if self.shared.stack.set(stack.clone()).is_err() {
             return Err(SipError::Invalid {
@@ -284,14 +290,22 @@ fn may_authenticate(shared: &Shared, method: &str) -> bool {
 struct Handler(Arc<Shared>);
 
 impl InboundHandler for Handler {
+    /// Asked for every packet: no profile is cloned.
     fn admit(&self, source: &RequestSource) -> Admission {
-        if self.0.unknown_source == UnknownSource::Drop
-            && inbound::trunk_for_source(&self.0, source.addr.ip()).is_none()
-            && !may_authenticate(&self.0, &source.method)
-        {
-            return Admission::Drop;
+        let ip = source.addr.ip();
+        let allowed = self
+            .0
+            .profiles
+            .get()
+            .by_name
+            .values()
+            .any(|p| p.inbound.allow.iter().any(|net| net.contains(&ip)));
+        // A trunk with inbound auth lets strangers reach its challenge.
+        if allowed || may_authenticate(&self.0, &source.method) {
+            Admission::Admit
+        } else {
+            Admission::Drop
         }
-        Admission::Admit
     }
 
     fn digest_accounts(&self, source: &RequestSource) -> Vec<DigestAccount> {

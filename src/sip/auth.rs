@@ -20,8 +20,8 @@
 //! keep state for a source that never authenticated beyond its failure
 //! count.
 
-use super::inbound::InviteInfo;
-use super::transport::{InboundHandler, RequestSource, Transport};
+use super::base::{RequestSource, Transport};
+use super::inbound::{InboundHandler, InviteInfo};
 use crate::metrics::SIP_REQUESTS_REJECTED_TOTAL;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

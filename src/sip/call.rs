@@ -4,9 +4,7 @@
 //! ezk-sip-ua keeps its REFER support private to its own call type, so it
 //! is built here on the dialog). Dropping a live [`Call`] sends BYE.
 
-use super::guard::is_sdp;
-use super::inbound::attach_sdp;
-use super::transport::SipError;
+use super::base::{SipError, attach_sdp, is_sdp};
 use bytes::Bytes;
 use ezk_sip_core::{Endpoint, IncomingRequest, MayTake};
 use ezk_sip_types::header::typed::ContentType;

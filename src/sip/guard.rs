@@ -1,8 +1,13 @@
-//! The first layer every request passes: admission (silent drop), OPTIONS
-//! keepalive, and the RFC 3261 §8.2 checks a UAS makes before it acts on a
-//! request.
+//! The first layer every request passes once the edge ([`super::edge`])
+//! admitted it: OPTIONS keepalive, and the RFC 3261 §8.2 checks a UAS makes
+//! before it acts on a request.
+//!
+//! Must not decide who may talk to us: by the time a request gets here the
+//! edge has classified its source, applied the flood limits and dropped
+//! strangers, before ezk parsed it or made a transaction.
 
-use super::transport::{Admission, InboundHandler, RequestSource, Transport};
+use super::base::{is_sdp, respond};
+use super::tcp::TcpPeers;
 use crate::metrics::{SIP_REQUESTS_REJECTED_TOTAL, SIP_REQUESTS_TOTAL};
 use ezk_sip_core::{Endpoint, IncomingRequest, Layer, MayTake};
 use ezk_sip_types::header::typed::{Accept, ContentType, Require, Unsupported};
@@ -14,13 +19,14 @@ use std::sync::Arc;
 const SUPPORTED_EXTENSIONS: &[&str] = &["timer"];
 
 pub(crate) struct GuardLayer {
-    /// The caller's admission policy (trunk ACLs, flood guard).
-    handler: Arc<dyn InboundHandler>,
+    /// On the endpoint behind the TCP relay: who is really at the other
+    /// end of each relayed connection.
+    peers: Option<Arc<TcpPeers>>,
 }
 
 impl GuardLayer {
-    pub(crate) fn new(handler: Arc<dyn InboundHandler>) -> Self {
-        Self { handler }
+    pub(crate) fn new(peers: Option<Arc<TcpPeers>>) -> Self {
+        Self { peers }
     }
 }
 
@@ -36,25 +42,14 @@ impl Layer for GuardLayer {
         endpoint.add_accept(Accept("application/sdp".into()));
     }
 
-    async fn receive(&self, endpoint: &Endpoint, request: MayTake<'_, IncomingRequest>) {
+    async fn receive(&self, endpoint: &Endpoint, mut request: MayTake<'_, IncomingRequest>) {
+        if let Some(peers) = &self.peers {
+            restore_peer(peers, &mut request);
+        }
         let method = request.line.method.clone();
         metrics::counter!(SIP_REQUESTS_TOTAL, "method" => method_label(&method)).increment(1);
 
         let in_dialog = request.base_headers.to.tag.is_some();
-        if !in_dialog {
-            let source = RequestSource {
-                addr: request.tp_info.source,
-                transport: Transport::of(&request.tp_info.transport),
-                method: method.to_string(),
-            };
-            if self.handler.admit(&source) == Admission::Drop {
-                reject_metric("not_admitted");
-                tracing::debug!(source = %source.addr, %method, "request from a source not admitted, dropped");
-                drop(request.take());
-                return;
-            }
-        }
-
         if method == Method::ACK {
             return;
         }
@@ -91,6 +86,25 @@ impl Layer for GuardLayer {
             headers.insert_named(endpoint.allowed());
             headers.insert_named(&Accept("application/sdp".into()));
             respond(endpoint, request.take(), StatusCode::OK, None, headers).await;
+        }
+    }
+}
+
+/// Puts the real peer of a relayed TCP connection back where ezk wrote
+/// the relay's loopback address: the source, and Via `received`/`rport`
+/// (RFC 3261 §18.2.1, RFC 3581 §4).
+fn restore_peer(peers: &TcpPeers, request: &mut IncomingRequest) {
+    let Some(relay) = request.tp_info.transport.connection_remote() else {
+        return;
+    };
+    let Some(peer) = peers.peer_of(relay) else {
+        return;
+    };
+    request.tp_info.source = peer;
+    if let Some(via) = request.base_headers.via.first_mut() {
+        via.params.push_or_edit("received", peer.ip().to_string());
+        if let Some(rport) = via.params.get_mut("rport") {
+            rport.value = Some(peer.port().to_string().into());
         }
     }
 }
@@ -239,42 +253,4 @@ fn check(request: &IncomingRequest) -> Option<(StatusCode, &'static str, Headers
         }
     }
     None
-}
-
-/// `application/sdp`, compared without parameters and case.
-pub(crate) fn is_sdp(content_type: &ContentType) -> bool {
-    content_type
-        .0
-        .split(';')
-        .next()
-        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/sdp"))
-}
-
-/// Answer a request outside any dialog with a final response, in its own
-/// server transaction (the INVITE one waits for the ACK in the background).
-pub(crate) async fn respond(
-    endpoint: &Endpoint,
-    mut request: IncomingRequest,
-    code: StatusCode,
-    reason: Option<&'static str>,
-    mut extra: Headers,
-) {
-    if request.line.method == Method::ACK {
-        return;
-    }
-    let mut response = endpoint.create_response(&request, code, reason.map(Into::into));
-    extra.drain_into(&mut response.msg.headers);
-    if request.line.method == Method::INVITE {
-        let tsx = endpoint.create_server_inv_tsx(&mut request);
-        tokio::spawn(async move {
-            if let Err(e) = tsx.respond_failure(response).await {
-                tracing::debug!(error = %e, "no ACK for error response");
-            }
-        });
-    } else {
-        let tsx = endpoint.create_server_tsx(&mut request);
-        if let Err(e) = tsx.respond(response).await {
-            tracing::warn!(error = %e, "failed to send response");
-        }
-    }
 }

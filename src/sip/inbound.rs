@@ -2,12 +2,13 @@
 //! handler rejects, or rings and accepts; a CANCEL before the final answer
 //! gets 487 (§9.2). Also the last layer: answers requests nobody took.
 
+use super::auth::DigestAccount;
+use super::base::{Admission, LocalIdentity, RequestSource, Transport, attach_sdp, respond};
 use super::call::{Call, sdp_of};
-use super::guard::respond;
-use super::transport::{InboundHandler, LocalIdentity, Transport};
+use super::edge::{EdgeGuard, InviteSlot};
 use bytes::Bytes;
 use ezk_sip_core::{Endpoint, IncomingRequest, Layer, MayTake};
-use ezk_sip_types::header::typed::{ContentType, FromTo, RetryAfter};
+use ezk_sip_types::header::typed::{FromTo, RetryAfter};
 use ezk_sip_types::print::AppendCtx;
 use ezk_sip_types::uri::{SipUri, SipUriUserPart};
 use ezk_sip_types::{Headers, Method, Name, StatusCode};
@@ -17,6 +18,26 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
+
+/// The decisions the SIP layer leaves to its caller (the `call` module).
+pub trait InboundHandler: Send + Sync + 'static {
+    /// Called by the edge for every request (inside a dialog or not) before
+    /// ezk parses it or any transaction exists: [`Admission::Admit`] when a
+    /// trunk allows the source. Called per packet, so it must be cheap.
+    fn admit(&self, source: &RequestSource) -> Admission;
+
+    /// A new INVITE, already answered with 100 Trying. The handler owns it
+    /// and must reject it, or ring and accept it; dropping it unanswered
+    /// sends 500.
+    fn on_invite(&self, invite: IncomingInvite);
+
+    /// The digest accounts a request from `source` must prove one of
+    /// before it is processed (see `sip::auth`); none (the default): no
+    /// authentication.
+    fn digest_accounts(&self, _source: &RequestSource) -> Vec<DigestAccount> {
+        Vec::new()
+    }
+}
 
 /// What arrived with an INVITE: everything the caller needs to route it.
 #[derive(Debug, Clone)]
@@ -101,6 +122,9 @@ pub struct IncomingInvite {
     acceptor: Option<InviteAcceptor>,
     /// Our To tag (RFC 3261 §8.2.6.2), put on every non-100 response.
     local_tag: String,
+    /// Counts this INVITE against `max_server_transactions` until the
+    /// handler has answered it.
+    _slot: InviteSlot,
 }
 
 impl std::fmt::Debug for IncomingInvite {
@@ -246,11 +270,6 @@ fn set_to_tag(headers: &mut Headers, tag: &str) {
     }
 }
 
-pub(crate) fn attach_sdp(headers: &mut Headers, body: &mut Bytes, sdp: Bytes) {
-    headers.insert_named(&ContentType("application/sdp".into()));
-    *body = sdp;
-}
-
 pub(crate) fn user_of(uri: &SipUri) -> Option<String> {
     match &uri.user_part {
         SipUriUserPart::Empty => None,
@@ -266,11 +285,21 @@ pub(crate) struct InboundLayer {
     handler: Arc<dyn InboundHandler>,
     /// Our Contact for the dialogs we accept.
     local: Arc<LocalIdentity>,
+    /// Counts the INVITEs in progress.
+    edge: Arc<EdgeGuard>,
 }
 
 impl InboundLayer {
-    pub(crate) fn new(handler: Arc<dyn InboundHandler>, local: Arc<LocalIdentity>) -> Self {
-        Self { handler, local }
+    pub(crate) fn new(
+        handler: Arc<dyn InboundHandler>,
+        local: Arc<LocalIdentity>,
+        edge: Arc<EdgeGuard>,
+    ) -> Self {
+        Self {
+            handler,
+            local,
+            edge,
+        }
     }
 }
 
@@ -371,6 +400,7 @@ impl InboundLayer {
             info,
             acceptor: Some(acceptor),
             local_tag,
+            _slot: self.edge.invite_slot(),
         });
     }
 }

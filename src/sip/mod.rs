@@ -60,25 +60,28 @@
 
 mod auth;
 pub mod backoff;
+mod base;
 mod call;
 mod challenge;
+mod edge;
 mod guard;
 mod inbound;
 mod lint;
 mod outbound;
 mod ping;
 mod registration;
+mod tcp;
 mod transport;
+mod udp;
 
 pub use auth::{DigestAccount, digest_identity};
+pub use base::{Admission, RequestSource, SipError, Transport};
 pub use call::{Call, DialogEvent, ReInvite};
-pub use inbound::{AcceptError, IncomingInvite, InviteInfo, Rejection};
+pub use inbound::{AcceptError, InboundHandler, IncomingInvite, InviteInfo, Rejection};
 pub use outbound::{OutboundCall, OutboundEvent, OutboundInvite};
 pub use ping::Probe;
 pub use registration::{Registration, RegistrationState, TrunkRegistration};
-pub use transport::{
-    Admission, InboundHandler, RequestSource, SipConfig, SipError, SipStack, Transport,
-};
+pub use transport::{SipConfig, SipStack};
 
 /// A peer given as `host[:port]` (or already a `sip:`/`sips:` URI, with
 /// `;transport=tcp` if wanted) as the URI requests are sent to.

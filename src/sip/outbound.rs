@@ -4,11 +4,10 @@
 //! the INVITE's own branch; with none, retransmissions stop at timer B.
 
 use super::Credentials;
+use super::base::{SipError, Transport, attach_sdp, is_sdp};
 use super::call::Call;
 use super::challenge::{Challenge, ChallengeResponder};
-use super::guard::is_sdp;
-use super::inbound::attach_sdp;
-use super::transport::{SipError, SipStack, Transport};
+use super::transport::SipStack;
 use crate::metrics::SIP_OUTBOUND_RESULTS_TOTAL;
 use bytes::Bytes;
 use ezk_sip_core::transaction::TsxResponse;

@@ -7,7 +7,8 @@
 //! Must not: decide what an answer means for a trunk or keep any state
 //! between probes; `call::trunk_pings` does that.
 
-use super::transport::{SipError, SipStack};
+use super::base::SipError;
+use super::transport::SipStack;
 use super::{peer_uri, random_token};
 use ezk_sip_core::Request;
 use ezk_sip_core::transport::TargetTransportInfo;

@@ -4,8 +4,9 @@
 //! and Expires: 0 when the [`Registration`] is stopped or dropped.
 
 use super::backoff::{RetryPolicy, refresh_after};
+use super::base::{SipError, Transport};
 use super::challenge::{Challenge, ChallengeResponder};
-use super::transport::{SipError, SipStack, Transport};
+use super::transport::SipStack;
 use super::{Credentials, peer_uri, random_token};
 use crate::metrics::{SIP_REGISTRATION_FAILURES_TOTAL, SIP_REGISTRATION_STATE};
 use ezk_sip_core::transport::TargetTransportInfo;

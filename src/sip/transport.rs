@@ -2,14 +2,15 @@
 //! endpoint with our layers in order, and knows the address we announce in
 //! Contact (and that the media layer puts into SDP).
 
-use super::auth::{AuthLayer, DigestAccount};
+use super::auth::AuthLayer;
+use super::base::{LocalIdentity, SipError, Transport};
+use super::edge::EdgeGuard;
 use super::guard::GuardLayer;
-use super::inbound::{InboundLayer, IncomingInvite};
-use ezk_sip_core::Endpoint;
-use ezk_sip_core::transport::TpHandle;
-use ezk_sip_types::header::typed::Contact;
-use ezk_sip_types::host::HostPort;
-use ezk_sip_types::uri::{NameAddr, SipUri};
+use super::inbound::{InboundHandler, InboundLayer};
+use super::tcp::{self, TcpPeers};
+use super::udp;
+use crate::config::{FloodConfig, SipTcpConfig, UnknownSource};
+use ezk_sip_core::{Endpoint, EndpointBuilder};
 use ezk_sip_ua::dialog::DialogLayer;
 use ezk_sip_ua::invite::InviteLayer;
 use std::fmt;
@@ -27,139 +28,30 @@ pub struct SipConfig {
     pub public_address: Option<SocketAddr>,
     /// Also accept SIP over TCP at the same port.
     pub tcp: bool,
-    /// User-Agent / Server header value.
-    pub user_agent: String,
+    /// User-Agent header value of our requests; `None` sends none (a
+    /// version tells scanners which exploits to try).
+    pub user_agent: Option<String>,
+    /// Sources no trunk allows: silence, or one stateless 403.
+    pub unknown_source: UnknownSource,
+    /// The edge's flood guard.
+    pub flood: FloodConfig,
+    /// TCP connection limits and timeouts.
+    pub tcp_limits: SipTcpConfig,
 }
 
 impl SipConfig {
-    /// UDP and TCP on `listen`, announcing the listen address.
+    /// UDP and TCP on `listen`, announcing the listen address, with the
+    /// default edge (strangers dropped).
     pub fn new(listen: SocketAddr) -> Self {
         Self {
             listen,
             public_address: None,
             tcp: true,
-            user_agent: concat!("agentline/", env!("CARGO_PKG_VERSION")).to_owned(),
+            user_agent: None,
+            unknown_source: UnknownSource::Drop,
+            flood: FloodConfig::default(),
+            tcp_limits: SipTcpConfig::default(),
         }
-    }
-}
-
-/// Errors at the border of the SIP layer.
-#[derive(Debug, thiserror::Error)]
-pub enum SipError {
-    /// The listen socket could not be bound.
-    #[error("cannot bind SIP {transport} on {addr}: {source}")]
-    Bind {
-        transport: Transport,
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    /// A configured address or URI does not parse or cannot be used.
-    #[error("invalid {what}: {value}")]
-    Invalid { what: &'static str, value: String },
-    /// Sending failed or the transaction timed out.
-    #[error("SIP transaction failed: {0}")]
-    Transaction(String),
-    /// The dialog or transaction is already over.
-    #[error("the call is already terminated")]
-    Terminated,
-}
-
-impl From<ezk_sip_core::Error> for SipError {
-    fn from(e: ezk_sip_core::Error) -> Self {
-        SipError::Transaction(e.to_string())
-    }
-}
-
-impl From<ezk_sip_types::header::HeaderError> for SipError {
-    fn from(e: ezk_sip_types::header::HeaderError) -> Self {
-        SipError::Transaction(e.to_string())
-    }
-}
-
-/// The transport a message arrived on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Transport {
-    Udp,
-    Tcp,
-}
-
-impl Transport {
-    pub(crate) fn of(handle: &TpHandle) -> Self {
-        if handle.is_udp() {
-            Transport::Udp
-        } else {
-            Transport::Tcp
-        }
-    }
-}
-
-impl fmt::Display for Transport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Transport::Udp => "UDP",
-            Transport::Tcp => "TCP",
-        })
-    }
-}
-
-/// Who sent a request that opens a transaction outside any dialog.
-#[derive(Debug, Clone)]
-pub struct RequestSource {
-    /// Source address of the packet or connection.
-    pub addr: SocketAddr,
-    pub transport: Transport,
-    /// Request method (`INVITE`, `OPTIONS`, ...).
-    pub method: String,
-}
-
-/// The handler's answer to "may this source talk to us at all".
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admission {
-    /// Process the request.
-    Admit,
-    /// Send nothing back (sources that no trunk allows, flood guard).
-    Drop,
-}
-
-/// The decisions the SIP layer leaves to its caller (the `call` module).
-pub trait InboundHandler: Send + Sync + 'static {
-    /// Called for each request outside a dialog before anything is sent,
-    /// so that sources no trunk allows get silence, not even 100 Trying.
-    fn admit(&self, source: &RequestSource) -> Admission;
-
-    /// A new INVITE, already answered with 100 Trying. The handler owns it
-    /// and must reject it, or ring and accept it; dropping it unanswered
-    /// sends 500.
-    fn on_invite(&self, invite: IncomingInvite);
-
-    /// The digest accounts a request from `source` must prove one of
-    /// before it is processed (see `sip::auth`); none (the default): no
-    /// authentication.
-    fn digest_accounts(&self, _source: &RequestSource) -> Vec<DigestAccount> {
-        Vec::new()
-    }
-}
-
-/// What every part of the layer needs to know about our own addresses.
-#[derive(Debug)]
-pub(crate) struct LocalIdentity {
-    /// Bound UDP socket address.
-    pub(crate) bound: SocketAddr,
-    /// Address announced in Contact.
-    pub(crate) public: SocketAddr,
-}
-
-impl LocalIdentity {
-    /// `<sip:user@public:port>` with `transport=tcp` when asked for.
-    pub(crate) fn contact(&self, user: Option<&str>, transport: Transport) -> Contact {
-        let mut uri = SipUri::new(HostPort::from(self.public));
-        if let Some(user) = user {
-            uri.set_user(user.to_owned().into());
-        }
-        if transport == Transport::Tcp {
-            uri = uri.uri_param_value("transport", "tcp");
-        }
-        Contact::new(NameAddr::uri(uri))
     }
 }
 
@@ -169,6 +61,7 @@ impl LocalIdentity {
 pub struct SipStack {
     pub(crate) endpoint: Endpoint,
     pub(crate) local: Arc<LocalIdentity>,
+    edge: Arc<EdgeGuard>,
 }
 
 impl fmt::Debug for SipStack {
@@ -187,38 +80,10 @@ impl SipStack {
         handler: Arc<dyn InboundHandler>,
     ) -> Result<Self, SipError> {
         let listen = pick_port(config.listen, config.tcp)?;
-
-        let mut builder = Endpoint::builder();
-        builder.user_agent(config.user_agent.clone());
-        builder.add_layer(GuardLayer::new(handler.clone()));
-        builder.add_layer(AuthLayer::new(handler.clone()));
-        builder.add_layer(DialogLayer::default());
-        builder.add_layer(InviteLayer::default());
-
-        let udp = builder
-            .bind_udp(listen)
-            .await
-            .map_err(|source| SipError::Bind {
-                transport: Transport::Udp,
-                addr: listen,
-                source,
-            })?;
-        let bound = udp.bound();
-        if config.tcp {
-            builder
-                .listen_tcp(bound)
-                .await
-                .map_err(|source| SipError::Bind {
-                    transport: Transport::Tcp,
-                    addr: bound,
-                    source,
-                })?;
-        }
-
         let public = match config.public_address {
-            Some(addr) if addr.port() == 0 => SocketAddr::new(addr.ip(), bound.port()),
+            Some(addr) if addr.port() == 0 => SocketAddr::new(addr.ip(), listen.port()),
             Some(addr) => addr,
-            None => bound,
+            None => listen,
         };
         if public.ip().is_unspecified() {
             return Err(SipError::Invalid {
@@ -226,13 +91,66 @@ impl SipStack {
                 value: public.to_string(),
             });
         }
+        let local = Arc::new(LocalIdentity {
+            bound: listen,
+            public,
+        });
+        let edge = EdgeGuard::new(config.flood, config.unknown_source, handler.clone());
+        let layers = |builder: &mut EndpointBuilder, peers: Option<Arc<TcpPeers>>| {
+            if let Some(user_agent) = &config.user_agent {
+                builder.user_agent(user_agent.clone());
+            }
+            builder.add_layer(GuardLayer::new(peers));
+            builder.add_layer(AuthLayer::new(handler.clone()));
+            builder.add_layer(DialogLayer::default());
+            builder.add_layer(InviteLayer::default());
+            builder.add_layer(InboundLayer::new(
+                handler.clone(),
+                local.clone(),
+                edge.clone(),
+            ));
+        };
 
-        let local = Arc::new(LocalIdentity { bound, public });
-        builder.add_layer(InboundLayer::new(handler, local.clone()));
+        let mut builder = Endpoint::builder();
+        layers(&mut builder, None);
+        let (endpoint, udp_handle, socket) = udp::build(builder, listen).await?;
+        udp::spawn_reader(socket, endpoint.clone(), udp_handle, edge.clone());
 
-        let endpoint = builder.build();
-        tracing::info!(%bound, %public, tcp = config.tcp, "SIP stack listening");
-        Ok(Self { endpoint, local })
+        if config.tcp {
+            let tcp_error = |source| SipError::Bind {
+                transport: Transport::Tcp,
+                addr: listen,
+                source,
+            };
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .map_err(tcp_error)?;
+            // The second endpoint only we reach, over loopback (see `tcp`).
+            let peers = Arc::new(TcpPeers::default());
+            let mut inner = Endpoint::builder();
+            layers(&mut inner, Some(peers.clone()));
+            let internal = internal_tcp(&mut inner).await.map_err(tcp_error)?;
+            drop(inner.build());
+            tcp::spawn_acceptor(listener, edge.clone(), config.tcp_limits, internal, peers);
+        }
+
+        tracing::info!(bound = %listen, %public, tcp = config.tcp, "SIP stack listening");
+        Ok(Self {
+            endpoint,
+            local,
+            edge,
+        })
+    }
+
+    /// Counts a failed authentication from `ip` toward a ban (for the
+    /// inbound digest auth layer; see `sip.flood.auth_failures_before_ban`).
+    pub fn penalize(&self, ip: IpAddr) {
+        self.edge.penalize(ip);
+    }
+
+    /// Whether the flood guard has banned `ip` now.
+    pub fn is_banned(&self, ip: IpAddr) -> bool {
+        self.edge.is_banned(ip)
     }
 
     /// The bound UDP (and TCP) address.
@@ -252,11 +170,11 @@ impl SipStack {
     }
 }
 
-/// With port 0 and TCP on, find a port free for both UDP and TCP. The
-/// probe sockets close again before ezk binds: a small race, retried by the
+/// With port 0, find a port free for UDP (and TCP when on). The probe
+/// sockets close again before we bind: a small race, retried by the
 /// caller's restart if it loses.
 fn pick_port(listen: SocketAddr, tcp: bool) -> Result<SocketAddr, SipError> {
-    if listen.port() != 0 || !tcp {
+    if listen.port() != 0 {
         return Ok(listen);
     }
     let mut last_error = None;
@@ -271,6 +189,9 @@ fn pick_port(listen: SocketAddr, tcp: bool) -> Result<SocketAddr, SipError> {
             addr: listen,
             source,
         })?;
+        if !tcp {
+            return Ok(addr);
+        }
         match std::net::TcpListener::bind(addr) {
             Ok(_) => return Ok(addr),
             Err(e) => last_error = Some(e),
@@ -281,4 +202,19 @@ fn pick_port(listen: SocketAddr, tcp: bool) -> Result<SocketAddr, SipError> {
         addr: listen,
         source: last_error.unwrap_or_else(|| std::io::Error::other("no free port")),
     })
+}
+
+/// Lets `builder` listen for the TCP relay on a free loopback port.
+async fn internal_tcp(builder: &mut EndpointBuilder) -> std::io::Result<SocketAddr> {
+    let mut last_error = None;
+    for _ in 0..16 {
+        let probe = std::net::TcpListener::bind((IpAddr::from([127, 0, 0, 1]), 0))?;
+        let addr = probe.local_addr()?;
+        drop(probe);
+        match builder.listen_tcp(addr).await {
+            Ok(()) => return Ok(addr),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| std::io::Error::other("no free loopback port")))
 }

@@ -1,0 +1,162 @@
+//! The types and helpers every other `sip` module shares: errors, the
+//! transport a message came on, who sent a request and whether it is
+//! admitted, our own addresses, and the plain answer to a request.
+//!
+//! Must not depend on any other `sip` module: it sits below all of them,
+//! so that `transport`, `guard`, `inbound` and `call` import it and not
+//! each other in a cycle.
+
+use bytes::Bytes;
+use ezk_sip_core::transport::TpHandle;
+use ezk_sip_core::{Endpoint, IncomingRequest};
+use ezk_sip_types::header::typed::{Contact, ContentType};
+use ezk_sip_types::host::HostPort;
+use ezk_sip_types::uri::{NameAddr, SipUri};
+use ezk_sip_types::{Headers, Method, StatusCode};
+use std::fmt;
+use std::net::SocketAddr;
+
+/// Errors at the border of the SIP layer.
+#[derive(Debug, thiserror::Error)]
+pub enum SipError {
+    /// The listen socket could not be bound.
+    #[error("cannot bind SIP {transport} on {addr}: {source}")]
+    Bind {
+        transport: Transport,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// A configured address or URI does not parse or cannot be used.
+    #[error("invalid {what}: {value}")]
+    Invalid { what: &'static str, value: String },
+    /// Sending failed or the transaction timed out.
+    #[error("SIP transaction failed: {0}")]
+    Transaction(String),
+    /// The dialog or transaction is already over.
+    #[error("the call is already terminated")]
+    Terminated,
+}
+
+impl From<ezk_sip_core::Error> for SipError {
+    fn from(e: ezk_sip_core::Error) -> Self {
+        SipError::Transaction(e.to_string())
+    }
+}
+
+impl From<ezk_sip_types::header::HeaderError> for SipError {
+    fn from(e: ezk_sip_types::header::HeaderError) -> Self {
+        SipError::Transaction(e.to_string())
+    }
+}
+
+/// The transport a message arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+impl Transport {
+    pub(crate) fn of(handle: &TpHandle) -> Self {
+        if handle.is_udp() {
+            Transport::Udp
+        } else {
+            Transport::Tcp
+        }
+    }
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+        })
+    }
+}
+
+/// Who sent a request (any request, inside a dialog or not).
+#[derive(Debug, Clone)]
+pub struct RequestSource {
+    /// Source address of the packet or connection.
+    pub addr: SocketAddr,
+    pub transport: Transport,
+    /// Request method (`INVITE`, `OPTIONS`, ...).
+    pub method: String,
+}
+
+/// The handler's answer to "does a trunk allow this source".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// A trunk allows the source: the request goes on to the stack.
+    Admit,
+    /// No trunk allows it: a stranger. The edge drops the request, or in
+    /// `reject` mode answers it once without any state.
+    Drop,
+}
+
+/// What every part of the layer needs to know about our own addresses.
+#[derive(Debug)]
+pub(crate) struct LocalIdentity {
+    /// Bound UDP socket address.
+    pub(crate) bound: SocketAddr,
+    /// Address announced in Contact.
+    pub(crate) public: SocketAddr,
+}
+
+impl LocalIdentity {
+    /// `<sip:user@public:port>` with `transport=tcp` when asked for.
+    pub(crate) fn contact(&self, user: Option<&str>, transport: Transport) -> Contact {
+        let mut uri = SipUri::new(HostPort::from(self.public));
+        if let Some(user) = user {
+            uri.set_user(user.to_owned().into());
+        }
+        if transport == Transport::Tcp {
+            uri = uri.uri_param_value("transport", "tcp");
+        }
+        Contact::new(NameAddr::uri(uri))
+    }
+}
+
+/// `application/sdp`, compared without parameters and case.
+pub(crate) fn is_sdp(content_type: &ContentType) -> bool {
+    content_type
+        .0
+        .split(';')
+        .next()
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/sdp"))
+}
+
+pub(crate) fn attach_sdp(headers: &mut Headers, body: &mut Bytes, sdp: Bytes) {
+    headers.insert_named(&ContentType("application/sdp".into()));
+    *body = sdp;
+}
+
+/// Answer a request outside any dialog with a final response, in its own
+/// server transaction (the INVITE one waits for the ACK in the background).
+pub(crate) async fn respond(
+    endpoint: &Endpoint,
+    mut request: IncomingRequest,
+    code: StatusCode,
+    reason: Option<&'static str>,
+    mut extra: Headers,
+) {
+    if request.line.method == Method::ACK {
+        return;
+    }
+    let mut response = endpoint.create_response(&request, code, reason.map(Into::into));
+    extra.drain_into(&mut response.msg.headers);
+    if request.line.method == Method::INVITE {
+        let tsx = endpoint.create_server_inv_tsx(&mut request);
+        tokio::spawn(async move {
+            if let Err(e) = tsx.respond_failure(response).await {
+                tracing::debug!(error = %e, "no ACK for error response");
+            }
+        });
+    } else {
+        let tsx = endpoint.create_server_tsx(&mut request);
+        if let Err(e) = tsx.respond(response).await {
+            tracing::warn!(error = %e, "failed to send response");
+        }
+    }
+}

@@ -1,0 +1,360 @@
+//! The TCP front door: we accept SIP over TCP ourselves, with the trunk
+//! ACL applied at accept, connections capped per source and in total, a
+//! partial message closed after `message_timeout_seconds` (slow-loris) and
+//! an idle connection after `idle_timeout_seconds`, and messages framed
+//! (65,535 bytes at most, as ezk's own limit) and put to the edge one by one.
+//!
+//! ezk-sip-core cannot take a connection accepted elsewhere, so each
+//! admitted connection is relayed over loopback to a listener of a second
+//! ezk endpoint that only we connect to. [`TcpPeers`] maps the relay's
+//! loopback address back to the real peer, and the guard layer puts that
+//! back into the request (source, Via `received`/`rport`) before anything
+//! reads it. Responses and requests from ezk flow back unchanged.
+//!
+//! Must not parse SIP beyond framing: the edge and ezk do that.
+
+use super::base::Transport;
+use super::edge::{EdgeGuard, Verdict};
+use crate::config::SipTcpConfig;
+use crate::metrics::{SIP_REQUESTS_REJECTED_TOTAL, SIP_TCP_CONNECTIONS};
+use bytes::{Buf, BytesMut};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+
+/// The largest SIP message over TCP (ezk's limit, and the UDP maximum).
+const MAX_MESSAGE: usize = u16::MAX as usize;
+
+/// Relay address (our end of the loopback connection, as ezk sees the
+/// peer) to the real peer.
+#[derive(Default)]
+pub(crate) struct TcpPeers(Mutex<HashMap<SocketAddr, SocketAddr>>);
+
+impl TcpPeers {
+    fn map(&self) -> MutexGuard<'_, HashMap<SocketAddr, SocketAddr>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The real peer behind a relayed connection.
+    pub(crate) fn peer_of(&self, relay: SocketAddr) -> Option<SocketAddr> {
+        self.map().get(&relay).copied()
+    }
+}
+
+/// Open connections, per source and in total.
+#[derive(Default)]
+struct Counts {
+    total: usize,
+    by_source: HashMap<IpAddr, usize>,
+}
+
+struct TcpEdge {
+    guard: Arc<EdgeGuard>,
+    limits: SipTcpConfig,
+    /// The internal ezk listener on loopback.
+    internal: SocketAddr,
+    peers: Arc<TcpPeers>,
+    counts: Mutex<Counts>,
+}
+
+/// One admitted connection's place in the counts.
+struct Slot {
+    edge: Arc<TcpEdge>,
+    ip: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut counts = self.edge.counts();
+        counts.total = counts.total.saturating_sub(1);
+        if let Some(n) = counts.by_source.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.by_source.remove(&self.ip);
+            }
+        }
+        metrics::gauge!(SIP_TCP_CONNECTIONS).set(counts.total as f64);
+    }
+}
+
+impl TcpEdge {
+    fn counts(&self) -> MutexGuard<'_, Counts> {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A slot for a new connection from `peer`, or `None` to close it.
+    fn admit(self: &Arc<Self>, peer: SocketAddr) -> Option<Slot> {
+        if self.guard.is_banned(peer.ip()) || !self.guard.admitted(peer, Transport::Tcp, "connect")
+        {
+            return None;
+        }
+        let mut counts = self.counts();
+        let from_source = counts.by_source.get(&peer.ip()).copied().unwrap_or(0);
+        if counts.total >= self.limits.max_connections as usize
+            || from_source >= self.limits.max_connections_per_source as usize
+        {
+            return None;
+        }
+        counts.total += 1;
+        *counts.by_source.entry(peer.ip()).or_default() += 1;
+        metrics::gauge!(SIP_TCP_CONNECTIONS).set(counts.total as f64);
+        Some(Slot {
+            edge: Arc::clone(self),
+            ip: peer.ip(),
+        })
+    }
+}
+
+fn reject(reason: &'static str) {
+    metrics::counter!(SIP_REQUESTS_REJECTED_TOTAL, "reason" => reason).increment(1);
+}
+
+/// Accepts SIP over TCP on `listener` for ever.
+pub(crate) fn spawn_acceptor(
+    listener: TcpListener,
+    guard: Arc<EdgeGuard>,
+    limits: SipTcpConfig,
+    internal: SocketAddr,
+    peers: Arc<TcpPeers>,
+) {
+    let edge = Arc::new(TcpEdge {
+        guard,
+        limits,
+        internal,
+        peers,
+        counts: Mutex::default(),
+    });
+    tokio::spawn(async move {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of descriptors, most likely: let some close.
+                    tracing::warn!(error = %e, "SIP TCP accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Some(slot) = edge.admit(peer) else {
+                reject("tcp_refused");
+                tracing::debug!(%peer, "SIP TCP connection refused");
+                drop(stream);
+                continue;
+            };
+            tokio::spawn(async move {
+                relay(&slot.edge, stream, peer).await;
+                drop(slot);
+            });
+        }
+    });
+}
+
+/// Milliseconds since `origin`, for the last-activity mark shared by the
+/// two directions.
+fn millis_since(origin: Instant) -> u64 {
+    u64::try_from(origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+async fn relay(edge: &TcpEdge, stream: TcpStream, peer: SocketAddr) {
+    let internal = match TcpStream::connect(edge.internal).await {
+        Ok(internal) => internal,
+        Err(e) => {
+            tracing::warn!(error = %e, "SIP TCP relay to the stack failed");
+            return;
+        }
+    };
+    let Ok(relay_addr) = internal.local_addr() else {
+        return;
+    };
+    edge.peers.map().insert(relay_addr, peer);
+    let _ = stream.set_nodelay(true);
+    let _ = internal.set_nodelay(true);
+    let (from_peer, to_peer) = stream.into_split();
+    let (from_stack, to_stack) = internal.into_split();
+    let origin = Instant::now();
+    let activity = AtomicU64::new(0);
+    tokio::select! {
+        () = downstream(from_stack, to_peer, origin, &activity) => {}
+        () = upstream(edge, from_peer, to_stack, peer, origin, &activity) => {}
+    }
+    edge.peers.map().remove(&relay_addr);
+}
+
+/// From the stack to the peer, byte for byte.
+async fn downstream(
+    mut from_stack: OwnedReadHalf,
+    mut to_peer: OwnedWriteHalf,
+    origin: Instant,
+    activity: &AtomicU64,
+) {
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        match from_stack.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if to_peer.write_all(&buffer[..n]).await.is_err() {
+                    return;
+                }
+                activity.store(millis_since(origin), Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// From the peer to the stack, one framed message at a time, each put to
+/// the edge. Returns when the connection is to be closed.
+async fn upstream(
+    edge: &TcpEdge,
+    mut from_peer: OwnedReadHalf,
+    mut to_stack: OwnedWriteHalf,
+    peer: SocketAddr,
+    origin: Instant,
+    activity: &AtomicU64,
+) {
+    let message_timeout = Duration::from_secs(u64::from(edge.limits.message_timeout_seconds));
+    let idle_timeout = Duration::from_secs(u64::from(edge.limits.idle_timeout_seconds));
+    let mut buffer = BytesMut::with_capacity(4096);
+    // When the message now in the buffer began.
+    let mut started: Option<Instant> = None;
+    loop {
+        // Whatever complete messages the buffer holds go first.
+        loop {
+            // Leading CRLFs are keepalives (RFC 5626 §4.4.1): ezk answers.
+            let blank = buffer
+                .iter()
+                .take_while(|b| matches!(b, b'\r' | b'\n'))
+                .count();
+            if blank > 0 {
+                if to_stack.write_all(&buffer[..blank]).await.is_err() {
+                    return;
+                }
+                buffer.advance(blank);
+            }
+            match frame(&buffer) {
+                Frame::Incomplete => break,
+                Frame::Invalid(reason) => {
+                    reject(reason);
+                    tracing::debug!(%peer, reason, "SIP TCP connection closed");
+                    return;
+                }
+                Frame::Complete(len) => {
+                    let message = buffer.split_to(len);
+                    started = None;
+                    activity.store(millis_since(origin), Ordering::Relaxed);
+                    match edge.guard.inspect(peer, Transport::Tcp, &message) {
+                        Verdict::Pass | Verdict::KeepAlive => {
+                            if to_stack.write_all(&message).await.is_err() {
+                                return;
+                            }
+                        }
+                        // A source no longer admitted (a reload) or banned
+                        // meanwhile: no answers over TCP, close.
+                        Verdict::Reply(_) | Verdict::Drop("banned" | "not_admitted") => return,
+                        Verdict::Drop(_) => {}
+                    }
+                }
+            }
+        }
+        if !buffer.is_empty() && started.is_none() {
+            started = Some(Instant::now());
+        }
+        let last = origin + Duration::from_millis(activity.load(Ordering::Relaxed));
+        let idle_deadline = last + idle_timeout;
+        let deadline = match started {
+            Some(started) => (started + message_timeout).min(idle_deadline),
+            None => idle_deadline,
+        };
+        let read = tokio::time::timeout_at(deadline.into(), from_peer.read_buf(&mut buffer));
+        match read.await {
+            Ok(Ok(0) | Err(_)) => return,
+            Ok(Ok(_)) => {}
+            Err(_) => {
+                // The other direction may have moved the idle deadline.
+                let last = origin + Duration::from_millis(activity.load(Ordering::Relaxed));
+                if started.is_none() && last + idle_timeout > Instant::now() {
+                    continue;
+                }
+                reject("tcp_timeout");
+                tracing::debug!(%peer, partial = started.is_some(), "SIP TCP connection timed out");
+                return;
+            }
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Frame {
+    /// More bytes are needed.
+    Incomplete,
+    /// The first message is this many bytes long.
+    Complete(usize),
+    /// Close the connection (the metric reason).
+    Invalid(&'static str),
+}
+
+/// Where the first message in `buffer` ends (RFC 3261 §18.3: the head ends
+/// at the blank line, the body is Content-Length bytes long).
+fn frame(buffer: &[u8]) -> Frame {
+    let Some(head_end) = buffer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + 4)
+    else {
+        return if buffer.len() > MAX_MESSAGE {
+            Frame::Invalid("too_large")
+        } else {
+            Frame::Incomplete
+        };
+    };
+    let mut content_length = 0usize;
+    for line in buffer[..head_end].split(|b| *b == b'\n').skip(1) {
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            continue;
+        };
+        let name = line[..colon].trim_ascii();
+        if name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"l") {
+            let value = std::str::from_utf8(line[colon + 1..].trim_ascii()).ok();
+            match value.and_then(|v| v.parse::<usize>().ok()) {
+                Some(len) => content_length = len,
+                None => return Frame::Invalid("bad_request"),
+            }
+        }
+    }
+    let total = head_end.saturating_add(content_length);
+    if total > MAX_MESSAGE {
+        Frame::Invalid("too_large")
+    } else if buffer.len() < total {
+        Frame::Incomplete
+    } else {
+        Frame::Complete(total)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Frame, frame};
+
+    #[test]
+    fn frames_by_content_length() {
+        let head = b"BYE sip:a@b SIP/2.0\r\nl: 4\r\n\r\n";
+        assert_eq!(frame(head), Frame::Incomplete);
+        let mut whole = head.to_vec();
+        whole.extend_from_slice(b"abcdNEXT");
+        assert_eq!(frame(&whole), Frame::Complete(head.len() + 4));
+        assert_eq!(frame(b"BYE sip:a@b SIP/2.0\r\nVia: x"), Frame::Incomplete);
+        assert_eq!(
+            frame(b"BYE sip:a@b SIP/2.0\r\nContent-Length: x\r\n\r\n"),
+            Frame::Invalid("bad_request")
+        );
+        assert_eq!(
+            frame(b"BYE sip:a@b SIP/2.0\r\nContent-Length: 70000\r\n\r\n"),
+            Frame::Invalid("too_large")
+        );
+        assert_eq!(frame(&vec![b'a'; 70_000]), Frame::Invalid("too_large"));
+    }
+}

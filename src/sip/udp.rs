@@ -1,0 +1,240 @@
+//! The UDP front door: we read the SIP socket ourselves, ask the edge
+//! ([`super::edge`]) about each datagram, and only then parse it and hand
+//! it to ezk's endpoint, so a stranger's packet costs no task, no parse
+//! and no transaction.
+//!
+//! ezk-sip-core offers no way to plug in a receive path: `bind_udp` binds
+//! the socket and spawns its own reader, which waits for the endpoint on a
+//! broadcast channel of capacity one before it reads anything. We bind and
+//! build on a current-thread runtime of our own, where that reader cannot
+//! run between two `build()` calls: the second endpoint overwrites the
+//! first in the channel, the reader sees `Lagged` and ends without ever
+//! reading. The socket stays in the real endpoint's transports (so requests
+//! we send leave from the SIP port, and responses come from it), and we read
+//! a duplicate of its descriptor. That runtime keeps running on its thread
+//! for the life of the process: the socket is registered with its I/O
+//! driver. Nothing of ezk is patched.
+//!
+//! Must not decide anything about a datagram: that is the edge's job.
+
+use super::base::{SipError, Transport};
+use super::edge::{EdgeGuard, Verdict};
+use bytes::Bytes;
+use ezk_sip_core::transport::{ReceivedMessage, TpHandle};
+use ezk_sip_core::{Endpoint, EndpointBuilder};
+use ezk_sip_types::Headers;
+use ezk_sip_types::header::typed::ContentLength;
+use ezk_sip_types::msg::{Line, MessageLine, PullParser};
+use ezk_sip_types::parse::Parse;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, RawFd};
+use std::sync::Arc;
+
+/// The largest datagram we read (the UDP maximum; ezk reads the same).
+const MAX_DATAGRAM: usize = u16::MAX as usize;
+
+/// Binds UDP on `addr` into `builder`, builds the endpoint with ezk's own
+/// UDP reader disarmed, and returns the endpoint, the transport handle and
+/// a socket to read the SIP port from.
+pub(crate) async fn build(
+    mut builder: EndpointBuilder,
+    addr: SocketAddr,
+) -> Result<(Endpoint, TpHandle, tokio::net::UdpSocket), SipError> {
+    let bind_error = |source| SipError::Bind {
+        transport: Transport::Udp,
+        addr,
+        source,
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("sip-udp-io".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            let built = runtime.block_on(async move {
+                let handle = builder.bind_udp(addr).await?;
+                // No await between these two: ezk's reader, spawned on this
+                // runtime, cannot run before the second endpoint is sent.
+                let endpoint = builder.build();
+                drop(builder.build());
+                Ok::<_, io::Error>((endpoint, handle))
+            });
+            let ok = built.is_ok();
+            let _ = tx.send(built);
+            if ok {
+                runtime.block_on(std::future::pending::<()>());
+            }
+        })
+        .map_err(bind_error)?;
+    let (endpoint, handle) = rx
+        .await
+        .map_err(|_| bind_error(io::Error::other("the SIP I/O thread ended")))?
+        .map_err(bind_error)?;
+    let socket = duplicate_udp(handle.bound())
+        .and_then(|socket| {
+            socket.set_nonblocking(true)?;
+            tokio::net::UdpSocket::from_std(socket)
+        })
+        .map_err(bind_error)?;
+    Ok((endpoint, handle, socket))
+}
+
+/// A duplicate of the UDP socket of this process bound to `bound`.
+fn duplicate_udp(bound: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    for entry in std::fs::read_dir("/proc/self/fd")? {
+        let Some(fd) = entry?
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<RawFd>().ok())
+        else {
+            continue;
+        };
+        if !is_datagram_socket(fd) {
+            continue;
+        }
+        // SAFETY: F_DUPFD_CLOEXEC on any descriptor number is sound; it
+        // fails for a closed one and otherwise returns a new descriptor.
+        let copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+        if copy < 0 {
+            continue;
+        }
+        // SAFETY: `copy` is a fresh descriptor owned by nothing else, and
+        // a datagram socket when `fd` was one.
+        let socket = unsafe { std::net::UdpSocket::from_raw_fd(copy) };
+        if socket.local_addr().is_ok_and(|addr| addr == bound) {
+            return Ok(socket);
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("no UDP socket bound to {bound}"),
+    ))
+}
+
+fn is_datagram_socket(fd: RawFd) -> bool {
+    let mut kind: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `kind`; a
+    // descriptor that is not a socket makes it fail, nothing else.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TYPE,
+            (&raw mut kind).cast(),
+            &raw mut len,
+        )
+    };
+    rc == 0 && kind == libc::SOCK_DGRAM
+}
+
+/// Reads the SIP port forever: the edge decides, admitted messages go to
+/// the endpoint.
+pub(crate) fn spawn_reader(
+    socket: tokio::net::UdpSocket,
+    endpoint: Endpoint,
+    handle: TpHandle,
+    guard: Arc<EdgeGuard>,
+) {
+    tokio::spawn(async move {
+        let mut buffer = vec![0u8; MAX_DATAGRAM];
+        loop {
+            let (len, source) = match socket.recv_from(&mut buffer).await {
+                Ok(received) => received,
+                Err(e) => {
+                    // ICMP errors of earlier sends surface here; the socket
+                    // itself is fine.
+                    tracing::debug!(error = %e, "SIP UDP receive error");
+                    continue;
+                }
+            };
+            let raw = &buffer[..len];
+            let sent = match guard.inspect(source, Transport::Udp, raw) {
+                Verdict::Pass => {
+                    match parse(raw) {
+                        Some((line, headers, body, buffer)) => {
+                            endpoint.receive(ReceivedMessage::new(
+                                source,
+                                buffer,
+                                handle.clone(),
+                                line,
+                                headers,
+                                body,
+                            ))
+                        }
+                        None => tracing::debug!(%source, "unparsable SIP datagram dropped"),
+                    }
+                    Ok(())
+                }
+                Verdict::KeepAlive => socket.send_to(b"\r\n", source).await.map(drop),
+                Verdict::Reply(reply) => socket.send_to(&reply, source).await.map(drop),
+                Verdict::Drop(_) => Ok(()),
+            };
+            if let Err(e) = sent {
+                tracing::debug!(error = %e, %source, "SIP UDP send failed");
+            }
+        }
+    });
+}
+
+type Parsed = (MessageLine, Headers, Bytes, Bytes);
+
+/// A whole SIP message in one datagram, split as ezk's own UDP reader does:
+/// start line, header lines, and the body by Content-Length (or the rest of
+/// the datagram without one). `None` for what ezk would drop: a bad start
+/// line, a bad header line, invalid UTF-8, or a body shorter than its
+/// Content-Length.
+fn parse(raw: &[u8]) -> Option<Parsed> {
+    let buffer = Bytes::copy_from_slice(raw);
+    let mut parser = PullParser::new(&buffer, 0);
+    let mut line = None;
+    let mut headers = Headers::new();
+    for item in &mut parser {
+        let text = std::str::from_utf8(item.ok()?).ok()?;
+        if line.is_none() {
+            line = Some(MessageLine::parse(&buffer)(text).ok()?.1);
+        } else {
+            let (_, header) = Line::parse(&buffer, text).ok()?;
+            headers.insert(header.name, header.value);
+        }
+    }
+    let head_end = parser.head_end();
+    let body = match headers.get_named::<ContentLength>() {
+        Ok(ContentLength(0)) => Bytes::new(),
+        Ok(ContentLength(len)) => {
+            let end = head_end.checked_add(len)?;
+            if end > buffer.len() {
+                return None;
+            }
+            buffer.slice(head_end..end)
+        }
+        Err(_) => buffer.slice(head_end.min(buffer.len())..),
+    };
+    Some((line?, headers, body, buffer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse;
+
+    #[test]
+    fn splits_a_datagram_like_ezk() {
+        let raw = b"OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nContent-Length: 3\r\n\r\nabcdef";
+        let (line, headers, body, _) = parse(raw).expect("parsed");
+        assert!(line.is_request());
+        assert_eq!(headers.iter().count(), 2);
+        assert_eq!(&body[..], b"abc");
+        // A body shorter than its Content-Length, and a broken header line.
+        assert!(parse(b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: 9\r\n\r\nabc").is_none());
+        assert!(parse(b"OPTIONS sip:a@b SIP/2.0\r\nno colon here\r\n\r\n").is_none());
+    }
+}
