@@ -238,6 +238,7 @@ async fn inbound_unknown_number_404_and_source_not_allowed_403() {
 
     let d = TestDaemon::builder()
         .profile("carrier", &trunk("10.0.0.0/8", 10, ""))
+        .env("AGENTLINE_SIP__UNKNOWN_SOURCE", "reject")
         .start()
         .await;
     provision(&d, echo(60)).await;

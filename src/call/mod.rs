@@ -286,6 +286,18 @@ fn may_authenticate(shared: &Shared, method: &str) -> bool {
         && !inbound::digest_accounts(shared).is_empty()
 }
 
+/// The address of a `host[:port]` (or `sip:` URI) peer given as an IP
+/// literal; names are not resolved per packet.
+fn host_ip(peer: &str) -> Option<IpAddr> {
+    let peer = peer.trim();
+    let peer = peer.strip_prefix("sip:").unwrap_or(peer);
+    let peer = peer.split(';').next().unwrap_or(peer);
+    peer.parse::<SocketAddr>()
+        .map(|a| a.ip())
+        .or_else(|_| peer.trim_start_matches('[').trim_end_matches(']').parse())
+        .ok()
+}
+
 /// The `sip` layer's questions, answered by the call layer.
 struct Handler(Arc<Shared>);
 
@@ -293,13 +305,13 @@ impl InboundHandler for Handler {
     /// Asked for every packet: no profile is cloned.
     fn admit(&self, source: &RequestSource) -> Admission {
         let ip = source.addr.ip();
-        let allowed = self
-            .0
-            .profiles
-            .get()
-            .by_name
-            .values()
-            .any(|p| p.inbound.allow.iter().any(|net| net.contains(&ip)));
+        let allowed = self.0.profiles.get().by_name.values().any(|p| {
+            p.inbound.allow.iter().any(|net| net.contains(&ip))
+                // The peers we send to answer and send in-dialog
+                // requests from there.
+                || p.outbound.as_ref().and_then(|o| host_ip(&o.proxy)) == Some(ip)
+                || p.registration.as_ref().and_then(|r| host_ip(&r.registrar)) == Some(ip)
+        });
         // A trunk with inbound auth lets strangers reach its challenge.
         if allowed || may_authenticate(&self.0, &source.method) {
             Admission::Admit

@@ -17,6 +17,9 @@
 //!    Trying and no retransmission (RFC 3261 §8.2.7 allows a stateless UAS);
 //! 6. new INVITEs beyond `max_server_transactions` live ones are dropped.
 //!
+//! Responses come from peers we sent requests to; they pass with the trunk
+//! limits whoever sends them, as they can never draw an answer.
+//!
 //! Must not parse SIP properly or hold per-request state: it sees bytes,
 //! and keeps one small entry per source (bounded by `max_tracked_sources`).
 
@@ -220,7 +223,10 @@ impl EdgeGuard {
             return Verdict::Drop("banned");
         }
         let sniff = Sniff::of(raw);
-        let trunk = self.admitted(source, transport, sniff.method_text());
+        // Responses answer requests we sent, to peers we chose (ezk drops
+        // those that match no transaction, and never answers them): they
+        // are counted with trunk limits, throttled but never banned.
+        let trunk = sniff.response || self.admitted(source, transport, sniff.method_text());
 
         if self.config.enabled {
             let class = sniff.class();

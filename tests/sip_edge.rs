@@ -1,0 +1,424 @@
+//! The SIP edge as a stranger sees it: a real daemon whose one trunk allows
+//! 127.0.0.1/32, probed from other loopback addresses (127.0.0.2 and up),
+//! which no trunk allows. Counts every datagram and byte that comes back.
+
+mod common;
+
+use common::{TestDaemon, free_udp_port, run_sipp};
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+const NUMBER: &str = "+14155552671";
+const LIMIT: Duration = Duration::from_secs(30);
+/// Long enough for every UDP retransmission of a final response to go out
+/// (T1 = 500 ms doubling: 0.5, 1.5, 3.5 s after the first).
+const RETRANSMIT_WINDOW: Duration = Duration::from_secs(4);
+
+fn trunk() -> String {
+    "name = \"carrier\"\n[inbound]\nallow = [\"127.0.0.1/32\"]\n[limits]\nmax_calls = 50\ncps = 1000\n"
+        .to_owned()
+}
+
+async fn daemon(config: &str, env: &[(&str, &str)]) -> TestDaemon {
+    let mut builder = TestDaemon::builder()
+        .profile("carrier", &trunk())
+        .config(config);
+    for (key, value) in env {
+        builder = builder.env(key, value);
+    }
+    let d = builder.start().await;
+    let r = d
+        .post("/v1/agents")
+        .json(&json!({"name": "echo", "kind": "echo", "max_duration_seconds": 60}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let agent: Value = r.json().await.unwrap();
+    let r = d
+        .post("/v1/phone-numbers")
+        .json(&json!({"number": NUMBER, "agent_id": agent["id"], "trunk_id": "trk_carrier"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    d
+}
+
+fn sip_addr(d: &TestDaemon) -> SocketAddr {
+    ([127, 0, 0, 1], d.sip_port).into()
+}
+
+fn request(
+    method: &str,
+    user: &str,
+    to_tag: bool,
+    call_id: &str,
+    local: SocketAddr,
+    target: SocketAddr,
+) -> String {
+    let tag = if to_tag { ";tag=peer1" } else { "" };
+    format!(
+        "{method} sip:{user}@{target} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{call_id};rport\r\n\
+         From: <sip:+15550001@{local}>;tag=1\r\nTo: <sip:{user}@{target}>{tag}\r\nCall-ID: {call_id}\r\n\
+         CSeq: 1 {method}\r\nContact: <sip:+15550001@{local}>\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+/// Sends OPTIONS from the trunk's address and waits for its 200: the daemon
+/// has read everything sent before it.
+async fn control_probe(target: SocketAddr) {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let local = socket.local_addr().unwrap();
+    let options = request("OPTIONS", "ping", false, "control", local, target);
+    socket.send_to(options.as_bytes(), target).await.unwrap();
+    let mut buf = [0u8; 4096];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(5), socket.recv_from(&mut buf))
+        .await
+        .expect("the trunk's OPTIONS answered")
+        .unwrap();
+    assert!(
+        buf[..n].starts_with(b"SIP/2.0 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+}
+
+/// Every datagram that reaches `socket` within `window`.
+async fn drain(socket: &UdpSocket, window: Duration) -> Vec<Vec<u8>> {
+    let deadline = tokio::time::Instant::now() + window;
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    while let Ok(Ok((n, _))) = tokio::time::timeout_at(deadline, socket.recv_from(&mut buf)).await {
+        got.push(buf[..n].to_vec());
+    }
+    got
+}
+
+/// One spoofed INVITE per case (with and without a To tag, to our number and
+/// to one we do not have) from 127.0.0.2; returns what came back per case
+/// and the bytes sent.
+async fn stranger_probes(d: &TestDaemon) -> (Vec<(String, usize)>, usize, usize) {
+    let target = sip_addr(d);
+    let socket = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+    let local = socket.local_addr().unwrap();
+    let mut sent = 0;
+    let mut cases = Vec::new();
+    for (n, (user, tagged)) in [
+        (NUMBER, false),
+        (NUMBER, true),
+        ("+19995550000", false),
+        ("+19995550000", true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let call_id = format!("probe{n}");
+        let invite = request("INVITE", user, tagged, &call_id, local, target);
+        sent += invite.len();
+        socket.send_to(invite.as_bytes(), target).await.unwrap();
+        cases.push(call_id);
+    }
+    control_probe(target).await;
+    let got = drain(&socket, RETRANSMIT_WINDOW).await;
+    let received: usize = got.iter().map(Vec::len).sum();
+    let per_case = cases
+        .into_iter()
+        .map(|call_id| {
+            let needle = format!("Call-ID: {call_id}\r\n");
+            let n = got
+                .iter()
+                .filter(|r| String::from_utf8_lossy(r).contains(&needle))
+                .count();
+            (call_id, n)
+        })
+        .collect();
+    for response in &got {
+        let text = String::from_utf8_lossy(response);
+        assert!(
+            !text.starts_with("SIP/2.0 100"),
+            "a stranger got 100 Trying: {text}"
+        );
+        assert!(!text.contains("481"), "a stranger got 481: {text}");
+    }
+    (per_case, sent, received)
+}
+
+#[tokio::test]
+async fn a_spoofed_invite_from_a_stranger_draws_nothing_by_default() {
+    let d = daemon("", &[]).await;
+    let (per_case, _, received) = stranger_probes(&d).await;
+    assert!(per_case.iter().all(|(_, n)| *n == 0), "{per_case:?}");
+    assert_eq!(received, 0);
+    let metrics = d.metrics().await;
+    assert!(
+        metrics.contains("agentline_sip_requests_rejected_total{reason=\"not_admitted\"} 4"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn in_reject_mode_a_stranger_gets_one_answer_never_larger_than_its_request() {
+    let d = daemon("", &[("AGENTLINE_SIP__UNKNOWN_SOURCE", "reject")]).await;
+    let (per_case, sent, received) = stranger_probes(&d).await;
+    assert!(per_case.iter().all(|(_, n)| *n == 1), "{per_case:?}");
+    assert!(
+        received <= sent,
+        "amplification: {received} bytes back for {sent} sent"
+    );
+}
+
+/// Sends `count` INVITEs from `from` as fast as the socket takes them, in
+/// bursts of 100 every 10 ms (about 10,000 a second).
+async fn flood(from: &str, target: SocketAddr, count: usize) {
+    let socket = UdpSocket::bind(from).await.unwrap();
+    let local = socket.local_addr().unwrap();
+    for n in 0..count {
+        let invite = request(
+            "INVITE",
+            NUMBER,
+            false,
+            &format!("flood{local}-{n}"),
+            local,
+            target,
+        );
+        let _ = socket.send_to(invite.as_bytes(), target).await;
+        if n % 100 == 99 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+fn rss_mb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb / 1024
+}
+
+fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name_and_labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn a_flood_from_strangers_bans_them_while_trunk_calls_keep_their_media() {
+    let d = daemon("", &[]).await;
+    let target = sip_addr(&d);
+    let calls: Vec<_> = (0..3)
+        .map(|_| {
+            let media = free_udp_port().to_string();
+            tokio::spawn(async move {
+                run_sipp(
+                    "uac-invite-g711-media-expect-200-bye.xml",
+                    free_udp_port(),
+                    Some(target),
+                    &[
+                        "-s",
+                        NUMBER,
+                        "-mi",
+                        "127.0.0.1",
+                        "-mp",
+                        &media,
+                        "-d",
+                        "7000",
+                    ],
+                    LIMIT,
+                )
+                .await
+            })
+        })
+        .collect();
+    // 4 strangers, 5,000 INVITEs each, about 10,000 a second each.
+    let floods: Vec<_> = (3..7)
+        .map(|n| tokio::spawn(flood_owned(format!("127.0.0.{n}:0"), target, 5_000)))
+        .collect();
+    for f in floods {
+        f.await.unwrap();
+    }
+    let rss_during = rss_mb(d.pid());
+    for call in calls {
+        let run = call.await.unwrap();
+        assert!(run.success, "{}\n{}", run.output, d.log());
+    }
+    let metrics = d.metrics().await;
+    assert_eq!(
+        metric(&metrics, "agentline_rtp_packets_lost_total"),
+        0.0,
+        "{metrics}"
+    );
+    assert!(
+        metric(&metrics, "agentline_rtp_packets_total{direction=\"in\"}") > 600.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "agentline_sip_banned_sources"),
+        4.0,
+        "{metrics}"
+    );
+    let log = d.log();
+    assert_eq!(
+        log.matches("SIP source banned").count(),
+        4,
+        "one log line per ban:\n{log}"
+    );
+    assert!(rss_during < 150, "RSS {rss_during} MB during the flood");
+}
+
+async fn flood_owned(from: String, target: SocketAddr, count: usize) {
+    flood(&from, target, count).await;
+}
+
+#[tokio::test]
+async fn a_trunk_source_over_its_limit_is_throttled_and_logged_not_banned() {
+    let d = daemon(
+        "[sip.flood.trunk]\ninvite = { rate = 1000, burst = 2000 }\nregister = { rate = 10, burst = 10 }\n\
+         options = { rate = 2, burst = 5 }\nother = { rate = 1000, burst = 2000 }\n",
+        &[],
+    )
+    .await;
+    let target = sip_addr(&d);
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let local = socket.local_addr().unwrap();
+    for n in 0..40 {
+        let options = request(
+            "OPTIONS",
+            "ping",
+            false,
+            &format!("burst{n}"),
+            local,
+            target,
+        );
+        socket.send_to(options.as_bytes(), target).await.unwrap();
+    }
+    let answered = drain(&socket, Duration::from_secs(1)).await.len();
+    assert!((5..=10).contains(&answered), "{answered} of 40 answered");
+    assert!(
+        d.log().contains("trunk source over its SIP rate limit"),
+        "{}",
+        d.log()
+    );
+    // The bucket refills: the trunk is served again, never banned.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    control_probe(target).await;
+    let metrics = d.metrics().await;
+    assert_eq!(
+        metric(&metrics, "agentline_sip_banned_sources"),
+        0.0,
+        "{metrics}"
+    );
+    assert!(
+        metric(
+            &metrics,
+            "agentline_sip_requests_rejected_total{reason=\"throttled\"}"
+        ) >= 30.0
+    );
+}
+
+/// True when the server closes `stream` (EOF or reset) within `within`.
+async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test]
+async fn tcp_connections_from_a_stranger_are_closed_while_a_trunk_tcp_call_succeeds() {
+    let d = daemon("", &[]).await;
+    let target = sip_addr(&d);
+    let call = tokio::spawn(run_sipp(
+        "uac-invite-expect-200-bye.xml",
+        free_udp_port(),
+        Some(target),
+        &["-s", NUMBER, "-t", "t1", "-d", "2000"],
+        LIMIT,
+    ));
+    let mut refused = 0;
+    for _ in 0..20 {
+        let batch: Vec<_> = (0..250)
+            .map(|_| {
+                tokio::spawn(async move {
+                    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+                    match socket.connect(target).await {
+                        Ok(mut stream) => closed_within(&mut stream, Duration::from_secs(5)).await,
+                        Err(_) => true,
+                    }
+                })
+            })
+            .collect();
+        for conn in batch {
+            if conn.await.unwrap() {
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(refused, 5_000);
+    let run = call.await.unwrap();
+    assert!(run.success, "{}\n{}", run.output, d.log());
+}
+
+#[tokio::test]
+async fn slow_loris_idle_and_surplus_tcp_connections_are_closed() {
+    let d = daemon(
+        "[sip.tcp]\nmessage_timeout_seconds = 2\nidle_timeout_seconds = 4\nmax_connections_per_source = 2\n",
+        &[],
+    )
+    .await;
+    let target = sip_addr(&d);
+    let mut idle = TcpStream::connect(target).await.unwrap();
+    let mut loris = TcpStream::connect(target).await.unwrap();
+    // Both admitted; a third from the same source is over the cap.
+    let mut surplus = TcpStream::connect(target).await.unwrap();
+    assert!(closed_within(&mut surplus, Duration::from_secs(2)).await);
+
+    let started = Instant::now();
+    let drip = tokio::spawn(async move {
+        for byte in b"INVITE sip:+14155552671@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP" {
+            if loris.write_all(&[*byte]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        loris
+    });
+    let mut loris = drip.await.unwrap();
+    assert!(closed_within(&mut loris, Duration::from_secs(1)).await);
+    let loris_closed = started.elapsed();
+    assert!(
+        loris_closed >= Duration::from_millis(1800) && loris_closed < Duration::from_secs(5),
+        "slow-loris closed after {loris_closed:?}"
+    );
+    assert!(
+        closed_within(&mut idle, Duration::from_secs(4)).await,
+        "idle connection left open"
+    );
+    let metrics = d.metrics().await;
+    assert!(
+        metric(
+            &metrics,
+            "agentline_sip_requests_rejected_total{reason=\"tcp_timeout\"}"
+        ) >= 2.0
+    );
+    assert!(
+        metric(
+            &metrics,
+            "agentline_sip_requests_rejected_total{reason=\"tcp_refused\"}"
+        ) >= 1.0
+    );
+}
