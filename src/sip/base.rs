@@ -132,8 +132,9 @@ pub(crate) fn attach_sdp(headers: &mut Headers, body: &mut Bytes, sdp: Bytes) {
     *body = sdp;
 }
 
-/// Answer a request outside any dialog with a final response, in its own
-/// server transaction (the INVITE one waits for the ACK in the background).
+/// Answer a request outside any dialog with a final response: an INVITE in
+/// its own server transaction (waiting for the ACK in the background), any
+/// other request statelessly.
 pub(crate) async fn respond(
     endpoint: &Endpoint,
     mut request: IncomingRequest,
@@ -154,9 +155,13 @@ pub(crate) async fn respond(
             }
         });
     } else {
-        let tsx = endpoint.create_server_tsx(&mut request);
-        if let Err(e) = tsx.respond(response).await {
+        // RFC 3261 §8.2.7: answered statelessly. A server transaction would
+        // hold ezk's per-transaction channel (32 slots of ~1 KB) for timer J,
+        // 32 s over UDP, only to resend this answer to a retransmission,
+        // which is answered alike anyway.
+        if let Err(e) = endpoint.send_outgoing_response(&mut response).await {
             tracing::warn!(error = %e, "failed to send response");
         }
+        drop(request);
     }
 }
