@@ -422,3 +422,90 @@ async fn slow_loris_idle_and_surplus_tcp_connections_are_closed() {
         ) >= 1.0
     );
 }
+
+/// Runs a sipvicious tool from 127.0.0.2 (a stranger) for at most 60 s.
+async fn sipvicious(tool: &str, args: &[&str]) -> String {
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(tool)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("sipvicious finished")
+    .unwrap_or_else(|e| panic!("{tool} missing (apt-get install sipvicious): {e}"));
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[tokio::test]
+async fn sipvicious_from_a_stranger_finds_nothing() {
+    let d = daemon("", &[("AGENTLINE_SIP__UNKNOWN_SOURCE", "reject")]).await;
+    let port = d.sip_port.to_string();
+    let local = free_udp_port().to_string();
+    // svmap's OPTIONS names its scanner user agent: dropped, source banned,
+    // even in reject mode.
+    let map = sipvicious(
+        "svmap",
+        &[
+            "-p",
+            &port,
+            "-P",
+            &local,
+            "-b",
+            "127.0.0.2",
+            "-x",
+            "127.0.0.2",
+            "127.0.0.1",
+        ],
+    )
+    .await;
+    assert!(
+        !map.contains(&format!("127.0.0.1:{port}")),
+        "svmap found us:\n{map}"
+    );
+    let metrics = d.metrics().await;
+    assert!(
+        metric(
+            &metrics,
+            "agentline_sip_requests_rejected_total{reason=\"scanner\"}"
+        ) >= 1.0
+    );
+    assert_eq!(
+        metric(&metrics, "agentline_sip_banned_sources"),
+        1.0,
+        "{metrics}"
+    );
+
+    // svwar with our number and a missing one, from another stranger in
+    // the default mode: both get the same silence.
+    let d = daemon("", &[]).await;
+    let port = d.sip_port.to_string();
+    let dictionary = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(dictionary.path(), format!("{NUMBER}\n+19995550000\n")).unwrap();
+    let war = sipvicious(
+        "svwar",
+        &[
+            "-p",
+            &port,
+            "-P",
+            &free_udp_port().to_string(),
+            "-b",
+            "127.0.0.3",
+            "-x",
+            "127.0.0.3",
+            "-m",
+            "INVITE",
+            "-d",
+            &dictionary.path().display().to_string(),
+            "127.0.0.1",
+        ],
+    )
+    .await;
+    assert!(!war.contains(NUMBER), "svwar told our number apart:\n{war}");
+}

@@ -882,6 +882,59 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_documents_the_sip_edge_defaults() {
+        let c = load_str(include_str!("../../agentline.example.toml")).unwrap();
+        let defaults = SipConfig::default();
+        assert_eq!(c.sip.unknown_source, UnknownSource::Drop);
+        assert_eq!(c.sip.flood, defaults.flood);
+        assert_eq!(c.sip.tcp, defaults.tcp);
+        assert_eq!(c.sip.server_header, "");
+    }
+
+    #[test]
+    fn bad_sip_edge_settings_are_named() {
+        let e = load_str(
+            "[sip.flood.trunk]
+invite = { rate = 0, burst = 5 }
+register = { rate = 1, burst = 1 }
+options = { rate = 1, burst = 1 }
+other = { rate = 1, burst = 1 }
+",
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "sip.flood.trunk.invite.rate", "{e}");
+        let e = load_str(
+            "[sip.flood]
+ban_seconds = 0
+",
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "sip.flood.ban_seconds", "{e}");
+        let e = load_str(
+            "[sip.tcp]
+max_connections = 10
+max_connections_per_source = 11
+",
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "sip.tcp.max_connections_per_source", "{e}");
+        let e = load_str(
+            "[sip.tcp]
+message_timeout_seconds = 0
+",
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "sip.tcp.message_timeout_seconds", "{e}");
+        let e = load_str(
+            "[sip.flood]
+scanner_user_agents = [\"\"]
+",
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "sip.flood.scanner_user_agents", "{e}");
+    }
+
+    #[test]
     fn bad_speech_settings_are_named() {
         let c = load_str("[speech]\nvoice = \"kal\"\nwarm_workers = 2\n").unwrap();
         assert_eq!(c.speech.voice, "kal");

@@ -1,6 +1,9 @@
-//! Transport glue: binds UDP and TCP at the listen address, builds the ezk
-//! endpoint with our layers in order, and knows the address we announce in
-//! Contact (and that the media layer puts into SDP).
+//! Transport glue: picks the port, builds the ezk endpoint with our layers
+//! in order, puts the edge in front of it (our own UDP reader and TCP
+//! acceptor, see [`super::udp`] and [`super::tcp`]), and knows the address
+//! we announce in Contact (and that the media layer puts into SDP).
+//!
+//! Must not read or answer messages itself.
 
 use super::auth::AuthLayer;
 use super::base::{LocalIdentity, SipError, Transport};
