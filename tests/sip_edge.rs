@@ -80,6 +80,11 @@ async fn control_probe(target: SocketAddr) {
         .await
         .expect("the trunk's OPTIONS answered")
         .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]).to_lowercase();
+    assert!(
+        !text.contains("\r\nserver:") && !text.contains("\r\nuser-agent:"),
+        "a version announced: {text}"
+    );
     assert!(
         buf[..n].starts_with(b"SIP/2.0 200"),
         "{}",

@@ -24,7 +24,6 @@
 //! and keeps one small entry per source (bounded by `max_tracked_sources`).
 
 use super::base::{Admission, RequestSource, Transport};
-use super::inbound::InboundHandler;
 use crate::config::{FloodConfig, MethodLimits, RateLimit, UnknownSource};
 use crate::metrics::{SIP_BANNED_SOURCES, SIP_REQUESTS_REJECTED_TOTAL};
 use std::collections::HashMap;
@@ -116,11 +115,15 @@ impl SourceState {
     }
 }
 
+/// Whether a trunk allows a source: the handler's `admit`, passed in so
+/// that the edge sits below `inbound`.
+pub(crate) type Admit = Arc<dyn Fn(&RequestSource) -> Admission + Send + Sync>;
+
 /// The flood guard and admission policy of one SIP stack. Cheap to share.
 pub(crate) struct EdgeGuard {
     config: FloodConfig,
     unknown_source: UnknownSource,
-    handler: Arc<dyn InboundHandler>,
+    admit: Admit,
     sources: Mutex<HashMap<IpAddr, SourceState>>,
     /// Inbound INVITE server transactions alive now.
     live_invites: AtomicUsize,
@@ -132,7 +135,7 @@ impl EdgeGuard {
     pub(crate) fn new(
         config: FloodConfig,
         unknown_source: UnknownSource,
-        handler: Arc<dyn InboundHandler>,
+        admit: Admit,
     ) -> Arc<Self> {
         let scanners = config
             .scanner_user_agents
@@ -142,7 +145,7 @@ impl EdgeGuard {
         let guard = Arc::new(Self {
             config,
             unknown_source,
-            handler,
+            admit,
             sources: Mutex::new(HashMap::new()),
             live_invites: AtomicUsize::new(0),
             scanners,
@@ -158,7 +161,7 @@ impl EdgeGuard {
 
     /// Whether a trunk allows `addr` at all (TCP asks at accept).
     pub(crate) fn admitted(&self, addr: SocketAddr, transport: Transport, method: &str) -> bool {
-        self.handler.admit(&RequestSource {
+        (self.admit)(&RequestSource {
             addr,
             transport,
             method: method.to_owned(),
@@ -470,26 +473,20 @@ fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sip::IncomingInvite;
-
-    struct Trunk(IpAddr);
-
-    impl InboundHandler for Trunk {
-        fn admit(&self, source: &RequestSource) -> Admission {
-            if source.addr.ip() == self.0 {
-                Admission::Admit
-            } else {
-                Admission::Drop
-            }
-        }
-        fn on_invite(&self, _invite: IncomingInvite) {}
-    }
 
     const TRUNK: &str = "127.0.0.1:5080";
     const STRANGER: &str = "127.0.0.2:5080";
 
     fn guard(mode: UnknownSource, config: FloodConfig) -> Arc<EdgeGuard> {
-        EdgeGuard::new(config, mode, Arc::new(Trunk([127, 0, 0, 1].into())))
+        let trunk = IpAddr::from([127, 0, 0, 1]);
+        let admit: Admit = Arc::new(move |source: &RequestSource| {
+            if source.addr.ip() == trunk {
+                Admission::Admit
+            } else {
+                Admission::Drop
+            }
+        });
+        EdgeGuard::new(config, mode, admit)
     }
 
     fn invite(to_tag: bool, ua: &str) -> Vec<u8> {

@@ -98,7 +98,12 @@ impl SipStack {
             bound: listen,
             public,
         });
-        let edge = EdgeGuard::new(config.flood, config.unknown_source, handler.clone());
+        let admit_handler = handler.clone();
+        let edge = EdgeGuard::new(
+            config.flood,
+            config.unknown_source,
+            Arc::new(move |source| admit_handler.admit(source)),
+        );
         let layers = |builder: &mut EndpointBuilder, peers: Option<Arc<TcpPeers>>| {
             if let Some(user_agent) = &config.user_agent {
                 builder.user_agent(user_agent.clone());
