@@ -154,6 +154,8 @@ pub(crate) fn spawn_reader(
                     // ICMP errors of earlier sends surface here; the socket
                     // itself is fine.
                     tracing::debug!(error = %e, "SIP UDP receive error");
+                    // Never spin on an error that does not go away.
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
                     continue;
                 }
             };
