@@ -48,6 +48,12 @@ calls() {
 ROOT=$PWD
 LIMITS="max_calls = 50000
 cps = 100000"
+# The trunk's own flood limits sized for the offered rate, as an operator
+# would for a carrier of that size (the defaults allow 1,000 INVITEs/s).
+export AGENTLINE_SIP__FLOOD__TRUNK__INVITE__RATE=$((RATE * 2))
+export AGENTLINE_SIP__FLOOD__TRUNK__INVITE__BURST=$((RATE * 4))
+export AGENTLINE_SIP__FLOOD__TRUNK__OTHER__RATE=$((RATE * 6))
+export AGENTLINE_SIP__FLOOD__TRUNK__OTHER__BURST=$((RATE * 12))
 
 echo "### Call rate with the flood guard on and off ($((RATE)) CPS offered, 10 s)"
 echo
