@@ -89,6 +89,7 @@ pub(crate) async fn build(
 }
 
 /// A duplicate of the UDP socket of this process bound to `bound`.
+#[allow(unsafe_code)] // FFI: std has no safe way to duplicate a descriptor it does not own
 fn duplicate_udp(bound: SocketAddr) -> io::Result<std::net::UdpSocket> {
     for entry in std::fs::read_dir("/proc/self/fd")? {
         let Some(fd) = entry?
@@ -120,6 +121,7 @@ fn duplicate_udp(bound: SocketAddr) -> io::Result<std::net::UdpSocket> {
     ))
 }
 
+#[allow(unsafe_code)] // FFI: getsockopt(SO_TYPE) has no safe wrapper in std or libc
 fn is_datagram_socket(fd: RawFd) -> bool {
     let mut kind: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
