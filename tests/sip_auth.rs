@@ -295,14 +295,32 @@ async fn svcrack_is_banned_after_a_few_attempts() {
         "reason=\"auth_banned\"",
     )
     .await;
-    println!("svcrack: {failed} failures counted, then {banned} requests dropped by the ban");
+    // svcrack names itself (friendly-scanner): the edge drops and bans it
+    // at its first request, before the digest layer counts a failure.
+    let scanner = metric_sum(
+        &d,
+        "agentline_sip_requests_rejected_total",
+        "reason=\"scanner\"",
+    )
+    .await;
+    let edge_banned = metric_sum(
+        &d,
+        "agentline_sip_requests_rejected_total",
+        "reason=\"banned\"",
+    )
+    .await;
+    println!(
+        "svcrack: {failed} failures counted, {scanner} dropped as a scanner, then {banned} + {edge_banned} requests dropped by the ban"
+    );
     assert!(
-        (1..=5).contains(&failed),
+        failed <= 5 && (failed >= 1 || scanner >= 1),
         "{failed} failures counted\n{text}\n{}",
         d.log()
     );
+    // Banned by the digest layer (later requests dropped), or by the edge
+    // at the first one (svcrack then gives up on the silence).
     assert!(
-        banned > 0,
+        banned + edge_banned > 0 || scanner >= 1,
         "nothing dropped after the ban\n{text}\n{}",
         d.log()
     );

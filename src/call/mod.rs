@@ -282,8 +282,12 @@ impl Calls {
 /// CANCEL and the ACK of our 401; REGISTER so that a guesser is counted and
 /// banned), and only when some trunk takes such callers.
 fn may_authenticate(shared: &Shared, method: &str) -> bool {
-    matches!(method, "INVITE" | "CANCEL" | "ACK" | "REGISTER")
-        && !inbound::digest_accounts(shared).is_empty()
+    // The rest are the in-dialog requests of a call that authenticated
+    // (the edge cannot see dialogs; the dialog layer answers the others).
+    matches!(
+        method,
+        "INVITE" | "CANCEL" | "ACK" | "REGISTER" | "BYE" | "INFO" | "UPDATE" | "PRACK"
+    ) && !inbound::digest_accounts(shared).is_empty()
 }
 
 /// The address of a `host[:port]` (or `sip:` URI) peer given as an IP

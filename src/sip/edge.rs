@@ -387,14 +387,32 @@ impl<'a> Sniff<'a> {
         }
     }
 
+    /// The method for the admission question: a known one by name, else
+    /// `other` (or `response`).
     fn method_text(&self) -> &'static str {
-        match self.class() {
-            Class::Invite => "INVITE",
-            Class::Register => "REGISTER",
-            Class::Options => "OPTIONS",
-            Class::Other if self.response => "response",
-            Class::Other => "other",
+        const KNOWN: &[&str] = &[
+            "INVITE",
+            "ACK",
+            "BYE",
+            "CANCEL",
+            "OPTIONS",
+            "REGISTER",
+            "INFO",
+            "UPDATE",
+            "PRACK",
+            "NOTIFY",
+            "SUBSCRIBE",
+            "REFER",
+            "MESSAGE",
+        ];
+        if self.response {
+            return "response";
         }
+        KNOWN
+            .iter()
+            .find(|m| m.as_bytes() == self.method)
+            .copied()
+            .unwrap_or("other")
     }
 }
 
