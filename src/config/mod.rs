@@ -368,7 +368,7 @@ pub struct FloodConfig {
     /// dropped until idle ones expire.
     pub max_tracked_sources: u32,
     /// A request whose User-Agent contains one of these (any case) is
-    /// dropped, and its source banned unless a trunk allows it.
+    /// dropped and its source banned for `ban_seconds`.
     pub scanner_user_agents: Vec<String>,
 }
 

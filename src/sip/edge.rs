@@ -10,7 +10,7 @@
 //!    strangers: a stranger over its limit is banned for `ban_seconds`, a
 //!    trunk source is throttled (the excess dropped) and logged, never
 //!    banned;
-//! 4. a scanner User-Agent is dropped (and a stranger banned);
+//! 4. a scanner User-Agent is dropped and its source banned;
 //! 5. a stranger gets nothing (`unknown_source = "drop"`), or in `reject`
 //!    mode one stateless 403 no larger than its request: the amplification
 //!    factor toward a spoofed source stays at most 1, and there is no 100
@@ -274,9 +274,10 @@ impl EdgeGuard {
                 return Verdict::Drop("throttled");
             }
             if sniff.user_agent.is_some_and(|ua| self.is_scanner(ua)) {
-                if !trunk {
-                    self.ban(ip, state, now, "scanner");
-                }
+                // Whoever admits it (a trunk with inbound auth admits
+                // strangers to its challenge): a scanner is banned, for
+                // `ban_seconds`, never for ever.
+                self.ban(ip, state, now, "scanner");
                 return Verdict::Drop("scanner");
             }
         }
@@ -615,7 +616,7 @@ mod tests {
             g.inspect(addr(TRUNK), Transport::Udp, &raw),
             Verdict::Drop("scanner")
         );
-        assert!(!g.is_banned(addr(TRUNK).ip()));
+        assert!(g.is_banned(addr(TRUNK).ip()));
     }
 
     #[tokio::test]
