@@ -294,11 +294,10 @@ async fn answers_options(socket: &UdpSocket, to: SocketAddr, limit: Duration) ->
     unreachable!()
 }
 
-// ezk-sip-core 0.9.2's UDP reader panics on `Content-Length:
+// ezk-sip-core 0.9.2's own UDP reader panics on `Content-Length:
 // 18446744073709551615` (an unchecked add in its framing) and its receive
-// task ends: one datagram stops SIP over UDP. Runs once our own UDP reader
-// (issue 14, the SIP edge) frames datagrams in front of ezk.
-#[ignore = "a known crash in ezk's UDP reader, fixed by the SIP edge's own reader"]
+// task ends: one datagram would stop SIP over UDP. Our own reader
+// (`sip::udp`) frames datagrams in front of ezk; this keeps it so.
 #[tokio::test]
 async fn sip_datagrams_from_the_corpus_and_mutations_leave_the_daemon_answering() {
     let d = TestDaemon::builder()

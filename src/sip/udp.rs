@@ -23,7 +23,7 @@ use bytes::Bytes;
 use ezk_sip_core::transport::{ReceivedMessage, TpHandle};
 use ezk_sip_core::{Endpoint, EndpointBuilder};
 use ezk_sip_types::Headers;
-use ezk_sip_types::header::typed::ContentLength;
+use ezk_sip_types::header::typed::{ContentLength, Via};
 use ezk_sip_types::msg::{Line, MessageLine, PullParser};
 use ezk_sip_types::parse::Parse;
 use std::io;
@@ -195,8 +195,8 @@ type Parsed = (MessageLine, Headers, Bytes, Bytes);
 /// A whole SIP message in one datagram, split as ezk's own UDP reader does:
 /// start line, header lines, and the body by Content-Length (or the rest of
 /// the datagram without one). `None` for what ezk would drop: a bad start
-/// line, a bad header line, invalid UTF-8, or a body shorter than its
-/// Content-Length.
+/// line, a bad header line, invalid UTF-8, no Via, or a body shorter than
+/// its Content-Length.
 fn parse(raw: &[u8]) -> Option<Parsed> {
     let buffer = Bytes::copy_from_slice(raw);
     let mut parser = PullParser::new(&buffer, 0);
@@ -210,6 +210,13 @@ fn parse(raw: &[u8]) -> Option<Parsed> {
             let (_, header) = Line::parse(&buffer, text).ok()?;
             headers.insert(header.name, header.value);
         }
+    }
+    // ezk's endpoint reads the first Via of every message without checking
+    // there is one (ezk-sip-core 0.9.2 `Endpoint::do_receive`): a message
+    // whose Via headers decode to none would panic its receive task.
+    match headers.get_named::<Vec<Via>>() {
+        Ok(via) if !via.is_empty() => {}
+        _ => return None,
     }
     let head_end = parser.head_end();
     let body = match headers.get_named::<ContentLength>() {
