@@ -1,28 +1,43 @@
 //! agentline: a daemon that puts voice agents on the phone network.
 //!
-//! The module map follows `DESIGN.md`; `main.rs` only hands over to [`cli`].
+//! `main.rs` only hands over to [`cli`]. How the modules fit together, what
+//! each may import, which task owns what and the life of a call are in
+//! `docs/ARCHITECTURE.md`; the design and its reasons in `docs/DESIGN.md`.
+//! One line per module, entry points first, leaves last:
 //!
-//! - [`cli`] parses the command line; [`app`] builds the services in order
-//!   and owns drain versus stop.
-//! - [`config`]: the daemon config and the SIP profiles, validated once.
-//! - [`sip`]: signalling only; [`media`]: RTP, codecs, jitter buffer, DTMF,
-//!   SDP. Neither imports `store` or `api`.
-//! - [`call`]: decisions about calls and the one task per call
-//!   (inbound routing, outbound dialing, `EndReason`, the event bus, trunk
-//!   registrations); [`agent`]: what runs on a call (settings for now).
-//! - [`model`]: the public representation of a call, a campaign and a
-//!   trunk (what the API answers and the webhooks carry) and the typed
-//!   statuses and event types every layer shares; below the store.
+//! - [`cli`]: the command line (`run`, `check-config`, `migrate`, `keys`,
+//!   `campaign watch`); the config is validated before anything opens.
+//! - [`app`]: builds the services in order and owns drain versus stop.
+//! - [`api`]: the admin HTTP API, its auth, rate limits, SSE stream and
+//!   OpenAPI document; only `app`, `cli` and `api` import it.
+//! - [`call`]: the decisions about calls and the one task per call: inbound
+//!   routing, outbound placing, the phases as types, `EndReason`, every
+//!   state transition, trunk registrations and probes.
+//! - [`campaign`]: outbound campaigns: calling windows, retry policy,
+//!   pacing, CSV import and the runner that claims contacts with leases.
+//! - [`webhook`]: the outbox (events written with the change that caused
+//!   them) and the worker that signs, delivers and retries them.
 //! - [`store`]: every SQL statement, for SQLite and PostgreSQL.
-//! - [`api`]: the admin HTTP API, its auth, rate limits and OpenAPI document.
-//! - [`webhook`]: the outbox and signed delivery of events.
-//! - [`campaign`]: outbound campaigns: calling windows, retry policy, pacing,
-//!   CSV import and the dialer that claims contacts with row leases.
-//! - Small shared pieces: [`trunk`] (live trunk state), [`e164`] (number
-//!   normalization), [`ids`] (prefixed ids), [`secrets`] (API keys and
-//!   webhook secrets), [`signing`] (Standard Webhooks signatures, for
-//!   webhooks and agent tools), [`metrics`] (every metric name), [`memory`] (hands
-//!   freed heap back to the system).
+//! - [`model`]: the public shape of a call, a campaign and a trunk (what
+//!   the API answers and the webhooks carry), and the typed statuses,
+//!   directions and event types every layer uses; below the store.
+//! - [`sip`]: signalling only, from the edge before the parser to dialogs
+//!   and registrations; imports neither `call` nor `store`.
+//! - [`media`]: RTP, codecs, jitter buffer, DTMF, pacing, SDP; decides
+//!   nothing about a call.
+//! - [`agent`]: what runs on a call: turn-taking, the session, the brain,
+//!   the speech engines and vendors.
+//! - [`signing`]: Standard Webhooks signatures, for deliveries and agent
+//!   tools.
+//! - [`trunk`]: the live state of each trunk (registration, health, calls).
+//! - [`config`]: the daemon config and the SIP profiles, validated once.
+//! - [`metrics`]: every metric name in one place.
+//! - [`e164`]: phone number normalization.
+//! - [`ids`]: prefixed opaque ids.
+//! - [`secrets`]: API keys and webhook secrets.
+//! - [`memory`]: hands freed heap back to the system.
+//! - `fuzz` (hidden from the docs): one entry per parser that takes
+//!   outside bytes, for `fuzz/` and `tests/fuzz.rs`.
 
 pub mod agent;
 pub mod api;

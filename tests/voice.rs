@@ -702,7 +702,9 @@ async fn transfer_sends_refer_then_bye() {
 }
 
 /// Decodes `wav` (16 kHz mono) with PocketSphinx 5 against the JSGF
-/// grammar `jsgf` (exact sentences make a pass/fail answer; PEERS.md).
+/// grammar `jsgf`: a grammar of the expected sentences gives an exact
+/// pass/fail answer, where a free-form decode would only give a word error
+/// rate.
 const DECODE: &str = "import sys, wave\n\
 from pocketsphinx import Decoder\n\
 d = Decoder(samprate=16000, jsgf=sys.argv[2], lm=None)\n\

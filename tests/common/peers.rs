@@ -52,7 +52,8 @@ impl Kamailio {
         let cfg_path = dir.path().join("kamailio.cfg");
         std::fs::write(&cfg_path, cfg).unwrap();
         let log = std::fs::File::create(dir.path().join("kamailio.log")).unwrap();
-        // -m 512: the default shared memory runs out under load (PEERS.md).
+        // -m 512: the default 64 MB of shared memory runs out near 1,000
+        // calls a second and calls fail.
         let child = Command::new("kamailio")
             .arg("-f")
             .arg(&cfg_path)
