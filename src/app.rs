@@ -83,8 +83,13 @@ pub enum Control {
 
 /// A validated, connected daemon that has not bound its ports yet.
 pub struct App {
+    /// The validated daemon config, read once: a change needs a restart
+    /// (only the SIP profiles reload on SIGHUP).
     config: Config,
+    /// Where the SIP profiles are re-read from on SIGHUP.
     profiles_dir: PathBuf,
+    /// What the API handlers share (store, outbox, profiles, the call
+    /// layer, readiness); `run` flips its readiness and closes its outbox.
     state: AppState,
     /// Delivers the outbox; taken and started by [`App::run`], stopped by
     /// closing the outbox.

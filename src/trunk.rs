@@ -54,16 +54,22 @@ pub enum Health {
     },
 }
 
+/// What one trunk looks like now.
 #[derive(Debug, Clone, Default)]
 pub struct TrunkLive {
+    /// Written by the trunk's registration task (through its mirror).
     pub registration: RegistrationStatus,
+    /// Written by the trunk's OPTIONS probe task.
     pub health: Health,
+    /// The calls on the trunk on this node, as the call registry counts
+    /// them against `max_calls`.
     pub active_calls: u32,
 }
 
 /// Live state of every trunk, by profile name.
 #[derive(Debug, Default)]
 pub struct TrunkStates {
+    /// By profile name; trimmed to the profiles on SIGHUP.
     // std Mutex: every access is a short copy in or out, never across `.await`.
     inner: Mutex<HashMap<String, TrunkLive>>,
 }

@@ -35,7 +35,9 @@ pub struct AuthedKey {
 /// One limiter per key, created on first use and replaced when the key's
 /// limit changes.
 pub struct RateLimits {
+    /// The limit of a key that sets none of its own.
     default_per_minute: NonZeroU32,
+    /// The one clock every limiter reads.
     clock: DefaultClock,
     // std Mutex: held only to look up or insert, never across an `.await`
     // (clippy's `await_holding_lock` checks it).

@@ -57,12 +57,18 @@ use crate::webhook::guard::Guard;
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
 
+/// What [`AppState`] shares. Built once by `app`; everything in it is either
+/// read-only after start or synchronized on its own, so handlers never
+/// lock the whole.
 pub struct Inner {
+    /// Reads and writes that are not call transitions (agents, numbers,
+    /// keys, listings); a clone of the daemon's one store.
     pub store: Store,
     /// Emits events and wakes the webhook worker and the event streams.
     pub outbox: Outbox,
     /// Refuses endpoint URLs that point inside.
     pub guard: Guard,
+    /// `[webhooks]`: the guard's networks, secret overlap, SSE heartbeat.
     pub webhooks: WebhooksConfig,
     /// `[campaigns] min_retry_delay_seconds`: the shortest retry delay a
     /// campaign's policy may ask.
@@ -71,8 +77,13 @@ pub struct Inner {
     profiles: Arc<SharedProfiles>,
     /// Places and hangs up calls.
     pub calls: Calls,
+    /// Live trunk state for `GET /v1/trunks`; written by the call layer,
+    /// trimmed and seeded by the SIGHUP reload.
     pub trunks: Arc<TrunkStates>,
+    /// Per-key request limits; outlives any one request.
     pub rate_limits: auth::RateLimits,
+    /// What `/ready` answers: starting, ready, or draining from the first
+    /// SIGTERM on, so a load balancer moves away before calls are refused.
     pub readiness: Arc<Readiness>,
     /// `None` when another recorder owns the process (tests that embed).
     metrics: Option<PrometheusHandle>,

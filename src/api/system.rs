@@ -19,7 +19,10 @@ use super::error::ApiError;
 /// SIGTERM. `/ready` answers 503 unless ready, so a load balancer moves
 /// traffic away before calls are refused.
 #[derive(Debug)]
-pub struct Readiness(AtomicU8);
+pub struct Readiness(
+    /// `STARTING`, `READY` or `DRAINING`; written by `app`, read per probe.
+    AtomicU8,
+);
 
 const STARTING: u8 = 0;
 const READY: u8 = 1;

@@ -25,6 +25,7 @@ use crate::store::calls::{CallRecord, CampaignAttempt};
 /// Places campaign calls through [`Calls`].
 #[derive(Clone)]
 pub struct CallDialer {
+    /// The call layer, placing through the same path as the API.
     calls: Calls,
 }
 

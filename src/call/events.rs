@@ -58,10 +58,17 @@ pub struct CallUpdate {
     pub call: Arc<CallRecord>,
 }
 
-/// The store writes and the bus, together.
+/// The store writes and the bus, together. Cheap to clone: every call
+/// task and its screen hold one.
 #[derive(Clone)]
 pub struct Transitions {
+    /// Writes each change with its event in one transaction and wakes the
+    /// webhook worker; the write is awaited, so the bus never runs ahead of
+    /// the store.
     outbox: Outbox,
+    /// The committed changes, for in-process subscribers (the campaign
+    /// outcome feed); a subscriber that lags more than [`BUS_CAPACITY`]
+    /// misses some and must reconcile from the store.
     bus: broadcast::Sender<CallUpdate>,
 }
 

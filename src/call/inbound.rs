@@ -39,9 +39,13 @@ use crate::{e164, ids};
 
 /// What [`route`] found for an INVITE.
 struct Route {
+    /// The trunk the INVITE came on, as its profile stood at routing.
     trunk: Profile,
+    /// The dialled number, E.164, as provisioned.
     number: String,
+    /// The caller's number (E.164 where it parses) or `anonymous`.
     caller: String,
+    /// The agent bound to the number.
     agent: AgentSpec,
     /// `None`: a late offer (RFC 3261 §13.2.1), ours goes in the 200.
     offer: Option<Bytes>,
@@ -317,7 +321,10 @@ async fn prepare(call: Routed, route: &Route) -> Result<(Prepared, Bytes), Finis
 
 /// An inbound call recorded `ringing`, until it is answered or ends.
 struct Ringing {
+    /// The call with its agent and media, recorded `ringing`.
     prepared: Prepared,
+    /// The server INVITE transaction: 180, 200 or a final refusal, and
+    /// the caller's CANCEL.
     invite: IncomingInvite,
     /// What the 200 carries: our answer, or our offer.
     local_sdp: Bytes,

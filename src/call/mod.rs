@@ -61,31 +61,55 @@ use trunk_pings::TrunkPings;
 /// The call layer. Cheap to clone.
 #[derive(Clone)]
 pub struct Calls {
+    /// The state every call task and the API's handle share; the last
+    /// clone goes with the last call task after the daemon has stopped.
     shared: Arc<Shared>,
 }
 
-/// What every call task shares.
+/// What every call task shares, behind one `Arc`: read-mostly settings,
+/// handles that are cheap to clone, and the small indexes (live calls, RTP
+/// ports) each behind its own short lock. Nothing here is held across an
+/// `.await` by one call at the expense of another.
 pub(crate) struct Shared {
-    /// Store writes plus the event bus.
+    /// Store writes plus the event bus: the one writer of call rows, whose
+    /// every change also queues its webhook in the same transaction.
     transitions: Transitions,
-    /// The trunk profiles, replaced on SIGHUP.
+    /// The trunk profiles, replaced whole on SIGHUP; a call reads one
+    /// snapshot when it is routed and keeps it to its end.
     profiles: Arc<SharedProfiles>,
+    /// Live trunk state (registration, health, active calls) the API
+    /// reads; the registrations, the probes and the registry write it.
     trunks: Arc<TrunkStates>,
-    /// Live calls and trunk slots; the drain waits on it.
+    /// Live calls and trunk slots: the one `max_calls` count, the handles
+    /// the API and the drain hang up through; the drain waits on it
+    /// emptying.
     registry: LiveCalls,
-    /// Set once by [`Calls::start_sip`].
+    /// Set once by [`Calls::start_sip`]; empty until then, so placing a
+    /// call before SIP is up fails with `NotRunning` instead of waiting.
     stack: OnceLock<SipStack>,
+    /// The RTP port range; a call's port is freed when its media session
+    /// ends (the permit is dropped), even if the call task was cut short.
     ports: PortAllocator,
-    /// The SIP edge's settings (`[sip]` unknown_source, flood, tcp).
+    /// The SIP edge's settings (`[sip]` unknown_source, flood, tcp), handed
+    /// to the stack once by [`Calls::start_sip`].
     sip: config::SipConfig,
-    /// Ringing time before an inbound call is answered.
+    /// Ringing time before an inbound call is answered; a CANCEL, a hangup
+    /// or the drain's hangup may end the call within it.
     answer_delay: Duration,
     /// Default ring timeout of outbound calls.
     ring_timeout: Duration,
+    /// The settings every call's media session starts with (inactivity
+    /// timeout, comfort silence).
     media: SessionConfig,
-    /// Set by the drain: new calls are refused.
+    /// Set once by the drain and never cleared: inbound INVITEs get 503 and
+    /// placing fails from then on; calls already up are not touched.
     draining: AtomicBool,
+    /// One REGISTER task per trunk with `[registration]`, reconciled with
+    /// the profiles at start and on SIGHUP, stopped (unregistered) after
+    /// the drain.
     registrations: Registrations,
+    /// One OPTIONS probe task per trunk with `ping_seconds`, reconciled and
+    /// stopped with the registrations.
     pings: TrunkPings,
     /// The STT and TTS engines the `voice` agents get.
     speech: Speech,

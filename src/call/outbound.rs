@@ -191,10 +191,15 @@ async fn resolve(
 
 /// One outbound call, placed and recorded `queued`, for its task.
 struct Dial {
+    /// The admitted call, with its trunk slot, recorded `queued`.
     call: Routed,
+    /// The trunk to dial through, as its profile stood when placed.
     trunk: Profile,
+    /// The agent the call runs once answered.
     agent: AgentSpec,
+    /// How long the answered call may last.
     max_duration: Duration,
+    /// The request as placed (numbers, headers, ring timeout, AMD).
     req: OutboundRequest,
 }
 
@@ -255,7 +260,9 @@ impl Dial {
 
 /// An INVITE sent through the trunk's proxy, until its final response.
 struct Dialing {
+    /// The call with its agent and bound port, waiting for the answer.
     prepared: Prepared,
+    /// The INVITE client transaction: its responses, and CANCEL.
     invite: OutboundCall,
     /// When the INVITE went out: the setup time and the ring timeout
     /// count from here.

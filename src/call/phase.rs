@@ -48,9 +48,12 @@ const BYE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The agent a call runs, as its record stores it.
 pub(super) struct AgentSpec {
+    /// The agent's id (`agt_...`), stored on the call.
     pub id: String,
     /// `echo`, `prompt` or `voice`.
     pub kind: String,
+    /// The part of the settings the call layer reads (duration limit,
+    /// prompt, turn-taking, opening).
     pub settings: CallSettings,
     /// The agent's whole settings document (the brain reads it).
     pub settings_json: String,
@@ -62,6 +65,8 @@ pub(super) struct Routed {
     pub shared: Arc<Shared>,
     /// Shared, not owned: keeps every phase's failure edge small.
     pub id: Arc<str>,
+    /// The call's direction: whose BYE is a caller's or a callee's
+    /// hangup, and the metric label.
     pub inbound: bool,
     /// Hangups asked by the API and the drain, read by each phase.
     pub commands: mpsc::Receiver<CallCommand>,
@@ -168,9 +173,13 @@ enum Media {
 
 /// A routed call with its agent built and its RTP port bound.
 pub(super) struct Prepared {
+    /// The admitted call, with its trunk slot.
     pub call: Routed,
+    /// The agent built for the call, not started yet.
     agent: AgentRun,
+    /// Our side of the SDP: the port, the address and the trunk's codecs.
     sdp: LocalSdp,
+    /// The bound port, or the session already running.
     media: Media,
 }
 
@@ -247,15 +256,22 @@ fn rtp_failed(e: &impl std::fmt::Display) -> EndReason {
 
 /// The agent, our SDP side and the running media of an answered call.
 pub(super) struct Session {
+    /// The agent, started by the call task when its screen says so.
     agent: AgentRun,
+    /// Kept to answer re-INVITEs with the same origin and codecs.
     sdp: LocalSdp,
+    /// The running media task's handle and events; the port is freed when
+    /// the task ends.
     rtp: RtpSession,
 }
 
 /// An answered call, recorded `answered`, whose media runs.
 pub(super) struct Answered {
+    /// The admitted call, with its trunk slot.
     call: Routed,
+    /// The confirmed dialog; the call task owns it from here.
     sip: Call,
+    /// The agent and the running media.
     session: Session,
     /// The answer: the call's duration counts from here.
     at: Instant,

@@ -25,6 +25,7 @@ use crate::webhook::Outbox;
 /// What a per-trunk kind starts with.
 #[derive(Clone, Copy)]
 pub struct TrunkContext<'a> {
+    /// The running SIP stack the REGISTERs and probes go out on.
     pub stack: &'a SipStack,
     /// Where each trunk's live state goes, for `GET /v1/trunks/{id}`.
     pub trunks: &'a Arc<TrunkStates>,
@@ -57,6 +58,7 @@ pub trait PerTrunk: Sized + Send + 'static {
 
 /// The running `T` by trunk name, each with the key it started from.
 pub struct Reconciler<T: PerTrunk> {
+    /// What runs now, by trunk name; emptied by `stop_all` at shutdown.
     // tokio Mutex: apply and stop_all await each stop while holding it, so
     // two SIGHUPs in a row apply one after the other.
     running: Mutex<HashMap<String, (T::Key, T)>>,

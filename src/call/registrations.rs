@@ -25,6 +25,7 @@ pub type Registrations = Reconciler<Registered>;
 
 /// One trunk's running registration; it unregisters when stopped.
 pub struct Registered {
+    /// The REGISTER task's handle; stopping it unregisters (Expires: 0).
     registration: sip::Registration,
     /// Copies state changes into [`TrunkStates`]; ends with the registration.
     mirror: JoinHandle<()>,

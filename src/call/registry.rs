@@ -32,6 +32,9 @@ pub enum CallCommand {
 /// A handle to a running call task. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct CallHandle {
+    /// To the call task; bounded and sent with `try_send`, so a caller
+    /// never waits on a busy call, and closed once the task has dropped
+    /// its receiver (the call is over).
     commands: mpsc::Sender<CallCommand>,
 }
 
@@ -48,24 +51,33 @@ impl CallHandle {
     }
 }
 
+/// One live call in the index.
 struct Entry {
+    /// The trunk's profile name: the key its `max_calls` is counted by.
     trunk: String,
+    /// The label of the `agentline_calls_active` gauge it raised.
     direction: &'static str,
+    /// How the API and the drain reach the call task.
     handle: CallHandle,
 }
 
 /// The live calls. Cheap to clone.
 #[derive(Clone)]
 pub struct LiveCalls {
+    /// Shared by the call layer, every call's [`TrunkSlot`] and the drain.
     inner: Arc<Inner>,
 }
 
+/// The index behind [`LiveCalls`].
 struct Inner {
+    /// The live calls by id, ringing or up.
     // std Mutex: inserts, removals and copies only, never across `.await`.
     calls: Mutex<HashMap<String, Entry>>,
     /// Fired whenever a call leaves, for the drain.
     left: Notify,
+    /// Where each trunk's active-call count is mirrored for the API.
     trunks: Arc<TrunkStates>,
+    /// Each trunk's `cps` limiter (GCRA).
     // std Mutex: a lookup or insert, never across `.await`. Keyed by trunk,
     // with the rate the limiter was made for, so a SIGHUP that changes
     // `cps` takes effect on the next call.
@@ -205,7 +217,9 @@ impl Inner {
 
 /// A call's place in the [`LiveCalls`]; dropping it frees the trunk slot.
 pub struct TrunkSlot {
+    /// The index to leave on drop.
     registry: LiveCalls,
+    /// The call's id, its key in the index.
     id: Box<str>,
 }
 

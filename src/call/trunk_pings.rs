@@ -42,6 +42,8 @@ pub type TrunkPings = Reconciler<Probing>;
 
 /// One trunk's probe task.
 pub struct Probing {
+    /// The probe loop; aborted when the trunk's profile stops wanting it
+    /// or at shutdown (a probe in flight is dropped with it).
     task: JoinHandle<()>,
 }
 

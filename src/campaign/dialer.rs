@@ -137,16 +137,23 @@ pub type TrunkCaps = Box<dyn Fn() -> Vec<(String, Caps)> + Send + Sync>;
 
 /// The campaign runner; share it as `Arc<CampaignRunner<D>>`.
 pub struct CampaignRunner<D> {
+    /// Claims contacts (leases), records attempts and outcomes.
     store: Store,
     /// Writes `campaign.completed` with the status change.
     outbox: Outbox,
+    /// The call layer's side of the seam: places calls and tells their
+    /// fate after a restart.
     dialer: Arc<D>,
+    /// Owner name, caps, lease length and poll interval, fixed at start.
     cfg: RunnerConfig,
+    /// When the next call may start under the global and per-trunk caps.
     // std Mutex: held only for short synchronous updates, never across `.await`.
     pacer: Mutex<Pacer>,
     /// Where the trunk caps come from.
     trunk_caps: TrunkCaps,
     /// Calls this node placed and has not seen end: call id -> campaign.
+    /// Their leases are renewed while they run; a std Mutex held for an
+    /// insert, a removal or a copy, never across `.await`.
     in_flight: Mutex<HashMap<String, String>>,
     /// Woken when a call ends, so a freed slot is used at once.
     ended: Notify,

@@ -72,7 +72,10 @@ pub struct Config {
 /// The running trunk profiles, replaced whole on SIGHUP; readers take a
 /// snapshot and never hold the lock.
 #[derive(Debug, Default)]
-pub struct SharedProfiles(RwLock<Arc<Profiles>>);
+pub struct SharedProfiles(
+    /// Held only to clone or swap the `Arc`, never across an `.await`.
+    RwLock<Arc<Profiles>>,
+);
 
 impl SharedProfiles {
     pub fn new(profiles: Profiles) -> Self {

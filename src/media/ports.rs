@@ -81,7 +81,10 @@ fn lock(free: &Mutex<VecDeque<u16>>) -> std::sync::MutexGuard<'_, VecDeque<u16>>
 /// One allocated RTP port; dropping it returns the port to the allocator.
 #[derive(Debug)]
 pub struct PortPermit {
+    /// The even RTP port held; the odd one above stays free for RTCP.
     port: u16,
+    /// The allocator's free list, to push the port back on drop, whoever
+    /// drops it (the media task when the session ends, or a failed setup).
     free: Arc<Mutex<VecDeque<u16>>>,
 }
 

@@ -364,6 +364,9 @@ enum Msg {
 /// store is closed or the last handle is dropped.
 #[derive(Clone)]
 pub(crate) struct GroupCommit {
+    /// Jobs for the thread, and the close that ends it. Unbounded: a job's
+    /// caller awaits its own answer, so the queue is bounded by the call
+    /// tasks waiting on it.
     queue: mpsc::UnboundedSender<Msg>,
 }
 

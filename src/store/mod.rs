@@ -61,6 +61,8 @@ pub enum Pool {
 /// Handle to the store; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
+    /// The sqlx pool: every read, and the writes off the call path (API,
+    /// webhook worker, campaigns); on PostgreSQL the call path's too.
     pub pool: Pool,
     /// SQLite only: the thread that commits the call path's writes in
     /// batches ([`commit`]).

@@ -44,6 +44,7 @@ pub fn install_crypto_provider() {
 /// whoever waits for them. Cheap to clone.
 #[derive(Clone)]
 pub struct Outbox {
+    /// Where events are written, with the change that caused them.
     store: Store,
     /// Wakes the delivery worker when new deliveries are due.
     wake: Arc<Notify>,

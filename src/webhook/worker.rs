@@ -40,8 +40,12 @@ const STATS_EVERY: Duration = Duration::from_secs(5);
 
 /// Everything a request task needs; shared read-only.
 struct Ctx {
+    /// Resolves names through the guard, follows no redirect, one timeout
+    /// per attempt; its pool is shared by every request task.
     client: reqwest::Client,
+    /// Refuses addresses inside (loopback, private) at resolution.
     guard: Guard,
+    /// The retry schedule: when a failed delivery is due again, or dead.
     backoff: Backoff,
     /// Woken when a request slot frees, so the loop claims again.
     wake: Arc<Notify>,
@@ -49,10 +53,17 @@ struct Ctx {
 
 /// The worker, built from the config; [`Worker::run`] drives it.
 pub struct Worker {
+    /// Claims deliveries (with a lease) and records attempts.
     store: Store,
+    /// Shared by the request tasks, which may outlive one loop pass.
     ctx: Arc<Ctx>,
+    /// Concurrency, batch size, poll interval and timeouts.
     config: WebhooksConfig,
+    /// The outbox's wake-up: new deliveries were written or a request slot
+    /// freed, so claim now rather than at the next poll.
     wake: Arc<Notify>,
+    /// Turns true when the outbox is closed at shutdown: claim nothing
+    /// more, let requests in flight finish and record them, then return.
     closing: watch::Receiver<bool>,
 }
 
