@@ -14,7 +14,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
-use super::campaigns::{ImportReport, MAX_CSV_ROWS};
+use super::campaign_contacts::{ImportReport, MAX_CSV_ROWS};
 use super::error::{ApiError, ErrorResponses, FieldError};
 use super::extract::{ApiJson, ApiQuery, List, Pagination};
 use crate::campaign::csv::{CsvStream, Record, RowError};

@@ -14,6 +14,7 @@ mod agents;
 mod api_keys;
 pub mod auth;
 pub(crate) mod calls;
+mod campaign_contacts;
 pub(crate) mod campaigns;
 mod chat;
 mod deliveries;
@@ -173,6 +174,7 @@ fn routers(metrics_open: bool) -> (OpenApiRouter<AppState>, OpenApiRouter<AppSta
         .merge(calls::router())
         .merge(transcripts::router())
         .merge(campaigns::router())
+        .merge(campaign_contacts::router())
         .merge(dnc::router())
         .merge(chat::router())
         .merge(webhook_endpoints::router())

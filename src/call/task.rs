@@ -32,7 +32,7 @@ use crate::agent::brain::Role;
 use crate::agent::runner::{AgentRequest, AgentRun, Transcript};
 use crate::agent::session::Said;
 use crate::media::{Digit, Direction, LocalSdp, MediaEvent, MediaHandle, MediaStats, RtpSession};
-use crate::sip::{Call, DialogEvent, ReInvite};
+use crate::sip::{Call, DialogEvent, ReInvite, SipError};
 use crate::store::transcripts::NewTurn;
 
 /// How long we wait for the answer to our BYE before giving up on it.
@@ -85,26 +85,9 @@ pub(super) async fn run(shared: &Arc<Shared>, call: Established) -> EndReason {
     let mut reason = None;
     while reason.is_none() {
         reason = tokio::select! {
-            event = sip.next_event() => match event {
-                Ok(DialogEvent::Bye) => Some(far_hangup.clone()),
-                Ok(DialogEvent::ReInvite(re)) => {
-                    reinvite(&mut sip, &mut sdp, &media, re).await;
-                    None
-                }
-                // INFO is answered 200 by the SIP layer; a key in it
-                // (application/dtmf-relay) counts as one sent by RFC 4733.
-                Ok(DialogEvent::Info { content_type, body }) => {
-                    match content_type.as_deref().and_then(|ct| Digit::from_sip_info(ct, &body)) {
-                        Some(digit) => {
-                            on_digit(shared, &id, &screen, &mut agent, digit, "SIP INFO").await
-                        }
-                        None => None,
-                    }
-                }
-                // RFC 4028 session expiry: the dialog is gone.
-                Ok(DialogEvent::Terminated) => Some(far_hangup.clone()),
-                Err(e) => Some(EndReason::Failed(FailureCause::Sip(e.to_string()))),
-            },
+            event = sip.next_event() => {
+                on_dialog(shared, &id, &screen, &mut sip, &mut sdp, &media, &mut agent, event, &far_hangup).await
+            }
             screened = screen.next(&mut events) => match screened {
                 Screened::StartAgent => agent
                     .start(&media)
@@ -128,13 +111,8 @@ pub(super) async fn run(shared: &Arc<Shared>, call: Established) -> EndReason {
     let reason = reason.unwrap_or(EndReason::Failed(FailureCause::NoReason));
     tracing::info!(reason = reason.label(), "call ending");
 
-    if !reason.far_end_hung_up() && sip.is_active() {
-        // RFC 3261 §15.1.1: BYE ends the dialog from our side.
-        match timeout(BYE_TIMEOUT, sip.hangup()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::info!(error = %e, "BYE not answered cleanly"),
-            Err(_) => tracing::info!("BYE not answered in time"),
-        }
+    if !reason.far_end_hung_up() {
+        bye(sip).await;
     }
     if let Some(Transcript { said, summary }) = agent.finish().await {
         let turns: Vec<NewTurn> = said.into_iter().map(turn_of).collect();
@@ -146,6 +124,56 @@ pub(super) async fn run(shared: &Arc<Shared>, call: Established) -> EndReason {
     drop(events);
     stop_media(media, media_task).await;
     reason
+}
+
+/// What one event of the SIP dialog means for the call: its end, or
+/// nothing (a re-INVITE answered, a key sent by SIP INFO passed on).
+#[allow(clippy::too_many_arguments)]
+async fn on_dialog(
+    shared: &Arc<Shared>,
+    id: &str,
+    screen: &Screen,
+    sip: &mut Call,
+    sdp: &mut LocalSdp,
+    media: &MediaHandle,
+    agent: &mut AgentRun,
+    event: Result<DialogEvent, SipError>,
+    far_hangup: &EndReason,
+) -> Option<EndReason> {
+    match event {
+        Ok(DialogEvent::Bye) => Some(far_hangup.clone()),
+        Ok(DialogEvent::ReInvite(re)) => {
+            reinvite(sip, sdp, media, re).await;
+            None
+        }
+        // INFO is answered 200 by the SIP layer; a key in it
+        // (application/dtmf-relay) counts as one sent by RFC 4733.
+        Ok(DialogEvent::Info { content_type, body }) => {
+            match content_type
+                .as_deref()
+                .and_then(|ct| Digit::from_sip_info(ct, &body))
+            {
+                Some(digit) => on_digit(shared, id, screen, agent, digit, "SIP INFO").await,
+                None => None,
+            }
+        }
+        // RFC 4028 session expiry: the dialog is gone.
+        Ok(DialogEvent::Terminated) => Some(far_hangup.clone()),
+        Err(e) => Some(EndReason::Failed(FailureCause::Sip(e.to_string()))),
+    }
+}
+
+/// RFC 3261 §15.1.1: BYE ends the dialog from our side, if it is still up;
+/// its answer is waited for, bounded.
+async fn bye(sip: Call) {
+    if !sip.is_active() {
+        return;
+    }
+    match timeout(BYE_TIMEOUT, sip.hangup()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::info!(error = %e, "BYE not answered cleanly"),
+        Err(_) => tracing::info!("BYE not answered in time"),
+    }
 }
 
 /// Drops the call's last handle on its media session and waits (bounded)
