@@ -20,6 +20,15 @@ HOLD=${3:-20}
 NUMBER=+14155552671
 
 . bench/daemon.sh
+# The trunk's flood limits (issue 14's SIP edge; default 1,000 INVITEs a
+# second per trunk source) sized for the highest offered rate, as an
+# operator would for a carrier of that size: this measures the daemon, not
+# the throttle.
+top=$(echo "$RATES" | tr ' ' '\n' | sort -n | tail -1)
+export AGENTLINE_SIP__FLOOD__TRUNK__INVITE__RATE=$((top * 2))
+export AGENTLINE_SIP__FLOOD__TRUNK__INVITE__BURST=$((top * 4))
+export AGENTLINE_SIP__FLOOD__TRUNK__OTHER__RATE=$((top * 6))
+export AGENTLINE_SIP__FLOOD__TRUNK__OTHER__BURST=$((top * 12))
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss_mb() { awk '/VmRSS/ {printf "%.0f", $2/1024}' "/proc/$1/status"; }
 metric() { # sum of a metric's samples whose line matches $2
