@@ -20,7 +20,7 @@
 //! keep state for a source that never authenticated beyond its failure
 //! count.
 
-use super::base::{RequestSource, Transport};
+use super::base::{DigestAccount, RequestSource, Transport};
 use super::inbound::{InboundHandler, InviteInfo};
 use crate::metrics::SIP_REQUESTS_REJECTED_TOTAL;
 use base64::Engine as _;
@@ -51,23 +51,6 @@ pub(crate) const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 pub(crate) const BAN_TIME: Duration = Duration::from_secs(600);
 /// Bound on remembered nonces and on sources with failures.
 const MAX_TRACKED: usize = 65_536;
-
-/// An account a caller may prove (one per trunk with `[inbound] auth`).
-#[derive(Clone)]
-pub struct DigestAccount {
-    pub realm: String,
-    pub username: String,
-    pub password: String,
-}
-
-impl std::fmt::Debug for DigestAccount {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DigestAccount")
-            .field("realm", &self.realm)
-            .field("username", &self.username)
-            .finish_non_exhaustive()
-    }
-}
 
 /// The realm and username of the digest credentials an INVITE carried.
 /// Once the INVITE reached the handler from a source that had to

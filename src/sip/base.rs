@@ -1,6 +1,7 @@
 //! The types and helpers every other `sip` module shares: errors, the
 //! transport a message came on, who sent a request and whether it is
-//! admitted, our own addresses, and the plain answer to a request.
+//! admitted, our own addresses, the accounts inbound digest auth checks,
+//! and the plain answer to a request.
 //!
 //! Must not depend on any other `sip` module: it sits below all of them,
 //! so that `transport`, `guard`, `inbound` and `call` import it and not
@@ -163,5 +164,22 @@ pub(crate) async fn respond(
             tracing::warn!(error = %e, "failed to send response");
         }
         drop(request);
+    }
+}
+
+/// An account a caller may prove (one per trunk with `[inbound] auth`).
+#[derive(Clone)]
+pub struct DigestAccount {
+    pub realm: String,
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for DigestAccount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DigestAccount")
+            .field("realm", &self.realm)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
     }
 }

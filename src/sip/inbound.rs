@@ -2,8 +2,9 @@
 //! handler rejects, or rings and accepts; a CANCEL before the final answer
 //! gets 487 (§9.2). Also the last layer: answers requests nobody took.
 
-use super::auth::DigestAccount;
-use super::base::{Admission, LocalIdentity, RequestSource, Transport, attach_sdp, respond};
+use super::base::{
+    Admission, DigestAccount, LocalIdentity, RequestSource, Transport, attach_sdp, respond,
+};
 use super::call::{Call, sdp_of};
 use super::edge::{EdgeGuard, InviteSlot};
 use bytes::Bytes;

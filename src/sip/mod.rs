@@ -74,7 +74,8 @@ mod tcp;
 mod transport;
 mod udp;
 
-pub use auth::{DigestAccount, digest_identity};
+pub use auth::digest_identity;
+pub use base::DigestAccount;
 pub use base::{Admission, RequestSource, SipError, Transport};
 pub use call::{Call, DialogEvent, ReInvite};
 pub use inbound::{AcceptError, InboundHandler, IncomingInvite, InviteInfo, Rejection};
