@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use agentline::media::Codec;
 use common::{TestDaemon, free_udp_port, run_sipp};
 use rtp_rs::{RtpPacketBuilder, RtpReader, Seq};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::net::UdpSocket;
 
 const NUMBER: &str = "+14155552671";
@@ -129,22 +129,7 @@ async fn injected_rtp_is_not_echoed_and_is_counted() {
         )
         .start()
         .await;
-    let agent: Value = d
-        .post("/v1/agents")
-        .json(&json!({"name": "echo", "kind": "echo", "max_duration_seconds": 60}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let r = d
-        .post("/v1/phone-numbers")
-        .json(&json!({"number": NUMBER, "agent_id": agent["id"], "trunk_id": "trk_carrier"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    d.provision_echo(NUMBER, "trk_carrier", 60).await;
 
     // SIPp signals media on 127.0.0.1 and sends none; the caller's RTP
     // comes from `caller`, on the signalled host.

@@ -11,7 +11,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{TestDaemon, free_udp_port, run_sipp};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::net::UdpSocket;
 
 const LIMIT: Duration = Duration::from_secs(20);
@@ -31,21 +31,7 @@ async fn auth_daemon() -> TestDaemon {
         .env("AGENTLINE_SIP__UNKNOWN_SOURCE", "drop")
         .start()
         .await;
-    let r = d
-        .post("/v1/agents")
-        .json(&json!({"name": "echo", "kind": "echo", "max_duration_seconds": 60}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let agent: Value = r.json().await.unwrap();
-    let r = d
-        .post("/v1/phone-numbers")
-        .json(&json!({"number": NUMBER, "agent_id": agent["id"], "trunk_id": "trk_pbx"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    d.provision_echo(NUMBER, "trk_pbx", 60).await;
     d
 }
 

@@ -9,7 +9,6 @@
 mod common;
 
 use common::{TestDaemon, free_udp_port, run_sipp};
-use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -34,21 +33,7 @@ async fn daemon(config: &str, env: &[(&str, &str)]) -> TestDaemon {
         builder = builder.env(key, value);
     }
     let d = builder.start().await;
-    let r = d
-        .post("/v1/agents")
-        .json(&json!({"name": "echo", "kind": "echo", "max_duration_seconds": 60}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let agent: Value = r.json().await.unwrap();
-    let r = d
-        .post("/v1/phone-numbers")
-        .json(&json!({"number": NUMBER, "agent_id": agent["id"], "trunk_id": "trk_carrier"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    d.provision_echo(NUMBER, "trk_carrier", 60).await;
     d
 }
 

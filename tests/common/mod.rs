@@ -417,6 +417,26 @@ impl TestDaemon {
         self.http.delete(self.url(path)).bearer_auth(&self.key)
     }
 
+    /// An echo agent (calls end after `max_duration_seconds`) and `number`
+    /// bound to it on `trunk_id`; both must be created.
+    pub async fn provision_echo(&self, number: &str, trunk_id: &str, max_duration_seconds: u32) {
+        let r = self
+            .post("/v1/agents")
+            .json(&serde_json::json!({"name": "echo", "kind": "echo", "max_duration_seconds": max_duration_seconds}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let agent: serde_json::Value = r.json().await.unwrap();
+        let r = self
+            .post("/v1/phone-numbers")
+            .json(&serde_json::json!({"number": number, "agent_id": agent["id"], "trunk_id": trunk_id}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+
     /// A direct connection to the daemon's store, for tests that read what
     /// was written (for example that a key is stored hashed).
     pub async fn store(&self) -> agentline::store::Store {
