@@ -169,15 +169,25 @@ impl App {
             .map_err(|source| StartError::Bind { addr, source })?;
         let local = listener.local_addr().unwrap_or(addr);
         let router = api::app(self.state.clone(), self.config.api.metrics_open);
+        let limits = api::server::Limits::from_config(&self.config.api);
         let (stop_http, http_stopped) = watch::channel(false);
-        let server = tokio::spawn(async move {
-            let mut http_stopped = http_stopped;
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = http_stopped.wait_for(|s| *s).await;
-                })
-                .await
-        });
+        let metrics_server = match self.config.api.metrics_listen {
+            Some(addr) => {
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Bind { addr, source })?;
+                tracing::info!(metrics = %listener.local_addr().unwrap_or(addr), "metrics listening without a key");
+                let app = api::metrics_app(self.state.clone());
+                Some(tokio::spawn(api::server::serve(
+                    listener,
+                    app,
+                    limits.clone(),
+                    http_stopped.clone(),
+                )))
+            }
+            None => None,
+        };
+        let server = tokio::spawn(api::server::serve(listener, router, limits, http_stopped));
         let mut campaigns = self.start_campaigns();
         let worker = self.worker.take().map(|w| tokio::spawn(w.run()));
         self.state.readiness.set_ready();
@@ -208,6 +218,9 @@ impl App {
             Ok(Ok(Err(e))) => tracing::warn!(error = %e, "API server ended with an error"),
             Err(_) => tracing::warn!("API server did not stop within 10 s"),
             _ => {}
+        }
+        if let Some(m) = metrics_server {
+            let _ = tokio::time::timeout(Duration::from_secs(10), m).await;
         }
         let worker_deadline = Duration::from_secs(self.config.webhooks.timeout_seconds + 5);
         if let Some(worker) = worker

@@ -81,6 +81,11 @@ enum KeysCommand {
         /// Requests per minute for this key (default: the daemon's).
         #[arg(long)]
         rate_limit: Option<u32>,
+        /// What the key may do: `admin` (everything, the default for a key
+        /// made here), `calls` (calls, agents, numbers, campaigns; reads the
+        /// rest) or `read` (GET routes and the event stream).
+        #[arg(long, default_value = "admin", value_parser = ["admin", "calls", "read"])]
+        scope: String,
     },
     /// List keys (prefixes only).
     List,
@@ -253,13 +258,22 @@ async fn keys(config: &Config, cmd: KeysCommand) -> Result<(), StartError> {
             name,
             test,
             rate_limit,
+            scope,
         } => {
             let mode = if test { KeyMode::Test } else { KeyMode::Live };
+            let scope = crate::api::Scope::parse(&scope).ok_or_else(|| {
+                StartError::Config(crate::config::ConfigError::new(
+                    "-",
+                    "scope",
+                    "must be admin, calls or read",
+                ))
+            })?;
             let (record, secret) =
-                crate::api::create_api_key(&store, &name, mode, rate_limit.map(i64::from)).await?;
+                crate::api::create_api_key(&store, &name, mode, scope, rate_limit.map(i64::from))
+                    .await?;
             eprintln!(
-                "created {} ({}); the key is shown only now:",
-                record.id, record.name
+                "created {} ({}, scope {}); the key is shown only now:",
+                record.id, record.name, record.scope
             );
             println!("{secret}");
         }
@@ -274,7 +288,10 @@ async fn keys(config: &Config, cmd: KeysCommand) -> Result<(), StartError> {
                 let state = k.revoked_at.map_or("active".to_string(), |t| {
                     format!("revoked {}", t.to_rfc3339())
                 });
-                println!("{}\t{}\t{}\t{}\t{state}", k.id, k.prefix, k.mode, k.name);
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{state}",
+                    k.id, k.prefix, k.mode, k.scope, k.name
+                );
             }
         }
         KeysCommand::Revoke { id } => {

@@ -1,9 +1,15 @@
 //! `/v1/api-keys`: create (the secret is shown once), list (prefix only) and
 //! revoke. The first key comes from `agentline keys create`.
+//!
+//! A key never makes a stronger one: the new key's scope is at most the
+//! creator's (and defaults to it), its rate limit at most the creator's
+//! effective limit (and defaults to the creator's own limit), and a test
+//! key makes only test keys. Only `admin` keys reach these routes at all
+//! (`scopes::ROUTES`); the checks here hold even if that changed.
 
-use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::{Extension, Json};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -11,8 +17,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
+use super::auth::AuthedKey;
 use super::error::{ApiError, ErrorResponses, FieldError};
 use super::extract::{ApiJson, ApiQuery, List, Pagination};
+use super::scopes::Scope;
 use crate::secrets::{self, KeyMode};
 use crate::store::StoreError;
 use crate::store::keys::{ApiKeyRecord, NewApiKey};
@@ -40,6 +48,8 @@ pub struct ApiKey {
     #[schema(example = "al_live_AbCd1234")]
     pub prefix: String,
     pub mode: Mode,
+    /// What the key may do: `admin`, `calls` or `read`.
+    pub scope: Scope,
     /// Requests per minute; `null` means the daemon's default.
     pub rate_limit_per_minute: Option<i64>,
     pub revoked_at: Option<DateTime<Utc>>,
@@ -59,8 +69,13 @@ pub struct ApiKeyCreated {
 pub struct ApiKeyCreate {
     #[schema(min_length = 1, max_length = 100)]
     pub name: String,
-    /// Default `live`.
+    /// Default: the creating key's mode (`live` for a live key); a test
+    /// key makes only test keys.
     pub mode: Option<Mode>,
+    /// Default: the creating key's scope. At most the creator's.
+    pub scope: Option<Scope>,
+    /// Default: the creating key's own limit (`null` when it follows the
+    /// daemon's default). At most the creator's effective limit.
     #[schema(minimum = 1, maximum = 1000000)]
     pub rate_limit_per_minute: Option<i64>,
 }
@@ -72,6 +87,8 @@ pub(crate) fn to_api(r: ApiKeyRecord) -> ApiKey {
         } else {
             Mode::Live
         },
+        // A value outside the three is refused by the schema's CHECK.
+        scope: Scope::parse(&r.scope).unwrap_or(Scope::Read),
         id: r.id,
         name: r.name,
         prefix: r.prefix,
@@ -86,6 +103,7 @@ pub async fn create(
     store: &Store,
     name: &str,
     mode: KeyMode,
+    scope: Scope,
     rate_limit_per_minute: Option<i64>,
 ) -> Result<(ApiKeyRecord, String), StoreError> {
     let key = secrets::new_api_key(mode);
@@ -96,17 +114,21 @@ pub async fn create(
             prefix: &key.prefix,
             secret_hash: &key.hash,
             mode: mode.as_str(),
+            scope: scope.as_str(),
             rate_limit_per_minute,
         })
         .await?;
     Ok((record, key.secret))
 }
 
-/// Create an API key; the answer carries the secret once.
+/// Create an API key; the answer carries the secret once. The new key can
+/// do at most what the creating key can: its scope, rate limit and mode
+/// default to the creator's, and asking for more is 403.
 #[utoipa::path(post, path = "/v1/api-keys", tag = "api-keys", request_body = ApiKeyCreate,
     responses((status = 201, description = "Created", body = ApiKeyCreated), ErrorResponses))]
 async fn create_key(
     State(state): State<AppState>,
+    Extension(creator): Extension<AuthedKey>,
     ApiJson(body): ApiJson<ApiKeyCreate>,
 ) -> Result<(StatusCode, Json<ApiKeyCreated>), ApiError> {
     let mut details = Vec::new();
@@ -128,17 +150,34 @@ async fn create_key(
     if !details.is_empty() {
         return Err(ApiError::validation(details));
     }
+    let creator_is_test = creator.mode == KeyMode::Test.as_str();
     let mode = match body.mode {
         Some(Mode::Test) => KeyMode::Test,
-        _ => KeyMode::Live,
+        Some(Mode::Live) if creator_is_test => {
+            return Err(forbidden("a test key cannot make a live key"));
+        }
+        Some(Mode::Live) => KeyMode::Live,
+        None if creator_is_test => KeyMode::Test,
+        None => KeyMode::Live,
     };
-    let (record, secret) = create(
-        &state.store,
-        body.name.trim(),
-        mode,
-        body.rate_limit_per_minute,
-    )
-    .await?;
+    let scope = body.scope.unwrap_or(creator.scope);
+    if !creator.scope.covers(scope) {
+        return Err(forbidden(format!(
+            "a `{}` key cannot make a `{scope}` key",
+            creator.scope
+        )));
+    }
+    let rate_limit = match body.rate_limit_per_minute {
+        Some(n) if n > i64::from(creator.effective_rate_limit) => {
+            return Err(forbidden(format!(
+                "rate_limit_per_minute {n} is above this key's own limit ({})",
+                creator.effective_rate_limit
+            )));
+        }
+        Some(n) => Some(n),
+        None => creator.rate_limit_per_minute,
+    };
+    let (record, secret) = create(&state.store, body.name.trim(), mode, scope, rate_limit).await?;
     Ok((
         StatusCode::CREATED,
         Json(ApiKeyCreated {
@@ -146,6 +185,10 @@ async fn create_key(
             secret,
         }),
     ))
+}
+
+fn forbidden(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
 }
 
 /// List API keys (prefixes only), newest first.

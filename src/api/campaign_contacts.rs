@@ -28,7 +28,9 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(list_contacts, add_contacts))
 }
 
-/// Contacts per upload at most.
+/// Rows per upload at most; blank rows count, so a body of blank lines
+/// ends at the cap too. The bytes of an upload are capped by
+/// `api.max_csv_bytes`.
 pub const MAX_CSV_ROWS: u64 = 1_000_000;
 /// Contacts per JSON request at most.
 const MAX_JSON_CONTACTS: usize = 1000;
@@ -152,7 +154,9 @@ fn contact_to_api(r: ContactRecord) -> Contact {
     request_body(content(
         (ContactsAdd = "application/json"),
         (String = "text/csv", example = "number,first_name\n+14155552671,Ada\n"))),
-    responses((status = 200, description = "What was imported", body = ImportReport), ErrorResponses))]
+    responses((status = 200, description = "What was imported", body = ImportReport),
+        (status = 413, description = "A CSV upload larger than api.max_csv_bytes", body = super::error::ErrorBody),
+        ErrorResponses))]
 async fn add_contacts(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -175,7 +179,17 @@ async fn add_contacts(
         .unwrap_or("")
         .to_ascii_lowercase();
     let mut report = if content_type.starts_with("text/csv") {
-        import_csv(&state, &id, req.into_body()).await?
+        let max_bytes = state.api.max_csv_bytes;
+        // Refused before a row is read when the client says it is too big.
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max_bytes) {
+            return Err(too_large(max_bytes));
+        }
+        import_csv(&state, &id, req.into_body(), max_bytes).await?
     } else if content_type.starts_with("application/json") {
         let ApiJson(body) = ApiJson::<ContactsAdd>::from_request(req, &state).await?;
         import_json(&state, &id, body).await?
@@ -236,10 +250,19 @@ async fn flush(
     Ok(())
 }
 
+fn too_large(max_bytes: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("a CSV upload is at most {max_bytes} bytes (api.max_csv_bytes)"),
+    )
+}
+
 async fn import_csv(
     state: &AppState,
     campaign: &str,
     body: Body,
+    max_bytes: u64,
 ) -> Result<ImportReport, ApiError> {
     let mut stream = body.into_data_stream();
     let mut parser = CsvStream::new();
@@ -249,6 +272,7 @@ async fn import_csv(
     let mut batch: Vec<NewContact> = Vec::with_capacity(IMPORT_BATCH);
     let mut truncated = None;
     let mut ended = false;
+    let mut bytes_read: u64 = 0;
     // Bounded by the body: each turn consumes one chunk until the stream
     // ends or the row cap is reached.
     while !ended && truncated.is_none() && header_error.is_none() {
@@ -267,7 +291,9 @@ async fn import_csv(
                 }
                 return;
             };
-            if report.received >= MAX_CSV_ROWS {
+            // `line` counts the header and blank lines: a file of blank
+            // rows reaches the cap as surely as one of contacts.
+            if line > MAX_CSV_ROWS + 1 {
                 truncated = Some(line);
                 return;
             }
@@ -290,7 +316,29 @@ async fn import_csv(
             }
         };
         match chunk {
-            Some(Ok(bytes)) => parser.feed(&bytes, &mut sink),
+            Some(Ok(bytes)) => {
+                bytes_read = bytes_read.saturating_add(bytes.len() as u64);
+                if bytes_read > max_bytes {
+                    // Rows already written stay (as with the row cap); the
+                    // partial chunk is not read.
+                    flush(state, campaign, &mut batch, &mut report).await?;
+                    report.reject(RowError {
+                        line: parser.line(),
+                        field: "body".into(),
+                        message: format!(
+                            "a CSV upload is at most {max_bytes} bytes (api.max_csv_bytes); \
+                             the rest was not read"
+                        ),
+                    });
+                    return Ok(report);
+                }
+                parser.feed(&bytes, &mut sink);
+                // Lines with no record (blank ones) never reach `sink`:
+                // count them here as well.
+                if truncated.is_none() && parser.line() > MAX_CSV_ROWS + 2 {
+                    truncated = Some(parser.line());
+                }
+            }
             Some(Err(e)) => {
                 return Err(ApiError::bad_request(format!("cannot read the body: {e}")));
             }

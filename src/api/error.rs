@@ -119,6 +119,12 @@ impl ApiError {
         )
     }
 
+    /// Adds `Retry-After: secs` to the answer.
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
+    }
+
     pub fn with_details(mut self, details: Vec<FieldError>) -> Self {
         self.details = details;
         self
@@ -174,6 +180,8 @@ pub enum ErrorResponses {
     BadRequest(ErrorBody),
     #[response(status = 401, description = "Missing or wrong API key")]
     Unauthorized(ErrorBody),
+    #[response(status = 403, description = "The key's scope does not allow this")]
+    Forbidden(ErrorBody),
     #[response(status = 404, description = "No such resource")]
     NotFound(ErrorBody),
     #[response(status = 409, description = "Conflicts with an existing resource")]

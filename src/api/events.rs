@@ -8,16 +8,22 @@
 //! visible after a higher one (transactions commit out of order), so the
 //! stream waits up to [`GAP_GRACE`] for a missing number before passing it.
 //!
+//! A stream outlives the request that authenticated it, so it checks every
+//! `api.stream_key_check_seconds` that its key is still unrevoked and ends
+//! when it is not; and one key holds at most `api.max_streams_per_key`
+//! streams open ([`Streams`]).
+//!
 //! Must not: write events (the outbox does) or hold SQL.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::{Extension, Json};
 use futures_util::Stream;
 use serde::Serialize;
 use tokio::sync::watch;
@@ -26,6 +32,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
+use super::auth::AuthedKey;
 use super::deliveries::{self, Delivery, DeliveryQuery};
 use super::error::{ApiError, ErrorResponses};
 use super::extract::{ApiQuery, List};
@@ -48,6 +55,48 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(replay_event))
 }
 
+/// Open event streams per key.
+#[derive(Clone, Default)]
+pub struct Streams(
+    // std Mutex: held only to count, never across an `.await`.
+    Arc<Mutex<HashMap<String, usize>>>,
+);
+
+/// One open stream of a key; dropping it (the stream ended or the client
+/// went away) frees the place.
+struct StreamSlot {
+    streams: Streams,
+    key_id: String,
+}
+
+impl Streams {
+    /// A place for one more stream of `key_id`, unless it holds `max`.
+    fn open(&self, key_id: &str, max: usize) -> Option<StreamSlot> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(key_id.to_string()).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(StreamSlot {
+            streams: self.clone(),
+            key_id: key_id.to_string(),
+        })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut map = self.streams.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.key_id) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.key_id);
+            }
+        }
+    }
+}
+
 /// The answer to a replay.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Replayed {
@@ -62,15 +111,27 @@ pub struct Replayed {
 /// `WebhookEvent_TrunkEventData`, `WebhookEvent_CampaignEventData` or
 /// `WebhookEvent_TestEventData`). Send
 /// `Last-Event-ID` to resume after an event; without it the stream starts
-/// with the next event. Idle streams get comment heartbeats.
+/// with the next event. Idle streams get comment heartbeats. The stream
+/// ends soon after its key is revoked; a key holds a few streams at most
+/// (429 beyond).
 #[utoipa::path(get, path = "/v1/events", tag = "events",
     params(("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id")),
     responses((status = 200, description = "An endless text/event-stream", content_type = "text/event-stream", body = String),
               ErrorResponses))]
 async fn stream_events(
     State(state): State<AppState>,
+    Extension(key): Extension<AuthedKey>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let max = state.api.max_streams_per_key;
+    let Some(slot) = state.streams.open(&key.id, max) else {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_streams",
+            format!("this key already holds {max} open event streams"),
+        )
+        .retry_after(5));
+    };
     let last = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -98,6 +159,10 @@ async fn stream_events(
         gap_since: None,
         emitted: state.outbox.subscribe(),
         closing: state.outbox.closing(),
+        check_every: Duration::from_secs(state.api.stream_key_check_seconds),
+        next_check: tokio::time::Instant::now()
+            + Duration::from_secs(state.api.stream_key_check_seconds),
+        slot,
     };
     let stream = futures_util::stream::unfold(tail, |mut tail| async move {
         let event = tail.next().await?;
@@ -121,14 +186,33 @@ struct Tail {
     gap_since: Option<Instant>,
     emitted: watch::Receiver<u64>,
     closing: watch::Receiver<bool>,
+    /// How often the key is checked, and when next.
+    check_every: Duration,
+    next_check: tokio::time::Instant,
+    /// The key's place among its streams; names the key checked.
+    slot: StreamSlot,
 }
 
 impl Tail {
-    /// The next event, or `None` when the daemon stops.
+    /// The next event, or `None` when the daemon stops or the key is
+    /// revoked.
     async fn next(&mut self) -> Option<EventRecord> {
         loop {
             if *self.closing.borrow() {
                 return None;
+            }
+            if tokio::time::Instant::now() >= self.next_check {
+                self.next_check = tokio::time::Instant::now() + self.check_every;
+                match self.store.api_key_active(&self.slot.key_id).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::info!(key_id = %self.slot.key_id, "event stream closed: its key is revoked");
+                        return None;
+                    }
+                    // A store hiccup does not end the stream; the next
+                    // check decides.
+                    Err(e) => tracing::warn!(error = %e, "event stream cannot check its key"),
+                }
             }
             if let Some(e) = self.ready.pop_front() {
                 return Some(e);
@@ -150,6 +234,7 @@ impl Tail {
                 _ = self.emitted.changed() => {}
                 _ = self.closing.changed() => {}
                 _ = tokio::time::sleep(wait) => {}
+                _ = tokio::time::sleep_until(self.next_check) => {}
             }
         }
     }

@@ -1,7 +1,8 @@
 //! The admin HTTP API under `/v1`, plus `/health`, `/ready`, `/metrics`,
 //! `/openapi.json` and `/docs`.
 //!
-//! Owns: routing, authentication and rate limits, request validation, the
+//! Owns: routing, authentication, scopes (`scopes::ROUTES`) and rate limits,
+//! the audit log, request validation, the
 //! error envelope and the OpenAPI document (generated from the handlers by
 //! utoipa, never written by hand). Conventions: prefixed opaque ids,
 //! RFC 3339 UTC times, `limit`/`offset` pages answering
@@ -12,6 +13,7 @@
 
 mod agents;
 mod api_keys;
+mod audit;
 pub mod auth;
 pub(crate) mod calls;
 mod campaign_contacts;
@@ -24,6 +26,8 @@ mod events;
 mod extract;
 mod numbers;
 mod observe;
+pub mod scopes;
+pub mod server;
 mod system;
 mod transcripts;
 mod trunks;
@@ -31,6 +35,7 @@ mod webhook_endpoints;
 
 pub use api_keys::create as create_api_key;
 pub use campaigns::{CampaignStats, read_stats as read_campaign_stats};
+pub use scopes::Scope;
 pub use system::Readiness;
 
 use std::ops::Deref;
@@ -81,8 +86,13 @@ pub struct Inner {
     /// Live trunk state for `GET /v1/trunks`; written by the call layer,
     /// trimmed and seeded by the SIGHUP reload.
     pub trunks: Arc<TrunkStates>,
-    /// Per-key request limits; outlives any one request.
+    /// Per-key request limits and failed authentications per address;
+    /// outlive any one request.
     pub rate_limits: auth::RateLimits,
+    /// `[api]`: stream caps, upload caps, timeouts.
+    pub api: crate::config::ApiConfig,
+    /// Open event streams per key.
+    pub streams: events::Streams,
     /// What `/ready` answers: starting, ready, or draining from the first
     /// SIGTERM on, so a load balancer moves away before calls are refused.
     pub readiness: Arc<Readiness>,
@@ -139,7 +149,9 @@ impl Inner {
         (name = "events", description = "Call, trunk and campaign events: the live stream (SSE), replay. \
             Webhook requests carry the same JSON envelope, signed with Standard Webhooks v1 \
             (`webhook-id`, `webhook-timestamp`, `webhook-signature`)"),
-        (name = "api-keys", description = "Keys to this API"),
+        (name = "api-keys", description = "Keys to this API, each with a scope: `admin`, `calls` or `read` \
+            (every operation states the scope it needs as `x-required-scope`)"),
+        (name = "audit", description = "Every create, change and delete made through the API"),
         (name = "system", description = "Health, readiness, metrics and this document"),
     )
 )]
@@ -166,7 +178,7 @@ impl utoipa::Modify for Security {
 }
 
 /// Builds the routers and the OpenAPI document from the same handlers.
-fn routers(metrics_open: bool) -> (OpenApiRouter<AppState>, OpenApiRouter<AppState>) {
+pub(crate) fn routers(metrics_open: bool) -> (OpenApiRouter<AppState>, OpenApiRouter<AppState>) {
     let mut protected = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(agents::router())
         .merge(numbers::router())
@@ -179,7 +191,8 @@ fn routers(metrics_open: bool) -> (OpenApiRouter<AppState>, OpenApiRouter<AppSta
         .merge(chat::router())
         .merge(webhook_endpoints::router())
         .merge(events::router())
-        .merge(api_keys::router());
+        .merge(api_keys::router())
+        .merge(audit::router());
     let mut open = system::open_router();
     if metrics_open {
         open = open.merge(system::metrics_router());
@@ -194,6 +207,7 @@ pub fn openapi_json(metrics_open: bool) -> String {
     let (protected, open) = routers(metrics_open);
     let mut doc = protected.into_openapi();
     doc.merge(open.into_openapi());
+    scopes::annotate(&mut doc);
     doc.to_pretty_json().unwrap_or_default()
 }
 
@@ -216,7 +230,12 @@ impl AppState {
             profiles,
             calls,
             trunks,
-            rate_limits: auth::RateLimits::new(config.api.rate_limit_per_minute),
+            rate_limits: auth::RateLimits::new(
+                config.api.rate_limit_per_minute,
+                config.api.auth_failures_per_minute,
+            ),
+            api: config.api.clone(),
+            streams: events::Streams::default(),
             readiness,
             metrics,
             openapi_json: openapi_json(config.api.metrics_open),
@@ -227,15 +246,25 @@ impl AppState {
 /// Builds the whole HTTP application.
 pub fn app(state: AppState, metrics_open: bool) -> Router {
     let (protected, open) = routers(metrics_open);
-    let protected = Router::from(protected).layer(middleware::from_fn_with_state(
-        state.clone(),
-        auth::require_key,
-    ));
+    // Outermost first: authenticate and check the scope, then audit.
+    let protected = Router::from(protected)
+        .layer(middleware::from_fn_with_state(state.clone(), audit::record))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_key,
+        ));
     protected
         .merge(Router::from(open))
         .fallback(system::not_found)
         .method_not_allowed_fallback(system::method_not_allowed)
         .layer(middleware::from_fn(observe::observe))
+        .with_state(state)
+}
+
+/// Only `/metrics`, without a key: what `api.metrics_listen` serves.
+pub fn metrics_app(state: AppState) -> Router {
+    Router::from(system::metrics_router())
+        .fallback(system::not_found)
         .with_state(state)
 }
 

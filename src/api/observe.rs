@@ -1,5 +1,7 @@
 //! Per-request observability: a request id (`X-Request-Id`, echoed or made),
 //! a tracing span carrying it, and the HTTP metrics by route and status.
+//! The id is also left in the request's extensions ([`RequestId`]) for the
+//! audit log.
 
 use std::time::Instant;
 
@@ -11,7 +13,11 @@ use tracing::Instrument;
 
 use crate::{ids, metrics as m};
 
-pub async fn observe(req: Request, next: Next) -> Response {
+/// The request id, as the request's extension.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+pub async fn observe(mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let request_id = req
         .headers()
@@ -25,6 +31,7 @@ pub async fn observe(req: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
     let method = req.method().to_string();
+    req.extensions_mut().insert(RequestId(request_id.clone()));
     let span = tracing::info_span!("http", request_id = %request_id, %method, %route);
     let mut response = next.run(req).instrument(span.clone()).await;
     let status = response.status().as_u16();

@@ -1,5 +1,6 @@
 //! Routes for operators and tools: `/health`, `/ready`, `/metrics`,
-//! `/openapi.json` and `/docs`.
+//! `/openapi.json` and `/docs`. `/metrics` is protected unless
+//! `api.metrics_open`.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -13,7 +14,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorResponses};
 
 /// Whether the daemon takes new work: starting, ready, or draining on
 /// SIGTERM. `/ready` answers 503 unless ready, so a load balancer moves
@@ -105,9 +106,12 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Status>) {
     )
 }
 
-/// Prometheus metrics in the text exposition format.
-#[utoipa::path(get, path = "/metrics", tag = "system", security(()),
-    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
+/// Prometheus metrics in the text exposition format. Needs a key (a `read`
+/// key is enough) unless `api.metrics_open` is set; `api.metrics_listen`
+/// serves it without a key on an address of its own.
+#[utoipa::path(get, path = "/metrics", tag = "system",
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"),
+              ErrorResponses))]
 async fn metrics(State(state): State<AppState>) -> Response {
     let body = state
         .metrics

@@ -64,6 +64,13 @@ impl CsvStream {
         self.run(chunk, sink);
     }
 
+    /// The line the parser has reached: every line read counts, blank
+    /// ones (which make no record) included, so a cap on rows can count
+    /// them too.
+    pub fn line(&self) -> u64 {
+        self.rdr.line()
+    }
+
     /// Ends the input, flushing a last record without a line break.
     pub fn finish(&mut self, sink: &mut impl FnMut(u64, Record<'_>)) {
         self.run(&[], sink);

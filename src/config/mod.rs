@@ -160,18 +160,51 @@ impl Default for CampaignsConfig {
 pub struct ApiConfig {
     /// Address of the admin HTTP API.
     pub listen: SocketAddr,
-    /// Serve `/metrics` without an API key (Prometheus scrapers rarely carry one).
+    /// Serve `/metrics` on `listen` without an API key. Off by default: a
+    /// scraper then sends a key (a `read` key is enough), or scrapes
+    /// `metrics_listen`.
     pub metrics_open: bool,
+    /// A second address serving only `/metrics`, without a key (bind it to
+    /// a private interface).
+    pub metrics_listen: Option<SocketAddr>,
     /// Requests per minute for a key that has no limit of its own.
     pub rate_limit_per_minute: u32,
+    /// Failed authentications per minute from one client address (an IPv6
+    /// client by its /64) before its requests are refused unread, so that
+    /// guessed keys cannot keep the store busy.
+    pub auth_failures_per_minute: u32,
+    /// A client must send a request's headers within this (slow-loris).
+    pub header_read_timeout_seconds: u64,
+    /// A client must send a request's body within this.
+    pub body_timeout_seconds: u64,
+    /// Requests handled at once; more get 503 (open event streams do not
+    /// count once they have started).
+    pub max_concurrent_requests: usize,
+    /// Open client connections at most; more are closed at accept.
+    pub max_connections: usize,
+    /// Event streams (`GET /v1/events`) one key may hold open.
+    pub max_streams_per_key: usize,
+    /// How often an open event stream checks that its key is not revoked.
+    pub stream_key_check_seconds: u64,
+    /// The largest CSV upload (contacts), in bytes.
+    pub max_csv_bytes: u64,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            metrics_open: true,
+            metrics_open: false,
+            metrics_listen: None,
             rate_limit_per_minute: 100,
+            auth_failures_per_minute: 30,
+            header_read_timeout_seconds: 10,
+            body_timeout_seconds: 60,
+            max_concurrent_requests: 512,
+            max_connections: 1024,
+            max_streams_per_key: 5,
+            stream_key_check_seconds: 5,
+            max_csv_bytes: 128 * 1024 * 1024,
         }
     }
 }
@@ -460,6 +493,35 @@ impl Config {
                 file,
                 "api.rate_limit_per_minute",
                 "must be at least 1",
+            ));
+        }
+        let a = &self.api;
+        for (key, value) in [
+            (
+                "auth_failures_per_minute",
+                u64::from(a.auth_failures_per_minute),
+            ),
+            ("header_read_timeout_seconds", a.header_read_timeout_seconds),
+            ("body_timeout_seconds", a.body_timeout_seconds),
+            ("max_concurrent_requests", a.max_concurrent_requests as u64),
+            ("max_connections", a.max_connections as u64),
+            ("max_streams_per_key", a.max_streams_per_key as u64),
+            ("stream_key_check_seconds", a.stream_key_check_seconds),
+            ("max_csv_bytes", a.max_csv_bytes),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::new(
+                    file,
+                    format!("api.{key}"),
+                    "must be at least 1",
+                ));
+            }
+        }
+        if a.metrics_listen == Some(a.listen) {
+            return Err(ConfigError::new(
+                file,
+                "api.metrics_listen",
+                "must differ from api.listen",
             ));
         }
         self.sip.validate(file)?;

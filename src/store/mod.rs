@@ -13,6 +13,7 @@
 //! in use); driver errors stay inside [`StoreError::Database`].
 
 pub mod agents;
+pub mod audit;
 pub mod calls;
 pub mod campaigns;
 pub mod chat;
@@ -194,6 +195,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "call campaign attempt",
         include_str!("../../migrations/sqlite/0009_call_campaign_attempt.sql"),
     ),
+    (
+        12,
+        "scopes and audit",
+        include_str!("../../migrations/sqlite/0012_scopes_audit.sql"),
+    ),
 ];
 
 /// The PostgreSQL migrations, embedded in the binary.
@@ -237,6 +243,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         9,
         "call campaign attempt",
         include_str!("../../migrations/postgres/0009_call_campaign_attempt.sql"),
+    ),
+    (
+        12,
+        "scopes and audit",
+        include_str!("../../migrations/postgres/0012_scopes_audit.sql"),
     ),
 ];
 
