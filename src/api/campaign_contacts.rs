@@ -265,7 +265,8 @@ async fn import_csv(
     max_bytes: u64,
 ) -> Result<ImportReport, ApiError> {
     let mut stream = body.into_data_stream();
-    let mut parser = CsvStream::new();
+    // Line 1 is the header.
+    let mut parser = CsvStream::with_last_line(MAX_CSV_ROWS + 1);
     let mut report = ImportReport::default();
     let mut columns: Option<ContactColumns> = None;
     let mut header_error: Option<String> = None;
@@ -291,12 +292,6 @@ async fn import_csv(
                 }
                 return;
             };
-            // `line` counts the header and blank lines: a file of blank
-            // rows reaches the cap as surely as one of contacts.
-            if line > MAX_CSV_ROWS + 1 {
-                truncated = Some(line);
-                return;
-            }
             report.received += 1;
             let row = match record {
                 Ok(fields) if fields.iter().all(|f| f.trim().is_empty()) => {
@@ -333,11 +328,6 @@ async fn import_csv(
                     return Ok(report);
                 }
                 parser.feed(&bytes, &mut sink);
-                // Lines with no record (blank ones) never reach `sink`:
-                // count them here as well.
-                if truncated.is_none() && parser.line() > MAX_CSV_ROWS + 2 {
-                    truncated = Some(parser.line());
-                }
             }
             Some(Err(e)) => {
                 return Err(ApiError::bad_request(format!("cannot read the body: {e}")));
@@ -346,6 +336,9 @@ async fn import_csv(
                 parser.finish(&mut sink);
                 ended = true;
             }
+        }
+        if truncated.is_none() {
+            truncated = parser.capped();
         }
         if batch.len() >= IMPORT_BATCH {
             flush(state, campaign, &mut batch, &mut report).await?;

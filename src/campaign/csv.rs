@@ -38,6 +38,10 @@ pub struct CsvStream {
     /// Line the current record started on.
     start_line: u64,
     done: bool,
+    /// The last line read; past it the parser stops (blank lines count).
+    last_line: u64,
+    /// The first line not read because of `last_line`.
+    capped: Option<u64>,
 }
 
 impl Default for CsvStream {
@@ -56,7 +60,24 @@ impl CsvStream {
             endlen: 0,
             start_line: 1,
             done: false,
+            last_line: u64::MAX,
+            capped: None,
         }
+    }
+
+    /// A parser that reads lines 1 to `last_line` only. Every line counts,
+    /// blank ones too (they make no record), so a body of blank lines
+    /// stops there as surely as one of rows.
+    pub fn with_last_line(last_line: u64) -> Self {
+        Self {
+            last_line,
+            ..Self::new()
+        }
+    }
+
+    /// The first line left unread because of the cap, once reached.
+    pub fn capped(&self) -> Option<u64> {
+        self.capped
     }
 
     /// Feeds a chunk; calls `sink(line, record)` for each complete record.
@@ -64,9 +85,7 @@ impl CsvStream {
         self.run(chunk, sink);
     }
 
-    /// The line the parser has reached: every line read counts, blank
-    /// ones (which make no record) included, so a cap on rows can count
-    /// them too.
+    /// The line the parser has reached (blank lines count).
     pub fn line(&self) -> u64 {
         self.rdr.line()
     }
@@ -97,6 +116,16 @@ impl CsvStream {
             input = &input[nin..];
             self.outlen += nout;
             self.endlen += nend;
+            // A line break past the last line was read (a record, or blank
+            // lines csv-core skips without a record), or a record starts
+            // past it: stop before handing it out.
+            let past = self.rdr.line() > self.last_line.saturating_add(1)
+                || (matches!(res, ReadRecordResult::Record) && self.start_line > self.last_line);
+            if past {
+                self.capped = Some(self.last_line.saturating_add(1));
+                self.done = true;
+                return;
+            }
             match res {
                 ReadRecordResult::InputEmpty => {}
                 ReadRecordResult::OutputFull => {
@@ -267,6 +296,29 @@ mod tests {
             assert_eq!(got[2].1.as_ref().unwrap()[1], "Grace\nHopper");
             assert_eq!(got[3].1.as_ref().unwrap()[1], "Jean");
         }
+    }
+
+    #[test]
+    fn the_line_cap_counts_blank_lines() {
+        for body in ["h\na\nb\nc\n", "h\n\n\n\nc\n", "h\n,\n,\n,\nc", "h\na\nb\nc"] {
+            let mut p = CsvStream::with_last_line(3);
+            let mut seen = Vec::new();
+            let mut sink = |line: u64, r: Record<'_>| seen.push((line, r.map(|f| f.join("|"))));
+            for b in body.as_bytes().chunks(2) {
+                p.feed(b, &mut sink);
+            }
+            p.finish(&mut sink);
+            assert_eq!(p.capped(), Some(4), "{body:?}: {seen:?}");
+            assert!(
+                seen.iter().all(|(_, r)| r.as_deref() != Ok("c")),
+                "{body:?}: {seen:?}"
+            );
+        }
+        let mut p = CsvStream::with_last_line(3);
+        let mut n = 0;
+        p.feed(b"h\na\nb\n", &mut |_, _| n += 1);
+        p.finish(&mut |_, _| n += 1);
+        assert_eq!((n, p.capped()), (3, None));
     }
 
     #[test]

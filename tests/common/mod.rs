@@ -295,10 +295,12 @@ impl TestDaemon {
             .to_string()
     }
 
-    /// The Prometheus text of `/metrics` (no key needed).
+    /// The Prometheus text of `/metrics` (with the harness key: metrics
+    /// need one unless `api.metrics_open`).
     pub async fn metrics(&self) -> String {
         self.http
             .get(self.url("/metrics"))
+            .bearer_auth(&self.key)
             .send()
             .await
             .expect("GET /metrics")
