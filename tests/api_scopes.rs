@@ -361,7 +361,7 @@ async fn changes_are_audited(backend: Backend) {
         .unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     let r = send(d.http.delete(d.url(&path))).await.unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
 
     let by_key = audit_events(&d, &format!("&key_id={}", calls.id)).await;
     let actions: Vec<(&str, &str, &str)> = by_key
