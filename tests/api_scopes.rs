@@ -84,7 +84,10 @@ async fn call(
     path: &str,
 ) -> (StatusCode, Value) {
     let concrete = path.replace("{id}", "xyz_123");
-    let mut req = d.http.request(method.clone(), d.url(&concrete)).bearer_auth(key);
+    let mut req = d
+        .http
+        .request(method.clone(), d.url(&concrete))
+        .bearer_auth(key);
     if method != reqwest::Method::GET {
         req = req.json(&json!({}));
     }
@@ -102,7 +105,11 @@ async fn call(
 async fn scopes_hold_on_every_route(backend: Backend) {
     let d = daemon(backend).await;
     let read = cli_key(&d, "reader", &["--scope", "read", "--rate-limit", "100000"]);
-    let calls = cli_key(&d, "caller", &["--scope", "calls", "--rate-limit", "100000"]);
+    let calls = cli_key(
+        &d,
+        "caller",
+        &["--scope", "calls", "--rate-limit", "100000"],
+    );
     let doc = openapi(&d).await;
     let ops = operations(&doc);
     assert!(ops.len() >= 60, "{} operations", ops.len());
@@ -129,7 +136,11 @@ async fn scopes_hold_on_every_route(backend: Backend) {
         for (key, key_scope) in [(&read, "read"), (&calls, "calls")] {
             let (s, b) = call(&d, &key.secret, method.clone(), path).await;
             if rank(scope) > rank(key_scope) {
-                assert_eq!(s, StatusCode::FORBIDDEN, "{method} {path} with {key_scope}: {b}");
+                assert_eq!(
+                    s,
+                    StatusCode::FORBIDDEN,
+                    "{method} {path} with {key_scope}: {b}"
+                );
                 error_fields(&b, s);
                 assert_eq!(b["error"]["code"], "forbidden", "{b}");
                 let message = b["error"]["message"].as_str().unwrap();
@@ -143,7 +154,11 @@ async fn scopes_hold_on_every_route(backend: Backend) {
                     refused_calls += 1;
                 }
             } else {
-                assert_ne!(s, StatusCode::FORBIDDEN, "{method} {path} with {key_scope}: {b}");
+                assert_ne!(
+                    s,
+                    StatusCode::FORBIDDEN,
+                    "{method} {path} with {key_scope}: {b}"
+                );
                 assert_ne!(s, StatusCode::UNAUTHORIZED, "{method} {path}: {b}");
             }
         }
@@ -162,7 +177,10 @@ async fn scopes_hold_on_every_route(backend: Backend) {
         (reqwest::Method::POST, "/v1/webhook-endpoints"),
         (reqwest::Method::PATCH, "/v1/webhook-endpoints/{id}"),
         (reqwest::Method::DELETE, "/v1/webhook-endpoints/{id}"),
-        (reqwest::Method::POST, "/v1/webhook-endpoints/{id}/rotate-secret"),
+        (
+            reqwest::Method::POST,
+            "/v1/webhook-endpoints/{id}/rotate-secret",
+        ),
         (reqwest::Method::GET, "/v1/audit-events"),
     ] {
         let (s, b) = call(&d, &calls.secret, method.clone(), path).await;
@@ -216,7 +234,12 @@ async fn no_key_mints_a_stronger_key(backend: Backend) {
     .await;
     assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
     assert_eq!(b["error"]["code"], "forbidden");
-    assert!(b["error"]["message"].as_str().unwrap().contains("rate_limit_per_minute"));
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("rate_limit_per_minute")
+    );
     // Equal is fine; left out, the creator's own limit and scope.
     let (s, b) = create_key(
         &d,
@@ -245,7 +268,10 @@ async fn no_key_mints_a_stronger_key(backend: Backend) {
     ] {
         let (s, b) = create_key(&d, &calls.secret, body).await;
         assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
-        assert!(b["error"]["message"].as_str().unwrap().contains("`admin`"), "{b}");
+        assert!(
+            b["error"]["message"].as_str().unwrap().contains("`admin`"),
+            "{b}"
+        );
     }
     // Nor revoke one.
     let r = d
@@ -289,7 +315,10 @@ async fn no_key_mints_a_stronger_key(backend: Backend) {
     };
     assert!(line(&admin.id).contains("\tadmin\t"), "{listing}");
     assert!(line(&calls.id).contains("\tcalls\t"), "{listing}");
-    assert!(line(reader["id"].as_str().unwrap()).contains("\tread\t"), "{listing}");
+    assert!(
+        line(reader["id"].as_str().unwrap()).contains("\tread\t"),
+        "{listing}"
+    );
 }
 
 /// Keys made before scopes existed keep doing everything: the migration
@@ -303,10 +332,20 @@ async fn keys_from_before_scopes_are_admin(backend: Backend) {
                VALUES ('key_01old', 'old', 'al_live_old', $1, 'live', $2, $2)";
     match &store.pool {
         agentline::store::Pool::Sqlite(p) => {
-            sqlx::query(sql).bind(&hash).bind(now).execute(p).await.unwrap();
+            sqlx::query(sql)
+                .bind(&hash)
+                .bind(now)
+                .execute(p)
+                .await
+                .unwrap();
         }
         agentline::store::Pool::Postgres(p) => {
-            sqlx::query(sql).bind(&hash).bind(now).execute(p).await.unwrap();
+            sqlx::query(sql)
+                .bind(&hash)
+                .bind(now)
+                .execute(p)
+                .await
+                .unwrap();
         }
     }
     store.close().await;
@@ -341,9 +380,13 @@ async fn changes_are_audited(backend: Backend) {
     let calls = cli_key(&d, "auditee", &["--scope", "calls"]);
     let send = |req: reqwest::RequestBuilder| req.bearer_auth(&calls.secret).send();
     let (s, agent) = json_of(
-        send(d.http.post(d.url("/v1/agents")).json(&json!({"name": "a", "kind": "echo"})))
-            .await
-            .unwrap(),
+        send(
+            d.http
+                .post(d.url("/v1/agents"))
+                .json(&json!({"name": "a", "kind": "echo"})),
+        )
+        .await
+        .unwrap(),
     )
     .await;
     assert_eq!(s, StatusCode::CREATED, "{agent}");
@@ -356,9 +399,13 @@ async fn changes_are_audited(backend: Backend) {
     let r = send(d.http.get(d.url(&path))).await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     // Refused: not a change.
-    let r = send(d.http.post(d.url("/v1/webhook-endpoints")).json(&json!({"url": "https://x.example.com"})))
-        .await
-        .unwrap();
+    let r = send(
+        d.http
+            .post(d.url("/v1/webhook-endpoints"))
+            .json(&json!({"url": "https://x.example.com"})),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     let r = send(d.http.delete(d.url(&path))).await.unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);

@@ -48,7 +48,10 @@ async fn a_slow_loris_client_is_disconnected() {
             }
         }
     });
-    let head = format!("GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: {}", "a".repeat(400));
+    let head = format!(
+        "GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: {}",
+        "a".repeat(400)
+    );
     let mut sent = 0;
     // A byte every 100 ms: 40 s of headers if nobody stops it.
     for b in head.bytes() {
@@ -159,7 +162,11 @@ async fn a_stream_closes_when_its_key_is_revoked(backend: Backend) {
             .is_err(),
         "the stream ended with its key still valid"
     );
-    let r = d.delete(&format!("/v1/api-keys/{id}")).send().await.unwrap();
+    let r = d
+        .delete(&format!("/v1/api-keys/{id}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let revoked = Instant::now();
     let at = tokio::time::timeout(Duration::from_secs(10), ended)
@@ -167,7 +174,10 @@ async fn a_stream_closes_when_its_key_is_revoked(backend: Backend) {
         .expect("the stream ends after the revocation")
         .unwrap();
     let took = at.saturating_duration_since(revoked);
-    assert!(took < Duration::from_secs(3), "closed {took:?} after revocation");
+    assert!(
+        took < Duration::from_secs(3),
+        "closed {took:?} after revocation"
+    );
     // And the key opens no new one.
     let r = open_stream(&d, &secret).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
@@ -240,13 +250,21 @@ async fn failed_authentications_are_limited_per_address() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
-    let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((1..=60).contains(&retry), "{retry}");
     let (s, b) = json_of(r).await;
     error_fields(&b, s);
     assert_eq!(b["error"]["code"], "rate_limited");
     let r = d.get("/v1/agents").send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS, "the address waits");
+    assert_eq!(
+        r.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "the address waits"
+    );
     // Open routes are not behind the limit.
     let r = d.http.get(d.url("/health")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
@@ -258,7 +276,10 @@ async fn failed_authentications_are_limited_per_address() {
 async fn metrics_need_a_key_or_their_own_address() {
     let port = common::free_port();
     let d = TestDaemon::builder()
-        .env("AGENTLINE_API__METRICS_LISTEN", &format!("127.0.0.1:{port}"))
+        .env(
+            "AGENTLINE_API__METRICS_LISTEN",
+            &format!("127.0.0.1:{port}"),
+        )
         .start()
         .await;
     let r = d.http.get(d.url("/metrics")).send().await.unwrap();
@@ -280,7 +301,12 @@ async fn metrics_need_a_key_or_their_own_address() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    assert!(r.text().await.unwrap().contains("agentline_http_requests_total"));
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("agentline_http_requests_total")
+    );
     // That address serves nothing else.
     let r = d
         .http
@@ -358,7 +384,9 @@ async fn csv_uploads_are_capped_in_bytes(backend: Backend) {
     let (s, report) = json_of(
         d.post(&path)
             .header("content-type", "text/csv")
-            .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
+            .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+                chunks,
+            )))
             .send()
             .await
             .unwrap(),
@@ -402,9 +430,10 @@ async fn blank_csv_rows_count_toward_the_row_cap() {
         assert_eq!(s, StatusCode::OK, "{report}");
         let errors = report["errors"].as_array().unwrap();
         assert!(
-            errors
-                .iter()
-                .any(|e| e["message"].as_str().unwrap().contains("at most 1000000 rows")),
+            errors.iter().any(|e| e["message"]
+                .as_str()
+                .unwrap()
+                .contains("at most 1000000 rows")),
             "{blank:?}: {report}"
         );
         // Bob, past the cap, was not read.

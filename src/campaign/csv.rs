@@ -300,7 +300,12 @@ mod tests {
 
     #[test]
     fn the_line_cap_counts_blank_lines() {
-        for body in ["h\na\nb\nc\n", "h\n\n\n\nc\n", "h\n,\n,\n,\nc", "h\na\nb\nc"] {
+        for body in [
+            "h\na\nb\nc\n",
+            "h\n\n\n\nc\n",
+            "h\n,\n,\n,\nc",
+            "h\na\nb\nc",
+        ] {
             let mut p = CsvStream::with_last_line(3);
             let mut seen = Vec::new();
             let mut sink = |line: u64, r: Record<'_>| seen.push((line, r.map(|f| f.join("|"))));
