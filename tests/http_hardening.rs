@@ -71,6 +71,7 @@ async fn a_slow_loris_client_is_disconnected() {
         .expect("the connection is closed")
         .unwrap();
     let took = at - started;
+    eprintln!("slow-loris: closed after {took:?}, {sent} bytes sent");
     assert!(
         took >= Duration::from_millis(1500) && took < Duration::from_secs(5),
         "closed after {took:?} ({sent} bytes sent)"
@@ -110,6 +111,85 @@ async fn a_slow_body_is_cut() {
     assert!(took < Duration::from_secs(6), "answered after {took:?}");
     let (_, list) = json_of(d.get("/v1/agents").send().await.unwrap()).await;
     assert_eq!(list["total"], 0, "{list}");
+}
+
+/// Requests in progress past `max_concurrent_requests` get 503 at once;
+/// when those finish, requests are served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_past_the_concurrency_limit_get_503() {
+    let d = TestDaemon::builder()
+        .env("AGENTLINE_API__MAX_CONCURRENT_REQUESTS", "2")
+        .start()
+        .await;
+    // Two requests whose bodies never come hold both places.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut tcp = TcpStream::connect(d.api).await.unwrap();
+        let head = format!(
+            "POST /v1/agents HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: application/json\r\nContent-Length: 100\r\n\r\n",
+            d.key
+        );
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        held.push(tcp);
+    }
+    wait_until(Duration::from_secs(5), "both places taken", || async {
+        d.http.get(d.url("/health")).send().await.unwrap().status()
+            == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    let (s, b) = json_of(d.get("/v1/agents").send().await.unwrap()).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{b}");
+    error_fields(&b, s);
+    assert_eq!(b["error"]["code"], "overloaded");
+    drop(held);
+    wait_until(Duration::from_secs(5), "places free again", || async {
+        d.get("/v1/agents").send().await.unwrap().status() == StatusCode::OK
+    })
+    .await;
+}
+
+/// Connections past `max_connections` are closed at accept; the ones
+/// already open are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_limit_are_closed() {
+    let d = TestDaemon::builder()
+        .env("AGENTLINE_API__MAX_CONNECTIONS", "2")
+        .start()
+        .await;
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        open.push(TcpStream::connect(d.api).await.unwrap());
+    }
+    // The third is accepted by the kernel, then closed unanswered.
+    let mut third = TcpStream::connect(d.api).await.unwrap();
+    let _ = third
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), third.read_to_end(&mut answer)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "closed without an answer: {read:?} {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    // One held connection still gets answers.
+    let mut first = open.remove(0);
+    first
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), first.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    drop(open);
 }
 
 /// Reads an event stream until it ends; the instant it ended.
@@ -174,6 +254,7 @@ async fn a_stream_closes_when_its_key_is_revoked(backend: Backend) {
         .expect("the stream ends after the revocation")
         .unwrap();
     let took = at.saturating_duration_since(revoked);
+    eprintln!("event stream closed {took:?} after its key was revoked");
     assert!(
         took < Duration::from_secs(3),
         "closed {took:?} after revocation"
