@@ -206,8 +206,9 @@ pub(crate) fn routers(metrics_open: bool) -> (OpenApiRouter<AppState>, OpenApiRo
 pub fn openapi_json(metrics_open: bool) -> String {
     let (protected, open) = routers(metrics_open);
     let mut doc = protected.into_openapi();
-    doc.merge(open.into_openapi());
+    // Before the open routes join: they need no scope.
     scopes::annotate(&mut doc);
+    doc.merge(open.into_openapi());
     doc.to_pretty_json().unwrap_or_default()
 }
 

@@ -277,5 +277,9 @@ mod tests {
         );
         assert_eq!(doc["paths"]["/v1/calls"]["get"]["x-required-scope"], "read");
         assert!(doc["paths"]["/health"]["get"]["x-required-scope"].is_null());
+        let open: serde_json::Value =
+            serde_json::from_str(&crate::api::openapi_json(true)).unwrap();
+        assert!(open["paths"]["/metrics"]["get"]["x-required-scope"].is_null());
+        assert_eq!(doc["paths"]["/metrics"]["get"]["x-required-scope"], "read");
     }
 }
