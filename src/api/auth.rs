@@ -59,12 +59,24 @@ pub fn client_addr(req: &Request) -> Option<SocketAddr> {
 struct FailedAuths {
     per_minute: u32,
     // std Mutex: held only to look up or update, never across an `.await`.
-    windows: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+    windows: Mutex<Windows>,
+}
+
+/// The windows by address, and when expired ones were last swept.
+#[derive(Default)]
+struct Windows {
+    by_addr: HashMap<IpAddr, (Instant, u32)>,
+    swept: Option<Instant>,
 }
 
 /// Entries kept before expired windows are swept.
 const SWEEP_AT: usize = 10_000;
+/// Addresses tracked at most: past it a new address is not counted (its
+/// failures still cost a store query each), so that a spread of addresses
+/// cannot grow the map without bound.
+const MAX_TRACKED: usize = 200_000;
 const WINDOW: Duration = Duration::from_secs(60);
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 impl FailedAuths {
     fn bucket(ip: IpAddr) -> IpAddr {
@@ -82,18 +94,25 @@ impl FailedAuths {
 
     /// Seconds until the address may try again, when it is over its limit.
     fn blocked(&self, ip: IpAddr) -> Option<u64> {
-        let map = self.windows.lock().unwrap_or_else(|e| e.into_inner());
-        let (start, n) = map.get(&Self::bucket(ip))?;
+        let w = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        let (start, n) = w.by_addr.get(&Self::bucket(ip))?;
         let left = WINDOW.checked_sub(start.elapsed())?;
         (*n >= self.per_minute).then(|| left.as_secs().max(1))
     }
 
     fn fail(&self, ip: IpAddr) {
-        let mut map = self.windows.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= SWEEP_AT {
-            map.retain(|_, (start, _)| start.elapsed() < WINDOW);
+        let mut w = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        // At most once a second: a sweep walks the whole map.
+        if w.by_addr.len() >= SWEEP_AT && w.swept.is_none_or(|t| t.elapsed() >= SWEEP_EVERY) {
+            w.by_addr.retain(|_, (start, _)| start.elapsed() < WINDOW);
+            w.swept = Some(Instant::now());
         }
-        let entry = map.entry(Self::bucket(ip)).or_insert((Instant::now(), 0));
+        let map = &mut w.by_addr;
+        let bucket = Self::bucket(ip);
+        if map.len() >= MAX_TRACKED && !map.contains_key(&bucket) {
+            return;
+        }
+        let entry = map.entry(bucket).or_insert((Instant::now(), 0));
         if entry.0.elapsed() >= WINDOW {
             *entry = (Instant::now(), 0);
         }
@@ -131,7 +150,7 @@ impl RateLimits {
             limiters: Mutex::new(HashMap::new()),
             failed: FailedAuths {
                 per_minute: auth_failures_per_minute.max(1),
-                windows: Mutex::new(HashMap::new()),
+                windows: Mutex::new(Windows::default()),
             },
         }
     }
@@ -290,7 +309,7 @@ mod tests {
     fn failures_are_counted_per_address_and_ipv6_by_its_64() {
         let f = FailedAuths {
             per_minute: 2,
-            windows: Mutex::new(HashMap::new()),
+            windows: Mutex::new(Windows::default()),
         };
         let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
         let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
