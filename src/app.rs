@@ -31,6 +31,7 @@ use crate::call::campaign_dialer::{CallDialer, report_outcomes};
 use crate::call::{Calls, EndReason};
 use crate::campaign::dialer::{CampaignRunner, RunnerConfig, TrunkCaps};
 use crate::campaign::pacing::Caps;
+use crate::cluster::Cluster;
 use crate::config::{Config, ConfigError, Profiles, SharedProfiles};
 use crate::store::{Store, StoreError};
 use crate::trunk::{RegistrationStatus, TrunkStates};
@@ -101,13 +102,16 @@ pub struct App {
 impl App {
     /// Loads the profiles, opens and migrates the store. Nothing is bound.
     pub async fn build(
-        config: Config,
+        mut config: Config,
         metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     ) -> Result<Self, StartError> {
         let profiles = Profiles::load_dir(&config.profiles.dir)?;
+        // Stable across restarts: the calls and leases a crash leaves are
+        // found under it.
+        config.cluster.node_id = crate::cluster::node_id(&config.cluster, &config.store.node)?;
         let mut store = Store::connect(&config.store.url).await?;
         store.migrate().await?;
-        store.set_node(&config.store.node);
+        store.set_node(&config.cluster.node_id);
         webhook::install_crypto_provider();
         let outbox = Outbox::new(store.clone());
         let worker = Worker::new(store.clone(), &outbox, &config.webhooks)?;
@@ -152,17 +156,43 @@ impl App {
             }
             configured => configured,
         };
-        // Before SIP is up, so that every unended call of this node's is
-        // one it left behind.
-        match self.calls.end_lost_calls(&self.config.store.node).await {
-            Ok(0) => {}
-            Ok(n) => tracing::warn!(
-                calls = n,
-                "ended the calls left unended when the daemon last stopped"
-            ),
-            Err(e) => tracing::error!(error = %e, "could not end the calls left by the last run"),
+        // Alive (and seen so) before anything is claimed.
+        let cluster = Cluster::new(
+            self.state.store.clone(),
+            self.calls.clone(),
+            self.config.cluster.clone(),
+        )
+        .with_addresses(
+            self.config.sip.listen.to_string(),
+            self.config.api.listen.to_string(),
+        );
+        if let Err(e) = cluster.announce().await {
+            tracing::error!(error = %e, "node heartbeat not written");
+        }
+        // Read before SIP is up, so that every unended call of this node's
+        // is one it left behind; ended (with BYE) once SIP is up.
+        let left = match self.calls.left_unended().await {
+            Ok(left) => left,
+            Err(e) => {
+                tracing::error!(error = %e, "could not read the calls left by the last run");
+                Vec::new()
+            }
+        };
+        // Several nodes: a trunk is registered and probed by the node that
+        // holds its lease, taken by the cluster task, so none until then.
+        if self.state.store.backend() == "postgres" {
+            self.calls.own_trunks(Some(Default::default()));
         }
         let stack = self.calls.start_sip(self.config.sip.listen, public).await?;
+        if !left.is_empty() {
+            let n = self.calls.end_orphans(left).await;
+            tracing::warn!(
+                calls = n,
+                "ended the calls left unended when the daemon last stopped"
+            );
+        }
+        let (stop_cluster, cluster_stopped) = watch::channel(false);
+        let cluster = tokio::spawn(cluster.run(cluster_stopped));
         let addr = self.config.api.listen;
         let listener = TcpListener::bind(addr)
             .await
@@ -209,6 +239,11 @@ impl App {
         self.drain_calls(&mut control, drain).await;
         campaigns.stop().await;
         self.calls.stop_registrations().await;
+        // The calls are over: the heartbeat ends with a clean stop.
+        let _ = stop_cluster.send(true);
+        if tokio::time::timeout(TASK_GRACE, cluster).await.is_err() {
+            tracing::warn!("cluster task did not stop in time");
+        }
         // The calls have written their last events. Closing the outbox ends
         // the event streams (so the API can stop) and the worker, which lets
         // requests in flight finish; what is left is delivered after restart.
@@ -258,6 +293,10 @@ impl App {
         });
         let store = self.state.store.clone();
         let cfg = RunnerConfig {
+            // The node id: its heartbeat tells the others whether its
+            // leases are still held by a live node.
+            owner: self.config.cluster.node_id.clone(),
+            grace: Duration::from_secs(u64::from(self.config.cluster.grace_seconds)),
             global_max_calls: c.max_concurrent_calls,
             lease: Duration::from_secs(u64::from(c.lease_seconds)),
             poll: Duration::from_millis(c.poll_ms),
@@ -281,11 +320,16 @@ impl App {
         ));
         let (stop_dialing, dialing_stopped) = watch::channel(false);
         let dialing = tokio::spawn(Arc::clone(&driver).run(dialing_stopped));
+        // Renews the leases until the calls are over, the drain included.
+        let (stop_leases, leases_stopped) = watch::channel(false);
+        let leases = tokio::spawn(Arc::clone(&driver).keep_leases(leases_stopped));
         CampaignTasks {
             stop_dialing,
             dialing: Some(dialing),
             stop_outcomes,
             outcomes: Some(outcomes),
+            stop_leases,
+            leases: Some(leases),
         }
     }
 
@@ -357,6 +401,10 @@ struct CampaignTasks {
     stop_outcomes: watch::Sender<bool>,
     /// The outcome feed; `None` once stopped.
     outcomes: Option<tokio::task::JoinHandle<()>>,
+    /// Stops the lease renewal once the calls are over.
+    stop_leases: watch::Sender<bool>,
+    /// The lease renewal; `None` once stopped.
+    leases: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl CampaignTasks {
@@ -379,6 +427,12 @@ impl CampaignTasks {
             && tokio::time::timeout(TASK_GRACE, task).await.is_err()
         {
             tracing::warn!("campaign outcome feed did not stop in time");
+        }
+        let _ = self.stop_leases.send(true);
+        if let Some(task) = self.leases.take()
+            && tokio::time::timeout(TASK_GRACE, task).await.is_err()
+        {
+            tracing::warn!("campaign lease renewal did not stop in time");
         }
     }
 }

@@ -45,6 +45,7 @@ pub mod app;
 pub mod call;
 pub mod campaign;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod e164;
 #[doc(hidden)]

@@ -24,6 +24,7 @@ mod dnc;
 pub mod error;
 mod events;
 mod extract;
+mod nodes;
 mod numbers;
 mod observe;
 pub mod scopes;
@@ -142,6 +143,7 @@ impl Inner {
         (name = "chat", description = "Text chat with an agent: same brain and tools as on a call"),
         (name = "phone-numbers", description = "Numbers agentline answers"),
         (name = "trunks", description = "SIP trunks, from the profile files (read-only)"),
+        (name = "nodes", description = "The daemons sharing this store, with their heartbeats (read-only)"),
         (name = "calls", description = "Call records"),
         (name = "campaigns", description = "Outbound campaigns, their contacts and progress"),
         (name = "do-not-call", description = "Numbers never called by a campaign"),
@@ -183,6 +185,7 @@ pub(crate) fn routers(metrics_open: bool) -> (OpenApiRouter<AppState>, OpenApiRo
         .merge(agents::router())
         .merge(numbers::router())
         .merge(trunks::router())
+        .merge(nodes::router())
         .merge(calls::router())
         .merge(transcripts::router())
         .merge(campaigns::router())

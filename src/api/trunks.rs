@@ -1,6 +1,7 @@
 //! `/v1/trunks`: read-only. The profile files are the source of truth; the
 //! API adds the live fields (registration state, last error, health from
-//! the OPTIONS probes, active calls).
+//! the OPTIONS probes, active calls, and the node that owns the trunk's
+//! registration and probe).
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -106,7 +107,20 @@ fn to_api(p: &Profile, live: TrunkLive) -> Trunk {
             })
             .collect(),
         active_calls: live.active_calls,
+        owner: None,
     }
+}
+
+/// The node that runs trunk `p`: the holder of a lease that has not
+/// ended, or this node when it runs every trunk (one node on SQLite).
+async fn owner_of(state: &AppState, p: &Profile) -> Result<Option<String>, ApiError> {
+    if state.store.backend() != "postgres" {
+        return Ok(Some(state.calls.node().to_owned()));
+    }
+    let lease = state.store.trunk_lease(&p.id()).await?;
+    Ok(lease
+        .filter(|l| l.lease_until >= chrono::Utc::now())
+        .map(|l| l.owner))
 }
 
 /// List trunks, by name.
@@ -118,13 +132,17 @@ async fn list_trunks(
 ) -> Result<Json<List<Trunk>>, ApiError> {
     let w = page.window()?;
     let profiles = state.profiles();
-    let items = profiles
+    let mut items = Vec::new();
+    for p in profiles
         .by_name
         .values()
         .skip(usize::try_from(w.offset).unwrap_or(usize::MAX))
         .take(usize::try_from(w.limit).unwrap_or(0))
-        .map(|p| to_api(p, state.trunks.get(&p.name)))
-        .collect();
+    {
+        let mut trunk = to_api(p, state.trunks.get(&p.name));
+        trunk.owner = owner_of(&state, p).await?;
+        items.push(trunk);
+    }
     Ok(Json(List {
         items,
         total: i64::try_from(profiles.by_name.len()).unwrap_or(i64::MAX),
@@ -144,5 +162,7 @@ async fn get_trunk(
     let p = profiles
         .get_by_id(&id)
         .ok_or_else(|| ApiError::not_found("trunk"))?;
-    Ok(Json(to_api(p, state.trunks.get(&p.name))))
+    let mut trunk = to_api(p, state.trunks.get(&p.name));
+    trunk.owner = owner_of(&state, p).await?;
+    Ok(Json(trunk))
 }

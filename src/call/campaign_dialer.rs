@@ -7,8 +7,11 @@
 //! No outcome is lost: an end missed while the daemon was down is found by
 //! the driver's recovery through [`Dialer::fate`]; one missed because the
 //! bus feed lagged is found by [`CampaignRunner::reconcile`]. A call row left
-//! unended by a crash belongs to no task any more: `fate` ends it
-//! (`failed`, end reason `error`) so that the policy decides the retry.
+//! unended by a node that is dead (or by this node before a restart)
+//! belongs to no task any more: `fate` ends it as an orphan (BYE to the
+//! carrier from the stored dialog, then `lost`) so that the policy decides
+//! the retry. A call that is missing from this node's registry but whose
+//! node is alive is that node's, still in progress: never ended here.
 //!
 //! Must not: decide who to dial or when (that is `campaign`).
 
@@ -128,18 +131,33 @@ impl Dialer for CallDialer {
         if shared.registry.get(call_id).is_some() {
             return Ok(CallFate::InProgress);
         }
+        let failed = |e: StoreError| DialError::Failed(e.to_string());
+        let node = store.call_node(call_id).await.map_err(failed)?;
+        let me = self.calls.node();
+        if let Some(other) = node.as_deref().filter(|n| *n != me) {
+            let cutoff = chrono::Utc::now()
+                - chrono::Duration::from_std(self.calls.grace()).unwrap_or_default();
+            if store.node_alive(other, cutoff).await.map_err(failed)? {
+                // Its node is alive: the call is running there.
+                return Ok(CallFate::InProgress);
+            }
+        }
         // The row is written after the call joins the registry and ended
-        // before it leaves, so an unended row no task holds was left by a
-        // crash: nothing will ever end it but this.
-        tracing::info!(call = %call_id, "campaign call lost in a restart; ending its record");
-        shared
-            .transitions
-            .lost(call_id, row.answered_at.is_some())
-            .await;
+        // before it leaves, so an unended row no live task holds was left
+        // by a crash: nothing will ever end it but this.
+        tracing::info!(call = %call_id, node = ?node, "campaign call of a node that is gone; ending it");
+        self.calls
+            .end_orphan(call_id, node.as_deref())
+            .await
+            .map_err(failed)?;
         let row = store
             .get_call(call_id)
             .await
             .map_err(|e| DialError::Failed(e.to_string()))?;
+        if row.ended_at.is_none() {
+            // Another node took it first and is ending it.
+            return Ok(CallFate::InProgress);
+        }
         Ok(CallFate::Ended {
             outcome: outcome_of(&row),
             duration_ms: row.duration_ms,

@@ -22,6 +22,7 @@ pub mod campaign_dialer;
 pub mod end_reason;
 pub mod events;
 mod inbound;
+pub mod orphans;
 pub mod outbound;
 mod phase;
 mod reconcile;
@@ -113,6 +114,15 @@ pub(crate) struct Shared {
     pings: TrunkPings,
     /// The STT and TTS engines the `voice` agents get.
     speech: Speech,
+    /// This node's id (`[cluster] node_id`): on its calls and leases.
+    node: String,
+    /// A node whose heartbeat is older than this is dead.
+    grace: Duration,
+    /// The trunks (profile names) whose registration and probe this node
+    /// runs: `None` for every trunk (one node on SQLite), else those whose
+    /// lease it holds ([`crate::cluster`]). A std Mutex held for a copy or
+    /// a swap, never across `.await`.
+    owned_trunks: std::sync::Mutex<Option<std::collections::BTreeSet<String>>>,
 }
 
 impl Shared {
@@ -187,6 +197,9 @@ impl Calls {
                 registrations: Registrations::default(),
                 pings: TrunkPings::default(),
                 speech,
+                node: config.cluster.node_id.clone(),
+                grace: Duration::from_secs(u64::from(config.cluster.grace_seconds)),
+                owned_trunks: std::sync::Mutex::new(None),
             }),
         })
     }
@@ -216,24 +229,25 @@ impl Calls {
         Ok(stack)
     }
 
-    /// Ends the records of the calls that this node left unended when it
-    /// last stopped without ending them (a crash, kill -9, power loss):
-    /// nothing runs them any more. Each gets `call.ended` with end reason
-    /// `lost`. Run once at start, before SIP is up. Returns how many.
-    pub async fn end_lost_calls(&self, node: &str) -> Result<usize, crate::store::StoreError> {
-        let lost = self.shared.transitions.store().lost_calls(node).await?;
-        for (id, answered) in &lost {
-            tracing::warn!(call_id = %id, answered, "call lost when the daemon last stopped; ending its record");
-            self.shared.transitions.lost(id, *answered).await;
-        }
-        Ok(lost.len())
+    /// The calls this node left unended when it last stopped (a crash),
+    /// with the node each row names: read before SIP is up, so that none
+    /// of them is a call of this run, and ended by [`Calls::end_orphans`]
+    /// once SIP is up to send their BYEs.
+    pub async fn left_unended(
+        &self,
+    ) -> Result<Vec<(String, Option<String>)>, crate::store::StoreError> {
+        self.shared
+            .transitions
+            .store()
+            .unended_calls_of(&self.shared.node)
+            .await
     }
 
     /// Brings the registrations and the OPTIONS probes in line with the
     /// current profiles.
     pub async fn apply_profiles(&self) {
         if let Some(stack) = self.shared.stack.get() {
-            let profiles = self.shared.profiles.get();
+            let profiles = self.owned_profiles();
             let ctx = TrunkContext {
                 stack,
                 trunks: &self.shared.trunks,

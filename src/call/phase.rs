@@ -280,6 +280,12 @@ pub(super) struct Answered {
 impl Answered {
     /// The call answered at `at` (see [`Routed::record_answered`]).
     pub fn new(call: Routed, sip: Call, session: Session, at: Instant) -> Self {
+        // What a survivor needs to end the carrier's leg if this node dies.
+        super::orphans::store_dialog(
+            &call.shared.transitions,
+            &call.id.to_string(),
+            sip.dialog_state(),
+        );
         Self {
             call,
             sip,

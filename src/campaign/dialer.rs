@@ -3,15 +3,25 @@
 //! seam; the call layer reports every end through [`CampaignRunner::call_ended`].
 //!
 //! Exactly once per attempt: the attempt row, with the call id chosen here,
-//! is committed before [`Dialer::place`] runs. After a crash, [`CampaignRunner::recover`]
-//! asks the call layer what became of each call still in flight
-//! ([`Dialer::fate`]): never placed -> the claim is undone and the contact is
-//! due again under the same attempt number; ended -> its outcome is recorded;
-//! still up (another node, or a call that survived) -> adopted and counted
-//! against the caps, its lease taken over (compare-and-set on the owner
-//! seen) so that one node adopts it and renews its lease from then on. So no
-//! attempt is placed twice and none is lost; undoing a claim and recording
-//! an end are idempotent, so two nodes recovering at once do no harm.
+//! is committed before [`Dialer::place`] runs. After a crash,
+//! [`CampaignRunner::recover`] looks at the attempts still in flight whose
+//! lease owner is dead (no heartbeat within the grace: never merely an
+//! expired lease or a call missing from this node's registry; on one
+//! SQLite node after a restart, all of them). It first takes the lease
+//! over (compare-and-set on the owner and generation seen, bumping the
+//! generation: the fencing token), then asks the call layer what became of
+//! the call ([`Dialer::fate`]): never placed -> the claim is undone and the
+//! contact is due again under the same attempt number; ended (the call
+//! layer ends a dead node's call itself, with BYE) -> its outcome is
+//! recorded; still up -> adopted and counted against the caps. Every write
+//! of an attempt carries the generation it holds ([`Fence`]), and a
+//! campaign call's row is only created under the current one, so a node
+//! that was presumed dead and comes back can neither place a call that was
+//! taken from it nor overwrite what the new owner recorded.
+//!
+//! Leases are renewed by [`CampaignRunner::keep_leases`], which runs until
+//! the node's calls have ended, a drain included: the dialing loop stops at
+//! the drain, the renewal does not.
 //!
 //! Pause takes effect at the next claim, which checks the campaign is still
 //! running inside its transaction; calls in flight finish normally.
@@ -32,7 +42,7 @@ use super::window::Verdict;
 use crate::ids;
 use crate::media::amd::AmdMode;
 use crate::model::campaign::{AttemptOutcome, RetryPolicy, Schedule};
-use crate::store::contacts::{AfterAttempt, Disposition};
+use crate::store::contacts::{AfterAttempt, Disposition, Fence};
 use crate::store::{Store, StoreError};
 use crate::webhook::Outbox;
 
@@ -83,6 +93,14 @@ pub enum CallFate {
     },
 }
 
+/// A call this node placed or adopted and has not seen end.
+#[derive(Debug, Clone)]
+struct Flight {
+    campaign: String,
+    /// The lease generation this node holds on the attempt's contact.
+    lease_gen: i64,
+}
+
 /// The seam the call layer implements.
 #[async_trait::async_trait]
 pub trait Dialer: Send + Sync + 'static {
@@ -114,8 +132,10 @@ pub struct RunnerConfig {
     /// Due contacts looked at per claim.
     pub scan: i64,
     /// Whether every in-flight attempt is this node's to recover at start
-    /// (one node on SQLite) or only those whose lease expired (PostgreSQL).
+    /// (one node on SQLite) or only those whose owner is dead (PostgreSQL).
     pub recover_all: bool,
+    /// A node whose heartbeat is older than this is dead.
+    pub grace: Duration,
 }
 
 impl Default for RunnerConfig {
@@ -127,6 +147,7 @@ impl Default for RunnerConfig {
             poll: Duration::from_secs(1),
             scan: 50,
             recover_all: true,
+            grace: Duration::from_secs(10),
         }
     }
 }
@@ -154,7 +175,7 @@ pub struct CampaignRunner<D> {
     /// Calls this node placed and has not seen end: call id -> campaign.
     /// Their leases are renewed while they run; a std Mutex held for an
     /// insert, a removal or a copy, never across `.await`.
-    in_flight: Mutex<HashMap<String, String>>,
+    in_flight: Mutex<HashMap<String, Flight>>,
     /// Woken when a call ends, so a freed slot is used at once.
     ended: Notify,
     /// Place requests handed to the call layer and not yet answered:
@@ -184,7 +205,7 @@ impl<D: Dialer> CampaignRunner<D> {
         self.pacer.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn flights(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+    fn flights(&self) -> std::sync::MutexGuard<'_, HashMap<String, Flight>> {
         self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -198,7 +219,7 @@ impl<D: Dialer> CampaignRunner<D> {
         if let Err(e) = self.recover().await {
             tracing::error!(error = %e, "campaign recovery failed; retrying on the next pass");
         }
-        let mut last_renew = Instant::now();
+        let mut last_recover = Instant::now();
         while !*shutdown.borrow() {
             let sleep = match self.tick().await {
                 Ok(Some(Wait::Until(t))) => t
@@ -210,16 +231,14 @@ impl<D: Dialer> CampaignRunner<D> {
                     self.cfg.poll
                 }
             };
-            if last_renew.elapsed() >= self.cfg.lease / 3 {
-                last_renew = Instant::now();
-                let until = Utc::now() + self.cfg.lease;
-                if let Err(e) = self.store.renew_leases(&self.cfg.owner, until).await {
-                    tracing::warn!(error = %e, "lease renewal failed");
+            // A dead node is found within the grace: look that often.
+            if !self.cfg.recover_all && last_recover.elapsed() >= self.cfg.grace / 2 {
+                last_recover = Instant::now();
+                if let Err(e) = self.recover().await {
+                    tracing::warn!(error = %e, "recovery of a dead node's attempts failed");
                 }
-                if !self.cfg.recover_all
-                    && let Err(e) = self.recover().await
-                {
-                    tracing::warn!(error = %e, "recovery of expired leases failed");
+                if let Err(e) = self.reconcile().await {
+                    tracing::warn!(error = %e, "campaign calls not reconciled");
                 }
             }
             tokio::select! {
@@ -234,6 +253,25 @@ impl<D: Dialer> CampaignRunner<D> {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Renews this node's leases every third of the lease until `stop`
+    /// turns true: started with the runner and stopped only once the
+    /// node's calls have ended, so that a draining node keeps what it
+    /// still dials.
+    pub async fn keep_leases(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(self.cfg.lease / 3);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while !*stop.borrow() {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => continue,
+            }
+            let until = Utc::now() + self.cfg.lease;
+            if let Err(e) = self.store.renew_leases(&self.cfg.owner, until).await {
+                tracing::warn!(error = %e, "lease renewal failed");
+            }
         }
     }
 
@@ -318,7 +356,14 @@ impl<D: Dialer> CampaignRunner<D> {
                     continue;
                 };
                 self.pacer().start(allowed_at, &c.id, &trunk);
-                self.flights().insert(call_id.clone(), c.id.clone());
+                let lease_gen = claimed.lease_gen;
+                self.flights().insert(
+                    call_id.clone(),
+                    Flight {
+                        campaign: c.id.clone(),
+                        lease_gen,
+                    },
+                );
                 let placing_on = trunk.clone();
                 let req = PlaceCall {
                     call_id: call_id.clone(),
@@ -346,7 +391,7 @@ impl<D: Dialer> CampaignRunner<D> {
                         Ok(_) => {}
                         Err(DialError::NotPlaced(why)) => {
                             tracing::info!(call = %call_id, %why, "campaign call refused locally; attempt given back");
-                            if let Err(e) = me.not_placed(&call_id, &attempt_id).await {
+                            if let Err(e) = me.not_placed(&call_id, &attempt_id, lease_gen).await {
                                 tracing::error!(call = %call_id, error = %e, "cannot give the attempt back");
                             }
                         }
@@ -367,10 +412,17 @@ impl<D: Dialer> CampaignRunner<D> {
 
     /// Undoes the claim of a call the call layer refused before sending
     /// anything: the contact is due again with the same attempt number.
-    async fn not_placed(&self, call_id: &str, attempt_id: &str) -> Result<(), StoreError> {
-        self.store.unclaim_attempt(attempt_id).await?;
-        if let Some(campaign) = self.flights().remove(call_id) {
-            self.pacer().finish(&campaign);
+    async fn not_placed(
+        &self,
+        call_id: &str,
+        attempt_id: &str,
+        lease_gen: i64,
+    ) -> Result<(), StoreError> {
+        self.store
+            .unclaim_attempt(attempt_id, self.fence(Some(lease_gen)))
+            .await?;
+        if let Some(f) = self.flights().remove(call_id) {
+            self.pacer().finish(&f.campaign);
         }
         self.ended.notify_one();
         Ok(())
@@ -386,10 +438,34 @@ impl<D: Dialer> CampaignRunner<D> {
         outcome: AttemptOutcome,
         duration_ms: Option<i64>,
     ) -> Result<(), StoreError> {
+        let lease_gen = self.flights().get(call_id).map(|f| f.lease_gen);
+        self.record_end(call_id, lease_gen, outcome, duration_ms)
+            .await
+    }
+
+    /// This node's fence on a lease, under `lease_gen` when known.
+    fn fence(&self, lease_gen: Option<i64>) -> Fence<'_> {
+        Fence {
+            owner: &self.cfg.owner,
+            lease_gen,
+        }
+    }
+
+    /// Records an end under the lease this node holds (generation
+    /// `lease_gen`, or any of this node's when unknown): a lease taken over
+    /// by another node records nothing here.
+    async fn record_end(
+        &self,
+        call_id: &str,
+        lease_gen: Option<i64>,
+        outcome: AttemptOutcome,
+        duration_ms: Option<i64>,
+    ) -> Result<(), StoreError> {
         let ended_at = crate::store::now();
+        let fence = Some(self.fence(lease_gen));
         let recorded = self
             .store
-            .finish_attempt(call_id, outcome, duration_ms, ended_at, |end| {
+            .finish_attempt_fenced(call_id, fence, outcome, duration_ms, ended_at, |end| {
                 let policy: RetryPolicy = serde_json::from_str(&end.retry_policy)
                     .map_err(|e| StoreError::Corrupt(format!("retry policy: {e}")))?;
                 let next = policy.next(
@@ -417,8 +493,8 @@ impl<D: Dialer> CampaignRunner<D> {
                 })
             })
             .await?;
-        if let Some(campaign) = self.flights().remove(call_id) {
-            self.pacer().finish(&campaign);
+        if let Some(f) = self.flights().remove(call_id) {
+            self.pacer().finish(&f.campaign);
         }
         if let Some((end, _)) = recorded
             && self
@@ -451,38 +527,62 @@ impl<D: Dialer> CampaignRunner<D> {
 
     /// Reconciles attempts left in flight by a crash (see the module doc).
     pub async fn recover(&self) -> Result<(), StoreError> {
-        let before: Option<DateTime<Utc>> = (!self.cfg.recover_all).then(Utc::now);
-        for f in self.store.in_flight_attempts(before).await? {
+        let dead_cutoff: Option<DateTime<Utc>> = (!self.cfg.recover_all)
+            .then(|| Utc::now() - chrono::Duration::from_std(self.cfg.grace).unwrap_or_default());
+        for f in self.store.in_flight_attempts(dead_cutoff).await? {
             if self.flights().contains_key(&f.call_id) {
                 continue;
             }
+            // The lease first (compare-and-set on the owner and generation
+            // seen): one node recovers each attempt, and the dead owner's
+            // late writes are fenced off before its call is looked at.
+            let until = Utc::now() + self.cfg.lease;
+            let owner = f.lease_owner.as_deref();
+            let Some(lease_gen) = self
+                .store
+                .take_over_lease(&f.contact_id, owner, f.lease_gen, &self.cfg.owner, until)
+                .await?
+            else {
+                continue;
+            };
+            tracing::info!(call = %f.call_id, contact = %f.contact_id, from = ?owner, "attempt of a dead node taken over");
             match self.dialer.fate(&f.call_id).await {
                 Ok(CallFate::NeverPlaced) => {
                     tracing::info!(call = %f.call_id, contact = %f.contact_id, "attempt never placed; due again");
-                    self.store.unclaim_attempt(&f.attempt_id).await?;
+                    self.store
+                        .unclaim_attempt(&f.attempt_id, self.fence(Some(lease_gen)))
+                        .await?;
                 }
                 Ok(CallFate::Ended {
                     outcome,
                     duration_ms,
-                }) => self.call_ended(&f.call_id, outcome, duration_ms).await?,
-                Ok(CallFate::InProgress) => {
-                    // Adopt by taking the lease over (compare-and-set on the
-                    // owner seen): one node adopts, and renews it as its own.
-                    let until = Utc::now() + self.cfg.lease;
-                    let owner = f.lease_owner.as_deref();
-                    if !self
-                        .store
-                        .take_over_lease(&f.contact_id, owner, &self.cfg.owner, until)
+                }) => {
+                    self.record_end(&f.call_id, Some(lease_gen), outcome, duration_ms)
                         .await?
-                    {
-                        continue;
-                    }
+                }
+                Ok(CallFate::InProgress) => {
+                    // Still up: adopted, counted against the caps, its
+                    // lease renewed as this node's; its end is reported or
+                    // found by the periodic reconcile.
                     self.pacer().adopt(Instant::now(), &f.campaign_id);
-                    self.flights()
-                        .insert(f.call_id.clone(), f.campaign_id.clone());
+                    self.flights().insert(
+                        f.call_id.clone(),
+                        Flight {
+                            campaign: f.campaign_id.clone(),
+                            lease_gen,
+                        },
+                    );
                 }
                 Err(e) => {
-                    tracing::warn!(call = %f.call_id, error = %e, "call fate unknown; will ask again")
+                    // Kept as this node's, so the reconcile asks again.
+                    tracing::warn!(call = %f.call_id, error = %e, "call fate unknown; will ask again");
+                    self.flights().insert(
+                        f.call_id.clone(),
+                        Flight {
+                            campaign: f.campaign_id.clone(),
+                            lease_gen,
+                        },
+                    );
                 }
             }
         }

@@ -69,6 +69,8 @@ pub struct Config {
     pub calls: CallsConfig,
     pub campaigns: CampaignsConfig,
     pub webhooks: WebhooksConfig,
+    /// This node among several on one PostgreSQL store.
+    pub cluster: ClusterConfig,
     /// The embedded speech engines (PocketSphinx, flite).
     pub speech: crate::agent::speech::SpeechConfig,
 }
@@ -214,10 +216,7 @@ impl Default for ApiConfig {
 pub struct StoreConfig {
     /// `sqlite://PATH` (the embedded default) or `postgres://...`.
     pub url: String,
-    /// This daemon's name in the store, written on every call it runs: when
-    /// it starts, it ends the calls a daemon of the same name left unended
-    /// (a crash). Defaults to the host name; daemons sharing one
-    /// PostgreSQL store from one host need names of their own.
+    /// The older name of `cluster.node_id`, used when that is not set.
     pub node: String,
 }
 
@@ -225,29 +224,79 @@ impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             url: "sqlite://agentline.db".into(),
-            node: host_name(),
+            node: String::new(),
         }
     }
 }
 
-/// The host's name (gethostname(2)), or `agentline` when it has none.
-fn host_name() -> String {
-    let mut buf = [0u8; 256];
-    #[allow(unsafe_code)] // FFI: no safe wrapper in std or libc
-    // SAFETY: the buffer is writable for its whole length, which is passed;
-    // the name is read up to its NUL (or the end, if truncated).
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    let name = if rc == 0 {
-        let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-        String::from_utf8_lossy(&buf[..end]).into_owned()
-    } else {
-        String::new()
-    };
-    if name.is_empty() {
-        "agentline".into()
-    } else {
-        name
+/// This node among several daemons on one PostgreSQL store.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// This node's stable id, written on its calls, leases and heartbeat.
+    /// Empty: generated once and kept in `data_dir/node-id` (never the
+    /// host name, which containers change).
+    pub node_id: String,
+    /// Where the generated node id is kept.
+    pub data_dir: PathBuf,
+    /// How often the node writes its heartbeat.
+    pub heartbeat_seconds: u32,
+    /// A node whose heartbeat is older than this is dead: another node
+    /// ends its calls (BYE) and recovers its campaign contacts.
+    pub grace_seconds: u32,
+    /// How long a node holds a trunk's registration and OPTIONS probe
+    /// without renewing; after it dies, another takes the trunk within it.
+    pub trunk_lease_seconds: u32,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            node_id: String::new(),
+            data_dir: PathBuf::from("."),
+            heartbeat_seconds: 2,
+            grace_seconds: 10,
+            trunk_lease_seconds: 15,
+        }
     }
+}
+
+impl ClusterConfig {
+    fn validate(&self, file: &str) -> Result<(), ConfigError> {
+        let err = |key: &str, message: &str| {
+            Err(ConfigError::new(file, format!("cluster.{key}"), message))
+        };
+        if !self.node_id.is_empty() && !is_node_id(&self.node_id) {
+            return err(
+                "node_id",
+                "up to 64 letters, digits, '.', '_' or '-', starting with a letter or digit",
+            );
+        }
+        if self.heartbeat_seconds == 0 || self.heartbeat_seconds > 60 {
+            return err("heartbeat_seconds", "must be between 1 and 60");
+        }
+        if self.grace_seconds < 2 * self.heartbeat_seconds + 1 {
+            return err(
+                "grace_seconds",
+                "must be more than twice heartbeat_seconds (one lost beat is not a death)",
+            );
+        }
+        if self.trunk_lease_seconds < 3 || self.trunk_lease_seconds > 3600 {
+            return err("trunk_lease_seconds", "must be between 3 and 3600");
+        }
+        Ok(())
+    }
+}
+
+/// Whether `id` may name a node (it goes into logs, SQL parameters and a
+/// file, never into SQL text).
+pub fn is_node_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -526,6 +575,14 @@ impl Config {
         }
         self.sip.validate(file)?;
         self.webhooks.validate(file)?;
+        self.cluster.validate(file)?;
+        if !self.store.node.is_empty() && !is_node_id(&self.store.node) {
+            return Err(ConfigError::new(
+                file,
+                "store.node",
+                "up to 64 letters, digits, '.', '_' or '-', starting with a letter or digit",
+            ));
+        }
         if let Some((key, message)) = self.speech.problem() {
             return Err(ConfigError::new(file, format!("speech.{key}"), message));
         }

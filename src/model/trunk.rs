@@ -87,6 +87,11 @@ pub struct Trunk {
     pub cps: u32,
     pub codecs: Vec<String>,
     pub active_calls: u32,
+    /// The node that runs this trunk's registration and OPTIONS probe
+    /// (the holder of its lease when several nodes share the store; this
+    /// node on one node); `None` while no live node holds it.
+    #[schema(example = "node-a")]
+    pub owner: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -84,6 +84,14 @@ impl Call {
         &self.call_id
     }
 
+    /// What ending this dialog without this process needs (RFC 3261
+    /// §12.2.1.1), to be stored; `None` once it ended.
+    pub fn dialog_state(&self) -> Option<super::DialogState> {
+        self.session
+            .as_ref()
+            .map(|s| super::DialogState::of(&s.dialog))
+    }
+
     /// Whether the dialog is still up.
     pub fn is_active(&self) -> bool {
         self.session.is_some()

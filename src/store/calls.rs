@@ -148,6 +148,14 @@ pub struct NewCall<'a> {
     pub campaign: Option<&'a CampaignAttempt>,
 }
 
+/// An unended call taken over from a dead node ([`Store::take_orphan_call`]).
+#[derive(Debug, Clone)]
+pub struct Orphan {
+    pub answered: bool,
+    /// The stored dialog state (JSON), if the call was established.
+    pub dialog: Option<String>,
+}
+
 /// How a call ended, as [`Store::call_ended`] records it.
 #[derive(Debug, Clone)]
 pub struct EndFields<'a> {
@@ -183,6 +191,40 @@ const CREATE: &str = concat!(
                                            metadata, ringing_at, created_at, updated_at, event_seq, node,
                         campaign_id, contact_id, attempt)
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, 1, $12, $13, $14, $15) RETURNING ",
+    call_columns!()
+);
+/// [`CREATE`] for a campaign's call, fenced (see [`Store::call_created`]):
+/// the row is written only while the attempt is in flight and its contact
+/// is still leased to this node under the generation the attempt was
+/// claimed with.
+const CREATE_CAMPAIGN: &str = concat!(
+    "INSERT INTO calls (id, direction, from_number, to_number, trunk, agent_id, status, sip_call_id,
+                        metadata, ringing_at, created_at, updated_at, event_seq, node,
+                        campaign_id, contact_id, attempt)
+     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, 1, $12, $13, $14, $15
+     WHERE EXISTS (SELECT 1 FROM campaign_attempts a JOIN campaign_contacts c ON c.id = a.contact_id
+                   WHERE a.call_id = $1 AND a.outcome IS NULL AND c.lease_owner = $12
+                     AND c.lease_gen = a.lease_gen)
+     RETURNING ",
+    call_columns!()
+);
+/// [`CREATE_CAMPAIGN`] on PostgreSQL: the contact row is share-locked, so
+/// a take-over (which bumps the generation) waits for this insert to
+/// commit, or this insert sees the new generation and writes nothing.
+const CREATE_CAMPAIGN_PG: &str = concat!(
+    "INSERT INTO calls (id, direction, from_number, to_number, trunk, agent_id, status, sip_call_id,
+                        metadata, ringing_at, created_at, updated_at, event_seq, node,
+                        campaign_id, contact_id, attempt)
+     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, 1, $12, $13, $14, $15
+     WHERE EXISTS (SELECT 1 FROM campaign_attempts a JOIN campaign_contacts c ON c.id = a.contact_id
+                   WHERE a.call_id = $1 AND a.outcome IS NULL AND c.lease_owner = $12
+                     AND c.lease_gen = a.lease_gen FOR SHARE OF c)
+     RETURNING ",
+    call_columns!()
+);
+/// The dialog state of an established call (no event, no status change).
+const DIALOG: &str = concat!(
+    "UPDATE calls SET dialog = $2 WHERE id = $1 AND ended_at IS NULL RETURNING ",
     call_columns!()
 );
 const DIALING: &str = concat!(
@@ -315,7 +357,70 @@ impl Store {
             c.campaign.map(|a| a.contact_id.as_str()).into(),
             c.campaign.map(|a| a.attempt).into(),
         ];
-        self.transition(CREATE, values, emit).await
+        // A campaign's call is fenced by its contact's lease: a node that
+        // was presumed dead and whose claim was taken over writes no row
+        // (NotFound), so it places nothing.
+        let sql = match (&self.pool, c.campaign.is_some()) {
+            (_, false) => CREATE,
+            (Pool::Sqlite(_), true) => CREATE_CAMPAIGN,
+            (Pool::Postgres(_), true) => CREATE_CAMPAIGN_PG,
+        };
+        self.transition(sql, values, emit).await
+    }
+
+    /// Stores the state needed to end the established call `id` without
+    /// its node (JSON, see `sip::DialogState`); nothing once it ended.
+    pub async fn call_dialog(&self, id: &str, dialog: &str) -> Result<CallRecord> {
+        let values = vec![id.into(), dialog.into()];
+        self.transition(DIALOG, values, None).await
+    }
+
+    /// Takes an unended call whose node (`seen_node`, as read) is dead or
+    /// restarted, for `me` to end: one taker wins (compare-and-set on the
+    /// node), and only the first gets the dialog state, so one BYE goes
+    /// out. `None` when the call ended or another node took it.
+    pub async fn take_orphan_call(
+        &self,
+        id: &str,
+        seen_node: Option<&str>,
+        me: &str,
+    ) -> Result<Option<Orphan>> {
+        on_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            let row: Option<(Option<DateTime<Utc>>, Option<String>)> = sqlx::query_as(
+                "UPDATE calls SET node = $3
+                 WHERE id = $1 AND ended_at IS NULL
+                   AND (node = $2 OR (node IS NULL AND $2 IS NULL))
+                 RETURNING answered_at, dialog")
+                .bind(id).bind(seen_node).bind(me).fetch_optional(&mut *tx).await?;
+            if row.is_some() {
+                sqlx::query("UPDATE calls SET dialog = NULL WHERE id = $1")
+                    .bind(id).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok::<_, StoreError>(row.map(|(answered_at, dialog)| Orphan {
+                answered: answered_at.is_some(),
+                dialog,
+            }))
+        })
+    }
+
+    /// Unended calls of `node`, with the node each row names (for
+    /// [`Store::take_orphan_call`]); on SQLite every unended call.
+    pub async fn unended_calls_of(&self, node: &str) -> Result<Vec<(String, Option<String>)>> {
+        let all = matches!(self.pool, Pool::Sqlite(_));
+        Ok(on_pool!(self, p => sqlx::query_as(
+            "SELECT id, node FROM calls WHERE ended_at IS NULL AND ($2 OR node = $1)
+             ORDER BY created_at")
+            .bind(node).bind(all).fetch_all(p).await)?)
+    }
+
+    /// The node a call's row names.
+    pub async fn call_node(&self, id: &str) -> Result<Option<String>> {
+        on_pool!(self, p => sqlx::query_scalar::<_, Option<String>>(
+            "SELECT node FROM calls WHERE id = $1")
+            .bind(id).fetch_optional(p).await)?
+        .ok_or(StoreError::NotFound)
     }
 
     /// The outbound INVITE left with this SIP Call-ID (status unchanged).
@@ -362,22 +467,6 @@ impl Store {
     pub async fn call_answered_by(&self, id: &str, answered_by: AnsweredBy) -> Result<CallRecord> {
         let values = vec![id.into(), answered_by.as_str().into(), super::now().into()];
         self.transition(ANSWERED_BY, values, None).await
-    }
-
-    /// Calls that a daemon named `node` left unended (it crashed or was
-    /// killed): nothing runs them any more. On SQLite, whose file one
-    /// daemon uses, every unended call is such. Each id comes with whether
-    /// the call had been answered.
-    pub async fn lost_calls(&self, node: &str) -> Result<Vec<(String, bool)>> {
-        let all = matches!(self.pool, Pool::Sqlite(_));
-        let rows: Vec<(String, Option<DateTime<Utc>>)> = on_pool!(self, p => sqlx::query_as(
-            "SELECT id, answered_at FROM calls WHERE ended_at IS NULL AND ($2 OR node = $1)
-             ORDER BY created_at")
-            .bind(node).bind(all).fetch_all(p).await)?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, answered_at)| (id, answered_at.is_some()))
-            .collect())
     }
 
     pub async fn get_call(&self, id: &str) -> Result<CallRecord> {

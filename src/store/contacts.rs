@@ -71,6 +71,9 @@ pub struct Claimed {
     /// 1 for the first attempt.
     pub attempt: i64,
     pub call_id: String,
+    /// The contact's lease generation under this claim: the fencing token
+    /// every later write of the attempt carries.
+    pub lease_gen: i64,
 }
 
 /// What one claim did.
@@ -91,6 +94,17 @@ pub struct InFlight {
     pub contact_id: String,
     pub trunk: Option<String>,
     pub lease_owner: Option<String>,
+    /// The contact's lease generation as read.
+    pub lease_gen: i64,
+}
+
+/// The lease a write must still hold to change anything: the owner, and
+/// the generation when the writer knows it. A node whose lease was taken
+/// over (it was presumed dead) carries an older one and writes nothing.
+#[derive(Debug, Clone, Copy)]
+pub struct Fence<'a> {
+    pub owner: &'a str,
+    pub lease_gen: Option<i64>,
 }
 
 /// What an attempt's end needs to decide the contact's fate.
@@ -267,26 +281,29 @@ impl Store {
                             ("expired", None)
                         }
                         Disposition::Dial => {
-                            let leased = sqlx::query(
+                            let leased: Option<i64> = sqlx::query_scalar(
                                 "UPDATE campaign_contacts SET state = 'dialing', attempts = attempts + 1,
-                                     lease_owner = $2, lease_until = $3, updated_at = $4
-                                 WHERE id = $1 AND state = 'pending'")
+                                     lease_owner = $2, lease_until = $3, updated_at = $4,
+                                     lease_gen = lease_gen + 1
+                                 WHERE id = $1 AND state = 'pending' RETURNING lease_gen")
                                 .bind(&c.id).bind(owner).bind(lease_until).bind(stamp)
-                                .execute(&mut *tx).await?.rows_affected();
-                            if leased == 1 {
+                                .fetch_optional(&mut *tx).await?;
+                            if let Some(lease_gen) = leased {
                                 let attempt_id = ids::new(ids::ATTEMPT);
                                 sqlx::query(
                                     "INSERT INTO campaign_attempts (id, campaign_id, contact_id, attempt,
-                                         call_id, trunk, created_at, updated_at)
-                                     VALUES ($1, $2, $3, $4, $5, $6, $7, $7)")
+                                         call_id, trunk, created_at, updated_at, lease_gen)
+                                     VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)")
                                     .bind(&attempt_id).bind(campaign_id).bind(&c.id)
                                     .bind(c.attempts + 1).bind(call_id).bind(trunk).bind(stamp)
+                                    .bind(lease_gen)
                                     .execute(&mut *tx).await?;
                                 report.claimed = Some(Claimed {
                                     attempt: c.attempts + 1,
                                     contact: c,
                                     attempt_id,
                                     call_id: call_id.to_string(),
+                                    lease_gen,
                                 });
                                 break;
                             }
@@ -316,6 +333,24 @@ impl Store {
         ended_at: DateTime<Utc>,
         decide: impl FnOnce(&AttemptEnd) -> Result<AfterAttempt>,
     ) -> Result<Option<(AttemptEnd, AfterAttempt)>> {
+        self.finish_attempt_fenced(call_id, None, outcome, duration_ms, ended_at, decide)
+            .await
+    }
+
+    /// [`Store::finish_attempt`], only while the contact's lease is as
+    /// `fence` says (`None`: unfenced, for tools and tests); otherwise
+    /// `None` and nothing is written.
+    pub async fn finish_attempt_fenced(
+        &self,
+        call_id: &str,
+        fence: Option<Fence<'_>>,
+        outcome: AttemptOutcome,
+        duration_ms: Option<i64>,
+        ended_at: DateTime<Utc>,
+        decide: impl FnOnce(&AttemptEnd) -> Result<AfterAttempt>,
+    ) -> Result<Option<(AttemptEnd, AfterAttempt)>> {
+        let owner = fence.map(|f| f.owner);
+        let lease_gen = fence.and_then(|f| f.lease_gen);
         let stamp = super::now();
         let outcome = outcome.as_str();
         on_pool!(self, p => {
@@ -330,8 +365,9 @@ impl Store {
                  FROM campaign_attempts a
                  JOIN campaign_contacts c ON c.id = a.contact_id
                  JOIN campaigns m ON m.id = a.campaign_id
-                 WHERE a.call_id = $1 AND a.outcome IS NULL")
-                .bind(call_id).fetch_optional(&mut *tx).await?;
+                 WHERE a.call_id = $1 AND a.outcome IS NULL
+                   AND ($2 IS NULL OR c.lease_owner = $2) AND ($3 IS NULL OR c.lease_gen = $3)")
+                .bind(call_id).bind(owner).bind(lease_gen).fetch_optional(&mut *tx).await?;
             let Some(row) = row else {
                 return Ok(None);
             };
@@ -375,28 +411,44 @@ impl Store {
         })
     }
 
-    /// Attempts without an outcome whose lease ended before `before`, or all
-    /// of them when `before` is `None` (a single node after a restart).
-    pub async fn in_flight_attempts(&self, before: Option<DateTime<Utc>>) -> Result<Vec<InFlight>> {
+    /// Attempts without an outcome whose contact's lease owner is dead at
+    /// `dead_cutoff` (no heartbeat since, stopped, or never seen), or all of
+    /// them when it is `None` (a single node after a restart). An expired
+    /// lease alone is not enough: a live owner (a draining node, one whose
+    /// renewal failed once) still runs the call.
+    pub async fn in_flight_attempts(
+        &self,
+        dead_cutoff: Option<DateTime<Utc>>,
+    ) -> Result<Vec<InFlight>> {
         Ok(on_pool!(self, p => sqlx::query_as::<_, InFlight>(
-            "SELECT a.id AS attempt_id, a.call_id, a.campaign_id, a.contact_id, a.trunk, c.lease_owner
+            "SELECT a.id AS attempt_id, a.call_id, a.campaign_id, a.contact_id, a.trunk, c.lease_owner,
+                    c.lease_gen
              FROM campaign_attempts a JOIN campaign_contacts c ON c.id = a.contact_id
              WHERE a.outcome IS NULL AND c.state = 'dialing'
-               AND ($1 IS NULL OR c.lease_until < $1)
+               AND ($1 IS NULL OR NOT EXISTS (
+                   SELECT 1 FROM nodes n WHERE n.id = c.lease_owner
+                     AND n.stopped_at IS NULL AND n.heartbeat_at >= $1))
              ORDER BY a.id")
-            .bind(before).fetch_all(p).await)?)
+            .bind(dead_cutoff).fetch_all(p).await)?)
     }
 
     /// Undoes the claim of an attempt whose call was never placed: the
     /// attempt row goes and the contact is due again, with the same attempt
     /// number next time.
-    pub async fn unclaim_attempt(&self, attempt_id: &str) -> Result<()> {
+    /// Fenced: only while the contact is leased to `fence.owner` (under
+    /// `fence.lease_gen` when given).
+    pub async fn unclaim_attempt(&self, attempt_id: &str, fence: Fence<'_>) -> Result<()> {
         let stamp = super::now();
         on_pool!(self, p => {
             let mut tx = p.begin().await?;
             let contact: Option<String> = sqlx::query_scalar(
-                "DELETE FROM campaign_attempts WHERE id = $1 AND outcome IS NULL RETURNING contact_id")
-                .bind(attempt_id).fetch_optional(&mut *tx).await?;
+                "DELETE FROM campaign_attempts WHERE id = $1 AND outcome IS NULL
+                   AND EXISTS (SELECT 1 FROM campaign_contacts c
+                               WHERE c.id = campaign_attempts.contact_id AND c.lease_owner = $2
+                                 AND ($3 IS NULL OR c.lease_gen = $3))
+                 RETURNING contact_id")
+                .bind(attempt_id).bind(fence.owner).bind(fence.lease_gen)
+                .fetch_optional(&mut *tx).await?;
             if let Some(contact) = contact {
                 sqlx::query(
                     "UPDATE campaign_contacts SET state = 'pending', attempts = attempts - 1,
@@ -410,24 +462,28 @@ impl Store {
         Ok(())
     }
 
-    /// Moves the lease of an in-flight contact from `seen_owner` (as
-    /// [`Store::in_flight_attempts`] read it) to `owner` until `until`;
-    /// false when another node took it over first, so one node recovers it.
+    /// Moves the lease of an in-flight contact from `seen_owner` under
+    /// `seen_gen` (as [`Store::in_flight_attempts`] read them) to `owner`
+    /// until `until`, bumping the generation: the old owner's writes are
+    /// fenced off from here. The new generation; `None` when another node
+    /// took it over first, so one node recovers it.
     pub async fn take_over_lease(
         &self,
         contact_id: &str,
         seen_owner: Option<&str>,
+        seen_gen: i64,
         owner: &str,
         until: DateTime<Utc>,
-    ) -> Result<bool> {
+    ) -> Result<Option<i64>> {
         let stamp = super::now();
-        let taken = on_pool!(self, p => sqlx::query(
-            "UPDATE campaign_contacts SET lease_owner = $3, lease_until = $4, updated_at = $5
-             WHERE id = $1 AND state = 'dialing'
-               AND (lease_owner = $2 OR (lease_owner IS NULL AND $2 IS NULL))")
-            .bind(contact_id).bind(seen_owner).bind(owner).bind(until).bind(stamp)
-            .execute(p).await.map(|r| r.rows_affected()))?;
-        Ok(taken == 1)
+        Ok(on_pool!(self, p => sqlx::query_scalar(
+            "UPDATE campaign_contacts SET lease_owner = $3, lease_until = $4, updated_at = $5,
+                 lease_gen = lease_gen + 1
+             WHERE id = $1 AND state = 'dialing' AND lease_gen = $6
+               AND (lease_owner = $2 OR (lease_owner IS NULL AND $2 IS NULL))
+             RETURNING lease_gen")
+            .bind(contact_id).bind(seen_owner).bind(owner).bind(until).bind(stamp).bind(seen_gen)
+            .fetch_optional(p).await)?)
     }
 
     /// Extends the leases `owner` holds.

@@ -23,6 +23,7 @@ pub mod deliveries;
 pub mod dnc;
 pub mod events;
 pub mod keys;
+pub mod nodes;
 pub mod numbers;
 pub mod transcripts;
 pub mod webhooks;
@@ -200,6 +201,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "scopes and audit",
         include_str!("../../migrations/sqlite/0012_scopes_audit.sql"),
     ),
+    (
+        14,
+        "cluster",
+        include_str!("../../migrations/sqlite/0014_cluster.sql"),
+    ),
 ];
 
 /// The PostgreSQL migrations, embedded in the binary.
@@ -248,6 +254,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         12,
         "scopes and audit",
         include_str!("../../migrations/postgres/0012_scopes_audit.sql"),
+    ),
+    (
+        14,
+        "cluster",
+        include_str!("../../migrations/postgres/0014_cluster.sql"),
     ),
 ];
 
@@ -303,7 +314,7 @@ impl Store {
     }
 
     /// Names the daemon that uses this store: the calls it creates carry
-    /// the name, and [`Store::lost_calls`] finds them after a crash. Set
+    /// the name, and [`Store::unended_calls_of`] finds them after a crash. Set
     /// before the store is cloned.
     pub fn set_node(&mut self, node: &str) {
         self.node = Some(node.into());

@@ -1,0 +1,195 @@
+//! Calls whose node is gone: a node that died (no heartbeat within the
+//! grace) or this node after a crash. Whoever ends such a call first takes
+//! it (compare-and-set on the row's node), sends BYE through the stored
+//! dialog state when it was established (`sip::SipStack::bye_from_state`,
+//! RFC 3261 §12.2.1.1), so the carrier does not keep the leg up and bill
+//! it, and records it ended `lost` with `call.ended` through the outbox,
+//! once. Also what this node runs for trunks: the lease-held set of trunks
+//! whose registration and OPTIONS probe run here.
+//!
+//! Must not: decide that a node is dead (that is `cluster`) or build SIP.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use super::Calls;
+use crate::config::Profiles;
+use crate::sip::DialogState;
+use crate::store::StoreError;
+
+/// How long a BYE to an orphaned leg waits for its answer.
+const BYE_WAIT: Duration = Duration::from_secs(5);
+
+/// At most this many orphaned calls are ended at once.
+const PARALLEL: usize = 32;
+
+impl Calls {
+    /// This node's id.
+    pub fn node(&self) -> &str {
+        &self.shared.node
+    }
+
+    /// A node whose heartbeat is older than this is dead.
+    pub fn grace(&self) -> Duration {
+        self.shared.grace
+    }
+
+    /// Whether the drain has begun.
+    pub fn is_draining(&self) -> bool {
+        self.shared.is_draining()
+    }
+
+    /// Ends call `id`, left unended by node `seen_node` (dead, or this node
+    /// before a restart): BYE to the carrier when the call was answered and
+    /// its dialog stored, then `lost` with `call.ended`. False when the
+    /// call had ended or another node took it first.
+    pub async fn end_orphan(&self, id: &str, seen_node: Option<&str>) -> Result<bool, StoreError> {
+        let store = self.shared.transitions.store();
+        let Some(orphan) = store
+            .take_orphan_call(id, seen_node, &self.shared.node)
+            .await?
+        else {
+            return Ok(false);
+        };
+        if orphan.answered
+            && let Some(text) = orphan.dialog.as_deref()
+        {
+            self.bye(id, text).await;
+        }
+        tracing::warn!(call_id = %id, answered = orphan.answered, from = ?seen_node, "call of a node that is gone ended as lost");
+        self.shared.transitions.lost(id, orphan.answered).await;
+        Ok(true)
+    }
+
+    async fn bye(&self, id: &str, dialog: &str) {
+        let state: DialogState = match serde_json::from_str(dialog) {
+            Ok(state) => state,
+            Err(e) => {
+                tracing::warn!(call_id = %id, error = %e, "stored dialog state unreadable; no BYE");
+                return;
+            }
+        };
+        let Some(stack) = self.shared.stack.get() else {
+            tracing::warn!(call_id = %id, "SIP is not up; no BYE for the orphaned call");
+            return;
+        };
+        match stack.bye_from_state(&state, BYE_WAIT).await {
+            Ok(code) => {
+                tracing::info!(call_id = %id, sip_call_id = %state.call_id, code, "BYE sent for a call whose node is gone")
+            }
+            Err(e) => {
+                tracing::warn!(call_id = %id, sip_call_id = %state.call_id, error = %e, "BYE for a call whose node is gone failed")
+            }
+        }
+    }
+
+    /// Ends every call in `calls` (id, node seen) as [`Calls::end_orphan`]
+    /// does, a few at a time; how many this node ended.
+    pub async fn end_orphans(&self, calls: Vec<(String, Option<String>)>) -> usize {
+        let mut ended = 0;
+        for chunk in calls.chunks(PARALLEL) {
+            let mut set = tokio::task::JoinSet::new();
+            for (id, node) in chunk.iter().cloned() {
+                let me = self.clone();
+                set.spawn(async move {
+                    match me.end_orphan(&id, node.as_deref()).await {
+                        Ok(done) => done,
+                        Err(e) => {
+                            tracing::error!(call_id = %id, error = %e, "orphaned call not ended");
+                            false
+                        }
+                    }
+                });
+            }
+            while let Some(done) = set.join_next().await {
+                if matches!(done, Ok(true)) {
+                    ended += 1;
+                }
+            }
+        }
+        ended
+    }
+
+    /// Ends the unended calls of dead node `node`; how many this node
+    /// ended (another survivor may take some).
+    pub async fn reap_node(&self, node: &str) -> Result<usize, StoreError> {
+        let calls = self
+            .shared
+            .transitions
+            .store()
+            .unended_calls_of(node)
+            .await?;
+        Ok(self.end_orphans(calls).await)
+    }
+
+    /// Sets the trunks (profile names) this node runs registrations and
+    /// probes for (`None`: all); true when that changed, and then
+    /// [`Calls::apply_profiles`] should run.
+    pub fn own_trunks(&self, owned: Option<BTreeSet<String>>) -> bool {
+        let mut current = self
+            .shared
+            .owned_trunks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if *current == owned {
+            return false;
+        }
+        *current = owned;
+        true
+    }
+
+    /// Whether this node runs trunk `name`'s registration and probe.
+    pub fn owns_trunk(&self, name: &str) -> bool {
+        self.shared
+            .owned_trunks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_none_or(|set| set.contains(name))
+    }
+
+    /// The profiles whose registration and probe run here.
+    pub(super) fn owned_profiles(&self) -> Profiles {
+        let mut profiles = Profiles::clone(&self.shared.profiles.get());
+        let owned = self
+            .shared
+            .owned_trunks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(owned) = owned {
+            profiles.by_name.retain(|name, _| owned.contains(name));
+        }
+        profiles
+    }
+
+    /// The current profiles (every trunk, owned or not).
+    pub fn profiles(&self) -> std::sync::Arc<Profiles> {
+        self.shared.profiles.get()
+    }
+}
+
+/// Stores the state needed to end call `id` without this node, once it
+/// is established (the write is spawned: the call goes on; on SQLite it is
+/// one more statement in the group commit's batch).
+pub(super) fn store_dialog(
+    transitions: &super::events::Transitions,
+    id: &str,
+    state: Option<DialogState>,
+) {
+    let Some(state) = state else { return };
+    let text = match serde_json::to_string(&state) {
+        Ok(text) => text,
+        Err(e) => {
+            tracing::warn!(call_id = %id, error = %e, "dialog state not serialized");
+            return;
+        }
+    };
+    let store = transitions.store().clone();
+    let id = id.to_owned();
+    tokio::spawn(async move {
+        if let Err(e) = store.call_dialog(&id, &text).await {
+            tracing::debug!(call_id = %id, error = %e, "dialog state not stored");
+        }
+    });
+}

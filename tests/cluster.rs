@@ -1,0 +1,835 @@
+//! Several nodes, proven on a real cluster the test builds itself: three
+//! daemons on distinct loopback addresses (127.0.0.2 to 127.0.0.4) and one
+//! fresh PostgreSQL database (from `AGENTLINE_TEST_PG_URL`), SIPp as the
+//! carrier and as the registrar.
+//!
+//! - the store's recovery and fencing, on both backends: an attempt is
+//!   recovered only from a dead owner (the PostgreSQL query that failed
+//!   with `text < timestamp with time zone` before), and a node whose lease
+//!   was taken over can neither place the call nor record its end;
+//! - a campaign dialled by three nodes with one SIGKILLed half-way: its
+//!   established calls get a BYE from a survivor (seen at the carrier) and
+//!   end `lost` with `call.ended` delivered once, and the campaign
+//!   completes with every contact dialled as its retry policy says, never
+//!   twice at once (counted at the carrier);
+//! - each trunk registered by exactly one node (REGISTERs counted at the
+//!   registrar), moved to another node within the lease time when its
+//!   owner is killed, `trunk.registered` once per change; `GET /v1/nodes`
+//!   shows the dead node.
+//!
+//! Scaled down for a 2-core CI: 60 contacts instead of 3,000.
+
+// A test's unwrap, expect or panic is its failure report: the daemon's bans
+// (Cargo.toml `[lints]`) do not apply here.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+#[path = "common/webhook_receiver.rs"]
+mod receiver;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use agentline::model::{AttemptOutcome, CallStatus, CampaignStatus, Direction};
+use agentline::store::Store;
+use agentline::store::calls::{CampaignAttempt, NewCall};
+use agentline::store::campaigns::CampaignFields;
+use agentline::store::contacts::{Disposition, Fence, NewContact};
+use agentline::store::nodes::Heartbeat;
+use chrono::Utc;
+use common::{Backend, TestDaemon, wait_until};
+use receiver::{Receiver, fast_webhooks_config};
+use serde_json::{Value, json};
+use sqlx::Connection;
+
+const CALLER: &str = "+14155550100";
+
+/// Heartbeat every second, dead after 3 s, trunk leases of 3 s: the
+/// smallest the config allows, so the test waits little.
+const CLUSTER: &str =
+    "[cluster]\nheartbeat_seconds = 1\ngrace_seconds = 3\ntrunk_lease_seconds = 3\n";
+
+async fn ok_json(r: reqwest::RequestBuilder) -> Value {
+    let r = r.send().await.expect("request");
+    let status = r.status();
+    let body: Value = r.json().await.unwrap_or(Value::Null);
+    assert!(status.is_success(), "{status}: {body}");
+    body
+}
+
+/// Three daemons on one PostgreSQL database, node `i` named `node-i` and
+/// listening for SIP on 127.0.0.(i+2).
+struct Cluster {
+    nodes: Vec<TestDaemon>,
+    /// The database every node uses.
+    url: String,
+}
+
+impl Cluster {
+    async fn start(n: usize, profiles: &[(&str, String)], extra: &str) -> Cluster {
+        let mut nodes: Vec<TestDaemon> = Vec::new();
+        let mut url = String::new();
+        for i in 0..n {
+            let mut b = TestDaemon::builder();
+            if i == 0 {
+                b = b.postgres();
+            }
+            for (name, text) in profiles {
+                b = b.profile(name, text);
+            }
+            let b = b.config(&format!("{CLUSTER}node_id = \"node-{i}\"\n{extra}"));
+            let mut d = b.prepare().await;
+            let config = std::fs::read_to_string(&d.config_path).unwrap();
+            // A loopback address of its own, as a host of its own would have.
+            let mut config = config.replace(
+                &format!("listen = \"127.0.0.1:{}\"", d.sip_port),
+                &format!("listen = \"127.0.0.{}:{}\"", i + 2, d.sip_port),
+            );
+            if i == 0 {
+                url = d.store_url.clone();
+            } else {
+                config = config.replace(&d.store_url, &url);
+                d.store_url = url.clone();
+            }
+            std::fs::write(&d.config_path, config).unwrap();
+            if i == 0 {
+                d.key = d.create_key_cli("cluster", Some(100_000));
+            } else {
+                d.key = nodes[0].key.clone();
+            }
+            d.spawn();
+            d.wait_ready().await;
+            nodes.push(d);
+        }
+        Cluster { nodes, url }
+    }
+
+    async fn db(&self) -> sqlx::PgConnection {
+        sqlx::PgConnection::connect(&self.url).await.unwrap()
+    }
+}
+
+/// SIPp on 127.0.0.1 with `scenario`, logging every message to a file.
+fn sipp(scenario: &str, dir: &Path) -> (tokio::process::Child, u16, PathBuf) {
+    common::require_sipp();
+    let port = common::free_udp_port();
+    let log = dir.join(format!("{scenario}.messages.log"));
+    let child = tokio::process::Command::new("sipp")
+        .args(["-sf", &common::scenario(scenario)])
+        .args(["-i", "127.0.0.1", "-p", &port.to_string()])
+        .args([
+            "-nostdin",
+            "-timeout",
+            "300s",
+            "-trace_msg",
+            "-message_file",
+        ])
+        .arg(&log)
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn sipp");
+    (child, port, log)
+}
+
+/// The SIP requests SIPp received: (method, request-URI user, Call-ID,
+/// top Via sent-by host), once per transaction (retransmissions folded).
+fn received(log: &Path) -> Vec<(String, String, String, String)> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let mut out = Vec::new();
+    let mut seen = BTreeSet::new();
+    // SIPp separates messages with a dashed line and a timestamp.
+    for block in text.split("----------------------------------------------") {
+        if !block.contains("message received") {
+            continue;
+        }
+        let mut lines = block
+            .lines()
+            .skip_while(|l| !l.contains("message received"));
+        lines.next();
+        let Some(start) = lines.find(|l| !l.trim().is_empty()) else {
+            continue;
+        };
+        if start.starts_with("SIP/2.0") {
+            continue;
+        }
+        let mut parts = start.split_whitespace();
+        let method = parts.next().unwrap_or_default().to_owned();
+        let uri = parts.next().unwrap_or_default();
+        let user = uri
+            .trim_start_matches("sip:")
+            .split('@')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let mut call_id = String::new();
+        let mut via = String::new();
+        let mut branch = String::new();
+        for l in block.lines() {
+            let lower = l.to_ascii_lowercase();
+            if call_id.is_empty() && (lower.starts_with("call-id:") || lower.starts_with("i:")) {
+                call_id = l.split_once(':').unwrap().1.trim().to_owned();
+            }
+            if via.is_empty() && (lower.starts_with("via:") || lower.starts_with("v:")) {
+                let v = l.split_once(':').unwrap().1.trim();
+                via = v
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or_default()
+                    .split([':', ';'])
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                branch = v
+                    .split(";branch=")
+                    .nth(1)
+                    .unwrap_or_default()
+                    .split(';')
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+            }
+        }
+        if seen.insert((method.clone(), call_id.clone(), branch)) {
+            out.push((method, user, call_id, via));
+        }
+    }
+    out
+}
+
+/// An SQLite store, or a fresh PostgreSQL database, migrated, with node
+/// `node-a` and a second handle for `node-b`; the daemon is never started
+/// (its harness only makes the database).
+async fn two_handles(backend: Backend) -> (TestDaemon, Store, Store) {
+    let d = TestDaemon::builder().backend(backend).prepare().await;
+    let mut a = Store::connect(&d.store_url).await.unwrap();
+    a.migrate().await.unwrap();
+    a.set_node("node-a");
+    let mut b = Store::connect(&d.store_url).await.unwrap();
+    b.set_node("node-b");
+    (d, a, b)
+}
+
+/// Recovery and fencing at the store, on both backends.
+async fn store_recovery_and_fencing(backend: Backend) {
+    let (_d, a, b) = two_handles(backend).await;
+    a.insert_agent("agt_1", "a", "echo", "{}").await.unwrap();
+    let c = a
+        .insert_campaign(
+            "cmp_1",
+            CampaignFields {
+                name: "c",
+                agent_id: "agt_1",
+                caller_number: CALLER,
+                trunks: r#"["trk_a"]"#,
+                schedule: r#"{"start_time":"00:00","end_time":"23:59"}"#,
+                max_concurrent_calls: 4,
+                calls_per_second: 10.0,
+                retry_policy: "{}",
+                max_attempts: 3,
+                opt_out_digit: None,
+                amd: "off",
+            },
+        )
+        .await
+        .unwrap();
+    let contacts: Vec<NewContact> = (0..2)
+        .map(|i| NewContact {
+            number: format!("+1415555100{i}"),
+            timezone: None,
+            variables: "{}".into(),
+        })
+        .collect();
+    a.insert_contacts(&c.id, &contacts).await.unwrap();
+    a.transition_campaign(
+        &c.id,
+        &[CampaignStatus::Draft],
+        CampaignStatus::Running,
+        None,
+    )
+    .await
+    .unwrap();
+    for (store, node) in [(&a, "node-a"), (&b, "node-b")] {
+        store
+            .node_started(&Heartbeat {
+                node,
+                version: "test",
+                sip_address: None,
+                api_address: None,
+                active_calls: 0,
+                draining: false,
+            })
+            .await
+            .unwrap();
+    }
+    let until = Utc::now() + chrono::Duration::seconds(120);
+    let mut claims = Vec::new();
+    for i in 0..2 {
+        let call = format!("call_{i}");
+        let r = a
+            .claim_contact(
+                &c.id,
+                Utc::now(),
+                10,
+                "node-a",
+                until,
+                &call,
+                "trk_a",
+                |_| Disposition::Dial,
+            )
+            .await
+            .unwrap();
+        claims.push(r.claimed.unwrap());
+    }
+    let new_call = |claim: &agentline::store::contacts::Claimed| {
+        (
+            claim.call_id.clone(),
+            CampaignAttempt {
+                campaign_id: c.id.clone(),
+                contact_id: claim.contact.id.clone(),
+                attempt: claim.attempt,
+            },
+        )
+    };
+    let place = |store: &Store, id: &str, attempt: &CampaignAttempt| {
+        let store = store.clone();
+        let id = id.to_owned();
+        let attempt = attempt.clone();
+        async move {
+            store
+                .call_created(
+                    NewCall {
+                        id: &id,
+                        direction: Direction::Outbound,
+                        from_number: CALLER,
+                        to_number: "+14155551000",
+                        trunk: Some("trk_a"),
+                        agent_id: Some("agt_1"),
+                        status: CallStatus::Queued,
+                        sip_call_id: None,
+                        metadata: "{}",
+                        campaign: Some(&attempt),
+                    },
+                    None,
+                )
+                .await
+        }
+    };
+    // The owner places its first call: the fence lets its own lease through.
+    let (first, first_attempt) = new_call(&claims[0]);
+    place(&a, &first, &first_attempt).await.unwrap();
+
+    // Its owner alive, nothing is recovered, whatever the lease says.
+    let alive_cutoff = Utc::now() - chrono::Duration::seconds(10);
+    assert!(
+        a.in_flight_attempts(Some(alive_cutoff))
+            .await
+            .unwrap()
+            .is_empty(),
+        "a live owner's attempts are not another node's to recover"
+    );
+    // Dead (its heartbeat before the cutoff): both are recoverable. On
+    // PostgreSQL this query failed before (text < timestamptz).
+    let dead_cutoff = Utc::now() + chrono::Duration::seconds(1);
+    let stale = a.in_flight_attempts(Some(dead_cutoff)).await.unwrap();
+    assert_eq!(stale.len(), 2, "{stale:?}");
+    let second = stale
+        .iter()
+        .find(|f| f.call_id == claims[1].call_id)
+        .unwrap();
+    assert_eq!(second.lease_gen, claims[1].lease_gen);
+
+    // node-b takes the second attempt over: the generation moves on.
+    let new_gen = b
+        .take_over_lease(
+            &second.contact_id,
+            second.lease_owner.as_deref(),
+            second.lease_gen,
+            "node-b",
+            until,
+        )
+        .await
+        .unwrap()
+        .expect("taken over");
+    assert!(new_gen > claims[1].lease_gen);
+    // A second taker with what it read before loses.
+    assert!(
+        a.take_over_lease(
+            &second.contact_id,
+            second.lease_owner.as_deref(),
+            second.lease_gen,
+            "node-a",
+            until,
+        )
+        .await
+        .unwrap()
+        .is_none()
+    );
+
+    // node-a comes back: it can neither place the call it lost...
+    let (lost, lost_attempt) = new_call(&claims[1]);
+    assert!(
+        place(&a, &lost, &lost_attempt).await.is_err(),
+        "a fenced-off node writes no call row"
+    );
+    assert!(a.get_call(&lost).await.is_err());
+    // ...nor record an end under its old generation...
+    let old = Fence {
+        owner: "node-a",
+        lease_gen: Some(claims[1].lease_gen),
+    };
+    let recorded = a
+        .finish_attempt_fenced(
+            &lost,
+            Some(old),
+            AttemptOutcome::Answered,
+            Some(1),
+            Utc::now(),
+            |_| panic!("a fenced-off end is not decided"),
+        )
+        .await
+        .unwrap();
+    assert!(recorded.is_none());
+    // ...nor give the attempt back.
+    a.unclaim_attempt(&claims[1].attempt_id, old).await.unwrap();
+    let counts = b.campaign_counts(&c.id).await.unwrap();
+    assert_eq!(counts.in_flight, 2, "{counts:?}");
+    // The new owner can: the contact is due again, as attempt 1.
+    b.unclaim_attempt(
+        &claims[1].attempt_id,
+        Fence {
+            owner: "node-b",
+            lease_gen: Some(new_gen),
+        },
+    )
+    .await
+    .unwrap();
+    let contact = b.get_contact(&c.id, &claims[1].contact.id).await.unwrap();
+    assert_eq!((contact.state.as_str(), contact.attempts), ("pending", 0));
+    assert_eq!(b.campaign_counts(&c.id).await.unwrap().in_flight, 1);
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_needs_a_dead_owner_and_fences_it_off_sqlite() {
+    store_recovery_and_fencing(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_needs_a_dead_owner_and_fences_it_off_postgres() {
+    store_recovery_and_fencing(Backend::Postgres).await;
+}
+
+/// The carrier trunk every node has: SIPp as proxy, any loopback source.
+fn carrier(port: u16) -> String {
+    format!(
+        "name = \"carrier\"\n[inbound]\nallow = [\"127.0.0.0/8\"]\n\
+         [outbound]\nproxy = \"127.0.0.1:{port}\"\n[limits]\nmax_calls = 50\ncps = 50\n"
+    )
+}
+
+/// Retries 1 s apart, one per outcome but `failed` (a lost call), twice.
+const POLICY: &str = r#"{"busy":{"retries":1,"delay_seconds":1},"no_answer":{"retries":1,"delay_seconds":1},"failed":{"retries":2,"delay_seconds":1}}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaign_survives_a_killed_node_and_its_legs_get_bye() {
+    const CONTACTS: usize = 60;
+    let work = tempfile::tempdir().unwrap();
+    let (_sipp, port, log) = sipp("uas-invite-mixed-outcomes.xml", work.path());
+    let rx = Receiver::start(json!({}));
+    let mut cluster = Cluster::start(
+        3,
+        &[("carrier", carrier(port))],
+        &format!(
+            "[calls]\nring_timeout_seconds = 1\n[campaigns]\nmax_concurrent_calls = 6\n\
+             poll_ms = 100\nmin_retry_delay_seconds = 1\n{}",
+            fast_webhooks_config(&[1, 1, 1], 60)
+        ),
+    )
+    .await;
+    let n0 = &cluster.nodes[0];
+    ok_json(
+        n0.post("/v1/webhook-endpoints")
+            .json(&json!({"url": rx.url(), "events": ["call.ended"]})),
+    )
+    .await;
+    let agent = ok_json(
+        n0.post("/v1/agents")
+            .json(&json!({"name": "caller", "kind": "echo", "max_duration_seconds": 8})),
+    )
+    .await;
+    ok_json(
+        n0.post("/v1/phone-numbers")
+            .json(&json!({"number": CALLER, "agent_id": agent["id"], "trunk_id": "trk_carrier"})),
+    )
+    .await;
+    let campaign = ok_json(n0.post("/v1/campaigns").json(&json!({
+        "name": "cluster",
+        "agent_id": agent["id"],
+        "caller_number": CALLER,
+        "trunk_ids": ["trk_carrier"],
+        "schedule": {"start_time": "00:00", "end_time": "23:59", "timezone": "Etc/GMT"},
+        "max_concurrent_calls": 15,
+        "calls_per_second": 10,
+        "retry_policy": serde_json::from_str::<Value>(POLICY).unwrap(),
+        "max_attempts": 4,
+    })))
+    .await;
+    let id = campaign["id"].as_str().unwrap().to_owned();
+    let contacts: Vec<Value> = (0..CONTACTS)
+        .map(|i| json!({"number": format!("+1415557{i:04}")}))
+        .collect();
+    ok_json(
+        n0.post(&format!("/v1/campaigns/{id}/contacts"))
+            .json(&json!({"contacts": contacts})),
+    )
+    .await;
+    ok_json(n0.post(&format!("/v1/campaigns/{id}/start"))).await;
+
+    // Half-way: node-1 has answered calls up; kill it.
+    let mut db = cluster.db().await;
+    let mut victims: Vec<(String, String)> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while victims.len() < 2 {
+        assert!(Instant::now() < deadline, "node-1 never had two calls up");
+        victims = sqlx::query_as(
+            "SELECT id, sip_call_id FROM calls
+             WHERE node = 'node-1' AND status = 'in-progress' AND sip_call_id IS NOT NULL",
+        )
+        .fetch_all(&mut db)
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Their dialog state is stored (written just after the answer).
+    wait_until(Duration::from_secs(5), "dialog state stored", || {
+        let url = cluster.url.clone();
+        let ids: Vec<String> = victims.iter().map(|v| v.0.clone()).collect();
+        async move {
+            let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
+            let n: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM calls WHERE id = ANY($1) AND dialog IS NOT NULL",
+            )
+            .bind(&ids)
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+            n == ids.len() as i64
+        }
+    })
+    .await;
+    let killed_at = Instant::now();
+    cluster.nodes[1].kill9().await;
+    let victim_ids: Vec<String> = victims.iter().map(|v| v.0.clone()).collect();
+
+    // A survivor ends them: `lost`, within the grace and a BYE's wait.
+    wait_until(
+        Duration::from_secs(30),
+        "the dead node's calls ended",
+        || {
+            let url = cluster.url.clone();
+            let ids = victim_ids.clone();
+            async move {
+                let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM calls WHERE id = ANY($1) AND end_reason = 'lost'",
+                )
+                .bind(&ids)
+                .fetch_one(&mut db)
+                .await
+                .unwrap();
+                n == ids.len() as i64
+            }
+        },
+    )
+    .await;
+    let ended_after = killed_at.elapsed();
+    // Each got a BYE at the carrier, from a survivor's address.
+    let requests = received(&log);
+    for (_, sip_call_id) in &victims {
+        let byes: Vec<_> = requests
+            .iter()
+            .filter(|r| r.0 == "BYE" && &r.2 == sip_call_id)
+            .collect();
+        assert_eq!(byes.len(), 1, "one BYE for {sip_call_id}: {byes:?}");
+        assert!(
+            byes[0].3 == "127.0.0.2" || byes[0].3 == "127.0.0.4",
+            "BYE from a survivor: {byes:?}"
+        );
+    }
+
+    // The campaign completes on the survivors.
+    wait_until(Duration::from_secs(120), "campaign completed", || {
+        let d = &cluster.nodes[0];
+        let path = format!("/v1/campaigns/{id}");
+        async move {
+            let c = ok_json(d.get(&path)).await;
+            c["status"] == "completed"
+        }
+    })
+    .await;
+
+    // `call.ended` delivered once per lost call.
+    rx.wait_until(Duration::from_secs(30), |records| {
+        victim_ids.iter().all(|v| {
+            records
+                .iter()
+                .any(|r| r.body["type"] == "call.ended" && r.body["data"]["id"] == v.as_str())
+        })
+    })
+    .await;
+    let ended_events: HashMap<String, usize> = rx
+        .records()
+        .iter()
+        .filter(|r| r.body["type"] == "call.ended")
+        .fold(HashMap::new(), |mut m, r| {
+            *m.entry(r.id.clone()).or_default() += 1;
+            m
+        });
+    for v in &victim_ids {
+        let events: Vec<_> = rx
+            .records()
+            .into_iter()
+            .filter(|r| r.body["type"] == "call.ended" && r.body["data"]["id"] == v.as_str())
+            .collect();
+        let ids: BTreeSet<_> = events.iter().map(|r| r.id.clone()).collect();
+        assert_eq!(ids.len(), 1, "one call.ended event for {v}: {events:?}");
+        assert_eq!(events[0].body["data"]["end_reason"], "lost");
+        assert_eq!(events[0].body["data"]["status"], "completed");
+    }
+    assert!(!ended_events.is_empty());
+
+    // Every contact as its policy says, counted at the carrier.
+    let attempts: Vec<(String, String, i64, String, Option<String>)> = sqlx::query_as(
+        "SELECT c.number, a.call_id, a.attempt, a.contact_id, a.outcome
+         FROM campaign_attempts a JOIN campaign_contacts c ON c.id = a.contact_id
+         WHERE a.campaign_id = $1 ORDER BY c.number, a.attempt",
+    )
+    .bind(&id)
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    let mut per_number: BTreeMap<String, Vec<(i64, Option<String>)>> = BTreeMap::new();
+    for (number, _, attempt, _, outcome) in &attempts {
+        per_number
+            .entry(number.clone())
+            .or_default()
+            .push((*attempt, outcome.clone()));
+    }
+    assert_eq!(per_number.len(), CONTACTS, "every contact dialled");
+    let lost_calls: BTreeSet<&str> = victim_ids.iter().map(String::as_str).collect();
+    let lost_attempts = attempts
+        .iter()
+        .filter(|a| lost_calls.contains(a.1.as_str()))
+        .count();
+    assert_eq!(lost_attempts, victim_ids.len());
+    for (number, tries) in &per_number {
+        let numbers: Vec<i64> = tries.iter().map(|t| t.0).collect();
+        let expected: Vec<i64> = (1..=tries.len() as i64).collect();
+        assert_eq!(numbers, expected, "{number}: attempts 1..n, none skipped");
+        assert!(tries.iter().all(|t| t.1.is_some()), "{number}: {tries:?}");
+        let last = tries.last().unwrap().1.as_deref().unwrap();
+        let digit = number.chars().last().unwrap();
+        let expected_outcome = match digit {
+            '0'..='3' => "answered",
+            '4'..='6' => "busy",
+            _ => "no_answer",
+        };
+        // The last attempt is what the carrier does for that number, or a
+        // lost call whose retries ran out.
+        assert!(
+            last == expected_outcome || last == "failed",
+            "{number}: last outcome {last}"
+        );
+        let expected_tries = match expected_outcome {
+            "answered" => 1,
+            _ => 2,
+        } + tries
+            .iter()
+            .filter(|t| t.1.as_deref() == Some("failed"))
+            .count();
+        assert_eq!(tries.len(), expected_tries, "{number}: {tries:?}");
+    }
+    let invites: BTreeMap<String, BTreeSet<String>> = requests_now(&log)
+        .into_iter()
+        .filter(|r| r.0 == "INVITE")
+        .fold(BTreeMap::new(), |mut m, r| {
+            m.entry(r.1).or_default().insert(r.2);
+            m
+        });
+    for (number, tries) in &per_number {
+        let seen = invites.get(number).map_or(0, BTreeSet::len);
+        assert_eq!(seen, tries.len(), "{number}: INVITEs at the carrier");
+    }
+    // Never twice at once: a contact's calls do not overlap.
+    let spans: Vec<(String, chrono::DateTime<Utc>, Option<chrono::DateTime<Utc>>)> =
+        sqlx::query_as(
+            "SELECT contact_id, created_at, ended_at FROM calls
+             WHERE campaign_id = $1 ORDER BY contact_id, created_at",
+        )
+        .bind(&id)
+        .fetch_all(&mut db)
+        .await
+        .unwrap();
+    for pair in spans.windows(2) {
+        if pair[0].0 == pair[1].0 {
+            let ended = pair[0].2.expect("every call ended");
+            assert!(ended <= pair[1].1, "{} dialled twice at once", pair[0].0);
+        }
+    }
+    // The work was spread: the survivors both placed calls.
+    let per_node: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT node, COUNT(*) FROM calls WHERE campaign_id = $1 GROUP BY node ORDER BY node",
+    )
+    .bind(&id)
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    assert!(
+        per_node.iter().filter(|(_, n)| *n > 0).count() >= 2,
+        "{per_node:?}"
+    );
+    eprintln!(
+        "dead node's calls ended {ended_after:?} after the kill; calls per node {per_node:?}"
+    );
+}
+
+/// The trunk `trk_reg` as node `d` shows it: owner and registration state.
+async fn owner_on(d: &TestDaemon) -> (Option<String>, String) {
+    let t = ok_json(d.get("/v1/trunks/trk_reg")).await;
+    (
+        t["owner"].as_str().map(str::to_owned),
+        t["registration"]["state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    )
+}
+
+fn requests_now(log: &Path) -> Vec<(String, String, String, String)> {
+    received(log)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_trunk_is_registered_by_one_node_and_moves_when_it_dies() {
+    let work = tempfile::tempdir().unwrap();
+    let (_sipp, port, log) = sipp("uas-register-200-forever.xml", work.path());
+    let trunk = format!(
+        "name = \"reg\"\n[inbound]\nallow = [\"127.0.0.0/8\"]\n\
+         [registration]\nregistrar = \"127.0.0.1:{port}\"\nusername = \"alice\"\n\
+         password = \"secret\"\nexpires = 60\n"
+    );
+    let mut cluster = Cluster::start(3, &[("reg", trunk)], "").await;
+    // One owner, registered on it, seen alike from every node.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let owner = 'found: loop {
+        for (i, d) in cluster.nodes.iter().enumerate() {
+            let (o, state) = owner_on(d).await;
+            if o.as_deref() == Some(format!("node-{i}").as_str()) && state == "registered" {
+                break 'found format!("node-{i}");
+            }
+        }
+        assert!(Instant::now() < deadline, "the trunk never registered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for d in &cluster.nodes {
+        assert_eq!(owner_on(d).await.0.as_deref(), Some(owner.as_str()));
+    }
+    let owner_index: usize = owner.trim_start_matches("node-").parse().unwrap();
+    let owner_ip = format!("127.0.0.{}", owner_index + 2);
+    // Three lease periods later, still only the owner has registered.
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    let sources: BTreeSet<String> = received(&log)
+        .into_iter()
+        .filter(|r| r.0 == "REGISTER")
+        .map(|r| r.3)
+        .collect();
+    assert_eq!(
+        sources,
+        BTreeSet::from([owner_ip.clone()]),
+        "one node registers"
+    );
+
+    // `GET /v1/nodes` lists the three, alive.
+    let survivor = (owner_index + 1) % 3;
+    let nodes = ok_json(cluster.nodes[survivor].get("/v1/nodes")).await;
+    assert_eq!(nodes["total"], 3, "{nodes}");
+    assert!(
+        nodes["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["alive"] == true && n["draining"] == false && n["version"].is_string()),
+        "{nodes}"
+    );
+
+    // Kill the owner: another node takes the trunk within the lease.
+    let killed_at = Instant::now();
+    cluster.nodes[owner_index].kill9().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let new_owner = loop {
+        if let (Some(o), _) = owner_on(&cluster.nodes[survivor]).await
+            && o != owner
+        {
+            break o;
+        }
+        assert!(Instant::now() < deadline, "the trunk did not move");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let moved_after = killed_at.elapsed();
+    assert!(
+        moved_after <= Duration::from_secs(3 + 2),
+        "moved within the lease (3 s) and a renewal tick: {moved_after:?}"
+    );
+    let new_index: usize = new_owner.trim_start_matches("node-").parse().unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "registered on the new owner",
+        || {
+            let d = &cluster.nodes[new_index];
+            async move { owner_on(d).await.1 == "registered" }
+        },
+    )
+    .await;
+    let sources: BTreeSet<String> = received(&log)
+        .into_iter()
+        .filter(|r| r.0 == "REGISTER")
+        .map(|r| r.3)
+        .collect();
+    assert_eq!(
+        sources,
+        BTreeSet::from([owner_ip, format!("127.0.0.{}", new_index + 2)]),
+        "the new owner alone took over"
+    );
+    // `trunk.registered`: once per owner.
+    let mut db = cluster.db().await;
+    let registered: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE type = 'trunk.registered'")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+    assert_eq!(registered, 2, "one trunk.registered per change of owner");
+    // The dead node shows dead.
+    wait_until(
+        Duration::from_secs(10),
+        "the killed node shown dead",
+        || {
+            let d = &cluster.nodes[survivor];
+            let dead = owner.clone();
+            async move {
+                let nodes = ok_json(d.get("/v1/nodes")).await;
+                nodes["items"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|n| n["id"] == dead.as_str() && n["alive"] == false)
+            }
+        },
+    )
+    .await;
+}
