@@ -78,7 +78,9 @@ impl Cluster {
             for (name, text) in profiles {
                 b = b.profile(name, text);
             }
-            let b = b.config(&format!("{CLUSTER}node_id = \"node-{i}\"\n{extra}"));
+            let b = b
+                .env("CLUSTER_REG_PASSWORD", "secret")
+                .config(&format!("{CLUSTER}node_id = \"node-{i}\"\n{extra}"));
             let mut d = b.prepare().await;
             let config = std::fs::read_to_string(&d.config_path).unwrap();
             // A loopback address of its own, as a host of its own would have.
@@ -722,7 +724,7 @@ async fn each_trunk_is_registered_by_one_node_and_moves_when_it_dies() {
     let trunk = format!(
         "name = \"reg\"\n[inbound]\nallow = [\"127.0.0.0/8\"]\n\
          [registration]\nregistrar = \"127.0.0.1:{port}\"\nusername = \"alice\"\n\
-         password = \"secret\"\nexpires = 60\n"
+         password_env = \"CLUSTER_REG_PASSWORD\"\nexpires = 60\n"
     );
     let mut cluster = Cluster::start(3, &[("reg", trunk)], "").await;
     // One owner, registered on it, seen alike from every node.
