@@ -200,6 +200,17 @@ fn check_config(config: &Config) -> Result<(), StartError> {
         config.sip.rtp_ports.low, config.sip.rtp_ports.high
     );
     println!("  store             {}", redact_url(&config.store.url));
+    let node = [&config.cluster.node_id, &config.store.node]
+        .into_iter()
+        .find(|n| !n.is_empty())
+        .map_or_else(
+            || {
+                let kept = config.cluster.data_dir.join(crate::cluster::NODE_ID_FILE);
+                format!("(kept in {})", kept.display())
+            },
+            Clone::clone,
+        );
+    println!("  node              {node}");
     println!(
         "  profiles          {} ({} trunks)",
         config.profiles.dir.display(),

@@ -15,6 +15,8 @@
 //!   state transition, trunk registrations and probes.
 //! - [`campaign`]: outbound campaigns: calling windows, retry policy,
 //!   pacing, CSV import and the runner that claims contacts with leases.
+//! - [`cluster`]: several nodes on one PostgreSQL: node id, heartbeat,
+//!   the calls of dead nodes, trunk ownership by lease.
 //! - [`webhook`]: the outbox (events written with the change that caused
 //!   them) and the worker that signs, delivers and retries them.
 //! - [`store`]: every SQL statement, for SQLite and PostgreSQL.

@@ -444,55 +444,14 @@ async fn a_campaign_survives_a_killed_node_and_its_legs_get_bye() {
     let work = tempfile::tempdir().unwrap();
     let (_sipp, port, log) = sipp("uas-invite-mixed-outcomes.xml", work.path());
     let rx = Receiver::start(json!({}));
-    let mut cluster = Cluster::start(
-        3,
-        &[("carrier", carrier(port))],
-        &format!(
-            "[calls]\nring_timeout_seconds = 1\n[campaigns]\nmax_concurrent_calls = 6\n\
-             poll_ms = 100\nmin_retry_delay_seconds = 1\n{}",
-            fast_webhooks_config(&[1, 1, 1], 60)
-        ),
-    )
-    .await;
-    let n0 = &cluster.nodes[0];
+    let mut cluster = Cluster::start(3, &[("carrier", carrier(port))], &campaign_config()).await;
     ok_json(
-        n0.post("/v1/webhook-endpoints")
+        cluster.nodes[0]
+            .post("/v1/webhook-endpoints")
             .json(&json!({"url": rx.url(), "events": ["call.ended"]})),
     )
     .await;
-    let agent = ok_json(
-        n0.post("/v1/agents")
-            .json(&json!({"name": "caller", "kind": "echo", "max_duration_seconds": 8})),
-    )
-    .await;
-    ok_json(
-        n0.post("/v1/phone-numbers")
-            .json(&json!({"number": CALLER, "agent_id": agent["id"], "trunk_id": "trk_carrier"})),
-    )
-    .await;
-    let campaign = ok_json(n0.post("/v1/campaigns").json(&json!({
-        "name": "cluster",
-        "agent_id": agent["id"],
-        "caller_number": CALLER,
-        "trunk_ids": ["trk_carrier"],
-        "schedule": {"start_time": "00:00", "end_time": "23:59", "timezone": "Etc/GMT"},
-        "max_concurrent_calls": 15,
-        "calls_per_second": 10,
-        "retry_policy": serde_json::from_str::<Value>(POLICY).unwrap(),
-        "max_attempts": 4,
-    })))
-    .await;
-    let id = campaign["id"].as_str().unwrap().to_owned();
-    let contacts: Vec<Value> = (0..CONTACTS)
-        .map(|i| json!({"number": format!("+1415557{i:04}")}))
-        .collect();
-    ok_json(
-        n0.post(&format!("/v1/campaigns/{id}/contacts"))
-            .json(&json!({"contacts": contacts})),
-    )
-    .await;
-    ok_json(n0.post(&format!("/v1/campaigns/{id}/start"))).await;
-
+    let id = start_campaign(&cluster.nodes[0], CONTACTS, 8).await;
     // Half-way: node-1 has answered calls up; kill it.
     let mut db = cluster.db().await;
     let mut victims: Vec<(String, String)> = Vec::new();
@@ -699,6 +658,446 @@ async fn a_campaign_survives_a_killed_node_and_its_legs_get_bye() {
     eprintln!(
         "dead node's calls ended {ended_after:?} after the kill; calls per node {per_node:?}"
     );
+}
+
+/// An echo agent whose calls last `seconds`, the caller number, and a
+/// running campaign of `contacts` numbers (last digit: 0-3 answer, 4-6
+/// busy, 7-9 no answer) on the carrier trunk, retried per [`POLICY`].
+async fn start_campaign(n0: &TestDaemon, contacts: usize, seconds: u32) -> String {
+    let agent = ok_json(
+        n0.post("/v1/agents")
+            .json(&json!({"name": "caller", "kind": "echo", "max_duration_seconds": seconds})),
+    )
+    .await;
+    ok_json(
+        n0.post("/v1/phone-numbers")
+            .json(&json!({"number": CALLER, "agent_id": agent["id"], "trunk_id": "trk_carrier"})),
+    )
+    .await;
+    let campaign = ok_json(n0.post("/v1/campaigns").json(&json!({
+        "name": "cluster",
+        "agent_id": agent["id"],
+        "caller_number": CALLER,
+        "trunk_ids": ["trk_carrier"],
+        "schedule": {"start_time": "00:00", "end_time": "23:59", "timezone": "Etc/GMT"},
+        "max_concurrent_calls": 15,
+        "calls_per_second": 10,
+        "retry_policy": serde_json::from_str::<Value>(POLICY).unwrap(),
+        "max_attempts": 4,
+    })))
+    .await;
+    let id = campaign["id"].as_str().unwrap().to_owned();
+    let list: Vec<Value> = (0..contacts)
+        .map(|i| json!({"number": format!("+1415557{i:04}")}))
+        .collect();
+    ok_json(
+        n0.post(&format!("/v1/campaigns/{id}/contacts"))
+            .json(&json!({"contacts": list})),
+    )
+    .await;
+    ok_json(n0.post(&format!("/v1/campaigns/{id}/start"))).await;
+    id
+}
+
+/// The config of the campaign tests' nodes: 1 s ring timeout, fast polls
+/// and retries, webhooks to loopback.
+fn campaign_config() -> String {
+    format!(
+        "[calls]\nring_timeout_seconds = 1\n[campaigns]\nmax_concurrent_calls = 6\n\
+         poll_ms = 100\nmin_retry_delay_seconds = 1\n{}",
+        fast_webhooks_config(&[1, 1, 1], 60)
+    )
+}
+
+/// Waits until node `node` has at least `n` answered calls whose dialog
+/// state is stored; their ids and SIP Call-IDs.
+async fn answered_on(db: &mut sqlx::PgConnection, node: &str, n: usize) -> Vec<(String, String)> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let calls: Vec<(String, String)> = sqlx::query_as(
+            "SELECT id, sip_call_id FROM calls
+             WHERE node = $1 AND status = 'in-progress' AND sip_call_id IS NOT NULL
+               AND dialog IS NOT NULL",
+        )
+        .bind(node)
+        .fetch_all(&mut *db)
+        .await
+        .unwrap();
+        if calls.len() >= n {
+            return calls;
+        }
+        assert!(Instant::now() < deadline, "{node} never had {n} calls up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until campaign `id` completes.
+async fn wait_completed(d: &TestDaemon, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let c = ok_json(d.get(&format!("/v1/campaigns/{id}"))).await;
+        if c["status"] == "completed" {
+            return;
+        }
+        assert!(Instant::now() < deadline, "campaign not completed: {c}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Every attempt of every contact has its outcome, numbered 1..n, and no
+/// contact's calls overlap in time.
+async fn attempts_are_exactly_once(db: &mut sqlx::PgConnection, id: &str, contacts: usize) {
+    let attempts: Vec<(String, i64, Option<String>)> = sqlx::query_as(
+        "SELECT c.number, a.attempt, a.outcome
+         FROM campaign_attempts a JOIN campaign_contacts c ON c.id = a.contact_id
+         WHERE a.campaign_id = $1 ORDER BY c.number, a.attempt",
+    )
+    .bind(id)
+    .fetch_all(&mut *db)
+    .await
+    .unwrap();
+    let mut per_number: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for (number, attempt, outcome) in &attempts {
+        assert!(outcome.is_some(), "{number} attempt {attempt} unfinished");
+        per_number.entry(number.clone()).or_default().push(*attempt);
+    }
+    assert_eq!(per_number.len(), contacts, "every contact dialled");
+    for (number, tries) in &per_number {
+        let expected: Vec<i64> = (1..=tries.len() as i64).collect();
+        assert_eq!(tries, &expected, "{number}: attempts 1..n");
+    }
+    let spans: Vec<(String, chrono::DateTime<Utc>, Option<chrono::DateTime<Utc>>)> =
+        sqlx::query_as(
+            "SELECT contact_id, created_at, ended_at FROM calls
+             WHERE campaign_id = $1 ORDER BY contact_id, created_at",
+        )
+        .bind(id)
+        .fetch_all(&mut *db)
+        .await
+        .unwrap();
+    for pair in spans.windows(2) {
+        if pair[0].0 == pair[1].0 {
+            let ended = pair[0].2.expect("every call ended");
+            assert!(ended <= pair[1].1, "{} dialled twice at once", pair[0].0);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_node_finishes_its_calls_and_none_is_lost() {
+    const CONTACTS: usize = 30;
+    let work = tempfile::tempdir().unwrap();
+    let (_sipp, port, _log) = sipp("uas-invite-mixed-outcomes.xml", work.path());
+    let mut cluster = Cluster::start(3, &[("carrier", carrier(port))], &campaign_config()).await;
+    let id = start_campaign(&cluster.nodes[0], CONTACTS, 4).await;
+    let mut db = cluster.db().await;
+    let up = answered_on(&mut db, "node-1", 2).await;
+    let drained_at = Instant::now();
+    cluster.nodes[1].signal("TERM");
+    // Well past the grace: the others must not take it for dead.
+    let status = cluster.nodes[1].wait_exit(Duration::from_secs(30)).await;
+    assert!(status.success(), "drained and exited cleanly: {status}");
+    let took = drained_at.elapsed();
+    wait_completed(&cluster.nodes[0], &id).await;
+    let lost: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM calls WHERE campaign_id = $1 AND end_reason = 'lost'",
+    )
+    .bind(&id)
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(lost, 0, "no call of the draining node declared lost");
+    for (call, _) in &up {
+        let (node, reason): (Option<String>, Option<String>) =
+            sqlx::query_as("SELECT node, end_reason FROM calls WHERE id = $1")
+                .bind(call)
+                .fetch_one(&mut db)
+                .await
+                .unwrap();
+        assert_eq!(node.as_deref(), Some("node-1"), "its calls stayed its own");
+        assert_ne!(reason.as_deref(), Some("lost"));
+    }
+    attempts_are_exactly_once(&mut db, &id, CONTACTS).await;
+    let nodes = ok_json(cluster.nodes[0].get("/v1/nodes")).await;
+    let drained = nodes["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == "node-1")
+        .cloned()
+        .unwrap();
+    assert_eq!(drained["alive"], false, "{drained}");
+    assert!(drained["stopped_at"].is_string(), "{drained}");
+    eprintln!("node-1 drained and exited {took:?} after SIGTERM");
+}
+
+/// A call's node, its attempt's outcome, its end and its event count.
+type Row = (
+    String,
+    Option<String>,
+    Option<String>,
+    Option<chrono::DateTime<Utc>>,
+    i64,
+);
+
+async fn snapshot(db: &mut sqlx::PgConnection, ids: &[String]) -> Vec<Row> {
+    sqlx::query_as(
+        "SELECT c.id, c.node, a.outcome, c.ended_at, c.event_seq
+         FROM calls c JOIN campaign_attempts a ON a.call_id = c.id
+         WHERE c.id = ANY($1) ORDER BY c.id",
+    )
+    .bind(ids)
+    .fetch_all(db)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_node_cannot_overwrite_the_new_owner() {
+    const CONTACTS: usize = 30;
+    let work = tempfile::tempdir().unwrap();
+    let (_sipp, port, log) = sipp("uas-invite-mixed-outcomes.xml", work.path());
+    let cluster = Cluster::start(3, &[("carrier", carrier(port))], &campaign_config()).await;
+    let id = start_campaign(&cluster.nodes[0], CONTACTS, 6).await;
+    let mut db = cluster.db().await;
+    let victims = answered_on(&mut db, "node-1", 2).await;
+    let ids: Vec<String> = victims.iter().map(|v| v.0.clone()).collect();
+    cluster.nodes[1].signal("STOP");
+    // Past the grace, a survivor ends its calls (BYE) and takes its work.
+    wait_until(
+        Duration::from_secs(30),
+        "the paused node's calls ended",
+        || {
+            let url = cluster.url.clone();
+            let ids = ids.clone();
+            async move {
+                let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM calls WHERE id = ANY($1) AND end_reason = 'lost'",
+                )
+                .bind(&ids)
+                .fetch_one(&mut db)
+                .await
+                .unwrap();
+                n == ids.len() as i64
+            }
+        },
+    )
+    .await;
+    let before = snapshot(&mut db, &ids).await;
+    assert!(
+        before
+            .iter()
+            .all(|r| r.2.is_some() && r.1.as_deref() != Some("node-1"))
+    );
+    // It wakes up: its calls end on its side (their 6 s are over), its
+    // runner reconciles, its heartbeat resumes.
+    cluster.nodes[1].signal("CONT");
+    wait_until(
+        Duration::from_secs(20),
+        "the paused node alive again",
+        || {
+            let d = &cluster.nodes[0];
+            async move {
+                let nodes = ok_json(d.get("/v1/nodes")).await;
+                nodes["items"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|n| n["id"] == "node-1" && n["alive"] == true)
+            }
+        },
+    )
+    .await;
+    wait_completed(&cluster.nodes[0], &id).await;
+    // Give its call tasks time to try their writes (6 s calls, 3 s grace).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let after = snapshot(&mut db, &ids).await;
+    assert_eq!(before, after, "the new owner's results stand");
+    for call in &ids {
+        let ended: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM events WHERE call_id = $1 AND type = 'call.ended'",
+        )
+        .bind(call)
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+        assert_eq!(ended, 1, "{call}: one call.ended");
+    }
+    let requests = received(&log);
+    for (_, sip_call_id) in &victims {
+        assert!(
+            requests
+                .iter()
+                .any(|r| r.0 == "BYE" && &r.2 == sip_call_id && r.3 != "127.0.0.3"),
+            "a survivor sent BYE for {sip_call_id}"
+        );
+    }
+    attempts_are_exactly_once(&mut db, &id, CONTACTS).await;
+}
+
+/// A Kamailio with `deploy/cluster/kamailio.cfg` and the daemons as its
+/// dispatcher set; stopped with its workers when dropped.
+struct Dispatcher {
+    port: u16,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Dispatcher {
+    fn start(daemons: &[String]) -> Dispatcher {
+        use std::os::unix::process::CommandExt;
+        let dir = tempfile::tempdir().unwrap();
+        let list: String = daemons.iter().map(|d| format!("1 sip:{d} 0 0\n")).collect();
+        let list_path = dir.path().join("dispatcher.list");
+        std::fs::write(&list_path, list).unwrap();
+        let port = common::free_udp_port();
+        let mpath = [
+            "/usr/lib/x86_64-linux-gnu/kamailio/modules/",
+            "/usr/lib/kamailio/modules/",
+        ]
+        .into_iter()
+        .find(|p| Path::new(p).join("dispatcher.so").exists())
+        .expect("kamailio modules are installed by scripts/test");
+        let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/cluster/kamailio.cfg");
+        let log = std::fs::File::create(dir.path().join("kamailio.log")).unwrap();
+        let child = std::process::Command::new("kamailio")
+            .arg("-f")
+            .arg(&cfg)
+            .arg("-A")
+            .arg(format!("LISTEN=udp:127.0.0.1:{port}"))
+            .arg("-A")
+            .arg(format!("DISPATCHER_LIST=\"{}\"", list_path.display()))
+            .arg("-A")
+            .arg(format!("MPATH=\"{mpath}\""))
+            .args(["-DD", "-E", "-m", "256", "-M", "16", "-Y"])
+            .arg(dir.path())
+            .arg("-P")
+            .arg(dir.path().join("kamailio.pid"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .expect("kamailio is installed by scripts/test");
+        Dispatcher {
+            port,
+            child,
+            _dir: dir,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("kamailio.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Dispatcher {
+    fn drop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        for sig in ["-TERM", "-KILL"] {
+            let _ = std::process::Command::new("kill")
+                .args([sig, "--", &group])
+                .stderr(std::process::Stdio::null())
+                .status();
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kamailio_spreads_inbound_calls_over_the_nodes() {
+    const CALLS: usize = 300;
+    const NUMBER: &str = "+14155550142";
+    let cluster = Cluster::start(3, &[("carrier", carrier(common::free_udp_port()))], "").await;
+    cluster.nodes[0]
+        .provision_echo(NUMBER, "trk_carrier", 30)
+        .await;
+    let daemons: Vec<String> = cluster
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, d)| format!("127.0.0.{}:{}", i + 2, d.sip_port))
+        .collect();
+    let kamailio = Dispatcher::start(&daemons);
+    common::wait_for_udp_listener(kamailio.port).await;
+    // The probes have seen every daemon answer (two rounds of 2 s).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let number = NUMBER.to_owned();
+    let run = common::run_sipp(
+        "uac-invite-via-registrar-expect-200-bye.xml",
+        common::free_udp_port(),
+        Some(std::net::SocketAddr::from(([127, 0, 0, 1], kamailio.port))),
+        &[
+            "-s",
+            &number,
+            "-key",
+            "number",
+            &number,
+            "-d",
+            "300",
+            "-m",
+            &CALLS.to_string(),
+            "-r",
+            "30",
+            "-l",
+            "60",
+        ],
+        Duration::from_secs(90),
+    )
+    .await;
+    assert!(run.success, "{}\n{}", run.output, kamailio.log());
+    let mut db = cluster.db().await;
+    let per_node: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT node, COUNT(*) FROM calls WHERE direction = 'inbound' AND status = 'completed'
+         GROUP BY node ORDER BY node",
+    )
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    let total: i64 = per_node.iter().map(|(_, n)| n).sum();
+    assert_eq!(total, CALLS as i64, "{per_node:?}");
+    assert_eq!(per_node.len(), 3, "every node answered some: {per_node:?}");
+    assert!(per_node.iter().all(|(_, n)| *n >= 50), "{per_node:?}");
+    eprintln!("inbound calls per node through Kamailio: {per_node:?}");
+}
+
+#[test]
+fn the_reference_deployment_is_valid() {
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/cluster");
+    let out = std::process::Command::new("kamailio")
+        .arg("-c")
+        .arg("-f")
+        .arg(deploy.join("kamailio.cfg"))
+        .arg("-A")
+        .arg(format!(
+            "DISPATCHER_LIST=\"{}\"",
+            deploy.join("dispatcher.list").display()
+        ))
+        .arg("-A")
+        .arg("LISTEN=udp:127.0.0.1:5060")
+        .output()
+        .expect("kamailio is installed by scripts/test");
+    assert!(
+        out.status.success(),
+        "kamailio -c: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for node in ["node-a", "node-b", "node-c"] {
+        let out = std::process::Command::new(common::bin())
+            .arg("--config")
+            .arg(deploy.join(format!("{node}.toml")))
+            .arg("check-config")
+            .env("AGENTLINE_PROFILES__DIR", deploy.join("sip-profiles"))
+            .env("CARRIER_PASSWORD", "secret")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{node}: {text}");
+        assert!(text.contains(node), "{node}: {text}");
+    }
 }
 
 /// The trunk `trk_reg` as node `d` shows it: owner and registration state.

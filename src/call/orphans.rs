@@ -89,7 +89,8 @@ impl Calls {
         let mut ended = 0;
         for chunk in calls.chunks(PARALLEL) {
             let mut set = tokio::task::JoinSet::new();
-            for (id, node) in chunk.iter().cloned() {
+            for (id, node) in chunk {
+                let (id, node) = (id.clone(), node.clone());
                 let me = self.clone();
                 set.spawn(async move {
                     match me.end_orphan(&id, node.as_deref()).await {

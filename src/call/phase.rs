@@ -283,7 +283,7 @@ impl Answered {
         // What a survivor needs to end the carrier's leg if this node dies.
         super::orphans::store_dialog(
             &call.shared.transitions,
-            &call.id.to_string(),
+            call.id.as_ref(),
             sip.dialog_state(),
         );
         Self {
