@@ -884,7 +884,16 @@ async fn a_paused_node_cannot_overwrite_the_new_owner() {
         },
     )
     .await;
-    let before = snapshot(&mut db, &ids).await;
+    // And records their attempts (its recovery pass runs every grace/2).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let before = loop {
+        let rows = snapshot(&mut db, &ids).await;
+        if rows.iter().all(|r| r.2.is_some()) {
+            break rows;
+        }
+        assert!(Instant::now() < deadline, "attempts not recorded: {rows:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert!(
         before
             .iter()
