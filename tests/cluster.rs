@@ -1019,7 +1019,7 @@ impl Drop for Dispatcher {
 async fn kamailio_spreads_inbound_calls_over_the_nodes() {
     const CALLS: usize = 300;
     const NUMBER: &str = "+14155550142";
-    let cluster = Cluster::start(3, &[("carrier", carrier(common::free_udp_port()))], "").await;
+    let mut cluster = Cluster::start(3, &[("carrier", carrier(common::free_udp_port()))], "").await;
     cluster.nodes[0]
         .provision_echo(NUMBER, "trk_carrier", 30)
         .await;
@@ -1070,6 +1070,49 @@ async fn kamailio_spreads_inbound_calls_over_the_nodes() {
     assert_eq!(per_node.len(), 3, "every node answered some: {per_node:?}");
     assert!(per_node.iter().all(|(_, n)| *n >= 50), "{per_node:?}");
     eprintln!("inbound calls per node through Kamailio: {per_node:?}");
+
+    // A dead node leaves the set: its probes go unanswered (2 × 2 s), and
+    // the next calls all go to the two others.
+    cluster.nodes[2].kill9().await;
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    const MORE: usize = 60;
+    let run = common::run_sipp(
+        "uac-invite-via-registrar-expect-200-bye.xml",
+        common::free_udp_port(),
+        Some(std::net::SocketAddr::from(([127, 0, 0, 1], kamailio.port))),
+        &[
+            "-s",
+            &number,
+            "-key",
+            "number",
+            &number,
+            "-d",
+            "300",
+            "-m",
+            &MORE.to_string(),
+            "-r",
+            "30",
+            "-l",
+            "60",
+        ],
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(run.success, "{}\n{}", run.output, kamailio.log());
+    let after: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT node, COUNT(*) FROM calls WHERE direction = 'inbound' AND status = 'completed'
+         GROUP BY node ORDER BY node",
+    )
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    let total: i64 = after.iter().map(|(_, n)| n).sum();
+    assert_eq!(total, (CALLS + MORE) as i64, "{after:?}");
+    assert_eq!(
+        after.iter().find(|(n, _)| n == "node-2"),
+        per_node.iter().find(|(n, _)| n == "node-2"),
+        "no call to the dead node: {after:?}"
+    );
 }
 
 #[test]
@@ -1129,12 +1172,21 @@ fn requests_now(log: &Path) -> Vec<(String, String, String, String)> {
 async fn each_trunk_is_registered_by_one_node_and_moves_when_it_dies() {
     let work = tempfile::tempdir().unwrap();
     let (_sipp, port, log) = sipp("uas-register-200-forever.xml", work.path());
+    let rx = Receiver::start(json!({}));
     let trunk = format!(
         "name = \"reg\"\n[inbound]\nallow = [\"127.0.0.0/8\"]\n\
          [registration]\nregistrar = \"127.0.0.1:{port}\"\nusername = \"alice\"\n\
          password_env = \"CLUSTER_REG_PASSWORD\"\nexpires = 60\n"
     );
-    let mut cluster = Cluster::start(3, &[("reg", trunk)], "").await;
+    let mut cluster =
+        Cluster::start(3, &[("reg", trunk)], &fast_webhooks_config(&[1, 1, 1], 60)).await;
+    ok_json(
+        cluster.nodes[0]
+            .post("/v1/webhook-endpoints")
+            .json(&json!({"url": rx.url(), "events": ["trunk.registered"]})),
+    )
+    .await;
+    let subscribed_at = Utc::now();
     // One owner, registered on it, seen alike from every node.
     let deadline = Instant::now() + Duration::from_secs(20);
     let owner = 'found: loop {
@@ -1224,6 +1276,31 @@ async fn each_trunk_is_registered_by_one_node_and_moves_when_it_dies() {
             .await
             .unwrap();
     assert_eq!(registered, 2, "one trunk.registered per change of owner");
+    // Each change after the endpoint existed reached it, once.
+    let expected: BTreeSet<String> = sqlx::query_scalar(
+        "SELECT id FROM events WHERE type = 'trunk.registered' AND created_at > $1",
+    )
+    .bind(subscribed_at)
+    .fetch_all(&mut db)
+    .await
+    .unwrap()
+    .into_iter()
+    .collect();
+    assert!(
+        !expected.is_empty(),
+        "the take-over came after the subscription"
+    );
+    let got = rx
+        .wait_until(Duration::from_secs(15), |r| {
+            expected.iter().all(|e| r.iter().any(|r| &r.id == e))
+        })
+        .await;
+    let delivered: Vec<_> = got
+        .iter()
+        .filter(|r| r.body["type"] == "trunk.registered")
+        .collect();
+    assert_eq!(delivered.len(), expected.len(), "{delivered:?}");
+    assert!(delivered.iter().all(|r| r.attempt == 1), "{delivered:?}");
     // The dead node shows dead.
     wait_until(
         Duration::from_secs(10),
