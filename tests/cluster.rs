@@ -17,7 +17,8 @@
 //!   owner is killed, `trunk.registered` once per change; `GET /v1/nodes`
 //!   shows the dead node.
 //!
-//! Scaled down for a 2-core CI: 60 contacts instead of 3,000.
+//! Scaled down for a 2-core CI: campaigns of 200 and 30 contacts instead
+//! of 3,000; 300 inbound calls as the issue says.
 
 // A test's unwrap, expect or panic is its failure report: the daemon's bans
 // (Cargo.toml `[lints]`) do not apply here.
@@ -440,7 +441,7 @@ const POLICY: &str = r#"{"busy":{"retries":1,"delay_seconds":1},"no_answer":{"re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_campaign_survives_a_killed_node_and_its_legs_get_bye() {
-    const CONTACTS: usize = 60;
+    const CONTACTS: usize = 200;
     let work = tempfile::tempdir().unwrap();
     let (_sipp, port, log) = sipp("uas-invite-mixed-outcomes.xml", work.path());
     let rx = Receiver::start(json!({}));
@@ -451,39 +452,10 @@ async fn a_campaign_survives_a_killed_node_and_its_legs_get_bye() {
             .json(&json!({"url": rx.url(), "events": ["call.ended"]})),
     )
     .await;
-    let id = start_campaign(&cluster.nodes[0], CONTACTS, 8).await;
+    let id = start_campaign(&cluster.nodes[0], CONTACTS, 4).await;
     // Half-way: node-1 has answered calls up; kill it.
     let mut db = cluster.db().await;
-    let mut victims: Vec<(String, String)> = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while victims.len() < 2 {
-        assert!(Instant::now() < deadline, "node-1 never had two calls up");
-        victims = sqlx::query_as(
-            "SELECT id, sip_call_id FROM calls
-             WHERE node = 'node-1' AND status = 'in-progress' AND sip_call_id IS NOT NULL",
-        )
-        .fetch_all(&mut db)
-        .await
-        .unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // Their dialog state is stored (written just after the answer).
-    wait_until(Duration::from_secs(5), "dialog state stored", || {
-        let url = cluster.url.clone();
-        let ids: Vec<String> = victims.iter().map(|v| v.0.clone()).collect();
-        async move {
-            let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
-            let n: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM calls WHERE id = ANY($1) AND dialog IS NOT NULL",
-            )
-            .bind(&ids)
-            .fetch_one(&mut db)
-            .await
-            .unwrap();
-            n == ids.len() as i64
-        }
-    })
-    .await;
+    let victims = answered_on(&mut db, "node-1", 2).await;
     let killed_at = Instant::now();
     cluster.nodes[1].kill9().await;
     let victim_ids: Vec<String> = victims.iter().map(|v| v.0.clone()).collect();
@@ -643,20 +615,15 @@ async fn a_campaign_survives_a_killed_node_and_its_legs_get_bye() {
             assert!(ended <= pair[1].1, "{} dialled twice at once", pair[0].0);
         }
     }
-    // The work was spread: the survivors both placed calls.
-    let per_node: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT node, COUNT(*) FROM calls WHERE campaign_id = $1 GROUP BY node ORDER BY node",
-    )
-    .bind(&id)
-    .fetch_all(&mut db)
-    .await
-    .unwrap();
-    assert!(
-        per_node.iter().filter(|(_, n)| *n > 0).count() >= 2,
-        "{per_node:?}"
-    );
+    // The work was spread: every node dialled (counted at the carrier by
+    // the INVITEs' source), the killed one until its death.
+    let mut per_source: BTreeMap<String, usize> = BTreeMap::new();
+    for r in requests_now(&log).into_iter().filter(|r| r.0 == "INVITE") {
+        *per_source.entry(r.3).or_default() += 1;
+    }
+    assert_eq!(per_source.len(), 3, "{per_source:?}");
     eprintln!(
-        "dead node's calls ended {ended_after:?} after the kill; calls per node {per_node:?}"
+        "dead node's calls ended {ended_after:?} after the kill; INVITEs per node address {per_source:?}"
     );
 }
 

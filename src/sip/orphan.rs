@@ -163,3 +163,60 @@ impl SipStack {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> DialogState {
+        DialogState {
+            call_id: "abc@host".into(),
+            local: "<sip:agentline@10.0.0.11>;tag=ours".into(),
+            remote: "<sip:+14155550100@carrier>;tag=theirs".into(),
+            cseq: 7,
+            remote_target: "sip:callee@203.0.113.5:5070".into(),
+            route_set: vec!["<sip:10.0.0.10;lr>".into()],
+            transport: None,
+            target: None,
+        }
+    }
+
+    fn hop(s: &DialogState) -> String {
+        s.first_hop()
+            .unwrap()
+            .print_ctx(PrintCtx::default())
+            .to_string()
+    }
+
+    #[test]
+    fn the_bye_goes_to_the_first_route_else_the_remote_target() {
+        let s = state();
+        assert_eq!(hop(&s), "sip:10.0.0.10;lr");
+        let direct = DialogState {
+            route_set: Vec::new(),
+            ..state()
+        };
+        assert_eq!(hop(&direct), "sip:callee@203.0.113.5:5070");
+        let known = DialogState {
+            transport: Some("tcp".into()),
+            target: Some("198.51.100.7:5060".parse().unwrap()),
+            ..state()
+        };
+        assert_eq!(hop(&known), "sip:198.51.100.7:5060;transport=tcp");
+    }
+
+    #[test]
+    fn stored_headers_cannot_break_out_of_their_line() {
+        assert!(header_safe("<sip:a@b>;tag=1").is_ok());
+        for bad in ["", "x\r\nVia: evil", "x\nBYE", &"a".repeat(2000)] {
+            assert!(header_safe(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_state_round_trips_through_json() {
+        let s = state();
+        let text = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<DialogState>(&text).unwrap(), s);
+    }
+}
