@@ -708,6 +708,27 @@ mod tests {
     }
 
     #[test]
+    fn the_cluster_settings_are_documented_and_checked() {
+        let c = load_str(include_str!("../../agentline.example.toml")).unwrap();
+        let defaults = ClusterConfig::default();
+        assert_eq!(c.cluster.node_id, "");
+        assert_eq!(c.cluster.grace_seconds, defaults.grace_seconds);
+        assert_eq!(c.cluster.trunk_lease_seconds, defaults.trunk_lease_seconds);
+        let e = load_str("[cluster]\nnode_id = \"a b\"\n").unwrap_err();
+        assert_eq!(e.key, "cluster.node_id", "{e}");
+        let e = load_str("[cluster]\nnode_id = \"../etc\"\n").unwrap_err();
+        assert_eq!(e.key, "cluster.node_id", "{e}");
+        let e = load_str("[cluster]\nheartbeat_seconds = 5\ngrace_seconds = 10\n").unwrap_err();
+        assert_eq!(e.key, "cluster.grace_seconds", "{e}");
+        let e = load_str("[cluster]\ntrunk_lease_seconds = 1\n").unwrap_err();
+        assert_eq!(e.key, "cluster.trunk_lease_seconds", "{e}");
+        let e = load_str("[store]\nnode = \"x;drop\"\n").unwrap_err();
+        assert_eq!(e.key, "store.node", "{e}");
+        let c = load_str("[cluster]\nnode_id = \"node-a.eu_1\"\n").unwrap();
+        assert_eq!(c.cluster.node_id, "node-a.eu_1");
+    }
+
+    #[test]
     fn bad_sip_edge_settings_are_named() {
         let e = load_str(
             "[sip.flood.trunk]
