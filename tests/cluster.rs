@@ -1422,3 +1422,87 @@ async fn an_older_postgres_store_with_leases_upgrades() {
     );
     store.close().await;
 }
+
+/// One node on SQLite, killed with an answered call up: when it starts
+/// again it sends that call's BYE to the carrier from the stored dialog
+/// and ends it `lost`, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_hangs_up_the_legs_its_crash_left() {
+    let work = tempfile::tempdir().unwrap();
+    let (_sipp, port, log) = sipp("uas-invite-mixed-outcomes.xml", work.path());
+    let mut d = TestDaemon::builder()
+        .profile("carrier", &carrier(port))
+        .start()
+        .await;
+    let agent = ok_json(
+        d.post("/v1/agents")
+            .json(&json!({"name": "caller", "kind": "echo", "max_duration_seconds": 60})),
+    )
+    .await;
+    ok_json(
+        d.post("/v1/phone-numbers")
+            .json(&json!({"number": CALLER, "agent_id": agent["id"], "trunk_id": "trk_carrier"})),
+    )
+    .await;
+    // The callee answers numbers ending in 0-3.
+    let call = ok_json(
+        d.post("/v1/calls")
+            .json(&json!({"from": CALLER, "to": "+14155557000", "agent_id": agent["id"]})),
+    )
+    .await;
+    let id = call["id"].as_str().unwrap().to_owned();
+    let pool = sqlx::SqlitePool::connect(&d.store_url).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let sip_call_id: String = loop {
+        let row: Option<(Option<String>,)> = sqlx::query_as(
+            "SELECT sip_call_id FROM calls
+             WHERE id = $1 AND status = 'in-progress' AND dialog IS NOT NULL",
+        )
+        .bind(&id)
+        .fetch_optional(&pool)
+        .await
+        .unwrap();
+        if let Some((Some(sip),)) = row {
+            break sip;
+        }
+        assert!(Instant::now() < deadline, "the call was not answered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    pool.close().await;
+    d.kill9().await;
+    assert!(
+        !received(&log)
+            .iter()
+            .any(|r| r.0 == "BYE" && r.2 == sip_call_id),
+        "no BYE before the restart"
+    );
+    d.restart().await;
+    wait_until(Duration::from_secs(15), "the lost call ended", || {
+        let r = d.get(&format!("/v1/calls/{id}"));
+        async move {
+            let c = ok_json(r).await;
+            c["end_reason"] == "lost"
+        }
+    })
+    .await;
+    let byes: Vec<_> = received(&log)
+        .into_iter()
+        .filter(|r| r.0 == "BYE" && r.2 == sip_call_id)
+        .collect();
+    assert_eq!(
+        byes.len(),
+        1,
+        "one BYE for the leg the crash left: {byes:?}"
+    );
+    let store = d.store().await;
+    let ended = store
+        .events_after(0, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| {
+            e.call_id.as_deref() == Some(id.as_str()) && e.event_type.as_str() == "call.ended"
+        })
+        .count();
+    assert_eq!(ended, 1, "one call.ended");
+}
