@@ -83,6 +83,8 @@ pub const ROUTES: &[(&str, &str, Scope)] = &[
     ("DELETE", "/v1/phone-numbers/{id}", Calls),
     ("GET", "/v1/trunks", Read),
     ("GET", "/v1/trunks/{id}", Read),
+    // The daemons sharing the store.
+    ("GET", "/v1/nodes", Read),
     // Calls.
     ("GET", "/v1/calls", Read),
     ("POST", "/v1/calls", Calls),
