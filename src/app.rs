@@ -113,6 +113,16 @@ impl App {
         store.migrate().await?;
         store.set_node(&config.cluster.node_id);
         webhook::install_crypto_provider();
+        // Every outbound client (webhooks, tools, LLM, speech vendors)
+        // takes the same policy; it is in place before any is built.
+        let outbound = crate::net::Outbound::new(
+            &config.net,
+            &config.webhooks.allowed_networks,
+            config.webhooks.allow_private,
+            config.secrets.env.clone(),
+        )
+        .map_err(|e| ConfigError::new("config", "net", e))?;
+        crate::net::install(outbound);
         let outbox = Outbox::new(store.clone());
         let worker = Worker::new(store.clone(), &outbox, &config.webhooks)?;
         let trunks = Arc::new(TrunkStates::default());

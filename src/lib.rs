@@ -36,7 +36,9 @@
 //! - [`metrics`]: every metric name in one place.
 //! - [`e164`]: phone number normalization.
 //! - [`ids`]: prefixed opaque ids.
-//! - [`secrets`]: API keys and webhook secrets.
+//! - [`secrets`]: API keys, webhook secrets, the `Secret` newtype and
+//!   encryption at rest.
+//! - [`net`]: the outbound policy: address guard, secret bindings, body caps.
 //! - [`memory`]: hands freed heap back to the system.
 //! - `fuzz` (hidden from the docs): one entry per parser that takes
 //!   outside bytes, for `fuzz/` and `tests/fuzz.rs`.
@@ -56,6 +58,7 @@ pub mod ids;
 pub mod media;
 pub mod memory;
 pub mod metrics;
+pub mod net;
 pub mod model;
 pub mod secrets;
 pub mod signing;

@@ -1,4 +1,7 @@
-//! Secrets handed out once: API keys and webhook signing secrets.
+//! Secrets handed out once: API keys and webhook signing secrets; the
+//! [`Secret`] newtype every held secret lives in (its `Debug` prints no
+//! value); and [`Sealer`], which encrypts secrets kept in the store
+//! (credentials, webhook signing secrets) with a key the operator gives.
 //!
 //! An API key is `al_live_` or `al_test_` followed by 32 base62 characters
 //! (about 190 bits from the OS generator). The store keeps its SHA-256 and a
@@ -9,6 +12,198 @@ use rand::Rng;
 use rand::distr::Alphanumeric;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+
+/// The `[secrets]` config table.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretsConfig {
+    /// A file holding the key that encrypts stored secrets (credentials,
+    /// webhook signing secrets): 32 bytes as 64 hex digits or base64. The
+    /// environment variable `AGENTLINE_SECRETS_KEY` wins over it.
+    pub key_file: Option<std::path::PathBuf>,
+    /// The environment variables agents may name (`api_key_env`,
+    /// `secret_env`), each with the hosts it may be sent to:
+    /// `[secrets.env.OPENAI_KEY] hosts = ["api.openai.com"]`.
+    pub env: std::collections::BTreeMap<String, crate::net::EnvBinding>,
+}
+
+/// The environment variable holding the encryption key of stored secrets.
+pub const KEY_ENV: &str = "AGENTLINE_SECRETS_KEY";
+
+impl SecretsConfig {
+    /// The sealer from `AGENTLINE_SECRETS_KEY` or `key_file`; no key at all
+    /// gives [`Sealer::none`].
+    pub fn sealer(&self) -> Result<Sealer, String> {
+        if let Some(text) = std::env::var(KEY_ENV).ok().filter(|v| !v.trim().is_empty()) {
+            return Sealer::from_text(&text).map_err(|e| format!("{KEY_ENV}: {e}"));
+        }
+        match &self.key_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("secrets.key_file {}: {e}", path.display()))?;
+                Sealer::from_text(&text).map_err(|e| format!("secrets.key_file: {e}"))
+            }
+            None => Ok(Sealer::none()),
+        }
+    }
+}
+
+/// A secret held in memory (a provider key, a password): sent where it
+/// belongs, never printed. `Debug` and `Display`-free by design.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Self {
+        Self(s.to_owned())
+    }
+}
+
+impl From<String> for Secret {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// The prefix of a value sealed by [`Sealer`] (version 1: AES-256-GCM).
+const SEALED_PREFIX: &str = "enc:v1:";
+
+/// Why a sealed value could not be opened or made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SealError {
+    #[error("no encryption key is configured (AGENTLINE_SECRETS_KEY or secrets.key_file)")]
+    NoKey,
+    #[error("the encryption key must be 32 bytes, as 64 hex digits or base64")]
+    BadKey,
+    #[error("a stored secret cannot be decrypted with the configured key")]
+    Corrupt,
+}
+
+/// Encrypts secrets at rest with AES-256-GCM (ring): a random 96-bit nonce
+/// per value, the purpose (`credential`, `webhook`) as associated data so a
+/// value cannot be moved to another column. Stored as
+/// `enc:v1:<base64 nonce||ciphertext||tag>`.
+#[derive(Clone)]
+pub struct Sealer {
+    key: Option<std::sync::Arc<ring::aead::LessSafeKey>>,
+}
+
+impl std::fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.key.is_some() {
+            "Sealer(key)"
+        } else {
+            "Sealer(none)"
+        })
+    }
+}
+
+impl Sealer {
+    /// No key: sealing fails, and plain (legacy) values still open.
+    pub fn none() -> Self {
+        Self { key: None }
+    }
+
+    /// A key given as 64 hex digits or base64 of 32 bytes.
+    pub fn from_text(text: &str) -> Result<Self, SealError> {
+        use base64::Engine;
+        let text = text.trim();
+        let bytes = hex::decode(text)
+            .ok()
+            .filter(|b| b.len() == 32)
+            .or_else(|| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(text)
+                    .ok()
+                    .filter(|b| b.len() == 32)
+            })
+            .ok_or(SealError::BadKey)?;
+        let unbound = ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, &bytes)
+            .map_err(|_| SealError::BadKey)?;
+        Ok(Self {
+            key: Some(std::sync::Arc::new(ring::aead::LessSafeKey::new(unbound))),
+        })
+    }
+
+    pub fn has_key(&self) -> bool {
+        self.key.is_some()
+    }
+
+    /// Encrypts `plain` for `purpose`.
+    pub fn seal(&self, purpose: &str, plain: &str) -> Result<String, SealError> {
+        use base64::Engine;
+        let key = self.key.as_ref().ok_or(SealError::NoKey)?;
+        let mut nonce = [0u8; 12];
+        rand::rng().fill(&mut nonce);
+        let mut data = plain.as_bytes().to_vec();
+        key.seal_in_place_append_tag(
+            ring::aead::Nonce::assume_unique_for_key(nonce),
+            ring::aead::Aad::from(purpose.as_bytes()),
+            &mut data,
+        )
+        .map_err(|_| SealError::Corrupt)?;
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&data);
+        Ok(format!(
+            "{SEALED_PREFIX}{}",
+            base64::engine::general_purpose::STANDARD.encode(out)
+        ))
+    }
+
+    /// Decrypts a stored value; a value without the prefix is a plain one
+    /// written before encryption (returned as is, so an upgrade keeps
+    /// working until the rows are sealed).
+    pub fn open(&self, purpose: &str, stored: &str) -> Result<Secret, SealError> {
+        use base64::Engine;
+        let Some(body) = stored.strip_prefix(SEALED_PREFIX) else {
+            return Ok(Secret::new(stored));
+        };
+        let key = self.key.as_ref().ok_or(SealError::NoKey)?;
+        let mut data = base64::engine::general_purpose::STANDARD
+            .decode(body)
+            .map_err(|_| SealError::Corrupt)?;
+        if data.len() < 12 + 16 {
+            return Err(SealError::Corrupt);
+        }
+        let mut nonce = [0u8; 12];
+        nonce.copy_from_slice(&data[..12]);
+        let plain = key
+            .open_in_place(
+                ring::aead::Nonce::assume_unique_for_key(nonce),
+                ring::aead::Aad::from(purpose.as_bytes()),
+                &mut data[12..],
+            )
+            .map_err(|_| SealError::Corrupt)?;
+        String::from_utf8(plain.to_vec())
+            .map(Secret::new)
+            .map_err(|_| SealError::Corrupt)
+    }
+
+    /// Whether a stored value is sealed.
+    pub fn is_sealed(stored: &str) -> bool {
+        stored.starts_with(SEALED_PREFIX)
+    }
+}
 
 /// Length of the random part of an API key.
 const KEY_BODY_LEN: usize = 32;
@@ -103,6 +298,40 @@ mod tests {
         assert!(key_matches(&k.secret, &k.hash));
         assert!(!key_matches(&new_api_key(KeyMode::Live).secret, &k.hash));
         assert_ne!(k.hash, k.secret);
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let s = Secret::new("sk-very-secret");
+        assert_eq!(format!("{s:?}"), "Secret(***)");
+        #[derive(Debug)]
+        #[allow(dead_code)]
+        struct Holder {
+            password: Secret,
+        }
+        let h = Holder {
+            password: Secret::new("hunter2"),
+        };
+        assert!(!format!("{h:?}").contains("hunter2"));
+        assert!(!format!("{h:#?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn sealed_values_open_only_with_their_key_and_purpose() {
+        let key = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+        let s = Sealer::from_text(key).unwrap();
+        let sealed = s.seal("credential", "sk-123").unwrap();
+        assert!(Sealer::is_sealed(&sealed));
+        assert!(!sealed.contains("sk-123"));
+        assert_ne!(sealed, s.seal("credential", "sk-123").unwrap(), "fresh nonce");
+        assert_eq!(s.open("credential", &sealed).unwrap().expose(), "sk-123");
+        assert_eq!(s.open("webhook", &sealed), Err(SealError::Corrupt));
+        let other = Sealer::from_text(&"11".repeat(32)).unwrap();
+        assert_eq!(other.open("credential", &sealed), Err(SealError::Corrupt));
+        assert_eq!(Sealer::none().open("credential", &sealed), Err(SealError::NoKey));
+        assert_eq!(s.open("webhook", "whsec_plain").unwrap().expose(), "whsec_plain");
+        assert_eq!(Sealer::from_text("short").err(), Some(SealError::BadKey));
+        assert_eq!(Sealer::none().seal("x", "y"), Err(SealError::NoKey));
     }
 
     #[test]

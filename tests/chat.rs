@@ -408,6 +408,10 @@ async fn llm_daemon() -> (TestDaemon, Shared, String) {
     let d = TestDaemon::builder()
         .env("STANDIN_LLM_KEY", LLM_KEY)
         .env("WEATHER_TOOL_SECRET", TOOL_SECRET)
+        .config(
+            "[secrets.env.STANDIN_LLM_KEY]\nhosts = [\"127.0.0.1\"]\n\
+             [secrets.env.WEATHER_TOOL_SECRET]\nhosts = [\"127.0.0.1\"]",
+        )
         .start()
         .await;
     let agent = create_agent(

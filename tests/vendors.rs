@@ -52,6 +52,34 @@ fn keys() {
             std::env::set_var("VENDORS_TEST_DEEPGRAM_KEY", DEEPGRAM_KEY);
             std::env::set_var("VENDORS_TEST_CARTESIA_KEY", CARTESIA_KEY);
         }
+        // The stand-ins listen on loopback, which the outbound policy
+        // opens only when told; the keys go only to the hosts bound here.
+        let hosts: Vec<String> = ["127.0.0.1", "localhost", "192.0.2.10"]
+            .map(String::from)
+            .to_vec();
+        let env = [
+            "VENDORS_TEST_OPENAI_KEY",
+            "VENDORS_TEST_BAD_KEY",
+            "VENDORS_TEST_DEEPGRAM_KEY",
+            "VENDORS_TEST_CARTESIA_KEY",
+        ]
+        .map(|n| {
+            (
+                n.to_string(),
+                agentline::net::EnvBinding {
+                    hosts: hosts.clone(),
+                },
+            )
+        })
+        .into_iter()
+        .collect();
+        let net = agentline::net::NetConfig {
+            allowed_networks: vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
+            ..Default::default()
+        };
+        assert!(agentline::net::install(
+            agentline::net::Outbound::new(&net, &[], false, env).unwrap()
+        ));
     });
 }
 

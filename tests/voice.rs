@@ -1061,6 +1061,7 @@ async fn llm_call(mode: Llm) -> (TestDaemon, Shared, Vec<Seen>, Value) {
     let d = TestDaemon::builder()
         .profile("carrier", &trunk())
         .env("WEATHER_TOOL_SECRET", TOOL_SECRET)
+        .config("[secrets.env.WEATHER_TOOL_SECRET]\nhosts = [\"127.0.0.1\"]")
         .start()
         .await;
     provision(

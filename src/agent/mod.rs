@@ -43,7 +43,7 @@ pub mod speech;
 pub mod turn;
 pub mod vendors;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -68,6 +68,9 @@ pub struct LlmConfig {
     pub model: Option<String>,
     /// The environment variable holding the API key.
     pub api_key_env: Option<String>,
+    /// A key the caller resolved already (a stored credential); wins over
+    /// `api_key_env`.
+    pub api_key: Option<Secret>,
 }
 
 /// An HTTP tool as configured; the secret is read from `secret_env`.
@@ -89,6 +92,8 @@ pub struct BrainConfig {
     pub script: Option<serde_json::Value>,
     pub llm: Option<LlmConfig>,
     pub tools: Vec<ToolConfig>,
+    /// Where the LLM's `transfer_call` may go: E.164 numbers or `+prefix*`.
+    pub transfer_targets: Vec<String>,
 }
 
 /// The brain's part of an agent's stored settings document (the API writes
@@ -105,6 +110,8 @@ struct StoredBrain {
     llm: Option<StoredLlm>,
     #[serde(default)]
     tools: Vec<StoredTool>,
+    #[serde(default)]
+    transfer_targets: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -154,6 +161,7 @@ impl BrainConfig {
                 base_url: l.base_url,
                 model: l.model,
                 api_key_env: l.api_key_env,
+                api_key: None,
             }),
             tools: s
                 .tools
@@ -167,25 +175,37 @@ impl BrainConfig {
                     secret_env: t.secret_env,
                 })
                 .collect(),
+            transfer_targets: s.transfer_targets,
         })
     }
 }
 
-/// The HTTP client for LLMs and tools, shared by every brain: no
-/// redirects (a tool's answer comes from the URL configured), short
-/// connect timeout.
+/// The HTTP client for LLMs, tools and speech vendors, shared by every
+/// brain: the outbound policy's ([`crate::net`]): names resolve only
+/// through the address guard, no redirects (a tool's answer comes from the
+/// URL configured, and a 3xx cannot point inside), no environment proxy.
 pub fn http() -> Result<reqwest::Client, BrainError> {
-    static CLIENT: OnceLock<Result<reqwest::Client, String>> = OnceLock::new();
-    CLIENT
-        .get_or_init(|| {
-            reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .connect_timeout(Duration::from_secs(5))
-                .build()
-                .map_err(|e| e.to_string())
-        })
-        .clone()
-        .map_err(BrainError::Config)
+    Ok(crate::net::outbound().client())
+}
+
+/// Parses a URL an agent points at and checks it against the outbound
+/// policy (scheme, and the address when it is an IP literal; names are
+/// checked again at every connect).
+fn checked_url(field: &str, raw: &str) -> Result<url::Url, BrainError> {
+    let url = url::Url::parse(raw)
+        .map_err(|_| BrainError::Config(format!("{field} is not a URL")))?;
+    crate::net::outbound()
+        .check_url(&url)
+        .map_err(|e| BrainError::Config(format!("{field}: {e}")))?;
+    Ok(url)
+}
+
+/// The secret in environment variable `name`, if the operator bound it to
+/// `url`'s host.
+fn bound_secret(field: &str, name: &str, url: &url::Url) -> Result<Secret, BrainError> {
+    crate::net::outbound()
+        .env_secret(name, url, false)
+        .map_err(|e| BrainError::Config(format!("{field}: {e}")))
 }
 
 /// Builds the brain an agent's settings describe: the OpenAI-compatible LLM
@@ -197,11 +217,16 @@ pub fn build_brain(config: &BrainConfig) -> Result<Arc<dyn Brain>, BrainError> {
             let Some(llm) = &config.llm else {
                 return Err(BrainError::Config("no llm settings".into()));
             };
-            let key = llm
-                .api_key_env
+            let base = llm
+                .base_url
                 .as_deref()
-                .map(Secret::from_env)
-                .transpose()?;
+                .unwrap_or(brain::openai::DEFAULT_BASE_URL);
+            let base_url = checked_url("llm.base_url", base)?;
+            let key = match (&llm.api_key, llm.api_key_env.as_deref()) {
+                (Some(k), _) => Some(k.clone()),
+                (None, Some(name)) => Some(bound_secret("llm.api_key_env", name, &base_url)?),
+                (None, None) => None,
+            };
             let http = http()?;
             let client = brain::openai::OpenAiLlm::new(
                 http.clone(),
@@ -210,14 +235,20 @@ pub fn build_brain(config: &BrainConfig) -> Result<Arc<dyn Brain>, BrainError> {
                 key,
             );
             let mut tools = Vec::with_capacity(config.tools.len());
-            for t in &config.tools {
+            for (i, t) in config.tools.iter().enumerate() {
+                let url = checked_url(&format!("tools[{i}].url"), &t.url)?;
+                let secret = t
+                    .secret_env
+                    .as_deref()
+                    .map(|name| bound_secret(&format!("tools[{i}].secret_env"), name, &url))
+                    .transpose()?;
                 tools.push(HttpTool {
                     name: t.name.clone(),
                     description: t.description.clone(),
                     url: t.url.clone(),
                     parameters: t.parameters.clone(),
                     timeout: Duration::from_millis(u64::from(t.timeout_ms)),
-                    secret: t.secret_env.as_deref().map(Secret::from_env).transpose()?,
+                    secret,
                 });
             }
             Ok(Arc::new(LlmBrain::new(
@@ -226,7 +257,8 @@ pub fn build_brain(config: &BrainConfig) -> Result<Arc<dyn Brain>, BrainError> {
                 config.greeting.clone(),
                 tools,
                 http,
-            )))
+            )
+            .with_transfer_targets(config.transfer_targets.clone())))
         }
         (_, Some(script)) => {
             let dialogue = ScriptedDialogue::parse(script, "script").map_err(|errors| {

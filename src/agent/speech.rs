@@ -24,7 +24,8 @@ use super::vendors::{
     self, cartesia::Cartesia, deepgram::Deepgram, openai::OpenAiStt, openai::OpenAiTts,
 };
 
-/// The shared HTTP client (see [`crate::agent::http`]).
+/// The shared HTTP client (see [`crate::agent::http`]): resolves through
+/// the address guard, follows no redirect.
 fn http() -> Result<reqwest::Client, ProviderError> {
     crate::agent::http().map_err(|e| ProviderError::Config(e.to_string()))
 }
@@ -194,7 +195,13 @@ impl Speech {
             }
             SttKind::Openai => {
                 let c = choice.ok_or_else(no_settings)?;
-                let key = vendors::api_key(c.api_key_env.as_deref(), "OPENAI_API_KEY", false)?;
+                let key = vendors::api_key(
+                    c.api_key_env.as_deref(),
+                    "OPENAI_API_KEY",
+                    false,
+                    c.base_url.as_deref(),
+                    vendors::openai::DEFAULT_BASE_URL,
+                )?;
                 Ok(Arc::new(OpenAiStt::new(
                     http()?,
                     c.base_url.as_deref(),
@@ -205,7 +212,13 @@ impl Speech {
             }
             SttKind::Deepgram => {
                 let c = choice.ok_or_else(no_settings)?;
-                let key = vendors::api_key(c.api_key_env.as_deref(), "DEEPGRAM_API_KEY", true)?
+                let key = vendors::api_key(
+                    c.api_key_env.as_deref(),
+                    "DEEPGRAM_API_KEY",
+                    true,
+                    c.base_url.as_deref(),
+                    vendors::deepgram::DEFAULT_BASE_URL,
+                )?
                     .ok_or_else(no_settings)?;
                 Ok(Arc::new(Deepgram::new(
                     c.base_url.as_deref(),
@@ -241,7 +254,13 @@ impl Speech {
             }
             TtsKind::Openai => {
                 let c = choice.ok_or_else(no_settings)?;
-                let key = vendors::api_key(c.api_key_env.as_deref(), "OPENAI_API_KEY", false)?;
+                let key = vendors::api_key(
+                    c.api_key_env.as_deref(),
+                    "OPENAI_API_KEY",
+                    false,
+                    c.base_url.as_deref(),
+                    vendors::openai::DEFAULT_BASE_URL,
+                )?;
                 Ok(Arc::new(OpenAiTts::new(
                     http()?,
                     c.base_url.as_deref(),
@@ -252,7 +271,13 @@ impl Speech {
             }
             TtsKind::Cartesia => {
                 let c = choice.ok_or_else(no_settings)?;
-                let key = vendors::api_key(c.api_key_env.as_deref(), "CARTESIA_API_KEY", true)?
+                let key = vendors::api_key(
+                    c.api_key_env.as_deref(),
+                    "CARTESIA_API_KEY",
+                    true,
+                    c.base_url.as_deref(),
+                    vendors::cartesia::DEFAULT_BASE_URL,
+                )?
                     .ok_or_else(no_settings)?;
                 Ok(Arc::new(Cartesia::new(
                     c.base_url.as_deref(),

@@ -136,6 +136,8 @@ struct Settings {
     turn: Option<TurnSettings>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     opening: Option<OpeningSettings>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    transfer_targets: Vec<String>,
 }
 
 const DEFAULT_MAX_DURATION: u32 = 3600;
@@ -169,6 +171,10 @@ pub struct Agent {
     pub turn: Option<TurnSettings>,
     /// Who speaks first on a call (`voice` agents).
     pub opening: Option<OpeningSettings>,
+    /// Where the LLM's `transfer_call` may go: E.164 numbers (`+14155550100`)
+    /// or prefixes (`+44207*`). Empty (the default): the LLM may not
+    /// transfer anywhere; a refused transfer is told to the LLM.
+    pub transfer_targets: Vec<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -203,6 +209,11 @@ pub struct AgentCreate {
     pub turn: Option<TurnSettings>,
     /// Who speaks first on a call (`voice` agents).
     pub opening: Option<OpeningSettings>,
+    /// Where the LLM's `transfer_call` may go: E.164 numbers (`+14155550100`)
+    /// or prefixes (`+44207*`). Empty (the default): the LLM may not
+    /// transfer anywhere; a refused transfer is told to the LLM.
+    #[serde(default)]
+    pub transfer_targets: Vec<String>,
 }
 
 /// The body of `PATCH /v1/agents/{id}`: fields left out keep their value.
@@ -231,6 +242,10 @@ pub struct AgentUpdate {
     pub turn: Option<TurnSettings>,
     /// Who speaks first on a call (`voice` agents).
     pub opening: Option<OpeningSettings>,
+    /// Where the LLM's `transfer_call` may go: E.164 numbers (`+14155550100`)
+    /// or prefixes (`+44207*`). Empty (the default): the LLM may not
+    /// transfer anywhere; a refused transfer is told to the LLM.
+    pub transfer_targets: Option<Vec<String>>,
 }
 
 fn to_agent(r: AgentRecord) -> Result<Agent, ApiError> {
@@ -254,6 +269,7 @@ fn to_agent(r: AgentRecord) -> Result<Agent, ApiError> {
         prompt: s.prompt,
         turn: s.turn,
         opening: s.opening,
+        transfer_targets: s.transfer_targets,
         created_at: r.created_at,
         updated_at: r.updated_at,
     })
@@ -410,6 +426,17 @@ fn validate(name: &str, kind: AgentKind, s: &Settings) -> Result<(), ApiError> {
             bad(&format!("opening.{field}"), message);
         }
     }
+    if s.transfer_targets.len() > 100 {
+        bad("transfer_targets", "at most 100 entries");
+    }
+    for (i, t) in s.transfer_targets.iter().enumerate() {
+        if !is_transfer_target(t) {
+            bad(
+                &format!("transfer_targets[{i}]"),
+                "must be an E.164 number (+14155550100) or a prefix (+44207*)",
+            );
+        }
+    }
     let has_llm = s
         .llm
         .as_ref()
@@ -444,6 +471,106 @@ fn validate(name: &str, kind: AgentKind, s: &Settings) -> Result<(), ApiError> {
     } else {
         Err(ApiError::validation(d))
     }
+}
+
+/// Where the agent's requests go and which secrets go with them, checked
+/// against the outbound policy ([`crate::net`]) before the agent is saved:
+/// every URL must reach an allowed address (names are resolved now, and
+/// again at every connect), and every environment variable named must be in
+/// the operator's `[secrets.env]` allow-list, bound to the host it would be
+/// sent to. The same checks run again when the agent is used.
+async fn check_outbound(state: &AppState, s: &Settings) -> Result<(), ApiError> {
+    use crate::agent::brain::openai::DEFAULT_BASE_URL as LLM_BASE;
+    use crate::agent::vendors::{cartesia, deepgram, openai};
+    let outbound = crate::net::outbound();
+    // (field of the URL, the URL, field of the variable, the variable)
+    let mut targets: Vec<(String, String, String, Option<String>)> = Vec::new();
+    if let Some(l) = s.llm.as_ref().filter(|l| l.provider == LlmProvider::Openai) {
+        targets.push((
+            "llm.base_url".into(),
+            l.base_url.clone().unwrap_or_else(|| LLM_BASE.into()),
+            "llm.api_key_env".into(),
+            l.api_key_env.clone(),
+        ));
+    }
+    if let Some(c) = &s.stt {
+        let base = match c.provider {
+            SttProvider::Embedded => None,
+            SttProvider::Openai => Some(openai::DEFAULT_BASE_URL),
+            SttProvider::Deepgram => Some(deepgram::DEFAULT_BASE_URL),
+        };
+        if let Some(base) = base {
+            targets.push((
+                "stt.base_url".into(),
+                c.base_url.clone().unwrap_or_else(|| base.into()),
+                "stt.api_key_env".into(),
+                c.api_key_env.clone(),
+            ));
+        }
+    }
+    if let Some(c) = &s.tts {
+        let base = match c.provider {
+            TtsProvider::Embedded | TtsProvider::Elevenlabs => None,
+            TtsProvider::Openai => Some(openai::DEFAULT_BASE_URL),
+            TtsProvider::Cartesia => Some(cartesia::DEFAULT_BASE_URL),
+        };
+        if let Some(base) = base {
+            targets.push((
+                "tts.base_url".into(),
+                c.base_url.clone().unwrap_or_else(|| base.into()),
+                "tts.api_key_env".into(),
+                c.api_key_env.clone(),
+            ));
+        }
+    }
+    for (i, t) in s.tools.iter().enumerate() {
+        targets.push((
+            format!("tools[{i}].url"),
+            t.url.clone(),
+            format!("tools[{i}].secret_env"),
+            t.secret_env.clone(),
+        ));
+    }
+    let mut d = Vec::new();
+    for (url_field, raw, env_field, env) in targets {
+        if let Err(e) = state.guard.check_url(&raw).await {
+            d.push(FieldError {
+                field: url_field,
+                message: e.to_string(),
+            });
+            continue;
+        }
+        let (Some(name), Ok(url)) = (env, url::Url::parse(&raw)) else {
+            continue;
+        };
+        if let Err(e) = outbound.may_send(&name, &url, false) {
+            d.push(FieldError {
+                field: env_field,
+                message: e.to_string(),
+            });
+        }
+    }
+    if d.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::validation(d))
+    }
+}
+
+/// `+` and 1 to 15 digits, or a prefix ending in `*` of at least 2 digits
+/// (so a bare `+*` or `+1*` cannot open every number of a zone at once).
+fn is_transfer_target(t: &str) -> bool {
+    let (digits, prefix) = match t.strip_suffix('*') {
+        Some(d) => (d, true),
+        None => (t, false),
+    };
+    let Some(digits) = digits.strip_prefix('+') else {
+        return false;
+    };
+    let min = if prefix { 2 } else { 1 };
+    (min..=15).contains(&digits.len())
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && !digits.starts_with('0')
 }
 
 fn is_env_name(n: &str) -> bool {
@@ -486,8 +613,10 @@ async fn create_agent(
         prompt: body.prompt,
         turn: body.turn,
         opening: body.opening,
+        transfer_targets: body.transfer_targets,
     };
     validate(&body.name, body.kind, &settings)?;
+    check_outbound(&state, &settings).await?;
     let id = ids::new(ids::AGENT);
     let record = state
         .store
@@ -557,8 +686,10 @@ async fn update_agent(
         prompt: body.prompt.or(current.prompt),
         turn: body.turn.or(current.turn),
         opening: body.opening.or(current.opening),
+        transfer_targets: body.transfer_targets.unwrap_or(current.transfer_targets),
     };
     validate(&name, kind, &settings)?;
+    check_outbound(&state, &settings).await?;
     let record = state
         .store
         .update_agent(&id, name.trim(), kind.as_str(), &settings_json(&settings)?)

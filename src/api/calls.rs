@@ -1,5 +1,6 @@
 //! `/v1/calls`: the call records, filtered and paged; placing an outbound
-//! call and hanging up any call, both handed to the call layer.
+//! call (refused with 403 to a number on the do-not-call list) and hanging
+//! up any call, both handed to the call layer.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -14,7 +15,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
-use super::error::{ApiError, ErrorResponses, FieldError};
+use super::error::{ApiError, ErrorBody, ErrorResponses, FieldError};
 use super::extract::{ApiJson, ApiQuery, List, Pagination};
 use crate::call::{HangupError, OutboundRequest, PlaceError};
 use crate::media::amd::AmdMode;
@@ -170,7 +171,9 @@ fn check_header(name: &str, value: &str) -> Option<String> {
 /// Place an outbound call through a trunk. Answers at once with the
 /// `queued` call; its progress shows in `GET /v1/calls/{id}`.
 #[utoipa::path(post, path = "/v1/calls", tag = "calls", request_body = CallCreate,
-    responses((status = 201, description = "The call, queued", body = Call), ErrorResponses))]
+    responses((status = 201, description = "The call, queued", body = Call),
+        (status = 403, description = "The number is on the do-not-call list", body = ErrorBody),
+        ErrorResponses))]
 async fn create_call(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<CallCreate>,
@@ -227,6 +230,18 @@ async fn create_call(
     };
     if !details.is_empty() {
         return Err(ApiError::validation(details));
+    }
+    // The do-not-call list binds every outbound call, not only campaigns.
+    match state.store.find_dnc(&to).await {
+        Ok(_) => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "do_not_call",
+                "the number is on the do-not-call list",
+            ));
+        }
+        Err(crate::store::StoreError::NotFound) => {}
+        Err(e) => return Err(e.into()),
     }
     let request = OutboundRequest {
         call_id: None,

@@ -58,7 +58,7 @@ use crate::webhook::Outbox;
 use crate::webhook::event::{
     CallEventData, CampaignEventData, TestEventData, TrunkEventData, WebhookEvent,
 };
-use crate::webhook::guard::Guard;
+use crate::net::Guard;
 
 /// Shared state of every handler; cheap to clone.
 #[derive(Clone)]
@@ -228,7 +228,7 @@ impl AppState {
         AppState(Arc::new(Inner {
             store: outbox.store().clone(),
             outbox,
-            guard: Guard::new(&config.webhooks),
+            guard: crate::net::outbound().guard().clone(),
             webhooks: config.webhooks.clone(),
             min_retry_delay_seconds: config.campaigns.min_retry_delay_seconds,
             profiles,

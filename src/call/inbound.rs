@@ -75,7 +75,7 @@ pub(super) fn digest_accounts(shared: &Shared) -> Vec<DigestAccount> {
             Some(DigestAccount {
                 realm: auth.realm.clone().unwrap_or_else(|| p.name.clone()),
                 username: auth.username.clone(),
-                password: auth.password.clone(),
+                password: auth.password.expose().to_owned(),
             })
         })
         .collect()

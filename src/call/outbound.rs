@@ -293,7 +293,7 @@ impl Dialing {
                 .auth_username
                 .clone()
                 .unwrap_or_else(|| r.username.clone()),
-            password: r.password.clone(),
+            password: r.password.expose().to_owned(),
             realm: None,
         });
         let started = Instant::now();

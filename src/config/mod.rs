@@ -73,6 +73,34 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// The embedded speech engines (PocketSphinx, flite).
     pub speech: crate::agent::speech::SpeechConfig,
+    /// Where outbound requests (tools, LLM, speech vendors, webhooks) may go.
+    pub net: crate::net::NetConfig,
+    /// Which environment variables may be sent where, and the key that
+    /// encrypts stored secrets.
+    pub secrets: crate::secrets::SecretsConfig,
+    /// Audio prompts: the directory `prompt.wav_path` may name files in.
+    pub media: MediaConfig,
+}
+
+/// Audio files agents may play.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaConfig {
+    /// The only directory `prompt.wav_path` may point into (relative paths
+    /// are taken inside it). None: no file on disk may be played; upload
+    /// audio through `POST /v1/audio` instead.
+    pub dir: Option<PathBuf>,
+    /// The largest prompt file or upload, in bytes.
+    pub max_bytes: u64,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            max_bytes: 8 * 1024 * 1024,
+        }
+    }
 }
 
 /// The running trunk profiles, replaced whole on SIGHUP; readers take a
@@ -477,6 +505,31 @@ impl Config {
     }
 
     fn validate(&self, file: &str) -> Result<(), ConfigError> {
+        if let Some(p) = &self.net.proxy
+            && reqwest::Proxy::all(p.as_str()).is_err()
+        {
+            return Err(ConfigError::new(file, "net.proxy", "must be a proxy URL"));
+        }
+        for name in self.secrets.env.keys() {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+            {
+                return Err(ConfigError::new(
+                    file,
+                    format!("secrets.env.{name}"),
+                    "must be an environment variable name (A-Z, 0-9, _)",
+                ));
+            }
+        }
+        if !(1024..=512 * 1024 * 1024).contains(&self.media.max_bytes) {
+            return Err(ConfigError::new(
+                file,
+                "media.max_bytes",
+                "must be between 1024 and 536870912",
+            ));
+        }
         let url = &self.store.url;
         if !(url.starts_with("sqlite:")
             || url.starts_with("postgres://")

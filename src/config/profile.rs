@@ -41,9 +41,10 @@ pub struct RegistrationConfig {
     pub auth_username: Option<String>,
     /// Name of the environment variable that holds the password.
     pub password_env: String,
-    /// The password read from `password_env` at load time; never serialized.
+    /// The password read from `password_env` at load time; never serialized
+    /// nor printed (`Debug` shows `Secret(***)`).
     #[serde(skip)]
-    pub password: String,
+    pub password: crate::secrets::Secret,
     /// Domain of the AOR; defaults to the registrar's host.
     #[serde(default)]
     pub domain: Option<String>,
@@ -76,9 +77,10 @@ pub struct InboundAuth {
     pub username: String,
     /// Name of the environment variable that holds the password.
     pub password_env: String,
-    /// The password read from `password_env` at load time; never serialized.
+    /// The password read from `password_env` at load time; never serialized
+    /// nor printed (`Debug` shows `Secret(***)`).
     #[serde(skip)]
-    pub password: String,
+    pub password: crate::secrets::Secret,
     /// Realm of the challenge; defaults to the trunk's name.
     #[serde(default)]
     pub realm: Option<String>,
@@ -189,7 +191,7 @@ impl Profile {
                     "must be between 60 and 86400 seconds",
                 ));
             }
-            reg.password = std::env::var(&reg.password_env).map_err(|_| {
+            reg.password = std::env::var(&reg.password_env).map(crate::secrets::Secret::new).map_err(|_| {
                 ConfigError::new(
                     file,
                     "registration.password_env",
@@ -216,6 +218,7 @@ impl Profile {
             auth.password = std::env::var(&auth.password_env)
                 .ok()
                 .filter(|p| !p.is_empty())
+                .map(crate::secrets::Secret::new)
                 .ok_or_else(|| {
                     ConfigError::new(
                         file,
@@ -412,7 +415,8 @@ codecs = ["PCMU", "PCMA"]
         let auth = p.inbound.auth.expect("auth");
         assert_eq!(auth.username, "pbx");
         assert_eq!(auth.realm.as_deref(), Some("carrier-a"));
-        assert_eq!(auth.password, std::env::var("PATH").unwrap());
+        assert_eq!(auth.password.expose(), std::env::var("PATH").unwrap());
+        assert!(!format!("{auth:?}").contains(&std::env::var("PATH").unwrap()));
 
         let text = GOOD.replace(
             "[outbound]",

@@ -35,7 +35,8 @@ pub struct TrunkRegistration {
     /// Digest user when the registrar's credentials differ from the
     /// address of record (RFC 3261 §22.4 keeps the two apart).
     pub auth_username: Option<String>,
-    pub password: String,
+    /// Never printed: `Debug` of a [`crate::secrets::Secret`] shows `***`.
+    pub password: crate::secrets::Secret,
     /// Domain of the address of record; `None` uses the registrar host.
     pub domain: Option<String>,
     /// Realm to answer; `None` answers whatever realm the registrar names.
@@ -166,7 +167,7 @@ impl Worker {
                 .auth_username
                 .clone()
                 .unwrap_or_else(|| trunk.username.clone()),
-            password: trunk.password.clone(),
+            password: trunk.password.expose().to_owned(),
             realm: trunk.realm.clone(),
         };
         Ok(Self {

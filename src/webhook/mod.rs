@@ -12,14 +12,13 @@
 //! and the event streams. A crash after the commit
 //! loses nothing: the worker finds the rows on the next start. The
 //! [`worker`] claims due deliveries with a lease, signs ([`crate::signing`]), checks the
-//! address ([`guard`]), POSTs, classifies the result and schedules the next
+//! address ([`crate::net::guard`]), POSTs, classifies the result and schedules the next
 //! attempt ([`policy`]).
 //!
 //! Must not: decide anything about calls (that is the call layer's), or hold
 //! SQL (that is the store's).
 
 pub mod event;
-pub mod guard;
 pub mod policy;
 pub mod worker;
 

@@ -22,7 +22,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::Outbox;
-use super::guard::{Guard, GuardError};
+use crate::net::{Guard, GuardError};
 use super::policy::{self, Backoff, DeliveryVerdict, Next, Response};
 use crate::config::WebhooksConfig;
 use crate::metrics as m;
@@ -70,13 +70,20 @@ pub struct Worker {
 /// The HTTP client of deliveries: names resolve only through the guard,
 /// redirects are not followed (a 3xx is a failed attempt), one timeout
 /// covers connect to last byte.
-pub fn http_client(c: &WebhooksConfig, guard: &Guard) -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
-        .dns_resolver(Arc::new(guard.clone()))
+pub fn http_client(
+    c: &WebhooksConfig,
+    outbound: &crate::net::Outbound,
+) -> Result<reqwest::Client, reqwest::Error> {
+    // The policy's builder: the guard as resolver, no redirects, no
+    // environment proxy. A proxy URL was validated with the config.
+    let builder = outbound
+        .http_builder()
+        .unwrap_or_else(|_| reqwest::Client::builder().no_proxy());
+    builder
+        .dns_resolver(Arc::new(outbound.guard().clone()))
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(c.timeout_seconds))
         .pool_max_idle_per_host(c.concurrency)
-        .user_agent(concat!("agentline/", env!("CARGO_PKG_VERSION")))
         .build()
 }
 
@@ -86,8 +93,9 @@ impl Worker {
         outbox: &Outbox,
         config: &WebhooksConfig,
     ) -> Result<Self, reqwest::Error> {
-        let guard = Guard::new(config);
-        let client = http_client(config, &guard)?;
+        let outbound = crate::net::outbound();
+        let guard = outbound.guard().clone();
+        let client = http_client(config, outbound)?;
         Ok(Self {
             store,
             ctx: Arc::new(Ctx {

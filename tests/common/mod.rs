@@ -143,6 +143,10 @@ pub struct Builder {
     profiles: Vec<(String, String)>,
     env: Vec<(String, String)>,
     extra_config: String,
+    /// Whether the generated config opens loopback to outbound requests
+    /// (`[net] allowed_networks`), so agents may use the tests' stand-ins
+    /// on 127.0.0.1. On unless [`Builder::strict_net`].
+    loopback_allowed: bool,
 }
 
 impl Builder {
@@ -163,6 +167,13 @@ impl Builder {
 
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// No `[net]` table in the generated config: the daemon's default
+    /// outbound policy (public addresses only), or the test's own `[net]`.
+    pub fn strict_net(mut self) -> Self {
+        self.loopback_allowed = false;
         self
     }
 
@@ -208,9 +219,16 @@ impl Builder {
         };
         let api = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let sip_port = free_sip_port();
+        // The stand-ins (LLM, tools, vendors) listen on loopback, which
+        // the outbound policy refuses by default.
+        let net = if self.loopback_allowed {
+            "[net]\nallowed_networks = [\"127.0.0.0/8\", \"::1/128\"]\n"
+        } else {
+            ""
+        };
         let config = format!(
             "[api]\nlisten = \"{api}\"\n[sip]\nlisten = \"127.0.0.1:{sip_port}\"\n[store]\nurl = \"{store_url}\"\n\
-             [profiles]\ndir = \"{}\"\n[shutdown]\ndrain_seconds = 10\n{}",
+             [profiles]\ndir = \"{}\"\n[shutdown]\ndrain_seconds = 10\n{net}{}",
             profiles_dir.display(),
             self.extra_config
         );
@@ -261,6 +279,7 @@ impl TestDaemon {
             profiles: Vec::new(),
             env: Vec::new(),
             extra_config: String::new(),
+            loopback_allowed: true,
         }
     }
 

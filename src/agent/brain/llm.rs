@@ -11,6 +11,12 @@
 //! `transfer_call` (`to`), `send_dtmf` (`digits`), `opt_out` (the callee
 //! asks not to be called again). Their actions are emitted after the
 //! reply's text, so a hang-up follows the goodbye.
+//!
+//! Toll fraud: a caller can talk an LLM into anything, so `transfer_call`
+//! goes only to the agent's `transfer_targets` (exact E.164 numbers, or
+//! prefixes written `+44*`); none by default. A number outside the list is
+//! refused: no action, and the LLM reads the refusal as the tool's result,
+//! so it can tell the caller.
 
 use std::sync::Arc;
 
@@ -83,7 +89,22 @@ pub struct LlmBrain {
     specs: Vec<ToolSpec>,
     http: reqwest::Client,
     max_rounds: usize,
+    /// Where `transfer_call` may go (see [`transfer_allowed`]).
+    transfer_targets: Vec<String>,
 }
+
+/// Whether `to` (E.164) is one of `targets`: an exact number, or a prefix
+/// ending in `*`.
+pub fn transfer_allowed(targets: &[String], to: &str) -> bool {
+    targets.iter().any(|t| match t.strip_suffix('*') {
+        Some(prefix) => to.starts_with(prefix),
+        None => t == to,
+    })
+}
+
+/// The tool result of a refused transfer: what the LLM reads.
+pub const TRANSFER_REFUSED: &str =
+    "transfer refused: this number is not one this agent may transfer to";
 
 const END_CALL: &str = "end_call";
 const TRANSFER_CALL: &str = "transfer_call";
@@ -139,7 +160,14 @@ impl LlmBrain {
             specs,
             http,
             max_rounds: DEFAULT_MAX_ROUNDS,
+            transfer_targets: Vec::new(),
         }
+    }
+
+    /// The numbers (or `+prefix*`) `transfer_call` may reach; none by default.
+    pub fn with_transfer_targets(mut self, targets: Vec<String>) -> Self {
+        self.transfer_targets = targets;
+        self
     }
 
     /// Whether `name` is a tool this brain offers (built-in or HTTP).
@@ -163,6 +191,12 @@ impl LlmBrain {
                 )
             }
             TRANSFER_CALL => match arg("to").and_then(|t| crate::e164::normalize(&t).ok()) {
+                Some(to) if !transfer_allowed(&self.transfer_targets, &to) => {
+                    tracing::info!(to = %to, "LLM transfer refused: not in transfer_targets");
+                    metrics::counter!(crate::metrics::AGENT_TOOL_CALLS_TOTAL, "outcome" => "transfer_refused")
+                        .increment(1);
+                    (json!({ "error": TRANSFER_REFUSED }).to_string(), None)
+                }
                 Some(to) => (
                     "ok: the caller is transferred after your reply".into(),
                     Some(Action::Transfer { to }),
@@ -340,6 +374,65 @@ mod tests {
         // user, assistant (tool call), tool result, assistant.
         assert_eq!(conv.messages.len(), 4);
         assert_eq!(conv.messages[2].tool_call_id.as_deref(), Some("c1"));
+    }
+
+    #[tokio::test]
+    async fn transfers_go_only_to_the_agents_targets() {
+        let replies = || {
+            Mutex::new(vec![
+                call(TRANSFER_CALL, r#"{"to": "+19005550100"}"#),
+                LlmReply {
+                    text: "I cannot transfer you there.".into(),
+                    tool_calls: Vec::new(),
+                },
+                call(TRANSFER_CALL, r#"{"to": "+442071234567"}"#),
+                LlmReply {
+                    text: "Transferring.".into(),
+                    tool_calls: Vec::new(),
+                },
+            ])
+        };
+        let llm = Arc::new(Canned {
+            replies: replies(),
+            seen: Mutex::new(Vec::new()),
+        });
+        let brain = LlmBrain::new(llm, None, None, Vec::new(), reqwest::Client::new())
+            .with_transfer_targets(vec!["+44207*".into(), "+14155550100".into()]);
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut conv = Conversation::default();
+        let reply = brain
+            .respond(&mut conv, Input::Text("premium please".into()), &tx)
+            .await
+            .unwrap();
+        assert!(reply.actions.is_empty(), "{:?}", reply.actions);
+        assert!(conv.messages[2].content.contains("transfer refused"));
+        let reply = brain
+            .respond(&mut conv, Input::Text("London please".into()), &tx)
+            .await
+            .unwrap();
+        assert_eq!(
+            reply.actions,
+            vec![Action::Transfer {
+                to: "+442071234567".into()
+            }]
+        );
+        // No targets: every LLM transfer is refused.
+        let llm = Arc::new(Canned {
+            replies: replies(),
+            seen: Mutex::new(Vec::new()),
+        });
+        let brain = LlmBrain::new(llm, None, None, Vec::new(), reqwest::Client::new());
+        let mut conv = Conversation::default();
+        for _ in 0..2 {
+            let reply = brain
+                .respond(&mut conv, Input::Text("x".into()), &tx)
+                .await
+                .unwrap();
+            assert!(reply.actions.is_empty());
+        }
+        assert!(transfer_allowed(&["+1415*".into()], "+14155550100"));
+        assert!(!transfer_allowed(&["+1415*".into()], "+1900"));
+        assert!(!transfer_allowed(&["+14155550100".into()], "+141555501001"));
     }
 
     #[tokio::test]

@@ -213,34 +213,7 @@ pub(crate) fn emit(out: &Sink, reply: &Reply) {
     }
 }
 
-/// A secret from the environment or config: never printed.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Self(s.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// Reads the secret from the environment variable `name`.
-    pub fn from_env(name: &str) -> Result<Self, BrainError> {
-        std::env::var(name)
-            .ok()
-            .filter(|v| !v.is_empty())
-            .map(Secret)
-            .ok_or_else(|| BrainError::Config(format!("environment variable {name} is not set")))
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
+pub use crate::secrets::Secret;
 
 #[cfg(test)]
 mod tests {
@@ -259,11 +232,5 @@ mod tests {
         conv.messages.push(Message::user("stop"));
         conv.record_interrupted("Ok");
         assert_eq!(conv.messages.len(), 4);
-    }
-
-    #[test]
-    fn secrets_do_not_print() {
-        let s = Secret::new("sk-very-secret");
-        assert_eq!(format!("{s:?}"), "Secret(***)");
     }
 }

@@ -217,7 +217,9 @@ impl OpenAiLlm {
             .map_err(|e| LlmError::Unreachable(e.without_url().to_string()))?;
         let status = response.status();
         if !status.is_success() {
-            let body = response.text().await.unwrap_or_default();
+            // An error body is read capped and within the stall timeout: a
+            // server that never ends it cannot hold the call.
+            let body = crate::net::error_text(response, 16 * 1024, stall).await;
             let message = serde_json::from_str::<Value>(&body)
                 .ok()
                 .and_then(|v| {

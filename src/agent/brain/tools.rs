@@ -8,6 +8,10 @@
 //! A tool that fails (timeout, refused, non-2xx, arguments that are not a
 //! JSON object or lack a `required` field) does not fail the reply: the LLM
 //! gets `{"error": "..."}` and can say so. Secrets are never logged.
+//!
+//! The request goes through the outbound policy's client ([`crate::net`]):
+//! the address guard at connect time, no redirects; the answer is read
+//! within the tool's timeout and cut off past [`MAX_BODY_BYTES`].
 
 use std::time::Duration;
 
@@ -16,6 +20,9 @@ use crate::signing::sign;
 
 /// The longest tool answer fed back to the LLM.
 const MAX_RESULT_BYTES: usize = 16 * 1024;
+/// The most of a tool's answer read at all: a larger one is an error, not
+/// a memory cost.
+const MAX_BODY_BYTES: usize = 256 * 1024;
 
 /// An HTTP tool of an agent.
 #[derive(Debug, Clone)]
@@ -94,18 +101,35 @@ pub async fn invoke(http: &reqwest::Client, tool: &HttpTool, arguments: &str) ->
         }
     }
     let started = std::time::Instant::now();
-    let result = async {
-        let response = request.body(body).send().await?;
-        let status = response.status();
-        let bytes = response.bytes().await?;
-        Ok::<_, reqwest::Error>((status, bytes))
-    }
-    .await;
+    let response = match request.body(body).send().await {
+        Ok(r) => r,
+        Err(e) if e.is_timeout() => {
+            count("timeout");
+            tracing::info!(tool = %tool.name, "tool timed out");
+            return error_result("the tool did not answer in time");
+        }
+        Err(e) => {
+            count("unreachable");
+            // The chain may name a resolved address; the LLM (and so the
+            // caller) gets a generic message, the log the reason.
+            tracing::info!(tool = %tool.name, error = %e.without_url(), "tool unreachable");
+            return error_result("the tool could not be reached");
+        }
+    };
+    let status = response.status();
+    let left = tool.timeout.saturating_sub(started.elapsed());
+    let result = crate::net::read_limited(response, MAX_BODY_BYTES, left)
+        .await
+        .map(|bytes| (status, bytes));
     match result {
         Ok((status, bytes)) if status.is_success() => {
             count("ok");
             tracing::debug!(tool = %tool.name, %status, elapsed_ms = started.elapsed().as_millis() as u64, "tool answered");
-            let end = bytes.len().min(MAX_RESULT_BYTES);
+            let mut end = bytes.len().min(MAX_RESULT_BYTES);
+            // Cut on a character boundary, not inside one.
+            while end > 0 && end < bytes.len() && (bytes[end] & 0xC0) == 0x80 {
+                end -= 1;
+            }
             String::from_utf8_lossy(&bytes[..end]).into_owned()
         }
         Ok((status, _)) => {
@@ -113,15 +137,15 @@ pub async fn invoke(http: &reqwest::Client, tool: &HttpTool, arguments: &str) ->
             tracing::info!(tool = %tool.name, %status, "tool refused");
             error_result(&format!("the tool answered HTTP {}", status.as_u16()))
         }
-        Err(e) if e.is_timeout() => {
+        Err(crate::net::ReadError::Timeout) => {
             count("timeout");
-            tracing::info!(tool = %tool.name, "tool timed out");
+            tracing::info!(tool = %tool.name, "tool answer timed out");
             error_result("the tool did not answer in time")
         }
         Err(e) => {
             count("unreachable");
-            tracing::info!(tool = %tool.name, error = %e.without_url(), "tool unreachable");
-            error_result("the tool could not be reached")
+            tracing::info!(tool = %tool.name, error = %e, "tool answer unreadable");
+            error_result(&format!("the tool's answer was refused: {e}"))
         }
     }
 }

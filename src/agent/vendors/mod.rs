@@ -11,10 +11,12 @@
 //!   resampling. ElevenLabs stays a clear "not supported" error.
 //!
 //! Owns what they share: reading the API key from the environment variable an
-//! agent names ([`api_key`]), WebSocket connections ([`connect`]: TLS with
-//! rustls and the webpki roots; plain `ws://` only to a loopback host, so a
-//! key never crosses a network in clear), and keeping the key out of every
-//! error ([`scrub`]).
+//! agent names, only when the operator bound it to the vendor's host
+//! ([`api_key`], see [`crate::net::Outbound::env_secret`]), WebSocket
+//! connections ([`connect`]: the TCP connection goes to an address the
+//! [`crate::net::guard`] passed, TLS with rustls and the webpki roots; plain
+//! `ws://` only to a loopback host, so a key never crosses a network in
+//! clear), and keeping the key out of every error ([`scrub`]).
 //!
 //! Must not: log or return an API key (nor a URL that carries one), or know
 //! about calls; which vendor an agent gets is [`crate::agent::speech`]'s.
@@ -41,20 +43,29 @@ pub type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// The key in the environment variable `named` (or `default` when the
-/// agent names none). A missing key is an error when `required`, else the
-/// requests go without one (a local OpenAI-compatible server).
+/// agent names none), if it may be sent to `base_url` (or `default_base`):
+/// a named variable must be bound to that host in `[secrets.env]`; the
+/// vendor's default variable goes to the vendor's own host, or to a host the
+/// operator bound it to. A key that may not go there, or is missing, is an
+/// error when the agent named it or the vendor `required` one; else the
+/// requests go without a key (a local OpenAI-compatible server).
 pub fn api_key(
     named: Option<&str>,
     default: &str,
     required: bool,
+    base_url: Option<&str>,
+    default_base: &str,
 ) -> Result<Option<Secret>, ProviderError> {
     let name = named.unwrap_or(default);
-    match std::env::var(name).ok().filter(|v| !v.is_empty()) {
-        Some(v) => Ok(Some(Secret::new(v))),
-        None if named.is_some() || required => Err(ProviderError::Config(format!(
-            "environment variable {name} (the API key) is not set"
-        ))),
-        None => Ok(None),
+    let raw = base_url.unwrap_or(default_base);
+    let url = Url::parse(raw)
+        .map_err(|e| ProviderError::Config(format!("base_url {raw:?} is not a URL: {e}")))?;
+    match crate::net::outbound().env_secret(name, &url, named.is_none()) {
+        Ok(key) => Ok(Some(key)),
+        Err(e) if named.is_some() || required => {
+            Err(ProviderError::Config(format!("the API key: {e}")))
+        }
+        Err(_) => Ok(None),
     }
 }
 
@@ -122,15 +133,26 @@ pub async fn connect(
             .map_err(|_| ProviderError::Config(format!("{vendor}: bad header name {name}")))?;
         request.headers_mut().insert(name, value);
     }
-    let connected =
-        tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(request))
-            .await
-            .map_err(|_| {
-                ProviderError::Unreachable(format!(
-                    "{vendor} did not answer within {} s",
-                    CONNECT_TIMEOUT.as_secs()
-                ))
-            })?;
+    let timed_out = || {
+        ProviderError::Unreachable(format!(
+            "{vendor} did not answer within {} s",
+            CONNECT_TIMEOUT.as_secs()
+        ))
+    };
+    // The TCP connection goes to an address the guard passed; the
+    // handshake (TLS for wss, with the URL's host as the server name) runs
+    // on it, so the library never resolves the name itself.
+    let started = tokio::time::Instant::now();
+    let tcp = crate::net::ws_tcp(url, CONNECT_TIMEOUT)
+        .await
+        .map_err(|e| ProviderError::Unreachable(format!("{vendor}: {e}")))?;
+    let left = CONNECT_TIMEOUT.saturating_sub(started.elapsed());
+    let connected = tokio::time::timeout(
+        left,
+        tokio_tungstenite::client_async_tls_with_config(request, tcp, Some(ws_limits()), None),
+    )
+    .await
+    .map_err(|_| timed_out())?;
     match connected {
         Ok((ws, _)) => Ok(ws),
         Err(tungstenite::Error::Http(response)) => {
@@ -151,6 +173,14 @@ pub async fn connect(
             key,
         ))),
     }
+}
+
+/// Caps on what a vendor may send in one WebSocket message: audio chunks
+/// and transcripts are small; a peer sending more is cut off.
+fn ws_limits() -> tungstenite::protocol::WebSocketConfig {
+    tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(4 << 20))
+        .max_frame_size(Some(1 << 20))
 }
 
 /// The human part of a vendor's error body: the usual JSON fields, else

@@ -78,7 +78,7 @@ fn endpoint(base_url: Option<&str>, what: &str) -> Result<String, ProviderError>
 /// Why a request failed, from its status and body.
 async fn refusal(response: reqwest::Response, key: Option<&Secret>) -> ProviderError {
     let status = response.status().as_u16();
-    let body = response.text().await.unwrap_or_default();
+    let body = crate::net::error_text(response, 16 * 1024, TIMEOUT).await;
     ProviderError::Refused(scrub(
         &format!(
             "the OpenAI-compatible API answered HTTP {status}: {}",
@@ -146,7 +146,12 @@ impl OpenAiStt {
         if !response.status().is_success() {
             return Err(refusal(response, key).await);
         }
-        let body: Value = response.json().await.map_err(|e| unreachable(e, key))?;
+        let bytes = crate::net::read_limited(response, 256 * 1024, TIMEOUT)
+            .await
+            .map_err(|e| ProviderError::Unreachable(format!("the OpenAI-compatible API: {e}")))?;
+        let body: Value = serde_json::from_slice(&bytes).map_err(|_| {
+            ProviderError::Refused("the transcription answer is not JSON".into())
+        })?;
         let text = body.get("text").and_then(Value::as_str).ok_or_else(|| {
             ProviderError::Refused("the transcription answer has no \"text\"".into())
         })?;
