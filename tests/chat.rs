@@ -261,7 +261,7 @@ both_backends!(
 /// fails the same way, not with a server error.
 #[tokio::test]
 async fn an_unreachable_llm_is_a_502_not_a_server_error() {
-    let d = TestDaemon::builder().start().await;
+    let d = TestDaemon::builder().allow_loopback().start().await;
     let closed = common::free_port();
     let agent = create_agent(
         &d,
@@ -406,6 +406,7 @@ async fn llm_daemon() -> (TestDaemon, Shared, String) {
     )
     .await;
     let d = TestDaemon::builder()
+        .allow_loopback()
         .env("STANDIN_LLM_KEY", LLM_KEY)
         .env("WEATHER_TOOL_SECRET", TOOL_SECRET)
         .config(

@@ -1060,6 +1060,7 @@ async fn llm_call(mode: Llm) -> (TestDaemon, Shared, Vec<Seen>, Value) {
     .await;
     let d = TestDaemon::builder()
         .profile("carrier", &trunk())
+        .allow_loopback()
         .env("WEATHER_TOOL_SECRET", TOOL_SECRET)
         .config("[secrets.env.WEATHER_TOOL_SECRET]\nhosts = [\"127.0.0.1\"]")
         .start()

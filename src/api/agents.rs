@@ -532,8 +532,17 @@ async fn check_outbound(state: &AppState, s: &Settings) -> Result<(), ApiError> 
         ));
     }
     let mut d = Vec::new();
+    let defaults = [
+        LLM_BASE,
+        openai::DEFAULT_BASE_URL,
+        deepgram::DEFAULT_BASE_URL,
+        cartesia::DEFAULT_BASE_URL,
+    ];
     for (url_field, raw, env_field, env) in targets {
-        if let Err(e) = state.guard.check_url(&raw).await {
+        // A vendor's own default URL is the code's choice, not the key
+        // holder's: it is not resolved here (it is at connect time).
+        let given = !defaults.contains(&raw.as_str());
+        if given && let Err(e) = state.guard.check_url(&raw).await {
             d.push(FieldError {
                 field: url_field,
                 message: e.to_string(),

@@ -145,7 +145,7 @@ pub struct Builder {
     extra_config: String,
     /// Whether the generated config opens loopback to outbound requests
     /// (`[net] allowed_networks`), so agents may use the tests' stand-ins
-    /// on 127.0.0.1. On unless [`Builder::strict_net`].
+    /// on 127.0.0.1 (see [`Builder::allow_loopback`]).
     loopback_allowed: bool,
 }
 
@@ -170,10 +170,12 @@ impl Builder {
         self
     }
 
-    /// No `[net]` table in the generated config: the daemon's default
-    /// outbound policy (public addresses only), or the test's own `[net]`.
-    pub fn strict_net(mut self) -> Self {
-        self.loopback_allowed = false;
+    /// Opens loopback to outbound requests (`[net] allowed_networks`), so
+    /// agents may use the tests' stand-ins (LLM, tools, speech vendors) on
+    /// 127.0.0.1; the daemon's default policy refuses them. Webhook
+    /// endpoints are opened too (one policy for every outbound request).
+    pub fn allow_loopback(mut self) -> Self {
+        self.loopback_allowed = true;
         self
     }
 
@@ -279,7 +281,7 @@ impl TestDaemon {
             profiles: Vec::new(),
             env: Vec::new(),
             extra_config: String::new(),
-            loopback_allowed: true,
+            loopback_allowed: false,
         }
     }
 

@@ -1,0 +1,270 @@
+//! Black-box tests of the toll-fraud policy: a caller who talks the LLM
+//! into transferring to a number outside the agent's `transfer_targets`
+//! gets no transfer (SIPp, the caller, sees no REFER; the LLM reads the
+//! refusal and the transcript shows it); a number inside the list is
+//! transferred (control); `POST /v1/calls` to a number on the do-not-call
+//! list is a 403 and places nothing.
+
+// A test's unwrap, expect or panic is its failure report: the daemon's bans
+// (Cargo.toml `[lints]`) do not apply here.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::routing::post;
+use common::{
+    Backend, TestDaemon, chunk, finish, free_udp_port, json_of, run_sipp, serve, sse_body,
+    tool_call_chunks,
+};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const LIMIT: Duration = Duration::from_secs(30);
+const NUMBER: &str = "+14155552671";
+const ALLOWED: &str = "+14155550100";
+const PREMIUM: &str = "+19005550199";
+
+fn trunk() -> String {
+    "name = \"carrier\"\n[inbound]\nallow = [\"127.0.0.1/32\"]\n[limits]\nmax_calls = 10\n".into()
+}
+
+/// The stand-in LLM: to any caller input it asks `transfer_call` to the
+/// number it holds; given the tool's result it says that result aloud.
+/// It keeps every tool result it was sent.
+#[derive(Default)]
+struct StandIn {
+    target: String,
+    tool_results: Vec<String>,
+}
+
+type Shared = Arc<Mutex<StandIn>>;
+
+async fn llm(State(seen): State<Shared>, body: axum::Json<Value>) -> axum::response::Response {
+    let last = body["messages"]
+        .as_array()
+        .and_then(|m| m.last().cloned())
+        .unwrap_or(Value::Null);
+    let mut seen = seen.lock().unwrap();
+    let zero = Duration::ZERO;
+    let mut chunks = vec![(zero, chunk(json!({"role": "assistant", "content": ""})))];
+    if last["role"] == "tool" {
+        let result = last["content"].as_str().unwrap_or_default().to_string();
+        seen.tool_results.push(result.clone());
+        let text = if result.contains("refused") {
+            "Sorry, transfer refused."
+        } else {
+            "Transferring you now."
+        };
+        chunks.push((zero, chunk(json!({"content": text}))));
+    } else if last["role"] == "user" {
+        let args = json!({"to": seen.target}).to_string();
+        chunks.extend(
+            tool_call_chunks("call_t1", "transfer_call", &args)
+                .into_iter()
+                .map(|c| (zero, c)),
+        );
+    }
+    chunks.extend(finish().into_iter().map(|c| (zero, c)));
+    axum::response::Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(sse_body(chunks, Arc::default()))
+        .unwrap()
+}
+
+/// A daemon with a voice agent on the stand-in LLM allowed to transfer to
+/// [`ALLOWED`] only, bound to [`NUMBER`].
+async fn daemon(target: &str) -> (TestDaemon, Shared) {
+    let seen: Shared = Arc::new(Mutex::new(StandIn {
+        target: target.into(),
+        ..StandIn::default()
+    }));
+    let url = serve(
+        axum::Router::new()
+            .route("/v1/chat/completions", post(llm))
+            .with_state(seen.clone()),
+    )
+    .await;
+    let d = TestDaemon::builder()
+        .profile("carrier", &trunk())
+        .allow_loopback()
+        .start()
+        .await;
+    let (s, agent) = json_of(
+        d.post("/v1/agents")
+            .json(&json!({
+                "name": "desk", "kind": "voice", "max_duration_seconds": 60,
+                "greeting": "Front desk.",
+                "tts": {"provider": "embedded", "voice": "slt"},
+                "llm": {"provider": "openai", "base_url": format!("{url}/v1"), "model": "stand-in"},
+                "transfer_targets": [ALLOWED]
+            }))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{agent}");
+    assert_eq!(agent["transfer_targets"], json!([ALLOWED]));
+    let r = d
+        .post("/v1/phone-numbers")
+        .json(&json!({"number": NUMBER, "agent_id": agent["id"], "trunk_id": "trk_carrier"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    (d, seen)
+}
+
+async fn ended_call(d: &TestDaemon) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, page) = json_of(d.get("/v1/calls?limit=1").send().await.unwrap()).await;
+        if let Some(call) = page["items"].get(0)
+            && !call["ended_at"].is_null()
+        {
+            return call.clone();
+        }
+        assert!(Instant::now() < deadline, "no ended call: {page}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn call(d: &TestDaemon, scenario: &str) -> common::SippRun {
+    let media = free_udp_port().to_string();
+    run_sipp(
+        scenario,
+        free_udp_port(),
+        Some(([127, 0, 0, 1], d.sip_port).into()),
+        &["-s", NUMBER, "-mi", "127.0.0.1", "-mp", &media],
+        LIMIT,
+    )
+    .await
+}
+
+/// (a) The caller presses 1; the LLM tries to transfer to a premium-rate
+/// number outside the list. SIPp's scenario has no REFER in it, so a REFER
+/// would fail the run; the call ends with the caller's BYE, the LLM read
+/// the refusal and the transcript has the agent saying it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_llm_transfer_outside_the_list_sends_no_refer() {
+    let (d, seen) = daemon(PREMIUM).await;
+    let run = call(&d, "uac-invite-dtmf-1-listen-expect-200-bye.xml").await;
+    assert!(run.success, "{}\n{}", run.output, d.log());
+    let call = ended_call(&d).await;
+    assert_ne!(call["end_reason"], "transferred", "{call}");
+    {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.tool_results.len(), 1, "{}", d.log());
+        assert!(
+            seen.tool_results[0].contains("transfer refused"),
+            "{:?}",
+            seen.tool_results
+        );
+    }
+    let (s, t) = json_of(
+        d.get(&format!("/v1/calls/{}/transcript", call["id"].as_str().unwrap()))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{t}");
+    assert!(
+        t["turns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|turn| turn["speaker"] == "agent"
+                && turn["text"].as_str().unwrap().contains("transfer refused")),
+        "{t}"
+    );
+    assert!(d.log().contains("transfer refused"), "{}", d.log());
+}
+
+/// (b) Control: a number in the list is transferred (SIPp expects the REFER).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_llm_transfer_inside_the_list_is_sent() {
+    let (d, seen) = daemon(ALLOWED).await;
+    let run = call(&d, "uac-invite-dtmf-0-expect-refer-bye.xml").await;
+    assert!(run.success, "{}\n{}", run.output, d.log());
+    let call = ended_call(&d).await;
+    assert_eq!(call["end_reason"], "transferred", "{call}");
+    assert!(seen.lock().unwrap().tool_results[0].starts_with("ok"));
+}
+
+/// (c) `transfer_targets` entries are checked when saved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfer_targets_are_validated() {
+    let d = TestDaemon::builder().start().await;
+    let (s, b) = json_of(
+        d.post("/v1/agents")
+            .json(&json!({"name": "x", "kind": "voice",
+                          "llm": {"provider": "openai"},
+                          "transfer_targets": ["+14155550100", "+44*", "0800", "+*", "+1*"]}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+    let fields: Vec<&str> = b["error"]["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        fields,
+        vec![
+            "transfer_targets[2]",
+            "transfer_targets[3]",
+            "transfer_targets[4]"
+        ],
+        "{b}"
+    );
+}
+
+/// (d) The do-not-call list binds `POST /v1/calls`: 403, no call made; a
+/// number off the list goes on to the usual checks.
+async fn a_call_to_a_dnc_number_is_forbidden(backend: Backend) {
+    let d = TestDaemon::builder()
+        .backend(backend)
+        .profile("carrier", &trunk())
+        .start()
+        .await;
+    let r = d
+        .post("/v1/do-not-call")
+        .json(&json!({"number": "+1 415 555 0199", "reason": "asked"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let (s, b) = json_of(
+        d.post("/v1/calls")
+            .json(&json!({"from": NUMBER, "to": "+14155550199"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
+    assert_eq!(b["error"]["code"], "do_not_call", "{b}");
+    let (_, page) = json_of(d.get("/v1/calls").send().await.unwrap()).await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 0, "{page}");
+    // Off the list: not a 403 (here a 422, the `from` number is unknown).
+    let (s, b) = json_of(
+        d.post("/v1/calls")
+            .json(&json!({"from": NUMBER, "to": "+14155550198"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+}
+
+both_backends!(a_call_to_a_dnc_number_is_forbidden);
