@@ -37,6 +37,47 @@ use crate::store::{Store, StoreError};
 use crate::trunk::{RegistrationStatus, TrunkStates};
 use crate::webhook::{self, Outbox, worker::Worker};
 
+/// Seals the webhook signing secrets stored before a key was configured
+/// (or before sealing existed): once a key is given, none stays plain.
+async fn seal_webhook_secrets(
+    store: &Store,
+    sealer: &crate::secrets::Sealer,
+) -> Result<(), StartError> {
+    if !sealer.has_key() {
+        tracing::warn!(
+            "no key for stored secrets (AGENTLINE_SECRETS_KEY or [secrets] key_file): \
+             webhook signing secrets are stored in clear and /v1/credentials is off"
+        );
+        return Ok(());
+    }
+    let purpose = crate::secrets::WEBHOOK_PURPOSE;
+    let seal = |s: &str| -> Result<String, StartError> {
+        if crate::secrets::Sealer::is_sealed(s) {
+            return Ok(s.to_string());
+        }
+        sealer
+            .seal(purpose, s)
+            .map_err(|e| ConfigError::new("config", "secrets", e.to_string()).into())
+    };
+    let rows = store.unsealed_endpoint_secrets().await?;
+    let count = rows.len();
+    for (id, secret, previous) in rows {
+        let new_secret = seal(&secret)?;
+        let new_previous = previous.as_deref().map(seal).transpose()?;
+        store
+            .reseal_endpoint_secrets(
+                &id,
+                (&secret, previous.as_deref()),
+                (&new_secret, new_previous.as_deref()),
+            )
+            .await?;
+    }
+    if count > 0 {
+        tracing::info!(endpoints = count, "webhook signing secrets sealed");
+    }
+    Ok(())
+}
+
 /// Why the daemon could not start, with the exit code it maps to.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -123,8 +164,26 @@ impl App {
         )
         .map_err(|e| ConfigError::new("config", "net", e))?;
         crate::net::install(outbound);
+        let sealer = config
+            .secrets
+            .sealer()
+            .map_err(|e| ConfigError::new("config", "secrets", e))?;
+        // Prompts play from the media directory or from uploads in the
+        // store, loaded once.
+        let library = crate::agent::prompts::Library::new(
+            config.media.dir.as_deref(),
+            config.media.max_bytes,
+            Some(Arc::new(crate::api::audio::StoreAudio(store.clone()))),
+        )
+        .map_err(|e| ConfigError::new("config", "media.dir", e))?;
+        crate::agent::prompts::install(library);
+        seal_webhook_secrets(&store, &sealer).await?;
+        crate::secrets::install_credentials(Arc::new(crate::api::credentials::StoreCredentials {
+            store: store.clone(),
+            sealer: sealer.clone(),
+        }));
         let outbox = Outbox::new(store.clone());
-        let worker = Worker::new(store.clone(), &outbox, &config.webhooks)?;
+        let worker = Worker::new(store.clone(), &outbox, &config.webhooks, sealer.clone())?;
         let trunks = Arc::new(TrunkStates::default());
         seed_trunk_states(&trunks, &profiles);
         metrics::gauge!(crate::metrics::TRUNKS_CONFIGURED).set(profiles.by_name.len() as f64);
@@ -147,6 +206,7 @@ impl App {
             trunks,
             Arc::new(Readiness::default()),
             metrics,
+            sealer,
         );
         Ok(Self {
             profiles_dir: config.profiles.dir.clone(),

@@ -27,6 +27,8 @@ pub const CAMPAIGN: &str = "cmp";
 pub const CONTACT: &str = "cnt";
 pub const ATTEMPT: &str = "att";
 pub const DNC: &str = "dnc";
+pub const AUDIO: &str = "aud";
+pub const CREDENTIAL: &str = "cred";
 pub const CHAT_SESSION: &str = "chat";
 pub const CHAT_MESSAGE: &str = "msg";
 

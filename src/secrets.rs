@@ -85,6 +85,9 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// The associated data of sealed webhook signing secrets.
+pub const WEBHOOK_PURPOSE: &str = "webhook";
+
 /// The prefix of a value sealed by [`Sealer`] (version 1: AES-256-GCM).
 const SEALED_PREFIX: &str = "enc:v1:";
 
@@ -149,6 +152,16 @@ impl Sealer {
         self.key.is_some()
     }
 
+    /// Seals `plain` when a key is configured, else keeps it as is (webhook
+    /// signing secrets must keep working on a daemon without a key).
+    pub fn seal_if_keyed(&self, purpose: &str, plain: &str) -> Result<String, SealError> {
+        if self.has_key() {
+            self.seal(purpose, plain)
+        } else {
+            Ok(plain.to_string())
+        }
+    }
+
     /// Encrypts `plain` for `purpose`.
     pub fn seal(&self, purpose: &str, plain: &str) -> Result<String, SealError> {
         use base64::Engine;
@@ -202,6 +215,41 @@ impl Sealer {
     /// Whether a stored value is sealed.
     pub fn is_sealed(stored: &str) -> bool {
         stored.starts_with(SEALED_PREFIX)
+    }
+}
+
+/// Where stored credentials come from (the store, through the API's
+/// sealer): the value of credential `id` and the hosts it may go to.
+#[async_trait::async_trait]
+pub trait CredentialSource: Send + Sync {
+    async fn credential(&self, id: &str) -> Result<Option<(Secret, Vec<String>)>, String>;
+}
+
+static CREDENTIALS: std::sync::OnceLock<std::sync::Arc<dyn CredentialSource>> =
+    std::sync::OnceLock::new();
+
+/// Installs the process's credential source (once, at start).
+pub fn install_credentials(source: std::sync::Arc<dyn CredentialSource>) -> bool {
+    CREDENTIALS.set(source).is_ok()
+}
+
+/// The value of stored credential `id`, if it may be sent to `url`'s host
+/// (its `hosts`, compared as `[secrets.env]` hosts are).
+pub async fn credential_for(id: &str, url: &url::Url) -> Result<Secret, String> {
+    let source = CREDENTIALS
+        .get()
+        .ok_or("stored credentials are not available")?;
+    let (secret, hosts) = source
+        .credential(id)
+        .await?
+        .ok_or_else(|| format!("no credential {id}"))?;
+    if crate::net::host_allowed(&hosts, url) {
+        Ok(secret)
+    } else {
+        Err(format!(
+            "credential {id} may not be sent to {}",
+            url.host_str().unwrap_or_default()
+        ))
     }
 }
 

@@ -9,6 +9,8 @@
 //! - [`session`]: the agent on one call, attached to the call's media
 //!   session (a sans-IO core and its driver); [`runner`]: the agents a
 //!   call runs (`echo`, `prompt`, `voice`) as the call task sees them.
+//! - [`prompts`]: the audio a `prompt` agent may play (media directory,
+//!   uploads), loaded once.
 //! - [`providers`]: the STT and TTS seams; [`speech`]: which engine a call
 //!   gets; [`engines`]: the embedded ones (PocketSphinx, flite);
 //!   [`vendors`]: the cloud ones (OpenAI-compatible, Deepgram, Cartesia).
@@ -36,6 +38,7 @@
 pub mod brain;
 pub mod chunker;
 pub mod engines;
+pub mod prompts;
 pub mod providers;
 pub mod runner;
 pub mod session;
@@ -68,8 +71,10 @@ pub struct LlmConfig {
     pub model: Option<String>,
     /// The environment variable holding the API key.
     pub api_key_env: Option<String>,
-    /// A key the caller resolved already (a stored credential); wins over
-    /// `api_key_env`.
+    /// A stored credential (`cred_...`) holding the key.
+    pub credential_id: Option<String>,
+    /// The key of `credential_id`, opened by
+    /// [`BrainConfig::resolve_credentials`]; wins over `api_key_env`.
     pub api_key: Option<Secret>,
 }
 
@@ -130,6 +135,8 @@ struct StoredLlm {
     model: Option<String>,
     #[serde(default)]
     api_key_env: Option<String>,
+    #[serde(default)]
+    credential_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -161,6 +168,7 @@ impl BrainConfig {
                 base_url: l.base_url,
                 model: l.model,
                 api_key_env: l.api_key_env,
+                credential_id: l.credential_id,
                 api_key: None,
             }),
             tools: s
@@ -177,6 +185,29 @@ impl BrainConfig {
                 .collect(),
             transfer_targets: s.transfer_targets,
         })
+    }
+}
+
+impl BrainConfig {
+    /// Opens the stored credential the LLM names (if any), refused unless
+    /// it may be sent to the LLM's URL. Run before [`build_brain`].
+    pub async fn resolve_credentials(&mut self) -> Result<(), BrainError> {
+        let Some(l) = self.llm.as_mut() else {
+            return Ok(());
+        };
+        let Some(id) = l.credential_id.clone() else {
+            return Ok(());
+        };
+        let base = l
+            .base_url
+            .as_deref()
+            .unwrap_or(brain::openai::DEFAULT_BASE_URL);
+        let url = checked_url("llm.base_url", base)?;
+        let key = crate::secrets::credential_for(&id, &url)
+            .await
+            .map_err(|e| BrainError::Config(format!("llm.credential_id: {e}")))?;
+        l.api_key = Some(key);
+        Ok(())
     }
 }
 
@@ -224,6 +255,11 @@ pub fn build_brain(config: &BrainConfig) -> Result<Arc<dyn Brain>, BrainError> {
             let base_url = checked_url("llm.base_url", base)?;
             let key = match (&llm.api_key, llm.api_key_env.as_deref()) {
                 (Some(k), _) => Some(k.clone()),
+                (None, _) if llm.credential_id.is_some() => {
+                    return Err(BrainError::Config(
+                        "llm.credential_id: the stored credential was not opened".into(),
+                    ));
+                }
                 (None, Some(name)) => Some(bound_secret("llm.api_key_env", name, &base_url)?),
                 (None, None) => None,
             };
@@ -283,8 +319,13 @@ pub fn build_brain(config: &BrainConfig) -> Result<Arc<dyn Brain>, BrainError> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PromptSettings {
+    /// A WAV file in the operator's media directory (`[media] dir`),
+    /// relative to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wav_path: Option<String>,
+    /// Audio uploaded with `POST /v1/audio` (`aud_...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tone_hz: Option<u32>,
     /// How long the tone plays; ignored for a WAV file.

@@ -13,7 +13,6 @@
 //! maps a request to its end reason and stores the transcript.
 
 use std::f64::consts::PI;
-use std::path::Path;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -108,7 +107,28 @@ impl AgentRun {
                 Ok(AgentRun::Prompt { audio: Some(audio) })
             }
             "voice" => {
-                let session = voice_session(settings, settings_json, speech, inbound)?;
+                // Stored credentials are opened here, where awaiting is
+                // possible, and checked against the URLs they go to.
+                let mut settings = settings.clone();
+                if let Some(c) = settings.stt.as_mut() {
+                    let base = c.provider.default_base();
+                    super::speech::resolve_credential(c, base)
+                        .await
+                        .map_err(|e| format!("voice agent speech-to-text: {e}"))?;
+                }
+                if let Some(c) = settings.tts.as_mut() {
+                    let base = c.provider.default_base();
+                    super::speech::resolve_credential(c, base)
+                        .await
+                        .map_err(|e| format!("voice agent text-to-speech: {e}"))?;
+                }
+                let mut brain_config = BrainConfig::from_settings(settings_json)
+                    .map_err(|e| format!("voice agent settings: {e}"))?;
+                brain_config
+                    .resolve_credentials()
+                    .await
+                    .map_err(|e| format!("voice agent brain: {e}"))?;
+                let session = voice_session(&settings, &brain_config, speech, inbound)?;
                 Ok(AgentRun::Voice(Box::new(Voice {
                     session: Some(session),
                     dtmf: None,
@@ -233,13 +253,11 @@ impl Voice {
 /// The `voice` agent's session, from the agent's settings.
 fn voice_session(
     settings: &CallSettings,
-    settings_json: &str,
+    brain_config: &BrainConfig,
     speech: &Speech,
     inbound: bool,
 ) -> Result<AgentSession, String> {
-    let brain_config = BrainConfig::from_settings(settings_json)
-        .map_err(|e| format!("voice agent settings: {e}"))?;
-    let brain = build_brain(&brain_config).map_err(|e| format!("voice agent brain: {e}"))?;
+    let brain = build_brain(brain_config).map_err(|e| format!("voice agent brain: {e}"))?;
     let stt = speech
         .stt(settings.stt.as_ref())
         .map_err(|e| format!("voice agent speech-to-text: {e}"))?;
@@ -285,12 +303,24 @@ fn summary_of(said: &[Said]) -> Option<String> {
     Some(text.chars().take(SUMMARY_CHARS).collect())
 }
 
+/// The prompt's audio: a file from the media directory or an upload, both
+/// through the [`super::prompts`] library (checked, capped, loaded once),
+/// never a path opened as given.
 async fn prompt_audio(settings: &PromptSettings) -> Result<Vec<i16>, String> {
+    let library = super::prompts::library();
     if let Some(path) = &settings.wav_path {
-        let bytes = tokio::fs::read(Path::new(path))
+        let samples = library
+            .file(path)
             .await
-            .map_err(|e| format!("cannot read {path}: {e}"))?;
-        return crate::media::wav::read_mono_8k(&bytes).map_err(|e| format!("{path}: {e}"));
+            .map_err(|e| format!("prompt.wav_path {path:?}: {e}"))?;
+        return Ok(samples.as_ref().clone());
+    }
+    if let Some(id) = &settings.audio_id {
+        let samples = library
+            .upload(id)
+            .await
+            .map_err(|e| format!("prompt.audio_id {id}: {e}"))?;
+        return Ok(samples.as_ref().clone());
     }
     let hz = settings.tone_hz.unwrap_or(440);
     Ok(tone(f64::from(hz), settings.duration_ms))

@@ -129,6 +129,80 @@ pub struct SpeechChoice<K> {
     /// The environment variable that holds the API key.
     #[serde(default)]
     pub api_key_env: Option<String>,
+    /// A stored credential (`cred_...`) holding the API key.
+    #[serde(default)]
+    pub credential_id: Option<String>,
+    /// The key of `credential_id`, opened by [`resolve_credential`] before
+    /// the engine is built; never stored.
+    #[serde(skip)]
+    pub key: Option<super::brain::Secret>,
+}
+
+/// Opens the stored credential a choice names (if any) into its `key`,
+/// refused unless it may go to the choice's URL (`default_base` when it
+/// gives none; `None` for embedded engines, which need no key).
+pub async fn resolve_credential<K>(
+    c: &mut SpeechChoice<K>,
+    default_base: Option<&str>,
+) -> Result<(), ProviderError> {
+    let (Some(id), Some(base)) = (c.credential_id.clone(), c.base_url.as_deref().or(default_base))
+    else {
+        return Ok(());
+    };
+    let url = url::Url::parse(base)
+        .map_err(|_| ProviderError::Config(format!("base_url {base:?} is not a URL")))?;
+    let key = crate::secrets::credential_for(&id, &url)
+        .await
+        .map_err(ProviderError::Config)?;
+    c.key = Some(key);
+    Ok(())
+}
+
+impl SttKind {
+    /// The vendor's own base URL (`None`: the embedded engine).
+    pub fn default_base(self) -> Option<&'static str> {
+        match self {
+            SttKind::Embedded => None,
+            SttKind::Openai => Some(vendors::openai::DEFAULT_BASE_URL),
+            SttKind::Deepgram => Some(vendors::deepgram::DEFAULT_BASE_URL),
+        }
+    }
+}
+
+impl TtsKind {
+    /// The vendor's own base URL (`None`: no key is sent).
+    pub fn default_base(self) -> Option<&'static str> {
+        match self {
+            TtsKind::Embedded | TtsKind::Elevenlabs => None,
+            TtsKind::Openai => Some(vendors::openai::DEFAULT_BASE_URL),
+            TtsKind::Cartesia => Some(vendors::cartesia::DEFAULT_BASE_URL),
+        }
+    }
+}
+
+/// The key for a vendor: the opened credential, else the environment
+/// variable the agent names (or the vendor's default), bound to its host.
+fn key_of<K>(
+    c: &SpeechChoice<K>,
+    default_env: &str,
+    required: bool,
+    default_base: &str,
+) -> Result<Option<super::brain::Secret>, ProviderError> {
+    if let Some(k) = &c.key {
+        return Ok(Some(k.clone()));
+    }
+    if c.credential_id.is_some() {
+        return Err(ProviderError::Config(
+            "the stored credential was not opened".into(),
+        ));
+    }
+    vendors::api_key(
+        c.api_key_env.as_deref(),
+        default_env,
+        required,
+        c.base_url.as_deref(),
+        default_base,
+    )
 }
 
 /// The engines a call can get; clones share the recognizer pool.
@@ -195,13 +269,7 @@ impl Speech {
             }
             SttKind::Openai => {
                 let c = choice.ok_or_else(no_settings)?;
-                let key = vendors::api_key(
-                    c.api_key_env.as_deref(),
-                    "OPENAI_API_KEY",
-                    false,
-                    c.base_url.as_deref(),
-                    vendors::openai::DEFAULT_BASE_URL,
-                )?;
+                let key = key_of(c, "OPENAI_API_KEY", false, vendors::openai::DEFAULT_BASE_URL)?;
                 Ok(Arc::new(OpenAiStt::new(
                     http()?,
                     c.base_url.as_deref(),
@@ -212,13 +280,7 @@ impl Speech {
             }
             SttKind::Deepgram => {
                 let c = choice.ok_or_else(no_settings)?;
-                let key = vendors::api_key(
-                    c.api_key_env.as_deref(),
-                    "DEEPGRAM_API_KEY",
-                    true,
-                    c.base_url.as_deref(),
-                    vendors::deepgram::DEFAULT_BASE_URL,
-                )?
+                let key = key_of(c, "DEEPGRAM_API_KEY", true, vendors::deepgram::DEFAULT_BASE_URL)?
                     .ok_or_else(no_settings)?;
                 Ok(Arc::new(Deepgram::new(
                     c.base_url.as_deref(),
@@ -254,13 +316,7 @@ impl Speech {
             }
             TtsKind::Openai => {
                 let c = choice.ok_or_else(no_settings)?;
-                let key = vendors::api_key(
-                    c.api_key_env.as_deref(),
-                    "OPENAI_API_KEY",
-                    false,
-                    c.base_url.as_deref(),
-                    vendors::openai::DEFAULT_BASE_URL,
-                )?;
+                let key = key_of(c, "OPENAI_API_KEY", false, vendors::openai::DEFAULT_BASE_URL)?;
                 Ok(Arc::new(OpenAiTts::new(
                     http()?,
                     c.base_url.as_deref(),
@@ -271,13 +327,7 @@ impl Speech {
             }
             TtsKind::Cartesia => {
                 let c = choice.ok_or_else(no_settings)?;
-                let key = vendors::api_key(
-                    c.api_key_env.as_deref(),
-                    "CARTESIA_API_KEY",
-                    true,
-                    c.base_url.as_deref(),
-                    vendors::cartesia::DEFAULT_BASE_URL,
-                )?
+                let key = key_of(c, "CARTESIA_API_KEY", true, vendors::cartesia::DEFAULT_BASE_URL)?
                     .ok_or_else(no_settings)?;
                 Ok(Arc::new(Cartesia::new(
                     c.base_url.as_deref(),

@@ -73,7 +73,9 @@ pub enum TtsProvider {
 }
 
 /// Which engine a pipeline stage uses and how to reach it. Secrets are never
-/// stored here: `api_key_env` names the environment variable that holds one.
+/// stored here: `api_key_env` names an environment variable the operator
+/// listed in `[secrets.env]` for the URL's host, or `credential_id` a
+/// credential stored with `POST /v1/credentials`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderChoice<P> {
@@ -88,6 +90,8 @@ pub struct ProviderChoice<P> {
     pub language: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key_env: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_id: Option<String>,
 }
 
 /// An HTTP tool the LLM may call; the daemon POSTs the arguments to `url`.
@@ -448,15 +452,32 @@ fn validate(name: &str, kind: AgentKind, s: &Settings) -> Result<(), ApiError> {
         );
     }
     match (kind, &s.prompt) {
-        (AgentKind::Prompt, None) => bad("prompt", "a prompt agent needs wav_path or tone_hz"),
-        (AgentKind::Prompt, Some(p)) => match (&p.wav_path, p.tone_hz) {
-            (Some(_), Some(_)) | (None, None) => {
-                bad("prompt", "give exactly one of wav_path and tone_hz")
+        (AgentKind::Prompt, None) => bad(
+            "prompt",
+            "a prompt agent needs wav_path, audio_id or tone_hz",
+        ),
+        (AgentKind::Prompt, Some(p)) => match (
+            &p.wav_path,
+            p.tone_hz,
+            [p.wav_path.is_some(), p.audio_id.is_some(), p.tone_hz.is_some()]
+                .iter()
+                .filter(|x| **x)
+                .count(),
+        ) {
+            (_, _, n) if n != 1 => bad(
+                "prompt",
+                "give exactly one of wav_path, audio_id and tone_hz",
+            ),
+            // Only a regular file inside the operator's media directory,
+            // never a path as given (`/dev/zero`, `/etc/passwd`).
+            (Some(path), _, _) if crate::agent::prompts::library().resolve(path).is_err() => {
+                let message = crate::agent::prompts::library()
+                    .resolve(path)
+                    .err()
+                    .unwrap_or_default();
+                bad("prompt.wav_path", &message)
             }
-            (Some(path), None) if std::fs::File::open(path).is_err() => {
-                bad("prompt.wav_path", "cannot be read by the daemon")
-            }
-            (None, Some(hz)) if !(50..=4000).contains(&hz) => {
+            (None, Some(hz), _) if !(50..=4000).contains(&hz) => {
                 bad("prompt.tone_hz", "must be between 50 and 4000")
             }
             _ if !(100..=600_000).contains(&p.duration_ms) => {
@@ -483,14 +504,16 @@ async fn check_outbound(state: &AppState, s: &Settings) -> Result<(), ApiError> 
     use crate::agent::brain::openai::DEFAULT_BASE_URL as LLM_BASE;
     use crate::agent::vendors::{cartesia, deepgram, openai};
     let outbound = crate::net::outbound();
-    // (field of the URL, the URL, field of the variable, the variable)
-    let mut targets: Vec<(String, String, String, Option<String>)> = Vec::new();
+    // (stage, the URL, field of the variable, the variable, the credential)
+    type Target = (String, String, String, Option<String>, Option<String>);
+    let mut targets: Vec<Target> = Vec::new();
     if let Some(l) = s.llm.as_ref().filter(|l| l.provider == LlmProvider::Openai) {
         targets.push((
             "llm.base_url".into(),
             l.base_url.clone().unwrap_or_else(|| LLM_BASE.into()),
             "llm.api_key_env".into(),
             l.api_key_env.clone(),
+            l.credential_id.clone(),
         ));
     }
     if let Some(c) = &s.stt {
@@ -505,6 +528,7 @@ async fn check_outbound(state: &AppState, s: &Settings) -> Result<(), ApiError> 
                 c.base_url.clone().unwrap_or_else(|| base.into()),
                 "stt.api_key_env".into(),
                 c.api_key_env.clone(),
+                c.credential_id.clone(),
             ));
         }
     }
@@ -520,6 +544,7 @@ async fn check_outbound(state: &AppState, s: &Settings) -> Result<(), ApiError> 
                 c.base_url.clone().unwrap_or_else(|| base.into()),
                 "tts.api_key_env".into(),
                 c.api_key_env.clone(),
+                c.credential_id.clone(),
             ));
         }
     }
@@ -529,6 +554,7 @@ async fn check_outbound(state: &AppState, s: &Settings) -> Result<(), ApiError> 
             t.url.clone(),
             format!("tools[{i}].secret_env"),
             t.secret_env.clone(),
+            None,
         ));
     }
     let mut d = Vec::new();
@@ -538,7 +564,7 @@ async fn check_outbound(state: &AppState, s: &Settings) -> Result<(), ApiError> 
         deepgram::DEFAULT_BASE_URL,
         cartesia::DEFAULT_BASE_URL,
     ];
-    for (url_field, raw, env_field, env) in targets {
+    for (url_field, raw, env_field, env, credential) in targets {
         // A vendor's own default URL is the code's choice, not the key
         // holder's: it is not resolved here (it is at connect time).
         let given = !defaults.contains(&raw.as_str());
@@ -549,13 +575,42 @@ async fn check_outbound(state: &AppState, s: &Settings) -> Result<(), ApiError> 
             });
             continue;
         }
-        let (Some(name), Ok(url)) = (env, url::Url::parse(&raw)) else {
+        let Ok(url) = url::Url::parse(&raw) else {
+            continue;
+        };
+        if let Some(id) = credential {
+            let field = env_field.replace("api_key_env", "credential_id");
+            if env.is_some() {
+                d.push(FieldError {
+                    field,
+                    message: "give api_key_env or credential_id, not both".into(),
+                });
+            } else if let Err(message) = super::credentials::check_use(state, &id, &url).await {
+                d.push(FieldError { field, message });
+            }
+            continue;
+        }
+        let Some(name) = env else {
             continue;
         };
         if let Err(e) = outbound.may_send(&name, &url, false) {
             d.push(FieldError {
                 field: env_field,
                 message: e.to_string(),
+            });
+        }
+    }
+    if let Some(id) = s.prompt.as_ref().and_then(|p| p.audio_id.as_deref()) {
+        let known = ids::has_prefix(id, ids::AUDIO)
+            && match state.store.get_audio(id).await {
+                Ok(_) => true,
+                Err(crate::store::StoreError::NotFound) => false,
+                Err(e) => return Err(e.into()),
+            };
+        if !known {
+            d.push(FieldError {
+                field: "prompt.audio_id".into(),
+                message: "no such uploaded audio (POST /v1/audio)".into(),
             });
         }
     }

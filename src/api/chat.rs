@@ -200,7 +200,8 @@ async fn brain_for(
     agent_id: &str,
 ) -> Result<std::sync::Arc<dyn Brain>, ApiError> {
     let agent = super::agents::fetch(state, agent_id).await?;
-    let config = super::agents::brain_config(&agent)?;
+    let mut config = super::agents::brain_config(&agent)?;
+    config.resolve_credentials().await.map_err(brain_error)?;
     crate::agent::build_brain(&config).map_err(brain_error)
 }
 

@@ -14,11 +14,13 @@
 mod agents;
 mod api_keys;
 mod audit;
+pub mod audio;
 pub mod auth;
 pub(crate) mod calls;
 mod campaign_contacts;
 pub(crate) mod campaigns;
 mod chat;
+pub mod credentials;
 mod deliveries;
 mod dnc;
 pub mod error;
@@ -101,6 +103,10 @@ pub struct Inner {
     metrics: Option<PrometheusHandle>,
     /// The OpenAPI document, rendered once.
     openapi_json: String,
+    /// `[media]`: the cap on uploaded audio.
+    pub media: crate::config::MediaConfig,
+    /// Seals stored secrets (credentials, webhook signing secrets).
+    pub sealer: crate::secrets::Sealer,
 }
 
 impl Deref for AppState {
@@ -191,6 +197,8 @@ pub(crate) fn routers(metrics_open: bool) -> (OpenApiRouter<AppState>, OpenApiRo
         .merge(campaigns::router())
         .merge(campaign_contacts::router())
         .merge(dnc::router())
+        .merge(audio::router())
+        .merge(credentials::router())
         .merge(chat::router())
         .merge(webhook_endpoints::router())
         .merge(events::router())
@@ -224,6 +232,7 @@ impl AppState {
         trunks: Arc<TrunkStates>,
         readiness: Arc<Readiness>,
         metrics: Option<PrometheusHandle>,
+        sealer: crate::secrets::Sealer,
     ) -> Self {
         AppState(Arc::new(Inner {
             store: outbox.store().clone(),
@@ -243,6 +252,8 @@ impl AppState {
             readiness,
             metrics,
             openapi_json: openapi_json(config.api.metrics_open),
+            media: config.media.clone(),
+            sealer,
         }))
     }
 }

@@ -171,6 +171,11 @@ async fn create_endpoint(
     let events = validate(&body.url, body.description.as_deref(), &events)?;
     check_address(&state, &body.url).await?;
     let secret = secrets::new_webhook_secret();
+    // Stored sealed (AES-256-GCM) when the operator gave a key.
+    let stored = state
+        .sealer
+        .seal_if_keyed(secrets::WEBHOOK_PURPOSE, &secret)
+        .map_err(ApiError::internal)?;
     let fields = EndpointFields {
         url: &body.url,
         description: body.description.as_deref(),
@@ -179,7 +184,7 @@ async fn create_endpoint(
     };
     let record = state
         .store
-        .insert_endpoint(&ids::new(ids::WEBHOOK_ENDPOINT), &secret, fields)
+        .insert_endpoint(&ids::new(ids::WEBHOOK_ENDPOINT), &stored, fields)
         .await?;
     Ok((
         StatusCode::CREATED,
@@ -352,10 +357,14 @@ async fn rotate_secret(
     }
     fetch(&state, &id).await?;
     let secret = secrets::new_webhook_secret();
+    let stored = state
+        .sealer
+        .seal_if_keyed(secrets::WEBHOOK_PURPOSE, &secret)
+        .map_err(ApiError::internal)?;
     let until = crate::store::now() + chrono::Duration::seconds(overlap as i64);
     state
         .store
-        .rotate_endpoint_secret(&id, &secret, until)
+        .rotate_endpoint_secret(&id, &stored, until)
         .await?;
     Ok(Json(SecretRotated {
         secret,

@@ -240,6 +240,18 @@ impl Outbound {
     }
 }
 
+/// Whether `url`'s host is one of `hosts` (names, IP literals or
+/// `*.suffix`), compared case-insensitively.
+pub fn host_allowed(hosts: &[String], url: &url::Url) -> bool {
+    let host = url
+        .host_str()
+        .unwrap_or_default()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
+    hosts.iter().any(|h| host_matches(h, &host))
+}
+
 /// `pattern` (from the config) against a lower-case host.
 fn host_matches(pattern: &str, host: &str) -> bool {
     let pattern = pattern.trim().to_ascii_lowercase();

@@ -14,6 +14,8 @@
 
 pub mod agents;
 pub mod audit;
+pub mod audio;
+pub mod credentials;
 pub mod calls;
 pub mod campaigns;
 pub mod chat;

@@ -100,6 +100,32 @@ impl Store {
         self.get_endpoint(id).await
     }
 
+    /// Endpoints whose current or previous secret is not sealed yet:
+    /// (id, secret, previous secret).
+    pub async fn unsealed_endpoint_secrets(&self) -> Result<Vec<(String, String, Option<String>)>> {
+        Ok(on_pool!(self, p => sqlx::query_as::<_, (String, String, Option<String>)>(
+            "SELECT id, secret, previous_secret FROM webhook_endpoints
+             WHERE secret NOT LIKE 'enc:%' OR previous_secret NOT LIKE 'enc:%'")
+            .fetch_all(p).await)?)
+    }
+
+    /// Replaces an endpoint's secrets by their sealed forms, only if they
+    /// are still `old` (another node may have sealed them meanwhile).
+    pub async fn reseal_endpoint_secrets(
+        &self,
+        id: &str,
+        old: (&str, Option<&str>),
+        new: (&str, Option<&str>),
+    ) -> Result<()> {
+        on_pool!(self, p => sqlx::query(
+            "UPDATE webhook_endpoints SET secret = $4, previous_secret = $5
+             WHERE id = $1 AND secret = $2
+               AND (previous_secret = $3 OR (previous_secret IS NULL AND $3 IS NULL))")
+            .bind(id).bind(old.0).bind(old.1).bind(new.0).bind(new.1)
+            .execute(p).await.map(|_| ()))?;
+        Ok(())
+    }
+
     /// Makes `secret` the signing secret; the current one stays valid until
     /// `previous_expires_at`.
     pub async fn rotate_endpoint_secret(

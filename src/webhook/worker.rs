@@ -49,6 +49,8 @@ struct Ctx {
     backoff: Backoff,
     /// Woken when a request slot frees, so the loop claims again.
     wake: Arc<Notify>,
+    /// Opens the endpoints' sealed signing secrets.
+    sealer: crate::secrets::Sealer,
 }
 
 /// The worker, built from the config; [`Worker::run`] drives it.
@@ -92,6 +94,7 @@ impl Worker {
         store: Store,
         outbox: &Outbox,
         config: &WebhooksConfig,
+        sealer: crate::secrets::Sealer,
     ) -> Result<Self, reqwest::Error> {
         let outbound = crate::net::outbound();
         let guard = outbound.guard().clone();
@@ -103,6 +106,7 @@ impl Worker {
                 guard,
                 backoff: Backoff::new(config),
                 wake: outbox.wake.clone(),
+                sealer,
             }),
             config: config.clone(),
             wake: outbox.wake.clone(),
@@ -270,12 +274,20 @@ async fn send(ctx: &Ctx, c: &Claimed, timestamp: i64) -> Response {
         return Response::Blocked(e.to_string());
     }
     let now = Utc::now();
-    let mut secrets = vec![c.secret.as_str()];
+    // Secrets are stored sealed when the operator gave a key.
+    let open = |s: &str| ctx.sealer.open(crate::secrets::WEBHOOK_PURPOSE, s);
+    let current = match open(&c.secret) {
+        Ok(s) => s,
+        Err(e) => return Response::Transport(format!("signing secret: {e}")),
+    };
+    let mut opened = vec![current];
     if let (Some(prev), Some(until)) = (&c.previous_secret, c.previous_secret_expires_at)
         && until > now
+        && let Ok(p) = open(prev)
     {
-        secrets.push(prev.as_str());
+        opened.push(p);
     }
+    let secrets: Vec<&str> = opened.iter().map(|s| s.expose()).collect();
     let signature =
         match signing::signature_header(&secrets, &c.event_id, timestamp, c.payload.as_bytes()) {
             Ok(s) => s,
