@@ -111,7 +111,6 @@ async fn unlisted_variables_are_refused(backend: Backend) {
     assert!(seen.lock().unwrap().is_empty());
 }
 
-both_backends!(unlisted_variables_are_refused);
 
 /// (b) The secret goes to its bound host (control), and stops going there
 /// at use once the operator binds it elsewhere: the request is refused
@@ -183,3 +182,210 @@ async fn a_secret_goes_only_to_the_hosts_it_is_bound_to() {
     assert_eq!(seen.lock().unwrap().len(), 1, "a request left with the key");
     assert!(!d.log().contains(KEY), "the key is in the log");
 }
+
+const SEAL_KEY: &str = "8f1e2d3c4b5a69788796a5b4c3d2e1f00112233445566778899aabbccddeeff0";
+
+/// (c) Stored credentials: write-only (no read shows the value), sealed in
+/// the store, sent only to their hosts; without a key they are refused.
+async fn credentials_are_write_only_sealed_and_bound(backend: Backend) {
+    const VALUE: &str = "sk-stored-credential-5521";
+    let (base, seen) = stand_in().await;
+    let d = TestDaemon::builder()
+        .backend(backend)
+        .allow_loopback()
+        .env("AGENTLINE_SECRETS_KEY", SEAL_KEY)
+        .start()
+        .await;
+    let (s, c) = json_of(
+        d.post("/v1/credentials")
+            .json(&json!({"name": "llm", "value": VALUE, "hosts": ["127.0.0.1"]}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{c}");
+    assert!(!c.to_string().contains(VALUE), "{c}");
+    let id = c["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("cred_"), "{c}");
+    assert_eq!(c["hosts"], json!(["127.0.0.1"]));
+    for path in [format!("/v1/credentials/{id}"), "/v1/credentials".to_string()] {
+        let text = d.get(&path).send().await.unwrap().text().await.unwrap();
+        assert!(text.contains(&id) && !text.contains(VALUE), "{text}");
+    }
+    let (sealed, _) = d.store().await.credential_secret(&id).await.unwrap();
+    assert!(sealed.starts_with("enc:v1:") && !sealed.contains(VALUE));
+    // Bad input changes nothing.
+    let (s, b) = json_of(
+        d.post("/v1/credentials")
+            .json(&json!({"name": "x", "value": "v", "hosts": []}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+    assert_eq!(fields(&b), vec!["hosts"]);
+
+    // An agent on a host the credential is not bound to is refused.
+    let agent = |url: String| {
+        json!({"name": "c", "kind": "voice",
+               "llm": {"provider": "openai", "base_url": url, "credential_id": id}})
+    };
+    let localhost = base.replace("127.0.0.1", "localhost");
+    let (s, b) = json_of(
+        d.post("/v1/agents")
+            .json(&agent(format!("{localhost}/v1")))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+    assert_eq!(fields(&b), vec!["llm.credential_id"], "{b}");
+    let (s, b) = json_of(
+        d.post("/v1/agents")
+            .json(&json!({"name": "c", "kind": "voice",
+                          "llm": {"provider": "openai", "credential_id": "cred_nope"}}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+    assert_eq!(fields(&b), vec!["llm.credential_id"], "{b}");
+
+    // On its host, the LLM gets it as the bearer key.
+    let (s, a) = json_of(
+        d.post("/v1/agents")
+            .json(&agent(format!("{base}/v1")))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{a}");
+    let (s, session) = json_of(
+        d.post(&format!("/v1/agents/{}/chat-sessions", a["id"].as_str().unwrap()))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{session}");
+    let (s, r) = json_of(
+        d.post(&format!(
+            "/v1/chat-sessions/{}/messages",
+            session["id"].as_str().unwrap()
+        ))
+        .json(&json!({"content": "hi"}))
+        .send()
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(
+        seen.lock().unwrap().clone(),
+        vec![Some(format!("Bearer {VALUE}"))]
+    );
+    assert!(!d.log().contains(VALUE), "the value is in the log");
+
+    let r = d
+        .delete(&format!("/v1/credentials/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+
+    // A daemon without a key stores no credential.
+    let bare = TestDaemon::builder().backend(backend).start().await;
+    let (s, b) = json_of(
+        bare.post("/v1/credentials")
+            .json(&json!({"name": "x", "value": "v", "hosts": ["api.openai.com"]}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{b}");
+    assert_eq!(b["error"]["code"], "not_configured", "{b}");
+}
+
+
+#[path = "common/webhook_receiver.rs"]
+mod receiver;
+
+/// (d) Webhook signing secrets: an endpoint made on a daemon without a key
+/// is stored in clear; once the operator gives a key, the next start seals
+/// it in place, and deliveries are still signed with the same secret.
+async fn webhook_secrets_are_sealed_at_rest(backend: Backend) {
+    let mut d = TestDaemon::builder()
+        .backend(backend)
+        .allow_loopback()
+        .config(&receiver::fast_webhooks_config(&[1], 60))
+        .start()
+        .await;
+    let rx = receiver::Receiver::start(json!({}));
+    let (s, b) = json_of(
+        d.post("/v1/webhook-endpoints")
+            .json(&json!({"url": rx.url()}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let ep = b["id"].as_str().unwrap().to_string();
+    let secret = b["secret"].as_str().unwrap().to_string();
+    rx.set(json!({"secrets": [secret]}));
+    assert_eq!(d.store().await.get_endpoint(&ep).await.unwrap().secret, secret);
+
+    d.signal("TERM");
+    d.wait_exit(Duration::from_secs(20)).await;
+    let key_file = d.dir.path().join("secrets.key");
+    std::fs::write(&key_file, SEAL_KEY).unwrap();
+    let config = std::fs::read_to_string(&d.config_path).unwrap();
+    std::fs::write(
+        &d.config_path,
+        format!("{config}\n[secrets]\nkey_file = \"{}\"\n", key_file.display()),
+    )
+    .unwrap();
+    d.restart().await;
+    let stored = d.store().await.get_endpoint(&ep).await.unwrap().secret;
+    assert!(stored.starts_with("enc:v1:"), "{stored}");
+    assert!(!stored.contains(&secret[6..]));
+
+    let (s, b) = json_of(
+        d.post(&format!("/v1/webhook-endpoints/{ep}/test"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{b}");
+    let records = rx
+        .wait_until(Duration::from_secs(10), |r| !r.is_empty())
+        .await;
+    assert_eq!(records[0].verified, vec![true], "{:?}", records[0]);
+
+    // A rotation is stored sealed too.
+    let (s, b) = json_of(
+        d.post(&format!("/v1/webhook-endpoints/{ep}/rotate-secret"))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let e = d.store().await.get_endpoint(&ep).await.unwrap();
+    assert!(e.secret.starts_with("enc:v1:"));
+    assert!(e.previous_secret.unwrap().starts_with("enc:v1:"));
+}
+
+both_backends!(
+    unlisted_variables_are_refused,
+    credentials_are_write_only_sealed_and_bound,
+    webhook_secrets_are_sealed_at_rest
+);

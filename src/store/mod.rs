@@ -204,6 +204,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0012_scopes_audit.sql"),
     ),
     (
+        13,
+        "security",
+        include_str!("../../migrations/sqlite/0013_security.sql"),
+    ),
+    (
         14,
         "cluster",
         include_str!("../../migrations/sqlite/0014_cluster.sql"),
@@ -256,6 +261,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         12,
         "scopes and audit",
         include_str!("../../migrations/postgres/0012_scopes_audit.sql"),
+    ),
+    (
+        13,
+        "security",
+        include_str!("../../migrations/postgres/0013_security.sql"),
     ),
     (
         14,
