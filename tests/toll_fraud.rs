@@ -267,4 +267,83 @@ async fn a_call_to_a_dnc_number_is_forbidden(backend: Backend) {
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
 }
 
-both_backends!(a_call_to_a_dnc_number_is_forbidden);
+/// (e) A trunk's destination policy: premium-rate and high-risk ranges are
+/// refused with 403 before anything is sent (the carrier's socket gets no
+/// packet); a trunk that allows a range explicitly places the call.
+async fn trunk_policy_refuses_premium_destinations(backend: Backend) {
+    let sink = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = sink.local_addr().unwrap().port();
+    let open_sink = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let open_port = open_sink.local_addr().unwrap().port();
+    let d = TestDaemon::builder()
+        .backend(backend)
+        .profile(
+            "carrier",
+            &format!("name = \"carrier\"\n[outbound]\nproxy = \"127.0.0.1:{port}\"\n"),
+        )
+        .profile(
+            "premium",
+            &format!(
+                "name = \"premium\"\n[outbound]\nproxy = \"127.0.0.1:{open_port}\"\n\
+                 allow_destinations = [\"+1900\"]\n"
+            ),
+        )
+        .start()
+        .await;
+    let (s, agent) = json_of(
+        d.post("/v1/agents")
+            .json(&json!({"name": "p", "kind": "prompt", "prompt": {"tone_hz": 440}}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{agent}");
+    let r = d
+        .post("/v1/phone-numbers")
+        .json(&json!({"number": NUMBER, "agent_id": agent["id"], "trunk_id": "trk_carrier"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    for to in [PREMIUM, "+449098790000"] {
+        let (s, b) = json_of(
+            d.post("/v1/calls")
+                .json(&json!({"from": NUMBER, "to": to}))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{to}: {b}");
+        assert_eq!(b["error"]["code"], "destination_denied", "{b}");
+    }
+    let (_, page) = json_of(d.get("/v1/calls").send().await.unwrap()).await;
+    assert_eq!(page["total"], 0, "{page}");
+    sink.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    assert!(sink.recv(&mut buf).is_err(), "a packet reached the carrier");
+
+    // The premium trunk allows +1900 explicitly: the call is placed.
+    let (s, b) = json_of(
+        d.post("/v1/calls")
+            .json(&json!({"from": NUMBER, "to": PREMIUM, "trunk_id": "trk_premium",
+                          "ring_timeout_seconds": 1}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    open_sink
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let n = open_sink.recv(&mut buf).expect("the INVITE reached the carrier");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("INVITE"));
+}
+
+both_backends!(
+    a_call_to_a_dnc_number_is_forbidden,
+    trunk_policy_refuses_premium_destinations
+);

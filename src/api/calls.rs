@@ -172,7 +172,7 @@ fn check_header(name: &str, value: &str) -> Option<String> {
 /// `queued` call; its progress shows in `GET /v1/calls/{id}`.
 #[utoipa::path(post, path = "/v1/calls", tag = "calls", request_body = CallCreate,
     responses((status = 201, description = "The call, queued", body = Call),
-        (status = 403, description = "The number is on the do-not-call list", body = ErrorBody),
+        (status = 403, description = "The number is on the do-not-call list, or the trunk's policy refuses the destination", body = ErrorBody),
         ErrorResponses))]
 async fn create_call(
     State(state): State<AppState>,
@@ -280,6 +280,9 @@ async fn create_call(
             "unavailable",
             e.to_string(),
         ),
+        PlaceError::DestinationDenied(_) => {
+            ApiError::new(StatusCode::FORBIDDEN, "destination_denied", e.to_string())
+        }
         PlaceError::AgentSettings(_) => ApiError::internal(e),
         PlaceError::Store(e) => e.into(),
     })?;

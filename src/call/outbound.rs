@@ -79,6 +79,8 @@ pub enum PlaceError {
     Draining,
     #[error("the SIP stack is not running")]
     NotRunning,
+    #[error("the destination is refused by the trunk's policy: {0}")]
+    DestinationDenied(String),
     #[error("agent settings: {0}")]
     AgentSettings(String),
     #[error("store: {0}")]
@@ -177,9 +179,12 @@ async fn resolve(
         .get(trunk_id.name())
         .cloned()
         .ok_or(PlaceError::UnknownTrunk)?;
-    if trunk.outbound.is_none() {
+    let Some(out) = &trunk.outbound else {
         return Err(PlaceError::TrunkNotOutbound);
-    }
+    };
+    // Toll fraud: premium-rate and high-risk ranges only where allowed.
+    out.destination_allowed(&req.to)
+        .map_err(PlaceError::DestinationDenied)?;
     let agent = AgentSpec {
         id: agent_id,
         kind: agent.kind,

@@ -98,6 +98,67 @@ pub struct Outbound {
     /// `None` sends none.
     #[serde(default)]
     pub ping_seconds: Option<u32>,
+    /// Toll fraud: the only destinations calls through this trunk may go to
+    /// (E.164 prefixes such as `"+1"`, `"+4420"`). Empty: every destination
+    /// not denied.
+    #[serde(default)]
+    pub allow_destinations: Vec<String>,
+    /// Destinations refused unless an allowed prefix at least as long
+    /// covers them. Default: [`DEFAULT_DENIED_DESTINATIONS`] (premium-rate
+    /// and the international ranges most abused for revenue-share fraud);
+    /// `[]` denies nothing.
+    #[serde(default = "default_denied")]
+    pub deny_destinations: Vec<String>,
+}
+
+/// The destination prefixes a trunk refuses unless the operator allows
+/// them: premium-rate and shared-cost services, and the international
+/// ranges toll fraud (IRSF) pays out through.
+pub const DEFAULT_DENIED_DESTINATIONS: &[&str] = &[
+    // North America: 900 and 976 premium-rate services.
+    "+1900", "+1976",
+    // United Kingdom: 09 premium rate, 070 personal numbers, 087 and 084
+    // revenue share.
+    "+449", "+4470", "+4487", "+4484",
+    // Germany 0900, France 089x, Italy 899, Spain 803/806/807, Australia
+    // 1900: premium rate.
+    "+49900", "+3389", "+39899", "+34803", "+34806", "+34807", "+611900",
+    // International networks and services: satellite (Inmarsat, Iridium,
+    // Thuraya), international networks, premium rate, shared cost, UPT.
+    "+870", "+881", "+882", "+883", "+979", "+808", "+878",
+    // Small territories whose ranges are the usual IRSF destinations.
+    "+247", "+290", "+682", "+683", "+690", "+691", "+692",
+];
+
+fn default_denied() -> Vec<String> {
+    DEFAULT_DENIED_DESTINATIONS
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+impl Outbound {
+    /// Whether a call to `to` (E.164) may go through this trunk: not under
+    /// a denied prefix unless an allowed prefix at least as long covers
+    /// it, and under an allowed prefix when the trunk lists any.
+    pub fn destination_allowed(&self, to: &str) -> Result<(), String> {
+        let longest = |list: &[String]| {
+            list.iter()
+                .filter(|p| to.starts_with(p.as_str()))
+                .map(String::len)
+                .max()
+        };
+        let allowed = longest(&self.allow_destinations);
+        if !self.allow_destinations.is_empty() && allowed.is_none() {
+            return Err("the trunk's allow_destinations do not include it".into());
+        }
+        match (longest(&self.deny_destinations), allowed) {
+            (Some(d), a) if a.is_none_or(|a| a < d) => {
+                Err("it is in the trunk's deny_destinations (premium-rate or high-risk)".into())
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -247,6 +308,23 @@ impl Profile {
                     "must be between 1 and 3600 seconds",
                 ));
             }
+            for (key, list) in [
+                ("outbound.allow_destinations", &out.allow_destinations),
+                ("outbound.deny_destinations", &out.deny_destinations),
+            ] {
+                if let Some(bad) = list.iter().find(|p| {
+                    !(p.len() >= 2
+                        && p.len() <= 16
+                        && p.starts_with('+')
+                        && p[1..].bytes().all(|b| b.is_ascii_digit()))
+                }) {
+                    return Err(ConfigError::new(
+                        file,
+                        key,
+                        format!("{bad:?} is not an E.164 prefix (+ and digits)"),
+                    ));
+                }
+            }
         }
         if self.limits.max_calls == 0 {
             return Err(ConfigError::new(
@@ -381,6 +459,30 @@ fn toml_key(text: &str, err: &toml::de::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn destinations_follow_the_longest_prefix() {
+        let mut out = Outbound {
+            proxy: "carrier.example:5060".into(),
+            caller_id: None,
+            ping_seconds: None,
+            allow_destinations: Vec::new(),
+            deny_destinations: default_denied(),
+        };
+        assert!(out.destination_allowed("+14155550100").is_ok());
+        assert!(out.destination_allowed("+19005550199").is_err());
+        assert!(out.destination_allowed("+882345678").is_err());
+        assert!(out.destination_allowed("+442079460958").is_ok());
+        assert!(out.destination_allowed("+449012345678").is_err());
+        // An allowed prefix at least as long as the denied one wins.
+        out.allow_destinations = vec!["+1900555".into(), "+1".into()];
+        assert!(out.destination_allowed("+19005550199").is_ok());
+        assert!(out.destination_allowed("+19001110000").is_err());
+        assert!(out.destination_allowed("+442079460958").is_err(), "not in the allow list");
+        out.allow_destinations.clear();
+        out.deny_destinations.clear();
+        assert!(out.destination_allowed("+19005550199").is_ok());
+    }
 
     const GOOD: &str = r#"
 name = "carrier-a"
