@@ -343,7 +343,98 @@ async fn trunk_policy_refuses_premium_destinations(backend: Backend) {
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("INVITE"));
 }
 
+#[path = "common/webhook_receiver.rs"]
+mod receiver;
+
+/// (f) Daily caps: a trunk with `daily_calls = 1` refuses the second call
+/// (429 `daily_cap`) and sends `trunk.cap_reached` once; a key capped at 2
+/// calls a day is refused its third placed call, on any trunk.
+async fn daily_caps_refuse_and_notify(backend: Backend) {
+    let sink_a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let sink_b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let trunk = |name: &str, port: u16, extra: &str| {
+        format!("name = \"{name}\"\n[outbound]\nproxy = \"127.0.0.1:{port}\"\n{extra}")
+    };
+    let d = TestDaemon::builder()
+        .backend(backend)
+        .allow_loopback()
+        .profile(
+            "capped",
+            &trunk(
+                "capped",
+                sink_a.local_addr().unwrap().port(),
+                "[limits]\ndaily_calls = 1\n",
+            ),
+        )
+        .profile("open", &trunk("open", sink_b.local_addr().unwrap().port(), ""))
+        .config("[calls]\ndaily_calls_per_key = 2")
+        .start()
+        .await;
+    let rx = receiver::Receiver::start(json!({}));
+    let (s, b) = json_of(
+        d.post("/v1/webhook-endpoints")
+            .json(&json!({"url": rx.url(), "events": ["trunk.cap_reached"]}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let (s, agent) = json_of(
+        d.post("/v1/agents")
+            .json(&json!({"name": "p", "kind": "prompt", "prompt": {"tone_hz": 440}}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{agent}");
+    let r = d
+        .post("/v1/phone-numbers")
+        .json(&json!({"number": NUMBER, "agent_id": agent["id"], "trunk_id": "trk_capped"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let place = |trunk: &'static str| {
+        let r = d
+            .post("/v1/calls")
+            .json(&json!({"from": NUMBER, "to": ALLOWED, "trunk_id": trunk,
+                          "ring_timeout_seconds": 1}))
+            .send();
+        async move { json_of(r.await.unwrap()).await }
+    };
+    let (s, b) = place("trk_capped").await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    for _ in 0..2 {
+        let (s, b) = place("trk_capped").await;
+        assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{b}");
+        assert_eq!(b["error"]["code"], "daily_cap", "{b}");
+        assert!(b["error"]["message"].as_str().unwrap().contains("trunk"), "{b}");
+    }
+    let records = rx
+        .wait_until(Duration::from_secs(10), |r| !r.is_empty())
+        .await;
+    assert_eq!(records[0].body["type"], "trunk.cap_reached", "{:?}", records[0]);
+    assert_eq!(records[0].body["data"]["trunk_id"], "capped", "{:?}", records[0]);
+
+    let (s, b) = place("trk_open").await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let (s, b) = place("trk_open").await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{b}");
+    assert!(b["error"]["message"].as_str().unwrap().contains("API key"), "{b}");
+    // One notification for the day, however many calls were refused: the
+    // store holds one such event.
+    let events = d.store().await.events_after(0, 1000).await.unwrap();
+    let capped = events
+        .iter()
+        .filter(|e| e.event_type == agentline::model::EventType::TrunkCapReached)
+        .count();
+    assert_eq!(capped, 1);
+}
+
 both_backends!(
     a_call_to_a_dnc_number_is_forbidden,
-    trunk_policy_refuses_premium_destinations
+    trunk_policy_refuses_premium_destinations,
+    daily_caps_refuse_and_notify
 );

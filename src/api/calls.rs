@@ -172,10 +172,12 @@ fn check_header(name: &str, value: &str) -> Option<String> {
 /// `queued` call; its progress shows in `GET /v1/calls/{id}`.
 #[utoipa::path(post, path = "/v1/calls", tag = "calls", request_body = CallCreate,
     responses((status = 201, description = "The call, queued", body = Call),
+        (status = 429, description = "A rate limit, the trunk's capacity or a daily cap (key or trunk) is reached", body = ErrorBody),
         (status = 403, description = "The number is on the do-not-call list, or the trunk's policy refuses the destination", body = ErrorBody),
         ErrorResponses))]
 async fn create_call(
     State(state): State<AppState>,
+    key: Option<axum::Extension<super::auth::AuthedKey>>,
     ApiJson(body): ApiJson<CallCreate>,
 ) -> Result<(StatusCode, Json<Call>), ApiError> {
     let mut details = Vec::new();
@@ -243,6 +245,16 @@ async fn create_call(
         Err(crate::store::StoreError::NotFound) => {}
         Err(e) => return Err(e.into()),
     }
+    let key_id = key.map(|k| k.0.id);
+    if let (Some(cap), Some(id)) = (state.daily_calls_per_key, &key_id)
+        && key_calls_today(id) >= cap
+    {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "daily_cap",
+            format!("this API key placed its {cap} calls for today (UTC)"),
+        ));
+    }
     let request = OutboundRequest {
         call_id: None,
         from,
@@ -280,13 +292,44 @@ async fn create_call(
             "unavailable",
             e.to_string(),
         ),
+        PlaceError::DailyCap(_) => {
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "daily_cap", e.to_string())
+        }
         PlaceError::DestinationDenied(_) => {
             ApiError::new(StatusCode::FORBIDDEN, "destination_denied", e.to_string())
         }
         PlaceError::AgentSettings(_) => ApiError::internal(e),
         PlaceError::Store(e) => e.into(),
     })?;
+    if let Some(id) = &key_id {
+        count_key_call(id);
+    }
     Ok((StatusCode::CREATED, Json(to_api(record)?)))
+}
+
+/// Calls placed per API key on this node today: (key id, day, count).
+/// std Mutex: held for a lookup, never across an `.await`.
+static KEY_CALLS: std::sync::Mutex<Vec<(String, chrono::NaiveDate, u32)>> =
+    std::sync::Mutex::new(Vec::new());
+
+fn key_calls_today(id: &str) -> u32 {
+    let today = Utc::now().date_naive();
+    KEY_CALLS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .find(|(k, day, _)| k == id && *day == today)
+        .map_or(0, |(_, _, n)| *n)
+}
+
+fn count_key_call(id: &str) {
+    let today = Utc::now().date_naive();
+    let mut calls = KEY_CALLS.lock().unwrap_or_else(|e| e.into_inner());
+    calls.retain(|(_, day, _)| *day == today);
+    match calls.iter_mut().find(|(k, _, _)| k == id) {
+        Some((_, _, n)) => *n += 1,
+        None => calls.push((id.to_string(), today, 1)),
+    }
 }
 
 /// Hang up a call in any state: CANCEL or a final response before the

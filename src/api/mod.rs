@@ -103,6 +103,8 @@ pub struct Inner {
     metrics: Option<PrometheusHandle>,
     /// The OpenAPI document, rendered once.
     openapi_json: String,
+    /// `[calls] daily_calls_per_key`.
+    pub daily_calls_per_key: Option<u32>,
     /// `[media]`: the cap on uploaded audio.
     pub media: crate::config::MediaConfig,
     /// Seals stored secrets (credentials, webhook signing secrets).
@@ -253,6 +255,7 @@ impl AppState {
             metrics,
             openapi_json: openapi_json(config.api.metrics_open),
             media: config.media.clone(),
+            daily_calls_per_key: config.calls.daily_calls_per_key,
             sealer,
         }))
     }

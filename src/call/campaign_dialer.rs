@@ -104,7 +104,8 @@ impl Dialer for CallDialer {
             PlaceError::TrunkFull
             | PlaceError::TrunkRate
             | PlaceError::Draining
-            | PlaceError::NotRunning => DialError::NotPlaced(e.to_string()),
+            | PlaceError::NotRunning
+            | PlaceError::DailyCap(_) => DialError::NotPlaced(e.to_string()),
             e => DialError::Failed(e.to_string()),
         })?;
         Ok(record.id)

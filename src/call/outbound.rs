@@ -81,6 +81,8 @@ pub enum PlaceError {
     NotRunning,
     #[error("the destination is refused by the trunk's policy: {0}")]
     DestinationDenied(String),
+    #[error("the trunk reached its daily cap: {0}")]
+    DailyCap(String),
     #[error("agent settings: {0}")]
     AgentSettings(String),
     #[error("store: {0}")]
@@ -185,6 +187,7 @@ async fn resolve(
     // Toll fraud: premium-rate and high-risk ranges only where allowed.
     out.destination_allowed(&req.to)
         .map_err(PlaceError::DestinationDenied)?;
+    check_daily_caps(shared, &trunk).await?;
     let agent = AgentSpec {
         id: agent_id,
         kind: agent.kind,
@@ -192,6 +195,61 @@ async fn resolve(
         settings_json: agent.settings,
     };
     Ok((agent, trunk))
+}
+
+/// Refuses a call once the trunk's daily caps (`[limits] daily_calls`,
+/// `daily_minutes`, per UTC day, over every node) are reached, and sends
+/// `trunk.cap_reached` the first time this node refuses one that day.
+async fn check_daily_caps(shared: &Shared, trunk: &Profile) -> Result<(), PlaceError> {
+    let limits = &trunk.limits;
+    if limits.daily_calls.is_none() && limits.daily_minutes.is_none() {
+        return Ok(());
+    }
+    let now = chrono::Utc::now();
+    let midnight = now
+        .date_naive()
+        .and_hms_opt(0, 0, 0)
+        .map(|t| t.and_utc())
+        .unwrap_or(now);
+    let store = shared.transitions.store();
+    let (calls, ms) = store.outbound_usage(&trunk.id(), midnight).await?;
+    let reason = match (limits.daily_calls, limits.daily_minutes) {
+        (Some(cap), _) if calls >= i64::from(cap) => format!("{cap} calls today"),
+        (_, Some(cap)) if ms >= i64::from(cap) * 60_000 => format!("{cap} minutes today"),
+        _ => return Ok(()),
+    };
+    static NOTIFIED: std::sync::Mutex<Vec<(String, chrono::NaiveDate)>> =
+        std::sync::Mutex::new(Vec::new());
+    let first = {
+        let mut seen = NOTIFIED.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (trunk.name.clone(), now.date_naive());
+        seen.retain(|(_, day)| *day == key.1);
+        if seen.contains(&key) {
+            false
+        } else {
+            seen.push(key);
+            true
+        }
+    };
+    if first {
+        tracing::warn!(trunk = %trunk.name, %reason, "trunk daily cap reached; calls refused until midnight UTC");
+        let data = crate::webhook::event::TrunkEventData {
+            trunk_id: trunk.name.clone(),
+            sip_code: None,
+            reason: Some(format!("daily cap reached: {reason}")),
+            expires_at: None,
+            next_attempt_at: None,
+        };
+        if let Err(e) = shared
+            .transitions
+            .outbox()
+            .trunk_changed(crate::model::EventType::TrunkCapReached, data)
+            .await
+        {
+            tracing::warn!(error = %e, "trunk event not written");
+        }
+    }
+    Err(PlaceError::DailyCap(reason))
 }
 
 /// One outbound call, placed and recorded `queued`, for its task.

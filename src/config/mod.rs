@@ -140,6 +140,10 @@ pub struct CallsConfig {
     /// NAT bindings keep seeing traffic; it starts once the far end's RTP
     /// has arrived. Off: no RTP while silent.
     pub send_silence: bool,
+    /// Toll fraud: calls one API key may place with `POST /v1/calls` per
+    /// UTC day (counted on each node); past it, 429 `daily_cap`. None: no
+    /// cap. Trunks have their own caps (`[limits] daily_calls`).
+    pub daily_calls_per_key: Option<u32>,
 }
 
 impl Default for CallsConfig {
@@ -149,6 +153,7 @@ impl Default for CallsConfig {
             ring_timeout_seconds: 60,
             rtp_timeout_seconds: 30,
             send_silence: true,
+            daily_calls_per_key: None,
         }
     }
 }

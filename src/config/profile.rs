@@ -168,6 +168,13 @@ pub struct Limits {
     pub max_calls: u32,
     #[serde(default = "default_cps")]
     pub cps: u32,
+    /// Toll fraud: outbound calls placed through the trunk per UTC day;
+    /// past it calls are refused (429) and `trunk.cap_reached` is sent.
+    #[serde(default)]
+    pub daily_calls: Option<u32>,
+    /// Minutes of ended outbound calls per UTC day, likewise.
+    #[serde(default)]
+    pub daily_minutes: Option<u32>,
 }
 
 fn default_max_calls() -> u32 {
@@ -183,6 +190,8 @@ impl Default for Limits {
         Self {
             max_calls: default_max_calls(),
             cps: default_cps(),
+            daily_calls: None,
+            daily_minutes: None,
         }
     }
 }
@@ -331,6 +340,13 @@ impl Profile {
                 file,
                 "limits.max_calls",
                 "must be at least 1",
+            ));
+        }
+        if self.limits.daily_calls == Some(0) || self.limits.daily_minutes == Some(0) {
+            return Err(ConfigError::new(
+                file,
+                "limits.daily_calls",
+                "daily caps must be at least 1 (leave them out for none)",
             ));
         }
         if self.limits.cps == 0 {

@@ -29,6 +29,10 @@ pub enum EventType {
     TrunkUp,
     #[serde(rename = "trunk.down")]
     TrunkDown,
+    /// The trunk reached a daily cap (`[limits] daily_calls` or
+    /// `daily_minutes`); outbound calls are refused until midnight UTC.
+    #[serde(rename = "trunk.cap_reached")]
+    TrunkCapReached,
     #[serde(rename = "campaign.started")]
     CampaignStarted,
     #[serde(rename = "campaign.paused")]
@@ -55,6 +59,7 @@ labels!(EventType, "event type" {
     TrunkRegistrationFailed => "trunk.registration_failed",
     TrunkUp => "trunk.up",
     TrunkDown => "trunk.down",
+    TrunkCapReached => "trunk.cap_reached",
     CampaignStarted => "campaign.started",
     CampaignPaused => "campaign.paused",
     CampaignResumed => "campaign.resumed",

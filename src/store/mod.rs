@@ -28,6 +28,7 @@ pub mod keys;
 pub mod nodes;
 pub mod numbers;
 pub mod transcripts;
+pub mod usage;
 pub mod webhooks;
 
 use std::borrow::Cow;
