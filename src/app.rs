@@ -206,7 +206,6 @@ impl App {
             trunks,
             Arc::new(Readiness::default()),
             metrics,
-            sealer,
         );
         Ok(Self {
             profiles_dir: config.profiles.dir.clone(),

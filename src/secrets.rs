@@ -371,13 +371,23 @@ mod tests {
         let sealed = s.seal("credential", "sk-123").unwrap();
         assert!(Sealer::is_sealed(&sealed));
         assert!(!sealed.contains("sk-123"));
-        assert_ne!(sealed, s.seal("credential", "sk-123").unwrap(), "fresh nonce");
+        assert_ne!(
+            sealed,
+            s.seal("credential", "sk-123").unwrap(),
+            "fresh nonce"
+        );
         assert_eq!(s.open("credential", &sealed).unwrap().expose(), "sk-123");
         assert_eq!(s.open("webhook", &sealed), Err(SealError::Corrupt));
         let other = Sealer::from_text(&"11".repeat(32)).unwrap();
         assert_eq!(other.open("credential", &sealed), Err(SealError::Corrupt));
-        assert_eq!(Sealer::none().open("credential", &sealed), Err(SealError::NoKey));
-        assert_eq!(s.open("webhook", "whsec_plain").unwrap().expose(), "whsec_plain");
+        assert_eq!(
+            Sealer::none().open("credential", &sealed),
+            Err(SealError::NoKey)
+        );
+        assert_eq!(
+            s.open("webhook", "whsec_plain").unwrap().expose(),
+            "whsec_plain"
+        );
         assert_eq!(Sealer::from_text("short").err(), Some(SealError::BadKey));
         assert_eq!(Sealer::none().seal("x", "y"), Err(SealError::NoKey));
     }

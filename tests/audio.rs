@@ -86,7 +86,10 @@ async fn wav_paths_outside_the_media_directory_are_refused() {
     assert_eq!(s, StatusCode::CREATED, "{b}");
     let (_, page) = json_of(d.get("/v1/agents").send().await.unwrap()).await;
     assert_eq!(page["total"], 2, "{page}");
-    assert!(!d.log().contains("root:"), "a file's content reached the log");
+    assert!(
+        !d.log().contains("root:"),
+        "a file's content reached the log"
+    );
 }
 
 async fn upload(d: &TestDaemon, content_type: &str, body: Vec<u8>) -> (StatusCode, Value) {

@@ -68,10 +68,7 @@ fn tool_agent(url: &str) -> Value {
 /// tools; the error names the field and not the resolved address; nothing
 /// reaches the listeners.
 async fn inside_urls_are_refused_when_saved(backend: Backend) {
-    let d = TestDaemon::builder()
-        .backend(backend)
-        .start()
-        .await;
+    let d = TestDaemon::builder().backend(backend).start().await;
     let (v4, v4_hits) = counting("127.0.0.1:0").await.unwrap();
     let v6 = counting("[::1]:0").await;
     let port = v4.rsplit(':').next().unwrap().to_string();
@@ -202,7 +199,11 @@ async fn a_name_that_resolves_inside_fails_at_use() {
         s == StatusCode::BAD_GATEWAY || s == StatusCode::CONFLICT,
         "{s} {b}"
     );
-    assert_eq!(hits.load(Ordering::SeqCst), control, "a request got through");
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        control,
+        "a request got through"
+    );
 }
 
 /// What the stand-in LLM does: ask for the `lookup` tool, then repeat the
@@ -318,10 +319,8 @@ async fn redirects_inside_are_not_followed() {
 /// LLM hears an error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_huge_tool_answer_is_cut_off() {
-    let big = common::serve(
-        axum::Router::new().fallback(|| async { "x".repeat(4 * 1024 * 1024) }),
-    )
-    .await;
+    let big =
+        common::serve(axum::Router::new().fallback(|| async { "x".repeat(4 * 1024 * 1024) })).await;
     let llm_url = common::serve(axum::Router::new().route("/v1/chat/completions", post(llm))).await;
     let d = TestDaemon::builder().allow_loopback().start().await;
     let (s, b) = create(

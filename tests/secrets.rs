@@ -111,7 +111,6 @@ async fn unlisted_variables_are_refused(backend: Backend) {
     assert!(seen.lock().unwrap().is_empty());
 }
 
-
 /// (b) The secret goes to its bound host (control), and stops going there
 /// at use once the operator binds it elsewhere: the request is refused
 /// before it leaves, the stand-in sees no new request, the log no key.
@@ -137,9 +136,7 @@ async fn a_secret_goes_only_to_the_hosts_it_is_bound_to() {
     assert_eq!(s, StatusCode::CREATED, "{agent}");
     let agent = agent["id"].as_str().unwrap().to_string();
     let chat = |d: &TestDaemon| {
-        let r = d
-            .post(&format!("/v1/agents/{agent}/chat-sessions"))
-            .send();
+        let r = d.post(&format!("/v1/agents/{agent}/chat-sessions")).send();
         async move { json_of(r.await.unwrap()).await }
     };
     let (s, session) = chat(&d).await;
@@ -209,7 +206,10 @@ async fn credentials_are_write_only_sealed_and_bound(backend: Backend) {
     let id = c["id"].as_str().unwrap().to_string();
     assert!(id.starts_with("cred_"), "{c}");
     assert_eq!(c["hosts"], json!(["127.0.0.1"]));
-    for path in [format!("/v1/credentials/{id}"), "/v1/credentials".to_string()] {
+    for path in [
+        format!("/v1/credentials/{id}"),
+        "/v1/credentials".to_string(),
+    ] {
         let text = d.get(&path).send().await.unwrap().text().await.unwrap();
         assert!(text.contains(&id) && !text.contains(VALUE), "{text}");
     }
@@ -266,10 +266,13 @@ async fn credentials_are_write_only_sealed_and_bound(backend: Backend) {
     .await;
     assert_eq!(s, StatusCode::CREATED, "{a}");
     let (s, session) = json_of(
-        d.post(&format!("/v1/agents/{}/chat-sessions", a["id"].as_str().unwrap()))
-            .send()
-            .await
-            .unwrap(),
+        d.post(&format!(
+            "/v1/agents/{}/chat-sessions",
+            a["id"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap(),
     )
     .await;
     assert_eq!(s, StatusCode::CREATED, "{session}");
@@ -312,7 +315,6 @@ async fn credentials_are_write_only_sealed_and_bound(backend: Backend) {
     assert_eq!(b["error"]["code"], "not_configured", "{b}");
 }
 
-
 #[path = "common/webhook_receiver.rs"]
 mod receiver;
 
@@ -339,7 +341,10 @@ async fn webhook_secrets_are_sealed_at_rest(backend: Backend) {
     let ep = b["id"].as_str().unwrap().to_string();
     let secret = b["secret"].as_str().unwrap().to_string();
     rx.set(json!({"secrets": [secret]}));
-    assert_eq!(d.store().await.get_endpoint(&ep).await.unwrap().secret, secret);
+    assert_eq!(
+        d.store().await.get_endpoint(&ep).await.unwrap().secret,
+        secret
+    );
 
     d.signal("TERM");
     d.wait_exit(Duration::from_secs(20)).await;
@@ -348,7 +353,10 @@ async fn webhook_secrets_are_sealed_at_rest(backend: Backend) {
     let config = std::fs::read_to_string(&d.config_path).unwrap();
     std::fs::write(
         &d.config_path,
-        format!("{config}\n[secrets]\nkey_file = \"{}\"\n", key_file.display()),
+        format!(
+            "{config}\n[secrets]\nkey_file = \"{}\"\n",
+            key_file.display()
+        ),
     )
     .unwrap();
     d.restart().await;

@@ -18,7 +18,7 @@ fn trunk(registrar: String, expires: u64) -> TrunkRegistration {
         registrar,
         username: "alice".to_owned(),
         auth_username: None,
-        password: "secret".to_owned(),
+        password: "secret".into(),
         domain: Some("sipp.test".to_owned()),
         realm: None,
         expires: Duration::from_secs(expires),

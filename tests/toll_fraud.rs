@@ -166,10 +166,13 @@ async fn an_llm_transfer_outside_the_list_sends_no_refer() {
         );
     }
     let (s, t) = json_of(
-        d.get(&format!("/v1/calls/{}/transcript", call["id"].as_str().unwrap()))
-            .send()
-            .await
-            .unwrap(),
+        d.get(&format!(
+            "/v1/calls/{}/transcript",
+            call["id"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap(),
     )
     .await;
     assert_eq!(s, StatusCode::OK, "{t}");
@@ -328,8 +331,10 @@ async fn trunk_policy_refuses_premium_destinations(backend: Backend) {
     // The premium trunk allows +1900 explicitly: the call is placed.
     let (s, b) = json_of(
         d.post("/v1/calls")
-            .json(&json!({"from": NUMBER, "to": PREMIUM, "trunk_id": "trk_premium",
-                          "ring_timeout_seconds": 1}))
+            .json(
+                &json!({"from": NUMBER, "to": PREMIUM, "trunk_id": "trk_premium",
+                          "ring_timeout_seconds": 1}),
+            )
             .send()
             .await
             .unwrap(),
@@ -339,7 +344,9 @@ async fn trunk_policy_refuses_premium_destinations(backend: Backend) {
     open_sink
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
-    let n = open_sink.recv(&mut buf).expect("the INVITE reached the carrier");
+    let n = open_sink
+        .recv(&mut buf)
+        .expect("the INVITE reached the carrier");
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("INVITE"));
 }
 
@@ -366,7 +373,10 @@ async fn daily_caps_refuse_and_notify(backend: Backend) {
                 "[limits]\ndaily_calls = 1\n",
             ),
         )
-        .profile("open", &trunk("open", sink_b.local_addr().unwrap().port(), ""))
+        .profile(
+            "open",
+            &trunk("open", sink_b.local_addr().unwrap().port(), ""),
+        )
         .config("[calls]\ndaily_calls_per_key = 2")
         .start()
         .await;
@@ -410,19 +420,33 @@ async fn daily_caps_refuse_and_notify(backend: Backend) {
         let (s, b) = place("trk_capped").await;
         assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{b}");
         assert_eq!(b["error"]["code"], "daily_cap", "{b}");
-        assert!(b["error"]["message"].as_str().unwrap().contains("trunk"), "{b}");
+        assert!(
+            b["error"]["message"].as_str().unwrap().contains("trunk"),
+            "{b}"
+        );
     }
     let records = rx
         .wait_until(Duration::from_secs(10), |r| !r.is_empty())
         .await;
-    assert_eq!(records[0].body["type"], "trunk.cap_reached", "{:?}", records[0]);
-    assert_eq!(records[0].body["data"]["trunk_id"], "capped", "{:?}", records[0]);
+    assert_eq!(
+        records[0].body["type"], "trunk.cap_reached",
+        "{:?}",
+        records[0]
+    );
+    assert_eq!(
+        records[0].body["data"]["trunk_id"], "capped",
+        "{:?}",
+        records[0]
+    );
 
     let (s, b) = place("trk_open").await;
     assert_eq!(s, StatusCode::CREATED, "{b}");
     let (s, b) = place("trk_open").await;
     assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{b}");
-    assert!(b["error"]["message"].as_str().unwrap().contains("API key"), "{b}");
+    assert!(
+        b["error"]["message"].as_str().unwrap().contains("API key"),
+        "{b}"
+    );
     // One notification for the day, however many calls were refused: the
     // store holds one such event.
     let events = d.store().await.events_after(0, 1000).await.unwrap();

@@ -223,8 +223,8 @@ pub fn http() -> Result<reqwest::Client, BrainError> {
 /// policy (scheme, and the address when it is an IP literal; names are
 /// checked again at every connect).
 fn checked_url(field: &str, raw: &str) -> Result<url::Url, BrainError> {
-    let url = url::Url::parse(raw)
-        .map_err(|_| BrainError::Config(format!("{field} is not a URL")))?;
+    let url =
+        url::Url::parse(raw).map_err(|_| BrainError::Config(format!("{field} is not a URL")))?;
     crate::net::outbound()
         .check_url(&url)
         .map_err(|e| BrainError::Config(format!("{field}: {e}")))?;
@@ -287,14 +287,16 @@ pub fn build_brain(config: &BrainConfig) -> Result<Arc<dyn Brain>, BrainError> {
                     secret,
                 });
             }
-            Ok(Arc::new(LlmBrain::new(
-                Arc::new(client),
-                config.instructions.clone(),
-                config.greeting.clone(),
-                tools,
-                http,
-            )
-            .with_transfer_targets(config.transfer_targets.clone())))
+            Ok(Arc::new(
+                LlmBrain::new(
+                    Arc::new(client),
+                    config.instructions.clone(),
+                    config.greeting.clone(),
+                    tools,
+                    http,
+                )
+                .with_transfer_targets(config.transfer_targets.clone()),
+            ))
         }
         (_, Some(script)) => {
             let dialogue = ScriptedDialogue::parse(script, "script").map_err(|errors| {

@@ -30,13 +30,17 @@ pub trait AudioSource: Send + Sync {
 /// dropped (and read again when next played).
 const CACHE_ENTRIES: usize = 256;
 
+/// Decoded prompts by canonical path or upload id, and their insertion
+/// order for eviction.
+type Cache = (HashMap<String, Arc<Vec<i16>>>, Vec<String>);
+
 /// The media directory, its cap and what was already loaded.
 pub struct Library {
     dir: Option<PathBuf>,
     max_bytes: u64,
     source: Option<Arc<dyn AudioSource>>,
     /// Keyed by canonical path or upload id; insertion order for eviction.
-    cache: Mutex<(HashMap<String, Arc<Vec<i16>>>, Vec<String>)>,
+    cache: Mutex<Cache>,
 }
 
 impl std::fmt::Debug for Library {
@@ -120,7 +124,7 @@ impl Library {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, (HashMap<String, Arc<Vec<i16>>>, Vec<String>)> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -142,7 +146,10 @@ impl Library {
         if let Some(s) = self.cached(id) {
             return Ok(s);
         }
-        let source = self.source.as_ref().ok_or("uploaded audio is not available")?;
+        let source = self
+            .source
+            .as_ref()
+            .ok_or("uploaded audio is not available")?;
         let samples = Arc::new(
             source
                 .samples(id)

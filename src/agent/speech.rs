@@ -145,8 +145,10 @@ pub async fn resolve_credential<K>(
     c: &mut SpeechChoice<K>,
     default_base: Option<&str>,
 ) -> Result<(), ProviderError> {
-    let (Some(id), Some(base)) = (c.credential_id.clone(), c.base_url.as_deref().or(default_base))
-    else {
+    let (Some(id), Some(base)) = (
+        c.credential_id.clone(),
+        c.base_url.as_deref().or(default_base),
+    ) else {
         return Ok(());
     };
     let url = url::Url::parse(base)
@@ -269,7 +271,12 @@ impl Speech {
             }
             SttKind::Openai => {
                 let c = choice.ok_or_else(no_settings)?;
-                let key = key_of(c, "OPENAI_API_KEY", false, vendors::openai::DEFAULT_BASE_URL)?;
+                let key = key_of(
+                    c,
+                    "OPENAI_API_KEY",
+                    false,
+                    vendors::openai::DEFAULT_BASE_URL,
+                )?;
                 Ok(Arc::new(OpenAiStt::new(
                     http()?,
                     c.base_url.as_deref(),
@@ -280,8 +287,13 @@ impl Speech {
             }
             SttKind::Deepgram => {
                 let c = choice.ok_or_else(no_settings)?;
-                let key = key_of(c, "DEEPGRAM_API_KEY", true, vendors::deepgram::DEFAULT_BASE_URL)?
-                    .ok_or_else(no_settings)?;
+                let key = key_of(
+                    c,
+                    "DEEPGRAM_API_KEY",
+                    true,
+                    vendors::deepgram::DEFAULT_BASE_URL,
+                )?
+                .ok_or_else(no_settings)?;
                 Ok(Arc::new(Deepgram::new(
                     c.base_url.as_deref(),
                     c.model.as_deref(),
@@ -316,7 +328,12 @@ impl Speech {
             }
             TtsKind::Openai => {
                 let c = choice.ok_or_else(no_settings)?;
-                let key = key_of(c, "OPENAI_API_KEY", false, vendors::openai::DEFAULT_BASE_URL)?;
+                let key = key_of(
+                    c,
+                    "OPENAI_API_KEY",
+                    false,
+                    vendors::openai::DEFAULT_BASE_URL,
+                )?;
                 Ok(Arc::new(OpenAiTts::new(
                     http()?,
                     c.base_url.as_deref(),
@@ -327,8 +344,13 @@ impl Speech {
             }
             TtsKind::Cartesia => {
                 let c = choice.ok_or_else(no_settings)?;
-                let key = key_of(c, "CARTESIA_API_KEY", true, vendors::cartesia::DEFAULT_BASE_URL)?
-                    .ok_or_else(no_settings)?;
+                let key = key_of(
+                    c,
+                    "CARTESIA_API_KEY",
+                    true,
+                    vendors::cartesia::DEFAULT_BASE_URL,
+                )?
+                .ok_or_else(no_settings)?;
                 Ok(Arc::new(Cartesia::new(
                     c.base_url.as_deref(),
                     c.model.as_deref(),

@@ -459,10 +459,14 @@ fn validate(name: &str, kind: AgentKind, s: &Settings) -> Result<(), ApiError> {
         (AgentKind::Prompt, Some(p)) => match (
             &p.wav_path,
             p.tone_hz,
-            [p.wav_path.is_some(), p.audio_id.is_some(), p.tone_hz.is_some()]
-                .iter()
-                .filter(|x| **x)
-                .count(),
+            [
+                p.wav_path.is_some(),
+                p.audio_id.is_some(),
+                p.tone_hz.is_some(),
+            ]
+            .iter()
+            .filter(|x| **x)
+            .count(),
         ) {
             (_, _, n) if n != 1 => bad(
                 "prompt",

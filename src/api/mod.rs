@@ -54,13 +54,13 @@ use utoipa_axum::router::OpenApiRouter;
 
 use crate::call::Calls;
 use crate::config::{Config, Profiles, SharedProfiles, WebhooksConfig};
+use crate::net::Guard;
 use crate::store::Store;
 use crate::trunk::TrunkStates;
 use crate::webhook::Outbox;
 use crate::webhook::event::{
     CallEventData, CampaignEventData, TestEventData, TrunkEventData, WebhookEvent,
 };
-use crate::net::Guard;
 
 /// Shared state of every handler; cheap to clone.
 #[derive(Clone)]
@@ -234,8 +234,13 @@ impl AppState {
         trunks: Arc<TrunkStates>,
         readiness: Arc<Readiness>,
         metrics: Option<PrometheusHandle>,
-        sealer: crate::secrets::Sealer,
     ) -> Self {
+        // `App::build` read the same key first and refuses to start on a
+        // bad one; none here means none configured.
+        let sealer = config
+            .secrets
+            .sealer()
+            .unwrap_or_else(|_| crate::secrets::Sealer::none());
         AppState(Arc::new(Inner {
             store: outbox.store().clone(),
             outbox,

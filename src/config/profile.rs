@@ -261,13 +261,15 @@ impl Profile {
                     "must be between 60 and 86400 seconds",
                 ));
             }
-            reg.password = std::env::var(&reg.password_env).map(crate::secrets::Secret::new).map_err(|_| {
-                ConfigError::new(
-                    file,
-                    "registration.password_env",
-                    format!("environment variable {} is not set", reg.password_env),
-                )
-            })?;
+            reg.password = std::env::var(&reg.password_env)
+                .map(crate::secrets::Secret::new)
+                .map_err(|_| {
+                    ConfigError::new(
+                        file,
+                        "registration.password_env",
+                        format!("environment variable {} is not set", reg.password_env),
+                    )
+                })?;
         }
         if let Some(auth) = &mut self.inbound.auth {
             if auth.username.is_empty() || auth.username.contains(['"', '\\']) {
@@ -494,7 +496,10 @@ mod tests {
         out.allow_destinations = vec!["+1900555".into(), "+1".into()];
         assert!(out.destination_allowed("+19005550199").is_ok());
         assert!(out.destination_allowed("+19001110000").is_err());
-        assert!(out.destination_allowed("+442079460958").is_err(), "not in the allow list");
+        assert!(
+            out.destination_allowed("+442079460958").is_err(),
+            "not in the allow list"
+        );
         out.allow_destinations.clear();
         out.deny_destinations.clear();
         assert!(out.destination_allowed("+19005550199").is_ok());

@@ -251,7 +251,10 @@ mod tests {
             g.check_url("ftp://example.com/").await,
             Err(GuardError::BadUrl)
         ));
-        let e = g.check_url("http://169.254.169.254/latest").await.unwrap_err();
+        let e = g
+            .check_url("http://169.254.169.254/latest")
+            .await
+            .unwrap_err();
         assert!(!e.to_string().contains("169.254"), "{e}");
         assert!(matches!(
             g.check_url("ws://[::1]:9/x").await,

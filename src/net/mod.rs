@@ -190,18 +190,19 @@ impl Outbound {
     /// Whether environment variable `name` may be sent to `url`'s host:
     /// listed in `[secrets.env]` with that host, or (when `built_in` is
     /// true, the agent named no variable) a vendor default on its own host.
-    pub fn may_send(&self, name: &str, url: &url::Url, built_in: bool) -> Result<(), SecretRefused> {
+    pub fn may_send(
+        &self,
+        name: &str,
+        url: &url::Url,
+        built_in: bool,
+    ) -> Result<(), SecretRefused> {
         let host = url
             .host_str()
             .unwrap_or_default()
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_ascii_lowercase();
-        if built_in
-            && BUILT_IN
-                .iter()
-                .any(|(n, h)| *n == name && host == *h)
-        {
+        if built_in && BUILT_IN.iter().any(|(n, h)| *n == name && host == *h) {
             return Ok(());
         }
         let binding = self
@@ -367,20 +368,42 @@ mod tests {
     fn secrets_go_only_to_their_hosts() {
         let p = policy(&[("LLM_KEY", &["llm.example.com", "*.corp.example"])]);
         let url = |s: &str| url::Url::parse(s).unwrap();
-        assert!(p.may_send("LLM_KEY", &url("https://LLM.example.com/v1"), false).is_ok());
-        assert!(p.may_send("LLM_KEY", &url("https://a.corp.example/v1"), false).is_ok());
-        assert!(p.may_send("LLM_KEY", &url("https://corp.example/v1"), false).is_err());
+        assert!(
+            p.may_send("LLM_KEY", &url("https://LLM.example.com/v1"), false)
+                .is_ok()
+        );
+        assert!(
+            p.may_send("LLM_KEY", &url("https://a.corp.example/v1"), false)
+                .is_ok()
+        );
+        assert!(
+            p.may_send("LLM_KEY", &url("https://corp.example/v1"), false)
+                .is_err()
+        );
         assert!(matches!(
             p.may_send("LLM_KEY", &url("https://evil.example/v1"), false),
             Err(SecretRefused::WrongHost { .. })
         ));
         assert!(matches!(
-            p.may_send("AGENTLINE_STORE__URL", &url("https://llm.example.com"), false),
+            p.may_send(
+                "AGENTLINE_STORE__URL",
+                &url("https://llm.example.com"),
+                false
+            ),
             Err(SecretRefused::NotListed(_))
         ));
-        assert!(p.may_send("OPENAI_API_KEY", &url("https://api.openai.com/v1"), true).is_ok());
-        assert!(p.may_send("OPENAI_API_KEY", &url("https://evil.example/v1"), true).is_err());
-        assert!(p.may_send("OPENAI_API_KEY", &url("https://api.openai.com/v1"), false).is_err());
+        assert!(
+            p.may_send("OPENAI_API_KEY", &url("https://api.openai.com/v1"), true)
+                .is_ok()
+        );
+        assert!(
+            p.may_send("OPENAI_API_KEY", &url("https://evil.example/v1"), true)
+                .is_err()
+        );
+        assert!(
+            p.may_send("OPENAI_API_KEY", &url("https://api.openai.com/v1"), false)
+                .is_err()
+        );
     }
 
     #[tokio::test]
@@ -393,7 +416,8 @@ mod tests {
             let mut buf = [0u8; 1024];
             let _ = s.read(&mut buf).await;
             let body = vec![b'x'; 5000];
-            let head = "HTTP/1.1 200 OK\r\ntransfer-encoding: identity\r\nconnection: close\r\n\r\n";
+            let head =
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: identity\r\nconnection: close\r\n\r\n";
             let _ = s.write_all(head.as_bytes()).await;
             let _ = s.write_all(&body).await;
         });

@@ -15,12 +15,12 @@
 pub mod agents;
 pub mod audit;
 pub mod audio;
-pub mod credentials;
 pub mod calls;
 pub mod campaigns;
 pub mod chat;
 mod commit;
 pub mod contacts;
+pub mod credentials;
 pub mod deliveries;
 pub mod dnc;
 pub mod events;

@@ -103,10 +103,12 @@ impl Store {
     /// Endpoints whose current or previous secret is not sealed yet:
     /// (id, secret, previous secret).
     pub async fn unsealed_endpoint_secrets(&self) -> Result<Vec<(String, String, Option<String>)>> {
-        Ok(on_pool!(self, p => sqlx::query_as::<_, (String, String, Option<String>)>(
+        Ok(
+            on_pool!(self, p => sqlx::query_as::<_, (String, String, Option<String>)>(
             "SELECT id, secret, previous_secret FROM webhook_endpoints
              WHERE secret NOT LIKE 'enc:%' OR previous_secret NOT LIKE 'enc:%'")
-            .fetch_all(p).await)?)
+            .fetch_all(p).await)?,
+        )
     }
 
     /// Replaces an endpoint's secrets by their sealed forms, only if they

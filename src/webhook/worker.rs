@@ -22,10 +22,10 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::Outbox;
-use crate::net::{Guard, GuardError};
 use super::policy::{self, Backoff, DeliveryVerdict, Next, Response};
 use crate::config::WebhooksConfig;
 use crate::metrics as m;
+use crate::net::{Guard, GuardError};
 use crate::signing;
 use crate::store::Store;
 use crate::store::deliveries::{AttemptResult, Claimed, NextState};

@@ -149,9 +149,8 @@ impl OpenAiStt {
         let bytes = crate::net::read_limited(response, 256 * 1024, TIMEOUT)
             .await
             .map_err(|e| ProviderError::Unreachable(format!("the OpenAI-compatible API: {e}")))?;
-        let body: Value = serde_json::from_slice(&bytes).map_err(|_| {
-            ProviderError::Refused("the transcription answer is not JSON".into())
-        })?;
+        let body: Value = serde_json::from_slice(&bytes)
+            .map_err(|_| ProviderError::Refused("the transcription answer is not JSON".into()))?;
         let text = body.get("text").and_then(Value::as_str).ok_or_else(|| {
             ProviderError::Refused("the transcription answer has no \"text\"".into())
         })?;
