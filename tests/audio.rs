@@ -130,8 +130,19 @@ async fn uploads_are_validated(backend: Backend) {
     assert_eq!(s, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{b}");
     let (s, b) = upload(&d, "audio/PCMA", vec![0xd5; 150_000]).await;
     assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{b}");
+    let (s, o) = json_of(
+        d.post("/v1/audio?format=pcma")
+            .header("content-type", "application/octet-stream")
+            .body(vec![0xd5; 800])
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{o}");
+    assert_eq!(o["format"], "pcma", "{o}");
     let (_, page) = json_of(d.get("/v1/audio").send().await.unwrap()).await;
-    assert_eq!(page["total"], 2, "{page}");
+    assert_eq!(page["total"], 3, "{page}");
 
     let (s, b) = prompt_agent(&d, json!({"audio_id": "aud_nope"})).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");

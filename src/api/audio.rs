@@ -61,7 +61,35 @@ fn to_api(r: AudioRecord) -> Audio {
 pub struct UploadQuery {
     /// A label for listings (default `upload`), at most 100 characters.
     pub name: Option<String>,
+    /// What an `application/octet-stream` body holds: `wav` (default),
+    /// `pcmu` or `pcma`. An `audio/*` content type says it instead.
+    pub format: Option<UploadFormat>,
 }
+
+/// The formats an upload may have.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum UploadFormat {
+    Wav,
+    Pcmu,
+    Pcma,
+}
+
+impl UploadFormat {
+    fn as_str(self) -> &'static str {
+        match self {
+            UploadFormat::Wav => "wav",
+            UploadFormat::Pcmu => "pcmu",
+            UploadFormat::Pcma => "pcma",
+        }
+    }
+}
+
+/// The raw bytes of an upload.
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)] // a schema only: the handler reads the body itself
+pub struct AudioBytes(Vec<u8>);
 
 /// The format a content type names.
 fn format_of(content_type: &str) -> Option<&'static str> {
@@ -72,6 +100,7 @@ fn format_of(content_type: &str) -> Option<&'static str> {
         .trim()
         .to_ascii_lowercase();
     match essence.as_str() {
+        "application/octet-stream" => Some("octet"),
         "audio/wav" | "audio/x-wav" | "audio/wave" | "audio/vnd.wave" => Some("wav"),
         "audio/pcmu" | "audio/basic" => Some("pcmu"),
         "audio/pcma" => Some("pcma"),
@@ -79,14 +108,12 @@ fn format_of(content_type: &str) -> Option<&'static str> {
     }
 }
 
-/// Upload an audio prompt: a WAV file (`audio/wav`, 16-bit PCM) or raw
-/// G.711 at 8 kHz (`audio/PCMU`, `audio/PCMA`), at most `[media]
-/// max_bytes`. Play it with `prompt.audio_id`.
+/// Upload an audio prompt: a WAV file (16-bit PCM, any rate) or raw G.711
+/// at 8 kHz, at most `[media] max_bytes`. The content type says which
+/// (`audio/wav`, `audio/PCMU`, `audio/PCMA`), or `application/octet-stream`
+/// with `format`. Play it with `prompt.audio_id`.
 #[utoipa::path(post, path = "/v1/audio", tag = "audio", params(UploadQuery),
-    request_body(content(
-        (Vec<u8> = "audio/wav"),
-        (Vec<u8> = "audio/PCMU"),
-        (Vec<u8> = "audio/PCMA"))),
+    request_body(content((AudioBytes = "application/octet-stream"))),
     responses((status = 201, description = "Stored", body = Audio),
         (status = 413, description = "Larger than the configured cap", body = super::error::ErrorBody),
         (status = 415, description = "Not WAV or G.711", body = super::error::ErrorBody),
@@ -106,12 +133,17 @@ async fn upload_audio(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_string();
-    let Some(format) = format_of(&content_type) else {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "send audio/wav (16-bit PCM), audio/PCMU or audio/PCMA",
-        ));
+    let format = match format_of(&content_type) {
+        Some("octet") => q.format.unwrap_or(UploadFormat::Wav).as_str(),
+        Some(f) => f,
+        None => {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send audio/wav (16-bit PCM), audio/PCMU, audio/PCMA, or \
+                 application/octet-stream with format",
+            ));
+        }
     };
     let max = state.media.max_bytes;
     let too_large = || {

@@ -60,6 +60,7 @@ pub struct CredentialCreate {
     pub value: String,
     /// Host names (or IP literals, or `*.example.com`) the value may be
     /// sent to; at least one.
+    #[schema(min_items = 1, max_items = 20)]
     pub hosts: Vec<String>,
 }
 
