@@ -144,7 +144,7 @@ async fn uploads_are_validated(backend: Backend) {
     let (_, page) = json_of(d.get("/v1/audio").send().await.unwrap()).await;
     assert_eq!(page["total"], 3, "{page}");
 
-    let (s, b) = prompt_agent(&d, json!({"audio_id": "aud_nope"})).await;
+    let (s, b) = prompt_agent(&d, json!({"audio_id": "snd_nope"})).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
     assert_eq!(fields(&b), vec!["prompt.audio_id"], "{b}");
     let (s, b) = prompt_agent(&d, json!({"audio_id": a["id"], "tone_hz": 440})).await;

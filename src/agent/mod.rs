@@ -325,7 +325,7 @@ pub struct PromptSettings {
     /// relative to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wav_path: Option<String>,
-    /// Audio uploaded with `POST /v1/audio` (`aud_...`).
+    /// Audio uploaded with `POST /v1/audio` (`snd_...`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audio_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

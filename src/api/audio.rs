@@ -34,7 +34,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// An uploaded audio prompt (its samples are not shown).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Audio {
-    #[schema(example = "aud_01jdw8q1m7k3x9b5n4c2v6t8r0")]
+    #[schema(example = "snd_01jdw8q1m7k3x9b5n4c2v6t8r0")]
     pub id: String,
     pub name: String,
     /// What was uploaded: `wav`, `pcmu` or `pcma`.

@@ -13,8 +13,8 @@
 
 mod agents;
 mod api_keys;
-mod audit;
 pub mod audio;
+mod audit;
 pub mod auth;
 pub(crate) mod calls;
 mod campaign_contacts;

@@ -127,6 +127,17 @@ pub const ROUTES: &[(&str, &str, Scope)] = &[
     ("POST", "/v1/webhook-endpoints/{id}/replay", Admin),
     ("POST", "/v1/webhook-endpoints/{id}/rotate-secret", Admin),
     ("POST", "/v1/webhook-endpoints/{id}/test", Admin),
+    // Uploaded audio prompts: part of building agents.
+    ("GET", "/v1/audio", Read),
+    ("POST", "/v1/audio", Calls),
+    ("GET", "/v1/audio/{id}", Read),
+    ("DELETE", "/v1/audio/{id}", Calls),
+    // Stored credentials: reads show names and hosts, never a value;
+    // storing or removing a secret is the operator's.
+    ("GET", "/v1/credentials", Read),
+    ("POST", "/v1/credentials", Admin),
+    ("GET", "/v1/credentials/{id}", Read),
+    ("DELETE", "/v1/credentials/{id}", Admin),
     // Keys and the audit log: `admin` even to read.
     ("GET", "/v1/api-keys", Admin),
     ("POST", "/v1/api-keys", Admin),

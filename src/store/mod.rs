@@ -13,8 +13,8 @@
 //! in use); driver errors stay inside [`StoreError::Database`].
 
 pub mod agents;
-pub mod audit;
 pub mod audio;
+pub mod audit;
 pub mod calls;
 pub mod campaigns;
 pub mod chat;
