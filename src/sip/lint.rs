@@ -14,6 +14,8 @@
 //! 0.9 owns its sockets and has no pre-parse hook, so those cannot be
 //! normalised here.
 
+use std::borrow::Cow;
+
 /// Why a request is refused with 400, as the reason phrase.
 pub(crate) type Violation = &'static str;
 
@@ -174,6 +176,333 @@ fn strip_quoted(value: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// The message as ezk's parser can take it, the body untouched: header
+/// lines unfolded ([`unfold_head`]); in From, To and Contact an escaped
+/// quote inside a display name (`\"`, RFC 3261 §25.1 quoted-pair) made
+/// `\'`, because ezk's quoted-string parser ends at any `"`; and for a
+/// request in RFC 2543 form (no magic cookie in the top Via branch, RFC
+/// 3261 §8.1.1.7) the two things ezk cannot do without: a From tag
+/// (derived from the Call-ID and From, so that retransmissions, the ACK
+/// and a later BYE get the same one and land in the same transaction and
+/// dialog) and, for an INVITE without Contact, the From URI as Contact
+/// (RFC 2543 §6.13: the caller is then reached at its From address).
+/// Borrowed when there is nothing to do, which is every message of a
+/// well-behaved RFC 3261 peer.
+pub(crate) fn normalize(raw: &[u8]) -> Cow<'_, [u8]> {
+    let mut message = unfold_head(raw);
+    if find(head_of(&message), b"\\\"").is_some() {
+        message = Cow::Owned(requote(&message));
+    }
+    if let Some(fixed) = rfc2543_compatible(&message) {
+        message = Cow::Owned(fixed);
+    }
+    message
+}
+
+/// The head of a message: start line and header lines with their CRLFs,
+/// without the blank line.
+fn head_of(raw: &[u8]) -> &[u8] {
+    &raw[..find(raw, b"\r\n\r\n").map_or(raw.len(), |end| end + 2)]
+}
+
+/// Lowercased header name and the value of one (unfolded) header line.
+fn split_header(line: &[u8]) -> Option<(String, &[u8])> {
+    let colon = line.iter().position(|&b| b == b':')?;
+    let name = String::from_utf8_lossy(&line[..colon])
+        .trim()
+        .to_ascii_lowercase();
+    Some((name, &line[colon + 1..]))
+}
+
+/// `\"` inside quoted strings of From, To and Contact made `\'`.
+fn requote(raw: &[u8]) -> Vec<u8> {
+    let head = head_of(raw);
+    let mut out = Vec::with_capacity(raw.len());
+    for line in head.split_inclusive(|&b| b == b'\n') {
+        let is_address =
+            split_header(line).is_some_and(|(name, _)| ADDRESS_HEADERS.contains(&name.as_str()));
+        if !is_address {
+            out.extend_from_slice(line);
+            continue;
+        }
+        let mut quoted = false;
+        let mut bytes = line.iter();
+        while let Some(&b) = bytes.next() {
+            match b {
+                b'"' => quoted = !quoted,
+                b'\\' if quoted => {
+                    out.push(b);
+                    match bytes.next() {
+                        Some(b'"') => out.push(b'\''),
+                        Some(&next) => out.push(next),
+                        None => {}
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            out.push(b);
+        }
+    }
+    out.extend_from_slice(&raw[head.len()..]);
+    out
+}
+
+/// For a request in RFC 2543 form without a From tag: the message with a
+/// derived From tag, and a Contact for an INVITE without one. `None` when
+/// nothing is to be added.
+fn rfc2543_compatible(raw: &[u8]) -> Option<Vec<u8>> {
+    let head = head_of(raw);
+    let mut lines = head.split_inclusive(|&b| b == b'\n');
+    let start = lines.next()?;
+    let method = start.split(|&b| b == b' ').next()?;
+    if method.starts_with(b"SIP/") {
+        return None;
+    }
+    let (mut via, mut from, mut call_id, mut contact) = (None, None, None, false);
+    let mut offset = start.len();
+    for line in lines {
+        let line_start = offset;
+        offset += line.len();
+        let line = line.strip_suffix(b"\n").unwrap_or(line);
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some((name, value)) = split_header(line) else {
+            continue;
+        };
+        match name.as_str() {
+            "via" | "v" if via.is_none() => via = Some(value),
+            // Where the From line's value ends, and the value.
+            "from" | "f" => from = Some((line_start + line.len(), value)),
+            "call-id" | "i" => call_id = Some(trim(value)),
+            "contact" | "m" => contact = true,
+            _ => {}
+        }
+    }
+    let top_via = via?.split(|&b| b == b',').next()?;
+    if find(&top_via.to_ascii_lowercase(), b"branch=z9hg4bk").is_some() {
+        return None;
+    }
+    let (from_end, from_value) = from?;
+    let bare = strip_quoted(from_value)?;
+    let params_at = bare.iter().position(|&b| b == b'>').unwrap_or(0);
+    let has_tag = bare[params_at..]
+        .split(|&b| b == b';')
+        .skip(1)
+        .any(|param| trim(param).to_ascii_lowercase().starts_with(b"tag"));
+    if has_tag {
+        return None;
+    }
+    let tag = fnv1a(&[call_id.unwrap_or_default(), trim(from_value)]);
+    let mut extra = Vec::new();
+    if method == b"INVITE" && !contact {
+        let uri = match (
+            from_value.iter().position(|&b| b == b'<'),
+            from_value.iter().position(|&b| b == b'>'),
+        ) {
+            (Some(open), Some(close)) if open < close => &from_value[open + 1..close],
+            _ => trim(from_value.split(|&b| b == b';').next().unwrap_or_default()),
+        };
+        extra.extend_from_slice(b"Contact: <");
+        extra.extend_from_slice(uri);
+        extra.extend_from_slice(b">\r\n");
+    }
+    // The tag goes right after the From value.
+    let mut out = Vec::with_capacity(raw.len() + extra.len() + 32);
+    out.extend_from_slice(&raw[..from_end]);
+    out.extend_from_slice(format!(";tag=2543-{tag:016x}").as_bytes());
+    out.extend_from_slice(&raw[from_end..head.len()]);
+    out.extend_from_slice(&extra);
+    out.extend_from_slice(&raw[head.len()..]);
+    Some(out)
+}
+
+/// FNV-1a over the parts: stable across runs and processes, which is all a
+/// derived tag needs (it is no secret).
+fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for &b in *part {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        hash ^= 0xff;
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+/// What a request gets from the receive path itself, before ezk parses it
+/// (which would drop it): the status code and reason phrase. Only for
+/// requests ezk cannot take and whose answer RFC 3261 gives:
+/// - 416 for a Request-URI scheme other than `sip`/`sips` (§8.2.2.1; RFC
+///   4475 §3.3.2 `unkscm`, §3.3.3 `novelsc`);
+/// - 400 when From, To, Call-ID or CSeq is missing (§8.1.1, RFC 4475
+///   §3.3.1 `insuf`), or when From or To is not a SIP or SIPS URI, which
+///   we cannot read (RFC 4475 §3.3.4 `unksm2`: "a registrar would reject
+///   this request with a 400");
+/// - 505 for a SIP version other than 2.0 (§21.5.6, RFC 4475
+///   §3.1.2.16 `badvers`);
+/// - 400 for a CSeq number of 2**31 or more (§8.1.1.5, RFC 4475 §3.1.2.4
+///   `scalar02`) and for a body shorter than its Content-Length (§18.3,
+///   RFC 4475 §3.1.2.2 `clerr`).
+///
+/// Without a Via nothing can be answered: left to ezk, which drops it.
+pub(crate) fn screen(raw: &[u8]) -> Result<(), (u16, &'static str)> {
+    let head = head_of(raw);
+    let mut lines = head.split(|&b| b == b'\n');
+    let start = lines.next().unwrap_or_default();
+    let start = start.strip_suffix(b"\r").unwrap_or(start);
+    let mut parts = start.split(|&b| b == b' ');
+    let method = parts.next().unwrap_or_default();
+    if method.starts_with(b"SIP/") || method.is_empty() {
+        return Ok(());
+    }
+    let mut seen = [false; 5];
+    let mut foreign_address = false;
+    let mut cseq_too_large = false;
+    let mut content_length = None;
+    for line in lines {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some((name, value)) = split_header(line) else {
+            continue;
+        };
+        if name == "content-length" || name == "l" {
+            content_length = std::str::from_utf8(trim(value))
+                .ok()
+                .and_then(|v| v.parse::<usize>().ok());
+        }
+        let slot = match name.as_str() {
+            "via" | "v" => 0,
+            "from" | "f" => 1,
+            "to" | "t" => 2,
+            "call-id" | "i" => 3,
+            "cseq" => 4,
+            _ => continue,
+        };
+        seen[slot] = true;
+        if (slot == 1 || slot == 2) && !address_is_sip(value) {
+            foreign_address = true;
+        }
+        if slot == 4 {
+            let number = trim(value)
+                .split(|b| b.is_ascii_whitespace())
+                .next()
+                .unwrap_or_default();
+            // 2**31 - 1 has 10 digits; a longer run of digits overflows.
+            cseq_too_large = !number.is_empty()
+                && number.iter().all(u8::is_ascii_digit)
+                && (number.len() > 10
+                    || std::str::from_utf8(number)
+                        .ok()
+                        .and_then(|n| n.parse::<u64>().ok())
+                        .is_some_and(|n| n >= 1 << 31));
+        }
+    }
+    if !seen[0] {
+        return Ok(());
+    }
+    let uri = parts.next();
+    if let Some(version) = parts.next()
+        && parts.next().is_none()
+        && version.len() > 4
+        && version[..4].eq_ignore_ascii_case(b"SIP/")
+        && !version.eq_ignore_ascii_case(b"SIP/2.0")
+    {
+        return Err((505, "Version Not Supported"));
+    }
+    if let Some(uri) = uri
+        && let Some(scheme) = scheme_of(uri)
+        && !is_sip_scheme(scheme)
+    {
+        return Err((416, "Unsupported URI Scheme"));
+    }
+    let body = raw.len() - (head.len() + 2).min(raw.len());
+    if content_length.is_some_and(|length| length > body) {
+        return Err((400, "Body Shorter Than Content-Length"));
+    }
+    if cseq_too_large {
+        return Err((400, "CSeq Out of Range"));
+    }
+    if seen[1..].contains(&false) {
+        return Err((400, "Missing Required Header"));
+    }
+    if foreign_address {
+        return Err((400, "From and To Must Be SIP URIs"));
+    }
+    Ok(())
+}
+
+/// The scheme of an absolute URI (RFC 3986 §3.1: ALPHA *( ALPHA / DIGIT /
+/// "+" / "-" / "." ) before a colon), or `None` when `uri` does not start
+/// with one (left to the parser).
+fn scheme_of(uri: &[u8]) -> Option<&[u8]> {
+    let colon = uri.iter().position(|&b| b == b':')?;
+    let scheme = &uri[..colon];
+    let valid = scheme.first().is_some_and(u8::is_ascii_alphabetic)
+        && scheme
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
+    valid.then_some(scheme)
+}
+
+fn is_sip_scheme(scheme: &[u8]) -> bool {
+    scheme.eq_ignore_ascii_case(b"sip") || scheme.eq_ignore_ascii_case(b"sips")
+}
+
+/// Whether a From or To value's URI is `sip:` or `sips:` (or unreadable:
+/// left to the parser).
+fn address_is_sip(value: &[u8]) -> bool {
+    let Some(bare) = strip_quoted(value) else {
+        return true;
+    };
+    let uri = match bare.iter().position(|&b| b == b'<') {
+        Some(open) => &bare[open + 1..],
+        None => {
+            // addr-spec, or a display name made of tokens before `<`.
+            let start = bare
+                .iter()
+                .position(|b| !b.is_ascii_whitespace())
+                .unwrap_or(bare.len());
+            &bare[start..]
+        }
+    };
+    let start = uri
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(uri.len());
+    scheme_of(&uri[start..]).is_none_or(is_sip_scheme)
+}
+
+/// The message with its header lines unfolded (RFC 3261 §7.3.1: a line
+/// starting with SP or HT continues the previous one; the CRLF and the
+/// leading white space become one SP), the body untouched. Borrowed when
+/// nothing was folded, which is every message of a well-behaved peer.
+pub(crate) fn unfold_head(raw: &[u8]) -> Cow<'_, [u8]> {
+    let head_end = find(raw, b"\r\n\r\n").map_or(raw.len(), |end| end + 2);
+    let folded = |at: usize| {
+        raw[at..head_end].starts_with(b"\r\n") && matches!(raw.get(at + 2), Some(b' ' | b'\t'))
+    };
+    if !(0..head_end).any(|at| raw[at] == b'\r' && folded(at)) {
+        return Cow::Borrowed(raw);
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    let mut at = 0;
+    while at < head_end {
+        if raw[at] == b'\r' && folded(at) {
+            at += 2;
+            while matches!(raw.get(at), Some(b' ' | b'\t')) && at < head_end {
+                at += 1;
+            }
+            out.push(b' ');
+        } else {
+            out.push(raw[at]);
+            at += 1;
+        }
+    }
+    out.extend_from_slice(&raw[head_end..]);
+    Cow::Owned(out)
+}
+
 /// Header lines with continuation lines (starting with SP or HT, RFC 3261
 /// §7.3.1) joined to the line they continue.
 fn unfold(headers: &[u8]) -> Vec<Vec<u8>> {
@@ -209,7 +538,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::check;
+    use super::{Cow, check, normalize, screen};
 
     fn torture(name: &str) -> Vec<u8> {
         let path = format!(
@@ -265,6 +594,63 @@ mod tests {
         ] {
             assert_eq!(check(&torture(name)), Err(reason), "{name}");
         }
+    }
+
+    /// What the receive path answers itself, before ezk: RFC 4475 §3.3.1
+    /// to §3.3.4, §3.1.2.2, §3.1.2.4, §3.1.2.16; every other message goes
+    /// on.
+    #[test]
+    fn screen_answers_what_ezk_would_drop() {
+        for (name, code) in [
+            ("insuf", 400),
+            ("unkscm", 416),
+            ("novelsc", 416),
+            ("unksm2", 400),
+            ("badvers", 505),
+            ("clerr", 400),
+            ("scalar02", 400),
+        ] {
+            let raw = torture(name);
+            assert_eq!(
+                screen(&normalize(&raw)).map_err(|(code, _)| code),
+                Err(code),
+                "{name}"
+            );
+        }
+        for name in ["wsinv", "inv2543", "esc01", "dblreq", "badbranch", "mcl01"] {
+            assert_eq!(screen(&normalize(&torture(name))), Ok(()), "{name}");
+        }
+    }
+
+    /// Folding and escaped quotes (`wsinv`) and the RFC 2543 form
+    /// (`inv2543`) are made readable for ezk; the tag is the same for
+    /// every copy, and a 3261 request is left alone.
+    #[test]
+    fn normalize_makes_valid_requests_readable() {
+        let wsinv = normalize(&torture("wsinv")).into_owned();
+        let text = String::from_utf8_lossy(&wsinv);
+        assert!(text.contains("from   : \"J Rosenberg \\\\\\'\"       <sip:jdrosen@example.com> ; tag = 98asjd8\r\n"), "{text}");
+        assert!(
+            !text[..text.find("\r\n\r\n").unwrap()].contains("\r\n "),
+            "{text}"
+        );
+
+        let inv = normalize(&torture("inv2543")).into_owned();
+        let text = String::from_utf8_lossy(&inv);
+        assert!(
+            text.contains("From: <sip:+13035551111@ift.client.example.net;user=phone>;tag=2543-"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "\r\nContact: <sip:+13035551111@ift.client.example.net;user=phone>\r\n\r\nv=0"
+            ),
+            "{text}"
+        );
+        assert_eq!(normalize(&torture("inv2543")).into_owned(), inv);
+
+        let plain = b"INVITE sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:c@d>\r\n\r\n";
+        assert!(matches!(normalize(plain), Cow::Borrowed(_)));
     }
 
     #[test]

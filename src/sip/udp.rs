@@ -18,7 +18,9 @@
 //! Must not decide anything about a datagram: that is the edge's job.
 
 use super::base::{SipError, Transport};
-use super::edge::{EdgeGuard, Verdict};
+use super::edge::{self, EdgeGuard, Verdict};
+use super::lint;
+use crate::metrics::SIP_REQUESTS_REJECTED_TOTAL;
 use bytes::Bytes;
 use ezk_sip_core::transport::{ReceivedMessage, TpHandle};
 use ezk_sip_core::{Endpoint, EndpointBuilder};
@@ -26,6 +28,7 @@ use ezk_sip_types::Headers;
 use ezk_sip_types::header::typed::{ContentLength, Via};
 use ezk_sip_types::msg::{Line, MessageLine, PullParser};
 use ezk_sip_types::parse::Parse;
+use std::borrow::Cow;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, RawFd};
@@ -163,22 +166,30 @@ pub(crate) fn spawn_reader(
             };
             let raw = &buffer[..len];
             let sent = match guard.inspect(source, Transport::Udp, raw) {
-                Verdict::Pass => {
-                    match parse(raw) {
-                        Some((line, headers, body, buffer)) => {
-                            endpoint.receive(ReceivedMessage::new(
-                                source,
-                                buffer,
-                                handle.clone(),
-                                line,
-                                headers,
-                                body,
-                            ))
+                Verdict::Pass { trusted } => match screen(raw, trusted) {
+                    Screened::Go(message) => {
+                        let buffer = match message {
+                            Cow::Borrowed(raw) => Bytes::copy_from_slice(raw),
+                            Cow::Owned(normalized) => Bytes::from(normalized),
+                        };
+                        match parse(buffer) {
+                            Some((line, headers, body, buffer)) => {
+                                endpoint.receive(ReceivedMessage::new(
+                                    source,
+                                    buffer,
+                                    handle.clone(),
+                                    line,
+                                    headers,
+                                    body,
+                                ));
+                            }
+                            None => tracing::debug!(%source, "unparsable SIP datagram dropped"),
                         }
-                        None => tracing::debug!(%source, "unparsable SIP datagram dropped"),
+                        Ok(())
                     }
-                    Ok(())
-                }
+                    Screened::Answer(reply) => socket.send_to(&reply, source).await.map(drop),
+                    Screened::Dropped => Ok(()),
+                },
                 Verdict::KeepAlive => socket.send_to(b"\r\n", source).await.map(drop),
                 Verdict::Reply(reply) => socket.send_to(&reply, source).await.map(drop),
                 Verdict::Drop(_) => Ok(()),
@@ -192,13 +203,44 @@ pub(crate) fn spawn_reader(
 
 type Parsed = (MessageLine, Headers, Bytes, Bytes);
 
+/// What becomes of a message the edge passed.
+pub(crate) enum Screened<'a> {
+    /// For ezk, normalised.
+    Go(Cow<'a, [u8]>),
+    /// Answered by us, once and without state (see [`lint::screen`]).
+    Answer(Vec<u8>),
+    /// Nothing to send.
+    Dropped,
+}
+
+/// The receive path between the edge and ezk, for UDP and TCP alike: the
+/// message normalised so that ezk's parser takes what RFC 3261 allows
+/// ([`lint::normalize`]), and the requests ezk would drop but RFC 3261
+/// answers answered here ([`lint::screen`]; only to `trusted` sources,
+/// never with more bytes than came in).
+pub(crate) fn screen(raw: &[u8], trusted: bool) -> Screened<'_> {
+    let message = lint::normalize(raw);
+    let Err((code, reason)) = lint::screen(&message) else {
+        return Screened::Go(message);
+    };
+    let label = match code {
+        416 => "unsupported_uri_scheme",
+        505 => "version_not_supported",
+        _ => "bad_request",
+    };
+    metrics::counter!(SIP_REQUESTS_REJECTED_TOTAL, "reason" => label).increment(1);
+    let reply = trusted
+        .then(|| edge::stateless(&message, &format!("{code} {reason}"), false))
+        .flatten();
+    reply.map_or(Screened::Dropped, Screened::Answer)
+}
+
 /// A whole SIP message in one datagram, split as ezk's own UDP reader does:
 /// start line, header lines, and the body by Content-Length (or the rest of
 /// the datagram without one). `None` for what ezk would drop: a bad start
 /// line, a bad header line, invalid UTF-8, no Via, or a body shorter than
 /// its Content-Length.
-fn parse(raw: &[u8]) -> Option<Parsed> {
-    let buffer = Bytes::copy_from_slice(raw);
+fn parse(buffer: Bytes) -> Option<Parsed> {
     let mut parser = PullParser::new(&buffer, 0);
     let mut line = None;
     let mut headers = Headers::new();
@@ -236,16 +278,27 @@ fn parse(raw: &[u8]) -> Option<Parsed> {
 #[cfg(test)]
 mod tests {
     use super::parse;
+    use bytes::Bytes;
 
     #[test]
     fn splits_a_datagram_like_ezk() {
         let raw = b"OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nContent-Length: 3\r\n\r\nabcdef";
-        let (line, headers, body, _) = parse(raw).expect("parsed");
+        let (line, headers, body, _) = parse(Bytes::from_static(raw)).expect("parsed");
         assert!(line.is_request());
         assert_eq!(headers.iter().count(), 2);
         assert_eq!(&body[..], b"abc");
         // A body shorter than its Content-Length, and a broken header line.
-        assert!(parse(b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: 9\r\n\r\nabc").is_none());
-        assert!(parse(b"OPTIONS sip:a@b SIP/2.0\r\nno colon here\r\n\r\n").is_none());
+        assert!(
+            parse(Bytes::from_static(
+                b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: 9\r\n\r\nabc"
+            ))
+            .is_none()
+        );
+        assert!(
+            parse(Bytes::from_static(
+                b"OPTIONS sip:a@b SIP/2.0\r\nno colon here\r\n\r\n"
+            ))
+            .is_none()
+        );
     }
 }
