@@ -5,6 +5,7 @@
 //! is built here on the dialog). Dropping a live [`Call`] sends BYE.
 
 use super::base::{SipError, attach_sdp, is_sdp};
+use super::finished::{ByeWatch, Finished};
 use bytes::Bytes;
 use ezk_sip_core::{Endpoint, IncomingRequest, MayTake};
 use ezk_sip_types::header::typed::ContentType;
@@ -12,6 +13,7 @@ use ezk_sip_types::print::{AppendCtx, PrintCtx};
 use ezk_sip_types::{Method, Name, StatusCode};
 use ezk_sip_ua::dialog::{Usage, UsageGuard};
 use ezk_sip_ua::invite::session::{InviteSession, InviteSessionEvent, ReInviteReceived};
+use std::sync::Arc;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
@@ -57,6 +59,8 @@ pub struct Call {
     info_rx: mpsc::Receiver<(Option<String>, Bytes)>,
     /// Keeps [`InfoUsage`] registered in the dialog for the call's life.
     _info_usage: Option<UsageGuard>,
+    /// The peer's BYE, answered by the guard layer without a transaction.
+    bye: ByeWatch,
 }
 
 impl std::fmt::Debug for Call {
@@ -69,14 +73,19 @@ impl std::fmt::Debug for Call {
 }
 
 impl Call {
-    pub(crate) fn new(session: InviteSession, call_id: String) -> Self {
+    pub(crate) fn new(session: InviteSession, call_id: String, finished: &Arc<Finished>) -> Self {
         let (info_tx, info_rx) = mpsc::channel(16);
-        let info_usage = session.dialog.register_usage(InfoUsage { info_tx });
+        let info_usage = session.dialog.register_usage(InfoUsage {
+            info_tx,
+            finished: Arc::clone(finished),
+        });
+        let bye = finished.watch(session.dialog.key());
         Self {
             session: Some(session),
             call_id,
             info_rx,
             _info_usage: Some(info_usage),
+            bye,
         }
     }
 
@@ -111,6 +120,13 @@ impl Call {
                     biased;
                     Some((content_type, body)) = self.info_rx.recv() => {
                         return Ok(DialogEvent::Info { content_type, body });
+                    }
+                    () = self.bye.bye() => {
+                        // 200 already sent (see `finished`): the dialog
+                        // ends here, without a BYE of ours.
+                        self.session = None;
+                        tracing::info!("peer hung up (BYE)");
+                        return Ok(DialogEvent::Bye);
                     }
                     event = session.run() => event?,
                 };
@@ -283,6 +299,8 @@ pub(super) fn sdp_of(request: &IncomingRequest) -> Option<Bytes> {
 /// (RFC 3261 §11.2). ezk's INVITE usage ignores both.
 struct InfoUsage {
     info_tx: mpsc::Sender<(Option<String>, Bytes)>,
+    /// Answers without a transaction (see `finished`).
+    finished: Arc<Finished>,
 }
 
 #[async_trait::async_trait]
@@ -296,7 +314,7 @@ impl Usage for InfoUsage {
         if method != Method::INFO && method != Method::OPTIONS {
             return;
         }
-        let mut info = request.take();
+        let info = request.take();
         let content_type = match info.headers.try_get_named::<ContentType>() {
             Some(Ok(ct)) => Some(ct.0.to_string()),
             _ => None,
@@ -312,9 +330,6 @@ impl Usage for InfoUsage {
             tracing::debug!("INFO not delivered, call not listening");
         }
         let response = endpoint.create_response(&info, StatusCode::OK, None);
-        let tsx = endpoint.create_server_tsx(&mut info);
-        if let Err(e) = tsx.respond(response).await {
-            tracing::warn!(error = %e, %method, "cannot answer in-dialog request");
-        }
+        self.finished.answer(endpoint, info, response).await;
     }
 }

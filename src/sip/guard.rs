@@ -7,6 +7,7 @@
 //! strangers, before ezk parsed it or made a transaction.
 
 use super::base::{is_sdp, respond};
+use super::finished::Finished;
 use super::tcp::TcpPeers;
 use crate::metrics::{SIP_REQUESTS_REJECTED_TOTAL, SIP_REQUESTS_TOTAL};
 use ezk_sip_core::{Endpoint, IncomingRequest, Layer, MayTake};
@@ -22,11 +23,14 @@ pub(crate) struct GuardLayer {
     /// On the endpoint behind the TCP relay: who is really at the other
     /// end of each relayed connection.
     peers: Option<Arc<TcpPeers>>,
+    /// Final responses kept for retransmissions, and the established
+    /// dialogs whose BYE we answer here (see `finished`).
+    finished: Arc<Finished>,
 }
 
 impl GuardLayer {
-    pub(crate) fn new(peers: Option<Arc<TcpPeers>>) -> Self {
-        Self { peers }
+    pub(crate) fn new(peers: Option<Arc<TcpPeers>>, finished: Arc<Finished>) -> Self {
+        Self { peers, finished }
     }
 }
 
@@ -53,6 +57,12 @@ impl Layer for GuardLayer {
         if method == Method::ACK {
             return;
         }
+        // RFC 3261 §17.2.2: a retransmission of a request we answered
+        // without a transaction gets the same answer again.
+        if method != Method::INVITE && self.finished.resend(&request).await {
+            drop(request.take());
+            return;
+        }
 
         // RFC 4475 §3.1.2: a request the grammar rejects is never acted on.
         if let Err(reason) = super::lint::check(&request.tp_info.buffer) {
@@ -65,6 +75,17 @@ impl Layer for GuardLayer {
                 Headers::new(),
             )
             .await;
+            return;
+        }
+
+        // The peer's BYE of an established call: 200 without a server
+        // transaction (RFC 3261 §15.1.2; `finished` keeps what Timer J
+        // needs).
+        if method == Method::BYE && in_dialog && self.finished.hang_up(&request) {
+            let response = endpoint.create_response(&request, StatusCode::OK, None);
+            self.finished
+                .answer(endpoint, request.take(), response)
+                .await;
             return;
         }
 

@@ -7,6 +7,7 @@ use super::base::{
 };
 use super::call::{Call, sdp_of};
 use super::edge::{EdgeGuard, InviteSlot};
+use super::finished::Finished;
 use bytes::Bytes;
 use ezk_sip_core::{Endpoint, IncomingRequest, Layer, MayTake};
 use ezk_sip_types::header::typed::{FromTo, RetryAfter};
@@ -126,6 +127,8 @@ pub struct IncomingInvite {
     /// Counts this INVITE against `max_server_transactions` until the
     /// handler has answered it.
     _slot: InviteSlot,
+    /// Where the call registers for its peer's BYE.
+    finished: Arc<Finished>,
 }
 
 impl std::fmt::Debug for IncomingInvite {
@@ -199,7 +202,7 @@ impl IncomingInvite {
             match acceptor.respond_success(response).await {
                 Ok((session, ack)) => {
                     tracing::info!("call established (inbound)");
-                    Ok((Call::new(session, call_id), sdp_of(&ack)))
+                    Ok((Call::new(session, call_id, &self.finished), sdp_of(&ack)))
                 }
                 Err(acceptor::Error::RequestTerminated) => Err(AcceptError::Cancelled),
                 Err(acceptor::Error::Core(ezk_sip_core::Error::RequestTimedOut)) => {
@@ -288,6 +291,8 @@ pub(crate) struct InboundLayer {
     local: Arc<LocalIdentity>,
     /// Counts the INVITEs in progress.
     edge: Arc<EdgeGuard>,
+    /// Handed to each call.
+    finished: Arc<Finished>,
 }
 
 impl InboundLayer {
@@ -295,11 +300,13 @@ impl InboundLayer {
         handler: Arc<dyn InboundHandler>,
         local: Arc<LocalIdentity>,
         edge: Arc<EdgeGuard>,
+        finished: Arc<Finished>,
     ) -> Self {
         Self {
             handler,
             local,
             edge,
+            finished,
         }
     }
 }
@@ -402,6 +409,7 @@ impl InboundLayer {
             acceptor: Some(acceptor),
             local_tag,
             _slot: self.edge.invite_slot(),
+            finished: Arc::clone(&self.finished),
         });
     }
 }

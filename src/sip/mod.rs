@@ -64,6 +64,7 @@ mod base;
 mod call;
 mod challenge;
 mod edge;
+mod finished;
 mod guard;
 mod inbound;
 mod lint;

@@ -7,6 +7,7 @@ use super::Credentials;
 use super::base::{SipError, Transport, attach_sdp, is_sdp};
 use super::call::Call;
 use super::challenge::{Challenge, ChallengeResponder};
+use super::finished::Finished;
 use super::transport::SipStack;
 use crate::metrics::SIP_OUTBOUND_RESULTS_TOTAL;
 use bytes::Bytes;
@@ -22,6 +23,7 @@ use ezk_sip_ua::invite::create_ack;
 use ezk_sip_ua::invite::initiator::{Early, EarlyResponse, InviteInitiator, Response};
 use ezk_sip_ua::invite::session::InviteSession;
 use std::future::poll_fn;
+use std::sync::Arc;
 use std::task::Poll;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep_until};
@@ -131,6 +133,7 @@ impl SipStack {
 
         let mut driver = InviteClient {
             endpoint: self.endpoint.clone(),
+            finished: Arc::clone(&self.finished),
             initiator,
             challenges: ChallengeResponder::new(invite.credentials.as_ref()),
             invite,
@@ -169,6 +172,8 @@ struct PendingCancel {
 
 struct InviteClient {
     endpoint: Endpoint,
+    /// Where the call registers for its peer's BYE.
+    finished: Arc<Finished>,
     initiator: InviteInitiator,
     invite: OutboundInvite,
     /// Answers 401 and 407 with the invite's credentials.
@@ -409,7 +414,7 @@ impl InviteClient {
             _ => None,
         };
         OutboundEvent::Answered {
-            call: Box::new(Call::new(session, self.call_id.clone())),
+            call: Box::new(Call::new(session, self.call_id.clone(), &self.finished)),
             sdp,
         }
     }
