@@ -354,9 +354,12 @@ impl InboundHandler for Handler {
                 || p.outbound.as_ref().and_then(|o| host_ip(&o.proxy)) == Some(ip)
                 || p.registration.as_ref().and_then(|r| host_ip(&r.registrar)) == Some(ip)
         });
-        // A trunk with inbound auth lets strangers reach its challenge.
-        if allowed || may_authenticate(&self.0, &source.method) {
+        // A trunk with inbound auth lets strangers reach its challenge,
+        // as strangers.
+        if allowed {
             Admission::Admit
+        } else if may_authenticate(&self.0, &source.method) {
+            Admission::Authenticate
         } else {
             Admission::Drop
         }

@@ -13,14 +13,19 @@
 //! - The 401 is sent without a transaction (§8.2.7, a stateless UAS), so it
 //!   is never resent: one datagram answers one, and never a larger one
 //!   (a request smaller than its challenge gets none).
-//! - A source whose credentials fail [`MAX_FAILURES`] times within
-//!   [`FAILURE_WINDOW`] is silenced for [`BAN_TIME`] ([`Failures`]).
+//! - A failed attempt counts against the source in the edge's shared ban
+//!   list ([`EdgeGuard::penalize`]): after `sip.flood.auth_failures_before_ban`
+//!   a source no trunk allows is banned for `sip.flood.ban_seconds`, like a
+//!   flooding one, and the edge drops it before any parse. A valid digest
+//!   makes the source trusted at the edge ([`EdgeGuard::authenticated`]):
+//!   until then it has the stranger limits.
 //!
 //! Must not: challenge requests inside a dialog, ACK or CANCEL (§22.1), or
 //! keep state for a source that never authenticated beyond its failure
 //! count.
 
 use super::base::{DigestAccount, RequestSource, Transport};
+use super::edge::EdgeGuard;
 use super::inbound::{InboundHandler, InviteInfo};
 use crate::metrics::SIP_REQUESTS_REJECTED_TOTAL;
 use base64::Engine as _;
@@ -38,18 +43,12 @@ use sha2::Sha256;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use subtle::ConstantTimeEq;
 
 /// How long a nonce may be used (RFC 7616 §3.3 leaves it to the server).
 pub(crate) const NONCE_TTL: Duration = Duration::from_secs(300);
-/// Failed attempts from one source before it is silenced.
-pub(crate) const MAX_FAILURES: u32 = 5;
-/// The window in which [`MAX_FAILURES`] count.
-pub(crate) const FAILURE_WINDOW: Duration = Duration::from_secs(60);
-/// How long a source that failed too often gets no answer.
-pub(crate) const BAN_TIME: Duration = Duration::from_secs(600);
-/// Bound on remembered nonces and on sources with failures.
+/// Bound on remembered nonces.
 const MAX_TRACKED: usize = 65_536;
 
 /// The realm and username of the digest credentials an INVITE carried.
@@ -85,16 +84,17 @@ pub(crate) struct AuthLayer {
     handler: Arc<dyn InboundHandler>,
     nonces: Nonces,
     replays: Mutex<Replays>,
-    failures: Mutex<Failures>,
+    /// The shared ban list, and where a source becomes trusted.
+    edge: Arc<EdgeGuard>,
 }
 
 impl AuthLayer {
-    pub(crate) fn new(handler: Arc<dyn InboundHandler>) -> Self {
+    pub(crate) fn new(handler: Arc<dyn InboundHandler>, edge: Arc<EdgeGuard>) -> Self {
         Self {
             handler,
             nonces: Nonces::new(),
             replays: Mutex::new(Replays::default()),
-            failures: Mutex::new(Failures::default()),
+            edge,
         }
     }
 
@@ -203,7 +203,7 @@ impl Layer for AuthLayer {
             method: method.to_string(),
         };
         let ip = source.addr.ip();
-        if lock(&self.failures).banned(ip, Instant::now()) {
+        if self.edge.is_banned(ip) {
             reject_metric("auth_banned");
             drop(request.take());
             return;
@@ -217,6 +217,7 @@ impl Layer for AuthLayer {
         let stale = match self.verify(&request, &accounts, ip, now) {
             Verdict::Valid => {
                 tracing::info!(%call_id, source = %source.addr, %method, "digest credentials accepted");
+                self.edge.authenticated(ip);
                 return;
             }
             Verdict::Missing => false,
@@ -224,8 +225,9 @@ impl Layer for AuthLayer {
             Verdict::Failed(why) => {
                 reject_metric("auth_failed");
                 tracing::info!(%call_id, source = %source.addr, %method, why, "digest authentication failed");
-                if lock(&self.failures).penalize(ip, Instant::now()) {
-                    tracing::warn!(source = %ip, ban_s = BAN_TIME.as_secs(), "source banned after repeated authentication failures");
+                // The edge logs the ban.
+                self.edge.penalize(ip);
+                if self.edge.is_banned(ip) {
                     drop(request.take());
                     return;
                 }
@@ -379,59 +381,6 @@ impl Replays {
     }
 }
 
-/// Failed attempts per source, and the sources silenced for them.
-#[derive(Default)]
-struct Failures {
-    by_source: HashMap<IpAddr, Strikes>,
-}
-
-struct Strikes {
-    count: u32,
-    since: Instant,
-    banned_until: Option<Instant>,
-}
-
-impl Failures {
-    fn banned(&mut self, ip: IpAddr, now: Instant) -> bool {
-        match self.by_source.get(&ip).and_then(|s| s.banned_until) {
-            Some(until) if until > now => true,
-            Some(_) => {
-                self.by_source.remove(&ip);
-                false
-            }
-            None => false,
-        }
-    }
-
-    /// Counts a failure; `true` when it bans the source.
-    fn penalize(&mut self, ip: IpAddr, now: Instant) -> bool {
-        if self.by_source.len() >= MAX_TRACKED && !self.by_source.contains_key(&ip) {
-            self.by_source.retain(|_, s| {
-                s.banned_until.is_some_and(|u| u > now)
-                    || now.duration_since(s.since) < FAILURE_WINDOW
-            });
-            if self.by_source.len() >= MAX_TRACKED {
-                return false;
-            }
-        }
-        let strikes = self.by_source.entry(ip).or_insert(Strikes {
-            count: 0,
-            since: now,
-            banned_until: None,
-        });
-        if now.duration_since(strikes.since) >= FAILURE_WINDOW {
-            strikes.count = 0;
-            strikes.since = now;
-        }
-        strikes.count += 1;
-        if strikes.count >= MAX_FAILURES {
-            strikes.banned_until = Some(now + BAN_TIME);
-            return true;
-        }
-        false
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -503,22 +452,5 @@ mod tests {
         assert!(replays.fresh("a", Some(2), 0, 0));
         assert!(replays.fresh("b", None, 0, 0));
         assert!(!replays.fresh("b", None, 0, 0));
-    }
-
-    #[test]
-    fn repeated_failures_ban_for_a_while() {
-        let mut failures = Failures::default();
-        let ip: IpAddr = "192.0.2.9".parse().unwrap();
-        let t0 = Instant::now();
-        for i in 1..MAX_FAILURES {
-            assert!(!failures.penalize(ip, t0), "failure {i}");
-        }
-        assert!(failures.penalize(ip, t0));
-        assert!(failures.banned(ip, t0 + Duration::from_secs(1)));
-        assert!(!failures.banned(ip, t0 + BAN_TIME + Duration::from_secs(1)));
-        // Failures spread wider than the window never add up to a ban.
-        for i in 0..MAX_FAILURES * 2 {
-            assert!(!failures.penalize(ip, t0 + BAN_TIME * 2 + FAILURE_WINDOW * i));
-        }
     }
 }

@@ -94,6 +94,10 @@ pub enum Admission {
     /// No trunk allows it: a stranger. The edge drops the request, or in
     /// `reject` mode answers it once without any state.
     Drop,
+    /// No trunk allows the address, but a trunk with inbound digest auth
+    /// lets it try: the request goes on to the challenge, counted with the
+    /// stranger limits (and banned like a stranger) until it authenticated.
+    Authenticate,
 }
 
 /// What every part of the layer needs to know about our own addresses.

@@ -4,12 +4,15 @@
 //! For every datagram (and every framed TCP message) it sniffs the method
 //! and the User-Agent from the raw bytes, then in this order:
 //! 1. a banned source gets nothing;
-//! 2. the handler says whether a trunk allows the source;
+//! 2. the handler says whether a trunk allows the source, or lets it try
+//!    to authenticate ([`Admission::Authenticate`]);
 //! 3. a per-source token bucket for the method's class (INVITE, REGISTER,
-//!    OPTIONS, the rest) with separate limits for trunk sources and for
-//!    strangers: a stranger over its limit is banned for `ban_seconds`, a
-//!    trunk source is throttled (the excess dropped) and logged, never
-//!    banned;
+//!    OPTIONS, the rest) with separate limits for trusted sources (a trunk
+//!    allows them, or they authenticated in the last
+//!    [`AUTHENTICATED_FOR`]) and for strangers, including those that may
+//!    still authenticate: a stranger over its limit is banned for
+//!    `ban_seconds`, a trusted source is throttled (the excess dropped)
+//!    and logged, never banned;
 //! 4. a scanner User-Agent is dropped and its source banned;
 //! 5. a stranger gets nothing (`unknown_source = "drop"`), or in `reject`
 //!    mode one stateless 403 no larger than its request: the amplification
@@ -34,12 +37,17 @@ use std::time::{Duration, Instant};
 
 /// How long a source with full buckets and no ban is remembered.
 const IDLE_FORGET: Duration = Duration::from_secs(60);
+/// How long a source that authenticated (digest, `sip::auth`) counts as
+/// trusted: its in-dialog requests carry no credentials.
+pub(crate) const AUTHENTICATED_FOR: Duration = Duration::from_secs(3600);
 
 /// What the edge decided about one message.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Verdict {
-    /// Hand it to the stack.
-    Pass,
+    /// Hand it to the stack. `trusted`: a trunk allows the source or it
+    /// authenticated; only those get the receive path's own stateless
+    /// answers (400, 416).
+    Pass { trusted: bool },
     /// A keepalive (RFC 5626 §4.4.1 CRLFCRLF) from an admitted source:
     /// answer CRLF.
     KeepAlive,
@@ -88,9 +96,11 @@ impl Bucket {
 /// What the edge remembers about one source address.
 struct SourceState {
     buckets: [Bucket; 4],
-    /// Whether the buckets were filled with trunk limits (a reload that
-    /// changes it restarts them).
+    /// Whether the buckets were filled with trunk limits (a reload, or an
+    /// authentication, that changes it restarts them).
     trunk: bool,
+    /// Until when a digest authentication makes the source trusted.
+    authenticated_until: Option<Instant>,
     last_seen: Instant,
     banned_until: Option<Instant>,
     /// Last throttle log line of a trunk source.
@@ -103,6 +113,7 @@ impl SourceState {
         Self {
             buckets: limits.each().map(|(_, limit)| Bucket::full(limit, now)),
             trunk,
+            authenticated_until: None,
             last_seen: now,
             banned_until: None,
             throttle_logged: None,
@@ -112,6 +123,10 @@ impl SourceState {
 
     fn banned(&self, now: Instant) -> bool {
         self.banned_until.is_some_and(|until| until > now)
+    }
+
+    fn authenticated(&self, now: Instant) -> bool {
+        self.authenticated_until.is_some_and(|until| until > now)
     }
 }
 
@@ -159,13 +174,31 @@ impl EdgeGuard {
         self.sources.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether a trunk allows `addr` at all (TCP asks at accept).
-    pub(crate) fn admitted(&self, addr: SocketAddr, transport: Transport, method: &str) -> bool {
+    /// What the handler says about `addr` (TCP asks at accept).
+    pub(crate) fn admission(
+        &self,
+        addr: SocketAddr,
+        transport: Transport,
+        method: &str,
+    ) -> Admission {
         (self.admit)(&RequestSource {
             addr,
             transport,
             method: method.to_owned(),
-        }) == Admission::Admit
+        })
+    }
+
+    /// Marks `ip` as authenticated (a valid digest, `sip::auth`): trusted
+    /// limits for [`AUTHENTICATED_FOR`], its failures forgiven.
+    pub(crate) fn authenticated(&self, ip: IpAddr) {
+        let now = Instant::now();
+        let mut sources = self.sources();
+        let state = sources
+            .entry(ip)
+            .or_insert_with(|| SourceState::new(&self.config.stranger, false, now));
+        state.authenticated_until = Some(now + AUTHENTICATED_FOR);
+        state.auth_failures = 0;
+        state.last_seen = now;
     }
 
     /// Whether `ip` is banned now.
@@ -178,7 +211,8 @@ impl EdgeGuard {
     /// `auth_failures_before_ban` of them a source no trunk allows is
     /// banned like a flooding one. For the inbound digest auth layer.
     pub fn penalize(&self, ip: IpAddr) {
-        let trunk = self.admitted(SocketAddr::new(ip, 0), Transport::Udp, "REGISTER");
+        let trunk =
+            self.admission(SocketAddr::new(ip, 0), Transport::Udp, "REGISTER") == Admission::Admit;
         let now = Instant::now();
         let mut sources = self.sources();
         let limits = self.limits(trunk);
@@ -229,13 +263,20 @@ impl EdgeGuard {
         // Responses answer requests we sent, to peers we chose (ezk drops
         // those that match no transaction, and never answers them): they
         // are counted with trunk limits, throttled but never banned.
-        let trunk = sniff.response || self.admitted(source, transport, sniff.method_text());
+        let admission = if sniff.response {
+            Admission::Admit
+        } else {
+            self.admission(source, transport, sniff.method_text())
+        };
+        let mut trunk = admission == Admission::Admit;
 
         if self.config.enabled {
             let class = sniff.class();
+            let mut sources = self.sources();
+            // A source that authenticated counts as trusted.
+            trunk = trunk || sources.get(&ip).is_some_and(|s| s.authenticated(now));
             let limits = self.limits(trunk);
             let limit = limits.each()[class as usize].1;
-            let mut sources = self.sources();
             if !sources.contains_key(&ip)
                 && sources.len() >= self.config.max_tracked_sources as usize
             {
@@ -248,8 +289,11 @@ impl EdgeGuard {
                 .entry(ip)
                 .or_insert_with(|| SourceState::new(limits, trunk, now));
             if state.trunk != trunk {
-                // The profiles were reloaded: count with the new limits.
+                // The profiles were reloaded, or the source authenticated:
+                // count with the new limits.
+                let authenticated_until = state.authenticated_until;
                 *state = SourceState::new(limits, trunk, now);
+                state.authenticated_until = authenticated_until;
             }
             state.last_seen = now;
             if !state.buckets[class as usize].take(limit, now) {
@@ -289,7 +333,7 @@ impl EdgeGuard {
                 Verdict::Drop("not_admitted")
             };
         }
-        if !trunk {
+        if admission == Admission::Drop && !trunk {
             return match self.unknown_source {
                 UnknownSource::Drop => Verdict::Drop("not_admitted"),
                 UnknownSource::Reject => match forbidden(raw, &sniff) {
@@ -304,7 +348,7 @@ impl EdgeGuard {
         {
             return Verdict::Drop("overload");
         }
-        Verdict::Pass
+        Verdict::Pass { trusted: trunk }
     }
 
     fn is_scanner(&self, user_agent: &[u8]) -> bool {
@@ -331,10 +375,14 @@ impl Drop for InviteSlot {
     }
 }
 
-/// Drops sources that are idle and not banned; recounts the banned gauge.
+/// Drops sources that are idle, not banned and not authenticated;
+/// recounts the banned gauge.
 fn forget_idle(sources: &mut HashMap<IpAddr, SourceState>, now: Instant) -> usize {
-    sources
-        .retain(|_, s| s.banned(now) || now.saturating_duration_since(s.last_seen) < IDLE_FORGET);
+    sources.retain(|_, s| {
+        s.banned(now)
+            || s.authenticated(now)
+            || now.saturating_duration_since(s.last_seen) < IDLE_FORGET
+    });
     sources.values().filter(|s| s.banned(now)).count()
 }
 
@@ -442,6 +490,19 @@ fn forbidden(raw: &[u8], sniff: &Sniff<'_>) -> Option<Vec<u8>> {
     if sniff.response || sniff.keepalive || sniff.method == b"ACK" || sniff.method.is_empty() {
         return None;
     }
+    stateless(raw, "403 Forbidden", true)
+}
+
+/// A stateless final response to `raw` (RFC 3261 §8.2.6: Via, From, To,
+/// Call-ID and CSeq copied, a To tag added), never longer than the request.
+/// With `complete`, `None` unless all five are there; without, those there
+/// are copied (a 400 for a missing one). `None` for an ACK, a response, or
+/// a request without Via (no way back).
+pub(crate) fn stateless(raw: &[u8], status: &str, complete: bool) -> Option<Vec<u8>> {
+    let sniff = Sniff::of(raw);
+    if sniff.response || sniff.keepalive || sniff.method == b"ACK" || sniff.method.is_empty() {
+        return None;
+    }
     let mut vias = Vec::new();
     let (mut from, mut to, mut call_id, mut cseq) = (None, None, None, None);
     for line in header_lines(raw).skip(1) {
@@ -457,27 +518,39 @@ fn forbidden(raw: &[u8], sniff: &Sniff<'_>) -> Option<Vec<u8>> {
             cseq = Some(v);
         }
     }
-    let (from, to, call_id, cseq) = (from?, to?, call_id?, cseq?);
+    if complete && (from.is_none() || to.is_none() || call_id.is_none() || cseq.is_none()) {
+        return None;
+    }
     if vias.is_empty() {
         return None;
     }
     let mut out = Vec::with_capacity(raw.len());
-    out.extend_from_slice(b"SIP/2.0 403 Forbidden\r\n");
+    out.extend_from_slice(b"SIP/2.0 ");
+    out.extend_from_slice(status.as_bytes());
+    out.extend_from_slice(b"\r\n");
     for via in vias {
         push_header(&mut out, b"Via", via);
     }
-    push_header(&mut out, b"From", from);
-    let tagged = to.to_ascii_lowercase().windows(5).any(|w| w == b";tag=");
-    if tagged {
-        push_header(&mut out, b"To", to);
-    } else {
-        let mut with_tag = to.to_vec();
-        with_tag.extend_from_slice(b";tag=");
-        with_tag.extend_from_slice(super::random_token().as_bytes());
-        push_header(&mut out, b"To", &with_tag);
+    if let Some(from) = from {
+        push_header(&mut out, b"From", from);
     }
-    push_header(&mut out, b"Call-ID", call_id);
-    push_header(&mut out, b"CSeq", cseq);
+    if let Some(to) = to {
+        let tagged = to.to_ascii_lowercase().windows(5).any(|w| w == b";tag=");
+        if tagged {
+            push_header(&mut out, b"To", to);
+        } else {
+            let mut with_tag = to.to_vec();
+            with_tag.extend_from_slice(b";tag=");
+            with_tag.extend_from_slice(super::random_token().as_bytes());
+            push_header(&mut out, b"To", &with_tag);
+        }
+    }
+    if let Some(call_id) = call_id {
+        push_header(&mut out, b"Call-ID", call_id);
+    }
+    if let Some(cseq) = cseq {
+        push_header(&mut out, b"CSeq", cseq);
+    }
     out.extend_from_slice(b"Content-Length: 0\r\n\r\n");
     (out.len() <= raw.len()).then_some(out)
 }
@@ -530,7 +603,10 @@ mod tests {
             let raw = invite(tagged, "x");
             let verdict = g.inspect(addr(STRANGER), Transport::Udp, &raw);
             assert_eq!(verdict, Verdict::Drop("not_admitted"));
-            assert_eq!(g.inspect(addr(TRUNK), Transport::Udp, &raw), Verdict::Pass);
+            assert_eq!(
+                g.inspect(addr(TRUNK), Transport::Udp, &raw),
+                Verdict::Pass { trusted: true }
+            );
         }
     }
 
@@ -585,8 +661,14 @@ mod tests {
         let mut config = FloodConfig::default();
         config.trunk.invite = RateLimit { rate: 1, burst: 2 };
         let g = guard(UnknownSource::Drop, config);
-        assert_eq!(g.inspect(addr(TRUNK), Transport::Udp, &raw), Verdict::Pass);
-        assert_eq!(g.inspect(addr(TRUNK), Transport::Udp, &raw), Verdict::Pass);
+        assert_eq!(
+            g.inspect(addr(TRUNK), Transport::Udp, &raw),
+            Verdict::Pass { trusted: true }
+        );
+        assert_eq!(
+            g.inspect(addr(TRUNK), Transport::Udp, &raw),
+            Verdict::Pass { trusted: true }
+        );
         assert_eq!(
             g.inspect(addr(TRUNK), Transport::Udp, &raw),
             Verdict::Drop("throttled")
@@ -598,7 +680,7 @@ mod tests {
             .replace("INVITE", "OPTIONS");
         assert_eq!(
             g.inspect(addr(TRUNK), Transport::Udp, options.as_bytes()),
-            Verdict::Pass
+            Verdict::Pass { trusted: true }
         );
     }
 
@@ -617,6 +699,38 @@ mod tests {
             Verdict::Drop("scanner")
         );
         assert!(g.is_banned(addr(TRUNK).ip()));
+    }
+
+    /// A stranger let through only to a digest challenge keeps the
+    /// stranger limits (and is banned over them) until it authenticated;
+    /// then it has the trunk limits.
+    #[tokio::test]
+    async fn a_source_that_may_authenticate_is_a_stranger_until_it_does() {
+        let admit: Admit = Arc::new(|_: &RequestSource| Admission::Authenticate);
+        let g = EdgeGuard::new(FloodConfig::default(), UnknownSource::Drop, admit);
+        let raw = invite(false, "x");
+        let burst = FloodConfig::default().stranger.invite.burst;
+        for _ in 0..burst {
+            assert_eq!(
+                g.inspect(addr(STRANGER), Transport::Udp, &raw),
+                Verdict::Pass { trusted: false }
+            );
+        }
+        assert_eq!(
+            g.inspect(addr(STRANGER), Transport::Udp, &raw),
+            Verdict::Drop("rate_limited")
+        );
+        assert!(g.is_banned(addr(STRANGER).ip()));
+
+        let other = addr("127.0.0.3:5080");
+        g.authenticated(other.ip());
+        for _ in 0..burst * 2 {
+            assert_eq!(
+                g.inspect(other, Transport::Udp, &raw),
+                Verdict::Pass { trusted: true }
+            );
+        }
+        assert!(!g.is_banned(other.ip()));
     }
 
     #[tokio::test]
@@ -645,6 +759,9 @@ mod tests {
             Verdict::Drop("overload")
         );
         drop(slot);
-        assert_eq!(g.inspect(addr(TRUNK), Transport::Udp, &raw), Verdict::Pass);
+        assert_eq!(
+            g.inspect(addr(TRUNK), Transport::Udp, &raw),
+            Verdict::Pass { trusted: true }
+        );
     }
 }

@@ -13,8 +13,9 @@
 //!
 //! Must not parse SIP beyond framing: the edge and ezk do that.
 
-use super::base::Transport;
+use super::base::{Admission, Transport};
 use super::edge::{EdgeGuard, Verdict};
+use super::udp::{self, Screened};
 use crate::config::SipTcpConfig;
 use crate::metrics::{SIP_REQUESTS_REJECTED_TOTAL, SIP_TCP_CONNECTIONS};
 use bytes::{Buf, BytesMut};
@@ -26,6 +27,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 
 /// The largest SIP message over TCP (ezk's limit, and the UDP maximum).
 const MAX_MESSAGE: usize = u16::MAX as usize;
@@ -89,7 +91,8 @@ impl TcpEdge {
 
     /// A slot for a new connection from `peer`, or `None` to close it.
     fn admit(self: &Arc<Self>, peer: SocketAddr) -> Option<Slot> {
-        if self.guard.is_banned(peer.ip()) || !self.guard.admitted(peer, Transport::Tcp, "connect")
+        if self.guard.is_banned(peer.ip())
+            || self.guard.admission(peer, Transport::Tcp, "connect") == Admission::Drop
         {
             return None;
         }
@@ -178,30 +181,66 @@ async fn relay(edge: &TcpEdge, stream: TcpStream, peer: SocketAddr) {
     let (from_stack, to_stack) = internal.into_split();
     let origin = Instant::now();
     let activity = AtomicU64::new(0);
+    // Our own stateless answers (400, 416) to the peer, between the
+    // stack's messages.
+    let (replies_tx, replies_rx) = mpsc::channel(4);
     tokio::select! {
-        () = downstream(from_stack, to_peer, origin, &activity) => {}
-        () = upstream(edge, from_peer, to_stack, peer, origin, &activity) => {}
+        () = downstream(from_stack, to_peer, replies_rx, origin, &activity) => {}
+        () = upstream(edge, from_peer, to_stack, replies_tx, peer, origin, &activity) => {}
     }
     edge.peers.map().remove(&relay_addr);
 }
 
-/// From the stack to the peer, byte for byte.
+/// From the stack to the peer, whole messages at a time, and between
+/// them our own answers: only complete messages are forwarded, so the
+/// stream to the peer is always at a message boundary when a reply of
+/// ours goes out.
 async fn downstream(
     mut from_stack: OwnedReadHalf,
     mut to_peer: OwnedWriteHalf,
+    mut replies: mpsc::Receiver<Vec<u8>>,
     origin: Instant,
     activity: &AtomicU64,
 ) {
-    let mut buffer = vec![0u8; 16 * 1024];
+    let mut buffer = BytesMut::with_capacity(16 * 1024);
     loop {
-        match from_stack.read(&mut buffer).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                if to_peer.write_all(&buffer[..n]).await.is_err() {
+        tokio::select! {
+            read = from_stack.read_buf(&mut buffer) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            },
+            Some(reply) = replies.recv() => {
+                if to_peer.write_all(&reply).await.is_err() {
                     return;
                 }
-                activity.store(millis_since(origin), Ordering::Relaxed);
+                continue;
             }
+        }
+        let whole = whole_messages(&buffer);
+        if whole > 0 {
+            if to_peer.write_all(&buffer[..whole]).await.is_err() {
+                return;
+            }
+            buffer.advance(whole);
+            activity.store(millis_since(origin), Ordering::Relaxed);
+        }
+    }
+}
+
+/// How many bytes at the start of `buffer` are whole messages (with any
+/// CRLF keepalives between them). What ezk sends always frames; if it did
+/// not, everything goes (the connection is then beyond repair anyway).
+fn whole_messages(buffer: &[u8]) -> usize {
+    let mut end = 0;
+    loop {
+        end += buffer[end..]
+            .iter()
+            .take_while(|b| matches!(b, b'\r' | b'\n'))
+            .count();
+        match frame(&buffer[end..]) {
+            Frame::Complete(len) => end += len,
+            Frame::Incomplete => return end,
+            Frame::Invalid(_) => return buffer.len(),
         }
     }
 }
@@ -212,6 +251,7 @@ async fn upstream(
     edge: &TcpEdge,
     mut from_peer: OwnedReadHalf,
     mut to_stack: OwnedWriteHalf,
+    replies: mpsc::Sender<Vec<u8>>,
     peer: SocketAddr,
     origin: Instant,
     activity: &AtomicU64,
@@ -247,7 +287,20 @@ async fn upstream(
                     started = None;
                     activity.store(millis_since(origin), Ordering::Relaxed);
                     match edge.guard.inspect(peer, Transport::Tcp, &message) {
-                        Verdict::Pass | Verdict::KeepAlive => {
+                        Verdict::Pass { trusted } => match udp::screen(&message, trusted) {
+                            Screened::Go(message) => {
+                                if to_stack.write_all(&message).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Screened::Answer(reply) => {
+                                if replies.send(reply).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Screened::Dropped => {}
+                        },
+                        Verdict::KeepAlive => {
                             if to_stack.write_all(&message).await.is_err() {
                                 return;
                             }

@@ -8,6 +8,7 @@
 use super::auth::AuthLayer;
 use super::base::{LocalIdentity, SipError, Transport};
 use super::edge::EdgeGuard;
+use super::finished::Finished;
 use super::guard::GuardLayer;
 use super::inbound::{InboundHandler, InboundLayer};
 use super::tcp::{self, TcpPeers};
@@ -65,6 +66,8 @@ pub struct SipStack {
     pub(crate) endpoint: Endpoint,
     pub(crate) local: Arc<LocalIdentity>,
     edge: Arc<EdgeGuard>,
+    /// Answers kept for retransmissions, and calls waiting for a BYE.
+    pub(crate) finished: Arc<Finished>,
 }
 
 impl fmt::Debug for SipStack {
@@ -104,18 +107,20 @@ impl SipStack {
             config.unknown_source,
             Arc::new(move |source| admit_handler.admit(source)),
         );
+        let finished = Arc::new(Finished::default());
         let layers = |builder: &mut EndpointBuilder, peers: Option<Arc<TcpPeers>>| {
             if let Some(user_agent) = &config.user_agent {
                 builder.user_agent(user_agent.clone());
             }
-            builder.add_layer(GuardLayer::new(peers));
-            builder.add_layer(AuthLayer::new(handler.clone()));
+            builder.add_layer(GuardLayer::new(peers, finished.clone()));
+            builder.add_layer(AuthLayer::new(handler.clone(), edge.clone()));
             builder.add_layer(DialogLayer::default());
             builder.add_layer(InviteLayer::default());
             builder.add_layer(InboundLayer::new(
                 handler.clone(),
                 local.clone(),
                 edge.clone(),
+                finished.clone(),
             ));
         };
 
@@ -147,6 +152,7 @@ impl SipStack {
             endpoint,
             local,
             edge,
+            finished,
         })
     }
 
