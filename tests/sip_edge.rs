@@ -503,3 +503,104 @@ async fn sipvicious_from_a_stranger_finds_nothing() {
     .await;
     assert!(!war.contains(NUMBER), "svwar told our number apart:\n{war}");
 }
+
+/// Reads from `stream` until it closes or `within` passes; everything read.
+async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> (Vec<u8>, bool) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => return (got, true),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => return (got, false),
+        }
+    }
+}
+
+/// `reject` mode over TCP: a stranger's connection gets the same one
+/// stateless 403 as over UDP, never larger than its request, and is then
+/// closed; in the default mode it is closed at once with nothing sent.
+#[tokio::test]
+async fn over_tcp_a_stranger_gets_one_answer_in_reject_mode_and_none_by_default() {
+    for (mode, answers) in [("reject", 1), ("drop", 0)] {
+        let d = daemon("", &[("AGENTLINE_SIP__UNKNOWN_SOURCE", mode)]).await;
+        let target = sip_addr(&d);
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let mut stream = socket.connect(target).await.unwrap();
+        let local = stream.local_addr().unwrap();
+        let invite = request("INVITE", NUMBER, false, "tcp-probe", local, target)
+            .replace("SIP/2.0/UDP", "SIP/2.0/TCP");
+        // A closed connection may refuse the write: that is no answer.
+        let _ = stream.write_all(invite.as_bytes()).await;
+        let (got, closed) = read_until_closed(&mut stream, Duration::from_secs(5)).await;
+        assert!(closed, "{mode}: connection left open");
+        let text = String::from_utf8_lossy(&got);
+        assert_eq!(text.matches("SIP/2.0 ").count(), answers, "{mode}: {text}");
+        assert!(got.len() <= invite.len(), "{mode}: amplification {text}");
+        if answers == 1 {
+            assert!(text.starts_with("SIP/2.0 403 Forbidden\r\n"), "{text}");
+            assert!(text.contains("Call-ID: tcp-probe\r\n"), "{text}");
+        }
+    }
+}
+
+/// A call that came over TCP is hung up by the daemon (the agent's maximum
+/// duration) with a BYE over the very connection the caller opened (RFC
+/// 3261 §18.2.2 reuse, through the relay), not over a new one to its
+/// Contact, where nothing listens here.
+#[tokio::test]
+async fn the_daemon_sends_its_bye_over_the_callers_tcp_connection() {
+    let d = TestDaemon::builder()
+        .profile("carrier", &trunk())
+        .start()
+        .await;
+    d.provision_echo(NUMBER, "trk_carrier", 1).await;
+    let target = sip_addr(&d);
+    let mut stream = TcpStream::connect(target).await.unwrap();
+    let local = stream.local_addr().unwrap();
+    // A Contact port nothing listens on.
+    let nowhere = free_udp_port();
+    let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 9 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n";
+    let invite = format!(
+        "INVITE sip:{NUMBER}@{target};transport=tcp SIP/2.0\r\nVia: SIP/2.0/TCP {local};branch=z9hG4bKtcpbye1\r\n\
+         From: <sip:+15550001@127.0.0.1>;tag=c1\r\nTo: <sip:{NUMBER}@{target}>\r\nCall-ID: tcp-bye@test\r\n\
+         CSeq: 1 INVITE\r\nContact: <sip:+15550001@127.0.0.1:{nowhere};transport=tcp>\r\nMax-Forwards: 70\r\n\
+         Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    );
+    stream.write_all(invite.as_bytes()).await.unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 8192];
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while !seen.contains("SIP/2.0 200") {
+        let n = tokio::time::timeout_at(deadline, stream.read(&mut buf))
+            .await
+            .expect("200 in time")
+            .unwrap();
+        assert!(n > 0, "closed before 200: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    let to = seen
+        .lines()
+        .skip_while(|l| !l.starts_with("SIP/2.0 200"))
+        .find(|l| l.starts_with("To:"))
+        .expect("To in 200")
+        .to_owned();
+    let ack = format!(
+        "ACK sip:{NUMBER}@{target};transport=tcp SIP/2.0\r\nVia: SIP/2.0/TCP {local};branch=z9hG4bKtcpbye2\r\n\
+         From: <sip:+15550001@127.0.0.1>;tag=c1\r\n{to}\r\nCall-ID: tcp-bye@test\r\nCSeq: 1 ACK\r\n\
+         Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    );
+    stream.write_all(ack.as_bytes()).await.unwrap();
+    let mut after = String::new();
+    while !after.contains("BYE sip:") {
+        let n = tokio::time::timeout_at(deadline, stream.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no BYE on our connection: {after}\n{}", d.log()))
+            .unwrap();
+        assert!(n > 0, "closed before BYE: {after}");
+        after.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+}

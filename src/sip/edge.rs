@@ -201,6 +201,12 @@ impl EdgeGuard {
         state.last_seen = now;
     }
 
+    /// Whether strangers get one stateless answer (`reject` mode) rather
+    /// than silence.
+    pub(crate) fn rejects_strangers(&self) -> bool {
+        self.unknown_source == UnknownSource::Reject
+    }
+
     /// Whether `ip` is banned now.
     pub(crate) fn is_banned(&self, ip: IpAddr) -> bool {
         let now = Instant::now();

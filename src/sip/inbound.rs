@@ -9,8 +9,10 @@ use super::call::{Call, sdp_of};
 use super::edge::{EdgeGuard, InviteSlot};
 use super::finished::Finished;
 use bytes::Bytes;
+use ezk_sip_core::transport::TargetTransportInfo;
 use ezk_sip_core::{Endpoint, IncomingRequest, Layer, MayTake};
 use ezk_sip_types::header::typed::{FromTo, RetryAfter};
+use ezk_sip_types::host::HostPort;
 use ezk_sip_types::print::AppendCtx;
 use ezk_sip_types::uri::{SipUri, SipUriUserPart};
 use ezk_sip_types::{Headers, Method, Name, StatusCode};
@@ -378,6 +380,17 @@ impl InboundLayer {
                 return;
             }
         };
+        // RFC 3261 §18.2.2 / RFC 5923 reuse: our requests in a dialog that
+        // came over TCP (a BYE when we hang up) go back over the connection
+        // the peer opened, which the TCP relay carries, not over a new one
+        // to its Contact (from behind NAT, or the relay's loopback view of
+        // it, that one cannot be reached).
+        if let Some(relay) = invite.tp_info.transport.connection_remote() {
+            *dialog.target_tp_info.lock().await = TargetTransportInfo {
+                via_host_port: Some(HostPort::from(self.local.public)),
+                transport: Some((invite.tp_info.transport.clone(), relay)),
+            };
+        }
         let local_tag = dialog
             .local_fromto
             .tag

@@ -11,7 +11,13 @@
 //! back into the request (source, Via `received`/`rport`) before anything
 //! reads it. Responses and requests from ezk flow back unchanged.
 //!
-//! Must not parse SIP beyond framing: the edge and ezk do that.
+//! In `reject` mode a stranger's connection is accepted (within the same
+//! caps) for one message, which gets the edge's one stateless 403 as over
+//! UDP, and is then closed; in the default `drop` mode it is closed at
+//! accept.
+//!
+//! Must not parse SIP beyond framing: the edge, the receive path's screen
+//! ([`super::udp::screen`]) and ezk do that.
 
 use super::base::{Admission, Transport};
 use super::edge::{EdgeGuard, Verdict};
@@ -89,13 +95,17 @@ impl TcpEdge {
         self.counts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A slot for a new connection from `peer`, or `None` to close it.
-    fn admit(self: &Arc<Self>, peer: SocketAddr) -> Option<Slot> {
-        if self.guard.is_banned(peer.ip())
-            || self.guard.admission(peer, Transport::Tcp, "connect") == Admission::Drop
-        {
+    /// A slot for a new connection from `peer` and what to do with it, or
+    /// `None` to close it at once.
+    fn admit(self: &Arc<Self>, peer: SocketAddr) -> Option<(Slot, Serve)> {
+        if self.guard.is_banned(peer.ip()) {
             return None;
         }
+        let serve = match self.guard.admission(peer, Transport::Tcp, "connect") {
+            Admission::Drop if self.guard.rejects_strangers() => Serve::RejectOnce,
+            Admission::Drop => return None,
+            Admission::Admit | Admission::Authenticate => Serve::Relay,
+        };
         let mut counts = self.counts();
         let from_source = counts.by_source.get(&peer.ip()).copied().unwrap_or(0);
         if counts.total >= self.limits.max_connections as usize
@@ -106,11 +116,23 @@ impl TcpEdge {
         counts.total += 1;
         *counts.by_source.entry(peer.ip()).or_default() += 1;
         metrics::gauge!(SIP_TCP_CONNECTIONS).set(counts.total as f64);
-        Some(Slot {
-            edge: Arc::clone(self),
-            ip: peer.ip(),
-        })
+        Some((
+            Slot {
+                edge: Arc::clone(self),
+                ip: peer.ip(),
+            },
+            serve,
+        ))
     }
+}
+
+/// What an admitted connection gets.
+enum Serve {
+    /// Relayed to the stack, message by message through the edge.
+    Relay,
+    /// A stranger in `reject` mode: its first message gets the edge's one
+    /// stateless answer, as over UDP, then the connection is closed.
+    RejectOnce,
 }
 
 fn reject(reason: &'static str) {
@@ -143,18 +165,63 @@ pub(crate) fn spawn_acceptor(
                     continue;
                 }
             };
-            let Some(slot) = edge.admit(peer) else {
+            let Some((slot, serve)) = edge.admit(peer) else {
                 reject("tcp_refused");
                 tracing::debug!(%peer, "SIP TCP connection refused");
                 drop(stream);
                 continue;
             };
             tokio::spawn(async move {
-                relay(&slot.edge, stream, peer).await;
+                match serve {
+                    Serve::Relay => relay(&slot.edge, stream, peer).await,
+                    Serve::RejectOnce => reject_once(&slot.edge, stream, peer).await,
+                }
                 drop(slot);
             });
         }
     });
+}
+
+/// Reads one message from a stranger (within `message_timeout_seconds`),
+/// sends the edge's answer to it if there is one (a 403 never larger than
+/// the request, RFC 3261 §8.2.7 stateless), and closes: one answer per
+/// connection, nothing relayed, nothing kept. The stranger's rate limit
+/// and ban apply to the message as on UDP.
+async fn reject_once(edge: &TcpEdge, mut stream: TcpStream, peer: SocketAddr) {
+    let deadline = tokio::time::Instant::now()
+        + Duration::from_secs(u64::from(edge.limits.message_timeout_seconds));
+    let mut buffer = BytesMut::with_capacity(4096);
+    loop {
+        let blank = buffer
+            .iter()
+            .take_while(|b| matches!(b, b'\r' | b'\n'))
+            .count();
+        buffer.advance(blank);
+        match frame(&buffer) {
+            Frame::Complete(len) => {
+                if let Verdict::Reply(reply) =
+                    edge.guard.inspect(peer, Transport::Tcp, &buffer[..len])
+                {
+                    let _ = stream.write_all(&reply).await;
+                    let _ = stream.shutdown().await;
+                }
+                return;
+            }
+            Frame::Invalid(reason) => {
+                reject(reason);
+                return;
+            }
+            Frame::Incomplete => {}
+        }
+        match tokio::time::timeout_at(deadline, stream.read_buf(&mut buffer)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            Ok(_) => return,
+            Err(_) => {
+                reject("tcp_timeout");
+                return;
+            }
+        }
+    }
 }
 
 /// Milliseconds since `origin`, for the last-activity mark shared by the
