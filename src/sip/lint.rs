@@ -41,33 +41,29 @@ pub(crate) fn check(raw: &[u8]) -> Result<(), Violation> {
     check_request_line(&head[..line_end])?;
 
     let mut seen = [0u8; SINGLE_HEADERS.len()];
-    for line in unfold(head.get(line_end + 2..).unwrap_or_default()) {
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
+    // Unfolded already on the receive path (`normalize`): then borrowed.
+    let headers = unfold_head(head.get(line_end + 2..).unwrap_or_default());
+    for line in headers.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some((name, value)) = split_header(line) else {
             continue;
         };
-        let name = String::from_utf8_lossy(&line[..colon])
-            .trim()
-            .to_ascii_lowercase();
-        let value = &line[colon + 1..];
-        if let Some(i) = SINGLE_HEADERS
-            .iter()
-            .position(|names| names.contains(&name.as_str()))
-        {
+        if let Some(i) = SINGLE_HEADERS.iter().position(|names| named(name, names)) {
             seen[i] += 1;
             if seen[i] > 1 {
                 // RFC 4475 §3.3.4 `multi01`.
                 return Err("Repeated single-value header");
             }
         }
-        if ADDRESS_HEADERS.contains(&name.as_str()) {
+        if named(name, ADDRESS_HEADERS) {
             check_address(value)?;
         }
-        if name == "via" || name == "v" {
+        if named(name, &["via", "v"]) {
             // RFC 3261 §20.42: via-params are `;` token, never empty
             // (RFC 4475 §3.1.2.1 `badinv01`).
             check_params(value, true)?;
         }
-        if name == "date" && !trim(value).ends_with(b" GMT") {
+        if named(name, &["date"]) && !trim(value).ends_with(b" GMT") {
             // RFC 3261 §20.17: rfc1123-date in GMT only (RFC 4475
             // §3.1.2.12 `baddate`).
             return Err("Date not in GMT");
@@ -205,13 +201,17 @@ fn head_of(raw: &[u8]) -> &[u8] {
     &raw[..find(raw, b"\r\n\r\n").map_or(raw.len(), |end| end + 2)]
 }
 
-/// Lowercased header name and the value of one (unfolded) header line.
-fn split_header(line: &[u8]) -> Option<(String, &[u8])> {
+/// The header name (trimmed) and the value of one (unfolded) header line.
+fn split_header(line: &[u8]) -> Option<(&[u8], &[u8])> {
     let colon = line.iter().position(|&b| b == b':')?;
-    let name = String::from_utf8_lossy(&line[..colon])
-        .trim()
-        .to_ascii_lowercase();
-    Some((name, &line[colon + 1..]))
+    Some((line[..colon].trim_ascii(), &line[colon + 1..]))
+}
+
+/// Whether a header name is one of `names` (lower case), in any case.
+fn named(name: &[u8], names: &[&str]) -> bool {
+    names
+        .iter()
+        .any(|candidate| name.eq_ignore_ascii_case(candidate.as_bytes()))
 }
 
 /// `\"` inside quoted strings of From, To and Contact made `\'`.
@@ -219,8 +219,7 @@ fn requote(raw: &[u8]) -> Vec<u8> {
     let head = head_of(raw);
     let mut out = Vec::with_capacity(raw.len());
     for line in head.split_inclusive(|&b| b == b'\n') {
-        let is_address =
-            split_header(line).is_some_and(|(name, _)| ADDRESS_HEADERS.contains(&name.as_str()));
+        let is_address = split_header(line).is_some_and(|(name, _)| named(name, ADDRESS_HEADERS));
         if !is_address {
             out.extend_from_slice(line);
             continue;
@@ -269,17 +268,22 @@ fn rfc2543_compatible(raw: &[u8]) -> Option<Vec<u8>> {
         let Some((name, value)) = split_header(line) else {
             continue;
         };
-        match name.as_str() {
-            "via" | "v" if via.is_none() => via = Some(value),
+        if named(name, &["via", "v"]) && via.is_none() {
+            via = Some(value);
+        } else if named(name, &["from", "f"]) {
             // Where the From line's value ends, and the value.
-            "from" | "f" => from = Some((line_start + line.len(), value)),
-            "call-id" | "i" => call_id = Some(trim(value)),
-            "contact" | "m" => contact = true,
-            _ => {}
+            from = Some((line_start + line.len(), value));
+        } else if named(name, &["call-id", "i"]) {
+            call_id = Some(trim(value));
+        } else if named(name, &["contact", "m"]) {
+            contact = true;
         }
     }
     let top_via = via?.split(|&b| b == b',').next()?;
-    if find(&top_via.to_ascii_lowercase(), b"branch=z9hg4bk").is_some() {
+    if top_via
+        .windows(14)
+        .any(|w| w.eq_ignore_ascii_case(b"branch=z9hG4bK"))
+    {
         return None;
     }
     let (from_end, from_value) = from?;
@@ -366,18 +370,20 @@ pub(crate) fn screen(raw: &[u8]) -> Result<(), (u16, &'static str)> {
         let Some((name, value)) = split_header(line) else {
             continue;
         };
-        if name == "content-length" || name == "l" {
+        if named(name, &["content-length", "l"]) {
             content_length = std::str::from_utf8(trim(value))
                 .ok()
                 .and_then(|v| v.parse::<usize>().ok());
         }
-        let slot = match name.as_str() {
-            "via" | "v" => 0,
-            "from" | "f" => 1,
-            "to" | "t" => 2,
-            "call-id" | "i" => 3,
-            "cseq" => 4,
-            _ => continue,
+        const SLOTS: [&[&str]; 5] = [
+            &["via", "v"],
+            &["from", "f"],
+            &["to", "t"],
+            &["call-id", "i"],
+            &["cseq"],
+        ];
+        let Some(slot) = SLOTS.iter().position(|names| named(name, names)) else {
+            continue;
         };
         seen[slot] = true;
         if (slot == 1 || slot == 2) && !address_is_sip(value) {
@@ -501,23 +507,6 @@ pub(crate) fn unfold_head(raw: &[u8]) -> Cow<'_, [u8]> {
     }
     out.extend_from_slice(&raw[head_end..]);
     Cow::Owned(out)
-}
-
-/// Header lines with continuation lines (starting with SP or HT, RFC 3261
-/// §7.3.1) joined to the line they continue.
-fn unfold(headers: &[u8]) -> Vec<Vec<u8>> {
-    let mut lines: Vec<Vec<u8>> = Vec::new();
-    for line in headers.split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        match (line.first(), lines.last_mut()) {
-            (Some(b' ' | b'\t'), Some(last)) => {
-                last.push(b' ');
-                last.extend_from_slice(line);
-            }
-            _ => lines.push(line.to_vec()),
-        }
-    }
-    lines
 }
 
 fn trim(value: &[u8]) -> &[u8] {
