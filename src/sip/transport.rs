@@ -126,8 +126,8 @@ impl SipStack {
 
         let mut builder = Endpoint::builder();
         layers(&mut builder, None);
-        let (endpoint, udp_handle, socket) = udp::build(builder, listen).await?;
-        udp::spawn_reader(socket, endpoint.clone(), udp_handle, edge.clone());
+        let (endpoint, udp_handle, socket, io) = udp::build(builder, listen).await?;
+        udp::spawn_reader(socket, &io, endpoint.clone(), udp_handle, edge.clone());
 
         if config.tcp {
             let tcp_error = |source| SipError::Bind {

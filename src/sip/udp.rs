@@ -15,6 +15,13 @@
 //! for the life of the process: the socket is registered with its I/O
 //! driver. Nothing of ezk is patched.
 //!
+//! Our reader runs on that same runtime, reading a duplicate of the
+//! descriptor registered with the same I/O driver: ezk's registration of
+//! the socket wakes that thread for every datagram anyway (both watch the
+//! same socket), so reading there costs no second wake-up. Admitted
+//! messages go to the endpoint on the daemon's runtime, as ezk's own
+//! reader would hand them.
+//!
 //! Must not decide anything about a datagram: that is the edge's job.
 
 use super::base::{SipError, Transport};
@@ -33,17 +40,22 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, RawFd};
 use std::sync::Arc;
+use tokio::runtime::Handle;
 
 /// The largest datagram we read (the UDP maximum; ezk reads the same).
 const MAX_DATAGRAM: usize = u16::MAX as usize;
 
+/// What [`build`] returns: the endpoint, its UDP transport handle, a
+/// duplicate of the SIP socket (non-blocking, not yet registered) and the
+/// runtime that drives the socket's I/O.
+pub(crate) type Built = (Endpoint, TpHandle, std::net::UdpSocket, Handle);
+
 /// Binds UDP on `addr` into `builder`, builds the endpoint with ezk's own
-/// UDP reader disarmed, and returns the endpoint, the transport handle and
-/// a socket to read the SIP port from.
+/// UDP reader disarmed, and returns it with what the reader needs.
 pub(crate) async fn build(
     mut builder: EndpointBuilder,
     addr: SocketAddr,
-) -> Result<(Endpoint, TpHandle, tokio::net::UdpSocket), SipError> {
+) -> Result<Built, SipError> {
     let bind_error = |source| SipError::Bind {
         transport: Transport::Udp,
         addr,
@@ -63,13 +75,14 @@ pub(crate) async fn build(
                     return;
                 }
             };
+            let io = runtime.handle().clone();
             let built = runtime.block_on(async move {
                 let handle = builder.bind_udp(addr).await?;
                 // No await between these two: ezk's reader, spawned on this
                 // runtime, cannot run before the second endpoint is sent.
                 let endpoint = builder.build();
                 drop(builder.build());
-                Ok::<_, io::Error>((endpoint, handle))
+                Ok::<_, io::Error>((endpoint, handle, io))
             });
             let ok = built.is_ok();
             let _ = tx.send(built);
@@ -78,17 +91,14 @@ pub(crate) async fn build(
             }
         })
         .map_err(bind_error)?;
-    let (endpoint, handle) = rx
+    let (endpoint, handle, io) = rx
         .await
         .map_err(|_| bind_error(io::Error::other("the SIP I/O thread ended")))?
         .map_err(bind_error)?;
     let socket = duplicate_udp(handle.bound())
-        .and_then(|socket| {
-            socket.set_nonblocking(true)?;
-            tokio::net::UdpSocket::from_std(socket)
-        })
+        .and_then(|socket| socket.set_nonblocking(true).map(|()| socket))
         .map_err(bind_error)?;
-    Ok((endpoint, handle, socket))
+    Ok((endpoint, handle, socket, io))
 }
 
 /// A duplicate of the UDP socket of this process bound to `bound`.
@@ -142,15 +152,25 @@ fn is_datagram_socket(fd: RawFd) -> bool {
     rc == 0 && kind == libc::SOCK_DGRAM
 }
 
-/// Reads the SIP port forever: the edge decides, admitted messages go to
-/// the endpoint.
+/// Reads the SIP port forever on the socket's I/O runtime (`io`): the
+/// edge decides, admitted messages go to the endpoint on the calling
+/// (daemon's) runtime.
 pub(crate) fn spawn_reader(
-    socket: tokio::net::UdpSocket,
+    socket: std::net::UdpSocket,
+    io: &Handle,
     endpoint: Endpoint,
     handle: TpHandle,
     guard: Arc<EdgeGuard>,
 ) {
-    tokio::spawn(async move {
+    let daemon = Handle::current();
+    io.spawn(async move {
+        let socket = match tokio::net::UdpSocket::from_std(socket) {
+            Ok(socket) => socket,
+            Err(e) => {
+                tracing::error!(error = %e, "SIP UDP reader cannot start");
+                return;
+            }
+        };
         let mut buffer = vec![0u8; MAX_DATAGRAM];
         loop {
             let (len, source) = match socket.recv_from(&mut buffer).await {
@@ -174,6 +194,9 @@ pub(crate) fn spawn_reader(
                         };
                         match parse(buffer) {
                             Some((line, headers, body, buffer)) => {
+                                // ezk spawns the message's task on the
+                                // current runtime: make that the daemon's.
+                                let _daemon = daemon.enter();
                                 endpoint.receive(ReceivedMessage::new(
                                     source,
                                     buffer,
