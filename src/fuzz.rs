@@ -43,7 +43,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("wav", wav),
 ];
 
-/// A SIP datagram as the UDP receive path takes it: ezk's message parser
+/// A SIP datagram as the UDP receive path takes it: our normalising and
+/// screening (`sip::lint`), ezk's message parser
 /// (request or status line, header lines, Content-Length and the body, as
 /// ezk's UDP transport frames it), the base headers every transaction
 /// needs (RFC 3261 §8.1.1), the headers `sip::guard` vets before any
@@ -51,6 +52,10 @@ pub const TARGETS: &[(&str, Target)] = &[
 /// URIs' users and the SDP offer, answered as the call would answer it;
 /// for INFO, the DTMF body.
 pub fn sip_datagram(data: &[u8]) {
+    // The receive path's own steps first (normalise, screen, a stateless
+    // answer never larger than the request), then what ezk parses.
+    let normalized = crate::sip::receive_path_for_fuzzing(data);
+    let data = normalized.as_slice();
     let buffer = bytes::Bytes::copy_from_slice(data);
     let mut parser = PullParser::new(&buffer, 0);
     let mut first: Option<MessageLine> = None;

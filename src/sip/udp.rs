@@ -252,9 +252,12 @@ pub(crate) fn screen(raw: &[u8], trusted: bool) -> Screened<'_> {
         _ => "bad_request",
     };
     metrics::counter!(SIP_REQUESTS_REJECTED_TOTAL, "reason" => label).increment(1);
+    // Never more bytes out than came in (the normalised message may have
+    // grown).
     let reply = trusted
         .then(|| edge::stateless(&message, &format!("{code} {reason}"), false))
-        .flatten();
+        .flatten()
+        .filter(|reply| reply.len() <= raw.len());
     reply.map_or(Screened::Dropped, Screened::Answer)
 }
 
