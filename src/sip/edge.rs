@@ -14,7 +14,8 @@
 //!    `ban_seconds`, a trusted source is throttled (the excess dropped)
 //!    and logged, never banned;
 //! 4. a scanner User-Agent is dropped and its source banned;
-//! 5. a stranger gets nothing (`unknown_source = "drop"`), or in `reject`
+//! 5. a stranger (one that may authenticate excepted: it goes on to the
+//!    challenge) gets nothing (`unknown_source = "drop"`), or in `reject`
 //!    mode one stateless 403 no larger than its request: the amplification
 //!    factor toward a spoofed source stays at most 1, and there is no 100
 //!    Trying and no retransmission (RFC 3261 §8.2.7 allows a stateless UAS);

@@ -1,18 +1,22 @@
-//! Grammar checks on a request's raw bytes that ezk's parser is lenient
-//! about: RFC 3261 §25 rules whose breach RFC 4475 §3.1.2 says must not be
-//! acted on (answer 400). Runs on every request ezk parsed, before any
-//! layer acts on it (see [`guard`](super::guard)).
+//! Grammar checks on a request's raw bytes, in two places.
 //!
-//! Must not: allocate per header beyond one unfolded line, reject what
-//! RFC 4475 §3.1.1 calls valid (line folding, odd spacing around `:`, `;`
-//! and `=`, escaped quotes, compact names, unknown headers), or look at
-//! the body.
+//! - Before ezk parses (the receive path, [`super::udp::screen`]):
+//!   [`normalize`] makes what RFC 3261 allows but ezk's parser refuses
+//!   readable (folded lines, escaped quotes, RFC 2543 requests), and
+//!   [`screen`] picks the requests ezk would drop but RFC 3261 answers
+//!   (400, 416, 505), to be answered statelessly.
+//! - After ezk parsed, before any layer acts ([`guard`](super::guard)):
+//!   [`check`] refuses RFC 3261 §25 breaches ezk is lenient about, which
+//!   RFC 4475 §3.1.2 says must not be acted on (400).
 //!
-//! ezk drops some messages before this runs (a header line without a
-//! colon, a URI it cannot parse, a missing Call-ID or Via branch): those
-//! get silence, which RFC 4475 allows where no response can be routed. ezk
-//! 0.9 owns its sockets and has no pre-parse hook, so those cannot be
-//! normalised here.
+//! What neither can answer (no Via, a start line ezk cannot read, a To
+//! that does not parse) gets silence, which RFC 4475 allows where no
+//! response can be routed.
+//!
+//! Must not: allocate per header line, reject what RFC 4475 §3.1.1 calls
+//! valid (line folding, odd spacing around `:`, `;` and `=`, escaped
+//! quotes, compact names, unknown headers), change a well-formed RFC 3261
+//! message, or look at the body beyond its length.
 
 use std::borrow::Cow;
 

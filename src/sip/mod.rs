@@ -44,11 +44,12 @@
 //!
 //! # Known limits of the ezk transport
 //!
-//! Datagrams that ezk's parser rejects (garbage start line, a header line
-//! without a colon, invalid UTF-8, a body shorter than Content-Length) and
-//! requests without a parsable Via, From, To, Call-ID or CSeq are dropped by
-//! ezk before any layer sees them, so they get no 400. RFC 4475 allows that
-//! when no response can be routed; the torture test checks the stack stays up.
+//! Our receive path ([`udp`], [`lint`]) normalises what ezk's parser would
+//! refuse although RFC 3261 allows it, and answers itself (400, 416, 505)
+//! what ezk would drop although RFC 3261 gives an answer. What remains
+//! dropped without an answer (a start line or a To that does not parse, no
+//! Via) is what RFC 4475 allows to drop; the torture test checks every
+//! message's outcome and that the stack stays up.
 //! After a 2xx to an INVITE, ezk gives up waiting for the ACK after about
 //! 8.5 s of retransmissions rather than timer H (32 s); the caller is told
 //! through [`AcceptError::NoAck`].
