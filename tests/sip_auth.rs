@@ -313,3 +313,55 @@ async fn svcrack_is_banned_after_a_few_attempts() {
     assert!(d.log().contains("source banned"), "{}", d.log());
     assert!(calls(&d).await.is_empty());
 }
+
+/// A source let through only to the challenge is a stranger at the flood
+/// guard until it authenticated: a burst of INVITEs without credentials
+/// draws at most the stranger burst (10) of 401s, then its source is
+/// banned, where the trunk limits (a burst of 2,000) would answer them all.
+#[tokio::test]
+async fn a_source_that_may_authenticate_has_the_stranger_limits() {
+    let d = auth_daemon().await;
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let local = socket.local_addr().unwrap();
+    let target = std::net::SocketAddr::from(([127, 0, 0, 1], d.sip_port));
+    // Large enough that its 401 is never larger (the challenge is not sent
+    // otherwise).
+    let pad = "x".repeat(300);
+    let invite = |n: usize| {
+        format!(
+            "INVITE sip:{NUMBER}@{target} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKburst{n};rport\r\n\
+             From: <sip:pbx@{local}>;tag=b{n}\r\nTo: <sip:{NUMBER}@{target}>\r\nCall-ID: burst-{n}\r\n\
+             CSeq: 1 INVITE\r\nContact: <sip:pbx@{local}>\r\nMax-Forwards: 70\r\n\
+             Subject: {pad}\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    // Every 401 that comes within 2 s of the last one.
+    async fn challenges(socket: &UdpSocket) -> usize {
+        let mut got = 0;
+        let mut buf = [0u8; 4096];
+        while let Ok(Ok((n, _))) =
+            tokio::time::timeout(Duration::from_secs(2), socket.recv_from(&mut buf)).await
+        {
+            if buf[..n].starts_with(b"SIP/2.0 401") {
+                got += 1;
+            }
+        }
+        got
+    }
+    // Within the stranger burst: every one challenged.
+    for n in 0..8 {
+        socket.send_to(invite(n).as_bytes(), target).await.unwrap();
+    }
+    assert_eq!(challenges(&socket).await, 8, "{}", d.log());
+    // Beyond it: banned, the rest unanswered.
+    for n in 8..30 {
+        socket.send_to(invite(n).as_bytes(), target).await.unwrap();
+    }
+    let more = challenges(&socket).await;
+    assert!(more <= 2, "{more} more challenges past the burst");
+    assert_eq!(
+        metric_sum(&d, "agentline_sip_requests_rejected_total", "rate_limited").await,
+        1
+    );
+    assert!(d.log().contains("SIP source banned"), "{}", d.log());
+}
