@@ -358,7 +358,8 @@ async fn a_source_that_may_authenticate_has_the_stranger_limits() {
         socket.send_to(invite(n).as_bytes(), target).await.unwrap();
     }
     let more = challenges(&socket).await;
-    assert!(more <= 2, "{more} more challenges past the burst");
+    // The bucket refilled at 5/s meanwhile, but never beyond its burst.
+    assert!(more <= 10, "{more} more challenges past the burst");
     assert_eq!(
         metric_sum(&d, "agentline_sip_requests_rejected_total", "rate_limited").await,
         1
