@@ -150,7 +150,11 @@ impl App {
         // Stable across restarts: the calls and leases a crash leaves are
         // found under it.
         config.cluster.node_id = crate::cluster::node_id(&config.cluster, &config.store.node)?;
-        let mut store = Store::connect(&config.store.url).await?;
+        let tuning = crate::store::Tuning {
+            pool_size: config.store.pool_size,
+            commit_writers: config.store.commit_writers,
+        };
+        let mut store = Store::connect_with(&config.store.url, tuning).await?;
         store.migrate().await?;
         store.set_node(&config.cluster.node_id);
         webhook::install_crypto_provider();
@@ -182,7 +186,9 @@ impl App {
             store: store.clone(),
             sealer: sealer.clone(),
         }));
-        let outbox = Outbox::new(store.clone());
+        let outbox = Outbox::new(store.clone()).listening(std::time::Duration::from_millis(
+            config.store.listen_poll_ms,
+        ));
         let worker = Worker::new(store.clone(), &outbox, &config.webhooks, sealer.clone())?;
         let trunks = Arc::new(TrunkStates::default());
         seed_trunk_states(&trunks, &profiles);

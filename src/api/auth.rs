@@ -135,11 +135,11 @@ pub struct RateLimits {
 }
 
 /// What the limiter decided for one request.
-struct Decision {
-    limit: u32,
-    remaining: u32,
-    reset_secs: u64,
-    allowed: bool,
+pub(super) struct Decision {
+    pub(super) limit: u32,
+    pub(super) remaining: u32,
+    pub(super) reset_secs: u64,
+    pub(super) allowed: bool,
 }
 
 impl RateLimits {
@@ -163,7 +163,7 @@ impl RateLimits {
             .unwrap_or(self.default_per_minute)
     }
 
-    fn check(&self, key_id: &str, per_minute: Option<i64>) -> Decision {
+    pub(super) fn check(&self, key_id: &str, per_minute: Option<i64>) -> Decision {
         let limit = self.effective(per_minute);
         let limiter = {
             let mut map = self.limiters.lock().unwrap_or_else(|e| e.into_inner());
@@ -238,9 +238,9 @@ pub async fn require_key(State(state): State<AppState>, mut req: Request, next: 
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    let decision = state
-        .rate_limits
-        .check(&record.id, record.rate_limit_per_minute);
+    // Shared by the daemons of a PostgreSQL store (rate_limit.rs).
+    let decision =
+        super::rate_limit::decide(&state, &record.id, record.rate_limit_per_minute).await;
     // A value outside the three is refused by the schema; read it as the
     // weakest anyway.
     let scope = Scope::parse(&record.scope).unwrap_or(Scope::Read);

@@ -3,8 +3,9 @@
 //!
 //! The stream reads the outbox table in its global order (`seq`), so a
 //! client that reconnects with `Last-Event-ID` gets exactly the events after
-//! that one, then live ones. It wakes when this process emits and polls for
-//! events written by other nodes. On PostgreSQL a sequence number can become
+//! that one, then live ones. It wakes when this process emits and, on
+//! PostgreSQL, when another node's NOTIFY says it wrote events; a slow poll
+//! is the safety net. On PostgreSQL a sequence number can become
 //! visible after a higher one (transactions commit out of order), so the
 //! stream waits up to [`GAP_GRACE`] for a missing number before passing it.
 //!
@@ -44,8 +45,6 @@ use crate::store::{Store, StoreError, deliveries::DeliveryScope};
 const GAP_GRACE: Duration = Duration::from_secs(2);
 /// Events read per query.
 const PAGE: i64 = 200;
-/// How often the stream looks for events of other nodes.
-const POLL: Duration = Duration::from_millis(500);
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -163,6 +162,7 @@ async fn stream_events(
         next_check: tokio::time::Instant::now()
             + Duration::from_secs(state.api.stream_key_check_seconds),
         slot,
+        poll: state.outbox.stream_poll(),
     };
     let stream = futures_util::stream::unfold(tail, |mut tail| async move {
         let event = tail.next().await?;
@@ -191,6 +191,9 @@ struct Tail {
     next_check: tokio::time::Instant,
     /// The key's place among its streams; names the key checked.
     slot: StreamSlot,
+    /// How often to look without a wake-up (other nodes' events come with
+    /// a NOTIFY on PostgreSQL; this is the safety net).
+    poll: Duration,
 }
 
 impl Tail {
@@ -228,7 +231,7 @@ impl Tail {
             let wait = if self.gap_since.is_some() {
                 Duration::from_millis(100)
             } else {
-                POLL
+                self.poll
             };
             tokio::select! {
                 _ = self.emitted.changed() => {}

@@ -29,6 +29,7 @@ mod extract;
 mod nodes;
 mod numbers;
 mod observe;
+mod rate_limit;
 pub mod scopes;
 pub mod server;
 mod system;

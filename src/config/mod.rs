@@ -251,6 +251,14 @@ pub struct StoreConfig {
     pub url: String,
     /// The older name of `cluster.node_id`, used when that is not set.
     pub node: String,
+    /// PostgreSQL: connections of the pool at most (the API, the webhook
+    /// worker, campaigns and the call path's group commit).
+    pub pool_size: u32,
+    /// PostgreSQL: transactions of batched call transitions open at once.
+    pub commit_writers: u32,
+    /// PostgreSQL: how often an event stream looks for other daemons'
+    /// events when no NOTIFY came (the safety net of LISTEN/NOTIFY).
+    pub listen_poll_ms: u64,
 }
 
 impl Default for StoreConfig {
@@ -258,6 +266,9 @@ impl Default for StoreConfig {
         Self {
             url: "sqlite://agentline.db".into(),
             node: String::new(),
+            pool_size: 16,
+            commit_writers: 2,
+            listen_poll_ms: 5000,
         }
     }
 }
@@ -593,6 +604,28 @@ impl Config {
                 file,
                 "campaigns.min_retry_delay_seconds",
                 "must be at most 2592000 (30 days, the longest retry delay)",
+            ));
+        }
+        let store = &self.store;
+        if !(2..=1000).contains(&store.pool_size) {
+            return Err(ConfigError::new(
+                file,
+                "store.pool_size",
+                "must be between 2 and 1000",
+            ));
+        }
+        if store.commit_writers == 0 || store.commit_writers >= store.pool_size {
+            return Err(ConfigError::new(
+                file,
+                "store.commit_writers",
+                "must be at least 1 and below store.pool_size",
+            ));
+        }
+        if !(100..=600_000).contains(&store.listen_poll_ms) {
+            return Err(ConfigError::new(
+                file,
+                "store.listen_poll_ms",
+                "must be between 100 and 600000",
             ));
         }
         if self.api.rate_limit_per_minute == 0 {

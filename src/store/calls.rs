@@ -14,8 +14,8 @@
 
 use chrono::{DateTime, Utc};
 
-use super::commit::{FromSqlite, Value, bind_values, label, label_opt, time, time_opt};
-use super::events::{NewEvent, write_event};
+use super::commit::{FromSqlite, Value, label, label_opt, time, time_opt};
+use super::events::NewEvent;
 use super::{Page, Pool, Result, Store, StoreError, Window, on_pool};
 use crate::model::{AnsweredBy, Call, CallStatus, Direction};
 
@@ -298,7 +298,7 @@ impl Store {
     /// Runs one of the statements above with `values`, and writes the
     /// event `emit` renders from the row it returns, as one atomic unit: on
     /// SQLite a job of the group commit ([`super::commit`]), on PostgreSQL
-    /// a transaction. [`StoreError::NotFound`] when no row matched (the
+    /// a job of its group commit ([`super::pg_commit`]). [`StoreError::NotFound`] when no row matched (the
     /// call is unknown or already past that state).
     async fn transition(
         &self,
@@ -319,19 +319,7 @@ impl Store {
                     }))
                     .await
             }
-            Pool::Postgres(p) => {
-                let mut tx = p.begin().await?;
-                let record = bind_values!(sqlx::query_as::<_, CallRecord>(sql), &values)
-                    .fetch_optional(&mut *tx)
-                    .await?
-                    .ok_or(StoreError::NotFound)?;
-                if let Some(build) = &emit {
-                    let event = build(&record)?;
-                    write_event!(self, tx, &event);
-                }
-                tx.commit().await?;
-                Ok(record)
-            }
+            Pool::Postgres(_) => self.pg_group_commit()?.transition(sql, values, emit).await,
         }
     }
 

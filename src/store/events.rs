@@ -12,6 +12,10 @@
 //! events) use [`Store::emit`]. The caller renders the payload; this module
 //! stores it as opaque text and never parses it.
 //!
+//! On PostgreSQL the call transitions are batched by [`super::pg_commit`],
+//! which writes the events of a batch in one statement; every transaction
+//! that writes events also sends the NOTIFY of [`super::notify`].
+//!
 //! Must not: render JSON, sign or send anything (that is `webhook`).
 
 use chrono::{DateTime, Utc};
@@ -135,6 +139,15 @@ macro_rules! write_event {
                 .bind(&ev.id)
                 .bind(endpoint)
                 .bind(ev.created_at)
+                .execute(&mut *$tx)
+                .await?;
+        }
+        // PostgreSQL: wake the other daemons when this commits (SQLite
+        // has no payload: it wakes in-process only).
+        if let Some(payload) = $store.notice_payload(!endpoints.is_empty()) {
+            sqlx::query($crate::store::notify::NOTIFY)
+                .bind($crate::store::notify::CHANNEL)
+                .bind(payload)
                 .execute(&mut *$tx)
                 .await?;
         }

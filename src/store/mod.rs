@@ -26,7 +26,10 @@ pub mod dnc;
 pub mod events;
 pub mod keys;
 pub mod nodes;
+pub mod notify;
 pub mod numbers;
+mod pg_commit;
+pub mod rate_limits;
 pub mod transcripts;
 pub mod usage;
 pub mod webhooks;
@@ -72,6 +75,11 @@ pub struct Store {
     /// SQLite only: the thread that commits the call path's writes in
     /// batches ([`commit`]).
     commit: Option<commit::GroupCommit>,
+    /// PostgreSQL only: the task that commits the call transitions in
+    /// batches ([`pg_commit`]).
+    pg_commit: Option<pg_commit::PgCommit>,
+    /// PostgreSQL only: the NOTIFY sent with every event ([`notify`]).
+    notices: Option<notify::Notices>,
     /// This daemon's name, written on the calls it runs (`None` for the
     /// CLI, which runs none); see [`Store::set_node`].
     node: Option<Arc<str>>,
@@ -214,6 +222,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "cluster",
         include_str!("../../migrations/sqlite/0014_cluster.sql"),
     ),
+    (
+        15,
+        "api rate windows",
+        include_str!("../../migrations/sqlite/0015_api_rate_windows.sql"),
+    ),
 ];
 
 /// The PostgreSQL migrations, embedded in the binary.
@@ -273,14 +286,49 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         "cluster",
         include_str!("../../migrations/postgres/0014_cluster.sql"),
     ),
+    (
+        15,
+        "api rate windows",
+        include_str!("../../migrations/postgres/0015_api_rate_windows.sql"),
+    ),
 ];
 
+/// How the store sizes its PostgreSQL side (SQLite has one connection and
+/// its commit thread whatever these say).
+#[derive(Debug, Clone, Copy)]
+pub struct Tuning {
+    /// Connections of the pool at most (the API, the webhook worker,
+    /// campaigns, and the group commit's writers). The outbox listener has
+    /// one of its own besides.
+    pub pool_size: u32,
+    /// Transactions of call transitions open at once ([`pg_commit`]).
+    pub commit_writers: u32,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Self {
+            pool_size: 16,
+            commit_writers: 2,
+        }
+    }
+}
+
 impl Store {
-    /// Opens the store at `url` (`sqlite://PATH` or `postgres://...`). The
-    /// SQLite file is created when missing.
+    /// Opens the store at `url` (`sqlite://PATH` or `postgres://...`) with
+    /// the default [`Tuning`]. The SQLite file is created when missing.
     pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_with(url, Tuning::default()).await
+    }
+
+    /// Opens the store at `url`, sized by `tuning` on PostgreSQL. Starts
+    /// the group commit (a thread on SQLite, a task on PostgreSQL: call it
+    /// inside the runtime).
+    pub async fn connect_with(url: &str, tuning: Tuning) -> Result<Self> {
         let deliveries_written = Arc::new(AtomicU64::new(0));
         let mut commit = None;
+        let mut pg_commit = None;
+        let mut notices = None;
         let pool = if url.starts_with("sqlite:") {
             let options = SqliteConnectOptions::from_str(url)?
                 .create_if_missing(true)
@@ -311,16 +359,28 @@ impl Store {
             Pool::Sqlite(pool)
         } else {
             let options = PgConnectOptions::from_str(url)?;
+            // The writers hold a connection each for a batch's length; the
+            // rest serve the API, the webhook worker and campaigns.
             let pool = PgPoolOptions::new()
-                .max_connections(16)
+                .max_connections(tuning.pool_size.max(tuning.commit_writers + 2))
                 .acquire_timeout(Duration::from_secs(10))
                 .connect_with(options)
                 .await?;
+            let n = notify::Notices::new();
+            pg_commit = Some(pg_commit::PgCommit::start(
+                pool.clone(),
+                tuning.commit_writers as usize,
+                deliveries_written.clone(),
+                n.clone(),
+            ));
+            notices = Some(n);
             Pool::Postgres(pool)
         };
         Ok(Self {
             pool,
             commit,
+            pg_commit,
+            notices,
             node: None,
             deliveries_written,
         })
@@ -376,6 +436,9 @@ impl Store {
         if let Some(commit) = &self.commit {
             commit.close().await;
         }
+        if let Some(commit) = &self.pg_commit {
+            commit.close().await;
+        }
         on_pool!(self, p => p.close().await)
     }
 
@@ -384,6 +447,42 @@ impl Store {
         self.commit
             .as_ref()
             .ok_or_else(|| StoreError::Unavailable("no group commit on this store".into()))
+    }
+
+    /// The group commit of a PostgreSQL store.
+    fn pg_group_commit(&self) -> Result<&pg_commit::PgCommit> {
+        self.pg_commit
+            .as_ref()
+            .ok_or_else(|| StoreError::Unavailable("no group commit on this store".into()))
+    }
+
+    /// The payload of the NOTIFY that a transaction writing events sends
+    /// ([`notify`]); `None` on SQLite, which has one daemon and wakes it
+    /// in-process.
+    pub(crate) fn notice_payload(&self, deliveries: bool) -> Option<String> {
+        self.notices.as_ref().map(|n| n.payload(deliveries))
+    }
+
+    /// On PostgreSQL, starts this process's outbox listener: `on_notice`
+    /// hears the other daemons' events until `closing` turns true. `false`
+    /// (and nothing started) on SQLite.
+    pub fn listen(
+        &self,
+        on_notice: Arc<dyn Fn(notify::Notice) + Send + Sync>,
+        closing: tokio::sync::watch::Receiver<bool>,
+    ) -> bool {
+        match (&self.pool, &self.notices) {
+            (Pool::Postgres(p), Some(notices)) => {
+                notify::listen(
+                    (*p.connect_options()).clone(),
+                    notices.clone(),
+                    on_notice,
+                    closing,
+                );
+                true
+            }
+            _ => false,
+        }
     }
 }
 

@@ -9,7 +9,8 @@
 //! [`Outbox::campaign_completed_if_done`],
 //! which write the call row and the event (and its deliveries) in one store
 //! transaction ([`crate::store::events`]) and then wake the delivery worker
-//! and the event streams. A crash after the commit
+//! and the event streams (on PostgreSQL the other daemons' too, by
+//! LISTEN/NOTIFY: [`Outbox::listening`]). A crash after the commit
 //! loses nothing: the worker finds the rows on the next start. The
 //! [`worker`] claims due deliveries with a lease, signs ([`crate::signing`]), checks the
 //! address ([`crate::net::guard`]), POSTs, classifies the result and schedules the next
@@ -23,6 +24,7 @@ pub mod policy;
 pub mod worker;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 
@@ -30,6 +32,7 @@ use crate::model::{CallStatus, CampaignStatus, EventType};
 use crate::store::calls::{CallRecord, EndFields, NewCall};
 use crate::store::campaigns::CampaignRecord;
 use crate::store::events::EventRecord;
+use crate::store::notify::Notice;
 use crate::store::{Store, StoreError};
 use event::TrunkEventData;
 
@@ -51,7 +54,14 @@ pub struct Outbox {
     emitted: Arc<watch::Sender<u64>>,
     /// Set once when the daemon stops; ends the worker and every stream.
     closing: Arc<watch::Sender<bool>>,
+    /// How often an event stream looks for events it was not woken for
+    /// (see [`Outbox::stream_poll`]).
+    stream_poll: Duration,
 }
+
+/// An event stream's poll on SQLite: events written by another process
+/// on the same file (the CLI) have no wake-up.
+const SQLITE_STREAM_POLL: Duration = Duration::from_millis(500);
 
 impl Outbox {
     pub fn new(store: Store) -> Self {
@@ -60,7 +70,33 @@ impl Outbox {
             wake: Arc::new(Notify::new()),
             emitted: Arc::new(watch::Sender::new(0)),
             closing: Arc::new(watch::Sender::new(false)),
+            stream_poll: SQLITE_STREAM_POLL,
         }
+    }
+
+    /// On PostgreSQL, wakes the worker and the event streams when another
+    /// daemon writes events (LISTEN/NOTIFY, [`crate::store::notify`]), and
+    /// lets the streams poll only every `safety_poll` for a notice that got
+    /// lost. On SQLite nothing changes: this process is the only writer
+    /// that matters and wakes them itself. Call inside the runtime.
+    pub fn listening(mut self, safety_poll: Duration) -> Self {
+        let wake = self.wake.clone();
+        let emitted = self.emitted.clone();
+        let on_notice = Arc::new(move |notice: Notice| {
+            if notice.deliveries {
+                wake.notify_one();
+            }
+            emitted.send_modify(|n| *n = n.wrapping_add(1));
+        });
+        if self.store.listen(on_notice, self.closing()) {
+            self.stream_poll = safety_poll;
+        }
+        self
+    }
+
+    /// How often an event stream looks for new events without a wake-up.
+    pub fn stream_poll(&self) -> Duration {
+        self.stream_poll
     }
 
     pub fn store(&self) -> &Store {
