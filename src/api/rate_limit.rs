@@ -3,13 +3,16 @@
 //! On SQLite one daemon serves the store and counts each key in memory
 //! (a GCRA limiter, [`super::auth::RateLimits`]). On PostgreSQL several
 //! daemons may serve the same keys, so the count is kept in the store: a
-//! fixed one-minute window per key ([`crate::store::rate_limits`]), counted
-//! by every node. The client sees the same: `X-RateLimit-*` headers on
-//! every answer and 429 with `Retry-After` once the key's requests of the
-//! minute exceed its limit. A fixed window lets a client spend a minute's
-//! limit at the end of one window and again at the start of the next (up
-//! to twice the limit within a minute at the boundary); a per-minute limit
-//! holds for every window.
+//! fixed one-minute window per key ([`crate::store::rate_limits`]) of the
+//! database's clock, counted by every node. The client sees the same as on
+//! SQLite: `X-RateLimit-*` headers on every answer, and 429 with
+//! `Retry-After` (seconds to the next minute, at most 60) once the key's
+//! requests of the minute exceed its limit. The difference: a fixed window
+//! lets a client spend its limit at the end of one minute and again at the
+//! start of the next (up to twice the limit within 60 s across the
+//! boundary), where the in-memory limiter spreads requests evenly; the
+//! limit holds in every clock minute. Refused requests count too (they
+//! only matter until the minute ends).
 //!
 //! If the store cannot count (PostgreSQL unreachable), the node falls back
 //! to its own in-memory count rather than refusing every request: the
@@ -23,7 +26,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::AppState;
 use super::auth::Decision;
-use crate::store::rate_limits::WindowCount;
+use crate::store::rate_limits::{WINDOW_MS, WindowCount};
 
 /// The decision for one request of `key_id`, whose own limit (if any) is
 /// `per_minute`.
@@ -38,13 +41,14 @@ pub(super) async fn decide(state: &AppState, key_id: &str, per_minute: Option<i6
     state.rate_limits.check(key_id, per_minute)
 }
 
-/// What a window's count means for a key limited to `limit` a minute.
+/// What a minute's count means for a key limited to `limit` a minute.
 fn shared(limit: NonZeroU32, w: WindowCount) -> Decision {
     let limit = limit.get();
-    let used = u32::try_from(w.count.max(0)).unwrap_or(u32::MAX);
-    // Whole seconds, rounded up: a client that waits this long is in the
-    // next window. At least 1, so a 429 never says "retry in 0 s".
-    let reset_secs = ((w.resets_in_ms + 999) / 1000).max(1) as u64;
+    let used = u32::try_from(w.current.max(0)).unwrap_or(u32::MAX);
+    // Whole seconds to the next minute, rounded up: a client that waits
+    // this long is counted afresh. At least 1, so a 429 never says "retry
+    // in 0 s".
+    let reset_secs = ((WINDOW_MS - w.elapsed_ms + 999) / 1000).max(1) as u64;
     Decision {
         limit,
         remaining: limit.saturating_sub(used),
@@ -76,27 +80,30 @@ fn warn_sometimes(e: &crate::store::StoreError) {
 mod tests {
     use super::*;
 
-    fn window(count: i64, resets_in_ms: i64) -> WindowCount {
+    fn counts(current: i64, elapsed_ms: i64) -> WindowCount {
         WindowCount {
-            count,
-            resets_in_ms,
+            window: 29_000_000,
+            current,
+            elapsed_ms,
         }
     }
 
     #[test]
-    fn the_limit_holds_within_a_window() {
-        let three = NonZeroU32::new(3).unwrap();
-        let d = shared(three, window(1, 59_500));
-        assert!(d.allowed);
-        assert_eq!((d.limit, d.remaining, d.reset_secs), (3, 2, 60));
-        let d = shared(three, window(3, 10_001));
-        assert!(d.allowed);
-        assert_eq!((d.remaining, d.reset_secs), (0, 11));
-        let d = shared(three, window(4, 10_000));
+    fn the_limit_holds_within_a_minute() {
+        let five = NonZeroU32::new(5).unwrap();
+        let remaining: Vec<u32> = (1..=5)
+            .map(|n| shared(five, counts(n, 1_000)))
+            .inspect(|d| assert!(d.allowed))
+            .map(|d| d.remaining)
+            .collect();
+        assert_eq!(remaining, [4, 3, 2, 1, 0]);
+        let d = shared(five, counts(6, 1_000));
         assert!(!d.allowed);
-        assert_eq!((d.remaining, d.reset_secs), (0, 10));
-        // The last moment of a window still says wait a second, not zero.
-        let d = shared(three, window(9, 0));
+        assert_eq!((d.remaining, d.reset_secs), (0, 59));
+        let d = shared(five, counts(9, 49_999));
+        assert_eq!(d.reset_secs, 11);
+        // The last moment of a minute still says wait a second, not zero.
+        let d = shared(five, counts(9, 60_000));
         assert!(!d.allowed);
         assert_eq!(d.reset_secs, 1);
     }

@@ -8,27 +8,30 @@
 
 use super::{Pool, Result, Store, StoreError};
 
-/// Length of a window, in seconds: limits are per minute.
-pub const WINDOW_SECONDS: i64 = 60;
+/// Length of a window, in milliseconds: limits are per minute.
+pub const WINDOW_MS: i64 = 60_000;
 
-/// Counts one request and reads the window's count back. `now()` is the
-/// statement's start, so the window and the time left in it agree.
+/// Counts one request in the current minute and reads back its count and
+/// how far into the minute the request is. `now()` is the statement's
+/// start, so both agree.
 const COUNT: &str = "INSERT INTO api_rate_windows (key_id, window_start, count)
-     VALUES ($1, floor(extract(epoch FROM now()) / 60)::bigint, 1)
-     ON CONFLICT (key_id, window_start) DO UPDATE SET count = api_rate_windows.count + 1
-     RETURNING count, window_start,
-         ((window_start + 1) * 60000 - floor(extract(epoch FROM now()) * 1000))::bigint";
+    VALUES ($1, floor(extract(epoch FROM now()) / 60)::bigint, 1)
+    ON CONFLICT (key_id, window_start) DO UPDATE SET count = api_rate_windows.count + 1
+    RETURNING window_start, count,
+        (floor(extract(epoch FROM now()) * 1000) - window_start * 60000)::bigint";
 
-/// The windows of a key before `$2`: gone once a new one starts.
+/// The windows of a key before the current one: no longer read.
 const FORGET: &str = "DELETE FROM api_rate_windows WHERE key_id = $1 AND window_start < $2";
 
-/// A key's requests in the current window.
+/// A key's requests in the current minute.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WindowCount {
-    /// Requests counted in this window, this one included.
-    pub count: i64,
-    /// Milliseconds until the window ends (and the count starts over).
-    pub resets_in_ms: i64,
+    /// The minute counted in (minutes since the epoch).
+    pub window: i64,
+    /// Requests counted in this minute, this one included.
+    pub current: i64,
+    /// Milliseconds since this minute began.
+    pub elapsed_ms: i64,
 }
 
 impl Store {
@@ -40,10 +43,10 @@ impl Store {
                 "the shared rate limit needs PostgreSQL".into(),
             ));
         };
-        let (count, window, resets_in_ms): (i64, i64, i64) =
+        let (window, current, elapsed_ms): (i64, i64, i64) =
             sqlx::query_as(COUNT).bind(key_id).fetch_one(p).await?;
-        if count == 1 {
-            // The first request of a window: the key's older windows are
+        if current == 1 {
+            // The first request of a minute: the key's older windows are
             // done with. Once a minute per active key.
             sqlx::query(FORGET)
                 .bind(key_id)
@@ -52,8 +55,9 @@ impl Store {
                 .await?;
         }
         Ok(WindowCount {
-            count,
-            resets_in_ms: resets_in_ms.clamp(0, WINDOW_SECONDS * 1000),
+            window,
+            current,
+            elapsed_ms: elapsed_ms.clamp(0, WINDOW_MS),
         })
     }
 }
