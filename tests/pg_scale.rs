@@ -388,7 +388,8 @@ async fn pair(config: &str, b_env: &[(&str, &str)]) -> (TestDaemon, TestDaemon) 
 
 /// An event written through node a's API shows on node b's event stream
 /// within about a second, while b's streams poll only every 10 minutes:
-/// only a's NOTIFY can have woken it.
+/// only a's NOTIFY can have woken it; also after the listeners' connections
+/// were cut (they reconnect).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_notify_wakes_another_daemons_event_stream() {
     let (a, b) = pair(
@@ -419,7 +420,27 @@ async fn a_notify_wakes_another_daemons_event_stream() {
     assert_eq!(stream.status(), 200);
     // The stream takes its position when its first read runs: give it a
     // heartbeat's worth of a moment by reading nothing yet, then emit.
-    for round in 0..3 {
+    let mut admin = sqlx::PgConnection::connect(&a.store_url).await.unwrap();
+    for round in 0..4 {
+        if round == 2 {
+            // Cut the listeners' connections (a's and b's): b's must come
+            // back by itself and hear a again.
+            let cut: Vec<bool> = sqlx::query_scalar(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+            )
+            .fetch_all(&mut admin)
+            .await
+            .unwrap();
+            assert_eq!(cut, [true, true], "two listeners");
+            let back = Instant::now() + Duration::from_secs(10);
+            while b.log().matches("outbox listener connected").count() < 2
+                && !b.log().contains("outbox listener reconnected")
+            {
+                assert!(Instant::now() < back, "b's listener not back:\n{}", b.log());
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
         tokio::time::sleep(Duration::from_millis(300)).await;
         let r = a
             .post(&format!("/v1/webhook-endpoints/{ep}/test"))
