@@ -11,6 +11,7 @@
 //!   call runs (`echo`, `prompt`, `voice`) as the call task sees them.
 //! - [`prompts`]: the audio a `prompt` agent may play (media directory,
 //!   uploads), loaded once.
+//! - [`catalog`]: the voices and models an agent can name here.
 //! - [`providers`]: the STT and TTS seams; [`speech`]: which engine a call
 //!   gets; [`engines`]: the embedded ones (PocketSphinx, flite);
 //!   [`vendors`]: the cloud ones (OpenAI-compatible, Deepgram, Cartesia).
@@ -36,6 +37,7 @@
 //! settings into a [`BrainConfig`]).
 
 pub mod brain;
+pub mod catalog;
 pub mod chunker;
 pub mod engines;
 pub mod prompts;

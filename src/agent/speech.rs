@@ -250,6 +250,12 @@ impl Speech {
         &self.config
     }
 
+    /// The voices the embedded synthesizer has on this machine (`flite
+    /// -lv`, asked once and cached).
+    pub async fn flite_voices(&self) -> Result<Vec<String>, String> {
+        super::engines::flite::installed_voices(&self.config.flite, &self.voices).await
+    }
+
     /// The recognizer for an agent (the embedded one when it names none).
     pub fn stt(
         &self,

@@ -12,7 +12,7 @@ use utoipa_axum::routes;
 
 use super::AppState;
 use super::error::{ApiError, ErrorResponses, FieldError};
-use super::extract::{ApiJson, ApiQuery, List, Pagination};
+use super::extract::{ApiJson, ApiQuery, List, Pagination, patched};
 use crate::agent::BrainConfig;
 use crate::agent::brain::scripted::ScriptedDialogue;
 use crate::agent::{OpeningSettings, PromptSettings, TurnSettings};
@@ -220,8 +220,12 @@ pub struct AgentCreate {
     pub transfer_targets: Vec<String>,
 }
 
-/// The body of `PATCH /v1/agents/{id}`: fields left out keep their value.
-#[derive(Debug, Deserialize, ToSchema)]
+/// The body of `PATCH /v1/agents/{id}`, a JSON Merge Patch (RFC 7396) of
+/// the agent: fields left out keep their value, `null` clears one.
+// The PATCH body as the OpenAPI document shows it; the handler merges the
+// raw body (RFC 7396, `extract::patched`), so nothing reads these fields.
+#[allow(dead_code)]
+#[derive(Debug, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AgentUpdate {
     pub name: Option<String>,
@@ -625,6 +629,57 @@ async fn check_outbound(state: &AppState, s: &Settings) -> Result<(), ApiError> 
     }
 }
 
+/// The agent's voice and models against what is usable here
+/// (`GET /v1/voices`, `GET /v1/models`): 422 naming each field that is not.
+async fn check_catalog(state: &AppState, s: &Settings) -> Result<(), ApiError> {
+    use crate::agent::catalog::{self, Stage};
+    let label = |v: serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    let mut d = Vec::new();
+    let mut stages = Vec::new();
+    if let Some(p) = &s.stt {
+        stages.push((
+            Stage::Stt,
+            label(serde_json::json!(p.provider)),
+            p.model.as_deref(),
+            p.base_url.as_deref(),
+        ));
+    }
+    if let Some(p) = &s.tts {
+        stages.push((
+            Stage::Tts,
+            label(serde_json::json!(p.provider)),
+            p.model.as_deref(),
+            p.base_url.as_deref(),
+        ));
+    }
+    for (stage, provider, model, base_url) in stages {
+        if let Some(message) = catalog::model_problem(stage, &provider, model, base_url) {
+            d.push(FieldError {
+                field: format!("{}.model", stage.as_str()),
+                message,
+            });
+        }
+    }
+    if let Some(t) = &s.tts {
+        let provider = label(serde_json::json!(t.provider));
+        let voice = t.voice.as_deref().map(str::trim).filter(|v| !v.is_empty());
+        let speech = state.calls.speech();
+        if let Some(message) =
+            catalog::voice_problem(speech, &provider, voice, t.base_url.as_deref()).await
+        {
+            d.push(FieldError {
+                field: "tts.voice".into(),
+                message,
+            });
+        }
+    }
+    if d.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::validation(d))
+    }
+}
+
 /// `+` and 1 to 15 digits, or a prefix ending in `*` of at least 2 digits
 /// (so a bare `+*` or `+1*` cannot open every number of a zone at once).
 fn is_transfer_target(t: &str) -> bool {
@@ -655,17 +710,8 @@ pub(super) fn brain_config(r: &AgentRecord) -> Result<BrainConfig, ApiError> {
         .map_err(|e| ApiError::internal(format!("agent {} settings: {e}", r.id)))
 }
 
-fn settings_json(s: &Settings) -> Result<String, ApiError> {
-    serde_json::to_string(s).map_err(ApiError::internal)
-}
-
-/// Create an agent.
-#[utoipa::path(post, path = "/v1/agents", tag = "agents", request_body = AgentCreate,
-    responses((status = 201, description = "Created", body = Agent), ErrorResponses))]
-async fn create_agent(
-    State(state): State<AppState>,
-    ApiJson(body): ApiJson<AgentCreate>,
-) -> Result<(StatusCode, Json<Agent>), ApiError> {
+/// The name, kind and settings a create body (or a patched agent) gives.
+fn from_create(body: AgentCreate) -> (String, AgentKind, Settings) {
     let settings = Settings {
         greeting: body.greeting,
         instructions: body.instructions,
@@ -683,17 +729,28 @@ async fn create_agent(
         opening: body.opening,
         transfer_targets: body.transfer_targets,
     };
-    validate(&body.name, body.kind, &settings)?;
+    (body.name, body.kind, settings)
+}
+
+fn settings_json(s: &Settings) -> Result<String, ApiError> {
+    serde_json::to_string(s).map_err(ApiError::internal)
+}
+
+/// Create an agent.
+#[utoipa::path(post, path = "/v1/agents", tag = "agents", request_body = AgentCreate,
+    responses((status = 201, description = "Created", body = Agent), ErrorResponses))]
+async fn create_agent(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<AgentCreate>,
+) -> Result<(StatusCode, Json<Agent>), ApiError> {
+    let (name, kind, settings) = from_create(body);
+    validate(&name, kind, &settings)?;
     check_outbound(&state, &settings).await?;
+    check_catalog(&state, &settings).await?;
     let id = ids::new(ids::AGENT);
     let record = state
         .store
-        .insert_agent(
-            &id,
-            body.name.trim(),
-            body.kind.as_str(),
-            &settings_json(&settings)?,
-        )
+        .insert_agent(&id, name.trim(), kind.as_str(), &settings_json(&settings)?)
         .await?;
     Ok((StatusCode::CREATED, Json(to_agent(record)?)))
 }
@@ -724,40 +781,21 @@ async fn get_agent(
     Ok(Json(to_agent(fetch(&state, &id).await?)?))
 }
 
-/// Update an agent: fields left out keep their value.
+/// Update an agent (JSON Merge Patch, RFC 7396): fields left out keep
+/// their value, `null` clears one (back to its default).
 #[utoipa::path(patch, path = "/v1/agents/{id}", tag = "agents", params(("id" = String, Path)),
     request_body = AgentUpdate,
     responses((status = 200, description = "The updated agent", body = Agent), ErrorResponses))]
 async fn update_agent(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    ApiJson(body): ApiJson<AgentUpdate>,
+    ApiJson(patch): ApiJson<serde_json::Value>,
 ) -> Result<Json<Agent>, ApiError> {
-    let record = fetch(&state, &id).await?;
-    let current = to_agent(record)?;
-    let name = body.name.unwrap_or(current.name);
-    let kind = body.kind.unwrap_or(current.kind);
-    let settings = Settings {
-        greeting: body.greeting.or(current.greeting),
-        instructions: body.instructions.or(current.instructions),
-        script: body.script.or(current.script),
-        stt: body.stt.or(current.stt),
-        llm: body.llm.or(current.llm),
-        tts: body.tts.or(current.tts),
-        tools: body.tools.unwrap_or(current.tools),
-        max_duration_seconds: body
-            .max_duration_seconds
-            .unwrap_or(current.max_duration_seconds),
-        silence_timeout_seconds: body
-            .silence_timeout_seconds
-            .unwrap_or(current.silence_timeout_seconds),
-        prompt: body.prompt.or(current.prompt),
-        turn: body.turn.or(current.turn),
-        opening: body.opening.or(current.opening),
-        transfer_targets: body.transfer_targets.unwrap_or(current.transfer_targets),
-    };
+    let current = to_agent(fetch(&state, &id).await?)?;
+    let (name, kind, settings) = from_create(patched(&current, &patch)?);
     validate(&name, kind, &settings)?;
     check_outbound(&state, &settings).await?;
+    check_catalog(&state, &settings).await?;
     let record = state
         .store
         .update_agent(&id, name.trim(), kind.as_str(), &settings_json(&settings)?)

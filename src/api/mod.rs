@@ -35,6 +35,7 @@ pub mod server;
 mod system;
 mod transcripts;
 mod trunks;
+mod voices;
 mod webhook_endpoints;
 
 pub use api_keys::create as create_api_key;
@@ -48,7 +49,6 @@ use std::sync::Arc;
 use axum::Router;
 use axum::middleware;
 use metrics_exporter_prometheus::PrometheusHandle;
-use serde::{Deserialize, Deserializer};
 use utoipa::OpenApi;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa_axum::router::OpenApiRouter;
@@ -206,7 +206,8 @@ pub(crate) fn routers(metrics_open: bool) -> (OpenApiRouter<AppState>, OpenApiRo
         .merge(webhook_endpoints::router())
         .merge(events::router())
         .merge(api_keys::router())
-        .merge(audit::router());
+        .merge(audit::router())
+        .merge(voices::router());
     let mut open = system::open_router();
     if metrics_open {
         open = open.merge(system::metrics_router());
@@ -318,13 +319,4 @@ pub(crate) fn is_http_url(s: &str) -> bool {
         let host = r.split(['/', '?', '#']).next().unwrap_or("");
         !host.is_empty() && !host.contains(char::is_whitespace) && !r.contains(char::is_whitespace)
     })
-}
-
-/// Tells a field left out (`None`) from a field set to `null` (`Some(None)`).
-pub(crate) fn double_option<'de, T, D>(d: D) -> Result<Option<Option<T>>, D::Error>
-where
-    T: Deserialize<'de>,
-    D: Deserializer<'de>,
-{
-    Option::<T>::deserialize(d).map(Some)
 }

@@ -73,6 +73,9 @@ pub const ROUTES: &[(&str, &str, Scope)] = &[
     ("PATCH", "/v1/agents/{id}", Calls),
     ("DELETE", "/v1/agents/{id}", Calls),
     ("POST", "/v1/agents/{id}/chat-sessions", Calls),
+    // What agents can name: voices and models.
+    ("GET", "/v1/voices", Read),
+    ("GET", "/v1/models", Read),
     ("GET", "/v1/chat-sessions/{id}", Read),
     ("POST", "/v1/chat-sessions/{id}/messages", Calls),
     // Numbers and trunks.

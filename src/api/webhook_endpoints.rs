@@ -86,7 +86,12 @@ pub struct WebhookEndpointCreate {
     pub enabled: Option<bool>,
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+/// A JSON Merge Patch (RFC 7396) of the endpoint: fields left out keep
+/// their value, `null` clears one (back to its default).
+// The PATCH body as the OpenAPI document shows it; the handler merges the
+// raw body (RFC 7396, `extract::patched`), so nothing reads these fields.
+#[allow(dead_code)]
+#[derive(Debug, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookEndpointUpdate {
     pub url: Option<String>,
@@ -234,19 +239,19 @@ async fn get_endpoint(
 async fn update_endpoint(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    ApiJson(body): ApiJson<WebhookEndpointUpdate>,
+    ApiJson(patch): ApiJson<serde_json::Value>,
 ) -> Result<Json<WebhookEndpoint>, ApiError> {
     let current = to_api(fetch(&state, &id).await?)?;
-    let url = body.url.unwrap_or(current.url);
-    let description = body.description.or(current.description);
-    let events = body.events.unwrap_or(current.events);
+    let body: WebhookEndpointCreate = super::extract::patched(&current, &patch)?;
+    let (url, description) = (body.url, body.description);
+    let events = body.events.unwrap_or_else(default_events);
     let events = validate(&url, description.as_deref(), &events)?;
     check_address(&state, &url).await?;
     let fields = EndpointFields {
         url: &url,
         description: description.as_deref(),
         events: &events,
-        enabled: body.enabled.unwrap_or(current.enabled),
+        enabled: body.enabled.unwrap_or(true),
     };
     to_api(state.store.update_endpoint(&id, fields).await?).map(Json)
 }

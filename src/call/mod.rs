@@ -168,6 +168,11 @@ pub enum HangupError {
 }
 
 impl Calls {
+    /// The speech engines calls get (the API lists their voices).
+    pub fn speech(&self) -> &Speech {
+        &self.shared.speech
+    }
+
     pub fn new(
         config: &Config,
         outbox: Outbox,

@@ -79,6 +79,23 @@ impl Flite {
     }
 }
 
+/// How long `flite -lv` may take before the list is given up on (it is
+/// asked again next time).
+const LIST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The voices `binary` has, from `cache` or by asking it once.
+pub async fn installed_voices(binary: &str, cache: &VoiceList) -> Result<Vec<String>, String> {
+    let binary = binary.to_string();
+    cache
+        .get_or_try_init(|| async move {
+            tokio::time::timeout(LIST_TIMEOUT, list_voices(&binary))
+                .await
+                .map_err(|_| format!("{binary:?} -lv did not answer in time"))?
+        })
+        .await
+        .cloned()
+}
+
 fn missing(binary: &str, e: &std::io::Error) -> String {
     format!(
         "cannot run flite ({binary:?}: {e}); install Debian's flite (apt-get install flite) \
