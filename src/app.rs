@@ -314,6 +314,11 @@ impl App {
         self.drain_calls(&mut control, drain).await;
         campaigns.stop().await;
         self.calls.stop_registrations().await;
+        // Ended calls' analyses (an LLM answer each) get a bounded wait to
+        // store their results; one cut off is not analyzed.
+        if !self.calls.analyses_done(ANALYSIS_GRACE).await {
+            tracing::warn!("call analyses still running at stop; they are not stored");
+        }
         // The calls are over: the heartbeat ends with a clean stop.
         let _ = stop_cluster.send(true);
         if tokio::time::timeout(TASK_GRACE, cluster).await.is_err() {
@@ -514,6 +519,9 @@ impl CampaignTasks {
 
 /// How long a campaign task gets to finish its pass when told to stop.
 const TASK_GRACE: Duration = Duration::from_secs(10);
+
+/// How long the drain waits for ended calls' analyses to be stored.
+const ANALYSIS_GRACE: Duration = Duration::from_secs(10);
 
 /// How long calls get to send BYE and record their end after the hangup.
 const HANGUP_GRACE: Duration = Duration::from_secs(15);

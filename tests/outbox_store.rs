@@ -36,6 +36,7 @@ async fn add_endpoint(store: &Store, events: &str) -> String {
                 description: None,
                 events,
                 enabled: true,
+                include_transcript: false,
             },
         )
         .await

@@ -11,6 +11,7 @@
 //!   call runs (`echo`, `prompt`, `voice`) as the call task sees them.
 //! - [`prompts`]: the audio a `prompt` agent may play (media directory,
 //!   uploads), loaded once.
+//! - [`analysis`]: the call's structured result, made after the call.
 //! - [`catalog`]: the voices and models an agent can name here.
 //! - [`providers`]: the STT and TTS seams; [`speech`]: which engine a call
 //!   gets; [`engines`]: the embedded ones (PocketSphinx, flite);
@@ -36,6 +37,7 @@
 //! Must not: import `call`, `store` or `api` (the API converts its agent
 //! settings into a [`BrainConfig`]).
 
+pub mod analysis;
 pub mod brain;
 pub mod catalog;
 pub mod chunker;
@@ -362,6 +364,9 @@ pub struct CallSettings {
     /// The synthesizer of the `voice` agent (embedded when left out).
     #[serde(default)]
     pub tts: Option<speech::SpeechChoice<speech::TtsKind>>,
+    /// What to extract from the call once it ends (`voice` agents).
+    #[serde(default)]
+    pub analysis: Option<analysis::AnalysisSettings>,
 }
 
 fn default_max_duration() -> u32 {

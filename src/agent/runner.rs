@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use super::analysis::{self, Plan};
 use super::brain::{Action, Role};
 use super::session::{AgentSession, Said, SessionConfig, SessionEnd};
 use super::speech::Speech;
@@ -66,6 +67,8 @@ pub struct Voice {
     dtmf: Option<mpsc::Sender<String>>,
     actions: Option<mpsc::Receiver<Action>>,
     task: Option<JoinHandle<SessionEnd>>,
+    /// How the call is analyzed once it ends, if the agent asks.
+    analysis: Option<Plan>,
 }
 
 impl std::fmt::Debug for Voice {
@@ -81,6 +84,8 @@ impl std::fmt::Debug for Voice {
 pub struct Transcript {
     pub said: Vec<Said>,
     pub summary: Option<String>,
+    /// The analysis to run after the call, when the agent defines one.
+    pub analysis: Option<analysis::Job>,
 }
 
 impl AgentRun {
@@ -128,12 +133,13 @@ impl AgentRun {
                     .resolve_credentials()
                     .await
                     .map_err(|e| format!("voice agent brain: {e}"))?;
-                let session = voice_session(&settings, &brain_config, speech, inbound)?;
+                let (session, analysis) = voice_session(&settings, &brain_config, speech, inbound)?;
                 Ok(AgentRun::Voice(Box::new(Voice {
                     session: Some(session),
                     dtmf: None,
                     actions: None,
                     task: None,
+                    analysis,
                 })))
             }
             other => Err(format!("agent kind {other:?} cannot run on a call")),
@@ -223,9 +229,15 @@ impl AgentRun {
             .summary
             .map(|text| text.chars().take(SUMMARY_CHARS).collect())
             .or_else(|| summary_of(&end.said));
+        let analysis = v.analysis.take().map(|plan| analysis::Job {
+            plan,
+            said: end.said.clone(),
+            state: end.conversation.state.clone(),
+        });
         Some(Transcript {
             said: end.said,
             summary,
+            analysis,
         })
     }
 }
@@ -250,13 +262,14 @@ impl Voice {
     }
 }
 
-/// The `voice` agent's session, from the agent's settings.
+/// The `voice` agent's session, from the agent's settings, and how its
+/// calls are analyzed.
 fn voice_session(
     settings: &CallSettings,
     brain_config: &BrainConfig,
     speech: &Speech,
     inbound: bool,
-) -> Result<AgentSession, String> {
+) -> Result<(AgentSession, Option<Plan>), String> {
     let brain = build_brain(brain_config).map_err(|e| format!("voice agent brain: {e}"))?;
     let stt = speech
         .stt(settings.stt.as_ref())
@@ -273,12 +286,19 @@ fn voice_session(
             .greeting(inbound),
         ..SessionConfig::default()
     };
-    Ok(AgentSession {
-        brain,
-        stt,
-        tts,
-        config,
-    })
+    let analysis = settings
+        .analysis
+        .clone()
+        .map(|a| Plan::new(a, brain_config));
+    Ok((
+        AgentSession {
+            brain,
+            stt,
+            tts,
+            config,
+        },
+        analysis,
+    ))
 }
 
 /// The summary when the brain gave none: how many turns, and the agent's

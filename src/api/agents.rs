@@ -14,6 +14,7 @@ use super::AppState;
 use super::error::{ApiError, ErrorResponses, FieldError};
 use super::extract::{ApiJson, ApiQuery, List, Pagination, patched};
 use crate::agent::BrainConfig;
+use crate::agent::analysis::AnalysisSettings;
 use crate::agent::brain::scripted::ScriptedDialogue;
 use crate::agent::{OpeningSettings, PromptSettings, TurnSettings};
 use crate::ids;
@@ -142,6 +143,8 @@ struct Settings {
     opening: Option<OpeningSettings>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     transfer_targets: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    analysis: Option<AnalysisSettings>,
 }
 
 const DEFAULT_MAX_DURATION: u32 = 3600;
@@ -179,6 +182,9 @@ pub struct Agent {
     /// or prefixes (`+44207*`). Empty (the default): the LLM may not
     /// transfer anywhere; a refused transfer is told to the LLM.
     pub transfer_targets: Vec<String>,
+    /// What to extract from each call once it ends (`voice` agents): the
+    /// result is the call's `analysis` and a `call.analyzed` event.
+    pub analysis: Option<AnalysisSettings>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -218,6 +224,8 @@ pub struct AgentCreate {
     /// transfer anywhere; a refused transfer is told to the LLM.
     #[serde(default)]
     pub transfer_targets: Vec<String>,
+    /// What to extract from each call once it ends (`voice` agents).
+    pub analysis: Option<AnalysisSettings>,
 }
 
 /// The body of `PATCH /v1/agents/{id}`, a JSON Merge Patch (RFC 7396) of
@@ -254,6 +262,8 @@ pub struct AgentUpdate {
     /// or prefixes (`+44207*`). Empty (the default): the LLM may not
     /// transfer anywhere; a refused transfer is told to the LLM.
     pub transfer_targets: Option<Vec<String>>,
+    /// What to extract from each call once it ends (`voice` agents).
+    pub analysis: Option<AnalysisSettings>,
 }
 
 fn to_agent(r: AgentRecord) -> Result<Agent, ApiError> {
@@ -278,6 +288,7 @@ fn to_agent(r: AgentRecord) -> Result<Agent, ApiError> {
         turn: s.turn,
         opening: s.opening,
         transfer_targets: s.transfer_targets,
+        analysis: s.analysis,
         created_at: r.created_at,
         updated_at: r.updated_at,
     })
@@ -443,6 +454,14 @@ fn validate(name: &str, kind: AgentKind, s: &Settings) -> Result<(), ApiError> {
                 &format!("transfer_targets[{i}]"),
                 "must be an E.164 number (+14155550100) or a prefix (+44207*)",
             );
+        }
+    }
+    if let Some(a) = &s.analysis {
+        if kind != AgentKind::Voice {
+            bad("analysis", "only a voice agent's calls are analyzed");
+        }
+        for (field, message) in a.problems() {
+            bad(&format!("analysis.{field}"), &message);
         }
     }
     let has_llm = s
@@ -728,6 +747,7 @@ fn from_create(body: AgentCreate) -> (String, AgentKind, Settings) {
         turn: body.turn,
         opening: body.opening,
         transfer_targets: body.transfer_targets,
+        analysis: body.analysis,
     };
     (body.name, body.kind, settings)
 }

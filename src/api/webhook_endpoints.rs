@@ -61,6 +61,9 @@ pub struct WebhookEndpoint {
     pub description: Option<String>,
     pub events: Vec<String>,
     pub enabled: bool,
+    /// `call.ended` carries the call's transcript (`data.transcript`: the
+    /// summary and the turns as `GET /v1/calls/{id}/transcript` answers).
+    pub include_transcript: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -84,6 +87,8 @@ pub struct WebhookEndpointCreate {
     pub events: Option<Vec<String>>,
     /// Default true.
     pub enabled: Option<bool>,
+    /// Send the call's transcript in `call.ended` (default false).
+    pub include_transcript: Option<bool>,
 }
 
 /// A JSON Merge Patch (RFC 7396) of the endpoint: fields left out keep
@@ -98,6 +103,7 @@ pub struct WebhookEndpointUpdate {
     pub description: Option<String>,
     pub events: Option<Vec<String>>,
     pub enabled: Option<bool>,
+    pub include_transcript: Option<bool>,
 }
 
 fn to_api(r: EndpointRecord) -> Result<WebhookEndpoint, ApiError> {
@@ -109,6 +115,7 @@ fn to_api(r: EndpointRecord) -> Result<WebhookEndpoint, ApiError> {
         description: r.description,
         events,
         enabled: r.enabled,
+        include_transcript: r.include_transcript,
         created_at: r.created_at,
         updated_at: r.updated_at,
     })
@@ -186,6 +193,7 @@ async fn create_endpoint(
         description: body.description.as_deref(),
         events: &events,
         enabled: body.enabled.unwrap_or(true),
+        include_transcript: body.include_transcript.unwrap_or(false),
     };
     let record = state
         .store
@@ -252,6 +260,7 @@ async fn update_endpoint(
         description: description.as_deref(),
         events: &events,
         enabled: body.enabled.unwrap_or(true),
+        include_transcript: body.include_transcript.unwrap_or(false),
     };
     to_api(state.store.update_endpoint(&id, fields).await?).map(Json)
 }

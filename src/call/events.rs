@@ -3,7 +3,8 @@
 //! and then publishes the committed row on the in-process bus.
 //!
 //! The transcript of an agent's conversation is written here too, just
-//! before the end (no event of its own: `call.ended` carries the summary).
+//! before the end (no event of its own: `call.ended` carries the summary),
+//! and the call's analysis after it (`call.analyzed`).
 //!
 //! Must not: decide anything. The call tasks call these at each change; a
 //! store failure is logged and the call goes on (audio matters more than
@@ -156,6 +157,16 @@ impl Transitions {
             .await
         {
             tracing::warn!(error = %e, turns = turns.len(), "transcript not stored");
+        }
+    }
+
+    /// The call's structured result, after its end: stored with
+    /// `call.analyzed` (not published on the bus: nothing in the process
+    /// waits for it).
+    pub async fn analyzed(&self, id: &str, analysis: &serde_json::Value) {
+        let text = analysis.to_string();
+        if let Err(e) = self.outbox.call_analyzed(id, &text).await {
+            tracing::warn!(error = %e, "call analysis not stored");
         }
     }
 

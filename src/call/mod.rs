@@ -18,6 +18,7 @@
 //! HTTP (the API calls [`Calls`]). Nothing but [`events::Transitions`]
 //! writes call rows.
 
+mod analysis;
 pub mod campaign_dialer;
 pub mod end_reason;
 pub mod events;
@@ -123,6 +124,8 @@ pub(crate) struct Shared {
     /// lease it holds ([`crate::cluster`]). A std Mutex held for a copy or
     /// a swap, never across `.await`.
     owned_trunks: std::sync::Mutex<Option<std::collections::BTreeSet<String>>>,
+    /// Ended calls' analyses, run off the call tasks, bounded.
+    analyzer: analysis::Analyzer,
 }
 
 impl Shared {
@@ -168,6 +171,13 @@ pub enum HangupError {
 }
 
 impl Calls {
+    /// Waits (at most `limit`) for the analyses of ended calls to be
+    /// stored; says whether they all were. The drain calls it before the
+    /// outbox closes.
+    pub async fn analyses_done(&self, limit: Duration) -> bool {
+        self.shared.analyzer.idle(limit).await
+    }
+
     /// The speech engines calls get (the API lists their voices).
     pub fn speech(&self) -> &Speech {
         &self.shared.speech
@@ -186,9 +196,11 @@ impl Calls {
             send_silence: config.calls.send_silence,
             ..SessionConfig::default()
         };
+        let transitions = Transitions::new(outbox);
         Ok(Self {
             shared: Arc::new(Shared {
-                transitions: Transitions::new(outbox),
+                analyzer: analysis::Analyzer::new(transitions.clone()),
+                transitions,
                 profiles,
                 registry: LiveCalls::new(Arc::clone(&trunks)),
                 trunks,

@@ -36,6 +36,7 @@ use super::screen::Screen;
 use super::task::{self, Established};
 use super::{EndReason, Shared, count_ended};
 use crate::agent::CallSettings;
+use crate::agent::analysis::Job;
 use crate::agent::runner::AgentRun;
 use crate::config::Profile;
 use crate::media::{Direction, LocalSdp, PortPermit, RtpSession, bind_rtp};
@@ -113,6 +114,7 @@ impl Routed {
             call: self,
             reason,
             answered_for: None,
+            analysis: None,
         }
     }
 
@@ -305,7 +307,7 @@ impl Answered {
         } = self;
         let (_, placeholder) = mpsc::channel(1);
         let commands = std::mem::replace(&mut call.commands, placeholder);
-        let reason = task::run(
+        let (reason, analysis) = task::run(
             &call.shared,
             Established {
                 id: call.id.to_string(),
@@ -324,6 +326,7 @@ impl Answered {
             call,
             reason,
             answered_for: Some(at.elapsed()),
+            analysis,
         }
     }
 }
@@ -345,6 +348,7 @@ pub(super) async fn hang_up_unanswerable(
         call,
         reason,
         answered_for: Some(answered_at.elapsed()),
+        analysis: None,
     }
 }
 
@@ -354,6 +358,8 @@ pub(super) struct Finished {
     pub reason: EndReason,
     /// How long the call was up; `None`: never answered.
     answered_for: Option<Duration>,
+    /// The agent's analysis of the call, run once the end is recorded.
+    analysis: Option<Job>,
 }
 
 impl Finished {
@@ -364,6 +370,7 @@ impl Finished {
             call,
             reason,
             answered_for,
+            analysis,
         } = self;
         match reason.failure() {
             Some(cause) => tracing::info!(reason = reason.label(), %cause, "call ended"),
@@ -374,5 +381,10 @@ impl Finished {
             .transitions
             .ended(&call.id, &reason, answered_for)
             .await;
+        // After the end is recorded, so call.analyzed follows call.ended;
+        // the call task does not wait for it.
+        if let Some(job) = analysis {
+            call.shared.analyzer.submit(&call.id, job);
+        }
     }
 }

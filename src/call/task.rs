@@ -28,6 +28,7 @@ use super::end_reason::FailureCause;
 use super::registry::CallCommand;
 use super::screen::{Screen, Screened};
 use super::{EndReason, Shared};
+use crate::agent::analysis::Job;
 use crate::agent::brain::Role;
 use crate::agent::runner::{AgentRequest, AgentRun, Transcript};
 use crate::agent::session::Said;
@@ -57,8 +58,9 @@ pub(super) struct Established {
     pub screen: Screen,
 }
 
-/// Runs the call until it ends; returns why.
-pub(super) async fn run(shared: &Arc<Shared>, call: Established) -> EndReason {
+/// Runs the call until it ends; returns why, and the analysis to run once
+/// the end is recorded (when the agent defines one).
+pub(super) async fn run(shared: &Arc<Shared>, call: Established) -> (EndReason, Option<Job>) {
     let Established {
         id,
         inbound,
@@ -114,16 +116,23 @@ pub(super) async fn run(shared: &Arc<Shared>, call: Established) -> EndReason {
     if !reason.far_end_hung_up() {
         bye(sip).await;
     }
-    if let Some(Transcript { said, summary }) = agent.finish().await {
+    let mut analysis = None;
+    if let Some(Transcript {
+        said,
+        summary,
+        analysis: job,
+    }) = agent.finish().await
+    {
         let turns: Vec<NewTurn> = said.into_iter().map(turn_of).collect();
         shared
             .transitions
             .transcript(&id, &turns, summary.as_deref())
             .await;
+        analysis = job;
     }
     drop(events);
     stop_media(media, media_task).await;
-    reason
+    (reason, analysis)
 }
 
 /// What one event of the SIP dialog means for the call: its end, or

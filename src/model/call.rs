@@ -86,6 +86,13 @@ pub struct Call {
     /// conversation (the brain's, or the number of turns and the agent's
     /// last line). The transcript is at `/v1/calls/{id}/transcript`.
     pub summary: Option<String>,
+    /// Calls whose agent defines an `analysis`, once analyzed after the
+    /// end (`call.analyzed`): `status` (`completed` or `failed`), `source`
+    /// (`script` or `llm`), the extracted `data`, `success` against the
+    /// agent's criterion, the script's final `state`, and `error` when it
+    /// failed. `null` before, and for other calls.
+    #[schema(value_type = Option<Object>)]
+    pub analysis: Option<serde_json::Value>,
 }
 
 #[cfg(test)]

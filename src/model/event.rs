@@ -17,6 +17,10 @@ pub enum EventType {
     CallAnswered,
     #[serde(rename = "call.ended")]
     CallEnded,
+    /// The call's structured result is stored (after `call.ended`, for
+    /// agents that define an `analysis`).
+    #[serde(rename = "call.analyzed")]
+    CallAnalyzed,
     /// A digit arrived (opt-in per endpoint).
     #[serde(rename = "call.dtmf")]
     CallDtmf,
@@ -54,6 +58,7 @@ labels!(EventType, "event type" {
     CallRinging => "call.ringing",
     CallAnswered => "call.answered",
     CallEnded => "call.ended",
+    CallAnalyzed => "call.analyzed",
     CallDtmf => "call.dtmf",
     TrunkRegistered => "trunk.registered",
     TrunkRegistrationFailed => "trunk.registration_failed",

@@ -4,7 +4,7 @@
 //! Every write to a call row is one of the state transitions below
 //! ([`Store::call_created`], [`Store::call_dialing`], [`Store::call_ringing`],
 //! [`Store::call_answered`], [`Store::call_answered_by`], [`Store::call_dtmf`],
-//! [`Store::call_ended`]),
+//! [`Store::call_ended`], and after the end [`Store::call_analyzed`]),
 //! each one atomic unit (on SQLite a job of the group commit,
 //! [`super::commit`]) that returns the row as committed. That is the
 //! seam for the webhook outbox: a transition given an [`Emit`] renders its
@@ -60,6 +60,8 @@ pub struct CallRecord {
     /// The campaign attempt this call is, for a campaign's call.
     #[sqlx(flatten)]
     pub attempt: AttemptColumns,
+    /// The structured result (JSON text), once analyzed after the end.
+    pub analysis: Option<String>,
 }
 
 /// The campaign attempt a call is: all three set for a campaign's call
@@ -95,6 +97,13 @@ impl TryFrom<CallRecord> for Call {
     fn try_from(r: CallRecord) -> Result<Call> {
         let metadata = serde_json::from_str(&r.metadata)
             .map_err(|e| StoreError::Corrupt(format!("call {} metadata: {e}", r.id)))?;
+        let analysis = match &r.analysis {
+            Some(text) => Some(
+                serde_json::from_str(text)
+                    .map_err(|e| StoreError::Corrupt(format!("call {} analysis: {e}", r.id)))?,
+            ),
+            None => None,
+        };
         Ok(Call {
             metadata,
             id: r.id,
@@ -116,6 +125,7 @@ impl TryFrom<CallRecord> for Call {
             ended_at: r.ended_at,
             duration_ms: r.duration_ms,
             summary: r.summary,
+            analysis,
         })
     }
 }
@@ -178,7 +188,7 @@ macro_rules! call_columns {
     () => {
         "id, direction, from_number, to_number, trunk, agent_id, status, sip_call_id,
     sip_code, sip_reason, end_reason, dtmf, metadata, ringing_at, answered_at, ended_at, duration_ms,
-    created_at, updated_at, event_seq, answered_by, summary, campaign_id, contact_id, attempt"
+    created_at, updated_at, event_seq, answered_by, summary, campaign_id, contact_id, attempt, analysis"
     };
 }
 
@@ -254,6 +264,11 @@ const ENDED: &str = concat!(
      WHERE id = $1 AND ended_at IS NULL RETURNING ",
     call_columns!()
 );
+const ANALYZED: &str = concat!(
+    "UPDATE calls SET analysis = $2, updated_at = $3, event_seq = event_seq + 1
+     WHERE id = $1 RETURNING ",
+    call_columns!()
+);
 const ANSWERED_BY: &str = concat!(
     "UPDATE calls SET answered_by = $2, updated_at = $3 WHERE id = $1 AND ended_at IS NULL RETURNING ",
     call_columns!()
@@ -290,6 +305,7 @@ impl FromSqlite for CallRecord {
                 contact_id: row.get("contact_id")?,
                 attempt: row.get("attempt")?,
             },
+            analysis: row.get("analysis")?,
         })
     }
 }
@@ -448,6 +464,13 @@ impl Store {
             e.answered_by.map(AnsweredBy::as_str).into(),
         ];
         self.transition(ENDED, values, emit).await
+    }
+
+    /// The call's structured result (JSON text), stored after its end with
+    /// its `call.analyzed` event in the same transaction.
+    pub async fn call_analyzed(&self, id: &str, analysis: &str, emit: Emit) -> Result<CallRecord> {
+        let values = vec![id.into(), analysis.into(), super::now().into()];
+        self.transition(ANALYZED, values, emit).await
     }
 
     /// Answering-machine detection's verdict on a call still up (no event:

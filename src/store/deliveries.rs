@@ -32,6 +32,11 @@ pub struct Claimed {
     pub secret: String,
     pub previous_secret: Option<String>,
     pub previous_secret_expires_at: Option<DateTime<Utc>>,
+    /// The endpoint wants the call's transcript in `call.ended`.
+    pub include_transcript: bool,
+    pub event_type: String,
+    /// The call a `call.*` event is about.
+    pub call_id: Option<String>,
 }
 
 /// Where a delivery goes after an attempt.
@@ -125,7 +130,8 @@ const CLAIM_POSTGRES: &str = "UPDATE webhook_deliveries SET lease_until = $1, le
 const CLAIMED_ROWS: &str =
     "SELECT d.id AS delivery_id, d.lease_token, d.attempts, d.retry_step, d.retry_until,
         ev.id AS event_id, ev.created_at AS event_created_at, ev.payload,
-        e.id AS endpoint_id, e.url, e.secret, e.previous_secret, e.previous_secret_expires_at
+        e.id AS endpoint_id, e.url, e.secret, e.previous_secret, e.previous_secret_expires_at,
+        e.include_transcript, ev.type AS event_type, ev.call_id
      FROM webhook_deliveries d
      JOIN events ev ON ev.id = d.event_id
      JOIN webhook_endpoints e ON e.id = d.endpoint_id

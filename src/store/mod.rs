@@ -208,6 +208,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0009_call_campaign_attempt.sql"),
     ),
     (
+        11,
+        "call results",
+        include_str!("../../migrations/sqlite/0011_call_results.sql"),
+    ),
+    (
         12,
         "scopes and audit",
         include_str!("../../migrations/sqlite/0012_scopes_audit.sql"),
@@ -270,6 +275,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         9,
         "call campaign attempt",
         include_str!("../../migrations/postgres/0009_call_campaign_attempt.sql"),
+    ),
+    (
+        11,
+        "call results",
+        include_str!("../../migrations/postgres/0011_call_results.sql"),
     ),
     (
         12,

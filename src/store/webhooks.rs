@@ -18,6 +18,8 @@ pub struct EndpointRecord {
     /// `previous_secret_expires_at`.
     pub previous_secret: Option<String>,
     pub previous_secret_expires_at: Option<DateTime<Utc>>,
+    /// `call.ended` carries the call's transcript to this endpoint.
+    pub include_transcript: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -28,6 +30,7 @@ pub struct EndpointFields<'a> {
     pub description: Option<&'a str>,
     pub events: &'a str,
     pub enabled: bool,
+    pub include_transcript: bool,
 }
 
 impl Store {
@@ -39,9 +42,11 @@ impl Store {
     ) -> Result<EndpointRecord> {
         let now = super::now();
         on_pool!(self, p => sqlx::query(
-            "INSERT INTO webhook_endpoints (id, url, description, events, enabled, secret, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $7)")
+            "INSERT INTO webhook_endpoints (id, url, description, events, enabled, secret, created_at, updated_at,
+                include_transcript)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)")
             .bind(id).bind(f.url).bind(f.description).bind(f.events).bind(f.enabled).bind(secret).bind(now)
+            .bind(f.include_transcript)
             .execute(p).await.map(|r| r.rows_affected()))?;
         self.get_endpoint(id).await
     }
@@ -49,7 +54,7 @@ impl Store {
     pub async fn get_endpoint(&self, id: &str) -> Result<EndpointRecord> {
         on_pool!(self, p => sqlx::query_as::<_, EndpointRecord>(
             "SELECT id, url, description, events, enabled, secret, previous_secret, previous_secret_expires_at,
-                created_at, updated_at
+                include_transcript, created_at, updated_at
              FROM webhook_endpoints WHERE id = $1")
             .bind(id).fetch_optional(p).await)?
         .ok_or(StoreError::NotFound)
@@ -58,7 +63,7 @@ impl Store {
     pub async fn list_endpoints(&self, w: Window) -> Result<Page<EndpointRecord>> {
         let items = on_pool!(self, p => sqlx::query_as::<_, EndpointRecord>(
             "SELECT id, url, description, events, enabled, secret, previous_secret, previous_secret_expires_at,
-                created_at, updated_at
+                include_transcript, created_at, updated_at
              FROM webhook_endpoints ORDER BY created_at DESC, id DESC LIMIT $1 OFFSET $2")
             .bind(w.limit).bind(w.offset).fetch_all(p).await)?;
         let total: i64 = on_pool!(self, p => sqlx::query_scalar("SELECT COUNT(*) FROM webhook_endpoints")
@@ -69,9 +74,11 @@ impl Store {
     pub async fn update_endpoint(&self, id: &str, f: EndpointFields<'_>) -> Result<EndpointRecord> {
         let now = super::now();
         let done = on_pool!(self, p => sqlx::query(
-            "UPDATE webhook_endpoints SET url = $2, description = $3, events = $4, enabled = $5, updated_at = $6
+            "UPDATE webhook_endpoints SET url = $2, description = $3, events = $4, enabled = $5, updated_at = $6,
+                include_transcript = $7
              WHERE id = $1")
             .bind(id).bind(f.url).bind(f.description).bind(f.events).bind(f.enabled).bind(now)
+            .bind(f.include_transcript)
             .execute(p).await.map(|r| r.rows_affected()))?;
         if done == 0 {
             return Err(StoreError::NotFound);

@@ -10,6 +10,8 @@
 //! as `GET /v1/campaigns/{id}` answers it, after the change.
 //!
 //! Must not: write to the store or send anything; it only renders.
+//! (`call.ended` gets the transcript added at delivery, for the endpoints
+//! that ask: [`with_transcript`].)
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -21,6 +23,7 @@ use crate::store::StoreError;
 use crate::store::calls::CallRecord;
 use crate::store::campaigns::CampaignRecord;
 use crate::store::events::{Fanout, NewEvent};
+use crate::store::transcripts::TurnRecord;
 
 /// The version of the envelope and data shapes; changes only with a breaking
 /// change to the payloads.
@@ -44,7 +47,9 @@ pub struct WebhookEvent<D> {
 /// The call as `GET /v1/calls/{id}` returns it, plus its event sequence.
 /// `call.ended` carries the final `status`, `end_reason`, `sip_code` and
 /// `duration_ms` in the call itself, and for a `voice` agent the
-/// conversation's `summary` (stored with the transcript just before).
+/// conversation's `summary` (stored with the transcript just before), and
+/// for endpoints with `include_transcript` the `transcript` itself;
+/// `call.analyzed` carries the call's `analysis`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CallEventData {
     #[serde(flatten)]
@@ -133,6 +138,50 @@ pub fn call_event(
         Some((&call.id, sequence)),
         Fanout::Subscribed,
     )
+}
+
+/// `payload` (a `call.ended` envelope as stored) with the call's transcript
+/// added as `data.transcript`: `{"summary", "turns"}`, each turn shaped as
+/// `GET /v1/calls/{id}/transcript` answers it. For the endpoints that opt
+/// in (`include_transcript`); the transcript is stored before `call.ended`
+/// and never changes, so every attempt sends the same bytes.
+pub fn with_transcript(payload: &str, turns: &[TurnRecord]) -> Result<String, StoreError> {
+    let mut envelope: serde_json::Value = serde_json::from_str(payload)
+        .map_err(|e| StoreError::Corrupt(format!("event payload: {e}")))?;
+    let summary = envelope
+        .pointer("/data/summary")
+        .cloned()
+        .unwrap_or_default();
+    let turns: Vec<serde_json::Value> = turns
+        .iter()
+        .map(|t| {
+            let has_latency = t.stt_final_ms.is_some()
+                || t.llm_first_token_ms.is_some()
+                || t.tts_first_audio_ms.is_some()
+                || t.first_rtp_ms.is_some();
+            serde_json::json!({
+                "speaker": t.speaker,
+                "text": t.text,
+                "start_ms": t.start_ms,
+                "end_ms": t.end_ms,
+                "interrupted": t.interrupted,
+                "heard": t.heard,
+                "latency": has_latency.then(|| serde_json::json!({
+                    "stt_final_ms": t.stt_final_ms,
+                    "llm_first_token_ms": t.llm_first_token_ms,
+                    "tts_first_audio_ms": t.tts_first_audio_ms,
+                    "first_rtp_ms": t.first_rtp_ms,
+                })),
+            })
+        })
+        .collect();
+    if let Some(data) = envelope.get_mut("data").and_then(|d| d.as_object_mut()) {
+        data.insert(
+            "transcript".into(),
+            serde_json::json!({"summary": summary, "turns": turns}),
+        );
+    }
+    serde_json::to_string(&envelope).map_err(|e| StoreError::Corrupt(format!("event payload: {e}")))
 }
 
 /// Renders a trunk event (`trunk.*`).

@@ -162,6 +162,19 @@ impl Outbox {
         Ok(record)
     }
 
+    /// `call.analyzed`: the call's structured result stored with its event
+    /// in one transaction, so a result is never stored without its event.
+    pub async fn call_analyzed(&self, id: &str, analysis: &str) -> Result<CallRecord, StoreError> {
+        let emit = |c: &CallRecord| event::call_event(EventType::CallAnalyzed, c, None);
+        let mark = self.store.deliveries_written();
+        let record = self
+            .store
+            .call_analyzed(id, analysis, Some(Box::new(emit)))
+            .await?;
+        self.emitted(mark);
+        Ok(record)
+    }
+
     /// A trunk event (`trunk.*`): its registration or its health changed.
     pub async fn trunk_changed(
         &self,

@@ -11,8 +11,10 @@
 //! recorder flushes; a row whose result was never recorded keeps its lease
 //! until it expires and is then delivered again (at least once, never lost).
 //!
-//! Must not: build payloads (they are stored, signed as they are) or touch
-//! the call layer.
+//! Must not: build payloads (they are stored, signed as they are; the one
+//! addition is the stored transcript in `call.ended` for an endpoint with
+//! `include_transcript`, rendered by [`super::event::with_transcript`]) or
+//! touch the call layer.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -49,8 +51,13 @@ struct Ctx {
     backoff: Backoff,
     /// Woken when a request slot frees, so the loop claims again.
     wake: Arc<Notify>,
+<<<<<<< HEAD
     /// Opens the endpoints' sealed signing secrets.
     sealer: crate::secrets::Sealer,
+=======
+    /// Reads the transcripts `call.ended` carries to endpoints that ask.
+    store: Store,
+>>>>>>> 7001629 (call, agent: structured results after the call (analysis on the agent, call.analyzed through the outbox, bounded and off the call's path); endpoints may take the transcript in call.ended)
 }
 
 /// The worker, built from the config; [`Worker::run`] drives it.
@@ -100,13 +107,17 @@ impl Worker {
         let guard = outbound.guard().clone();
         let client = http_client(config, outbound)?;
         Ok(Self {
-            store,
+            store: store.clone(),
             ctx: Arc::new(Ctx {
                 client,
                 guard,
                 backoff: Backoff::new(config),
                 wake: outbox.wake.clone(),
+<<<<<<< HEAD
                 sealer,
+=======
+                store,
+>>>>>>> 7001629 (call, agent: structured results after the call (analysis on the agent, call.analyzed through the outbox, bounded and off the call's path); endpoints may take the transcript in call.ended)
             }),
             config: config.clone(),
             wake: outbox.wake.clone(),
@@ -200,7 +211,14 @@ async fn deliver(
 ) {
     let started_at = crate::store::now();
     let clock = Instant::now();
-    let response = send(&ctx, &c, started_at.timestamp()).await;
+    let response = if wants_transcript(&c) {
+        match with_transcript(&ctx.store, c.clone()).await {
+            Ok(full) => send(&ctx, &full, started_at.timestamp()).await,
+            Err(e) => Response::Transport(format!("the call's transcript cannot be read: {e}")),
+        }
+    } else {
+        send(&ctx, &c, started_at.timestamp()).await
+    };
     let latency = clock.elapsed();
     drop(permit);
     ctx.wake.notify_one();
@@ -265,6 +283,26 @@ async fn deliver(
 }
 
 /// The request itself: signed headers over the stored payload.
+/// A `call.ended` delivery to an endpoint that asks for the transcript.
+fn wants_transcript(c: &Claimed) -> bool {
+    c.include_transcript
+        && c.call_id.is_some()
+        && c.event_type == crate::model::EventType::CallEnded.as_str()
+}
+
+/// The claimed delivery with the call's transcript in its payload.
+async fn with_transcript(
+    store: &Store,
+    mut c: Claimed,
+) -> Result<Claimed, crate::store::StoreError> {
+    let Some(call_id) = c.call_id.as_deref() else {
+        return Ok(c);
+    };
+    let turns = store.transcript(call_id).await?;
+    c.payload = super::event::with_transcript(&c.payload, &turns)?;
+    Ok(c)
+}
+
 async fn send(ctx: &Ctx, c: &Claimed, timestamp: i64) -> Response {
     let url = match reqwest::Url::parse(&c.url) {
         Ok(u) => u,
