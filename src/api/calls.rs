@@ -42,6 +42,10 @@ pub struct CallQuery {
     pub created_after: Option<DateTime<Utc>>,
     /// RFC 3339; calls created before.
     pub created_before: Option<DateTime<Utc>>,
+    /// Only this campaign's calls.
+    pub campaign_id: Option<String>,
+    /// Only calls that ended so, e.g. `no_answer` or `caller_hangup`.
+    pub end_reason: Option<String>,
     /// How many items to return, 1 to 100 (default 20).
     #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
@@ -82,6 +86,8 @@ async fn list_calls(
         agent_id: q.agent_id.as_deref(),
         created_after: q.created_after,
         created_before: q.created_before,
+        campaign_id: q.campaign_id.as_deref(),
+        end_reason: q.end_reason.as_deref(),
     };
     let page = state.store.list_calls(&filter, w).await?;
     List::try_new(page, w, to_api).map(Json)

@@ -12,6 +12,7 @@
 //! the call layer's); internal errors are logged, never echoed.
 
 mod agents;
+mod analytics;
 mod api_keys;
 pub mod audio;
 mod audit;
@@ -207,7 +208,8 @@ pub(crate) fn routers(metrics_open: bool) -> (OpenApiRouter<AppState>, OpenApiRo
         .merge(events::router())
         .merge(api_keys::router())
         .merge(audit::router())
-        .merge(voices::router());
+        .merge(voices::router())
+        .merge(analytics::router());
     let mut open = system::open_router();
     if metrics_open {
         open = open.merge(system::metrics_router());

@@ -76,6 +76,8 @@ pub const ROUTES: &[(&str, &str, Scope)] = &[
     // What agents can name: voices and models.
     ("GET", "/v1/voices", Read),
     ("GET", "/v1/models", Read),
+    // Analytics of the calls.
+    ("GET", "/v1/analytics/calls", Read),
     ("GET", "/v1/chat-sessions/{id}", Read),
     ("POST", "/v1/chat-sessions/{id}/messages", Calls),
     // Numbers and trunks.

@@ -140,6 +140,9 @@ pub struct CallFilter<'a> {
     pub agent_id: Option<&'a str>,
     pub created_after: Option<DateTime<Utc>>,
     pub created_before: Option<DateTime<Utc>>,
+    pub campaign_id: Option<&'a str>,
+    /// An `EndReason` label, e.g. `no_answer`.
+    pub end_reason: Option<&'a str>,
 }
 
 /// What a new call row starts with.
@@ -495,17 +498,20 @@ impl Store {
              WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR direction = $2)
                AND ($3 IS NULL OR from_number = $3 OR to_number = $3) AND ($4 IS NULL OR agent_id = $4)
                AND ($5 IS NULL OR created_at >= $5) AND ($6 IS NULL OR created_at < $6)
+               AND ($9 IS NULL OR campaign_id = $9) AND ($10 IS NULL OR end_reason = $10)
              ORDER BY created_at DESC, id DESC LIMIT $7 OFFSET $8"))
             .bind(status).bind(direction).bind(f.number).bind(f.agent_id)
             .bind(f.created_after).bind(f.created_before).bind(w.limit).bind(w.offset)
+            .bind(f.campaign_id).bind(f.end_reason)
             .fetch_all(p).await)?;
         let total: i64 = on_pool!(self, p => sqlx::query_scalar(
             "SELECT COUNT(*) FROM calls
              WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR direction = $2)
                AND ($3 IS NULL OR from_number = $3 OR to_number = $3) AND ($4 IS NULL OR agent_id = $4)
-               AND ($5 IS NULL OR created_at >= $5) AND ($6 IS NULL OR created_at < $6)")
+               AND ($5 IS NULL OR created_at >= $5) AND ($6 IS NULL OR created_at < $6)
+               AND ($7 IS NULL OR campaign_id = $7) AND ($8 IS NULL OR end_reason = $8)")
             .bind(status).bind(direction).bind(f.number).bind(f.agent_id)
-            .bind(f.created_after).bind(f.created_before)
+            .bind(f.created_after).bind(f.created_before).bind(f.campaign_id).bind(f.end_reason)
             .fetch_one(p).await)?;
         Ok(Page { items, total })
     }

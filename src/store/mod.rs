@@ -13,6 +13,7 @@
 //! in use); driver errors stay inside [`StoreError::Database`].
 
 pub mod agents;
+pub mod analytics;
 pub mod audio;
 pub mod audit;
 pub mod calls;
