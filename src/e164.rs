@@ -10,7 +10,7 @@ pub fn normalize(input: &str) -> Result<String, String> {
     if !trimmed.starts_with('+') {
         return Err("must start with + and the country code".into());
     }
-    let number = phonenumber::parse(None, &without_punctuation(trimmed))
+    let number = phonenumber::parse(None, without_punctuation(trimmed))
         .map_err(|e| format!("not a phone number: {e}"))?;
     if !phonenumber::is_valid(&number) {
         return Err("not a valid number for its country".into());

@@ -37,6 +37,9 @@ pub const MAX_CRITERION_CHARS: usize = 2000;
 const LLM_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most of the model's answer read.
 const MAX_ANSWER_BYTES: usize = 1024 * 1024;
+/// Largest result kept (its JSON text): it goes on the call and in the
+/// event.
+const MAX_RESULT_BYTES: usize = 64 * 1024;
 /// Most of the transcript sent (its end: the outcome is there).
 const MAX_TRANSCRIPT_CHARS: usize = 60_000;
 
@@ -194,8 +197,12 @@ pub async fn analyze(job: &Job) -> Value {
     match &job.plan.llm {
         None => scripted(&job.plan.settings, &job.state),
         Some(llm) => match ask(llm, &job.plan.settings, &job.said).await {
+            Ok((data, _)) if data.to_string().len() > MAX_RESULT_BYTES => failed(
+                "llm",
+                &format!("the model's fields are over {MAX_RESULT_BYTES} bytes"),
+            ),
             Ok((data, success)) => result("llm", "completed", data, success, None),
-            Err(e) => result("llm", "failed", Value::Null, None, Some(&e)),
+            Err(e) => failed("llm", &e),
         },
     }
 }

@@ -121,8 +121,12 @@ fn unknown_parameters<T: IntoParams>(query: &str) -> Vec<String> {
     let mut unknown: Vec<String> = Vec::new();
     for (name, _) in form_urlencoded::parse(query.as_bytes()) {
         if !known.iter().any(|k| *k == name) && !unknown.iter().any(|u| *u == name) {
-            // Bounded: a name is echoed at most 100 characters long.
+            // Bounded: at most 20 names echoed, each at most 100
+            // characters long.
             unknown.push(name.chars().take(100).collect());
+            if unknown.len() == 20 {
+                break;
+            }
         }
     }
     unknown

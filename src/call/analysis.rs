@@ -1,9 +1,11 @@
 //! Runs each ended call's analysis (`agent::analysis`) off the call's
 //! path and stores its result with `call.analyzed`.
 //!
-//! A job is handed over by [`super::phase::Finished::record`] once the end
-//! is recorded, so `call.ended` is never delayed by it and `call.analyzed`
-//! always follows `call.ended` in the call's event sequence. Submitting
+//! The call task hands its job over when the call ends ([`Analyzer::hold`]);
+//! it starts once the end is recorded ([`Analyzer::release`], from
+//! `Finished::record`), so `call.ended` is never delayed by it and
+//! `call.analyzed` always follows `call.ended` in the call's event
+//! sequence. Submitting
 //! never waits: each job is a task of its own that waits for one of
 //! [`CONCURRENCY`] slots (an LLM answer can take seconds; the slots bound
 //! how many are asked at once). Past [`MAX_WAITING`] jobs waiting, a new
@@ -14,8 +16,9 @@
 //!
 //! Must not: hold up a call task, or write anything but the result.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{Notify, Semaphore};
@@ -42,6 +45,9 @@ struct Inner {
     in_flight: AtomicUsize,
     /// Woken each time a job is stored.
     stored: Notify,
+    /// Jobs of calls whose end is not recorded yet, by call id (a short
+    /// lock, never held across an await).
+    held: Mutex<HashMap<String, Job>>,
 }
 
 impl Analyzer {
@@ -52,12 +58,33 @@ impl Analyzer {
                 slots: Semaphore::new(CONCURRENCY),
                 in_flight: AtomicUsize::new(0),
                 stored: Notify::new(),
+                held: Mutex::new(HashMap::new()),
             }),
         }
     }
 
+    /// Keeps call `id`'s job until [`Analyzer::release`].
+    pub fn hold(&self, id: &str, job: Job) {
+        if let Ok(mut held) = self.inner.held.lock() {
+            held.insert(id.to_string(), job);
+        }
+    }
+
+    /// Call `id`'s end is recorded: its held job, if any, starts.
+    pub fn release(&self, id: &str) {
+        let job = self
+            .inner
+            .held
+            .lock()
+            .ok()
+            .and_then(|mut held| held.remove(id));
+        if let Some(job) = job {
+            self.submit(id, job);
+        }
+    }
+
     /// Analyzes call `id` in the background; returns at once.
-    pub fn submit(&self, id: &str, job: Job) {
+    fn submit(&self, id: &str, job: Job) {
         let inner = Arc::clone(&self.inner);
         let waiting = inner.in_flight.fetch_add(1, Ordering::SeqCst);
         let id = id.to_string();

@@ -267,6 +267,7 @@ mod tests {
             answered_by: None,
             summary: None,
             attempt: AttemptColumns::default(),
+            analysis: None,
         }
     }
 

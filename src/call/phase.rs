@@ -36,7 +36,6 @@ use super::screen::Screen;
 use super::task::{self, Established};
 use super::{EndReason, Shared, count_ended};
 use crate::agent::CallSettings;
-use crate::agent::analysis::Job;
 use crate::agent::runner::AgentRun;
 use crate::config::Profile;
 use crate::media::{Direction, LocalSdp, PortPermit, RtpSession, bind_rtp};
@@ -114,7 +113,6 @@ impl Routed {
             call: self,
             reason,
             answered_for: None,
-            analysis: None,
         }
     }
 
@@ -322,11 +320,15 @@ impl Answered {
             },
         )
         .await;
+        // Held until Finished::record has recorded the end, so that
+        // call.analyzed follows call.ended.
+        if let Some(job) = analysis {
+            call.shared.analyzer.hold(&call.id, job);
+        }
         Finished {
             call,
             reason,
             answered_for: Some(at.elapsed()),
-            analysis,
         }
     }
 }
@@ -348,7 +350,6 @@ pub(super) async fn hang_up_unanswerable(
         call,
         reason,
         answered_for: Some(answered_at.elapsed()),
-        analysis: None,
     }
 }
 
@@ -358,8 +359,6 @@ pub(super) struct Finished {
     pub reason: EndReason,
     /// How long the call was up; `None`: never answered.
     answered_for: Option<Duration>,
-    /// The agent's analysis of the call, run once the end is recorded.
-    analysis: Option<Job>,
 }
 
 impl Finished {
@@ -370,7 +369,6 @@ impl Finished {
             call,
             reason,
             answered_for,
-            analysis,
         } = self;
         match reason.failure() {
             Some(cause) => tracing::info!(reason = reason.label(), %cause, "call ended"),
@@ -381,10 +379,8 @@ impl Finished {
             .transitions
             .ended(&call.id, &reason, answered_for)
             .await;
-        // After the end is recorded, so call.analyzed follows call.ended;
-        // the call task does not wait for it.
-        if let Some(job) = analysis {
-            call.shared.analyzer.submit(&call.id, job);
-        }
+        // The call's analysis, if its agent has one, starts now; the call
+        // task does not wait for it.
+        call.shared.analyzer.release(&call.id);
     }
 }
