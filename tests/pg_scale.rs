@@ -43,6 +43,7 @@ async fn fresh_store() -> (TestDaemon, Store) {
                 description: None,
                 events: r#"["call.ringing","call.answered","call.ended"]"#,
                 enabled: true,
+                include_transcript: false,
             },
         )
         .await

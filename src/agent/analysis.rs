@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use utoipa::ToSchema;
 
-use super::brain::{Role, Secret};
+use super::brain::Role;
 use super::session::Said;
 use super::{BrainConfig, LlmConfig, LlmKind};
 
@@ -327,17 +327,21 @@ async fn ask(
     settings: &AnalysisSettings,
     said: &[Said],
 ) -> Result<(Value, Option<bool>), String> {
-    let key = llm
-        .api_key_env
-        .as_deref()
-        .map(Secret::from_env)
-        .transpose()
-        .map_err(|e| e.to_string())?;
     let base = llm
         .base_url
         .as_deref()
         .unwrap_or(super::brain::openai::DEFAULT_BASE_URL)
         .trim_end_matches('/');
+    // The same outbound policy as the call's LLM: the address guard, and a
+    // key only toward the hosts the operator bound it to.
+    let url = super::checked_url("llm.base_url", base).map_err(|e| e.to_string())?;
+    let key = match (&llm.api_key, llm.api_key_env.as_deref()) {
+        (Some(k), _) => Some(k.clone()),
+        (None, Some(name)) => {
+            Some(super::bound_secret("llm.api_key_env", name, &url).map_err(|e| e.to_string())?)
+        }
+        (None, None) => None,
+    };
     let model = llm
         .model
         .as_deref()

@@ -251,7 +251,13 @@ static CARTESIA: Mutex<Cached> = Mutex::new(None);
 /// Cartesia's voices, from the cache or (with a timeout) from its API; none
 /// when the daemon has no `CARTESIA_API_KEY`.
 async fn cartesia_voices() -> Vec<Voice> {
-    let Ok(Some(key)) = vendors::api_key(None, "CARTESIA_API_KEY", false) else {
+    let Ok(Some(key)) = vendors::api_key(
+        None,
+        "CARTESIA_API_KEY",
+        false,
+        None,
+        vendors::cartesia::DEFAULT_BASE_URL,
+    ) else {
         return Vec::new();
     };
     let fresh = |at: &Instant, ok: bool| at.elapsed() < if ok { VENDOR_TTL } else { VENDOR_RETRY };

@@ -51,13 +51,10 @@ struct Ctx {
     backoff: Backoff,
     /// Woken when a request slot frees, so the loop claims again.
     wake: Arc<Notify>,
-<<<<<<< HEAD
     /// Opens the endpoints' sealed signing secrets.
     sealer: crate::secrets::Sealer,
-=======
     /// Reads the transcripts `call.ended` carries to endpoints that ask.
     store: Store,
->>>>>>> 7001629 (call, agent: structured results after the call (analysis on the agent, call.analyzed through the outbox, bounded and off the call's path); endpoints may take the transcript in call.ended)
 }
 
 /// The worker, built from the config; [`Worker::run`] drives it.
@@ -113,11 +110,8 @@ impl Worker {
                 guard,
                 backoff: Backoff::new(config),
                 wake: outbox.wake.clone(),
-<<<<<<< HEAD
                 sealer,
-=======
                 store,
->>>>>>> 7001629 (call, agent: structured results after the call (analysis on the agent, call.analyzed through the outbox, bounded and off the call's path); endpoints may take the transcript in call.ended)
             }),
             config: config.clone(),
             wake: outbox.wake.clone(),
