@@ -31,7 +31,7 @@ fn installed_flite_voices() -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn voices_and_models_are_listed_and_agents_held_to_them() {
-    let d = TestDaemon::builder().start().await;
+    let d = TestDaemon::builder().allow_loopback().start().await;
     let (status, page) = json_of(
         d.get("/v1/voices?provider=embedded&limit=100")
             .send()
