@@ -258,6 +258,13 @@ impl App {
         if self.state.store.backend() == "postgres" {
             self.calls.own_trunks(Some(Default::default()));
         }
+        if self.config.sip.trace {
+            let ip = public.unwrap_or(self.config.sip.listen.ip());
+            crate::trace::sip::install(
+                std::net::SocketAddr::new(ip, self.config.sip.listen.port()),
+                std::time::Duration::from_secs(self.config.sip.trace_retain_seconds),
+            );
+        }
         let stack = self.calls.start_sip(self.config.sip.listen, public).await?;
         if !left.is_empty() {
             let n = self.calls.end_orphans(left).await;

@@ -64,5 +64,6 @@ pub mod secrets;
 pub mod signing;
 pub mod sip;
 pub mod store;
+pub mod trace;
 pub mod trunk;
 pub mod webhook;

@@ -33,6 +33,7 @@ mod observe;
 mod rate_limit;
 pub mod scopes;
 pub mod server;
+mod sip_trace;
 mod system;
 mod transcripts;
 mod trunks;
@@ -198,6 +199,7 @@ pub(crate) fn routers(metrics_open: bool) -> (OpenApiRouter<AppState>, OpenApiRo
         .merge(nodes::router())
         .merge(calls::router())
         .merge(transcripts::router())
+        .merge(sip_trace::router())
         .merge(campaigns::router())
         .merge(campaign_contacts::router())
         .merge(dnc::router())

@@ -96,6 +96,7 @@ pub const ROUTES: &[(&str, &str, Scope)] = &[
     ("GET", "/v1/calls/{id}", Read),
     ("POST", "/v1/calls/{id}/hangup", Calls),
     ("GET", "/v1/calls/{id}/transcript", Read),
+    ("GET", "/v1/calls/{id}/sip-trace", Read),
     // Campaigns, their contacts and the do-not-call list.
     ("GET", "/v1/campaigns", Read),
     ("POST", "/v1/campaigns", Calls),

@@ -32,6 +32,11 @@ pub struct SipConfig {
     pub flood: FloodConfig,
     /// Limits of SIP over TCP.
     pub tcp: SipTcpConfig,
+    /// Keep the SIP messages of each call in memory for
+    /// `GET /v1/calls/{id}/sip-trace` (text or pcap).
+    pub trace: bool,
+    /// How long a call's SIP trace is kept after its last message.
+    pub trace_retain_seconds: u64,
 }
 
 impl Default for SipConfig {
@@ -47,6 +52,8 @@ impl Default for SipConfig {
             server_header: String::new(),
             flood: FloodConfig::default(),
             tcp: SipTcpConfig::default(),
+            trace: false,
+            trace_retain_seconds: 3600,
         }
     }
 }
@@ -54,6 +61,12 @@ impl Default for SipConfig {
 impl SipConfig {
     pub(super) fn validate(&self, file: &str) -> Result<(), ConfigError> {
         let err = |key: String, message: &str| Err(ConfigError::new(file, key, message));
+        if !(1..=604_800).contains(&self.trace_retain_seconds) {
+            return err(
+                "sip.trace_retain_seconds".into(),
+                "must be between 1 and 604800 (a week)",
+            );
+        }
         let f = &self.flood;
         for (class, limits) in [("stranger", &f.stranger), ("trunk", &f.trunk)] {
             for (method, limit) in limits.each() {

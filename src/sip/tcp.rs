@@ -356,6 +356,7 @@ async fn upstream(
                     match edge.guard.inspect(peer, Transport::Tcp, &message) {
                         Verdict::Pass { trusted } => match udp::screen(&message, trusted) {
                             Screened::Go(message) => {
+                                crate::trace::sip::received("TCP", peer, &message);
                                 if to_stack.write_all(&message).await.is_err() {
                                     return;
                                 }

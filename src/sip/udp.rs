@@ -188,6 +188,7 @@ pub(crate) fn spawn_reader(
             let sent = match guard.inspect(source, Transport::Udp, raw) {
                 Verdict::Pass { trusted } => match screen(raw, trusted) {
                     Screened::Go(message) => {
+                        crate::trace::sip::received("UDP", source, &message);
                         let buffer = match message {
                             Cow::Borrowed(raw) => Bytes::copy_from_slice(raw),
                             Cow::Owned(normalized) => Bytes::from(normalized),
