@@ -64,8 +64,7 @@ async fn one_call(d: &TestDaemon) -> Value {
         }
     })
     .await;
-    let call = found.lock().unwrap().clone();
-    call
+    found.lock().unwrap().clone()
 }
 
 async fn trace_of(backend: Backend) {
@@ -147,7 +146,7 @@ async fn trace_of(backend: Backend) {
     let has = |method: &str, status: &str| {
         lines
             .iter()
-            .any(|l| l.split('\t').take(2).eq([method, status].into_iter()))
+            .any(|l| l.split('\t').take(2).eq([method, status]))
     };
     assert!(has("INVITE", ""), "{fields}");
     assert!(has("", "200"), "{fields}");
