@@ -39,7 +39,6 @@ pub mod ports;
 pub mod resample;
 pub mod sdp;
 pub mod session;
-pub mod tap;
 pub mod wav;
 
 use std::time::Duration;
