@@ -279,5 +279,13 @@ fn describe() {
         metrics::Unit::Seconds,
         "The daemon's own share of a turn: RTP in to STT, TTS out to RTP."
     );
+    metrics::describe_counter!(
+        crate::agent::stream::STREAM_BAD_FRAMES,
+        "Frames from stream agents' bots that could not be read, by kind; ignored."
+    );
+    metrics::describe_counter!(
+        crate::agent::stream::STREAM_DROPPED_SAMPLES,
+        "Stream bots' audio dropped past the queue's bound, in 8 kHz samples."
+    );
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }

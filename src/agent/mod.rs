@@ -8,7 +8,8 @@
 //!   actions.
 //! - [`session`]: the agent on one call, attached to the call's media
 //!   session (a sans-IO core and its driver); [`runner`]: the agents a
-//!   call runs (`echo`, `prompt`, `voice`) as the call task sees them.
+//!   call runs (`echo`, `prompt`, `voice`, `stream`) as the call task sees
+//!   them; [`stream`]: the team's own bot over Twilio Media Streams.
 //! - [`prompts`]: the audio a `prompt` agent may play (media directory,
 //!   uploads), loaded once.
 //! - [`analysis`]: the call's structured result, made after the call.
@@ -47,6 +48,7 @@ pub mod providers;
 pub mod runner;
 pub mod session;
 pub mod speech;
+pub mod stream;
 pub mod turn;
 pub mod vendors;
 
@@ -367,6 +369,9 @@ pub struct CallSettings {
     /// What to extract from the call once it ends (`voice` agents).
     #[serde(default)]
     pub analysis: Option<analysis::AnalysisSettings>,
+    /// The bot of the `stream` agent.
+    #[serde(default)]
+    pub stream: Option<stream::StreamSettings>,
 }
 
 fn default_max_duration() -> u32 {

@@ -3,7 +3,8 @@
 //! hangs up), and `voice`, the speech pipeline: an [`AgentSession`] in its
 //! own task, attached to the call's media session by an
 //! [`crate::media::AudioPort`], so the caller's frames and its own never
-//! pass through the call task.
+//! pass through the call task; and `stream`, the team's own bot over a
+//! WebSocket ([`super::stream`]), attached by the same port.
 //!
 //! The call task keeps the control: it starts the agent, hands it the
 //! caller's DTMF, reads its [`AgentRequest`]s (hang up, opt out, transfer)
@@ -24,8 +25,10 @@ use super::analysis::{self, Plan};
 use super::brain::{Action, Role};
 use super::session::{AgentSession, Said, SessionConfig, SessionEnd};
 use super::speech::Speech;
+use super::stream::{StreamCall, StreamLink, StreamRequest, StreamSettings};
 use super::{BrainConfig, CallSettings, PromptSettings, build_brain};
 use crate::media::{AudioRoute, CLOCK_RATE, Digit, MediaHandle, SessionClosed};
+use crate::net::Guard;
 
 /// Peak of the generated tone: -10 dBFS, loud but far from clipping.
 const TONE_AMPLITUDE: f64 = 10_362.0;
@@ -47,6 +50,30 @@ pub enum AgentRun {
         audio: Option<Vec<i16>>,
     },
     Voice(Box<Voice>),
+    Stream(Box<Stream>),
+}
+
+/// The `stream` agent: ready to connect at answer, then relaying.
+pub struct Stream {
+    /// Taken when the call is answered.
+    setup: Option<(StreamSettings, StreamCall, Guard)>,
+    link: Option<StreamLink>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stream")
+            .field("running", &self.task.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a `stream` agent needs from the call beyond its settings.
+#[derive(Debug, Clone)]
+pub struct StreamEnv {
+    pub call: StreamCall,
+    pub guard: Guard,
 }
 
 /// What the agent asks of the call task.
@@ -58,6 +85,8 @@ pub enum AgentRequest {
     OptOut,
     /// Blind transfer to this number or SIP URI (SIP REFER).
     Transfer(String),
+    /// The agent's far end (a `stream` bot) could not be reached.
+    Unreachable(String),
 }
 
 /// The `voice` agent: ready to start, then running.
@@ -100,6 +129,7 @@ impl AgentRun {
         settings_json: &str,
         speech: &Speech,
         inbound: bool,
+        env: StreamEnv,
     ) -> Result<Self, String> {
         match kind {
             "echo" => Ok(AgentRun::Echo),
@@ -142,6 +172,17 @@ impl AgentRun {
                     analysis,
                 })))
             }
+            "stream" => {
+                let stream = settings
+                    .stream
+                    .clone()
+                    .ok_or("stream agent without stream settings")?;
+                Ok(AgentRun::Stream(Box::new(Stream {
+                    setup: Some((stream, env.call, env.guard)),
+                    link: None,
+                    task: None,
+                })))
+            }
             other => Err(format!("agent kind {other:?} cannot run on a call")),
         }
     }
@@ -155,6 +196,16 @@ impl AgentRun {
                 }
             }
             AgentRun::Voice(v) => v.start(media).await?,
+            // Connecting happens in the stream's own task: an unreachable
+            // bot comes back as a request, never stalls the call task.
+            AgentRun::Stream(s) => {
+                if let Some((settings, call, guard)) = s.setup.take() {
+                    let port = media.attach().await?;
+                    let (link, task) = super::stream::spawn(settings, call, guard, port);
+                    s.link = Some(link);
+                    s.task = Some(task);
+                }
+            }
             // The media session plays the caller back itself.
             AgentRun::Echo => media.route_audio(AudioRoute::Loopback).await?,
         }
@@ -165,6 +216,14 @@ impl AgentRun {
     /// waiting: a session that falls behind loses keys rather than stall
     /// the call task.
     pub fn on_digit(&mut self, digit: Digit) {
+        if let AgentRun::Stream(s) = self {
+            if let Some(link) = &s.link
+                && link.digits.try_send(digit).is_err()
+            {
+                tracing::warn!("stream agent behind, key press dropped");
+            }
+            return;
+        }
         let AgentRun::Voice(v) = self else { return };
         let Some(tx) = &v.dtmf else { return };
         match tx.try_send(digit.as_char().to_string()) {
@@ -179,6 +238,16 @@ impl AgentRun {
     /// The next thing the `voice` agent asks of the call; never resolves
     /// for the other agents. `None`: the session has ended.
     pub async fn next_request(&mut self) -> Option<AgentRequest> {
+        if let AgentRun::Stream(s) = self {
+            let Some(link) = s.link.as_mut() else {
+                return std::future::pending().await;
+            };
+            return match link.requests.recv().await {
+                Some(StreamRequest::Unreachable(e)) => Some(AgentRequest::Unreachable(e)),
+                // The bot closed the WebSocket, or the relay ended.
+                Some(StreamRequest::Hangup) | None => Some(AgentRequest::Hangup),
+            };
+        }
         let AgentRun::Voice(v) = self else {
             return std::future::pending().await;
         };
@@ -204,6 +273,21 @@ impl AgentRun {
 
     /// Stops the agent; a `voice` agent answers its transcript.
     pub async fn finish(self) -> Option<Transcript> {
+        if let AgentRun::Stream(mut s) = self {
+            // Dropping the digits sender tells the relay the call ended:
+            // it sends `stop` and closes.
+            s.link = None;
+            if let Some(task) = s.task.take() {
+                let abort = task.abort_handle();
+                if tokio::time::timeout(SESSION_STOP_TIMEOUT, task)
+                    .await
+                    .is_err()
+                {
+                    abort.abort();
+                }
+            }
+            return None;
+        }
         let AgentRun::Voice(mut v) = self else {
             return None;
         };

@@ -16,6 +16,7 @@ use super::extract::{ApiJson, ApiQuery, List, Pagination, patched};
 use crate::agent::BrainConfig;
 use crate::agent::analysis::AnalysisSettings;
 use crate::agent::brain::scripted::ScriptedDialogue;
+use crate::agent::stream::StreamSettings;
 use crate::agent::{OpeningSettings, PromptSettings, TurnSettings};
 use crate::ids;
 use crate::store::agents::AgentRecord;
@@ -37,6 +38,9 @@ pub enum AgentKind {
     /// The speech pipeline: STT, then the brain (a `script` or an `llm`),
     /// then TTS, with barge-in, DTMF and actions.
     Voice,
+    /// The team's own bot over a WebSocket, in the Twilio Media Streams
+    /// message format (`stream.url`).
+    Stream,
 }
 
 impl AgentKind {
@@ -45,6 +49,7 @@ impl AgentKind {
             AgentKind::Echo => "echo",
             AgentKind::Prompt => "prompt",
             AgentKind::Voice => "voice",
+            AgentKind::Stream => "stream",
         }
     }
 }
@@ -145,6 +150,7 @@ struct Settings {
     transfer_targets: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     analysis: Option<AnalysisSettings>,
+    stream: Option<StreamSettings>,
 }
 
 const DEFAULT_MAX_DURATION: u32 = 3600;
@@ -185,6 +191,9 @@ pub struct Agent {
     /// What to extract from each call once it ends (`voice` agents): the
     /// result is the call's `analysis` and a `call.analyzed` event.
     pub analysis: Option<AnalysisSettings>,
+    /// The bot of a `stream` agent: its `ws://` or `wss://` URL and the
+    /// `customParameters` sent in `start`.
+    pub stream: Option<StreamSettings>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -226,6 +235,9 @@ pub struct AgentCreate {
     pub transfer_targets: Vec<String>,
     /// What to extract from each call once it ends (`voice` agents).
     pub analysis: Option<AnalysisSettings>,
+    /// The bot of a `stream` agent: its `ws://` or `wss://` URL and the
+    /// `customParameters` sent in `start`.
+    pub stream: Option<StreamSettings>,
 }
 
 /// The body of `PATCH /v1/agents/{id}`, a JSON Merge Patch (RFC 7396) of
@@ -264,6 +276,9 @@ pub struct AgentUpdate {
     pub transfer_targets: Option<Vec<String>>,
     /// What to extract from each call once it ends (`voice` agents).
     pub analysis: Option<AnalysisSettings>,
+    /// The bot of a `stream` agent: its `ws://` or `wss://` URL and the
+    /// `customParameters` sent in `start`.
+    pub stream: Option<StreamSettings>,
 }
 
 fn to_agent(r: AgentRecord) -> Result<Agent, ApiError> {
@@ -289,6 +304,7 @@ fn to_agent(r: AgentRecord) -> Result<Agent, ApiError> {
         opening: s.opening,
         transfer_targets: s.transfer_targets,
         analysis: s.analysis,
+        stream: s.stream,
         created_at: r.created_at,
         updated_at: r.updated_at,
     })
@@ -473,6 +489,15 @@ fn validate(name: &str, kind: AgentKind, s: &Settings) -> Result<(), ApiError> {
             "script",
             "a voice agent needs a script or an llm with provider openai",
         );
+    }
+    match (kind, &s.stream) {
+        (AgentKind::Stream, None) => bad("stream", "a stream agent needs stream.url"),
+        (_, Some(st)) => {
+            for (field, message) in st.problems() {
+                bad(&format!("stream.{field}"), message);
+            }
+        }
+        _ => {}
     }
     match (kind, &s.prompt) {
         (AgentKind::Prompt, None) => bad(
@@ -715,6 +740,21 @@ fn is_transfer_target(t: &str) -> bool {
         && !digits.starts_with('0')
 }
 
+/// The bot's address must pass the outbound guard (`[net]`), as every
+/// outbound URL does (checked again at every connect); the scheme was
+/// checked to be ws or wss by `validate`.
+async fn check_stream_url(state: &AppState, s: &Settings) -> Result<(), ApiError> {
+    let Some(stream) = &s.stream else {
+        return Ok(());
+    };
+    state.guard.check_url(&stream.url).await.map_err(|e| {
+        ApiError::validation(vec![FieldError {
+            field: "stream.url".into(),
+            message: e.to_string(),
+        }])
+    })
+}
+
 fn is_env_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 128
@@ -748,6 +788,7 @@ fn from_create(body: AgentCreate) -> (String, AgentKind, Settings) {
         opening: body.opening,
         transfer_targets: body.transfer_targets,
         analysis: body.analysis,
+        stream: body.stream,
     };
     (body.name, body.kind, settings)
 }
@@ -767,6 +808,7 @@ async fn create_agent(
     validate(&name, kind, &settings)?;
     check_outbound(&state, &settings).await?;
     check_catalog(&state, &settings).await?;
+    check_stream_url(&state, &settings).await?;
     let id = ids::new(ids::AGENT);
     let record = state
         .store
@@ -816,6 +858,7 @@ async fn update_agent(
     validate(&name, kind, &settings)?;
     check_outbound(&state, &settings).await?;
     check_catalog(&state, &settings).await?;
+    check_stream_url(&state, &settings).await?;
     let record = state
         .store
         .update_agent(&id, name.trim(), kind.as_str(), &settings_json(&settings)?)

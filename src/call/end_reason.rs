@@ -135,6 +135,10 @@ pub enum EndReason {
     Draining,
     /// The offer has no codec we speak (488, RFC 3264 §6).
     NotAcceptable,
+    /// The `stream` agent's bot could not be reached at answer (refused,
+    /// not allowed by the outbound guard, or no WebSocket within the
+    /// connect timeout); the reason is logged.
+    AgentUnreachable,
     /// Something on our side failed (store, RTP port, SIP transport...).
     Failed(FailureCause),
     /// The daemon stopped without ending the call (it crashed or was
@@ -167,6 +171,7 @@ impl EndReason {
             EndReason::TrunkRate => "trunk_cps",
             EndReason::Draining => "draining",
             EndReason::NotAcceptable => "not_acceptable",
+            EndReason::AgentUnreachable => "agent_unreachable",
             EndReason::Failed(_) => "error",
             EndReason::Lost => "lost",
         }

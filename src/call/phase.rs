@@ -36,7 +36,8 @@ use super::screen::Screen;
 use super::task::{self, Established};
 use super::{EndReason, Shared, count_ended};
 use crate::agent::CallSettings;
-use crate::agent::runner::AgentRun;
+use crate::agent::runner::{AgentRun, StreamEnv};
+use crate::agent::stream::StreamCall;
 use crate::config::Profile;
 use crate::media::{Direction, LocalSdp, PortPermit, RtpSession, bind_rtp};
 use crate::metrics::CALL_SETUP_SECONDS;
@@ -125,6 +126,22 @@ impl Routed {
             &agent.settings_json,
             &shared.speech,
             self.inbound,
+            StreamEnv {
+                call: StreamCall {
+                    call_id: self.id.to_string(),
+                    account: shared.node.clone(),
+                    context: std::collections::BTreeMap::from([
+                        (
+                            "agentline_direction".to_owned(),
+                            direction(self.inbound).to_owned(),
+                        ),
+                        ("agentline_trunk".to_owned(), trunk.name.clone()),
+                    ]),
+                },
+                // The process's one outbound policy (`[net]`), read at
+                // the call so a reload is seen.
+                guard: crate::net::outbound().guard().clone(),
+            },
         )
         .await;
         let run = match run {

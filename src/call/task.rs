@@ -259,6 +259,10 @@ async fn fulfil(sip: &mut Call, request: AgentRequest) -> Option<EndReason> {
         // A campaign's dialer puts the number on the do-not-call list for
         // this reason, as for the opt-out key.
         AgentRequest::OptOut => Some(EndReason::OptedOut),
+        AgentRequest::Unreachable(e) => {
+            tracing::warn!(error = %e, "the stream agent's bot is unreachable");
+            Some(EndReason::AgentUnreachable)
+        }
         AgentRequest::Transfer(to) => match timeout(REFER_TIMEOUT, sip.refer(&to)).await {
             Ok(Ok(code)) if (200..300).contains(&code) => Some(EndReason::Transferred),
             Ok(Ok(code)) => {
