@@ -13,6 +13,7 @@
 //! maps a request to its end reason and stores the transcript.
 
 use std::f64::consts::PI;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -20,7 +21,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::brain::{Action, Role};
+use super::brain::{Action, AgentContext, Role};
 use super::session::{AgentSession, Said, SessionConfig, SessionEnd};
 use super::speech::Speech;
 use super::{BrainConfig, CallSettings, PromptSettings, build_brain};
@@ -95,6 +96,7 @@ impl AgentRun {
         settings_json: &str,
         speech: &Speech,
         inbound: bool,
+        context: Option<AgentContext>,
     ) -> Result<Self, String> {
         match kind {
             "echo" => Ok(AgentRun::Echo),
@@ -128,7 +130,7 @@ impl AgentRun {
                     .resolve_credentials()
                     .await
                     .map_err(|e| format!("voice agent brain: {e}"))?;
-                let session = voice_session(&settings, &brain_config, speech, inbound)?;
+                let session = voice_session(&settings, &brain_config, speech, inbound, context)?;
                 Ok(AgentRun::Voice(Box::new(Voice {
                     session: Some(session),
                     dtmf: None,
@@ -140,15 +142,21 @@ impl AgentRun {
         }
     }
 
-    /// The call is answered: start talking (or listening).
-    pub async fn start(&mut self, media: &MediaHandle) -> Result<(), SessionClosed> {
+    /// The call is answered: start talking (or listening). `answered_by`:
+    /// the answering-machine verdict when detection ran, which joins the
+    /// call's context (`answered_by`) before the first word.
+    pub async fn start(
+        &mut self,
+        media: &MediaHandle,
+        answered_by: Option<&str>,
+    ) -> Result<(), SessionClosed> {
         match self {
             AgentRun::Prompt { audio } => {
                 if let Some(samples) = audio.take() {
                     media.play(samples).await?;
                 }
             }
-            AgentRun::Voice(v) => v.start(media).await?,
+            AgentRun::Voice(v) => v.start(media, answered_by).await?,
             // The media session plays the caller back itself.
             AgentRun::Echo => media.route_audio(AudioRoute::Loopback).await?,
         }
@@ -233,10 +241,17 @@ impl AgentRun {
 impl Voice {
     /// Attaches the session to the call's media and starts it: transcript
     /// offsets and frame times count from now, the answer.
-    async fn start(&mut self, media: &MediaHandle) -> Result<(), SessionClosed> {
+    async fn start(
+        &mut self,
+        media: &MediaHandle,
+        answered_by: Option<&str>,
+    ) -> Result<(), SessionClosed> {
         let Some(mut session) = self.session.take() else {
             return Ok(());
         };
+        if let (Some(verdict), Some(context)) = (answered_by, &session.config.context) {
+            session.config.context = Some(Arc::new(context.with_fact("answered_by", verdict)));
+        }
         let port = media.attach().await?;
         session.config.epoch = Some(Instant::now());
         let (dtmf_tx, dtmf_rx) = mpsc::channel(SESSION_DTMF);
@@ -256,6 +271,7 @@ fn voice_session(
     brain_config: &BrainConfig,
     speech: &Speech,
     inbound: bool,
+    context: Option<AgentContext>,
 ) -> Result<AgentSession, String> {
     let brain = build_brain(brain_config).map_err(|e| format!("voice agent brain: {e}"))?;
     let stt = speech
@@ -271,6 +287,7 @@ fn voice_session(
             .clone()
             .unwrap_or_default()
             .greeting(inbound),
+        context: context.map(Arc::new),
         ..SessionConfig::default()
     };
     Ok(AgentSession {

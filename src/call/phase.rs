@@ -36,6 +36,7 @@ use super::screen::Screen;
 use super::task::{self, Established};
 use super::{EndReason, Shared, count_ended};
 use crate::agent::CallSettings;
+use crate::agent::brain::AgentContext;
 use crate::agent::runner::AgentRun;
 use crate::config::Profile;
 use crate::media::{Direction, LocalSdp, PortPermit, RtpSession, bind_rtp};
@@ -116,8 +117,14 @@ impl Routed {
         }
     }
 
-    /// Builds the agent and binds the RTP port our SDP will name.
-    pub async fn prepare(self, agent: &AgentSpec, trunk: &Profile) -> Result<Prepared, Finished> {
+    /// Builds the agent (on the call of `context`) and binds the RTP port
+    /// our SDP will name.
+    pub async fn prepare(
+        self,
+        agent: &AgentSpec,
+        trunk: &Profile,
+        context: AgentContext,
+    ) -> Result<Prepared, Finished> {
         let shared = Arc::clone(&self.shared);
         let run = AgentRun::new(
             &agent.kind,
@@ -125,6 +132,7 @@ impl Routed {
             &agent.settings_json,
             &shared.speech,
             self.inbound,
+            Some(context),
         )
         .await;
         let run = match run {

@@ -90,7 +90,7 @@ pub(super) async fn run(shared: &Arc<Shared>, call: Established) -> EndReason {
             }
             screened = screen.next(&mut events) => match screened {
                 Screened::StartAgent => agent
-                    .start(&media)
+                    .start(&media, screen.answered_by().map(|v| v.as_str()))
                     .await
                     .err()
                     .map(|_| EndReason::Failed(FailureCause::MediaClosed)),

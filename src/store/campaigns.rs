@@ -314,4 +314,33 @@ impl Store {
         counts.contacts = contacts;
         Ok(counts)
     }
+
+    /// The campaign's agent webhook: its URL and signing secret, when it
+    /// has one (asked for the agent of each attempt).
+    pub async fn campaign_agent_webhook(&self, id: &str) -> Result<Option<(String, String)>> {
+        let row: Option<(Option<String>, Option<String>)> = on_pool!(self, p => sqlx::query_as(
+            "SELECT agent_webhook_url, agent_webhook_secret FROM campaigns WHERE id = $1")
+            .bind(id).fetch_optional(p).await)?;
+        match row {
+            None => Err(StoreError::NotFound),
+            Some((Some(url), Some(secret))) => Ok(Some((url, secret))),
+            Some(_) => Ok(None),
+        }
+    }
+
+    /// Sets (or, with `None`, removes) the campaign's agent webhook.
+    pub async fn set_campaign_agent_webhook(
+        &self,
+        id: &str,
+        hook: Option<(&str, &str)>,
+    ) -> Result<()> {
+        let (url, secret) = hook.unzip();
+        let done = on_pool!(self, p => sqlx::query(
+            "UPDATE campaigns SET agent_webhook_url = $2, agent_webhook_secret = $3 WHERE id = $1")
+            .bind(id).bind(url).bind(secret).execute(p).await.map(|r| r.rows_affected()))?;
+        if done == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
 }
