@@ -323,6 +323,20 @@ pub(super) async fn follow(
     Ok(())
 }
 
+/// An error and its causes, as one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    // Bounded: error chains are short, and this stops at 8.
+    for _ in 0..8 {
+        let Some(s) = source else { break };
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 /// The agent webhook's client: names resolve only through the address
 /// guard (as webhook deliveries do), no redirects, one deadline.
 pub(crate) struct Hooks {
@@ -374,6 +388,7 @@ impl Hooks {
         hook: &AgentWebhook,
         context: &CallContext,
     ) -> Result<HookAnswer, String> {
+        let late = || format!("no answer within {} ms", self.timeout.as_millis());
         let client = self.client.as_ref().ok_or("no HTTP client")?;
         let url = reqwest::Url::parse(&hook.url).map_err(|_| "bad url".to_owned())?;
         self.guard.check_literal(&url).map_err(|e| e.to_string())?;
@@ -393,7 +408,13 @@ impl Hooks {
             .body(body)
             .send()
             .await
-            .map_err(|e| format!("request failed: {}", e.without_url()))?;
+            .map_err(|e| {
+                if e.is_timeout() {
+                    late()
+                } else {
+                    format!("request failed: {}", chain(&e.without_url()))
+                }
+            })?;
         let status = response.status();
         if !status.is_success() {
             return Err(format!("answered HTTP {}", status.as_u16()));
