@@ -97,8 +97,18 @@ async fn provision(d: &TestDaemon, agent: Value, number_extra: Value) -> (String
 /// A running campaign of `agent` calling one contact per name, `cap` at
 /// once; returns the contacts' numbers by first name.
 async fn campaign(d: &TestDaemon, agent: &str, cap: i64) -> BTreeMap<String, String> {
+    campaign_with(d, agent, cap, json!({})).await.0
+}
+
+/// [`campaign`] with `extra` fields; also returns the campaign as created.
+async fn campaign_with(
+    d: &TestDaemon,
+    agent: &str,
+    cap: i64,
+    extra: Value,
+) -> (BTreeMap<String, String>, Value) {
     let zone = zone_at(12);
-    let campaign = ok(d.post("/v1/campaigns").json(&json!({
+    let mut body = json!({
         "name": "reminders",
         "agent_id": agent,
         "caller_number": NUMBER,
@@ -107,8 +117,11 @@ async fn campaign(d: &TestDaemon, agent: &str, cap: i64) -> BTreeMap<String, Str
         "max_concurrent_calls": cap,
         "calls_per_second": 10,
         "max_attempts": 1,
-    })))
-    .await;
+    });
+    body.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    let campaign = ok(d.post("/v1/campaigns").json(&body)).await;
     let id = campaign["id"].as_str().unwrap();
     let numbers: BTreeMap<String, String> = NAMES
         .iter()
@@ -126,7 +139,7 @@ async fn campaign(d: &TestDaemon, agent: &str, cap: i64) -> BTreeMap<String, Str
         .json(&json!({"contacts": contacts})))
     .await;
     ok(d.post(&format!("/v1/campaigns/{id}/start"))).await;
-    numbers
+    (numbers, campaign)
 }
 
 /// SIPp as the callee of `calls` calls with `scenario`, its media on a
@@ -483,6 +496,13 @@ async fn stand_ins() -> (String, Seen) {
                 post(|State(s): State<Seen>, h: HeaderMap, b: Bytes| hook(s, h, b, false)),
             )
             .route(
+                "/hook/campaign",
+                post(|State(s): State<Seen>, h: HeaderMap, b: Bytes| async move {
+                    s.lock().unwrap().hooks.push((SystemTime::now(), h, b));
+                    axum::Json(json!({"greeting": "Good morning {first_name}."}))
+                }),
+            )
+            .route(
                 "/hook/slow",
                 post(|State(s): State<Seen>, h: HeaderMap, b: Bytes| hook(s, h, b, true)),
             )
@@ -793,6 +813,64 @@ async fn a_slow_agent_webhook_leaves_the_numbers_agent(backend: Backend) {
     );
 }
 
+/// A campaign's agent webhook, asked for each attempt with the contact's
+/// context, changes each call's greeting; the calls record it.
+async fn campaign_agent_webhook_is_asked_per_attempt(backend: Backend) {
+    let (stand_in, seen) = stand_ins().await;
+    let (mut sipp, sipp_port, _) = callee("uas-invite-expect-answer-then-bye.xml", NAMES.len());
+    let d = daemon(backend, sipp_port, "").await;
+    let (agent, _) = provision(
+        &d,
+        json!({
+            "name": "clinic",
+            "kind": "voice",
+            "max_duration_seconds": 3,
+            "opening": {"outbound_wait_ms": 0},
+            "script": {
+                "start": "main",
+                "greeting": "Hello {first_name}, this is the clinic.",
+                "states": {"main": {"intents": [
+                    {"name": "yes", "keywords": ["yes"], "reply": "Thank you."}
+                ]}}
+            }
+        }),
+        json!({}),
+    )
+    .await;
+    let url = format!("{stand_in}/hook/campaign");
+    let (_, created) = campaign_with(&d, &agent, 3, json!({"agent_webhook_url": url})).await;
+    assert_eq!(created["agent_webhook_url"], url, "{created}");
+    let secret = created["agent_webhook_secret"].as_str().unwrap().to_owned();
+    let shown = ok(d.get(&format!(
+        "/v1/campaigns/{}",
+        created["id"].as_str().unwrap()
+    )))
+    .await;
+    assert!(shown.get("agent_webhook_secret").is_none(), "{shown}");
+    let calls = ended_calls(&d, &agent, NAMES.len()).await;
+    let _ = sipp.kill().await;
+    for call in &calls {
+        let id = call["id"].as_str().unwrap();
+        assert_eq!(call["agent_source"], "webhook", "{call}");
+        let name = call["context"]["variables"]["first_name"].as_str().unwrap();
+        let t = transcript(&d, id).await;
+        assert_eq!(
+            t["turns"][0]["text"],
+            format!("Good morning {name}."),
+            "{t}"
+        );
+    }
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.hooks.len(), NAMES.len());
+    for (_, headers, body) in &seen.hooks {
+        assert!(verify(&secret, headers, body), "bad signature: {headers:?}");
+        let asked: Value = serde_json::from_slice(body).unwrap();
+        let context = &asked["data"]["context"];
+        assert_eq!(context["campaign_id"], created["id"], "{asked}");
+        assert!(context["variables"]["first_name"].is_string(), "{asked}");
+    }
+}
+
 /// A number's agent webhook URL goes through the webhooks' address guard,
 /// and `null` turns it off.
 async fn agent_webhook_urls_are_guarded(backend: Backend) {
@@ -834,5 +912,6 @@ both_backends!(
     sip_headers_reach_the_tool_with_the_call_id,
     agent_webhook_overrides_the_greeting_heard,
     a_slow_agent_webhook_leaves_the_numbers_agent,
+    campaign_agent_webhook_is_asked_per_attempt,
     agent_webhook_urls_are_guarded,
 );
