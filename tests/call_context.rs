@@ -871,6 +871,65 @@ async fn campaign_agent_webhook_is_asked_per_attempt(backend: Backend) {
     }
 }
 
+/// A transfer passes the variables the agent names to the target, as
+/// header fields of the REFER's Refer-To URI (SIPp checks them); a name
+/// the call lacks passes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfer_passes_the_chosen_context_to_the_target() {
+    let d = daemon(Backend::Sqlite, free_udp_port(), "").await;
+    provision(
+        &d,
+        json!({
+            "name": "switchboard",
+            "kind": "voice",
+            "max_duration_seconds": 60,
+            "transfer_context": ["x_customer_id", "caller_name", "first_name"],
+            "script": {
+                "start": "main",
+                "greeting": "Hello.",
+                "states": {"main": {"intents": [
+                    {"name": "operator", "dtmf": "0", "reply": "Transferring you.",
+                     "actions": [{"type": "transfer", "to": "+14155550100"}]}
+                ]}}
+            }
+        }),
+        json!({}),
+    )
+    .await;
+    let run = run_sipp(
+        "uac-invite-x-customer-id-dtmf-0-expect-refer-with-headers-bye.xml",
+        free_udp_port(),
+        Some(([127, 0, 0, 1], d.sip_port).into()),
+        &[
+            "-s",
+            NUMBER,
+            "-mi",
+            "127.0.0.1",
+            "-mp",
+            &free_udp_port().to_string(),
+        ],
+        LIMIT,
+    )
+    .await;
+    assert!(run.success, "{}\n{}", run.output, d.log());
+    let call = ended_call(&d).await;
+    assert_eq!(call["end_reason"], "transferred", "{call}");
+    // Agent settings name variables only.
+    let (status, body) = json_of(
+        d.post("/v1/agents")
+            .json(&json!({"name": "x", "kind": "echo", "transfer_context": ["X-Bad: 1"]}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(
+        body["error"]["details"][0]["field"], "transfer_context[0]",
+        "{body}"
+    );
+}
+
 /// A number's agent webhook URL goes through the webhooks' address guard,
 /// and `null` turns it off.
 async fn agent_webhook_urls_are_guarded(backend: Backend) {

@@ -360,6 +360,10 @@ pub struct CallSettings {
     /// The synthesizer of the `voice` agent (embedded when left out).
     #[serde(default)]
     pub tts: Option<speech::SpeechChoice<speech::TtsKind>>,
+    /// The call's variables a transfer passes to its target, as `X-`
+    /// headers in the REFER's Refer-To (`first_name` as `X-First-Name`).
+    #[serde(default)]
+    pub transfer_context: Vec<String>,
 }
 
 fn default_max_duration() -> u32 {

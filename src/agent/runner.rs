@@ -56,8 +56,10 @@ pub enum AgentRequest {
     Hangup,
     /// The callee asked not to be called again; hang up.
     OptOut,
-    /// Blind transfer to this number or SIP URI (SIP REFER).
-    Transfer(String),
+    /// Blind transfer to this number or SIP URI (SIP REFER), passing these
+    /// SIP headers (name, value) to the transfer target: the call's
+    /// variables the agent's `transfer_context` names.
+    Transfer(String, Vec<(String, String)>),
 }
 
 /// The `voice` agent: ready to start, then running.
@@ -67,6 +69,8 @@ pub struct Voice {
     dtmf: Option<mpsc::Sender<String>>,
     actions: Option<mpsc::Receiver<Action>>,
     task: Option<JoinHandle<SessionEnd>>,
+    /// What a transfer passes on to its target (see [`transfer_headers`]).
+    transfer_headers: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for Voice {
@@ -130,12 +134,15 @@ impl AgentRun {
                     .resolve_credentials()
                     .await
                     .map_err(|e| format!("voice agent brain: {e}"))?;
+                let transfer_headers =
+                    transfer_headers(&settings.transfer_context, context.as_ref());
                 let session = voice_session(&settings, &brain_config, speech, inbound, context)?;
                 Ok(AgentRun::Voice(Box::new(Voice {
                     session: Some(session),
                     dtmf: None,
                     actions: None,
                     task: None,
+                    transfer_headers,
                 })))
             }
             other => Err(format!("agent kind {other:?} cannot run on a call")),
@@ -192,7 +199,9 @@ impl AgentRun {
             match rx.recv().await? {
                 Action::Hangup => return Some(AgentRequest::Hangup),
                 Action::OptOut => return Some(AgentRequest::OptOut),
-                Action::Transfer { to } => return Some(AgentRequest::Transfer(to)),
+                Action::Transfer { to } => {
+                    return Some(AgentRequest::Transfer(to, v.transfer_headers.clone()));
+                }
                 Action::SendDtmf { .. } | Action::Summary { .. } => {}
             }
         }
@@ -298,6 +307,41 @@ fn voice_session(
     })
 }
 
+/// The longest value a transfer passes on in one header.
+const TRANSFER_VALUE_CHARS: usize = 256;
+
+/// The SIP headers a transfer passes to its target: for each variable
+/// `keys` names that the call has, `X-` and the name in words
+/// (`first_name` is `X-First-Name`, `x_customer_id` `X-Customer-Id`), its
+/// value cut to [`TRANSFER_VALUE_CHARS`]. The SIP layer escapes values.
+fn transfer_headers(keys: &[String], context: Option<&AgentContext>) -> Vec<(String, String)> {
+    let Some(context) = context else {
+        return Vec::new();
+    };
+    keys.iter()
+        .filter_map(|key| {
+            let value = context.vars.get(key)?;
+            let words = key.strip_prefix("x_").unwrap_or(key);
+            let name: Vec<String> = words
+                .split('_')
+                .filter(|w| !w.is_empty())
+                .map(|w| {
+                    let mut chars = w.chars();
+                    chars
+                        .next()
+                        .map(|c| c.to_ascii_uppercase().to_string() + chars.as_str())
+                        .unwrap_or_default()
+                })
+                .collect();
+            if name.is_empty() {
+                return None;
+            }
+            let value = value.chars().take(TRANSFER_VALUE_CHARS).collect();
+            Some((format!("X-{}", name.join("-")), value))
+        })
+        .collect()
+}
+
 /// The summary when the brain gave none: how many turns, and the agent's
 /// last line.
 fn summary_of(said: &[Said]) -> Option<String> {
@@ -358,6 +402,35 @@ pub fn tone(hz: f64, duration_ms: u32) -> Vec<i16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transfers_pass_the_chosen_variables_as_x_headers() {
+        let context = AgentContext {
+            call_id: "call_1".into(),
+            vars: [
+                ("x_customer_id", "42"),
+                ("first_name", "Ada"),
+                ("secret", "no"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+            document: serde_json::Value::Null,
+        };
+        let keys = vec![
+            "x_customer_id".into(),
+            "first_name".into(),
+            "missing".into(),
+        ];
+        assert_eq!(
+            transfer_headers(&keys, Some(&context)),
+            vec![
+                ("X-Customer-Id".to_owned(), "42".to_owned()),
+                ("X-First-Name".to_owned(), "Ada".to_owned())
+            ]
+        );
+        assert!(transfer_headers(&keys, None).is_empty());
+    }
 
     #[test]
     fn tone_has_the_asked_length() {

@@ -142,6 +142,8 @@ struct Settings {
     opening: Option<OpeningSettings>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     transfer_targets: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    transfer_context: Vec<String>,
 }
 
 const DEFAULT_MAX_DURATION: u32 = 3600;
@@ -179,6 +181,9 @@ pub struct Agent {
     /// or prefixes (`+44207*`). Empty (the default): the LLM may not
     /// transfer anywhere; a refused transfer is told to the LLM.
     pub transfer_targets: Vec<String>,
+    /// The call's variables a transfer passes to its target, as SIP
+    /// headers (`first_name` as `X-First-Name`).
+    pub transfer_context: Vec<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -218,6 +223,11 @@ pub struct AgentCreate {
     /// transfer anywhere; a refused transfer is told to the LLM.
     #[serde(default)]
     pub transfer_targets: Vec<String>,
+    /// The call's variables a transfer passes to its target as SIP
+    /// headers in the REFER (`first_name` as `X-First-Name`,
+    /// `x_customer_id` as `X-Customer-Id`); at most 20 names.
+    #[serde(default)]
+    pub transfer_context: Vec<String>,
 }
 
 /// The body of `PATCH /v1/agents/{id}`: fields left out keep their value.
@@ -250,6 +260,7 @@ pub struct AgentUpdate {
     /// or prefixes (`+44207*`). Empty (the default): the LLM may not
     /// transfer anywhere; a refused transfer is told to the LLM.
     pub transfer_targets: Option<Vec<String>>,
+    pub transfer_context: Option<Vec<String>>,
 }
 
 fn to_agent(r: AgentRecord) -> Result<Agent, ApiError> {
@@ -274,6 +285,7 @@ fn to_agent(r: AgentRecord) -> Result<Agent, ApiError> {
         turn: s.turn,
         opening: s.opening,
         transfer_targets: s.transfer_targets,
+        transfer_context: s.transfer_context,
         created_at: r.created_at,
         updated_at: r.updated_at,
     })
@@ -423,6 +435,23 @@ fn validate(name: &str, kind: AgentKind, s: &Settings) -> Result<(), ApiError> {
     if let Some(t) = &s.turn {
         for (field, message) in t.problems() {
             bad(&format!("turn.{field}"), message);
+        }
+    }
+    if s.transfer_context.len() > 20 {
+        bad("transfer_context", "at most 20 names");
+    }
+    for (i, key) in s.transfer_context.iter().enumerate() {
+        let ok = !key.is_empty()
+            && key.len() <= 64
+            && key
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            && key.chars().any(|c| c.is_ascii_alphanumeric());
+        if !ok {
+            bad(
+                &format!("transfer_context[{i}]"),
+                "must be a variable name (a-z, 0-9, _)",
+            );
         }
     }
     if let Some(o) = &s.opening {
@@ -682,6 +711,7 @@ async fn create_agent(
         turn: body.turn,
         opening: body.opening,
         transfer_targets: body.transfer_targets,
+        transfer_context: body.transfer_context,
     };
     validate(&body.name, body.kind, &settings)?;
     check_outbound(&state, &settings).await?;
@@ -755,6 +785,7 @@ async fn update_agent(
         turn: body.turn.or(current.turn),
         opening: body.opening.or(current.opening),
         transfer_targets: body.transfer_targets.unwrap_or(current.transfer_targets),
+        transfer_context: body.transfer_context.unwrap_or(current.transfer_context),
     };
     validate(&name, kind, &settings)?;
     check_outbound(&state, &settings).await?;

@@ -250,21 +250,23 @@ async fn fulfil(sip: &mut Call, request: AgentRequest) -> Option<EndReason> {
         // A campaign's dialer puts the number on the do-not-call list for
         // this reason, as for the opt-out key.
         AgentRequest::OptOut => Some(EndReason::OptedOut),
-        AgentRequest::Transfer(to) => match timeout(REFER_TIMEOUT, sip.refer(&to)).await {
-            Ok(Ok(code)) if (200..300).contains(&code) => Some(EndReason::Transferred),
-            Ok(Ok(code)) => {
-                tracing::info!(code, %to, "transfer refused; the call goes on");
-                None
+        AgentRequest::Transfer(to, headers) => {
+            match timeout(REFER_TIMEOUT, sip.refer(&to, &headers)).await {
+                Ok(Ok(code)) if (200..300).contains(&code) => Some(EndReason::Transferred),
+                Ok(Ok(code)) => {
+                    tracing::info!(code, %to, "transfer refused; the call goes on");
+                    None
+                }
+                Ok(Err(e)) => {
+                    tracing::info!(error = %e, %to, "transfer failed; the call goes on");
+                    None
+                }
+                Err(_) => {
+                    tracing::info!(%to, "REFER not answered in time; the call goes on");
+                    None
+                }
             }
-            Ok(Err(e)) => {
-                tracing::info!(error = %e, %to, "transfer failed; the call goes on");
-                None
-            }
-            Err(_) => {
-                tracing::info!(%to, "REFER not answered in time; the call goes on");
-                None
-            }
-        },
+        }
     }
 }
 
