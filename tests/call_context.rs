@@ -502,6 +502,17 @@ async fn stand_ins() -> (String, Seen) {
                     axum::Json(json!({"greeting": "Good morning {first_name}."}))
                 }),
             )
+            .route("/hook/huge", post(|| async { "x".repeat(70 * 1024) }))
+            .route(
+                "/hook/unknown-agent",
+                post(|| async {
+                    axum::Json(json!({"agent_id": "agt_01jdw8q1m7k3x9b5n4c2v6t8r0"}))
+                }),
+            )
+            .route(
+                "/hook/bad-voice",
+                post(|| async { axum::Json(json!({"voice": "nosuchvoice"})) }),
+            )
             .route(
                 "/hook/slow",
                 post(|State(s): State<Seen>, h: HeaderMap, b: Bytes| hook(s, h, b, true)),
@@ -963,6 +974,67 @@ async fn agent_webhook_urls_are_guarded(backend: Backend) {
     .await;
     assert!(number["agent_webhook_url"].is_null(), "{number}");
     assert!(number.get("agent_webhook_secret").is_none(), "{number}");
+    let path = format!("/v1/phone-numbers/{}", number["id"].as_str().unwrap());
+    let (status, body) = json_of(
+        d.patch(&path)
+            .json(&json!({"agent_webhook_url": "http://10.0.0.1/hook"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    let unchanged = ok(d.get(&path)).await;
+    assert!(unchanged["agent_webhook_url"].is_null(), "{unchanged}");
+}
+
+/// Agent webhook answers the call cannot follow (too big, an unknown
+/// agent, a voice there is not) leave the number's agent, and say why.
+async fn bad_agent_webhook_answers_fall_back(backend: Backend) {
+    let (stand_in, _) = stand_ins().await;
+    let d = daemon(backend, free_udp_port(), "").await;
+    let (_, number) = provision(&d, clinic_agent(), json!({})).await;
+    let path = format!("/v1/phone-numbers/{}", number["id"].as_str().unwrap());
+    for (hook, error) in [
+        ("huge", "answer over 65536 bytes"),
+        (
+            "unknown-agent",
+            "agent agt_01jdw8q1m7k3x9b5n4c2v6t8r0 not found",
+        ),
+        ("bad-voice", "voice: "),
+    ] {
+        let set = ok(d
+            .patch(&path)
+            .json(&json!({"agent_webhook_url": format!("{stand_in}/hook/{hook}")})))
+        .await;
+        let secret = set["agent_webhook_secret"].as_str().unwrap();
+        assert!(secret.starts_with("whsec_"), "{set}");
+        let run = run_sipp(
+            "uac-invite-expect-200-bye.xml",
+            free_udp_port(),
+            Some(([127, 0, 0, 1], d.sip_port).into()),
+            &[
+                "-s",
+                NUMBER,
+                "-mi",
+                "127.0.0.1",
+                "-mp",
+                &free_udp_port().to_string(),
+                "-d",
+                "500",
+            ],
+            LIMIT,
+        )
+        .await;
+        assert!(run.success, "{hook}: {}\n{}", run.output, d.log());
+        let call = ended_call(&d).await;
+        assert_eq!(call["agent_source"], "fallback", "{hook}: {call}");
+        let why = call["agent_source_error"].as_str().unwrap();
+        assert!(why.starts_with(error), "{hook}: {why}");
+    }
+    // `null` turns the webhook off.
+    let off = ok(d.patch(&path).json(&json!({"agent_webhook_url": null}))).await;
+    assert!(off["agent_webhook_url"].is_null(), "{off}");
 }
 
 both_backends!(
@@ -972,5 +1044,6 @@ both_backends!(
     agent_webhook_overrides_the_greeting_heard,
     a_slow_agent_webhook_leaves_the_numbers_agent,
     campaign_agent_webhook_is_asked_per_attempt,
+    bad_agent_webhook_answers_fall_back,
     agent_webhook_urls_are_guarded,
 );

@@ -19,8 +19,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::phase::AgentSpec;
-use crate::agent::CallSettings;
 use crate::agent::brain::AgentContext;
+use crate::agent::speech::Speech;
+use crate::agent::{BrainConfig, CallSettings, build_brain};
 use crate::config::{CallsConfig, WebhooksConfig};
 use crate::model::CallContext;
 use crate::signing;
@@ -291,6 +292,7 @@ impl HookAnswer {
 /// of the answer is taken: the call keeps `agent` and `context`.
 pub(super) async fn follow(
     store: &Store,
+    speech: &Speech,
     agent: &mut AgentSpec,
     context: &mut CallContext,
     answer: HookAnswer,
@@ -312,6 +314,16 @@ pub(super) async fn follow(
     let settings_json = answer.apply(&settings_json)?;
     let settings =
         CallSettings::from_json(&settings_json).map_err(|e| format!("overrides: {e}"))?;
+    // An answer the agent cannot run with (a voice flite does not have,
+    // a brain that cannot be built) falls back here, rather than failing
+    // the call when the agent is built.
+    if kind == "voice" {
+        speech
+            .tts(settings.tts.as_ref())
+            .map_err(|e| format!("voice: {e}"))?;
+        let brain = BrainConfig::from_settings(&settings_json).map_err(|e| e.to_string())?;
+        build_brain(&brain).map_err(|e| format!("agent: {e}"))?;
+    }
     *agent = AgentSpec {
         id,
         kind,

@@ -299,7 +299,8 @@ async fn route(shared: &Shared, id: &str, info: &InviteInfo) -> Result<Route, En
 /// Follows an agent webhook's answer (see [`context::follow`]).
 async fn follow(shared: &Shared, route: &mut Route, answer: HookAnswer) -> Result<(), String> {
     let store = shared.transitions.store();
-    context::follow(store, &mut route.agent, &mut route.context, answer).await
+    let speech = &shared.speech;
+    context::follow(store, speech, &mut route.agent, &mut route.context, answer).await
 }
 
 /// A user part that is already E.164 as written: `+` and 8 to 15 digits

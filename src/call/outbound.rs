@@ -130,6 +130,7 @@ impl Calls {
                     Ok(answer) => {
                         context::follow(
                             shared.transitions.store(),
+                            &shared.speech,
                             &mut agent,
                             &mut context,
                             answer,

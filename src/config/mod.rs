@@ -774,6 +774,15 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_documents_the_call_defaults() {
+        let c = load_str(include_str!("../../agentline.example.toml")).unwrap();
+        let d = CallsConfig::default();
+        assert_eq!(c.calls.context_headers, d.context_headers);
+        assert_eq!(c.calls.agent_webhook_timeout_ms, d.agent_webhook_timeout_ms);
+        assert_eq!(c.calls.ring_timeout_seconds, d.ring_timeout_seconds);
+    }
+
+    #[test]
     fn the_example_file_documents_the_sip_edge_defaults() {
         let c = load_str(include_str!("../../agentline.example.toml")).unwrap();
         let defaults = SipConfig::default();
