@@ -195,6 +195,16 @@ async fn ended_call(d: &TestDaemon) -> Value {
     }
 }
 
+/// The agent's first line in a transcript (a callee's key may come
+/// first on a loaded machine).
+fn greeting(t: &Value) -> Value {
+    t["turns"]
+        .as_array()
+        .and_then(|turns| turns.iter().find(|turn| turn["speaker"] == "agent"))
+        .map(|turn| turn["text"].clone())
+        .unwrap_or(Value::Null)
+}
+
 async fn transcript(d: &TestDaemon, id: &str) -> Value {
     ok(d.get(&format!("/v1/calls/{id}/transcript"))).await
 }
@@ -397,7 +407,7 @@ async fn campaign_greets_each_contact_by_name(backend: Backend) {
 
         let t = transcript(&d, id).await;
         assert_eq!(
-            t["turns"][0]["text"],
+            greeting(&t),
             format!("Hello {name}, this is the clinic."),
             "{t}"
         );
@@ -574,7 +584,7 @@ async fn llm_campaign_prompts_name_each_contact(backend: Backend) {
             );
         }
         let t = transcript(&d, id).await;
-        assert_eq!(t["turns"][0]["text"], format!("Hi {name}."), "{t}");
+        assert_eq!(greeting(&t), format!("Hi {name}."), "{t}");
     }
 }
 
@@ -734,7 +744,8 @@ async fn agent_webhook_overrides_the_greeting_heard(backend: Backend) {
 
     let t = transcript(&d, id).await;
     assert_eq!(
-        t["turns"][0]["text"], "Hello David, welcome back to the clinic.",
+        greeting(&t),
+        "Hello David, welcome back to the clinic.",
         "{t}"
     );
     let streams = streams_to(&pcap, media_port);
@@ -814,7 +825,7 @@ async fn a_slow_agent_webhook_leaves_the_numbers_agent(backend: Backend) {
         "{call}"
     );
     let t = transcript(&d, call["id"].as_str().unwrap()).await;
-    assert_eq!(t["turns"][0]["text"], "Hello, this is the clinic.", "{t}");
+    assert_eq!(greeting(&t), "Hello, this is the clinic.", "{t}");
     // Answered after the timeout, well before the webhook's answer.
     let asked: DateTime<Utc> = seen.lock().unwrap().hooks[0].0.into();
     let waited = (at(&call["answered_at"]) - asked).num_milliseconds();
@@ -865,11 +876,7 @@ async fn campaign_agent_webhook_is_asked_per_attempt(backend: Backend) {
         assert_eq!(call["agent_source"], "webhook", "{call}");
         let name = call["context"]["variables"]["first_name"].as_str().unwrap();
         let t = transcript(&d, id).await;
-        assert_eq!(
-            t["turns"][0]["text"],
-            format!("Good morning {name}."),
-            "{t}"
-        );
+        assert_eq!(greeting(&t), format!("Good morning {name}."), "{t}");
     }
     let seen = seen.lock().unwrap();
     assert_eq!(seen.hooks.len(), NAMES.len());

@@ -91,7 +91,13 @@ impl Dialer for CallDialer {
             .store()
             .campaign_agent_webhook(&req.campaign_id)
             .await
-            .map_err(|e| DialError::Failed(format!("campaign {}: {e}", req.campaign_id)))?
+            .or_else(|e| match e {
+                StoreError::NotFound => Ok(None),
+                e => Err(DialError::Failed(format!(
+                    "campaign {}: {e}",
+                    req.campaign_id
+                ))),
+            })?
             .map(|(url, secret)| AgentWebhook { url, secret });
         let variables = req
             .variables

@@ -319,7 +319,8 @@ pub(super) async fn follow(
     // the call when the agent is built.
     if kind == "voice" {
         speech
-            .tts(settings.tts.as_ref())
+            .check_tts(settings.tts.as_ref())
+            .await
             .map_err(|e| format!("voice: {e}"))?;
         let brain = BrainConfig::from_settings(&settings_json).map_err(|e| e.to_string())?;
         build_brain(&brain).map_err(|e| format!("agent: {e}"))?;
