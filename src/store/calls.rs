@@ -227,8 +227,8 @@ const CREATE: &str = concat!(
 const CREATE_CAMPAIGN: &str = concat!(
     "INSERT INTO calls (id, direction, from_number, to_number, trunk, agent_id, status, sip_call_id,
                         metadata, ringing_at, created_at, updated_at, event_seq, node,
-                        campaign_id, contact_id, attempt)
-     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, 1, $12, $13, $14, $15
+                        campaign_id, contact_id, attempt, context, agent_source, agent_source_error)
+     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, 1, $12, $13, $14, $15, $16, $17, $18
      WHERE EXISTS (SELECT 1 FROM campaign_attempts a JOIN campaign_contacts c ON c.id = a.contact_id
                    WHERE a.call_id = $1 AND a.outcome IS NULL AND c.lease_owner = $12
                      AND c.lease_gen = a.lease_gen)
@@ -241,8 +241,8 @@ const CREATE_CAMPAIGN: &str = concat!(
 const CREATE_CAMPAIGN_PG: &str = concat!(
     "INSERT INTO calls (id, direction, from_number, to_number, trunk, agent_id, status, sip_call_id,
                         metadata, ringing_at, created_at, updated_at, event_seq, node,
-                        campaign_id, contact_id, attempt)
-     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, 1, $12, $13, $14, $15
+                        campaign_id, contact_id, attempt, context, agent_source, agent_source_error)
+     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, 1, $12, $13, $14, $15, $16, $17, $18
      WHERE EXISTS (SELECT 1 FROM campaign_attempts a JOIN campaign_contacts c ON c.id = a.contact_id
                    WHERE a.call_id = $1 AND a.outcome IS NULL AND c.lease_owner = $12
                      AND c.lease_gen = a.lease_gen FOR SHARE OF c)
