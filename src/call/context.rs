@@ -26,7 +26,6 @@ use crate::config::{CallsConfig, WebhooksConfig};
 use crate::model::CallContext;
 use crate::signing;
 use crate::store::{Store, StoreError};
-use crate::webhook::guard::Guard;
 
 /// At most this many SIP headers join a context.
 pub const MAX_SIP_HEADERS: usize = 20;
@@ -353,8 +352,11 @@ fn chain(e: &dyn std::error::Error) -> String {
 /// The agent webhook's client: names resolve only through the address
 /// guard (as webhook deliveries do), no redirects, one deadline.
 pub(crate) struct Hooks {
-    client: Option<reqwest::Client>,
-    guard: Guard,
+    /// Built at the first call, from the process's outbound policy
+    /// (installed at start, after the call layer is made).
+    client: std::sync::OnceLock<Option<reqwest::Client>>,
+    /// `[webhooks]`: the deliveries' client settings, shared.
+    webhooks: WebhooksConfig,
     /// The whole exchange, connect to last byte.
     pub timeout: Duration,
     /// `[calls] context_headers`.
@@ -363,16 +365,22 @@ pub(crate) struct Hooks {
 
 impl Hooks {
     pub fn new(calls: &CallsConfig, webhooks: &WebhooksConfig) -> Self {
-        let guard = Guard::new(webhooks);
-        let client = crate::webhook::worker::http_client(webhooks, &guard)
-            .map_err(|e| tracing::warn!(error = %e, "no agent webhook client"))
-            .ok();
         Self {
-            client,
-            guard,
+            client: std::sync::OnceLock::new(),
+            webhooks: webhooks.clone(),
             timeout: Duration::from_millis(calls.agent_webhook_timeout_ms),
             header_patterns: calls.context_headers.clone(),
         }
+    }
+
+    fn client(&self) -> Option<&reqwest::Client> {
+        self.client
+            .get_or_init(|| {
+                crate::webhook::worker::http_client(&self.webhooks, crate::net::outbound())
+                    .map_err(|e| tracing::warn!(error = %e, "no agent webhook client"))
+                    .ok()
+            })
+            .as_ref()
     }
 
     /// Asks `hook` for the agent of the call of `context`; the answer, or
@@ -402,9 +410,12 @@ impl Hooks {
         context: &CallContext,
     ) -> Result<HookAnswer, String> {
         let late = || format!("no answer within {} ms", self.timeout.as_millis());
-        let client = self.client.as_ref().ok_or("no HTTP client")?;
+        let client = self.client().ok_or("no HTTP client")?;
         let url = reqwest::Url::parse(&hook.url).map_err(|_| "bad url".to_owned())?;
-        self.guard.check_literal(&url).map_err(|e| e.to_string())?;
+        crate::net::outbound()
+            .guard()
+            .check_literal(&url)
+            .map_err(|e| e.to_string())?;
         let body = serde_json::json!({"type": "call.agent_request", "data": {"context": context}})
             .to_string();
         let id = crate::ids::new("msg");
