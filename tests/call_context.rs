@@ -75,7 +75,8 @@ async fn daemon(backend: Backend, callee_port: u16, config: &str) -> TestDaemon 
         .profile("carrier", &trunk(callee_port))
         .env("TOOL_SECRET", TOOL_SECRET)
         .config(&format!(
-            "[campaigns]\npoll_ms = 100\n[webhooks]\nallow_private = true\n{config}"
+            "[campaigns]\npoll_ms = 100\n[webhooks]\nallow_private = true\n\
+             [secrets.env.TOOL_SECRET]\nhosts = [\"127.0.0.1\"]\n{config}"
         ))
         .start()
         .await
