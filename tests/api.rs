@@ -645,6 +645,9 @@ async fn calls_are_listed_with_filters(backend: Backend) {
                     sip_call_id: Some("abc@host"),
                     metadata: "{\"crm\":7}",
                     campaign: None,
+                    context: None,
+                    agent_source: None,
+                    agent_source_error: None,
                 },
                 None,
             )

@@ -778,6 +778,9 @@ async fn a_call_lost_in_a_crash_is_ended_at_the_next_start(backend: Backend) {
                 sip_call_id: None,
                 metadata: "{}",
                 campaign: None,
+                context: None,
+                agent_source: None,
+                agent_source_error: None,
             },
             None,
         )

@@ -323,6 +323,9 @@ async fn store_recovery_and_fencing(backend: Backend) {
                         sip_call_id: None,
                         metadata: "{}",
                         campaign: Some(&attempt),
+                        context: None,
+                        agent_source: None,
+                        agent_source_error: None,
                     },
                     None,
                 )

@@ -63,6 +63,9 @@ fn inbound(id: &str) -> NewCall<'_> {
         sip_call_id: None,
         metadata: "{}",
         campaign: None,
+        context: None,
+        agent_source: None,
+        agent_source_error: None,
     }
 }
 

@@ -1117,7 +1117,10 @@ async fn llm_tool_call_on_a_call_speaks_the_result() {
     let seen = seen.lock().unwrap();
     assert_eq!(seen.tool_requests.len(), 1, "{}", d.log());
     let (tool_at, headers, body) = &seen.tool_requests[0];
-    let args: Value = serde_json::from_slice(body).unwrap();
+    let mut args: Value = serde_json::from_slice(body).unwrap();
+    // On a call the arguments ride with the call (issue 17).
+    let on_call = args.as_object_mut().unwrap().remove("_call").unwrap();
+    assert_eq!(on_call["id"], call["id"], "{on_call}");
     assert_eq!(args, json!({"city": "Oslo"}));
     assert!(
         verify(TOOL_SECRET, headers, body),

@@ -375,6 +375,9 @@ async fn call_events_carry_the_call_and_its_sequence(backend: Backend) {
             sip_call_id: Some("abc@127.0.0.1"),
             metadata: "{}",
             campaign: None,
+            context: None,
+            agent_source: None,
+            agent_source_error: None,
         })
         .await
         .unwrap();

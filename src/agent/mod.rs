@@ -372,6 +372,10 @@ pub struct CallSettings {
     /// The bot of the `stream` agent.
     #[serde(default)]
     pub stream: Option<stream::StreamSettings>,
+    /// The call's variables a transfer passes to its target, as `X-`
+    /// headers in the REFER's Refer-To (`first_name` as `X-First-Name`).
+    #[serde(default)]
+    pub transfer_context: Vec<String>,
 }
 
 fn default_max_duration() -> u32 {

@@ -14,6 +14,7 @@
 //! maps a request to its end reason and stores the transcript.
 
 use std::f64::consts::PI;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -22,7 +23,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::analysis::{self, Plan};
-use super::brain::{Action, Role};
+use super::brain::{Action, AgentContext, Role};
 use super::session::{AgentSession, Said, SessionConfig, SessionEnd};
 use super::speech::Speech;
 use super::stream::{StreamCall, StreamLink, StreamRequest, StreamSettings};
@@ -83,8 +84,10 @@ pub enum AgentRequest {
     Hangup,
     /// The callee asked not to be called again; hang up.
     OptOut,
-    /// Blind transfer to this number or SIP URI (SIP REFER).
-    Transfer(String),
+    /// Blind transfer to this number or SIP URI (SIP REFER), passing these
+    /// SIP headers (name, value) to the transfer target: the call's
+    /// variables the agent's `transfer_context` names.
+    Transfer(String, Vec<(String, String)>),
     /// The agent's far end (a `stream` bot) could not be reached.
     Unreachable(String),
 }
@@ -98,6 +101,8 @@ pub struct Voice {
     task: Option<JoinHandle<SessionEnd>>,
     /// How the call is analyzed once it ends, if the agent asks.
     analysis: Option<Plan>,
+    /// What a transfer passes on to its target (see [`transfer_headers`]).
+    transfer_headers: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for Voice {
@@ -130,6 +135,7 @@ impl AgentRun {
         speech: &Speech,
         inbound: bool,
         env: StreamEnv,
+        context: Option<AgentContext>,
     ) -> Result<Self, String> {
         match kind {
             "echo" => Ok(AgentRun::Echo),
@@ -163,13 +169,17 @@ impl AgentRun {
                     .resolve_credentials()
                     .await
                     .map_err(|e| format!("voice agent brain: {e}"))?;
-                let (session, analysis) = voice_session(&settings, &brain_config, speech, inbound)?;
+                let transfer_headers =
+                    transfer_headers(&settings.transfer_context, context.as_ref());
+                let (session, analysis) =
+                    voice_session(&settings, &brain_config, speech, inbound, context)?;
                 Ok(AgentRun::Voice(Box::new(Voice {
                     session: Some(session),
                     dtmf: None,
                     actions: None,
                     task: None,
                     analysis,
+                    transfer_headers,
                 })))
             }
             "stream" => {
@@ -187,15 +197,21 @@ impl AgentRun {
         }
     }
 
-    /// The call is answered: start talking (or listening).
-    pub async fn start(&mut self, media: &MediaHandle) -> Result<(), SessionClosed> {
+    /// The call is answered: start talking (or listening). `answered_by`:
+    /// the answering-machine verdict when detection ran, which joins the
+    /// call's context (`answered_by`) before the first word.
+    pub async fn start(
+        &mut self,
+        media: &MediaHandle,
+        answered_by: Option<&str>,
+    ) -> Result<(), SessionClosed> {
         match self {
             AgentRun::Prompt { audio } => {
                 if let Some(samples) = audio.take() {
                     media.play(samples).await?;
                 }
             }
-            AgentRun::Voice(v) => v.start(media).await?,
+            AgentRun::Voice(v) => v.start(media, answered_by).await?,
             // Connecting happens in the stream's own task: an unreachable
             // bot comes back as a request, never stalls the call task.
             AgentRun::Stream(s) => {
@@ -259,7 +275,9 @@ impl AgentRun {
             match rx.recv().await? {
                 Action::Hangup => return Some(AgentRequest::Hangup),
                 Action::OptOut => return Some(AgentRequest::OptOut),
-                Action::Transfer { to } => return Some(AgentRequest::Transfer(to)),
+                Action::Transfer { to } => {
+                    return Some(AgentRequest::Transfer(to, v.transfer_headers.clone()));
+                }
                 Action::SendDtmf { .. } | Action::Summary { .. } => {}
             }
         }
@@ -329,10 +347,17 @@ impl AgentRun {
 impl Voice {
     /// Attaches the session to the call's media and starts it: transcript
     /// offsets and frame times count from now, the answer.
-    async fn start(&mut self, media: &MediaHandle) -> Result<(), SessionClosed> {
+    async fn start(
+        &mut self,
+        media: &MediaHandle,
+        answered_by: Option<&str>,
+    ) -> Result<(), SessionClosed> {
         let Some(mut session) = self.session.take() else {
             return Ok(());
         };
+        if let (Some(verdict), Some(context)) = (answered_by, &session.config.context) {
+            session.config.context = Some(Arc::new(context.with_fact("answered_by", verdict)));
+        }
         let port = media.attach().await?;
         session.config.epoch = Some(Instant::now());
         let (dtmf_tx, dtmf_rx) = mpsc::channel(SESSION_DTMF);
@@ -353,6 +378,7 @@ fn voice_session(
     brain_config: &BrainConfig,
     speech: &Speech,
     inbound: bool,
+    context: Option<AgentContext>,
 ) -> Result<(AgentSession, Option<Plan>), String> {
     let brain = build_brain(brain_config).map_err(|e| format!("voice agent brain: {e}"))?;
     let stt = speech
@@ -368,6 +394,7 @@ fn voice_session(
             .clone()
             .unwrap_or_default()
             .greeting(inbound),
+        context: context.map(Arc::new),
         ..SessionConfig::default()
     };
     let analysis = settings
@@ -383,6 +410,41 @@ fn voice_session(
         },
         analysis,
     ))
+}
+
+/// The longest value a transfer passes on in one header.
+const TRANSFER_VALUE_CHARS: usize = 256;
+
+/// The SIP headers a transfer passes to its target: for each variable
+/// `keys` names that the call has, `X-` and the name in words
+/// (`first_name` is `X-First-Name`, `x_customer_id` `X-Customer-Id`), its
+/// value cut to [`TRANSFER_VALUE_CHARS`]. The SIP layer escapes values.
+fn transfer_headers(keys: &[String], context: Option<&AgentContext>) -> Vec<(String, String)> {
+    let Some(context) = context else {
+        return Vec::new();
+    };
+    keys.iter()
+        .filter_map(|key| {
+            let value = context.vars.get(key)?;
+            let words = key.strip_prefix("x_").unwrap_or(key);
+            let name: Vec<String> = words
+                .split('_')
+                .filter(|w| !w.is_empty())
+                .map(|w| {
+                    let mut chars = w.chars();
+                    chars
+                        .next()
+                        .map(|c| c.to_ascii_uppercase().to_string() + chars.as_str())
+                        .unwrap_or_default()
+                })
+                .collect();
+            if name.is_empty() {
+                return None;
+            }
+            let value = value.chars().take(TRANSFER_VALUE_CHARS).collect();
+            Some((format!("X-{}", name.join("-")), value))
+        })
+        .collect()
 }
 
 /// The summary when the brain gave none: how many turns, and the agent's
@@ -445,6 +507,35 @@ pub fn tone(hz: f64, duration_ms: u32) -> Vec<i16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transfers_pass_the_chosen_variables_as_x_headers() {
+        let context = AgentContext {
+            call_id: "call_1".into(),
+            vars: [
+                ("x_customer_id", "42"),
+                ("first_name", "Ada"),
+                ("secret", "no"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+            document: serde_json::Value::Null,
+        };
+        let keys = vec![
+            "x_customer_id".into(),
+            "first_name".into(),
+            "missing".into(),
+        ];
+        assert_eq!(
+            transfer_headers(&keys, Some(&context)),
+            vec![
+                ("X-Customer-Id".to_owned(), "42".to_owned()),
+                ("X-First-Name".to_owned(), "Ada".to_owned())
+            ]
+        );
+        assert!(transfer_headers(&keys, None).is_empty());
+    }
 
     #[test]
     fn tone_has_the_asked_length() {

@@ -311,6 +311,24 @@ impl Speech {
     }
 
     /// The synthesizer for an agent (the embedded one when it names none).
+    /// Whether the synthesizer `choice` names can be had: [`Speech::tts`],
+    /// and for the embedded one that flite has the voice.
+    pub async fn check_tts(
+        &self,
+        choice: Option<&SpeechChoice<TtsKind>>,
+    ) -> Result<(), ProviderError> {
+        self.tts(choice)?;
+        if choice.map(|c| c.provider).unwrap_or_default() == TtsKind::Embedded {
+            let voice = choice
+                .and_then(|c| c.voice.as_deref())
+                .unwrap_or(&self.config.voice);
+            Flite::new(&self.config.flite, voice, self.voices.clone())
+                .check_voice()
+                .await?;
+        }
+        Ok(())
+    }
+
     pub fn tts(
         &self,
         choice: Option<&SpeechChoice<TtsKind>>,

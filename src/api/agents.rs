@@ -151,6 +151,8 @@ struct Settings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     analysis: Option<AnalysisSettings>,
     stream: Option<StreamSettings>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    transfer_context: Vec<String>,
 }
 
 const DEFAULT_MAX_DURATION: u32 = 3600;
@@ -194,6 +196,9 @@ pub struct Agent {
     /// The bot of a `stream` agent: its `ws://` or `wss://` URL and the
     /// `customParameters` sent in `start`.
     pub stream: Option<StreamSettings>,
+    /// The call's variables a transfer passes to its target, as SIP
+    /// headers (`first_name` as `X-First-Name`).
+    pub transfer_context: Vec<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -238,6 +243,11 @@ pub struct AgentCreate {
     /// The bot of a `stream` agent: its `ws://` or `wss://` URL and the
     /// `customParameters` sent in `start`.
     pub stream: Option<StreamSettings>,
+    /// The call's variables a transfer passes to its target as SIP
+    /// headers in the REFER (`first_name` as `X-First-Name`,
+    /// `x_customer_id` as `X-Customer-Id`); at most 20 names.
+    #[serde(default)]
+    pub transfer_context: Vec<String>,
 }
 
 /// The body of `PATCH /v1/agents/{id}`, a JSON Merge Patch (RFC 7396) of
@@ -279,6 +289,7 @@ pub struct AgentUpdate {
     /// The bot of a `stream` agent: its `ws://` or `wss://` URL and the
     /// `customParameters` sent in `start`.
     pub stream: Option<StreamSettings>,
+    pub transfer_context: Option<Vec<String>>,
 }
 
 fn to_agent(r: AgentRecord) -> Result<Agent, ApiError> {
@@ -305,6 +316,7 @@ fn to_agent(r: AgentRecord) -> Result<Agent, ApiError> {
         transfer_targets: s.transfer_targets,
         analysis: s.analysis,
         stream: s.stream,
+        transfer_context: s.transfer_context,
         created_at: r.created_at,
         updated_at: r.updated_at,
     })
@@ -454,6 +466,23 @@ fn validate(name: &str, kind: AgentKind, s: &Settings) -> Result<(), ApiError> {
     if let Some(t) = &s.turn {
         for (field, message) in t.problems() {
             bad(&format!("turn.{field}"), message);
+        }
+    }
+    if s.transfer_context.len() > 20 {
+        bad("transfer_context", "at most 20 names");
+    }
+    for (i, key) in s.transfer_context.iter().enumerate() {
+        let ok = !key.is_empty()
+            && key.len() <= 64
+            && key
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            && key.chars().any(|c| c.is_ascii_alphanumeric());
+        if !ok {
+            bad(
+                &format!("transfer_context[{i}]"),
+                "must be a variable name (a-z, 0-9, _)",
+            );
         }
     }
     if let Some(o) = &s.opening {
@@ -789,6 +818,7 @@ fn from_create(body: AgentCreate) -> (String, AgentKind, Settings) {
         transfer_targets: body.transfer_targets,
         analysis: body.analysis,
         stream: body.stream,
+        transfer_context: body.transfer_context,
     };
     (body.name, body.kind, settings)
 }

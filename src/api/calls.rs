@@ -125,9 +125,16 @@ pub struct CallCreate {
     /// Extra SIP headers on the INVITE, e.g. `{"X-Campaign": "c42"}`.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
-    /// Free JSON object stored with the call.
+    /// Free JSON object stored with the call; part of its `context`.
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Value>,
+    /// The call's template variables, e.g. `{"first_name": "Ada"}`: the
+    /// agent's greeting and instructions use them (`{{first_name}}`).
+    /// At most 100; names are letters, digits and `_`; values strings of
+    /// at most 1000 characters, numbers or booleans.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub variables: BTreeMap<String, serde_json::Value>,
     /// Answering-machine detection (default `off`): `hangup` ends the call
     /// on a machine (end reason `machine_detected`); `message_after_beep`
     /// starts the agent after the greeting's beep. Either way the agent
@@ -227,6 +234,30 @@ async fn create_call(
             bad(&format!("headers.{name}"), message);
         }
     }
+    if body.variables.len() > 100 {
+        bad("variables", "at most 100 variables".into());
+    }
+    for (name, value) in &body.variables {
+        let name_ok = !name.is_empty()
+            && name.len() <= 64
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        let value_ok = match value {
+            serde_json::Value::String(s) => s.chars().count() <= 1000,
+            serde_json::Value::Number(_) | serde_json::Value::Bool(_) => true,
+            _ => false,
+        };
+        if !name_ok {
+            bad(
+                &format!("variables.{name}"),
+                "names are letters, digits and _ (at most 64)".into(),
+            );
+        } else if !value_ok {
+            bad(
+                &format!("variables.{name}"),
+                "must be a string of at most 1000 characters, a number or a boolean".into(),
+            );
+        }
+    }
     let metadata = body
         .metadata
         .unwrap_or_else(|| serde_json::Value::Object(Default::default()));
@@ -278,6 +309,8 @@ async fn create_call(
         amd: body.amd.unwrap_or_default(),
         opt_out_digit: None,
         campaign: None,
+        variables: body.variables,
+        agent_webhook: None,
     };
     let record = state.calls.place(request).await.map_err(|e| match e {
         PlaceError::UnknownFrom => ApiError::field("from", e.to_string()),

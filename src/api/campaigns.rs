@@ -25,7 +25,7 @@ use crate::model::campaign::{RetryPolicy, RetryRule, Schedule};
 use crate::model::{AttemptOutcome, Campaign, CampaignStatus, EventType};
 use crate::store::StoreError;
 use crate::store::campaigns::{CampaignFields, CampaignRecord};
-use crate::{e164, ids};
+use crate::{e164, ids, secrets};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -60,6 +60,9 @@ pub struct CampaignCreate {
     pub opt_out_digit: Option<String>,
     /// Answering-machine detection (default `off`).
     pub amd: Option<AmdMode>,
+    /// http(s) URL asked for the agent of each attempt (as a number's
+    /// agent webhook); its signing secret is in this answer only.
+    pub agent_webhook_url: Option<String>,
 }
 
 /// A JSON Merge Patch (RFC 7396) of the campaign: fields left out keep
@@ -84,6 +87,10 @@ pub struct CampaignUpdate {
     #[schema(value_type = Option<String>)]
     pub opt_out_digit: Option<Option<String>>,
     pub amd: Option<AmdMode>,
+    /// A new URL gets a new signing secret (in this answer); `null` turns
+    /// the agent webhook off.
+    #[schema(value_type = Option<String>)]
+    pub agent_webhook_url: Option<Option<String>>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -279,6 +286,27 @@ fn store_conflict(e: StoreError) -> ApiError {
     }
 }
 
+/// Sets the campaign's agent webhook as asked (`None`: left as it is,
+/// `Some(None)`: removed); a URL given gets a new secret, returned to be
+/// shown once.
+async fn set_agent_webhook(
+    state: &AppState,
+    id: &str,
+    asked: Option<Option<String>>,
+) -> Result<Option<String>, ApiError> {
+    let Some(url) = asked else {
+        return Ok(None);
+    };
+    let secret = url.as_ref().map(|_| secrets::new_webhook_secret());
+    let hook = url.as_deref().zip(secret.as_deref());
+    state
+        .store
+        .set_campaign_agent_webhook(id, hook)
+        .await
+        .map_err(store_conflict)?;
+    Ok(secret)
+}
+
 /// Create a campaign (in `draft`).
 #[utoipa::path(post, path = "/v1/campaigns", tag = "campaigns", request_body = CampaignCreate,
     responses((status = 201, description = "Created", body = Campaign), ErrorResponses))]
@@ -286,13 +314,23 @@ async fn create_campaign(
     State(state): State<AppState>,
     ApiJson(b): ApiJson<CampaignCreate>,
 ) -> Result<(StatusCode, Json<Campaign>), ApiError> {
+    let hook = b.agent_webhook_url.clone();
     let v = validated(&state, b).await?;
-    let record = state
+    if let Some(url) = &hook {
+        super::numbers::check_agent_webhook(&state, "agent_webhook_url", url)
+            .await
+            .map_err(|e| ApiError::validation(vec![e]))?;
+    }
+    let id = ids::new(ids::CAMPAIGN);
+    state
         .store
-        .insert_campaign(&ids::new(ids::CAMPAIGN), v.fields())
+        .insert_campaign(&id, v.fields())
         .await
         .map_err(store_conflict)?;
-    Ok((StatusCode::CREATED, Json(to_api(record)?)))
+    let secret = set_agent_webhook(&state, &id, Some(hook)).await?;
+    let mut campaign = to_api(fetch(&state, &id).await?)?;
+    campaign.agent_webhook_secret = secret;
+    Ok((StatusCode::CREATED, Json(campaign)))
 }
 
 /// A create body (or a patched campaign) validated, defaults filled in.
@@ -359,14 +397,33 @@ async fn update_campaign(
             current.status.as_str()
         )));
     }
+    let hook = match patch.get("agent_webhook_url") {
+        None => None,
+        Some(serde_json::Value::Null) => Some(None),
+        Some(serde_json::Value::String(url)) => Some(Some(url.clone())),
+        Some(_) => {
+            return Err(ApiError::validation(vec![super::error::FieldError {
+                field: "agent_webhook_url".into(),
+                message: "must be a URL or null".into(),
+            }]));
+        }
+    };
     let b: CampaignCreate = super::extract::patched(&current, &patch)?;
     let v = validated(&state, b).await?;
-    let record = state
+    if let Some(Some(url)) = &hook {
+        super::numbers::check_agent_webhook(&state, "agent_webhook_url", url)
+            .await
+            .map_err(|e| ApiError::validation(vec![e]))?;
+    }
+    state
         .store
         .update_campaign(&id, v.fields())
         .await
         .map_err(store_conflict)?;
-    Ok(Json(to_api(record)?))
+    let secret = set_agent_webhook(&state, &id, hook).await?;
+    let mut campaign = to_api(fetch(&state, &id).await?)?;
+    campaign.agent_webhook_secret = secret;
+    Ok(Json(campaign))
 }
 
 /// Delete a campaign that is not running, with its contacts.

@@ -322,6 +322,7 @@ async fn post_message(
         messages: Vec::with_capacity(history.len()),
         state: serde_json::from_str(&record.state)
             .map_err(|e| ApiError::internal(format!("chat session {id} state: {e}")))?,
+        context: None,
     };
     for m in &history {
         let s: Stored = serde_json::from_str(&m.data)

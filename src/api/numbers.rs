@@ -1,5 +1,7 @@
 //! `/v1/phone-numbers`: the numbers agentline answers, each bound to an agent
-//! and a trunk. Numbers are E.164, normalized, and unique.
+//! and a trunk. Numbers are E.164, normalized, and unique. A number may
+//! name an agent webhook, asked for the agent of each inbound call; its
+//! signing secret is shown once, in the answer that set the URL.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -15,7 +17,7 @@ use super::error::{ApiError, ErrorResponses, FieldError};
 use super::extract::{ApiJson, ApiQuery, List, Pagination};
 use crate::store::StoreError;
 use crate::store::numbers::{NumberFields, NumberRecord};
-use crate::{e164, ids};
+use crate::{e164, ids, secrets};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -35,6 +37,15 @@ pub struct PhoneNumber {
     pub trunk_id: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Asked for the agent of each inbound call (see the README): a
+    /// signed POST of the call's context, answered within
+    /// `[calls] agent_webhook_timeout_ms` with an agent id or overrides.
+    pub agent_webhook_url: Option<String>,
+    /// `whsec_...`, the Standard Webhooks secret that signs the agent
+    /// webhook's requests: only in the answer that set or changed
+    /// `agent_webhook_url`, never shown again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_webhook_secret: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -46,6 +57,9 @@ pub struct PhoneNumberCreate {
     pub name: Option<String>,
     pub agent_id: Option<String>,
     pub trunk_id: Option<String>,
+    /// http(s) URL asked for the agent of each inbound call; public
+    /// addresses only unless `[webhooks]` allows others.
+    pub agent_webhook_url: Option<String>,
 }
 
 /// A JSON Merge Patch (RFC 7396) of the number: fields left out keep their
@@ -63,6 +77,10 @@ pub struct PhoneNumberUpdate {
     pub agent_id: Option<Option<String>>,
     #[schema(value_type = Option<String>)]
     pub trunk_id: Option<Option<String>>,
+    /// A new URL gets a new signing secret (in this answer); `null` turns
+    /// the agent webhook off.
+    #[schema(value_type = Option<String>)]
+    pub agent_webhook_url: Option<Option<String>>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -78,6 +96,8 @@ pub struct NumberQuery {
     pub offset: Option<i64>,
 }
 
+/// The number as the API shows it: never its webhook secret (see
+/// [`with_secret`]).
 fn to_api(r: NumberRecord) -> PhoneNumber {
     PhoneNumber {
         id: r.id,
@@ -87,7 +107,42 @@ fn to_api(r: NumberRecord) -> PhoneNumber {
         trunk_id: r.trunk,
         created_at: r.created_at,
         updated_at: r.updated_at,
+        agent_webhook_url: r.agent_webhook_url,
+        agent_webhook_secret: None,
     }
+}
+
+/// The answer that set a new agent webhook URL: the one time its secret
+/// is shown.
+fn with_secret(r: NumberRecord, new_secret: Option<String>) -> PhoneNumber {
+    PhoneNumber {
+        agent_webhook_secret: new_secret,
+        ..to_api(r)
+    }
+}
+
+/// The longest agent webhook URL.
+const MAX_URL: usize = 2000;
+
+/// Checks an agent webhook URL as webhook endpoints' are: http(s), and an
+/// address the guard lets deliveries reach.
+pub(super) async fn check_agent_webhook(
+    state: &AppState,
+    field: &str,
+    url: &str,
+) -> Result<(), FieldError> {
+    let bad = |message: String| FieldError {
+        field: field.into(),
+        message,
+    };
+    if url.len() > MAX_URL {
+        return Err(bad(format!("must be at most {MAX_URL} characters")));
+    }
+    state
+        .guard
+        .check_url(url)
+        .await
+        .map_err(|e| bad(format!("not allowed: {e}")))
 }
 
 /// Checks every field and answers all problems at once.
@@ -97,8 +152,14 @@ async fn validate(
     name: Option<&str>,
     agent_id: Option<&str>,
     trunk_id: Option<&str>,
+    agent_webhook_url: Option<&str>,
 ) -> Result<String, ApiError> {
     let mut details = Vec::new();
+    if let Some(url) = agent_webhook_url
+        && let Err(e) = check_agent_webhook(state, "agent_webhook_url", url).await
+    {
+        details.push(e);
+    }
     let normalized = e164::normalize(number).unwrap_or_else(|message| {
         details.push(FieldError {
             field: "number".into(),
@@ -162,20 +223,27 @@ async fn create_number(
         body.name.as_deref(),
         body.agent_id.as_deref(),
         body.trunk_id.as_deref(),
+        body.agent_webhook_url.as_deref(),
     )
     .await?;
+    let secret = body
+        .agent_webhook_url
+        .as_ref()
+        .map(|_| secrets::new_webhook_secret());
     let fields = NumberFields {
         number: &number,
         name: body.name.as_deref(),
         agent_id: body.agent_id.as_deref(),
         trunk: body.trunk_id.as_deref(),
+        agent_webhook_url: body.agent_webhook_url.as_deref(),
+        agent_webhook_secret: secret.as_deref(),
     };
     let record = state
         .store
         .insert_number(&ids::new(ids::NUMBER), fields)
         .await
         .map_err(conflict)?;
-    Ok((StatusCode::CREATED, Json(to_api(record))))
+    Ok((StatusCode::CREATED, Json(with_secret(record, secret))))
 }
 
 /// List phone numbers, newest first.
@@ -213,19 +281,47 @@ async fn update_number(
     Path(id): Path<String>,
     ApiJson(patch): ApiJson<serde_json::Value>,
 ) -> Result<Json<PhoneNumber>, ApiError> {
-    let current = to_api(fetch(&state, &id).await?);
+    let record = fetch(&state, &id).await?;
+    let (current_url, current_secret) = (
+        record.agent_webhook_url.clone(),
+        record.agent_webhook_secret.clone(),
+    );
+    // Merge Patch (RFC 7396) for the plain fields; the hook by what the
+    // patch says of it: absent keeps it, `null` turns it off, a URL (even
+    // the same) gets a new secret, shown once.
+    let hook = match patch.get("agent_webhook_url") {
+        None => None,
+        Some(serde_json::Value::Null) => Some(None),
+        Some(serde_json::Value::String(url)) => Some(Some(url.clone())),
+        Some(_) => {
+            return Err(ApiError::validation(vec![super::error::FieldError {
+                field: "agent_webhook_url".into(),
+                message: "must be a URL or null".into(),
+            }]));
+        }
+    };
     let PhoneNumberCreate {
         number,
         name,
         agent_id,
         trunk_id,
-    } = super::extract::patched(&current, &patch)?;
+        ..
+    } = super::extract::patched(&to_api(record), &patch)?;
+    let (url, secret, new_secret) = match hook {
+        Some(Some(url)) => {
+            let secret = secrets::new_webhook_secret();
+            (Some(url), Some(secret.clone()), Some(secret))
+        }
+        Some(None) => (None, None, None),
+        None => (current_url, current_secret, None),
+    };
     let number = validate(
         &state,
         &number,
         name.as_deref(),
         agent_id.as_deref(),
         trunk_id.as_deref(),
+        new_secret.as_ref().and(url.as_deref()),
     )
     .await?;
     let fields = NumberFields {
@@ -233,13 +329,15 @@ async fn update_number(
         name: name.as_deref(),
         agent_id: agent_id.as_deref(),
         trunk: trunk_id.as_deref(),
+        agent_webhook_url: url.as_deref(),
+        agent_webhook_secret: secret.as_deref(),
     };
     let record = state
         .store
         .update_number(&id, fields)
         .await
         .map_err(conflict)?;
-    Ok(Json(to_api(record)))
+    Ok(Json(with_secret(record, new_secret)))
 }
 
 /// Release a phone number.

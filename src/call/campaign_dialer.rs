@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use tokio::sync::{broadcast, watch};
 
+use super::context::AgentWebhook;
 use super::{CallUpdate, Calls, Change, EndReason, OutboundRequest, PlaceError};
 use crate::campaign::dialer::{CallFate, CampaignRunner, DialError, Dialer, PlaceCall};
 use crate::model::{AttemptOutcome, CallStatus, TrunkId};
@@ -81,6 +82,28 @@ impl Dialer for CallDialer {
             .trunk
             .parse::<TrunkId>()
             .map_err(|e| DialError::Failed(format!("campaign trunk {:?}: {e}", req.trunk)))?;
+        // The campaign's agent webhook, read per attempt so that a change
+        // applies to the next call.
+        let agent_webhook = self
+            .calls
+            .shared
+            .transitions
+            .store()
+            .campaign_agent_webhook(&req.campaign_id)
+            .await
+            .or_else(|e| match e {
+                StoreError::NotFound => Ok(None),
+                e => Err(DialError::Failed(format!(
+                    "campaign {}: {e}",
+                    req.campaign_id
+                ))),
+            })?
+            .map(|(url, secret)| AgentWebhook { url, secret });
+        let variables = req
+            .variables
+            .as_object()
+            .map(|o| o.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
         let request = OutboundRequest {
             call_id: Some(req.call_id.clone()),
             from: req.from.clone(),
@@ -98,6 +121,8 @@ impl Dialer for CallDialer {
                 contact_id: req.contact_id.clone(),
                 attempt: req.attempt,
             }),
+            variables,
+            agent_webhook,
         };
         let record = self.calls.place(request).await.map_err(|e| match e {
             // Refused before a row was written or a packet sent.
@@ -268,6 +293,9 @@ mod tests {
             summary: None,
             attempt: AttemptColumns::default(),
             analysis: None,
+            context: None,
+            agent_source: None,
+            agent_source_error: None,
         }
     }
 

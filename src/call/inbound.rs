@@ -8,6 +8,11 @@
 //! started with the ACK's answer if it waited for one); the call task; the
 //! recorded end.
 //!
+//! A number with an agent webhook rings (180) first, then asks it for the
+//! call's agent ([`super::context`]) within its timeout; the answer, or
+//! the number's own agent on a timeout or an error, is recorded with the
+//! call (`agent_source`).
+//!
 //! A refusal before the call is recorded is answered and then recorded as
 //! created and ended at once ([`refuse_routed`]); after, the end is
 //! recorded by [`Finished::record`].
@@ -23,6 +28,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use super::context::{self, AgentWebhook, HookAnswer};
 use super::end_reason::FailureCause;
 use super::phase::{AgentSpec, Answered, Finished, Prepared, Routed, hang_up_unanswerable};
 use super::registry::CallCommand;
@@ -31,7 +37,7 @@ use super::{EndReason, Shared, count_ended, count_started};
 use crate::agent::CallSettings;
 use crate::config::Profile;
 use crate::media::amd::AmdMode;
-use crate::model::{CallStatus, Direction};
+use crate::model::{AgentSource, CallContext, CallStatus, Direction};
 use crate::sip::{AcceptError, DigestAccount, IncomingInvite, InviteInfo, digest_identity};
 use crate::store::StoreError;
 use crate::store::calls::{CallRecord, NewCall};
@@ -45,10 +51,18 @@ struct Route {
     number: String,
     /// The caller's number (E.164 where it parses) or `anonymous`.
     caller: String,
-    /// The agent bound to the number.
+    /// The agent bound to the number, or the one its agent webhook chose.
     agent: AgentSpec,
     /// `None`: a late offer (RFC 3261 §13.2.1), ours goes in the 200.
     offer: Option<Bytes>,
+    /// What is known about the call, stored with it and handed to its
+    /// agent.
+    context: CallContext,
+    /// The number's agent webhook, asked while the call rings.
+    hook: Option<AgentWebhook>,
+    /// Who chose the agent, and why a webhook's choice was not followed.
+    agent_source: AgentSource,
+    agent_source_error: Option<String>,
 }
 
 /// The trunk whose `[inbound] allow` covers `ip`, first by name.
@@ -115,7 +129,7 @@ pub(super) async fn handle(shared: Arc<Shared>, invite: IncomingInvite) {
         number = tracing::field::Empty,
     );
     async move {
-        let route = match route(&shared, &info).await {
+        let route = match route(&shared, &id, &info).await {
             Ok(route) => route,
             Err(reason) => return refuse(invite, reason).await,
         };
@@ -166,6 +180,7 @@ async fn record(
     status: CallStatus,
 ) -> crate::store::Result<Arc<CallRecord>> {
     let trunk = route.trunk.id();
+    let context = serde_json::to_string(&route.context).ok();
     shared
         .transitions
         .created(NewCall {
@@ -179,12 +194,15 @@ async fn record(
             sip_call_id: Some(sip_call_id),
             metadata: "{}",
             campaign: None,
+            context: context.as_deref(),
+            agent_source: Some(route.agent_source),
+            agent_source_error: route.agent_source_error.as_deref(),
         })
         .await
 }
 
-/// Decides whether and to what the INVITE is routed.
-async fn route(shared: &Shared, info: &InviteInfo) -> Result<Route, EndReason> {
+/// Decides whether and to what the INVITE is routed; `id` is the call's.
+async fn route(shared: &Shared, id: &str, info: &InviteInfo) -> Result<Route, EndReason> {
     let trunk = trunk_for(shared, info).ok_or(EndReason::SourceNotAllowed)?;
     if shared.is_draining() {
         return Err(EndReason::Draining);
@@ -240,10 +258,34 @@ async fn route(shared: &Shared, info: &InviteInfo) -> Result<Route, EndReason> {
                 .unwrap_or_else(|| u.to_owned())
         })
         .unwrap_or_else(|| "anonymous".to_owned());
+    let context = CallContext {
+        call_id: id.to_owned(),
+        direction: Some(Direction::Inbound),
+        from: caller.clone(),
+        to: number.clone(),
+        caller_name: info
+            .from_display
+            .as_deref()
+            .map(|n| n.chars().filter(|c| !c.is_control()).take(100).collect()),
+        trunk_id: Some(trunk.id().to_string()),
+        number_id: Some(record.id.clone()),
+        agent_id: Some(agent_id.clone()),
+        sip_headers: context::sip_headers(&shared.hooks.header_patterns, &info.headers),
+        metadata: serde_json::json!({}),
+        ..CallContext::default()
+    };
+    let hook = match (record.agent_webhook_url, record.agent_webhook_secret) {
+        (Some(url), Some(secret)) => Some(AgentWebhook { url, secret }),
+        _ => None,
+    };
     Ok(Route {
         trunk,
         number,
         caller,
+        context,
+        hook,
+        agent_source: AgentSource::Number,
+        agent_source_error: None,
         agent: AgentSpec {
             id: agent_id,
             kind: agent.kind,
@@ -252,6 +294,13 @@ async fn route(shared: &Shared, info: &InviteInfo) -> Result<Route, EndReason> {
         },
         offer,
     })
+}
+
+/// Follows an agent webhook's answer (see [`context::follow`]).
+async fn follow(shared: &Shared, route: &mut Route, answer: HookAnswer) -> Result<(), String> {
+    let store = shared.transitions.store();
+    let speech = &shared.speech;
+    context::follow(store, speech, &mut route.agent, &mut route.context, answer).await
 }
 
 /// A user part that is already E.164 as written: `+` and 8 to 15 digits
@@ -273,7 +322,7 @@ fn normalize(user: &str) -> Option<String> {
 
 /// The inbound phases, in order; each failure edge ends the call where it
 /// happens.
-async fn run(shared: Arc<Shared>, id: String, invite: IncomingInvite, route: Route) {
+async fn run(shared: Arc<Shared>, id: String, mut invite: IncomingInvite, mut route: Route) {
     let started = Instant::now();
     let call = match Routed::admit(&shared, &id, &route.trunk, true) {
         Ok(call) => call,
@@ -281,6 +330,30 @@ async fn run(shared: Arc<Shared>, id: String, invite: IncomingInvite, route: Rou
         Err(reason @ EndReason::TrunkRate) => return refuse(invite, reason).await,
         Err(reason) => return refuse_routed(&shared, &id, &route, invite, reason).await,
     };
+    let mut rang = false;
+    if let Some(hook) = route.hook.take() {
+        // The caller hears ringing (RFC 3261 §13.3.1.1) while the webhook
+        // is asked; its CANCEL ends the asking.
+        rang = invite.ring(None).await.is_ok();
+        let asked = tokio::select! {
+            answer = shared.hooks.ask(&hook, &route.context) => Some(answer),
+            () = invite.cancelled() => None,
+        };
+        let Some(answer) = asked else {
+            return refuse_routed(&shared, &id, &route, invite, EndReason::Canceled).await;
+        };
+        let followed = match answer {
+            Ok(answer) => follow(&shared, &mut route, answer).await,
+            Err(e) => Err(e),
+        };
+        match followed {
+            Ok(()) => route.agent_source = AgentSource::Webhook,
+            Err(e) => {
+                route.agent_source = AgentSource::Fallback;
+                route.agent_source_error = Some(e);
+            }
+        }
+    }
     let (prepared, local_sdp) = match prepare(call, &route).await {
         Ok(prepared) => prepared,
         // The slot stays held until the refusal is recorded.
@@ -288,9 +361,10 @@ async fn run(shared: Arc<Shared>, id: String, invite: IncomingInvite, route: Rou
             return refuse_routed(&shared, &id, &route, invite, finished.reason.clone()).await;
         }
     };
-    let Some(ringing) = Ringing::start(prepared, &route, invite, local_sdp).await else {
+    let Some(mut ringing) = Ringing::start(prepared, &route, invite, local_sdp).await else {
         return;
     };
+    ringing.rang = rang;
     let finished = match ringing.answer(started).await {
         Ok(answered) => {
             let max_duration =
@@ -308,7 +382,8 @@ async fn run(shared: Arc<Shared>, id: String, invite: IncomingInvite, route: Rou
 /// without one (a late offer, RFC 3261 §13.2.1) our offer, whose answer
 /// comes in the ACK.
 async fn prepare(call: Routed, route: &Route) -> Result<(Prepared, Bytes), Finished> {
-    let mut prepared = call.prepare(&route.agent, &route.trunk).await?;
+    let context = context::agent_context(&route.context);
+    let mut prepared = call.prepare(&route.agent, &route.trunk, context).await?;
     match &route.offer {
         Some(offer) => prepared.answer(offer),
         None => {
@@ -328,6 +403,8 @@ struct Ringing {
     invite: IncomingInvite,
     /// What the 200 carries: our answer, or our offer.
     local_sdp: Bytes,
+    /// The 180 went out already (while the agent webhook was asked).
+    rang: bool,
 }
 
 impl Ringing {
@@ -360,6 +437,7 @@ impl Ringing {
             prepared,
             invite,
             local_sdp,
+            rang: false,
         })
     }
 
@@ -391,7 +469,9 @@ impl Ringing {
     /// Rings, then waits the answer delay; the reason if something ended
     /// the call first.
     async fn ring(&mut self) -> Option<EndReason> {
-        if let Err(e) = self.invite.ring(None).await {
+        if !self.rang
+            && let Err(e) = self.invite.ring(None).await
+        {
             return Some(not_answered(e));
         }
         let commands = &mut self.prepared.call.commands;

@@ -9,6 +9,7 @@
 //! call ([`end_reason`]), the live-call index with its handles and trunk
 //! slots, the one count of a trunk's `max_calls` ([`registry`]), every
 //! call state transition with its store write and bus event ([`events`]),
+//! the call's context and the agent webhook ([`context`]),
 //! and what runs per trunk profile
 //! ([`reconcile`]): the registrations ([`registrations`]) and the OPTIONS
 //! probes ([`trunk_pings`]). The agents a call runs are `agent`'s
@@ -20,6 +21,7 @@
 
 mod analysis;
 pub mod campaign_dialer;
+pub mod context;
 pub mod end_reason;
 pub mod events;
 mod inbound;
@@ -126,6 +128,8 @@ pub(crate) struct Shared {
     owned_trunks: std::sync::Mutex<Option<std::collections::BTreeSet<String>>>,
     /// Ended calls' analyses, run off the call tasks, bounded.
     analyzer: analysis::Analyzer,
+    /// The agent webhooks' client and the context's SIP header patterns.
+    hooks: context::Hooks,
 }
 
 impl Shared {
@@ -217,6 +221,7 @@ impl Calls {
                 node: config.cluster.node_id.clone(),
                 grace: Duration::from_secs(u64::from(config.cluster.grace_seconds)),
                 owned_trunks: std::sync::Mutex::new(None),
+                hooks: context::Hooks::new(&config.calls, &config.webhooks),
             }),
         })
     }

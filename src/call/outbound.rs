@@ -8,22 +8,25 @@
 //!
 //! Must not: build SIP messages; `sip::SipStack::dial` does.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::time::{Instant, sleep_until};
 use tracing::Instrument;
 
+use super::context::{self, AgentWebhook};
 use super::end_reason::FailureCause;
 use super::phase::{AgentSpec, Answered, Finished, Prepared, Routed};
 use super::registry::CallCommand;
 use super::screen::Screen;
 use super::{Calls, EndReason, Shared, count_started};
 use crate::agent::CallSettings;
+use crate::agent::brain::AgentContext;
 use crate::config::Profile;
 use crate::ids;
 use crate::media::amd::AmdMode;
-use crate::model::{CallStatus, Direction, TrunkId};
+use crate::model::{AgentSource, CallContext, CallStatus, Direction, TrunkId};
 use crate::sip::{Call, Credentials, OutboundCall, OutboundEvent, OutboundInvite, SipStack};
 use crate::store::StoreError;
 use crate::store::calls::{CallRecord, CampaignAttempt, NewCall};
@@ -54,6 +57,12 @@ pub struct OutboundRequest {
     pub opt_out_digit: Option<char>,
     /// The campaign attempt the call is, for a campaign's call.
     pub campaign: Option<CampaignAttempt>,
+    /// The call's template variables (a campaign contact's `variables`,
+    /// or `POST /v1/calls`'s), in its context.
+    pub variables: BTreeMap<String, serde_json::Value>,
+    /// Asked for the agent of this call before it is placed (a campaign's
+    /// `agent_webhook_url`).
+    pub agent_webhook: Option<AgentWebhook>,
 }
 
 /// Why a call was not placed; each says what the caller can fix.
@@ -96,11 +105,48 @@ impl Calls {
         if shared.is_draining() {
             return Err(PlaceError::Draining);
         }
-        let (agent, trunk) = resolve(shared, &req).await?;
+        let (mut agent, trunk, number_id) = resolve(shared, &req).await?;
         if shared.stack.get().is_none() {
             return Err(PlaceError::NotRunning);
         }
         let id = req.call_id.clone().unwrap_or_else(|| ids::new(ids::CALL));
+        let mut context = CallContext {
+            call_id: id.clone(),
+            direction: Some(Direction::Outbound),
+            from: req.from.clone(),
+            to: req.to.clone(),
+            trunk_id: Some(trunk.id().to_string()),
+            number_id: Some(number_id),
+            agent_id: Some(agent.id.clone()),
+            campaign_id: req.campaign.as_ref().map(|c| c.campaign_id.clone()),
+            contact_id: req.campaign.as_ref().map(|c| c.contact_id.clone()),
+            variables: req.variables.clone(),
+            metadata: serde_json::from_str(&req.metadata).unwrap_or_default(),
+            ..CallContext::default()
+        };
+        let (source, source_error) = match &req.agent_webhook {
+            Some(hook) => {
+                let followed = match shared.hooks.ask(hook, &context).await {
+                    Ok(answer) => {
+                        context::follow(
+                            shared.transitions.store(),
+                            &shared.speech,
+                            &mut agent,
+                            &mut context,
+                            answer,
+                        )
+                        .await
+                    }
+                    Err(e) => Err(e),
+                };
+                match followed {
+                    Ok(()) => (AgentSource::Webhook, None),
+                    Err(e) => (AgentSource::Fallback, Some(e)),
+                }
+            }
+            None => (AgentSource::Number, None),
+        };
+        let context_json = serde_json::to_string(&context).ok();
         let call = Routed::admit(shared, &id, &trunk, false).map_err(|reason| match reason {
             EndReason::TrunkRate => PlaceError::TrunkRate,
             _ => PlaceError::TrunkFull,
@@ -118,6 +164,9 @@ impl Calls {
                 sip_call_id: None,
                 metadata: &req.metadata,
                 campaign: req.campaign.as_ref(),
+                context: context_json.as_deref(),
+                agent_source: Some(source),
+                agent_source_error: source_error.as_deref(),
             })
             .await?;
         count_started("outbound");
@@ -137,6 +186,7 @@ impl Calls {
             agent,
             max_duration,
             req,
+            context: context::agent_context(&context),
         };
         tokio::spawn(job.run().instrument(span));
         Ok(CallRecord::clone(&record))
@@ -148,7 +198,7 @@ impl Calls {
 async fn resolve(
     shared: &Shared,
     req: &OutboundRequest,
-) -> Result<(AgentSpec, Profile), PlaceError> {
+) -> Result<(AgentSpec, Profile, String), PlaceError> {
     let store = shared.transitions.store();
     let number = store.find_number(&req.from).await.map_err(|e| match e {
         StoreError::NotFound => PlaceError::UnknownFrom,
@@ -194,7 +244,7 @@ async fn resolve(
         settings,
         settings_json: agent.settings,
     };
-    Ok((agent, trunk))
+    Ok((agent, trunk, number.id))
 }
 
 /// Refuses a call once the trunk's daily caps (`[limits] daily_calls`,
@@ -264,6 +314,8 @@ struct Dial {
     max_duration: Duration,
     /// The request as placed (numbers, headers, ring timeout, AMD).
     req: OutboundRequest,
+    /// The call's context, for its agent.
+    context: AgentContext,
 }
 
 impl Dial {
@@ -280,11 +332,12 @@ impl Dial {
             agent,
             max_duration,
             req,
+            context,
         } = self;
         let Some(stack) = call.shared.stack.get().cloned() else {
             return call.end(EndReason::Failed(FailureCause::SipNotRunning));
         };
-        let prepared = match call.prepare(&agent, &trunk).await {
+        let prepared = match call.prepare(&agent, &trunk, context).await {
             Ok(prepared) => prepared,
             Err(finished) => return finished,
         };

@@ -36,6 +36,7 @@ use super::screen::Screen;
 use super::task::{self, Established};
 use super::{EndReason, Shared, count_ended};
 use crate::agent::CallSettings;
+use crate::agent::brain::AgentContext;
 use crate::agent::runner::{AgentRun, StreamEnv};
 use crate::agent::stream::StreamCall;
 use crate::config::Profile;
@@ -117,8 +118,14 @@ impl Routed {
         }
     }
 
-    /// Builds the agent and binds the RTP port our SDP will name.
-    pub async fn prepare(self, agent: &AgentSpec, trunk: &Profile) -> Result<Prepared, Finished> {
+    /// Builds the agent (on the call of `context`) and binds the RTP port
+    /// our SDP will name.
+    pub async fn prepare(
+        self,
+        agent: &AgentSpec,
+        trunk: &Profile,
+        context: AgentContext,
+    ) -> Result<Prepared, Finished> {
         let shared = Arc::clone(&self.shared);
         let run = AgentRun::new(
             &agent.kind,
@@ -142,6 +149,7 @@ impl Routed {
                 // the call so a reload is seen.
                 guard: crate::net::outbound().guard().clone(),
             },
+            Some(context),
         )
         .await;
         let run = match run {

@@ -45,6 +45,8 @@ pub(super) struct Screen {
     answered: Instant,
     opt_out: Option<char>,
     agent_started: bool,
+    /// The verdict, once detection gave one: the agent's context gets it.
+    verdict: Option<AnsweredBy>,
 }
 
 impl Screen {
@@ -63,6 +65,7 @@ impl Screen {
             answered: Instant::now(),
             opt_out,
             agent_started: false,
+            verdict: None,
         }
     }
 
@@ -99,6 +102,7 @@ impl Screen {
         let mode = self.amd.as_ref().map(|(_, m)| *m)?;
         match event {
             AmdEvent::Verdict(v) => {
+                self.verdict = Some(v);
                 tracing::info!(answered_by = v.as_str(), "answering-machine detection");
                 metrics::counter!(CALL_AMD_VERDICTS_TOTAL, "answered_by" => v.as_str())
                     .increment(1);
@@ -129,6 +133,11 @@ impl Screen {
         self.amd = None;
         self.agent_started = true;
         Screened::StartAgent
+    }
+
+    /// The answering-machine verdict, once known.
+    pub fn answered_by(&self) -> Option<AnsweredBy> {
+        self.verdict
     }
 
     /// A key the callee pressed: the end of the call when it is the

@@ -92,7 +92,7 @@ pub(super) async fn run(shared: &Arc<Shared>, call: Established) -> (EndReason, 
             }
             screened = screen.next(&mut events) => match screened {
                 Screened::StartAgent => agent
-                    .start(&media)
+                    .start(&media, screen.answered_by().map(|v| v.as_str()))
                     .await
                     .err()
                     .map(|_| EndReason::Failed(FailureCause::MediaClosed)),
@@ -263,21 +263,23 @@ async fn fulfil(sip: &mut Call, request: AgentRequest) -> Option<EndReason> {
             tracing::warn!(error = %e, "the stream agent's bot is unreachable");
             Some(EndReason::AgentUnreachable)
         }
-        AgentRequest::Transfer(to) => match timeout(REFER_TIMEOUT, sip.refer(&to)).await {
-            Ok(Ok(code)) if (200..300).contains(&code) => Some(EndReason::Transferred),
-            Ok(Ok(code)) => {
-                tracing::info!(code, %to, "transfer refused; the call goes on");
-                None
+        AgentRequest::Transfer(to, headers) => {
+            match timeout(REFER_TIMEOUT, sip.refer(&to, &headers)).await {
+                Ok(Ok(code)) if (200..300).contains(&code) => Some(EndReason::Transferred),
+                Ok(Ok(code)) => {
+                    tracing::info!(code, %to, "transfer refused; the call goes on");
+                    None
+                }
+                Ok(Err(e)) => {
+                    tracing::info!(error = %e, %to, "transfer failed; the call goes on");
+                    None
+                }
+                Err(_) => {
+                    tracing::info!(%to, "REFER not answered in time; the call goes on");
+                    None
+                }
             }
-            Ok(Err(e)) => {
-                tracing::info!(error = %e, %to, "transfer failed; the call goes on");
-                None
-            }
-            Err(_) => {
-                tracing::info!(%to, "REFER not answered in time; the call goes on");
-                None
-            }
-        },
+        }
     }
 }
 

@@ -144,6 +144,15 @@ pub struct CallsConfig {
     /// UTC day (counted on each node); past it, 429 `daily_cap`. None: no
     /// cap. Trunks have their own caps (`[limits] daily_calls`).
     pub daily_calls_per_key: Option<u32>,
+    /// Inbound SIP headers that join a call's context (and so its agent's
+    /// templates and tool requests): names, case-insensitive, a trailing
+    /// `*` matching any rest. At most 20 headers of 256 characters each
+    /// are kept; `Authorization` never.
+    pub context_headers: Vec<String>,
+    /// How long an agent webhook (a number's or a campaign's) has to
+    /// answer before the call keeps its own agent. Inbound calls ring
+    /// (180) meanwhile.
+    pub agent_webhook_timeout_ms: u64,
 }
 
 impl Default for CallsConfig {
@@ -154,6 +163,8 @@ impl Default for CallsConfig {
             rtp_timeout_seconds: 30,
             send_silence: true,
             daily_calls_per_key: None,
+            context_headers: vec!["X-*".to_owned()],
+            agent_webhook_timeout_ms: 1500,
         }
     }
 }
@@ -577,6 +588,13 @@ impl Config {
                 "ring_timeout_seconds and rtp_timeout_seconds must be at least 1",
             ));
         }
+        if !(1..=10_000).contains(&self.calls.agent_webhook_timeout_ms) {
+            return Err(ConfigError::new(
+                file,
+                "calls.agent_webhook_timeout_ms",
+                "must be between 1 and 10000",
+            ));
+        }
         let c = &self.campaigns;
         if c.max_concurrent_calls == 0 {
             return Err(ConfigError::new(
@@ -786,6 +804,15 @@ mod tests {
     fn the_example_file_loads_and_documents_the_speech_defaults() {
         let c = load_str(include_str!("../../agentline.example.toml")).unwrap();
         assert_eq!(c.speech, crate::agent::speech::SpeechConfig::default());
+    }
+
+    #[test]
+    fn the_example_file_documents_the_call_defaults() {
+        let c = load_str(include_str!("../../agentline.example.toml")).unwrap();
+        let d = CallsConfig::default();
+        assert_eq!(c.calls.context_headers, d.context_headers);
+        assert_eq!(c.calls.agent_webhook_timeout_ms, d.agent_webhook_timeout_ms);
+        assert_eq!(c.calls.ring_timeout_seconds, d.ring_timeout_seconds);
     }
 
     #[test]

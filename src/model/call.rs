@@ -93,6 +93,15 @@ pub struct Call {
     /// failed. `null` before, and for other calls.
     #[schema(value_type = Option<Object>)]
     pub analysis: Option<serde_json::Value>,
+    /// What is known about whom the call is for, as handed to its agent;
+    /// `null` for calls recorded before contexts were.
+    pub context: Option<super::CallContext>,
+    /// Who chose the agent: `number` (or the request), `webhook` (the
+    /// agent webhook answered), `fallback` (it failed: see
+    /// `agent_source_error`).
+    pub agent_source: Option<super::AgentSource>,
+    /// Why the agent webhook was not followed, when it was not.
+    pub agent_source_error: Option<String>,
 }
 
 #[cfg(test)]

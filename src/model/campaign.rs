@@ -193,6 +193,13 @@ pub struct Campaign {
     pub finished_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Asked for the agent of each attempt (a signed POST of the call's
+    /// context, as a number's agent webhook); `null`: the campaign's agent.
+    pub agent_webhook_url: Option<String>,
+    /// `whsec_...`, signing the agent webhook's requests: only in the
+    /// answer that set or changed `agent_webhook_url`, never shown again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_webhook_secret: Option<String>,
 }
 
 #[cfg(test)]

@@ -18,11 +18,13 @@
 
 pub mod call;
 pub mod campaign;
+pub mod context;
 pub mod event;
 pub mod trunk;
 
 pub use call::{AnsweredBy, Call, CallStatus, Direction};
 pub use campaign::{AttemptOutcome, Campaign, CampaignStatus};
+pub use context::{AgentSource, CallContext};
 pub use event::EventType;
 pub use trunk::TrunkId;
 

@@ -212,7 +212,14 @@ impl Call {
     /// to the peer's own host) and returns the final status of the REFER.
     /// 2xx means the peer took it; the NOTIFYs that follow (§2.4.4) are
     /// answered by the INVITE session. The caller then ends the dialog.
-    pub async fn refer(&mut self, target: &str) -> Result<u16, SipError> {
+    /// `headers` ride in the Refer-To URI (RFC 3261 §19.1.1 header
+    /// fields; RFC 3515 §2.1: the referee puts them in its INVITE to the
+    /// target): names that are not tokens are dropped, values escaped.
+    pub async fn refer(
+        &mut self,
+        target: &str,
+        headers: &[(String, String)],
+    ) -> Result<u16, SipError> {
         // Whatever goes into the header must not break out of it.
         let safe = !target.is_empty()
             && target.len() <= 256
@@ -239,6 +246,7 @@ impl Call {
                 .to_string();
             format!("sip:{target}@{host}")
         };
+        let uri = with_headers(uri, headers);
         let mut request = session.dialog.create_request(Method::REFER, None);
         request.headers.insert(Name::REFER_TO, format!("<{uri}>"));
         // RFC 3515 §2.4.1 / RFC 3261 §8.1.1.8: REFER creates a dialog usage
@@ -268,6 +276,39 @@ impl Call {
         let response = session.terminate().instrument(span).await?;
         tracing::info!(call_id = %self.call_id, code = response.line.code.into_u16(), "BYE answered");
         Ok(())
+    }
+}
+
+/// `uri` with `headers` as its RFC 3261 §19.1.1 header fields
+/// (`?name=value&...`): names must be tokens (§25.1) of at most 64
+/// characters, values are %-escaped but for letters, digits and `-_.~`, so
+/// that nothing a caller said can break out of the URI or the header.
+fn with_headers(uri: String, headers: &[(String, String)]) -> String {
+    let fields: Vec<String> = headers
+        .iter()
+        .filter(|(name, _)| {
+            !name.is_empty()
+                && name.len() <= 64
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+        .map(|(name, value)| {
+            let escaped: String = value
+                .bytes()
+                .map(|b| {
+                    if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                        char::from(b).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    }
+                })
+                .collect();
+            format!("{name}={escaped}")
+        })
+        .collect();
+    if fields.is_empty() {
+        uri
+    } else {
+        format!("{uri}?{}", fields.join("&"))
     }
 }
 
@@ -331,5 +372,29 @@ impl Usage for InfoUsage {
         }
         let response = endpoint.create_response(&info, StatusCode::OK, None);
         self.finished.answer(endpoint, info, response).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_headers;
+
+    #[test]
+    fn refer_to_headers_are_escaped_and_names_checked() {
+        let uri = with_headers(
+            "sip:+14155550100@10.0.0.1".into(),
+            &[
+                ("X-Customer-Id".into(), "42".into()),
+                ("X-First-Name".into(), "Zoë <x>&y=z\r\nVia: evil".into()),
+                ("Bad Name".into(), "1".into()),
+                ("X-Bad\r\n".into(), "1".into()),
+            ],
+        );
+        assert_eq!(
+            uri,
+            "sip:+14155550100@10.0.0.1?X-Customer-Id=42&\
+             X-First-Name=Zo%C3%AB%20%3Cx%3E%26y%3Dz%0D%0AVia%3A%20evil"
+        );
+        assert_eq!(with_headers("sip:a@b".into(), &[]), "sip:a@b");
     }
 }

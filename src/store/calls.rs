@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use super::commit::{FromSqlite, Value, label, label_opt, time, time_opt};
 use super::events::NewEvent;
 use super::{Page, Pool, Result, Store, StoreError, Window, on_pool};
-use crate::model::{AnsweredBy, Call, CallStatus, Direction};
+use crate::model::{AgentSource, AnsweredBy, Call, CallContext, CallStatus, Direction};
 
 /// Renders the event of a call transition from the call row as the
 /// transaction left it (`event_seq` is the event's per-call sequence).
@@ -62,6 +62,13 @@ pub struct CallRecord {
     pub attempt: AttemptColumns,
     /// The structured result (JSON text), once analyzed after the end.
     pub analysis: Option<String>,
+    /// The call's context (a JSON object, [`CallContext`]); `None` for
+    /// calls recorded before contexts were.
+    pub context: Option<String>,
+    /// Who chose the agent; `None` before contexts were recorded.
+    pub agent_source: Option<AgentSource>,
+    /// Why the agent webhook was not followed.
+    pub agent_source_error: Option<String>,
 }
 
 /// The campaign attempt a call is: all three set for a campaign's call
@@ -104,7 +111,20 @@ impl TryFrom<CallRecord> for Call {
             ),
             None => None,
         };
+        let context = match r.context.as_deref() {
+            Some(text) => {
+                let mut context: CallContext = serde_json::from_str(text)
+                    .map_err(|e| StoreError::Corrupt(format!("call {} context: {e}", r.id)))?;
+                // Known after the context was stored.
+                context.answered_by = context.answered_by.or(r.answered_by);
+                Some(context)
+            }
+            None => None,
+        };
         Ok(Call {
+            context,
+            agent_source: r.agent_source,
+            agent_source_error: r.agent_source_error,
             metadata,
             id: r.id,
             direction: r.direction,
@@ -159,6 +179,11 @@ pub struct NewCall<'a> {
     pub metadata: &'a str,
     /// Set for a campaign's call.
     pub campaign: Option<&'a CampaignAttempt>,
+    /// The call's context, JSON text ([`CallContext`]).
+    pub context: Option<&'a str>,
+    /// Who chose the agent, and why a webhook's choice was not followed.
+    pub agent_source: Option<AgentSource>,
+    pub agent_source_error: Option<&'a str>,
 }
 
 /// An unended call taken over from a dead node ([`Store::take_orphan_call`]).
@@ -191,7 +216,8 @@ macro_rules! call_columns {
     () => {
         "id, direction, from_number, to_number, trunk, agent_id, status, sip_call_id,
     sip_code, sip_reason, end_reason, dtmf, metadata, ringing_at, answered_at, ended_at, duration_ms,
-    created_at, updated_at, event_seq, answered_by, summary, campaign_id, contact_id, attempt, analysis"
+    created_at, updated_at, event_seq, answered_by, summary, campaign_id, contact_id, attempt, analysis,
+    context, agent_source, agent_source_error"
     };
 }
 
@@ -202,8 +228,9 @@ const SELECT_CALL: &str = concat!("SELECT ", call_columns!(), " FROM calls WHERE
 const CREATE: &str = concat!(
     "INSERT INTO calls (id, direction, from_number, to_number, trunk, agent_id, status, sip_call_id,
                                            metadata, ringing_at, created_at, updated_at, event_seq, node,
-                        campaign_id, contact_id, attempt)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, 1, $12, $13, $14, $15) RETURNING ",
+                        campaign_id, contact_id, attempt, context, agent_source, agent_source_error)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, 1, $12, $13, $14, $15, $16, $17, $18)
+     RETURNING ",
     call_columns!()
 );
 /// [`CREATE`] for a campaign's call, fenced (see [`Store::call_created`]):
@@ -213,8 +240,8 @@ const CREATE: &str = concat!(
 const CREATE_CAMPAIGN: &str = concat!(
     "INSERT INTO calls (id, direction, from_number, to_number, trunk, agent_id, status, sip_call_id,
                         metadata, ringing_at, created_at, updated_at, event_seq, node,
-                        campaign_id, contact_id, attempt)
-     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, 1, $12, $13, $14, $15
+                        campaign_id, contact_id, attempt, context, agent_source, agent_source_error)
+     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, 1, $12, $13, $14, $15, $16, $17, $18
      WHERE EXISTS (SELECT 1 FROM campaign_attempts a JOIN campaign_contacts c ON c.id = a.contact_id
                    WHERE a.call_id = $1 AND a.outcome IS NULL AND c.lease_owner = $12
                      AND c.lease_gen = a.lease_gen)
@@ -227,8 +254,8 @@ const CREATE_CAMPAIGN: &str = concat!(
 const CREATE_CAMPAIGN_PG: &str = concat!(
     "INSERT INTO calls (id, direction, from_number, to_number, trunk, agent_id, status, sip_call_id,
                         metadata, ringing_at, created_at, updated_at, event_seq, node,
-                        campaign_id, contact_id, attempt)
-     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, 1, $12, $13, $14, $15
+                        campaign_id, contact_id, attempt, context, agent_source, agent_source_error)
+     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, 1, $12, $13, $14, $15, $16, $17, $18
      WHERE EXISTS (SELECT 1 FROM campaign_attempts a JOIN campaign_contacts c ON c.id = a.contact_id
                    WHERE a.call_id = $1 AND a.outcome IS NULL AND c.lease_owner = $12
                      AND c.lease_gen = a.lease_gen FOR SHARE OF c)
@@ -309,6 +336,9 @@ impl FromSqlite for CallRecord {
                 attempt: row.get("attempt")?,
             },
             analysis: row.get("analysis")?,
+            context: row.get("context")?,
+            agent_source: label_opt(row, "agent_source")?,
+            agent_source_error: row.get("agent_source_error")?,
         })
     }
 }
@@ -363,6 +393,9 @@ impl Store {
             c.campaign.map(|a| a.campaign_id.as_str()).into(),
             c.campaign.map(|a| a.contact_id.as_str()).into(),
             c.campaign.map(|a| a.attempt).into(),
+            c.context.into(),
+            c.agent_source.map(AgentSource::as_str).into(),
+            c.agent_source_error.into(),
         ];
         // A campaign's call is fenced by its contact's lease: a node that
         // was presumed dead and whose claim was taken over writes no row

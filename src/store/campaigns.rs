@@ -38,6 +38,9 @@ pub struct CampaignRecord {
     pub finished_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Asked for the agent of each attempt, if set (its secret is read by
+    /// [`Store::campaign_agent_webhook`] only).
+    pub agent_webhook_url: Option<String>,
 }
 
 /// The campaign as the API and the webhooks show it.
@@ -67,6 +70,8 @@ impl TryFrom<CampaignRecord> for Campaign {
             finished_at: r.finished_at,
             created_at: r.created_at,
             updated_at: r.updated_at,
+            agent_webhook_url: r.agent_webhook_url,
+            agent_webhook_secret: None,
         })
     }
 }
@@ -96,7 +101,7 @@ pub struct CampaignFields<'a> {
 const COLUMNS: &str =
     "id, name, agent_id, caller_number, trunks, status, schedule, max_concurrent_calls,
     calls_per_second, retry_policy, max_attempts, opt_out_digit, amd, started_at, finished_at,
-    created_at, updated_at";
+    created_at, updated_at, agent_webhook_url";
 
 /// Counts behind `GET /v1/campaigns/{id}/stats`.
 #[derive(Debug, Clone, Default)]
@@ -313,5 +318,34 @@ impl Store {
             .sum();
         counts.contacts = contacts;
         Ok(counts)
+    }
+
+    /// The campaign's agent webhook: its URL and signing secret, when it
+    /// has one (asked for the agent of each attempt).
+    pub async fn campaign_agent_webhook(&self, id: &str) -> Result<Option<(String, String)>> {
+        let row: Option<(Option<String>, Option<String>)> = on_pool!(self, p => sqlx::query_as(
+            "SELECT agent_webhook_url, agent_webhook_secret FROM campaigns WHERE id = $1")
+            .bind(id).fetch_optional(p).await)?;
+        match row {
+            None => Err(StoreError::NotFound),
+            Some((Some(url), Some(secret))) => Ok(Some((url, secret))),
+            Some(_) => Ok(None),
+        }
+    }
+
+    /// Sets (or, with `None`, removes) the campaign's agent webhook.
+    pub async fn set_campaign_agent_webhook(
+        &self,
+        id: &str,
+        hook: Option<(&str, &str)>,
+    ) -> Result<()> {
+        let (url, secret) = hook.unzip();
+        let done = on_pool!(self, p => sqlx::query(
+            "UPDATE campaigns SET agent_webhook_url = $2, agent_webhook_secret = $3 WHERE id = $1")
+            .bind(id).bind(url).bind(secret).execute(p).await.map(|r| r.rows_affected()))?;
+        if done == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
     }
 }

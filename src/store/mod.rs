@@ -209,6 +209,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0009_call_campaign_attempt.sql"),
     ),
     (
+        10,
+        "call context",
+        include_str!("../../migrations/sqlite/0010_call_context.sql"),
+    ),
+    (
         11,
         "call results",
         include_str!("../../migrations/sqlite/0011_call_results.sql"),
@@ -276,6 +281,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         9,
         "call campaign attempt",
         include_str!("../../migrations/postgres/0009_call_campaign_attempt.sql"),
+    ),
+    (
+        10,
+        "call context",
+        include_str!("../../migrations/postgres/0010_call_context.sql"),
     ),
     (
         11,

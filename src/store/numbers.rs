@@ -16,6 +16,11 @@ pub struct NumberRecord {
     pub trunk: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Asked for the agent of each inbound call (issue 17).
+    pub agent_webhook_url: Option<String>,
+    /// `whsec_...`: signs the agent webhook's requests; never shown again
+    /// after it was handed out.
+    pub agent_webhook_secret: Option<String>,
 }
 
 /// The writable fields of a number.
@@ -24,10 +29,23 @@ pub struct NumberFields<'a> {
     pub name: Option<&'a str>,
     pub agent_id: Option<&'a str>,
     pub trunk: Option<&'a str>,
+    pub agent_webhook_url: Option<&'a str>,
+    pub agent_webhook_secret: Option<&'a str>,
 }
 
-const FIND_NUMBER: &str = "SELECT id, number, name, agent_id, trunk, created_at, updated_at
-    FROM phone_numbers WHERE number = $1";
+/// The columns of a [`NumberRecord`].
+macro_rules! number_columns {
+    () => {
+        "id, number, name, agent_id, trunk, created_at, updated_at, agent_webhook_url,
+        agent_webhook_secret"
+    };
+}
+
+const FIND_NUMBER: &str = concat!(
+    "SELECT ",
+    number_columns!(),
+    " FROM phone_numbers WHERE number = $1"
+);
 
 impl FromSqlite for NumberRecord {
     /// By column name, as sqlx's `FromRow` maps them.
@@ -40,6 +58,8 @@ impl FromSqlite for NumberRecord {
             trunk: row.get("trunk")?,
             created_at: time(row, "created_at")?,
             updated_at: time(row, "updated_at")?,
+            agent_webhook_url: row.get("agent_webhook_url")?,
+            agent_webhook_secret: row.get("agent_webhook_secret")?,
         })
     }
 }
@@ -48,16 +68,18 @@ impl Store {
     pub async fn insert_number(&self, id: &str, f: NumberFields<'_>) -> Result<NumberRecord> {
         let now = super::now();
         on_pool!(self, p => sqlx::query(
-            "INSERT INTO phone_numbers (id, number, name, agent_id, trunk, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $6)")
+            "INSERT INTO phone_numbers (id, number, name, agent_id, trunk, created_at, updated_at,
+                 agent_webhook_url, agent_webhook_secret)
+             VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8)")
             .bind(id).bind(f.number).bind(f.name).bind(f.agent_id).bind(f.trunk).bind(now)
+            .bind(f.agent_webhook_url).bind(f.agent_webhook_secret)
             .execute(p).await.map(|r| r.rows_affected()))?;
         self.get_number(id).await
     }
 
     pub async fn get_number(&self, id: &str) -> Result<NumberRecord> {
-        on_pool!(self, p => sqlx::query_as::<_, NumberRecord>(
-            "SELECT id, number, name, agent_id, trunk, created_at, updated_at FROM phone_numbers WHERE id = $1")
+        on_pool!(self, p => sqlx::query_as::<_, NumberRecord>(concat!(
+            "SELECT ", number_columns!(), " FROM phone_numbers WHERE id = $1"))
             .bind(id).fetch_optional(p).await)?
         .ok_or(StoreError::NotFound)
     }
@@ -120,10 +142,10 @@ impl Store {
         agent_id: Option<&str>,
         w: Window,
     ) -> Result<Page<NumberRecord>> {
-        let items = on_pool!(self, p => sqlx::query_as::<_, NumberRecord>(
-            "SELECT id, number, name, agent_id, trunk, created_at, updated_at FROM phone_numbers
+        let items = on_pool!(self, p => sqlx::query_as::<_, NumberRecord>(concat!(
+            "SELECT ", number_columns!(), " FROM phone_numbers
              WHERE ($1 IS NULL OR agent_id = $1)
-             ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3")
+             ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3"))
             .bind(agent_id).bind(w.limit).bind(w.offset).fetch_all(p).await)?;
         let total: i64 = on_pool!(self, p => sqlx::query_scalar(
             "SELECT COUNT(*) FROM phone_numbers WHERE ($1 IS NULL OR agent_id = $1)")
@@ -134,9 +156,11 @@ impl Store {
     pub async fn update_number(&self, id: &str, f: NumberFields<'_>) -> Result<NumberRecord> {
         let now = super::now();
         let done = on_pool!(self, p => sqlx::query(
-            "UPDATE phone_numbers SET number = $2, name = $3, agent_id = $4, trunk = $5, updated_at = $6
+            "UPDATE phone_numbers SET number = $2, name = $3, agent_id = $4, trunk = $5, updated_at = $6,
+                 agent_webhook_url = $7, agent_webhook_secret = $8
              WHERE id = $1")
             .bind(id).bind(f.number).bind(f.name).bind(f.agent_id).bind(f.trunk).bind(now)
+            .bind(f.agent_webhook_url).bind(f.agent_webhook_secret)
             .execute(p).await.map(|r| r.rows_affected()))?;
         if done == 0 {
             return Err(StoreError::NotFound);

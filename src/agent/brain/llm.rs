@@ -7,6 +7,9 @@
 //! [`super::tools::invoke`], built-in actions by emitting [`Action`]s),
 //! feeds the results back and calls again, at most `max_rounds` times.
 //!
+//! The instructions and the greeting are templates of the call's
+//! variables (`{{first_name}}`, see [`super::template`]).
+//!
 //! Built-in tools offered to every LLM: `end_call` (optional `summary`),
 //! `transfer_call` (`to`), `send_dtmf` (`digits`), `opt_out` (the callee
 //! asks not to be called again). Their actions are emitted after the
@@ -22,6 +25,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 
+use super::template::{self, AgentContext, Braces};
 use super::tools::{self, HttpTool};
 use super::{
     Action, Brain, BrainError, BrainEvent, Conversation, Input, Message, Reply, Role, Sink,
@@ -176,7 +180,11 @@ impl LlmBrain {
     }
 
     /// Runs one tool call: the text fed back and the action, if built in.
-    async fn run_tool(&self, call: &ToolCall) -> (String, Option<Action>) {
+    async fn run_tool(
+        &self,
+        call: &ToolCall,
+        context: Option<&AgentContext>,
+    ) -> (String, Option<Action>) {
         let args: serde_json::Value = serde_json::from_str(&call.arguments).unwrap_or(json!({}));
         let arg = |k: &str| args.get(k).and_then(|v| v.as_str()).map(str::to_string);
         match call.name.as_str() {
@@ -216,7 +224,10 @@ impl LlmBrain {
                 Some(Action::OptOut),
             ),
             name => match self.tools.iter().find(|t| t.name == name) {
-                Some(tool) => (tools::invoke(&self.http, tool, &call.arguments).await, None),
+                Some(tool) => (
+                    tools::invoke(&self.http, tool, &call.arguments, context).await,
+                    None,
+                ),
                 None => (
                     json!({"error": format!("no tool named {name}")}).to_string(),
                     None,
@@ -229,8 +240,13 @@ impl LlmBrain {
 #[async_trait::async_trait]
 impl Brain for LlmBrain {
     async fn greet(&self, conv: &mut Conversation, out: &Sink) -> Result<Reply, BrainError> {
+        let text = self
+            .greeting
+            .as_deref()
+            .map(|g| template::render_with(g, Braces::Double, conv.context.as_deref()))
+            .unwrap_or_default();
         let reply = Reply {
-            text: self.greeting.clone().unwrap_or_default(),
+            text,
             actions: Vec::new(),
         };
         if !reply.text.is_empty() {
@@ -252,6 +268,13 @@ impl Brain for LlmBrain {
         let on_delta = |d: &str| {
             let _ = out.send(BrainEvent::Delta(d.to_string()));
         };
+        // The call's variables in the instructions, rendered per reply so
+        // that a fact learnt after the start (the AMD verdict) is in.
+        let context = conv.context.clone();
+        let system = self
+            .instructions
+            .as_deref()
+            .map(|i| template::render_with(i, Braces::Double, context.as_deref()));
         for round in 0..self.max_rounds {
             // The last round offers no tools, so it must answer in words.
             let tools: &[ToolSpec] = if round + 1 == self.max_rounds {
@@ -260,7 +283,7 @@ impl Brain for LlmBrain {
                 &self.specs
             };
             let request = ChatRequest {
-                system: self.instructions.as_deref(),
+                system: system.as_deref(),
                 messages: &conv.messages,
                 tools,
             };
@@ -274,7 +297,7 @@ impl Brain for LlmBrain {
             m.tool_calls = reply.tool_calls.clone();
             conv.messages.push(m);
             for call in &reply.tool_calls {
-                let (result, action) = self.run_tool(call).await;
+                let (result, action) = self.run_tool(call, context.as_deref()).await;
                 if let Some(Action::Summary { text }) = &action {
                     actions.push(Action::Summary { text: text.clone() });
                     actions.push(Action::Hangup);

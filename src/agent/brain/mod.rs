@@ -18,9 +18,11 @@
 pub mod llm;
 pub mod openai;
 pub mod scripted;
+pub mod template;
 pub mod tools;
 
 pub use llm::{ChatRequest, Llm, LlmBrain, LlmError, LlmReply, ToolSpec};
+pub use template::AgentContext;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::UnboundedSender;
@@ -96,6 +98,11 @@ pub struct Conversation {
     pub messages: Vec<Message>,
     #[serde(default)]
     pub state: serde_json::Value,
+    /// The call this conversation is on (its variables fill the
+    /// templates, tool requests carry it); `None` for a chat session.
+    /// Not stored: the call's context is on the call.
+    #[serde(skip)]
+    pub context: Option<std::sync::Arc<AgentContext>>,
 }
 
 impl Conversation {

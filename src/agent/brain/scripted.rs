@@ -30,7 +30,9 @@
 //! case-insensitive). A matched intent whose `require`d slots are not all
 //! filled asks for the first missing one (its `prompt`) and completes when a
 //! later input fills it. `{slot}` in replies and actions is replaced by the
-//! slot's value. No match: the state's `fallback`, else the dialogue's.
+//! slot's value; a name that is no slot by the call's variable of that
+//! name (`{first_name}`, `{first_name|there}` with a default: see
+//! [`super::template`]). No match: the state's `fallback`, else the dialogue's.
 //!
 //! [`ScriptedDialogue::parse`] validates the whole document once, naming
 //! the path of each problem (`script.states.main.intents[0].next`).
@@ -40,6 +42,7 @@ use std::collections::BTreeMap;
 use regex::{Regex, RegexBuilder};
 use serde::{Deserialize, Serialize};
 
+use super::template::{self, AgentContext, Braces};
 use super::{Action, Brain, BrainError, Conversation, Input, Message, Reply, Sink, emit};
 
 /// The dialogue as written.
@@ -146,29 +149,20 @@ fn compile(pattern: &str) -> Result<Regex, String> {
         .map_err(|e| format!("is not a valid regular expression: {e}"))
 }
 
-/// The `{name}` placeholders of a template.
-fn placeholders(template: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    let mut rest = template;
-    while let Some(open) = rest.find('{') {
-        let after = &rest[open + 1..];
-        let Some(close) = after.find('}') else { break };
-        let name = &after[..close];
-        if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            out.push(name);
-        }
-        rest = &after[close + 1..];
-    }
-    out
-}
-
-fn render(template: &str, slots: &BTreeMap<String, String>) -> String {
-    let mut out = template.to_string();
-    for name in placeholders(template) {
-        let value = slots.get(name).map(String::as_str).unwrap_or("");
-        out = out.replace(&format!("{{{name}}}"), value);
-    }
-    out
+/// Renders a template: a slot's value first (what the caller said in
+/// this dialogue), else the call's variable, else the default (see
+/// [`super::template`]).
+fn render(
+    template: &str,
+    slots: &BTreeMap<String, String>,
+    context: Option<&AgentContext>,
+) -> String {
+    template::render(template, Braces::Single, |name| {
+        slots
+            .get(name)
+            .or_else(|| context.and_then(|c| c.vars.get(name)))
+            .map(String::as_str)
+    })
 }
 
 impl ScriptedDialogue {
@@ -292,7 +286,10 @@ impl ScriptedDialogue {
                 },
             );
         }
-        // Every required slot must be fillable, every template slot known.
+        // Every required slot must be fillable. A `{name}` in a template
+        // that is no slot is one of the call's variables (a contact's
+        // `first_name`, say), known only per call: missing, it renders its
+        // default or nothing (see `super::template`).
         for (state_name, state) in &doc.states {
             for (i, intent) in state.intents.iter().enumerate() {
                 let at = format!("{root}.states.{state_name}.intents[{i}]");
@@ -302,22 +299,6 @@ impl ScriptedDialogue {
                             format!("{at}.require[{r}]"),
                             "names no slot (define it in slots or as a named group)",
                         );
-                    }
-                }
-                let mut templates = vec![(format!("{at}.reply"), intent.reply.as_str())];
-                for (a, action) in intent.actions.iter().enumerate() {
-                    if let Action::Transfer { to: t }
-                    | Action::SendDtmf { digits: t }
-                    | Action::Summary { text: t } = action
-                    {
-                        templates.push((format!("{at}.actions[{a}]"), t.as_str()));
-                    }
-                }
-                for (path, template) in templates {
-                    for name in placeholders(template) {
-                        if !known.iter().any(|k| k == name) {
-                            bad(path.clone(), &format!("uses {{{name}}}, which is no slot"));
-                        }
                     }
                 }
             }
@@ -416,7 +397,13 @@ impl ScriptedBrain {
     }
 
     /// Completes `intent` or asks for its first missing slot.
-    fn complete(&self, s: &mut ScriptState, state_name: &str, index: usize) -> Option<Reply> {
+    fn complete(
+        &self,
+        s: &mut ScriptState,
+        state_name: &str,
+        index: usize,
+        ctx: Option<&AgentContext>,
+    ) -> Option<Reply> {
         let intent = &self
             .dialogue
             .states
@@ -433,7 +420,7 @@ impl ScriptedBrain {
                 .and_then(|(_, p)| p.clone())
                 .unwrap_or_else(|| format!("What is the {}?", missing.replace('_', " ")));
             return Some(Reply {
-                text: render(&prompt, &s.slots),
+                text: render(&prompt, &s.slots, ctx),
                 actions: Vec::new(),
             });
         }
@@ -446,38 +433,38 @@ impl ScriptedBrain {
             .iter()
             .map(|a| match a {
                 Action::Transfer { to } => Action::Transfer {
-                    to: render(to, &s.slots),
+                    to: render(to, &s.slots, ctx),
                 },
                 Action::SendDtmf { digits } => Action::SendDtmf {
-                    digits: render(digits, &s.slots),
+                    digits: render(digits, &s.slots, ctx),
                 },
                 Action::Summary { text } => Action::Summary {
-                    text: render(text, &s.slots),
+                    text: render(text, &s.slots, ctx),
                 },
                 Action::Hangup => Action::Hangup,
                 Action::OptOut => Action::OptOut,
             })
             .collect();
         Some(Reply {
-            text: render(&intent.reply, &s.slots),
+            text: render(&intent.reply, &s.slots, ctx),
             actions,
         })
     }
 
     /// The reply to one input, pure: state in, state and reply out.
-    fn step(&self, s: &mut ScriptState, input: &Input) -> Reply {
+    fn step(&self, s: &mut ScriptState, input: &Input, ctx: Option<&AgentContext>) -> Reply {
         if let Input::Text(text) = input {
             self.extract_slots(text, &mut s.slots);
         }
         let current = s.state.clone();
         if let Some(state) = self.dialogue.states.get(&current)
             && let Some(i) = self.match_intent(state, input, &mut s.slots)
-            && let Some(reply) = self.complete(s, &current, i)
+            && let Some(reply) = self.complete(s, &current, i, ctx)
         {
             return reply;
         }
         if let Some((state_name, index)) = s.pending.clone()
-            && let Some(reply) = self.complete(s, &state_name, index)
+            && let Some(reply) = self.complete(s, &state_name, index, ctx)
         {
             return reply;
         }
@@ -488,7 +475,7 @@ impl ScriptedBrain {
             .and_then(|st| st.fallback.clone())
             .unwrap_or_else(|| self.dialogue.fallback.clone());
         Reply {
-            text: render(&text, &s.slots),
+            text: render(&text, &s.slots, ctx),
             actions: Vec::new(),
         }
     }
@@ -510,7 +497,7 @@ impl Brain for ScriptedBrain {
             .or_else(|| self.greeting.clone())
             .unwrap_or_default();
         let reply = Reply {
-            text: render(&text, &s.slots),
+            text: render(&text, &s.slots, conv.context.as_deref()),
             actions: Vec::new(),
         };
         Self::save(conv, &s)?;
@@ -528,7 +515,7 @@ impl Brain for ScriptedBrain {
         out: &Sink,
     ) -> Result<Reply, BrainError> {
         let mut s = self.load(conv)?;
-        let reply = self.step(&mut s, &input);
+        let reply = self.step(&mut s, &input, conv.context.as_deref());
         Self::save(conv, &s)?;
         conv.messages.push(Message::user(input.as_history()));
         conv.messages.push(Message::assistant(reply.text.clone()));
@@ -649,7 +636,7 @@ mod tests {
             state: "more".into(),
             ..ScriptState::default()
         };
-        let r = b.step(&mut s, &Input::Text("I know".into()));
+        let r = b.step(&mut s, &Input::Text("I know".into()), None);
         assert_eq!(r.text, default_fallback());
     }
 
@@ -659,7 +646,7 @@ mod tests {
         doc["start"] = json!("nowhere");
         doc["states"]["main"]["intents"][0]["next"] = json!("gone");
         doc["states"]["main"]["intents"][1]["patterns"] = json!(["(unclosed"]);
-        doc["states"]["main"]["intents"][2]["reply"] = json!("Hi {who}");
+        doc["states"]["main"]["intents"][2]["reply"] = json!("x".repeat(2001));
         let errors = ScriptedDialogue::parse(&doc, "script").unwrap_err();
         let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
         assert!(paths.contains(&"script.start"), "{paths:?}");

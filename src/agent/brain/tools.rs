@@ -3,7 +3,9 @@
 //! `webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<base64
 //! HMAC-SHA256 of "id.timestamp.body">` keyed with the decoded `whsec_`
 //! secret), waits at most the tool's timeout, and feeds the answer back to
-//! the LLM as the tool's result.
+//! the LLM as the tool's result. On a call the body also carries the call
+//! under `_call` (`{"id": "call_...", "context": {...}}`), signed with the
+//! arguments; an argument the LLM names `_call` is replaced by it.
 //!
 //! A tool that fails (timeout, refused, non-2xx, arguments that are not a
 //! JSON object or lack a `required` field) does not fail the reply: the LLM
@@ -15,7 +17,7 @@
 
 use std::time::Duration;
 
-use super::{Secret, ToolSpec};
+use super::{AgentContext, Secret, ToolSpec};
 use crate::signing::sign;
 
 /// The longest tool answer fed back to the LLM.
@@ -70,14 +72,41 @@ fn error_result(message: &str) -> String {
     serde_json::json!({ "error": message }).to_string()
 }
 
-/// Calls `tool` with `arguments`; the result is what the LLM reads.
-pub async fn invoke(http: &reqwest::Client, tool: &HttpTool, arguments: &str) -> String {
+/// The key of a tool request's body that carries the call: the daemon's,
+/// never the LLM's (an argument of that name is replaced).
+pub const CALL_KEY: &str = "_call";
+
+/// The request body: the arguments, and on a call the call under
+/// [`CALL_KEY`] (its id and its context, signed with the rest), so that
+/// the tool knows which call asks and what is known about it.
+fn with_call(arguments: String, context: Option<&AgentContext>) -> String {
+    let Some(context) = context else {
+        return arguments;
+    };
+    let Ok(serde_json::Value::Object(mut object)) = serde_json::from_str(&arguments) else {
+        return arguments;
+    };
+    object.insert(
+        CALL_KEY.to_owned(),
+        serde_json::json!({"id": context.call_id, "context": context.document}),
+    );
+    serde_json::Value::Object(object).to_string()
+}
+
+/// Calls `tool` with `arguments` on the call of `context` (none: a chat
+/// session); the result is what the LLM reads.
+pub async fn invoke(
+    http: &reqwest::Client,
+    tool: &HttpTool,
+    arguments: &str,
+    context: Option<&AgentContext>,
+) -> String {
     let count = |outcome: &'static str| {
         metrics::counter!(crate::metrics::AGENT_TOOL_CALLS_TOTAL, "outcome" => outcome)
             .increment(1);
     };
     let body = match check_arguments(&tool.parameters, arguments) {
-        Ok(b) => b,
+        Ok(b) => with_call(b, context),
         Err(e) => {
             count("bad_arguments");
             return error_result(&e);
@@ -91,6 +120,10 @@ pub async fn invoke(http: &reqwest::Client, tool: &HttpTool, arguments: &str) ->
         .header("content-type", "application/json")
         .header("webhook-id", &id)
         .header("webhook-timestamp", timestamp.to_string());
+    if let Some(context) = context {
+        // Also signed in the body; the header lets a proxy route by call.
+        request = request.header("agentline-call-id", &context.call_id);
+    }
     if let Some(secret) = &tool.secret {
         match sign(secret.expose(), &id, timestamp, body.as_bytes()) {
             Ok(sig) => request = request.header("webhook-signature", sig),
@@ -163,6 +196,24 @@ mod tests {
         assert!(check_arguments(&schema, "{not json").is_err());
     }
 
+    #[test]
+    fn the_call_rides_with_the_arguments_and_the_llm_cannot_forge_it() {
+        let context = AgentContext {
+            call_id: "call_1".into(),
+            vars: Default::default(),
+            document: serde_json::json!({"sip_headers": {"X-Customer-Id": "42"}}),
+        };
+        let body = with_call(
+            r#"{"city":"Oslo","_call":{"id":"call_x"}}"#.into(),
+            Some(&context),
+        );
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["city"], "Oslo");
+        assert_eq!(v["_call"]["id"], "call_1");
+        assert_eq!(v["_call"]["context"]["sip_headers"]["X-Customer-Id"], "42");
+        assert_eq!(with_call("{}".into(), None), "{}");
+    }
+
     #[tokio::test]
     async fn an_unreachable_tool_gives_an_error_result() {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -178,7 +229,7 @@ mod tests {
             timeout: Duration::from_millis(500),
             secret: None,
         };
-        let out = invoke(&reqwest::Client::new(), &tool, "{}").await;
+        let out = invoke(&reqwest::Client::new(), &tool, "{}", None).await;
         assert!(out.contains("error"), "{out}");
     }
 }

@@ -60,7 +60,8 @@ impl Flite {
         }
     }
 
-    async fn check_voice(&self) -> Result<(), ProviderError> {
+    /// Whether flite has this voice (`flite -lv`, asked once).
+    pub async fn check_voice(&self) -> Result<(), ProviderError> {
         let binary = self.binary.clone();
         let voices = self
             .voices

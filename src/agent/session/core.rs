@@ -176,6 +176,14 @@ impl SessionCore {
         &self.conv
     }
 
+    /// The call the conversation is on (see [`Conversation::context`]).
+    pub fn set_context(
+        &mut self,
+        context: Option<std::sync::Arc<crate::agent::brain::AgentContext>>,
+    ) {
+        self.conv.context = context;
+    }
+
     /// The session starts at `now`: greet, or wait for the callee.
     pub fn start(&mut self, greeting: Greeting, now: Duration) {
         match greeting {

@@ -116,6 +116,8 @@ pub struct SessionConfig {
     /// The session's clock starts here (the call's answer); `None`: when
     /// `run` is called.
     pub epoch: Option<Instant>,
+    /// The call the session is on, for the brain's templates and tools.
+    pub context: Option<Arc<crate::agent::brain::AgentContext>>,
 }
 
 /// The agent on a call.
@@ -187,6 +189,7 @@ impl AgentSession {
             actions,
             end: SessionEnd::default(),
         };
+        d.core.set_context(self.config.context);
         d.core.start(self.config.greeting, d.now());
         let mut open = d.apply().await.is_ok();
         while open {
