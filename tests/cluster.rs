@@ -993,6 +993,11 @@ impl Dispatcher {
             .arg(format!("DISPATCHER_LIST=\"{}\"", list_path.display()))
             .arg("-A")
             .arg(format!("MPATH=\"{mpath}\""))
+            // One UDP worker: parallel workers may forward a daemon's 180
+            // after its 200 (UDP order is not kept across workers), which a
+            // UA must tolerate but SIPp counts as an unexpected message.
+            .arg("-A")
+            .arg("CHILDREN=1")
             .args(["-DD", "-E", "-m", "256", "-M", "16", "-Y"])
             .arg(dir.path())
             .arg("-P")
