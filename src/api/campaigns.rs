@@ -397,17 +397,7 @@ async fn update_campaign(
             current.status.as_str()
         )));
     }
-    let hook = match patch.get("agent_webhook_url") {
-        None => None,
-        Some(serde_json::Value::Null) => Some(None),
-        Some(serde_json::Value::String(url)) => Some(Some(url.clone())),
-        Some(_) => {
-            return Err(ApiError::validation(vec![super::error::FieldError {
-                field: "agent_webhook_url".into(),
-                message: "must be a URL or null".into(),
-            }]));
-        }
-    };
+    let hook = super::extract::patched_field(&patch, "agent_webhook_url")?;
     let b: CampaignCreate = super::extract::patched(&current, &patch)?;
     let v = validated(&state, b).await?;
     if let Some(Some(url)) = &hook {

@@ -187,6 +187,21 @@ where
     })
 }
 
+/// What a merge patch says of one optional string field: absent (`None`,
+/// keep it), `null` (`Some(None)`, clear it) or a new value. For fields
+/// whose change has a side effect beyond the value (a new secret).
+pub fn patched_field(patch: &Value, field: &str) -> Result<Option<Option<String>>, ApiError> {
+    match patch.get(field) {
+        None => Ok(None),
+        Some(Value::Null) => Ok(Some(None)),
+        Some(Value::String(v)) => Ok(Some(Some(v.clone()))),
+        Some(_) => Err(ApiError::validation(vec![FieldError {
+            field: field.into(),
+            message: "must be a URL or null".into(),
+        }])),
+    }
+}
+
 /// The property names of `C`'s schema: the fields a create body takes.
 fn writable_fields<C: utoipa::PartialSchema>() -> Vec<String> {
     use utoipa::openapi::{RefOr, Schema};

@@ -289,17 +289,7 @@ async fn update_number(
     // Merge Patch (RFC 7396) for the plain fields; the hook by what the
     // patch says of it: absent keeps it, `null` turns it off, a URL (even
     // the same) gets a new secret, shown once.
-    let hook = match patch.get("agent_webhook_url") {
-        None => None,
-        Some(serde_json::Value::Null) => Some(None),
-        Some(serde_json::Value::String(url)) => Some(Some(url.clone())),
-        Some(_) => {
-            return Err(ApiError::validation(vec![super::error::FieldError {
-                field: "agent_webhook_url".into(),
-                message: "must be a URL or null".into(),
-            }]));
-        }
-    };
+    let hook = super::extract::patched_field(&patch, "agent_webhook_url")?;
     let PhoneNumberCreate {
         number,
         name,
