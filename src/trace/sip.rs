@@ -14,6 +14,12 @@
 //! most [`PER_CALL_BYTES`] (later messages are dropped and counted), and
 //! all calls together [`TOTAL_BYTES`] (the oldest call is forgotten first).
 //!
+//! Credentials: the `response` of an `Authorization` or
+//! `Proxy-Authorization` header (RFC 3261 §22, RFC 2617 §3.2.2) is replaced
+//! before a message is kept. With the nonce, realm and username beside it,
+//! it is what an offline guess of the trunk's password needs, and the trace
+//! is readable by `read` keys.
+//!
 //! Must not: block or fail the SIP path; a message that does not fit is
 //! dropped.
 
@@ -150,7 +156,7 @@ impl SipTraces {
             transport,
             from,
             to,
-            bytes: raw.to_vec(),
+            bytes: redact_credentials(raw),
         };
         let mut inner = self.inner();
         self.expire(&mut inner, now);
@@ -240,6 +246,86 @@ pub fn call_id_and_method(raw: &[u8]) -> Option<(&str, &str)> {
         }
     }
     Some((call_id.filter(|c| !c.is_empty())?, method?))
+}
+
+/// What is written instead of a digest response.
+const REDACTED: &str = "\"redacted\"";
+
+/// The message with the `response` parameter of each `Authorization` and
+/// `Proxy-Authorization` header replaced; folded header lines (RFC 3261
+/// §7.3.1) count as part of the header above them. The body is untouched.
+fn redact_credentials(raw: &[u8]) -> Vec<u8> {
+    let head_end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(raw.len());
+    let Ok(head) = std::str::from_utf8(&raw[..head_end]) else {
+        // Not text: nothing we could parse as a credential, and no header
+        // reader would either. Kept as received.
+        return raw.to_vec();
+    };
+    let mut out = String::with_capacity(head.len());
+    let mut in_credentials = false;
+    for (i, line) in head.split("\r\n").enumerate() {
+        if i > 0 {
+            out.push_str("\r\n");
+        }
+        let folded = line.starts_with([' ', '\t']);
+        if !folded {
+            in_credentials = line.split_once(':').is_some_and(|(name, _)| {
+                let name = name.trim();
+                name.eq_ignore_ascii_case("authorization")
+                    || name.eq_ignore_ascii_case("proxy-authorization")
+            });
+        }
+        if in_credentials {
+            out.push_str(&redact_response(line));
+        } else {
+            out.push_str(line);
+        }
+    }
+    let mut bytes = out.into_bytes();
+    bytes.extend_from_slice(&raw[head_end..]);
+    bytes
+}
+
+/// One header line with every `response=` value (quoted string or token)
+/// replaced by [`REDACTED`].
+fn redact_response(line: &str) -> String {
+    let lower = line.to_ascii_lowercase();
+    let mut out = String::with_capacity(line.len());
+    let mut at = 0;
+    while let Some(found) = lower[at..].find("response") {
+        let start = at + found;
+        // A parameter name starts after a separator, not inside a word or
+        // a quoted value (`x-response`, `cnonce="response=..."`).
+        let boundary = lower[..start]
+            .chars()
+            .next_back()
+            .is_none_or(|c| c == ',' || c == ' ' || c == '\t' || c == ':');
+        let after = start + "response".len();
+        let rest = &line[after..];
+        let eq = rest.len() - rest.trim_start().len();
+        if !boundary || !rest[eq..].starts_with('=') {
+            out.push_str(&line[at..after]);
+            at = after;
+            continue;
+        }
+        let value_start = after + eq + 1;
+        let value = &line[value_start..];
+        let lead = value.len() - value.trim_start().len();
+        let value = &value[lead..];
+        let len = if let Some(quoted) = value.strip_prefix('"') {
+            quoted.find('"').map_or(value.len(), |end| end + 2)
+        } else {
+            value.find([',', ' ', '\t']).unwrap_or(value.len())
+        };
+        out.push_str(&line[at..value_start + lead]);
+        out.push_str(REDACTED);
+        at = value_start + lead + len;
+    }
+    out.push_str(&line[at..]);
+    out
 }
 
 /// The messages as text: a line per message saying when, which way and
@@ -420,6 +506,35 @@ mod tests {
         );
         std::thread::sleep(Duration::from_millis(2));
         assert!(traces.get("abc@h").is_none());
+    }
+
+    #[test]
+    fn digest_responses_are_not_kept() {
+        let raw = b"INVITE sip:a@b SIP/2.0\r\nCall-ID: c1\r\nCSeq: 2 INVITE\r\n\
+Authorization: Digest username=\"u\", realm=\"r\", nonce=\"n\", cnonce=\"response=x\",\r\n \
+response=\"0123456789abcdef\", qop=auth\r\n\
+proxy-authorization: Digest response = deadbeef,username=\"u\"\r\n\
+X-Note: response=\"kept\"\r\n\r\nresponse=\"body\"";
+        let traces = SipTraces::new(addr("10.0.0.1:5060"), Duration::from_secs(60), 4096, 4096);
+        traces.record(
+            Direction::Sent,
+            "UDP",
+            traces.local,
+            addr("10.0.0.2:5060"),
+            raw,
+        );
+        let (messages, _) = traces.get("c1").unwrap();
+        let kept = String::from_utf8(messages[0].bytes.clone()).unwrap();
+        assert!(!kept.contains("0123456789abcdef"), "{kept}");
+        assert!(!kept.contains("deadbeef"), "{kept}");
+        assert!(kept.contains(" response=\"redacted\", qop=auth"), "{kept}");
+        assert!(
+            kept.contains("Digest response = \"redacted\",username=\"u\""),
+            "{kept}"
+        );
+        assert!(kept.contains("cnonce=\"response=x\""), "{kept}");
+        assert!(kept.contains("X-Note: response=\"kept\""), "{kept}");
+        assert!(kept.ends_with("\r\n\r\nresponse=\"body\""), "{kept}");
     }
 
     #[test]
