@@ -898,8 +898,11 @@ async fn outbound_agent_greets_after_the_silent_callee_wait() {
         greeting["text"], "Hello, this is the clinic calling.",
         "{t}"
     );
+    // Not before the wait; the upper bound only says it did not wait for
+    // speech that never came (the call ends at 4 s), so a loaded machine's
+    // late timer does not fail it.
     let start = greeting["start_ms"].as_i64().unwrap();
-    assert!((1200..1700).contains(&start), "{t}");
+    assert!((1200..3000).contains(&start), "{t}");
 }
 
 /// The script's `send_dtmf` action: after the caller presses 5, the agent
