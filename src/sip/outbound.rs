@@ -8,6 +8,7 @@ use super::base::{SipError, Transport, attach_sdp, is_sdp};
 use super::call::Call;
 use super::challenge::{Challenge, ChallengeResponder};
 use super::finished::Finished;
+use super::orphan::CancelState;
 use super::transport::SipStack;
 use crate::metrics::SIP_OUTBOUND_RESULTS_TOTAL;
 use bytes::Bytes;
@@ -23,7 +24,7 @@ use ezk_sip_ua::invite::create_ack;
 use ezk_sip_ua::invite::initiator::{Early, EarlyResponse, InviteInitiator, Response};
 use ezk_sip_ua::invite::session::InviteSession;
 use std::future::poll_fn;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep_until};
@@ -77,11 +78,19 @@ pub struct OutboundCall {
     events: mpsc::Receiver<OutboundEvent>,
     /// Fired or dropped: cancel the INVITE.
     cancel: Option<oneshot::Sender<()>>,
+    /// What a CANCEL of the INVITE last sent needs (a challenge re-sends it
+    /// with a new branch and CSeq), for another node to cancel it.
+    sent: Arc<Mutex<Option<CancelState>>>,
 }
 
 impl OutboundCall {
     pub fn call_id(&self) -> &str {
         &self.call_id
+    }
+
+    /// What a CANCEL of the INVITE as last sent needs (RFC 3261 §9.1).
+    pub fn cancel_state(&self) -> Option<CancelState> {
+        self.sent.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The next event; `None` after the final one.
@@ -138,6 +147,7 @@ impl SipStack {
             challenges: ChallengeResponder::new(invite.credentials.as_ref()),
             invite,
             call_id: String::new(),
+            sent: Arc::default(),
         };
         let request = driver.prepare();
         driver.call_id = request
@@ -146,8 +156,10 @@ impl SipStack {
             .map(|c| c.0.to_string())
             .unwrap_or_default();
         driver.initiator.send_invite(request).await?;
+        driver.note_sent();
 
         let call_id = driver.call_id.clone();
+        let sent = Arc::clone(&driver.sent);
         let (events_tx, events_rx) = mpsc::channel(8);
         let (cancel_tx, cancel_rx) = oneshot::channel();
         let span = tracing::info_span!("sip_outbound", %call_id);
@@ -156,6 +168,7 @@ impl SipStack {
             call_id,
             events: events_rx,
             cancel: Some(cancel_tx),
+            sent,
         })
     }
 }
@@ -179,6 +192,8 @@ struct InviteClient {
     /// Answers 401 and 407 with the invite's credentials.
     challenges: ChallengeResponder,
     call_id: String,
+    /// Shared with the [`OutboundCall`]: see its `cancel_state`.
+    sent: Arc<Mutex<Option<CancelState>>>,
 }
 
 impl InviteClient {
@@ -196,6 +211,17 @@ impl InviteClient {
         }
         self.challenges.authorize(&mut request.headers);
         request
+    }
+
+    /// Keeps what a CANCEL of the INVITE just sent needs.
+    fn note_sent(&self) {
+        let Some(tsx) = self.initiator.transaction() else {
+            return;
+        };
+        match CancelState::of(tsx.request()) {
+            Ok(state) => *self.sent.lock().unwrap_or_else(|e| e.into_inner()) = Some(state),
+            Err(e) => tracing::warn!(error = %e, "INVITE's CANCEL state not kept"),
+        }
     }
 
     async fn run(
@@ -354,6 +380,7 @@ impl InviteClient {
         }
         let request = self.prepare();
         self.initiator.send_invite(request).await?;
+        self.note_sent();
         tracing::info!(
             code = response.line.code.into_u16(),
             "answered auth challenge"
