@@ -1514,3 +1514,143 @@ async fn a_restarted_node_hangs_up_the_legs_its_crash_left() {
         .count();
     assert_eq!(ended, 1, "one call.ended");
 }
+
+/// SIPp as a callee that rings until canceled, for one call: exits 0 only
+/// if the CANCEL matches the INVITE (scenario asserts), 1 otherwise.
+fn ringing_callee(dir: &Path) -> (tokio::process::Child, u16, PathBuf) {
+    common::require_sipp();
+    let port = common::free_udp_port();
+    let log = dir.join("ringing.messages.log");
+    let child = tokio::process::Command::new("sipp")
+        .args([
+            "-sf",
+            &common::scenario("uas-invite-ring-long-expect-cancel-from-survivor.xml"),
+        ])
+        .args(["-i", "127.0.0.1", "-p", &port.to_string(), "-m", "1"])
+        .args(["-nostdin", "-timeout", "90s", "-trace_msg", "-message_file"])
+        .arg(&log)
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn sipp");
+    (child, port, log)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_ringing_call_gets_cancel_from_a_survivor() {
+    let work = tempfile::tempdir().unwrap();
+    let (mut callee, port, log) = ringing_callee(work.path());
+    let rx = Receiver::start(json!({}));
+    let mut cluster = Cluster::start(
+        2,
+        &[("carrier", carrier(port))],
+        &fast_webhooks_config(&[1, 1, 1], 60),
+    )
+    .await;
+    let n0 = &cluster.nodes[0];
+    ok_json(
+        n0.post("/v1/webhook-endpoints")
+            .json(&json!({"url": rx.url(), "events": ["call.ended"]})),
+    )
+    .await;
+    let agent = ok_json(
+        n0.post("/v1/agents")
+            .json(&json!({"name": "caller", "kind": "echo", "max_duration_seconds": 60})),
+    )
+    .await;
+    ok_json(
+        n0.post("/v1/phone-numbers")
+            .json(&json!({"number": CALLER, "agent_id": agent["id"], "trunk_id": "trk_carrier"})),
+    )
+    .await;
+    let call = ok_json(
+        n0.post("/v1/calls")
+            .json(&json!({"from": CALLER, "to": "+14155557009", "agent_id": agent["id"]})),
+    )
+    .await;
+    let id = call["id"].as_str().unwrap().to_owned();
+    // Ringing at the callee (180 recorded), its CANCEL state stored.
+    let mut db = cluster.db().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (sip_call_id, stored): (String, String) = loop {
+        let row: Option<(Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT sip_call_id, dialog FROM calls WHERE id = $1 AND status = 'ringing'",
+        )
+        .bind(&id)
+        .fetch_optional(&mut db)
+        .await
+        .unwrap();
+        if let Some((Some(sip), Some(dialog))) = row {
+            break (sip, dialog);
+        }
+        assert!(Instant::now() < deadline, "the call did not ring");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let state: Value = serde_json::from_str(&stored).unwrap();
+    assert_eq!(state["call_id"], sip_call_id.as_str(), "{state}");
+    assert!(
+        state["via"].as_str().unwrap().contains("127.0.0.2"),
+        "the INVITE's Via, from node-0: {state}"
+    );
+    cluster.nodes[0].kill9().await;
+    assert!(
+        !received(&log).iter().any(|r| r.0 == "CANCEL"),
+        "no CANCEL before the kill"
+    );
+
+    // The survivor cancels it (the scenario checks Via, branch and CSeq)
+    // and records it `lost`.
+    let status = tokio::time::timeout(Duration::from_secs(30), callee.wait())
+        .await
+        .expect("the callee got no CANCEL in time")
+        .unwrap();
+    assert!(
+        status.success(),
+        "the CANCEL did not match the INVITE: {status}"
+    );
+    let cancels: Vec<_> = received(&log)
+        .into_iter()
+        .filter(|r| r.0 == "CANCEL" && r.2 == sip_call_id)
+        .collect();
+    assert_eq!(cancels.len(), 1, "one CANCEL transaction: {cancels:?}");
+    let n1 = &cluster.nodes[1];
+    wait_until(
+        Duration::from_secs(15),
+        "the ringing call ended lost",
+        || {
+            let r = n1.get(&format!("/v1/calls/{id}"));
+            async move {
+                let c = ok_json(r).await;
+                c["end_reason"] == "lost"
+            }
+        },
+    )
+    .await;
+    let (dialog, node): (Option<String>, Option<String>) =
+        sqlx::query_as("SELECT dialog, node FROM calls WHERE id = $1")
+            .bind(&id)
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+    assert_eq!(dialog, None, "the CANCEL state is taken once");
+    assert_eq!(node.as_deref(), Some("node-1"));
+    rx.wait_until(Duration::from_secs(30), |records| {
+        records
+            .iter()
+            .any(|r| r.body["type"] == "call.ended" && r.body["data"]["id"] == id.as_str())
+    })
+    .await;
+    let events: BTreeSet<String> = rx
+        .records()
+        .into_iter()
+        .filter(|r| r.body["type"] == "call.ended" && r.body["data"]["id"] == id.as_str())
+        .map(|r| {
+            assert_eq!(r.body["data"]["end_reason"], "lost", "{:?}", r.body);
+            r.id.clone()
+        })
+        .collect();
+    assert_eq!(events.len(), 1, "one call.ended event");
+}

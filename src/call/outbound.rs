@@ -27,7 +27,9 @@ use crate::config::Profile;
 use crate::ids;
 use crate::media::amd::AmdMode;
 use crate::model::{AgentSource, CallContext, CallStatus, Direction, TrunkId};
-use crate::sip::{Call, Credentials, OutboundCall, OutboundEvent, OutboundInvite, SipStack};
+use crate::sip::{
+    Call, CancelState, Credentials, OutboundCall, OutboundEvent, OutboundInvite, SipStack,
+};
 use crate::store::StoreError;
 use crate::store::calls::{CallRecord, CampaignAttempt, NewCall};
 
@@ -387,6 +389,8 @@ struct Dialing {
     canceling: Option<EndReason>,
     /// Whether `ringing` is recorded (on the first 18x).
     ringing: bool,
+    /// The CANCEL state stored for another node (see `orphans`).
+    cancel: Option<CancelState>,
 }
 
 impl Dialing {
@@ -432,16 +436,15 @@ impl Dialing {
             }
         };
         let call = &prepared.call;
-        call.shared
-            .transitions
-            .dialing(&call.id, invite.call_id())
-            .await;
+        let cancel =
+            super::orphans::store_cancel(&call.shared.transitions, &call.id, &invite, None).await;
         Ok(Self {
             prepared,
             invite,
             started,
             canceling: None,
             ringing: false,
+            cancel,
         })
     }
 
@@ -475,6 +478,15 @@ impl Dialing {
                         self.ringing = true;
                         let call = &self.prepared.call;
                         call.shared.transitions.ringing(&call.id).await;
+                        // A challenge re-sent the INVITE: a new branch to cancel.
+                        let stored = self.cancel.take();
+                        self.cancel = super::orphans::store_cancel(
+                            &call.shared.transitions,
+                            &call.id,
+                            &self.invite,
+                            stored,
+                        )
+                        .await;
                     }
                 }
                 Some(OutboundEvent::Answered { call, sdp }) => {

@@ -267,8 +267,12 @@ const DIALOG: &str = concat!(
     "UPDATE calls SET dialog = $2 WHERE id = $1 AND ended_at IS NULL RETURNING ",
     call_columns!()
 );
+// The dialog column holds what a CANCEL needs until the answer, then what
+// a BYE needs (DIALOG): an answered call's is never replaced from here.
 const DIALING: &str = concat!(
-    "UPDATE calls SET sip_call_id = $2, updated_at = $3 WHERE id = $1 AND ended_at IS NULL RETURNING ",
+    "UPDATE calls SET sip_call_id = $2, updated_at = $3,
+        dialog = CASE WHEN answered_at IS NULL THEN COALESCE($4, dialog) ELSE dialog END
+     WHERE id = $1 AND ended_at IS NULL RETURNING ",
     call_columns!()
 );
 const RINGING: &str = concat!(
@@ -463,9 +467,21 @@ impl Store {
         .ok_or(StoreError::NotFound)
     }
 
-    /// The outbound INVITE left with this SIP Call-ID (status unchanged).
-    pub async fn call_dialing(&self, id: &str, sip_call_id: &str) -> Result<CallRecord> {
-        let values = vec![id.into(), sip_call_id.into(), super::now().into()];
+    /// The outbound INVITE left with this SIP Call-ID (status unchanged),
+    /// with what its CANCEL needs (JSON, see `sip::CancelState`) so that
+    /// another node can cancel it if this one dies before the answer.
+    pub async fn call_dialing(
+        &self,
+        id: &str,
+        sip_call_id: &str,
+        cancel: Option<&str>,
+    ) -> Result<CallRecord> {
+        let values = vec![
+            id.into(),
+            sip_call_id.into(),
+            super::now().into(),
+            cancel.into(),
+        ];
         self.transition(DIALING, values, None).await
     }
 
