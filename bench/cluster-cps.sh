@@ -44,6 +44,8 @@ if [ -z "${BIN:-}" ]; then
   cargo build --release --quiet --bin agentline
   BIN=$TARGET/release/agentline
 fi
+# The daemons run in directories of their own: an absolute path.
+BIN=$(realpath "$BIN")
 for tool in sipp kamailio psql curl python3; do
   command -v "$tool" >/dev/null || { echo "$tool is missing (scripts/test installs it)" >&2; exit 1; }
 done
@@ -80,8 +82,9 @@ pg_ticks_since() {
 }
 # The processes of Kamailio's process group (its main process and workers).
 kamailio_pids() { ps -eo pid=,pgid= | awk -v g="$1" '$2 == g {print $1}'; }
-[ -r "/proc/$(psql_ "SELECT pg_backend_pid()")/stat" ] || {
-  echo "PostgreSQL at $PG is not on this machine (its backend is not in /proc)" >&2
+# (The WAL writer lives as long as the server; a psql's backend does not.)
+[ -r "/proc/$(psql_ "SELECT pid FROM pg_stat_activity WHERE backend_type = 'walwriter'")/stat" ] || {
+  echo "PostgreSQL at $PG is not on this machine (its WAL writer is not in /proc)" >&2
   exit 1
 }
 
@@ -162,7 +165,7 @@ TOML
     DAEMONS+=($!)
     APIS+=("$api")
     list+="1 sip:$sip 0 0"$'\n'
-    for _ in $(seq 1 100); do curl -sf "http://$api/ready" >/dev/null && break; sleep 0.1; done
+    for _ in $(seq 1 300); do curl -sf "http://$api/ready" >/dev/null && break; sleep 0.1; done
     curl -sf "http://$api/ready" >/dev/null || { echo "node-$i not ready:" >&2; cat "$dir/daemon.log" >&2; exit 1; }
   done
   local agent

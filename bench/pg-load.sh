@@ -43,6 +43,9 @@ if [ -z "${BIN:-}" ]; then
   EXAMPLE=${EXAMPLE:-$TARGET/release/examples/webhook_bench}
 fi
 EXAMPLE=${EXAMPLE:-$TARGET/release/examples/webhook_bench}
+# The daemon runs in a directory of its own: absolute paths.
+BIN=$(realpath "$BIN")
+EXAMPLE=$(realpath "$EXAMPLE")
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 calc() { awk "BEGIN {print ($*)}"; }
@@ -72,8 +75,9 @@ pg_ticks_since() {
   echo "$total"
 }
 # CPU is read from /proc: the server must run on this machine.
-[ -r "/proc/$(psql_ "SELECT pg_backend_pid()")/stat" ] || {
-  echo "PostgreSQL at $PG is not on this machine (its backend is not in /proc)" >&2
+# (The WAL writer lives as long as the server; a psql's backend does not.)
+[ -r "/proc/$(psql_ "SELECT pid FROM pg_stat_activity WHERE backend_type = 'walwriter'")/stat" ] || {
+  echo "PostgreSQL at $PG is not on this machine (its WAL writer is not in /proc)" >&2
   exit 1
 }
 
@@ -129,7 +133,8 @@ TOML
   KEY=$("$BIN" --config "$WORK/run/agentline.toml" keys create --name bench --rate-limit 100000 2>/dev/null)
   (cd "$WORK/run" && exec "$BIN" --config agentline.toml run 2> daemon.log) &
   DAEMON=$!
-  for _ in $(seq 1 100); do curl -sf "http://$API/ready" >/dev/null && break; sleep 0.1; done
+  for _ in $(seq 1 300); do curl -sf "http://$API/ready" >/dev/null && break; sleep 0.1; done
+  curl -sf "http://$API/ready" >/dev/null || { echo "daemon not ready:" >&2; cat "$WORK/run/daemon.log" >&2; exit 1; }
   local agent
   agent=$(curl -s "http://$API/v1/agents" -H "Authorization: Bearer $KEY" -H 'content-type: application/json' \
     -d '{"name":"echo","kind":"echo","max_duration_seconds":3600}' |

@@ -13,16 +13,21 @@
 //! needs from the moment the INVITE is sent (written with the `dialing`
 //! transition, so no statement of its own; again at the first 18x if a
 //! challenge re-sent the INVITE), replaced by the established dialog at the
-//! answer. The CANCEL is sent even when the dead node had seen only a 100
-//! (status still `queued`): §9.1's "not before a provisional" guards a
-//! CANCEL overtaking its INVITE, and by the grace the INVITE is seconds
-//! old. Limits: the carrier's answers to the CANCEL and the 487 go to the
-//! dead node's Via, so a CANCEL lost on the way is not noticed (it is
-//! retransmitted blindly over UDP); a 200 that crossed it goes to the dead
-//! node too, and the carrier's UAS ends that leg with BYE after 64*T1
-//! without ACK (§13.3.1.4). Behind a proxy that record-routes outbound
-//! calls, the proxy could route those answers to a survivor; the reference
-//! deployment sends outbound INVITEs straight to the trunk.
+//! answer. An INVITE re-sent after a challenge that gets no 18x before the
+//! node dies keeps the first INVITE's state: that CANCEL gets a 481 and the
+//! carrier's own timers end the leg. The CANCEL is sent even when the dead
+//! node had seen only a 100 (status still `queued`): §9.1's "not before a
+//! provisional" guards a CANCEL overtaking its INVITE, and by the grace the
+//! INVITE is seconds old.
+//!
+//! Limits: the carrier's 487 goes to the INVITE's sender, the dead node (and
+//! its 200 to the CANCEL too, unless the Via has `rport`), so no answer is
+//! awaited and a lost CANCEL is not noticed (over UDP it is retransmitted
+//! blindly). A 200 that crossed the CANCEL goes to the dead node as well:
+//! nobody ACKs it, and the carrier's UAS ends that leg with BYE after 64*T1
+//! (§13.3.1.4). A proxy that record-routed the outbound INVITE could route
+//! those answers to a survivor; the reference deployment sends outbound
+//! INVITEs straight to the trunk, not through Kamailio.
 //!
 //! Must not: decide that a node is dead (that is `cluster`) or build SIP.
 
