@@ -19,6 +19,10 @@
 //!   end `lost` with `call.ended` delivered once, and the campaign
 //!   completes with every contact dialled as its retry policy says, never
 //!   twice at once (counted at the carrier);
+//! - a dead node's outbound call still ringing gets a CANCEL from a
+//!   survivor that matches its INVITE (same Via and branch, same CSeq
+//!   number; the callee's scenario checks) and ends `lost` with
+//!   `call.ended` delivered once; on SQLite the restarted node does it;
 //! - each trunk registered by exactly one node (REGISTERs counted at the
 //!   registrar), moved to another node within the lease time when its
 //!   owner is killed, `trunk.registered` once per change; `GET /v1/nodes`
@@ -1653,4 +1657,83 @@ async fn a_dead_nodes_ringing_call_gets_cancel_from_a_survivor() {
         })
         .collect();
     assert_eq!(events.len(), 1, "one call.ended event");
+}
+
+/// On SQLite (one daemon), a restarted node cancels the INVITE its crash
+/// left ringing, from the CANCEL state stored when it was sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_cancels_the_invite_its_crash_left_ringing() {
+    let work = tempfile::tempdir().unwrap();
+    let (mut callee, port, log) = ringing_callee(work.path());
+    let mut d = TestDaemon::builder()
+        .profile("carrier", &carrier(port))
+        .start()
+        .await;
+    let agent = ok_json(
+        d.post("/v1/agents")
+            .json(&json!({"name": "caller", "kind": "echo", "max_duration_seconds": 60})),
+    )
+    .await;
+    ok_json(
+        d.post("/v1/phone-numbers")
+            .json(&json!({"number": CALLER, "agent_id": agent["id"], "trunk_id": "trk_carrier"})),
+    )
+    .await;
+    let call = ok_json(
+        d.post("/v1/calls")
+            .json(&json!({"from": CALLER, "to": "+14155557009", "agent_id": agent["id"]})),
+    )
+    .await;
+    let id = call["id"].as_str().unwrap().to_owned();
+    let pool = sqlx::SqlitePool::connect(&d.store_url).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let sip_call_id: String = loop {
+        let row: Option<(Option<String>,)> = sqlx::query_as(
+            "SELECT sip_call_id FROM calls
+             WHERE id = $1 AND status = 'ringing' AND dialog LIKE '%branch=z9hG4bK%'",
+        )
+        .bind(&id)
+        .fetch_optional(&pool)
+        .await
+        .unwrap();
+        if let Some((Some(sip),)) = row {
+            break sip;
+        }
+        assert!(Instant::now() < deadline, "the call did not ring");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    pool.close().await;
+    d.kill9().await;
+    assert!(
+        !received(&log).iter().any(|r| r.0 == "CANCEL"),
+        "no CANCEL before the restart"
+    );
+    d.restart().await;
+    let status = tokio::time::timeout(Duration::from_secs(30), callee.wait())
+        .await
+        .expect("the callee got no CANCEL in time")
+        .unwrap();
+    assert!(
+        status.success(),
+        "the CANCEL did not match the INVITE: {status}"
+    );
+    assert_eq!(
+        received(&log)
+            .iter()
+            .filter(|r| r.0 == "CANCEL" && r.2 == sip_call_id)
+            .count(),
+        1
+    );
+    wait_until(
+        Duration::from_secs(15),
+        "the ringing call ended lost",
+        || {
+            let r = d.get(&format!("/v1/calls/{id}"));
+            async move {
+                let c = ok_json(r).await;
+                c["end_reason"] == "lost"
+            }
+        },
+    )
+    .await;
 }
