@@ -11,11 +11,9 @@
 //!
 //! The stored `dialog` column holds, for an outbound call, what its CANCEL
 //! needs from the moment the INVITE is sent (written with the `dialing`
-//! transition, so no statement of its own; again at the first 18x if a
-//! challenge re-sent the INVITE), replaced by the established dialog at the
-//! answer. An INVITE re-sent after a challenge that gets no 18x before the
-//! node dies keeps the first INVITE's state: that CANCEL gets a 481 and the
-//! carrier's own timers end the leg. The CANCEL is sent even when the dead
+//! transition, so no statement of its own; again when a challenge re-sent
+//! the INVITE with a new branch and CSeq), replaced by the established
+//! dialog at the answer. The CANCEL is sent even when the dead
 //! node had seen only a 100 (status still `queued`): §9.1's "not before a
 //! provisional" guards a CANCEL overtaking its INVITE, and by the grace the
 //! INVITE is seconds old.
@@ -244,7 +242,8 @@ pub(super) fn store_dialog(
 
 /// Records the outbound INVITE as sent (the `dialing` transition: its SIP
 /// Call-ID) with what its CANCEL needs, unless `stored` is that already
-/// (then nothing is written); what is stored now.
+/// (then nothing is written); what is stored now. The call task calls it
+/// when the INVITE leaves and each time a challenge re-sends it.
 pub(super) async fn store_cancel(
     transitions: &super::events::Transitions,
     id: &str,

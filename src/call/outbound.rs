@@ -391,6 +391,8 @@ struct Dialing {
     ringing: bool,
     /// The CANCEL state stored for another node (see `orphans`).
     cancel: Option<CancelState>,
+    /// Changes when a challenge re-sent the INVITE.
+    resends: tokio::sync::watch::Receiver<Option<CancelState>>,
 }
 
 impl Dialing {
@@ -438,6 +440,7 @@ impl Dialing {
         let call = &prepared.call;
         let cancel =
             super::orphans::store_cancel(&call.shared.transitions, &call.id, &invite, None).await;
+        let resends = invite.resends();
         Ok(Self {
             prepared,
             invite,
@@ -445,6 +448,7 @@ impl Dialing {
             canceling: None,
             ringing: false,
             cancel,
+            resends,
         })
     }
 
@@ -470,6 +474,20 @@ impl Dialing {
                     self.cancel(EndReason::NoAnswer { code: None });
                     continue;
                 }
+                Ok(()) = self.resends.changed() => {
+                    // A challenge re-sent the INVITE: a new branch to cancel.
+                    self.resends.borrow_and_update();
+                    let call = &self.prepared.call;
+                    let stored = self.cancel.take();
+                    self.cancel = super::orphans::store_cancel(
+                        &call.shared.transitions,
+                        &call.id,
+                        &self.invite,
+                        stored,
+                    )
+                    .await;
+                    continue;
+                }
             };
             match event {
                 Some(OutboundEvent::Progress { code, .. }) => {
@@ -478,15 +496,6 @@ impl Dialing {
                         self.ringing = true;
                         let call = &self.prepared.call;
                         call.shared.transitions.ringing(&call.id).await;
-                        // A challenge re-sent the INVITE: a new branch to cancel.
-                        let stored = self.cancel.take();
-                        self.cancel = super::orphans::store_cancel(
-                            &call.shared.transitions,
-                            &call.id,
-                            &self.invite,
-                            stored,
-                        )
-                        .await;
                     }
                 }
                 Some(OutboundEvent::Answered { call, sdp }) => {

@@ -24,9 +24,9 @@ use ezk_sip_ua::invite::create_ack;
 use ezk_sip_ua::invite::initiator::{Early, EarlyResponse, InviteInitiator, Response};
 use ezk_sip_ua::invite::session::InviteSession;
 use std::future::poll_fn;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::Poll;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, sleep_until};
 use tracing::Instrument;
 
@@ -80,7 +80,7 @@ pub struct OutboundCall {
     cancel: Option<oneshot::Sender<()>>,
     /// What a CANCEL of the INVITE last sent needs (a challenge re-sends it
     /// with a new branch and CSeq), for another node to cancel it.
-    sent: Arc<Mutex<Option<CancelState>>>,
+    sent: watch::Receiver<Option<CancelState>>,
 }
 
 impl OutboundCall {
@@ -90,7 +90,13 @@ impl OutboundCall {
 
     /// What a CANCEL of the INVITE as last sent needs (RFC 3261 §9.1).
     pub fn cancel_state(&self) -> Option<CancelState> {
-        self.sent.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.sent.borrow().clone()
+    }
+
+    /// Changes each time the INVITE is sent again (a challenge answered):
+    /// [`OutboundCall::cancel_state`] changed with it.
+    pub fn resends(&self) -> watch::Receiver<Option<CancelState>> {
+        self.sent.clone()
     }
 
     /// The next event; `None` after the final one.
@@ -147,7 +153,7 @@ impl SipStack {
             challenges: ChallengeResponder::new(invite.credentials.as_ref()),
             invite,
             call_id: String::new(),
-            sent: Arc::default(),
+            sent: watch::Sender::new(None),
         };
         let request = driver.prepare();
         driver.call_id = request
@@ -159,7 +165,7 @@ impl SipStack {
         driver.note_sent();
 
         let call_id = driver.call_id.clone();
-        let sent = Arc::clone(&driver.sent);
+        let sent = driver.sent.subscribe();
         let (events_tx, events_rx) = mpsc::channel(8);
         let (cancel_tx, cancel_rx) = oneshot::channel();
         let span = tracing::info_span!("sip_outbound", %call_id);
@@ -192,8 +198,8 @@ struct InviteClient {
     /// Answers 401 and 407 with the invite's credentials.
     challenges: ChallengeResponder,
     call_id: String,
-    /// Shared with the [`OutboundCall`]: see its `cancel_state`.
-    sent: Arc<Mutex<Option<CancelState>>>,
+    /// Read by the [`OutboundCall`]: see its `cancel_state`.
+    sent: watch::Sender<Option<CancelState>>,
 }
 
 impl InviteClient {
@@ -219,7 +225,9 @@ impl InviteClient {
             return;
         };
         match CancelState::of(tsx.request()) {
-            Ok(state) => *self.sent.lock().unwrap_or_else(|e| e.into_inner()) = Some(state),
+            Ok(state) => {
+                self.sent.send_replace(Some(state));
+            }
             Err(e) => tracing::warn!(error = %e, "INVITE's CANCEL state not kept"),
         }
     }
