@@ -130,7 +130,9 @@ allow = ["127.0.0.1/32"]
 max_calls = 20000
 cps = 10000
 TOML
-  KEY=$("$BIN" --config "$WORK/run/agentline.toml" keys create --name bench --rate-limit 100000 2>/dev/null)
+  # In the run directory: a daemon without a node_id keeps a generated
+  # one in its data directory (the working directory).
+  KEY=$(cd "$WORK/run" && "$BIN" --config agentline.toml keys create --name bench --rate-limit 100000 2>/dev/null)
   (cd "$WORK/run" && exec "$BIN" --config agentline.toml run 2> daemon.log) &
   DAEMON=$!
   for _ in $(seq 1 300); do curl -sf "http://$API/ready" >/dev/null && break; sleep 0.1; done

@@ -236,7 +236,11 @@ async fn main() {
     );
     let config_path = dir.path().join("agentline.toml");
     std::fs::write(&config_path, config).expect("config");
-    let out = Command::new(&a.binary)
+    // Both run in the temporary directory: a daemon without a node_id keeps
+    // a generated one in its data directory (the working directory).
+    let binary = std::fs::canonicalize(&a.binary).expect("the agentline binary");
+    let out = Command::new(&binary)
+        .current_dir(dir.path())
         .arg("--config")
         .arg(&config_path)
         .args([
@@ -255,7 +259,8 @@ async fn main() {
         String::from_utf8_lossy(&out.stderr)
     );
     let key = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let child = Command::new(&a.binary)
+    let child = Command::new(&binary)
+        .current_dir(dir.path())
         .arg("--config")
         .arg(&config_path)
         .arg("run")
