@@ -190,7 +190,9 @@ pub struct NewCall<'a> {
 #[derive(Debug, Clone)]
 pub struct Orphan {
     pub answered: bool,
-    /// The stored dialog state (JSON), if the call was established.
+    /// The stored state (JSON): the dialog's (`sip::DialogState`) if the
+    /// call was established, else the INVITE's CANCEL state
+    /// (`sip::CancelState`) if one was sent.
     pub dialog: Option<String>,
 }
 
@@ -262,7 +264,8 @@ const CREATE_CAMPAIGN_PG: &str = concat!(
      RETURNING ",
     call_columns!()
 );
-/// The dialog state of an established call (no event, no status change).
+/// The dialog state of an established call (no event, no status change),
+/// replacing the CANCEL state its INVITE left.
 const DIALOG: &str = concat!(
     "UPDATE calls SET dialog = $2 WHERE id = $1 AND ended_at IS NULL RETURNING ",
     call_columns!()
@@ -421,8 +424,9 @@ impl Store {
 
     /// Takes an unended call whose node (`seen_node`, as read) is dead or
     /// restarted, for `me` to end: one taker wins (compare-and-set on the
-    /// node), and only the first gets the dialog state, so one BYE goes
-    /// out. `None` when the call ended or another node took it.
+    /// node), and only the first gets the dialog (or CANCEL) state, so one
+    /// BYE (or CANCEL) goes out. `None` when the call ended or another node
+    /// took it.
     pub async fn take_orphan_call(
         &self,
         id: &str,
