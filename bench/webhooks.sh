@@ -31,7 +31,7 @@ done
 echo
 echo "Call lifecycle webhooks under call load (INVITE, 200, ACK, BYE; echo agent):"
 echo
-echo "| store | offered CPS | calls | answered | failed | mean INVITE to 200 ms | call events delivered | created→arrival p50 ms | p99 ms | max ms | bad signatures |"
+echo "| store | offered CPS | calls | answered | failed | mean INVITE to 200 ms | call events delivered/made | created→arrival p50 ms | p99 ms | max ms | bad signatures |"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for backend in sqlite postgres; do
   for rate in $CALL_RATES; do

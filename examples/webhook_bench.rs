@@ -236,7 +236,11 @@ async fn main() {
     );
     let config_path = dir.path().join("agentline.toml");
     std::fs::write(&config_path, config).expect("config");
-    let out = Command::new(&a.binary)
+    // Both run in the temporary directory: a daemon without a node_id keeps
+    // a generated one in its data directory (the working directory).
+    let binary = std::fs::canonicalize(&a.binary).expect("the agentline binary");
+    let out = Command::new(&binary)
+        .current_dir(dir.path())
         .arg("--config")
         .arg(&config_path)
         .args([
@@ -255,7 +259,8 @@ async fn main() {
         String::from_utf8_lossy(&out.stderr)
     );
     let key = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let child = Command::new(&a.binary)
+    let child = Command::new(&binary)
+        .current_dir(dir.path())
         .arg("--config")
         .arg(&config_path)
         .arg("run")
@@ -295,7 +300,7 @@ async fn main() {
     let ep_id = ep["id"].as_str().expect("id").to_string();
     *receiver.secret.lock().unwrap() = ep["secret"].as_str().expect("secret").to_string();
     if a.mode == "calls" {
-        calls_mode(&a, &d, &ep_id, &receiver, sip_port).await;
+        calls_mode(&a, &d, &ep_id, &receiver, sip_port, &store_url).await;
         drop(d);
         drop_database(&a, pg_db).await;
         return;
@@ -406,9 +411,43 @@ async fn drop_database(a: &Args, pg_db: Option<String>) {
     }
 }
 
+/// How many deliveries to endpoint `ep_id` the daemon created (one per
+/// call event it subscribes to): what should have arrived.
+async fn deliveries_made(store_url: &str, ep_id: &str) -> Option<usize> {
+    use sqlx::Connection;
+    const SQL: &str = "SELECT COUNT(*) FROM webhook_deliveries WHERE endpoint_id = $1";
+    let n: i64 = if store_url.starts_with("postgres") {
+        let mut c = sqlx::PgConnection::connect(store_url).await.ok()?;
+        sqlx::query_scalar(SQL)
+            .bind(ep_id)
+            .fetch_one(&mut c)
+            .await
+            .ok()?
+    } else {
+        let mut c = sqlx::SqliteConnection::connect(store_url).await.ok()?;
+        sqlx::query_scalar(SQL)
+            .bind(ep_id)
+            .fetch_one(&mut c)
+            .await
+            .ok()?
+    };
+    usize::try_from(n).ok()
+}
+
 /// SIPp calls an echo agent at `--rate` CPS for `--seconds` while the
-/// endpoint receives every call event; prints one row.
-async fn calls_mode(a: &Args, d: &Daemon, ep_id: &str, receiver: &Receiver, sip_port: u16) {
+/// endpoint receives every call event; prints one row. The percentiles
+/// rank every delivery the daemon created, an event that never arrived
+/// (within the wait) as slower than any that did: a percentile that falls
+/// on one prints as `>` the wait, so a lagging worker cannot look fast by
+/// leaving its slowest events out.
+async fn calls_mode(
+    a: &Args,
+    d: &Daemon,
+    ep_id: &str,
+    receiver: &Receiver,
+    sip_port: u16,
+    store_url: &str,
+) {
     const NUMBER: &str = "+14155552671";
     if a.deliver {
         d.json(
@@ -492,7 +531,9 @@ async fn calls_mode(a: &Args, d: &Daemon, ep_id: &str, receiver: &Receiver, sip_
             .to_string()
     };
     let ok = column("SuccessfulCall(C)");
-    let failed = column("FailedCall(C)");
+    // Every offered call that did not succeed, also those SIPp never got
+    // to (killed by the time limit): "no failed call" means all of them.
+    let failed = calls.saturating_sub(ok.parse::<u32>().unwrap_or(0));
     // HH:MM:SS:microseconds
     let setup_ms = {
         let t: Vec<f64> = column("ResponseTime1(C)")
@@ -507,18 +548,44 @@ async fn calls_mode(a: &Args, d: &Daemon, ep_id: &str, receiver: &Receiver, sip_
     };
     let mut lag: Vec<f64> = receiver.lag.lock().unwrap().values().copied().collect();
     lag.sort_by(|x, y| x.total_cmp(y));
+    let delivered = lag.len();
+    let expected = if a.deliver {
+        deliveries_made(store_url, ep_id).await.unwrap_or(delivered)
+    } else {
+        delivered
+    };
+    // The wait above: 60 s at most, less when arrivals stopped for 2 s.
+    let waited_ms = 60_000;
+    // Missing ones last, slower than anything delivered.
+    let rank = |p: f64| -> String {
+        let n = expected.max(delivered);
+        if n == 0 {
+            return "n/a".into();
+        }
+        let i = ((n as f64 - 1.0) * p).round() as usize;
+        match lag.get(i) {
+            Some(ms) => format!("{ms:.1}"),
+            None => format!("> {waited_ms}"),
+        }
+    };
+    let max = if delivered < expected {
+        format!("> {waited_ms}")
+    } else {
+        format!("{:.1}", lag.last().copied().unwrap_or(f64::NAN))
+    };
     println!(
-        "| {} | {} | {} | {} | {} | {:.1} | {} | {:.1} | {:.1} | {:.1} | {} |",
+        "| {} | {} | {} | {} | {} | {:.1} | {}/{} | {} | {} | {} | {} |",
         a.backend,
         a.rate,
         calls,
         ok,
         failed,
         setup_ms,
-        lag.len(),
-        percentile(&lag, 0.50),
-        percentile(&lag, 0.99),
-        lag.last().copied().unwrap_or(f64::NAN),
+        delivered,
+        expected,
+        rank(0.50),
+        rank(0.99),
+        max,
         *receiver.bad.lock().unwrap(),
     );
     if !sipp.success() {

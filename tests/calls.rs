@@ -187,9 +187,50 @@ async fn inbound_answered_and_ended_by_caller(backend: Backend) {
     assert_eq!(list["total"], 1);
 }
 
+/// Inbound routing reads the number and its agent in one statement, with
+/// no cache: a number deleted or moved to another agent through the API
+/// routes the next call accordingly (404, or the new agent) at once.
+async fn a_number_changed_through_the_api_routes_the_next_call(backend: Backend) {
+    let d = TestDaemon::builder()
+        .backend(backend)
+        .profile("carrier", &trunk("127.0.0.1/32", 10, ""))
+        .start()
+        .await;
+    let first = provision(&d, echo(60)).await;
+    let run = call_in(&d, "uac-invite-expect-200-bye.xml", &["-d", "200"]).await;
+    assert!(run.success, "{}\n{}", run.output, d.log());
+    let call = wait_call(&d, ended).await;
+    assert_eq!(call["agent_id"], first.as_str(), "{call}");
+
+    let numbers: Value = d
+        .get("/v1/phone-numbers")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let number_id = numbers["items"][0]["id"].as_str().unwrap().to_owned();
+    let r = d
+        .delete(&format!("/v1/phone-numbers/{number_id}"))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let run = call_in(&d, "uac-invite-expect-404.xml", &[]).await;
+    assert!(run.success, "deleted number still answered: {}", run.output);
+
+    let second = provision(&d, echo(60)).await;
+    let run = call_in(&d, "uac-invite-expect-200-bye.xml", &["-d", "200"]).await;
+    assert!(run.success, "{}\n{}", run.output, d.log());
+    let call = wait_call(&d, |c| ended(c) && c["agent_id"] != first.as_str()).await;
+    assert_eq!(call["agent_id"], second.as_str(), "{call}");
+}
+
 both_backends!(
     inbound_answered_and_ended_by_caller,
-    a_call_lost_in_a_crash_is_ended_at_the_next_start
+    a_call_lost_in_a_crash_is_ended_at_the_next_start,
+    a_number_changed_through_the_api_routes_the_next_call
 );
 
 #[tokio::test]

@@ -19,6 +19,10 @@
 //!   end `lost` with `call.ended` delivered once, and the campaign
 //!   completes with every contact dialled as its retry policy says, never
 //!   twice at once (counted at the carrier);
+//! - a dead node's outbound call still ringing gets a CANCEL from a
+//!   survivor that matches its INVITE (same Via and branch, same CSeq
+//!   number; the callee's scenario checks) and ends `lost` with
+//!   `call.ended` delivered once; on SQLite the restarted node does it;
 //! - each trunk registered by exactly one node (REGISTERs counted at the
 //!   registrar), moved to another node within the lease time when its
 //!   owner is killed, `trunk.registered` once per change; `GET /v1/nodes`
@@ -1513,4 +1517,223 @@ async fn a_restarted_node_hangs_up_the_legs_its_crash_left() {
         })
         .count();
     assert_eq!(ended, 1, "one call.ended");
+}
+
+/// SIPp as a callee that rings until canceled, for one call: exits 0 only
+/// if the CANCEL matches the INVITE (scenario asserts), 1 otherwise.
+fn ringing_callee(dir: &Path) -> (tokio::process::Child, u16, PathBuf) {
+    common::require_sipp();
+    let port = common::free_udp_port();
+    let log = dir.join("ringing.messages.log");
+    let child = tokio::process::Command::new("sipp")
+        .args([
+            "-sf",
+            &common::scenario("uas-invite-ring-long-expect-cancel-from-survivor.xml"),
+        ])
+        .args(["-i", "127.0.0.1", "-p", &port.to_string(), "-m", "1"])
+        .args(["-nostdin", "-timeout", "90s", "-trace_msg", "-message_file"])
+        .arg(&log)
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn sipp");
+    (child, port, log)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_ringing_call_gets_cancel_from_a_survivor() {
+    let work = tempfile::tempdir().unwrap();
+    let (mut callee, port, log) = ringing_callee(work.path());
+    let rx = Receiver::start(json!({}));
+    let mut cluster = Cluster::start(
+        2,
+        &[("carrier", carrier(port))],
+        &fast_webhooks_config(&[1, 1, 1], 60),
+    )
+    .await;
+    let n0 = &cluster.nodes[0];
+    ok_json(
+        n0.post("/v1/webhook-endpoints")
+            .json(&json!({"url": rx.url(), "events": ["call.ended"]})),
+    )
+    .await;
+    let agent = ok_json(
+        n0.post("/v1/agents")
+            .json(&json!({"name": "caller", "kind": "echo", "max_duration_seconds": 60})),
+    )
+    .await;
+    ok_json(
+        n0.post("/v1/phone-numbers")
+            .json(&json!({"number": CALLER, "agent_id": agent["id"], "trunk_id": "trk_carrier"})),
+    )
+    .await;
+    let call = ok_json(
+        n0.post("/v1/calls")
+            .json(&json!({"from": CALLER, "to": "+14155557009", "agent_id": agent["id"]})),
+    )
+    .await;
+    let id = call["id"].as_str().unwrap().to_owned();
+    // Ringing at the callee (180 recorded), its CANCEL state stored.
+    let mut db = cluster.db().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (sip_call_id, stored): (String, String) = loop {
+        let row: Option<(Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT sip_call_id, dialog FROM calls WHERE id = $1 AND status = 'ringing'",
+        )
+        .bind(&id)
+        .fetch_optional(&mut db)
+        .await
+        .unwrap();
+        if let Some((Some(sip), Some(dialog))) = row {
+            break (sip, dialog);
+        }
+        assert!(Instant::now() < deadline, "the call did not ring");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let state: Value = serde_json::from_str(&stored).unwrap();
+    assert_eq!(state["call_id"], sip_call_id.as_str(), "{state}");
+    assert!(
+        state["via"].as_str().unwrap().contains("127.0.0.2"),
+        "the INVITE's Via, from node-0: {state}"
+    );
+    cluster.nodes[0].kill9().await;
+    assert!(
+        !received(&log).iter().any(|r| r.0 == "CANCEL"),
+        "no CANCEL before the kill"
+    );
+
+    // The survivor cancels it (the scenario checks Via, branch and CSeq)
+    // and records it `lost`.
+    let status = tokio::time::timeout(Duration::from_secs(30), callee.wait())
+        .await
+        .expect("the callee got no CANCEL in time")
+        .unwrap();
+    assert!(
+        status.success(),
+        "the CANCEL did not match the INVITE: {status}"
+    );
+    let cancels: Vec<_> = received(&log)
+        .into_iter()
+        .filter(|r| r.0 == "CANCEL" && r.2 == sip_call_id)
+        .collect();
+    assert_eq!(cancels.len(), 1, "one CANCEL transaction: {cancels:?}");
+    let n1 = &cluster.nodes[1];
+    wait_until(
+        Duration::from_secs(15),
+        "the ringing call ended lost",
+        || {
+            let r = n1.get(&format!("/v1/calls/{id}"));
+            async move {
+                let c = ok_json(r).await;
+                c["end_reason"] == "lost"
+            }
+        },
+    )
+    .await;
+    let (dialog, node): (Option<String>, Option<String>) =
+        sqlx::query_as("SELECT dialog, node FROM calls WHERE id = $1")
+            .bind(&id)
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+    assert_eq!(dialog, None, "the CANCEL state is taken once");
+    assert_eq!(node.as_deref(), Some("node-1"));
+    rx.wait_until(Duration::from_secs(30), |records| {
+        records
+            .iter()
+            .any(|r| r.body["type"] == "call.ended" && r.body["data"]["id"] == id.as_str())
+    })
+    .await;
+    let events: BTreeSet<String> = rx
+        .records()
+        .into_iter()
+        .filter(|r| r.body["type"] == "call.ended" && r.body["data"]["id"] == id.as_str())
+        .map(|r| {
+            assert_eq!(r.body["data"]["end_reason"], "lost", "{:?}", r.body);
+            r.id.clone()
+        })
+        .collect();
+    assert_eq!(events.len(), 1, "one call.ended event");
+}
+
+/// On SQLite (one daemon), a restarted node cancels the INVITE its crash
+/// left ringing, from the CANCEL state stored when it was sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_cancels_the_invite_its_crash_left_ringing() {
+    let work = tempfile::tempdir().unwrap();
+    let (mut callee, port, log) = ringing_callee(work.path());
+    let mut d = TestDaemon::builder()
+        .profile("carrier", &carrier(port))
+        .start()
+        .await;
+    let agent = ok_json(
+        d.post("/v1/agents")
+            .json(&json!({"name": "caller", "kind": "echo", "max_duration_seconds": 60})),
+    )
+    .await;
+    ok_json(
+        d.post("/v1/phone-numbers")
+            .json(&json!({"number": CALLER, "agent_id": agent["id"], "trunk_id": "trk_carrier"})),
+    )
+    .await;
+    let call = ok_json(
+        d.post("/v1/calls")
+            .json(&json!({"from": CALLER, "to": "+14155557009", "agent_id": agent["id"]})),
+    )
+    .await;
+    let id = call["id"].as_str().unwrap().to_owned();
+    let pool = sqlx::SqlitePool::connect(&d.store_url).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let sip_call_id: String = loop {
+        let row: Option<(Option<String>,)> = sqlx::query_as(
+            "SELECT sip_call_id FROM calls
+             WHERE id = $1 AND status = 'ringing' AND dialog LIKE '%branch=z9hG4bK%'",
+        )
+        .bind(&id)
+        .fetch_optional(&pool)
+        .await
+        .unwrap();
+        if let Some((Some(sip),)) = row {
+            break sip;
+        }
+        assert!(Instant::now() < deadline, "the call did not ring");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    pool.close().await;
+    d.kill9().await;
+    assert!(
+        !received(&log).iter().any(|r| r.0 == "CANCEL"),
+        "no CANCEL before the restart"
+    );
+    d.restart().await;
+    let status = tokio::time::timeout(Duration::from_secs(30), callee.wait())
+        .await
+        .expect("the callee got no CANCEL in time")
+        .unwrap();
+    assert!(
+        status.success(),
+        "the CANCEL did not match the INVITE: {status}"
+    );
+    assert_eq!(
+        received(&log)
+            .iter()
+            .filter(|r| r.0 == "CANCEL" && r.2 == sip_call_id)
+            .count(),
+        1
+    );
+    wait_until(
+        Duration::from_secs(15),
+        "the ringing call ended lost",
+        || {
+            let r = d.get(&format!("/v1/calls/{id}"));
+            async move {
+                let c = ok_json(r).await;
+                c["end_reason"] == "lost"
+            }
+        },
+    )
+    .await;
 }

@@ -119,8 +119,11 @@ impl Transitions {
         Ok(record)
     }
 
-    pub async fn dialing(&self, id: &str, sip_call_id: &str) {
-        if let Err(e) = self.outbox.store().call_dialing(id, sip_call_id).await {
+    /// The INVITE left with `sip_call_id`; `cancel` is what another node
+    /// needs to cancel it (JSON of `sip::CancelState`).
+    pub async fn dialing(&self, id: &str, sip_call_id: &str, cancel: Option<&str>) {
+        let store = self.outbox.store();
+        if let Err(e) = store.call_dialing(id, sip_call_id, cancel).await {
             tracing::warn!(error = %e, "SIP Call-ID not recorded");
         }
     }

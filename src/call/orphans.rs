@@ -3,9 +3,29 @@
 //! it (compare-and-set on the row's node), sends BYE through the stored
 //! dialog state when it was established (`sip::SipStack::bye_from_state`,
 //! RFC 3261 §12.2.1.1), so the carrier does not keep the leg up and bill
-//! it, and records it ended `lost` with `call.ended` through the outbox,
+//! it, or CANCEL when it is an outbound INVITE still without an answer
+//! (`sip::SipStack::cancel_from_state`, §9.1), so the callee stops ringing,
+//! and records it ended `lost` with `call.ended` through the outbox,
 //! once. Also what this node runs for trunks: the lease-held set of trunks
 //! whose registration and OPTIONS probe run here.
+//!
+//! The stored `dialog` column holds, for an outbound call, what its CANCEL
+//! needs from the moment the INVITE is sent (written with the `dialing`
+//! transition, so no statement of its own; again when a challenge re-sent
+//! the INVITE with a new branch and CSeq), replaced by the established
+//! dialog at the answer. The CANCEL is sent even when the dead
+//! node had seen only a 100 (status still `queued`): §9.1's "not before a
+//! provisional" guards a CANCEL overtaking its INVITE, and by the grace the
+//! INVITE is seconds old.
+//!
+//! Limits: the carrier's 487 goes to the INVITE's sender, the dead node (and
+//! its 200 to the CANCEL too, unless the Via has `rport`), so no answer is
+//! awaited and a lost CANCEL is not noticed (over UDP it is retransmitted
+//! blindly). A 200 that crossed the CANCEL goes to the dead node as well:
+//! nobody ACKs it, and the carrier's UAS ends that leg with BYE after 64*T1
+//! (§13.3.1.4). A proxy that record-routed the outbound INVITE could route
+//! those answers to a survivor; the reference deployment sends outbound
+//! INVITEs straight to the trunk, not through Kamailio.
 //!
 //! Must not: decide that a node is dead (that is `cluster`) or build SIP.
 
@@ -14,7 +34,7 @@ use std::time::Duration;
 
 use super::Calls;
 use crate::config::Profiles;
-use crate::sip::DialogState;
+use crate::sip::{CancelState, DialogState, OutboundCall};
 use crate::store::StoreError;
 
 /// How long a BYE to an orphaned leg waits for its answer.
@@ -51,14 +71,39 @@ impl Calls {
         else {
             return Ok(false);
         };
-        if orphan.answered
-            && let Some(text) = orphan.dialog.as_deref()
-        {
-            self.bye(id, text).await;
+        match orphan.dialog.as_deref() {
+            Some(text) if orphan.answered => self.bye(id, text).await,
+            Some(text) => self.cancel(id, text).await,
+            None => {}
         }
         tracing::warn!(call_id = %id, answered = orphan.answered, from = ?seen_node, "call of a node that is gone ended as lost");
         self.shared.transitions.lost(id, orphan.answered).await;
         Ok(true)
+    }
+
+    /// CANCEL of the outbound INVITE `state` (JSON of [`CancelState`])
+    /// describes; no answer comes back to this node (see the module
+    /// header).
+    async fn cancel(&self, id: &str, state: &str) {
+        let state: CancelState = match serde_json::from_str(state) {
+            Ok(state) => state,
+            Err(e) => {
+                tracing::warn!(call_id = %id, error = %e, "stored CANCEL state unreadable; no CANCEL");
+                return;
+            }
+        };
+        let Some(stack) = self.shared.stack.get() else {
+            tracing::warn!(call_id = %id, "SIP is not up; no CANCEL for the orphaned INVITE");
+            return;
+        };
+        match stack.cancel_from_state(&state).await {
+            Ok(()) => {
+                tracing::info!(call_id = %id, sip_call_id = %state.call_id, "CANCEL sent for an INVITE whose node is gone")
+            }
+            Err(e) => {
+                tracing::warn!(call_id = %id, sip_call_id = %state.call_id, error = %e, "CANCEL for an INVITE whose node is gone failed")
+            }
+        }
     }
 
     async fn bye(&self, id: &str, dialog: &str) {
@@ -193,4 +238,33 @@ pub(super) fn store_dialog(
             tracing::debug!(call_id = %id, error = %e, "dialog state not stored");
         }
     });
+}
+
+/// Records the outbound INVITE as sent (the `dialing` transition: its SIP
+/// Call-ID) with what its CANCEL needs, unless `stored` is that already
+/// (then nothing is written); what is stored now. The call task calls it
+/// when the INVITE leaves and each time a challenge re-sends it.
+pub(super) async fn store_cancel(
+    transitions: &super::events::Transitions,
+    id: &str,
+    invite: &OutboundCall,
+    stored: Option<CancelState>,
+) -> Option<CancelState> {
+    let current = invite.cancel_state();
+    if stored.is_some() && current == stored {
+        return stored;
+    }
+    let text = current
+        .as_ref()
+        .and_then(|state| match serde_json::to_string(state) {
+            Ok(text) => Some(text),
+            Err(e) => {
+                tracing::warn!(call_id = %id, error = %e, "CANCEL state not serialized");
+                None
+            }
+        });
+    transitions
+        .dialing(id, invite.call_id(), text.as_deref())
+        .await;
+    current
 }

@@ -27,7 +27,9 @@ use crate::config::Profile;
 use crate::ids;
 use crate::media::amd::AmdMode;
 use crate::model::{AgentSource, CallContext, CallStatus, Direction, TrunkId};
-use crate::sip::{Call, Credentials, OutboundCall, OutboundEvent, OutboundInvite, SipStack};
+use crate::sip::{
+    Call, CancelState, Credentials, OutboundCall, OutboundEvent, OutboundInvite, SipStack,
+};
 use crate::store::StoreError;
 use crate::store::calls::{CallRecord, CampaignAttempt, NewCall};
 
@@ -387,6 +389,10 @@ struct Dialing {
     canceling: Option<EndReason>,
     /// Whether `ringing` is recorded (on the first 18x).
     ringing: bool,
+    /// The CANCEL state stored for another node (see `orphans`).
+    cancel: Option<CancelState>,
+    /// Changes when a challenge re-sent the INVITE.
+    resends: tokio::sync::watch::Receiver<Option<CancelState>>,
 }
 
 impl Dialing {
@@ -432,16 +438,17 @@ impl Dialing {
             }
         };
         let call = &prepared.call;
-        call.shared
-            .transitions
-            .dialing(&call.id, invite.call_id())
-            .await;
+        let cancel =
+            super::orphans::store_cancel(&call.shared.transitions, &call.id, &invite, None).await;
+        let resends = invite.resends();
         Ok(Self {
             prepared,
             invite,
             started,
             canceling: None,
             ringing: false,
+            cancel,
+            resends,
         })
     }
 
@@ -465,6 +472,20 @@ impl Dialing {
                 () = sleep_until(ring_deadline), if self.canceling.is_none() => {
                     tracing::info!("ring timeout, canceling the INVITE");
                     self.cancel(EndReason::NoAnswer { code: None });
+                    continue;
+                }
+                Ok(()) = self.resends.changed() => {
+                    // A challenge re-sent the INVITE: a new branch to cancel.
+                    self.resends.borrow_and_update();
+                    let call = &self.prepared.call;
+                    let stored = self.cancel.take();
+                    self.cancel = super::orphans::store_cancel(
+                        &call.shared.transitions,
+                        &call.id,
+                        &self.invite,
+                        stored,
+                    )
+                    .await;
                     continue;
                 }
             };

@@ -82,7 +82,7 @@ pub use base::DigestAccount;
 pub use base::{Admission, RequestSource, SipError, Transport};
 pub use call::{Call, DialogEvent, ReInvite};
 pub use inbound::{AcceptError, InboundHandler, IncomingInvite, InviteInfo, Rejection};
-pub use orphan::DialogState;
+pub use orphan::{CancelState, DialogState};
 pub use outbound::{OutboundCall, OutboundEvent, OutboundInvite};
 pub use ping::Probe;
 pub use registration::{Registration, RegistrationState, TrunkRegistration};

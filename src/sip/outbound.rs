@@ -8,6 +8,7 @@ use super::base::{SipError, Transport, attach_sdp, is_sdp};
 use super::call::Call;
 use super::challenge::{Challenge, ChallengeResponder};
 use super::finished::Finished;
+use super::orphan::CancelState;
 use super::transport::SipStack;
 use crate::metrics::SIP_OUTBOUND_RESULTS_TOTAL;
 use bytes::Bytes;
@@ -25,7 +26,7 @@ use ezk_sip_ua::invite::session::InviteSession;
 use std::future::poll_fn;
 use std::sync::Arc;
 use std::task::Poll;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, sleep_until};
 use tracing::Instrument;
 
@@ -77,11 +78,25 @@ pub struct OutboundCall {
     events: mpsc::Receiver<OutboundEvent>,
     /// Fired or dropped: cancel the INVITE.
     cancel: Option<oneshot::Sender<()>>,
+    /// What a CANCEL of the INVITE last sent needs (a challenge re-sends it
+    /// with a new branch and CSeq), for another node to cancel it.
+    sent: watch::Receiver<Option<CancelState>>,
 }
 
 impl OutboundCall {
     pub fn call_id(&self) -> &str {
         &self.call_id
+    }
+
+    /// What a CANCEL of the INVITE as last sent needs (RFC 3261 §9.1).
+    pub fn cancel_state(&self) -> Option<CancelState> {
+        self.sent.borrow().clone()
+    }
+
+    /// Changes each time the INVITE is sent again (a challenge answered):
+    /// [`OutboundCall::cancel_state`] changed with it.
+    pub fn resends(&self) -> watch::Receiver<Option<CancelState>> {
+        self.sent.clone()
     }
 
     /// The next event; `None` after the final one.
@@ -138,6 +153,7 @@ impl SipStack {
             challenges: ChallengeResponder::new(invite.credentials.as_ref()),
             invite,
             call_id: String::new(),
+            sent: watch::Sender::new(None),
         };
         let request = driver.prepare();
         driver.call_id = request
@@ -146,8 +162,10 @@ impl SipStack {
             .map(|c| c.0.to_string())
             .unwrap_or_default();
         driver.initiator.send_invite(request).await?;
+        driver.note_sent();
 
         let call_id = driver.call_id.clone();
+        let sent = driver.sent.subscribe();
         let (events_tx, events_rx) = mpsc::channel(8);
         let (cancel_tx, cancel_rx) = oneshot::channel();
         let span = tracing::info_span!("sip_outbound", %call_id);
@@ -156,6 +174,7 @@ impl SipStack {
             call_id,
             events: events_rx,
             cancel: Some(cancel_tx),
+            sent,
         })
     }
 }
@@ -179,6 +198,8 @@ struct InviteClient {
     /// Answers 401 and 407 with the invite's credentials.
     challenges: ChallengeResponder,
     call_id: String,
+    /// Read by the [`OutboundCall`]: see its `cancel_state`.
+    sent: watch::Sender<Option<CancelState>>,
 }
 
 impl InviteClient {
@@ -196,6 +217,19 @@ impl InviteClient {
         }
         self.challenges.authorize(&mut request.headers);
         request
+    }
+
+    /// Keeps what a CANCEL of the INVITE just sent needs.
+    fn note_sent(&self) {
+        let Some(tsx) = self.initiator.transaction() else {
+            return;
+        };
+        match CancelState::of(tsx.request()) {
+            Ok(state) => {
+                self.sent.send_replace(Some(state));
+            }
+            Err(e) => tracing::warn!(error = %e, "INVITE's CANCEL state not kept"),
+        }
     }
 
     async fn run(
@@ -354,6 +388,7 @@ impl InviteClient {
         }
         let request = self.prepare();
         self.initiator.send_invite(request).await?;
+        self.note_sent();
         tracing::info!(
             code = response.line.code.into_u16(),
             "answered auth challenge"

@@ -17,7 +17,7 @@ pub struct AgentRecord {
     pub updated_at: DateTime<Utc>,
 }
 
-pub(super) const SELECT_AGENT: &str =
+const SELECT_AGENT: &str =
     "SELECT id, name, kind, settings, created_at, updated_at FROM agents WHERE id = $1";
 
 impl FromSqlite for AgentRecord {

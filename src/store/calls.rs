@@ -190,7 +190,9 @@ pub struct NewCall<'a> {
 #[derive(Debug, Clone)]
 pub struct Orphan {
     pub answered: bool,
-    /// The stored dialog state (JSON), if the call was established.
+    /// The stored state (JSON): the dialog's (`sip::DialogState`) if the
+    /// call was established, else the INVITE's CANCEL state
+    /// (`sip::CancelState`) if one was sent.
     pub dialog: Option<String>,
 }
 
@@ -262,13 +264,18 @@ const CREATE_CAMPAIGN_PG: &str = concat!(
      RETURNING ",
     call_columns!()
 );
-/// The dialog state of an established call (no event, no status change).
+/// The dialog state of an established call (no event, no status change),
+/// replacing the CANCEL state its INVITE left.
 const DIALOG: &str = concat!(
     "UPDATE calls SET dialog = $2 WHERE id = $1 AND ended_at IS NULL RETURNING ",
     call_columns!()
 );
+// The dialog column holds what a CANCEL needs until the answer, then what
+// a BYE needs (DIALOG): an answered call's is never replaced from here.
 const DIALING: &str = concat!(
-    "UPDATE calls SET sip_call_id = $2, updated_at = $3 WHERE id = $1 AND ended_at IS NULL RETURNING ",
+    "UPDATE calls SET sip_call_id = $2, updated_at = $3,
+        dialog = CASE WHEN answered_at IS NULL THEN COALESCE($4, dialog) ELSE dialog END
+     WHERE id = $1 AND ended_at IS NULL RETURNING ",
     call_columns!()
 );
 const RINGING: &str = concat!(
@@ -417,8 +424,9 @@ impl Store {
 
     /// Takes an unended call whose node (`seen_node`, as read) is dead or
     /// restarted, for `me` to end: one taker wins (compare-and-set on the
-    /// node), and only the first gets the dialog state, so one BYE goes
-    /// out. `None` when the call ended or another node took it.
+    /// node), and only the first gets the dialog (or CANCEL) state, so one
+    /// BYE (or CANCEL) goes out. `None` when the call ended or another node
+    /// took it.
     pub async fn take_orphan_call(
         &self,
         id: &str,
@@ -463,9 +471,21 @@ impl Store {
         .ok_or(StoreError::NotFound)
     }
 
-    /// The outbound INVITE left with this SIP Call-ID (status unchanged).
-    pub async fn call_dialing(&self, id: &str, sip_call_id: &str) -> Result<CallRecord> {
-        let values = vec![id.into(), sip_call_id.into(), super::now().into()];
+    /// The outbound INVITE left with this SIP Call-ID (status unchanged),
+    /// with what its CANCEL needs (JSON, see `sip::CancelState`) so that
+    /// another node can cancel it if this one dies before the answer.
+    pub async fn call_dialing(
+        &self,
+        id: &str,
+        sip_call_id: &str,
+        cancel: Option<&str>,
+    ) -> Result<CallRecord> {
+        let values = vec![
+            id.into(),
+            sip_call_id.into(),
+            super::now().into(),
+            cancel.into(),
+        ];
         self.transition(DIALING, values, None).await
     }
 

@@ -3,8 +3,8 @@
 
 use chrono::{DateTime, Utc};
 
-use super::agents::{AgentRecord, SELECT_AGENT};
-use super::commit::{FromSqlite, Value, time};
+use super::agents::AgentRecord;
+use super::commit::{FromSqlite, Value, time, time_opt};
 use super::{Page, Pool, Result, Store, StoreError, Window, on_pool};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -46,6 +46,74 @@ const FIND_NUMBER: &str = concat!(
     number_columns!(),
     " FROM phone_numbers WHERE number = $1"
 );
+
+/// A number and its agent in one statement (the agent's columns are
+/// prefixed `agent_`, all NULL when there is none).
+const FIND_ROUTE: &str = "SELECT n.id, n.number, n.name, n.agent_id, n.trunk, n.created_at,
+        n.updated_at, n.agent_webhook_url, n.agent_webhook_secret,
+        a.id AS agent_row_id, a.name AS agent_name, a.kind AS agent_kind,
+        a.settings AS agent_settings, a.created_at AS agent_created_at,
+        a.updated_at AS agent_updated_at
+     FROM phone_numbers n LEFT JOIN agents a ON a.id = n.agent_id
+     WHERE n.number = $1";
+
+/// A row of [`FIND_ROUTE`].
+#[derive(sqlx::FromRow)]
+struct RouteRow {
+    #[sqlx(flatten)]
+    number: NumberRecord,
+    agent_row_id: Option<String>,
+    agent_name: Option<String>,
+    agent_kind: Option<String>,
+    agent_settings: Option<String>,
+    agent_created_at: Option<DateTime<Utc>>,
+    agent_updated_at: Option<DateTime<Utc>>,
+}
+
+impl RouteRow {
+    fn split(self) -> (NumberRecord, Option<AgentRecord>) {
+        let agent = match (
+            self.agent_row_id,
+            self.agent_name,
+            self.agent_kind,
+            self.agent_settings,
+            self.agent_created_at,
+            self.agent_updated_at,
+        ) {
+            (
+                Some(id),
+                Some(name),
+                Some(kind),
+                Some(settings),
+                Some(created_at),
+                Some(updated_at),
+            ) => Some(AgentRecord {
+                id,
+                name,
+                kind,
+                settings,
+                created_at,
+                updated_at,
+            }),
+            _ => None,
+        };
+        (self.number, agent)
+    }
+}
+
+impl FromSqlite for RouteRow {
+    fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            number: NumberRecord::from_row(row)?,
+            agent_row_id: row.get("agent_row_id")?,
+            agent_name: row.get("agent_name")?,
+            agent_kind: row.get("agent_kind")?,
+            agent_settings: row.get("agent_settings")?,
+            agent_created_at: time_opt(row, "agent_created_at")?,
+            agent_updated_at: time_opt(row, "agent_updated_at")?,
+        })
+    }
+}
 
 impl FromSqlite for NumberRecord {
     /// By column name, as sqlx's `FromRow` maps them.
@@ -92,49 +160,33 @@ impl Store {
     }
 
     /// The number and the agent it is bound to (`None` when it has none, or
-    /// the agent is gone), for routing an inbound call: on the call path,
-    /// so on SQLite both reads run on the group commit's thread, away from
-    /// the busy runtime ([`super::commit`]); on PostgreSQL on one
-    /// connection.
+    /// the agent is gone), for routing an inbound call: one statement (a
+    /// join, so one round trip on PostgreSQL and one read on SQLite's group
+    /// commit thread, away from the busy runtime, [`super::commit`]). Not
+    /// cached: a cache would need invalidation across nodes, and a number
+    /// deleted or moved through the API must stop answering at once.
     pub async fn find_number_with_agent(
         &self,
         number: &str,
     ) -> Result<(NumberRecord, Option<AgentRecord>)> {
-        match &self.pool {
+        let row: RouteRow = match &self.pool {
             Pool::Sqlite(_) => {
                 let number = Value::from(number);
                 self.group_commit()?
                     .read(Box::new(move |batch| {
-                        let record: NumberRecord = batch
-                            .row(FIND_NUMBER, std::slice::from_ref(&number))?
-                            .ok_or(StoreError::NotFound)?;
-                        let agent = match &record.agent_id {
-                            Some(id) => batch.row(SELECT_AGENT, &[id.as_str().into()])?,
-                            None => None,
-                        };
-                        Ok((record, agent))
+                        batch
+                            .row(FIND_ROUTE, std::slice::from_ref(&number))?
+                            .ok_or(StoreError::NotFound)
                     }))
-                    .await
-            }
-            Pool::Postgres(p) => {
-                let mut c = p.acquire().await?;
-                let record = sqlx::query_as::<_, NumberRecord>(FIND_NUMBER)
-                    .bind(number)
-                    .fetch_optional(&mut *c)
                     .await?
-                    .ok_or(StoreError::NotFound)?;
-                let agent = match &record.agent_id {
-                    Some(id) => {
-                        sqlx::query_as::<_, AgentRecord>(SELECT_AGENT)
-                            .bind(id)
-                            .fetch_optional(&mut *c)
-                            .await?
-                    }
-                    None => None,
-                };
-                Ok((record, agent))
             }
-        }
+            Pool::Postgres(p) => sqlx::query_as::<_, RouteRow>(FIND_ROUTE)
+                .bind(number)
+                .fetch_optional(p)
+                .await?
+                .ok_or(StoreError::NotFound)?,
+        };
+        Ok(row.split())
     }
 
     pub async fn list_numbers(
