@@ -140,6 +140,9 @@ pub struct CallCreate {
     /// starts the agent after the greeting's beep. Either way the agent
     /// waits for the verdict, 3.5 s at most.
     pub amd: Option<AmdMode>,
+    /// This call's recording settings, over the agent's (for example
+    /// `{"enabled": true, "channels": "mono"}`).
+    pub recording: Option<crate::model::RecordingSettings>,
 }
 
 /// Headers the SIP layer owns; a request may not set them.
@@ -229,6 +232,11 @@ async fn create_call(
     {
         bad("max_duration_seconds", "must be between 1 and 86400".into());
     }
+    if let Some(r) = &body.recording {
+        for (field, message) in r.problems() {
+            bad(&format!("recording.{field}"), message.into());
+        }
+    }
     for (name, value) in &body.headers {
         if let Some(message) = check_header(name, value) {
             bad(&format!("headers.{name}"), message);
@@ -311,6 +319,7 @@ async fn create_call(
         campaign: None,
         variables: body.variables,
         agent_webhook: None,
+        recording: body.recording,
     };
     let record = state.calls.place(request).await.map_err(|e| match e {
         PlaceError::UnknownFrom => ApiError::field("from", e.to_string()),
