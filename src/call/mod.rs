@@ -339,12 +339,22 @@ impl Calls {
 
     /// Ends one call, whatever its state.
     pub fn hangup(&self, id: &str) -> Result<(), HangupError> {
+        self.hangup_with(id, EndReason::ApiHangup)
+    }
+
+    /// Ends one call as its agent's hang-up (`agent_hangup`): a `stream`
+    /// bot ending the call through the API.
+    pub fn hangup_as_agent(&self, id: &str) -> Result<(), HangupError> {
+        self.hangup_with(id, EndReason::AgentHangup)
+    }
+
+    fn hangup_with(&self, id: &str, reason: EndReason) -> Result<(), HangupError> {
         let handle = self
             .shared
             .registry
             .get(id)
             .ok_or(HangupError::NotRunning)?;
-        if handle.hangup(EndReason::ApiHangup) {
+        if handle.hangup(reason) {
             Ok(())
         } else {
             Err(HangupError::NotRunning)
