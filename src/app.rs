@@ -265,6 +265,14 @@ impl App {
                 std::time::Duration::from_secs(self.config.sip.trace_retain_seconds),
             );
         }
+        // Recordings older than `[recordings] retain_days` go, files and
+        // rows; the task ends with the process.
+        let recordings_cleanup = (self.config.recordings.retain_days > 0).then(|| {
+            self.calls.recordings().spawn_cleanup(
+                Duration::from_secs(u64::from(self.config.recordings.retain_days) * 86_400),
+                Duration::from_secs(self.config.recordings.cleanup_interval_seconds),
+            )
+        });
         let stack = self.calls.start_sip(self.config.sip.listen, public).await?;
         if !left.is_empty() {
             let n = self.calls.end_orphans(left).await;
@@ -325,6 +333,9 @@ impl App {
         // store their results; one cut off is not analyzed.
         if !self.calls.analyses_done(ANALYSIS_GRACE).await {
             tracing::warn!("call analyses still running at stop; they are not stored");
+        }
+        if let Some(task) = recordings_cleanup {
+            task.abort();
         }
         // The calls are over: the heartbeat ends with a clean stop.
         let _ = stop_cluster.send(true);

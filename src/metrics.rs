@@ -68,6 +68,9 @@ pub const RTP_PACKETS_DROPPED_TOTAL: &str = "agentline_rtp_packets_dropped_total
 /// foreign SSRC and no marker).
 pub const RTP_PACKETS_REJECTED_TOTAL: &str = "agentline_rtp_packets_rejected_total";
 /// RFC 3550 A.8 interarrival jitter, one sample per session when it ends.
+/// Frames of a call's audio a media tap consumer (`recorder`, `fork`)
+/// lost because it was not reading; label `consumer`.
+pub const MEDIA_TAP_DROPPED_TOTAL: &str = "agentline_media_tap_dropped_frames_total";
 pub const RTP_JITTER_SECONDS: &str = "agentline_rtp_jitter_seconds";
 /// Sessions that reported an RTP inactivity timeout.
 pub const RTP_TIMEOUTS_TOTAL: &str = "agentline_rtp_timeouts_total";

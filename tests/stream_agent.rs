@@ -337,6 +337,10 @@ async fn a_pipecat_bot_hears_the_caller_and_answers() {
     );
     assert_eq!(s["customParameters"]["team"], "qa", "{start}");
     assert_eq!(s["customParameters"]["agentline_direction"], "inbound");
+    // The call's context, under the agent's own parameters.
+    assert_eq!(s["customParameters"]["call_id"], call["id"], "{start}");
+    assert_eq!(s["customParameters"]["to"], NUMBER, "{start}");
+    assert_eq!(s["customParameters"]["direction"], "inbound", "{start}");
     assert_eq!(
         s["mediaFormat"],
         json!({"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1})
@@ -373,6 +377,70 @@ async fn a_pipecat_bot_hears_the_caller_and_answers() {
         after_ms <= 100.0,
         "the bot's tone went on {after_ms:.0} ms after it interrupted itself"
     );
+}
+
+/// The bot asking through our API ends the call as the agent's hang-up:
+/// `POST /v1/calls/{id}/hangup {"by": "agent"}` with the `callSid` it got
+/// in `start`; the caller gets BYE, the call ends `agent_hangup`, the
+/// bot's WebSocket gets `stop` and closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bot_hangs_up_through_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let bot = Bot::start("pipecat_bot.py", dir.path()).await;
+    let d = TestDaemon::builder()
+        .profile("carrier", &trunk())
+        .allow_loopback()
+        .start()
+        .await;
+    provision(&d, &bot.url()).await;
+    let media_port = free_udp_port().to_string();
+    let args = ["-s", NUMBER, "-mi", "127.0.0.1", "-mp", &media_port];
+    let sipp = run_sipp(
+        "uac-invite-expect-bye-from-daemon.xml",
+        free_udp_port(),
+        Some(([127, 0, 0, 1], d.sip_port).into()),
+        &args,
+        LIMIT,
+    );
+    let hangup = async {
+        common::wait_until(Duration::from_secs(15), "the bot's start", || {
+            let r = bot.report();
+            async move { r.iter().any(|e| e["event"] == "start") }
+        })
+        .await;
+        let report = bot.report();
+        let start = report.iter().find(|e| e["event"] == "start").unwrap();
+        let call_sid = start["start"]["start"]["callSid"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let r = d
+            .post(&format!("/v1/calls/{call_sid}/hangup"))
+            .json(&json!({"by": "agent"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        call_sid
+    };
+    let (run, call_sid) = tokio::join!(sipp, hangup);
+    assert!(run.success, "{}\n{}", run.output, d.log());
+    let call = ended_call(&d).await;
+    assert_eq!(call["id"], call_sid.as_str());
+    assert_eq!(call["end_reason"], "agent_hangup", "{call}");
+    common::wait_until(Duration::from_secs(10), "the bot sees the end", || {
+        let r = bot.report();
+        async move { r.iter().any(|e| e["event"] == "disconnected") }
+    })
+    .await;
+    // Anything but api or agent is refused, and changes nothing.
+    let r = d
+        .post(&format!("/v1/calls/{call_sid}/hangup"))
+        .json(&json!({"by": "caller"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_client_error());
 }
 
 /// The raw bot: a mark comes back only once the audio before it has

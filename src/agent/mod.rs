@@ -9,7 +9,8 @@
 //! - [`session`]: the agent on one call, attached to the call's media
 //!   session (a sans-IO core and its driver); [`runner`]: the agents a
 //!   call runs (`echo`, `prompt`, `voice`, `stream`) as the call task sees
-//!   them; [`stream`]: the team's own bot over Twilio Media Streams.
+//!   them; [`stream`]: the team's own bot over Twilio Media Streams;
+//!   [`fork`]: one-way copies of a call's audio to listeners, same format.
 //! - [`prompts`]: the audio a `prompt` agent may play (media directory,
 //!   uploads), loaded once.
 //! - [`analysis`]: the call's structured result, made after the call.
@@ -43,6 +44,7 @@ pub mod brain;
 pub mod catalog;
 pub mod chunker;
 pub mod engines;
+pub mod fork;
 pub mod prompts;
 pub mod providers;
 pub mod runner;
@@ -376,6 +378,13 @@ pub struct CallSettings {
     /// headers in the REFER's Refer-To (`first_name` as `X-First-Name`).
     #[serde(default)]
     pub transfer_context: Vec<String>,
+    /// Whether and how the agent's calls are recorded (a number, a
+    /// campaign or the call may say otherwise).
+    #[serde(default)]
+    pub recording: Option<crate::model::RecordingSettings>,
+    /// Listeners that get a copy of the call's audio (forks).
+    #[serde(default)]
+    pub streams: Vec<stream::ForkSettings>,
 }
 
 fn default_max_duration() -> u32 {

@@ -90,6 +90,8 @@ pub enum AgentRequest {
     Transfer(String, Vec<(String, String)>),
     /// The agent's far end (a `stream` bot) could not be reached.
     Unreachable(String),
+    /// Pause (true) or resume (false) the call's recording.
+    Recording(bool),
 }
 
 /// The `voice` agent: ready to start, then running.
@@ -187,8 +189,19 @@ impl AgentRun {
                     .stream
                     .clone()
                     .ok_or("stream agent without stream settings")?;
+                // The call's context (its variables, kept SIP headers and
+                // facts: `from`, `to`, `call_id`, ...) under the agent's
+                // own parameters, which win on a clash.
+                let mut call = env.call;
+                if let Some(context) = &context {
+                    for (name, value) in &context.vars {
+                        call.context
+                            .entry(name.clone())
+                            .or_insert_with(|| value.clone());
+                    }
+                }
                 Ok(AgentRun::Stream(Box::new(Stream {
-                    setup: Some((stream, env.call, env.guard)),
+                    setup: Some((stream, call, env.guard)),
                     link: None,
                     task: None,
                 })))
@@ -275,6 +288,8 @@ impl AgentRun {
             match rx.recv().await? {
                 Action::Hangup => return Some(AgentRequest::Hangup),
                 Action::OptOut => return Some(AgentRequest::OptOut),
+                Action::PauseRecording => return Some(AgentRequest::Recording(true)),
+                Action::ResumeRecording => return Some(AgentRequest::Recording(false)),
                 Action::Transfer { to } => {
                     return Some(AgentRequest::Transfer(to, v.transfer_headers.clone()));
                 }

@@ -95,6 +95,44 @@ impl StreamSettings {
     }
 }
 
+/// Which of the call's audio a fork carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ForkTrack {
+    /// The caller.
+    #[default]
+    Inbound,
+    /// The agent.
+    Outbound,
+    /// Both, as two tracks of `media` messages.
+    Both,
+}
+
+/// Most forks on one agent.
+pub const MAX_FORKS: usize = 4;
+
+/// A listener that gets a one-way copy of the call's audio in the same
+/// message format (live supervision, analytics): it is never heard.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForkSettings {
+    /// `ws://` or `wss://` URL of the listener.
+    pub url: String,
+    #[serde(default)]
+    pub track: ForkTrack,
+}
+
+impl ForkSettings {
+    /// What is wrong with the settings, as (field, message) pairs.
+    pub fn problems(&self) -> Vec<(&'static str, &'static str)> {
+        StreamSettings {
+            url: self.url.clone(),
+            parameters: BTreeMap::new(),
+        }
+        .problems()
+    }
+}
+
 /// What the stream asks of the call task.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StreamRequest {
@@ -173,19 +211,96 @@ async fn run(
     }
 }
 
-type Ws =
+/// `start` (Twilio Media Streams): who the call is, its tracks, the
+/// custom parameters and the media format (µ-law, 8 kHz, mono).
+pub(crate) fn start_json(
+    sequence: &str,
+    stream_sid: &str,
+    call: &StreamCall,
+    tracks: &[&str],
+    params: &BTreeMap<String, String>,
+) -> Value {
+    json!({
+        "event": "start",
+        "sequenceNumber": sequence,
+        "streamSid": stream_sid,
+        "start": {
+            "streamSid": stream_sid,
+            "accountSid": call.account,
+            "callSid": call.call_id,
+            "tracks": tracks,
+            "customParameters": params,
+            "mediaFormat": {
+                "encoding": "audio/x-mulaw",
+                "sampleRate": 8000,
+                "channels": 1,
+            },
+        },
+    })
+}
+
+/// `media`: 20 ms of one track, base64 µ-law, `timestamp` in ms since the
+/// stream started.
+pub(crate) fn media_json(
+    sequence: &str,
+    stream_sid: &str,
+    track: &str,
+    chunk: u64,
+    since_start: Duration,
+    samples: &[i16],
+) -> Value {
+    let payload: Vec<u8> = samples.iter().map(|s| linear_to_ulaw(*s)).collect();
+    json!({
+        "event": "media",
+        "sequenceNumber": sequence,
+        "streamSid": stream_sid,
+        "media": {
+            "track": track,
+            "chunk": chunk.to_string(),
+            "timestamp": since_start.as_millis().to_string(),
+            "payload": B64.encode(payload),
+        },
+    })
+}
+
+/// `stop`: the call ended.
+pub(crate) fn stop_json(sequence: &str, stream_sid: &str, call: &StreamCall) -> Value {
+    json!({
+        "event": "stop",
+        "sequenceNumber": sequence,
+        "streamSid": stream_sid,
+        "stop": {"accountSid": call.account, "callSid": call.call_id},
+    })
+}
+
+/// A new `streamSid`.
+pub(crate) fn new_stream_sid() -> String {
+    format!("MZ{:032x}", rand::random::<u128>())
+}
+
+pub(crate) type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Resolves the host through the guard and connects only to an address it
 /// allowed (a name rebinding to a private address is refused).
-async fn connect(url: &str, guard: &Guard) -> Result<Ws, String> {
+pub(crate) async fn connect(url: &str, guard: &Guard) -> Result<Ws, String> {
+    connect_with(url, guard, None).await
+}
+
+/// [`connect`], with the socket's send buffer bounded to `send_buffer`
+/// bytes (a fork: a listener that stops reading is noticed soon).
+pub(crate) async fn connect_with(
+    url: &str,
+    guard: &Guard,
+    send_buffer: Option<u32>,
+) -> Result<Ws, String> {
     let parsed = url::Url::parse(url).map_err(|e| e.to_string())?;
     let host = parsed.host_str().ok_or("no host")?;
     let port = parsed.port_or_known_default().unwrap_or(443);
     let addrs: Vec<SocketAddr> = guard.resolve(host, port).await.map_err(|e| e.to_string())?;
     let mut last = String::from("no address");
     for addr in addrs {
-        match tokio::net::TcpStream::connect(addr).await {
+        match tcp_connect(addr, send_buffer).await {
             Ok(tcp) => {
                 let _ = tcp.set_nodelay(true);
                 let mut config =
@@ -208,6 +323,20 @@ async fn connect(url: &str, guard: &Guard) -> Result<Ws, String> {
     Err(last)
 }
 
+async fn tcp_connect(
+    addr: SocketAddr,
+    send_buffer: Option<u32>,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    if let Some(size) = send_buffer {
+        socket.set_send_buffer_size(size)?;
+    }
+    socket.connect(addr).await
+}
+
 /// One stream's state.
 struct Relay {
     settings: StreamSettings,
@@ -227,7 +356,7 @@ struct Relay {
 
 impl Relay {
     fn new(settings: StreamSettings, call: StreamCall) -> Self {
-        let stream_sid = format!("MZ{:032x}", rand::random::<u128>());
+        let stream_sid = new_stream_sid();
         Self {
             settings,
             call,
@@ -250,23 +379,14 @@ impl Relay {
     fn start_message(&mut self) -> Value {
         let mut params: BTreeMap<String, String> = self.call.context.clone();
         params.extend(self.settings.parameters.clone());
-        json!({
-            "event": "start",
-            "sequenceNumber": self.seq(),
-            "streamSid": self.stream_sid,
-            "start": {
-                "streamSid": self.stream_sid,
-                "accountSid": self.call.account,
-                "callSid": self.call.call_id,
-                "tracks": ["inbound"],
-                "customParameters": params,
-                "mediaFormat": {
-                    "encoding": "audio/x-mulaw",
-                    "sampleRate": 8000,
-                    "channels": 1,
-                },
-            },
-        })
+        let sequence = self.seq();
+        start_json(
+            &sequence,
+            &self.stream_sid,
+            &self.call,
+            &["inbound"],
+            &params,
+        )
     }
 
     /// Relays until the call or the bot ends it; true when the bot did.
@@ -327,12 +447,8 @@ impl Relay {
             }
         };
         if !bot_ended {
-            let stop = json!({
-                "event": "stop",
-                "sequenceNumber": self.seq(),
-                "streamSid": self.stream_sid,
-                "stop": {"accountSid": self.call.account, "callSid": self.call.call_id},
-            });
+            let sequence = self.seq();
+            let stop = stop_json(&sequence, &self.stream_sid, &self.call);
             let _ = tokio::time::timeout(Duration::from_secs(1), async {
                 let _ = sink.send(Message::text(stop.to_string())).await;
                 let _ = sink.close().await;
@@ -344,18 +460,15 @@ impl Relay {
 
     fn media_message(&mut self, samples: &[i16]) -> Value {
         self.chunk += 1;
-        let payload: Vec<u8> = samples.iter().map(|s| linear_to_ulaw(*s)).collect();
-        json!({
-            "event": "media",
-            "sequenceNumber": self.seq(),
-            "streamSid": self.stream_sid,
-            "media": {
-                "track": "inbound",
-                "chunk": self.chunk.to_string(),
-                "timestamp": self.started.elapsed().as_millis().to_string(),
-                "payload": B64.encode(payload),
-            },
-        })
+        let sequence = self.seq();
+        media_json(
+            &sequence,
+            &self.stream_sid,
+            "inbound",
+            self.chunk,
+            self.started.elapsed(),
+            samples,
+        )
     }
 
     /// The port says where playing stands: acknowledge the marks whose

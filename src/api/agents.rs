@@ -16,9 +16,10 @@ use super::extract::{ApiJson, ApiQuery, List, Pagination, patched};
 use crate::agent::BrainConfig;
 use crate::agent::analysis::AnalysisSettings;
 use crate::agent::brain::scripted::ScriptedDialogue;
-use crate::agent::stream::StreamSettings;
+use crate::agent::stream::{ForkSettings, MAX_FORKS, StreamSettings};
 use crate::agent::{OpeningSettings, PromptSettings, TurnSettings};
 use crate::ids;
+use crate::model::RecordingSettings;
 use crate::store::agents::AgentRecord;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -153,6 +154,10 @@ struct Settings {
     stream: Option<StreamSettings>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     transfer_context: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    recording: Option<RecordingSettings>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    streams: Vec<ForkSettings>,
 }
 
 const DEFAULT_MAX_DURATION: u32 = 3600;
@@ -199,6 +204,10 @@ pub struct Agent {
     /// The call's variables a transfer passes to its target, as SIP
     /// headers (`first_name` as `X-First-Name`).
     pub transfer_context: Vec<String>,
+    /// Whether and how the agent's calls are recorded.
+    pub recording: Option<RecordingSettings>,
+    /// Listeners that get a one-way copy of the call's audio.
+    pub streams: Vec<ForkSettings>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -248,6 +257,13 @@ pub struct AgentCreate {
     /// `x_customer_id` as `X-Customer-Id`); at most 20 names.
     #[serde(default)]
     pub transfer_context: Vec<String>,
+    /// Record the agent's calls: `{"enabled": true, "channels": "dual"}`
+    /// (a number, a campaign or the call may say otherwise).
+    pub recording: Option<RecordingSettings>,
+    /// Listeners that get a one-way copy of the call's audio in the
+    /// Twilio Media Streams format (`[{"url", "track"}]`, at most 4).
+    #[serde(default)]
+    pub streams: Vec<ForkSettings>,
 }
 
 /// The body of `PATCH /v1/agents/{id}`, a JSON Merge Patch (RFC 7396) of
@@ -290,6 +306,8 @@ pub struct AgentUpdate {
     /// `customParameters` sent in `start`.
     pub stream: Option<StreamSettings>,
     pub transfer_context: Option<Vec<String>>,
+    pub recording: Option<RecordingSettings>,
+    pub streams: Option<Vec<ForkSettings>>,
 }
 
 fn to_agent(r: AgentRecord) -> Result<Agent, ApiError> {
@@ -317,6 +335,8 @@ fn to_agent(r: AgentRecord) -> Result<Agent, ApiError> {
         analysis: s.analysis,
         stream: s.stream,
         transfer_context: s.transfer_context,
+        recording: s.recording,
+        streams: s.streams,
         created_at: r.created_at,
         updated_at: r.updated_at,
     })
@@ -518,6 +538,19 @@ fn validate(name: &str, kind: AgentKind, s: &Settings) -> Result<(), ApiError> {
             "script",
             "a voice agent needs a script or an llm with provider openai",
         );
+    }
+    if let Some(r) = &s.recording {
+        for (field, message) in r.problems() {
+            bad(&format!("recording.{field}"), message);
+        }
+    }
+    if s.streams.len() > MAX_FORKS {
+        bad("streams", "at most 4 streams");
+    }
+    for (i, fork) in s.streams.iter().enumerate() {
+        for (field, message) in fork.problems() {
+            bad(&format!("streams[{i}].{field}"), message);
+        }
     }
     match (kind, &s.stream) {
         (AgentKind::Stream, None) => bad("stream", "a stream agent needs stream.url"),
@@ -773,15 +806,23 @@ fn is_transfer_target(t: &str) -> bool {
 /// outbound URL does (checked again at every connect); the scheme was
 /// checked to be ws or wss by `validate`.
 async fn check_stream_url(state: &AppState, s: &Settings) -> Result<(), ApiError> {
-    let Some(stream) = &s.stream else {
-        return Ok(());
-    };
-    state.guard.check_url(&stream.url).await.map_err(|e| {
-        ApiError::validation(vec![FieldError {
-            field: "stream.url".into(),
-            message: e.to_string(),
-        }])
-    })
+    let mut urls: Vec<(String, &str)> = s
+        .stream
+        .iter()
+        .map(|st| ("stream.url".to_owned(), st.url.as_str()))
+        .collect();
+    for (i, fork) in s.streams.iter().enumerate() {
+        urls.push((format!("streams[{i}].url"), fork.url.as_str()));
+    }
+    for (field, url) in urls {
+        state.guard.check_url(url).await.map_err(|e| {
+            ApiError::validation(vec![FieldError {
+                field,
+                message: e.to_string(),
+            }])
+        })?;
+    }
+    Ok(())
 }
 
 fn is_env_name(n: &str) -> bool {
@@ -819,6 +860,8 @@ fn from_create(body: AgentCreate) -> (String, AgentKind, Settings) {
         analysis: body.analysis,
         stream: body.stream,
         transfer_context: body.transfer_context,
+        recording: body.recording,
+        streams: body.streams,
     };
     (body.name, body.kind, settings)
 }

@@ -140,6 +140,9 @@ pub struct CallCreate {
     /// starts the agent after the greeting's beep. Either way the agent
     /// waits for the verdict, 3.5 s at most.
     pub amd: Option<AmdMode>,
+    /// This call's recording settings, over the agent's (for example
+    /// `{"enabled": true, "channels": "mono"}`).
+    pub recording: Option<crate::model::RecordingSettings>,
 }
 
 /// Headers the SIP layer owns; a request may not set them.
@@ -229,6 +232,11 @@ async fn create_call(
     {
         bad("max_duration_seconds", "must be between 1 and 86400".into());
     }
+    if let Some(r) = &body.recording {
+        for (field, message) in r.problems() {
+            bad(&format!("recording.{field}"), message.into());
+        }
+    }
     for (name, value) in &body.headers {
         if let Some(message) = check_header(name, value) {
             bad(&format!("headers.{name}"), message);
@@ -311,6 +319,7 @@ async fn create_call(
         campaign: None,
         variables: body.variables,
         agent_webhook: None,
+        recording: body.recording,
     };
     let record = state.calls.place(request).await.map_err(|e| match e {
         PlaceError::UnknownFrom => ApiError::field("from", e.to_string()),
@@ -371,20 +380,44 @@ fn count_key_call(id: &str) {
     }
 }
 
+/// The optional body of `POST /v1/calls/{id}/hangup`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HangupBody {
+    /// Who hangs up: `api` (the default; end reason `api_hangup`) or
+    /// `agent` (end reason `agent_hangup`: a `stream` bot ending its call
+    /// through the API, as if it had closed its WebSocket).
+    pub by: Option<HangupBy>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HangupBy {
+    Api,
+    Agent,
+}
+
 /// Hang up a call in any state: CANCEL or a final response before the
 /// answer, BYE after. Answers with the call as it stands; the end shows
-/// in it shortly after.
+/// in it shortly after. `{"by": "agent"}` ends it as the agent's hang-up.
 #[utoipa::path(post, path = "/v1/calls/{id}/hangup", tag = "calls", params(("id" = String, Path)),
+    request_body(content = Option<HangupBody>, description = "Optional: who hangs up"),
     responses((status = 202, description = "Hangup under way", body = Call), ErrorResponses))]
 async fn hangup_call(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    body: Option<Json<HangupBody>>,
 ) -> Result<(StatusCode, Json<Call>), ApiError> {
     let record = super::find(&id, ids::CALL, "call", state.store.get_call(&id)).await?;
     if record.ended_at.is_some() {
         return Err(ApiError::conflict("the call has already ended"));
     }
-    state.calls.hangup(&id).map_err(|e| match e {
+    let by = body.and_then(|Json(b)| b.by).unwrap_or(HangupBy::Api);
+    let hung = match by {
+        HangupBy::Api => state.calls.hangup(&id),
+        HangupBy::Agent => state.calls.hangup_as_agent(&id),
+    };
+    hung.map_err(|e| match e {
         HangupError::NotRunning => ApiError::conflict("the call is not running on this node"),
     })?;
     Ok((StatusCode::ACCEPTED, Json(to_api(record)?)))

@@ -31,6 +31,7 @@ mod nodes;
 mod numbers;
 mod observe;
 mod rate_limit;
+mod recordings;
 pub mod scopes;
 pub mod server;
 mod sip_trace;
@@ -148,6 +149,7 @@ impl Inner {
         WebhookEvent<TrunkEventData>,
         WebhookEvent<TestEventData>,
         WebhookEvent<CampaignEventData>,
+        WebhookEvent<crate::model::Recording>,
     )),
     tags(
         (name = "agents", description = "What answers a call"),
@@ -200,6 +202,7 @@ pub(crate) fn routers(metrics_open: bool) -> (OpenApiRouter<AppState>, OpenApiRo
         .merge(calls::router())
         .merge(transcripts::router())
         .merge(sip_trace::router())
+        .merge(recordings::router())
         .merge(campaigns::router())
         .merge(campaign_contacts::router())
         .merge(dnc::router())

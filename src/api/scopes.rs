@@ -97,6 +97,8 @@ pub const ROUTES: &[(&str, &str, Scope)] = &[
     ("POST", "/v1/calls/{id}/hangup", Calls),
     ("GET", "/v1/calls/{id}/transcript", Read),
     ("GET", "/v1/calls/{id}/sip-trace", Read),
+    ("GET", "/v1/calls/{id}/recording", Read),
+    ("DELETE", "/v1/calls/{id}/recording", Calls),
     // Campaigns, their contacts and the do-not-call list.
     ("GET", "/v1/campaigns", Read),
     ("POST", "/v1/campaigns", Calls),

@@ -105,6 +105,7 @@ impl Dialer for CallDialer {
             .map(|o| o.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
             .unwrap_or_default();
         let request = OutboundRequest {
+            recording: None,
             call_id: Some(req.call_id.clone()),
             from: req.from.clone(),
             to: req.to.clone(),

@@ -29,6 +29,7 @@ pub mod orphans;
 pub mod outbound;
 mod phase;
 mod reconcile;
+pub mod recording;
 pub mod registrations;
 pub mod registry;
 mod screen;
@@ -130,6 +131,8 @@ pub(crate) struct Shared {
     analyzer: analysis::Analyzer,
     /// The agent webhooks' client and the context's SIP header patterns.
     hooks: context::Hooks,
+    /// Where recorded calls' files go.
+    recordings: recording::Recordings,
 }
 
 impl Shared {
@@ -182,6 +185,12 @@ impl Calls {
         self.shared.analyzer.idle(limit).await
     }
 
+    /// The recordings on this node's disk (the API serves and deletes
+    /// them; the retention cleanup runs on it).
+    pub fn recordings(&self) -> &recording::Recordings {
+        &self.shared.recordings
+    }
+
     /// The speech engines calls get (the API lists their voices).
     pub fn speech(&self) -> &Speech {
         &self.shared.speech
@@ -201,6 +210,11 @@ impl Calls {
             ..SessionConfig::default()
         };
         let transitions = Transitions::new(outbox);
+        let recordings = recording::Recordings::new(
+            config.recordings.dir.clone(),
+            transitions.store().clone(),
+            config.cluster.node_id.clone(),
+        );
         Ok(Self {
             shared: Arc::new(Shared {
                 analyzer: analysis::Analyzer::new(transitions.clone()),
@@ -222,6 +236,7 @@ impl Calls {
                 grace: Duration::from_secs(u64::from(config.cluster.grace_seconds)),
                 owned_trunks: std::sync::Mutex::new(None),
                 hooks: context::Hooks::new(&config.calls, &config.webhooks),
+                recordings,
             }),
         })
     }
@@ -324,12 +339,22 @@ impl Calls {
 
     /// Ends one call, whatever its state.
     pub fn hangup(&self, id: &str) -> Result<(), HangupError> {
+        self.hangup_with(id, EndReason::ApiHangup)
+    }
+
+    /// Ends one call as its agent's hang-up (`agent_hangup`): a `stream`
+    /// bot ending the call through the API.
+    pub fn hangup_as_agent(&self, id: &str) -> Result<(), HangupError> {
+        self.hangup_with(id, EndReason::AgentHangup)
+    }
+
+    fn hangup_with(&self, id: &str, reason: EndReason) -> Result<(), HangupError> {
         let handle = self
             .shared
             .registry
             .get(id)
             .ok_or(HangupError::NotRunning)?;
-        if handle.hangup(EndReason::ApiHangup) {
+        if handle.hangup(reason) {
             Ok(())
         } else {
             Err(HangupError::NotRunning)

@@ -65,6 +65,8 @@ pub struct OutboundRequest {
     /// Asked for the agent of this call before it is placed (a campaign's
     /// `agent_webhook_url`).
     pub agent_webhook: Option<AgentWebhook>,
+    /// The call's recording settings, over the agent's.
+    pub recording: Option<crate::model::RecordingSettings>,
 }
 
 /// Why a call was not placed; each says what the caller can fix.
@@ -149,10 +151,12 @@ impl Calls {
             None => (AgentSource::Number, None),
         };
         let context_json = serde_json::to_string(&context).ok();
-        let call = Routed::admit(shared, &id, &trunk, false).map_err(|reason| match reason {
-            EndReason::TrunkRate => PlaceError::TrunkRate,
-            _ => PlaceError::TrunkFull,
-        })?;
+        let mut call =
+            Routed::admit(shared, &id, &trunk, false).map_err(|reason| match reason {
+                EndReason::TrunkRate => PlaceError::TrunkRate,
+                _ => PlaceError::TrunkFull,
+            })?;
+        call.recording = req.recording.clone();
         let record = shared
             .transitions
             .created(NewCall {

@@ -31,6 +31,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::end_reason::FailureCause;
+use super::recording::Recorder;
 use super::registry::{CallCommand, CallHandle, TrunkSlot};
 use super::screen::Screen;
 use super::task::{self, Established};
@@ -38,10 +39,11 @@ use super::{EndReason, Shared, count_ended};
 use crate::agent::CallSettings;
 use crate::agent::brain::AgentContext;
 use crate::agent::runner::{AgentRun, StreamEnv};
-use crate::agent::stream::StreamCall;
+use crate::agent::stream::{ForkSettings, StreamCall};
 use crate::config::Profile;
 use crate::media::{Direction, LocalSdp, PortPermit, RtpSession, bind_rtp};
 use crate::metrics::CALL_SETUP_SECONDS;
+use crate::model::RecordingSettings;
 use crate::sip::Call;
 
 /// How long we wait for the answer to our BYE when a call answered
@@ -72,6 +74,9 @@ pub(super) struct Routed {
     pub inbound: bool,
     /// Hangups asked by the API and the drain, read by each phase.
     pub commands: mpsc::Receiver<CallCommand>,
+    /// The call's own recording settings (`POST /v1/calls`), over the
+    /// agent's.
+    pub recording: Option<RecordingSettings>,
     /// The call's place among the live calls and on its trunk; dropped
     /// with the last phase, which frees the slot and wakes the drain.
     _slot: TrunkSlot,
@@ -105,6 +110,7 @@ impl Routed {
             id: Arc::from(id),
             inbound,
             commands,
+            recording: None,
             _slot: slot,
         })
     }
@@ -115,6 +121,7 @@ impl Routed {
             call: self,
             reason,
             answered_for: None,
+            recorder: None,
         }
     }
 
@@ -164,8 +171,12 @@ impl Routed {
             Err(e) => return Err(self.end(EndReason::Failed(FailureCause::Rtp(e.to_string())))),
         };
         let sdp = LocalSdp::new(shared.media_ip(), permit.port(), super::codecs(trunk));
+        let recording =
+            super::recording::merged(&[agent.settings.recording.as_ref(), self.recording.as_ref()]);
         Ok(Prepared {
             call: self,
+            recording,
+            forks: agent.settings.streams.clone(),
             agent: run,
             sdp,
             media: Media::Bound(socket, permit),
@@ -202,6 +213,10 @@ pub(super) struct Prepared {
     pub call: Routed,
     /// The agent built for the call, not started yet.
     agent: AgentRun,
+    /// Whether and how the call is recorded, every level merged.
+    recording: RecordingSettings,
+    /// Listeners that get a copy of the call's audio.
+    forks: Vec<ForkSettings>,
     /// Our side of the SDP: the port, the address and the trunk's codecs.
     sdp: LocalSdp,
     /// The bound port, or the session already running.
@@ -250,6 +265,8 @@ impl Prepared {
         let Prepared {
             call,
             agent,
+            recording,
+            forks,
             sdp,
             media,
         } = self;
@@ -270,7 +287,13 @@ impl Prepared {
                 }
             },
         };
-        let session = rtp.map(|rtp| Session { agent, sdp, rtp });
+        let session = rtp.map(|rtp| Session {
+            agent,
+            recording,
+            forks,
+            sdp,
+            rtp,
+        });
         (call, session)
     }
 }
@@ -283,6 +306,10 @@ fn rtp_failed(e: &impl std::fmt::Display) -> EndReason {
 pub(super) struct Session {
     /// The agent, started by the call task when its screen says so.
     agent: AgentRun,
+    /// Whether and how the call is recorded.
+    recording: RecordingSettings,
+    /// Listeners that get a copy of the call's audio.
+    forks: Vec<ForkSettings>,
     /// Kept to answer re-INVITEs with the same origin and codecs.
     sdp: LocalSdp,
     /// The running media task's handle and events; the port is freed when
@@ -330,7 +357,7 @@ impl Answered {
         } = self;
         let (_, placeholder) = mpsc::channel(1);
         let commands = std::mem::replace(&mut call.commands, placeholder);
-        let (reason, analysis) = task::run(
+        let (reason, analysis, recorder) = task::run(
             &call.shared,
             Established {
                 id: call.id.to_string(),
@@ -339,6 +366,8 @@ impl Answered {
                 rtp: session.rtp,
                 sdp: session.sdp,
                 agent: session.agent,
+                recording: session.recording,
+                forks: session.forks,
                 max_duration,
                 commands,
                 screen,
@@ -354,6 +383,7 @@ impl Answered {
             call,
             reason,
             answered_for: Some(at.elapsed()),
+            recorder,
         }
     }
 }
@@ -375,6 +405,7 @@ pub(super) async fn hang_up_unanswerable(
         call,
         reason,
         answered_for: Some(answered_at.elapsed()),
+        recorder: None,
     }
 }
 
@@ -384,6 +415,9 @@ pub(super) struct Finished {
     pub reason: EndReason,
     /// How long the call was up; `None`: never answered.
     answered_for: Option<Duration>,
+    /// The call's recording, stopped at the end, completed after
+    /// `call.ended` (so `recording.completed` follows it).
+    recorder: Option<Recorder>,
 }
 
 impl Finished {
@@ -394,6 +428,7 @@ impl Finished {
             call,
             reason,
             answered_for,
+            recorder,
         } = self;
         match reason.failure() {
             Some(cause) => tracing::info!(reason = reason.label(), %cause, "call ended"),
@@ -407,5 +442,8 @@ impl Finished {
         // The call's analysis, if its agent has one, starts now; the call
         // task does not wait for it.
         call.shared.analyzer.release(&call.id);
+        if let Some(recorder) = recorder {
+            recorder.finish(call.shared.transitions.outbox()).await;
+        }
     }
 }

@@ -25,14 +25,18 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until, timeout};
 
 use super::end_reason::FailureCause;
+use super::recording::Recorder;
 use super::registry::CallCommand;
 use super::screen::{Screen, Screened};
 use super::{EndReason, Shared};
 use crate::agent::analysis::Job;
 use crate::agent::brain::Role;
+use crate::agent::fork::{FORK_TAP_FRAMES, Forks};
 use crate::agent::runner::{AgentRequest, AgentRun, Transcript};
 use crate::agent::session::Said;
+use crate::agent::stream::{ForkSettings, StreamCall};
 use crate::media::{Digit, Direction, LocalSdp, MediaEvent, MediaHandle, MediaStats, RtpSession};
+use crate::model::RecordingSettings;
 use crate::sip::{Call, DialogEvent, ReInvite, SipError};
 use crate::store::transcripts::NewTurn;
 
@@ -51,6 +55,10 @@ pub(super) struct Established {
     pub rtp: RtpSession,
     pub sdp: LocalSdp,
     pub agent: AgentRun,
+    /// Whether and how the call is recorded (every level merged).
+    pub recording: RecordingSettings,
+    /// Listeners that get a copy of the call's audio.
+    pub forks: Vec<ForkSettings>,
     pub max_duration: Duration,
     pub commands: mpsc::Receiver<CallCommand>,
     /// Says when the agent starts (after answering-machine detection) and
@@ -58,9 +66,13 @@ pub(super) struct Established {
     pub screen: Screen,
 }
 
-/// Runs the call until it ends; returns why, and the analysis to run once
-/// the end is recorded (when the agent defines one).
-pub(super) async fn run(shared: &Arc<Shared>, call: Established) -> (EndReason, Option<Job>) {
+/// Runs the call until it ends; returns why, the analysis to run once
+/// the end is recorded (when the agent defines one), and the recording,
+/// stopped, to complete after the end.
+pub(super) async fn run(
+    shared: &Arc<Shared>,
+    call: Established,
+) -> (EndReason, Option<Job>, Option<Recorder>) {
     let Established {
         id,
         inbound,
@@ -68,6 +80,8 @@ pub(super) async fn run(shared: &Arc<Shared>, call: Established) -> (EndReason, 
         rtp,
         mut sdp,
         mut agent,
+        recording,
+        forks,
         max_duration,
         mut commands,
         mut screen,
@@ -78,6 +92,21 @@ pub(super) async fn run(shared: &Arc<Shared>, call: Established) -> (EndReason, 
         task: media_task,
     } = rtp;
     let deadline = Instant::now() + max_duration;
+    // From the answer on, before the agent says anything.
+    let mut recorder = match recording.is_enabled() {
+        true => {
+            shared
+                .recordings
+                .start(&id, &media, recording.channels.unwrap_or_default())
+                .await
+        }
+        false => None,
+    };
+    let forks = start_forks(shared, &id, &media, forks).await;
+    let mut announcement = recording
+        .announcement
+        .as_deref()
+        .filter(|_| recorder.is_some());
     let far_hangup = if inbound {
         EndReason::CallerHangup
     } else {
@@ -91,17 +120,30 @@ pub(super) async fn run(shared: &Arc<Shared>, call: Established) -> (EndReason, 
                 on_dialog(shared, &id, &screen, &mut sip, &mut sdp, &media, &mut agent, event, &far_hangup).await
             }
             screened = screen.next(&mut events) => match screened {
-                Screened::StartAgent => agent
-                    .start(&media, screen.answered_by().map(|v| v.as_str()))
-                    .await
-                    .err()
-                    .map(|_| EndReason::Failed(FailureCause::MediaClosed)),
+                Screened::StartAgent => {
+                    // The announcement is queued first: the agent's audio
+                    // plays after it.
+                    if let Some(text) = announcement.take() {
+                        announce(shared, &media, text).await;
+                    }
+                    agent
+                        .start(&media, screen.answered_by().map(|v| v.as_str()))
+                        .await
+                        .err()
+                        .map(|_| EndReason::Failed(FailureCause::MediaClosed))
+                }
                 Screened::End(reason) => Some(reason),
                 Screened::Media(event) => {
                     on_media(shared, &id, &screen, &mut sip, &mut agent, event).await
                 }
             },
             request = agent.next_request() => match request {
+                Some(AgentRequest::Recording(paused)) => {
+                    if let Some(recorder) = recorder.as_mut() {
+                        recorder.set_paused(paused);
+                    }
+                    None
+                }
                 Some(request) => fulfil(&mut sip, request).await,
                 None => Some(EndReason::Failed(FailureCause::AgentEnded)),
             },
@@ -113,6 +155,13 @@ pub(super) async fn run(shared: &Arc<Shared>, call: Established) -> (EndReason, 
     let reason = reason.unwrap_or(EndReason::Failed(FailureCause::NoReason));
     tracing::info!(reason = reason.label(), "call ending");
 
+    if let Some(forks) = forks {
+        forks.stop().await;
+    }
+    // The file ends with the call, not with the BYE's answer.
+    if let Some(recorder) = recorder.as_mut() {
+        recorder.stop();
+    }
     if !reason.far_end_hung_up() {
         bye(sip).await;
     }
@@ -123,7 +172,10 @@ pub(super) async fn run(shared: &Arc<Shared>, call: Established) -> (EndReason, 
         analysis: job,
     }) = agent.finish().await
     {
-        let turns: Vec<NewTurn> = said.into_iter().map(turn_of).collect();
+        let mut turns: Vec<NewTurn> = said.into_iter().map(turn_of).collect();
+        if let Some(recorder) = &recorder {
+            mark_paused(&mut turns, &recorder.paused_spans());
+        }
         shared
             .transitions
             .transcript(&id, &turns, summary.as_deref())
@@ -132,7 +184,101 @@ pub(super) async fn run(shared: &Arc<Shared>, call: Established) -> (EndReason, 
     }
     drop(events);
     stop_media(media, media_task).await;
-    (reason, analysis)
+    (reason, analysis, recorder)
+}
+
+/// Taps the call's audio for each fork and starts them; `None` without
+/// forks.
+async fn start_forks(
+    shared: &Shared,
+    id: &str,
+    media: &MediaHandle,
+    forks: Vec<ForkSettings>,
+) -> Option<Forks> {
+    if forks.is_empty() {
+        return None;
+    }
+    let mut tapped = Vec::with_capacity(forks.len());
+    for fork in forks {
+        match media.tap(FORK_TAP_FRAMES, "fork").await {
+            Ok(tap) => tapped.push((fork, tap)),
+            Err(_) => return None,
+        }
+    }
+    let call = StreamCall {
+        call_id: id.to_owned(),
+        account: shared.node.clone(),
+        context: Default::default(),
+    };
+    Some(Forks::start(tapped, &call, crate::net::outbound().guard()))
+}
+
+/// Plays the recording announcement: uploaded audio (`snd_...`) or text
+/// spoken by the embedded synthesizer. A failure is logged; the call goes
+/// on.
+async fn announce(shared: &Shared, media: &MediaHandle, announcement: &str) {
+    let samples = if announcement
+        .strip_prefix(crate::ids::AUDIO)
+        .is_some_and(|rest| rest.starts_with('_'))
+    {
+        match shared.transitions.store().audio_samples(announcement).await {
+            Ok(bytes) => bytes
+                .chunks_exact(2)
+                .map(|b| i16::from_le_bytes([b[0], b[1]]))
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "recording announcement audio not found");
+                return;
+            }
+        }
+    } else {
+        let spoken = match shared.speech.tts(None) {
+            Ok(tts) => tts.speak(announcement).await,
+            Err(e) => Err(e),
+        };
+        let mut audio = match spoken {
+            Ok(audio) => audio,
+            Err(e) => {
+                tracing::warn!(error = %e, "recording announcement not synthesized");
+                return;
+            }
+        };
+        let mut samples = Vec::new();
+        while let Some(frame) = audio.recv().await {
+            match frame {
+                Ok(frame) => samples.extend_from_slice(&frame),
+                Err(e) => {
+                    tracing::warn!(error = %e, "recording announcement cut short");
+                    break;
+                }
+            }
+        }
+        samples
+    };
+    if media.play(samples).await.is_err() {
+        tracing::debug!("media gone before the announcement");
+    }
+}
+
+/// Adds each paused span of the recording to the transcript, in order, as
+/// an agent line `[recording paused]`.
+fn mark_paused(turns: &mut Vec<NewTurn>, spans: &[(Duration, Duration)]) {
+    let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    for (from, to) in spans {
+        turns.push(NewTurn {
+            speaker: "agent",
+            text: "[recording paused]".to_owned(),
+            start_ms: ms(*from),
+            end_ms: ms(*to),
+            interrupted: false,
+            heard: None,
+            stt_final_ms: None,
+            llm_first_token_ms: None,
+            tts_first_audio_ms: None,
+            first_rtp_ms: None,
+        });
+    }
+    turns.sort_by_key(|t| t.start_ms);
 }
 
 /// What one event of the SIP dialog means for the call: its end, or
@@ -256,6 +402,8 @@ async fn on_digit(
 async fn fulfil(sip: &mut Call, request: AgentRequest) -> Option<EndReason> {
     match request {
         AgentRequest::Hangup => Some(EndReason::AgentHangup),
+        // Taken by the call task before it gets here.
+        AgentRequest::Recording(_) => None,
         // A campaign's dialer puts the number on the do-not-call list for
         // this reason, as for the opt-out key.
         AgentRequest::OptOut => Some(EndReason::OptedOut),

@@ -80,6 +80,31 @@ pub struct Config {
     pub secrets: crate::secrets::SecretsConfig,
     /// Audio prompts: the directory `prompt.wav_path` may name files in.
     pub media: MediaConfig,
+    /// Where call recordings are written and how long they are kept.
+    pub recordings: RecordingsConfig,
+}
+
+/// Call recordings (`"recording"` on an agent, a number, a campaign or a
+/// call turns them on).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordingsConfig {
+    /// The directory the WAV files are written to (created if missing).
+    pub dir: PathBuf,
+    /// Recordings older than this many days are deleted (0: kept forever).
+    pub retain_days: u32,
+    /// How often the retention cleanup runs.
+    pub cleanup_interval_seconds: u64,
+}
+
+impl Default for RecordingsConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("recordings"),
+            retain_days: 30,
+            cleanup_interval_seconds: 3600,
+        }
+    }
 }
 
 /// Audio files agents may play.

@@ -84,6 +84,7 @@ pub(super) enum Command {
     Update(NegotiatedMedia),
     Route(AudioRoute),
     Attach(Attached),
+    Tap(super::tap::TapSender),
 }
 
 /// Control of a running session. Cloning is cheap; the session ends when
@@ -135,6 +136,18 @@ impl MediaHandle {
         let (port, attached) = port::pair();
         self.send(Command::Attach(attached)).await?;
         Ok(port)
+    }
+
+    /// A copy of both tracks from the next frame on (see [`super::tap`]),
+    /// buffered `capacity` frames; `consumer` labels the drop metric.
+    pub async fn tap(
+        &self,
+        capacity: usize,
+        consumer: &'static str,
+    ) -> Result<super::tap::TapReceiver, SessionClosed> {
+        let (sender, receiver) = super::tap::pair(capacity, consumer);
+        self.send(Command::Tap(sender)).await?;
+        Ok(receiver)
     }
 
     /// The latest published counters.

@@ -7,7 +7,8 @@
 //! offer/answer for audio ([`sdp`]), RTP source pinning ([`latch`]), RTP
 //! port allocation ([`ports`]), the task that ties them to a UDP socket
 //! ([`session`]), its control surface ([`handle`]), the [`port`] an agent
-//! attaches to, and 16-bit PCM WAV files ([`wav`]).
+//! attaches to, the copies of both tracks for recorders and forks
+//! ([`tap`]), and 16-bit PCM WAV files ([`wav`]).
 //!
 //! Must not: import `call`, `store` or `api`, or decide anything about a
 //! call. It reports what arrived (audio, digits, timeouts) and does what it
@@ -39,6 +40,7 @@ pub mod ports;
 pub mod resample;
 pub mod sdp;
 pub mod session;
+pub mod tap;
 pub mod wav;
 
 use std::time::Duration;
@@ -53,6 +55,7 @@ pub use port::{AudioPort, PortCommand, PortEvent, PortPlayout};
 pub use ports::{MediaError, PortAllocator, PortPermit, bind_rtp};
 pub use sdp::{Direction, LocalSdp, NegotiatedMedia, SdpError};
 pub use session::{RtpSession, SessionConfig};
+pub use tap::{TapFrame, TapReceiver, Track};
 
 /// RTP clock rate of every codec we negotiate (G.711 and telephone-event).
 pub const CLOCK_RATE: u32 = 8000;

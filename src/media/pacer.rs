@@ -350,6 +350,12 @@ impl Pacer {
         }
     }
 
+    /// The PCM of the last slot that sent audio or silence fill; empty
+    /// after a DTMF event's packet (the media tap's outbound track).
+    pub fn last_frame(&self) -> &[i16] {
+        &self.frame
+    }
+
     /// The first frame of new audio, sent now rather than at the next slot
     /// (see the module documentation). `None` when the last slot played:
     /// the new audio then waits its turn.
@@ -391,6 +397,8 @@ impl Pacer {
             if event.packets.is_empty() {
                 self.event = None;
             }
+            // An event's slot carries no audio (see `last_frame`).
+            self.frame.clear();
             if let (Some(packet), Some(pt)) = (next, self.format.event_payload_type) {
                 return self.packetizer.event(pt, timestamp, packet);
             }

@@ -54,6 +54,7 @@ use super::pacer::{Pacer, PacingClock, Packetizer, SendFormat, Slot};
 use super::port::{Attached, PortCommand, PortEvent, PortPlayout};
 use super::ports::PortPermit;
 use super::sdp::{Direction, NegotiatedMedia};
+use super::tap::{Taps, Track};
 use super::{CLOCK_RATE, FRAME_SAMPLES};
 use crate::metrics::{RTP_JITTER_SECONDS, RTP_TIMEOUTS_TOTAL};
 
@@ -144,6 +145,7 @@ impl RtpSession {
             pending_concealed: false,
             route: AudioRoute::Events,
             port: None,
+            taps: Taps::default(),
             control: control_tx,
             audio: audio_tx,
             stats_tx,
@@ -198,6 +200,8 @@ struct SessionTask {
     /// The attached audio consumer and producer: while it is there, the
     /// caller's audio and the playout events go to it, whatever `route`.
     port: Option<Attached>,
+    /// Copies of both tracks for recorders and forks, never waited on.
+    taps: Taps,
     control: mpsc::Sender<MediaEvent>,
     audio: mpsc::Sender<MediaEvent>,
     stats_tx: watch::Sender<MediaStats>,
@@ -248,6 +252,7 @@ impl SessionTask {
             Command::Play(samples) => self.play(&samples).await,
             Command::Route(route) => self.route = route,
             Command::Attach(port) => self.port = Some(port),
+            Command::Tap(tap) => self.taps.add(tap),
             Command::Clear => self.pacer.clear_audio(),
             Command::Digit(digit) => {
                 if !self.pacer.queue_digit(digit) {
@@ -359,6 +364,15 @@ impl SessionTask {
     /// and draining.
     async fn send(&mut self, slot: Slot, destination: SocketAddr) {
         let playing = matches!(slot, Slot::Play(_));
+        // The outbound track is what each slot carries; a slot sent early
+        // was tapped when it went.
+        if !self.taps.is_empty() && !matches!(slot, Slot::Ahead) {
+            let frame = match slot {
+                Slot::Play(_) | Slot::Fill(_) => self.pacer.last_frame(),
+                _ => &[],
+            };
+            self.taps.push(Track::Outbound, frame);
+        }
         let packet = match slot {
             Slot::Play(packet) | Slot::Fill(packet) => packet,
             Slot::Idle => Vec::new(),
@@ -497,6 +511,7 @@ impl SessionTask {
         let mut samples = Vec::with_capacity(FRAME_SAMPLES);
         super::move_front(&mut self.pending, FRAME_SAMPLES, &mut samples);
         let concealed = std::mem::take(&mut self.pending_concealed);
+        self.taps.push(Track::Inbound, &samples);
         if let Some(port) = self.port.as_ref() {
             let event = PortEvent::Audio {
                 frame: AudioFrame { samples, concealed },

@@ -24,6 +24,10 @@ pub enum EventType {
     /// A digit arrived (opt-in per endpoint).
     #[serde(rename = "call.dtmf")]
     CallDtmf,
+    /// A call's recording is complete (after the call ends): its
+    /// duration, size and channels.
+    #[serde(rename = "recording.completed")]
+    RecordingCompleted,
     #[serde(rename = "trunk.registered")]
     TrunkRegistered,
     #[serde(rename = "trunk.registration_failed")]
@@ -60,6 +64,7 @@ labels!(EventType, "event type" {
     CallEnded => "call.ended",
     CallAnalyzed => "call.analyzed",
     CallDtmf => "call.dtmf",
+    RecordingCompleted => "recording.completed",
     TrunkRegistered => "trunk.registered",
     TrunkRegistrationFailed => "trunk.registration_failed",
     TrunkUp => "trunk.up",

@@ -20,12 +20,14 @@ pub mod call;
 pub mod campaign;
 pub mod context;
 pub mod event;
+pub mod recording;
 pub mod trunk;
 
 pub use call::{AnsweredBy, Call, CallStatus, Direction};
 pub use campaign::{AttemptOutcome, Campaign, CampaignStatus};
 pub use context::{AgentSource, CallContext};
 pub use event::EventType;
+pub use recording::{Recording, RecordingChannels, RecordingSettings, RecordingStatus};
 pub use trunk::TrunkId;
 
 /// A label that names no value of the type it was read as.

@@ -31,6 +31,7 @@ pub mod notify;
 pub mod numbers;
 mod pg_commit;
 pub mod rate_limits;
+pub mod recordings;
 pub mod transcripts;
 pub mod usage;
 pub mod webhooks;
@@ -238,6 +239,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "api rate windows",
         include_str!("../../migrations/sqlite/0015_api_rate_windows.sql"),
     ),
+    (
+        17,
+        "recordings",
+        include_str!("../../migrations/sqlite/0017_recordings.sql"),
+    ),
 ];
 
 /// The PostgreSQL migrations, embedded in the binary.
@@ -311,6 +317,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         15,
         "api rate windows",
         include_str!("../../migrations/postgres/0015_api_rate_windows.sql"),
+    ),
+    (
+        17,
+        "recordings",
+        include_str!("../../migrations/postgres/0017_recordings.sql"),
     ),
 ];
 

@@ -119,6 +119,15 @@ fn render<D: Serialize>(
     })
 }
 
+/// Renders a recording event (`recording.completed`): `data` is the
+/// recording as `GET /v1/calls/{id}` shows it under `recording`.
+pub fn recording_event(
+    event_type: EventType,
+    recording: crate::model::Recording,
+) -> Result<NewEvent, StoreError> {
+    render(event_type, recording, None, Fanout::Subscribed)
+}
+
 /// Renders a call event (`call.*`) from the call row as the transaction
 /// left it.
 pub fn call_event(

@@ -175,6 +175,24 @@ impl Outbox {
         Ok(record)
     }
 
+    /// A recording's file is closed: its row completed, with
+    /// `recording.completed` (unless it failed) in the same transaction.
+    pub async fn recording_completed(
+        &self,
+        call_id: &str,
+        totals: crate::store::recordings::RecordingTotals,
+        failed: bool,
+        emit: crate::store::recordings::RecordingEmit<'_>,
+    ) -> Result<crate::store::recordings::RecordingRecord, StoreError> {
+        let mark = self.store.deliveries_written();
+        let record = self
+            .store
+            .recording_completed(call_id, totals, failed, emit)
+            .await?;
+        self.emitted(mark);
+        Ok(record)
+    }
+
     /// A trunk event (`trunk.*`): its registration or its health changed.
     pub async fn trunk_changed(
         &self,

@@ -12,7 +12,8 @@
 //!
 //! Built-in tools offered to every LLM: `end_call` (optional `summary`),
 //! `transfer_call` (`to`), `send_dtmf` (`digits`), `opt_out` (the callee
-//! asks not to be called again). Their actions are emitted after the
+//! asks not to be called again), `pause_recording` and `resume_recording`
+//! (a payment step kept out of the call's recording). Their actions are emitted after the
 //! reply's text, so a hang-up follows the goodbye.
 //!
 //! Toll fraud: a caller can talk an LLM into anything, so `transfer_call`
@@ -114,6 +115,8 @@ const END_CALL: &str = "end_call";
 const TRANSFER_CALL: &str = "transfer_call";
 const SEND_DTMF: &str = "send_dtmf";
 const OPT_OUT: &str = "opt_out";
+const PAUSE_RECORDING: &str = "pause_recording";
+const RESUME_RECORDING: &str = "resume_recording";
 
 fn builtin_specs() -> Vec<ToolSpec> {
     vec![
@@ -141,6 +144,18 @@ fn builtin_specs() -> Vec<ToolSpec> {
                 in your reply that they will not be called; the call then ends and \
                 the number is added to the do-not-call list."
                 .into(),
+            parameters: json!({"type": "object", "properties": {}}),
+        },
+        ToolSpec {
+            name: PAUSE_RECORDING.into(),
+            description: "Pause the call's recording after your reply, before the caller \
+                gives sensitive details such as a card number. Resume it afterwards."
+                .into(),
+            parameters: json!({"type": "object", "properties": {}}),
+        },
+        ToolSpec {
+            name: RESUME_RECORDING.into(),
+            description: "Resume the call's recording after your reply.".into(),
             parameters: json!({"type": "object", "properties": {}}),
         },
     ]
@@ -219,6 +234,14 @@ impl LlmBrain {
                 Some(digits) => ("ok".into(), Some(Action::SendDtmf { digits })),
                 None => (r#"{"error": "digits must be 0-9, *, #"}"#.into(), None),
             },
+            PAUSE_RECORDING => (
+                "ok: the recording pauses after your reply".into(),
+                Some(Action::PauseRecording),
+            ),
+            RESUME_RECORDING => (
+                "ok: the recording resumes after your reply".into(),
+                Some(Action::ResumeRecording),
+            ),
             OPT_OUT => (
                 "ok: the call ends after your reply and the number is not called again".into(),
                 Some(Action::OptOut),

@@ -160,6 +160,11 @@ pub enum Action {
     /// the call ends as `opted_out`, and a campaign puts the number on the
     /// do-not-call list.
     OptOut,
+    /// Stop recording the call until `resume_recording` (a payment step):
+    /// the span is silent in the file and marked in the transcript.
+    PauseRecording,
+    /// Record the call again after `pause_recording`.
+    ResumeRecording,
 }
 
 /// One piece of a reply, in order.

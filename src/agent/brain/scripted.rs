@@ -266,7 +266,10 @@ impl ScriptedDialogue {
                         Action::Transfer { to } => to.trim().is_empty(),
                         Action::SendDtmf { digits } => digits.trim().is_empty(),
                         Action::Summary { text } => text.trim().is_empty(),
-                        Action::Hangup | Action::OptOut => false,
+                        Action::Hangup
+                        | Action::OptOut
+                        | Action::PauseRecording
+                        | Action::ResumeRecording => false,
                     };
                     if empty {
                         bad(format!("{at}.actions[{a}]"), "needs a value");
@@ -443,6 +446,8 @@ impl ScriptedBrain {
                 },
                 Action::Hangup => Action::Hangup,
                 Action::OptOut => Action::OptOut,
+                Action::PauseRecording => Action::PauseRecording,
+                Action::ResumeRecording => Action::ResumeRecording,
             })
             .collect();
         Some(Reply {
