@@ -152,6 +152,7 @@ async fn stream_events(
         None => state.store.last_event_seq().await?,
     };
     let tail = Tail {
+        livemode: super::mode::Mode::of_key(&key).livemode(),
         store: state.store.clone(),
         cursor,
         ready: VecDeque::new(),
@@ -178,6 +179,8 @@ async fn stream_events(
 
 /// Follows the outbox from a position.
 struct Tail {
+    /// The key's mode: events of the other mode are passed over.
+    livemode: bool,
     store: Store,
     /// The last sequence number handed out.
     cursor: i64,
@@ -253,7 +256,9 @@ impl Tail {
             }
             self.gap_since = None;
             self.cursor = row.seq;
-            self.ready.push_back(row);
+            if row.livemode == self.livemode {
+                self.ready.push_back(row);
+            }
         }
     }
 }

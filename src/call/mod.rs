@@ -32,6 +32,7 @@ mod reconcile;
 pub mod registrations;
 pub mod registry;
 mod screen;
+pub mod simulated;
 mod task;
 pub mod trunk_pings;
 
@@ -130,6 +131,11 @@ pub(crate) struct Shared {
     analyzer: analysis::Analyzer,
     /// The agent webhooks' client and the context's SIP header patterns.
     hooks: context::Hooks,
+    /// How the simulated carrier's callees behave (`[calls] test_*`).
+    simulated_settings: simulated::Settings,
+    /// Test mode's simulated carrier, started with SIP by
+    /// [`Calls::start_sip`]; test calls go there, never to a trunk.
+    simulated: OnceLock<simulated::Carrier>,
 }
 
 impl Shared {
@@ -222,6 +228,8 @@ impl Calls {
                 grace: Duration::from_secs(u64::from(config.cluster.grace_seconds)),
                 owned_trunks: std::sync::Mutex::new(None),
                 hooks: context::Hooks::new(&config.calls, &config.webhooks),
+                simulated_settings: simulated::Settings::from_config(&config.calls),
+                simulated: OnceLock::new(),
             }),
         })
     }
@@ -241,7 +249,13 @@ impl Calls {
         config.tcp_limits = edge.tcp;
         config.user_agent = Some(edge.server_header.clone()).filter(|ua| !ua.is_empty());
         let stack = SipStack::start(config, Arc::new(Handler(Arc::clone(&self.shared)))).await?;
-        if self.shared.stack.set(stack.clone()).is_err() {
+        // Before the stack is published: a test call placed as soon as
+        // SIP is up finds its carrier.
+        let carrier =
+            simulated::Carrier::start(&stack, self.shared.simulated_settings.clone()).await?;
+        if self.shared.simulated.set(carrier).is_err()
+            || self.shared.stack.set(stack.clone()).is_err()
+        {
             return Err(SipError::Invalid {
                 what: "SIP stack",
                 value: "already started".into(),
@@ -368,6 +382,10 @@ struct Handler(Arc<Shared>);
 impl InboundHandler for Handler {
     /// Asked for every packet: no profile is cloned.
     fn admit(&self, source: &RequestSource) -> Admission {
+        // The simulated carrier's in-dialog requests (its callees' BYE).
+        if self.0.simulated.get().map(simulated::Carrier::addr) == Some(source.addr) {
+            return Admission::Admit;
+        }
         let ip = source.addr.ip();
         let allowed = self.0.profiles.get().by_name.values().any(|p| {
             p.inbound.allow.iter().any(|net| net.contains(&ip))
@@ -388,6 +406,9 @@ impl InboundHandler for Handler {
     }
 
     fn digest_accounts(&self, source: &RequestSource) -> Vec<DigestAccount> {
+        if self.0.simulated.get().map(simulated::Carrier::addr) == Some(source.addr) {
+            return Vec::new();
+        }
         match inbound::trunk_for_source(&self.0, source.addr.ip()) {
             Some(_) => Vec::new(),
             None => inbound::digest_accounts(&self.0),

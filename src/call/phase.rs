@@ -36,7 +36,7 @@ use super::screen::Screen;
 use super::task::{self, Established};
 use super::{EndReason, Shared, count_ended};
 use crate::agent::CallSettings;
-use crate::agent::brain::AgentContext;
+use crate::agent::brain::{AgentContext, TransferCheck};
 use crate::agent::runner::{AgentRun, StreamEnv};
 use crate::agent::stream::StreamCall;
 use crate::config::Profile;
@@ -124,9 +124,13 @@ impl Routed {
         self,
         agent: &AgentSpec,
         trunk: &Profile,
-        context: AgentContext,
+        mut context: AgentContext,
     ) -> Result<Prepared, Finished> {
         let shared = Arc::clone(&self.shared);
+        // Toll fraud: a transfer passes the trunk's destination policy as
+        // an INVITE through it would.
+        let policy = trunk.clone();
+        context.transfer_check = TransferCheck::new(move |to| policy.transfer_allowed(to));
         let run = AgentRun::new(
             &agent.kind,
             &agent.settings,

@@ -26,6 +26,7 @@ pub mod deliveries;
 pub mod dnc;
 pub mod events;
 pub mod keys;
+pub mod modes;
 pub mod nodes;
 pub mod notify;
 pub mod numbers;
@@ -238,6 +239,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "api rate windows",
         include_str!("../../migrations/sqlite/0015_api_rate_windows.sql"),
     ),
+    (
+        16,
+        "test mode",
+        include_str!("../../migrations/sqlite/0016_test_mode.sql"),
+    ),
 ];
 
 /// The PostgreSQL migrations, embedded in the binary.
@@ -311,6 +317,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         15,
         "api rate windows",
         include_str!("../../migrations/postgres/0015_api_rate_windows.sql"),
+    ),
+    (
+        16,
+        "test mode",
+        include_str!("../../migrations/postgres/0016_test_mode.sql"),
     ),
 ];
 

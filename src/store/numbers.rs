@@ -21,6 +21,9 @@ pub struct NumberRecord {
     /// `whsec_...`: signs the agent webhook's requests; never shown again
     /// after it was handed out.
     pub agent_webhook_secret: Option<String>,
+    /// `false` for a test-mode number: it places test calls only and is
+    /// never routed an inbound call.
+    pub livemode: bool,
 }
 
 /// The writable fields of a number.
@@ -37,7 +40,7 @@ pub struct NumberFields<'a> {
 macro_rules! number_columns {
     () => {
         "id, number, name, agent_id, trunk, created_at, updated_at, agent_webhook_url,
-        agent_webhook_secret"
+        agent_webhook_secret, livemode"
     };
 }
 
@@ -60,19 +63,25 @@ impl FromSqlite for NumberRecord {
             updated_at: time(row, "updated_at")?,
             agent_webhook_url: row.get("agent_webhook_url")?,
             agent_webhook_secret: row.get("agent_webhook_secret")?,
+            livemode: row.get("livemode")?,
         })
     }
 }
 
 impl Store {
-    pub async fn insert_number(&self, id: &str, f: NumberFields<'_>) -> Result<NumberRecord> {
+    pub async fn insert_number(
+        &self,
+        id: &str,
+        f: NumberFields<'_>,
+        livemode: bool,
+    ) -> Result<NumberRecord> {
         let now = super::now();
         on_pool!(self, p => sqlx::query(
             "INSERT INTO phone_numbers (id, number, name, agent_id, trunk, created_at, updated_at,
-                 agent_webhook_url, agent_webhook_secret)
-             VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8)")
+                 agent_webhook_url, agent_webhook_secret, livemode)
+             VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8, $9)")
             .bind(id).bind(f.number).bind(f.name).bind(f.agent_id).bind(f.trunk).bind(now)
-            .bind(f.agent_webhook_url).bind(f.agent_webhook_secret)
+            .bind(f.agent_webhook_url).bind(f.agent_webhook_secret).bind(livemode)
             .execute(p).await.map(|r| r.rows_affected()))?;
         self.get_number(id).await
     }
@@ -92,7 +101,9 @@ impl Store {
     }
 
     /// The number and the agent it is bound to (`None` when it has none, or
-    /// the agent is gone), for routing an inbound call: on the call path,
+    /// the agent is gone), for routing an inbound call; a test-mode number
+    /// is never routed one (`NotFound`, as for an unknown number). On the
+    /// call path,
     /// so on SQLite both reads run on the group commit's thread, away from
     /// the busy runtime ([`super::commit`]); on PostgreSQL on one
     /// connection.
@@ -107,6 +118,7 @@ impl Store {
                     .read(Box::new(move |batch| {
                         let record: NumberRecord = batch
                             .row(FIND_NUMBER, std::slice::from_ref(&number))?
+                            .filter(|r: &NumberRecord| r.livemode)
                             .ok_or(StoreError::NotFound)?;
                         let agent = match &record.agent_id {
                             Some(id) => batch.row(SELECT_AGENT, &[id.as_str().into()])?,
@@ -122,6 +134,7 @@ impl Store {
                     .bind(number)
                     .fetch_optional(&mut *c)
                     .await?
+                    .filter(|r| r.livemode)
                     .ok_or(StoreError::NotFound)?;
                 let agent = match &record.agent_id {
                     Some(id) => {
@@ -137,19 +150,21 @@ impl Store {
         }
     }
 
+    /// The numbers of one mode (`livemode`), newest first.
     pub async fn list_numbers(
         &self,
         agent_id: Option<&str>,
+        livemode: bool,
         w: Window,
     ) -> Result<Page<NumberRecord>> {
         let items = on_pool!(self, p => sqlx::query_as::<_, NumberRecord>(concat!(
             "SELECT ", number_columns!(), " FROM phone_numbers
-             WHERE ($1 IS NULL OR agent_id = $1)
+             WHERE ($1 IS NULL OR agent_id = $1) AND livemode = $4
              ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3"))
-            .bind(agent_id).bind(w.limit).bind(w.offset).fetch_all(p).await)?;
+            .bind(agent_id).bind(w.limit).bind(w.offset).bind(livemode).fetch_all(p).await)?;
         let total: i64 = on_pool!(self, p => sqlx::query_scalar(
-            "SELECT COUNT(*) FROM phone_numbers WHERE ($1 IS NULL OR agent_id = $1)")
-            .bind(agent_id).fetch_one(p).await)?;
+            "SELECT COUNT(*) FROM phone_numbers WHERE ($1 IS NULL OR agent_id = $1) AND livemode = $2")
+            .bind(agent_id).bind(livemode).fetch_one(p).await)?;
         Ok(Page { items, total })
     }
 
