@@ -9,6 +9,9 @@
 //! visible after a higher one (transactions commit out of order), so the
 //! stream waits up to [`GAP_GRACE`] for a missing number before passing it.
 //!
+//! A key sees the events of its own mode only (`livemode`, see `mode`):
+//! the stream passes over the others' events.
+//!
 //! A stream outlives the request that authenticated it, so it checks every
 //! `api.stream_key_check_seconds` that its key is still unrevoked and ends
 //! when it is not; and one key holds at most `api.max_streams_per_key`

@@ -9,7 +9,8 @@
 //! call ([`end_reason`]), the live-call index with its handles and trunk
 //! slots, the one count of a trunk's `max_calls` ([`registry`]), every
 //! call state transition with its store write and bus event ([`events`]),
-//! the call's context and the agent webhook ([`context`]),
+//! the call's context and the agent webhook ([`context`]), test mode's
+//! simulated carrier ([`simulated`]),
 //! and what runs per trunk profile
 //! ([`reconcile`]): the registrations ([`registrations`]) and the OPTIONS
 //! probes ([`trunk_pings`]). The agents a call runs are `agent`'s
