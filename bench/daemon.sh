@@ -22,6 +22,8 @@ start_daemon() {
 [api]
 listen = "$API"
 rate_limit_per_minute = 100000
+# The benchmarks read the daemon's counters; loopback only.
+metrics_open = true
 [sip]
 listen = "127.0.0.1:$SIP_PORT"
 rtp_ports = "30000-39999"

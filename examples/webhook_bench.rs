@@ -321,7 +321,7 @@ async fn main() {
         set.spawn(async move {
             let mut n = 0;
             for _ in 0..per {
-                outbox.test_event(&ep_id).await.expect("enqueue");
+                outbox.test_event(&ep_id, true).await.expect("enqueue");
                 n += 1;
             }
             n

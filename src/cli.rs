@@ -282,6 +282,7 @@ async fn keys(config: &Config, cmd: KeysCommand) -> Result<(), StartError> {
             let (record, secret) =
                 crate::api::create_api_key(&store, &name, mode, scope, rate_limit.map(i64::from))
                     .await?;
+            audit_cli(&store, "create", &record.id, "keys create").await;
             eprintln!(
                 "created {} ({}, scope {}); the key is shown only now:",
                 record.id, record.name, record.scope
@@ -312,10 +313,33 @@ async fn keys(config: &Config, cmd: KeysCommand) -> Result<(), StartError> {
                 ),
                 e => e.into(),
             })?;
+            audit_cli(&store, "delete", &k.id, "keys revoke").await;
             println!("revoked {} ({})", k.id, k.prefix);
         }
     }
     Ok(())
+}
+
+/// Writes a key change made on the command line to the audit log, as the
+/// API's middleware writes its own (`actor` `cli`, no key, no address). The
+/// change is made already: a failure is told, not fatal.
+async fn audit_cli(store: &crate::store::Store, action: &str, key_id: &str, command: &str) {
+    let row = crate::store::audit::NewAudit {
+        id: &crate::api::new_audit_id(),
+        key_id: None,
+        action,
+        object_type: "api-keys",
+        object_id: Some(key_id),
+        method: "CLI",
+        route: command,
+        status: 0,
+        client_addr: None,
+        request_id: None,
+        actor: "cli",
+    };
+    if let Err(e) = store.insert_audit(row).await {
+        eprintln!("warning: the audit event was not written: {e}");
+    }
 }
 
 async fn campaign(config: &Config, cmd: CampaignCommand) -> Result<(), StartError> {

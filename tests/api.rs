@@ -648,6 +648,8 @@ async fn calls_are_listed_with_filters(backend: Backend) {
                     context: None,
                     agent_source: None,
                     agent_source_error: None,
+                    livemode: true,
+                    api_key_id: None,
                 },
                 None,
             )

@@ -485,9 +485,85 @@ async fn changes_are_audited(backend: Backend) {
     assert!(error_fields(&b, s).iter().any(|f| f == "key_id"), "{b}");
 }
 
+/// Key changes made with the CLI (`keys create`, `keys revoke`) are in
+/// the audit log like the API's, with `actor` `cli`; the API's say `api`.
+async fn cli_key_changes_are_audited(backend: Backend) {
+    let d = TestDaemon::builder().backend(backend).start().await;
+    let key = d.create_key_cli("ops", None);
+    let (s, keys) = json_of(d.get("/v1/api-keys").send().await.unwrap()).await;
+    assert_eq!(s, StatusCode::OK, "{keys}");
+    let id = keys["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "ops")
+        .map(|k| k["id"].as_str().unwrap().to_owned())
+        .unwrap();
+    assert!(key.starts_with("al_live_"));
+    let out = d
+        .command()
+        .args(["keys", "revoke", &id])
+        .output()
+        .expect("run keys revoke");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // And one change through the API, for the contrast.
+    let r = d
+        .post("/v1/agents")
+        .json(&json!({"name": "a", "kind": "echo"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let (s, page) = json_of(
+        d.get(&format!("/v1/audit-events?object_id={id}"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{page}");
+    let mut rows: Vec<(String, String, String)> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            assert!(e["key_id"].is_null(), "{e}");
+            assert_eq!(e["object_type"], "api-keys", "{e}");
+            (
+                e["action"].as_str().unwrap().to_owned(),
+                e["actor"].as_str().unwrap().to_owned(),
+                e["route"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    rows.sort();
+    assert_eq!(
+        rows,
+        vec![
+            ("create".into(), "cli".into(), "keys create".into()),
+            ("delete".into(), "cli".into(), "keys revoke".into()),
+        ],
+        "{page}"
+    );
+    let (_, agents) = json_of(
+        d.get("/v1/audit-events?object_type=agents")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(agents["items"][0]["actor"], "api", "{agents}");
+    assert!(agents["items"][0]["key_id"].is_string(), "{agents}");
+}
+
 both_backends!(
     scopes_hold_on_every_route,
     no_key_mints_a_stronger_key,
     keys_from_before_scopes_are_admin,
     changes_are_audited,
+    cli_key_changes_are_audited,
 );

@@ -822,6 +822,8 @@ async fn a_call_lost_in_a_crash_is_ended_at_the_next_start(backend: Backend) {
                 context: None,
                 agent_source: None,
                 agent_source_error: None,
+                livemode: true,
+                api_key_id: None,
             },
             None,
         )

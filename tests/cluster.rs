@@ -231,7 +231,9 @@ async fn two_handles(backend: Backend) -> (TestDaemon, Store, Store) {
 /// Recovery and fencing at the store, on both backends.
 async fn store_recovery_and_fencing(backend: Backend) {
     let (_d, a, b) = two_handles(backend).await;
-    a.insert_agent("agt_1", "a", "echo", "{}").await.unwrap();
+    a.insert_agent("agt_1", "a", "echo", "{}", true)
+        .await
+        .unwrap();
     let c = a
         .insert_campaign(
             "cmp_1",
@@ -248,6 +250,7 @@ async fn store_recovery_and_fencing(backend: Backend) {
                 opt_out_digit: None,
                 amd: "off",
             },
+            true,
         )
         .await
         .unwrap();
@@ -330,6 +333,8 @@ async fn store_recovery_and_fencing(backend: Backend) {
                         context: None,
                         agent_source: None,
                         agent_source_error: None,
+                        livemode: true,
+                        api_key_id: None,
                     },
                     None,
                 )

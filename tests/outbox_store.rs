@@ -38,6 +38,7 @@ async fn add_endpoint(store: &Store, events: &str) -> String {
                 enabled: true,
                 include_transcript: false,
             },
+            true,
         )
         .await
         .unwrap();
@@ -49,7 +50,7 @@ async fn concurrent_claims_are_disjoint(backend: Backend) {
     let (_d, store, ep) = fresh_store(backend).await;
     let outbox = Outbox::new(store.clone());
     for _ in 0..N {
-        outbox.test_event(&ep).await.unwrap();
+        outbox.test_event(&ep, true).await.unwrap();
     }
     let lease = agentline::store::now() + chrono::Duration::seconds(60);
     let mut tasks = tokio::task::JoinSet::new();
@@ -79,7 +80,10 @@ async fn concurrent_claims_are_disjoint(backend: Backend) {
 
 async fn expired_leases_are_claimed_again(backend: Backend) {
     let (_d, store, ep) = fresh_store(backend).await;
-    Outbox::new(store.clone()).test_event(&ep).await.unwrap();
+    Outbox::new(store.clone())
+        .test_event(&ep, true)
+        .await
+        .unwrap();
     let past = agentline::store::now() - chrono::Duration::seconds(1);
     let first = store.claim_deliveries(past, 10).await.unwrap();
     assert_eq!(first.len(), 1);

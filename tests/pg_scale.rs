@@ -45,6 +45,7 @@ async fn fresh_store() -> (TestDaemon, Store) {
                 enabled: true,
                 include_transcript: false,
             },
+            true,
         )
         .await
         .unwrap();
@@ -66,6 +67,8 @@ fn inbound(id: &str) -> NewCall<'_> {
         context: None,
         agent_source: None,
         agent_source_error: None,
+        livemode: true,
+        api_key_id: None,
     }
 }
 

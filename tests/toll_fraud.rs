@@ -78,6 +78,11 @@ async fn llm(State(seen): State<Shared>, body: axum::Json<Value>) -> axum::respo
 /// A daemon with a voice agent on the stand-in LLM allowed to transfer to
 /// [`ALLOWED`] only, bound to [`NUMBER`].
 async fn daemon(target: &str) -> (TestDaemon, Shared) {
+    daemon_with(target, &[ALLOWED]).await
+}
+
+/// [`daemon`] with the agent's `transfer_targets`.
+async fn daemon_with(target: &str, targets: &[&str]) -> (TestDaemon, Shared) {
     let seen: Shared = Arc::new(Mutex::new(StandIn {
         target: target.into(),
         ..StandIn::default()
@@ -100,7 +105,7 @@ async fn daemon(target: &str) -> (TestDaemon, Shared) {
                 "greeting": "Front desk.",
                 "tts": {"provider": "embedded", "voice": "slt"},
                 "llm": {"provider": "openai", "base_url": format!("{url}/v1"), "model": "stand-in"},
-                "transfer_targets": [ALLOWED]
+                "transfer_targets": targets
             }))
             .send()
             .await
@@ -108,7 +113,7 @@ async fn daemon(target: &str) -> (TestDaemon, Shared) {
     )
     .await;
     assert_eq!(s, StatusCode::CREATED, "{agent}");
-    assert_eq!(agent["transfer_targets"], json!([ALLOWED]));
+    assert_eq!(agent["transfer_targets"], json!(targets));
     let r = d
         .post("/v1/phone-numbers")
         .json(&json!({"number": NUMBER, "agent_id": agent["id"], "trunk_id": "trk_carrier"}))
@@ -197,6 +202,54 @@ async fn an_llm_transfer_inside_the_list_is_sent() {
     let call = ended_call(&d).await;
     assert_eq!(call["end_reason"], "transferred", "{call}");
     assert!(seen.lock().unwrap().tool_results[0].starts_with("ok"));
+}
+
+/// (b2) The trunk's destination policy binds transfers too: the agent lists
+/// a premium-rate number, but the call's trunk denies premium-rate ranges
+/// (its default `deny_destinations`): no REFER (SIPp's scenario has none),
+/// the LLM reads the trunk's refusal and the transcript shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_the_trunk_denies_sends_no_refer() {
+    let (d, seen) = daemon_with(PREMIUM, &[PREMIUM]).await;
+    let run = call(&d, "uac-invite-dtmf-1-listen-expect-200-bye.xml").await;
+    assert!(run.success, "{}\n{}", run.output, d.log());
+    let call = ended_call(&d).await;
+    assert_ne!(call["end_reason"], "transferred", "{call}");
+    {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.tool_results.len(), 1, "{}", d.log());
+        assert!(
+            seen.tool_results[0].contains("transfer refused")
+                && seen.tool_results[0].contains("trunk"),
+            "{:?}",
+            seen.tool_results
+        );
+    }
+    let (s, t) = json_of(
+        d.get(&format!(
+            "/v1/calls/{}/transcript",
+            call["id"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{t}");
+    assert!(
+        t["turns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|turn| turn["speaker"] == "agent"
+                && turn["text"].as_str().unwrap().contains("transfer refused")),
+        "{t}"
+    );
+    assert!(
+        d.log().contains("the trunk's destination policy"),
+        "{}",
+        d.log()
+    );
 }
 
 /// (c) `transfer_targets` entries are checked when saved.
@@ -457,8 +510,145 @@ async fn daily_caps_refuse_and_notify(backend: Backend) {
     assert_eq!(capped, 1);
 }
 
+/// (g) A key's daily minutes (`[calls] daily_minutes_per_key = 1`) are
+/// counted from the calls in the store, whichever node ran them: a call of
+/// the key that lasted a minute (written as another node would) makes its
+/// next call a 429 `daily_cap` naming minutes, with one
+/// `api_key.cap_reached` (in the key's mode); another key is not capped.
+async fn daily_minutes_per_key_are_counted_in_the_store(backend: Backend) {
+    let sink = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let d = TestDaemon::builder()
+        .backend(backend)
+        .allow_loopback()
+        .profile(
+            "open",
+            &format!(
+                "name = \"open\"\n[outbound]\nproxy = \"127.0.0.1:{}\"\n",
+                sink.local_addr().unwrap().port()
+            ),
+        )
+        .config("[calls]\ndaily_minutes_per_key = 1")
+        .start()
+        .await;
+    let rx = receiver::Receiver::start(json!({}));
+    let (s, b) = json_of(
+        d.post("/v1/webhook-endpoints")
+            .json(&json!({"url": rx.url(), "events": ["api_key.cap_reached"]}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let (_, agent) = json_of(
+        d.post("/v1/agents")
+            .json(&json!({"name": "p", "kind": "prompt", "prompt": {"tone_hz": 440}}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let r = d
+        .post("/v1/phone-numbers")
+        .json(&json!({"number": NUMBER, "agent_id": agent["id"], "trunk_id": "trk_open"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let other = d.create_key_cli("other", Some(100_000));
+    let (_, keys) = json_of(d.get("/v1/api-keys").send().await.unwrap()).await;
+    let harness = keys["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "harness")
+        .map(|k| k["id"].as_str().unwrap().to_owned())
+        .unwrap();
+    let place = |key: String| {
+        let r = d
+            .http
+            .post(d.url("/v1/calls"))
+            .bearer_auth(key)
+            .json(&json!({"from": NUMBER, "to": ALLOWED, "ring_timeout_seconds": 1}))
+            .send();
+        async move { json_of(r.await.unwrap()).await }
+    };
+    // Under the cap: placed.
+    let (s, b) = place(d.key.clone()).await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    // A minute-long call of this key, as another node would record it.
+    let store = d.store().await;
+    store
+        .call_created(
+            agentline::store::calls::NewCall {
+                id: "call_elsewhere",
+                direction: agentline::model::Direction::Outbound,
+                from_number: NUMBER,
+                to_number: ALLOWED,
+                trunk: Some("trk_open"),
+                agent_id: None,
+                status: agentline::model::CallStatus::Queued,
+                sip_call_id: None,
+                metadata: "{}",
+                campaign: None,
+                context: None,
+                agent_source: None,
+                agent_source_error: None,
+                livemode: true,
+                api_key_id: Some(&harness),
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    store
+        .call_ended(
+            "call_elsewhere",
+            agentline::store::calls::EndFields {
+                status: agentline::model::CallStatus::Completed,
+                sip_code: Some(200),
+                sip_reason: None,
+                end_reason: "callee_hangup",
+                duration_ms: Some(61_000),
+                answered_by: None,
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    store.close().await;
+    for _ in 0..2 {
+        let (s, b) = place(d.key.clone()).await;
+        assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{b}");
+        assert_eq!(b["error"]["code"], "daily_cap", "{b}");
+        assert!(
+            b["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("1 minutes"),
+            "{b}"
+        );
+    }
+    let records = rx
+        .wait_until(Duration::from_secs(10), |r| !r.is_empty())
+        .await;
+    assert_eq!(
+        records[0].body["type"], "api_key.cap_reached",
+        "{:?}",
+        records[0]
+    );
+    assert_eq!(records[0].body["data"]["api_key_id"], harness.as_str());
+    assert_eq!(records[0].body["livemode"], true);
+    // Another key has its own day.
+    let (s, b) = place(other).await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(rx.records().len(), 1, "one notification a day");
+}
+
 both_backends!(
     a_call_to_a_dnc_number_is_forbidden,
     trunk_policy_refuses_premium_destinations,
-    daily_caps_refuse_and_notify
+    daily_caps_refuse_and_notify,
+    daily_minutes_per_key_are_counted_in_the_store
 );

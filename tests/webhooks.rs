@@ -378,6 +378,8 @@ async fn call_events_carry_the_call_and_its_sequence(backend: Backend) {
             context: None,
             agent_source: None,
             agent_source_error: None,
+            livemode: true,
+            api_key_id: None,
         })
         .await
         .unwrap();

@@ -536,6 +536,7 @@ mod tests {
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect(),
             document: serde_json::Value::Null,
+            transfer_check: Default::default(),
         };
         let keys = vec![
             "x_customer_id".into(),

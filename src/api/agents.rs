@@ -13,6 +13,7 @@ use utoipa_axum::routes;
 use super::AppState;
 use super::error::{ApiError, ErrorResponses, FieldError};
 use super::extract::{ApiJson, ApiQuery, List, Pagination, patched};
+use super::mode::Mode;
 use crate::agent::BrainConfig;
 use crate::agent::analysis::AnalysisSettings;
 use crate::agent::brain::scripted::ScriptedDialogue;
@@ -169,6 +170,9 @@ pub struct Agent {
     #[schema(example = "agt_01jdw8q1m7k3x9b5n4c2v6t8r0")]
     pub id: String,
     pub name: String,
+    /// `false` for an agent made with a test key (`al_test_`): only test
+    /// keys see it, and only test calls run it.
+    pub livemode: bool,
     pub kind: AgentKind,
     /// Spoken first on inbound calls.
     pub greeting: Option<String>,
@@ -311,6 +315,7 @@ pub struct AgentUpdate {
 }
 
 fn to_agent(r: AgentRecord) -> Result<Agent, ApiError> {
+    let livemode = r.livemode;
     let kind: AgentKind = serde_json::from_value(serde_json::Value::String(r.kind.clone()))
         .map_err(|e| ApiError::internal(format!("agent {} has kind {:?}: {e}", r.id, r.kind)))?;
     let s: Settings = serde_json::from_str(&r.settings)
@@ -337,6 +342,7 @@ fn to_agent(r: AgentRecord) -> Result<Agent, ApiError> {
         transfer_context: s.transfer_context,
         recording: s.recording,
         streams: s.streams,
+        livemode,
         created_at: r.created_at,
         updated_at: r.updated_at,
     })
@@ -875,6 +881,7 @@ fn settings_json(s: &Settings) -> Result<String, ApiError> {
     responses((status = 201, description = "Created", body = Agent), ErrorResponses))]
 async fn create_agent(
     State(state): State<AppState>,
+    mode: Mode,
     ApiJson(body): ApiJson<AgentCreate>,
 ) -> Result<(StatusCode, Json<Agent>), ApiError> {
     let (name, kind, settings) = from_create(body);
@@ -885,7 +892,13 @@ async fn create_agent(
     let id = ids::new(ids::AGENT);
     let record = state
         .store
-        .insert_agent(&id, name.trim(), kind.as_str(), &settings_json(&settings)?)
+        .insert_agent(
+            &id,
+            name.trim(),
+            kind.as_str(),
+            &settings_json(&settings)?,
+            mode.livemode(),
+        )
         .await?;
     Ok((StatusCode::CREATED, Json(to_agent(record)?)))
 }
@@ -895,10 +908,11 @@ async fn create_agent(
     responses((status = 200, description = "A page of agents", body = List<Agent>), ErrorResponses))]
 async fn list_agents(
     State(state): State<AppState>,
+    mode: Mode,
     ApiQuery(page): ApiQuery<Pagination>,
 ) -> Result<Json<List<Agent>>, ApiError> {
     let w = page.window()?;
-    let records = state.store.list_agents(w).await?;
+    let records = state.store.list_agents(mode.livemode(), w).await?;
     List::try_new(records, w, to_agent).map(Json)
 }
 

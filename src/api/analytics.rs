@@ -136,6 +136,7 @@ fn group(g: GroupStats) -> CallGroup {
     responses((status = 200, description = "The calls' numbers", body = CallAnalytics), ErrorResponses))]
 async fn call_analytics(
     State(state): State<AppState>,
+    mode: super::mode::Mode,
     ApiQuery(q): ApiQuery<AnalyticsQuery>,
 ) -> Result<Json<CallAnalytics>, ApiError> {
     let to = q.to.unwrap_or_else(crate::store::now);
@@ -158,7 +159,11 @@ async fn call_analytics(
         Grouping::Direction => GroupBy::Direction,
         Grouping::EndReason => GroupBy::EndReason,
     };
-    let stats = match state.store.call_analytics(from, to, by).await {
+    let stats = match state
+        .store
+        .call_analytics(from, to, by, mode.livemode())
+        .await
+    {
         Ok(s) => s,
         Err(AnalyticsError::TooMany) => {
             return Err(ApiError::validation(vec![FieldError {

@@ -36,6 +36,11 @@ use crate::store::audit::{AuditFilter, AuditRecord, NewAudit};
 
 /// Id prefix of an audit event.
 pub const AUDIT: &str = "aud";
+/// A new audit event id (`aud_...`), also for the CLI's rows.
+pub fn new_id() -> String {
+    ids::new(AUDIT)
+}
+
 /// The largest answer read to find a created object's id.
 const MAX_READ: u64 = 1024 * 1024;
 
@@ -60,12 +65,15 @@ pub struct AuditEvent {
     pub method: String,
     /// The route template, for example `/v1/agents/{id}`.
     pub route: String,
-    /// The HTTP status answered.
+    /// The HTTP status answered (0 for a change made with the CLI).
     pub status: i64,
     /// The client's address (the TCP peer).
     pub client_addr: Option<String>,
     /// The request's `X-Request-Id`.
     pub request_id: Option<String>,
+    /// `api` (a request, made with `key_id`) or `cli` (`agentline keys
+    /// create` or `keys revoke` on the daemon's host; no key, no address).
+    pub actor: String,
     pub created_at: DateTime<Utc>,
 }
 
@@ -96,6 +104,7 @@ fn to_api(r: AuditRecord) -> AuditEvent {
         status: r.status,
         client_addr: r.client_addr,
         request_id: r.request_id,
+        actor: r.actor,
         created_at: r.created_at,
     }
 }
@@ -227,6 +236,7 @@ pub async fn record(State(state): State<AppState>, req: Request, next: Next) -> 
         status: i64::from(response.status().as_u16()),
         client_addr: client.as_deref(),
         request_id: request_id.as_deref(),
+        actor: "api",
     };
     if let Err(e) = state.store.insert_audit(row).await {
         tracing::error!(error = %e, route = %template, "audit event not written");

@@ -17,6 +17,7 @@ use utoipa_axum::routes;
 use super::AppState;
 use super::error::{ApiError, ErrorBody, ErrorResponses, FieldError};
 use super::extract::{ApiJson, ApiQuery, List, Pagination};
+use super::mode::Mode;
 use crate::call::{HangupError, OutboundRequest, PlaceError};
 use crate::media::amd::AmdMode;
 use crate::model::{Call, CallStatus, Direction, TrunkId};
@@ -64,6 +65,7 @@ fn to_api(r: CallRecord) -> Result<Call, ApiError> {
     responses((status = 200, description = "A page of calls", body = List<Call>), ErrorResponses))]
 async fn list_calls(
     State(state): State<AppState>,
+    mode: Mode,
     ApiQuery(q): ApiQuery<CallQuery>,
 ) -> Result<Json<List<Call>>, ApiError> {
     let w = Pagination::new(q.limit, q.offset).window()?;
@@ -88,6 +90,7 @@ async fn list_calls(
         created_before: q.created_before,
         campaign_id: q.campaign_id.as_deref(),
         end_reason: q.end_reason.as_deref(),
+        livemode: Some(mode.livemode()),
     };
     let page = state.store.list_calls(&filter, w).await?;
     List::try_new(page, w, to_api).map(Json)
@@ -193,6 +196,7 @@ fn check_header(name: &str, value: &str) -> Option<String> {
         ErrorResponses))]
 async fn create_call(
     State(state): State<AppState>,
+    mode: Mode,
     key: Option<axum::Extension<super::auth::AuthedKey>>,
     ApiJson(body): ApiJson<CallCreate>,
 ) -> Result<(StatusCode, Json<Call>), ApiError> {
@@ -291,14 +295,8 @@ async fn create_call(
         Err(e) => return Err(e.into()),
     }
     let key_id = key.map(|k| k.0.id);
-    if let (Some(cap), Some(id)) = (state.daily_calls_per_key, &key_id)
-        && key_calls_today(id) >= cap
-    {
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "daily_cap",
-            format!("this API key placed its {cap} calls for today (UTC)"),
-        ));
+    if let Some(id) = &key_id {
+        check_key_caps(&state, id, mode).await?;
     }
     let request = OutboundRequest {
         call_id: None,
@@ -320,6 +318,8 @@ async fn create_call(
         variables: body.variables,
         agent_webhook: None,
         recording: body.recording,
+        livemode: mode.livemode(),
+        api_key_id: key_id.clone(),
     };
     let record = state.calls.place(request).await.map_err(|e| match e {
         PlaceError::UnknownFrom => ApiError::field("from", e.to_string()),
@@ -349,35 +349,61 @@ async fn create_call(
         PlaceError::AgentSettings(_) => ApiError::internal(e),
         PlaceError::Store(e) => e.into(),
     })?;
-    if let Some(id) = &key_id {
-        count_key_call(id);
-    }
     Ok((StatusCode::CREATED, Json(to_api(record)?)))
 }
 
-/// Calls placed per API key on this node today: (key id, day, count).
-/// std Mutex: held for a lookup, never across an `.await`.
-static KEY_CALLS: std::sync::Mutex<Vec<(String, chrono::NaiveDate, u32)>> =
-    std::sync::Mutex::new(Vec::new());
-
-fn key_calls_today(id: &str) -> u32 {
-    let today = Utc::now().date_naive();
-    KEY_CALLS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .find(|(k, day, _)| k == id && *day == today)
-        .map_or(0, |(_, _, n)| *n)
-}
-
-fn count_key_call(id: &str) {
-    let today = Utc::now().date_naive();
-    let mut calls = KEY_CALLS.lock().unwrap_or_else(|e| e.into_inner());
-    calls.retain(|(_, day, _)| *day == today);
-    match calls.iter_mut().find(|(k, _, _)| k == id) {
-        Some((_, _, n)) => *n += 1,
-        None => calls.push((id.to_string(), today, 1)),
+/// Refuses a call once the key's daily caps (`[calls]
+/// daily_calls_per_key`, `daily_minutes_per_key`, per UTC day) are reached,
+/// counted from the calls' rows so that they hold over every node; sends
+/// `api_key.cap_reached` the first time this node refuses one that day.
+async fn check_key_caps(state: &AppState, key_id: &str, mode: Mode) -> Result<(), ApiError> {
+    let (calls_cap, minutes_cap) = (state.daily_calls_per_key, state.daily_minutes_per_key);
+    if calls_cap.is_none() && minutes_cap.is_none() {
+        return Ok(());
     }
+    let now = Utc::now();
+    let midnight = now
+        .date_naive()
+        .and_hms_opt(0, 0, 0)
+        .map_or(now, |t| t.and_utc());
+    let (calls, ms) = state.store.key_usage(key_id, midnight).await?;
+    let reason = match (calls_cap, minutes_cap) {
+        (Some(cap), _) if calls >= i64::from(cap) => format!("{cap} calls today"),
+        (_, Some(cap)) if ms >= i64::from(cap) * 60_000 => format!("{cap} minutes today"),
+        _ => return Ok(()),
+    };
+    // std Mutex: held for a lookup, never across an `.await`.
+    static NOTIFIED: std::sync::Mutex<Vec<(String, chrono::NaiveDate)>> =
+        std::sync::Mutex::new(Vec::new());
+    let first = {
+        let mut seen = NOTIFIED.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = (key_id.to_string(), now.date_naive());
+        seen.retain(|(_, day)| *day == entry.1);
+        let first = !seen.contains(&entry);
+        if first {
+            seen.push(entry);
+        }
+        first
+    };
+    if first {
+        tracing::warn!(key_id, %reason, "API key daily cap reached; its calls are refused until midnight UTC");
+        let data = crate::webhook::event::ApiKeyEventData {
+            api_key_id: key_id.to_string(),
+            reason: reason.clone(),
+        };
+        if let Err(e) = state
+            .outbox
+            .api_key_cap_reached(data, mode.livemode())
+            .await
+        {
+            tracing::warn!(error = %e, "api_key.cap_reached not written");
+        }
+    }
+    Err(ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "daily_cap",
+        format!("this API key reached its daily cap ({reason}, UTC)"),
+    ))
 }
 
 /// The optional body of `POST /v1/calls/{id}/hangup`.

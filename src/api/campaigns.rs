@@ -18,6 +18,7 @@ use utoipa_axum::routes;
 use super::AppState;
 use super::error::{ApiError, ErrorResponses, FieldError};
 use super::extract::{ApiJson, ApiQuery, List, Pagination};
+use super::mode::Mode;
 use crate::campaign::{Action, CONTACT_STATES};
 use crate::config::MAX_RETRY_DELAY_SECONDS;
 use crate::media::amd::AmdMode;
@@ -176,6 +177,7 @@ async fn validate(
     max_attempts: i64,
     opt_out_digit: Option<String>,
     amd: AmdMode,
+    mode: Mode,
 ) -> Result<Valid, ApiError> {
     let mut details = Vec::new();
     let mut problem = |field: &str, message: &str| {
@@ -246,9 +248,10 @@ async fn validate(
             problem(&field, &message);
         }
     }
+    // An agent of the other mode is no agent to this key.
     let agent_known = ids::has_prefix(&agent_id, ids::AGENT)
         && match state.store.get_agent(&agent_id).await {
-            Ok(_) => true,
+            Ok(a) => a.livemode == mode.livemode(),
             Err(StoreError::NotFound) => false,
             Err(e) => return Err(e.into()),
         };
@@ -312,10 +315,11 @@ async fn set_agent_webhook(
     responses((status = 201, description = "Created", body = Campaign), ErrorResponses))]
 async fn create_campaign(
     State(state): State<AppState>,
+    mode: Mode,
     ApiJson(b): ApiJson<CampaignCreate>,
 ) -> Result<(StatusCode, Json<Campaign>), ApiError> {
     let hook = b.agent_webhook_url.clone();
-    let v = validated(&state, b).await?;
+    let v = validated(&state, b, mode).await?;
     if let Some(url) = &hook {
         super::numbers::check_agent_webhook(&state, "agent_webhook_url", url)
             .await
@@ -324,7 +328,7 @@ async fn create_campaign(
     let id = ids::new(ids::CAMPAIGN);
     state
         .store
-        .insert_campaign(&id, v.fields())
+        .insert_campaign(&id, v.fields(), mode.livemode())
         .await
         .map_err(store_conflict)?;
     let secret = set_agent_webhook(&state, &id, Some(hook)).await?;
@@ -334,7 +338,7 @@ async fn create_campaign(
 }
 
 /// A create body (or a patched campaign) validated, defaults filled in.
-async fn validated(state: &AppState, b: CampaignCreate) -> Result<Valid, ApiError> {
+async fn validated(state: &AppState, b: CampaignCreate, mode: Mode) -> Result<Valid, ApiError> {
     validate(
         state,
         b.name,
@@ -348,6 +352,7 @@ async fn validated(state: &AppState, b: CampaignCreate) -> Result<Valid, ApiErro
         b.max_attempts.unwrap_or(3),
         b.opt_out_digit,
         b.amd.unwrap_or_default(),
+        mode,
     )
     .await
 }
@@ -357,10 +362,14 @@ async fn validated(state: &AppState, b: CampaignCreate) -> Result<Valid, ApiErro
     responses((status = 200, description = "A page of campaigns", body = List<Campaign>), ErrorResponses))]
 async fn list_campaigns(
     State(state): State<AppState>,
+    mode: Mode,
     ApiQuery(q): ApiQuery<CampaignQuery>,
 ) -> Result<Json<List<Campaign>>, ApiError> {
     let w = Pagination::new(q.limit, q.offset).window()?;
-    let page = state.store.list_campaigns(q.status, w).await?;
+    let page = state
+        .store
+        .list_campaigns(q.status, mode.livemode(), w)
+        .await?;
     List::try_new(page, w, to_api).map(Json)
 }
 
@@ -384,6 +393,7 @@ async fn get_campaign(
     responses((status = 200, description = "The updated campaign", body = Campaign), ErrorResponses))]
 async fn update_campaign(
     State(state): State<AppState>,
+    mode: Mode,
     Path(id): Path<String>,
     ApiJson(patch): ApiJson<serde_json::Value>,
 ) -> Result<Json<Campaign>, ApiError> {
@@ -399,7 +409,7 @@ async fn update_campaign(
     }
     let hook = super::extract::patched_field(&patch, "agent_webhook_url")?;
     let b: CampaignCreate = super::extract::patched(&current, &patch)?;
-    let v = validated(&state, b).await?;
+    let v = validated(&state, b, mode).await?;
     if let Some(Some(url)) = &hook {
         super::numbers::check_agent_webhook(&state, "agent_webhook_url", url)
             .await

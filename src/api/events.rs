@@ -9,6 +9,9 @@
 //! visible after a higher one (transactions commit out of order), so the
 //! stream waits up to [`GAP_GRACE`] for a missing number before passing it.
 //!
+//! A key sees the events of its own mode only (`livemode`, see `mode`):
+//! the stream passes over the others' events.
+//!
 //! A stream outlives the request that authenticated it, so it checks every
 //! `api.stream_key_check_seconds` that its key is still unrevoked and ends
 //! when it is not; and one key holds at most `api.max_streams_per_key`
@@ -152,6 +155,7 @@ async fn stream_events(
         None => state.store.last_event_seq().await?,
     };
     let tail = Tail {
+        livemode: super::mode::Mode::of_key(&key).livemode(),
         store: state.store.clone(),
         cursor,
         ready: VecDeque::new(),
@@ -178,6 +182,8 @@ async fn stream_events(
 
 /// Follows the outbox from a position.
 struct Tail {
+    /// The key's mode: events of the other mode are passed over.
+    livemode: bool,
     store: Store,
     /// The last sequence number handed out.
     cursor: i64,
@@ -253,7 +259,9 @@ impl Tail {
             }
             self.gap_since = None;
             self.cursor = row.seq;
-            self.ready.push_back(row);
+            if row.livemode == self.livemode {
+                self.ready.push_back(row);
+            }
         }
     }
 }

@@ -27,6 +27,7 @@ mod dnc;
 pub mod error;
 mod events;
 mod extract;
+pub mod mode;
 mod nodes;
 mod numbers;
 mod observe;
@@ -42,6 +43,7 @@ mod voices;
 mod webhook_endpoints;
 
 pub use api_keys::create as create_api_key;
+pub use audit::new_id as new_audit_id;
 pub use campaigns::{CampaignStats, read_stats as read_campaign_stats};
 pub use scopes::Scope;
 pub use system::Readiness;
@@ -63,7 +65,7 @@ use crate::store::Store;
 use crate::trunk::TrunkStates;
 use crate::webhook::Outbox;
 use crate::webhook::event::{
-    CallEventData, CampaignEventData, TestEventData, TrunkEventData, WebhookEvent,
+    ApiKeyEventData, CallEventData, CampaignEventData, TestEventData, TrunkEventData, WebhookEvent,
 };
 
 /// Shared state of every handler; cheap to clone.
@@ -109,6 +111,8 @@ pub struct Inner {
     openapi_json: String,
     /// `[calls] daily_calls_per_key`.
     pub daily_calls_per_key: Option<u32>,
+    /// `[calls] daily_minutes_per_key`.
+    pub daily_minutes_per_key: Option<u32>,
     /// `[media]`: the cap on uploaded audio.
     pub media: crate::config::MediaConfig,
     /// Seals stored secrets (credentials, webhook signing secrets).
@@ -138,7 +142,9 @@ impl Inner {
     info(
         title = "agentline admin API",
         description = "Agents, phone numbers, trunks, calls, webhook endpoints and API keys. \
-            Authenticate with `Authorization: Bearer <key>` or `X-API-Key: <key>`."
+            Authenticate with `Authorization: Bearer <key>` or `X-API-Key: <key>`. \
+            An `al_test_` key works in test mode: it sees and creates only test-mode objects \
+            (`livemode: false`), and its calls run on the simulated carrier, never on a trunk."
     ),
     modifiers(&Security),
     components(schemas(
@@ -150,6 +156,7 @@ impl Inner {
         WebhookEvent<TestEventData>,
         WebhookEvent<CampaignEventData>,
         WebhookEvent<crate::model::Recording>,
+        WebhookEvent<ApiKeyEventData>,
     )),
     tags(
         (name = "agents", description = "What answers a call"),
@@ -270,6 +277,7 @@ impl AppState {
             openapi_json: openapi_json(config.api.metrics_open),
             media: config.media.clone(),
             daily_calls_per_key: config.calls.daily_calls_per_key,
+            daily_minutes_per_key: config.calls.daily_minutes_per_key,
             sealer,
         }))
     }
@@ -278,8 +286,13 @@ impl AppState {
 /// Builds the whole HTTP application.
 pub fn app(state: AppState, metrics_open: bool) -> Router {
     let (protected, open) = routers(metrics_open);
-    // Outermost first: authenticate and check the scope, then audit.
+    // Outermost first: authenticate and check the scope, then audit, then
+    // keep each key to the objects of its mode.
     let protected = Router::from(protected)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            mode::guard_objects,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), audit::record))
         .layer(middleware::from_fn_with_state(
             state.clone(),

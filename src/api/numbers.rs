@@ -15,6 +15,7 @@ use utoipa_axum::routes;
 use super::AppState;
 use super::error::{ApiError, ErrorResponses, FieldError};
 use super::extract::{ApiJson, ApiQuery, List, Pagination};
+use super::mode::Mode;
 use crate::store::StoreError;
 use crate::store::numbers::{NumberFields, NumberRecord};
 use crate::{e164, ids, secrets};
@@ -35,6 +36,9 @@ pub struct PhoneNumber {
     pub name: Option<String>,
     pub agent_id: Option<String>,
     pub trunk_id: Option<String>,
+    /// `false` for a number provisioned with a test key: it places test
+    /// calls (simulated carrier) and is never routed an inbound call.
+    pub livemode: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     /// Asked for the agent of each inbound call (see the README): a
@@ -105,6 +109,7 @@ fn to_api(r: NumberRecord) -> PhoneNumber {
         name: r.name,
         agent_id: r.agent_id,
         trunk_id: r.trunk,
+        livemode: r.livemode,
         created_at: r.created_at,
         updated_at: r.updated_at,
         agent_webhook_url: r.agent_webhook_url,
@@ -153,6 +158,7 @@ async fn validate(
     agent_id: Option<&str>,
     trunk_id: Option<&str>,
     agent_webhook_url: Option<&str>,
+    mode: Mode,
 ) -> Result<String, ApiError> {
     let mut details = Vec::new();
     if let Some(url) = agent_webhook_url
@@ -174,9 +180,10 @@ async fn validate(
         });
     }
     if let Some(agent) = agent_id {
+        // An agent of the other mode is no agent to this key.
         let exists = ids::has_prefix(agent, ids::AGENT)
             && match state.store.get_agent(agent).await {
-                Ok(_) => true,
+                Ok(a) => a.livemode == mode.livemode(),
                 Err(StoreError::NotFound) => false,
                 Err(e) => return Err(e.into()),
             };
@@ -215,6 +222,7 @@ fn conflict(e: StoreError) -> ApiError {
     responses((status = 201, description = "Created", body = PhoneNumber), ErrorResponses))]
 async fn create_number(
     State(state): State<AppState>,
+    mode: Mode,
     ApiJson(body): ApiJson<PhoneNumberCreate>,
 ) -> Result<(StatusCode, Json<PhoneNumber>), ApiError> {
     let number = validate(
@@ -224,6 +232,7 @@ async fn create_number(
         body.agent_id.as_deref(),
         body.trunk_id.as_deref(),
         body.agent_webhook_url.as_deref(),
+        mode,
     )
     .await?;
     let secret = body
@@ -240,7 +249,7 @@ async fn create_number(
     };
     let record = state
         .store
-        .insert_number(&ids::new(ids::NUMBER), fields)
+        .insert_number(&ids::new(ids::NUMBER), fields, mode.livemode())
         .await
         .map_err(conflict)?;
     Ok((StatusCode::CREATED, Json(with_secret(record, secret))))
@@ -251,10 +260,14 @@ async fn create_number(
     responses((status = 200, description = "A page of numbers", body = List<PhoneNumber>), ErrorResponses))]
 async fn list_numbers(
     State(state): State<AppState>,
+    mode: Mode,
     ApiQuery(q): ApiQuery<NumberQuery>,
 ) -> Result<Json<List<PhoneNumber>>, ApiError> {
     let w = Pagination::new(q.limit, q.offset).window()?;
-    let page = state.store.list_numbers(q.agent_id.as_deref(), w).await?;
+    let page = state
+        .store
+        .list_numbers(q.agent_id.as_deref(), mode.livemode(), w)
+        .await?;
     Ok(Json(List::new(page, w, to_api)))
 }
 
@@ -278,6 +291,7 @@ async fn get_number(
     responses((status = 200, description = "The updated number", body = PhoneNumber), ErrorResponses))]
 async fn update_number(
     State(state): State<AppState>,
+    mode: Mode,
     Path(id): Path<String>,
     ApiJson(patch): ApiJson<serde_json::Value>,
 ) -> Result<Json<PhoneNumber>, ApiError> {
@@ -312,6 +326,7 @@ async fn update_number(
         agent_id.as_deref(),
         trunk_id.as_deref(),
         new_secret.as_ref().and(url.as_deref()),
+        mode,
     )
     .await?;
     let fields = NumberFields {

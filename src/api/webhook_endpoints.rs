@@ -17,6 +17,7 @@ use super::deliveries::{self, Delivery, DeliveryQuery};
 use super::error::{ApiError, ErrorResponses, FieldError};
 use super::events::Replayed;
 use super::extract::{ApiJson, ApiQuery, List, Pagination};
+use super::mode::Mode;
 use crate::model::EventType;
 use crate::store::deliveries::DeliveryScope;
 use crate::store::webhooks::{EndpointFields, EndpointRecord};
@@ -64,6 +65,10 @@ pub struct WebhookEndpoint {
     /// `call.ended` carries the call's transcript (`data.transcript`: the
     /// summary and the turns as `GET /v1/calls/{id}/transcript` answers).
     pub include_transcript: bool,
+    /// `false` for an endpoint made with a test key: it receives only the
+    /// events of test-mode objects (`livemode: false`), and live
+    /// endpoints never receive those.
+    pub livemode: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -116,6 +121,7 @@ fn to_api(r: EndpointRecord) -> Result<WebhookEndpoint, ApiError> {
         events,
         enabled: r.enabled,
         include_transcript: r.include_transcript,
+        livemode: r.livemode,
         created_at: r.created_at,
         updated_at: r.updated_at,
     })
@@ -177,6 +183,7 @@ async fn check_address(state: &AppState, url: &str) -> Result<(), ApiError> {
     responses((status = 201, description = "Created", body = WebhookEndpointCreated), ErrorResponses))]
 async fn create_endpoint(
     State(state): State<AppState>,
+    mode: Mode,
     ApiJson(body): ApiJson<WebhookEndpointCreate>,
 ) -> Result<(StatusCode, Json<WebhookEndpointCreated>), ApiError> {
     let events = body.events.unwrap_or_else(default_events);
@@ -197,7 +204,12 @@ async fn create_endpoint(
     };
     let record = state
         .store
-        .insert_endpoint(&ids::new(ids::WEBHOOK_ENDPOINT), &stored, fields)
+        .insert_endpoint(
+            &ids::new(ids::WEBHOOK_ENDPOINT),
+            &stored,
+            fields,
+            mode.livemode(),
+        )
         .await?;
     Ok((
         StatusCode::CREATED,
@@ -213,10 +225,11 @@ async fn create_endpoint(
     responses((status = 200, description = "A page of endpoints", body = List<WebhookEndpoint>), ErrorResponses))]
 async fn list_endpoints(
     State(state): State<AppState>,
+    mode: Mode,
     ApiQuery(page): ApiQuery<Pagination>,
 ) -> Result<Json<List<WebhookEndpoint>>, ApiError> {
     let w = page.window()?;
-    let page = state.store.list_endpoints(w).await?;
+    let page = state.store.list_endpoints(mode.livemode(), w).await?;
     List::try_new(page, w, to_api).map(Json)
 }
 
@@ -301,8 +314,8 @@ async fn send_test_event(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    fetch(&state, &id).await?;
-    let event = state.outbox.test_event(&id).await?;
+    let endpoint = fetch(&state, &id).await?;
+    let event = state.outbox.test_event(&id, endpoint.livemode).await?;
     let body = serde_json::from_str(&event.payload).map_err(ApiError::internal)?;
     Ok((StatusCode::ACCEPTED, Json(body)))
 }

@@ -124,6 +124,8 @@ impl Dialer for CallDialer {
             }),
             variables,
             agent_webhook,
+            livemode: req.livemode,
+            api_key_id: None,
         };
         let record = self.calls.place(request).await.map_err(|e| match e {
             // Refused before a row was written or a packet sent.
@@ -297,6 +299,8 @@ mod tests {
             context: None,
             agent_source: None,
             agent_source_error: None,
+            livemode: true,
+            api_key_id: None,
         }
     }
 

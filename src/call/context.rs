@@ -159,6 +159,7 @@ pub fn agent_context(c: &CallContext) -> AgentContext {
         call_id: c.call_id.clone(),
         vars: vars(c),
         document: serde_json::to_value(c).unwrap_or_default(),
+        transfer_check: Default::default(),
     }
 }
 

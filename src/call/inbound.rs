@@ -197,6 +197,10 @@ async fn record(
             context: context.as_deref(),
             agent_source: Some(route.agent_source),
             agent_source_error: route.agent_source_error.as_deref(),
+            // Inbound calls come from trunks: live (test numbers are
+            // never routed one).
+            livemode: true,
+            api_key_id: None,
         })
         .await
 }

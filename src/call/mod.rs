@@ -9,7 +9,8 @@
 //! call ([`end_reason`]), the live-call index with its handles and trunk
 //! slots, the one count of a trunk's `max_calls` ([`registry`]), every
 //! call state transition with its store write and bus event ([`events`]),
-//! the call's context and the agent webhook ([`context`]),
+//! the call's context and the agent webhook ([`context`]), test mode's
+//! simulated carrier ([`simulated`]),
 //! and what runs per trunk profile
 //! ([`reconcile`]): the registrations ([`registrations`]) and the OPTIONS
 //! probes ([`trunk_pings`]). The agents a call runs are `agent`'s
@@ -33,6 +34,7 @@ pub mod recording;
 pub mod registrations;
 pub mod registry;
 mod screen;
+pub mod simulated;
 mod task;
 pub mod trunk_pings;
 
@@ -133,6 +135,11 @@ pub(crate) struct Shared {
     hooks: context::Hooks,
     /// Where recorded calls' files go.
     recordings: recording::Recordings,
+    /// How the simulated carrier's callees behave (`[calls] test_*`).
+    simulated_settings: simulated::Settings,
+    /// Test mode's simulated carrier, started with SIP by
+    /// [`Calls::start_sip`]; test calls go there, never to a trunk.
+    simulated: OnceLock<simulated::Carrier>,
 }
 
 impl Shared {
@@ -237,6 +244,8 @@ impl Calls {
                 owned_trunks: std::sync::Mutex::new(None),
                 hooks: context::Hooks::new(&config.calls, &config.webhooks),
                 recordings,
+                simulated_settings: simulated::Settings::from_config(&config.calls),
+                simulated: OnceLock::new(),
             }),
         })
     }
@@ -256,7 +265,13 @@ impl Calls {
         config.tcp_limits = edge.tcp;
         config.user_agent = Some(edge.server_header.clone()).filter(|ua| !ua.is_empty());
         let stack = SipStack::start(config, Arc::new(Handler(Arc::clone(&self.shared)))).await?;
-        if self.shared.stack.set(stack.clone()).is_err() {
+        // Before the stack is published: a test call placed as soon as
+        // SIP is up finds its carrier.
+        let carrier =
+            simulated::Carrier::start(&stack, self.shared.simulated_settings.clone()).await?;
+        if self.shared.simulated.set(carrier).is_err()
+            || self.shared.stack.set(stack.clone()).is_err()
+        {
             return Err(SipError::Invalid {
                 what: "SIP stack",
                 value: "already started".into(),
@@ -393,6 +408,10 @@ struct Handler(Arc<Shared>);
 impl InboundHandler for Handler {
     /// Asked for every packet: no profile is cloned.
     fn admit(&self, source: &RequestSource) -> Admission {
+        // The simulated carrier's in-dialog requests (its callees' BYE).
+        if self.0.simulated.get().map(simulated::Carrier::addr) == Some(source.addr) {
+            return Admission::Admit;
+        }
         let ip = source.addr.ip();
         let allowed = self.0.profiles.get().by_name.values().any(|p| {
             p.inbound.allow.iter().any(|net| net.contains(&ip))
@@ -413,6 +432,9 @@ impl InboundHandler for Handler {
     }
 
     fn digest_accounts(&self, source: &RequestSource) -> Vec<DigestAccount> {
+        if self.0.simulated.get().map(simulated::Carrier::addr) == Some(source.addr) {
+            return Vec::new();
+        }
         match inbound::trunk_for_source(&self.0, source.addr.ip()) {
             Some(_) => Vec::new(),
             None => inbound::digest_accounts(&self.0),

@@ -6,6 +6,11 @@
 //! cancels at the ring timeout or on hangup, and on 200 reads the answer,
 //! records `answered` and runs the call task.
 //!
+//! A test-mode call (`livemode: false`: an `al_test_` key's, or a test
+//! campaign's) takes the same path with its own From number and agent (of
+//! test mode too), but no trunk: its INVITE goes to the simulated carrier
+//! ([`super::simulated`]), counted under its `test_max_calls`.
+//!
 //! Must not: build SIP messages; `sip::SipStack::dial` does.
 
 use std::collections::BTreeMap;
@@ -67,6 +72,11 @@ pub struct OutboundRequest {
     pub agent_webhook: Option<AgentWebhook>,
     /// The call's recording settings, over the agent's.
     pub recording: Option<crate::model::RecordingSettings>,
+    /// `false`: a test-mode call, placed on the simulated carrier with a
+    /// test-mode number and agent; never on a trunk.
+    pub livemode: bool,
+    /// The API key that placed it (`POST /v1/calls`), for its daily caps.
+    pub api_key_id: Option<String>,
 }
 
 /// Why a call was not placed; each says what the caller can fix.
@@ -150,13 +160,16 @@ impl Calls {
             }
             None => (AgentSource::Number, None),
         };
+        if !req.livemode {
+            context.trunk_id = None;
+        }
         let context_json = serde_json::to_string(&context).ok();
         let mut call =
             Routed::admit(shared, &id, &trunk, false).map_err(|reason| match reason {
                 EndReason::TrunkRate => PlaceError::TrunkRate,
                 _ => PlaceError::TrunkFull,
             })?;
-        call.recording = req.recording.clone();
+        call.recording = req.recording.clone().map(Box::new);
         let record = shared
             .transitions
             .created(NewCall {
@@ -164,7 +177,7 @@ impl Calls {
                 direction: Direction::Outbound,
                 from_number: &req.from,
                 to_number: &req.to,
-                trunk: Some(&trunk.id()),
+                trunk: req.livemode.then(|| trunk.id()).as_deref(),
                 agent_id: Some(&agent.id),
                 status: CallStatus::Queued,
                 sip_call_id: None,
@@ -173,6 +186,8 @@ impl Calls {
                 context: context_json.as_deref(),
                 agent_source: Some(source),
                 agent_source_error: source_error.as_deref(),
+                livemode: req.livemode,
+                api_key_id: req.api_key_id.as_deref(),
             })
             .await?;
         count_started("outbound");
@@ -210,6 +225,10 @@ async fn resolve(
         StoreError::NotFound => PlaceError::UnknownFrom,
         e => PlaceError::Store(e),
     })?;
+    // Test mode and live mode never share an object.
+    if number.livemode != req.livemode {
+        return Err(PlaceError::UnknownFrom);
+    }
     let agent_id = req
         .agent_id
         .clone()
@@ -219,8 +238,22 @@ async fn resolve(
         StoreError::NotFound => PlaceError::UnknownAgent,
         e => PlaceError::Store(e),
     })?;
+    if agent.livemode != req.livemode {
+        return Err(PlaceError::UnknownAgent);
+    }
     let settings = CallSettings::from_json(&agent.settings)
         .map_err(|e| PlaceError::AgentSettings(e.to_string()))?;
+    if !req.livemode {
+        // No trunk, no toll: the simulated carrier's own profile.
+        let carrier = shared.simulated.get().ok_or(PlaceError::NotRunning)?;
+        let agent = AgentSpec {
+            id: agent_id,
+            kind: agent.kind,
+            settings,
+            settings_json: agent.settings,
+        };
+        return Ok((agent, carrier.profile().clone(), number.id));
+    }
     let trunk_id = match &req.trunk {
         Some(id) => id.clone(),
         None => number
@@ -409,23 +442,36 @@ impl Dialing {
         req: &OutboundRequest,
     ) -> Result<Self, Finished> {
         let offer = prepared.offer();
-        let Some(outbound) = &trunk.outbound else {
-            return Err(prepared
-                .call
-                .end(EndReason::Failed(FailureCause::TrunkNotOutbound)));
+        let (proxy, credentials) = if req.livemode {
+            let Some(outbound) = &trunk.outbound else {
+                return Err(prepared
+                    .call
+                    .end(EndReason::Failed(FailureCause::TrunkNotOutbound)));
+            };
+            let credentials = trunk.registration.as_ref().map(|r| Credentials {
+                username: r
+                    .auth_username
+                    .clone()
+                    .unwrap_or_else(|| r.username.clone()),
+                password: r.password.expose().to_owned(),
+                realm: None,
+            });
+            (outbound.proxy.clone(), credentials)
+        } else {
+            // Test mode: the simulated carrier, never a trunk.
+            match prepared.call.shared.simulated.get() {
+                Some(carrier) => (carrier.addr().to_string(), None),
+                None => {
+                    return Err(prepared
+                        .call
+                        .end(EndReason::Failed(FailureCause::SipNotRunning)));
+                }
+            }
         };
-        let credentials = trunk.registration.as_ref().map(|r| Credentials {
-            username: r
-                .auth_username
-                .clone()
-                .unwrap_or_else(|| r.username.clone()),
-            password: r.password.expose().to_owned(),
-            realm: None,
-        });
         let started = Instant::now();
         let dialled = stack
             .dial(OutboundInvite {
-                request_uri: format!("sip:{}@{}", req.to, outbound.proxy),
+                request_uri: format!("sip:{}@{}", req.to, proxy),
                 from_user: req.from.clone(),
                 from_display: None,
                 from_domain: None,

@@ -37,7 +37,7 @@ use super::screen::Screen;
 use super::task::{self, Established};
 use super::{EndReason, Shared, count_ended};
 use crate::agent::CallSettings;
-use crate::agent::brain::AgentContext;
+use crate::agent::brain::{AgentContext, TransferCheck};
 use crate::agent::runner::{AgentRun, StreamEnv};
 use crate::agent::stream::{ForkSettings, StreamCall};
 use crate::config::Profile;
@@ -76,7 +76,7 @@ pub(super) struct Routed {
     pub commands: mpsc::Receiver<CallCommand>,
     /// The call's own recording settings (`POST /v1/calls`), over the
     /// agent's.
-    pub recording: Option<RecordingSettings>,
+    pub recording: Option<Box<RecordingSettings>>,
     /// The call's place among the live calls and on its trunk; dropped
     /// with the last phase, which frees the slot and wakes the drain.
     _slot: TrunkSlot,
@@ -131,9 +131,13 @@ impl Routed {
         self,
         agent: &AgentSpec,
         trunk: &Profile,
-        context: AgentContext,
+        mut context: AgentContext,
     ) -> Result<Prepared, Finished> {
         let shared = Arc::clone(&self.shared);
+        // Toll fraud: a transfer passes the trunk's destination policy as
+        // an INVITE through it would.
+        let policy = trunk.clone();
+        context.transfer_check = TransferCheck::new(move |to| policy.transfer_allowed(to));
         let run = AgentRun::new(
             &agent.kind,
             &agent.settings,
@@ -171,8 +175,10 @@ impl Routed {
             Err(e) => return Err(self.end(EndReason::Failed(FailureCause::Rtp(e.to_string())))),
         };
         let sdp = LocalSdp::new(shared.media_ip(), permit.port(), super::codecs(trunk));
-        let recording =
-            super::recording::merged(&[agent.settings.recording.as_ref(), self.recording.as_ref()]);
+        let recording = super::recording::merged(&[
+            agent.settings.recording.as_ref(),
+            self.recording.as_deref(),
+        ]);
         Ok(Prepared {
             call: self,
             recording,
@@ -226,6 +232,9 @@ pub(super) struct Prepared {
 impl Prepared {
     /// RFC 3264 §6: our answer to the far end's offer; the media starts
     /// now. Ends `NotAcceptable` when no codec is shared.
+    // `Finished` is the call's last value, made once per call: moving it
+    // costs nothing worth a box on every phase's failure edge.
+    #[allow(clippy::result_large_err)]
     pub fn answer(mut self, offer: &[u8]) -> Result<(Self, Bytes), Finished> {
         let (answer, negotiated) = match self.sdp.answer(offer, Direction::SendRecv) {
             Ok(answered) => answered,
@@ -383,7 +392,7 @@ impl Answered {
             call,
             reason,
             answered_for: Some(at.elapsed()),
-            recorder,
+            recorder: recorder.map(Box::new),
         }
     }
 }
@@ -417,7 +426,7 @@ pub(super) struct Finished {
     answered_for: Option<Duration>,
     /// The call's recording, stopped at the end, completed after
     /// `call.ended` (so `recording.completed` follows it).
-    recorder: Option<Recorder>,
+    recorder: Option<Box<Recorder>>,
 }
 
 impl Finished {

@@ -419,10 +419,11 @@ impl Recorder {
                 (zero_totals(), true)
             }
         };
-        let emit = |row: &RecordingRecord| {
+        let emit = |row: &RecordingRecord, livemode: bool| {
             crate::webhook::event::recording_event(
                 EventType::RecordingCompleted,
                 Recording::from(row.clone()),
+                livemode,
             )
         };
         match outbox

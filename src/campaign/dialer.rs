@@ -67,6 +67,9 @@ pub struct PlaceCall {
     pub opt_out_digit: Option<char>,
     /// Answering-machine detection on the call.
     pub amd: AmdMode,
+    /// `false` for a test-mode campaign: the call goes to the simulated
+    /// carrier, never to the trunk.
+    pub livemode: bool,
 }
 
 /// Why a call could not be placed.
@@ -378,6 +381,7 @@ impl<D: Dialer> CampaignRunner<D> {
                         .unwrap_or(serde_json::Value::Object(Default::default())),
                     opt_out_digit: c.opt_out_digit.as_deref().and_then(|d| d.chars().next()),
                     amd: AmdMode::parse(&c.amd).unwrap_or_default(),
+                    livemode: c.livemode,
                 };
                 let attempt_id = claimed.attempt_id.clone();
                 let me = Arc::clone(self);
@@ -648,7 +652,7 @@ mod tests {
             .unwrap();
         store.migrate().await.unwrap();
         store
-            .insert_agent("agt_1", "a", "echo", "{}")
+            .insert_agent("agt_1", "a", "echo", "{}", true)
             .await
             .unwrap();
         let policy = RetryPolicy {
@@ -679,6 +683,7 @@ mod tests {
                     opt_out_digit: None,
                     amd: "off",
                 },
+                true,
             )
             .await
             .unwrap();

@@ -166,9 +166,26 @@ pub struct CallsConfig {
     /// has arrived. Off: no RTP while silent.
     pub send_silence: bool,
     /// Toll fraud: calls one API key may place with `POST /v1/calls` per
-    /// UTC day (counted on each node); past it, 429 `daily_cap`. None: no
-    /// cap. Trunks have their own caps (`[limits] daily_calls`).
+    /// UTC day (counted in the store, over every node); past it, 429
+    /// `daily_cap` and `api_key.cap_reached`. None: no cap. Trunks have
+    /// their own caps (`[limits] daily_calls`).
     pub daily_calls_per_key: Option<u32>,
+    /// Toll fraud: minutes the calls one API key placed may last per UTC
+    /// day (ended calls, counted in the store); past it, 429 `daily_cap`.
+    /// None: no cap. Trunks have their own (`[limits] daily_minutes`).
+    pub daily_minutes_per_key: Option<u32>,
+    /// Test mode: an answered call on the simulated carrier (an `al_test_`
+    /// key's, or a test campaign's) is hung up by the simulated callee
+    /// after this many seconds.
+    pub test_hangup_after_seconds: u32,
+    /// Test mode: calls on the simulated carrier at once, on this node;
+    /// past it, 429 `trunk_full`.
+    pub test_max_calls: u32,
+    /// Test mode: what the simulated callee says once it answers: a WAV
+    /// file (8 kHz mono 16-bit PCM, at most 8 MiB) played once, then
+    /// silence. None: silence throughout.
+    pub test_callee_wav: Option<std::path::PathBuf>,
+
     /// Inbound SIP headers that join a call's context (and so its agent's
     /// templates and tool requests): names, case-insensitive, a trailing
     /// `*` matching any rest. At most 20 headers of 256 characters each
@@ -188,6 +205,10 @@ impl Default for CallsConfig {
             rtp_timeout_seconds: 30,
             send_silence: true,
             daily_calls_per_key: None,
+            daily_minutes_per_key: None,
+            test_hangup_after_seconds: 10,
+            test_max_calls: 10,
+            test_callee_wav: None,
             context_headers: vec!["X-*".to_owned()],
             agent_webhook_timeout_ms: 1500,
         }

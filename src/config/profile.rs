@@ -225,6 +225,23 @@ pub enum Codec {
 }
 
 impl Profile {
+    /// Whether a transfer (REFER) to `to` may go out through this trunk:
+    /// its `[outbound]` destination policy, or with none the default
+    /// denied ranges, since the carrier bills the transferred leg too.
+    pub fn transfer_allowed(&self, to: &str) -> Result<(), String> {
+        match &self.outbound {
+            Some(out) => out.destination_allowed(to),
+            None => Outbound {
+                proxy: String::new(),
+                caller_id: None,
+                ping_seconds: None,
+                allow_destinations: Vec::new(),
+                deny_destinations: default_denied(),
+            }
+            .destination_allowed(to),
+        }
+    }
+
     /// The API id of the trunk: stable across restarts because it derives from
     /// the profile name, which is unique.
     pub fn id(&self) -> String {

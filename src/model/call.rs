@@ -102,6 +102,9 @@ pub struct Call {
     pub agent_source: Option<super::AgentSource>,
     /// Why the agent webhook was not followed, when it was not.
     pub agent_source_error: Option<String>,
+    /// `false` for a test-mode call (placed with an `al_test_` key or by a
+    /// test campaign): it ran on the simulated carrier, never on a trunk.
+    pub livemode: bool,
 }
 
 #[cfg(test)]

@@ -200,6 +200,9 @@ pub struct Campaign {
     /// answer that set or changed `agent_webhook_url`, never shown again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_webhook_secret: Option<String>,
+    /// `false` for a campaign made with a test key: its calls run on the
+    /// simulated carrier.
+    pub livemode: bool,
 }
 
 #[cfg(test)]

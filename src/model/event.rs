@@ -41,6 +41,10 @@ pub enum EventType {
     /// `daily_minutes`); outbound calls are refused until midnight UTC.
     #[serde(rename = "trunk.cap_reached")]
     TrunkCapReached,
+    /// An API key reached a daily cap (`[calls] daily_calls_per_key` or
+    /// `daily_minutes_per_key`); its calls are refused until midnight UTC.
+    #[serde(rename = "api_key.cap_reached")]
+    ApiKeyCapReached,
     #[serde(rename = "campaign.started")]
     CampaignStarted,
     #[serde(rename = "campaign.paused")]
@@ -70,6 +74,7 @@ labels!(EventType, "event type" {
     TrunkUp => "trunk.up",
     TrunkDown => "trunk.down",
     TrunkCapReached => "trunk.cap_reached",
+    ApiKeyCapReached => "api_key.cap_reached",
     CampaignStarted => "campaign.started",
     CampaignPaused => "campaign.paused",
     CampaignResumed => "campaign.resumed",

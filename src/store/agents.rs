@@ -13,12 +13,14 @@ pub struct AgentRecord {
     pub kind: String,
     /// JSON document.
     pub settings: String,
+    /// `false` for a test-mode agent (made with an `al_test_` key).
+    pub livemode: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
-const SELECT_AGENT: &str =
-    "SELECT id, name, kind, settings, created_at, updated_at FROM agents WHERE id = $1";
+pub(super) const SELECT_AGENT: &str =
+    "SELECT id, name, kind, settings, livemode, created_at, updated_at FROM agents WHERE id = $1";
 
 impl FromSqlite for AgentRecord {
     /// By column name, as sqlx's `FromRow` maps them.
@@ -28,6 +30,7 @@ impl FromSqlite for AgentRecord {
             name: row.get("name")?,
             kind: row.get("kind")?,
             settings: row.get("settings")?,
+            livemode: row.get("livemode")?,
             created_at: time(row, "created_at")?,
             updated_at: time(row, "updated_at")?,
         })
@@ -41,11 +44,13 @@ impl Store {
         name: &str,
         kind: &str,
         settings: &str,
+        livemode: bool,
     ) -> Result<AgentRecord> {
         let now = super::now();
         on_pool!(self, p => sqlx::query(
-            "INSERT INTO agents (id, name, kind, settings, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $5)")
-            .bind(id).bind(name).bind(kind).bind(settings).bind(now)
+            "INSERT INTO agents (id, name, kind, settings, created_at, updated_at, livemode)
+             VALUES ($1, $2, $3, $4, $5, $5, $6)")
+            .bind(id).bind(name).bind(kind).bind(settings).bind(now).bind(livemode)
             .execute(p).await.map(|r| r.rows_affected()))?;
         self.get_agent(id).await
     }
@@ -56,13 +61,15 @@ impl Store {
         .ok_or(StoreError::NotFound)
     }
 
-    pub async fn list_agents(&self, w: Window) -> Result<Page<AgentRecord>> {
+    /// The agents of one mode (`livemode`), newest first.
+    pub async fn list_agents(&self, livemode: bool, w: Window) -> Result<Page<AgentRecord>> {
         let items = on_pool!(self, p => sqlx::query_as::<_, AgentRecord>(
-            "SELECT id, name, kind, settings, created_at, updated_at FROM agents
-             ORDER BY created_at DESC, id DESC LIMIT $1 OFFSET $2")
-            .bind(w.limit).bind(w.offset).fetch_all(p).await)?;
-        let total: i64 = on_pool!(self, p => sqlx::query_scalar("SELECT COUNT(*) FROM agents")
-            .fetch_one(p).await)?;
+            "SELECT id, name, kind, settings, livemode, created_at, updated_at FROM agents
+             WHERE livemode = $3 ORDER BY created_at DESC, id DESC LIMIT $1 OFFSET $2")
+            .bind(w.limit).bind(w.offset).bind(livemode).fetch_all(p).await)?;
+        let total: i64 = on_pool!(self, p => sqlx::query_scalar(
+            "SELECT COUNT(*) FROM agents WHERE livemode = $1")
+            .bind(livemode).fetch_one(p).await)?;
         Ok(Page { items, total })
     }
 

@@ -194,19 +194,21 @@ fn key_of(r: &Row, by: GroupBy) -> Option<String> {
 }
 
 impl Store {
-    /// The calls created in `[from, to)`, grouped by `by`.
+    /// The calls of one mode (`livemode`) created in `[from, to)`,
+    /// grouped by `by`.
     pub async fn call_analytics(
         &self,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
         by: GroupBy,
+        livemode: bool,
     ) -> Result<CallAnalytics, AnalyticsError> {
         let rows: Vec<Row> = on_pool!(self, p => sqlx::query_as::<_, Row>(
             "SELECT id, direction, agent_id, trunk, campaign_id, status, end_reason, answered_by,
                 answered_at, duration_ms, created_at
-             FROM calls WHERE created_at >= $1 AND created_at < $2
+             FROM calls WHERE created_at >= $1 AND created_at < $2 AND livemode = $4
              ORDER BY created_at, id LIMIT $3")
-            .bind(from).bind(to).bind(MAX_CALLS + 1).fetch_all(p).await)
+            .bind(from).bind(to).bind(MAX_CALLS + 1).bind(livemode).fetch_all(p).await)
         .map_err(StoreError::from)?;
         if rows.len() as i64 > MAX_CALLS {
             return Err(AnalyticsError::TooMany);
@@ -214,11 +216,11 @@ impl Store {
         let turns: Vec<TurnRow> = on_pool!(self, p => sqlx::query_as::<_, TurnRow>(
             "SELECT t.call_id, t.stt_final_ms, t.llm_first_token_ms, t.tts_first_audio_ms, t.first_rtp_ms
              FROM call_turns t JOIN calls c ON c.id = t.call_id
-             WHERE c.created_at >= $1 AND c.created_at < $2 AND t.speaker = 'agent'
+             WHERE c.created_at >= $1 AND c.created_at < $2 AND t.speaker = 'agent' AND c.livemode = $4
                AND (t.stt_final_ms IS NOT NULL OR t.llm_first_token_ms IS NOT NULL
                     OR t.tts_first_audio_ms IS NOT NULL OR t.first_rtp_ms IS NOT NULL)
              ORDER BY t.call_id, t.seq LIMIT $3")
-            .bind(from).bind(to).bind(MAX_TURNS).fetch_all(p).await)
+            .bind(from).bind(to).bind(MAX_TURNS).bind(livemode).fetch_all(p).await)
             .map_err(StoreError::from)?;
         let mut by_call: BTreeMap<&str, Vec<&TurnRow>> = BTreeMap::new();
         for t in &turns {

@@ -1,5 +1,6 @@
 //! The audit log: one row per create, change or delete made through the
-//! API, appended by the API's audit middleware and listed newest first.
+//! API (appended by the API's audit middleware) or the CLI's key commands
+//! (`actor` `cli`), listed newest first.
 //!
 //! Must not: update or delete rows (the log is append-only) or hold any
 //! secret: a key appears by its id only.
@@ -20,6 +21,8 @@ pub struct AuditRecord {
     pub status: i64,
     pub client_addr: Option<String>,
     pub request_id: Option<String>,
+    /// `api` or `cli`.
+    pub actor: String,
     pub created_at: DateTime<Utc>,
 }
 
@@ -36,6 +39,8 @@ pub struct NewAudit<'a> {
     pub status: i64,
     pub client_addr: Option<&'a str>,
     pub request_id: Option<&'a str>,
+    /// `api` (a request) or `cli` (the command line).
+    pub actor: &'a str,
 }
 
 /// What a listing is narrowed to; `None` matches everything.
@@ -47,7 +52,7 @@ pub struct AuditFilter<'a> {
 }
 
 const COLUMNS: &str = "id, key_id, action, object_type, object_id, method, route, status, \
-     client_addr, request_id, created_at";
+     client_addr, request_id, actor, created_at";
 const WHERE: &str = "($1 IS NULL OR key_id = $1) AND ($2 IS NULL OR object_id = $2) \
      AND ($3 IS NULL OR object_type = $3)";
 
@@ -56,11 +61,11 @@ impl Store {
         let now = super::now();
         on_pool!(self, p => sqlx::query(
             "INSERT INTO audit_events (id, key_id, action, object_type, object_id, method, route,
-                 status, client_addr, request_id, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)")
+                 status, client_addr, request_id, created_at, actor)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)")
             .bind(a.id).bind(a.key_id).bind(a.action).bind(a.object_type).bind(a.object_id)
             .bind(a.method).bind(a.route).bind(a.status).bind(a.client_addr)
-            .bind(a.request_id).bind(now)
+            .bind(a.request_id).bind(now).bind(a.actor)
             .execute(p).await.map(|r| r.rows_affected()))?;
         Ok(())
     }

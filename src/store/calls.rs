@@ -69,6 +69,10 @@ pub struct CallRecord {
     pub agent_source: Option<AgentSource>,
     /// Why the agent webhook was not followed.
     pub agent_source_error: Option<String>,
+    /// `false` for a test-mode call (simulated carrier).
+    pub livemode: bool,
+    /// The API key that placed it (`POST /v1/calls`), for its daily caps.
+    pub api_key_id: Option<String>,
 }
 
 /// The campaign attempt a call is: all three set for a campaign's call
@@ -125,6 +129,7 @@ impl TryFrom<CallRecord> for Call {
             context,
             agent_source: r.agent_source,
             agent_source_error: r.agent_source_error,
+            livemode: r.livemode,
             metadata,
             id: r.id,
             direction: r.direction,
@@ -163,6 +168,8 @@ pub struct CallFilter<'a> {
     pub campaign_id: Option<&'a str>,
     /// An `EndReason` label, e.g. `no_answer`.
     pub end_reason: Option<&'a str>,
+    /// Only calls of this mode (`false`: test mode).
+    pub livemode: Option<bool>,
 }
 
 /// What a new call row starts with.
@@ -184,6 +191,10 @@ pub struct NewCall<'a> {
     /// Who chose the agent, and why a webhook's choice was not followed.
     pub agent_source: Option<AgentSource>,
     pub agent_source_error: Option<&'a str>,
+    /// `false` for a test-mode call.
+    pub livemode: bool,
+    /// The API key that placed it, if one did.
+    pub api_key_id: Option<&'a str>,
 }
 
 /// An unended call taken over from a dead node ([`Store::take_orphan_call`]).
@@ -219,7 +230,7 @@ macro_rules! call_columns {
         "id, direction, from_number, to_number, trunk, agent_id, status, sip_call_id,
     sip_code, sip_reason, end_reason, dtmf, metadata, ringing_at, answered_at, ended_at, duration_ms,
     created_at, updated_at, event_seq, answered_by, summary, campaign_id, contact_id, attempt, analysis,
-    context, agent_source, agent_source_error"
+    context, agent_source, agent_source_error, livemode, api_key_id"
     };
 }
 
@@ -230,8 +241,8 @@ const SELECT_CALL: &str = concat!("SELECT ", call_columns!(), " FROM calls WHERE
 const CREATE: &str = concat!(
     "INSERT INTO calls (id, direction, from_number, to_number, trunk, agent_id, status, sip_call_id,
                                            metadata, ringing_at, created_at, updated_at, event_seq, node,
-                        campaign_id, contact_id, attempt, context, agent_source, agent_source_error)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, 1, $12, $13, $14, $15, $16, $17, $18)
+                        campaign_id, contact_id, attempt, context, agent_source, agent_source_error, livemode, api_key_id)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, 1, $12, $13, $14, $15, $16, $17, $18, $19, $20)
      RETURNING ",
     call_columns!()
 );
@@ -242,8 +253,8 @@ const CREATE: &str = concat!(
 const CREATE_CAMPAIGN: &str = concat!(
     "INSERT INTO calls (id, direction, from_number, to_number, trunk, agent_id, status, sip_call_id,
                         metadata, ringing_at, created_at, updated_at, event_seq, node,
-                        campaign_id, contact_id, attempt, context, agent_source, agent_source_error)
-     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, 1, $12, $13, $14, $15, $16, $17, $18
+                        campaign_id, contact_id, attempt, context, agent_source, agent_source_error, livemode, api_key_id)
+     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, 1, $12, $13, $14, $15, $16, $17, $18, $19, $20
      WHERE EXISTS (SELECT 1 FROM campaign_attempts a JOIN campaign_contacts c ON c.id = a.contact_id
                    WHERE a.call_id = $1 AND a.outcome IS NULL AND c.lease_owner = $12
                      AND c.lease_gen = a.lease_gen)
@@ -256,8 +267,8 @@ const CREATE_CAMPAIGN: &str = concat!(
 const CREATE_CAMPAIGN_PG: &str = concat!(
     "INSERT INTO calls (id, direction, from_number, to_number, trunk, agent_id, status, sip_call_id,
                         metadata, ringing_at, created_at, updated_at, event_seq, node,
-                        campaign_id, contact_id, attempt, context, agent_source, agent_source_error)
-     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, 1, $12, $13, $14, $15, $16, $17, $18
+                        campaign_id, contact_id, attempt, context, agent_source, agent_source_error, livemode, api_key_id)
+     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, 1, $12, $13, $14, $15, $16, $17, $18, $19, $20
      WHERE EXISTS (SELECT 1 FROM campaign_attempts a JOIN campaign_contacts c ON c.id = a.contact_id
                    WHERE a.call_id = $1 AND a.outcome IS NULL AND c.lease_owner = $12
                      AND c.lease_gen = a.lease_gen FOR SHARE OF c)
@@ -346,6 +357,8 @@ impl FromSqlite for CallRecord {
             context: row.get("context")?,
             agent_source: label_opt(row, "agent_source")?,
             agent_source_error: row.get("agent_source_error")?,
+            livemode: row.get("livemode")?,
+            api_key_id: row.get("api_key_id")?,
         })
     }
 }
@@ -403,6 +416,8 @@ impl Store {
             c.context.into(),
             c.agent_source.map(AgentSource::as_str).into(),
             c.agent_source_error.into(),
+            c.livemode.into(),
+            c.api_key_id.into(),
         ];
         // A campaign's call is fenced by its contact's lease: a node that
         // was presumed dead and whose claim was taken over writes no row
@@ -552,19 +567,22 @@ impl Store {
                AND ($3 IS NULL OR from_number = $3 OR to_number = $3) AND ($4 IS NULL OR agent_id = $4)
                AND ($5 IS NULL OR created_at >= $5) AND ($6 IS NULL OR created_at < $6)
                AND ($9 IS NULL OR campaign_id = $9) AND ($10 IS NULL OR end_reason = $10)
+               AND ($11 IS NULL OR livemode = $11)
              ORDER BY created_at DESC, id DESC LIMIT $7 OFFSET $8"))
             .bind(status).bind(direction).bind(f.number).bind(f.agent_id)
             .bind(f.created_after).bind(f.created_before).bind(w.limit).bind(w.offset)
-            .bind(f.campaign_id).bind(f.end_reason)
+            .bind(f.campaign_id).bind(f.end_reason).bind(f.livemode)
             .fetch_all(p).await)?;
         let total: i64 = on_pool!(self, p => sqlx::query_scalar(
             "SELECT COUNT(*) FROM calls
              WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR direction = $2)
                AND ($3 IS NULL OR from_number = $3 OR to_number = $3) AND ($4 IS NULL OR agent_id = $4)
                AND ($5 IS NULL OR created_at >= $5) AND ($6 IS NULL OR created_at < $6)
-               AND ($7 IS NULL OR campaign_id = $7) AND ($8 IS NULL OR end_reason = $8)")
+               AND ($7 IS NULL OR campaign_id = $7) AND ($8 IS NULL OR end_reason = $8)
+               AND ($9 IS NULL OR livemode = $9)")
             .bind(status).bind(direction).bind(f.number).bind(f.agent_id)
             .bind(f.created_after).bind(f.created_before).bind(f.campaign_id).bind(f.end_reason)
+            .bind(f.livemode)
             .fetch_one(p).await)?;
         Ok(Page { items, total })
     }

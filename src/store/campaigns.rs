@@ -41,6 +41,8 @@ pub struct CampaignRecord {
     /// Asked for the agent of each attempt, if set (its secret is read by
     /// [`Store::campaign_agent_webhook`] only).
     pub agent_webhook_url: Option<String>,
+    /// `false` for a test-mode campaign: it dials on the simulated carrier.
+    pub livemode: bool,
 }
 
 /// The campaign as the API and the webhooks show it.
@@ -72,6 +74,7 @@ impl TryFrom<CampaignRecord> for Campaign {
             updated_at: r.updated_at,
             agent_webhook_url: r.agent_webhook_url,
             agent_webhook_secret: None,
+            livemode: r.livemode,
         })
     }
 }
@@ -101,7 +104,7 @@ pub struct CampaignFields<'a> {
 const COLUMNS: &str =
     "id, name, agent_id, caller_number, trunks, status, schedule, max_concurrent_calls,
     calls_per_second, retry_policy, max_attempts, opt_out_digit, amd, started_at, finished_at,
-    created_at, updated_at, agent_webhook_url";
+    created_at, updated_at, agent_webhook_url, livemode";
 
 /// Counts behind `GET /v1/campaigns/{id}/stats`.
 #[derive(Debug, Clone, Default)]
@@ -119,16 +122,22 @@ pub struct CampaignCounts {
 }
 
 impl Store {
-    pub async fn insert_campaign(&self, id: &str, f: CampaignFields<'_>) -> Result<CampaignRecord> {
+    pub async fn insert_campaign(
+        &self,
+        id: &str,
+        f: CampaignFields<'_>,
+        livemode: bool,
+    ) -> Result<CampaignRecord> {
         let now = super::now();
         on_pool!(self, p => sqlx::query(
             "INSERT INTO campaigns (id, name, agent_id, caller_number, trunks, status, schedule,
                  max_concurrent_calls, calls_per_second, retry_policy, max_attempts, opt_out_digit, amd,
-                 created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, 'draft', $6, $7, $8, $9, $10, $12, $13, $11, $11)")
+                 created_at, updated_at, livemode)
+             VALUES ($1, $2, $3, $4, $5, 'draft', $6, $7, $8, $9, $10, $12, $13, $11, $11, $14)")
             .bind(id).bind(f.name).bind(f.agent_id).bind(f.caller_number).bind(f.trunks)
             .bind(f.schedule).bind(f.max_concurrent_calls).bind(f.calls_per_second)
             .bind(f.retry_policy).bind(f.max_attempts).bind(now).bind(f.opt_out_digit).bind(f.amd)
+            .bind(livemode)
             .execute(p).await.map(|r| r.rows_affected()))?;
         self.get_campaign(id).await
     }
@@ -140,21 +149,23 @@ impl Store {
         .ok_or(StoreError::NotFound)
     }
 
+    /// The campaigns of one mode (`livemode`), newest first.
     pub async fn list_campaigns(
         &self,
         status: Option<CampaignStatus>,
+        livemode: bool,
         w: Window,
     ) -> Result<Page<CampaignRecord>> {
         let status = status.map(CampaignStatus::as_str);
         let sql = format!(
-            "SELECT {COLUMNS} FROM campaigns WHERE ($1 IS NULL OR status = $1)
+            "SELECT {COLUMNS} FROM campaigns WHERE ($1 IS NULL OR status = $1) AND livemode = $4
              ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3"
         );
         let items = on_pool!(self, p => sqlx::query_as::<_, CampaignRecord>(sqlx::AssertSqlSafe(sql))
-            .bind(status).bind(w.limit).bind(w.offset).fetch_all(p).await)?;
+            .bind(status).bind(w.limit).bind(w.offset).bind(livemode).fetch_all(p).await)?;
         let total: i64 = on_pool!(self, p => sqlx::query_scalar(
-            "SELECT COUNT(*) FROM campaigns WHERE ($1 IS NULL OR status = $1)")
-            .bind(status).fetch_one(p).await)?;
+            "SELECT COUNT(*) FROM campaigns WHERE ($1 IS NULL OR status = $1) AND livemode = $2")
+            .bind(status).bind(livemode).fetch_one(p).await)?;
         Ok(Page { items, total })
     }
 

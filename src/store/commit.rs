@@ -65,6 +65,14 @@ pub(crate) enum Value {
     Text(Option<String>),
     Int(Option<i64>),
     Time(Option<DateTime<Utc>>),
+    /// A flag (`livemode`): INTEGER 0/1 on SQLite, BOOLEAN on PostgreSQL.
+    Bool(bool),
+}
+
+impl From<bool> for Value {
+    fn from(b: bool) -> Self {
+        Value::Bool(b)
+    }
 }
 
 impl From<&str> for Value {
@@ -109,6 +117,7 @@ impl ToSql for Value {
         Ok(match self {
             Value::Text(s) => s.to_sql()?,
             Value::Int(i) => i.to_sql()?,
+            Value::Bool(b) => b.to_sql()?,
             // As sqlx-sqlite encodes a DateTime<Utc>, so that text
             // comparisons and sqlx's reads agree.
             Value::Time(t) => ToSqlOutput::Owned(match t {
@@ -129,6 +138,7 @@ macro_rules! bind_values {
                 $crate::store::commit::Value::Text(s) => query.bind(s.as_deref()),
                 $crate::store::commit::Value::Int(i) => query.bind(*i),
                 $crate::store::commit::Value::Time(t) => query.bind(*t),
+                $crate::store::commit::Value::Bool(b) => query.bind(*b),
             };
         }
         query
@@ -216,7 +226,7 @@ pub(crate) struct Batch<'c> {
     conn: &'c Connection,
     /// Subscribed endpoints per event type, read once a batch: while the
     /// batch holds the write lock nothing else changes them.
-    subscribers: HashMap<EventType, Vec<String>>,
+    subscribers: HashMap<(EventType, bool), Vec<String>>,
     /// Deliveries written by this batch's jobs.
     deliveries: usize,
 }
@@ -264,10 +274,11 @@ impl Batch<'_> {
                 ev.call_seq.into(),
                 ev.payload.as_str().into(),
                 ev.created_at.into(),
+                ev.livemode.into(),
             ],
         )?;
         let endpoints = match &ev.fanout {
-            Fanout::Subscribed => self.subscribed(ev.event_type)?,
+            Fanout::Subscribed => self.subscribed(ev.event_type, ev.livemode)?,
             Fanout::Endpoint(id) => vec![id.clone()],
         };
         for endpoint in &endpoints {
@@ -285,22 +296,25 @@ impl Batch<'_> {
         Ok(())
     }
 
-    fn subscribed(&mut self, event_type: EventType) -> Result<Vec<String>> {
-        if let Some(ids) = self.subscribers.get(&event_type) {
+    fn subscribed(&mut self, event_type: EventType, livemode: bool) -> Result<Vec<String>> {
+        if let Some(ids) = self.subscribers.get(&(event_type, livemode)) {
             return Ok(ids.clone());
         }
         let mut ids = Vec::new();
         {
             let mut stmt = self.prepare(
                 super::events::SUBSCRIBED_ENDPOINTS,
-                &[super::events::subscription_pattern(event_type).into()],
+                &[
+                    super::events::subscription_pattern(event_type).into(),
+                    livemode.into(),
+                ],
             )?;
             let mut rows = stmt.raw_query();
             while let Some(row) = rows.next()? {
                 ids.push(row.get(0)?);
             }
         }
-        self.subscribers.insert(event_type, ids.clone());
+        self.subscribers.insert((event_type, livemode), ids.clone());
         Ok(ids)
     }
 }

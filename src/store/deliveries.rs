@@ -272,7 +272,7 @@ impl Store {
 
     /// Sends event `event_id` again: every delivery it has goes back to
     /// pending with a fresh retry schedule, and enabled endpoints subscribed
-    /// to its type that never had it get one. Returns how many deliveries
+    /// to its type (and of its mode) that never had it get one. Returns how many deliveries
     /// are now pending for it.
     pub async fn replay_event(&self, event_id: &str) -> Result<u64> {
         let now = super::now();
@@ -288,6 +288,7 @@ impl Store {
                 .bind(event_id).bind(now).execute(&mut *tx).await?.rows_affected();
             let missing: Vec<String> = sqlx::query_scalar(
                 "SELECT id FROM webhook_endpoints e WHERE enabled AND events LIKE '%' || $2 || '%'
+                   AND livemode = (SELECT livemode FROM events WHERE id = $1)
                    AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = $1 AND d.endpoint_id = e.id)")
                 .bind(event_id).bind(format!("\"{event_type}\"")).fetch_all(&mut *tx).await?;
             for endpoint in &missing {

@@ -44,6 +44,9 @@ pub struct NewEvent {
     pub payload: String,
     pub created_at: DateTime<Utc>,
     pub fanout: Fanout,
+    /// The mode of the object the event is about: `false` for test-mode
+    /// objects, delivered only to test-mode endpoints (and live to live).
+    pub livemode: bool,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -59,12 +62,14 @@ pub struct EventRecord {
     pub payload: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// `false` for an event about a test-mode object.
+    pub livemode: bool,
 }
 
 /// The columns of an [`EventRecord`], as a literal for `concat!`.
 macro_rules! event_columns {
     () => {
-        "seq, id, type, api_version, call_id, call_seq, payload, created_at, updated_at"
+        "seq, id, type, api_version, call_id, call_seq, payload, created_at, updated_at, livemode"
     };
 }
 pub(crate) use event_columns;
@@ -74,8 +79,8 @@ pub(crate) const EVENT_COLUMNS: &str = event_columns!();
 /// The INSERT of an event, as a literal for `concat!`.
 macro_rules! insert_event_sql {
     () => {
-        "INSERT INTO events (id, type, api_version, call_id, call_seq, payload, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $7)"
+        "INSERT INTO events (id, type, api_version, call_id, call_seq, payload, created_at, updated_at, livemode)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)"
     };
 }
 pub(crate) use insert_event_sql;
@@ -83,14 +88,13 @@ pub(crate) use insert_event_sql;
 /// Writes an event (the group commit's writer runs it too).
 pub(crate) const INSERT_EVENT: &str = insert_event_sql!();
 
-/// The enabled endpoints subscribed to an event type; `$1` is
-/// [`subscription_pattern`]. The pattern is an expression, not a bare
+/// The enabled endpoints of one mode (`$2`, the event's `livemode`)
+/// subscribed to an event type; `$1` is [`subscription_pattern`]. The pattern is an expression, not a bare
 /// parameter: SQLite recompiles a statement whose LIKE pattern is a
 /// parameter each time its value changes (sqlite3_prepare_v2, "the specific
 /// value bound ... might influence the query plan"), which was a fifth of a
 /// call's CPU.
-pub(crate) const SUBSCRIBED_ENDPOINTS: &str =
-    "SELECT id FROM webhook_endpoints WHERE enabled AND events LIKE '%' || $1 || '%' ORDER BY id";
+pub(crate) const SUBSCRIBED_ENDPOINTS: &str = "SELECT id FROM webhook_endpoints WHERE enabled AND events LIKE '%' || $1 || '%' AND livemode = $2 ORDER BY id";
 
 /// What [`SUBSCRIBED_ENDPOINTS`] looks for in an endpoint's event list (a
 /// JSON array of strings).
@@ -121,12 +125,14 @@ macro_rules! write_event {
         .bind(ev.call_seq)
         .bind(&ev.payload)
         .bind(ev.created_at)
+        .bind(ev.livemode)
         .fetch_one(&mut *$tx)
         .await?;
         let endpoints: Vec<String> = match &ev.fanout {
             $crate::store::events::Fanout::Subscribed => {
                 sqlx::query_scalar($crate::store::events::SUBSCRIBED_ENDPOINTS)
                     .bind($crate::store::events::subscription_pattern(ev.event_type))
+                    .bind(ev.livemode)
                     .fetch_all(&mut *$tx)
                     .await?
             }

@@ -26,6 +26,7 @@ pub mod deliveries;
 pub mod dnc;
 pub mod events;
 pub mod keys;
+pub mod modes;
 pub mod nodes;
 pub mod notify;
 pub mod numbers;
@@ -240,6 +241,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0015_api_rate_windows.sql"),
     ),
     (
+        16,
+        "test mode",
+        include_str!("../../migrations/sqlite/0016_test_mode.sql"),
+    ),
+    (
         17,
         "recordings",
         include_str!("../../migrations/sqlite/0017_recordings.sql"),
@@ -317,6 +323,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         15,
         "api rate windows",
         include_str!("../../migrations/postgres/0015_api_rate_windows.sql"),
+    ),
+    (
+        16,
+        "test mode",
+        include_str!("../../migrations/postgres/0016_test_mode.sql"),
     ),
     (
         17,

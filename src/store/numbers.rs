@@ -21,6 +21,9 @@ pub struct NumberRecord {
     /// `whsec_...`: signs the agent webhook's requests; never shown again
     /// after it was handed out.
     pub agent_webhook_secret: Option<String>,
+    /// `false` for a test-mode number: it places test calls only and is
+    /// never routed an inbound call.
+    pub livemode: bool,
 }
 
 /// The writable fields of a number.
@@ -37,7 +40,7 @@ pub struct NumberFields<'a> {
 macro_rules! number_columns {
     () => {
         "id, number, name, agent_id, trunk, created_at, updated_at, agent_webhook_url,
-        agent_webhook_secret"
+        agent_webhook_secret, livemode"
     };
 }
 
@@ -50,12 +53,12 @@ const FIND_NUMBER: &str = concat!(
 /// A number and its agent in one statement (the agent's columns are
 /// prefixed `agent_`, all NULL when there is none).
 const FIND_ROUTE: &str = "SELECT n.id, n.number, n.name, n.agent_id, n.trunk, n.created_at,
-        n.updated_at, n.agent_webhook_url, n.agent_webhook_secret,
+        n.updated_at, n.agent_webhook_url, n.agent_webhook_secret, n.livemode,
         a.id AS agent_row_id, a.name AS agent_name, a.kind AS agent_kind,
-        a.settings AS agent_settings, a.created_at AS agent_created_at,
-        a.updated_at AS agent_updated_at
+        a.settings AS agent_settings, a.livemode AS agent_livemode,
+        a.created_at AS agent_created_at, a.updated_at AS agent_updated_at
      FROM phone_numbers n LEFT JOIN agents a ON a.id = n.agent_id
-     WHERE n.number = $1";
+     WHERE n.number = $1 AND n.livemode";
 
 /// A row of [`FIND_ROUTE`].
 #[derive(sqlx::FromRow)]
@@ -66,6 +69,7 @@ struct RouteRow {
     agent_name: Option<String>,
     agent_kind: Option<String>,
     agent_settings: Option<String>,
+    agent_livemode: Option<bool>,
     agent_created_at: Option<DateTime<Utc>>,
     agent_updated_at: Option<DateTime<Utc>>,
 }
@@ -77,6 +81,7 @@ impl RouteRow {
             self.agent_name,
             self.agent_kind,
             self.agent_settings,
+            self.agent_livemode,
             self.agent_created_at,
             self.agent_updated_at,
         ) {
@@ -85,6 +90,7 @@ impl RouteRow {
                 Some(name),
                 Some(kind),
                 Some(settings),
+                Some(livemode),
                 Some(created_at),
                 Some(updated_at),
             ) => Some(AgentRecord {
@@ -92,6 +98,7 @@ impl RouteRow {
                 name,
                 kind,
                 settings,
+                livemode,
                 created_at,
                 updated_at,
             }),
@@ -109,6 +116,7 @@ impl FromSqlite for RouteRow {
             agent_name: row.get("agent_name")?,
             agent_kind: row.get("agent_kind")?,
             agent_settings: row.get("agent_settings")?,
+            agent_livemode: row.get("agent_livemode")?,
             agent_created_at: time_opt(row, "agent_created_at")?,
             agent_updated_at: time_opt(row, "agent_updated_at")?,
         })
@@ -128,19 +136,25 @@ impl FromSqlite for NumberRecord {
             updated_at: time(row, "updated_at")?,
             agent_webhook_url: row.get("agent_webhook_url")?,
             agent_webhook_secret: row.get("agent_webhook_secret")?,
+            livemode: row.get("livemode")?,
         })
     }
 }
 
 impl Store {
-    pub async fn insert_number(&self, id: &str, f: NumberFields<'_>) -> Result<NumberRecord> {
+    pub async fn insert_number(
+        &self,
+        id: &str,
+        f: NumberFields<'_>,
+        livemode: bool,
+    ) -> Result<NumberRecord> {
         let now = super::now();
         on_pool!(self, p => sqlx::query(
             "INSERT INTO phone_numbers (id, number, name, agent_id, trunk, created_at, updated_at,
-                 agent_webhook_url, agent_webhook_secret)
-             VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8)")
+                 agent_webhook_url, agent_webhook_secret, livemode)
+             VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8, $9)")
             .bind(id).bind(f.number).bind(f.name).bind(f.agent_id).bind(f.trunk).bind(now)
-            .bind(f.agent_webhook_url).bind(f.agent_webhook_secret)
+            .bind(f.agent_webhook_url).bind(f.agent_webhook_secret).bind(livemode)
             .execute(p).await.map(|r| r.rows_affected()))?;
         self.get_number(id).await
     }
@@ -164,7 +178,9 @@ impl Store {
     /// join, so one round trip on PostgreSQL and one read on SQLite's group
     /// commit thread, away from the busy runtime, [`super::commit`]). Not
     /// cached: a cache would need invalidation across nodes, and a number
-    /// deleted or moved through the API must stop answering at once.
+    /// deleted or moved through the API must stop answering at once. A
+    /// test-mode number is never routed one (`NotFound`, as for an unknown
+    /// number).
     pub async fn find_number_with_agent(
         &self,
         number: &str,
@@ -189,19 +205,21 @@ impl Store {
         Ok(row.split())
     }
 
+    /// The numbers of one mode (`livemode`), newest first.
     pub async fn list_numbers(
         &self,
         agent_id: Option<&str>,
+        livemode: bool,
         w: Window,
     ) -> Result<Page<NumberRecord>> {
         let items = on_pool!(self, p => sqlx::query_as::<_, NumberRecord>(concat!(
             "SELECT ", number_columns!(), " FROM phone_numbers
-             WHERE ($1 IS NULL OR agent_id = $1)
+             WHERE ($1 IS NULL OR agent_id = $1) AND livemode = $4
              ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3"))
-            .bind(agent_id).bind(w.limit).bind(w.offset).fetch_all(p).await)?;
+            .bind(agent_id).bind(w.limit).bind(w.offset).bind(livemode).fetch_all(p).await)?;
         let total: i64 = on_pool!(self, p => sqlx::query_scalar(
-            "SELECT COUNT(*) FROM phone_numbers WHERE ($1 IS NULL OR agent_id = $1)")
-            .bind(agent_id).fetch_one(p).await)?;
+            "SELECT COUNT(*) FROM phone_numbers WHERE ($1 IS NULL OR agent_id = $1) AND livemode = $2")
+            .bind(agent_id).bind(livemode).fetch_one(p).await)?;
         Ok(Page { items, total })
     }
 

@@ -58,10 +58,10 @@ const MAX_BATCH: usize = 256;
 /// The deliveries' foreign key to the events is checked at the end of the
 /// statement, when the events of the CTE are in.
 const INSERT_EVENTS: &str = "WITH ev AS (
-    INSERT INTO events (id, type, api_version, call_id, call_seq, payload, created_at, updated_at)
-    SELECT id, type, api_version, call_id, call_seq, payload, created_at, created_at
-    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[], $7::timestamptz[])
-         WITH ORDINALITY AS t(id, type, api_version, call_id, call_seq, payload, created_at, ord)
+    INSERT INTO events (id, type, api_version, call_id, call_seq, payload, created_at, updated_at, livemode)
+    SELECT id, type, api_version, call_id, call_seq, payload, created_at, created_at, livemode
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[], $7::timestamptz[], $12::bool[])
+         WITH ORDINALITY AS t(id, type, api_version, call_id, call_seq, payload, created_at, livemode, ord)
     ORDER BY ord
     RETURNING 1)
 INSERT INTO webhook_deliveries (id, event_id, endpoint_id, status, next_attempt_at, created_at, updated_at)
@@ -72,7 +72,7 @@ FROM unnest($8::text[], $9::text[], $10::text[], $11::timestamptz[]) AS d(id, ev
 /// array), read once a batch; matched as [`super::events::SUBSCRIBED_ENDPOINTS`]
 /// matches one type.
 const ENABLED_ENDPOINTS: &str =
-    "SELECT id, events FROM webhook_endpoints WHERE enabled ORDER BY id";
+    "SELECT id, events, livemode FROM webhook_endpoints WHERE enabled ORDER BY id";
 
 /// One call transition: a statement of `super::calls` that returns the row,
 /// and the event to render from it.
@@ -294,12 +294,13 @@ struct Columns {
     delivery_event: Vec<String>,
     delivery_endpoint: Vec<String>,
     delivery_at: Vec<DateTime<Utc>>,
+    livemode: Vec<bool>,
 }
 
 /// Writes `events` and their deliveries in one statement; how many
 /// deliveries it wrote.
 async fn write_events(tx: &mut Transaction<'_, Postgres>, events: &[NewEvent]) -> Result<usize> {
-    let mut endpoints: Option<Vec<(String, String)>> = None;
+    let mut endpoints: Option<Vec<(String, String, bool)>> = None;
     let mut c = Columns::default();
     for ev in events {
         c.id.push(ev.id.clone());
@@ -309,6 +310,7 @@ async fn write_events(tx: &mut Transaction<'_, Postgres>, events: &[NewEvent]) -
         c.call_seq.push(ev.call_seq);
         c.payload.push(ev.payload.clone());
         c.created_at.push(ev.created_at);
+        c.livemode.push(ev.livemode);
         let mut deliver = |endpoint: &str| {
             c.delivery_id.push(crate::ids::new(crate::ids::DELIVERY));
             c.delivery_event.push(ev.id.clone());
@@ -326,8 +328,8 @@ async fn write_events(tx: &mut Transaction<'_, Postgres>, events: &[NewEvent]) -
                     );
                 }
                 let pattern = subscription_pattern(ev.event_type);
-                for (id, subscribed) in endpoints.iter().flatten() {
-                    if subscribed.contains(&pattern) {
+                for (id, subscribed, livemode) in endpoints.iter().flatten() {
+                    if *livemode == ev.livemode && subscribed.contains(&pattern) {
                         deliver(id);
                     }
                 }
@@ -346,6 +348,7 @@ async fn write_events(tx: &mut Transaction<'_, Postgres>, events: &[NewEvent]) -
         .bind(&c.delivery_event)
         .bind(&c.delivery_endpoint)
         .bind(&c.delivery_at)
+        .bind(&c.livemode)
         .execute(&mut **tx)
         .await?;
     Ok(c.delivery_id.len())

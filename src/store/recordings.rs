@@ -55,7 +55,8 @@ const COLUMNS: &str = "call_id, status, channels, node, duration_ms, size_bytes,
      started_at, completed_at, deleted_at";
 
 /// Renders the event of a completed recording from its row.
-pub type RecordingEmit<'a> = &'a (dyn Fn(&RecordingRecord) -> Result<NewEvent> + Send + Sync);
+/// Renders the event of a completed recording; `bool` is the call's livemode.
+pub type RecordingEmit<'a> = &'a (dyn Fn(&RecordingRecord, bool) -> Result<NewEvent> + Send + Sync);
 
 impl Store {
     /// A recording starts on `node`'s disk.
@@ -99,7 +100,11 @@ impl Store {
                 .fetch_optional(&mut *tx).await?
                 .ok_or(StoreError::NotFound)?;
             if !failed {
-                let ev = emit(&row)?;
+                // The event is test or live as its call is.
+                let livemode: bool = sqlx::query_scalar("SELECT livemode FROM calls WHERE id = $1")
+                    .bind(call_id).fetch_optional(&mut *tx).await?
+                    .unwrap_or(true);
+                let ev = emit(&row, livemode)?;
                 let _ = super::events::write_event!(self, tx, &ev);
             }
             tx.commit().await?;

@@ -20,6 +20,8 @@ pub struct EndpointRecord {
     pub previous_secret_expires_at: Option<DateTime<Utc>>,
     /// `call.ended` carries the call's transcript to this endpoint.
     pub include_transcript: bool,
+    /// `false` for a test-mode endpoint: it gets only test-mode events.
+    pub livemode: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -39,14 +41,15 @@ impl Store {
         id: &str,
         secret: &str,
         f: EndpointFields<'_>,
+        livemode: bool,
     ) -> Result<EndpointRecord> {
         let now = super::now();
         on_pool!(self, p => sqlx::query(
             "INSERT INTO webhook_endpoints (id, url, description, events, enabled, secret, created_at, updated_at,
-                include_transcript)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)")
+                include_transcript, livemode)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9)")
             .bind(id).bind(f.url).bind(f.description).bind(f.events).bind(f.enabled).bind(secret).bind(now)
-            .bind(f.include_transcript)
+            .bind(f.include_transcript).bind(livemode)
             .execute(p).await.map(|r| r.rows_affected()))?;
         self.get_endpoint(id).await
     }
@@ -54,20 +57,23 @@ impl Store {
     pub async fn get_endpoint(&self, id: &str) -> Result<EndpointRecord> {
         on_pool!(self, p => sqlx::query_as::<_, EndpointRecord>(
             "SELECT id, url, description, events, enabled, secret, previous_secret, previous_secret_expires_at,
-                include_transcript, created_at, updated_at
+                include_transcript, livemode, created_at, updated_at
              FROM webhook_endpoints WHERE id = $1")
             .bind(id).fetch_optional(p).await)?
         .ok_or(StoreError::NotFound)
     }
 
-    pub async fn list_endpoints(&self, w: Window) -> Result<Page<EndpointRecord>> {
+    /// The endpoints of one mode (`livemode`), newest first.
+    pub async fn list_endpoints(&self, livemode: bool, w: Window) -> Result<Page<EndpointRecord>> {
         let items = on_pool!(self, p => sqlx::query_as::<_, EndpointRecord>(
             "SELECT id, url, description, events, enabled, secret, previous_secret, previous_secret_expires_at,
-                include_transcript, created_at, updated_at
-             FROM webhook_endpoints ORDER BY created_at DESC, id DESC LIMIT $1 OFFSET $2")
-            .bind(w.limit).bind(w.offset).fetch_all(p).await)?;
-        let total: i64 = on_pool!(self, p => sqlx::query_scalar("SELECT COUNT(*) FROM webhook_endpoints")
-            .fetch_one(p).await)?;
+                include_transcript, livemode, created_at, updated_at
+             FROM webhook_endpoints WHERE livemode = $3
+             ORDER BY created_at DESC, id DESC LIMIT $1 OFFSET $2")
+            .bind(w.limit).bind(w.offset).bind(livemode).fetch_all(p).await)?;
+        let total: i64 = on_pool!(self, p => sqlx::query_scalar(
+            "SELECT COUNT(*) FROM webhook_endpoints WHERE livemode = $1")
+            .bind(livemode).fetch_one(p).await)?;
         Ok(Page { items, total })
     }
 

@@ -3,7 +3,9 @@
 //! into a [`NewEvent`] for the outbox.
 //!
 //! Envelope: `{"id": "evt_...", "type": "call.ended", "created_at": RFC 3339,
-//! "api_version": "...", "data": {...}}`. For call events `data` is the call
+//! "api_version": "...", "livemode": true, "data": {...}}`; `livemode` is
+//! `false` for an event about a test-mode object (test keys' calls and
+//! campaigns), and only test-mode endpoints receive those. For call events `data` is the call
 //! object exactly as `GET /v1/calls/{id}` answers it plus `sequence`, the
 //! event's position among that call's events, so receivers can order what
 //! arrives out of order. For campaign events `data` is the campaign exactly
@@ -41,6 +43,10 @@ pub struct WebhookEvent<D> {
     pub created_at: DateTime<Utc>,
     #[schema(example = "2025-06-01")]
     pub api_version: String,
+    /// `false` when the event is about a test-mode object (made with an
+    /// `al_test_` key; its calls ran on the simulated carrier). Such
+    /// events go to test-mode endpoints only; live ones to live only.
+    pub livemode: bool,
     pub data: D,
 }
 
@@ -84,6 +90,15 @@ pub struct CampaignEventData {
     pub campaign: Campaign,
 }
 
+/// An API key that reached a daily cap (`api_key.cap_reached`).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ApiKeyEventData {
+    /// The key (its id; never the secret).
+    pub api_key_id: String,
+    /// Which cap, e.g. `100 calls today`.
+    pub reason: String,
+}
+
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct TestEventData {
     pub endpoint_id: String,
@@ -95,6 +110,7 @@ fn render<D: Serialize>(
     data: D,
     call: Option<(&str, i64)>,
     fanout: Fanout,
+    livemode: bool,
 ) -> Result<NewEvent, StoreError> {
     let id = ids::new(ids::EVENT);
     let created_at = crate::store::now();
@@ -103,6 +119,7 @@ fn render<D: Serialize>(
         event_type,
         created_at,
         api_version: API_VERSION.to_string(),
+        livemode,
         data,
     };
     let payload = serde_json::to_string(&envelope)
@@ -116,6 +133,7 @@ fn render<D: Serialize>(
         payload,
         created_at,
         fanout,
+        livemode,
     })
 }
 
@@ -124,8 +142,9 @@ fn render<D: Serialize>(
 pub fn recording_event(
     event_type: EventType,
     recording: crate::model::Recording,
+    livemode: bool,
 ) -> Result<NewEvent, StoreError> {
-    render(event_type, recording, None, Fanout::Subscribed)
+    render(event_type, recording, None, Fanout::Subscribed, livemode)
 }
 
 /// Renders a call event (`call.*`) from the call row as the transaction
@@ -136,6 +155,7 @@ pub fn call_event(
     digit: Option<&str>,
 ) -> Result<NewEvent, StoreError> {
     let sequence = call.event_seq;
+    let livemode = call.livemode;
     let data = CallEventData {
         call: Call::try_from(call.clone())?,
         sequence,
@@ -146,6 +166,7 @@ pub fn call_event(
         data,
         Some((&call.id, sequence)),
         Fanout::Subscribed,
+        livemode,
     )
 }
 
@@ -193,9 +214,20 @@ pub fn with_transcript(payload: &str, turns: &[TurnRecord]) -> Result<String, St
     serde_json::to_string(&envelope).map_err(|e| StoreError::Corrupt(format!("event payload: {e}")))
 }
 
-/// Renders a trunk event (`trunk.*`).
+/// Renders a trunk event (`trunk.*`): trunks are live, test mode has none.
 pub fn trunk_event(event_type: EventType, data: TrunkEventData) -> Result<NewEvent, StoreError> {
-    render(event_type, data, None, Fanout::Subscribed)
+    render(event_type, data, None, Fanout::Subscribed, true)
+}
+
+/// Renders `api_key.cap_reached`, in the key's mode.
+pub fn api_key_event(data: ApiKeyEventData, livemode: bool) -> Result<NewEvent, StoreError> {
+    render(
+        EventType::ApiKeyCapReached,
+        data,
+        None,
+        Fanout::Subscribed,
+        livemode,
+    )
 }
 
 /// Renders a campaign event (`campaign.*`) from the campaign row as the
@@ -211,10 +243,12 @@ pub fn campaign_event(
         },
         None,
         Fanout::Subscribed,
+        campaign.livemode,
     )
 }
 
-pub fn test_event(endpoint_id: &str) -> Result<NewEvent, StoreError> {
+/// A `webhook.test` for one endpoint, in the endpoint's mode.
+pub fn test_event(endpoint_id: &str, livemode: bool) -> Result<NewEvent, StoreError> {
     let data = TestEventData {
         endpoint_id: endpoint_id.to_string(),
         message: "a test event from agentline".into(),
@@ -224,5 +258,6 @@ pub fn test_event(endpoint_id: &str) -> Result<NewEvent, StoreError> {
         data,
         None,
         Fanout::Endpoint(endpoint_id.to_string()),
+        livemode,
     )
 }

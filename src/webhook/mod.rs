@@ -208,6 +208,21 @@ impl Outbox {
         Ok(record)
     }
 
+    /// `api_key.cap_reached`: a key reached a daily cap.
+    pub async fn api_key_cap_reached(
+        &self,
+        data: event::ApiKeyEventData,
+        livemode: bool,
+    ) -> Result<EventRecord, StoreError> {
+        let mark = self.store.deliveries_written();
+        let record = self
+            .store
+            .emit(&event::api_key_event(data, livemode)?)
+            .await?;
+        self.emitted(mark);
+        Ok(record)
+    }
+
     /// A campaign moves from one of `from` to `to` (an operator's action),
     /// with its event of type `kind` in the same transaction.
     pub async fn campaign_transition(
@@ -246,9 +261,16 @@ impl Outbox {
     }
 
     /// A `webhook.test` event delivered to one endpoint only.
-    pub async fn test_event(&self, endpoint_id: &str) -> Result<EventRecord, StoreError> {
+    pub async fn test_event(
+        &self,
+        endpoint_id: &str,
+        livemode: bool,
+    ) -> Result<EventRecord, StoreError> {
         let mark = self.store.deliveries_written();
-        let record = self.store.emit(&event::test_event(endpoint_id)?).await?;
+        let record = self
+            .store
+            .emit(&event::test_event(endpoint_id, livemode)?)
+            .await?;
         self.emitted(mark);
         Ok(record)
     }

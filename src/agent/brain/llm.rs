@@ -111,6 +111,10 @@ pub fn transfer_allowed(targets: &[String], to: &str) -> bool {
 pub const TRANSFER_REFUSED: &str =
     "transfer refused: this number is not one this agent may transfer to";
 
+/// The tool result of a transfer the trunk's destination policy refuses.
+pub const TRANSFER_DENIED: &str =
+    "transfer refused: the trunk does not allow calls to this destination";
+
 const END_CALL: &str = "end_call";
 const TRANSFER_CALL: &str = "transfer_call";
 const SEND_DTMF: &str = "send_dtmf";
@@ -219,6 +223,18 @@ impl LlmBrain {
                     metrics::counter!(crate::metrics::AGENT_TOOL_CALLS_TOTAL, "outcome" => "transfer_refused")
                         .increment(1);
                     (json!({ "error": TRANSFER_REFUSED }).to_string(), None)
+                }
+                // The call's trunk refuses premium-rate and high-risk
+                // destinations for a REFER as for an INVITE.
+                Some(to)
+                    if context
+                        .map(|c| c.transfer_check.check(&to))
+                        .is_some_and(|r| r.is_err()) =>
+                {
+                    tracing::info!(to = %to, "LLM transfer refused: the trunk's destination policy");
+                    metrics::counter!(crate::metrics::AGENT_TOOL_CALLS_TOTAL, "outcome" => "transfer_refused")
+                        .increment(1);
+                    (json!({ "error": TRANSFER_DENIED }).to_string(), None)
                 }
                 Some(to) => (
                     "ok: the caller is transferred after your reply".into(),

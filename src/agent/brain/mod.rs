@@ -22,7 +22,7 @@ pub mod template;
 pub mod tools;
 
 pub use llm::{ChatRequest, Llm, LlmBrain, LlmError, LlmReply, ToolSpec};
-pub use template::AgentContext;
+pub use template::{AgentContext, TransferCheck};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::UnboundedSender;

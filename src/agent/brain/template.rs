@@ -18,6 +18,7 @@
 //! [`AgentContext`]) or render anything but the placeholders.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -37,6 +38,50 @@ pub struct AgentContext {
     pub vars: BTreeMap<String, String>,
     /// The call's context as stored on the call (a JSON object).
     pub document: serde_json::Value,
+    /// The call's trunk's destination policy, which a transfer must pass
+    /// besides the agent's own `transfer_targets`; none for chat.
+    #[serde(skip)]
+    pub transfer_check: TransferCheck,
+}
+
+/// A destination check the call layer hands its agent: `Err` says why the
+/// number is refused. The agent never knows the policy, only the answer.
+#[derive(Clone, Default)]
+pub struct TransferCheck(Option<Arc<CheckFn>>);
+
+/// `Err` with why `to` is refused.
+type CheckFn = dyn Fn(&str) -> Result<(), String> + Send + Sync;
+
+impl TransferCheck {
+    pub fn new(check: impl Fn(&str) -> Result<(), String> + Send + Sync + 'static) -> Self {
+        Self(Some(Arc::new(check)))
+    }
+
+    /// Whether `to` (E.164) may be transferred to; anything without a
+    /// check may.
+    pub fn check(&self, to: &str) -> Result<(), String> {
+        match &self.0 {
+            Some(check) => check(to),
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::fmt::Debug for TransferCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "TransferCheck(set)"
+        } else {
+            "TransferCheck(none)"
+        })
+    }
+}
+
+/// Contexts compare by what they say; the check is not data.
+impl PartialEq for TransferCheck {
+    fn eq(&self, _other: &Self) -> bool {
+        true
+    }
 }
 
 impl AgentContext {
@@ -255,6 +300,7 @@ mod tests {
             call_id: "call_1".into(),
             vars: BTreeMap::new(),
             document: serde_json::json!({"call_id": "call_1"}),
+            transfer_check: Default::default(),
         };
         let c = c.with_fact("answered_by", "human");
         assert_eq!(c.vars["answered_by"], "human");

@@ -202,6 +202,7 @@ mod tests {
             call_id: "call_1".into(),
             vars: Default::default(),
             document: serde_json::json!({"sip_headers": {"X-Customer-Id": "42"}}),
+            transfer_check: Default::default(),
         };
         let body = with_call(
             r#"{"city":"Oslo","_call":{"id":"call_x"}}"#.into(),
