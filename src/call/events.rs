@@ -119,8 +119,14 @@ impl Transitions {
         Ok(record)
     }
 
-    pub async fn dialing(&self, id: &str, sip_call_id: &str) {
-        if let Err(e) = self.outbox.store().call_dialing(id, sip_call_id).await {
+    /// The INVITE went out through `trunk` (an id) with `sip_call_id`.
+    pub async fn dialing(&self, id: &str, sip_call_id: &str, trunk: &str) {
+        if let Err(e) = self
+            .outbox
+            .store()
+            .call_dialing(id, sip_call_id, trunk)
+            .await
+        {
             tracing::warn!(error = %e, "SIP Call-ID not recorded");
         }
     }

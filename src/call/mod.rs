@@ -24,6 +24,7 @@ pub mod campaign_dialer;
 pub mod context;
 pub mod end_reason;
 pub mod events;
+mod failover;
 mod inbound;
 pub mod orphans;
 pub mod outbound;

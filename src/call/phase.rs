@@ -109,6 +109,26 @@ impl Routed {
         })
     }
 
+    /// Trunk failover: moves the call's slot onto `trunk`, under its `cps`
+    /// and `max_calls` like [`Routed::admit`].
+    pub fn move_to(&self, trunk: &Profile) -> Result<(), EndReason> {
+        if !self
+            .shared
+            .registry
+            .admit_rate(&trunk.name, trunk.limits.cps)
+        {
+            return Err(EndReason::TrunkRate);
+        }
+        if !self
+            .shared
+            .registry
+            .move_call(&self.id, &trunk.name, trunk.limits.max_calls)
+        {
+            return Err(EndReason::TrunkFull);
+        }
+        Ok(())
+    }
+
     /// The end of the call, before it was answered.
     pub fn end(self, reason: EndReason) -> Finished {
         Finished {
@@ -234,6 +254,18 @@ impl Prepared {
                 Ok((self, Bytes::from(answer)))
             }
             Err(e) => Err(self.call.end(rtp_failed(&e))),
+        }
+    }
+
+    /// Trunk failover: the next offer names `trunk`'s codecs, on the same
+    /// port (the media has not started: no answer was accepted yet).
+    pub fn use_trunk(&mut self, trunk: &Profile) {
+        if let Media::Bound(_, permit) = &self.media {
+            self.sdp = LocalSdp::new(
+                self.call.shared.media_ip(),
+                permit.port(),
+                super::codecs(trunk),
+            );
         }
     }
 

@@ -22,7 +22,7 @@ pub mod context;
 pub mod event;
 pub mod trunk;
 
-pub use call::{AnsweredBy, Call, CallStatus, Direction};
+pub use call::{AnsweredBy, Call, CallAttempt, CallStatus, Direction};
 pub use campaign::{AttemptOutcome, Campaign, CampaignStatus};
 pub use context::{AgentSource, CallContext};
 pub use event::EventType;

@@ -146,6 +146,7 @@ impl TryFrom<CallRecord> for Call {
             duration_ms: r.duration_ms,
             summary: r.summary,
             analysis,
+            attempts: None,
         })
     }
 }
@@ -268,7 +269,7 @@ const DIALOG: &str = concat!(
     call_columns!()
 );
 const DIALING: &str = concat!(
-    "UPDATE calls SET sip_call_id = $2, updated_at = $3 WHERE id = $1 AND ended_at IS NULL RETURNING ",
+    "UPDATE calls SET sip_call_id = $2, updated_at = $3, trunk = $4 WHERE id = $1 AND ended_at IS NULL RETURNING ",
     call_columns!()
 );
 const RINGING: &str = concat!(
@@ -463,9 +464,20 @@ impl Store {
         .ok_or(StoreError::NotFound)
     }
 
-    /// The outbound INVITE left with this SIP Call-ID (status unchanged).
-    pub async fn call_dialing(&self, id: &str, sip_call_id: &str) -> Result<CallRecord> {
-        let values = vec![id.into(), sip_call_id.into(), super::now().into()];
+    /// The outbound INVITE left through `trunk` (an id; it changes when
+    /// the call fails over) with this SIP Call-ID (status unchanged).
+    pub async fn call_dialing(
+        &self,
+        id: &str,
+        sip_call_id: &str,
+        trunk: &str,
+    ) -> Result<CallRecord> {
+        let values = vec![
+            id.into(),
+            sip_call_id.into(),
+            super::now().into(),
+            trunk.into(),
+        ];
         self.transition(DIALING, values, None).await
     }
 

@@ -16,6 +16,7 @@ pub mod agents;
 pub mod analytics;
 pub mod audio;
 pub mod audit;
+pub mod call_attempts;
 pub mod calls;
 pub mod campaigns;
 pub mod chat;
@@ -238,6 +239,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "api rate windows",
         include_str!("../../migrations/sqlite/0015_api_rate_windows.sql"),
     ),
+    (
+        19,
+        "call attempts",
+        include_str!("../../migrations/sqlite/0019_call_attempts.sql"),
+    ),
 ];
 
 /// The PostgreSQL migrations, embedded in the binary.
@@ -311,6 +317,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         15,
         "api rate windows",
         include_str!("../../migrations/postgres/0015_api_rate_windows.sql"),
+    ),
+    (
+        19,
+        "call attempts",
+        include_str!("../../migrations/postgres/0019_call_attempts.sql"),
     ),
 ];
 
