@@ -369,7 +369,8 @@ struct Handler(Arc<Shared>);
 impl InboundHandler for Handler {
     /// Asked for every packet: no profile is cloned.
     fn admit(&self, source: &RequestSource) -> Admission {
-        let ip = source.addr.ip();
+        // ::ffff:a.b.c.d on a dual-stack listener is the IPv4 peer.
+        let ip = source.addr.ip().to_canonical();
         let allowed = self.0.profiles.get().by_name.values().any(|p| {
             p.inbound.allow.iter().any(|net| net.contains(&ip))
                 // The peers we send to answer and send in-dialog
