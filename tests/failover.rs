@@ -142,7 +142,22 @@ fn attempts(call: &Value) -> &Vec<Value> {
 
 async fn first_503_then_the_second_trunk_answers(backend: Backend) {
     let (pa, pb) = (free_udp_port(), free_udp_port());
-    let d = daemon(backend, &trunk("a", pa, ""), &trunk("b", pb, "")).await;
+    // One call at a time on each: the call's own slot never counts
+    // against it when it moves.
+    let d = daemon(
+        backend,
+        &trunk("a", pa, "").replace(
+            "cps = 100",
+            "cps = 100
+max_calls = 1",
+        ),
+        &trunk("b", pb, "").replace(
+            "cps = 100",
+            "cps = 100
+max_calls = 1",
+        ),
+    )
+    .await;
     provision(&d).await;
     let (first, second) = (failing(pa, 503), answering(pb));
     common::wait_for_udp_listener(pa).await;

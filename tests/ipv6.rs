@@ -218,6 +218,15 @@ async fn daemon6(backend: Backend, profile: &str, env: &[(&str, &str)]) -> (Test
 }
 
 async fn inbound_call_over_ipv6_with_media(backend: Backend) {
+    inbound_call(backend, false).await;
+}
+
+async fn inbound_call_over_ipv6_tcp_with_media(backend: Backend) {
+    inbound_call(backend, true).await;
+}
+
+/// SIPp calls the echo agent over `[::1]` (UDP, or TCP with `tcp`).
+async fn inbound_call(backend: Backend, tcp: bool) {
     require_ipv6_loopback();
     let (d, sip) = daemon6(
         backend,
@@ -234,7 +243,17 @@ async fn inbound_call_over_ipv6_with_media(backend: Backend) {
             "uac-invite-ipv6-keyed-rtp-expect-200-bye.xml",
             free_udp_port(),
             Some(format!("[::1]:{sip}")),
-            &["-s", NUMBER, "-key", "rtp_port", &rtp_port, "-d", "4000"],
+            &[
+                "-s",
+                NUMBER,
+                "-key",
+                "rtp_port",
+                &rtp_port,
+                "-d",
+                "4000",
+                "-t",
+                if tcp { "t1" } else { "u1" },
+            ],
         )
         .await
     });
@@ -247,6 +266,20 @@ async fn inbound_call_over_ipv6_with_media(backend: Backend) {
     assert_eq!(call["direction"], "inbound");
     assert_eq!(call["status"], "completed", "{call}");
     assert_eq!(call["end_reason"], "caller_hangup");
+    let trace = d
+        .get(&format!(
+            "/v1/calls/{}/sip-trace",
+            call["id"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let transport = if tcp { "TCP" } else { "UDP" };
+    assert!(trace.contains(transport), "over {transport}: {trace}");
+    assert!(trace.contains("[::1]"), "{trace}");
 }
 
 async fn outbound_call_over_ipv6_with_media(backend: Backend) {
@@ -365,6 +398,7 @@ async fn a_dual_stack_listener_keeps_ipv4_allow_lists(backend: Backend) {
 
 both_backends!(
     inbound_call_over_ipv6_with_media,
+    inbound_call_over_ipv6_tcp_with_media,
     outbound_call_over_ipv6_with_media,
     an_ipv6_stranger_is_refused,
     a_dual_stack_listener_keeps_ipv4_allow_lists,

@@ -112,6 +112,11 @@ impl Routed {
     /// Trunk failover: moves the call's slot onto `trunk`, under its `cps`
     /// and `max_calls` like [`Routed::admit`].
     pub fn move_to(&self, trunk: &Profile) -> Result<(), EndReason> {
+        if self.shared.registry.trunk_of(&self.id).as_deref() == Some(trunk.name.as_str()) {
+            // Admitted there already (the call's first trunk): no second
+            // cps token, and its own slot is not "full".
+            return Ok(());
+        }
         if !self
             .shared
             .registry

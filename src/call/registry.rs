@@ -155,12 +155,16 @@ impl LiveCalls {
         let counts = {
             let mut calls = self.inner.lock();
             let on_new = calls.values().filter(|e| e.trunk == trunk).count();
-            if on_new >= usize::try_from(max_calls).unwrap_or(usize::MAX) {
+            let here = calls.get(id).is_some_and(|e| e.trunk == trunk);
+            if !here && on_new >= usize::try_from(max_calls).unwrap_or(usize::MAX) {
                 return false;
             }
             let Some(entry) = calls.get_mut(id) else {
                 return false;
             };
+            if entry.trunk == trunk {
+                return true;
+            }
             let old = std::mem::replace(&mut entry.trunk, trunk.to_owned());
             let on_old = calls.values().filter(|e| e.trunk == old).count();
             (old, on_old, on_new + 1)
@@ -169,6 +173,11 @@ impl LiveCalls {
         self.inner.trunks.set_active_calls(&old, on_old);
         self.inner.trunks.set_active_calls(trunk, on_new);
         true
+    }
+
+    /// The trunk (profile name) call `id` is counted on.
+    pub fn trunk_of(&self, id: &str) -> Option<String> {
+        self.inner.lock().get(id).map(|e| e.trunk.clone())
     }
 
     /// The calls on `trunk` now: the count its `max_calls` caps.
@@ -292,5 +301,7 @@ mod tests {
         assert_eq!(trunks.get("v").active_calls, 1);
         assert!(registry.try_insert("c", "t", "outbound", 1, h).is_some());
         assert!(!registry.move_call("gone", "w", 1));
+        assert!(registry.move_call("a", "v", 1), "already there, at the cap");
+        assert_eq!(registry.trunk_of("a").as_deref(), Some("v"));
     }
 }
