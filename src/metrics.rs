@@ -89,6 +89,9 @@ pub const CALL_SETUP_SECONDS: &str = "agentline_call_setup_seconds";
 /// Counter: answering-machine detection verdicts, label `answered_by` =
 /// `human` | `machine` | `unknown`.
 pub const CALL_AMD_VERDICTS_TOTAL: &str = "agentline_call_amd_verdicts_total";
+/// Counter: outbound call attempts per trunk (trunk failover), label
+/// `outcome` = `answered` | `failed` | `skipped`.
+pub const CALL_ATTEMPTS: &str = "agentline_call_attempts_total";
 
 // The agent (`crate::agent`).
 
@@ -230,6 +233,10 @@ fn describe() {
     metrics::describe_counter!(
         CALL_AMD_VERDICTS_TOTAL,
         "Answering-machine detection verdicts, by what answered."
+    );
+    metrics::describe_counter!(
+        CALL_ATTEMPTS,
+        "Outbound call attempts on a trunk (failover), by outcome."
     );
     metrics::describe_counter!(
         SIP_REQUESTS_REJECTED_TOTAL,

@@ -104,7 +104,12 @@ async fn get_call(
     Path(id): Path<String>,
 ) -> Result<Json<Call>, ApiError> {
     let record = super::find(&id, ids::CALL, "call", state.store.get_call(&id)).await?;
-    Ok(Json(to_api(record)?))
+    let outbound = record.direction == crate::model::Direction::Outbound;
+    let mut call = to_api(record)?;
+    if outbound {
+        call.attempts = Some(state.store.call_attempts(&id).await?);
+    }
+    Ok(Json(call))
 }
 
 /// The body of `POST /v1/calls`.
@@ -119,6 +124,13 @@ pub struct CallCreate {
     pub agent_id: Option<String>,
     /// `trk_` id of the trunk; default: the one bound to `from`.
     pub trunk_id: Option<String>,
+    /// Trunk failover: `trk_` ids tried in order (instead of `trunk_id`,
+    /// 1 to 8, no repeats). A trunk down by its OPTIONS probe or
+    /// registration is skipped without an INVITE; a 408, a 5xx (or what the
+    /// trunk's `failover_on` lists) or no answer moves the same call to the
+    /// next. Each attempt shows in `GET /v1/calls/{id}` `attempts`.
+    #[serde(default)]
+    pub trunk_ids: Vec<String>,
     /// Seconds to ring before giving up (`no-answer`); default from config.
     #[schema(minimum = 1, maximum = 600)]
     pub ring_timeout_seconds: Option<u32>,
@@ -224,6 +236,29 @@ async fn create_call(
         }
         None => None,
     };
+    let mut failover = Vec::new();
+    if !body.trunk_ids.is_empty() {
+        if body.trunk_id.is_some() {
+            bad("trunk_ids", "give trunk_id or trunk_ids, not both".into());
+        }
+        if body.trunk_ids.len() > 8 {
+            bad("trunk_ids", "at most 8 trunks".into());
+        }
+        for (i, t) in body.trunk_ids.iter().enumerate() {
+            match t.parse::<TrunkId>() {
+                Ok(id) if failover.contains(&id) => {
+                    bad(&format!("trunk_ids[{i}]"), "named twice".into());
+                }
+                Ok(id) => failover.push(id),
+                Err(e) => bad(&format!("trunk_ids[{i}]"), e.to_string()),
+            }
+        }
+    }
+    let trunk = if failover.is_empty() {
+        trunk
+    } else {
+        Some(failover.remove(0))
+    };
     if body
         .ring_timeout_seconds
         .is_some_and(|s| !(1..=600).contains(&s))
@@ -298,12 +333,14 @@ async fn create_call(
     if let Some(id) = &key_id {
         check_key_caps(&state, id, mode).await?;
     }
+    let trunks_given = !body.trunk_ids.is_empty();
     let request = OutboundRequest {
         call_id: None,
         from,
         to,
         agent_id: body.agent_id,
         trunk,
+        failover,
         ring_timeout: body
             .ring_timeout_seconds
             .map(|s| Duration::from_secs(u64::from(s))),
@@ -327,7 +364,12 @@ async fn create_call(
             ApiError::field("agent_id", e.to_string())
         }
         PlaceError::NoTrunk | PlaceError::UnknownTrunk | PlaceError::TrunkNotOutbound => {
-            ApiError::field("trunk_id", e.to_string())
+            let field = if trunks_given {
+                "trunk_ids"
+            } else {
+                "trunk_id"
+            };
+            ApiError::field(field, e.to_string())
         }
         PlaceError::TrunkFull => {
             ApiError::new(StatusCode::TOO_MANY_REQUESTS, "trunk_full", e.to_string())

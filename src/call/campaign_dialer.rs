@@ -111,6 +111,12 @@ impl Dialer for CallDialer {
             to: req.to.clone(),
             agent_id: Some(req.agent_id.clone()),
             trunk: Some(trunk),
+            // The campaign's other trunks, checked like the first.
+            failover: req
+                .failover
+                .iter()
+                .filter_map(|t| t.parse::<TrunkId>().ok())
+                .collect(),
             ring_timeout: None,
             max_duration: None,
             headers: Vec::new(),

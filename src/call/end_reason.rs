@@ -39,6 +39,10 @@ pub enum FailureCause {
     TrunkNotOutbound,
     /// The INVITE transaction ended without any final response.
     NoFinalResponse,
+    /// Trunk failover: every trunk the call could go to was skipped
+    /// (down by its OPTIONS probe or registration, or full) before any
+    /// INVITE was sent.
+    NoTrunkUp,
     /// The media session closed under the call.
     MediaClosed,
     /// The agent session ended before the call did.
@@ -59,6 +63,7 @@ impl FailureCause {
             FailureCause::SipNotRunning => "sip_not_running",
             FailureCause::TrunkNotOutbound => "trunk_not_outbound",
             FailureCause::NoFinalResponse => "no_final_response",
+            FailureCause::NoTrunkUp => "no_trunk_up",
             FailureCause::MediaClosed => "media_closed",
             FailureCause::AgentEnded => "agent_ended",
             FailureCause::NoReason => "no_reason",

@@ -119,11 +119,19 @@ impl Transitions {
         Ok(record)
     }
 
-    /// The INVITE left with `sip_call_id`; `cancel` is what another node
-    /// needs to cancel it (JSON of `sip::CancelState`).
-    pub async fn dialing(&self, id: &str, sip_call_id: &str, cancel: Option<&str>) {
+    /// The INVITE went out with `sip_call_id`, through `trunk` (an id; it
+    /// changes when the call fails over; `None` for the simulated carrier);
+    /// `cancel` is what another node needs to cancel it (JSON of
+    /// `sip::CancelState`).
+    pub async fn dialing(
+        &self,
+        id: &str,
+        sip_call_id: &str,
+        cancel: Option<&str>,
+        trunk: Option<&str>,
+    ) {
         let store = self.outbox.store();
-        if let Err(e) = store.call_dialing(id, sip_call_id, cancel).await {
+        if let Err(e) = store.call_dialing(id, sip_call_id, cancel, trunk).await {
             tracing::warn!(error = %e, "SIP Call-ID not recorded");
         }
     }

@@ -65,8 +65,11 @@ struct Route {
     agent_source_error: Option<String>,
 }
 
-/// The trunk whose `[inbound] allow` covers `ip`, first by name.
+/// The trunk whose `[inbound] allow` covers `ip`, first by name. An IPv4
+/// peer on a dual-stack `[::]` listener (::ffff:a.b.c.d) is matched as the
+/// IPv4 address it is.
 pub(super) fn trunk_for_source(shared: &Shared, ip: IpAddr) -> Option<Profile> {
+    let ip = ip.to_canonical();
     shared
         .profiles
         .get()

@@ -25,6 +25,7 @@ pub mod campaign_dialer;
 pub mod context;
 pub mod end_reason;
 pub mod events;
+mod failover;
 mod inbound;
 pub mod orphans;
 pub mod outbound;
@@ -412,7 +413,8 @@ impl InboundHandler for Handler {
         if self.0.simulated.get().map(simulated::Carrier::addr) == Some(source.addr) {
             return Admission::Admit;
         }
-        let ip = source.addr.ip();
+        // ::ffff:a.b.c.d on a dual-stack listener is the IPv4 peer.
+        let ip = source.addr.ip().to_canonical();
         let allowed = self.0.profiles.get().by_name.values().any(|p| {
             p.inbound.allow.iter().any(|net| net.contains(&ip))
                 // The peers we send to answer and send in-dialog

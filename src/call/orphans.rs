@@ -249,6 +249,7 @@ pub(super) async fn store_cancel(
     id: &str,
     invite: &OutboundCall,
     stored: Option<CancelState>,
+    trunk: Option<&str>,
 ) -> Option<CancelState> {
     let current = invite.cancel_state();
     if stored.is_some() && current == stored {
@@ -264,7 +265,7 @@ pub(super) async fn store_cancel(
             }
         });
     transitions
-        .dialing(id, invite.call_id(), text.as_deref())
+        .dialing(id, invite.call_id(), text.as_deref(), trunk)
         .await;
     current
 }

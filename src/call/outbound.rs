@@ -4,7 +4,9 @@
 //! INVITE through the trunk's proxy (credentials for 401/407 from the
 //! profile's `[registration]`), records `ringing` on the first 18x,
 //! cancels at the ring timeout or on hangup, and on 200 reads the answer,
-//! records `answered` and runs the call task.
+//! records `answered` and runs the call task. A call that names several
+//! trunks goes on to the next one on a 408, 5xx or other failure its
+//! trunk's `failover_on` lists (see [`super::failover`]).
 //!
 //! A test-mode call (`livemode: false`: an `al_test_` key's, or a test
 //! campaign's) takes the same path with its own From number and agent (of
@@ -22,6 +24,7 @@ use tracing::Instrument;
 
 use super::context::{self, AgentWebhook};
 use super::end_reason::FailureCause;
+use super::failover::{Attempts, Candidate, Outcome};
 use super::phase::{AgentSpec, Answered, Finished, Prepared, Routed};
 use super::registry::CallCommand;
 use super::screen::Screen;
@@ -51,6 +54,9 @@ pub struct OutboundRequest {
     pub agent_id: Option<String>,
     /// `None`: the trunk bound to the From number.
     pub trunk: Option<TrunkId>,
+    /// Trunk failover: the trunks tried after `trunk`, in order; empty:
+    /// the first trunk's `[outbound] failover_to`.
+    pub failover: Vec<TrunkId>,
     pub ring_timeout: Option<Duration>,
     /// `None`: the agent's `max_duration_seconds`.
     pub max_duration: Option<Duration>,
@@ -119,7 +125,15 @@ impl Calls {
         if shared.is_draining() {
             return Err(PlaceError::Draining);
         }
-        let (mut agent, trunk, number_id) = resolve(shared, &req).await?;
+        let (mut agent, trunks, number_id) = resolve(shared, &req).await?;
+        // Admitted on the first trunk the call may use; failover moves it.
+        let Some(trunk) = trunks
+            .iter()
+            .find(|c| c.refused.is_none())
+            .map(|c| c.trunk.clone())
+        else {
+            return Err(PlaceError::NoTrunk);
+        };
         if shared.stack.get().is_none() {
             return Err(PlaceError::NotRunning);
         }
@@ -203,7 +217,7 @@ impl Calls {
         );
         let job = Dial {
             call,
-            trunk,
+            trunks,
             agent,
             max_duration,
             req,
@@ -214,12 +228,12 @@ impl Calls {
     }
 }
 
-/// The agent and the trunk of a call to place: the request's, or those
-/// bound to its From number.
+/// The agent and the trunks of a call to place: the request's, or those
+/// bound to its From number, each with its policy's verdict.
 async fn resolve(
     shared: &Shared,
     req: &OutboundRequest,
-) -> Result<(AgentSpec, Profile, String), PlaceError> {
+) -> Result<(AgentSpec, Vec<Candidate>, String), PlaceError> {
     let store = shared.transitions.store();
     let number = store.find_number(&req.from).await.map_err(|e| match e {
         StoreError::NotFound => PlaceError::UnknownFrom,
@@ -252,7 +266,11 @@ async fn resolve(
             settings,
             settings_json: agent.settings,
         };
-        return Ok((agent, carrier.profile().clone(), number.id));
+        let simulated = super::failover::Candidate {
+            trunk: carrier.profile().clone(),
+            refused: None,
+        };
+        return Ok((agent, vec![simulated], number.id));
     }
     let trunk_id = match &req.trunk {
         Some(id) => id.clone(),
@@ -270,26 +288,25 @@ async fn resolve(
         .get(trunk_id.name())
         .cloned()
         .ok_or(PlaceError::UnknownTrunk)?;
-    let Some(out) = &trunk.outbound else {
+    if trunk.outbound.is_none() {
         return Err(PlaceError::TrunkNotOutbound);
-    };
-    // Toll fraud: premium-rate and high-risk ranges only where allowed.
-    out.destination_allowed(&req.to)
-        .map_err(PlaceError::DestinationDenied)?;
-    check_daily_caps(shared, &trunk).await?;
+    }
+    // Toll fraud (premium-rate and high-risk ranges only where allowed)
+    // and the daily caps, per trunk: refused by all, the call is refused.
+    let trunks = super::failover::candidates(shared, trunk, &req.failover, &req.to).await?;
     let agent = AgentSpec {
         id: agent_id,
         kind: agent.kind,
         settings,
         settings_json: agent.settings,
     };
-    Ok((agent, trunk, number.id))
+    Ok((agent, trunks, number.id))
 }
 
 /// Refuses a call once the trunk's daily caps (`[limits] daily_calls`,
 /// `daily_minutes`, per UTC day, over every node) are reached, and sends
 /// `trunk.cap_reached` the first time this node refuses one that day.
-async fn check_daily_caps(shared: &Shared, trunk: &Profile) -> Result<(), PlaceError> {
+pub(super) async fn check_daily_caps(shared: &Shared, trunk: &Profile) -> Result<(), PlaceError> {
     let limits = &trunk.limits;
     if limits.daily_calls.is_none() && limits.daily_minutes.is_none() {
         return Ok(());
@@ -345,8 +362,10 @@ async fn check_daily_caps(shared: &Shared, trunk: &Profile) -> Result<(), PlaceE
 struct Dial {
     /// The admitted call, with its trunk slot, recorded `queued`.
     call: Routed,
-    /// The trunk to dial through, as its profile stood when placed.
-    trunk: Profile,
+    /// The trunks to dial through in turn, as their profiles stood when
+    /// placed (the first one the call may use is the one it was admitted
+    /// on).
+    trunks: Vec<Candidate>,
     /// The agent the call runs once answered.
     agent: AgentSpec,
     /// How long the answered call may last.
@@ -367,7 +386,7 @@ impl Dial {
     async fn call(self) -> Finished {
         let Dial {
             call,
-            trunk,
+            trunks,
             agent,
             max_duration,
             req,
@@ -376,42 +395,123 @@ impl Dial {
         let Some(stack) = call.shared.stack.get().cloned() else {
             return call.end(EndReason::Failed(FailureCause::SipNotRunning));
         };
-        let prepared = match call.prepare(&agent, &trunk, context).await {
+        let Some(first) = trunks.iter().find(|c| c.refused.is_none()) else {
+            return call.end(EndReason::Failed(FailureCause::NoTrunkUp));
+        };
+        let mut prepared = match call.prepare(&agent, &first.trunk, context).await {
             Ok(prepared) => prepared,
             Err(finished) => return finished,
         };
-        let dialing = match Dialing::start(prepared, &stack, &trunk, &req).await {
-            Ok(dialing) => dialing,
-            Err(finished) => return finished,
-        };
-        let ring_timeout = req
-            .ring_timeout
-            .unwrap_or(dialing.prepared.call.shared.ring_timeout);
-        let (prepared, sip, answer, started) = match dialing.answered(ring_timeout).await {
-            Ok(answered) => answered,
-            Err(finished) => return finished,
-        };
-        let (call, session) = prepared.into_session(answer.as_deref());
-        let session = match session {
-            Ok(session) => session,
-            Err(reason) => {
-                // Dropping the dialog hangs it up.
-                drop(sip);
-                return call.end(reason);
+        let mut attempts = Attempts::new(&prepared.call.id, trunks.len());
+        // The last trunk's failure: what the call ends with if no trunk
+        // after it takes the call.
+        let mut last: Option<EndReason> = None;
+        let mut ringing = false;
+        for (index, candidate) in trunks.iter().enumerate() {
+            let trunk = &candidate.trunk;
+            if index > 0 && attempts.on_dnc(&prepared.call, &req.to).await {
+                tracing::info!("the number went on the do-not-call list; no more trunks");
+                break;
             }
-        };
-        let answered_at = call.record_answered(started).await;
-        let screen = Screen::new(
-            &call.id,
-            call.shared.transitions.clone(),
-            req.amd,
-            req.opt_out_digit,
-        );
-        Answered::new(call, sip, session, answered_at)
-            .run(max_duration, screen)
-            .await
+            if let Some(skip) = attempts
+                .check(&prepared.call, candidate, index, &req.to)
+                .await
+            {
+                attempts
+                    .record(&prepared.call, trunk, None, Outcome::Skipped(&skip))
+                    .await;
+                continue;
+            }
+            prepared.use_trunk(trunk);
+            let dialed = match Dialing::start(prepared, &stack, trunk, &req, ringing).await {
+                Ok(dialing) => {
+                    let ring_timeout = req
+                        .ring_timeout
+                        .unwrap_or(dialing.prepared.call.shared.ring_timeout);
+                    dialing.answered(ring_timeout, trunk).await
+                }
+                Err(unanswered) => Err(unanswered),
+            };
+            match dialed {
+                Ok(up) => {
+                    attempts
+                        .record(&up.0.call, trunk, up.4.as_deref(), Outcome::Answered)
+                        .await;
+                    return run_answered(up, &req, max_duration).await;
+                }
+                Err(no) => {
+                    let reason_text = no.reason.label();
+                    let detail = match &no.reason {
+                        EndReason::Busy { reason, .. } | EndReason::Declined { reason, .. } => {
+                            format!("{reason_text}: {reason}")
+                        }
+                        EndReason::Failed(cause) => format!("{reason_text}: {cause}"),
+                        _ => reason_text.to_owned(),
+                    };
+                    let outcome = Outcome::Failed {
+                        code: no.reason.sip_status().map(|(code, _)| code),
+                        reason: &detail,
+                    };
+                    attempts
+                        .record(&no.prepared.call, trunk, no.sip_call_id.as_deref(), outcome)
+                        .await;
+                    ringing = no.ringing;
+                    prepared = no.prepared;
+                    if !no.fail_over {
+                        return prepared.call.end(no.reason);
+                    }
+                    last = Some(no.reason);
+                }
+            }
+        }
+        prepared
+            .call
+            .end(last.unwrap_or(EndReason::Failed(FailureCause::NoTrunkUp)))
     }
 }
+
+/// The answered call: its media from the 200's SDP, `answered` recorded,
+/// then the call task until the end.
+async fn run_answered(up: Up, req: &OutboundRequest, max_duration: Duration) -> Finished {
+    let (prepared, sip, answer, started, _) = up;
+    let (call, session) = prepared.into_session(answer.as_deref());
+    let session = match session {
+        Ok(session) => session,
+        Err(reason) => {
+            // Dropping the dialog hangs it up.
+            drop(sip);
+            return call.end(reason);
+        }
+    };
+    let answered_at = call.record_answered(started).await;
+    let screen = Screen::new(
+        &call.id,
+        call.shared.transitions.clone(),
+        req.amd,
+        req.opt_out_digit,
+    );
+    Answered::new(call, sip, session, answered_at)
+        .run(max_duration, screen)
+        .await
+}
+
+/// An INVITE that ended without an answer, with the call to go on with.
+struct Unanswered {
+    prepared: Prepared,
+    reason: EndReason,
+    /// Whether the next trunk may take the call (the trunk's
+    /// `failover_on`, no answer at all, or a transport error; never our own
+    /// CANCEL).
+    fail_over: bool,
+    /// The SIP Call-ID of the INVITE, if it went out.
+    sip_call_id: Option<String>,
+    /// Whether `ringing` is recorded (on this trunk or an earlier one).
+    ringing: bool,
+}
+
+/// The answered dialog: the call, its dialog, the SDP answer, when the
+/// INVITE went out, its SIP Call-ID.
+type Up = (Prepared, Call, Option<Bytes>, Instant, Option<String>);
 
 /// An INVITE sent through the trunk's proxy, until its final response.
 struct Dialing {
@@ -424,12 +524,16 @@ struct Dialing {
     started: Instant,
     /// Set when we cancel: what the call ends with once the CANCEL lands.
     canceling: Option<EndReason>,
-    /// Whether `ringing` is recorded (on the first 18x).
+    /// Whether `ringing` is recorded (on the first 18x of any trunk).
     ringing: bool,
     /// The CANCEL state stored for another node (see `orphans`).
     cancel: Option<CancelState>,
     /// Changes when a challenge re-sent the INVITE.
     resends: tokio::sync::watch::Receiver<Option<CancelState>>,
+    /// The INVITE's SIP Call-ID.
+    sip_call_id: String,
+    /// The trunk the INVITE went through (`None`: the simulated carrier).
+    trunk_id: Option<String>,
 }
 
 impl Dialing {
@@ -440,13 +544,18 @@ impl Dialing {
         stack: &SipStack,
         trunk: &Profile,
         req: &OutboundRequest,
-    ) -> Result<Self, Finished> {
+        ringing: bool,
+    ) -> Result<Self, Unanswered> {
         let offer = prepared.offer();
         let (proxy, credentials) = if req.livemode {
             let Some(outbound) = &trunk.outbound else {
-                return Err(prepared
-                    .call
-                    .end(EndReason::Failed(FailureCause::TrunkNotOutbound)));
+                return Err(Unanswered {
+                    prepared,
+                    reason: EndReason::Failed(FailureCause::TrunkNotOutbound),
+                    fail_over: true,
+                    sip_call_id: None,
+                    ringing,
+                });
             };
             let credentials = trunk.registration.as_ref().map(|r| Credentials {
                 username: r
@@ -462,9 +571,13 @@ impl Dialing {
             match prepared.call.shared.simulated.get() {
                 Some(carrier) => (carrier.addr().to_string(), None),
                 None => {
-                    return Err(prepared
-                        .call
-                        .end(EndReason::Failed(FailureCause::SipNotRunning)));
+                    return Err(Unanswered {
+                        prepared,
+                        reason: EndReason::Failed(FailureCause::SipNotRunning),
+                        fail_over: false,
+                        sip_call_id: None,
+                        ringing,
+                    });
                 }
             }
         };
@@ -483,32 +596,45 @@ impl Dialing {
         let invite = match dialled {
             Ok(invite) => invite,
             Err(e) => {
-                let reason = EndReason::Failed(FailureCause::Sip(e.to_string()));
-                return Err(prepared.call.end(reason));
+                // The trunk could not be reached: the next one may be.
+                return Err(Unanswered {
+                    prepared,
+                    reason: EndReason::Failed(FailureCause::Sip(e.to_string())),
+                    fail_over: true,
+                    sip_call_id: None,
+                    ringing,
+                });
             }
         };
         let call = &prepared.call;
-        let cancel =
-            super::orphans::store_cancel(&call.shared.transitions, &call.id, &invite, None).await;
+        let trunk_id = req.livemode.then(|| trunk.id().to_string());
+        let cancel = super::orphans::store_cancel(
+            &call.shared.transitions,
+            &call.id,
+            &invite,
+            None,
+            trunk_id.as_deref(),
+        )
+        .await;
         let resends = invite.resends();
+        let sip_call_id = invite.call_id().to_owned();
         Ok(Self {
             prepared,
             invite,
             started,
             canceling: None,
-            ringing: false,
+            ringing,
             cancel,
             resends,
+            sip_call_id,
+            trunk_id,
         })
     }
 
     /// Waits for the 200 (recording `ringing` on the first 18x), canceling
     /// at `ring_timeout` or on a hangup; the answered dialog with its SDP
     /// answer and the instant the INVITE went out.
-    async fn answered(
-        mut self,
-        ring_timeout: Duration,
-    ) -> Result<(Prepared, Call, Option<Bytes>, Instant), Finished> {
+    async fn answered(mut self, ring_timeout: Duration, trunk: &Profile) -> Result<Up, Unanswered> {
         let ring_deadline = self.started + ring_timeout;
         loop {
             let commands = &mut self.prepared.call.commands;
@@ -534,6 +660,7 @@ impl Dialing {
                         &call.id,
                         &self.invite,
                         stored,
+                        self.trunk_id.as_deref(),
                     )
                     .await;
                     continue;
@@ -549,11 +676,32 @@ impl Dialing {
                     }
                 }
                 Some(OutboundEvent::Answered { call, sdp }) => {
-                    return Ok((self.prepared, *call, sdp, self.started));
+                    return Ok((
+                        self.prepared,
+                        *call,
+                        sdp,
+                        self.started,
+                        Some(self.sip_call_id),
+                    ));
                 }
                 other => {
+                    let fail_over = self.canceling.is_none()
+                        && match &other {
+                            Some(OutboundEvent::Failed { code, .. }) => trunk
+                                .outbound
+                                .as_ref()
+                                .is_some_and(|o| o.fails_over_on(*code)),
+                            Some(OutboundEvent::TimedOut | OutboundEvent::Error(_)) | None => true,
+                            _ => false,
+                        };
                     let reason = self.not_answered(other);
-                    return Err(self.prepared.call.end(reason));
+                    return Err(Unanswered {
+                        prepared: self.prepared,
+                        reason,
+                        fail_over,
+                        sip_call_id: Some(self.sip_call_id),
+                        ringing: self.ringing,
+                    });
                 }
             }
         }

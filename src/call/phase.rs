@@ -115,6 +115,31 @@ impl Routed {
         })
     }
 
+    /// Trunk failover: moves the call's slot onto `trunk`, under its `cps`
+    /// and `max_calls` like [`Routed::admit`].
+    pub fn move_to(&self, trunk: &Profile) -> Result<(), EndReason> {
+        if self.shared.registry.trunk_of(&self.id).as_deref() == Some(trunk.name.as_str()) {
+            // Admitted there already (the call's first trunk): no second
+            // cps token, and its own slot is not "full".
+            return Ok(());
+        }
+        if !self
+            .shared
+            .registry
+            .admit_rate(&trunk.name, trunk.limits.cps)
+        {
+            return Err(EndReason::TrunkRate);
+        }
+        if !self
+            .shared
+            .registry
+            .move_call(&self.id, &trunk.name, trunk.limits.max_calls)
+        {
+            return Err(EndReason::TrunkFull);
+        }
+        Ok(())
+    }
+
     /// The end of the call, before it was answered.
     pub fn end(self, reason: EndReason) -> Finished {
         Finished {
@@ -258,6 +283,18 @@ impl Prepared {
                 Ok((self, Bytes::from(answer)))
             }
             Err(e) => Err(self.call.end(rtp_failed(&e))),
+        }
+    }
+
+    /// Trunk failover: the next offer names `trunk`'s codecs, on the same
+    /// port (the media has not started: no answer was accepted yet).
+    pub fn use_trunk(&mut self, trunk: &Profile) {
+        if let Media::Bound(_, permit) = &self.media {
+            self.sdp = LocalSdp::new(
+                self.call.shared.media_ip(),
+                permit.port(),
+                super::codecs(trunk),
+            );
         }
     }
 

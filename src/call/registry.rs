@@ -148,6 +148,38 @@ impl LiveCalls {
         })
     }
 
+    /// Moves call `id` onto `trunk` (trunk failover) if it has room under
+    /// `max_calls`; the call keeps its handle, and its old trunk's count
+    /// drops. `false` when the new trunk is full or the call is not live.
+    pub fn move_call(&self, id: &str, trunk: &str, max_calls: u32) -> bool {
+        let counts = {
+            let mut calls = self.inner.lock();
+            let on_new = calls.values().filter(|e| e.trunk == trunk).count();
+            let here = calls.get(id).is_some_and(|e| e.trunk == trunk);
+            if !here && on_new >= usize::try_from(max_calls).unwrap_or(usize::MAX) {
+                return false;
+            }
+            let Some(entry) = calls.get_mut(id) else {
+                return false;
+            };
+            if entry.trunk == trunk {
+                return true;
+            }
+            let old = std::mem::replace(&mut entry.trunk, trunk.to_owned());
+            let on_old = calls.values().filter(|e| e.trunk == old).count();
+            (old, on_old, on_new + 1)
+        };
+        let (old, on_old, on_new) = counts;
+        self.inner.trunks.set_active_calls(&old, on_old);
+        self.inner.trunks.set_active_calls(trunk, on_new);
+        true
+    }
+
+    /// The trunk (profile name) call `id` is counted on.
+    pub fn trunk_of(&self, id: &str) -> Option<String> {
+        self.inner.lock().get(id).map(|e| e.trunk.clone())
+    }
+
     /// The calls on `trunk` now: the count its `max_calls` caps.
     pub fn on_trunk(&self, trunk: &str) -> usize {
         self.inner
@@ -254,5 +286,22 @@ mod tests {
         drop(a);
         assert_eq!(trunks.get("t").active_calls, 0);
         assert!(registry.try_insert("b", "t", "inbound", 1, h).is_some());
+    }
+
+    #[test]
+    fn a_call_moves_to_a_trunk_with_room() {
+        let trunks = Arc::new(TrunkStates::default());
+        let registry = LiveCalls::new(trunks.clone());
+        let (h, _rx) = CallHandle::new();
+        let _a = registry.try_insert("a", "t", "outbound", 1, h.clone());
+        let _b = registry.try_insert("b", "u", "outbound", 1, h.clone());
+        assert!(!registry.move_call("a", "u", 1), "u is full");
+        assert!(registry.move_call("a", "v", 1));
+        assert_eq!(trunks.get("t").active_calls, 0);
+        assert_eq!(trunks.get("v").active_calls, 1);
+        assert!(registry.try_insert("c", "t", "outbound", 1, h).is_some());
+        assert!(!registry.move_call("gone", "w", 1));
+        assert!(registry.move_call("a", "v", 1), "already there, at the cap");
+        assert_eq!(registry.trunk_of("a").as_deref(), Some("v"));
     }
 }

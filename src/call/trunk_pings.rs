@@ -14,9 +14,10 @@
 //! several lost retransmissions (RFC 3261 §17.1.2.2).
 //!
 //! Must not: build SIP (that is `sip::SipStack::probe`) or refuse calls.
-//! Outbound calls still go to a trunk that is down: with one proxy per trunk
-//! there is nowhere else to send them, and the INVITE's own failure is the
-//! answer the caller of the API gets.
+//! A call that names only this trunk still goes to it when it is down
+//! (there is nowhere else to send it, and the INVITE's own failure is the
+//! answer the caller of the API gets); a call with other trunks skips it
+//! (`super::failover` reads the health written here).
 
 use std::sync::Arc;
 use std::time::Duration;

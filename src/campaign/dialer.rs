@@ -60,6 +60,9 @@ pub struct PlaceCall {
     pub from: String,
     /// Trunk id (`trk_...`).
     pub trunk: String,
+    /// Trunk failover: the campaign's other trunks, in its order, tried
+    /// after `trunk` when it fails with a 408 or 5xx or is down.
+    pub failover: Vec<String>,
     pub agent_id: String,
     /// The contact's variables for the agent, a JSON object.
     pub variables: serde_json::Value,
@@ -368,6 +371,7 @@ impl<D: Dialer> CampaignRunner<D> {
                     },
                 );
                 let placing_on = trunk.clone();
+                let failover = trunks.iter().filter(|t| **t != trunk).cloned().collect();
                 let req = PlaceCall {
                     call_id: call_id.clone(),
                     campaign_id: c.id.clone(),
@@ -376,6 +380,7 @@ impl<D: Dialer> CampaignRunner<D> {
                     to: claimed.contact.number.clone(),
                     from: c.caller_number.clone(),
                     trunk,
+                    failover,
                     agent_id: c.agent_id.clone(),
                     variables: serde_json::from_str(&claimed.contact.variables)
                         .unwrap_or(serde_json::Value::Object(Default::default())),

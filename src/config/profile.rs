@@ -109,6 +109,19 @@ pub struct Outbound {
     /// `[]` denies nothing.
     #[serde(default = "default_denied")]
     pub deny_destinations: Vec<String>,
+    /// Trunk failover: the final responses to an INVITE through this trunk
+    /// that move the call on to the next trunk it names (300 to 699).
+    /// Default: 408 and every 5xx (RFC 3261 §21.5: a server, not the
+    /// callee, failed); busy, declined and 6xx are the callee's answer,
+    /// the same on any trunk, unless listed here. No answer at all (a
+    /// transaction timeout or a transport error) always fails over.
+    #[serde(default)]
+    pub failover_on: Option<Vec<u16>>,
+    /// Trunk failover: the trunks (profile names, with `[outbound]`) a call
+    /// through this trunk goes on to, in order, when it names no trunks of
+    /// its own (`trunk_ids`). Names without `[outbound]` are skipped.
+    #[serde(default)]
+    pub failover_to: Vec<String>,
 }
 
 /// The destination prefixes a trunk refuses unless the operator allows
@@ -138,6 +151,15 @@ fn default_denied() -> Vec<String> {
 }
 
 impl Outbound {
+    /// Whether the final response `code` to an INVITE through this trunk
+    /// moves the call to its next trunk.
+    pub fn fails_over_on(&self, code: u16) -> bool {
+        match &self.failover_on {
+            Some(codes) => codes.contains(&code),
+            None => code == 408 || (500..600).contains(&code),
+        }
+    }
+
     /// Whether a call to `to` (E.164) may go through this trunk: not under
     /// a denied prefix unless an allowed prefix at least as long covers
     /// it, and under an allowed prefix when the trunk lists any.
@@ -237,6 +259,8 @@ impl Profile {
                 ping_seconds: None,
                 allow_destinations: Vec::new(),
                 deny_destinations: default_denied(),
+                failover_on: None,
+                failover_to: Vec::new(),
             }
             .destination_allowed(to),
         }
@@ -334,6 +358,18 @@ impl Profile {
                     file,
                     "outbound.ping_seconds",
                     "must be between 1 and 3600 seconds",
+                ));
+            }
+            if let Some(bad) = out
+                .failover_on
+                .iter()
+                .flatten()
+                .find(|c| !(300..=699).contains(*c))
+            {
+                return Err(ConfigError::new(
+                    file,
+                    "outbound.failover_on",
+                    format!("{bad} is not a final failure response (300 to 699)"),
                 ));
             }
             for (key, list) in [
@@ -503,6 +539,8 @@ mod tests {
             ping_seconds: None,
             allow_destinations: Vec::new(),
             deny_destinations: default_denied(),
+            failover_on: None,
+            failover_to: Vec::new(),
         };
         assert!(out.destination_allowed("+14155550100").is_ok());
         assert!(out.destination_allowed("+19005550199").is_err());

@@ -105,6 +105,36 @@ pub struct Call {
     /// `false` for a test-mode call (placed with an `al_test_` key or by a
     /// test campaign): it ran on the simulated carrier, never on a trunk.
     pub livemode: bool,
+    /// Outbound calls, in `GET /v1/calls/{id}`: each trunk the call was
+    /// tried on or skipped, in order (trunk failover). Absent in lists and
+    /// webhooks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<Vec<CallAttempt>>,
+}
+
+/// One trunk an outbound call was tried on (or skipped) before it was
+/// answered or ended: the same call (same id, one lifecycle of webhooks)
+/// with a new SIP dialog per trunk.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct CallAttempt {
+    /// 1 for the first attempt.
+    pub seq: i64,
+    #[schema(example = "trk_carrier")]
+    pub trunk_id: String,
+    /// `answered`; `failed` (the trunk answered a final failure, or
+    /// nothing: the call went on to the next trunk if it was one to fail
+    /// over on); `skipped` (no INVITE: the trunk was down by its OPTIONS
+    /// probe or registration, refused the destination, reached a daily
+    /// cap or was full).
+    pub outcome: String,
+    /// The trunk's final SIP status (408 for no answer at all).
+    pub sip_code: Option<i64>,
+    /// The SIP Call-ID of this attempt's INVITE.
+    pub sip_call_id: Option<String>,
+    /// The reason phrase, or why the trunk was skipped.
+    pub reason: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: DateTime<Utc>,
 }
 
 #[cfg(test)]

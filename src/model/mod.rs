@@ -23,7 +23,7 @@ pub mod event;
 pub mod recording;
 pub mod trunk;
 
-pub use call::{AnsweredBy, Call, CallStatus, Direction};
+pub use call::{AnsweredBy, Call, CallAttempt, CallStatus, Direction};
 pub use campaign::{AttemptOutcome, Campaign, CampaignStatus};
 pub use context::{AgentSource, CallContext};
 pub use event::EventType;

@@ -192,6 +192,7 @@ impl EdgeGuard {
     /// Marks `ip` as authenticated (a valid digest, `sip::auth`): trusted
     /// limits for [`AUTHENTICATED_FOR`], its failures forgiven.
     pub(crate) fn authenticated(&self, ip: IpAddr) {
+        let ip = ip.to_canonical();
         let now = Instant::now();
         let mut sources = self.sources();
         let state = sources
@@ -210,6 +211,7 @@ impl EdgeGuard {
 
     /// Whether `ip` is banned now.
     pub(crate) fn is_banned(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
         let now = Instant::now();
         self.sources().get(&ip).is_some_and(|s| s.banned(now))
     }
@@ -218,6 +220,7 @@ impl EdgeGuard {
     /// `auth_failures_before_ban` of them a source no trunk allows is
     /// banned like a flooding one. For the inbound digest auth layer.
     pub fn penalize(&self, ip: IpAddr) {
+        let ip = ip.to_canonical();
         let trunk =
             self.admission(SocketAddr::new(ip, 0), Transport::Udp, "REGISTER") == Admission::Admit;
         let now = Instant::now();
@@ -261,7 +264,9 @@ impl EdgeGuard {
     }
 
     fn decide(&self, source: SocketAddr, transport: Transport, raw: &[u8]) -> Verdict {
-        let ip = source.ip();
+        // An IPv4 peer on a dual-stack `[::]` socket arrives as
+        // ::ffff:a.b.c.d (RFC 4291 §2.5.5.2): one source, one entry.
+        let ip = source.ip().to_canonical();
         let now = Instant::now();
         if self.config.enabled && self.sources().get(&ip).is_some_and(|s| s.banned(now)) {
             return Verdict::Drop("banned");

@@ -151,6 +151,7 @@ impl TryFrom<CallRecord> for Call {
             duration_ms: r.duration_ms,
             summary: r.summary,
             analysis,
+            attempts: None,
         })
     }
 }
@@ -285,7 +286,8 @@ const DIALOG: &str = concat!(
 // a BYE needs (DIALOG): an answered call's is never replaced from here.
 const DIALING: &str = concat!(
     "UPDATE calls SET sip_call_id = $2, updated_at = $3,
-        dialog = CASE WHEN answered_at IS NULL THEN COALESCE($4, dialog) ELSE dialog END
+        dialog = CASE WHEN answered_at IS NULL THEN COALESCE($4, dialog) ELSE dialog END,
+        trunk = COALESCE($5, trunk)
      WHERE id = $1 AND ended_at IS NULL RETURNING ",
     call_columns!()
 );
@@ -487,19 +489,23 @@ impl Store {
     }
 
     /// The outbound INVITE left with this SIP Call-ID (status unchanged),
-    /// with what its CANCEL needs (JSON, see `sip::CancelState`) so that
-    /// another node can cancel it if this one dies before the answer.
+    /// through `trunk` (an id; it changes when the call fails over; `None`
+    /// keeps it), with what its CANCEL needs (JSON, see `sip::CancelState`)
+    /// so that another node can cancel it if this one dies before the
+    /// answer.
     pub async fn call_dialing(
         &self,
         id: &str,
         sip_call_id: &str,
         cancel: Option<&str>,
+        trunk: Option<&str>,
     ) -> Result<CallRecord> {
         let values = vec![
             id.into(),
             sip_call_id.into(),
             super::now().into(),
             cancel.into(),
+            trunk.into(),
         ];
         self.transition(DIALING, values, None).await
     }

@@ -16,6 +16,7 @@ pub mod agents;
 pub mod analytics;
 pub mod audio;
 pub mod audit;
+pub mod call_attempts;
 pub mod calls;
 pub mod campaigns;
 pub mod chat;
@@ -250,6 +251,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "recordings",
         include_str!("../../migrations/sqlite/0017_recordings.sql"),
     ),
+    (
+        19,
+        "call attempts",
+        include_str!("../../migrations/sqlite/0019_call_attempts.sql"),
+    ),
 ];
 
 /// The PostgreSQL migrations, embedded in the binary.
@@ -333,6 +339,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         17,
         "recordings",
         include_str!("../../migrations/postgres/0017_recordings.sql"),
+    ),
+    (
+        19,
+        "call attempts",
+        include_str!("../../migrations/postgres/0019_call_attempts.sql"),
     ),
 ];
 
