@@ -240,6 +240,11 @@ impl Calls {
         config.flood = edge.flood.clone();
         config.tcp_limits = edge.tcp;
         config.user_agent = Some(edge.server_header.clone()).filter(|ua| !ua.is_empty());
+        config.t1 = Duration::from_millis(edge.t1_ms);
+        config.session_timer = crate::sip::SessionTimerConfig {
+            session_expires: edge.session_expires,
+            min_se: edge.min_se,
+        };
         let stack = SipStack::start(config, Arc::new(Handler(Arc::clone(&self.shared)))).await?;
         if self.shared.stack.set(stack.clone()).is_err() {
             return Err(SipError::Invalid {

@@ -1,17 +1,23 @@
 //! Inbound INVITE lifecycle, RFC 3261 §13.3: 100 Trying at once, then the
 //! handler rejects, or rings and accepts; a CANCEL before the final answer
 //! gets 487 (§9.2). Also the last layer: answers requests nobody took.
+//!
+//! Our 200 is resent on RFC 3261 §13.3.1.4's schedule by `ack` (ezk's is
+//! wrong); an INVITE whose Session-Expires is below our Min-SE gets 422
+//! and the agreed session timer rides in the 200 (RFC 4028, `timers`).
 
 use super::base::{
     Admission, DigestAccount, LocalIdentity, RequestSource, Transport, attach_sdp, respond,
 };
-use super::call::{Call, sdp_of};
+use super::ack::{AckTemplate, SipTimers};
+use super::call::{Call, TimerSetup, sdp_of};
+use super::timers::{self, Inbound};
 use super::edge::{EdgeGuard, InviteSlot};
 use super::finished::Finished;
 use bytes::Bytes;
 use ezk_sip_core::transport::TargetTransportInfo;
 use ezk_sip_core::{Endpoint, IncomingRequest, Layer, MayTake};
-use ezk_sip_types::header::typed::{FromTo, RetryAfter};
+use ezk_sip_types::header::typed::{Allow, FromTo, MinSe, Require, RetryAfter};
 use ezk_sip_types::host::HostPort;
 use ezk_sip_types::print::AppendCtx;
 use ezk_sip_types::uri::{SipUri, SipUriUserPart};
@@ -131,6 +137,16 @@ pub struct IncomingInvite {
     _slot: InviteSlot,
     /// Where the call registers for its peer's BYE.
     finished: Arc<Finished>,
+    /// T1 and the ACKs we wait for (see `ack`).
+    timers: Arc<SipTimers>,
+    /// The local ACK that ends ezk's own wait for one (see `ack`).
+    ack: AckTemplate,
+    /// The endpoint the INVITE came to.
+    endpoint: Endpoint,
+    /// What the INVITE agreed for RFC 4028 (never `TooBrief` here).
+    session_timer: Inbound,
+    /// The INVITE's Allow lists UPDATE.
+    peer_allows_update: bool,
 }
 
 impl std::fmt::Debug for IncomingInvite {
@@ -192,7 +208,7 @@ impl IncomingInvite {
     /// established call and the SDP the ACK carried (the answer to such an
     /// offer, RFC 3261 §13.2.1).
     pub async fn accept(mut self, sdp: Bytes) -> Result<(Call, Option<Bytes>), AcceptError> {
-        let acceptor = self.acceptor.take().ok_or(AcceptError::Cancelled)?;
+        let mut acceptor = self.acceptor.take().ok_or(AcceptError::Cancelled)?;
         let call_id = self.info.call_id.clone();
         let span = tracing::info_span!("sip_accept", %call_id);
         async move {
@@ -200,18 +216,89 @@ impl IncomingInvite {
                 .create_response(StatusCode::OK, None)
                 .await
                 .map_err(map_acceptor_error)?;
-            attach_sdp(&mut response.msg.headers, &mut response.msg.body, sdp);
-            match acceptor.respond_success(response).await {
-                Ok((session, ack)) => {
-                    tracing::info!("call established (inbound)");
-                    Ok((Call::new(session, call_id, &self.finished), sdp_of(&ack)))
+            attach_sdp(&mut response.msg.headers, &mut response.msg.body, sdp.clone());
+            let agreed = match self.session_timer {
+                Inbound::Timer(agreed) => Some(agreed),
+                Inbound::None | Inbound::TooBrief { .. } => None,
+            };
+            // Our copy for the retransmissions gets what ezk adds to the
+            // one it sends: with a peer that supports timers, ezk writes
+            // Require and Session-Expires from its timer config, which is
+            // set to what we agreed; without, we write Session-Expires.
+            let mut copy = response.clone();
+            if let Some(agreed) = agreed {
+                let se = agreed.header();
+                if acceptor.peer_supports_timer() {
+                    let config = acceptor.timer_config();
+                    config.interval_secs = se.delta_secs;
+                    config.refresher = se.refresher;
+                    copy.msg.headers.insert_named(&Require("timer".into()));
+                    copy.msg.headers.insert_named(&se);
+                } else {
+                    response.msg.headers.insert_named(&se);
+                    copy.msg.headers.insert_named(&se);
                 }
-                Err(acceptor::Error::RequestTerminated) => Err(AcceptError::Cancelled),
+            } else if acceptor.peer_supports_timer() {
+                // Unreachable by `timers::negotiate` (support means a
+                // timer), kept so ezk's default never rides unnoticed.
+                copy.msg.headers.insert_named(&Require("timer".into()));
+            }
+            let Some(ack_wait) = self.timers.expect_ack(&self.ack) else {
+                return Err(AcceptError::Sip("too many answers waiting for ACK".into()));
+            };
+            let sent_at = tokio::time::Instant::now();
+            // ezk sends the 200 and waits for an ACK on its own flat
+            // schedule: the local ACK ends that wait before its first
+            // resend (see `ack`), retried in case it overtook the send.
+            let accepted = {
+                let respond = acceptor.respond_success(response);
+                tokio::pin!(respond);
+                let mut nudge = tokio::time::interval(std::time::Duration::from_millis(20));
+                loop {
+                    tokio::select! {
+                        biased;
+                        result = &mut respond => break result,
+                        _ = nudge.tick() => {
+                            if let Some(message) = self.ack.message() {
+                                self.endpoint.receive(message);
+                            }
+                        }
+                    }
+                }
+            };
+            let session = match accepted {
+                Ok((session, _local_ack)) => session,
+                Err(acceptor::Error::RequestTerminated) => return Err(AcceptError::Cancelled),
                 Err(acceptor::Error::Core(ezk_sip_core::Error::RequestTimedOut)) => {
                     tracing::warn!("no ACK for 200 OK, call failed");
+                    return Err(AcceptError::NoAck);
+                }
+                Err(e) => return Err(AcceptError::Sip(e.to_string())),
+            };
+            let setup = TimerSetup {
+                agreed,
+                local_sdp: Some(sdp),
+                peer_allows_update: self.peer_allows_update,
+                config: self.timers.session,
+            };
+            let call = Call::new(session, call_id, &self.finished, setup);
+            let (ack, resent) = ack_wait
+                .retransmit_until_ack(&self.endpoint, copy, sent_at)
+                .await;
+            match ack {
+                Some(ack) => {
+                    tracing::info!(resent, "call established (inbound)");
+                    Ok((call, sdp_of(&ack)))
+                }
+                None => {
+                    // §13.3.1.4: no ACK in 64*T1: the dialog is confirmed
+                    // and then ended with BYE.
+                    tracing::warn!(resent, "no ACK for 200 OK in 64*T1, sending BYE");
+                    if let Err(e) = call.hangup().await {
+                        tracing::info!(error = %e, "BYE after missing ACK not answered");
+                    }
                     Err(AcceptError::NoAck)
                 }
-                Err(e) => Err(AcceptError::Sip(e.to_string())),
             }
         }
         .instrument(span)
@@ -295,6 +382,8 @@ pub(crate) struct InboundLayer {
     edge: Arc<EdgeGuard>,
     /// Handed to each call.
     finished: Arc<Finished>,
+    /// T1, the session timer settings and the ACKs we wait for.
+    timers: Arc<SipTimers>,
 }
 
 impl InboundLayer {
@@ -303,12 +392,14 @@ impl InboundLayer {
         local: Arc<LocalIdentity>,
         edge: Arc<EdgeGuard>,
         finished: Arc<Finished>,
+        timers: Arc<SipTimers>,
     ) -> Self {
         Self {
             handler,
             local,
             edge,
             finished,
+            timers,
         }
     }
 }
@@ -363,6 +454,29 @@ impl Layer for InboundLayer {
 impl InboundLayer {
     async fn new_invite(&self, endpoint: &Endpoint, invite: IncomingRequest) {
         let transport = Transport::of(&invite.tp_info.transport);
+        // RFC 4028 §8.1: a session interval below our Min-SE gets 422
+        // with the Min-SE we accept, before anything else is set up.
+        let session_timer = timers::negotiate(&invite.headers, &self.timers.session, true);
+        if let Inbound::TooBrief { min_se } = session_timer {
+            tracing::info!(min_se, "Session-Expires below our Min-SE, answering 422");
+            let mut headers = Headers::new();
+            headers.insert_named(&MinSe(min_se));
+            respond(
+                endpoint,
+                invite,
+                StatusCode::from(422),
+                Some("Session Interval Too Small"),
+                headers,
+            )
+            .await;
+            return;
+        }
+        let peer_allows_update = invite
+            .headers
+            .get_named::<Vec<Allow>>()
+            .unwrap_or_default()
+            .iter()
+            .any(|a| a.0 == Method::UPDATE);
         let info = invite_info(&invite, transport);
         let contact = self.local.contact(None, transport);
         let dialog = match Dialog::new_server(endpoint.clone(), &invite, contact) {
@@ -397,6 +511,7 @@ impl InboundLayer {
             .as_ref()
             .map(|t| t.to_string())
             .unwrap_or_default();
+        let ack = AckTemplate::of(&invite, &local_tag);
         let mut acceptor = InviteAcceptor::new(dialog, invite);
 
         // RFC 3261 §8.2.6.1 / §17.2.1: 100 Trying at once, so the caller
@@ -423,6 +538,11 @@ impl InboundLayer {
             local_tag,
             _slot: self.edge.invite_slot(),
             finished: Arc::clone(&self.finished),
+            timers: Arc::clone(&self.timers),
+            ack,
+            endpoint: endpoint.clone(),
+            session_timer,
+            peer_allows_update,
         });
     }
 }

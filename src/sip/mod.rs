@@ -50,15 +50,19 @@
 //! dropped without an answer (a start line or a To that does not parse, no
 //! Via) is what RFC 4475 allows to drop; the torture test checks every
 //! message's outcome and that the stack stays up.
-//! After a 2xx to an INVITE, ezk gives up waiting for the ACK after about
-//! 8.5 s of retransmissions rather than timer H (32 s); the caller is told
-//! through [`AcceptError::NoAck`].
+//! After a 2xx to an INVITE, ezk resends it every second and gives up
+//! waiting for the ACK after about 8.5 s rather than doubling T1 up to T2
+//! for 64*T1 (32 s); [`ack`] does that for the initial INVITE instead, and
+//! the caller is told through [`AcceptError::NoAck`] after our BYE.
+//! ezk's session timer ignores the offered interval and has no 422;
+//! [`timers`] and the call run RFC 4028 instead.
 //! ezk matches server transactions on the Via branch alone (RFC 3261
 //! §17.2.3 also compares sent-by), and its dialog layer holds back an
 //! in-dialog request whose CSeq skips a number until the missing one
 //! arrives; that is why in-dialog OPTIONS go through the dialog (see
 //! [`guard`]) rather than being answered before it.
 
+mod ack;
 mod auth;
 pub mod backoff;
 mod base;
@@ -74,6 +78,7 @@ mod outbound;
 mod ping;
 mod registration;
 mod tcp;
+mod timers;
 mod transport;
 mod udp;
 
@@ -86,6 +91,7 @@ pub use orphan::DialogState;
 pub use outbound::{OutboundCall, OutboundEvent, OutboundInvite};
 pub use ping::Probe;
 pub use registration::{Registration, RegistrationState, TrunkRegistration};
+pub use timers::{MIN_SE_FLOOR, SessionTimerConfig};
 pub use transport::{SipConfig, SipStack};
 
 /// The receive path's own steps on raw bytes, for the fuzz targets: the

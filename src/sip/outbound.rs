@@ -414,7 +414,12 @@ impl InviteClient {
             _ => None,
         };
         OutboundEvent::Answered {
-            call: Box::new(Call::new(session, self.call_id.clone(), &self.finished)),
+            call: Box::new(Call::new(
+                session,
+                self.call_id.clone(),
+                &self.finished,
+                super::call::TimerSetup::default(),
+            )),
             sdp,
         }
     }
