@@ -178,7 +178,8 @@ impl AckTemplate {
     /// `local_tag` is our To tag.
     pub(crate) fn of(invite: &IncomingRequest, local_tag: &str) -> Self {
         let headers = &invite.base_headers;
-        let branch: Box<str> = format!("z9hG4bK-agentline-local-ack-{}", super::random_token()).into();
+        let branch: Box<str> =
+            format!("z9hG4bK-agentline-local-ack-{}", super::random_token()).into();
         let mut to = headers.to.clone();
         to.tag = Some(local_tag.to_owned().into());
         let transport = Transport::of(&invite.tp_info.transport);

@@ -445,7 +445,11 @@ impl Call {
                 )?;
                 response.msg.headers.insert_named(&MinSe(min_se));
                 tokio::spawn(async move {
-                    let _ = reinvite.received.transaction.respond_failure(response).await;
+                    let _ = reinvite
+                        .received
+                        .transaction
+                        .respond_failure(response)
+                        .await;
                 });
                 return Ok(None);
             }
@@ -688,8 +692,7 @@ impl InfoUsage {
                 response
             }
             Err(min_se) => {
-                let mut response =
-                    endpoint.create_response(&update, StatusCode::from(422), None);
+                let mut response = endpoint.create_response(&update, StatusCode::from(422), None);
                 response.msg.headers.insert_named(&MinSe(min_se));
                 response
             }

@@ -5,24 +5,27 @@
 //! Our 200 is resent on RFC 3261 §13.3.1.4's schedule by `ack` (ezk's is
 //! wrong); an INVITE whose Session-Expires is below our Min-SE gets 422
 //! and the agreed session timer rides in the 200 (RFC 4028, `timers`).
+//! Provisional responses are reliable (RFC 3262, `prack`) when the INVITE
+//! requires it, or supports it and the 183 carries early media.
 
+use super::ack::{AckTemplate, SipTimers};
 use super::base::{
     Admission, DigestAccount, LocalIdentity, RequestSource, Transport, attach_sdp, respond,
 };
-use super::ack::{AckTemplate, SipTimers};
 use super::call::{Call, TimerSetup, sdp_of};
-use super::timers::{self, Inbound};
 use super::edge::{EdgeGuard, InviteSlot};
 use super::finished::Finished;
+use super::prack::{self, PrackState, PrackUsage};
+use super::timers::{self, Inbound};
 use bytes::Bytes;
 use ezk_sip_core::transport::TargetTransportInfo;
 use ezk_sip_core::{Endpoint, IncomingRequest, Layer, MayTake};
-use ezk_sip_types::header::typed::{Allow, FromTo, MinSe, Require, RetryAfter};
+use ezk_sip_types::header::typed::{Allow, FromTo, MinSe, RSeq, Require, RetryAfter};
 use ezk_sip_types::host::HostPort;
 use ezk_sip_types::print::AppendCtx;
 use ezk_sip_types::uri::{SipUri, SipUriUserPart};
 use ezk_sip_types::{Headers, Method, Name, StatusCode};
-use ezk_sip_ua::dialog::Dialog;
+use ezk_sip_ua::dialog::{Dialog, UsageGuard};
 use ezk_sip_ua::invite::acceptor::{self, InviteAcceptor};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -147,6 +150,15 @@ pub struct IncomingInvite {
     session_timer: Inbound,
     /// The INVITE's Allow lists UPDATE.
     peer_allows_update: bool,
+    /// With 100rel in the INVITE's Require or Supported: the PRACK
+    /// usage of the early dialog (see `prack`).
+    prack: Option<(Arc<PrackState>, UsageGuard)>,
+    /// The INVITE requires 100rel: every 18x is reliable.
+    requires_100rel: bool,
+    /// RSeq of our next reliable provisional (RFC 3262 §3).
+    next_rseq: u32,
+    /// The INVITE's CSeq number (RAck names it).
+    invite_cseq: u32,
 }
 
 impl std::fmt::Debug for IncomingInvite {
@@ -176,7 +188,11 @@ impl IncomingInvite {
     }
 
     /// Send 180 Ringing, or 183 Session Progress with early media SDP.
+    /// When it is reliable (RFC 3262, see `prack`) this waits for its
+    /// PRACK, up to 64*T1; without one the INVITE gets 500 and an error
+    /// comes back.
     pub async fn ring(&mut self, early_sdp: Option<Bytes>) -> Result<(), AcceptError> {
+        let reliable = self.prack.is_some() && (self.requires_100rel || early_sdp.is_some());
         let acceptor = self.acceptor.as_mut().ok_or(AcceptError::Cancelled)?;
         let code = if early_sdp.is_some() {
             StatusCode::SESSION_PROGRESS
@@ -191,10 +207,59 @@ impl IncomingInvite {
         if let Some(sdp) = early_sdp {
             attach_sdp(&mut response.msg.headers, &mut response.msg.body, sdp);
         }
+        let Some((state, _)) = self.prack.as_ref().filter(|_| reliable) else {
+            return acceptor
+                .respond_provisional(response)
+                .await
+                .map_err(map_acceptor_error);
+        };
+        // RFC 3262 §3: Require: 100rel and an RSeq one higher each time;
+        // resent at T1, 2*T1, 4*T1 ... until the PRACK, for 64*T1.
+        let rseq = self.next_rseq;
+        self.next_rseq = self.next_rseq.wrapping_add(1);
+        response
+            .msg
+            .headers
+            .insert_named(&Require(prack::TAG.into()));
+        response.msg.headers.insert_named(&RSeq(rseq));
+        let mut prack_rx = state.expect(rseq, self.invite_cseq);
+        let started = tokio::time::Instant::now();
+        let give_up = started + self.timers.timer_h();
+        let mut interval = self.timers.t1;
+        let mut next = started + interval;
         acceptor
-            .respond_provisional(response)
+            .respond_provisional(response.clone())
             .await
-            .map_err(map_acceptor_error)
+            .map_err(map_acceptor_error)?;
+        loop {
+            tokio::select! {
+                _ = &mut prack_rx => return Ok(()),
+                () = acceptor.cancelled() => return Err(AcceptError::Cancelled),
+                () = tokio::time::sleep_until(next.min(give_up)) => {
+                    if tokio::time::Instant::now() >= give_up {
+                        break;
+                    }
+                    acceptor
+                        .respond_provisional(response.clone())
+                        .await
+                        .map_err(map_acceptor_error)?;
+                    interval *= 2;
+                    next += interval;
+                }
+            }
+        }
+        tracing::warn!(
+            rseq,
+            "no PRACK for our reliable provisional in 64*T1, answering 500"
+        );
+        if let Some(acceptor) = self.acceptor.take() {
+            let mut rejection = Rejection::new(500);
+            rejection.reason = Some("No PRACK".into());
+            send_rejection(acceptor, &self.local_tag, &rejection).await?;
+        }
+        Err(AcceptError::Sip(
+            "no PRACK for a reliable provisional response".into(),
+        ))
     }
 
     /// Answer with an error. The ACK is awaited in the background.
@@ -216,7 +281,11 @@ impl IncomingInvite {
                 .create_response(StatusCode::OK, None)
                 .await
                 .map_err(map_acceptor_error)?;
-            attach_sdp(&mut response.msg.headers, &mut response.msg.body, sdp.clone());
+            attach_sdp(
+                &mut response.msg.headers,
+                &mut response.msg.body,
+                sdp.clone(),
+            );
             let agreed = match self.session_timer {
                 Inbound::Timer(agreed) => Some(agreed),
                 Inbound::None | Inbound::TooBrief { .. } => None,
@@ -512,6 +581,16 @@ impl InboundLayer {
             .map(|t| t.to_string())
             .unwrap_or_default();
         let ack = AckTemplate::of(&invite, &local_tag);
+        let requires_100rel = prack::requires(&invite.headers, prack::TAG);
+        let prack = (requires_100rel || timers::supports(&invite.headers, prack::TAG)).then(|| {
+            let state = Arc::new(PrackState::default());
+            let guard = dialog.register_usage(PrackUsage {
+                state: Arc::clone(&state),
+                finished: Arc::clone(&self.finished),
+            });
+            (state, guard)
+        });
+        let invite_cseq = invite.base_headers.cseq.cseq;
         let mut acceptor = InviteAcceptor::new(dialog, invite);
 
         // RFC 3261 §8.2.6.1 / §17.2.1: 100 Trying at once, so the caller
@@ -543,6 +622,11 @@ impl InboundLayer {
             endpoint: endpoint.clone(),
             session_timer,
             peer_allows_update,
+            prack,
+            requires_100rel,
+            // §3: the first RSeq is random, between 1 and 2**31 - 1.
+            next_rseq: rand::random_range(1..=(1u32 << 30)),
+            invite_cseq,
         });
     }
 }

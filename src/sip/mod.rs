@@ -76,6 +76,7 @@ mod lint;
 mod orphan;
 mod outbound;
 mod ping;
+mod prack;
 mod registration;
 mod tcp;
 mod timers;

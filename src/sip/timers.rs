@@ -105,7 +105,11 @@ pub(crate) fn supports(headers: &Headers, tag: &str) -> bool {
 
 /// RFC 4028 §9 for a request we answer as UAS (`we_are_uas` false for a
 /// refresh that reaches us inside a dialog we started).
-pub(crate) fn negotiate(headers: &Headers, config: &SessionTimerConfig, we_are_uas: bool) -> Inbound {
+pub(crate) fn negotiate(
+    headers: &Headers,
+    config: &SessionTimerConfig,
+    we_are_uas: bool,
+) -> Inbound {
     let peer_supports = supports(headers, "timer");
     // A malformed Session-Expires is treated as absent rather than failing
     // the call (§4 gives it no other meaning).
@@ -254,7 +258,10 @@ mod tests {
         let now = Instant::now();
         assert_eq!(agreed.deadline(now) - now, Duration::from_secs(45));
 
-        let h = headers(&[("Supported", "timer"), ("Session-Expires", "90;refresher=uac")]);
+        let h = headers(&[
+            ("Supported", "timer"),
+            ("Session-Expires", "90;refresher=uac"),
+        ]);
         let Inbound::Timer(agreed) = negotiate(&h, &SessionTimerConfig::default(), true) else {
             panic!("timer expected");
         };
@@ -270,7 +277,10 @@ mod tests {
             panic!("timer expected");
         };
         assert_eq!(agreed.interval, 1800);
-        assert!(agreed.we_refresh, "a peer without timer support cannot refresh");
+        assert!(
+            agreed.we_refresh,
+            "a peer without timer support cannot refresh"
+        );
         assert!(!agreed.peer_supports);
         assert_eq!(
             negotiate(&headers(&[]), &SessionTimerConfig::default(), true),
