@@ -112,8 +112,10 @@ async fn missing_ack_doubles_the_200_spacing_up_to_t2_then_bye() {
     assert_eq!(oks.len(), 11, "200 transmissions at {offsets:?} ms");
     let expected = [0u128, 50, 150, 350, 750, 1150, 1550, 1950, 2350, 2750, 3150];
     for (offset, want) in offsets.iter().zip(expected) {
+        // A resend is never early; under load (2 shared cores) it may be
+        // late, but each is due at its own point, so lateness never adds up.
         assert!(
-            offset.abs_diff(want) <= 40,
+            *offset + 25 >= want && *offset <= want + 100,
             "a 200 at {offset} ms where {want} ms was due; all at {offsets:?} ms"
         );
     }
@@ -375,4 +377,110 @@ async fn outbound_prack_for_a_carrier_requiring_100rel() {
     let run = sipp.await.expect("sipp task");
     assert!(run.success, "{}", run.output);
     bye.expect("BYE answered");
+}
+
+/// The daemon end to end: a call whose 200 is never ACKed ends `no_ack`
+/// after 64*T1 (`[sip] t1_ms = 50`, test-only: 3.2 s) with our BYE, and
+/// one whose caller (the refresher) never refreshes its Session-Expires 90
+/// ends `session_expired` with our BYE at 60 s; both stores.
+async fn daemon_timer_end_reasons(backend: common::Backend) {
+    use serde_json::{Value, json};
+    const NUMBER: &str = "+14155552671";
+    let short = common::TestDaemon::builder()
+        .backend(backend)
+        .sip("t1_ms = 50")
+        .profile(
+            "carrier",
+            "name = \"carrier\"\n[inbound]\nallow = [\"127.0.0.1/32\"]\n",
+        )
+        .start()
+        .await;
+    // No RTP comes from SIPp: the RTP timeout must not end the call first.
+    let plain = common::TestDaemon::builder()
+        .backend(backend)
+        .config("[calls]\nrtp_timeout_seconds = 600")
+        .profile(
+            "carrier",
+            "name = \"carrier\"\n[inbound]\nallow = [\"127.0.0.1/32\"]\n",
+        )
+        .start()
+        .await;
+    for d in [&short, &plain] {
+        let agent: Value = d
+            .post("/v1/agents")
+            .json(&json!({"name": "echo", "kind": "echo", "max_duration_seconds": 300}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let r = d
+            .post("/v1/phone-numbers")
+            .json(&json!({"number": NUMBER, "agent_id": agent["id"], "trunk_id": "trk_carrier"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    async fn ended(d: &common::TestDaemon) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let page: Value = d
+                .get("/v1/calls?limit=1")
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if let Some(call) = page["items"].get(0)
+                && !call["ended_at"].is_null()
+            {
+                return call.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no ended call: {page}\n{}",
+                d.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let target = |d: &common::TestDaemon| Some(([127, 0, 0, 1], d.sip_port).into());
+    let started = Instant::now();
+    let (no_ack, expired) = tokio::join!(
+        run_sipp(
+            "uac-invite-no-ack-expect-bye-after-64-t1.xml",
+            free_udp_port(),
+            target(&short),
+            &["-s", NUMBER],
+            Duration::from_secs(20),
+        ),
+        run_sipp(
+            "uac-invite-session-expires-90-uac-refresher-never-refresh-expect-bye.xml",
+            free_udp_port(),
+            target(&plain),
+            &["-s", NUMBER],
+            Duration::from_secs(80),
+        ),
+    );
+    assert!(no_ack.success, "{}\n{}", no_ack.output, short.log());
+    assert!(expired.success, "{}\n{}", expired.output, plain.log());
+    assert!(started.elapsed() >= Duration::from_secs(59));
+    let call = ended(&short).await;
+    assert_eq!(call["end_reason"], "no_ack", "{call}");
+    let call = ended(&plain).await;
+    assert_eq!(call["end_reason"], "session_expired", "{call}");
+    assert!(!call["answered_at"].is_null(), "{call}");
+}
+
+#[tokio::test]
+async fn daemon_timer_end_reasons_sqlite() {
+    daemon_timer_end_reasons(common::Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn daemon_timer_end_reasons_postgres() {
+    daemon_timer_end_reasons(common::Backend::Postgres).await;
 }

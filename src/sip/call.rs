@@ -298,10 +298,10 @@ impl Call {
                     "no session refresh from the peer (RFC 4028 §10), sending BYE"
                 );
             }
-            if let Some(mut session) = self.session.take() {
-                if let Err(e) = session.terminate().await {
-                    tracing::info!(error = %e, "BYE after session expiry not answered");
-                }
+            if let Some(mut session) = self.session.take()
+                && let Err(e) = session.terminate().await
+            {
+                tracing::info!(error = %e, "BYE after session expiry not answered");
             }
             true
         }
@@ -356,26 +356,39 @@ impl Call {
                 drop(target_tp_info);
                 let mut last = None;
                 while let Some(response) = tsx.receive().await? {
-                    if response.line.code.kind() == CodeKind::Provisional {
-                        continue;
-                    }
-                    if response.line.code.kind() == CodeKind::Success {
-                        // §13.2.2.4: every 2xx is ACKed, retransmissions too.
-                        let mut ack = ezk_sip_ua::invite::create_ack(
-                            &session.dialog,
-                            response.base_headers.cseq.cseq,
-                        )
-                        .await?;
-                        session
-                            .endpoint
-                            .send_outgoing_request(&mut ack)
-                            .await
-                            .map_err(|e| SipError::Transaction(e.to_string()))?;
-                    }
-                    let done = response.line.code.kind() != CodeKind::Success;
-                    last = Some(response);
-                    if done {
-                        break;
+                    match response.line.code.kind() {
+                        CodeKind::Provisional => continue,
+                        CodeKind::Success => {
+                            let mut ack = ezk_sip_ua::invite::create_ack(
+                                &session.dialog,
+                                response.base_headers.cseq.cseq,
+                            )
+                            .await?;
+                            session
+                                .endpoint
+                                .send_outgoing_request(&mut ack)
+                                .await
+                                .map_err(|e| SipError::Transaction(e.to_string()))?;
+                            // §13.2.2.4: every retransmission of the 2xx
+                            // is ACKed too, without holding up the call
+                            // (the transaction lives on for 64*T1).
+                            let endpoint = session.endpoint.clone();
+                            tokio::spawn(async move {
+                                while let Ok(Some(again)) = tsx.receive().await {
+                                    if again.line.code.kind() == CodeKind::Success
+                                        && endpoint.send_outgoing_request(&mut ack).await.is_err()
+                                    {
+                                        break;
+                                    }
+                                }
+                            });
+                            last = Some(response);
+                            break;
+                        }
+                        _ => {
+                            last = Some(response);
+                            break;
+                        }
                     }
                 }
                 last.ok_or_else(|| SipError::Transaction("no final response".into()))?
