@@ -39,6 +39,14 @@
 //! - [`registration`]: REGISTER on the core client transaction, with digest
 //!   auth, refresh well before expiry, 423 Min-Expires and backoff with
 //!   jitter that honours Retry-After ([`backoff`]).
+//! - [`ack`]: the 2xx retransmission of an inbound INVITE on RFC 3261
+//!   §13.3.1.4's schedule (ezk's is flat and gives up at 8.5 s), then BYE.
+//! - [`timers`]: RFC 4028 session timers (422 with Min-SE, the offered
+//!   interval and refresher honoured; ezk answers its own 1800 s), run by
+//!   [`Call`] (refresh by UPDATE or re-INVITE, BYE on expiry).
+//! - [`prack`]: RFC 3262 both ways (ezk's reliable provisional panics on
+//!   `Require: 100rel` without Supported, and its early dialog cannot send
+//!   PRACK).
 //! - [`ping`]: OPTIONS probes to a trunk's proxy on the same core client
 //!   transaction (ezk-sip-ua has no out-of-dialog request helper).
 //!

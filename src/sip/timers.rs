@@ -118,7 +118,8 @@ pub(crate) fn negotiate(
         .get_named::<MinSe>()
         .map(|m| m.0)
         .unwrap_or(MIN_SE_FLOOR)
-        .max(MIN_SE_FLOOR);
+        // A hostile Min-SE cannot push our clock past a day.
+        .clamp(MIN_SE_FLOOR, 86_400);
     let floor = peer_min.max(config.min_se);
     let Some(offered) = offered else {
         if !peer_supports {
