@@ -135,10 +135,13 @@ async fn dropped_source_gets_silence() {
 }
 
 /// A 200 that is never ACKed fails the call (RFC 3261 §13.3.1.4) and the
-/// handler is told.
+/// handler is told: after 64*T1 (T1 = 50 ms here, 3.2 s; the schedule
+/// itself is checked in `sip_timers`).
 #[tokio::test]
 async fn missing_ack_fails_the_call() {
-    let (stack, mut events) = start_stack().await;
+    let mut config = agentline::sip::SipConfig::new("127.0.0.1:0".parse().expect("addr"));
+    config.t1 = Duration::from_millis(50);
+    let (stack, mut events) = common::start_stack_config(config).await;
     let sipp = tokio::spawn(run_sipp(
         "uac-invite-no-ack-expect-200-retransmitted.xml",
         free_udp_port(),

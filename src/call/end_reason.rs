@@ -128,6 +128,9 @@ pub enum EndReason {
     Declined { code: u16, reason: String },
     /// Our 200 OK was never acknowledged (RFC 3261 §13.3.1.4).
     NoAck,
+    /// RFC 4028: the peer's session refresh was overdue (or ours failed);
+    /// we sent BYE.
+    SessionExpired,
     /// Inbound: the To number is not provisioned or bound to no agent.
     UnknownNumber,
     /// Inbound: no trunk's `[inbound] allow` covers the source.
@@ -170,6 +173,7 @@ impl EndReason {
             EndReason::NoAnswer { .. } => "no_answer",
             EndReason::Declined { .. } => "declined",
             EndReason::NoAck => "no_ack",
+            EndReason::SessionExpired => "session_expired",
             EndReason::UnknownNumber => "unknown_number",
             EndReason::SourceNotAllowed => "source_not_allowed",
             EndReason::TrunkFull => "trunk_full",

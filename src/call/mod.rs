@@ -265,6 +265,11 @@ impl Calls {
         config.flood = edge.flood.clone();
         config.tcp_limits = edge.tcp;
         config.user_agent = Some(edge.server_header.clone()).filter(|ua| !ua.is_empty());
+        config.t1 = Duration::from_millis(edge.t1_ms);
+        config.session_timer = crate::sip::SessionTimerConfig {
+            session_expires: edge.session_expires,
+            min_se: edge.min_se,
+        };
         let stack = SipStack::start(config, Arc::new(Handler(Arc::clone(&self.shared)))).await?;
         // Before the stack is published: a test call placed as soon as
         // SIP is up finds its carrier.

@@ -314,6 +314,8 @@ async fn on_dialog(
         }
         // RFC 4028 session expiry: the dialog is gone.
         Ok(DialogEvent::Terminated) => Some(far_hangup.clone()),
+        // RFC 4028 §10: BYE already sent by the SIP layer.
+        Ok(DialogEvent::SessionExpired) => Some(EndReason::SessionExpired),
         Err(e) => Some(EndReason::Failed(FailureCause::Sip(e.to_string()))),
     }
 }

@@ -37,6 +37,16 @@ pub struct SipConfig {
     pub trace: bool,
     /// How long a call's SIP trace is kept after its last message.
     pub trace_retain_seconds: u64,
+    /// RFC 4028 session interval we ask for on outbound calls and accept
+    /// at most on inbound ones (a longer offer is shortened), in seconds.
+    pub session_expires: u32,
+    /// RFC 4028 Min-SE: an inbound Session-Expires below it gets 422. At
+    /// least 90 (RFC 4028 §4).
+    pub min_se: u32,
+    /// RFC 3261 T1 in milliseconds (the 2xx retransmission starts at T1,
+    /// doubles to T2 = 8*T1 and stops at 64*T1). Leave at 500: smaller
+    /// values are for tests only.
+    pub t1_ms: u64,
 }
 
 impl Default for SipConfig {
@@ -54,6 +64,9 @@ impl Default for SipConfig {
             tcp: SipTcpConfig::default(),
             trace: false,
             trace_retain_seconds: 3600,
+            session_expires: 1800,
+            min_se: 90,
+            t1_ms: 500,
         }
     }
 }
@@ -66,6 +79,21 @@ impl SipConfig {
                 "sip.trace_retain_seconds".into(),
                 "must be between 1 and 604800 (a week)",
             );
+        }
+        if !(90..=86_400).contains(&self.min_se) {
+            return err(
+                "sip.min_se".into(),
+                "must be between 90 (RFC 4028 section 4) and 86400",
+            );
+        }
+        if self.session_expires < self.min_se || self.session_expires > 86_400 {
+            return err(
+                "sip.session_expires".into(),
+                "must be at least sip.min_se and at most 86400",
+            );
+        }
+        if !(10..=2000).contains(&self.t1_ms) {
+            return err("sip.t1_ms".into(), "must be between 10 and 2000");
         }
         let f = &self.flood;
         for (class, limits) in [("stranger", &f.stranger), ("trunk", &f.trunk)] {

@@ -3,18 +3,26 @@
 //! answered 200 and reported, REFER sent for a blind transfer (RFC 3515;
 //! ezk-sip-ua keeps its REFER support private to its own call type, so it
 //! is built here on the dialog). Dropping a live [`Call`] sends BYE.
+//!
+//! Session timers (RFC 4028, agreed in `timers`): the call refreshes the
+//! session itself when it is the refresher (UPDATE, RFC 3311, when the peer
+//! allows it, else a re-INVITE with our SDP), answers the peer's refreshes
+//! (re-INVITE or UPDATE) with Session-Expires, and ends the dialog with BYE
+//! when the peer's refresh is overdue ([`DialogEvent::SessionExpired`]).
 
 use super::base::{SipError, attach_sdp, is_sdp};
 use super::finished::{ByeWatch, Finished};
+use super::timers::{self, Agreed, Inbound, SessionTimerConfig};
 use bytes::Bytes;
 use ezk_sip_core::{Endpoint, IncomingRequest, MayTake};
-use ezk_sip_types::header::typed::ContentType;
+use ezk_sip_types::header::typed::{ContentType, MinSe, Require, SessionExpires};
 use ezk_sip_types::print::{AppendCtx, PrintCtx};
-use ezk_sip_types::{Method, Name, StatusCode};
+use ezk_sip_types::{CodeKind, Headers, Method, Name, StatusCode};
 use ezk_sip_ua::dialog::{Usage, UsageGuard};
-use ezk_sip_ua::invite::session::{InviteSession, InviteSessionEvent, ReInviteReceived};
-use std::sync::Arc;
-use tokio::sync::mpsc;
+use ezk_sip_ua::invite::session::{InviteSession, InviteSessionEvent, ReInviteReceived, Role};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::{Notify, mpsc};
+use tokio::time::{Instant, sleep_until};
 use tracing::Instrument;
 
 /// What happened inside an established call.
@@ -31,8 +39,11 @@ pub enum DialogEvent {
         content_type: Option<String>,
         body: Bytes,
     },
-    /// The dialog ended without a BYE from the peer (session timer expiry).
+    /// The dialog ended without a BYE from the peer.
     Terminated,
+    /// The peer's session refresh (RFC 4028 §10) is overdue, or our own
+    /// refresh failed: we sent BYE and the dialog is over.
+    SessionExpired,
 }
 
 /// A re-INVITE waiting for our answer.
@@ -61,6 +72,76 @@ pub struct Call {
     _info_usage: Option<UsageGuard>,
     /// The peer's BYE, answered by the guard layer without a transaction.
     bye: ByeWatch,
+    /// The session timer, shared with [`InfoUsage`] (which answers UPDATE).
+    timer: Arc<TimerShared>,
+}
+
+/// How a call starts its session timer.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TimerSetup {
+    /// What was agreed in the INVITE transaction; `None`: no timer.
+    pub(crate) agreed: Option<Agreed>,
+    /// Our current SDP (a refresh by re-INVITE offers it again).
+    pub(crate) local_sdp: Option<Bytes>,
+    /// The peer listed UPDATE in Allow (RFC 3311 §5.1): refresh by UPDATE.
+    pub(crate) peer_allows_update: bool,
+    /// For the peer's refreshes: our Min-SE and longest interval.
+    pub(crate) config: SessionTimerConfig,
+}
+
+/// The timer state the call and its UPDATE usage share.
+#[derive(Debug)]
+struct TimerShared {
+    state: Mutex<TimerState>,
+    /// A refresh arrived (the deadline moved).
+    changed: Notify,
+}
+
+#[derive(Debug)]
+struct TimerState {
+    setup: TimerSetup,
+    /// When the session was last refreshed (or established).
+    last_refresh: Instant,
+}
+
+impl TimerShared {
+    fn lock(&self) -> MutexGuard<'_, TimerState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        let state = self.lock();
+        state.setup.agreed.map(|a| a.deadline(state.last_refresh))
+    }
+
+    /// A refresh request from the peer (re-INVITE or UPDATE) with
+    /// `headers`: §9 again. The headers our 2xx must carry, or the Min-SE
+    /// of a 422.
+    fn peer_refresh(&self, headers: &Headers, we_are_uas: bool) -> Result<Headers, u32> {
+        let mut state = self.lock();
+        let mut extra = Headers::new();
+        match timers::negotiate(headers, &state.setup.config, we_are_uas) {
+            Inbound::TooBrief { min_se } => return Err(min_se),
+            Inbound::None => {
+                // The peer dropped the timer from its refresh (§9 allows
+                // it): no timer from now on.
+                state.setup.agreed = None;
+            }
+            Inbound::Timer(agreed) => {
+                if agreed.peer_supports {
+                    extra.insert_named(&Require("timer".into()));
+                }
+                extra.insert_named(&agreed.header());
+                state.setup.agreed = Some(agreed);
+            }
+        }
+        state.last_refresh = Instant::now();
+        drop(state);
+        self.changed.notify_one();
+        Ok(extra)
+    }
 }
 
 impl std::fmt::Debug for Call {
@@ -73,11 +154,35 @@ impl std::fmt::Debug for Call {
 }
 
 impl Call {
-    pub(crate) fn new(session: InviteSession, call_id: String, finished: &Arc<Finished>) -> Self {
+    pub(crate) fn new(
+        mut session: InviteSession,
+        call_id: String,
+        finished: &Arc<Finished>,
+        setup: TimerSetup,
+    ) -> Self {
+        // Our own timer replaces ezk's (see `timers`).
+        timers::park_ezk_timer(&mut session);
+        if let Some(agreed) = &setup.agreed {
+            tracing::info!(
+                %call_id,
+                interval = agreed.interval,
+                we_refresh = agreed.we_refresh,
+                "session timer (RFC 4028)"
+            );
+        }
+        let timer = Arc::new(TimerShared {
+            state: Mutex::new(TimerState {
+                setup,
+                last_refresh: Instant::now(),
+            }),
+            changed: Notify::new(),
+        });
         let (info_tx, info_rx) = mpsc::channel(16);
         let info_usage = session.dialog.register_usage(InfoUsage {
             info_tx,
             finished: Arc::clone(finished),
+            timer: Arc::clone(&timer),
+            we_are_uas: matches!(session.role, Role::Uas),
         });
         let bye = finished.watch(session.dialog.key());
         Self {
@@ -86,6 +191,7 @@ impl Call {
             info_rx,
             _info_usage: Some(info_usage),
             bye,
+            timer,
         }
     }
 
@@ -112,6 +218,7 @@ impl Call {
         let span = tracing::info_span!("sip_call", call_id = %self.call_id);
         async {
             loop {
+                let deadline = self.timer.deadline();
                 let session = self.session.as_mut().ok_or(SipError::Terminated)?;
                 // INFO first: an INFO already answered came before a BYE
                 // that is ready at the same time (a key pressed just before
@@ -127,6 +234,14 @@ impl Call {
                         self.session = None;
                         tracing::info!("peer hung up (BYE)");
                         return Ok(DialogEvent::Bye);
+                    }
+                    // A refresh from the peer moved the deadline.
+                    () = self.timer.changed.notified() => continue,
+                    () = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => {
+                        if self.on_session_timer().await {
+                            return Ok(DialogEvent::SessionExpired);
+                        }
+                        continue;
                     }
                     event = session.run() => event?,
                 };
@@ -160,19 +275,205 @@ impl Call {
         .await
     }
 
+    /// The session timer's deadline passed: our refresh is due, or the
+    /// peer's is overdue. `true` when the dialog is over (BYE sent).
+    async fn on_session_timer(&mut self) -> bool {
+        let (agreed, setup) = {
+            let state = self.timer.lock();
+            (state.setup.agreed, state.setup.clone())
+        };
+        let Some(agreed) = agreed else {
+            return false;
+        };
+        let span = tracing::info_span!("sip_session_timer", call_id = %self.call_id);
+        async {
+            if agreed.we_refresh {
+                match self.refresh(agreed, &setup).await {
+                    Ok(()) => return false,
+                    Err(e) => tracing::warn!(error = %e, "session refresh failed, ending the call"),
+                }
+            } else {
+                tracing::warn!(
+                    interval = agreed.interval,
+                    "no session refresh from the peer (RFC 4028 §10), sending BYE"
+                );
+            }
+            if let Some(mut session) = self.session.take()
+                && let Err(e) = session.terminate().await
+            {
+                tracing::info!(error = %e, "BYE after session expiry not answered");
+            }
+            true
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Our session refresh (RFC 4028 §7.4 / §9): UPDATE without a body when
+    /// the peer allows UPDATE (§9 recommends that), else a re-INVITE with
+    /// our SDP again (its origin version one higher, RFC 3264 §8). A 422
+    /// is retried once with the Min-SE it names (§7.4).
+    async fn refresh(&mut self, mut agreed: Agreed, setup: &TimerSetup) -> Result<(), SipError> {
+        let session = self.session.as_mut().ok_or(SipError::Terminated)?;
+        let by_update = setup.peer_allows_update || setup.local_sdp.is_none();
+        for _attempt in 0..2 {
+            let method = if by_update {
+                Method::UPDATE
+            } else {
+                Method::INVITE
+            };
+            let mut request = session.dialog.create_request(method.clone(), None);
+            if by_update {
+                // RFC 3311 §5.1: UPDATE is a target refresh request.
+                request.headers.insert_named(&session.dialog.local_contact);
+            }
+            request.headers.insert(Name::SUPPORTED, "timer");
+            if agreed.peer_supports {
+                request.headers.insert_named(&Require("timer".into()));
+            }
+            request.headers.insert_named(&agreed.header());
+            request.headers.insert_named(&MinSe(setup.config.min_se));
+            let mut sdp = None;
+            if !by_update && let Some(local) = &setup.local_sdp {
+                let bumped = timers::bump_origin_version(local);
+                attach_sdp(&mut request.headers, &mut request.body, bumped.clone());
+                sdp = Some(bumped);
+            }
+            tracing::info!(%method, interval = agreed.interval, "refreshing the session");
+            let mut target_tp_info = session.dialog.target_tp_info.lock().await;
+            let response = if by_update {
+                let mut tsx = session
+                    .endpoint
+                    .send_request(request, &mut target_tp_info)
+                    .await?;
+                drop(target_tp_info);
+                tsx.receive_final().await?
+            } else {
+                let mut tsx = session
+                    .endpoint
+                    .send_invite(request, &mut target_tp_info)
+                    .await?;
+                drop(target_tp_info);
+                let mut last = None;
+                while let Some(response) = tsx.receive().await? {
+                    match response.line.code.kind() {
+                        CodeKind::Provisional => continue,
+                        CodeKind::Success => {
+                            let mut ack = ezk_sip_ua::invite::create_ack(
+                                &session.dialog,
+                                response.base_headers.cseq.cseq,
+                            )
+                            .await?;
+                            session
+                                .endpoint
+                                .send_outgoing_request(&mut ack)
+                                .await
+                                .map_err(|e| SipError::Transaction(e.to_string()))?;
+                            // §13.2.2.4: every retransmission of the 2xx
+                            // is ACKed too, without holding up the call
+                            // (the transaction lives on for 64*T1).
+                            let endpoint = session.endpoint.clone();
+                            tokio::spawn(async move {
+                                while let Ok(Some(again)) = tsx.receive().await {
+                                    if again.line.code.kind() == CodeKind::Success
+                                        && endpoint.send_outgoing_request(&mut ack).await.is_err()
+                                    {
+                                        break;
+                                    }
+                                }
+                            });
+                            last = Some(response);
+                            break;
+                        }
+                        _ => {
+                            last = Some(response);
+                            break;
+                        }
+                    }
+                }
+                last.ok_or_else(|| SipError::Transaction("no final response".into()))?
+            };
+            let code = response.line.code.into_u16();
+            tracing::info!(code, "session refresh answered");
+            if code == 422 {
+                let min_se = response
+                    .headers
+                    .get_named::<MinSe>()
+                    .map(|m| m.0)
+                    .unwrap_or(agreed.interval);
+                if min_se <= agreed.interval || min_se > 86_400 {
+                    return Err(SipError::Transaction(format!("422 with Min-SE {min_se}")));
+                }
+                agreed.interval = min_se;
+                continue;
+            }
+            if !(200..300).contains(&code) {
+                return Err(SipError::Transaction(format!("refresh answered {code}")));
+            }
+            // §7.4: the 2xx may change the interval (and who refreshes).
+            if let Ok(se) = response.headers.get_named::<SessionExpires>()
+                && se.delta_secs >= timers::MIN_SE_FLOOR
+            {
+                agreed.interval = se.delta_secs;
+                agreed.we_refresh = match se.refresher {
+                    ezk_sip_types::header::typed::Refresher::Uas => agreed.we_are_uas,
+                    ezk_sip_types::header::typed::Refresher::Uac => !agreed.we_are_uas,
+                    ezk_sip_types::header::typed::Refresher::Unspecified => agreed.we_refresh,
+                };
+            }
+            let mut state = self.timer.lock();
+            state.setup.agreed = Some(agreed);
+            if let Some(sdp) = sdp {
+                state.setup.local_sdp = Some(sdp);
+            }
+            state.last_refresh = Instant::now();
+            return Ok(());
+        }
+        Err(SipError::Transaction("422 twice".into()))
+    }
+
     /// 200 OK with our SDP to a re-INVITE (the answer, or our offer when
     /// the re-INVITE had none); waits for its ACK and returns the SDP the
-    /// ACK carried (the answer to such an offer, RFC 3261 §14.2).
+    /// ACK carried (the answer to such an offer, RFC 3261 §14.2). A
+    /// re-INVITE is also a session refresh (RFC 4028 §9): the 200 carries
+    /// Session-Expires and the timer restarts; one below our Min-SE gets
+    /// 422 instead (and `Ok(None)`).
     pub async fn answer_reinvite(
         &mut self,
         reinvite: Box<ReInvite>,
         sdp: Bytes,
     ) -> Result<Option<Bytes>, SipError> {
         let session = self.session.as_mut().ok_or(SipError::Terminated)?;
+        let we_are_uas = matches!(session.role, Role::Uas);
+        let timer_headers = match self
+            .timer
+            .peer_refresh(&reinvite.received.invite.headers, we_are_uas)
+        {
+            Ok(headers) => headers,
+            Err(min_se) => {
+                let mut response = session.dialog.create_response(
+                    &reinvite.received.invite,
+                    StatusCode::from(422),
+                    None,
+                )?;
+                response.msg.headers.insert_named(&MinSe(min_se));
+                tokio::spawn(async move {
+                    let _ = reinvite
+                        .received
+                        .transaction
+                        .respond_failure(response)
+                        .await;
+                });
+                return Ok(None);
+            }
+        };
+        self.timer.lock().setup.local_sdp = Some(sdp.clone());
         let mut response =
             session
                 .dialog
                 .create_response(&reinvite.received.invite, StatusCode::OK, None)?;
+        let mut timer_headers = timer_headers;
+        timer_headers.drain_into(&mut response.msg.headers);
         attach_sdp(&mut response.msg.headers, &mut response.msg.body, sdp);
         let ack = session
             .handle_reinvite_success(reinvite.received, response)
@@ -342,6 +643,9 @@ struct InfoUsage {
     info_tx: mpsc::Sender<(Option<String>, Bytes)>,
     /// Answers without a transaction (see `finished`).
     finished: Arc<Finished>,
+    /// UPDATE refreshes the session timer (RFC 4028 §9 / RFC 3311).
+    timer: Arc<TimerShared>,
+    we_are_uas: bool,
 }
 
 #[async_trait::async_trait]
@@ -352,6 +656,11 @@ impl Usage for InfoUsage {
 
     async fn receive(&self, endpoint: &Endpoint, request: MayTake<'_, IncomingRequest>) {
         let method = request.line.method.clone();
+        if method == Method::UPDATE {
+            let update = request.take();
+            self.answer_update(endpoint, update).await;
+            return;
+        }
         if method != Method::INFO && method != Method::OPTIONS {
             return;
         }
@@ -373,6 +682,41 @@ impl Usage for InfoUsage {
         let response = endpoint.create_response(&info, StatusCode::OK, None);
         self.finished.answer(endpoint, info, response).await;
     }
+}
+
+impl InfoUsage {
+    /// UPDATE inside the dialog (RFC 3311 §5.2), which ezk's INVITE usage
+    /// ignores (its dialog layer would answer 404): a session refresh
+    /// (RFC 4028 §9) answered 200 with Session-Expires; one below our
+    /// Min-SE gets 422. An offer in it is answered with our current SDP:
+    /// the media of a call never changes by UPDATE here.
+    async fn answer_update(&self, endpoint: &Endpoint, update: IncomingRequest) {
+        let response = match self.timer.peer_refresh(&update.headers, self.we_are_uas) {
+            Ok(mut extra) => {
+                let mut response = endpoint.create_response(&update, StatusCode::OK, None);
+                extra.drain_into(&mut response.msg.headers);
+                let local = self.timer.lock().setup.local_sdp.clone();
+                if sdp_of(&update).is_some()
+                    && let Some(sdp) = local
+                {
+                    attach_sdp(&mut response.msg.headers, &mut response.msg.body, sdp);
+                }
+                tracing::info!("session refreshed by UPDATE");
+                response
+            }
+            Err(min_se) => {
+                let mut response = endpoint.create_response(&update, StatusCode::from(422), None);
+                response.msg.headers.insert_named(&MinSe(min_se));
+                response
+            }
+        };
+        self.finished.answer(endpoint, update, response).await;
+    }
+}
+
+/// A deadline that never comes (for a `select!` branch that is off).
+fn far_future() -> Instant {
+    Instant::now() + std::time::Duration::from_secs(86_400 * 365)
 }
 
 #[cfg(test)]

@@ -15,9 +15,10 @@ use ezk_sip_types::header::typed::{Accept, ContentType, Require, Unsupported};
 use ezk_sip_types::{Headers, Method, Name, StatusCode};
 use std::sync::Arc;
 
-/// Option tags we accept in Require (RFC 3261 §8.2.2.3). ezk's INVITE
-/// acceptor implements session timers (RFC 4028).
-const SUPPORTED_EXTENSIONS: &[&str] = &["timer"];
+/// Option tags we accept in Require (RFC 3261 §8.2.2.3): session timers
+/// (RFC 4028, `timers`) and reliable provisional responses (RFC 3262,
+/// `prack`).
+const SUPPORTED_EXTENSIONS: &[&str] = &["timer", "100rel"];
 
 pub(crate) struct GuardLayer {
     /// On the endpoint behind the TCP relay: who is really at the other

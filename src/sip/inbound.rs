@@ -1,22 +1,31 @@
 //! Inbound INVITE lifecycle, RFC 3261 §13.3: 100 Trying at once, then the
 //! handler rejects, or rings and accepts; a CANCEL before the final answer
 //! gets 487 (§9.2). Also the last layer: answers requests nobody took.
+//!
+//! Our 200 is resent on RFC 3261 §13.3.1.4's schedule by `ack` (ezk's is
+//! wrong); an INVITE whose Session-Expires is below our Min-SE gets 422
+//! and the agreed session timer rides in the 200 (RFC 4028, `timers`).
+//! Provisional responses are reliable (RFC 3262, `prack`) when the INVITE
+//! requires it, or supports it and the 183 carries early media.
 
+use super::ack::{AckTemplate, SipTimers};
 use super::base::{
     Admission, DigestAccount, LocalIdentity, RequestSource, Transport, attach_sdp, respond,
 };
-use super::call::{Call, sdp_of};
+use super::call::{Call, TimerSetup, sdp_of};
 use super::edge::{EdgeGuard, InviteSlot};
 use super::finished::Finished;
+use super::prack::{self, PrackState, PrackUsage};
+use super::timers::{self, Inbound};
 use bytes::Bytes;
 use ezk_sip_core::transport::TargetTransportInfo;
 use ezk_sip_core::{Endpoint, IncomingRequest, Layer, MayTake};
-use ezk_sip_types::header::typed::{FromTo, RetryAfter};
+use ezk_sip_types::header::typed::{Allow, FromTo, MinSe, RSeq, Require, RetryAfter};
 use ezk_sip_types::host::HostPort;
 use ezk_sip_types::print::AppendCtx;
 use ezk_sip_types::uri::{SipUri, SipUriUserPart};
 use ezk_sip_types::{Headers, Method, Name, StatusCode};
-use ezk_sip_ua::dialog::Dialog;
+use ezk_sip_ua::dialog::{Dialog, UsageGuard};
 use ezk_sip_ua::invite::acceptor::{self, InviteAcceptor};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -131,6 +140,25 @@ pub struct IncomingInvite {
     _slot: InviteSlot,
     /// Where the call registers for its peer's BYE.
     finished: Arc<Finished>,
+    /// T1 and the ACKs we wait for (see `ack`).
+    timers: Arc<SipTimers>,
+    /// The local ACK that ends ezk's own wait for one (see `ack`).
+    ack: AckTemplate,
+    /// The endpoint the INVITE came to.
+    endpoint: Endpoint,
+    /// What the INVITE agreed for RFC 4028 (never `TooBrief` here).
+    session_timer: Inbound,
+    /// The INVITE's Allow lists UPDATE.
+    peer_allows_update: bool,
+    /// With 100rel in the INVITE's Require or Supported: the PRACK
+    /// usage of the early dialog (see `prack`).
+    prack: Option<(Arc<PrackState>, UsageGuard)>,
+    /// The INVITE requires 100rel: every 18x is reliable.
+    requires_100rel: bool,
+    /// RSeq of our next reliable provisional (RFC 3262 §3).
+    next_rseq: u32,
+    /// The INVITE's CSeq number (RAck names it).
+    invite_cseq: u32,
 }
 
 impl std::fmt::Debug for IncomingInvite {
@@ -160,7 +188,11 @@ impl IncomingInvite {
     }
 
     /// Send 180 Ringing, or 183 Session Progress with early media SDP.
+    /// When it is reliable (RFC 3262, see `prack`) this waits for its
+    /// PRACK, up to 64*T1; without one the INVITE gets 500 and an error
+    /// comes back.
     pub async fn ring(&mut self, early_sdp: Option<Bytes>) -> Result<(), AcceptError> {
+        let reliable = self.prack.is_some() && (self.requires_100rel || early_sdp.is_some());
         let acceptor = self.acceptor.as_mut().ok_or(AcceptError::Cancelled)?;
         let code = if early_sdp.is_some() {
             StatusCode::SESSION_PROGRESS
@@ -175,10 +207,59 @@ impl IncomingInvite {
         if let Some(sdp) = early_sdp {
             attach_sdp(&mut response.msg.headers, &mut response.msg.body, sdp);
         }
+        let Some((state, _)) = self.prack.as_ref().filter(|_| reliable) else {
+            return acceptor
+                .respond_provisional(response)
+                .await
+                .map_err(map_acceptor_error);
+        };
+        // RFC 3262 §3: Require: 100rel and an RSeq one higher each time;
+        // resent at T1, 2*T1, 4*T1 ... until the PRACK, for 64*T1.
+        let rseq = self.next_rseq;
+        self.next_rseq = self.next_rseq.wrapping_add(1);
+        response
+            .msg
+            .headers
+            .insert_named(&Require(prack::TAG.into()));
+        response.msg.headers.insert_named(&RSeq(rseq));
+        let mut prack_rx = state.expect(rseq, self.invite_cseq);
+        let started = tokio::time::Instant::now();
+        let give_up = started + self.timers.timer_h();
+        let mut interval = self.timers.t1;
+        let mut next = started + interval;
         acceptor
-            .respond_provisional(response)
+            .respond_provisional(response.clone())
             .await
-            .map_err(map_acceptor_error)
+            .map_err(map_acceptor_error)?;
+        loop {
+            tokio::select! {
+                _ = &mut prack_rx => return Ok(()),
+                () = acceptor.cancelled() => return Err(AcceptError::Cancelled),
+                () = tokio::time::sleep_until(next.min(give_up)) => {
+                    if tokio::time::Instant::now() >= give_up {
+                        break;
+                    }
+                    acceptor
+                        .respond_provisional(response.clone())
+                        .await
+                        .map_err(map_acceptor_error)?;
+                    interval *= 2;
+                    next += interval;
+                }
+            }
+        }
+        tracing::warn!(
+            rseq,
+            "no PRACK for our reliable provisional in 64*T1, answering 500"
+        );
+        if let Some(acceptor) = self.acceptor.take() {
+            let mut rejection = Rejection::new(500);
+            rejection.reason = Some("No PRACK".into());
+            send_rejection(acceptor, &self.local_tag, &rejection).await?;
+        }
+        Err(AcceptError::Sip(
+            "no PRACK for a reliable provisional response".into(),
+        ))
     }
 
     /// Answer with an error. The ACK is awaited in the background.
@@ -192,7 +273,7 @@ impl IncomingInvite {
     /// established call and the SDP the ACK carried (the answer to such an
     /// offer, RFC 3261 §13.2.1).
     pub async fn accept(mut self, sdp: Bytes) -> Result<(Call, Option<Bytes>), AcceptError> {
-        let acceptor = self.acceptor.take().ok_or(AcceptError::Cancelled)?;
+        let mut acceptor = self.acceptor.take().ok_or(AcceptError::Cancelled)?;
         let call_id = self.info.call_id.clone();
         let span = tracing::info_span!("sip_accept", %call_id);
         async move {
@@ -200,18 +281,93 @@ impl IncomingInvite {
                 .create_response(StatusCode::OK, None)
                 .await
                 .map_err(map_acceptor_error)?;
-            attach_sdp(&mut response.msg.headers, &mut response.msg.body, sdp);
-            match acceptor.respond_success(response).await {
-                Ok((session, ack)) => {
-                    tracing::info!("call established (inbound)");
-                    Ok((Call::new(session, call_id, &self.finished), sdp_of(&ack)))
+            attach_sdp(
+                &mut response.msg.headers,
+                &mut response.msg.body,
+                sdp.clone(),
+            );
+            let agreed = match self.session_timer {
+                Inbound::Timer(agreed) => Some(agreed),
+                Inbound::None | Inbound::TooBrief { .. } => None,
+            };
+            // Our copy for the retransmissions gets what ezk adds to the
+            // one it sends: with a peer that supports timers, ezk writes
+            // Require and Session-Expires from its timer config, which is
+            // set to what we agreed; without, we write Session-Expires.
+            let mut copy = response.clone();
+            if let Some(agreed) = agreed {
+                let se = agreed.header();
+                if acceptor.peer_supports_timer() {
+                    let config = acceptor.timer_config();
+                    config.interval_secs = se.delta_secs;
+                    config.refresher = se.refresher;
+                    copy.msg.headers.insert_named(&Require("timer".into()));
+                    copy.msg.headers.insert_named(&se);
+                } else {
+                    response.msg.headers.insert_named(&se);
+                    copy.msg.headers.insert_named(&se);
                 }
-                Err(acceptor::Error::RequestTerminated) => Err(AcceptError::Cancelled),
+            } else if acceptor.peer_supports_timer() {
+                // Unreachable by `timers::negotiate` (support means a
+                // timer), kept so ezk's default never rides unnoticed.
+                copy.msg.headers.insert_named(&Require("timer".into()));
+            }
+            let Some(ack_wait) = self.timers.expect_ack(&self.ack) else {
+                return Err(AcceptError::Sip("too many answers waiting for ACK".into()));
+            };
+            let sent_at = tokio::time::Instant::now();
+            // ezk sends the 200 and waits for an ACK on its own flat
+            // schedule: the local ACK ends that wait before its first
+            // resend (see `ack`), retried in case it overtook the send.
+            let accepted = {
+                let respond = acceptor.respond_success(response);
+                tokio::pin!(respond);
+                let mut nudge = tokio::time::interval(std::time::Duration::from_millis(20));
+                loop {
+                    tokio::select! {
+                        biased;
+                        result = &mut respond => break result,
+                        _ = nudge.tick() => {
+                            if let Some(message) = self.ack.message() {
+                                self.endpoint.receive(message);
+                            }
+                        }
+                    }
+                }
+            };
+            let session = match accepted {
+                Ok((session, _local_ack)) => session,
+                Err(acceptor::Error::RequestTerminated) => return Err(AcceptError::Cancelled),
                 Err(acceptor::Error::Core(ezk_sip_core::Error::RequestTimedOut)) => {
                     tracing::warn!("no ACK for 200 OK, call failed");
+                    return Err(AcceptError::NoAck);
+                }
+                Err(e) => return Err(AcceptError::Sip(e.to_string())),
+            };
+            let setup = TimerSetup {
+                agreed,
+                local_sdp: Some(sdp),
+                peer_allows_update: self.peer_allows_update,
+                config: self.timers.session,
+            };
+            let call = Call::new(session, call_id, &self.finished, setup);
+            let (ack, resent) = ack_wait
+                .retransmit_until_ack(&self.endpoint, copy, sent_at)
+                .await;
+            match ack {
+                Some(ack) => {
+                    tracing::info!(resent, "call established (inbound)");
+                    Ok((call, sdp_of(&ack)))
+                }
+                None => {
+                    // §13.3.1.4: no ACK in 64*T1: the dialog is confirmed
+                    // and then ended with BYE.
+                    tracing::warn!(resent, "no ACK for 200 OK in 64*T1, sending BYE");
+                    if let Err(e) = call.hangup().await {
+                        tracing::info!(error = %e, "BYE after missing ACK not answered");
+                    }
                     Err(AcceptError::NoAck)
                 }
-                Err(e) => Err(AcceptError::Sip(e.to_string())),
             }
         }
         .instrument(span)
@@ -295,6 +451,8 @@ pub(crate) struct InboundLayer {
     edge: Arc<EdgeGuard>,
     /// Handed to each call.
     finished: Arc<Finished>,
+    /// T1, the session timer settings and the ACKs we wait for.
+    timers: Arc<SipTimers>,
 }
 
 impl InboundLayer {
@@ -303,12 +461,14 @@ impl InboundLayer {
         local: Arc<LocalIdentity>,
         edge: Arc<EdgeGuard>,
         finished: Arc<Finished>,
+        timers: Arc<SipTimers>,
     ) -> Self {
         Self {
             handler,
             local,
             edge,
             finished,
+            timers,
         }
     }
 }
@@ -363,6 +523,29 @@ impl Layer for InboundLayer {
 impl InboundLayer {
     async fn new_invite(&self, endpoint: &Endpoint, invite: IncomingRequest) {
         let transport = Transport::of(&invite.tp_info.transport);
+        // RFC 4028 §8.1: a session interval below our Min-SE gets 422
+        // with the Min-SE we accept, before anything else is set up.
+        let session_timer = timers::negotiate(&invite.headers, &self.timers.session, true);
+        if let Inbound::TooBrief { min_se } = session_timer {
+            tracing::info!(min_se, "Session-Expires below our Min-SE, answering 422");
+            let mut headers = Headers::new();
+            headers.insert_named(&MinSe(min_se));
+            respond(
+                endpoint,
+                invite,
+                StatusCode::from(422),
+                Some("Session Interval Too Small"),
+                headers,
+            )
+            .await;
+            return;
+        }
+        let peer_allows_update = invite
+            .headers
+            .get_named::<Vec<Allow>>()
+            .unwrap_or_default()
+            .iter()
+            .any(|a| a.0 == Method::UPDATE);
         let info = invite_info(&invite, transport);
         let contact = self.local.contact(None, transport);
         let dialog = match Dialog::new_server(endpoint.clone(), &invite, contact) {
@@ -397,6 +580,17 @@ impl InboundLayer {
             .as_ref()
             .map(|t| t.to_string())
             .unwrap_or_default();
+        let ack = AckTemplate::of(&invite, &local_tag);
+        let requires_100rel = prack::requires(&invite.headers, prack::TAG);
+        let prack = (requires_100rel || timers::supports(&invite.headers, prack::TAG)).then(|| {
+            let state = Arc::new(PrackState::default());
+            let guard = dialog.register_usage(PrackUsage {
+                state: Arc::clone(&state),
+                finished: Arc::clone(&self.finished),
+            });
+            (state, guard)
+        });
+        let invite_cseq = invite.base_headers.cseq.cseq;
         let mut acceptor = InviteAcceptor::new(dialog, invite);
 
         // RFC 3261 §8.2.6.1 / §17.2.1: 100 Trying at once, so the caller
@@ -423,6 +617,16 @@ impl InboundLayer {
             local_tag,
             _slot: self.edge.invite_slot(),
             finished: Arc::clone(&self.finished),
+            timers: Arc::clone(&self.timers),
+            ack,
+            endpoint: endpoint.clone(),
+            session_timer,
+            peer_allows_update,
+            prack,
+            requires_100rel,
+            // §3: the first RSeq is random, between 1 and 2**31 - 1.
+            next_rseq: rand::random_range(1..=(1u32 << 30)),
+            invite_cseq,
         });
     }
 }

@@ -39,6 +39,14 @@
 //! - [`registration`]: REGISTER on the core client transaction, with digest
 //!   auth, refresh well before expiry, 423 Min-Expires and backoff with
 //!   jitter that honours Retry-After ([`backoff`]).
+//! - [`ack`]: the 2xx retransmission of an inbound INVITE on RFC 3261
+//!   §13.3.1.4's schedule (ezk's is flat and gives up at 8.5 s), then BYE.
+//! - [`timers`]: RFC 4028 session timers (422 with Min-SE, the offered
+//!   interval and refresher honoured; ezk answers its own 1800 s), run by
+//!   [`Call`] (refresh by UPDATE or re-INVITE, BYE on expiry).
+//! - [`prack`]: RFC 3262 both ways (ezk's reliable provisional panics on
+//!   `Require: 100rel` without Supported, and its early dialog cannot send
+//!   PRACK).
 //! - [`ping`]: OPTIONS probes to a trunk's proxy on the same core client
 //!   transaction (ezk-sip-ua has no out-of-dialog request helper).
 //!
@@ -50,15 +58,19 @@
 //! dropped without an answer (a start line or a To that does not parse, no
 //! Via) is what RFC 4475 allows to drop; the torture test checks every
 //! message's outcome and that the stack stays up.
-//! After a 2xx to an INVITE, ezk gives up waiting for the ACK after about
-//! 8.5 s of retransmissions rather than timer H (32 s); the caller is told
-//! through [`AcceptError::NoAck`].
+//! After a 2xx to an INVITE, ezk resends it every second and gives up
+//! waiting for the ACK after about 8.5 s rather than doubling T1 up to T2
+//! for 64*T1 (32 s); [`ack`] does that for the initial INVITE instead, and
+//! the caller is told through [`AcceptError::NoAck`] after our BYE.
+//! ezk's session timer ignores the offered interval and has no 422;
+//! [`timers`] and the call run RFC 4028 instead.
 //! ezk matches server transactions on the Via branch alone (RFC 3261
 //! §17.2.3 also compares sent-by), and its dialog layer holds back an
 //! in-dialog request whose CSeq skips a number until the missing one
 //! arrives; that is why in-dialog OPTIONS go through the dialog (see
 //! [`guard`]) rather than being answered before it.
 
+mod ack;
 mod auth;
 pub mod backoff;
 mod base;
@@ -72,8 +84,10 @@ mod lint;
 mod orphan;
 mod outbound;
 mod ping;
+mod prack;
 mod registration;
 mod tcp;
+mod timers;
 mod transport;
 mod udp;
 
@@ -86,6 +100,7 @@ pub use orphan::{CancelState, DialogState};
 pub use outbound::{OutboundCall, OutboundEvent, OutboundInvite};
 pub use ping::Probe;
 pub use registration::{Registration, RegistrationState, TrunkRegistration};
+pub use timers::{MIN_SE_FLOOR, SessionTimerConfig};
 pub use transport::{SipConfig, SipStack};
 
 /// The receive path's own steps on raw bytes, for the fuzz targets: the

@@ -143,7 +143,8 @@ impl SipStack {
 
         let mut initiator = InviteInitiator::new(self.endpoint.clone(), from, contact, target);
         // No PRACK, no session timer: we do not refresh (see call.rs).
-        initiator.support_100rel = false;
+        // RFC 3262: carriers that require 100rel get our PRACKs (`prack`).
+        initiator.support_100rel = true;
         initiator.support_timer = false;
 
         let mut driver = InviteClient {
@@ -154,6 +155,7 @@ impl SipStack {
             invite,
             call_id: String::new(),
             sent: watch::Sender::new(None),
+            pracks: 0,
         };
         let request = driver.prepare();
         driver.call_id = request
@@ -200,6 +202,8 @@ struct InviteClient {
     call_id: String,
     /// Read by the [`OutboundCall`]: see its `cancel_state`.
     sent: watch::Sender<Option<CancelState>>,
+    /// PRACKs sent (RFC 3262), each with its own CSeq after the INVITE's.
+    pracks: u32,
 }
 
 impl InviteClient {
@@ -261,6 +265,8 @@ impl InviteClient {
         events: &mpsc::Sender<OutboundEvent>,
     ) -> OutboundEvent {
         let mut earlies: Vec<Early> = Vec::new();
+        // The last RSeq we sent a PRACK for (RFC 3262 §4).
+        let mut last_rseq: Option<u32> = None;
         let mut provisional_seen = false;
         let mut cancel_requested = false;
         let mut pending_cancel: Option<PendingCancel> = None;
@@ -310,9 +316,11 @@ impl InviteClient {
                         send_event(events, progress(&response)).await;
                     }
                 }
-                Response::Early(early, response, _) => {
+                Response::Early(early, response, rseq) => {
                     provisional_seen = true;
                     earlies.push(early);
+                    self.prack(&response, rseq.map(|r| r.0), &mut last_rseq)
+                        .await;
                     send_event(events, progress(&response)).await;
                 }
                 Response::EarlyEvent => {
@@ -326,7 +334,9 @@ impl InviteClient {
                     })
                     .await;
                     match polled {
-                        Some((_, Ok(EarlyResponse::Provisional(response, _)))) => {
+                        Some((_, Ok(EarlyResponse::Provisional(response, rseq)))) => {
+                            self.prack(&response, rseq.map(|r| r.0), &mut last_rseq)
+                                .await;
                             send_event(events, progress(&response)).await;
                         }
                         Some((i, Ok(EarlyResponse::Success(session, response)))) => {
@@ -423,12 +433,40 @@ impl InviteClient {
     }
 
     /// ACK the 2xx (§13.2.2.4). If we were cancelling, hang up at once.
+    /// PRACK a reliable provisional response (RFC 3262 §4) once: one with
+    /// an RSeq we have not acknowledged yet (a retransmission, or one out
+    /// of order, is not acknowledged again).
+    async fn prack(&mut self, response: &TsxResponse, rseq: Option<u32>, last: &mut Option<u32>) {
+        let Some(rseq) = rseq else {
+            return;
+        };
+        if last.is_some_and(|l| rseq <= l) {
+            return;
+        }
+        self.pracks += 1;
+        let cseq = response.base_headers.cseq.cseq.wrapping_add(self.pracks);
+        match super::prack::prack_for(response, rseq, cseq) {
+            Some(request) => {
+                *last = Some(rseq);
+                tracing::info!(rseq, "reliable provisional, sending PRACK");
+                super::prack::send_prack(&self.endpoint, response, request).await;
+            }
+            None => tracing::info!(rseq, "reliable provisional without Contact or To tag"),
+        }
+    }
+
     async fn answered(
         &mut self,
         mut session: InviteSession,
         response: TsxResponse,
         cancel_requested: bool,
     ) -> OutboundEvent {
+        // The dialog's next request (BYE, REFER) comes after our PRACKs'
+        // CSeq numbers (RFC 3261 §12.2.1.1: strictly increasing).
+        session
+            .dialog
+            .local_cseq
+            .fetch_add(self.pracks, std::sync::atomic::Ordering::Relaxed);
         let mut ack = match create_ack(&session.dialog, response.base_headers.cseq.cseq).await {
             Ok(ack) => ack,
             Err(e) => return OutboundEvent::Error(e.to_string()),
@@ -449,7 +487,12 @@ impl InviteClient {
             _ => None,
         };
         OutboundEvent::Answered {
-            call: Box::new(Call::new(session, self.call_id.clone(), &self.finished)),
+            call: Box::new(Call::new(
+                session,
+                self.call_id.clone(),
+                &self.finished,
+                super::call::TimerSetup::default(),
+            )),
             sdp,
         }
     }

@@ -5,6 +5,7 @@
 //!
 //! Must not read or answer messages itself.
 
+use super::ack::{AckLayer, SipTimers};
 use super::auth::AuthLayer;
 use super::base::{LocalIdentity, SipError, Transport};
 use super::edge::EdgeGuard;
@@ -41,6 +42,10 @@ pub struct SipConfig {
     pub flood: FloodConfig,
     /// TCP connection limits and timeouts.
     pub tcp_limits: SipTcpConfig,
+    /// RFC 3261 T1; 500 ms but in tests (`[sip] t1_ms`).
+    pub t1: std::time::Duration,
+    /// RFC 4028 session timers: our interval and Min-SE.
+    pub session_timer: super::timers::SessionTimerConfig,
 }
 
 impl SipConfig {
@@ -55,6 +60,8 @@ impl SipConfig {
             unknown_source: UnknownSource::Drop,
             flood: FloodConfig::default(),
             tcp_limits: SipTcpConfig::default(),
+            t1: super::ack::DEFAULT_T1,
+            session_timer: super::timers::SessionTimerConfig::default(),
         }
     }
 }
@@ -108,12 +115,15 @@ impl SipStack {
             Arc::new(move |source| admit_handler.admit(source)),
         );
         let finished = Arc::new(Finished::default());
+        let timers = Arc::new(SipTimers::new(config.t1, config.session_timer));
         let layers = |builder: &mut EndpointBuilder, peers: Option<Arc<TcpPeers>>| {
             if let Some(user_agent) = &config.user_agent {
                 builder.user_agent(user_agent.clone());
             }
             builder.add_layer(GuardLayer::new(peers, finished.clone()));
             builder.add_layer(AuthLayer::new(handler.clone(), edge.clone()));
+            // Before the dialog layer: the ACKs of 200s we resend (`ack`).
+            builder.add_layer(AckLayer::new(timers.clone()));
             builder.add_layer(DialogLayer::default());
             builder.add_layer(InviteLayer::default());
             builder.add_layer(InboundLayer::new(
@@ -121,6 +131,7 @@ impl SipStack {
                 local.clone(),
                 edge.clone(),
                 finished.clone(),
+                timers.clone(),
             ));
         };
 

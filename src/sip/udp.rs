@@ -267,7 +267,7 @@ pub(crate) fn screen(raw: &[u8], trusted: bool) -> Screened<'_> {
 /// the datagram without one). `None` for what ezk would drop: a bad start
 /// line, a bad header line, invalid UTF-8, no Via, or a body shorter than
 /// its Content-Length.
-fn parse(buffer: Bytes) -> Option<Parsed> {
+pub(crate) fn parse(buffer: Bytes) -> Option<Parsed> {
     let mut parser = PullParser::new(&buffer, 0);
     let mut line = None;
     let mut headers = Headers::new();

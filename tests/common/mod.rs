@@ -143,6 +143,8 @@ pub struct Builder {
     profiles: Vec<(String, String)>,
     env: Vec<(String, String)>,
     extra_config: String,
+    /// Keys added to the generated `[sip]` table (see [`Builder::sip`]).
+    sip_keys: String,
     /// Whether the generated config opens loopback to outbound requests
     /// (`[net] allowed_networks`), so agents may use the tests' stand-ins
     /// on 127.0.0.1 (see [`Builder::allow_loopback`]).
@@ -176,6 +178,14 @@ impl Builder {
     /// endpoints are opened too (one policy for every outbound request).
     pub fn allow_loopback(mut self) -> Self {
         self.loopback_allowed = true;
+        self
+    }
+
+    /// `key = value` lines for the generated `[sip]` table (e.g. a short
+    /// test-only `t1_ms`).
+    pub fn sip(mut self, keys: &str) -> Self {
+        self.sip_keys.push_str(keys);
+        self.sip_keys.push('\n');
         self
     }
 
@@ -229,8 +239,9 @@ impl Builder {
             ""
         };
         let config = format!(
-            "[api]\nlisten = \"{api}\"\n[sip]\nlisten = \"127.0.0.1:{sip_port}\"\n[store]\nurl = \"{store_url}\"\n\
+            "[api]\nlisten = \"{api}\"\n[sip]\nlisten = \"127.0.0.1:{sip_port}\"\n{}[store]\nurl = \"{store_url}\"\n\
              [profiles]\ndir = \"{}\"\n[shutdown]\ndrain_seconds = 10\n{net}{}",
+            self.sip_keys,
             profiles_dir.display(),
             self.extra_config
         );
@@ -281,6 +292,7 @@ impl TestDaemon {
             profiles: Vec::new(),
             env: Vec::new(),
             extra_config: String::new(),
+            sip_keys: String::new(),
             loopback_allowed: false,
         }
     }

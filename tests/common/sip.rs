@@ -189,6 +189,10 @@ impl InboundHandler for ScriptedHandler {
                     Ok(DialogEvent::Info { .. }) => {
                         let _ = events.send("info".to_owned());
                     }
+                    Ok(DialogEvent::SessionExpired) => {
+                        let _ = events.send("session expired".to_owned());
+                        return;
+                    }
                     Ok(DialogEvent::Terminated) | Err(_) => {
                         let _ = events.send("terminated".to_owned());
                         return;
@@ -212,6 +216,21 @@ pub async fn start_stack_with(drop_all: bool) -> (SipStack, mpsc::UnboundedRecei
         Arc::new(ScriptedHandler {
             events: tx,
             drop_all,
+        }),
+    )
+    .await
+    .expect("start stack");
+    (stack, rx)
+}
+
+/// A stack with `config` (e.g. a short T1) and a [`ScriptedHandler`].
+pub async fn start_stack_config(config: SipConfig) -> (SipStack, mpsc::UnboundedReceiver<String>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let stack = SipStack::start(
+        config,
+        Arc::new(ScriptedHandler {
+            events: tx,
+            drop_all: false,
         }),
     )
     .await
