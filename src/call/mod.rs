@@ -34,6 +34,7 @@ pub mod registry;
 mod screen;
 mod task;
 pub mod trunk_pings;
+pub mod web;
 
 pub use end_reason::{EndReason, FailureCause};
 pub use events::{CallUpdate, Change};

@@ -80,6 +80,8 @@ pub struct Config {
     pub secrets: crate::secrets::SecretsConfig,
     /// Audio prompts: the directory `prompt.wav_path` may name files in.
     pub media: MediaConfig,
+    /// Browser web calls: ICE servers, token lifetime, limits.
+    pub webrtc: crate::webrtc::WebrtcConfig,
 }
 
 /// Audio files agents may play.

@@ -33,6 +33,7 @@ mod pg_commit;
 pub mod rate_limits;
 pub mod transcripts;
 pub mod usage;
+pub mod web_calls;
 pub mod webhooks;
 
 use std::borrow::Cow;
@@ -238,6 +239,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "api rate windows",
         include_str!("../../migrations/sqlite/0015_api_rate_windows.sql"),
     ),
+    (
+        21,
+        "web calls",
+        include_str!("../../migrations/sqlite/0021_web_calls.sql"),
+    ),
 ];
 
 /// The PostgreSQL migrations, embedded in the binary.
@@ -311,6 +317,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         15,
         "api rate windows",
         include_str!("../../migrations/postgres/0015_api_rate_windows.sql"),
+    ),
+    (
+        21,
+        "web calls",
+        include_str!("../../migrations/postgres/0021_web_calls.sql"),
     ),
 ];
 
