@@ -311,7 +311,67 @@ async fn web_calls_follow_the_keys_lists(backend: Backend) {
     let (_, page) = json_of(d.get("/v1/calls?direction=web").send().await.unwrap()).await;
     assert_eq!(page["total"], 1, "refusals start no call: {page}");
 
-    // The key's cap: two calls up at once, the third refused.
+    // The media token: refused without it, from another origin, or as
+    // another content type; spent by its first offer (one that cannot be
+    // answered ends the call `not_acceptable`), refused the second time.
+    let whip = |id: String, token: String, origin: &'static str, ct: &'static str| {
+        d.http
+            .post(d.url(&format!("/v1/web-calls/{id}/whip")))
+            .bearer_auth(token)
+            .header("origin", origin)
+            .header("content-type", ct)
+            .body("v=0\r\nnot an offer\r\n")
+            .send()
+    };
+    let token = created["token"].as_str().unwrap().to_string();
+    let r = d
+        .http
+        .request(
+            reqwest::Method::OPTIONS,
+            d.url(&format!("/v1/web-calls/{call_id}/whip")),
+        )
+        .header("origin", OTHER_PAGE)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(cors(&r), None);
+    let r = whip(
+        call_id.clone(),
+        token.clone(),
+        OTHER_PAGE,
+        "application/sdp",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = whip(call_id.clone(), "x".repeat(40), PAGE, "application/sdp")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = whip(call_id.clone(), token.clone(), PAGE, "text/plain")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    // Still unspent after those: the first real use takes it.
+    let r = whip(call_id.clone(), token.clone(), PAGE, "application/sdp")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(cors(&r).as_deref(), Some(PAGE));
+    let r = whip(call_id.clone(), token.clone(), PAGE, "application/sdp")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "a token works once");
+    let (_, call) = json_of(d.get(&format!("/v1/calls/{call_id}")).send().await.unwrap()).await;
+    assert_eq!(call["end_reason"], "not_acceptable", "{call}");
+    assert_eq!(call["status"], "failed", "{call}");
+
+    // The key's cap: two calls up at once, the third refused (the one
+    // just ended no longer counts).
+    let r = web_call(&d, &secret, Some(PAGE), json!({"agent_id": a})).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let (_, unused) = json_of(r).await;
     let r = web_call(&d, &secret, Some(PAGE), json!({"agent_id": a})).await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let r = web_call(&d, &secret, Some(PAGE), json!({"agent_id": a})).await;
@@ -319,7 +379,19 @@ async fn web_calls_follow_the_keys_lists(backend: Backend) {
     let (_, e) = json_of(r).await;
     assert_eq!(e["error"]["code"], "too_many_calls", "{e}");
 
-    // The unused token expires: the call ends no-answer, with call.ended.
+    // An unused token expires (2 s here): refused, and its call ends
+    // no-answer.
+    let call_id = unused["call_id"].as_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let r = whip(
+        call_id.clone(),
+        unused["token"].as_str().unwrap().to_string(),
+        PAGE,
+        "application/sdp",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "an expired token");
     wait_until(
         Duration::from_secs(15),
         "the unused web call ends",
@@ -392,7 +464,10 @@ async fn web_calls_are_rate_limited(backend: Backend) {
         }
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     }
-    assert_eq!(limited_at, Some(5));
+    // 5: the 9th request of the minute. On PostgreSQL the count is a
+    // fixed clock minute, so a run across its boundary starts afresh (up
+    // to 8 more).
+    assert!(matches!(limited_at, Some(5..=8)), "{limited_at:?}");
 }
 
 both_backends!(

@@ -285,7 +285,7 @@ impl PeerTask {
                 r = self.bridge.socket.recv_from(&mut bridge_buf) => match r {
                     // Only the session's socket is listened to.
                     Ok((n, from)) if from == self.bridge.session => {
-                        self.from_session(&bridge_buf[..n]);
+                        self.session_audio(&bridge_buf[..n]);
                     }
                     Ok(_) => {}
                     Err(e) => tracing::debug!(error = %e, "bridge socket read failed"),
@@ -374,10 +374,8 @@ impl PeerTask {
                 return Some("ICE disconnected".into());
             }
             Event::MediaAdded(m) if m.kind == MediaKind::Audio => self.audio_mid = Some(m.mid),
-            Event::MediaData(d) => {
-                if d.params.spec().codec == Codec::Opus {
-                    self.from_browser(&d.data);
-                }
+            Event::MediaData(d) if d.params.spec().codec == Codec::Opus => {
+                self.browser_audio(&d.data);
             }
             Event::ChannelOpen(id, label) => {
                 tracing::debug!(%label, "data channel open");
@@ -397,7 +395,7 @@ impl PeerTask {
     }
 
     /// One Opus packet from the browser, to the session as 20 ms PCMU.
-    fn from_browser(&mut self, packet: &[u8]) {
+    fn browser_audio(&mut self, packet: &[u8]) {
         self.stats.opus_in += 1;
         let mut pcm = [0i16; MAX_OPUS_FRAME];
         let n = match self.decoder.decode(packet, &mut pcm, false) {
@@ -427,7 +425,7 @@ impl PeerTask {
     }
 
     /// One packet from the session, to the browser as Opus.
-    fn from_session(&mut self, packet: &[u8]) {
+    fn session_audio(&mut self, packet: &[u8]) {
         let Some(payload) = pcmu_payload(packet) else {
             return;
         };
