@@ -1,11 +1,24 @@
-//! Browser web calls: the `[webrtc]` settings, and (to come) the WebRTC
-//! media of a web call.
+//! Browser web calls: the `[webrtc]` settings and the WebRTC media of a
+//! web call ([`peer`]); the embeddable widget (`widget.js`) and the demo
+//! page (`web-call.html`) the API serves.
 //!
 //! A web call is started by `POST /v1/web-calls` with a publishable key
-//! (`crate::api`), recorded by the call layer (`crate::call::web`) and
-//! answers a short-lived single-use token the browser presents when it
-//! sends its SDP offer. What the browser is told to use for ICE comes from
-//! here.
+//! (`crate::api`), recorded by the call layer (`crate::call::web`), and
+//! answers a short-lived single-use token the browser presents with its
+//! SDP offer (WHIP, RFC 9725). The call layer then starts a [`peer`] and
+//! the same media session and agent a phone call runs.
+//!
+//! Why these crates:
+//! - `str0m` for ICE, DTLS-SRTP, RTP and SCTP data channels: it is
+//!   sans-IO (no runtime or threads of its own; we feed it datagrams and
+//!   timeouts and send what it returns), which fits the media design here
+//!   (one tokio task per call owns its socket, as `media::session` does),
+//!   it is maintained and widely used, and its `rust-crypto` backend
+//!   (pure Rust DTLS) needs no C toolchain beyond what we have. `webrtc-rs`
+//!   brings its own async runtime model and many tasks per connection.
+//! - `opus` (libopus through `audiopus_sys`, Debian's `libopus-dev`
+//!   found by pkg-config): the reference codec, maintained by Xiph and
+//!   Debian; a pure-Rust Opus encoder of that quality does not exist.
 //!
 //! Must not: authenticate (the API does) or write call rows (the call
 //! layer does).
