@@ -181,7 +181,7 @@ async fn a_publishable_key_opens_nothing_else(backend: Backend) {
 async fn web_calls_follow_the_keys_lists(backend: Backend) {
     let d = daemon(
         backend,
-        "token_ttl_seconds = 2\nice_servers = [{ urls = [\"stun:stun.example.net:3478\"] }]",
+        "token_ttl_seconds = 6\nice_servers = [{ urls = [\"stun:stun.example.net:3478\"] }]",
     )
     .await;
     let a = agent(&d, "Ada").await;
@@ -379,10 +379,10 @@ async fn web_calls_follow_the_keys_lists(backend: Backend) {
     let (_, e) = json_of(r).await;
     assert_eq!(e["error"]["code"], "too_many_calls", "{e}");
 
-    // An unused token expires (2 s here): refused, and its call ends
+    // An unused token expires (6 s here): refused, and its call ends
     // no-answer.
     let call_id = unused["call_id"].as_str().unwrap().to_string();
-    tokio::time::sleep(Duration::from_millis(2200)).await;
+    tokio::time::sleep(Duration::from_millis(6300)).await;
     let r = whip(
         call_id.clone(),
         unused["token"].as_str().unwrap().to_string(),

@@ -471,6 +471,11 @@ async fn whip_offer(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
+    // A credential that cannot be a token (an API key, a publishable key)
+    // is refused before anything is looked up.
+    if bearer_token(&headers).is_none() {
+        return token_refused().into_response();
+    }
     let origin = match media_origin(&state, &id, &headers).await {
         Ok(o) => o,
         Err(e) => return e.into_response(),
@@ -561,6 +566,9 @@ async fn whip_delete(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
+    if bearer_token(&headers).is_none() {
+        return token_refused().into_response();
+    }
     let origin = match media_origin(&state, &id, &headers).await {
         Ok(o) => o,
         Err(e) => return e.into_response(),
