@@ -31,6 +31,7 @@ pub const AUDIO: &str = "snd";
 pub const CREDENTIAL: &str = "cred";
 pub const CHAT_SESSION: &str = "chat";
 pub const CHAT_MESSAGE: &str = "msg";
+pub const PUBLISHABLE_KEY: &str = "pk";
 
 /// A new id with the given prefix.
 pub fn new(prefix: &str) -> String {

@@ -67,3 +67,4 @@ pub mod store;
 pub mod trace;
 pub mod trunk;
 pub mod webhook;
+pub mod webrtc;

@@ -130,6 +130,15 @@ async fn scopes_hold_on_every_route(backend: Backend) {
         let scope = scope
             .as_deref()
             .unwrap_or_else(|| panic!("{method} {path} states no x-required-scope"));
+        if scope == "publishable" || scope == "web-call-token" {
+            // Only a publishable key or a web call's token opens it:
+            // every API key is refused.
+            for key in [&read, &calls] {
+                let (s, b) = call(&d, &key.secret, method.clone(), path).await;
+                assert_eq!(s, StatusCode::UNAUTHORIZED, "{method} {path}: {b}");
+            }
+            continue;
+        }
         if *method != reqwest::Method::GET {
             assert_ne!(scope, "read", "{method} {path} must need more than read");
         }
@@ -166,7 +175,11 @@ async fn scopes_hold_on_every_route(backend: Backend) {
     // Every non-GET route is refused to the read key.
     let non_get = ops
         .iter()
-        .filter(|(m, p, _)| *m != reqwest::Method::GET && !open.contains(&p.as_str()))
+        .filter(|(m, p, s)| {
+            *m != reqwest::Method::GET
+                && !open.contains(&p.as_str())
+                && !matches!(s.as_deref(), Some("publishable" | "web-call-token"))
+        })
         .count();
     assert!(refused_read > non_get, "{refused_read} vs {non_get}");
     // Key and endpoint management is refused to the calls key.

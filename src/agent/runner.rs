@@ -359,6 +359,22 @@ impl AgentRun {
     }
 }
 
+impl AgentRun {
+    /// The transcript lines of a `voice` agent as they are said (asked
+    /// before [`AgentRun::start`]); `None` for other agents.
+    pub fn live_transcript(
+        &mut self,
+    ) -> Option<mpsc::UnboundedReceiver<crate::agent::session::Said>> {
+        let AgentRun::Voice(v) = self else {
+            return None;
+        };
+        let session = v.session.as_mut()?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        session.config.live = Some(tx);
+        Some(rx)
+    }
+}
+
 impl Voice {
     /// Attaches the session to the call's media and starts it: transcript
     /// offsets and frame times count from now, the answer.

@@ -31,6 +31,7 @@ pub mod mode;
 mod nodes;
 mod numbers;
 mod observe;
+mod publishable_keys;
 mod rate_limit;
 mod recordings;
 pub mod scopes;
@@ -40,6 +41,7 @@ mod system;
 mod transcripts;
 mod trunks;
 mod voices;
+mod web_calls;
 mod webhook_endpoints;
 
 pub use api_keys::create as create_api_key;
@@ -117,6 +119,8 @@ pub struct Inner {
     pub media: crate::config::MediaConfig,
     /// Seals stored secrets (credentials, webhook signing secrets).
     pub sealer: crate::secrets::Sealer,
+    /// `[webrtc]`: web calls' ICE servers, token lifetime and limits.
+    pub webrtc: crate::webrtc::WebrtcConfig,
 }
 
 impl Deref for AppState {
@@ -171,6 +175,8 @@ impl Inner {
         (name = "events", description = "Call, trunk and campaign events: the live stream (SSE), replay. \
             Webhook requests carry the same JSON envelope, signed with Standard Webhooks v1 \
             (`webhook-id`, `webhook-timestamp`, `webhook-signature`)"),
+        (name = "web-calls", description = "Browser calls to an agent: publishable keys (`al_pk_...`, \
+            safe in a web page) start web calls for the agents and origins they list"),
         (name = "api-keys", description = "Keys to this API, each with a scope: `admin`, `calls` or `read` \
             (every operation states the scope it needs as `x-required-scope`)"),
         (name = "audit", description = "Every create, change and delete made through the API"),
@@ -191,6 +197,29 @@ impl utoipa::Modify for Security {
         components.add_security_scheme(
             "api_key",
             SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))),
+        );
+        components.add_security_scheme(
+            "publishable_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "A publishable key (`al_pk_...`): only `POST /v1/web-calls`, \
+                         from an origin it lists",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "web_call_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "A web call's single-use token, from `POST /v1/web-calls`",
+                    ))
+                    .build(),
+            ),
         );
         openapi.security = Some(vec![
             utoipa::openapi::security::SecurityRequirement::new("bearer", Vec::<String>::new()),
@@ -219,10 +248,13 @@ pub(crate) fn routers(metrics_open: bool) -> (OpenApiRouter<AppState>, OpenApiRo
         .merge(webhook_endpoints::router())
         .merge(events::router())
         .merge(api_keys::router())
+        .merge(publishable_keys::router())
         .merge(audit::router())
         .merge(voices::router())
         .merge(analytics::router());
-    let mut open = system::open_router();
+    // Web calls authenticate with a publishable key, not an API key: they
+    // stay outside the API key middleware and check their key themselves.
+    let mut open = system::open_router().merge(web_calls::router());
     if metrics_open {
         open = open.merge(system::metrics_router());
     } else {
@@ -238,6 +270,7 @@ pub fn openapi_json(metrics_open: bool) -> String {
     // Before the open routes join: they need no scope.
     scopes::annotate(&mut doc);
     doc.merge(open.into_openapi());
+    scopes::annotate_publishable(&mut doc);
     doc.to_pretty_json().unwrap_or_default()
 }
 
@@ -279,6 +312,7 @@ impl AppState {
             daily_calls_per_key: config.calls.daily_calls_per_key,
             daily_minutes_per_key: config.calls.daily_minutes_per_key,
             sealer,
+            webrtc: config.webrtc.clone(),
         }))
     }
 }

@@ -150,8 +150,34 @@ pub const ROUTES: &[(&str, &str, Scope)] = &[
     ("GET", "/v1/api-keys", Admin),
     ("POST", "/v1/api-keys", Admin),
     ("DELETE", "/v1/api-keys/{id}", Admin),
+    // Publishable keys start calls from any page their origins serve, so
+    // they are made and listed like API keys.
+    ("GET", "/v1/publishable-keys", Admin),
+    ("POST", "/v1/publishable-keys", Admin),
+    ("DELETE", "/v1/publishable-keys/{id}", Admin),
     ("GET", "/v1/audit-events", Admin),
 ];
+
+/// The routes a publishable key (`al_pk_...`) may use, and the only ones:
+/// no API key opens them and a publishable key opens nothing else (the API
+/// key middleware does not know it). Stated in the OpenAPI document as
+/// `x-required-scope: publishable`. The media routes of a web call take
+/// the call's own token and are documented with it.
+pub const PUBLISHABLE_ROUTES: &[(&str, &str)] = &[("POST", "/v1/web-calls")];
+
+/// The scope name the document states for [`PUBLISHABLE_ROUTES`].
+pub const PUBLISHABLE: &str = "publishable";
+
+/// The media routes of one web call (WHIP, RFC 9725): opened only by the
+/// call's own token (`Authorization: Bearer <token>` from `POST
+/// /v1/web-calls`), stated as `x-required-scope: web-call-token`.
+pub const TOKEN_ROUTES: &[(&str, &str)] = &[
+    ("POST", "/v1/web-calls/{id}/whip"),
+    ("DELETE", "/v1/web-calls/{id}/session"),
+];
+
+/// The scope name the document states for [`TOKEN_ROUTES`].
+pub const WEB_CALL_TOKEN: &str = "web-call-token";
 
 /// The scope a route needs, by method and path template (`MatchedPath`);
 /// `None` for a route the table does not name. `HEAD` is answered by the
@@ -207,6 +233,48 @@ pub fn annotate(doc: &mut utoipa::openapi::OpenApi) {
             op.description = Some(match op.description.take() {
                 Some(d) if !d.is_empty() => format!("{d}\n\n{note}"),
                 _ => note,
+            });
+        }
+    }
+}
+
+/// States [`PUBLISHABLE_ROUTES`] and [`TOKEN_ROUTES`] in the OpenAPI
+/// document: the credential they need as `x-required-scope` and in the
+/// description.
+pub fn annotate_publishable(doc: &mut utoipa::openapi::OpenApi) {
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let ops = [
+            ("GET", &mut item.get),
+            ("POST", &mut item.post),
+            ("PUT", &mut item.put),
+            ("PATCH", &mut item.patch),
+            ("DELETE", &mut item.delete),
+        ];
+        for (method, op) in ops {
+            let Some(op) = op.as_mut() else { continue };
+            let listed =
+                |routes: &[(&str, &str)]| routes.iter().any(|(m, p)| *m == method && p == path);
+            let (scope, note) = if listed(PUBLISHABLE_ROUTES) {
+                (
+                    PUBLISHABLE,
+                    "Needs a publishable key (`al_pk_...`) that lists the agent and the \
+                     request's `Origin`; API keys are refused.",
+                )
+            } else if listed(TOKEN_ROUTES) {
+                (
+                    WEB_CALL_TOKEN,
+                    "Needs the web call's token (from `POST /v1/web-calls`) as \
+                     `Authorization: Bearer <token>`; keys are refused.",
+                )
+            } else {
+                continue;
+            };
+            op.extensions
+                .get_or_insert_with(Default::default)
+                .insert("x-required-scope".into(), scope.into());
+            op.description = Some(match op.description.take() {
+                Some(d) if !d.is_empty() => format!("{d}\n\n{note}"),
+                _ => note.to_string(),
             });
         }
     }

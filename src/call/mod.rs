@@ -38,6 +38,7 @@ mod screen;
 pub mod simulated;
 mod task;
 pub mod trunk_pings;
+pub mod web;
 
 pub use end_reason::{EndReason, FailureCause};
 pub use events::{CallUpdate, Change};

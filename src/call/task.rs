@@ -335,7 +335,7 @@ async fn bye(sip: Call) {
 
 /// Drops the call's last handle on its media session and waits (bounded)
 /// for the session's last counters.
-async fn stop_media(media: MediaHandle, task: JoinHandle<MediaStats>) {
+pub(super) async fn stop_media(media: MediaHandle, task: JoinHandle<MediaStats>) {
     drop(media);
     match timeout(MEDIA_STOP_TIMEOUT, task).await {
         Ok(Ok(stats)) => tracing::info!(
@@ -434,7 +434,7 @@ async fn fulfil(sip: &mut Call, request: AgentRequest) -> Option<EndReason> {
 }
 
 /// One transcript line as stored: offsets and latencies in milliseconds.
-fn turn_of(said: Said) -> NewTurn {
+pub(super) fn turn_of(said: Said) -> NewTurn {
     let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
     let latency = said.latency.unwrap_or_default();
     NewTurn {

@@ -82,6 +82,8 @@ pub struct Config {
     pub media: MediaConfig,
     /// Where call recordings are written and how long they are kept.
     pub recordings: RecordingsConfig,
+    /// Browser web calls: ICE servers, token lifetime, limits.
+    pub webrtc: crate::webrtc::WebrtcConfig,
 }
 
 /// Call recordings (`"recording"` on an agent, a number, a campaign or a

@@ -47,11 +47,14 @@ labels!(AnsweredBy, "answered_by" {
 pub enum Direction {
     Inbound,
     Outbound,
+    /// A browser call (`POST /v1/web-calls`), over WebRTC.
+    Web,
 }
 
 labels!(Direction, "direction" {
     Inbound => "inbound",
     Outbound => "outbound",
+    Web => "web",
 });
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -46,9 +46,14 @@ pub struct CallContext {
     pub from: String,
     /// The called number (E.164).
     pub to: String,
-    /// The display name of the caller's From header (inbound), if any.
+    /// The display name of the caller's From header (inbound), or the
+    /// `caller_name` a web call was started with, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub caller_name: Option<String>,
+    /// A web call: the origin of the page that started it (as the
+    /// browser sent it and the publishable key allows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trunk_id: Option<String>,
     /// Our number on the call (`num_...`): the dialled one inbound, the

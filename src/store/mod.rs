@@ -36,6 +36,7 @@ pub mod rate_limits;
 pub mod recordings;
 pub mod transcripts;
 pub mod usage;
+pub mod web_calls;
 pub mod webhooks;
 
 use std::borrow::Cow;
@@ -256,6 +257,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "call attempts",
         include_str!("../../migrations/sqlite/0019_call_attempts.sql"),
     ),
+    (
+        21,
+        "web calls",
+        include_str!("../../migrations/sqlite/0021_web_calls.sql"),
+    ),
 ];
 
 /// The PostgreSQL migrations, embedded in the binary.
@@ -344,6 +350,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         19,
         "call attempts",
         include_str!("../../migrations/postgres/0019_call_attempts.sql"),
+    ),
+    (
+        21,
+        "web calls",
+        include_str!("../../migrations/postgres/0021_web_calls.sql"),
     ),
 ];
 

@@ -118,6 +118,9 @@ pub struct SessionConfig {
     pub epoch: Option<Instant>,
     /// The call the session is on, for the brain's templates and tools.
     pub context: Option<Arc<crate::agent::brain::AgentContext>>,
+    /// Each transcript line as it is said, for a live view (a web call's
+    /// captions); unbounded, as a line is rare and small.
+    pub live: Option<mpsc::UnboundedSender<Said>>,
 }
 
 /// The agent on a call.
@@ -154,6 +157,8 @@ struct SessionIo {
     media: mpsc::Sender<PortCommand>,
     actions: mpsc::Sender<Action>,
     end: SessionEnd,
+    /// See [`SessionConfig::live`].
+    live: Option<mpsc::UnboundedSender<Said>>,
 }
 
 impl AgentSession {
@@ -188,6 +193,7 @@ impl AgentSession {
             media: commands,
             actions,
             end: SessionEnd::default(),
+            live: self.config.live.clone(),
         };
         d.core.set_context(self.config.context);
         d.core.start(self.config.greeting, d.now());
@@ -296,7 +302,12 @@ impl SessionIo {
                     self.core.on_final(None, now);
                 }
             }
-            Effect::Said(said) => self.end.said.push(said),
+            Effect::Said(said) => {
+                if let Some(live) = &self.live {
+                    let _ = live.send(said.clone());
+                }
+                self.end.said.push(said)
+            }
             Effect::Action(action) => self.act(action).await?,
         }
         Ok(())
