@@ -267,6 +267,18 @@ async fn a_test_call_never_reaches_the_trunk(backend: Backend) {
         assert_eq!(r.verified, vec![true, false], "{:?}", r);
     }
 
+    // The event itself: the test key reads it, the live key does not.
+    let event_id = ours[0].id.clone();
+    ok(req(&d, M::GET, &format!("/v1/events/{event_id}"), &test)).await;
+    let (s, b) = json_of(
+        req(&d, M::GET, &format!("/v1/events/{event_id}"), &live)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{b}");
+
     // Two worlds: lists and gets.
     for (path, theirs, ours_) in [
         ("/v1/calls", &id, None),

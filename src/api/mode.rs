@@ -13,7 +13,8 @@
 //!   mode, and that object is of the other mode, the answer is the same 404
 //!   an unknown id gets, before the handler runs. So a get, change, delete
 //!   or action on the other mode's object (and its sub-resources: a call's
-//!   transcript, a campaign's contacts, an endpoint's deliveries) cannot
+//!   transcript, a campaign's contacts, an endpoint's deliveries, a chat
+//!   session of an agent) cannot
 //!   happen, and a new route under those prefixes is covered without anyone
 //!   remembering to.
 //!
@@ -81,6 +82,7 @@ fn object_kind(first: &str) -> Option<(ModeTable, &'static str)> {
         "campaigns" => (ModeTable::Campaigns, "campaign"),
         "webhook-endpoints" => (ModeTable::Endpoints, "webhook endpoint"),
         "events" => (ModeTable::Events, "event"),
+        "chat-sessions" => (ModeTable::ChatSessions, "chat session"),
         _ => return None,
     })
 }

@@ -15,6 +15,8 @@ pub enum ModeTable {
     Campaigns,
     Endpoints,
     Events,
+    /// A chat session has its agent's mode.
+    ChatSessions,
 }
 
 impl ModeTable {
@@ -27,6 +29,10 @@ impl ModeTable {
             ModeTable::Campaigns => "SELECT livemode FROM campaigns WHERE id = $1",
             ModeTable::Endpoints => "SELECT livemode FROM webhook_endpoints WHERE id = $1",
             ModeTable::Events => "SELECT livemode FROM events WHERE id = $1",
+            ModeTable::ChatSessions => {
+                "SELECT a.livemode FROM chat_sessions s JOIN agents a ON a.id = s.agent_id
+                 WHERE s.id = $1"
+            }
         }
     }
 }
