@@ -149,12 +149,10 @@ impl Calls {
             None => (AgentSource::Number, None),
         };
         let context_json = serde_json::to_string(&context).ok();
-        let mut call =
-            Routed::admit(shared, &id, &trunk, false).map_err(|reason| match reason {
-                EndReason::TrunkRate => PlaceError::TrunkRate,
-                _ => PlaceError::TrunkFull,
-            })?;
-        call.recording = req.recording.clone();
+        let call = Routed::admit(shared, &id, &trunk, false).map_err(|reason| match reason {
+            EndReason::TrunkRate => PlaceError::TrunkRate,
+            _ => PlaceError::TrunkFull,
+        })?;
         let record = shared
             .transitions
             .created(NewCall {
@@ -341,7 +339,10 @@ impl Dial {
         let Some(stack) = call.shared.stack.get().cloned() else {
             return call.end(EndReason::Failed(FailureCause::SipNotRunning));
         };
-        let prepared = match call.prepare(&agent, &trunk, context).await {
+        let prepared = match call
+            .prepare(&agent, &trunk, context, req.recording.as_ref())
+            .await
+        {
             Ok(prepared) => prepared,
             Err(finished) => return finished,
         };
