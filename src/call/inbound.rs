@@ -390,7 +390,9 @@ async fn run(shared: Arc<Shared>, id: String, mut invite: IncomingInvite, mut ro
 /// comes in the ACK.
 async fn prepare(call: Routed, route: &Route) -> Result<(Prepared, Bytes), Finished> {
     let context = context::agent_context(&route.context);
-    let mut prepared = call.prepare(&route.agent, &route.trunk, context).await?;
+    let mut prepared = call
+        .prepare(&route.agent, &route.trunk, context, None)
+        .await?;
     match &route.offer {
         Some(offer) => prepared.answer(offer),
         None => {

@@ -178,12 +178,10 @@ impl Calls {
             context.trunk_id = None;
         }
         let context_json = serde_json::to_string(&context).ok();
-        let mut call =
-            Routed::admit(shared, &id, &trunk, false).map_err(|reason| match reason {
-                EndReason::TrunkRate => PlaceError::TrunkRate,
-                _ => PlaceError::TrunkFull,
-            })?;
-        call.recording = req.recording.clone().map(Box::new);
+        let call = Routed::admit(shared, &id, &trunk, false).map_err(|reason| match reason {
+            EndReason::TrunkRate => PlaceError::TrunkRate,
+            _ => PlaceError::TrunkFull,
+        })?;
         let record = shared
             .transitions
             .created(NewCall {
@@ -398,7 +396,10 @@ impl Dial {
         let Some(first) = trunks.iter().find(|c| c.refused.is_none()) else {
             return call.end(EndReason::Failed(FailureCause::NoTrunkUp));
         };
-        let mut prepared = match call.prepare(&agent, &first.trunk, context).await {
+        let mut prepared = match call
+            .prepare(&agent, &first.trunk, context, req.recording.as_ref())
+            .await
+        {
             Ok(prepared) => prepared,
             Err(finished) => return finished,
         };

@@ -31,7 +31,6 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::end_reason::FailureCause;
-use super::recording::Recorder;
 use super::registry::{CallCommand, CallHandle, TrunkSlot};
 use super::screen::Screen;
 use super::task::{self, Established};
@@ -74,9 +73,6 @@ pub(super) struct Routed {
     pub inbound: bool,
     /// Hangups asked by the API and the drain, read by each phase.
     pub commands: mpsc::Receiver<CallCommand>,
-    /// The call's own recording settings (`POST /v1/calls`), over the
-    /// agent's.
-    pub recording: Option<Box<RecordingSettings>>,
     /// The call's place among the live calls and on its trunk; dropped
     /// with the last phase, which frees the slot and wakes the drain.
     _slot: TrunkSlot,
@@ -110,7 +106,6 @@ impl Routed {
             id: Arc::from(id),
             inbound,
             commands,
-            recording: None,
             _slot: slot,
         })
     }
@@ -146,17 +141,18 @@ impl Routed {
             call: self,
             reason,
             answered_for: None,
-            recorder: None,
         }
     }
 
     /// Builds the agent (on the call of `context`) and binds the RTP port
-    /// our SDP will name.
+    /// our SDP will name. `recording`: the call's own recording settings
+    /// (`POST /v1/calls`), over the agent's.
     pub async fn prepare(
         self,
         agent: &AgentSpec,
         trunk: &Profile,
         mut context: AgentContext,
+        recording: Option<&RecordingSettings>,
     ) -> Result<Prepared, Finished> {
         let shared = Arc::clone(&self.shared);
         // Toll fraud: a transfer passes the trunk's destination policy as
@@ -200,10 +196,7 @@ impl Routed {
             Err(e) => return Err(self.end(EndReason::Failed(FailureCause::Rtp(e.to_string())))),
         };
         let sdp = LocalSdp::new(shared.media_ip(), permit.port(), super::codecs(trunk));
-        let recording = super::recording::merged(&[
-            agent.settings.recording.as_ref(),
-            self.recording.as_deref(),
-        ]);
+        let recording = super::recording::merged(&[agent.settings.recording.as_ref(), recording]);
         Ok(Prepared {
             call: self,
             recording,
@@ -420,6 +413,11 @@ impl Answered {
             },
         )
         .await;
+        // The file was closed with the call; its row and
+        // `recording.completed` go before `call.ended`.
+        if let Some(recorder) = recorder {
+            recorder.finish(call.shared.transitions.outbox()).await;
+        }
         // Held until Finished::record has recorded the end, so that
         // call.analyzed follows call.ended.
         if let Some(job) = analysis {
@@ -429,7 +427,6 @@ impl Answered {
             call,
             reason,
             answered_for: Some(at.elapsed()),
-            recorder: recorder.map(Box::new),
         }
     }
 }
@@ -451,7 +448,6 @@ pub(super) async fn hang_up_unanswerable(
         call,
         reason,
         answered_for: Some(answered_at.elapsed()),
-        recorder: None,
     }
 }
 
@@ -461,9 +457,6 @@ pub(super) struct Finished {
     pub reason: EndReason,
     /// How long the call was up; `None`: never answered.
     answered_for: Option<Duration>,
-    /// The call's recording, stopped at the end, completed after
-    /// `call.ended` (so `recording.completed` follows it).
-    recorder: Option<Box<Recorder>>,
 }
 
 impl Finished {
@@ -474,7 +467,6 @@ impl Finished {
             call,
             reason,
             answered_for,
-            recorder,
         } = self;
         match reason.failure() {
             Some(cause) => tracing::info!(reason = reason.label(), %cause, "call ended"),
@@ -488,8 +480,5 @@ impl Finished {
         // The call's analysis, if its agent has one, starts now; the call
         // task does not wait for it.
         call.shared.analyzer.release(&call.id);
-        if let Some(recorder) = recorder {
-            recorder.finish(call.shared.transitions.outbox()).await;
-        }
     }
 }
