@@ -250,9 +250,6 @@ pub(super) struct Prepared {
 impl Prepared {
     /// RFC 3264 §6: our answer to the far end's offer; the media starts
     /// now. Ends `NotAcceptable` when no codec is shared.
-    // `Finished` is the call's last value, made once per call: moving it
-    // costs nothing worth a box on every phase's failure edge.
-    #[allow(clippy::result_large_err)]
     pub fn answer(mut self, offer: &[u8]) -> Result<(Self, Bytes), Finished> {
         let (answer, negotiated) = match self.sdp.answer(offer, Direction::SendRecv) {
             Ok(answered) => answered,

@@ -307,7 +307,7 @@ async fn answered(invite: IncomingInvite, settings: Settings) {
                     let _ = call.reject_reinvite(re, 488).await;
                 }
                 Ok(DialogEvent::Info { .. }) => {}
-                Ok(DialogEvent::Bye | DialogEvent::Terminated) | Err(_) => break,
+                Ok(DialogEvent::Bye | DialogEvent::Terminated | DialogEvent::SessionExpired) | Err(_) => break,
             }
         }
     }

@@ -123,6 +123,10 @@ impl Calls {
                 context: Some(&context_json),
                 agent_source: Some(AgentSource::Number),
                 agent_source_error: None,
+                // Publishable keys are live keys' creatures; they have no
+                // test mode and no daily caps of their own.
+                livemode: true,
+                api_key_id: None,
             })
             .await
             .map_err(WebCallError::Store)?;
@@ -576,5 +580,7 @@ fn fulfil(request: AgentRequest) -> Option<EndReason> {
             tracing::info!(%to, "a web call cannot be transferred; the call goes on");
             None
         }
+        // Web calls are not recorded (yet): nothing to pause.
+        AgentRequest::Recording(_) => None,
     }
 }
