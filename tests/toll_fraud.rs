@@ -252,6 +252,55 @@ async fn a_transfer_the_trunk_denies_sends_no_refer() {
     );
 }
 
+/// (b3) A scripted transfer passes the trunk's policy too: its target may
+/// be rendered from a caller's own header or a contact's variable. The
+/// script names a premium-rate number (denied by the trunk's default
+/// `deny_destinations`); the caller presses 1: no REFER (SIPp's scenario has
+/// none), the call goes on and ends with the caller's BYE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scripted_transfer_the_trunk_denies_sends_no_refer() {
+    let d = TestDaemon::builder()
+        .profile("carrier", &trunk())
+        .start()
+        .await;
+    let (s, agent) = json_of(
+        d.post("/v1/agents")
+            .json(&json!({
+                "name": "desk", "kind": "voice", "max_duration_seconds": 60,
+                "tts": {"provider": "embedded", "voice": "slt"},
+                "script": {
+                    "start": "main",
+                    "greeting": "Front desk.",
+                    "states": {"main": {"intents": [
+                        {"name": "operator", "dtmf": "1", "reply": "One moment.",
+                         "actions": [{"type": "transfer", "to": PREMIUM}]}
+                    ]}}
+                }
+            }))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{agent}");
+    let r = d
+        .post("/v1/phone-numbers")
+        .json(&json!({"number": NUMBER, "agent_id": agent["id"], "trunk_id": "trk_carrier"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let run = call(&d, "uac-invite-dtmf-1-listen-expect-200-bye.xml").await;
+    assert!(run.success, "{}\n{}", run.output, d.log());
+    let call = ended_call(&d).await;
+    assert_eq!(call["end_reason"], "caller_hangup", "{call}");
+    assert!(
+        d.log().contains("transfer refused by the trunk's policy"),
+        "{}",
+        d.log()
+    );
+}
+
 /// (c) `transfer_targets` entries are checked when saved.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transfer_targets_are_validated() {

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::analysis::{self, Plan};
-use super::brain::{Action, AgentContext, Role};
+use super::brain::{Action, AgentContext, Role, TransferCheck};
 use super::session::{AgentSession, Said, SessionConfig, SessionEnd};
 use super::speech::Speech;
 use super::stream::{StreamCall, StreamLink, StreamRequest, StreamSettings};
@@ -105,6 +105,9 @@ pub struct Voice {
     analysis: Option<Plan>,
     /// What a transfer passes on to its target (see [`transfer_headers`]).
     transfer_headers: Vec<(String, String)>,
+    /// The trunk's destination policy, for every transfer the agent asks:
+    /// a scripted target may be rendered from the caller's own variables.
+    transfer_check: TransferCheck,
 }
 
 impl std::fmt::Debug for Voice {
@@ -173,6 +176,10 @@ impl AgentRun {
                     .map_err(|e| format!("voice agent brain: {e}"))?;
                 let transfer_headers =
                     transfer_headers(&settings.transfer_context, context.as_ref());
+                let transfer_check = context
+                    .as_ref()
+                    .map(|c| c.transfer_check.clone())
+                    .unwrap_or_default();
                 let (session, analysis) =
                     voice_session(&settings, &brain_config, speech, inbound, context)?;
                 Ok(AgentRun::Voice(Box::new(Voice {
@@ -182,6 +189,7 @@ impl AgentRun {
                     task: None,
                     analysis,
                     transfer_headers,
+                    transfer_check,
                 })))
             }
             "stream" => {
@@ -291,6 +299,12 @@ impl AgentRun {
                 Action::PauseRecording => return Some(AgentRequest::Recording(true)),
                 Action::ResumeRecording => return Some(AgentRequest::Recording(false)),
                 Action::Transfer { to } => {
+                    // The LLM's choices were checked already; a script's
+                    // target may be a caller's header rendered in.
+                    if let Err(why) = v.transfer_check.check(&to) {
+                        tracing::warn!(%to, %why, "transfer refused by the trunk's policy; no REFER");
+                        continue;
+                    }
                     return Some(AgentRequest::Transfer(to, v.transfer_headers.clone()));
                 }
                 Action::SendDtmf { .. } | Action::Summary { .. } => {}
