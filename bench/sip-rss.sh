@@ -19,6 +19,8 @@ ROOT=$PWD
 
 . bench/daemon.sh
 rss_mb() { awk '/VmRSS/ {printf "%.0f", $2/1024}' "/proc/$1/status"; }
+# The kernel's high-water mark of the RSS: the peak between samples too.
+hwm_mb() { awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$1/status"; }
 metric() { # sum of a metric's samples (metrics need the key)
   api /metrics | awk -v m="$1" 'index($1, m) == 1 {s += $NF} END {printf "%.0f", s}'
 }
@@ -64,6 +66,7 @@ while kill -0 $SIPP 2>/dev/null; do
 done
 wait $SIPP || true
 t1=$(date +%s)
+hwm=$(hwm_mb "$DAEMON"); [ "$hwm" -gt "$peak" ] && peak=$hwm
 failed=$(awk -F';' 'NR==1 {for (i=1;i<=NF;i++) if ($i=="FailedCall(C)") c=i} END {print $c+0}' cps.csv)
 for _ in $(seq 1 $((IDLE / 10))); do
   sleep 10
@@ -72,4 +75,4 @@ for _ in $(seq 1 $((IDLE / 10))); do
 done
 echo
 echo "$COUNT calls offered, $failed failed, achieved $(calc "$COUNT / ($t1 - $t0)") CPS;" \
-  "peak RSS while the calls ran: **$peak MB**; after $IDLE s idle: $(rss_mb "$DAEMON") MB."
+  "peak RSS while the calls ran (VmHWM): **$peak MB**; after $IDLE s idle: $(rss_mb "$DAEMON") MB."
