@@ -272,9 +272,10 @@ impl Default for FloodConfig {
             // this bounds that memory (issue 14: 20,000 let RSS reach 3.9 GB
             // at 3,000 CPS offered beyond what the machine could serve).
             max_server_transactions: 1_000,
-            // Measured (BENCHMARKS.md, SIP edge): a queued message costs
-            // about 10 KB until it runs (the task, then its transaction's
-            // channel); 1,000 is half a second at 2,000 CPS.
+            // A queued INVITE costs its task until it runs, then an ezk
+            // transaction (about 32 KB of channel) and a call task
+            // (BENCHMARKS.md, memory under overload); 1,000 is half a
+            // second of messages at 2,000 CPS.
             max_receive_backlog: 1_000,
             overload_retry_after: 5,
             max_tracked_sources: 100_000,
