@@ -19,8 +19,10 @@ ROOT=$PWD
 
 . bench/daemon.sh
 rss_mb() { awk '/VmRSS/ {printf "%.0f", $2/1024}' "/proc/$1/status"; }
-metric() { # sum of a metric's samples
-  curl -s "http://$API/metrics" | awk -v m="$1" '$1 ~ "^"m {s += $NF} END {printf "%.0f", s}'
+# The kernel's high-water mark of the RSS: the peak between samples too.
+hwm_mb() { awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$1/status"; }
+metric() { # sum of a metric's samples (metrics need the key)
+  api /metrics | awk -v m="$1" 'index($1, m) == 1 {s += $NF} END {printf "%.0f", s}'
 }
 # The trunk's flood limits sized for the offered rate, as an operator
 # would for a carrier of that size (the defaults allow 1,000 INVITEs/s).
@@ -39,9 +41,16 @@ api /v1/phone-numbers -H 'content-type: application/json' \
 COUNT=$((RATE * SECONDS_LOAD))
 echo "### RSS during and after $RATE CPS offered for $SECONDS_LOAD s ($COUNT calls, guard on)"
 echo
-echo "| t s | phase | calls started | daemon RSS MB |"
-echo "|---:|---|---:|---:|"
-printf "| 0 | before | 0 | %s |\n" "$(rss_mb "$DAEMON")"
+# refused: INVITEs the edge refused for overload (503 or dropped);
+# backlog: SIP messages queued for the runtime (sip.flood.max_receive_backlog).
+sample() {
+  printf "| %d | %s | %s | %s | %s | %s |\n" "$1" "$2" "$(metric agentline_calls_started_total)" \
+    "$(metric 'agentline_sip_requests_rejected_total{reason="overload"}')" \
+    "$(metric agentline_sip_receive_backlog)" "$3"
+}
+echo "| t s | phase | calls started | INVITEs refused | receive backlog | daemon RSS MB |"
+echo "|---:|---|---:|---:|---:|---:|"
+sample 0 before "$(rss_mb "$DAEMON")"
 set +e
 timeout $((SECONDS_LOAD * 3 + 60)) sipp 127.0.0.1:$SIP_PORT -sf "$ROOT/bench/sipp-cps.xml" -s "$NUMBER" \
   -i 127.0.0.1 -p "$(free_port)" -r "$RATE" -m "$COUNT" -l 20000 -buff_size 4194304 \
@@ -53,16 +62,17 @@ peak=0
 while kill -0 $SIPP 2>/dev/null; do
   sleep 5
   rss=$(rss_mb "$DAEMON"); [ "$rss" -gt "$peak" ] && peak=$rss
-  printf "| %d | calls | %s | %s |\n" $(( $(date +%s) - t0 )) "$(metric agentline_calls_started_total)" "$rss"
+  sample $(( $(date +%s) - t0 )) calls "$rss"
 done
 wait $SIPP || true
 t1=$(date +%s)
+hwm=$(hwm_mb "$DAEMON"); [ "$hwm" -gt "$peak" ] && peak=$hwm
 failed=$(awk -F';' 'NR==1 {for (i=1;i<=NF;i++) if ($i=="FailedCall(C)") c=i} END {print $c+0}' cps.csv)
 for _ in $(seq 1 $((IDLE / 10))); do
   sleep 10
   rss=$(rss_mb "$DAEMON")
-  printf "| %d | idle | %s | %s |\n" $(( $(date +%s) - t0 )) "$(metric agentline_calls_started_total)" "$rss"
+  sample $(( $(date +%s) - t0 )) idle "$rss"
 done
 echo
 echo "$COUNT calls offered, $failed failed, achieved $(calc "$COUNT / ($t1 - $t0)") CPS;" \
-  "peak RSS while the calls ran: **$peak MB**; after $IDLE s idle: $(rss_mb "$DAEMON") MB."
+  "peak RSS while the calls ran (VmHWM): **$peak MB**; after $IDLE s idle: $(rss_mb "$DAEMON") MB."

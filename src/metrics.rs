@@ -22,13 +22,23 @@ pub const SIP_REQUESTS_TOTAL: &str = "agentline_sip_requests_total";
 /// guard layer answered with an error, label `reason`: `not_admitted` (no
 /// trunk allows the source), `banned`, `rate_limited` (a stranger over its
 /// limit, now banned), `throttled` (a trunk source over its limit),
-/// `scanner`, `overload` (transaction or source table full),
+/// `scanner`, `overload` (an INVITE refused, with a 503 or dropped: too
+/// many INVITEs in progress or messages queued, or the source table full),
 /// `tcp_refused` (a connection closed at accept), `tcp_timeout`,
 /// `too_large`, `bad_request`, `unsupported_media_type`, `bad_extension`.
 pub const SIP_REQUESTS_REJECTED_TOTAL: &str = "agentline_sip_requests_rejected_total";
 
 /// Gauge: sources the SIP edge has banned now.
 pub const SIP_BANNED_SOURCES: &str = "agentline_sip_banned_sources";
+
+/// Gauge: messages the SIP stack was handed and the daemon's runtime has
+/// not started on yet (its queue of tasks woken from outside); new INVITEs
+/// are refused beyond `sip.flood.max_receive_backlog`.
+pub const SIP_RECEIVE_BACKLOG: &str = "agentline_sip_receive_backlog";
+
+/// Gauge: inbound INVITEs in progress (received, not yet answered or
+/// ACKed); new ones are refused beyond `sip.flood.max_server_transactions`.
+pub const SIP_INVITES_IN_PROGRESS: &str = "agentline_sip_invites_in_progress";
 
 /// Gauge: SIP TCP connections open now (accepted at the edge).
 pub const SIP_TCP_CONNECTIONS: &str = "agentline_sip_tcp_connections";
@@ -245,6 +255,14 @@ fn describe() {
     metrics::describe_gauge!(
         SIP_BANNED_SOURCES,
         "SIP sources banned now by the flood guard."
+    );
+    metrics::describe_gauge!(
+        SIP_RECEIVE_BACKLOG,
+        "SIP messages queued for the daemon's runtime, not yet started."
+    );
+    metrics::describe_gauge!(
+        SIP_INVITES_IN_PROGRESS,
+        "Inbound INVITEs received and not yet answered or acknowledged."
     );
     metrics::describe_gauge!(SIP_TCP_CONNECTIONS, "SIP TCP connections open now.");
     metrics::describe_gauge!(

@@ -375,6 +375,72 @@ async fn a_trunk_source_over_its_limit_is_throttled_and_logged_not_banned() {
     );
 }
 
+/// Issue 14, memory bounded under load: with `max_server_transactions`
+/// INVITEs in progress, a trunk's next INVITE is refused at the edge with
+/// one stateless 503 and its Retry-After (never resent, never larger than
+/// the INVITE), counted; the INVITE in progress is untouched.
+#[tokio::test]
+async fn a_trunk_invite_beyond_the_bound_gets_one_stateless_503() {
+    let d = daemon(
+        "[sip.flood]\nmax_server_transactions = 1\noverload_retry_after = 7\n",
+        &[],
+    )
+    .await;
+    let target = sip_addr(&d);
+    // The first INVITE is answered and never ACKed: it stays in progress
+    // (the daemon waits for the ACK, RFC 3261 §13.3.1.4).
+    let first = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let local = first.local_addr().unwrap();
+    let invite = request("INVITE", NUMBER, false, "held", local, target);
+    first.send_to(invite.as_bytes(), target).await.unwrap();
+    let mut buf = vec![0u8; 65536];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (n, _) = tokio::time::timeout_at(deadline, first.recv_from(&mut buf))
+            .await
+            .expect("the first INVITE answered 200")
+            .unwrap();
+        if buf[..n].starts_with(b"SIP/2.0 200") {
+            break;
+        }
+    }
+
+    let second = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let local = second.local_addr().unwrap();
+    let invite = request("INVITE", NUMBER, false, "refused", local, target);
+    second.send_to(invite.as_bytes(), target).await.unwrap();
+    let got = drain(&second, RETRANSMIT_WINDOW).await;
+    assert_eq!(got.len(), 1, "one answer, never resent: {got:?}");
+    let text = String::from_utf8_lossy(&got[0]).to_string();
+    assert!(text.starts_with("SIP/2.0 503 "), "{text}");
+    assert!(text.contains("\r\nRetry-After: 7\r\n"), "{text}");
+    assert!(text.contains("\r\nCall-ID: refused\r\n"), "{text}");
+    assert!(
+        got[0].len() <= invite.len(),
+        "larger than the INVITE: {text}"
+    );
+
+    // The gauges are set once a second.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let metrics = d.metrics().await;
+    assert!(
+        metric(
+            &metrics,
+            "agentline_sip_requests_rejected_total{reason=\"overload\"}"
+        ) >= 1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "agentline_sip_invites_in_progress"),
+        1.0,
+        "{metrics}"
+    );
+    assert!(
+        metric(&metrics, "agentline_sip_receive_backlog") < 1000.0,
+        "{metrics}"
+    );
+}
+
 /// True when the server closes `stream` (EOF or reset) within `within`.
 async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
     let mut buf = [0u8; 1024];

@@ -136,6 +136,18 @@ impl SipConfig {
                 "must be between 1 and 1000000",
             );
         }
+        if !(1..=1_000_000).contains(&f.max_receive_backlog) {
+            return err(
+                "sip.flood.max_receive_backlog".into(),
+                "must be between 1 and 1000000",
+            );
+        }
+        if f.overload_retry_after > 3600 {
+            return err(
+                "sip.flood.overload_retry_after".into(),
+                "must be between 0 and 3600",
+            );
+        }
         if !(16..=10_000_000).contains(&f.max_tracked_sources) {
             return err(
                 "sip.flood.max_tracked_sources".into(),
@@ -246,6 +258,16 @@ pub struct FloodConfig {
     /// New INVITE server transactions alive at once; beyond, new INVITEs
     /// are dropped (the caller retransmits, or tries elsewhere).
     pub max_server_transactions: u32,
+    /// Messages handed to the SIP stack that the daemon's runtime has not
+    /// started on yet (its queue of tasks woken from outside); beyond, new
+    /// INVITEs are refused at the edge. The stack spawns a task per
+    /// message, so without this bound a backlog grows in memory for as
+    /// long as the offered load exceeds what the machine serves.
+    pub max_receive_backlog: u32,
+    /// `Retry-After` seconds of the stateless 503 that a trunk source's
+    /// INVITE refused for overload gets (RFC 3261 §21.5.4); 0 drops it
+    /// without an answer instead.
+    pub overload_retry_after: u32,
     /// Sources the guard keeps counters for; beyond, new strangers are
     /// dropped until idle ones expire.
     pub max_tracked_sources: u32,
@@ -278,6 +300,12 @@ impl Default for FloodConfig {
             // this bounds that memory (issue 14: 20,000 let RSS reach 3.9 GB
             // at 3,000 CPS offered beyond what the machine could serve).
             max_server_transactions: 1_000,
+            // A queued INVITE costs its task until it runs, then an ezk
+            // transaction (about 32 KB of channel) and a call task
+            // (BENCHMARKS.md, memory under overload); 1,000 is half a
+            // second of messages at 2,000 CPS.
+            max_receive_backlog: 1_000,
+            overload_retry_after: 5,
             max_tracked_sources: 100_000,
             scanner_user_agents: [
                 "friendly-scanner",

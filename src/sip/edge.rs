@@ -19,7 +19,16 @@
 //!    mode one stateless 403 no larger than its request: the amplification
 //!    factor toward a spoofed source stays at most 1, and there is no 100
 //!    Trying and no retransmission (RFC 3261 §8.2.7 allows a stateless UAS);
-//! 6. new INVITEs beyond `max_server_transactions` live ones are dropped.
+//! 6. a new INVITE is refused when the stack is behind: beyond
+//!    `max_server_transactions` live INVITE transactions, or with more
+//!    than `max_receive_backlog` messages queued for the daemon's runtime
+//!    and not yet started (ezk spawns a task per message; a queue that
+//!    only grows while the offered load exceeds what the machine serves
+//!    is where memory went under overload). A trunk source gets one
+//!    stateless 503 with `Retry-After` (RFC 3261 §21.5.4), no larger than
+//!    its INVITE, so it stops retransmitting and may try elsewhere; the
+//!    rest is dropped. In-dialog requests (ACK, BYE) always pass: they
+//!    end calls, which frees what the stack holds.
 //!
 //! Responses come from peers we sent requests to; they pass with the trunk
 //! limits whoever sends them, as they can never draw an answer.
@@ -29,7 +38,9 @@
 
 use super::base::{Admission, RequestSource, Transport};
 use crate::config::{FloodConfig, MethodLimits, RateLimit, UnknownSource};
-use crate::metrics::{SIP_BANNED_SOURCES, SIP_REQUESTS_REJECTED_TOTAL};
+use crate::metrics::{
+    SIP_BANNED_SOURCES, SIP_INVITES_IN_PROGRESS, SIP_RECEIVE_BACKLOG, SIP_REQUESTS_REJECTED_TOTAL,
+};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -56,6 +67,23 @@ pub(crate) enum Verdict {
     Drop(&'static str),
     /// Send this once to the packet's source, keep nothing.
     Reply(Vec<u8>),
+    /// Overload: send this stateless 503 once to an admitted source and
+    /// keep its connection; nothing else happens for the message.
+    Busy(Vec<u8>),
+}
+
+/// How many messages the daemon's runtime has queued and not started.
+pub(crate) type Backlog = Arc<dyn Fn() -> usize + Send + Sync>;
+
+/// The daemon runtime's queue of tasks woken or spawned from outside its
+/// workers: the UDP reader runs on a runtime of its own, so every message
+/// it hands to ezk (which spawns a task for it) waits there until a
+/// worker takes it. Zero outside a runtime.
+fn runtime_backlog() -> Backlog {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => Arc::new(move || runtime.metrics().global_queue_depth()),
+        Err(_) => Arc::new(|| 0),
+    }
 }
 
 /// The method classes that have limits of their own.
@@ -143,6 +171,8 @@ pub(crate) struct EdgeGuard {
     sources: Mutex<HashMap<IpAddr, SourceState>>,
     /// Inbound INVITE server transactions alive now.
     live_invites: AtomicUsize,
+    /// Messages queued for the daemon's runtime, not yet started.
+    backlog: Backlog,
     /// Lower-cased scanner User-Agent needles.
     scanners: Vec<Vec<u8>>,
 }
@@ -152,6 +182,16 @@ impl EdgeGuard {
         config: FloodConfig,
         unknown_source: UnknownSource,
         admit: Admit,
+    ) -> Arc<Self> {
+        Self::with_backlog(config, unknown_source, admit, runtime_backlog())
+    }
+
+    /// [`EdgeGuard::new`] with the runtime backlog read from `backlog`.
+    pub(crate) fn with_backlog(
+        config: FloodConfig,
+        unknown_source: UnknownSource,
+        admit: Admit,
+        backlog: Backlog,
     ) -> Arc<Self> {
         let scanners = config
             .scanner_user_agents
@@ -164,6 +204,7 @@ impl EdgeGuard {
             admit,
             sources: Mutex::new(HashMap::new()),
             live_invites: AtomicUsize::new(0),
+            backlog,
             scanners,
         });
         tokio::spawn(sweep(Arc::downgrade(&guard)));
@@ -354,13 +395,49 @@ impl EdgeGuard {
                 },
             };
         }
-        if sniff.class() == Class::Invite
-            && self.live_invites.load(Ordering::Relaxed)
-                >= self.config.max_server_transactions as usize
-        {
-            return Verdict::Drop("overload");
+        if sniff.class() == Class::Invite && self.overloaded() {
+            return self.refuse_overload(raw, trunk);
         }
         Verdict::Pass { trusted: trunk }
+    }
+
+    /// Whether a new INVITE would be more than the stack holds: too many
+    /// INVITE transactions in progress, or too many messages waiting for
+    /// the runtime (those become transactions and call tasks later, past
+    /// the first check).
+    fn overloaded(&self) -> bool {
+        self.live_invites.load(Ordering::Relaxed) >= self.config.max_server_transactions as usize
+            || (self.backlog)() >= self.config.max_receive_backlog as usize
+    }
+
+    /// A refused INVITE: a stateless 503 with `Retry-After` to a trunk
+    /// source (unless `overload_retry_after` is 0), never larger than the
+    /// request; otherwise dropped. Counted as `overload` either way.
+    fn refuse_overload(&self, raw: &[u8], trunk: bool) -> Verdict {
+        let seconds = self.config.overload_retry_after;
+        let reply = (trunk && seconds > 0)
+            .then(|| stateless(raw, "503 Service Unavailable", true))
+            .flatten()
+            .and_then(|mut reply| {
+                // Before the closing `Content-Length: 0` and blank line.
+                let tail = b"Content-Length: 0\r\n\r\n".len();
+                let at = reply.len().checked_sub(tail)?;
+                let header = format!("Retry-After: {seconds}\r\n");
+                reply.splice(at..at, header.into_bytes());
+                (reply.len() <= raw.len()).then_some(reply)
+            });
+        match reply {
+            Some(reply) => {
+                metrics::counter!(SIP_REQUESTS_REJECTED_TOTAL, "reason" => "overload").increment(1);
+                Verdict::Busy(reply)
+            }
+            None => Verdict::Drop("overload"),
+        }
+    }
+
+    /// Messages queued for the daemon's runtime now (for the gauge).
+    fn backlog(&self) -> usize {
+        (self.backlog)()
     }
 
     fn is_scanner(&self, user_agent: &[u8]) -> bool {
@@ -409,6 +486,9 @@ async fn sweep(guard: Weak<EdgeGuard>) {
         let now = Instant::now();
         let banned = forget_idle(&mut guard.sources(), now);
         metrics::gauge!(SIP_BANNED_SOURCES).set(banned as f64);
+        metrics::gauge!(SIP_RECEIVE_BACKLOG).set(guard.backlog() as f64);
+        metrics::gauge!(SIP_INVITES_IN_PROGRESS)
+            .set(guard.live_invites.load(Ordering::Relaxed) as f64);
     }
 }
 
@@ -758,7 +838,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_invite_cap_drops_new_invites_from_trunks() {
+    async fn the_invite_cap_refuses_new_invites_from_trunks() {
         let config = FloodConfig {
             max_server_transactions: 1,
             ..FloodConfig::default()
@@ -766,14 +846,104 @@ mod tests {
         let g = guard(UnknownSource::Drop, config);
         let raw = invite(false, "x");
         let slot = g.invite_slot();
-        assert_eq!(
+        assert!(matches!(
             g.inspect(addr(TRUNK), Transport::Udp, &raw),
-            Verdict::Drop("overload")
-        );
+            Verdict::Busy(_)
+        ));
         drop(slot);
         assert_eq!(
             g.inspect(addr(TRUNK), Transport::Udp, &raw),
             Verdict::Pass { trusted: true }
+        );
+    }
+
+    fn guard_with_backlog(config: FloodConfig, queued: Arc<AtomicUsize>) -> Arc<EdgeGuard> {
+        let trunk = IpAddr::from([127, 0, 0, 1]);
+        let admit: Admit = Arc::new(move |source: &RequestSource| {
+            if source.addr.ip() == trunk {
+                Admission::Admit
+            } else {
+                Admission::Drop
+            }
+        });
+        let backlog: Backlog = Arc::new(move || queued.load(Ordering::Relaxed));
+        EdgeGuard::with_backlog(config, UnknownSource::Drop, admit, backlog)
+    }
+
+    #[tokio::test]
+    async fn a_full_receive_backlog_refuses_new_invites_with_one_503() {
+        let config = FloodConfig {
+            max_receive_backlog: 10,
+            ..FloodConfig::default()
+        };
+        let queued = Arc::new(AtomicUsize::new(9));
+        let g = guard_with_backlog(config, Arc::clone(&queued));
+        let raw = invite(false, "x");
+        assert_eq!(
+            g.inspect(addr(TRUNK), Transport::Udp, &raw),
+            Verdict::Pass { trusted: true }
+        );
+        queued.store(10, Ordering::Relaxed);
+        let Verdict::Busy(reply) = g.inspect(addr(TRUNK), Transport::Udp, &raw) else {
+            panic!("an INVITE over the backlog bound passed");
+        };
+        let text = String::from_utf8_lossy(&reply);
+        assert!(
+            text.starts_with("SIP/2.0 503 Service Unavailable\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("\r\nRetry-After: 5\r\n"), "{text}");
+        assert!(text.contains("\r\nCall-ID: c1\r\n"), "{text}");
+        assert!(text.ends_with("Content-Length: 0\r\n\r\n"), "{text}");
+        assert!(reply.len() <= raw.len(), "{text}");
+        // What ends calls still passes: a BYE frees what the stack holds.
+        let bye = String::from_utf8_lossy(&raw)
+            .replacen("INVITE sip:", "BYE sip:", 1)
+            .replace("CSeq: 1 INVITE", "CSeq: 2 BYE");
+        assert_eq!(
+            g.inspect(addr(TRUNK), Transport::Udp, bye.as_bytes()),
+            Verdict::Pass { trusted: true }
+        );
+        // A stranger gets nothing, overload or not.
+        assert_eq!(
+            g.inspect(addr(STRANGER), Transport::Udp, &raw),
+            Verdict::Drop("not_admitted")
+        );
+        queued.store(0, Ordering::Relaxed);
+        assert_eq!(
+            g.inspect(addr(TRUNK), Transport::Udp, &raw),
+            Verdict::Pass { trusted: true }
+        );
+    }
+
+    #[tokio::test]
+    async fn overload_with_no_retry_after_drops_the_invite() {
+        let config = FloodConfig {
+            max_receive_backlog: 1,
+            overload_retry_after: 0,
+            ..FloodConfig::default()
+        };
+        let g = guard_with_backlog(config, Arc::new(AtomicUsize::new(1)));
+        assert_eq!(
+            g.inspect(addr(TRUNK), Transport::Udp, &invite(false, "x")),
+            Verdict::Drop("overload")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_503_that_would_outgrow_the_invite_is_not_sent() {
+        let config = FloodConfig {
+            max_receive_backlog: 1,
+            ..FloodConfig::default()
+        };
+        let g = guard_with_backlog(config, Arc::new(AtomicUsize::new(1)));
+        // No Contact, Max-Forwards or User-Agent to spare: the 503 and its
+        // Retry-After would be longer than the request.
+        let raw = b"INVITE sip:1@h SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n\
+                    From: <sip:a@h>;tag=1\r\nTo: <sip:1@h>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n\r\n";
+        assert_eq!(
+            g.inspect(addr(TRUNK), Transport::Udp, raw),
+            Verdict::Drop("overload")
         );
     }
 }

@@ -373,6 +373,12 @@ async fn upstream(
                                 return;
                             }
                         }
+                        // Overload: the stateless 503, the connection kept.
+                        Verdict::Busy(reply) => {
+                            if replies.send(reply).await.is_err() {
+                                return;
+                            }
+                        }
                         // A source no longer admitted (a reload) or banned
                         // meanwhile: no answers over TCP, close.
                         Verdict::Reply(_) | Verdict::Drop("banned" | "not_admitted") => return,

@@ -215,7 +215,9 @@ pub(crate) fn spawn_reader(
                     Screened::Dropped => Ok(()),
                 },
                 Verdict::KeepAlive => socket.send_to(b"\r\n", source).await.map(drop),
-                Verdict::Reply(reply) => socket.send_to(&reply, source).await.map(drop),
+                Verdict::Reply(reply) | Verdict::Busy(reply) => {
+                    socket.send_to(&reply, source).await.map(drop)
+                }
                 Verdict::Drop(_) => Ok(()),
             };
             if let Err(e) = sent {
