@@ -145,6 +145,7 @@ impl Carrier {
         };
         let mut config = SipConfig::new(SocketAddr::new(ip, 0));
         config.tcp = false;
+        config.edge_gauges = false;
         let handler = Arc::new(Callee {
             daemon: main_addr,
             settings: settings.clone(),

@@ -43,7 +43,7 @@ use crate::metrics::{
 };
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -175,6 +175,8 @@ pub(crate) struct EdgeGuard {
     backlog: Backlog,
     /// Lower-cased scanner User-Agent needles.
     scanners: Vec<Vec<u8>>,
+    /// Whether the sweep sets the gauges (see `SipConfig::edge_gauges`).
+    gauges: AtomicBool,
 }
 
 impl EdgeGuard {
@@ -206,9 +208,16 @@ impl EdgeGuard {
             live_invites: AtomicUsize::new(0),
             backlog,
             scanners,
+            gauges: AtomicBool::new(true),
         });
         tokio::spawn(sweep(Arc::downgrade(&guard)));
         guard
+    }
+
+    /// The sweep stops setting the `agentline_sip_*` gauges (a helper
+    /// stack's edge; the daemon's own sets them).
+    pub(crate) fn stop_gauges(&self) {
+        self.gauges.store(false, Ordering::Relaxed);
     }
 
     fn sources(&self) -> MutexGuard<'_, HashMap<IpAddr, SourceState>> {
@@ -485,6 +494,9 @@ async fn sweep(guard: Weak<EdgeGuard>) {
         };
         let now = Instant::now();
         let banned = forget_idle(&mut guard.sources(), now);
+        if !guard.gauges.load(Ordering::Relaxed) {
+            continue;
+        }
         metrics::gauge!(SIP_BANNED_SOURCES).set(banned as f64);
         metrics::gauge!(SIP_RECEIVE_BACKLOG).set(guard.backlog() as f64);
         metrics::gauge!(SIP_INVITES_IN_PROGRESS)

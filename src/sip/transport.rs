@@ -46,6 +46,10 @@ pub struct SipConfig {
     pub t1: std::time::Duration,
     /// RFC 4028 session timers: our interval and Min-SE.
     pub session_timer: super::timers::SessionTimerConfig,
+    /// Whether this stack's edge sets the `agentline_sip_*` gauges. Only
+    /// the daemon's own stack does: a helper stack (test mode's simulated
+    /// carrier) would overwrite them with its own zeros every second.
+    pub edge_gauges: bool,
 }
 
 impl SipConfig {
@@ -62,6 +66,7 @@ impl SipConfig {
             tcp_limits: SipTcpConfig::default(),
             t1: super::ack::DEFAULT_T1,
             session_timer: super::timers::SessionTimerConfig::default(),
+            edge_gauges: true,
         }
     }
 }
@@ -114,6 +119,9 @@ impl SipStack {
             config.unknown_source,
             Arc::new(move |source| admit_handler.admit(source)),
         );
+        if !config.edge_gauges {
+            edge.stop_gauges();
+        }
         let finished = Arc::new(Finished::default());
         let timers = Arc::new(SipTimers::new(config.t1, config.session_timer));
         let layers = |builder: &mut EndpointBuilder, peers: Option<Arc<TcpPeers>>| {
