@@ -474,13 +474,16 @@ pub enum HangupBy {
 async fn hangup_call(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    body: Option<Json<HangupBody>>,
+    body: Option<ApiJson<Option<HangupBody>>>,
 ) -> Result<(StatusCode, Json<Call>), ApiError> {
     let record = super::find(&id, ids::CALL, "call", state.store.get_call(&id)).await?;
     if record.ended_at.is_some() {
         return Err(ApiError::conflict("the call has already ended"));
     }
-    let by = body.and_then(|Json(b)| b.by).unwrap_or(HangupBy::Api);
+    let by = body
+        .and_then(|ApiJson(b)| b)
+        .and_then(|b| b.by)
+        .unwrap_or(HangupBy::Api);
     let hung = match by {
         HangupBy::Api => state.calls.hangup(&id),
         HangupBy::Agent => state.calls.hangup_as_agent(&id),

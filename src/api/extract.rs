@@ -3,7 +3,7 @@
 //! the one JSON Merge Patch (RFC 7396) every `PATCH` route applies.
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, OptionalFromRequest, Request};
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -24,7 +24,30 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
         let bytes = Bytes::from_request(req, state)
             .await
             .map_err(|e| ApiError::bad_request(format!("cannot read the body: {e}")))?;
-        let value: serde_json::Value = serde_json::from_slice(&bytes)
+        Self::from_bytes(&bytes)
+    }
+}
+
+/// An optional JSON body: none at all (or only whitespace) is `None`; a
+/// body that is there is held to [`ApiJson`]'s rules, never axum's
+/// plain-text rejection.
+impl<S: Send + Sync, T: DeserializeOwned> OptionalFromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Option<Self>, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::bad_request(format!("cannot read the body: {e}")))?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(None);
+        }
+        Self::from_bytes(&bytes).map(Some)
+    }
+}
+
+impl<T: DeserializeOwned> ApiJson<T> {
+    fn from_bytes(bytes: &[u8]) -> Result<Self, ApiError> {
+        let value: serde_json::Value = serde_json::from_slice(bytes)
             .map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))?;
         // PostgreSQL text cannot hold NUL; refuse it here, for both stores
         // alike, rather than fail deep in a query.
