@@ -158,6 +158,7 @@ impl Call {
         mut session: InviteSession,
         call_id: String,
         finished: &Arc<Finished>,
+        bye: ByeWatch,
         setup: TimerSetup,
     ) -> Self {
         // Our own timer replaces ezk's (see `timers`).
@@ -184,7 +185,6 @@ impl Call {
             timer: Arc::clone(&timer),
             we_are_uas: matches!(session.role, Role::Uas),
         });
-        let bye = finished.watch(session.dialog.key());
         Self {
             session: Some(session),
             call_id,

@@ -25,7 +25,7 @@ use ezk_sip_types::host::HostPort;
 use ezk_sip_types::print::AppendCtx;
 use ezk_sip_types::uri::{SipUri, SipUriUserPart};
 use ezk_sip_types::{Headers, Method, Name, StatusCode};
-use ezk_sip_ua::dialog::{Dialog, UsageGuard};
+use ezk_sip_ua::dialog::{Dialog, DialogKey, UsageGuard};
 use ezk_sip_ua::invite::acceptor::{self, InviteAcceptor};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -140,6 +140,9 @@ pub struct IncomingInvite {
     _slot: InviteSlot,
     /// Where the call registers for its peer's BYE.
     finished: Arc<Finished>,
+    /// The dialog the 200 confirms: its BYE watch is set before the 200
+    /// goes out (see [`Self::accept`]).
+    dialog_key: DialogKey,
     /// T1 and the ACKs we wait for (see `ack`).
     timers: Arc<SipTimers>,
     /// The local ACK that ends ezk's own wait for one (see `ack`).
@@ -315,6 +318,13 @@ impl IncomingInvite {
             let Some(ack_wait) = self.timers.expect_ack(&self.ack) else {
                 return Err(AcceptError::Sip("too many answers waiting for ACK".into()));
             };
+            // The peer may send its BYE right behind its ACK (RFC 3261 §15
+            // lets a caller end the dialog once it has our 200): the watch
+            // is set before the 200 goes out, so that BYE is answered
+            // statelessly by `finished` like any other. Caught by ezk's
+            // dialog layer instead, it would keep a server transaction (a
+            // task and a channel of about 4 KB) for 64*T1.
+            let bye = self.finished.watch(self.dialog_key.clone());
             let sent_at = tokio::time::Instant::now();
             // ezk sends the 200 and waits for an ACK on its own flat
             // schedule: the local ACK ends that wait before its first
@@ -350,7 +360,7 @@ impl IncomingInvite {
                 peer_allows_update: self.peer_allows_update,
                 config: self.timers.session,
             };
-            let call = Call::new(session, call_id, &self.finished, setup);
+            let call = Call::new(session, call_id, &self.finished, bye, setup);
             let (ack, resent) = ack_wait
                 .retransmit_until_ack(&self.endpoint, copy, sent_at)
                 .await;
@@ -591,6 +601,7 @@ impl InboundLayer {
             (state, guard)
         });
         let invite_cseq = invite.base_headers.cseq.cseq;
+        let dialog_key = dialog.key();
         let mut acceptor = InviteAcceptor::new(dialog, invite);
 
         // RFC 3261 §8.2.6.1 / §17.2.1: 100 Trying at once, so the caller
@@ -617,6 +628,7 @@ impl InboundLayer {
             local_tag,
             _slot: self.edge.invite_slot(),
             finished: Arc::clone(&self.finished),
+            dialog_key,
             timers: Arc::clone(&self.timers),
             ack,
             endpoint: endpoint.clone(),

@@ -486,11 +486,13 @@ impl InviteClient {
             Some(Ok(ct)) if is_sdp(&ct) && !response.body.is_empty() => Some(response.body.clone()),
             _ => None,
         };
+        let bye = self.finished.watch(session.dialog.key());
         OutboundEvent::Answered {
             call: Box::new(Call::new(
                 session,
                 self.call_id.clone(),
                 &self.finished,
+                bye,
                 super::call::TimerSetup::default(),
             )),
             sdp,
