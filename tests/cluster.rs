@@ -23,6 +23,8 @@
 //!   survivor that matches its INVITE (same Via and branch, same CSeq
 //!   number; the callee's scenario checks) and ends `lost` with
 //!   `call.ended` delivered once; on SQLite the restarted node does it;
+//! - a dead node's inbound call still ringing (not answered) is taken by a
+//!   survivor and ends `lost` with `call.ended` delivered once;
 //! - each trunk registered by exactly one node (REGISTERs counted at the
 //!   registrar), moved to another node within the lease time when its
 //!   owner is killed, `trunk.registered` once per change; `GET /v1/nodes`
