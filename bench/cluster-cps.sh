@@ -29,7 +29,9 @@
 #   KAMAILIO_CHILDREN=N      Kamailio's UDP workers (default 4, as the
 #                            reference deployment); SIPp tolerates a 180
 #                            that a parallel worker forwards after the 200
-#   AGENTLINE_BENCH_PG       admin URL (default postgres://postgres:postgres@127.0.0.1:5432/postgres)
+#   AGENTLINE_BENCH_PG       admin URL (default postgres://postgres:postgres@127.0.0.1:5432/postgres),
+#                            or `private`: a PostgreSQL cluster of its own
+#                            (bench/pg-private.sh), whose CPU is all the bench's
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -37,6 +39,13 @@ RATES=${1:-"200 400 600"}
 SECONDS_=${2:-10}
 PG=${AGENTLINE_BENCH_PG:-postgres://postgres:postgres@127.0.0.1:5432/postgres}
 CHILDREN=${KAMAILIO_CHILDREN:-4}
+PRIVATE=
+if [ "$PG" = private ]; then
+  . bench/pg-private.sh
+  PRIVATE=1
+  trap 'pg_private_stop' EXIT
+  pg_private_start
+fi
 NUMBER=+14155552671
 NODES=3
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
@@ -113,7 +122,7 @@ cleanup() {
   [ -n "$DB" ] && psql_ "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1
   DAEMONS=(); KAMAILIO=; DB=
 }
-trap 'cleanup; rm -rf "$WORK"' EXIT
+trap 'cleanup; rm -rf "$WORK"; [ -z "$PRIVATE" ] || pg_private_stop' EXIT
 
 # Three daemons on a fresh database and Kamailio in front of them; sets
 # DB, DAEMONS, APIS, KAMAILIO, KPORT.

@@ -27,7 +27,11 @@
 #     defaults: "500 1000 1500 2000" 10 1000
 #   BIN=path/to/agentline  measures that binary (for example main's) instead
 #     of building this checkout; EXAMPLE=path/to/webhook_bench likewise.
-#   AGENTLINE_BENCH_PG: admin URL (default postgres://postgres:postgres@127.0.0.1:5432/postgres)
+#   AGENTLINE_BENCH_PG: admin URL (default postgres://postgres:postgres@127.0.0.1:5432/postgres),
+#     or `private`: a PostgreSQL cluster of its own (bench/pg-private.sh),
+#     whose CPU is all the bench's, and whose pg_stat_statements gives,
+#     after each table, what the calls cost in statements: every statement
+#     executed per 1,000 calls (the daemon's round trips to the server).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -35,6 +39,11 @@ RATES=${1:-"500 1000 1500 2000"}
 SECONDS_=${2:-10}
 WEBHOOK_RATE=${3:-1000}
 PG=${AGENTLINE_BENCH_PG:-postgres://postgres:postgres@127.0.0.1:5432/postgres}
+PRIVATE=
+if [ "$PG" = private ]; then
+  . bench/pg-private.sh
+  PRIVATE=1
+fi
 NUMBER=+14155552671
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 if [ -z "${BIN:-}" ]; then
@@ -74,12 +83,6 @@ pg_ticks_since() {
   done
   echo "$total"
 }
-# CPU is read from /proc: the server must run on this machine.
-# (The WAL writer lives as long as the server; a psql's backend does not.)
-[ -r "/proc/$(psql_ "SELECT pid FROM pg_stat_activity WHERE backend_type = 'walwriter'")/stat" ] || {
-  echo "PostgreSQL at $PG is not on this machine (its WAL writer is not in /proc)" >&2
-  exit 1
-}
 
 # The trunk's flood limits sized for the highest offered rate (as
 # bench/sip-load.sh does): this measures the daemon and the store.
@@ -97,7 +100,14 @@ cleanup() {
   [ -n "$DB" ] && psql_ "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1
   DAEMON=; DB=
 }
-trap 'cleanup; rm -rf "$WORK"' EXIT
+trap 'cleanup; rm -rf "$WORK"; [ -z "$PRIVATE" ] || pg_private_stop' EXIT
+[ -z "$PRIVATE" ] || pg_private_start
+# CPU is read from /proc: the server must run on this machine.
+# (The WAL writer lives as long as the server; a psql's backend does not.)
+[ -r "/proc/$(psql_ "SELECT pid FROM pg_stat_activity WHERE backend_type = 'walwriter'")/stat" ] || {
+  echo "PostgreSQL at $PG is not on this machine (its WAL writer is not in /proc)" >&2
+  exit 1
+}
 
 # A daemon on a fresh database; sets DB, API, SIP_PORT, KEY, DAEMON.
 start_daemon() {
@@ -157,6 +167,7 @@ for rate in $RATES; do
   sleep 1
   for pid in $(pg_pids "$DB"); do echo "$pid $(ticks "$pid")"; done > "$WORK/pg.before"
   before=$(ticks "$DAEMON")
+  [ -z "$PRIVATE" ] || pg_private_reset
   t0=$(date +%s.%N)
   set +e
   (cd "$WORK" && timeout 120 sipp 127.0.0.1:$SIP_PORT -sf "$ROOT/bench/sipp-cps.xml" -s "$NUMBER" \
@@ -182,15 +193,28 @@ for rate in $RATES; do
   achieved=$(calc "($span > 0) ? $ok / $span : $ok / ($t1 - $t0)")
   printf "| %d | %d | %d | %.0f | %s | %.2f | %.2f |\n" "$rate" "$calls" "$failed" "$achieved" "$setup" "$cpu" "$pgcpu"
   [ "$failed" -eq 0 ] && awk "BEGIN {exit !($achieved >= 0.95 * $rate)}" && best=$rate
+  if [ -n "$PRIVATE" ]; then
+    # Settle: the calls' last transitions and the deliveries of none.
+    sleep 2
+    { echo; echo "#### Statements at $rate CPS ($ok calls)"; echo; pg_private_statements "$per"; } >> "$WORK/statements.md"
+  fi
   cleanup
   sleep 2
 done
 echo
 echo "Highest offered rate sustained (no failed call, achieved within 5% of offered): **$best CPS**."
+[ -z "$PRIVATE" ] || cat "$WORK/statements.md"
 echo
 echo "### Call webhooks at $WEBHOOK_RATE CPS on PostgreSQL (one endpoint; created to arrival)"
 echo
 echo "| store | offered CPS | calls | answered | failed | mean INVITE to 200 ms | call events delivered/made | created→arrival p50 ms | p99 ms | max ms | bad signatures |"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+[ -z "$PRIVATE" ] || pg_private_reset
 "$EXAMPLE" --mode calls --backend postgres --rate "$WEBHOOK_RATE" --seconds "$SECONDS_" \
   --binary "$BIN" --pg-admin "$PG"
+if [ -n "$PRIVATE" ]; then
+  echo
+  echo "#### Statements with the endpoint ($((WEBHOOK_RATE * SECONDS_)) calls offered; the bench's set-up included)"
+  echo
+  pg_private_statements "$((WEBHOOK_RATE * SECONDS_))"
+fi

@@ -23,6 +23,8 @@
 //!   survivor that matches its INVITE (same Via and branch, same CSeq
 //!   number; the callee's scenario checks) and ends `lost` with
 //!   `call.ended` delivered once; on SQLite the restarted node does it;
+//! - a dead node's inbound call still ringing (not answered) is taken by a
+//!   survivor and ends `lost` with `call.ended` delivered once;
 //! - each trunk registered by exactly one node (REGISTERs counted at the
 //!   registrar), moved to another node within the lease time when its
 //!   owner is killed, `trunk.registered` once per change; `GET /v1/nodes`
@@ -1658,6 +1660,121 @@ async fn a_dead_nodes_ringing_call_gets_cancel_from_a_survivor() {
         .filter(|r| r.body["type"] == "call.ended" && r.body["data"]["id"] == id.as_str())
         .map(|r| {
             assert_eq!(r.body["data"]["end_reason"], "lost", "{:?}", r.body);
+            r.id.clone()
+        })
+        .collect();
+    assert_eq!(events.len(), 1, "one call.ended event");
+}
+
+/// A dead node's inbound call still ringing (the caller's INVITE went to
+/// that node, which rang and had not answered): nothing can be sent for it
+/// (the INVITE's server transaction died with the node; the caller's side
+/// times out), but a survivor ends the row `lost` with `call.ended`
+/// delivered once, so no call stays `ringing` forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_inbound_call_still_ringing_ends_lost() {
+    let rx = Receiver::start(json!({}));
+    let mut cluster = Cluster::start(
+        2,
+        &[("carrier", carrier(common::free_udp_port()))],
+        // Rings 60 s before answering: still ringing when node-0 dies.
+        &format!(
+            "[calls]\nanswer_delay_ms = 60000\n{}",
+            fast_webhooks_config(&[1, 1, 1], 60)
+        ),
+    )
+    .await;
+    let n0 = &cluster.nodes[0];
+    ok_json(
+        n0.post("/v1/webhook-endpoints")
+            .json(&json!({"url": rx.url(), "events": ["call.ended"]})),
+    )
+    .await;
+    let agent = ok_json(
+        n0.post("/v1/agents")
+            .json(&json!({"name": "answer", "kind": "echo", "max_duration_seconds": 60})),
+    )
+    .await;
+    ok_json(
+        n0.post("/v1/phone-numbers")
+            .json(&json!({"number": CALLER, "agent_id": agent["id"], "trunk_id": "trk_carrier"})),
+    )
+    .await;
+    // The carrier's INVITE to node-0 (127.0.0.2); SIPp waits for a 200
+    // that never comes and is dropped at the end.
+    common::require_sipp();
+    let target = format!("127.0.0.2:{}", n0.sip_port);
+    let _caller = tokio::process::Command::new("sipp")
+        .arg(&target)
+        .args(["-sf", &common::scenario("uac-invite-expect-200-bye.xml")])
+        .args(["-s", CALLER, "-i", "127.0.0.1"])
+        .args(["-p", &common::free_udp_port().to_string()])
+        .args(["-m", "1", "-nostdin", "-timeout", "90s"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn sipp");
+    let mut db = cluster.db().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let id: String = loop {
+        let row: Option<String> = sqlx::query_scalar(
+            "SELECT id FROM calls WHERE direction = 'inbound' AND status = 'ringing'
+               AND node = 'node-0' AND ended_at IS NULL",
+        )
+        .fetch_optional(&mut db)
+        .await
+        .unwrap();
+        if let Some(id) = row {
+            break id;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the inbound call did not ring at node-0"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    cluster.nodes[0].kill9().await;
+
+    let n1 = &cluster.nodes[1];
+    wait_until(
+        Duration::from_secs(20),
+        "the ringing inbound call ended lost",
+        || {
+            let r = n1.get(&format!("/v1/calls/{id}"));
+            async move {
+                let c = ok_json(r).await;
+                c["end_reason"] == "lost"
+            }
+        },
+    )
+    .await;
+    let call = ok_json(n1.get(&format!("/v1/calls/{id}"))).await;
+    assert_eq!(call["answered_at"], Value::Null, "never answered: {call}");
+    assert_eq!(call["duration_ms"], Value::Null, "{call}");
+    assert_eq!(call["direction"], "inbound", "{call}");
+    let node: Option<String> = sqlx::query_scalar("SELECT node FROM calls WHERE id = $1")
+        .bind(&id)
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(node.as_deref(), Some("node-1"), "the survivor took it");
+    rx.wait_until(Duration::from_secs(30), |records| {
+        records
+            .iter()
+            .any(|r| r.body["type"] == "call.ended" && r.body["data"]["id"] == id.as_str())
+    })
+    .await;
+    // Another pass of the survivor's reaper would find nothing more.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let events: BTreeSet<String> = rx
+        .records()
+        .into_iter()
+        .filter(|r| r.body["type"] == "call.ended" && r.body["data"]["id"] == id.as_str())
+        .map(|r| {
+            assert_eq!(r.body["data"]["end_reason"], "lost", "{:?}", r.body);
+            assert_eq!(r.body["data"]["status"], "failed", "{:?}", r.body);
             r.id.clone()
         })
         .collect();

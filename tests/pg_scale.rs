@@ -181,6 +181,67 @@ async fn transitions_share_transactions_in_order() {
     store.close().await;
 }
 
+/// Two transitions of one call in flight at once (the dialog write races
+/// the end, as the call layer spawns it) may share a batch, where the
+/// transitions of many calls run as one statement: they still run one
+/// after the other, each with the answer its place gives it (the dialog
+/// stored before the end, or refused after it), and every event is in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_transitions_of_one_call_keep_their_order() {
+    const CALLS: usize = 150;
+    let (d, store) = fresh_store().await;
+    let outbox = Outbox::new(store.clone());
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..CALLS {
+        let outbox = outbox.clone();
+        let store = store.clone();
+        tasks.spawn(async move {
+            let id = format!("call_race{n:04}");
+            outbox.call_created(inbound(&id)).await.unwrap();
+            outbox.call_answered(&id).await.unwrap();
+            let dialog = format!("{{\"n\":{n}}}");
+            let (stored, end) = tokio::join!(
+                store.call_dialog(&id, &dialog),
+                outbox.call_ended(&id, ended())
+            );
+            end.unwrap();
+            (id, dialog, stored)
+        });
+    }
+    let mut conn = sqlx::PgConnection::connect(&d.store_url).await.unwrap();
+    let (mut before, mut after) = (0, 0);
+    while let Some(r) = tasks.join_next().await {
+        let (id, dialog, stored) = r.unwrap();
+        let row: Option<String> = sqlx::query_scalar("SELECT dialog FROM calls WHERE id = $1")
+            .bind(&id)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        match stored {
+            Ok(record) => {
+                assert_eq!(record.ended_at, None, "{id}: stored before the end");
+                assert_eq!(record.status, CallStatus::InProgress, "{id}");
+                assert_eq!(row.as_deref(), Some(dialog.as_str()), "{id}");
+                before += 1;
+            }
+            Err(StoreError::NotFound) => {
+                assert_eq!(row, None, "{id}: refused after the end, nothing written");
+                after += 1;
+            }
+            Err(e) => panic!("{id}: {e}"),
+        }
+    }
+    assert_eq!(before + after, CALLS);
+    let types = assert_calls_whole(&d.store_url).await;
+    assert!(
+        types
+            .values()
+            .all(|t| t == &["call.ringing", "call.answered", "call.ended"]),
+        "{types:?}"
+    );
+    store.close().await;
+}
+
 /// A transition that fails (a call id that exists already) fails alone:
 /// the batch it shared is committed again without it, every other caller
 /// gets its row, and the failed one left neither a row nor an event.

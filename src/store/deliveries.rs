@@ -120,12 +120,23 @@ const CLAIM_SQLITE: &str = "UPDATE webhook_deliveries SET lease_until = $1, leas
                     AND (d.lease_until IS NULL OR d.lease_until < $3) AND e.enabled
                   ORDER BY d.next_attempt_at LIMIT $4)";
 
-const CLAIM_POSTGRES: &str = "UPDATE webhook_deliveries SET lease_until = $1, lease_token = $2, updated_at = $3
-     WHERE id IN (SELECT d.id FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id
-                  WHERE d.status = 'pending' AND d.next_attempt_at <= $3
-                    AND (d.lease_until IS NULL OR d.lease_until < $3) AND e.enabled
-                  ORDER BY d.next_attempt_at LIMIT $4
-                  FOR UPDATE OF d SKIP LOCKED)";
+/// The claim and the read of what was claimed in one statement (one round
+/// trip; SQLite runs [`CLAIM_SQLITE`] then [`CLAIMED_ROWS`]).
+const CLAIM_POSTGRES: &str = "WITH c AS (
+       UPDATE webhook_deliveries SET lease_until = $1, lease_token = $2, updated_at = $3
+       WHERE id IN (SELECT d.id FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id
+                    WHERE d.status = 'pending' AND d.next_attempt_at <= $3
+                      AND (d.lease_until IS NULL OR d.lease_until < $3) AND e.enabled
+                    ORDER BY d.next_attempt_at LIMIT $4
+                    FOR UPDATE OF d SKIP LOCKED)
+       RETURNING id, lease_token, attempts, retry_step, retry_until, event_id, endpoint_id)
+     SELECT c.id AS delivery_id, c.lease_token, c.attempts, c.retry_step, c.retry_until,
+        ev.id AS event_id, ev.created_at AS event_created_at, ev.payload,
+        e.id AS endpoint_id, e.url, e.secret, e.previous_secret, e.previous_secret_expires_at,
+        e.include_transcript, ev.type AS event_type, ev.call_id
+     FROM c
+     JOIN events ev ON ev.id = c.event_id
+     JOIN webhook_endpoints e ON e.id = c.endpoint_id";
 
 const CLAIMED_ROWS: &str =
     "SELECT d.id AS delivery_id, d.lease_token, d.attempts, d.retry_step, d.retry_until,
@@ -140,6 +151,114 @@ const CLAIMED_ROWS: &str =
 const DELIVERY_COLUMNS: &str = "d.id, d.event_id, ev.type AS event_type, d.endpoint_id, d.status,
         d.attempts, d.next_attempt_at, d.last_status_code, d.last_error, d.created_at, d.updated_at";
 
+impl AttemptResult {
+    /// The delivery's status, next attempt time and last error after this
+    /// attempt.
+    fn next_columns(&self, now: DateTime<Utc>) -> (&'static str, DateTime<Utc>, Option<&str>) {
+        let last_error = match self.next {
+            NextState::Succeeded => None,
+            _ => Some(self.error.as_deref().unwrap_or(&self.reason)),
+        };
+        let (status, next_at) = match self.next {
+            NextState::Succeeded => ("succeeded", now),
+            NextState::Retry(at) => ("pending", at),
+            NextState::Failed => ("failed", now),
+        };
+        (status, next_at, last_error)
+    }
+}
+
+/// A batch of attempts on PostgreSQL in one statement: every attempt row,
+/// every delivery's move (only while the lease is still the result's), and
+/// the endpoints that answered 410, from arrays (`unnest`), so one round
+/// trip records the batch whatever its size (a statement is atomic: no
+/// BEGIN and COMMIT either). SQLite runs the same as one transaction of a
+/// statement per row.
+const RECORD_ATTEMPTS_PG: &str = "WITH a AS (
+       INSERT INTO webhook_attempts (id, delivery_id, attempt, status_code, latency_ms, outcome,
+           reason, error, started_at, created_at, updated_at)
+       SELECT id, delivery_id, attempt, status_code, latency_ms, outcome, reason, error, started_at, $1, $1
+       FROM unnest($2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::text[], $8::text[],
+                   $9::text[], $10::timestamptz[])
+            AS t(id, delivery_id, attempt, status_code, latency_ms, outcome, reason, error, started_at)
+       RETURNING 1),
+     u AS (
+       UPDATE webhook_deliveries d SET status = t.status, attempts = t.attempt, retry_step = t.retry_step,
+           next_attempt_at = t.next_at, retry_until = t.retry_until, last_status_code = t.status_code,
+           last_error = t.last_error, lease_until = NULL, lease_token = NULL, updated_at = $1
+       FROM unnest($3::text[], $11::text[], $12::text[], $4::int8[], $13::int8[], $14::timestamptz[],
+                   $15::timestamptz[], $5::int8[], $16::text[])
+            AS t(id, token, status, attempt, retry_step, next_at, retry_until, status_code, last_error)
+       WHERE d.id = t.id AND d.lease_token = t.token
+       RETURNING 1)
+     UPDATE webhook_endpoints SET enabled = false, updated_at = $1 WHERE id = ANY($17::text[])";
+
+async fn record_attempts_pg(
+    p: &sqlx::PgPool,
+    results: &[AttemptResult],
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let n = results.len();
+    let mut id = Vec::with_capacity(n);
+    let mut delivery = Vec::with_capacity(n);
+    let mut attempt = Vec::with_capacity(n);
+    let mut status_code = Vec::with_capacity(n);
+    let mut latency = Vec::with_capacity(n);
+    let mut outcome = Vec::with_capacity(n);
+    let mut reason = Vec::with_capacity(n);
+    let mut error = Vec::with_capacity(n);
+    let mut started = Vec::with_capacity(n);
+    let mut token = Vec::with_capacity(n);
+    let mut status = Vec::with_capacity(n);
+    let mut step = Vec::with_capacity(n);
+    let mut next_at = Vec::with_capacity(n);
+    let mut until = Vec::with_capacity(n);
+    let mut last_error = Vec::with_capacity(n);
+    let mut disable = Vec::new();
+    for r in results {
+        let (s, at, e) = r.next_columns(now);
+        id.push(ids::new(ids::WEBHOOK_ATTEMPT));
+        delivery.push(r.delivery_id.as_str());
+        attempt.push(r.attempt);
+        status_code.push(r.status_code);
+        latency.push(r.latency_ms);
+        outcome.push(r.outcome);
+        reason.push(r.reason.as_str());
+        error.push(r.error.as_deref());
+        started.push(r.started_at);
+        token.push(r.lease_token.as_str());
+        status.push(s);
+        step.push(r.retry_step);
+        next_at.push(at);
+        until.push(r.retry_until);
+        last_error.push(e);
+        if r.disable_endpoint {
+            disable.push(r.endpoint_id.as_str());
+        }
+    }
+    sqlx::query(RECORD_ATTEMPTS_PG)
+        .bind(now)
+        .bind(&id)
+        .bind(&delivery)
+        .bind(&attempt)
+        .bind(&status_code)
+        .bind(&latency)
+        .bind(&outcome)
+        .bind(&reason)
+        .bind(&error)
+        .bind(&started)
+        .bind(&token)
+        .bind(&status)
+        .bind(&step)
+        .bind(&next_at)
+        .bind(&until)
+        .bind(&last_error)
+        .bind(&disable)
+        .execute(p)
+        .await?;
+    Ok(())
+}
+
 impl Store {
     /// Leases up to `limit` due deliveries of enabled endpoints until
     /// `lease_until` and returns them with their payload and endpoint.
@@ -150,31 +269,32 @@ impl Store {
     ) -> Result<Vec<Claimed>> {
         let now = super::now();
         let token = ids::new("lease");
-        let claimed = match &self.pool {
-            Pool::Sqlite(p) => sqlx::query(CLAIM_SQLITE)
+        match &self.pool {
+            Pool::Sqlite(p) => {
+                let claimed = sqlx::query(CLAIM_SQLITE)
+                    .bind(lease_until)
+                    .bind(&token)
+                    .bind(now)
+                    .bind(limit)
+                    .execute(p)
+                    .await?
+                    .rows_affected();
+                if claimed == 0 {
+                    return Ok(Vec::new());
+                }
+                Ok(sqlx::query_as::<_, Claimed>(CLAIMED_ROWS)
+                    .bind(&token)
+                    .fetch_all(p)
+                    .await?)
+            }
+            Pool::Postgres(p) => Ok(sqlx::query_as::<_, Claimed>(CLAIM_POSTGRES)
                 .bind(lease_until)
                 .bind(&token)
                 .bind(now)
                 .bind(limit)
-                .execute(p)
-                .await?
-                .rows_affected(),
-            Pool::Postgres(p) => sqlx::query(CLAIM_POSTGRES)
-                .bind(lease_until)
-                .bind(&token)
-                .bind(now)
-                .bind(limit)
-                .execute(p)
-                .await?
-                .rows_affected(),
-        };
-        if claimed == 0 {
-            return Ok(Vec::new());
+                .fetch_all(p)
+                .await?),
         }
-        Ok(
-            on_pool!(self, p => sqlx::query_as::<_, Claimed>(CLAIMED_ROWS)
-            .bind(&token).fetch_all(p).await)?,
-        )
     }
 
     /// Records a batch of attempts in one transaction. A result whose lease
@@ -185,6 +305,9 @@ impl Store {
             return Ok(());
         }
         let now = super::now();
+        if let Pool::Postgres(p) = &self.pool {
+            return record_attempts_pg(p, results, now).await;
+        }
         on_pool!(self, p => {
             let mut tx = p.begin().await?;
             for r in results {
@@ -196,15 +319,7 @@ impl Store {
                     .bind(r.latency_ms).bind(r.outcome).bind(&r.reason).bind(&r.error).bind(r.started_at)
                     .bind(now)
                     .execute(&mut *tx).await?;
-                let last_error = match r.next {
-                    NextState::Succeeded => None,
-                    _ => Some(r.error.as_deref().unwrap_or(&r.reason)),
-                };
-                let (status, next_at) = match r.next {
-                    NextState::Succeeded => ("succeeded", now),
-                    NextState::Retry(at) => ("pending", at),
-                    NextState::Failed => ("failed", now),
-                };
+                let (status, next_at, last_error) = r.next_columns(now);
                 sqlx::query(
                     "UPDATE webhook_deliveries SET status = $3, attempts = $4, retry_step = $5,
                          next_attempt_at = $6, retry_until = $7, last_status_code = $8, last_error = $9,

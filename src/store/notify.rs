@@ -24,7 +24,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
-use sqlx::{Postgres, Transaction};
 use tokio::sync::watch;
 
 use super::Result;
@@ -56,21 +55,6 @@ impl Notices {
         Self {
             instance: ulid::Ulid::new().to_string().into(),
         }
-    }
-
-    /// Sends the notice of events (with deliveries or not) written by `tx`;
-    /// delivered when it commits.
-    pub(crate) async fn notify(
-        &self,
-        tx: &mut Transaction<'_, Postgres>,
-        deliveries: bool,
-    ) -> Result<()> {
-        sqlx::query(NOTIFY)
-            .bind(CHANNEL)
-            .bind(self.payload(deliveries))
-            .execute(&mut **tx)
-            .await?;
-        Ok(())
     }
 
     /// The payload of this process's notice.

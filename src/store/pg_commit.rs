@@ -8,9 +8,9 @@
 //! in sqlx's per-statement work (issue 16: 780 calls a second at most with
 //! the server on the same two cores). Batched, a transition is one
 //! statement; BEGIN, the endpoint lookup, one insert of every event and
-//! delivery of the batch (arrays through `unnest`, one prepared statement
-//! whatever the batch's size), the NOTIFY ([`super::notify`]) and COMMIT
-//! are paid once per batch.
+//! delivery of the batch with the NOTIFY ([`super::notify`]) (arrays
+//! through `unnest`, one prepared statement whatever the batch's size) and
+//! COMMIT are paid once per batch.
 //!
 //! How: one collector task takes what is queued (up to [`MAX_BATCH`]) as
 //! soon as a writer is free, and hands it to that writer; at most
@@ -33,6 +33,7 @@
 //! queued behind a batch waits for it), or hold a transaction across
 //! anything but its own statements.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -51,22 +52,27 @@ use super::{Result, StoreError};
 /// batch waits for the last one's statement.
 const MAX_BATCH: usize = 256;
 
-/// Every event of a batch and every delivery, in one statement: the arrays
-/// are the columns (`unnest` zips them), so the text never changes with the
-/// batch's size and sqlx prepares it once per connection. The events go in
-/// the jobs' order (`ORDER BY ord`), so their stream sequence follows it.
-/// The deliveries' foreign key to the events is checked at the end of the
-/// statement, when the events of the CTE are in.
+/// Every event of a batch and every delivery, and the NOTIFY
+/// ([`super::notify`]), in one statement: the arrays are the columns
+/// (`unnest` zips them), so the text never changes with the batch's size
+/// and sqlx prepares it once per connection. The events go in the jobs'
+/// order (`ORDER BY ord`), so their stream sequence follows it. The
+/// deliveries' foreign key to the events is checked at the end of the
+/// statement, when the events of the other CTE are in; the notice is
+/// delivered when (and only if) the transaction commits.
 const INSERT_EVENTS: &str = "WITH ev AS (
     INSERT INTO events (id, type, api_version, call_id, call_seq, payload, created_at, updated_at, livemode)
     SELECT id, type, api_version, call_id, call_seq, payload, created_at, created_at, livemode
     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[], $7::timestamptz[], $12::bool[])
          WITH ORDINALITY AS t(id, type, api_version, call_id, call_seq, payload, created_at, livemode, ord)
     ORDER BY ord
+    RETURNING 1),
+dl AS (
+    INSERT INTO webhook_deliveries (id, event_id, endpoint_id, status, next_attempt_at, created_at, updated_at)
+    SELECT id, event_id, endpoint_id, 'pending', at, at, at
+    FROM unnest($8::text[], $9::text[], $10::text[], $11::timestamptz[]) AS d(id, event_id, endpoint_id, at)
     RETURNING 1)
-INSERT INTO webhook_deliveries (id, event_id, endpoint_id, status, next_attempt_at, created_at, updated_at)
-SELECT id, event_id, endpoint_id, 'pending', at, at, at
-FROM unnest($8::text[], $9::text[], $10::text[], $11::timestamptz[]) AS d(id, event_id, endpoint_id, at)";
+SELECT pg_notify($13, $14)";
 
 /// Every enabled endpoint and the event types it subscribes to (a JSON
 /// array), read once a batch; matched as [`super::events::SUBSCRIBED_ENDPOINTS`]
@@ -240,18 +246,28 @@ async fn run(shared: &Shared, jobs: Vec<Job>) {
     }
 }
 
-/// One transaction around `jobs`: each transition, then every event and
-/// delivery, the NOTIFY, COMMIT. The outer error fails the whole batch
-/// (rolled back when the transaction drops); the inner results are each
-/// job's own (`NotFound` for a transition that matched no row).
+/// One transaction around `jobs`: the transitions (those of one statement
+/// for several calls as one statement, [`batched_sql`]), then every event
+/// and delivery with the NOTIFY, COMMIT. The outer error fails the whole
+/// batch (rolled back when the transaction drops); the inner results are
+/// each job's own (`NotFound` for a transition that matched no row).
 async fn attempt(shared: &Shared, jobs: &[Job]) -> Result<Vec<Result<CallRecord>>> {
+    // One statement without an event is atomic on its own: no BEGIN and
+    // COMMIT around it.
+    if let [job] = jobs
+        && job.emit.is_none()
+    {
+        let row = bind_values!(sqlx::query_as::<_, CallRecord>(job.sql), &job.values)
+            .fetch_optional(&shared.pool)
+            .await?;
+        return Ok(vec![row.ok_or(StoreError::NotFound)]);
+    }
     let mut tx = shared.pool.begin().await?;
+    let rows = transitions(&mut tx, jobs).await?;
     let mut outcomes = Vec::with_capacity(jobs.len());
     let mut events = Vec::new();
-    for job in jobs {
-        let row = bind_values!(sqlx::query_as::<_, CallRecord>(job.sql), &job.values)
-            .fetch_optional(&mut *tx)
-            .await?;
+    // In the jobs' order: the events' stream sequence follows it.
+    for (job, row) in jobs.iter().zip(rows) {
         match row {
             None => outcomes.push(Err(StoreError::NotFound)),
             Some(record) => {
@@ -265,8 +281,7 @@ async fn attempt(shared: &Shared, jobs: &[Job]) -> Result<Vec<Result<CallRecord>
         }
     }
     if !events.is_empty() {
-        let deliveries = write_events(&mut tx, &events).await?;
-        shared.notices.notify(&mut tx, deliveries > 0).await?;
+        let deliveries = write_events(&mut tx, &events, &shared.notices).await?;
         // Counted before the commit, as the pool's transactions count
         // theirs: a caller that reads the counter after its reply sees them.
         if deliveries > 0 {
@@ -277,6 +292,227 @@ async fn attempt(shared: &Shared, jobs: &[Job]) -> Result<Vec<Result<CallRecord>
     }
     tx.commit().await?;
     Ok(outcomes)
+}
+
+/// Runs the transitions of `jobs` in `tx`; each job's row (`None`: no row
+/// matched). Jobs of one statement run as one statement over arrays of
+/// their values when the statement has a batched form: a transition is
+/// then a row of a statement rather than a statement (a round trip and an
+/// executor start-up on the server, a statement's work in sqlx). A
+/// statement changes a row once, and two transitions of one call must run
+/// in their order, so the jobs run in rounds: a call's first job in the
+/// first, its second (a dialog write racing the end) in the next, and so
+/// on.
+async fn transitions(
+    tx: &mut Transaction<'_, Postgres>,
+    jobs: &[Job],
+) -> Result<Vec<Option<CallRecord>>> {
+    let mut rows: Vec<Option<CallRecord>> = vec![None; jobs.len()];
+    // Each round: the jobs of each statement, in the order of their first.
+    let mut rounds: Vec<Vec<(&'static str, Vec<usize>)>> = Vec::new();
+    let mut seen: HashMap<&str, usize> = HashMap::with_capacity(jobs.len());
+    for (i, job) in jobs.iter().enumerate() {
+        let Some(call) = call_of(job) else {
+            // Not a call's transition: alone, in the first round.
+            rounds.resize_with(rounds.len().max(1), Vec::new);
+            rounds[0].push((job.sql, vec![i]));
+            continue;
+        };
+        let n = seen.entry(call).or_insert(0);
+        let round = *n;
+        *n += 1;
+        rounds.resize_with(rounds.len().max(round + 1), Vec::new);
+        let groups = &mut rounds[round];
+        match groups.iter_mut().find(|(sql, members)| {
+            std::ptr::eq(*sql, job.sql) && call_of(&jobs[members[0]]).is_some()
+        }) {
+            Some((_, members)) => members.push(i),
+            None => groups.push((job.sql, vec![i])),
+        }
+    }
+    for (sql, members) in rounds.into_iter().flatten() {
+        let batched = match members.as_slice() {
+            [_, _, ..] => Batch::of(sql, members.iter().map(|&i| &jobs[i].values)),
+            _ => None,
+        };
+        match batched {
+            Some(batch) => {
+                let found = batch.run(tx).await?;
+                let by_call: HashMap<&str, usize> = members
+                    .iter()
+                    .filter_map(|&i| Some((call_of(&jobs[i])?, i)))
+                    .collect();
+                for record in found {
+                    if let Some(&i) = by_call.get(record.id.as_str()) {
+                        rows[i] = Some(record);
+                    }
+                }
+            }
+            None => {
+                for i in members {
+                    let job = &jobs[i];
+                    rows[i] = bind_values!(sqlx::query_as::<_, CallRecord>(job.sql), &job.values)
+                        .fetch_optional(&mut **tx)
+                        .await?;
+                }
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// The call a transition is about: its first value (`$1`, the call's id,
+/// in every statement of `super::calls`).
+fn call_of(job: &Job) -> Option<&str> {
+    match job.values.first() {
+        Some(Value::Text(Some(id))) => Some(id.as_str()),
+        _ => None,
+    }
+}
+
+/// One statement of `super::calls` for several calls: its `$n` are the
+/// columns `j.pn` of `unnest` over one array per parameter.
+struct Batch {
+    sql: String,
+    columns: Vec<Column>,
+}
+
+/// The values of one parameter, one per job.
+enum Column {
+    Text(Vec<Option<String>>),
+    Int(Vec<Option<i64>>),
+    Time(Vec<Option<DateTime<Utc>>>),
+    Bool(Vec<bool>),
+}
+
+impl Column {
+    fn sql_type(&self) -> &'static str {
+        match self {
+            Column::Text(_) => "text",
+            Column::Int(_) => "int8",
+            Column::Time(_) => "timestamptz",
+            Column::Bool(_) => "bool",
+        }
+    }
+
+    /// Appends `v`; false when it is not of this column's type.
+    fn push(&mut self, v: &Value) -> bool {
+        match (self, v) {
+            (Column::Text(c), Value::Text(x)) => c.push(x.clone()),
+            (Column::Int(c), Value::Int(x)) => c.push(*x),
+            (Column::Time(c), Value::Time(x)) => c.push(*x),
+            (Column::Bool(c), Value::Bool(x)) => c.push(*x),
+            _ => return false,
+        }
+        true
+    }
+
+    fn empty_like(v: &Value) -> Self {
+        match v {
+            Value::Text(_) => Column::Text(Vec::new()),
+            Value::Int(_) => Column::Int(Vec::new()),
+            Value::Time(_) => Column::Time(Vec::new()),
+            Value::Bool(_) => Column::Bool(Vec::new()),
+        }
+    }
+}
+
+impl Batch {
+    /// The batched form of `sql` over `values` (one list per job), or
+    /// `None`: a statement of another shape, or values whose types differ
+    /// between jobs.
+    fn of<'a>(sql: &str, mut values: impl Iterator<Item = &'a Vec<Value>>) -> Option<Self> {
+        let first = values.next()?;
+        let mut columns: Vec<Column> = first.iter().map(Column::empty_like).collect();
+        for (column, v) in columns.iter_mut().zip(first) {
+            column.push(v);
+        }
+        for job in values {
+            if job.len() != columns.len() {
+                return None;
+            }
+            for (column, v) in columns.iter_mut().zip(job) {
+                if !column.push(v) {
+                    return None;
+                }
+            }
+        }
+        let types: Vec<&str> = columns.iter().map(Column::sql_type).collect();
+        Some(Self {
+            sql: batched_sql(sql, &types)?,
+            columns,
+        })
+    }
+
+    /// The rows the statement changed or wrote, in no particular order.
+    async fn run(self, tx: &mut Transaction<'_, Postgres>) -> Result<Vec<CallRecord>> {
+        let mut query = sqlx::query_as::<_, CallRecord>(sqlx::AssertSqlSafe(self.sql));
+        for column in self.columns {
+            query = match column {
+                Column::Text(c) => query.bind(c),
+                Column::Int(c) => query.bind(c),
+                Column::Time(c) => query.bind(c),
+                Column::Bool(c) => query.bind(c),
+            };
+        }
+        Ok(query.fetch_all(&mut **tx).await?)
+    }
+}
+
+/// `sql` (a transition of `super::calls`: an `UPDATE calls ... WHERE ...
+/// RETURNING` without sub-select, or an `INSERT INTO calls ... VALUES (...)
+/// RETURNING`) for many calls: parameter `$n` of type `types[n - 1]`
+/// becomes column `j.pn` of `unnest($1::type[], ...) AS j(p1, ...)`, the
+/// arrays zipped (PostgreSQL, "unnest ... multiple arrays"): an UPDATE
+/// reads them in a FROM (the call's row matched by `id = j.p1`), an INSERT
+/// selects its rows from them. `None` for any other shape (run job by
+/// job).
+fn batched_sql(sql: &str, types: &[&str]) -> Option<String> {
+    let arrays: Vec<String> = types
+        .iter()
+        .enumerate()
+        .map(|(i, t)| format!("${}::{t}[]", i + 1))
+        .collect();
+    let names: Vec<String> = (1..=types.len()).map(|i| format!("p{i}")).collect();
+    let source = format!("unnest({}) AS j({})", arrays.join(", "), names.join(", "));
+    let sql = sql.trim_start();
+    if sql.contains("SELECT") {
+        return None;
+    }
+    if sql.starts_with("UPDATE calls SET ") && sql.matches("WHERE").count() == 1 {
+        let (set, filter) = sql.split_at(sql.find("WHERE")?);
+        return Some(format!(
+            "{} FROM {source} {}",
+            columns(set),
+            columns(filter)
+        ));
+    }
+    if sql.starts_with("INSERT INTO calls ") {
+        let open = sql.find("VALUES (")?;
+        let list = open + "VALUES (".len();
+        let close = list + sql[list..].find(')')?;
+        return Some(format!(
+            "{} SELECT {} FROM {source}{}",
+            &sql[..open],
+            columns(&sql[list..close]),
+            &sql[close + 1..]
+        ));
+    }
+    None
+}
+
+/// `text` with each parameter `$n` replaced by the column `j.pn`.
+fn columns(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 16);
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push_str("j.p");
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The columns of a batch's events and deliveries, as [`INSERT_EVENTS`]
@@ -297,9 +533,13 @@ struct Columns {
     livemode: Vec<bool>,
 }
 
-/// Writes `events` and their deliveries in one statement; how many
-/// deliveries it wrote.
-async fn write_events(tx: &mut Transaction<'_, Postgres>, events: &[NewEvent]) -> Result<usize> {
+/// Writes `events` and their deliveries, and sends the notice, in one
+/// statement; how many deliveries it wrote.
+async fn write_events(
+    tx: &mut Transaction<'_, Postgres>,
+    events: &[NewEvent],
+    notices: &Notices,
+) -> Result<usize> {
     let mut endpoints: Option<Vec<(String, String, bool)>> = None;
     let mut c = Columns::default();
     for ev in events {
@@ -349,7 +589,52 @@ async fn write_events(tx: &mut Transaction<'_, Postgres>, events: &[NewEvent]) -
         .bind(&c.delivery_endpoint)
         .bind(&c.delivery_at)
         .bind(&c.livemode)
+        .bind(super::notify::CHANNEL)
+        .bind(notices.payload(!c.delivery_id.is_empty()))
         .execute(&mut **tx)
         .await?;
     Ok(c.delivery_id.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_update_reads_its_values_from_arrays() {
+        let sql = "UPDATE calls SET status = $2, ended_at = $3, event_seq = event_seq + 1
+     WHERE id = $1 AND ended_at IS NULL RETURNING id, status";
+        assert_eq!(
+            batched_sql(sql, &["text", "text", "timestamptz"]).as_deref(),
+            Some(
+                "UPDATE calls SET status = j.p2, ended_at = j.p3, event_seq = event_seq + 1
+      FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS j(p1, p2, p3) \
+WHERE id = j.p1 AND ended_at IS NULL RETURNING id, status"
+            )
+        );
+    }
+
+    #[test]
+    fn an_insert_selects_its_rows_from_arrays() {
+        let sql = "INSERT INTO calls (id, created_at, updated_at, event_seq, node)
+     VALUES ($1, $2, $2, 1, $10) RETURNING id";
+        let types = ["text"; 10];
+        let batched = batched_sql(sql, &types).unwrap();
+        assert!(batched.starts_with(
+            "INSERT INTO calls (id, created_at, updated_at, event_seq, node)
+      SELECT j.p1, j.p2, j.p2, 1, j.p10 FROM unnest($1::text[], $2::text[],"
+        ));
+        assert!(batched.ends_with("AS j(p1, p2, p3, p4, p5, p6, p7, p8, p9, p10) RETURNING id"));
+    }
+
+    #[test]
+    fn other_shapes_run_job_by_job() {
+        // A fenced insert (a sub-select), a statement of another table.
+        for sql in [
+            "INSERT INTO calls (id) SELECT $1 WHERE EXISTS (SELECT 1 FROM x) RETURNING id",
+            "UPDATE events SET payload = $2 WHERE id = $1",
+        ] {
+            assert_eq!(batched_sql(sql, &["text", "text"]), None, "{sql}");
+        }
+    }
 }
