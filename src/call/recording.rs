@@ -643,8 +643,10 @@ async fn write(
     Ok(totals_of(data_len, channels, paused_total))
 }
 
-/// Recording settings merged for one call: the call's over the campaign's
-/// over the number's over the agent's.
+/// Recording settings merged for one call, `levels` from the least
+/// specific (the agent's) to the most (the call's): each level's fields
+/// over those before it, so the call's win over the campaign's over the
+/// number's over the agent's.
 pub fn merged(
     levels: &[Option<&crate::model::RecordingSettings>],
 ) -> crate::model::RecordingSettings {
@@ -652,7 +654,7 @@ pub fn merged(
         .iter()
         .flatten()
         .fold(crate::model::RecordingSettings::default(), |acc, level| {
-            acc.over(level)
+            level.over(&acc)
         })
 }
 
@@ -764,6 +766,34 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    #[test]
+    fn the_most_specific_level_wins() {
+        use crate::model::RecordingSettings;
+        let agent = RecordingSettings {
+            enabled: Some(true),
+            channels: Some(RecordingChannels::Mono),
+            announcement: Some("recorded".into()),
+        };
+        let number = RecordingSettings {
+            enabled: Some(false),
+            ..RecordingSettings::default()
+        };
+        let call = RecordingSettings {
+            channels: Some(RecordingChannels::Dual),
+            ..RecordingSettings::default()
+        };
+        let m = merged(&[Some(&agent), Some(&number), None, Some(&call)]);
+        assert_eq!(m.enabled, Some(false));
+        assert_eq!(m.channels, Some(RecordingChannels::Dual));
+        assert_eq!(m.announcement.as_deref(), Some("recorded"));
+        let on = RecordingSettings {
+            enabled: Some(true),
+            ..RecordingSettings::default()
+        };
+        assert!(merged(&[Some(&agent), Some(&number), Some(&on)]).is_enabled());
+        assert!(!merged(&[]).is_enabled());
     }
 
     #[test]
