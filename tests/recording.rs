@@ -589,7 +589,10 @@ async fn numbers_and_campaigns_record(backend: Backend) {
         common::require_sipp();
         let port = free_udp_port();
         let child = tokio::process::Command::new("sipp")
-            .args(["-sf", &common::scenario("uas-invite-expect-answer-then-bye.xml")])
+            .args([
+                "-sf",
+                &common::scenario("uas-invite-expect-answer-then-bye.xml"),
+            ])
             .args(["-i", "127.0.0.1", "-p", &port.to_string()])
             .args(["-mi", "127.0.0.1", "-mp", &free_udp_port().to_string()])
             .args(["-m", "1", "-nostdin", "-timeout", "120s"])
@@ -735,7 +738,11 @@ async fn numbers_and_campaigns_record(backend: Backend) {
         {
             break call.clone();
         }
-        assert!(Instant::now() < deadline, "no campaign call: {page}\n{}", d.log());
+        assert!(
+            Instant::now() < deadline,
+            "no campaign call: {page}\n{}",
+            d.log()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let did = dialled["id"].as_str().unwrap();
@@ -810,7 +817,11 @@ async fn a_crash_leaves_recordings_the_next_start_closes(backend: Backend) {
         if written {
             break live;
         }
-        assert!(Instant::now() < deadline, "not recording: {page}\n{}", d.log());
+        assert!(
+            Instant::now() < deadline,
+            "not recording: {page}\n{}",
+            d.log()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     d.kill9().await;
@@ -1173,9 +1184,19 @@ async fn a_web_call_is_recorded() {
     let (caller, agent) = (active(&tracks[0], 300.0), active(&tracks[1], 300.0));
     let caller_n = caller.iter().filter(|a| **a).count();
     let agent_n = agent.iter().filter(|a| **a).count();
-    assert!(caller_n >= 5, "the page's speech on the left: {caller_n} windows");
-    assert!(agent_n >= 10, "the agent's speech on the right: {agent_n} windows");
-    let both = caller.iter().zip(&agent).filter(|(c, a)| **c && **a).count();
+    assert!(
+        caller_n >= 5,
+        "the page's speech on the left: {caller_n} windows"
+    );
+    assert!(
+        agent_n >= 10,
+        "the agent's speech on the right: {agent_n} windows"
+    );
+    let both = caller
+        .iter()
+        .zip(&agent)
+        .filter(|(c, a)| **c && **a)
+        .count();
     assert!(
         both * 2 < agent_n,
         "the tracks are apart: {both} of {agent_n} agent windows loud on the left too"

@@ -165,6 +165,7 @@ pub(super) async fn check_agent_webhook(
 }
 
 /// Checks every field and answers all problems at once.
+#[allow(clippy::too_many_arguments)] // one per field of the number
 async fn validate(
     state: &AppState,
     number: &str,
@@ -176,7 +177,10 @@ async fn validate(
     mode: Mode,
 ) -> Result<String, ApiError> {
     let mut details = Vec::new();
-    for (field, message) in recording.map(RecordingSettings::problems).unwrap_or_default() {
+    for (field, message) in recording
+        .map(RecordingSettings::problems)
+        .unwrap_or_default()
+    {
         details.push(FieldError {
             field: format!("recording.{field}"),
             message: message.into(),

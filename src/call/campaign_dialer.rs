@@ -118,7 +118,9 @@ impl Dialer for CallDialer {
             })?
             .and_then(|json| {
                 serde_json::from_str(&json)
-                    .inspect_err(|e| tracing::warn!(error = %e, "campaign recording settings unreadable"))
+                    .inspect_err(
+                        |e| tracing::warn!(error = %e, "campaign recording settings unreadable"),
+                    )
                     .ok()
             });
         let variables = req

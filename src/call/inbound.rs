@@ -399,7 +399,12 @@ async fn run(shared: Arc<Shared>, id: String, mut invite: IncomingInvite, mut ro
 async fn prepare(call: Routed, route: &Route) -> Result<(Prepared, Bytes), Finished> {
     let context = context::agent_context(&route.context);
     let mut prepared = call
-        .prepare(&route.agent, &route.trunk, context, route.recording.as_ref())
+        .prepare(
+            &route.agent,
+            &route.trunk,
+            context,
+            route.recording.as_ref(),
+        )
         .await?;
     match &route.offer {
         Some(offer) => prepared.answer(offer),

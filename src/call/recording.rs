@@ -198,11 +198,7 @@ pub async fn repair(
     path: &Path,
     channels: RecordingChannels,
 ) -> Result<Option<RecordingTotals>, std::io::Error> {
-    let mut file = match tokio::fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .await
-    {
+    let mut file = match tokio::fs::OpenOptions::new().write(true).open(path).await {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
@@ -210,9 +206,7 @@ pub async fn repair(
     let len = file.metadata().await?.len();
     let block = u64::from(channels.count()) * 2;
     // A WAV data chunk is at most u32::MAX bytes (RIFF's 32-bit sizes).
-    let data_len = len
-        .saturating_sub(HEADER_LEN)
-        .min(u64::from(u32::MAX) - 36);
+    let data_len = len.saturating_sub(HEADER_LEN).min(u64::from(u32::MAX) - 36);
     let data_len = data_len - data_len % block;
     file.set_len(HEADER_LEN + data_len).await?;
     file.seek(std::io::SeekFrom::Start(0)).await?;

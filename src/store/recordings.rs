@@ -138,10 +138,12 @@ impl Store {
     /// The recordings on `node`'s disk still marked `recording`: at start,
     /// before any call of this run records, those a crash left behind.
     pub async fn recordings_left(&self, node: &str) -> Result<Vec<RecordingRecord>> {
-        Ok(on_pool!(self, p => sqlx::query_as::<_, RecordingRecord>(sqlx::AssertSqlSafe(format!(
+        Ok(
+            on_pool!(self, p => sqlx::query_as::<_, RecordingRecord>(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM recordings WHERE node = $1 AND status = 'recording'
              ORDER BY started_at")))
-            .bind(node).fetch_all(p).await)?)
+            .bind(node).fetch_all(p).await)?,
+        )
     }
 
     /// Up to `limit` recordings on `node`'s disk finished before `before`
