@@ -11,8 +11,17 @@ calc() { awk "BEGIN {print ($*)}"; }
 api() { curl -s "http://$API$1" -H "Authorization: Bearer $KEY" "${@:2}"; }
 
 start_daemon() {
-  cargo build --release --quiet
-  BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/agentline
+  # BENCH_PROFILE=debug: the debug build, to check a script quickly (its
+  # numbers are not the ones to publish); BENCH_BIN: a binary already built.
+  if [ -n "${BENCH_BIN:-}" ]; then
+    BIN=$BENCH_BIN
+  elif [ "${BENCH_PROFILE:-release}" = debug ]; then
+    cargo build --quiet
+    BIN=${CARGO_TARGET_DIR:-$PWD/target}/debug/agentline
+  else
+    cargo build --release --quiet
+    BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/agentline
+  fi
   WORK=$(mktemp -d)
   trap 'kill $DAEMON 2>/dev/null || true; [ -n "${KEEP:-}" ] && echo "kept $WORK" || rm -rf "$WORK"' EXIT
   API=127.0.0.1:$(free_port)

@@ -273,6 +273,16 @@ impl App {
                 Duration::from_secs(self.config.recordings.cleanup_interval_seconds),
             )
         });
+        // Before SIP is up: every recording of this node still open is one
+        // a crash left.
+        let node = self.calls.node().to_owned();
+        let recovered = self.calls.recover_recordings(&node).await;
+        if recovered > 0 {
+            tracing::warn!(
+                recordings = recovered,
+                "closed the recordings left open when the daemon last stopped"
+            );
+        }
         let stack = self.calls.start_sip(self.config.sip.listen, public).await?;
         if !left.is_empty() {
             let n = self.calls.end_orphans(left).await;

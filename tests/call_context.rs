@@ -14,7 +14,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -22,10 +22,10 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::routing::post;
-use chrono::{DateTime, Timelike, Utc};
+use chrono::{DateTime, Utc};
 use common::{
-    Backend, TestDaemon, chunk, finish, free_udp_port, json_of, run_sipp, serve, sse_body,
-    tool_call_chunks, verify,
+    Backend, Capture, TestDaemon, chunk, finish, free_udp_port, json_of, run_sipp, serve, sse_body,
+    tool_call_chunks, verify, zone_at,
 };
 use serde_json::{Value, json};
 
@@ -41,24 +41,6 @@ async fn ok(r: reqwest::RequestBuilder) -> Value {
     let (status, body) = json_of(r.send().await.unwrap()).await;
     assert!(status.is_success(), "{status}: {body}");
     body
-}
-
-/// A fixed-offset zone where the local time is now `hour` plus minutes.
-fn zone_at(hour: i64) -> String {
-    let now = i64::from(Utc::now().hour());
-    let mut offset = hour - now;
-    if offset < -12 {
-        offset += 24;
-    }
-    if offset > 14 {
-        offset -= 24;
-    }
-    // Etc/GMT signs are inverted: Etc/GMT-3 is UTC+3.
-    match offset {
-        0 => "Etc/GMT".to_owned(),
-        o if o > 0 => format!("Etc/GMT-{o}"),
-        o => format!("Etc/GMT+{}", -o),
-    }
 }
 
 /// A trunk that takes calls from 127.0.0.1 and dials `callee_port`.
@@ -208,52 +190,6 @@ fn greeting(t: &Value) -> Value {
 
 async fn transcript(d: &TestDaemon, id: &str) -> Value {
     ok(d.get(&format!("/v1/calls/{id}/transcript"))).await
-}
-
-/// Captures UDP on the loopback to and from `port` until stopped.
-struct Capture {
-    child: std::process::Child,
-    path: PathBuf,
-}
-
-impl Capture {
-    fn start(dir: &Path, port: u16) -> Capture {
-        let path = dir.join("calls.pcapng");
-        let mut child = std::process::Command::new("tshark")
-            .args(["-q", "-i", "lo", "-f", &format!("udp port {port}"), "-w"])
-            .arg(&path)
-            .args(["-a", "duration:150"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("tshark is installed by scripts/test");
-        // tshark says "Capturing on 'Loopback: lo'" once it listens.
-        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            line.clear();
-            if std::io::BufRead::read_line(&mut stderr, &mut line).unwrap_or(0) == 0
-                || line.contains("Capturing on")
-            {
-                break;
-            }
-        }
-        assert!(
-            line.contains("Capturing on"),
-            "tshark did not start: {line}"
-        );
-        Capture { child, path }
-    }
-
-    /// Stops the capture cleanly (SIGINT) and returns the file.
-    fn stop(mut self) -> PathBuf {
-        let _ = std::process::Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-        self.path.clone()
-    }
 }
 
 /// The µ-law audio sent to `port` in `capture`, one stream per sending

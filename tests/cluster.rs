@@ -251,6 +251,7 @@ async fn store_recovery_and_fencing(backend: Backend) {
                 max_attempts: 3,
                 opt_out_digit: None,
                 amd: "off",
+                recording: None,
             },
             true,
         )

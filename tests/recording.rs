@@ -11,11 +11,14 @@ mod common;
 #[path = "common/webhook_receiver.rs"]
 mod receiver;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{Backend, TestDaemon, free_udp_port, json_of, run_sipp, tone_power};
+use common::{
+    Backend, Capture, TestDaemon, free_udp_port, json_of, run_sipp, to_caller, tone_caller,
+    tone_power, tone_ulaw, ulaw,
+};
 use receiver::{Receiver, fast_webhooks_config};
 use serde_json::{Value, json};
 
@@ -24,51 +27,6 @@ const LIMIT: Duration = Duration::from_secs(30);
 
 fn trunk() -> String {
     "name = \"carrier\"\n[inbound]\nallow = [\"127.0.0.1/32\"]\n[limits]\nmax_calls = 10\n".into()
-}
-
-/// `seconds` of a `hz` tone as raw 8 kHz µ-law, after `lead` s of silence.
-fn tone_ulaw(dir: &Path, hz: u32, lead: f32, seconds: f32) -> PathBuf {
-    let ul = dir.join(format!("tone{hz}-{lead}-{seconds}.ul"));
-    let ok = Command::new("sox")
-        .args(["-n", "-r", "8000", "-c", "1", "-t", "ul"])
-        .arg(&ul)
-        .args(["synth", &seconds.to_string(), "sine", &hz.to_string()])
-        .args(["vol", "0.5", "pad", &lead.to_string(), "0"])
-        .status()
-        .expect("sox is installed by scripts/test")
-        .success();
-    assert!(ok, "sox failed");
-    ul
-}
-
-/// A caller that streams `audio`, presses 2 (RFC 4733) `dtmf_after_ms`
-/// after the answer (none when `None`), and hangs up `call_ms` after the
-/// answer.
-fn tone_caller(dir: &Path, audio: &Path, dtmf_after_ms: Option<u32>, call_ms: u32) -> String {
-    let head =
-        std::fs::read_to_string(common::scenario("uac-invite-dtmf-expect-200-bye.xml")).unwrap();
-    let cut = head.find("  <nop>").unwrap();
-    let bye = head
-        .find("  <send retrans=\"500\">\n    <![CDATA[\n      BYE")
-        .unwrap();
-    let key = match dtmf_after_ms {
-        Some(at) => format!(
-            "  <pause milliseconds=\"{at}\"/>\n  <nop>\n    <action>\n      \
-             <exec play_pcap_audio=\"/usr/share/sip-tester/dtmf_2833_2.pcap\"/>\n    </action>\n  </nop>\n  \
-             <pause milliseconds=\"{}\"/>\n",
-            call_ms - at
-        ),
-        None => format!("  <pause milliseconds=\"{call_ms}\"/>\n"),
-    };
-    let xml = format!(
-        "{}  <nop>\n    <action>\n      <exec rtp_stream=\"{},1,0\"/>\n    </action>\n  </nop>\n{key}{}",
-        &head[..cut],
-        audio.display(),
-        &head[bye..]
-    );
-    let path = dir.join(format!("uac-tone-{call_ms}.xml"));
-    std::fs::write(&path, xml).unwrap();
-    path.display().to_string()
 }
 
 /// A scripted voice agent that greets, and on key 2 says a line and then
@@ -106,24 +64,9 @@ async fn provision_voice(d: &TestDaemon, channels: &str) -> Value {
     agent
 }
 
-/// The newest call once it has ended.
+/// The newest call once it has ended (and is not `not`).
 async fn ended_call(d: &TestDaemon, not: Option<&str>) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (_, page) = json_of(d.get("/v1/calls?limit=1").send().await.unwrap()).await;
-        if let Some(call) = page["items"].get(0)
-            && !call["ended_at"].is_null()
-            && call["id"].as_str() != not
-        {
-            return call.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no ended call: {page}\n{}",
-            d.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::newest_ended_call(d, not, Duration::from_secs(20)).await
 }
 
 /// A WAV file's channels, rate and samples (de-interleaved).
@@ -200,17 +143,7 @@ async fn a_recorded_call(backend: Backend) {
         ),
     )
     .await;
-    let rx = Receiver::start(json!({}));
-    let (s, ep) = json_of(
-        d.post("/v1/webhook-endpoints")
-            .json(&json!({"url": rx.url(), "events": ["recording.completed"]}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(s, 201, "{ep}");
-    rx.set(json!({"secrets": [ep["secret"]]}));
+    let rx = Receiver::subscribed(&d, &["recording.completed"]).await;
     provision_voice(&d, "dual").await;
 
     // The tone runs from 0.5 s to the hang-up at 7 s; key 2 at 4 s.
@@ -570,96 +503,405 @@ async fn a_mono_recording(backend: Backend) {
     assert!(rms(span(&tracks[0], 0.0, 2.5)) > 300.0);
 }
 
-both_backends!(a_recorded_call, a_mono_recording);
-
-// ---------------------------------------------------------------- forks
-
-/// Captures UDP on the loopback to and from `port` until stopped.
-struct Capture {
-    child: Child,
-    path: PathBuf,
+/// A trunk that takes calls from 127.0.0.1 and dials `callee_port`.
+fn trunk_to(callee_port: u16) -> String {
+    format!(
+        "name = \"carrier\"\n[inbound]\nallow = [\"127.0.0.1/32\"]\n\
+         [outbound]\nproxy = \"127.0.0.1:{callee_port}\"\n[limits]\nmax_calls = 10\ncps = 50\n"
+    )
 }
 
-impl Capture {
-    fn start(dir: &Path, port: u16) -> Capture {
-        let path = dir.join("call.pcapng");
-        let mut child = Command::new("tshark")
-            .args(["-q", "-i", "lo", "-f", &format!("udp port {port}"), "-w"])
-            .arg(&path)
-            .args(["-a", "duration:60"])
+/// The body of a 2xx answer.
+async fn ok(r: reqwest::RequestBuilder) -> Value {
+    let (status, body) = json_of(r.send().await.unwrap()).await;
+    assert!(status.is_success(), "{status}: {body}");
+    body
+}
+
+/// The fields a 422 names.
+async fn refused_fields(r: reqwest::RequestBuilder) -> Vec<String> {
+    let (status, body) = json_of(r.send().await.unwrap()).await;
+    assert_eq!(status, 422, "{body}");
+    common::error_fields(&body, status)
+}
+
+/// An echo agent (the call ends after `max_seconds`), with `recording`
+/// when given.
+async fn echo_agent(d: &TestDaemon, recording: Option<Value>, max_seconds: u32) -> String {
+    let mut body = json!({"name": "echo", "kind": "echo", "max_duration_seconds": max_seconds});
+    if let Some(r) = recording {
+        body["recording"] = r;
+    }
+    ok(d.post("/v1/agents").json(&body)).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// A SIPp call to [`NUMBER`] streaming a 700 Hz tone for `ms`; returns
+/// the call once it has ended.
+async fn tone_call(d: &TestDaemon, dir: &Path, ms: u32, not: Option<&str>) -> Value {
+    let tone = tone_ulaw(dir, 700, 0.2, ms as f32 / 1000.0);
+    let scenario = tone_caller(dir, &tone, None, ms);
+    let run = run_sipp(
+        &scenario,
+        free_udp_port(),
+        Some(([127, 0, 0, 1], d.sip_port).into()),
+        &[
+            "-s",
+            NUMBER,
+            "-mi",
+            "127.0.0.1",
+            "-mp",
+            &free_udp_port().to_string(),
+        ],
+        LIMIT,
+    )
+    .await;
+    assert!(run.success, "{}\n{}", run.output, d.log());
+    ended_call(d, not).await
+}
+
+/// `GET /v1/calls/{id}` once its recording is no longer `recording` (or
+/// at once when it has none).
+async fn call_with_recording(d: &TestDaemon, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let call = ok(d.get(&format!("/v1/calls/{id}"))).await;
+        if call["recording"]["status"] != "recording" {
+            return call;
+        }
+        assert!(Instant::now() < deadline, "still recording: {call}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Recording settings on numbers and campaigns: stored, shown, merged by
+/// PATCH, checked like an agent's; an inbound call to a number that
+/// records, on an agent that does not, is recorded (and `GET
+/// /v1/calls/{id}` shows it); a number's `enabled: false` over an agent's
+/// `true` is not recorded; a campaign that records records its calls, over
+/// its From number's `false` (call > campaign > number > agent).
+async fn numbers_and_campaigns_record(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let rec_dir = dir.path().join("rec");
+    let (mut callee, callee_port) = {
+        common::require_sipp();
+        let port = free_udp_port();
+        let child = tokio::process::Command::new("sipp")
+            .args([
+                "-sf",
+                &common::scenario("uas-invite-expect-answer-then-bye.xml"),
+            ])
+            .args(["-i", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-mi", "127.0.0.1", "-mp", &free_udp_port().to_string()])
+            .args(["-m", "1", "-nostdin", "-timeout", "120s"])
+            .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
             .spawn()
-            .expect("tshark is installed by scripts/test");
-        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            line.clear();
-            if std::io::BufRead::read_line(&mut stderr, &mut line).unwrap_or(0) == 0
-                || line.contains("Capturing on")
-            {
-                break;
-            }
+            .expect("spawn sipp");
+        (child, port)
+    };
+    let d = TestDaemon::builder()
+        .backend(backend)
+        .profile("carrier", &trunk_to(callee_port))
+        .config(&format!(
+            "[recordings]\ndir = \"{}\"\n[campaigns]\npoll_ms = 100\n",
+            rec_dir.display()
+        ))
+        .start()
+        .await;
+    let plain = echo_agent(&d, None, 60).await;
+
+    // Stored and shown; PATCH merges field by field; bad values are 422s
+    // naming the field, and change nothing.
+    let number = ok(d.post("/v1/phone-numbers").json(&json!({
+        "number": NUMBER, "agent_id": plain, "trunk_id": "trk_carrier",
+        "recording": {"enabled": true, "channels": "mono"}
+    })))
+    .await;
+    assert_eq!(
+        number["recording"],
+        json!({"enabled": true, "channels": "mono"})
+    );
+    let num_id = number["id"].as_str().unwrap().to_owned();
+    for (bad, field) in [
+        (json!({"announcement": ""}), "recording.announcement"),
+        (json!({"enabled": "yes"}), "recording.enabled"),
+        (json!({"channels": "quad"}), "recording.channels"),
+        (json!({"store": "s3"}), "recording.store"),
+    ] {
+        let fields = refused_fields(
+            d.post("/v1/phone-numbers")
+                .json(&json!({"number": "+14155550199", "recording": bad})),
+        )
+        .await;
+        assert_eq!(fields, vec![field.to_owned()], "{bad}");
+        let fields = refused_fields(
+            d.patch(&format!("/v1/phone-numbers/{num_id}"))
+                .json(&json!({"recording": bad})),
+        )
+        .await;
+        assert_eq!(fields, vec![field.to_owned()], "{bad}");
+    }
+    let patched = ok(d
+        .patch(&format!("/v1/phone-numbers/{num_id}"))
+        .json(&json!({"recording": {"channels": "dual"}})))
+    .await;
+    assert_eq!(
+        patched["recording"],
+        json!({"enabled": true, "channels": "dual"})
+    );
+    let got = ok(d.get(&format!("/v1/phone-numbers/{num_id}"))).await;
+    assert_eq!(got["recording"], patched["recording"]);
+
+    // The number records a call its agent would not.
+    let call = tone_call(&d, dir.path(), 2500, None).await;
+    let id = call["id"].as_str().unwrap().to_owned();
+    let shown = call_with_recording(&d, &id).await;
+    let rec = &shown["recording"];
+    assert_eq!(rec["status"], "completed", "{shown}");
+    assert_eq!(rec["channels"], "dual");
+    assert_eq!(rec["url"], format!("/v1/calls/{id}/recording").as_str());
+    assert!(rec["duration_ms"].as_i64().unwrap() > 1500, "{rec}");
+    let wav = d
+        .get(rec["url"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(rec["size_bytes"].as_u64().unwrap() as usize, wav.len());
+    let (channels, _, tracks) = read_wav(&wav);
+    assert_eq!(channels, 2);
+    assert!(tone_share(span(&tracks[0], 0.5, 2.0), 700.0) > 0.8);
+    // Lists do not carry it.
+    let page = ok(d.get("/v1/calls?limit=1")).await;
+    assert!(page["items"][0].get("recording").is_none(), "{page}");
+
+    // `enabled: false` on the number wins over the agent's `true`.
+    let recorded = echo_agent(&d, Some(json!({"enabled": true})), 60).await;
+    ok(d.patch(&format!("/v1/phone-numbers/{num_id}"))
+        .json(&json!({"agent_id": recorded, "recording": {"enabled": false}})))
+    .await;
+    let call = tone_call(&d, dir.path(), 1500, Some(&id)).await;
+    let quiet = call["id"].as_str().unwrap().to_owned();
+    let shown = ok(d.get(&format!("/v1/calls/{quiet}"))).await;
+    assert!(shown.get("recording").is_none(), "{shown}");
+    let r = d
+        .get(&format!("/v1/calls/{quiet}/recording"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(!rec_dir.join(format!("{quiet}.wav")).exists());
+
+    // A campaign that records, from that number (`enabled: false`), with
+    // an agent that does not.
+    let short = echo_agent(&d, None, 3).await;
+    let zone = common::zone_at(12);
+    let bad = refused_fields(d.post("/v1/campaigns").json(&json!({
+        "name": "x", "agent_id": short, "caller_number": NUMBER,
+        "trunk_ids": ["trk_carrier"], "recording": {"announcement": ""}
+    })))
+    .await;
+    assert_eq!(bad, vec!["recording.announcement".to_owned()]);
+    let campaign = ok(d.post("/v1/campaigns").json(&json!({
+        "name": "recorded", "agent_id": short, "caller_number": NUMBER,
+        "trunk_ids": ["trk_carrier"], "max_attempts": 1,
+        "schedule": {"start_time": "06:00", "end_time": "18:00", "timezone": zone},
+        "recording": {"enabled": true}
+    })))
+    .await;
+    assert_eq!(campaign["recording"], json!({"enabled": true}));
+    let cid = campaign["id"].as_str().unwrap();
+    let patched = ok(d
+        .patch(&format!("/v1/campaigns/{cid}"))
+        .json(&json!({"recording": {"channels": "mono"}})))
+    .await;
+    assert_eq!(
+        patched["recording"],
+        json!({"enabled": true, "channels": "mono"})
+    );
+    ok(d.post(&format!("/v1/campaigns/{cid}/contacts"))
+        .json(&json!({"contacts": [{"number": "+14155550100", "timezone": zone}]})))
+    .await;
+    ok(d.post(&format!("/v1/campaigns/{cid}/start"))).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let dialled = loop {
+        let page = ok(d.get(&format!("/v1/calls?agent_id={short}&limit=5"))).await;
+        if let Some(call) = page["items"].get(0)
+            && !call["ended_at"].is_null()
+        {
+            break call.clone();
         }
         assert!(
-            line.contains("Capturing on"),
-            "tshark did not start: {line}"
+            Instant::now() < deadline,
+            "no campaign call: {page}\n{}",
+            d.log()
         );
-        Capture { child, path }
-    }
-
-    fn stop(mut self) -> PathBuf {
-        let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-        self.path.clone()
-    }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let did = dialled["id"].as_str().unwrap();
+    let shown = call_with_recording(&d, did).await;
+    assert_eq!(shown["recording"]["status"], "completed", "{shown}");
+    assert_eq!(shown["recording"]["channels"], "mono");
+    assert!(rec_dir.join(format!("{did}.wav")).exists());
+    let _ = tokio::time::timeout(Duration::from_secs(10), callee.wait()).await;
 }
 
-/// G.711 µ-law to linear (ITU-T G.711 §3.2).
-fn ulaw(b: u8) -> i16 {
-    let b = !b;
-    let exponent = (b >> 4) & 0x07;
-    let mantissa = i32::from(b & 0x0f);
-    let magnitude = (((mantissa << 3) + 0x84) << exponent) - 0x84;
-    (if b & 0x80 != 0 { -magnitude } else { magnitude }) as i16
-}
-
-/// The PCMU packets sent to the caller's media port: (time, samples).
-fn to_caller(capture: &Path, caller_port: u16) -> Vec<(f64, Vec<i16>)> {
-    let out = Command::new("tshark")
-        .arg("-r")
-        .arg(capture)
-        .args(["-d", &format!("udp.port=={caller_port},rtp")])
-        .args([
-            "-Y",
-            &format!("rtp.p_type == 0 && udp.dstport == {caller_port}"),
-        ])
-        .args([
-            "-T",
-            "fields",
-            "-e",
-            "frame.time_epoch",
-            "-e",
-            "rtp.payload",
-        ])
-        .output()
-        .expect("tshark is installed by scripts/test");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|line| {
-            let (at, hex) = line.split_once('\t')?;
-            let hex = hex.replace(':', "");
-            let samples = (0..hex.len() / 2)
-                .filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
-                .map(ulaw)
-                .collect();
-            Some((at.parse().ok()?, samples))
+/// The daemon killed (-9) in the middle of two recorded calls leaves WAV
+/// files whose headers say nothing and rows in `recording`. The next start
+/// fixes each header from the file's length, completes its row and sends
+/// `recording.completed` once; a row whose file is gone is `failed`, with
+/// no event.
+async fn a_crash_leaves_recordings_the_next_start_closes(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let rec_dir = dir.path().join("rec");
+    let mut d = recorded_daemon(
+        backend,
+        &format!("[recordings]\ndir = \"{}\"\n", rec_dir.display()),
+    )
+    .await;
+    let rx = Receiver::subscribed(&d, &["recording.completed"]).await;
+    let agent = echo_agent(&d, Some(json!({"enabled": true})), 120).await;
+    ok(d.post("/v1/phone-numbers").json(&json!({
+        "number": NUMBER, "agent_id": agent, "trunk_id": "trk_carrier"
+    })))
+    .await;
+    // Two callers that would talk for a minute; the daemon dies first.
+    let tone = tone_ulaw(dir.path(), 700, 0.2, 60.0);
+    let scenario = tone_caller(dir.path(), &tone, None, 60_000);
+    let callers: Vec<_> = (0..2)
+        .map(|_| {
+            let scenario = scenario.clone();
+            let target = ([127, 0, 0, 1], d.sip_port).into();
+            tokio::spawn(async move {
+                run_sipp(
+                    &scenario,
+                    free_udp_port(),
+                    Some(target),
+                    &[
+                        "-s",
+                        NUMBER,
+                        "-mi",
+                        "127.0.0.1",
+                        "-mp",
+                        &free_udp_port().to_string(),
+                    ],
+                    Duration::from_secs(90),
+                )
+                .await
+            })
         })
-        .collect()
+        .collect();
+    // Both recording, with a few seconds of audio written.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let ids = loop {
+        let page = ok(d.get("/v1/calls?limit=5")).await;
+        let live: Vec<String> = page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["status"] == "in-progress")
+            .map(|c| c["id"].as_str().unwrap().to_owned())
+            .collect();
+        let written = live.len() == 2
+            && live.iter().all(|id| {
+                std::fs::metadata(rec_dir.join(format!("{id}.wav")))
+                    .is_ok_and(|m| m.len() > 3 * 32_000)
+            });
+        if written {
+            break live;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not recording: {page}\n{}",
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    d.kill9().await;
+    let (kept, lost) = (&ids[0], &ids[1]);
+    let kept_file = rec_dir.join(format!("{kept}.wav"));
+    let before = std::fs::read(&kept_file).unwrap();
+    assert_eq!(&before[40..44], &[0, 0, 0, 0], "the header says no data");
+    std::fs::remove_file(rec_dir.join(format!("{lost}.wav"))).unwrap();
+    for caller in callers {
+        caller.abort();
+    }
+
+    d.restart().await;
+    let shown = call_with_recording(&d, kept).await;
+    let rec = &shown["recording"];
+    assert_eq!(rec["status"], "completed", "{shown}\n{}", d.log());
+    let wav = std::fs::read(&kept_file).unwrap();
+    let (channels, rate, tracks) = read_wav(&wav);
+    assert_eq!((channels, rate), (2, 8000));
+    assert_eq!(rec["size_bytes"].as_u64().unwrap() as usize, wav.len());
+    let seconds = tracks[0].len() as f64 / 8000.0;
+    assert!(seconds > 2.5, "{seconds} s kept");
+    assert!(
+        (rec["duration_ms"].as_f64().unwrap() / 1000.0 - seconds).abs() < 0.01,
+        "{rec}"
+    );
+    assert!(
+        tone_share(span(&tracks[0], 0.5, seconds - 0.2), 700.0) > 0.8,
+        "the caller's tone up to the crash"
+    );
+    let served = d
+        .get(&format!("/v1/calls/{kept}/recording"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.status(), 200);
+    assert_eq!(served.bytes().await.unwrap().as_ref(), wav.as_slice());
+    let shown = call_with_recording(&d, lost).await;
+    assert_eq!(shown["recording"]["status"], "failed", "{shown}");
+    assert!(shown["recording"].get("url").is_none());
+    // Both calls ended as lost.
+    for id in &ids {
+        let call = ok(d.get(&format!("/v1/calls/{id}"))).await;
+        assert!(!call["ended_at"].is_null(), "{call}");
+    }
+
+    // One event, for the file that was there; a second start adds none.
+    let recs = rx
+        .wait_until(Duration::from_secs(15), |r| {
+            r.iter().any(|r| r.body["type"] == "recording.completed")
+        })
+        .await;
+    let event = recs
+        .iter()
+        .find(|r| r.body["type"] == "recording.completed")
+        .unwrap();
+    assert_eq!(event.verified, vec![true]);
+    assert_eq!(event.body["data"]["call_id"], kept.as_str());
+    assert_eq!(event.body["data"]["duration_ms"], rec["duration_ms"]);
+    d.signal("TERM");
+    d.wait_exit(Duration::from_secs(30)).await;
+    d.restart().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let completed = rx
+        .records()
+        .iter()
+        .filter(|r| r.body["type"] == "recording.completed")
+        .map(|r| r.id.clone())
+        .collect::<std::collections::BTreeSet<_>>();
+    assert_eq!(completed.len(), 1, "one recording.completed in all");
 }
+
+both_backends!(
+    a_recorded_call,
+    a_mono_recording,
+    numbers_and_campaigns_record,
+    a_crash_leaves_recordings_the_next_start_closes,
+);
+
+// ---------------------------------------------------------------- forks
 
 /// A WebSocket listener on a free port: `reading` ones keep every text
 /// message; the others accept and then never read again, with a tiny
@@ -862,5 +1104,101 @@ async fn a_stuck_fork_never_slows_the_call() {
         toned as f64 > media.len() as f64 * 0.8,
         "{toned} of {} frames carry the caller's tone",
         media.len()
+    );
+}
+
+// ------------------------------------------------------------ web calls
+
+/// Share of the 100 ms windows of `samples` louder than `level` (rms).
+fn active(samples: &[i16], level: f64) -> Vec<bool> {
+    samples.chunks_exact(800).map(|w| rms(w) > level).collect()
+}
+
+/// A web call from a real browser to an agent that records: the file has
+/// the page's speech on the left and the agent's on the right, the call's
+/// length, and `GET /v1/calls/{id}` shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_web_call_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec_dir = dir.path().join("rec");
+    let d = TestDaemon::builder()
+        .allow_loopback()
+        .config(&format!("[recordings]\ndir = \"{}\"\n", rec_dir.display()))
+        .start()
+        .await;
+    let reply = "Your appointment is booked, see you soon.";
+    let agent = ok(d.post("/v1/agents").json(&json!({
+        "name": "Clinic", "kind": "voice", "max_duration_seconds": 90,
+        "tts": {"provider": "embedded", "voice": "slt"},
+        "recording": {"enabled": true, "channels": "dual"},
+        "script": {
+            "start": "main",
+            "greeting": "Hello, this is the clinic.",
+            // Whatever the recognizer makes of the page's sentence on a
+            // loaded machine, the agent answers it with the same line.
+            "fallback": reply,
+            "states": {"main": {"intents": [
+                {"name": "book", "keywords": ["appointment", "book"], "reply": reply}
+            ]}}
+        }
+    })))
+    .await;
+    let wav = common::flite_wav(
+        dir.path(),
+        "I would like to book an appointment for Tuesday.",
+        3.0,
+        12.0,
+    );
+    common::browser_web_call(
+        &d,
+        agent["id"].as_str().unwrap(),
+        dir.path(),
+        &wav,
+        "booked, see you soon",
+    )
+    .await;
+    let call = ended_call(&d, None).await;
+    assert_eq!(call["direction"], "web", "{call}");
+    let id = call["id"].as_str().unwrap();
+    let shown = call_with_recording(&d, id).await;
+    let rec = &shown["recording"];
+    assert_eq!(rec["status"], "completed", "{shown}\n{}", d.log());
+    let wav = d
+        .get(rec["url"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let (channels, _, tracks) = read_wav(&wav);
+    assert_eq!(channels, 2);
+    let seconds = tracks[0].len() as f64 / 8000.0;
+    let call_s = call["duration_ms"].as_f64().unwrap() / 1000.0;
+    assert!(
+        (seconds - call_s).abs() < 0.5,
+        "the file lasts {seconds} s, the call {call_s} s"
+    );
+    // Both sides spoke, each on its own channel: most of the agent's loud
+    // windows are quiet on the caller's side.
+    let (caller, agent) = (active(&tracks[0], 300.0), active(&tracks[1], 300.0));
+    let caller_n = caller.iter().filter(|a| **a).count();
+    let agent_n = agent.iter().filter(|a| **a).count();
+    assert!(
+        caller_n >= 5,
+        "the page's speech on the left: {caller_n} windows"
+    );
+    assert!(
+        agent_n >= 10,
+        "the agent's speech on the right: {agent_n} windows"
+    );
+    let both = caller
+        .iter()
+        .zip(&agent)
+        .filter(|(c, a)| **c && **a)
+        .count();
+    assert!(
+        both * 2 < agent_n,
+        "the tracks are apart: {both} of {agent_n} agent windows loud on the left too"
     );
 }

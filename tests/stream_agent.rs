@@ -17,7 +17,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Backend, TestDaemon, free_port, free_udp_port, json_of, run_sipp, tone_power};
+use common::{
+    Backend, Capture, TestDaemon, free_port, free_udp_port, json_of, run_sipp, to_caller,
+    tone_caller, tone_power, tone_ulaw,
+};
 use receiver::{Receiver, fast_webhooks_config};
 use serde_json::{Value, json};
 
@@ -123,147 +126,7 @@ async fn provision(d: &TestDaemon, url: &str) -> Value {
 
 /// The newest call once it has ended.
 async fn ended_call(d: &TestDaemon) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (_, page) = json_of(d.get("/v1/calls?limit=1").send().await.unwrap()).await;
-        if let Some(call) = page["items"].get(0)
-            && !call["ended_at"].is_null()
-        {
-            return call.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no ended call: {page}\n{}",
-            d.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// `seconds` of a `hz` tone as raw 8 kHz µ-law, after `lead` s of silence.
-fn tone_ulaw(dir: &Path, hz: u32, lead: f32, seconds: f32) -> PathBuf {
-    let ul = dir.join(format!("tone{hz}.ul"));
-    let ok = Command::new("sox")
-        .args(["-n", "-r", "8000", "-c", "1", "-t", "ul"])
-        .arg(&ul)
-        .args(["synth", &seconds.to_string(), "sine", &hz.to_string()])
-        .args(["vol", "0.5", "pad", &lead.to_string(), "0"])
-        .status()
-        .expect("sox is installed by scripts/test")
-        .success();
-    assert!(ok, "sox failed");
-    ul
-}
-
-/// A caller that streams `audio`, presses 2 (RFC 4733) `dtmf_after_ms`
-/// after the answer, and hangs up `call_ms` after the answer.
-fn tone_and_key_caller(dir: &Path, audio: &Path, dtmf_after_ms: u32, call_ms: u32) -> String {
-    let head =
-        std::fs::read_to_string(common::scenario("uac-invite-dtmf-expect-200-bye.xml")).unwrap();
-    let cut = head.find("  <nop>").unwrap();
-    let bye = head
-        .find("  <send retrans=\"500\">\n    <![CDATA[\n      BYE")
-        .unwrap();
-    let xml = format!(
-        "{}  <nop>\n    <action>\n      <exec rtp_stream=\"{},1,0\"/>\n    </action>\n  </nop>\n  \
-         <pause milliseconds=\"{dtmf_after_ms}\"/>\n  <nop>\n    <action>\n      \
-         <exec play_pcap_audio=\"/usr/share/sip-tester/dtmf_2833_2.pcap\"/>\n    </action>\n  </nop>\n  \
-         <pause milliseconds=\"{}\"/>\n{}",
-        &head[..cut],
-        audio.display(),
-        call_ms - dtmf_after_ms,
-        &head[bye..]
-    );
-    let path = dir.join("uac-invite-tone-dtmf-expect-200-bye.xml");
-    std::fs::write(&path, xml).unwrap();
-    path.display().to_string()
-}
-
-/// Captures UDP on the loopback to and from `port` until stopped.
-struct Capture {
-    child: Child,
-    path: PathBuf,
-}
-
-impl Capture {
-    fn start(dir: &Path, port: u16) -> Capture {
-        let path = dir.join("call.pcapng");
-        let mut child = Command::new("tshark")
-            .args(["-q", "-i", "lo", "-f", &format!("udp port {port}"), "-w"])
-            .arg(&path)
-            .args(["-a", "duration:60"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("tshark is installed by scripts/test");
-        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            line.clear();
-            if std::io::BufRead::read_line(&mut stderr, &mut line).unwrap_or(0) == 0
-                || line.contains("Capturing on")
-            {
-                break;
-            }
-        }
-        assert!(
-            line.contains("Capturing on"),
-            "tshark did not start: {line}"
-        );
-        Capture { child, path }
-    }
-
-    fn stop(mut self) -> PathBuf {
-        let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-        self.path.clone()
-    }
-}
-
-/// G.711 µ-law to linear (ITU-T G.711 §3.2).
-fn ulaw(b: u8) -> i16 {
-    let b = !b;
-    let exponent = (b >> 4) & 0x07;
-    let mantissa = i32::from(b & 0x0f);
-    let magnitude = (((mantissa << 3) + 0x84) << exponent) - 0x84;
-    (if b & 0x80 != 0 { -magnitude } else { magnitude }) as i16
-}
-
-/// The PCMU packets sent to the caller's media port: (Unix time, samples).
-fn to_caller(capture: &Path, caller_port: u16) -> Vec<(f64, Vec<i16>)> {
-    let out = Command::new("tshark")
-        .arg("-r")
-        .arg(capture)
-        .args(["-d", &format!("udp.port=={caller_port},rtp")])
-        .args([
-            "-Y",
-            &format!("rtp.p_type == 0 && udp.dstport == {caller_port}"),
-        ])
-        .args([
-            "-T",
-            "fields",
-            "-e",
-            "frame.time_epoch",
-            "-e",
-            "rtp.payload",
-        ])
-        .output()
-        .expect("tshark is installed by scripts/test");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|line| {
-            let (at, hex) = line.split_once('\t')?;
-            let hex = hex.replace(':', "");
-            let samples = (0..hex.len() / 2)
-                .filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
-                .map(ulaw)
-                .collect();
-            Some((at.parse().ok()?, samples))
-        })
-        .collect()
+    common::newest_ended_call(d, None, Duration::from_secs(20)).await
 }
 
 /// Whether a 20 ms packet carries the `hz` tone (against silence or the
@@ -289,7 +152,7 @@ async fn a_pipecat_bot_hears_the_caller_and_answers() {
         .await;
     provision(&d, &bot.url()).await;
     let tone = tone_ulaw(dir.path(), 700, 0.5, 2.0);
-    let scenario = tone_and_key_caller(dir.path(), &tone, 4000, 6000);
+    let scenario = tone_caller(dir.path(), &tone, Some(4000), 6000);
     let media_port = free_udp_port();
     let capture = Capture::start(dir.path(), media_port);
     let run = run_sipp(
@@ -556,7 +419,7 @@ async fn the_wire_format_and_stop_when_the_caller_hangs_up() {
         .await;
     provision(&d, &bot.url()).await;
     let tone = tone_ulaw(dir.path(), 700, 0.5, 2.0);
-    let scenario = tone_and_key_caller(dir.path(), &tone, 3000, 4000);
+    let scenario = tone_caller(dir.path(), &tone, Some(3000), 4000);
     let run = run_sipp(
         &scenario,
         free_udp_port(),
@@ -646,16 +509,7 @@ async fn an_unreachable_bot_ends_the_call(backend: Backend) {
         .allow_loopback()
         .start()
         .await;
-    let rx = Receiver::start(json!({}));
-    let r = d
-        .post("/v1/webhook-endpoints")
-        .json(&json!({"url": rx.url(), "events": ["call.ended"]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let ep: Value = r.json().await.unwrap();
-    rx.set(json!({"secrets": [ep["secret"]]}));
+    let rx = Receiver::subscribed(&d, &["call.ended"]).await;
     // Nothing listens on a fresh free port.
     provision(&d, &format!("ws://127.0.0.1:{}/ws", free_port())).await;
     let started = Instant::now();

@@ -109,6 +109,11 @@ async fn get_call(
     if outbound {
         call.attempts = Some(state.store.call_attempts(&id).await?);
     }
+    call.recording = match state.store.get_recording(&id).await {
+        Ok(row) => Some(row.into()),
+        Err(crate::store::StoreError::NotFound) => None,
+        Err(e) => return Err(e.into()),
+    };
     Ok(Json(call))
 }
 

@@ -23,7 +23,7 @@ use crate::campaign::{Action, CONTACT_STATES};
 use crate::config::MAX_RETRY_DELAY_SECONDS;
 use crate::media::amd::AmdMode;
 use crate::model::campaign::{RetryPolicy, RetryRule, Schedule};
-use crate::model::{AttemptOutcome, Campaign, CampaignStatus, EventType};
+use crate::model::{AttemptOutcome, Campaign, CampaignStatus, EventType, RecordingSettings};
 use crate::store::StoreError;
 use crate::store::campaigns::{CampaignFields, CampaignRecord};
 use crate::{e164, ids, secrets};
@@ -64,6 +64,9 @@ pub struct CampaignCreate {
     /// http(s) URL asked for the agent of each attempt (as a number's
     /// agent webhook); its signing secret is in this answer only.
     pub agent_webhook_url: Option<String>,
+    /// Recording of the campaign's calls, field by field over the From
+    /// number's and the agent's settings.
+    pub recording: Option<RecordingSettings>,
 }
 
 /// A JSON Merge Patch (RFC 7396) of the campaign: fields left out keep
@@ -92,6 +95,8 @@ pub struct CampaignUpdate {
     /// the agent webhook off.
     #[schema(value_type = Option<String>)]
     pub agent_webhook_url: Option<Option<String>>,
+    /// Merged into the current settings; `null` removes them.
+    pub recording: Option<RecordingSettings>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -142,6 +147,7 @@ struct Valid {
     max_attempts: i64,
     opt_out_digit: Option<String>,
     amd: AmdMode,
+    recording: Option<String>,
 }
 
 impl Valid {
@@ -158,6 +164,7 @@ impl Valid {
             max_attempts: self.max_attempts,
             opt_out_digit: self.opt_out_digit.as_deref(),
             amd: self.amd.as_str(),
+            recording: self.recording.as_deref(),
         }
     }
 }
@@ -177,6 +184,7 @@ async fn validate(
     max_attempts: i64,
     opt_out_digit: Option<String>,
     amd: AmdMode,
+    recording: Option<RecordingSettings>,
     mode: Mode,
 ) -> Result<Valid, ApiError> {
     let mut details = Vec::new();
@@ -243,6 +251,13 @@ async fn validate(
             );
         }
     }
+    for (field, message) in recording
+        .as_ref()
+        .map(RecordingSettings::problems)
+        .unwrap_or_default()
+    {
+        problem(&format!("recording.{field}"), message);
+    }
     if let Err(problems) = schedule.compile() {
         for (field, message) in problems {
             problem(&field, &message);
@@ -277,6 +292,7 @@ async fn validate(
         max_attempts,
         opt_out_digit,
         amd,
+        recording: super::numbers::settings_json(recording.as_ref())?,
     })
 }
 
@@ -352,6 +368,7 @@ async fn validated(state: &AppState, b: CampaignCreate, mode: Mode) -> Result<Va
         b.max_attempts.unwrap_or(3),
         b.opt_out_digit,
         b.amd.unwrap_or_default(),
+        b.recording,
         mode,
     )
     .await

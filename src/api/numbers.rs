@@ -16,6 +16,7 @@ use super::AppState;
 use super::error::{ApiError, ErrorResponses, FieldError};
 use super::extract::{ApiJson, ApiQuery, List, Pagination};
 use super::mode::Mode;
+use crate::model::RecordingSettings;
 use crate::store::StoreError;
 use crate::store::numbers::{NumberFields, NumberRecord};
 use crate::{e164, ids, secrets};
@@ -50,6 +51,9 @@ pub struct PhoneNumber {
     /// `agent_webhook_url`, never shown again.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent_webhook_secret: Option<String>,
+    /// Recording of the number's calls (inbound to it, outbound from it):
+    /// over the agent's settings, under a campaign's and a call's.
+    pub recording: Option<RecordingSettings>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -64,6 +68,9 @@ pub struct PhoneNumberCreate {
     /// http(s) URL asked for the agent of each inbound call; public
     /// addresses only unless `[webhooks]` allows others.
     pub agent_webhook_url: Option<String>,
+    /// Recording of the number's calls, field by field over the agent's
+    /// (`{"enabled": false}` turns off an agent's recording here).
+    pub recording: Option<RecordingSettings>,
 }
 
 /// A JSON Merge Patch (RFC 7396) of the number: fields left out keep their
@@ -85,6 +92,8 @@ pub struct PhoneNumberUpdate {
     /// the agent webhook off.
     #[schema(value_type = Option<String>)]
     pub agent_webhook_url: Option<Option<String>>,
+    /// Merged into the current settings; `null` removes them.
+    pub recording: Option<RecordingSettings>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -114,6 +123,11 @@ fn to_api(r: NumberRecord) -> PhoneNumber {
         updated_at: r.updated_at,
         agent_webhook_url: r.agent_webhook_url,
         agent_webhook_secret: None,
+        recording: r.recording.as_deref().and_then(|j| {
+            serde_json::from_str(j)
+                .inspect_err(|e| tracing::warn!(error = %e, "stored recording settings unreadable"))
+                .ok()
+        }),
     }
 }
 
@@ -151,6 +165,7 @@ pub(super) async fn check_agent_webhook(
 }
 
 /// Checks every field and answers all problems at once.
+#[allow(clippy::too_many_arguments)] // one per field of the number
 async fn validate(
     state: &AppState,
     number: &str,
@@ -158,9 +173,19 @@ async fn validate(
     agent_id: Option<&str>,
     trunk_id: Option<&str>,
     agent_webhook_url: Option<&str>,
+    recording: Option<&RecordingSettings>,
     mode: Mode,
 ) -> Result<String, ApiError> {
     let mut details = Vec::new();
+    for (field, message) in recording
+        .map(RecordingSettings::problems)
+        .unwrap_or_default()
+    {
+        details.push(FieldError {
+            field: format!("recording.{field}"),
+            message: message.into(),
+        });
+    }
     if let Some(url) = agent_webhook_url
         && let Err(e) = check_agent_webhook(state, "agent_webhook_url", url).await
     {
@@ -209,6 +234,13 @@ async fn validate(
     }
 }
 
+/// Recording settings as stored: JSON, `None` when not set.
+pub(super) fn settings_json(r: Option<&RecordingSettings>) -> Result<Option<String>, ApiError> {
+    r.map(serde_json::to_string)
+        .transpose()
+        .map_err(ApiError::internal)
+}
+
 fn conflict(e: StoreError) -> ApiError {
     match e {
         StoreError::Conflict(_) => ApiError::conflict("this number is already provisioned"),
@@ -232,9 +264,11 @@ async fn create_number(
         body.agent_id.as_deref(),
         body.trunk_id.as_deref(),
         body.agent_webhook_url.as_deref(),
+        body.recording.as_ref(),
         mode,
     )
     .await?;
+    let recording = settings_json(body.recording.as_ref())?;
     let secret = body
         .agent_webhook_url
         .as_ref()
@@ -246,6 +280,7 @@ async fn create_number(
         trunk: body.trunk_id.as_deref(),
         agent_webhook_url: body.agent_webhook_url.as_deref(),
         agent_webhook_secret: secret.as_deref(),
+        recording: recording.as_deref(),
     };
     let record = state
         .store
@@ -309,6 +344,7 @@ async fn update_number(
         name,
         agent_id,
         trunk_id,
+        recording,
         ..
     } = super::extract::patched(&to_api(record), &patch)?;
     let (url, secret, new_secret) = match hook {
@@ -326,9 +362,11 @@ async fn update_number(
         agent_id.as_deref(),
         trunk_id.as_deref(),
         new_secret.as_ref().and(url.as_deref()),
+        recording.as_ref(),
         mode,
     )
     .await?;
+    let recording = settings_json(recording.as_ref())?;
     let fields = NumberFields {
         number: &number,
         name: name.as_deref(),
@@ -336,6 +374,7 @@ async fn update_number(
         trunk: trunk_id.as_deref(),
         agent_webhook_url: url.as_deref(),
         agent_webhook_secret: secret.as_deref(),
+        recording: recording.as_deref(),
     };
     let record = state
         .store

@@ -99,13 +99,37 @@ impl Dialer for CallDialer {
                 ))),
             })?
             .map(|(url, secret)| AgentWebhook { url, secret });
+        // The campaign's recording settings, per attempt too; unreadable
+        // ones (never written so by the API) leave the call to the
+        // number's and the agent's.
+        let recording = self
+            .calls
+            .shared
+            .transitions
+            .store()
+            .campaign_recording(&req.campaign_id)
+            .await
+            .or_else(|e| match e {
+                StoreError::NotFound => Ok(None),
+                e => Err(DialError::Failed(format!(
+                    "campaign {}: {e}",
+                    req.campaign_id
+                ))),
+            })?
+            .and_then(|json| {
+                serde_json::from_str(&json)
+                    .inspect_err(
+                        |e| tracing::warn!(error = %e, "campaign recording settings unreadable"),
+                    )
+                    .ok()
+            });
         let variables = req
             .variables
             .as_object()
             .map(|o| o.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
             .unwrap_or_default();
         let request = OutboundRequest {
-            recording: None,
+            recording,
             call_id: Some(req.call_id.clone()),
             from: req.from.clone(),
             to: req.to.clone(),

@@ -37,7 +37,7 @@ use super::{EndReason, Shared, count_ended, count_started};
 use crate::agent::CallSettings;
 use crate::config::Profile;
 use crate::media::amd::AmdMode;
-use crate::model::{AgentSource, CallContext, CallStatus, Direction};
+use crate::model::{AgentSource, CallContext, CallStatus, Direction, RecordingSettings};
 use crate::sip::{AcceptError, DigestAccount, IncomingInvite, InviteInfo, digest_identity};
 use crate::store::StoreError;
 use crate::store::calls::{CallRecord, NewCall};
@@ -63,6 +63,8 @@ struct Route {
     /// Who chose the agent, and why a webhook's choice was not followed.
     agent_source: AgentSource,
     agent_source_error: Option<String>,
+    /// The dialled number's recording settings, over the agent's.
+    recording: Option<RecordingSettings>,
 }
 
 /// The trunk whose `[inbound] allow` covers `ip`, first by name. An IPv4
@@ -281,6 +283,11 @@ async fn route(shared: &Shared, id: &str, info: &InviteInfo) -> Result<Route, En
         metadata: serde_json::json!({}),
         ..CallContext::default()
     };
+    let recording = record.recording.as_deref().and_then(|json| {
+        serde_json::from_str(json)
+            .inspect_err(|e| tracing::warn!(error = %e, "number recording settings unreadable"))
+            .ok()
+    });
     let hook = match (record.agent_webhook_url, record.agent_webhook_secret) {
         (Some(url), Some(secret)) => Some(AgentWebhook { url, secret }),
         _ => None,
@@ -293,6 +300,7 @@ async fn route(shared: &Shared, id: &str, info: &InviteInfo) -> Result<Route, En
         hook,
         agent_source: AgentSource::Number,
         agent_source_error: None,
+        recording,
         agent: AgentSpec {
             id: agent_id,
             kind: agent.kind,
@@ -391,7 +399,12 @@ async fn run(shared: Arc<Shared>, id: String, mut invite: IncomingInvite, mut ro
 async fn prepare(call: Routed, route: &Route) -> Result<(Prepared, Bytes), Finished> {
     let context = context::agent_context(&route.context);
     let mut prepared = call
-        .prepare(&route.agent, &route.trunk, context, None)
+        .prepare(
+            &route.agent,
+            &route.trunk,
+            context,
+            route.recording.as_ref(),
+        )
         .await?;
     match &route.offer {
         Some(offer) => prepared.answer(offer),

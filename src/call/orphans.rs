@@ -157,7 +157,9 @@ impl Calls {
     }
 
     /// Ends the unended calls of dead node `node`; how many this node
-    /// ended (another survivor may take some).
+    /// ended (another survivor may take some). Their recordings are closed
+    /// here when their files are on this node's disk too (a shared
+    /// `[recordings] dir`), else by `node` when it starts again.
     pub async fn reap_node(&self, node: &str) -> Result<usize, StoreError> {
         let calls = self
             .shared
@@ -165,7 +167,20 @@ impl Calls {
             .store()
             .unended_calls_of(node)
             .await?;
+        self.recover_recordings(node).await;
         Ok(self.end_orphans(calls).await)
+    }
+
+    /// Closes the recordings node `node` left open (see
+    /// `recording::Recordings::recover`); run for this node at start,
+    /// before any call of this run records, so that a file cut short by a
+    /// crash gets its header and `recording.completed` before its call's
+    /// `call.ended`.
+    pub async fn recover_recordings(&self, node: &str) -> usize {
+        self.shared
+            .recordings
+            .recover(node, self.shared.transitions.outbox())
+            .await
     }
 
     /// Sets the trunks (profile names) this node runs registrations and

@@ -40,6 +40,7 @@ use crate::sip::{
 };
 use crate::store::StoreError;
 use crate::store::calls::{CallRecord, CampaignAttempt, NewCall};
+use crate::store::numbers::NumberRecord;
 
 /// A call to place, as the API received it (numbers already E.164).
 #[derive(Debug, Clone)]
@@ -76,7 +77,8 @@ pub struct OutboundRequest {
     /// Asked for the agent of this call before it is placed (a campaign's
     /// `agent_webhook_url`).
     pub agent_webhook: Option<AgentWebhook>,
-    /// The call's recording settings, over the agent's.
+    /// The call's recording settings (a campaign's for its calls), over
+    /// the From number's and the agent's.
     pub recording: Option<crate::model::RecordingSettings>,
     /// `false`: a test-mode call, placed on the simulated carrier with a
     /// test-mode number and agent; never on a trunk.
@@ -125,7 +127,22 @@ impl Calls {
         if shared.is_draining() {
             return Err(PlaceError::Draining);
         }
-        let (mut agent, trunks, number_id) = resolve(shared, &req).await?;
+        let (mut agent, trunks, number) = resolve(shared, &req).await?;
+        let number_id = number.id;
+        // Recording: the call's (or campaign's) over the From number's; the
+        // agent's is merged under both when the call is prepared.
+        let mut req = req;
+        let number_recording = number.recording.as_deref().and_then(|json| {
+            serde_json::from_str(json)
+                .inspect_err(|e| tracing::warn!(error = %e, "number recording settings unreadable"))
+                .ok()
+        });
+        if number_recording.is_some() {
+            req.recording = Some(super::recording::merged(&[
+                number_recording.as_ref(),
+                req.recording.as_ref(),
+            ]));
+        }
         // Admitted on the first trunk the call may use; failover moves it.
         let Some(trunk) = trunks
             .iter()
@@ -227,11 +244,11 @@ impl Calls {
 }
 
 /// The agent and the trunks of a call to place: the request's, or those
-/// bound to its From number, each with its policy's verdict.
+/// bound to its From number (returned too), each with its policy's verdict.
 async fn resolve(
     shared: &Shared,
     req: &OutboundRequest,
-) -> Result<(AgentSpec, Vec<Candidate>, String), PlaceError> {
+) -> Result<(AgentSpec, Vec<Candidate>, NumberRecord), PlaceError> {
     let store = shared.transitions.store();
     let number = store.find_number(&req.from).await.map_err(|e| match e {
         StoreError::NotFound => PlaceError::UnknownFrom,
@@ -244,7 +261,7 @@ async fn resolve(
     let agent_id = req
         .agent_id
         .clone()
-        .or(number.agent_id)
+        .or_else(|| number.agent_id.clone())
         .ok_or(PlaceError::NoAgent)?;
     let agent = store.get_agent(&agent_id).await.map_err(|e| match e {
         StoreError::NotFound => PlaceError::UnknownAgent,
@@ -268,7 +285,7 @@ async fn resolve(
             trunk: carrier.profile().clone(),
             refused: None,
         };
-        return Ok((agent, vec![simulated], number.id));
+        return Ok((agent, vec![simulated], number));
     }
     let trunk_id = match &req.trunk {
         Some(id) => id.clone(),
@@ -298,7 +315,7 @@ async fn resolve(
         settings,
         settings_json: agent.settings,
     };
-    Ok((agent, trunks, number.id))
+    Ok((agent, trunks, number))
 }
 
 /// Refuses a call once the trunk's daily caps (`[limits] daily_calls`,

@@ -145,8 +145,8 @@ impl Routed {
     }
 
     /// Builds the agent (on the call of `context`) and binds the RTP port
-    /// our SDP will name. `recording`: the call's own recording settings
-    /// (`POST /v1/calls`), over the agent's.
+    /// our SDP will name. `recording`: the call's recording settings (the
+    /// call's, a campaign's and the number's, merged), over the agent's.
     pub async fn prepare(
         self,
         agent: &AgentSpec,

@@ -6,8 +6,10 @@
 //! Owns: the file layout (`[recordings] dir`/`<call id>.wav`, the name
 //! only ever built from a call id that passes [`file_name`], never from
 //! what a request carries), placing both tracks on the call's clock
-//! ([`Aligner`]), pause and resume, the header fixed up at the end, and
-//! deleting files (`DELETE`, retention).
+//! ([`Aligner`]), pause and resume, the header fixed up at the end,
+//! closing the files a crash left open ([`Recordings::recover`]: the
+//! header from the file's length, the row completed, `recording.completed`
+//! once), and deleting files (`DELETE`, retention).
 //!
 //! Time alignment: the file's sample `n` is `n / 8000` seconds after the
 //! recording started (the answer). Each frame from the tap carries the
@@ -188,6 +190,57 @@ impl Aligner {
     }
 }
 
+/// Fixes the header of a file a crash left open (its `data` length still
+/// 0) from the file's length, dropping a torn last frame: the audio
+/// written up to the crash (all but the last [`HORIZON`] and what was not
+/// flushed) plays. `None` when there is no file.
+pub async fn repair(
+    path: &Path,
+    channels: RecordingChannels,
+) -> Result<Option<RecordingTotals>, std::io::Error> {
+    let mut file = match tokio::fs::OpenOptions::new().write(true).open(path).await {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let len = file.metadata().await?.len();
+    let block = u64::from(channels.count()) * 2;
+    // A WAV data chunk is at most u32::MAX bytes (RIFF's 32-bit sizes).
+    let data_len = len.saturating_sub(HEADER_LEN).min(u64::from(u32::MAX) - 36);
+    let data_len = data_len - data_len % block;
+    file.set_len(HEADER_LEN + data_len).await?;
+    file.seek(std::io::SeekFrom::Start(0)).await?;
+    let data_len32 = u32::try_from(data_len).unwrap_or(u32::MAX);
+    file.write_all(&wav_header(channels.count(), data_len32))
+        .await?;
+    file.flush().await?;
+    file.sync_data().await?;
+    Ok(Some(totals_of(data_len, channels, Duration::ZERO)))
+}
+
+/// The totals of a file with `data_len` bytes of samples.
+fn totals_of(data_len: u64, channels: RecordingChannels, paused: Duration) -> RecordingTotals {
+    let bytes_per_second = u64::from(CLOCK_RATE) * u64::from(channels.count()) * 2;
+    let ms = |d: u64| i64::try_from(d).unwrap_or(i64::MAX);
+    RecordingTotals {
+        duration_ms: ms(data_len * 1000 / bytes_per_second),
+        size_bytes: ms(data_len + HEADER_LEN),
+        paused_ms: ms(u64::try_from(paused.as_millis()).unwrap_or(u64::MAX)),
+    }
+}
+
+/// `recording.completed` of `row`, test or live as its call.
+fn completed_event(
+    row: &RecordingRecord,
+    livemode: bool,
+) -> Result<crate::store::events::NewEvent, crate::store::StoreError> {
+    crate::webhook::event::recording_event(
+        EventType::RecordingCompleted,
+        Recording::from(row.clone()),
+        livemode,
+    )
+}
+
 /// Why a recording was not deleted.
 #[derive(Debug, thiserror::Error)]
 pub enum DeleteError {
@@ -346,6 +399,66 @@ impl Recordings {
         n
     }
 
+    /// Closes the recordings a crash left open: on `node`'s disk (this
+    /// node's at start, before any call of this run records; a dead node's
+    /// when its files are on this node's disk too, a shared `[recordings]
+    /// dir`). Each file's header is fixed from its length ([`repair`]) and
+    /// its row completed with `recording.completed`, once (the row moves
+    /// out of `recording` in the same transaction); `failed` when the file
+    /// is gone or cannot be fixed. A dead node's recording whose file is
+    /// not here is left for that node's own start. Returns how many rows
+    /// this call closed.
+    pub async fn recover(&self, node: &str, outbox: &crate::webhook::Outbox) -> usize {
+        let left = match self.store.recordings_left(node).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(error = %e, node, "recordings left open not listed");
+                return 0;
+            }
+        };
+        let mine = node == self.node;
+        let mut closed = 0;
+        for row in left {
+            let Some(path) = self.path(&row.call_id) else {
+                continue;
+            };
+            let repaired = repair(&path, row.channels).await;
+            let (totals, failed) = match repaired {
+                Ok(Some(totals)) => (totals, false),
+                // Not on this disk: the dead node's own start closes it.
+                Ok(None) if !mine => continue,
+                Ok(None) => {
+                    tracing::warn!(call_id = %row.call_id, "recording left open has no file");
+                    (zero_totals(), true)
+                }
+                Err(e) => {
+                    tracing::warn!(call_id = %row.call_id, error = %e, "recording left open not repaired");
+                    (zero_totals(), true)
+                }
+            };
+            match outbox
+                .recording_completed(&row.call_id, totals, failed, &completed_event)
+                .await
+            {
+                Ok(_) => {
+                    closed += 1;
+                    tracing::info!(
+                        call_id = %row.call_id,
+                        failed,
+                        duration_ms = totals.duration_ms,
+                        "recording left open by a crash closed"
+                    );
+                }
+                // Another node closed it first.
+                Err(crate::store::StoreError::NotFound) => {}
+                Err(e) => {
+                    tracing::warn!(call_id = %row.call_id, error = %e, "recording left open not closed")
+                }
+            }
+        }
+        closed
+    }
+
     /// Runs the retention cleanup every `every` until the process ends.
     pub fn spawn_cleanup(&self, retain: Duration, every: Duration) -> JoinHandle<()> {
         let this = self.clone();
@@ -419,15 +532,8 @@ impl Recorder {
                 (zero_totals(), true)
             }
         };
-        let emit = |row: &RecordingRecord, livemode: bool| {
-            crate::webhook::event::recording_event(
-                EventType::RecordingCompleted,
-                Recording::from(row.clone()),
-                livemode,
-            )
-        };
         match outbox
-            .recording_completed(&call_id, totals, failed, &emit)
+            .recording_completed(&call_id, totals, failed, &completed_event)
             .await
         {
             Ok(row) => {
@@ -528,17 +634,13 @@ async fn write(
         .await?;
     file.flush().await?;
     file.sync_data().await?;
-    let bytes_per_second = u64::from(CLOCK_RATE) * u64::from(channels.count()) * 2;
-    let ms = |d: u64| i64::try_from(d).unwrap_or(i64::MAX);
-    Ok(RecordingTotals {
-        duration_ms: ms(data_len * 1000 / bytes_per_second),
-        size_bytes: ms(data_len + HEADER_LEN),
-        paused_ms: ms(u64::try_from(paused_total.as_millis()).unwrap_or(u64::MAX)),
-    })
+    Ok(totals_of(data_len, channels, paused_total))
 }
 
-/// Recording settings merged for one call: the call's over the campaign's
-/// over the number's over the agent's.
+/// Recording settings merged for one call, `levels` from the least
+/// specific (the agent's) to the most (the call's): each level's fields
+/// over those before it, so the call's win over the campaign's over the
+/// number's over the agent's.
 pub fn merged(
     levels: &[Option<&crate::model::RecordingSettings>],
 ) -> crate::model::RecordingSettings {
@@ -546,7 +648,7 @@ pub fn merged(
         .iter()
         .flatten()
         .fold(crate::model::RecordingSettings::default(), |acc, level| {
-            acc.over(level)
+            level.over(&acc)
         })
 }
 
@@ -623,6 +725,69 @@ mod tests {
         assert_eq!(s.len(), 320);
         assert_eq!(s[0], 150);
         assert_eq!(s[200], 0);
+    }
+
+    #[tokio::test]
+    async fn a_torn_file_gets_its_header_from_its_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("call_1.wav");
+        // The header as written at the start (no data yet), 1 s of dual
+        // audio, and half a frame torn by the crash.
+        let mut bytes = wav_header(2, 0).to_vec();
+        bytes.extend(std::iter::repeat_n(7u8, 32_000 + 2));
+        std::fs::write(&path, &bytes).unwrap();
+        let totals = repair(&path, RecordingChannels::Dual)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(totals.duration_ms, 1000);
+        assert_eq!(totals.size_bytes, 44 + 32_000);
+        let fixed = std::fs::read(&path).unwrap();
+        assert_eq!(fixed.len(), 44 + 32_000);
+        let parsed = crate::media::wav::parse_header(&fixed).unwrap().unwrap();
+        assert_eq!(parsed.data_len, 32_000);
+        // A header cut short: an empty file that plays.
+        std::fs::write(&path, b"RIFF").unwrap();
+        let totals = repair(&path, RecordingChannels::Mono)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((totals.duration_ms, totals.size_bytes), (0, 44));
+        assert_eq!(std::fs::read(&path).unwrap().len(), 44);
+        assert!(
+            repair(&dir.path().join("call_2.wav"), RecordingChannels::Dual)
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn the_most_specific_level_wins() {
+        use crate::model::RecordingSettings;
+        let agent = RecordingSettings {
+            enabled: Some(true),
+            channels: Some(RecordingChannels::Mono),
+            announcement: Some("recorded".into()),
+        };
+        let number = RecordingSettings {
+            enabled: Some(false),
+            ..RecordingSettings::default()
+        };
+        let call = RecordingSettings {
+            channels: Some(RecordingChannels::Dual),
+            ..RecordingSettings::default()
+        };
+        let m = merged(&[Some(&agent), Some(&number), None, Some(&call)]);
+        assert_eq!(m.enabled, Some(false));
+        assert_eq!(m.channels, Some(RecordingChannels::Dual));
+        assert_eq!(m.announcement.as_deref(), Some("recorded"));
+        let on = RecordingSettings {
+            enabled: Some(true),
+            ..RecordingSettings::default()
+        };
+        assert!(merged(&[Some(&agent), Some(&number), Some(&on)]).is_enabled());
+        assert!(!merged(&[]).is_enabled());
     }
 
     #[test]

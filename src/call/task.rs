@@ -216,7 +216,7 @@ async fn start_forks(
 /// Plays the recording announcement: uploaded audio (`snd_...`) or text
 /// spoken by the embedded synthesizer. A failure is logged; the call goes
 /// on.
-async fn announce(shared: &Shared, media: &MediaHandle, announcement: &str) {
+pub(super) async fn announce(shared: &Shared, media: &MediaHandle, announcement: &str) {
     let samples = if announcement
         .strip_prefix(crate::ids::AUDIO)
         .is_some_and(|rest| rest.starts_with('_'))
@@ -262,7 +262,7 @@ async fn announce(shared: &Shared, media: &MediaHandle, announcement: &str) {
 
 /// Adds each paused span of the recording to the transcript, in order, as
 /// an agent line `[recording paused]`.
-fn mark_paused(turns: &mut Vec<NewTurn>, spans: &[(Duration, Duration)]) {
+pub(super) fn mark_paused(turns: &mut Vec<NewTurn>, spans: &[(Duration, Duration)]) {
     let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
     for (from, to) in spans {
         turns.push(NewTurn {

@@ -289,11 +289,11 @@ impl Calls {
             let max_duration = limits.max_duration.min(Duration::from_secs(u64::from(
                 settings.max_duration_seconds,
             )));
-            Ok((peer, (run, rtp, max_duration)))
+            Ok((peer, (run, rtp, max_duration, settings.recording)))
         }
         .instrument(span.clone())
         .await?;
-        let (agent, rtp, max_duration) = run;
+        let (agent, rtp, max_duration, recording) = run;
         let (handle, commands) = CallHandle::new();
         let slot = shared
             .registry
@@ -321,6 +321,7 @@ impl Calls {
                     peer_commands,
                     commands,
                     max_duration,
+                    recording: recording.unwrap_or_default(),
                 };
                 let (reason, answered_for) = web.run(&shared, started).await;
                 match reason.failure() {
@@ -386,6 +387,8 @@ struct WebRun {
     peer_commands: mpsc::Sender<PeerCommand>,
     commands: mpsc::Receiver<CallCommand>,
     max_duration: Duration,
+    /// The agent's recording settings (a web call has no other level).
+    recording: crate::model::RecordingSettings,
 }
 
 impl WebRun {
@@ -400,6 +403,7 @@ impl WebRun {
             peer_commands,
             mut commands,
             max_duration,
+            recording,
         } = self;
         let RtpSession {
             handle: media,
@@ -435,6 +439,15 @@ impl WebRun {
         shared.transitions.answered(&id).await;
         let deadline = answered_at + max_duration;
         let mut screen = Screen::new(&id, shared.transitions.clone(), AmdMode::Off, None);
+        // Recorded from the media session's tap, as a phone call is.
+        let mut recorder = match recording.is_enabled() {
+            true => {
+                let channels = recording.channels.unwrap_or_default();
+                shared.recordings.start(&id, &media, channels).await
+            }
+            false => None,
+        };
+        let mut announcement = recording.announcement.filter(|_| recorder.is_some());
         // Each line as it is said goes to the page's captions.
         let mut live = agent.live_transcript();
         let mut reason = None;
@@ -458,15 +471,26 @@ impl WebRun {
                     None => Some(EndReason::Failed(FailureCause::MediaClosed)),
                 },
                 screened = screen.next(&mut events) => match screened {
-                    Screened::StartAgent => agent
-                        .start(&media, None)
-                        .await
-                        .err()
-                        .map(|_| EndReason::Failed(FailureCause::MediaClosed)),
+                    Screened::StartAgent => {
+                        if let Some(text) = announcement.take() {
+                            super::task::announce(shared, &media, &text).await;
+                        }
+                        agent
+                            .start(&media, None)
+                            .await
+                            .err()
+                            .map(|_| EndReason::Failed(FailureCause::MediaClosed))
+                    }
                     Screened::End(reason) => Some(reason),
                     Screened::Media(event) => on_media(shared, &id, &screen, &mut agent, event).await,
                 },
                 request = agent.next_request() => match request {
+                    Some(AgentRequest::Recording(paused)) => {
+                        if let Some(recorder) = recorder.as_mut() {
+                            recorder.set_paused(paused);
+                        }
+                        None
+                    }
                     Some(request) => fulfil(request),
                     None => Some(EndReason::Failed(FailureCause::AgentEnded)),
                 },
@@ -476,6 +500,9 @@ impl WebRun {
         }
         let reason = reason.unwrap_or(EndReason::Failed(FailureCause::NoReason));
         tracing::info!(reason = reason.label(), "web call ending");
+        if let Some(recorder) = recorder.as_mut() {
+            recorder.stop();
+        }
         let mut analysis = None;
         if let Some(Transcript {
             said,
@@ -483,7 +510,10 @@ impl WebRun {
             analysis: job,
         }) = agent.finish().await
         {
-            let turns: Vec<NewTurn> = said.into_iter().map(super::task::turn_of).collect();
+            let mut turns: Vec<NewTurn> = said.into_iter().map(super::task::turn_of).collect();
+            if let Some(recorder) = &recorder {
+                super::task::mark_paused(&mut turns, &recorder.paused_spans());
+            }
             shared
                 .transitions
                 .transcript(&id, &turns, summary.as_deref())
@@ -497,6 +527,10 @@ impl WebRun {
             shared.analyzer.hold(&id, job);
         }
         let answered_for = answered_at.elapsed();
+        // `recording.completed` goes before `call.ended`.
+        if let Some(recorder) = recorder {
+            recorder.finish(shared.transitions.outbox()).await;
+        }
         shared
             .transitions
             .ended(&id, &reason, Some(answered_for))
@@ -580,7 +614,7 @@ fn fulfil(request: AgentRequest) -> Option<EndReason> {
             tracing::info!(%to, "a web call cannot be transferred; the call goes on");
             None
         }
-        // Web calls are not recorded (yet): nothing to pause.
+        // Handled by the call's loop (it holds the recorder).
         AgentRequest::Recording(_) => None,
     }
 }

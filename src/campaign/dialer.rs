@@ -687,6 +687,7 @@ mod tests {
                     max_attempts: 3,
                     opt_out_digit: None,
                     amd: "off",
+                    recording: None,
                 },
                 true,
             )

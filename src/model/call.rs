@@ -113,6 +113,11 @@ pub struct Call {
     /// webhooks.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attempts: Option<Vec<CallAttempt>>,
+    /// In `GET /v1/calls/{id}` of a recorded call: its recording (state,
+    /// duration, size, channels, and the `url` to fetch it). Absent in
+    /// lists and webhooks, and when the call was not recorded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recording: Option<super::Recording>,
 }
 
 /// One trunk an outbound call was tried on (or skipped) before it was

@@ -203,6 +203,9 @@ pub struct Campaign {
     /// `false` for a campaign made with a test key: its calls run on the
     /// simulated carrier.
     pub livemode: bool,
+    /// Recording of the campaign's calls: over the From number's and the
+    /// agent's settings, field by field.
+    pub recording: Option<super::RecordingSettings>,
 }
 
 #[cfg(test)]

@@ -122,6 +122,16 @@ pub struct Recording {
     pub started_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
     pub deleted_at: Option<DateTime<Utc>>,
+    /// Where the file is served (`GET`, scope `read`), once it is
+    /// completed; absent while recording, after a failure or a delete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "/v1/calls/call_01jdw8q1m7k3x9b5n4c2v6t8r0/recording")]
+    pub url: Option<String>,
+}
+
+/// The API path of call `call_id`'s recording file.
+pub fn recording_url(call_id: &str) -> String {
+    format!("/v1/calls/{call_id}/recording")
 }
 
 #[cfg(test)]

@@ -152,6 +152,7 @@ impl TryFrom<CallRecord> for Call {
             summary: r.summary,
             analysis,
             attempts: None,
+            recording: None,
         })
     }
 }

@@ -43,6 +43,8 @@ pub struct CampaignRecord {
     pub agent_webhook_url: Option<String>,
     /// `false` for a test-mode campaign: it dials on the simulated carrier.
     pub livemode: bool,
+    /// JSON recording settings of its calls (`RecordingSettings`), if set.
+    pub recording: Option<String>,
 }
 
 /// The campaign as the API and the webhooks show it.
@@ -53,6 +55,12 @@ impl TryFrom<CampaignRecord> for Campaign {
         let corrupt = |what: &str, e: &dyn std::fmt::Display| {
             StoreError::Corrupt(format!("stored campaign {} {what}: {e}", r.id))
         };
+        let recording = r
+            .recording
+            .as_deref()
+            .map(serde_json::from_str)
+            .transpose()
+            .map_err(|e| corrupt("recording", &e))?;
         Ok(Campaign {
             trunk_ids: serde_json::from_str(&r.trunks).map_err(|e| corrupt("trunks", &e))?,
             schedule: serde_json::from_str(&r.schedule).map_err(|e| corrupt("schedule", &e))?,
@@ -75,6 +83,7 @@ impl TryFrom<CampaignRecord> for Campaign {
             agent_webhook_url: r.agent_webhook_url,
             agent_webhook_secret: None,
             livemode: r.livemode,
+            recording,
         })
     }
 }
@@ -99,12 +108,14 @@ pub struct CampaignFields<'a> {
     pub max_attempts: i64,
     pub opt_out_digit: Option<&'a str>,
     pub amd: &'a str,
+    /// JSON recording settings, `None` when the campaign sets none.
+    pub recording: Option<&'a str>,
 }
 
 const COLUMNS: &str =
     "id, name, agent_id, caller_number, trunks, status, schedule, max_concurrent_calls,
     calls_per_second, retry_policy, max_attempts, opt_out_digit, amd, started_at, finished_at,
-    created_at, updated_at, agent_webhook_url, livemode";
+    created_at, updated_at, agent_webhook_url, livemode, recording";
 
 /// Counts behind `GET /v1/campaigns/{id}/stats`.
 #[derive(Debug, Clone, Default)]
@@ -132,12 +143,12 @@ impl Store {
         on_pool!(self, p => sqlx::query(
             "INSERT INTO campaigns (id, name, agent_id, caller_number, trunks, status, schedule,
                  max_concurrent_calls, calls_per_second, retry_policy, max_attempts, opt_out_digit, amd,
-                 created_at, updated_at, livemode)
-             VALUES ($1, $2, $3, $4, $5, 'draft', $6, $7, $8, $9, $10, $12, $13, $11, $11, $14)")
+                 created_at, updated_at, livemode, recording)
+             VALUES ($1, $2, $3, $4, $5, 'draft', $6, $7, $8, $9, $10, $12, $13, $11, $11, $14, $15)")
             .bind(id).bind(f.name).bind(f.agent_id).bind(f.caller_number).bind(f.trunks)
             .bind(f.schedule).bind(f.max_concurrent_calls).bind(f.calls_per_second)
             .bind(f.retry_policy).bind(f.max_attempts).bind(now).bind(f.opt_out_digit).bind(f.amd)
-            .bind(livemode)
+            .bind(livemode).bind(f.recording)
             .execute(p).await.map(|r| r.rows_affected()))?;
         self.get_campaign(id).await
     }
@@ -184,11 +195,13 @@ impl Store {
         let done = on_pool!(self, p => sqlx::query(
             "UPDATE campaigns SET name = $2, agent_id = $3, caller_number = $4, trunks = $5,
                  schedule = $6, max_concurrent_calls = $7, calls_per_second = $8, retry_policy = $9,
-                 max_attempts = $10, updated_at = $11, opt_out_digit = $12, amd = $13
+                 max_attempts = $10, updated_at = $11, opt_out_digit = $12, amd = $13,
+                 recording = $14
              WHERE id = $1 AND status IN ('draft', 'paused')")
             .bind(id).bind(f.name).bind(f.agent_id).bind(f.caller_number).bind(f.trunks)
             .bind(f.schedule).bind(f.max_concurrent_calls).bind(f.calls_per_second)
             .bind(f.retry_policy).bind(f.max_attempts).bind(now).bind(f.opt_out_digit).bind(f.amd)
+            .bind(f.recording)
             .execute(p).await.map(|r| r.rows_affected()))?;
         if done == 0 {
             let current = self.get_campaign(id).await?;
@@ -342,6 +355,15 @@ impl Store {
             Some((Some(url), Some(secret))) => Ok(Some((url, secret))),
             Some(_) => Ok(None),
         }
+    }
+
+    /// The recording settings of campaign `id`'s calls (JSON), read per
+    /// attempt so that a change applies to the next call.
+    pub async fn campaign_recording(&self, id: &str) -> Result<Option<String>> {
+        let row: Option<(Option<String>,)> = on_pool!(self, p => sqlx::query_as(
+            "SELECT recording FROM campaigns WHERE id = $1")
+            .bind(id).fetch_optional(p).await)?;
+        row.map(|(r,)| r).ok_or(StoreError::NotFound)
     }
 
     /// Sets (or, with `None`, removes) the campaign's agent webhook.

@@ -253,6 +253,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0017_recordings.sql"),
     ),
     (
+        18,
+        "recording settings",
+        include_str!("../../migrations/sqlite/0018_recording_settings.sql"),
+    ),
+    (
         19,
         "call attempts",
         include_str!("../../migrations/sqlite/0019_call_attempts.sql"),
@@ -345,6 +350,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         17,
         "recordings",
         include_str!("../../migrations/postgres/0017_recordings.sql"),
+    ),
+    (
+        18,
+        "recording settings",
+        include_str!("../../migrations/postgres/0018_recording_settings.sql"),
     ),
     (
         19,

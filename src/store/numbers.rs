@@ -24,6 +24,8 @@ pub struct NumberRecord {
     /// `false` for a test-mode number: it places test calls only and is
     /// never routed an inbound call.
     pub livemode: bool,
+    /// JSON recording settings for its calls (`RecordingSettings`), if set.
+    pub recording: Option<String>,
 }
 
 /// The writable fields of a number.
@@ -34,13 +36,15 @@ pub struct NumberFields<'a> {
     pub trunk: Option<&'a str>,
     pub agent_webhook_url: Option<&'a str>,
     pub agent_webhook_secret: Option<&'a str>,
+    /// JSON recording settings, `None` when the number sets none.
+    pub recording: Option<&'a str>,
 }
 
 /// The columns of a [`NumberRecord`].
 macro_rules! number_columns {
     () => {
         "id, number, name, agent_id, trunk, created_at, updated_at, agent_webhook_url,
-        agent_webhook_secret, livemode"
+        agent_webhook_secret, livemode, recording"
     };
 }
 
@@ -53,7 +57,7 @@ const FIND_NUMBER: &str = concat!(
 /// A number and its agent in one statement (the agent's columns are
 /// prefixed `agent_`, all NULL when there is none).
 const FIND_ROUTE: &str = "SELECT n.id, n.number, n.name, n.agent_id, n.trunk, n.created_at,
-        n.updated_at, n.agent_webhook_url, n.agent_webhook_secret, n.livemode,
+        n.updated_at, n.agent_webhook_url, n.agent_webhook_secret, n.livemode, n.recording,
         a.id AS agent_row_id, a.name AS agent_name, a.kind AS agent_kind,
         a.settings AS agent_settings, a.livemode AS agent_livemode,
         a.created_at AS agent_created_at, a.updated_at AS agent_updated_at
@@ -137,6 +141,7 @@ impl FromSqlite for NumberRecord {
             agent_webhook_url: row.get("agent_webhook_url")?,
             agent_webhook_secret: row.get("agent_webhook_secret")?,
             livemode: row.get("livemode")?,
+            recording: row.get("recording")?,
         })
     }
 }
@@ -151,10 +156,11 @@ impl Store {
         let now = super::now();
         on_pool!(self, p => sqlx::query(
             "INSERT INTO phone_numbers (id, number, name, agent_id, trunk, created_at, updated_at,
-                 agent_webhook_url, agent_webhook_secret, livemode)
-             VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8, $9)")
+                 agent_webhook_url, agent_webhook_secret, livemode, recording)
+             VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8, $9, $10)")
             .bind(id).bind(f.number).bind(f.name).bind(f.agent_id).bind(f.trunk).bind(now)
             .bind(f.agent_webhook_url).bind(f.agent_webhook_secret).bind(livemode)
+            .bind(f.recording)
             .execute(p).await.map(|r| r.rows_affected()))?;
         self.get_number(id).await
     }
@@ -227,10 +233,10 @@ impl Store {
         let now = super::now();
         let done = on_pool!(self, p => sqlx::query(
             "UPDATE phone_numbers SET number = $2, name = $3, agent_id = $4, trunk = $5, updated_at = $6,
-                 agent_webhook_url = $7, agent_webhook_secret = $8
+                 agent_webhook_url = $7, agent_webhook_secret = $8, recording = $9
              WHERE id = $1")
             .bind(id).bind(f.number).bind(f.name).bind(f.agent_id).bind(f.trunk).bind(now)
-            .bind(f.agent_webhook_url).bind(f.agent_webhook_secret)
+            .bind(f.agent_webhook_url).bind(f.agent_webhook_secret).bind(f.recording)
             .execute(p).await.map(|r| r.rows_affected()))?;
         if done == 0 {
             return Err(StoreError::NotFound);

@@ -30,6 +30,8 @@ pub struct RecordingRecord {
 impl From<RecordingRecord> for Recording {
     fn from(r: RecordingRecord) -> Self {
         Recording {
+            url: (r.status == crate::model::RecordingStatus::Completed)
+                .then(|| crate::model::recording::recording_url(&r.call_id)),
             call_id: r.call_id,
             status: r.status,
             channels: r.channels,
@@ -131,6 +133,17 @@ impl Store {
             return Err(StoreError::NotFound);
         }
         Ok(())
+    }
+
+    /// The recordings on `node`'s disk still marked `recording`: at start,
+    /// before any call of this run records, those a crash left behind.
+    pub async fn recordings_left(&self, node: &str) -> Result<Vec<RecordingRecord>> {
+        Ok(
+            on_pool!(self, p => sqlx::query_as::<_, RecordingRecord>(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM recordings WHERE node = $1 AND status = 'recording'
+             ORDER BY started_at")))
+            .bind(node).fetch_all(p).await)?,
+        )
     }
 
     /// Up to `limit` recordings on `node`'s disk finished before `before`

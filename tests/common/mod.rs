@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use sqlx::Connection;
 
+mod browser;
 mod llm;
+mod media;
 mod peers;
 mod sip;
 // Only the chat and voice test binaries use the LLM stand-in pieces.
@@ -24,6 +26,32 @@ pub use llm::*;
 pub use peers::*;
 #[allow(unused_imports)]
 pub use sip::*;
+// Only the call tests that stream tones and capture media use these.
+#[allow(unused_imports)]
+pub use media::*;
+// Only the web call tests drive a browser.
+#[allow(unused_imports)]
+pub use browser::*;
+
+/// A fixed-offset zone (`Etc/GMT...`) where the local time is now `hour`
+/// plus minutes: a campaign schedule in it is open now whatever the hour.
+pub fn zone_at(hour: i64) -> String {
+    use chrono::Timelike;
+    let now = i64::from(chrono::Utc::now().hour());
+    let mut offset = hour - now;
+    if offset < -12 {
+        offset += 24;
+    }
+    if offset > 14 {
+        offset -= 24;
+    }
+    // Etc/GMT signs are inverted: Etc/GMT-3 is UTC+3.
+    match offset {
+        0 => "Etc/GMT".to_owned(),
+        o if o > 0 => format!("Etc/GMT-{o}"),
+        o => format!("Etc/GMT+{}", -o),
+    }
+}
 
 /// The store a daemon runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -126,6 +126,24 @@ impl Receiver {
     }
 }
 
+impl Receiver {
+    /// A receiver with an endpoint on daemon `d` for `events`, whose
+    /// secret it verifies every request with.
+    pub async fn subscribed(d: &crate::common::TestDaemon, events: &[&str]) -> Receiver {
+        let rx = Receiver::start(serde_json::json!({}));
+        let r = d
+            .post("/v1/webhook-endpoints")
+            .json(&serde_json::json!({"url": rx.url(), "events": events}))
+            .send()
+            .await
+            .expect("POST /v1/webhook-endpoints");
+        assert_eq!(r.status(), 201, "webhook endpoint created");
+        let ep: Value = r.json().await.expect("endpoint JSON");
+        rx.set(serde_json::json!({"secrets": [ep["secret"]]}));
+        rx
+    }
+}
+
 impl Drop for Receiver {
     fn drop(&mut self) {
         let _ = self.child.kill();
