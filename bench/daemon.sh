@@ -1,6 +1,6 @@
 # Sourced by the benchmarks that drive SIP at a daemon of their own: builds
-# the release binary, starts it on free loopback ports with SQLite in a
-# temporary directory and one trunk "bench" allowing 127.0.0.1, and leaves
+# the release binary (BUILD_PROFILE=dev: the debug one), starts it on free
+# loopback ports with SQLite in a temporary directory and one trunk "bench" allowing 127.0.0.1, and leaves
 # BIN, WORK (the current directory from then on), API, SIP_PORT, KEY and
 # DAEMON set. The daemon and WORK go away on exit (KEEP=1 keeps WORK).
 # $1: the trunk's [limits] lines.
@@ -11,8 +11,11 @@ calc() { awk "BEGIN {print ($*)}"; }
 api() { curl -s "http://$API$1" -H "Authorization: Bearer $KEY" "${@:2}"; }
 
 start_daemon() {
-  cargo build --release --quiet
-  BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/agentline
+  # BUILD_PROFILE=dev: a debug build (to try a benchmark quickly).
+  local profile=${BUILD_PROFILE:-release} dir
+  cargo build --profile "$profile" --quiet
+  dir=$profile; [ "$profile" = dev ] && dir=debug
+  BIN=${CARGO_TARGET_DIR:-$PWD/target}/$dir/agentline
   WORK=$(mktemp -d)
   trap 'kill $DAEMON 2>/dev/null || true; [ -n "${KEEP:-}" ] && echo "kept $WORK" || rm -rf "$WORK"' EXIT
   API=127.0.0.1:$(free_port)
