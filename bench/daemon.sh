@@ -1,6 +1,7 @@
 # Sourced by the benchmarks that drive SIP at a daemon of their own: builds
-# the release binary, starts it on free loopback ports with SQLite in a
-# temporary directory and one trunk "bench" allowing 127.0.0.1, and leaves
+# the release binary (BENCH_PROFILE=debug: the debug one; BENCH_BIN: a
+# binary already built), starts it on free
+# loopback ports with SQLite in a temporary directory and one trunk "bench" allowing 127.0.0.1, and leaves
 # BIN, WORK (the current directory from then on), API, SIP_PORT, KEY and
 # DAEMON set. The daemon and WORK go away on exit (KEEP=1 keeps WORK).
 # $1: the trunk's [limits] lines.

@@ -2,13 +2,13 @@
 """Drives Debian's headless Chromium (chromium-driver, selenium) through one
 web call on a test page that embeds the daemon's /widget.js.
 
-Usage: web_call_browser.py PAGE_URL CALLER_WAV SCREENSHOT EXPECT_TEXT
+Usage: web_call_browser.py PAGE_URL CALLER_WAV SCREENSHOT EXPECT_TEXT [HOLD_SECONDS]
 
 The browser's microphone is CALLER_WAV (--use-file-for-fake-audio-capture).
 Steps: check the layout at 375 px, click "Call", wait for the live state and
 for a caption holding EXPECT_TEXT (the agent's reply), read getStats() for
 the agent's inbound audio, save a screenshot of the live widget, click
-"Hang up". Prints one JSON object with what it saw; exits non-zero with the
+"Hang up" (not before HOLD_SECONDS after the call went live). Prints one JSON object with what it saw; exits non-zero with the
 reason on stderr when a step fails.
 """
 
@@ -23,6 +23,7 @@ from selenium.webdriver.common.by import By
 
 def main():
     page, wav, shot, expect = sys.argv[1:5]
+    hold = float(sys.argv[5]) if len(sys.argv) > 5 else 0.0
     opts = webdriver.ChromeOptions()
     opts.binary_location = "/usr/bin/chromium"
     for flag in [
@@ -71,6 +72,7 @@ def main():
                 status = driver.execute_script("return document.querySelector('.alw-status').textContent")
                 raise SystemExit("never live: " + status)
             time.sleep(0.1)
+        live_at = time.time()
         out["live_status"] = driver.execute_script(
             "return document.querySelector('.alw-status').textContent")
         deadline = time.time() + 40
@@ -79,6 +81,10 @@ def main():
             if time.time() > deadline:
                 raise SystemExit("no caption with %r; captions: %r" % (expect, captions))
             time.sleep(0.2)
+            captions = driver.execute_script(
+                "return document.querySelector('.alw-captions').innerText")
+        if time.time() < live_at + hold:
+            time.sleep(live_at + hold - time.time())
             captions = driver.execute_script(
                 "return document.querySelector('.alw-captions').innerText")
         out["captions"] = captions

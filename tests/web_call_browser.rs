@@ -7,6 +7,12 @@
 //! audio arriving, the page hangs up, and `call.ended` reaches a webhook
 //! receiver. A screenshot of the live widget is saved under
 //! `target/web-call-artifacts/` (its path is printed).
+//!
+//! Barge-in, measured as on the phone (`tests/voice.rs`): the caller
+//! talks over a long greeting; tshark captures the call's audio in the
+//! clear on the loopback leg between the WebRTC peer and the media session
+//! (the peer encodes each 20 ms packet to Opus as it comes), and the
+//! agent's audio stops within 150 ms of the caller's speech onset.
 
 // A test's unwrap, expect or panic is its failure report: the daemon's bans
 // (Cargo.toml `[lints]`) do not apply here.
@@ -51,8 +57,13 @@ fn caller_wav(dir: &std::path::Path) -> PathBuf {
     wav
 }
 
+/// One browser call at a time: two Chromiums, daemons and recognizers at
+/// once starve each other's audio on a small CI machine.
+static BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_calls_an_agent_through_the_widget() {
+    let _one = BROWSER.lock().await;
     let d = TestDaemon::builder()
         .allow_loopback()
         .config(&fast_webhooks_config(&[1], 0))
@@ -96,69 +107,13 @@ async fn a_browser_calls_an_agent_through_the_widget() {
 
     // The page, on another origin (another port) than the daemon.
     let dir = tempfile::tempdir().unwrap();
-    let page_port = free_port();
-    let origin = format!("http://127.0.0.1:{page_port}");
-    let (s, pk) = json_of(
-        d.post("/v1/publishable-keys")
-            .json(&json!({"name": "test page", "agent_ids": [agent_id], "origins": [origin]}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(s, 201, "{pk}");
-    let html = format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>Shop</title></head><body><h1>Shop</h1><div id=\"talk\"></div>\
-         <script src=\"{}\" data-key=\"{}\" data-agent=\"{agent_id}\" data-target=\"#talk\" \
-         data-caller-name=\"Grace\"></script></body></html>",
-        d.url("/widget.js"),
-        pk["secret"].as_str().unwrap()
-    );
-    std::fs::write(dir.path().join("index.html"), html).unwrap();
-    let mut server = Command::new("python3")
-        .args(["-m", "http.server", "--bind", "127.0.0.1"])
-        .arg(page_port.to_string())
-        .arg("--directory")
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("python3");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", page_port)).is_err() {
-        assert!(Instant::now() < deadline, "the page server did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-
+    let page = Page::serve(&d, dir.path(), agent_id).await;
+    let origin = page.origin.clone();
     let wav = caller_wav(dir.path());
-    let artifacts = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/web-call-artifacts");
-    std::fs::create_dir_all(&artifacts).unwrap();
-    let shot = artifacts.join("widget-live.png");
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/web_call_browser.py");
-    let page = format!("{origin}/index.html");
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("python3")
-            .arg(script)
-            .arg(page)
-            .arg(&wav)
-            .arg(&shot)
-            .arg("booked, see you soon")
-            .output()
-            .expect("python3 with selenium (scripts/test installs it)")
-    })
-    .await
-    .unwrap();
-    let _ = server.kill();
-    let _ = server.wait();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "the browser's call failed: {stderr}\n{}",
-        d.log()
-    );
-    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let seen = page
+        .call(&d, wav, "widget-live.png", "booked, see you soon", 0)
+        .await;
+    drop(page);
     println!("browser saw: {seen:#}");
     println!(
         "screenshot of the live widget: {}",
@@ -244,4 +199,355 @@ async fn a_browser_calls_an_agent_through_the_widget() {
     let (_, call) = json_of(d.get(&format!("/v1/calls/{id}")).send().await.unwrap()).await;
     assert_eq!(call["context"]["caller_name"], "Grace", "{call}");
     assert_eq!(call["context"]["origin"], origin.as_str(), "{call}");
+}
+
+/// The page on another origin than the daemon, embedding `/widget.js`
+/// with `key` for `agent_id`, served by `python3 -m http.server`.
+struct Page {
+    origin: String,
+    server: std::process::Child,
+}
+
+impl Page {
+    async fn serve(d: &TestDaemon, dir: &std::path::Path, agent_id: &str) -> Page {
+        let port = free_port();
+        let origin = format!("http://127.0.0.1:{port}");
+        let (s, pk) = json_of(
+            d.post("/v1/publishable-keys")
+                .json(&json!({"name": "test page", "agent_ids": [agent_id], "origins": [origin]}))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(s, 201, "{pk}");
+        let html = format!(
+            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+             <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+             <title>Shop</title></head><body><h1>Shop</h1><div id=\"talk\"></div>\
+             <script src=\"{}\" data-key=\"{}\" data-agent=\"{agent_id}\" data-target=\"#talk\" \
+             data-caller-name=\"Grace\"></script></body></html>",
+            d.url("/widget.js"),
+            pk["secret"].as_str().unwrap()
+        );
+        std::fs::write(dir.join("index.html"), html).unwrap();
+        let server = Command::new("python3")
+            .args(["-m", "http.server", "--bind", "127.0.0.1"])
+            .arg(port.to_string())
+            .arg("--directory")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "the page server did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Page { origin, server }
+    }
+
+    /// Runs `tests/web_call_browser.py` on the page: the caller's
+    /// microphone is `wav`, the call goes on until a caption holds
+    /// `expect`. Returns what the browser saw.
+    async fn call(
+        &self,
+        d: &TestDaemon,
+        wav: PathBuf,
+        shot: &str,
+        expect: &str,
+        hold_seconds: u32,
+    ) -> Value {
+        let artifacts = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/web-call-artifacts");
+        std::fs::create_dir_all(&artifacts).unwrap();
+        let shot = artifacts.join(shot);
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/web_call_browser.py");
+        let page = format!("{}/index.html", self.origin);
+        let expect = expect.to_string();
+        let out = tokio::task::spawn_blocking(move || {
+            Command::new("python3")
+                .arg(script)
+                .arg(page)
+                .arg(&wav)
+                .arg(&shot)
+                .arg(expect)
+                .arg(hold_seconds.to_string())
+                .output()
+                .expect("python3 with selenium (scripts/test installs it)")
+        })
+        .await
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "the browser's call failed: {stderr}\n{}",
+            d.log()
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+impl Drop for Page {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+/// tshark on loopback for the duration of a web call (UDP only).
+struct Capture {
+    child: std::process::Child,
+    path: PathBuf,
+}
+
+impl Capture {
+    fn start(dir: &std::path::Path) -> Capture {
+        let path = dir.join("call.pcapng");
+        let mut child = Command::new("tshark")
+            .args(["-q", "-i", "lo", "-f", "udp", "-w"])
+            .arg(&path)
+            .args(["-a", "duration:120"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tshark is installed by scripts/test");
+        // tshark says "Capturing on 'Loopback: lo'" once it listens.
+        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            line.clear();
+            if std::io::BufRead::read_line(&mut stderr, &mut line).unwrap_or(0) == 0
+                || line.contains("Capturing on")
+            {
+                break;
+            }
+        }
+        assert!(
+            line.contains("Capturing on"),
+            "tshark did not start: {line}"
+        );
+        Capture { child, path }
+    }
+
+    /// Stops the capture cleanly (SIGINT) and returns the file.
+    fn stop(mut self) -> PathBuf {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        self.path.clone()
+    }
+}
+
+/// G.711 µ-law to linear (ITU-T G.711).
+fn ulaw(b: u8) -> i16 {
+    let b = !b;
+    let exponent = (b >> 4) & 0x07;
+    let mantissa = i32::from(b & 0x0f);
+    let magnitude = (((mantissa << 3) + 0x84) << exponent) - 0x84;
+    (if b & 0x80 != 0 { -magnitude } else { magnitude }) as i16
+}
+
+/// One PCMU packet on the media session's loopback leg: when, from the
+/// agent (sent by the session) or from the caller, its level in dBFS.
+struct Seen {
+    at: f64,
+    from_agent: bool,
+    dbfs: f64,
+}
+
+/// The PCMU packets to and from the media session's port `session`.
+fn pcmu_of(capture: &std::path::Path, session: u16) -> Vec<Seen> {
+    let out = Command::new("tshark")
+        .arg("-r")
+        .arg(capture)
+        .args(["-d", &format!("udp.port=={session},rtp")])
+        .args(["-Y", &format!("udp.port == {session} && rtp.p_type == 0")])
+        .args([
+            "-T",
+            "fields",
+            "-e",
+            "frame.time_epoch",
+            "-e",
+            "udp.srcport",
+            "-e",
+            "rtp.payload",
+        ])
+        .output()
+        .expect("tshark is installed by scripts/test");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let mut f = line.split('\t');
+            let at: f64 = f.next()?.parse().ok()?;
+            let src: u16 = f.next()?.parse().ok()?;
+            let hex = f.next()?.replace(':', "");
+            let bytes: Vec<u8> = (0..hex.len() / 2)
+                .filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
+                .collect();
+            let energy: f64 = bytes
+                .iter()
+                .map(|b| f64::from(ulaw(*b)).powi(2))
+                .sum::<f64>()
+                / bytes.len().max(1) as f64;
+            let dbfs = 20.0 * (energy.sqrt() / 32768.0).max(1e-6).log10();
+            Some(Seen {
+                at,
+                from_agent: src == session,
+                dbfs,
+            })
+        })
+        .collect()
+}
+
+/// The media session's loopback port of web call `call_id`, from the
+/// daemon's log line "web call media starting ... session=ADDR".
+fn session_port(log: &str, call_id: &str) -> u16 {
+    let line = log
+        .lines()
+        .find(|l| l.contains("web call media starting") && l.contains(call_id))
+        .unwrap_or_else(|| panic!("no media line for {call_id}:\n{log}"));
+    let at = line.find("session").unwrap() + "session".len();
+    let addr: String = line[at..]
+        .trim_start_matches(|c: char| !c.is_ascii_digit())
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+        .collect();
+    addr.parse::<std::net::SocketAddr>()
+        .unwrap_or_else(|e| panic!("{addr:?}: {e} in {line}"))
+        .port()
+}
+
+/// Barge-in in a browser call, as on the phone: the caller talks over the
+/// agent's long greeting, and the agent's audio stops within 150 ms of
+/// the caller's speech onset (measured on the call's audio in the clear).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_caller_talking_over_the_greeting_stops_the_agent() {
+    let _one = BROWSER.lock().await;
+    let d = TestDaemon::builder().allow_loopback().start().await;
+    let (s, agent) = json_of(
+        d.post("/v1/agents")
+            .json(&json!({
+                "name": "Library",
+                "kind": "voice",
+                "max_duration_seconds": 90,
+                "turn": {"barge_in_min_ms": 60},
+                "tts": {"provider": "embedded", "voice": "slt"},
+                "script": {
+                    "start": "main",
+                    // One piece for TTS (no sentence or clause breaks): the
+                    // agent speaks without a pause for the caller to fall
+                    // into.
+                    "greeting": "Thank you for calling the city library where our opening hours \
+                                 are nine to five on weekdays and ten to four on Saturdays so please \
+                                 listen carefully because our menu options have changed and we want \
+                                 you to find what you need",
+                    "fallback": "Sorry, go ahead please.",
+                    "states": {"main": {"intents": [
+                        {"name": "question", "keywords": ["question", "excuse"],
+                         "reply": "Of course, go ahead."}
+                    ]}}
+                }
+            }))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, 201, "{agent}");
+    let agent_id = agent["id"].as_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let page = Page::serve(&d, dir.path(), agent_id).await;
+    // The caller listens six seconds (the call connects and the greeting
+    // starts meanwhile), then talks over the greeting; then a long
+    // silence (Chromium loops the file).
+    let raw = dir.path().join("raw.wav");
+    let ok = Command::new("flite")
+        .args(["-voice", "kal", "-t", "Excuse me, I have a question.", "-o"])
+        .arg(&raw)
+        .status()
+        .expect("flite is installed by scripts/test")
+        .success();
+    assert!(ok, "flite failed");
+    let wav = dir.path().join("caller.wav");
+    let ok = Command::new("sox")
+        .arg(&raw)
+        .args(["-r", "48000", "-c", "1", "-b", "16"])
+        .arg(&wav)
+        .args(["pad", "6", "40"])
+        .status()
+        .expect("sox is installed by scripts/test")
+        .success();
+    assert!(ok, "sox failed");
+
+    let capture = Capture::start(dir.path());
+    let seen = page
+        .call(&d, wav, "widget-barge-in.png", "city library", 14)
+        .await;
+    let pcap = capture.stop();
+    println!("browser saw: {seen:#}");
+
+    let (_, calls) = json_of(d.get("/v1/calls?direction=web").send().await.unwrap()).await;
+    let id = calls["items"][0]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{calls}"))
+        .to_string();
+    let packets = pcmu_of(&pcap, session_port(&d.log(), &id));
+    let onset = packets
+        .iter()
+        .find(|p| !p.from_agent && p.dbfs > -40.0)
+        .map(|p| p.at)
+        .unwrap_or_else(|| panic!("no caller speech captured ({} packets)", packets.len()));
+    // The agent's audible packets: the session fills pauses with silence.
+    let agent: Vec<f64> = packets
+        .iter()
+        .filter(|p| p.from_agent && p.dbfs > -100.0)
+        .map(|p| p.at)
+        .collect();
+    assert!(
+        agent.iter().any(|t| (onset - 0.1..onset).contains(t)),
+        "the agent was not speaking at the caller's onset {onset}: {agent:?}"
+    );
+    // The agent's last audible packet before a pause of 300 ms or more.
+    let stop = agent
+        .iter()
+        .zip(agent.iter().skip(1).chain(std::iter::once(&f64::MAX)))
+        .find(|(t, next)| **t >= onset && **next - **t >= 0.3)
+        .map(|(t, _)| *t)
+        .unwrap();
+    let stopped_after_ms = (stop - onset) * 1000.0;
+    for p in packets
+        .iter()
+        .filter(|p| (onset - 0.06..stop + 0.06).contains(&p.at))
+    {
+        let who = if p.from_agent { "agent" } else { "caller" };
+        println!(
+            "{:+6.0} ms {who:6} {:6.1} dBFS",
+            (p.at - onset) * 1000.0,
+            p.dbfs
+        );
+    }
+    println!("agent audio stopped {stopped_after_ms:.0} ms after the caller's onset");
+    assert!(
+        stopped_after_ms <= 150.0,
+        "the agent went on for {stopped_after_ms:.0} ms\n{}",
+        d.log()
+    );
+    // The transcript says so too, and the agent answered the caller.
+    let (_, t) = json_of(
+        d.get(&format!("/v1/calls/{id}/transcript"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let greeting = &t["turns"][0];
+    assert_eq!(greeting["speaker"], "agent", "{t}");
+    assert_eq!(greeting["interrupted"], true, "{t}");
+    assert!(
+        seen["captions"].as_str().unwrap().contains("city library"),
+        "{seen}"
+    );
 }

@@ -475,3 +475,63 @@ both_backends!(
     web_calls_follow_the_keys_lists,
     web_calls_are_rate_limited,
 );
+
+/// A bad `[webrtc]` value (in the file or the environment) stops the
+/// daemon before anything is bound or stored, naming the key.
+#[tokio::test]
+async fn a_bad_webrtc_config_refuses_to_start() {
+    for (webrtc, env, key, says) in [
+        (
+            "ice_servers = [{ urls = [\"turn:turn.example.net\"] }]",
+            None,
+            "webrtc.ice_servers[0]",
+            "username and credential",
+        ),
+        (
+            "ice_servers = [{ urls = [\"https://stun.example.net\"] }]",
+            None,
+            "webrtc.ice_servers[0]",
+            "stun:",
+        ),
+        ("ports = \"10000-10010\"", None, "webrtc.ports", "rtp_ports"),
+        ("max_calls = 0", None, "webrtc.max_calls", "between 1"),
+        (
+            "",
+            Some(("AGENTLINE_WEBRTC__PUBLIC_IP", "0.0.0.0")),
+            "webrtc.public_ip",
+            "unspecified",
+        ),
+    ] {
+        let mut b = TestDaemon::builder()
+            .config(&format!("[webrtc]\n{webrtc}"))
+            .sip("rtp_ports = \"10000-10100\"");
+        if let Some((k, v)) = env {
+            b = b.env(k, v);
+        }
+        let d = b.prepare().await;
+        for command in ["check-config", "run"] {
+            let out = tokio::time::timeout(
+                Duration::from_secs(30),
+                tokio::task::spawn_blocking({
+                    let mut c = d.command();
+                    c.arg(command);
+                    move || c.output().unwrap()
+                }),
+            )
+            .await
+            .expect("refused at once")
+            .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(64), "{webrtc} {command}: {err}");
+            assert!(err.contains(key) && err.contains(says), "{webrtc}: {err}");
+        }
+        assert!(
+            std::net::TcpStream::connect(d.api).is_err(),
+            "nothing listens"
+        );
+        assert!(
+            !d.dir.path().join("agentline.db").exists(),
+            "nothing was stored"
+        );
+    }
+}

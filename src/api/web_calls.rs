@@ -44,6 +44,7 @@ use crate::secrets;
 use crate::store::web_calls::PublishableKeyRecord;
 use crate::store::web_calls::Redeemed;
 use crate::webrtc::IceServer;
+use crate::webrtc::peer::TrickleError;
 
 /// Longest `caller_name` kept, in characters.
 const MAX_CALLER_NAME: usize = 100;
@@ -66,7 +67,7 @@ pub fn router() -> OpenApiRouter<AppState> {
             "/v1/web-calls/{id}/whip",
             axum::routing::options(media_preflight),
         )
-        .routes(routes!(whip_delete))
+        .routes(routes!(whip_delete, whip_trickle))
         .route(
             "/v1/web-calls/{id}/session",
             axum::routing::options(media_preflight),
@@ -456,9 +457,10 @@ async fn media_origin(
 }
 
 /// Send the browser's SDP offer (WHIP, RFC 9725 §4.2) with the web call's
-/// token; answers 201 with our SDP answer (every ICE candidate gathered:
-/// no trickle needed) and the session's `Location`, which `DELETE` hangs
-/// up. The token works once.
+/// token; answers 201 with our SDP answer (our ICE candidate gathered
+/// already) and the session's `Location`, which `DELETE` hangs up and
+/// `PATCH` trickles the browser's later candidates to. The token works
+/// once.
 #[utoipa::path(post, path = "/v1/web-calls/{id}/whip", tag = "web-calls",
     params(("id" = String, Path)),
     request_body(content = String, content_type = "application/sdp"),
@@ -525,6 +527,7 @@ async fn whip_answer(
     }
     let limits = WebLimits {
         public_ip: state.webrtc.public_ip,
+        ports: state.webrtc.ports.map(|p| (p.low, p.high)),
         max_duration: Duration::from_secs(u64::from(state.webrtc.max_duration_seconds)),
     };
     match state.calls.connect_web_call(id, offer, limits).await {
@@ -596,6 +599,112 @@ async fn whip_delete(
     response
 }
 
+/// The largest trickle fragment read (a few candidate lines).
+const MAX_SDPFRAG_BYTES: usize = 8 * 1024;
+
+/// Send ICE candidates gathered after the offer (trickle ICE, RFC 9725
+/// §4.3.1) as `application/trickle-ice-sdpfrag` (RFC 8840 §9) with the
+/// web call's token: 204 once the peer took them. An ICE restart (other
+/// `ice-ufrag`/`ice-pwd`, or `If-Match: *`) is not supported: 422, as
+/// §4.3 says for a session that trickles but does not restart.
+#[utoipa::path(patch, path = "/v1/web-calls/{id}/session", tag = "web-calls",
+    params(("id" = String, Path)),
+    request_body(content = String, content_type = "application/trickle-ice-sdpfrag"),
+    security(("web_call_token" = [])),
+    responses((status = 204, description = "The candidates were taken"), ErrorResponses))]
+async fn whip_trickle(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if bearer_token(&headers).is_none() {
+        return token_refused().into_response();
+    }
+    let origin = match media_origin(&state, &id, &headers).await {
+        Ok(o) => o,
+        Err(e) => return e.into_response(),
+    };
+    let mut response = trickle(&state, &id, &headers, &body)
+        .await
+        .map_or_else(IntoResponse::into_response, |()| {
+            StatusCode::NO_CONTENT.into_response()
+        });
+    if let Some(origin) = origin {
+        allow_origin(&mut response, &origin);
+    }
+    response
+}
+
+async fn trickle(
+    state: &AppState,
+    id: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(), ApiError> {
+    let token = bearer_token(headers).ok_or_else(token_refused)?;
+    if !state
+        .store
+        .web_call_token_matches(id, &secrets::hash_key(token))
+        .await?
+    {
+        return Err(token_refused());
+    }
+    let frag_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim()
+                .eq_ignore_ascii_case("application/trickle-ice-sdpfrag")
+        });
+    if !frag_type {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "candidates must be sent as application/trickle-ice-sdpfrag",
+        ));
+    }
+    // RFC 9725 §4.3.2: an ICE restart carries `If-Match: *`; we issue no
+    // entity tags, so any other `If-Match` cannot match (RFC 9110 §13.1.1).
+    match headers.get(header::IF_MATCH).map(|v| v.as_bytes()) {
+        None => {}
+        Some(b"*") => return Err(restart_refused()),
+        Some(_) => {
+            return Err(ApiError::new(
+                StatusCode::PRECONDITION_FAILED,
+                "precondition_failed",
+                "the web call's session has no such entity tag",
+            ));
+        }
+    }
+    if body.is_empty() || body.len() > MAX_SDPFRAG_BYTES {
+        return Err(ApiError::bad_request(format!(
+            "the fragment must be 1 to {MAX_SDPFRAG_BYTES} bytes"
+        )));
+    }
+    let text = std::str::from_utf8(body)
+        .map_err(|_| ApiError::bad_request("the fragment is not UTF-8"))?;
+    let frag = crate::webrtc::trickle::parse(text).map_err(ApiError::bad_request)?;
+    match state.calls.trickle_web_call(id, frag).await {
+        Ok(()) => Ok(()),
+        Err(TrickleError::Restart) => Err(restart_refused()),
+        Err(e @ TrickleError::TooMany) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "too_many_candidates",
+            e.to_string(),
+        )),
+        Err(TrickleError::Gone) => Err(ApiError::not_found("running web call")),
+    }
+}
+
+fn restart_refused() -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "ice_restart_unsupported",
+        TrickleError::Restart.to_string(),
+    )
+}
+
 /// The CORS preflight of a web call's media routes: for the origin that
 /// started the call only.
 async fn media_preflight(
@@ -613,11 +722,11 @@ async fn media_preflight(
     let h = response.headers_mut();
     h.insert(
         header::ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static("POST, DELETE"),
+        HeaderValue::from_static("POST, PATCH, DELETE"),
     );
     h.insert(
         header::ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static("authorization, content-type"),
+        HeaderValue::from_static("authorization, content-type, if-match"),
     );
     h.insert(
         header::ACCESS_CONTROL_MAX_AGE,

@@ -27,6 +27,8 @@ use crate::trunk::TrunkStates;
 #[derive(Debug)]
 pub enum CallCommand {
     Hangup(EndReason),
+    /// A web call's trickled ICE candidates, for its peer.
+    Trickle(crate::webrtc::peer::TrickleRequest),
 }
 
 /// A handle to a running call task. Cheap to clone.
@@ -48,6 +50,14 @@ impl CallHandle {
     /// Asks the call to end with `reason`; false when the task is gone.
     pub fn hangup(&self, reason: EndReason) -> bool {
         self.commands.try_send(CallCommand::Hangup(reason)).is_ok()
+    }
+
+    /// Hands a web call's trickled candidates on; false once the call is
+    /// over (or too busy to take them).
+    pub fn trickle(&self, request: crate::webrtc::peer::TrickleRequest) -> bool {
+        self.commands
+            .try_send(CallCommand::Trickle(request))
+            .is_ok()
     }
 }
 

@@ -40,7 +40,10 @@ use crate::model::{AgentSource, CallContext, CallStatus, Direction};
 use crate::store::StoreError;
 use crate::store::calls::{CallRecord, NewCall};
 use crate::store::transcripts::NewTurn;
-use crate::webrtc::peer::{self, Bridge, Peer, PeerAddress, PeerCommand, PeerEvent};
+use crate::webrtc::peer::{
+    self, Bridge, Peer, PeerAddress, PeerCommand, PeerEvent, TrickleError, TrickleRequest,
+};
+use crate::webrtc::trickle::SdpFrag;
 
 /// The metric and log label of web calls.
 const WEB: &str = "web";
@@ -184,6 +187,8 @@ pub enum ConnectError {
 pub struct WebLimits {
     /// The announced ICE host address (`[webrtc] public_ip`), if set.
     pub public_ip: Option<IpAddr>,
+    /// `[webrtc] ports`, inclusive.
+    pub ports: Option<(u16, u16)>,
     pub max_duration: Duration,
 }
 
@@ -265,6 +270,7 @@ impl Calls {
                 PeerAddress {
                     bind: media_ip,
                     announce: limits.public_ip.unwrap_or(media_ip),
+                    ports: limits.ports,
                 },
                 Bridge {
                     socket: bridge_socket,
@@ -289,11 +295,11 @@ impl Calls {
             let max_duration = limits.max_duration.min(Duration::from_secs(u64::from(
                 settings.max_duration_seconds,
             )));
-            Ok((peer, (run, rtp, max_duration, settings.recording)))
+            Ok((peer, (run, rtp, max_duration, settings.recording, session_addr)))
         }
         .instrument(span.clone())
         .await?;
-        let (agent, rtp, max_duration, recording) = run;
+        let (agent, rtp, max_duration, recording, session_addr) = run;
         let (handle, commands) = CallHandle::new();
         let slot = shared
             .registry
@@ -306,7 +312,9 @@ impl Calls {
             task: peer_task,
             local,
         } = peer;
-        tracing::info!(parent: &span, %local, "web call media starting");
+        // `session`: the media session's end of the loopback leg, where a
+        // capture sees the call's audio in the clear (PCMU).
+        tracing::info!(parent: &span, %local, session = %session_addr, "web call media starting");
         shared.transitions.ringing(id).await;
         let shared = Arc::clone(shared);
         let id = id.to_string();
@@ -361,6 +369,20 @@ impl Calls {
             Ok(())
         } else {
             Err(super::HangupError::NotRunning)
+        }
+    }
+
+    /// Hands the browser's trickled ICE candidates (RFC 9725 §4.3.1) to
+    /// the running web call `id`'s peer, and waits for its answer.
+    pub async fn trickle_web_call(&self, id: &str, frag: SdpFrag) -> Result<(), TrickleError> {
+        let handle = self.shared.registry.get(id).ok_or(TrickleError::Gone)?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if !handle.trickle(TrickleRequest { frag, reply }) {
+            return Err(TrickleError::Gone);
+        }
+        match timeout(Duration::from_secs(5), answer).await {
+            Ok(Ok(result)) => result,
+            _ => Err(TrickleError::Gone),
         }
     }
 
@@ -424,7 +446,10 @@ impl WebRun {
                     }
                     None => break Err(EndReason::Failed(FailureCause::MediaClosed)),
                 },
-                Some(CallCommand::Hangup(reason)) = commands.recv() => break Err(reason),
+                Some(command) = commands.recv() => match command {
+                    CallCommand::Hangup(reason) => break Err(reason),
+                    CallCommand::Trickle(request) => to_peer(&peer_commands, request),
+                },
             }
         };
         if let Err(reason) = connected {
@@ -494,7 +519,13 @@ impl WebRun {
                     Some(request) => fulfil(request),
                     None => Some(EndReason::Failed(FailureCause::AgentEnded)),
                 },
-                Some(CallCommand::Hangup(reason)) = commands.recv() => Some(reason),
+                Some(command) = commands.recv() => match command {
+                    CallCommand::Hangup(reason) => Some(reason),
+                    CallCommand::Trickle(request) => {
+                        to_peer(&peer_commands, request);
+                        None
+                    }
+                },
                 () = sleep_until(deadline) => Some(EndReason::MaxDuration),
             };
         }
@@ -538,6 +569,12 @@ impl WebRun {
         shared.analyzer.release(&id);
         (reason, Some(answered_for))
     }
+}
+
+/// Hands trickled candidates to the peer; a peer that cannot take them
+/// drops the request, which answers `Gone`.
+fn to_peer(peer: &mpsc::Sender<PeerCommand>, request: TrickleRequest) {
+    let _ = peer.try_send(PeerCommand::Trickle(request));
 }
 
 /// The next live transcript line, or never when there is no stream.

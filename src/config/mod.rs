@@ -740,6 +740,19 @@ impl Config {
                 "up to 64 letters, digits, '.', '_' or '-', starting with a letter or digit",
             ));
         }
+        if let Some((key, message)) = self.webrtc.problem() {
+            return Err(ConfigError::new(file, format!("webrtc.{key}"), message));
+        }
+        if let Some(p) = self.webrtc.ports
+            && p.low <= self.sip.rtp_ports.high
+            && self.sip.rtp_ports.low <= p.high
+        {
+            return Err(ConfigError::new(
+                file,
+                "webrtc.ports",
+                "must not overlap sip.rtp_ports (both take ports from their range)",
+            ));
+        }
         if let Some((key, message)) = self.speech.problem() {
             return Err(ConfigError::new(file, format!("speech.{key}"), message));
         }

@@ -27,8 +27,10 @@ use str0m::media::{MediaKind, MediaTime, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+
+use super::trickle::{self, SdpFrag};
 
 use crate::media::g711::Codec as G711;
 use crate::media::resample::Resampler;
@@ -80,10 +82,37 @@ pub enum PeerEvent {
 }
 
 /// What the call tells the peer.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum PeerCommand {
     /// Text for the page, on the data channel (dropped before it opens).
     Send(String),
+    /// Candidates the browser trickled (RFC 9725 §4.3.1); the peer answers
+    /// whether it took them.
+    Trickle(TrickleRequest),
+}
+
+/// A trickle fragment for the peer, and where its answer goes.
+#[derive(Debug)]
+pub struct TrickleRequest {
+    pub frag: SdpFrag,
+    pub reply: oneshot::Sender<Result<(), TrickleError>>,
+}
+
+/// Why the peer did not take a trickle fragment.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TrickleError {
+    /// Other ICE credentials than the offer's: an ICE restart, which a
+    /// web call does not do (RFC 9725 §4.3.2 lets a session refuse it).
+    #[error("an ICE restart (other ice-ufrag or ice-pwd) is not supported; start a new web call")]
+    Restart,
+    #[error(
+        "at most {} trickled candidates per web call",
+        trickle::MAX_CANDIDATES_PER_CALL
+    )]
+    TooMany,
+    /// The peer is gone.
+    #[error("the web call's media is over")]
+    Gone,
 }
 
 /// Counters of one peer, returned when its task ends.
@@ -119,13 +148,43 @@ pub struct PeerAddress {
     /// The address the host candidate announces (the public address
     /// behind a 1:1 NAT, else the bound one).
     pub announce: std::net::IpAddr,
+    /// `[webrtc] ports`: the inclusive range the socket binds in; `None`:
+    /// any free port.
+    pub ports: Option<(u16, u16)>,
+}
+
+/// The most ports of `[webrtc] ports` tried for one call before giving
+/// up (a full range is an operator's sizing problem, not a reason to
+/// spin).
+const MAX_BIND_TRIES: u32 = 256;
+
+/// Binds the peer's socket: any free port, or one of `ports` starting at
+/// a random one (so calls do not race for the same first port).
+async fn bind(at: &PeerAddress) -> Result<UdpSocket, PeerError> {
+    let Some((low, high)) = at.ports else {
+        return Ok(UdpSocket::bind(SocketAddr::new(at.bind, 0)).await?);
+    };
+    let span = u32::from(high - low) + 1;
+    let start = rand::random::<u32>() % span;
+    let mut last = None;
+    for i in 0..span.min(MAX_BIND_TRIES) {
+        let port = u16::try_from(u32::from(low) + (start + i) % span).unwrap_or(high);
+        match UdpSocket::bind(SocketAddr::new(at.bind, port)).await {
+            Ok(socket) => return Ok(socket),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(PeerError::Io(last.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::AddrInUse, "no free port")
+    })))
 }
 
 /// Accepts the browser's `offer`, gathers our one host candidate first
 /// (no trickle needed, RFC 9725 §4.4 allows it), and starts the task.
 pub async fn start(offer: &str, at: PeerAddress, bridge: Bridge) -> Result<Peer, PeerError> {
+    let remote_creds = (trickle::ufrag_of(offer), pwd_of(offer));
     let offer = SdpOffer::from_sdp_string(offer).map_err(|e| PeerError::BadOffer(e.to_string()))?;
-    let socket = UdpSocket::bind(SocketAddr::new(at.bind, 0)).await?;
+    let socket = bind(&at).await?;
     let local = socket.local_addr()?;
     let announced = SocketAddr::new(at.announce, local.port());
     let mut rtc = RtcConfig::new()
@@ -167,6 +226,8 @@ pub async fn start(offer: &str, at: PeerAddress, bridge: Bridge) -> Result<Peer,
         rtp_out: RtpOut::new(),
         opus_time: 0,
         connected: false,
+        remote_creds,
+        trickled: 0,
         stats: PeerStats::default(),
     };
     let task = tokio::spawn(task.run());
@@ -258,6 +319,11 @@ struct PeerTask {
     /// RTP time of the next Opus frame we send (48 kHz units).
     opus_time: u64,
     connected: bool,
+    /// The offer's `ice-ufrag` and `ice-pwd`: a trickle fragment must not
+    /// change them.
+    remote_creds: (Option<String>, Option<String>),
+    /// Candidates taken by trickle so far.
+    trickled: usize,
     stats: PeerStats,
 }
 
@@ -292,6 +358,10 @@ impl PeerTask {
                 },
                 command = self.commands.recv() => match command {
                     Some(PeerCommand::Send(text)) => self.send_text(&text),
+                    Some(PeerCommand::Trickle(req)) => {
+                        let result = self.trickle(req.frag);
+                        let _ = req.reply.send(result);
+                    }
                     // The call dropped its end: the peer goes with it.
                     None => {
                         self.rtc.disconnect();
@@ -470,6 +540,29 @@ impl PeerTask {
         }
     }
 
+    /// Adds the browser's trickled candidates (RFC 8838 §11: they pair
+    /// with ours and are checked like the offer's).
+    fn trickle(&mut self, frag: SdpFrag) -> Result<(), TrickleError> {
+        let (ufrag, pwd) = &self.remote_creds;
+        if frag.ufrag.is_some() && frag.ufrag != *ufrag || frag.pwd.is_some() && frag.pwd != *pwd {
+            return Err(TrickleError::Restart);
+        }
+        if self.trickled + frag.candidates.len() > trickle::MAX_CANDIDATES_PER_CALL {
+            return Err(TrickleError::TooMany);
+        }
+        self.trickled += frag.candidates.len();
+        tracing::debug!(
+            candidates = frag.candidates.len(),
+            skipped = frag.skipped,
+            end = frag.end,
+            "trickled candidates"
+        );
+        for c in frag.candidates {
+            self.rtc.add_remote_candidate(c);
+        }
+        Ok(())
+    }
+
     fn send_text(&mut self, text: &str) {
         let Some(id) = self.channel else { return };
         if let Some(mut channel) = self.rtc.channel(id)
@@ -478,6 +571,13 @@ impl PeerTask {
             tracing::debug!(error = %e, "data channel write failed");
         }
     }
+}
+
+/// The `a=ice-pwd` of an SDP, if any.
+fn pwd_of(sdp: &str) -> Option<String> {
+    sdp.lines()
+        .find_map(|l| l.trim_end_matches('\r').strip_prefix("a=ice-pwd:"))
+        .map(|p| p.trim().to_owned())
 }
 
 /// Sleeps until `at`, or forever for `None`.

@@ -11,7 +11,8 @@
  *
  * It asks for the microphone, starts a web call (POST /v1/web-calls with
  * the publishable key), sends its SDP offer to the call's WHIP URL with the
- * call's single-use token (all ICE candidates gathered first), plays the
+ * call's single-use token (the ICE candidates gathered within a second;
+ * later ones are trickled by PATCH to the session URL), plays the
  * agent, shows live captions from the data channel, and offers mute,
  * keypad and hang up. Every control is a real button with a label, usable
  * from the keyboard; captions are an aria-live region.
@@ -54,8 +55,8 @@
     document.head.appendChild(s);
   }
 
-  /* Waits for ICE gathering to finish (bounded), so the offer carries
-   * every candidate: the daemon does not take trickled ones. */
+  /* Waits for ICE gathering to finish, bounded: the offer carries the
+   * candidates gathered by then, later ones are trickled by PATCH. */
   function gathered(pc, ms) {
     return new Promise(function (resolve) {
       if (pc.iceGatheringState === "complete") return resolve();
@@ -176,19 +177,51 @@
           if (m.type === "transcript" && typeof m.text === "string") self.caption(m.speaker, m.text);
         } catch (err) { /* not ours */ }
       };
+      // Candidates found after the offer was read go by PATCH (trickle
+      // ICE, RFC 9725 section 4.3.1) once the session URL is known.
+      var offered = false;
+      this.late = [];
+      pc.onicecandidate = function (e) {
+        if (offered && e.candidate && e.candidate.candidate) {
+          self.late.push(e.candidate);
+          self.trickle();
+        }
+      };
       await pc.setLocalDescription(await pc.createOffer());
-      await gathered(pc, 3000);
+      await gathered(pc, 1000);
+      var offer = pc.localDescription.sdp;
+      offered = true;
+      this.iceCreds = (offer.match(/^a=ice-(ufrag|pwd):.*$/gm) || []).slice(0, 2);
       var w = await fetch(this.base + call.whip_url, {
         method: "POST",
         headers: { Authorization: "Bearer " + call.token, "Content-Type": "application/sdp" },
-        body: pc.localDescription.sdp,
+        body: offer,
       });
       if (w.status !== 201) throw new Error("media refused (HTTP " + w.status + ")");
       this.session = w.headers.get("Location");
       await pc.setRemoteDescription({ type: "answer", sdp: await w.text() });
+      this.trickle();
     } catch (err) {
       this.finish("Could not connect: " + err.message);
     }
+  };
+
+  /* Sends the candidates gathered late, as an SDP fragment (RFC 8840
+   * section 9) for the first m-line, the one every other is bundled on. */
+  Widget.prototype.trickle = function () {
+    if (!this.session || !this.call || !this.late.length) return;
+    var c = this.late.splice(0, this.late.length);
+    var lines = this.iceCreds.slice();
+    lines.push("m=audio 9 UDP/TLS/RTP/SAVPF 0", "a=mid:" + (c[0].sdpMid || "0"));
+    c.forEach(function (x) { lines.push("a=" + x.candidate); });
+    fetch(this.base + this.session, {
+      method: "PATCH",
+      headers: {
+        Authorization: "Bearer " + this.call.token,
+        "Content-Type": "application/trickle-ice-sdpfrag",
+      },
+      body: lines.join("\r\n") + "\r\n",
+    }).catch(function () {});
   };
 
   Widget.prototype.press = function (key) {
