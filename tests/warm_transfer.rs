@@ -148,8 +148,10 @@ fn tone_ulaw(dir: &Path, hz: u32, lead: f32, seconds: f32) -> PathBuf {
     ul
 }
 
-/// The caller: presses 1 two seconds after the answer, streams `audio`
-/// from then on, and hangs up `call_ms` after the answer.
+/// The caller: streams `audio` from the answer on (its tone after a
+/// silent lead), presses 1 (SIP INFO, so that no second RTP source joins
+/// the stream) two seconds after the answer, and hangs up `call_ms` after
+/// the answer.
 fn caller_scenario(dir: &Path, audio: &Path, call_ms: u32) -> String {
     let head =
         std::fs::read_to_string(common::scenario("uac-invite-dtmf-expect-200-bye.xml")).unwrap();
@@ -157,16 +159,22 @@ fn caller_scenario(dir: &Path, audio: &Path, call_ms: u32) -> String {
     let bye = head
         .find("  <send retrans=\"500\">\n    <![CDATA[\n      BYE")
         .unwrap();
+    let info = "  <send retrans=\"500\">\n    <![CDATA[\n      \
+        INFO [next_url] SIP/2.0\n      \
+        Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport\n      \
+        From: sipp <sip:+15550001@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]\n      \
+        [last_To:]\n      Call-ID: [call_id]\n      CSeq: 2 INFO\n      \
+        Contact: <sip:sipp@[local_ip]:[local_port]>\n      Max-Forwards: 70\n      \
+        Content-Type: application/dtmf-relay\n      Content-Length: [len]\n\n      \
+        Signal=1\n      Duration=160\n    ]]>\n  </send>\n  <recv response=\"200\"/>\n";
     let middle = format!(
-        "  <pause milliseconds=\"2000\"/>\n  <nop>\n    <action>\n      \
-         <exec play_pcap_audio=\"/usr/share/sip-tester/dtmf_2833_1.pcap\"/>\n    </action>\n  </nop>\n  \
-         <pause milliseconds=\"500\"/>\n  <nop>\n    <action>\n      \
-         <exec rtp_stream=\"{},1,0\"/>\n    </action>\n  </nop>\n  \
-         <pause milliseconds=\"{}\"/>\n",
+        "  <nop>\n    <action>\n      <exec rtp_stream=\"{},1,0\"/>\n    </action>\n  </nop>\n  \
+         <pause milliseconds=\"2000\"/>\n{info}  <pause milliseconds=\"{}\"/>\n",
         audio.display(),
-        call_ms - 2500
+        call_ms - 2000
     );
-    let xml = format!("{}{middle}{}", &head[..cut], &head[bye..]);
+    let xml =
+        format!("{}{middle}{}", &head[..cut], &head[bye..]).replace("CSeq: 2 BYE", "CSeq: 3 BYE");
     let path = dir.join("uac-warm-caller.xml");
     std::fs::write(&path, xml).unwrap();
     path.display().to_string()
@@ -276,7 +284,9 @@ fn speech_seconds(samples: &[i16]) -> f64 {
         .chunks_exact(800)
         .filter(|w| {
             let rms = (w.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / 800.0).sqrt();
-            rms > 300.0 && tone_power(w, 8000, CALLER_HZ) < 0.2 && tone_power(w, 8000, HUMAN_HZ) < 0.2
+            rms > 300.0
+                && tone_power(w, 8000, CALLER_HZ) < 0.2
+                && tone_power(w, 8000, HUMAN_HZ) < 0.2
         })
         .count() as f64
         / 10.0
@@ -301,12 +311,12 @@ async fn a_warm_transfer_joins_the_caller_and_the_person(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let human_port = free_udp_port();
     let (d, seen) = daemon(backend, human_port, &dir.path().join("rec")).await;
-    // The caller's tone from 14 s after the key (the agent and the
+    // The caller's tone from 18 s after the answer (the agent and the
     // summary are done by then), for 12 s; the person's from 10 s after
     // their answer (the summary is done), for 14 s.
-    let caller_tone = tone_ulaw(dir.path(), CALLER_HZ as u32, 14.0, 12.0);
+    let caller_tone = tone_ulaw(dir.path(), CALLER_HZ as u32, 18.0, 12.0);
     let human_tone = tone_ulaw(dir.path(), HUMAN_HZ as u32, 10.0, 14.0);
-    let caller = caller_scenario(dir.path(), &caller_tone, 30_000);
+    let caller = caller_scenario(dir.path(), &caller_tone, 32_000);
     let human = human_scenario(dir.path(), &human_tone);
     run_both(&d, &human, human_port, &caller).await;
 
@@ -333,33 +343,27 @@ async fn a_warm_transfer_joins_the_caller_and_the_person(backend: Backend) {
     );
 
     // The person heard the summary first, then the caller's tone; the
-    // person's tone came in.
+    // person's tone came in; the caller heard the person's tone.
     let (from_human, to_human) = recording(&d, consult_id).await;
+    let (from_caller, to_caller) = recording(&d, parent_id).await;
+    let heard = format!(
+        "caller sent {CALLER_HZ} Hz {} s, person got it {} s; person sent {HUMAN_HZ} Hz {} s, \
+         caller got it {} s\n{}",
+        tone_seconds(&from_caller, CALLER_HZ),
+        tone_seconds(&to_human, CALLER_HZ),
+        tone_seconds(&from_human, HUMAN_HZ),
+        tone_seconds(&to_caller, HUMAN_HZ),
+        d.log()
+    );
     let summary_end = (8 * 8000).min(to_human.len());
     assert!(
         speech_seconds(&to_human[..summary_end]) > 1.5,
         "the summary is spoken to the person: {} s",
         speech_seconds(&to_human[..summary_end])
     );
-    assert!(
-        tone_seconds(&to_human, CALLER_HZ) > 3.0,
-        "the caller's tone reaches the person: {} s\n{}",
-        tone_seconds(&to_human, CALLER_HZ),
-        d.log()
-    );
-    assert!(
-        tone_seconds(&from_human, HUMAN_HZ) > 3.0,
-        "the person's tone comes in: {} s",
-        tone_seconds(&from_human, HUMAN_HZ)
-    );
-    // The caller heard the person's tone.
-    let (_, to_caller) = recording(&d, parent_id).await;
-    assert!(
-        tone_seconds(&to_caller, HUMAN_HZ) > 3.0,
-        "the person's tone reaches the caller: {} s\n{}",
-        tone_seconds(&to_caller, HUMAN_HZ),
-        d.log()
-    );
+    assert!(tone_seconds(&to_human, CALLER_HZ) > 3.0, "{heard}");
+    assert!(tone_seconds(&from_human, HUMAN_HZ) > 3.0, "{heard}");
+    assert!(tone_seconds(&to_caller, HUMAN_HZ) > 3.0, "{heard}");
     // The caller's transcript: the agent's "one moment", then the hand-off.
     let turns = transcript(&d, parent_id).await;
     let said = |needle: &str| {
@@ -368,7 +372,8 @@ async fn a_warm_transfer_joins_the_caller_and_the_person(backend: Backend) {
             .position(|t| t["text"].as_str().unwrap_or_default().contains(needle))
     };
     let moment = said("One moment").unwrap_or_else(|| panic!("{turns:?}"));
-    let joined = said(&format!("joined with call {consult_id}")).unwrap_or_else(|| panic!("{turns:?}"));
+    let joined =
+        said(&format!("joined with call {consult_id}")).unwrap_or_else(|| panic!("{turns:?}"));
     assert!(moment < joined, "{turns:?}");
 }
 
@@ -378,9 +383,15 @@ async fn a_busy_person_leaves_the_caller_with_the_agent(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let human_port = free_udp_port();
     let (d, seen) = daemon(backend, human_port, &dir.path().join("rec")).await;
-    let silence = tone_ulaw(dir.path(), CALLER_HZ as u32, 14.0, 0.1);
+    let silence = tone_ulaw(dir.path(), CALLER_HZ as u32, 30.0, 0.1);
     let caller = caller_scenario(dir.path(), &silence, 16_000);
-    run_both(&d, &common::scenario("uas-invite-expect-486-busy.xml"), human_port, &caller).await;
+    run_both(
+        &d,
+        &common::scenario("uas-invite-expect-486-busy.xml"),
+        human_port,
+        &caller,
+    )
+    .await;
 
     let calls = ended_calls(&d, 2).await;
     let parent = calls.iter().find(|c| c["direction"] == "inbound").unwrap();

@@ -454,22 +454,20 @@ fn drain_live(live: &mut Option<mpsc::UnboundedReceiver<Said>>) -> Vec<Said> {
 /// What the person hears before being joined: the agent's summary, or the
 /// caller's last words.
 fn summary_text(summary: Option<String>, said: &[Said]) -> String {
-    let gist = summary
-        .filter(|s| !s.trim().is_empty())
-        .unwrap_or_else(|| {
-            let mut lines: Vec<&str> = said
-                .iter()
-                .rev()
-                .filter(|s| s.role == Role::User && !s.text.starts_with("[DTMF"))
-                .take(SUMMARY_LINES)
-                .map(|s| s.text.as_str())
-                .collect();
-            lines.reverse();
-            match lines.is_empty() {
-                true => "The caller has not said why they are calling.".to_owned(),
-                false => format!("The caller said: {}.", lines.join(". ")),
-            }
-        });
+    let gist = summary.filter(|s| !s.trim().is_empty()).unwrap_or_else(|| {
+        let mut lines: Vec<&str> = said
+            .iter()
+            .rev()
+            .filter(|s| s.role == Role::User && !s.text.starts_with("[DTMF"))
+            .take(SUMMARY_LINES)
+            .map(|s| s.text.as_str())
+            .collect();
+        lines.reverse();
+        match lines.is_empty() {
+            true => "The caller has not said why they are calling.".to_owned(),
+            false => format!("The caller said: {}.", lines.join(". ")),
+        }
+    });
     let gist: String = gist.chars().take(SUMMARY_CHARS).collect();
     format!("Hello, this is the virtual assistant with a call for you. {gist} Connecting you now.")
 }
@@ -491,7 +489,10 @@ async fn hand_off(
         if leg.rtp.handle.play(samples).await.is_ok()
             && let Err(reason) = transfer::played_out(&mut leg, length + SUMMARY_SLACK).await
         {
-            tracing::info!(reason = reason.label(), "the person left before being joined");
+            tracing::info!(
+                reason = reason.label(),
+                "the person left before being joined"
+            );
             leg.end(reason).await;
             agent.notify(
                 "[Notice: the transfer did not go through: the person hung up before being \

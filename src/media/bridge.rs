@@ -42,7 +42,6 @@ impl Bridge {
             task: tokio::spawn(copy(port_a, port_b)),
         })
     }
-
 }
 
 impl Drop for Bridge {
@@ -118,6 +117,9 @@ mod tests {
         assert_eq!(from_rx.try_recv(), Ok(PortCommand::Clear));
         assert_eq!(to_rx.try_recv(), Ok(PortCommand::Play(vec![9; 160])));
         drop(to_rx);
-        assert!(!forward(audio(1, 0), &from_tx, &to_tx).await, "the other leg is gone");
+        assert!(
+            !forward(audio(1, 0), &from_tx, &to_tx).await,
+            "the other leg is gone"
+        );
     }
 }
