@@ -517,6 +517,51 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_warm_transfer_is_bound_by_the_same_targets_and_carries_its_summary() {
+        let llm = Arc::new(Canned {
+            replies: Mutex::new(vec![
+                call(
+                    TRANSFER_CALL,
+                    r#"{"to": "+19005550100", "mode": "warm", "summary": "x"}"#,
+                ),
+                LlmReply {
+                    text: "I cannot.".into(),
+                    tool_calls: Vec::new(),
+                },
+                call(
+                    TRANSFER_CALL,
+                    r#"{"to": "+14155550100", "mode": "warm", "summary": "Billing question."}"#,
+                ),
+                LlmReply {
+                    text: "One moment.".into(),
+                    tool_calls: Vec::new(),
+                },
+            ]),
+            seen: Mutex::new(Vec::new()),
+        });
+        let brain = LlmBrain::new(llm, None, None, Vec::new(), reqwest::Client::new())
+            .with_transfer_targets(vec!["+14155550100".into()]);
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut conv = Conversation::default();
+        let reply = brain
+            .respond(&mut conv, Input::Text("premium".into()), &tx)
+            .await
+            .unwrap();
+        assert!(reply.actions.is_empty(), "{:?}", reply.actions);
+        let reply = brain
+            .respond(&mut conv, Input::Text("a person please".into()), &tx)
+            .await
+            .unwrap();
+        assert_eq!(
+            reply.actions,
+            vec![Action::WarmTransfer {
+                to: "+14155550100".into(),
+                summary: Some("Billing question.".into()),
+            }]
+        );
+    }
+
+    #[tokio::test]
     async fn opt_out_is_an_action_after_the_goodbye() {
         let llm = Arc::new(Canned {
             replies: Mutex::new(vec![
