@@ -3,7 +3,9 @@
 //!   or 64*T1, then BYE (RFC 3261 §13.3.1.4); a late ACK stops it;
 //! - session timers (RFC 4028): 422 with Min-SE, our refresh at half the
 //!   interval (re-INVITE, or UPDATE when allowed), BYE when the peer's
-//!   refresh is overdue.
+//!   refresh is overdue; outbound, our INVITE offers Session-Expires and
+//!   Min-SE, a 422 is retried with the peer's Min-SE, and we refresh by
+//!   UPDATE when the callee makes us the refresher.
 //!
 //! Timing: the T1 tests use `t1 = 50 ms` (test-only, `[sip] t1_ms`) and
 //! take ~4 s; one test runs the default T1 (~33 s). The session timer
@@ -483,4 +485,79 @@ async fn daemon_timer_end_reasons_sqlite() {
 #[tokio::test]
 async fn daemon_timer_end_reasons_postgres() {
     daemon_timer_end_reasons(common::Backend::Postgres).await;
+}
+
+/// Dials SIPp's `scenario` (a callee on a free port) from a bare stack
+/// with the default timers (Session-Expires 1800, Min-SE 90); the answered
+/// call, and SIPp's run to await.
+async fn dial_sipp(
+    scenario: &'static str,
+    limit: Duration,
+) -> (
+    agentline::sip::Call,
+    tokio::task::JoinHandle<common::SippRun>,
+) {
+    use agentline::sip::{OutboundEvent, OutboundInvite};
+    let (stack, _events) = start_stack().await;
+    let port = free_udp_port();
+    let sipp = tokio::spawn(run_sipp(scenario, port, None, &[], limit));
+    common::wait_for_udp_listener(port).await;
+    let mut call = stack
+        .dial(OutboundInvite {
+            request_uri: format!("sip:+4930555@127.0.0.1:{port}"),
+            from_user: "+4930999".to_owned(),
+            from_display: None,
+            from_domain: None,
+            credentials: None,
+            sdp_offer: Some(bytes::Bytes::from_static(SDP.as_bytes())),
+            extra_headers: Vec::new(),
+        })
+        .await
+        .expect("dial");
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), call.next()).await {
+            Ok(Some(OutboundEvent::Progress { .. })) => continue,
+            // The stack's sockets live on with the call.
+            Ok(Some(OutboundEvent::Answered { call, .. })) => return (*call, sipp),
+            other => {
+                let run = sipp.await.expect("sipp task");
+                panic!("not answered: {other:?}\n{}", run.output);
+            }
+        }
+    }
+}
+
+/// RFC 4028 outbound: our INVITE offers Session-Expires and Min-SE; the
+/// callee answers 90 s with us as refresher and allows UPDATE: we refresh
+/// by UPDATE before half the interval is gone, and the call stays up.
+#[tokio::test]
+async fn outbound_session_timer_refreshed_by_update_when_we_refresh() {
+    let (mut call, sipp) = dial_sipp(
+        "uas-invite-session-expires-answer-90-uac-refresher-expect-update.xml",
+        Duration::from_secs(70),
+    )
+    .await;
+    // The refresh is due at 45 s; the call is up past it.
+    let until = Instant::now() + Duration::from_secs(50);
+    if let Ok(event) = tokio::time::timeout_at(until, call.next_event()).await {
+        panic!("the call did not stay up: {event:?}");
+    }
+    assert!(call.is_active());
+    call.hangup().await.expect("BYE answered");
+    let run = sipp.await.expect("sipp task");
+    assert!(run.success, "{}", run.output);
+}
+
+/// RFC 4028 §7.4: a 422 with Min-SE 2000 (above our 1800) gets the INVITE
+/// again with Session-Expires 2000, and the call is answered.
+#[tokio::test]
+async fn outbound_422_is_retried_with_the_peers_min_se() {
+    let (call, sipp) = dial_sipp(
+        "uas-invite-422-min-se-2000-expect-retry-with-2000.xml",
+        Duration::from_secs(20),
+    )
+    .await;
+    call.hangup().await.expect("BYE answered");
+    let run = sipp.await.expect("sipp task");
+    assert!(run.success, "{}", run.output);
 }

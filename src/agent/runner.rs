@@ -24,7 +24,7 @@ use tracing::Instrument;
 
 use super::analysis::{self, Plan};
 use super::brain::{Action, AgentContext, Role, TransferCheck};
-use super::session::{AgentSession, Said, SessionConfig, SessionEnd};
+use super::session::{AgentSession, Nudge, Said, SessionConfig, SessionEnd};
 use super::speech::Speech;
 use super::stream::{StreamCall, StreamLink, StreamRequest, StreamSettings};
 use super::{BrainConfig, CallSettings, PromptSettings, build_brain};
@@ -88,6 +88,15 @@ pub enum AgentRequest {
     /// SIP headers (name, value) to the transfer target: the call's
     /// variables the agent's `transfer_context` names.
     Transfer(String, Vec<(String, String)>),
+    /// Warm transfer: call the number on a second leg, speak the summary
+    /// (`None`: the call layer makes one from the transcript) to whoever
+    /// answers, then bridge them with the caller; the headers as for
+    /// [`AgentRequest::Transfer`].
+    WarmTransfer {
+        to: String,
+        summary: Option<String>,
+        headers: Vec<(String, String)>,
+    },
     /// The agent's far end (a `stream` bot) could not be reached.
     Unreachable(String),
     /// Pause (true) or resume (false) the call's recording.
@@ -98,7 +107,7 @@ pub enum AgentRequest {
 pub struct Voice {
     /// Taken when the call is answered.
     session: Option<AgentSession>,
-    dtmf: Option<mpsc::Sender<String>>,
+    dtmf: Option<mpsc::Sender<Nudge>>,
     actions: Option<mpsc::Receiver<Action>>,
     task: Option<JoinHandle<SessionEnd>>,
     /// How the call is analyzed once it ends, if the agent asks.
@@ -263,12 +272,23 @@ impl AgentRun {
         }
         let AgentRun::Voice(v) = self else { return };
         let Some(tx) = &v.dtmf else { return };
-        match tx.try_send(digit.as_char().to_string()) {
+        match tx.try_send(Nudge::Dtmf(digit.as_char().to_string())) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 tracing::warn!("agent session behind, key press dropped");
             }
             Err(mpsc::error::TrySendError::Closed(_)) => v.dtmf = None,
+        }
+    }
+
+    /// Tells a running `voice` agent something the call did (a warm
+    /// transfer not taken); it replies to it. Dropped when the session is
+    /// behind or gone; other agents have no one to tell.
+    pub fn notify(&mut self, text: String) {
+        let AgentRun::Voice(v) = self else { return };
+        let Some(tx) = &v.dtmf else { return };
+        if tx.try_send(Nudge::Notice(text)).is_err() {
+            tracing::warn!("agent session behind or gone, notice dropped");
         }
     }
 
@@ -306,6 +326,17 @@ impl AgentRun {
                         continue;
                     }
                     return Some(AgentRequest::Transfer(to, v.transfer_headers.clone()));
+                }
+                Action::WarmTransfer { to, summary } => {
+                    if let Err(why) = v.transfer_check.check(&to) {
+                        tracing::warn!(%to, %why, "warm transfer refused by the trunk's policy; no call");
+                        continue;
+                    }
+                    return Some(AgentRequest::WarmTransfer {
+                        to,
+                        summary,
+                        headers: v.transfer_headers.clone(),
+                    });
                 }
                 Action::SendDtmf { .. } | Action::Summary { .. } => {}
             }

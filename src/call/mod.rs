@@ -10,7 +10,8 @@
 //! slots, the one count of a trunk's `max_calls` ([`registry`]), every
 //! call state transition with its store write and bus event ([`events`]),
 //! the call's context and the agent webhook ([`context`]), test mode's
-//! simulated carrier ([`simulated`]),
+//! simulated carrier ([`simulated`]), a warm transfer's consult leg
+//! ([`transfer`]),
 //! and what runs per trunk profile
 //! ([`reconcile`]): the registrations ([`registrations`]) and the OPTIONS
 //! probes ([`trunk_pings`]). The agents a call runs are `agent`'s
@@ -37,6 +38,7 @@ pub mod registry;
 mod screen;
 pub mod simulated;
 mod task;
+mod transfer;
 pub mod trunk_pings;
 pub mod web;
 

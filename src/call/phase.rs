@@ -457,6 +457,16 @@ pub(super) struct Finished {
 }
 
 impl Finished {
+    /// The end of a call that was up for `answered_for` (a warm transfer's
+    /// consult leg, ended by its own owner).
+    pub fn answered(call: Routed, reason: EndReason, answered_for: Duration) -> Self {
+        Finished {
+            call,
+            reason,
+            answered_for: Some(answered_for),
+        }
+    }
+
     /// Logs and counts the end and records it (`call.ended`). The trunk
     /// slot is freed after the record, so the drain waits for it.
     pub async fn record(self) {

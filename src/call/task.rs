@@ -28,6 +28,7 @@ use super::end_reason::FailureCause;
 use super::recording::Recorder;
 use super::registry::CallCommand;
 use super::screen::{Screen, Screened};
+use super::transfer::{self, Consult, Leg};
 use super::{EndReason, Shared};
 use crate::agent::analysis::Job;
 use crate::agent::brain::Role;
@@ -35,6 +36,7 @@ use crate::agent::fork::{FORK_TAP_FRAMES, Forks};
 use crate::agent::runner::{AgentRequest, AgentRun, Transcript};
 use crate::agent::session::Said;
 use crate::agent::stream::{ForkSettings, StreamCall};
+use crate::media::bridge::Bridge;
 use crate::media::{Digit, Direction, LocalSdp, MediaEvent, MediaHandle, MediaStats, RtpSession};
 use crate::model::RecordingSettings;
 use crate::sip::{Call, DialogEvent, ReInvite, SipError};
@@ -46,6 +48,14 @@ const BYE_TIMEOUT: Duration = Duration::from_secs(10);
 const REFER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the media task gets to publish its last counters.
 const MEDIA_STOP_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long past its own length a warm transfer's summary may take to
+/// play to the person before the caller is joined anyway.
+const SUMMARY_SLACK: Duration = Duration::from_secs(10);
+/// The caller's lines a warm transfer's summary quotes when the agent
+/// gave none.
+const SUMMARY_LINES: usize = 3;
+/// Longest summary spoken to the person.
+const SUMMARY_CHARS: usize = 500;
 
 /// Everything an answered call runs on.
 pub(super) struct Established {
@@ -113,9 +123,67 @@ pub(super) async fn run(
         EndReason::CalleeHangup
     };
 
+    // A voice agent's lines as they are said: a warm transfer's summary
+    // quotes the caller when the agent gave none.
+    let mut live = agent.live_transcript();
+    let answered = Instant::now();
+    // A warm transfer: the consult call being placed (with the summary the
+    // agent gave), then the answered leg bridged with the caller, and the
+    // agent's transcript taken when it left.
+    let mut consult: Option<(Consult, Option<String>)> = None;
+    let mut bridged: Option<(Leg, Bridge)> = None;
+    let mut handed_off: Option<(Option<Transcript>, NewTurn)> = None;
+    // How the consult leg ends, when it ends before the caller's call.
+    let mut leg_end: Option<EndReason> = None;
+
     let mut reason = None;
     while reason.is_none() {
         reason = tokio::select! {
+            outcome = consult_outcome(&mut consult) => {
+                let summary = consult.take().and_then(|(_, summary)| summary);
+                match outcome {
+                    Ok(leg) => {
+                        let said = drain_live(&mut live);
+                        match hand_off(shared, &mut agent, leg, summary, &said).await {
+                            Some((leg, transcript)) => {
+                                let note = handoff_turn(&leg.id, answered.elapsed());
+                                handed_off = Some((transcript, note));
+                                match Bridge::start(&media, &leg.rtp.handle).await {
+                                    Ok(bridge) => {
+                                        tracing::info!(consult_call_id = %leg.id, "warm transfer: the caller and the person are joined");
+                                        bridged = Some((leg, bridge));
+                                        None
+                                    }
+                                    Err(_) => {
+                                        leg.end(EndReason::Failed(FailureCause::MediaClosed)).await;
+                                        Some(EndReason::Failed(FailureCause::MediaClosed))
+                                    }
+                                }
+                            }
+                            None => None,
+                        }
+                    }
+                    Err(why) => {
+                        tracing::info!(%why, "warm transfer not taken; the agent goes on");
+                        agent.notify(format!(
+                            "[Notice: the transfer did not go through: {why}. Tell the caller, \
+                             and carry on helping them.]"
+                        ));
+                        None
+                    }
+                }
+            }
+            event = leg_event(&mut bridged) => {
+                match on_leg(&mut bridged, &media, event).await {
+                    Some(ended) => {
+                        leg_end = Some(ended);
+                        // The person left: the caller's call ends too, as
+                        // handed off.
+                        Some(EndReason::Transferred)
+                    }
+                    None => None,
+                }
+            }
             event = sip.next_event() => {
                 on_dialog(shared, &id, &screen, &mut sip, &mut sdp, &media, &mut agent, event, &far_hangup).await
             }
@@ -134,6 +202,10 @@ pub(super) async fn run(
                 }
                 Screened::End(reason) => Some(reason),
                 Screened::Media(event) => {
+                    // Bridged: the caller's keys reach the person too.
+                    if let (Some(MediaEvent::Digit(digit)), Some((leg, _))) = (&event, &bridged) {
+                        let _ = leg.rtp.handle.send_digit(*digit).await;
+                    }
                     on_media(shared, &id, &screen, &mut sip, &mut agent, event).await
                 }
             },
@@ -141,6 +213,16 @@ pub(super) async fn run(
                 Some(AgentRequest::Recording(paused)) => {
                     if let Some(recorder) = recorder.as_mut() {
                         recorder.set_paused(paused);
+                    }
+                    None
+                }
+                Some(AgentRequest::WarmTransfer { to, summary, headers }) => {
+                    if consult.is_some() {
+                        tracing::info!(%to, "a warm transfer is under way already");
+                    } else {
+                        tracing::info!(%to, "warm transfer: placing the consult call");
+                        let placing = transfer::start(shared, &id, &to, headers, recording.clone());
+                        consult = Some((placing, summary));
                     }
                     None
                 }
@@ -162,19 +244,40 @@ pub(super) async fn run(
     if let Some(recorder) = recorder.as_mut() {
         recorder.stop();
     }
+    // The person's leg goes with the caller's call (with our BYE, unless
+    // the person hung up).
+    let bridge_end = bridged.take().map(|(leg, bridge)| {
+        drop(bridge);
+        let leg_reason = leg_end.take().unwrap_or_else(|| match &reason {
+            EndReason::CallerHangup | EndReason::CalleeHangup => EndReason::CallerHangup,
+            other => other.clone(),
+        });
+        leg.end(leg_reason)
+    });
     if !reason.far_end_hung_up() {
         bye(sip).await;
     }
+    if let Some(ending) = bridge_end {
+        ending.await;
+    }
+    let (transcript, note) = match handed_off {
+        Some((transcript, note)) => (transcript, Some(note)),
+        None => (agent.finish().await, None),
+    };
     let mut analysis = None;
     if let Some(Transcript {
         said,
         summary,
         analysis: job,
-    }) = agent.finish().await
+    }) = transcript
     {
         let mut turns: Vec<NewTurn> = said.into_iter().map(turn_of).collect();
         if let Some(recorder) = &recorder {
             mark_paused(&mut turns, &recorder.paused_spans());
+        }
+        if let Some(note) = note {
+            turns.push(note);
+            turns.sort_by_key(|t| t.start_ms);
         }
         shared
             .transitions
@@ -232,32 +335,41 @@ pub(super) async fn announce(shared: &Shared, media: &MediaHandle, announcement:
             }
         }
     } else {
-        let spoken = match shared.speech.tts(None) {
-            Ok(tts) => tts.speak(announcement).await,
-            Err(e) => Err(e),
-        };
-        let mut audio = match spoken {
-            Ok(audio) => audio,
-            Err(e) => {
-                tracing::warn!(error = %e, "recording announcement not synthesized");
-                return;
-            }
-        };
-        let mut samples = Vec::new();
-        while let Some(frame) = audio.recv().await {
-            match frame {
-                Ok(frame) => samples.extend_from_slice(&frame),
-                Err(e) => {
-                    tracing::warn!(error = %e, "recording announcement cut short");
-                    break;
-                }
-            }
+        match synthesize(shared, announcement).await {
+            Some(samples) => samples,
+            None => return,
         }
-        samples
     };
     if media.play(samples).await.is_err() {
         tracing::debug!("media gone before the announcement");
     }
+}
+
+/// `text` spoken by the embedded synthesizer, 8 kHz; `None` (logged) when
+/// it cannot be; cut short on an engine error.
+async fn synthesize(shared: &Shared, text: &str) -> Option<Vec<i16>> {
+    let spoken = match shared.speech.tts(None) {
+        Ok(tts) => tts.speak(text).await,
+        Err(e) => Err(e),
+    };
+    let mut audio = match spoken {
+        Ok(audio) => audio,
+        Err(e) => {
+            tracing::warn!(error = %e, "speech not synthesized");
+            return None;
+        }
+    };
+    let mut samples = Vec::new();
+    while let Some(frame) = audio.recv().await {
+        match frame {
+            Ok(frame) => samples.extend_from_slice(&frame),
+            Err(e) => {
+                tracing::warn!(error = %e, "speech cut short");
+                break;
+            }
+        }
+    }
+    Some(samples)
 }
 
 /// Adds each paused span of the recording to the transcript, in order, as
@@ -317,6 +429,152 @@ async fn on_dialog(
         // RFC 4028 §10: BYE already sent by the SIP layer.
         Ok(DialogEvent::SessionExpired) => Some(EndReason::SessionExpired),
         Err(e) => Some(EndReason::Failed(FailureCause::Sip(e.to_string()))),
+    }
+}
+
+/// The outcome of the consult call being placed; pending without one.
+async fn consult_outcome(consult: &mut Option<(Consult, Option<String>)>) -> Result<Leg, String> {
+    match consult {
+        Some((placing, _)) => placing.outcome().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The agent's lines said so far (the live view's), for a summary.
+fn drain_live(live: &mut Option<mpsc::UnboundedReceiver<Said>>) -> Vec<Said> {
+    let mut said = Vec::new();
+    if let Some(rx) = live {
+        while let Ok(line) = rx.try_recv() {
+            said.push(line);
+        }
+    }
+    said
+}
+
+/// What the person hears before being joined: the agent's summary, or the
+/// caller's last words.
+fn summary_text(summary: Option<String>, said: &[Said]) -> String {
+    let gist = summary.filter(|s| !s.trim().is_empty()).unwrap_or_else(|| {
+        let mut lines: Vec<&str> = said
+            .iter()
+            .rev()
+            .filter(|s| s.role == Role::User && !s.text.starts_with("[DTMF"))
+            .take(SUMMARY_LINES)
+            .map(|s| s.text.as_str())
+            .collect();
+        lines.reverse();
+        match lines.is_empty() {
+            true => "The caller has not said why they are calling.".to_owned(),
+            false => format!("The caller said: {}.", lines.join(". ")),
+        }
+    });
+    let gist: String = gist.chars().take(SUMMARY_CHARS).collect();
+    format!("Hello, this is the virtual assistant with a call for you. {gist} Connecting you now.")
+}
+
+/// Warm transfer, the person answered: they hear the summary (the agent
+/// stays with the caller meanwhile), then the agent leaves and its
+/// transcript is taken; the leg, to be bridged. `None`: the person left
+/// before being joined; the leg is ended and the agent told.
+async fn hand_off(
+    shared: &Shared,
+    agent: &mut AgentRun,
+    mut leg: Leg,
+    summary: Option<String>,
+    said: &[Said],
+) -> Option<(Leg, Option<Transcript>)> {
+    let text = summary_text(summary, said);
+    if let Some(samples) = synthesize(shared, &text).await {
+        let length = Duration::from_millis(samples.len() as u64 / 8);
+        if leg.rtp.handle.play(samples).await.is_ok()
+            && let Err(reason) = transfer::played_out(&mut leg, length + SUMMARY_SLACK).await
+        {
+            tracing::info!(
+                reason = reason.label(),
+                "the person left before being joined"
+            );
+            leg.end(reason).await;
+            agent.notify(
+                "[Notice: the transfer did not go through: the person hung up before being \
+                 connected. Tell the caller, and carry on helping them.]"
+                    .to_owned(),
+            );
+            return None;
+        }
+    }
+    let transcript = std::mem::replace(agent, AgentRun::Echo).finish().await;
+    Some((leg, transcript))
+}
+
+/// The transcript's mark of the hand-off, `at` from the answer.
+fn handoff_turn(consult_call_id: &str, at: Duration) -> NewTurn {
+    let ms = i64::try_from(at.as_millis()).unwrap_or(i64::MAX);
+    NewTurn {
+        speaker: "agent",
+        text: format!("[transferred: joined with call {consult_call_id}]"),
+        start_ms: ms,
+        end_ms: ms,
+        interrupted: false,
+        heard: None,
+        stt_final_ms: None,
+        llm_first_token_ms: None,
+        tts_first_audio_ms: None,
+        first_rtp_ms: None,
+    }
+}
+
+/// Something on the bridged consult leg.
+enum LegEvent {
+    Dialog(Result<DialogEvent, SipError>),
+    Media(Option<MediaEvent>),
+}
+
+/// The next event of the bridged consult leg; pending without one.
+async fn leg_event(bridged: &mut Option<(Leg, Bridge)>) -> LegEvent {
+    let Some((leg, _)) = bridged else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        event = leg.sip.next_event() => LegEvent::Dialog(event),
+        event = leg.rtp.events.recv() => LegEvent::Media(event),
+    }
+}
+
+/// What an event of the bridged leg means: the leg's end, or nothing (a
+/// re-INVITE answered, a key relayed to the caller).
+async fn on_leg(
+    bridged: &mut Option<(Leg, Bridge)>,
+    caller: &MediaHandle,
+    event: LegEvent,
+) -> Option<EndReason> {
+    let (leg, _) = bridged.as_mut()?;
+    match event {
+        LegEvent::Dialog(Ok(DialogEvent::Bye | DialogEvent::Terminated)) => {
+            Some(EndReason::CalleeHangup)
+        }
+        LegEvent::Dialog(Ok(DialogEvent::SessionExpired)) => Some(EndReason::SessionExpired),
+        LegEvent::Dialog(Ok(DialogEvent::ReInvite(re))) => {
+            reinvite(&mut leg.sip, &mut leg.sdp, &leg.rtp.handle, re).await;
+            None
+        }
+        LegEvent::Dialog(Ok(DialogEvent::Info { content_type, body })) => {
+            if let Some(digit) = content_type
+                .as_deref()
+                .and_then(|ct| Digit::from_sip_info(ct, &body))
+            {
+                let _ = caller.send_digit(digit).await;
+            }
+            None
+        }
+        LegEvent::Dialog(Err(e)) => Some(EndReason::Failed(FailureCause::Sip(e.to_string()))),
+        // RFC 4733 from the person, on to the caller.
+        LegEvent::Media(Some(MediaEvent::Digit(digit))) => {
+            let _ = caller.send_digit(digit).await;
+            None
+        }
+        LegEvent::Media(Some(MediaEvent::Timeout)) => Some(EndReason::MediaTimeout),
+        LegEvent::Media(Some(_)) => None,
+        LegEvent::Media(None) => Some(EndReason::Failed(FailureCause::MediaClosed)),
     }
 }
 
@@ -405,7 +663,7 @@ async fn fulfil(sip: &mut Call, request: AgentRequest) -> Option<EndReason> {
     match request {
         AgentRequest::Hangup => Some(EndReason::AgentHangup),
         // Taken by the call task before it gets here.
-        AgentRequest::Recording(_) => None,
+        AgentRequest::Recording(_) | AgentRequest::WarmTransfer { .. } => None,
         // A campaign's dialer puts the number on the do-not-call list for
         // this reason, as for the opt-out key.
         AgentRequest::OptOut => Some(EndReason::OptedOut),
@@ -459,7 +717,7 @@ pub(super) fn turn_of(said: Said) -> NewTurn {
 /// an offer we cannot take gets 488 and the old session stays. A re-INVITE
 /// without an offer gets our offer in the 200 (§14.2), and the answer in
 /// its ACK is applied; without one the old session stays.
-async fn reinvite(
+pub(super) async fn reinvite(
     sip: &mut Call,
     sdp: &mut LocalSdp,
     media: &crate::media::MediaHandle,

@@ -647,7 +647,7 @@ fn fulfil(request: AgentRequest) -> Option<EndReason> {
             tracing::warn!(error = %e, "the stream agent's bot is unreachable");
             Some(EndReason::AgentUnreachable)
         }
-        AgentRequest::Transfer(to, _) => {
+        AgentRequest::Transfer(to, _) | AgentRequest::WarmTransfer { to, .. } => {
             tracing::info!(%to, "a web call cannot be transferred; the call goes on");
             None
         }

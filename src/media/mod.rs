@@ -8,7 +8,8 @@
 //! port allocation ([`ports`]), the task that ties them to a UDP socket
 //! ([`session`]), its control surface ([`handle`]), the [`port`] an agent
 //! attaches to, the copies of both tracks for recorders and forks
-//! ([`tap`]), and 16-bit PCM WAV files ([`wav`]).
+//! ([`tap`]), 16-bit PCM WAV files ([`wav`]), and the [`bridge`] joining
+//! two sessions' audio (a warm transfer).
 //!
 //! Must not: import `call`, `store` or `api`, or decide anything about a
 //! call. It reports what arrived (audio, digits, timeouts) and does what it
@@ -28,6 +29,7 @@
 //! 5. Dropping every [`MediaHandle`] ends the session and frees the port.
 
 pub mod amd;
+pub mod bridge;
 mod counters;
 pub mod dtmf;
 pub mod g711;

@@ -85,6 +85,10 @@ pub struct CallContext {
     /// The answering-machine verdict, once known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub answered_by: Option<AnsweredBy>,
+    /// A warm transfer's consult call: the caller's call it was placed
+    /// for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_call_id: Option<String>,
 }
 
 #[cfg(test)]

@@ -229,6 +229,11 @@ impl AckLayer {
     pub(crate) fn new(timers: Arc<SipTimers>) -> Self {
         Self { timers }
     }
+
+    /// The stack's RFC 4028 settings (our outbound INVITEs offer them).
+    pub(crate) fn session_timer(&self) -> super::timers::SessionTimerConfig {
+        self.timers.session
+    }
 }
 
 #[async_trait::async_trait]

@@ -2,13 +2,19 @@
 //! challenges (§22.2, §22.3), report provisional responses, ACK the 2xx,
 //! and CANCEL at any time (§9.1): only after a provisional response, with
 //! the INVITE's own branch; with none, retransmissions stop at timer B.
+//! Session timers (RFC 4028 §7): the INVITE offers our Session-Expires and
+//! Min-SE, a 422 is retried once with the interval its Min-SE asks, and
+//! the timer the 2xx settles (who refreshes, how often) runs on the call
+//! (see `call`: our refreshes by UPDATE or re-INVITE, BYE on expiry).
 
 use super::Credentials;
+use super::ack::AckLayer;
 use super::base::{SipError, Transport, attach_sdp, is_sdp};
-use super::call::Call;
+use super::call::{Call, TimerSetup};
 use super::challenge::{Challenge, ChallengeResponder};
 use super::finished::Finished;
 use super::orphan::CancelState;
+use super::timers::{self, Agreed, MIN_SE_FLOOR, SessionTimerConfig};
 use super::transport::SipStack;
 use crate::metrics::SIP_OUTBOUND_RESULTS_TOTAL;
 use bytes::Bytes;
@@ -16,7 +22,9 @@ use ezk_sip_core::transaction::TsxResponse;
 use ezk_sip_core::transaction::consts::{T1, T2};
 use ezk_sip_core::transport::{OutgoingParts, OutgoingRequest};
 use ezk_sip_core::{Endpoint, Request};
-use ezk_sip_types::header::typed::{CSeq, CallID, ContentType, MaxForwards, Via};
+use ezk_sip_types::header::typed::{
+    Allow, CSeq, CallID, ContentType, MaxForwards, MinSe, Refresher, Require, SessionExpires, Via,
+};
 use ezk_sip_types::msg::RequestLine;
 use ezk_sip_types::uri::{NameAddr, SipUri};
 use ezk_sip_types::{Headers, Method, Name, StatusCode};
@@ -142,10 +150,11 @@ impl SipStack {
         let contact = self.local.contact(Some(&invite.from_user), transport);
 
         let mut initiator = InviteInitiator::new(self.endpoint.clone(), from, contact, target);
-        // No PRACK, no session timer: we do not refresh (see call.rs).
         // RFC 3262: carriers that require 100rel get our PRACKs (`prack`).
         initiator.support_100rel = true;
+        // ezk's own timer is parked (see `timers`); ours writes the headers.
         initiator.support_timer = false;
+        let timer_config = self.endpoint.layer::<AckLayer>().session_timer();
 
         let mut driver = InviteClient {
             endpoint: self.endpoint.clone(),
@@ -156,6 +165,9 @@ impl SipStack {
             call_id: String::new(),
             sent: watch::Sender::new(None),
             pracks: 0,
+            session_expires: timer_config.session_expires.max(timer_config.min_se),
+            timer_config,
+            too_brief: false,
         };
         let request = driver.prepare();
         driver.call_id = request
@@ -204,6 +216,11 @@ struct InviteClient {
     sent: watch::Sender<Option<CancelState>>,
     /// PRACKs sent (RFC 3262), each with its own CSeq after the INVITE's.
     pracks: u32,
+    /// The Session-Expires we offer (RFC 4028 §7.1); raised by a 422.
+    session_expires: u32,
+    timer_config: SessionTimerConfig,
+    /// A 422 was answered already (one retry, §7.4).
+    too_brief: bool,
 }
 
 impl InviteClient {
@@ -216,11 +233,84 @@ impl InviteClient {
                 .headers
                 .insert(Name::from(name.clone()), value.clone());
         }
+        // RFC 4028 §7.1: our interval and floor; the refresher is left to
+        // the UAS (§9), which names it in its 2xx.
+        request.headers.insert(Name::SUPPORTED, "timer");
+        request.headers.insert_named(&SessionExpires {
+            delta_secs: self.session_expires,
+            refresher: Refresher::Unspecified,
+        });
+        request
+            .headers
+            .insert_named(&MinSe(self.timer_config.min_se.max(MIN_SE_FLOOR)));
         if let Some(sdp) = &self.invite.sdp_offer {
             attach_sdp(&mut request.headers, &mut request.body, sdp.clone());
         }
         self.challenges.authorize(&mut request.headers);
         request
+    }
+
+    /// RFC 4028 §7.4: a 422 names the smallest interval the peer takes in
+    /// its Min-SE; the INVITE is sent again once with it (and that as our
+    /// own floor). `false`: no retry (not a 422, retried already, or a
+    /// Min-SE no larger than what we offered, or absurdly long).
+    async fn retry_too_brief(&mut self, response: &TsxResponse) -> Result<bool, SipError> {
+        if response.line.code.into_u16() != 422 || self.too_brief {
+            return Ok(false);
+        }
+        self.too_brief = true;
+        let Some(min_se) = response.headers.get_named::<MinSe>().ok().map(|m| m.0) else {
+            return Ok(false);
+        };
+        if min_se <= self.session_expires || min_se > 86_400 {
+            return Ok(false);
+        }
+        tracing::info!(min_se, "422 Session Interval Too Small, retrying");
+        self.session_expires = min_se;
+        self.timer_config.min_se = self.timer_config.min_se.max(min_se);
+        let request = self.prepare();
+        self.initiator.send_invite(request).await?;
+        self.note_sent();
+        Ok(true)
+    }
+
+    /// RFC 4028 §7.2: the session timer the 2xx settles. Its
+    /// Session-Expires names the interval and who refreshes; without one
+    /// the call has no timer. A hostile interval is bounded to
+    /// [`MIN_SE_FLOOR`]..one day.
+    fn timer_of(&self, response: &TsxResponse) -> TimerSetup {
+        let agreed = response
+            .headers
+            .get_named::<SessionExpires>()
+            .ok()
+            .map(|se| {
+                let peer_supports = timers::supports(&response.headers, "timer")
+                    || response
+                        .headers
+                        .get_named::<Vec<Require>>()
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|r| r.0.eq_ignore_ascii_case("timer"));
+                Agreed {
+                    interval: se.delta_secs.clamp(MIN_SE_FLOOR, 86_400),
+                    // §7.2: an unnamed refresher in a 2xx is ours.
+                    we_refresh: !matches!(se.refresher, Refresher::Uas),
+                    peer_supports,
+                    we_are_uas: false,
+                }
+            });
+        let peer_allows_update = response
+            .headers
+            .get_named::<Vec<Allow>>()
+            .unwrap_or_default()
+            .iter()
+            .any(|a| a.0 == Method::UPDATE);
+        TimerSetup {
+            agreed,
+            local_sdp: self.invite.sdp_offer.clone(),
+            peer_allows_update,
+            config: self.timer_config,
+        }
     }
 
     /// Keeps what a CANCEL of the INVITE just sent needs.
@@ -353,6 +443,15 @@ impl InviteClient {
                 Response::Failure(response) => {
                     let code = response.line.code;
                     if !cancel_requested {
+                        match self.retry_too_brief(&response).await {
+                            Ok(true) => {
+                                earlies.clear();
+                                provisional_seen = false;
+                                continue;
+                            }
+                            Ok(false) => {}
+                            Err(e) => tracing::warn!(error = %e, "cannot retry after 422"),
+                        }
                         match self.answer_challenge(&response).await {
                             Ok(true) => {
                                 earlies.clear();
@@ -487,13 +586,14 @@ impl InviteClient {
             _ => None,
         };
         let bye = self.finished.watch(session.dialog.key());
+        let timer = self.timer_of(&response);
         OutboundEvent::Answered {
             call: Box::new(Call::new(
                 session,
                 self.call_id.clone(),
                 &self.finished,
                 bye,
-                super::call::TimerSetup::default(),
+                timer,
             )),
             sdp,
         }

@@ -117,6 +117,8 @@ pub const TRANSFER_DENIED: &str =
 
 const END_CALL: &str = "end_call";
 const TRANSFER_CALL: &str = "transfer_call";
+/// Longest warm-transfer summary spoken to the person called.
+const MAX_SUMMARY_CHARS: usize = 500;
 const SEND_DTMF: &str = "send_dtmf";
 const OPT_OUT: &str = "opt_out";
 const PAUSE_RECORDING: &str = "pause_recording";
@@ -132,9 +134,17 @@ fn builtin_specs() -> Vec<ToolSpec> {
         },
         ToolSpec {
             name: TRANSFER_CALL.into(),
-            description: "Transfer the caller to a phone number after your reply.".into(),
+            description: "Transfer the caller to a phone number after your reply. \
+                Mode `blind` (the default) hands the call over at once; `warm` first \
+                calls the person, tells them `summary`, then joins them with the \
+                caller (tell the caller to hold on in your reply); if they do not \
+                take the call you are told so and the call stays with you."
+                .into(),
             parameters: json!({"type": "object", "required": ["to"], "properties": {
-                "to": {"type": "string", "description": "E.164 number, e.g. +14155550100"}}}),
+                "to": {"type": "string", "description": "E.164 number, e.g. +14155550100"},
+                "mode": {"type": "string", "enum": ["blind", "warm"]},
+                "summary": {"type": "string",
+                    "description": "Warm mode: what to tell the person before joining the caller"}}}),
         },
         ToolSpec {
             name: SEND_DTMF.into(),
@@ -236,6 +246,15 @@ impl LlmBrain {
                         .increment(1);
                     (json!({ "error": TRANSFER_DENIED }).to_string(), None)
                 }
+                Some(to) if arg("mode").as_deref() == Some("warm") => (
+                    "ok: after your reply the person is called; the caller waits".into(),
+                    Some(Action::WarmTransfer {
+                        to,
+                        summary: arg("summary")
+                            .map(|s| s.chars().take(MAX_SUMMARY_CHARS).collect::<String>())
+                            .filter(|s| !s.trim().is_empty()),
+                    }),
+                ),
                 Some(to) => (
                     "ok: the caller is transferred after your reply".into(),
                     Some(Action::Transfer { to }),
@@ -495,6 +514,51 @@ mod tests {
         assert!(transfer_allowed(&["+1415*".into()], "+14155550100"));
         assert!(!transfer_allowed(&["+1415*".into()], "+1900"));
         assert!(!transfer_allowed(&["+14155550100".into()], "+141555501001"));
+    }
+
+    #[tokio::test]
+    async fn a_warm_transfer_is_bound_by_the_same_targets_and_carries_its_summary() {
+        let llm = Arc::new(Canned {
+            replies: Mutex::new(vec![
+                call(
+                    TRANSFER_CALL,
+                    r#"{"to": "+19005550100", "mode": "warm", "summary": "x"}"#,
+                ),
+                LlmReply {
+                    text: "I cannot.".into(),
+                    tool_calls: Vec::new(),
+                },
+                call(
+                    TRANSFER_CALL,
+                    r#"{"to": "+14155550100", "mode": "warm", "summary": "Billing question."}"#,
+                ),
+                LlmReply {
+                    text: "One moment.".into(),
+                    tool_calls: Vec::new(),
+                },
+            ]),
+            seen: Mutex::new(Vec::new()),
+        });
+        let brain = LlmBrain::new(llm, None, None, Vec::new(), reqwest::Client::new())
+            .with_transfer_targets(vec!["+14155550100".into()]);
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut conv = Conversation::default();
+        let reply = brain
+            .respond(&mut conv, Input::Text("premium".into()), &tx)
+            .await
+            .unwrap();
+        assert!(reply.actions.is_empty(), "{:?}", reply.actions);
+        let reply = brain
+            .respond(&mut conv, Input::Text("a person please".into()), &tx)
+            .await
+            .unwrap();
+        assert_eq!(
+            reply.actions,
+            vec![Action::WarmTransfer {
+                to: "+14155550100".into(),
+                summary: Some("Billing question.".into()),
+            }]
+        );
     }
 
     #[tokio::test]

@@ -152,6 +152,14 @@ pub enum Action {
     Hangup,
     /// Transfer the call to a number (E.164).
     Transfer { to: String },
+    /// Warm transfer: call `to` on a second leg, tell the person there
+    /// `summary` (or the transcript's gist), then join them with the
+    /// caller; if they do not take the call the agent goes on.
+    WarmTransfer {
+        to: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        summary: Option<String>,
+    },
     /// Send DTMF digits to the far end.
     SendDtmf { digits: String },
     /// The end-of-call summary, stored with the call.

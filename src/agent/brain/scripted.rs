@@ -263,7 +263,9 @@ impl ScriptedDialogue {
                 }
                 for (a, action) in intent.actions.iter().enumerate() {
                     let empty = match action {
-                        Action::Transfer { to } => to.trim().is_empty(),
+                        Action::Transfer { to } | Action::WarmTransfer { to, .. } => {
+                            to.trim().is_empty()
+                        }
                         Action::SendDtmf { digits } => digits.trim().is_empty(),
                         Action::Summary { text } => text.trim().is_empty(),
                         Action::Hangup
@@ -437,6 +439,10 @@ impl ScriptedBrain {
             .map(|a| match a {
                 Action::Transfer { to } => Action::Transfer {
                     to: render(to, &s.slots, ctx),
+                },
+                Action::WarmTransfer { to, summary } => Action::WarmTransfer {
+                    to: render(to, &s.slots, ctx),
+                    summary: summary.as_ref().map(|t| render(t, &s.slots, ctx)),
                 },
                 Action::SendDtmf { digits } => Action::SendDtmf {
                     digits: render(digits, &s.slots, ctx),

@@ -268,6 +268,18 @@ impl SessionCore {
         self.start_reply(Some(pressed), marks);
     }
 
+    /// A notice from the call (see [`super::Nudge::Notice`]): the brain
+    /// replies to it as to a turn; the caller said nothing.
+    pub fn on_notice(&mut self, text: String, now: Duration) {
+        self.greet_at = None;
+        self.interrupt(None, now);
+        let marks = Marks {
+            since: Some(now),
+            ..Marks::default()
+        };
+        self.start_reply(Some(Input::Text(text)), marks);
+    }
+
     /// STT's final text for the turn asked for (`None`: empty, failed, or
     /// none will come).
     pub fn on_final(&mut self, text: Option<String>, now: Duration) {

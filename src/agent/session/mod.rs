@@ -123,6 +123,17 @@ pub struct SessionConfig {
     pub live: Option<mpsc::UnboundedSender<Said>>,
 }
 
+/// What the call hands the running session besides its audio.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Nudge {
+    /// Keys the caller pressed.
+    Dtmf(String),
+    /// Something the call did that the agent must react to (a warm
+    /// transfer the person did not take): the brain gets it as input and
+    /// replies; it is not a caller line in the transcript.
+    Notice(String),
+}
+
 /// The agent on a call.
 pub struct AgentSession {
     pub brain: Arc<dyn Brain>,
@@ -167,7 +178,7 @@ impl AgentSession {
     pub async fn run(
         self,
         port: AudioPort,
-        mut dtmf: mpsc::Receiver<String>,
+        mut dtmf: mpsc::Receiver<Nudge>,
         actions: mpsc::Sender<Action>,
     ) -> SessionEnd {
         let AudioPort {
@@ -221,10 +232,14 @@ impl AgentSession {
                     Some(event) => d.on_port(event).await,
                     None => break,
                 },
-                digits = dtmf.recv() => match digits {
-                    Some(digits) => {
+                nudge = dtmf.recv() => match nudge {
+                    Some(Nudge::Dtmf(digits)) => {
                         let now = d.now();
                         d.core.on_dtmf(digits, now);
+                    }
+                    Some(Nudge::Notice(text)) => {
+                        let now = d.now();
+                        d.core.on_notice(text, now);
                     }
                     None => break,
                 },
