@@ -8,7 +8,8 @@
 //! port allocation ([`ports`]), the task that ties them to a UDP socket
 //! ([`session`]), its control surface ([`handle`]), the [`port`] an agent
 //! attaches to, the copies of both tracks for recorders and forks
-//! ([`tap`]), and 16-bit PCM WAV files ([`wav`]).
+//! ([`tap`]), SRTP with SDES keys ([`srtp`]), and 16-bit PCM WAV files
+//! ([`wav`]).
 //!
 //! Must not: import `call`, `store` or `api`, or decide anything about a
 //! call. It reports what arrived (audio, digits, timeouts) and does what it
@@ -40,6 +41,7 @@ pub mod ports;
 pub mod resample;
 pub mod sdp;
 pub mod session;
+pub mod srtp;
 pub mod tap;
 pub mod wav;
 
@@ -55,6 +57,7 @@ pub use port::{AudioPort, PortCommand, PortEvent, PortPlayout};
 pub use ports::{MediaError, PortAllocator, PortPermit, bind_rtp};
 pub use sdp::{Direction, LocalSdp, NegotiatedMedia, SdpError};
 pub use session::{RtpSession, SessionConfig};
+pub use srtp::SrtpMode;
 pub use tap::{TapFrame, TapReceiver, Track};
 
 /// RTP clock rate of every codec we negotiate (G.711 and telephone-event).
