@@ -842,10 +842,10 @@ mod tests {
             );
         }
         // A lifetime of 2^48 is legal and does not trouble the parser.
-        let long_life = offer(&format!(
+        let long_life = offer(
             "m=audio 49170 RTP/SAVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 \
-             inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz|2^48\r\n"
-        ));
+             inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz|2^48\r\n",
+        );
         assert!(
             srtp_local(SrtpMode::Mandatory)
                 .answer(long_life.as_bytes(), Direction::SendRecv)
