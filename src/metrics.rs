@@ -84,6 +84,10 @@ pub const MEDIA_TAP_DROPPED_TOTAL: &str = "agentline_media_tap_dropped_frames_to
 pub const RTP_JITTER_SECONDS: &str = "agentline_rtp_jitter_seconds";
 /// Sessions that reported an RTP inactivity timeout.
 pub const RTP_TIMEOUTS_TOTAL: &str = "agentline_rtp_timeouts_total";
+/// Inbound SRTP packets dropped (`crate::media::srtp`), label `reason` =
+/// `auth` (too short, or the tag does not verify: forged, damaged, plain
+/// RTP) | `replay` (already received or behind the replay window).
+pub const SRTP_AUTH_FAILURES_TOTAL: &str = "agentline_srtp_auth_failures_total";
 
 // Calls (`crate::call`).
 
@@ -281,6 +285,10 @@ fn describe() {
     metrics::describe_counter!(RTP_PACKETS_TOTAL, "RTP packets by direction.");
     metrics::describe_counter!(RTP_BYTES_TOTAL, "RTP bytes by direction.");
     metrics::describe_counter!(RTP_PACKETS_LOST_TOTAL, "Inbound RTP packets lost.");
+    metrics::describe_counter!(
+        SRTP_AUTH_FAILURES_TOTAL,
+        "Inbound SRTP packets dropped: failed authentication or replayed."
+    );
     metrics::describe_histogram!(
         RTP_JITTER_SECONDS,
         metrics::Unit::Seconds,

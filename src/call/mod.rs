@@ -172,6 +172,15 @@ fn codecs(trunk: &Profile) -> Vec<media::Codec> {
         .collect()
 }
 
+/// The trunk's SRTP policy, for its SDP.
+fn srtp(trunk: &Profile) -> media::SrtpMode {
+    match trunk.media.srtp {
+        config::Srtp::Off => media::SrtpMode::Off,
+        config::Srtp::Optional => media::SrtpMode::Optional,
+        config::Srtp::Mandatory => media::SrtpMode::Mandatory,
+    }
+}
+
 fn count_started(direction: &'static str) {
     metrics::counter!(CALLS_STARTED_TOTAL, "direction" => direction).increment(1);
 }

@@ -195,7 +195,8 @@ impl Routed {
             Ok(bound) => bound,
             Err(e) => return Err(self.end(EndReason::Failed(FailureCause::Rtp(e.to_string())))),
         };
-        let sdp = LocalSdp::new(shared.media_ip(), permit.port(), super::codecs(trunk));
+        let sdp = LocalSdp::new(shared.media_ip(), permit.port(), super::codecs(trunk))
+            .with_srtp(super::srtp(trunk));
         let recording = super::recording::merged(&[agent.settings.recording.as_ref(), recording]);
         Ok(Prepared {
             call: self,
@@ -284,7 +285,8 @@ impl Prepared {
                 self.call.shared.media_ip(),
                 permit.port(),
                 super::codecs(trunk),
-            );
+            )
+            .with_srtp(super::srtp(trunk));
         }
     }
 

@@ -288,6 +288,7 @@ impl Calls {
                     event_payload_type: None,
                     remote: Some(bridge_addr),
                     direction: crate::media::Direction::SendRecv,
+                    srtp: None,
                 },
                 shared.media.clone(),
             )

@@ -223,6 +223,22 @@ impl Default for Limits {
 pub struct Media {
     #[serde(default = "default_codecs")]
     pub codecs: Vec<Codec>,
+    /// SRTP with SDES keys (RFC 4568) on the trunk's calls, both ways.
+    #[serde(default)]
+    pub srtp: Srtp,
+}
+
+/// A trunk's SRTP policy (`[media] srtp`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Srtp {
+    /// Plain RTP only; an RTP/SAVP offer is refused with 488.
+    #[default]
+    Off,
+    /// SRTP when the far end offers or accepts `a=crypto`, plain otherwise.
+    Optional,
+    /// SRTP only: a plain offer or answer is refused with 488.
+    Mandatory,
 }
 
 fn default_codecs() -> Vec<Codec> {
@@ -233,6 +249,7 @@ impl Default for Media {
     fn default() -> Self {
         Self {
             codecs: default_codecs(),
+            srtp: Srtp::Off,
         }
     }
 }
@@ -580,6 +597,11 @@ codecs = ["PCMU", "PCMA"]
         assert_eq!(p.id(), "trk_carrier-a");
         assert_eq!(p.inbound.allow.len(), 1);
         assert_eq!(p.media.codecs, vec![Codec::Pcmu, Codec::Pcma]);
+        assert_eq!(p.media.srtp, Srtp::Off);
+        let secure = Profile::parse("a.toml", &format!("{GOOD}srtp = \"mandatory\"\n")).unwrap();
+        assert_eq!(secure.media.srtp, Srtp::Mandatory);
+        let wrong = Profile::parse("a.toml", &format!("{GOOD}srtp = \"yes\"\n"));
+        assert!(wrong.is_err());
     }
 
     #[test]

@@ -8,8 +8,9 @@
 //! port allocation ([`ports`]), the task that ties them to a UDP socket
 //! ([`session`]), its control surface ([`handle`]), the [`port`] an agent
 //! attaches to, the copies of both tracks for recorders and forks
-//! ([`tap`]), 16-bit PCM WAV files ([`wav`]), and the [`bridge`] joining
-//! two sessions' audio (a warm transfer).
+//! ([`tap`]), SRTP with SDES keys ([`srtp`]), 16-bit PCM WAV files
+//! ([`wav`]), and the [`bridge`] joining two sessions' audio (a warm
+//! transfer).
 //!
 //! Must not: import `call`, `store` or `api`, or decide anything about a
 //! call. It reports what arrived (audio, digits, timeouts) and does what it
@@ -42,6 +43,7 @@ pub mod ports;
 pub mod resample;
 pub mod sdp;
 pub mod session;
+pub mod srtp;
 pub mod tap;
 pub mod wav;
 
@@ -57,6 +59,7 @@ pub use port::{AudioPort, PortCommand, PortEvent, PortPlayout};
 pub use ports::{MediaError, PortAllocator, PortPermit, bind_rtp};
 pub use sdp::{Direction, LocalSdp, NegotiatedMedia, SdpError};
 pub use session::{RtpSession, SessionConfig};
+pub use srtp::SrtpMode;
 pub use tap::{TapFrame, TapReceiver, Track};
 
 /// RTP clock rate of every codec we negotiate (G.711 and telephone-event).

@@ -26,6 +26,9 @@
 //!   §8.4): we keep the stream but have nowhere to send.
 //! - Host names in `c=` are refused: resolving them is IO, and trunks send
 //!   addresses.
+//! - SRTP with SDES (`a=crypto`, RFC 4568) follows the trunk's
+//!   [`SrtpMode`]; [`super::srtp`] reads and writes the lines and holds the
+//!   keys.
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
@@ -36,6 +39,7 @@ use ezk_sdp_types::{
 };
 
 use super::g711::Codec;
+use super::srtp::{self, CryptoRefusal, Sdes, SrtpMode, SrtpParams};
 use super::{CLOCK_RATE, FRAME_DURATION};
 
 /// Payload type we offer for telephone-event (any dynamic one works).
@@ -60,6 +64,14 @@ pub enum SdpError {
     HostnameConnection(String),
     #[error("the answer rejects our audio stream")]
     Rejected,
+    #[error("SRTP is required and the audio stream offers no a=crypto")]
+    SrtpRequired,
+    #[error(
+        "no a=crypto line of the audio stream is usable (suite, one key without MKI, no session parameters)"
+    )]
+    NoUsableCrypto,
+    #[error("the answer's a=crypto does not match any line of our offer")]
+    CryptoMismatch,
 }
 
 /// Media direction of one side (RFC 3264 §5.1, §6.1), from that side's
@@ -128,6 +140,8 @@ pub struct NegotiatedMedia {
     /// What we may do, from our point of view. Never includes sending when
     /// `remote` is `None`.
     pub direction: Direction,
+    /// SRTP keys when the stream is SRTP (SDES), `None` for plain RTP.
+    pub srtp: Option<SrtpParams>,
 }
 
 /// Our side of the offer/answer exchange for one call: the local RTP
@@ -142,6 +156,10 @@ pub struct LocalSdp {
     version: u64,
     /// The last description we sent, without its `o=` line.
     last_sent: Option<String>,
+    /// The trunk's SRTP policy.
+    srtp: SrtpMode,
+    /// Our SDES keys.
+    sdes: Sdes,
 }
 
 impl LocalSdp {
@@ -157,7 +175,15 @@ impl LocalSdp {
             session_id,
             version: session_id,
             last_sent: None,
+            srtp: SrtpMode::Off,
+            sdes: Sdes::default(),
         }
+    }
+
+    /// Applies the trunk's SRTP policy to every offer and answer.
+    pub fn with_srtp(mut self, mode: SrtpMode) -> Self {
+        self.srtp = mode;
+        self
     }
 
     /// Our offer for an outbound call or a re-INVITE: every allowed codec,
@@ -169,7 +195,9 @@ impl LocalSdp {
             .iter()
             .map(|c| (*c, c.static_payload_type()))
             .collect::<Vec<_>>();
-        let media = self.audio_description(&formats, Some(OFFERED_EVENT_PAYLOAD_TYPE), direction);
+        let mut media =
+            self.audio_description(&formats, Some(OFFERED_EVENT_PAYLOAD_TYPE), direction);
+        self.sdes.offer(&mut media, self.srtp);
         self.render(vec![media])
     }
 
@@ -181,22 +209,31 @@ impl LocalSdp {
         willing: Direction,
     ) -> Result<(String, NegotiatedMedia), SdpError> {
         let sdp = parse(offer)?;
-        let chosen = choose_audio(&sdp, &self.codecs)?;
+        let chosen = choose_audio(&sdp, &self.codecs, self.srtp)?;
         let mut descriptions = Vec::with_capacity(sdp.media_descriptions.len());
+        let mut srtp = None;
         for (index, offered) in sdp.media_descriptions.iter().enumerate() {
             if index == chosen.index {
                 let ours = chosen.their_direction.answer(willing);
-                descriptions.push(self.audio_description(
+                let mut media = self.audio_description(
                     &[(chosen.codec, chosen.payload_type)],
                     chosen.event_payload_type,
                     ours,
-                ));
+                );
+                // The answer keeps the offer's profile (RFC 3264 §6).
+                media.media.proto = offered.media.proto.clone();
+                srtp = chosen
+                    .crypto
+                    .as_ref()
+                    .map(|remote| self.sdes.answer(&mut media, remote));
+                descriptions.push(media);
             } else {
                 descriptions.push(rejected(offered));
             }
         }
         let ours = chosen.their_direction.answer(willing);
-        let negotiated = chosen.negotiated(ours);
+        let mut negotiated = chosen.negotiated(ours);
+        negotiated.srtp = srtp;
         Ok((self.render(descriptions), negotiated))
     }
 
@@ -211,14 +248,19 @@ impl LocalSdp {
         if first_audio.media.port == 0 {
             return Err(SdpError::Rejected);
         }
-        let chosen = choose_audio(&sdp, &self.codecs)?;
+        let chosen = choose_audio(&sdp, &self.codecs, self.srtp)?;
         // Their recvonly means we only send, and so on.
         let ours = match chosen.their_direction {
             Direction::SendOnly => Direction::RecvOnly,
             Direction::RecvOnly => Direction::SendOnly,
             other => other,
         };
-        Ok(chosen.negotiated(ours))
+        let mut negotiated = chosen.negotiated(ours);
+        negotiated.srtp = match &chosen.crypto {
+            Some(remote) => Some(self.sdes.accept(remote).ok_or(SdpError::CryptoMismatch)?),
+            None => None,
+        };
+        Ok(negotiated)
     }
 
     fn audio_description(
@@ -307,7 +349,8 @@ fn parse(bytes: &[u8]) -> Result<SessionDescription, SdpError> {
     if !text.trim_start().starts_with("v=") {
         return Err(SdpError::Malformed("does not start with v=".into()));
     }
-    SessionDescription::parse(&text.to_owned().into())
+    let text = srtp::clamp_lifetimes(text);
+    SessionDescription::parse(&text.into_owned().into())
         .map_err(|e| SdpError::Malformed(first_line(&e.to_string())))
 }
 
@@ -336,6 +379,8 @@ struct Chosen {
     event_payload_type: Option<u8>,
     remote: Option<SocketAddr>,
     their_direction: Direction,
+    /// Their `a=crypto` line we use, when the stream is SRTP.
+    crypto: Option<srtp::RemoteCrypto>,
 }
 
 impl Chosen {
@@ -352,17 +397,23 @@ impl Chosen {
             event_payload_type: self.event_payload_type,
             remote: self.remote,
             direction,
+            srtp: None,
         }
     }
 }
 
 /// Finds the first usable audio stream and the codec for it.
-fn choose_audio(sdp: &SessionDescription, allowed: &[Codec]) -> Result<Chosen, SdpError> {
+fn choose_audio(
+    sdp: &SessionDescription,
+    allowed: &[Codec],
+    srtp_mode: SrtpMode,
+) -> Result<Chosen, SdpError> {
     let mut saw_audio = false;
+    let mut crypto_refused = None;
     for (index, media) in sdp.media_descriptions.iter().enumerate() {
         if media.media.media_type != MediaType::Audio
             || media.media.port == 0
-            || media.media.proto != TransportProtocol::RtpAvp
+            || !srtp::transport_usable(&media.media.proto, srtp_mode)
         {
             continue;
         }
@@ -386,6 +437,13 @@ fn choose_audio(sdp: &SessionDescription, allowed: &[Codec]) -> Result<Chosen, S
             }
         };
         let remote = (!ip.is_unspecified()).then_some(SocketAddr::new(ip, media.media.port));
+        let crypto = match srtp::pick(media, srtp_mode) {
+            Ok(crypto) => crypto,
+            Err(refusal) => {
+                crypto_refused.get_or_insert(refusal);
+                continue;
+            }
+        };
         return Ok(Chosen {
             index,
             codec,
@@ -393,7 +451,13 @@ fn choose_audio(sdp: &SessionDescription, allowed: &[Codec]) -> Result<Chosen, S
             event_payload_type: find_telephone_event(media),
             remote,
             their_direction: Direction::from_sdp(media.direction),
+            crypto,
         });
+    }
+    match crypto_refused {
+        Some(CryptoRefusal::Required) => return Err(SdpError::SrtpRequired),
+        Some(CryptoRefusal::NoUsableLine) => return Err(SdpError::NoUsableCrypto),
+        None => {}
     }
     if saw_audio {
         let mut ours = String::new();
@@ -469,6 +533,7 @@ mod tests {
                 event_payload_type: Some(101),
                 remote: Some("198.51.100.7:49170".parse().unwrap()),
                 direction: Direction::SendRecv,
+                srtp: None,
             }
         );
         assert!(
@@ -642,6 +707,7 @@ mod tests {
                 event_payload_type: Some(101),
                 remote: Some("203.0.113.9:30000".parse().unwrap()),
                 direction: Direction::SendRecv,
+                srtp: None,
             }
         );
     }
@@ -673,6 +739,182 @@ mod tests {
         let hold = version(&ours.offer(Direction::SendOnly));
         assert_eq!(same, first);
         assert_eq!(hold, first + 1);
+    }
+
+    const CRYPTO_80: &str =
+        "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n";
+    const CRYPTO_GCM: &str = "a=crypto:7 AEAD_AES_256_GCM inline:Qk7GgHWBNzFmdb3hlYqJ1fi9uVx20E7ydHhNmxNS9clO7iGvS/iDjTQ6sVo=\r\n";
+
+    fn srtp_local(mode: SrtpMode) -> LocalSdp {
+        local().with_srtp(mode)
+    }
+
+    /// The one `a=crypto` line of `sdp`: tag, suite and key.
+    fn crypto_of(sdp: &str) -> Vec<(String, String, String)> {
+        sdp.lines()
+            .filter_map(|l| l.strip_prefix("a=crypto:"))
+            .map(|l| {
+                let parts: Vec<&str> = l.split(' ').collect();
+                (
+                    parts[0].to_string(),
+                    parts[1].to_string(),
+                    parts[2].trim_start_matches("inline:").to_string(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_savp_offer_is_answered_with_the_first_usable_suite_and_our_own_key() {
+        let text = offer(&format!(
+            "m=audio 49170 RTP/SAVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n\
+             a=crypto:3 F8_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n\
+             a=crypto:4 AES_CM_128_HMAC_SHA1_80 inline:c2hvcnQ=\r\n{CRYPTO_GCM}{CRYPTO_80}"
+        ));
+        for mode in [SrtpMode::Optional, SrtpMode::Mandatory] {
+            let mut ours = srtp_local(mode);
+            let (answer, media) = ours.answer(text.as_bytes(), Direction::SendRecv).unwrap();
+            assert!(
+                answer.contains("m=audio 40000 RTP/SAVP 0 101\r\n"),
+                "{answer}"
+            );
+            let lines = crypto_of(&answer);
+            assert_eq!(lines.len(), 1, "{answer}");
+            assert_eq!((&*lines[0].0, &*lines[0].1), ("7", "AEAD_AES_256_GCM"));
+            let srtp = media.srtp.expect("SRTP negotiated");
+            assert_eq!(srtp.suite, srtp::Suite::AeadAes256Gcm);
+            assert_ne!(srtp.local, srtp.remote);
+            // A re-offer gets the same answer: same key, same version.
+            let (again, _) = ours.answer(text.as_bytes(), Direction::SendRecv).unwrap();
+            assert_eq!(again, answer);
+        }
+        // SRTP off: RTP/SAVP is not ours.
+        assert_eq!(
+            local()
+                .answer(text.as_bytes(), Direction::SendRecv)
+                .unwrap_err(),
+            SdpError::NoAudio
+        );
+    }
+
+    #[test]
+    fn mandatory_refuses_plain_and_unusable_crypto_optional_takes_either() {
+        let plain = offer(BASIC);
+        assert_eq!(
+            srtp_local(SrtpMode::Mandatory)
+                .answer(plain.as_bytes(), Direction::SendRecv)
+                .unwrap_err(),
+            SdpError::SrtpRequired
+        );
+        let (answer, media) = srtp_local(SrtpMode::Optional)
+            .answer(plain.as_bytes(), Direction::SendRecv)
+            .unwrap();
+        assert!(media.srtp.is_none() && crypto_of(&answer).is_empty());
+        // Best-effort SRTP: a=crypto on RTP/AVP.
+        let best_effort = offer(&format!("{BASIC}{CRYPTO_80}"));
+        for mode in [SrtpMode::Optional, SrtpMode::Mandatory] {
+            let (answer, media) = srtp_local(mode)
+                .answer(best_effort.as_bytes(), Direction::SendRecv)
+                .unwrap();
+            assert!(answer.contains("RTP/AVP 0 101"), "{answer}");
+            assert_eq!(crypto_of(&answer)[0].1, "AES_CM_128_HMAC_SHA1_80");
+            assert!(media.srtp.is_some());
+        }
+        // Off ignores the line: plain RTP.
+        let (answer, media) = local()
+            .answer(best_effort.as_bytes(), Direction::SendRecv)
+            .unwrap();
+        assert!(media.srtp.is_none() && crypto_of(&answer).is_empty());
+        // Lines we cannot run: MKI, session parameters, wrong key length.
+        for bad in [
+            "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz|2^20|1:4\r\n",
+            "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz UNENCRYPTED_SRTP\r\n",
+            "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:c2hvcnQ=\r\n",
+            "a=crypto:1 NULL_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n",
+        ] {
+            let text = offer(&format!("m=audio 49170 RTP/SAVP 0\r\n{bad}"));
+            assert_eq!(
+                srtp_local(SrtpMode::Optional)
+                    .answer(text.as_bytes(), Direction::SendRecv)
+                    .unwrap_err(),
+                SdpError::NoUsableCrypto,
+                "{bad}"
+            );
+        }
+        // A lifetime of 2^48 is legal and does not trouble the parser.
+        let long_life = offer(
+            "m=audio 49170 RTP/SAVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 \
+             inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz|2^48\r\n",
+        );
+        assert!(
+            srtp_local(SrtpMode::Mandatory)
+                .answer(long_life.as_bytes(), Direction::SendRecv)
+                .unwrap()
+                .1
+                .srtp
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn our_srtp_offer_round_trips_and_a_wrong_answer_is_refused() {
+        let mut caller = srtp_local(SrtpMode::Mandatory);
+        let text = caller.offer(Direction::SendRecv);
+        assert!(
+            text.contains("m=audio 40000 RTP/SAVP 0 8 101\r\n"),
+            "{text}"
+        );
+        let offered = crypto_of(&text);
+        let suites: Vec<&str> = offered.iter().map(|c| c.1.as_str()).collect();
+        assert_eq!(
+            suites,
+            [
+                "AES_CM_128_HMAC_SHA1_80",
+                "AES_CM_128_HMAC_SHA1_32",
+                "AEAD_AES_128_GCM",
+                "AEAD_AES_256_GCM"
+            ]
+        );
+        assert_eq!(caller.offer(Direction::SendRecv), text, "keys kept");
+        let mut callee = LocalSdp::new("203.0.113.9".parse().unwrap(), 30_000, vec![Codec::Pcmu])
+            .with_srtp(SrtpMode::Optional);
+        let (answer, theirs) = callee.answer(text.as_bytes(), Direction::SendRecv).unwrap();
+        let ours = caller.accept_answer(answer.as_bytes()).unwrap();
+        let (ours, theirs) = (ours.srtp.unwrap(), theirs.srtp.unwrap());
+        assert_eq!(ours.suite, srtp::Suite::AesCm128HmacSha1_80);
+        assert_eq!((&ours.local, &ours.remote), (&theirs.remote, &theirs.local));
+        // An answer naming a tag we did not offer, or another suite on it.
+        let wrong_tag = answer.replace("a=crypto:1 ", "a=crypto:9 ");
+        assert_eq!(
+            caller.accept_answer(wrong_tag.as_bytes()).unwrap_err(),
+            SdpError::CryptoMismatch
+        );
+        let wrong_suite = answer.replace(
+            "a=crypto:1 AES_CM_128_HMAC_SHA1_80",
+            "a=crypto:1 AES_CM_128_HMAC_SHA1_32",
+        );
+        assert_eq!(
+            caller.accept_answer(wrong_suite.as_bytes()).unwrap_err(),
+            SdpError::CryptoMismatch
+        );
+        // A plain answer to a mandatory offer.
+        let plain = offer("m=audio 5000 RTP/AVP 0\r\n");
+        assert_eq!(
+            caller.accept_answer(plain.as_bytes()).unwrap_err(),
+            SdpError::SrtpRequired
+        );
+        // Optional offers RTP/AVP with the lines; a plain answer is fine.
+        let mut optional = srtp_local(SrtpMode::Optional);
+        let text = optional.offer(Direction::SendRecv);
+        assert!(text.contains("RTP/AVP") && crypto_of(&text).len() == 4);
+        assert!(
+            optional
+                .accept_answer(plain.as_bytes())
+                .unwrap()
+                .srtp
+                .is_none()
+        );
+        assert!(!local().offer(Direction::SendRecv).contains("a=crypto"));
     }
 
     #[test]

@@ -27,6 +27,11 @@
 //! [`MediaEvent::Timeout`] (again only after RTP resumed and stopped anew);
 //! ending the call is the caller's decision.
 //!
+//! SRTP (when negotiated, [`super::srtp`]): every packet we send is
+//! protected just before it leaves, every datagram is unprotected before
+//! anything else reads it, so a forged or replayed packet can neither latch
+//! the session nor play; it is counted and dropped, and the call goes on.
+//!
 //! Audio frames come out only while audio arrives: silence suppression, a
 //! hold or a dead peer produce no frames, only lost packets inside a stream
 //! are concealed (with silence, flagged [`AudioFrame::concealed`]).
@@ -54,6 +59,7 @@ use super::pacer::{Pacer, PacingClock, Packetizer, SendFormat, Slot};
 use super::port::{Attached, PortCommand, PortEvent, PortPlayout};
 use super::ports::PortPermit;
 use super::sdp::{Direction, NegotiatedMedia};
+use super::srtp::SrtpStream;
 use super::tap::{Taps, Track};
 use super::{CLOCK_RATE, FRAME_SAMPLES};
 use crate::metrics::{RTP_JITTER_SECONDS, RTP_TIMEOUTS_TOTAL};
@@ -119,6 +125,7 @@ impl RtpSession {
         config: SessionConfig,
     ) -> io::Result<RtpSession> {
         let local = socket.local_addr()?;
+        let srtp = srtp_stream(&media)?;
         let (command_tx, command_rx) = mpsc::channel(COMMAND_CHANNEL);
         let (control_tx, control_rx) = mpsc::channel(CONTROL_CHANNEL_EVENTS);
         let (audio_tx, audio_rx) = mpsc::channel(AUDIO_CHANNEL_FRAMES);
@@ -136,6 +143,7 @@ impl RtpSession {
             dtmf: DtmfDecoder::new(),
             pacer,
             latch: Latch::new(config.latch, media.remote),
+            srtp,
             media,
             config,
             last_activity: Instant::now(),
@@ -168,6 +176,16 @@ impl RtpSession {
     }
 }
 
+/// The SRTP transforms of `media`, if it is SRTP.
+fn srtp_stream(media: &NegotiatedMedia) -> io::Result<Option<SrtpStream>> {
+    media
+        .srtp
+        .as_ref()
+        .map(SrtpStream::new)
+        .transpose()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+}
+
 fn send_format(media: &NegotiatedMedia) -> SendFormat {
     SendFormat {
         codec: media.codec,
@@ -188,6 +206,8 @@ struct SessionTask {
     config: SessionConfig,
     /// Symmetric RTP peer and its SSRC, once latched.
     latch: Latch,
+    /// Protect and unprotect, when the stream is SRTP.
+    srtp: Option<SrtpStream>,
     /// Last accepted RTP, or the last (re)negotiation.
     last_activity: Instant,
     timeout_reported: bool,
@@ -260,6 +280,13 @@ impl SessionTask {
                 }
             }
             Command::Update(media) => {
+                if media.srtp != self.media.srtp {
+                    match srtp_stream(&media) {
+                        Ok(srtp) => self.srtp = srtp,
+                        // Never falls back to plain: the old keys stay.
+                        Err(e) => tracing::warn!(error = %e, "new SRTP keys refused"),
+                    }
+                }
                 self.latch.resignal(media.remote);
                 self.pacer.set_format(send_format(&media));
                 self.media = media;
@@ -388,7 +415,19 @@ impl SessionTask {
         if packet.is_empty() {
             return;
         }
-        match self.socket.send_to(&packet, destination).await {
+        let protected;
+        let packet = match self.srtp.as_mut().map(|srtp| srtp.protect(&packet)) {
+            None => &packet[..],
+            Some(Ok(srtp)) => {
+                protected = srtp;
+                &protected[..]
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "SRTP packet not sent");
+                return;
+            }
+        };
+        match self.socket.send_to(packet, destination).await {
             Ok(sent) => {
                 self.counters.packets_out.increment(1);
                 self.counters.bytes_out.increment(sent as u64);
@@ -403,6 +442,16 @@ impl SessionTask {
     }
 
     fn on_datagram(&mut self, bytes: &[u8], from: SocketAddr) {
+        let unprotected;
+        let bytes = match self.srtp.as_mut().map(|srtp| srtp.unprotect(bytes)) {
+            None => bytes,
+            Some(Ok(plain)) => {
+                unprotected = plain;
+                &unprotected[..]
+            }
+            // Counted by the stream; nothing else learns of it.
+            Some(Err(_)) => return,
+        };
         let Ok(rtp) = RtpReader::new(bytes) else {
             self.counters.malformed.increment(1);
             return;
@@ -595,6 +644,7 @@ mod tests {
             event_payload_type: Some(101),
             remote: Some(remote),
             direction: Direction::SendRecv,
+            srtp: None,
         }
     }
 

@@ -253,7 +253,8 @@ const REDACTED: &str = "\"redacted\"";
 
 /// The message with the `response` parameter of each `Authorization` and
 /// `Proxy-Authorization` header replaced; folded header lines (RFC 3261
-/// §7.3.1) count as part of the header above them. The body is untouched.
+/// §7.3.1) count as part of the header above them. In the body, only SDES
+/// keys are overwritten.
 fn redact_credentials(raw: &[u8]) -> Vec<u8> {
     let head_end = raw
         .windows(4)
@@ -285,8 +286,44 @@ fn redact_credentials(raw: &[u8]) -> Vec<u8> {
         }
     }
     let mut bytes = out.into_bytes();
-    bytes.extend_from_slice(&raw[head_end..]);
+    bytes.extend_from_slice(&redact_sdes_keys(&raw[head_end..]));
     bytes
+}
+
+/// The body with the key of every SDP `a=crypto` line (RFC 4568 §6.1,
+/// `inline:` key and salt) overwritten with `X`s of the same length, so
+/// that Content-Length stays true: with the key and a capture, a `read`
+/// key could decrypt the call's SRTP.
+fn redact_sdes_keys(body: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    const INLINE: &[u8] = b"inline:";
+    if !body.windows(INLINE.len()).any(|w| w == INLINE) {
+        return std::borrow::Cow::Borrowed(body);
+    }
+    let mut out = body.to_vec();
+    let mut line_start = 0;
+    while line_start < out.len() {
+        let line_end = out[line_start..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(out.len(), |n| line_start + n);
+        if out[line_start..line_end].starts_with(b"a=crypto:") {
+            let mut at = line_start;
+            while let Some(found) = out[at..line_end]
+                .windows(INLINE.len())
+                .position(|w| w == INLINE)
+            {
+                at += found + INLINE.len();
+                while at < line_end
+                    && (out[at].is_ascii_alphanumeric() || matches!(out[at], b'+' | b'/' | b'='))
+                {
+                    out[at] = b'X';
+                    at += 1;
+                }
+            }
+        }
+        line_start = line_end + 1;
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// One header line with every `response=` value (quoted string or token)
@@ -449,6 +486,22 @@ mod tests {
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn sdes_keys_are_overwritten_and_the_length_kept() {
+        let raw = b"INVITE sip:a@b SIP/2.0\r\nContent-Length: 99\r\n\r\nv=0\r\n\
+            a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz|2^20\r\n\
+            a=x-inline:keep\r\n";
+        let out = redact_credentials(raw);
+        let text = String::from_utf8(out.clone()).unwrap();
+        assert_eq!(out.len(), raw.len());
+        assert!(
+            text.contains(&format!("inline:{}|2^20\r\n", "X".repeat(40))),
+            "{text}"
+        );
+        assert!(!text.contains("WVNf"));
+        assert!(text.contains("a=x-inline:keep"));
     }
 
     #[test]
