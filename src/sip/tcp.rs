@@ -24,8 +24,8 @@
 //! Must not parse SIP beyond framing: the edge, the receive path's screen
 //! ([`super::udp::screen`]) and ezk do that.
 
-use super::base::{Admission, Transport};
 pub(crate) use super::base::TcpPeers;
+use super::base::{Admission, Transport};
 use super::edge::{EdgeGuard, Verdict};
 use super::udp::{self, Screened};
 use crate::config::SipTcpConfig;
@@ -398,7 +398,11 @@ async fn upstream(
                     match edge.guard.inspect(peer, edge.transport, &message) {
                         Verdict::Pass { trusted } => match udp::screen(&message, trusted) {
                             Screened::Go(message) => {
-                                let name = if edge.transport == Transport::Tls { "TLS" } else { "TCP" };
+                                let name = if edge.transport == Transport::Tls {
+                                    "TLS"
+                                } else {
+                                    "TCP"
+                                };
                                 crate::trace::sip::received(name, peer, &message);
                                 if to_stack.write_all(&message).await.is_err() {
                                     return;

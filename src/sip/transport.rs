@@ -108,8 +108,6 @@ struct TlsState {
     server: Option<Arc<CertSlot>>,
     client: Option<Arc<CertSlot>>,
     trust: Arc<TrunkTrust>,
-    /// The bound TLS address.
-    bound: Option<SocketAddr>,
 }
 
 impl fmt::Debug for SipStack {
@@ -139,9 +137,8 @@ impl SipStack {
                 value: public.to_string(),
             });
         }
-        let tls_invalid = |what: &'static str| {
-            move |e: String| SipError::Invalid { what, value: e }
-        };
+        let tls_invalid =
+            |what: &'static str| move |e: String| SipError::Invalid { what, value: e };
         // Certificates first: a bad file is a start-up error naming it,
         // before any socket is bound.
         let server_slot = match &config.tls {
@@ -152,26 +149,23 @@ impl SipStack {
             None => None,
         };
         let client_slot = match &config.tls_client_cert {
-            Some((cert, key)) => Some(
-                CertSlot::load(cert.clone(), key.clone()).map_err(tls_invalid(
-                    "sip.tls_client_cert_file / sip.tls_client_key_file",
-                ))?,
-            ),
+            Some((cert, key)) => Some(CertSlot::load(cert.clone(), key.clone()).map_err(
+                tls_invalid("sip.tls_client_cert_file / sip.tls_client_key_file"),
+            )?),
             None => None,
         };
         let trust = TrunkTrust::new();
-        let tls_listener = match &config.tls {
-            Some(t) => Some(
-                tokio::net::TcpListener::bind(t.listen)
-                    .await
-                    .map_err(|source| SipError::Bind {
+        let tls_listener =
+            match &config.tls {
+                Some(t) => Some(tokio::net::TcpListener::bind(t.listen).await.map_err(
+                    |source| SipError::Bind {
                         transport: Transport::Tls,
                         addr: t.listen,
                         source,
-                    })?,
-            ),
-            None => None,
-        };
+                    },
+                )?),
+                None => None,
+            };
         let tls_bound = match &tls_listener {
             Some(l) => Some(l.local_addr().map_err(|source| SipError::Bind {
                 transport: Transport::Tls,
@@ -219,8 +213,8 @@ impl SipStack {
 
         let mut builder = Endpoint::builder();
         layers(&mut builder, None);
-        let client_config =
-            tls::client_config(trust.clone(), client_slot.clone()).map_err(tls_invalid("TLS client"))?;
+        let client_config = tls::client_config(trust.clone(), client_slot.clone())
+            .map_err(tls_invalid("TLS client"))?;
         builder.use_rustls_connector(tokio_rustls::TlsConnector::from(client_config));
         let (endpoint, udp_handle, socket, io) = udp::build(builder, listen).await?;
         udp::spawn_reader(socket, &io, endpoint.clone(), udp_handle, edge.clone());
@@ -242,7 +236,14 @@ impl SipStack {
                     .await
                     .map_err(tcp_error)?;
                 let peers = peers.clone();
-                tcp::spawn_acceptor(listener, edge.clone(), config.tcp_limits, internal, peers, None);
+                tcp::spawn_acceptor(
+                    listener,
+                    edge.clone(),
+                    config.tcp_limits,
+                    internal,
+                    peers,
+                    None,
+                );
             }
             if let (Some(listener), Some(slot)) = (tls_listener, &server_slot) {
                 let server = tls::server_config(slot.clone()).map_err(tls_invalid("TLS server"))?;
@@ -262,7 +263,6 @@ impl SipStack {
                 server: server_slot,
                 client: client_slot,
                 trust,
-                bound: tls_bound,
             }),
         })
     }
@@ -281,11 +281,6 @@ impl SipStack {
     /// and after each profile reload).
     pub fn set_trunk_tls(&self, trunks: &[TrunkTls]) {
         self.tls.trust.set_trunks(trunks);
-    }
-
-    /// The bound TLS address, when `tls_listen` is set.
-    pub fn tls_addr(&self) -> Option<SocketAddr> {
-        self.tls.bound
     }
 
     /// Counts a failed authentication from `ip` toward a ban (for the
