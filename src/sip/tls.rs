@@ -411,7 +411,7 @@ mod tests {
         );
         let mut compact = b"BYE sip:a@b SIP/2.0\r\nv: sip/2.0/tcp h\r\n\r\n".to_vec();
         mark_one(&mut compact);
-        assert_eq!(compact, b"BYE sip:a@b SIP/2.0\r\nv: SIP/2.0/TLS h\r\n\r\n");
+        assert_eq!(compact, b"BYE sip:a@b SIP/2.0\r\nv: sip/2.0/TLS h\r\n\r\n");
         let response = b"SIP/2.0 200 OK\r\nVia: SIP/2.0/TCP h\r\n\r\n".to_vec();
         let mut same = response.clone();
         mark_one(&mut same);
