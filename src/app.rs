@@ -481,12 +481,14 @@ impl App {
         }
     }
 
-    /// What SIGHUP runs: re-read the profiles and apply the difference.
+    /// What SIGHUP runs: re-read the SIP TLS certificates and the
+    /// profiles, and apply the difference.
     pub fn reloader(&self) -> impl Fn() + Send + 'static {
         let state = self.state.clone();
         let calls = self.calls.clone();
         let dir = self.profiles_dir.clone();
         move || {
+            calls.reload_tls();
             if reload_profiles(&state, &dir) {
                 let calls = calls.clone();
                 tokio::spawn(async move { calls.apply_profiles().await });

@@ -24,8 +24,8 @@ pub const SIP_REQUESTS_TOTAL: &str = "agentline_sip_requests_total";
 /// limit, now banned), `throttled` (a trunk source over its limit),
 /// `scanner`, `overload` (an INVITE refused, with a 503 or dropped: too
 /// many INVITEs in progress or messages queued, or the source table full),
-/// `tcp_refused` (a connection closed at accept), `tcp_timeout`,
-/// `too_large`, `bad_request`, `unsupported_media_type`, `bad_extension`.
+/// `tcp_refused` (a TCP or TLS connection closed at accept), `tcp_timeout`,
+/// `tls_handshake` (a TLS handshake failed or stalled), `too_large`, `bad_request`, `unsupported_media_type`, `bad_extension`.
 pub const SIP_REQUESTS_REJECTED_TOTAL: &str = "agentline_sip_requests_rejected_total";
 
 /// Gauge: sources the SIP edge has banned now.
@@ -42,6 +42,9 @@ pub const SIP_INVITES_IN_PROGRESS: &str = "agentline_sip_invites_in_progress";
 
 /// Gauge: SIP TCP connections open now (accepted at the edge).
 pub const SIP_TCP_CONNECTIONS: &str = "agentline_sip_tcp_connections";
+
+/// Gauge: SIP TLS connections open now (accepted at the edge).
+pub const SIP_TLS_CONNECTIONS: &str = "agentline_sip_tls_connections";
 
 /// Gauge: 1 when the trunk is registered, 0 otherwise, label `trunk`.
 pub const SIP_REGISTRATION_STATE: &str = "agentline_sip_registration_state";
@@ -269,6 +272,7 @@ fn describe() {
         "Inbound INVITEs received and not yet answered or acknowledged."
     );
     metrics::describe_gauge!(SIP_TCP_CONNECTIONS, "SIP TCP connections open now.");
+    metrics::describe_gauge!(SIP_TLS_CONNECTIONS, "SIP TLS connections open now.");
     metrics::describe_gauge!(
         SIP_REGISTRATION_STATE,
         "1 when the trunk is registered, 0 otherwise."

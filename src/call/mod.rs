@@ -278,6 +278,18 @@ impl Calls {
         config.tcp_limits = edge.tcp;
         config.user_agent = Some(edge.server_header.clone()).filter(|ua| !ua.is_empty());
         config.t1 = Duration::from_millis(edge.t1_ms);
+        config.tls = match (&edge.tls_listen, &edge.tls_cert_file, &edge.tls_key_file) {
+            (Some(listen), Some(cert), Some(key)) => Some(crate::sip::TlsListen {
+                listen: *listen,
+                cert_file: cert.clone(),
+                key_file: key.clone(),
+            }),
+            _ => None,
+        };
+        config.tls_client_cert = edge
+            .tls_client_cert_file
+            .clone()
+            .zip(edge.tls_client_key_file.clone());
         config.session_timer = crate::sip::SessionTimerConfig {
             session_expires: edge.session_expires,
             min_se: edge.min_se,
@@ -323,8 +335,36 @@ impl Calls {
                 trunks: &self.shared.trunks,
                 outbox: self.shared.transitions.outbox(),
             };
+            // Before the probes and registrations connect: each trunk's
+            // TLS trust.
+            let trust: Vec<_> = self
+                .shared
+                .profiles
+                .get()
+                .by_name
+                .values()
+                .map(|p| crate::sip::TrunkTls {
+                    hosts: p.tls_hosts(),
+                    ca_file: p.tls_ca_file.clone(),
+                    verify: p.tls_verify,
+                })
+                .collect();
+            stack.set_trunk_tls(&trust);
             self.shared.pings.apply(&profiles, &ctx).await;
             self.shared.registrations.apply(&profiles, &ctx).await;
+        }
+    }
+
+    /// SIGHUP: re-reads the SIP TLS certificate files; calls and
+    /// connections go on, and on an error the old certificates stay.
+    pub fn reload_tls(&self) {
+        if let Some(stack) = self.shared.stack.get() {
+            match stack.reload_tls() {
+                Ok(()) => tracing::info!("SIP TLS certificates reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "SIP TLS certificates not reloaded: the old ones stay");
+                }
+            }
         }
     }
 

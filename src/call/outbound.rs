@@ -583,7 +583,7 @@ impl Dialing {
                 password: r.password.expose().to_owned(),
                 realm: None,
             });
-            (outbound.proxy.clone(), credentials)
+            (trunk.sip_target(&outbound.proxy), credentials)
         } else {
             // Test mode: the simulated carrier, never a trunk.
             match prepared.call.shared.simulated.get() {

@@ -37,7 +37,11 @@ impl PerTrunk for Registered {
     const WHAT: &'static str = "registration";
 
     fn wanted(profile: &Profile) -> Option<Self::Key> {
-        profile.registration.clone()
+        // The registrar as a URI over the trunk's transport (a change of
+        // transport restarts the registration).
+        let mut reg = profile.registration.clone()?;
+        reg.registrar = profile.sip_target(&reg.registrar);
+        Some(reg)
     }
 
     fn start(name: &str, reg: &Self::Key, ctx: &TrunkContext<'_>) -> Option<Self> {

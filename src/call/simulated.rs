@@ -164,6 +164,9 @@ impl Carrier {
                 daily_minutes: None,
             },
             media: Media::default(),
+            transport: Default::default(),
+            tls_ca_file: None,
+            tls_verify: true,
         };
         tracing::info!(%addr, "simulated carrier (test mode) listening");
         Ok(Self {

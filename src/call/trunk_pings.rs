@@ -55,7 +55,7 @@ impl PerTrunk for Probing {
 
     fn wanted(profile: &Profile) -> Option<Self::Key> {
         let out = profile.outbound.as_ref()?;
-        Some((out.proxy.clone(), out.ping_seconds?))
+        Some((profile.sip_target(&out.proxy), out.ping_seconds?))
     }
 
     fn start(name: &str, (proxy, seconds): &Self::Key, ctx: &TrunkContext<'_>) -> Option<Self> {

@@ -296,7 +296,10 @@ impl Calls {
             let max_duration = limits.max_duration.min(Duration::from_secs(u64::from(
                 settings.max_duration_seconds,
             )));
-            Ok((peer, (run, rtp, max_duration, settings.recording, session_addr)))
+            Ok((
+                peer,
+                (run, rtp, max_duration, settings.recording, session_addr),
+            ))
         }
         .instrument(span.clone())
         .await?;

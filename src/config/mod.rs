@@ -13,7 +13,7 @@ mod sip;
 
 pub use profile::{
     Codec, Inbound, InboundAuth, Limits, Media, Outbound, Profile, Profiles, RegistrationConfig,
-    Srtp,
+    Srtp, TrunkTransport,
 };
 pub use sip::{
     FloodConfig, MethodLimits, PortRange, RateLimit, SipConfig, SipTcpConfig, UnknownSource,

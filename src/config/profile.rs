@@ -28,6 +28,32 @@ pub struct Profile {
     pub limits: Limits,
     #[serde(default)]
     pub media: Media,
+    /// How requests to the trunk's registrar and proxy travel: `udp` (the
+    /// default), `tcp` or `tls` (port 5061 when none is given).
+    #[serde(default)]
+    pub transport: TrunkTransport,
+    /// PEM file of CA certificates trusted for this trunk's TLS server
+    /// certificate, beside the system roots.
+    #[serde(default)]
+    pub tls_ca_file: Option<std::path::PathBuf>,
+    /// Verify the trunk's TLS server certificate (chain and name). `false`
+    /// must be set explicitly, and is logged loudly at every load.
+    #[serde(default = "default_true")]
+    pub tls_verify: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// The transport of a trunk's outbound requests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrunkTransport {
+    #[default]
+    Udp,
+    Tcp,
+    Tls,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -289,6 +315,40 @@ impl Profile {
         format!("trk_{}", self.name)
     }
 
+    /// The URI requests to `host_port` (the registrar or the proxy) go to
+    /// over the trunk's transport: `host[:port]` for UDP, a `sip:` URI with
+    /// `;transport=tcp|tls` otherwise (RFC 3261 §19.1.1); TLS without a
+    /// port gets 5061 (§26.2.2: a `sip:` URI would otherwise mean 5060).
+    pub fn sip_target(&self, host_port: &str) -> String {
+        match self.transport {
+            TrunkTransport::Udp => host_port.to_owned(),
+            TrunkTransport::Tcp => format!("sip:{host_port};transport=tcp"),
+            TrunkTransport::Tls => {
+                let (host, port) = split_host_port(host_port);
+                let port = port.unwrap_or("5061");
+                format!("sip:{host}:{port};transport=tls")
+            }
+        }
+    }
+
+    /// The TLS server names of this trunk (its registrar's and proxy's
+    /// hosts, IPs without brackets), which its verification applies to.
+    pub fn tls_hosts(&self) -> Vec<String> {
+        let registrar = self.registration.as_ref().map(|r| r.registrar.as_str());
+        let proxy = self.outbound.as_ref().map(|o| o.proxy.as_str());
+        registrar
+            .into_iter()
+            .chain(proxy)
+            .map(|hp| {
+                split_host_port(hp)
+                    .0
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_ascii_lowercase()
+            })
+            .collect()
+    }
+
     fn validate(&mut self, file: &str) -> Result<(), ConfigError> {
         let valid_name = !self.name.is_empty()
             && self.name.len() <= 64
@@ -424,6 +484,27 @@ impl Profile {
         if self.limits.cps == 0 {
             return Err(ConfigError::new(file, "limits.cps", "must be at least 1"));
         }
+        if let Some(ca) = &self.tls_ca_file {
+            use rustls::pki_types::{CertificateDer, pem::PemObject};
+            let certs = CertificateDer::pem_file_iter(ca)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| {
+                    ConfigError::new(file, "tls_ca_file", format!("{}: {e}", ca.display()))
+                })?;
+            if certs.is_empty() {
+                return Err(ConfigError::new(
+                    file,
+                    "tls_ca_file",
+                    format!("{}: no PEM certificate in it", ca.display()),
+                ));
+            }
+        }
+        if !self.tls_verify {
+            tracing::warn!(
+                trunk = %self.name,
+                "tls_verify = false: this trunk's TLS server certificate is NOT verified; anyone on the path can impersonate it"
+            );
+        }
         if self.media.codecs.is_empty() {
             return Err(ConfigError::new(
                 file,
@@ -435,11 +516,16 @@ impl Profile {
     }
 }
 
-fn check_host_port(file: &str, key: &str, value: &str) -> Result<(), ConfigError> {
-    let (host, port) = match value.rsplit_once(':') {
+/// `host[:port]` split (an IPv6 host keeps its brackets).
+fn split_host_port(value: &str) -> (&str, Option<&str>) {
+    match value.rsplit_once(':') {
         Some((h, p)) if !h.contains(':') || h.starts_with('[') => (h, Some(p)),
         _ => (value, None),
-    };
+    }
+}
+
+fn check_host_port(file: &str, key: &str, value: &str) -> Result<(), ConfigError> {
+    let (host, port) = split_host_port(value);
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p != 0));
     let host_ok = host.parse::<std::net::IpAddr>().is_ok() || is_hostname(host);

@@ -1,10 +1,12 @@
 //! The `[sip]` section: listen addresses, RTP ports, the source policy for
 //! strangers, and the SIP edge's limits (flood buckets per source and
-//! method, TCP connection caps and timeouts).
+//! method, TCP connection caps and timeouts), and SIP over TLS (listen
+//! address, certificate files, the client certificate for outbound).
 //!
 //! Must not: act on these values; `sip` receives them validated.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -47,6 +49,21 @@ pub struct SipConfig {
     /// doubles to T2 = 8*T1 and stops at 64*T1). Leave at 500: smaller
     /// values are for tests only.
     pub t1_ms: u64,
+    /// SIP over TLS (RFC 3261 §26.2, RFC 5630): address to accept TLS
+    /// connections on (usually port 5061); unset accepts none. The edge
+    /// and `[sip.tcp]` limits apply as for TCP.
+    pub tls_listen: Option<SocketAddr>,
+    /// PEM certificate chain presented on `tls_listen` (leaf first);
+    /// re-read on SIGHUP.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file` (PKCS#8, PKCS#1 or SEC1);
+    /// re-read on SIGHUP.
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM client certificate chain offered on outbound TLS connections to
+    /// trunks that ask for one; re-read on SIGHUP.
+    pub tls_client_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_client_cert_file`.
+    pub tls_client_key_file: Option<PathBuf>,
 }
 
 impl Default for SipConfig {
@@ -67,6 +84,11 @@ impl Default for SipConfig {
             session_expires: 1800,
             min_se: 90,
             t1_ms: 500,
+            tls_listen: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_client_cert_file: None,
+            tls_client_key_file: None,
         }
     }
 }
@@ -183,6 +205,20 @@ impl SipConfig {
             return err(
                 "sip.tcp.idle_timeout_seconds".into(),
                 "must be between 1 and 86400",
+            );
+        }
+        if self.tls_listen.is_some()
+            && (self.tls_cert_file.is_none() || self.tls_key_file.is_none())
+        {
+            return err(
+                "sip.tls_listen".into(),
+                "needs sip.tls_cert_file and sip.tls_key_file",
+            );
+        }
+        if self.tls_client_cert_file.is_some() != self.tls_client_key_file.is_some() {
+            return err(
+                "sip.tls_client_cert_file".into(),
+                "needs sip.tls_client_key_file (and the key the certificate)",
             );
         }
         if self.server_header.chars().any(|c| c.is_control()) {

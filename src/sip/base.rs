@@ -14,8 +14,10 @@ use ezk_sip_types::header::typed::{Contact, ContentType};
 use ezk_sip_types::host::HostPort;
 use ezk_sip_types::uri::{NameAddr, SipUri};
 use ezk_sip_types::{Headers, Method, StatusCode};
+use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::{Mutex, MutexGuard};
 
 /// Errors at the border of the SIP layer.
 #[derive(Debug, thiserror::Error)]
@@ -55,9 +57,12 @@ impl From<ezk_sip_types::header::HeaderError> for SipError {
 pub enum Transport {
     Udp,
     Tcp,
+    Tls,
 }
 
 impl Transport {
+    /// UDP or a connection, without knowing which kind of connection:
+    /// [`LocalIdentity::transport_of`] knows TLS too.
     pub(crate) fn of(handle: &TpHandle) -> Self {
         if handle.is_udp() {
             Transport::Udp
@@ -72,6 +77,7 @@ impl fmt::Display for Transport {
         f.write_str(match self {
             Transport::Udp => "UDP",
             Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
         })
     }
 }
@@ -100,6 +106,23 @@ pub enum Admission {
     Authenticate,
 }
 
+/// Relay address (our end of a loopback connection to the internal
+/// endpoint, as ezk sees the peer) to the real peer and the transport it
+/// came over (TCP or TLS); written by the TCP/TLS front door.
+#[derive(Default, Debug)]
+pub(crate) struct TcpPeers(Mutex<HashMap<SocketAddr, (SocketAddr, Transport)>>);
+
+impl TcpPeers {
+    pub(crate) fn map(&self) -> MutexGuard<'_, HashMap<SocketAddr, (SocketAddr, Transport)>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The real peer behind a relayed connection.
+    pub(crate) fn peer_of(&self, relay: SocketAddr) -> Option<SocketAddr> {
+        self.map().get(&relay).map(|(peer, _)| *peer)
+    }
+}
+
 /// What every part of the layer needs to know about our own addresses.
 #[derive(Debug)]
 pub(crate) struct LocalIdentity {
@@ -107,19 +130,53 @@ pub(crate) struct LocalIdentity {
     pub(crate) bound: SocketAddr,
     /// Address announced in Contact.
     pub(crate) public: SocketAddr,
+    /// Address announced in Contact for TLS (the public IP and the
+    /// `tls_listen` port); `None` when we accept no TLS.
+    pub(crate) tls_public: Option<SocketAddr>,
+    /// The relayed TCP and TLS connections.
+    pub(crate) peers: std::sync::Arc<TcpPeers>,
 }
 
 impl LocalIdentity {
-    /// `<sip:user@public:port>` with `transport=tcp` when asked for.
+    /// `<sip:user@public:port>` with `transport=tcp` or `transport=tls`
+    /// (and the TLS port) when asked for.
     pub(crate) fn contact(&self, user: Option<&str>, transport: Transport) -> Contact {
-        let mut uri = SipUri::new(HostPort::from(self.public));
+        let mut uri = SipUri::new(HostPort::from(self.address_for(transport)));
         if let Some(user) = user {
             uri.set_user(user.to_owned().into());
         }
-        if transport == Transport::Tcp {
-            uri = uri.uri_param_value("transport", "tcp");
+        match transport {
+            Transport::Udp => {}
+            Transport::Tcp => uri = uri.uri_param_value("transport", "tcp"),
+            Transport::Tls => uri = uri.uri_param_value("transport", "tls"),
         }
         Contact::new(NameAddr::uri(uri))
+    }
+
+    /// Our address as peers reach it over `transport` (Contact, Via).
+    pub(crate) fn address_for(&self, transport: Transport) -> SocketAddr {
+        match (transport, self.tls_public) {
+            (Transport::Tls, Some(tls)) => tls,
+            _ => self.public,
+        }
+    }
+
+    /// The transport a message really came over: the TCP relay's loopback
+    /// leg is TCP to ezk, but the peer may have used TLS.
+    pub(crate) fn transport_of(&self, handle: &TpHandle) -> Transport {
+        let Some(remote) = handle.connection_remote() else {
+            return Transport::Udp;
+        };
+        if let Some((_, transport)) = self.peers.map().get(&remote) {
+            return *transport;
+        }
+        // A connection ezk opened itself (a trunk over TLS): ezk names the
+        // kind only in its Debug output (`name()` is private).
+        if format!("{handle:?}").contains("Rustls") {
+            Transport::Tls
+        } else {
+            Transport::Tcp
+        }
     }
 }
 

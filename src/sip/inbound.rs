@@ -532,7 +532,7 @@ impl Layer for InboundLayer {
 
 impl InboundLayer {
     async fn new_invite(&self, endpoint: &Endpoint, invite: IncomingRequest) {
-        let transport = Transport::of(&invite.tp_info.transport);
+        let transport = self.local.transport_of(&invite.tp_info.transport);
         // RFC 4028 §8.1: a session interval below our Min-SE gets 422
         // with the Min-SE we accept, before anything else is set up.
         let session_timer = timers::negotiate(&invite.headers, &self.timers.session, true);
@@ -557,7 +557,13 @@ impl InboundLayer {
             .iter()
             .any(|a| a.0 == Method::UPDATE);
         let info = invite_info(&invite, transport);
-        let contact = self.local.contact(None, transport);
+        let mut contact = self.local.contact(None, transport);
+        // RFC 5630 §4.1 / RFC 3261 §12.1.1: a dialog set up by a `sips:`
+        // Request-URI over TLS has a `sips:` Contact, so that requests in
+        // it stay on TLS end to end.
+        if transport == Transport::Tls && invite.line.uri.sips {
+            contact.uri.uri.sips = true;
+        }
         let dialog = match Dialog::new_server(endpoint.clone(), &invite, contact) {
             Ok(dialog) => dialog,
             Err(e) => {
@@ -580,7 +586,7 @@ impl InboundLayer {
         // it, that one cannot be reached).
         if let Some(relay) = invite.tp_info.transport.connection_remote() {
             *dialog.target_tp_info.lock().await = TargetTransportInfo {
-                via_host_port: Some(HostPort::from(self.local.public)),
+                via_host_port: Some(HostPort::from(self.local.address_for(transport))),
                 transport: Some((invite.tp_info.transport.clone(), relay)),
             };
         }

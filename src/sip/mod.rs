@@ -88,6 +88,7 @@ mod prack;
 mod registration;
 mod tcp;
 mod timers;
+mod tls;
 mod transport;
 mod udp;
 
@@ -101,7 +102,8 @@ pub use outbound::{OutboundCall, OutboundEvent, OutboundInvite};
 pub use ping::Probe;
 pub use registration::{Registration, RegistrationState, TrunkRegistration};
 pub use timers::{MIN_SE_FLOOR, SessionTimerConfig};
-pub use transport::{SipConfig, SipStack};
+pub use tls::TrunkTls;
+pub use transport::{SipConfig, SipStack, TlsListen};
 
 /// The receive path's own steps on raw bytes, for the fuzz targets: the
 /// message normalised for ezk (returned), the screen, and the stateless
@@ -119,7 +121,8 @@ pub(crate) fn receive_path_for_fuzzing(raw: &[u8]) -> Vec<u8> {
 }
 
 /// A peer given as `host[:port]` (or already a `sip:`/`sips:` URI, with
-/// `;transport=tcp` if wanted) as the URI requests are sent to.
+/// `;transport=tcp` or `;transport=tls` if wanted) as the URI requests
+/// are sent to.
 pub(crate) fn peer_uri(
     what: &'static str,
     raw: &str,

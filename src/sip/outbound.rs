@@ -145,6 +145,8 @@ impl SipStack {
         };
         let transport = match target.uri_params.get_val("transport") {
             Some(t) if t.eq_ignore_ascii_case("tcp") => Transport::Tcp,
+            Some(t) if t.eq_ignore_ascii_case("tls") => Transport::Tls,
+            _ if target.sips => Transport::Tls,
             _ => Transport::Udp,
         };
         let contact = self.local.contact(Some(&invite.from_user), transport);

@@ -151,6 +151,8 @@ impl Worker {
         let registrar_uri = peer_uri("registrar", &trunk.registrar)?;
         let transport = match registrar_uri.uri_params.get_val("transport") {
             Some(t) if t.eq_ignore_ascii_case("tcp") => Transport::Tcp,
+            Some(t) if t.eq_ignore_ascii_case("tls") => Transport::Tls,
+            _ if registrar_uri.sips => Transport::Tls,
             _ => Transport::Udp,
         };
         let domain = match &trunk.domain {
@@ -179,7 +181,7 @@ impl Worker {
             call_id: random_token(),
             cseq: rand::rng().random_range(1..10_000),
             contact: stack.local.contact(Some(&trunk.username), transport),
-            via_host_port: HostPort::from(stack.local.public),
+            via_host_port: HostPort::from(stack.local.address_for(transport)),
             expires: trunk.expires,
             retry: trunk.retry,
             challenges: ChallengeResponder::new(Some(&credentials)),

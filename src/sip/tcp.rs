@@ -16,43 +16,33 @@
 //! UDP, and is then closed; in the default `drop` mode it is closed at
 //! accept.
 //!
+//! SIP over TLS comes through the same door ([`super::tls`] says why): a
+//! second acceptor with its own counts (same limits) admits the source
+//! first, then runs the TLS handshake within `message_timeout_seconds`,
+//! and relays the decrypted stream exactly as a TCP one.
+//!
 //! Must not parse SIP beyond framing: the edge, the receive path's screen
 //! ([`super::udp::screen`]) and ezk do that.
 
+pub(crate) use super::base::TcpPeers;
 use super::base::{Admission, Transport};
 use super::edge::{EdgeGuard, Verdict};
 use super::udp::{self, Screened};
 use crate::config::SipTcpConfig;
-use crate::metrics::{SIP_REQUESTS_REJECTED_TOTAL, SIP_TCP_CONNECTIONS};
+use crate::metrics::{SIP_REQUESTS_REJECTED_TOTAL, SIP_TCP_CONNECTIONS, SIP_TLS_CONNECTIONS};
 use bytes::{Buf, BytesMut};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
 
 /// The largest SIP message over TCP (ezk's limit, and the UDP maximum).
 const MAX_MESSAGE: usize = u16::MAX as usize;
-
-/// Relay address (our end of the loopback connection, as ezk sees the
-/// peer) to the real peer.
-#[derive(Default)]
-pub(crate) struct TcpPeers(Mutex<HashMap<SocketAddr, SocketAddr>>);
-
-impl TcpPeers {
-    fn map(&self) -> MutexGuard<'_, HashMap<SocketAddr, SocketAddr>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The real peer behind a relayed connection.
-    pub(crate) fn peer_of(&self, relay: SocketAddr) -> Option<SocketAddr> {
-        self.map().get(&relay).copied()
-    }
-}
 
 /// Open connections, per source and in total.
 #[derive(Default)]
@@ -68,6 +58,12 @@ struct TcpEdge {
     internal: SocketAddr,
     peers: Arc<TcpPeers>,
     counts: Mutex<Counts>,
+    /// TLS: the handshake after admission; `None` for plain TCP.
+    tls: Option<TlsAcceptor>,
+    /// `Tcp` or `Tls`, for the edge's accounting and the peer map.
+    transport: Transport,
+    /// The open-connections gauge of this door.
+    gauge: &'static str,
 }
 
 /// One admitted connection's place in the counts.
@@ -86,7 +82,7 @@ impl Drop for Slot {
                 counts.by_source.remove(&self.ip);
             }
         }
-        metrics::gauge!(SIP_TCP_CONNECTIONS).set(counts.total as f64);
+        metrics::gauge!(self.edge.gauge).set(counts.total as f64);
     }
 }
 
@@ -101,7 +97,7 @@ impl TcpEdge {
         if self.guard.is_banned(peer.ip()) {
             return None;
         }
-        let serve = match self.guard.admission(peer, Transport::Tcp, "connect") {
+        let serve = match self.guard.admission(peer, self.transport, "connect") {
             Admission::Drop if self.guard.rejects_strangers() => Serve::RejectOnce,
             Admission::Drop => return None,
             Admission::Admit | Admission::Authenticate => Serve::Relay,
@@ -115,7 +111,7 @@ impl TcpEdge {
         }
         counts.total += 1;
         *counts.by_source.entry(peer.ip()).or_default() += 1;
-        metrics::gauge!(SIP_TCP_CONNECTIONS).set(counts.total as f64);
+        metrics::gauge!(self.gauge).set(counts.total as f64);
         Some((
             Slot {
                 edge: Arc::clone(self),
@@ -139,20 +135,28 @@ fn reject(reason: &'static str) {
     metrics::counter!(SIP_REQUESTS_REJECTED_TOTAL, "reason" => reason).increment(1);
 }
 
-/// Accepts SIP over TCP on `listener` for ever.
+/// Accepts SIP over TCP (or, with `tls`, over TLS) on `listener` for ever.
 pub(crate) fn spawn_acceptor(
     listener: TcpListener,
     guard: Arc<EdgeGuard>,
     limits: SipTcpConfig,
     internal: SocketAddr,
     peers: Arc<TcpPeers>,
+    tls: Option<TlsAcceptor>,
 ) {
+    let (transport, gauge) = match tls {
+        Some(_) => (Transport::Tls, SIP_TLS_CONNECTIONS),
+        None => (Transport::Tcp, SIP_TCP_CONNECTIONS),
+    };
     let edge = Arc::new(TcpEdge {
         guard,
         limits,
         internal,
         peers,
         counts: Mutex::default(),
+        tls,
+        transport,
+        gauge,
     });
     tokio::spawn(async move {
         loop {
@@ -160,21 +164,40 @@ pub(crate) fn spawn_acceptor(
                 Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of descriptors, most likely: let some close.
-                    tracing::warn!(error = %e, "SIP TCP accept failed");
+                    tracing::warn!(error = %e, transport = %edge.transport, "SIP accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             };
             let Some((slot, serve)) = edge.admit(peer) else {
                 reject("tcp_refused");
-                tracing::debug!(%peer, "SIP TCP connection refused");
+                tracing::debug!(%peer, transport = %edge.transport, "SIP connection refused");
                 drop(stream);
                 continue;
             };
+            let _ = stream.set_nodelay(true);
             tokio::spawn(async move {
-                match serve {
-                    Serve::Relay => relay(&slot.edge, stream, peer).await,
-                    Serve::RejectOnce => reject_once(&slot.edge, stream, peer).await,
+                let edge = &slot.edge;
+                match &edge.tls {
+                    None => serve_stream(edge, serve, stream, peer).await,
+                    Some(acceptor) => {
+                        // The handshake counts as the first message: a
+                        // peer that stalls in it is closed like a
+                        // slow-loris one.
+                        let timeout =
+                            Duration::from_secs(u64::from(edge.limits.message_timeout_seconds));
+                        match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                            Ok(Ok(tls)) => serve_stream(edge, serve, tls, peer).await,
+                            Ok(Err(e)) => {
+                                reject("tls_handshake");
+                                tracing::debug!(%peer, error = %e, "SIP TLS handshake failed");
+                            }
+                            Err(_) => {
+                                reject("tls_handshake");
+                                tracing::debug!(%peer, "SIP TLS handshake timed out");
+                            }
+                        }
+                    }
                 }
                 drop(slot);
             });
@@ -182,12 +205,24 @@ pub(crate) fn spawn_acceptor(
     });
 }
 
+/// A byte stream from a peer: TCP, or TLS over it.
+trait PeerStream: AsyncRead + AsyncWrite + Send + Unpin {}
+
+impl<S: AsyncRead + AsyncWrite + Send + Unpin> PeerStream for S {}
+
+async fn serve_stream(edge: &TcpEdge, serve: Serve, stream: impl PeerStream, peer: SocketAddr) {
+    match serve {
+        Serve::Relay => relay(edge, stream, peer).await,
+        Serve::RejectOnce => reject_once(edge, stream, peer).await,
+    }
+}
+
 /// Reads one message from a stranger (within `message_timeout_seconds`),
 /// sends the edge's answer to it if there is one (a 403 never larger than
 /// the request, RFC 3261 §8.2.7 stateless), and closes: one answer per
 /// connection, nothing relayed, nothing kept. The stranger's rate limit
 /// and ban apply to the message as on UDP.
-async fn reject_once(edge: &TcpEdge, mut stream: TcpStream, peer: SocketAddr) {
+async fn reject_once(edge: &TcpEdge, mut stream: impl PeerStream, peer: SocketAddr) {
     let deadline = tokio::time::Instant::now()
         + Duration::from_secs(u64::from(edge.limits.message_timeout_seconds));
     let mut buffer = BytesMut::with_capacity(4096);
@@ -200,7 +235,7 @@ async fn reject_once(edge: &TcpEdge, mut stream: TcpStream, peer: SocketAddr) {
         match frame(&buffer) {
             Frame::Complete(len) => {
                 if let Verdict::Reply(reply) =
-                    edge.guard.inspect(peer, Transport::Tcp, &buffer[..len])
+                    edge.guard.inspect(peer, edge.transport, &buffer[..len])
                 {
                     let _ = stream.write_all(&reply).await;
                     let _ = stream.shutdown().await;
@@ -230,7 +265,7 @@ fn millis_since(origin: Instant) -> u64 {
     u64::try_from(origin.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
-async fn relay(edge: &TcpEdge, stream: TcpStream, peer: SocketAddr) {
+async fn relay(edge: &TcpEdge, stream: impl PeerStream, peer: SocketAddr) {
     let internal = match TcpStream::connect(edge.internal).await {
         Ok(internal) => internal,
         Err(e) => {
@@ -241,18 +276,18 @@ async fn relay(edge: &TcpEdge, stream: TcpStream, peer: SocketAddr) {
     let Ok(relay_addr) = internal.local_addr() else {
         return;
     };
-    edge.peers.map().insert(relay_addr, peer);
-    let _ = stream.set_nodelay(true);
+    edge.peers.map().insert(relay_addr, (peer, edge.transport));
     let _ = internal.set_nodelay(true);
-    let (from_peer, to_peer) = stream.into_split();
+    let (from_peer, to_peer) = tokio::io::split(stream);
     let (from_stack, to_stack) = internal.into_split();
+    let tls = edge.transport == Transport::Tls;
     let origin = Instant::now();
     let activity = AtomicU64::new(0);
     // Our own stateless answers (400, 416) to the peer, between the
     // stack's messages.
     let (replies_tx, replies_rx) = mpsc::channel(4);
     tokio::select! {
-        () = downstream(from_stack, to_peer, replies_rx, origin, &activity) => {}
+        () = downstream(from_stack, to_peer, replies_rx, tls, origin, &activity) => {}
         () = upstream(edge, from_peer, to_stack, replies_tx, peer, origin, &activity) => {}
     }
     edge.peers.map().remove(&relay_addr);
@@ -263,9 +298,10 @@ async fn relay(edge: &TcpEdge, stream: TcpStream, peer: SocketAddr) {
 /// stream to the peer is always at a message boundary when a reply of
 /// ours goes out.
 async fn downstream(
-    mut from_stack: OwnedReadHalf,
-    mut to_peer: OwnedWriteHalf,
+    mut from_stack: impl AsyncRead + Unpin,
+    mut to_peer: impl AsyncWrite + Unpin,
     mut replies: mpsc::Receiver<Vec<u8>>,
+    tls: bool,
     origin: Instant,
     activity: &AtomicU64,
 ) {
@@ -285,6 +321,12 @@ async fn downstream(
         }
         let whole = whole_messages(&buffer);
         if whole > 0 {
+            if tls {
+                super::tls::mark_via_tls(&mut buffer[..whole], |m| match frame(m) {
+                    Frame::Complete(len) => Some(len),
+                    _ => None,
+                });
+            }
             if to_peer.write_all(&buffer[..whole]).await.is_err() {
                 return;
             }
@@ -316,8 +358,8 @@ fn whole_messages(buffer: &[u8]) -> usize {
 /// the edge. Returns when the connection is to be closed.
 async fn upstream(
     edge: &TcpEdge,
-    mut from_peer: OwnedReadHalf,
-    mut to_stack: OwnedWriteHalf,
+    mut from_peer: impl AsyncRead + Unpin,
+    mut to_stack: impl AsyncWrite + Unpin,
     replies: mpsc::Sender<Vec<u8>>,
     peer: SocketAddr,
     origin: Instant,
@@ -353,10 +395,15 @@ async fn upstream(
                     let message = buffer.split_to(len);
                     started = None;
                     activity.store(millis_since(origin), Ordering::Relaxed);
-                    match edge.guard.inspect(peer, Transport::Tcp, &message) {
+                    match edge.guard.inspect(peer, edge.transport, &message) {
                         Verdict::Pass { trusted } => match udp::screen(&message, trusted) {
                             Screened::Go(message) => {
-                                crate::trace::sip::received("TCP", peer, &message);
+                                let name = if edge.transport == Transport::Tls {
+                                    "TLS"
+                                } else {
+                                    "TCP"
+                                };
+                                crate::trace::sip::received(name, peer, &message);
                                 if to_stack.write_all(&message).await.is_err() {
                                     return;
                                 }

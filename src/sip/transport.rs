@@ -1,18 +1,20 @@
 //! Transport glue: picks the port, builds the ezk endpoint with our layers
-//! in order, puts the edge in front of it (our own UDP reader and TCP
-//! acceptor, see [`super::udp`] and [`super::tcp`]), and knows the address
+//! in order, puts the edge in front of it (our own UDP reader and TCP and
+//! TLS acceptors, see [`super::udp`], [`super::tcp`] and [`super::tls`]),
+//! gives the endpoint its outbound TLS connector, and knows the address
 //! we announce in Contact (and that the media layer puts into SDP).
 //!
 //! Must not read or answer messages itself.
 
 use super::ack::{AckLayer, SipTimers};
 use super::auth::AuthLayer;
-use super::base::{LocalIdentity, SipError, Transport};
+use super::base::{LocalIdentity, SipError, TcpPeers, Transport};
 use super::edge::EdgeGuard;
 use super::finished::Finished;
 use super::guard::GuardLayer;
 use super::inbound::{InboundHandler, InboundLayer};
-use super::tcp::{self, TcpPeers};
+use super::tcp;
+use super::tls::{self, CertSlot, TrunkTls, TrunkTrust};
 use super::udp;
 use crate::config::{FloodConfig, SipTcpConfig, UnknownSource};
 use ezk_sip_core::{Endpoint, EndpointBuilder};
@@ -20,6 +22,7 @@ use ezk_sip_ua::dialog::DialogLayer;
 use ezk_sip_ua::invite::InviteLayer;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// Where and how the SIP stack listens.
@@ -50,6 +53,19 @@ pub struct SipConfig {
     /// the daemon's own stack does: a helper stack (test mode's simulated
     /// carrier) would overwrite them with its own zeros every second.
     pub edge_gauges: bool,
+    /// SIP over TLS, inbound (`[sip] tls_listen` and its certificate).
+    pub tls: Option<TlsListen>,
+    /// Client certificate and key offered on outbound TLS (files).
+    pub tls_client_cert: Option<(PathBuf, PathBuf)>,
+}
+
+/// `[sip] tls_listen` and the certificate files served there.
+#[derive(Debug, Clone)]
+pub struct TlsListen {
+    /// Port 0 picks a free port.
+    pub listen: SocketAddr,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 impl SipConfig {
@@ -67,6 +83,8 @@ impl SipConfig {
             t1: super::ack::DEFAULT_T1,
             session_timer: super::timers::SessionTimerConfig::default(),
             edge_gauges: true,
+            tls: None,
+            tls_client_cert: None,
         }
     }
 }
@@ -80,6 +98,16 @@ pub struct SipStack {
     edge: Arc<EdgeGuard>,
     /// Answers kept for retransmissions, and calls waiting for a BYE.
     pub(crate) finished: Arc<Finished>,
+    /// The TLS certificates SIGHUP re-reads, and the trunks' trust.
+    tls: Arc<TlsState>,
+}
+
+/// What of TLS may change while the stack runs.
+#[derive(Debug)]
+struct TlsState {
+    server: Option<Arc<CertSlot>>,
+    client: Option<Arc<CertSlot>>,
+    trust: Arc<TrunkTrust>,
 }
 
 impl fmt::Debug for SipStack {
@@ -109,9 +137,49 @@ impl SipStack {
                 value: public.to_string(),
             });
         }
+        let tls_invalid =
+            |what: &'static str| move |e: String| SipError::Invalid { what, value: e };
+        // Certificates first: a bad file is a start-up error naming it,
+        // before any socket is bound.
+        let server_slot = match &config.tls {
+            Some(t) => Some(
+                CertSlot::load(t.cert_file.clone(), t.key_file.clone())
+                    .map_err(tls_invalid("sip.tls_cert_file / sip.tls_key_file"))?,
+            ),
+            None => None,
+        };
+        let client_slot = match &config.tls_client_cert {
+            Some((cert, key)) => Some(CertSlot::load(cert.clone(), key.clone()).map_err(
+                tls_invalid("sip.tls_client_cert_file / sip.tls_client_key_file"),
+            )?),
+            None => None,
+        };
+        let trust = TrunkTrust::new();
+        let tls_listener =
+            match &config.tls {
+                Some(t) => Some(tokio::net::TcpListener::bind(t.listen).await.map_err(
+                    |source| SipError::Bind {
+                        transport: Transport::Tls,
+                        addr: t.listen,
+                        source,
+                    },
+                )?),
+                None => None,
+            };
+        let tls_bound = match &tls_listener {
+            Some(l) => Some(l.local_addr().map_err(|source| SipError::Bind {
+                transport: Transport::Tls,
+                addr: listen,
+                source,
+            })?),
+            None => None,
+        };
+        let peers = Arc::new(TcpPeers::default());
         let local = Arc::new(LocalIdentity {
             bound: listen,
             public,
+            tls_public: tls_bound.map(|b| SocketAddr::new(public.ip(), b.port())),
+            peers: peers.clone(),
         });
         let admit_handler = handler.clone();
         let edge = EdgeGuard::new(
@@ -145,34 +213,74 @@ impl SipStack {
 
         let mut builder = Endpoint::builder();
         layers(&mut builder, None);
+        let client_config = tls::client_config(trust.clone(), client_slot.clone())
+            .map_err(tls_invalid("TLS client"))?;
+        builder.use_rustls_connector(tokio_rustls::TlsConnector::from(client_config));
         let (endpoint, udp_handle, socket, io) = udp::build(builder, listen).await?;
         udp::spawn_reader(socket, &io, endpoint.clone(), udp_handle, edge.clone());
 
-        if config.tcp {
+        if config.tcp || tls_listener.is_some() {
             let tcp_error = |source| SipError::Bind {
                 transport: Transport::Tcp,
                 addr: listen,
                 source,
             };
-            let listener = tokio::net::TcpListener::bind(listen)
-                .await
-                .map_err(tcp_error)?;
-            // The second endpoint only we reach, over loopback (see `tcp`).
-            let peers = Arc::new(TcpPeers::default());
+            // The second endpoint only we reach, over loopback (see `tcp`);
+            // TCP and TLS connections are both relayed to it.
             let mut inner = Endpoint::builder();
             layers(&mut inner, Some(peers.clone()));
             let internal = internal_tcp(&mut inner).await.map_err(tcp_error)?;
             drop(inner.build());
-            tcp::spawn_acceptor(listener, edge.clone(), config.tcp_limits, internal, peers);
+            if config.tcp {
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .map_err(tcp_error)?;
+                let peers = peers.clone();
+                tcp::spawn_acceptor(
+                    listener,
+                    edge.clone(),
+                    config.tcp_limits,
+                    internal,
+                    peers,
+                    None,
+                );
+            }
+            if let (Some(listener), Some(slot)) = (tls_listener, &server_slot) {
+                let server = tls::server_config(slot.clone()).map_err(tls_invalid("TLS server"))?;
+                let acceptor = tokio_rustls::TlsAcceptor::from(server);
+                let (guard, limits) = (edge.clone(), config.tcp_limits);
+                tcp::spawn_acceptor(listener, guard, limits, internal, peers, Some(acceptor));
+            }
         }
 
-        tracing::info!(bound = %listen, %public, tcp = config.tcp, "SIP stack listening");
+        tracing::info!(bound = %listen, %public, tcp = config.tcp, tls = ?tls_bound, "SIP stack listening");
         Ok(Self {
             endpoint,
             local,
             edge,
             finished,
+            tls: Arc::new(TlsState {
+                server: server_slot,
+                client: client_slot,
+                trust,
+            }),
         })
+    }
+
+    /// Re-reads the TLS certificate files (SIGHUP). Connections and calls
+    /// go on; new handshakes present the new certificate. On an error the
+    /// old certificate stays and the error is returned.
+    pub fn reload_tls(&self) -> Result<(), String> {
+        for slot in [&self.tls.server, &self.tls.client].into_iter().flatten() {
+            slot.reload()?;
+        }
+        Ok(())
+    }
+
+    /// Sets which trunk's TLS server certificate is checked how (at start
+    /// and after each profile reload).
+    pub fn set_trunk_tls(&self, trunks: &[TrunkTls]) {
+        self.tls.trust.set_trunks(trunks);
     }
 
     /// Counts a failed authentication from `ip` toward a ban (for the
