@@ -1,16 +1,25 @@
 //! Measures the embedded speech engines as a call uses them; run by
 //! `bench/stt-accuracy.sh`, which prints the tables for BENCHMARKS.md.
 //!
-//! Each voice is one call: one recognizer stream for all its sentences.
-//! Every sentence is synthesised by flite, put through G.711 µ-law at 8 kHz,
-//! and pushed in real time (20 ms frames, paced) after half a second of
+//! Each voice and codec is one call: one recognizer stream for all its
+//! sentences. Every sentence is synthesised by flite and goes through a
+//! codec as a call carries it:
+//! - G.711: as the daemon's TTS path makes it (8 kHz frames), µ-law, then
+//!   pushed as 8 kHz frames (upsampled to 16 kHz inside the recognizer);
+//! - G.722: flite's own WAV at 16 kHz (kal, an 8 kHz voice, brought up),
+//!   encoded as an HD phone does (the full 16 kHz G.722 encoder), then
+//!   decoded by the daemon's two decoders: the 8 kHz frame for the gate and
+//!   the 16 kHz frame the recognizer hears, as on a wideband call.
+//!
+//! Each is pushed in real time (20 ms frames, paced) after half a second of
 //! silence and followed by 600 ms of it, as the turn-taker would end the
 //! turn; then the end of turn and the wait for the final text. A second,
 //! unpaced pass gives the recognizer's real-time factor (wall time from the
 //! first frame to the final text over the audio's length).
 //!
-//! Usage: `stt_accuracy [--fast] [--voice NAME]` (`--fast` skips pacing;
-//! latencies then include the recognizer's backlog).
+//! Usage: `stt_accuracy [--fast] [--voice NAME] [--codec g711|g722]`
+//! (`--fast` skips pacing; latencies then include the recognizer's
+//! backlog).
 
 // A bench tool: it prints its report and stops at the first failure; the
 // daemon's bans (Cargo.toml `[lints]`) do not apply here.
@@ -28,7 +37,9 @@ use agentline::agent::engines::flite::Framer;
 use agentline::agent::providers::SttStream;
 use agentline::agent::speech::{Speech, SpeechChoice, SpeechConfig, TtsKind};
 use agentline::agent::turn::FRAME_SAMPLES;
+use agentline::media::codec::{Decoder, WIDE_RATE};
 use agentline::media::g711::Codec;
+use ezk_g722::libg722::{Bitrate, encoder::Encoder as G722Encoder};
 
 const SENTENCES: [&str; 15] = [
     "I would like to book an appointment for Tuesday",
@@ -85,6 +96,42 @@ fn g711(frame: &[i16]) -> Vec<i16> {
     back
 }
 
+/// `text` in flite's `voice` as an HD phone sends it: flite's WAV at
+/// 16 kHz, G.722-encoded at full band, then decoded by the daemon's 8 kHz
+/// and 16 kHz decoders: (8 kHz frame, 16 kHz frame) pairs.
+fn g722_frames(voice: &str, text: &str) -> Vec<(Vec<i16>, Option<Vec<i16>>)> {
+    let out = std::process::Command::new("flite")
+        .args(["-voice", voice, "-o", "/dev/stdout", "-t", text])
+        .output()
+        .expect("flite");
+    let header = agentline::media::wav::parse_header(&out.stdout)
+        .expect("flite's WAV")
+        .expect("a whole header");
+    let data = &out.stdout[header.data_start..];
+    let native: Vec<i16> = data
+        .chunks_exact(2 * usize::from(header.format.channels))
+        .map(|c| i16::from_le_bytes([c[0], c[1]]))
+        .collect();
+    let wide = agentline::media::resample::resample(&native, header.format.rate, WIDE_RATE)
+        .expect("resample");
+    let mut encoder = G722Encoder::new(Bitrate::Mode1_64000, false, false);
+    let mut narrow_dec = Decoder::new(Codec::G722).expect("G.722");
+    let mut wide_dec = Decoder::wideband(Codec::G722)
+        .expect("G.722")
+        .expect("wideband");
+    let mut frames = Vec::new();
+    for chunk in wide.chunks(2 * FRAME_SAMPLES) {
+        let mut chunk = chunk.to_vec();
+        chunk.resize(2 * FRAME_SAMPLES, 0);
+        let payload = encoder.encode(&chunk);
+        let (mut narrow, mut wide) = (Vec::new(), Vec::new());
+        narrow_dec.decode_into(&payload, &mut narrow);
+        wide_dec.decode_into(&payload, &mut wide);
+        frames.push((narrow, Some(wide)));
+    }
+    frames
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -109,7 +156,8 @@ async fn final_text(stream: &mut dyn SttStream) -> String {
 
 struct Utterance {
     text: &'static str,
-    frames: Vec<Vec<i16>>,
+    /// 8 kHz frames, each with its 16 kHz form on a wideband codec.
+    frames: Vec<(Vec<i16>, Option<Vec<i16>>)>,
 }
 
 #[tokio::main]
@@ -121,18 +169,23 @@ async fn main() {
         .iter()
         .position(|a| a == "--voice")
         .and_then(|i| args.get(i + 1));
+    let only_codec = args
+        .iter()
+        .position(|a| a == "--codec")
+        .and_then(|i| args.get(i + 1));
     let speech = Speech::new(SpeechConfig {
         warm_workers: 1,
         ..SpeechConfig::default()
     });
     speech.warm_up();
     let silence = vec![0i16; FRAME_SAMPLES];
+    let wide_silence = vec![0i16; 2 * FRAME_SAMPLES];
     let mut push_costs = Vec::new();
     let mut rows = Vec::new();
     let mut all_latencies = Vec::new();
     let mut misheard = Vec::new();
-    for voice in VOICES {
-        if only.is_some_and(|o| o != voice) {
+    for (voice, codec) in VOICES.iter().flat_map(|v| [(*v, "g711"), (*v, "g722")]) {
+        if only.is_some_and(|o| o != voice) || only_codec.is_some_and(|c| c != codec) {
             continue;
         }
         let choice = SpeechChoice {
@@ -145,10 +198,14 @@ async fn main() {
         let (mut synth_time, mut audio_time) = (Duration::ZERO, Duration::ZERO);
         for text in SENTENCES {
             let started = Instant::now();
-            let mut audio = tts.speak(text).await.expect("flite");
             let mut frames = Vec::new();
-            while let Some(f) = audio.recv().await {
-                frames.push(g711(&f.expect("flite")));
+            if codec == "g722" {
+                frames = g722_frames(voice, text);
+            } else {
+                let mut audio = tts.speak(text).await.expect("flite");
+                while let Some(f) = audio.recv().await {
+                    frames.push((g711(&f.expect("flite")), None));
+                }
             }
             synth_time += started.elapsed();
             audio_time += Duration::from_millis(20 * frames.len() as u64);
@@ -160,16 +217,20 @@ async fn main() {
         let (mut errors, mut total_words) = (0, 0);
         let mut latencies = Vec::new();
         let mut tick = tokio::time::interval(Duration::from_millis(20));
+        let quiet = (
+            silence.clone(),
+            (codec == "g722").then(|| wide_silence.clone()),
+        );
         for u in &utterances {
-            let turn = std::iter::repeat_n(&silence, 25)
+            let turn = std::iter::repeat_n(&quiet, 25)
                 .chain(&u.frames)
-                .chain(std::iter::repeat_n(&silence, 30));
-            for f in turn {
+                .chain(std::iter::repeat_n(&quiet, 30));
+            for (f, wide) in turn {
                 if !fast {
                     tick.tick().await;
                 }
                 let t = Instant::now();
-                stream.push(f).await.expect("push");
+                stream.push_frame(f, wide.as_deref()).await.expect("push");
                 push_costs.push(t.elapsed());
             }
             let t = Instant::now();
@@ -179,7 +240,7 @@ async fn main() {
             let reference = words(u.text);
             let e = word_errors(&reference, &words(&heard));
             if e > 0 {
-                misheard.push(format!("{voice}: {:?} heard as {heard:?}", u.text));
+                misheard.push(format!("{voice} {codec}: {:?} heard as {heard:?}", u.text));
             }
             errors += e;
             total_words += reference.len();
@@ -191,8 +252,8 @@ async fn main() {
         let mut busy = Duration::ZERO;
         for u in &utterances {
             let t = Instant::now();
-            for f in &u.frames {
-                stream.push(f).await.expect("push");
+            for (f, wide) in &u.frames {
+                stream.push_frame(f, wide.as_deref()).await.expect("push");
             }
             stream.end_of_turn().await.expect("end of turn");
             final_text(stream.as_mut()).await;
@@ -202,8 +263,13 @@ async fn main() {
 
         latencies.sort();
         all_latencies.extend(latencies.iter().copied());
+        let codec = if codec == "g722" {
+            "G.722 16 kHz"
+        } else {
+            "G.711 8 kHz"
+        };
         rows.push(format!(
-            "| {voice} | {} | {total_words} | {errors} | {:.1}% | {} | {} | {:.3} | {:.3} |",
+            "| {voice} | {codec} | {} | {total_words} | {errors} | {:.1}% | {} | {} | {:.3} | {:.3} |",
             utterances.len(),
             100.0 * errors as f64 / total_words as f64,
             percentile(&latencies, 0.5).as_millis(),
@@ -214,9 +280,9 @@ async fn main() {
     }
 
     println!(
-        "| voice | sentences | words | word errors | WER | end of turn→final p50 ms | max ms | recognizer RTF | synthesizer RTF |"
+        "| voice | codec | sentences | words | word errors | WER | end of turn→final p50 ms | max ms | recognizer RTF | synthesizer RTF |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
         println!("{r}");
     }

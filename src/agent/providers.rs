@@ -1,7 +1,8 @@
 //! Provider seams for speech: streaming speech to text and text to speech.
 //!
 //! [`Stt`] opens a [`SttStream`] per call: the driver pushes 20 ms frames
-//! of 8 kHz PCM and receives [`Transcript`]s (partial while the caller
+//! of 8 kHz PCM (with the same 20 ms at 16 kHz when the call's codec is
+//! wideband, for an engine that takes it) and receives [`Transcript`]s (partial while the caller
 //! speaks, final after the end of turn). [`Tts`] turns one piece of text
 //! (a [`crate::agent::chunker`] chunk) into a stream of 8 kHz PCM frames, so
 //! playback starts with the first frame. Dropping a stream cancels it: a
@@ -42,6 +43,17 @@ pub enum ProviderError {
 pub trait SttStream: Send {
     /// Pushes a 20 ms frame of 8 kHz mono PCM.
     async fn push(&mut self, frame: &[i16]) -> Result<(), ProviderError>;
+    /// Pushes a 20 ms frame of 8 kHz mono PCM and, on a wideband call
+    /// (G.722, Opus), the same 20 ms at 16 kHz. An engine that recognises
+    /// 16 kHz natively uses `wide`; the default hears the 8 kHz frame.
+    async fn push_frame(
+        &mut self,
+        frame: &[i16],
+        wide: Option<&[i16]>,
+    ) -> Result<(), ProviderError> {
+        let _ = wide;
+        self.push(frame).await
+    }
     /// The caller's turn ended (see [`crate::agent::turn::TurnEvent`]): the
     /// provider should finalise what it heard.
     async fn end_of_turn(&mut self) -> Result<(), ProviderError>;

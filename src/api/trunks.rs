@@ -104,6 +104,8 @@ fn to_api(p: &Profile, live: TrunkLive) -> Trunk {
             .map(|c| match c {
                 Codec::Pcmu => "PCMU".to_string(),
                 Codec::Pcma => "PCMA".to_string(),
+                Codec::G722 => "G722".to_string(),
+                Codec::Opus => "OPUS".to_string(),
             })
             .collect(),
         active_calls: live.active_calls,

@@ -168,6 +168,8 @@ fn codecs(trunk: &Profile) -> Vec<media::Codec> {
         .map(|c| match c {
             config::Codec::Pcmu => media::Codec::Pcmu,
             config::Codec::Pcma => media::Codec::Pcma,
+            config::Codec::G722 => media::Codec::G722,
+            config::Codec::Opus => media::Codec::Opus,
         })
         .collect()
 }

@@ -287,6 +287,12 @@ pub enum Codec {
     Pcmu,
     #[serde(rename = "PCMA")]
     Pcma,
+    /// G.722 (RFC 3551 §4.5.2).
+    #[serde(rename = "G722")]
+    G722,
+    /// Opus (RFC 7587); `opus`, as it is written in SDP, is accepted too.
+    #[serde(rename = "OPUS", alias = "opus")]
+    Opus,
 }
 
 impl Profile {

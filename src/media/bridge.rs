@@ -97,6 +97,7 @@ mod tests {
             frame: AudioFrame {
                 samples: vec![sample; 160],
                 concealed: false,
+                wide: None,
             },
             at: Instant::now(),
             playout: PortPlayout {

@@ -29,11 +29,8 @@ use std::time::{Duration, Instant};
 pub const SAME_EVENT_GAP: Duration = Duration::from_millis(300);
 /// Events remembered for de-duplication, enough to absorb reordering.
 const RECENT_EVENTS: usize = 8;
-/// Clock rate of telephone-event in our sessions (RFC 4733 §2.1 uses the
-/// audio rate; we only negotiate 8 kHz).
-const EVENT_CLOCK_RATE: u32 = 8000;
-/// Samples between two packets of an outgoing event (20 ms).
-const UPDATE_SAMPLES: u32 = 160;
+/// Packets of an outgoing event per second (one every 20 ms).
+const UPDATES_PER_SECOND: u32 = 50;
 /// How often the end packet is sent (§2.5.1.4).
 const END_REPEATS: usize = 3;
 
@@ -215,18 +212,24 @@ pub const DEFAULT_VOLUME: u8 = 10;
 /// Default length of a key press we send.
 pub const DEFAULT_DURATION: Duration = Duration::from_millis(100);
 
-/// The packets that send `digit` for `duration` (clamped to 40 ms .. 8 s,
-/// the most one event's 16-bit duration holds at 8 kHz): an update every
-/// 20 ms, the first one marked, then the end packet three times.
-pub fn encode_digit(digit: Digit, duration: Duration, volume: u8) -> Vec<EventPacket> {
-    let samples = duration
-        .as_millis()
-        .saturating_mul(u128::from(EVENT_CLOCK_RATE))
-        / 1000;
+/// The packets that send `digit` for `duration` at `clock_rate`, the audio
+/// codec's (RFC 4733 §2.1: 8000 for G.711 and G.722, 48000 for Opus),
+/// clamped to 40 ms .. what one event's 16-bit duration holds (8 s at
+/// 8 kHz, 1.3 s at 48 kHz): an update every 20 ms, the first one marked,
+/// then the end packet three times.
+pub fn encode_digit(
+    digit: Digit,
+    duration: Duration,
+    volume: u8,
+    clock_rate: u32,
+) -> Vec<EventPacket> {
+    let clock_rate = clock_rate.max(UPDATES_PER_SECOND);
+    let update_samples = clock_rate / UPDATES_PER_SECOND;
+    let samples = duration.as_millis().saturating_mul(u128::from(clock_rate)) / 1000;
     let total = u32::try_from(samples)
         .unwrap_or(u32::MAX)
-        .clamp(2 * UPDATE_SAMPLES, u32::from(u16::MAX));
-    let updates = total.div_ceil(UPDATE_SAMPLES) - 1;
+        .clamp(2 * update_samples, u32::from(u16::MAX));
+    let updates = total.div_ceil(update_samples) - 1;
     let packet = |end: bool, elapsed: u32| TelephoneEvent {
         event: digit.event_code(),
         end,
@@ -237,7 +240,7 @@ pub fn encode_digit(digit: Digit, duration: Duration, volume: u8) -> Vec<EventPa
     let mut packets: Vec<EventPacket> = (1..=updates)
         .map(|k| EventPacket {
             marker: k == 1,
-            payload: packet(false, k * UPDATE_SAMPLES).to_bytes(),
+            payload: packet(false, k * update_samples).to_bytes(),
         })
         .collect();
     let end = packet(true, total).to_bytes();
@@ -381,7 +384,7 @@ mod tests {
     #[test]
     fn encoded_digit_has_the_rfc4733_packet_schedule() {
         let digit = Digit::from_char('7').unwrap();
-        let packets = encode_digit(digit, Duration::from_millis(100), DEFAULT_VOLUME);
+        let packets = encode_digit(digit, Duration::from_millis(100), DEFAULT_VOLUME, 8000);
         // 100 ms = 800 samples: updates at 160..640, then the end three times.
         assert_eq!(packets.len(), 4 + 3);
         assert!(packets[0].marker);
@@ -413,16 +416,28 @@ mod tests {
     }
 
     #[test]
+    fn opus_calls_count_event_time_at_48_khz() {
+        let digit = Digit::from_char('#').unwrap();
+        let packets = encode_digit(digit, Duration::from_millis(100), DEFAULT_VOLUME, 48_000);
+        // 100 ms = 4800 units of 48 kHz: an update every 960.
+        let durations: Vec<u16> = packets
+            .iter()
+            .map(|p| TelephoneEvent::parse(&p.payload).unwrap().duration)
+            .collect();
+        assert_eq!(durations, vec![960, 1920, 2880, 3840, 4800, 4800, 4800]);
+    }
+
+    #[test]
     fn encoded_duration_is_clamped() {
         let digit = Digit::from_char('0').unwrap();
-        let short = encode_digit(digit, Duration::ZERO, DEFAULT_VOLUME);
+        let short = encode_digit(digit, Duration::ZERO, DEFAULT_VOLUME, 8000);
         assert_eq!(
             TelephoneEvent::parse(&short[short.len() - 1].payload)
                 .unwrap()
                 .duration,
             320
         );
-        let long = encode_digit(digit, Duration::from_secs(60), DEFAULT_VOLUME);
+        let long = encode_digit(digit, Duration::from_secs(60), DEFAULT_VOLUME, 8000);
         assert_eq!(
             TelephoneEvent::parse(&long[long.len() - 1].payload)
                 .unwrap()

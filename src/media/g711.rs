@@ -2,27 +2,37 @@
 //!
 //! Owns: the conversion between 16-bit linear PCM and the 8-bit G.711 code
 //! words, and the [`Codec`] names the rest of `media` uses (RTP static payload
-//! types 0 and 8 from RFC 3551 §6, both 8 kHz mono).
+//! types 0, 8 and 9 from RFC 3551 §6, Opus's dynamic one, and each codec's
+//! RTP clock rate).
 //!
 //! Must not: know about RTP headers, sockets or frame timing. Decoding is
 //! table-driven (two 256-entry tables built at compile time); encoding is a
 //! few integer operations per sample and needs no table.
 
-/// A G.711 variant, named after its RTP encoding name (RFC 3551 §4.5.14).
+/// A codec we negotiate, named after its RTP encoding name (RFC 3551
+/// §4.5, RFC 7587 §7). The G.711 pair is stateless and coded here; G.722
+/// and Opus keep state per stream and go through [`super::codec`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Codec {
     /// µ-law, static payload type 0.
     Pcmu,
     /// A-law, static payload type 8.
     Pcma,
+    /// G.722 at 64 kbit/s, static payload type 9 (RFC 3551 §4.5.2).
+    G722,
+    /// Opus (RFC 7587), dynamic payload type.
+    Opus,
 }
 
 impl Codec {
-    /// The static RTP payload type of RFC 3551 §6 (table 4).
-    pub const fn static_payload_type(self) -> u8 {
+    /// The payload type we put in our offers: the static one of RFC 3551
+    /// §6 (table 4), or for Opus the dynamic one most stacks use.
+    pub const fn offered_payload_type(self) -> u8 {
         match self {
             Codec::Pcmu => 0,
             Codec::Pcma => 8,
+            Codec::G722 => 9,
+            Codec::Opus => 111,
         }
     }
 
@@ -31,51 +41,86 @@ impl Codec {
         match self {
             Codec::Pcmu => "PCMU",
             Codec::Pcma => "PCMA",
+            Codec::G722 => "G722",
+            Codec::Opus => "opus",
         }
     }
 
-    /// The codec for an encoding name (case-insensitive, RFC 4855 §3).
-    pub fn from_encoding_name(name: &str) -> Option<Codec> {
-        if name.eq_ignore_ascii_case("PCMU") {
-            Some(Codec::Pcmu)
-        } else if name.eq_ignore_ascii_case("PCMA") {
-            Some(Codec::Pcma)
-        } else {
-            None
+    /// The RTP clock rate written in `a=rtpmap`: 8000 for G.722 although
+    /// it samples at 16 kHz (an erratum kept for compatibility, RFC 3551
+    /// §4.5.2), 48000 for Opus whatever it codes (RFC 7587 §4.1).
+    pub const fn clock_rate(self) -> u32 {
+        match self {
+            Codec::Pcmu | Codec::Pcma | Codec::G722 => 8000,
+            Codec::Opus => 48_000,
         }
     }
 
-    /// The codec behind a static payload type, if it is 0 or 8.
-    pub const fn from_static_payload_type(pt: u8) -> Option<Codec> {
-        match pt {
-            0 => Some(Codec::Pcmu),
-            8 => Some(Codec::Pcma),
+    /// The channel count written in `a=rtpmap`: Opus is always signalled
+    /// as two (RFC 7587 §7), whatever is sent; the others leave it out.
+    pub const fn rtpmap_channels(self) -> Option<&'static str> {
+        match self {
+            Codec::Opus => Some("2"),
             _ => None,
         }
     }
 
-    /// Decodes G.711 code words, appending linear samples to `out`.
+    /// Whether a codec is coded here, without state ([`Self::decode_into`]).
+    pub const fn is_g711(self) -> bool {
+        matches!(self, Codec::Pcmu | Codec::Pcma)
+    }
+
+    /// Whether the codec carries 16 kHz audio or more (HD voice).
+    pub const fn is_wideband(self) -> bool {
+        matches!(self, Codec::G722 | Codec::Opus)
+    }
+
+    /// The codec for an encoding name (case-insensitive, RFC 4855 §3).
+    pub fn from_encoding_name(name: &str) -> Option<Codec> {
+        [Codec::Pcmu, Codec::Pcma, Codec::G722, Codec::Opus]
+            .into_iter()
+            .find(|c| name.eq_ignore_ascii_case(c.encoding_name()))
+    }
+
+    /// The codec behind a static payload type: 0, 8 or 9.
+    pub const fn from_static_payload_type(pt: u8) -> Option<Codec> {
+        match pt {
+            0 => Some(Codec::Pcmu),
+            8 => Some(Codec::Pcma),
+            9 => Some(Codec::G722),
+            _ => None,
+        }
+    }
+
+    /// Decodes G.711 code words, appending linear samples to `out`. Does
+    /// nothing for the stateful codecs: use [`super::codec::Decoder`].
     pub fn decode_into(self, payload: &[u8], out: &mut Vec<i16>) {
         let table = match self {
             Codec::Pcmu => &ULAW_TO_LINEAR,
             Codec::Pcma => &ALAW_TO_LINEAR,
+            Codec::G722 | Codec::Opus => return,
         };
         out.extend(payload.iter().map(|&b| table[usize::from(b)]));
     }
 
-    /// Encodes linear samples, appending one code word per sample to `out`.
+    /// Encodes linear samples as G.711, one code word per sample, appended
+    /// to `out`. Does nothing for the stateful codecs: use
+    /// [`super::codec::Encoder`].
     pub fn encode_into(self, samples: &[i16], out: &mut Vec<u8>) {
         match self {
             Codec::Pcmu => out.extend(samples.iter().map(|&s| linear_to_ulaw(s))),
             Codec::Pcma => out.extend(samples.iter().map(|&s| linear_to_alaw(s))),
+            Codec::G722 | Codec::Opus => {}
         }
     }
 
-    /// The code word for digital silence (linear 0).
+    /// The G.711 code word for digital silence (linear 0); 0 for the
+    /// others, which have no single such word.
     pub const fn silence(self) -> u8 {
         match self {
             Codec::Pcmu => 0xFF,
             Codec::Pcma => 0xD5,
+            Codec::G722 | Codec::Opus => 0,
         }
     }
 }
@@ -255,9 +300,12 @@ mod tests {
     fn codec_names_and_payload_types() {
         assert_eq!(Codec::from_encoding_name("pcmu"), Some(Codec::Pcmu));
         assert_eq!(Codec::from_encoding_name("PCMA"), Some(Codec::Pcma));
-        assert_eq!(Codec::from_encoding_name("G722"), None);
+        assert_eq!(Codec::from_encoding_name("g722"), Some(Codec::G722));
+        assert_eq!(Codec::from_encoding_name("OPUS"), Some(Codec::Opus));
+        assert_eq!(Codec::from_encoding_name("G729"), None);
         assert_eq!(Codec::from_static_payload_type(8), Some(Codec::Pcma));
-        assert_eq!(Codec::from_static_payload_type(9), None);
+        assert_eq!(Codec::from_static_payload_type(9), Some(Codec::G722));
+        assert_eq!(Codec::from_static_payload_type(18), None);
         for codec in [Codec::Pcmu, Codec::Pcma] {
             let mut out = Vec::new();
             codec.decode_into(&[codec.silence()], &mut out);

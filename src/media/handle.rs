@@ -26,6 +26,10 @@ pub struct AudioFrame {
     pub samples: Vec<i16>,
     /// Part of the frame stands in for lost packets (silence).
     pub concealed: bool,
+    /// The same 20 ms at 16 kHz (320 samples), decoded straight from a
+    /// wideband codec (G.722, Opus) for an attached port (the voice
+    /// agent's recognizer); `None` on G.711 and for every other consumer.
+    pub wide: Option<Vec<i16>>,
 }
 
 /// What the session reports to the call.

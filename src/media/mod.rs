@@ -1,6 +1,7 @@
 //! Media: RTP in and out for one call.
 //!
-//! Owns: G.711 codecs ([`g711`]), the adaptive jitter buffer ([`jitter`]),
+//! Owns: G.711 codecs ([`g711`]), the per-stream G.711, G.722 and Opus
+//! encoders and decoders ([`codec`]), the adaptive jitter buffer ([`jitter`]),
 //! RFC 4733 telephone events ([`dtmf`]), answering-machine detection
 //! ([`amd`]), outgoing packetization and pacing ([`pacer`]), sample-rate
 //! conversion for the speech engines and vendors ([`resample`]), SDP
@@ -31,6 +32,7 @@
 
 pub mod amd;
 pub mod bridge;
+pub mod codec;
 mod counters;
 pub mod dtmf;
 pub mod g711;
@@ -62,7 +64,9 @@ pub use session::{RtpSession, SessionConfig};
 pub use srtp::SrtpMode;
 pub use tap::{TapFrame, TapReceiver, Track};
 
-/// RTP clock rate of every codec we negotiate (G.711 and telephone-event).
+/// Sample rate of the PCM inside a session (and the RTP clock rate of
+/// G.711, G.722 and their telephone-event; Opus's is 48000, see
+/// [`Codec::clock_rate`]).
 pub const CLOCK_RATE: u32 = 8000;
 /// Samples in one 20 ms frame at 8 kHz.
 pub const FRAME_SAMPLES: usize = 160;

@@ -3,9 +3,11 @@
 //!
 //! Owns: the sender's RTP header state (RFC 3550 §5.1: random initial
 //! sequence number, timestamp and SSRC; sequence +1 per packet; timestamp
-//! +160 per 20 ms slot whether or not a packet is sent; marker bit on the
+//! +20 ms at the codec's RTP clock per slot (160 at 8 kHz, 960 for Opus's
+//! 48 kHz) whether or not a packet is sent; marker bit on the
 //! first packet of a talkspurt, RFC 3551 §4.1), the queue of PCM waiting to
-//! be played, outgoing RFC 4733 events, silence fill, and [`PacingClock`].
+//! be played, the stream's encoder ([`super::codec::Encoder`]), outgoing
+//! RFC 4733 events, silence fill, and [`PacingClock`].
 //!
 //! Must not: touch sockets or decide when to start or stop playing. The core
 //! ([`Pacer`]) is a plain function of "one more slot has passed"; only
@@ -47,6 +49,7 @@ use std::time::Duration;
 use rtp_rs::{RtpPacketBuilder, Seq};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
+use super::codec::{CodecError, Encoder};
 use super::dtmf::{self, Digit, EventPacket};
 use super::g711::Codec;
 use super::{FRAME_DURATION, FRAME_SAMPLES};
@@ -54,8 +57,8 @@ use super::{FRAME_DURATION, FRAME_SAMPLES};
 /// How far behind the pacing clock may fall before it skips instead of
 /// bursting.
 pub const MAX_CATCH_UP: Duration = Duration::from_millis(100);
-/// Timestamp units per slot.
-const SLOT_TIMESTAMP: u32 = FRAME_SAMPLES as u32;
+/// Slots per second (20 ms each).
+const SLOTS_PER_SECOND: u32 = 50;
 
 /// The RTP header fields of an outgoing stream.
 #[derive(Debug, Clone)]
@@ -65,6 +68,8 @@ pub struct Packetizer {
     sequence: u16,
     /// Timestamp of the current slot.
     timestamp: u32,
+    /// Timestamp units per slot: 20 ms at the codec's RTP clock.
+    slot_timestamp: u32,
     /// Whether the previous slot carried audio (no marker needed).
     in_talkspurt: bool,
     /// Empty slots since the last audio packet of a talkspurt: a slot
@@ -91,6 +96,7 @@ impl Packetizer {
             ssrc,
             sequence,
             timestamp,
+            slot_timestamp: FRAME_SAMPLES as u32,
             in_talkspurt: false,
             // No talkspurt yet to continue.
             gap: u32::MAX,
@@ -99,6 +105,12 @@ impl Packetizer {
 
     pub fn ssrc(&self) -> u32 {
         self.ssrc
+    }
+
+    /// Sets the RTP clock rate the timestamp counts in (a re-INVITE may
+    /// change the codec; the timestamp goes on from where it is).
+    pub fn set_clock_rate(&mut self, clock_rate: u32) {
+        self.slot_timestamp = (clock_rate / SLOTS_PER_SECOND).max(1);
     }
 
     /// Builds the packet for the current slot; does not advance the slot.
@@ -167,7 +179,7 @@ impl Packetizer {
     /// Takes back the last empty slot (see [`Pacer::next_packet_early`]).
     /// If it was the only one after audio, the talkspurt goes on.
     fn reclaim(&mut self) {
-        self.timestamp = self.timestamp.wrapping_sub(SLOT_TIMESTAMP);
+        self.timestamp = self.timestamp.wrapping_sub(self.slot_timestamp);
         self.gap = self.gap.saturating_sub(1);
         if self.gap == 0 {
             self.in_talkspurt = true;
@@ -177,7 +189,7 @@ impl Packetizer {
     fn advance(&mut self, slots: u32) {
         self.timestamp = self
             .timestamp
-            .wrapping_add(slots.wrapping_mul(SLOT_TIMESTAMP));
+            .wrapping_add(slots.wrapping_mul(self.slot_timestamp));
     }
 
     /// Timestamp of the current slot.
@@ -233,6 +245,7 @@ enum Last {
 pub struct Pacer {
     packetizer: Packetizer,
     format: SendFormat,
+    encoder: Encoder,
     fill_silence: bool,
     last: Last,
     /// Slots whose packet went out early, to be skipped in silence.
@@ -249,11 +262,18 @@ pub struct Pacer {
 
 impl Pacer {
     /// `max_queued_samples` bounds the PCM queue; audio beyond it is refused.
-    /// Silence fill starts on; see [`Pacer::set_silence_fill`].
-    pub fn new(packetizer: Packetizer, format: SendFormat, max_queued_samples: usize) -> Self {
-        Pacer {
+    /// Silence fill starts on; see [`Pacer::set_silence_fill`]. Fails only
+    /// if the codec library refuses to set up an encoder.
+    pub fn new(
+        mut packetizer: Packetizer,
+        format: SendFormat,
+        max_queued_samples: usize,
+    ) -> Result<Self, CodecError> {
+        packetizer.set_clock_rate(format.codec.clock_rate());
+        Ok(Pacer {
             packetizer,
             format,
+            encoder: Encoder::new(format.codec)?,
             fill_silence: true,
             last: Last::Empty,
             ahead: 0,
@@ -263,7 +283,7 @@ impl Pacer {
             event: None,
             frame: Vec::with_capacity(FRAME_SAMPLES),
             encoded: Vec::with_capacity(FRAME_SAMPLES),
-        }
+        })
     }
 
     /// Queues PCM for playout; returns how many samples were accepted.
@@ -305,9 +325,15 @@ impl Pacer {
         self.fill_silence = on;
     }
 
-    /// Switches codec or payload types (after a re-INVITE).
-    pub fn set_format(&mut self, format: SendFormat) {
+    /// Switches codec or payload types (after a re-INVITE). A new codec
+    /// gets a fresh encoder; if that fails the old format stays.
+    pub fn set_format(&mut self, format: SendFormat) -> Result<(), CodecError> {
+        if format.codec != self.format.codec {
+            self.encoder = Encoder::new(format.codec)?;
+            self.packetizer.set_clock_rate(format.codec.clock_rate());
+        }
         self.format = format;
+        Ok(())
     }
 
     pub fn ssrc(&self) -> u32 {
@@ -384,7 +410,12 @@ impl Pacer {
         if self.event.is_none()
             && let (Some(digit), Some(_)) = (self.digits.front(), self.format.event_payload_type)
         {
-            let packets = dtmf::encode_digit(*digit, dtmf::DEFAULT_DURATION, dtmf::DEFAULT_VOLUME);
+            let packets = dtmf::encode_digit(
+                *digit,
+                dtmf::DEFAULT_DURATION,
+                dtmf::DEFAULT_VOLUME,
+                self.format.codec.clock_rate(),
+            );
             self.digits.pop_front();
             self.event = Some(ActiveEvent {
                 timestamp: self.packetizer.timestamp(),
@@ -416,9 +447,11 @@ impl Pacer {
     /// `self.frame`, encoded and packetized as the slot's audio.
     fn encode_frame(&mut self) -> Option<Vec<u8>> {
         self.encoded.clear();
-        self.format
-            .codec
-            .encode_into(&self.frame, &mut self.encoded);
+        if !self.encoder.encode_into(&self.frame, &mut self.encoded) {
+            // The slot passes unsent; the stream's time goes on.
+            self.packetizer.silence(1);
+            return None;
+        }
         self.packetizer
             .audio(self.format.payload_type, &self.encoded)
     }
@@ -510,7 +543,8 @@ mod tests {
             Packetizer::with_state(0xCAFE, 65534, u32::MAX - 159),
             FORMAT,
             8000,
-        );
+        )
+        .unwrap();
         p.set_silence_fill(false);
         p
     }
@@ -619,9 +653,48 @@ mod tests {
                 ..FORMAT
             },
             100,
-        );
+        )
+        .unwrap();
         assert!(!p.queue_digit(Digit::from_char('1').unwrap()));
         assert!(p.is_idle());
+    }
+
+    #[test]
+    fn opus_slots_count_48_khz_and_a_switch_keeps_the_stream() {
+        let opus = SendFormat {
+            codec: Codec::Opus,
+            payload_type: 111,
+            event_payload_type: Some(110),
+        };
+        let mut p = Pacer::new(Packetizer::with_state(7, 1, 0), opus, 8000).unwrap();
+        p.set_silence_fill(false);
+        p.queue_audio(&[500; 480]);
+        let headers: Vec<Header> = (0..3)
+            .filter_map(|_| played(p.next_packet()))
+            .map(|b| read(&b))
+            .collect();
+        assert_eq!(
+            headers.iter().map(|h| h.timestamp).collect::<Vec<_>>(),
+            [0, 960, 1920]
+        );
+        assert!(headers.iter().all(|h| h.payload_type == 111));
+        // Compressed, not one byte per sample.
+        assert!(headers.iter().all(|h| h.payload.len() < 160));
+        // A re-INVITE to G.722: 160 a slot from where the stream was.
+        p.set_format(SendFormat {
+            codec: Codec::G722,
+            payload_type: 9,
+            event_payload_type: None,
+        })
+        .unwrap();
+        p.queue_audio(&[500; 320]);
+        let next: Vec<Header> = (0..2)
+            .filter_map(|_| played(p.next_packet()))
+            .map(|b| read(&b))
+            .collect();
+        assert_eq!(next[0].timestamp, 2880);
+        assert_eq!(next[1].timestamp, 3040);
+        assert_eq!((next[0].payload_type, next[0].payload.len()), (9, 160));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! SDP offer/answer for one audio stream (RFC 3264 over RFC 4566 SDP).
 //!
-//! Owns: reading a remote offer or answer, choosing the codec (PCMU or PCMA
-//! at 8 kHz) and the telephone-event payload type (RFC 4733 §7.1.1), the
+//! Owns: reading a remote offer or answer, choosing the codec (PCMU, PCMA,
+//! G.722 or Opus) and the telephone-event payload type at that codec's
+//! clock rate (RFC 4733 §2.1, §7.1.1), the
 //! media direction of each side (RFC 3264 §6.1, including hold), the remote
 //! RTP address, and writing our own offers and answers with a correct
 //! `o=` version (RFC 3264 §8).
@@ -17,7 +18,10 @@
 //! Choices:
 //! - The codec is the first of *our* list (the trunk's preference) that the
 //!   offer carries, recognised by `a=rtpmap` or, without one, by the static
-//!   payload types 0 and 8 (RFC 3551 §6). The answer keeps the offer's
+//!   payload types 0, 8 and 9 (RFC 3551 §6). G.722 is `G722/8000` though it
+//!   samples at 16 kHz (RFC 3551 §4.5.2); Opus is `opus/48000/2` whatever
+//!   it carries (RFC 7587 §7), and our `a=fmtp` asks for mono at the rate
+//!   we play (`maxplaybackrate`, `stereo=0`, RFC 7587 §6.1). The answer keeps the offer's
 //!   payload type numbers (RFC 3264 §6.1) and lists only the chosen codec and
 //!   telephone-event, so the far end cannot switch codecs mid-call.
 //! - Only the first usable `m=audio` with `RTP/AVP` is accepted; every other
@@ -42,8 +46,14 @@ use super::g711::Codec;
 use super::srtp::{self, CryptoRefusal, Sdes, SrtpMode, SrtpParams};
 use super::{CLOCK_RATE, FRAME_DURATION};
 
-/// Payload type we offer for telephone-event (any dynamic one works).
+/// Payload type we offer for telephone-event/8000 (any dynamic one works).
 pub const OFFERED_EVENT_PAYLOAD_TYPE: u8 = 101;
+/// Payload type we offer for telephone-event/48000, beside Opus.
+pub const OFFERED_WIDE_EVENT_PAYLOAD_TYPE: u8 = 110;
+/// Our Opus parameters (RFC 7587 §6.1): mono; we decode up to 16 kHz (the
+/// recognizer's rate) and send what we capture, 8 kHz; in-band FEC welcome.
+const OPUS_FMTP: &str =
+    "maxplaybackrate=16000;sprop-maxcapturerate=8000;stereo=0;sprop-stereo=0;useinbandfec=1";
 /// The DTMF events we send and understand (RFC 4733 §3.2).
 const EVENT_RANGE: &str = "0-15";
 
@@ -193,10 +203,21 @@ impl LocalSdp {
         let formats = self
             .codecs
             .iter()
-            .map(|c| (*c, c.static_payload_type()))
+            .map(|c| (*c, c.offered_payload_type()))
             .collect::<Vec<_>>();
-        let mut media =
-            self.audio_description(&formats, Some(OFFERED_EVENT_PAYLOAD_TYPE), direction);
+        // One telephone-event per clock rate among our codecs (RFC 4733
+        // §2.1: events run at the audio's clock).
+        let mut events = Vec::with_capacity(2);
+        for codec in &self.codecs {
+            let event = match codec.clock_rate() {
+                CLOCK_RATE => (OFFERED_EVENT_PAYLOAD_TYPE, CLOCK_RATE),
+                rate => (OFFERED_WIDE_EVENT_PAYLOAD_TYPE, rate),
+            };
+            if !events.contains(&event) {
+                events.push(event);
+            }
+        }
+        let mut media = self.audio_description(&formats, &events, direction);
         self.sdes.offer(&mut media, self.srtp);
         self.render(vec![media])
     }
@@ -215,11 +236,13 @@ impl LocalSdp {
         for (index, offered) in sdp.media_descriptions.iter().enumerate() {
             if index == chosen.index {
                 let ours = chosen.their_direction.answer(willing);
-                let mut media = self.audio_description(
-                    &[(chosen.codec, chosen.payload_type)],
-                    chosen.event_payload_type,
-                    ours,
-                );
+                let events: Vec<(u8, u32)> = chosen
+                    .event_payload_type
+                    .map(|pt| (pt, chosen.codec.clock_rate()))
+                    .into_iter()
+                    .collect();
+                let mut media =
+                    self.audio_description(&[(chosen.codec, chosen.payload_type)], &events, ours);
                 // The answer keeps the offer's profile (RFC 3264 §6).
                 media.media.proto = offered.media.proto.clone();
                 srtp = chosen
@@ -266,7 +289,7 @@ impl LocalSdp {
     fn audio_description(
         &self,
         formats: &[(Codec, u8)],
-        event_payload_type: Option<u8>,
+        events: &[(u8, u32)],
         direction: Direction,
     ) -> MediaDescription {
         let mut media = MediaDescription::rejected(MediaType::Audio);
@@ -278,16 +301,22 @@ impl LocalSdp {
             media.rtpmap.push(RtpMap {
                 payload: payload_type,
                 encoding: codec.encoding_name().into(),
-                clock_rate: CLOCK_RATE,
-                params: None,
+                clock_rate: codec.clock_rate(),
+                params: codec.rtpmap_channels().map(Into::into),
             });
+            if codec == Codec::Opus {
+                media.fmtp.push(Fmtp {
+                    format: payload_type,
+                    params: OPUS_FMTP.into(),
+                });
+            }
         }
-        if let Some(pt) = event_payload_type {
+        for &(pt, clock_rate) in events {
             media.media.fmts.push(pt);
             media.rtpmap.push(RtpMap {
                 payload: pt,
                 encoding: "telephone-event".into(),
-                clock_rate: CLOCK_RATE,
+                clock_rate,
                 params: None,
             });
             media.fmtp.push(Fmtp {
@@ -448,7 +477,7 @@ fn choose_audio(
             index,
             codec,
             payload_type,
-            event_payload_type: find_telephone_event(media),
+            event_payload_type: find_telephone_event(media, codec.clock_rate()),
             remote,
             their_direction: Direction::from_sdp(media.direction),
             crypto,
@@ -476,22 +505,28 @@ fn find_codec(media: &MediaDescription, codec: Codec) -> Option<u8> {
     media.media.fmts.iter().copied().find(|&pt| {
         match media.rtpmap.iter().find(|map| map.payload == pt) {
             Some(map) => {
+                let channels = map.params.as_deref();
                 Codec::from_encoding_name(&map.encoding) == Some(codec)
-                    && map.clock_rate == CLOCK_RATE
-                    && map.params.as_deref().is_none_or(|channels| channels == "1")
+                    && map.clock_rate == codec.clock_rate()
+                    && match codec {
+                        // Always "2" by RFC 7587 §7; we decode it to mono.
+                        Codec::Opus => matches!(channels, Some("2" | "1") | None),
+                        _ => channels.is_none_or(|channels| channels == "1"),
+                    }
             }
             None => Codec::from_static_payload_type(pt) == Some(codec),
         }
     })
 }
 
-/// The payload type of `telephone-event/8000` in `media`, if offered.
-fn find_telephone_event(media: &MediaDescription) -> Option<u8> {
+/// The payload type of `telephone-event` at `clock_rate` (the audio
+/// codec's, RFC 4733 §2.1) in `media`, if offered.
+fn find_telephone_event(media: &MediaDescription, clock_rate: u32) -> Option<u8> {
     media.media.fmts.iter().copied().find(|&pt| {
         media.rtpmap.iter().any(|map| {
             map.payload == pt
                 && map.encoding.eq_ignore_ascii_case("telephone-event")
-                && map.clock_rate == CLOCK_RATE
+                && map.clock_rate == clock_rate
         })
     })
 }
@@ -592,6 +627,88 @@ mod tests {
             ours.answer(remapped.as_bytes(), Direction::SendRecv),
             Err(SdpError::NoCommonCodec { .. })
         ));
+    }
+
+    #[test]
+    fn wideband_codecs_by_trunk_preference_with_events_at_their_clock() {
+        // What baresip offers: Opus, G.722, G.711, events at both clocks.
+        let wide = offer(
+            "m=audio 5004 RTP/AVP 96 9 0 8 101 102\r\n\
+             a=rtpmap:96 opus/48000/2\r\na=fmtp:96 stereo=1;sprop-stereo=1\r\n\
+             a=rtpmap:9 G722/8000\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n\
+             a=rtpmap:101 telephone-event/48000\r\na=rtpmap:102 telephone-event/8000\r\n",
+        );
+        let mut g722 = LocalSdp::new(LOCAL, 40_000, vec![Codec::G722, Codec::Pcmu]);
+        let (answer, media) = g722.answer(wide.as_bytes(), Direction::SendRecv).unwrap();
+        assert_eq!(
+            (media.codec, media.payload_type, media.event_payload_type),
+            (Codec::G722, 9, Some(102))
+        );
+        assert!(
+            answer.contains("m=audio 40000 RTP/AVP 9 102\r\n"),
+            "{answer}"
+        );
+        assert!(answer.contains("a=rtpmap:9 G722/8000\r\n"), "{answer}");
+        assert!(answer.contains("a=rtpmap:102 telephone-event/8000\r\n"));
+        let mut opus = LocalSdp::new(LOCAL, 40_000, vec![Codec::Opus, Codec::G722]);
+        let (answer, media) = opus.answer(wide.as_bytes(), Direction::SendRecv).unwrap();
+        assert_eq!(
+            (media.codec, media.payload_type, media.event_payload_type),
+            (Codec::Opus, 96, Some(101))
+        );
+        assert!(
+            answer.contains("m=audio 40000 RTP/AVP 96 101\r\n"),
+            "{answer}"
+        );
+        assert!(answer.contains("a=rtpmap:96 opus/48000/2\r\n"), "{answer}");
+        assert!(
+            answer.contains("a=fmtp:96 maxplaybackrate=16000;"),
+            "{answer}"
+        );
+        assert!(answer.contains("a=rtpmap:101 telephone-event/48000\r\n"));
+        // G.722 without an rtpmap is static type 9; Opus at the wrong clock
+        // is not Opus.
+        let (_, media) = g722
+            .answer(
+                offer("m=audio 5004 RTP/AVP 9\r\n").as_bytes(),
+                Direction::SendRecv,
+            )
+            .unwrap();
+        assert_eq!((media.codec, media.event_payload_type), (Codec::G722, None));
+        let bad_opus = offer("m=audio 5004 RTP/AVP 96\r\na=rtpmap:96 opus/8000/2\r\n");
+        assert!(matches!(
+            opus.answer(bad_opus.as_bytes(), Direction::SendRecv),
+            Err(SdpError::NoCommonCodec { ours }) if ours == "opus, G722"
+        ));
+    }
+
+    #[test]
+    fn our_wideband_offer_names_every_codec_and_both_event_clocks() {
+        let mut ours = LocalSdp::new(LOCAL, 40_000, vec![Codec::Opus, Codec::G722, Codec::Pcmu]);
+        let text = ours.offer(Direction::SendRecv);
+        assert!(
+            text.contains("m=audio 40000 RTP/AVP 111 9 0 110 101\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("a=rtpmap:111 opus/48000/2\r\n"));
+        assert!(text.contains("a=rtpmap:110 telephone-event/48000\r\n"));
+        assert!(text.contains("a=rtpmap:101 telephone-event/8000\r\n"));
+        // An answerer that takes G.722 replies with its 8 kHz event type.
+        let mut callee = LocalSdp::new("203.0.113.9".parse().unwrap(), 30_000, vec![Codec::G722]);
+        let (answer, theirs) = callee.answer(text.as_bytes(), Direction::SendRecv).unwrap();
+        assert_eq!(
+            (theirs.codec, theirs.event_payload_type),
+            (Codec::G722, Some(101))
+        );
+        let accepted = ours.accept_answer(answer.as_bytes()).unwrap();
+        assert_eq!(
+            (
+                accepted.codec,
+                accepted.payload_type,
+                accepted.event_payload_type
+            ),
+            (Codec::G722, 9, Some(101))
+        );
     }
 
     #[test]

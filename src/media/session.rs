@@ -4,7 +4,7 @@
 //! Owns: the socket bound by [`super::ports`] (and its [`PortPermit`],
 //! released when the session ends), symmetric RTP latching (RFC 4961), the
 //! receive path (parse with `rtp-rs`, DTMF to the decoder, audio through the
-//! jitter buffer, G.711 decode, 20 ms frames out), the paced send path, the
+//! jitter buffer, decode by [`super::codec`], 20 ms frames out), the paced send path, the
 //! RTP inactivity timeout, and the RTP metrics (names in `crate::metrics`).
 //!
 //! Must not: decide anything about the call. It reports [`MediaEvent`]s
@@ -32,6 +32,12 @@
 //! anything else reads it, so a forged or replayed packet can neither latch
 //! the session nor play; it is counted and dropped, and the call goes on.
 //!
+//! Wideband calls (G.722, Opus): the session's PCM stays 8 kHz (what the
+//! codec decodes to itself, see [`super::codec`]); while a port is
+//! attached a second decoder fed the same payloads gives each frame its
+//! 16 kHz form too ([`AudioFrame::wide`]), for the recognizer. Taps and
+//! recordings stay 8 kHz.
+//!
 //! Audio frames come out only while audio arrives: silence suppression, a
 //! hold or a dead peer produce no frames, only lost packets inside a stream
 //! are concealed (with silence, flagged [`AudioFrame::concealed`]).
@@ -47,6 +53,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::codec::{Decoder, WIDE_RATE};
 use super::counters::Counters;
 use super::dtmf::DtmfDecoder;
 use super::g711::Codec;
@@ -133,13 +140,18 @@ impl RtpSession {
         let max_queued =
             usize::try_from(config.max_queued_audio.as_millis() * u128::from(CLOCK_RATE) / 1000)
                 .unwrap_or(usize::MAX);
-        let mut pacer = Pacer::new(Packetizer::new(), send_format(&media), max_queued);
+        let mut pacer = Pacer::new(Packetizer::new(), send_format(&media), max_queued)
+            .map_err(io::Error::other)?;
         // Silence fill starts once the far end is heard (see `accept_source`).
         pacer.set_silence_fill(false);
+        let decoder = Decoder::new(media.codec).map_err(io::Error::other)?;
         let task = SessionTask {
             socket,
             _permit: permit,
-            jitter: JitterBuffer::new(config.jitter.clone()),
+            jitter: JitterBuffer::new(jitter_config(&config.jitter, &media)),
+            decoder,
+            wide: None,
+            pending_wide: VecDeque::new(),
             dtmf: DtmfDecoder::new(),
             pacer,
             latch: Latch::new(config.latch, media.remote),
@@ -186,6 +198,16 @@ fn srtp_stream(media: &NegotiatedMedia) -> io::Result<Option<SrtpStream>> {
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
 }
 
+/// The jitter buffer's settings, counting in the codec's RTP clock.
+fn jitter_config(base: &JitterConfig, media: &NegotiatedMedia) -> JitterConfig {
+    let clock_rate = media.codec.clock_rate();
+    JitterConfig {
+        clock_rate,
+        packet_samples: clock_rate / 50,
+        ..base.clone()
+    }
+}
+
 fn send_format(media: &NegotiatedMedia) -> SendFormat {
     SendFormat {
         codec: media.codec,
@@ -200,6 +222,12 @@ struct SessionTask {
     /// Returns the port to the allocator when the task ends.
     _permit: Option<PortPermit>,
     jitter: JitterBuffer,
+    /// Decodes the negotiated codec (G.711 from a static type needs none).
+    decoder: Decoder,
+    /// The 16 kHz decoder of a wideband codec, while a port is attached.
+    wide: Option<Decoder>,
+    /// Its samples not yet handed out: always twice `pending`'s length.
+    pending_wide: VecDeque<i16>,
     dtmf: DtmfDecoder,
     pacer: Pacer,
     media: NegotiatedMedia,
@@ -243,7 +271,10 @@ impl SessionTask {
                 },
                 command = port_command(&mut self.port) => match command {
                     Some(command) => self.on_port_command(command).await,
-                    None => self.port = None,
+                    None => {
+                        self.port = None;
+                        self.reset_wide();
+                    }
                 },
                 tick = clock.tick() => {
                     self.pacer.skip_slots(tick.skipped);
@@ -271,7 +302,10 @@ impl SessionTask {
         match command {
             Command::Play(samples) => self.play(&samples).await,
             Command::Route(route) => self.route = route,
-            Command::Attach(port) => self.port = Some(port),
+            Command::Attach(port) => {
+                self.port = Some(port);
+                self.reset_wide();
+            }
             Command::Tap(tap) => self.taps.add(tap),
             Command::Clear => self.pacer.clear_audio(),
             Command::Digit(digit) => {
@@ -288,8 +322,24 @@ impl SessionTask {
                     }
                 }
                 self.latch.resignal(media.remote);
-                self.pacer.set_format(send_format(&media));
+                let changed = media.codec != self.media.codec;
+                if changed {
+                    match Decoder::new(media.codec) {
+                        Ok(decoder) => self.decoder = decoder,
+                        Err(e) => tracing::warn!(error = %e, "new codec refused"),
+                    }
+                    // Timestamps of another clock cannot share a buffer.
+                    if media.codec.clock_rate() != self.media.codec.clock_rate() {
+                        self.jitter = JitterBuffer::new(jitter_config(&self.config.jitter, &media));
+                    }
+                }
+                if let Err(e) = self.pacer.set_format(send_format(&media)) {
+                    tracing::warn!(error = %e, "new codec refused for sending");
+                }
                 self.media = media;
+                if changed {
+                    self.reset_wide();
+                }
                 self.last_activity = Instant::now();
                 self.timeout_reported = false;
             }
@@ -496,12 +546,60 @@ impl SessionTask {
     }
 
     /// The codec for an inbound payload type: the negotiated one, or a
-    /// static G.711 type (peers sometimes switch between offered codecs).
+    /// static G.711 type on an 8 kHz stream (peers sometimes switch between
+    /// offered codecs; G.711 needs no decoder state).
     fn codec_for(&self, payload_type: u8) -> Option<Codec> {
         if payload_type == self.media.payload_type {
             Some(self.media.codec)
+        } else if self.media.codec.clock_rate() == CLOCK_RATE {
+            Codec::from_static_payload_type(payload_type).filter(|c| c.is_g711())
         } else {
-            Codec::from_static_payload_type(payload_type)
+            None
+        }
+    }
+
+    /// Starts (or stops) the 16 kHz decoding: on while a port is attached
+    /// to a wideband call. Its buffer starts level with the 8 kHz one.
+    fn reset_wide(&mut self) {
+        self.wide = None;
+        self.pending_wide.clear();
+        if self.port.is_none() || !self.media.codec.is_wideband() {
+            return;
+        }
+        match Decoder::wideband(self.media.codec) {
+            Ok(wide) => {
+                self.wide = wide;
+                let ratio = (WIDE_RATE / CLOCK_RATE) as usize;
+                self.pending_wide.extend(
+                    self.pending
+                        .iter()
+                        .flat_map(|&s| std::iter::repeat_n(s, ratio)),
+                );
+            }
+            Err(e) => tracing::warn!(error = %e, "no 16 kHz decoder; the port gets 8 kHz"),
+        }
+    }
+
+    /// Appends the 16 kHz form of what was just added to `pending` (`added`
+    /// samples at 8 kHz): `wide` when a decoder made it, else the 8 kHz
+    /// samples held, so both buffers stay level.
+    fn extend_wide(&mut self, added: usize, wide: &[i16]) {
+        if self.wide.is_none() {
+            return;
+        }
+        let want = added * (WIDE_RATE / CLOCK_RATE) as usize;
+        let take = wide.len().min(want);
+        self.pending_wide.extend(&wide[..take]);
+        if take < want {
+            let start = self.pending.len() - added;
+            let held: Vec<i16> = self
+                .pending
+                .range(start..)
+                .flat_map(|&s| [s, s])
+                .skip(take)
+                .take(want - take)
+                .collect();
+            self.pending_wide.extend(held);
         }
     }
 
@@ -539,15 +637,30 @@ impl SessionTask {
         while self.pending.len() < FRAME_SAMPLES {
             match self.jitter.pop(now) {
                 Playout::Frame(frame) => {
-                    if let Some(codec) = self.codec_for(frame.payload_type) {
-                        let mut decoded = Vec::with_capacity(frame.payload.len());
-                        codec.decode_into(&frame.payload, &mut decoded);
-                        self.pending.extend(decoded);
+                    let mut decoded = Vec::with_capacity(FRAME_SAMPLES);
+                    let mut wide = Vec::new();
+                    match self.codec_for(frame.payload_type) {
+                        Some(codec) if codec == self.decoder.codec() => {
+                            if !self.decoder.decode_into(&frame.payload, &mut decoded) {
+                                self.counters.malformed.increment(1);
+                            } else if let Some(w) = self.wide.as_mut() {
+                                w.decode_into(&frame.payload, &mut wide);
+                            }
+                        }
+                        Some(codec) => codec.decode_into(&frame.payload, &mut decoded),
+                        None => {}
                     }
+                    let added = decoded.len();
+                    self.pending.extend(decoded);
+                    self.extend_wide(added, &wide);
                 }
                 Playout::Missing { samples } => {
+                    // Counted in the RTP clock; the PCM here is 8 kHz.
+                    let samples = u64::from(samples) * u64::from(CLOCK_RATE)
+                        / u64::from(self.media.codec.clock_rate().max(1));
                     let samples = usize::try_from(samples).unwrap_or(FRAME_SAMPLES);
                     self.pending.extend(std::iter::repeat_n(0, samples));
+                    self.extend_wide(samples, &[]);
                     self.pending_concealed = true;
                 }
                 Playout::NonAudio => {}
@@ -561,9 +674,18 @@ impl SessionTask {
         super::move_front(&mut self.pending, FRAME_SAMPLES, &mut samples);
         let concealed = std::mem::take(&mut self.pending_concealed);
         self.taps.push(Track::Inbound, &samples);
+        let wide = self.wide.is_some().then(|| {
+            let mut wide = Vec::with_capacity(2 * FRAME_SAMPLES);
+            super::move_front(&mut self.pending_wide, 2 * FRAME_SAMPLES, &mut wide);
+            wide
+        });
         if let Some(port) = self.port.as_ref() {
             let event = PortEvent::Audio {
-                frame: AudioFrame { samples, concealed },
+                frame: AudioFrame {
+                    samples,
+                    concealed,
+                    wide,
+                },
                 at: Instant::now(),
                 playout: self.port_playout(),
             };
@@ -574,7 +696,11 @@ impl SessionTask {
         }
         match self.route {
             AudioRoute::Events => {
-                let frame = AudioFrame { samples, concealed };
+                let frame = AudioFrame {
+                    samples,
+                    concealed,
+                    wide: None,
+                };
                 if self.audio.try_send(MediaEvent::Audio(frame)).is_err() {
                     self.counters.consumer_slow.increment(1);
                 }
@@ -742,6 +868,72 @@ mod tests {
             Codec::Pcmu.encode_into(&tone(1000.0, i * 160, 160), &mut payload);
             let packet = rtp(0, 1000 + i as u16, 5000 + 160 * i as u32, i == 0, &payload);
             peer.send_to(&packet, to).await.unwrap();
+        }
+    }
+
+    /// Opus (48 kHz clock) or G.722 in, with a port attached: each frame
+    /// holds the tone at 8 kHz and at 16 kHz, and what the port plays goes
+    /// back in the same codec at the codec's clock.
+    #[tokio::test]
+    async fn a_wideband_call_gives_the_port_16_khz_and_sends_its_codec() {
+        use crate::media::codec::Encoder;
+        for (codec, pt) in [(Codec::G722, 9u8), (Codec::Opus, 111)] {
+            let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let negotiated = NegotiatedMedia {
+                codec,
+                payload_type: pt,
+                ..media(peer.local_addr().unwrap())
+            };
+            let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let session = RtpSession::start(socket, None, negotiated, short_config()).unwrap();
+            let mut port = session.handle.attach().await.unwrap();
+            let to = session.handle.local_addr();
+            let step = codec.clock_rate() / 50;
+            let mut encoder = Encoder::new(codec).unwrap();
+            let mut clock = tokio::time::interval(Duration::from_millis(20));
+            let (mut narrow, mut wide) = (Vec::new(), Vec::new());
+            for i in 0..40u32 {
+                clock.tick().await;
+                let mut payload = Vec::new();
+                encoder.encode_into(&tone(1000.0, i as usize * 160, 160), &mut payload);
+                let packet = rtp(pt, i as u16, i * step, i == 0, &payload);
+                peer.send_to(&packet, to).await.unwrap();
+                while let Ok(event) = port.events.try_recv() {
+                    if let PortEvent::Audio { frame, .. } = event {
+                        let w = frame.wide.expect("a 16 kHz form");
+                        assert_eq!((frame.samples.len(), w.len()), (160, 320));
+                        narrow.extend(frame.samples);
+                        wide.extend(w);
+                    }
+                }
+            }
+            assert!(narrow.len() >= 160 * 20, "{codec:?}: {}", narrow.len());
+            assert!(tone_share(&narrow[800..], 1000.0) > 0.8, "{codec:?}");
+            // 1 kHz at 16 kHz is 500 Hz on the 8 kHz scale of `tone_share`.
+            assert!(tone_share(&wide[1600..], 500.0) > 0.8, "{codec:?}");
+            port.commands
+                .send(PortCommand::Play(tone(700.0, 0, 800)))
+                .await
+                .unwrap();
+            let mut buf = [0u8; 2048];
+            let mut stamps = Vec::new();
+            while stamps.len() < 3 {
+                let (len, _) =
+                    tokio::time::timeout(Duration::from_secs(2), peer.recv_from(&mut buf))
+                        .await
+                        .unwrap()
+                        .unwrap();
+                let r = RtpReader::new(&buf[..len]).unwrap();
+                if r.payload_type() == pt {
+                    stamps.push(r.timestamp());
+                }
+            }
+            assert!(
+                stamps
+                    .windows(2)
+                    .all(|w| w[1].wrapping_sub(w[0]) % step == 0),
+                "{codec:?}: {stamps:?}"
+            );
         }
     }
 

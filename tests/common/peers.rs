@@ -144,11 +144,30 @@ pub async fn baresip_call(
     sip_port: u16,
     seconds: u32,
 ) -> BaresipCall {
+    baresip_call_with_codec(dir, source, number, sip_port, seconds, "PCMU").await
+}
+
+/// [`baresip_call`] offering only `codec`: `PCMU`, `G722` or `opus`
+/// (baresip's names; its recording is at that codec's rate: 8, 16 or
+/// 48 kHz).
+pub async fn baresip_call_with_codec(
+    dir: &Path,
+    source: &Path,
+    number: &str,
+    sip_port: u16,
+    seconds: u32,
+    codec: &str,
+) -> BaresipCall {
+    let module = match codec {
+        "G722" => "g722.so",
+        "opus" => "opus.so",
+        _ => "g711.so",
+    };
     let rec = dir.join("rec");
     std::fs::create_dir_all(&rec).unwrap();
     std::fs::write(
         dir.join("accounts"),
-        "<sip:caller@127.0.0.1>;regint=0;audio_codecs=PCMU\n",
+        format!("<sip:caller@127.0.0.1>;regint=0;audio_codecs={codec}\n"),
     )
     .unwrap();
     std::fs::write(dir.join("contacts"), "").unwrap();
@@ -166,7 +185,7 @@ pub async fn baresip_call(
                 "poll_method\tepoll\nsip_listen\t127.0.0.1:{own_port}\nnet_interface\t127.0.0.1\n\
                  audio_source\taufile,{source}\naudio_player\taufile,{play}\naudio_alert\taufile,{play}\n\
                  rtp_ports\t{rtp_low}-{rtp_high}\nmodule_path\t/usr/lib/baresip/modules\n\
-                 module\tg711.so\nmodule\taufile.so\nmodule\tsndfile.so\n\
+                 module\t{module}\nmodule\taufile.so\nmodule\tsndfile.so\n\
                  module_app\taccount.so\nmodule_app\tmenu.so\nsnd_path\t{rec}\n",
                 source = source.display(),
                 play = dir.join("played.wav").display(),

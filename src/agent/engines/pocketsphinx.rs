@@ -19,7 +19,9 @@
 //! the same energy VAD that takes turns (long silences are not sent: the
 //! decoder does worse on them and they cost CPU; 300 ms before speech and
 //! 700 ms after it are kept, digital silence never), then upsampled to the
-//! 16 kHz the model wants.
+//! 16 kHz the model wants. On a wideband call (G.722, Opus) the gate
+//! decides on the 8 kHz frames but the codec's own 16 kHz audio is what
+//! goes to the model, with no resampling.
 //! A push never waits on the worker: frames go through a bounded queue to a
 //! writer task, and a worker more than ten seconds behind is an error.
 //!
@@ -450,6 +452,24 @@ impl SttStream for PocketSphinxStream {
         self.send_wide()
     }
 
+    /// On a wideband call the recognizer hears the codec's own 16 kHz
+    /// audio, not the 8 kHz frame brought back up: no resampling, and the
+    /// 4-8 kHz band that telephone speech recognition otherwise lacks. The
+    /// gate still decides on the 8 kHz frame.
+    async fn push_frame(
+        &mut self,
+        frame: &[i16],
+        wide: Option<&[i16]>,
+    ) -> Result<(), ProviderError> {
+        let Some(wide) = wide else {
+            return self.push(frame).await;
+        };
+        for f in self.gate.push_with(frame, wide) {
+            self.wide.extend_from_slice(&f);
+        }
+        self.send_wide()
+    }
+
     async fn end_of_turn(&mut self) -> Result<(), ProviderError> {
         // What is still queued belongs to earlier turns: partials nobody
         // read, or a final that came after its reader gave up.
@@ -500,6 +520,12 @@ impl Gate {
 
     /// The frames to send for this one (none, it, or the pre-roll and it).
     fn push(&mut self, frame: &[i16]) -> Vec<Vec<i16>> {
+        self.push_with(frame, frame)
+    }
+
+    /// [`Gate::push`] deciding on the 8 kHz `frame` but keeping and giving
+    /// `payload`, the same 20 ms in the form the recognizer gets.
+    fn push_with(&mut self, frame: &[i16], payload: &[i16]) -> Vec<Vec<i16>> {
         let voice = self.vad.is_voice(frame);
         if EnergyVad::level_dbfs(frame) < SILENT_DBFS {
             self.open = self.open.map(|n| n + 1).filter(|&n| n <= HANGOVER_FRAMES);
@@ -509,19 +535,19 @@ impl Gate {
             (_, true) => {
                 self.open = Some(0);
                 let mut out: Vec<Vec<i16>> = self.preroll.drain(..).collect();
-                out.push(frame.to_vec());
+                out.push(payload.to_vec());
                 out
             }
             (Some(n), false) if n < HANGOVER_FRAMES => {
                 self.open = Some(n + 1);
-                vec![frame.to_vec()]
+                vec![payload.to_vec()]
             }
             _ => {
                 self.open = None;
                 if self.preroll.len() == PREROLL_FRAMES {
                     self.preroll.pop_front();
                 }
-                self.preroll.push_back(frame.to_vec());
+                self.preroll.push_back(payload.to_vec());
                 Vec::new()
             }
         }

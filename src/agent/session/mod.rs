@@ -264,7 +264,7 @@ impl SessionIo {
         match event {
             PortEvent::Audio { frame, at, playout } => {
                 let at = self.since_epoch(at);
-                if self.stt.push(&frame.samples).await {
+                if self.stt.push(&frame.samples, frame.wide.as_deref()).await {
                     metrics::histogram!(AGENT_PIPELINE_OVERHEAD_SECONDS, "path" => "rtp_in_to_stt")
                         .record(self.now().saturating_sub(at).as_secs_f64());
                 }
@@ -506,6 +506,7 @@ mod tests {
             let frame = AudioFrame {
                 samples,
                 concealed: false,
+                wide: None,
             };
             let playout = playout(&queue);
             event_tx

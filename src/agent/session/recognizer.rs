@@ -25,7 +25,8 @@ type Opening = std::pin::Pin<
 pub(super) struct Recognizer {
     opening: Option<Opening>,
     stream: Option<Box<dyn SttStream>>,
-    early: VecDeque<Vec<i16>>,
+    /// Kept frames: 8 kHz, and 16 kHz when the call has it.
+    early: VecDeque<(Vec<i16>, Option<Vec<i16>>)>,
 }
 
 impl Recognizer {
@@ -56,8 +57,8 @@ impl Recognizer {
             Ok(stream) => {
                 self.stream = Some(stream);
                 let early = std::mem::take(&mut self.early);
-                for frame in early {
-                    if !self.push(&frame).await {
+                for (frame, wide) in early {
+                    if !self.push(&frame, wide.as_deref()).await {
                         break;
                     }
                 }
@@ -69,10 +70,11 @@ impl Recognizer {
         }
     }
 
-    /// Sends a frame (or keeps it while opening); whether it was sent.
-    pub(super) async fn push(&mut self, frame: &[i16]) -> bool {
+    /// Sends a frame, with its 16 kHz form when the call is wideband (or
+    /// keeps it while opening); whether it was sent.
+    pub(super) async fn push(&mut self, frame: &[i16], wide: Option<&[i16]>) -> bool {
         if let Some(s) = self.stream.as_mut() {
-            if let Err(e) = s.push(frame).await {
+            if let Err(e) = s.push_frame(frame, wide).await {
                 tracing::warn!(error = %e, "STT failed");
                 self.stream = None;
                 return false;
@@ -83,7 +85,8 @@ impl Recognizer {
             if self.early.len() == EARLY_FRAMES {
                 self.early.pop_front();
             }
-            self.early.push_back(frame.to_vec());
+            self.early
+                .push_back((frame.to_vec(), wide.map(<[i16]>::to_vec)));
         }
         false
     }
