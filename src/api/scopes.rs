@@ -174,6 +174,7 @@ pub const PUBLISHABLE: &str = "publishable";
 pub const TOKEN_ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/web-calls/{id}/whip"),
     ("DELETE", "/v1/web-calls/{id}/session"),
+    ("PATCH", "/v1/web-calls/{id}/session"),
 ];
 
 /// The scope name the document states for [`TOKEN_ROUTES`].
