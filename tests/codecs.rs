@@ -275,11 +275,18 @@ async fn an_offer_without_our_codecs_gets_488() {
     )
     .await;
     assert!(run.success, "{}\n{}", run.output, d.log());
-    let metrics = d.metrics().await;
-    assert!(
-        !metrics
+    // The call's task ends just after its 488 went out: the gauge follows
+    // within moments, never stays up.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = d.metrics().await;
+        let active = metrics
             .lines()
-            .any(|l| l.starts_with("agentline_calls_active") && !l.ends_with(" 0")),
-        "{metrics}"
-    );
+            .any(|l| l.starts_with("agentline_calls_active") && !l.ends_with(" 0"));
+        if !active {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

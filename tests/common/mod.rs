@@ -67,12 +67,24 @@ pub fn pg_admin_url() -> String {
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released; the daemon binds it
-/// right after, so a collision is unlikely and shows as a clear bind error).
+/// right after). Drawn from 10000-19999, below the kernel's ephemeral
+/// range (32768-60999 by default): a port-0 bind or an outgoing connection
+/// of a test running beside this one cannot take it between this check and
+/// the daemon's bind, as it could an ephemeral port (seen as "Address
+/// already in use" at the daemon's start).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7919);
+    for _ in 0..10_000 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        // 97 is coprime with 10,000: the walk visits every port once.
+        let port = 10_000 + (start.wrapping_add(n.wrapping_mul(97)) % 10_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free TCP port in 10000-19999");
 }
 
 /// A free UDP port on 127.0.0.1.
