@@ -355,29 +355,10 @@ struct KamailioTls {
 impl KamailioTls {
     fn start(certs: &Certs, users: &[(&str, &str)]) -> KamailioTls {
         let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("db");
-        std::fs::create_dir_all(&db).unwrap();
-        std::fs::write(
-            db.join("version"),
-            "table_name(string) table_version(int)\nsubscriber:7\nlocation:9\n",
-        )
-        .unwrap();
-        let mut subscribers = String::from(
-            "id(int,auto) username(string) domain(string) password(string) ha1(string,null) ha1b(string,null)\n",
-        );
-        for (i, (user, pass)) in users.iter().enumerate() {
-            subscribers.push_str(&format!("{}:{user}:127.0.0.1:{pass}:::\n", i + 1));
-        }
-        std::fs::write(db.join("subscriber"), subscribers).unwrap();
+        let db = common::kamailio_db(dir.path(), users);
         let udp_port = free_udp_port();
         let tls_port = free_port();
-        let mpath = [
-            "/usr/lib/x86_64-linux-gnu/kamailio/modules/",
-            "/usr/lib/kamailio/modules/",
-        ]
-        .into_iter()
-        .find(|p| Path::new(p).join("tm.so").exists())
-        .expect("kamailio modules are installed by scripts/test");
+        let mpath = common::kamailio_modules();
         assert!(
             Path::new(mpath).join("tls.so").exists(),
             "kamailio-tls-modules is installed by scripts/test"

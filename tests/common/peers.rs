@@ -18,33 +18,45 @@ pub struct Kamailio {
     dir: tempfile::TempDir,
 }
 
+/// Kamailio's text database (db_text) under `dir` with `users` as
+/// (username, password) subscribers of 127.0.0.1; returns its directory.
+pub fn kamailio_db(dir: &Path, users: &[(&str, &str)]) -> PathBuf {
+    let db = dir.join("db");
+    std::fs::create_dir_all(&db).unwrap();
+    std::fs::write(
+        db.join("version"),
+        "table_name(string) table_version(int)\nsubscriber:7\nlocation:9\n",
+    )
+    .unwrap();
+    let mut subscribers = String::from(
+        "id(int,auto) username(string) domain(string) password(string) ha1(string,null) ha1b(string,null)\n",
+    );
+    for (i, (user, pass)) in users.iter().enumerate() {
+        subscribers.push_str(&format!("{}:{user}:127.0.0.1:{pass}:::\n", i + 1));
+    }
+    std::fs::write(db.join("subscriber"), subscribers).unwrap();
+    db
+}
+
+/// Where Debian installs Kamailio's modules.
+pub fn kamailio_modules() -> &'static str {
+    [
+        "/usr/lib/x86_64-linux-gnu/kamailio/modules/",
+        "/usr/lib/kamailio/modules/",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).join("tm.so").exists())
+    .expect("kamailio modules are installed by scripts/test")
+}
+
 impl Kamailio {
     /// Starts Kamailio on 127.0.0.1 and a free port, with `users` as
     /// (username, password) in its user table.
     pub fn start(users: &[(&str, &str)]) -> Kamailio {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = dir.path().join("db");
-        std::fs::create_dir_all(&db).unwrap();
-        std::fs::write(
-            db.join("version"),
-            "table_name(string) table_version(int)\nsubscriber:7\nlocation:9\n",
-        )
-        .unwrap();
-        let mut subscribers = String::from(
-            "id(int,auto) username(string) domain(string) password(string) ha1(string,null) ha1b(string,null)\n",
-        );
-        for (i, (user, pass)) in users.iter().enumerate() {
-            subscribers.push_str(&format!("{}:{user}:127.0.0.1:{pass}:::\n", i + 1));
-        }
-        std::fs::write(db.join("subscriber"), subscribers).unwrap();
+        let db = kamailio_db(dir.path(), users);
         let port = free_udp_port();
-        let mpath = [
-            "/usr/lib/x86_64-linux-gnu/kamailio/modules/",
-            "/usr/lib/kamailio/modules/",
-        ]
-        .into_iter()
-        .find(|p| Path::new(p).join("tm.so").exists())
-        .expect("kamailio modules are installed by scripts/test");
+        let mpath = kamailio_modules();
         let cfg = include_str!("../peers/kamailio.cfg")
             .replace("@PORT@", &port.to_string())
             .replace("@DBDIR@", &db.display().to_string())
