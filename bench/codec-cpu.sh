@@ -9,6 +9,8 @@
 # packets that came back (the echo: 1.0 when nothing is lost). Bounded by
 # the call count and their length.
 # Usage: bench/codec-cpu.sh [CALLS] [WINDOW]   defaults: 500 20
+#   BENCH_BIN and BENCH_CLIENT: a daemon and a codec_load already built
+#   (e.g. to compare two builds with the same load generator)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,7 +20,12 @@ NUMBER=+14155552671
 ROOT=$PWD
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 
-cargo build --release --quiet --example codec_load
+if [ -n "${BENCH_CLIENT:-}" ]; then
+  LOAD=$BENCH_CLIENT
+else
+  cargo build --release --quiet --example codec_load
+  LOAD=$TARGET/release/examples/codec_load
+fi
 . bench/daemon.sh
 # The trunk speaks all three; each call offers one.
 start_daemon 'max_calls = 20000
@@ -35,7 +42,7 @@ echo
 echo "| codec | calls | up | failed | daemon CPU | CPU per call | echo returned |"
 echo "|---|---:|---:|---:|---:|---:|---:|"
 for codec in pcmu g722 opus; do
-  timeout $((WINDOW + 120)) "$TARGET/release/examples/codec_load" --sip "127.0.0.1:$SIP_PORT" \
+  timeout $((WINDOW + 120)) "$LOAD" --sip "127.0.0.1:$SIP_PORT" \
     --number "$NUMBER" --pid "$DAEMON" --codec "$codec" --calls "$CALLS" \
     --seconds $((WINDOW + CALLS / 100 + 10)) --window "$WINDOW" 2>>"$WORK/load.err"
   sleep 3

@@ -52,6 +52,8 @@ for mode in plain srtp; do
   # The calls' ends drain before the next mode.
   sleep 3
 done
-drops=$(curl -s "http://$API/metrics" | awk '/^agentline_srtp_auth_failures_total/ {s += $NF} END {print s + 0}')
+drops=$(curl -s "http://$API/metrics" | awk '/^agentline_srtp_auth_failures_total/ {
+  r = $1; sub(/.*reason="/, "", r); sub(/".*/, "", r); n[r] += $NF; s += $NF }
+  END { printf "%d (", s + 0; sep = ""; for (r in n) { printf "%s%s %d", sep, r, n[r]; sep = ", " } printf ")" }')
 echo
-echo "SRTP packets dropped (auth or replay) during the run: $drops"
+echo "SRTP packets dropped during the run: $drops"

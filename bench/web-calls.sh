@@ -11,7 +11,9 @@
 # The clients run on the same machine (their CPU is not counted).
 # Usage: bench/web-calls.sh [CALLS...]   default: 50 200
 #   TALK=20 (seconds of media per call once all are up), RAMP_MS=20
-#   (between call starts), BENCH_PROFILE=debug (a debug build, to try it)
+#   (between call starts), BENCH_PROFILE=debug (a debug build, to try it),
+#   BENCH_BIN and BENCH_CLIENT (a daemon and a web_call_client already
+#   built, e.g. to compare two builds with the same client)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,8 +31,12 @@ export AGENTLINE_WEBRTC__REQUESTS_PER_ADDRESS_PER_MINUTE=100000
 export AGENTLINE_WEBRTC__MAX_DURATION_SECONDS=3600
 profile=${BENCH_PROFILE:-release}
 cargo_profile=$profile; [ "$profile" = debug ] && cargo_profile=dev
-(cd "$ROOT" && cargo build --profile "$cargo_profile" --quiet --example web_call_client)
-CLIENT=${CARGO_TARGET_DIR:-$ROOT/target}/$profile/examples/web_call_client
+if [ -n "${BENCH_CLIENT:-}" ]; then
+  CLIENT=$BENCH_CLIENT
+else
+  (cd "$ROOT" && cargo build --profile "$cargo_profile" --quiet --example web_call_client)
+  CLIENT=${CARGO_TARGET_DIR:-$ROOT/target}/$profile/examples/web_call_client
+fi
 start_daemon ""
 json() { python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }
 AGENT=$(api /v1/agents -H 'content-type: application/json' \

@@ -15,6 +15,18 @@
 //! - Opus (RFC 7587): libopus encodes and decodes at 8 kHz itself, mono.
 //!   A stereo stream from the peer is mixed down by the decoder (RFC 7587
 //!   §3.4 lets the receiver do so); any frame size up to 120 ms decodes.
+//!   Web calls use the same encoder and decoder (`crate::webrtc::peer`).
+//!
+//! The Opus encoder runs at complexity 5 (`OPUS_COMPLEXITY`), not
+//! libopus' default 9 (1.3), and that is a quality trade-off: the encoder
+//! is most of an Opus call's CPU, and from 8 kHz input it codes SILK
+//! narrowband, where 5 takes about half the time of 9 (measured: ~60 µs
+//! against ~110-135 µs per 20 ms frame; BENCHMARKS.md). What 5 gives up
+//! is the wider search of SILK's noise-shaping quantiser and pitch
+//! analysis: a small loss a listener hears, if at all, at the lowest
+//! bitrates, far below what narrowband itself costs. WebRTC's own Opus
+//! encoder runs 5 on phones for the same reason. In-band FEC and the
+//! bitrate (libopus' VBR choice) stay as they were.
 //!
 //! A consumer that wants the wideband audio itself (the voice agent's
 //! recognizer) gets a second decoder, [`Decoder::wideband`], fed the same
@@ -47,6 +59,8 @@ pub const WIDE_RATE: u32 = 16_000;
 /// Largest Opus payload we write for one frame (RFC 7587 recommends
 /// well below the MTU; 20 ms of voice is ~40-80 bytes).
 const OPUS_MAX_PAYLOAD: usize = 400;
+/// The Opus encoder's complexity (0-10); the module doc says why 5.
+const OPUS_COMPLEXITY: i32 = 5;
 
 /// Why a codec could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +122,12 @@ impl Encoder {
                 // In-band FEC lets the far end recover a lost packet from
                 // the next one (RFC 7587 §3.3); harmless if unused.
                 let _ = encoder.set_inband_fec(true);
+                encoder
+                    .set_complexity(OPUS_COMPLEXITY)
+                    .map_err(|e| CodecError {
+                        codec,
+                        reason: e.to_string(),
+                    })?;
                 Encoder::Opus(Box::new(encoder))
             }
         })
@@ -371,6 +391,15 @@ mod tests {
             assert!(share > 0.8, "{codec:?}: {share}");
         }
         assert!(Decoder::wideband(Codec::Pcmu).unwrap().is_none());
+    }
+
+    #[test]
+    fn the_opus_encoder_runs_at_the_documented_complexity() {
+        let Encoder::Opus(mut opus) = Encoder::new(Codec::Opus).unwrap() else {
+            panic!("not an Opus encoder");
+        };
+        assert_eq!(opus.get_complexity().unwrap(), OPUS_COMPLEXITY);
+        assert!(opus.get_inband_fec().unwrap());
     }
 
     #[test]

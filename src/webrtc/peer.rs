@@ -1,12 +1,24 @@
 //! One browser's peer connection: ICE, DTLS-SRTP and the data channel by
 //! `str0m`, Opus by libopus, on one UDP socket, driven by one tokio task.
 //!
-//! The browser's audio is decoded once (Opus, 48 kHz), resampled once to
-//! 8 kHz and handed to the call's media session as the far end of an RTP
-//! leg on loopback ([`Bridge`]): the same session every phone call runs
-//! (jitter buffer, pacer, barge-in clearing, the agent's audio port), so
-//! a web call's agent runs exactly as a phone call's does. The session's
-//! 20 ms packets coming back are resampled to 48 kHz and encoded to Opus.
+//! The browser's audio is decoded once, by libopus straight to 8 kHz, and
+//! handed to the call's media session as the far end of an RTP leg on
+//! loopback ([`Bridge`]): the same session every phone call runs (jitter
+//! buffer, pacer, barge-in clearing, the agent's audio port), so a web
+//! call's agent runs exactly as a phone call's does. The session's 20 ms
+//! packets coming back are encoded to Opus from 8 kHz as they are.
+//!
+//! Why 8 kHz at the codec and no resampler: the session is 8 kHz, so
+//! nothing above 4 kHz exists on either side of the bridge. libopus takes
+//! and gives any of its rates itself (RFC 6716 §2: the coded bandwidth is
+//! independent of the API's rate; the RTP clock stays 48 kHz, RFC 7587
+//! §4.1), so decoding at 48 kHz to band-limit it back down, or upsampling
+//! 8 kHz to have the encoder code empty bands, only spent CPU (libopus
+//! at 48 kHz was 62 % of the daemon's CPU in a web call, and two FFT
+//! resamplers more; BENCHMARKS.md) for the same audio. The encoder then codes narrowband
+//! (what the browser plays is the same 4 kHz audio as before). The codec
+//! is the one SIP calls use ([`crate::media::codec`], whose module doc has
+//! the encoder's settings and why).
 //!
 //! The data channel carries JSON text: from the page, `{"type":"dtmf",
 //! "digit":"5"}` (a button press, handed on as a key) and
@@ -32,19 +44,16 @@ use tokio::task::JoinHandle;
 
 use super::trickle::{self, SdpFrag};
 
+use crate::media::codec::{Decoder, Encoder};
 use crate::media::g711::Codec as G711;
-use crate::media::resample::Resampler;
 
 /// The largest UDP datagram read.
 const MAX_DATAGRAM: usize = 2048;
-/// Samples of one 20 ms frame at 48 kHz (Opus) and at 8 kHz (the session).
-const FRAME_48K: usize = 960;
+/// Samples of one 20 ms frame of the session's 8 kHz audio.
 const FRAME_8K: usize = 160;
-/// The longest Opus frame libopus decodes: 120 ms at 48 kHz.
-const MAX_OPUS_FRAME: usize = 5760;
-/// The largest Opus packet we make (RFC 6716 §3.4 bounds a frame at 1275
-/// bytes).
-const MAX_OPUS_PACKET: usize = 1500;
+/// RTP timestamp units of one 20 ms Opus frame: the clock is 48 kHz
+/// whatever the rate coded (RFC 7587 §4.1).
+const FRAME_RTP_TICKS: u64 = 960;
 /// How long ICE and DTLS may take before the peer gives up.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// RTP payload type the bridge uses for PCMU (RFC 3551 §6, static).
@@ -199,12 +208,8 @@ pub async fn start(offer: &str, at: PeerAddress, bridge: Bridge) -> Result<Peer,
         .sdp_api()
         .accept_offer(offer)
         .map_err(|e| PeerError::Refused(e.to_string()))?;
-    let encoder = opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip)
-        .map_err(|e| PeerError::Opus(e.to_string()))?;
-    let decoder = opus::Decoder::new(48_000, opus::Channels::Mono)
-        .map_err(|e| PeerError::Opus(e.to_string()))?;
-    let up = Resampler::new(8_000, 48_000).map_err(|e| PeerError::Opus(e.to_string()))?;
-    let down = Resampler::new(48_000, 8_000).map_err(|e| PeerError::Opus(e.to_string()))?;
+    let encoder = Encoder::new(G711::Opus).map_err(|e| PeerError::Opus(e.to_string()))?;
+    let decoder = Decoder::new(G711::Opus).map_err(|e| PeerError::Opus(e.to_string()))?;
     let (event_tx, events) = mpsc::channel(64);
     let (commands, command_rx) = mpsc::channel(64);
     let task = PeerTask {
@@ -219,10 +224,8 @@ pub async fn start(offer: &str, at: PeerAddress, bridge: Bridge) -> Result<Peer,
         channel: None,
         encoder,
         decoder,
-        up,
-        down,
         to_session: Vec::with_capacity(FRAME_8K * 4),
-        to_browser: Vec::with_capacity(FRAME_48K * 2),
+        to_browser: Vec::with_capacity(FRAME_8K * 2),
         rtp_out: RtpOut::new(),
         opus_time: 0,
         connected: false,
@@ -305,15 +308,12 @@ struct PeerTask {
     audio_mid: Option<Mid>,
     /// The page's data channel, once open.
     channel: Option<ChannelId>,
-    encoder: opus::Encoder,
-    decoder: opus::Decoder,
-    /// 8 kHz session audio up to 48 kHz for Opus.
-    up: Resampler,
-    /// 48 kHz browser audio down to 8 kHz for the session.
-    down: Resampler,
-    /// Browser audio at 8 kHz not yet making a whole 20 ms packet.
+    /// Opus from and to the session's 8 kHz.
+    encoder: Encoder,
+    decoder: Decoder,
+    /// Browser audio not yet making a whole 20 ms packet.
     to_session: Vec<i16>,
-    /// Session audio at 48 kHz not yet making a whole Opus frame.
+    /// Session audio not yet making a whole 20 ms Opus frame.
     to_browser: Vec<i16>,
     rtp_out: RtpOut,
     /// RTP time of the next Opus frame we send (48 kHz units).
@@ -467,24 +467,13 @@ impl PeerTask {
     /// One Opus packet from the browser, to the session as 20 ms PCMU.
     fn browser_audio(&mut self, packet: &[u8]) {
         self.stats.opus_in += 1;
-        let mut pcm = [0i16; MAX_OPUS_FRAME];
-        let n = match self.decoder.decode(packet, &mut pcm, false) {
-            Ok(n) => n,
-            Err(e) => {
-                self.stats.decode_errors += 1;
-                tracing::debug!(error = %e, "opus packet not decoded");
-                return;
-            }
-        };
-        if self
-            .down
-            .push(&pcm[..n.min(MAX_OPUS_FRAME)], &mut self.to_session)
-            .is_err()
-        {
+        if !self.decoder.decode_into(packet, &mut self.to_session) {
+            self.stats.decode_errors += 1;
             return;
         }
+        let mut payload = Vec::with_capacity(FRAME_8K);
         while self.to_session.len() >= FRAME_8K {
-            let mut payload = Vec::with_capacity(FRAME_8K);
+            payload.clear();
             G711::Pcmu.encode_into(&self.to_session[..FRAME_8K], &mut payload);
             self.to_session.drain(..FRAME_8K);
             let packet = self.rtp_out.packet(&payload);
@@ -499,31 +488,27 @@ impl PeerTask {
         let Some(payload) = pcmu_payload(packet) else {
             return;
         };
-        let mut pcm = Vec::with_capacity(payload.len());
-        G711::Pcmu.decode_into(payload, &mut pcm);
-        if self.up.push(&pcm, &mut self.to_browser).is_err() {
-            return;
-        }
-        while self.to_browser.len() >= FRAME_48K {
-            let frame: Vec<i16> = self.to_browser.drain(..FRAME_48K).collect();
-            self.send_opus(&frame);
+        G711::Pcmu.decode_into(payload, &mut self.to_browser);
+        while self.to_browser.len() >= FRAME_8K {
+            self.send_opus();
+            self.to_browser.drain(..FRAME_8K);
         }
     }
 
-    fn send_opus(&mut self, frame: &[i16]) {
+    /// The first 20 ms of `to_browser`, to the browser as one Opus frame.
+    fn send_opus(&mut self) {
         let time = MediaTime::new(self.opus_time, str0m::media::Frequency::FORTY_EIGHT_KHZ);
-        self.opus_time += FRAME_48K as u64;
+        self.opus_time += FRAME_RTP_TICKS;
         let (Some(mid), true) = (self.audio_mid, self.connected) else {
             return;
         };
-        let mut out = [0u8; MAX_OPUS_PACKET];
-        let n = match self.encoder.encode(frame, &mut out) {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::debug!(error = %e, "opus frame not encoded");
-                return;
-            }
-        };
+        let mut payload = Vec::new();
+        if !self
+            .encoder
+            .encode_into(&self.to_browser[..FRAME_8K], &mut payload)
+        {
+            return;
+        }
         let Some(writer) = self.rtc.writer(mid) else {
             return;
         };
@@ -534,7 +519,7 @@ impl PeerTask {
         else {
             return;
         };
-        match writer.write(pt, Instant::now(), time, out[..n].to_vec()) {
+        match writer.write(pt, Instant::now(), time, payload) {
             Ok(()) => self.stats.opus_out += 1,
             Err(e) => tracing::debug!(error = %e, "opus frame not sent"),
         }
