@@ -27,6 +27,8 @@
 #     defaults: "500 1000 1500 2000" 10 1000
 #   BIN=path/to/agentline  measures that binary (for example main's) instead
 #     of building this checkout; EXAMPLE=path/to/webhook_bench likewise.
+#   WEBHOOKS_TOML="concurrency = 256; batch_size = 200": settings added to
+#     the daemon's [webhooks] for the webhook run (`;` separates lines).
 #   AGENTLINE_BENCH_PG: admin URL (default postgres://postgres:postgres@127.0.0.1:5432/postgres),
 #     or `private`: a PostgreSQL cluster of its own (bench/pg-private.sh),
 #     whose CPU is all the bench's, and whose pg_stat_statements gives,
@@ -203,7 +205,7 @@ for rate in $RATES; do
 done
 echo
 echo "Highest offered rate sustained (no failed call, achieved within 5% of offered): **$best CPS**."
-[ -z "$PRIVATE" ] || cat "$WORK/statements.md"
+[ -z "$PRIVATE" ] || [ ! -e "$WORK/statements.md" ] || cat "$WORK/statements.md"
 echo
 echo "### Call webhooks at $WEBHOOK_RATE CPS on PostgreSQL (one endpoint; created to arrival)"
 echo
@@ -211,7 +213,7 @@ echo "| store | offered CPS | calls | answered | failed | mean INVITE to 200 ms 
 echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 [ -z "$PRIVATE" ] || pg_private_reset
 "$EXAMPLE" --mode calls --backend postgres --rate "$WEBHOOK_RATE" --seconds "$SECONDS_" \
-  --binary "$BIN" --pg-admin "$PG"
+  --binary "$BIN" --pg-admin "$PG" --webhooks-toml "${WEBHOOKS_TOML:-}"
 if [ -n "$PRIVATE" ]; then
   echo
   echo "#### Statements with the endpoint ($((WEBHOOK_RATE * SECONDS_)) calls offered; the bench's set-up included)"

@@ -43,6 +43,8 @@ use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 
 type Seen = Arc<Mutex<HashMap<String, chrono::DateTime<chrono::Utc>>>>;
+/// Each event's `created_at` and its milliseconds to first arrival, by id.
+type Lags = Arc<Mutex<HashMap<String, (chrono::DateTime<chrono::Utc>, f64)>>>;
 
 struct Args {
     mode: String,
@@ -55,6 +57,8 @@ struct Args {
     seconds: u32,
     binary: String,
     pg_admin: String,
+    /// TOML lines added to the daemon's `[webhooks]` (`concurrency = 256`).
+    webhooks_toml: String,
 }
 
 fn args() -> Args {
@@ -67,6 +71,7 @@ fn args() -> Args {
         seconds: 10,
         binary: "target/release/agentline".into(),
         pg_admin: "postgres://postgres@127.0.0.1:5432/postgres".into(),
+        webhooks_toml: String::new(),
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     for pair in argv.chunks(2) {
@@ -80,6 +85,7 @@ fn args() -> Args {
             "--seconds" => a.seconds = v.parse().expect("--seconds N"),
             "--binary" => a.binary = v,
             "--pg-admin" => a.pg_admin = v,
+            "--webhooks-toml" => a.webhooks_toml = v,
             other => panic!("unknown argument {other}"),
         }
     }
@@ -89,8 +95,9 @@ fn args() -> Args {
 struct Receiver {
     secret: Arc<Mutex<String>>,
     seen: Seen,
-    /// Milliseconds from each event's `created_at` to its first arrival.
-    lag: Arc<Mutex<HashMap<String, f64>>>,
+    /// Each event's `created_at` and the milliseconds from it to the
+    /// event's first arrival.
+    lag: Lags,
     bad: Arc<Mutex<u64>>,
 }
 
@@ -115,14 +122,22 @@ async fn receive(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Bytes
         *r.bad.lock().unwrap() += 1;
         return StatusCode::UNAUTHORIZED;
     }
-    if let Some(created) = serde_json::from_slice::<Value>(&body).ok().and_then(|v| {
-        v["created_at"]
-            .as_str()?
-            .parse::<chrono::DateTime<chrono::Utc>>()
-            .ok()
-    }) {
+    // Only the creation time is read (borrowed, no tree of the body): the
+    // receiver shares the daemon's cores, so it should cost little.
+    #[derive(serde::Deserialize)]
+    struct Created<'a> {
+        created_at: &'a str,
+    }
+    if let Some(created) = serde_json::from_slice::<Created<'_>>(&body)
+        .ok()
+        .and_then(|v| v.created_at.parse::<chrono::DateTime<chrono::Utc>>().ok())
+    {
         let ms = (at - created).num_microseconds().unwrap_or(0) as f64 / 1000.0;
-        r.lag.lock().unwrap().entry(id.clone()).or_insert(ms);
+        r.lag
+            .lock()
+            .unwrap()
+            .entry(id.clone())
+            .or_insert((created, ms));
     }
     r.seen.lock().unwrap().entry(id).or_insert(at);
     StatusCode::NO_CONTENT
@@ -230,9 +245,10 @@ async fn main() {
     let config = format!(
         "[api]\nlisten = \"127.0.0.1:{api_port}\"\n[sip]\nlisten = \"127.0.0.1:{}\"\n\
          [store]\nurl = \"{store_url}\"\n[profiles]\ndir = \"{}\"\n[log]\nlevel = \"warn\"\n\
-         [webhooks]\nallowed_networks = [\"127.0.0.0/8\"]\n",
+         [webhooks]\nallowed_networks = [\"127.0.0.0/8\"]\n{}\n",
         sip_port,
-        profiles.display()
+        profiles.display(),
+        a.webhooks_toml.replace(';', "\n")
     );
     let config_path = dir.path().join("agentline.toml");
     std::fs::write(&config_path, config).expect("config");
@@ -471,6 +487,8 @@ async fn calls_mode(
     )
     .await;
     let calls = a.rate * a.seconds;
+    let daemon_cpu0 = cpu_seconds(d.child.id());
+    let receiver_cpu0 = cpu_seconds(std::process::id());
     let stats = std::env::temp_dir().join(format!("webhook-bench-{}.csv", std::process::id()));
     let sipp = tokio::process::Command::new("timeout")
         .arg(format!("{}", a.seconds + 100))
@@ -546,7 +564,32 @@ async fn calls_mode(
             f64::NAN
         }
     };
-    let mut lag: Vec<f64> = receiver.lag.lock().unwrap().values().copied().collect();
+    // How long the daemon's requests took (its histogram): a worker short
+    // of request slots shows here, not in its CPU.
+    if let Ok(r) = d
+        .http
+        .get(format!("{}/metrics", d.api))
+        .bearer_auth(&d.key)
+        .send()
+        .await
+    {
+        let text = r.text().await.unwrap_or_default();
+        for line in text.lines().filter(|l| {
+            l.starts_with("agentline_webhook_attempt_duration_seconds")
+                || l.starts_with("agentline_webhook_outbox")
+        }) {
+            eprintln!("{line}");
+        }
+    }
+    let cpu_daemon = cpu_seconds(d.child.id()) - daemon_cpu0;
+    let cpu_receiver = cpu_seconds(std::process::id()) - receiver_cpu0;
+    eprintln!(
+        "CPU-s over the run: daemon {cpu_daemon:.1}, bench process (the receiver) {cpu_receiver:.1}"
+    );
+    let by_arrival: Vec<(chrono::DateTime<chrono::Utc>, f64)> =
+        receiver.lag.lock().unwrap().values().copied().collect();
+    timeline(&by_arrival);
+    let mut lag: Vec<f64> = by_arrival.iter().map(|x| x.1).collect();
     lag.sort_by(|x, y| x.total_cmp(y));
     let delivered = lag.len();
     let expected = if a.deliver {
@@ -590,5 +633,44 @@ async fn calls_mode(
     );
     if !sipp.success() {
         eprintln!("sipp exited with {sipp}");
+    }
+}
+
+/// User and system CPU seconds of process `pid` so far (0 when unreadable).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command's closing parenthesis; utime and stime
+    // are the 14th and 15th of the line (clock ticks, 100 a second here).
+    let rest = stat.rsplit_once(')').map_or("", |x| x.1);
+    let field = |n: usize| -> f64 {
+        rest.split_whitespace()
+            .nth(n - 3)
+            .and_then(|x| x.parse().ok())
+            .unwrap_or(0.0)
+    };
+    (field(14) + field(15)) / 100.0
+}
+
+/// On stderr, per second of creation: events made, and their p50 and p99
+/// created->arrival, so a backlog's start and end can be seen.
+fn timeline(events: &[(chrono::DateTime<chrono::Utc>, f64)]) {
+    let Some(first) = events.iter().map(|e| e.0).min() else {
+        return;
+    };
+    let mut per: std::collections::BTreeMap<i64, Vec<f64>> = std::collections::BTreeMap::new();
+    for (at, ms) in events {
+        per.entry((*at - first).num_seconds())
+            .or_default()
+            .push(*ms);
+    }
+    eprintln!("second | events | p50 ms | p99 ms");
+    for (second, mut v) in per {
+        v.sort_by(|x, y| x.total_cmp(y));
+        eprintln!(
+            "{second} | {} | {:.0} | {:.0}",
+            v.len(),
+            percentile(&v, 0.5),
+            percentile(&v, 0.99)
+        );
     }
 }

@@ -137,11 +137,11 @@ async fn transitions_share_transactions_in_order() {
         tasks.spawn(async move {
             let id = format!("call_batch{n:04}");
             outbox.call_created(inbound(&id)).await.unwrap();
-            outbox.call_answered(&id).await.unwrap();
+            outbox.call_answered(&id, None).await.unwrap();
             outbox.call_ended(&id, ended()).await.unwrap();
             // Past that state: no row matches, nothing is written.
             assert!(matches!(
-                outbox.call_answered(&id).await,
+                outbox.call_answered(&id, None).await,
                 Err(StoreError::NotFound)
             ));
         });
@@ -181,6 +181,140 @@ async fn transitions_share_transactions_in_order() {
     store.close().await;
 }
 
+/// With the worker's direct lane open and a place free in its line, a
+/// fresh delivery is written leased to the worker and handed over after
+/// the commit, without a claim and without a wake-up; without a place (or
+/// with the lane closed) it is written for a claim as before. A handed row is a
+/// claimed row: a claim skips it, and only its lease token records it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_deliveries_skip_the_claim() {
+    use agentline::store::deliveries::{AttemptResult, NextState};
+    let (d, store) = fresh_store().await;
+    let lease = chrono::Duration::seconds(60);
+    let (lane, mut handed) = store.direct_lane(2, lease).unwrap();
+    assert!(
+        store.direct_lane(2, lease).is_none(),
+        "one worker has the lane"
+    );
+    let outbox = Outbox::new(store.clone());
+
+    // Closed (as until the worker's first claim comes back short).
+    let mark = store.deliveries_written();
+    outbox.call_created(inbound("call_direct_a")).await.unwrap();
+    assert_eq!(store.deliveries_written(), mark + 1, "left for a claim");
+    assert!(handed.try_recv().is_err());
+
+    // Open, two places: two handed, the third left for a claim.
+    lane.set_open(true);
+    let mark = store.deliveries_written();
+    for id in ["call_direct_b", "call_direct_c", "call_direct_d"] {
+        outbox.call_created(inbound(id)).await.unwrap();
+    }
+    assert_eq!(
+        store.deliveries_written(),
+        mark + 1,
+        "only the one without a place"
+    );
+    let first = handed.try_recv().unwrap();
+    let second = handed.try_recv().unwrap();
+    assert!(handed.try_recv().is_err());
+    let left = first.lease_until - chrono::Utc::now();
+    assert!(
+        left > chrono::Duration::seconds(50) && left <= lease,
+        "{left}"
+    );
+    let mut calls: Vec<_> = [&first, &second]
+        .iter()
+        .map(|h| h.claimed.call_id.clone().unwrap())
+        .collect();
+    calls.sort();
+    assert_eq!(calls, ["call_direct_b", "call_direct_c"]);
+    let c = &first.claimed;
+    assert_eq!((c.attempts, c.retry_step, c.retry_until), (0, 0, None));
+    assert_eq!(c.event_type, "call.ringing");
+    assert_eq!(c.url, "http://127.0.0.1:9/");
+    assert!(c.secret.starts_with("whsec_"));
+    let payload: Value = serde_json::from_str(&c.payload).unwrap();
+    assert_eq!(payload["id"], c.event_id.as_str());
+    assert_eq!(payload["data"]["id"], c.call_id.as_deref().unwrap());
+
+    // In the table: leased with the token handed, until about the lease.
+    let mut conn = sqlx::PgConnection::connect(&d.store_url).await.unwrap();
+    let (token, until): (Option<String>, Option<chrono::DateTime<chrono::Utc>>) =
+        sqlx::query_as("SELECT lease_token, lease_until FROM webhook_deliveries WHERE id = $1")
+            .bind(&c.delivery_id)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(token.as_deref(), Some(c.lease_token.as_str()));
+    let left = until.unwrap() - chrono::Utc::now();
+    assert!(
+        left > chrono::Duration::seconds(50) && left <= lease,
+        "{left}"
+    );
+
+    // A claim takes only the rows left for it.
+    let claimed = store
+        .claim_deliveries(chrono::Utc::now() + lease, 10)
+        .await
+        .unwrap();
+    let mut claimed: Vec<_> = claimed.into_iter().map(|c| c.call_id.unwrap()).collect();
+    claimed.sort();
+    assert_eq!(claimed, ["call_direct_a", "call_direct_d"]);
+
+    // A handed row holds its place until the worker starts it (drops it):
+    // with both taken the next is left for a claim, with one given back
+    // the next is handed.
+    let mark = store.deliveries_written();
+    outbox.call_created(inbound("call_direct_e")).await.unwrap();
+    assert_eq!(store.deliveries_written(), mark + 1, "the line is full");
+    drop(second);
+    outbox.call_created(inbound("call_direct_f")).await.unwrap();
+    assert_eq!(store.deliveries_written(), mark + 1, "a place came back");
+    let next = handed.try_recv().unwrap();
+    assert_eq!(next.claimed.call_id.as_deref(), Some("call_direct_f"));
+
+    // The handed row records as a claimed one: with its token only.
+    let result = |token: &str| AttemptResult {
+        delivery_id: c.delivery_id.clone(),
+        lease_token: token.to_owned(),
+        endpoint_id: c.endpoint_id.clone(),
+        attempt: 1,
+        status_code: Some(204),
+        latency_ms: 1,
+        outcome: "success",
+        reason: "2xx".into(),
+        error: None,
+        started_at: chrono::Utc::now(),
+        next: NextState::Succeeded,
+        retry_step: 1,
+        retry_until: chrono::Utc::now() + chrono::Duration::hours(24),
+        disable_endpoint: false,
+    };
+    const STATUS: &str = "SELECT status FROM webhook_deliveries WHERE id = $1";
+    store
+        .record_attempts(&[result("lease_other")])
+        .await
+        .unwrap();
+    let status: String = sqlx::query_scalar(STATUS)
+        .bind(&c.delivery_id)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(status, "pending", "another lease's result moves nothing");
+    store
+        .record_attempts(&[result(&c.lease_token)])
+        .await
+        .unwrap();
+    let status: String = sqlx::query_scalar(STATUS)
+        .bind(&c.delivery_id)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(status, "succeeded");
+    store.close().await;
+}
+
 /// Two transitions of one call in flight at once (the dialog write races
 /// the end, as the call layer spawns it) may share a batch, where the
 /// transitions of many calls run as one statement: they still run one
@@ -198,7 +332,7 @@ async fn racing_transitions_of_one_call_keep_their_order() {
         tasks.spawn(async move {
             let id = format!("call_race{n:04}");
             outbox.call_created(inbound(&id)).await.unwrap();
-            outbox.call_answered(&id).await.unwrap();
+            outbox.call_answered(&id, None).await.unwrap();
             let dialog = format!("{{\"n\":{n}}}");
             let (stored, end) = tokio::join!(
                 store.call_dialog(&id, &dialog),

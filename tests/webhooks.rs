@@ -383,7 +383,7 @@ async fn call_events_carry_the_call_and_its_sequence(backend: Backend) {
         })
         .await
         .unwrap();
-    outbox.call_answered(&call_id).await.unwrap();
+    outbox.call_answered(&call_id, None).await.unwrap();
     outbox.call_dtmf(&call_id, '5').await.unwrap();
     let ended = || EndFields {
         status: CallStatus::Completed,
@@ -397,7 +397,7 @@ async fn call_events_carry_the_call_and_its_sequence(backend: Backend) {
     assert_eq!(call.event_seq, 4);
     // A transition that does not apply writes no event.
     assert!(outbox.call_ended(&call_id, ended()).await.is_err());
-    assert!(outbox.call_answered("call_missing").await.is_err());
+    assert!(outbox.call_answered("call_missing", None).await.is_err());
     let recs = rx
         .wait_until(Duration::from_secs(10), |r| r.len() >= 4)
         .await;

@@ -284,7 +284,8 @@ const DIALOG: &str = concat!(
     call_columns!()
 );
 // The dialog column holds what a CANCEL needs until the answer, then what
-// a BYE needs (DIALOG): an answered call's is never replaced from here.
+// a BYE needs (written with ANSWERED, and by DIALOG when a Replaces moves
+// the call): an answered call's is never replaced from here.
 const DIALING: &str = concat!(
     "UPDATE calls SET sip_call_id = $2, updated_at = $3,
         dialog = CASE WHEN answered_at IS NULL THEN COALESCE($4, dialog) ELSE dialog END,
@@ -299,7 +300,8 @@ const RINGING: &str = concat!(
 );
 const ANSWERED: &str = concat!(
     "UPDATE calls SET status = 'in-progress', answered_at = $2, sip_code = 200, sip_reason = 'OK',
-        ringing_at = COALESCE(ringing_at, $2), updated_at = $2, event_seq = event_seq + 1
+        ringing_at = COALESCE(ringing_at, $2), updated_at = $2, event_seq = event_seq + 1,
+        dialog = COALESCE($3, dialog)
      WHERE id = $1 AND status IN ('queued', 'ringing') RETURNING ",
     call_columns!()
 );
@@ -434,7 +436,8 @@ impl Store {
     }
 
     /// Stores the state needed to end the established call `id` without
-    /// its node (JSON, see `sip::DialogState`); nothing once it ended.
+    /// its node (JSON, see `sip::DialogState`) after its dialog changed
+    /// (the answer writes the first); nothing once it ended.
     pub async fn call_dialog(&self, id: &str, dialog: &str) -> Result<CallRecord> {
         let values = vec![id.into(), dialog.into()];
         self.transition(DIALOG, values, None).await
@@ -518,8 +521,13 @@ impl Store {
     }
 
     /// Answered (200 OK and ACK): `in-progress`, SIP code 200.
-    pub async fn call_answered(&self, id: &str, emit: Emit) -> Result<CallRecord> {
-        let values = vec![id.into(), super::now().into()];
+    pub async fn call_answered(
+        &self,
+        id: &str,
+        dialog: Option<&str>,
+        emit: Emit,
+    ) -> Result<CallRecord> {
+        let values = vec![id.into(), super::now().into(), dialog.into()];
         self.transition(ANSWERED, values, emit).await
     }
 

@@ -8,10 +8,24 @@
 //! the holder of the token can record the result. A worker that dies leaves
 //! the lease to expire, and the row is claimed again.
 //!
+//! On PostgreSQL a fresh delivery can skip the claim: when this process's
+//! worker has caught up and has room in its line, the group commit
+//! ([`super::pg_commit`]) writes the row already leased to it and, once the
+//! transaction commits, hands it over through the worker's
+//! [`DirectLane`]. The row is a claimed row like any other:
+//! a worker killed before recording it leaves the lease to expire, and any
+//! daemon claims it then (at least once). What this saves is a statement
+//! and a row version per delivery (the claim's `UPDATE` and its read of the
+//! event), and the wait between the commit and the next claim.
+//!
 //! Must not: decide retries or sign (that is `webhook`); it stores what it is
 //! told.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use chrono::{DateTime, Utc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use super::{Page, Pool, Result, Store, StoreError, Window, on_pool};
 use crate::ids;
@@ -112,6 +126,70 @@ pub enum DeliveryScope<'a> {
 pub struct OutboxStats {
     pub pending: i64,
     pub oldest: Option<DateTime<Utc>>,
+}
+
+/// A fresh delivery handed to this process's worker without a claim: the
+/// row is committed, leased to `claimed.lease_token` until `lease_until`,
+/// and `place` is its place in the worker's line.
+#[derive(Debug)]
+pub struct Handed {
+    pub claimed: Claimed,
+    pub lease_until: DateTime<Utc>,
+    pub place: OwnedSemaphorePermit,
+}
+
+/// The way from the group commit to this process's worker (PostgreSQL).
+/// The worker opens it while nothing older waits in the table (its last
+/// claim was not full) and closes it when deliveries are left there, so a
+/// handed row never jumps a queue.
+///
+/// A handed row takes a place in the worker's line when it is written and
+/// a request slot only once it is handed (the slots go to the line in its
+/// order). A slot taken at the write would be held through the batch's
+/// commit: at 1,000 calls a second the commits, not the requests, used
+/// the slots up, rows were left for claims, and a claim that comes back
+/// full keeps the lane closed, so nearly every delivery went the dearer
+/// way of claims and they fell seconds behind (issue 16). The line is
+/// long (many rounds of slots) and costs only memory; a row whose lease
+/// runs short while it waits is not sent but left to expire and be
+/// claimed (the worker checks), so no request goes out on a lease that
+/// may lapse. Only with the line full is a row left for a claim.
+#[derive(Debug)]
+pub struct DirectLane {
+    /// The places in the worker's line.
+    places: Arc<Semaphore>,
+    /// Whether fresh deliveries may be handed now.
+    open: AtomicBool,
+    /// How long a handed row stays leased (as a claim's lease).
+    lease: chrono::Duration,
+    tx: mpsc::UnboundedSender<Handed>,
+}
+
+impl DirectLane {
+    /// Opens (the table has nothing due for this worker) or closes it.
+    pub fn set_open(&self, open: bool) {
+        self.open.store(open, Ordering::Release);
+    }
+
+    /// A place in line for a fresh delivery, if the lane is open and one
+    /// is free now.
+    pub(crate) fn reserve(&self) -> Option<OwnedSemaphorePermit> {
+        if !self.open.load(Ordering::Acquire) {
+            return None;
+        }
+        self.places.clone().try_acquire_owned().ok()
+    }
+
+    /// When a row written now and handed stops being leased.
+    pub(crate) fn lease_until(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        now + self.lease
+    }
+
+    /// Hands a committed, leased delivery over. A worker that stopped has
+    /// dropped its end: the row then waits for its lease to expire.
+    pub(crate) fn hand(&self, handed: Handed) {
+        let _ = self.tx.send(handed);
+    }
 }
 
 const CLAIM_SQLITE: &str = "UPDATE webhook_deliveries SET lease_until = $1, lease_token = $2, updated_at = $3
@@ -260,6 +338,27 @@ async fn record_attempts_pg(
 }
 
 impl Store {
+    /// The direct lane for this process's worker, with a line of `places`
+    /// and rows leased for `lease`: the lane (closed until the worker opens
+    /// it) and its receiving end. `None` on SQLite (its
+    /// commit thread writes rows for the claim) or when a worker has it
+    /// already.
+    pub fn direct_lane(
+        &self,
+        places: usize,
+        lease: chrono::Duration,
+    ) -> Option<(Arc<DirectLane>, mpsc::UnboundedReceiver<Handed>)> {
+        let commit = self.pg_commit.as_ref()?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let lane = Arc::new(DirectLane {
+            places: Arc::new(Semaphore::new(places)),
+            open: AtomicBool::new(false),
+            lease,
+            tx,
+        });
+        commit.set_lane(lane.clone()).then_some((lane, rx))
+    }
+
     /// Leases up to `limit` due deliveries of enabled endpoints until
     /// `lease_until` and returns them with their payload and endpoint.
     pub async fn claim_deliveries(

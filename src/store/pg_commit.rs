@@ -29,13 +29,20 @@
 //! and answer `NotFound`, as a lone transaction's caller would have had an
 //! error it could not tell from a rollback.)
 //!
+//! A delivery to an endpoint is written already leased to this process's
+//! worker, and handed to it after the commit, when the worker's
+//! [`DirectLane`] is open and has room in its line (see
+//! [`super::deliveries`]); the others are written for a claim, and only
+//! they wake a worker (this one through [`super::Store::deliveries_written`],
+//! the others by the NOTIFY).
+//!
 //! Must not: run anything but the call path's short transitions (every job
 //! queued behind a batch waits for it), or hold a transaction across
 //! anything but its own statements.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgPool;
@@ -44,6 +51,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::calls::{CallRecord, Emit};
 use super::commit::{Value, bind_values};
+use super::deliveries::{Claimed, DirectLane, Handed};
 use super::events::{Fanout, NewEvent, subscription_pattern};
 use super::notify::Notices;
 use super::{Result, StoreError};
@@ -68,17 +76,35 @@ const INSERT_EVENTS: &str = "WITH ev AS (
     ORDER BY ord
     RETURNING 1),
 dl AS (
-    INSERT INTO webhook_deliveries (id, event_id, endpoint_id, status, next_attempt_at, created_at, updated_at)
-    SELECT id, event_id, endpoint_id, 'pending', at, at, at
-    FROM unnest($8::text[], $9::text[], $10::text[], $11::timestamptz[]) AS d(id, event_id, endpoint_id, at)
+    INSERT INTO webhook_deliveries (id, event_id, endpoint_id, status, next_attempt_at, created_at, updated_at,
+        lease_until, lease_token)
+    SELECT id, event_id, endpoint_id, 'pending', at, at, at, lease_until, lease_token
+    FROM unnest($8::text[], $9::text[], $10::text[], $11::timestamptz[], $15::timestamptz[], $16::text[])
+         AS d(id, event_id, endpoint_id, at, lease_until, lease_token)
     RETURNING 1)
 SELECT pg_notify($13, $14)";
 
-/// Every enabled endpoint and the event types it subscribes to (a JSON
-/// array), read once a batch; matched as [`super::events::SUBSCRIBED_ENDPOINTS`]
-/// matches one type.
+/// Every enabled endpoint, the event types it subscribes to (a JSON
+/// array) and what a request to it needs (for a delivery handed to the
+/// worker), read once a batch; matched as
+/// [`super::events::SUBSCRIBED_ENDPOINTS`] matches one type.
 const ENABLED_ENDPOINTS: &str =
-    "SELECT id, events, livemode FROM webhook_endpoints WHERE enabled ORDER BY id";
+    "SELECT id, events, livemode, url, secret, previous_secret, previous_secret_expires_at,
+        include_transcript
+     FROM webhook_endpoints WHERE enabled ORDER BY id";
+
+/// A row of [`ENABLED_ENDPOINTS`].
+#[derive(sqlx::FromRow)]
+struct Endpoint {
+    id: String,
+    events: String,
+    livemode: bool,
+    url: String,
+    secret: String,
+    previous_secret: Option<String>,
+    previous_secret_expires_at: Option<DateTime<Utc>>,
+    include_transcript: bool,
+}
 
 /// One call transition: a statement of `super::calls` that returns the row,
 /// and the event to render from it.
@@ -102,6 +128,8 @@ struct Shared {
     deliveries: Arc<AtomicU64>,
     /// The NOTIFY that wakes the other nodes.
     notices: Notices,
+    /// This process's webhook worker's lane, once it runs.
+    lane: Arc<OnceLock<Arc<DirectLane>>>,
 }
 
 /// Handle to the collector task; cheap to clone.
@@ -110,6 +138,8 @@ pub(crate) struct PgCommit {
     /// Unbounded: each caller awaits its own answer, so the queue is bounded
     /// by the call tasks waiting on it.
     queue: mpsc::UnboundedSender<Msg>,
+    /// Shared with the writers: where fresh deliveries are handed.
+    lane: Arc<OnceLock<Arc<DirectLane>>>,
 }
 
 impl std::fmt::Debug for PgCommit {
@@ -132,13 +162,21 @@ impl PgCommit {
         notices: Notices,
     ) -> Self {
         let (queue, rx) = mpsc::unbounded_channel();
+        let lane = Arc::new(OnceLock::new());
         let shared = Arc::new(Shared {
             pool,
             deliveries,
             notices,
+            lane: lane.clone(),
         });
         tokio::spawn(collect(rx, writers.max(1), shared));
-        Self { queue }
+        Self { queue, lane }
+    }
+
+    /// Hands this process's fresh deliveries to `lane` from now on; false
+    /// if a lane was set before (it stays).
+    pub(crate) fn set_lane(&self, lane: Arc<DirectLane>) -> bool {
+        self.lane.set(lane).is_ok()
     }
 
     /// Runs `sql` with `values` (returning the call row) and writes the
@@ -280,17 +318,28 @@ async fn attempt(shared: &Shared, jobs: &[Job]) -> Result<Vec<Result<CallRecord>
             }
         }
     }
+    let mut handed = Vec::new();
     if !events.is_empty() {
-        let deliveries = write_events(&mut tx, &events, &shared.notices).await?;
+        let lane = shared.lane.get().map(|l| &**l);
+        let written = write_events(&mut tx, &events, &shared.notices, lane).await?;
         // Counted before the commit, as the pool's transactions count
-        // theirs: a caller that reads the counter after its reply sees them.
-        if deliveries > 0 {
+        // theirs: a caller that reads the counter after its reply sees
+        // them. Handed ones need no claim, so they wake no one.
+        if written.for_claim > 0 {
             shared
                 .deliveries
-                .fetch_add(deliveries as u64, Ordering::AcqRel);
+                .fetch_add(written.for_claim as u64, Ordering::AcqRel);
         }
+        handed = written.handed;
     }
     tx.commit().await?;
+    // Rolled back (an error above), the handed rows are not there: their
+    // places are dropped with them.
+    if let Some(lane) = shared.lane.get() {
+        for h in handed {
+            lane.hand(h);
+        }
+    }
     Ok(outcomes)
 }
 
@@ -530,18 +579,34 @@ struct Columns {
     delivery_event: Vec<String>,
     delivery_endpoint: Vec<String>,
     delivery_at: Vec<DateTime<Utc>>,
+    /// Set for a delivery written leased to this process's worker.
+    delivery_lease_until: Vec<Option<DateTime<Utc>>>,
+    delivery_lease_token: Vec<Option<String>>,
     livemode: Vec<bool>,
 }
 
+/// What [`write_events`] wrote: deliveries left for a claim, and those
+/// leased to this process's worker, to hand over once committed.
+struct Written {
+    for_claim: usize,
+    handed: Vec<Handed>,
+}
+
 /// Writes `events` and their deliveries, and sends the notice, in one
-/// statement; how many deliveries it wrote.
+/// statement. A delivery to a subscribed endpoint is leased to this
+/// process's worker when `lane` has room for it.
 async fn write_events(
     tx: &mut Transaction<'_, Postgres>,
     events: &[NewEvent],
     notices: &Notices,
-) -> Result<usize> {
-    let mut endpoints: Option<Vec<(String, String, bool)>> = None;
+    lane: Option<&DirectLane>,
+) -> Result<Written> {
+    let mut endpoints: Option<Vec<Endpoint>> = None;
     let mut c = Columns::default();
+    let mut handed = Vec::new();
+    let now = super::now();
+    // One lease token for the batch, as one claim has one.
+    let mut token: Option<String> = None;
     for ev in events {
         c.id.push(ev.id.clone());
         c.event_type.push(ev.event_type.as_str());
@@ -551,14 +616,15 @@ async fn write_events(
         c.payload.push(ev.payload.clone());
         c.created_at.push(ev.created_at);
         c.livemode.push(ev.livemode);
-        let mut deliver = |endpoint: &str| {
-            c.delivery_id.push(crate::ids::new(crate::ids::DELIVERY));
-            c.delivery_event.push(ev.id.clone());
-            c.delivery_endpoint.push(endpoint.to_owned());
-            c.delivery_at.push(ev.created_at);
-        };
         match &ev.fanout {
-            Fanout::Endpoint(id) => deliver(id),
+            Fanout::Endpoint(id) => {
+                c.delivery_id.push(crate::ids::new(crate::ids::DELIVERY));
+                c.delivery_event.push(ev.id.clone());
+                c.delivery_endpoint.push(id.clone());
+                c.delivery_at.push(ev.created_at);
+                c.delivery_lease_until.push(None);
+                c.delivery_lease_token.push(None);
+            }
             Fanout::Subscribed => {
                 if endpoints.is_none() {
                     endpoints = Some(
@@ -568,14 +634,39 @@ async fn write_events(
                     );
                 }
                 let pattern = subscription_pattern(ev.event_type);
-                for (id, subscribed, livemode) in endpoints.iter().flatten() {
-                    if *livemode == ev.livemode && subscribed.contains(&pattern) {
-                        deliver(id);
+                for e in endpoints.iter().flatten() {
+                    if e.livemode != ev.livemode || !e.events.contains(&pattern) {
+                        continue;
                     }
+                    let id = crate::ids::new(crate::ids::DELIVERY);
+                    c.delivery_event.push(ev.id.clone());
+                    c.delivery_endpoint.push(e.id.clone());
+                    c.delivery_at.push(ev.created_at);
+                    match lane.and_then(|l| Some((l, l.reserve()?))) {
+                        Some((lane, place)) => {
+                            let token = token
+                                .get_or_insert_with(|| crate::ids::new("lease"))
+                                .clone();
+                            let lease_until = lane.lease_until(now);
+                            c.delivery_lease_until.push(Some(lease_until));
+                            c.delivery_lease_token.push(Some(token.clone()));
+                            handed.push(Handed {
+                                claimed: handed_claim(ev, e, &id, token),
+                                lease_until,
+                                place,
+                            });
+                        }
+                        None => {
+                            c.delivery_lease_until.push(None);
+                            c.delivery_lease_token.push(None);
+                        }
+                    }
+                    c.delivery_id.push(id);
                 }
             }
         }
     }
+    let for_claim = c.delivery_id.len() - handed.len();
     sqlx::query(INSERT_EVENTS)
         .bind(&c.id)
         .bind(&c.event_type)
@@ -590,10 +681,36 @@ async fn write_events(
         .bind(&c.delivery_at)
         .bind(&c.livemode)
         .bind(super::notify::CHANNEL)
-        .bind(notices.payload(!c.delivery_id.is_empty()))
+        // Only deliveries left for a claim concern the other daemons.
+        .bind(notices.payload(for_claim > 0))
+        .bind(&c.delivery_lease_until)
+        .bind(&c.delivery_lease_token)
         .execute(&mut **tx)
         .await?;
-    Ok(c.delivery_id.len())
+    Ok(Written { for_claim, handed })
+}
+
+/// What a claim of delivery `id` of `ev` to endpoint `e`, leased with
+/// `token`, would have read: a first attempt.
+fn handed_claim(ev: &NewEvent, e: &Endpoint, id: &str, token: String) -> Claimed {
+    Claimed {
+        delivery_id: id.to_owned(),
+        lease_token: token,
+        attempts: 0,
+        retry_step: 0,
+        retry_until: None,
+        event_id: ev.id.clone(),
+        event_created_at: ev.created_at,
+        payload: ev.payload.clone(),
+        endpoint_id: e.id.clone(),
+        url: e.url.clone(),
+        secret: e.secret.clone(),
+        previous_secret: e.previous_secret.clone(),
+        previous_secret_expires_at: e.previous_secret_expires_at,
+        include_transcript: e.include_transcript,
+        event_type: ev.event_type.as_str().to_owned(),
+        call_id: ev.call_id.clone(),
+    }
 }
 
 #[cfg(test)]

@@ -131,10 +131,17 @@ impl Outbox {
     }
 
     /// `call.answered`.
-    pub async fn call_answered(&self, id: &str) -> Result<CallRecord, StoreError> {
+    pub async fn call_answered(
+        &self,
+        id: &str,
+        dialog: Option<&str>,
+    ) -> Result<CallRecord, StoreError> {
         let emit = |c: &CallRecord| event::call_event(EventType::CallAnswered, c, None);
         let mark = self.store.deliveries_written();
-        let record = self.store.call_answered(id, Some(Box::new(emit))).await?;
+        let record = self
+            .store
+            .call_answered(id, dialog, Some(Box::new(emit)))
+            .await?;
         self.emitted(mark);
         Ok(record)
     }

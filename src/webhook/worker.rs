@@ -3,7 +3,15 @@
 //!
 //! Three parts run at once. The claim loop leases at most as many rows as
 //! there are free request slots (a semaphore permit moves into each request
-//! task and frees the slot when dropped). Request tasks send, classify and
+//! task and frees the slot when dropped). It claims when told deliveries
+//! may wait in the table (a wake-up, the poll, a claim that came back
+//! full), not after every request: a claim that finds nothing costs the
+//! database as much as one that finds something. On PostgreSQL the fresh
+//! deliveries of this process's own events come without a claim, already
+//! leased, through the store's direct lane
+//! ([`crate::store::deliveries::DirectLane`]), which the loop opens only
+//! while nothing older waits; each takes the next free slot in the line's
+//! order. Request tasks send, classify and
 //! hand the result to the recorder, which writes results in batches, one
 //! transaction each, so the database sees a few commits per second rather
 //! than one per request. On stop the loop claims nothing more, in-flight
@@ -22,6 +30,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
+use tokio::time::Instant as Deadline;
 
 use super::Outbox;
 use super::policy::{self, Backoff, DeliveryVerdict, Next, Response};
@@ -30,13 +39,20 @@ use crate::metrics as m;
 use crate::net::{Guard, GuardError};
 use crate::signing;
 use crate::store::Store;
-use crate::store::deliveries::{AttemptResult, Claimed, NextState};
+use crate::store::deliveries::{AttemptResult, Claimed, Handed, NextState};
 
 /// Results written per transaction at most.
 const RECORD_BATCH: usize = 500;
 /// How much of a response body is read (and dropped) so the connection can
 /// be reused; the rest is discarded with the connection.
 const MAX_BODY: usize = 64 * 1024;
+/// The direct lane's line holds this many rounds of requests (slots
+/// times this): memory only, a payload each.
+const LINE_ROUNDS: usize = 16;
+/// A handed row is sent only with this much of its lease left beyond the
+/// request timeout, for recording the result; with less it is left to
+/// expire and be claimed.
+const RECORD_MARGIN: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
 /// How often the outbox depth and age are measured.
 const STATS_EVERY: Duration = Duration::from_secs(5);
 
@@ -49,12 +65,14 @@ struct Ctx {
     guard: Guard,
     /// The retry schedule: when a failed delivery is due again, or dead.
     backoff: Backoff,
-    /// Woken when a request slot frees, so the loop claims again.
-    wake: Arc<Notify>,
+    /// Woken when a request slot frees, so a loop waiting for room claims.
+    freed: Notify,
     /// Opens the endpoints' sealed signing secrets.
     sealer: crate::secrets::Sealer,
     /// Reads the transcripts `call.ended` carries to endpoints that ask.
     store: Store,
+    /// One request's time limit, which a handed row's lease must cover.
+    timeout_seconds: u64,
 }
 
 /// The worker, built from the config; [`Worker::run`] drives it.
@@ -65,8 +83,9 @@ pub struct Worker {
     ctx: Arc<Ctx>,
     /// Concurrency, batch size, poll interval and timeouts.
     config: WebhooksConfig,
-    /// The outbox's wake-up: new deliveries were written or a request slot
-    /// freed, so claim now rather than at the next poll.
+    /// The outbox's wake-up: deliveries were written for a claim (by this
+    /// process, or by another daemon: its NOTIFY) or became due (a replay,
+    /// an endpoint enabled), so claim now rather than at the next poll.
     wake: Arc<Notify>,
     /// Turns true when the outbox is closed at shutdown: claim nothing
     /// more, let requests in flight finish and record them, then return.
@@ -109,9 +128,10 @@ impl Worker {
                 client,
                 guard,
                 backoff: Backoff::new(config),
-                wake: outbox.wake.clone(),
+                freed: Notify::new(),
                 sealer,
                 store,
+                timeout_seconds: config.timeout_seconds,
             }),
             config: config.clone(),
             wake: outbox.wake.clone(),
@@ -129,43 +149,104 @@ impl Worker {
         let poll = Duration::from_millis(self.config.poll_interval_ms);
         // The lease outlives the request timeout by a margin for recording.
         let lease = chrono::Duration::seconds(self.config.timeout_seconds as i64 + 30);
+        let places = self.config.concurrency * LINE_ROUNDS;
+        let (lane, mut handed) = match self.store.direct_lane(places, lease) {
+            Some((lane, rx)) => (Some(lane), Some(rx)),
+            None => (None, None),
+        };
         let mut next_stats = Instant::now();
         let low_water = (self.config.concurrency.min(self.config.batch_size) / 4).max(1);
+        // Whether due deliveries may wait in the table: at start (a backlog,
+        // or rows a killed worker left), then after each wake-up or poll,
+        // until a claim comes back short of full.
+        let mut claim = true;
+        let mut next_poll = Deadline::now() + poll;
         while !*self.closing.borrow() {
             while tasks.try_join_next().is_some() {}
-            let room = slots.available_permits().min(self.config.batch_size);
-            let mut full = false;
-            // While requests are in flight, wait until a good share of the
-            // slots is free: one claim per few deliveries, not per delivery.
-            if room >= low_water || (room > 0 && tasks.is_empty()) {
-                match self
-                    .store
-                    .claim_deliveries(crate::store::now() + lease, room as i64)
-                    .await
-                {
-                    Ok(claimed) => {
-                        full = claimed.len() == room;
-                        for c in claimed {
-                            let Ok(permit) = slots.clone().acquire_owned().await else {
-                                break;
-                            };
-                            tasks.spawn(deliver(self.ctx.clone(), c, permit, results.clone()));
+            let mut again = false;
+            if claim {
+                let room = slots.available_permits().min(self.config.batch_size);
+                // While requests are in flight, wait until a good share of
+                // the slots is free: one claim per few deliveries.
+                // The slots are taken before the claim, never waited for:
+                // the direct lane may hold the others for deliveries this
+                // loop has yet to receive.
+                let mut permits = Vec::new();
+                if room >= low_water || (room > 0 && tasks.is_empty()) {
+                    while permits.len() < room {
+                        match slots.clone().try_acquire_owned() {
+                            Ok(p) => permits.push(p),
+                            Err(_) => break,
                         }
                     }
-                    Err(e) => tracing::warn!(error = %e, "cannot claim webhook deliveries"),
+                }
+                let room = permits.len();
+                if room > 0 {
+                    next_poll = Deadline::now() + poll;
+                    match self
+                        .store
+                        .claim_deliveries(crate::store::now() + lease, room as i64)
+                        .await
+                    {
+                        Ok(claimed) => {
+                            let full = claimed.len() == room;
+                            for (c, permit) in claimed.into_iter().zip(permits) {
+                                tasks.spawn(deliver(self.ctx.clone(), c, permit, results.clone()));
+                            }
+                            // Full: there may be more; short: nothing is
+                            // left, fresh deliveries may skip the table.
+                            claim = full;
+                            again = full;
+                            if let Some(lane) = &lane {
+                                lane.set_open(!full);
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot claim webhook deliveries");
+                            claim = false;
+                        }
+                    }
                 }
             }
             if next_stats <= Instant::now() {
                 next_stats = Instant::now() + STATS_EVERY;
                 self.record_stats().await;
             }
-            if full {
+            if again {
                 continue;
             }
             tokio::select! {
-                _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(poll) => {}
+                _ = self.wake.notified() => {
+                    // Deliveries were left in the table: they go first.
+                    claim = true;
+                    if let Some(lane) = &lane {
+                        lane.set_open(false);
+                    }
+                }
+                _ = self.ctx.freed.notified(), if claim => {}
+                Some(h) = recv(&mut handed) => {
+                    tasks.spawn(deliver_handed(self.ctx.clone(), h, slots.clone(), results.clone()));
+                }
+                _ = tokio::time::sleep_until(next_poll) => {
+                    // Retries fall due, leases expire: no one wakes for them.
+                    claim = true;
+                    next_poll = Deadline::now() + poll;
+                }
                 _ = self.closing.changed() => {}
+            }
+        }
+        if let Some(lane) = &lane {
+            lane.set_open(false);
+        }
+        // Handed before the lane closed: they are leased to us, send them.
+        if let Some(rx) = handed.as_mut() {
+            while let Ok(h) = rx.try_recv() {
+                tasks.spawn(deliver_handed(
+                    self.ctx.clone(),
+                    h,
+                    slots.clone(),
+                    results.clone(),
+                ));
             }
         }
         let deadline = Duration::from_secs(self.config.timeout_seconds + 1);
@@ -196,6 +277,28 @@ impl Worker {
     }
 }
 
+/// Makes one attempt for a handed delivery once its place in line gets a
+/// request slot, if its lease still covers the request and the recording.
+async fn deliver_handed(
+    ctx: Arc<Ctx>,
+    h: Handed,
+    slots: Arc<Semaphore>,
+    results: mpsc::Sender<AttemptResult>,
+) {
+    // The slots are never closed.
+    let Ok(slot) = slots.acquire_owned().await else {
+        return;
+    };
+    drop(h.place);
+    let needed = chrono::TimeDelta::seconds(ctx.timeout_seconds as i64) + RECORD_MARGIN;
+    if h.lease_until - crate::store::now() < needed {
+        tracing::info!(delivery = %h.claimed.delivery_id,
+            "a handed delivery waited too long for a slot; its lease expires and a claim takes it");
+        return;
+    }
+    deliver(ctx, h.claimed, slot, results).await;
+}
+
 /// Makes one attempt and hands its result to the recorder.
 async fn deliver(
     ctx: Arc<Ctx>,
@@ -215,7 +318,7 @@ async fn deliver(
     };
     let latency = clock.elapsed();
     drop(permit);
-    ctx.wake.notify_one();
+    ctx.freed.notify_one();
     let outcome = policy::classify(&response);
     let now = crate::store::now();
     let retry_until = c
@@ -276,7 +379,14 @@ async fn deliver(
     let _ = results.send(result).await;
 }
 
-/// The request itself: signed headers over the stored payload.
+/// The next delivery handed through the direct lane; never, without one.
+async fn recv(handed: &mut Option<mpsc::UnboundedReceiver<Handed>>) -> Option<Handed> {
+    match handed {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A `call.ended` delivery to an endpoint that asks for the transcript.
 fn wants_transcript(c: &Claimed) -> bool {
     c.include_transcript
@@ -297,6 +407,7 @@ async fn with_transcript(
     Ok(c)
 }
 
+/// The request itself: signed headers over the stored payload.
 async fn send(ctx: &Ctx, c: &Claimed, timestamp: i64) -> Response {
     let url = match reqwest::Url::parse(&c.url) {
         Ok(u) => u,
