@@ -91,11 +91,13 @@ pub enum AgentRequest {
     /// Warm transfer: call the number on a second leg, speak the summary
     /// (`None`: the call layer makes one from the transcript) to whoever
     /// answers, then bridge them with the caller; the headers as for
-    /// [`AgentRequest::Transfer`].
+    /// [`AgentRequest::Transfer`]. `attended`: join them by REFER with
+    /// Replaces to the caller, bridging only when that is refused.
     WarmTransfer {
         to: String,
         summary: Option<String>,
         headers: Vec<(String, String)>,
+        attended: bool,
     },
     /// The agent's far end (a `stream` bot) could not be reached.
     Unreachable(String),
@@ -327,7 +329,11 @@ impl AgentRun {
                     }
                     return Some(AgentRequest::Transfer(to, v.transfer_headers.clone()));
                 }
-                Action::WarmTransfer { to, summary } => {
+                Action::WarmTransfer {
+                    to,
+                    summary,
+                    attended,
+                } => {
                     if let Err(why) = v.transfer_check.check(&to) {
                         tracing::warn!(%to, %why, "warm transfer refused by the trunk's policy; no call");
                         continue;
@@ -336,6 +342,7 @@ impl AgentRun {
                         to,
                         summary,
                         headers: v.transfer_headers.clone(),
+                        attended,
                     });
                 }
                 Action::SendDtmf { .. } | Action::Summary { .. } => {}

@@ -141,8 +141,10 @@ impl Transitions {
         self.publish(Change::Ringing, result);
     }
 
-    pub async fn answered(&self, id: &str) {
-        let result = self.outbox.call_answered(id).await;
+    /// The call answered, with what a survivor needs to end it (its dialog
+    /// state, serialized) in the same write.
+    pub async fn answered(&self, id: &str, dialog: Option<&str>) {
+        let result = self.outbox.call_answered(id, dialog).await;
         self.publish(Change::Answered, result);
     }
 

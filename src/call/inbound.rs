@@ -103,7 +103,7 @@ pub(super) fn digest_accounts(shared: &Shared) -> Vec<DigestAccount> {
 /// The trunk of an INVITE: by source address, else by the digest
 /// credentials the SIP layer verified (a peer that `[inbound] auth` lets
 /// in from any address).
-fn trunk_for(shared: &Shared, info: &InviteInfo) -> Option<Profile> {
+pub(super) fn trunk_for(shared: &Shared, info: &InviteInfo) -> Option<Profile> {
     if let Some(trunk) = trunk_for_source(shared, info.source.ip()) {
         return Some(trunk);
     }
@@ -134,6 +134,11 @@ pub(super) async fn handle(shared: Arc<Shared>, invite: IncomingInvite) {
         number = tracing::field::Empty,
     );
     async move {
+        // RFC 3891: an INVITE naming a dialog of ours to take over is no
+        // new call.
+        if let Some(replaces) = info.header("Replaces") {
+            return super::replace::handle(&shared, invite, replaces).await;
+        }
         let route = match route(&shared, &id, &info).await {
             Ok(route) => route,
             Err(reason) => return refuse(invite, reason).await,
@@ -479,7 +484,11 @@ impl Ringing {
             Ok(accepted) => accepted,
             Err(e) => return Err(self.prepared.call.end(not_answered(e))),
         };
-        let answered_at = self.prepared.call.record_answered(setup_started).await;
+        let answered_at = self
+            .prepared
+            .call
+            .record_answered(setup_started, sip.dialog_state())
+            .await;
         match self.prepared.into_session(ack_sdp.as_deref()) {
             (call, Ok(session)) => Ok(Answered::new(call, sip, session, answered_at)),
             // RFC 3261 §13.2.2.4: the ACK to a 200 with an offer must

@@ -35,6 +35,7 @@ mod reconcile;
 pub mod recording;
 pub mod registrations;
 pub mod registry;
+pub mod replace;
 mod screen;
 pub mod simulated;
 mod task;

@@ -230,21 +230,28 @@ impl Calls {
     }
 }
 
-/// Stores the state needed to end call `id` without this node, once it
-/// is established (the write is spawned: the call goes on; on SQLite it is
-/// one more statement in the group commit's batch).
+/// The state needed to end call `id` without this node, as stored.
+pub(super) fn dialog_text(id: &str, state: Option<DialogState>) -> Option<String> {
+    match serde_json::to_string(&state?) {
+        Ok(text) => Some(text),
+        Err(e) => {
+            tracing::warn!(call_id = %id, error = %e, "dialog state not serialized");
+            None
+        }
+    }
+}
+
+/// Stores the state needed to end call `id` without this node once its
+/// dialog changed after the answer (a Replaces takeover); the answer
+/// itself stores it with `answered`. The write is spawned: the call goes
+/// on.
 pub(super) fn store_dialog(
     transitions: &super::events::Transitions,
     id: &str,
     state: Option<DialogState>,
 ) {
-    let Some(state) = state else { return };
-    let text = match serde_json::to_string(&state) {
-        Ok(text) => text,
-        Err(e) => {
-            tracing::warn!(call_id = %id, error = %e, "dialog state not serialized");
-            return;
-        }
+    let Some(text) = dialog_text(id, state) else {
+        return;
     };
     let store = transitions.store().clone();
     let id = id.to_owned();

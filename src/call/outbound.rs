@@ -501,7 +501,7 @@ async fn run_answered(up: Up, req: &OutboundRequest, max_duration: Duration) -> 
             return call.end(reason);
         }
     };
-    let answered_at = call.record_answered(started).await;
+    let answered_at = call.record_answered(started, sip.dialog_state()).await;
     let screen = Screen::new(
         &call.id,
         call.shared.transitions.clone(),

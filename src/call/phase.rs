@@ -43,7 +43,7 @@ use crate::config::Profile;
 use crate::media::{Direction, LocalSdp, PortPermit, RtpSession, bind_rtp};
 use crate::metrics::CALL_SETUP_SECONDS;
 use crate::model::RecordingSettings;
-use crate::sip::Call;
+use crate::sip::{Call, DialogState};
 
 /// How long we wait for the answer to our BYE when a call answered
 /// without a session it can run.
@@ -208,13 +208,24 @@ impl Routed {
         })
     }
 
-    /// Records the answer (`call.answered`) and the setup time counted
-    /// from `setup_started`; returns the instant of the answer.
-    pub async fn record_answered(&self, setup_started: Instant) -> Instant {
+    /// Records the answer (`call.answered`) with `dialog`, what a survivor
+    /// needs to end the carrier's leg if this node dies (one write: the
+    /// call is never answered in the store without it), and the setup
+    /// time counted from `setup_started`; returns the instant of the
+    /// answer.
+    pub async fn record_answered(
+        &self,
+        setup_started: Instant,
+        dialog: Option<DialogState>,
+    ) -> Instant {
         let answered_at = Instant::now();
         metrics::histogram!(CALL_SETUP_SECONDS, "direction" => direction(self.inbound))
             .record(answered_at.duration_since(setup_started).as_secs_f64());
-        self.shared.transitions.answered(&self.id).await;
+        let dialog = super::orphans::dialog_text(&self.id, dialog);
+        self.shared
+            .transitions
+            .answered(&self.id, dialog.as_deref())
+            .await;
         answered_at
     }
 }
@@ -370,12 +381,6 @@ pub(super) struct Answered {
 impl Answered {
     /// The call answered at `at` (see [`Routed::record_answered`]).
     pub fn new(call: Routed, sip: Call, session: Session, at: Instant) -> Self {
-        // What a survivor needs to end the carrier's leg if this node dies.
-        super::orphans::store_dialog(
-            &call.shared.transitions,
-            call.id.as_ref(),
-            sip.dialog_state(),
-        );
         Self {
             call,
             sip,

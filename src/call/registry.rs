@@ -1,5 +1,9 @@
-//! Who is on a call right now: the index of live calls by id ([`LiveCalls`]),
-//! their [`CallHandle`]s, and the per-trunk slots that enforce `max_calls`:
+//! Who is on a call right now: the index of live calls by id ([`LiveCalls`])
+//! and by the SIP Call-ID of their established dialog (an INVITE with
+//! Replaces finds its call by it), the dialogs that ended in the last
+//! [`ENDED_FOR`] (one naming them is declined, RFC 3891 §3), their
+//! [`CallHandle`]s, and the per-trunk
+//! slots that enforce `max_calls`:
 //! the one count of a trunk's calls on this node (the campaign pacer reads
 //! it through [`LiveCalls::on_trunk`]).
 //!
@@ -10,9 +14,10 @@
 //! Must not: hold a lock across `.await` (every access is a short insert,
 //! remove or copy).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
@@ -29,7 +34,18 @@ pub enum CallCommand {
     Hangup(EndReason),
     /// A web call's trickled ICE candidates, for its peer.
     Trickle(crate::webrtc::peer::TrickleRequest),
+    /// An INVITE with Replaces naming this call's dialog (RFC 3891 §3);
+    /// a call that does not take it over drops it, which answers 481.
+    Replace(Box<super::replace::Replacement>),
 }
+
+/// How long an ended dialog is remembered: 64 × T1 (RFC 3261 §17), the
+/// life of the transactions that ended it, which covers a PBX's transfer
+/// racing the hang-up.
+pub const ENDED_FOR: Duration = Duration::from_secs(32);
+/// At most this many ended dialogs are remembered (the oldest go first):
+/// a bound on memory whatever the call rate.
+const ENDED_KEPT: usize = 1024;
 
 /// A handle to a running call task. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -52,6 +68,14 @@ impl CallHandle {
         self.commands.try_send(CallCommand::Hangup(reason)).is_ok()
     }
 
+    /// Hands an INVITE with Replaces to the call; false when the task is
+    /// gone or too busy to take it (the INVITE, dropped, gets 481).
+    pub fn replace(&self, replacement: Box<super::replace::Replacement>) -> bool {
+        self.commands
+            .try_send(CallCommand::Replace(replacement))
+            .is_ok()
+    }
+
     /// Hands a web call's trickled candidates on; false once the call is
     /// over (or too busy to take them).
     pub fn trickle(&self, request: crate::webrtc::peer::TrickleRequest) -> bool {
@@ -69,6 +93,8 @@ struct Entry {
     direction: &'static str,
     /// How the API and the drain reach the call task.
     handle: CallHandle,
+    /// The SIP Call-ID of the call's established dialog, once it has one.
+    sip_call_id: Option<String>,
 }
 
 /// The live calls. Cheap to clone.
@@ -92,6 +118,11 @@ struct Inner {
     // with the rate the limiter was made for, so a SIGHUP that changes
     // `cps` takes effect on the next call.
     rates: Mutex<HashMap<String, (NonZeroU32, Arc<DefaultDirectRateLimiter>)>>,
+    /// The SIP Call-IDs of dialogs that ended (their call ended, or an
+    /// INVITE with Replaces moved it off them), with their trunk, oldest
+    /// first.
+    // std Mutex: a push or a scan, never across `.await`.
+    ended: Mutex<VecDeque<(String, String, Instant)>>,
 }
 
 impl LiveCalls {
@@ -102,6 +133,7 @@ impl LiveCalls {
                 left: Notify::new(),
                 trunks,
                 rates: Mutex::new(HashMap::new()),
+                ended: Mutex::new(VecDeque::new()),
             }),
         }
     }
@@ -146,6 +178,7 @@ impl LiveCalls {
                     trunk: trunk.to_owned(),
                     direction,
                     handle,
+                    sip_call_id: None,
                 },
             );
             on_trunk + 1
@@ -199,6 +232,39 @@ impl LiveCalls {
             .count()
     }
 
+    /// Notes the SIP Call-ID of call `id`'s established dialog (again
+    /// after an INVITE with Replaces moved it to another).
+    pub fn set_sip_call_id(&self, id: &str, sip_call_id: &str) {
+        let replaced = self.inner.lock().get_mut(id).and_then(|entry| {
+            let old = entry.sip_call_id.replace(sip_call_id.to_owned())?;
+            (old != sip_call_id).then(|| (old, entry.trunk.clone()))
+        });
+        if let Some((old, trunk)) = replaced {
+            self.inner.dialog_ended(old, trunk);
+        }
+    }
+
+    /// The trunk of the dialog with SIP Call-ID `sip_call_id` when it
+    /// ended within the last [`ENDED_FOR`].
+    pub fn ended_on(&self, sip_call_id: &str) -> Option<String> {
+        let ended = self.inner.ended.lock().unwrap_or_else(|e| e.into_inner());
+        ended
+            .iter()
+            .rev()
+            .find(|(id, _, at)| id == sip_call_id && at.elapsed() < ENDED_FOR)
+            .map(|(_, trunk, _)| trunk.clone())
+    }
+
+    /// The live call whose established dialog has SIP Call-ID
+    /// `sip_call_id`: its handle and the trunk it is on.
+    pub fn by_sip_call_id(&self, sip_call_id: &str) -> Option<(CallHandle, String)> {
+        self.inner
+            .lock()
+            .values()
+            .find(|e| e.sip_call_id.as_deref() == Some(sip_call_id))
+            .map(|e| (e.handle.clone(), e.trunk.clone()))
+    }
+
     pub fn get(&self, id: &str) -> Option<CallHandle> {
         self.inner.lock().get(id).map(|e| e.handle.clone())
     }
@@ -246,6 +312,9 @@ impl LiveCalls {
         if let Some((entry, on_trunk)) = removed {
             self.inner.trunks.set_active_calls(&entry.trunk, on_trunk);
             metrics::gauge!(CALLS_ACTIVE, "direction" => entry.direction).decrement(1.0);
+            if let Some(sip_call_id) = entry.sip_call_id {
+                self.inner.dialog_ended(sip_call_id, entry.trunk);
+            }
         }
         self.inner.left.notify_waiters();
     }
@@ -254,6 +323,19 @@ impl LiveCalls {
 impl Inner {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
         self.calls.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Remembers that the dialog `sip_call_id` on `trunk` ended, forgetting
+    /// those past [`ENDED_FOR`] and the oldest past [`ENDED_KEPT`].
+    fn dialog_ended(&self, sip_call_id: String, trunk: String) {
+        let mut ended = self.ended.lock().unwrap_or_else(|e| e.into_inner());
+        while ended
+            .front()
+            .is_some_and(|(_, _, at)| at.elapsed() >= ENDED_FOR || ended.len() >= ENDED_KEPT)
+        {
+            ended.pop_front();
+        }
+        ended.push_back((sip_call_id, trunk, Instant::now()));
     }
 }
 
@@ -296,6 +378,34 @@ mod tests {
         drop(a);
         assert_eq!(trunks.get("t").active_calls, 0);
         assert!(registry.try_insert("b", "t", "inbound", 1, h).is_some());
+    }
+
+    #[test]
+    fn ended_dialogs_are_remembered_with_their_trunk_and_bounded() {
+        let registry = LiveCalls::new(Arc::new(TrunkStates::default()));
+        let (h, _rx) = CallHandle::new();
+        let a = registry.try_insert("a", "t", "inbound", 10, h.clone());
+        registry.set_sip_call_id("a", "first@x");
+        assert_eq!(registry.ended_on("first@x"), None, "live, not ended");
+        // Replaced: the old dialog ended, the new one is live.
+        registry.set_sip_call_id("a", "second@x");
+        assert_eq!(registry.ended_on("first@x").as_deref(), Some("t"));
+        assert_eq!(registry.ended_on("second@x"), None);
+        drop(a);
+        assert_eq!(registry.ended_on("second@x").as_deref(), Some("t"));
+        assert_eq!(registry.ended_on("never@x"), None);
+        // The oldest go past the bound.
+        for n in 0..ENDED_KEPT {
+            let slot = registry.try_insert(&format!("c{n}"), "u", "inbound", 10, h.clone());
+            registry.set_sip_call_id(&format!("c{n}"), &format!("c{n}@x"));
+            drop(slot);
+        }
+        assert_eq!(registry.ended_on("first@x"), None, "evicted");
+        assert_eq!(registry.ended_on("c0@x").as_deref(), Some("u"));
+        assert_eq!(
+            registry.inner.ended.lock().map(|e| e.len()).unwrap_or(0),
+            ENDED_KEPT
+        );
     }
 
     #[test]

@@ -310,7 +310,7 @@ async fn answered(invite: IncomingInvite, settings: Settings) {
                     // Hold and resume: the callee keeps its media as is.
                     let _ = call.reject_reinvite(re, 488).await;
                 }
-                Ok(DialogEvent::Info { .. }) => {}
+                Ok(DialogEvent::Info { .. } | DialogEvent::ReferProgress(_)) => {}
                 Ok(DialogEvent::Bye | DialogEvent::Terminated | DialogEvent::SessionExpired) | Err(_) => break,
             }
         }

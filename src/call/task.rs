@@ -12,6 +12,15 @@
 //! here (after the opt-out check), and its transcript is stored when the
 //! call ends.
 //!
+//! Warm transfer ends here too: once the person heard the summary, either
+//! the daemon bridges the two legs, or (attended, RFC 5589 §7) the caller's
+//! side is sent REFER with a Replaces naming the consult dialog (RFC 3891
+//! §3) so that it calls the person itself; its outcome comes as NOTIFY
+//! sipfrag (RFC 3515 §2.4.5) or as the person's BYE of the replaced
+//! consult leg. A refused REFER (405, 603, a failing sipfrag, no outcome in
+//! time) falls back to the bridge: a carrier that refuses REFER still gets
+//! the caller to the person.
+//!
 //! Must not: write the call row itself beyond the DTMF transition and the
 //! transcript; the inbound and outbound lifecycles record the end with the
 //! reason returned.
@@ -27,6 +36,7 @@ use tokio::time::{Instant, sleep_until, timeout};
 use super::end_reason::FailureCause;
 use super::recording::Recorder;
 use super::registry::CallCommand;
+use super::replace;
 use super::screen::{Screen, Screened};
 use super::transfer::{self, Consult, Leg};
 use super::{EndReason, Shared};
@@ -46,6 +56,10 @@ use crate::store::transcripts::NewTurn;
 const BYE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a REFER may take to be answered before the call goes on.
 const REFER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an accepted attended-transfer REFER may take to report its
+/// outcome (NOTIFY 2xx, or the person's side ending the consult leg)
+/// before the daemon bridges the legs instead.
+const REFER_OUTCOME_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long the media task gets to publish its last counters.
 const MEDIA_STOP_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long past its own length a warm transfer's summary may take to
@@ -130,33 +144,63 @@ pub(super) async fn run(
     // A warm transfer: the consult call being placed (with the summary the
     // agent gave), then the answered leg bridged with the caller, and the
     // agent's transcript taken when it left.
-    let mut consult: Option<(Consult, Option<String>)> = None;
+    let mut consult: Option<(Consult, Option<String>, bool)> = None;
     let mut bridged: Option<(Leg, Bridge)> = None;
+    // An attended transfer done: the consult leg, which the person's side
+    // ends once the caller's INVITE with Replaces took it over.
+    let mut replaced: Option<Leg> = None;
     let mut handed_off: Option<(Option<Transcript>, NewTurn)> = None;
     // How the consult leg ends, when it ends before the caller's call.
     let mut leg_end: Option<EndReason> = None;
+    // The transcript's notes of dialogs replaced (RFC 3891).
+    let mut notes: Vec<NewTurn> = Vec::new();
+    // An INVITE with Replaces finds the call by its dialog's Call-ID.
+    shared.registry.set_sip_call_id(&id, sip.call_id());
 
     let mut reason = None;
     while reason.is_none() {
         reason = tokio::select! {
             outcome = consult_outcome(&mut consult) => {
-                let summary = consult.take().and_then(|(_, summary)| summary);
+                let (summary, attended) = consult
+                    .take()
+                    .map(|(_, summary, attended)| (summary, attended))
+                    .unwrap_or_default();
                 match outcome {
                     Ok(leg) => {
                         let said = drain_live(&mut live);
                         match hand_off(shared, &mut agent, leg, summary, &said).await {
-                            Some((leg, transcript)) => {
-                                let note = handoff_turn(&leg.id, answered.elapsed());
-                                handed_off = Some((transcript, note));
-                                match Bridge::start(&media, &leg.rtp.handle).await {
-                                    Ok(bridge) => {
-                                        tracing::info!(consult_call_id = %leg.id, "warm transfer: the caller and the person are joined");
-                                        bridged = Some((leg, bridge));
-                                        None
-                                    }
-                                    Err(_) => {
-                                        leg.end(EndReason::Failed(FailureCause::MediaClosed)).await;
-                                        Some(EndReason::Failed(FailureCause::MediaClosed))
+                            Some((mut leg, transcript)) => {
+                                let referred = match attended {
+                                    true => Some(refer_replacing(&mut sip, &mut sdp, &media, &mut leg).await),
+                                    false => None,
+                                };
+                                let note = match &referred {
+                                    None => format!("[transferred: joined with call {}]", leg.id),
+                                    Some(Referred::Completed) => format!(
+                                        "[transferred: the caller's side called {} by REFER with Replaces]",
+                                        leg.id
+                                    ),
+                                    Some(Referred::Refused(why)) => format!(
+                                        "[transferred: joined with call {} (REFER with Replaces refused: {why})]",
+                                        leg.id
+                                    ),
+                                };
+                                handed_off = Some((transcript, note_turn(note, answered.elapsed())));
+                                if let Some(Referred::Completed) = referred {
+                                    tracing::info!(consult_call_id = %leg.id, "attended transfer completed by REFER with Replaces");
+                                    replaced = Some(leg);
+                                    Some(EndReason::Transferred)
+                                } else {
+                                    match Bridge::start(&media, &leg.rtp.handle).await {
+                                        Ok(bridge) => {
+                                            tracing::info!(consult_call_id = %leg.id, "warm transfer: the caller and the person are joined");
+                                            bridged = Some((leg, bridge));
+                                            None
+                                        }
+                                        Err(_) => {
+                                            leg.end(EndReason::Failed(FailureCause::MediaClosed)).await;
+                                            Some(EndReason::Failed(FailureCause::MediaClosed))
+                                        }
                                     }
                                 }
                             }
@@ -216,13 +260,13 @@ pub(super) async fn run(
                     }
                     None
                 }
-                Some(AgentRequest::WarmTransfer { to, summary, headers }) => {
-                    if consult.is_some() {
+                Some(AgentRequest::WarmTransfer { to, summary, headers, attended }) => {
+                    if consult.is_some() || bridged.is_some() {
                         tracing::info!(%to, "a warm transfer is under way already");
                     } else {
-                        tracing::info!(%to, "warm transfer: placing the consult call");
+                        tracing::info!(%to, attended, "warm transfer: placing the consult call");
                         let placing = transfer::start(shared, &id, &to, headers, recording.clone());
-                        consult = Some((placing, summary));
+                        consult = Some((placing, summary, attended));
                     }
                     None
                 }
@@ -230,7 +274,18 @@ pub(super) async fn run(
                 None => Some(EndReason::Failed(FailureCause::AgentEnded)),
             },
             // A closed channel disables this branch (every handle gone).
-            Some(CallCommand::Hangup(reason)) = commands.recv() => Some(reason),
+            Some(command) = commands.recv() => match command {
+                CallCommand::Hangup(reason) => Some(reason),
+                // RFC 3891: a PBX moves the call onto a new dialog. Not
+                // once the caller is bridged or handed over (dropped: 481).
+                CallCommand::Replace(replacement) if bridged.is_none() && consult.is_none() => {
+                    if let Some(note) = replace::take_over(shared, &id, &mut sip, &mut sdp, &media, replacement).await {
+                        notes.push(note_turn(note, answered.elapsed()));
+                    }
+                    None
+                }
+                CallCommand::Replace(_) | CallCommand::Trickle(_) => None,
+            },
             () = sleep_until(deadline) => Some(EndReason::MaxDuration),
         };
     }
@@ -257,6 +312,10 @@ pub(super) async fn run(
     if !reason.far_end_hung_up() {
         bye(sip).await;
     }
+    // Left to end on its own: the person's side hangs it up once replaced.
+    if let Some(leg) = replaced {
+        tokio::spawn(transfer::linger(leg));
+    }
     if let Some(ending) = bridge_end {
         ending.await;
     }
@@ -264,26 +323,31 @@ pub(super) async fn run(
         Some((transcript, note)) => (transcript, Some(note)),
         None => (agent.finish().await, None),
     };
+    notes.extend(note);
     let mut analysis = None;
-    if let Some(Transcript {
-        said,
-        summary,
-        analysis: job,
-    }) = transcript
-    {
-        let mut turns: Vec<NewTurn> = said.into_iter().map(turn_of).collect();
+    // An agent without a transcript (echo) still gets the daemon's notes.
+    let (said, summary) = match transcript {
+        Some(Transcript {
+            said,
+            summary,
+            analysis: job,
+        }) => {
+            analysis = job;
+            (Some(said), summary)
+        }
+        None => (None, None),
+    };
+    if said.is_some() || !notes.is_empty() {
+        let mut turns: Vec<NewTurn> = said.unwrap_or_default().into_iter().map(turn_of).collect();
         if let Some(recorder) = &recorder {
             mark_paused(&mut turns, &recorder.paused_spans());
         }
-        if let Some(note) = note {
-            turns.push(note);
-            turns.sort_by_key(|t| t.start_ms);
-        }
+        turns.append(&mut notes);
+        turns.sort_by_key(|t| t.start_ms);
         shared
             .transitions
             .transcript(&id, &turns, summary.as_deref())
             .await;
-        analysis = job;
     }
     drop(events);
     stop_media(media, media_task).await;
@@ -426,6 +490,8 @@ async fn on_dialog(
         }
         // RFC 4028 session expiry: the dialog is gone.
         Ok(DialogEvent::Terminated) => Some(far_hangup.clone()),
+        // A blind transfer's progress, after the call took its REFER.
+        Ok(DialogEvent::ReferProgress(_)) => None,
         // RFC 4028 §10: BYE already sent by the SIP layer.
         Ok(DialogEvent::SessionExpired) => Some(EndReason::SessionExpired),
         Err(e) => Some(EndReason::Failed(FailureCause::Sip(e.to_string()))),
@@ -433,9 +499,11 @@ async fn on_dialog(
 }
 
 /// The outcome of the consult call being placed; pending without one.
-async fn consult_outcome(consult: &mut Option<(Consult, Option<String>)>) -> Result<Leg, String> {
+async fn consult_outcome(
+    consult: &mut Option<(Consult, Option<String>, bool)>,
+) -> Result<Leg, String> {
     match consult {
-        Some((placing, _)) => placing.outcome().await,
+        Some((placing, _, _)) => placing.outcome().await,
         None => std::future::pending().await,
     }
 }
@@ -506,12 +574,77 @@ async fn hand_off(
     Some((leg, transcript))
 }
 
-/// The transcript's mark of the hand-off, `at` from the answer.
-fn handoff_turn(consult_call_id: &str, at: Duration) -> NewTurn {
+/// How an attended transfer's REFER went.
+enum Referred {
+    /// The caller's side took the REFER and reached the person (NOTIFY
+    /// 2xx, or the person's side ended the replaced consult leg), or left
+    /// after taking it: nothing to bridge.
+    Completed,
+    /// Refused or failed (why): the daemon bridges the legs instead.
+    Refused(String),
+}
+
+/// Attended transfer (RFC 5589 §7): REFER to the caller's side naming the
+/// consult dialog in Replaces (RFC 3891 §3), then its outcome (RFC 3515
+/// §2.4.5 NOTIFY sipfrag), bounded. Both dialogs' re-INVITEs are answered
+/// meanwhile.
+async fn refer_replacing(
+    sip: &mut Call,
+    sdp: &mut LocalSdp,
+    media: &MediaHandle,
+    leg: &mut Leg,
+) -> Referred {
+    let Some((target, replaces)) = leg.sip.replaced_by_peer() else {
+        return Referred::Refused("the consult call cannot be named in a Replaces".to_owned());
+    };
+    match timeout(REFER_TIMEOUT, sip.refer_replacing(&target, &replaces)).await {
+        Ok(Ok(code)) if (200..300).contains(&code) => {}
+        Ok(Ok(code)) => return Referred::Refused(format!("REFER answered {code}")),
+        Ok(Err(e)) => return Referred::Refused(format!("REFER failed: {e}")),
+        Err(_) => return Referred::Refused("REFER not answered in time".to_owned()),
+    }
+    let deadline = Instant::now() + REFER_OUTCOME_TIMEOUT;
+    loop {
+        tokio::select! {
+            event = sip.next_event() => match event {
+                Ok(DialogEvent::ReferProgress(code)) if code < 200 => {}
+                Ok(DialogEvent::ReferProgress(code)) if code < 300 => return Referred::Completed,
+                Ok(DialogEvent::ReferProgress(code)) => {
+                    return Referred::Refused(format!("the caller's side reported {code}"));
+                }
+                Ok(DialogEvent::ReInvite(re)) => reinvite(sip, sdp, media, re).await,
+                Ok(DialogEvent::Info { .. }) => {}
+                // The caller's side left after taking the REFER (some
+                // transferees hang up themselves, RFC 5589 §6.1).
+                Ok(DialogEvent::Bye | DialogEvent::Terminated | DialogEvent::SessionExpired)
+                | Err(_) => return Referred::Completed,
+            },
+            event = leg.sip.next_event() => match event {
+                Ok(DialogEvent::ReInvite(re)) => {
+                    reinvite(&mut leg.sip, &mut leg.sdp, &leg.rtp.handle, re).await;
+                }
+                Ok(DialogEvent::Info { .. } | DialogEvent::ReferProgress(_)) => {}
+                // RFC 3891 §3: the person's side ends the dialog the
+                // caller's INVITE replaced.
+                Ok(DialogEvent::Bye | DialogEvent::Terminated | DialogEvent::SessionExpired)
+                | Err(_) => return Referred::Completed,
+            },
+            // The person's audio meanwhile goes nowhere.
+            Some(_) = leg.rtp.events.recv() => {}
+            () = sleep_until(deadline) => {
+                return Referred::Refused("no outcome of the REFER in time".to_owned());
+            }
+        }
+    }
+}
+
+/// A note of the daemon's in the transcript (`text`: a hand-off, a
+/// replaced dialog), `at` from the answer.
+fn note_turn(text: String, at: Duration) -> NewTurn {
     let ms = i64::try_from(at.as_millis()).unwrap_or(i64::MAX);
     NewTurn {
         speaker: "agent",
-        text: format!("[transferred: joined with call {consult_call_id}]"),
+        text,
         start_ms: ms,
         end_ms: ms,
         interrupted: false,
@@ -553,6 +686,7 @@ async fn on_leg(
             Some(EndReason::CalleeHangup)
         }
         LegEvent::Dialog(Ok(DialogEvent::SessionExpired)) => Some(EndReason::SessionExpired),
+        LegEvent::Dialog(Ok(DialogEvent::ReferProgress(_))) => None,
         LegEvent::Dialog(Ok(DialogEvent::ReInvite(re))) => {
             reinvite(&mut leg.sip, &mut leg.sdp, &leg.rtp.handle, re).await;
             None

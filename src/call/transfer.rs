@@ -13,6 +13,9 @@
 //! meanwhile; the caller's call task only reads the outcome, and asks for a
 //! cancel when the caller hangs up first.
 //!
+//! After an attended transfer the leg is handed back here ([`linger`]) to
+//! wait, bounded, for the person's side to end the replaced dialog.
+//!
 //! Must not: bridge the audio (see [`crate::media::bridge`]), speak, or
 //! touch the caller's dialog: [`super::task`] does, with the leg this
 //! returns.
@@ -43,6 +46,10 @@ const CONSULT_RING: Duration = Duration::from_secs(30);
 const BYE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the leg's media task gets to stop.
 const MEDIA_STOP: Duration = Duration::from_secs(2);
+/// How long a consult leg replaced by an attended transfer may stay up
+/// before we end it: the person's side sends BYE once the caller's INVITE
+/// with Replaces reached it.
+const REPLACED_LINGER: Duration = Duration::from_secs(10);
 
 /// A consult call being placed; its outcome comes once.
 pub(super) struct Consult {
@@ -310,8 +317,7 @@ async fn place(
             return Err(not_taken(call.end(reason)).await);
         }
     };
-    let answered_at = call.record_answered(started).await;
-    super::orphans::store_dialog(&shared.transitions, &id, sip.dialog_state());
+    let answered_at = call.record_answered(started, sip.dialog_state()).await;
     let recorder = match recording.is_enabled() {
         true => {
             shared
@@ -408,10 +414,34 @@ pub(super) async fn played_out(leg: &mut Leg, limit: Duration) -> Result<(), End
                 Ok(crate::sip::DialogEvent::ReInvite(re)) => {
                     super::task::reinvite(&mut leg.sip, &mut leg.sdp, &leg.rtp.handle, re).await;
                 }
-                Ok(crate::sip::DialogEvent::Info { .. }) => {}
+                Ok(crate::sip::DialogEvent::Info { .. } | crate::sip::DialogEvent::ReferProgress(_)) => {}
                 Err(e) => return Err(EndReason::Failed(FailureCause::Sip(e.to_string()))),
             },
             () = sleep_until(deadline) => return Ok(()),
         }
     }
+}
+
+/// After an attended transfer: the person's side ends the consult leg once
+/// the caller's INVITE with Replaces took it over (RFC 3891 §3); we send
+/// BYE ourselves after [`REPLACED_LINGER`]. The leg ends `transferred`.
+pub(super) async fn linger(mut leg: Leg) {
+    let deadline = Instant::now() + REPLACED_LINGER;
+    loop {
+        tokio::select! {
+            event = leg.sip.next_event() => match event {
+                Ok(crate::sip::DialogEvent::ReInvite(re)) => {
+                    super::task::reinvite(&mut leg.sip, &mut leg.sdp, &leg.rtp.handle, re).await;
+                }
+                Ok(crate::sip::DialogEvent::Info { .. } | crate::sip::DialogEvent::ReferProgress(_)) => {}
+                Ok(_) | Err(_) => break,
+            },
+            Some(_) = leg.rtp.events.recv() => {}
+            () = sleep_until(deadline) => {
+                tracing::info!(consult_call_id = %leg.id, "the replaced consult leg is still up; ending it");
+                break;
+            }
+        }
+    }
+    leg.end(EndReason::Transferred).await;
 }

@@ -453,6 +453,8 @@ impl WebRun {
                 Some(command) = commands.recv() => match command {
                     CallCommand::Hangup(reason) => break Err(reason),
                     CallCommand::Trickle(request) => to_peer(&peer_commands, request),
+                    // A web call has no SIP dialog to replace: 481.
+                    CallCommand::Replace(_) => {}
                 },
             }
         };
@@ -465,7 +467,8 @@ impl WebRun {
         let answered_at = Instant::now();
         metrics::histogram!(CALL_SETUP_SECONDS, "direction" => WEB)
             .record(answered_at.duration_since(started).as_secs_f64());
-        shared.transitions.answered(&id).await;
+        // A web call has no SIP dialog for a survivor to end.
+        shared.transitions.answered(&id, None).await;
         let deadline = answered_at + max_duration;
         let mut screen = Screen::new(&id, shared.transitions.clone(), AmdMode::Off, None);
         // Recorded from the media session's tap, as a phone call is.
@@ -529,6 +532,8 @@ impl WebRun {
                         to_peer(&peer_commands, request);
                         None
                     }
+                    // No SIP dialog to replace: dropped, 481.
+                    CallCommand::Replace(_) => None,
                 },
                 () = sleep_until(deadline) => Some(EndReason::MaxDuration),
             };

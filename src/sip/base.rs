@@ -61,6 +61,17 @@ pub enum Transport {
 }
 
 impl Transport {
+    /// The transport a request to `uri` goes over: its `transport`
+    /// parameter, TLS for `sips:` (RFC 3261 §26.2.2), else UDP.
+    pub(crate) fn of_uri(uri: &ezk_sip_types::uri::SipUri) -> Self {
+        match uri.uri_params.get_val("transport") {
+            Some(t) if t.eq_ignore_ascii_case("tcp") => Transport::Tcp,
+            Some(t) if t.eq_ignore_ascii_case("tls") => Transport::Tls,
+            _ if uri.sips => Transport::Tls,
+            _ => Transport::Udp,
+        }
+    }
+
     /// UDP or a connection, without knowing which kind of connection:
     /// [`LocalIdentity::transport_of`] knows TLS too.
     pub(crate) fn of(handle: &TpHandle) -> Self {

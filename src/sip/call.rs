@@ -2,7 +2,10 @@
 //! re-INVITE (§14) whose answer the caller computes, INFO (RFC 6086)
 //! answered 200 and reported, REFER sent for a blind transfer (RFC 3515;
 //! ezk-sip-ua keeps its REFER support private to its own call type, so it
-//! is built here on the dialog). Dropping a live [`Call`] sends BYE.
+//! is built here on the dialog) or for an attended one (RFC 5589 §7: the
+//! Refer-To carries a Replaces naming another dialog, RFC 3891 §3), and the
+//! NOTIFYs reporting a REFER's progress (RFC 3515 §2.4.5, `message/sipfrag`)
+//! read. Dropping a live [`Call`] sends BYE.
 //!
 //! Session timers (RFC 4028, agreed in `timers`): the call refreshes the
 //! session itself when it is the refresher (UPDATE, RFC 3311, when the peer
@@ -12,15 +15,16 @@
 
 use super::base::{SipError, attach_sdp, is_sdp};
 use super::finished::{ByeWatch, Finished};
+use super::replaces::Replaces;
 use super::timers::{self, Agreed, Inbound, SessionTimerConfig};
 use bytes::Bytes;
 use ezk_sip_core::{Endpoint, IncomingRequest, MayTake};
 use ezk_sip_types::header::typed::{ContentType, MinSe, Require, SessionExpires};
 use ezk_sip_types::print::{AppendCtx, PrintCtx};
 use ezk_sip_types::{CodeKind, Headers, Method, Name, StatusCode};
-use ezk_sip_ua::dialog::{Usage, UsageGuard};
+use ezk_sip_ua::dialog::{Dialog, Usage, UsageGuard};
 use ezk_sip_ua::invite::session::{InviteSession, InviteSessionEvent, ReInviteReceived, Role};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use tokio::sync::{Notify, mpsc};
 use tokio::time::{Instant, sleep_until};
 use tracing::Instrument;
@@ -39,6 +43,9 @@ pub enum DialogEvent {
         content_type: Option<String>,
         body: Bytes,
     },
+    /// A NOTIFY of our REFER's progress (RFC 3515 §2.4.5, already answered
+    /// 200): the status code of its `message/sipfrag` body.
+    ReferProgress(u16),
     /// The dialog ended without a BYE from the peer.
     Terminated,
     /// The peer's session refresh (RFC 4028 §10) is overdue, or our own
@@ -153,43 +160,105 @@ impl std::fmt::Debug for Call {
     }
 }
 
-impl Call {
-    pub(crate) fn new(
-        mut session: InviteSession,
-        call_id: String,
-        finished: &Arc<Finished>,
-        bye: ByeWatch,
-        setup: TimerSetup,
-    ) -> Self {
-        // Our own timer replaces ezk's (see `timers`).
-        timers::park_ezk_timer(&mut session);
-        if let Some(agreed) = &setup.agreed {
-            tracing::info!(
-                %call_id,
-                interval = agreed.interval,
-                we_refresh = agreed.we_refresh,
-                "session timer (RFC 4028)"
-            );
+/// INFO, OPTIONS and UPDATE inside a dialog, answered by [`InfoUsage`]:
+/// registered on the dialog before our 200 goes out (an inbound call), so
+/// an INFO the peer sends right behind its ACK is not answered 404 by
+/// ezk's dialog layer in the gap before the [`Call`] exists. Until
+/// [`Self::confirm`] the usage leaves every request to ezk, as in the
+/// early dialog nothing but PRACK (see `prack`) is ours to answer.
+pub(crate) struct InDialog {
+    info_rx: mpsc::Receiver<(Option<String>, Bytes)>,
+    guard: UsageGuard,
+    timer: Arc<OnceLock<Arc<TimerShared>>>,
+}
+
+impl InDialog {
+    pub(crate) fn register(dialog: &Dialog, finished: &Arc<Finished>, we_are_uas: bool) -> Self {
+        // Bounded: INFO is answered 200 and its body dropped (logged) when
+        // the call does not keep up (see `InfoUsage::receive`).
+        let (info_tx, info_rx) = mpsc::channel(16);
+        let timer = Arc::new(OnceLock::new());
+        let guard = dialog.register_usage(InfoUsage {
+            info_tx,
+            finished: Arc::clone(finished),
+            timer: Arc::clone(&timer),
+            we_are_uas,
+        });
+        Self {
+            info_rx,
+            guard,
+            timer,
         }
-        let timer = Arc::new(TimerShared {
+    }
+
+    /// The dialog is confirmed (our 200 is about to go out, or the peer's
+    /// arrived): the session timer starts and in-dialog requests are ours.
+    pub(crate) fn confirm(&self, setup: TimerSetup) {
+        let shared = Arc::new(TimerShared {
             state: Mutex::new(TimerState {
                 setup,
                 last_refresh: Instant::now(),
             }),
             changed: Notify::new(),
         });
-        let (info_tx, info_rx) = mpsc::channel(16);
-        let info_usage = session.dialog.register_usage(InfoUsage {
-            info_tx,
-            finished: Arc::clone(finished),
-            timer: Arc::clone(&timer),
-            we_are_uas: matches!(session.role, Role::Uas),
-        });
+        // A second confirm keeps the first timer (it cannot happen: one
+        // dialog is confirmed once).
+        let _ = self.timer.set(shared);
+    }
+}
+
+impl Call {
+    /// A call whose dialog was just confirmed by the peer's 2xx (outbound).
+    pub(crate) fn new(
+        session: InviteSession,
+        call_id: String,
+        finished: &Arc<Finished>,
+        bye: ByeWatch,
+        setup: TimerSetup,
+    ) -> Self {
+        let in_dialog =
+            InDialog::register(&session.dialog, finished, matches!(session.role, Role::Uas));
+        in_dialog.confirm(setup);
+        Self::confirmed(session, call_id, bye, in_dialog)
+    }
+
+    /// A call whose [`InDialog`] was registered and confirmed before.
+    pub(crate) fn confirmed(
+        mut session: InviteSession,
+        call_id: String,
+        bye: ByeWatch,
+        in_dialog: InDialog,
+    ) -> Self {
+        // Our own timer replaces ezk's (see `timers`).
+        timers::park_ezk_timer(&mut session);
+        let timer = match in_dialog.timer.get() {
+            Some(timer) => Arc::clone(timer),
+            // Unreachable by the callers (both confirm first); a call
+            // without a timer is the safe reading.
+            None => Arc::new(TimerShared {
+                state: Mutex::new(TimerState {
+                    setup: TimerSetup::default(),
+                    last_refresh: Instant::now(),
+                }),
+                changed: Notify::new(),
+            }),
+        };
+        {
+            let state = timer.lock();
+            if let Some(agreed) = &state.setup.agreed {
+                tracing::info!(
+                    %call_id,
+                    interval = agreed.interval,
+                    we_refresh = agreed.we_refresh,
+                    "session timer (RFC 4028)"
+                );
+            }
+        }
         Self {
             session: Some(session),
             call_id,
-            info_rx,
-            _info_usage: Some(info_usage),
+            info_rx: in_dialog.info_rx,
+            _info_usage: Some(in_dialog.guard),
             bye,
             timer,
         }
@@ -265,9 +334,17 @@ impl Call {
                         self.session = None;
                         return Ok(DialogEvent::Terminated);
                     }
+                    // ezk answered the NOTIFY 200 already; one of a REFER's
+                    // implicit subscription reports its progress.
+                    InviteSessionEvent::Notify(notify) => {
+                        if let Some(code) = refer_progress(&notify) {
+                            tracing::info!(code, "REFER progress (NOTIFY)");
+                            return Ok(DialogEvent::ReferProgress(code));
+                        }
+                    }
                     // We never take the refresher role (RFC 4028 refresher=uac
-                    // on inbound, no timer on outbound); NOTIFY is answered.
-                    InviteSessionEvent::RefreshNeeded | InviteSessionEvent::Notify(_) => {}
+                    // on inbound, no timer on outbound).
+                    InviteSessionEvent::RefreshNeeded => {}
                 }
             }
         }
@@ -533,7 +610,7 @@ impl Call {
                 value: target.to_owned(),
             });
         }
-        let session = self.session.as_mut().ok_or(SipError::Terminated)?;
+        let session = self.session.as_ref().ok_or(SipError::Terminated)?;
         let uri = if target.starts_with("sip:") || target.starts_with("sips:") {
             target.to_owned()
         } else {
@@ -547,9 +624,91 @@ impl Call {
                 .to_string();
             format!("sip:{target}@{host}")
         };
-        let uri = with_headers(uri, headers);
+        self.send_refer(with_headers(uri, headers), false).await
+    }
+
+    /// Attended transfer (RFC 5589 §7): asks the peer to call `target` (the
+    /// URI [`Call::replaced_by_peer`] gave for the other dialog) with an
+    /// INVITE that replaces that dialog (RFC 3891 §3: `Replaces` rides in
+    /// the Refer-To URI as an escaped header field, RFC 3261 §19.1.1), and
+    /// says who referred it (Referred-By, RFC 3892). Returns the REFER's
+    /// final status; its progress comes as [`DialogEvent::ReferProgress`].
+    pub async fn refer_replacing(
+        &mut self,
+        target: &str,
+        replaces: &Replaces,
+    ) -> Result<u16, SipError> {
+        let uri = with_headers(
+            target.to_owned(),
+            &[("Replaces".to_owned(), replaces.to_string())],
+        );
+        self.send_refer(uri, true).await
+    }
+
+    /// This dialog as the peer would name it in the Replaces of an INVITE
+    /// sent to it (RFC 3891 §3: the to-tag is the peer's own tag, the
+    /// from-tag ours), with the peer's Contact, where that INVITE goes
+    /// (RFC 5589 §7.1). `None` once the dialog ended, or when the Contact
+    /// (the peer's bytes) is not fit to be quoted in a Refer-To.
+    pub fn replaced_by_peer(&self) -> Option<(String, Replaces)> {
+        let dialog = &self.session.as_ref()?.dialog;
+        let target = dialog
+            .peer_contact
+            .uri
+            .uri
+            .print_ctx(PrintCtx::default())
+            .to_string();
+        let fit = target.len() <= 256
+            && (target.starts_with("sip:") || target.starts_with("sips:"))
+            && target
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !b"<>\"?&,".contains(&b));
+        if !fit {
+            tracing::info!(%target, "the peer's Contact cannot be a Refer-To");
+            return None;
+        }
+        let replaces = Replaces {
+            call_id: dialog.call_id.0.to_string(),
+            to_tag: dialog.peer_fromto.tag.as_ref()?.to_string(),
+            from_tag: dialog.local_fromto.tag.as_ref()?.to_string(),
+            early_only: false,
+        };
+        // The tags and Call-ID come from the peer too: refused unless they
+        // read back as a Replaces (no quote, comma or line break).
+        (Replaces::parse(&replaces.to_string()).as_ref() == Some(&replaces))
+            .then_some((target, replaces))
+    }
+
+    /// Whether `replaces` (from an INVITE we received) names this dialog,
+    /// confirmed and up (RFC 3891 §3: its to-tag is compared to our local
+    /// tag, its from-tag to the peer's).
+    pub fn is_named_by(&self, replaces: &Replaces) -> bool {
+        let Some(session) = self.session.as_ref() else {
+            return false;
+        };
+        let dialog = &session.dialog;
+        *dialog.call_id.0 == *replaces.call_id
+            && dialog.local_fromto.tag.as_deref() == Some(replaces.to_tag.as_str())
+            && dialog.peer_fromto.tag.as_deref() == Some(replaces.from_tag.as_str())
+    }
+
+    /// Sends REFER with `Refer-To: <uri>` (and our Referred-By when
+    /// `referred_by`) and returns its final status.
+    async fn send_refer(&mut self, uri: String, referred_by: bool) -> Result<u16, SipError> {
+        let session = self.session.as_mut().ok_or(SipError::Terminated)?;
         let mut request = session.dialog.create_request(Method::REFER, None);
         request.headers.insert(Name::REFER_TO, format!("<{uri}>"));
+        if referred_by {
+            // RFC 3892 §3: the referrer's address, here our From URI.
+            let ours = session
+                .dialog
+                .local_fromto
+                .uri
+                .uri
+                .print_ctx(PrintCtx::default())
+                .to_string();
+            request.headers.insert("Referred-By", format!("<{ours}>"));
+        }
         // RFC 3515 §2.4.1 / RFC 3261 §8.1.1.8: REFER creates a dialog usage
         // (the implicit subscription), so it carries our Contact.
         request.headers.insert_named(&session.dialog.local_contact);
@@ -629,6 +788,33 @@ impl Drop for Call {
     }
 }
 
+/// The status code of a REFER's progress NOTIFY (RFC 3515 §2.4.4-5:
+/// `Event: refer`, a `message/sipfrag` body whose first line is a status
+/// line, RFC 3420); `None` for any other NOTIFY.
+fn refer_progress(notify: &IncomingRequest) -> Option<u16> {
+    let event: &str = notify.headers.get_raw(&Name::EVENT).next()?;
+    let package = event.split(';').next()?.trim();
+    if !package.eq_ignore_ascii_case("refer") {
+        return None;
+    }
+    sipfrag_status(&notify.body)
+}
+
+/// The status code of a `message/sipfrag` body's status line.
+fn sipfrag_status(body: &[u8]) -> Option<u16> {
+    let line = body.split(|b| *b == b'\n').next()?;
+    let line = std::str::from_utf8(line).ok()?.trim();
+    let mut words = line.split_ascii_whitespace();
+    if !words.next()?.eq_ignore_ascii_case("SIP/2.0") {
+        return None;
+    }
+    let code = words.next()?;
+    if code.len() != 3 {
+        return None;
+    }
+    code.parse().ok().filter(|c| (100..700).contains(c))
+}
+
 pub(super) fn sdp_of(request: &IncomingRequest) -> Option<Bytes> {
     match request.headers.try_get_named::<ContentType>() {
         Some(Ok(ct)) if is_sdp(&ct) && !request.body.is_empty() => Some(request.body.clone()),
@@ -644,7 +830,8 @@ struct InfoUsage {
     /// Answers without a transaction (see `finished`).
     finished: Arc<Finished>,
     /// UPDATE refreshes the session timer (RFC 4028 §9 / RFC 3311).
-    timer: Arc<TimerShared>,
+    /// Unset while the dialog is early: the usage then takes nothing.
+    timer: Arc<OnceLock<Arc<TimerShared>>>,
     we_are_uas: bool,
 }
 
@@ -655,10 +842,13 @@ impl Usage for InfoUsage {
     }
 
     async fn receive(&self, endpoint: &Endpoint, request: MayTake<'_, IncomingRequest>) {
+        let Some(timer) = self.timer.get() else {
+            return;
+        };
         let method = request.line.method.clone();
         if method == Method::UPDATE {
             let update = request.take();
-            self.answer_update(endpoint, update).await;
+            self.answer_update(endpoint, timer, update).await;
             return;
         }
         if method != Method::INFO && method != Method::OPTIONS {
@@ -690,12 +880,17 @@ impl InfoUsage {
     /// (RFC 4028 §9) answered 200 with Session-Expires; one below our
     /// Min-SE gets 422. An offer in it is answered with our current SDP:
     /// the media of a call never changes by UPDATE here.
-    async fn answer_update(&self, endpoint: &Endpoint, update: IncomingRequest) {
-        let response = match self.timer.peer_refresh(&update.headers, self.we_are_uas) {
+    async fn answer_update(
+        &self,
+        endpoint: &Endpoint,
+        timer: &TimerShared,
+        update: IncomingRequest,
+    ) {
+        let response = match timer.peer_refresh(&update.headers, self.we_are_uas) {
             Ok(mut extra) => {
                 let mut response = endpoint.create_response(&update, StatusCode::OK, None);
                 extra.drain_into(&mut response.msg.headers);
-                let local = self.timer.lock().setup.local_sdp.clone();
+                let local = timer.lock().setup.local_sdp.clone();
                 if sdp_of(&update).is_some()
                     && let Some(sdp) = local
                 {
@@ -721,7 +916,45 @@ fn far_future() -> Instant {
 
 #[cfg(test)]
 mod tests {
-    use super::with_headers;
+    use super::{sipfrag_status, with_headers};
+    use crate::sip::replaces::Replaces;
+
+    #[test]
+    fn sipfrag_status_lines_are_read_and_anything_else_is_not() {
+        assert_eq!(sipfrag_status(b"SIP/2.0 200 OK\r\n"), Some(200));
+        assert_eq!(sipfrag_status(b"SIP/2.0 100 Trying"), Some(100));
+        assert_eq!(
+            sipfrag_status(b"SIP/2.0 603 Declined\r\nX: y\r\n"),
+            Some(603)
+        );
+        for bad in [
+            &b""[..],
+            b"INVITE sip:a@b SIP/2.0",
+            b"SIP/2.0 2000 OK",
+            b"SIP/2.0 099 x",
+        ] {
+            assert_eq!(sipfrag_status(bad), None);
+        }
+    }
+
+    #[test]
+    fn replaces_rides_escaped_in_the_refer_to() {
+        let replaces = Replaces {
+            call_id: "a84b4c76e66710@10.0.0.2".into(),
+            to_tag: "1928301774".into(),
+            from_tag: "f00-1".into(),
+            early_only: false,
+        };
+        let uri = with_headers(
+            "sip:+14155550100@10.0.0.2:5062".into(),
+            &[("Replaces".into(), replaces.to_string())],
+        );
+        assert_eq!(
+            uri,
+            "sip:+14155550100@10.0.0.2:5062?Replaces=a84b4c76e66710%4010.0.0.2\
+             %3Bto-tag%3D1928301774%3Bfrom-tag%3Df00-1"
+        );
+    }
 
     #[test]
     fn refer_to_headers_are_escaped_and_names_checked() {

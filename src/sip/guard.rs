@@ -16,9 +16,9 @@ use ezk_sip_types::{Headers, Method, Name, StatusCode};
 use std::sync::Arc;
 
 /// Option tags we accept in Require (RFC 3261 §8.2.2.3): session timers
-/// (RFC 4028, `timers`) and reliable provisional responses (RFC 3262,
-/// `prack`).
-const SUPPORTED_EXTENSIONS: &[&str] = &["timer", "100rel"];
+/// (RFC 4028, `timers`), reliable provisional responses (RFC 3262,
+/// `prack`) and Replaces (RFC 3891, `call::replace`).
+const SUPPORTED_EXTENSIONS: &[&str] = &["timer", "100rel", "replaces"];
 
 pub(crate) struct GuardLayer {
     /// On the endpoint behind the TCP relay: who is really at the other
@@ -107,6 +107,7 @@ impl Layer for GuardLayer {
             let mut headers = Headers::new();
             headers.insert_named(endpoint.allowed());
             headers.insert_named(&Accept("application/sdp".into()));
+            headers.insert(Name::SUPPORTED, SUPPORTED_EXTENSIONS.join(", "));
             respond(endpoint, request.take(), StatusCode::OK, None, headers).await;
         }
     }

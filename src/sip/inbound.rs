@@ -12,7 +12,7 @@ use super::ack::{AckTemplate, SipTimers};
 use super::base::{
     Admission, DigestAccount, LocalIdentity, RequestSource, Transport, attach_sdp, respond,
 };
-use super::call::{Call, TimerSetup, sdp_of};
+use super::call::{Call, InDialog, TimerSetup, sdp_of};
 use super::edge::{EdgeGuard, InviteSlot};
 use super::finished::Finished;
 use super::prack::{self, PrackState, PrackUsage};
@@ -143,6 +143,9 @@ pub struct IncomingInvite {
     /// The dialog the 200 confirms: its BYE watch is set before the 200
     /// goes out (see [`Self::accept`]).
     dialog_key: DialogKey,
+    /// Answers INFO, OPTIONS and UPDATE once our 200 is on its way;
+    /// `None` once the call took it.
+    in_dialog: Option<InDialog>,
     /// T1 and the ACKs we wait for (see `ack`).
     timers: Arc<SipTimers>,
     /// The local ACK that ends ezk's own wait for one (see `ack`).
@@ -289,6 +292,8 @@ impl IncomingInvite {
                 &mut response.msg.body,
                 sdp.clone(),
             );
+            // RFC 3891 §6.1: this dialog may be replaced (`call::replace`).
+            response.msg.headers.insert(Name::SUPPORTED, "replaces");
             let agreed = match self.session_timer {
                 Inbound::Timer(agreed) => Some(agreed),
                 Inbound::None | Inbound::TooBrief { .. } => None,
@@ -325,6 +330,19 @@ impl IncomingInvite {
             // dialog layer instead, it would keep a server transaction (a
             // task and a channel of about 4 KB) for 64*T1.
             let bye = self.finished.watch(self.dialog_key.clone());
+            // Likewise an INFO or UPDATE right behind the ACK: the usage
+            // that answers them was registered with the dialog and takes
+            // them from now on, before the call exists.
+            let in_dialog = self
+                .in_dialog
+                .take()
+                .ok_or_else(|| AcceptError::Sip("dialog usage already taken".into()))?;
+            in_dialog.confirm(TimerSetup {
+                agreed,
+                local_sdp: Some(sdp.clone()),
+                peer_allows_update: self.peer_allows_update,
+                config: self.timers.session,
+            });
             let sent_at = tokio::time::Instant::now();
             // ezk sends the 200 and waits for an ACK on its own flat
             // schedule: the local ACK ends that wait before its first
@@ -354,13 +372,7 @@ impl IncomingInvite {
                 }
                 Err(e) => return Err(AcceptError::Sip(e.to_string())),
             };
-            let setup = TimerSetup {
-                agreed,
-                local_sdp: Some(sdp),
-                peer_allows_update: self.peer_allows_update,
-                config: self.timers.session,
-            };
-            let call = Call::new(session, call_id, &self.finished, bye, setup);
+            let call = Call::confirmed(session, call_id, bye, in_dialog);
             let (ack, resent) = ack_wait
                 .retransmit_until_ack(&self.endpoint, copy, sent_at)
                 .await;
@@ -608,6 +620,7 @@ impl InboundLayer {
         });
         let invite_cseq = invite.base_headers.cseq.cseq;
         let dialog_key = dialog.key();
+        let in_dialog = InDialog::register(&dialog, &self.finished, true);
         let mut acceptor = InviteAcceptor::new(dialog, invite);
 
         // RFC 3261 §8.2.6.1 / §17.2.1: 100 Trying at once, so the caller
@@ -635,6 +648,7 @@ impl InboundLayer {
             _slot: self.edge.invite_slot(),
             finished: Arc::clone(&self.finished),
             dialog_key,
+            in_dialog: Some(in_dialog),
             timers: Arc::clone(&self.timers),
             ack,
             endpoint: endpoint.clone(),

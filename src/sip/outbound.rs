@@ -143,12 +143,7 @@ impl SipStack {
             Some(name) => NameAddr::new(name.clone(), from_uri),
             None => NameAddr::uri(from_uri),
         };
-        let transport = match target.uri_params.get_val("transport") {
-            Some(t) if t.eq_ignore_ascii_case("tcp") => Transport::Tcp,
-            Some(t) if t.eq_ignore_ascii_case("tls") => Transport::Tls,
-            _ if target.sips => Transport::Tls,
-            _ => Transport::Udp,
-        };
+        let transport = Transport::of_uri(&target);
         let contact = self.local.contact(Some(&invite.from_user), transport);
 
         let mut initiator = InviteInitiator::new(self.endpoint.clone(), from, contact, target);
@@ -238,6 +233,9 @@ impl InviteClient {
         // RFC 4028 §7.1: our interval and floor; the refresher is left to
         // the UAS (§9), which names it in its 2xx.
         request.headers.insert(Name::SUPPORTED, "timer");
+        // RFC 3891 §6.1: a PBX may move this call with an INVITE with
+        // Replaces (`call::replace`).
+        request.headers.insert(Name::SUPPORTED, "replaces");
         request.headers.insert_named(&SessionExpires {
             delta_secs: self.session_expires,
             refresher: Refresher::Unspecified,

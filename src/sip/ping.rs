@@ -7,7 +7,7 @@
 //! Must not: decide what an answer means for a trunk or keep any state
 //! between probes; `call::trunk_pings` does that.
 
-use super::base::SipError;
+use super::base::{SipError, Transport};
 use super::transport::SipStack;
 use super::{peer_uri, random_token};
 use ezk_sip_core::Request;
@@ -35,8 +35,12 @@ impl SipStack {
     /// out-of-dialog request (§8.1.1).
     pub async fn probe(&self, target: &str, timeout: Duration) -> Result<Probe, SipError> {
         let uri = peer_uri("OPTIONS target", target)?;
+        // Via and From name the address of the transport the probe goes
+        // over: our TLS port for a TLS peer (RFC 3261 §18.1.1), not the
+        // UDP one it cannot answer on.
+        let local = self.local.address_for(Transport::of_uri(&uri));
         let mut transport = TargetTransportInfo {
-            via_host_port: Some(HostPort::from(self.local.public)),
+            via_host_port: Some(HostPort::from(local)),
             transport: None,
         };
         match self.endpoint.select_transport(&uri).await {
@@ -47,7 +51,7 @@ impl SipStack {
                 });
             }
         }
-        let mut from = SipUri::new(HostPort::from(self.local.public));
+        let mut from = SipUri::new(HostPort::from(local));
         from.set_user("agentline".to_owned().into());
         let mut request = Request::new(Method::OPTIONS, uri.clone());
         let headers = &mut request.headers;

@@ -149,12 +149,7 @@ struct Worker {
 impl Worker {
     fn new(stack: &SipStack, trunk: &TrunkRegistration) -> Result<Self, SipError> {
         let registrar_uri = peer_uri("registrar", &trunk.registrar)?;
-        let transport = match registrar_uri.uri_params.get_val("transport") {
-            Some(t) if t.eq_ignore_ascii_case("tcp") => Transport::Tcp,
-            Some(t) if t.eq_ignore_ascii_case("tls") => Transport::Tls,
-            _ if registrar_uri.sips => Transport::Tls,
-            _ => Transport::Udp,
-        };
+        let transport = Transport::of_uri(&registrar_uri);
         let domain = match &trunk.domain {
             Some(domain) => domain.clone(),
             None => registrar_uri.host_port.host.to_string(),

@@ -137,14 +137,16 @@ fn builtin_specs() -> Vec<ToolSpec> {
             description: "Transfer the caller to a phone number after your reply. \
                 Mode `blind` (the default) hands the call over at once; `warm` first \
                 calls the person, tells them `summary`, then joins them with the \
-                caller (tell the caller to hold on in your reply); if they do not \
-                take the call you are told so and the call stays with you."
+                caller (tell the caller to hold on in your reply); `attended` is \
+                `warm` where the caller's phone system is asked to connect the \
+                two itself; if the person does not take the call you are told so \
+                and the call stays with you."
                 .into(),
             parameters: json!({"type": "object", "required": ["to"], "properties": {
                 "to": {"type": "string", "description": "E.164 number, e.g. +14155550100"},
-                "mode": {"type": "string", "enum": ["blind", "warm"]},
+                "mode": {"type": "string", "enum": ["blind", "warm", "attended"]},
                 "summary": {"type": "string",
-                    "description": "Warm mode: what to tell the person before joining the caller"}}}),
+                    "description": "Warm and attended modes: what to tell the person before joining the caller"}}}),
         },
         ToolSpec {
             name: SEND_DTMF.into(),
@@ -246,13 +248,14 @@ impl LlmBrain {
                         .increment(1);
                     (json!({ "error": TRANSFER_DENIED }).to_string(), None)
                 }
-                Some(to) if arg("mode").as_deref() == Some("warm") => (
+                Some(to) if matches!(arg("mode").as_deref(), Some("warm" | "attended")) => (
                     "ok: after your reply the person is called; the caller waits".into(),
                     Some(Action::WarmTransfer {
                         to,
                         summary: arg("summary")
                             .map(|s| s.chars().take(MAX_SUMMARY_CHARS).collect::<String>())
                             .filter(|s| !s.trim().is_empty()),
+                        attended: arg("mode").as_deref() == Some("attended"),
                     }),
                 ),
                 Some(to) => (
@@ -536,6 +539,14 @@ mod tests {
                     text: "One moment.".into(),
                     tool_calls: Vec::new(),
                 },
+                call(
+                    TRANSFER_CALL,
+                    r#"{"to": "+14155550100", "mode": "attended"}"#,
+                ),
+                LlmReply {
+                    text: "One moment.".into(),
+                    tool_calls: Vec::new(),
+                },
             ]),
             seen: Mutex::new(Vec::new()),
         });
@@ -557,6 +568,19 @@ mod tests {
             vec![Action::WarmTransfer {
                 to: "+14155550100".into(),
                 summary: Some("Billing question.".into()),
+                attended: false,
+            }]
+        );
+        let reply = brain
+            .respond(&mut conv, Input::Text("and again".into()), &tx)
+            .await
+            .unwrap();
+        assert_eq!(
+            reply.actions,
+            vec![Action::WarmTransfer {
+                to: "+14155550100".into(),
+                summary: None,
+                attended: true,
             }]
         );
     }

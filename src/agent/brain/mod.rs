@@ -154,11 +154,16 @@ pub enum Action {
     Transfer { to: String },
     /// Warm transfer: call `to` on a second leg, tell the person there
     /// `summary` (or the transcript's gist), then join them with the
-    /// caller; if they do not take the call the agent goes on.
+    /// caller; if they do not take the call the agent goes on. `attended`:
+    /// join them by asking the caller's side to call the person with SIP
+    /// REFER and Replaces (RFC 5589 §7), the daemon's bridge only when that
+    /// is refused.
     WarmTransfer {
         to: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         summary: Option<String>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        attended: bool,
     },
     /// Send DTMF digits to the far end.
     SendDtmf { digits: String },

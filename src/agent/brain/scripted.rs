@@ -440,9 +440,14 @@ impl ScriptedBrain {
                 Action::Transfer { to } => Action::Transfer {
                     to: render(to, &s.slots, ctx),
                 },
-                Action::WarmTransfer { to, summary } => Action::WarmTransfer {
+                Action::WarmTransfer {
+                    to,
+                    summary,
+                    attended,
+                } => Action::WarmTransfer {
                     to: render(to, &s.slots, ctx),
                     summary: summary.as_ref().map(|t| render(t, &s.slots, ctx)),
+                    attended: *attended,
                 },
                 Action::SendDtmf { digits } => Action::SendDtmf {
                     digits: render(digits, &s.slots, ctx),
