@@ -1,8 +1,10 @@
 //! Wideband codecs on real calls: baresip (Debian, its g722 and opus
-//! modules) offering only G.722, then only Opus, to the echo agent and to a
-//! voice agent; SIPp offering only PCMU, or none of our codecs. The codec
-//! each call took is read from the daemon's SIP trace (`[sip] trace`) and
-//! from baresip's recording, whose rate is the codec's.
+//! modules) offering only G.722, then only Opus, to the echo agent (the
+//! tone it plays comes back) and to a voice agent (the sentence it speaks
+//! is transcribed, the agent's reply reaches it); SIPp offering only PCMU,
+//! or none of our codecs. The codec each call took is read from the
+//! daemon's SIP trace (`[sip] trace`) and from baresip's recording, whose
+//! rate is the codec's.
 
 // A test's unwrap, expect or panic is its failure report: the daemon's bans
 // (Cargo.toml `[lints]`) do not apply here.
@@ -121,18 +123,16 @@ async fn baresip_with_only_g722_hears_its_tone_from_the_echo_agent() {
     echo_with("G722", "G722/8000", 16_000).await;
 }
 
-// The call negotiates Opus, but what baresip's sndfile module records of an
-// Opus call is not a WAV file `read_wav` reads yet (to look into).
-#[ignore = "baresip's recording of an Opus call is not read yet"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn baresip_with_only_opus_hears_its_tone_from_the_echo_agent() {
     echo_with("opus", "opus/48000/2", 48_000).await;
 }
 
-/// A voice agent on a G.722 call: baresip speaks a flite sentence; the
-/// stored transcript holds it, and the agent's reply follows the script.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_voice_agent_on_g722_transcribes_the_callers_sentence() {
+/// A voice agent on a call where baresip offers only `codec`: our answer
+/// names it (`rtpmap`); baresip speaks a flite sentence; the stored
+/// transcript holds it, the agent's reply follows the script, and
+/// baresip's recording of the agent is at `rate` and not silent.
+async fn voice_with(codec: &str, rtpmap: &str, rate: u32) {
     let d = daemon().await;
     let (status, agent) = json_of(
         d.post("/v1/agents")
@@ -181,12 +181,11 @@ async fn a_voice_agent_on_g722_transcribes_the_callers_sentence() {
         .status()
         .expect("flite is installed by scripts/test");
     assert!(spoken.success());
-    // After the greeting, the sentence at 16 kHz (G.722's rate); then time
-    // for the reply.
+    // After the greeting, the sentence; then time for the reply (baresip's
+    // helper converts it to the codec's rate).
     let caller = dir.path().join("caller.wav");
     let padded = std::process::Command::new("sox")
         .arg(&kal)
-        .args(["-r", "16000", "-c", "1", "-b", "16", "-e", "signed"])
         .arg(&caller)
         .args(["pad", "3", "12"])
         .status()
@@ -194,14 +193,12 @@ async fn a_voice_agent_on_g722_transcribes_the_callers_sentence() {
     assert!(padded.success());
 
     let common::BaresipCall { log, heard } =
-        common::baresip_call_with_codec(dir.path(), &caller, NUMBER, d.sip_port, 25, "G722").await;
+        common::baresip_call_with_codec(dir.path(), &caller, NUMBER, d.sip_port, 25, codec).await;
     let call = ended_call(&d).await;
     let lines = sdp_lines(&d, &call).await;
     assert!(
-        answer_lines(&lines)
-            .iter()
-            .any(|l| l.ends_with("G722/8000")),
-        "{lines:?}"
+        answer_lines(&lines).iter().any(|l| l.ends_with(rtpmap)),
+        "{codec}: {lines:?}"
     );
     assert_eq!(
         call["end_reason"],
@@ -233,13 +230,26 @@ async fn a_voice_agent_on_g722_transcribes_the_callers_sentence() {
         reply["text"], "Your appointment is booked for tuesday. Goodbye.",
         "{t}"
     );
-    // baresip heard the agent over G.722: its recording is 16 kHz and not
-    // silent.
+    // baresip heard the agent over the codec: its recording is at the
+    // codec's rate, and a second or more of it is speech.
     let heard = heard.unwrap_or_else(|| panic!("baresip recorded nothing:\n{log}"));
-    let (rate, samples) = common::read_wav(&heard);
-    assert_eq!(rate, 16_000);
+    let (heard_rate, samples) = common::read_wav(&heard);
+    assert_eq!(heard_rate, rate, "baresip decoded {codec} at its rate");
     let loud = samples.iter().filter(|s| s.unsigned_abs() > 1000).count();
-    assert!(loud > 16_000, "the agent's speech reached baresip: {loud}");
+    assert!(
+        loud > rate as usize,
+        "the agent's speech reached baresip: {loud}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voice_agent_on_g722_transcribes_the_callers_sentence() {
+    voice_with("G722", "G722/8000", 16_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voice_agent_on_opus_transcribes_the_callers_sentence() {
+    voice_with("opus", "opus/48000/2", 48_000).await;
 }
 
 /// SIPp offers PCMU only to the trunk that prefers G.722 and Opus: the

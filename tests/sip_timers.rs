@@ -4,8 +4,9 @@
 //! - session timers (RFC 4028): 422 with Min-SE, our refresh at half the
 //!   interval (re-INVITE, or UPDATE when allowed), BYE when the peer's
 //!   refresh is overdue; outbound, our INVITE offers Session-Expires and
-//!   Min-SE, a 422 is retried with the peer's Min-SE, and we refresh by
-//!   UPDATE when the callee makes us the refresher.
+//!   Min-SE, a 422 is retried with the peer's Min-SE, we refresh by
+//!   UPDATE when the callee makes us the refresher, and send BYE when the
+//!   callee is the refresher and lets the session expire.
 //!
 //! Timing: the T1 tests use `t1 = 50 ms` (test-only, `[sip] t1_ms`) and
 //! take ~4 s; one test runs the default T1 (~33 s). The session timer
@@ -382,9 +383,13 @@ async fn outbound_prack_for_a_carrier_requiring_100rel() {
 }
 
 /// The daemon end to end: a call whose 200 is never ACKed ends `no_ack`
-/// after 64*T1 (`[sip] t1_ms = 50`, test-only: 3.2 s) with our BYE, and
-/// one whose caller (the refresher) never refreshes its Session-Expires 90
-/// ends `session_expired` with our BYE at 60 s; both stores.
+/// after 64*T1 (`[sip] t1_ms = 50`, test-only: 3.2 s) with our BYE; an
+/// inbound call whose caller (the refresher) never refreshes its
+/// Session-Expires 90, and an outbound call whose callee answers
+/// Session-Expires 90 as the refresher (`refresher=uas`) and never
+/// refreshes, both end `session_expired` with our BYE 60 s after the
+/// answer (RFC 4028 §10: 90 - min(32, 90/3)); both stores. The three run
+/// at once: the RFC's floor of 90 s makes this a one-minute test.
 async fn daemon_timer_end_reasons(backend: common::Backend) {
     use serde_json::{Value, json};
     const NUMBER: &str = "+14155552671";
@@ -398,12 +403,16 @@ async fn daemon_timer_end_reasons(backend: common::Backend) {
         .start()
         .await;
     // No RTP comes from SIPp: the RTP timeout must not end the call first.
+    let callee_port = free_udp_port();
     let plain = common::TestDaemon::builder()
         .backend(backend)
         .config("[calls]\nrtp_timeout_seconds = 600")
         .profile(
             "carrier",
-            "name = \"carrier\"\n[inbound]\nallow = [\"127.0.0.1/32\"]\n",
+            &format!(
+                "name = \"carrier\"\n[inbound]\nallow = [\"127.0.0.1/32\"]\n\
+                 [outbound]\nproxy = \"127.0.0.1:{callee_port}\"\n"
+            ),
         )
         .start()
         .await;
@@ -425,31 +434,57 @@ async fn daemon_timer_end_reasons(backend: common::Backend) {
             .unwrap();
         assert_eq!(r.status(), 201);
     }
-    async fn ended(d: &common::TestDaemon) -> Value {
+    /// The newest ended call of `direction`, within 10 s.
+    async fn ended(d: &common::TestDaemon, direction: &str) -> Value {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let page: Value = d
-                .get("/v1/calls?limit=1")
+                .get("/v1/calls?limit=10")
                 .send()
                 .await
                 .unwrap()
                 .json()
                 .await
                 .unwrap();
-            if let Some(call) = page["items"].get(0)
-                && !call["ended_at"].is_null()
-            {
+            if let Some(call) = page["items"].as_array().and_then(|calls| {
+                calls
+                    .iter()
+                    .find(|c| c["direction"] == direction && !c["ended_at"].is_null())
+            }) {
                 return call.clone();
             }
             assert!(
                 Instant::now() < deadline,
-                "no ended call: {page}\n{}",
+                "no ended {direction} call: {page}\n{}",
                 d.log()
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    /// How long `call` was up, from its answer to its end.
+    fn held(call: &Value) -> Duration {
+        let at = |key: &str| {
+            chrono::DateTime::parse_from_rfc3339(call[key].as_str().unwrap())
+                .unwrap_or_else(|e| panic!("{key}: {e}: {call}"))
+        };
+        (at("ended_at") - at("answered_at")).to_std().unwrap()
+    }
     let target = |d: &common::TestDaemon| Some(([127, 0, 0, 1], d.sip_port).into());
+    let callee = tokio::spawn(run_sipp(
+        "uas-invite-session-expires-answer-90-uas-refresher-never-refresh-expect-bye.xml",
+        callee_port,
+        None,
+        &[],
+        Duration::from_secs(85),
+    ));
+    common::wait_for_udp_listener(callee_port).await;
+    let r = plain
+        .post("/v1/calls")
+        .json(&json!({"from": NUMBER, "to": "+442079460958"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
     let started = Instant::now();
     let (no_ack, expired) = tokio::join!(
         run_sipp(
@@ -467,14 +502,22 @@ async fn daemon_timer_end_reasons(backend: common::Backend) {
             Duration::from_secs(80),
         ),
     );
+    let callee = callee.await.unwrap();
     assert!(no_ack.success, "{}\n{}", no_ack.output, short.log());
     assert!(expired.success, "{}\n{}", expired.output, plain.log());
+    assert!(callee.success, "{}\n{}", callee.output, plain.log());
     assert!(started.elapsed() >= Duration::from_secs(59));
-    let call = ended(&short).await;
+    let call = ended(&short, "inbound").await;
     assert_eq!(call["end_reason"], "no_ack", "{call}");
-    let call = ended(&plain).await;
-    assert_eq!(call["end_reason"], "session_expired", "{call}");
-    assert!(!call["answered_at"].is_null(), "{call}");
+    for direction in ["inbound", "outbound"] {
+        let call = ended(&plain, direction).await;
+        assert_eq!(call["end_reason"], "session_expired", "{call}");
+        let held = held(&call);
+        assert!(
+            held >= Duration::from_secs(59) && held < Duration::from_secs(66),
+            "{direction}: BYE {held:?} after the answer: {call}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -2,10 +2,11 @@
 //! (and a capture shows no plain SIP), the daemon registers over TLS to
 //! Kamailio's TLS listener and receives a call through it, a stranger's
 //! TLS connections meet the TCP edge's rules, a bad certificate file stops
-//! the start with a clear error, and SIGHUP swaps the certificate.
+//! the start with a clear error, SIGHUP swaps the certificate, and an
+//! OPTIONS probe to a TLS trunk names our TLS port in Via.
 //!
-//! Certificates are made per test with the openssl CLI (a CA and a leaf
-//! for 127.0.0.1): no private key is committed.
+//! Certificates are made per test with the openssl CLI (`common::tls`):
+//! no private key is committed.
 
 // A test's unwrap, expect or panic is its failure report: the daemon's bans
 // (Cargo.toml `[lints]`) do not apply here.
@@ -14,127 +15,20 @@
 mod common;
 
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{TestDaemon, free_port, free_port_run, free_udp_port, run_sipp};
+use common::{
+    Capture, Certs, TestDaemon, free_port, free_udp_port, make_certs, run_sipp, tls_keys,
+    tshark_count,
+};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const NUMBER: &str = "+14155552671";
-
-/// A test CA and a leaf certificate for 127.0.0.1 signed by it (PEM files).
-struct Certs {
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("openssl is installed by scripts/test");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA, and a leaf named `name` (`cn`) for 127.0.0.1 signed by it.
-fn make_certs(dir: &Path, name: &str) -> Certs {
-    let ca = dir.join("ca.pem");
-    if !ca.exists() {
-        openssl(
-            dir,
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.pem",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=agentline test CA",
-            ],
-        );
-    }
-    std::fs::write(
-        dir.join(format!("{name}.ext")),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
-         keyUsage=digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n",
-    )
-    .unwrap();
-    let (key, csr, pem, ext) = (
-        format!("{name}.key"),
-        format!("{name}.csr"),
-        format!("{name}.pem"),
-        format!("{name}.ext"),
-    );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-            "-subj",
-            &format!("/CN={name}"),
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            &pem,
-            "-days",
-            "2",
-            "-extfile",
-            &ext,
-        ],
-    );
-    Certs {
-        ca,
-        cert: dir.join(pem),
-        key: dir.join(key),
-    }
-}
-
-/// `[sip]` keys for TLS on `port` with `certs`.
-fn tls_keys(port: u16, certs: &Certs) -> String {
-    format!(
-        "tls_listen = \"127.0.0.1:{port}\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"",
-        certs.cert.display(),
-        certs.key.display()
-    )
-}
 
 async fn provision_echo(d: &TestDaemon, trunk: &str) {
     d.provision_echo(NUMBER, trunk, 30).await;
@@ -150,67 +44,6 @@ async fn latest_call(d: &TestDaemon) -> Value {
         .await
         .unwrap();
     page["items"][0].clone()
-}
-
-/// Captures TCP and UDP on the loopback to and from `ports` until stopped.
-struct Capture {
-    child: Child,
-    path: PathBuf,
-}
-
-impl Capture {
-    fn start(dir: &Path, ports: &[u16]) -> Capture {
-        let path = dir.join("sip.pcapng");
-        let filter = ports
-            .iter()
-            .map(|p| format!("port {p}"))
-            .collect::<Vec<_>>()
-            .join(" or ");
-        let mut child = Command::new("tshark")
-            .args(["-q", "-i", "lo", "-f", &filter, "-w"])
-            .arg(&path)
-            .args(["-a", "duration:120"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("tshark is installed by scripts/test");
-        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            line.clear();
-            if std::io::BufRead::read_line(&mut stderr, &mut line).unwrap_or(0) == 0
-                || line.contains("Capturing on")
-            {
-                break;
-            }
-        }
-        assert!(
-            line.contains("Capturing on"),
-            "tshark did not start: {line}"
-        );
-        Capture { child, path }
-    }
-
-    fn stop(mut self) -> PathBuf {
-        // Let the last packets reach the file before SIGINT.
-        std::thread::sleep(Duration::from_millis(500));
-        let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-        self.path.clone()
-    }
-}
-
-fn tshark_count(capture: &Path, decode_as: &str, filter: &str) -> usize {
-    let out = Command::new("tshark")
-        .arg("-r")
-        .arg(capture)
-        .args(["-d", decode_as, "-Y", filter])
-        .output()
-        .expect("tshark is installed by scripts/test");
-    String::from_utf8_lossy(&out.stdout).lines().count()
 }
 
 /// baresip (its TLS transport, trusting the test CA) calls the echo agent
@@ -234,8 +67,16 @@ async fn baresip_calls_over_tls_and_no_plain_sip_is_on_the_wire() {
 
     let tone = dir.path().join("tone.wav");
     common::write_tone_wav(&tone, 8000, 700.0, 600, 2500);
-    let capture = Capture::start(dir.path(), &[d.sip_port, tls_port]);
-    let (log, heard) = baresip_tls_call(dir.path(), &certs.ca, &tone, tls_port, 10).await;
+    let capture = Capture::start_filter(
+        &dir.path().join("sip.pcapng"),
+        &format!("port {} or port {tls_port}", d.sip_port),
+    );
+    let how = common::Baresip {
+        tls_ca: Some(&certs.ca),
+        ..common::Baresip::default()
+    };
+    let common::BaresipCall { log, heard } =
+        common::baresip_call_with(dir.path(), &tone, NUMBER, tls_port, 10, &how).await;
     let capture = capture.stop();
 
     let heard = heard.unwrap_or_else(|| panic!("baresip recorded nothing:\n{log}\n{}", d.log()));
@@ -273,74 +114,6 @@ async fn baresip_calls_over_tls_and_no_plain_sip_is_on_the_wire() {
             String::from_utf8_lossy(needle)
         );
     }
-}
-
-/// baresip over TLS (trusting `ca`) calls the number at `tls_port`, plays
-/// `source`, records what it hears, quits after `seconds`.
-async fn baresip_tls_call(
-    dir: &Path,
-    ca: &Path,
-    source: &Path,
-    tls_port: u16,
-    seconds: u32,
-) -> (String, Option<PathBuf>) {
-    let rec = dir.join("rec");
-    std::fs::create_dir_all(&rec).unwrap();
-    std::fs::write(
-        dir.join("accounts"),
-        "<sip:caller@127.0.0.1;transport=tls>;regint=0;audio_codecs=PCMU\n",
-    )
-    .unwrap();
-    std::fs::write(dir.join("contacts"), "").unwrap();
-    let mut log = String::new();
-    for _ in 0..3 {
-        let own_port = free_port_run(12);
-        let rtp_low = own_port + 2;
-        std::fs::write(
-            dir.join("config"),
-            format!(
-                "poll_method\tepoll\nsip_listen\t127.0.0.1:{own_port}\nnet_interface\t127.0.0.1\n\
-                 sip_cafile\t{ca}\n\
-                 audio_source\taufile,{source}\naudio_player\taufile,{play}\naudio_alert\taufile,{play}\n\
-                 rtp_ports\t{rtp_low}-{rtp_high}\nmodule_path\t/usr/lib/baresip/modules\n\
-                 module\tg711.so\nmodule\taufile.so\nmodule\tsndfile.so\n\
-                 module_app\taccount.so\nmodule_app\tmenu.so\nsnd_path\t{rec}\n",
-                ca = ca.display(),
-                source = source.display(),
-                play = dir.join("played.wav").display(),
-                rtp_high = rtp_low + 9,
-                rec = rec.display(),
-            ),
-        )
-        .unwrap();
-        let out = tokio::process::Command::new("baresip")
-            .arg("-f")
-            .arg(dir)
-            .args([
-                "-e",
-                &format!("/dial sip:{NUMBER}@127.0.0.1:{tls_port};transport=tls"),
-            ])
-            .args(["-t", &seconds.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .output();
-        let out = tokio::time::timeout(Duration::from_secs(u64::from(seconds) + 20), out)
-            .await
-            .expect("baresip quits by itself (-t)")
-            .expect("baresip is installed by scripts/test");
-        log = String::from_utf8_lossy(&out.stdout).to_string()
-            + &String::from_utf8_lossy(&out.stderr);
-        if !log.contains("Address already in use") {
-            break;
-        }
-    }
-    let heard = std::fs::read_dir(&rec)
-        .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.to_string_lossy().ends_with("-dec.wav"));
-    (log, heard)
 }
 
 /// Kamailio with its TLS module: UDP for SIPp, TLS for us, its server
@@ -833,4 +606,206 @@ async fn certificate_errors_are_clear_and_sighup_swaps_the_certificate() {
         "{}",
         d.log()
     );
+}
+
+/// A stand-in trunk: a TLS server with `certs`' leaf that answers every
+/// OPTIONS 200 and hands each request to the test, with whether the
+/// client showed a certificate. With `client_ca`, it asks for a client
+/// certificate signed by that CA and refuses a handshake without one.
+async fn tls_trunk(
+    certs: &Certs,
+    client_ca: Option<&Path>,
+) -> (
+    u16,
+    tokio::sync::mpsc::UnboundedReceiver<(String, bool)>,
+    tokio::task::JoinHandle<()>,
+) {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&certs.cert)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(&certs.key).unwrap();
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let server = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_file_iter(ca).unwrap() {
+                roots.add(cert.unwrap()).unwrap();
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+    }
+    .with_single_cert(chain, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (probes, probed) = tokio::sync::mpsc::unbounded_channel::<(String, bool)>();
+    let trunk = tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let Ok(mut tls) = acceptor.accept(tcp).await else {
+                continue;
+            };
+            let client_cert = tls.get_ref().1.peer_certificates().is_some();
+            let probes = probes.clone();
+            tokio::spawn(async move {
+                let mut pending = String::new();
+                let mut buf = [0u8; 2048];
+                while let Ok(n) = tls.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    pending.push_str(&String::from_utf8_lossy(&buf[..n]));
+                    // Requests without a body, each ending at an empty line.
+                    while let Some(end) = pending.find("\r\n\r\n") {
+                        let request = pending[..end].trim_start().to_owned();
+                        pending.drain(..end + 4);
+                        if request.is_empty() {
+                            continue;
+                        }
+                        let echoed: String = request
+                            .lines()
+                            .filter(|l| {
+                                ["via:", "from:", "to:", "call-id:", "cseq:"]
+                                    .iter()
+                                    .any(|h| l.to_ascii_lowercase().starts_with(h))
+                            })
+                            .map(|l| format!("{l}\r\n"))
+                            .collect();
+                        let answer = format!("SIP/2.0 200 OK\r\n{echoed}Content-Length: 0\r\n\r\n");
+                        if tls.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        let _ = probes.send((request, client_cert));
+                    }
+                }
+            });
+        }
+    });
+    (port, probed, trunk)
+}
+
+/// The profile of a TLS trunk at `port` trusting `ca`, probed each second.
+fn tls_trunk_profile(port: u16, ca: &Path) -> String {
+    format!(
+        "name = \"tlstrunk\"\ntransport = \"tls\"\ntls_ca_file = \"{}\"\n\
+         [outbound]\nproxy = \"127.0.0.1:{port}\"\nping_seconds = 1\n",
+        ca.display()
+    )
+}
+
+async fn wait_trunk_up(d: &TestDaemon) {
+    common::wait_until(Duration::from_secs(10), "the TLS trunk up", || async {
+        let t: Value = d
+            .get("/v1/trunks/trk_tlstrunk")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        t["health"]["state"] == "up"
+    })
+    .await;
+}
+
+/// RFC 3261 §18.1.1: an OPTIONS probe to a trunk over TLS names our TLS
+/// port in Via (and From), not the UDP one; the stand-in trunk (a TLS
+/// server with a certificate from the test CA) answers 200 and the trunk's
+/// health turns up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_options_probe_over_tls_names_our_tls_port_in_via() {
+    let dir = tempfile::tempdir().unwrap();
+    let trunk_certs = make_certs(dir.path(), "trunk");
+    let our_certs = make_certs(dir.path(), "daemon");
+    let (trunk_port, mut probed, trunk) = tls_trunk(&trunk_certs, None).await;
+    let tls_port = free_port();
+    let d = TestDaemon::builder()
+        .sip(&tls_keys(tls_port, &our_certs))
+        .profile("tlstrunk", &tls_trunk_profile(trunk_port, &trunk_certs.ca))
+        .start()
+        .await;
+    let (request, _) = tokio::time::timeout(Duration::from_secs(15), probed.recv())
+        .await
+        .unwrap_or_else(|_| panic!("no OPTIONS over TLS\n{}", d.log()))
+        .unwrap();
+    assert!(request.starts_with("OPTIONS "), "{request}");
+    let via = request
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("via:"))
+        .unwrap_or_else(|| panic!("no Via: {request}"));
+    assert!(
+        via.contains(&format!("SIP/2.0/TLS 127.0.0.1:{tls_port}")),
+        "Via names our TLS port {tls_port}: {via}"
+    );
+    wait_trunk_up(&d).await;
+    trunk.abort();
+}
+
+/// A trunk that requires a client certificate (mutual TLS, as carriers'
+/// SBCs do): the daemon's `[sip] tls_client_cert_file` is offered and the
+/// trunk comes up; a daemon without one cannot connect, and its trunk
+/// never does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trunk_requiring_a_client_certificate_gets_ours() {
+    let dir = tempfile::tempdir().unwrap();
+    let trunk_certs = make_certs(dir.path(), "trunk");
+    let our_certs = make_certs(dir.path(), "daemon");
+    let (trunk_port, mut probed, trunk) = tls_trunk(&trunk_certs, Some(&trunk_certs.ca)).await;
+    let profile = tls_trunk_profile(trunk_port, &trunk_certs.ca);
+
+    // Without a client certificate: the handshake is refused.
+    let bare = TestDaemon::builder()
+        .sip(&tls_keys(free_port(), &our_certs))
+        .profile("tlstrunk", &profile)
+        .start()
+        .await;
+    let nothing = tokio::time::timeout(Duration::from_secs(4), probed.recv()).await;
+    assert!(
+        nothing.is_err(),
+        "a probe got through without a client certificate"
+    );
+    let t: Value = bare
+        .get("/v1/trunks/trk_tlstrunk")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_ne!(t["health"]["state"], "up", "{t}");
+    drop(bare);
+
+    // With ours: the trunk sees it, answers, and the trunk is up.
+    let keys = format!(
+        "{}\ntls_client_cert_file = \"{}\"\ntls_client_key_file = \"{}\"",
+        tls_keys(free_port(), &our_certs),
+        our_certs.cert.display(),
+        our_certs.key.display()
+    );
+    let d = TestDaemon::builder()
+        .sip(&keys)
+        .profile("tlstrunk", &profile)
+        .start()
+        .await;
+    let (request, client_cert) = tokio::time::timeout(Duration::from_secs(15), probed.recv())
+        .await
+        .unwrap_or_else(|_| panic!("no OPTIONS over mutual TLS\n{}", d.log()))
+        .unwrap();
+    assert!(request.starts_with("OPTIONS "), "{request}");
+    assert!(client_cert, "the trunk saw no client certificate");
+    wait_trunk_up(&d).await;
+    trunk.abort();
 }

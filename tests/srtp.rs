@@ -1,9 +1,11 @@
-//! SRTP with SDES keys end to end (issue 19 item 2), over plain SIP (UDP),
-//! as carriers do it with RTP/SAVP:
+//! SRTP with SDES keys end to end (issue 19 item 2), over plain SIP (UDP)
+//! and over SIP over TLS, as carriers do it with RTP/SAVP:
 //! - baresip with mandatory SRTP (its `srtp-mand` media encryption) calls
 //!   the echo agent: the tone comes back in what it records, and a tshark
 //!   capture of the call's RTP ports holds no plain G.711: every packet
-//!   carries an authentication tag and no tone is found in the payloads.
+//!   carries an authentication tag and no tone is found in the payloads;
+//!   the same over SIP over TLS, where the capture holds no plain SIP
+//!   either.
 //! - A trunk with `srtp = "mandatory"` refuses a plain offer from SIPp with
 //!   488.
 //! - A caller of our own, keyed through SDP, streams SRTP in each suite and
@@ -19,15 +21,13 @@ mod common;
 
 use std::f64::consts::PI;
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agentline::media::Codec;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use common::{TestDaemon, free_port_run, run_sipp};
+use common::{Capture, TestDaemon, free_port, free_port_run, run_sipp};
 use rand::RngCore as _;
 use rtp_rs::{RtpPacketBuilder, RtpReader, Seq};
 use tokio::net::UdpSocket;
@@ -477,111 +477,51 @@ async fn every_suite_carries_the_echo_and_injected_packets_are_counted_and_dropp
 }
 
 // ---------------------------------------------------------------------------
-// baresip with mandatory SRTP, and a capture of the wire.
+// baresip with mandatory SRTP, over UDP or TLS, and a capture of the wire.
 
-/// A tshark capture of loopback UDP on `ports` into `file`, until dropped
-/// (SIGINT, then waited for).
-struct Capture {
-    child: tokio::process::Child,
-}
-
-impl Capture {
-    async fn start(file: &Path, filter: &str) -> Capture {
-        let mut child = tokio::process::Command::new("tshark")
-            .args(["-i", "lo", "-n", "-q", "-f", filter, "-w"])
-            .arg(file)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("tshark is installed by scripts/test");
-        // tshark says "Capturing on 'Loopback: lo'" once it captures.
-        let mut stderr = child.stderr.take().unwrap();
-        let mut seen = String::new();
-        let ready = tokio::time::timeout(Duration::from_secs(20), async {
-            use tokio::io::AsyncReadExt as _;
-            let mut buf = [0u8; 512];
-            while !seen.contains("Capturing on") {
-                let n = stderr.read(&mut buf).await.unwrap();
-                assert!(n > 0, "tshark ended: {seen}");
-                seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        })
-        .await;
-        assert!(ready.is_ok(), "tshark did not start: {seen}");
-        tokio::spawn(async move {
-            use tokio::io::AsyncReadExt as _;
-            let mut sink = Vec::new();
-            let _ = stderr.read_to_end(&mut sink).await;
-        });
-        Capture { child }
-    }
-
-    async fn stop(mut self) {
-        let pid = self.child.id().unwrap().to_string();
-        let _ = tokio::process::Command::new("kill")
-            .args(["-INT", &pid])
-            .status()
-            .await;
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
-    }
-}
-
-/// (source port, destination port, UDP payload) of every packet in `file`.
-fn udp_packets(file: &Path) -> Vec<(u16, u16, Vec<u8>)> {
-    let out = std::process::Command::new("tshark")
-        .args(["-r"])
-        .arg(file)
-        .args([
-            "-n",
-            "-T",
-            "fields",
-            "-e",
-            "udp.srcport",
-            "-e",
-            "udp.dstport",
-            "-e",
-            "udp.payload",
-        ])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split('\t');
-            let src = f.next()?.parse().ok()?;
-            let dst = f.next()?.parse().ok()?;
-            let payload = hex::decode(f.next()?.replace(':', "")).ok()?;
-            Some((src, dst, payload))
-        })
-        .collect()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn baresip_with_mandatory_srtp_hears_its_echo_and_the_wire_has_no_plain_rtp() {
+/// baresip with its `srtp` module and `mediaenc=srtp-mand` (RTP/SAVP and
+/// `a=crypto`, SRTP required) calls the echo agent, over TLS when `tls`
+/// (trusting the test CA), plays a tone and records what it hears: the
+/// tone comes back. A tshark capture of the daemon's SIP and RTP ports
+/// shows SRTP only: every RTP packet carries an authentication tag and no
+/// payload holds the tone in clear; over TLS, the SIP port carries TLS
+/// records and not one plain SIP message.
+async fn baresip_srtp_echo(tls: bool) {
+    let dir = tempfile::tempdir().unwrap();
     let daemon_rtp = free_port_run(4);
-    let d = TestDaemon::builder()
+    let tls_port = free_port();
+    let certs = tls.then(|| common::make_certs(dir.path(), "daemon"));
+    let mut daemon = TestDaemon::builder()
         .profile("local", &profile("mandatory"))
         .env(
             "AGENTLINE_SIP__RTP_PORTS",
             &format!("{daemon_rtp}-{}", daemon_rtp + 3),
-        )
-        .start()
-        .await;
+        );
+    if let Some(certs) = &certs {
+        daemon = daemon.sip(&common::tls_keys(tls_port, certs));
+    }
+    let d = daemon.start().await;
     d.provision_echo(NUMBER, "trk_local", 30).await;
-    let dir = tempfile::tempdir().unwrap();
     let tone = dir.path().join("tone.wav");
     common::write_tone_wav(&tone, 8000, TONE_HZ, 500, 4000);
 
-    let pcap = dir.path().join("rtp.pcap");
-    let capture = Capture::start(
-        &pcap,
-        &format!("udp portrange {daemon_rtp}-{}", daemon_rtp + 3),
-    )
-    .await;
-    let (log, heard) = baresip_srtp_call(dir.path(), &tone, d.sip_port, 8).await;
-    capture.stop().await;
+    let capture = Capture::start_filter(
+        &dir.path().join("call.pcapng"),
+        &format!(
+            "udp portrange {daemon_rtp}-{} or port {} or port {tls_port}",
+            daemon_rtp + 3,
+            d.sip_port
+        ),
+    );
+    let how = common::Baresip {
+        tls_ca: certs.as_ref().map(|c| c.ca.as_path()),
+        mediaenc: Some("srtp-mand"),
+        ..common::Baresip::default()
+    };
+    let dialled = if tls { tls_port } else { d.sip_port };
+    let common::BaresipCall { log, heard } =
+        common::baresip_call_with(dir.path(), &tone, NUMBER, dialled, 8, &how).await;
+    let pcap = capture.stop();
 
     let heard = heard.unwrap_or_else(|| panic!("baresip recorded nothing:\n{log}\n{}", d.log()));
     let (rate, samples) = common::read_wav(&heard);
@@ -591,17 +531,39 @@ async fn baresip_with_mandatory_srtp_hears_its_echo_and_the_wire_has_no_plain_rt
         "the tone came back through SRTP: {echoed}\n{log}\n{}",
         d.log()
     );
+    assert_srtp_only(&common::udp_packets(&pcap), daemon_rtp..daemon_rtp + 4);
+    if tls {
+        let decode = format!("tcp.port=={tls_port},tls");
+        let records = common::tshark_count(&pcap, &decode, "tls.app_data");
+        assert!(records >= 4, "TLS application data records: {records}");
+        assert_eq!(
+            common::tshark_count(&pcap, &decode, "sip"),
+            0,
+            "no plain SIP on the daemon's ports"
+        );
+        let raw = std::fs::read(&pcap).unwrap();
+        for needle in [&b"SIP/2.0"[..], b"INVITE sip:", NUMBER.as_bytes()] {
+            assert!(
+                !raw.windows(needle.len()).any(|w| w == needle),
+                "{:?} in clear in the capture",
+                String::from_utf8_lossy(needle)
+            );
+        }
+    }
+}
 
-    let packets = udp_packets(&pcap);
-    let in_range = |p: u16| (daemon_rtp..daemon_rtp + 4).contains(&p);
+/// The RTP both ways on the daemon's `media` ports in `packets` is SRTP:
+/// at least 100 packets each way, each 160 bytes of payload and an
+/// authentication tag, and no payload that decodes as the tone in G.711.
+fn assert_srtp_only(packets: &[(u16, u16, Vec<u8>)], media: std::ops::Range<u16>) {
     let from_daemon: Vec<&Vec<u8>> = packets
         .iter()
-        .filter(|(s, _, _)| in_range(*s))
+        .filter(|(s, _, _)| media.contains(s))
         .map(|(_, _, p)| p)
         .collect();
     let to_daemon: Vec<&Vec<u8>> = packets
         .iter()
-        .filter(|(_, d, _)| in_range(*d))
+        .filter(|(_, d, _)| media.contains(d))
         .map(|(_, _, p)| p)
         .collect();
     assert!(
@@ -636,65 +598,14 @@ async fn baresip_with_mandatory_srtp_hears_its_echo_and_the_wire_has_no_plain_rt
     }
 }
 
-/// baresip with its `srtp` module and `mediaenc=srtp-mand` (RTP/SAVP and
-/// `a=crypto`, SRTP required) calls the echo at the daemon, plays `source`
-/// and records what it hears; returns its output and the recording.
-async fn baresip_srtp_call(
-    dir: &Path,
-    source: &Path,
-    sip_port: u16,
-    seconds: u32,
-) -> (String, Option<std::path::PathBuf>) {
-    let rec = dir.join("rec");
-    std::fs::create_dir_all(&rec).unwrap();
-    std::fs::write(
-        dir.join("accounts"),
-        "<sip:caller@127.0.0.1>;regint=0;audio_codecs=PCMU;mediaenc=srtp-mand\n",
-    )
-    .unwrap();
-    std::fs::write(dir.join("contacts"), "").unwrap();
-    let mut log = String::new();
-    for _ in 0..3 {
-        let own_port = free_port_run(12);
-        let rtp_low = own_port + 2;
-        std::fs::write(
-            dir.join("config"),
-            format!(
-                "poll_method\tepoll\nsip_listen\t127.0.0.1:{own_port}\nnet_interface\t127.0.0.1\n\
-                 audio_source\taufile,{source}\naudio_player\taufile,{play}\naudio_alert\taufile,{play}\n\
-                 rtp_ports\t{rtp_low}-{rtp_high}\nmodule_path\t/usr/lib/baresip/modules\n\
-                 module\tg711.so\nmodule\taufile.so\nmodule\tsndfile.so\nmodule\tsrtp.so\n\
-                 module_app\taccount.so\nmodule_app\tmenu.so\nsnd_path\t{rec}\n",
-                source = source.display(),
-                play = dir.join("played.wav").display(),
-                rtp_high = rtp_low + 9,
-                rec = rec.display(),
-            ),
-        )
-        .unwrap();
-        let out = tokio::process::Command::new("baresip")
-            .arg("-f")
-            .arg(dir)
-            .args(["-e", &format!("/dial sip:{NUMBER}@127.0.0.1:{sip_port}")])
-            .args(["-t", &seconds.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .output();
-        let out = tokio::time::timeout(Duration::from_secs(u64::from(seconds) + 20), out)
-            .await
-            .expect("baresip quits by itself (-t)")
-            .expect("baresip is installed by scripts/test");
-        log = String::from_utf8_lossy(&out.stdout).to_string()
-            + &String::from_utf8_lossy(&out.stderr);
-        if !log.contains("Address already in use") {
-            break;
-        }
-    }
-    let heard = std::fs::read_dir(&rec)
-        .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.to_string_lossy().ends_with("-dec.wav"));
-    (log, heard)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baresip_with_mandatory_srtp_hears_its_echo_and_the_wire_has_no_plain_rtp() {
+    baresip_srtp_echo(false).await;
+}
+
+/// Issue 19's first acceptance line: TLS and mandatory SRTP together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baresip_over_tls_with_mandatory_srtp_hears_its_echo_and_the_wire_has_no_plain_sip_or_rtp()
+{
+    baresip_srtp_echo(true).await;
 }

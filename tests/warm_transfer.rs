@@ -13,16 +13,16 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::routing::post;
 use common::{
-    Backend, TestDaemon, chunk, finish, free_udp_port, json_of, run_sipp, serve, sse_body,
-    tone_power, tool_call_chunks, wait_for_udp_listener,
+    Backend, TestDaemon, chunk, dual_recording, ended_calls, finish, free_udp_port, run_sipp,
+    serve, sse_body, tone_power, tone_seconds, tone_ulaw, tool_call_chunks, transcript_turns,
+    transfer_desk, wait_for_udp_listener,
 };
 use serde_json::{Value, json};
 
@@ -94,58 +94,8 @@ async fn daemon(backend: Backend, human_port: u16, rec_dir: &Path) -> (TestDaemo
             .with_state(seen.clone()),
     )
     .await;
-    let trunk = format!(
-        "name = \"carrier\"\n[inbound]\nallow = [\"127.0.0.1/32\"]\n\
-         [outbound]\nproxy = \"127.0.0.1:{human_port}\"\n[limits]\nmax_calls = 10\n"
-    );
-    let d = TestDaemon::builder()
-        .backend(backend)
-        .profile("carrier", &trunk)
-        .config(&format!("[recordings]\ndir = \"{}\"\n", rec_dir.display()))
-        .allow_loopback()
-        .start()
-        .await;
-    let (s, agent) = json_of(
-        d.post("/v1/agents")
-            .json(&json!({
-                "name": "desk", "kind": "voice", "max_duration_seconds": 90,
-                "greeting": "Front desk.",
-                // The caller's tone must not cut the agent short.
-                "turn": {"barge_in_min_ms": 3000},
-                "recording": {"enabled": true, "channels": "dual"},
-                "tts": {"provider": "embedded", "voice": "slt"},
-                "llm": {"provider": "openai", "base_url": format!("{url}/v1"), "model": "stand-in"},
-                "transfer_targets": [HUMAN]
-            }))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(s, 201, "{agent}");
-    let r = d
-        .post("/v1/phone-numbers")
-        .json(&json!({"number": NUMBER, "agent_id": agent["id"], "trunk_id": "trk_carrier"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    let d = transfer_desk(backend, human_port, rec_dir, &url, HUMAN, NUMBER).await;
     (d, seen)
-}
-
-/// `seconds` of a `hz` tone as raw 8 kHz µ-law, after `lead` s of silence.
-fn tone_ulaw(dir: &Path, hz: u32, lead: f32, seconds: f32) -> PathBuf {
-    let ul = dir.join(format!("tone{hz}-{lead}-{seconds}.ul"));
-    let ok = Command::new("sox")
-        .args(["-n", "-r", "8000", "-c", "1", "-t", "ul"])
-        .arg(&ul)
-        .args(["synth", &seconds.to_string(), "sine", &hz.to_string()])
-        .args(["vol", "0.5", "pad", &lead.to_string(), "0"])
-        .status()
-        .expect("sox is installed by scripts/test")
-        .success();
-    assert!(ok, "sox failed");
-    ul
 }
 
 /// The caller: streams `audio` from the answer on (its tone after a
@@ -221,62 +171,6 @@ async fn run_both(d: &TestDaemon, human: &str, port: u16, caller: &str) {
     assert!(person.success, "person: {}\n{}", person.output, d.log());
 }
 
-/// Every call once all have ended, newest first.
-async fn ended_calls(d: &TestDaemon, count: usize) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, page) = json_of(d.get("/v1/calls?limit=10").send().await.unwrap()).await;
-        let items = page["items"].as_array().cloned().unwrap_or_default();
-        if items.len() >= count && items.iter().all(|c| !c["ended_at"].is_null()) {
-            return items;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "calls not ended: {page}\n{}",
-            d.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// The dual WAV of call `id` (recorded once the call ended): caller
-/// (inbound) and agent (outbound) tracks.
-async fn recording(d: &TestDaemon, id: &str) -> (Vec<i16>, Vec<i16>) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let wav = loop {
-        let r = d
-            .get(&format!("/v1/calls/{id}/recording"))
-            .send()
-            .await
-            .unwrap();
-        if r.status() == 200 {
-            break r.bytes().await.unwrap().to_vec();
-        }
-        assert!(Instant::now() < deadline, "no recording of {id}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    assert_eq!(&wav[0..4], b"RIFF");
-    let (mut inbound, mut outbound) = (Vec::new(), Vec::new());
-    for (i, s) in wav[44..].chunks_exact(2).enumerate() {
-        let v = i16::from_le_bytes([s[0], s[1]]);
-        if i % 2 == 0 {
-            inbound.push(v);
-        } else {
-            outbound.push(v);
-        }
-    }
-    (inbound, outbound)
-}
-
-/// Seconds (of 100 ms windows) of `samples` that carry `hz`.
-fn tone_seconds(samples: &[i16], hz: f64) -> f64 {
-    samples
-        .chunks_exact(800)
-        .filter(|w| tone_power(w, 8000, hz) > 0.2)
-        .count() as f64
-        / 10.0
-}
-
 /// Seconds (of 100 ms windows) of `samples` loud enough to be speech and
 /// carrying neither tone.
 fn speech_seconds(samples: &[i16]) -> f64 {
@@ -290,18 +184,6 @@ fn speech_seconds(samples: &[i16]) -> f64 {
         })
         .count() as f64
         / 10.0
-}
-
-async fn transcript(d: &TestDaemon, id: &str) -> Vec<Value> {
-    let (s, t) = json_of(
-        d.get(&format!("/v1/calls/{id}/transcript"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(s, 200, "{t}");
-    t["turns"].as_array().cloned().unwrap_or_default()
 }
 
 /// The person answers: they hear the summary, then the caller's tone; the
@@ -344,8 +226,8 @@ async fn a_warm_transfer_joins_the_caller_and_the_person(backend: Backend) {
 
     // The person heard the summary first, then the caller's tone; the
     // person's tone came in; the caller heard the person's tone.
-    let (from_human, to_human) = recording(&d, consult_id).await;
-    let (from_caller, to_caller) = recording(&d, parent_id).await;
+    let (from_human, to_human) = dual_recording(&d, consult_id).await;
+    let (from_caller, to_caller) = dual_recording(&d, parent_id).await;
     let heard = format!(
         "caller sent {CALLER_HZ} Hz {} s, person got it {} s; person sent {HUMAN_HZ} Hz {} s, \
          caller got it {} s\n{}",
@@ -365,7 +247,7 @@ async fn a_warm_transfer_joins_the_caller_and_the_person(backend: Backend) {
     assert!(tone_seconds(&from_human, HUMAN_HZ) > 3.0, "{heard}");
     assert!(tone_seconds(&to_caller, HUMAN_HZ) > 3.0, "{heard}");
     // The caller's transcript: the agent's "one moment", then the hand-off.
-    let turns = transcript(&d, parent_id).await;
+    let turns = transcript_turns(&d, parent_id).await;
     let said = |needle: &str| {
         turns
             .iter()
@@ -403,7 +285,7 @@ async fn a_busy_person_leaves_the_caller_with_the_agent(backend: Backend) {
     assert_eq!(notices.len(), 1, "{notices:?}\n{}", d.log());
     assert!(notices[0].contains("busy"), "{notices:?}");
     // The agent spoke again, to the caller, after the failed transfer.
-    let turns = transcript(&d, parent["id"].as_str().unwrap()).await;
+    let turns = transcript_turns(&d, parent["id"].as_str().unwrap()).await;
     let back = turns
         .iter()
         .find(|t| {
@@ -416,7 +298,7 @@ async fn a_busy_person_leaves_the_caller_with_the_agent(backend: Backend) {
         .unwrap_or_else(|| panic!("{turns:?}\n{}", d.log()));
     assert_eq!(back["interrupted"], false, "{back}");
     // And the caller heard it: speech on the caller's side after the key.
-    let (_, to_caller) = recording(&d, parent["id"].as_str().unwrap()).await;
+    let (_, to_caller) = dual_recording(&d, parent["id"].as_str().unwrap()).await;
     let after = (back["start_ms"].as_u64().unwrap() as usize * 8).min(to_caller.len());
     assert!(
         speech_seconds(&to_caller[after..]) > 1.0,

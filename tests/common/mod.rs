@@ -18,6 +18,7 @@ mod llm;
 mod media;
 mod peers;
 mod sip;
+mod tls;
 // Only the chat and voice test binaries use the LLM stand-in pieces.
 #[allow(unused_imports)]
 pub use llm::*;
@@ -29,6 +30,9 @@ pub use sip::*;
 // Only the call tests that stream tones and capture media use these.
 #[allow(unused_imports)]
 pub use media::*;
+// Only the TLS tests make certificates.
+#[allow(unused_imports)]
+pub use tls::*;
 // Only the web call tests drive a browser.
 #[allow(unused_imports)]
 pub use browser::*;
@@ -73,6 +77,12 @@ pub fn pg_admin_url() -> String {
 /// the daemon's bind, as it could an ephemeral port (seen as "Address
 /// already in use" at the daemon's start).
 pub fn free_port() -> u16 {
+    low_port(|port| TcpListener::bind(("127.0.0.1", port)).is_ok())
+}
+
+/// The next port of 10000-19999 that `free` accepts, walking from a
+/// per-process start so that the tests of one binary never share one.
+fn low_port(free: impl Fn(u16) -> bool) -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let start = std::process::id().wrapping_mul(7919);
@@ -80,32 +90,36 @@ pub fn free_port() -> u16 {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         // 97 is coprime with 10,000: the walk visits every port once.
         let port = 10_000 + (start.wrapping_add(n.wrapping_mul(97)) % 10_000) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if free(port) {
             return port;
         }
     }
-    panic!("no free TCP port in 10000-19999");
+    panic!("no free port in 10000-19999");
 }
 
-/// A free UDP port on 127.0.0.1.
+/// A free UDP port on 127.0.0.1 whose neighbour two above is free too.
+/// SIPp given `-mp P` binds P for audio and P + 2 for video, and exits at
+/// once when either is taken; a port held by a parallel test's peer two
+/// above the one picked would fail that run before it began.
 pub fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("free udp port")
+    for _ in 0..100 {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind udp");
+        let port = socket.local_addr().expect("udp addr").port();
+        if port < u16::MAX - 2 && std::net::UdpSocket::bind(("127.0.0.1", port + 2)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free UDP port with a free neighbour two above");
 }
 
 /// A port free on 127.0.0.1 for both UDP and TCP, as the daemon's SIP
-/// listener binds both.
+/// listener binds both; below the ephemeral range, as [`free_port`], so
+/// that no outgoing TCP connection takes it before the daemon's bind.
 pub fn free_sip_port() -> u16 {
-    for _ in 0..100 {
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind udp");
-        let port = udp.local_addr().expect("udp addr").port();
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no port free for both UDP and TCP");
+    low_port(|port| {
+        std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+            && TcpListener::bind(("127.0.0.1", port)).is_ok()
+    })
 }
 
 /// The first of `n` (at most 60) consecutive ports free on 127.0.0.1 for

@@ -147,8 +147,9 @@ pub struct BaresipCall {
 }
 
 /// baresip, configured in `dir`, calls `number` at the daemon's SIP port on
-/// loopback, plays `source` (a WAV file) into the call, records what it
-/// hears, and quits after `seconds`.
+/// loopback, plays `source` (a WAV file, converted to the codec's rate and
+/// channels) into the call, records what it hears, and quits after
+/// `seconds` (or when `source` ends).
 pub async fn baresip_call(
     dir: &Path,
     source: &Path,
@@ -160,8 +161,8 @@ pub async fn baresip_call(
 }
 
 /// [`baresip_call`] offering only `codec`: `PCMU`, `G722` or `opus`
-/// (baresip's names; its recording is at that codec's rate: 8, 16 or
-/// 48 kHz).
+/// (its recording is at that codec's rate: 8, 16 or 48 kHz, and in
+/// stereo for Opus).
 pub async fn baresip_call_with_codec(
     dir: &Path,
     source: &Path,
@@ -170,19 +171,87 @@ pub async fn baresip_call_with_codec(
     seconds: u32,
     codec: &str,
 ) -> BaresipCall {
-    let module = match codec {
-        "G722" => "g722.so",
-        "opus" => "opus.so",
-        _ => "g711.so",
+    let how = Baresip {
+        codec,
+        ..Baresip::default()
     };
+    baresip_call_with(dir, source, number, sip_port, seconds, &how).await
+}
+
+/// How baresip places its call: the one codec it offers, SIP over TLS,
+/// SRTP.
+pub struct Baresip<'a> {
+    /// baresip's name of the only codec offered: `PCMU`, `G722` or `opus`.
+    pub codec: &'a str,
+    /// SIP over TLS (`transport=tls`) to the port dialled, trusting this
+    /// CA file.
+    pub tls_ca: Option<&'a Path>,
+    /// The account's media encryption (its `srtp` module), e.g.
+    /// `srtp-mand`: RTP/SAVP with `a=crypto`, SRTP required.
+    pub mediaenc: Option<&'a str>,
+}
+
+impl Default for Baresip<'_> {
+    fn default() -> Self {
+        Baresip {
+            codec: "PCMU",
+            tls_ca: None,
+            mediaenc: None,
+        }
+    }
+}
+
+/// [`baresip_call`] placed as `how` says.
+pub async fn baresip_call_with(
+    dir: &Path,
+    source: &Path,
+    number: &str,
+    sip_port: u16,
+    seconds: u32,
+    how: &Baresip<'_>,
+) -> BaresipCall {
+    // baresip's full codec name (the account's `audio_codecs` needs it:
+    // `opus` alone means opus/8000/1, which does not exist), and the rate
+    // and channels its audio runs at on that codec, which its aufile
+    // source must have (Opus runs at 48 kHz stereo; a mono source fails
+    // and the call carries no audio at all).
+    let (module, codec, rate, channels) = match how.codec {
+        "G722" => ("g722.so", "G722/16000/1", 16_000, 1),
+        "opus" => ("opus.so", "opus/48000/2", 48_000, 2),
+        _ => ("g711.so", "PCMU", 8_000, 1),
+    };
+    let converted = dir.join("baresip-source.wav");
+    let ok = Command::new("sox")
+        .arg(source)
+        .args(["-r", &rate.to_string(), "-c", &channels.to_string()])
+        .args(["-b", "16", "-e", "signed"])
+        .arg(&converted)
+        .status()
+        .expect("sox is installed by scripts/test")
+        .success();
+    assert!(ok, "sox could not convert {}", source.display());
+    let source = converted.as_path();
+    let mut modules = vec![module];
+    let mut account = String::from("<sip:caller@127.0.0.1");
+    let mut target = format!("sip:{number}@127.0.0.1:{sip_port}");
+    let mut extra = String::new();
+    if let Some(ca) = how.tls_ca {
+        account.push_str(";transport=tls");
+        target.push_str(";transport=tls");
+        extra.push_str(&format!("sip_cafile\t{}\n", ca.display()));
+    }
+    account.push_str(&format!(">;regint=0;audio_codecs={codec}"));
+    if let Some(mediaenc) = how.mediaenc {
+        account.push_str(&format!(";mediaenc={mediaenc}"));
+        modules.push("srtp.so");
+    }
     let rec = dir.join("rec");
     std::fs::create_dir_all(&rec).unwrap();
-    std::fs::write(
-        dir.join("accounts"),
-        format!("<sip:caller@127.0.0.1>;regint=0;audio_codecs={codec}\n"),
-    )
-    .unwrap();
+    std::fs::write(dir.join("accounts"), format!("{account}\n")).unwrap();
     std::fs::write(dir.join("contacts"), "").unwrap();
+    for module in modules {
+        extra.push_str(&format!("module\t{module}\n"));
+    }
     // baresip binds UDP and TCP on its SIP port, TLS on the next one, and
     // RTP in its range: all of them come from one probed run of free ports.
     // A port taken between the probe and baresip's bind shows in its log as
@@ -197,7 +266,7 @@ pub async fn baresip_call_with_codec(
                 "poll_method\tepoll\nsip_listen\t127.0.0.1:{own_port}\nnet_interface\t127.0.0.1\n\
                  audio_source\taufile,{source}\naudio_player\taufile,{play}\naudio_alert\taufile,{play}\n\
                  rtp_ports\t{rtp_low}-{rtp_high}\nmodule_path\t/usr/lib/baresip/modules\n\
-                 module\t{module}\nmodule\taufile.so\nmodule\tsndfile.so\n\
+                 {extra}module\taufile.so\nmodule\tsndfile.so\n\
                  module_app\taccount.so\nmodule_app\tmenu.so\nsnd_path\t{rec}\n",
                 source = source.display(),
                 play = dir.join("played.wav").display(),
@@ -209,7 +278,7 @@ pub async fn baresip_call_with_codec(
         let out = tokio::process::Command::new("baresip")
             .arg("-f")
             .arg(dir)
-            .args(["-e", &format!("/dial sip:{number}@127.0.0.1:{sip_port}")])
+            .args(["-e", &format!("/dial {target}")])
             .args(["-t", &seconds.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

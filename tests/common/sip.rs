@@ -56,13 +56,22 @@ fn udp_bound(port: u16) -> bool {
 
 /// Waits (at most 10 s) until a peer started on UDP `port`, such as SIPp,
 /// has bound it: from then on a request sent to it waits in its socket.
+///
+/// Panics after that, with what SIPp printed if a run on that port ended.
 pub async fn wait_for_udp_listener(port: u16) {
-    super::wait_until(
-        Duration::from_secs(10),
-        &format!("nothing bound UDP port {port}"),
-        || async move { udp_bound(port) },
-    )
-    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !udp_bound(port) {
+        if tokio::time::Instant::now() >= deadline {
+            let exit = exits()
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&port)
+                .cloned()
+                .unwrap_or_else(|| "no SIPp run on it has ended".to_owned());
+            panic!("nothing bound UDP port {port} within 10 s; the last SIPp there: {exit}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The outcome of one SIPp run.
@@ -81,6 +90,47 @@ pub async fn run_sipp(
     limit: Duration,
 ) -> SippRun {
     require_sipp();
+    let mut extra: Vec<String> = extra.iter().map(|a| (*a).to_owned()).collect();
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let run = run_sipp_once(scenario_name, local_port, remote, &extra, limit).await;
+        // SIPp exits at once when its media port or the one two above is
+        // taken (a parallel test's peer got there between the pick and
+        // SIPp's bind): that run never began, so it runs again on another.
+        let media_taken =
+            run.output.contains("Unable to bind") && run.output.contains("RTP socket");
+        let media_arg = extra.iter().position(|a| a == "-mp");
+        match media_arg {
+            Some(i) if media_taken && tries < 3 && i + 1 < extra.len() => {
+                extra[i + 1] = super::free_udp_port().to_string();
+            }
+            _ => {
+                exits()
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(local_port, run.output.clone());
+                return run;
+            }
+        }
+    }
+}
+
+/// What the last SIPp run on each local port printed, for the wait on its
+/// bind to say why the port never came up.
+fn exits() -> &'static std::sync::Mutex<std::collections::HashMap<u16, String>> {
+    static EXITS: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<u16, String>>> =
+        std::sync::OnceLock::new();
+    EXITS.get_or_init(Default::default)
+}
+
+async fn run_sipp_once(
+    scenario_name: &str,
+    local_port: u16,
+    remote: Option<SocketAddr>,
+    extra: &[String],
+    limit: Duration,
+) -> SippRun {
     let mut command = tokio::process::Command::new("sipp");
     if let Some(remote) = remote {
         command.arg(remote.to_string());
@@ -188,6 +238,9 @@ impl InboundHandler for ScriptedHandler {
                     }
                     Ok(DialogEvent::Info { .. }) => {
                         let _ = events.send("info".to_owned());
+                    }
+                    Ok(DialogEvent::ReferProgress(code)) => {
+                        let _ = events.send(format!("refer progress {code}"));
                     }
                     Ok(DialogEvent::SessionExpired) => {
                         let _ = events.send("session expired".to_owned());
