@@ -24,7 +24,7 @@
 //! keep state for a source that never authenticated beyond its failure
 //! count.
 
-use super::base::{DigestAccount, RequestSource, Transport};
+use super::base::{DigestAccount, LocalIdentity, RequestSource};
 use super::edge::EdgeGuard;
 use super::inbound::{InboundHandler, InviteInfo};
 use crate::metrics::SIP_REQUESTS_REJECTED_TOTAL;
@@ -86,15 +86,23 @@ pub(crate) struct AuthLayer {
     replays: Mutex<Replays>,
     /// The shared ban list, and where a source becomes trusted.
     edge: Arc<EdgeGuard>,
+    /// Tells a relayed TLS connection from a TCP one (the request's own
+    /// handle is the loopback relay's TCP).
+    local: Arc<LocalIdentity>,
 }
 
 impl AuthLayer {
-    pub(crate) fn new(handler: Arc<dyn InboundHandler>, edge: Arc<EdgeGuard>) -> Self {
+    pub(crate) fn new(
+        handler: Arc<dyn InboundHandler>,
+        edge: Arc<EdgeGuard>,
+        local: Arc<LocalIdentity>,
+    ) -> Self {
         Self {
             handler,
             nonces: Nonces::new(),
             replays: Mutex::new(Replays::default()),
             edge,
+            local,
         }
     }
 
@@ -199,7 +207,7 @@ impl Layer for AuthLayer {
         }
         let source = RequestSource {
             addr: request.tp_info.source,
-            transport: Transport::of(&request.tp_info.transport),
+            transport: self.local.transport_of(&request.tp_info.transport),
             method: method.to_string(),
         };
         let ip = source.addr.ip();

@@ -197,7 +197,7 @@ impl SipStack {
                 builder.user_agent(user_agent.clone());
             }
             builder.add_layer(GuardLayer::new(peers, finished.clone()));
-            builder.add_layer(AuthLayer::new(handler.clone(), edge.clone()));
+            builder.add_layer(AuthLayer::new(handler.clone(), edge.clone(), local.clone()));
             // Before the dialog layer: the ACKs of 200s we resend (`ack`).
             builder.add_layer(AckLayer::new(timers.clone()));
             builder.add_layer(DialogLayer::default());
