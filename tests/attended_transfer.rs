@@ -278,22 +278,7 @@ async fn echo_daemon(backend: Backend) -> TestDaemon {
         .allow_loopback()
         .start()
         .await;
-    let (s, agent) = json_of(
-        d.post("/v1/agents")
-            .json(&json!({"name": "echo", "kind": "echo", "max_duration_seconds": 60}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(s, 201, "{agent}");
-    let r = d
-        .post("/v1/phone-numbers")
-        .json(&json!({"number": NUMBER, "agent_id": agent["id"], "trunk_id": "trk_carrier"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    d.provision_echo(NUMBER, "trk_carrier", 60).await;
     d
 }
 
